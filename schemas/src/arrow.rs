@@ -1,0 +1,453 @@
+//! The Arrow schema of the event table, and conversion between rows and
+//! Arrow record batches. One schema serves every event kind: columns a kind
+//! does not use are null.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, Int32Builder, ListBuilder, RecordBatch,
+    StringBuilder, StructBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+};
+use arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, Int32Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+
+use crate::columns::{COLUMN_COUNT, COLUMNS, Cells, Column, ColumnType, Header, RuleCount, Value};
+use crate::row::{OwnedValue, Row};
+use crate::{SCHEMA_VERSION, SchemaError};
+
+/// Key under which segments store the schema version in their metadata.
+pub const SCHEMA_VERSION_KEY: &str = "proctor.schema_version";
+
+fn item(ty: DataType, nullable: bool) -> FieldRef {
+    Arc::new(Field::new("item", ty, nullable))
+}
+
+fn pair_fields() -> Fields {
+    Fields::from(vec![Field::new("name", DataType::Utf8, false), Field::new("value", DataType::Utf8, false)])
+}
+
+fn count_fields() -> Fields {
+    Fields::from(vec![Field::new("rule", DataType::Utf8, false), Field::new("count", DataType::UInt64, false)])
+}
+
+fn opt_str_item() -> FieldRef {
+    item(DataType::Utf8, true)
+}
+
+fn rows_item() -> FieldRef {
+    item(DataType::List(opt_str_item()), false)
+}
+
+/// The Arrow type of a column type.
+pub fn data_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Str => DataType::Utf8,
+        ColumnType::U64 => DataType::UInt64,
+        ColumnType::U32 => DataType::UInt32,
+        ColumnType::U16 => DataType::UInt16,
+        ColumnType::I32 => DataType::Int32,
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Bytes => DataType::Binary,
+        ColumnType::Time => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        ColumnType::StrList => DataType::List(item(DataType::Utf8, false)),
+        ColumnType::OptStrList => DataType::List(opt_str_item()),
+        ColumnType::Rows => DataType::List(rows_item()),
+        ColumnType::Pairs => DataType::List(item(DataType::Struct(pair_fields()), false)),
+        ColumnType::Counts => DataType::List(item(DataType::Struct(count_fields()), false)),
+    }
+}
+
+/// The event table's schema, with the schema version in its metadata.
+pub fn schema() -> SchemaRef {
+    let fields: Vec<Field> =
+        COLUMNS.iter().map(|def| Field::new(def.name, data_type(def.ty), !def.required)).collect();
+    let metadata: std::collections::HashMap<String, String> = [(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())].into_iter().collect();
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// A stable, human-readable rendering of the schema, independent of the
+/// formatting of any arrow release: what the golden files pin.
+pub fn render_schema() -> String {
+    let schema = schema();
+    let mut out = format!("proctor event schema v{SCHEMA_VERSION}\n");
+    for field in schema.fields() {
+        out.push_str(&format!(
+            "{}: {}{}\n",
+            field.name(),
+            render_type(field.data_type()),
+            if field.is_nullable() { "" } else { " not null" }
+        ));
+    }
+    out
+}
+
+fn render_type(ty: &DataType) -> String {
+    match ty {
+        DataType::Utf8 => "utf8".into(),
+        DataType::UInt64 => "uint64".into(),
+        DataType::UInt32 => "uint32".into(),
+        DataType::UInt16 => "uint16".into(),
+        DataType::Int32 => "int32".into(),
+        DataType::Boolean => "bool".into(),
+        DataType::Binary => "binary".into(),
+        DataType::Timestamp(TimeUnit::Nanosecond, Some(tz)) => format!("timestamp[ns, {tz}]"),
+        DataType::List(field) => format!(
+            "list<{}{}>",
+            render_type(field.data_type()),
+            if field.is_nullable() { "" } else { " not null" }
+        ),
+        DataType::Struct(fields) => {
+            let inner: Vec<String> = fields
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {}{}",
+                        f.name(),
+                        render_type(f.data_type()),
+                        if f.is_nullable() { "" } else { " not null" }
+                    )
+                })
+                .collect();
+            format!("struct<{}>", inner.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+enum ColumnBuilder {
+    Str(StringBuilder),
+    U64(UInt64Builder),
+    U32(UInt32Builder),
+    U16(UInt16Builder),
+    I32(Int32Builder),
+    Bool(BooleanBuilder),
+    Bytes(BinaryBuilder),
+    Time(TimestampNanosecondBuilder),
+    StrList(ListBuilder<StringBuilder>),
+    OptStrList(ListBuilder<StringBuilder>),
+    Rows(ListBuilder<ListBuilder<StringBuilder>>),
+    Pairs(ListBuilder<StructBuilder>),
+    Counts(ListBuilder<StructBuilder>),
+}
+
+fn struct_builder(fields: Fields) -> StructBuilder {
+    let builders: Vec<Box<dyn ArrayBuilder>> = fields
+        .iter()
+        .map(|f| -> Box<dyn ArrayBuilder> {
+            match f.data_type() {
+                DataType::UInt64 => Box::new(UInt64Builder::new()),
+                _ => Box::new(StringBuilder::new()),
+            }
+        })
+        .collect();
+    StructBuilder::new(fields, builders)
+}
+
+impl ColumnBuilder {
+    fn new(ty: ColumnType, capacity: usize) -> ColumnBuilder {
+        match ty {
+            ColumnType::Str => ColumnBuilder::Str(StringBuilder::with_capacity(capacity, capacity * 8)),
+            ColumnType::U64 => ColumnBuilder::U64(UInt64Builder::with_capacity(capacity)),
+            ColumnType::U32 => ColumnBuilder::U32(UInt32Builder::with_capacity(capacity)),
+            ColumnType::U16 => ColumnBuilder::U16(UInt16Builder::with_capacity(capacity)),
+            ColumnType::I32 => ColumnBuilder::I32(Int32Builder::with_capacity(capacity)),
+            ColumnType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(capacity)),
+            ColumnType::Bytes => ColumnBuilder::Bytes(BinaryBuilder::with_capacity(capacity, capacity * 8)),
+            ColumnType::Time => {
+                ColumnBuilder::Time(TimestampNanosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            }
+            ColumnType::StrList => {
+                ColumnBuilder::StrList(ListBuilder::new(StringBuilder::new()).with_field(item(DataType::Utf8, false)))
+            }
+            ColumnType::OptStrList => {
+                ColumnBuilder::OptStrList(ListBuilder::new(StringBuilder::new()).with_field(opt_str_item()))
+            }
+            ColumnType::Rows => ColumnBuilder::Rows(
+                ListBuilder::new(ListBuilder::new(StringBuilder::new()).with_field(opt_str_item()))
+                    .with_field(rows_item()),
+            ),
+            ColumnType::Pairs => ColumnBuilder::Pairs(
+                ListBuilder::new(struct_builder(pair_fields()))
+                    .with_field(item(DataType::Struct(pair_fields()), false)),
+            ),
+            ColumnType::Counts => ColumnBuilder::Counts(
+                ListBuilder::new(struct_builder(count_fields()))
+                    .with_field(item(DataType::Struct(count_fields()), false)),
+            ),
+        }
+    }
+
+    fn append(&mut self, value: Option<Value<'_>>) {
+        match (self, value) {
+            (ColumnBuilder::Str(b), Some(Value::Str(v))) => b.append_value(v),
+            (ColumnBuilder::Str(b), _) => b.append_null(),
+            (ColumnBuilder::U64(b), Some(Value::U64(v))) => b.append_value(v),
+            (ColumnBuilder::U64(b), _) => b.append_null(),
+            (ColumnBuilder::U32(b), Some(Value::U64(v))) => b.append_option(u32::try_from(v).ok()),
+            (ColumnBuilder::U32(b), _) => b.append_null(),
+            (ColumnBuilder::U16(b), Some(Value::U64(v))) => b.append_option(u16::try_from(v).ok()),
+            (ColumnBuilder::U16(b), _) => b.append_null(),
+            (ColumnBuilder::I32(b), Some(Value::I64(v))) => b.append_option(i32::try_from(v).ok()),
+            (ColumnBuilder::I32(b), _) => b.append_null(),
+            (ColumnBuilder::Bool(b), Some(Value::Bool(v))) => b.append_value(v),
+            (ColumnBuilder::Bool(b), _) => b.append_null(),
+            (ColumnBuilder::Bytes(b), Some(Value::Bytes(v))) => b.append_value(v),
+            (ColumnBuilder::Bytes(b), _) => b.append_null(),
+            (ColumnBuilder::Time(b), Some(Value::I64(v))) => b.append_value(v),
+            (ColumnBuilder::Time(b), _) => b.append_null(),
+            (ColumnBuilder::StrList(b), Some(Value::StrList(list))) => {
+                for s in list {
+                    b.values().append_value(s);
+                }
+                b.append(true);
+            }
+            (ColumnBuilder::StrList(b), _) => b.append(false),
+            (ColumnBuilder::OptStrList(b), Some(Value::OptStrList(list))) => {
+                for s in list {
+                    b.values().append_option(s.as_deref());
+                }
+                b.append(true);
+            }
+            (ColumnBuilder::OptStrList(b), _) => b.append(false),
+            (ColumnBuilder::Rows(b), Some(Value::Rows(rows))) => {
+                for row in rows {
+                    let inner = b.values();
+                    for s in row {
+                        inner.values().append_option(s.as_deref());
+                    }
+                    inner.append(true);
+                }
+                b.append(true);
+            }
+            (ColumnBuilder::Rows(b), _) => b.append(false),
+            (ColumnBuilder::Pairs(b), Some(Value::Pairs(pairs))) => {
+                for Header { name, value } in pairs {
+                    let s = b.values();
+                    string_field(s, 0).append_value(name);
+                    string_field(s, 1).append_value(value);
+                    s.append(true);
+                }
+                b.append(true);
+            }
+            (ColumnBuilder::Pairs(b), _) => b.append(false),
+            (ColumnBuilder::Counts(b), Some(Value::Counts(counts))) => {
+                for RuleCount { rule, count } in counts {
+                    let s = b.values();
+                    string_field(s, 0).append_value(rule);
+                    u64_field(s, 1).append_value(*count);
+                    s.append(true);
+                }
+                b.append(true);
+            }
+            (ColumnBuilder::Counts(b), _) => b.append(false),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Str(b) => Arc::new(b.finish()),
+            ColumnBuilder::U64(b) => Arc::new(b.finish()),
+            ColumnBuilder::U32(b) => Arc::new(b.finish()),
+            ColumnBuilder::U16(b) => Arc::new(b.finish()),
+            ColumnBuilder::I32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bytes(b) => Arc::new(b.finish()),
+            ColumnBuilder::Time(b) => Arc::new(b.finish()),
+            ColumnBuilder::StrList(b) | ColumnBuilder::OptStrList(b) => Arc::new(b.finish()),
+            ColumnBuilder::Rows(b) => Arc::new(b.finish()),
+            ColumnBuilder::Pairs(b) | ColumnBuilder::Counts(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+// The struct builders are built by `struct_builder` with exactly these field
+// types, so the downcasts cannot fail.
+fn string_field(s: &mut StructBuilder, index: usize) -> &mut StringBuilder {
+    #[allow(clippy::expect_used)]
+    s.field_builder::<StringBuilder>(index).expect("struct field built as StringBuilder")
+}
+
+fn u64_field(s: &mut StructBuilder, index: usize) -> &mut UInt64Builder {
+    #[allow(clippy::expect_used)]
+    s.field_builder::<UInt64Builder>(index).expect("struct field built as UInt64Builder")
+}
+
+/// Accumulates rows into an Arrow record batch of the event schema.
+pub struct BatchBuilder {
+    columns: Vec<ColumnBuilder>,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    pub fn with_capacity(capacity: usize) -> BatchBuilder {
+        BatchBuilder { columns: COLUMNS.iter().map(|def| ColumnBuilder::new(def.ty, capacity)).collect(), rows: 0 }
+    }
+
+    pub fn push(&mut self, cells: &Cells<'_>) {
+        for (index, builder) in self.columns.iter_mut().enumerate() {
+            builder.append(cells.get(COLUMNS[index].column));
+        }
+        self.rows += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows pushed so far; the builder is left empty.
+    pub fn finish(&mut self) -> Result<RecordBatch, SchemaError> {
+        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        self.rows = 0;
+        RecordBatch::try_new(schema(), arrays).map_err(|e| SchemaError::Arrow(e.to_string()))
+    }
+}
+
+/// Reads rows back out of a record batch of the event schema (or of a
+/// projection of it: absent columns read as null).
+pub struct BatchReader<'a> {
+    columns: Vec<Option<&'a ArrayRef>>,
+    rows: usize,
+}
+
+impl<'a> BatchReader<'a> {
+    pub fn new(batch: &'a RecordBatch) -> Result<BatchReader<'a>, SchemaError> {
+        let mut columns = vec![None; COLUMN_COUNT];
+        for (index, field) in batch.schema_ref().fields().iter().enumerate() {
+            let Some(column) = Column::from_name(field.name()) else {
+                return Err(SchemaError::Arrow(format!("unknown column `{}`", field.name())));
+            };
+            let expected = data_type(column.ty());
+            if !types_match(field.data_type(), &expected) {
+                return Err(SchemaError::Arrow(format!(
+                    "column `{}` has type {:?}, expected {:?}",
+                    field.name(),
+                    field.data_type(),
+                    expected
+                )));
+            }
+            columns[column.index()] = Some(batch.column(index));
+        }
+        Ok(BatchReader { columns, rows: batch.num_rows() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The array of one column, if the batch has it.
+    pub fn array(&self, column: Column) -> Option<&'a ArrayRef> {
+        self.columns[column.index()]
+    }
+
+    /// The text of a string column at `row`, if present and not null.
+    pub fn str(&self, column: Column, row: usize) -> Option<&'a str> {
+        let array = self.columns[column.index()]?.as_string_opt::<i32>()?;
+        array.is_valid(row).then(|| array.value(row))
+    }
+
+    /// The value of a `U64` column at `row`, if present and not null.
+    pub fn u64(&self, column: Column, row: usize) -> Option<u64> {
+        let array = self.columns[column.index()]?.as_primitive_opt::<UInt64Type>()?;
+        array.is_valid(row).then(|| array.value(row))
+    }
+
+    /// The value of a `Time` column at `row`, if present and not null.
+    pub fn time(&self, column: Column, row: usize) -> Option<i64> {
+        let array = self.columns[column.index()]?.as_primitive_opt::<TimestampNanosecondType>()?;
+        array.is_valid(row).then(|| array.value(row))
+    }
+
+    /// Row `index` as an owned row.
+    pub fn row(&self, index: usize) -> Result<Row, SchemaError> {
+        let mut row = Row::default();
+        for def in COLUMNS {
+            let Some(array) = self.columns[def.column.index()] else { continue };
+            if array.is_null(index) {
+                continue;
+            }
+            let value = read_value(def.ty, array, index)
+                .ok_or_else(|| SchemaError::Arrow(format!("column `{}` has an unexpected layout", def.name)))?;
+            row.set(def.column, value)?;
+        }
+        Ok(row)
+    }
+}
+
+fn types_match(actual: &DataType, expected: &DataType) -> bool {
+    // Readers may name list items differently ("item" vs "element"); compare
+    // shapes and nullability, not item names.
+    match (actual, expected) {
+        (DataType::List(a), DataType::List(e)) | (DataType::LargeList(a), DataType::List(e)) => {
+            a.is_nullable() == e.is_nullable() && types_match(a.data_type(), e.data_type())
+        }
+        (DataType::Struct(a), DataType::Struct(e)) => {
+            a.len() == e.len()
+                && a.iter().zip(e.iter()).all(|(a, e)| a.name() == e.name() && types_match(a.data_type(), e.data_type()))
+        }
+        (a, e) => a == e,
+    }
+}
+
+fn opt_strings(array: &dyn Array) -> Option<Vec<Option<String>>> {
+    let strings = array.as_string_opt::<i32>()?;
+    Some((0..strings.len()).map(|i| strings.is_valid(i).then(|| strings.value(i).to_string())).collect())
+}
+
+fn read_value(ty: ColumnType, array: &ArrayRef, index: usize) -> Option<OwnedValue> {
+    Some(match ty {
+        ColumnType::Str => OwnedValue::Str(array.as_string_opt::<i32>()?.value(index).to_string()),
+        ColumnType::U64 => OwnedValue::U64(array.as_primitive_opt::<UInt64Type>()?.value(index)),
+        ColumnType::U32 => OwnedValue::U64(array.as_primitive_opt::<UInt32Type>()?.value(index).into()),
+        ColumnType::U16 => OwnedValue::U64(array.as_primitive_opt::<UInt16Type>()?.value(index).into()),
+        ColumnType::I32 => OwnedValue::I64(array.as_primitive_opt::<Int32Type>()?.value(index).into()),
+        ColumnType::Bool => OwnedValue::Bool(array.as_boolean_opt()?.value(index)),
+        ColumnType::Bytes => OwnedValue::Bytes(array.as_binary_opt::<i32>()?.value(index).to_vec()),
+        ColumnType::Time => OwnedValue::I64(array.as_primitive_opt::<TimestampNanosecondType>()?.value(index)),
+        ColumnType::StrList => {
+            let items = opt_strings(array.as_list_opt::<i32>()?.value(index).as_ref())?;
+            OwnedValue::StrList(items.into_iter().collect::<Option<Vec<String>>>()?)
+        }
+        ColumnType::OptStrList => OwnedValue::OptStrList(opt_strings(array.as_list_opt::<i32>()?.value(index).as_ref())?),
+        ColumnType::Rows => {
+            let rows = array.as_list_opt::<i32>()?.value(index);
+            let rows = rows.as_list_opt::<i32>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for i in 0..rows.len() {
+                out.push(opt_strings(rows.value(i).as_ref())?);
+            }
+            OwnedValue::Rows(out)
+        }
+        ColumnType::Pairs => {
+            let list = array.as_list_opt::<i32>()?.value(index);
+            let fields = list.as_struct_opt()?;
+            let names = fields.column(0).as_string_opt::<i32>()?;
+            let values = fields.column(1).as_string_opt::<i32>()?;
+            OwnedValue::Pairs(
+                (0..fields.len())
+                    .map(|i| Header { name: names.value(i).to_string(), value: values.value(i).to_string() })
+                    .collect(),
+            )
+        }
+        ColumnType::Counts => {
+            let list = array.as_list_opt::<i32>()?.value(index);
+            let fields = list.as_struct_opt()?;
+            let rules = fields.column(0).as_string_opt::<i32>()?;
+            let counts = fields.column(1).as_primitive_opt::<UInt64Type>()?;
+            OwnedValue::Counts(
+                (0..fields.len())
+                    .map(|i| RuleCount { rule: rules.value(i).to_string(), count: counts.value(i) })
+                    .collect(),
+            )
+        }
+    })
+}

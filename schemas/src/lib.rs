@@ -1,0 +1,42 @@
+//! The vocabulary every other Proctor crate speaks: sessions and typed events,
+//! one Arrow schema for all event kinds, the canonical byte encoding that the
+//! WAL stores and the hash chain covers, and the segment manifest format.
+//!
+//! Architecture invariant: this crate performs no I/O. It knows nothing of
+//! files, sockets, Parquet or tantivy; it only defines and converts data.
+//!
+//! The layers, from the typed model down to bytes:
+//!
+//! - [`Event`] / [`EventBody`]: what happened, one Rust type per event kind.
+//! - [`Cells`]: an event flattened onto the [`COLUMNS`] of the schema (one
+//!   optional [`Value`] per column). Every encoding goes through cells, so the
+//!   WAL, the Parquet rows and the hash chain can never disagree.
+//! - [`canonical`]: the deterministic byte form of a row (WAL payload, chain input).
+//! - [`arrow`](mod@crate::arrow): Arrow schema, batch building and reading.
+//! - [`chain`]: the per-session SHA-256 hash chain.
+//! - [`manifest`]: the signed per-segment manifest.
+
+pub mod arrow;
+pub mod canonical;
+pub mod chain;
+mod columns;
+mod error;
+mod event;
+mod ids;
+pub mod manifest;
+mod row;
+pub mod sample;
+mod vocab;
+pub mod vocabulary_doc;
+
+pub use columns::{COLUMN_COUNT, COLUMNS, Cells, Column, ColumnDef, ColumnType, Header, RuleCount, Value};
+pub use error::SchemaError;
+pub use event::*;
+pub use ids::{SessionId, Timestamp};
+pub use row::Row;
+pub use vocab::*;
+
+/// Version of the event schema: the Arrow columns, their meaning per kind and
+/// the canonical encoding. A change to any of them adds a version and a golden
+/// file under `schemas/golden/`.
+pub const SCHEMA_VERSION: u32 = 1;

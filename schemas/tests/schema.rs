@@ -1,0 +1,152 @@
+//! The schema's promises: every kind survives every encoding unchanged, and
+//! neither the schema nor the canonical encoding changes without a new
+//! version and a new golden file.
+
+use std::path::{Path, PathBuf};
+
+use proctor_schemas::arrow::{BatchBuilder, BatchReader, render_schema};
+use proctor_schemas::chain::ChainHash;
+use proctor_schemas::{
+    Direction, Event, EventKind, SCHEMA_VERSION, SessionId, SessionIdText, Timestamp, canonical, sample,
+    vocabulary_doc,
+};
+
+fn every_sample() -> Vec<Event> {
+    let session_id = SessionId::from_parts(1_764_000_000_000, 7);
+    let mut events = Vec::new();
+    for (i, kind) in EventKind::ALL.iter().enumerate() {
+        for body in [sample::full(*kind), sample::minimal(*kind)] {
+            events.push(Event {
+                session_id,
+                seq: events.len() as u64,
+                time: Timestamp(1_764_000_000_000_000_000 + i as i64),
+                direction: sample::direction(*kind),
+                body,
+            });
+        }
+    }
+    events
+}
+
+fn canonical_of(event: &Event) -> Vec<u8> {
+    let mut id = SessionIdText::default();
+    let mut out = Vec::new();
+    canonical::encode(&event.cells(&mut id), &mut out);
+    out
+}
+
+#[test]
+fn every_kind_round_trips_through_the_canonical_encoding() {
+    for event in every_sample() {
+        let bytes = canonical_of(&event);
+        let row = canonical::decode(&bytes).unwrap_or_else(|e| panic!("{:?}: {e}", event.kind()));
+        let mut reencoded = Vec::new();
+        canonical::encode(&row.cells(), &mut reencoded);
+        assert_eq!(reencoded, bytes, "{:?}: row re-encodes differently", event.kind());
+        assert_eq!(Event::from_row(row).unwrap(), event);
+    }
+}
+
+#[test]
+fn every_kind_round_trips_through_arrow() {
+    let events = every_sample();
+    let mut builder = BatchBuilder::with_capacity(events.len());
+    for event in &events {
+        let mut id = SessionIdText::default();
+        builder.push(&event.cells(&mut id));
+    }
+    let batch = builder.finish().unwrap();
+    assert_eq!(batch.schema(), proctor_schemas::arrow::schema());
+    let reader = BatchReader::new(&batch).unwrap();
+    for (i, event) in events.iter().enumerate() {
+        let row = reader.row(i).unwrap();
+        let mut bytes = Vec::new();
+        canonical::encode(&row.cells(), &mut bytes);
+        assert_eq!(bytes, canonical_of(event), "{:?}: arrow row hashes differently", event.kind());
+        assert_eq!(&Event::from_row(row).unwrap(), event);
+    }
+}
+
+#[test]
+fn a_row_with_a_column_its_kind_does_not_use_is_rejected() {
+    let event = Event {
+        session_id: SessionId::from_parts(1, 1),
+        seq: 0,
+        time: Timestamp(0),
+        direction: Direction::Gateway,
+        body: sample::full(EventKind::SessionEnd),
+    };
+    let mut bytes = canonical_of(&event);
+    // Append a `sql` cell (column 29): not part of a session_end.
+    bytes.extend_from_slice(&[29, 1, b'x']);
+    let row = canonical::decode(&bytes).unwrap();
+    let err = Event::from_row(row).unwrap_err().to_string();
+    assert!(err.contains("sql") && err.contains("session_end"), "{err}");
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join(format!("v{SCHEMA_VERSION}"))
+}
+
+/// Compares `actual` with a golden file. A missing golden file is written when
+/// `PROCTOR_UPDATE_GOLDEN=1` (for a new schema version); an existing one is
+/// never rewritten: changing what it pins requires a new version.
+fn check_golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(expected) => assert!(
+            expected == actual,
+            "{} no longer matches schema v{SCHEMA_VERSION}.\n\
+             The schema or its encoding changed: bump SCHEMA_VERSION in schemas/src/lib.rs and create \
+             golden/v{{N}}/ with PROCTOR_UPDATE_GOLDEN=1.\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        ),
+        Err(_) if std::env::var("PROCTOR_UPDATE_GOLDEN").as_deref() == Ok("1") => {
+            std::fs::create_dir_all(golden_dir()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        Err(e) => panic!(
+            "{}: {e}; schema v{SCHEMA_VERSION} has no golden file: run the tests with PROCTOR_UPDATE_GOLDEN=1 once",
+            path.display()
+        ),
+    }
+}
+
+#[test]
+fn schema_matches_its_golden_file() {
+    check_golden("schema.txt", &render_schema());
+}
+
+#[test]
+fn canonical_encoding_and_chain_match_their_golden_file() {
+    let mut out = String::new();
+    let mut head = ChainHash::GENESIS;
+    for event in sample::golden_events() {
+        let bytes = canonical_of(&event);
+        head = head.next(&bytes);
+        out.push_str(&format!("{} {} {}\n", event.kind(), hex(&bytes), head));
+    }
+    check_golden("canonical.txt", &out);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn readme_publishes_the_current_vocabulary() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let start = "<!-- vocabulary:start (generated from schemas; PROCTOR_UPDATE_README=1 rewrites it) -->\n";
+    let end = "<!-- vocabulary:end -->";
+    let (before, rest) = readme.split_once(start).expect("README has the vocabulary start marker");
+    let (current, after) = rest.split_once(end).expect("README has the vocabulary end marker");
+    let rendered = vocabulary_doc::render();
+    if current != rendered {
+        if std::env::var("PROCTOR_UPDATE_README").as_deref() == Ok("1") {
+            std::fs::write(&readme_path, format!("{before}{start}{rendered}{end}{after}")).unwrap();
+        } else {
+            panic!("README's vocabulary section is out of date: run the tests once with PROCTOR_UPDATE_README=1");
+        }
+    }
+}
