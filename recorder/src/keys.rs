@@ -1,0 +1,206 @@
+//! The deployment's manifest signing key.
+//!
+//! Created on first start as `keys/manifest-signing.pem` (PKCS#8, mode 0600),
+//! with its public half beside it as `keys/manifest-signing.pub.pem` (SPKI).
+//! Auditors pin the public key, or its fingerprint (`SHA256:` and the
+//! unpadded base64 of the SHA-256 of the raw 32-byte key, as OpenSSH prints
+//! fingerprints), so that a data dir re-signed with another key fails
+//! `proctor verify`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::layout::sync_dir;
+use crate::{RecorderError, Result};
+
+pub const PRIVATE_KEY_FILE: &str = "manifest-signing.pem";
+pub const PUBLIC_KEY_FILE: &str = "manifest-signing.pub.pem";
+
+/// The signing key of a data dir.
+pub struct ManifestKey {
+    signing: SigningKey,
+}
+
+impl ManifestKey {
+    pub fn from_signing_key(signing: SigningKey) -> ManifestKey {
+        ManifestKey { signing }
+    }
+
+    /// A fresh random key (not stored).
+    pub fn generate() -> Result<ManifestKey> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| RecorderError::Key(format!("no randomness for a new key: {e}")))?;
+        Ok(ManifestKey { signing: SigningKey::from_bytes(&seed) })
+    }
+
+    /// Loads the key in `keys_dir`, creating it (and the directory, 0700) on
+    /// first use.
+    pub fn load_or_create(keys_dir: &Path) -> Result<ManifestKey> {
+        let private = keys_dir.join(PRIVATE_KEY_FILE);
+        if private.exists() {
+            return ManifestKey::load(keys_dir);
+        }
+        fs::create_dir_all(keys_dir).map_err(RecorderError::io("cannot create key directory", keys_dir))?;
+        fs::set_permissions(keys_dir, fs::Permissions::from_mode(0o700))
+            .map_err(RecorderError::io("cannot restrict key directory", keys_dir))?;
+        let key = ManifestKey::generate()?;
+        key.store(keys_dir)?;
+        tracing::info!(fingerprint = %key.fingerprint(), dir = %keys_dir.display(), "created manifest signing key");
+        Ok(key)
+    }
+
+    /// Writes the key pair into `keys_dir`; refuses to replace an existing key.
+    pub fn store(&self, keys_dir: &Path) -> Result<()> {
+        let private_pem = self
+            .signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| RecorderError::Key(format!("cannot encode key: {e}")))?;
+        let public_pem = self
+            .signing
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| RecorderError::Key(format!("cannot encode public key: {e}")))?;
+        write_new(&keys_dir.join(PRIVATE_KEY_FILE), private_pem.as_bytes(), 0o600)?;
+        write_new(&keys_dir.join(PUBLIC_KEY_FILE), public_pem.as_bytes(), 0o644)?;
+        sync_dir(keys_dir)
+    }
+
+    pub fn load(keys_dir: &Path) -> Result<ManifestKey> {
+        let path = keys_dir.join(PRIVATE_KEY_FILE);
+        let pem = fs::read_to_string(&path).map_err(RecorderError::io("cannot read signing key", &path))?;
+        let signing = SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| RecorderError::Key(format!("{}: not a PKCS#8 ed25519 key: {e}", path.display())))?;
+        Ok(ManifestKey { signing })
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.verifying_key())
+    }
+
+    /// Base64 signature of `message`.
+    pub fn sign(&self, message: &[u8]) -> String {
+        STANDARD.encode(self.signing.sign(message).to_bytes())
+    }
+}
+
+fn write_new(path: &PathBuf, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(RecorderError::io("cannot create key file", path))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(RecorderError::io("cannot write key file", path))
+}
+
+/// `SHA256:<base64>` of the raw public key.
+pub fn fingerprint(key: &VerifyingKey) -> String {
+    format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(key.as_bytes())))
+}
+
+/// The public key as PEM (SPKI).
+pub fn public_key_pem(key: &VerifyingKey) -> String {
+    key.to_public_key_pem(LineEnding::LF).unwrap_or_default()
+}
+
+/// Checks a base64 signature of `message`.
+pub fn verify_signature(key: &VerifyingKey, message: &[u8], signature_b64: &str) -> bool {
+    let Ok(bytes) = STANDARD.decode(signature_b64) else { return false };
+    let Ok(signature) = Signature::from_slice(&bytes) else { return false };
+    key.verify(message, &signature).is_ok()
+}
+
+/// What an auditor pinned: a public key, or only its fingerprint.
+#[derive(Clone, Debug)]
+pub enum PinnedKey {
+    Key(VerifyingKey),
+    Fingerprint(String),
+}
+
+impl PinnedKey {
+    /// Parses `--public-key`: a file holding a PEM public key (or the raw key
+    /// in hex or base64), or a fingerprint `SHA256:...`.
+    pub fn parse(arg: &str) -> Result<PinnedKey> {
+        if arg.starts_with("SHA256:") {
+            return Ok(PinnedKey::Fingerprint(arg.to_string()));
+        }
+        let path = Path::new(arg);
+        let text = fs::read_to_string(path).map_err(RecorderError::io("cannot read public key", path))?;
+        parse_public_key(text.trim())
+            .map(PinnedKey::Key)
+            .ok_or_else(|| RecorderError::Key(format!("{arg}: not an ed25519 public key (PEM, hex or base64)")))
+    }
+
+    pub fn fingerprint(&self) -> String {
+        match self {
+            PinnedKey::Key(key) => fingerprint(key),
+            PinnedKey::Fingerprint(fp) => fp.clone(),
+        }
+    }
+}
+
+fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    if text.starts_with("-----BEGIN") {
+        return VerifyingKey::from_public_key_pem(text).ok();
+    }
+    let raw = hex::decode(text).ok().or_else(|| STANDARD.decode(text).ok())?;
+    let bytes: [u8; 32] = raw.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// The public key stored in a data dir's `keys/`.
+pub fn load_public_key(keys_dir: &Path) -> Result<VerifyingKey> {
+    let path = keys_dir.join(PUBLIC_KEY_FILE);
+    let pem = fs::read_to_string(&path).map_err(RecorderError::io("cannot read public key", &path))?;
+    VerifyingKey::from_public_key_pem(pem.trim())
+        .map_err(|e| RecorderError::Key(format!("{}: not an ed25519 public key: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_created_private_and_reload_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let created = ManifestKey::load_or_create(&keys).unwrap();
+        let mode = fs::metadata(keys.join(PRIVATE_KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = ManifestKey::load_or_create(&keys).unwrap();
+        assert_eq!(created.fingerprint(), loaded.fingerprint());
+        assert_eq!(load_public_key(&keys).unwrap(), created.verifying_key());
+        let signature = created.sign(b"message");
+        assert!(verify_signature(&loaded.verifying_key(), b"message", &signature));
+        assert!(!verify_signature(&loaded.verifying_key(), b"messagf", &signature));
+        assert!(created.store(&keys).is_err(), "an existing key must never be replaced");
+    }
+
+    #[test]
+    fn pinned_keys_parse_from_pem_hex_and_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ManifestKey::generate().unwrap();
+        let pem = dir.path().join("key.pem");
+        fs::write(&pem, public_key_pem(&key.verifying_key())).unwrap();
+        let hexed = dir.path().join("key.hex");
+        fs::write(&hexed, hex::encode(key.verifying_key().as_bytes())).unwrap();
+        for path in [&pem, &hexed] {
+            let pinned = PinnedKey::parse(path.to_str().unwrap()).unwrap();
+            assert_eq!(pinned.fingerprint(), key.fingerprint());
+        }
+        assert!(matches!(PinnedKey::parse(&key.fingerprint()).unwrap(), PinnedKey::Fingerprint(_)));
+    }
+}

@@ -1,0 +1,150 @@
+//! Where things live in a data dir.
+//!
+//! ```text
+//! data_dir/
+//!   recorder.lock              held by the one recorder writing here
+//!   wal/NNNNNNNNNNNNNNNNNNNN.wal      write-ahead log files, one per future segment
+//!   segments/dt=YYYY-MM-DD/NNNNNNNNNNNNNNNNNNNN.parquet   sealed segments
+//!   manifests/NNNNNNNNNNNNNNNNNNNN.json                   one signed manifest per segment
+//!   keys/                      the manifest signing key (0600) and its public half
+//! ```
+//!
+//! A WAL file, its segment and its manifest share one number.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::{RecorderError, Result};
+
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.root.join("wal")
+    }
+
+    pub fn segments_dir(&self) -> PathBuf {
+        self.root.join("segments")
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("recorder.lock")
+    }
+
+    pub fn wal_path(&self, number: u64) -> PathBuf {
+        self.wal_dir().join(format!("{number:020}.wal"))
+    }
+
+    /// The segment's path relative to the data dir.
+    pub fn segment_rel_path(number: u64, date: &str) -> String {
+        format!("segments/dt={date}/{number:020}.parquet")
+    }
+
+    pub fn manifest_path(&self, number: u64) -> PathBuf {
+        self.manifests_dir().join(format!("{number:020}.json"))
+    }
+
+    /// Creates the directories a recorder writes to.
+    pub fn create_dirs(&self) -> Result<()> {
+        for dir in [self.root.clone(), self.wal_dir(), self.segments_dir(), self.manifests_dir()] {
+            fs::create_dir_all(&dir).map_err(RecorderError::io("cannot create directory", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// WAL file numbers, ascending.
+    pub fn wal_numbers(&self) -> Result<Vec<u64>> {
+        numbered_files(&self.wal_dir(), ".wal")
+    }
+
+    /// Manifest numbers, ascending.
+    pub fn manifest_numbers(&self) -> Result<Vec<u64>> {
+        numbered_files(&self.manifests_dir(), ".json")
+    }
+
+    /// Every `.parquet` file under `segments/`, relative to the data dir.
+    pub fn segment_files(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let dir = self.segments_dir();
+        let Ok(partitions) = fs::read_dir(&dir) else { return Ok(out) };
+        for partition in partitions {
+            let partition = partition.map_err(RecorderError::io("cannot list", &dir))?;
+            let name = partition.file_name().to_string_lossy().to_string();
+            if !partition.path().is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(partition.path()).map_err(RecorderError::io("cannot list", partition.path()))? {
+                let file = file.map_err(RecorderError::io("cannot list", partition.path()))?;
+                let file_name = file.file_name().to_string_lossy().to_string();
+                if file_name.ends_with(".parquet") {
+                    out.push(format!("segments/{name}/{file_name}"));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Leftover temporary files of interrupted seals, relative to the data dir.
+    pub fn temp_files(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.manifests_dir()];
+        if let Ok(partitions) = fs::read_dir(self.segments_dir()) {
+            dirs.extend(partitions.flatten().map(|p| p.path()).filter(|p| p.is_dir()));
+        }
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    out.push(entry.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(RecorderError::io("cannot list", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(RecorderError::io("cannot list", dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(suffix)
+            && stem.len() == 20
+            && let Ok(number) = stem.parse::<u64>()
+        {
+            out.push(number);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(RecorderError::io("cannot fsync directory", dir))
+}

@@ -1,0 +1,217 @@
+//! Reading recordings back: sessions and their events, in order, across
+//! sealed segments and the WAL files not yet sealed. Read-only; safe beside a
+//! running recorder.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+use proctor_schemas::arrow::BatchReader;
+use proctor_schemas::manifest::Manifest;
+use proctor_schemas::{Column, Event, EventBody, SessionId, Timestamp, canonical};
+
+use crate::layout::Layout;
+use crate::wal::{self, Record};
+use crate::{RecorderError, Result, segment};
+
+/// A session as the recordings describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub session_id: SessionId,
+    pub protocol: Option<String>,
+    pub resource: Option<String>,
+    pub subject: Option<String>,
+    pub first_time: Option<Timestamp>,
+    pub last_time: Option<Timestamp>,
+    /// Set once the session's `session_end` is recorded.
+    pub end_reason: Option<String>,
+    pub events: u64,
+    /// Segments holding its sealed events.
+    pub segments: Vec<u64>,
+    /// Events still in the WAL.
+    pub wal_events: u64,
+}
+
+impl SessionSummary {
+    fn new(session_id: SessionId) -> Self {
+        SessionSummary {
+            session_id,
+            protocol: None,
+            resource: None,
+            subject: None,
+            first_time: None,
+            last_time: None,
+            end_reason: None,
+            events: 0,
+            segments: Vec::new(),
+            wal_events: 0,
+        }
+    }
+
+    fn saw_time(&mut self, time: Timestamp) {
+        self.first_time = Some(self.first_time.map_or(time, |t| t.min(time)));
+        self.last_time = Some(self.last_time.map_or(time, |t| t.max(time)));
+    }
+}
+
+/// Reads a data dir (or an exported copy of one).
+pub struct Reader {
+    layout: Layout,
+}
+
+/// A snapshot of what is sealed and what is still in the WAL.
+struct Snapshot {
+    manifests: Vec<Manifest>,
+    /// WAL files without a manifest, with their decoded events.
+    wal: Vec<(u64, Vec<Event>)>,
+}
+
+impl Reader {
+    pub fn open(data_dir: &Path) -> Result<Reader> {
+        if !data_dir.is_dir() {
+            return Err(RecorderError::Io {
+                context: "not a data dir",
+                path: data_dir.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        Ok(Reader { layout: Layout::new(data_dir) })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Every manifest, in segment order.
+    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+        self.layout.manifest_numbers()?.into_iter().map(|n| read_manifest(&self.layout.manifest_path(n))).collect()
+    }
+
+    fn snapshot(&self, wanted: Option<SessionId>) -> Result<Snapshot> {
+        // WAL files are listed before manifests: a file sealed in between is
+        // then found in the manifests and skipped; one that vanished while
+        // being read was sealed, and the snapshot is taken again.
+        'retry: for _ in 0..5 {
+            let wal_numbers = self.layout.wal_numbers()?;
+            let manifests = self.manifests()?;
+            let sealed: BTreeSet<u64> = manifests.iter().map(|m| m.segment_id).collect();
+            let mut wal = Vec::new();
+            for number in wal_numbers.into_iter().filter(|n| !sealed.contains(n)) {
+                let path = self.layout.wal_path(number);
+                let bytes = match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'retry,
+                    Err(e) => return Err(RecorderError::io("cannot read WAL file", &path)(e)),
+                };
+                let scan = wal::scan(&bytes, number);
+                let mut events = Vec::new();
+                for record in scan.records {
+                    let Record::Event(row) = record else { continue };
+                    let row = canonical::decode(row).map_err(|e| RecorderError::corrupt(&path, e.to_string()))?;
+                    if let Some(id) = wanted {
+                        let matches =
+                            row.cells().get(Column::SessionId) == Some(proctor_schemas::Value::Str(&id.to_string()));
+                        if !matches {
+                            continue;
+                        }
+                    }
+                    events.push(Event::from_row(row).map_err(|e| RecorderError::corrupt(&path, e.to_string()))?);
+                }
+                wal.push((number, events));
+            }
+            return Ok(Snapshot { manifests, wal });
+        }
+        Err(RecorderError::corrupt(self.layout.wal_dir(), "WAL files keep vanishing while being read"))
+    }
+
+    /// Every session, with its metadata, ordered by id (that is, by start).
+    pub fn sessions(&self) -> Result<Vec<SessionSummary>> {
+        let snapshot = self.snapshot(None)?;
+        let mut sessions: BTreeMap<SessionId, SessionSummary> = BTreeMap::new();
+        for manifest in &snapshot.manifests {
+            for s in &manifest.sessions {
+                let id: SessionId = s.session_id.parse()?;
+                let summary = sessions.entry(id).or_insert_with(|| SessionSummary::new(id));
+                summary.events += s.events;
+                summary.segments.push(manifest.segment_id);
+                for time in [&s.first_time, &s.last_time] {
+                    if let Some(t) = Timestamp::parse_rfc3339(time) {
+                        summary.saw_time(t);
+                    }
+                }
+                summary.protocol = summary.protocol.take().or_else(|| s.protocol.clone());
+                summary.resource = summary.resource.take().or_else(|| s.resource.clone());
+                summary.subject = summary.subject.take().or_else(|| s.subject.clone());
+                summary.end_reason = summary.end_reason.take().or_else(|| s.end_reason.clone());
+            }
+        }
+        for (_, events) in &snapshot.wal {
+            for event in events {
+                let summary = sessions.entry(event.session_id).or_insert_with(|| SessionSummary::new(event.session_id));
+                summary.events += 1;
+                summary.wal_events += 1;
+                summary.saw_time(event.time);
+                match &event.body {
+                    EventBody::SessionStart(start) => {
+                        summary.protocol = Some(start.protocol.to_string());
+                        summary.resource = start.resource.clone();
+                        summary.subject = start.subject.clone();
+                    }
+                    EventBody::SessionEnd(end) => summary.end_reason = Some(end.reason.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(sessions.into_values().collect())
+    }
+
+    /// One session's events in seq order.
+    pub fn session_events(&self, session_id: SessionId) -> Result<Vec<Event>> {
+        let snapshot = self.snapshot(Some(session_id))?;
+        let id_text = session_id.to_string();
+        let mut events = Vec::new();
+        for manifest in &snapshot.manifests {
+            if !manifest.sessions.iter().any(|s| s.session_id == id_text) {
+                continue;
+            }
+            let path = self.layout.root().join(&manifest.path);
+            for batch in segment::read_session(&path, &id_text)? {
+                let reader = BatchReader::new(&batch)?;
+                for i in 0..reader.len() {
+                    if reader.str(Column::SessionId, i) == Some(id_text.as_str()) {
+                        events.push(Event::from_row(reader.row(i)?)?);
+                    }
+                }
+            }
+        }
+        events.extend(snapshot.wal.into_iter().flat_map(|(_, events)| events));
+        events.sort_by_key(|e| e.seq);
+        Ok(events)
+    }
+
+    /// Calls `f` with every recorded event: sealed segments in order, then
+    /// the WAL.
+    pub fn for_each_event(&self, mut f: impl FnMut(Event) -> Result<()>) -> Result<()> {
+        let snapshot = self.snapshot(None)?;
+        for manifest in &snapshot.manifests {
+            let path = self.layout.root().join(&manifest.path);
+            for batch in segment::read_all(&path)? {
+                let reader = BatchReader::new(&batch)?;
+                for i in 0..reader.len() {
+                    f(Event::from_row(reader.row(i)?)?)?;
+                }
+            }
+        }
+        for (_, events) in snapshot.wal {
+            for event in events {
+                f(event)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
+    let bytes = fs::read(path).map_err(RecorderError::io("cannot read manifest", path))?;
+    Manifest::from_file_bytes(&bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
+}

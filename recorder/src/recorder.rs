@@ -1,0 +1,459 @@
+//! The recorder's public face: [`Recorder::open`] recovers a data dir and
+//! starts the writer, syncer and sealer threads; [`Sink`] accepts events;
+//! [`Recorder::close`] seals everything and stops.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use proctor_schemas::{
+    Direction, EndReason, EventBody, NewEvent, Protocol, RecorderRecovery, SessionEnd, SessionId, SessionStart,
+    Timestamp,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{FsyncPolicy, RecorderSettings};
+use crate::keys::ManifestKey;
+use crate::layout::Layout;
+use crate::seal::SealContext;
+use crate::shared::{Shared, Stats};
+use crate::wal::{Carried, TornTail};
+use crate::writer::{Ack, Command, Events, SealJob, Writer, tick_period};
+use crate::{RecordError, RecorderError, Result};
+
+/// What recovery found when the recorder opened a data dir.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// WAL files left by an earlier run and sealed now.
+    pub wal_files_sealed: usize,
+    /// Events those files held.
+    pub events_recovered: u64,
+    /// WAL files whose segment was already sealed (an interrupted clean-up).
+    pub wal_files_already_sealed: usize,
+    /// Torn tails cut off, by WAL file.
+    pub torn_tails: Vec<(PathBuf, TornTail)>,
+    /// Sessions left open by the earlier run, closed with end reason `recovered`.
+    pub sessions_closed: Vec<SessionId>,
+    /// Temporary files of interrupted seals, removed.
+    pub temp_files_removed: usize,
+}
+
+impl RecoveryReport {
+    /// Whether the last run ended uncleanly.
+    pub fn is_empty(&self) -> bool {
+        self.wal_files_sealed == 0 && self.torn_tails.is_empty() && self.sessions_closed.is_empty()
+    }
+}
+
+/// Accepts events into the recorder. Cheap to clone; one per producer task.
+#[derive(Clone)]
+pub struct Sink {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Sink {
+    /// Records one event. Returns its seq once the event is in the WAL (and
+    /// fsynced under `fsync = "always"`). Waits while the queue is full.
+    pub async fn append(&self, event: NewEvent) -> Result<u64, RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append { events: Events::One(event), ack: Ack::One(tx) })
+            .await
+            .map_err(|_| RecordError::Closed)?;
+        rx.await.map_err(|_| RecordError::Closed)?
+    }
+
+    /// Records several events atomically: all are accepted, or none.
+    pub async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append { events: Events::Many(events), ack: Ack::Many(tx) })
+            .await
+            .map_err(|_| RecordError::Closed)?;
+        rx.await.map_err(|_| RecordError::Closed)?
+    }
+
+    /// [`Sink::append`] for threads outside an async runtime.
+    pub fn blocking_append(&self, event: NewEvent) -> Result<u64, RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Append { events: Events::One(event), ack: Ack::One(tx) })
+            .map_err(|_| RecordError::Closed)?;
+        rx.blocking_recv().map_err(|_| RecordError::Closed)?
+    }
+
+    /// [`Sink::append_batch`] for threads outside an async runtime.
+    pub fn blocking_append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Append { events: Events::Many(events), ack: Ack::Many(tx) })
+            .map_err(|_| RecordError::Closed)?;
+        rx.blocking_recv().map_err(|_| RecordError::Closed)?
+    }
+
+    /// Seals what the WAL holds now, without waiting for the size or age
+    /// limit. Returns the new segment's number, or `None` if there was
+    /// nothing to seal.
+    pub async fn seal_now(&self) -> Result<Option<u64>, RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Seal(tx)).await.map_err(|_| RecordError::Closed)?;
+        rx.await.map_err(|_| RecordError::Closed)?
+    }
+
+    /// [`Sink::seal_now`] for threads outside an async runtime.
+    pub fn blocking_seal_now(&self) -> Result<Option<u64>, RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.blocking_send(Command::Seal(tx)).map_err(|_| RecordError::Closed)?;
+        rx.blocking_recv().map_err(|_| RecordError::Closed)?
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Appends waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// WAL files waiting to be sealed.
+    pub fn unsealed_segments(&self) -> usize {
+        self.shared.unsealed()
+    }
+
+    /// Why the recorder refuses appends, if it failed closed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+}
+
+/// A running recorder on one data dir.
+pub struct Recorder {
+    sink: Sink,
+    layout: Layout,
+    recovery: RecoveryReport,
+    fingerprint: String,
+    threads: Option<Threads>,
+}
+
+struct Threads {
+    writer: JoinHandle<()>,
+    sealer: JoinHandle<Option<String>>,
+    syncer: JoinHandle<()>,
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+impl Recorder {
+    /// Opens (creating if needed) the data dir, takes its lock, recovers what
+    /// an earlier run left in the WAL, and starts recording.
+    ///
+    /// This blocks (recovery seals WAL files); from async code call it inside
+    /// `spawn_blocking`.
+    pub fn open(data_dir: &Path, settings: &RecorderSettings) -> Result<Recorder> {
+        settings.validate()?;
+        let layout = Layout::new(data_dir);
+        layout.create_dirs()?;
+        let lock = take_lock(&layout)?;
+        let key = Arc::new(ManifestKey::load_or_create(&layout.keys_dir())?);
+        let fingerprint = key.fingerprint();
+
+        let mut ctx =
+            SealContext { layout: layout.clone(), settings: settings.clone(), key, last_manifest_sha256: None };
+        let (next_number, open_sessions, recovery) = recover(&mut ctx)?;
+
+        let shared = Shared::new();
+        let (seal_tx, seal_rx) = std::sync::mpsc::channel::<SealJob>();
+        let mut writer = Writer::create(
+            layout.clone(),
+            settings.clone(),
+            shared.clone(),
+            seal_tx,
+            next_number,
+            open_sessions.clone(),
+        )?;
+        record_recovery(&mut writer, &recovery, &open_sessions)?;
+
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let sealer_shared = shared.clone();
+        let sealer = std::thread::Builder::new()
+            .name("proctor-sealer".into())
+            .spawn(move || run_sealer(ctx, seal_rx, sealer_shared))
+            .map_err(RecorderError::io("cannot start sealer thread", data_dir))?;
+        let writer = std::thread::Builder::new()
+            .name("proctor-wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(RecorderError::io("cannot start WAL writer thread", data_dir))?;
+        let syncer_shared = shared.clone();
+        let syncer_tx = tx.clone();
+        let syncer_settings = settings.clone();
+        let syncer = std::thread::Builder::new()
+            .name("proctor-wal-sync".into())
+            .spawn(move || run_syncer(syncer_shared, syncer_tx, syncer_settings))
+            .map_err(RecorderError::io("cannot start WAL sync thread", data_dir))?;
+
+        if !recovery.is_empty() {
+            tracing::warn!(
+                wal_files_sealed = recovery.wal_files_sealed,
+                events = recovery.events_recovered,
+                torn_tails = recovery.torn_tails.len(),
+                sessions_closed = recovery.sessions_closed.len(),
+                "recovered the WAL of a run that did not stop cleanly"
+            );
+        }
+        Ok(Recorder {
+            sink: Sink { tx, shared: shared.clone() },
+            layout,
+            recovery,
+            fingerprint,
+            threads: Some(Threads { writer, sealer, syncer, shared, _lock: lock }),
+        })
+    }
+
+    pub fn sink(&self) -> Sink {
+        self.sink.clone()
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// Fingerprint of the manifest signing key.
+    pub fn key_fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Ends open sessions (end reason `shutdown`), writes and fsyncs the WAL,
+    /// seals every remaining segment and stops. Blocks until done. Appends
+    /// made after this call fail with [`RecordError::Closed`].
+    pub fn close(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(threads) = self.threads.take() else { return Ok(()) };
+        let (done_tx, done_rx) = oneshot::channel();
+        let _ = self.sink.tx.blocking_send(Command::Shutdown(done_tx));
+        let _ = done_rx.blocking_recv();
+        let _ = threads.writer.join();
+        threads.shared.stop.store(true, Ordering::Release);
+        threads.syncer.thread().unpark();
+        let _ = threads.syncer.join();
+        let sealer_error = threads.sealer.join().unwrap_or_else(|_| Some("the sealer thread panicked".to_string()));
+        match sealer_error {
+            None => Ok(()),
+            Some(error) => Err(RecorderError::Record(RecordError::WalWrite(format!(
+                "sealing failed at shutdown ({error}); the WAL is kept and will be sealed at the next start"
+            )))),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.threads.is_some()
+            && let Err(error) = self.stop()
+        {
+            tracing::error!(%error, "recorder did not close cleanly");
+        }
+    }
+}
+
+fn take_lock(layout: &Layout) -> Result<File> {
+    let path = layout.lock_path();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(RecorderError::io("cannot open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(RecorderError::Locked(layout.root().to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(RecorderError::io("cannot lock data dir", &path)(e)),
+    }
+}
+
+/// Seals every WAL file an earlier run left, in order. Returns the number of
+/// the next WAL file and the sessions still open at the end of the last one.
+fn recover(ctx: &mut SealContext) -> Result<(u64, Vec<Carried>, RecoveryReport)> {
+    let layout = ctx.layout.clone();
+    let mut report = RecoveryReport::default();
+    for temp in layout.temp_files()? {
+        fs::remove_file(&temp).map_err(RecorderError::io("cannot remove temporary file", &temp))?;
+        report.temp_files_removed += 1;
+    }
+    ctx.load_last_manifest()?;
+    let manifests: BTreeSet<u64> = layout.manifest_numbers()?.into_iter().collect();
+    let wal_numbers = layout.wal_numbers()?;
+    let mut open_sessions: Vec<Carried> = Vec::new();
+    for &number in &wal_numbers {
+        if manifests.contains(&number) {
+            let path = layout.wal_path(number);
+            fs::remove_file(&path).map_err(RecorderError::io("cannot remove sealed WAL file", &path))?;
+            report.wal_files_already_sealed += 1;
+            continue;
+        }
+        let sealed = ctx.seal(number, true)?;
+        if let Some(torn) = sealed.torn {
+            tracing::warn!(file = %layout.wal_path(number).display(), offset = torn.offset, bytes = torn.bytes, reason = %torn.reason, "truncated a torn WAL tail");
+            report.torn_tails.push((layout.wal_path(number), torn));
+        }
+        if sealed.saw_carry || sealed.events > 0 {
+            open_sessions = sealed.open_sessions;
+        }
+        if sealed.events > 0 {
+            report.wal_files_sealed += 1;
+            report.events_recovered += sealed.events;
+        }
+    }
+    report.sessions_closed = open_sessions.iter().map(|c| c.session_id).collect();
+    let last = wal_numbers.last().copied().unwrap_or(0).max(manifests.last().copied().unwrap_or(0));
+    Ok((last + 1, open_sessions, report))
+}
+
+/// Closes sessions the earlier run left open and records what recovery did,
+/// as events of a `system` session.
+fn record_recovery(writer: &mut Writer, recovery: &RecoveryReport, open: &[Carried]) -> Result<()> {
+    if recovery.is_empty() {
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    let mut events: Vec<NewEvent> = open
+        .iter()
+        .map(|c| {
+            NewEvent::new(
+                c.session_id,
+                now,
+                Direction::Gateway,
+                SessionEnd {
+                    reason: EndReason::Recovered,
+                    message: Some(
+                        "Proctor stopped without ending this session; closed when its recording was recovered"
+                            .to_string(),
+                    ),
+                },
+            )
+        })
+        .collect();
+    let system = SessionId::new();
+    events.push(NewEvent::new(
+        system,
+        now,
+        Direction::Gateway,
+        SessionStart {
+            protocol: Protocol::System,
+            resource: None,
+            subject: Some("proctor-recorder".to_string()),
+            groups: vec![],
+            grant_id: None,
+            client_addr: None,
+            target_user: None,
+            database: None,
+            application_name: None,
+            tls: None,
+            masking_profile: None,
+            message: Some("WAL recovery".to_string()),
+        },
+    ));
+    let mut notes: Vec<RecorderRecovery> = recovery
+        .torn_tails
+        .iter()
+        .map(|(path, torn)| RecorderRecovery {
+            message: format!("truncated a torn WAL tail at offset {}: {}", torn.offset, torn.reason),
+            path: Some(path.display().to_string()),
+            byte_count: Some(torn.bytes),
+        })
+        .collect();
+    notes.push(RecorderRecovery {
+        message: format!(
+            "sealed {} WAL file(s) holding {} event(s) left by a run that did not stop cleanly; closed {} open session(s)",
+            recovery.wal_files_sealed,
+            recovery.events_recovered,
+            recovery.sessions_closed.len()
+        ),
+        path: None,
+        byte_count: None,
+    });
+    events.extend(
+        notes.into_iter().map(|note| NewEvent::new(system, now, Direction::Gateway, EventBody::RecorderRecovery(note))),
+    );
+    events.push(NewEvent::new(
+        system,
+        now,
+        Direction::Gateway,
+        SessionEnd { reason: EndReason::Completed, message: None },
+    ));
+    writer.append_now(events)?;
+    Ok(())
+}
+
+fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, shared: Arc<Shared>) -> Option<String> {
+    // Jobs are sealed strictly in order: a manifest links to its
+    // predecessor, so a failed file is retried, never skipped.
+    while let Ok(job) = jobs.recv() {
+        let mut attempt: u32 = 0;
+        loop {
+            match ctx.seal(job.number, false) {
+                Ok(sealed) => {
+                    if let Some(torn) = &sealed.torn {
+                        tracing::warn!(number = job.number, reason = %torn.reason, "sealed a WAL file with an unreadable tail");
+                    }
+                    shared.sealed_one();
+                    let segment = sealed.manifest.as_ref().map(|m| m.segment_id);
+                    for reply in job.replies {
+                        let _ = reply.send(Ok(segment));
+                    }
+                    break;
+                }
+                Err(error) => {
+                    attempt += 1;
+                    let reason = error.to_string();
+                    tracing::error!(number = job.number, attempt, %reason, "sealing failed; the WAL file is kept and retried");
+                    shared.seal_failed(reason.clone());
+                    if shared.stop.load(Ordering::Acquire) && attempt >= 3 {
+                        for reply in job.replies {
+                            let _ = reply.send(Err(RecordError::WalWrite(reason.clone())));
+                        }
+                        return Some(reason);
+                    }
+                    std::thread::sleep(Duration::from_millis(100u64 << attempt.min(6)));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn run_syncer(shared: Arc<Shared>, tx: mpsc::Sender<Command>, settings: RecorderSettings) {
+    let period = tick_period(&settings);
+    let mut since_sync = Duration::ZERO;
+    while !shared.stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(period);
+        since_sync += period;
+        if settings.fsync == FsyncPolicy::Interval
+            && since_sync >= settings.fsync_interval
+            && shared.dirty.swap(false, Ordering::AcqRel)
+        {
+            since_sync = Duration::ZERO;
+            if let Some(file) = shared.current_wal()
+                && let Err(error) = file.sync_data()
+            {
+                shared.fail(format!("fsync of the WAL failed: {error}"));
+            }
+        }
+        // Wakes the writer for age-based rotation; a full queue means it is
+        // busy anyway.
+        let _ = tx.try_send(Command::Tick);
+    }
+}

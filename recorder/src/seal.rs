@@ -1,0 +1,265 @@
+//! Sealing: one closed WAL file becomes one Parquet segment and one signed
+//! manifest, atomically (temp file, fsync, rename, fsync of the directory),
+//! and only then is the WAL file deleted.
+//!
+//! The chain heads in the manifest are recomputed here from the WAL's
+//! canonical rows, starting from the heads in the file's carry record, so a
+//! segment's manifest never repeats a claim it did not check.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
+use proctor_schemas::arrow::BatchBuilder;
+use proctor_schemas::chain::ChainHash;
+use proctor_schemas::manifest::{MANIFEST_FORMAT, Manifest, ManifestSession};
+use proctor_schemas::{Column, EventKind, SCHEMA_VERSION, SessionId, Timestamp, Value, canonical};
+use sha2::{Digest, Sha256};
+
+use crate::config::RecorderSettings;
+use crate::keys::ManifestKey;
+use crate::layout::{Layout, sync_dir};
+use crate::wal::{self, Carried, Record, TornTail};
+use crate::{RecorderError, Result, segment};
+
+/// What sealing needs to know and remembers between segments.
+pub(crate) struct SealContext {
+    pub layout: Layout,
+    pub settings: RecorderSettings,
+    pub key: Arc<ManifestKey>,
+    /// SHA-256 (hex) of the newest manifest, which the next one links to.
+    pub last_manifest_sha256: Option<String>,
+}
+
+/// The result of sealing one WAL file.
+#[derive(Debug)]
+pub(crate) struct Sealed {
+    pub manifest: Option<Manifest>,
+    /// Sessions still open at the end of the file.
+    pub open_sessions: Vec<Carried>,
+    /// Whether the file's carry record was readable.
+    pub saw_carry: bool,
+    pub torn: Option<TornTail>,
+    pub events: u64,
+}
+
+#[derive(Default)]
+struct Summary {
+    first_seq: u64,
+    last_seq: u64,
+    events: u64,
+    chain_in: Option<ChainHash>,
+    chain_head: ChainHash,
+    first_time: i64,
+    last_time: i64,
+    protocol: Option<String>,
+    resource: Option<String>,
+    subject: Option<String>,
+    end_reason: Option<String>,
+}
+
+fn str_cell<'a>(cells: &proctor_schemas::Cells<'a>, column: Column) -> Option<&'a str> {
+    match cells.get(column) {
+        Some(Value::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+impl SealContext {
+    /// Reads the newest manifest's hash from disk.
+    pub fn load_last_manifest(&mut self) -> Result<()> {
+        if let Some(&number) = self.layout.manifest_numbers()?.last() {
+            let path = self.layout.manifest_path(number);
+            let bytes = fs::read(&path).map_err(RecorderError::io("cannot read manifest", &path))?;
+            self.last_manifest_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+        }
+        Ok(())
+    }
+
+    /// Seals WAL file `number`. With `truncate_torn`, a torn tail is cut off
+    /// the file first (recovery); otherwise it is only reported.
+    pub fn seal(&mut self, number: u64, truncate_torn: bool) -> Result<Sealed> {
+        let path = self.layout.wal_path(number);
+        let bytes = fs::read(&path).map_err(RecorderError::io("cannot read WAL file", &path))?;
+        let scan = wal::scan(&bytes, number);
+        if let Some(torn) = &scan.torn
+            && truncate_torn
+        {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(RecorderError::io("cannot open WAL file", &path))?;
+            file.set_len(torn.offset)
+                .and_then(|_| file.sync_all())
+                .map_err(RecorderError::io("cannot truncate torn WAL tail", &path))?;
+        }
+
+        let mut open: HashMap<SessionId, (u64, ChainHash)> = HashMap::new();
+        let mut summaries: BTreeMap<SessionId, Summary> = BTreeMap::new();
+        let mut builder = BatchBuilder::with_capacity(scan.records.len());
+        let mut order: Vec<(SessionId, u64)> = Vec::with_capacity(scan.records.len());
+        let corrupt = |message: String| RecorderError::corrupt(&path, message);
+        let saw_carry = matches!(scan.records.first(), Some(Record::Carry(_)));
+
+        for record in &scan.records {
+            let canonical_row = match record {
+                Record::Carry(carried) => {
+                    open = carried.iter().map(|c| (c.session_id, (c.next_seq, c.head))).collect();
+                    continue;
+                }
+                Record::Event(bytes) => bytes,
+            };
+            let row = canonical::decode(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
+            let cells = row.cells();
+            let (Some(id_text), Some(Value::U64(seq)), Some(Value::I64(time)), Some(kind)) = (
+                str_cell(&cells, Column::SessionId),
+                cells.get(Column::Seq),
+                cells.get(Column::Time),
+                str_cell(&cells, Column::Kind),
+            ) else {
+                return Err(corrupt("event without session id, seq, time or kind".to_string()));
+            };
+            let session_id: SessionId = id_text.parse().map_err(|e| corrupt(format!("{e}")))?;
+            let kind: EventKind = kind.parse().map_err(|e| corrupt(format!("{e}")))?;
+            let (expected, previous) = match open.get(&session_id) {
+                Some(&(next, head)) => (next, head),
+                None if kind == EventKind::SessionStart => (0, ChainHash::GENESIS),
+                None => {
+                    return Err(corrupt(format!("session {session_id} seq {seq}: event of a session that is not open")));
+                }
+            };
+            if seq != expected {
+                return Err(corrupt(format!("session {session_id}: seq {seq} where {expected} was expected")));
+            }
+            let head = previous.next(canonical_row);
+            if kind == EventKind::SessionEnd {
+                open.remove(&session_id);
+            } else {
+                open.insert(session_id, (seq + 1, head));
+            }
+
+            let summary = summaries.entry(session_id).or_insert_with(|| Summary {
+                first_seq: seq,
+                chain_in: (seq > 0).then_some(previous),
+                first_time: time,
+                ..Summary::default()
+            });
+            summary.last_seq = seq;
+            summary.events += 1;
+            summary.chain_head = head;
+            summary.first_time = summary.first_time.min(time);
+            summary.last_time = summary.last_time.max(time);
+            if kind == EventKind::SessionStart {
+                summary.protocol = str_cell(&cells, Column::Protocol).map(str::to_string);
+                summary.resource = str_cell(&cells, Column::Resource).map(str::to_string);
+                summary.subject = str_cell(&cells, Column::Subject).map(str::to_string);
+            }
+            if kind == EventKind::SessionEnd {
+                summary.end_reason = str_cell(&cells, Column::EndReason).map(str::to_string);
+            }
+            builder.push(&cells);
+            order.push((session_id, seq));
+        }
+
+        let mut open_sessions: Vec<Carried> =
+            open.into_iter().map(|(session_id, (next_seq, head))| Carried { session_id, next_seq, head }).collect();
+        open_sessions.sort_by_key(|c| c.session_id);
+        let events = order.len() as u64;
+        if events == 0 {
+            remove_wal(&self.layout, number)?;
+            return Ok(Sealed { manifest: None, open_sessions, saw_carry, torn: scan.torn, events });
+        }
+
+        let batch = builder.finish()?;
+        let mut indices: Vec<u32> = (0..order.len() as u32).collect();
+        indices.sort_by_key(|&i| order[i as usize]);
+        let sorted = take_record_batch(&batch, &UInt32Array::from(indices))
+            .map_err(|e| RecorderError::corrupt(&path, format!("cannot sort rows: {e}")))?;
+        drop(batch);
+
+        let min_time = summaries.values().map(|s| s.first_time).min().unwrap_or_default();
+        let max_time = summaries.values().map(|s| s.last_time).max().unwrap_or_default();
+        let rel_path = Layout::segment_rel_path(number, &Timestamp(min_time).date());
+        let segment_path = self.layout.root().join(&rel_path);
+        let partition = segment_path.parent().unwrap_or(self.layout.root()).to_path_buf();
+        let new_partition = !partition.exists();
+        fs::create_dir_all(&partition).map_err(RecorderError::io("cannot create partition", &partition))?;
+        if new_partition {
+            sync_dir(&self.layout.segments_dir())?;
+        }
+        let temp = tmp_path(&segment_path);
+        let (file_sha256, file_bytes) = segment::write(&temp, &sorted, &self.settings)?;
+        fs::rename(&temp, &segment_path)
+            .map_err(RecorderError::io("cannot rename segment into place", &segment_path))?;
+        sync_dir(&partition)?;
+
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            segment_id: number,
+            path: rel_path,
+            file_sha256,
+            file_bytes,
+            schema_version: SCHEMA_VERSION,
+            row_count: events,
+            min_time: Timestamp(min_time).to_rfc3339(),
+            max_time: Timestamp(max_time).to_rfc3339(),
+            sessions: summaries
+                .into_iter()
+                .map(|(id, s)| ManifestSession {
+                    session_id: id.to_string(),
+                    first_seq: s.first_seq,
+                    last_seq: s.last_seq,
+                    events: s.events,
+                    chain_in: s.chain_in.map(|h| h.to_hex()),
+                    chain_head: s.chain_head.to_hex(),
+                    first_time: Timestamp(s.first_time).to_rfc3339(),
+                    last_time: Timestamp(s.last_time).to_rfc3339(),
+                    protocol: s.protocol,
+                    resource: s.resource,
+                    subject: s.subject,
+                    end_reason: s.end_reason,
+                })
+                .collect(),
+            prev_manifest_sha256: self.last_manifest_sha256.clone(),
+            sealed_at: Timestamp::now().to_rfc3339(),
+            key_fingerprint: self.key.fingerprint(),
+            signature: None,
+        };
+        manifest.signature = Some(self.key.sign(&manifest.signing_bytes()));
+        let manifest_bytes = manifest.to_file_bytes();
+        write_atomically(&self.layout.manifest_path(number), &manifest_bytes)?;
+        self.last_manifest_sha256 = Some(hex::encode(Sha256::digest(&manifest_bytes)));
+
+        remove_wal(&self.layout, number)?;
+        Ok(Sealed { manifest: Some(manifest), open_sessions, saw_carry, torn: scan.torn, events })
+    }
+}
+
+fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Writes a file by temp file, fsync, rename and directory fsync.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = tmp_path(path);
+    let mut file = fs::File::create(&temp).map_err(RecorderError::io("cannot create", &temp))?;
+    std::io::Write::write_all(&mut file, bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(RecorderError::io("cannot write", &temp))?;
+    fs::rename(&temp, path).map_err(RecorderError::io("cannot rename into place", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn remove_wal(layout: &Layout, number: u64) -> Result<()> {
+    let path = layout.wal_path(number);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(&layout.wal_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RecorderError::io("cannot remove sealed WAL file", &path)(e)),
+    }
+}

@@ -1,0 +1,141 @@
+//! Parquet segments: the only place Proctor writes Parquet.
+//!
+//! A segment holds one sealed WAL file's events, sorted by (session_id, seq),
+//! zstd-compressed, with page-level statistics and the page index, and the
+//! schema version in its key-value metadata.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
+use proctor_schemas::arrow::SCHEMA_VERSION_KEY;
+use proctor_schemas::{SCHEMA_VERSION, arrow as event_arrow};
+use sha2::{Digest, Sha256};
+
+use crate::config::RecorderSettings;
+use crate::{RecorderError, Result};
+
+/// Wraps a writer, hashing and counting what passes through, so a segment's
+/// SHA-256 is known when it is written without reading it back.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub(crate) fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(settings.zstd_level).map_err(|e| RecorderError::Config(e.to_string()))?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(settings.row_group_rows))
+        .set_data_page_row_count_limit(settings.page_rows)
+        .set_sorting_columns(Some(vec![
+            SortingColumn { column_idx: 0, descending: false, nulls_first: false },
+            SortingColumn { column_idx: 1, descending: false, nulls_first: false },
+        ]))
+        .set_key_value_metadata(Some(vec![KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]))
+        .set_created_by(format!("proctor {}", env!("CARGO_PKG_VERSION")))
+        .build())
+}
+
+/// Writes `batch` (already sorted) as a Parquet file at `path` and fsyncs it.
+/// Returns the file's SHA-256 (hex) and size.
+pub(crate) fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> Result<(String, u64)> {
+    let parquet_err =
+        |e: parquet::errors::ParquetError| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() };
+    let file = File::create(path).map_err(RecorderError::io("cannot create segment", path))?;
+    let mut writer =
+        ArrowWriter::try_new(HashingWriter::new(file), event_arrow::schema(), Some(writer_properties(settings)?))
+            .map_err(parquet_err)?;
+    writer.write(batch).map_err(parquet_err)?;
+    let hashing = writer.into_inner().map_err(parquet_err)?;
+    let (file, sha256, bytes) = hashing.finish();
+    file.sync_all().map_err(RecorderError::io("cannot fsync segment", path))?;
+    Ok((sha256, bytes))
+}
+
+/// Reads a whole segment.
+pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
+    read(path, None)
+}
+
+/// Reads the row groups of a segment that may hold `session_id`, skipping the
+/// others by their statistics (rows are sorted by session id, so each row
+/// group covers a narrow id range). The caller filters rows.
+pub fn read_session(path: &Path, session_id: &str) -> Result<Vec<RecordBatch>> {
+    read(path, Some(session_id))
+}
+
+fn read(path: &Path, session_id: Option<&str>) -> Result<Vec<RecordBatch>> {
+    let parquet_err =
+        |e: parquet::errors::ParquetError| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() };
+    let file = File::open(path).map_err(RecorderError::io("cannot open segment", path))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?.with_batch_size(8192);
+    if let Some(session_id) = session_id {
+        let wanted = session_id.as_bytes();
+        let groups: Vec<usize> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, rg)| match rg.column(0).statistics() {
+                Some(Statistics::ByteArray(stats)) => match (stats.min_opt(), stats.max_opt()) {
+                    (Some(min), Some(max)) => min.data() <= wanted && wanted <= max.data(),
+                    _ => true,
+                },
+                _ => true,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        builder = builder.with_row_groups(groups);
+    }
+    let reader = builder.build().map_err(parquet_err)?;
+    reader
+        .map(|batch| batch.map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() }))
+        .collect()
+}
+
+/// The schema version a segment declares in its metadata.
+pub fn schema_version(path: &Path) -> Result<Option<String>> {
+    let file = File::open(path).map_err(RecorderError::io("cannot open segment", path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == SCHEMA_VERSION_KEY))
+        .and_then(|kv| kv.value.clone()))
+}

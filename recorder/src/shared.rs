@@ -1,0 +1,110 @@
+//! State shared by the writer, syncer and sealer threads.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Counters for operators (exposed later as metrics).
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Events accepted into the WAL since start.
+    pub events: AtomicU64,
+    /// WAL bytes written since start.
+    pub wal_bytes: AtomicU64,
+    /// Segments sealed since start.
+    pub segments_sealed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// WAL files handed to the sealer and not yet sealed.
+    pending: usize,
+    /// The sealer's last error, cleared by its next success.
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    current_wal: Mutex<Option<Arc<File>>>,
+    /// Set by the writer after a write, cleared by the syncer before fsync.
+    pub dirty: AtomicBool,
+    pub stop: AtomicBool,
+    failed: Mutex<Option<String>>,
+    backlog: Mutex<Backlog>,
+    backlog_changed: Condvar,
+    pub stats: Stats,
+}
+
+// A poisoned lock means another recorder thread panicked; the data it guards
+// (a file handle, counters, a message) is still consistent, so carry on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared::default())
+    }
+
+    pub fn set_current_wal(&self, file: Option<Arc<File>>) {
+        *lock(&self.current_wal) = file;
+    }
+
+    pub fn current_wal(&self) -> Option<Arc<File>> {
+        lock(&self.current_wal).clone()
+    }
+
+    /// Fails the recorder closed: every later append is refused.
+    pub fn fail(&self, reason: String) {
+        let mut failed = lock(&self.failed);
+        if failed.is_none() {
+            tracing::error!(%reason, "recorder failed closed; appends are refused until restart");
+            *failed = Some(reason);
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failed).clone()
+    }
+
+    pub fn backlog_added(&self) {
+        lock(&self.backlog).pending += 1;
+    }
+
+    pub fn sealed_one(&self) {
+        let mut backlog = lock(&self.backlog);
+        backlog.pending = backlog.pending.saturating_sub(1);
+        backlog.last_error = None;
+        self.stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        self.backlog_changed.notify_all();
+    }
+
+    pub fn seal_failed(&self, reason: String) {
+        lock(&self.backlog).last_error = Some(reason);
+        self.backlog_changed.notify_all();
+    }
+
+    pub fn unsealed(&self) -> usize {
+        lock(&self.backlog).pending
+    }
+
+    /// Waits until fewer than `max` files wait for sealing. Fails at once with
+    /// the sealer's error when the backlog is full and the sealer is failing.
+    pub fn wait_for_backlog_room(&self, max: usize) -> Result<(), String> {
+        let mut backlog = lock(&self.backlog);
+        loop {
+            if backlog.pending < max {
+                return Ok(());
+            }
+            if let Some(error) = &backlog.last_error {
+                return Err(error.clone());
+            }
+            backlog = self
+                .backlog_changed
+                .wait_timeout(backlog, Duration::from_millis(100))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+}

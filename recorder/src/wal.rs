@@ -1,0 +1,295 @@
+//! The write-ahead log file format.
+//!
+//! ```text
+//! file    := header record*
+//! header  := "PRCTRWAL" format:u32le number:u64le          (20 bytes)
+//! record  := len:u32le crc:u32le body                     body is `len` bytes
+//! body    := 0x01 carry | 0x02 canonical-event-row
+//! carry   := count:varint (session_id:str next_seq:varint head:[u8;32])*
+//! ```
+//!
+//! `crc` is CRC-32C of the body. Each file starts with a carry record listing
+//! the sessions open when the file began (their next seq and chain head), so
+//! a file can be sealed on its own. Scanning stops at the first record that is
+//! incomplete or fails its checksum: that is a torn tail, reported and
+//! truncated at recovery, never parsed.
+
+use proctor_schemas::SessionId;
+use proctor_schemas::chain::ChainHash;
+
+pub const MAGIC: &[u8; 8] = b"PRCTRWAL";
+pub const FORMAT: u32 = 1;
+pub const HEADER_LEN: usize = 20;
+const FRAME_LEN: usize = 8;
+const TAG_CARRY: u8 = 1;
+const TAG_EVENT: u8 = 2;
+/// The largest record body accepted; larger lengths are treated as corruption.
+pub const MAX_RECORD: usize = 16 << 20;
+
+pub fn header(number: u64) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[..8].copy_from_slice(MAGIC);
+    out[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    out[12..20].copy_from_slice(&number.to_le_bytes());
+    out
+}
+
+/// A session open when a WAL file began.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carried {
+    pub session_id: SessionId,
+    pub next_seq: u64,
+    pub head: ChainHash,
+}
+
+/// Starts a record in `buf`; returns its start offset for [`finish_record`].
+pub fn begin_event_record(buf: &mut Vec<u8>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; FRAME_LEN]);
+    buf.push(TAG_EVENT);
+    start
+}
+
+/// Fills in length and checksum of the record begun at `start`. Returns the
+/// range of the canonical row within `buf`.
+pub fn finish_record(buf: &mut [u8], start: usize) -> std::ops::Range<usize> {
+    let body = start + FRAME_LEN;
+    let len = (buf.len() - body) as u32;
+    let crc = crc32c::crc32c(&buf[body..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    body + 1..buf.len()
+}
+
+/// Appends a carry record.
+pub fn put_carry(buf: &mut Vec<u8>, sessions: &[Carried]) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; FRAME_LEN]);
+    buf.push(TAG_CARRY);
+    put_varint(buf, sessions.len() as u64);
+    let mut text = proctor_schemas::SessionIdText::default();
+    for carried in sessions {
+        let id = text.render(carried.session_id);
+        put_varint(buf, id.len() as u64);
+        buf.extend_from_slice(id.as_bytes());
+        put_varint(buf, carried.next_seq);
+        buf.extend_from_slice(&carried.head.0);
+    }
+    finish_record(buf, start);
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// One record found by a scan.
+#[derive(Debug)]
+pub enum Record<'a> {
+    Carry(Vec<Carried>),
+    /// A canonical event row.
+    Event(&'a [u8]),
+}
+
+/// Where and why a scan stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// Offset of the first byte not part of a complete record.
+    pub offset: u64,
+    /// Bytes after `offset`.
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// The complete records of a WAL file.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    pub number: u64,
+    pub records: Vec<Record<'a>>,
+    /// Length of the valid prefix (header and complete records).
+    pub valid_len: u64,
+    pub torn: Option<TornTail>,
+}
+
+impl Scan<'_> {
+    pub fn event_count(&self) -> usize {
+        self.records.iter().filter(|r| matches!(r, Record::Event(_))).count()
+    }
+}
+
+/// Scans a WAL file's bytes. A file too short for its header, or whose header
+/// is damaged, has no records (its whole length is the torn tail).
+pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
+    let torn_at = |offset: usize, reason: String| TornTail {
+        offset: offset as u64,
+        bytes: (bytes.len() - offset) as u64,
+        reason,
+    };
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Scan {
+            number: expected_number,
+            records: Vec::new(),
+            valid_len: 0,
+            torn: (!bytes.is_empty()).then(|| torn_at(0, "missing or damaged header".to_string())),
+        };
+    }
+    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let mut number_bytes = [0u8; 8];
+    number_bytes.copy_from_slice(&bytes[12..20]);
+    let number = u64::from_le_bytes(number_bytes);
+    if format != FORMAT || number != expected_number {
+        return Scan {
+            number: expected_number,
+            records: Vec::new(),
+            valid_len: 0,
+            torn: Some(torn_at(
+                0,
+                format!("header says format {format} file {number}, expected format {FORMAT} file {expected_number}"),
+            )),
+        };
+    }
+    let mut records = Vec::new();
+    let mut pos = HEADER_LEN;
+    let mut torn = None;
+    while pos < bytes.len() {
+        if bytes.len() - pos < FRAME_LEN {
+            torn = Some(torn_at(pos, "incomplete record frame".to_string()));
+            break;
+        }
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
+        if len == 0 || len > MAX_RECORD {
+            torn = Some(torn_at(pos, format!("implausible record length {len}")));
+            break;
+        }
+        let body_start = pos + FRAME_LEN;
+        if bytes.len() - body_start < len {
+            torn = Some(torn_at(pos, format!("record of {len} bytes is incomplete")));
+            break;
+        }
+        let body = &bytes[body_start..body_start + len];
+        if crc32c::crc32c(body) != crc {
+            torn = Some(torn_at(pos, "record checksum mismatch".to_string()));
+            break;
+        }
+        let record = match body[0] {
+            TAG_EVENT => Some(Record::Event(&body[1..])),
+            TAG_CARRY => parse_carry(&body[1..]).map(Record::Carry),
+            _ => None,
+        };
+        let Some(record) = record else {
+            torn = Some(torn_at(pos, format!("unreadable record of type {}", body[0])));
+            break;
+        };
+        records.push(record);
+        pos = body_start + len;
+    }
+    Scan { number, records, valid_len: torn.as_ref().map_or(bytes.len() as u64, |t| t.offset), torn }
+}
+
+fn parse_carry(mut bytes: &[u8]) -> Option<Vec<Carried>> {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let count = varint(&mut bytes)? as usize;
+    let mut out = Vec::with_capacity(count.min(bytes.len()));
+    for _ in 0..count {
+        let len = varint(&mut bytes)? as usize;
+        if bytes.len() < len {
+            return None;
+        }
+        let (id, rest) = bytes.split_at(len);
+        bytes = rest;
+        let session_id: SessionId = std::str::from_utf8(id).ok()?.parse().ok()?;
+        let next_seq = varint(&mut bytes)?;
+        if bytes.len() < 32 {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(32);
+        bytes = rest;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(head);
+        out.push(Carried { session_id, next_seq, head: ChainHash(hash) });
+    }
+    bytes.is_empty().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(events: &[&[u8]], carried: &[Carried]) -> Vec<u8> {
+        let mut buf = header(7).to_vec();
+        put_carry(&mut buf, carried);
+        for payload in events {
+            let start = begin_event_record(&mut buf);
+            buf.extend_from_slice(payload);
+            finish_record(&mut buf, start);
+        }
+        buf
+    }
+
+    #[test]
+    fn complete_records_scan_back() {
+        let carried = vec![Carried { session_id: SessionId::from_parts(5, 9), next_seq: 12, head: ChainHash([3; 32]) }];
+        let file = file_with(&[b"one", b"two"], &carried);
+        let scan = scan(&file, 7);
+        assert!(scan.torn.is_none());
+        assert_eq!(scan.valid_len, file.len() as u64);
+        assert!(matches!(&scan.records[0], Record::Carry(c) if c == &carried));
+        assert!(matches!(scan.records[1], Record::Event(b"one")));
+        assert!(matches!(scan.records[2], Record::Event(b"two")));
+    }
+
+    #[test]
+    fn every_truncation_point_yields_a_prefix_and_a_torn_tail() {
+        let file = file_with(&[b"first event", b"second event"], &[]);
+        let full = scan(&file, 7).records.len();
+        for cut in 0..file.len() {
+            let scan = scan(&file[..cut], 7);
+            assert!(scan.records.len() < full, "cut at {cut}");
+            assert!(scan.valid_len <= cut as u64);
+            match &scan.torn {
+                // A cut on a record boundary leaves a shorter, intact file.
+                None => assert_eq!(scan.valid_len, cut as u64, "cut at {cut}"),
+                Some(torn) => {
+                    assert_eq!(torn.offset, scan.valid_len);
+                    assert_eq!(torn.offset + torn.bytes, cut as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_never_parsed_as_a_record() {
+        let file = file_with(&[b"first event", b"second event"], &[]);
+        let intact = scan(&file, 7).records.len();
+        for i in HEADER_LEN..file.len() {
+            let mut damaged = file.clone();
+            damaged[i] ^= 0x40;
+            let scan = scan(&damaged, 7);
+            assert!(scan.torn.is_some(), "flip at {i} went unnoticed");
+            assert!(scan.records.len() < intact);
+        }
+    }
+
+    #[test]
+    fn a_file_from_another_number_is_refused() {
+        let file = file_with(&[b"x"], &[]);
+        let scan = scan(&file, 8);
+        assert!(scan.records.is_empty());
+        assert!(scan.torn.unwrap().reason.contains("expected format 1 file 8"));
+    }
+}

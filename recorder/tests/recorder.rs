@@ -1,0 +1,253 @@
+//! The recorder through its public API, on real files in temp dirs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use proctor_recorder::reader::Reader;
+use proctor_recorder::{FsyncPolicy, RecordError, Recorder, RecorderError, RecorderSettings};
+use proctor_schemas::*;
+
+/// Every kind, full and minimal, in one session between a start and an end.
+fn every_kind(session: SessionId) -> Vec<NewEvent> {
+    let mut events = vec![start(session, T0)];
+    for kind in EventKind::ALL.iter().copied().filter(|k| !matches!(k, EventKind::SessionStart | EventKind::SessionEnd)) {
+        for body in [sample::full(kind), sample::minimal(kind)] {
+            events.push(NewEvent::new(session, Timestamp(T0 + events.len() as i64), sample::direction(kind), body));
+        }
+    }
+    events.push(NewEvent::new(session, Timestamp(T0 + events.len() as i64), Direction::Gateway, sample::full(EventKind::SessionEnd)));
+    events
+}
+
+fn with_seqs(events: &[NewEvent]) -> Vec<Event> {
+    events.iter().enumerate().map(|(seq, e)| e.clone().with_seq(seq as u64)).collect()
+}
+
+#[test]
+fn every_kind_round_trips_through_the_wal_and_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    let events = every_kind(session);
+    let mut seqs = Vec::new();
+    for event in &events {
+        seqs.push(sink.blocking_append(event.clone()).unwrap());
+    }
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+
+    // Readable from the WAL before sealing ...
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.session_events(session).unwrap(), with_seqs(&events));
+    let live = reader.sessions().unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].wal_events, events.len() as u64);
+
+    // ... and from the segment after.
+    recorder.close().unwrap();
+    assert_eq!(reader.session_events(session).unwrap(), with_seqs(&events));
+    let sessions = reader.sessions().unwrap();
+    assert_eq!(sessions.len(), 1);
+    let summary = &sessions[0];
+    assert_eq!(summary.protocol.as_deref(), Some("postgres"));
+    assert_eq!(summary.resource.as_deref(), Some("prod-db"));
+    assert_eq!(summary.subject.as_deref(), Some("ci-deploy"));
+    assert_eq!(summary.end_reason.as_deref(), Some("client_closed"));
+    assert_eq!((summary.events, summary.wal_events, summary.segments.len()), (events.len() as u64, 0, 1));
+    let report = assert_verifies(dir.path());
+    assert_eq!((report.segments, report.sessions, report.events), (1, 1, events.len() as u64));
+}
+
+#[test]
+fn segments_are_zstd_parquet_sorted_with_page_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let sessions: Vec<SessionId> = (0..5).map(|_| SessionId::new()).collect();
+    // Interleaved sessions, so sorting has work to do.
+    for s in &sessions {
+        sink.blocking_append(start(*s, T0)).unwrap();
+    }
+    for i in 0..200 {
+        for s in sessions.iter().rev() {
+            sink.blocking_append(statement(*s, T0 + i, &format!("select {i}"))).unwrap();
+        }
+    }
+    recorder.close().unwrap();
+    let manifest = Reader::open(dir.path()).unwrap().manifests().unwrap().remove(0);
+    let file = std::fs::File::open(dir.path().join(&manifest.path)).unwrap();
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+    use parquet::file::reader::FileReader;
+    let metadata = reader.metadata();
+    let column = metadata.row_group(0).column(0);
+    assert!(matches!(column.compression(), parquet::basic::Compression::ZSTD(_)), "{:?}", column.compression());
+    assert!(column.statistics().is_some(), "statistics are written");
+    assert!(column.column_index_offset().is_some() && column.offset_index_offset().is_some(), "the page index is written");
+    let sorting = metadata.row_group(0).sorting_columns().cloned().unwrap_or_default();
+    assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), vec![0, 1]);
+    assert!(manifest.path.starts_with("segments/dt=2025-11-24/"), "{}", manifest.path);
+
+    let mut previous: Option<(SessionId, u64)> = None;
+    Reader::open(dir.path())
+        .unwrap()
+        .for_each_event(|e| {
+            let key = (e.session_id, e.seq);
+            assert!(previous.is_none_or(|p| p < key), "{previous:?} then {key:?}");
+            previous = Some(key);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn events_outside_an_open_session_are_refused_and_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    let refused = sink.blocking_append(statement(session, T0, "select 1")).unwrap_err();
+    assert!(matches!(&refused, RecordError::Rejected(m) if m.contains("is not open")), "{refused}");
+
+    sink.blocking_append(start(session, T0)).unwrap();
+    let twice = sink.blocking_append(start(session, T0)).unwrap_err();
+    assert!(twice.to_string().contains("already started"), "{twice}");
+
+    // A batch is all or nothing.
+    let other = SessionId::new();
+    let batch = vec![statement(session, T0, "select 2"), statement(other, T0, "select 3")];
+    assert!(sink.blocking_append_batch(batch).is_err());
+    assert_eq!(sink.blocking_append(statement(session, T0, "select 4")).unwrap(), 1, "the refused batch used no seq");
+
+    sink.blocking_append(end(session, T0)).unwrap();
+    assert!(sink.blocking_append(statement(session, T0, "select 5")).is_err(), "nothing follows session_end");
+    recorder.close().unwrap();
+    let events = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    let sql: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Statement(s) => Some(s.sql.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sql, vec!["select 4"]);
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn a_second_recorder_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Recorder::open(dir.path(), &settings()).unwrap();
+    let second = Recorder::open(dir.path(), &settings()).err().expect("second open must fail");
+    assert!(matches!(second, RecorderError::Locked(_)), "{second}");
+}
+
+#[test]
+fn close_ends_open_sessions_with_reason_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let session = SessionId::new();
+    recorder.sink().blocking_append(start(session, T0)).unwrap();
+    recorder.close().unwrap();
+    let events = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    assert!(matches!(&events.last().unwrap().body, EventBody::SessionEnd(e) if e.reason == EndReason::Shutdown));
+    assert!(std::fs::read_dir(dir.path().join("wal")).unwrap().next().is_none(), "a clean close leaves no WAL");
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn segments_roll_by_size_and_age_and_chains_continue_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RecorderSettings {
+        segment_max_bytes: proctor_recorder::ByteSize(16 << 10),
+        segment_max_age: Duration::from_millis(300),
+        ..settings()
+    };
+    let recorder = Recorder::open(dir.path(), &settings).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    sink.blocking_append(start(session, T0)).unwrap();
+    for i in 0..100 {
+        sink.blocking_append(output(session, T0 + i, 1000)).unwrap();
+    }
+    let reader = Reader::open(dir.path()).unwrap();
+    let wait_for = |count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reader.manifests().unwrap().len() < count {
+            assert!(std::time::Instant::now() < deadline, "segments were not sealed in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(5);
+    let sealed = reader.manifests().unwrap().len();
+    // Age: one more event, then nothing; the segment seals on its own.
+    sink.blocking_append(output(session, T0 + 1000, 10)).unwrap();
+    wait_for(sealed + 1);
+    // On demand.
+    sink.blocking_append(output(session, T0 + 1001, 10)).unwrap();
+    let id = sink.blocking_seal_now().unwrap().expect("a segment was sealed");
+    assert_eq!(reader.manifests().unwrap().last().unwrap().segment_id, id);
+    assert_eq!(sink.blocking_seal_now().unwrap(), None, "nothing left to seal");
+    recorder.close().unwrap();
+
+    let manifests = reader.manifests().unwrap();
+    assert!(manifests.len() >= 7);
+    assert!(manifests.windows(2).all(|w| w[0].segment_id < w[1].segment_id));
+    assert!(manifests.iter().skip(1).all(|m| m.sessions[0].chain_in.is_some()), "chains carry across segments");
+    // start, 102 outputs, and the session_end written at close.
+    assert_eq!(reader.session_events(session).unwrap().len(), 104);
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn concurrent_producers_with_fsync_always_get_dense_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RecorderSettings { fsync: FsyncPolicy::Always, queue_capacity: 4, ..settings() };
+    let recorder = Recorder::open(dir.path(), &settings).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let per_task = 300;
+    let sessions: HashMap<SessionId, Vec<u64>> = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let sink = recorder.sink();
+            tasks.push(tokio::spawn(async move {
+                let session = SessionId::new();
+                let mut seqs = vec![sink.append(start(session, T0)).await.unwrap()];
+                for i in 0..per_task {
+                    seqs.push(sink.append(statement(session, T0 + i, "select 1")).await.unwrap());
+                }
+                (session, seqs)
+            }));
+        }
+        let mut out = HashMap::new();
+        for task in tasks {
+            let (session, seqs) = task.await.unwrap();
+            out.insert(session, seqs);
+        }
+        out
+    });
+    recorder.close().unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    for (session, seqs) in sessions {
+        assert_eq!(seqs, (0..=per_task as u64).collect::<Vec<_>>());
+        // Plus the session_end written at close.
+        assert_eq!(reader.session_events(session).unwrap().len(), per_task as usize + 2);
+    }
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn an_oversized_event_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    sink.blocking_append(start(session, T0)).unwrap();
+    let error = sink.blocking_append(output(session, T0, 17 << 20)).unwrap_err();
+    assert!(error.to_string().contains("exceeds the WAL record limit"), "{error}");
+    assert_eq!(sink.blocking_append(output(session, T0, 10)).unwrap(), 1);
+    recorder.close().unwrap();
+    assert_verifies(dir.path());
+}

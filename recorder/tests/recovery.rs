@@ -1,0 +1,173 @@
+//! Recovery of WAL files left by runs that did not stop cleanly: torn tails,
+//! interrupted seals, sessions left open. The WAL files are built with the
+//! recorder's own format functions and put on disk as a crash leaves them.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use proctor_recorder::layout::Layout;
+use proctor_recorder::reader::Reader;
+use proctor_recorder::wal::{self, Carried};
+use proctor_recorder::{Recorder, RecordError};
+use proctor_schemas::chain::ChainHash;
+use proctor_schemas::*;
+
+/// Writes WAL file `number` holding `events` (seqs assigned in order per
+/// session, as the writer would), followed by `tail` garbage bytes.
+fn write_wal(dir: &Path, number: u64, events: &[NewEvent], tail: &[u8]) -> Vec<u8> {
+    let layout = Layout::new(dir);
+    layout.create_dirs().unwrap();
+    let mut bytes = wal::header(number).to_vec();
+    wal::put_carry(&mut bytes, &[] as &[Carried]);
+    let mut seqs = std::collections::HashMap::new();
+    for event in events {
+        let seq = seqs.entry(event.session_id).or_insert(0u64);
+        let event = event.clone().with_seq(*seq);
+        *seq += 1;
+        let start = wal::begin_event_record(&mut bytes);
+        let mut id = SessionIdText::default();
+        canonical::encode(&event.cells(&mut id), &mut bytes);
+        wal::finish_record(&mut bytes, start);
+    }
+    bytes.extend_from_slice(tail);
+    std::fs::write(layout.wal_path(number), &bytes).unwrap();
+    bytes
+}
+
+fn crashed_session() -> (SessionId, Vec<NewEvent>) {
+    let session = SessionId::new();
+    (session, vec![start(session, T0), statement(session, T0 + 1, "select 1"), statement(session, T0 + 2, "select 2")])
+}
+
+#[test]
+fn a_torn_tail_is_truncated_reported_and_recorded_and_the_rest_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, events) = crashed_session();
+    // A record frame promising 200 bytes, of which only 5 made it to disk.
+    let mut torn = 200u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 2, 1, 0, 36, 48]);
+    write_wal(dir.path(), 1, &events, &torn);
+
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let report = recorder.recovery_report().clone();
+    assert_eq!(report.torn_tails.len(), 1);
+    let (_, tail) = &report.torn_tails[0];
+    assert_eq!(tail.bytes, torn.len() as u64);
+    assert!(tail.reason.contains("incomplete"), "{}", tail.reason);
+    assert_eq!((report.wal_files_sealed, report.events_recovered), (1, 3));
+    assert_eq!(report.sessions_closed, vec![session]);
+    // The closed session is over: nothing more may be recorded in it.
+    assert!(matches!(recorder.sink().blocking_append(statement(session, T0, "late")), Err(RecordError::Rejected(_))));
+    recorder.close().unwrap();
+
+    let reader = Reader::open(dir.path()).unwrap();
+    let recovered = reader.session_events(session).unwrap();
+    assert_eq!(recovered.len(), 4);
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(recovered[i], event.clone().with_seq(i as u64));
+    }
+    assert!(matches!(&recovered[3].body, EventBody::SessionEnd(e) if e.reason == EndReason::Recovered));
+
+    // What recovery did is itself recorded, in a system session.
+    let system = reader.sessions().unwrap().into_iter().find(|s| s.protocol.as_deref() == Some("system")).unwrap();
+    let notes: Vec<String> = reader
+        .session_events(system.session_id)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::RecorderRecovery(r) => Some(r.message),
+            _ => None,
+        })
+        .collect();
+    assert!(notes.iter().any(|m| m.contains("torn WAL tail")), "{notes:?}");
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn a_damaged_record_ends_the_readable_log_and_is_never_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, events) = crashed_session();
+    let bytes = write_wal(dir.path(), 1, &events, &[]);
+    // Flip a byte inside the last record: its checksum no longer matches.
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 3;
+    damaged[last] ^= 0x01;
+    std::fs::write(Layout::new(dir.path()).wal_path(1), &damaged).unwrap();
+
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let (_, tail) = &recorder.recovery_report().torn_tails[0];
+    assert!(tail.reason.contains("checksum"), "{}", tail.reason);
+    recorder.close().unwrap();
+    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    assert_eq!(recovered.len(), 3, "two intact events and the recovery's session_end");
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn an_interrupted_seal_neither_loses_nor_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let (session, events) = crashed_session();
+    let wal_bytes = write_wal(dir.path(), 1, &events, &[]);
+    Recorder::open(dir.path(), &settings()).unwrap().close().unwrap();
+    let count = || Reader::open(dir.path()).unwrap().session_events(session).unwrap().len();
+    assert_eq!(count(), 4);
+
+    // Crash after the manifest was written, before the WAL file was removed.
+    std::fs::write(layout.wal_path(1), &wal_bytes).unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().wal_files_already_sealed, 1);
+    recorder.close().unwrap();
+    assert_eq!(count(), 4);
+    assert_verifies(dir.path());
+
+    // Crash after the segment was renamed into place, before its manifest:
+    // the segment is re-sealed from the WAL, not counted twice.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_layout = Layout::new(fresh.path());
+    write_wal(fresh.path(), 1, &events, &[]);
+    Recorder::open(fresh.path(), &settings()).unwrap().close().unwrap();
+    let manifests = fresh_layout.manifest_numbers().unwrap();
+    std::fs::write(fresh_layout.wal_path(manifests[0]), &wal_bytes).unwrap();
+    for number in &manifests {
+        std::fs::remove_file(fresh_layout.manifest_path(*number)).unwrap();
+    }
+    std::fs::write(fresh_layout.manifests_dir().join("00000000000000000009.json.tmp"), b"{").unwrap();
+    let recorder = Recorder::open(fresh.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().temp_files_removed, 1);
+    recorder.close().unwrap();
+    assert_eq!(Reader::open(fresh.path()).unwrap().session_events(session).unwrap().len(), 4);
+    assert_verifies(fresh.path());
+}
+
+#[test]
+fn a_carry_record_continues_sessions_across_wal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    let (session, events) = crashed_session();
+    write_wal(dir.path(), 1, &events, &[]);
+    // File 2 starts with a carry record naming the open session, as a
+    // rotation writes it, and holds one more event.
+    let mut head = ChainHash::GENESIS;
+    let mut id = SessionIdText::default();
+    for (seq, event) in events.iter().enumerate() {
+        let mut bytes = Vec::new();
+        canonical::encode(&event.clone().with_seq(seq as u64).cells(&mut id), &mut bytes);
+        head = head.next(&bytes);
+    }
+    let mut bytes = wal::header(2).to_vec();
+    wal::put_carry(&mut bytes, &[Carried { session_id: session, next_seq: 3, head }]);
+    let start = wal::begin_event_record(&mut bytes);
+    canonical::encode(&statement(session, T0 + 3, "select 3").with_seq(3).cells(&mut id), &mut bytes);
+    wal::finish_record(&mut bytes, start);
+    std::fs::write(layout.wal_path(2), &bytes).unwrap();
+
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().wal_files_sealed, 2);
+    recorder.close().unwrap();
+    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_verifies(dir.path());
+}
