@@ -1,1 +1,13 @@
-//! placeholder
+//! Proctor's data path: listeners, protocol adapters, identity, grants,
+//! policy, masking and the session lifecycle.
+//!
+//! Architecture invariant: gateway-core knows nothing of Parquet, tantivy or
+//! the web console, and never imports the recorder. It hands events to an
+//! [`EventSink`] (the binary wires the recorder in) and treats a refused event
+//! as a reason to fail closed: what was not recorded does not pass.
+
+mod control;
+mod sink;
+
+pub use control::ControlSession;
+pub use sink::{EventSink, SinkError};

@@ -54,7 +54,7 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-pub(crate) fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties> {
+pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(settings.zstd_level).map_err(|e| RecorderError::Config(e.to_string()))?;
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -72,7 +72,7 @@ pub(crate) fn writer_properties(settings: &RecorderSettings) -> Result<WriterPro
 
 /// Writes `batch` (already sorted) as a Parquet file at `path` and fsyncs it.
 /// Returns the file's SHA-256 (hex) and size.
-pub(crate) fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> Result<(String, u64)> {
+pub fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> Result<(String, u64)> {
     let parquet_err =
         |e: parquet::errors::ParquetError| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() };
     let file = File::create(path).map_err(RecorderError::io("cannot create segment", path))?;

@@ -29,6 +29,9 @@ const MAX_BATCH_CALLS: usize = 4096;
 pub(crate) type SealReply = oneshot::Sender<Result<Option<u64>, RecordError>>;
 
 /// A request to the writer thread.
+// Events travel by value: boxing them would cost an allocation per append on
+// the hot path, to save bytes in a channel of bounded capacity.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     Append {
         events: Events,
@@ -41,6 +44,7 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Events {
     One(NewEvent),
     Many(Vec<NewEvent>),

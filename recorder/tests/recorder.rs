@@ -13,12 +13,18 @@ use proctor_schemas::*;
 /// Every kind, full and minimal, in one session between a start and an end.
 fn every_kind(session: SessionId) -> Vec<NewEvent> {
     let mut events = vec![start(session, T0)];
-    for kind in EventKind::ALL.iter().copied().filter(|k| !matches!(k, EventKind::SessionStart | EventKind::SessionEnd)) {
+    for kind in EventKind::ALL.iter().copied().filter(|k| !matches!(k, EventKind::SessionStart | EventKind::SessionEnd))
+    {
         for body in [sample::full(kind), sample::minimal(kind)] {
             events.push(NewEvent::new(session, Timestamp(T0 + events.len() as i64), sample::direction(kind), body));
         }
     }
-    events.push(NewEvent::new(session, Timestamp(T0 + events.len() as i64), Direction::Gateway, sample::full(EventKind::SessionEnd)));
+    events.push(NewEvent::new(
+        session,
+        Timestamp(T0 + events.len() as i64),
+        Direction::Gateway,
+        sample::full(EventKind::SessionEnd),
+    ));
     events
 }
 
@@ -85,7 +91,10 @@ fn segments_are_zstd_parquet_sorted_with_page_statistics() {
     let column = metadata.row_group(0).column(0);
     assert!(matches!(column.compression(), parquet::basic::Compression::ZSTD(_)), "{:?}", column.compression());
     assert!(column.statistics().is_some(), "statistics are written");
-    assert!(column.column_index_offset().is_some() && column.offset_index_offset().is_some(), "the page index is written");
+    assert!(
+        column.column_index_offset().is_some() && column.offset_index_offset().is_some(),
+        "the page index is written"
+    );
     let sorting = metadata.row_group(0).sorting_columns().cloned().unwrap_or_default();
     assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), vec![0, 1]);
     assert!(manifest.path.starts_with("segments/dt=2025-11-24/"), "{}", manifest.path);

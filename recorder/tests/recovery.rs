@@ -10,7 +10,7 @@ use common::*;
 use proctor_recorder::layout::Layout;
 use proctor_recorder::reader::Reader;
 use proctor_recorder::wal::{self, Carried};
-use proctor_recorder::{Recorder, RecordError};
+use proctor_recorder::{RecordError, Recorder};
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::*;
 

@@ -61,9 +61,9 @@ pub fn data_type(ty: ColumnType) -> DataType {
 
 /// The event table's schema, with the schema version in its metadata.
 pub fn schema() -> SchemaRef {
-    let fields: Vec<Field> =
-        COLUMNS.iter().map(|def| Field::new(def.name, data_type(def.ty), !def.required)).collect();
-    let metadata: std::collections::HashMap<String, String> = [(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())].into_iter().collect();
+    let fields: Vec<Field> = COLUMNS.iter().map(|def| Field::new(def.name, data_type(def.ty), !def.required)).collect();
+    let metadata: std::collections::HashMap<String, String> =
+        [(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())].into_iter().collect();
     Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
@@ -93,11 +93,9 @@ fn render_type(ty: &DataType) -> String {
         DataType::Boolean => "bool".into(),
         DataType::Binary => "binary".into(),
         DataType::Timestamp(TimeUnit::Nanosecond, Some(tz)) => format!("timestamp[ns, {tz}]"),
-        DataType::List(field) => format!(
-            "list<{}{}>",
-            render_type(field.data_type()),
-            if field.is_nullable() { "" } else { " not null" }
-        ),
+        DataType::List(field) => {
+            format!("list<{}{}>", render_type(field.data_type()), if field.is_nullable() { "" } else { " not null" })
+        }
         DataType::Struct(fields) => {
             let inner: Vec<String> = fields
                 .iter()
@@ -392,7 +390,9 @@ fn types_match(actual: &DataType, expected: &DataType) -> bool {
         }
         (DataType::Struct(a), DataType::Struct(e)) => {
             a.len() == e.len()
-                && a.iter().zip(e.iter()).all(|(a, e)| a.name() == e.name() && types_match(a.data_type(), e.data_type()))
+                && a.iter()
+                    .zip(e.iter())
+                    .all(|(a, e)| a.name() == e.name() && types_match(a.data_type(), e.data_type()))
         }
         (a, e) => a == e,
     }
@@ -417,7 +417,9 @@ fn read_value(ty: ColumnType, array: &ArrayRef, index: usize) -> Option<OwnedVal
             let items = opt_strings(array.as_list_opt::<i32>()?.value(index).as_ref())?;
             OwnedValue::StrList(items.into_iter().collect::<Option<Vec<String>>>()?)
         }
-        ColumnType::OptStrList => OwnedValue::OptStrList(opt_strings(array.as_list_opt::<i32>()?.value(index).as_ref())?),
+        ColumnType::OptStrList => {
+            OwnedValue::OptStrList(opt_strings(array.as_list_opt::<i32>()?.value(index).as_ref())?)
+        }
         ColumnType::Rows => {
             let rows = array.as_list_opt::<i32>()?.value(index);
             let rows = rows.as_list_opt::<i32>()?;

@@ -23,9 +23,9 @@
 //! wrong shape, an empty list or trailing bytes are errors, so that one row has
 //! exactly one encoding.
 
+use crate::SchemaError;
 use crate::columns::{COLUMNS, Cells, Column, ColumnType, Header, RuleCount, Value};
 use crate::row::{OwnedValue, Row, is_list};
-use crate::SchemaError;
 
 /// The encoding's version byte.
 pub const CANONICAL_VERSION: u8 = 1;
@@ -116,8 +116,8 @@ pub fn decode(bytes: &[u8]) -> Result<Row, SchemaError> {
     let mut previous: Option<usize> = None;
     while reader.pos < bytes.len() {
         let index = reader.varint()? as usize;
-        let column = Column::from_index(index)
-            .ok_or_else(|| SchemaError::Canonical(format!("unknown column index {index}")))?;
+        let column =
+            Column::from_index(index).ok_or_else(|| SchemaError::Canonical(format!("unknown column index {index}")))?;
         if previous.is_some_and(|p| p >= index) {
             return Err(SchemaError::Canonical(format!("column `{}` out of order", column.name())));
         }
@@ -307,7 +307,8 @@ mod tests {
 
     #[test]
     fn non_minimal_and_overlong_varints_are_rejected() {
-        for bytes in [vec![0x80, 0x00], vec![0xff; 11], vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]]
+        for bytes in
+            [vec![0x80, 0x00], vec![0xff; 11], vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]]
         {
             let mut reader = Reader { bytes: &bytes, pos: 0 };
             assert!(reader.varint().is_err(), "{bytes:?}");
@@ -320,11 +321,11 @@ mod tests {
             vec![],
             vec![9],
             vec![1, 0xff],
-            vec![1, 0, 200],                   // string longer than the row
-            vec![1, 1, 5, 0, 3],               // out of order
-            vec![1, 60, 0],                    // empty list in `headers`
-            vec![1, 0, 3, b'a', 0xff, 0xfe],   // invalid UTF-8
-            vec![1, 120, 0],                   // unknown column
+            vec![1, 0, 200],                 // string longer than the row
+            vec![1, 1, 5, 0, 3],             // out of order
+            vec![1, 60, 0],                  // empty list in `headers`
+            vec![1, 0, 3, b'a', 0xff, 0xfe], // invalid UTF-8
+            vec![1, 120, 0],                 // unknown column
         ];
         for case in cases {
             assert!(decode(&case).is_err(), "{case:?} decoded");

@@ -287,9 +287,6 @@ impl<'a> Cells<'a> {
 
     /// Non-null cells in column order.
     pub fn iter(&self) -> impl Iterator<Item = (Column, Value<'a>)> + '_ {
-        self.values
-            .iter()
-            .enumerate()
-            .filter_map(|(index, value)| value.map(|value| (COLUMNS[index].column, value)))
+        self.values.iter().enumerate().filter_map(|(index, value)| value.map(|value| (COLUMNS[index].column, value)))
     }
 }

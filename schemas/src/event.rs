@@ -601,8 +601,7 @@ impl EventBody {
         let req_str = |row: &mut Row, column: C| row.take_str(column)?.ok_or_else(|| SchemaError::missing(column, k));
         let req_u64 = |row: &mut Row, column: C| row.take_u64(column)?.ok_or_else(|| SchemaError::missing(column, k));
         let req_u32 = |row: &mut Row, column: C| row.take_u32(column)?.ok_or_else(|| SchemaError::missing(column, k));
-        let req_bool =
-            |row: &mut Row, column: C| row.take_bool(column)?.ok_or_else(|| SchemaError::missing(column, k));
+        let req_bool = |row: &mut Row, column: C| row.take_bool(column)?.ok_or_else(|| SchemaError::missing(column, k));
         Ok(match kind {
             EventKind::SessionStart => EventBody::SessionStart(SessionStart {
                 protocol: req_str(row, C::Protocol)?.parse()?,

@@ -73,9 +73,7 @@ pub fn full(kind: EventKind) -> EventBody {
             detail: some("detail"),
         }
         .into(),
-        K::Notification => {
-            Notification { backend_pid: 4242, channel: s("jobs"), payload: s("{\"id\":7}") }.into()
-        }
+        K::Notification => Notification { backend_pid: 4242, channel: s("jobs"), payload: s("{\"id\":7}") }.into(),
         K::ParameterStatus => ParameterStatus { parameter: s("server_version"), value: s("17.2") }.into(),
         K::Copy => CopySummary {
             ref_seq: Some(5),
@@ -86,7 +84,9 @@ pub fn full(kind: EventKind) -> EventBody {
         }
         .into(),
         K::Cancel => Cancel { backend_pid: Some(4242), message: some("cancel requested by client") }.into(),
-        K::RawFrame => RawFrame { frame_tag: s("F"), byte_count: 18, data: vec![0x46, 0, 0, 0, 17], truncated: true }.into(),
+        K::RawFrame => {
+            RawFrame { frame_tag: s("F"), byte_count: 18, data: vec![0x46, 0, 0, 0, 17], truncated: true }.into()
+        }
         K::PtyRequest => PtyRequest { term: s("xterm-256color"), width: 120, height: 40 }.into(),
         K::TerminalInput => TerminalInput { data: b"ls -la\r".to_vec() }.into(),
         K::TerminalOutput => {
@@ -301,10 +301,25 @@ fn review_action(kind: EventKind) -> ReviewAction {
 pub fn direction(kind: EventKind) -> Direction {
     use EventKind as K;
     match kind {
-        K::Prepare | K::Statement | K::Cancel | K::RawFrame | K::PtyRequest | K::TerminalInput | K::Resize
-        | K::Exec | K::FileTransfer | K::HttpRequest => Direction::ClientToTarget,
-        K::Result | K::Error | K::Notice | K::Notification | K::ParameterStatus | K::Copy | K::TerminalOutput
-        | K::ExitStatus | K::HttpResponse => Direction::TargetToClient,
+        K::Prepare
+        | K::Statement
+        | K::Cancel
+        | K::RawFrame
+        | K::PtyRequest
+        | K::TerminalInput
+        | K::Resize
+        | K::Exec
+        | K::FileTransfer
+        | K::HttpRequest => Direction::ClientToTarget,
+        K::Result
+        | K::Error
+        | K::Notice
+        | K::Notification
+        | K::ParameterStatus
+        | K::Copy
+        | K::TerminalOutput
+        | K::ExitStatus
+        | K::HttpResponse => Direction::TargetToClient,
         _ => Direction::Gateway,
     }
 }

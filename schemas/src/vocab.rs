@@ -187,8 +187,8 @@ impl EventKind {
             PtyRequest | TerminalInput | TerminalOutput | Resize | Exec | ExitStatus | FileTransfer => "terminal",
             HttpRequest | HttpResponse => "http",
             GrantRequested | GrantApproved | GrantDenied | GrantExpired | GrantRevoked | PolicyDecision
-            | ReviewRequested | ReviewApproved | ReviewDenied | ReviewExpired | MaskingApplied
-            | RecordingAccessed | RetentionDeleted | RecorderRecovery => "control",
+            | ReviewRequested | ReviewApproved | ReviewDenied | ReviewExpired | MaskingApplied | RecordingAccessed
+            | RetentionDeleted | RecorderRecovery => "control",
         }
     }
 }

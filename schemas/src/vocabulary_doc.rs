@@ -4,7 +4,12 @@
 use crate::event::SessionIdText;
 use crate::*;
 
-fn vocabulary_table<T: Copy>(title: &str, values: &[T], name: fn(&T) -> &'static str, doc: fn(&T) -> &'static str) -> String {
+fn vocabulary_table<T: Copy>(
+    title: &str,
+    values: &[T],
+    name: fn(&T) -> &'static str,
+    doc: fn(&T) -> &'static str,
+) -> String {
     let mut out = format!("#### {title}\n\n| value | meaning |\n| --- | --- |\n");
     for value in values {
         out.push_str(&format!("| `{}` | {} |\n", name(value), doc(value)));
@@ -17,7 +22,9 @@ fn vocabulary_table<T: Copy>(title: &str, values: &[T], name: fn(&T) -> &'static
 pub fn render() -> String {
     let mut out = format!("Schema version **{SCHEMA_VERSION}**.\n\n");
 
-    out.push_str("#### Event kinds\n\n| kind | family | meaning | columns (required in bold) |\n| --- | --- | --- | --- |\n");
+    out.push_str(
+        "#### Event kinds\n\n| kind | family | meaning | columns (required in bold) |\n| --- | --- | --- | --- |\n",
+    );
     for kind in EventKind::ALL {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
@@ -47,7 +54,13 @@ pub fn render() -> String {
 /// The kind-specific columns a kind can fill, required ones in bold.
 fn kind_columns(kind: EventKind) -> String {
     let columns_of = |body: EventBody| -> Vec<Column> {
-        let event = Event { session_id: SessionId::from_parts(0, 0), seq: 0, time: Timestamp(0), direction: Direction::Gateway, body };
+        let event = Event {
+            session_id: SessionId::from_parts(0, 0),
+            seq: 0,
+            time: Timestamp(0),
+            direction: Direction::Gateway,
+            body,
+        };
         let mut id = SessionIdText::default();
         let cells = event.cells(&mut id);
         cells.iter().map(|(c, _)| c).filter(|c| !c.def().required).collect()

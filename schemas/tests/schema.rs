@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use proctor_schemas::arrow::{BatchBuilder, BatchReader, render_schema};
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::{
-    Direction, Event, EventKind, SCHEMA_VERSION, SessionId, SessionIdText, Timestamp, canonical, sample,
-    vocabulary_doc,
+    Direction, Event, EventKind, SCHEMA_VERSION, SessionId, SessionIdText, Timestamp, canonical, sample, vocabulary_doc,
 };
 
 fn every_sample() -> Vec<Event> {

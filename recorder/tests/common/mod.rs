@@ -24,11 +24,21 @@ pub fn statement(session: SessionId, time: i64, sql: &str) -> NewEvent {
 
 pub fn output(session: SessionId, time: i64, bytes: usize) -> NewEvent {
     let data: Vec<u8> = (0..bytes).map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28]).collect();
-    NewEvent::new(session, Timestamp(time), Direction::TargetToClient, TerminalOutput { stream: OutputStream::Stdout, data })
+    NewEvent::new(
+        session,
+        Timestamp(time),
+        Direction::TargetToClient,
+        TerminalOutput { stream: OutputStream::Stdout, data },
+    )
 }
 
 pub fn end(session: SessionId, time: i64) -> NewEvent {
-    NewEvent::new(session, Timestamp(time), Direction::Gateway, SessionEnd { reason: EndReason::ClientClosed, message: None })
+    NewEvent::new(
+        session,
+        Timestamp(time),
+        Direction::Gateway,
+        SessionEnd { reason: EndReason::ClientClosed, message: None },
+    )
 }
 
 pub const T0: i64 = 1_764_000_000_000_000_000;

@@ -1,0 +1,105 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Proctor: an audit-first gateway. Agents and people reach production
+/// through it with short-lived credentials; every session is recorded as
+/// typed, tamper-evident events.
+#[derive(Parser, Debug)]
+#[command(name = "proctor", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (e.g. `info`, `proctor=debug`); defaults to $PROCTOR_LOG or `info`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run Proctor with a configuration file until SIGINT or SIGTERM.
+    Up(UpArgs),
+    /// Check a data dir: segments against manifests, signatures, manifest
+    /// links, and every session's sequence and hash chain.
+    Verify(VerifyArgs),
+    /// Fill a data dir with realistic synthetic sessions of every kind.
+    Generate(GenerateArgs),
+    /// The manifest signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, value_name = "FILE", env = "PROCTOR_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The data dir to check (a live one, or an exported copy).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The public key to trust: a file (PEM, or the raw key in hex or
+    /// base64), or a fingerprint `SHA256:...`. Without it, the key found in the
+    /// data dir is trusted, and a re-signed data dir would pass.
+    #[arg(long, value_name = "FILE|FINGERPRINT")]
+    pub public_key: Option<String>,
+    /// A head hash printed by an earlier verify: it must still be in the
+    /// manifest chain, so a truncated tail is detected.
+    #[arg(long, value_name = "HASH")]
+    pub expect_head: Option<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The data dir to fill (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// How many data sessions to generate.
+    #[arg(long, value_name = "N")]
+    pub sessions: u64,
+    /// Seed of the generator: the same seed gives the same events.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+    /// Time of the first session (RFC 3339); default: 7 days ago.
+    #[arg(long, value_name = "TIME")]
+    pub start: Option<String>,
+    /// Take the `[recorder]` settings from this configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print `SESSION_ID SEQ` on stdout for every event once the recorder has
+    /// accepted it (used by crash tests).
+    #[arg(long)]
+    pub print_acks: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Print the public key and its fingerprint, for auditors to pin.
+    Show {
+        #[command(flatten)]
+        location: DataDirArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct DataDirArgs {
+    /// The data dir.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Take the data dir from this configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}

@@ -1,0 +1,17 @@
+mod generate;
+mod key;
+mod up;
+mod verify;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, KeyCommand};
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Key { command: KeyCommand::Show { location, json } } => key::show(location, json),
+    }
+}

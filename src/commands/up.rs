@@ -1,0 +1,47 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use proctor_gateway_core::ControlSession;
+use proctor_recorder::Recorder;
+use proctor_schemas::EndReason;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::UpArgs;
+use crate::config::Config;
+use crate::wiring::RecorderSink;
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Signals are taken over before anything is started, so a stop request
+    // always ends in a clean seal.
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let data_dir = config.data_dir.clone();
+    let settings = config.recorder.clone();
+    let recorder = tokio::task::spawn_blocking(move || Recorder::open(&data_dir, &settings))
+        .await?
+        .with_context(|| format!("cannot open the recorder on {}", config.data_dir.display()))?;
+    let sink = RecorderSink(recorder.sink());
+    let control =
+        ControlSession::start(sink, "proctor up").await.context("cannot record the start of the control session")?;
+    tracing::info!(data_dir = %config.data_dir.display(), key = recorder.key_fingerprint(), "proctor is up; SIGINT or SIGTERM stops it");
+
+    let signal_name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = signal_name, "shutting down: sealing the recording");
+    if let Err(error) = control.end(EndReason::Shutdown, &format!("stopped by {signal_name}")).await {
+        tracing::error!(%error, "could not record the end of the control session");
+    }
+    tokio::task::spawn_blocking(move || recorder.close()).await?.context("the recorder did not close cleanly")?;
+    tracing::info!("stopped; every recorded event is sealed");
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! The configuration file: one TOML document. Secrets are never inline; later
+//! sections reference them by environment variable or file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use proctor_recorder::RecorderSettings;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where recordings, keys and state live. Relative paths are taken from
+    /// the configuration file's directory.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub recorder: RecorderSettings,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("invalid configuration {}", path.display()))?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        config.recorder.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        Ok(config)
+    }
+}
