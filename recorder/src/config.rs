@@ -47,7 +47,11 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_multiple_of(1 << 20) && self.0 > 0 { write!(f, "{}MiB", self.0 >> 20) } else { write!(f, "{}B", self.0) }
+        if self.0.is_multiple_of(1 << 20) && self.0 > 0 {
+            write!(f, "{}MiB", self.0 >> 20)
+        } else {
+            write!(f, "{}B", self.0)
+        }
     }
 }
 

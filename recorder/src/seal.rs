@@ -11,8 +11,6 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::UInt32Array;
-use arrow::compute::take_record_batch;
 use proctor_schemas::arrow::BatchBuilder;
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::manifest::{MANIFEST_FORMAT, Manifest, ManifestSession};
@@ -99,38 +97,28 @@ impl SealContext {
 
         let mut open: HashMap<SessionId, (u64, ChainHash)> = HashMap::new();
         let mut summaries: BTreeMap<SessionId, Summary> = BTreeMap::new();
-        let mut builder = BatchBuilder::with_capacity(scan.records.len());
-        let mut order: Vec<(SessionId, u64)> = Vec::with_capacity(scan.records.len());
+        let mut order: Vec<(SessionId, u64, u32)> = Vec::with_capacity(scan.records.len());
         let corrupt = |message: String| RecorderError::corrupt(&path, message);
         let saw_carry = matches!(scan.records.first(), Some(Record::Carry(_)));
 
+        let mut rows: Vec<&[u8]> = Vec::with_capacity(scan.records.len());
         for record in &scan.records {
             let canonical_row = match record {
                 Record::Carry(carried) => {
                     open = carried.iter().map(|c| (c.session_id, (c.next_seq, c.head))).collect();
                     continue;
                 }
-                Record::Event(bytes) => bytes,
+                Record::Event(bytes) => *bytes,
             };
-            let row = canonical::decode(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
-            let cells = row.cells();
-            let (Some(id_text), Some(Value::U64(seq)), Some(Value::I64(time)), Some(kind)) = (
-                str_cell(&cells, Column::SessionId),
-                cells.get(Column::Seq),
-                cells.get(Column::Time),
-                str_cell(&cells, Column::Kind),
-            ) else {
-                return Err(corrupt("event without session id, seq, time or kind".to_string()));
-            };
-            let session_id: SessionId = id_text.parse().map_err(|e| corrupt(format!("{e}")))?;
-            let kind: EventKind = kind.parse().map_err(|e| corrupt(format!("{e}")))?;
+            let key = canonical::key(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
+            let (seq, time) = (key.seq, key.time);
+            let session_id: SessionId = key.session_id.parse().map_err(|e| corrupt(format!("{e}")))?;
+            let kind: EventKind = key.kind.parse().map_err(|e| corrupt(format!("{e}")))?;
             let (expected, previous) = match open.get(&session_id) {
                 Some(&(next, head)) => (next, head),
                 None if kind == EventKind::SessionStart => (0, ChainHash::GENESIS),
                 None => {
-                    return Err(corrupt(format!(
-                        "session {session_id} seq {seq}: event of a session that is not open"
-                    )));
+                    return Err(corrupt(format!("session {session_id} seq {seq}: event of a session that is not open")));
                 }
             };
             if seq != expected {
@@ -154,16 +142,19 @@ impl SealContext {
             summary.chain_head = head;
             summary.first_time = summary.first_time.min(time);
             summary.last_time = summary.last_time.max(time);
-            if kind == EventKind::SessionStart {
-                summary.protocol = str_cell(&cells, Column::Protocol).map(str::to_string);
-                summary.resource = str_cell(&cells, Column::Resource).map(str::to_string);
-                summary.subject = str_cell(&cells, Column::Subject).map(str::to_string);
+            if kind == EventKind::SessionStart || kind == EventKind::SessionEnd {
+                let row = canonical::decode(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
+                let cells = row.cells();
+                if kind == EventKind::SessionStart {
+                    summary.protocol = str_cell(&cells, Column::Protocol).map(str::to_string);
+                    summary.resource = str_cell(&cells, Column::Resource).map(str::to_string);
+                    summary.subject = str_cell(&cells, Column::Subject).map(str::to_string);
+                } else {
+                    summary.end_reason = str_cell(&cells, Column::EndReason).map(str::to_string);
+                }
             }
-            if kind == EventKind::SessionEnd {
-                summary.end_reason = str_cell(&cells, Column::EndReason).map(str::to_string);
-            }
-            builder.push(&cells);
-            order.push((session_id, seq));
+            order.push((session_id, seq, rows.len() as u32));
+            rows.push(canonical_row);
         }
 
         let mut open_sessions: Vec<Carried> =
@@ -174,13 +165,9 @@ impl SealContext {
             remove_wal(&self.layout, number)?;
             return Ok(Sealed { manifest: None, open_sessions, saw_carry, torn: scan.torn, events });
         }
-
-        let batch = builder.finish()?;
-        let mut indices: Vec<u32> = (0..order.len() as u32).collect();
-        indices.sort_by_key(|&i| order[i as usize]);
-        let sorted = take_record_batch(&batch, &UInt32Array::from(indices))
-            .map_err(|e| RecorderError::corrupt(&path, format!("cannot sort rows: {e}")))?;
-        drop(batch);
+        // Within a session the WAL is already in seq order, so a stable sort
+        // by session would do; sorting the full key costs little more.
+        order.sort_unstable();
 
         let min_time = summaries.values().map(|s| s.first_time).min().unwrap_or_default();
         let max_time = summaries.values().map(|s| s.last_time).max().unwrap_or_default();
@@ -193,7 +180,17 @@ impl SealContext {
             sync_dir(&self.layout.segments_dir())?;
         }
         let temp = tmp_path(&segment_path);
-        let (file_sha256, file_bytes) = segment::write(&temp, &sorted, &self.settings)?;
+        // Rows are decoded in sorted order one row group at a time, so memory
+        // holds the WAL file and one row group, not the whole segment twice.
+        let mut writer = segment::SegmentWriter::create(&temp, &self.settings)?;
+        for chunk in order.chunks(self.settings.row_group_rows) {
+            let mut builder = BatchBuilder::with_capacity(chunk.len());
+            for &(_, _, index) in chunk {
+                builder.push_canonical(rows[index as usize]).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
+            }
+            writer.write(&builder.finish()?)?;
+        }
+        let (file_sha256, file_bytes) = writer.finish()?;
         fs::rename(&temp, &segment_path)
             .map_err(RecorderError::io("cannot rename segment into place", &segment_path))?;
         sync_dir(&partition)?;

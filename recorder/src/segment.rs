@@ -11,11 +11,12 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
+use parquet::schema::types::ColumnPath;
 use proctor_schemas::arrow::SCHEMA_VERSION_KEY;
 use proctor_schemas::{SCHEMA_VERSION, arrow as event_arrow};
 use sha2::{Digest, Sha256};
@@ -56,7 +57,15 @@ impl<W: Write> Write for HashingWriter<W> {
 
 pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(settings.zstd_level).map_err(|e| RecorderError::Config(e.to_string()))?;
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder();
+    // Sorted by (session, seq), these integers rise steadily: deltas pack them
+    // into a few bits where a dictionary would not help.
+    for column in ["seq", "time", "ref_seq", "expires_at"] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    Ok(builder
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(settings.row_group_rows))
@@ -70,20 +79,45 @@ pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties
         .build())
 }
 
-/// Writes `batch` (already sorted) as a Parquet file at `path` and fsyncs it.
+/// Writes a segment file batch by batch (rows already sorted) and hashes it
+/// on the way out.
+pub struct SegmentWriter {
+    path: std::path::PathBuf,
+    writer: ArrowWriter<HashingWriter<File>>,
+}
+
+impl SegmentWriter {
+    pub fn create(path: &Path, settings: &RecorderSettings) -> Result<SegmentWriter> {
+        let file = File::create(path).map_err(RecorderError::io("cannot create segment", path))?;
+        let writer =
+            ArrowWriter::try_new(HashingWriter::new(file), event_arrow::schema(), Some(writer_properties(settings)?))
+                .map_err(|e| parquet_error(path, e))?;
+        Ok(SegmentWriter { path: path.to_path_buf(), writer })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|e| parquet_error(&self.path, e))
+    }
+
+    /// Writes the footer and fsyncs. Returns the file's SHA-256 (hex) and size.
+    pub fn finish(self) -> Result<(String, u64)> {
+        let hashing = self.writer.into_inner().map_err(|e| parquet_error(&self.path, e))?;
+        let (file, sha256, bytes) = hashing.finish();
+        file.sync_all().map_err(RecorderError::io("cannot fsync segment", &self.path))?;
+        Ok((sha256, bytes))
+    }
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> RecorderError {
+    RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() }
+}
+
+/// Writes `batch` (already sorted) as a segment file at `path` and fsyncs it.
 /// Returns the file's SHA-256 (hex) and size.
 pub fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> Result<(String, u64)> {
-    let parquet_err =
-        |e: parquet::errors::ParquetError| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() };
-    let file = File::create(path).map_err(RecorderError::io("cannot create segment", path))?;
-    let mut writer =
-        ArrowWriter::try_new(HashingWriter::new(file), event_arrow::schema(), Some(writer_properties(settings)?))
-            .map_err(parquet_err)?;
-    writer.write(batch).map_err(parquet_err)?;
-    let hashing = writer.into_inner().map_err(parquet_err)?;
-    let (file, sha256, bytes) = hashing.finish();
-    file.sync_all().map_err(RecorderError::io("cannot fsync segment", path))?;
-    Ok((sha256, bytes))
+    let mut writer = SegmentWriter::create(path, settings)?;
+    writer.write(batch)?;
+    writer.finish()
 }
 
 /// Reads a whole segment.

@@ -15,7 +15,7 @@ use arrow::datatypes::{
 
 use crate::columns::{COLUMN_COUNT, COLUMNS, Cells, Column, ColumnType, Header, RuleCount, Value};
 use crate::row::{OwnedValue, Row};
-use crate::{SCHEMA_VERSION, SchemaError};
+use crate::{SCHEMA_VERSION, SchemaError, canonical};
 
 /// Key under which segments store the schema version in their metadata.
 pub const SCHEMA_VERSION_KEY: &str = "proctor.schema_version";
@@ -146,13 +146,13 @@ fn struct_builder(fields: Fields) -> StructBuilder {
 impl ColumnBuilder {
     fn new(ty: ColumnType, capacity: usize) -> ColumnBuilder {
         match ty {
-            ColumnType::Str => ColumnBuilder::Str(StringBuilder::with_capacity(capacity, capacity * 8)),
+            ColumnType::Str => ColumnBuilder::Str(StringBuilder::with_capacity(capacity, 0)),
             ColumnType::U64 => ColumnBuilder::U64(UInt64Builder::with_capacity(capacity)),
             ColumnType::U32 => ColumnBuilder::U32(UInt32Builder::with_capacity(capacity)),
             ColumnType::U16 => ColumnBuilder::U16(UInt16Builder::with_capacity(capacity)),
             ColumnType::I32 => ColumnBuilder::I32(Int32Builder::with_capacity(capacity)),
             ColumnType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(capacity)),
-            ColumnType::Bytes => ColumnBuilder::Bytes(BinaryBuilder::with_capacity(capacity, capacity * 8)),
+            ColumnType::Bytes => ColumnBuilder::Bytes(BinaryBuilder::with_capacity(capacity, 0)),
             ColumnType::Time => {
                 ColumnBuilder::Time(TimestampNanosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
             }
@@ -243,6 +243,25 @@ impl ColumnBuilder {
         }
     }
 
+    fn append_nulls(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self {
+            ColumnBuilder::Str(b) => b.append_nulls(n),
+            ColumnBuilder::U64(b) => b.append_nulls(n),
+            ColumnBuilder::U32(b) => b.append_nulls(n),
+            ColumnBuilder::U16(b) => b.append_nulls(n),
+            ColumnBuilder::I32(b) => b.append_nulls(n),
+            ColumnBuilder::Bool(b) => b.append_nulls(n),
+            ColumnBuilder::Bytes(b) => b.append_nulls(n),
+            ColumnBuilder::Time(b) => b.append_nulls(n),
+            ColumnBuilder::StrList(b) | ColumnBuilder::OptStrList(b) => b.append_nulls(n),
+            ColumnBuilder::Rows(b) => b.append_nulls(n),
+            ColumnBuilder::Pairs(b) | ColumnBuilder::Counts(b) => b.append_nulls(n),
+        }
+    }
+
     fn finish(&mut self) -> ArrayRef {
         match self {
             ColumnBuilder::Str(b) => Arc::new(b.finish()),
@@ -273,21 +292,53 @@ fn u64_field(s: &mut StructBuilder, index: usize) -> &mut UInt64Builder {
 }
 
 /// Accumulates rows into an Arrow record batch of the event schema.
+///
+/// A row fills only its kind's columns; the nulls in the other columns are
+/// appended in runs when a column next gets a value (or at the end), so the
+/// cost of a row follows its non-null cells, not the width of the schema.
 pub struct BatchBuilder {
     columns: Vec<ColumnBuilder>,
+    /// Rows appended so far to each column (values and nulls).
+    filled: Vec<usize>,
     rows: usize,
 }
 
 impl BatchBuilder {
     pub fn with_capacity(capacity: usize) -> BatchBuilder {
-        BatchBuilder { columns: COLUMNS.iter().map(|def| ColumnBuilder::new(def.ty, capacity)).collect(), rows: 0 }
+        BatchBuilder {
+            columns: COLUMNS.iter().map(|def| ColumnBuilder::new(def.ty, capacity)).collect(),
+            filled: vec![0; COLUMN_COUNT],
+            rows: 0,
+        }
+    }
+
+    /// Brings `column` up to the current row with nulls.
+    fn catch_up(&mut self, column: usize) {
+        let missing = self.rows - self.filled[column];
+        self.columns[column].append_nulls(missing);
+        self.filled[column] = self.rows;
+    }
+
+    fn append(&mut self, column: usize, value: Value<'_>) {
+        self.catch_up(column);
+        self.columns[column].append(Some(value));
+        self.filled[column] += 1;
     }
 
     pub fn push(&mut self, cells: &Cells<'_>) {
-        for (index, builder) in self.columns.iter_mut().enumerate() {
-            builder.append(cells.get(COLUMNS[index].column));
+        for (column, value) in cells.iter() {
+            self.append(column.index(), value);
         }
         self.rows += 1;
+    }
+
+    /// Decodes a canonical row straight into the builders. On error the
+    /// builder holds a partial row and must be discarded.
+    pub fn push_canonical(&mut self, bytes: &[u8]) -> Result<(), SchemaError> {
+        let mut visitor = BuilderVisitor { builder: self, list: 0 };
+        canonical::visit(bytes, &mut visitor)?;
+        self.rows += 1;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -300,9 +351,76 @@ impl BatchBuilder {
 
     /// The rows pushed so far; the builder is left empty.
     pub fn finish(&mut self) -> Result<RecordBatch, SchemaError> {
+        for column in 0..COLUMN_COUNT {
+            self.catch_up(column);
+            self.filled[column] = 0;
+        }
         let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         self.rows = 0;
         RecordBatch::try_new(schema(), arrays).map_err(|e| SchemaError::Arrow(e.to_string()))
+    }
+}
+
+/// Appends visited cells to the column builders.
+struct BuilderVisitor<'b> {
+    builder: &'b mut BatchBuilder,
+    /// The list column being filled.
+    list: usize,
+}
+
+impl<'a> canonical::CellVisitor<'a> for BuilderVisitor<'_> {
+    fn scalar(&mut self, column: Column, value: Value<'a>) -> Result<(), SchemaError> {
+        self.builder.append(column.index(), value);
+        Ok(())
+    }
+
+    fn list_begin(&mut self, column: Column, _len: usize) {
+        self.builder.catch_up(column.index());
+        self.list = column.index();
+    }
+
+    fn item(&mut self, value: Option<&'a str>) {
+        match &mut self.builder.columns[self.list] {
+            ColumnBuilder::StrList(b) | ColumnBuilder::OptStrList(b) => b.values().append_option(value),
+            ColumnBuilder::Rows(b) => b.values().values().append_option(value),
+            _ => {}
+        }
+    }
+
+    fn row_begin(&mut self, _len: usize) {}
+
+    fn row_end(&mut self) {
+        if let ColumnBuilder::Rows(b) = &mut self.builder.columns[self.list] {
+            b.values().append(true);
+        }
+    }
+
+    fn pair(&mut self, name: &'a str, value: &'a str) {
+        if let ColumnBuilder::Pairs(b) = &mut self.builder.columns[self.list] {
+            let s = b.values();
+            string_field(s, 0).append_value(name);
+            string_field(s, 1).append_value(value);
+            s.append(true);
+        }
+    }
+
+    fn count(&mut self, rule: &'a str, count: u64) {
+        if let ColumnBuilder::Counts(b) = &mut self.builder.columns[self.list] {
+            let s = b.values();
+            string_field(s, 0).append_value(rule);
+            u64_field(s, 1).append_value(count);
+            s.append(true);
+        }
+    }
+
+    fn list_end(&mut self) {
+        match &mut self.builder.columns[self.list] {
+            ColumnBuilder::StrList(b) | ColumnBuilder::OptStrList(b) => b.append(true),
+            ColumnBuilder::Rows(b) => b.append(true),
+            ColumnBuilder::Pairs(b) | ColumnBuilder::Counts(b) => b.append(true),
+            _ => {}
+        }
+        self.builder.filled[self.list] += 1;
     }
 }
 

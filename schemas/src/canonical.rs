@@ -24,8 +24,8 @@
 //! exactly one encoding.
 
 use crate::SchemaError;
-use crate::columns::{COLUMNS, Cells, Column, ColumnType, Header, RuleCount, Value};
-use crate::row::{OwnedValue, Row, is_list};
+use crate::columns::{Cells, Column, ColumnType, Header, RuleCount, Value};
+use crate::row::{OwnedValue, Row};
 
 /// The encoding's version byte.
 pub const CANONICAL_VERSION: u8 = 1;
@@ -105,14 +105,34 @@ fn put_value(out: &mut Vec<u8>, value: Value<'_>) {
     }
 }
 
-/// Decodes one canonical row.
-pub fn decode(bytes: &[u8]) -> Result<Row, SchemaError> {
+/// Receives the cells of a canonical row as they are decoded, borrowing from
+/// the encoded bytes: decoding into a [`Row`] or straight into Arrow builders
+/// needs no intermediate allocation.
+pub trait CellVisitor<'a> {
+    /// A `Str`, integer, `Bool`, `Time` or `Bytes` cell.
+    fn scalar(&mut self, column: Column, value: Value<'a>) -> Result<(), SchemaError>;
+    /// A list cell of `len` items begins; items follow, then [`list_end`](Self::list_end).
+    fn list_begin(&mut self, column: Column, len: usize);
+    /// An item of a `StrList` or `OptStrList`, or of the current row of `Rows`.
+    fn item(&mut self, value: Option<&'a str>);
+    /// A row of a `Rows` cell begins (its items follow) ...
+    fn row_begin(&mut self, len: usize);
+    /// ... and ends.
+    fn row_end(&mut self);
+    /// An item of a `Pairs` cell.
+    fn pair(&mut self, name: &'a str, value: &'a str);
+    /// An item of a `Counts` cell.
+    fn count(&mut self, rule: &'a str, count: u64);
+    fn list_end(&mut self);
+}
+
+/// Decodes one canonical row into `visitor`, checking the encoding strictly.
+pub fn visit<'a>(bytes: &'a [u8], visitor: &mut impl CellVisitor<'a>) -> Result<(), SchemaError> {
     let mut reader = Reader { bytes, pos: 0 };
     let version = reader.byte()?;
     if version != CANONICAL_VERSION {
         return Err(SchemaError::Canonical(format!("unsupported encoding version {version}")));
     }
-    let mut row = Row::default();
     let mut previous: Option<usize> = None;
     while reader.pos < bytes.len() {
         let index = reader.varint()? as usize;
@@ -122,17 +142,123 @@ pub fn decode(bytes: &[u8]) -> Result<Row, SchemaError> {
             return Err(SchemaError::Canonical(format!("column `{}` out of order", column.name())));
         }
         previous = Some(index);
-        let ty = COLUMNS[index].ty;
-        let value = reader.value(ty).map_err(|e| match e {
+        reader.cell(column, visitor).map_err(|e| match e {
             SchemaError::Canonical(msg) => SchemaError::Canonical(format!("column `{}`: {msg}", column.name())),
             other => other,
         })?;
-        if is_list(ty) && list_is_empty(&value) {
-            return Err(SchemaError::Canonical(format!("column `{}`: empty list (must be null)", column.name())));
-        }
-        row.set(column, value)?;
     }
-    Ok(row)
+    Ok(())
+}
+
+/// The leading required cells of a canonical row, read without decoding the
+/// rest: what sorting and chaining need.
+#[derive(Clone, Copy, Debug)]
+pub struct RowKey<'a> {
+    pub session_id: &'a str,
+    pub seq: u64,
+    pub time: i64,
+    pub kind: &'a str,
+}
+
+/// Reads the [`RowKey`] of a canonical row.
+pub fn key(bytes: &[u8]) -> Result<RowKey<'_>, SchemaError> {
+    let mut reader = Reader { bytes, pos: 0 };
+    if reader.byte()? != CANONICAL_VERSION {
+        return Err(SchemaError::Canonical("unsupported encoding version".to_string()));
+    }
+    let expect = |reader: &mut Reader<'_>, column: Column| -> Result<(), SchemaError> {
+        if reader.varint()? != column.index() as u64 {
+            return Err(SchemaError::Canonical(format!("row does not start with `{}`", column.name())));
+        }
+        Ok(())
+    };
+    expect(&mut reader, Column::SessionId)?;
+    let session_id = reader.str()?;
+    expect(&mut reader, Column::Seq)?;
+    let seq = reader.varint()?;
+    expect(&mut reader, Column::Time)?;
+    let time = reader.zigzag()?;
+    expect(&mut reader, Column::Kind)?;
+    let kind = reader.str()?;
+    Ok(RowKey { session_id, seq, time, kind })
+}
+
+/// Decodes one canonical row.
+pub fn decode(bytes: &[u8]) -> Result<Row, SchemaError> {
+    let mut visitor = RowVisitor::default();
+    visit(bytes, &mut visitor)?;
+    Ok(visitor.row)
+}
+
+/// Builds an owned [`Row`] from visited cells.
+#[derive(Default)]
+struct RowVisitor {
+    row: Row,
+    list: Option<(Column, OwnedValue)>,
+    current_row: Vec<Option<String>>,
+}
+
+impl<'a> CellVisitor<'a> for RowVisitor {
+    fn scalar(&mut self, column: Column, value: Value<'a>) -> Result<(), SchemaError> {
+        let owned = match value {
+            Value::Str(s) => OwnedValue::Str(s.to_string()),
+            Value::U64(v) => OwnedValue::U64(v),
+            Value::I64(v) => OwnedValue::I64(v),
+            Value::Bool(v) => OwnedValue::Bool(v),
+            Value::Bytes(b) => OwnedValue::Bytes(b.to_vec()),
+            _ => return Err(SchemaError::Canonical("list value passed as scalar".to_string())),
+        };
+        self.row.set(column, owned)
+    }
+
+    fn list_begin(&mut self, column: Column, len: usize) {
+        let empty = match column.ty() {
+            ColumnType::StrList => OwnedValue::StrList(Vec::with_capacity(len)),
+            ColumnType::OptStrList => OwnedValue::OptStrList(Vec::with_capacity(len)),
+            ColumnType::Rows => OwnedValue::Rows(Vec::with_capacity(len)),
+            ColumnType::Pairs => OwnedValue::Pairs(Vec::with_capacity(len)),
+            _ => OwnedValue::Counts(Vec::with_capacity(len)),
+        };
+        self.list = Some((column, empty));
+    }
+
+    fn item(&mut self, value: Option<&'a str>) {
+        match &mut self.list {
+            Some((_, OwnedValue::Rows(_))) => self.current_row.push(value.map(str::to_string)),
+            Some((_, OwnedValue::OptStrList(list))) => list.push(value.map(str::to_string)),
+            Some((_, OwnedValue::StrList(list))) => list.push(value.unwrap_or_default().to_string()),
+            _ => {}
+        }
+    }
+
+    fn row_begin(&mut self, len: usize) {
+        self.current_row = Vec::with_capacity(len);
+    }
+
+    fn row_end(&mut self) {
+        if let Some((_, OwnedValue::Rows(rows))) = &mut self.list {
+            rows.push(std::mem::take(&mut self.current_row));
+        }
+    }
+
+    fn pair(&mut self, name: &'a str, value: &'a str) {
+        if let Some((_, OwnedValue::Pairs(pairs))) = &mut self.list {
+            pairs.push(Header { name: name.to_string(), value: value.to_string() });
+        }
+    }
+
+    fn count(&mut self, rule: &'a str, count: u64) {
+        if let Some((_, OwnedValue::Counts(counts))) = &mut self.list {
+            counts.push(RuleCount { rule: rule.to_string(), count });
+        }
+    }
+
+    fn list_end(&mut self) {
+        if let Some((column, list)) = self.list.take() {
+            // The decoder only produces lists of the column's own type.
+            let _ = self.row.set(column, list);
+        }
+    }
 }
 
 /// Decodes and returns the cells of `bytes` re-encoded, for tests of the
@@ -142,17 +268,6 @@ pub fn reencode(bytes: &[u8]) -> Result<Vec<u8>, SchemaError> {
     let mut out = Vec::with_capacity(bytes.len());
     encode(&row.cells(), &mut out);
     Ok(out)
-}
-
-fn list_is_empty(value: &OwnedValue) -> bool {
-    match value {
-        OwnedValue::StrList(v) => v.is_empty(),
-        OwnedValue::OptStrList(v) => v.is_empty(),
-        OwnedValue::Rows(v) => v.is_empty(),
-        OwnedValue::Pairs(v) => v.is_empty(),
-        OwnedValue::Counts(v) => v.is_empty(),
-        _ => false,
-    }
 }
 
 struct Reader<'a> {
@@ -192,6 +307,11 @@ impl<'a> Reader<'a> {
         Err(SchemaError::Canonical("varint longer than 10 bytes".to_string()))
     }
 
+    fn zigzag(&mut self) -> Result<i64, SchemaError> {
+        let raw = self.varint()?;
+        Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+    }
+
     fn len(&mut self) -> Result<usize, SchemaError> {
         let len = self.varint()?;
         let remaining = self.bytes.len() - self.pos;
@@ -201,10 +321,13 @@ impl<'a> Reader<'a> {
         Ok(len as usize)
     }
 
+    /// A list's item count: every item takes at least one byte, which bounds
+    /// allocation on hostile input. Empty lists are stored as null.
     fn count(&mut self) -> Result<usize, SchemaError> {
-        // Every item takes at least one byte, which bounds allocation on
-        // hostile input.
-        self.len()
+        match self.len()? {
+            0 => Err(SchemaError::Canonical("empty list (must be null)".to_string())),
+            n => Ok(n),
+        }
     }
 
     fn slice(&mut self) -> Result<&'a [u8], SchemaError> {
@@ -214,74 +337,80 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
-    fn string(&mut self) -> Result<String, SchemaError> {
-        let slice = self.slice()?;
-        std::str::from_utf8(slice)
-            .map(str::to_string)
-            .map_err(|_| SchemaError::Canonical("text is not UTF-8".to_string()))
+    fn str(&mut self) -> Result<&'a str, SchemaError> {
+        std::str::from_utf8(self.slice()?).map_err(|_| SchemaError::Canonical("text is not UTF-8".to_string()))
     }
 
-    fn opt_str_list(&mut self) -> Result<Vec<Option<String>>, SchemaError> {
-        let count = self.count()?;
-        let mut list = Vec::with_capacity(count);
-        for _ in 0..count {
-            list.push(match self.byte()? {
-                0 => None,
-                1 => Some(self.string()?),
-                other => return Err(SchemaError::Canonical(format!("bad null marker {other}"))),
-            });
+    fn opt_str(&mut self) -> Result<Option<&'a str>, SchemaError> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?)),
+            other => Err(SchemaError::Canonical(format!("bad null marker {other}"))),
         }
-        Ok(list)
     }
 
-    fn value(&mut self, ty: ColumnType) -> Result<OwnedValue, SchemaError> {
-        Ok(match ty {
-            ColumnType::Str => OwnedValue::Str(self.string()?),
-            ColumnType::U64 | ColumnType::U32 | ColumnType::U16 => OwnedValue::U64(self.varint()?),
-            ColumnType::I32 | ColumnType::Time => {
-                let raw = self.varint()?;
-                OwnedValue::I64(((raw >> 1) as i64) ^ -((raw & 1) as i64))
-            }
+    fn cell(&mut self, column: Column, visitor: &mut impl CellVisitor<'a>) -> Result<(), SchemaError> {
+        let ty = column.ty();
+        let value = match ty {
+            ColumnType::Str => Value::Str(self.str()?),
+            ColumnType::U64 | ColumnType::U32 | ColumnType::U16 => Value::U64(self.varint()?),
+            ColumnType::I32 | ColumnType::Time => Value::I64(self.zigzag()?),
             ColumnType::Bool => match self.byte()? {
-                0 => OwnedValue::Bool(false),
-                1 => OwnedValue::Bool(true),
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
                 other => return Err(SchemaError::Canonical(format!("bad boolean {other}"))),
             },
-            ColumnType::Bytes => OwnedValue::Bytes(self.slice()?.to_vec()),
-            ColumnType::StrList => {
+            ColumnType::Bytes => Value::Bytes(self.slice()?),
+            ColumnType::StrList | ColumnType::OptStrList => {
                 let count = self.count()?;
-                let mut list = Vec::with_capacity(count);
+                visitor.list_begin(column, count);
                 for _ in 0..count {
-                    list.push(self.string()?);
+                    let item = if ty == ColumnType::StrList { Some(self.str()?) } else { self.opt_str()? };
+                    visitor.item(item);
                 }
-                OwnedValue::StrList(list)
+                visitor.list_end();
+                return Ok(());
             }
-            ColumnType::OptStrList => OwnedValue::OptStrList(self.opt_str_list()?),
             ColumnType::Rows => {
                 let count = self.count()?;
-                let mut rows = Vec::with_capacity(count);
+                visitor.list_begin(column, count);
                 for _ in 0..count {
-                    rows.push(self.opt_str_list()?);
+                    let items = self.len()?;
+                    visitor.row_begin(items);
+                    for _ in 0..items {
+                        let item = self.opt_str()?;
+                        visitor.item(item);
+                    }
+                    visitor.row_end();
                 }
-                OwnedValue::Rows(rows)
+                visitor.list_end();
+                return Ok(());
             }
             ColumnType::Pairs => {
                 let count = self.count()?;
-                let mut pairs = Vec::with_capacity(count);
+                visitor.list_begin(column, count);
                 for _ in 0..count {
-                    pairs.push(Header { name: self.string()?, value: self.string()? });
+                    let (name, value) = (self.str()?, self.str()?);
+                    visitor.pair(name, value);
                 }
-                OwnedValue::Pairs(pairs)
+                visitor.list_end();
+                return Ok(());
             }
             ColumnType::Counts => {
                 let count = self.count()?;
-                let mut counts = Vec::with_capacity(count);
+                visitor.list_begin(column, count);
                 for _ in 0..count {
-                    counts.push(RuleCount { rule: self.string()?, count: self.varint()? });
+                    let (rule, n) = (self.str()?, self.varint()?);
+                    visitor.count(rule, n);
                 }
-                OwnedValue::Counts(counts)
+                visitor.list_end();
+                return Ok(());
             }
-        })
+        };
+        if !value.fits(ty) {
+            return Err(SchemaError::Canonical(format!("value out of range for {ty:?}")));
+        }
+        visitor.scalar(column, value)
     }
 }
 

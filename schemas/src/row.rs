@@ -1,7 +1,7 @@
 //! An owned, decoded row: what the canonical decoder and the Arrow reader
 //! produce before the typed [`Event`](crate::Event) is rebuilt from it.
 
-use crate::columns::{COLUMN_COUNT, Cells, Column, ColumnType, Header, RuleCount, Value};
+use crate::columns::{COLUMN_COUNT, Cells, Column, Header, RuleCount, Value};
 use crate::{SchemaError, Timestamp};
 
 /// One owned cell value.
@@ -188,12 +188,4 @@ impl Row {
 
 fn type_error(column: Column, value: &OwnedValue) -> SchemaError {
     SchemaError::bad(column, format!("expected {:?}, found {value:?}", column.ty()))
-}
-
-/// Whether a column type holds a list (empty lists are stored as null).
-pub(crate) fn is_list(ty: ColumnType) -> bool {
-    matches!(
-        ty,
-        ColumnType::StrList | ColumnType::OptStrList | ColumnType::Rows | ColumnType::Pairs | ColumnType::Counts
-    )
 }
