@@ -34,9 +34,10 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// The configuration file (TOML).
+    /// The configuration file (TOML). Without it, the embedded default is
+    /// used: data dir `./proctor-data`, default recorder settings.
     #[arg(long, short, value_name = "FILE", env = "PROCTOR_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -17,7 +17,17 @@ pub struct Config {
     pub recorder: RecorderSettings,
 }
 
+/// The embedded default configuration, used when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../proctor.default.toml");
+
 impl Config {
+    /// The embedded default, with relative paths taken from the working directory.
+    pub fn embedded_default() -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(DEFAULT_CONFIG).context("the embedded default configuration is invalid")?;
+        config.recorder.validate()?;
+        Ok(config)
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read configuration {}", path.display()))?;
@@ -29,5 +39,18 @@ impl Config {
         }
         config.recorder.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_matches_the_built_in_settings() {
+        let config = Config::embedded_default().unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("proctor-data"));
+        let defaults = RecorderSettings::default();
+        assert_eq!(format!("{:?}", config.recorder), format!("{defaults:?}"), "proctor.default.toml documents the defaults");
     }
 }

@@ -11,7 +11,13 @@ use crate::config::Config;
 use crate::wiring::RecorderSink;
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            tracing::info!("no --config given: using the embedded default (data dir ./proctor-data)");
+            Config::embedded_default()?
+        }
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(serve(config))?;

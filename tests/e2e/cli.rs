@@ -55,6 +55,23 @@ fn up_records_its_control_session_and_seals_on_sigint() {
 }
 
 #[test]
+fn up_without_a_configuration_runs_on_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin())
+        .arg("up")
+        .current_dir(dir.path())
+        .env_remove("PROCTOR_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect_lines(child.stderr.take().unwrap());
+    wait_for_line(&log, "proctor is up", Duration::from_secs(30));
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(30)).success());
+    run_ok(bin(), &["verify", "--data-dir", dir.path().join("proctor-data").to_str().unwrap()]);
+}
+
+#[test]
 fn up_refuses_a_bad_configuration_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let typo = config(dir.path(), "[recorder]\nfsync = \"sometimes\"\n");
