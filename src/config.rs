@@ -51,6 +51,10 @@ mod tests {
         let config = Config::embedded_default().unwrap();
         assert_eq!(config.data_dir, PathBuf::from("proctor-data"));
         let defaults = RecorderSettings::default();
-        assert_eq!(format!("{:?}", config.recorder), format!("{defaults:?}"), "proctor.default.toml documents the defaults");
+        assert_eq!(
+            format!("{:?}", config.recorder),
+            format!("{defaults:?}"),
+            "proctor.default.toml documents the defaults"
+        );
     }
 }

@@ -195,12 +195,13 @@ impl Reader {
         let snapshot = self.snapshot(None)?;
         for manifest in &snapshot.manifests {
             let path = self.layout.root().join(&manifest.path);
-            for batch in segment::read_all(&path)? {
+            segment::for_each_batch(&path, |batch| {
                 let reader = BatchReader::new(&batch)?;
                 for i in 0..reader.len() {
                     f(Event::from_row(reader.row(i)?)?)?;
                 }
-            }
+                Ok(())
+            })?;
         }
         for (_, events) in snapshot.wal {
             for event in events {

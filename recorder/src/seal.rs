@@ -118,7 +118,9 @@ impl SealContext {
                 Some(&(next, head)) => (next, head),
                 None if kind == EventKind::SessionStart => (0, ChainHash::GENESIS),
                 None => {
-                    return Err(corrupt(format!("session {session_id} seq {seq}: event of a session that is not open")));
+                    return Err(corrupt(format!(
+                        "session {session_id} seq {seq}: event of a session that is not open"
+                    )));
                 }
             };
             if seq != expected {

@@ -125,6 +125,18 @@ pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
     read(path, None)
 }
 
+/// Calls `f` with each batch of a segment in order, holding one at a time.
+pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+    let file = File::open(path).map_err(RecorderError::io("cannot open segment", path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.with_batch_size(8192).build())
+        .map_err(|e| parquet_error(path, e))?;
+    for batch in reader {
+        f(batch.map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() })?)?;
+    }
+    Ok(())
+}
+
 /// Reads the row groups of a segment that may hold `session_id`, skipping the
 /// others by their statistics (rows are sorted by session id, so each row
 /// group covers a narrow id range). The caller filters rows.

@@ -94,6 +94,14 @@ struct SegmentSession {
     head: ChainHash,
 }
 
+#[derive(Default)]
+struct RowsState {
+    sessions: BTreeMap<String, SegmentSession>,
+    rows: u64,
+    last_key: Option<(String, u64)>,
+    buf: Vec<u8>,
+}
+
 struct Verifier<'a> {
     layout: &'a Layout,
     key: Option<VerifyingKey>,
@@ -233,6 +241,93 @@ impl Verifier<'_> {
         self.report.problems.push(Problem { location, message });
     }
 
+    /// Checks one row: order, seq continuity, and the session's chain.
+    fn check_row(&mut self, location: &str, reader: &BatchReader<'_>, i: usize, state: &mut RowsState) {
+        let row_number = state.rows;
+        state.rows += 1;
+        let row = match reader.row(i) {
+            Ok(row) => row,
+            Err(error) => {
+                self.problem(location.to_string(), format!("row {row_number}: {error}"));
+                return;
+            }
+        };
+        let cells = row.cells();
+        let (Some(Value::Str(session)), Some(Value::U64(seq))) = (cells.get(Column::SessionId), cells.get(Column::Seq))
+        else {
+            self.problem(location.to_string(), format!("row {row_number}: no session id or seq"));
+            return;
+        };
+        let session = session.to_string();
+        let key = (session.clone(), seq);
+        if let Some(last) = &state.last_key
+            && *last >= key
+        {
+            self.problem(
+                location.to_string(),
+                format!(
+                    "row {row_number}: session {session} seq {seq} follows session {} seq {}: rows are out of order",
+                    last.0, last.1
+                ),
+            );
+        }
+        state.last_key = Some(key);
+        state.buf.clear();
+        canonical::encode(&cells, &mut state.buf);
+        if let Err(error) = Event::from_row(row.clone()) {
+            self.problem(location.to_string(), format!("session {session} seq {seq}: not a valid event: {error}"));
+        }
+        match state.sessions.get_mut(&session) {
+            Some(s) => {
+                if seq != s.last_seq + 1 {
+                    let message = if seq > s.last_seq + 1 {
+                        format!(
+                            "session {session}: seq {} is followed by {seq}: events {}..{} are missing",
+                            s.last_seq,
+                            s.last_seq + 1,
+                            seq - 1
+                        )
+                    } else {
+                        format!(
+                            "session {session}: seq {seq} appears after seq {}: events are duplicated or reordered",
+                            s.last_seq
+                        )
+                    };
+                    self.problem(location.to_string(), message);
+                }
+                s.last_seq = seq;
+                s.events += 1;
+                s.head = s.head.next(&state.buf);
+            }
+            None => {
+                let carried = self.chains.get(&session).copied();
+                let expected = carried.map_or(0, |c| c.next_seq);
+                if seq != expected {
+                    let message = match carried {
+                        None => format!(
+                            "session {session} begins at seq {seq}: its events 0..{} are missing",
+                            seq.saturating_sub(1)
+                        ),
+                        Some(_) if seq > expected => format!(
+                            "session {session} continues at seq {seq} but earlier segments end at seq {}: events {expected}..{} are missing",
+                            expected.saturating_sub(1),
+                            seq - 1
+                        ),
+                        Some(_) => {
+                            format!("session {session} continues at seq {seq}, which earlier segments already hold")
+                        }
+                    };
+                    self.problem(location.to_string(), message);
+                }
+                let chain_in = carried.map_or(ChainHash::GENESIS, |c| c.head);
+                let head = chain_in.next(&state.buf);
+                state
+                    .sessions
+                    .insert(session, SegmentSession { first_seq: seq, last_seq: seq, events: 1, chain_in, head });
+            }
+        }
+    }
+
     fn check_manifest(&mut self, number: u64, manifest: &Manifest, previous: Option<&(u64, String)>) {
         let location = format!("manifest {number}");
         if manifest.format != MANIFEST_FORMAT {
@@ -328,118 +423,25 @@ impl Verifier<'_> {
                 return;
             }
         }
-        let batches = match segment::read_all(&path) {
-            Ok(batches) => batches,
-            Err(error) => {
-                self.problem(location, format!("unreadable as Parquet: {error}"));
-                self.adopt_claims(manifest);
-                return;
-            }
-        };
-
-        let mut sessions: BTreeMap<String, SegmentSession> = BTreeMap::new();
-        let mut rows: u64 = 0;
-        let mut last_key: Option<(String, u64)> = None;
-        let mut buf = Vec::new();
-        for batch in &batches {
-            let reader = match BatchReader::new(batch) {
+        let mut state = RowsState::default();
+        let walked = segment::for_each_batch(&path, |batch| {
+            let reader = match BatchReader::new(&batch) {
                 Ok(reader) => reader,
                 Err(error) => {
-                    self.problem(location.clone(), format!("rows do not have the event schema: {error}"));
-                    self.adopt_claims(manifest);
-                    return;
+                    return Err(RecorderError::corrupt(&path, format!("rows do not have the event schema: {error}")));
                 }
             };
             for i in 0..reader.len() {
-                let row_number = rows;
-                rows += 1;
-                let row = match reader.row(i) {
-                    Ok(row) => row,
-                    Err(error) => {
-                        self.problem(location.clone(), format!("row {row_number}: {error}"));
-                        continue;
-                    }
-                };
-                let cells = row.cells();
-                let (Some(Value::Str(session)), Some(Value::U64(seq))) =
-                    (cells.get(Column::SessionId), cells.get(Column::Seq))
-                else {
-                    self.problem(location.clone(), format!("row {row_number}: no session id or seq"));
-                    continue;
-                };
-                let session = session.to_string();
-                let key = (session.clone(), seq);
-                if let Some(last) = &last_key
-                    && *last >= key
-                {
-                    self.problem(
-                        location.clone(),
-                        format!("row {row_number}: session {session} seq {seq} follows session {} seq {}: rows are out of order", last.0, last.1),
-                    );
-                }
-                last_key = Some(key);
-                buf.clear();
-                canonical::encode(&cells, &mut buf);
-                if let Err(error) = Event::from_row(row.clone()) {
-                    self.problem(location.clone(), format!("session {session} seq {seq}: not a valid event: {error}"));
-                }
-                match sessions.get_mut(&session) {
-                    Some(s) => {
-                        if seq != s.last_seq + 1 {
-                            let message = if seq > s.last_seq + 1 {
-                                format!(
-                                    "session {session}: seq {} is followed by {seq}: events {}..{} are missing",
-                                    s.last_seq,
-                                    s.last_seq + 1,
-                                    seq - 1
-                                )
-                            } else {
-                                format!(
-                                    "session {session}: seq {seq} appears after seq {}: events are duplicated or reordered",
-                                    s.last_seq
-                                )
-                            };
-                            self.problem(location.clone(), message);
-                        }
-                        s.last_seq = seq;
-                        s.events += 1;
-                        s.head = s.head.next(&buf);
-                    }
-                    None => {
-                        let carried = self.chains.get(&session).copied();
-                        let expected = carried.map_or(0, |c| c.next_seq);
-                        if seq != expected {
-                            let message = match carried {
-                                None => format!(
-                                    "session {session} begins at seq {seq}: its events 0..{} are missing",
-                                    seq.saturating_sub(1)
-                                ),
-                                Some(_) if seq > expected => format!(
-                                    "session {session} continues at seq {seq} but earlier segments end at seq {}: events {expected}..{} are missing",
-                                    expected.saturating_sub(1),
-                                    seq - 1
-                                ),
-                                Some(_) => format!(
-                                    "session {session} continues at seq {seq}, which earlier segments already hold"
-                                ),
-                            };
-                            self.problem(location.clone(), message);
-                        }
-                        let chain_in = carried.map_or(ChainHash::GENESIS, |c| c.head);
-                        sessions.insert(
-                            session,
-                            SegmentSession {
-                                first_seq: seq,
-                                last_seq: seq,
-                                events: 1,
-                                chain_in,
-                                head: chain_in.next(&buf),
-                            },
-                        );
-                    }
-                }
+                self.check_row(&location, &reader, i, &mut state);
             }
+            Ok(())
+        });
+        if let Err(error) = walked {
+            self.problem(location, format!("unreadable: {error}"));
+            self.adopt_claims(manifest);
+            return;
         }
+        let RowsState { sessions, rows, .. } = state;
         self.report.events += rows;
         if rows != manifest.row_count {
             self.problem(location.clone(), format!("holds {rows} rows, manifest says {}", manifest.row_count));

@@ -15,7 +15,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_proctor");
 fn duckdb(sql: &str) -> serde_json::Value {
     let script = format!("import duckdb, json\nprint(json.dumps(duckdb.sql({sql:?}).fetchall(), default=str))");
     let output = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
-    assert!(output.status.success(), "duckdb failed (scripts/setup installs it): {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "duckdb failed (scripts/setup installs it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("duckdb printed JSON")
 }
 
@@ -47,7 +51,10 @@ fn duckdb_reads_segments_as_the_recorder_wrote_them() {
 
     let statement = statement.unwrap();
     let EventBody::Statement(s) = &statement.body else { unreachable!() };
-    let params = duckdb(&format!("select params from '{glob}' where session_id = '{}' and seq = {}", statement.session_id, statement.seq));
+    let params = duckdb(&format!(
+        "select params from '{glob}' where session_id = '{}' and seq = {}",
+        statement.session_id, statement.seq
+    ));
     assert_eq!(params, serde_json::json!([[s.params]]));
 
     let result = result.unwrap();
