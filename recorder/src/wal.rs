@@ -293,3 +293,48 @@ mod tests {
         assert!(scan.torn.unwrap().reason.contains("expected format 1 file 8"));
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn random_damage_never_panics_and_never_yields_unchecked_records() {
+        let mut file = header(3).to_vec();
+        put_carry(
+            &mut file,
+            &[Carried { session_id: SessionId::from_parts(1, 2), next_seq: 4, head: ChainHash([9; 32]) }],
+        );
+        for payload in [&b"alpha"[..], b"beta", b"gamma delta"] {
+            let start = begin_event_record(&mut file);
+            file.extend_from_slice(payload);
+            finish_record(&mut file, start);
+        }
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..100_000 {
+            let mut damaged = file.clone();
+            let position = (next() as usize) % damaged.len();
+            damaged[position] = next() as u8;
+            let cut = (next() as usize) % (damaged.len() + 1);
+            damaged.truncate(cut);
+            let scan = scan(&damaged, 3);
+            // Every record returned lies inside the valid prefix, and the
+            // valid prefix plus the torn tail is the whole input.
+            assert!(scan.valid_len as usize <= damaged.len());
+            let torn = scan.torn.as_ref().map_or(0, |t| t.bytes);
+            assert_eq!(scan.valid_len + torn, damaged.len() as u64);
+            for record in &scan.records {
+                if let Record::Event(bytes) = record {
+                    let offset = bytes.as_ptr() as usize - damaged.as_ptr() as usize;
+                    assert!(offset + bytes.len() <= scan.valid_len as usize);
+                }
+            }
+        }
+    }
+}

@@ -151,6 +151,11 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
     }
     assert!(!system_sessions.is_empty(), "recoveries were recorded");
+    eprintln!(
+        "crash trials: {TRIALS} SIGKILLs ({killed_mid_run} mid-run), {} events acknowledged, all present once; {} recoveries recorded",
+        acked.len(),
+        system_sessions.len()
+    );
     for ((session, _), (_, event)) in &recorded {
         if matches!(event.body, EventBody::RecorderRecovery(_)) {
             assert!(system_sessions.contains(session), "recovery notes belong to system sessions");
