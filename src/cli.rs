@@ -25,6 +25,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Fill a data dir with realistic synthetic sessions of every kind.
     Generate(GenerateArgs),
+    /// List recorded sessions (read-only; safe beside a running Proctor).
+    Sessions(SessionsArgs),
+    /// Print one session's events in order as a readable transcript.
+    Replay(ReplayArgs),
     /// The manifest signing key.
     Key {
         #[command(subcommand)]
@@ -80,6 +84,29 @@ pub struct GenerateArgs {
     /// accepted it (used by crash tests).
     #[arg(long)]
     pub print_acks: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SessionsArgs {
+    /// The data dir (a live one, or an exported copy).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Print one JSON object per session.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The session to print.
+    #[arg(value_name = "SESSION_ID")]
+    pub session_id: String,
+    /// The data dir (a live one, or an exported copy).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Print one JSON object per event, with every non-null column.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

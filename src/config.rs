@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use proctor_gateway_core::config::{ResourceConfig, TlsConfig, validate_resources};
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
 
@@ -15,6 +16,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub recorder: RecorderSettings,
+    /// The certificate presented to clients; without it, a self-signed one
+    /// is generated in `data_dir/tls/` (dev mode).
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// The resources Proctor fronts.
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
 }
 
 /// The embedded default configuration, used when no file is given.
@@ -37,7 +45,23 @@ impl Config {
             let base = path.parent().unwrap_or(Path::new("."));
             config.data_dir = base.join(&config.data_dir);
         }
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let relative = |p: &mut Option<PathBuf>| {
+            if let Some(inner) = p
+                && inner.is_relative()
+            {
+                *inner = base.join(&*inner);
+            }
+        };
+        relative(&mut config.tls.cert_file);
+        relative(&mut config.tls.key_file);
+        for resource in &mut config.resources {
+            relative(&mut resource.password_file);
+            relative(&mut resource.client_secret_file);
+            relative(&mut resource.target_ca_file);
+        }
         config.recorder.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        validate_resources(&config.resources).with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(config)
     }
 }

@@ -6,8 +6,15 @@
 //! [`EventSink`] (the binary wires the recorder in) and treats a refused event
 //! as a reason to fail closed: what was not recorded does not pass.
 
+pub mod auth;
+pub mod config;
 mod control;
+mod error;
+pub mod postgres;
+pub mod recording;
 mod sink;
+pub mod tls;
 
 pub use control::ControlSession;
+pub use error::GatewayError;
 pub use sink::{EventSink, SinkError};

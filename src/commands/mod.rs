@@ -1,5 +1,6 @@
 mod generate;
 mod key;
+mod read;
 mod up;
 mod verify;
 
@@ -12,6 +13,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Sessions(args) => read::sessions(args),
+        Command::Replay(args) => read::replay(args),
         Command::Key { command: KeyCommand::Show { location, json } } => key::show(location, json),
     }
 }

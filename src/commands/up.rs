@@ -35,15 +35,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the recorder on {}", config.data_dir.display()))?;
     let sink = RecorderSink(recorder.sink());
-    let control =
-        ControlSession::start(sink, "proctor up").await.context("cannot record the start of the control session")?;
+    let control = ControlSession::start(sink.clone(), "proctor up")
+        .await
+        .context("cannot record the start of the control session")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let gateway = match crate::gateway::start(&config, sink, stopped).await {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            let _ = control.end(EndReason::Shutdown, &format!("could not start: {error:#}")).await;
+            let _ = tokio::task::spawn_blocking(move || recorder.close()).await;
+            return Err(error);
+        }
+    };
     tracing::info!(data_dir = %config.data_dir.display(), key = recorder.key_fingerprint(), "proctor is up; SIGINT or SIGTERM stops it");
 
     let signal_name = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
-    tracing::info!(signal = signal_name, "shutting down: sealing the recording");
+    tracing::info!(signal = signal_name, "shutting down: ending sessions and sealing the recording");
+    let _ = stop.send(true);
+    gateway.wait().await;
     if let Err(error) = control.end(EndReason::Shutdown, &format!("stopped by {signal_name}")).await {
         tracing::error!(%error, "could not record the end of the control session");
     }

@@ -1,0 +1,77 @@
+//! Who a client is. The gateway asks an [`Authenticator`]; the access-control
+//! layer (just-in-time grants) plugs in here. Until then,
+//! [`SharedSecretAuthenticator`] accepts a per-resource secret.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// What a client presented.
+#[derive(Debug)]
+pub struct AuthRequest<'a> {
+    pub resource: &'a str,
+    /// The user name the client gave.
+    pub user: &'a str,
+    pub database: &'a str,
+    pub password: &'a [u8],
+    pub client_addr: SocketAddr,
+}
+
+/// An authenticated client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub grant_id: Option<String>,
+    pub masking_profile: Option<String>,
+}
+
+/// Why a client was refused; the message reaches the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("authentication is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Decides who a client is.
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate(&self, request: &AuthRequest<'_>) -> impl Future<Output = Result<Identity, AuthError>> + Send;
+}
+
+/// Accepts clients that present their resource's shared secret as the
+/// password. The subject is the user name the client gave: a shared secret
+/// proves membership, not identity, which is why grants replace it.
+pub struct SharedSecretAuthenticator {
+    secrets: HashMap<String, Vec<u8>>,
+}
+
+impl SharedSecretAuthenticator {
+    pub fn new(secrets: impl IntoIterator<Item = (String, String)>) -> Self {
+        SharedSecretAuthenticator { secrets: secrets.into_iter().map(|(r, s)| (r, s.into_bytes())).collect() }
+    }
+}
+
+/// Compares in time independent of where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Authenticator for SharedSecretAuthenticator {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Identity, AuthError> {
+        let Some(secret) = self.secrets.get(request.resource) else {
+            return Err(AuthError::Unavailable(format!("no secret is configured for resource {}", request.resource)));
+        };
+        if request.user.is_empty() || !constant_time_eq(secret, request.password) {
+            return Err(AuthError::Refused(format!(
+                "password authentication failed for user \"{}\" on resource {}",
+                request.user, request.resource
+            )));
+        }
+        Ok(Identity { subject: request.user.to_string(), groups: Vec::new(), grant_id: None, masking_profile: None })
+    }
+}

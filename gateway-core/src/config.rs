@@ -1,0 +1,168 @@
+//! Resource configuration: the `[[resources]]` tables and the `[tls]` table.
+//! Secrets are referenced (an environment variable or a file), never inline.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::GatewayError;
+
+/// The protocol a resource speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceProtocol {
+    Postgres,
+}
+
+/// TLS from Proctor to the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetTls {
+    /// Plain TCP (the target is on a trusted network or loopback).
+    #[default]
+    Disable,
+    /// TLS, without checking the target's certificate (libpq's `require`).
+    Require,
+    /// TLS, checking the certificate against `target_ca_file` and the host name.
+    VerifyFull,
+}
+
+/// One `[[resources]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// The resource's name, as grants and recordings refer to it.
+    pub name: String,
+    pub protocol: ResourceProtocol,
+    /// Where Proctor listens for clients of this resource.
+    pub listen: SocketAddr,
+    /// The target, `host:port`.
+    pub target: String,
+    /// The account Proctor uses on the target.
+    pub user: String,
+    /// The target account's password, from this environment variable ...
+    pub password_env: Option<String>,
+    /// ... or from this file (its first line).
+    pub password_file: Option<PathBuf>,
+    /// Whether clients may connect without TLS. Off by default.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    #[serde(default)]
+    pub target_tls: TargetTls,
+    /// CA certificates (PEM) to check the target with under `verify-full`.
+    pub target_ca_file: Option<PathBuf>,
+    /// The shared secret clients present, until just-in-time grants replace
+    /// it: from this environment variable ...
+    pub client_secret_env: Option<String>,
+    /// ... or from this file.
+    pub client_secret_file: Option<PathBuf>,
+    /// Rows of each result kept as a sample in the recording (0 = none).
+    /// Samples are off by default until masking is configured.
+    #[serde(default)]
+    pub sample_rows: usize,
+    /// Bytes of each result kept as a sample, at most.
+    #[serde(default = "default_sample_bytes")]
+    pub sample_bytes: usize,
+}
+
+fn default_sample_bytes() -> usize {
+    64 * 1024
+}
+
+/// The `[tls]` table: the certificate Proctor presents to clients. Without
+/// it, Proctor generates a self-signed certificate in the data dir (dev mode).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// A secret's source.
+#[derive(Clone, Debug)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretRef {
+    fn from_pair(
+        what: &str,
+        resource: &str,
+        env: &Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Result<SecretRef, GatewayError> {
+        match (env, file) {
+            (Some(env), None) => Ok(SecretRef::Env(env.clone())),
+            (None, Some(file)) => Ok(SecretRef::File(file.clone())),
+            (Some(_), Some(_)) => Err(GatewayError::Config(format!(
+                "resource {resource}: set either {what}_env or {what}_file, not both"
+            ))),
+            (None, None) => {
+                Err(GatewayError::Config(format!("resource {resource}: {what}_env or {what}_file is required")))
+            }
+        }
+    }
+
+    /// Reads the secret. A file's first line is the secret.
+    pub fn resolve(&self) -> Result<String, GatewayError> {
+        match self {
+            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+                GatewayError::Config(format!("environment variable {name} is not set (it holds a secret)"))
+            }),
+            SecretRef::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| GatewayError::Config(format!("cannot read secret file {}: {e}", path.display())))?;
+                Ok(text.lines().next().unwrap_or_default().to_string())
+            }
+        }
+    }
+}
+
+impl ResourceConfig {
+    pub fn password(&self) -> Result<SecretRef, GatewayError> {
+        SecretRef::from_pair("password", &self.name, &self.password_env, &self.password_file)
+    }
+
+    pub fn client_secret(&self) -> Result<SecretRef, GatewayError> {
+        SecretRef::from_pair("client_secret", &self.name, &self.client_secret_env, &self.client_secret_file)
+    }
+
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(GatewayError::Config(format!(
+                "resource name {:?}: use letters, digits, '-', '_' and '.'",
+                self.name
+            )));
+        }
+        self.password()?;
+        self.client_secret()?;
+        if self.target_tls == TargetTls::VerifyFull && self.target_ca_file.is_none() {
+            return Err(GatewayError::Config(format!(
+                "resource {}: target_tls = \"verify-full\" needs target_ca_file",
+                self.name
+            )));
+        }
+        if self.sample_rows > 100_000 {
+            return Err(GatewayError::Config(format!("resource {}: sample_rows is at most 100000", self.name)));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of resources: each valid, names and listen addresses unique.
+pub fn validate_resources(resources: &[ResourceConfig]) -> Result<(), GatewayError> {
+    let mut names = std::collections::HashSet::new();
+    let mut listens = std::collections::HashSet::new();
+    for resource in resources {
+        resource.validate()?;
+        if !names.insert(&resource.name) {
+            return Err(GatewayError::Config(format!("resource {} is defined twice", resource.name)));
+        }
+        if !listens.insert(resource.listen) {
+            return Err(GatewayError::Config(format!("two resources listen on {}", resource.listen)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The PostgreSQL gateway: one listener per resource; each client
+//! connection is authenticated by Proctor, connected to the target with a
+//! credential the client never sees, and relayed frame by frame, every
+//! statement and result recorded before it passes.
+
+mod cancel;
+mod frame;
+mod messages;
+mod protocol;
+mod session;
+mod startup;
+mod stream;
+mod upstream;
+mod values;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use cancel::CancelRegistry;
+pub use protocol::{Protocol, SampleLimits};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+pub use upstream::Target;
+
+use crate::auth::Authenticator;
+use crate::config::ResourceConfig;
+use crate::{EventSink, GatewayError};
+
+/// A PostgreSQL resource, resolved and ready to serve.
+pub struct PgResource {
+    pub name: String,
+    pub allow_plaintext: bool,
+    pub target: Target,
+    pub limits: SampleLimits,
+}
+
+impl PgResource {
+    /// Resolves a resource's secrets and TLS settings.
+    pub fn from_config(config: &ResourceConfig) -> Result<PgResource, GatewayError> {
+        let password = config.password()?.resolve()?;
+        let tls = crate::tls::target_client_config(config.target_tls, config.target_ca_file.as_deref())?;
+        Ok(PgResource {
+            name: config.name.clone(),
+            allow_plaintext: config.allow_plaintext,
+            target: Target {
+                address: config.target.clone(),
+                user: config.user.clone(),
+                password,
+                tls,
+                connect_timeout: Duration::from_secs(10),
+            },
+            limits: SampleLimits { rows: config.sample_rows, bytes: config.sample_bytes },
+        })
+    }
+}
+
+/// What every connection of a resource shares.
+pub(crate) struct Context<S, A> {
+    pub resource: Arc<PgResource>,
+    pub sink: S,
+    pub auth: Arc<A>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+/// Serves one resource until `shutdown` turns true, then ends its sessions
+/// (each records its end) and returns once they are all over.
+pub async fn serve<S: EventSink, A: Authenticator>(
+    resource: Arc<PgResource>,
+    listener: TcpListener,
+    sink: S,
+    auth: Arc<A>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    cancels: Arc<CancelRegistry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels });
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => {
+                    sessions.spawn(session::handle(ctx.clone(), tcp, addr, shutdown.clone()));
+                }
+                Err(error) => {
+                    tracing::warn!(resource = %ctx.resource.name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Binds a resource's listener.
+pub async fn bind(resource: &ResourceConfig) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(resource.listen).await.map_err(|source| GatewayError::Listen { addr: resource.listen, source })
+}

@@ -1,0 +1,766 @@
+//! The PostgreSQL protocol state of one session, apart from sockets: every
+//! frame from either side goes through [`Protocol::frontend`] or
+//! [`Protocol::backend`], which keep track of prepared statements, portals,
+//! which request each response answers, results in progress and COPY, and
+//! turn what happened into events.
+//!
+//! Responses arrive in the order of the requests they answer, so a queue of
+//! expected responses ([`Expect`]) pairs them; after an error in the extended
+//! protocol the server skips to the next Sync, and so does the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use pgwire::messages::data::RowDescription;
+use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
+use proctor_schemas::{
+    CopySummary, Direction, ErrorReport, Notice, Notification, ParameterStatus, Prepare, RawFrame, Statement,
+    StatementResult,
+};
+
+use super::frame::{Body, text};
+use super::messages::{decode, fields};
+use super::values;
+use crate::recording::Record;
+
+/// How much of each result is kept as a sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleLimits {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// Bytes of an unmodelled frame kept in its `raw_frame` event.
+const RAW_FRAME_BYTES: usize = 4096;
+
+#[derive(Debug)]
+enum Expect {
+    /// A simple Query or a FunctionCall: answered up to ReadyForQuery.
+    Query {
+        seq: u64,
+        started: Instant,
+    },
+    Parse {
+        seq: u64,
+    },
+    Bind,
+    DescribeStatement {
+        name: String,
+    },
+    DescribePortal,
+    Execute {
+        seq: u64,
+        started: Instant,
+    },
+    Close,
+    Sync,
+}
+
+struct Prepared {
+    sql: Arc<str>,
+    param_types: Vec<u32>,
+}
+
+struct Portal {
+    statement: String,
+    sql: Arc<str>,
+    params: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct Column {
+    name: String,
+    type_oid: u32,
+    format: i16,
+}
+
+/// The result being received.
+#[derive(Default)]
+struct ResultState {
+    columns: Vec<Column>,
+    rows: u64,
+    bytes: u64,
+    sample: Vec<Vec<Option<String>>>,
+    sample_bytes: usize,
+    sample_truncated: bool,
+}
+
+struct CopyState {
+    ref_seq: Option<u64>,
+    binary: bool,
+    rows: u64,
+    bytes: u64,
+    started: Instant,
+}
+
+/// What the connection loop must do after a frontend frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frontend {
+    Forward,
+    /// The client said goodbye (Terminate); forward it and end the session.
+    Terminate,
+}
+
+pub struct Protocol {
+    limits: SampleLimits,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+    expected: VecDeque<Expect>,
+    result: ResultState,
+    copy_in: Option<CopyState>,
+    copy_out: Option<CopyState>,
+}
+
+fn name(bytes: Option<String>) -> String {
+    bytes.unwrap_or_default()
+}
+
+impl Protocol {
+    pub fn new(limits: SampleLimits) -> Protocol {
+        Protocol {
+            limits,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            expected: VecDeque::new(),
+            result: ResultState::default(),
+            copy_in: None,
+            copy_out: None,
+        }
+    }
+
+    /// The seq of the statement the next response belongs to.
+    fn current_statement(&self) -> Option<u64> {
+        match self.expected.front()? {
+            Expect::Query { seq, .. } | Expect::Execute { seq, .. } | Expect::Parse { seq } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    fn started(&self) -> Option<Instant> {
+        match self.expected.front()? {
+            Expect::Query { started, .. } | Expect::Execute { started, .. } => Some(*started),
+            _ => None,
+        }
+    }
+
+    fn raw(tag: u8, frame: &[u8], direction: Direction, record: &mut impl Record) -> u64 {
+        let keep = frame.len().min(RAW_FRAME_BYTES);
+        record.push(
+            direction,
+            RawFrame {
+                frame_tag: (tag as char).to_string(),
+                byte_count: frame.len() as u64,
+                data: frame[..keep].to_vec(),
+                truncated: keep < frame.len(),
+            }
+            .into(),
+        )
+    }
+
+    /// A whole frame from the client. `frame` includes the type byte and length.
+    pub fn frontend(&mut self, frame: &[u8], record: &mut impl Record) -> Frontend {
+        let tag = frame[0];
+        let body = &frame[5..];
+        match tag {
+            b'Q' => {
+                let sql = Body::new(body).cstr().map(text).unwrap_or_default();
+                let seq = record.push(
+                    Direction::ClientToTarget,
+                    Statement { sql, statement_name: None, portal: None, params: Vec::new() }.into(),
+                );
+                self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+            }
+            b'P' => match decode::<Parse>(frame) {
+                Some(parse) => {
+                    let statement_name = name(parse.name);
+                    let seq = record.push(
+                        Direction::ClientToTarget,
+                        Prepare { statement_name: statement_name.clone(), sql: parse.query.clone() }.into(),
+                    );
+                    self.statements
+                        .insert(statement_name, Prepared { sql: parse.query.into(), param_types: parse.type_oids });
+                    self.expected.push_back(Expect::Parse { seq });
+                }
+                None => {
+                    Self::raw(tag, frame, Direction::ClientToTarget, record);
+                }
+            },
+            b'B' => match decode::<Bind>(frame) {
+                Some(bind) => {
+                    let statement = name(bind.statement_name);
+                    let (sql, types): (Arc<str>, &[u32]) = match self.statements.get(&statement) {
+                        Some(prepared) => (prepared.sql.clone(), &prepared.param_types),
+                        None => (Arc::from(""), &[]),
+                    };
+                    let formats = &bind.parameter_format_codes;
+                    let params = bind
+                        .parameters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, value)| {
+                            let format = match formats.len() {
+                                0 => 0,
+                                1 => formats[0],
+                                _ => formats.get(i).copied().unwrap_or(0),
+                            };
+                            value.as_ref().map(|v| values::render(v, format, types.get(i).copied().unwrap_or(0)))
+                        })
+                        .collect();
+                    self.portals.insert(name(bind.portal_name), Portal { statement, sql, params });
+                    self.expected.push_back(Expect::Bind);
+                }
+                None => {
+                    Self::raw(tag, frame, Direction::ClientToTarget, record);
+                }
+            },
+            b'D' => match decode::<Describe>(frame) {
+                Some(describe) if describe.target_type == b'S' => {
+                    self.expected.push_back(Expect::DescribeStatement { name: name(describe.name) })
+                }
+                Some(_) => self.expected.push_back(Expect::DescribePortal),
+                None => {
+                    Self::raw(tag, frame, Direction::ClientToTarget, record);
+                }
+            },
+            b'E' => {
+                let portal_name = decode::<Execute>(frame).and_then(|e| e.name).unwrap_or_default();
+                let (sql, statement_name, params) = match self.portals.get(&portal_name) {
+                    Some(portal) => (portal.sql.to_string(), portal.statement.clone(), portal.params.clone()),
+                    None => (String::new(), String::new(), Vec::new()),
+                };
+                let seq = record.push(
+                    Direction::ClientToTarget,
+                    Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name), params }.into(),
+                );
+                self.expected.push_back(Expect::Execute { seq, started: Instant::now() });
+            }
+            b'C' => {
+                if let Some(close) = decode::<Close>(frame) {
+                    let target = name(close.name);
+                    if close.target_type == b'S' {
+                        self.statements.remove(&target);
+                    } else {
+                        self.portals.remove(&target);
+                    }
+                }
+                self.expected.push_back(Expect::Close);
+            }
+            b'S' => self.expected.push_back(Expect::Sync),
+            b'H' => {}
+            b'd' => {
+                if let Some(copy) = &mut self.copy_in {
+                    copy.bytes += body.len() as u64;
+                    if !copy.binary {
+                        copy.rows += body.iter().filter(|&&b| b == b'\n').count() as u64;
+                    }
+                }
+            }
+            b'c' | b'f' => {
+                if let Some(copy) = self.copy_in.take() {
+                    Self::copy_event(copy, Direction::ClientToTarget, record);
+                }
+            }
+            b'X' => return Frontend::Terminate,
+            b'F' => {
+                // FunctionCall is not modelled: recorded raw, answered like a query.
+                let seq = Self::raw(tag, frame, Direction::ClientToTarget, record);
+                self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+            }
+            _ => {
+                Self::raw(tag, frame, Direction::ClientToTarget, record);
+            }
+        }
+        Frontend::Forward
+    }
+
+    /// The start of a client frame too large to hold (COPY data).
+    pub fn frontend_stream(&mut self, tag: u8, total: usize) {
+        if tag == b'd'
+            && let Some(copy) = &mut self.copy_in
+        {
+            copy.bytes += (total - 5) as u64;
+        }
+    }
+
+    fn copy_event(copy: CopyState, direction: Direction, record: &mut impl Record) {
+        record.push(
+            direction,
+            CopySummary {
+                ref_seq: copy.ref_seq,
+                format: if copy.binary { "binary" } else { "text" }.to_string(),
+                row_count: (!copy.binary).then_some(copy.rows),
+                byte_count: copy.bytes,
+                duration_ns: Some(copy.started.elapsed().as_nanos() as u64),
+            }
+            .into(),
+        );
+    }
+
+    fn finish_result(&mut self, tag: Option<String>, record: &mut impl Record) {
+        let result = std::mem::take(&mut self.result);
+        let row_count = tag
+            .as_deref()
+            .and_then(|t| t.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|_| result.rows == 0)
+            .unwrap_or(result.rows);
+        record.push(
+            Direction::TargetToClient,
+            StatementResult {
+                ref_seq: self.current_statement(),
+                command_tag: tag,
+                columns: result.columns.into_iter().map(|c| c.name).collect(),
+                row_count,
+                byte_count: result.bytes,
+                duration_ns: self.started().map_or(0, |s| s.elapsed().as_nanos() as u64),
+                sample_rows: result.sample,
+                sample_truncated: result.sample_truncated,
+            }
+            .into(),
+        );
+    }
+
+    /// Pops the answered extended-protocol request.
+    fn pop_if(&mut self, answered: impl Fn(&Expect) -> bool) {
+        if self.expected.front().is_some_and(answered) {
+            self.expected.pop_front();
+        }
+    }
+
+    fn sample_row(&mut self, body: &[u8]) {
+        let mut reader = Body::new(body);
+        let Some(count) = reader.i16() else { return };
+        let mut row = Vec::with_capacity(count.max(0) as usize);
+        let mut size = 0usize;
+        for i in 0..count.max(0) as usize {
+            let Some(len) = reader.i32() else { return };
+            if len < 0 {
+                row.push(None);
+                continue;
+            }
+            let Some(value) = reader.take(len as usize) else { return };
+            let column = self.result.columns.get(i);
+            let rendered = values::render(value, column.map_or(0, |c| c.format), column.map_or(0, |c| c.type_oid));
+            size += rendered.len();
+            row.push(Some(rendered));
+        }
+        if self.result.sample_bytes + size > self.limits.bytes {
+            self.result.sample_truncated = true;
+            return;
+        }
+        self.result.sample_bytes += size;
+        self.result.sample.push(row);
+    }
+
+    /// A whole frame from the target.
+    pub fn backend(&mut self, frame: &[u8], record: &mut impl Record) {
+        let tag = frame[0];
+        let body = &frame[5..];
+        match tag {
+            b'D' => {
+                self.result.rows += 1;
+                self.result.bytes += body.len() as u64;
+                if self.result.sample.len() < self.limits.rows && !self.result.sample_truncated {
+                    self.sample_row(body);
+                } else if self.limits.rows > 0 {
+                    self.result.sample_truncated = true;
+                }
+            }
+            b'T' => {
+                let columns = decode::<RowDescription>(frame)
+                    .map(|d| {
+                        d.fields
+                            .into_iter()
+                            .map(|f| Column { name: f.name, type_oid: f.type_id, format: f.format_code })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.result.columns = columns;
+                // A row description answering a Describe ends that request;
+                // one answering a query or Execute starts its result.
+                self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal));
+            }
+            b'C' => {
+                let tag = Body::new(body).cstr().map(text);
+                self.finish_result(tag, record);
+                self.pop_if(|e| matches!(e, Expect::Execute { .. }));
+            }
+            b'I' | b's' => {
+                self.finish_result(None, record);
+                self.pop_if(|e| matches!(e, Expect::Execute { .. }));
+            }
+            b'E' => {
+                let f = fields(body);
+                let ref_seq = self.current_statement();
+                record.push(
+                    Direction::TargetToClient,
+                    ErrorReport {
+                        ref_seq,
+                        severity: f.severity,
+                        sqlstate: f.code,
+                        message: f.message,
+                        detail: f.detail,
+                    }
+                    .into(),
+                );
+                self.result = ResultState::default();
+                self.copy_in = None;
+                self.copy_out = None;
+                // After an error in the extended protocol the server skips
+                // everything up to the next Sync.
+                if !matches!(self.expected.front(), Some(Expect::Query { .. })) {
+                    while let Some(front) = self.expected.front() {
+                        if matches!(front, Expect::Sync | Expect::Query { .. }) {
+                            break;
+                        }
+                        self.expected.pop_front();
+                    }
+                }
+            }
+            b'Z' => {
+                // Ends a simple query, a function call or an extended batch.
+                while let Some(front) = self.expected.pop_front() {
+                    if matches!(front, Expect::Sync | Expect::Query { .. }) {
+                        break;
+                    }
+                }
+                self.result = ResultState::default();
+            }
+            b'1' => self.pop_if(|e| matches!(e, Expect::Parse { .. })),
+            b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'3' => self.pop_if(|e| matches!(e, Expect::Close)),
+            b'n' => self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal)),
+            b't' => {
+                if let Some(Expect::DescribeStatement { name }) = self.expected.front() {
+                    let mut reader = Body::new(body);
+                    let count = reader.i16().unwrap_or(0).max(0) as usize;
+                    let types: Vec<u32> = (0..count).filter_map(|_| reader.i32().map(|t| t as u32)).collect();
+                    if let Some(prepared) = self.statements.get_mut(name) {
+                        prepared.param_types = types;
+                    }
+                }
+            }
+            b'G' | b'H' => {
+                let binary = body.first() == Some(&1);
+                let copy =
+                    CopyState { ref_seq: self.current_statement(), binary, rows: 0, bytes: 0, started: Instant::now() };
+                if tag == b'G' {
+                    self.copy_in = Some(copy);
+                } else {
+                    self.copy_out = Some(copy);
+                }
+            }
+            b'd' => {
+                if let Some(copy) = &mut self.copy_out {
+                    copy.bytes += body.len() as u64;
+                    if !copy.binary {
+                        copy.rows += body.iter().filter(|&&b| b == b'\n').count() as u64;
+                    }
+                }
+            }
+            b'c' => {
+                if let Some(copy) = self.copy_out.take() {
+                    Self::copy_event(copy, Direction::TargetToClient, record);
+                }
+            }
+            b'N' => {
+                let f = fields(body);
+                record.push(
+                    Direction::TargetToClient,
+                    Notice { severity: f.severity, sqlstate: f.code, message: f.message, detail: f.detail }.into(),
+                );
+            }
+            b'A' => {
+                let mut reader = Body::new(body);
+                let backend_pid = reader.i32().unwrap_or(0);
+                let channel = reader.cstr().map(text).unwrap_or_default();
+                let payload = reader.cstr().map(text).unwrap_or_default();
+                record.push(Direction::TargetToClient, Notification { backend_pid, channel, payload }.into());
+            }
+            b'S' => {
+                let mut reader = Body::new(body);
+                let parameter = reader.cstr().map(text).unwrap_or_default();
+                let value = reader.cstr().map(text).unwrap_or_default();
+                record.push(Direction::TargetToClient, ParameterStatus { parameter, value }.into());
+            }
+            b'V' => {
+                // FunctionCallResponse: the result of a FunctionCall.
+                self.result.bytes += body.len() as u64;
+                self.finish_result(Some("FUNCTION CALL".to_string()), record);
+            }
+            _ => {
+                Self::raw(tag, frame, Direction::TargetToClient, record);
+            }
+        }
+    }
+
+    /// The start of a target frame too large to hold (a huge row, COPY data).
+    pub fn backend_stream(&mut self, tag: u8, total: usize) {
+        let body = (total - 5) as u64;
+        match tag {
+            b'D' => {
+                self.result.rows += 1;
+                self.result.bytes += body;
+                if self.limits.rows > 0 {
+                    self.result.sample_truncated = true;
+                }
+            }
+            b'd' => {
+                if let Some(copy) = &mut self.copy_out {
+                    copy.bytes += body;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a large frame of this type may be streamed through in pieces.
+    pub fn streamable(tag: u8) -> bool {
+        matches!(tag, b'D' | b'd')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use proctor_schemas::EventBody;
+
+    use super::*;
+    use crate::recording::RecordedEvents;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn cstr(s: &str) -> Vec<u8> {
+        let mut out = s.as_bytes().to_vec();
+        out.push(0);
+        out
+    }
+
+    fn row_description(columns: &[(&str, u32)]) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        body.put_i16(columns.len() as i16);
+        for (name, oid) in columns {
+            body.put_slice(&cstr(name));
+            body.put_i32(0);
+            body.put_i16(0);
+            body.put_u32(*oid);
+            body.put_i16(-1);
+            body.put_i32(-1);
+            body.put_i16(0);
+        }
+        frame(b'T', &body)
+    }
+
+    fn data_row(values: &[Option<&str>]) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        body.put_i16(values.len() as i16);
+        for value in values {
+            match value {
+                None => body.put_i32(-1),
+                Some(v) => {
+                    body.put_i32(v.len() as i32);
+                    body.put_slice(v.as_bytes());
+                }
+            }
+        }
+        frame(b'D', &body)
+    }
+
+    fn error(code: &str, message: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend(b"SERROR\0VERROR\0C");
+        body.extend(cstr(code));
+        body.push(b'M');
+        body.extend(cstr(message));
+        body.push(0);
+        frame(b'E', &body)
+    }
+
+    struct Script {
+        protocol: Protocol,
+        events: RecordedEvents,
+    }
+
+    impl Script {
+        fn new(rows: usize) -> Script {
+            Script { protocol: Protocol::new(SampleLimits { rows, bytes: 1 << 16 }), events: RecordedEvents::default() }
+        }
+
+        fn client(&mut self, frames: &[Vec<u8>]) {
+            for f in frames {
+                self.protocol.frontend(f, &mut self.events);
+            }
+        }
+
+        fn server(&mut self, frames: &[Vec<u8>]) {
+            for f in frames {
+                self.protocol.backend(f, &mut self.events);
+            }
+        }
+
+        fn bodies(&self) -> Vec<&EventBody> {
+            self.events.events.iter().map(|(_, b)| b).collect()
+        }
+    }
+
+    #[test]
+    fn a_simple_query_with_two_statements_gives_one_statement_and_two_results() {
+        let mut s = Script::new(2);
+        s.client(&[frame(b'Q', &cstr("select 1 as a; select 2"))]);
+        s.server(&[
+            row_description(&[("a", 23)]),
+            data_row(&[Some("1")]),
+            frame(b'C', &cstr("SELECT 1")),
+            row_description(&[("?column?", 23)]),
+            data_row(&[Some("2")]),
+            frame(b'C', &cstr("SELECT 1")),
+            frame(b'Z', b"I"),
+        ]);
+        let bodies = s.bodies();
+        assert!(matches!(bodies[0], EventBody::Statement(st) if st.sql == "select 1 as a; select 2"));
+        for body in &bodies[1..] {
+            let EventBody::Result(r) = body else { panic!("{body:?}") };
+            assert_eq!((r.ref_seq, r.row_count, r.command_tag.as_deref()), (Some(0), 1, Some("SELECT 1")));
+        }
+        let EventBody::Result(first) = bodies[1] else { unreachable!() };
+        assert_eq!(first.columns, vec!["a"]);
+        assert_eq!(first.sample_rows, vec![vec![Some("1".to_string())]]);
+        assert!(s.protocol.expected.is_empty());
+    }
+
+    #[test]
+    fn extended_protocol_records_sql_statement_name_and_rendered_parameters() {
+        let mut s = Script::new(0);
+        let mut parse = cstr("s1");
+        parse.extend(cstr("select $1::int + $2"));
+        parse.extend([0, 2, 0, 0, 0, 23, 0, 0, 0, 25]);
+        let mut bind = cstr("");
+        bind.extend(cstr("s1"));
+        bind.extend([0, 2, 0, 1, 0, 0]); // two formats: binary, text
+        bind.extend([0, 2]); // two params
+        bind.extend(4i32.to_be_bytes());
+        bind.extend(42i32.to_be_bytes());
+        bind.extend((-1i32).to_be_bytes()); // NULL
+        bind.extend([0, 0]);
+        let mut execute = cstr("");
+        execute.extend(0i32.to_be_bytes());
+        s.client(&[frame(b'P', &parse), frame(b'B', &bind), frame(b'E', &execute), frame(b'S', b"")]);
+        s.server(&[
+            frame(b'1', b""),
+            frame(b'2', b""),
+            data_row(&[Some("43")]),
+            frame(b'C', &cstr("SELECT 1")),
+            frame(b'Z', b"I"),
+        ]);
+        let bodies = s.bodies();
+        assert!(
+            matches!(bodies[0], EventBody::Prepare(p) if p.statement_name == "s1" && p.sql == "select $1::int + $2")
+        );
+        let EventBody::Statement(st) = bodies[1] else { panic!() };
+        assert_eq!(st.sql, "select $1::int + $2");
+        assert_eq!(st.statement_name.as_deref(), Some("s1"));
+        assert_eq!(st.portal.as_deref(), Some(""));
+        assert_eq!(st.params, vec![Some("42".to_string()), None]);
+        assert!(matches!(bodies[2], EventBody::Result(r) if r.ref_seq == Some(1) && r.row_count == 1));
+        assert!(s.protocol.expected.is_empty());
+    }
+
+    #[test]
+    fn an_error_in_a_pipeline_skips_to_sync_and_names_the_failed_statement() {
+        let mut s = Script::new(0);
+        let mut execute = cstr("");
+        execute.extend(0i32.to_be_bytes());
+        let mut parse_a = cstr("");
+        parse_a.extend(cstr("select 1/0"));
+        parse_a.extend([0, 0]);
+        let mut parse_b = cstr("");
+        parse_b.extend(cstr("select 2"));
+        parse_b.extend([0, 0]);
+        let mut bind = cstr("");
+        bind.extend(cstr(""));
+        bind.extend([0, 0, 0, 0, 0, 0]);
+        s.client(&[
+            frame(b'P', &parse_a),
+            frame(b'B', &bind),
+            frame(b'E', &execute),
+            frame(b'P', &parse_b),
+            frame(b'B', &bind),
+            frame(b'E', &execute),
+            frame(b'S', b""),
+        ]);
+        s.server(&[frame(b'1', b""), frame(b'2', b""), error("22012", "division by zero"), frame(b'Z', b"I")]);
+        let error = s
+            .bodies()
+            .into_iter()
+            .find_map(|b| if let EventBody::Error(e) = b { Some(e.clone()) } else { None })
+            .unwrap();
+        assert_eq!(error.sqlstate.as_deref(), Some("22012"));
+        assert_eq!(error.ref_seq, Some(1), "the first Execute failed");
+        assert!(s.protocol.expected.is_empty(), "{:?}", s.protocol.expected);
+    }
+
+    #[test]
+    fn copy_in_and_out_are_summarised() {
+        let mut s = Script::new(0);
+        s.client(&[frame(b'Q', &cstr("copy t from stdin"))]);
+        s.server(&[frame(b'G', &[0, 0, 1, 0, 0])]);
+        s.client(&[frame(b'd', b"1\n2\n3\n"), frame(b'c', b"")]);
+        s.server(&[frame(b'C', &cstr("COPY 3")), frame(b'Z', b"I")]);
+        s.client(&[frame(b'Q', &cstr("copy t to stdout"))]);
+        s.server(&[
+            frame(b'H', &[0, 0, 1, 0, 0]),
+            frame(b'd', b"1\n"),
+            frame(b'd', b"2\n"),
+            frame(b'c', b""),
+            frame(b'C', &cstr("COPY 2")),
+            frame(b'Z', b"I"),
+        ]);
+        let copies: Vec<(u64, Option<u64>)> = s
+            .bodies()
+            .into_iter()
+            .filter_map(|b| if let EventBody::Copy(c) = b { Some((c.byte_count, c.row_count)) } else { None })
+            .collect();
+        assert_eq!(copies, vec![(6, Some(3)), (4, Some(2))]);
+        let results: Vec<u64> = s
+            .bodies()
+            .into_iter()
+            .filter_map(|b| if let EventBody::Result(r) = b { Some(r.row_count) } else { None })
+            .collect();
+        assert_eq!(results, vec![3, 2]);
+    }
+
+    #[test]
+    fn function_calls_and_unknown_frames_are_recorded_raw() {
+        let mut s = Script::new(0);
+        s.client(&[frame(b'F', &[0, 0, 4, 0xd2, 0, 0, 0, 0, 0, 0])]);
+        s.server(&[frame(b'V', &[0, 0, 0, 1, b'x']), frame(b'Z', b"I")]);
+        s.client(&[frame(b'?', b"mystery")]);
+        let bodies = s.bodies();
+        assert!(matches!(bodies[0], EventBody::RawFrame(r) if r.frame_tag == "F" && r.byte_count == 15));
+        assert!(matches!(bodies[1], EventBody::Result(r) if r.ref_seq == Some(0)));
+        assert!(matches!(bodies[2], EventBody::RawFrame(r) if r.frame_tag == "?"));
+    }
+
+    #[test]
+    fn samples_stop_at_their_row_limit() {
+        let mut s = Script::new(2);
+        s.client(&[frame(b'Q', &cstr("select x from t"))]);
+        s.server(&[
+            row_description(&[("x", 25)]),
+            data_row(&[Some("a")]),
+            data_row(&[None]),
+            data_row(&[Some("c")]),
+            frame(b'C', &cstr("SELECT 3")),
+        ]);
+        let EventBody::Result(r) = s.bodies()[1] else { panic!() };
+        assert_eq!(r.row_count, 3);
+        assert_eq!(r.sample_rows, vec![vec![Some("a".to_string())], vec![None]]);
+        assert!(r.sample_truncated);
+    }
+}

@@ -1,0 +1,149 @@
+//! TLS towards clients (rustls, ring provider) and towards targets.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+
+use crate::GatewayError;
+use crate::config::{TargetTls, TlsConfig};
+
+/// ALPN protocol of PostgreSQL's direct TLS (PostgreSQL 17).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(context: &str, e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Tls(format!("{context}: {e}"))
+}
+
+/// The server configuration for client connections: the configured
+/// certificate, or a self-signed one kept in `dev_dir` (created on first use).
+/// Returns it with the certificate file's path.
+pub fn server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerConfig>, PathBuf), GatewayError> {
+    let (cert_path, key_path) = match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (None, None) => self_signed(dev_dir)?,
+        _ => return Err(GatewayError::Config("[tls] needs both cert_file and key_file".to_string())),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| tls_error(&format!("cannot read certificates from {}", cert_path.display()), e))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| tls_error(&format!("cannot read private key from {}", key_path.display()), e))?;
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("TLS versions", e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_error("certificate and key do not match", e))?;
+    server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok((Arc::new(server), cert_path))
+}
+
+/// A self-signed certificate for `localhost` and loopback addresses, kept in
+/// `dir` so clients can pin it across restarts.
+fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), GatewayError> {
+    let cert_path = dir.join("proctor-dev.crt");
+    let key_path = dir.join("proctor-dev.key");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| tls_error(&format!("cannot create {}", dir.display()), e))?;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| tls_error("cannot generate certificate", e))?;
+    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, certified.cert.pem())
+        .map_err(|e| tls_error(&format!("cannot write {}", cert_path.display()), e))?;
+    tracing::warn!(cert = %cert_path.display(), "no [tls] certificate configured: using a self-signed one (dev mode)");
+    Ok((cert_path, key_path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), GatewayError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| tls_error(&format!("cannot create {}", path.display()), e))?;
+    file.write_all(bytes).map_err(|e| tls_error(&format!("cannot write {}", path.display()), e))
+}
+
+/// The client configuration for connections to a target.
+pub fn target_client_config(
+    mode: TargetTls,
+    ca_file: Option<&Path>,
+) -> Result<Option<Arc<ClientConfig>>, GatewayError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("TLS versions", e))?;
+    let config = match mode {
+        TargetTls::Disable => return Ok(None),
+        TargetTls::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_no_client_auth(),
+        TargetTls::VerifyFull => {
+            let Some(ca_file) = ca_file else {
+                return Err(GatewayError::Config("target_tls = \"verify-full\" needs target_ca_file".to_string()));
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca_file)
+                .map_err(|e| tls_error(&format!("cannot read {}", ca_file.display()), e))?
+            {
+                let cert = cert.map_err(|e| tls_error(&format!("cannot read {}", ca_file.display()), e))?;
+                roots.add(cert).map_err(|e| tls_error("bad CA certificate", e))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// Encryption without authentication of the target, as libpq's
+/// `sslmode=require`: chosen explicitly with `target_tls = "require"`.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

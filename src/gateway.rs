@@ -1,0 +1,69 @@
+//! Starting the gateway's listeners from the configuration.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use proctor_gateway_core::auth::SharedSecretAuthenticator;
+use proctor_gateway_core::config::ResourceProtocol;
+use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource};
+use proctor_gateway_core::tls;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::wiring::RecorderSink;
+
+/// The running listeners.
+pub struct Gateway {
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Waits until every listener has stopped and its sessions have ended.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds every resource's listener and starts serving.
+pub async fn start(config: &Config, sink: RecorderSink, stop: watch::Receiver<bool>) -> anyhow::Result<Gateway> {
+    let mut tasks = JoinSet::new();
+    if config.resources.is_empty() {
+        return Ok(Gateway { tasks });
+    }
+    let (server_tls, cert) =
+        tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
+    let mut secrets = Vec::new();
+    for resource in &config.resources {
+        let secret = resource.client_secret()?.resolve().with_context(|| format!("resource {}", resource.name))?;
+        secrets.push((resource.name.clone(), secret));
+    }
+    let auth = Arc::new(SharedSecretAuthenticator::new(secrets));
+    let cancels = Arc::new(CancelRegistry::default());
+    for resource in &config.resources {
+        match resource.protocol {
+            ResourceProtocol::Postgres => {
+                let pg =
+                    Arc::new(PgResource::from_config(resource).with_context(|| format!("resource {}", resource.name))?);
+                let listener = postgres::bind(resource).await?;
+                tracing::info!(
+                    resource = %resource.name,
+                    listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    target = %resource.target,
+                    certificate = %cert.display(),
+                    "postgres resource ready"
+                );
+                tasks.spawn(postgres::serve(
+                    pg,
+                    listener,
+                    sink.clone(),
+                    auth.clone(),
+                    Some(server_tls.clone()),
+                    cancels.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+    Ok(Gateway { tasks })
+}
