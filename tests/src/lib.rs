@@ -136,3 +136,98 @@ impl TestRng {
         low + self.next_u64() % (high - low).max(1)
     }
 }
+
+pub use proctor_devcluster as devcluster;
+
+/// The database role and database every test cluster has for Proctor to use.
+pub const APP_ROLE: &str = "app";
+pub const APP_PASSWORD: &str = "app-password-for-tests";
+
+/// Starts a throw-away cluster with the `app` role (not a superuser) owning
+/// the `app` database.
+pub fn cluster(options: &devcluster::Options) -> devcluster::Cluster {
+    let cluster = devcluster::Cluster::start(options).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+    cluster
+        .psql("postgres", &format!("create role {APP_ROLE} login password '{APP_PASSWORD}'"))
+        .and_then(|_| cluster.psql("postgres", &format!("create database {APP_ROLE} owner {APP_ROLE}")))
+        .unwrap_or_else(|e| panic!("cannot create the app role: {e}"));
+    cluster
+}
+
+/// How a Proctor under test fronts its cluster.
+#[derive(Clone, Debug)]
+pub struct ProctorOptions {
+    pub allow_plaintext: bool,
+    pub sample_rows: usize,
+    pub extra: String,
+}
+
+impl Default for ProctorOptions {
+    fn default() -> Self {
+        ProctorOptions { allow_plaintext: true, sample_rows: 0, extra: String::new() }
+    }
+}
+
+/// A running `proctor up` in front of a cluster, stopped (SIGTERM) when dropped.
+pub struct Proctor {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    pub data_dir: std::path::PathBuf,
+    pub port: u16,
+    pub secret: String,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Proctor {
+    pub fn start(bin: &Path, target_port: u16, options: &ProctorOptions) -> Proctor {
+        let dir = tempfile::tempdir().unwrap();
+        let port = devcluster::free_port();
+        let secret = format!("client-secret-{}", std::process::id());
+        std::fs::write(dir.path().join("target-password"), format!("{APP_PASSWORD}\n")).unwrap();
+        std::fs::write(dir.path().join("client-secret"), format!("{secret}\n")).unwrap();
+        let config = format!(
+            "data_dir = \"data\"\n[recorder]\nfsync_interval = \"20ms\"\n\n[[resources]]\nname = \"test-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:{target_port}\"\nuser = \"{APP_ROLE}\"\npassword_file = \"target-password\"\nclient_secret_file = \"client-secret\"\nallow_plaintext = {}\nsample_rows = {}\n{}\n",
+            options.allow_plaintext, options.sample_rows, options.extra
+        );
+        let config_path = dir.path().join("proctor.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = spawn(bin, &["up", "--config", config_path.to_str().unwrap()]);
+        let log = collect_lines(child.stderr.take().unwrap());
+        wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+        Proctor { child: Some(child), data_dir: dir.path().join("data"), _dir: dir, port, secret, log }
+    }
+
+    /// A libpq URL through Proctor.
+    pub fn url(&self, user: &str, database: &str, sslmode: &str) -> String {
+        format!("postgres://{user}:{}@127.0.0.1:{}/{database}?sslmode={sslmode}", self.secret, self.port)
+    }
+
+    /// A libpq keyword/value connection string through Proctor.
+    pub fn conninfo(&self, user: &str, database: &str, sslmode: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={} dbname={database} sslmode={sslmode}",
+            self.port, self.secret
+        )
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Stops Proctor with SIGTERM and waits; returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("proctor is running");
+        signal(&child, libc::SIGTERM);
+        wait_with_timeout(&mut child, Duration::from_secs(60))
+    }
+}
+
+impl Drop for Proctor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}

@@ -49,9 +49,13 @@ enum Expect {
         name: String,
     },
     DescribePortal,
+    /// `columns`: the result's shape, known from an earlier Describe of the
+    /// statement and the Bind's result formats, when no row description
+    /// precedes the rows.
     Execute {
         seq: u64,
         started: Instant,
+        columns: Option<Vec<Column>>,
     },
     Close,
     Sync,
@@ -60,15 +64,18 @@ enum Expect {
 struct Prepared {
     sql: Arc<str>,
     param_types: Vec<u32>,
+    /// From a Describe of the statement (format codes there are always 0).
+    columns: Vec<Column>,
 }
 
 struct Portal {
     statement: String,
     sql: Arc<str>,
     params: Vec<Option<String>>,
+    result_formats: Vec<i16>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 struct Column {
     name: String,
     type_oid: u32,
@@ -92,6 +99,31 @@ struct CopyState {
     rows: u64,
     bytes: u64,
     started: Instant,
+    /// The last bytes of the data, to recognise the `\.` end marker line.
+    tail: [u8; 4],
+}
+
+impl CopyState {
+    fn new(ref_seq: Option<u64>, binary: bool) -> CopyState {
+        CopyState { ref_seq, binary, rows: 0, bytes: 0, started: Instant::now(), tail: [b'\n'; 4] }
+    }
+
+    fn data(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        if self.binary {
+            return;
+        }
+        self.rows += data.iter().filter(|&&b| b == b'\n').count() as u64;
+        for &b in data.iter().rev().take(4).collect::<Vec<_>>().iter().rev() {
+            self.tail.rotate_left(1);
+            self.tail[3] = *b;
+        }
+    }
+
+    /// Rows of text data, not counting a final `\.` end marker.
+    fn rows(&self) -> Option<u64> {
+        (!self.binary).then(|| if &self.tail == b"\n\\.\n" { self.rows.saturating_sub(1) } else { self.rows })
+    }
 }
 
 /// What the connection loop must do after a frontend frame.
@@ -178,8 +210,10 @@ impl Protocol {
                         Direction::ClientToTarget,
                         Prepare { statement_name: statement_name.clone(), sql: parse.query.clone() }.into(),
                     );
-                    self.statements
-                        .insert(statement_name, Prepared { sql: parse.query.into(), param_types: parse.type_oids });
+                    self.statements.insert(
+                        statement_name,
+                        Prepared { sql: parse.query.into(), param_types: parse.type_oids, columns: Vec::new() },
+                    );
                     self.expected.push_back(Expect::Parse { seq });
                 }
                 None => {
@@ -207,7 +241,10 @@ impl Protocol {
                             value.as_ref().map(|v| values::render(v, format, types.get(i).copied().unwrap_or(0)))
                         })
                         .collect();
-                    self.portals.insert(name(bind.portal_name), Portal { statement, sql, params });
+                    self.portals.insert(
+                        name(bind.portal_name),
+                        Portal { statement, sql, params, result_formats: bind.result_column_format_codes },
+                    );
                     self.expected.push_back(Expect::Bind);
                 }
                 None => {
@@ -225,15 +262,33 @@ impl Protocol {
             },
             b'E' => {
                 let portal_name = decode::<Execute>(frame).and_then(|e| e.name).unwrap_or_default();
-                let (sql, statement_name, params) = match self.portals.get(&portal_name) {
-                    Some(portal) => (portal.sql.to_string(), portal.statement.clone(), portal.params.clone()),
-                    None => (String::new(), String::new(), Vec::new()),
+                let (sql, statement_name, params, columns) = match self.portals.get(&portal_name) {
+                    Some(portal) => {
+                        let columns =
+                            self.statements.get(&portal.statement).filter(|p| !p.columns.is_empty()).map(|p| {
+                                let formats = &portal.result_formats;
+                                p.columns
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, c)| Column {
+                                        format: match formats.len() {
+                                            0 => 0,
+                                            1 => formats[0],
+                                            _ => formats.get(i).copied().unwrap_or(0),
+                                        },
+                                        ..c.clone()
+                                    })
+                                    .collect()
+                            });
+                        (portal.sql.to_string(), portal.statement.clone(), portal.params.clone(), columns)
+                    }
+                    None => (String::new(), String::new(), Vec::new(), None),
                 };
                 let seq = record.push(
                     Direction::ClientToTarget,
                     Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name), params }.into(),
                 );
-                self.expected.push_back(Expect::Execute { seq, started: Instant::now() });
+                self.expected.push_back(Expect::Execute { seq, started: Instant::now(), columns });
             }
             b'C' => {
                 if let Some(close) = decode::<Close>(frame) {
@@ -250,10 +305,7 @@ impl Protocol {
             b'H' => {}
             b'd' => {
                 if let Some(copy) = &mut self.copy_in {
-                    copy.bytes += body.len() as u64;
-                    if !copy.binary {
-                        copy.rows += body.iter().filter(|&&b| b == b'\n').count() as u64;
-                    }
+                    copy.data(body);
                 }
             }
             b'c' | b'f' => {
@@ -289,7 +341,7 @@ impl Protocol {
             CopySummary {
                 ref_seq: copy.ref_seq,
                 format: if copy.binary { "binary" } else { "text" }.to_string(),
-                row_count: (!copy.binary).then_some(copy.rows),
+                row_count: copy.rows(),
                 byte_count: copy.bytes,
                 duration_ns: Some(copy.started.elapsed().as_nanos() as u64),
             }
@@ -353,10 +405,23 @@ impl Protocol {
         self.result.sample.push(row);
     }
 
+    /// Takes the result's shape from the Execute being answered when no row
+    /// description came with it.
+    fn adopt_columns(&mut self) {
+        if self.result.columns.is_empty()
+            && let Some(Expect::Execute { columns: Some(columns), .. }) = self.expected.front()
+        {
+            self.result.columns = columns.clone();
+        }
+    }
+
     /// A whole frame from the target.
     pub fn backend(&mut self, frame: &[u8], record: &mut impl Record) {
         let tag = frame[0];
         let body = &frame[5..];
+        if matches!(tag, b'D' | b'C') && self.result.rows == 0 {
+            self.adopt_columns();
+        }
         match tag {
             b'D' => {
                 self.result.rows += 1;
@@ -376,9 +441,16 @@ impl Protocol {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.result.columns = columns;
-                // A row description answering a Describe ends that request;
-                // one answering a query or Execute starts its result.
+                // A row description answering a Describe of a statement is
+                // kept with the statement; one answering a Describe of a
+                // portal, a query or an Execute describes the coming result.
+                if let Some(Expect::DescribeStatement { name }) = self.expected.front() {
+                    if let Some(prepared) = self.statements.get_mut(name) {
+                        prepared.columns = columns;
+                    }
+                } else {
+                    self.result.columns = columns;
+                }
                 self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal));
             }
             b'C' => {
@@ -443,8 +515,7 @@ impl Protocol {
             }
             b'G' | b'H' => {
                 let binary = body.first() == Some(&1);
-                let copy =
-                    CopyState { ref_seq: self.current_statement(), binary, rows: 0, bytes: 0, started: Instant::now() };
+                let copy = CopyState::new(self.current_statement(), binary);
                 if tag == b'G' {
                     self.copy_in = Some(copy);
                 } else {
@@ -453,10 +524,7 @@ impl Protocol {
             }
             b'd' => {
                 if let Some(copy) = &mut self.copy_out {
-                    copy.bytes += body.len() as u64;
-                    if !copy.binary {
-                        copy.rows += body.iter().filter(|&&b| b == b'\n').count() as u64;
-                    }
+                    copy.data(body);
                 }
             }
             b'c' => {
