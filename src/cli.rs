@@ -18,6 +18,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Start a throw-away PostgreSQL with demo data and Proctor in front of
+    /// it, print how to connect, and run until SIGINT or SIGTERM.
+    Demo(DemoArgs),
     /// Run Proctor with a configuration file until SIGINT or SIGTERM.
     Up(UpArgs),
     /// Check a data dir: segments against manifests, signatures, manifest
@@ -34,6 +37,19 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where the demo's recordings, keys and secrets are kept.
+    #[arg(long, value_name = "DIR", default_value = "./proctor-demo")]
+    pub data_dir: PathBuf,
+    /// Proctor's port for the demo database (default: a free one).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Once ready, print one JSON object on stdout (human text goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

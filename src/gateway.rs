@@ -16,6 +16,8 @@ use crate::wiring::RecorderSink;
 /// The running listeners.
 pub struct Gateway {
     tasks: JoinSet<()>,
+    /// Each resource's name and bound address.
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Gateway {
@@ -28,8 +30,9 @@ impl Gateway {
 /// Binds every resource's listener and starts serving.
 pub async fn start(config: &Config, sink: RecorderSink, stop: watch::Receiver<bool>) -> anyhow::Result<Gateway> {
     let mut tasks = JoinSet::new();
+    let mut listeners = Vec::new();
     if config.resources.is_empty() {
-        return Ok(Gateway { tasks });
+        return Ok(Gateway { tasks, listeners });
     }
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
@@ -46,9 +49,11 @@ pub async fn start(config: &Config, sink: RecorderSink, stop: watch::Receiver<bo
                 let pg =
                     Arc::new(PgResource::from_config(resource).with_context(|| format!("resource {}", resource.name))?);
                 let listener = postgres::bind(resource).await?;
+                let bound = listener.local_addr().context("listener address")?;
+                listeners.push((resource.name.clone(), bound));
                 tracing::info!(
                     resource = %resource.name,
-                    listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    listen = %bound,
                     target = %resource.target,
                     certificate = %cert.display(),
                     "postgres resource ready"
@@ -65,5 +70,5 @@ pub async fn start(config: &Config, sink: RecorderSink, stop: watch::Receiver<bo
             }
         }
     }
-    Ok(Gateway { tasks })
+    Ok(Gateway { tasks, listeners })
 }

@@ -101,6 +101,24 @@ fn account() -> Result<Option<(String, u32, u32)>> {
     Err(ClusterError::NoAccount(ACCOUNTS.to_vec()))
 }
 
+/// Makes `command` run as the account throw-away clusters run as (when this
+/// process is root); for tools that, like the server, refuse root (pgbouncer).
+pub fn run_as_cluster_account(command: &mut Command) -> Result<()> {
+    if let Some((_, uid, gid)) = account()? {
+        use std::os::unix::process::CommandExt;
+        command.uid(uid).gid(gid);
+    }
+    Ok(())
+}
+
+/// Gives a path to the cluster account, so a tool running as it can use it.
+pub fn hand_to_cluster_account(path: &Path) -> Result<()> {
+    if let Some((_, uid, gid)) = account()? {
+        chown(path, Some(uid), Some(gid)).map_err(io(format!("cannot chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)

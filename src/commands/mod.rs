@@ -1,3 +1,4 @@
+mod demo;
 mod generate;
 mod key;
 mod read;
@@ -10,6 +11,7 @@ use crate::cli::{Cli, Command, KeyCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Up(args) => up::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Generate(args) => generate::run(args),

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -20,11 +21,30 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(config, "proctor up", |ready| {
+        for (name, addr) in &ready.listeners {
+            tracing::info!(resource = %name, listen = %addr, "listening");
+        }
+        Ok(())
+    }))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// What is listening once Proctor is up.
+pub struct Ready {
+    /// Each resource's name and bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub key_fingerprint: String,
+}
+
+/// Runs Proctor with `config` until SIGINT or SIGTERM: opens the recorder,
+/// records the control session, serves every resource, calls `on_ready` once
+/// all listen, and on a stop signal ends the sessions and seals everything.
+pub async fn serve(
+    config: Config,
+    run_name: &str,
+    on_ready: impl FnOnce(&Ready) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     // Signals are taken over before anything is started, so a stop request
     // always ends in a clean seal.
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
@@ -35,13 +55,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the recorder on {}", config.data_dir.display()))?;
     let sink = RecorderSink(recorder.sink());
-    let control = ControlSession::start(sink.clone(), "proctor up")
+    let control = ControlSession::start(sink.clone(), run_name)
         .await
         .context("cannot record the start of the control session")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let gateway = match crate::gateway::start(&config, sink, stopped).await {
+    let started = match crate::gateway::start(&config, sink, stopped).await {
+        Ok(gateway) => {
+            let ready =
+                Ready { listeners: gateway.listeners.clone(), key_fingerprint: recorder.key_fingerprint().to_string() };
+            on_ready(&ready).map(|()| gateway)
+        }
+        Err(error) => Err(error),
+    };
+    let gateway = match started {
         Ok(gateway) => gateway,
         Err(error) => {
+            let _ = stop.send(true);
             let _ = control.end(EndReason::Shutdown, &format!("could not start: {error:#}")).await;
             let _ = tokio::task::spawn_blocking(move || recorder.close()).await;
             return Err(error);

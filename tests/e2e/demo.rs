@@ -1,0 +1,53 @@
+//! `proctor demo` as a newcomer runs it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use proctor_recorder::reader::Reader;
+use proctor_schemas::EventBody;
+use proctor_tests::{collect_lines, devcluster, run_ok, signal, spawn, wait_for_line, wait_with_timeout};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+#[test]
+fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo-data");
+    let mut child = spawn(Path::new(BIN), &["demo", "--data-dir", data.to_str().unwrap(), "--json"]);
+    let stdout = collect_lines(child.stdout.take().unwrap());
+    let stderr = collect_lines(child.stderr.take().unwrap());
+    let line = stdout.recv_timeout(Duration::from_secs(120)).expect("the demo printed its JSON line");
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let postgres_url = ready["postgres_url"].as_str().unwrap().to_string();
+    let target_url = ready["target_url"].as_str().unwrap().to_string();
+    assert_eq!(ready["resource"], "demo");
+    assert_eq!(std::fs::canonicalize(&data).unwrap(), Path::new(ready["data_dir"].as_str().unwrap()));
+    assert!(postgres_url.ends_with("sslmode=require") && target_url.ends_with("sslmode=require"), "like with like");
+    wait_for_line(&stderr, "psql \"postgres://", Duration::from_secs(10));
+
+    let psql = devcluster::find_bindir().unwrap().join("psql");
+    let query = |url: &str| {
+        let output = Command::new(&psql)
+            .args(["-X", "-At", "-d", url, "-c", "select count(*) from customers"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(query(&postgres_url), "200");
+    assert_eq!(query(&target_url), "200", "the target URL reaches the same data directly");
+
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(60)).success());
+    run_ok(Path::new(BIN), &["verify", "--data-dir", data.to_str().unwrap()]);
+    let reader = Reader::open(&data).unwrap();
+    let session = reader.sessions().unwrap().into_iter().find(|s| s.protocol.as_deref() == Some("postgres")).unwrap();
+    let events = reader.session_events(session.session_id).unwrap();
+    assert!(
+        events.iter().any(|e| matches!(&e.body, EventBody::Statement(s) if s.sql == "select count(*) from customers"))
+    );
+    // The throw-away cluster is gone.
+    let gone = Command::new(&psql).args(["-X", "-d", &target_url, "-c", "select 1"]).output().unwrap();
+    assert!(!gone.status.success());
+}
