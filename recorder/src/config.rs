@@ -79,16 +79,14 @@ pub struct RecorderSettings {
     /// How often the WAL is fsynced under `fsync = "interval"`.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
-    /// A segment is sealed once its WAL file reaches this size.
+    /// A segment is sealed once its WAL file reaches this size. WAL files
+    /// are allocated at this size when created.
     pub segment_max_bytes: ByteSize,
     /// A segment is sealed once its oldest event is this old.
     #[serde(with = "humantime_serde")]
     pub segment_max_age: Duration,
-    /// Capacity of the channel into the WAL writer, in append calls; when it is
-    /// full, producers wait (backpressure).
-    pub queue_capacity: usize,
-    /// How many closed WAL files may wait for sealing before the writer stops
-    /// rotating and producers wait.
+    /// How many closed WAL files may wait for sealing; beyond it appends wait
+    /// (backpressure), and are refused while sealing is failing.
     pub max_unsealed_segments: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
@@ -105,7 +103,6 @@ impl Default for RecorderSettings {
             fsync_interval: Duration::from_millis(100),
             segment_max_bytes: ByteSize(64 << 20),
             segment_max_age: Duration::from_secs(300),
-            queue_capacity: 4096,
             max_unsealed_segments: 8,
             row_group_rows: 65_536,
             page_rows: 8_192,
@@ -126,8 +123,8 @@ impl RecorderSettings {
         if self.segment_max_age.is_zero() {
             return bad("recorder.segment_max_age must be positive");
         }
-        if self.queue_capacity == 0 || self.max_unsealed_segments == 0 {
-            return bad("recorder.queue_capacity and recorder.max_unsealed_segments must be at least 1");
+        if self.max_unsealed_segments == 0 {
+            return bad("recorder.max_unsealed_segments must be at least 1");
         }
         if self.row_group_rows == 0 || self.page_rows == 0 {
             return bad("recorder.row_group_rows and recorder.page_rows must be at least 1");

@@ -14,7 +14,7 @@ use proctor_schemas::{
     Direction, EndReason, EventBody, NewEvent, Protocol, RecorderRecovery, SessionEnd, SessionId, SessionStart,
     Timestamp,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{FsyncPolicy, RecorderSettings};
 use crate::keys::ManifestKey;
@@ -22,7 +22,7 @@ use crate::layout::Layout;
 use crate::seal::SealContext;
 use crate::shared::{Shared, Stats};
 use crate::wal::{Carried, TornTail};
-use crate::writer::{Ack, Command, Events, SealJob, Writer, tick_period};
+use crate::writer::{AppendError, SealJob, WalWriter, tick_period};
 use crate::{RecordError, RecorderError, Result};
 
 /// What recovery found when the recorder opened a data dir.
@@ -52,74 +52,92 @@ impl RecoveryReport {
 /// Accepts events into the recorder. Cheap to clone; one per producer task.
 #[derive(Clone)]
 pub struct Sink {
-    tx: mpsc::Sender<Command>,
+    writer: Arc<WalWriter>,
     shared: Arc<Shared>,
 }
 
 impl Sink {
     /// Records one event. Returns its seq once the event is in the WAL (and
-    /// fsynced under `fsync = "always"`). Waits while the queue is full.
+    /// fsynced under `fsync = "always"`). Waits while the unsealed backlog
+    /// is full.
     pub async fn append(&self, event: NewEvent) -> Result<u64, RecordError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append { events: Events::One(event), ack: Ack::One(tx) })
-            .await
-            .map_err(|_| RecordError::Closed)?;
-        rx.await.map_err(|_| RecordError::Closed)?
+        let seqs = self.append_batch(vec![event]).await?;
+        Ok(seqs[0])
     }
 
     /// Records several events atomically: all are accepted, or none.
     pub async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append { events: Events::Many(events), ack: Ack::Many(tx) })
-            .await
-            .map_err(|_| RecordError::Closed)?;
-        rx.await.map_err(|_| RecordError::Closed)?
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.writer.append(&events) {
+                Ok(appended) => {
+                    if self.writer.policy() == FsyncPolicy::Always {
+                        self.writer.wait_durable(appended.lsn).await?;
+                    }
+                    return Ok(appended.seqs);
+                }
+                Err(AppendError::Refused(error)) => return Err(error),
+                Err(AppendError::Backlog) => room.await,
+            }
+        }
     }
 
     /// [`Sink::append`] for threads outside an async runtime.
     pub fn blocking_append(&self, event: NewEvent) -> Result<u64, RecordError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::Append { events: Events::One(event), ack: Ack::One(tx) })
-            .map_err(|_| RecordError::Closed)?;
-        rx.blocking_recv().map_err(|_| RecordError::Closed)?
+        let seqs = self.blocking_append_batch(vec![event])?;
+        Ok(seqs[0])
     }
 
     /// [`Sink::append_batch`] for threads outside an async runtime.
     pub fn blocking_append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Command::Append { events: Events::Many(events), ack: Ack::Many(tx) })
-            .map_err(|_| RecordError::Closed)?;
-        rx.blocking_recv().map_err(|_| RecordError::Closed)?
+        loop {
+            match self.writer.append(&events) {
+                Ok(appended) => {
+                    if self.writer.policy() == FsyncPolicy::Always {
+                        self.writer.blocking_wait_durable(appended.lsn)?;
+                    }
+                    return Ok(appended.seqs);
+                }
+                Err(AppendError::Refused(error)) => return Err(error),
+                Err(AppendError::Backlog) => self.shared.wait_for_sealer(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Seals what the WAL holds now, without waiting for the size or age
     /// limit. Returns the new segment's number, or `None` if there was
     /// nothing to seal.
     pub async fn seal_now(&self) -> Result<Option<u64>, RecordError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Seal(tx)).await.map_err(|_| RecordError::Closed)?;
-        rx.await.map_err(|_| RecordError::Closed)?
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let (tx, rx) = oneshot::channel();
+            match self.writer.seal_now(tx) {
+                Ok(()) => return rx.await.map_err(|_| RecordError::Closed)?,
+                Err(AppendError::Refused(error)) => return Err(error),
+                Err(AppendError::Backlog) => room.await,
+            }
+        }
     }
 
     /// [`Sink::seal_now`] for threads outside an async runtime.
     pub fn blocking_seal_now(&self) -> Result<Option<u64>, RecordError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.blocking_send(Command::Seal(tx)).map_err(|_| RecordError::Closed)?;
-        rx.blocking_recv().map_err(|_| RecordError::Closed)?
+        loop {
+            let (tx, rx) = oneshot::channel();
+            match self.writer.seal_now(tx) {
+                Ok(()) => return rx.blocking_recv().map_err(|_| RecordError::Closed)?,
+                Err(AppendError::Refused(error)) => return Err(error),
+                Err(AppendError::Backlog) => self.shared.wait_for_sealer(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Counters since start.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
-    }
-
-    /// Appends waiting in the queue.
-    pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// WAL files waiting to be sealed.
@@ -143,10 +161,8 @@ pub struct Recorder {
 }
 
 struct Threads {
-    writer: JoinHandle<()>,
     sealer: JoinHandle<Option<String>>,
-    syncer: JoinHandle<()>,
-    shared: Arc<Shared>,
+    background: JoinHandle<()>,
     _lock: File,
 }
 
@@ -170,32 +186,27 @@ impl Recorder {
 
         let shared = Shared::new();
         let (seal_tx, seal_rx) = std::sync::mpsc::channel::<SealJob>();
-        let mut writer = Writer::create(
+        let writer = Arc::new(WalWriter::create(
             layout.clone(),
             settings.clone(),
             shared.clone(),
             seal_tx,
             next_number,
             open_sessions.clone(),
-        )?;
-        record_recovery(&mut writer, &recovery, &open_sessions)?;
+        )?);
+        record_recovery(&writer, &recovery, &open_sessions)?;
 
-        let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let sealer_shared = shared.clone();
         let sealer = std::thread::Builder::new()
             .name("proctor-sealer".into())
             .spawn(move || run_sealer(ctx, seal_rx, sealer_shared))
             .map_err(RecorderError::io("cannot start sealer thread", data_dir))?;
-        let writer = std::thread::Builder::new()
-            .name("proctor-wal-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(RecorderError::io("cannot start WAL writer thread", data_dir))?;
-        let syncer_shared = shared.clone();
-        let syncer_tx = tx.clone();
-        let syncer_settings = settings.clone();
-        let syncer = std::thread::Builder::new()
+        let background_writer = writer.clone();
+        let background_shared = shared.clone();
+        let background_settings = settings.clone();
+        let background = std::thread::Builder::new()
             .name("proctor-wal-sync".into())
-            .spawn(move || run_syncer(syncer_shared, syncer_tx, syncer_settings))
+            .spawn(move || run_background(background_writer, background_shared, background_settings))
             .map_err(RecorderError::io("cannot start WAL sync thread", data_dir))?;
 
         if !recovery.is_empty() {
@@ -208,11 +219,11 @@ impl Recorder {
             );
         }
         Ok(Recorder {
-            sink: Sink { tx, shared: shared.clone() },
+            sink: Sink { writer, shared },
             layout,
             recovery,
             fingerprint,
-            threads: Some(Threads { writer, sealer, syncer, shared, _lock: lock }),
+            threads: Some(Threads { sealer, background, _lock: lock }),
         })
     }
 
@@ -233,22 +244,19 @@ impl Recorder {
         &self.fingerprint
     }
 
-    /// Ends open sessions (end reason `shutdown`), writes and fsyncs the WAL,
-    /// seals every remaining segment and stops. Blocks until done. Appends
-    /// made after this call fail with [`RecordError::Closed`].
+    /// Ends open sessions (end reason `shutdown`), fsyncs the WAL, seals
+    /// every remaining segment and stops. Blocks until done. Appends made
+    /// after this call fail with [`RecordError::Closed`].
     pub fn close(mut self) -> Result<()> {
         self.stop()
     }
 
     fn stop(&mut self) -> Result<()> {
         let Some(threads) = self.threads.take() else { return Ok(()) };
-        let (done_tx, done_rx) = oneshot::channel();
-        let _ = self.sink.tx.blocking_send(Command::Shutdown(done_tx));
-        let _ = done_rx.blocking_recv();
-        let _ = threads.writer.join();
-        threads.shared.stop.store(true, Ordering::Release);
-        threads.syncer.thread().unpark();
-        let _ = threads.syncer.join();
+        self.sink.writer.close();
+        self.sink.shared.stop.store(true, Ordering::Release);
+        let _ = threads.background.join();
+        self.sink.writer.discard_spare();
         let sealer_error = threads.sealer.join().unwrap_or_else(|_| Some("the sealer thread panicked".to_string()));
         match sealer_error {
             None => Ok(()),
@@ -324,7 +332,7 @@ fn recover(ctx: &mut SealContext) -> Result<(u64, Vec<Carried>, RecoveryReport)>
 
 /// Closes sessions the earlier run left open and records what recovery did,
 /// as events of a `system` session.
-fn record_recovery(writer: &mut Writer, recovery: &RecoveryReport, open: &[Carried]) -> Result<()> {
+fn record_recovery(writer: &WalWriter, recovery: &RecoveryReport, open: &[Carried]) -> Result<()> {
     if recovery.is_empty() {
         return Ok(());
     }
@@ -394,7 +402,7 @@ fn record_recovery(writer: &mut Writer, recovery: &RecoveryReport, open: &[Carri
         Direction::Gateway,
         SessionEnd { reason: EndReason::Completed, message: None },
     ));
-    writer.append_now(events)?;
+    writer.append_internal(&events)?;
     Ok(())
 }
 
@@ -435,25 +443,26 @@ fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, sh
     None
 }
 
-fn run_syncer(shared: Arc<Shared>, tx: mpsc::Sender<Command>, settings: RecorderSettings) {
+/// The WAL's background thread: fsyncs (periodically, or on request under
+/// `fsync = "always"`), rotates files by age and prepares the next file.
+fn run_background(writer: Arc<WalWriter>, shared: Arc<Shared>, settings: RecorderSettings) {
     let period = tick_period(&settings);
-    let mut since_sync = Duration::ZERO;
+    let mut last_sync = std::time::Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
-        std::thread::park_timeout(period);
-        since_sync += period;
-        if settings.fsync == FsyncPolicy::Interval
-            && since_sync >= settings.fsync_interval
-            && shared.dirty.swap(false, Ordering::AcqRel)
-        {
-            since_sync = Duration::ZERO;
-            if let Some(file) = shared.current_wal()
-                && let Err(error) = file.sync_data()
-            {
-                shared.fail(format!("fsync of the WAL failed: {error}"));
+        writer.sleep(period);
+        match settings.fsync {
+            FsyncPolicy::Always => {
+                if writer.sync_requested() {
+                    writer.sync();
+                }
+            }
+            FsyncPolicy::Interval => {
+                if last_sync.elapsed() >= settings.fsync_interval && shared.dirty.load(Ordering::Acquire) {
+                    writer.sync();
+                    last_sync = std::time::Instant::now();
+                }
             }
         }
-        // Wakes the writer for age-based rotation; a full queue means it is
-        // busy anyway.
-        let _ = tx.try_send(Command::Tick);
+        writer.housekeeping();
     }
 }

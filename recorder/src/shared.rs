@@ -1,6 +1,5 @@
 //! State shared by the writer, syncer and sealer threads.
 
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,13 +25,14 @@ struct Backlog {
 
 #[derive(Default)]
 pub(crate) struct Shared {
-    current_wal: Mutex<Option<Arc<File>>>,
     /// Set by the writer after a write, cleared by the syncer before fsync.
     pub dirty: AtomicBool,
     pub stop: AtomicBool,
     failed: Mutex<Option<String>>,
     backlog: Mutex<Backlog>,
     backlog_changed: Condvar,
+    /// Wakes async appends waiting for backlog room.
+    pub room: tokio::sync::Notify,
     pub stats: Stats,
 }
 
@@ -45,14 +45,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared::default())
-    }
-
-    pub fn set_current_wal(&self, file: Option<Arc<File>>) {
-        *lock(&self.current_wal) = file;
-    }
-
-    pub fn current_wal(&self) -> Option<Arc<File>> {
-        lock(&self.current_wal).clone()
     }
 
     /// Fails the recorder closed: every later append is refused.
@@ -78,33 +70,27 @@ impl Shared {
         backlog.last_error = None;
         self.stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
         self.backlog_changed.notify_all();
+        self.room.notify_waiters();
     }
 
     pub fn seal_failed(&self, reason: String) {
         lock(&self.backlog).last_error = Some(reason);
         self.backlog_changed.notify_all();
+        self.room.notify_waiters();
+    }
+
+    /// The sealer's last error, while it is failing.
+    pub fn sealer_error(&self) -> Option<String> {
+        lock(&self.backlog).last_error.clone()
     }
 
     pub fn unsealed(&self) -> usize {
         lock(&self.backlog).pending
     }
 
-    /// Waits until fewer than `max` files wait for sealing. Fails at once with
-    /// the sealer's error when the backlog is full and the sealer is failing.
-    pub fn wait_for_backlog_room(&self, max: usize) -> Result<(), String> {
-        let mut backlog = lock(&self.backlog);
-        loop {
-            if backlog.pending < max {
-                return Ok(());
-            }
-            if let Some(error) = &backlog.last_error {
-                return Err(error.clone());
-            }
-            backlog = self
-                .backlog_changed
-                .wait_timeout(backlog, Duration::from_millis(100))
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-        }
+    /// Blocks until the sealer makes progress (or `timeout` passes).
+    pub fn wait_for_sealer(&self, timeout: Duration) {
+        let backlog = lock(&self.backlog);
+        let _ = self.backlog_changed.wait_timeout(backlog, timeout);
     }
 }

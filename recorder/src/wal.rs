@@ -129,11 +129,13 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
         reason,
     };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        // A file of zeros was allocated ahead of need and never used.
+        let unused = bytes.iter().all(|&b| b == 0);
         return Scan {
             number: expected_number,
             records: Vec::new(),
             valid_len: 0,
-            torn: (!bytes.is_empty()).then(|| torn_at(0, "missing or damaged header".to_string())),
+            torn: (!unused).then(|| torn_at(0, "missing or damaged header".to_string())),
         };
     }
     let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -156,11 +158,18 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
     let mut torn = None;
     while pos < bytes.len() {
         if bytes.len() - pos < FRAME_LEN {
-            torn = Some(torn_at(pos, "incomplete record frame".to_string()));
+            if bytes[pos..].iter().any(|&b| b != 0) {
+                torn = Some(torn_at(pos, "incomplete record frame".to_string()));
+            }
             break;
         }
         let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
         let crc = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
+        if len == 0 && bytes[pos..].iter().all(|&b| b == 0) {
+            // WAL files are preallocated: zeros after the last record are
+            // space not yet written, not damage.
+            break;
+        }
         if len == 0 || len > MAX_RECORD {
             torn = Some(torn_at(pos, format!("implausible record length {len}")));
             break;
@@ -187,7 +196,7 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
         records.push(record);
         pos = body_start + len;
     }
-    Scan { number, records, valid_len: torn.as_ref().map_or(bytes.len() as u64, |t| t.offset), torn }
+    Scan { number, records, valid_len: torn.as_ref().map_or(pos as u64, |t| t.offset), torn }
 }
 
 fn parse_carry(mut bytes: &[u8]) -> Option<Vec<Carried>> {
@@ -286,6 +295,20 @@ mod tests {
     }
 
     #[test]
+    fn zeros_after_the_last_record_are_unwritten_space_not_damage() {
+        let mut file = file_with(&[b"one"], &[]);
+        let written = file.len();
+        file.resize(written + 4096, 0);
+        let scan = scan(&file, 7);
+        assert!(scan.torn.is_none());
+        assert_eq!(scan.valid_len, written as u64);
+        assert_eq!(scan.event_count(), 1);
+        // A stray byte in the zeros is damage.
+        file[written + 100] = 1;
+        assert!(super::scan(&file, 7).torn.is_some());
+    }
+
+    #[test]
     fn a_file_from_another_number_is_refused() {
         let file = file_with(&[b"x"], &[]);
         let scan = scan(&file, 8);
@@ -325,10 +348,13 @@ mod hostile {
             damaged.truncate(cut);
             let scan = scan(&damaged, 3);
             // Every record returned lies inside the valid prefix, and the
-            // valid prefix plus the torn tail is the whole input.
+            // valid prefix plus the torn tail is the whole input ...
             assert!(scan.valid_len as usize <= damaged.len());
-            let torn = scan.torn.as_ref().map_or(0, |t| t.bytes);
-            assert_eq!(scan.valid_len + torn, damaged.len() as u64);
+            // ... or, without a torn tail, followed only by unwritten zeros.
+            match &scan.torn {
+                Some(t) => assert_eq!(scan.valid_len + t.bytes, damaged.len() as u64),
+                None => assert!(damaged[scan.valid_len as usize..].iter().all(|&b| b == 0)),
+            }
             for record in &scan.records {
                 if let Record::Event(bytes) = record {
                     let offset = bytes.as_ptr() as usize - damaged.as_ptr() as usize;

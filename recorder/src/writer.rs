@@ -1,19 +1,27 @@
-//! The WAL writer: one thread that assigns sequence numbers, encodes events
-//! canonically into WAL records, advances each session's hash chain, writes
-//! whole batches with one system call, and acknowledges each append only once
-//! its record is in the file (and fsynced, under `fsync = "always"`).
+//! The WAL writer. Producers append in place: under one short lock, the
+//! calling task assigns each event its seq, encodes it canonically into a WAL
+//! record, advances the session's hash chain, and copies the records into
+//! the current WAL file, which is preallocated and memory-mapped. The copy
+//! lands in the kernel's page cache at once, so an accepted event survives
+//! the process being killed; no system call and no thread hand-off is made
+//! per event. A background thread fsyncs (every `fsync_interval`, or on
+//! demand for `fsync = "always"`, one fsync covering every waiting append),
+//! rotates files by age and prepares the next file ahead of time.
+//!
+//! Because files are fully allocated when created, a full disk shows as a
+//! clean refusal when a new file cannot be created, never as a torn record.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use memmap2::{MmapMut, MmapOptions};
 use proctor_schemas::chain::ChainHash;
-use proctor_schemas::{EventBody, EventKind, NewEvent, SessionId, SessionIdText, canonical};
-use tokio::sync::{mpsc, oneshot};
+use proctor_schemas::{EventKind, NewEvent, SessionId, SessionIdText, canonical};
+use tokio::sync::{Notify, oneshot};
 
 use crate::config::{FsyncPolicy, RecorderSettings};
 use crate::layout::{Layout, sync_dir};
@@ -21,58 +29,32 @@ use crate::shared::Shared;
 use crate::wal::{self, Carried};
 use crate::{RecordError, RecorderError, Result};
 
-/// A batch is written once it holds this many bytes, even if more appends wait.
-const MAX_BATCH_BYTES: usize = 1 << 20;
-/// ... or this many append calls.
-const MAX_BATCH_CALLS: usize = 4096;
-
 pub(crate) type SealReply = oneshot::Sender<Result<Option<u64>, RecordError>>;
-
-/// A request to the writer thread.
-// Events travel by value: boxing them would cost an allocation per append on
-// the hot path, to save bytes in a channel of bounded capacity.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Command {
-    Append {
-        events: Events,
-        ack: Ack,
-    },
-    /// Periodic wake-up, for age-based rotation.
-    Tick,
-    /// Close the current WAL file and reply once it is sealed.
-    Seal(SealReply),
-    Shutdown(oneshot::Sender<()>),
-}
-
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Events {
-    One(NewEvent),
-    Many(Vec<NewEvent>),
-}
-
-pub(crate) enum Ack {
-    One(oneshot::Sender<Result<u64, RecordError>>),
-    Many(oneshot::Sender<Result<Vec<u64>, RecordError>>),
-}
-
-impl Ack {
-    fn send(self, result: Result<Vec<u64>, RecordError>) {
-        // A dropped receiver means the caller stopped waiting; nothing to do.
-        match self {
-            Ack::One(tx) => {
-                let _ = tx.send(result.map(|seqs| seqs.first().copied().unwrap_or_default()));
-            }
-            Ack::Many(tx) => {
-                let _ = tx.send(result);
-            }
-        }
-    }
-}
 
 /// A closed WAL file handed to the sealer.
 pub(crate) struct SealJob {
     pub number: u64,
     pub replies: Vec<SealReply>,
+}
+
+/// Why an append did not go through.
+pub(crate) enum AppendError {
+    /// Refused for good; the message says why.
+    Refused(RecordError),
+    /// The unsealed backlog is full: wait for the sealer and retry.
+    Backlog,
+}
+
+impl From<RecordError> for AppendError {
+    fn from(error: RecordError) -> Self {
+        AppendError::Refused(error)
+    }
+}
+
+/// Accepted: the seqs given, and the log position after the last record.
+pub(crate) struct Appended {
+    pub seqs: Vec<u64>,
+    pub lsn: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -81,29 +63,114 @@ struct SessionState {
     head: ChainHash,
 }
 
-pub(crate) struct Writer {
-    layout: Layout,
-    settings: RecorderSettings,
-    shared: Arc<Shared>,
-    seal_tx: std::sync::mpsc::Sender<SealJob>,
-    file: Arc<File>,
+/// One preallocated, mapped WAL file.
+struct WalFile {
     number: u64,
-    len: u64,
-    events_in_file: u64,
+    file: Arc<File>,
+    map: MmapMut,
+    len: usize,
+    events: u64,
     opened: Instant,
-    sessions: HashMap<SessionId, SessionState>,
-    buf: Vec<u8>,
-    undo: Vec<(SessionId, Option<SessionState>)>,
-    pending: Vec<(Ack, Vec<u64>)>,
-    batch_events: u64,
-    id_text: SessionIdText,
-    /// Set while rotation is impossible because the sealer is failing and its
-    /// backlog is full: appends are refused with this reason.
-    stalled: Option<String>,
 }
 
-impl Writer {
-    /// Opens WAL file `number`, carrying `open` sessions into it.
+impl WalFile {
+    /// Creates and fully allocates file `number` (no header yet).
+    fn create(layout: &Layout, number: u64, capacity: usize) -> Result<WalFile> {
+        let path = layout.wal_path(number);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(RecorderError::io("cannot create WAL file", &path))?;
+        let cleanup = |error: std::io::Error| {
+            let _ = std::fs::remove_file(&path);
+            RecorderError::io("cannot allocate WAL file", &path)(error)
+        };
+        // SAFETY: posix_fallocate on a file descriptor we own.
+        let status = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, capacity as libc::off_t) };
+        if status != 0 {
+            return Err(cleanup(std::io::Error::from_raw_os_error(status)));
+        }
+        // SAFETY: the mapping covers a file this process created and no one
+        // else truncates; it is only written through this mapping, under the
+        // writer's lock.
+        let map = unsafe { MmapOptions::new().len(capacity).map_mut(&file) }.map_err(cleanup)?;
+        sync_dir(&layout.wal_dir())?;
+        Ok(WalFile { number, file: Arc::new(file), map, len: 0, events: 0, opened: Instant::now() })
+    }
+
+    /// Writes the header and the carry record of the sessions open at the
+    /// file's start.
+    fn begin(&mut self, open: &[Carried]) -> Result<(), RecordError> {
+        let mut bytes = wal::header(self.number).to_vec();
+        wal::put_carry(&mut bytes, open);
+        if bytes.len() > self.map.len() {
+            return Err(RecordError::WalWrite(format!(
+                "{} open sessions do not fit in a WAL file of {} bytes; raise recorder.segment_max_bytes",
+                open.len(),
+                self.map.len()
+            )));
+        }
+        self.map[..bytes.len()].copy_from_slice(&bytes);
+        self.len = bytes.len();
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    fn room(&self) -> usize {
+        self.map.len() - self.len
+    }
+}
+
+struct State {
+    file: WalFile,
+    /// Log position (bytes across all files) where `file` begins.
+    lsn_base: u64,
+    sessions: HashMap<SessionId, SessionState>,
+    /// Files rotated out since the last fsync.
+    unsynced: Vec<Arc<File>>,
+    scratch: Vec<u8>,
+    id_text: SessionIdText,
+    closed: bool,
+}
+
+/// Durability progress, for `fsync = "always"`.
+#[derive(Default)]
+struct Durable {
+    lsn: u64,
+    requested: bool,
+    failed: Option<String>,
+}
+
+pub(crate) struct WalWriter {
+    layout: Layout,
+    settings: RecorderSettings,
+    capacity: usize,
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+    seal_tx: Mutex<Option<std::sync::mpsc::Sender<SealJob>>>,
+    spare: Mutex<Option<WalFile>>,
+    /// Number of the current file, for the thread preparing the next one.
+    current_number: AtomicU64,
+    written_lsn: AtomicU64,
+    durable: Mutex<Durable>,
+    durable_changed: Condvar,
+    durable_notify: Notify,
+    /// Wakes the background thread (sync requested, stop).
+    wake: Condvar,
+    wake_lock: Mutex<bool>,
+}
+
+// A poisoned lock means a thread panicked while holding it. The writer's
+// state is updated only after every step that can fail, so it is still
+// consistent: carry on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WalWriter {
+    /// Starts WAL file `number`, carrying `open` sessions into it.
     pub fn create(
         layout: Layout,
         settings: RecorderSettings,
@@ -111,351 +178,412 @@ impl Writer {
         seal_tx: std::sync::mpsc::Sender<SealJob>,
         number: u64,
         open: Vec<Carried>,
-    ) -> Result<Writer> {
-        let sessions: HashMap<SessionId, SessionState> =
+    ) -> Result<WalWriter> {
+        let capacity = (settings.segment_max_bytes.0 as usize).max(wal::HEADER_LEN + 64).next_multiple_of(4096);
+        let mut file = WalFile::create(&layout, number, capacity)?;
+        file.begin(&open)?;
+        let sessions =
             open.iter().map(|c| (c.session_id, SessionState { next_seq: c.next_seq, head: c.head })).collect();
-        let (file, len) = new_wal_file(&layout, number, &open)?;
-        let file = Arc::new(file);
-        shared.set_current_wal(Some(file.clone()));
-        Ok(Writer {
+        Ok(WalWriter {
             layout,
             settings,
+            capacity,
             shared,
-            seal_tx,
-            file,
-            number,
-            len,
-            events_in_file: 0,
-            opened: Instant::now(),
-            sessions,
-            buf: Vec::with_capacity(MAX_BATCH_BYTES + 64 * 1024),
-            undo: Vec::new(),
-            pending: Vec::new(),
-            batch_events: 0,
-            id_text: SessionIdText::default(),
-            stalled: None,
+            current_number: AtomicU64::new(number),
+            written_lsn: AtomicU64::new(file.len as u64),
+            state: Mutex::new(State {
+                lsn_base: 0,
+                file,
+                sessions,
+                unsynced: Vec::new(),
+                scratch: Vec::with_capacity(64 * 1024),
+                id_text: SessionIdText::default(),
+                closed: false,
+            }),
+            seal_tx: Mutex::new(Some(seal_tx)),
+            spare: Mutex::new(None),
+            durable: Mutex::new(Durable::default()),
+            durable_changed: Condvar::new(),
+            durable_notify: Notify::new(),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(false),
         })
     }
 
-    /// Appends events synchronously, before the thread starts (recovery).
-    pub fn append_now(&mut self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
-        let (tx, mut rx) = oneshot::channel();
-        self.encode_call(Events::Many(events), Ack::Many(tx));
-        self.commit();
-        rx.try_recv().unwrap_or(Err(RecordError::Closed))
+    pub fn policy(&self) -> FsyncPolicy {
+        self.settings.fsync
     }
 
-    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        loop {
-            let Some(first) = next_command(&mut rx) else {
-                self.shutdown(None);
-                return;
-            };
-            let mut seal_replies = Vec::new();
-            let mut shutdown = None;
-            self.handle(first, &mut seal_replies, &mut shutdown);
-            while shutdown.is_none() && self.buf.len() < MAX_BATCH_BYTES && self.pending.len() < MAX_BATCH_CALLS {
-                match rx.try_recv() {
-                    Ok(command) => self.handle(command, &mut seal_replies, &mut shutdown),
-                    Err(_) => break,
-                }
-            }
-            self.commit();
-            let too_big = self.len >= self.settings.segment_max_bytes.0;
-            let too_old = self.events_in_file > 0 && self.opened.elapsed() >= self.settings.segment_max_age;
-            if too_big || too_old || !seal_replies.is_empty() || self.stalled.is_some() {
-                self.rotate(seal_replies);
-            }
-            if let Some(done) = shutdown {
-                self.shutdown(Some(done));
-                return;
-            }
-        }
-    }
-
-    fn handle(
-        &mut self,
-        command: Command,
-        seal_replies: &mut Vec<SealReply>,
-        shutdown: &mut Option<oneshot::Sender<()>>,
-    ) {
-        match command {
-            Command::Append { events, ack } => self.encode_call(events, ack),
-            Command::Tick => {}
-            Command::Seal(reply) => seal_replies.push(reply),
-            Command::Shutdown(done) => *shutdown = Some(done),
-        }
-    }
-
-    /// Why appends are refused right now, if they are.
-    fn refusal(&self) -> Option<RecordError> {
+    /// Appends events atomically: all are written, or none. Returns once
+    /// they are in the WAL file's pages (durable against a process crash).
+    pub fn append(&self, events: &[NewEvent]) -> Result<Appended, AppendError> {
         if let Some(reason) = self.shared.failure() {
-            return Some(RecordError::FailedClosed(reason));
+            return Err(RecordError::FailedClosed(reason).into());
         }
-        self.stalled.as_ref().map(|reason| RecordError::SealerStalled(reason.clone()))
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.closed {
+            return Err(RecordError::Closed.into());
+        }
+        self.append_locked(state, events)
     }
 
-    fn encode_call(&mut self, events: Events, ack: Ack) {
-        if let Some(refusal) = self.refusal() {
-            ack.send(Err(refusal));
-            return;
-        }
-        let buf_start = self.buf.len();
-        let undo_start = self.undo.len();
-        let events_before = self.batch_events;
-        let result = match events {
-            Events::One(event) => self.encode(event).map(|seq| vec![seq]),
-            Events::Many(events) => {
-                let mut seqs = Vec::with_capacity(events.len());
-                events.into_iter().try_for_each(|event| self.encode(event).map(|seq| seqs.push(seq))).map(|()| seqs)
+    fn append_locked(&self, state: &mut State, events: &[NewEvent]) -> Result<Appended, AppendError> {
+        state.scratch.clear();
+        let mut undo: Vec<(SessionId, Option<SessionState>)> = Vec::with_capacity(events.len());
+        let mut seqs = Vec::with_capacity(events.len());
+        let rollback = |sessions: &mut HashMap<SessionId, SessionState>,
+                        undo: &mut Vec<(SessionId, Option<SessionState>)>| {
+            while let Some((id, previous)) = undo.pop() {
+                match previous {
+                    Some(s) => sessions.insert(id, s),
+                    None => sessions.remove(&id),
+                };
             }
         };
-        match result {
-            Ok(seqs) => self.pending.push((ack, seqs)),
-            Err(reason) => {
-                self.buf.truncate(buf_start);
-                self.rollback(undo_start);
-                self.batch_events = events_before;
-                ack.send(Err(RecordError::Rejected(reason)));
-            }
-        }
-    }
-
-    /// Encodes one event into the batch buffer; returns its seq.
-    fn encode(&mut self, event: NewEvent) -> Result<u64, String> {
-        let kind = event.body.kind();
-        let previous = self.sessions.get(&event.session_id).copied();
-        let (seq, prev_head) = match (previous, kind) {
-            (None, EventKind::SessionStart) => (0, ChainHash::GENESIS),
-            (None, _) => {
-                return Err(format!(
-                    "session {} is not open: its first event must be session_start, and nothing may follow its session_end",
-                    event.session_id
-                ));
-            }
-            (Some(_), EventKind::SessionStart) => {
-                return Err(format!("session {} has already started", event.session_id));
-            }
-            (Some(state), _) => (state.next_seq, state.head),
-        };
-        let session_id = event.session_id;
-        let event = event.with_seq(seq);
-        let start = wal::begin_event_record(&mut self.buf);
-        canonical::encode(&event.cells(&mut self.id_text), &mut self.buf);
-        if self.buf.len() - start > wal::MAX_RECORD {
-            let size = self.buf.len() - start;
-            self.buf.truncate(start);
-            return Err(format!("event of {size} bytes exceeds the WAL record limit of {} bytes", wal::MAX_RECORD));
-        }
-        let row = wal::finish_record(&mut self.buf, start);
-        let head = prev_head.next(&self.buf[row]);
-        self.undo.push((session_id, previous));
-        if kind == EventKind::SessionEnd {
-            self.sessions.remove(&session_id);
-        } else {
-            self.sessions.insert(session_id, SessionState { next_seq: seq + 1, head });
-        }
-        self.batch_events += 1;
-        Ok(seq)
-    }
-
-    fn rollback(&mut self, undo_start: usize) {
-        while self.undo.len() > undo_start {
-            let Some((id, state)) = self.undo.pop() else { break };
-            match state {
-                Some(state) => self.sessions.insert(id, state),
-                None => self.sessions.remove(&id),
+        for event in events {
+            let kind = event.body.kind();
+            let previous = state.sessions.get(&event.session_id).copied();
+            let (seq, prev_head) = match (previous, kind) {
+                (None, EventKind::SessionStart) => (0, ChainHash::GENESIS),
+                (None, _) => {
+                    rollback(&mut state.sessions, &mut undo);
+                    return Err(RecordError::Rejected(format!(
+                        "session {} is not open: its first event must be session_start, and nothing may follow its session_end",
+                        event.session_id
+                    ))
+                    .into());
+                }
+                (Some(_), EventKind::SessionStart) => {
+                    rollback(&mut state.sessions, &mut undo);
+                    return Err(
+                        RecordError::Rejected(format!("session {} has already started", event.session_id)).into()
+                    );
+                }
+                (Some(s), _) => (s.next_seq, s.head),
             };
+            let start = wal::begin_event_record(&mut state.scratch);
+            canonical::encode(&event.cells_with_seq(seq, &mut state.id_text), &mut state.scratch);
+            let size = state.scratch.len() - start;
+            if size > wal::MAX_RECORD || size + wal::HEADER_LEN > self.capacity / 2 {
+                rollback(&mut state.sessions, &mut undo);
+                return Err(RecordError::Rejected(format!(
+                    "event of {size} bytes exceeds the WAL record limit of {} bytes",
+                    wal::MAX_RECORD.min(self.capacity / 2 - wal::HEADER_LEN)
+                ))
+                .into());
+            }
+            let row = wal::finish_record(&mut state.scratch, start);
+            let head = prev_head.next(&state.scratch[row]);
+            undo.push((event.session_id, previous));
+            if kind == EventKind::SessionEnd {
+                state.sessions.remove(&event.session_id);
+            } else {
+                state.sessions.insert(event.session_id, SessionState { next_seq: seq + 1, head });
+            }
+            seqs.push(seq);
+        }
+        if state.scratch.len() > state.file.room() {
+            // The file begins with the sessions as they were before this batch.
+            let mut before = state.sessions.clone();
+            rollback(&mut before, &mut undo.clone());
+            if let Err(error) = self.rotate(state, carry_of(&before), Vec::new()) {
+                rollback(&mut state.sessions, &mut undo);
+                return Err(error);
+            }
+            if state.scratch.len() > state.file.room() {
+                rollback(&mut state.sessions, &mut undo);
+                return Err(RecordError::Rejected(format!(
+                    "a batch of {} bytes does not fit in a WAL file; append fewer events at once",
+                    state.scratch.len()
+                ))
+                .into());
+            }
+        }
+        let at = state.file.len;
+        let size = state.scratch.len();
+        state.file.map[at..at + size].copy_from_slice(&state.scratch);
+        state.file.len += size;
+        state.file.events += events.len() as u64;
+        let lsn = state.lsn_base + state.file.len as u64;
+        self.written_lsn.store(lsn, Ordering::Release);
+        self.shared.dirty.store(true, Ordering::Release);
+        self.shared.stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.shared.stats.wal_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        Ok(Appended { seqs, lsn })
+    }
+
+    /// Closes the current file, hands it to the sealer and starts the next.
+    fn rotate(&self, state: &mut State, carry: Vec<Carried>, replies: Vec<SealReply>) -> Result<(), AppendError> {
+        let max = self.settings.max_unsealed_segments;
+        if self.shared.unsealed() >= max {
+            if let Some(error) = self.shared.sealer_error() {
+                return Err(RecordError::SealerStalled(error).into());
+            }
+            return Err(AppendError::Backlog);
+        }
+        let next = state.file.number + 1;
+        let spare = lock(&self.spare).take().filter(|s| s.number == next);
+        let mut file = match spare {
+            Some(file) => file,
+            None => WalFile::create(&self.layout, next, self.capacity).map_err(|e| {
+                RecordError::WalWrite(format!("cannot start the next WAL file ({e}); free space in the data dir"))
+            })?,
+        };
+        file.begin(&carry)?;
+        let old = std::mem::replace(&mut state.file, file);
+        state.lsn_base += old.len as u64;
+        state.unsynced.push(old.file.clone());
+        self.current_number.store(next, Ordering::Release);
+        self.written_lsn.store(state.lsn_base + state.file.len as u64, Ordering::Release);
+        self.hand_to_sealer(old.number, replies);
+        self.poke();
+        Ok(())
+    }
+
+    fn hand_to_sealer(&self, number: u64, replies: Vec<SealReply>) {
+        self.shared.backlog_added();
+        let sender = lock(&self.seal_tx);
+        let job = SealJob { number, replies };
+        match sender.as_ref() {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+                    for reply in job.replies {
+                        let _ = reply.send(Err(RecordError::Closed));
+                    }
+                }
+            }
+            None => {
+                for reply in job.replies {
+                    let _ = reply.send(Err(RecordError::Closed));
+                }
+            }
         }
     }
 
-    /// Writes the batch and answers every pending append.
-    fn commit(&mut self) {
-        if self.buf.is_empty() {
-            for (ack, seqs) in self.pending.drain(..) {
-                ack.send(Ok(seqs));
-            }
-            return;
+    /// Seals what the current file holds now. `reply` hears the segment's
+    /// number once sealed (`None` when there was nothing to seal).
+    pub fn seal_now(&self, reply: SealReply) -> Result<(), AppendError> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.closed {
+            return Err(RecordError::Closed.into());
         }
-        let written = self.file.write_all_at(&self.buf, self.len).map_err(|e| ("write", e));
-        let synced = written.and_then(|()| match self.settings.fsync {
-            FsyncPolicy::Always => self.file.sync_data().map_err(|e| ("fsync", e)),
-            FsyncPolicy::Interval => Ok(()),
-        });
-        match synced {
-            Ok(()) => {
-                self.len += self.buf.len() as u64;
-                self.events_in_file += self.batch_events;
-                self.shared.dirty.store(true, Ordering::Release);
-                self.shared.stats.events.fetch_add(self.batch_events, Ordering::Relaxed);
-                self.shared.stats.wal_bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-                self.undo.clear();
-                for (ack, seqs) in self.pending.drain(..) {
-                    ack.send(Ok(seqs));
-                }
-            }
-            Err((what, error)) => {
-                let path = self.layout.wal_path(self.number);
-                let reason = format!("{what} {}: {error}", path.display());
-                tracing::error!(%reason, events = self.batch_events, "WAL write failed; refusing the batch");
-                self.rollback(0);
-                // Cut the file back to its last complete batch so that nothing
-                // refused stays in it. If that is impossible, or an fsync
-                // failed (the kernel may have dropped dirty pages), the WAL's
-                // state is unknown: fail closed until restart and recovery.
-                let truncated = self.file.set_len(self.len);
-                if what == "fsync" || truncated.is_err() {
-                    self.shared.fail(format!("{reason}; the WAL could not be restored to its last good state"));
-                }
-                for (ack, _) in self.pending.drain(..) {
-                    ack.send(Err(RecordError::WalWrite(reason.clone())));
-                }
-            }
+        if state.file.events == 0 {
+            let _ = reply.send(Ok(None));
+            return Ok(());
         }
-        self.buf.clear();
-        self.batch_events = 0;
+        let carry = carry_of(&state.sessions);
+        match self.rotate(state, carry, vec![reply]) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
-    /// Closes the current WAL file, hands it to the sealer and opens the next.
-    fn rotate(&mut self, replies: Vec<SealReply>) {
-        if self.events_in_file == 0 {
-            self.opened = Instant::now();
-            for reply in replies {
-                let _ = reply.send(Ok(None));
-            }
-            return;
-        }
-        if let Err(reason) = self.shared.wait_for_backlog_room(self.settings.max_unsealed_segments) {
-            self.stalled = Some(reason.clone());
-            for reply in replies {
-                let _ = reply.send(Err(RecordError::SealerStalled(reason.clone())));
-            }
-            return;
-        }
-        self.stalled = None;
-        let open = self.open_sessions();
-        let next = self.number + 1;
-        let (file, len) = match new_wal_file(&self.layout, next, &open) {
-            Ok(created) => created,
-            Err(error) => {
-                tracing::warn!(%error, "cannot open the next WAL file; continuing in the current one");
-                for reply in replies {
-                    let _ = reply.send(Err(RecordError::WalWrite(error.to_string())));
-                }
+    /// Called periodically: rotates a file whose oldest event is too old, and
+    /// prepares the next file ahead of need.
+    pub fn housekeeping(&self) {
+        {
+            let mut guard = lock(&self.state);
+            let state = &mut *guard;
+            if state.closed {
                 return;
             }
-        };
-        let file = Arc::new(file);
-        self.shared.set_current_wal(Some(file.clone()));
-        let closed = self.number;
-        self.file = file;
-        self.number = next;
-        self.len = len;
-        self.events_in_file = 0;
-        self.opened = Instant::now();
-        self.hand_to_sealer(closed, replies);
-    }
-
-    fn hand_to_sealer(&mut self, number: u64, replies: Vec<SealReply>) {
-        self.shared.backlog_added();
-        if let Err(std::sync::mpsc::SendError(job)) = self.seal_tx.send(SealJob { number, replies }) {
-            // The sealer is gone (it only exits after we do); the WAL file
-            // stays on disk and is sealed at the next start.
-            for reply in job.replies {
-                let _ = reply.send(Err(RecordError::Closed));
+            if state.file.events > 0 && state.file.opened.elapsed() >= self.settings.segment_max_age {
+                let carry = carry_of(&state.sessions);
+                // A full backlog or a failing disk: try again next time.
+                let _ = self.rotate(state, carry, Vec::new());
+            }
+        }
+        let next = self.current_number.load(Ordering::Acquire) + 1;
+        let mut spare = lock(&self.spare);
+        if spare.as_ref().is_some_and(|s| s.number != next)
+            && let Some(stale) = spare.take()
+        {
+            let _ = std::fs::remove_file(self.layout.wal_path(stale.number));
+        }
+        if spare.is_none() && !self.layout.wal_path(next).exists() {
+            match WalFile::create(&self.layout, next, self.capacity) {
+                Ok(file) => *spare = Some(file),
+                Err(error) => tracing::debug!(%error, "cannot prepare the next WAL file yet"),
             }
         }
     }
 
-    fn open_sessions(&self) -> Vec<Carried> {
-        let mut open: Vec<Carried> = self
-            .sessions
-            .iter()
-            .map(|(&session_id, state)| Carried { session_id, next_seq: state.next_seq, head: state.head })
-            .collect();
-        open.sort_by_key(|c| c.session_id);
-        open
+    /// Removes the file prepared ahead of need, if any.
+    pub fn discard_spare(&self) {
+        if let Some(spare) = lock(&self.spare).take() {
+            let _ = std::fs::remove_file(self.layout.wal_path(spare.number));
+        }
     }
 
-    /// Ends every open session, writes, fsyncs and hands the last file over.
-    fn shutdown(&mut self, done: Option<oneshot::Sender<()>>) {
-        self.commit();
-        if self.refusal().is_none() && !self.sessions.is_empty() {
+    /// Wakes the background thread.
+    fn poke(&self) {
+        *lock(&self.wake_lock) = true;
+        self.wake.notify_all();
+    }
+
+    /// Blocks the background thread until poked or `timeout` passes.
+    pub fn sleep(&self, timeout: Duration) {
+        let guard = lock(&self.wake_lock);
+        let (mut guard, _) =
+            self.wake.wait_timeout_while(guard, timeout, |poked| !*poked).unwrap_or_else(|p| p.into_inner());
+        *guard = false;
+    }
+
+    /// Asks for an fsync covering everything written (always mode).
+    pub fn request_sync(&self) {
+        lock(&self.durable).requested = true;
+        self.poke();
+    }
+
+    pub fn sync_requested(&self) -> bool {
+        lock(&self.durable).requested
+    }
+
+    /// fsyncs every file written since the last sync; publishes the result.
+    pub fn sync(&self) {
+        lock(&self.durable).requested = false;
+        let (target, files) = {
+            let mut state = lock(&self.state);
+            let mut files = std::mem::take(&mut state.unsynced);
+            files.push(state.file.file.clone());
+            (self.written_lsn.load(Ordering::Acquire), files)
+        };
+        self.shared.dirty.store(false, Ordering::Release);
+        let mut failure = None;
+        for file in files {
+            if let Err(error) = file.sync_data() {
+                failure = Some(format!("fsync of the WAL failed: {error}"));
+            }
+        }
+        let mut durable = lock(&self.durable);
+        match failure {
+            Some(reason) => {
+                self.shared.fail(reason.clone());
+                durable.failed = Some(reason);
+            }
+            None => durable.lsn = durable.lsn.max(target),
+        }
+        drop(durable);
+        self.durable_changed.notify_all();
+        self.durable_notify.notify_waiters();
+    }
+
+    fn durable_state(&self, lsn: u64) -> Option<Result<(), RecordError>> {
+        let durable = lock(&self.durable);
+        if let Some(reason) = &durable.failed {
+            return Some(Err(RecordError::WalWrite(reason.clone())));
+        }
+        (durable.lsn >= lsn).then_some(Ok(()))
+    }
+
+    /// Waits until `lsn` is fsynced (always mode).
+    pub async fn wait_durable(&self, lsn: u64) -> Result<(), RecordError> {
+        self.request_sync();
+        loop {
+            let notified = self.durable_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = self.durable_state(lsn) {
+                return result;
+            }
+            notified.await;
+        }
+    }
+
+    /// [`WalWriter::wait_durable`] for threads outside a runtime.
+    pub fn blocking_wait_durable(&self, lsn: u64) -> Result<(), RecordError> {
+        self.request_sync();
+        let mut durable = lock(&self.durable);
+        loop {
+            if let Some(reason) = &durable.failed {
+                return Err(RecordError::WalWrite(reason.clone()));
+            }
+            if durable.lsn >= lsn {
+                return Ok(());
+            }
+            durable = self.durable_changed.wait(durable).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Appends events the recorder itself writes (recovery), bypassing
+    /// nothing but the closed check.
+    pub fn append_internal(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
+        let mut guard = lock(&self.state);
+        match self.append_locked(&mut guard, events) {
+            Ok(appended) => Ok(appended.seqs),
+            Err(AppendError::Refused(error)) => Err(error),
+            Err(AppendError::Backlog) => Err(RecordError::SealerStalled("the unsealed backlog is full".into())),
+        }
+    }
+
+    /// Ends open sessions (reason `shutdown`), fsyncs, hands the last file to
+    /// the sealer and stops accepting. Returns once done; the sealer then
+    /// finishes on its own thread.
+    pub fn close(&self) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.closed {
+            return;
+        }
+        if self.shared.failure().is_none() && !state.sessions.is_empty() {
             let now = proctor_schemas::Timestamp::now();
-            let mut ends: Vec<SessionId> = self.sessions.keys().copied().collect();
-            ends.sort();
-            let events = ends
+            let mut open: Vec<SessionId> = state.sessions.keys().copied().collect();
+            open.sort();
+            let ends: Vec<NewEvent> = open
                 .into_iter()
                 .map(|id| {
                     NewEvent::new(
                         id,
                         now,
                         proctor_schemas::Direction::Gateway,
-                        EventBody::SessionEnd(proctor_schemas::SessionEnd {
+                        proctor_schemas::SessionEnd {
                             reason: proctor_schemas::EndReason::Shutdown,
                             message: Some("the recorder closed while the session was open".to_string()),
-                        }),
+                        },
                     )
                 })
                 .collect();
-            if let Err(error) = self.append_now(events) {
+            if let Err(AppendError::Refused(error)) = self.append_locked(state, &ends) {
                 tracing::error!(%error, "could not record the end of open sessions at shutdown");
             }
         }
-        if let Err(error) = self.file.sync_all() {
-            tracing::error!(%error, "fsync of the last WAL file failed at shutdown");
+        state.closed = true;
+        for file in state.unsynced.drain(..).chain([state.file.file.clone()]) {
+            if let Err(error) = file.sync_data() {
+                tracing::error!(%error, "fsync of a WAL file failed at shutdown");
+            }
         }
-        self.shared.set_current_wal(None);
-        if self.events_in_file > 0 {
-            self.hand_to_sealer(self.number, Vec::new());
-        } else if self.sessions.is_empty() {
-            let path = self.layout.wal_path(self.number);
+        let number = state.file.number;
+        if state.file.events > 0 {
+            self.hand_to_sealer(number, Vec::new());
+        } else if state.sessions.is_empty() {
+            let path = self.layout.wal_path(number);
             if std::fs::remove_file(&path).is_ok() {
                 let _ = sync_dir(&self.layout.wal_dir());
             }
         }
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
+        drop(guard);
+        self.discard_spare();
+        // Closing the channel lets the sealer finish and stop.
+        lock(&self.seal_tx).take();
+        // Everything written is now fsynced.
+        lock(&self.durable).lsn = u64::MAX;
+        self.durable_changed.notify_all();
+        self.durable_notify.notify_waiters();
+        self.poke();
     }
 }
 
-/// How many times the writer yields its core, looking for more work, before
-/// it sleeps. Producers that each await their acknowledgement send their next
-/// event within microseconds; catching it without a futex sleep and wake-up
-/// halves the cost of a single-event append under load.
-const YIELDS_BEFORE_SLEEP: usize = 32;
-
-fn next_command(rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
-    for _ in 0..YIELDS_BEFORE_SLEEP {
-        match rx.try_recv() {
-            Ok(command) => return Some(command),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
-        }
-    }
-    rx.blocking_recv()
+fn carry_of(sessions: &HashMap<SessionId, SessionState>) -> Vec<Carried> {
+    let mut open: Vec<Carried> =
+        sessions.iter().map(|(&session_id, s)| Carried { session_id, next_seq: s.next_seq, head: s.head }).collect();
+    open.sort_by_key(|c| c.session_id);
+    open
 }
 
-fn new_wal_file(layout: &Layout, number: u64, open: &[Carried]) -> Result<(File, u64)> {
-    let path: PathBuf = layout.wal_path(number);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(RecorderError::io("cannot create WAL file", &path))?;
-    let mut bytes = wal::header(number).to_vec();
-    wal::put_carry(&mut bytes, open);
-    let written = file.write_all_at(&bytes, 0).and_then(|()| file.sync_data());
-    if let Err(error) = written.and_then(|()| sync_dir(&layout.wal_dir()).map_err(std::io::Error::other)) {
-        let _ = std::fs::remove_file(&path);
-        return Err(RecorderError::io("cannot initialise WAL file", &path)(error));
-    }
-    Ok((file, bytes.len() as u64))
-}
-
-/// How long the syncer sleeps between checks.
+/// How long the background thread sleeps between checks.
 pub(crate) fn tick_period(settings: &RecorderSettings) -> Duration {
     settings.fsync_interval.min(Duration::from_millis(250))
 }

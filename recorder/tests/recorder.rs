@@ -213,7 +213,7 @@ fn segments_roll_by_size_and_age_and_chains_continue_across_them() {
 #[test]
 fn concurrent_producers_with_fsync_always_get_dense_sequences() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = RecorderSettings { fsync: FsyncPolicy::Always, queue_capacity: 4, ..settings() };
+    let settings = RecorderSettings { fsync: FsyncPolicy::Always, ..settings() };
     let recorder = Recorder::open(dir.path(), &settings).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
     let per_task = 300;

@@ -28,7 +28,30 @@ pub struct NewEvent {
     pub body: EventBody,
 }
 
+fn flatten<'a>(
+    session_id: SessionId,
+    seq: u64,
+    time: Timestamp,
+    direction: Direction,
+    body: &'a EventBody,
+    id_buf: &'a mut SessionIdText,
+) -> Cells<'a> {
+    let mut cells = Cells::new();
+    cells.str(C::SessionId, id_buf.render(session_id));
+    cells.u64(C::Seq, seq);
+    cells.i64(C::Time, time.0);
+    cells.str(C::Kind, body.kind().as_str());
+    cells.str(C::Direction, direction.as_str());
+    body.write_cells(&mut cells);
+    cells
+}
+
 impl NewEvent {
+    /// The cells the event will have once given `seq`, without moving it.
+    pub fn cells_with_seq<'a>(&'a self, seq: u64, id_buf: &'a mut SessionIdText) -> Cells<'a> {
+        flatten(self.session_id, seq, self.time, self.direction, &self.body, id_buf)
+    }
+
     pub fn new(session_id: SessionId, time: Timestamp, direction: Direction, body: impl Into<EventBody>) -> Self {
         NewEvent { session_id, time, direction, body: body.into() }
     }
@@ -790,14 +813,7 @@ impl Event {
     /// The event flattened onto the schema's columns. The session id is
     /// rendered into `id_buf`, which must outlive the cells.
     pub fn cells<'a>(&'a self, id_buf: &'a mut SessionIdText) -> Cells<'a> {
-        let mut cells = Cells::new();
-        cells.str(C::SessionId, id_buf.render(self.session_id));
-        cells.u64(C::Seq, self.seq);
-        cells.i64(C::Time, self.time.0);
-        cells.str(C::Kind, self.kind().as_str());
-        cells.str(C::Direction, self.direction.as_str());
-        self.body.write_cells(&mut cells);
-        cells
+        flatten(self.session_id, self.seq, self.time, self.direction, &self.body, id_buf)
     }
 
     /// Rebuilds a typed event from a decoded row. The row must be in the

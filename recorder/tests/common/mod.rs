@@ -22,8 +22,18 @@ pub fn statement(session: SessionId, time: i64, sql: &str) -> NewEvent {
     )
 }
 
+/// Terminal output of `bytes` pseudo-random bytes (incompressible, so
+/// segments take as much room as the WAL did).
 pub fn output(session: SessionId, time: i64, bytes: usize) -> NewEvent {
-    let data: Vec<u8> = (0..bytes).map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28]).collect();
+    let mut state = (time as u64) ^ 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
     NewEvent::new(
         session,
         Timestamp(time),

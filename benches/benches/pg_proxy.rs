@@ -1,0 +1,319 @@
+//! PostgreSQL through Proctor against the same work without it, side by side
+//! in one run: `pgbench -S` (simple and extended protocol, 8 clients and 1)
+//! against the server directly, a bare TCP relay (tokio copy_bidirectional:
+//! the floor cost of any user-space proxy), pgbouncer in session mode, and
+//! Proctor recording every statement and result. Runs alternate, round after
+//! round; medians are compared as ratios. Then a 10-million-row SELECT
+//! streams through Proctor while its resident memory is sampled.
+//!
+//! `cargo bench -p proctor-benches --bench pg_proxy [-- SECONDS [ROUNDS]]`
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proctor_benches::median;
+use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, run_as_cluster_account};
+use proctor_gateway_core::auth::SharedSecretAuthenticator;
+use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
+use proctor_gateway_core::{EventSink, SinkError};
+use proctor_recorder::{Recorder, RecorderSettings, Sink};
+use proctor_schemas::NewEvent;
+use tokio::net::{TcpListener, TcpStream};
+
+const PASSWORD: &str = "bench-password";
+const SECRET: &str = "bench-secret";
+
+#[derive(Clone)]
+struct BenchSink(Sink);
+
+impl EventSink for BenchSink {
+    async fn record(&self, event: NewEvent) -> Result<u64, SinkError> {
+        self.0.append(event).await.map_err(|e| SinkError(e.to_string()))
+    }
+
+    async fn record_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, SinkError> {
+        self.0.append_batch(events).await.map_err(|e| SinkError(e.to_string()))
+    }
+}
+
+/// Proctor in this process, recording into a temp data dir.
+struct Proctor {
+    port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+    recorder: Option<Recorder>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &RecorderSettings::default()).unwrap();
+    let sink = BenchSink(recorder.sink());
+    let resource = Arc::new(PgResource {
+        name: "bench".into(),
+        allow_plaintext: true,
+        target: Target {
+            address: format!("127.0.0.1:{target_port}"),
+            user: "app".into(),
+            password: PASSWORD.into(),
+            tls: None,
+            connect_timeout: Duration::from_secs(10),
+        },
+        limits: SampleLimits::default(),
+    });
+    let auth = Arc::new(SharedSecretAuthenticator::new([("bench".to_string(), SECRET.to_string())]));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(postgres::serve(resource, listener, sink, auth, None, Arc::new(CancelRegistry::default()), stopped));
+    Proctor { port, stop, recorder: Some(recorder), _dir: dir }
+}
+
+impl Drop for Proctor {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(recorder) = self.recorder.take() {
+            let _ = recorder.close();
+        }
+    }
+}
+
+/// The bare relay: accept, connect, copy both ways.
+fn start_relay(runtime: &tokio::runtime::Runtime, target_port: u16) -> u16 {
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", target_port)).await else { return };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    port
+}
+
+/// pgbouncer in session mode, run as the cluster's account.
+fn start_pgbouncer(dir: &Path, target_port: u16) -> (Child, u16) {
+    let port = free_port();
+    let conf = dir.join("pgbouncer.ini");
+    let users = dir.join("userlist.txt");
+    std::fs::write(&users, format!("\"app\" \"{PASSWORD}\"\n")).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "[databases]\napp = host=127.0.0.1 port={target_port} dbname=app user=app password={PASSWORD}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\nlogfile = {}\npidfile = {}\n",
+            users.display(),
+            dir.join("pgbouncer.log").display(),
+            dir.join("pgbouncer.pid").display()
+        ),
+    )
+    .unwrap();
+    hand_to_cluster_account(dir).unwrap();
+    hand_to_cluster_account(&conf).unwrap();
+    hand_to_cluster_account(&users).unwrap();
+    let mut command = Command::new(
+        ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("pgbouncer"),
+    );
+    command.arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
+    run_as_cluster_account(&mut command).unwrap();
+    let mut child = command.spawn().expect("pgbouncer (scripts/setup installs it)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("pgbouncer did not start; see {}", dir.join("pgbouncer.log").display());
+}
+
+struct Run {
+    tps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn pgbench(
+    cluster: &Cluster,
+    port: u16,
+    user: &str,
+    password: &str,
+    clients: usize,
+    mode: &str,
+    seconds: u64,
+    log_dir: &Path,
+) -> Run {
+    let prefix = log_dir.join(format!("log-{port}-{clients}-{mode}-{}", Instant::now().elapsed().as_nanos()));
+    for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let threads = clients.min(2).to_string();
+    let output = Command::new(cluster.bindir.join("pgbench"))
+        .args([
+            "-n",
+            "-S",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &threads,
+            "-T",
+            &seconds.to_string(),
+            "-M",
+            mode,
+            "-l",
+            "--log-prefix",
+            prefix.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "app",
+        ])
+        .current_dir(log_dir)
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let tps = stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l[6..].split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
+    let mut latencies: Vec<f64> = Vec::new();
+    for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<f64>().ok()) {
+                latencies.push(us / 1000.0);
+            }
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+    Run { tps, p50_ms: pct(0.50), p99_ms: pct(0.99) }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let seconds = args.first().copied().unwrap_or(10);
+    let rounds = args.get(1).copied().unwrap_or(3) as usize;
+    let cluster =
+        Cluster::start(&Options { settings: vec![("shared_buffers".into(), "'256MB'".into())], ..Options::default() })
+            .unwrap();
+    cluster.psql("postgres", &format!("create role app login password '{PASSWORD}'")).unwrap();
+    cluster.psql("postgres", "create database app owner app").unwrap();
+    let init = Command::new(cluster.bindir.join("pgbench"))
+        .args(["-i", "-s", "10", "-q", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "app", "app"])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let proctor = start_proctor(&runtime, cluster.port);
+    let relay = start_relay(&runtime, cluster.port);
+    let bouncer_dir = tempfile::tempdir().unwrap();
+    let (mut bouncer, bouncer_port) = start_pgbouncer(bouncer_dir.path(), cluster.port);
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    let targets: Vec<(&str, u16, &str, &str)> = vec![
+        ("direct", cluster.port, "app", PASSWORD),
+        ("tokio relay", relay, "app", PASSWORD),
+        ("pgbouncer (session)", bouncer_port, "app", PASSWORD),
+        ("proctor (recording)", proctor.port, "bench", SECRET),
+    ];
+    println!(
+        "pgbench -S, scale 10, {seconds}s per run, {rounds} rounds alternating targets, on {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for (clients, mode) in [(8, "simple"), (8, "extended"), (1, "simple"), (1, "extended")] {
+        let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for i in 0..targets.len() {
+                let index = (i + round) % targets.len();
+                let (_, port, user, password) = targets[index];
+                let load = Load { clients, mode, seconds };
+                results[index].push(pgbench(&cluster, (port, user, password), &load, &logs));
+            }
+        }
+        let tps: Vec<f64> = results.iter().map(|runs| median(runs.iter().map(|r| r.tps).collect())).collect();
+        println!("\n{clients} client(s), {mode} protocol:");
+        for (i, (name, ..)) in targets.iter().enumerate() {
+            let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
+            let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
+            println!(
+                "  {name:<22} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x relay  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms",
+                tps[i],
+                tps[i] / tps[0],
+                tps[i] / tps[1],
+                tps[i] / tps[2]
+            );
+        }
+    }
+
+    // A 10-million-row SELECT streams through; psql holds the rows, Proctor must not.
+    let pid = std::process::id();
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(pid);
+    let mut psql = Command::new(cluster.bindir.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proctor.port.to_string(),
+            "-U",
+            "bench",
+            "-c",
+            "select g, 'row ' || g from generate_series(1, 10000000) g",
+            "app",
+        ])
+        .env("PGPASSWORD", SECRET)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut peak = idle;
+    while psql.try_wait().unwrap().is_none() {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(psql.wait().unwrap().success());
+    println!(
+        "\n10,000,000-row SELECT through Proctor in {:.1}s: RSS idle {:.1} MiB, peak {:.1} MiB, {:.1} MiB above idle",
+        started.elapsed().as_secs_f64(),
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak - idle) as f64 / 1024.0
+    );
+    let _ = bouncer.kill();
+    let _ = bouncer.wait();
+    drop(proctor);
+}
