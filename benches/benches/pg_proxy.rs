@@ -142,16 +142,15 @@ struct Run {
     p99_ms: f64,
 }
 
-fn pgbench(
-    cluster: &Cluster,
-    port: u16,
-    user: &str,
-    password: &str,
+/// One pgbench configuration.
+struct Load<'a> {
     clients: usize,
-    mode: &str,
+    mode: &'a str,
     seconds: u64,
-    log_dir: &Path,
-) -> Run {
+}
+
+fn pgbench(cluster: &Cluster, (port, user, password): (u16, &str, &str), load: &Load<'_>, log_dir: &Path) -> Run {
+    let Load { clients, mode, seconds } = *load;
     let prefix = log_dir.join(format!("log-{port}-{clients}-{mode}-{}", Instant::now().elapsed().as_nanos()));
     for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
         let _ = std::fs::remove_file(entry.path());
