@@ -12,7 +12,7 @@ impl EventSink for RecorderSink {
         self.0.append(event).await.map_err(|e| SinkError(e.to_string()))
     }
 
-    async fn record_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, SinkError> {
-        self.0.append_batch(events).await.map_err(|e| SinkError(e.to_string()))
+    async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
+        self.0.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
     }
 }

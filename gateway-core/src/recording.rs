@@ -47,18 +47,10 @@ impl<S: EventSink> SessionRecorder<S> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let events = std::mem::take(&mut self.pending);
-        let count = events.len() as u64;
+        let count = self.pending.len() as u64;
         let expected_first = self.first_pending_seq;
-        let result = if events.len() == 1 {
-            let event = events.into_iter().next().map(|e| self.sink.record(e));
-            match event {
-                Some(future) => future.await.map(|seq| vec![seq]),
-                None => Ok(Vec::new()),
-            }
-        } else {
-            self.sink.record_batch(events).await
-        };
+        let result = self.sink.record_batch(&self.pending).await;
+        self.pending.clear();
         match result {
             Ok(seqs) if seqs.first() == Some(&expected_first) && seqs.len() as u64 == count => {
                 self.first_pending_seq = self.next_seq;

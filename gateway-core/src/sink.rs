@@ -9,7 +9,8 @@ use proctor_schemas::NewEvent;
 pub trait EventSink: Clone + Send + Sync + 'static {
     fn record(&self, event: NewEvent) -> impl Future<Output = Result<u64, SinkError>> + Send;
 
-    fn record_batch(&self, events: Vec<NewEvent>) -> impl Future<Output = Result<Vec<u64>, SinkError>> + Send;
+    /// Records events atomically: all are accepted, or none.
+    fn record_batch(&self, events: &[NewEvent]) -> impl Future<Output = Result<Vec<u64>, SinkError>> + Send;
 }
 
 /// The recorder refused an event; the message says why.

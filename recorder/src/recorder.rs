@@ -67,21 +67,33 @@ impl Sink {
 
     /// Records several events atomically: all are accepted, or none.
     pub async fn append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
-        loop {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.writer.append(&events) {
-                Ok(appended) => {
-                    if self.writer.policy() == FsyncPolicy::Always {
-                        self.writer.wait_durable(appended.lsn).await?;
-                    }
-                    return Ok(appended.seqs);
-                }
+        self.append_slice(&events).await
+    }
+
+    /// [`Sink::append_batch`] for events the caller keeps (and reuses).
+    pub async fn append_slice(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
+        let appended = loop {
+            match self.writer.append(events) {
+                Ok(appended) => break appended,
                 Err(AppendError::Refused(error)) => return Err(error),
-                Err(AppendError::Backlog) => room.await,
+                Err(AppendError::Backlog) => {
+                    // Register for the sealer's signal before retrying, so
+                    // none is missed in between.
+                    let room = self.shared.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    match self.writer.append(events) {
+                        Ok(appended) => break appended,
+                        Err(AppendError::Refused(error)) => return Err(error),
+                        Err(AppendError::Backlog) => room.await,
+                    }
+                }
             }
+        };
+        if self.writer.policy() == FsyncPolicy::Always {
+            self.writer.wait_durable(appended.lsn).await?;
         }
+        Ok(appended.seqs)
     }
 
     /// [`Sink::append`] for threads outside an async runtime.

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub dirty: AtomicBool,
     pub stop: AtomicBool,
     failed: Mutex<Option<String>>,
+    /// Set together with `failed`, read on every append without a lock.
+    has_failed: AtomicBool,
     backlog: Mutex<Backlog>,
     backlog_changed: Condvar,
     /// Wakes async appends waiting for backlog room.
@@ -53,10 +55,14 @@ impl Shared {
         if failed.is_none() {
             tracing::error!(%reason, "recorder failed closed; appends are refused until restart");
             *failed = Some(reason);
+            self.has_failed.store(true, Ordering::Release);
         }
     }
 
     pub fn failure(&self) -> Option<String> {
+        if !self.has_failed.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.failed).clone()
     }
 

@@ -131,6 +131,8 @@ struct State {
     /// Files rotated out since the last fsync.
     unsynced: Vec<Arc<File>>,
     scratch: Vec<u8>,
+    /// Reused for each append's undo log.
+    undo: Vec<(SessionId, Option<SessionState>)>,
     id_text: SessionIdText,
     closed: bool,
 }
@@ -197,6 +199,7 @@ impl WalWriter {
                 sessions,
                 unsynced: Vec::new(),
                 scratch: Vec::with_capacity(64 * 1024),
+                undo: Vec::new(),
                 id_text: SessionIdText::default(),
                 closed: false,
             }),
@@ -230,7 +233,19 @@ impl WalWriter {
 
     fn append_locked(&self, state: &mut State, events: &[NewEvent]) -> Result<Appended, AppendError> {
         state.scratch.clear();
-        let mut undo: Vec<(SessionId, Option<SessionState>)> = Vec::with_capacity(events.len());
+        let mut undo = std::mem::take(&mut state.undo);
+        undo.clear();
+        let result = self.append_with(state, events, &mut undo);
+        state.undo = undo;
+        result
+    }
+
+    fn append_with(
+        &self,
+        state: &mut State,
+        events: &[NewEvent],
+        undo: &mut Vec<(SessionId, Option<SessionState>)>,
+    ) -> Result<Appended, AppendError> {
         let mut seqs = Vec::with_capacity(events.len());
         let rollback = |sessions: &mut HashMap<SessionId, SessionState>,
                         undo: &mut Vec<(SessionId, Option<SessionState>)>| {
@@ -247,7 +262,7 @@ impl WalWriter {
             let (seq, prev_head) = match (previous, kind) {
                 (None, EventKind::SessionStart) => (0, ChainHash::GENESIS),
                 (None, _) => {
-                    rollback(&mut state.sessions, &mut undo);
+                    rollback(&mut state.sessions, undo);
                     return Err(RecordError::Rejected(format!(
                         "session {} is not open: its first event must be session_start, and nothing may follow its session_end",
                         event.session_id
@@ -255,7 +270,7 @@ impl WalWriter {
                     .into());
                 }
                 (Some(_), EventKind::SessionStart) => {
-                    rollback(&mut state.sessions, &mut undo);
+                    rollback(&mut state.sessions, undo);
                     return Err(
                         RecordError::Rejected(format!("session {} has already started", event.session_id)).into()
                     );
@@ -266,7 +281,7 @@ impl WalWriter {
             canonical::encode(&event.cells_with_seq(seq, &mut state.id_text), &mut state.scratch);
             let size = state.scratch.len() - start;
             if size > wal::MAX_RECORD || size + wal::HEADER_LEN > self.capacity / 2 {
-                rollback(&mut state.sessions, &mut undo);
+                rollback(&mut state.sessions, undo);
                 return Err(RecordError::Rejected(format!(
                     "event of {size} bytes exceeds the WAL record limit of {} bytes",
                     wal::MAX_RECORD.min(self.capacity / 2 - wal::HEADER_LEN)
@@ -288,11 +303,11 @@ impl WalWriter {
             let mut before = state.sessions.clone();
             rollback(&mut before, &mut undo.clone());
             if let Err(error) = self.rotate(state, carry_of(&before), Vec::new()) {
-                rollback(&mut state.sessions, &mut undo);
+                rollback(&mut state.sessions, undo);
                 return Err(error);
             }
             if state.scratch.len() > state.file.room() {
-                rollback(&mut state.sessions, &mut undo);
+                rollback(&mut state.sessions, undo);
                 return Err(RecordError::Rejected(format!(
                     "a batch of {} bytes does not fit in a WAL file; append fewer events at once",
                     state.scratch.len()
