@@ -140,6 +140,18 @@ struct Run {
     tps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU the proxy used per transaction (µs), where it can be measured.
+    proxy_cpu_us: f64,
+}
+
+/// CPU seconds used so far by a process (user + system).
+fn process_cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
 
 /// One pgbench configuration.
@@ -149,8 +161,15 @@ struct Load<'a> {
     seconds: u64,
 }
 
-fn pgbench(cluster: &Cluster, (port, user, password): (u16, &str, &str), load: &Load<'_>, log_dir: &Path) -> Run {
+fn pgbench(
+    cluster: &Cluster,
+    (port, user, password): (u16, &str, &str),
+    load: &Load<'_>,
+    log_dir: &Path,
+    proxy_pid: Option<u32>,
+) -> Run {
     let Load { clients, mode, seconds } = *load;
+    let cpu_before = proxy_pid.map(process_cpu_of);
     let prefix = log_dir.join(format!("log-{port}-{clients}-{mode}-{}", Instant::now().elapsed().as_nanos()));
     for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
         let _ = std::fs::remove_file(entry.path());
@@ -181,8 +200,10 @@ fn pgbench(cluster: &Cluster, (port, user, password): (u16, &str, &str), load: &
         ])
         .current_dir(log_dir)
         .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
         .output()
         .unwrap();
+    let cpu = proxy_pid.zip(cpu_before).map(|(pid, before)| process_cpu_of(pid) - before);
     assert!(output.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let tps = stdout
@@ -200,9 +221,11 @@ fn pgbench(cluster: &Cluster, (port, user, password): (u16, &str, &str), load: &
             }
         }
     }
+    let transactions = latencies.len() as f64;
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
-    Run { tps, p50_ms: pct(0.50), p99_ms: pct(0.99) }
+    let proxy_cpu_us = cpu.map_or(f64::NAN, |seconds| seconds * 1e6 / transactions.max(1.0));
+    Run { tps, p50_ms: pct(0.50), p99_ms: pct(0.99), proxy_cpu_us }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -224,6 +247,7 @@ fn main() {
             .unwrap();
     cluster.psql("postgres", &format!("create role app login password '{PASSWORD}'")).unwrap();
     cluster.psql("postgres", "create database app owner app").unwrap();
+    // Like with like: no TLS anywhere in this comparison.
     let init = Command::new(cluster.bindir.join("pgbench"))
         .args(["-i", "-s", "10", "-q", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "app", "app"])
         .env("PGPASSWORD", PASSWORD)
@@ -240,11 +264,12 @@ fn main() {
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
 
-    let targets: Vec<(&str, u16, &str, &str)> = vec![
-        ("direct", cluster.port, "app", PASSWORD),
-        ("tokio relay", relay, "app", PASSWORD),
-        ("pgbouncer (session)", bouncer_port, "app", PASSWORD),
-        ("proctor (recording)", proctor.port, "bench", SECRET),
+    let me = Some(std::process::id());
+    let targets: Vec<(&str, u16, &str, &str, Option<u32>)> = vec![
+        ("direct", cluster.port, "app", PASSWORD, None),
+        ("tokio relay", relay, "app", PASSWORD, me),
+        ("pgbouncer (session)", bouncer_port, "app", PASSWORD, Some(bouncer.id())),
+        ("proctor (recording)", proctor.port, "bench", SECRET, me),
     ];
     println!(
         "pgbench -S, scale 10, {seconds}s per run, {rounds} rounds alternating targets, on {} cores",
@@ -255,9 +280,9 @@ fn main() {
         for round in 0..rounds {
             for i in 0..targets.len() {
                 let index = (i + round) % targets.len();
-                let (_, port, user, password) = targets[index];
+                let (_, port, user, password, pid) = targets[index];
                 let load = Load { clients, mode, seconds };
-                results[index].push(pgbench(&cluster, (port, user, password), &load, &logs));
+                results[index].push(pgbench(&cluster, (port, user, password), &load, &logs, pid));
             }
         }
         let tps: Vec<f64> = results.iter().map(|runs| median(runs.iter().map(|r| r.tps).collect())).collect();
@@ -265,8 +290,10 @@ fn main() {
         for (i, (name, ..)) in targets.iter().enumerate() {
             let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
             let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
+            let cpu = median(results[i].iter().map(|r| r.proxy_cpu_us).collect());
+            let cpu = if cpu.is_nan() { "      -".to_string() } else { format!("{cpu:5.1} µs") };
             println!(
-                "  {name:<22} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x relay  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms",
+                "  {name:<22} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x relay  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms   proxy CPU/tx {cpu}",
                 tps[i],
                 tps[i] / tps[0],
                 tps[i] / tps[1],

@@ -8,8 +8,13 @@ use crate::{EventSink, SinkError};
 
 /// Where protocol state machines put the events they produce.
 pub trait Record {
-    /// Adds an event; returns the seq it will have.
-    fn push(&mut self, direction: Direction, body: EventBody) -> u64;
+    /// Adds an event that happened now; returns the seq it will have.
+    fn push(&mut self, direction: Direction, body: EventBody) -> u64 {
+        self.push_at(Timestamp::now(), direction, body)
+    }
+
+    /// Adds an event that happened at `time`.
+    fn push_at(&mut self, time: Timestamp, direction: Direction, body: EventBody) -> u64;
 }
 
 /// Records one session. Only the task that owns it appends to the session,
@@ -70,11 +75,11 @@ impl<S: EventSink> SessionRecorder<S> {
 }
 
 impl<S: EventSink> Record for SessionRecorder<S> {
-    fn push(&mut self, direction: Direction, body: EventBody) -> u64 {
+    fn push_at(&mut self, time: Timestamp, direction: Direction, body: EventBody) -> u64 {
         if self.pending.is_empty() {
             self.first_pending_seq = self.next_seq;
         }
-        self.pending.push(NewEvent::new(self.session_id, Timestamp::now(), direction, body));
+        self.pending.push(NewEvent::new(self.session_id, time, direction, body));
         self.next_seq += 1;
         self.next_seq - 1
     }
@@ -87,7 +92,7 @@ pub struct RecordedEvents {
 }
 
 impl Record for RecordedEvents {
-    fn push(&mut self, direction: Direction, body: EventBody) -> u64 {
+    fn push_at(&mut self, _time: Timestamp, direction: Direction, body: EventBody) -> u64 {
         self.events.push((direction, body));
         self.events.len() as u64 - 1
     }

@@ -94,6 +94,9 @@ pub struct RecorderSettings {
     pub page_rows: usize,
     /// zstd level for segments (1-22).
     pub zstd_level: i32,
+    /// Scheduling niceness of the sealer thread (0-19): sealing yields the
+    /// CPU to live traffic.
+    pub sealer_nice: i32,
 }
 
 impl Default for RecorderSettings {
@@ -107,6 +110,7 @@ impl Default for RecorderSettings {
             row_group_rows: 65_536,
             page_rows: 8_192,
             zstd_level: 3,
+            sealer_nice: 10,
         }
     }
 }
@@ -128,6 +132,9 @@ impl RecorderSettings {
         }
         if self.row_group_rows == 0 || self.page_rows == 0 {
             return bad("recorder.row_group_rows and recorder.page_rows must be at least 1");
+        }
+        if !(0..=19).contains(&self.sealer_nice) {
+            return bad("recorder.sealer_nice must be between 0 and 19");
         }
         if !(1..=22).contains(&self.zstd_level) {
             return bad("recorder.zstd_level must be between 1 and 22");

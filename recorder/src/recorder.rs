@@ -419,6 +419,10 @@ fn record_recovery(writer: &WalWriter, recovery: &RecoveryReport, open: &[Carrie
 }
 
 fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, shared: Arc<Shared>) -> Option<String> {
+    // Sealing is compaction of data already durable in the WAL: it yields
+    // the CPU to the data path, and the unsealed backlog's bound turns a
+    // sustained overload into backpressure.
+    lower_priority(ctx.settings.sealer_nice);
     // Jobs are sealed strictly in order: a manifest links to its
     // predecessor, so a failed file is retried, never skipped.
     while let Ok(job) = jobs.recv() {
@@ -453,6 +457,18 @@ fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, sh
         }
     }
     None
+}
+
+/// Lowers this thread's scheduling priority (Linux: nice applies per thread).
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority act on the calling thread only.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if result != 0 {
+        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "could not lower the sealer's priority");
+    }
 }
 
 /// The WAL's background thread: fsyncs (periodically, or on request under

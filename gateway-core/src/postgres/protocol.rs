@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pgwire::messages::data::RowDescription;
-use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse};
 use proctor_schemas::{
     CopySummary, Direction, ErrorReport, Notice, Notification, ParameterStatus, Prepare, RawFrame, Statement,
-    StatementResult,
+    StatementResult, Timestamp,
 };
 
 use super::frame::{Body, text};
@@ -41,8 +40,10 @@ enum Expect {
         seq: u64,
         started: Instant,
     },
+    /// `seq` of its `prepare` event (named statements only).
     Parse {
-        seq: u64,
+        seq: Option<u64>,
+        time: Timestamp,
     },
     Bind,
     DescribeStatement {
@@ -144,8 +145,24 @@ pub struct Protocol {
     copy_out: Option<CopyState>,
 }
 
-fn name(bytes: Option<String>) -> String {
-    bytes.unwrap_or_default()
+/// Parse: statement name, SQL and parameter types, read in place.
+fn parse_message(body: &[u8]) -> Option<(String, Arc<str>, Vec<u32>)> {
+    let mut reader = Body::new(body);
+    let name = text(reader.cstr()?);
+    let sql: Arc<str> = String::from_utf8_lossy(reader.cstr()?).into();
+    let count = reader.i16()?.max(0) as usize;
+    let types = (0..count).map(|_| reader.i32().map(|t| t as u32)).collect::<Option<Vec<u32>>>()?;
+    Some((name, sql, types))
+}
+
+/// The format code of item `i` of a list of format codes (none: text; one:
+/// for all).
+fn format_at(formats: &[i16], i: usize) -> i16 {
+    match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => formats.get(i).copied().unwrap_or(0),
+    }
 }
 
 impl Protocol {
@@ -164,7 +181,8 @@ impl Protocol {
     /// The seq of the statement the next response belongs to.
     fn current_statement(&self) -> Option<u64> {
         match self.expected.front()? {
-            Expect::Query { seq, .. } | Expect::Execute { seq, .. } | Expect::Parse { seq } => Some(*seq),
+            Expect::Query { seq, .. } | Expect::Execute { seq, .. } => Some(*seq),
+            Expect::Parse { seq, .. } => *seq,
             _ => None,
         }
     }
@@ -203,65 +221,45 @@ impl Protocol {
                 );
                 self.expected.push_back(Expect::Query { seq, started: Instant::now() });
             }
-            b'P' => match decode::<Parse>(frame) {
-                Some(parse) => {
-                    let statement_name = name(parse.name);
-                    let seq = record.push(
-                        Direction::ClientToTarget,
-                        Prepare { statement_name: statement_name.clone(), sql: parse.query.clone() }.into(),
-                    );
-                    self.statements.insert(
-                        statement_name,
-                        Prepared { sql: parse.query.into(), param_types: parse.type_oids, columns: Vec::new() },
-                    );
-                    self.expected.push_back(Expect::Parse { seq });
+            b'P' => match parse_message(body) {
+                Some((statement_name, sql, param_types)) => {
+                    // A named statement is recorded when prepared; the
+                    // unnamed one (prepared again for each execution by most
+                    // drivers) with its Execute, or with its error if it fails.
+                    let seq = (!statement_name.is_empty()).then(|| {
+                        record.push(
+                            Direction::ClientToTarget,
+                            Prepare { statement_name: statement_name.clone(), sql: sql.to_string() }.into(),
+                        )
+                    });
+                    self.statements.insert(statement_name, Prepared { sql, param_types, columns: Vec::new() });
+                    self.expected.push_back(Expect::Parse { seq, time: Timestamp::now() });
                 }
                 None => {
                     Self::raw(tag, frame, Direction::ClientToTarget, record);
                 }
             },
-            b'B' => match decode::<Bind>(frame) {
-                Some(bind) => {
-                    let statement = name(bind.statement_name);
-                    let (sql, types): (Arc<str>, &[u32]) = match self.statements.get(&statement) {
-                        Some(prepared) => (prepared.sql.clone(), &prepared.param_types),
-                        None => (Arc::from(""), &[]),
-                    };
-                    let formats = &bind.parameter_format_codes;
-                    let params = bind
-                        .parameters
-                        .iter()
-                        .enumerate()
-                        .map(|(i, value)| {
-                            let format = match formats.len() {
-                                0 => 0,
-                                1 => formats[0],
-                                _ => formats.get(i).copied().unwrap_or(0),
-                            };
-                            value.as_ref().map(|v| values::render(v, format, types.get(i).copied().unwrap_or(0)))
-                        })
-                        .collect();
-                    self.portals.insert(
-                        name(bind.portal_name),
-                        Portal { statement, sql, params, result_formats: bind.result_column_format_codes },
-                    );
+            b'B' => match self.bind(body) {
+                Some((portal, bound)) => {
+                    self.portals.insert(portal, bound);
                     self.expected.push_back(Expect::Bind);
                 }
                 None => {
                     Self::raw(tag, frame, Direction::ClientToTarget, record);
                 }
             },
-            b'D' => match decode::<Describe>(frame) {
-                Some(describe) if describe.target_type == b'S' => {
-                    self.expected.push_back(Expect::DescribeStatement { name: name(describe.name) })
+            b'D' => {
+                let mut reader = Body::new(body);
+                match (reader.take(1), reader.cstr()) {
+                    (Some(b"S"), Some(name)) => self.expected.push_back(Expect::DescribeStatement { name: text(name) }),
+                    (Some(_), Some(_)) => self.expected.push_back(Expect::DescribePortal),
+                    _ => {
+                        Self::raw(tag, frame, Direction::ClientToTarget, record);
+                    }
                 }
-                Some(_) => self.expected.push_back(Expect::DescribePortal),
-                None => {
-                    Self::raw(tag, frame, Direction::ClientToTarget, record);
-                }
-            },
+            }
             b'E' => {
-                let portal_name = decode::<Execute>(frame).and_then(|e| e.name).unwrap_or_default();
+                let portal_name = Body::new(body).cstr().map(text).unwrap_or_default();
                 let (sql, statement_name, params, columns) = match self.portals.get(&portal_name) {
                     Some(portal) => {
                         let columns =
@@ -291,9 +289,10 @@ impl Protocol {
                 self.expected.push_back(Expect::Execute { seq, started: Instant::now(), columns });
             }
             b'C' => {
-                if let Some(close) = decode::<Close>(frame) {
-                    let target = name(close.name);
-                    if close.target_type == b'S' {
+                let mut reader = Body::new(body);
+                if let (Some(kind), Some(target)) = (reader.take(1), reader.cstr()) {
+                    let target = text(target);
+                    if kind == b"S" {
                         self.statements.remove(&target);
                     } else {
                         self.portals.remove(&target);
@@ -324,6 +323,34 @@ impl Protocol {
             }
         }
         Frontend::Forward
+    }
+
+    /// Bind: the portal, and its statement with the parameters rendered as
+    /// text, read in place.
+    fn bind(&self, body: &[u8]) -> Option<(String, Portal)> {
+        let mut reader = Body::new(body);
+        let portal = text(reader.cstr()?);
+        let statement = text(reader.cstr()?);
+        let format_count = reader.i16()?.max(0) as usize;
+        let formats = (0..format_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
+        let (sql, types): (Arc<str>, &[u32]) = match self.statements.get(&statement) {
+            Some(prepared) => (prepared.sql.clone(), &prepared.param_types),
+            None => (Arc::from(""), &[]),
+        };
+        let count = reader.i16()?.max(0) as usize;
+        let mut params = Vec::with_capacity(count);
+        for i in 0..count {
+            let len = reader.i32()?;
+            if len < 0 {
+                params.push(None);
+                continue;
+            }
+            let value = reader.take(len as usize)?;
+            params.push(Some(values::render(value, format_at(&formats, i), types.get(i).copied().unwrap_or(0))));
+        }
+        let result_count = reader.i16()?.max(0) as usize;
+        let result_formats = (0..result_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
+        Some((portal, Portal { statement, sql, params, result_formats }))
     }
 
     /// The start of a client frame too large to hold (COPY data).
@@ -464,6 +491,19 @@ impl Protocol {
             }
             b'E' => {
                 let f = fields(body);
+                // An unnamed statement that fails to prepare was not recorded
+                // yet: record what was asked, with the time it was asked.
+                if let Some(Expect::Parse { seq: None, time }) = self.expected.front() {
+                    let sql = self.statements.get("").map(|p| p.sql.to_string()).unwrap_or_default();
+                    let seq = record.push_at(
+                        *time,
+                        Direction::ClientToTarget,
+                        Prepare { statement_name: String::new(), sql }.into(),
+                    );
+                    if let Some(Expect::Parse { seq: slot, .. }) = self.expected.front_mut() {
+                        *slot = Some(seq);
+                    }
+                }
                 let ref_seq = self.current_statement();
                 record.push(
                     Direction::TargetToClient,
@@ -769,8 +809,29 @@ mod tests {
             .find_map(|b| if let EventBody::Error(e) = b { Some(e.clone()) } else { None })
             .unwrap();
         assert_eq!(error.sqlstate.as_deref(), Some("22012"));
-        assert_eq!(error.ref_seq, Some(1), "the first Execute failed");
+        let failed = &s.bodies()[error.ref_seq.unwrap() as usize];
+        assert!(
+            matches!(failed, EventBody::Statement(st) if st.sql == "select 1/0"),
+            "the first Execute failed: {failed:?}"
+        );
         assert!(s.protocol.expected.is_empty(), "{:?}", s.protocol.expected);
+    }
+
+    #[test]
+    fn an_unnamed_statement_that_fails_to_prepare_is_recorded_with_its_error() {
+        let mut s = Script::new(0);
+        let mut parse = cstr("");
+        parse.extend(cstr("selec 1"));
+        parse.extend([0, 0]);
+        s.client(&[frame(b'P', &parse), frame(b'S', b"")]);
+        assert!(s.bodies().is_empty(), "an unnamed Parse alone is recorded with its Execute");
+        s.server(&[error("42601", "syntax error at or near \"selec\""), frame(b'Z', b"I")]);
+        let bodies = s.bodies();
+        assert!(matches!(bodies[0], EventBody::Prepare(p) if p.sql == "selec 1" && p.statement_name.is_empty()));
+        assert!(
+            matches!(bodies[1], EventBody::Error(e) if e.ref_seq == Some(0) && e.sqlstate.as_deref() == Some("42601"))
+        );
+        assert!(s.protocol.expected.is_empty());
     }
 
     #[test]
