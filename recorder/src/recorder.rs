@@ -104,8 +104,13 @@ impl Sink {
 
     /// [`Sink::append_batch`] for threads outside an async runtime.
     pub fn blocking_append_batch(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, RecordError> {
+        self.append_slice_blocking(&events)
+    }
+
+    /// [`Sink::append_slice`] for threads outside an async runtime.
+    pub fn append_slice_blocking(&self, events: &[NewEvent]) -> Result<Vec<u64>, RecordError> {
         loop {
-            match self.writer.append(&events) {
+            match self.writer.append(events) {
                 Ok(appended) => {
                     if self.writer.policy() == FsyncPolicy::Always {
                         self.writer.blocking_wait_durable(appended.lsn)?;
@@ -430,6 +435,7 @@ fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, sh
         loop {
             match ctx.seal(job.number, false) {
                 Ok(sealed) => {
+                    shared.stats.sealer_cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
                     if let Some(torn) = &sealed.torn {
                         tracing::warn!(number = job.number, reason = %torn.reason, "sealed a WAL file with an unreadable tail");
                     }
@@ -457,6 +463,15 @@ fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, sh
         }
     }
     None
+}
+
+/// CPU time used so far by the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the struct we pass, for the calling thread.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    (micros(usage.ru_utime) + micros(usage.ru_stime)) * 1000
 }
 
 /// Lowers this thread's scheduling priority (Linux: nice applies per thread).

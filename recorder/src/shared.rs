@@ -13,6 +13,8 @@ pub struct Stats {
     pub wal_bytes: AtomicU64,
     /// Segments sealed since start.
     pub segments_sealed: AtomicU64,
+    /// CPU time the sealer has used, in nanoseconds.
+    pub sealer_cpu_ns: AtomicU64,
 }
 
 #[derive(Default)]
