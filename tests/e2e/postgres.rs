@@ -208,6 +208,50 @@ fn an_interactive_psql_script_records_errors_and_transactions() {
 }
 
 #[test]
+fn notifications_large_objects_md5_targets_and_a_configured_certificate() {
+    // A target that authenticates with md5, and a certificate from the
+    // configuration that clients verify.
+    let cluster = cluster(&Options { tls: true, auth_method: "md5", ..Options::default() });
+    let certs = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (certs.path().join("proctor.crt"), certs.path().join("proctor.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let tls = format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert.display().to_string(), key.display().to_string());
+    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions { allow_plaintext: false, extra: tls, ..Default::default() });
+    let verified = format!(
+        "host=localhost port={} user=grace password={} dbname={APP_ROLE} sslmode=verify-full sslrootcert={}",
+        proctor.port,
+        proctor.secret,
+        cert.display()
+    );
+    let lo_file = certs.path().join("object.txt");
+    std::fs::write(&lo_file, "large object contents").unwrap();
+    let output = psql(
+        &cluster,
+        &verified,
+        &["listen jobs", "notify jobs, 'job 7 done'", &format!("\\lo_import {}", lo_file.display()), "select 'ok'"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("job 7 done") && stdout.contains("ok"), "{stdout}");
+
+    let sessions = wait_for_sessions(&proctor.data_dir, 1);
+    let events = &sessions[0].1;
+    let notification = events.iter().find_map(|e| match &e.body {
+        EventBody::Notification(n) => Some(n.clone()),
+        _ => None,
+    });
+    let notification = notification.expect("the notification");
+    assert_eq!((notification.channel.as_str(), notification.payload.as_str()), ("jobs", "job 7 done"));
+    // libpq's large-object calls use the FunctionCall message, which is
+    // relayed and recorded raw.
+    let calls = events.iter().filter(|e| matches!(&e.body, EventBody::RawFrame(r) if r.frame_tag == "F")).count();
+    assert!(calls >= 3, "lo_import's function calls are recorded: {calls}");
+    stop_and_verify(&mut proctor);
+}
+
+#[test]
 fn pgbench_initialises_and_runs_in_both_protocols() {
     let cluster = tls_cluster();
     let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions::default());
