@@ -217,8 +217,13 @@ fn notifications_large_objects_md5_targets_and_a_configured_certificate() {
     let (cert, key) = (certs.path().join("proctor.crt"), certs.path().join("proctor.key"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let tls = format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert.display().to_string(), key.display().to_string());
-    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions { allow_plaintext: false, extra: tls, ..Default::default() });
+    let tls =
+        format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert.display().to_string(), key.display().to_string());
+    let mut proctor = Proctor::start(
+        bin(),
+        cluster.port,
+        &ProctorOptions { allow_plaintext: false, extra: tls, ..Default::default() },
+    );
     let verified = format!(
         "host=localhost port={} user=grace password={} dbname={APP_ROLE} sslmode=verify-full sslrootcert={}",
         proctor.port,
