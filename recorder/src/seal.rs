@@ -6,7 +6,7 @@
 //! canonical rows, starting from the heads in the file's carry record, so a
 //! segment's manifest never repeats a claim it did not check.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +42,21 @@ pub(crate) struct Sealed {
     pub saw_carry: bool,
     pub torn: Option<TornTail>,
     pub events: u64,
+}
+
+/// What sealing tracks of one session in a file.
+struct Track {
+    id: SessionId,
+    text: String,
+    /// Next seq and chain head while the session is open.
+    open: Option<(u64, ChainHash)>,
+    summary: Option<Summary>,
+}
+
+impl Track {
+    fn new(id: SessionId, text: String, open: Option<(u64, ChainHash)>) -> Track {
+        Track { id, text, open, summary: None }
+    }
 }
 
 #[derive(Default)]
@@ -95,9 +110,11 @@ impl SealContext {
                 .map_err(RecorderError::io("cannot truncate torn WAL tail", &path))?;
         }
 
-        let mut open: HashMap<SessionId, (u64, ChainHash)> = HashMap::new();
-        let mut summaries: BTreeMap<SessionId, Summary> = BTreeMap::new();
-        let mut order: Vec<(SessionId, u64, u32)> = Vec::with_capacity(scan.records.len());
+        // One track per session seen in the file, found by its id's text
+        // (no parsing per event).
+        let mut tracks: Vec<Track> = Vec::new();
+        let mut index: HashMap<String, u32, ahash::RandomState> = HashMap::default();
+        let mut order: Vec<(u32, u64, u32)> = Vec::with_capacity(scan.records.len());
         let corrupt = |message: String| RecorderError::corrupt(&path, message);
         let saw_carry = matches!(scan.records.first(), Some(Record::Carry(_)));
 
@@ -105,35 +122,46 @@ impl SealContext {
         for record in &scan.records {
             let canonical_row = match record {
                 Record::Carry(carried) => {
-                    open = carried.iter().map(|c| (c.session_id, (c.next_seq, c.head))).collect();
+                    for c in carried {
+                        let text = c.session_id.to_string();
+                        index.insert(text.clone(), tracks.len() as u32);
+                        tracks.push(Track::new(c.session_id, text, Some((c.next_seq, c.head))));
+                    }
                     continue;
                 }
                 Record::Event(bytes) => *bytes,
             };
             let key = canonical::key(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
             let (seq, time) = (key.seq, key.time);
-            let session_id: SessionId = key.session_id.parse().map_err(|e| corrupt(format!("{e}")))?;
-            let kind: EventKind = key.kind.parse().map_err(|e| corrupt(format!("{e}")))?;
-            let (expected, previous) = match open.get(&session_id) {
-                Some(&(next, head)) => (next, head),
-                None if kind == EventKind::SessionStart => (0, ChainHash::GENESIS),
+            let is_start = key.kind == EventKind::SessionStart.as_str();
+            let is_end = key.kind == EventKind::SessionEnd.as_str();
+            let slot = match index.get(key.session_id) {
+                Some(&slot) => slot,
+                None => {
+                    let id: SessionId = key.session_id.parse().map_err(|e| corrupt(format!("{e}")))?;
+                    index.insert(key.session_id.to_string(), tracks.len() as u32);
+                    tracks.push(Track::new(id, key.session_id.to_string(), None));
+                    tracks.len() as u32 - 1
+                }
+            };
+            let track = &mut tracks[slot as usize];
+            let (expected, previous) = match track.open {
+                Some((next, head)) => (next, head),
+                None if is_start && track.summary.is_none() => (0, ChainHash::GENESIS),
                 None => {
                     return Err(corrupt(format!(
-                        "session {session_id} seq {seq}: event of a session that is not open"
+                        "session {} seq {seq}: event of a session that is not open",
+                        track.text
                     )));
                 }
             };
             if seq != expected {
-                return Err(corrupt(format!("session {session_id}: seq {seq} where {expected} was expected")));
+                return Err(corrupt(format!("session {}: seq {seq} where {expected} was expected", track.text)));
             }
             let head = previous.next(canonical_row);
-            if kind == EventKind::SessionEnd {
-                open.remove(&session_id);
-            } else {
-                open.insert(session_id, (seq + 1, head));
-            }
+            track.open = (!is_end).then_some((seq + 1, head));
 
-            let summary = summaries.entry(session_id).or_insert_with(|| Summary {
+            let summary = track.summary.get_or_insert_with(|| Summary {
                 first_seq: seq,
                 chain_in: (seq > 0).then_some(previous),
                 first_time: time,
@@ -144,10 +172,10 @@ impl SealContext {
             summary.chain_head = head;
             summary.first_time = summary.first_time.min(time);
             summary.last_time = summary.last_time.max(time);
-            if kind == EventKind::SessionStart || kind == EventKind::SessionEnd {
+            if is_start || is_end {
                 let row = canonical::decode(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
                 let cells = row.cells();
-                if kind == EventKind::SessionStart {
+                if is_start {
                     summary.protocol = str_cell(&cells, Column::Protocol).map(str::to_string);
                     summary.resource = str_cell(&cells, Column::Resource).map(str::to_string);
                     summary.subject = str_cell(&cells, Column::Subject).map(str::to_string);
@@ -155,24 +183,36 @@ impl SealContext {
                     summary.end_reason = str_cell(&cells, Column::EndReason).map(str::to_string);
                 }
             }
-            order.push((session_id, seq, rows.len() as u32));
+            order.push((slot, seq, rows.len() as u32));
             rows.push(canonical_row);
         }
 
-        let mut open_sessions: Vec<Carried> =
-            open.into_iter().map(|(session_id, (next_seq, head))| Carried { session_id, next_seq, head }).collect();
+        let mut open_sessions: Vec<Carried> = tracks
+            .iter()
+            .filter_map(|t| t.open.map(|(next_seq, head)| Carried { session_id: t.id, next_seq, head }))
+            .collect();
         open_sessions.sort_by_key(|c| c.session_id);
         let events = order.len() as u64;
         if events == 0 {
             remove_wal(&self.layout, number)?;
             return Ok(Sealed { manifest: None, open_sessions, saw_carry, torn: scan.torn, events });
         }
-        // Within a session the WAL is already in seq order, so a stable sort
-        // by session would do; sorting the full key costs little more.
-        order.sort_unstable();
+        // Rows go out sorted by (session id, seq): rank the sessions once,
+        // then sort the rows by rank (seq is already ascending per session).
+        let mut by_id: Vec<u32> = (0..tracks.len() as u32).collect();
+        by_id.sort_unstable_by_key(|&t| tracks[t as usize].id);
+        let mut rank = vec![0u32; tracks.len()];
+        for (position, &t) in by_id.iter().enumerate() {
+            rank[t as usize] = position as u32;
+        }
+        order.sort_unstable_by_key(|&(slot, seq, _)| (rank[slot as usize], seq));
+        let summaries: Vec<(SessionId, Summary)> = by_id
+            .iter()
+            .filter_map(|&t| tracks[t as usize].summary.take().map(|s| (tracks[t as usize].id, s)))
+            .collect();
 
-        let min_time = summaries.values().map(|s| s.first_time).min().unwrap_or_default();
-        let max_time = summaries.values().map(|s| s.last_time).max().unwrap_or_default();
+        let min_time = summaries.iter().map(|(_, s)| s.first_time).min().unwrap_or_default();
+        let max_time = summaries.iter().map(|(_, s)| s.last_time).max().unwrap_or_default();
         let rel_path = Layout::segment_rel_path(number, &Timestamp(min_time).date());
         let segment_path = self.layout.root().join(&rel_path);
         let partition = segment_path.parent().unwrap_or(self.layout.root()).to_path_buf();

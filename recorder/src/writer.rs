@@ -133,6 +133,8 @@ struct State {
     scratch: Vec<u8>,
     /// Reused for each append's undo log.
     undo: Vec<(SessionId, Option<SessionState>)>,
+    /// Sessions that ended in the current file: their ids may not start again.
+    ended: std::collections::HashSet<SessionId>,
     id_text: SessionIdText,
     closed: bool,
 }
@@ -200,6 +202,7 @@ impl WalWriter {
                 unsynced: Vec::new(),
                 scratch: Vec::with_capacity(64 * 1024),
                 undo: Vec::new(),
+                ended: Default::default(),
                 id_text: SessionIdText::default(),
                 closed: false,
             }),
@@ -260,6 +263,14 @@ impl WalWriter {
             let kind = event.body.kind();
             let previous = state.sessions.get(&event.session_id).copied();
             let (seq, prev_head) = match (previous, kind) {
+                (None, EventKind::SessionStart) if state.ended.contains(&event.session_id) => {
+                    rollback(&mut state.sessions, undo);
+                    return Err(RecordError::Rejected(format!(
+                        "session {} has already ended; a session id is used once",
+                        event.session_id
+                    ))
+                    .into());
+                }
                 (None, EventKind::SessionStart) => (0, ChainHash::GENESIS),
                 (None, _) => {
                     rollback(&mut state.sessions, undo);
@@ -315,6 +326,9 @@ impl WalWriter {
                 .into());
             }
         }
+        for event in events.iter().filter(|e| e.body.kind() == EventKind::SessionEnd) {
+            state.ended.insert(event.session_id);
+        }
         let at = state.file.len;
         let size = state.scratch.len();
         state.file.map[at..at + size].copy_from_slice(&state.scratch);
@@ -347,6 +361,7 @@ impl WalWriter {
         };
         file.begin(&carry)?;
         let old = std::mem::replace(&mut state.file, file);
+        state.ended.clear();
         state.lsn_base += old.len as u64;
         state.unsynced.push(old.file.clone());
         self.current_number.store(next, Ordering::Release);

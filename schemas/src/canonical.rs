@@ -338,7 +338,7 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self) -> Result<&'a str, SchemaError> {
-        std::str::from_utf8(self.slice()?).map_err(|_| SchemaError::Canonical("text is not UTF-8".to_string()))
+        simdutf8::basic::from_utf8(self.slice()?).map_err(|_| SchemaError::Canonical("text is not UTF-8".to_string()))
     }
 
     fn opt_str(&mut self) -> Result<Option<&'a str>, SchemaError> {
