@@ -65,9 +65,17 @@ pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
             .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
     }
+    // Page statistics (and so the page index) where readers prune: which
+    // session, when, what kind, whose; chunk statistics elsewhere, so free
+    // text is not compared value by value on every page.
+    for column in
+        ["session_id", "seq", "time", "kind", "direction", "protocol", "resource", "subject", "outcome", "sqlstate"]
+    {
+        builder = builder.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Page);
+    }
     Ok(builder
         .set_compression(Compression::ZSTD(level))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(settings.row_group_rows))
         .set_data_page_row_count_limit(settings.page_rows)
         .set_sorting_columns(Some(vec![
