@@ -40,12 +40,17 @@ pub struct RecoveryReport {
     pub sessions_closed: Vec<SessionId>,
     /// Temporary files of interrupted seals, removed.
     pub temp_files_removed: usize,
+    /// WAL files that could not be sealed, set aside as `.wal.corrupt`, and why.
+    pub quarantined: Vec<(PathBuf, String)>,
 }
 
 impl RecoveryReport {
     /// Whether the last run ended uncleanly.
     pub fn is_empty(&self) -> bool {
-        self.wal_files_sealed == 0 && self.torn_tails.is_empty() && self.sessions_closed.is_empty()
+        self.wal_files_sealed == 0
+            && self.torn_tails.is_empty()
+            && self.sessions_closed.is_empty()
+            && self.quarantined.is_empty()
     }
 }
 
@@ -197,8 +202,13 @@ impl Recorder {
         let key = Arc::new(ManifestKey::load_or_create(&layout.keys_dir())?);
         let fingerprint = key.fingerprint();
 
-        let mut ctx =
-            SealContext { layout: layout.clone(), settings: settings.clone(), key, last_manifest_sha256: None };
+        let mut ctx = SealContext {
+            layout: layout.clone(),
+            settings: settings.clone(),
+            key,
+            last_manifest_sha256: None,
+            kept_wal: None,
+        };
         let (next_number, open_sessions, recovery) = recover(&mut ctx)?;
 
         let shared = Shared::new();
@@ -212,6 +222,10 @@ impl Recorder {
             open_sessions.clone(),
         )?);
         record_recovery(&writer, &recovery, &open_sessions)?;
+        writer.sync();
+        if let Some(kept) = ctx.kept_wal.take() {
+            crate::seal::remove_wal_after_seal(&layout, kept);
+        }
 
         let sealer_shared = shared.clone();
         let sealer = std::thread::Builder::new()
@@ -322,14 +336,35 @@ fn recover(ctx: &mut SealContext) -> Result<(u64, Vec<Carried>, RecoveryReport)>
     let manifests: BTreeSet<u64> = layout.manifest_numbers()?.into_iter().collect();
     let wal_numbers = layout.wal_numbers()?;
     let mut open_sessions: Vec<Carried> = Vec::new();
-    for &number in &wal_numbers {
-        if manifests.contains(&number) {
-            let path = layout.wal_path(number);
-            fs::remove_file(&path).map_err(RecorderError::io("cannot remove sealed WAL file", &path))?;
+    let mut keep = None;
+    let newest_manifest = manifests.last().copied().unwrap_or(0);
+    for (i, &number) in wal_numbers.iter().enumerate() {
+        // A sealed file older than the newest segment is a leftover whose
+        // removal failed: later files hold the current state.
+        if manifests.contains(&number) && number < newest_manifest {
+            crate::seal::remove_wal_after_seal(&layout, number);
             report.wal_files_already_sealed += 1;
             continue;
         }
-        let sealed = ctx.seal(number, true)?;
+        // The last file is kept until the new WAL file holds its open
+        // sessions, so a crash in between cannot lose them.
+        let last = i + 1 == wal_numbers.len();
+        let sealed = match ctx.seal(number, true, last) {
+            Ok(sealed) => sealed,
+            Err(RecorderError::Corrupt { message, .. }) => {
+                let aside = crate::seal::quarantine(&layout, number)?;
+                tracing::error!(file = %aside.display(), %message, "a WAL file could not be sealed; set aside");
+                report.quarantined.push((aside, message));
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        if last {
+            keep = Some(number);
+        }
+        if manifests.contains(&number) {
+            report.wal_files_already_sealed += 1;
+        }
         if let Some(torn) = sealed.torn {
             tracing::warn!(file = %layout.wal_path(number).display(), offset = torn.offset, bytes = torn.bytes, reason = %torn.reason, "truncated a torn WAL tail");
             report.torn_tails.push((layout.wal_path(number), torn));
@@ -337,11 +372,12 @@ fn recover(ctx: &mut SealContext) -> Result<(u64, Vec<Carried>, RecoveryReport)>
         if sealed.saw_carry || sealed.events > 0 {
             open_sessions = sealed.open_sessions;
         }
-        if sealed.events > 0 {
+        if sealed.events > 0 && !manifests.contains(&number) {
             report.wal_files_sealed += 1;
             report.events_recovered += sealed.events;
         }
     }
+    ctx.kept_wal = keep;
     report.sessions_closed = open_sessions.iter().map(|c| c.session_id).collect();
     let last = wal_numbers.last().copied().unwrap_or(0).max(manifests.last().copied().unwrap_or(0));
     Ok((last + 1, open_sessions, report))
@@ -400,6 +436,11 @@ fn record_recovery(writer: &WalWriter, recovery: &RecoveryReport, open: &[Carrie
             byte_count: Some(torn.bytes),
         })
         .collect();
+    notes.extend(recovery.quarantined.iter().map(|(path, why)| RecorderRecovery {
+        message: format!("set aside a WAL file that could not be sealed ({why}); its events are not in any segment"),
+        path: Some(path.display().to_string()),
+        byte_count: None,
+    }));
     notes.push(RecorderRecovery {
         message: format!(
             "sealed {} WAL file(s) holding {} event(s) left by a run that did not stop cleanly; closed {} open session(s)",
@@ -433,7 +474,7 @@ fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, sh
     while let Ok(job) = jobs.recv() {
         let mut attempt: u32 = 0;
         loop {
-            match ctx.seal(job.number, false) {
+            match ctx.seal(job.number, false, false) {
                 Ok(sealed) => {
                     shared.stats.sealer_cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
                     if let Some(torn) = &sealed.torn {
@@ -443,6 +484,22 @@ fn run_sealer(mut ctx: SealContext, jobs: std::sync::mpsc::Receiver<SealJob>, sh
                     let segment = sealed.manifest.as_ref().map(|m| m.segment_id);
                     for reply in job.replies {
                         let _ = reply.send(Ok(segment));
+                    }
+                    break;
+                }
+                Err(RecorderError::Corrupt { message, .. }) => {
+                    // Retrying cannot help: set the file aside and go on,
+                    // loudly; verify reports it.
+                    match crate::seal::quarantine(&ctx.layout, job.number) {
+                        Ok(aside) => {
+                            tracing::error!(file = %aside.display(), %message, "a WAL file could not be sealed; set aside")
+                        }
+                        Err(error) => tracing::error!(%error, %message, "a WAL file could not be sealed nor set aside"),
+                    }
+                    shared.sealed_one();
+                    for reply in job.replies {
+                        let _ = reply
+                            .send(Err(RecordError::WalWrite(format!("the WAL file could not be sealed: {message}"))));
                     }
                     break;
                 }

@@ -30,6 +30,9 @@ pub(crate) struct SealContext {
     pub key: Arc<ManifestKey>,
     /// SHA-256 (hex) of the newest manifest, which the next one links to.
     pub last_manifest_sha256: Option<String>,
+    /// The last WAL file recovery sealed but kept, until the new WAL file
+    /// holds its open sessions.
+    pub kept_wal: Option<u64>,
 }
 
 /// The result of sealing one WAL file.
@@ -92,10 +95,14 @@ impl SealContext {
         Ok(())
     }
 
-    /// Seals WAL file `number`. With `truncate_torn`, a torn tail is cut off
-    /// the file first (recovery); otherwise it is only reported.
-    pub fn seal(&mut self, number: u64, truncate_torn: bool) -> Result<Sealed> {
+    /// Seals WAL file `number`: writes its segment and manifest unless the
+    /// manifest already exists (an interrupted earlier seal), then removes the
+    /// WAL file unless `keep_wal`. With `truncate_torn`, a torn tail is cut off
+    /// the file first (recovery); otherwise it is only reported. Either way it
+    /// returns the sessions still open at the file's end.
+    pub fn seal(&mut self, number: u64, truncate_torn: bool, keep_wal: bool) -> Result<Sealed> {
         let path = self.layout.wal_path(number);
+        let already_sealed = self.layout.manifest_path(number).exists();
         let bytes = fs::read(&path).map_err(RecorderError::io("cannot read WAL file", &path))?;
         let scan = wal::scan(&bytes, number);
         if let Some(torn) = &scan.torn
@@ -193,9 +200,16 @@ impl SealContext {
             .collect();
         open_sessions.sort_by_key(|c| c.session_id);
         let events = order.len() as u64;
-        if events == 0 {
-            remove_wal(&self.layout, number)?;
-            return Ok(Sealed { manifest: None, open_sessions, saw_carry, torn: scan.torn, events });
+        if events == 0 || already_sealed {
+            let manifest = if already_sealed {
+                Some(crate::reader::read_manifest(&self.layout.manifest_path(number))?)
+            } else {
+                None
+            };
+            if !keep_wal {
+                remove_wal_after_seal(&self.layout, number);
+            }
+            return Ok(Sealed { manifest, open_sessions, saw_carry, torn: scan.torn, events });
         }
         // Rows go out sorted by (session id, seq): rank the sessions once,
         // then sort the rows by rank (seq is already ascending per session).
@@ -274,7 +288,11 @@ impl SealContext {
         write_atomically(&self.layout.manifest_path(number), &manifest_bytes)?;
         self.last_manifest_sha256 = Some(hex::encode(Sha256::digest(&manifest_bytes)));
 
-        remove_wal(&self.layout, number)?;
+        // The segment is sealed: from here on, failing to remove the WAL file
+        // only leaves work for the next start, which recognises it.
+        if !keep_wal {
+            remove_wal_after_seal(&self.layout, number);
+        }
         Ok(Sealed { manifest: Some(manifest), open_sessions, saw_carry, torn: scan.torn, events })
     }
 }
@@ -296,11 +314,26 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-fn remove_wal(layout: &Layout, number: u64) -> Result<()> {
+/// Removes a sealed WAL file. Its segment and manifest are durable, so a
+/// failure here is not an error: the next start removes the file.
+pub(crate) fn remove_wal_after_seal(layout: &Layout, number: u64) {
     let path = layout.wal_path(number);
-    match fs::remove_file(&path) {
+    let removed = match fs::remove_file(&path) {
         Ok(()) => sync_dir(&layout.wal_dir()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RecorderError::io("cannot remove sealed WAL file", &path)(e)),
+    };
+    if let Err(error) = removed {
+        tracing::warn!(%error, "a sealed WAL file could not be removed; the next start removes it");
     }
+}
+
+/// Sets aside a WAL file that cannot be sealed (damaged beyond a torn tail),
+/// as `NNN.wal.corrupt`, for forensic inspection; `verify` reports it.
+pub(crate) fn quarantine(layout: &Layout, number: u64) -> Result<std::path::PathBuf> {
+    let path = layout.wal_path(number);
+    let aside = path.with_extension("wal.corrupt");
+    fs::rename(&path, &aside).map_err(RecorderError::io("cannot set aside a damaged WAL file", &path))?;
+    sync_dir(&layout.wal_dir())?;
+    Ok(aside)
 }

@@ -206,6 +206,18 @@ pub fn verify(data_dir: &Path, options: &VerifyOptions) -> Result<VerifyReport> 
             temp.display()
         ));
     }
+    if let Ok(entries) = std::fs::read_dir(layout.wal_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".wal.corrupt") {
+                verifier.problem(
+                    format!("wal/{name}"),
+                    "a WAL file that could not be sealed was set aside: its events are in no segment (inspect it)"
+                        .to_string(),
+                );
+            }
+        }
+    }
     verifier.report.unsealed_wal_files = layout.wal_numbers()?.len();
     if verifier.report.unsealed_wal_files > 0 {
         verifier.report.warnings.push(format!(

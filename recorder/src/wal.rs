@@ -1,16 +1,19 @@
 //! The write-ahead log file format.
 //!
 //! ```text
-//! file    := header record*
+//! file    := header record* zero*
 //! header  := "PRCTRWAL" format:u32le number:u64le          (20 bytes)
 //! record  := len:u32le crc:u32le body                     body is `len` bytes
-//! body    := 0x01 carry | 0x02 canonical-event-row
+//! body    := 0x01 carry | 0x03 batch
 //! carry   := count:varint (session_id:str next_seq:varint head:[u8;32])*
+//! batch   := count:u32le (row_len:u32le canonical-event-row)*
 //! ```
 //!
 //! `crc` is CRC-32C of the body. Each file starts with a carry record listing
 //! the sessions open when the file began (their next seq and chain head), so
-//! a file can be sealed on its own. Scanning stops at the first record that is
+//! a file can be sealed on its own. One append is one batch record, so it is
+//! recovered whole or not at all. Files are preallocated: zeros after the last
+//! record are unwritten space. Scanning stops at the first record that is
 //! incomplete or fails its checksum: that is a torn tail, reported and
 //! truncated at recovery, never parsed.
 
@@ -18,11 +21,11 @@ use proctor_schemas::SessionId;
 use proctor_schemas::chain::ChainHash;
 
 pub const MAGIC: &[u8; 8] = b"PRCTRWAL";
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 pub const HEADER_LEN: usize = 20;
 const FRAME_LEN: usize = 8;
 const TAG_CARRY: u8 = 1;
-const TAG_EVENT: u8 = 2;
+const TAG_BATCH: u8 = 3;
 /// The largest record body accepted; larger lengths are treated as corruption.
 pub const MAX_RECORD: usize = 16 << 20;
 
@@ -42,23 +45,61 @@ pub struct Carried {
     pub head: ChainHash,
 }
 
-/// Starts a record in `buf`; returns its start offset for [`finish_record`].
-pub fn begin_event_record(buf: &mut Vec<u8>) -> usize {
+/// Starts a batch record in `buf`; returns its start for [`finish_batch`].
+pub fn begin_batch(buf: &mut Vec<u8>) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_LEN]);
-    buf.push(TAG_EVENT);
+    buf.push(TAG_BATCH);
+    buf.extend_from_slice(&[0u8; 4]);
     start
 }
 
-/// Fills in length and checksum of the record begun at `start`. Returns the
-/// range of the canonical row within `buf`.
-pub fn finish_record(buf: &mut [u8], start: usize) -> std::ops::Range<usize> {
+/// Starts a row of the batch; returns its start for [`finish_row`].
+pub fn begin_row(buf: &mut Vec<u8>) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; 4]);
+    start
+}
+
+/// Fills in a row's length; returns the range of the canonical row.
+pub fn finish_row(buf: &mut [u8], start: usize) -> std::ops::Range<usize> {
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    start + 4..buf.len()
+}
+
+/// Fills in the batch's row count, length and checksum.
+pub fn finish_batch(buf: &mut [u8], start: usize, rows: u32) {
+    let body = start + FRAME_LEN;
+    buf[body + 1..body + 5].copy_from_slice(&rows.to_le_bytes());
+    let len = (buf.len() - body) as u32;
+    let crc = crc32c::crc32c(&buf[body..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends a batch record holding `rows` (for tests and tools).
+pub fn put_batch(buf: &mut Vec<u8>, rows: &[&[u8]]) {
+    let start = begin_batch(buf);
+    for row in rows {
+        let row_start = begin_row(buf);
+        buf.extend_from_slice(row);
+        finish_row(buf, row_start);
+    }
+    finish_batch(buf, start, rows.len() as u32);
+}
+
+fn finish_record(buf: &mut [u8], start: usize) {
     let body = start + FRAME_LEN;
     let len = (buf.len() - body) as u32;
     let crc = crc32c::crc32c(&buf[body..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    body + 1..buf.len()
+}
+
+/// Bytes a carry record of `open` sessions takes.
+pub fn carry_len(open: usize) -> usize {
+    FRAME_LEN + 1 + 10 + open * (1 + 36 + 10 + 32)
 }
 
 /// Appends a carry record.
@@ -184,19 +225,32 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
             torn = Some(torn_at(pos, "record checksum mismatch".to_string()));
             break;
         }
-        let record = match body[0] {
-            TAG_EVENT => Some(Record::Event(&body[1..])),
-            TAG_CARRY => parse_carry(&body[1..]).map(Record::Carry),
+        let parsed = match body[0] {
+            TAG_BATCH => parse_batch(&body[1..]).map(|rows| rows.into_iter().map(Record::Event).collect()),
+            TAG_CARRY => parse_carry(&body[1..]).map(|c| vec![Record::Carry(c)]),
             _ => None,
         };
-        let Some(record) = record else {
+        let Some(parsed) = parsed else {
             torn = Some(torn_at(pos, format!("unreadable record of type {}", body[0])));
             break;
         };
-        records.push(record);
+        records.extend(parsed);
         pos = body_start + len;
     }
     Scan { number, records, valid_len: torn.as_ref().map_or(pos as u64, |t| t.offset), torn }
+}
+
+fn parse_batch(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let count = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let mut rest = &bytes[4..];
+    let mut rows = Vec::with_capacity(count.min(rest.len() / 4));
+    for _ in 0..count {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let row = rest.get(4..4 + len)?;
+        rows.push(row);
+        rest = &rest[4 + len..];
+    }
+    rest.is_empty().then_some(rows)
 }
 
 fn parse_carry(mut bytes: &[u8]) -> Option<Vec<Carried>> {
@@ -243,11 +297,23 @@ mod tests {
         let mut buf = header(7).to_vec();
         put_carry(&mut buf, carried);
         for payload in events {
-            let start = begin_event_record(&mut buf);
-            buf.extend_from_slice(payload);
-            finish_record(&mut buf, start);
+            put_batch(&mut buf, &[payload]);
         }
         buf
+    }
+
+    #[test]
+    fn a_batch_is_recovered_whole_or_not_at_all() {
+        let mut file = header(7).to_vec();
+        put_carry(&mut file, &[]);
+        put_batch(&mut file, &[b"a1", b"a2", b"a3"]);
+        let whole = file.len();
+        put_batch(&mut file, &[b"b1", b"b2"]);
+        assert_eq!(scan(&file, 7).event_count(), 5);
+        for cut in whole + 1..file.len() {
+            let scan = scan(&file[..cut], 7);
+            assert_eq!(scan.event_count(), 3, "cut at {cut}: the second batch is all or nothing");
+        }
     }
 
     #[test]
@@ -313,7 +379,7 @@ mod tests {
         let file = file_with(&[b"x"], &[]);
         let scan = scan(&file, 8);
         assert!(scan.records.is_empty());
-        assert!(scan.torn.unwrap().reason.contains("expected format 1 file 8"));
+        assert!(scan.torn.unwrap().reason.contains("expected format 2 file 8"));
     }
 }
 
@@ -328,11 +394,8 @@ mod hostile {
             &mut file,
             &[Carried { session_id: SessionId::from_parts(1, 2), next_seq: 4, head: ChainHash([9; 32]) }],
         );
-        for payload in [&b"alpha"[..], b"beta", b"gamma delta"] {
-            let start = begin_event_record(&mut file);
-            file.extend_from_slice(payload);
-            finish_record(&mut file, start);
-        }
+        put_batch(&mut file, &[&b"alpha"[..], b"beta"]);
+        put_batch(&mut file, &[&b"gamma delta"[..]]);
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
             state ^= state << 13;

@@ -31,6 +31,38 @@ use crate::{RecordError, RecorderError, Result};
 
 pub(crate) type SealReply = oneshot::Sender<Result<Option<u64>, RecordError>>;
 
+/// The encoding buffer's usual size; it shrinks back after a large batch.
+const SCRATCH: usize = 64 * 1024;
+
+/// How many ended session ids are remembered to refuse their reuse. Ids are
+/// random UUIDv7s, so reuse means a faulty producer; `verify` catches any
+/// reuse this window misses.
+const ENDED_REMEMBERED: usize = 1 << 20;
+
+/// Recently ended sessions, oldest forgotten first.
+#[derive(Default)]
+struct EndedSessions {
+    ids: std::collections::HashSet<SessionId>,
+    order: std::collections::VecDeque<SessionId>,
+}
+
+impl EndedSessions {
+    fn contains(&self, id: &SessionId) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: SessionId) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > ENDED_REMEMBERED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// A closed WAL file handed to the sealer.
 pub(crate) struct SealJob {
     pub number: u64,
@@ -96,7 +128,10 @@ impl WalFile {
         // else truncates; it is only written through this mapping, under the
         // writer's lock.
         let map = unsafe { MmapOptions::new().len(capacity).map_mut(&file) }.map_err(cleanup)?;
-        sync_dir(&layout.wal_dir())?;
+        if let Err(error) = sync_dir(&layout.wal_dir()) {
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
         Ok(WalFile { number, file: Arc::new(file), map, len: 0, events: 0, opened: Instant::now() })
     }
 
@@ -133,8 +168,8 @@ struct State {
     scratch: Vec<u8>,
     /// Reused for each append's undo log.
     undo: Vec<(SessionId, Option<SessionState>)>,
-    /// Sessions that ended in the current file: their ids may not start again.
-    ended: std::collections::HashSet<SessionId>,
+    /// Recently ended sessions: their ids may not start again.
+    ended: EndedSessions,
     id_text: SessionIdText,
     closed: bool,
 }
@@ -200,7 +235,7 @@ impl WalWriter {
                 file,
                 sessions,
                 unsynced: Vec::new(),
-                scratch: Vec::with_capacity(64 * 1024),
+                scratch: Vec::with_capacity(SCRATCH),
                 undo: Vec::new(),
                 ended: Default::default(),
                 id_text: SessionIdText::default(),
@@ -259,11 +294,17 @@ impl WalWriter {
                 };
             }
         };
-        for event in events {
+        let batch = wal::begin_batch(&mut state.scratch);
+        for (i, event) in events.iter().enumerate() {
             let kind = event.body.kind();
             let previous = state.sessions.get(&event.session_id).copied();
+            let restarted = kind == EventKind::SessionStart
+                && (state.ended.contains(&event.session_id)
+                    || events[..i]
+                        .iter()
+                        .any(|e| e.session_id == event.session_id && e.body.kind() == EventKind::SessionEnd));
             let (seq, prev_head) = match (previous, kind) {
-                (None, EventKind::SessionStart) if state.ended.contains(&event.session_id) => {
+                (None, EventKind::SessionStart) if restarted => {
                     rollback(&mut state.sessions, undo);
                     return Err(RecordError::Rejected(format!(
                         "session {} has already ended; a session id is used once",
@@ -288,18 +329,21 @@ impl WalWriter {
                 }
                 (Some(s), _) => (s.next_seq, s.head),
             };
-            let start = wal::begin_event_record(&mut state.scratch);
+            let row_start = wal::begin_row(&mut state.scratch);
             canonical::encode(&event.cells_with_seq(seq, &mut state.id_text), &mut state.scratch);
-            let size = state.scratch.len() - start;
-            if size > wal::MAX_RECORD || size + wal::HEADER_LEN > self.capacity / 2 {
+            // Refuse a batch too big for any WAL file before anything
+            // changes (in particular before a rotation).
+            if state.scratch.len() > wal::MAX_RECORD {
                 rollback(&mut state.sessions, undo);
+                state.scratch.clear();
+                state.scratch.shrink_to(SCRATCH);
                 return Err(RecordError::Rejected(format!(
-                    "event of {size} bytes exceeds the WAL record limit of {} bytes",
-                    wal::MAX_RECORD.min(self.capacity / 2 - wal::HEADER_LEN)
+                    "a batch of more than {} bytes is too large to record at once; record fewer or smaller events",
+                    wal::MAX_RECORD
                 ))
                 .into());
             }
-            let row = wal::finish_record(&mut state.scratch, start);
+            let row = wal::finish_row(&mut state.scratch, row_start);
             let head = prev_head.next(&state.scratch[row]);
             undo.push((event.session_id, previous));
             if kind == EventKind::SessionEnd {
@@ -309,21 +353,16 @@ impl WalWriter {
             }
             seqs.push(seq);
         }
+        wal::finish_batch(&mut state.scratch, batch, events.len() as u32);
         if state.scratch.len() > state.file.room() {
-            // The file begins with the sessions as they were before this batch.
+            // The next file begins with the sessions as they were before this
+            // batch, and is made big enough for them and the batch.
             let mut before = state.sessions.clone();
             rollback(&mut before, &mut undo.clone());
-            if let Err(error) = self.rotate(state, carry_of(&before), Vec::new()) {
+            let needed = state.scratch.len();
+            if let Err(error) = self.rotate(state, carry_of(&before), Vec::new(), needed) {
                 rollback(&mut state.sessions, undo);
                 return Err(error);
-            }
-            if state.scratch.len() > state.file.room() {
-                rollback(&mut state.sessions, undo);
-                return Err(RecordError::Rejected(format!(
-                    "a batch of {} bytes does not fit in a WAL file; append fewer events at once",
-                    state.scratch.len()
-                ))
-                .into());
             }
         }
         for event in events.iter().filter(|e| e.body.kind() == EventKind::SessionEnd) {
@@ -334,6 +373,10 @@ impl WalWriter {
         state.file.map[at..at + size].copy_from_slice(&state.scratch);
         state.file.len += size;
         state.file.events += events.len() as u64;
+        if state.scratch.capacity() > 4 * SCRATCH {
+            state.scratch.clear();
+            state.scratch.shrink_to(SCRATCH);
+        }
         let lsn = state.lsn_base + state.file.len as u64;
         self.written_lsn.store(lsn, Ordering::Release);
         self.shared.dirty.store(true, Ordering::Release);
@@ -342,8 +385,15 @@ impl WalWriter {
         Ok(Appended { seqs, lsn })
     }
 
-    /// Closes the current file, hands it to the sealer and starts the next.
-    fn rotate(&self, state: &mut State, carry: Vec<Carried>, replies: Vec<SealReply>) -> Result<(), AppendError> {
+    /// Closes the current file, hands it to the sealer and starts the next,
+    /// with room for the carry record and `needed` more bytes.
+    fn rotate(
+        &self,
+        state: &mut State,
+        carry: Vec<Carried>,
+        replies: Vec<SealReply>,
+        needed: usize,
+    ) -> Result<(), AppendError> {
         let max = self.settings.max_unsealed_segments;
         if self.shared.unsealed() >= max {
             if let Some(error) = self.shared.sealer_error() {
@@ -352,16 +402,27 @@ impl WalWriter {
             return Err(AppendError::Backlog);
         }
         let next = state.file.number + 1;
-        let spare = lock(&self.spare).take().filter(|s| s.number == next);
-        let mut file = match spare {
+        let required = wal::HEADER_LEN + wal::carry_len(carry.len()) + needed;
+        let capacity = self.capacity.max(required.next_multiple_of(4096));
+        // The spare's lock is held while a file is created, so the
+        // background thread cannot create the same file meanwhile.
+        let mut spare = lock(&self.spare);
+        let prepared = spare.take().filter(|s| s.number == next && s.map.len() >= capacity);
+        if prepared.is_none() {
+            let _ = std::fs::remove_file(self.layout.wal_path(next));
+        }
+        let mut file = match prepared {
             Some(file) => file,
-            None => WalFile::create(&self.layout, next, self.capacity).map_err(|e| {
+            None => WalFile::create(&self.layout, next, capacity).map_err(|e| {
                 RecordError::WalWrite(format!("cannot start the next WAL file ({e}); free space in the data dir"))
             })?,
         };
-        file.begin(&carry)?;
+        drop(spare);
+        if let Err(error) = file.begin(&carry) {
+            let _ = std::fs::remove_file(self.layout.wal_path(next));
+            return Err(error.into());
+        }
         let old = std::mem::replace(&mut state.file, file);
-        state.ended.clear();
         state.lsn_base += old.len as u64;
         state.unsynced.push(old.file.clone());
         self.current_number.store(next, Ordering::Release);
@@ -404,10 +465,7 @@ impl WalWriter {
             return Ok(());
         }
         let carry = carry_of(&state.sessions);
-        match self.rotate(state, carry, vec![reply]) {
-            Ok(()) => Ok(()),
-            Err(error) => Err(error),
-        }
+        self.rotate(state, carry, vec![reply], 0)
     }
 
     /// Called periodically: rotates a file whose oldest event is too old, and
@@ -422,7 +480,7 @@ impl WalWriter {
             if state.file.events > 0 && state.file.opened.elapsed() >= self.settings.segment_max_age {
                 let carry = carry_of(&state.sessions);
                 // A full backlog or a failing disk: try again next time.
-                let _ = self.rotate(state, carry, Vec::new());
+                let _ = self.rotate(state, carry, Vec::new(), 0);
             }
         }
         let next = self.current_number.load(Ordering::Acquire) + 1;
@@ -580,14 +638,47 @@ impl WalWriter {
             }
         }
         state.closed = true;
+        let mut failure = None;
         for file in state.unsynced.drain(..).chain([state.file.file.clone()]) {
             if let Err(error) = file.sync_data() {
-                tracing::error!(%error, "fsync of a WAL file failed at shutdown");
+                failure = Some(format!("fsync of the WAL failed at shutdown: {error}"));
             }
         }
         let number = state.file.number;
         if state.file.events > 0 {
-            self.hand_to_sealer(number, Vec::new());
+            if state.sessions.is_empty() || failure.is_some() {
+                self.hand_to_sealer(number, Vec::new());
+            } else {
+                // Sessions could not be ended: a carry-only file keeps their
+                // state, so the next start closes them.
+                let carry = carry_of(&state.sessions);
+                let (seal, keep) = match WalFile::create(
+                    &self.layout,
+                    number + 1,
+                    self.capacity.max(wal::HEADER_LEN + wal::carry_len(carry.len())).next_multiple_of(4096),
+                ) {
+                    Ok(mut file) => match file
+                        .begin(&carry)
+                        .and_then(|()| file.file.sync_data().map_err(|e| RecordError::WalWrite(e.to_string())))
+                    {
+                        Ok(()) => (true, Some(file)),
+                        Err(_) => (false, None),
+                    },
+                    Err(_) => (false, None),
+                };
+                if let Some(file) = keep {
+                    tracing::warn!(
+                        sessions = carry.len(),
+                        file = file.number,
+                        "sessions left open at shutdown; they are closed at the next start"
+                    );
+                }
+                if seal {
+                    self.hand_to_sealer(number, Vec::new());
+                }
+                // Otherwise the current file stays unsealed and the next
+                // start recovers it, open sessions included.
+            }
         } else if state.sessions.is_empty() {
             let path = self.layout.wal_path(number);
             if std::fs::remove_file(&path).is_ok() {
@@ -598,8 +689,16 @@ impl WalWriter {
         self.discard_spare();
         // Closing the channel lets the sealer finish and stop.
         lock(&self.seal_tx).take();
-        // Everything written is now fsynced.
-        lock(&self.durable).lsn = u64::MAX;
+        let mut durable = lock(&self.durable);
+        match failure {
+            Some(reason) => {
+                self.shared.fail(reason.clone());
+                durable.failed = Some(reason);
+            }
+            // Everything written is now fsynced.
+            None => durable.lsn = u64::MAX,
+        }
+        drop(durable);
         self.durable_changed.notify_all();
         self.durable_notify.notify_waiters();
         self.poke();

@@ -255,8 +255,50 @@ fn an_oversized_event_is_refused_with_a_clear_error() {
     let session = SessionId::new();
     sink.blocking_append(start(session, T0)).unwrap();
     let error = sink.blocking_append(output(session, T0, 17 << 20)).unwrap_err();
-    assert!(error.to_string().contains("exceeds the WAL record limit"), "{error}");
+    assert!(error.to_string().contains("too large to record at once"), "{error}");
     assert_eq!(sink.blocking_append(output(session, T0, 10)).unwrap(), 1);
     recorder.close().unwrap();
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn a_session_id_is_used_once_even_within_one_batch_or_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    sink.blocking_append(start(session, T0)).unwrap();
+    // Ending and restarting in one batch is refused whole.
+    let batch = vec![end(session, T0), start(session, T0)];
+    let refused = sink.blocking_append_batch(batch).unwrap_err();
+    assert!(refused.to_string().contains("used once"), "{refused}");
+    sink.blocking_append(end(session, T0)).unwrap();
+    // ... and after the file it ended in was sealed.
+    sink.blocking_seal_now().unwrap();
+    assert!(sink.blocking_append(start(session, T0)).unwrap_err().to_string().contains("used once"));
+    recorder.close().unwrap();
+    assert_eq!(Reader::open(dir.path()).unwrap().session_events(session).unwrap().len(), 2);
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn many_open_sessions_fit_however_small_the_wal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RecorderSettings { segment_max_bytes: proctor_recorder::ByteSize(16 << 10), ..settings() };
+    let recorder = Recorder::open(dir.path(), &settings).unwrap();
+    let sink = recorder.sink();
+    // More open sessions than a 16 KiB file's carry record can hold.
+    let sessions: Vec<SessionId> = (0..400).map(|_| SessionId::new()).collect();
+    for s in &sessions {
+        sink.blocking_append(start(*s, T0)).unwrap();
+    }
+    for s in &sessions {
+        sink.blocking_append(statement(*s, T0, "select 1")).unwrap();
+        sink.blocking_append(end(*s, T0)).unwrap();
+    }
+    recorder.close().unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.sessions().unwrap().len(), 400);
+    assert!(reader.sessions().unwrap().iter().all(|s| s.end_reason.as_deref() == Some("client_closed")));
     assert_verifies(dir.path());
 }

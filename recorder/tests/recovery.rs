@@ -26,10 +26,10 @@ fn write_wal(dir: &Path, number: u64, events: &[NewEvent], tail: &[u8]) -> Vec<u
         let seq = seqs.entry(event.session_id).or_insert(0u64);
         let event = event.clone().with_seq(*seq);
         *seq += 1;
-        let start = wal::begin_event_record(&mut bytes);
         let mut id = SessionIdText::default();
-        canonical::encode(&event.cells(&mut id), &mut bytes);
-        wal::finish_record(&mut bytes, start);
+        let mut row = Vec::new();
+        canonical::encode(&event.cells(&mut id), &mut row);
+        wal::put_batch(&mut bytes, &[&row]);
     }
     bytes.extend_from_slice(tail);
     std::fs::write(layout.wal_path(number), &bytes).unwrap();
@@ -159,9 +159,9 @@ fn a_carry_record_continues_sessions_across_wal_files() {
     }
     let mut bytes = wal::header(2).to_vec();
     wal::put_carry(&mut bytes, &[Carried { session_id: session, next_seq: 3, head }]);
-    let start = wal::begin_event_record(&mut bytes);
-    canonical::encode(&statement(session, T0 + 3, "select 3").with_seq(3).cells(&mut id), &mut bytes);
-    wal::finish_record(&mut bytes, start);
+    let mut row = Vec::new();
+    canonical::encode(&statement(session, T0 + 3, "select 3").with_seq(3).cells(&mut id), &mut row);
+    wal::put_batch(&mut bytes, &[&row]);
     std::fs::write(layout.wal_path(2), &bytes).unwrap();
 
     let recorder = Recorder::open(dir.path(), &settings()).unwrap();
@@ -170,4 +170,22 @@ fn a_carry_record_continues_sessions_across_wal_files() {
     let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
     assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     assert_verifies(dir.path());
+}
+
+#[test]
+fn a_wal_file_that_cannot_be_sealed_is_set_aside_recorded_and_reported_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, events) = crashed_session();
+    // A file whose records are intact but whose events make no sense: a
+    // statement of a session that never started.
+    let orphan = SessionId::new();
+    write_wal(dir.path(), 1, &events, &[]);
+    write_wal(dir.path(), 2, &[statement(orphan, T0, "select 1")], &[]);
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().quarantined.len(), 1);
+    recorder.close().unwrap();
+    assert!(dir.path().join("wal/00000000000000000002.wal.corrupt").exists());
+    assert_eq!(Reader::open(dir.path()).unwrap().session_events(session).unwrap().len(), 4);
+    let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
+    assert!(report.problems.iter().any(|p| p.location.ends_with(".wal.corrupt")), "{:?}", report.problems);
 }

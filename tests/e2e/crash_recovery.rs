@@ -17,7 +17,7 @@ use proctor_tests::{TestRng, collect_lines, run, run_ok, signal, spawn, stderr, 
 
 const BIN: &str = env!("CARGO_BIN_EXE_proctor");
 const START: &str = "2026-11-02T08:00:00Z";
-const SESSIONS: u64 = 1500;
+const SESSIONS: u64 = 6000;
 const TRIALS: u64 = 24;
 
 fn fingerprint(event: &Event) -> u64 {
@@ -76,9 +76,9 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         let delay = if trial % 6 == 0 { rng.range(1, 40) } else { rng.range(40, 900) };
         std::thread::sleep(Duration::from_millis(delay));
         let finished = child.try_wait().unwrap().is_some();
-        signal(&child, libc::SIGKILL);
-        let status = wait_with_timeout(&mut child, Duration::from_secs(60));
         if !finished {
+            signal(&child, libc::SIGKILL);
+            let status = wait_with_timeout(&mut child, Duration::from_secs(60));
             killed_mid_run += 1;
             assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
         }
