@@ -1,19 +1,9 @@
-//! Messages Proctor itself sends, and decoding of the ones it reads whole,
-//! with pgwire's codecs.
+//! Messages Proctor itself sends, encoded with pgwire's codecs.
 
 use bytes::BytesMut;
+use pgwire::messages::Message;
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
-use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
-
-/// Decodes a whole frame (type byte included) with pgwire.
-pub fn decode<M: Message>(frame: &[u8]) -> Option<M> {
-    let mut buf = BytesMut::from(frame);
-    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
-    ctx.awaiting_frontend_ssl = false;
-    ctx.awaiting_frontend_startup = false;
-    M::decode(&mut buf, &ctx).ok().flatten()
-}
 
 fn encode(message: &impl Message, out: &mut BytesMut) {
     // Encoding our own well-formed messages into a growable buffer cannot

@@ -12,14 +12,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pgwire::messages::data::RowDescription;
 use proctor_schemas::{
     CopySummary, Direction, ErrorReport, Notice, Notification, ParameterStatus, Prepare, RawFrame, Statement,
     StatementResult, Timestamp,
 };
 
 use super::frame::{Body, text};
-use super::messages::{decode, fields};
+use super::messages::fields;
 use super::values;
 use crate::recording::Record;
 
@@ -40,12 +39,19 @@ enum Expect {
         seq: u64,
         started: Instant,
     },
-    /// `seq` of its `prepare` event (named statements only).
+    /// `seq` of its `prepare` event (named statements only). The statement
+    /// is kept here until the server accepts it (ParseComplete).
     Parse {
         seq: Option<u64>,
         time: Timestamp,
+        name: String,
+        prepared: Prepared,
     },
-    Bind,
+    /// The portal, kept here until the server accepts it (BindComplete).
+    Bind {
+        name: String,
+        portal: Portal,
+    },
     DescribeStatement {
         name: String,
     },
@@ -62,6 +68,7 @@ enum Expect {
     Sync,
 }
 
+#[derive(Debug)]
 struct Prepared {
     sql: Arc<str>,
     param_types: Vec<u32>,
@@ -69,6 +76,7 @@ struct Prepared {
     columns: Vec<Column>,
 }
 
+#[derive(Debug)]
 struct Portal {
     statement: String,
     sql: Arc<str>,
@@ -145,6 +153,24 @@ pub struct Protocol {
     copy_out: Option<CopyState>,
 }
 
+/// RowDescription: column names, types and formats, read in place.
+fn row_description(body: &[u8]) -> Option<Vec<Column>> {
+    let mut reader = Body::new(body);
+    let count = reader.i16()?.max(0) as usize;
+    let mut columns = Vec::with_capacity(count.min(body.len() / 19));
+    for _ in 0..count {
+        let name = text(reader.cstr()?);
+        let _table = reader.i32()?;
+        let _attribute = reader.i16()?;
+        let type_oid = reader.i32()? as u32;
+        let _size = reader.i16()?;
+        let _modifier = reader.i32()?;
+        let format = reader.i16()?;
+        columns.push(Column { name, type_oid, format });
+    }
+    Some(columns)
+}
+
 /// Parse: statement name, SQL and parameter types, read in place.
 fn parse_message(body: &[u8]) -> Option<(String, Arc<str>, Vec<u32>)> {
     let mut reader = Body::new(body);
@@ -176,6 +202,31 @@ impl Protocol {
             copy_in: None,
             copy_out: None,
         }
+    }
+
+    /// A statement by name: the latest one prepared in the pipeline, else the
+    /// one the server accepted.
+    fn statement(&self, name: &str) -> Option<&Prepared> {
+        self.expected
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Expect::Parse { name: n, prepared, .. } if n == name => Some(prepared),
+                _ => None,
+            })
+            .or_else(|| self.statements.get(name))
+    }
+
+    /// A portal by name, likewise.
+    fn portal(&self, name: &str) -> Option<&Portal> {
+        self.expected
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Expect::Bind { name: n, portal } if n == name => Some(portal),
+                _ => None,
+            })
+            .or_else(|| self.portals.get(name))
     }
 
     /// The seq of the statement the next response belongs to.
@@ -214,6 +265,9 @@ impl Protocol {
         let body = &frame[5..];
         match tag {
             b'Q' => {
+                // A simple query drops the unnamed statement and portal.
+                self.statements.remove("");
+                self.portals.remove("");
                 let sql = Body::new(body).cstr().map(text).unwrap_or_default();
                 let seq = record.push(
                     Direction::ClientToTarget,
@@ -232,18 +286,20 @@ impl Protocol {
                             Prepare { statement_name: statement_name.clone(), sql: sql.to_string() }.into(),
                         )
                     });
-                    self.statements.insert(statement_name, Prepared { sql, param_types, columns: Vec::new() });
-                    self.expected.push_back(Expect::Parse { seq, time: Timestamp::now() });
+                    let prepared = Prepared { sql, param_types, columns: Vec::new() };
+                    self.expected.push_back(Expect::Parse {
+                        seq,
+                        time: Timestamp::now(),
+                        name: statement_name,
+                        prepared,
+                    });
                 }
                 None => {
                     Self::raw(tag, frame, Direction::ClientToTarget, record);
                 }
             },
             b'B' => match self.bind(body) {
-                Some((portal, bound)) => {
-                    self.portals.insert(portal, bound);
-                    self.expected.push_back(Expect::Bind);
-                }
+                Some((name, portal)) => self.expected.push_back(Expect::Bind { name, portal }),
                 None => {
                     Self::raw(tag, frame, Direction::ClientToTarget, record);
                 }
@@ -260,24 +316,23 @@ impl Protocol {
             }
             b'E' => {
                 let portal_name = Body::new(body).cstr().map(text).unwrap_or_default();
-                let (sql, statement_name, params, columns) = match self.portals.get(&portal_name) {
+                let (sql, statement_name, params, columns) = match self.portal(&portal_name) {
                     Some(portal) => {
-                        let columns =
-                            self.statements.get(&portal.statement).filter(|p| !p.columns.is_empty()).map(|p| {
-                                let formats = &portal.result_formats;
-                                p.columns
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, c)| Column {
-                                        format: match formats.len() {
-                                            0 => 0,
-                                            1 => formats[0],
-                                            _ => formats.get(i).copied().unwrap_or(0),
-                                        },
-                                        ..c.clone()
-                                    })
-                                    .collect()
-                            });
+                        let columns = self.statement(&portal.statement).filter(|p| !p.columns.is_empty()).map(|p| {
+                            let formats = &portal.result_formats;
+                            p.columns
+                                .iter()
+                                .enumerate()
+                                .map(|(i, c)| Column {
+                                    format: match formats.len() {
+                                        0 => 0,
+                                        1 => formats[0],
+                                        _ => formats.get(i).copied().unwrap_or(0),
+                                    },
+                                    ..c.clone()
+                                })
+                                .collect()
+                        });
                         (portal.sql.to_string(), portal.statement.clone(), portal.params.clone(), columns)
                     }
                     None => (String::new(), String::new(), Vec::new(), None),
@@ -300,6 +355,8 @@ impl Protocol {
                 }
                 self.expected.push_back(Expect::Close);
             }
+            // The server ignores Sync while it receives COPY data.
+            b'S' if self.copy_in.is_some() => {}
             b'S' => self.expected.push_back(Expect::Sync),
             b'H' => {}
             b'd' => {
@@ -333,7 +390,7 @@ impl Protocol {
         let statement = text(reader.cstr()?);
         let format_count = reader.i16()?.max(0) as usize;
         let formats = (0..format_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
-        let (sql, types): (Arc<str>, &[u32]) = match self.statements.get(&statement) {
+        let (sql, types): (Arc<str>, &[u32]) = match self.statement(&statement) {
             Some(prepared) => (prepared.sql.clone(), &prepared.param_types),
             None => (Arc::from(""), &[]),
         };
@@ -402,9 +459,11 @@ impl Protocol {
 
     /// Pops the answered extended-protocol request.
     fn pop_if(&mut self, answered: impl Fn(&Expect) -> bool) {
-        if self.expected.front().is_some_and(answered) {
-            self.expected.pop_front();
-        }
+        self.take_if(answered);
+    }
+
+    fn take_if(&mut self, answered: impl Fn(&Expect) -> bool) -> Option<Expect> {
+        if self.expected.front().is_some_and(answered) { self.expected.pop_front() } else { None }
     }
 
     fn sample_row(&mut self, body: &[u8]) {
@@ -460,14 +519,10 @@ impl Protocol {
                 }
             }
             b'T' => {
-                let columns = decode::<RowDescription>(frame)
-                    .map(|d| {
-                        d.fields
-                            .into_iter()
-                            .map(|f| Column { name: f.name, type_oid: f.type_id, format: f.format_code })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let Some(columns) = row_description(body) else {
+                    Self::raw(tag, frame, Direction::TargetToClient, record);
+                    return;
+                };
                 // A row description answering a Describe of a statement is
                 // kept with the statement; one answering a Describe of a
                 // portal, a query or an Execute describes the coming result.
@@ -493,12 +548,11 @@ impl Protocol {
                 let f = fields(body);
                 // An unnamed statement that fails to prepare was not recorded
                 // yet: record what was asked, with the time it was asked.
-                if let Some(Expect::Parse { seq: None, time }) = self.expected.front() {
-                    let sql = self.statements.get("").map(|p| p.sql.to_string()).unwrap_or_default();
+                if let Some(Expect::Parse { seq: None, time, name, prepared }) = self.expected.front() {
                     let seq = record.push_at(
                         *time,
                         Direction::ClientToTarget,
-                        Prepare { statement_name: String::new(), sql }.into(),
+                        Prepare { statement_name: name.to_string(), sql: prepared.sql.to_string() }.into(),
                     );
                     if let Some(Expect::Parse { seq: slot, .. }) = self.expected.front_mut() {
                         *slot = Some(seq);
@@ -521,9 +575,10 @@ impl Protocol {
                 self.copy_out = None;
                 // After an error in the extended protocol the server skips
                 // everything up to the next Sync.
+                // (queries and function calls included).
                 if !matches!(self.expected.front(), Some(Expect::Query { .. })) {
                     while let Some(front) = self.expected.front() {
-                        if matches!(front, Expect::Sync | Expect::Query { .. }) {
+                        if matches!(front, Expect::Sync) {
                             break;
                         }
                         self.expected.pop_front();
@@ -531,6 +586,10 @@ impl Protocol {
                 }
             }
             b'Z' => {
+                // Outside a transaction no named portal survives.
+                if body.first() == Some(&b'I') {
+                    self.portals.clear();
+                }
                 // Ends a simple query, a function call or an extended batch.
                 while let Some(front) = self.expected.pop_front() {
                     if matches!(front, Expect::Sync | Expect::Query { .. }) {
@@ -539,8 +598,17 @@ impl Protocol {
                 }
                 self.result = ResultState::default();
             }
-            b'1' => self.pop_if(|e| matches!(e, Expect::Parse { .. })),
-            b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'1' => {
+                if let Some(Expect::Parse { name, prepared, .. }) = self.take_if(|e| matches!(e, Expect::Parse { .. }))
+                {
+                    self.statements.insert(name, prepared);
+                }
+            }
+            b'2' => {
+                if let Some(Expect::Bind { name, portal }) = self.take_if(|e| matches!(e, Expect::Bind { .. })) {
+                    self.portals.insert(name, portal);
+                }
+            }
             b'3' => self.pop_if(|e| matches!(e, Expect::Close)),
             b'n' => self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal)),
             b't' => {
@@ -557,6 +625,13 @@ impl Protocol {
                 let binary = body.first() == Some(&1);
                 let copy = CopyState::new(self.current_statement(), binary);
                 if tag == b'G' {
+                    // Syncs the client sent after this Execute reach the
+                    // server during COPY, which ignores them.
+                    if matches!(self.expected.front(), Some(Expect::Execute { .. })) {
+                        let mut rest = self.expected.split_off(1);
+                        rest.retain(|e| !matches!(e, Expect::Sync));
+                        self.expected.extend(rest);
+                    }
                     self.copy_in = Some(copy);
                 } else {
                     self.copy_out = Some(copy);
@@ -623,8 +698,15 @@ impl Protocol {
         }
     }
 
-    /// Whether a large frame of this type may be streamed through in pieces.
-    pub fn streamable(tag: u8) -> bool {
+    /// Whether a large client frame of this type may be streamed through in
+    /// pieces (COPY data only).
+    pub fn frontend_streamable(tag: u8) -> bool {
+        tag == b'd'
+    }
+
+    /// Whether a large target frame of this type may be streamed through in
+    /// pieces (rows and COPY data).
+    pub fn backend_streamable(tag: u8) -> bool {
         matches!(tag, b'D' | b'd')
     }
 }
@@ -891,5 +973,90 @@ mod tests {
         assert_eq!(r.row_count, 3);
         assert_eq!(r.sample_rows, vec![vec![Some("a".to_string())], vec![None]]);
         assert!(r.sample_truncated);
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut body = cstr(name);
+        body.extend(cstr(sql));
+        body.extend([0, 0]);
+        frame(b'P', &body)
+    }
+
+    fn bind(portal: &str, statement: &str) -> Vec<u8> {
+        let mut body = cstr(portal);
+        body.extend(cstr(statement));
+        body.extend([0, 0, 0, 0, 0, 0]);
+        frame(b'B', &body)
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let mut body = cstr(portal);
+        body.extend(0i32.to_be_bytes());
+        frame(b'E', &body)
+    }
+
+    fn statements(s: &Script) -> Vec<String> {
+        s.bodies()
+            .into_iter()
+            .filter_map(|b| if let EventBody::Statement(st) = b { Some(st.sql.clone()) } else { None })
+            .collect()
+    }
+
+    #[test]
+    fn a_rejected_parse_keeps_the_statement_the_server_kept() {
+        let mut s = Script::new(0);
+        s.client(&[parse("s1", "select 1"), frame(b'S', b"")]);
+        s.server(&[frame(b'1', b""), frame(b'Z', b"I")]);
+        s.client(&[parse("s1", "select 2"), frame(b'S', b"")]);
+        s.server(&[error("42P05", "prepared statement \"s1\" already exists"), frame(b'Z', b"I")]);
+        s.client(&[bind("", "s1"), execute(""), frame(b'S', b"")]);
+        s.server(&[frame(b'2', b""), frame(b'C', &cstr("SELECT 1")), frame(b'Z', b"I")]);
+        assert_eq!(statements(&s), vec!["select 1"], "the server still runs the first s1");
+        assert!(s.protocol.expected.is_empty(), "{:?}", s.protocol.expected);
+    }
+
+    #[test]
+    fn a_failed_parse_skips_a_pipelined_query_up_to_sync() {
+        let mut s = Script::new(0);
+        s.client(&[parse("", "selec 1"), frame(b'Q', &cstr("select 2")), frame(b'S', b"")]);
+        s.server(&[error("42601", "syntax error"), frame(b'Z', b"I")]);
+        assert!(s.protocol.expected.is_empty(), "{:?}", s.protocol.expected);
+        // The next query's answers are matched to it, not to the skipped one.
+        s.client(&[frame(b'Q', &cstr("select 3"))]);
+        s.server(&[frame(b'C', &cstr("SELECT 0")), frame(b'Z', b"I")]);
+        let result = s
+            .bodies()
+            .into_iter()
+            .find_map(|b| if let EventBody::Result(r) = b { Some(r.ref_seq) } else { None })
+            .unwrap();
+        let answered = &s.bodies()[result.unwrap() as usize];
+        assert!(matches!(answered, EventBody::Statement(st) if st.sql == "select 3"), "{answered:?}");
+    }
+
+    #[test]
+    fn a_sync_sent_during_extended_copy_in_is_ignored_like_the_server_does() {
+        let mut s = Script::new(0);
+        s.client(&[parse("", "copy t from stdin"), bind("", ""), execute(""), frame(b'S', b"")]);
+        s.server(&[frame(b'1', b""), frame(b'2', b""), frame(b'G', &[0, 0, 0])]);
+        s.client(&[frame(b'd', b"1\n"), frame(b'S', b""), frame(b'c', b""), frame(b'S', b"")]);
+        s.server(&[frame(b'C', &cstr("COPY 1")), frame(b'Z', b"I")]);
+        assert!(s.protocol.expected.is_empty(), "{:?}", s.protocol.expected);
+        let copy = s.bodies().into_iter().find_map(|b| if let EventBody::Copy(c) = b { Some(c.clone()) } else { None });
+        assert_eq!(copy.map(|c| (c.byte_count, c.row_count)), Some((2, Some(1))));
+    }
+
+    #[test]
+    fn a_malformed_row_description_is_recorded_raw_without_panicking() {
+        let mut s = Script::new(2);
+        s.client(&[frame(b'Q', &cstr("select 1"))]);
+        // Claims 1000 columns, carries half of one.
+        s.server(&[frame(b'T', &[0x03, 0xe8, b'a', 0, 0, 0]), data_row(&[Some("1")]), frame(b'Z', b"I")]);
+        assert!(
+            s.bodies().iter().any(|b| matches!(b, EventBody::RawFrame(r) if r.frame_tag == "T")),
+            "{:?}",
+            s.bodies()
+        );
+        // A huge claimed column count allocates nothing up front.
+        assert!(super::row_description(&[0x7f, 0xff]).is_none());
     }
 }

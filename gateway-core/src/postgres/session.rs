@@ -372,7 +372,12 @@ enum Found<'a> {
 /// Parses the complete frames at the start of `buf`, and the start of a
 /// streamable frame too large to hold. `pass` counts the bytes of a streamed
 /// frame still to come. `on` returns true to stop after a frame.
-fn scan(buf: &mut BytesMut, pass: &mut usize, mut on: impl FnMut(Found<'_>) -> bool) -> Result<Scan, String> {
+fn scan(
+    buf: &mut BytesMut,
+    pass: &mut usize,
+    streamable: fn(u8) -> bool,
+    mut on: impl FnMut(Found<'_>) -> bool,
+) -> Result<Scan, String> {
     let mut pos = 0;
     let mut terminate = false;
     while pos < buf.len() && !terminate {
@@ -387,7 +392,7 @@ fn scan(buf: &mut BytesMut, pass: &mut usize, mut on: impl FnMut(Found<'_>) -> b
                 terminate = on(Found::Frame(&buf[pos..pos + total]));
                 pos += total;
             }
-            Peek::Partial { tag, total } if total >= STREAM_THRESHOLD && Protocol::streamable(tag) => {
+            Peek::Partial { tag, total } if total >= STREAM_THRESHOLD && streamable(tag) => {
                 on(Found::Stream(tag, total));
                 *pass = total - (buf.len() - pos);
                 pos = buf.len();
@@ -436,7 +441,7 @@ async fn relay<S: EventSink>(
                     Ok(0) | Err(_) => return Ending::new(EndReason::ClientClosed, None),
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut from_client, &mut client_pass, |found| match found {
+                let scanned = scan(&mut from_client, &mut client_pass, Protocol::frontend_streamable, |found| match found {
                     Found::Frame(frame) => protocol.frontend(frame, recorder) == Frontend::Terminate,
                     Found::Stream(tag, total) => {
                         protocol.frontend_stream(tag, total);
@@ -467,7 +472,7 @@ async fn relay<S: EventSink>(
                     Err(e) => return Ending::new(EndReason::TargetError, format!("lost the connection to the target: {e}")),
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut from_target, &mut target_pass, |found| {
+                let scanned = scan(&mut from_target, &mut target_pass, Protocol::backend_streamable, |found| {
                     match found {
                         Found::Frame(frame) => protocol.backend(frame, recorder),
                         Found::Stream(tag, total) => protocol.backend_stream(tag, total),

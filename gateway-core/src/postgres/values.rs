@@ -3,12 +3,33 @@
 
 use std::fmt::Write;
 
+/// The longest text a single value is rendered to in the recording; longer
+/// values are cut, with a note of their full size.
+pub const MAX_VALUE_TEXT: usize = 64 * 1024;
+
 /// Renders one value. `format` is 0 (text) or 1 (binary); `oid` the type.
+/// The result is at most [`MAX_VALUE_TEXT`] bytes (plus a short note).
 pub fn render(value: &[u8], format: i16, oid: u32) -> String {
     if format == 0 {
-        return String::from_utf8_lossy(value).into_owned();
+        return bounded_text(value);
+    }
+    // Binary renderings are at most twice the input (hex), but the input
+    // may be large: render a bounded prefix.
+    if value.len() > MAX_VALUE_TEXT / 2 {
+        let mut out = hex(&value[..MAX_VALUE_TEXT / 2]);
+        out.push_str(&format!("...[{} bytes]", value.len()));
+        return out;
     }
     render_binary(value, oid).unwrap_or_else(|| hex(value))
+}
+
+fn bounded_text(value: &[u8]) -> String {
+    if value.len() <= MAX_VALUE_TEXT {
+        return String::from_utf8_lossy(value).into_owned();
+    }
+    let mut out = String::from_utf8_lossy(&value[..MAX_VALUE_TEXT]).into_owned();
+    out.push_str(&format!("...[{} bytes]", value.len()));
+    out
 }
 
 fn hex(value: &[u8]) -> String {
@@ -91,6 +112,15 @@ fn numeric(value: &[u8]) -> Option<String> {
         0x0000 | 0x4000 => {}
         _ => return None,
     }
+    // PostgreSQL's own bounds: 131072 digits before the point (weight below
+    // 32768 groups) and 16383 after; anything else is not a numeric. The
+    // rendering is also bounded, whatever the input claims.
+    if weight < -8192 || !(0..=16383).contains(&dscale) || ndigits < 0 {
+        return None;
+    }
+    if (weight.max(0) as usize + 1) * 4 + dscale as usize + 2 > MAX_VALUE_TEXT {
+        return Some(format!("[numeric of about {} digits]", (weight.max(0) + 1) * 4 + dscale));
+    }
     let digits: Vec<i32> = (0..ndigits).map(|i| word(8 + 2 * i as usize).map(i32::from)).collect::<Option<_>>()?;
     let mut out = String::new();
     if sign == 0x4000 {
@@ -143,6 +173,10 @@ mod tests {
         let numeric = [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c];
         assert_eq!(render(&numeric, 1, 1700), "12345.678");
         assert_eq!(render(&[1, 2, 3], 1, 999_999), "\\x010203");
+        // A numeric claiming 32767 groups of digits is not rendered in full.
+        assert!(render(&[0, 0, 0x7f, 0xff, 0, 0, 0x7f, 0xff], 1, 1700).len() < 100);
+        assert!(render(&vec![b'x'; MAX_VALUE_TEXT * 2], 0, 25).len() < MAX_VALUE_TEXT + 32);
+        assert!(render(&vec![7u8; MAX_VALUE_TEXT * 2], 1, 17).len() < MAX_VALUE_TEXT + 32);
         assert_eq!(render(b"text format", 0, 23), "text format");
     }
 }
