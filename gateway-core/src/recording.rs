@@ -25,11 +25,13 @@ pub struct SessionRecorder<S: EventSink> {
     next_seq: u64,
     pending: Vec<NewEvent>,
     first_pending_seq: u64,
+    /// The seq of the session's end event, once pushed.
+    end_seq: Option<u64>,
 }
 
 impl<S: EventSink> SessionRecorder<S> {
     pub fn new(sink: S, session_id: SessionId) -> Self {
-        SessionRecorder { sink, session_id, next_seq: 0, pending: Vec::new(), first_pending_seq: 0 }
+        SessionRecorder { sink, session_id, next_seq: 0, pending: Vec::new(), first_pending_seq: 0, end_seq: None }
     }
 
     pub fn session_id(&self) -> SessionId {
@@ -43,6 +45,24 @@ impl<S: EventSink> SessionRecorder<S> {
     /// Whether anything was ever recorded for this session.
     pub fn started(&self) -> bool {
         self.next_seq > 0
+    }
+
+    /// Whether the session's end has been pushed.
+    pub fn ended(&self) -> bool {
+        self.end_seq.is_some()
+    }
+
+    /// Drops the events pushed since the last flush: they describe traffic
+    /// that will not be forwarded. Their seqs are free again.
+    pub fn discard_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.clear();
+        self.next_seq = self.first_pending_seq;
+        if self.end_seq.is_some_and(|seq| seq >= self.next_seq) {
+            self.end_seq = None;
+        }
     }
 
     /// Records everything pushed since the last flush, in one batch. Returns
@@ -68,6 +88,9 @@ impl<S: EventSink> SessionRecorder<S> {
             Err(error) => {
                 // Nothing of the batch was recorded: its seqs are free again.
                 self.next_seq = expected_first;
+                if self.end_seq.is_some_and(|seq| seq >= expected_first) {
+                    self.end_seq = None;
+                }
                 Err(error)
             }
         }
@@ -78,6 +101,9 @@ impl<S: EventSink> Record for SessionRecorder<S> {
     fn push_at(&mut self, time: Timestamp, direction: Direction, body: EventBody) -> u64 {
         if self.pending.is_empty() {
             self.first_pending_seq = self.next_seq;
+        }
+        if matches!(body, EventBody::SessionEnd(_)) {
+            self.end_seq = Some(self.next_seq);
         }
         self.pending.push(NewEvent::new(self.session_id, time, direction, body));
         self.next_seq += 1;
@@ -95,5 +121,75 @@ impl Record for RecordedEvents {
     fn push_at(&mut self, _time: Timestamp, direction: Direction, body: EventBody) -> u64 {
         self.events.push((direction, body));
         self.events.len() as u64 - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use proctor_schemas::{EndReason, SessionEnd, Statement};
+
+    use super::*;
+
+    /// Keeps accepted events in memory; refuses batches while `down`.
+    #[derive(Clone, Default)]
+    struct MemorySink {
+        events: Arc<Mutex<Vec<NewEvent>>>,
+        down: Arc<AtomicBool>,
+    }
+
+    impl EventSink for MemorySink {
+        async fn record(&self, event: NewEvent) -> Result<u64, SinkError> {
+            self.record_batch(&[event]).await.map(|seqs| seqs[0])
+        }
+
+        async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(SinkError("the disk is full".into()));
+            }
+            let mut kept = self.events.lock().unwrap();
+            let first = kept.len() as u64;
+            kept.extend_from_slice(events);
+            Ok((first..kept.len() as u64).collect())
+        }
+    }
+
+    fn statement(sql: &str) -> EventBody {
+        Statement { sql: sql.into(), statement_name: None, portal: None, params: Vec::new() }.into()
+    }
+
+    fn end() -> EventBody {
+        SessionEnd { reason: EndReason::ClientClosed, message: None }.into()
+    }
+
+    #[tokio::test]
+    async fn discarded_and_refused_events_free_their_seqs_and_the_end() {
+        let sink = MemorySink::default();
+        let mut recorder = SessionRecorder::new(sink.clone(), SessionId::new());
+        assert_eq!(recorder.push(Direction::ClientToTarget, statement("select 1")), 0);
+        recorder.flush().await.unwrap();
+
+        // Parsed, then dropped because it will not be forwarded.
+        assert_eq!(recorder.push(Direction::ClientToTarget, statement("never sent")), 1);
+        assert_eq!(recorder.push(Direction::Gateway, end()), 2);
+        assert!(recorder.ended());
+        recorder.discard_pending();
+        assert!(!recorder.ended() && !recorder.has_pending());
+
+        // Refused by the recorder: nothing of the batch counts.
+        sink.down.store(true, Ordering::SeqCst);
+        assert_eq!(recorder.push(Direction::Gateway, end()), 1);
+        assert!(recorder.flush().await.is_err());
+        assert!(!recorder.ended());
+
+        sink.down.store(false, Ordering::SeqCst);
+        assert_eq!(recorder.push(Direction::Gateway, end()), 1);
+        recorder.flush().await.unwrap();
+        assert!(recorder.ended());
+        let kept = sink.events.lock().unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(matches!(kept[1].body, EventBody::SessionEnd(_)));
     }
 }

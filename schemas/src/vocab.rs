@@ -103,6 +103,7 @@ vocabulary! {
         Recovered = "recovered": "Proctor stopped without ending the session (a crash); closed when its recording was recovered",
         IdleTimeout = "idle_timeout": "no traffic for longer than the configured idle limit",
         Completed = "completed": "a gateway or system session finished its work",
+        InternalError = "internal_error": "Proctor failed internally while serving the session (a defect, logged); the connection was cut",
     }
 }
 

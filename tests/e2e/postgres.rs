@@ -516,3 +516,184 @@ fn a_target_that_dies_mid_query_ends_the_session_cleanly() {
     assert!(proctor.is_running());
     stop_and_verify(&mut proctor);
 }
+
+/// A PostgreSQL client speaking the wire protocol by hand, for what real
+/// drivers will not do: stop reading, or show every frame.
+struct RawClient {
+    stream: TcpStream,
+    pid: i32,
+    secret: i32,
+}
+
+impl RawClient {
+    /// Connects and starts up; stops after the password request when
+    /// `password` is None.
+    fn start(port: u16, user: &str, password: Option<&str>, params: &[(&str, &str)]) -> RawClient {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut body = 196_608i32.to_be_bytes().to_vec();
+        for (key, value) in [("user", user), ("database", APP_ROLE)].iter().chain(params) {
+            for s in [key, value] {
+                body.extend(s.as_bytes());
+                body.push(0);
+            }
+        }
+        body.push(0);
+        stream.write_all(&((body.len() + 4) as i32).to_be_bytes()).unwrap();
+        stream.write_all(&body).unwrap();
+        let mut client = RawClient { stream, pid: 0, secret: 0 };
+        let (tag, request) = client.frame().expect("an authentication request");
+        assert_eq!((tag, request.as_slice()), (b'R', &3i32.to_be_bytes()[..]), "a cleartext password request");
+        let Some(password) = password else { return client };
+        let mut p = password.as_bytes().to_vec();
+        p.push(0);
+        client.send(b'p', &p);
+        loop {
+            match client.frame() {
+                Some((b'K', key)) => {
+                    client.pid = i32::from_be_bytes(key[..4].try_into().unwrap());
+                    client.secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
+                }
+                Some((b'Z', _)) => return client,
+                Some((b'E', error)) => panic!("start-up failed: {}", String::from_utf8_lossy(&error)),
+                Some(_) => {}
+                None => panic!("the connection closed during start-up"),
+            }
+        }
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        self.stream.write_all(&[tag]).unwrap();
+        self.stream.write_all(&((body.len() + 4) as i32).to_be_bytes()).unwrap();
+        self.stream.write_all(body).unwrap();
+    }
+
+    fn query(&mut self, sql: &str) {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        self.send(b'Q', &body);
+    }
+
+    /// The next frame, or None at the end of the connection.
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut header = [0u8; 5];
+        self.stream.read_exact(&mut header).ok()?;
+        let length = i32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; length - 4];
+        self.stream.read_exact(&mut body).ok()?;
+        Some((header[0], body))
+    }
+
+    /// Sends a cancel request for this connection; returns once Proctor
+    /// has closed the cancel connection, as PostgreSQL does when done.
+    fn cancel(&self, port: u16, limit: Duration) -> Result<(), String> {
+        let mut request = 16i32.to_be_bytes().to_vec();
+        request.extend(80_877_102i32.to_be_bytes());
+        request.extend(self.pid.to_be_bytes());
+        request.extend(self.secret.to_be_bytes());
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(limit)).unwrap();
+        stream.write_all(&request).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).map(|_| ()).map_err(|e| format!("the cancel connection stayed open: {e}"))
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body.
+fn sqlstate(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|field| field.strip_prefix(b"C"))
+        .map(|code| String::from_utf8_lossy(code).into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_cancel_reaches_a_query_whose_client_has_stopped_reading() {
+    let cluster = tls_cluster();
+    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions::default());
+    let params = [("application_name", "raw-client"), ("options", "-c work_mem=8MB")];
+    let mut client = RawClient::start(proctor.port, "heidi", Some(&proctor.secret), &params);
+    // Far more output than the sockets between here and the database hold,
+    // streamed as it is produced.
+    client.query("select repeat('x', 1000) from pg_class a, pg_class b, pg_class c");
+    std::thread::sleep(Duration::from_secs(2));
+    // Proctor is stuck writing rows nobody reads; the cancel must still be
+    // recorded and delivered, and its connection answered.
+    client.cancel(proctor.port, Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rows = 0u64;
+    let error = loop {
+        assert!(Instant::now() < deadline, "the query was not cancelled ({rows} rows read)");
+        match client.frame() {
+            Some((b'D', _)) => rows += 1,
+            Some((b'E', body)) => break sqlstate(&body),
+            Some(_) => {}
+            None => panic!("the connection closed after {rows} rows"),
+        }
+    };
+    assert_eq!(error, "57014", "canceling statement due to user request");
+    assert!(matches!(client.frame(), Some((b'Z', _))));
+    client.send(b'X', b"");
+
+    let sessions = wait_for_sessions(&proctor.data_dir, 1);
+    let events = &sessions[0].1;
+    let position = |wanted: &dyn Fn(&EventBody) -> bool| events.iter().position(|e| wanted(&e.body));
+    let statement = position(&|b| matches!(b, EventBody::Statement(_))).expect("the query");
+    let cancel = position(&|b| matches!(b, EventBody::Cancel(_))).expect("the cancel request");
+    let failed = position(&|b| matches!(b, EventBody::Error(e) if e.sqlstate.as_deref() == Some("57014")));
+    assert!(statement < cancel && cancel < failed.expect("the cancellation"), "{events:#?}");
+    // The start-up parameters the target was given are in the recording.
+    let given: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.direction == proctor_schemas::Direction::ClientToTarget)
+        .filter_map(|e| match &e.body {
+            EventBody::ParameterStatus(p) => Some((p.parameter.clone(), p.value.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(given.contains(&("options".into(), "-c work_mem=8MB".into())), "{given:?}");
+    assert!(given.contains(&("application_name".into(), "raw-client".into())), "{given:?}");
+    stop_and_verify(&mut proctor);
+}
+
+#[test]
+fn a_backend_terminated_by_an_administrator_reaches_the_client_once() {
+    let cluster = tls_cluster();
+    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions::default());
+    let mut client = RawClient::start(proctor.port, "ivan", Some(&proctor.secret), &[("application_name", "doomed")]);
+    client.query("select pg_sleep(60)");
+    std::thread::sleep(Duration::from_millis(500));
+    cluster
+        .psql("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'doomed'")
+        .unwrap();
+    let mut errors = Vec::new();
+    while let Some((tag, body)) = client.frame() {
+        if tag == b'E' {
+            errors.push(sqlstate(&body));
+        }
+    }
+    // PostgreSQL's own FATAL says why; Proctor adds no second error.
+    assert_eq!(errors, vec!["57P01"]);
+    let sessions = wait_for_sessions(&proctor.data_dir, 1);
+    assert_eq!(end_reason(&sessions[0].1), EndReason::TargetClosed);
+    stop_and_verify(&mut proctor);
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_client_stuck_in_start_up() {
+    let cluster = tls_cluster();
+    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions::default());
+    // Asked for a password, never gives one.
+    let mut client = RawClient::start(proctor.port, "judy", None, &[]);
+    let started = Instant::now();
+    assert!(proctor.stop().success());
+    let stopped = started.elapsed();
+    // Start-up may take 30 s; shutting down must not wait for it.
+    assert!(stopped < Duration::from_secs(15), "shutdown took {stopped:?}");
+    let answer = client.frame().expect("an error before the connection closes");
+    assert_eq!((answer.0, sqlstate(&answer.1).as_str()), (b'E', "57P01"));
+    let sessions = ended_sessions(&proctor.data_dir);
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(end_reason(&sessions[0].1), EndReason::Shutdown);
+    run_ok(bin(), &["verify", "--data-dir", proctor.data_dir.to_str().unwrap()]);
+}

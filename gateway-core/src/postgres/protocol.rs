@@ -151,6 +151,9 @@ pub struct Protocol {
     result: ResultState,
     copy_in: Option<CopyState>,
     copy_out: Option<CopyState>,
+    /// The target sent a FATAL or PANIC error: the client has been told why
+    /// the session is about to end.
+    target_fatal: bool,
 }
 
 /// RowDescription: column names, types and formats, read in place.
@@ -201,7 +204,14 @@ impl Protocol {
             result: ResultState::default(),
             copy_in: None,
             copy_out: None,
+            target_fatal: false,
         }
+    }
+
+    /// Whether the target already told the client, with a FATAL or PANIC
+    /// error, why the connection ends.
+    pub fn target_said_fatal(&self) -> bool {
+        self.target_fatal
     }
 
     /// A statement by name: the latest one prepared in the pipeline, else the
@@ -472,6 +482,11 @@ impl Protocol {
         let mut row = Vec::with_capacity(count.max(0) as usize);
         let mut size = 0usize;
         for i in 0..count.max(0) as usize {
+            // Stop rendering as soon as the row cannot fit the budget.
+            if self.result.sample_bytes + size > self.limits.bytes {
+                self.result.sample_truncated = true;
+                return;
+            }
             let Some(len) = reader.i32() else { return };
             if len < 0 {
                 row.push(None);
@@ -546,6 +561,9 @@ impl Protocol {
             }
             b'E' => {
                 let f = fields(body);
+                if matches!(f.severity.as_deref(), Some("FATAL" | "PANIC")) {
+                    self.target_fatal = true;
+                }
                 // An unnamed statement that fails to prepare was not recorded
                 // yet: record what was asked, with the time it was asked.
                 if let Some(Expect::Parse { seq: None, time, name, prepared }) = self.expected.front() {

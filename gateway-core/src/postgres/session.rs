@@ -3,17 +3,24 @@
 //! both directions, records what happened, and forwards only what has been
 //! recorded.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use proctor_schemas::{
-    Cancel, Direction, EndReason, ErrorReport, EventBody, Protocol as Proto, SessionEnd, SessionId, SessionStart,
+    Cancel, Direction, EndReason, ErrorReport, EventBody, Notice, Protocol as Proto, SessionEnd, SessionId,
+    SessionStart,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::cancel::{CancelNotice, CancelRegistry};
 use super::frame::{self, MAX_DECODED_FRAME, Peek};
@@ -33,18 +40,25 @@ const BUFFER: usize = 64 * 1024;
 /// Frames of a streamable type at least this large are passed through in
 /// pieces instead of being held whole.
 const STREAM_THRESHOLD: usize = 256 * 1024;
-/// How long start-up (TLS, startup message, password) may take.
+/// How long start-up may take, from accepting the connection (TLS, startup
+/// message, password, the target's own start-up) to the first ReadyForQuery.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a goodbye (an error message, a TLS close) may take to send.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a cancel request waits for its session to record it.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a session ended, and what to tell the client.
 struct Ending {
     reason: EndReason,
     message: Option<String>,
+    /// The client already received an error explaining the end.
+    client_told: bool,
 }
 
 impl Ending {
     fn new(reason: EndReason, message: impl Into<Option<String>>) -> Ending {
-        Ending { reason, message: message.into() }
+        Ending { reason, message: message.into(), client_told: false }
     }
 }
 
@@ -54,34 +68,111 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
     client_addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = tcp.set_nodelay(true);
-    let resource = ctx.resource.clone();
     let mut recorder = SessionRecorder::new(ctx.sink.clone(), SessionId::new());
-    let contact =
-        tokio::time::timeout(STARTUP_TIMEOUT, startup::accept(tcp, ctx.tls.as_ref(), resource.allow_plaintext)).await;
-    let contact = match contact {
-        Err(_) => {
-            refuse(
-                &mut recorder,
-                &resource,
-                client_addr,
-                None,
-                PgError::fatal("08P01", "start-up took too long"),
-                None,
+    let served = AssertUnwindSafe(serve(&ctx, tcp, client_addr, shutdown, &mut recorder)).catch_unwind().await;
+    let Err(panic) = served else { return };
+    // A defect must not leave a session without its end: whatever had been
+    // recorded stays, whatever had not is dropped with the connection.
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown failure".to_string());
+    tracing::error!(session_id = %recorder.session_id(), panic = %what, "a session failed internally; its connection was cut");
+    recorder.discard_pending();
+    if recorder.ended() {
+        return;
+    }
+    if !recorder.started() {
+        let empty = std::collections::BTreeMap::new();
+        let note = "Proctor failed internally before the session began".to_string();
+        recorder
+            .push(Direction::Gateway, session_start(&ctx.resource, client_addr, &empty, None, "unknown", Some(note)));
+    }
+    let message = format!("Proctor failed internally ({what}); the connection was cut");
+    recorder.push(Direction::Gateway, SessionEnd { reason: EndReason::InternalError, message: Some(message) }.into());
+    if let Err(error) = recorder.flush().await {
+        tracing::error!(session_id = %recorder.session_id(), %error, "could not record the end of a failed session");
+    }
+}
+
+/// Why start-up stopped before it completed.
+enum Interrupted {
+    TimedOut,
+    Shutdown,
+}
+
+impl Interrupted {
+    fn error(&self) -> PgError {
+        match self {
+            Interrupted::TimedOut => PgError::fatal(
+                "08P01",
+                format!("start-up took longer than Proctor's limit of {}s", STARTUP_TIMEOUT.as_secs()),
             )
-            .await;
+            .with_hint(
+                "connect again; if this repeats, check the network between the client, Proctor and the database",
+            ),
+            Interrupted::Shutdown => PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment"),
+        }
+    }
+
+    fn reason(&self) -> EndReason {
+        match self {
+            Interrupted::TimedOut => EndReason::ClientError,
+            Interrupted::Shutdown => EndReason::Shutdown,
+        }
+    }
+}
+
+/// Resolves once Proctor starts shutting down (never, if it cannot tell).
+async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|&down| down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs one step of start-up, within the start-up deadline and until shutdown.
+async fn step<T>(
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    work: impl Future<Output = T>,
+) -> Result<T, Interrupted> {
+    tokio::select! {
+        biased;
+        _ = shutting_down(shutdown) => Err(Interrupted::Shutdown),
+        done = tokio::time::timeout_at(deadline, work) => done.map_err(|_| Interrupted::TimedOut),
+    }
+}
+
+async fn serve<S: EventSink, A: Authenticator>(
+    ctx: &Context<S, A>,
+    tcp: TcpStream,
+    client_addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    recorder: &mut SessionRecorder<S>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let resource = &ctx.resource;
+    // Everything from accepting the connection to the first query shares one deadline.
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let contact = step(deadline, &mut shutdown, startup::accept(tcp, ctx.tls.as_ref(), resource.allow_plaintext)).await;
+    let contact = match contact {
+        Err(interrupted) => {
+            let reason = interrupted.reason();
+            refuse_with(recorder, resource, client_addr, None, interrupted.error(), None, reason).await;
             return;
         }
         Ok(Err(refusal)) => {
             let reason = if refusal.error.code == "28000" { EndReason::AuthFailed } else { EndReason::ClientError };
-            refuse_with(&mut recorder, &resource, client_addr, None, refusal.error, refusal.conn, reason).await;
+            refuse_with(recorder, resource, client_addr, None, refusal.error, refusal.conn, reason).await;
             return;
         }
         Ok(Ok(contact)) => contact,
     };
     let (mut client, params) = match contact {
-        Contact::Cancel { pid, secret } => {
-            handle_cancel(&ctx.cancels, pid, secret, client_addr, &mut recorder, &resource).await;
+        Contact::Cancel { mut conn, pid, secret } => {
+            handle_cancel(&ctx.cancels, pid, secret, client_addr, recorder, resource).await;
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, conn.shutdown()).await;
             return;
         }
         Contact::Startup { conn, params } => (conn, params),
@@ -92,38 +183,66 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
 
     if params.contains_key("replication") {
         let error = PgError::fatal("0A000", "replication connections are not available through Proctor");
-        refuse(&mut recorder, &resource, client_addr, Some(&params), error, Some(client)).await;
+        refuse(recorder, resource, client_addr, Some(&params), error, Some(client)).await;
         return;
     }
 
     // Authentication: a password, over TLS unless the resource allows plaintext.
-    let identity = match authenticate(&ctx, &mut client, &user, &database, client_addr).await {
-        Ok(identity) => identity,
-        Err(error) => {
-            refuse_with(
-                &mut recorder,
-                &resource,
-                client_addr,
-                Some(&params),
-                error,
-                Some(client),
-                EndReason::AuthFailed,
-            )
-            .await;
+    let authenticated =
+        step(deadline, &mut shutdown, authenticate(ctx, &mut client, &user, &database, client_addr)).await;
+    let identity = match authenticated {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(error)) => {
+            let params = Some(&params);
+            refuse_with(recorder, resource, client_addr, params, error, Some(client), EndReason::AuthFailed).await;
+            return;
+        }
+        Err(interrupted) => {
+            let (error, reason) = (interrupted.error(), interrupted.reason());
+            refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), reason).await;
             return;
         }
     };
 
-    // The session begins: recorded before anything reaches the target.
-    recorder.push(Direction::Gateway, session_start(&resource, client_addr, &params, Some(&identity), &tls, None));
+    // The session begins: recorded before anything reaches the target,
+    // with every start-up parameter the target will be given.
+    recorder.push(Direction::Gateway, session_start(resource, client_addr, &params, Some(&identity), &tls, None));
+    let forwarded: Vec<(String, String)> =
+        params.iter().filter(|(k, _)| k.as_str() != "user").map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (parameter, value) in &forwarded {
+        recorder.push(
+            Direction::ClientToTarget,
+            proctor_schemas::ParameterStatus { parameter: parameter.clone(), value: value.clone() }.into(),
+        );
+    }
     if let Err(error) = recorder.flush().await {
         let pg = recorder_refused(&error);
         send_error(&mut client, &pg).await;
         return;
     }
 
-    let forwarded: Vec<(String, String)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let upstream = upstream::connect(&resource.target, &forwarded).await;
+    let upstream = match step(deadline, &mut shutdown, upstream::connect(&resource.target, &forwarded)).await {
+        Ok(upstream) => upstream,
+        Err(interrupted) => {
+            let pg = match interrupted {
+                Interrupted::TimedOut => PgError::fatal(
+                    "08001",
+                    format!("the database behind {} did not finish start-up in time", resource.name),
+                )
+                .with_hint("try again; if this repeats, the database may be overloaded or unreachable"),
+                Interrupted::Shutdown => interrupted.error(),
+            };
+            let reason = match interrupted {
+                Interrupted::TimedOut => EndReason::TargetError,
+                Interrupted::Shutdown => EndReason::Shutdown,
+            };
+            recorder.push(Direction::Gateway, error_event(&pg));
+            recorder.push(Direction::Gateway, SessionEnd { reason, message: Some(pg.message.clone()) }.into());
+            let _ = recorder.flush().await;
+            send_error(&mut client, &pg).await;
+            return;
+        }
+    };
     let Upstream { conn: mut target, parameters, backend_pid, secret, notices } = match upstream {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -141,7 +260,7 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
     };
 
     // Start-up completes for the client: its own cancel key, the target's
-    // parameters, ready.
+    // parameters and notices, ready.
     let (cancel_tx, cancel_rx) = mpsc::channel(4);
     let key = ctx.cancels.issue(resource.target.address.clone(), backend_pid, secret, cancel_tx);
     let mut hello = BytesMut::new();
@@ -154,23 +273,32 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
         messages::parameter_status(name, value, &mut hello);
     }
     for notice in &notices {
+        let f = messages::fields(notice.get(5..).unwrap_or_default());
+        recorder.push(
+            Direction::TargetToClient,
+            Notice { severity: f.severity, sqlstate: f.code, message: f.message, detail: f.detail }.into(),
+        );
         hello.extend_from_slice(notice);
     }
     messages::backend_key_data(key.pid, key.secret, &mut hello);
     messages::ready_for_query(&mut hello);
     if let Err(error) = recorder.flush().await {
         send_error(&mut client, &recorder_refused(&error)).await;
+        let _ = target.shutdown().await;
         return;
     }
     if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
-        end(&mut recorder, Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string())).await;
+        let _ = target.shutdown().await;
+        end(recorder, Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string())).await;
         return;
     }
 
-    let ending = relay(&resource, &mut recorder, &mut client, &mut target, cancel_rx, shutdown).await;
+    let ending = relay(resource, recorder, &mut client, &mut target, cancel_rx, shutdown).await;
     drop(key);
     let message = ending.message.clone();
-    if let Some(pg) = match ending.reason {
+    let tell = match ending.reason {
+        // The target's own FATAL error already reached the client.
+        EndReason::TargetClosed | EndReason::TargetError if ending.client_told => None,
         EndReason::TargetClosed | EndReason::TargetError => Some(
             PgError::fatal("08006", message.clone().unwrap_or_else(|| "the target closed the connection".to_string()))
                 .with_hint("the database server ended the session; reconnect"),
@@ -182,11 +310,15 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
         ),
         EndReason::ClientError => Some(PgError::fatal("08P01", message.clone().unwrap_or_default())),
         _ => None,
-    } {
-        send_error(&mut client, &pg).await;
+    };
+    match tell {
+        Some(pg) => send_error(&mut client, &pg).await,
+        None => {
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+        }
     }
-    let _ = target.shutdown().await;
-    end(&mut recorder, ending).await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, target.shutdown()).await;
+    end(recorder, ending).await;
 }
 
 fn session_start(
@@ -231,11 +363,16 @@ fn recorder_refused(error: &SinkError) -> PgError {
         .with_hint("nothing was sent to the database; try again later or ask the operator")
 }
 
+/// Sends a last error and closes, giving a client that does not read a
+/// bounded time.
 async fn send_error(conn: &mut Conn, error: &PgError) {
     let bytes = error.to_bytes();
-    let _ = conn.write_all(&bytes).await;
-    let _ = conn.flush().await;
-    let _ = conn.shutdown().await;
+    let goodbye = async {
+        conn.write_all(&bytes).await?;
+        conn.flush().await?;
+        conn.shutdown().await
+    };
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
 }
 
 async fn end<S: EventSink>(recorder: &mut SessionRecorder<S>, ending: Ending) {
@@ -294,8 +431,7 @@ async fn authenticate<S: EventSink, A: Authenticator>(
     client.write_all(&request).await.map_err(|_| PgError::fatal("08006", "the client left during authentication"))?;
     client.flush().await.map_err(|_| PgError::fatal("08006", "the client left during authentication"))?;
     let mut header = [0u8; 5];
-    let read = tokio::time::timeout(STARTUP_TIMEOUT, client.read_exact(&mut header)).await;
-    if !matches!(read, Ok(Ok(_))) || header[0] != b'p' {
+    if client.read_exact(&mut header).await.is_err() || header[0] != b'p' {
         return Err(PgError::fatal(
             "28P01",
             format!("password authentication failed for user \"{user}\": no password was sent"),
@@ -346,11 +482,19 @@ async fn handle_cancel<S: EventSink>(
     if route.session.send(CancelNotice { from: client_addr, reply }).await.is_err() {
         return;
     }
-    // Only a cancel its session recorded goes on to the target.
-    if matches!(recorded.await, Ok(true))
-        && let Err(error) = upstream::cancel(&route.target, route.target_pid, route.target_secret).await
-    {
-        tracing::warn!(%error, "could not deliver a cancel request to the target");
+    // Only a cancel its session recorded goes on to the target. A session
+    // too busy to record it in time does not hold the cancel connection.
+    match tokio::time::timeout(CANCEL_TIMEOUT, recorded).await {
+        Ok(Ok(true)) => {
+            let deliver = upstream::cancel(&route.target, route.target_pid, route.target_secret);
+            match tokio::time::timeout(CANCEL_TIMEOUT, deliver).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not deliver a cancel request to the target"),
+                Err(_) => tracing::warn!("the target did not accept a cancel request in time"),
+            }
+        }
+        Ok(_) => {}
+        Err(_) => tracing::warn!(%client_addr, "a cancel request was dropped: its session did not record it in time"),
     }
 }
 
@@ -359,6 +503,8 @@ struct Scan {
     /// Bytes ready to forward from the start of the buffer.
     forward: usize,
     terminate: bool,
+    /// A malformed frame follows the bytes to forward: why it is malformed.
+    error: Option<String>,
 }
 
 /// What [`scan`] found.
@@ -377,7 +523,7 @@ fn scan(
     pass: &mut usize,
     streamable: fn(u8) -> bool,
     mut on: impl FnMut(Found<'_>) -> bool,
-) -> Result<Scan, String> {
+) -> Scan {
     let mut pos = 0;
     let mut terminate = false;
     while pos < buf.len() && !terminate {
@@ -399,21 +545,121 @@ fn scan(
             }
             Peek::Partial { tag, total } => {
                 if total > MAX_DECODED_FRAME {
-                    return Err(format!(
+                    let why = format!(
                         "a '{}' message of {total} bytes is larger than Proctor's limit of {MAX_DECODED_FRAME} bytes",
                         tag as char
-                    ));
+                    );
+                    return Scan { forward: pos, terminate, error: Some(why) };
                 }
                 buf.reserve(total - (buf.len() - pos));
                 break;
             }
             Peek::Header => break,
             Peek::Invalid { tag, length } => {
-                return Err(format!("invalid length {length} of a '{}' message", tag as char));
+                let why = format!("invalid length {length} of a '{}' message", tag as char);
+                return Scan { forward: pos, terminate, error: Some(why) };
             }
         }
     }
-    Ok(Scan { forward: pos, terminate })
+    Scan { forward: pos, terminate, error: None }
+}
+
+/// One direction of the relay.
+struct Half {
+    /// Bytes read and not yet recorded (a partial frame).
+    buf: BytesMut,
+    /// Bytes still to come of a frame being streamed through.
+    pass: usize,
+    /// Recorded bytes still to write to the other side.
+    out: BytesMut,
+    /// Written bytes not yet flushed (TLS buffers them).
+    unflushed: bool,
+    /// What ends the session once `out` has been written.
+    then: Option<Ending>,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half { buf: BytesMut::with_capacity(BUFFER), pass: 0, out: BytesMut::new(), unflushed: false, then: None }
+    }
+
+    /// Reads only while nothing waits to be written: a slow reader on the
+    /// other side slows this side down instead of growing the buffer.
+    fn may_read(&self) -> bool {
+        self.out.is_empty() && !self.unflushed && self.then.is_none()
+    }
+
+    fn may_write(&self) -> bool {
+        !self.out.is_empty() || self.unflushed
+    }
+
+    fn done(&self) -> bool {
+        self.out.is_empty() && !self.unflushed
+    }
+
+    fn reserve(&mut self) {
+        if self.may_read() && self.buf.capacity() - self.buf.len() < BUFFER / 4 {
+            self.buf.reserve(BUFFER);
+        }
+    }
+
+    fn pumped(&mut self, pumped: io::Result<Pumped>) -> io::Result<()> {
+        match pumped? {
+            Pumped::Wrote(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Pumped::Wrote(n) => {
+                self.out.advance(n);
+                if self.out.is_empty() {
+                    // Lets `buf` reclaim the memory they shared.
+                    self.out = BytesMut::new();
+                }
+                self.unflushed = true;
+            }
+            Pumped::Flushed => self.unflushed = false,
+        }
+        Ok(())
+    }
+}
+
+enum Pumped {
+    Wrote(usize),
+    Flushed,
+}
+
+/// Writes some of `data`, or flushes once it is all written. Cancel-safe:
+/// each poll either does nothing or completes.
+fn pump<'a, W: AsyncWrite + Unpin>(writer: &'a mut W, data: &'a [u8]) -> impl Future<Output = io::Result<Pumped>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if data.is_empty() {
+            Pin::new(&mut *writer).poll_flush(cx).map_ok(|()| Pumped::Flushed)
+        } else {
+            Pin::new(&mut *writer).poll_write(cx, data).map_ok(Pumped::Wrote)
+        }
+    })
+}
+
+/// Records what a scan found, then marks it ready to forward. A malformed
+/// frame ends the session after the frames before it have gone through.
+async fn commit<S: EventSink>(
+    recorder: &mut SessionRecorder<S>,
+    half: &mut Half,
+    scanned: Scan,
+    what: &str,
+    malformed: EndReason,
+) -> Result<(), Ending> {
+    // Recorded first, forwarded after: nothing unrecorded passes.
+    if let Err(error) = recorder.flush().await {
+        return Err(Ending::new(
+            EndReason::RecorderUnavailable,
+            format!("Proctor could not record the {what} ({})", error.0),
+        ));
+    }
+    half.out = half.buf.split_to(scanned.forward);
+    if let Some(why) = scanned.error {
+        half.then = Some(Ending::new(malformed, why));
+    } else if scanned.terminate {
+        half.then = Some(Ending::new(EndReason::ClientClosed, None));
+    }
+    Ok(())
 }
 
 async fn relay<S: EventSink>(
@@ -425,72 +671,71 @@ async fn relay<S: EventSink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Ending {
     let mut protocol = Protocol::new(resource.limits);
-    let mut from_client = BytesMut::with_capacity(BUFFER);
-    let mut from_target = BytesMut::with_capacity(BUFFER);
-    let (mut client_pass, mut target_pass) = (0usize, 0usize);
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut target_r, mut target_w) = tokio::io::split(target);
+    let mut up = Half::new();
+    let mut down = Half::new();
     loop {
-        if from_client.capacity() - from_client.len() < BUFFER / 4 {
-            from_client.reserve(BUFFER);
+        // A direction whose bytes have all gone through may end the session.
+        for half in [&mut up, &mut down] {
+            if half.done()
+                && let Some(ending) = half.then.take()
+            {
+                return ending;
+            }
         }
-        if from_target.capacity() - from_target.len() < BUFFER / 4 {
-            from_target.reserve(BUFFER);
-        }
+        up.reserve();
+        down.reserve();
         tokio::select! {
-            read = client.read_buf(&mut from_client) => {
+            read = client_r.read_buf(&mut up.buf), if up.may_read() => {
                 match read {
                     Ok(0) | Err(_) => return Ending::new(EndReason::ClientClosed, None),
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut from_client, &mut client_pass, Protocol::frontend_streamable, |found| match found {
+                let scanned = scan(&mut up.buf, &mut up.pass, Protocol::frontend_streamable, |found| match found {
                     Found::Frame(frame) => protocol.frontend(frame, recorder) == Frontend::Terminate,
                     Found::Stream(tag, total) => {
                         protocol.frontend_stream(tag, total);
                         false
                     }
                 });
-                let scanned = match scanned {
-                    Ok(scanned) => scanned,
-                    Err(why) => return Ending::new(EndReason::ClientError, why),
-                };
-                // Recorded first, forwarded after: nothing unrecorded passes.
-                if let Err(error) = recorder.flush().await {
-                    return Ending::new(EndReason::RecorderUnavailable, format!("Proctor could not record the request ({})", error.0));
-                }
-                if scanned.forward > 0 {
-                    if target.write_all(&from_client[..scanned.forward]).await.is_err() || target.flush().await.is_err() {
-                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
-                    }
-                    from_client.advance(scanned.forward);
-                }
-                if scanned.terminate {
-                    return Ending::new(EndReason::ClientClosed, None);
+                if let Err(ending) = commit(recorder, &mut up, scanned, "request", EndReason::ClientError).await {
+                    return ending;
                 }
             }
-            read = target.read_buf(&mut from_target) => {
+            read = target_r.read_buf(&mut down.buf), if down.may_read() => {
                 match read {
-                    Ok(0) => return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string()),
-                    Err(e) => return Ending::new(EndReason::TargetError, format!("lost the connection to the target: {e}")),
+                    Ok(0) => {
+                        let mut ending = Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+                        ending.client_told = protocol.target_said_fatal();
+                        return ending;
+                    }
+                    Err(e) => {
+                        let mut ending = Ending::new(EndReason::TargetError, format!("lost the connection to the target: {e}"));
+                        ending.client_told = protocol.target_said_fatal();
+                        return ending;
+                    }
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut from_target, &mut target_pass, Protocol::backend_streamable, |found| {
+                let scanned = scan(&mut down.buf, &mut down.pass, Protocol::backend_streamable, |found| {
                     match found {
                         Found::Frame(frame) => protocol.backend(frame, recorder),
                         Found::Stream(tag, total) => protocol.backend_stream(tag, total),
                     }
                     false
                 });
-                let scanned = match scanned {
-                    Ok(scanned) => scanned,
-                    Err(why) => return Ending::new(EndReason::TargetError, why),
-                };
-                if let Err(error) = recorder.flush().await {
-                    return Ending::new(EndReason::RecorderUnavailable, format!("Proctor could not record the response ({})", error.0));
+                if let Err(ending) = commit(recorder, &mut down, scanned, "response", EndReason::TargetError).await {
+                    return ending;
                 }
-                if scanned.forward > 0 {
-                    if client.write_all(&from_target[..scanned.forward]).await.is_err() || client.flush().await.is_err() {
-                        return Ending::new(EndReason::ClientClosed, None);
-                    }
-                    from_target.advance(scanned.forward);
+            }
+            pumped = pump(&mut target_w, &up.out), if up.may_write() => {
+                if up.pumped(pumped).is_err() {
+                    return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+                }
+            }
+            pumped = pump(&mut client_w, &down.out), if down.may_write() => {
+                if down.pumped(pumped).is_err() {
+                    return Ending::new(EndReason::ClientClosed, None);
                 }
             }
             Some(notice) = cancels.recv() => {
@@ -504,7 +749,7 @@ async fn relay<S: EventSink>(
                     return Ending::new(EndReason::RecorderUnavailable, "Proctor could not record a cancel request".to_string());
                 }
             }
-            _ = shutdown.changed() => {
+            _ = shutting_down(&mut shutdown) => {
                 return Ending::new(EndReason::Shutdown, "Proctor shut down".to_string());
             }
         }

@@ -25,8 +25,17 @@ const MAX_STARTUP_PACKET: usize = 10_000;
 
 /// What a new connection asked for.
 pub enum Contact {
-    Startup { conn: Conn, params: BTreeMap<String, String> },
-    Cancel { pid: i32, secret: i32 },
+    Startup {
+        conn: Conn,
+        params: BTreeMap<String, String>,
+    },
+    /// A cancel request; the connection stays open until it has been dealt
+    /// with, as PostgreSQL keeps it (clients wait for it to close).
+    Cancel {
+        conn: Conn,
+        pid: i32,
+        secret: i32,
+    },
 }
 
 /// Why start-up failed; `conn` is there when the client can still be told.
@@ -129,7 +138,7 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>, allow_plaintext: 
             CANCEL_REQUEST if body.len() >= 12 => {
                 let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
                 let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
-                return Ok(Contact::Cancel { pid, secret });
+                return Ok(Contact::Cancel { conn, pid, secret });
             }
             _ => {
                 let (major, minor) = ((code >> 16) as u16, (code & 0xffff) as u16);
