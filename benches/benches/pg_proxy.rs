@@ -146,12 +146,32 @@ struct Run {
 
 /// CPU seconds used so far by a process (user + system).
 fn process_cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    process_cpu_of_path(&format!("/proc/{pid}/stat"))
+}
+
+fn process_cpu_of_path(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// CPU seconds used so far by each of this process's threads, summed by
+/// thread name.
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
+        *by_name.entry(name).or_insert(0.0) += thread_cpu_of(tid);
+    }
+    by_name
+}
+
+fn thread_cpu_of(tid: u32) -> f64 {
+    process_cpu_of_path(&format!("/proc/self/task/{tid}/stat"))
 }
 
 /// One pgbench configuration.
@@ -255,7 +275,8 @@ fn main() {
         .unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let workers = std::env::var("PG_PROXY_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
     let work = tempfile::tempdir().unwrap();
     let proctor = start_proctor(&runtime, cluster.port);
     let relay = start_relay(&runtime, cluster.port);
@@ -265,6 +286,27 @@ fn main() {
     std::fs::create_dir_all(&logs).unwrap();
 
     let me = Some(std::process::id());
+    // PG_PROXY_PROFILE=relay|proctor[:extended]: only that proxy, 8 clients,
+    // for a profiler attached to this process.
+    if let Ok(profile) = std::env::var("PG_PROXY_PROFILE") {
+        let (only, mode) = profile.split_once(':').unwrap_or((&profile, "simple"));
+        let (port, user, password) =
+            if only == "relay" { (relay, "app", PASSWORD) } else { (proctor.port, "bench", SECRET) };
+        println!("profiling {only}: pid {}", std::process::id());
+        let load = Load { clients: 8, mode, seconds };
+        let before = thread_cpu();
+        let run = pgbench(&cluster, (port, user, password), &load, &logs, me);
+        let after = thread_cpu();
+        println!("{only} ({mode}): {:.0} tps, proxy CPU/tx {:.1} µs", run.tps, run.proxy_cpu_us);
+        let transactions = run.tps * seconds as f64;
+        for (name, cpu) in &after {
+            let used = cpu - before.get(name).copied().unwrap_or(0.0);
+            println!("  {name:<20} {:6.2} µs/tx", used * 1e6 / transactions.max(1.0));
+        }
+        let _ = bouncer.kill();
+        let _ = bouncer.wait();
+        return;
+    }
     let targets: Vec<(&str, u16, &str, &str, Option<u32>)> = vec![
         ("direct", cluster.port, "app", PASSWORD, None),
         ("tokio relay", relay, "app", PASSWORD, me),

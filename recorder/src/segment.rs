@@ -55,6 +55,23 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Columns of free text or bytes, where statistics would prune nothing.
+const FREE_TEXT: &[&str] = &[
+    "query",
+    "message",
+    "detail",
+    "sql",
+    "params.list.item",
+    "sample_rows.list.item.list.item",
+    "payload",
+    "value",
+    "data",
+    "command",
+    "path",
+    "headers.list.item.value",
+    "body",
+];
+
 pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(settings.zstd_level).map_err(|e| RecorderError::Config(e.to_string()))?;
     let mut builder = WriterProperties::builder();
@@ -72,6 +89,15 @@ pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties
         ["session_id", "seq", "time", "kind", "direction", "protocol", "resource", "subject", "outcome", "sqlstate"]
     {
         builder = builder.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Page);
+    }
+    // No statistics at all on free text and bodies: a minimum and maximum of
+    // SQL text or an HTTP body prunes nothing, and comparing every value
+    // against them is most of what writing these columns costs.
+    for column in FREE_TEXT {
+        builder = builder.set_column_statistics_enabled(
+            ColumnPath::new(column.split('.').map(str::to_string).collect()),
+            EnabledStatistics::None,
+        );
     }
     Ok(builder
         .set_compression(Compression::ZSTD(level))
@@ -192,4 +218,20 @@ pub fn schema_version(path: &Path) -> Result<Option<String>> {
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|kv| kv.key == SCHEMA_VERSION_KEY))
         .and_then(|kv| kv.value.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use parquet::arrow::ArrowSchemaConverter;
+
+    use super::*;
+
+    #[test]
+    fn every_column_named_in_the_writer_properties_exists() {
+        let schema = ArrowSchemaConverter::new().convert(&event_arrow::schema()).unwrap();
+        let paths: Vec<String> = schema.columns().iter().map(|c| c.path().string()).collect();
+        for column in FREE_TEXT {
+            assert!(paths.iter().any(|p| p == column), "{column} is not a column: {paths:?}");
+        }
+    }
 }

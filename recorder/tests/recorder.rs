@@ -95,6 +95,14 @@ fn segments_are_zstd_parquet_sorted_with_page_statistics() {
         column.column_index_offset().is_some() && column.offset_index_offset().is_some(),
         "the page index is written"
     );
+    // Free text carries no statistics; categorical columns do.
+    let stats_of = |path: &str| {
+        let group = metadata.row_group(0);
+        let found = group.columns().iter().find(|c| c.column_path().string() == path);
+        found.unwrap_or_else(|| panic!("no column {path}")).statistics().is_some()
+    };
+    assert!(!stats_of("sql") && !stats_of("params.list.item"), "no statistics on free text");
+    assert!(stats_of("kind") && stats_of("command_tag"));
     let sorting = metadata.row_group(0).sorting_columns().cloned().unwrap_or_default();
     assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), vec![0, 1]);
     assert!(manifest.path.starts_with("segments/dt=2025-11-24/"), "{}", manifest.path);

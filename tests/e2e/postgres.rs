@@ -268,7 +268,10 @@ fn pgbench_initialises_and_runs_in_both_protocols() {
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
         assert!(String::from_utf8_lossy(&run.stdout).contains("number of transactions actually processed: 200/200"));
     }
-    let sessions = wait_for_sessions(&proctor.data_dir, 9);
+    // pgbench -i opens one connection; each run opens one to read the scale
+    // and then one per client. Wait for all of them: a run's clients may still
+    // be closing when pgbench itself has exited.
+    let sessions = wait_for_sessions(&proctor.data_dir, 1 + 2 * (1 + 4));
     let all: Vec<&Event> = sessions.iter().flat_map(|(_, e)| e).collect();
     // pgbench -i loads pgbench_accounts with COPY.
     let copy = all.iter().find_map(|e| match &e.body {
