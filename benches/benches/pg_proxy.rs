@@ -48,7 +48,12 @@ struct Proctor {
 
 fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor {
     let dir = tempfile::tempdir().unwrap();
-    let recorder = Recorder::open(dir.path(), &RecorderSettings::default()).unwrap();
+    let mut settings = RecorderSettings::default();
+    // PG_PROXY_SEGMENT_MIB: the WAL size at which a segment is sealed.
+    if let Some(mib) = std::env::var("PG_PROXY_SEGMENT_MIB").ok().and_then(|m| m.parse::<u64>().ok()) {
+        settings.segment_max_bytes = proctor_recorder::config::ByteSize(mib << 20);
+    }
+    let recorder = Recorder::open(dir.path(), &settings).unwrap();
     let sink = BenchSink(recorder.sink());
     let resource = Arc::new(PgResource {
         name: "bench".into(),
