@@ -32,6 +32,11 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Print one session's events in order as a readable transcript.
     Replay(ReplayArgs),
+    /// Search every recorded event: words, "phrases", field:value, time
+    /// bounds (after:, before:, since:), AND/OR/NOT.
+    Search(SearchArgs),
+    /// Rebuild a data dir's search index from its recordings alone.
+    Reindex(ReindexArgs),
     /// The manifest signing key.
     Key {
         #[command(subcommand)]
@@ -123,6 +128,44 @@ pub struct ReplayArgs {
     /// Print one JSON object per event, with every non-null column.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// The query, e.g. `"drop table" subject:ci-deploy since:7d`.
+    #[arg(value_name = "QUERY", default_value = "")]
+    pub query: String,
+    /// The data dir (a live one, or an exported copy). Its index is brought
+    /// up to date first unless a running Proctor keeps it.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Only events this recent (e.g. 30m, 12h, 7d, 2w).
+    #[arg(long, value_name = "SPAN")]
+    pub since: Option<String>,
+    /// How many hits to print.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// Skip this many hits first (pagination).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: usize,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub oldest_first: bool,
+    /// Print one JSON object per hit (`session_id`, `seq`, `time`, `kind`,
+    /// `text`, `snippet`, ...).
+    #[arg(long)]
+    pub json: bool,
+    /// With `--json`, end with one object holding the total and the facet
+    /// counts.
+    #[arg(long)]
+    pub facets: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReindexArgs {
+    /// The data dir whose index to rebuild.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

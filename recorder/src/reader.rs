@@ -54,6 +54,14 @@ impl SessionSummary {
     }
 }
 
+/// A WAL file not yet sealed, and its events.
+#[derive(Clone, Debug)]
+pub struct WalTail {
+    /// The file's number: the number its segment will have.
+    pub number: u64,
+    pub events: Vec<Event>,
+}
+
 /// Reads a data dir (or an exported copy of one).
 pub struct Reader {
     layout: Layout,
@@ -187,6 +195,27 @@ impl Reader {
         events.extend(snapshot.wal.into_iter().flat_map(|(_, events)| events));
         events.sort_by_key(|e| e.seq);
         Ok(events)
+    }
+
+    /// Calls `f` with every event of one sealed segment, in (session, seq)
+    /// order.
+    pub fn segment_events(&self, manifest: &Manifest, mut f: impl FnMut(Event) -> Result<()>) -> Result<()> {
+        let path = self.layout.root().join(&manifest.path);
+        segment::for_each_batch(&path, |batch| {
+            let reader = BatchReader::new(&batch)?;
+            for i in 0..reader.len() {
+                f(Event::from_row(reader.row(i)?)?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// What is sealed and what is not: every manifest, and each WAL file not
+    /// yet sealed with its events in the order they were written. A file
+    /// sealed while this runs is found among the manifests.
+    pub fn snapshot_with_tail(&self) -> Result<(Vec<Manifest>, Vec<WalTail>)> {
+        let snapshot = self.snapshot(None)?;
+        Ok((snapshot.manifests, snapshot.wal.into_iter().map(|(number, events)| WalTail { number, events }).collect()))
     }
 
     /// Calls `f` with every recorded event: sealed segments in order, then

@@ -2,6 +2,7 @@ mod demo;
 mod generate;
 mod key;
 mod read;
+mod search;
 mod up;
 mod verify;
 
@@ -17,6 +18,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(args),
         Command::Sessions(args) => read::sessions(args),
         Command::Replay(args) => read::replay(args),
+        Command::Search(args) => search::search(args),
+        Command::Reindex(args) => search::reindex(args),
         Command::Key { command: KeyCommand::Show { location, json } } => key::show(location, json),
     }
 }

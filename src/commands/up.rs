@@ -30,6 +30,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How often the index catches up with the recording.
+const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What is listening once Proctor is up.
 pub struct Ready {
     /// Each resource's name and bound address.
@@ -54,6 +57,14 @@ pub async fn serve(
     let recorder = tokio::task::spawn_blocking(move || Recorder::open(&data_dir, &settings))
         .await?
         .with_context(|| format!("cannot open the recorder on {}", config.data_dir.display()))?;
+    // The index follows the recording a second behind, on its own thread.
+    let indexer = match proctor_indexer::background::Background::start(&config.data_dir, INDEX_INTERVAL) {
+        Ok(indexer) => Some(indexer),
+        Err(error) => {
+            tracing::warn!(%error, "searching will not see new events until the index can be written");
+            None
+        }
+    };
     let sink = RecorderSink(recorder.sink());
     let control = ControlSession::start(sink.clone(), run_name)
         .await
@@ -72,7 +83,13 @@ pub async fn serve(
         Err(error) => {
             let _ = stop.send(true);
             let _ = control.end(EndReason::Shutdown, &format!("could not start: {error:#}")).await;
-            let _ = tokio::task::spawn_blocking(move || recorder.close()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = recorder.close();
+                if let Some(indexer) = indexer {
+                    indexer.finish();
+                }
+            })
+            .await;
             return Err(error);
         }
     };
@@ -89,6 +106,9 @@ pub async fn serve(
         tracing::error!(%error, "could not record the end of the control session");
     }
     tokio::task::spawn_blocking(move || recorder.close()).await?.context("the recorder did not close cleanly")?;
-    tracing::info!("stopped; every recorded event is sealed");
+    if let Some(indexer) = indexer {
+        tokio::task::spawn_blocking(move || indexer.finish()).await?;
+    }
+    tracing::info!("stopped; every recorded event is sealed and indexed");
     Ok(())
 }

@@ -1,0 +1,151 @@
+//! One recorded event as one document. Built from the event's columns, not
+//! its protocol: what a column holds decides where it goes.
+
+use proctor_schemas::{Column, Event, SessionIdText, Value};
+use tantivy::TantivyDocument;
+
+use crate::fields::Fields;
+
+/// Columns whose text an investigator searches, in the order they appear in
+/// a document's text.
+const TEXT_COLUMNS: &[Column] = &[
+    Column::Sql,
+    Column::Params,
+    Column::Query,
+    Column::Message,
+    Column::Detail,
+    Column::CommandTag,
+    Column::ResultColumns,
+    Column::SampleRows,
+    Column::Channel,
+    Column::Payload,
+    Column::Parameter,
+    Column::Value,
+    Column::Command,
+    Column::Method,
+    Column::Host,
+    Column::Path,
+    Column::Headers,
+    Column::Body,
+    Column::Data,
+];
+
+/// Where a document comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The WAL file or segment number.
+    pub file: u64,
+    pub sealed: bool,
+}
+
+/// The searchable text of an event: its text columns, one per line.
+pub fn event_text(event: &Event, id_buf: &mut SessionIdText) -> String {
+    let cells = event.cells(id_buf);
+    let mut text = String::new();
+    let mut line = |part: &str| {
+        let part = part.trim_end_matches('\0');
+        if !part.is_empty() {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(part);
+        }
+    };
+    for &column in TEXT_COLUMNS {
+        match cells.get(column) {
+            Some(Value::Str(s)) => line(s),
+            Some(Value::StrList(list)) => line(&list.join(" ")),
+            Some(Value::OptStrList(list)) => line(&list.iter().flatten().cloned().collect::<Vec<_>>().join(" ")),
+            Some(Value::Rows(rows)) => {
+                for row in rows {
+                    line(&row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "));
+                }
+            }
+            Some(Value::Pairs(headers)) => {
+                for header in headers {
+                    line(&format!("{}: {}", header.name, header.value));
+                }
+            }
+            // Bytes are searchable where they are text; binary frames are
+            // not guessed at.
+            Some(Value::Bytes(bytes)) => {
+                if let Ok(s) = std::str::from_utf8(bytes) {
+                    line(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+/// Columns that describe a session, recorded once in its `session_start`
+/// and carried onto every event of the session in the index, so that
+/// `subject:ci-deploy kind:statement` finds the statements ci-deploy ran.
+pub const SESSION_COLUMNS: &[Column] = &[
+    Column::Protocol,
+    Column::Resource,
+    Column::Subject,
+    Column::Groups,
+    Column::GrantId,
+    Column::ClientAddr,
+    Column::TargetUser,
+    Column::Database,
+    Column::ApplicationName,
+];
+
+/// A session's describing values: (keyword field, value).
+pub type SessionContext = Vec<(tantivy::schema::Field, String)>;
+
+/// The describing values of a `session_start` event.
+pub fn session_context(fields: &Fields, event: &Event, id_buf: &mut SessionIdText) -> SessionContext {
+    let cells = event.cells(id_buf);
+    let mut context = Vec::new();
+    for &(_, column, field) in fields.keywords.iter().filter(|(_, c, _)| SESSION_COLUMNS.contains(c)) {
+        match cells.get(column) {
+            Some(Value::Str(s)) => context.push((field, s.to_string())),
+            Some(Value::StrList(list)) => context.extend(list.iter().map(|s| (field, s.clone()))),
+            _ => {}
+        }
+    }
+    context
+}
+
+pub fn document(
+    fields: &Fields,
+    event: &Event,
+    source: Source,
+    session: Option<&SessionContext>,
+    id_buf: &mut SessionIdText,
+) -> TantivyDocument {
+    let mut doc = TantivyDocument::default();
+    let text = event_text(event, id_buf);
+    doc.add_text(fields.text, &text);
+    doc.add_u64(fields.seq, event.seq);
+    doc.add_i64(fields.time, event.time.0);
+    doc.add_u64(fields.file, source.file);
+    doc.add_u64(fields.sealed, source.sealed as u64);
+    let cells = event.cells(id_buf);
+    if let Some(Value::U64(status)) = cells.get(Column::Status) {
+        doc.add_u64(fields.status, status);
+    }
+    let mut own = Vec::new();
+    for &(_, column, field) in &fields.keywords {
+        match cells.get(column) {
+            Some(Value::Str(s)) => doc.add_text(field, s),
+            Some(Value::StrList(list)) => {
+                for s in list {
+                    doc.add_text(field, s);
+                }
+            }
+            _ => continue,
+        }
+        own.push(field);
+    }
+    for (field, value) in session.into_iter().flatten() {
+        if !own.contains(field) {
+            doc.add_text(*field, value);
+        }
+    }
+    doc
+}

@@ -1,0 +1,380 @@
+//! The index directory, its checkpoint, and catching up with the recorder.
+//!
+//! The checkpoint is the payload of the index's own commit: which segments
+//! are indexed, and how many events of each unsealed WAL file. Documents and
+//! checkpoint are committed together, so a crash at any point leaves an
+//! index that matches its checkpoint exactly: nothing lost, nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use proctor_recorder::reader::Reader;
+use proctor_schemas::SessionIdText;
+use proctor_schemas::{Event, EventBody};
+use serde::{Deserialize, Serialize};
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value as _};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+
+use crate::document::{SessionContext, Source, document, session_context};
+use crate::fields::{Fields, INDEX_VERSION};
+use crate::{IndexError, Result};
+
+/// Memory for the writer's in-progress segment.
+const WRITER_MEMORY: usize = 64 << 20;
+/// While catching up on a backlog, a commit (and checkpoint) after this many
+/// documents or this long, whichever comes first: a crash loses little work.
+const COMMIT_EVERY: usize = 500_000;
+const COMMIT_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the committed index holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    /// Segments (by number) whose events are all indexed.
+    pub segments: BTreeSet<u64>,
+    /// Unsealed WAL files (by number): how many of their events are indexed.
+    pub wal: BTreeMap<u64, u64>,
+}
+
+/// What one round of catching up did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub segments: u64,
+    pub segment_events: u64,
+    pub wal_events: u64,
+    /// WAL-tail documents replaced by their segment's.
+    pub replaced_files: u64,
+}
+
+impl Progress {
+    pub fn is_empty(&self) -> bool {
+        *self == Progress::default()
+    }
+}
+
+pub fn index_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("index")
+}
+
+/// An index opened for searching.
+pub struct SearchIndex {
+    pub(crate) index: Index,
+    pub(crate) reader: IndexReader,
+    pub(crate) fields: Fields,
+}
+
+impl SearchIndex {
+    /// Opens the index of a data dir for reading. It must exist: `proctor
+    /// up` keeps it, `proctor reindex` builds it.
+    pub fn open(data_dir: &Path) -> Result<SearchIndex> {
+        let dir = index_dir(data_dir);
+        if !dir.join("meta.json").exists() {
+            return Err(IndexError::Missing(dir));
+        }
+        let fields = Fields::new();
+        let index = Index::open(MmapDirectory::open(&dir).map_err(|e| IndexError::open(&dir, e))?)?;
+        if index.schema() != fields.schema {
+            return Err(IndexError::Stale(dir));
+        }
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
+        Ok(SearchIndex { index, reader, fields })
+    }
+
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        read_checkpoint(&self.index)
+    }
+
+    /// Sees the latest commit now rather than shortly after it.
+    pub fn refresh(&self) -> Result<()> {
+        Ok(self.reader.reload()?)
+    }
+}
+
+fn read_checkpoint(index: &Index) -> Result<Checkpoint> {
+    let metas = index.load_metas()?;
+    match metas.payload {
+        None => Ok(Checkpoint { version: INDEX_VERSION, ..Checkpoint::default() }),
+        Some(payload) => serde_json::from_str(&payload).map_err(|e| IndexError::Checkpoint(e.to_string())),
+    }
+}
+
+/// The single writer of a data dir's index.
+pub struct Indexer {
+    data_dir: PathBuf,
+    index: Index,
+    writer: IndexWriter,
+    fields: Fields,
+    checkpoint: Checkpoint,
+    /// For lookups of sessions started before this indexer opened.
+    lookup: IndexReader,
+    /// The describing values of open sessions (forgotten at their end).
+    sessions: HashMap<String, SessionContext>,
+}
+
+/// Finds the describing values of an event's session: its own, for a
+/// `session_start`; else from memory, else from the session's indexed
+/// `session_start`.
+fn context_for(
+    sessions: &mut HashMap<String, SessionContext>,
+    lookup: &IndexReader,
+    fields: &Fields,
+    event: &Event,
+    id_buf: &mut SessionIdText,
+) -> Result<Option<SessionContext>> {
+    let id = id_buf.render(event.session_id).to_string();
+    if matches!(event.body, EventBody::SessionStart(_)) {
+        let context = session_context(fields, event, id_buf);
+        sessions.insert(id, context.clone());
+        return Ok(Some(context));
+    }
+    let context = match sessions.get(&id) {
+        Some(context) => context.clone(),
+        None => {
+            let (Some(session), Some(kind)) = (fields.keyword("session"), fields.keyword("kind")) else {
+                return Ok(None);
+            };
+            let query = BooleanQuery::new(vec![
+                (Occur::Must, term(session, &id)),
+                (Occur::Must, term(kind, proctor_schemas::EventKind::SessionStart.as_str())),
+            ]);
+            let searcher = lookup.searcher();
+            let mut context = Vec::new();
+            if let Some((_, address)) =
+                searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?.into_iter().next()
+            {
+                let doc: tantivy::TantivyDocument = searcher.doc(address)?;
+                for &(_, column, field) in &fields.keywords {
+                    if crate::document::SESSION_COLUMNS.contains(&column) {
+                        for value in doc.get_all(field).filter_map(|v| v.as_str()) {
+                            context.push((field, value.to_string()));
+                        }
+                    }
+                }
+            }
+            sessions.insert(id.clone(), context.clone());
+            context
+        }
+    };
+    if matches!(event.body, EventBody::SessionEnd(_)) {
+        sessions.remove(&id);
+    }
+    Ok(Some(context))
+}
+
+fn term(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+}
+
+impl Indexer {
+    /// Opens (or creates) the index of a data dir for writing. An index of
+    /// another version is rebuilt. Fails with [`IndexError::Busy`] while
+    /// another process writes it.
+    pub fn open(data_dir: &Path) -> Result<Indexer> {
+        let dir = index_dir(data_dir);
+        let fields = Fields::new();
+        let existing = dir.join("meta.json").exists();
+        if existing {
+            let index = Index::open(MmapDirectory::open(&dir).map_err(|e| IndexError::open(&dir, e))?)?;
+            // The writer's lock first: nothing is changed under another writer.
+            let writer = writer_of(&index, &dir)?;
+            let checkpoint = read_checkpoint(&index);
+            if index.schema() == fields.schema && checkpoint.as_ref().is_ok_and(|c| c.version == INDEX_VERSION) {
+                let lookup = lookup_reader(&index)?;
+                return Ok(Indexer {
+                    data_dir: data_dir.to_path_buf(),
+                    index,
+                    writer,
+                    fields,
+                    checkpoint: checkpoint?,
+                    lookup,
+                    sessions: HashMap::new(),
+                });
+            }
+            tracing::warn!(dir = %dir.display(), "the index is of another version; rebuilding it from the segments");
+            drop(writer);
+            drop(index);
+            std::fs::remove_dir_all(&dir).map_err(|e| IndexError::open(&dir, e))?;
+        }
+        Indexer::create(data_dir, &dir, fields)
+    }
+
+    fn create(data_dir: &Path, dir: &Path, fields: Fields) -> Result<Indexer> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::open(dir, e))?;
+        let index = Index::create(
+            MmapDirectory::open(dir).map_err(|e| IndexError::open(dir, e))?,
+            fields.schema.clone(),
+            Default::default(),
+        )?;
+        let writer = writer_of(&index, dir)?;
+        let checkpoint = Checkpoint { version: INDEX_VERSION, ..Checkpoint::default() };
+        let lookup = lookup_reader(&index)?;
+        Ok(Indexer {
+            data_dir: data_dir.to_path_buf(),
+            index,
+            writer,
+            fields,
+            checkpoint,
+            lookup,
+            sessions: HashMap::new(),
+        })
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Indexes what was recorded since the last round: new segments
+    /// (replacing the documents of their WAL tail) and new events of the WAL
+    /// files not yet sealed. Commits in batches; returns what it did.
+    pub fn catch_up(&mut self) -> Result<Progress> {
+        let reader = Reader::open(&self.data_dir)?;
+        let (manifests, tail) = reader.snapshot_with_tail()?;
+        let mut next = self.checkpoint.clone();
+        let mut progress = Progress::default();
+        let commit_every = commit_every();
+        let mut pending = 0usize;
+        let mut last_commit = std::time::Instant::now();
+        let mut id_buf = SessionIdText::default();
+
+        let done = self.checkpoint.segments.clone();
+        for manifest in manifests.iter().filter(|m| !done.contains(&m.segment_id)) {
+            let number = manifest.segment_id;
+            // A WAL tail indexed earlier is replaced, in the same commit.
+            if next.wal.remove(&number).is_some() {
+                self.writer.delete_query(Box::new(TermQuery::new(
+                    Term::from_field_u64(self.fields.file, number),
+                    IndexRecordOption::Basic,
+                )))?;
+                progress.replaced_files += 1;
+            }
+            let source = Source { file: number, sealed: true };
+            let mut added = 0u64;
+            reader.segment_events(manifest, |event| {
+                let context = context_for(&mut self.sessions, &self.lookup, &self.fields, &event, &mut id_buf)
+                    .map_err(|e| proctor_recorder::RecorderError::Corrupt {
+                        path: PathBuf::from(&manifest.path),
+                        message: format!("cannot index: {e}"),
+                    })?;
+                let doc = document(&self.fields, &event, source, context.as_ref(), &mut id_buf);
+                self.writer.add_document(doc).map_err(|e| proctor_recorder::RecorderError::Corrupt {
+                    path: PathBuf::from(&manifest.path),
+                    message: format!("cannot index: {e}"),
+                })?;
+                added += 1;
+                Ok(())
+            })?;
+            next.segments.insert(number);
+            progress.segments += 1;
+            progress.segment_events += added;
+            pending += added as usize;
+            if pending >= commit_every || last_commit.elapsed() >= COMMIT_AFTER {
+                self.commit(&next)?;
+                pending = 0;
+                last_commit = std::time::Instant::now();
+            }
+        }
+
+        let sealed: BTreeSet<u64> = manifests.iter().map(|m| m.segment_id).collect();
+        for wal in &tail {
+            let (number, events) = (&wal.number, &wal.events);
+            if sealed.contains(number) {
+                continue;
+            }
+            let done = next.wal.get(number).copied().unwrap_or(0);
+            let source = Source { file: *number, sealed: false };
+            for event in events.iter().skip(done as usize) {
+                let context = context_for(&mut self.sessions, &self.lookup, &self.fields, event, &mut id_buf)?;
+                self.writer.add_document(document(&self.fields, event, source, context.as_ref(), &mut id_buf))?;
+            }
+            let new = (events.len() as u64).saturating_sub(done);
+            if new > 0 || !next.wal.contains_key(number) {
+                next.wal.insert(*number, events.len() as u64);
+            }
+            progress.wal_events += new;
+        }
+        // WAL files that vanished without a segment (an empty file) leave
+        // nothing to index.
+        let live: BTreeSet<u64> = tail.iter().map(|w| w.number).collect();
+        next.wal.retain(|n, _| live.contains(n) || sealed.contains(n));
+
+        if next != self.checkpoint {
+            self.commit(&next)?;
+        }
+        Ok(progress)
+    }
+
+    fn commit(&mut self, next: &Checkpoint) -> Result<()> {
+        let payload = serde_json::to_string(next).map_err(|e| IndexError::Checkpoint(e.to_string()))?;
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.lookup.reload()?;
+        self.checkpoint = next.clone();
+        Ok(())
+    }
+
+    /// Waits for background merges, so the index files settle.
+    pub fn finish(self) -> Result<()> {
+        self.writer.wait_merging_threads()?;
+        Ok(())
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+}
+
+/// Documents per commit while catching up: `PROCTOR_INDEX_COMMIT_DOCS`, or
+/// 500,000.
+fn commit_every() -> usize {
+    std::env::var("PROCTOR_INDEX_COMMIT_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(COMMIT_EVERY)
+}
+
+fn lookup_reader(index: &Index) -> Result<IndexReader> {
+    Ok(index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?)
+}
+
+fn writer_of(index: &Index, dir: &Path) -> Result<IndexWriter> {
+    // One indexing thread: indexing must leave the gateway its cores.
+    index.writer_with_num_threads(1, WRITER_MEMORY).map_err(|e| match e {
+        tantivy::TantivyError::LockFailure(..) => IndexError::Busy(dir.to_path_buf()),
+        other => other.into(),
+    })
+}
+
+/// Rebuilds the index of a data dir from its recordings alone: built beside
+/// the old one, then swapped in, so a failed rebuild leaves the old index.
+pub fn reindex(data_dir: &Path) -> Result<Progress> {
+    let dir = index_dir(data_dir);
+    // Holding the old index's writer keeps a running indexer out.
+    let old = if dir.join("meta.json").exists() {
+        let index = Index::open(MmapDirectory::open(&dir).map_err(|e| IndexError::open(&dir, e))?)?;
+        Some(writer_of(&index, &dir)?)
+    } else {
+        None
+    };
+    let building = data_dir.join(format!("index.rebuild-{}", std::process::id()));
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(|e| IndexError::open(&building, e))?;
+    }
+    let mut indexer = Indexer::create(data_dir, &building, Fields::new())?;
+    let progress = indexer.catch_up()?;
+    indexer.finish()?;
+    drop(old);
+    let retired = data_dir.join(format!("index.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(&dir, &retired).map_err(|e| IndexError::open(&dir, e))?;
+    }
+    std::fs::rename(&building, &dir).map_err(|e| IndexError::open(&dir, e))?;
+    if retired.exists() {
+        let _ = std::fs::remove_dir_all(&retired);
+    }
+    Ok(progress)
+}

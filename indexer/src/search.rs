@@ -1,0 +1,151 @@
+//! Running a query: hits in time order with snippets, and facet counts.
+
+use std::collections::BTreeMap;
+
+use proctor_schemas::Timestamp;
+use serde::Serialize;
+use tantivy::aggregation::AggregationCollector;
+use tantivy::aggregation::agg_req::Aggregations;
+use tantivy::aggregation::agg_result::{AggregationResult, BucketResult};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::schema::Value as _;
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{DocAddress, Order, TantivyDocument};
+
+use crate::index::SearchIndex;
+use crate::query::{self, QueryError};
+use crate::{IndexError, Result};
+
+/// Facets counted for every search.
+pub const FACETS: &[&str] = &["subject", "resource", "kind", "outcome"];
+/// Values listed per facet.
+const FACET_SIZE: u32 = 20;
+
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    pub query: String,
+    pub limit: usize,
+    pub offset: usize,
+    /// Newest first (the default) or oldest first.
+    pub newest_first: bool,
+    pub now: Timestamp,
+}
+
+impl SearchRequest {
+    pub fn new(query: impl Into<String>) -> SearchRequest {
+        SearchRequest { query: query.into(), limit: 20, offset: 0, newest_first: true, now: Timestamp::now() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Hit {
+    pub session_id: String,
+    pub seq: u64,
+    pub time: String,
+    pub kind: String,
+    /// The event's searchable text.
+    pub text: String,
+    /// The best fragment of the text, matches between `<b>` and `</b>`
+    /// (HTML-escaped).
+    pub snippet: String,
+    pub subject: Option<String>,
+    pub resource: Option<String>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchResult {
+    pub total: usize,
+    pub hits: Vec<Hit>,
+    /// facet → value → count.
+    pub facets: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl SearchIndex {
+    pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
+        let parsed = query::parse(&request.query, request.now)?;
+        let query = query::build(&self.fields, &self.index, &parsed)?;
+        let searcher = self.reader.searcher();
+        let order = if request.newest_first { Order::Desc } else { Order::Asc };
+        let top = TopDocs::with_limit(request.limit.max(1))
+            .and_offset(request.offset)
+            .order_by_fast_field::<i64>("time", order);
+        let aggregations: Aggregations = serde_json::from_value(serde_json::Value::Object(
+            FACETS
+                .iter()
+                .map(|f| (f.to_string(), serde_json::json!({ "terms": { "field": f, "size": FACET_SIZE } })))
+                .collect(),
+        ))
+        .map_err(|e| IndexError::Checkpoint(e.to_string()))?;
+        let facet_collector = AggregationCollector::from_aggs(aggregations, Default::default());
+        let (docs, total, facets) = searcher.search(&query, &(top, Count, facet_collector))?;
+        let snippets = SnippetGenerator::create(&searcher, &*query, self.fields.text)?;
+
+        let mut hits = Vec::with_capacity(docs.len());
+        for (_, address) in docs.into_iter().take(request.limit) {
+            hits.push(self.hit(&searcher, address, &snippets)?);
+        }
+        let mut counted = BTreeMap::new();
+        for (name, result) in facets.0 {
+            let mut values = BTreeMap::new();
+            if let AggregationResult::BucketResult(BucketResult::Terms { buckets, .. }) = result {
+                for bucket in buckets {
+                    values.insert(bucket.key.to_string(), bucket.doc_count);
+                }
+            }
+            counted.insert(name, values);
+        }
+        Ok(SearchResult { total, hits, facets: counted })
+    }
+
+    fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress, snippets: &SnippetGenerator) -> Result<Hit> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let text_of = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_string);
+        let keyword = |name: &str| self.fields.keyword(name).and_then(text_of);
+        let text = text_of(self.fields.text).unwrap_or_default();
+        let mut snippet = snippets.snippet_from_doc(&doc);
+        if snippet.is_empty() {
+            snippet = snippets.snippet(&text);
+        }
+        let time = doc.get_first(self.fields.time).and_then(|v| v.as_i64()).unwrap_or_default();
+        Ok(Hit {
+            session_id: keyword("session").unwrap_or_default(),
+            seq: doc.get_first(self.fields.seq).and_then(|v| v.as_u64()).unwrap_or_default(),
+            time: Timestamp(time).to_rfc3339(),
+            kind: keyword("kind").unwrap_or_default(),
+            snippet: if snippet.is_empty() { html_escape(first_line(&text)) } else { snippet.to_html() },
+            text,
+            subject: keyword("subject"),
+            resource: keyword("resource"),
+            outcome: keyword("outcome"),
+        })
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(200) {
+        Some((at, _)) => &line[..at],
+        None => line,
+    }
+}
+
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+impl From<QueryError> for IndexError {
+    fn from(error: QueryError) -> Self {
+        IndexError::Query(error)
+    }
+}

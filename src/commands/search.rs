@@ -1,0 +1,69 @@
+//! `proctor search` and `proctor reindex` on a data dir.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use proctor_indexer::{IndexError, Indexer, SearchIndex, SearchRequest};
+
+use crate::cli::{ReindexArgs, SearchArgs};
+
+pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    // Bring the index up to date when no running Proctor keeps it.
+    match Indexer::open(&args.data_dir) {
+        Ok(mut indexer) => {
+            indexer.catch_up()?;
+            indexer.finish()?;
+        }
+        Err(IndexError::Busy(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let index = SearchIndex::open(&args.data_dir)?;
+    let mut query = args.query.clone();
+    if let Some(since) = &args.since {
+        query = format!("{query} since:{since}");
+    }
+    let request = SearchRequest {
+        limit: args.limit,
+        offset: args.offset,
+        newest_first: !args.oldest_first,
+        ..SearchRequest::new(query)
+    };
+    let result = match index.search(&request) {
+        Ok(result) => result,
+        Err(IndexError::Query(error)) => {
+            eprintln!("proctor: {error}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut out = std::io::stdout().lock();
+    for hit in &result.hits {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(hit)?)?;
+        } else {
+            let line = hit.text.lines().next().unwrap_or_default();
+            writeln!(out, "{}  {}  {}#{}  {}", hit.time, hit.kind, hit.session_id, hit.seq, line)?;
+        }
+    }
+    if args.json && args.facets {
+        writeln!(out, "{}", serde_json::json!({ "total": result.total, "facets": result.facets }))?;
+    } else if !args.json {
+        writeln!(out, "{} of {} hits", result.hits.len(), result.total)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let progress = proctor_indexer::reindex(&args.data_dir)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let events = progress.segment_events + progress.wal_events;
+    eprintln!(
+        "indexed {events} events ({} segments, {} in the WAL) in {seconds:.1}s ({:.0} events/s)",
+        progress.segments,
+        progress.wal_events,
+        events as f64 / seconds.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}

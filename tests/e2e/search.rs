@@ -1,0 +1,172 @@
+//! Forensic search: events recorded through the real gateway (psql against
+//! an initdb cluster) or made by `proctor generate`, found with `proctor
+//! search` by words, fields and time; the index neither loses nor duplicates
+//! events across sealing, restarts, kills and rebuilds.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use proctor_recorder::reader::Reader;
+use proctor_schemas::{Event, EventKind, Timestamp};
+use proctor_tests::devcluster::Options;
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stdout};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// `proctor search --json --facets`: the hits, then the total.
+fn search(data_dir: &Path, query: &str, limit: usize) -> (Vec<Value>, u64) {
+    let dir = data_dir.to_str().unwrap();
+    let limit = limit.to_string();
+    let output = run_ok(bin(), &["search", query, "--data-dir", dir, "--json", "--facets", "--limit", &limit]);
+    let mut lines: Vec<Value> =
+        stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let summary = lines.pop().expect("the summary line");
+    (lines, summary["total"].as_u64().unwrap())
+}
+
+/// How many segments the committed index holds, from its checkpoint.
+fn indexed_segments(data_dir: &Path) -> usize {
+    let Ok(meta) = std::fs::read_to_string(data_dir.join("index/meta.json")) else { return 0 };
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    let Some(payload) = meta["payload"].as_str() else { return 0 };
+    let checkpoint: Value = serde_json::from_str(payload).unwrap();
+    checkpoint["segments"].as_array().map_or(0, Vec::len)
+}
+
+fn all_events(data_dir: &Path) -> Vec<Event> {
+    let mut events = Vec::new();
+    Reader::open(data_dir)
+        .unwrap()
+        .for_each_event(|e| {
+            events.push(e);
+            Ok(())
+        })
+        .unwrap();
+    events
+}
+
+#[test]
+fn statements_through_the_gateway_are_found_by_words_fields_and_time_while_proctor_runs() {
+    let cluster = cluster(&Options::default());
+    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions::default());
+    let psql = |user: &str, sql: &str, succeeds: bool| {
+        let output = std::process::Command::new(cluster.bindir.join("psql"))
+            .args(["-X", "-q", "-At", "-d", &proctor.conninfo(user, APP_ROLE, "disable"), "-c", sql])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.success(), succeeds, "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    let before = Timestamp::now();
+    psql("alice", "create table orchids (id int, name text)", true);
+    psql("alice", "insert into orchids values (4242, 'phalaenopsis')", true);
+    psql("bob", "select name from orchids where id = 4242", true);
+    psql("bob", "select 1/0 as orchids_fail", false);
+
+    // The running Proctor indexes the WAL tail: found while still unsealed.
+    let started = Instant::now();
+    let (hits, total) = loop {
+        let (hits, total) = search(&proctor.data_dir, "orchids kind:statement", 50);
+        if total >= 4 {
+            break (hits, total);
+        }
+        assert!(started.elapsed() < Duration::from_secs(50), "statements not searchable after 50s: {hits:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("searchable {:?} after the last statement", started.elapsed());
+    assert_eq!(total, 4, "{hits:#?}");
+    assert!(hits.iter().all(|h| h["kind"] == "statement"));
+    let newest = &hits[0];
+    assert_eq!(newest["text"], "select 1/0 as orchids_fail");
+    assert_eq!(newest["subject"], "bob", "a statement carries its session's subject");
+    assert!(newest["snippet"].as_str().unwrap().contains("<b>orchids</b>_fail"), "{newest}");
+    for key in ["session_id", "seq", "time"] {
+        assert!(!newest[key].is_null(), "{key} in {newest}");
+    }
+
+    // By field.
+    let (hits, total) = search(&proctor.data_dir, "orchids subject:alice kind:statement", 50);
+    assert_eq!(total, 2, "{hits:#?}");
+    let (_, total) = search(&proctor.data_dir, "sqlstate:22012", 50);
+    assert_eq!(total, 1, "the division by zero");
+    // A phrase, and boolean operators.
+    let (_, total) = search(&proctor.data_dir, "\"from orchids where\"", 50);
+    assert_eq!(total, 1);
+    let (_, total) = search(&proctor.data_dir, "orchids kind:statement NOT subject:bob", 50);
+    assert_eq!(total, 2);
+    // By time.
+    let after = format!("orchids kind:statement after:{}", before.to_rfc3339());
+    assert_eq!(search(&proctor.data_dir, &after, 50).1, 4);
+    assert_eq!(search(&proctor.data_dir, "orchids before:2000-01-01", 50).1, 0);
+    assert_eq!(search(&proctor.data_dir, "orchids kind:statement since:1h", 50).1, 4);
+
+    // Once stopped, everything is sealed; the WAL documents were replaced by
+    // the segment's, not added to.
+    assert!(proctor.stop().success());
+    let events = all_events(&proctor.data_dir);
+    let (_, total) = search(&proctor.data_dir, "", 1);
+    assert_eq!(total, events.len() as u64, "one document per recorded event");
+    assert_eq!(search(&proctor.data_dir, "orchids kind:statement", 50).1, 4);
+
+    // A bad query is refused with a message that points at the mistake.
+    let dir = proctor.data_dir.to_str().unwrap();
+    let output = run(bin(), &["search", "orchids colour:red", "--data-dir", dir]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `colour` at column 9"));
+    let output = run(bin(), &["search", "orchids since:7x", "--data-dir", dir]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`since:7x` at column 9"));
+}
+
+#[test]
+fn a_killed_indexer_and_a_rebuild_neither_lose_nor_duplicate_documents() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let dir = data.to_str().unwrap();
+    run_ok(bin(), &["generate", "--data-dir", dir, "--sessions", "150", "--seed", "1"]);
+    let (_, total) = search(&data, "", 1);
+    assert_eq!(total, all_events(&data).len() as u64);
+
+    // More recordings, in small segments; the indexer is killed while
+    // catching up, at a few different moments (it commits every 2s).
+    let config = work.path().join("small-segments.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n[recorder]\nsegment_max_bytes = \"256KiB\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    run_ok(bin(), &["generate", "--data-dir", dir, "--sessions", "2500", "--seed", "2", "--config", config]);
+    let segments = Reader::open(&data).unwrap().manifests().unwrap().len();
+    let mut indexed = Vec::new();
+    for delay in [150, 300, 600] {
+        let mut child = std::process::Command::new(bin())
+            .args(["search", "", "--data-dir", dir])
+            .env("PROCTOR_INDEX_COMMIT_DOCS", "2000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        indexed.push(indexed_segments(&data));
+    }
+    eprintln!("segments indexed after each kill: {indexed:?} of {segments}");
+    assert!(indexed.windows(2).all(|w| w[0] <= w[1]), "progress is kept: {indexed:?}");
+    assert!(indexed.iter().any(|&n| n > 0 && n < segments), "a kill landed mid-way: {indexed:?} of {segments}");
+    let events = all_events(&data);
+    let statements = events.iter().filter(|e| e.body.kind() == EventKind::Statement).count() as u64;
+    let (_, total) = search(&data, "", 1);
+    assert_eq!(total, events.len() as u64, "after kills: every event once");
+    assert_eq!(search(&data, "kind:statement", 1).1, statements);
+
+    // The index is derived data: removed and rebuilt, it says the same.
+    std::fs::remove_dir_all(data.join("index")).unwrap();
+    run_ok(bin(), &["reindex", "--data-dir", dir]);
+    assert_eq!(search(&data, "", 1).1, events.len() as u64);
+    assert_eq!(search(&data, "kind:statement", 1).1, statements);
+    // And rebuilt over an existing index.
+    run_ok(bin(), &["reindex", "--data-dir", dir]);
+    assert_eq!(search(&data, "kind:statement", 1).1, statements);
+}
