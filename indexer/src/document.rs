@@ -116,10 +116,11 @@ pub fn document(
     event: &Event,
     source: Source,
     session: Option<&SessionContext>,
+    text: Option<String>,
     id_buf: &mut SessionIdText,
 ) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
-    let text = event_text(event, id_buf);
+    let text = text.unwrap_or_else(|| event_text(event, id_buf));
     doc.add_text(fields.text, &text);
     doc.add_u64(fields.seq, event.seq);
     doc.add_i64(fields.time, event.time.0);

@@ -20,6 +20,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::document::{SessionContext, Source, document, session_context};
 use crate::fields::{Fields, INDEX_VERSION};
+use crate::terminal::{LineEditor, render_output};
 use crate::{IndexError, Result};
 
 /// Memory for the writer's in-progress segment.
@@ -35,8 +36,16 @@ pub struct Checkpoint {
     pub version: u32,
     /// Segments (by number) whose events are all indexed.
     pub segments: BTreeSet<u64>,
-    /// Unsealed WAL files (by number): how many of their events are indexed.
-    pub wal: BTreeMap<u64, u64>,
+    /// Unsealed WAL files (by number): how far they are indexed.
+    pub wal: BTreeMap<u64, TailProgress>,
+}
+
+/// How much of an unsealed WAL file is indexed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailProgress {
+    pub events: u64,
+    /// Byte offset after the last indexed record: where reading resumes.
+    pub offset: u64,
 }
 
 /// What one round of catching up did.
@@ -112,6 +121,46 @@ pub struct Indexer {
     lookup: IndexReader,
     /// The describing values of open sessions (forgotten at their end).
     sessions: HashMap<String, SessionContext>,
+    /// The line being typed in each open terminal session, as of the
+    /// sealed segments indexed so far.
+    editors: HashMap<String, LineEditor>,
+    /// Likewise as of the WAL tail indexed so far. Kept apart, because a
+    /// tail is indexed again from its segment once sealed.
+    tail_editors: HashMap<String, LineEditor>,
+}
+
+/// [`terminal_text`] for an event of the WAL tail: a session first seen in
+/// the tail starts from its state in the sealed segments.
+fn terminal_text_of_tail(
+    tail_editors: &mut HashMap<String, LineEditor>,
+    sealed_editors: &HashMap<String, LineEditor>,
+    event: &Event,
+    id: &str,
+) -> Option<String> {
+    if matches!(event.body, EventBody::TerminalInput(_))
+        && !tail_editors.contains_key(id)
+        && let Some(editor) = sealed_editors.get(id)
+    {
+        tail_editors.insert(id.to_string(), editor.clone());
+    }
+    terminal_text(tail_editors, event, id)
+}
+
+/// The text of a terminal event: the command lines its keystrokes complete,
+/// or its output as the screen shows it. `None` for other events.
+fn terminal_text(editors: &mut HashMap<String, LineEditor>, event: &Event, id: &str) -> Option<String> {
+    match &event.body {
+        EventBody::TerminalInput(input) => {
+            let editor = editors.entry(id.to_string()).or_default();
+            Some(editor.feed(&input.data).join("\n"))
+        }
+        EventBody::TerminalOutput(output) => Some(render_output(&output.data)),
+        EventBody::SessionEnd(_) => {
+            editors.remove(id);
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Finds the describing values of an event's session: its own, for a
@@ -191,6 +240,8 @@ impl Indexer {
                     checkpoint: checkpoint?,
                     lookup,
                     sessions: HashMap::new(),
+                    editors: HashMap::new(),
+                    tail_editors: HashMap::new(),
                 });
             }
             tracing::warn!(dir = %dir.display(), "the index is of another version; rebuilding it from the segments");
@@ -219,6 +270,8 @@ impl Indexer {
             checkpoint,
             lookup,
             sessions: HashMap::new(),
+            editors: HashMap::new(),
+            tail_editors: HashMap::new(),
         })
     }
 
@@ -231,7 +284,9 @@ impl Indexer {
     /// files not yet sealed. Commits in batches; returns what it did.
     pub fn catch_up(&mut self) -> Result<Progress> {
         let reader = Reader::open(&self.data_dir)?;
-        let (manifests, tail) = reader.snapshot_with_tail()?;
+        // WAL files first: one sealed in between shows among the manifests.
+        let unsealed = reader.unsealed_wal_numbers()?;
+        let manifests = reader.manifests()?;
         let mut next = self.checkpoint.clone();
         let mut progress = Progress::default();
         let commit_every = commit_every();
@@ -258,7 +313,9 @@ impl Indexer {
                         path: PathBuf::from(&manifest.path),
                         message: format!("cannot index: {e}"),
                     })?;
-                let doc = document(&self.fields, &event, source, context.as_ref(), &mut id_buf);
+                let id = id_buf.render(event.session_id).to_string();
+                let text = terminal_text(&mut self.editors, &event, &id);
+                let doc = document(&self.fields, &event, source, context.as_ref(), text, &mut id_buf);
                 self.writer.add_document(doc).map_err(|e| proctor_recorder::RecorderError::Corrupt {
                     path: PathBuf::from(&manifest.path),
                     message: format!("cannot index: {e}"),
@@ -277,27 +334,27 @@ impl Indexer {
             }
         }
 
+        // The WAL tail: only what was written since the last round is read.
         let sealed: BTreeSet<u64> = manifests.iter().map(|m| m.segment_id).collect();
-        for wal in &tail {
-            let (number, events) = (&wal.number, &wal.events);
-            if sealed.contains(number) {
-                continue;
-            }
-            let done = next.wal.get(number).copied().unwrap_or(0);
-            let source = Source { file: *number, sealed: false };
-            for event in events.iter().skip(done as usize) {
+        let mut live = BTreeSet::new();
+        for &number in unsealed.iter().filter(|n| !sealed.contains(n)) {
+            let done = next.wal.get(&number).copied().unwrap_or_default();
+            let Some((events, offset)) = reader.wal_events_from(number, done.offset)? else {
+                continue; // sealed meanwhile: its segment comes next round
+            };
+            live.insert(number);
+            let source = Source { file: number, sealed: false };
+            for event in &events {
                 let context = context_for(&mut self.sessions, &self.lookup, &self.fields, event, &mut id_buf)?;
-                self.writer.add_document(document(&self.fields, event, source, context.as_ref(), &mut id_buf))?;
+                let id = id_buf.render(event.session_id).to_string();
+                let text = terminal_text_of_tail(&mut self.tail_editors, &self.editors, event, &id);
+                self.writer.add_document(document(&self.fields, event, source, context.as_ref(), text, &mut id_buf))?;
             }
-            let new = (events.len() as u64).saturating_sub(done);
-            if new > 0 || !next.wal.contains_key(number) {
-                next.wal.insert(*number, events.len() as u64);
-            }
-            progress.wal_events += new;
+            progress.wal_events += events.len() as u64;
+            next.wal.insert(number, TailProgress { events: done.events + events.len() as u64, offset });
         }
         // WAL files that vanished without a segment (an empty file) leave
         // nothing to index.
-        let live: BTreeSet<u64> = tail.iter().map(|w| w.number).collect();
         next.wal.retain(|n, _| live.contains(n) || sealed.contains(n));
 
         if next != self.checkpoint {

@@ -54,13 +54,8 @@ impl SessionSummary {
     }
 }
 
-/// A WAL file not yet sealed, and its events.
-#[derive(Clone, Debug)]
-pub struct WalTail {
-    /// The file's number: the number its segment will have.
-    pub number: u64,
-    pub events: Vec<Event>,
-}
+/// How much of a WAL file is read at a time by [`Reader::wal_events_from`].
+const WAL_WINDOW: usize = 4 << 20;
 
 /// Reads a data dir (or an exported copy of one).
 pub struct Reader {
@@ -210,12 +205,75 @@ impl Reader {
         })
     }
 
-    /// What is sealed and what is not: every manifest, and each WAL file not
-    /// yet sealed with its events in the order they were written. A file
-    /// sealed while this runs is found among the manifests.
-    pub fn snapshot_with_tail(&self) -> Result<(Vec<Manifest>, Vec<WalTail>)> {
-        let snapshot = self.snapshot(None)?;
-        Ok((snapshot.manifests, snapshot.wal.into_iter().map(|(number, events)| WalTail { number, events }).collect()))
+    /// The numbers of the WAL files not yet sealed, in order.
+    pub fn unsealed_wal_numbers(&self) -> Result<Vec<u64>> {
+        let sealed: BTreeSet<u64> = self.layout.manifest_numbers()?.into_iter().collect();
+        Ok(self.layout.wal_numbers()?.into_iter().filter(|n| !sealed.contains(n)).collect())
+    }
+
+    /// The events written to WAL file `number` from byte `offset` on (0: the
+    /// start), reading only that part of the file, and the offset after the
+    /// last complete record: where the next read starts. A record being
+    /// written is left for the next read. `None` once the file is gone
+    /// (sealed).
+    pub fn wal_events_from(&self, number: u64, offset: u64) -> Result<Option<(Vec<Event>, u64)>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.layout.wal_path(number);
+        let mut file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RecorderError::io("cannot open WAL file", &path)(e)),
+        };
+        let io = |e| RecorderError::io("cannot read WAL file", &path)(e);
+        let mut start = offset as usize;
+        if start == 0 {
+            let mut header = [0u8; wal::HEADER_LEN];
+            if file.read_exact(&mut header).is_err() || !wal::header_matches(&header, number) {
+                // Not yet written, or not a WAL file of this number.
+                return Ok(Some((Vec::new(), 0)));
+            }
+            start = wal::HEADER_LEN;
+        }
+        file.seek(SeekFrom::Start(start as u64)).map_err(io)?;
+        let mut events = Vec::new();
+        let mut window = vec![0u8; WAL_WINDOW];
+        let mut carried = 0usize;
+        loop {
+            // `window[..carried]` holds a record cut by the previous read.
+            let mut filled = carried;
+            while filled < window.len() {
+                match file.read(&mut window[filled..]).map_err(io)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            let bytes = &window[..filled];
+            let (records, end, torn) = wal::scan_records(bytes, 0);
+            for record in records {
+                if let Record::Event(row) = record {
+                    let row = canonical::decode(row).map_err(|e| RecorderError::corrupt(&path, e.to_string()))?;
+                    events.push(Event::from_row(row).map_err(|e| RecorderError::corrupt(&path, e.to_string()))?);
+                }
+            }
+            start += end;
+            // Full window and a record cut at its end: read on. Otherwise
+            // this is as far as the file is written.
+            let cut_by_window = filled == window.len() && torn.is_some();
+            if !cut_by_window || end == 0 {
+                if cut_by_window && window.len() < wal::MAX_RECORD + 64 {
+                    // One record larger than the window: grow it once.
+                    let rest = window[end..filled].to_vec();
+                    window = vec![0u8; wal::MAX_RECORD + 64];
+                    window[..rest.len()].copy_from_slice(&rest);
+                    carried = rest.len();
+                    continue;
+                }
+                break;
+            }
+            window.copy_within(end..filled, 0);
+            carried = filled - end;
+        }
+        Ok(Some((events, start as u64)))
     }
 
     /// Calls `f` with every recorded event: sealed segments in order, then

@@ -194,8 +194,29 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
             )),
         };
     }
+    let (records, end, torn) = scan_records(bytes, HEADER_LEN);
+    Scan { number, records, valid_len: end as u64, torn }
+}
+
+/// Checks that `header` is the header of WAL file `expected_number`.
+pub fn header_matches(header: &[u8], expected_number: u64) -> bool {
+    header.len() >= HEADER_LEN
+        && &header[..8] == MAGIC
+        && u32::from_le_bytes([header[8], header[9], header[10], header[11]]) == FORMAT
+        && header[12..20] == expected_number.to_le_bytes()
+}
+
+/// Scans the complete records of `bytes` from `start` (a record boundary):
+/// the records, where the complete ones end, and why the scan stopped early
+/// if it did (zeros after the last record are not a tear).
+pub fn scan_records(bytes: &[u8], start: usize) -> (Vec<Record<'_>>, usize, Option<TornTail>) {
+    let torn_at = |offset: usize, reason: String| TornTail {
+        offset: offset as u64,
+        bytes: (bytes.len() - offset) as u64,
+        reason,
+    };
     let mut records = Vec::new();
-    let mut pos = HEADER_LEN;
+    let mut pos = start;
     let mut torn = None;
     while pos < bytes.len() {
         if bytes.len() - pos < FRAME_LEN {
@@ -237,7 +258,8 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
         records.extend(parsed);
         pos = body_start + len;
     }
-    Scan { number, records, valid_len: torn.as_ref().map_or(pos as u64, |t| t.offset), torn }
+    let end = torn.as_ref().map_or(pos, |t| t.offset as usize);
+    (records, end, torn)
 }
 
 fn parse_batch(bytes: &[u8]) -> Option<Vec<&[u8]>> {
