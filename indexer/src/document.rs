@@ -14,7 +14,6 @@ const TEXT_COLUMNS: &[Column] = &[
     Column::Query,
     Column::Message,
     Column::Detail,
-    Column::CommandTag,
     Column::ResultColumns,
     Column::SampleRows,
     Column::Channel,
@@ -30,12 +29,10 @@ const TEXT_COLUMNS: &[Column] = &[
     Column::Data,
 ];
 
-/// Where a document comes from.
+/// Where a document comes from: the WAL file or segment number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Source {
-    /// The WAL file or segment number.
     pub file: u64,
-    pub sealed: bool,
 }
 
 /// The searchable text of an event: its text columns, one per line.
@@ -82,17 +79,10 @@ pub fn event_text(event: &Event, id_buf: &mut SessionIdText) -> String {
 /// Columns that describe a session, recorded once in its `session_start`
 /// and carried onto every event of the session in the index, so that
 /// `subject:ci-deploy kind:statement` finds the statements ci-deploy ran.
-pub const SESSION_COLUMNS: &[Column] = &[
-    Column::Protocol,
-    Column::Resource,
-    Column::Subject,
-    Column::Groups,
-    Column::GrantId,
-    Column::ClientAddr,
-    Column::TargetUser,
-    Column::Database,
-    Column::ApplicationName,
-];
+/// (The session's other details — client, user, database, application —
+/// are on its `session_start` alone.)
+pub const SESSION_COLUMNS: &[Column] =
+    &[Column::Protocol, Column::Resource, Column::Subject, Column::Groups, Column::GrantId];
 
 /// A session's describing values: (keyword field, value).
 pub type SessionContext = Vec<(tantivy::schema::Field, String)>;
@@ -125,7 +115,6 @@ pub fn document(
     doc.add_u64(fields.seq, event.seq);
     doc.add_i64(fields.time, event.time.0);
     doc.add_u64(fields.file, source.file);
-    doc.add_u64(fields.sealed, source.sealed as u64);
     let cells = event.cells(id_buf);
     if let Some(Value::U64(status)) = cells.get(Column::Status) {
         doc.add_u64(fields.status, status);

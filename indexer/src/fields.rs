@@ -1,13 +1,13 @@
 //! The index's schema: one document per recorded event.
 
-use tantivy::schema::{FAST, Field, INDEXED, STORED, STRING, Schema, TEXT};
+use tantivy::schema::{FAST, Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions};
 
 /// Bumped when the schema or what goes into a document changes: an index of
 /// another version is rebuilt from the segments.
 pub const INDEX_VERSION: u32 = 1;
 
-/// Keyword fields: exact values, filterable with `field:value` and counted
-/// in facets. (name in queries, column it comes from)
+/// Keyword fields: exact values, filterable with `field:value`. (name in
+/// queries, column it comes from)
 pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
     use proctor_schemas::Column as C;
     &[
@@ -37,6 +37,10 @@ pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
     ]
 };
 
+/// Keywords kept as columns too (fast fields): what a hit shows and what
+/// facets count.
+pub const COLUMNAR: &[&str] = &["session", "kind", "subject", "resource", "outcome"];
+
 /// The fields, resolved once.
 #[derive(Clone, Debug)]
 pub struct Fields {
@@ -51,25 +55,38 @@ pub struct Fields {
     /// The WAL file or segment number the event was read from: what lets the
     /// documents of a WAL tail be replaced by those of its sealed segment.
     pub file: Field,
-    /// Whether the document came from a sealed segment (1) or a WAL tail (0).
-    pub sealed: Field,
     pub keywords: Vec<(&'static str, proctor_schemas::Column, Field)>,
 }
 
 impl Fields {
     pub fn new() -> Fields {
+        // Hits come in time order, never by relevance: no field norms, and
+        // positions only where phrases are searched.
         let mut builder = Schema::builder();
-        let text = builder.add_text_field("text", TEXT | STORED);
-        let seq = builder.add_u64_field("seq", INDEXED | STORED | FAST);
-        let time = builder.add_i64_field("time", INDEXED | STORED | FAST);
-        let status = builder.add_u64_field("status", INDEXED | STORED | FAST);
-        let file = builder.add_u64_field("file", INDEXED | FAST);
-        let sealed = builder.add_u64_field("sealed", INDEXED | FAST);
+        let words = TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+            .set_fieldnorms(false);
+        let text = builder.add_text_field("text", TextOptions::default().set_indexing_options(words).set_stored());
+        let seq = builder.add_u64_field("seq", FAST);
+        let time = builder.add_i64_field("time", FAST);
+        let status = builder.add_u64_field("status", NumericOptions::default().set_indexed().set_fast());
+        let file = builder.add_u64_field("file", NumericOptions::default().set_indexed());
+        let exact = TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false);
         let keywords = KEYWORDS
             .iter()
-            .map(|&(name, column)| (name, column, builder.add_text_field(name, STRING | STORED | FAST)))
+            .map(|&(name, column)| {
+                let mut options = TextOptions::default().set_indexing_options(exact.clone());
+                if COLUMNAR.contains(&name) {
+                    options = options.set_fast("raw");
+                }
+                (name, column, builder.add_text_field(name, options))
+            })
             .collect();
-        Fields { schema: builder.build(), text, seq, time, status, file, sealed, keywords }
+        Fields { schema: builder.build(), text, seq, time, status, file, keywords }
     }
 
     pub fn keyword(&self, name: &str) -> Option<Field> {

@@ -12,10 +12,9 @@ use proctor_recorder::reader::Reader;
 use proctor_schemas::SessionIdText;
 use proctor_schemas::{Event, EventBody};
 use serde::{Deserialize, Serialize};
-use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{IndexRecordOption, Value as _};
+use tantivy::query::TermQuery;
+use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::document::{SessionContext, Source, document, session_context};
@@ -117,8 +116,6 @@ pub struct Indexer {
     writer: IndexWriter,
     fields: Fields,
     checkpoint: Checkpoint,
-    /// For lookups of sessions started before this indexer opened.
-    lookup: IndexReader,
     /// The describing values of open sessions (forgotten at their end).
     sessions: HashMap<String, SessionContext>,
     /// The line being typed in each open terminal session, as of the
@@ -164,11 +161,10 @@ fn terminal_text(editors: &mut HashMap<String, LineEditor>, event: &Event, id: &
 }
 
 /// Finds the describing values of an event's session: its own, for a
-/// `session_start`; else from memory, else from the session's indexed
-/// `session_start`.
+/// `session_start`; else from memory, else from the recording.
 fn context_for(
     sessions: &mut HashMap<String, SessionContext>,
-    lookup: &IndexReader,
+    recording: &Reader,
     fields: &Fields,
     event: &Event,
     id_buf: &mut SessionIdText,
@@ -182,27 +178,12 @@ fn context_for(
     let context = match sessions.get(&id) {
         Some(context) => context.clone(),
         None => {
-            let (Some(session), Some(kind)) = (fields.keyword("session"), fields.keyword("kind")) else {
-                return Ok(None);
+            // Started before this indexer opened: its start is read back
+            // from the recording.
+            let context = match recording.session_start(event.session_id)? {
+                Some(start) => session_context(fields, &start, id_buf),
+                None => Vec::new(),
             };
-            let query = BooleanQuery::new(vec![
-                (Occur::Must, term(session, &id)),
-                (Occur::Must, term(kind, proctor_schemas::EventKind::SessionStart.as_str())),
-            ]);
-            let searcher = lookup.searcher();
-            let mut context = Vec::new();
-            if let Some((_, address)) =
-                searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?.into_iter().next()
-            {
-                let doc: tantivy::TantivyDocument = searcher.doc(address)?;
-                for &(_, column, field) in &fields.keywords {
-                    if crate::document::SESSION_COLUMNS.contains(&column) {
-                        for value in doc.get_all(field).filter_map(|v| v.as_str()) {
-                            context.push((field, value.to_string()));
-                        }
-                    }
-                }
-            }
             sessions.insert(id.clone(), context.clone());
             context
         }
@@ -211,10 +192,6 @@ fn context_for(
         sessions.remove(&id);
     }
     Ok(Some(context))
-}
-
-fn term(field: tantivy::schema::Field, value: &str) -> Box<dyn Query> {
-    Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
 }
 
 impl Indexer {
@@ -231,14 +208,12 @@ impl Indexer {
             let writer = writer_of(&index, &dir)?;
             let checkpoint = read_checkpoint(&index);
             if index.schema() == fields.schema && checkpoint.as_ref().is_ok_and(|c| c.version == INDEX_VERSION) {
-                let lookup = lookup_reader(&index)?;
                 return Ok(Indexer {
                     data_dir: data_dir.to_path_buf(),
                     index,
                     writer,
                     fields,
                     checkpoint: checkpoint?,
-                    lookup,
                     sessions: HashMap::new(),
                     editors: HashMap::new(),
                     tail_editors: HashMap::new(),
@@ -254,21 +229,27 @@ impl Indexer {
 
     fn create(data_dir: &Path, dir: &Path, fields: Fields) -> Result<Indexer> {
         std::fs::create_dir_all(dir).map_err(|e| IndexError::open(dir, e))?;
+        // The stored text compresses well in large zstd blocks.
+        let settings = tantivy::IndexSettings {
+            docstore_compression: tantivy::store::Compressor::Zstd(tantivy::store::ZstdCompressor {
+                compression_level: Some(3),
+            }),
+            docstore_blocksize: 128 << 10,
+            ..Default::default()
+        };
         let index = Index::create(
             MmapDirectory::open(dir).map_err(|e| IndexError::open(dir, e))?,
             fields.schema.clone(),
-            Default::default(),
+            settings,
         )?;
         let writer = writer_of(&index, dir)?;
         let checkpoint = Checkpoint { version: INDEX_VERSION, ..Checkpoint::default() };
-        let lookup = lookup_reader(&index)?;
         Ok(Indexer {
             data_dir: data_dir.to_path_buf(),
             index,
             writer,
             fields,
             checkpoint,
-            lookup,
             sessions: HashMap::new(),
             editors: HashMap::new(),
             tail_editors: HashMap::new(),
@@ -305,13 +286,15 @@ impl Indexer {
                 )))?;
                 progress.replaced_files += 1;
             }
-            let source = Source { file: number, sealed: true };
+            let source = Source { file: number };
             let mut added = 0u64;
             reader.segment_events(manifest, |event| {
-                let context = context_for(&mut self.sessions, &self.lookup, &self.fields, &event, &mut id_buf)
-                    .map_err(|e| proctor_recorder::RecorderError::Corrupt {
-                        path: PathBuf::from(&manifest.path),
-                        message: format!("cannot index: {e}"),
+                let context =
+                    context_for(&mut self.sessions, &reader, &self.fields, &event, &mut id_buf).map_err(|e| {
+                        proctor_recorder::RecorderError::Corrupt {
+                            path: PathBuf::from(&manifest.path),
+                            message: format!("cannot index: {e}"),
+                        }
                     })?;
                 let id = id_buf.render(event.session_id).to_string();
                 let text = terminal_text(&mut self.editors, &event, &id);
@@ -343,9 +326,9 @@ impl Indexer {
                 continue; // sealed meanwhile: its segment comes next round
             };
             live.insert(number);
-            let source = Source { file: number, sealed: false };
+            let source = Source { file: number };
             for event in &events {
-                let context = context_for(&mut self.sessions, &self.lookup, &self.fields, event, &mut id_buf)?;
+                let context = context_for(&mut self.sessions, &reader, &self.fields, event, &mut id_buf)?;
                 let id = id_buf.render(event.session_id).to_string();
                 let text = terminal_text_of_tail(&mut self.tail_editors, &self.editors, event, &id);
                 self.writer.add_document(document(&self.fields, event, source, context.as_ref(), text, &mut id_buf))?;
@@ -368,7 +351,6 @@ impl Indexer {
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
-        self.lookup.reload()?;
         self.checkpoint = next.clone();
         Ok(())
     }
@@ -392,10 +374,6 @@ fn commit_every() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(COMMIT_EVERY)
-}
-
-fn lookup_reader(index: &Index) -> Result<IndexReader> {
-    Ok(index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?)
 }
 
 fn writer_of(index: &Index, dir: &Path) -> Result<IndexWriter> {

@@ -162,7 +162,7 @@ fn check_fields(fields: &Fields, text: &str) -> Result<(), QueryError> {
             && !known(name)
         {
             let mut names: Vec<&str> = fields.keywords.iter().map(|(n, _, _)| *n).collect();
-            names.extend(["seq", "status", "after", "before", "since"]);
+            names.extend(["status", "after", "before", "since"]);
             return Err(bad(format!("unknown field `{name}` at column {}; fields are: {}", at + 1, names.join(", "))));
         }
     }

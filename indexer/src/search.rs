@@ -100,24 +100,29 @@ impl SearchIndex {
 
     fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress, snippets: &SnippetGenerator) -> Result<Hit> {
         let doc: TantivyDocument = searcher.doc(address)?;
-        let text_of = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_string);
-        let keyword = |name: &str| self.fields.keyword(name).and_then(text_of);
-        let text = text_of(self.fields.text).unwrap_or_default();
-        let mut snippet = snippets.snippet_from_doc(&doc);
-        if snippet.is_empty() {
-            snippet = snippets.snippet(&text);
-        }
-        let time = doc.get_first(self.fields.time).and_then(|v| v.as_i64()).unwrap_or_default();
+        let text = doc.get_first(self.fields.text).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        // Everything else comes from the columns (fast fields).
+        let columns = searcher.segment_reader(address.segment_ord).fast_fields();
+        let keyword = |name: &str| -> Result<Option<String>> {
+            let Some(column) = columns.str(name)? else { return Ok(None) };
+            let Some(ord) = column.term_ords(address.doc_id).next() else { return Ok(None) };
+            let mut value = String::new();
+            column.ord_to_str(ord, &mut value).map_err(|e| IndexError::Tantivy(e.into()))?;
+            Ok(Some(value))
+        };
+        let seq = columns.u64("seq")?.first(address.doc_id).unwrap_or_default();
+        let time = columns.i64("time")?.first(address.doc_id).unwrap_or_default();
+        let snippet = snippets.snippet_from_doc(&doc);
         Ok(Hit {
-            session_id: keyword("session").unwrap_or_default(),
-            seq: doc.get_first(self.fields.seq).and_then(|v| v.as_u64()).unwrap_or_default(),
+            session_id: keyword("session")?.unwrap_or_default(),
+            seq,
             time: Timestamp(time).to_rfc3339(),
-            kind: keyword("kind").unwrap_or_default(),
+            kind: keyword("kind")?.unwrap_or_default(),
             snippet: if snippet.is_empty() { html_escape(first_line(&text)) } else { snippet.to_html() },
             text,
-            subject: keyword("subject"),
-            resource: keyword("resource"),
-            outcome: keyword("outcome"),
+            subject: keyword("subject")?,
+            resource: keyword("resource")?,
+            outcome: keyword("outcome")?,
         })
     }
 }

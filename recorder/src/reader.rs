@@ -205,6 +205,36 @@ impl Reader {
         })
     }
 
+    /// A session's `session_start` (its event of seq 0), read from the one
+    /// segment or WAL file that holds it. `None` if it is not recorded.
+    pub fn session_start(&self, session_id: SessionId) -> Result<Option<Event>> {
+        let id_text = session_id.to_string();
+        for manifest in self.manifests()? {
+            if !manifest.sessions.iter().any(|s| s.session_id == id_text && s.first_seq == 0) {
+                continue;
+            }
+            let path = self.layout.root().join(&manifest.path);
+            for batch in segment::read_session(&path, &id_text)? {
+                let reader = BatchReader::new(&batch)?;
+                for i in 0..reader.len() {
+                    if reader.str(Column::SessionId, i) == Some(id_text.as_str()) {
+                        let event = Event::from_row(reader.row(i)?)?;
+                        if event.seq == 0 {
+                            return Ok(Some(event));
+                        }
+                    }
+                }
+            }
+        }
+        for number in self.unsealed_wal_numbers()? {
+            let Some((events, _)) = self.wal_events_from(number, 0)? else { continue };
+            if let Some(start) = events.into_iter().find(|e| e.session_id == session_id && e.seq == 0) {
+                return Ok(Some(start));
+            }
+        }
+        Ok(None)
+    }
+
     /// The numbers of the WAL files not yet sealed, in order.
     pub fn unsealed_wal_numbers(&self) -> Result<Vec<u64>> {
         let sealed: BTreeSet<u64> = self.layout.manifest_numbers()?.into_iter().collect();
