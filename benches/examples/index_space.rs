@@ -33,7 +33,7 @@ fn main() {
         total as f64 / docs.max(1) as f64
     );
     let mut rows: Vec<_> = parts.into_iter().filter(|(_, b)| *b > 0).collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.1));
     for ((field, part), bytes) in rows {
         println!(
             "  {field:<20} {part:<10} {:>10.1} KiB {:>6.2} B/doc",
