@@ -75,8 +75,7 @@ fn record(dir: &Path, events: u64) -> u64 {
     let mut batch: Vec<NewEvent> = Vec::with_capacity(256);
     // Every session is written whole, so stop at a session's end once the
     // target is reached.
-    loop {
-        let Some(event) = synth.next() else { break };
+    for event in synth.by_ref() {
         let ends = matches!(event.body, EventBody::SessionEnd(_));
         batch.push(event);
         if batch.len() == 256 {

@@ -1,7 +1,7 @@
 //! One recorded event as one document. Built from the event's columns, not
 //! its protocol: what a column holds decides where it goes.
 
-use proctor_schemas::{Column, Event, SessionIdText, Value};
+use proctor_schemas::{Cells, Column, Value};
 use tantivy::TantivyDocument;
 
 use crate::fields::Fields;
@@ -36,8 +36,7 @@ pub struct Source {
 }
 
 /// The searchable text of an event: its text columns, one per line.
-pub fn event_text(event: &Event, id_buf: &mut SessionIdText) -> String {
-    let cells = event.cells(id_buf);
+pub fn event_text(cells: &Cells<'_>) -> String {
     let mut text = String::new();
     let mut line = |part: &str| {
         let part = part.trim_end_matches('\0');
@@ -88,8 +87,7 @@ pub const SESSION_COLUMNS: &[Column] =
 pub type SessionContext = Vec<(tantivy::schema::Field, String)>;
 
 /// The describing values of a `session_start` event.
-pub fn session_context(fields: &Fields, event: &Event, id_buf: &mut SessionIdText) -> SessionContext {
-    let cells = event.cells(id_buf);
+pub fn session_context(fields: &Fields, cells: &Cells<'_>) -> SessionContext {
     let mut context = Vec::new();
     for &(_, column, field) in fields.keywords.iter().filter(|(_, c, _)| SESSION_COLUMNS.contains(c)) {
         match cells.get(column) {
@@ -101,21 +99,25 @@ pub fn session_context(fields: &Fields, event: &Event, id_buf: &mut SessionIdTex
     context
 }
 
+/// An event's document, from its cells; `text` replaces the text of its
+/// columns where the indexer renders it (terminal traffic).
 pub fn document(
     fields: &Fields,
-    event: &Event,
+    cells: &Cells<'_>,
     source: Source,
     session: Option<&SessionContext>,
     text: Option<String>,
-    id_buf: &mut SessionIdText,
 ) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
-    let text = text.unwrap_or_else(|| event_text(event, id_buf));
+    let text = text.unwrap_or_else(|| event_text(cells));
     doc.add_text(fields.text, &text);
-    doc.add_u64(fields.seq, event.seq);
-    doc.add_i64(fields.time, event.time.0);
+    if let Some(Value::U64(seq)) = cells.get(Column::Seq) {
+        doc.add_u64(fields.seq, seq);
+    }
+    if let Some(Value::I64(time)) = cells.get(Column::Time) {
+        doc.add_i64(fields.time, time);
+    }
     doc.add_u64(fields.file, source.file);
-    let cells = event.cells(id_buf);
     if let Some(Value::U64(status)) = cells.get(Column::Status) {
         doc.add_u64(fields.status, status);
     }

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use proctor_recorder::reader::Reader;
-use proctor_schemas::SessionIdText;
-use proctor_schemas::{Event, EventBody};
+use proctor_schemas::{Column, Event, EventBody, SessionIdText, Value};
 use serde::{Deserialize, Serialize};
+use tantivy::TantivyDocument;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::TermQuery;
 use tantivy::schema::IndexRecordOption;
@@ -116,82 +116,68 @@ pub struct Indexer {
     writer: IndexWriter,
     fields: Fields,
     checkpoint: Checkpoint,
-    /// The describing values of open sessions (forgotten at their end).
-    sessions: HashMap<String, SessionContext>,
-    /// The line being typed in each open terminal session, as of the
-    /// sealed segments indexed so far.
-    editors: HashMap<String, LineEditor>,
+    /// Open sessions as of the sealed segments indexed so far.
+    sealed: Sessions,
     /// Likewise as of the WAL tail indexed so far. Kept apart, because a
     /// tail is indexed again from its segment once sealed.
-    tail_editors: HashMap<String, LineEditor>,
+    tail: Sessions,
 }
 
-/// [`terminal_text`] for an event of the WAL tail: a session first seen in
-/// the tail starts from its state in the sealed segments.
-fn terminal_text_of_tail(
-    tail_editors: &mut HashMap<String, LineEditor>,
-    sealed_editors: &HashMap<String, LineEditor>,
-    event: &Event,
-    id: &str,
-) -> Option<String> {
-    if matches!(event.body, EventBody::TerminalInput(_))
-        && !tail_editors.contains_key(id)
-        && let Some(editor) = sealed_editors.get(id)
-    {
-        tail_editors.insert(id.to_string(), editor.clone());
-    }
-    terminal_text(tail_editors, event, id)
+/// Per-session state of one stream of events (the sealed segments, or the
+/// WAL tail): the session's describing values and the line being typed.
+#[derive(Default)]
+struct Sessions {
+    context: HashMap<String, SessionContext>,
+    editors: HashMap<String, LineEditor>,
 }
 
-/// The text of a terminal event: the command lines its keystrokes complete,
-/// or its output as the screen shows it. `None` for other events.
-fn terminal_text(editors: &mut HashMap<String, LineEditor>, event: &Event, id: &str) -> Option<String> {
-    match &event.body {
-        EventBody::TerminalInput(input) => {
-            let editor = editors.entry(id.to_string()).or_default();
-            Some(editor.feed(&input.data).join("\n"))
-        }
-        EventBody::TerminalOutput(output) => Some(render_output(&output.data)),
-        EventBody::SessionEnd(_) => {
-            editors.remove(id);
-            None
-        }
-        _ => None,
-    }
-}
-
-/// Finds the describing values of an event's session: its own, for a
-/// `session_start`; else from memory, else from the recording.
-fn context_for(
-    sessions: &mut HashMap<String, SessionContext>,
+/// An event's document. `seed` is the sealed stream's state, from which a
+/// tail session not seen before starts.
+fn event_document(
+    state: &mut Sessions,
+    seed: Option<&Sessions>,
     recording: &Reader,
     fields: &Fields,
     event: &Event,
+    source: Source,
     id_buf: &mut SessionIdText,
-) -> Result<Option<SessionContext>> {
-    let id = id_buf.render(event.session_id).to_string();
-    if matches!(event.body, EventBody::SessionStart(_)) {
-        let context = session_context(fields, event, id_buf);
-        sessions.insert(id, context.clone());
-        return Ok(Some(context));
-    }
-    let context = match sessions.get(&id) {
-        Some(context) => context.clone(),
-        None => {
-            // Started before this indexer opened: its start is read back
-            // from the recording.
-            let context = match recording.session_start(event.session_id)? {
-                Some(start) => session_context(fields, &start, id_buf),
-                None => Vec::new(),
-            };
-            sessions.insert(id.clone(), context.clone());
-            context
-        }
+) -> Result<TantivyDocument> {
+    let cells = event.cells(id_buf);
+    let id = match cells.get(Column::SessionId) {
+        Some(Value::Str(id)) => id,
+        _ => "",
     };
-    if matches!(event.body, EventBody::SessionEnd(_)) {
-        sessions.remove(&id);
+    // The session's describing values: its own for a start; else known;
+    // else read back from the recording (started before this indexer ran).
+    if matches!(event.body, EventBody::SessionStart(_)) {
+        state.context.insert(id.to_string(), session_context(fields, &cells));
+    } else if !state.context.contains_key(id) {
+        let context = match seed.and_then(|s| s.context.get(id)) {
+            Some(context) => context.clone(),
+            None => match recording.session_start(event.session_id)? {
+                Some(start) => session_context(fields, &start.cells(&mut SessionIdText::default())),
+                None => Vec::new(),
+            },
+        };
+        state.context.insert(id.to_string(), context);
     }
-    Ok(Some(context))
+    let text = match &event.body {
+        EventBody::TerminalInput(input) => {
+            if !state.editors.contains_key(id) {
+                let editor = seed.and_then(|s| s.editors.get(id)).cloned().unwrap_or_default();
+                state.editors.insert(id.to_string(), editor);
+            }
+            state.editors.get_mut(id).map(|editor| editor.feed(&input.data).join("\n"))
+        }
+        EventBody::TerminalOutput(output) => Some(render_output(&output.data)),
+        _ => None,
+    };
+    let doc = document(fields, &cells, source, state.context.get(id), text);
+    if matches!(event.body, EventBody::SessionEnd(_)) {
+        state.context.remove(id);
+        state.editors.remove(id);
+    }
+    Ok(doc)
 }
 
 impl Indexer {
@@ -214,9 +200,8 @@ impl Indexer {
                     writer,
                     fields,
                     checkpoint: checkpoint?,
-                    sessions: HashMap::new(),
-                    editors: HashMap::new(),
-                    tail_editors: HashMap::new(),
+                    sealed: Sessions::default(),
+                    tail: Sessions::default(),
                 });
             }
             tracing::warn!(dir = %dir.display(), "the index is of another version; rebuilding it from the segments");
@@ -250,9 +235,8 @@ impl Indexer {
             writer,
             fields,
             checkpoint,
-            sessions: HashMap::new(),
-            editors: HashMap::new(),
-            tail_editors: HashMap::new(),
+            sealed: Sessions::default(),
+            tail: Sessions::default(),
         })
     }
 
@@ -289,16 +273,12 @@ impl Indexer {
             let source = Source { file: number };
             let mut added = 0u64;
             reader.segment_events(manifest, |event| {
-                let context =
-                    context_for(&mut self.sessions, &reader, &self.fields, &event, &mut id_buf).map_err(|e| {
-                        proctor_recorder::RecorderError::Corrupt {
-                            path: PathBuf::from(&manifest.path),
-                            message: format!("cannot index: {e}"),
-                        }
-                    })?;
-                let id = id_buf.render(event.session_id).to_string();
-                let text = terminal_text(&mut self.editors, &event, &id);
-                let doc = document(&self.fields, &event, source, context.as_ref(), text, &mut id_buf);
+                let cannot = |e: IndexError| proctor_recorder::RecorderError::Corrupt {
+                    path: PathBuf::from(&manifest.path),
+                    message: format!("cannot index: {e}"),
+                };
+                let doc = event_document(&mut self.sealed, None, &reader, &self.fields, &event, source, &mut id_buf)
+                    .map_err(cannot)?;
                 self.writer.add_document(doc).map_err(|e| proctor_recorder::RecorderError::Corrupt {
                     path: PathBuf::from(&manifest.path),
                     message: format!("cannot index: {e}"),
@@ -328,10 +308,9 @@ impl Indexer {
             live.insert(number);
             let source = Source { file: number };
             for event in &events {
-                let context = context_for(&mut self.sessions, &reader, &self.fields, event, &mut id_buf)?;
-                let id = id_buf.render(event.session_id).to_string();
-                let text = terminal_text_of_tail(&mut self.tail_editors, &self.editors, event, &id);
-                self.writer.add_document(document(&self.fields, event, source, context.as_ref(), text, &mut id_buf))?;
+                let seed = Some(&self.sealed);
+                let doc = event_document(&mut self.tail, seed, &reader, &self.fields, event, source, &mut id_buf)?;
+                self.writer.add_document(doc)?;
             }
             progress.wal_events += events.len() as u64;
             next.wal.insert(number, TailProgress { events: done.events + events.len() as u64, offset });

@@ -157,9 +157,9 @@ impl LineEditor {
     }
 }
 
-/// Columns of the screen output is rendered on: wide, so that long lines
-/// are not wrapped into words that never were.
-const COLUMNS: u16 = 500;
+/// At most this many columns: long lines are not wrapped into words that
+/// never were, up to this width.
+const MAX_COLUMNS: usize = 500;
 /// At most this many rows of one output event are rendered.
 const MAX_ROWS: usize = 2000;
 
@@ -167,7 +167,9 @@ const MAX_ROWS: usize = 2000;
 /// backspaces and carriage returns applied, trailing blanks trimmed.
 pub fn render_output(bytes: &[u8]) -> String {
     let rows = bytes.iter().filter(|&&b| b == b'\n').count().clamp(1, MAX_ROWS) + 1;
-    let mut parser = vt100::Parser::new(rows as u16, COLUMNS, 0);
+    let widest = bytes.split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap_or(0);
+    let columns = (widest + 1).clamp(20, MAX_COLUMNS);
+    let mut parser = vt100::Parser::new(rows as u16, columns as u16, 0);
     parser.process(bytes);
     let text = parser.screen().contents();
     let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
