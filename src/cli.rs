@@ -112,6 +112,21 @@ pub struct SessionsArgs {
     /// The data dir (a live one, or an exported copy).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Only sessions of this subject.
+    #[arg(long, value_name = "NAME")]
+    pub subject: Option<String>,
+    /// Only sessions on this resource.
+    #[arg(long, value_name = "NAME")]
+    pub resource: Option<String>,
+    /// Only sessions of this protocol (postgres, ssh, http, control, system).
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Option<String>,
+    /// Only sessions active within this span (e.g. 30m, 12h, 7d).
+    #[arg(long, value_name = "SPAN")]
+    pub since: Option<String>,
+    /// Only sessions still open.
+    #[arg(long)]
+    pub live: bool,
     /// Print one JSON object per session.
     #[arg(long)]
     pub json: bool,

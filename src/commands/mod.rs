@@ -1,3 +1,4 @@
+mod access;
 mod demo;
 mod generate;
 mod key;

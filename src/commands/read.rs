@@ -12,8 +12,44 @@ use crate::cli::{ReplayArgs, SessionsArgs};
 
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let reader = Reader::open(&args.data_dir)?;
+    let since = match &args.since {
+        Some(span) => Some(
+            proctor_indexer::query::span(span)
+                .with_context(|| format!("--since {span:?}: expected a span such as 30m, 12h, 7d or 2w"))?,
+        ),
+        None => None,
+    };
+    let now = proctor_schemas::Timestamp::now().0;
+    let filters: Vec<String> = [
+        ("subject", &args.subject),
+        ("resource", &args.resource),
+        ("protocol", &args.protocol),
+        ("since", &args.since),
+    ]
+    .iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}:{v}")))
+    .chain(args.live.then(|| "live".to_string()))
+    .collect();
+    super::access::record(
+        &args.data_dir,
+        super::access::Access {
+            operation: "search",
+            query: Some(format!("sessions {}", filters.join(" "))),
+            target_session: None,
+        },
+    );
+    let wanted = |value: &Option<String>, filter: &Option<String>| filter.is_none() || value == filter;
     let mut out = std::io::stdout().lock();
     for s in reader.sessions()? {
+        let recent = since.is_none_or(|span| s.last_time.is_some_and(|t| t.0 >= now.saturating_sub(span)));
+        if !(wanted(&s.subject, &args.subject)
+            && wanted(&s.resource, &args.resource)
+            && wanted(&s.protocol, &args.protocol)
+            && recent
+            && (!args.live || s.end_reason.is_none()))
+        {
+            continue;
+        }
         if args.json {
             let value = json!({
                 "session_id": s.session_id.to_string(),
@@ -51,6 +87,10 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if events.is_empty() {
         anyhow::bail!("no session {session_id} in {}", args.data_dir.display());
     }
+    super::access::record(
+        &args.data_dir,
+        super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
+    );
     let mut out = std::io::stdout().lock();
     for event in &events {
         if args.json {

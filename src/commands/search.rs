@@ -37,6 +37,10 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) => return Err(error.into()),
     };
+    super::access::record(
+        &args.data_dir,
+        super::access::Access { operation: "search", query: Some(request.query.clone()), target_session: None },
+    );
     let mut out = std::io::stdout().lock();
     for hit in &result.hits {
         if args.json {
