@@ -122,7 +122,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "\nProctor is in front of a throw-away PostgreSQL with demo data (customers, orders).\n\n\
              Connect through Proctor (every statement and result is recorded):\n\n  psql \"{postgres_url}\"\n\n\
              Try:  select * from customers limit 5;\n      select status, count(*) from orders group by 1;\n\n\
-             Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
+             Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
              Compare with the target directly: psql \"{target_url}\"\n\
              Ctrl-C ends the demo: sessions end, the recording is sealed, the cluster is removed.\n"
         );

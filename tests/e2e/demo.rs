@@ -38,6 +38,21 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     assert_eq!(query(&postgres_url), "200");
     assert_eq!(query(&target_url), "200", "the target URL reaches the same data directly");
 
+    // The demo's statements are searchable while it runs.
+    let started = std::time::Instant::now();
+    loop {
+        let output = run_ok(
+            Path::new(BIN),
+            &["search", "customers kind:statement", "--data-dir", data.to_str().unwrap(), "--json"],
+        );
+        let out = String::from_utf8_lossy(&output.stdout).to_string();
+        if out.contains("select count(*) from customers") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(50), "not searchable: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     signal(&child, libc::SIGTERM);
     assert!(wait_with_timeout(&mut child, Duration::from_secs(60)).success());
     run_ok(Path::new(BIN), &["verify", "--data-dir", data.to_str().unwrap()]);
