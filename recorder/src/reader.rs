@@ -311,14 +311,7 @@ impl Reader {
     pub fn for_each_event(&self, mut f: impl FnMut(Event) -> Result<()>) -> Result<()> {
         let snapshot = self.snapshot(None)?;
         for manifest in &snapshot.manifests {
-            let path = self.layout.root().join(&manifest.path);
-            segment::for_each_batch(&path, |batch| {
-                let reader = BatchReader::new(&batch)?;
-                for i in 0..reader.len() {
-                    f(Event::from_row(reader.row(i)?)?)?;
-                }
-                Ok(())
-            })?;
+            self.segment_events(manifest, &mut f)?;
         }
         for (_, events) in snapshot.wal {
             for event in events {
