@@ -279,10 +279,13 @@ impl Indexer {
                 };
                 let doc = event_document(&mut self.sealed, None, &reader, &self.fields, &event, source, &mut id_buf)
                     .map_err(cannot)?;
-                self.writer.add_document(doc).map_err(|e| proctor_recorder::RecorderError::Corrupt {
-                    path: PathBuf::from(&manifest.path),
-                    message: format!("cannot index: {e}"),
-                })?;
+                self.writer.add_document(doc).map_err(|e| cannot(e.into()))?;
+                if matches!(event.body, EventBody::SessionEnd(_)) {
+                    // Ended: the tail's state of it is not needed either.
+                    let id = id_buf.render(event.session_id);
+                    self.tail.context.remove(id);
+                    self.tail.editors.remove(id);
+                }
                 added += 1;
                 Ok(())
             })?;

@@ -9,14 +9,15 @@ use proctor_indexer::{IndexError, Indexer, SearchIndex, SearchRequest};
 use crate::cli::{ReindexArgs, SearchArgs};
 
 pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
-    // Bring the index up to date when no running Proctor keeps it.
-    match Indexer::open(&args.data_dir) {
-        Ok(mut indexer) => {
-            indexer.catch_up()?;
-            indexer.finish()?;
-        }
-        Err(IndexError::Busy(_)) => {}
-        Err(error) => return Err(error.into()),
+    // Bring the index up to date when no running Proctor keeps it; a data
+    // dir that cannot be written (an exported copy) is searched as it is.
+    let refreshed = Indexer::open(&args.data_dir).and_then(|mut indexer| {
+        indexer.catch_up()?;
+        indexer.finish()
+    });
+    match refreshed {
+        Ok(()) | Err(IndexError::Busy(_)) => {}
+        Err(error) => tracing::warn!(%error, "the search index could not be brought up to date"),
     }
     let index = SearchIndex::open(&args.data_dir)?;
     let mut query = args.query.clone();
