@@ -33,10 +33,38 @@ const COMMIT_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub version: u32,
-    /// Segments (by number) whose events are all indexed.
+    /// Segments (by number) whose events are all indexed; stored as ranges,
+    /// since segments are sealed and indexed in order.
+    #[serde(with = "ranges")]
     pub segments: BTreeSet<u64>,
     /// Unsealed WAL files (by number): how far they are indexed.
     pub wal: BTreeMap<u64, TailProgress>,
+}
+
+/// A set of numbers as a list of inclusive `[first, last]` ranges.
+mod ranges {
+    use std::collections::BTreeSet;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(set: &BTreeSet<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut ranges: Vec<[u64; 2]> = Vec::new();
+        for &n in set {
+            match ranges.last_mut() {
+                Some(last) if last[1] + 1 == n => last[1] = n,
+                _ => ranges.push([n, n]),
+            }
+        }
+        ranges.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeSet<u64>, D::Error> {
+        let ranges = Vec::<[u64; 2]>::deserialize(deserializer)?;
+        if ranges.iter().any(|[a, b]| a > b || b - a > 1 << 40) {
+            return Err(serde::de::Error::custom("a range of segment numbers is reversed or too long"));
+        }
+        Ok(ranges.into_iter().flat_map(|[a, b]| a..=b).collect())
+    }
 }
 
 /// How much of an unsealed WAL file is indexed.
@@ -251,7 +279,8 @@ impl Indexer {
         let reader = Reader::open(&self.data_dir)?;
         // WAL files first: one sealed in between shows among the manifests.
         let unsealed = reader.unsealed_wal_numbers()?;
-        let manifests = reader.manifests()?;
+        // Only the manifests of segments not yet indexed are read.
+        let segments = reader.segment_numbers()?;
         let mut next = self.checkpoint.clone();
         let mut progress = Progress::default();
         let commit_every = commit_every();
@@ -260,8 +289,8 @@ impl Indexer {
         let mut id_buf = SessionIdText::default();
 
         let done = self.checkpoint.segments.clone();
-        for manifest in manifests.iter().filter(|m| !done.contains(&m.segment_id)) {
-            let number = manifest.segment_id;
+        for &number in segments.iter().filter(|n| !done.contains(n)) {
+            let manifest = &reader.manifest(number)?;
             // A WAL tail indexed earlier is replaced, in the same commit.
             if next.wal.remove(&number).is_some() {
                 self.writer.delete_query(Box::new(TermQuery::new(
@@ -301,7 +330,7 @@ impl Indexer {
         }
 
         // The WAL tail: only what was written since the last round is read.
-        let sealed: BTreeSet<u64> = manifests.iter().map(|m| m.segment_id).collect();
+        let sealed: BTreeSet<u64> = segments.iter().copied().collect();
         let mut live = BTreeSet::new();
         for &number in unsealed.iter().filter(|n| !sealed.contains(n)) {
             let done = next.wal.get(&number).copied().unwrap_or_default();
@@ -394,4 +423,22 @@ pub fn reindex(data_dir: &Path) -> Result<Progress> {
         let _ = std::fs::remove_dir_all(&retired);
     }
     Ok(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_keeps_segments_as_ranges() {
+        let checkpoint = Checkpoint {
+            version: INDEX_VERSION,
+            segments: [1, 2, 3, 4, 7, 9, 10].into_iter().collect(),
+            wal: [(11, TailProgress { events: 5, offset: 900 })].into_iter().collect(),
+        };
+        let json = serde_json::to_string(&checkpoint).unwrap();
+        assert!(json.contains(r#""segments":[[1,4],[7,7],[9,10]]"#), "{json}");
+        assert_eq!(serde_json::from_str::<Checkpoint>(&json).unwrap(), checkpoint);
+        assert!(serde_json::from_str::<Checkpoint>(r#"{"version":1,"segments":[[5,1]],"wal":{}}"#).is_err());
+    }
 }

@@ -85,6 +85,17 @@ impl Reader {
         &self.layout
     }
 
+    /// The numbers of the sealed segments, in order (a directory listing;
+    /// no manifest is read).
+    pub fn segment_numbers(&self) -> Result<Vec<u64>> {
+        self.layout.manifest_numbers()
+    }
+
+    /// One segment's manifest.
+    pub fn manifest(&self, number: u64) -> Result<Manifest> {
+        read_manifest(&self.layout.manifest_path(number))
+    }
+
     /// Every manifest, in segment order.
     pub fn manifests(&self) -> Result<Vec<Manifest>> {
         self.layout.manifest_numbers()?.into_iter().map(|n| read_manifest(&self.layout.manifest_path(n))).collect()

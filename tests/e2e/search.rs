@@ -43,7 +43,9 @@ fn indexed_segments(data_dir: &Path) -> usize {
     let meta: Value = serde_json::from_str(&meta).unwrap();
     let Some(payload) = meta["payload"].as_str() else { return 0 };
     let checkpoint: Value = serde_json::from_str(payload).unwrap();
-    checkpoint["segments"].as_array().map_or(0, Vec::len)
+    // Stored as inclusive [first, last] ranges.
+    let ranges = checkpoint["segments"].as_array().cloned().unwrap_or_default();
+    ranges.iter().map(|r| (r[1].as_u64().unwrap() - r[0].as_u64().unwrap() + 1) as usize).sum()
 }
 
 fn all_events(data_dir: &Path) -> Vec<Event> {
