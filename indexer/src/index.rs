@@ -274,8 +274,26 @@ impl Indexer {
 
     /// Indexes what was recorded since the last round: new segments
     /// (replacing the documents of their WAL tail) and new events of the WAL
-    /// files not yet sealed. Commits in batches; returns what it did.
+    /// files not yet sealed. Commits in batches; returns what it did. On an
+    /// error, whatever was not committed is rolled back, so the next round
+    /// starts again from the checkpoint and adds nothing twice.
     pub fn catch_up(&mut self) -> Result<Progress> {
+        match self.try_catch_up() {
+            Ok(progress) => Ok(progress),
+            Err(error) => {
+                if let Err(rollback) = self.writer.rollback() {
+                    tracing::warn!(%rollback, "the index writer could not roll back");
+                }
+                // The per-session state may have seen events that were rolled
+                // back: it is rebuilt from the recording as needed.
+                self.sealed = Sessions::default();
+                self.tail = Sessions::default();
+                Err(error)
+            }
+        }
+    }
+
+    fn try_catch_up(&mut self) -> Result<Progress> {
         let reader = Reader::open(&self.data_dir)?;
         // WAL files first: one sealed in between shows among the manifests.
         let unsealed = reader.unsealed_wal_numbers()?;

@@ -106,3 +106,45 @@ fn a_terminal_session_is_found_by_the_commands_it_ran_before_and_after_sealing()
     assert_eq!(search(dir.path(), "whoami").0, 1);
     indexer.finish().unwrap();
 }
+
+#[test]
+fn a_round_that_fails_half_way_adds_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RecorderSettings {
+        segment_max_bytes: proctor_recorder::config::ByteSize(64 << 10),
+        ..RecorderSettings::default()
+    };
+    let recorder = Recorder::open(dir.path(), &settings).unwrap();
+    let sink = recorder.sink();
+    let start = Timestamp(Timestamp::now().0 - 3_600_000_000_000);
+    let events: Vec<NewEvent> =
+        proctor_recorder::synth::Synth::new(proctor_recorder::synth::SynthConfig::new(60, 3, start)).collect();
+    for chunk in events.chunks(64) {
+        sink.blocking_append_batch(chunk.to_vec()).unwrap();
+    }
+    drop(sink);
+    recorder.close().unwrap();
+    let reader = proctor_recorder::reader::Reader::open(dir.path()).unwrap();
+    let manifests = reader.manifests().unwrap();
+    assert!(manifests.len() >= 3, "{} segments", manifests.len());
+    let mut recorded = 0usize;
+    reader
+        .for_each_event(|_| {
+            recorded += 1;
+            Ok(())
+        })
+        .unwrap();
+
+    // The last segment cannot be read: the round fails after indexing the
+    // others, uncommitted.
+    let last = dir.path().join(&manifests.last().unwrap().path);
+    let original = std::fs::read(&last).unwrap();
+    std::fs::write(&last, b"not parquet").unwrap();
+    let mut indexer = Indexer::open(dir.path()).unwrap();
+    assert!(indexer.catch_up().is_err());
+    std::fs::write(&last, &original).unwrap();
+    let progress = indexer.catch_up().unwrap();
+    assert_eq!(progress.segments as usize, manifests.len());
+    assert_eq!(search(dir.path(), "").0, recorded, "every event once");
+    indexer.finish().unwrap();
+}
