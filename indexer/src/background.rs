@@ -17,16 +17,39 @@ pub struct Background {
 
 impl Background {
     /// Opens the data dir's index for writing and starts catching up every
-    /// `interval`.
-    pub fn start(data_dir: &Path, interval: Duration) -> Result<Background> {
-        let indexer = Indexer::open(data_dir)?;
+    /// `interval`, at scheduling niceness `nice` (0-19): indexing, like
+    /// sealing, yields the CPU to the data path. The index writer's own
+    /// threads are started from the niced thread, so they inherit it.
+    pub fn start(data_dir: &Path, interval: Duration, nice: i32) -> Result<Background> {
         let (stop, stopped) = mpsc::channel();
+        let (opened, open_result) = mpsc::channel();
         let dir: PathBuf = data_dir.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("proctor-indexer".into())
-            .spawn(move || run(indexer, &dir, interval, stopped))
+            .spawn(move || {
+                proctor_recorder::lower_priority(nice);
+                match Indexer::open(&dir) {
+                    Ok(indexer) => {
+                        let _ = opened.send(Ok(()));
+                        run(indexer, &dir, interval, stopped);
+                    }
+                    Err(error) => {
+                        let _ = opened.send(Err(error));
+                    }
+                }
+            })
             .map_err(|e| crate::IndexError::open(data_dir, e))?;
-        Ok(Background { stop, thread })
+        match open_result.recv() {
+            Ok(Ok(())) => Ok(Background { stop, thread }),
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(error)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(crate::IndexError::open(data_dir, "the indexer thread stopped while opening the index"))
+            }
+        }
     }
 
     /// Catches up one last time (after the recorder has sealed everything)

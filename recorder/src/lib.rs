@@ -28,5 +28,5 @@ mod writer;
 
 pub use config::{ByteSize, FsyncPolicy, RecorderSettings};
 pub use error::{RecordError, RecorderError, Result};
-pub use recorder::{Recorder, RecoveryReport, Sink};
+pub use recorder::{Recorder, RecoveryReport, Sink, lower_priority};
 pub use shared::Stats;

@@ -531,15 +531,17 @@ fn thread_cpu_ns() -> u64 {
     (micros(usage.ru_utime) + micros(usage.ru_stime)) * 1000
 }
 
-/// Lowers this thread's scheduling priority (Linux: nice applies per thread).
-fn lower_priority(nice: i32) {
+/// Lowers the calling thread's scheduling priority (Linux: nice applies per
+/// thread, and threads it starts inherit it): for background work that must
+/// yield to the data path.
+pub fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
     }
     // SAFETY: gettid and setpriority act on the calling thread only.
     let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     if result != 0 {
-        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "could not lower the sealer's priority");
+        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "could not lower a thread's priority");
     }
 }
 

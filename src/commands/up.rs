@@ -58,7 +58,11 @@ pub async fn serve(
         .await?
         .with_context(|| format!("cannot open the recorder on {}", config.data_dir.display()))?;
     // The index follows the recording a second behind, on its own thread.
-    let indexer = match proctor_indexer::background::Background::start(&config.data_dir, INDEX_INTERVAL) {
+    let indexer = match proctor_indexer::background::Background::start(
+        &config.data_dir,
+        INDEX_INTERVAL,
+        config.recorder.sealer_nice,
+    ) {
         Ok(indexer) => Some(indexer),
         Err(error) => {
             tracing::warn!(%error, "searching will not see new events until the index can be written");
