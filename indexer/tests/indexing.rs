@@ -82,12 +82,16 @@ fn a_terminal_session_is_found_by_the_commands_it_ran_before_and_after_sealing()
     // Nothing new: nothing indexed twice.
     assert!(indexer.catch_up().unwrap().is_empty());
 
-    // More keystrokes, then the end; the recorder seals everything.
+    // A restarted indexer; more keystrokes, then the end; the recorder
+    // seals everything.
+    indexer.finish().unwrap();
+    let mut indexer = Indexer::open(dir.path()).unwrap();
     for k in [b"w".as_slice(), b"h", b"o", b"a", b"m", b"i", b"\r"] {
         sink.blocking_append(keys(session, k)).unwrap();
     }
     assert_eq!(indexer.catch_up().unwrap().wal_events, 7);
-    assert_eq!(search(dir.path(), "whoami").0, 1);
+    // The session's subject is read back from its recorded start.
+    assert_eq!(search(dir.path(), "whoami subject:dana").0, 1);
     sink.blocking_append(event(
         session,
         Direction::TargetToClient,

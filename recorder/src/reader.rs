@@ -220,7 +220,9 @@ impl Reader {
     /// segment or WAL file that holds it. `None` if it is not recorded.
     pub fn session_start(&self, session_id: SessionId) -> Result<Option<Event>> {
         let id_text = session_id.to_string();
-        for manifest in self.manifests()? {
+        // Newest first: a session still being read about started recently.
+        for number in self.segment_numbers()?.into_iter().rev() {
+            let manifest = self.manifest(number)?;
             if !manifest.sessions.iter().any(|s| s.session_id == id_text && s.first_seq == 0) {
                 continue;
             }
