@@ -37,9 +37,12 @@ pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
     ]
 };
 
-/// Keywords kept as columns too (fast fields): what a hit shows and what
-/// facets count.
-pub const COLUMNAR: &[&str] = &["session", "kind", "subject", "resource", "outcome"];
+/// Keywords kept as columns too (fast fields): what a hit shows, what facets
+/// count, and what aggregations run over (with `time`, `seq` and `status`).
+/// `group` and `grant` are filterable but not columns: as columns they would
+/// add a seventh to the index (multi-valued groups, a grant per session) for
+/// aggregations nothing runs.
+pub const COLUMNAR: &[&str] = &["session", "kind", "subject", "resource", "outcome", "protocol", "rule", "sqlstate"];
 
 /// The fields, resolved once.
 #[derive(Clone, Debug)]
