@@ -140,6 +140,12 @@ pub struct ReplayArgs {
     /// The data dir (a live one, or an exported copy).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Start at this seq (a page of a long session; 0: the start).
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub from_seq: u64,
+    /// Print at most this many events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Print one JSON object per event, with every non-null column.
     #[arg(long)]
     pub json: bool,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use proctor_schemas::arrow::BatchReader;
@@ -181,26 +182,90 @@ impl Reader {
 
     /// One session's events in seq order.
     pub fn session_events(&self, session_id: SessionId) -> Result<Vec<Event>> {
-        let snapshot = self.snapshot(Some(session_id))?;
-        let id_text = session_id.to_string();
         let mut events = Vec::new();
-        for manifest in &snapshot.manifests {
-            if !manifest.sessions.iter().any(|s| s.session_id == id_text) {
-                continue;
+        self.for_each_session_event(session_id, 0, |event| {
+            events.push(event);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(events)
+    }
+
+    /// Calls `f` with one session's events in seq order, from `from_seq` on,
+    /// until it says stop: a page of a long session costs a page. Only the
+    /// segments whose manifests list the session at those seqs are opened,
+    /// and in them only the row groups and pages that may hold it; then the
+    /// session's events still in the WAL. Safe beside a running recorder: a
+    /// WAL file sealed meanwhile is read from its segment.
+    pub fn for_each_session_event(
+        &self,
+        session_id: SessionId,
+        from_seq: u64,
+        mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        let id_text = session_id.to_string();
+        // Every event passed on has the next seq: nothing twice, whatever is
+        // sealed while this runs.
+        let mut next = from_seq;
+        let mut done_segments = BTreeSet::new();
+        for _ in 0..5 {
+            // WAL files are listed before segments (see `snapshot`).
+            let wal_numbers = self.layout.wal_numbers()?;
+            for number in self.segment_numbers()? {
+                if !done_segments.insert(number) {
+                    continue;
+                }
+                let manifest = self.manifest(number)?;
+                let listed = manifest.sessions.iter().any(|s| s.session_id == id_text && s.last_seq >= next);
+                if !listed {
+                    continue;
+                }
+                let path = self.layout.root().join(&manifest.path);
+                let mut stop = false;
+                segment::for_each_session_batch(&path, &id_text, |batch| {
+                    let reader = BatchReader::new(&batch)?;
+                    for i in 0..reader.len() {
+                        if reader.str(Column::SessionId, i) != Some(id_text.as_str()) {
+                            continue;
+                        }
+                        let event = Event::from_row(reader.row(i)?)?;
+                        if event.seq < next {
+                            continue;
+                        }
+                        next = event.seq + 1;
+                        if f(event)?.is_break() {
+                            stop = true;
+                            return Ok(ControlFlow::Break(()));
+                        }
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })?;
+                if stop {
+                    return Ok(());
+                }
             }
-            let path = self.layout.root().join(&manifest.path);
-            for batch in segment::read_session(&path, &id_text)? {
-                let reader = BatchReader::new(&batch)?;
-                for i in 0..reader.len() {
-                    if reader.str(Column::SessionId, i) == Some(id_text.as_str()) {
-                        events.push(Event::from_row(reader.row(i)?)?);
+            let mut vanished = false;
+            for number in wal_numbers.into_iter().filter(|n| !done_segments.contains(n)) {
+                let Some((events, _)) = self.wal_events_from(number, 0)? else {
+                    // Sealed meanwhile: read it, and what follows it, from
+                    // the segments first, to keep seq order.
+                    vanished = true;
+                    break;
+                };
+                for event in events.into_iter().filter(|e| e.session_id == session_id) {
+                    if event.seq < next {
+                        continue;
+                    }
+                    next = event.seq + 1;
+                    if f(event)?.is_break() {
+                        return Ok(());
                     }
                 }
             }
+            if !vanished {
+                return Ok(());
+            }
         }
-        events.extend(snapshot.wal.into_iter().flat_map(|(_, events)| events));
-        events.sort_by_key(|e| e.seq);
-        Ok(events)
+        Err(RecorderError::corrupt(self.layout.wal_dir(), "WAL files keep vanishing while being read"))
     }
 
     /// Calls `f` with every event of one sealed segment, in (session, seq)
@@ -227,16 +292,22 @@ impl Reader {
                 continue;
             }
             let path = self.layout.root().join(&manifest.path);
-            for batch in segment::read_session(&path, &id_text)? {
+            let mut start = None;
+            segment::for_each_session_batch(&path, &id_text, |batch| {
                 let reader = BatchReader::new(&batch)?;
                 for i in 0..reader.len() {
                     if reader.str(Column::SessionId, i) == Some(id_text.as_str()) {
                         let event = Event::from_row(reader.row(i)?)?;
                         if event.seq == 0 {
-                            return Ok(Some(event));
+                            start = Some(event);
+                            return Ok(ControlFlow::Break(()));
                         }
                     }
                 }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if start.is_some() {
+                return Ok(start);
             }
         }
         for number in self.unsealed_wal_numbers()? {

@@ -156,7 +156,12 @@ pub fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> R
 
 /// Reads a whole segment.
 pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
-    read(path, None)
+    let mut batches = Vec::new();
+    for_each_batch(path, |batch| {
+        batches.push(batch);
+        Ok(())
+    })?;
+    Ok(batches)
 }
 
 /// Calls `f` with each batch of a segment in order, holding one at a time.
@@ -171,40 +176,79 @@ pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>)
     Ok(())
 }
 
-/// Reads the row groups of a segment that may hold `session_id`, skipping the
-/// others by their statistics (rows are sorted by session id, so each row
-/// group covers a narrow id range). The caller filters rows.
-pub fn read_session(path: &Path, session_id: &str) -> Result<Vec<RecordBatch>> {
-    read(path, Some(session_id))
-}
+/// Calls `f` with the batches of a segment that may hold `session_id`, in
+/// order, one at a time, until it says stop: row groups are skipped by their
+/// statistics and, within a row group, pages by the page index (rows are
+/// sorted by session, so a session covers a few pages). Batches may still
+/// hold other sessions' rows: the caller filters.
+pub fn for_each_session_batch(
+    path: &Path,
+    session_id: &str,
+    mut f: impl FnMut(RecordBatch) -> Result<std::ops::ControlFlow<()>>,
+) -> Result<()> {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+    use parquet::file::metadata::PageIndexPolicy;
+    use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
-fn read(path: &Path, session_id: Option<&str>) -> Result<Vec<RecordBatch>> {
-    let parquet_err =
-        |e: parquet::errors::ParquetError| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() };
     let file = File::open(path).map_err(RecorderError::io("cannot open segment", path))?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?.with_batch_size(8192);
-    if let Some(session_id) = session_id {
-        let wanted = session_id.as_bytes();
-        let groups: Vec<usize> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter(|(_, rg)| match rg.column(0).statistics() {
-                Some(Statistics::ByteArray(stats)) => match (stats.min_opt(), stats.max_opt()) {
-                    (Some(min), Some(max)) => min.data() <= wanted && wanted <= max.data(),
-                    _ => true,
-                },
-                _ => true,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        builder = builder.with_row_groups(groups);
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+        .map_err(|e| parquet_error(path, e))?
+        .with_batch_size(8192);
+    let wanted = session_id.as_bytes();
+    let holds = |min: Option<&[u8]>, max: Option<&[u8]>| match (min, max) {
+        (Some(min), Some(max)) => min <= wanted && wanted <= max,
+        _ => true,
+    };
+    let metadata = builder.metadata().clone();
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    for (index, group) in metadata.row_groups().iter().enumerate() {
+        let in_group = match group.column(0).statistics() {
+            Some(Statistics::ByteArray(stats)) => {
+                holds(stats.min_opt().map(|v| v.data()), stats.max_opt().map(|v| v.data()))
+            }
+            _ => true,
+        };
+        if !in_group {
+            continue;
+        }
+        groups.push(index);
+        let rows = group.num_rows() as usize;
+        let pages = metadata.page_index_for_row_group(index);
+        let (Some(ColumnIndexMetaData::BYTE_ARRAY(column)), Some(offsets)) =
+            (pages.column_index(0), pages.offset_index(0))
+        else {
+            selectors.push(RowSelector::select(rows));
+            continue;
+        };
+        let locations = offsets.page_locations();
+        for (page, location) in locations.iter().enumerate() {
+            let first = location.first_row_index as usize;
+            let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index as usize);
+            let count = end.saturating_sub(first);
+            if holds(column.min_value(page), column.max_value(page)) {
+                selectors.push(RowSelector::select(count));
+            } else {
+                selectors.push(RowSelector::skip(count));
+            }
+        }
     }
-    let reader = builder.build().map_err(parquet_err)?;
-    reader
-        .map(|batch| batch.map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() }))
-        .collect()
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let reader = builder
+        .with_row_groups(groups)
+        .with_row_selection(RowSelection::from(selectors))
+        .build()
+        .map_err(|e| parquet_error(path, e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() })?;
+        if f(batch)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The schema version a segment declares in its metadata.

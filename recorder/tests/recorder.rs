@@ -310,3 +310,64 @@ fn many_open_sessions_fit_however_small_the_wal_files() {
     assert!(reader.sessions().unwrap().iter().all(|s| s.end_reason.as_deref() == Some("client_closed")));
     assert_verifies(dir.path());
 }
+
+#[test]
+fn a_session_is_read_a_page_at_a_time_across_segments_and_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, row groups and pages: the session spans several of
+    // each, among other sessions' rows.
+    let settings = RecorderSettings {
+        segment_max_bytes: proctor_recorder::ByteSize(16 << 10),
+        row_group_rows: 64,
+        page_rows: 8,
+        ..settings()
+    };
+    let recorder = Recorder::open(dir.path(), &settings).unwrap();
+    let sink = recorder.sink();
+    let sessions: Vec<SessionId> = (0..4).map(|_| SessionId::new()).collect();
+    for s in &sessions {
+        sink.blocking_append(start(*s, T0)).unwrap();
+    }
+    for i in 0..300 {
+        for s in &sessions {
+            sink.blocking_append(statement(*s, T0 + i, &format!("select {i}"))).unwrap();
+        }
+    }
+    let reader = Reader::open(dir.path()).unwrap();
+    // Sealing runs behind the appends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reader.segment_numbers().unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "sealed segments, and the rest in the WAL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!reader.unsealed_wal_numbers().unwrap().is_empty());
+    let wanted = sessions[2];
+    let page = |from: u64, limit: usize| {
+        let mut events = Vec::new();
+        reader
+            .for_each_session_event(wanted, from, |e| {
+                events.push(e);
+                Ok(if events.len() == limit {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                })
+            })
+            .unwrap();
+        events
+    };
+    let all = page(0, usize::MAX);
+    assert_eq!(all.len(), 301);
+    assert!(all.iter().enumerate().all(|(i, e)| e.session_id == wanted && e.seq == i as u64));
+    // Pages, wherever they begin: in a segment, across segments, in the WAL.
+    for (from, limit) in [(0, 10), (37, 50), (150, 1), (290, 20), (301, 5)] {
+        let got = page(from, limit);
+        let expected: Vec<u64> = (from..(from + limit as u64).min(301)).collect();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), expected, "from {from}, {limit}");
+    }
+    drop(sink);
+    recorder.close().unwrap();
+    // Sealed now (closing may add the session's end).
+    let sealed = Reader::open(dir.path()).unwrap().session_events(wanted).unwrap();
+    assert!(sealed.starts_with(&all), "{} events after sealing", sealed.len());
+}

@@ -83,22 +83,31 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let session_id: SessionId = args.session_id.parse().context("not a session id")?;
     let reader = Reader::open(&args.data_dir)?;
-    let events = reader.session_events(session_id)?;
-    if events.is_empty() {
+    // Streamed: a page of a long session costs a page, in time and memory.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printed = 0usize;
+    let limit = args.limit.unwrap_or(usize::MAX);
+    if limit > 0 {
+        reader.for_each_session_event(session_id, args.from_seq, |event| {
+            let line = if args.json { event_json(&event).to_string() } else { transcript_line(&event) };
+            writeln!(out, "{line}").map_err(|e| proctor_recorder::RecorderError::Io {
+                context: "cannot write the transcript",
+                path: "stdout".into(),
+                source: e,
+            })?;
+            printed += 1;
+            Ok(if printed >= limit { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) })
+        })?;
+    }
+    out.flush()?;
+    drop(out);
+    if printed == 0 && args.from_seq == 0 && limit > 0 {
         anyhow::bail!("no session {session_id} in {}", args.data_dir.display());
     }
     super::access::record(
         &args.data_dir,
         super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
     );
-    let mut out = std::io::stdout().lock();
-    for event in &events {
-        if args.json {
-            writeln!(out, "{}", event_json(event))?;
-        } else {
-            writeln!(out, "{}", transcript_line(event))?;
-        }
-    }
     Ok(ExitCode::SUCCESS)
 }
 
