@@ -219,25 +219,12 @@ impl Reader {
                 if !listed {
                     continue;
                 }
-                let path = self.layout.root().join(&manifest.path);
-                let mut stop = false;
-                segment::for_each_session_batch(&path, &id_text, |batch| {
-                    let reader = BatchReader::new(&batch)?;
-                    for i in 0..reader.len() {
-                        if reader.str(Column::SessionId, i) != Some(id_text.as_str()) {
-                            continue;
-                        }
-                        let event = Event::from_row(reader.row(i)?)?;
-                        if event.seq < next {
-                            continue;
-                        }
-                        next = event.seq + 1;
-                        if f(event)?.is_break() {
-                            stop = true;
-                            return Ok(ControlFlow::Break(()));
-                        }
+                let stop = self.session_rows(&manifest, &id_text, |event| {
+                    if event.seq < next {
+                        return Ok(ControlFlow::Continue(()));
                     }
-                    Ok(ControlFlow::Continue(()))
+                    next = event.seq + 1;
+                    f(event)
                 })?;
                 if stop {
                     return Ok(());
@@ -281,6 +268,30 @@ impl Reader {
         })
     }
 
+    /// Calls `f` with a session's events in one segment, in seq order, until
+    /// it says stop; returns whether it did.
+    fn session_rows(
+        &self,
+        manifest: &Manifest,
+        id_text: &str,
+        mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
+    ) -> Result<bool> {
+        let path = self.layout.root().join(&manifest.path);
+        let mut stopped = false;
+        segment::for_each_session_batch(&path, id_text, |batch| {
+            let reader = BatchReader::new(&batch)?;
+            for i in 0..reader.len() {
+                if reader.str(Column::SessionId, i) == Some(id_text) && f(Event::from_row(reader.row(i)?)?)?.is_break()
+                {
+                    stopped = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(stopped)
+    }
+
     /// A session's `session_start` (its event of seq 0), read from the one
     /// segment or WAL file that holds it. `None` if it is not recorded.
     pub fn session_start(&self, session_id: SessionId) -> Result<Option<Event>> {
@@ -291,18 +302,11 @@ impl Reader {
             if !manifest.sessions.iter().any(|s| s.session_id == id_text && s.first_seq == 0) {
                 continue;
             }
-            let path = self.layout.root().join(&manifest.path);
             let mut start = None;
-            segment::for_each_session_batch(&path, &id_text, |batch| {
-                let reader = BatchReader::new(&batch)?;
-                for i in 0..reader.len() {
-                    if reader.str(Column::SessionId, i) == Some(id_text.as_str()) {
-                        let event = Event::from_row(reader.row(i)?)?;
-                        if event.seq == 0 {
-                            start = Some(event);
-                            return Ok(ControlFlow::Break(()));
-                        }
-                    }
+            self.session_rows(&manifest, &id_text, |event| {
+                if event.seq == 0 {
+                    start = Some(event);
+                    return Ok(ControlFlow::Break(()));
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
