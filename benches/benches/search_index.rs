@@ -165,7 +165,50 @@ fn run(target: u64) -> Figures {
         scan.as_secs_f64() * 1e3,
         scan.as_secs_f64() / p50.as_secs_f64()
     );
+    replay_pages(dir.path());
     Figures { events, index_seconds, read_seconds, segments_bytes, index_bytes, p50, p99: percentile(&all, 0.99) }
+}
+
+/// Reading a page of 100 events from the middle of the longest session and
+/// of a short one, straight from the segments (row groups and pages pruned),
+/// against reading the long session whole.
+fn replay_pages(dir: &Path) {
+    let reader = Reader::open(dir).unwrap();
+    let sessions = reader.sessions().unwrap();
+    let longest = sessions.iter().max_by_key(|s| s.events).unwrap();
+    let short = sessions.iter().filter(|s| s.events >= 10).min_by_key(|s| s.events).unwrap();
+    let page = |id, from: u64| {
+        let started = Instant::now();
+        let mut n = 0;
+        reader
+            .for_each_session_event(id, from, |_| {
+                n += 1;
+                Ok(if n == 100 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) })
+            })
+            .unwrap();
+        started.elapsed()
+    };
+    let median = |f: &dyn Fn() -> Duration| {
+        let mut times: Vec<Duration> = (0..5).map(|_| f()).collect();
+        times.sort();
+        times[2]
+    };
+    let long_page = median(&|| page(longest.session_id, longest.events / 2));
+    let short_page = median(&|| page(short.session_id, 0));
+    let whole = median(&|| {
+        let started = Instant::now();
+        reader.session_events(longest.session_id).unwrap();
+        started.elapsed()
+    });
+    println!(
+        "  replay: a 100-event page from the middle of a {}-event session {:.1}ms, of a {}-event session {:.1}ms ({:.2}x); the long session whole {:.1}ms",
+        longest.events,
+        long_page.as_secs_f64() * 1e3,
+        short.events,
+        short_page.as_secs_f64() * 1e3,
+        long_page.as_secs_f64() / short_page.as_secs_f64(),
+        whole.as_secs_f64() * 1e3
+    );
 }
 
 fn main() {
