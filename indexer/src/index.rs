@@ -13,8 +13,6 @@ use proctor_schemas::{Column, Event, EventBody, SessionIdText, Value};
 use serde::{Deserialize, Serialize};
 use tantivy::TantivyDocument;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::TermQuery;
-use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::document::{SessionContext, Source, document, session_context};
@@ -100,6 +98,7 @@ pub struct SearchIndex {
     pub(crate) index: Index,
     pub(crate) reader: IndexReader,
     pub(crate) fields: Fields,
+    pub(crate) facets: tantivy::aggregation::agg_req::Aggregations,
 }
 
 impl SearchIndex {
@@ -116,11 +115,7 @@ impl SearchIndex {
             return Err(IndexError::Stale(dir));
         }
         let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
-        Ok(SearchIndex { index, reader, fields })
-    }
-
-    pub fn checkpoint(&self) -> Result<Checkpoint> {
-        read_checkpoint(&self.index)
+        Ok(SearchIndex { index, reader, fields, facets: crate::search::facet_aggregations() })
     }
 
     /// Sees the latest commit now rather than shortly after it.
@@ -140,7 +135,6 @@ fn read_checkpoint(index: &Index) -> Result<Checkpoint> {
 /// The single writer of a data dir's index.
 pub struct Indexer {
     data_dir: PathBuf,
-    index: Index,
     writer: IndexWriter,
     fields: Fields,
     checkpoint: Checkpoint,
@@ -224,7 +218,6 @@ impl Indexer {
             if index.schema() == fields.schema && checkpoint.as_ref().is_ok_and(|c| c.version == INDEX_VERSION) {
                 return Ok(Indexer {
                     data_dir: data_dir.to_path_buf(),
-                    index,
                     writer,
                     fields,
                     checkpoint: checkpoint?,
@@ -259,17 +252,12 @@ impl Indexer {
         let checkpoint = Checkpoint { version: INDEX_VERSION, ..Checkpoint::default() };
         Ok(Indexer {
             data_dir: data_dir.to_path_buf(),
-            index,
             writer,
             fields,
             checkpoint,
             sealed: Sessions::default(),
             tail: Sessions::default(),
         })
-    }
-
-    pub fn checkpoint(&self) -> &Checkpoint {
-        &self.checkpoint
     }
 
     /// Indexes what was recorded since the last round: new segments
@@ -306,15 +294,12 @@ impl Indexer {
         let mut last_commit = std::time::Instant::now();
         let mut id_buf = SessionIdText::default();
 
-        let done = self.checkpoint.segments.clone();
-        for &number in segments.iter().filter(|n| !done.contains(n)) {
+        let todo: Vec<u64> = segments.iter().copied().filter(|n| !self.checkpoint.segments.contains(n)).collect();
+        for number in todo {
             let manifest = &reader.manifest(number)?;
             // A WAL tail indexed earlier is replaced, in the same commit.
             if next.wal.remove(&number).is_some() {
-                self.writer.delete_query(Box::new(TermQuery::new(
-                    Term::from_field_u64(self.fields.file, number),
-                    IndexRecordOption::Basic,
-                )))?;
+                self.writer.delete_term(Term::from_field_u64(self.fields.file, number));
                 progress.replaced_files += 1;
             }
             let source = Source { file: number };
@@ -388,10 +373,6 @@ impl Indexer {
     pub fn finish(self) -> Result<()> {
         self.writer.wait_merging_threads()?;
         Ok(())
-    }
-
-    pub fn index(&self) -> &Index {
-        &self.index
     }
 }
 

@@ -41,8 +41,8 @@ pub enum IndexError {
     Open { path: PathBuf, message: String },
     #[error("the index checkpoint cannot be read ({0}); run `proctor reindex --data-dir DIR`")]
     Checkpoint(String),
-    #[error("{0}")]
-    Query(QueryError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
     #[error("search index: {0}")]
     Tantivy(#[from] tantivy::TantivyError),
     #[error(transparent)]

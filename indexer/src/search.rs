@@ -13,7 +13,7 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Order, TantivyDocument};
 
 use crate::index::SearchIndex;
-use crate::query::{self, QueryError};
+use crate::query;
 use crate::{IndexError, Result};
 
 /// Facets counted for every search.
@@ -61,6 +61,17 @@ pub struct SearchResult {
     pub facets: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// The facet counts every search makes: a terms aggregation per facet.
+pub(crate) fn facet_aggregations() -> Aggregations {
+    let request = serde_json::Value::Object(
+        FACETS
+            .iter()
+            .map(|f| (f.to_string(), serde_json::json!({ "terms": { "field": f, "size": FACET_SIZE } })))
+            .collect(),
+    );
+    serde_json::from_value(request).expect("a terms aggregation per facet is a valid request")
+}
+
 impl SearchIndex {
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
         let parsed = query::parse(&request.query, request.now)?;
@@ -70,14 +81,7 @@ impl SearchIndex {
         let top = TopDocs::with_limit(request.limit.max(1))
             .and_offset(request.offset)
             .order_by_fast_field::<i64>("time", order);
-        let aggregations: Aggregations = serde_json::from_value(serde_json::Value::Object(
-            FACETS
-                .iter()
-                .map(|f| (f.to_string(), serde_json::json!({ "terms": { "field": f, "size": FACET_SIZE } })))
-                .collect(),
-        ))
-        .map_err(|e| IndexError::Checkpoint(e.to_string()))?;
-        let facet_collector = AggregationCollector::from_aggs(aggregations, Default::default());
+        let facet_collector = AggregationCollector::from_aggs(self.facets.clone(), Default::default());
         let (docs, total, facets) = searcher.search(&query, &(top, Count, facet_collector))?;
         let snippets = SnippetGenerator::create(&searcher, &*query, self.fields.text)?;
 
@@ -147,10 +151,4 @@ fn html_escape(text: &str) -> String {
         }
     }
     out
-}
-
-impl From<QueryError> for IndexError {
-    fn from(error: QueryError) -> Self {
-        IndexError::Query(error)
-    }
 }

@@ -374,19 +374,20 @@ impl Reader {
                 }
             }
             start += end;
-            // Full window and a record cut at its end: read on. Otherwise
-            // this is as far as the file is written.
-            let cut_by_window = filled == window.len() && torn.is_some();
-            if !cut_by_window || end == 0 {
-                if cut_by_window && window.len() < wal::MAX_RECORD + 64 {
-                    // One record larger than the window: grow it once.
-                    let rest = window[end..filled].to_vec();
-                    window = vec![0u8; wal::MAX_RECORD + 64];
-                    window[..rest.len()].copy_from_slice(&rest);
-                    carried = rest.len();
-                    continue;
-                }
+            // A full window whose last record is cut may go on in the file;
+            // anything else is as far as the file is written.
+            if filled < window.len() || torn.is_none() {
                 break;
+            }
+            if end == 0 {
+                // One record larger than the window: grow it once, to the
+                // largest record there can be.
+                if window.len() > wal::MAX_RECORD {
+                    break;
+                }
+                window.resize(wal::MAX_RECORD + 64, 0);
+                carried = filled;
+                continue;
             }
             window.copy_within(end..filled, 0);
             carried = filled - end;

@@ -171,7 +171,7 @@ pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>)
         .and_then(|builder| builder.with_batch_size(8192).build())
         .map_err(|e| parquet_error(path, e))?;
     for batch in reader {
-        f(batch.map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() })?)?;
+        f(batch.map_err(|e| parquet_error(path, e.into()))?)?;
     }
     Ok(())
 }
@@ -243,8 +243,7 @@ pub fn for_each_session_batch(
         .build()
         .map_err(|e| parquet_error(path, e))?;
     for batch in reader {
-        let batch = batch.map_err(|e| RecorderError::Parquet { path: path.to_path_buf(), message: e.to_string() })?;
-        if f(batch)?.is_break() {
+        if f(batch.map_err(|e| parquet_error(path, e.into()))?)?.is_break() {
             break;
         }
     }

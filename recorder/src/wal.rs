@@ -72,10 +72,7 @@ pub fn finish_row(buf: &mut [u8], start: usize) -> std::ops::Range<usize> {
 pub fn finish_batch(buf: &mut [u8], start: usize, rows: u32) {
     let body = start + FRAME_LEN;
     buf[body + 1..body + 5].copy_from_slice(&rows.to_le_bytes());
-    let len = (buf.len() - body) as u32;
-    let crc = crc32c::crc32c(&buf[body..]);
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    finish_record(buf, start);
 }
 
 /// Appends a batch record holding `rows` (for tests and tools).

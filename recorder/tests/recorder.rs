@@ -371,3 +371,28 @@ fn a_session_is_read_a_page_at_a_time_across_segments_and_the_wal() {
     let sealed = Reader::open(dir.path()).unwrap().session_events(wanted).unwrap();
     assert!(sealed.starts_with(&all), "{} events after sealing", sealed.len());
 }
+
+#[test]
+fn the_wal_tail_is_read_from_an_offset_even_past_a_record_larger_than_the_read_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    sink.blocking_append(start(session, T0)).unwrap();
+    sink.blocking_append(statement(session, T0 + 1, "select 1")).unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    let number = *reader.unsealed_wal_numbers().unwrap().last().unwrap();
+    let (first, offset) = reader.wal_events_from(number, 0).unwrap().unwrap();
+    assert_eq!(first.len(), 2);
+    // A 6 MiB event (more than one read window), then a small one.
+    sink.blocking_append(output(session, T0 + 2, 6 << 20)).unwrap();
+    sink.blocking_append(statement(session, T0 + 3, "select 2")).unwrap();
+    let (rest, end) = reader.wal_events_from(number, offset).unwrap().unwrap();
+    assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(end > offset + (6 << 20));
+    // Nothing new: nothing read.
+    let (none, same) = reader.wal_events_from(number, end).unwrap().unwrap();
+    assert!(none.is_empty() && same == end);
+    drop(sink);
+    recorder.close().unwrap();
+}

@@ -86,19 +86,18 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // Streamed: a page of a long session costs a page, in time and memory.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0usize;
+    let mut written = Ok(());
     let limit = args.limit.unwrap_or(usize::MAX);
     if limit > 0 {
         reader.for_each_session_event(session_id, args.from_seq, |event| {
             let line = if args.json { event_json(&event).to_string() } else { transcript_line(&event) };
-            writeln!(out, "{line}").map_err(|e| proctor_recorder::RecorderError::Io {
-                context: "cannot write the transcript",
-                path: "stdout".into(),
-                source: e,
-            })?;
+            written = writeln!(out, "{line}");
             printed += 1;
-            Ok(if printed >= limit { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) })
+            let more = written.is_ok() && printed < limit;
+            Ok(if more { std::ops::ControlFlow::Continue(()) } else { std::ops::ControlFlow::Break(()) })
         })?;
     }
+    written?;
     out.flush()?;
     drop(out);
     if printed == 0 && args.from_seq == 0 && limit > 0 {
