@@ -7,6 +7,10 @@
 //! streams through Proctor while its resident memory is sampled.
 //!
 //! `cargo bench -p proctor-benches --bench pg_proxy [-- SECONDS [ROUNDS]]`
+//!
+//! `PG_PROXY_ONLY=8:simple,1:extended` runs only those loads (and skips the
+//! 10-million-row SELECT); `PG_PROXY_PROFILE=relay|proctor[:extended]` runs
+//! one proxy alone for a profiler and prints CPU per transaction by thread.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -299,11 +303,27 @@ fn main() {
             if only == "relay" { (relay, "app", PASSWORD) } else { (proctor.port, "bench", SECRET) };
         println!("profiling {only}: pid {}", std::process::id());
         let load = Load { clients: 8, mode, seconds };
+        let sink = proctor.recorder.as_ref().map(Recorder::sink);
+        let counters = || {
+            sink.as_ref().map(Sink::stats).map_or((0, 0), |s| {
+                (s.events.load(std::sync::atomic::Ordering::Relaxed), s.wal_bytes.load(std::sync::atomic::Ordering::Relaxed))
+            })
+        };
+        let (events_before, bytes_before) = counters();
         let before = thread_cpu();
         let run = pgbench(&cluster, (port, user, password), &load, &logs, me);
         let after = thread_cpu();
+        let (events_after, bytes_after) = counters();
         println!("{only} ({mode}): {:.0} tps, proxy CPU/tx {:.1} µs", run.tps, run.proxy_cpu_us);
         let transactions = run.tps * seconds as f64;
+        if events_after > events_before {
+            let events = (events_after - events_before) as f64;
+            println!(
+                "  recorded {:.2} events/tx, {:.0} WAL bytes/event",
+                events / transactions.max(1.0),
+                (bytes_after - bytes_before) as f64 / events
+            );
+        }
         for (name, cpu) in &after {
             let used = cpu - before.get(name).copied().unwrap_or(0.0);
             println!("  {name:<20} {:6.2} µs/tx", used * 1e6 / transactions.max(1.0));
@@ -322,7 +342,12 @@ fn main() {
         "pgbench -S, scale 10, {seconds}s per run, {rounds} rounds alternating targets, on {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    for (clients, mode) in [(8, "simple"), (8, "extended"), (1, "simple"), (1, "extended")] {
+    // PG_PROXY_ONLY=8:simple,1:extended: only those loads, and no 10M-row SELECT.
+    let only = std::env::var("PG_PROXY_ONLY").ok();
+    let loads = [(8, "simple"), (8, "extended"), (1, "simple"), (1, "extended")];
+    for (clients, mode) in loads.into_iter().filter(|(c, m)| {
+        only.as_deref().is_none_or(|only| only.split(',').any(|o| o == format!("{c}:{m}")))
+    }) {
         let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
             for i in 0..targets.len() {
@@ -349,6 +374,11 @@ fn main() {
         }
     }
 
+    if only.is_some() {
+        let _ = bouncer.kill();
+        let _ = bouncer.wait();
+        return;
+    }
     // A 10-million-row SELECT streams through; psql holds the rows, Proctor must not.
     let pid = std::process::id();
     std::thread::sleep(Duration::from_millis(300));

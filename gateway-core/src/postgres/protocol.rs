@@ -184,6 +184,12 @@ fn parse_message(body: &[u8]) -> Option<(String, Arc<str>, Vec<u32>)> {
     Some((name, sql, types))
 }
 
+/// Statement and portal names are compared on every Bind and Execute, and
+/// most are the unnamed one: that case needs no call to `memcmp`.
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 /// The format code of item `i` of a list of format codes (none: text; one:
 /// for all).
 fn format_at(formats: &[i16], i: usize) -> i16 {
@@ -221,7 +227,7 @@ impl Protocol {
             .iter()
             .rev()
             .find_map(|e| match e {
-                Expect::Parse { name: n, prepared, .. } if n == name => Some(prepared),
+                Expect::Parse { name: n, prepared, .. } if same_name(n, name) => Some(prepared),
                 _ => None,
             })
             .or_else(|| self.statements.get(name))
@@ -233,7 +239,7 @@ impl Protocol {
             .iter()
             .rev()
             .find_map(|e| match e {
-                Expect::Bind { name: n, portal } if n == name => Some(portal),
+                Expect::Bind { name: n, portal } if same_name(n, name) => Some(portal),
                 _ => None,
             })
             .or_else(|| self.portals.get(name))
