@@ -37,6 +37,8 @@ pub enum Command {
     Search(SearchArgs),
     /// Rebuild a data dir's search index from its recordings alone.
     Reindex(ReindexArgs),
+    /// Sign a token with the embedded dev issuer (local use and tests).
+    Token(TokenArgs),
     /// The manifest signing key.
     Key {
         #[command(subcommand)]
@@ -52,6 +54,9 @@ pub struct DemoArgs {
     /// Proctor's port for the demo database (default: a free one).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub port: u16,
+    /// The replay API's port (default: a free one).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub replay_port: u16,
     /// Once ready, print one JSON object on stdout (human text goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -107,11 +112,26 @@ pub struct GenerateArgs {
     pub print_acks: bool,
 }
 
+/// Where recordings are read: a data dir, or a running replay server.
+#[derive(Args, Debug)]
+pub struct Source {
+    /// The data dir (a live one, or an exported copy). `search` brings its
+    /// index up to date first unless a running Proctor keeps it.
+    #[arg(long, value_name = "DIR", required_unless_present = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// A running replay server to ask instead of a data dir (e.g. the
+    /// demo's `replay_url`).
+    #[arg(long, value_name = "URL", env = "PROCTOR_SERVER", conflicts_with = "data_dir")]
+    pub server: Option<String>,
+    /// The OIDC token to present to `--server` (an investigator's).
+    #[arg(long, value_name = "JWT", env = "PROCTOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct SessionsArgs {
-    /// The data dir (a live one, or an exported copy).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub source: Source,
     /// Only sessions of this subject.
     #[arg(long, value_name = "NAME")]
     pub subject: Option<String>,
@@ -132,14 +152,25 @@ pub struct SessionsArgs {
     pub json: bool,
 }
 
+impl SessionsArgs {
+    pub fn filter(&self) -> proctor_replay_server::SessionFilter {
+        proctor_replay_server::SessionFilter {
+            subject: self.subject.clone(),
+            resource: self.resource.clone(),
+            protocol: self.protocol.clone(),
+            since: self.since.clone(),
+            live: self.live,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The session to print.
     #[arg(value_name = "SESSION_ID")]
     pub session_id: String,
-    /// The data dir (a live one, or an exported copy).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub source: Source,
     /// Start at this seq (a page of a long session; 0: the start).
     #[arg(long, value_name = "SEQ", default_value_t = 0)]
     pub from_seq: u64,
@@ -156,10 +187,8 @@ pub struct SearchArgs {
     /// The query, e.g. `"drop table" subject:ci-deploy since:7d`.
     #[arg(value_name = "QUERY", default_value = "")]
     pub query: String,
-    /// The data dir (a live one, or an exported copy). Its index is brought
-    /// up to date first unless a running Proctor keeps it.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub source: Source,
     /// Only events this recent (e.g. 30m, 12h, 7d, 2w).
     #[arg(long, value_name = "SPAN")]
     pub since: Option<String>,
@@ -180,6 +209,29 @@ pub struct SearchArgs {
     /// counts.
     #[arg(long)]
     pub facets: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The subject (`sub`) the token names.
+    #[arg(long, value_name = "NAME")]
+    pub sub: String,
+    /// Its groups, comma-separated.
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// How long it is valid (e.g. 15m, 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// The configuration whose `[identity.dev_issuer]` signs (and whose data
+    /// dir holds its key).
+    #[arg(long, short, value_name = "FILE", env = "PROCTOR_CONFIG", conflicts_with = "data_dir")]
+    pub config: Option<PathBuf>,
+    /// Sign with the dev issuer key of this data dir, default settings.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object (`token`, `sub`, `groups`, `expires_at`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use proctor_gateway_core::config::{ResourceConfig, TlsConfig, validate_resources};
+use proctor_gateway_core::identity::IdentityConfig;
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
 
@@ -23,6 +24,29 @@ pub struct Config {
     /// The resources Proctor fronts.
     #[serde(default)]
     pub resources: Vec<ResourceConfig>,
+    /// Who may call Proctor's APIs: trusted OIDC issuers, and the embedded
+    /// dev issuer (off unless configured).
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// The replay server's search and replay API (off unless configured).
+    #[serde(default)]
+    pub replay: Option<ReplayConfig>,
+}
+
+/// The `[replay]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Where the API listens (e.g. `127.0.0.1:7070`).
+    pub listen: std::net::SocketAddr,
+    /// Only members of this group (from the token's groups claim) may search
+    /// or read recordings.
+    #[serde(default = "default_investigator_group")]
+    pub investigator_group: String,
+}
+
+fn default_investigator_group() -> String {
+    "investigators".to_string()
 }
 
 /// The embedded default configuration, used when no file is given.
@@ -55,6 +79,11 @@ impl Config {
         };
         relative(&mut config.tls.cert_file);
         relative(&mut config.tls.key_file);
+        for issuer in &mut config.identity.issuers {
+            let mut path = Some(issuer.jwks_file.clone());
+            relative(&mut path);
+            issuer.jwks_file = path.unwrap_or_default();
+        }
         for resource in &mut config.resources {
             relative(&mut resource.password_file);
             relative(&mut resource.client_secret_file);

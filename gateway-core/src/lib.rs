@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 mod control;
 mod error;
+pub mod identity;
 pub mod postgres;
 pub mod recording;
 mod sink;

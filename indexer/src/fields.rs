@@ -4,7 +4,7 @@ use tantivy::schema::{FAST, Field, IndexRecordOption, NumericOptions, Schema, Te
 
 /// Bumped when the schema or what goes into a document changes: an index of
 /// another version is rebuilt from the segments.
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
 
 /// Keyword fields: exact values, filterable with `field:value`. (name in
 /// queries, column it comes from)
@@ -34,6 +34,7 @@ pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
         ("host", C::Host),
         ("tag", C::CommandTag),
         ("statement_name", C::StatementName),
+        ("target_session", C::TargetSession),
     ]
 };
 

@@ -1,5 +1,15 @@
-//! Proctor's search and replay API and the investigators' console (axum).
+//! Proctor's replay server: the search and replay API investigators use
+//! (axum, JSON, OIDC bearer tokens), and the client the CLI uses to reach it.
 //!
-//! Architecture invariant: replay-server parses no protocol traffic; it reads
-//! recordings through the recorder and the indexer, and records every read
-//! of a recording as an event.
+//! Architecture invariant: no protocol parsing here. Recordings are read
+//! through the recorder's reader and the indexer; every search and every read
+//! of a recording is itself recorded before anything is returned: a read
+//! that could not be recorded is refused.
+
+pub mod api;
+pub mod client;
+pub mod filter;
+pub mod render;
+
+pub use api::{AccessLog, ApiState, RecorderAccessLog, access_events, router, serve};
+pub use filter::SessionFilter;

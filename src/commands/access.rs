@@ -6,9 +6,6 @@
 use std::path::Path;
 
 use proctor_recorder::{Recorder, RecorderError, RecorderSettings};
-use proctor_schemas::{
-    Direction, EndReason, NewEvent, Protocol, RecordingAccessed, SessionEnd, SessionId, SessionStart, Timestamp,
-};
 
 /// What was read.
 pub struct Access<'a> {
@@ -53,42 +50,16 @@ pub fn record(data_dir: &Path, access: Access<'_>) {
             return;
         }
     };
-    let actor = local_user();
-    let session = SessionId::new();
-    let now = Timestamp::now;
-    let events = vec![
-        NewEvent::new(
-            session,
-            now(),
-            Direction::Gateway,
-            SessionStart {
-                protocol: Protocol::Control,
-                resource: None,
-                subject: Some(actor.clone()),
-                groups: vec![],
-                grant_id: None,
-                client_addr: None,
-                target_user: None,
-                database: None,
-                application_name: Some(format!("proctor {} (local read)", env!("CARGO_PKG_VERSION"))),
-                tls: None,
-                masking_profile: None,
-                message: Some(format!("proctor {} on the data dir", access.operation)),
-            },
-        ),
-        NewEvent::new(
-            session,
-            now(),
-            Direction::Gateway,
-            RecordingAccessed {
-                actor,
-                target_session: access.target_session,
-                query: access.query,
-                operation: access.operation.to_string(),
-            },
-        ),
-        NewEvent::new(session, now(), Direction::Gateway, SessionEnd { reason: EndReason::Completed, message: None }),
-    ];
+    let events = proctor_replay_server::access_events(
+        local_user(),
+        Vec::new(),
+        format!("proctor {} (local read)", env!("CARGO_PKG_VERSION")),
+        format!("proctor {} on the data dir", access.operation),
+        access.operation,
+        access.query,
+        access.target_session,
+    )
+    .to_vec();
     if let Err(error) = recorder.sink().blocking_append_batch(events) {
         tracing::warn!(%error, "this read could not be recorded");
     }

@@ -9,17 +9,22 @@ use std::process::ExitCode;
 use anyhow::Context;
 use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::config::{ResourceConfig, ResourceProtocol, TargetTls, TlsConfig};
+use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, IdentityConfig};
 use proctor_recorder::RecorderSettings;
 use serde_json::json;
 
 use crate::cli::DemoArgs;
-use crate::config::Config;
+use crate::config::{Config, ReplayConfig};
 
 const RESOURCE: &str = "demo";
 const DATABASE: &str = "demo";
 const TARGET_ROLE: &str = "app";
 /// The name demo clients give; the shared secret is their password.
 const DEMO_USER: &str = "demo";
+/// The demo's investigator, and the group that may search and replay.
+const INVESTIGATOR: &str = "demo-investigator";
+const INVESTIGATORS: &str = "investigators";
+const INVESTIGATOR_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 const SEED: &str = r#"
 set role app;
@@ -110,12 +115,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             sample_rows: 0,
             sample_bytes: 64 * 1024,
         }],
+        identity: IdentityConfig { issuers: Vec::new(), dev_issuer: Some(DevIssuerConfig::default()) },
+        replay: Some(ReplayConfig {
+            listen: format!("127.0.0.1:{}", args.replay_port).parse()?,
+            investigator_group: INVESTIGATORS.to_string(),
+        }),
     };
+    let dev_issuer = DevIssuer::open_or_create(&data_dir, &DevIssuerConfig::default())?;
+    let investigator_token = dev_issuer.sign(INVESTIGATOR, &[INVESTIGATORS.to_string()], INVESTIGATOR_TTL)?;
     let target_url = cluster.url(TARGET_ROLE, &target_password, DATABASE, "require");
     let json_output = args.json;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(super::up::serve(config, "proctor demo", |ready| {
         let (_, addr) = ready.listeners.first().context("the demo resource did not start")?;
+        let replay_url = ready.replay_url.clone().context("the demo's replay API did not start")?;
         let postgres_url = format!("postgres://{DEMO_USER}:{client_secret}@{addr}/{DATABASE}?sslmode=require");
         let data = data_dir.display();
         eprintln!(
@@ -123,6 +136,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
              Connect through Proctor (every statement and result is recorded):\n\n  psql \"{postgres_url}\"\n\n\
              Try:  select * from customers limit 5;\n      select status, count(*) from orders group by 1;\n\n\
              Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
+             or through the replay API at {replay_url}, as the demo investigator:\n\n  export PROCTOR_SERVER={replay_url} PROCTOR_TOKEN={investigator_token}\n  proctor search 'customers kind:statement'\n\n\
              Compare with the target directly: psql \"{target_url}\"\n\
              Ctrl-C ends the demo: sessions end, the recording is sealed, the cluster is removed.\n"
         );
@@ -133,6 +147,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "data_dir": data_dir,
                 "resource": RESOURCE,
                 "key_fingerprint": ready.key_fingerprint,
+                "replay_url": replay_url,
+                "investigator_token": investigator_token,
             });
             println!("{line}");
             std::io::stdout().flush()?;

@@ -3,7 +3,9 @@ mod demo;
 mod generate;
 mod key;
 mod read;
+mod remote;
 mod search;
+mod token;
 mod up;
 mod verify;
 
@@ -21,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => read::replay(args),
         Command::Search(args) => search::search(args),
         Command::Reindex(args) => search::reindex(args),
+        Command::Token(args) => token::run(args),
         Command::Key { command: KeyCommand::Show { location, json } } => key::show(location, json),
     }
 }

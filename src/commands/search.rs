@@ -9,9 +9,13 @@ use proctor_indexer::{IndexError, Indexer, SearchIndex, SearchRequest};
 use crate::cli::{ReindexArgs, SearchArgs};
 
 pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(server) = &args.source.server {
+        return super::remote::search(server, &args);
+    }
+    let data_dir = args.source.data_dir.clone().ok_or_else(|| anyhow::anyhow!("--data-dir DIR or --server URL"))?;
     // Bring the index up to date when no running Proctor keeps it; a data
     // dir that cannot be written (an exported copy) is searched as it is.
-    let refreshed = Indexer::open(&args.data_dir).and_then(|mut indexer| {
+    let refreshed = Indexer::open(&data_dir).and_then(|mut indexer| {
         indexer.catch_up()?;
         indexer.finish()
     });
@@ -19,7 +23,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         Ok(()) | Err(IndexError::Busy(_)) => {}
         Err(error) => tracing::warn!(%error, "the search index could not be brought up to date"),
     }
-    let index = SearchIndex::open(&args.data_dir)?;
+    let index = SearchIndex::open(&data_dir)?;
     let mut query = args.query.clone();
     if let Some(since) = &args.since {
         query = format!("{query} since:{since}");
@@ -39,7 +43,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         Err(error) => return Err(error.into()),
     };
     super::access::record(
-        &args.data_dir,
+        &data_dir,
         super::access::Access { operation: "search", query: Some(request.query.clone()), target_session: None },
     );
     let mut out = std::io::stdout().lock();

@@ -7,6 +7,9 @@ use proctor_recorder::Recorder;
 use proctor_schemas::EndReason;
 use tokio::signal::unix::{SignalKind, signal};
 
+use proctor_gateway_core::identity::{DevIssuer, Verifier};
+use proctor_replay_server::{ApiState, RecorderAccessLog};
+
 use crate::cli::UpArgs;
 use crate::config::Config;
 use crate::wiring::RecorderSink;
@@ -25,6 +28,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         for (name, addr) in &ready.listeners {
             tracing::info!(resource = %name, listen = %addr, "listening");
         }
+        if let Some(url) = &ready.replay_url {
+            tracing::info!(url = %url, "replay API listening");
+        }
         Ok(())
     }))?;
     Ok(ExitCode::SUCCESS)
@@ -38,6 +44,48 @@ pub struct Ready {
     /// Each resource's name and bound address.
     pub listeners: Vec<(String, SocketAddr)>,
     pub key_fingerprint: String,
+    /// The replay API's base URL, when configured.
+    pub replay_url: Option<String>,
+}
+
+/// The verifier of API tokens: the configured issuers, and the dev issuer
+/// when it is on (its JWKS written beside its key).
+pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+    let mut issuers = config.identity.issuers.clone();
+    if let Some(dev) = config.identity.dev_issuer.as_ref().filter(|d| d.enabled) {
+        let issuer = DevIssuer::open_or_create(&config.data_dir, dev)?;
+        let jwks = config.data_dir.join("keys").join("dev-issuer.jwks.json");
+        issuers.push(issuer.issuer_config(&jwks)?);
+    }
+    anyhow::ensure!(
+        !issuers.is_empty(),
+        "the replay API needs someone to vouch for its callers: configure [[identity.issuers]] or [identity.dev_issuer]"
+    );
+    Ok(Verifier::new(&issuers)?)
+}
+
+/// Starts the replay API if configured; it stops when `stopped` turns true.
+async fn start_replay(
+    config: &Config,
+    sink: proctor_recorder::Sink,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<(String, tokio::task::JoinHandle<std::io::Result<()>>)>> {
+    let Some(replay) = &config.replay else { return Ok(None) };
+    let verifier = std::sync::Arc::new(verifier(config)?);
+    let listener = tokio::net::TcpListener::bind(replay.listen)
+        .await
+        .with_context(|| format!("the replay API cannot listen on {}", replay.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state = std::sync::Arc::new(ApiState::new(
+        config.data_dir.clone(),
+        verifier,
+        replay.investigator_group.clone(),
+        RecorderAccessLog(sink),
+    ));
+    let task = tokio::spawn(proctor_replay_server::serve(listener, state, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    Ok(Some((url, task)))
 }
 
 /// Runs Proctor with `config` until SIGINT or SIGTERM: opens the recorder,
@@ -74,16 +122,20 @@ pub async fn serve(
         .await
         .context("cannot record the start of the control session")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let started = match crate::gateway::start(&config, sink, stopped).await {
-        Ok(gateway) => {
-            let ready =
-                Ready { listeners: gateway.listeners.clone(), key_fingerprint: recorder.key_fingerprint().to_string() };
-            on_ready(&ready).map(|()| gateway)
+    let replay = start_replay(&config, recorder.sink(), stopped.clone()).await;
+    let started = match (crate::gateway::start(&config, sink, stopped).await, replay) {
+        (Ok(gateway), Ok(replay)) => {
+            let ready = Ready {
+                listeners: gateway.listeners.clone(),
+                key_fingerprint: recorder.key_fingerprint().to_string(),
+                replay_url: replay.as_ref().map(|(url, _)| url.clone()),
+            };
+            on_ready(&ready).map(|()| (gateway, replay.map(|(_, task)| task)))
         }
-        Err(error) => Err(error),
+        (Err(error), _) | (_, Err(error)) => Err(error),
     };
-    let gateway = match started {
-        Ok(gateway) => gateway,
+    let (gateway, replay) = match started {
+        Ok(started) => started,
         Err(error) => {
             let _ = stop.send(true);
             let _ = control.end(EndReason::Shutdown, &format!("could not start: {error:#}")).await;
@@ -106,6 +158,13 @@ pub async fn serve(
     tracing::info!(signal = signal_name, "shutting down: ending sessions and sealing the recording");
     let _ = stop.send(true);
     gateway.wait().await;
+    if let Some(task) = replay {
+        match task.await {
+            Ok(Err(error)) => tracing::error!(%error, "the replay API failed"),
+            Err(error) => tracing::error!(%error, "the replay API failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Err(error) = control.end(EndReason::Shutdown, &format!("stopped by {signal_name}")).await {
         tracing::error!(%error, "could not record the end of the control session");
     }

@@ -53,6 +53,15 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // ... and through the replay API, as the demo investigator.
+    let replay_url = ready["replay_url"].as_str().unwrap();
+    let token = ready["investigator_token"].as_str().unwrap();
+    let output = run_ok(
+        Path::new(BIN),
+        &["search", "customers kind:statement", "--server", replay_url, "--token", token, "--json"],
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("select count(*) from customers"));
+
     signal(&child, libc::SIGTERM);
     assert!(wait_with_timeout(&mut child, Duration::from_secs(60)).success());
     run_ok(Path::new(BIN), &["verify", "--data-dir", data.to_str().unwrap()]);

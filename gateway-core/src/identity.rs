@@ -1,0 +1,505 @@
+//! Who is calling: OIDC JSON Web Tokens verified against each configured
+//! issuer's keys (JWKS), and the embedded dev issuer that signs tokens for
+//! local use and tests.
+//!
+//! A token is accepted only if its issuer is configured, its algorithm is on
+//! that issuer's allow-list (never `none`, never HMAC: a shared secret would
+//! let anyone holding it mint identities), its signature verifies with a key
+//! of the issuer's JWKS (found by `kid`; an unknown `kid` re-reads the
+//! JWKS once, for key rotation), its audience matches, and it is within its
+//! `nbf`..`exp` window give or take the configured clock skew.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+
+/// The `[identity]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The OIDC issuers whose tokens are accepted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// The embedded dev issuer: off unless configured.
+    #[serde(default)]
+    pub dev_issuer: Option<DevIssuerConfig>,
+}
+
+/// One trusted OIDC issuer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` claim, exactly.
+    pub issuer: String,
+    /// The `aud` this deployment expects.
+    pub audience: String,
+    /// The issuer's JWKS as a file (relative paths: from the config file).
+    pub jwks_file: PathBuf,
+    /// The claim holding the subject's groups (a list, or one space-separated string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Signature algorithms accepted from this issuer.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+/// The embedded dev issuer: an ed25519 key in the data dir's `keys/`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuerConfig {
+    /// Whether it signs and its tokens are accepted.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_dev_issuer")]
+    pub issuer: String,
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// The longest lifetime `proctor token` grants.
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_string()
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "ES256", "EdDSA"].iter().map(|s| s.to_string()).collect()
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_dev_issuer() -> String {
+    "proctor-dev".to_string()
+}
+
+fn default_audience() -> String {
+    "proctor".to_string()
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for DevIssuerConfig {
+    fn default() -> Self {
+        DevIssuerConfig {
+            enabled: true,
+            issuer: default_dev_issuer(),
+            audience: default_audience(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub issuer: String,
+    pub groups: Vec<String>,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+}
+
+impl Identity {
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// Why a token was refused, in words a caller can act on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("no bearer token: send `Authorization: Bearer <OIDC token>` (the dev issuer's come from `proctor token`)")]
+    Missing,
+    #[error("the token is not a JWT ({0})")]
+    Malformed(String),
+    #[error("tokens from issuer {0:?} are not accepted here")]
+    UnknownIssuer(String),
+    #[error("algorithm {alg} is not accepted from issuer {issuer:?} (accepted: {accepted})")]
+    Algorithm { alg: String, issuer: String, accepted: String },
+    #[error("no key {kid:?} in the JWKS of issuer {issuer:?}")]
+    UnknownKey { kid: String, issuer: String },
+    #[error("the token has expired; get a new one")]
+    Expired,
+    #[error("the token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("the token is for another audience (expected {0:?})")]
+    Audience(String),
+    #[error("the token's signature does not verify")]
+    Signature,
+    #[error("the token was refused: {0}")]
+    Invalid(String),
+    #[error("identity configuration: {0}")]
+    Config(String),
+}
+
+/// The claims Proctor reads; the groups claim is looked up by name.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    iss: String,
+    exp: i64,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+struct Issuer {
+    config: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    keys: RwLock<JwkSet>,
+}
+
+/// Verifies tokens of the configured issuers.
+pub struct Verifier {
+    issuers: Vec<Issuer>,
+}
+
+fn parse_algorithm(name: &str, issuer: &str) -> Result<Algorithm, IdentityError> {
+    let alg: Algorithm =
+        name.parse().map_err(|_| IdentityError::Config(format!("issuer {issuer:?}: unknown algorithm {name:?}")))?;
+    if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err(IdentityError::Config(format!(
+            "issuer {issuer:?}: HMAC algorithm {name} is not accepted (a shared secret lets its holders mint tokens)"
+        )));
+    }
+    Ok(alg)
+}
+
+fn read_jwks(path: &Path) -> Result<JwkSet, IdentityError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| IdentityError::Config(format!("cannot read JWKS {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| IdentityError::Config(format!("JWKS {} is not a JSON Web Key Set: {e}", path.display())))
+}
+
+impl Verifier {
+    /// Loads every issuer's keys; fails on a bad configuration.
+    pub fn new(issuers: &[IssuerConfig]) -> Result<Verifier, IdentityError> {
+        let issuers = issuers
+            .iter()
+            .map(|config| {
+                if config.algorithms.is_empty() {
+                    return Err(IdentityError::Config(format!("issuer {:?}: no algorithms", config.issuer)));
+                }
+                let algorithms =
+                    config.algorithms.iter().map(|a| parse_algorithm(a, &config.issuer)).collect::<Result<_, _>>()?;
+                let keys = RwLock::new(read_jwks(&config.jwks_file)?);
+                Ok(Issuer { config: config.clone(), algorithms, keys })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Verifier { issuers })
+    }
+
+    /// Verifies `token` and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(IdentityError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        // The issuer picks the keys: read it (unverified) from the payload.
+        let payload = token.split('.').nth(1).ok_or_else(|| IdentityError::Malformed("no payload".into()))?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        #[derive(Deserialize)]
+        struct Iss {
+            iss: Option<String>,
+        }
+        let iss = serde_json::from_slice::<Iss>(&payload)
+            .map_err(|e| IdentityError::Malformed(e.to_string()))?
+            .iss
+            .ok_or_else(|| IdentityError::Malformed("no `iss` claim".into()))?;
+        let issuer =
+            self.issuers.iter().find(|i| i.config.issuer == iss).ok_or(IdentityError::UnknownIssuer(iss.clone()))?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(IdentityError::Algorithm {
+                alg: format!("{:?}", header.alg),
+                issuer: iss,
+                accepted: issuer.config.algorithms.join(", "),
+            });
+        }
+        let key = self.key(issuer, header.kid.as_deref())?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&issuer.config.issuer]);
+        validation.set_audience(&[&issuer.config.audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.leeway = issuer.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => IdentityError::Expired,
+                K::ImmatureSignature => IdentityError::NotYetValid,
+                K::InvalidAudience => IdentityError::Audience(issuer.config.audience.clone()),
+                K::InvalidSignature => IdentityError::Signature,
+                _ => IdentityError::Invalid(e.to_string()),
+            }
+        })?;
+        let claims = data.claims;
+        let groups = match claims.rest.get(&issuer.config.groups_claim) {
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+            }
+            Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Identity { subject: claims.sub, issuer: claims.iss, groups, expires_at: claims.exp })
+    }
+
+    fn key(&self, issuer: &Issuer, kid: Option<&str>) -> Result<DecodingKey, IdentityError> {
+        let find = |set: &JwkSet| match kid {
+            Some(kid) => set.find(kid).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        };
+        let found = find(&issuer.keys.read().unwrap_or_else(|p| p.into_inner()));
+        let jwk = match found {
+            Some(jwk) => jwk,
+            None => {
+                // Perhaps the issuer rotated its keys: read the JWKS again.
+                let fresh = read_jwks(&issuer.config.jwks_file)?;
+                let found = find(&fresh);
+                *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                found.ok_or_else(|| IdentityError::UnknownKey {
+                    kid: kid.unwrap_or("(none)").to_string(),
+                    issuer: issuer.config.issuer.clone(),
+                })?
+            }
+        };
+        DecodingKey::from_jwk(&jwk).map_err(|e| IdentityError::Config(format!("a key of the JWKS is unusable: {e}")))
+    }
+}
+
+/// The embedded dev issuer: signs tokens with an ed25519 key kept in
+/// `keys/dev-issuer.pem` (0600), and publishes the matching JWKS.
+pub struct DevIssuer {
+    config: DevIssuerConfig,
+    encoding: EncodingKey,
+    public: [u8; 32],
+    kid: String,
+}
+
+/// The dev issuer's key file in a data dir.
+pub fn dev_issuer_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys").join("dev-issuer.pem")
+}
+
+impl DevIssuer {
+    /// Opens the dev issuer's key in `data_dir`, creating it the first time.
+    pub fn open_or_create(data_dir: &Path, config: &DevIssuerConfig) -> Result<DevIssuer, IdentityError> {
+        use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+        let path = dev_issuer_key_path(data_dir);
+        let key = if path.exists() {
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| IdentityError::Config(format!("cannot read {}: {e}", path.display())))?;
+            ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| IdentityError::Config(format!("{} is not an ed25519 key: {e}", path.display())))?
+        } else {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| IdentityError::Config(format!("no randomness: {e}")))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let pem = key
+                .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+                .map_err(|e| IdentityError::Config(format!("cannot encode the dev issuer key: {e}")))?;
+            write_private(&path, pem.as_bytes())?;
+            key
+        };
+        let der = key.to_pkcs8_der().map_err(|e| IdentityError::Config(format!("cannot encode the key: {e}")))?;
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        let public = key.verifying_key().to_bytes();
+        let kid = URL_SAFE_NO_PAD.encode(&public[..12]);
+        Ok(DevIssuer { config: config.clone(), encoding, public, kid })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// Signs a token for `subject` in `groups`, valid for `ttl` (at most `max_ttl`).
+    pub fn sign(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, IdentityError> {
+        if subject.trim().is_empty() {
+            return Err(IdentityError::Config("a token needs a subject".into()));
+        }
+        if ttl.is_zero() || ttl > self.config.max_ttl {
+            return Err(IdentityError::Config(format!(
+                "a dev token lives between 1s and {} (identity.dev_issuer.max_ttl)",
+                humantime::format_duration(self.config.max_ttl)
+            )));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let claims = serde_json::json!({
+            "iss": self.config.issuer,
+            "aud": self.config.audience,
+            "sub": subject,
+            "groups": groups,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl.as_secs(),
+        });
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| IdentityError::Config(format!("cannot sign: {e}")))
+    }
+
+    /// The public key as a JSON Web Key Set.
+    pub fn jwks(&self) -> JwkSet {
+        let value = serde_json::json!({ "keys": [{
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(self.public),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        }]});
+        serde_json::from_value(value).unwrap_or(JwkSet { keys: Vec::new() })
+    }
+
+    /// This issuer as a verifier entry, its JWKS written to `jwks_file`.
+    pub fn issuer_config(&self, jwks_file: &Path) -> Result<IssuerConfig, IdentityError> {
+        let json = serde_json::to_vec_pretty(&self.jwks())
+            .map_err(|e| IdentityError::Config(format!("cannot encode the JWKS: {e}")))?;
+        std::fs::write(jwks_file, json)
+            .map_err(|e| IdentityError::Config(format!("cannot write {}: {e}", jwks_file.display())))?;
+        Ok(IssuerConfig {
+            issuer: self.config.issuer.clone(),
+            audience: self.config.audience.clone(),
+            jwks_file: jwks_file.to_path_buf(),
+            groups_claim: default_groups_claim(),
+            algorithms: vec!["EdDSA".to_string()],
+            leeway: default_leeway(),
+        })
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| IdentityError::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| IdentityError::Config(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| IdentityError::Config(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, DevIssuer, Verifier) {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = DevIssuer::open_or_create(dir.path(), &DevIssuerConfig::default()).unwrap();
+        let config = dev.issuer_config(&dir.path().join("jwks.json")).unwrap();
+        let verifier = Verifier::new(&[config]).unwrap();
+        (dir, dev, verifier)
+    }
+
+    #[test]
+    fn a_dev_token_verifies_with_its_subject_and_groups() {
+        let (_dir, dev, verifier) = setup();
+        let token = dev.sign("alice", &["investigators".into(), "ci".into()], Duration::from_secs(600)).unwrap();
+        let identity = verifier.verify(&token).unwrap();
+        assert_eq!(identity.subject, "alice");
+        assert_eq!(identity.issuer, "proctor-dev");
+        assert!(identity.in_group("investigators") && identity.in_group("ci") && !identity.in_group("admins"));
+    }
+
+    #[test]
+    fn forged_tampered_and_foreign_tokens_are_refused() {
+        let (_dir, dev, verifier) = setup();
+        // Signed by another key claiming the same issuer and key id.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = DevIssuer::open_or_create(other_dir.path(), &DevIssuerConfig::default()).unwrap();
+        let forged = other.sign("mallory", &["investigators".into()], Duration::from_secs(600)).unwrap();
+        assert!(matches!(verifier.verify(&forged), Err(IdentityError::UnknownKey { .. })));
+        // A real token with its payload swapped.
+        let token = dev.sign("bob", &[], Duration::from_secs(600)).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let claims = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"iss": "proctor-dev", "aud": "proctor", "sub": "bob", "groups": ["investigators"], "exp": 4102444800u64})
+                .to_string(),
+        );
+        let tampered = format!("{}.{}.{}", parts[0], claims, parts[2]);
+        assert_eq!(verifier.verify(&tampered), Err(IdentityError::Signature));
+        // `alg: none` and HMAC are not on any allow-list.
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        assert!(verifier.verify(&none).is_err());
+        let hmac = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"iss": "proctor-dev", "aud": "proctor", "sub": "eve", "exp": 4102444800u64}),
+            &EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap();
+        assert!(matches!(verifier.verify(&hmac), Err(IdentityError::Algorithm { .. })));
+        // Unknown issuer; garbage; nothing.
+        let foreign = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"iss": "elsewhere", "aud": "proctor", "sub": "x", "exp": 4102444800u64}),
+            &dev.encoding,
+        )
+        .unwrap();
+        assert_eq!(verifier.verify(&foreign), Err(IdentityError::UnknownIssuer("elsewhere".into())));
+        assert!(matches!(verifier.verify("not-a-token"), Err(IdentityError::Malformed(_))));
+        assert_eq!(verifier.verify(""), Err(IdentityError::Missing));
+    }
+
+    #[test]
+    fn expired_early_and_misaddressed_tokens_are_refused() {
+        let (_dir, dev, verifier) = setup();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let sign = |claims: serde_json::Value| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(dev.kid.clone());
+            jsonwebtoken::encode(&header, &claims, &dev.encoding).unwrap()
+        };
+        let base = |exp: u64, nbf: u64, aud: &str| serde_json::json!({"iss": "proctor-dev", "aud": aud, "sub": "s", "exp": exp, "nbf": nbf});
+        assert_eq!(verifier.verify(&sign(base(now - 3600, now - 7200, "proctor"))), Err(IdentityError::Expired));
+        assert_eq!(verifier.verify(&sign(base(now + 7200, now + 3600, "proctor"))), Err(IdentityError::NotYetValid));
+        assert_eq!(
+            verifier.verify(&sign(base(now + 600, now, "someone-else"))),
+            Err(IdentityError::Audience("proctor".into()))
+        );
+        // Within the clock skew (60 s) both ways.
+        assert!(verifier.verify(&sign(base(now - 10, now + 10, "proctor"))).is_ok());
+    }
+
+    #[test]
+    fn hmac_issuers_are_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+        let config = IssuerConfig {
+            issuer: "i".into(),
+            audience: "a".into(),
+            jwks_file: jwks,
+            groups_claim: "groups".into(),
+            algorithms: vec!["HS256".into()],
+            leeway: Duration::from_secs(0),
+        };
+        assert!(matches!(Verifier::new(&[config]), Err(IdentityError::Config(m)) if m.contains("HMAC")));
+    }
+}

@@ -1,0 +1,146 @@
+//! Sessions and events as JSON and as transcript lines: one rendering for the
+//! API and for the CLI reading a data dir.
+
+use proctor_recorder::reader::SessionSummary;
+use proctor_schemas::{Event, EventBody, SessionIdText, Value};
+use serde_json::{Map, json};
+
+/// A session of the recording's session list.
+pub fn session_json(s: &SessionSummary) -> serde_json::Value {
+    json!({
+        "session_id": s.session_id.to_string(),
+        "protocol": s.protocol,
+        "resource": s.resource,
+        "subject": s.subject,
+        "start": s.first_time.map(|t| t.to_rfc3339()),
+        "end": s.last_time.map(|t| t.to_rfc3339()),
+        "end_reason": s.end_reason,
+        "events": s.events,
+        "live": s.end_reason.is_none(),
+    })
+}
+
+/// An event as JSON: every non-null column, bytes as UTF-8 (lossy).
+pub fn event_json(event: &Event) -> serde_json::Value {
+    let mut id = SessionIdText::default();
+    let mut object = Map::new();
+    for (column, value) in event.cells(&mut id).iter() {
+        let value = match value {
+            Value::Str(s) => json!(s),
+            Value::U64(v) => json!(v),
+            Value::I64(v) if column.ty() == proctor_schemas::ColumnType::Time => {
+                json!(proctor_schemas::Timestamp(v).to_rfc3339())
+            }
+            Value::I64(v) => json!(v),
+            Value::Bool(v) => json!(v),
+            Value::Bytes(b) => json!(String::from_utf8_lossy(b)),
+            Value::StrList(v) => json!(v),
+            Value::OptStrList(v) => json!(v),
+            Value::Rows(v) => json!(v),
+            Value::Pairs(v) => json!(v.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>()),
+            Value::Counts(v) => json!(v.iter().map(|c| json!({"rule": c.rule, "count": c.count})).collect::<Vec<_>>()),
+        };
+        object.insert(column.name().to_string(), value);
+    }
+    serde_json::Value::Object(object)
+}
+
+/// One line of a readable transcript.
+pub fn transcript_line(event: &Event) -> String {
+    let arrow = match event.direction {
+        proctor_schemas::Direction::ClientToTarget => "->",
+        proctor_schemas::Direction::TargetToClient => "<-",
+        proctor_schemas::Direction::Gateway => "==",
+    };
+    let what = match &event.body {
+        EventBody::SessionStart(s) => format!(
+            "{} session: subject={} resource={} database={} client={} tls={}",
+            s.protocol,
+            s.subject.as_deref().unwrap_or("-"),
+            s.resource.as_deref().unwrap_or("-"),
+            s.database.as_deref().unwrap_or("-"),
+            s.client_addr.as_deref().unwrap_or("-"),
+            s.tls.as_deref().unwrap_or("-")
+        ),
+        EventBody::SessionEnd(e) => {
+            format!("end: {}{}", e.reason, e.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())
+        }
+        EventBody::Statement(s) if s.params.is_empty() => s.sql.clone(),
+        EventBody::Statement(s) => format!(
+            "{}  -- params: {}",
+            s.sql,
+            s.params
+                .iter()
+                .map(|p| p.as_deref().map_or("NULL".to_string(), |v| format!("'{v}'")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EventBody::Prepare(p) => format!("prepare {:?}: {}", p.statement_name, p.sql),
+        EventBody::Result(r) => format!(
+            "{} ({} rows, {} bytes, {:.3} ms){}",
+            r.command_tag.as_deref().unwrap_or("result"),
+            r.row_count,
+            r.byte_count,
+            r.duration_ns as f64 / 1e6,
+            if r.sample_rows.is_empty() {
+                String::new()
+            } else {
+                let rows: Vec<String> = r
+                    .sample_rows
+                    .iter()
+                    .map(|row| {
+                        let cells: Vec<&str> = row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                        format!("({})", cells.join(", "))
+                    })
+                    .collect();
+                format!(" sample: {}", rows.join(" "))
+            }
+        ),
+        EventBody::Error(e) => format!("ERROR {}: {}", e.sqlstate.as_deref().unwrap_or("-"), e.message),
+        _ => {
+            let json = event_json(event);
+            let mut fields: Vec<String> = json
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, _)| !["session_id", "seq", "time", "kind", "direction"].contains(&k.as_str()))
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            fields.sort();
+            fields.join(" ")
+        }
+    };
+    format!("{:>5} {} {arrow} {:<16} {what}", event.seq, event.time.to_rfc3339(), event.kind().as_str())
+}
+
+/// A transcript line from an event's JSON (as the API returns it).
+pub fn transcript_line_from_json(event: &serde_json::Value) -> String {
+    let field = |name: &str| event.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let arrow = match field("direction").as_str() {
+        "client_to_target" => "->",
+        "target_to_client" => "<-",
+        _ => "==",
+    };
+    let mut rest: Vec<String> = event
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !["session_id", "seq", "time", "kind", "direction"].contains(&k.as_str()))
+                .map(|(k, v)| match v.as_str() {
+                    Some(s) => format!("{k}={s}"),
+                    None => format!("{k}={v}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rest.sort();
+    format!(
+        "{:>5} {} {arrow} {:<16} {}",
+        event.get("seq").and_then(|v| v.as_u64()).unwrap_or_default(),
+        field("time"),
+        field("kind"),
+        rest.join(" ")
+    )
+}

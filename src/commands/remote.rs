@@ -1,0 +1,144 @@
+//! `search`, `sessions` and `replay` against a running replay server
+//! (`--server URL --token T`): the same output as on a data dir.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use proctor_replay_server::client::{ClientError, get_json, query_string};
+use proctor_replay_server::render::transcript_line_from_json;
+
+use crate::cli::{ReplayArgs, SearchArgs, SessionsArgs};
+
+fn token(token: &Option<String>) -> anyhow::Result<&str> {
+    token.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("--server needs an investigator's token: --token JWT or $PROCTOR_TOKEN (the demo prints one)")
+    })
+}
+
+/// A refused request exits 2 with the server's reason; others are errors.
+fn refused(error: ClientError) -> anyhow::Result<ExitCode> {
+    match error {
+        ClientError::Refused { .. } => {
+            eprintln!("proctor: {error}");
+            Ok(ExitCode::from(2))
+        }
+        other => Err(other.into()),
+    }
+}
+
+pub fn search(server: &str, args: &SearchArgs) -> anyhow::Result<ExitCode> {
+    let mut query = args.query.clone();
+    if let Some(since) = &args.since {
+        query = format!("{query} since:{since}");
+    }
+    let path = format!(
+        "/api/search?{}",
+        query_string([
+            ("q", Some(query)),
+            ("limit", Some(args.limit.to_string())),
+            ("offset", Some(args.offset.to_string())),
+            ("order", Some(if args.oldest_first { "oldest" } else { "newest" }.to_string())),
+        ])
+    );
+    let result = match get_json(server, &path, token(&args.source.token)?) {
+        Ok(result) => result,
+        Err(error) => return refused(error),
+    };
+    let mut out = std::io::stdout().lock();
+    let hits = result["hits"].as_array().cloned().unwrap_or_default();
+    for hit in &hits {
+        if args.json {
+            writeln!(out, "{hit}")?;
+        } else {
+            let text = hit["text"].as_str().unwrap_or_default();
+            writeln!(
+                out,
+                "{}  {}  {}#{}  {}",
+                hit["time"].as_str().unwrap_or_default(),
+                hit["kind"].as_str().unwrap_or_default(),
+                hit["session_id"].as_str().unwrap_or_default(),
+                hit["seq"],
+                text.lines().next().unwrap_or_default()
+            )?;
+        }
+    }
+    if args.json && args.facets {
+        writeln!(out, "{}", serde_json::json!({ "total": result["total"], "facets": result["facets"] }))?;
+    } else if !args.json {
+        writeln!(out, "{} of {} hits", hits.len(), result["total"])?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sessions(server: &str, args: &SessionsArgs) -> anyhow::Result<ExitCode> {
+    let filter = args.filter();
+    let path = format!(
+        "/api/sessions?{}",
+        query_string([
+            ("subject", filter.subject),
+            ("resource", filter.resource),
+            ("protocol", filter.protocol),
+            ("since", filter.since),
+            ("live", filter.live.then(|| "true".to_string())),
+        ])
+    );
+    let result = match get_json(server, &path, token(&args.source.token)?) {
+        Ok(result) => result,
+        Err(error) => return refused(error),
+    };
+    let mut out = std::io::stdout().lock();
+    for s in result["sessions"].as_array().cloned().unwrap_or_default() {
+        if args.json {
+            writeln!(out, "{s}")?;
+        } else {
+            let text = |name: &str| s[name].as_str().unwrap_or("-").to_string();
+            writeln!(
+                out,
+                "{}  {}  {:<8} {:<14} {:<22} {:>6} events  {}",
+                text("session_id"),
+                text("start"),
+                text("protocol"),
+                text("resource"),
+                text("subject"),
+                s["events"],
+                s["end_reason"].as_str().unwrap_or("(live)"),
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let token = token(&args.source.token)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut from_seq = args.from_seq;
+    let mut left = args.limit.unwrap_or(usize::MAX);
+    // Page by page, as the server hands them out.
+    while left > 0 {
+        let page = left.min(1000);
+        let path = format!(
+            "/api/sessions/{}/events?{}",
+            args.session_id,
+            query_string([("from_seq", Some(from_seq.to_string())), ("limit", Some(page.to_string()))])
+        );
+        let result = match get_json(server, &path, token) {
+            Ok(result) => result,
+            Err(error) => {
+                out.flush()?;
+                return refused(error);
+            }
+        };
+        let events = result["events"].as_array().cloned().unwrap_or_default();
+        for event in &events {
+            let line = if args.json { event.to_string() } else { transcript_line_from_json(event) };
+            writeln!(out, "{line}")?;
+        }
+        left = left.saturating_sub(events.len());
+        match result["next_seq"].as_u64() {
+            Some(next) if !events.is_empty() => from_seq = next,
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,165 @@
+//! The replay server's API as investigators and their tools reach it: curl
+//! and `proctor --server`, with tokens from the dev issuer, against a running
+//! `proctor up` recording psql sessions through the real gateway.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proctor_tests::devcluster::{Options, free_port};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stdout};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// `curl` GET: the status and the JSON body (and the headers, lowercased).
+fn get(url: &str, token: Option<&str>) -> (u16, Value, String) {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "-D", "-", "--max-time", "60", url]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = command.output().expect("curl (scripts/setup installs it)");
+    assert!(output.status.success(), "curl: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, json, head.to_lowercase())
+}
+
+fn token(data_dir: &Path, sub: &str, groups: &str) -> String {
+    let output = run_ok(bin(), &["token", "--data-dir", data_dir.to_str().unwrap(), "--sub", sub, "--groups", groups]);
+    stdout(&output).trim().to_string()
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls a search until it has at least `want` hits (the index follows the
+/// recording within seconds; the bound only catches a hang).
+fn search_until(api: &str, token: &str, query: &str, want: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body, _) = get(&format!("{api}/api/search?q={}&limit=50", encode(query)), Some(token));
+        assert_eq!(status, 200, "{body}");
+        if body["total"].as_u64().unwrap_or(0) >= want {
+            return body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(50), "{query:?}: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn investigators_search_and_replay_through_the_api_and_everyone_else_is_refused() {
+    let cluster = cluster(&Options::default());
+    let replay_port = free_port();
+    let options = ProctorOptions {
+        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n"),
+        ..ProctorOptions::default()
+    };
+    let proctor = Proctor::start(bin(), cluster.port, &options);
+    let api = format!("http://127.0.0.1:{replay_port}");
+    let output = Command::new(cluster.bindir.join("psql"))
+        .args(["-X", "-q", "-At", "-d", &proctor.conninfo("alice", APP_ROLE, "disable")])
+        .args(["-c", "select 'larkspur' as flower", "-c", "select 42 as answer"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let ivy = token(&proctor.data_dir, "ivy", "investigators,oncall");
+    let mallory = token(&proctor.data_dir, "mallory", "developers");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let forged = token(elsewhere.path(), "ivy", "investigators");
+
+    // No token, a forged one, garbage: 401 with a challenge; wrong group: 403.
+    let (status, body, head) = get(&format!("{api}/api/search?q=larkspur"), None);
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(body["error"].as_str().unwrap().contains("bearer token"), "{body}");
+    let (status, body, _) = get(&format!("{api}/api/search?q=larkspur"), Some(&forged));
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = get(&format!("{api}/api/sessions"), Some("not.a.token"));
+    assert_eq!(status, 401);
+    let (status, body, _) = get(&format!("{api}/api/search?q=larkspur"), Some(&mallory));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("investigator"), "{body}");
+
+    // The investigator finds the statement, with its session, seq, time,
+    // kind, a highlighted snippet and the facets.
+    let found = search_until(&api, &ivy, "larkspur kind:statement", 1);
+    let hit = &found["hits"][0];
+    assert_eq!(hit["kind"], "statement");
+    assert!(hit["snippet"].as_str().unwrap().contains("<b>larkspur</b>"), "{hit}");
+    assert!(hit["time"].as_str().unwrap().ends_with('Z') && hit["seq"].as_u64().is_some());
+    assert_eq!(found["facets"]["subject"]["alice"], 1, "{found}");
+    let session_id = hit["session_id"].as_str().unwrap().to_string();
+
+    // A bad query says what is wrong.
+    let (status, body, _) = get(&format!("{api}/api/search?q={}", encode("colour:red")), Some(&ivy));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
+
+    // Sessions, one session, its events in pages.
+    let (status, body, _) = get(&format!("{api}/api/sessions?subject=alice"), Some(&ivy));
+    assert_eq!(status, 200);
+    let sessions = body["sessions"].as_array().unwrap();
+    assert!(sessions.iter().any(|s| s["session_id"] == session_id.as_str()), "{body}");
+    assert!(sessions.iter().all(|s| s["subject"] == "alice"));
+    let (status, body, _) = get(&format!("{api}/api/sessions/{session_id}"), Some(&ivy));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["start_event"]["subject"], "alice");
+    assert_eq!(body["resource"], "test-db");
+    let (status, first, _) = get(&format!("{api}/api/sessions/{session_id}/events?limit=2"), Some(&ivy));
+    assert_eq!(status, 200);
+    let events = first["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["kind"], "session_start");
+    assert_eq!(first["next_seq"], 2);
+    let (_, rest, _) = get(&format!("{api}/api/sessions/{session_id}/events?from_seq=2&limit=1000"), Some(&ivy));
+    let rest = rest["events"].as_array().unwrap().clone();
+    assert_eq!(rest[0]["seq"], 2, "pages join without a gap");
+    assert!(rest.iter().any(|e| e["sql"] == "select 'larkspur' as flower"), "{rest:?}");
+    let (status, _, _) = get(&format!("{api}/api/sessions/0190f000-0000-7000-8000-000000000000"), Some(&ivy));
+    assert_eq!(status, 404);
+    let (status, _, _) = get(&format!("{api}/api/sessions/nonsense/events"), Some(&ivy));
+    assert_eq!(status, 400);
+
+    // The CLI against the server gives what it gives on a data dir.
+    let cli = |args: &[&str], token: &str| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--server", &api, "--token", token]);
+        run(bin(), &all)
+    };
+    let output = cli(&["search", "larkspur", "--json"], &ivy);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let hits: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(hits.iter().any(|h| h["session_id"] == session_id.as_str() && h["text"].as_str().is_some()));
+    let output = cli(&["replay", &session_id], &ivy);
+    assert!(output.status.success());
+    assert!(stdout(&output).contains("select 'larkspur' as flower"), "{}", stdout(&output));
+    let output = cli(&["sessions", "--subject", "alice", "--json"], &ivy);
+    assert!(stdout(&output).contains(&session_id));
+    let output = cli(&["search", "larkspur"], &mallory);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("403"), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Who looked at what is itself recorded, and searchable.
+    let accesses = search_until(&api, &ivy, "kind:recording_accessed actor:ivy", 10);
+    assert!(accesses["hits"].as_array().unwrap().iter().all(|h| h["subject"] == "ivy"), "{accesses}");
+    let reads = search_until(&api, &ivy, &format!("kind:recording_accessed actor:ivy target_session:{session_id}"), 1);
+    assert!(reads["total"].as_u64().unwrap() >= 1);
+    let (_, none, _) = get(&format!("{api}/api/search?q={}", encode("actor:mallory")), Some(&ivy));
+    assert_eq!(none["total"], 0, "a refused request returns nothing, so it reads nothing");
+}
