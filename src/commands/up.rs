@@ -36,6 +36,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How often notes of reads beside this Proctor are recorded.
+const NOTES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often the index catches up with the recording.
 const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -150,6 +153,21 @@ pub async fn serve(
         }
     };
     tracing::info!(data_dir = %config.data_dir.display(), key = recorder.key_fingerprint(), "proctor is up; SIGINT or SIGTERM stops it");
+    // Reads made on the data dir beside this Proctor leave notes; record them.
+    let notes = {
+        let (data_dir, sink, mut stopped) = (config.data_dir.clone(), recorder.sink(), stop.subscribe());
+        tokio::spawn(async move {
+            loop {
+                super::access::record_notes(&data_dir, &sink).await;
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => break,
+                    () = tokio::time::sleep(NOTES_INTERVAL) => {}
+                }
+            }
+            // The last ones, before the recorder closes.
+            super::access::record_notes(&data_dir, &sink).await;
+        })
+    };
 
     let signal_name = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
@@ -158,6 +176,7 @@ pub async fn serve(
     tracing::info!(signal = signal_name, "shutting down: ending sessions and sealing the recording");
     let _ = stop.send(true);
     gateway.wait().await;
+    let _ = notes.await;
     if let Some(task) = replay {
         match task.await {
             Ok(Err(error)) => tracing::error!(%error, "the replay API failed"),

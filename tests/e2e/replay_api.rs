@@ -162,4 +162,15 @@ fn investigators_search_and_replay_through_the_api_and_everyone_else_is_refused(
     assert!(reads["total"].as_u64().unwrap() >= 1);
     let (_, none, _) = get(&format!("{api}/api/search?q={}", encode("actor:mallory")), Some(&ivy));
     assert_eq!(none["total"], 0, "a refused request returns nothing, so it reads nothing");
+
+    // A read on the data dir itself, beside the running Proctor, is recorded
+    // too: as the local account that owns the note it leaves.
+    let data_dir = proctor.data_dir.to_str().unwrap();
+    let output = run_ok(bin(), &["replay", &session_id, "--data-dir", data_dir, "--limit", "1"]);
+    assert!(stdout(&output).contains("session_start"));
+    let local =
+        search_until(&api, &ivy, &format!("kind:recording_accessed target_session:{session_id} NOT actor:ivy"), 1);
+    let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_string();
+    assert_eq!(local["hits"][0]["subject"], format!("local:{user}"), "{local}");
+    assert!(std::fs::read_dir(proctor.data_dir.join("access")).unwrap().next().is_none(), "the note is consumed");
 }
