@@ -397,6 +397,14 @@ fn main() {
                 tps[i] / tps[2]
             );
         }
+        // The machine's noise: Proctor against each baseline round by round
+        // (a round runs every target once, back to back).
+        let per_round = |baseline: usize| {
+            let mut ratios: Vec<f64> = results[3].iter().zip(&results[baseline]).map(|(p, b)| p.tps / b.tps).collect();
+            ratios.sort_by(f64::total_cmp);
+            format!("{:.3}-{:.3}", ratios[0], ratios[ratios.len() - 1])
+        };
+        println!("  proctor per round: {}x direct, {}x relay, {}x pgbouncer", per_round(0), per_round(1), per_round(2));
     }
 
     if only.is_some() {
