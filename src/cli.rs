@@ -126,6 +126,10 @@ pub struct Source {
     /// The OIDC token to present to `--server` (an investigator's).
     #[arg(long, value_name = "JWT", env = "PROCTOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an `https://` server: the certificate(s) to trust (PEM), e.g.
+    /// the server's own or its CA.
+    #[arg(long, value_name = "FILE", env = "PROCTOR_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -43,6 +43,10 @@ pub struct ReplayConfig {
     /// or read recordings.
     #[serde(default = "default_investigator_group")]
     pub investigator_group: String,
+    /// Serve HTTPS with the `[tls]` certificate (or the dev one). Off, the
+    /// API speaks plain HTTP: for loopback, or behind a TLS-terminating proxy.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_investigator_group() -> String {

@@ -45,6 +45,33 @@ pub fn server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerCo
     Ok((Arc::new(server), cert_path))
 }
 
+/// The same certificate for an HTTP API (ALPN `http/1.1`).
+pub fn http_server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerConfig>, PathBuf), GatewayError> {
+    let (server, cert_path) = server_config(config, dev_dir)?;
+    let mut server = (*server).clone();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(server), cert_path))
+}
+
+/// A client configuration trusting the certificates in `ca_file` (PEM):
+/// for Proctor's own HTTP APIs, whose certificate an operator pins.
+pub fn api_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| tls_error(&format!("cannot read certificates from {}", ca_file.display()), e))?;
+    for cert in certs {
+        roots.add(cert).map_err(|e| tls_error(&format!("unusable certificate in {}", ca_file.display()), e))?;
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error("TLS versions", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(client))
+}
+
 /// A self-signed certificate for `localhost` and loopback addresses, kept in
 /// `dir` so clients can pin it across restarts.
 fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), GatewayError> {

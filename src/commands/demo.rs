@@ -119,6 +119,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         replay: Some(ReplayConfig {
             listen: format!("127.0.0.1:{}", args.replay_port).parse()?,
             investigator_group: INVESTIGATORS.to_string(),
+            tls: false,
         }),
     };
     let dev_issuer = DevIssuer::open_or_create(&data_dir, &DevIssuerConfig::default())?;

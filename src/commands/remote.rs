@@ -40,7 +40,7 @@ pub fn search(server: &str, args: &SearchArgs) -> anyhow::Result<ExitCode> {
             ("order", Some(if args.oldest_first { "oldest" } else { "newest" }.to_string())),
         ])
     );
-    let result = match get_json(server, &path, token(&args.source.token)?) {
+    let result = match get_json(server, &path, token(&args.source.token)?, args.source.ca_file.as_deref()) {
         Ok(result) => result,
         Err(error) => return refused(error),
     };
@@ -82,7 +82,7 @@ pub fn sessions(server: &str, args: &SessionsArgs) -> anyhow::Result<ExitCode> {
             ("live", filter.live.then(|| "true".to_string())),
         ])
     );
-    let result = match get_json(server, &path, token(&args.source.token)?) {
+    let result = match get_json(server, &path, token(&args.source.token)?, args.source.ca_file.as_deref()) {
         Ok(result) => result,
         Err(error) => return refused(error),
     };
@@ -121,7 +121,7 @@ pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             args.session_id,
             query_string([("from_seq", Some(from_seq.to_string())), ("limit", Some(page.to_string()))])
         );
-        let result = match get_json(server, &path, token) {
+        let result = match get_json(server, &path, token, args.source.ca_file.as_deref()) {
             Ok(result) => result,
             Err(error) => {
                 out.flush()?;

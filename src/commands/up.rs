@@ -78,14 +78,22 @@ async fn start_replay(
     let listener = tokio::net::TcpListener::bind(replay.listen)
         .await
         .with_context(|| format!("the replay API cannot listen on {}", replay.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let tls = if replay.tls {
+        let (server, _) = proctor_gateway_core::tls::http_server_config(&config.tls, &config.data_dir.join("tls"))
+            .context("cannot set up TLS for the replay API")?;
+        Some(server)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr()?);
     let state = std::sync::Arc::new(ApiState::new(
         config.data_dir.clone(),
         verifier,
         replay.investigator_group.clone(),
         RecorderAccessLog(sink),
     ));
-    let task = tokio::spawn(proctor_replay_server::serve(listener, state, async move {
+    let task = tokio::spawn(proctor_replay_server::serve(listener, state, tls, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
     Ok(Some((url, task)))

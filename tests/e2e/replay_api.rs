@@ -61,22 +61,30 @@ fn search_until(api: &str, token: &str, query: &str, want: u64) -> Value {
     }
 }
 
-#[test]
-fn investigators_search_and_replay_through_the_api_and_everyone_else_is_refused() {
+/// A cluster, `proctor up` in front of it with the dev issuer and the replay
+/// API (over TLS or not), and `statements` run through it by alice with psql.
+fn start(tls: bool, statements: &[&str]) -> (proctor_tests::devcluster::Cluster, Proctor, u16) {
     let cluster = cluster(&Options::default());
     let replay_port = free_port();
     let options = ProctorOptions {
-        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n"),
+        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\ntls = {tls}\n"),
         ..ProctorOptions::default()
     };
     let proctor = Proctor::start(bin(), cluster.port, &options);
-    let api = format!("http://127.0.0.1:{replay_port}");
-    let output = Command::new(cluster.bindir.join("psql"))
-        .args(["-X", "-q", "-At", "-d", &proctor.conninfo("alice", APP_ROLE, "disable")])
-        .args(["-c", "select 'larkspur' as flower", "-c", "select 42 as answer"])
-        .output()
-        .unwrap();
+    let mut psql = Command::new(cluster.bindir.join("psql"));
+    psql.args(["-X", "-q", "-At", "-d", &proctor.conninfo("alice", APP_ROLE, "disable")]);
+    for sql in statements {
+        psql.args(["-c", sql]);
+    }
+    let output = psql.output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (cluster, proctor, replay_port)
+}
+
+#[test]
+fn investigators_search_and_replay_through_the_api_and_everyone_else_is_refused() {
+    let (_cluster, proctor, replay_port) = start(false, &["select 'larkspur' as flower", "select 42 as answer"]);
+    let api = format!("http://127.0.0.1:{replay_port}");
 
     let ivy = token(&proctor.data_dir, "ivy", "investigators,oncall");
     let mallory = token(&proctor.data_dir, "mallory", "developers");
@@ -173,4 +181,59 @@ fn investigators_search_and_replay_through_the_api_and_everyone_else_is_refused(
     let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_string();
     assert_eq!(local["hits"][0]["subject"], format!("local:{user}"), "{local}");
     assert!(std::fs::read_dir(proctor.data_dir.join("access")).unwrap().next().is_none(), "the note is consumed");
+}
+
+#[test]
+fn the_api_over_tls_serves_clients_that_trust_its_certificate_only() {
+    let (_cluster, proctor, replay_port) = start(true, &["select 'edelweiss' as flower"]);
+    let ivy = token(&proctor.data_dir, "ivy", "investigators");
+    // The dev certificate Proctor made for loopback (the same its database listeners use).
+    let cert = proctor.data_dir.join("tls/proctor-dev.crt");
+    let cert = cert.to_str().unwrap();
+    let api = format!("https://127.0.0.1:{replay_port}");
+    let url = format!("{api}/api/search?q=edelweiss");
+
+    // curl trusting the certificate gets answers; without it, no handshake.
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-H", &format!("Authorization: Bearer {ivy}")])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    loop {
+        let output = curl(&["--cacert", cert]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let body: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if body["total"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(50), "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!curl(&[]).status.success(), "an untrusted certificate is refused by curl");
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{replay_port}/healthz")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("ok"), "no plain HTTP on the TLS port");
+
+    // The CLI, with and without the certificate to trust.
+    let output = run(bin(), &["search", "edelweiss", "--json", "--server", &api, "--token", &ivy, "--ca-file", cert]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout(&output).contains("select 'edelweiss' as flower"));
+    let output = run(bin(), &["search", "edelweiss", "--server", &api, "--token", &ivy]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--ca-file"));
+    // Trusting another certificate for the same address is no better.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("other.crt");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(&other, certified.cert.pem()).unwrap();
+    let output =
+        run(bin(), &["search", "edelweiss", "--server", &api, "--token", &ivy, "--ca-file", other.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&output.stderr));
 }
