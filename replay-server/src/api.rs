@@ -7,7 +7,7 @@
 //! | `GET /api/search?q=&limit=&offset=&order=` | `total`, `hits` (session, seq, time, kind, text, highlighted snippet, ...), `facets` |
 //! | `GET /api/sessions?subject=&resource=&protocol=&since=&live=` | `sessions` |
 //! | `GET /api/sessions/{id}` | the session, with its start event |
-//! | `GET /api/sessions/{id}/events?from_seq=&limit=` | `events` in seq order, `next_seq` while more follow |
+//! | `GET /api/sessions/{id}/events?from_seq=&limit=` | `events` in seq order, their `transcript` lines, `next_seq` while more follow |
 //! | `GET /healthz` | `ok` (no token) |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad query: the message points
@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::filter::SessionFilter;
-use crate::render::{event_json, session_json};
+use crate::render::{event_json, session_json, transcript_line};
 
 /// Where every search and read is recorded before its answer is sent.
 pub trait AccessLog: Send + Sync + 'static {
@@ -403,7 +403,7 @@ async fn events<L: AccessLog>(
     let data_dir = state.data_dir.clone();
     blocking(move || {
         let reader = Reader::open(&data_dir).map_err(ApiError::internal)?;
-        let mut events = Vec::new();
+        let (mut events, mut transcript) = (Vec::new(), Vec::new());
         // One more than the page: whether another page follows.
         let mut more = false;
         reader
@@ -413,6 +413,7 @@ async fn events<L: AccessLog>(
                     return Ok(ControlFlow::Break(()));
                 }
                 events.push(event_json(&event));
+                transcript.push(transcript_line(&event));
                 Ok(ControlFlow::Continue(()))
             })
             .map_err(ApiError::internal)?;
@@ -420,7 +421,12 @@ async fn events<L: AccessLog>(
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no session {id} in this recording")));
         }
         let next_seq = more.then(|| params.from_seq + events.len() as u64);
-        Ok(Json(json!({ "session_id": id.to_string(), "events": events, "next_seq": next_seq })))
+        Ok(Json(json!({
+            "session_id": id.to_string(),
+            "events": events,
+            "transcript": transcript,
+            "next_seq": next_seq,
+        })))
     })
     .await
 }

@@ -114,33 +114,3 @@ pub fn transcript_line(event: &Event) -> String {
     };
     format!("{:>5} {} {arrow} {:<16} {what}", event.seq, event.time.to_rfc3339(), event.kind().as_str())
 }
-
-/// A transcript line from an event's JSON (as the API returns it).
-pub fn transcript_line_from_json(event: &serde_json::Value) -> String {
-    let field = |name: &str| event.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let arrow = match field("direction").as_str() {
-        "client_to_target" => "->",
-        "target_to_client" => "<-",
-        _ => "==",
-    };
-    let mut rest: Vec<String> = event
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, _)| !["session_id", "seq", "time", "kind", "direction"].contains(&k.as_str()))
-                .map(|(k, v)| match v.as_str() {
-                    Some(s) => format!("{k}={s}"),
-                    None => format!("{k}={v}"),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    rest.sort();
-    format!(
-        "{:>5} {} {arrow} {:<16} {}",
-        event.get("seq").and_then(|v| v.as_u64()).unwrap_or_default(),
-        field("time"),
-        field("kind"),
-        rest.join(" ")
-    )
-}

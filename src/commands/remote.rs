@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use proctor_replay_server::client::{ClientError, get_json, query_string};
-use proctor_replay_server::render::transcript_line_from_json;
 
 use crate::cli::{ReplayArgs, SearchArgs, SessionsArgs};
 
@@ -128,10 +127,14 @@ pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 return refused(error);
             }
         };
+        // The server renders the transcript with the same code as a local replay.
         let events = result["events"].as_array().cloned().unwrap_or_default();
-        for event in &events {
-            let line = if args.json { event.to_string() } else { transcript_line_from_json(event) };
-            writeln!(out, "{line}")?;
+        let lines = result["transcript"].as_array().cloned().unwrap_or_default();
+        for (event, line) in events.iter().zip(&lines) {
+            match (args.json, line.as_str()) {
+                (false, Some(line)) => writeln!(out, "{line}")?,
+                _ => writeln!(out, "{event}")?,
+            }
         }
         left = left.saturating_sub(events.len());
         match result["next_seq"].as_u64() {
