@@ -164,7 +164,13 @@ struct Issuer {
     config: IssuerConfig,
     algorithms: Vec<Algorithm>,
     keys: RwLock<JwkSet>,
+    /// When the JWKS was last read: unknown key ids re-read it at most once
+    /// per [`JWKS_REFRESH`], so forged tokens cannot make every request do it.
+    read_at: std::sync::Mutex<std::time::Instant>,
 }
+
+/// The shortest time between two reads of an issuer's JWKS.
+const JWKS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Verifies tokens of the configured issuers.
 pub struct Verifier {
@@ -201,7 +207,10 @@ impl Verifier {
                 let algorithms =
                     config.algorithms.iter().map(|a| parse_algorithm(a, &config.issuer)).collect::<Result<_, _>>()?;
                 let keys = RwLock::new(read_jwks(&config.jwks_file)?);
-                Ok(Issuer { config: config.clone(), algorithms, keys })
+                // The first unknown key may re-read at once.
+                let now = std::time::Instant::now();
+                let read_at = std::sync::Mutex::new(now.checked_sub(JWKS_REFRESH).unwrap_or(now));
+                Ok(Issuer { config: config.clone(), algorithms, keys, read_at })
             })
             .collect::<Result<_, _>>()?;
         Ok(Verifier { issuers })
@@ -272,14 +281,23 @@ impl Verifier {
         let jwk = match found {
             Some(jwk) => jwk,
             None => {
-                // Perhaps the issuer rotated its keys: read the JWKS again.
+                let unknown = || IdentityError::UnknownKey {
+                    kid: kid.unwrap_or("(none)").to_string(),
+                    issuer: issuer.config.issuer.clone(),
+                };
+                // Perhaps the issuer rotated its keys: read the JWKS again,
+                // unless it was read moments ago.
+                {
+                    let mut read_at = issuer.read_at.lock().unwrap_or_else(|p| p.into_inner());
+                    if read_at.elapsed() < JWKS_REFRESH {
+                        return Err(unknown());
+                    }
+                    *read_at = std::time::Instant::now();
+                }
                 let fresh = read_jwks(&issuer.config.jwks_file)?;
                 let found = find(&fresh);
                 *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-                found.ok_or_else(|| IdentityError::UnknownKey {
-                    kid: kid.unwrap_or("(none)").to_string(),
-                    issuer: issuer.config.issuer.clone(),
-                })?
+                found.ok_or_else(unknown)?
             }
         };
         DecodingKey::from_jwk(&jwk).map_err(|e| IdentityError::Config(format!("a key of the JWKS is unusable: {e}")))
@@ -485,6 +503,23 @@ mod tests {
         );
         // Within the clock skew (60 s) both ways.
         assert!(verifier.verify(&sign(base(now - 10, now + 10, "proctor"))).is_ok());
+    }
+
+    #[test]
+    fn a_rotated_key_is_picked_up_and_unknown_keys_do_not_reread_the_jwks_each_time() {
+        let (dir, _old, verifier) = setup();
+        // The issuer rotates: a new key, published in the same JWKS file.
+        let new_dir = tempfile::tempdir().unwrap();
+        let new = DevIssuer::open_or_create(new_dir.path(), &DevIssuerConfig::default()).unwrap();
+        new.issuer_config(&dir.path().join("jwks.json")).unwrap();
+        let token = new.sign("carol", &[], Duration::from_secs(600)).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().subject, "carol");
+        // Yet another key right after: not re-read within the refresh period.
+        let third_dir = tempfile::tempdir().unwrap();
+        let third = DevIssuer::open_or_create(third_dir.path(), &DevIssuerConfig::default()).unwrap();
+        third.issuer_config(&dir.path().join("jwks.json")).unwrap();
+        let token = third.sign("dave", &[], Duration::from_secs(600)).unwrap();
+        assert!(matches!(verifier.verify(&token), Err(IdentityError::UnknownKey { .. })));
     }
 
     #[test]

@@ -56,13 +56,7 @@ pub fn http_server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<Ser
 /// A client configuration trusting the certificates in `ca_file` (PEM):
 /// for Proctor's own HTTP APIs, whose certificate an operator pins.
 pub fn api_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .and_then(|iter| iter.collect())
-        .map_err(|e| tls_error(&format!("cannot read certificates from {}", ca_file.display()), e))?;
-    for cert in certs {
-        roots.add(cert).map_err(|e| tls_error(&format!("unusable certificate in {}", ca_file.display()), e))?;
-    }
+    let roots = roots_from_pem(ca_file)?;
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("TLS versions", e))?
@@ -70,6 +64,18 @@ pub fn api_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, Ga
         .with_no_client_auth();
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(client))
+}
+
+/// The certificates of a PEM file, as trust anchors.
+fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| tls_error(&format!("cannot read certificates from {}", path.display()), e))?;
+    for cert in certs {
+        roots.add(cert).map_err(|e| tls_error(&format!("unusable certificate in {}", path.display()), e))?;
+    }
+    Ok(roots)
 }
 
 /// A self-signed certificate for `localhost` and loopback addresses, kept in
@@ -122,14 +128,7 @@ pub fn target_client_config(
             let Some(ca_file) = ca_file else {
                 return Err(GatewayError::Config("target_tls = \"verify-full\" needs target_ca_file".to_string()));
             };
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca_file)
-                .map_err(|e| tls_error(&format!("cannot read {}", ca_file.display()), e))?
-            {
-                let cert = cert.map_err(|e| tls_error(&format!("cannot read {}", ca_file.display()), e))?;
-                roots.add(cert).map_err(|e| tls_error("bad CA certificate", e))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots_from_pem(ca_file)?).with_no_client_auth()
         }
     };
     Ok(Some(Arc::new(config)))

@@ -72,8 +72,20 @@ pub(crate) fn facet_aggregations() -> Aggregations {
     serde_json::from_value(request).expect("a terms aggregation per facet is a valid request")
 }
 
+/// How deep pages go: a collector keeps offset + limit hits per index
+/// segment, so the bound keeps memory bounded whatever a caller asks.
+pub const MAX_HITS_DEEP: usize = 10_000;
+
 impl SearchIndex {
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResult> {
+        if request.offset.saturating_add(request.limit) > MAX_HITS_DEEP {
+            return Err(crate::QueryError {
+                message: format!(
+                    "offset + limit may reach {MAX_HITS_DEEP} hits at most; narrow the query (a field, a time range) instead of paging further"
+                ),
+            }
+            .into());
+        }
         let parsed = query::parse(&request.query, request.now)?;
         let query = query::build(&self.fields, &self.index, &parsed)?;
         let searcher = self.reader.searcher();

@@ -112,7 +112,7 @@ pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usi
 
 /// Records `access` in `data_dir` when it can; says why not otherwise.
 pub fn record(data_dir: &Path, access: Access<'_>) {
-    let key = data_dir.join("keys").join("manifest-signing.pem");
+    let key = data_dir.join("keys").join(proctor_recorder::keys::PRIVATE_KEY_FILE);
     if !key.exists() {
         tracing::debug!(data_dir = %data_dir.display(), "an exported copy (no signing key): this read is not recorded");
         return;

@@ -68,15 +68,18 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Ok(if more { std::ops::ControlFlow::Continue(()) } else { std::ops::ControlFlow::Break(()) })
         })?;
     }
+    // What was read is recorded even if the output then failed (a closed pipe).
+    if printed > 0 {
+        super::access::record(
+            &data_dir,
+            super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
+        );
+    }
     written?;
     out.flush()?;
     drop(out);
     if printed == 0 && args.from_seq == 0 && limit > 0 {
         anyhow::bail!("no session {session_id} in {}", data_dir.display());
     }
-    super::access::record(
-        &data_dir,
-        super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
-    );
     Ok(ExitCode::SUCCESS)
 }

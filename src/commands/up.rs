@@ -85,6 +85,12 @@ async fn start_replay(
     } else {
         None
     };
+    if tls.is_none() && !replay.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %replay.listen,
+            "the replay API speaks plain HTTP beyond loopback: bearer tokens cross the network in clear; set [replay] tls = true or put a TLS-terminating proxy in front"
+        );
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}", listener.local_addr()?);
     let state = std::sync::Arc::new(ApiState::new(
@@ -141,14 +147,23 @@ pub async fn serve(
                 key_fingerprint: recorder.key_fingerprint().to_string(),
                 replay_url: replay.as_ref().map(|(url, _)| url.clone()),
             };
-            on_ready(&ready).map(|()| (gateway, replay.map(|(_, task)| task)))
+            let task = replay.map(|(_, task)| task);
+            match on_ready(&ready) {
+                Ok(()) => Ok((gateway, task)),
+                Err(error) => Err((error, task)),
+            }
         }
-        (Err(error), _) | (_, Err(error)) => Err(error),
+        (Err(error), replay) => Err((error, replay.ok().flatten().map(|(_, task)| task))),
+        (Ok(_), Err(error)) => Err((error, None)),
     };
     let (gateway, replay) = match started {
         Ok(started) => started,
-        Err(error) => {
+        Err((error, replay)) => {
             let _ = stop.send(true);
+            // The API stops appending before the recorder closes.
+            if let Some(task) = replay {
+                let _ = task.await;
+            }
             let _ = control.end(EndReason::Shutdown, &format!("could not start: {error:#}")).await;
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = recorder.close();

@@ -118,6 +118,10 @@ fn investigators_search_and_replay_through_the_api_and_everyone_else_is_refused(
     let (status, body, _) = get(&format!("{api}/api/search?q={}", encode("colour:red")), Some(&ivy));
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
+    // So does a page beyond any sensible depth (it would ask for memory for all of them).
+    let (status, body, _) = get(&format!("{api}/api/search?q=larkspur&offset=1000000000000"), Some(&ivy));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("narrow the query"), "{body}");
 
     // Sessions, one session, its events in pages.
     let (status, body, _) = get(&format!("{api}/api/sessions?subject=alice"), Some(&ivy));
