@@ -297,9 +297,11 @@ impl Indexer {
         let todo: Vec<u64> = segments.iter().copied().filter(|n| !self.checkpoint.segments.contains(n)).collect();
         for number in todo {
             let manifest = &reader.manifest(number)?;
-            // A WAL tail indexed earlier is replaced, in the same commit.
+            // A WAL tail indexed earlier is replaced, in the same commit;
+            // deleted whether or not the checkpoint still lists it (a file
+            // sealed between two listings of one round is not listed).
+            self.writer.delete_term(Term::from_field_u64(self.fields.file, number));
             if next.wal.remove(&number).is_some() {
-                self.writer.delete_term(Term::from_field_u64(self.fields.file, number));
                 progress.replaced_files += 1;
             }
             let source = Source { file: number };

@@ -166,9 +166,18 @@ const MAX_ROWS: usize = 2000;
 /// Screen text of a piece of terminal output: colour codes dropped,
 /// backspaces and carriage returns applied, trailing blanks trimmed.
 pub fn render_output(bytes: &[u8]) -> String {
-    let rows = bytes.iter().filter(|&&b| b == b'\n').count().clamp(1, MAX_ROWS) + 1;
+    // Plain text (most output) needs no emulator: no grid to allocate.
+    if !bytes.iter().any(|&b| matches!(b, 0x1b | 0x08 | 0x7f) || b == b'\r') {
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+        return lines.join("\n");
+    }
     let widest = bytes.split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap_or(0);
     let columns = (widest + 1).clamp(20, MAX_COLUMNS);
+    // Lines wider than the screen wrap: count their rows too, or the first
+    // ones would scroll off before the screen is read.
+    let rows: usize = bytes.split(|&b| b == b'\n').map(|line| line.len().div_ceil(columns).max(1)).sum();
+    let rows = rows.clamp(1, MAX_ROWS) + 1;
     let mut parser = vt100::Parser::new(rows as u16, columns as u16, 0);
     parser.process(bytes);
     let text = parser.screen().contents();
@@ -202,5 +211,16 @@ mod tests {
         assert_eq!(render_output(b"\x1b[1;31mERROR\x1b[0m: disk full\r\n"), "ERROR: disk full");
         assert_eq!(render_output(b"progress 10%\rprogress 100%\r\nok"), "progress 100%\nok");
         assert_eq!(render_output(b"x\x08 \x08"), "");
+        assert_eq!(render_output(b"plain\n  text  \n\nout"), "plain\n  text\nout");
+    }
+
+    #[test]
+    fn lines_wider_than_the_screen_keep_their_start() {
+        let mut bytes = b"\x1b[32mSTART".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 3 * MAX_COLUMNS));
+        bytes.extend_from_slice(b"\x1b[0m\r\nTAIL\r\n");
+        let text = render_output(&bytes);
+        assert!(text.starts_with("STARTxxx"), "{}", &text[..40.min(text.len())]);
+        assert!(text.ends_with("TAIL"));
     }
 }

@@ -374,9 +374,10 @@ impl Reader {
                 }
             }
             start += end;
-            // A full window whose last record is cut may go on in the file;
-            // anything else is as far as the file is written.
-            if filled < window.len() || torn.is_none() {
+            // A full window whose last record is cut, or whose records end
+            // exactly at its edge, may go on in the file; anything else is
+            // as far as the file is written.
+            if filled < window.len() || (torn.is_none() && end < filled) {
                 break;
             }
             if end == 0 {
