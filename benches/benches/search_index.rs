@@ -3,7 +3,7 @@
 //!
 //! For each size: events are recorded (sealed segments); reading them all
 //! back is the baseline for indexing (the floor cost of any indexer);
-//! `reindex` builds the index; a fixed mix of 20 investigator queries runs
+//! `reindex` builds the index; a fixed mix of 21 investigator queries runs
 //! 10 times each (limit 20, with facets, as the search API runs them); one
 //! brute-force scan of the segments for a phrase is the baseline for a
 //! query.
@@ -41,6 +41,7 @@ const QUERIES: &[&str] = &[
     "card_number",
     "kind:session_start subject:alice@example.com",
     "since:1d kind:policy_decision",
+    "subject:ci-deploy",
 ];
 
 fn du(path: &Path) -> u64 {

@@ -35,7 +35,7 @@ pub struct Source {
     pub file: u64,
 }
 
-/// The searchable text of an event: its text columns, one per line.
+/// The searchable text of an event's columns, one per line.
 pub fn event_text(cells: &Cells<'_>) -> String {
     let mut text = String::new();
     let mut line = |part: &str| {
@@ -75,53 +75,45 @@ pub fn event_text(cells: &Cells<'_>) -> String {
     text
 }
 
-/// Columns that describe a session, recorded once in its `session_start`
-/// and carried onto every event of the session in the index, so that
-/// `subject:ci-deploy kind:statement` finds the statements ci-deploy ran.
-/// (The session's other details — client, user, database, application —
-/// are on its `session_start` alone.)
-pub const SESSION_COLUMNS: &[Column] =
-    &[Column::Protocol, Column::Resource, Column::Subject, Column::Groups, Column::GrantId];
-
-/// A session's describing values: (keyword field, value).
-pub type SessionContext = Vec<(tantivy::schema::Field, String)>;
-
-/// The describing values of a `session_start` event.
-pub fn session_context(fields: &Fields, cells: &Cells<'_>) -> SessionContext {
-    let mut context = Vec::new();
-    for &(_, column, field) in fields.keywords.iter().filter(|(_, c, _)| SESSION_COLUMNS.contains(c)) {
-        match cells.get(column) {
-            Some(Value::Str(s)) => context.push((field, s.to_string())),
-            Some(Value::StrList(list)) => context.extend(list.iter().map(|s| (field, s.clone()))),
-            _ => {}
-        }
-    }
-    context
+/// What every document of a session shows of its `session_start`: the
+/// subject and resource, as columns (see [`crate::fields::SESSION_KEYWORDS`]
+/// for how queries on them are answered).
+#[derive(Clone, Debug, Default)]
+pub struct SessionContext {
+    pub subject: Option<String>,
+    pub resource: Option<String>,
 }
 
-/// An event's document, from its cells; `text` replaces the text of its
-/// columns where the indexer renders it (terminal traffic).
+/// The describing values of a `session_start` event.
+pub fn session_context(cells: &Cells<'_>) -> SessionContext {
+    let text = |column| match cells.get(column) {
+        Some(Value::Str(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    SessionContext { subject: text(Column::Subject), resource: text(Column::Resource) }
+}
+
+/// An event's document, from its cells and its searchable text (its text
+/// columns, or what the indexer renders of terminal traffic).
 pub fn document(
     fields: &Fields,
     cells: &Cells<'_>,
     source: Source,
     session: Option<&SessionContext>,
-    text: Option<String>,
+    text: &str,
 ) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
-    let text = text.unwrap_or_else(|| event_text(cells));
-    doc.add_text(fields.text, &text);
+    doc.add_text(fields.text, text);
     if let Some(Value::U64(seq)) = cells.get(Column::Seq) {
         doc.add_u64(fields.seq, seq);
     }
     if let Some(Value::I64(time)) = cells.get(Column::Time) {
-        doc.add_i64(fields.time, time);
+        doc.add_i64(fields.time, Fields::time_column(time));
     }
     doc.add_u64(fields.file, source.file);
     if let Some(Value::U64(status)) = cells.get(Column::Status) {
         doc.add_u64(fields.status, status);
     }
-    let mut own = Vec::new();
     for &(_, column, field) in &fields.keywords {
         match cells.get(column) {
             Some(Value::Str(s)) => doc.add_text(field, s),
@@ -132,11 +124,13 @@ pub fn document(
             }
             _ => continue,
         }
-        own.push(field);
     }
-    for (field, value) in session.into_iter().flatten() {
-        if !own.contains(field) {
-            doc.add_text(*field, value);
+    if let Some(session) = session {
+        if let Some(subject) = &session.subject {
+            doc.add_text(fields.session_subject, subject);
+        }
+        if let Some(resource) = &session.resource {
+            doc.add_text(fields.session_resource, resource);
         }
     }
     doc

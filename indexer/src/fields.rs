@@ -4,7 +4,7 @@ use tantivy::schema::{FAST, Field, IndexRecordOption, NumericOptions, Schema, Te
 
 /// Bumped when the schema or what goes into a document changes: an index of
 /// another version is rebuilt from the segments.
-pub const INDEX_VERSION: u32 = 2;
+pub const INDEX_VERSION: u32 = 3;
 
 /// Keyword fields: exact values, filterable with `field:value`. (name in
 /// queries, column it comes from)
@@ -39,20 +39,40 @@ pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
 };
 
 /// Keywords kept as columns too (fast fields): what a hit shows, what facets
-/// count, and what aggregations run over (with `time`, `seq` and `status`).
-/// `group` and `grant` are filterable but not columns: as columns they would
-/// add a seventh to the index (multi-valued groups, a grant per session) for
-/// aggregations nothing runs.
-pub const COLUMNAR: &[&str] = &["session", "kind", "subject", "resource", "outcome", "protocol", "rule", "sqlstate"];
+/// count, and what aggregations run over (with `time`, `seq`, `status` and
+/// the session columns below). `group` and `grant` are filterable but not
+/// columns: nothing aggregates over them.
+pub const COLUMNAR: &[&str] = &["session", "kind", "outcome", "rule", "sqlstate"];
+
+/// `session` is a column only, not a term index: every document has one, in
+/// long runs, which postings hold poorly; `session:ID` reads the column (see
+/// `query`).
+pub const COLUMN_ONLY: &[&str] = &["session"];
+
+/// Keywords that describe a whole session, recorded once in its
+/// `session_start`. Only that event's document holds them: a query on one
+/// (`subject:ci-deploy kind:statement`) is resolved to the sessions it names
+/// first, then matches every event of those sessions (see `query`). Carrying
+/// them onto every document instead made them a fifth of the index: postings
+/// of long runs of documents compress poorly.
+pub const SESSION_KEYWORDS: &[&str] = &["protocol", "resource", "subject", "group", "grant"];
+
+/// The session's subject and resource as columns of every document: what a
+/// hit shows and what the subject and resource facets count. Not searchable
+/// by these names (queries use `subject:` and `resource:`).
+pub const SESSION_SUBJECT_COLUMN: &str = "session_subject";
+pub const SESSION_RESOURCE_COLUMN: &str = "session_resource";
 
 /// The fields, resolved once.
 #[derive(Clone, Debug)]
 pub struct Fields {
     pub schema: Schema,
-    /// Full text of everything an investigator may look for.
+    /// Full text of everything an investigator may look for, stored for
+    /// hits and their snippets.
     pub text: Field,
     pub seq: Field,
-    /// Nanoseconds since the epoch, UTC.
+    /// Milliseconds since the epoch, UTC: hits sort and time bounds filter
+    /// by the millisecond (exact times are in the segments).
     pub time: Field,
     /// HTTP status.
     pub status: Field,
@@ -60,6 +80,8 @@ pub struct Fields {
     /// documents of a WAL tail be replaced by those of its sealed segment.
     pub file: Field,
     pub keywords: Vec<(&'static str, proctor_schemas::Column, Field)>,
+    pub session_subject: Field,
+    pub session_resource: Field,
 }
 
 impl Fields {
@@ -83,14 +105,25 @@ impl Fields {
         let keywords = KEYWORDS
             .iter()
             .map(|&(name, column)| {
-                let mut options = TextOptions::default().set_indexing_options(exact.clone());
+                let mut options = TextOptions::default();
+                if !COLUMN_ONLY.contains(&name) {
+                    options = options.set_indexing_options(exact.clone());
+                }
                 if COLUMNAR.contains(&name) {
                     options = options.set_fast("raw");
                 }
                 (name, column, builder.add_text_field(name, options))
             })
             .collect();
-        Fields { schema: builder.build(), text, seq, time, status, file, keywords }
+        let column = TextOptions::default().set_fast("raw");
+        let session_subject = builder.add_text_field(SESSION_SUBJECT_COLUMN, column.clone());
+        let session_resource = builder.add_text_field(SESSION_RESOURCE_COLUMN, column);
+        Fields { schema: builder.build(), text, seq, time, status, file, keywords, session_subject, session_resource }
+    }
+
+    /// Milliseconds for the `time` column from nanoseconds.
+    pub fn time_column(nanos: i64) -> i64 {
+        nanos.div_euclid(1_000_000)
     }
 
     pub fn keyword(&self, name: &str) -> Option<Field> {

@@ -15,11 +15,23 @@
 
 use std::ops::Bound;
 
-use proctor_schemas::Timestamp;
-use tantivy::Term;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::fields::Fields;
+use proctor_schemas::Timestamp;
+use tantivy::collector::DocSetCollector;
+use tantivy::columnar::{ColumnIndex, StrColumn};
+use tantivy::index::SegmentId;
+use tantivy::query::doc_predicate_query::{
+    ConstOrVariableSegmentPredicate, DocPredicate, DocPredicateQuery, SegmentDocPredicate,
+};
+use tantivy::query::{
+    AllScorer, BitSetDocSet, BooleanQuery, BoostQuery, EmptyQuery, Occur, Query, QueryParser, QueryParserError,
+    RangeQuery,
+};
+use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
+use tantivy::{BitSet, DocId, Searcher, SegmentReader, Term};
+
+use crate::fields::{Fields, SESSION_KEYWORDS};
 
 /// A query that could not be understood: the message says what and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,20 +136,41 @@ pub fn parse(query: &str, now: Timestamp) -> Result<Parsed, QueryError> {
 }
 
 /// Builds the tantivy query: the text part over the full text and keyword
-/// fields, ANDed with the time range.
-pub fn build(fields: &Fields, index: &tantivy::Index, parsed: &Parsed) -> Result<Box<dyn Query>, QueryError> {
+/// fields, ANDed with the time range. Conditions on a session's describing
+/// fields are resolved against `searcher` first (see [`by_session`]).
+pub fn build(
+    fields: &Fields,
+    index: &tantivy::Index,
+    searcher: &Searcher,
+    parsed: &Parsed,
+) -> Result<Box<dyn Query>, QueryError> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     if !parsed.text.trim().is_empty() {
         check_fields(fields, &parsed.text)?;
         let mut parser = QueryParser::for_index(index, vec![fields.text]);
         parser.set_conjunction_by_default();
-        let query = parser.parse_query(&parsed.text).map_err(|e| explain(&parsed.text, e))?;
+        let ast = tantivy::query_grammar::parse_query(&parsed.text)
+            .map_err(|_| explain(&parsed.text, QueryParserError::SyntaxError(parsed.text.clone())))?;
+        let query = if mentions_session_keyword(&ast) {
+            by_session(&parser, searcher, ast, false).map_err(|e| match e {
+                Resolve::Parse(e) => explain(&parsed.text, e),
+                Resolve::Bad(message) => bad(format!("in `{}`: {message}", parsed.text)),
+                Resolve::Search(e) => bad(format!("cannot resolve `{}`: {e}", parsed.text)),
+            })?
+        } else {
+            parser.build_query_from_user_input_ast(ast).map_err(|e| explain(&parsed.text, e))?
+        };
         clauses.push((Occur::Must, query));
     }
     if parsed.after.is_some() || parsed.before.is_some() {
-        let bound = |t: Option<i64>, inclusive: bool| match t {
-            Some(t) if inclusive => Bound::Included(Term::from_field_i64(fields.time, t)),
-            Some(t) => Bound::Excluded(Term::from_field_i64(fields.time, t)),
+        // The column holds milliseconds: a bound inside a millisecond keeps
+        // that whole millisecond (a hit too many, never one missing).
+        let bound = |t: Option<i64>, lower: bool| match t {
+            Some(t) if lower => Bound::Included(Term::from_field_i64(fields.time, Fields::time_column(t))),
+            Some(t) => {
+                let millis = Fields::time_column(t) + i64::from(t.rem_euclid(1_000_000) != 0);
+                Bound::Excluded(Term::from_field_i64(fields.time, millis))
+            }
             None => Bound::Unbounded,
         };
         clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(parsed.after, true), bound(parsed.before, false)))));
@@ -147,6 +180,283 @@ pub fn build(fields: &Fields, index: &tantivy::Index, parsed: &Parsed) -> Result
         1 => clauses.pop().map(|(_, q)| q).unwrap_or_else(|| Box::new(tantivy::query::AllQuery)),
         _ => Box::new(BooleanQuery::new(clauses)),
     })
+}
+
+enum Resolve {
+    Parse(QueryParserError),
+    Bad(String),
+    Search(tantivy::TantivyError),
+}
+
+/// The field a leaf of a query is about, if any.
+fn leaf_field(leaf: &UserInputLeaf) -> Option<&str> {
+    match leaf {
+        UserInputLeaf::Literal(literal) => literal.field_name.as_deref(),
+        UserInputLeaf::Set { field, .. } | UserInputLeaf::Range { field, .. } | UserInputLeaf::Regex { field, .. } => {
+            field.as_deref()
+        }
+        UserInputLeaf::Exists { field } => Some(field.as_str()),
+        UserInputLeaf::All => None,
+    }
+}
+
+/// Whether a leaf is a condition on a session (`session:` or one of its
+/// describing keywords), resolved through the session column.
+fn about_sessions(leaf: &UserInputLeaf) -> bool {
+    leaf_field(leaf).is_some_and(|f| f == "session" || SESSION_KEYWORDS.contains(&f))
+}
+
+fn mentions_session_keyword(ast: &UserInputAst) -> bool {
+    match ast {
+        UserInputAst::Clause(clauses) => clauses.iter().any(|(_, ast)| mentions_session_keyword(ast)),
+        UserInputAst::Boost(ast, _) => mentions_session_keyword(ast),
+        UserInputAst::Leaf(leaf) => about_sessions(leaf),
+    }
+}
+
+/// Whether a condition, ANDed with one on sessions, leaves few enough
+/// candidates that checking each one's session beats reading the session
+/// column whole: any condition but one on sessions or an exact value held
+/// by more than an eighth of the documents (`kind:terminal_input`).
+fn narrows(searcher: &Searcher, ast: &UserInputAst) -> bool {
+    let UserInputAst::Leaf(leaf) = ast else { return true };
+    if about_sessions(leaf) {
+        return false;
+    }
+    let UserInputLeaf::Literal(literal) = &**leaf else { return true };
+    let Some(field) = literal.field_name.as_deref().and_then(|name| searcher.schema().get_field(name).ok()) else {
+        return true;
+    };
+    let docs = searcher.num_docs();
+    let term = Term::from_field_text(field, &literal.phrase);
+    searcher.doc_freq(&term).map_or(true, |freq| freq.saturating_mul(8) <= docs)
+}
+
+/// Builds a query in which each condition on a session's describing field
+/// (`subject:`, `resource:`, `group:`, `grant:`, `protocol:`) becomes "this
+/// condition, or an event of one of the sessions whose `session_start`
+/// meets it" (only that document carries the session's values), and
+/// `session:ID` reads the session column. The rest is built by the query
+/// parser, clause by clause, as it would build it whole (conjunction by
+/// default; empty clauses dropped).
+///
+/// `lazy`: the condition is ANDed with one that narrows the candidates (see
+/// [`narrows`]), so only those need checking (see [`Found`]).
+fn by_session(
+    parser: &QueryParser,
+    searcher: &Searcher,
+    ast: UserInputAst,
+    lazy: bool,
+) -> Result<Box<dyn Query>, Resolve> {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let must = |occur: &Option<Occur>| matches!(occur, None | Some(Occur::Must));
+            let drivers = clauses.iter().filter(|(occur, ast)| must(occur) && narrows(searcher, ast)).count();
+            let mut built: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for (occur, ast) in clauses {
+                let lazy = must(&occur) && drivers > 0;
+                let query = by_session(parser, searcher, ast, lazy)?;
+                if query.downcast_ref::<EmptyQuery>().is_none() {
+                    built.push((occur.unwrap_or(Occur::Must), query));
+                }
+            }
+            Ok(match built.len() {
+                0 => Box::new(EmptyQuery),
+                _ => Box::new(BooleanQuery::new(built)),
+            })
+        }
+        UserInputAst::Boost(ast, boost) => {
+            Ok(Box::new(BoostQuery::new(by_session(parser, searcher, *ast, lazy)?, boost.into_inner() as f32)))
+        }
+        UserInputAst::Leaf(leaf) if leaf_field(&leaf) == Some("session") => {
+            let ids = match *leaf {
+                UserInputLeaf::Literal(literal) => vec![literal.phrase],
+                UserInputLeaf::Set { elements, .. } => elements,
+                _ => return Err(Resolve::Bad("`session:` takes a session id (or `session: IN [id id]`)".into())),
+            };
+            let mut ids: Vec<String> = ids.into_iter().map(|id| id.trim().to_string()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(Box::new(DocPredicateQuery::from(Found { docs: HashMap::new(), sessions: ids, lazy })))
+        }
+        UserInputAst::Leaf(leaf) => {
+            let own =
+                parser.build_query_from_user_input_ast(UserInputAst::Leaf(leaf.clone())).map_err(Resolve::Parse)?;
+            if !about_sessions(&leaf) {
+                return Ok(own);
+            }
+            let found = Found::of(searcher, &*own, lazy)?;
+            if found.sessions.is_empty() {
+                return Ok(own);
+            }
+            Ok(Box::new(DocPredicateQuery::from(found)))
+        }
+    }
+}
+
+/// The documents a condition matches itself, and the sessions they belong to
+/// (sorted ids): a condition on a session's describing field, as a predicate
+/// on each document, true for the former and for every event of the latter.
+/// Per index segment, the wanted sessions' term ordinals are found in one
+/// pass over the segment's session ids; then either every document's
+/// session is read in bulk into a bit set, or, when `lazy`, only the
+/// documents tantivy asks about (the candidates of the clauses it is ANDed
+/// with) are looked up.
+#[derive(Debug)]
+struct Found {
+    docs: HashMap<SegmentId, Vec<DocId>>,
+    sessions: Vec<String>,
+    lazy: bool,
+}
+
+impl Found {
+    fn of(searcher: &Searcher, query: &dyn Query, lazy: bool) -> Result<Found, Resolve> {
+        let found = searcher.search(query, &DocSetCollector).map_err(Resolve::Search)?;
+        let mut by_segment: BTreeMap<u32, Vec<DocId>> = BTreeMap::new();
+        for address in found {
+            by_segment.entry(address.segment_ord).or_default().push(address.doc_id);
+        }
+        let mut sessions = BTreeSet::new();
+        let mut docs = HashMap::new();
+        for (segment, mut segment_docs) in by_segment {
+            let reader = searcher.segment_reader(segment);
+            segment_docs.sort_unstable();
+            if let Some(column) = reader.fast_fields().str("session").map_err(Resolve::Search)? {
+                let mut ords: Vec<u64> = segment_docs.iter().flat_map(|&doc| column.term_ords(doc)).collect();
+                ords.sort_unstable();
+                ords.dedup();
+                column
+                    .dictionary()
+                    .sorted_ords_to_term_cb(&ords, |id| {
+                        sessions.insert(String::from_utf8_lossy(id).into_owned());
+                    })
+                    .map_err(|e| Resolve::Search(e.into()))?;
+            }
+            docs.insert(reader.segment_id(), segment_docs);
+        }
+        Ok(Found { docs, sessions: sessions.into_iter().collect(), lazy })
+    }
+
+    /// Marks, by term ordinal of `column`, the wanted sessions present in
+    /// this segment; `None` if none is.
+    fn wanted(&self, column: &StrColumn) -> tantivy::Result<Option<Vec<bool>>> {
+        let mut wanted = vec![false; column.num_terms()];
+        let mut any = false;
+        let mut ids = self.sessions.iter().map(String::as_bytes).peekable();
+        let mut terms = column.dictionary().stream()?;
+        while ids.peek().is_some() && terms.advance() {
+            let term = terms.key();
+            while ids.peek().is_some_and(|&id| id < term) {
+                ids.next();
+            }
+            if ids.peek() == Some(&term) {
+                if let Some(slot) = wanted.get_mut(terms.term_ord() as usize) {
+                    *slot = true;
+                    any = true;
+                }
+                ids.next();
+            }
+        }
+        Ok(any.then_some(wanted))
+    }
+}
+
+impl DocPredicate for Found {
+    type SegmentDocPredicate = SessionMember;
+
+    fn doc_predicate(
+        &self,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<ConstOrVariableSegmentPredicate<SessionMember>> {
+        let own = self.docs.get(&segment.segment_id()).cloned().unwrap_or_default();
+        let column = segment.fast_fields().str("session")?;
+        let wanted = match &column {
+            Some(column) => self.wanted(column)?,
+            None => None,
+        };
+        let (column, wanted) = match (column, wanted) {
+            (Some(column), Some(wanted)) => (Some(column), wanted),
+            _ if own.is_empty() => return Ok(ConstOrVariableSegmentPredicate::Const(false)),
+            _ => (None, Vec::new()),
+        };
+        let member = SessionMember { column, wanted, own };
+        if self.lazy {
+            return Ok(ConstOrVariableSegmentPredicate::Variable {
+                predicate: member,
+                necessary_condition: Box::new(AllScorer::new(segment.max_doc())),
+            });
+        }
+        let matching = member.all(segment.max_doc());
+        if matching.len() == 0 {
+            return Ok(ConstOrVariableSegmentPredicate::Const(false));
+        }
+        Ok(ConstOrVariableSegmentPredicate::Variable {
+            predicate: SessionMember::default(),
+            necessary_condition: Box::new(BitSetDocSet::from(matching)),
+        })
+    }
+}
+
+/// Whether a document is one a [`Found`] wants, in one index segment. The
+/// default one wants every document it is asked about (the bit set that
+/// drives it holds the answer).
+#[derive(Default)]
+struct SessionMember {
+    column: Option<StrColumn>,
+    /// By term ordinal of this segment's session column; empty: any.
+    wanted: Vec<bool>,
+    /// Sorted.
+    own: Vec<DocId>,
+}
+
+impl SessionMember {
+    /// Every wanted document of the segment, the session column read in
+    /// bulk.
+    fn all(&self, max_doc: DocId) -> BitSet {
+        let mut matching = BitSet::with_max_value(max_doc);
+        for &doc in &self.own {
+            matching.insert(doc);
+        }
+        let Some(column) = &self.column else { return matching };
+        let is_wanted = |ord: u64| self.wanted.get(ord as usize).copied().unwrap_or(false);
+        let ords = column.ords();
+        if matches!(ords.index, ColumnIndex::Full) {
+            let mut buffer = vec![0u64; 4096];
+            let mut start = 0u32;
+            while start < max_doc {
+                let len = (max_doc - start).min(buffer.len() as u32) as usize;
+                ords.values.get_range(u64::from(start), &mut buffer[..len]);
+                for (i, &ord) in buffer[..len].iter().enumerate() {
+                    if is_wanted(ord) {
+                        matching.insert(start + i as u32);
+                    }
+                }
+                start += len as u32;
+            }
+        } else {
+            for doc in 0..max_doc {
+                if column.term_ords(doc).any(is_wanted) {
+                    matching.insert(doc);
+                }
+            }
+        }
+        matching
+    }
+}
+
+impl SegmentDocPredicate for SessionMember {
+    fn eval(&mut self, doc: DocId) -> bool {
+        let Some(column) = &self.column else {
+            return self.own.is_empty() || self.own.binary_search(&doc).is_ok();
+        };
+        let ords = column.ords();
+        let ord = match ords.index {
+            ColumnIndex::Full => Some(ords.values.get_val(doc)),
+            _ => column.term_ords(doc).next(),
+        };
+        ord.is_some_and(|ord| self.wanted.get(ord as usize).copied().unwrap_or(false))
+            || (!self.own.is_empty() && self.own.binary_search(&doc).is_ok())
+    }
 }
 
 /// Refuses `field:value` for fields Proctor does not index, naming them.

@@ -12,6 +12,7 @@ use tantivy::schema::Value as _;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Order, TantivyDocument};
 
+use crate::fields::{SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 use crate::index::SearchIndex;
 use crate::query;
 use crate::{IndexError, Result};
@@ -41,6 +42,7 @@ impl SearchRequest {
 pub struct Hit {
     pub session_id: String,
     pub seq: u64,
+    /// To the millisecond (the event itself has the exact time).
     pub time: String,
     pub kind: String,
     /// The event's searchable text.
@@ -61,12 +63,18 @@ pub struct SearchResult {
     pub facets: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-/// The facet counts every search makes: a terms aggregation per facet.
+/// The facet counts every search makes: a terms aggregation per facet (the
+/// session's subject and resource are counted from their columns).
 pub(crate) fn facet_aggregations() -> Aggregations {
+    let column = |facet: &str| match facet {
+        "subject" => SESSION_SUBJECT_COLUMN.to_string(),
+        "resource" => SESSION_RESOURCE_COLUMN.to_string(),
+        other => other.to_string(),
+    };
     let request = serde_json::Value::Object(
         FACETS
             .iter()
-            .map(|f| (f.to_string(), serde_json::json!({ "terms": { "field": f, "size": FACET_SIZE } })))
+            .map(|f| (f.to_string(), serde_json::json!({ "terms": { "field": column(f), "size": FACET_SIZE } })))
             .collect(),
     );
     serde_json::from_value(request).expect("a terms aggregation per facet is a valid request")
@@ -87,8 +95,8 @@ impl SearchIndex {
             .into());
         }
         let parsed = query::parse(&request.query, request.now)?;
-        let query = query::build(&self.fields, &self.index, &parsed)?;
         let searcher = self.reader.searcher();
+        let query = query::build(&self.fields, &self.index, &searcher, &parsed)?;
         let order = if request.newest_first { Order::Desc } else { Order::Asc };
         let top = TopDocs::with_limit(request.limit.max(1))
             .and_offset(request.offset)
@@ -127,17 +135,17 @@ impl SearchIndex {
             Ok(Some(value))
         };
         let seq = columns.u64("seq")?.first(address.doc_id).unwrap_or_default();
-        let time = columns.i64("time")?.first(address.doc_id).unwrap_or_default();
+        let millis = columns.i64("time")?.first(address.doc_id).unwrap_or_default();
         let snippet = snippets.snippet_from_doc(&doc);
         Ok(Hit {
             session_id: keyword("session")?.unwrap_or_default(),
             seq,
-            time: Timestamp(time).to_rfc3339(),
+            time: Timestamp(millis.saturating_mul(1_000_000)).to_rfc3339_millis(),
             kind: keyword("kind")?.unwrap_or_default(),
             snippet: if snippet.is_empty() { html_escape(first_line(&text)) } else { snippet.to_html() },
             text,
-            subject: keyword("subject")?,
-            resource: keyword("resource")?,
+            subject: keyword(SESSION_SUBJECT_COLUMN)?,
+            resource: keyword(SESSION_RESOURCE_COLUMN)?,
             outcome: keyword("outcome")?,
         })
     }

@@ -219,7 +219,7 @@ impl Reader {
                 if !listed {
                     continue;
                 }
-                let stop = self.session_rows(&manifest, &id_text, |event| {
+                let stop = self.session_rows(&manifest, &id_text, next..=u64::MAX, |event| {
                     if event.seq < next {
                         return Ok(ControlFlow::Continue(()));
                     }
@@ -274,22 +274,10 @@ impl Reader {
         &self,
         manifest: &Manifest,
         id_text: &str,
-        mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
+        seqs: std::ops::RangeInclusive<u64>,
+        f: impl FnMut(Event) -> Result<ControlFlow<()>>,
     ) -> Result<bool> {
-        let path = self.layout.root().join(&manifest.path);
-        let mut stopped = false;
-        segment::for_each_session_batch(&path, id_text, |batch| {
-            let reader = BatchReader::new(&batch)?;
-            for i in 0..reader.len() {
-                if reader.str(Column::SessionId, i) == Some(id_text) && f(Event::from_row(reader.row(i)?)?)?.is_break()
-                {
-                    stopped = true;
-                    return Ok(ControlFlow::Break(()));
-                }
-            }
-            Ok(ControlFlow::Continue(()))
-        })?;
-        Ok(stopped)
+        session_rows_of(&self.layout.root().join(&manifest.path), id_text, seqs, f)
     }
 
     /// A session's `session_start` (its event of seq 0), read from the one
@@ -303,7 +291,7 @@ impl Reader {
                 continue;
             }
             let mut start = None;
-            self.session_rows(&manifest, &id_text, |event| {
+            self.session_rows(&manifest, &id_text, 0..=0, |event| {
                 if event.seq == 0 {
                     start = Some(event);
                     return Ok(ControlFlow::Break(()));
@@ -415,4 +403,26 @@ impl Reader {
 pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
     let bytes = fs::read(path).map_err(RecorderError::io("cannot read manifest", path))?;
     Manifest::from_file_bytes(&bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
+}
+
+/// Calls `f` with a session's events in the segment at `path` that may be at
+/// seqs in `seqs`, in seq order, until it says stop; returns whether it did.
+fn session_rows_of(
+    path: &Path,
+    id_text: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+    mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
+) -> Result<bool> {
+    let mut stopped = false;
+    segment::for_each_session_batch(path, id_text, seqs, |batch| {
+        let reader = BatchReader::new(&batch)?;
+        for i in 0..reader.len() {
+            if reader.str(Column::SessionId, i) == Some(id_text) && f(Event::from_row(reader.row(i)?)?)?.is_break() {
+                stopped = true;
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(stopped)
 }

@@ -176,17 +176,19 @@ pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>)
     Ok(())
 }
 
-/// Calls `f` with the batches of a segment that may hold `session_id`, in
-/// order, one at a time, until it says stop: row groups are skipped by their
-/// statistics and, within a row group, pages by the page index (rows are
-/// sorted by session, so a session covers a few pages). Batches may still
-/// hold other sessions' rows: the caller filters.
+/// Calls `f` with the batches of a segment that may hold `session_id` at
+/// seqs in `seqs`, in order, one at a time, until it says stop: row groups
+/// are skipped by their statistics and, within a row group, pages by the
+/// page index of both sort columns (rows are sorted by session, then seq, so
+/// a session covers a few pages, and a stretch of a long session fewer).
+/// Batches may still hold other rows: the caller filters.
 pub fn for_each_session_batch(
     path: &Path,
     session_id: &str,
+    seqs: std::ops::RangeInclusive<u64>,
     mut f: impl FnMut(RecordBatch) -> Result<std::ops::ControlFlow<()>>,
 ) -> Result<()> {
-    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
     use parquet::file::metadata::PageIndexPolicy;
     use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
@@ -200,9 +202,15 @@ pub fn for_each_session_batch(
         (Some(min), Some(max)) => min <= wanted && wanted <= max,
         _ => true,
     };
+    let overlaps = |min: Option<i64>, max: Option<i64>| match (min, max) {
+        (Some(min), Some(max)) => min as u64 <= *seqs.end() && *seqs.start() <= max as u64,
+        _ => true,
+    };
     let metadata = builder.metadata().clone();
+    let columns = metadata.file_metadata().schema_descr();
+    let seq_column = (0..columns.num_columns()).find(|&i| columns.column(i).name() == "seq");
     let mut groups = Vec::new();
-    let mut selectors = Vec::new();
+    let mut selection: Option<RowSelection> = None;
     for (index, group) in metadata.row_groups().iter().enumerate() {
         let in_group = match group.column(0).statistics() {
             Some(Statistics::ByteArray(stats)) => {
@@ -216,38 +224,63 @@ pub fn for_each_session_batch(
         groups.push(index);
         let rows = group.num_rows() as usize;
         let pages = metadata.page_index_for_row_group(index);
-        let (Some(ColumnIndexMetaData::BYTE_ARRAY(column)), Some(offsets)) =
+        // Each sort column's pages select rows on their own; a row is read
+        // where both may hold it.
+        let mut group_selection = RowSelection::from_consecutive_ranges(std::iter::once(0..rows), rows);
+        if let (Some(ColumnIndexMetaData::BYTE_ARRAY(column)), Some(offsets)) =
             (pages.column_index(0), pages.offset_index(0))
-        else {
-            selectors.push(RowSelector::select(rows));
-            continue;
-        };
-        let locations = offsets.page_locations();
-        for (page, location) in locations.iter().enumerate() {
-            let first = location.first_row_index as usize;
-            let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index as usize);
-            let count = end.saturating_sub(first);
-            if holds(column.min_value(page), column.max_value(page)) {
-                selectors.push(RowSelector::select(count));
-            } else {
-                selectors.push(RowSelector::skip(count));
-            }
+        {
+            let keep = |page: usize| holds(column.min_value(page), column.max_value(page));
+            group_selection = group_selection.intersection(&page_selection(offsets.page_locations(), rows, keep));
         }
+        if let Some(seq) = seq_column
+            && let (Some(ColumnIndexMetaData::INT64(column)), Some(offsets)) =
+                (pages.column_index(seq), pages.offset_index(seq))
+        {
+            let keep = |page: usize| overlaps(column.min_value(page).copied(), column.max_value(page).copied());
+            group_selection = group_selection.intersection(&page_selection(offsets.page_locations(), rows, keep));
+        }
+        selection = Some(match selection {
+            None => group_selection,
+            Some(before) => {
+                let mut selectors: Vec<_> = before.into();
+                selectors.extend(Vec::from(group_selection));
+                RowSelection::from(selectors)
+            }
+        });
     }
-    if groups.is_empty() {
+    let Some(selection) = selection else { return Ok(()) };
+    if !selection.selects_any() {
         return Ok(());
     }
-    let reader = builder
-        .with_row_groups(groups)
-        .with_row_selection(RowSelection::from(selectors))
-        .build()
-        .map_err(|e| parquet_error(path, e))?;
+    let reader =
+        builder.with_row_groups(groups).with_row_selection(selection).build().map_err(|e| parquet_error(path, e))?;
     for batch in reader {
         if f(batch.map_err(|e| parquet_error(path, e.into()))?)?.is_break() {
             break;
         }
     }
     Ok(())
+}
+
+/// The rows of one row group whose pages (of one column) `keep` keeps. Page
+/// locations from a damaged file are clamped, never trusted to be in order.
+fn page_selection(
+    locations: &[parquet::file::page_index::offset_index::PageLocation],
+    rows: usize,
+    keep: impl Fn(usize) -> bool,
+) -> parquet::arrow::arrow_reader::RowSelection {
+    let mut ranges = Vec::new();
+    let mut done = 0;
+    for (page, location) in locations.iter().enumerate() {
+        let first = (location.first_row_index.max(0) as usize).clamp(done, rows);
+        let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index.max(0) as usize).clamp(first, rows);
+        if keep(page) && first < end {
+            ranges.push(first..end);
+        }
+        done = end;
+    }
+    parquet::arrow::arrow_reader::RowSelection::from_consecutive_ranges(ranges.into_iter(), rows)
 }
 
 /// The schema version a segment declares in its metadata.

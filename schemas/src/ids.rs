@@ -90,6 +90,11 @@ impl Timestamp {
         self.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
     }
 
+    /// RFC 3339 to the millisecond, for times known to that precision.
+    pub fn to_rfc3339_millis(&self) -> String {
+        self.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
     pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         let parsed = chrono::DateTime::parse_from_rfc3339(s).ok()?;
         parsed.timestamp_nanos_opt().map(Timestamp)

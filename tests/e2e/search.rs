@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use proctor_recorder::reader::Reader;
-use proctor_schemas::{Event, EventKind, Timestamp};
+use proctor_schemas::{Event, EventBody, EventKind, Timestamp};
 use proctor_tests::devcluster::Options;
 use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stdout};
 use serde_json::Value;
@@ -122,14 +122,47 @@ fn statements_through_the_gateway_are_found_by_words_fields_and_time_while_proct
     assert_eq!(total, events.len() as u64, "one document per recorded event");
     assert_eq!(search(&proctor.data_dir, "orchids kind:statement", 50).1, 4);
 
-    // A bad query is refused with a message that points at the mistake.
+    // A session's describing fields (on its `session_start` alone in the
+    // index) match every event of the session, alone, combined and negated;
+    // `session:ID` reads the session column; facets count by session.
+    let sessions_of = |subject: &str| -> Vec<String> {
+        let mut ids: Vec<String> = events
+            .iter()
+            .filter(|e| matches!(&e.body, EventBody::SessionStart(s) if s.subject.as_deref() == Some(subject)))
+            .map(|e| e.session_id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let events_of = |ids: &[String]| events.iter().filter(|e| ids.contains(&e.session_id.to_string())).count() as u64;
+    let (alice, bob) = (sessions_of("alice"), sessions_of("bob"));
+    assert_eq!((alice.len(), bob.len()), (2, 2), "one psql session per statement");
+    assert_eq!(search(&proctor.data_dir, "subject:alice", 1).1, events_of(&alice));
+    assert_eq!(search(&proctor.data_dir, "subject:alice OR subject:bob", 1).1, events_of(&alice) + events_of(&bob));
+    let (_, total) = search(&proctor.data_dir, "kind:session_start subject:alice", 1);
+    assert_eq!(total, 2);
+    let (_, total) = search(&proctor.data_dir, "resource:test-db orchids kind:statement -subject:alice", 50);
+    assert_eq!(total, 2, "bob's two statements");
+    assert_eq!(search(&proctor.data_dir, "subject:nobody", 1).1, 0);
+    assert_eq!(search(&proctor.data_dir, &format!("session:{}", alice[0]), 1).1, events_of(&alice[..1]));
+    let both = format!("session: IN [{} {}] kind:statement", alice[0], bob[1]);
+    assert_eq!(search(&proctor.data_dir, &both, 1).1, 2);
     let dir = proctor.data_dir.to_str().unwrap();
+    let output = run_ok(bin(), &["search", "orchids kind:statement", "--data-dir", dir, "--json", "--facets"]);
+    let summary: Value = serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["facets"]["subject"], serde_json::json!({ "alice": 2, "bob": 2 }), "{summary}");
+    assert_eq!(summary["facets"]["resource"], serde_json::json!({ "test-db": 4 }), "{summary}");
+
+    // A bad query is refused with a message that points at the mistake.
     let output = run(bin(), &["search", "orchids colour:red", "--data-dir", dir]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `colour` at column 9"));
     let output = run(bin(), &["search", "orchids since:7x", "--data-dir", dir]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`since:7x` at column 9"));
+    let output = run(bin(), &["search", "session:[a TO b]", "--data-dir", dir]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`session:` takes a session id"));
 }
 
 #[test]
