@@ -9,15 +9,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use proctor_recorder::reader::Reader;
-use proctor_schemas::{Column, Event, EventBody, SessionIdText, Value};
+use proctor_schemas::{Column, Event, EventBody, EventKind, SessionId, SessionIdText, Value};
 use serde::{Deserialize, Serialize};
 use tantivy::TantivyDocument;
+use tantivy::collector::DocSetCollector;
 use tantivy::directory::MmapDirectory;
 use tantivy::indexer::UserOperation;
+use tantivy::query::{Occur, Query, TermQuery};
+use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::document::{SessionContext, Source, document, event_text, session_context};
-use crate::fields::{Fields, INDEX_VERSION};
+use crate::fields::{Fields, INDEX_VERSION, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
+use crate::search::keyword_column;
 use crate::terminal::{LineEditor, render_output};
 use crate::{IndexError, Result};
 
@@ -133,6 +137,66 @@ fn read_checkpoint(index: &Index) -> Result<Checkpoint> {
     }
 }
 
+/// Where the describing values of a session started before this indexer
+/// ran come from: its `session_start` document in the committed index (the
+/// session's subject and resource columns), else the recording itself.
+struct Starts<'a> {
+    index: &'a Index,
+    committed: &'a mut Committed,
+    recording: &'a Reader,
+}
+
+/// A reader of the committed index, opened on the first lookup and brought
+/// up to date once per round.
+#[derive(Default)]
+struct Committed {
+    reader: Option<IndexReader>,
+    fresh: bool,
+}
+
+impl Starts<'_> {
+    fn context(&mut self, fields: &Fields, session_id: SessionId, id: &str) -> Result<SessionContext> {
+        if let Some(context) = self.in_index(fields, id)? {
+            return Ok(context);
+        }
+        Ok(match self.recording.session_start(session_id)? {
+            Some(start) => session_context(&start.cells(&mut SessionIdText::default())),
+            None => SessionContext::default(),
+        })
+    }
+
+    fn in_index(&mut self, fields: &Fields, id: &str) -> Result<Option<SessionContext>> {
+        let reader = match self.committed.reader.take() {
+            Some(reader) => reader,
+            None => self.index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?,
+        };
+        if !self.committed.fresh {
+            reader.reload()?;
+            self.committed.fresh = true;
+        }
+        let searcher = reader.searcher();
+        let kind = fields.keyword("kind").map(|f| Term::from_field_text(f, EventKind::SessionStart.as_str()));
+        let Some(kind) = kind else { return Ok(None) };
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (Occur::Must, Box::new(TermQuery::new(kind, IndexRecordOption::Basic)) as Box<dyn Query>),
+            (Occur::Must, Box::new(crate::query::of_sessions(vec![id.to_string()], true))),
+        ]);
+        let found = searcher.search(&query, &DocSetCollector)?;
+        let context = match found.into_iter().next() {
+            Some(address) => {
+                let columns = searcher.segment_reader(address.segment_ord).fast_fields();
+                Some(SessionContext {
+                    subject: keyword_column(columns, SESSION_SUBJECT_COLUMN, address.doc_id)?,
+                    resource: keyword_column(columns, SESSION_RESOURCE_COLUMN, address.doc_id)?,
+                })
+            }
+            None => None,
+        };
+        self.committed.reader = Some(reader);
+        Ok(context)
+    }
+}
+
 /// The single writer of a data dir's index.
 pub struct Indexer {
     data_dir: PathBuf,
@@ -144,6 +208,7 @@ pub struct Indexer {
     /// Likewise as of the WAL tail indexed so far. Kept apart, because a
     /// tail is indexed again from its segment once sealed.
     tail: Sessions,
+    committed: Committed,
 }
 
 /// Per-session state of one stream of events (the sealed segments, or the
@@ -159,7 +224,7 @@ struct Sessions {
 fn event_document(
     state: &mut Sessions,
     seed: Option<&Sessions>,
-    recording: &Reader,
+    starts: &mut Starts<'_>,
     fields: &Fields,
     event: &Event,
     source: Source,
@@ -171,16 +236,13 @@ fn event_document(
         _ => "",
     };
     // The session's describing values: its own for a start; else known;
-    // else read back from the recording (started before this indexer ran).
+    // else looked up (started before this indexer ran).
     if matches!(event.body, EventBody::SessionStart(_)) {
         state.context.insert(id.to_string(), session_context(&cells));
     } else if !state.context.contains_key(id) {
         let context = match seed.and_then(|s| s.context.get(id)) {
             Some(context) => context.clone(),
-            None => match recording.session_start(event.session_id)? {
-                Some(start) => session_context(&start.cells(&mut SessionIdText::default())),
-                None => SessionContext::default(),
-            },
+            None => starts.context(fields, event.session_id, id)?,
         };
         state.context.insert(id.to_string(), context);
     }
@@ -224,6 +286,7 @@ impl Indexer {
                     checkpoint: checkpoint?,
                     sealed: Sessions::default(),
                     tail: Sessions::default(),
+                    committed: Committed::default(),
                 });
             }
             tracing::warn!(dir = %dir.display(), "the index is of another version; rebuilding it from the segments");
@@ -260,6 +323,7 @@ impl Indexer {
             checkpoint,
             sealed: Sessions::default(),
             tail: Sessions::default(),
+            committed: Committed::default(),
         })
     }
 
@@ -286,6 +350,8 @@ impl Indexer {
 
     fn try_catch_up(&mut self) -> Result<Progress> {
         let reader = Reader::open(&self.data_dir)?;
+        // What was committed since the last round is looked up afresh.
+        self.committed.fresh = false;
         // WAL files first: one sealed in between shows among the manifests.
         let unsealed = reader.unsealed_wal_numbers()?;
         // Only the manifests of segments not yet indexed are read.
@@ -317,8 +383,11 @@ impl Indexer {
                     path: PathBuf::from(&manifest.path),
                     message: format!("cannot index: {e}"),
                 };
-                let doc = event_document(&mut self.sealed, None, &reader, &self.fields, &event, source, &mut id_buf)
-                    .map_err(cannot)?;
+                let mut starts =
+                    Starts { index: self.writer.index(), committed: &mut self.committed, recording: &reader };
+                let doc =
+                    event_document(&mut self.sealed, None, &mut starts, &self.fields, &event, source, &mut id_buf)
+                        .map_err(cannot)?;
                 batch.push(UserOperation::Add(doc));
                 if batch.len() >= SEND_BATCH {
                     send(&self.writer, &mut batch).map_err(cannot)?;
@@ -356,7 +425,9 @@ impl Indexer {
             let source = Source { file: number };
             for event in &events {
                 let seed = Some(&self.sealed);
-                let doc = event_document(&mut self.tail, seed, &reader, &self.fields, event, source, &mut id_buf)?;
+                let mut starts =
+                    Starts { index: self.writer.index(), committed: &mut self.committed, recording: &reader };
+                let doc = event_document(&mut self.tail, seed, &mut starts, &self.fields, event, source, &mut id_buf)?;
                 batch.push(UserOperation::Add(doc));
                 if batch.len() >= SEND_BATCH {
                     send(&self.writer, &mut batch)?;

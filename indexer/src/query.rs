@@ -274,10 +274,7 @@ fn by_session(
                 UserInputLeaf::Set { elements, .. } => elements,
                 _ => return Err(Resolve::Bad("`session:` takes a session id (or `session: IN [id id]`)".into())),
             };
-            let mut ids: Vec<String> = ids.into_iter().map(|id| id.trim().to_string()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            Ok(Box::new(DocPredicateQuery::from(Found { docs: HashMap::new(), sessions: ids, lazy })))
+            Ok(Box::new(of_sessions(ids.into_iter().map(|id| id.trim().to_string()).collect(), lazy)))
         }
         UserInputAst::Leaf(leaf) => {
             let own =
@@ -292,6 +289,13 @@ fn by_session(
             Ok(Box::new(DocPredicateQuery::from(found)))
         }
     }
+}
+
+/// The events of the sessions `ids` (see [`Found`] for `lazy`).
+pub(crate) fn of_sessions(mut ids: Vec<String>, lazy: bool) -> DocPredicateQuery {
+    ids.sort_unstable();
+    ids.dedup();
+    DocPredicateQuery::from(Found { docs: HashMap::new(), sessions: ids, lazy })
 }
 
 /// The documents a condition matches itself, and the sessions they belong to
@@ -338,10 +342,20 @@ impl Found {
     }
 
     /// Marks, by term ordinal of `column`, the wanted sessions present in
-    /// this segment; `None` if none is.
+    /// this segment; `None` if none is. A few are looked up one by one, more
+    /// in one pass over the segment's session ids.
     fn wanted(&self, column: &StrColumn) -> tantivy::Result<Option<Vec<bool>>> {
         let mut wanted = vec![false; column.num_terms()];
         let mut any = false;
+        if self.sessions.len() <= LOOKED_UP {
+            for id in &self.sessions {
+                if let Some(slot) = column.dictionary().term_ord(id)?.and_then(|ord| wanted.get_mut(ord as usize)) {
+                    *slot = true;
+                    any = true;
+                }
+            }
+            return Ok(any.then_some(wanted));
+        }
         let mut ids = self.sessions.iter().map(String::as_bytes).peekable();
         let mut terms = column.dictionary().stream()?;
         while ids.peek().is_some() && terms.advance() {
@@ -360,6 +374,10 @@ impl Found {
         Ok(any.then_some(wanted))
     }
 }
+
+/// Sessions looked up one by one in a segment's session ids, rather than
+/// found in one pass over them.
+const LOOKED_UP: usize = 32;
 
 impl DocPredicate for Found {
     type SegmentDocPredicate = SessionMember;

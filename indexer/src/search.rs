@@ -127,13 +127,7 @@ impl SearchIndex {
         let text = doc.get_first(self.fields.text).and_then(|v| v.as_str()).unwrap_or_default().to_string();
         // Everything else comes from the columns (fast fields).
         let columns = searcher.segment_reader(address.segment_ord).fast_fields();
-        let keyword = |name: &str| -> Result<Option<String>> {
-            let Some(column) = columns.str(name)? else { return Ok(None) };
-            let Some(ord) = column.term_ords(address.doc_id).next() else { return Ok(None) };
-            let mut value = String::new();
-            column.ord_to_str(ord, &mut value).map_err(|e| IndexError::Tantivy(e.into()))?;
-            Ok(Some(value))
-        };
+        let keyword = |name: &str| keyword_column(columns, name, address.doc_id);
         let seq = columns.u64("seq")?.first(address.doc_id).unwrap_or_default();
         let millis = columns.i64("time")?.first(address.doc_id).unwrap_or_default();
         let snippet = snippets.snippet_from_doc(&doc);
@@ -149,6 +143,19 @@ impl SearchIndex {
             outcome: keyword("outcome")?,
         })
     }
+}
+
+/// A document's value in a keyword column, if it has one.
+pub(crate) fn keyword_column(
+    columns: &tantivy::fastfield::FastFieldReaders,
+    name: &str,
+    doc: tantivy::DocId,
+) -> Result<Option<String>> {
+    let Some(column) = columns.str(name)? else { return Ok(None) };
+    let Some(ord) = column.term_ords(doc).next() else { return Ok(None) };
+    let mut value = String::new();
+    column.ord_to_str(ord, &mut value).map_err(|e| IndexError::Tantivy(e.into()))?;
+    Ok(Some(value))
 }
 
 fn first_line(text: &str) -> &str {

@@ -29,6 +29,14 @@ fn search(data_dir: &Path, query: &str, limit: usize) -> (Vec<Value>, u64) {
     (lines, summary["total"].as_u64().unwrap())
 }
 
+/// `proctor search --json --facets`: the facet counts.
+fn facets(data_dir: &Path, query: &str) -> Value {
+    let dir = data_dir.to_str().unwrap();
+    let output = run_ok(bin(), &["search", query, "--data-dir", dir, "--json", "--facets", "--limit", "1"]);
+    let summary: Value = serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    summary["facets"].clone()
+}
+
 /// Every recorded event is one document. (A search on a data dir records
 /// itself after it has read the index, so counting first is exact.)
 fn assert_every_event_once(data_dir: &Path) {
@@ -204,6 +212,10 @@ fn a_killed_indexer_and_a_rebuild_neither_lose_nor_duplicate_documents() {
     let statements = all_events(&data).iter().filter(|e| e.body.kind() == EventKind::Statement).count() as u64;
     assert_every_event_once(&data);
     assert_eq!(search(&data, "kind:statement", 1).1, statements);
+    // Sessions that span a kill carry their subject and resource on every
+    // event all the same (looked up once the indexer runs again): counted by
+    // subject and resource, the statements are what a clean rebuild counts.
+    let after_kills = facets(&data, "kind:statement");
 
     // A page of one session, read straight from the segments.
     let session = all_events(&data).iter().find(|e| e.seq == 9).map(|e| e.session_id.to_string()).unwrap();
@@ -217,6 +229,11 @@ fn a_killed_indexer_and_a_rebuild_neither_lose_nor_duplicate_documents() {
     run_ok(bin(), &["reindex", "--data-dir", dir]);
     assert_every_event_once(&data);
     assert_eq!(search(&data, "kind:statement", 1).1, statements);
+    let rebuilt = facets(&data, "kind:statement");
+    assert_eq!(after_kills["subject"], rebuilt["subject"]);
+    assert_eq!(after_kills["resource"], rebuilt["resource"]);
+    let counted: u64 = rebuilt["subject"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(counted, statements, "every statement has its session's subject: {rebuilt}");
     // And rebuilt over an existing index.
     run_ok(bin(), &["reindex", "--data-dir", dir]);
     assert_eq!(search(&data, "kind:statement", 1).1, statements);
