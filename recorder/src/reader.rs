@@ -97,6 +97,19 @@ impl Reader {
         read_manifest(&self.layout.manifest_path(number))
     }
 
+    /// Segment `number`'s manifest if its text mentions `id_text` at all: a
+    /// byte search costs microseconds where parsing a manifest of thousands
+    /// of sessions costs milliseconds, and most segments do not hold a given
+    /// session.
+    fn manifest_mentioning(&self, number: u64, id_text: &str) -> Result<Option<Manifest>> {
+        let path = self.layout.manifest_path(number);
+        let bytes = fs::read(&path).map_err(RecorderError::io("cannot read manifest", &path))?;
+        if memchr::memmem::find(&bytes, id_text.as_bytes()).is_none() {
+            return Ok(None);
+        }
+        parse_manifest(&path, &bytes).map(Some)
+    }
+
     /// Every manifest, in segment order.
     pub fn manifests(&self) -> Result<Vec<Manifest>> {
         self.layout.manifest_numbers()?.into_iter().map(|n| read_manifest(&self.layout.manifest_path(n))).collect()
@@ -214,7 +227,7 @@ impl Reader {
                 if !done_segments.insert(number) {
                     continue;
                 }
-                let manifest = self.manifest(number)?;
+                let Some(manifest) = self.manifest_mentioning(number, &id_text)? else { continue };
                 let listed = manifest.sessions.iter().any(|s| s.session_id == id_text && s.last_seq >= next);
                 if !listed {
                     continue;
@@ -286,7 +299,7 @@ impl Reader {
         let id_text = session_id.to_string();
         // Newest first: a session still being read about started recently.
         for number in self.segment_numbers()?.into_iter().rev() {
-            let manifest = self.manifest(number)?;
+            let Some(manifest) = self.manifest_mentioning(number, &id_text)? else { continue };
             if !manifest.sessions.iter().any(|s| s.session_id == id_text && s.first_seq == 0) {
                 continue;
             }
@@ -402,7 +415,11 @@ impl Reader {
 
 pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
     let bytes = fs::read(path).map_err(RecorderError::io("cannot read manifest", path))?;
-    Manifest::from_file_bytes(&bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
+    parse_manifest(path, &bytes)
+}
+
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    Manifest::from_file_bytes(bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
 }
 
 /// Calls `f` with a session's events in the segment at `path` that may be at
