@@ -31,20 +31,44 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             let value = session_json(&s);
             writeln!(out, "{value}")?;
         } else {
-            writeln!(
-                out,
-                "{}  {}  {:<8} {:<14} {:<22} {:>6} events  {}",
-                s.session_id,
-                s.first_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                s.protocol.as_deref().unwrap_or("-"),
-                s.resource.as_deref().unwrap_or("-"),
-                s.subject.as_deref().unwrap_or("-"),
-                s.events,
-                s.end_reason.as_deref().unwrap_or("(live)"),
-            )?;
+            let line = session_line(SessionLine {
+                session_id: &s.session_id.to_string(),
+                start: &s.first_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                protocol: s.protocol.as_deref(),
+                resource: s.resource.as_deref(),
+                subject: s.subject.as_deref(),
+                events: s.events,
+                end_reason: s.end_reason.as_deref(),
+            });
+            writeln!(out, "{line}")?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one line of `sessions` shows (here and with `--server`).
+pub(super) struct SessionLine<'a> {
+    pub session_id: &'a str,
+    pub start: &'a str,
+    pub protocol: Option<&'a str>,
+    pub resource: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub events: u64,
+    /// `None` while the session runs.
+    pub end_reason: Option<&'a str>,
+}
+
+pub(super) fn session_line(s: SessionLine<'_>) -> String {
+    format!(
+        "{}  {}  {:<8} {:<14} {:<22} {:>6} events  {}",
+        s.session_id,
+        s.start,
+        s.protocol.unwrap_or("-"),
+        s.resource.unwrap_or("-"),
+        s.subject.unwrap_or("-"),
+        s.events,
+        s.end_reason.unwrap_or("(live)"),
+    )
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {

@@ -49,16 +49,15 @@ pub fn search(server: &str, args: &SearchArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             writeln!(out, "{hit}")?;
         } else {
-            let text = hit["text"].as_str().unwrap_or_default();
-            writeln!(
-                out,
-                "{}  {}  {}#{}  {}",
-                hit["time"].as_str().unwrap_or_default(),
-                hit["kind"].as_str().unwrap_or_default(),
-                hit["session_id"].as_str().unwrap_or_default(),
-                hit["seq"],
-                text.lines().next().unwrap_or_default()
-            )?;
+            let text = |name: &str| hit[name].as_str().unwrap_or_default();
+            let line = super::search::hit_line(
+                text("time"),
+                text("kind"),
+                text("session_id"),
+                hit["seq"].as_u64().unwrap_or_default(),
+                text("text"),
+            );
+            writeln!(out, "{line}")?;
         }
     }
     if args.json && args.facets {
@@ -90,18 +89,17 @@ pub fn sessions(server: &str, args: &SessionsArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             writeln!(out, "{s}")?;
         } else {
-            let text = |name: &str| s[name].as_str().unwrap_or("-").to_string();
-            writeln!(
-                out,
-                "{}  {}  {:<8} {:<14} {:<22} {:>6} events  {}",
-                text("session_id"),
-                text("start"),
-                text("protocol"),
-                text("resource"),
-                text("subject"),
-                s["events"],
-                s["end_reason"].as_str().unwrap_or("(live)"),
-            )?;
+            let text = |name: &str| s[name].as_str();
+            let line = super::read::session_line(super::read::SessionLine {
+                session_id: text("session_id").unwrap_or("-"),
+                start: text("start").unwrap_or_default(),
+                protocol: text("protocol"),
+                resource: text("resource"),
+                subject: text("subject"),
+                events: s["events"].as_u64().unwrap_or_default(),
+                end_reason: text("end_reason"),
+            });
+            writeln!(out, "{line}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -51,8 +51,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             writeln!(out, "{}", serde_json::to_string(hit)?)?;
         } else {
-            let line = hit.text.lines().next().unwrap_or_default();
-            writeln!(out, "{}  {}  {}#{}  {}", hit.time, hit.kind, hit.session_id, hit.seq, line)?;
+            writeln!(out, "{}", hit_line(&hit.time, &hit.kind, &hit.session_id, hit.seq, &hit.text))?;
         }
     }
     if args.json && args.facets {
@@ -61,6 +60,12 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{} of {} hits", result.hits.len(), result.total)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A hit as one line of human output (here and with `--server`): time,
+/// kind, `session#seq`, the first line of its text.
+pub(super) fn hit_line(time: &str, kind: &str, session_id: &str, seq: u64, text: &str) -> String {
+    format!("{time}  {kind}  {session_id}#{seq}  {}", text.lines().next().unwrap_or_default())
 }
 
 pub fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
