@@ -26,6 +26,11 @@ use proctor_recorder::{Recorder, RecorderSettings, Sink};
 use proctor_schemas::NewEvent;
 use tokio::net::{TcpListener, TcpStream};
 
+/// The allocator of the `proctor` binary, so that what runs here is what
+/// runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PASSWORD: &str = "bench-password";
 const SECRET: &str = "bench-secret";
 

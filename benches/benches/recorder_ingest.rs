@@ -28,6 +28,11 @@ use proctor_recorder::synth::{Synth, SynthConfig};
 use proctor_recorder::{FsyncPolicy, Recorder, RecorderSettings};
 use proctor_schemas::*;
 
+/// The allocator of the `proctor` binary, so that what runs here is what
+/// runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RUNS: usize = 3;
 
 fn mix(events: usize) -> Vec<NewEvent> {

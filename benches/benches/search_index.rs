@@ -19,6 +19,11 @@ use proctor_recorder::synth::{Synth, SynthConfig};
 use proctor_recorder::{Recorder, RecorderSettings};
 use proctor_schemas::{EventBody, NewEvent, Timestamp};
 
+/// The allocator of the `proctor` binary, so that what runs here is what
+/// runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What investigators ask: words, phrases, fields, time, booleans.
 const QUERIES: &[&str] = &[
     "\"drop table customers\"",
