@@ -25,13 +25,13 @@ use tantivy::query::doc_predicate_query::{
     ConstOrVariableSegmentPredicate, DocPredicate, DocPredicateQuery, SegmentDocPredicate,
 };
 use tantivy::query::{
-    AllScorer, BitSetDocSet, BooleanQuery, BoostQuery, EmptyQuery, Occur, Query, QueryParser, QueryParserError,
-    RangeQuery,
+    AllQuery, AllScorer, BitSetDocSet, BooleanQuery, BoostQuery, EmptyQuery, ExistsQuery, Occur, Query, QueryParser,
+    QueryParserError, RangeQuery,
 };
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::{BitSet, DocId, Searcher, SegmentReader, Term};
 
-use crate::fields::{Fields, SESSION_KEYWORDS};
+use crate::fields::{Fields, SESSION_KEYWORDS, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 
 /// A query that could not be understood: the message says what and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,7 +137,7 @@ pub fn parse(query: &str, now: Timestamp) -> Result<Parsed, QueryError> {
 
 /// Builds the tantivy query: the text part over the full text and keyword
 /// fields, ANDed with the time range. Conditions on a session's describing
-/// fields are resolved against `searcher` first (see [`by_session`]).
+/// fields are resolved against `searcher` first (see [`build_ast`]).
 pub fn build(
     fields: &Fields,
     index: &tantivy::Index,
@@ -151,15 +151,11 @@ pub fn build(
         parser.set_conjunction_by_default();
         let ast = tantivy::query_grammar::parse_query(&parsed.text)
             .map_err(|_| explain(&parsed.text, QueryParserError::SyntaxError(parsed.text.clone())))?;
-        let query = if mentions_session_keyword(&ast) {
-            by_session(&parser, searcher, ast, false).map_err(|e| match e {
-                Resolve::Parse(e) => explain(&parsed.text, e),
-                Resolve::Bad(message) => bad(format!("in `{}`: {message}", parsed.text)),
-                Resolve::Search(e) => bad(format!("cannot resolve `{}`: {e}", parsed.text)),
-            })?
-        } else {
-            parser.build_query_from_user_input_ast(ast).map_err(|e| explain(&parsed.text, e))?
-        };
+        let query = build_ast(&parser, searcher, ast, false).map_err(|e| match e {
+            Resolve::Parse(e) => explain(&parsed.text, e),
+            Resolve::Bad(message) => bad(format!("in `{}`: {message}", parsed.text)),
+            Resolve::Search(e) => bad(format!("cannot resolve `{}`: {e}", parsed.text)),
+        })?;
         clauses.push((Occur::Must, query));
     }
     if parsed.after.is_some() || parsed.before.is_some() {
@@ -176,8 +172,8 @@ pub fn build(
         clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(parsed.after, true), bound(parsed.before, false)))));
     }
     Ok(match clauses.len() {
-        0 => Box::new(tantivy::query::AllQuery),
-        1 => clauses.pop().map(|(_, q)| q).unwrap_or_else(|| Box::new(tantivy::query::AllQuery)),
+        0 => Box::new(AllQuery),
+        1 => clauses.pop().map(|(_, q)| q).unwrap_or_else(|| Box::new(AllQuery)),
         _ => Box::new(BooleanQuery::new(clauses)),
     })
 }
@@ -206,14 +202,6 @@ fn about_sessions(leaf: &UserInputLeaf) -> bool {
     leaf_field(leaf).is_some_and(|f| f == "session" || SESSION_KEYWORDS.contains(&f))
 }
 
-fn mentions_session_keyword(ast: &UserInputAst) -> bool {
-    match ast {
-        UserInputAst::Clause(clauses) => clauses.iter().any(|(_, ast)| mentions_session_keyword(ast)),
-        UserInputAst::Boost(ast, _) => mentions_session_keyword(ast),
-        UserInputAst::Leaf(leaf) => about_sessions(leaf),
-    }
-}
-
 /// Whether a condition, ANDed with one on sessions, leaves few enough
 /// candidates that checking each one's session beats reading the session
 /// column whole: any condition but one on sessions or an exact value held
@@ -232,17 +220,18 @@ fn narrows(searcher: &Searcher, ast: &UserInputAst) -> bool {
     searcher.doc_freq(&term).map_or(true, |freq| freq.saturating_mul(8) <= docs)
 }
 
-/// Builds a query in which each condition on a session's describing field
-/// (`subject:`, `resource:`, `group:`, `grant:`, `protocol:`) becomes "this
-/// condition, or an event of one of the sessions whose `session_start`
-/// meets it" (only that document carries the session's values), and
-/// `session:ID` reads the session column. The rest is built by the query
-/// parser, clause by clause, as it would build it whole (conjunction by
-/// default; empty clauses dropped).
+/// Builds the query of a parsed text, clause by clause: each condition on a
+/// session's describing field (`subject:`, `resource:`, `group:`, `grant:`,
+/// `protocol:`) becomes "this condition, or an event of one of the sessions
+/// whose `session_start` meets it" (only that document carries the
+/// session's values), and `session:ID` reads the session column; every
+/// other leaf is built by tantivy's query parser, and clauses combine as it
+/// combines them (conjunction by default; empty clauses dropped), except
+/// that a clause of exclusions alone means "everything but", not nothing.
 ///
 /// `lazy`: the condition is ANDed with one that narrows the candidates (see
 /// [`narrows`]), so only those need checking (see [`Found`]).
-fn by_session(
+fn build_ast(
     parser: &QueryParser,
     searcher: &Searcher,
     ast: UserInputAst,
@@ -255,10 +244,13 @@ fn by_session(
             let mut built: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (occur, ast) in clauses {
                 let lazy = must(&occur) && drivers > 0;
-                let query = by_session(parser, searcher, ast, lazy)?;
+                let query = build_ast(parser, searcher, ast, lazy)?;
                 if query.downcast_ref::<EmptyQuery>().is_none() {
                     built.push((occur.unwrap_or(Occur::Must), query));
                 }
+            }
+            if !built.is_empty() && built.iter().all(|(occur, _)| *occur == Occur::MustNot) {
+                built.push((Occur::Must, Box::new(AllQuery)));
             }
             Ok(match built.len() {
                 0 => Box::new(EmptyQuery),
@@ -266,7 +258,17 @@ fn by_session(
             })
         }
         UserInputAst::Boost(ast, boost) => {
-            Ok(Box::new(BoostQuery::new(by_session(parser, searcher, *ast, lazy)?, boost.into_inner() as f32)))
+            Ok(Box::new(BoostQuery::new(build_ast(parser, searcher, *ast, lazy)?, boost.into_inner() as f32)))
+        }
+        // Any value: the session's subject and resource are columns of all
+        // its events.
+        UserInputAst::Leaf(leaf) if matches!(&*leaf, UserInputLeaf::Exists { field } if field == "subject" || field == "resource") =>
+        {
+            let column = match leaf_field(&leaf) {
+                Some("subject") => SESSION_SUBJECT_COLUMN,
+                _ => SESSION_RESOURCE_COLUMN,
+            };
+            Ok(Box::new(ExistsQuery::new(column.to_string(), false)))
         }
         UserInputAst::Leaf(leaf) if leaf_field(&leaf) == Some("session") => {
             let ids = match *leaf {

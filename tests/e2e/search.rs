@@ -152,6 +152,21 @@ fn statements_through_the_gateway_are_found_by_words_fields_and_time_while_proct
     let (_, total) = search(&proctor.data_dir, "resource:test-db orchids kind:statement -subject:alice", 50);
     assert_eq!(total, 2, "bob's two statements");
     assert_eq!(search(&proctor.data_dir, "subject:nobody", 1).1, 0);
+    // Exclusions alone mean everything but. (Each search here indexes the
+    // reads recorded before it, so the whole grows between two searches.)
+    let before = search(&proctor.data_dir, "", 1).1;
+    let (hits, but_alice) = search(&proctor.data_dir, "NOT subject:alice", 50);
+    let after = search(&proctor.data_dir, "", 1).1;
+    assert!((before..=after).contains(&(but_alice + events_of(&alice))), "{before} {but_alice} {after}");
+    assert!(hits.iter().all(|h| !alice.iter().any(|id| h["session_id"] == id.as_str())));
+    // Any subject at all.
+    let with_subject: Vec<String> = events
+        .iter()
+        .filter(|e| matches!(&e.body, EventBody::SessionStart(s) if s.subject.is_some()))
+        .map(|e| e.session_id.to_string())
+        .collect();
+    assert!(search(&proctor.data_dir, "subject:*", 1).1 >= events_of(&with_subject));
+    assert_eq!(search(&proctor.data_dir, "subject:* kind:statement", 1).1, 4);
     assert_eq!(search(&proctor.data_dir, &format!("session:{}", alice[0]), 1).1, events_of(&alice[..1]));
     let both = format!("session: IN [{} {}] kind:statement", alice[0], bob[1]);
     assert_eq!(search(&proctor.data_dir, &both, 1).1, 2);
