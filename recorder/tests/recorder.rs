@@ -360,7 +360,10 @@ fn a_session_is_read_a_page_at_a_time_across_segments_and_the_wal() {
     assert_eq!(all.len(), 301);
     assert!(all.iter().enumerate().all(|(i, e)| e.session_id == wanted && e.seq == i as u64));
     // Pages, wherever they begin: in a segment, across segments, in the WAL.
-    for (from, limit) in [(0, 10), (37, 50), (150, 1), (290, 20), (301, 5)] {
+    // (Pages are skipped by both sort columns' page index: every start is
+    // tried, so no page holding a wanted seq is skipped.)
+    let starts = (0..=301).map(|from| (from, 3));
+    for (from, limit) in [(0, 10), (37, 50), (150, 1), (290, 20), (301, 5)].into_iter().chain(starts) {
         let got = page(from, limit);
         let expected: Vec<u64> = (from..(from + limit as u64).min(301)).collect();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), expected, "from {from}, {limit}");
