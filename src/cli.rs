@@ -116,12 +116,16 @@ pub struct GenerateArgs {
 #[derive(Args, Debug)]
 pub struct Source {
     /// The data dir (a live one, or an exported copy). `search` brings its
-    /// index up to date first unless a running Proctor keeps it.
+    /// index up to date first unless a running Proctor keeps it. Given, it
+    /// is read whatever `--server` or `$PROCTOR_SERVER` says.
     #[arg(long, value_name = "DIR", required_unless_present = "server")]
     pub data_dir: Option<PathBuf>,
     /// A running replay server to ask instead of a data dir (e.g. the
     /// demo's `replay_url`).
-    #[arg(long, value_name = "URL", env = "PROCTOR_SERVER", conflicts_with = "data_dir")]
+    // No clap conflict with `--data-dir`: clap counts a value from the
+    // environment as given, so an exported `$PROCTOR_SERVER` would refuse
+    // every `--data-dir`. `Source::remote` decides instead.
+    #[arg(long, value_name = "URL", env = "PROCTOR_SERVER")]
     pub server: Option<String>,
     /// The OIDC token to present to `--server` (an investigator's).
     #[arg(long, value_name = "JWT", env = "PROCTOR_TOKEN", hide_env_values = true)]
@@ -130,6 +134,13 @@ pub struct Source {
     /// the server's own or its CA.
     #[arg(long, value_name = "FILE", env = "PROCTOR_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+}
+
+impl Source {
+    /// The replay server to ask, unless a data dir was named.
+    pub fn remote(&self) -> Option<&str> {
+        self.server.as_deref().filter(|_| self.data_dir.is_none())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -228,9 +239,10 @@ pub struct TokenArgs {
     pub ttl: std::time::Duration,
     /// The configuration whose `[identity.dev_issuer]` signs (and whose data
     /// dir holds its key).
-    #[arg(long, short, value_name = "FILE", env = "PROCTOR_CONFIG", conflicts_with = "data_dir")]
+    #[arg(long, short, value_name = "FILE", env = "PROCTOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Sign with the dev issuer key of this data dir, default settings.
+    /// Sign with the dev issuer key of this data dir, default settings
+    /// (wins over `--config` and `$PROCTOR_CONFIG`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Print one JSON object (`token`, `sub`, `groups`, `expires_at`).

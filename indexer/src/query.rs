@@ -240,7 +240,12 @@ fn build_ast(
     match ast {
         UserInputAst::Clause(clauses) => {
             let must = |occur: &Option<Occur>| matches!(occur, None | Some(Occur::Must));
-            let drivers = clauses.iter().filter(|(occur, ast)| must(occur) && narrows(searcher, ast)).count();
+            let on_sessions =
+                clauses.iter().any(|(_, ast)| matches!(ast, UserInputAst::Leaf(leaf) if about_sessions(leaf)));
+            let drivers = match on_sessions {
+                true => clauses.iter().filter(|(occur, ast)| must(occur) && narrows(searcher, ast)).count(),
+                false => 0,
+            };
             let mut built: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (occur, ast) in clauses {
                 let lazy = must(&occur) && drivers > 0;

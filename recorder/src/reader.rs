@@ -288,9 +288,22 @@ impl Reader {
         manifest: &Manifest,
         id_text: &str,
         seqs: std::ops::RangeInclusive<u64>,
-        f: impl FnMut(Event) -> Result<ControlFlow<()>>,
+        mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
     ) -> Result<bool> {
-        session_rows_of(&self.layout.root().join(&manifest.path), id_text, seqs, f)
+        let path = self.layout.root().join(&manifest.path);
+        let mut stopped = false;
+        segment::for_each_session_batch(&path, id_text, seqs, |batch| {
+            let reader = BatchReader::new(&batch)?;
+            for i in 0..reader.len() {
+                if reader.str(Column::SessionId, i) == Some(id_text) && f(Event::from_row(reader.row(i)?)?)?.is_break()
+                {
+                    stopped = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(stopped)
     }
 
     /// A session's `session_start` (its event of seq 0), read from the one
@@ -420,26 +433,4 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
 
 fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
     Manifest::from_file_bytes(bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
-}
-
-/// Calls `f` with a session's events in the segment at `path` that may be at
-/// seqs in `seqs`, in seq order, until it says stop; returns whether it did.
-fn session_rows_of(
-    path: &Path,
-    id_text: &str,
-    seqs: std::ops::RangeInclusive<u64>,
-    mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
-) -> Result<bool> {
-    let mut stopped = false;
-    segment::for_each_session_batch(path, id_text, seqs, |batch| {
-        let reader = BatchReader::new(&batch)?;
-        for i in 0..reader.len() {
-            if reader.str(Column::SessionId, i) == Some(id_text) && f(Event::from_row(reader.row(i)?)?)?.is_break() {
-                stopped = true;
-                return Ok(ControlFlow::Break(()));
-            }
-        }
-        Ok(ControlFlow::Continue(()))
-    })?;
-    Ok(stopped)
 }

@@ -188,7 +188,7 @@ pub fn for_each_session_batch(
     seqs: std::ops::RangeInclusive<u64>,
     mut f: impl FnMut(RecordBatch) -> Result<std::ops::ControlFlow<()>>,
 ) -> Result<()> {
-    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
     use parquet::file::metadata::PageIndexPolicy;
     use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
@@ -210,7 +210,7 @@ pub fn for_each_session_batch(
     let columns = metadata.file_metadata().schema_descr();
     let seq_column = (0..columns.num_columns()).find(|&i| columns.column(i).name() == "seq");
     let mut groups = Vec::new();
-    let mut selection: Option<RowSelection> = None;
+    let mut selectors: Vec<RowSelector> = Vec::new();
     for (index, group) in metadata.row_groups().iter().enumerate() {
         let in_group = match group.column(0).statistics() {
             Some(Statistics::ByteArray(stats)) => {
@@ -221,7 +221,6 @@ pub fn for_each_session_batch(
         if !in_group {
             continue;
         }
-        groups.push(index);
         let rows = group.num_rows() as usize;
         let pages = metadata.page_index_for_row_group(index);
         // Each sort column's pages select rows on their own; a row is read
@@ -240,19 +239,15 @@ pub fn for_each_session_batch(
             let keep = |page: usize| overlaps(column.min_value(page).copied(), column.max_value(page).copied());
             group_selection = group_selection.intersection(&page_selection(offsets.page_locations(), rows, keep));
         }
-        selection = Some(match selection {
-            None => group_selection,
-            Some(before) => {
-                let mut selectors: Vec<_> = before.into();
-                selectors.extend(Vec::from(group_selection));
-                RowSelection::from(selectors)
-            }
-        });
+        if group_selection.selects_any() {
+            groups.push(index);
+            selectors.extend(Vec::from(group_selection));
+        }
     }
-    let Some(selection) = selection else { return Ok(()) };
-    if !selection.selects_any() {
+    if groups.is_empty() {
         return Ok(());
     }
+    let selection = RowSelection::from(selectors);
     let reader =
         builder.with_row_groups(groups).with_row_selection(selection).build().map_err(|e| parquet_error(path, e))?;
     for batch in reader {

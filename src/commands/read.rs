@@ -11,7 +11,7 @@ use proctor_schemas::SessionId;
 use crate::cli::{ReplayArgs, SessionsArgs};
 
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    if let Some(server) = &args.source.server {
+    if let Some(server) = args.source.remote() {
         return super::remote::sessions(server, &args);
     }
     let data_dir = args.source.data_dir.clone().context("--data-dir DIR or --server URL")?;
@@ -72,7 +72,7 @@ pub(super) fn session_line(s: SessionLine<'_>) -> String {
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    if let Some(server) = &args.source.server {
+    if let Some(server) = args.source.remote() {
         return super::remote::replay(server, &args);
     }
     let data_dir = args.source.data_dir.clone().context("--data-dir DIR or --server URL")?;

@@ -9,7 +9,7 @@ use proctor_indexer::{IndexError, Indexer, SearchIndex, SearchRequest};
 use crate::cli::{ReindexArgs, SearchArgs};
 
 pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(server) = &args.source.server {
+    if let Some(server) = args.source.remote() {
         return super::remote::search(server, &args);
     }
     let data_dir = args.source.data_dir.clone().ok_or_else(|| anyhow::anyhow!("--data-dir DIR or --server URL"))?;

@@ -194,3 +194,29 @@ fn verify_of_a_missing_data_dir_is_an_error() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("not a data dir"), "{}", stderr(&output));
 }
+
+#[test]
+fn a_named_data_dir_wins_over_the_server_and_configuration_in_the_environment() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let dir = data.to_str().unwrap();
+    run_ok(bin(), &["generate", "--data-dir", dir, "--sessions", "3"]);
+    // Exported for other commands, pointing nowhere: `--data-dir` is read.
+    let sessions = std::process::Command::new(bin())
+        .args(["sessions", "--data-dir", dir])
+        .env("PROCTOR_SERVER", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(sessions.status.success(), "{}", stderr(&sessions));
+    let listed = String::from_utf8_lossy(&sessions.stdout)
+        .lines()
+        .filter(|l| l.contains(" postgres ") || l.contains(" ssh ") || l.contains(" http "))
+        .count();
+    assert_eq!(listed, 3, "{}", String::from_utf8_lossy(&sessions.stdout));
+    let token = std::process::Command::new(bin())
+        .args(["token", "--sub", "ivy", "--data-dir", dir])
+        .env("PROCTOR_CONFIG", work.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{}", stderr(&token));
+}
