@@ -19,14 +19,28 @@ pub struct Access<'a> {
     pub target_session: Option<String>,
 }
 
-/// The account name of `uid`, from the password database.
+/// The account name of `uid`, from the system's user database (files,
+/// LDAP, sssd: whatever the name service is configured to ask).
 fn user_name(uid: u32) -> String {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let named = passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.get(2) == Some(&uid.to_string().as_str())).then(|| fields[0].to_string())
-    });
-    named.unwrap_or_else(|| format!("uid {uid}"))
+    let mut buffer = vec![0u8; 1024];
+    loop {
+        // SAFETY: `entry` and `buffer` outlive the call and `buffer.len()`
+        // is its true size; on success `found` points at `entry`, whose
+        // strings point into `buffer`, read before either is dropped.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let status = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr().cast(), buffer.len(), &mut found) };
+        if status == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 4, 0);
+            continue;
+        }
+        if status != 0 || found.is_null() || entry.pw_name.is_null() {
+            return format!("uid {uid}");
+        }
+        // SAFETY: a NUL-terminated string in `buffer`, per getpwuid_r.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
 }
 
 /// The local user, as the actor of a read.
