@@ -150,11 +150,13 @@ impl<L: AccessLog> ApiState<L> {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// A 401 for a request that presented no token: a bare challenge.
+    no_token: bool,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), no_token: false }
     }
 
     fn internal(error: impl std::fmt::Display) -> ApiError {
@@ -167,7 +169,7 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": self.message }));
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a request without credentials gets a bare challenge.
-            let challenge = if self.message == IdentityError::Missing.to_string() {
+            let challenge = if self.no_token {
                 "Bearer realm=\"proctor\"".to_string()
             } else {
                 format!(
@@ -193,7 +195,10 @@ fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiRe
         .unwrap_or_default();
     let identity = state.verifier.verify(token).map_err(|e| match e {
         IdentityError::Config(_) => ApiError::internal(e),
-        other => ApiError::new(StatusCode::UNAUTHORIZED, other.to_string()),
+        other => ApiError {
+            no_token: matches!(other, IdentityError::Missing),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, other.to_string())
+        },
     })?;
     if !identity.in_group(&state.investigator_group) {
         return Err(ApiError::new(
