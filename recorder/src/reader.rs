@@ -119,10 +119,19 @@ impl Reader {
         // WAL files are listed before manifests: a file sealed in between is
         // then found in the manifests and skipped; one that vanished while
         // being read was sealed, and the snapshot is taken again.
+        let id_text = wanted.map(|id| id.to_string());
         'retry: for _ in 0..5 {
             let wal_numbers = self.layout.wal_numbers()?;
-            let manifests = self.manifests()?;
-            let sealed: BTreeSet<u64> = manifests.iter().map(|m| m.segment_id).collect();
+            let numbers = self.layout.manifest_numbers()?;
+            let sealed: BTreeSet<u64> = numbers.iter().copied().collect();
+            // For one session, only the manifests that mention it.
+            let manifests = match &id_text {
+                None => numbers.into_iter().map(|n| self.manifest(n)).collect::<Result<Vec<_>>>()?,
+                Some(id) => numbers
+                    .into_iter()
+                    .filter_map(|n| self.manifest_mentioning(n, id).transpose())
+                    .collect::<Result<Vec<_>>>()?,
+            };
             let mut wal = Vec::new();
             for number in wal_numbers.into_iter().filter(|n| !sealed.contains(n)) {
                 let path = self.layout.wal_path(number);
@@ -136,9 +145,8 @@ impl Reader {
                 for record in scan.records {
                     let Record::Event(row) = record else { continue };
                     let row = canonical::decode(row).map_err(|e| RecorderError::corrupt(&path, e.to_string()))?;
-                    if let Some(id) = wanted {
-                        let matches =
-                            row.cells().get(Column::SessionId) == Some(proctor_schemas::Value::Str(&id.to_string()));
+                    if let Some(id) = &id_text {
+                        let matches = row.cells().get(Column::SessionId) == Some(proctor_schemas::Value::Str(id));
                         if !matches {
                             continue;
                         }
@@ -154,43 +162,12 @@ impl Reader {
 
     /// Every session, with its metadata, ordered by id (that is, by start).
     pub fn sessions(&self) -> Result<Vec<SessionSummary>> {
-        let snapshot = self.snapshot(None)?;
-        let mut sessions: BTreeMap<SessionId, SessionSummary> = BTreeMap::new();
-        for manifest in &snapshot.manifests {
-            for s in &manifest.sessions {
-                let id: SessionId = s.session_id.parse()?;
-                let summary = sessions.entry(id).or_insert_with(|| SessionSummary::new(id));
-                summary.events += s.events;
-                summary.segments.push(manifest.segment_id);
-                for time in [&s.first_time, &s.last_time] {
-                    if let Some(t) = Timestamp::parse_rfc3339(time) {
-                        summary.saw_time(t);
-                    }
-                }
-                summary.protocol = summary.protocol.take().or_else(|| s.protocol.clone());
-                summary.resource = summary.resource.take().or_else(|| s.resource.clone());
-                summary.subject = summary.subject.take().or_else(|| s.subject.clone());
-                summary.end_reason = summary.end_reason.take().or_else(|| s.end_reason.clone());
-            }
-        }
-        for (_, events) in &snapshot.wal {
-            for event in events {
-                let summary = sessions.entry(event.session_id).or_insert_with(|| SessionSummary::new(event.session_id));
-                summary.events += 1;
-                summary.wal_events += 1;
-                summary.saw_time(event.time);
-                match &event.body {
-                    EventBody::SessionStart(start) => {
-                        summary.protocol = Some(start.protocol.to_string());
-                        summary.resource = start.resource.clone();
-                        summary.subject = start.subject.clone();
-                    }
-                    EventBody::SessionEnd(end) => summary.end_reason = Some(end.reason.to_string()),
-                    _ => {}
-                }
-            }
-        }
-        Ok(sessions.into_values().collect())
+        summaries(self.snapshot(None)?)
+    }
+
+    /// One session's metadata, reading only the manifests that mention it.
+    pub fn session(&self, id: SessionId) -> Result<Option<SessionSummary>> {
+        Ok(summaries(self.snapshot(Some(id))?)?.into_iter().find(|s| s.session_id == id))
     }
 
     /// One session's events in seq order.
@@ -433,4 +410,44 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
 
 fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
     Manifest::from_file_bytes(bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
+}
+
+/// The sessions of a snapshot, with their metadata, ordered by id.
+fn summaries(snapshot: Snapshot) -> Result<Vec<SessionSummary>> {
+    let mut sessions: BTreeMap<SessionId, SessionSummary> = BTreeMap::new();
+    for manifest in &snapshot.manifests {
+        for s in &manifest.sessions {
+            let id: SessionId = s.session_id.parse()?;
+            let summary = sessions.entry(id).or_insert_with(|| SessionSummary::new(id));
+            summary.events += s.events;
+            summary.segments.push(manifest.segment_id);
+            for time in [&s.first_time, &s.last_time] {
+                if let Some(t) = Timestamp::parse_rfc3339(time) {
+                    summary.saw_time(t);
+                }
+            }
+            summary.protocol = summary.protocol.take().or_else(|| s.protocol.clone());
+            summary.resource = summary.resource.take().or_else(|| s.resource.clone());
+            summary.subject = summary.subject.take().or_else(|| s.subject.clone());
+            summary.end_reason = summary.end_reason.take().or_else(|| s.end_reason.clone());
+        }
+    }
+    for (_, events) in &snapshot.wal {
+        for event in events {
+            let summary = sessions.entry(event.session_id).or_insert_with(|| SessionSummary::new(event.session_id));
+            summary.events += 1;
+            summary.wal_events += 1;
+            summary.saw_time(event.time);
+            match &event.body {
+                EventBody::SessionStart(start) => {
+                    summary.protocol = Some(start.protocol.to_string());
+                    summary.resource = start.resource.clone();
+                    summary.subject = start.subject.clone();
+                }
+                EventBody::SessionEnd(end) => summary.end_reason = Some(end.reason.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Ok(sessions.into_values().collect())
 }

@@ -358,6 +358,14 @@ fn a_session_is_read_a_page_at_a_time_across_segments_and_the_wal() {
     };
     let all = page(0, usize::MAX);
     assert_eq!(all.len(), 301);
+    // Its metadata, from the manifests that mention it and the WAL, counts
+    // what the listing of every session counts.
+    let one = reader.session(wanted).unwrap().unwrap();
+    let listed = reader.sessions().unwrap().into_iter().find(|s| s.session_id == wanted).unwrap();
+    // (Sealing may go on between the two reads: the totals stay.)
+    assert_eq!((one.events, listed.events), (301, 301));
+    assert!(one.segments.len() >= 2, "{one:?}");
+    assert!(reader.session(SessionId::new()).unwrap().is_none());
     assert!(all.iter().enumerate().all(|(i, e)| e.session_id == wanted && e.seq == i as u64));
     // Pages, wherever they begin: in a segment, across segments, in the WAL.
     // (Pages are skipped by both sort columns' page index: every start is

@@ -375,7 +375,7 @@ async fn session<L: AccessLog>(
     let data_dir = state.data_dir.clone();
     blocking(move || {
         let reader = Reader::open(&data_dir).map_err(ApiError::internal)?;
-        let summary = reader.sessions().map_err(ApiError::internal)?.into_iter().find(|s| s.session_id == id);
+        let summary = reader.session(id).map_err(ApiError::internal)?;
         let Some(summary) = summary else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no session {id} in this recording")));
         };
