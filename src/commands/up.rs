@@ -139,23 +139,29 @@ pub async fn serve(
         .await
         .context("cannot record the start of the control session")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let replay = start_replay(&config, recorder.sink(), stopped.clone()).await;
-    let started = match (crate::gateway::start(&config, sink, stopped).await, replay) {
-        (Ok(gateway), Ok(replay)) => {
-            let ready = Ready {
-                listeners: gateway.listeners.clone(),
-                key_fingerprint: recorder.key_fingerprint().to_string(),
-                replay_url: replay.as_ref().map(|(url, _)| url.clone()),
-            };
-            let task = replay.map(|(_, task)| task);
-            match on_ready(&ready) {
-                Ok(()) => Ok((gateway, task)),
-                Err(error) => Err((error, task)),
-            }
+    // The replay API first: if it cannot start, no listener was opened. An
+    // error after it carries its task, to be waited for.
+    let started = async {
+        let (replay_url, replay) = match start_replay(&config, recorder.sink(), stopped.clone()).await {
+            Ok(Some((url, task))) => (Some(url), Some(task)),
+            Ok(None) => (None, None),
+            Err(error) => return Err((error, None)),
+        };
+        let gateway = match crate::gateway::start(&config, sink, stopped).await {
+            Ok(gateway) => gateway,
+            Err(error) => return Err((error, replay)),
+        };
+        let ready = Ready {
+            listeners: gateway.listeners.clone(),
+            key_fingerprint: recorder.key_fingerprint().to_string(),
+            replay_url,
+        };
+        match on_ready(&ready) {
+            Ok(()) => Ok((gateway, replay)),
+            Err(error) => Err((error, replay)),
         }
-        (Err(error), replay) => Err((error, replay.ok().flatten().map(|(_, task)| task))),
-        (Ok(_), Err(error)) => Err((error, None)),
-    };
+    }
+    .await;
     let (gateway, replay) = match started {
         Ok(started) => started,
         Err((error, replay)) => {
