@@ -335,7 +335,8 @@ impl DevIssuer {
             let pem = key
                 .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
                 .map_err(|e| IdentityError::Config(format!("cannot encode the dev issuer key: {e}")))?;
-            write_private(&path, pem.as_bytes())?;
+            crate::tls::write_private(&path, pem.as_bytes(), false)
+                .map_err(|e| IdentityError::Config(format!("cannot write {}: {e}", path.display())))?;
             key
         };
         let der = key.to_pkcs8_der().map_err(|e| IdentityError::Config(format!("cannot encode the key: {e}")))?;
@@ -404,24 +405,6 @@ impl DevIssuer {
             leeway: default_leeway(),
         })
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| IdentityError::Config(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| IdentityError::Config(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| IdentityError::Config(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -90,24 +90,34 @@ fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), GatewayError> {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let certified =
         rcgen::generate_simple_self_signed(names).map_err(|e| tls_error("cannot generate certificate", e))?;
-    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
+    // A key left without its certificate by an interrupted first start is
+    // replaced.
+    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes(), true)
+        .map_err(|e| tls_error(&format!("cannot write {}", key_path.display()), e))?;
     std::fs::write(&cert_path, certified.cert.pem())
         .map_err(|e| tls_error(&format!("cannot write {}", cert_path.display()), e))?;
     tracing::warn!(cert = %cert_path.display(), "no [tls] certificate configured: using a self-signed one (dev mode)");
     Ok((cert_path, key_path))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), GatewayError> {
+/// Writes a secret into a file only its owner may read (0600), synced. A
+/// file already there is refused, unless `replace`.
+pub(crate) fn write_private(path: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| tls_error(&format!("cannot create {}", path.display()), e))?;
-    file.write_all(bytes).map_err(|e| tls_error(&format!("cannot write {}", path.display()), e))
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// The client configuration for connections to a target.
