@@ -183,7 +183,7 @@ impl SessionsArgs {
 pub struct ReplayArgs {
     /// The session to print.
     #[arg(value_name = "SESSION_ID")]
-    pub session_id: String,
+    pub session_id: proctor_schemas::SessionId,
     #[command(flatten)]
     pub source: Source,
     /// Start at this seq (a page of a long session; 0: the start).

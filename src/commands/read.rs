@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use proctor_recorder::reader::Reader;
 use proctor_replay_server::render::{event_json, session_json, transcript_line};
-use proctor_schemas::SessionId;
 
 use crate::cli::{ReplayArgs, SessionsArgs};
 
@@ -76,7 +75,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return super::remote::replay(server, &args);
     }
     let data_dir = args.source.data_dir.clone().context("--data-dir DIR or --server URL")?;
-    let session_id: SessionId = args.session_id.parse().context("not a session id")?;
+    let session_id = args.session_id;
     let reader = Reader::open(&data_dir)?;
     // Streamed: a page of a long session costs a page, in time and memory.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -219,4 +219,11 @@ fn a_named_data_dir_wins_over_the_server_and_configuration_in_the_environment() 
         .output()
         .unwrap();
     assert!(token.status.success(), "{}", stderr(&token));
+    // A session id that is none is refused before anything is asked, here
+    // or of a server.
+    for source in [["--data-dir", dir], ["--server", "http://127.0.0.1:9"]] {
+        let output = run(bin(), &["replay", "nonsense", source[0], source[1], "--token", "t"]);
+        assert_eq!(output.status.code(), Some(2));
+        assert!(stderr(&output).contains("invalid session id \"nonsense\""), "{}", stderr(&output));
+    }
 }
