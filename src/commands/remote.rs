@@ -4,14 +4,17 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use proctor_replay_server::client::{ClientError, get_json, query_string};
+use proctor_replay_server::client::{Client, ClientError, query_string};
 
-use crate::cli::{ReplayArgs, SearchArgs, SessionsArgs};
+use crate::cli::{ReplayArgs, SearchArgs, SessionsArgs, Source};
 
-fn token(token: &Option<String>) -> anyhow::Result<&str> {
-    token.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+/// The client for `server`, with the source's token and trusted
+/// certificates.
+fn client(server: &str, source: &Source) -> anyhow::Result<Client> {
+    let token = source.token.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
         anyhow::anyhow!("--server needs an investigator's token: --token JWT or $PROCTOR_TOKEN (the demo prints one)")
-    })
+    })?;
+    Ok(Client::new(server, token, source.ca_file.as_deref())?)
 }
 
 /// A refused request exits 2 with the server's reason; others are errors.
@@ -39,7 +42,7 @@ pub fn search(server: &str, args: &SearchArgs) -> anyhow::Result<ExitCode> {
             ("order", Some(if args.oldest_first { "oldest" } else { "newest" }.to_string())),
         ])
     );
-    let result = match get_json(server, &path, token(&args.source.token)?, args.source.ca_file.as_deref()) {
+    let result = match client(server, &args.source)?.get_json(&path) {
         Ok(result) => result,
         Err(error) => return refused(error),
     };
@@ -80,7 +83,7 @@ pub fn sessions(server: &str, args: &SessionsArgs) -> anyhow::Result<ExitCode> {
             ("live", filter.live.then(|| "true".to_string())),
         ])
     );
-    let result = match get_json(server, &path, token(&args.source.token)?, args.source.ca_file.as_deref()) {
+    let result = match client(server, &args.source)?.get_json(&path) {
         Ok(result) => result,
         Err(error) => return refused(error),
     };
@@ -106,7 +109,7 @@ pub fn sessions(server: &str, args: &SessionsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let token = token(&args.source.token)?;
+    let client = client(server, &args.source)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut from_seq = args.from_seq;
     let mut left = args.limit.unwrap_or(usize::MAX);
@@ -118,7 +121,7 @@ pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             args.session_id,
             query_string([("from_seq", Some(from_seq.to_string())), ("limit", Some(page.to_string()))])
         );
-        let result = match get_json(server, &path, token, args.source.ca_file.as_deref()) {
+        let result = match client.get_json(&path) {
             Ok(result) => result,
             Err(error) => {
                 out.flush()?;
