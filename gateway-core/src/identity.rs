@@ -318,6 +318,12 @@ pub fn dev_issuer_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("keys").join("dev-issuer.pem")
 }
 
+/// Where the dev issuer's JWKS is published, beside its key, for anything
+/// else that verifies its tokens.
+pub fn dev_issuer_jwks_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys").join("dev-issuer.jwks.json")
+}
+
 impl DevIssuer {
     /// Opens the dev issuer's key in `data_dir`, creating it the first time.
     pub fn open_or_create(data_dir: &Path, config: &DevIssuerConfig) -> Result<DevIssuer, IdentityError> {

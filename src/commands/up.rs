@@ -57,7 +57,7 @@ pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
     let mut issuers = config.identity.issuers.clone();
     if let Some(dev) = config.identity.dev_issuer.as_ref().filter(|d| d.enabled) {
         let issuer = DevIssuer::open_or_create(&config.data_dir, dev)?;
-        let jwks = config.data_dir.join("keys").join("dev-issuer.jwks.json");
+        let jwks = proctor_gateway_core::identity::dev_issuer_jwks_path(&config.data_dir);
         issuers.push(issuer.issuer_config(&jwks)?);
     }
     anyhow::ensure!(
