@@ -58,12 +58,26 @@ pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
 }
 
 /// Collects a child's stdout lines on a thread, so the pipe never fills.
+/// Only whole lines: a child killed in the middle of writing one (its
+/// output buffer flushed part of a line) leaves a piece without its newline,
+/// which was never printed as a line and is dropped.
 pub fn collect_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.last() != Some(&b'\n') => break,
+                Ok(_) => {}
+            }
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
                 break;
             }
         }
