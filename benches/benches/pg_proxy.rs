@@ -322,14 +322,7 @@ fn main() {
         println!("profiling {only}: pid {}", std::process::id());
         let load = Load { clients: 8, mode, seconds };
         let sink = proctor.recorder.as_ref().map(Recorder::sink);
-        let counters = || {
-            sink.as_ref().map(Sink::stats).map_or((0, 0), |s| {
-                (
-                    s.events.load(std::sync::atomic::Ordering::Relaxed),
-                    s.wal_bytes.load(std::sync::atomic::Ordering::Relaxed),
-                )
-            })
-        };
+        let counters = || sink.as_ref().map(Sink::stats).map_or((0, 0), |s| (s.events, s.wal_bytes));
         let (events_before, bytes_before) = counters();
         let before = thread_cpu();
         let run = pgbench(&cluster, (port, user, password), &load, &logs, me);

@@ -187,7 +187,7 @@ fn finish(
         accepted_per_s: n / accepted.as_secs_f64(),
         sealed_per_s: n / sealed.as_secs_f64(),
         append_cpu_ns: None,
-        seal_cpu_ns: sink.stats().sealer_cpu_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / n,
+        seal_cpu_ns: sink.stats().sealer_cpu_ns as f64 / n,
         events_per_cpu_s: n / cpu.as_secs_f64(),
         bytes_per_event: dir_size(&dir.join("segments")) as f64 / n,
     }

@@ -158,8 +158,14 @@ impl Sink {
     }
 
     /// Counters since start.
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+    pub fn stats(&self) -> Stats {
+        let (events, wal_bytes) = self.writer.counts();
+        Stats {
+            events,
+            wal_bytes,
+            segments_sealed: self.shared.stats.segments_sealed.load(Ordering::Relaxed),
+            sealer_cpu_ns: self.shared.stats.sealer_cpu_ns.load(Ordering::Relaxed),
+        }
     }
 
     /// WAL files waiting to be sealed.

@@ -103,7 +103,7 @@ impl SealContext {
     pub fn seal(&mut self, number: u64, truncate_torn: bool, keep_wal: bool) -> Result<Sealed> {
         let path = self.layout.wal_path(number);
         let already_sealed = self.layout.manifest_path(number).exists();
-        let bytes = fs::read(&path).map_err(RecorderError::io("cannot read WAL file", &path))?;
+        let bytes = WalBytes::open(&path, truncate_torn)?;
         let scan = wal::scan(&bytes, number);
         if let Some(torn) = &scan.torn
             && truncate_torn
@@ -294,6 +294,45 @@ impl SealContext {
             remove_wal_after_seal(&self.layout, number);
         }
         Ok(Sealed { manifest: Some(manifest), open_sessions, saw_carry, torn: scan.torn, events })
+    }
+}
+
+/// A closed WAL file's bytes. Sealing maps the file, which is still in the
+/// page cache from being written: reading it into a fresh buffer instead
+/// would copy tens of MiB into pages the kernel must first zero, for every
+/// segment. Recovery, which may truncate a torn tail, reads a copy instead:
+/// a mapping must not outlive the end of its file.
+enum WalBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl WalBytes {
+    fn open(path: &Path, truncate_torn: bool) -> Result<WalBytes> {
+        let cannot = |error| RecorderError::io("cannot read WAL file", path)(error);
+        if truncate_torn {
+            return fs::read(path).map(WalBytes::Read).map_err(cannot);
+        }
+        let file = fs::File::open(path).map_err(cannot)?;
+        if file.metadata().map_err(cannot)?.len() == 0 {
+            return Ok(WalBytes::Read(Vec::new()));
+        }
+        // SAFETY: the WAL file is closed: the writer has moved on to the next
+        // one and the data directory's lock keeps other processes out, so
+        // nothing writes or truncates it while it is mapped.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(cannot)?;
+        Ok(WalBytes::Mapped(map))
+    }
+}
+
+impl std::ops::Deref for WalBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            WalBytes::Mapped(map) => map,
+            WalBytes::Read(bytes) => bytes,
+        }
     }
 }
 

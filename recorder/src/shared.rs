@@ -4,16 +4,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Counters for operators (exposed later as metrics).
-#[derive(Default, Debug)]
+/// Counters for operators (exposed later as metrics), as of one moment.
+#[derive(Default, Debug, Clone, Copy)]
 pub struct Stats {
     /// Events accepted into the WAL since start.
-    pub events: AtomicU64,
+    pub events: u64,
     /// WAL bytes written since start.
-    pub wal_bytes: AtomicU64,
+    pub wal_bytes: u64,
     /// Segments sealed since start.
-    pub segments_sealed: AtomicU64,
+    pub segments_sealed: u64,
     /// CPU time the sealer has used, in nanoseconds.
+    pub sealer_cpu_ns: u64,
+}
+
+/// The counters the sealer keeps; the writer keeps its own under its lock,
+/// so that an append writes no shared cache line beyond the lock's.
+#[derive(Default, Debug)]
+pub(crate) struct SealerStats {
+    pub segments_sealed: AtomicU64,
     pub sealer_cpu_ns: AtomicU64,
 }
 
@@ -37,7 +45,7 @@ pub(crate) struct Shared {
     backlog_changed: Condvar,
     /// Wakes async appends waiting for backlog room.
     pub room: tokio::sync::Notify,
-    pub stats: Stats,
+    pub stats: SealerStats,
 }
 
 // A poisoned lock means another recorder thread panicked; the data it guards

@@ -106,8 +106,12 @@ struct WalFile {
 }
 
 impl WalFile {
-    /// Creates and fully allocates file `number` (no header yet).
-    fn create(layout: &Layout, number: u64, capacity: usize) -> Result<WalFile> {
+    /// Creates and fully allocates file `number` (no header yet). With
+    /// `prefault`, the mapping's pages are brought into the page cache now
+    /// (zeroed, mapped read-only), so that appends to it later touch pages
+    /// that exist instead of faulting each one in under the writer's lock:
+    /// the background thread pays that for the file it prepares ahead.
+    fn create(layout: &Layout, number: u64, capacity: usize, prefault: bool) -> Result<WalFile> {
         let path = layout.wal_path(number);
         let file = OpenOptions::new()
             .read(true)
@@ -127,7 +131,12 @@ impl WalFile {
         // SAFETY: the mapping covers a file this process created and no one
         // else truncates; it is only written through this mapping, under the
         // writer's lock.
-        let map = unsafe { MmapOptions::new().len(capacity).map_mut(&file) }.map_err(cleanup)?;
+        let mut options = MmapOptions::new();
+        options.len(capacity);
+        if prefault {
+            options.populate();
+        }
+        let map = unsafe { options.map_mut(&file) }.map_err(cleanup)?;
         if let Err(error) = sync_dir(&layout.wal_dir()) {
             let _ = std::fs::remove_file(&path);
             return Err(error);
@@ -172,6 +181,9 @@ struct State {
     ended: EndedSessions,
     id_text: SessionIdText,
     closed: bool,
+    /// Events and bytes appended since start (for [`WalWriter::counts`]).
+    events_total: u64,
+    bytes_total: u64,
 }
 
 /// Durability progress, for `fsync = "always"`.
@@ -219,7 +231,7 @@ impl WalWriter {
         open: Vec<Carried>,
     ) -> Result<WalWriter> {
         let capacity = (settings.segment_max_bytes.0 as usize).max(wal::HEADER_LEN + 64).next_multiple_of(4096);
-        let mut file = WalFile::create(&layout, number, capacity)?;
+        let mut file = WalFile::create(&layout, number, capacity, true)?;
         file.begin(&open)?;
         let sessions =
             open.iter().map(|c| (c.session_id, SessionState { next_seq: c.next_seq, head: c.head })).collect();
@@ -240,6 +252,8 @@ impl WalWriter {
                 ended: Default::default(),
                 id_text: SessionIdText::default(),
                 closed: false,
+                events_total: 0,
+                bytes_total: 0,
             }),
             seal_tx: Mutex::new(Some(seal_tx)),
             spare: Mutex::new(None),
@@ -249,6 +263,12 @@ impl WalWriter {
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
         })
+    }
+
+    /// Events and WAL bytes appended since start.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = lock(&self.state);
+        (state.events_total, state.bytes_total)
     }
 
     pub fn policy(&self) -> FsyncPolicy {
@@ -379,9 +399,13 @@ impl WalWriter {
         }
         let lsn = state.lsn_base + state.file.len as u64;
         self.written_lsn.store(lsn, Ordering::Release);
-        self.shared.dirty.store(true, Ordering::Release);
-        self.shared.stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.shared.stats.wal_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        // Read first: the syncer clears the flag once per fsync, and a store
+        // on every append would pull the line away from the other cores.
+        if !self.shared.dirty.load(Ordering::Relaxed) {
+            self.shared.dirty.store(true, Ordering::Release);
+        }
+        state.events_total += events.len() as u64;
+        state.bytes_total += size as u64;
         Ok(Appended { seqs, lsn })
     }
 
@@ -413,7 +437,7 @@ impl WalWriter {
         }
         let mut file = match prepared {
             Some(file) => file,
-            None => WalFile::create(&self.layout, next, capacity).map_err(|e| {
+            None => WalFile::create(&self.layout, next, capacity, false).map_err(|e| {
                 RecordError::WalWrite(format!("cannot start the next WAL file ({e}); free space in the data dir"))
             })?,
         };
@@ -491,7 +515,7 @@ impl WalWriter {
             let _ = std::fs::remove_file(self.layout.wal_path(stale.number));
         }
         if spare.is_none() && !self.layout.wal_path(next).exists() {
-            match WalFile::create(&self.layout, next, self.capacity) {
+            match WalFile::create(&self.layout, next, self.capacity, true) {
                 Ok(file) => *spare = Some(file),
                 Err(error) => tracing::debug!(%error, "cannot prepare the next WAL file yet"),
             }
@@ -656,6 +680,7 @@ impl WalWriter {
                     &self.layout,
                     number + 1,
                     self.capacity.max(wal::HEADER_LEN + wal::carry_len(carry.len())).next_multiple_of(4096),
+                    false,
                 ) {
                     Ok(mut file) => match file
                         .begin(&carry)
