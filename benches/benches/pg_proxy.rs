@@ -62,6 +62,10 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
     if let Some(mib) = std::env::var("PG_PROXY_SEGMENT_MIB").ok().and_then(|m| m.parse::<u64>().ok()) {
         settings.segment_max_bytes = proctor_recorder::config::ByteSize(mib << 20);
     }
+    // PG_PROXY_FSYNC_MS: the WAL's fsync interval (default 100 ms).
+    if let Some(ms) = std::env::var("PG_PROXY_FSYNC_MS").ok().and_then(|m| m.parse::<u64>().ok()) {
+        settings.fsync_interval = Duration::from_millis(ms);
+    }
     let recorder = Recorder::open(dir.path(), &settings).unwrap();
     let sink = BenchSink(recorder.sink());
     let resource = Arc::new(PgResource {

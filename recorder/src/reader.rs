@@ -337,11 +337,12 @@ impl Reader {
         let mut start = offset as usize;
         if start == 0 {
             let mut header = [0u8; wal::HEADER_LEN];
-            if file.read_exact(&mut header).is_err() || !wal::header_matches(&header, number) {
+            // The carry slot is skipped: it holds no events.
+            match file.read_exact(&mut header).ok().and_then(|()| wal::read_header(&header, number).ok()) {
+                Some(layout) => start = layout.records,
                 // Not yet written, or not a WAL file of this number.
-                return Ok(Some((Vec::new(), 0)));
+                None => return Ok(Some((Vec::new(), 0))),
             }
-            start = wal::HEADER_LEN;
         }
         file.seek(SeekFrom::Start(start as u64)).map_err(io)?;
         let mut events = Vec::new();

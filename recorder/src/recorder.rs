@@ -214,6 +214,7 @@ impl Recorder {
             key,
             last_manifest_sha256: None,
             kept_wal: None,
+            carry_out: None,
         };
         let (next_number, open_sessions, recovery) = recover(&mut ctx)?;
 

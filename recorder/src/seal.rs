@@ -33,6 +33,9 @@ pub(crate) struct SealContext {
     /// The last WAL file recovery sealed but kept, until the new WAL file
     /// holds its open sessions.
     pub kept_wal: Option<u64>,
+    /// The last WAL file sealed here and the sessions open at its end: the
+    /// carry of the next file if its slot is not filled yet.
+    pub carry_out: Option<(u64, Vec<Carried>)>,
 }
 
 /// The result of sealing one WAL file.
@@ -123,10 +126,27 @@ impl SealContext {
         let mut index: HashMap<String, u32, ahash::RandomState> = HashMap::default();
         let mut order: Vec<(u32, u64, u32)> = Vec::with_capacity(scan.records.len());
         let corrupt = |message: String| RecorderError::corrupt(&path, message);
-        let saw_carry = matches!(scan.records.first(), Some(Record::Carry(_)));
+        // A file whose carry slot is not filled yet carries the sessions open
+        // at the end of the file before, if that was sealed here. If not (it
+        // was set aside as damaged), the chains of the sessions it continues
+        // cannot be linked: they are sealed from an unknown head, which
+        // `verify` reports against the segments before.
+        let carried_in = match &self.carry_out {
+            Some((previous, open)) if scan.carry_pending && previous + 1 == number => Some(open.clone()),
+            _ => None,
+        };
+        let unknown_carry = scan.carry_pending && carried_in.is_none();
+        if unknown_carry {
+            tracing::error!(
+                file = %path.display(),
+                "the sessions this WAL file continues have no known chain heads (the file before was not sealed); their chains restart here"
+            );
+        }
+        let saw_carry = matches!(scan.records.first(), Some(Record::Carry(_))) || carried_in.is_some();
+        let carried_in = carried_in.map(Record::Carry);
 
         let mut rows: Vec<&[u8]> = Vec::with_capacity(scan.records.len());
-        for record in &scan.records {
+        for record in carried_in.iter().chain(&scan.records) {
             let canonical_row = match record {
                 Record::Carry(carried) => {
                     for c in carried {
@@ -155,6 +175,7 @@ impl SealContext {
             let (expected, previous) = match track.open {
                 Some((next, head)) => (next, head),
                 None if is_start && track.summary.is_none() => (0, ChainHash::GENESIS),
+                None if unknown_carry && track.summary.is_none() => (seq, ChainHash::GENESIS),
                 None => {
                     return Err(corrupt(format!(
                         "session {} seq {seq}: event of a session that is not open",
@@ -206,6 +227,7 @@ impl SealContext {
             } else {
                 None
             };
+            self.pass_carry_on(number, &open_sessions)?;
             if !keep_wal {
                 remove_wal_after_seal(&self.layout, number);
             }
@@ -288,6 +310,7 @@ impl SealContext {
         write_atomically(&self.layout.manifest_path(number), &manifest_bytes)?;
         self.last_manifest_sha256 = Some(hex::encode(Sha256::digest(&manifest_bytes)));
 
+        self.pass_carry_on(number, &open_sessions)?;
         // The segment is sealed: from here on, failing to remove the WAL file
         // only leaves work for the next start, which recognises it.
         if !keep_wal {
@@ -333,6 +356,55 @@ impl std::ops::Deref for WalBytes {
             WalBytes::Mapped(map) => map,
             WalBytes::Read(bytes) => bytes,
         }
+    }
+}
+
+impl SealContext {
+    /// Hands the sessions open at the end of WAL file `number` to the file
+    /// after it: remembered for sealing it, and written into its carry slot
+    /// (synced) before file `number` may be deleted, so the next file can
+    /// be sealed on its own after a crash.
+    fn pass_carry_on(&mut self, number: u64, open: &[Carried]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.carry_out = Some((number, open.to_vec()));
+        let path = self.layout.wal_path(number + 1);
+        let path = &path;
+        let io = |context: &'static str| move |error| RecorderError::io(context, path)(error);
+        let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("cannot open WAL file")(e)),
+        };
+        let mut header = [0u8; wal::HEADER_LEN];
+        // Not started yet (a file prepared ahead): it gets its carry when it is.
+        let Ok(layout) = file
+            .read_exact_at(&mut header, 0)
+            .map_err(drop)
+            .and_then(|()| wal::read_header(&header, number + 1).map_err(drop))
+        else {
+            return Ok(());
+        };
+        let (start, len) = layout.slot;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut slot = vec![0u8; len];
+        file.read_exact_at(&mut slot, start as u64).map_err(io("cannot read WAL carry slot"))?;
+        if matches!(wal::read_slot(&slot), wal::Slot::Filled(_)) {
+            return Ok(());
+        }
+        let Some(record) = wal::carry_for_slot(open, len) else {
+            // Cannot happen (the slot is sized for the sessions open at the
+            // rotation, which these are); sealing the next file in this run
+            // still uses the carry remembered above.
+            tracing::error!(file = %path.display(), sessions = open.len(), slot = len, "a carry record does not fit its slot");
+            return Ok(());
+        };
+        slot.fill(0);
+        slot[..record.len()].copy_from_slice(&record);
+        file.write_all_at(&slot, start as u64).map_err(io("cannot write WAL carry slot"))?;
+        file.sync_data().map_err(io("cannot sync WAL carry slot"))?;
+        Ok(())
     }
 }
 

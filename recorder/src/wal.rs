@@ -1,8 +1,9 @@
 //! The write-ahead log file format.
 //!
 //! ```text
-//! file    := header record* zero*
-//! header  := "PRCTRWAL" format:u32le number:u64le          (20 bytes)
+//! file    := header slot record* zero*
+//! header  := "PRCTRWAL" format:u32le number:u64le slot_len:u32le   (24 bytes)
+//! slot    := slot_len bytes: zeros, or a carry record then zeros
 //! record  := len:u32le crc:u32le body                     body is `len` bytes
 //! body    := 0x01 carry | 0x03 batch
 //! carry   := count:varint (session_id:str next_seq:varint head:[u8;32])*
@@ -11,30 +12,85 @@
 //!
 //! `crc` is CRC-32C of the body. Each file starts with a carry record listing
 //! the sessions open when the file began (their next seq and chain head), so
-//! a file can be sealed on its own. One append is one batch record, so it is
-//! recovered whole or not at all. Files are preallocated: zeros after the last
-//! record are unwritten space. Scanning stops at the first record that is
-//! incomplete or fails its checksum: that is a torn tail, reported and
-//! truncated at recovery, never parsed.
+//! a file can be sealed on its own. The chain heads are computed once, by the
+//! sealer, not by every append: a file started by rotation reserves a slot
+//! for its carry record, sized for the sessions open then, and the sealer
+//! fills it when it seals the file before (which it reads anyway), before
+//! that file is deleted. A file whose slot is still empty is sealed with the
+//! carry computed from its predecessor. With no slot (`slot_len` 0) the
+//! carry record, if any, is the first record, as in format 2 (a 20-byte
+//! header, no slot), which is still read.
+//!
+//! One append is one batch record, so it is recovered whole or not at all.
+//! Files are preallocated: zeros after the last record are unwritten space.
+//! Scanning stops at the first record that is incomplete or fails its
+//! checksum: that is a torn tail, reported and truncated at recovery, never
+//! parsed.
 
 use proctor_schemas::SessionId;
 use proctor_schemas::chain::ChainHash;
 
 pub const MAGIC: &[u8; 8] = b"PRCTRWAL";
-pub const FORMAT: u32 = 2;
-pub const HEADER_LEN: usize = 20;
+pub const FORMAT: u32 = 3;
+/// The format before carry slots; its files are still read.
+const FORMAT_INLINE_CARRY: u32 = 2;
+pub const HEADER_LEN: usize = 24;
+const HEADER_LEN_INLINE_CARRY: usize = 20;
 const FRAME_LEN: usize = 8;
 const TAG_CARRY: u8 = 1;
 const TAG_BATCH: u8 = 3;
 /// The largest record body accepted; larger lengths are treated as corruption.
 pub const MAX_RECORD: usize = 16 << 20;
 
+/// The header of a file with no carry slot (its carry record, if any, is
+/// its first record).
 pub fn header(number: u64) -> [u8; HEADER_LEN] {
+    header_with_slot(number, 0)
+}
+
+/// The header of a file reserving `slot_len` bytes for its carry record.
+pub fn header_with_slot(number: u64, slot_len: u32) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[..8].copy_from_slice(MAGIC);
     out[8..12].copy_from_slice(&FORMAT.to_le_bytes());
     out[12..20].copy_from_slice(&number.to_le_bytes());
+    out[20..24].copy_from_slice(&slot_len.to_le_bytes());
     out
+}
+
+/// Where a file's parts are, from its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The carry slot's offset and length (zero length: no slot).
+    pub slot: (usize, usize),
+    /// Where the records begin.
+    pub records: usize,
+}
+
+/// Reads a header: the file's layout if `bytes` begin with the header of WAL
+/// file `expected_number`, or why not.
+pub fn read_header(bytes: &[u8], expected_number: u64) -> Result<Layout, String> {
+    if bytes.len() < HEADER_LEN_INLINE_CARRY || &bytes[..8] != MAGIC {
+        return Err("missing or damaged header".to_string());
+    }
+    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let mut number_bytes = [0u8; 8];
+    number_bytes.copy_from_slice(&bytes[12..20]);
+    let number = u64::from_le_bytes(number_bytes);
+    if number != expected_number || (format != FORMAT && format != FORMAT_INLINE_CARRY) {
+        return Err(format!(
+            "header says format {format} file {number}, expected format {FORMAT} file {expected_number}"
+        ));
+    }
+    if format == FORMAT_INLINE_CARRY {
+        return Ok(Layout { slot: (HEADER_LEN, 0), records: HEADER_LEN_INLINE_CARRY });
+    }
+    let Some(slot) = bytes.get(20..24) else { return Err("missing or damaged header".to_string()) };
+    let slot_len = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]) as usize;
+    if slot_len > MAX_RECORD {
+        return Err(format!("implausible carry slot of {slot_len} bytes"));
+    }
+    Ok(Layout { slot: (HEADER_LEN, slot_len), records: HEADER_LEN + slot_len })
 }
 
 /// A session open when a WAL file began.
@@ -94,9 +150,17 @@ fn finish_record(buf: &mut [u8], start: usize) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Bytes a carry record of `open` sessions takes.
+/// Bytes a carry record of `open` sessions takes at most.
 pub fn carry_len(open: usize) -> usize {
     FRAME_LEN + 1 + 10 + open * (1 + 36 + 10 + 32)
+}
+
+/// The carry record to put in a slot of `slot_len` bytes, or `None` if it
+/// does not fit.
+pub fn carry_for_slot(sessions: &[Carried], slot_len: usize) -> Option<Vec<u8>> {
+    let mut record = Vec::with_capacity(carry_len(sessions.len()));
+    put_carry(&mut record, sessions);
+    (record.len() <= slot_len).then_some(record)
 }
 
 /// Appends a carry record.
@@ -149,6 +213,9 @@ pub struct Scan<'a> {
     pub records: Vec<Record<'a>>,
     /// Length of the valid prefix (header and complete records).
     pub valid_len: u64,
+    /// The file reserves a slot for its carry record that is not filled:
+    /// its carry is the open sessions at the end of the file before.
+    pub carry_pending: bool,
     pub torn: Option<TornTail>,
 }
 
@@ -166,41 +233,61 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
         bytes: (bytes.len() - offset) as u64,
         reason,
     };
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+    let nothing =
+        |torn| Scan { number: expected_number, records: Vec::new(), valid_len: 0, carry_pending: false, torn };
+    let layout = match read_header(bytes, expected_number) {
+        Ok(layout) => layout,
         // A file of zeros was allocated ahead of need and never used.
-        let unused = bytes.iter().all(|&b| b == 0);
+        Err(_) if bytes.iter().all(|&b| b == 0) => return nothing(None),
+        Err(reason) => return nothing(Some(torn_at(0, reason))),
+    };
+    if bytes.len() < layout.records {
+        // Cut short inside the slot: only the header is whole.
+        let header_len = layout.slot.0.min(bytes.len());
+        let torn = bytes[header_len..].iter().any(|&b| b != 0);
         return Scan {
             number: expected_number,
             records: Vec::new(),
-            valid_len: 0,
-            torn: (!unused).then(|| torn_at(0, "missing or damaged header".to_string())),
+            valid_len: header_len as u64,
+            carry_pending: false,
+            torn: torn.then(|| torn_at(header_len, "the carry slot is cut short".to_string())),
         };
     }
-    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    let mut number_bytes = [0u8; 8];
-    number_bytes.copy_from_slice(&bytes[12..20]);
-    let number = u64::from_le_bytes(number_bytes);
-    if format != FORMAT || number != expected_number {
-        return Scan {
-            number: expected_number,
-            records: Vec::new(),
-            valid_len: 0,
-            torn: Some(torn_at(
-                0,
-                format!("header says format {format} file {number}, expected format {FORMAT} file {expected_number}"),
-            )),
-        };
+    let (slot_start, slot_len) = layout.slot;
+    let mut carry_pending = false;
+    let mut records = Vec::new();
+    if slot_len > 0 {
+        match read_slot(&bytes[slot_start..slot_start + slot_len]) {
+            Slot::Filled(carried) => records.push(Record::Carry(carried)),
+            Slot::Empty | Slot::Damaged => carry_pending = true,
+        }
     }
-    let (records, end, torn) = scan_records(bytes, HEADER_LEN);
-    Scan { number, records, valid_len: end as u64, torn }
+    let (rest, end, torn) = scan_records(bytes, layout.records);
+    records.extend(rest);
+    Scan { number: expected_number, records, valid_len: end as u64, carry_pending, torn }
 }
 
-/// Checks that `header` is the header of WAL file `expected_number`.
-pub fn header_matches(header: &[u8], expected_number: u64) -> bool {
-    header.len() >= HEADER_LEN
-        && &header[..8] == MAGIC
-        && u32::from_le_bytes([header[8], header[9], header[10], header[11]]) == FORMAT
-        && header[12..20] == expected_number.to_le_bytes()
+/// What a carry slot holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Not filled yet.
+    Empty,
+    Filled(Vec<Carried>),
+    /// Neither: a fill cut short by a crash. Its predecessor still exists
+    /// (it is deleted only after the fill is synced), so it is filled again.
+    Damaged,
+}
+
+/// Reads a carry slot's bytes.
+pub fn read_slot(slot: &[u8]) -> Slot {
+    if slot.iter().all(|&b| b == 0) {
+        return Slot::Empty;
+    }
+    let (records, end, torn) = scan_records(slot, 0);
+    match (records.as_slice(), torn) {
+        ([Record::Carry(carried)], None) if slot[end..].iter().all(|&b| b == 0) => Slot::Filled(carried.clone()),
+        _ => Slot::Damaged,
+    }
 }
 
 /// Scans the complete records of `bytes` from `start` (a record boundary):
@@ -398,7 +485,7 @@ mod tests {
         let file = file_with(&[b"x"], &[]);
         let scan = scan(&file, 8);
         assert!(scan.records.is_empty());
-        assert!(scan.torn.unwrap().reason.contains("expected format 2 file 8"));
+        assert!(scan.torn.unwrap().reason.contains("expected format 3 file 8"));
     }
 }
 
@@ -444,5 +531,54 @@ mod hostile {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_carry_slot_is_empty_filled_or_damaged_and_records_follow_it() {
+        let slot = carry_len(1);
+        let mut file = header_with_slot(4, slot as u32).to_vec();
+        file.resize(file.len() + slot, 0);
+        put_batch(&mut file, &[b"e1", b"e2"]);
+        let scan = scan(&file, 4);
+        assert!(scan.carry_pending);
+        assert_eq!(scan.event_count(), 2);
+        assert!(scan.torn.is_none());
+
+        let carried = Carried { session_id: SessionId::new(), next_seq: 9, head: ChainHash([7; 32]) };
+        let record = carry_for_slot(std::slice::from_ref(&carried), slot).unwrap();
+        let mut filled = file.clone();
+        filled[HEADER_LEN..HEADER_LEN + record.len()].copy_from_slice(&record);
+        let scan = super::scan(&filled, 4);
+        assert!(!scan.carry_pending);
+        assert!(matches!(&scan.records[0], Record::Carry(c) if c == &vec![carried.clone()]));
+        assert_eq!(scan.event_count(), 2);
+
+        // A fill cut short reads as damaged: pending, to be filled again.
+        let mut cut = file.clone();
+        cut[HEADER_LEN..HEADER_LEN + record.len() / 2].copy_from_slice(&record[..record.len() / 2]);
+        let scan = super::scan(&cut, 4);
+        assert!(scan.carry_pending);
+        assert_eq!(scan.event_count(), 2);
+        assert_eq!(read_slot(&cut[HEADER_LEN..HEADER_LEN + slot]), Slot::Damaged);
+
+        // Two sessions do not fit a slot sized for one.
+        assert!(carry_for_slot(&[carried.clone(), carried], slot).is_none());
+    }
+
+    #[test]
+    fn files_of_the_format_before_carry_slots_are_still_read() {
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&FORMAT_INLINE_CARRY.to_le_bytes());
+        file.extend_from_slice(&5u64.to_le_bytes());
+        assert_eq!(file.len(), HEADER_LEN_INLINE_CARRY);
+        put_carry(&mut file, &[]);
+        put_batch(&mut file, &[b"old"]);
+        file.resize(file.len() + 100, 0);
+        let scan = scan(&file, 5);
+        assert!(scan.torn.is_none());
+        assert!(!scan.carry_pending);
+        assert!(matches!(scan.records[0], Record::Carry(_)));
+        assert_eq!(scan.event_count(), 1);
     }
 }

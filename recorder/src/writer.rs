@@ -1,7 +1,9 @@
 //! The WAL writer. Producers append in place: under one short lock, the
 //! calling task assigns each event its seq, encodes it canonically into a WAL
-//! record, advances the session's hash chain, and copies the records into
-//! the current WAL file, which is preallocated and memory-mapped. The copy
+//! record and copies the records into the current WAL file, which is
+//! preallocated and memory-mapped. The hash chains are computed once, by the
+//! sealer (see `wal` for how a file started by rotation gets the chain
+//! heads of the sessions it continues). The copy
 //! lands in the kernel's page cache at once, so an accepted event survives
 //! the process being killed; no system call and no thread hand-off is made
 //! per event. A background thread fsyncs (every `fsync_interval`, or on
@@ -19,7 +21,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
-use proctor_schemas::chain::ChainHash;
 use proctor_schemas::{EventKind, NewEvent, SessionId, SessionIdText, canonical};
 use tokio::sync::{Notify, oneshot};
 
@@ -92,7 +93,6 @@ pub(crate) struct Appended {
 #[derive(Clone, Copy)]
 struct SessionState {
     next_seq: u64,
-    head: ChainHash,
 }
 
 /// One preallocated, mapped WAL file.
@@ -158,6 +158,29 @@ impl WalFile {
         }
         self.map[..bytes.len()].copy_from_slice(&bytes);
         self.len = bytes.len();
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    /// Writes the header of a file started by rotation, reserving a slot for
+    /// the carry record of the `open` sessions: their chain heads are not
+    /// known here (appends do not hash); the sealer fills the slot when it
+    /// seals the file before this one.
+    fn begin_reserved(&mut self, open: usize) -> Result<(), RecordError> {
+        if open == 0 {
+            // Nothing to wait for: the carry record is empty.
+            return self.begin(&[]);
+        }
+        let slot = wal::carry_len(open);
+        let header = wal::header_with_slot(self.number, slot as u32);
+        if header.len() + slot > self.map.len() {
+            return Err(RecordError::WalWrite(format!(
+                "{open} open sessions do not fit in a WAL file of {} bytes; raise recorder.segment_max_bytes",
+                self.map.len()
+            )));
+        }
+        self.map[..header.len()].copy_from_slice(&header);
+        self.len = header.len() + slot;
         self.opened = Instant::now();
         Ok(())
     }
@@ -233,8 +256,7 @@ impl WalWriter {
         let capacity = (settings.segment_max_bytes.0 as usize).max(wal::HEADER_LEN + 64).next_multiple_of(4096);
         let mut file = WalFile::create(&layout, number, capacity, true)?;
         file.begin(&open)?;
-        let sessions =
-            open.iter().map(|c| (c.session_id, SessionState { next_seq: c.next_seq, head: c.head })).collect();
+        let sessions = open.iter().map(|c| (c.session_id, SessionState { next_seq: c.next_seq })).collect();
         Ok(WalWriter {
             layout,
             settings,
@@ -323,7 +345,7 @@ impl WalWriter {
                     || events[..i]
                         .iter()
                         .any(|e| e.session_id == event.session_id && e.body.kind() == EventKind::SessionEnd));
-            let (seq, prev_head) = match (previous, kind) {
+            let seq = match (previous, kind) {
                 (None, EventKind::SessionStart) if restarted => {
                     rollback(&mut state.sessions, undo);
                     return Err(RecordError::Rejected(format!(
@@ -332,7 +354,7 @@ impl WalWriter {
                     ))
                     .into());
                 }
-                (None, EventKind::SessionStart) => (0, ChainHash::GENESIS),
+                (None, EventKind::SessionStart) => 0,
                 (None, _) => {
                     rollback(&mut state.sessions, undo);
                     return Err(RecordError::Rejected(format!(
@@ -347,7 +369,7 @@ impl WalWriter {
                         RecordError::Rejected(format!("session {} has already started", event.session_id)).into()
                     );
                 }
-                (Some(s), _) => (s.next_seq, s.head),
+                (Some(s), _) => s.next_seq,
             };
             let row_start = wal::begin_row(&mut state.scratch);
             canonical::encode(&event.cells_with_seq(seq, &mut state.id_text), &mut state.scratch);
@@ -363,13 +385,12 @@ impl WalWriter {
                 ))
                 .into());
             }
-            let row = wal::finish_row(&mut state.scratch, row_start);
-            let head = prev_head.next(&state.scratch[row]);
+            wal::finish_row(&mut state.scratch, row_start);
             undo.push((event.session_id, previous));
             if kind == EventKind::SessionEnd {
                 state.sessions.remove(&event.session_id);
             } else {
-                state.sessions.insert(event.session_id, SessionState { next_seq: seq + 1, head });
+                state.sessions.insert(event.session_id, SessionState { next_seq: seq + 1 });
             }
             seqs.push(seq);
         }
@@ -380,7 +401,7 @@ impl WalWriter {
             let mut before = state.sessions.clone();
             rollback(&mut before, &mut undo.clone());
             let needed = state.scratch.len();
-            if let Err(error) = self.rotate(state, carry_of(&before), Vec::new(), needed) {
+            if let Err(error) = self.rotate(state, before.len(), Vec::new(), needed) {
                 rollback(&mut state.sessions, undo);
                 return Err(error);
             }
@@ -414,7 +435,7 @@ impl WalWriter {
     fn rotate(
         &self,
         state: &mut State,
-        carry: Vec<Carried>,
+        open: usize,
         replies: Vec<SealReply>,
         needed: usize,
     ) -> Result<(), AppendError> {
@@ -426,7 +447,7 @@ impl WalWriter {
             return Err(AppendError::Backlog);
         }
         let next = state.file.number + 1;
-        let required = wal::HEADER_LEN + wal::carry_len(carry.len()) + needed;
+        let required = wal::HEADER_LEN + wal::carry_len(open) + needed;
         let capacity = self.capacity.max(required.next_multiple_of(4096));
         // The spare's lock is held while a file is created, so the
         // background thread cannot create the same file meanwhile.
@@ -442,7 +463,7 @@ impl WalWriter {
             })?,
         };
         drop(spare);
-        if let Err(error) = file.begin(&carry) {
+        if let Err(error) = file.begin_reserved(open) {
             let _ = std::fs::remove_file(self.layout.wal_path(next));
             return Err(error.into());
         }
@@ -488,8 +509,8 @@ impl WalWriter {
             let _ = reply.send(Ok(None));
             return Ok(());
         }
-        let carry = carry_of(&state.sessions);
-        self.rotate(state, carry, vec![reply], 0)
+        let open = state.sessions.len();
+        self.rotate(state, open, vec![reply], 0)
     }
 
     /// Called periodically: rotates a file whose oldest event is too old, and
@@ -502,9 +523,9 @@ impl WalWriter {
                 return;
             }
             if state.file.events > 0 && state.file.opened.elapsed() >= self.settings.segment_max_age {
-                let carry = carry_of(&state.sessions);
+                let open = state.sessions.len();
                 // A full backlog or a failing disk: try again next time.
-                let _ = self.rotate(state, carry, Vec::new(), 0);
+                let _ = self.rotate(state, open, Vec::new(), 0);
             }
         }
         let next = self.current_number.load(Ordering::Acquire) + 1;
@@ -675,15 +696,15 @@ impl WalWriter {
             } else {
                 // Sessions could not be ended: a carry-only file keeps their
                 // state, so the next start closes them.
-                let carry = carry_of(&state.sessions);
+                let open = state.sessions.len();
                 let (seal, keep) = match WalFile::create(
                     &self.layout,
                     number + 1,
-                    self.capacity.max(wal::HEADER_LEN + wal::carry_len(carry.len())).next_multiple_of(4096),
+                    (wal::HEADER_LEN + wal::carry_len(open)).next_multiple_of(4096),
                     false,
                 ) {
                     Ok(mut file) => match file
-                        .begin(&carry)
+                        .begin_reserved(open)
                         .and_then(|()| file.file.sync_data().map_err(|e| RecordError::WalWrite(e.to_string())))
                     {
                         Ok(()) => (true, Some(file)),
@@ -693,7 +714,7 @@ impl WalWriter {
                 };
                 if let Some(file) = keep {
                     tracing::warn!(
-                        sessions = carry.len(),
+                        sessions = open,
                         file = file.number,
                         "sessions left open at shutdown; they are closed at the next start"
                     );
@@ -728,13 +749,6 @@ impl WalWriter {
         self.durable_notify.notify_waiters();
         self.poke();
     }
-}
-
-fn carry_of(sessions: &HashMap<SessionId, SessionState>) -> Vec<Carried> {
-    let mut open: Vec<Carried> =
-        sessions.iter().map(|(&session_id, s)| Carried { session_id, next_seq: s.next_seq, head: s.head }).collect();
-    open.sort_by_key(|c| c.session_id);
-    open
 }
 
 /// How long the background thread sleeps between checks.

@@ -189,3 +189,55 @@ fn a_wal_file_that_cannot_be_sealed_is_set_aside_recorded_and_reported_by_verify
     let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
     assert!(report.problems.iter().any(|p| p.location.ends_with(".wal.corrupt")), "{:?}", report.problems);
 }
+
+/// File 2 as a rotation starts it: a carry slot for one open session, not
+/// filled yet (the sealer fills it when it seals file 1), then `session`'s
+/// next event.
+fn write_wal_with_empty_slot(dir: &Path, session: SessionId) {
+    let mut bytes = wal::header_with_slot(2, wal::carry_len(1) as u32).to_vec();
+    bytes.resize(bytes.len() + wal::carry_len(1), 0);
+    let mut row = Vec::new();
+    canonical::encode(
+        &statement(session, T0 + 3, "select 3").with_seq(3).cells(&mut SessionIdText::default()),
+        &mut row,
+    );
+    wal::put_batch(&mut bytes, &[&row]);
+    std::fs::write(Layout::new(dir).wal_path(2), &bytes).unwrap();
+}
+
+#[test]
+fn a_carry_slot_left_empty_by_a_crash_is_filled_from_the_file_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, events) = crashed_session();
+    write_wal(dir.path(), 1, &events, &[]);
+    write_wal_with_empty_slot(dir.path(), session);
+    // The tail reader skips the slot and sees the event after it.
+    let tail = Reader::open(dir.path()).unwrap().wal_events_from(2, 0).unwrap().unwrap().0;
+    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().wal_files_sealed, 2);
+    assert!(recorder.recovery_report().quarantined.is_empty());
+    recorder.close().unwrap();
+    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    // The chain runs unbroken from file 1 through file 2's filled slot.
+    assert_verifies(dir.path());
+}
+
+#[test]
+fn a_file_whose_carry_is_lost_with_the_file_before_is_still_sealed_and_verify_reports_the_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, events) = crashed_session();
+    write_wal(dir.path(), 1, &events, &[]);
+    write_wal_with_empty_slot(dir.path(), session);
+    // File 1 is gone (as if set aside damaged): file 2's carry is unknown.
+    std::fs::remove_file(Layout::new(dir.path()).wal_path(1)).unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert!(recorder.recovery_report().quarantined.is_empty());
+    recorder.close().unwrap();
+    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
+    assert!(report.problems.iter().any(|p| p.message.contains("events 0..2 are missing")), "{:?}", report.problems);
+}
