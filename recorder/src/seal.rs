@@ -2,9 +2,11 @@
 //! manifest, atomically (temp file, fsync, rename, fsync of the directory),
 //! and only then is the WAL file deleted.
 //!
-//! The chain heads in the manifest are recomputed here from the WAL's
-//! canonical rows, starting from the heads in the file's carry record, so a
-//! segment's manifest never repeats a claim it did not check.
+//! The chain heads in the manifest are computed here from the WAL's
+//! canonical rows, starting from the heads in the file's carry record (or,
+//! while its slot is pending, those the file before ended with). Only when
+//! the file before was lost are a session's heads unknown: its chain then
+//! restarts from the zero head, a break `verify` reports.
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,8 +36,17 @@ pub(crate) struct SealContext {
     /// holds its open sessions.
     pub kept_wal: Option<u64>,
     /// The last WAL file sealed here and the sessions open at its end: the
-    /// carry of the next file if its slot is not filled yet.
-    pub carry_out: Option<(u64, Vec<Carried>)>,
+    /// carry of the next file while its slot is pending.
+    pub carry_out: Option<CarryOut>,
+}
+
+/// The sessions open at the end of a sealed WAL file.
+pub(crate) struct CarryOut {
+    pub number: u64,
+    pub open: Vec<Carried>,
+    /// False when the file's own carry was not known: the sessions it did not
+    /// touch are missing, and the next file's pending record names them.
+    pub complete: bool,
 }
 
 /// The result of sealing one WAL file.
@@ -106,8 +117,16 @@ impl SealContext {
     pub fn seal(&mut self, number: u64, truncate_torn: bool, keep_wal: bool) -> Result<Sealed> {
         let path = self.layout.wal_path(number);
         let already_sealed = self.layout.manifest_path(number).exists();
-        let bytes = WalBytes::open(&path, truncate_torn)?;
+        let bytes = read_wal(&path)?;
         let scan = wal::scan(&bytes, number);
+        if let Some(format) = scan.newer_format {
+            // Never mistaken for damage: truncating it would destroy events.
+            return Err(RecorderError::Config(format!(
+                "{} says it was written by a newer Proctor (WAL format {format}; this build reads up to {}): run that version on this data dir, or, if no newer version ever ran here, its header is damaged: move the file aside and start again",
+                path.display(),
+                wal::FORMAT
+            )));
+        }
         if let Some(torn) = &scan.torn
             && truncate_torn
         {
@@ -126,22 +145,57 @@ impl SealContext {
         let mut index: HashMap<String, u32, ahash::RandomState> = HashMap::default();
         let mut order: Vec<(u32, u64, u32)> = Vec::with_capacity(scan.records.len());
         let corrupt = |message: String| RecorderError::corrupt(&path, message);
-        // A file whose carry slot is not filled yet carries the sessions open
-        // at the end of the file before, if that was sealed here. If not (it
-        // was set aside as damaged), the chains of the sessions it continues
-        // cannot be linked: they are sealed from an unknown head, which
-        // `verify` reports against the segments before.
-        let carried_in = match &self.carry_out {
-            Some((previous, open)) if scan.carry_pending && previous + 1 == number => Some(open.clone()),
-            _ => None,
+        // A file whose carry slot is still pending carries the sessions open
+        // at the end of the file before, as sealed here. If that file was
+        // lost (set aside as damaged), the pending record still names the
+        // sessions and their next seqs, but not their chain heads: their
+        // chains restart here, a break `verify` reports against the segments
+        // before. With neither (a pending record lost to a power loss as
+        // well), sessions the file continues are taken as they come.
+        let before = self.carry_out.as_ref().filter(|out| scan.carry_pending && out.number + 1 == number);
+        let (carried_in, complete) = match (&scan.pending, before) {
+            _ if !scan.carry_pending => (None, true),
+            (pending, Some(out)) if out.complete => {
+                if let Some(pending) = pending
+                    && !pending.iter().copied().eq(out.open.iter().map(|c| (c.session_id, c.next_seq)))
+                {
+                    tracing::error!(
+                        file = %path.display(),
+                        "the sessions the writer carried into this WAL file differ from those the file before left open; sealing with the latter"
+                    );
+                }
+                (Some(out.open.clone()), true)
+            }
+            (Some(pending), before) => {
+                let known: HashMap<SessionId, ChainHash> =
+                    before.map(|out| out.open.iter().map(|c| (c.session_id, c.head)).collect()).unwrap_or_default();
+                let unknown = pending.iter().filter(|(id, _)| !known.contains_key(id)).count();
+                if unknown > 0 {
+                    tracing::error!(
+                        file = %path.display(),
+                        sessions = unknown,
+                        "the file before this WAL file was not sealed: the chains of the sessions it continues restart here"
+                    );
+                }
+                let carried = pending
+                    .iter()
+                    .map(|&(session_id, next_seq)| Carried {
+                        session_id,
+                        next_seq,
+                        head: known.get(&session_id).copied().unwrap_or(ChainHash::GENESIS),
+                    })
+                    .collect();
+                (Some(carried), true)
+            }
+            (None, before) => {
+                tracing::error!(
+                    file = %path.display(),
+                    "neither this WAL file nor the file before says which sessions were open; they are taken as they come"
+                );
+                (before.map(|out| out.open.clone()), false)
+            }
         };
-        let unknown_carry = scan.carry_pending && carried_in.is_none();
-        if unknown_carry {
-            tracing::error!(
-                file = %path.display(),
-                "the sessions this WAL file continues have no known chain heads (the file before was not sealed); their chains restart here"
-            );
-        }
+        let unknown_carry = !complete;
         let saw_carry = matches!(scan.records.first(), Some(Record::Carry(_))) || carried_in.is_some();
         let carried_in = carried_in.map(Record::Carry);
 
@@ -157,6 +211,8 @@ impl SealContext {
                     continue;
                 }
                 Record::Event(bytes) => *bytes,
+                // Only ever in a carry slot, read there.
+                Record::Pending(_) => continue,
             };
             let key = canonical::key(canonical_row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
             let (seq, time) = (key.seq, key.time);
@@ -227,7 +283,7 @@ impl SealContext {
             } else {
                 None
             };
-            self.pass_carry_on(number, &open_sessions)?;
+            self.pass_carry_on(number, &open_sessions, complete)?;
             if !keep_wal {
                 remove_wal_after_seal(&self.layout, number);
             }
@@ -310,7 +366,7 @@ impl SealContext {
         write_atomically(&self.layout.manifest_path(number), &manifest_bytes)?;
         self.last_manifest_sha256 = Some(hex::encode(Sha256::digest(&manifest_bytes)));
 
-        self.pass_carry_on(number, &open_sessions)?;
+        self.pass_carry_on(number, &open_sessions, complete)?;
         // The segment is sealed: from here on, failing to remove the WAL file
         // only leaves work for the next start, which recognises it.
         if !keep_wal {
@@ -320,60 +376,24 @@ impl SealContext {
     }
 }
 
-/// A closed WAL file's bytes. Sealing maps the file, which is still in the
-/// page cache from being written: reading it into a fresh buffer instead
-/// would copy tens of MiB into pages the kernel must first zero, for every
-/// segment. Recovery, which may truncate a torn tail, reads a copy instead:
-/// a mapping must not outlive the end of its file.
-enum WalBytes {
-    Mapped(memmap2::Mmap),
-    Read(Vec<u8>),
-}
-
-impl WalBytes {
-    fn open(path: &Path, truncate_torn: bool) -> Result<WalBytes> {
-        let cannot = |error| RecorderError::io("cannot read WAL file", path)(error);
-        if truncate_torn {
-            return fs::read(path).map(WalBytes::Read).map_err(cannot);
-        }
-        let file = fs::File::open(path).map_err(cannot)?;
-        if file.metadata().map_err(cannot)?.len() == 0 {
-            return Ok(WalBytes::Read(Vec::new()));
-        }
-        // SAFETY: the WAL file is closed: the writer has moved on to the next
-        // one and the data directory's lock keeps other processes out, so
-        // nothing writes or truncates it while it is mapped.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(cannot)?;
-        Ok(WalBytes::Mapped(map))
-    }
-}
-
-impl std::ops::Deref for WalBytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            WalBytes::Mapped(map) => map,
-            WalBytes::Read(bytes) => bytes,
-        }
-    }
-}
-
 impl SealContext {
     /// Hands the sessions open at the end of WAL file `number` to the file
-    /// after it: remembered for sealing it, and written into its carry slot
-    /// (synced) before file `number` may be deleted, so the next file can
-    /// be sealed on its own after a crash.
-    fn pass_carry_on(&mut self, number: u64, open: &[Carried]) -> Result<()> {
+    /// after it: remembered for sealing it, and, when known in full, written
+    /// into its carry slot (synced) before file `number` may be deleted, so
+    /// that the next file can be sealed on its own after a crash.
+    fn pass_carry_on(&mut self, number: u64, open: &[Carried], complete: bool) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        self.carry_out = Some((number, open.to_vec()));
+        self.carry_out = Some(CarryOut { number, open: open.to_vec(), complete });
+        if !complete {
+            // The next file's pending record names the sessions; a partial
+            // list must not replace it.
+            return Ok(());
+        }
         let path = self.layout.wal_path(number + 1);
-        let path = &path;
-        let io = |context: &'static str| move |error| RecorderError::io(context, path)(error);
-        let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+        let file = match fs::OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io("cannot open WAL file")(e)),
+            Err(e) => return Err(RecorderError::io("cannot open WAL file", &path)(e)),
         };
         let mut header = [0u8; wal::HEADER_LEN];
         // Not started yet (a file prepared ahead): it gets its carry when it is.
@@ -389,23 +409,42 @@ impl SealContext {
             return Ok(());
         }
         let mut slot = vec![0u8; len];
-        file.read_exact_at(&mut slot, start as u64).map_err(io("cannot read WAL carry slot"))?;
+        if let Err(error) = file.read_exact_at(&mut slot, start as u64) {
+            // That file's own sealing meets the same error; until then this
+            // run seals it from the carry remembered above.
+            tracing::warn!(file = %path.display(), %error, "cannot read a WAL file's carry slot");
+            return Ok(());
+        }
         if matches!(wal::read_slot(&slot), wal::Slot::Filled(_)) {
             return Ok(());
         }
         let Some(record) = wal::carry_for_slot(open, len) else {
-            // Cannot happen (the slot is sized for the sessions open at the
-            // rotation, which these are); sealing the next file in this run
-            // still uses the carry remembered above.
+            // The slot was sized for the sessions the writer saw open, which
+            // these are; if not, this run still seals the next file from the
+            // carry remembered above.
             tracing::error!(file = %path.display(), sessions = open.len(), slot = len, "a carry record does not fit its slot");
             return Ok(());
         };
         slot.fill(0);
         slot[..record.len()].copy_from_slice(&record);
+        let io = |context| RecorderError::io(context, &path);
         file.write_all_at(&slot, start as u64).map_err(io("cannot write WAL carry slot"))?;
         file.sync_data().map_err(io("cannot sync WAL carry slot"))?;
         Ok(())
     }
+}
+
+/// Reads a closed WAL file, synced first: under `fsync = "interval"` its
+/// last writes may still be only in the page cache, and what is sealed, and
+/// carried into the next file, must be what a power loss would leave.
+fn read_wal(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |context| RecorderError::io(context, path);
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(path).map_err(io("cannot open WAL file"))?;
+    file.sync_data().map_err(io("cannot sync WAL file"))?;
+    let mut bytes = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(io("cannot read WAL file"))?;
+    Ok(bytes)
 }
 
 fn tmp_path(path: &Path) -> std::path::PathBuf {

@@ -3,23 +3,28 @@
 //! ```text
 //! file    := header slot record* zero*
 //! header  := "PRCTRWAL" format:u32le number:u64le slot_len:u32le   (24 bytes)
-//! slot    := slot_len bytes: zeros, or a carry record then zeros
+//! slot    := slot_len bytes: a pending or a carry record, then zeros
 //! record  := len:u32le crc:u32le body                     body is `len` bytes
-//! body    := 0x01 carry | 0x03 batch
+//! body    := 0x01 carry | 0x02 pending | 0x03 batch
 //! carry   := count:varint (session_id:str next_seq:varint head:[u8;32])*
+//! pending := count:varint (session_id:str next_seq:varint)*
 //! batch   := count:u32le (row_len:u32le canonical-event-row)*
 //! ```
 //!
 //! `crc` is CRC-32C of the body. Each file starts with a carry record listing
 //! the sessions open when the file began (their next seq and chain head), so
 //! a file can be sealed on its own. The chain heads are computed once, by the
-//! sealer, not by every append: a file started by rotation reserves a slot
-//! for its carry record, sized for the sessions open then, and the sealer
-//! fills it when it seals the file before (which it reads anyway), before
-//! that file is deleted. A file whose slot is still empty is sealed with the
-//! carry computed from its predecessor. With no slot (`slot_len` 0) the
-//! carry record, if any, is the first record, as in format 2 (a 20-byte
-//! header, no slot), which is still read.
+//! sealer, not by every append: a file started by rotation gets a slot sized
+//! for the carry record of the sessions open then, holding a pending record
+//! (their ids and next seqs, which the writer knows), and the sealer, when it
+//! has sealed the file before (whose rows it reads anyway), replaces it with
+//! the carry record, synced before that file is deleted. A file whose slot
+//! is still pending is sealed with the carry of the file before; if that
+//! file was lost, its sessions are still known, but not their chain heads:
+//! their chains restart, and `verify` reports the break. With no slot
+//! (`slot_len` 0) the carry record, if any, is the first record, as in
+//! format 2 (a 20-byte header, no slot), which is still read. A file of a
+//! newer format is refused, never treated as damage.
 //!
 //! One append is one batch record, so it is recovered whole or not at all.
 //! Files are preallocated: zeros after the last record are unwritten space.
@@ -38,6 +43,7 @@ pub const HEADER_LEN: usize = 24;
 const HEADER_LEN_INLINE_CARRY: usize = 20;
 const FRAME_LEN: usize = 8;
 const TAG_CARRY: u8 = 1;
+const TAG_PENDING: u8 = 2;
 const TAG_BATCH: u8 = 3;
 /// The largest record body accepted; larger lengths are treated as corruption.
 pub const MAX_RECORD: usize = 16 << 20;
@@ -67,28 +73,42 @@ pub struct Layout {
     pub records: usize,
 }
 
+/// Why a header was not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not the header of this file: damaged, or never written.
+    Damaged(String),
+    /// The header of this file in a format newer than this build reads.
+    Newer(u32),
+}
+
 /// Reads a header: the file's layout if `bytes` begin with the header of WAL
 /// file `expected_number`, or why not.
-pub fn read_header(bytes: &[u8], expected_number: u64) -> Result<Layout, String> {
+pub fn read_header(bytes: &[u8], expected_number: u64) -> Result<Layout, HeaderError> {
+    let damaged = |why: String| Err(HeaderError::Damaged(why));
     if bytes.len() < HEADER_LEN_INLINE_CARRY || &bytes[..8] != MAGIC {
-        return Err("missing or damaged header".to_string());
+        return damaged("missing or damaged header".to_string());
     }
     let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     let mut number_bytes = [0u8; 8];
     number_bytes.copy_from_slice(&bytes[12..20]);
     let number = u64::from_le_bytes(number_bytes);
+    if number == expected_number && format > FORMAT && format < 64 {
+        return Err(HeaderError::Newer(format));
+    }
     if number != expected_number || (format != FORMAT && format != FORMAT_INLINE_CARRY) {
-        return Err(format!(
+        return damaged(format!(
             "header says format {format} file {number}, expected format {FORMAT} file {expected_number}"
         ));
     }
     if format == FORMAT_INLINE_CARRY {
         return Ok(Layout { slot: (HEADER_LEN, 0), records: HEADER_LEN_INLINE_CARRY });
     }
-    let Some(slot) = bytes.get(20..24) else { return Err("missing or damaged header".to_string()) };
+    let Some(slot) = bytes.get(20..24) else { return damaged("missing or damaged header".to_string()) };
     let slot_len = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]) as usize;
-    if slot_len > MAX_RECORD {
-        return Err(format!("implausible carry slot of {slot_len} bytes"));
+    // Slots are only ever sized by `carry_len`: anything else is damage.
+    if slot_len != 0 && (slot_len > MAX_RECORD || !is_carry_len(slot_len)) {
+        return damaged(format!("implausible carry slot of {slot_len} bytes"));
     }
     Ok(Layout { slot: (HEADER_LEN, slot_len), records: HEADER_LEN + slot_len })
 }
@@ -150,9 +170,36 @@ fn finish_record(buf: &mut [u8], start: usize) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+const CARRY_BASE: usize = FRAME_LEN + 1 + 10;
+const CARRY_PER_SESSION: usize = 1 + 36 + 10 + 32;
+
 /// Bytes a carry record of `open` sessions takes at most.
 pub fn carry_len(open: usize) -> usize {
-    FRAME_LEN + 1 + 10 + open * (1 + 36 + 10 + 32)
+    CARRY_BASE + open * CARRY_PER_SESSION
+}
+
+fn is_carry_len(len: usize) -> bool {
+    len >= CARRY_BASE && (len - CARRY_BASE).is_multiple_of(CARRY_PER_SESSION)
+}
+
+/// The most open sessions a carry slot can hold.
+pub const MAX_CARRIED: usize = (MAX_RECORD - CARRY_BASE) / CARRY_PER_SESSION;
+
+/// Appends a pending record: the sessions open when a file began, before
+/// their chain heads are known.
+pub fn put_pending(buf: &mut Vec<u8>, sessions: &[(SessionId, u64)]) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; FRAME_LEN]);
+    buf.push(TAG_PENDING);
+    put_varint(buf, sessions.len() as u64);
+    let mut text = proctor_schemas::SessionIdText::default();
+    for &(session_id, next_seq) in sessions {
+        let id = text.render(session_id);
+        put_varint(buf, id.len() as u64);
+        buf.extend_from_slice(id.as_bytes());
+        put_varint(buf, next_seq);
+    }
+    finish_record(buf, start);
 }
 
 /// The carry record to put in a slot of `slot_len` bytes, or `None` if it
@@ -192,6 +239,9 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 #[derive(Debug)]
 pub enum Record<'a> {
     Carry(Vec<Carried>),
+    /// The sessions a file's carry will name, before their heads are known
+    /// (only ever in a carry slot).
+    Pending(Vec<(SessionId, u64)>),
     /// A canonical event row.
     Event(&'a [u8]),
 }
@@ -213,9 +263,14 @@ pub struct Scan<'a> {
     pub records: Vec<Record<'a>>,
     /// Length of the valid prefix (header and complete records).
     pub valid_len: u64,
-    /// The file reserves a slot for its carry record that is not filled:
-    /// its carry is the open sessions at the end of the file before.
+    /// The file's carry slot does not hold the carry record yet: its carry
+    /// is the open sessions at the end of the file before.
     pub carry_pending: bool,
+    /// The sessions the pending record names (their ids and next seqs), if
+    /// the slot holds one.
+    pub pending: Option<Vec<(SessionId, u64)>>,
+    /// The file is in a newer format than this build reads.
+    pub newer_format: Option<u32>,
     pub torn: Option<TornTail>,
 }
 
@@ -233,48 +288,60 @@ pub fn scan(bytes: &[u8], expected_number: u64) -> Scan<'_> {
         bytes: (bytes.len() - offset) as u64,
         reason,
     };
-    let nothing =
-        |torn| Scan { number: expected_number, records: Vec::new(), valid_len: 0, carry_pending: false, torn };
+    let empty = |valid_len: usize, torn| Scan {
+        number: expected_number,
+        records: Vec::new(),
+        valid_len: valid_len as u64,
+        carry_pending: false,
+        pending: None,
+        newer_format: None,
+        torn,
+    };
     let layout = match read_header(bytes, expected_number) {
         Ok(layout) => layout,
+        // Not damage: left alone for the build that wrote it.
+        Err(HeaderError::Newer(format)) => return Scan { newer_format: Some(format), ..empty(0, None) },
         // A file of zeros was allocated ahead of need and never used.
-        Err(_) if bytes.iter().all(|&b| b == 0) => return nothing(None),
-        Err(reason) => return nothing(Some(torn_at(0, reason))),
+        Err(_) if bytes.iter().all(|&b| b == 0) => return empty(0, None),
+        Err(HeaderError::Damaged(reason)) => return empty(0, Some(torn_at(0, reason))),
     };
     if bytes.len() < layout.records {
         // Cut short inside the slot: only the header is whole.
         let header_len = layout.slot.0.min(bytes.len());
         let torn = bytes[header_len..].iter().any(|&b| b != 0);
-        return Scan {
-            number: expected_number,
-            records: Vec::new(),
-            valid_len: header_len as u64,
-            carry_pending: false,
-            torn: torn.then(|| torn_at(header_len, "the carry slot is cut short".to_string())),
-        };
+        return empty(header_len, torn.then(|| torn_at(header_len, "the carry slot is cut short".to_string())));
     }
     let (slot_start, slot_len) = layout.slot;
     let mut carry_pending = false;
+    let mut pending = None;
     let mut records = Vec::new();
     if slot_len > 0 {
         match read_slot(&bytes[slot_start..slot_start + slot_len]) {
             Slot::Filled(carried) => records.push(Record::Carry(carried)),
+            Slot::Pending(sessions) => {
+                carry_pending = true;
+                pending = Some(sessions);
+            }
             Slot::Empty | Slot::Damaged => carry_pending = true,
         }
     }
     let (rest, end, torn) = scan_records(bytes, layout.records);
     records.extend(rest);
-    Scan { number: expected_number, records, valid_len: end as u64, carry_pending, torn }
+    Scan { number: expected_number, records, valid_len: end as u64, carry_pending, pending, newer_format: None, torn }
 }
 
 /// What a carry slot holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Slot {
-    /// Not filled yet.
+    /// Nothing: the writer did not get to write its pending record.
     Empty,
+    /// The writer's record of the sessions open, heads not known yet.
+    Pending(Vec<(SessionId, u64)>),
+    /// The carry record, written by the sealer.
     Filled(Vec<Carried>),
-    /// Neither: a fill cut short by a crash. Its predecessor still exists
-    /// (it is deleted only after the fill is synced), so it is filled again.
+    /// Neither: a fill cut short by a power loss. The file before is deleted
+    /// only after a fill is synced, so it is still there to fill it again
+    /// (unless it was set aside as damaged).
     Damaged,
 }
 
@@ -284,8 +351,12 @@ pub fn read_slot(slot: &[u8]) -> Slot {
         return Slot::Empty;
     }
     let (records, end, torn) = scan_records(slot, 0);
-    match (records.as_slice(), torn) {
-        ([Record::Carry(carried)], None) if slot[end..].iter().all(|&b| b == 0) => Slot::Filled(carried.clone()),
+    if torn.is_some() || slot[end..].iter().any(|&b| b != 0) {
+        return Slot::Damaged;
+    }
+    match <[Record<'_>; 1]>::try_from(records) {
+        Ok([Record::Carry(carried)]) => Slot::Filled(carried),
+        Ok([Record::Pending(sessions)]) => Slot::Pending(sessions),
         _ => Slot::Damaged,
     }
 }
@@ -332,7 +403,13 @@ pub fn scan_records(bytes: &[u8], start: usize) -> (Vec<Record<'_>>, usize, Opti
         }
         let parsed = match body[0] {
             TAG_BATCH => parse_batch(&body[1..]).map(|rows| rows.into_iter().map(Record::Event).collect()),
-            TAG_CARRY => parse_carry(&body[1..]).map(|c| vec![Record::Carry(c)]),
+            TAG_CARRY => parse_carry(&body[1..], true).map(|c| {
+                vec![Record::Carry(
+                    c.into_iter().map(|(session_id, next_seq, head)| Carried { session_id, next_seq, head }).collect(),
+                )]
+            }),
+            TAG_PENDING => parse_carry(&body[1..], false)
+                .map(|c| vec![Record::Pending(c.into_iter().map(|(id, next_seq, _)| (id, next_seq)).collect())]),
             _ => None,
         };
         let Some(parsed) = parsed else {
@@ -359,7 +436,9 @@ fn parse_batch(bytes: &[u8]) -> Option<Vec<&[u8]>> {
     rest.is_empty().then_some(rows)
 }
 
-fn parse_carry(mut bytes: &[u8]) -> Option<Vec<Carried>> {
+/// Parses a carry record's body (with heads) or a pending record's (without:
+/// the heads are returned as zeros).
+fn parse_carry(mut bytes: &[u8], with_heads: bool) -> Option<Vec<(SessionId, u64, ChainHash)>> {
     fn varint(bytes: &mut &[u8]) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -383,14 +462,16 @@ fn parse_carry(mut bytes: &[u8]) -> Option<Vec<Carried>> {
         bytes = rest;
         let session_id: SessionId = std::str::from_utf8(id).ok()?.parse().ok()?;
         let next_seq = varint(&mut bytes)?;
-        if bytes.len() < 32 {
-            return None;
-        }
-        let (head, rest) = bytes.split_at(32);
-        bytes = rest;
         let mut hash = [0u8; 32];
-        hash.copy_from_slice(head);
-        out.push(Carried { session_id, next_seq, head: ChainHash(hash) });
+        if with_heads {
+            if bytes.len() < 32 {
+                return None;
+            }
+            let (head, rest) = bytes.split_at(32);
+            bytes = rest;
+            hash.copy_from_slice(head);
+        }
+        out.push((session_id, next_seq, ChainHash(hash)));
     }
     bytes.is_empty().then_some(out)
 }
@@ -520,8 +601,10 @@ mod hostile {
             // valid prefix plus the torn tail is the whole input ...
             assert!(scan.valid_len as usize <= damaged.len());
             // ... or, without a torn tail, followed only by unwritten zeros.
+            // (A format number above this build's is left alone, not cut.)
             match &scan.torn {
                 Some(t) => assert_eq!(scan.valid_len + t.bytes, damaged.len() as u64),
+                None if scan.newer_format.is_some() => assert!(scan.records.is_empty()),
                 None => assert!(damaged[scan.valid_len as usize..].iter().all(|&b| b == 0)),
             }
             for record in &scan.records {
@@ -580,5 +663,30 @@ mod hostile {
         assert!(!scan.carry_pending);
         assert!(matches!(scan.records[0], Record::Carry(_)));
         assert_eq!(scan.event_count(), 1);
+    }
+
+    #[test]
+    fn a_pending_slot_names_the_open_sessions_and_a_newer_format_is_not_damage() {
+        let open = [(SessionId::from_parts(1, 2), 5), (SessionId::from_parts(3, 4), 0)];
+        let slot = carry_len(open.len());
+        let mut file = header_with_slot(6, slot as u32).to_vec();
+        put_pending(&mut file, &open);
+        file.resize(HEADER_LEN + slot, 0);
+        put_batch(&mut file, &[b"e1"]);
+        let scanned = scan(&file, 6);
+        assert!(scanned.carry_pending);
+        assert_eq!(scanned.pending.as_deref(), Some(&open[..]));
+        assert_eq!(scanned.event_count(), 1);
+
+        // A slot length `carry_len` never yields is damage, not a layout.
+        let mut odd = file.clone();
+        odd[20..24].copy_from_slice(&(slot as u32 + 1).to_le_bytes());
+        assert!(matches!(read_header(&odd, 6), Err(HeaderError::Damaged(_))));
+
+        let mut newer = file.clone();
+        newer[8..12].copy_from_slice(&(FORMAT + 1).to_le_bytes());
+        let scanned = scan(&newer, 6);
+        assert_eq!(scanned.newer_format, Some(FORMAT + 1));
+        assert!(scanned.torn.is_none() && scanned.records.is_empty());
     }
 }

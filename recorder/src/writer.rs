@@ -129,8 +129,10 @@ impl WalFile {
             return Err(cleanup(std::io::Error::from_raw_os_error(status)));
         }
         // SAFETY: the mapping covers a file this process created and no one
-        // else truncates; it is only written through this mapping, under the
-        // writer's lock.
+        // else truncates; it is written through this mapping, under the
+        // writer's lock, except for its carry slot, which the sealer writes
+        // with pwrite and which is never read or written through the mapping
+        // after the writer's pending record (disjoint bytes).
         let mut options = MmapOptions::new();
         options.len(capacity);
         if prefault {
@@ -162,25 +164,34 @@ impl WalFile {
         Ok(())
     }
 
-    /// Writes the header of a file started by rotation, reserving a slot for
-    /// the carry record of the `open` sessions: their chain heads are not
-    /// known here (appends do not hash); the sealer fills the slot when it
-    /// seals the file before this one.
-    fn begin_reserved(&mut self, open: usize) -> Result<(), RecordError> {
-        if open == 0 {
+    /// Writes the header of a file started by rotation and a slot for the
+    /// carry record of the `open` sessions, holding for now their ids and next
+    /// seqs: their chain heads are not known here (appends do not hash); the
+    /// sealer writes the carry record when it has sealed the file before.
+    fn begin_reserved(&mut self, open: &[(SessionId, u64)]) -> Result<(), RecordError> {
+        if open.is_empty() {
             // Nothing to wait for: the carry record is empty.
             return self.begin(&[]);
         }
-        let slot = wal::carry_len(open);
-        let header = wal::header_with_slot(self.number, slot as u32);
-        if header.len() + slot > self.map.len() {
+        if open.len() > wal::MAX_CARRIED {
             return Err(RecordError::WalWrite(format!(
-                "{open} open sessions do not fit in a WAL file of {} bytes; raise recorder.segment_max_bytes",
+                "{} sessions are open, more than a WAL file can carry ({}); end some sessions",
+                open.len(),
+                wal::MAX_CARRIED
+            )));
+        }
+        let slot = wal::carry_len(open.len());
+        let mut bytes = wal::header_with_slot(self.number, slot as u32).to_vec();
+        wal::put_pending(&mut bytes, open);
+        if wal::HEADER_LEN + slot > self.map.len() {
+            return Err(RecordError::WalWrite(format!(
+                "{} open sessions do not fit in a WAL file of {} bytes; raise recorder.segment_max_bytes",
+                open.len(),
                 self.map.len()
             )));
         }
-        self.map[..header.len()].copy_from_slice(&header);
-        self.len = header.len() + slot;
+        self.map[..bytes.len()].copy_from_slice(&bytes);
+        self.len = wal::HEADER_LEN + slot;
         self.opened = Instant::now();
         Ok(())
     }
@@ -401,7 +412,7 @@ impl WalWriter {
             let mut before = state.sessions.clone();
             rollback(&mut before, &mut undo.clone());
             let needed = state.scratch.len();
-            if let Err(error) = self.rotate(state, before.len(), Vec::new(), needed) {
+            if let Err(error) = self.rotate(state, open_of(&before), Vec::new(), needed) {
                 rollback(&mut state.sessions, undo);
                 return Err(error);
             }
@@ -435,7 +446,7 @@ impl WalWriter {
     fn rotate(
         &self,
         state: &mut State,
-        open: usize,
+        open: Vec<(SessionId, u64)>,
         replies: Vec<SealReply>,
         needed: usize,
     ) -> Result<(), AppendError> {
@@ -447,7 +458,7 @@ impl WalWriter {
             return Err(AppendError::Backlog);
         }
         let next = state.file.number + 1;
-        let required = wal::HEADER_LEN + wal::carry_len(open) + needed;
+        let required = wal::HEADER_LEN + wal::carry_len(open.len()) + needed;
         let capacity = self.capacity.max(required.next_multiple_of(4096));
         // The spare's lock is held while a file is created, so the
         // background thread cannot create the same file meanwhile.
@@ -463,7 +474,7 @@ impl WalWriter {
             })?,
         };
         drop(spare);
-        if let Err(error) = file.begin_reserved(open) {
+        if let Err(error) = file.begin_reserved(&open) {
             let _ = std::fs::remove_file(self.layout.wal_path(next));
             return Err(error.into());
         }
@@ -509,7 +520,7 @@ impl WalWriter {
             let _ = reply.send(Ok(None));
             return Ok(());
         }
-        let open = state.sessions.len();
+        let open = open_of(&state.sessions);
         self.rotate(state, open, vec![reply], 0)
     }
 
@@ -523,7 +534,7 @@ impl WalWriter {
                 return;
             }
             if state.file.events > 0 && state.file.opened.elapsed() >= self.settings.segment_max_age {
-                let open = state.sessions.len();
+                let open = open_of(&state.sessions);
                 // A full backlog or a failing disk: try again next time.
                 let _ = self.rotate(state, open, Vec::new(), 0);
             }
@@ -696,15 +707,18 @@ impl WalWriter {
             } else {
                 // Sessions could not be ended: a carry-only file keeps their
                 // state, so the next start closes them.
-                let open = state.sessions.len();
+                let open = open_of(&state.sessions);
+                // The file prepared ahead has this number: the carry-only
+                // file takes its place.
+                self.discard_spare();
                 let (seal, keep) = match WalFile::create(
                     &self.layout,
                     number + 1,
-                    (wal::HEADER_LEN + wal::carry_len(open)).next_multiple_of(4096),
+                    (wal::HEADER_LEN + wal::carry_len(open.len())).next_multiple_of(4096),
                     false,
                 ) {
                     Ok(mut file) => match file
-                        .begin_reserved(open)
+                        .begin_reserved(&open)
                         .and_then(|()| file.file.sync_data().map_err(|e| RecordError::WalWrite(e.to_string())))
                     {
                         Ok(()) => (true, Some(file)),
@@ -714,7 +728,7 @@ impl WalWriter {
                 };
                 if let Some(file) = keep {
                     tracing::warn!(
-                        sessions = open,
+                        sessions = open.len(),
                         file = file.number,
                         "sessions left open at shutdown; they are closed at the next start"
                     );
@@ -749,6 +763,13 @@ impl WalWriter {
         self.durable_notify.notify_waiters();
         self.poke();
     }
+}
+
+/// The open sessions and their next seqs, in id order.
+fn open_of(sessions: &HashMap<SessionId, SessionState>) -> Vec<(SessionId, u64)> {
+    let mut open: Vec<(SessionId, u64)> = sessions.iter().map(|(&id, s)| (id, s.next_seq)).collect();
+    open.sort_unstable();
+    open
 }
 
 /// How long the background thread sleeps between checks.

@@ -190,19 +190,26 @@ fn a_wal_file_that_cannot_be_sealed_is_set_aside_recorded_and_reported_by_verify
     assert!(report.problems.iter().any(|p| p.location.ends_with(".wal.corrupt")), "{:?}", report.problems);
 }
 
-/// File 2 as a rotation starts it: a carry slot for one open session, not
-/// filled yet (the sealer fills it when it seals file 1), then `session`'s
-/// next event.
+/// WAL file `number` as a rotation starts it: a carry slot sized for
+/// `open`, holding the writer's pending record of them (or nothing, as a
+/// power loss can leave it), then `events` with their seqs.
+fn write_rotated_wal(dir: &Path, number: u64, open: &[(SessionId, u64)], pending: bool, events: &[(NewEvent, u64)]) {
+    let slot = wal::carry_len(open.len());
+    let mut bytes = wal::header_with_slot(number, slot as u32).to_vec();
+    if pending {
+        wal::put_pending(&mut bytes, open);
+    }
+    bytes.resize(wal::HEADER_LEN + slot, 0);
+    for (event, seq) in events {
+        let mut row = Vec::new();
+        canonical::encode(&event.clone().with_seq(*seq).cells(&mut SessionIdText::default()), &mut row);
+        wal::put_batch(&mut bytes, &[&row]);
+    }
+    std::fs::write(Layout::new(dir).wal_path(number), &bytes).unwrap();
+}
+
 fn write_wal_with_empty_slot(dir: &Path, session: SessionId) {
-    let mut bytes = wal::header_with_slot(2, wal::carry_len(1) as u32).to_vec();
-    bytes.resize(bytes.len() + wal::carry_len(1), 0);
-    let mut row = Vec::new();
-    canonical::encode(
-        &statement(session, T0 + 3, "select 3").with_seq(3).cells(&mut SessionIdText::default()),
-        &mut row,
-    );
-    wal::put_batch(&mut bytes, &[&row]);
-    std::fs::write(Layout::new(dir).wal_path(2), &bytes).unwrap();
+    write_rotated_wal(dir, 2, &[(session, 3)], false, &[(statement(session, T0 + 3, "select 3"), 3)]);
 }
 
 #[test]
@@ -240,4 +247,42 @@ fn a_file_whose_carry_is_lost_with_the_file_before_is_still_sealed_and_verify_re
     assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
     let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
     assert!(report.problems.iter().any(|p| p.message.contains("events 0..2 are missing")), "{:?}", report.problems);
+}
+
+#[test]
+fn the_pending_slot_names_the_sessions_so_losing_one_file_does_not_lose_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (busy, mut events) = crashed_session();
+    let idle = SessionId::new();
+    events.push(start(idle, T0 + 1));
+    write_wal(dir.path(), 1, &events, &[]);
+    // File 2 continues `busy` only; `idle` says nothing until file 3.
+    let open = [(busy, 3), (idle, 1)];
+    write_rotated_wal(dir.path(), 2, &open, true, &[(statement(busy, T0 + 3, "select 3"), 3)]);
+    write_rotated_wal(dir.path(), 3, &[(busy, 4), (idle, 1)], true, &[(statement(idle, T0 + 4, "select 4"), 1)]);
+    // File 1 is lost: file 2's carry heads are unknown, but its pending
+    // record still names both sessions, so file 3 seals too.
+    std::fs::remove_file(Layout::new(dir.path()).wal_path(1)).unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert!(recorder.recovery_report().quarantined.is_empty(), "{:?}", recorder.recovery_report().quarantined);
+    assert_eq!(recorder.recovery_report().sessions_closed.len(), 2);
+    recorder.close().unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.session_events(busy).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(reader.session_events(idle).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
+    assert!(report.problems.iter().any(|p| p.message.contains("events 0..2 are missing")), "{:?}", report.problems);
+}
+
+#[test]
+fn a_wal_file_of_a_newer_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, events) = crashed_session();
+    let mut bytes = write_wal(dir.path(), 1, &events, &[]);
+    bytes[8..12].copy_from_slice(&(wal::FORMAT + 1).to_le_bytes());
+    let path = Layout::new(dir.path()).wal_path(1);
+    std::fs::write(&path, &bytes).unwrap();
+    let error = Recorder::open(dir.path(), &settings()).err().expect("a newer WAL format must be refused");
+    assert!(error.to_string().contains("newer Proctor"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
