@@ -40,6 +40,10 @@ pub enum RecorderError {
     Schema(#[from] SchemaError),
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error(
+        "{path} says it was written by a newer Proctor (WAL format {format}; this build reads up to {supported}): run that version on this data dir; if no newer version ever ran here, its header is damaged: rename it to {path}.corrupt (verify reports it) and start again"
+    )]
+    NewerFormat { path: PathBuf, format: u32, supported: u32 },
     #[error("{0}")]
     Record(#[from] RecordError),
 }

@@ -341,7 +341,18 @@ fn recover(ctx: &mut SealContext) -> Result<(u64, Vec<Carried>, RecoveryReport)>
     }
     ctx.load_last_manifest()?;
     let manifests: BTreeSet<u64> = layout.manifest_numbers()?.into_iter().collect();
-    let wal_numbers = layout.wal_numbers()?;
+    // A file prepared ahead of need and never started holds only zeros: it
+    // is removed first, so that it is not taken for the last file, which is
+    // kept until the new WAL file holds its open sessions.
+    let mut wal_numbers = Vec::new();
+    for number in layout.wal_numbers()? {
+        let path = layout.wal_path(number);
+        if never_started(&path)? {
+            fs::remove_file(&path).map_err(RecorderError::io("cannot remove unused WAL file", &path))?;
+        } else {
+            wal_numbers.push(number);
+        }
+    }
     let mut open_sessions: Vec<Carried> = Vec::new();
     let mut keep = None;
     let newest_manifest = manifests.last().copied().unwrap_or(0);
@@ -388,6 +399,23 @@ fn recover(ctx: &mut SealContext) -> Result<(u64, Vec<Carried>, RecoveryReport)>
     report.sessions_closed = open_sessions.iter().map(|c| c.session_id).collect();
     let last = wal_numbers.last().copied().unwrap_or(0).max(manifests.last().copied().unwrap_or(0));
     Ok((last + 1, open_sessions, report))
+}
+
+/// Whether a WAL file is all zeros: allocated ahead of need, never started.
+fn never_started(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let io = |e| RecorderError::io("cannot read WAL file", path)(e);
+    let mut file = fs::File::open(path).map_err(io)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
 }
 
 /// Closes sessions the earlier run left open and records what recovery did,

@@ -4,9 +4,10 @@
 //!
 //! The chain heads in the manifest are computed here from the WAL's
 //! canonical rows, starting from the heads in the file's carry record (or,
-//! while its slot is pending, those the file before ended with). Only when
-//! the file before was lost are a session's heads unknown: its chain then
-//! restarts from the zero head, a break `verify` reports.
+//! while its slot is pending, those the file before ended with). When those
+//! are not known (the file before was lost, or lost writes the next file
+//! kept), a session's chain restarts from the zero head, a break `verify`
+//! reports.
 
 use std::collections::HashMap;
 use std::fs;
@@ -121,11 +122,15 @@ impl SealContext {
         let scan = wal::scan(&bytes, number);
         if let Some(format) = scan.newer_format {
             // Never mistaken for damage: truncating it would destroy events.
-            return Err(RecorderError::Config(format!(
-                "{} says it was written by a newer Proctor (WAL format {format}; this build reads up to {}): run that version on this data dir, or, if no newer version ever ran here, its header is damaged: move the file aside and start again",
-                path.display(),
-                wal::FORMAT
-            )));
+            return Err(RecorderError::NewerFormat { path, format, supported: wal::FORMAT });
+        }
+        if let Some(torn) = &scan.torn
+            && torn.offset == 0
+        {
+            // A header is written whole before anything else, so a damaged
+            // one is not a crash's torn write: the file is set aside, whole,
+            // not cut to nothing.
+            return Err(RecorderError::corrupt(&path, format!("damaged WAL header: {}", torn.reason)));
         }
         if let Some(torn) = &scan.torn
             && truncate_torn
@@ -174,7 +179,7 @@ impl SealContext {
                     tracing::error!(
                         file = %path.display(),
                         sessions = unknown,
-                        "the file before this WAL file was not sealed: the chains of the sessions it continues restart here"
+                        "the chain heads of sessions this WAL file continues are not known (the file before was lost, or sealed without knowing its own carry): their chains restart here"
                     );
                 }
                 let carried = pending
@@ -283,8 +288,8 @@ impl SealContext {
             } else {
                 None
             };
-            self.pass_carry_on(number, &open_sessions, complete)?;
-            if !keep_wal {
+            let passed = self.pass_carry_on(number, &open_sessions, complete)?;
+            if !keep_wal && passed {
                 remove_wal_after_seal(&self.layout, number);
             }
             return Ok(Sealed { manifest, open_sessions, saw_carry, torn: scan.torn, events });
@@ -366,10 +371,12 @@ impl SealContext {
         write_atomically(&self.layout.manifest_path(number), &manifest_bytes)?;
         self.last_manifest_sha256 = Some(hex::encode(Sha256::digest(&manifest_bytes)));
 
-        self.pass_carry_on(number, &open_sessions, complete)?;
+        let passed = self.pass_carry_on(number, &open_sessions, complete)?;
         // The segment is sealed: from here on, failing to remove the WAL file
-        // only leaves work for the next start, which recognises it.
-        if !keep_wal {
+        // only leaves work for the next start, which recognises it. A file
+        // whose carry could not be written into the next file's slot is kept
+        // for the next start to try again.
+        if !keep_wal && passed {
             remove_wal_after_seal(&self.layout, number);
         }
         Ok(Sealed { manifest: Some(manifest), open_sessions, saw_carry, torn: scan.torn, events })
@@ -380,19 +387,21 @@ impl SealContext {
     /// Hands the sessions open at the end of WAL file `number` to the file
     /// after it: remembered for sealing it, and, when known in full, written
     /// into its carry slot (synced) before file `number` may be deleted, so
-    /// that the next file can be sealed on its own after a crash.
-    fn pass_carry_on(&mut self, number: u64, open: &[Carried], complete: bool) -> Result<()> {
+    /// that the next file can be sealed on its own after a crash. Returns
+    /// false when file `number` must be kept: its carry belongs in a slot it
+    /// could not be written to.
+    fn pass_carry_on(&mut self, number: u64, open: &[Carried], complete: bool) -> Result<bool> {
         use std::os::unix::fs::FileExt;
         self.carry_out = Some(CarryOut { number, open: open.to_vec(), complete });
         if !complete {
             // The next file's pending record names the sessions; a partial
-            // list must not replace it.
-            return Ok(());
+            // list must not replace it. Keeping this file would not help.
+            return Ok(true);
         }
         let path = self.layout.wal_path(number + 1);
         let file = match fs::OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(RecorderError::io("cannot open WAL file", &path)(e)),
         };
         let mut header = [0u8; wal::HEADER_LEN];
@@ -402,36 +411,59 @@ impl SealContext {
             .map_err(drop)
             .and_then(|()| wal::read_header(&header, number + 1).map_err(drop))
         else {
-            return Ok(());
+            return Ok(true);
         };
         let (start, len) = layout.slot;
         if len == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let mut slot = vec![0u8; len];
         if let Err(error) = file.read_exact_at(&mut slot, start as u64) {
-            // That file's own sealing meets the same error; until then this
-            // run seals it from the carry remembered above.
-            tracing::warn!(file = %path.display(), %error, "cannot read a WAL file's carry slot");
-            return Ok(());
+            // This run seals that file from the carry remembered above.
+            tracing::warn!(file = %path.display(), %error, "cannot read a WAL file's carry slot; the file before is kept");
+            return Ok(false);
         }
-        if matches!(wal::read_slot(&slot), wal::Slot::Filled(_)) {
-            return Ok(());
-        }
-        let Some(record) = wal::carry_for_slot(open, len) else {
-            // The slot was sized for the sessions the writer saw open, which
-            // these are; if not, this run still seals the next file from the
-            // carry remembered above.
-            tracing::error!(file = %path.display(), sessions = open.len(), slot = len, "a carry record does not fit its slot");
-            return Ok(());
+        let carry = match wal::read_slot(&slot) {
+            wal::Slot::Filled(_) => return Ok(true),
+            wal::Slot::Pending(pending) => reconcile(&path, open, &pending),
+            wal::Slot::Empty | wal::Slot::Damaged => open.to_vec(),
+        };
+        let Some(record) = wal::carry_for_slot(&carry, len) else {
+            tracing::error!(file = %path.display(), sessions = carry.len(), slot = len, "a carry record does not fit its slot; the file before is kept");
+            return Ok(false);
         };
         slot.fill(0);
         slot[..record.len()].copy_from_slice(&record);
         let io = |context| RecorderError::io(context, &path);
         file.write_all_at(&slot, start as u64).map_err(io("cannot write WAL carry slot"))?;
         file.sync_data().map_err(io("cannot sync WAL carry slot"))?;
-        Ok(())
+        Ok(true)
     }
+}
+
+/// The carry to write over a pending record. They agree unless the file
+/// before lost writes the next file kept (a power loss under `fsync =
+/// "interval"`): then the writer's sessions and seqs stand, so the next file
+/// still seals, and a head is carried only where the seqs agree; the others
+/// restart from the zero head, a break `verify` reports.
+fn reconcile(path: &Path, open: &[Carried], pending: &[(SessionId, u64)]) -> Vec<Carried> {
+    if pending.iter().copied().eq(open.iter().map(|c| (c.session_id, c.next_seq))) {
+        return open.to_vec();
+    }
+    tracing::error!(
+        file = %path.display(),
+        "the sessions the writer carried into this WAL file differ from those the file before left open (writes lost by a power loss?); the writer's stand"
+    );
+    let heads: HashMap<(SessionId, u64), ChainHash> =
+        open.iter().map(|c| ((c.session_id, c.next_seq), c.head)).collect();
+    pending
+        .iter()
+        .map(|&(session_id, next_seq)| Carried {
+            session_id,
+            next_seq,
+            head: heads.get(&(session_id, next_seq)).copied().unwrap_or(ChainHash::GENESIS),
+        })
+        .collect()
 }
 
 /// Reads a closed WAL file, synced first: under `fsync = "interval"` its

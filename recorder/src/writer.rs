@@ -709,8 +709,12 @@ impl WalWriter {
                 // state, so the next start closes them.
                 let open = open_of(&state.sessions);
                 // The file prepared ahead has this number: the carry-only
-                // file takes its place.
-                self.discard_spare();
+                // file takes its place (under the spare's lock, so the
+                // background thread cannot prepare it again meanwhile).
+                let mut spare = lock(&self.spare);
+                if let Some(prepared) = spare.take() {
+                    let _ = std::fs::remove_file(self.layout.wal_path(prepared.number));
+                }
                 let (seal, keep) = match WalFile::create(
                     &self.layout,
                     number + 1,
@@ -722,10 +726,14 @@ impl WalWriter {
                         .and_then(|()| file.file.sync_data().map_err(|e| RecordError::WalWrite(e.to_string())))
                     {
                         Ok(()) => (true, Some(file)),
-                        Err(_) => (false, None),
+                        Err(_) => {
+                            let _ = std::fs::remove_file(self.layout.wal_path(number + 1));
+                            (false, None)
+                        }
                     },
                     Err(_) => (false, None),
                 };
+                drop(spare);
                 if let Some(file) = keep {
                     tracing::warn!(
                         sessions = open.len(),

@@ -286,3 +286,35 @@ fn a_wal_file_of_a_newer_format_is_refused_and_left_untouched() {
     assert!(error.to_string().contains("newer Proctor"), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 }
+
+#[test]
+fn a_damaged_wal_header_sets_the_file_aside_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, events) = crashed_session();
+    let mut bytes = write_wal(dir.path(), 1, &events, &[]);
+    bytes[0] ^= 0xff;
+    let path = Layout::new(dir.path()).wal_path(1);
+    std::fs::write(&path, &bytes).unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().quarantined.len(), 1);
+    recorder.close().unwrap();
+    // Set aside as it was, every byte, for an investigator; not cut.
+    assert_eq!(std::fs::read(dir.path().join("wal/00000000000000000001.wal.corrupt")).unwrap(), bytes);
+}
+
+#[test]
+fn when_the_file_before_lost_writes_the_next_file_keeps_its_own_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (session, events) = crashed_session();
+    // File 1 lost its last event to a power loss; file 2, whose pages did
+    // reach the disk, says the session continues at seq 3.
+    write_wal(dir.path(), 1, &events[..2], &[]);
+    write_rotated_wal(dir.path(), 2, &[(session, 3)], true, &[(statement(session, T0 + 3, "select 3"), 3)]);
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert!(recorder.recovery_report().quarantined.is_empty(), "{:?}", recorder.recovery_report().quarantined);
+    recorder.close().unwrap();
+    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
+    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
+    let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
+    assert!(!report.problems.is_empty());
+}
