@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use proctor_schemas::arrow::BatchReader;
-use proctor_schemas::manifest::Manifest;
+use proctor_schemas::manifest::{Manifest, ManifestSession};
 use proctor_schemas::{Column, Event, EventBody, SessionId, Timestamp, canonical};
 
 use crate::layout::Layout;
@@ -204,7 +204,18 @@ impl Reader {
                 if !done_segments.insert(number) {
                     continue;
                 }
-                let Some(manifest) = self.manifest_mentioning(number, &id_text)? else { continue };
+                // A long session is in every manifest: its own entry says
+                // whether this segment holds seqs still wanted, without
+                // parsing the whole manifest.
+                let path = self.layout.manifest_path(number);
+                let bytes = fs::read(&path).map_err(RecorderError::io("cannot read manifest", &path))?;
+                if memchr::memmem::find(&bytes, id_text.as_bytes()).is_none() {
+                    continue;
+                }
+                if session_entry(&bytes, &id_text).is_some_and(|entry| entry.last_seq < next) {
+                    continue;
+                }
+                let manifest = parse_manifest(&path, &bytes)?;
                 let listed = manifest.sessions.iter().any(|s| s.session_id == id_text && s.last_seq >= next);
                 if !listed {
                     continue;
@@ -409,6 +420,45 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
     parse_manifest(path, &bytes)
 }
 
+/// One session's entry in a manifest's text, parsed alone: the object that
+/// holds `"session_id": "ID"`, delimited by a scan that respects strings.
+/// `None` if it cannot be found that way (the caller then parses the whole
+/// manifest, which stays the authority).
+fn session_entry(bytes: &[u8], id_text: &str) -> Option<ManifestSession> {
+    let key = format!("\"session_id\": \"{id_text}\"");
+    let at = memchr::memmem::find(bytes, key.as_bytes())?;
+    // The entry's opening brace, with only whitespace before the key.
+    let open = bytes[..at].iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if bytes[open] != b'{' {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes[open..].iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    let entry: ManifestSession = serde_json::from_slice(&bytes[open..=open + i]).ok()?;
+                    return (entry.session_id == id_text).then_some(entry);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
     Manifest::from_file_bytes(bytes).map_err(|e| RecorderError::corrupt(path, format!("not a manifest: {e}")))
 }
@@ -451,4 +501,57 @@ fn summaries(snapshot: Snapshot) -> Result<Vec<SessionSummary>> {
         }
     }
     Ok(sessions.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, resource: &str, last_seq: u64) -> ManifestSession {
+        ManifestSession {
+            session_id: id.to_string(),
+            first_seq: 0,
+            last_seq,
+            events: last_seq + 1,
+            chain_in: None,
+            chain_head: "00".repeat(32),
+            first_time: "2026-11-26T00:00:00Z".to_string(),
+            last_time: "2026-11-26T00:00:01Z".to_string(),
+            protocol: Some("postgres".to_string()),
+            resource: Some(resource.to_string()),
+            subject: None,
+            end_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_session_entry_is_read_alone_whatever_the_strings_around_it_hold() {
+        let wanted = SessionId::new().to_string();
+        let other = SessionId::new().to_string();
+        let manifest = Manifest {
+            format: 1,
+            segment_id: 3,
+            path: "segments/x.parquet".to_string(),
+            file_sha256: String::new(),
+            file_bytes: 0,
+            schema_version: 1,
+            row_count: 0,
+            min_time: String::new(),
+            max_time: String::new(),
+            sessions: vec![
+                // Braces, quotes and the wanted id inside another entry's strings.
+                entry(&other, &format!("db {{\"}}] \\ \"session_id\": {wanted}"), 4),
+                entry(&wanted, "prod } { [", 41),
+            ],
+            prev_manifest_sha256: None,
+            sealed_at: String::new(),
+            key_fingerprint: String::new(),
+            signature: None,
+        };
+        let bytes = manifest.to_file_bytes();
+        let found = session_entry(&bytes, &wanted).expect("the entry is found");
+        assert_eq!(found, manifest.sessions[1]);
+        assert_eq!(session_entry(&bytes, &other), Some(manifest.sessions[0].clone()));
+        assert_eq!(session_entry(&bytes, &SessionId::new().to_string()), None);
+    }
 }
