@@ -160,38 +160,8 @@ impl SealContext {
         let before = self.carry_out.as_ref().filter(|out| scan.carry_pending && out.number + 1 == number);
         let (carried_in, complete) = match (&scan.pending, before) {
             _ if !scan.carry_pending => (None, true),
-            (pending, Some(out)) if out.complete => {
-                if let Some(pending) = pending
-                    && !pending.iter().copied().eq(out.open.iter().map(|c| (c.session_id, c.next_seq)))
-                {
-                    tracing::error!(
-                        file = %path.display(),
-                        "the sessions the writer carried into this WAL file differ from those the file before left open; sealing with the latter"
-                    );
-                }
-                (Some(out.open.clone()), true)
-            }
-            (Some(pending), before) => {
-                let known: HashMap<SessionId, ChainHash> =
-                    before.map(|out| out.open.iter().map(|c| (c.session_id, c.head)).collect()).unwrap_or_default();
-                let unknown = pending.iter().filter(|(id, _)| !known.contains_key(id)).count();
-                if unknown > 0 {
-                    tracing::error!(
-                        file = %path.display(),
-                        sessions = unknown,
-                        "the chain heads of sessions this WAL file continues are not known (the file before was lost, or sealed without knowing its own carry): their chains restart here"
-                    );
-                }
-                let carried = pending
-                    .iter()
-                    .map(|&(session_id, next_seq)| Carried {
-                        session_id,
-                        next_seq,
-                        head: known.get(&session_id).copied().unwrap_or(ChainHash::GENESIS),
-                    })
-                    .collect();
-                (Some(carried), true)
-            }
+            (Some(pending), before) => (Some(reconcile(&path, before.map_or(&[][..], |out| &out.open), pending)), true),
+            (None, Some(out)) if out.complete => (Some(out.open.clone()), true),
             (None, before) => {
                 tracing::error!(
                     file = %path.display(),
@@ -441,29 +411,36 @@ impl SealContext {
     }
 }
 
-/// The carry to write over a pending record. They agree unless the file
-/// before lost writes the next file kept (a power loss under `fsync =
-/// "interval"`): then the writer's sessions and seqs stand, so the next file
-/// still seals, and a head is carried only where the seqs agree; the others
-/// restart from the zero head, a break `verify` reports.
+/// The carry of a file whose slot holds the writer's pending record, from
+/// `open`, the sessions the file before ended with (as far as known). They
+/// agree unless the file before was lost, was sealed without knowing its own
+/// carry, or lost writes the next file kept (a power loss under `fsync =
+/// "interval"`): then the writer's sessions and seqs stand, so the file
+/// still seals, and a head is carried only where the seqs agree; the other
+/// chains restart from the zero head, a break `verify` reports.
 fn reconcile(path: &Path, open: &[Carried], pending: &[(SessionId, u64)]) -> Vec<Carried> {
     if pending.iter().copied().eq(open.iter().map(|c| (c.session_id, c.next_seq))) {
         return open.to_vec();
     }
-    tracing::error!(
-        file = %path.display(),
-        "the sessions the writer carried into this WAL file differ from those the file before left open (writes lost by a power loss?); the writer's stand"
-    );
     let heads: HashMap<(SessionId, u64), ChainHash> =
         open.iter().map(|c| ((c.session_id, c.next_seq), c.head)).collect();
-    pending
+    let carried: Vec<Carried> = pending
         .iter()
         .map(|&(session_id, next_seq)| Carried {
             session_id,
             next_seq,
             head: heads.get(&(session_id, next_seq)).copied().unwrap_or(ChainHash::GENESIS),
         })
-        .collect()
+        .collect();
+    let unknown = pending.iter().filter(|key| !heads.contains_key(key)).count();
+    if unknown > 0 {
+        tracing::error!(
+            file = %path.display(),
+            sessions = unknown,
+            "the chain heads of sessions this WAL file continues are not known (the file before was lost, sealed without knowing its own carry, or lost writes to a power loss): their chains restart here"
+        );
+    }
+    carried
 }
 
 /// Reads a closed WAL file, synced first: under `fsync = "interval"` its
@@ -472,7 +449,7 @@ fn reconcile(path: &Path, open: &[Carried], pending: &[(SessionId, u64)]) -> Vec
 fn read_wal(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let io = |context| RecorderError::io(context, path);
-    let mut file = fs::OpenOptions::new().read(true).write(true).open(path).map_err(io("cannot open WAL file"))?;
+    let mut file = fs::File::open(path).map_err(io("cannot open WAL file"))?;
     file.sync_data().map_err(io("cannot sync WAL file"))?;
     let mut bytes = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
     file.read_to_end(&mut bytes).map_err(io("cannot read WAL file"))?;

@@ -188,18 +188,7 @@ pub const MAX_CARRIED: usize = (MAX_RECORD - CARRY_BASE) / CARRY_PER_SESSION;
 /// Appends a pending record: the sessions open when a file began, before
 /// their chain heads are known.
 pub fn put_pending(buf: &mut Vec<u8>, sessions: &[(SessionId, u64)]) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; FRAME_LEN]);
-    buf.push(TAG_PENDING);
-    put_varint(buf, sessions.len() as u64);
-    let mut text = proctor_schemas::SessionIdText::default();
-    for &(session_id, next_seq) in sessions {
-        let id = text.render(session_id);
-        put_varint(buf, id.len() as u64);
-        buf.extend_from_slice(id.as_bytes());
-        put_varint(buf, next_seq);
-    }
-    finish_record(buf, start);
+    put_sessions(buf, TAG_PENDING, sessions.iter().map(|&(id, next_seq)| (id, next_seq, None)));
 }
 
 /// The carry record to put in a slot of `slot_len` bytes, or `None` if it
@@ -212,17 +201,29 @@ pub fn carry_for_slot(sessions: &[Carried], slot_len: usize) -> Option<Vec<u8>> 
 
 /// Appends a carry record.
 pub fn put_carry(buf: &mut Vec<u8>, sessions: &[Carried]) {
+    put_sessions(buf, TAG_CARRY, sessions.iter().map(|c| (c.session_id, c.next_seq, Some(&c.head))));
+}
+
+/// A carry or pending record: each session's id and next seq, and its chain
+/// head in a carry record.
+fn put_sessions<'a>(
+    buf: &mut Vec<u8>,
+    tag: u8,
+    sessions: impl ExactSizeIterator<Item = (SessionId, u64, Option<&'a ChainHash>)>,
+) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_LEN]);
-    buf.push(TAG_CARRY);
+    buf.push(tag);
     put_varint(buf, sessions.len() as u64);
     let mut text = proctor_schemas::SessionIdText::default();
-    for carried in sessions {
-        let id = text.render(carried.session_id);
+    for (session_id, next_seq, head) in sessions {
+        let id = text.render(session_id);
         put_varint(buf, id.len() as u64);
         buf.extend_from_slice(id.as_bytes());
-        put_varint(buf, carried.next_seq);
-        buf.extend_from_slice(&carried.head.0);
+        put_varint(buf, next_seq);
+        if let Some(head) = head {
+            buf.extend_from_slice(&head.0);
+        }
     }
     finish_record(buf, start);
 }

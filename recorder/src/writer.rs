@@ -2,9 +2,9 @@
 //! calling task assigns each event its seq, encodes it canonically into a WAL
 //! record and copies the records into the current WAL file, which is
 //! preallocated and memory-mapped. The hash chains are computed once, by the
-//! sealer (see `wal` for how a file started by rotation gets the chain
-//! heads of the sessions it continues). The copy
-//! lands in the kernel's page cache at once, so an accepted event survives
+//! sealer (see `wal` for how a file started by rotation gets the chain heads
+//! of the sessions it continues). The copy lands in the kernel's page cache
+//! at once, so an accepted event survives
 //! the process being killed; no system call and no thread hand-off is made
 //! per event. A background thread fsyncs (every `fsync_interval`, or on
 //! demand for `fsync = "always"`, one fsync covering every waiting append),

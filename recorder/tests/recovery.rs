@@ -36,6 +36,11 @@ fn write_wal(dir: &Path, number: u64, events: &[NewEvent], tail: &[u8]) -> Vec<u
     bytes
 }
 
+/// The seqs of `session`'s events as the data dir holds them now.
+fn recovered_seqs(dir: &Path, session: SessionId) -> Vec<u64> {
+    Reader::open(dir).unwrap().session_events(session).unwrap().iter().map(|e| e.seq).collect()
+}
+
 fn crashed_session() -> (SessionId, Vec<NewEvent>) {
     let session = SessionId::new();
     (session, vec![start(session, T0), statement(session, T0 + 1, "select 1"), statement(session, T0 + 2, "select 2")])
@@ -167,8 +172,7 @@ fn a_carry_record_continues_sessions_across_wal_files() {
     let recorder = Recorder::open(dir.path(), &settings()).unwrap();
     assert_eq!(recorder.recovery_report().wal_files_sealed, 2);
     recorder.close().unwrap();
-    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
-    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(recovered_seqs(dir.path(), session), vec![0, 1, 2, 3, 4]);
     assert_verifies(dir.path());
 }
 
@@ -226,8 +230,7 @@ fn a_carry_slot_left_empty_by_a_crash_is_filled_from_the_file_before() {
     assert_eq!(recorder.recovery_report().wal_files_sealed, 2);
     assert!(recorder.recovery_report().quarantined.is_empty());
     recorder.close().unwrap();
-    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
-    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(recovered_seqs(dir.path(), session), vec![0, 1, 2, 3, 4]);
     // The chain runs unbroken from file 1 through file 2's filled slot.
     assert_verifies(dir.path());
 }
@@ -243,8 +246,7 @@ fn a_file_whose_carry_is_lost_with_the_file_before_is_still_sealed_and_verify_re
     let recorder = Recorder::open(dir.path(), &settings()).unwrap();
     assert!(recorder.recovery_report().quarantined.is_empty());
     recorder.close().unwrap();
-    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
-    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(recovered_seqs(dir.path(), session), vec![3, 4]);
     let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
     assert!(report.problems.iter().any(|p| p.message.contains("events 0..2 are missing")), "{:?}", report.problems);
 }
@@ -267,9 +269,8 @@ fn the_pending_slot_names_the_sessions_so_losing_one_file_does_not_lose_the_next
     assert!(recorder.recovery_report().quarantined.is_empty(), "{:?}", recorder.recovery_report().quarantined);
     assert_eq!(recorder.recovery_report().sessions_closed.len(), 2);
     recorder.close().unwrap();
-    let reader = Reader::open(dir.path()).unwrap();
-    assert_eq!(reader.session_events(busy).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
-    assert_eq!(reader.session_events(idle).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(recovered_seqs(dir.path(), busy), vec![3, 4]);
+    assert_eq!(recovered_seqs(dir.path(), idle), vec![1, 2]);
     let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
     assert!(report.problems.iter().any(|p| p.message.contains("events 0..2 are missing")), "{:?}", report.problems);
 }
@@ -313,8 +314,7 @@ fn when_the_file_before_lost_writes_the_next_file_keeps_its_own_seqs() {
     let recorder = Recorder::open(dir.path(), &settings()).unwrap();
     assert!(recorder.recovery_report().quarantined.is_empty(), "{:?}", recorder.recovery_report().quarantined);
     recorder.close().unwrap();
-    let recovered = Reader::open(dir.path()).unwrap().session_events(session).unwrap();
-    assert_eq!(recovered.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
+    assert_eq!(recovered_seqs(dir.path(), session), vec![0, 1, 3, 4]);
     let report = proctor_recorder::verify::verify(dir.path(), &Default::default()).unwrap();
     assert!(!report.problems.is_empty());
 }
