@@ -102,12 +102,18 @@ impl Reader {
     /// of sessions costs milliseconds, and most segments do not hold a given
     /// session.
     fn manifest_mentioning(&self, number: u64, id_text: &str) -> Result<Option<Manifest>> {
+        match self.manifest_text_mentioning(number, id_text)? {
+            Some((path, bytes)) => parse_manifest(&path, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Segment `number`'s manifest path and text, if the text mentions
+    /// `id_text`.
+    fn manifest_text_mentioning(&self, number: u64, id_text: &str) -> Result<Option<(std::path::PathBuf, Vec<u8>)>> {
         let path = self.layout.manifest_path(number);
         let bytes = fs::read(&path).map_err(RecorderError::io("cannot read manifest", &path))?;
-        if memchr::memmem::find(&bytes, id_text.as_bytes()).is_none() {
-            return Ok(None);
-        }
-        parse_manifest(&path, &bytes).map(Some)
+        Ok(memchr::memmem::find(&bytes, id_text.as_bytes()).is_some().then_some((path, bytes)))
     }
 
     /// Every manifest, in segment order.
@@ -207,11 +213,7 @@ impl Reader {
                 // A long session is in every manifest: its own entry says
                 // whether this segment holds seqs still wanted, without
                 // parsing the whole manifest.
-                let path = self.layout.manifest_path(number);
-                let bytes = fs::read(&path).map_err(RecorderError::io("cannot read manifest", &path))?;
-                if memchr::memmem::find(&bytes, id_text.as_bytes()).is_none() {
-                    continue;
-                }
+                let Some((path, bytes)) = self.manifest_text_mentioning(number, &id_text)? else { continue };
                 if session_entry(&bytes, &id_text).is_some_and(|entry| entry.last_seq < next) {
                     continue;
                 }
