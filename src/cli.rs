@@ -39,6 +39,12 @@ pub enum Command {
     Reindex(ReindexArgs),
     /// Sign a token with the embedded dev issuer (local use and tests).
     Token(TokenArgs),
+    /// Just-in-time access through the control API: request a grant,
+    /// approve or deny one, revoke, list and show.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// The manifest signing key.
     Key {
         #[command(subcommand)]
@@ -278,4 +284,94 @@ pub struct DataDirArgs {
     /// Take the data dir from this configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// The control API to ask, and who is asking.
+#[derive(Args, Debug, Clone)]
+pub struct Api {
+    /// The control API's URL (e.g. the demo's `api_url`).
+    #[arg(long, value_name = "URL", env = "PROCTOR_API")]
+    pub api: Option<String>,
+    /// The caller's OIDC token.
+    #[arg(long, value_name = "JWT", env = "PROCTOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// For an `https://` API: the certificate(s) to trust (PEM).
+    #[arg(long, value_name = "FILE", env = "PROCTOR_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print JSON: one object per grant.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrantCommand {
+    /// Ask for access to one resource for a while; prints the grant, and
+    /// its credentials when it is active.
+    Request(GrantRequestArgs),
+    /// Approve a pending grant (never your own).
+    Approve(GrantDecideArgs),
+    /// Deny a pending grant.
+    Deny(GrantDecideArgs),
+    /// End a grant now: its live sessions end within a second.
+    Revoke(GrantDecideArgs),
+    /// Your grants, and those you decide.
+    List(GrantListArgs),
+    /// One grant. A grant approved after its request shows its
+    /// credentials here, once, to its requester.
+    Show(GrantShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GrantRequestArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// The resource to reach.
+    #[arg(long, value_name = "NAME")]
+    pub resource: String,
+    /// For how long (e.g. 15m, 1h); policies set the most.
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: String,
+    /// Why: recorded, and shown to approvers.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Wait until the grant is decided (approved, denied or expired).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub wait_timeout: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantDecideArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// The grant's id (`g_...`).
+    pub id: String,
+    /// Why: recorded with the decision.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantListArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// Only grants in this state: pending, active, denied, expired, revoked.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Only grants for this resource.
+    #[arg(long, value_name = "NAME")]
+    pub resource: Option<String>,
+    /// Only grants of this subject.
+    #[arg(long, value_name = "NAME")]
+    pub subject: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantShowArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// The grant's id (`g_...`).
+    pub id: String,
 }

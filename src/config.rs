@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use proctor_gateway_core::config::{ResourceConfig, TlsConfig, validate_resources};
+use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
@@ -31,6 +32,12 @@ pub struct Config {
     /// The replay server's search and replay API (off unless configured).
     #[serde(default)]
     pub replay: Option<ReplayConfig>,
+    /// The control API and its store: just-in-time grants (off unless configured).
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+    /// Who may request which resources, for how long, with whose approval.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
 /// The `[replay]` section.
@@ -93,9 +100,29 @@ impl Config {
             relative(&mut resource.client_secret_file);
             relative(&mut resource.target_ca_file);
         }
-        config.recorder.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
-        validate_resources(&config.resources).with_context(|| format!("invalid configuration {}", path.display()))?;
+        config.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(config)
+    }
+
+    /// Checks what serde cannot: settings' ranges, names that must match.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.recorder.validate()?;
+        validate_resources(&self.resources, self.control.is_some())?;
+        Policies::new(self.policies.clone())?;
+        for policy in &self.policies {
+            for resource in &policy.resources {
+                anyhow::ensure!(
+                    resource == "*" || self.resources.iter().any(|r| &r.name == resource),
+                    "policy {:?} names resource {resource:?}, which is not configured",
+                    policy.name
+                );
+            }
+        }
+        anyhow::ensure!(
+            self.policies.is_empty() || self.control.is_some(),
+            "[[policies]] are given but [control] is not: grants are requested through the control API"
+        );
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use proctor_gateway_core::auth::SharedSecretAuthenticator;
+use proctor_gateway_core::auth::Authenticator;
 use proctor_gateway_core::config::ResourceProtocol;
 use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource};
 use proctor_gateway_core::tls;
@@ -27,8 +27,25 @@ impl Gateway {
     }
 }
 
-/// Binds every resource's listener and starts serving.
-pub async fn start(config: &Config, sink: RecorderSink, stop: watch::Receiver<bool>) -> anyhow::Result<Gateway> {
+/// The shared secrets of the resources that still have one.
+pub fn client_secrets(config: &Config) -> anyhow::Result<Vec<(String, String)>> {
+    let mut secrets = Vec::new();
+    for resource in &config.resources {
+        if let Some(secret) = resource.client_secret()? {
+            let secret = secret.resolve().with_context(|| format!("resource {}", resource.name))?;
+            secrets.push((resource.name.clone(), secret));
+        }
+    }
+    Ok(secrets)
+}
+
+/// Binds every resource's listener and starts serving, clients checked by `auth`.
+pub async fn start<A: Authenticator>(
+    config: &Config,
+    sink: RecorderSink,
+    auth: Arc<A>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Gateway> {
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
     if config.resources.is_empty() {
@@ -36,12 +53,6 @@ pub async fn start(config: &Config, sink: RecorderSink, stop: watch::Receiver<bo
     }
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
-    let mut secrets = Vec::new();
-    for resource in &config.resources {
-        let secret = resource.client_secret()?.resolve().with_context(|| format!("resource {}", resource.name))?;
-        secrets.push((resource.name.clone(), secret));
-    }
-    let auth = Arc::new(SharedSecretAuthenticator::new(secrets));
     let cancels = Arc::new(CancelRegistry::default());
     for resource in &config.resources {
         match resource.protocol {

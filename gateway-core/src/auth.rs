@@ -38,6 +38,13 @@ pub enum AuthError {
 /// Decides who a client is.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, request: &AuthRequest<'_>) -> impl Future<Output = Result<Identity, AuthError>> + Send;
+
+    /// Holds an authenticated session to what it was authenticated under:
+    /// the lease resolves when the session must end (its grant expired or
+    /// was revoked). `None`: nothing ends it early.
+    fn lease(&self, _identity: &Identity) -> Option<crate::control::Lease> {
+        None
+    }
 }
 
 /// Accepts clients that present their resource's shared secret as the

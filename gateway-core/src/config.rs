@@ -52,11 +52,13 @@ pub struct ResourceConfig {
     pub target_tls: TargetTls,
     /// CA certificates (PEM) to check the target with under `verify-full`.
     pub target_ca_file: Option<PathBuf>,
-    /// The shared secret clients present, until just-in-time grants replace
-    /// it: from this environment variable ...
+    /// A shared secret clients may present instead of a grant's credential
+    /// (required without `[control]`): from this environment variable ...
     pub client_secret_env: Option<String>,
     /// ... or from this file.
     pub client_secret_file: Option<PathBuf>,
+    /// The database named in the credentials URLs of grants (default `postgres`).
+    pub database: Option<String>,
     /// Rows of each result kept as a sample in the recording (0 = none).
     /// Samples are off by default until masking is configured.
     #[serde(default)]
@@ -125,8 +127,17 @@ impl ResourceConfig {
         SecretRef::from_pair("password", &self.name, &self.password_env, &self.password_file)
     }
 
-    pub fn client_secret(&self) -> Result<SecretRef, GatewayError> {
-        SecretRef::from_pair("client_secret", &self.name, &self.client_secret_env, &self.client_secret_file)
+    /// The shared secret clients may present, if the resource still has one.
+    pub fn client_secret(&self) -> Result<Option<SecretRef>, GatewayError> {
+        if self.client_secret_env.is_none() && self.client_secret_file.is_none() {
+            return Ok(None);
+        }
+        SecretRef::from_pair("client_secret", &self.name, &self.client_secret_env, &self.client_secret_file).map(Some)
+    }
+
+    /// The database named in grants' credentials URLs.
+    pub fn offered_database(&self) -> &str {
+        self.database.as_deref().unwrap_or("postgres")
     }
 
     pub fn validate(&self) -> Result<(), GatewayError> {
@@ -152,11 +163,19 @@ impl ResourceConfig {
 }
 
 /// Checks a set of resources: each valid, names and listen addresses unique.
-pub fn validate_resources(resources: &[ResourceConfig]) -> Result<(), GatewayError> {
+/// Checks the resources; without grants (`[control]`), each needs a shared
+/// secret for its clients.
+pub fn validate_resources(resources: &[ResourceConfig], grants: bool) -> Result<(), GatewayError> {
     let mut names = std::collections::HashSet::new();
     let mut listens = std::collections::HashSet::new();
     for resource in resources {
         resource.validate()?;
+        if !grants && resource.client_secret()?.is_none() {
+            return Err(GatewayError::Config(format!(
+                "resource {}: clients need a way in: configure [control] for just-in-time grants, or client_secret_env / client_secret_file",
+                resource.name
+            )));
+        }
         if !names.insert(&resource.name) {
             return Err(GatewayError::Config(format!("resource {} is defined twice", resource.name)));
         }

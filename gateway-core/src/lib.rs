@@ -8,8 +8,9 @@
 
 pub mod auth;
 pub mod config;
-mod control;
+pub mod control;
 mod error;
+pub mod http;
 pub mod identity;
 pub mod postgres;
 pub mod recording;

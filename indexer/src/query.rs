@@ -332,8 +332,24 @@ impl Found {
         for (segment, mut segment_docs) in by_segment {
             let reader = searcher.segment_reader(segment);
             segment_docs.sort_unstable();
+            // Only a `session_start` speaks for its session: another event
+            // with the same value (a grant event's `grant` or `subject`)
+            // matches itself, not the session it was recorded in.
+            let starts: Vec<DocId> = match reader.fast_fields().str("kind").map_err(Resolve::Search)? {
+                Some(kinds) => {
+                    match kinds.dictionary().term_ord("session_start").map_err(|e| Resolve::Search(e.into()))? {
+                        Some(start) => segment_docs
+                            .iter()
+                            .copied()
+                            .filter(|&doc| kinds.term_ords(doc).any(|ord| ord == start))
+                            .collect(),
+                        None => Vec::new(),
+                    }
+                }
+                None => Vec::new(),
+            };
             if let Some(column) = reader.fast_fields().str("session").map_err(Resolve::Search)? {
-                let mut ords: Vec<u64> = segment_docs.iter().flat_map(|&doc| column.term_ords(doc)).collect();
+                let mut ords: Vec<u64> = starts.iter().flat_map(|&doc| column.term_ords(doc)).collect();
                 ords.sort_unstable();
                 ords.dedup();
                 column

@@ -21,11 +21,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use proctor_gateway_core::identity::{Identity, IdentityError, Verifier};
+use proctor_gateway_core::http::ApiError;
+use proctor_gateway_core::identity::{Identity, Verifier};
 use proctor_indexer::{IndexError, SearchIndex, SearchRequest};
 use proctor_recorder::reader::Reader;
 use proctor_schemas::{
@@ -146,60 +146,11 @@ impl<L: AccessLog> ApiState<L> {
     }
 }
 
-/// An error answer.
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    /// A 401 for a request that presented no token: a bare challenge.
-    no_token: bool,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), no_token: false }
-    }
-
-    fn internal(error: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.message }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            // RFC 6750: a request without credentials gets a bare challenge.
-            let challenge = if self.no_token {
-                "Bearer realm=\"proctor\"".to_string()
-            } else {
-                format!(
-                    "Bearer realm=\"proctor\", error=\"invalid_token\", error_description=\"{}\"",
-                    self.message.replace('"', "'")
-                )
-            };
-            (self.status, [(header::WWW_AUTHENTICATE, challenge)], body).into_response()
-        } else {
-            (self.status, body).into_response()
-        }
-    }
-}
-
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The caller, if their token verifies and they are an investigator.
 fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .unwrap_or_default();
-    let identity = state.verifier.verify(token).map_err(|e| match e {
-        IdentityError::Config(_) => ApiError::internal(e),
-        other => ApiError {
-            no_token: matches!(other, IdentityError::Missing),
-            ..ApiError::new(StatusCode::UNAUTHORIZED, other.to_string())
-        },
-    })?;
+    let identity = proctor_gateway_core::http::caller(&state.verifier, headers)?;
     if !identity.in_group(&state.investigator_group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -251,44 +202,7 @@ pub async fn serve<L: AccessLog>(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = tls else {
-        return axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(state);
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let tcp = match accepted {
-                    Ok((tcp, _)) => tcp,
-                    Err(error) => {
-                        tracing::warn!(%error, "the replay API could not accept a connection");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                connections.spawn(async move {
-                    // A handshake that does not finish in time is dropped.
-                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-                    let Ok(Ok(stream)) = handshake.await else { return };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
-        }
-    }
-    // Requests in flight get a moment to finish; idle connections are closed.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    Ok(())
+    proctor_gateway_core::http::serve(listener, router(state), tls, shutdown).await
 }
 
 const MAX_PAGE: usize = 1000;

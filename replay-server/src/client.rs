@@ -1,6 +1,7 @@
-//! The CLI's client for a running replay server (`--server URL --token T`).
+//! The CLI's client for Proctor's running APIs: the replay server
+//! (`--server URL --token T`) and the control API (`--api URL --token T`).
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
@@ -9,11 +10,11 @@ use hyper_util::rt::TokioIo;
 pub enum ClientError {
     #[error("{0}")]
     Usage(String),
-    #[error("cannot reach the replay server at {server}: {message}")]
-    Unreachable { server: String, message: String },
+    #[error("cannot reach the {what} at {server}: {message}")]
+    Unreachable { what: &'static str, server: String, message: String },
     /// The server refused, with its own explanation.
-    #[error("the replay server answered {status}: {message}")]
-    Refused { status: u16, message: String },
+    #[error("the {what} answered {status}: {message}")]
+    Refused { what: &'static str, status: u16, message: String },
 }
 
 /// Encodes query parameters (`name=value&...`), skipping absent ones.
@@ -40,12 +41,28 @@ pub struct Client {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     token: String,
     runtime: tokio::runtime::Runtime,
+    /// What the server is, for messages (`replay server`, `control API`).
+    what: &'static str,
+    /// The flag that named it.
+    flag: &'static str,
 }
 
 impl Client {
     pub fn new(server: &str, token: &str, ca_file: Option<&std::path::Path>) -> Result<Client, ClientError> {
+        Client::named(server, token, ca_file, "replay server", "--server")
+    }
+
+    /// A client of another of Proctor's APIs: `what` names it in messages,
+    /// `flag` is the command-line flag that gave its URL.
+    pub fn named(
+        server: &str,
+        token: &str,
+        ca_file: Option<&std::path::Path>,
+        what: &'static str,
+        flag: &'static str,
+    ) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/').to_string();
-        let usage = |m: String| ClientError::Usage(format!("--server {server:?}: {m}"));
+        let usage = |m: String| ClientError::Usage(format!("{flag} {server:?}: {m}"));
         let uri: hyper::Uri = base.parse().map_err(|e| usage(format!("{e}")))?;
         let tls = match uri.scheme_str() {
             Some("http") => None,
@@ -68,18 +85,38 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| ClientError::Usage(format!("cannot start a runtime: {e}")))?;
-        Ok(Client { base, host, port, authority, prefix, tls, token: token.trim().to_string(), runtime })
+        Ok(Client { base, host, port, authority, prefix, tls, token: token.trim().to_string(), runtime, what, flag })
     }
 
     /// GETs `path` (with its query) and returns the JSON answer.
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        let unreachable = |message: String| ClientError::Unreachable { server: self.base.clone(), message };
-        let request = hyper::Request::get(format!("{}{path}", self.prefix))
+        self.exchange(hyper::Method::GET, path, None)
+    }
+
+    /// POSTs `body` as JSON to `path` and returns the JSON answer.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        self.exchange(hyper::Method::POST, path, Some(body))
+    }
+
+    fn exchange(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let what = self.what;
+        let unreachable = |message: String| ClientError::Unreachable { what, server: self.base.clone(), message };
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
+            .header(hyper::header::ACCEPT, "application/json");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = request.body(Full::new(bytes)).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
         let exchange = async {
             let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -89,8 +126,8 @@ impl Client {
                 Some(config) => {
                     let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
                         ClientError::Usage(format!(
-                            "--server {:?}: {:?} is not a server name: {e}",
-                            self.base, self.host
+                            "{} {:?}: {:?} is not a server name: {e}",
+                            self.flag, self.base, self.host
                         ))
                     })?;
                     let stream = tokio_rustls::TlsConnector::from(config.clone())
@@ -110,7 +147,7 @@ impl Client {
                 .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body).trim().to_string() }));
             if !status.is_success() {
                 let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("no explanation").to_string();
-                return Err(ClientError::Refused { status: status.as_u16(), message });
+                return Err(ClientError::Refused { what, status: status.as_u16(), message });
             }
             Ok(value)
         })
@@ -120,7 +157,7 @@ impl Client {
 /// One request on a fresh HTTP/1.1 connection.
 async fn send<S>(
     io: TokioIo<S>,
-    request: hyper::Request<Empty<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
 ) -> Result<(hyper::StatusCode, Bytes), hyper::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -112,6 +112,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             target_ca_file: None,
             client_secret_env: None,
             client_secret_file: Some(secrets.join("client-secret")),
+            database: Some(DATABASE.to_string()),
             sample_rows: 0,
             sample_bytes: 64 * 1024,
         }],
@@ -121,6 +122,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             investigator_group: INVESTIGATORS.to_string(),
             tls: false,
         }),
+        control: None,
+        policies: Vec::new(),
     };
     let dev_issuer = DevIssuer::open_or_create(&data_dir, &DevIssuerConfig::default())?;
     let investigator_token = dev_issuer.sign(INVESTIGATOR, &[INVESTIGATORS.to_string()], INVESTIGATOR_TTL)?;

@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use proctor_replay_server::client::{Client, ClientError, query_string};
+use proctor_replay_server::client::{Client, query_string};
+
+use super::refused;
 
 use crate::cli::{ReplayArgs, SearchArgs, SessionsArgs, Source};
 
@@ -15,17 +17,6 @@ fn client(server: &str, source: &Source) -> anyhow::Result<Client> {
         anyhow::anyhow!("--server needs an investigator's token: --token JWT or $PROCTOR_TOKEN (the demo prints one)")
     })?;
     Ok(Client::new(server, token, source.ca_file.as_deref())?)
-}
-
-/// A refused request exits 2 with the server's reason; others are errors.
-fn refused(error: ClientError) -> anyhow::Result<ExitCode> {
-    match error {
-        ClientError::Refused { .. } => {
-            eprintln!("proctor: {error}");
-            Ok(ExitCode::from(2))
-        }
-        other => Err(other.into()),
-    }
 }
 
 pub fn search(server: &str, args: &SearchArgs) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,13 @@ use proctor_recorder::Recorder;
 use proctor_schemas::EndReason;
 use tokio::signal::unix::{SignalKind, signal};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proctor_gateway_core::auth::SharedSecretAuthenticator;
+use proctor_gateway_core::control::{
+    Control, ControlConfig, GrantAuthenticator, LiveGrants, Offer, Policies, SqlStore, api,
+};
 use proctor_gateway_core::identity::{DevIssuer, Verifier};
 use proctor_replay_server::{ApiState, RecorderAccessLog};
 
@@ -31,6 +38,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         if let Some(url) = &ready.replay_url {
             tracing::info!(url = %url, "replay API listening");
         }
+        if let Some(url) = &ready.api_url {
+            tracing::info!(url = %url, "control API listening");
+        }
         Ok(())
     }))?;
     Ok(ExitCode::SUCCESS)
@@ -49,6 +59,106 @@ pub struct Ready {
     pub key_fingerprint: String,
     /// The replay API's base URL, when configured.
     pub replay_url: Option<String>,
+    /// The control API's base URL, when configured.
+    pub api_url: Option<String>,
+}
+
+/// How often grants are checked for expiry (and for changes made by other
+/// gateways sharing the store): well under the second within which a
+/// session must end.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+type Tasks = Vec<tokio::task::JoinHandle<()>>;
+
+/// The control store named by `[control] store`.
+async fn open_store(config: &Config, control: &ControlConfig) -> anyhow::Result<SqlStore> {
+    let url = if control.store == "sqlite" {
+        format!("sqlite://{}", config.data_dir.join("control.db").display())
+    } else {
+        control.store.clone()
+    };
+    Ok(SqlStore::open(&url).await?)
+}
+
+/// Starts the control API and the expiry sweeper; they stop when `stopped`
+/// turns true.
+async fn start_control(
+    config: &Config,
+    control_config: &ControlConfig,
+    store: SqlStore,
+    live: Arc<LiveGrants>,
+    session: ControlSession<RecorderSink>,
+    listeners: &[(String, SocketAddr)],
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(String, Tasks)> {
+    let verifier = Arc::new(verifier(config)?);
+    let mut offers = HashMap::new();
+    for (name, addr) in listeners {
+        let Some(resource) = config.resources.iter().find(|r| &r.name == name) else { continue };
+        let host = match &control_config.public_host {
+            Some(host) => host.clone(),
+            None if addr.ip().is_unspecified() => "localhost".to_string(),
+            None => addr.ip().to_string(),
+        };
+        offers
+            .insert(name.clone(), Offer { host, port: addr.port(), database: resource.offered_database().to_string() });
+    }
+    let policies = Policies::new(config.policies.clone())?;
+    let control = Arc::new(Control::new(
+        store,
+        policies,
+        offers,
+        session,
+        live,
+        control_config.pending_ttl,
+        control_config.admin_group.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(control_config.listen)
+        .await
+        .with_context(|| format!("the control API cannot listen on {}", control_config.listen))?;
+    let tls = if control_config.tls {
+        let (server, _) = proctor_gateway_core::tls::http_server_config(&config.tls, &config.data_dir.join("tls"))
+            .context("cannot set up TLS for the control API")?;
+        Some(server)
+    } else {
+        None
+    };
+    if tls.is_none() && !control_config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %control_config.listen,
+            "the control API speaks plain HTTP beyond loopback: tokens and credentials cross the network in clear; set [control] tls = true or put a TLS-terminating proxy in front"
+        );
+    }
+    let url = format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
+    let app = api::router(Arc::new(api::ControlApi { control: control.clone(), verifier }));
+    let mut api_stopped = stopped.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = api_stopped.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = proctor_gateway_core::http::serve(listener, app, tls, shutdown).await {
+            tracing::error!(%error, "the control API failed");
+        }
+    });
+    let mut sweep_stopped = stopped;
+    let sweeper = tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            match control.sweep().await {
+                Ok(()) => failing = false,
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::error!(%error, "could not check grants for expiry; retrying");
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = sweep_stopped.wait_for(|stop| *stop) => break,
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            }
+        }
+    });
+    Ok((url, vec![server, sweeper]))
 }
 
 /// The verifier of API tokens: the configured issuers, and the dev issuer
@@ -72,7 +182,7 @@ async fn start_replay(
     config: &Config,
     sink: proctor_recorder::Sink,
     mut stopped: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Option<(String, tokio::task::JoinHandle<std::io::Result<()>>)>> {
+) -> anyhow::Result<Option<(String, tokio::task::JoinHandle<()>)>> {
     let Some(replay) = &config.replay else { return Ok(None) };
     let verifier = std::sync::Arc::new(verifier(config)?);
     let listener = tokio::net::TcpListener::bind(replay.listen)
@@ -99,9 +209,14 @@ async fn start_replay(
         replay.investigator_group.clone(),
         RecorderAccessLog(sink),
     ));
-    let task = tokio::spawn(proctor_replay_server::serve(listener, state, tls, async move {
+    let served = proctor_replay_server::serve(listener, state, tls, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
-    }));
+    });
+    let task = tokio::spawn(async move {
+        if let Err(error) = served.await {
+            tracing::error!(%error, "the replay API failed");
+        }
+    });
     Ok(Some((url, task)))
 }
 
@@ -145,29 +260,68 @@ pub async fn serve(
         let (replay_url, replay) = match start_replay(&config, recorder.sink(), stopped.clone()).await {
             Ok(Some((url, task))) => (Some(url), Some(task)),
             Ok(None) => (None, None),
-            Err(error) => return Err((error, None)),
+            Err(error) => return Err((error, Vec::new())),
         };
-        let gateway = match crate::gateway::start(&config, sink, stopped).await {
+        let mut tasks: Tasks = replay.into_iter().collect();
+        let secrets = match crate::gateway::client_secrets(&config) {
+            Ok(secrets) => secrets,
+            Err(error) => return Err((error, tasks)),
+        };
+        let grants = match &config.control {
+            Some(control_config) => match open_store(&config, control_config).await {
+                Ok(store) => Some((control_config, store, Arc::new(LiveGrants::default()))),
+                Err(error) => return Err((error, tasks)),
+            },
+            None => None,
+        };
+        let started = match &grants {
+            Some((_, store, live)) => {
+                let auth = Arc::new(GrantAuthenticator::new(store.clone(), live.clone(), secrets));
+                crate::gateway::start(&config, sink.clone(), auth, stopped.clone()).await
+            }
+            None => {
+                let auth = Arc::new(SharedSecretAuthenticator::new(secrets));
+                crate::gateway::start(&config, sink.clone(), auth, stopped.clone()).await
+            }
+        };
+        let gateway = match started {
             Ok(gateway) => gateway,
-            Err(error) => return Err((error, replay)),
+            Err(error) => return Err((error, tasks)),
         };
+        let mut api_url = None;
+        if let Some((control_config, store, live)) = grants {
+            let session = control.clone();
+            let listeners = &gateway.listeners;
+            match start_control(&config, control_config, store, live, session, listeners, stopped.clone()).await {
+                Ok((url, started)) => {
+                    api_url = Some(url);
+                    tasks.extend(started);
+                }
+                Err(error) => {
+                    let _ = stop.send(true);
+                    gateway.wait().await;
+                    return Err((error, tasks));
+                }
+            }
+        }
         let ready = Ready {
             listeners: gateway.listeners.clone(),
             key_fingerprint: recorder.key_fingerprint().to_string(),
             replay_url,
+            api_url,
         };
         match on_ready(&ready) {
-            Ok(()) => Ok((gateway, replay)),
-            Err(error) => Err((error, replay)),
+            Ok(()) => Ok((gateway, tasks)),
+            Err(error) => Err((error, tasks)),
         }
     }
     .await;
-    let (gateway, replay) = match started {
+    let (gateway, tasks) = match started {
         Ok(started) => started,
-        Err((error, replay)) => {
+        Err((error, tasks)) => {
             let _ = stop.send(true);
-            // The API stops appending before the recorder closes.
-            if let Some(task) = replay {
+            // The APIs stop appending before the recorder closes.
+            for task in tasks {
                 let _ = task.await;
             }
             let _ = control.end(EndReason::Shutdown, &format!("could not start: {error:#}")).await;
@@ -206,11 +360,9 @@ pub async fn serve(
     let _ = stop.send(true);
     gateway.wait().await;
     let _ = notes.await;
-    if let Some(task) = replay {
-        match task.await {
-            Ok(Err(error)) => tracing::error!(%error, "the replay API failed"),
-            Err(error) => tracing::error!(%error, "the replay API failed"),
-            Ok(Ok(())) => {}
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "an API task failed");
         }
     }
     if let Err(error) = control.end(EndReason::Shutdown, &format!("stopped by {signal_name}")).await {

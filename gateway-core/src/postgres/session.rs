@@ -32,6 +32,7 @@ use super::stream::Conn;
 use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
 use crate::auth::{AuthRequest, Authenticator, Identity};
+use crate::control::Lease;
 use crate::recording::{Record, SessionRecorder};
 use crate::{EventSink, SinkError};
 
@@ -205,6 +206,9 @@ async fn serve<S: EventSink, A: Authenticator>(
         }
     };
 
+    // Held to its grant: its end ends the session.
+    let mut lease = ctx.auth.lease(&identity);
+
     // The session begins: recorded before anything reaches the target,
     // with every start-up parameter the target will be given.
     recorder.push(Direction::Gateway, session_start(resource, client_addr, &params, Some(&identity), &tls, None));
@@ -294,7 +298,8 @@ async fn serve<S: EventSink, A: Authenticator>(
         return;
     }
 
-    let ending = relay(resource, recorder, &mut client, &mut target, cancel_rx, shutdown).await;
+    let ending = relay(resource, recorder, &mut client, &mut target, cancel_rx, shutdown, lease.as_mut()).await;
+    drop(lease);
     drop(key);
     let message = ending.message.clone();
     let tell = match ending.reason {
@@ -305,6 +310,13 @@ async fn serve<S: EventSink, A: Authenticator>(
                 .with_hint("the database server ended the session; reconnect"),
         ),
         EndReason::Shutdown => Some(PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment")),
+        EndReason::GrantExpired | EndReason::GrantRevoked => Some(
+            PgError::fatal(
+                "57P01",
+                format!("Proctor ended this session: {}", message.clone().unwrap_or_else(|| "its grant ended".into())),
+            )
+            .with_hint("request a new grant with `proctor grant request` and reconnect with its credentials"),
+        ),
         EndReason::RecorderUnavailable => Some(
             PgError::fatal("58030", message.clone().unwrap_or_default())
                 .with_hint("nothing further was sent to the database; try again later or ask the operator"),
@@ -658,6 +670,22 @@ async fn commit<S: EventSink>(
     Ok(())
 }
 
+/// Resolves when the session must end from outside: Proctor shuts down, or
+/// the session's grant expires or is revoked.
+async fn stopping(shutdown: &mut watch::Receiver<bool>, lease: Option<&mut Lease>) -> Ending {
+    let grant_ends = async {
+        match lease {
+            Some(lease) => lease.ended().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = shutting_down(shutdown) => Ending::new(EndReason::Shutdown, "Proctor shut down".to_string()),
+        end = grant_ends => Ending::new(end.reason, end.message),
+    }
+}
+
 async fn relay<S: EventSink>(
     resource: &PgResource,
     recorder: &mut SessionRecorder<S>,
@@ -665,13 +693,14 @@ async fn relay<S: EventSink>(
     target: &mut Conn,
     mut cancels: mpsc::Receiver<CancelNotice>,
     mut shutdown: watch::Receiver<bool>,
+    lease: Option<&mut Lease>,
 ) -> Ending {
     let mut protocol = Protocol::new(resource.limits);
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut target_r, mut target_w) = tokio::io::split(target);
     let mut up = Half::new();
     let mut down = Half::new();
-    let stop = shutting_down(&mut shutdown);
+    let stop = stopping(&mut shutdown, lease);
     tokio::pin!(stop);
     loop {
         // A direction whose bytes have all gone through may end the session.
@@ -755,9 +784,7 @@ async fn relay<S: EventSink>(
                     return Ending::new(EndReason::RecorderUnavailable, "Proctor could not record a cancel request".to_string());
                 }
             }
-            () = &mut stop => {
-                return Ending::new(EndReason::Shutdown, "Proctor shut down".to_string());
-            }
+            ending = &mut stop => return ending,
         }
     }
 }

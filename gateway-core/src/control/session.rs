@@ -13,6 +13,12 @@ pub struct ControlSession<S: EventSink> {
     id: SessionId,
 }
 
+impl<S: EventSink> Clone for ControlSession<S> {
+    fn clone(&self) -> Self {
+        ControlSession { sink: self.sink.clone(), id: self.id }
+    }
+}
+
 impl<S: EventSink> ControlSession<S> {
     /// Records the start of the gateway's control session.
     pub async fn start(sink: S, message: &str) -> Result<ControlSession<S>, SinkError> {

@@ -1,0 +1,159 @@
+//! The control API (HTTP + JSON, bearer OIDC token):
+//!
+//! - `POST /v1/grants` `{resource, ttl, reason}`: request a grant;
+//! - `GET /v1/grants[?status=&resource=&subject=]`: the caller's grants, and
+//!   those they decide;
+//! - `GET /v1/grants/{id}`: one grant (its credential, once, to its
+//!   requester, when it became active after the request);
+//! - `POST /v1/grants/{id}/approve|deny|revoke` `{reason}`;
+//! - `GET /healthz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::grants::{Control, ControlError};
+use super::store::{ControlStore, GrantFilter, GrantStatus};
+use crate::EventSink;
+use crate::http::ApiError;
+use crate::identity::{Identity, Verifier};
+
+/// What the API serves.
+pub struct ControlApi<S: ControlStore, K: EventSink> {
+    pub control: Arc<Control<S, K>>,
+    pub verifier: Arc<Verifier>,
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let status = match e {
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn caller<S: ControlStore, K: EventSink>(api: &ControlApi<S, K>, headers: &HeaderMap) -> ApiResult<Identity> {
+    crate::http::caller(&api.verifier, headers)
+}
+
+/// A JSON body, with a clear message when it is not the expected shape.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("a JSON body is required: {e}")));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestBody {
+    resource: String,
+    /// e.g. `15m`, `1h`.
+    ttl: String,
+    reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    status: Option<String>,
+    resource: Option<String>,
+    subject: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn request<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    let RequestBody { resource, ttl, reason } = body(&bytes)?;
+    let ttl: Duration = humantime::parse_duration(ttl.trim()).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("ttl {ttl:?} is not a duration ({e}); e.g. 15m or 1h"))
+    })?;
+    let grant = api.control.request(&who, &resource, ttl, &reason).await?;
+    Ok((StatusCode::CREATED, Json(grant)).into_response())
+}
+
+async fn list<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    let status = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(GrantStatus::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown status {s:?}: one of pending, active, denied, expired, revoked"),
+            )
+        })?),
+    };
+    let filter = GrantFilter { subject: params.subject, status, resource: params.resource, limit: params.limit };
+    let grants = api.control.list(&who, filter).await?;
+    Ok(Json(json!({ "grants": grants })).into_response())
+}
+
+async fn show<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    Ok(Json(api.control.show(&who, &id).await?).into_response())
+}
+
+async fn decide<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    let DecisionBody { reason } = body(&bytes)?;
+    let grant = match action.as_str() {
+        "approve" => api.control.approve(&who, &id, reason).await?,
+        "deny" => api.control.deny(&who, &id, reason).await?,
+        "revoke" => api.control.revoke(&who, &id, reason).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: approve, deny or revoke"),
+            ));
+        }
+    };
+    Ok(Json(grant).into_response())
+}
+
+/// The API's routes.
+pub fn router<S: ControlStore, K: EventSink>(api: Arc<ControlApi<S, K>>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/grants", post(request::<S, K>).get(list::<S, K>))
+        .route("/v1/grants/{id}", get(show::<S, K>))
+        .route("/v1/grants/{id}/{action}", post(decide::<S, K>))
+        .with_state(api)
+}

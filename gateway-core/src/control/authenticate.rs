@@ -1,0 +1,88 @@
+//! Clients of a resource present a grant's credential: the grant id as the
+//! user name, its secret as the password. [`GrantAuthenticator`] checks it
+//! against the store and holds the session to its grant.
+
+use std::sync::Arc;
+
+use super::grants::{credential_hash, is_grant_id, now_ms};
+use super::live::{Lease, LiveGrants};
+use super::store::{ControlStore, GrantStatus};
+use crate::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator, constant_time_eq};
+
+/// Grants first; a resource's shared secret (if it still has one) for other
+/// user names.
+pub struct GrantAuthenticator<S: ControlStore> {
+    store: S,
+    live: Arc<LiveGrants>,
+    shared: SharedSecretAuthenticator,
+    /// Resources that still accept a shared secret.
+    with_secret: Vec<String>,
+}
+
+impl<S: ControlStore> GrantAuthenticator<S> {
+    pub fn new(store: S, live: Arc<LiveGrants>, secrets: Vec<(String, String)>) -> Self {
+        let with_secret = secrets.iter().map(|(r, _)| r.clone()).collect();
+        GrantAuthenticator { store, live, shared: SharedSecretAuthenticator::new(secrets), with_secret }
+    }
+}
+
+impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Identity, AuthError> {
+        if !is_grant_id(request.user) {
+            if self.with_secret.iter().any(|r| r == request.resource) {
+                return self.shared.authenticate(request).await;
+            }
+            return Err(AuthError::Refused(format!(
+                "connect with a grant's credentials (user g_...): request one with `proctor grant request --resource {} --ttl 15m --reason ...`",
+                request.resource
+            )));
+        }
+        let refused = || {
+            AuthError::Refused(format!(
+                "password authentication failed for grant {}: wrong or unknown credential",
+                request.user
+            ))
+        };
+        let grant = self.store.get(request.user).await.map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let Some(grant) = grant else { return Err(refused()) };
+        let presented = credential_hash(request.password);
+        let matches =
+            grant.credential_hash.as_deref().is_some_and(|h| constant_time_eq(h.as_bytes(), presented.as_bytes()));
+        if !matches {
+            return Err(refused());
+        }
+        // Past here the caller holds the grant's credential: tell them plainly.
+        if grant.resource != request.resource {
+            return Err(AuthError::Refused(format!(
+                "grant {} is for resource {}, not {}",
+                grant.id, grant.resource, request.resource
+            )));
+        }
+        let why = grant.status_reason.clone().unwrap_or_default();
+        match grant.status {
+            GrantStatus::Active if grant.expires_at > now_ms() => {}
+            GrantStatus::Active | GrantStatus::Expired => {
+                return Err(AuthError::Refused(format!(
+                    "grant {} has expired ({why}); request a new one with `proctor grant request`",
+                    grant.id
+                )));
+            }
+            GrantStatus::Revoked => {
+                return Err(AuthError::Refused(format!("grant {} was {why}; request a new one", grant.id)));
+            }
+            GrantStatus::Pending | GrantStatus::Denied => {
+                return Err(AuthError::Refused(format!("grant {} is {}: {why}", grant.id, grant.status.as_str())));
+            }
+        }
+        Ok(Identity {
+            subject: grant.subject,
+            groups: grant.groups,
+            grant_id: Some(grant.id),
+            masking_profile: grant.masking_profile,
+        })
+    }
+
+    fn lease(&self, identity: &Identity) -> Option<Lease> {
+        identity.grant_id.as_deref().map(|id| self.live.lease(id))
+    }
+}

@@ -1,0 +1,598 @@
+//! Grants: requested by a subject for one resource and a while, decided by
+//! policy or by approvers, usable with a credential shown once, ended by
+//! expiry or revocation. Every step is recorded in the control session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use proctor_schemas::{EndReason, GrantAction, GrantEvent, Timestamp};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::live::{GrantEnd, LiveGrants};
+use super::policy::{Decision, Policies};
+use super::session::ControlSession;
+use super::store::{ControlStore, Grant, GrantFilter, GrantStatus, StoreError};
+use crate::EventSink;
+use crate::identity::Identity;
+
+/// How clients reach a resource, for the credentials URL.
+#[derive(Clone, Debug)]
+pub struct Offer {
+    pub host: String,
+    pub port: u16,
+    /// The database named in the URL.
+    pub database: String,
+}
+
+/// Why a control request failed, with the HTTP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> ControlError {
+        ControlError::Unavailable(format!("{e}; try again"))
+    }
+}
+
+/// A grant as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrantView {
+    pub id: String,
+    pub status: GrantStatus,
+    /// Why it is in its status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub resource: String,
+    pub reason: String,
+    /// The access asked for, e.g. `15m`.
+    pub ttl: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// Pending: when the request lapses undecided. Active: when access ends.
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masking_profile: Option<String>,
+    /// Whether its credential was issued (it is shown only then, once).
+    pub credential_issued: bool,
+    /// Present once: in the answer that issued it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ApprovalView {
+    pub group: String,
+    pub needed: i64,
+    pub approvers: Vec<String>,
+}
+
+/// A grant's credential, shown once.
+#[derive(Clone, Debug, Serialize)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+    /// A libpq connection URL.
+    pub url: String,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339(ms: i64) -> String {
+    Timestamp(ms.saturating_mul(1_000_000)).to_rfc3339()
+}
+
+fn random(bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes];
+    getrandom::fill(&mut out).expect("the system's random source failed");
+    out
+}
+
+/// The hash a credential is kept as.
+pub fn credential_hash(secret: &[u8]) -> String {
+    hex::encode(Sha256::digest(secret))
+}
+
+/// Whether `user` names a grant (grants' credentials use the grant id as user).
+pub fn is_grant_id(user: &str) -> bool {
+    user.len() == 18 && user.starts_with("g_") && user[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The control plane's grant logic over a store.
+pub struct Control<S: ControlStore, K: EventSink> {
+    store: S,
+    policies: Policies,
+    offers: HashMap<String, Offer>,
+    session: ControlSession<K>,
+    live: Arc<LiveGrants>,
+    pending_ttl: Duration,
+    admin_group: Option<String>,
+}
+
+impl<S: ControlStore, K: EventSink> Control<S, K> {
+    pub fn new(
+        store: S,
+        policies: Policies,
+        offers: HashMap<String, Offer>,
+        session: ControlSession<K>,
+        live: Arc<LiveGrants>,
+        pending_ttl: Duration,
+        admin_group: Option<String>,
+    ) -> Self {
+        Control { store, policies, offers, session, live, pending_ttl, admin_group }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn live(&self) -> &Arc<LiveGrants> {
+        &self.live
+    }
+
+    pub fn session(&self) -> &ControlSession<K> {
+        &self.session
+    }
+
+    fn is_admin(&self, who: &Identity) -> bool {
+        self.admin_group.as_deref().is_some_and(|g| who.in_group(g))
+    }
+
+    /// Whether `who` decides `grant` (approves, denies, revokes it).
+    fn decides(&self, who: &Identity, grant: &Grant) -> bool {
+        if self.is_admin(who) {
+            return true;
+        }
+        let group = grant.approval_group.clone().or_else(|| {
+            grant.policy.as_deref().and_then(|p| self.policies.by_name(p)?.approval.as_ref().map(|a| a.group.clone()))
+        });
+        group.is_some_and(|g| who.in_group(&g))
+    }
+
+    fn view(&self, grant: &Grant, credentials: Option<Credentials>) -> GrantView {
+        GrantView {
+            id: grant.id.clone(),
+            status: grant.status,
+            status_reason: grant.status_reason.clone(),
+            subject: grant.subject.clone(),
+            groups: grant.groups.clone(),
+            resource: grant.resource.clone(),
+            reason: grant.reason.clone(),
+            ttl: humantime::format_duration(Duration::from_secs(grant.ttl_secs.max(0) as u64)).to_string(),
+            created_at: rfc3339(grant.created_at),
+            decided_at: grant.decided_at.map(rfc3339),
+            decided_by: grant.decided_by.clone(),
+            expires_at: rfc3339(grant.expires_at),
+            policy: grant.policy.clone(),
+            approval: grant.approval_group.as_ref().map(|group| ApprovalView {
+                group: group.clone(),
+                needed: grant.approvals_needed,
+                approvers: grant.approvers.clone(),
+            }),
+            rules: grant.rules.clone(),
+            masking_profile: grant.masking_profile.clone(),
+            credential_issued: grant.credential_hash.is_some(),
+            credentials,
+        }
+    }
+
+    /// A new credential for `grant`: the secret (returned) and its hash (kept).
+    fn issue(&self, grant: &mut Grant) -> Credentials {
+        let password = format!("pct_{}", URL_SAFE_NO_PAD.encode(random(32)));
+        grant.credential_hash = Some(credential_hash(password.as_bytes()));
+        let url = match self.offers.get(&grant.resource) {
+            Some(o) => format!(
+                "postgresql://{}:{}@{}:{}/{}?sslmode=require",
+                grant.id,
+                password,
+                url_host(&o.host),
+                o.port,
+                encode_path(&o.database)
+            ),
+            None => String::new(),
+        };
+        Credentials { user: grant.id.clone(), password, url }
+    }
+
+    async fn record(
+        &self,
+        action: GrantAction,
+        grant: &Grant,
+        actor: &str,
+        message: Option<String>,
+    ) -> Result<(), ControlError> {
+        let event = GrantEvent {
+            action,
+            grant_id: grant.id.clone(),
+            resource: Some(grant.resource.clone()),
+            subject: Some(grant.subject.clone()),
+            groups: grant.groups.clone(),
+            actor: Some(actor.to_string()),
+            expires_at: Some(Timestamp(grant.expires_at.saturating_mul(1_000_000))),
+            message,
+        };
+        self.session.record(event).await.map(|_| ()).map_err(|e| {
+            ControlError::Unavailable(format!(
+                "Proctor could not record this ({}); nothing was changed, try again later",
+                e.0
+            ))
+        })
+    }
+
+    /// A subject asks for `resource` for `ttl`, saying why.
+    pub async fn request(
+        &self,
+        who: &Identity,
+        resource: &str,
+        ttl: Duration,
+        reason: &str,
+    ) -> Result<GrantView, ControlError> {
+        if !self.offers.contains_key(resource) {
+            let mut known: Vec<&str> = self.offers.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(ControlError::NotFound(format!(
+                "there is no resource {resource:?} (resources: {})",
+                known.join(", ")
+            )));
+        }
+        if ttl.is_zero() {
+            return Err(ControlError::BadRequest("ttl must be positive, e.g. 15m".into()));
+        }
+        if reason.trim().is_empty() {
+            return Err(ControlError::BadRequest("a reason is required: say why you need access".into()));
+        }
+        let now = now_ms();
+        let id = format!("g_{}", hex::encode(random(8)));
+        let decision = self.policies.decide(&who.groups, resource, ttl);
+        let policy = match &decision {
+            Decision::Approve { policy } | Decision::Approval { policy, .. } => Some(policy.clone()),
+            Decision::Deny { policy, .. } => policy.clone(),
+        };
+        let chosen = policy.as_deref().and_then(|p| self.policies.by_name(p));
+        let mut grant = Grant {
+            id,
+            version: 0,
+            subject: who.subject.clone(),
+            groups: who.groups.clone(),
+            resource: resource.to_string(),
+            reason: reason.to_string(),
+            ttl_secs: ttl.as_secs().max(1) as i64,
+            status: GrantStatus::Pending,
+            status_reason: None,
+            decided_by: None,
+            policy: policy.clone(),
+            approval_group: None,
+            approvals_needed: 0,
+            approvers: Vec::new(),
+            created_at: now,
+            decided_at: None,
+            expires_at: now + self.pending_ttl.as_millis() as i64,
+            credential_hash: None,
+            rules: chosen.and_then(|p| p.rules.clone()),
+            masking_profile: chosen.and_then(|p| p.masking_profile.clone()),
+        };
+        // The request itself is recorded first, whatever is decided.
+        self.record(GrantAction::Requested, &grant, &who.subject, Some(reason.to_string())).await?;
+        let mut credentials = None;
+        let (action, message) = match decision {
+            Decision::Approve { policy } => {
+                grant.status = GrantStatus::Active;
+                grant.decided_at = Some(now);
+                grant.decided_by = Some("policy".to_string());
+                grant.expires_at = now + grant.ttl_secs * 1000;
+                grant.status_reason = Some(format!("approved by policy {policy}"));
+                credentials = Some(self.issue(&mut grant));
+                (GrantAction::Approved, grant.status_reason.clone())
+            }
+            Decision::Approval { policy, group, count } => {
+                grant.approval_group = Some(group.clone());
+                grant.approvals_needed = i64::from(count);
+                grant.status_reason = Some(format!(
+                    "policy {policy} needs {count} approval(s) from group {group}; ask an approver to run `proctor grant approve {}`",
+                    grant.id
+                ));
+                (GrantAction::Requested, None)
+            }
+            Decision::Deny { reason, .. } => {
+                grant.status = GrantStatus::Denied;
+                grant.decided_at = Some(now);
+                grant.decided_by = Some("policy".to_string());
+                grant.expires_at = now;
+                grant.status_reason = Some(reason);
+                (GrantAction::Denied, grant.status_reason.clone())
+            }
+        };
+        if action != GrantAction::Requested {
+            // Recorded before the grant exists in the store: an unrecorded
+            // approval never becomes usable.
+            self.record(action, &grant, "policy", message).await?;
+        }
+        self.store.insert(&grant).await?;
+        Ok(self.view(&grant, credentials))
+    }
+
+    async fn load(&self, id: &str) -> Result<Grant, ControlError> {
+        self.store.get(id).await?.ok_or_else(|| ControlError::NotFound(format!("there is no grant {id}")))
+    }
+
+    /// One grant, to its requester or a decider. An active grant whose
+    /// credential was not issued yet (it was approved later) issues it
+    /// now, to its requester only, once.
+    pub async fn show(&self, who: &Identity, id: &str) -> Result<GrantView, ControlError> {
+        loop {
+            let mut grant = self.load(id).await?;
+            let mine = grant.subject == who.subject;
+            if !mine && !self.decides(who, &grant) {
+                return Err(ControlError::NotFound(format!("there is no grant {id}")));
+            }
+            if !(mine && grant.status == GrantStatus::Active && grant.credential_hash.is_none())
+                || grant.expires_at <= now_ms()
+            {
+                return Ok(self.view(&grant, None));
+            }
+            let version = grant.version;
+            let credentials = self.issue(&mut grant);
+            if self.store.update(&grant, version).await? {
+                grant.version += 1;
+                return Ok(self.view(&grant, Some(credentials)));
+            }
+        }
+    }
+
+    /// Grants `who` may see: their own, and those they decide.
+    pub async fn list(&self, who: &Identity, mut filter: GrantFilter) -> Result<Vec<GrantView>, ControlError> {
+        let decider = self.is_admin(who) || self.policies.approver_groups().any(|g| who.in_group(g));
+        if !decider {
+            filter.subject = Some(who.subject.clone());
+        }
+        let grants = self.store.list(&filter).await?;
+        Ok(grants
+            .iter()
+            .filter(|g| g.subject == who.subject || self.decides(who, g))
+            .map(|g| self.view(g, None))
+            .collect())
+    }
+
+    /// Applies `change` to grant `id` with compare-and-swap, retrying when
+    /// someone else changed it first.
+    async fn change(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Grant) -> Result<(), ControlError>,
+    ) -> Result<(Grant, Grant), ControlError> {
+        loop {
+            let before = self.load(id).await?;
+            let mut after = before.clone();
+            change(&mut after)?;
+            if self.store.update(&after, before.version).await? {
+                after.version = before.version + 1;
+                return Ok((before, after));
+            }
+        }
+    }
+
+    pub async fn approve(&self, who: &Identity, id: &str, note: Option<String>) -> Result<GrantView, ControlError> {
+        let now = now_ms();
+        let (_, grant) = self
+            .change(id, |g| {
+                if g.subject == who.subject {
+                    return Err(ControlError::Forbidden(format!(
+                        "{} requested grant {id} and cannot approve it: another member of {} must",
+                        who.subject,
+                        g.approval_group.as_deref().unwrap_or("the approval group")
+                    )));
+                }
+                if !self.decides(who, g) {
+                    return Err(ControlError::Forbidden(format!(
+                        "{} may not approve grant {id}: approvals come from group {}",
+                        who.subject,
+                        g.approval_group.as_deref().unwrap_or("(none: it needed no approval)")
+                    )));
+                }
+                if g.status != GrantStatus::Pending || g.expires_at <= now {
+                    let status = if g.status == GrantStatus::Pending { "expired" } else { g.status.as_str() };
+                    return Err(ControlError::Conflict(format!("grant {id} is {status}, not pending")));
+                }
+                if g.approvers.contains(&who.subject) {
+                    return Err(ControlError::Conflict(format!("{} has already approved grant {id}", who.subject)));
+                }
+                g.approvers.push(who.subject.clone());
+                if g.approvers.len() as i64 >= g.approvals_needed {
+                    g.status = GrantStatus::Active;
+                    g.decided_at = Some(now);
+                    g.decided_by = Some(g.approvers.join(", "));
+                    g.expires_at = now + g.ttl_secs * 1000;
+                    g.status_reason = Some(match &note {
+                        Some(note) => format!("approved by {}: {note}", g.approvers.join(", ")),
+                        None => format!("approved by {}", g.approvers.join(", ")),
+                    });
+                } else {
+                    g.status_reason = Some(format!(
+                        "{} of {} approvals from group {} ({})",
+                        g.approvers.len(),
+                        g.approvals_needed,
+                        g.approval_group.as_deref().unwrap_or_default(),
+                        g.approvers.join(", ")
+                    ));
+                }
+                Ok(())
+            })
+            .await?;
+        if grant.status == GrantStatus::Active
+            && let Err(error) =
+                self.record(GrantAction::Approved, &grant, &who.subject, grant.status_reason.clone()).await
+        {
+            // An approval that was not recorded does not stand.
+            let _ = self
+                .change(id, |g| {
+                    g.status = GrantStatus::Pending;
+                    g.approvers.retain(|a| a != &who.subject);
+                    g.decided_at = None;
+                    g.decided_by = None;
+                    g.expires_at = grant.created_at + self.pending_ttl.as_millis() as i64;
+                    Ok(())
+                })
+                .await;
+            return Err(error);
+        }
+        Ok(self.view(&grant, None))
+    }
+
+    pub async fn deny(&self, who: &Identity, id: &str, note: Option<String>) -> Result<GrantView, ControlError> {
+        let now = now_ms();
+        let (_, grant) = self
+            .change(id, |g| {
+                if !self.decides(who, g) {
+                    return Err(ControlError::Forbidden(format!("{} may not deny grant {id}", who.subject)));
+                }
+                if g.status != GrantStatus::Pending {
+                    return Err(ControlError::Conflict(format!("grant {id} is {}, not pending", g.status.as_str())));
+                }
+                settle(g, GrantStatus::Denied, &who.subject, note.as_deref(), now);
+                Ok(())
+            })
+            .await?;
+        // A denial stands even if it could not be recorded (fail closed);
+        // the caller is told.
+        self.record(GrantAction::Denied, &grant, &who.subject, grant.status_reason.clone()).await?;
+        Ok(self.view(&grant, None))
+    }
+
+    /// Ends a grant before its time: its requester or a decider.
+    pub async fn revoke(&self, who: &Identity, id: &str, note: Option<String>) -> Result<GrantView, ControlError> {
+        let now = now_ms();
+        let (_, grant) = self
+            .change(id, |g| {
+                if g.subject != who.subject && !self.decides(who, g) {
+                    return Err(ControlError::Forbidden(format!(
+                        "{} may not revoke grant {id}: only its requester and its approvers may",
+                        who.subject
+                    )));
+                }
+                if g.status.is_final() {
+                    return Err(ControlError::Conflict(format!("grant {id} is already {}", g.status.as_str())));
+                }
+                settle(g, GrantStatus::Revoked, &who.subject, note.as_deref(), now);
+                Ok(())
+            })
+            .await?;
+        let message = grant.status_reason.clone().unwrap_or_default();
+        self.live.end(
+            &grant.id,
+            &GrantEnd { reason: EndReason::GrantRevoked, message: format!("grant {} was {message}", grant.id) },
+        );
+        self.record(GrantAction::Revoked, &grant, &who.subject, grant.status_reason.clone()).await?;
+        Ok(self.view(&grant, None))
+    }
+
+    /// Expires what is due and ends live sessions whose grant is no longer
+    /// active (also when another gateway sharing the store changed it).
+    pub async fn sweep(&self) -> Result<(), ControlError> {
+        let now = now_ms();
+        for due in self.store.due(now).await? {
+            let was_active = due.status == GrantStatus::Active;
+            let Ok((_, grant)) = self
+                .change(&due.id, |g| {
+                    if g.status.is_final() || g.expires_at > now {
+                        return Err(ControlError::Conflict(String::new()));
+                    }
+                    g.status_reason = Some(if g.status == GrantStatus::Active {
+                        format!("expired at {}", rfc3339(g.expires_at))
+                    } else {
+                        format!("no decision before {}; request again", rfc3339(g.expires_at))
+                    });
+                    g.status = GrantStatus::Expired;
+                    g.decided_by = Some("proctor".to_string());
+                    Ok(())
+                })
+                .await
+            else {
+                continue;
+            };
+            if was_active {
+                self.live.end(&grant.id, &expired(&grant));
+            }
+            self.record(GrantAction::Expired, &grant, "proctor", grant.status_reason.clone()).await?;
+        }
+        for id in self.live.grant_ids() {
+            match self.store.get(&id).await? {
+                Some(g) if g.status == GrantStatus::Active && g.expires_at > now => {}
+                Some(g) if g.status == GrantStatus::Revoked => {
+                    let message = format!("grant {id} was {}", g.status_reason.unwrap_or_else(|| "revoked".into()));
+                    self.live.end(&id, &GrantEnd { reason: EndReason::GrantRevoked, message });
+                }
+                Some(g) => {
+                    self.live.end(&id, &expired(&g));
+                }
+                None => {
+                    let message = format!("grant {id} no longer exists");
+                    self.live.end(&id, &GrantEnd { reason: EndReason::GrantRevoked, message });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends a grant by a person's decision (`Denied` or `Revoked`), from `now`.
+fn settle(grant: &mut Grant, status: GrantStatus, by: &str, note: Option<&str>, now: i64) {
+    grant.status = status;
+    grant.decided_at = Some(now);
+    grant.decided_by = Some(by.to_string());
+    grant.expires_at = now;
+    let verb = if status == GrantStatus::Denied { "denied" } else { "revoked" };
+    grant.status_reason = Some(match note {
+        Some(note) => format!("{verb} by {by}: {note}"),
+        None => format!("{verb} by {by}"),
+    });
+}
+
+fn expired(grant: &Grant) -> GrantEnd {
+    GrantEnd {
+        reason: EndReason::GrantExpired,
+        message: format!("grant {} expired at {}", grant.id, rfc3339(grant.expires_at)),
+    }
+}
+
+/// A host for a URL: IPv6 addresses in brackets.
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() }
+}
+
+/// Percent-encodes a URL path segment.
+fn encode_path(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,17 @@
+//! The control plane: the control session's events, grant policies, the
+//! control store, grants and their credentials, and the control API.
+
+pub mod api;
+mod authenticate;
+mod grants;
+mod live;
+mod policy;
+mod session;
+mod store;
+
+pub use authenticate::GrantAuthenticator;
+pub use grants::{ApprovalView, Control, ControlError, Credentials, GrantView, Offer, is_grant_id, now_ms};
+pub use live::{GrantEnd, Lease, LiveGrants};
+pub use policy::{ApprovalConfig, ControlConfig, Decision, Policies, PolicyConfig};
+pub use session::ControlSession;
+pub use store::{ControlStore, Grant, GrantFilter, GrantStatus, SqlStore, StoreError};

@@ -1,0 +1,115 @@
+//! Serving an axum router over plain HTTP or rustls, with a graceful stop:
+//! shared by the control API and the replay server.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves `app` on `listener` until `shutdown` resolves; requests in flight
+/// then get a few seconds to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not accept an API connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                connections.spawn(async move {
+                    // A handshake that does not finish in time is dropped.
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+                    let Ok(Ok(stream)) = handshake.await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    // Requests in flight get a moment to finish; idle connections are closed.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+/// The bearer token of a request (empty if none).
+pub fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .unwrap_or_default()
+}
+
+/// An error answer of Proctor's APIs: `{"error": "..."}` with its status;
+/// a 401 carries an RFC 6750 challenge.
+pub struct ApiError {
+    pub status: axum::http::StatusCode,
+    pub message: String,
+    /// A 401 for a request that presented no token: a bare challenge.
+    no_token: bool,
+}
+
+impl ApiError {
+    pub fn new(status: axum::http::StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), no_token: false }
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{StatusCode, header};
+        let body = axum::Json(serde_json::json!({ "error": self.message }));
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a request without credentials gets a bare challenge.
+            let challenge = if self.no_token {
+                "Bearer realm=\"proctor\"".to_string()
+            } else {
+                format!(
+                    "Bearer realm=\"proctor\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.message.replace('"', "'")
+                )
+            };
+            (self.status, [(header::WWW_AUTHENTICATE, challenge)], body).into_response()
+        } else {
+            (self.status, body).into_response()
+        }
+    }
+}
+
+/// Who sent a request: its bearer token verified (401 if it does not).
+pub fn caller(
+    verifier: &crate::identity::Verifier,
+    headers: &axum::http::HeaderMap,
+) -> Result<crate::identity::Identity, ApiError> {
+    use crate::identity::IdentityError;
+    verifier.verify(bearer(headers)).map_err(|e| match e {
+        IdentityError::Config(_) => ApiError::internal(e),
+        other => ApiError {
+            no_token: matches!(other, IdentityError::Missing),
+            ..ApiError::new(axum::http::StatusCode::UNAUTHORIZED, other.to_string())
+        },
+    })
+}

@@ -1,0 +1,115 @@
+//! One conformance suite for the control store, run against SQLite (a file
+//! in a temp dir, the default) and against a real PostgreSQL cluster (the
+//! scale-out option): the same behaviour, whichever backs a deployment.
+
+use proctor_devcluster::{Cluster, Options};
+use proctor_gateway_core::control::{ControlStore, Grant, GrantFilter, GrantStatus, SqlStore};
+
+fn grant(id: &str, subject: &str, status: GrantStatus, created_at: i64, expires_at: i64) -> Grant {
+    Grant {
+        id: id.to_string(),
+        version: 0,
+        subject: subject.to_string(),
+        groups: vec!["ci".to_string(), "with \"quotes\"".to_string()],
+        resource: "orders-db".to_string(),
+        reason: "deploy 4711 — ünïcode".to_string(),
+        ttl_secs: 900,
+        status,
+        status_reason: None,
+        decided_by: None,
+        policy: Some("agents".to_string()),
+        approval_group: Some("dba".to_string()),
+        approvals_needed: 2,
+        approvers: Vec::new(),
+        created_at,
+        decided_at: None,
+        expires_at,
+        credential_hash: None,
+        rules: Some("strict".to_string()),
+        masking_profile: None,
+    }
+}
+
+async fn conformance(store: SqlStore) {
+    // Insert and read back every field, NULLs included.
+    let a = grant("g_000000000000000a", "alice", GrantStatus::Pending, 1_000, 10_000);
+    store.insert(&a).await.unwrap();
+    assert_eq!(store.get(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get("g_missing").await.unwrap(), None);
+    assert!(store.insert(&a).await.is_err(), "an id is unique");
+
+    // Compare-and-swap: the first writer at a version wins, the second loses.
+    let mut approved = a.clone();
+    approved.status = GrantStatus::Active;
+    approved.approvers = vec!["dan".to_string()];
+    approved.decided_at = Some(2_000);
+    approved.decided_by = Some("dan".to_string());
+    approved.status_reason = Some("approved by dan".to_string());
+    approved.credential_hash = Some("ab".repeat(32));
+    assert!(store.update(&approved, 0).await.unwrap());
+    let mut denied = a.clone();
+    denied.status = GrantStatus::Denied;
+    assert!(!store.update(&denied, 0).await.unwrap(), "a stale version must not overwrite");
+    let stored = store.get(&a.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.status, GrantStatus::Active);
+    assert_eq!(stored.approvers, vec!["dan".to_string()]);
+    assert_eq!(stored.credential_hash, approved.credential_hash);
+    assert_eq!(stored.decided_at, Some(2_000));
+
+    // Listing: newest first, filtered by subject, status and resource.
+    store.insert(&grant("g_000000000000000b", "bob", GrantStatus::Pending, 3_000, 20_000)).await.unwrap();
+    store.insert(&grant("g_000000000000000c", "alice", GrantStatus::Denied, 4_000, 4_000)).await.unwrap();
+    let ids = |grants: Vec<Grant>| grants.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list(&GrantFilter::default()).await.unwrap()),
+        ["g_000000000000000c", "g_000000000000000b", "g_000000000000000a"]
+    );
+    let alice = GrantFilter { subject: Some("alice".into()), ..GrantFilter::default() };
+    assert_eq!(ids(store.list(&alice).await.unwrap()), ["g_000000000000000c", "g_000000000000000a"]);
+    let pending = GrantFilter { status: Some(GrantStatus::Pending), ..GrantFilter::default() };
+    assert_eq!(ids(store.list(&pending).await.unwrap()), ["g_000000000000000b"]);
+    let elsewhere = GrantFilter { resource: Some("billing-db".into()), ..GrantFilter::default() };
+    assert!(store.list(&elsewhere).await.unwrap().is_empty());
+    let one = GrantFilter { limit: Some(1), ..GrantFilter::default() };
+    assert_eq!(store.list(&one).await.unwrap().len(), 1);
+    // A filter value is data, never SQL.
+    let hostile = GrantFilter { subject: Some("' OR '1'='1".into()), ..GrantFilter::default() };
+    assert!(store.list(&hostile).await.unwrap().is_empty());
+
+    // Due: pending or active at or past their time, never final ones.
+    let mut due = ids(store.due(9_999).await.unwrap());
+    assert!(due.is_empty(), "{due:?}");
+    due = ids(store.due(10_000).await.unwrap());
+    assert_eq!(due, ["g_000000000000000a"]);
+    due = ids(store.due(30_000).await.unwrap());
+    due.sort();
+    assert_eq!(due, ["g_000000000000000a", "g_000000000000000b"]);
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    conformance(SqlStore::open(&url).await.unwrap()).await;
+    // The file keeps what was written: reopened, it still holds the grants.
+    let reopened = SqlStore::open(&url).await.unwrap();
+    assert_eq!(reopened.list(&GrantFilter::default()).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn postgres_store_conforms() {
+    let cluster = Cluster::start(&Options::default()).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+    cluster.psql("postgres", "create database control").unwrap();
+    let store = SqlStore::open(&cluster.superuser_url("control")).await.unwrap();
+    conformance(store).await;
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_says_where_without_the_password() {
+    let port = proctor_devcluster::free_port();
+    let error = SqlStore::open(&format!("postgres://proctor:s3cret@127.0.0.1:{port}/control")).await.err().unwrap();
+    let message = error.to_string();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+}

@@ -1,0 +1,291 @@
+//! Just-in-time access end to end: agents and people ask the control API for
+//! grants with `proctor grant`, connect with psql using the credential they
+//! get, and lose the connection within a second when the grant is revoked
+//! or expires. Real cluster, real `proctor up`, tokens from the dev issuer.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use proctor_tests::devcluster::{Cluster, Options, free_port};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stderr, stdout};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn token(data_dir: &Path, sub: &str, groups: &str) -> String {
+    let output = run_ok(bin(), &["token", "--data-dir", data_dir.to_str().unwrap(), "--sub", sub, "--groups", groups]);
+    stdout(&output).trim().to_string()
+}
+
+struct Setup {
+    cluster: Cluster,
+    proctor: Proctor,
+    api: String,
+}
+
+fn start() -> Setup {
+    let cluster = cluster(&Options::default());
+    let api_port = free_port();
+    let extra = format!(
+        r#"database = "{APP_ROLE}"
+
+[identity.dev_issuer]
+
+[control]
+listen = "127.0.0.1:{api_port}"
+pending_ttl = "1h"
+
+[[policies]]
+name = "agents"
+groups = ["ci"]
+resources = ["test-db"]
+max_ttl = "1h"
+
+[[policies]]
+name = "people"
+groups = ["eng"]
+resources = ["test-db"]
+max_ttl = "30m"
+approval = {{ group = "dba", count = 1 }}
+"#
+    );
+    let proctor = Proctor::start(bin(), cluster.port, &ProctorOptions { extra, ..ProctorOptions::default() });
+    Setup { cluster, proctor, api: format!("http://127.0.0.1:{api_port}") }
+}
+
+/// `proctor grant ARGS --api API --token TOKEN`.
+fn grant(setup: &Setup, token: &str, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = vec!["grant"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--api", &setup.api, "--token", token]);
+    run(bin(), &all)
+}
+
+fn json(output: &Output) -> Value {
+    let text = stdout(output);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}\n{}", stderr(output)))
+}
+
+fn psql(cluster: &Cluster, url: &str, sql: &str) -> Output {
+    Command::new(cluster.bindir.join("psql")).args(["-X", "-At", "-d", url, "-c", sql]).output().unwrap()
+}
+
+#[test]
+fn agents_get_a_credential_that_works_until_it_is_revoked_or_expires() {
+    let setup = start();
+    let agent = token(&setup.proctor.data_dir, "ci-deploy", "ci");
+
+    // Auto-approved by policy: active at once, with a libpq URL.
+    let out = grant(
+        &setup,
+        &agent,
+        &["request", "--resource", "test-db", "--ttl", "10m", "--reason", "deploy 4711", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let granted = json(&out);
+    assert_eq!(granted["status"], "active", "{granted}");
+    assert_eq!(granted["policy"], "agents");
+    let id = granted["id"].as_str().unwrap().to_string();
+    let url = granted["credentials"]["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("postgresql://{id}:pct_")), "{url}");
+    let answer = psql(&setup.cluster, &url, "select current_user, 40 + 2");
+    assert!(answer.status.success(), "{}", stderr(&answer));
+    assert_eq!(stdout(&answer).trim(), format!("{APP_ROLE}|42"), "the target account, not the grant, runs the SQL");
+
+    // The credential is shown once: `show` has no credentials.
+    let shown = json(&grant(&setup, &agent, &["show", &id, "--json"]));
+    assert_eq!(shown["credential_issued"], true);
+    assert!(shown["credentials"].is_null(), "{shown}");
+
+    // A wrong password with the grant's id is refused, plainly.
+    let wrong = url.replace(":pct_", ":pct_x");
+    let refused = psql(&setup.cluster, &wrong, "select 1");
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("password authentication failed for grant"), "{}", stderr(&refused));
+
+    // Revocation ends a live session within a second, with the reason.
+    let mut live = Command::new(setup.cluster.bindir.join("psql"))
+        .args(["-X", "-At", "-d", &url, "-c", "select pg_sleep(30)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(live.try_wait().unwrap().is_none(), "the session should be running");
+    let revoked_at = Instant::now();
+    let out = grant(&setup, &agent, &["revoke", &id, "--reason", "deploy done", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["status"], "revoked");
+    let status = proctor_tests::wait_with_timeout(&mut live, Duration::from_secs(10));
+    let ended_in = revoked_at.elapsed();
+    let mut message = String::new();
+    std::io::Read::read_to_string(live.stderr.as_mut().unwrap(), &mut message).unwrap();
+    assert!(!status.success());
+    assert!(message.contains("revoked by ci-deploy: deploy done"), "{message}");
+    println!("revocation to session end: {} ms", ended_in.as_millis());
+
+    // The dead credential is refused with the same clarity.
+    let after = psql(&setup.cluster, &url, "select 1");
+    assert!(!after.status.success());
+    assert!(stderr(&after).contains(&format!("grant {id} was revoked by ci-deploy")), "{}", stderr(&after));
+
+    // A grant of a few seconds ends its session when it expires.
+    let out =
+        grant(&setup, &agent, &["request", "--resource", "test-db", "--ttl", "3s", "--reason", "short", "--json"]);
+    let short = json(&out);
+    let short_url = short["credentials"]["url"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let expired = psql(&setup.cluster, &short_url, "select pg_sleep(30)");
+    assert!(!expired.status.success());
+    assert!(started.elapsed() < Duration::from_secs(15), "the session outlived its grant");
+    assert!(stderr(&expired).contains("expired"), "{}", stderr(&expired));
+    let short_id = short["id"].as_str().unwrap().to_string();
+    let shown = json(&grant(&setup, &agent, &["show", &short_id, "--json"]));
+    assert_eq!(shown["status"], "expired", "{shown}");
+
+    // Everything is recorded and searchable: each step of each grant, and
+    // the sessions' ends with their reason and their grant.
+    let mut proctor = setup.proctor;
+    assert!(proctor.stop().success());
+    let data_dir = proctor.data_dir.to_str().unwrap().to_string();
+    let count = |query: &str| {
+        let out = run_ok(bin(), &["search", "--data-dir", &data_dir, query, "--json", "--limit", "100"]);
+        let hits = stdout(&out);
+        eprintln!("{query}:\n{hits}");
+        hits.lines().count()
+    };
+    assert_eq!(count(&format!("grant:{id} kind:grant_requested actor:ci-deploy")), 1);
+    assert_eq!(count(&format!("grant:{id} kind:grant_approved actor:policy")), 1);
+    assert_eq!(count(&format!("grant:{id} kind:grant_revoked actor:ci-deploy \"deploy done\"")), 1);
+    assert_eq!(count(&format!("grant:{short_id} kind:grant_expired")), 1);
+    assert_eq!(count("kind:session_end end_reason:grant_revoked"), 1);
+    assert_eq!(count("kind:session_end end_reason:grant_expired"), 1);
+    assert_eq!(count(&format!("grant:{id} kind:session_start subject:ci-deploy")), 2, "the two sessions under it");
+}
+
+#[test]
+fn policy_decides_and_approvers_approve_but_never_their_own_request() {
+    let setup = start();
+    let data_dir = &setup.proctor.data_dir;
+    let agent = token(data_dir, "ci-deploy", "ci");
+    let erin = token(data_dir, "erin", "eng,dba");
+    let dan = token(data_dir, "dan", "dba");
+    let mallory = token(data_dir, "mallory", "sales");
+
+    // Refusals: too long, unknown resource, no policy, no reason, bad token.
+    let out = grant(&setup, &agent, &["request", "--resource", "test-db", "--ttl", "2h", "--reason", "x", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let denied = json(&out);
+    assert_eq!(denied["status"], "denied");
+    assert!(denied["status_reason"].as_str().unwrap().contains("at most 1h"), "{denied}");
+    let out = grant(&setup, &agent, &["request", "--resource", "nope-db", "--ttl", "5m", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("there is no resource \"nope-db\""), "{}", stderr(&out));
+    let out = grant(&setup, &mallory, &["request", "--resource", "test-db", "--ttl", "5m", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no policy lets the groups sales request resource test-db"), "{}", stderr(&out));
+    let out = grant(&setup, &agent, &["request", "--resource", "test-db", "--ttl", "5m", "--reason", " "]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("a reason is required"), "{}", stderr(&out));
+    let out = grant(&setup, "not.a.token", &["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+
+    // erin (eng) needs a dba's approval; she is a dba herself, and still
+    // cannot approve her own request.
+    let out = grant(
+        &setup,
+        &erin,
+        &["request", "--resource", "test-db", "--ttl", "15m", "--reason", "fix order 12", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pending = json(&out);
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert!(pending["credentials"].is_null());
+    let id = pending["id"].as_str().unwrap().to_string();
+    let out = grant(&setup, &erin, &["approve", &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot approve it"), "{}", stderr(&out));
+    let out = grant(&setup, &agent, &["approve", &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("may not approve"), "{}", stderr(&out));
+
+    // Approvers see what waits for them; the agent sees only its own.
+    let listed = stdout(&grant(&setup, &dan, &["list", "--status", "pending", "--json"]));
+    assert!(listed.contains(&id), "{listed}");
+    let listed = stdout(&grant(&setup, &agent, &["list", "--json"]));
+    assert!(!listed.contains(&id), "{listed}");
+    let out = grant(&setup, &agent, &["show", &id]);
+    assert_eq!(out.status.code(), Some(2), "another's grant is not shown");
+
+    // dan approves; the requester's next `show` reveals the credential, once.
+    let out = grant(&setup, &dan, &["approve", &id, "--reason", "ticket OPS-9", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let approved = json(&out);
+    assert_eq!(approved["status"], "active");
+    assert!(approved["credentials"].is_null(), "the approver never sees the credential");
+    let out = grant(&setup, &dan, &["show", &id, "--json"]);
+    assert!(json(&out)["credentials"].is_null(), "not to the approver either");
+    let revealed = json(&grant(&setup, &erin, &["show", &id, "--json"]));
+    let url = revealed["credentials"]["url"].as_str().expect("revealed to the requester").to_string();
+    assert!(json(&grant(&setup, &erin, &["show", &id, "--json"]))["credentials"].is_null(), "only once");
+    let answer = psql(&setup.cluster, &url, "select 7");
+    assert!(answer.status.success(), "{}", stderr(&answer));
+
+    // `--wait` blocks until the decision and then prints the credential.
+    let waiter = {
+        let (api, erin) = (setup.api.clone(), erin.clone());
+        std::thread::spawn(move || {
+            run(
+                bin(),
+                &[
+                    "grant",
+                    "request",
+                    "--resource",
+                    "test-db",
+                    "--ttl",
+                    "5m",
+                    "--reason",
+                    "again",
+                    "--wait",
+                    "--json",
+                    "--api",
+                    &api,
+                    "--token",
+                    &erin,
+                ],
+            )
+        })
+    };
+    let started = Instant::now();
+    let waiting = loop {
+        let listed = stdout(&grant(&setup, &dan, &["list", "--status", "pending", "--json"]));
+        if let Some(line) = listed.lines().find(|l| l.contains("\"again\"")) {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the waiting request never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = grant(&setup, &dan, &["approve", waiting["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = waiter.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decided = json(&out);
+    assert_eq!(decided["status"], "active");
+    assert!(decided["credentials"]["url"].as_str().is_some(), "{decided}");
+
+    // A denial reaches the waiting requester too.
+    let out = grant(&setup, &erin, &["request", "--resource", "test-db", "--ttl", "5m", "--reason", "third", "--json"]);
+    let third = json(&out)["id"].as_str().unwrap().to_string();
+    let out = grant(&setup, &dan, &["deny", &third, "--reason", "not today"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = json(&grant(&setup, &erin, &["show", &third, "--json"]));
+    assert_eq!(shown["status"], "denied");
+    assert_eq!(shown["status_reason"], "denied by dan: not today");
+}
