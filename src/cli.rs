@@ -63,6 +63,9 @@ pub struct DemoArgs {
     /// The replay API's port (default: a free one).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub replay_port: u16,
+    /// The control API's port (default: a free one).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub api_port: u16,
     /// Once ready, print one JSON object on stdout (human text goes to stderr).
     #[arg(long)]
     pub json: bool,

@@ -15,16 +15,25 @@ use serde_json::json;
 
 use crate::cli::DemoArgs;
 use crate::config::{Config, ReplayConfig};
+use proctor_gateway_core::control::{ApprovalConfig, ControlConfig, PolicyConfig};
+use proctor_replay_server::client::Client;
 
 const RESOURCE: &str = "demo";
 const DATABASE: &str = "demo";
 const TARGET_ROLE: &str = "app";
-/// The name demo clients give; the shared secret is their password.
-const DEMO_USER: &str = "demo";
+/// The demo's agent (group `ci`: grants of the demo resource up to an hour,
+/// approved by policy) and approver (group `dba`: decides and revokes).
+const AGENT: &str = "demo-agent";
+const AGENTS: &str = "ci";
+const APPROVER: &str = "demo-dba";
+const APPROVERS: &str = "dba";
+/// People (group `eng`) need a `dba`'s approval.
+const ENGINEERS: &str = "eng";
+/// How long the demo's tokens last.
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 /// The demo's investigator, and the group that may search and replay.
 const INVESTIGATOR: &str = "demo-investigator";
 const INVESTIGATORS: &str = "investigators";
-const INVESTIGATOR_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 const SEED: &str = r#"
 set role app;
@@ -92,9 +101,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Secrets live in files, referenced by the configuration, never inline.
     let secrets = data_dir.join("demo");
     std::fs::create_dir_all(&secrets)?;
-    let client_secret = random_secret()?;
     write_secret(&secrets.join("target-password"), &target_password)?;
-    write_secret(&secrets.join("client-secret"), &client_secret)?;
     let config = Config {
         data_dir: data_dir.clone(),
         recorder: RecorderSettings::default(),
@@ -110,8 +117,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             allow_plaintext: false,
             target_tls: TargetTls::Require,
             target_ca_file: None,
+            // No shared secret: only grants open the demo resource.
             client_secret_env: None,
-            client_secret_file: Some(secrets.join("client-secret")),
+            client_secret_file: None,
             database: Some(DATABASE.to_string()),
             sample_rows: 0,
             sample_bytes: 64 * 1024,
@@ -122,25 +130,72 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             investigator_group: INVESTIGATORS.to_string(),
             tls: false,
         }),
-        control: None,
-        policies: Vec::new(),
+        control: Some(ControlConfig {
+            listen: format!("127.0.0.1:{}", args.api_port).parse()?,
+            store: "sqlite".to_string(),
+            tls: false,
+            pending_ttl: std::time::Duration::from_secs(3600),
+            public_host: None,
+            admin_group: Some(APPROVERS.to_string()),
+        }),
+        policies: vec![
+            PolicyConfig {
+                name: "ci-agents".to_string(),
+                groups: vec![AGENTS.to_string()],
+                resources: vec![RESOURCE.to_string()],
+                max_ttl: std::time::Duration::from_secs(3600),
+                approval: None,
+                rules: None,
+                masking_profile: None,
+            },
+            PolicyConfig {
+                name: "engineers".to_string(),
+                groups: vec![ENGINEERS.to_string()],
+                resources: vec![RESOURCE.to_string()],
+                max_ttl: std::time::Duration::from_secs(1800),
+                approval: Some(ApprovalConfig { group: APPROVERS.to_string(), count: 1 }),
+                rules: None,
+                masking_profile: None,
+            },
+        ],
     };
     let dev_issuer = DevIssuer::open_or_create(&data_dir, &DevIssuerConfig::default())?;
-    let investigator_token = dev_issuer.sign(INVESTIGATOR, &[INVESTIGATORS.to_string()], INVESTIGATOR_TTL)?;
+    let investigator_token = dev_issuer.sign(INVESTIGATOR, &[INVESTIGATORS.to_string()], TOKEN_TTL)?;
+    let agent_token = dev_issuer.sign(AGENT, &[AGENTS.to_string()], TOKEN_TTL)?;
+    let approver_token = dev_issuer.sign(APPROVER, &[APPROVERS.to_string()], TOKEN_TTL)?;
     let target_url = cluster.url(TARGET_ROLE, &target_password, DATABASE, "require");
     let json_output = args.json;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(super::up::serve(config, "proctor demo", |ready| {
-        let (_, addr) = ready.listeners.first().context("the demo resource did not start")?;
         let replay_url = ready.replay_url.clone().context("the demo's replay API did not start")?;
-        let postgres_url = format!("postgres://{DEMO_USER}:{client_secret}@{addr}/{DATABASE}?sslmode=require");
+        let api_url = ready.api_url.clone().context("the demo's control API did not start")?;
+        // The agent asks for its grant the way any client does: through the
+        // control API (from a thread of its own: the client blocks).
+        let grant = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let client = Client::named(&api_url, &agent_token, None, "control API", "--api")?;
+                    let body = json!({ "resource": RESOURCE, "ttl": "1h", "reason": "proctor demo" });
+                    anyhow::Ok(client.post_json("/v1/grants", &body)?)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the demo's grant request failed"))?
+        })?;
+        let postgres_url = grant["credentials"]["url"]
+            .as_str()
+            .with_context(|| format!("the demo's grant has no credentials: {grant}"))?
+            .to_string();
+        let grant_id = grant["id"].as_str().unwrap_or_default().to_string();
         let data = data_dir.display();
         eprintln!(
             "\nProctor is in front of a throw-away PostgreSQL with demo data (customers, orders).\n\n\
-             Connect through Proctor (every statement and result is recorded):\n\n  psql \"{postgres_url}\"\n\n\
+             Connect through Proctor as {AGENT}, with the credential of its one-hour grant {grant_id}\n\
+             (every statement and result is recorded):\n\n  psql \"{postgres_url}\"\n\n\
              Try:  select * from customers limit 5;\n      select status, count(*) from orders group by 1;\n\n\
              Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
              or through the replay API at {replay_url}, as the demo investigator:\n\n  export PROCTOR_SERVER={replay_url} PROCTOR_TOKEN={investigator_token}\n  proctor search 'customers kind:statement'\n\n\
+             Grants come from the control API at {api_url}. As the agent (group ci, approved by policy):\n\n  proctor grant request --api {api_url} --token {agent_token} --resource {RESOURCE} --ttl 15m --reason 'try it'\n\n\
+             As the approver (group dba), end the agent's grant: its session ends within a second:\n\n  proctor grant revoke {grant_id} --api {api_url} --token {approver_token} --reason 'demo over'\n\n\
              Compare with the target directly: psql \"{target_url}\"\n\
              Ctrl-C ends the demo: sessions end, the recording is sealed, the cluster is removed.\n"
         );
@@ -153,6 +208,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "key_fingerprint": ready.key_fingerprint,
                 "replay_url": replay_url,
                 "investigator_token": investigator_token,
+                "api_url": api_url,
+                "agent_token": agent_token,
+                "approver_token": approver_token,
+                "grant_id": grant_id,
             });
             println!("{line}");
             std::io::stdout().flush()?;

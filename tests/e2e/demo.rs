@@ -62,6 +62,29 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("select count(*) from customers"));
 
+    // The URL carries the agent's grant; the approver revokes it, and a
+    // session under it ends, saying why.
+    let api_url = ready["api_url"].as_str().unwrap();
+    let grant_id = ready["grant_id"].as_str().unwrap();
+    assert!(postgres_url.starts_with(&format!("postgresql://{grant_id}:")), "{postgres_url}");
+    let agent = ready["agent_token"].as_str().unwrap();
+    let approver = ready["approver_token"].as_str().unwrap();
+    let listed = run_ok(Path::new(BIN), &["grant", "list", "--api", api_url, "--token", agent, "--json"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(grant_id));
+    let live = Command::new(&psql)
+        .args(["-X", "-At", "-d", &postgres_url, "-c", "select pg_sleep(30)"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    run_ok(
+        Path::new(BIN),
+        &["grant", "revoke", grant_id, "--api", api_url, "--token", approver, "--reason", "demo over"],
+    );
+    let ended = live.wait_with_output().unwrap();
+    assert!(!ended.status.success());
+    assert!(String::from_utf8_lossy(&ended.stderr).contains("revoked by demo-dba: demo over"));
+
     signal(&child, libc::SIGTERM);
     assert!(wait_with_timeout(&mut child, Duration::from_secs(60)).success());
     run_ok(Path::new(BIN), &["verify", "--data-dir", data.to_str().unwrap()]);
