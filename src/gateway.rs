@@ -18,6 +18,8 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     /// Each resource's name and bound address.
     pub listeners: Vec<(String, std::net::SocketAddr)>,
+    /// The resources served (their session counters feed the metrics).
+    pub resources: Vec<Arc<PgResource>>,
 }
 
 impl Gateway {
@@ -49,16 +51,18 @@ pub async fn start<A: Authenticator>(
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
     if config.resources.is_empty() {
-        return Ok(Gateway { tasks, listeners });
+        return Ok(Gateway { tasks, listeners, resources: Vec::new() });
     }
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
+    let mut resources = Vec::new();
     for resource in &config.resources {
         match resource.protocol {
             ResourceProtocol::Postgres => {
                 let pg =
                     Arc::new(PgResource::from_config(resource).with_context(|| format!("resource {}", resource.name))?);
+                resources.push(pg.clone());
                 let listener = postgres::bind(resource).await?;
                 let bound = listener.local_addr().context("listener address")?;
                 listeners.push((resource.name.clone(), bound));
@@ -81,5 +85,5 @@ pub async fn start<A: Authenticator>(
             }
         }
     }
-    Ok(Gateway { tasks, listeners })
+    Ok(Gateway { tasks, listeners, resources })
 }

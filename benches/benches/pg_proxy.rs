@@ -79,6 +79,7 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
             connect_timeout: Duration::from_secs(10),
         },
         limits: SampleLimits::default(),
+        sessions: Default::default(),
     });
     let auth = Arc::new(SharedSecretAuthenticator::new([("bench".to_string(), SECRET.to_string())]));
     let (stop, stopped) = tokio::sync::watch::channel(false);

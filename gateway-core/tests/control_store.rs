@@ -85,6 +85,12 @@ async fn conformance(store: SqlStore) {
     due = ids(store.due(30_000).await.unwrap());
     due.sort();
     assert_eq!(due, ["g_000000000000000a", "g_000000000000000b"]);
+
+    // Counts by status.
+    assert_eq!(
+        store.counts().await.unwrap(),
+        [(GrantStatus::Active, 1), (GrantStatus::Denied, 1), (GrantStatus::Pending, 1)]
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use proctor_schemas::EndReason;
 use tokio::signal::unix::{SignalKind, signal};
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
@@ -15,6 +16,7 @@ use proctor_gateway_core::control::{
     Control, ControlConfig, GrantAuthenticator, LiveGrants, Offer, Policies, SqlStore, api,
 };
 use proctor_gateway_core::identity::{DevIssuer, Verifier};
+use proctor_gateway_core::postgres::PgResource;
 use proctor_replay_server::{ApiState, RecorderAccessLog};
 
 use crate::cli::UpArgs;
@@ -70,6 +72,90 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200
 
 type Tasks = Vec<tokio::task::JoinHandle<()>>;
 
+/// The gateway's own metrics, in the Prometheus text format: sessions by
+/// resource, the recorder's counters and WAL files, free space under the
+/// data dir.
+fn gateway_metrics(
+    gateway: &crate::gateway::Gateway,
+    sink: proctor_recorder::Sink,
+    data_dir: PathBuf,
+) -> api::MetricsSource {
+    let resources = gateway.resources.clone();
+    Arc::new(move || {
+        let mut out = String::new();
+        let by_resource = |value: &dyn Fn(&PgResource) -> u64| -> Vec<(String, f64)> {
+            resources.iter().map(|r| (format!("resource=\"{}\"", r.name), value(r) as f64)).collect()
+        };
+        let live = by_resource(&|r| r.sessions.live());
+        api::family(&mut out, "proctor_sessions_live", "gauge", "Client connections open, by resource.", &live);
+        let total = by_resource(&|r| r.sessions.total());
+        api::family(&mut out, "proctor_sessions_total", "counter", "Client connections accepted, by resource.", &total);
+        let stats = sink.stats();
+        let one = |v: u64| [(String::new(), v as f64)];
+        api::family(
+            &mut out,
+            "proctor_recorder_events_total",
+            "counter",
+            "Events accepted into the WAL.",
+            &one(stats.events),
+        );
+        api::family(
+            &mut out,
+            "proctor_recorder_wal_bytes_total",
+            "counter",
+            "Bytes written to the WAL.",
+            &one(stats.wal_bytes),
+        );
+        api::family(
+            &mut out,
+            "proctor_recorder_segments_sealed_total",
+            "counter",
+            "Segments sealed.",
+            &one(stats.segments_sealed),
+        );
+        let wal_files = std::fs::read_dir(data_dir.join("wal"))
+            .map(|dir| dir.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "wal")).count())
+            .unwrap_or(0);
+        api::family(
+            &mut out,
+            "proctor_recorder_wal_files",
+            "gauge",
+            "WAL files on disk: the one being written, the spare, and those waiting to be sealed.",
+            &one(wal_files as u64),
+        );
+        if let Some(free) = free_bytes(&data_dir) {
+            api::family(
+                &mut out,
+                "proctor_data_dir_free_bytes",
+                "gauge",
+                "Bytes free to Proctor on the data dir's file system.",
+                &one(free),
+            );
+        }
+        out
+    })
+}
+
+/// Bytes available to unprivileged writers on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is
+    // plain data, written by statvfs before it is read.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// What grants need before the listeners start: the control store, and the
+/// registry of live sessions by grant.
+struct GrantsPlane<'a> {
+    config: &'a ControlConfig,
+    store: SqlStore,
+    live: Arc<LiveGrants>,
+}
+
 /// The control store named by `[control] store`.
 async fn open_store(config: &Config, control: &ControlConfig) -> anyhow::Result<SqlStore> {
     let url = if control.store == "sqlite" {
@@ -84,11 +170,10 @@ async fn open_store(config: &Config, control: &ControlConfig) -> anyhow::Result<
 /// turns true.
 async fn start_control(
     config: &Config,
-    control_config: &ControlConfig,
-    store: SqlStore,
-    live: Arc<LiveGrants>,
+    GrantsPlane { config: control_config, store, live }: GrantsPlane<'_>,
     session: ControlSession<RecorderSink>,
     listeners: &[(String, SocketAddr)],
+    metrics: api::MetricsSource,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(String, Tasks)> {
     let verifier = Arc::new(verifier(config)?);
@@ -130,7 +215,7 @@ async fn start_control(
         );
     }
     let url = format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
-    let app = api::router(Arc::new(api::ControlApi { control: control.clone(), verifier }));
+    let app = api::router(Arc::new(api::ControlApi { control: control.clone(), verifier, metrics: Some(metrics) }));
     let mut api_stopped = stopped.clone();
     let server = tokio::spawn(async move {
         let shutdown = async move {
@@ -269,14 +354,14 @@ pub async fn serve(
         };
         let grants = match &config.control {
             Some(control_config) => match open_store(&config, control_config).await {
-                Ok(store) => Some((control_config, store, Arc::new(LiveGrants::default()))),
+                Ok(store) => Some(GrantsPlane { config: control_config, store, live: Arc::new(LiveGrants::default()) }),
                 Err(error) => return Err((error, tasks)),
             },
             None => None,
         };
         let started = match &grants {
-            Some((_, store, live)) => {
-                let auth = Arc::new(GrantAuthenticator::new(store.clone(), live.clone(), secrets));
+            Some(plane) => {
+                let auth = Arc::new(GrantAuthenticator::new(plane.store.clone(), plane.live.clone(), secrets));
                 crate::gateway::start(&config, sink.clone(), auth, stopped.clone()).await
             }
             None => {
@@ -289,10 +374,12 @@ pub async fn serve(
             Err(error) => return Err((error, tasks)),
         };
         let mut api_url = None;
-        if let Some((control_config, store, live)) = grants {
+        if let Some(plane) = grants {
             let session = control.clone();
             let listeners = &gateway.listeners;
-            match start_control(&config, control_config, store, live, session, listeners, stopped.clone()).await {
+            let metrics = gateway_metrics(&gateway, recorder.sink(), config.data_dir.clone());
+            let started = start_control(&config, plane, session, listeners, metrics, stopped.clone()).await;
+            match started {
                 Ok((url, started)) => {
                     api_url = Some(url);
                     tasks.extend(started);

@@ -72,6 +72,12 @@ fn json(output: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}\n{}", stderr(output)))
 }
 
+fn curl(url: &str) -> String {
+    let output = Command::new("curl").args(["-sS", "--max-time", "30", url]).output().expect("curl");
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
 fn psql(cluster: &Cluster, url: &str, sql: &str) -> Output {
     Command::new(cluster.bindir.join("psql")).args(["-X", "-At", "-d", url, "-c", sql]).output().unwrap()
 }
@@ -109,6 +115,20 @@ fn agents_get_a_credential_that_works_until_it_is_revoked_or_expires() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("password authentication failed for grant"), "{}", stderr(&refused));
 
+    // Operations: health and Prometheus metrics (open, counts only).
+    let metrics = curl(&format!("{}/metrics", setup.api));
+    for expected in [
+        "proctor_grants{status=\"active\"} 1",
+        "proctor_grant_events_total{action=\"grant_approved\"} 1",
+        "proctor_sessions_total{resource=\"test-db\"} 2",
+        "# TYPE proctor_recorder_wal_bytes_total counter",
+        "proctor_data_dir_free_bytes ",
+        "proctor_recorder_wal_files ",
+    ] {
+        assert!(metrics.contains(expected), "{expected:?} missing from:\n{metrics}");
+    }
+    assert_eq!(curl(&format!("{}/healthz", setup.api)), "ok");
+
     // Revocation ends a live session within a second, with the reason.
     let mut live = Command::new(setup.cluster.bindir.join("psql"))
         .args(["-X", "-At", "-d", &url, "-c", "select pg_sleep(30)"])
@@ -118,6 +138,9 @@ fn agents_get_a_credential_that_works_until_it_is_revoked_or_expires() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(live.try_wait().unwrap().is_none(), "the session should be running");
+    let metrics = curl(&format!("{}/metrics", setup.api));
+    assert!(metrics.contains("proctor_sessions_live{resource=\"test-db\"} 1"), "{metrics}");
+    assert!(metrics.contains("proctor_grant_sessions_live 1"), "{metrics}");
     let revoked_at = Instant::now();
     let out = grant(&setup, &agent, &["revoke", &id, "--reason", "deploy done", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -29,6 +29,49 @@ use crate::identity::{Identity, Verifier};
 pub struct ControlApi<S: ControlStore, K: EventSink> {
     pub control: Arc<Control<S, K>>,
     pub verifier: Arc<Verifier>,
+    /// More metrics (Prometheus text) from the rest of the gateway.
+    pub metrics: Option<MetricsSource>,
+}
+
+/// Renders metrics in the Prometheus text format.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Appends one metric family to `out`: its help, type and samples
+/// (`labels` like `status="active"`, or empty).
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// `GET /metrics`: open (counts only; keep the API on a trusted network).
+async fn metrics<S: ControlStore, K: EventSink>(State(api): State<Arc<ControlApi<S, K>>>) -> ApiResult<Response> {
+    let mut out = String::new();
+    let counts = api.control.store().counts().await.map_err(ControlError::from)?;
+    let by_status: Vec<(String, f64)> =
+        [GrantStatus::Pending, GrantStatus::Active, GrantStatus::Denied, GrantStatus::Expired, GrantStatus::Revoked]
+            .iter()
+            .map(|status| {
+                let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                (format!("status=\"{}\"", status.as_str()), n as f64)
+            })
+            .collect();
+    family(&mut out, "proctor_grants", "gauge", "Grants in the control store, by status.", &by_status);
+    let steps: Vec<(String, f64)> =
+        api.control.counters().snapshot().into_iter().map(|(a, n)| (format!("action=\"{a}\""), n as f64)).collect();
+    family(&mut out, "proctor_grant_events_total", "counter", "Grant steps this gateway recorded, by action.", &steps);
+    let live = api.control.live().sessions() as f64;
+    family(&mut out, "proctor_grant_sessions_live", "gauge", "Sessions open under a grant.", &[(String::new(), live)]);
+    if let Some(more) = &api.metrics {
+        out.push_str(&more());
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 impl From<ControlError> for ApiError {
@@ -152,6 +195,7 @@ async fn decide<S: ControlStore, K: EventSink>(
 pub fn router<S: ControlStore, K: EventSink>(api: Arc<ControlApi<S, K>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::<S, K>))
         .route("/v1/grants", post(request::<S, K>).get(list::<S, K>))
         .route("/v1/grants/{id}", get(show::<S, K>))
         .route("/v1/grants/{id}/{action}", post(decide::<S, K>))

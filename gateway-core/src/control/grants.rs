@@ -126,8 +126,40 @@ pub fn is_grant_id(user: &str) -> bool {
     user.len() == 18 && user.starts_with("g_") && user[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Grant steps this gateway recorded, by action (for metrics).
+#[derive(Debug, Default)]
+pub struct GrantCounters {
+    counts: [std::sync::atomic::AtomicU64; 5],
+}
+
+impl GrantCounters {
+    const ACTIONS: [GrantAction; 5] = [
+        GrantAction::Requested,
+        GrantAction::Approved,
+        GrantAction::Denied,
+        GrantAction::Expired,
+        GrantAction::Revoked,
+    ];
+
+    fn add(&self, action: GrantAction) {
+        if let Some(i) = Self::ACTIONS.iter().position(|&a| a == action) {
+            self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Each action (`grant_requested`, ...) and its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        Self::ACTIONS
+            .iter()
+            .zip(&self.counts)
+            .map(|(a, c)| (a.as_str(), c.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// The control plane's grant logic over a store.
 pub struct Control<S: ControlStore, K: EventSink> {
+    counters: GrantCounters,
     store: S,
     policies: Policies,
     offers: HashMap<String, Offer>,
@@ -147,7 +179,11 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         pending_ttl: Duration,
         admin_group: Option<String>,
     ) -> Self {
-        Control { store, policies, offers, session, live, pending_ttl, admin_group }
+        Control { counters: GrantCounters::default(), store, policies, offers, session, live, pending_ttl, admin_group }
+    }
+
+    pub fn counters(&self) -> &GrantCounters {
+        &self.counters
     }
 
     pub fn store(&self) -> &S {
@@ -239,6 +275,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             expires_at: Some(Timestamp(grant.expires_at.saturating_mul(1_000_000))),
             message,
         };
+        self.counters.add(action);
         self.session.record(event).await.map(|_| ()).map_err(|e| {
             ControlError::Unavailable(format!(
                 "Proctor could not record this ({}); nothing was changed, try again later",

@@ -117,6 +117,8 @@ pub trait ControlStore: Send + Sync + 'static {
     fn update(&self, grant: &Grant, version: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Pending and active grants whose `expires_at` is at or before `now`.
     fn due(&self, now: i64) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
+    /// How many grants are in each status (statuses without any left out).
+    fn counts(&self) -> impl Future<Output = Result<Vec<(GrantStatus, i64)>, StoreError>> + Send;
 }
 
 /// The control store over SQLite or PostgreSQL.
@@ -327,5 +329,20 @@ impl ControlStore for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<(GrantStatus, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM grants GROUP BY status").fetch_all(&self.pool).await?;
+        let mut counts = Vec::new();
+        for row in &rows {
+            let status: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            if let Some(status) = GrantStatus::parse(&status) {
+                counts.push((status, n));
+            }
+        }
+        counts.sort_by_key(|(s, _)| s.as_str());
+        Ok(counts)
     }
 }

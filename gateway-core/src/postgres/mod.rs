@@ -14,6 +14,7 @@ mod upstream;
 mod values;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cancel::CancelRegistry;
@@ -33,6 +34,40 @@ pub struct PgResource {
     pub allow_plaintext: bool,
     pub target: Target,
     pub limits: SampleLimits,
+    /// Its connections, counted for metrics.
+    pub sessions: SessionCounters,
+}
+
+/// Connections of a resource: open now, and accepted since start.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    live: AtomicU64,
+    total: AtomicU64,
+}
+
+impl SessionCounters {
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> Entered<'_> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Entered(self)
+    }
+}
+
+/// One open connection; counted out when dropped (also on a panic).
+struct Entered<'a>(&'a SessionCounters);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PgResource {
@@ -51,6 +86,7 @@ impl PgResource {
                 connect_timeout: Duration::from_secs(10),
             },
             limits: SampleLimits { rows: config.sample_rows, bytes: config.sample_bytes },
+            sessions: SessionCounters::default(),
         })
     }
 }
@@ -81,7 +117,11 @@ pub async fn serve<S: EventSink, A: Authenticator>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, addr)) => {
-                    sessions.spawn(session::handle(ctx.clone(), tcp, addr, shutdown.clone()));
+                    let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                    sessions.spawn(async move {
+                        let _entered = ctx.resource.sessions.enter();
+                        session::handle(ctx.clone(), tcp, addr, shutdown).await;
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(resource = %ctx.resource.name, %error, "accept failed");
