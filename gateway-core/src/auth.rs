@@ -24,6 +24,8 @@ pub struct Identity {
     pub groups: Vec<String>,
     pub grant_id: Option<String>,
     pub masking_profile: Option<String>,
+    /// When its access ends (milliseconds since the epoch), if it does.
+    pub expires_at: Option<i64>,
 }
 
 /// Why a client was refused; the message reaches the client.
@@ -79,6 +81,12 @@ impl Authenticator for SharedSecretAuthenticator {
                 request.user, request.resource
             )));
         }
-        Ok(Identity { subject: request.user.to_string(), groups: Vec::new(), grant_id: None, masking_profile: None })
+        Ok(Identity {
+            subject: request.user.to_string(),
+            groups: Vec::new(),
+            grant_id: None,
+            masking_profile: None,
+            expires_at: None,
+        })
     }
 }

@@ -10,6 +10,7 @@ fn grant(id: &str, subject: &str, status: GrantStatus, created_at: i64, expires_
         id: id.to_string(),
         version: 0,
         subject: subject.to_string(),
+        issuer: "https://login.example.com/".to_string(),
         groups: vec!["ci".to_string(), "with \"quotes\"".to_string()],
         resource: "orders-db".to_string(),
         reason: "deploy 4711 — ünïcode".to_string(),
@@ -69,6 +70,16 @@ async fn conformance(store: SqlStore) {
     assert_eq!(ids(store.list(&alice).await.unwrap()), ["g_000000000000000c", "g_000000000000000a"]);
     let pending = GrantFilter { status: Some(GrantStatus::Pending), ..GrantFilter::default() };
     assert_eq!(ids(store.list(&pending).await.unwrap()), ["g_000000000000000b"]);
+    let mine = GrantFilter {
+        issuer: Some("https://login.example.com/".into()),
+        subject: Some("bob".into()),
+        ..GrantFilter::default()
+    };
+    assert_eq!(ids(store.list(&mine).await.unwrap()), ["g_000000000000000b"]);
+    let other_issuer = GrantFilter { issuer: Some("proctor-dev".into()), ..GrantFilter::default() };
+    assert!(store.list(&other_issuer).await.unwrap().is_empty(), "a subject is only unique within its issuer");
+    let dba = GrantFilter { approval_group: Some("dba".into()), ..GrantFilter::default() };
+    assert_eq!(store.list(&dba).await.unwrap().len(), 3);
     let elsewhere = GrantFilter { resource: Some("billing-db".into()), ..GrantFilter::default() };
     assert!(store.list(&elsewhere).await.unwrap().is_empty());
     let one = GrantFilter { limit: Some(1), ..GrantFilter::default() };

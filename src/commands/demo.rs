@@ -136,7 +136,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             tls: false,
             pending_ttl: std::time::Duration::from_secs(3600),
             public_host: None,
-            admin_group: Some(APPROVERS.to_string()),
+            admin_group: APPROVERS.to_string(),
         }),
         policies: vec![
             PolicyConfig {

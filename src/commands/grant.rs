@@ -164,7 +164,7 @@ pub fn show(args: GrantShowArgs) -> anyhow::Result<ExitCode> {
     match client.get_json(&format!("/v1/grants/{}", args.id)) {
         Ok(grant) => {
             print(&grant, args.api.json)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(verdict(&grant))
         }
         Err(error) => refused(error),
     }

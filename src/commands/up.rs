@@ -159,7 +159,10 @@ struct GrantsPlane<'a> {
 /// The control store named by `[control] store`.
 async fn open_store(config: &Config, control: &ControlConfig) -> anyhow::Result<SqlStore> {
     let url = if control.store == "sqlite" {
-        format!("sqlite://{}", config.data_dir.join("control.db").display())
+        // The path is percent-decoded by the driver: encode what would not survive.
+        let path = config.data_dir.join("control.db").display().to_string();
+        let path = path.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
+        format!("sqlite://{path}")
     } else {
         control.store.clone()
     };

@@ -39,6 +39,7 @@ fn start() -> Setup {
 [control]
 listen = "127.0.0.1:{api_port}"
 pending_ttl = "1h"
+admin_group = "security"
 
 [[policies]]
 name = "agents"
@@ -237,7 +238,7 @@ fn policy_decides_and_approvers_approve_but_never_their_own_request() {
     assert!(stderr(&out).contains("cannot approve it"), "{}", stderr(&out));
     let out = grant(&setup, &agent, &["approve", &id]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("may not approve"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("there is no grant {id}")), "{}", stderr(&out));
 
     // Approvers see what waits for them; the agent sees only its own.
     let listed = stdout(&grant(&setup, &dan, &["list", "--status", "pending", "--json"]));

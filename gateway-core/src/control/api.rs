@@ -155,7 +155,13 @@ async fn list<S: ControlStore, K: EventSink>(
             )
         })?),
     };
-    let filter = GrantFilter { subject: params.subject, status, resource: params.resource, limit: params.limit };
+    let filter = GrantFilter {
+        subject: params.subject,
+        status,
+        resource: params.resource,
+        limit: params.limit,
+        ..GrantFilter::default()
+    };
     let grants = api.control.list(&who, filter).await?;
     Ok(Json(json!({ "grants": grants })).into_response())
 }

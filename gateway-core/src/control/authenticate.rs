@@ -43,7 +43,10 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
                 request.user
             ))
         };
-        let grant = self.store.get(request.user).await.map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let grant = self.store.get(request.user).await.map_err(|error| {
+            tracing::error!(%error, "cannot check a grant credential");
+            AuthError::Unavailable("the control store cannot be reached".to_string())
+        })?;
         let Some(grant) = grant else { return Err(refused()) };
         let presented = credential_hash(request.password);
         let matches =
@@ -79,10 +82,11 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
             groups: grant.groups,
             grant_id: Some(grant.id),
             masking_profile: grant.masking_profile,
+            expires_at: Some(grant.expires_at),
         })
     }
 
     fn lease(&self, identity: &Identity) -> Option<Lease> {
-        identity.grant_id.as_deref().map(|id| self.live.lease(id))
+        identity.grant_id.as_deref().map(|id| self.live.lease(id, identity.expires_at))
     }
 }

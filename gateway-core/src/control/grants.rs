@@ -58,6 +58,8 @@ pub struct GrantView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
     pub subject: String,
+    /// The issuer that vouched for the subject.
+    pub issuer: String,
     pub groups: Vec<String>,
     pub resource: String,
     pub reason: String,
@@ -166,7 +168,7 @@ pub struct Control<S: ControlStore, K: EventSink> {
     session: ControlSession<K>,
     live: Arc<LiveGrants>,
     pending_ttl: Duration,
-    admin_group: Option<String>,
+    admin_group: String,
 }
 
 impl<S: ControlStore, K: EventSink> Control<S, K> {
@@ -177,7 +179,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         session: ControlSession<K>,
         live: Arc<LiveGrants>,
         pending_ttl: Duration,
-        admin_group: Option<String>,
+        admin_group: String,
     ) -> Self {
         Control { counters: GrantCounters::default(), store, policies, offers, session, live, pending_ttl, admin_group }
     }
@@ -199,26 +201,48 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
     }
 
     fn is_admin(&self, who: &Identity) -> bool {
-        self.admin_group.as_deref().is_some_and(|g| who.in_group(g))
+        who.in_group(&self.admin_group)
     }
 
-    /// Whether `who` decides `grant` (approves, denies, revokes it).
+    /// Whether `who` decides `grant` (approves, denies, revokes it): the
+    /// admin group, and the grant's approval group.
     fn decides(&self, who: &Identity, grant: &Grant) -> bool {
-        if self.is_admin(who) {
-            return true;
+        self.is_admin(who) || grant.approval_group.as_deref().is_some_and(|g| who.in_group(g))
+    }
+
+    /// Whether `who` sees `grant` at all; to anyone else it does not exist.
+    fn sees(&self, who: &Identity, grant: &Grant) -> bool {
+        owns(who, grant) || self.decides(who, grant)
+    }
+
+    /// Loads a grant `who` may see (`404` otherwise, as for no grant).
+    async fn visible(&self, who: &Identity, id: &str) -> Result<Grant, ControlError> {
+        let grant = self.load(id).await?;
+        if !self.sees(who, &grant) {
+            return Err(ControlError::NotFound(format!("there is no grant {id}")));
         }
-        let group = grant.approval_group.clone().or_else(|| {
-            grant.policy.as_deref().and_then(|p| self.policies.by_name(p)?.approval.as_ref().map(|a| a.group.clone()))
-        });
-        group.is_some_and(|g| who.in_group(&g))
+        Ok(grant)
     }
 
     fn view(&self, grant: &Grant, credentials: Option<Credentials>) -> GrantView {
+        // Past its time a grant is over, whether or not the sweep has
+        // marked it yet.
+        let (status, status_reason) = match grant.status {
+            GrantStatus::Active | GrantStatus::Pending if grant.expires_at <= now_ms() => {
+                let reason = match grant.status {
+                    GrantStatus::Active => format!("expired at {}", rfc3339(grant.expires_at)),
+                    _ => format!("no decision before {}; request again", rfc3339(grant.expires_at)),
+                };
+                (GrantStatus::Expired, Some(reason))
+            }
+            status => (status, grant.status_reason.clone()),
+        };
         GrantView {
             id: grant.id.clone(),
-            status: grant.status,
-            status_reason: grant.status_reason.clone(),
+            status,
+            status_reason,
             subject: grant.subject.clone(),
+            issuer: grant.issuer.clone(),
             groups: grant.groups.clone(),
             resource: grant.resource.clone(),
             reason: grant.reason.clone(),
@@ -258,12 +282,16 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         Credentials { user: grant.id.clone(), password, url }
     }
 
+    /// Records a grant step. `applied`: the step already took effect (a
+    /// denial, revocation or expiry stands even unrecorded: fail closed),
+    /// which the error then says.
     async fn record(
         &self,
         action: GrantAction,
         grant: &Grant,
         actor: &str,
         message: Option<String>,
+        applied: bool,
     ) -> Result<(), ControlError> {
         let event = GrantEvent {
             action,
@@ -275,13 +303,20 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             expires_at: Some(Timestamp(grant.expires_at.saturating_mul(1_000_000))),
             message,
         };
+        self.session.record(event).await.map_err(|e| {
+            ControlError::Unavailable(if applied {
+                format!(
+                    "grant {} is {}, but Proctor could not record it ({}); tell the operator",
+                    grant.id,
+                    grant.status.as_str(),
+                    e.0
+                )
+            } else {
+                format!("Proctor could not record this ({}); nothing was changed, try again later", e.0)
+            })
+        })?;
         self.counters.add(action);
-        self.session.record(event).await.map(|_| ()).map_err(|e| {
-            ControlError::Unavailable(format!(
-                "Proctor could not record this ({}); nothing was changed, try again later",
-                e.0
-            ))
-        })
+        Ok(())
     }
 
     /// A subject asks for `resource` for `ttl`, saying why.
@@ -306,6 +341,9 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         if reason.trim().is_empty() {
             return Err(ControlError::BadRequest("a reason is required: say why you need access".into()));
         }
+        if reason.chars().count() > MAX_REASON {
+            return Err(ControlError::BadRequest(format!("the reason is longer than {MAX_REASON} characters")));
+        }
         let now = now_ms();
         let id = format!("g_{}", hex::encode(random(8)));
         let decision = self.policies.decide(&who.groups, resource, ttl);
@@ -318,6 +356,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             id,
             version: 0,
             subject: who.subject.clone(),
+            issuer: who.issuer.clone(),
             groups: who.groups.clone(),
             resource: resource.to_string(),
             reason: reason.to_string(),
@@ -337,7 +376,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             masking_profile: chosen.and_then(|p| p.masking_profile.clone()),
         };
         // The request itself is recorded first, whatever is decided.
-        self.record(GrantAction::Requested, &grant, &who.subject, Some(reason.to_string())).await?;
+        self.record(GrantAction::Requested, &grant, &who.subject, Some(reason.to_string()), false).await?;
         let mut credentials = None;
         let (action, message) = match decision {
             Decision::Approve { policy } => {
@@ -370,7 +409,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         if action != GrantAction::Requested {
             // Recorded before the grant exists in the store: an unrecorded
             // approval never becomes usable.
-            self.record(action, &grant, "policy", message).await?;
+            self.record(action, &grant, "policy", message, false).await?;
         }
         self.store.insert(&grant).await?;
         Ok(self.view(&grant, credentials))
@@ -384,12 +423,9 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
     /// credential was not issued yet (it was approved later) issues it
     /// now, to its requester only, once.
     pub async fn show(&self, who: &Identity, id: &str) -> Result<GrantView, ControlError> {
-        loop {
-            let mut grant = self.load(id).await?;
-            let mine = grant.subject == who.subject;
-            if !mine && !self.decides(who, &grant) {
-                return Err(ControlError::NotFound(format!("there is no grant {id}")));
-            }
+        for _ in 0..MAX_ATTEMPTS {
+            let mut grant = self.visible(who, id).await?;
+            let mine = owns(who, &grant);
             if !(mine && grant.status == GrantStatus::Active && grant.credential_hash.is_none())
                 || grant.expires_at <= now_ms()
             {
@@ -402,20 +438,49 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 return Ok(self.view(&grant, Some(credentials)));
             }
         }
+        Err(busy(id))
     }
 
     /// Grants `who` may see: their own, and those they decide.
-    pub async fn list(&self, who: &Identity, mut filter: GrantFilter) -> Result<Vec<GrantView>, ControlError> {
-        let decider = self.is_admin(who) || self.policies.approver_groups().any(|g| who.in_group(g));
-        if !decider {
-            filter.subject = Some(who.subject.clone());
+    pub async fn list(&self, who: &Identity, filter: GrantFilter) -> Result<Vec<GrantView>, ControlError> {
+        let limit = filter.limit.unwrap_or(DEFAULT_LIST);
+        if !(1..=MAX_LIST).contains(&limit) {
+            return Err(ControlError::BadRequest(format!("limit must be between 1 and {MAX_LIST}")));
         }
-        let grants = self.store.list(&filter).await?;
-        Ok(grants
-            .iter()
-            .filter(|g| g.subject == who.subject || self.decides(who, g))
-            .map(|g| self.view(g, None))
-            .collect())
+        let mut grants = if self.is_admin(who) {
+            self.store.list(&GrantFilter { limit: Some(limit), ..filter }).await?
+        } else {
+            // Each part the caller may see, newest first, merged: their own,
+            // and each approval group of theirs.
+            let mut parts = vec![GrantFilter {
+                issuer: Some(who.issuer.clone()),
+                subject: Some(who.subject.clone()),
+                limit: Some(limit),
+                ..filter.clone()
+            }];
+            for group in self.policies.approver_groups().filter(|g| who.in_group(g)) {
+                parts.push(GrantFilter {
+                    approval_group: Some(group.to_string()),
+                    limit: Some(limit),
+                    ..filter.clone()
+                });
+            }
+            let mut all: Vec<Grant> = Vec::new();
+            for part in parts {
+                if filter.subject.as_ref().is_some_and(|s| part.approval_group.is_none() && s != &who.subject) {
+                    continue;
+                }
+                for grant in self.store.list(&part).await? {
+                    if !all.iter().any(|g| g.id == grant.id) {
+                        all.push(grant);
+                    }
+                }
+            }
+            all.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            all
+        };
+        grants.truncate(limit as usize);
+        Ok(grants.iter().map(|g| self.view(g, None)).collect())
     }
 
     /// Applies `change` to grant `id` with compare-and-swap, retrying when
@@ -425,7 +490,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         id: &str,
         mut change: impl FnMut(&mut Grant) -> Result<(), ControlError>,
     ) -> Result<(Grant, Grant), ControlError> {
-        loop {
+        for _ in 0..MAX_ATTEMPTS {
             let before = self.load(id).await?;
             let mut after = before.clone();
             change(&mut after)?;
@@ -434,13 +499,15 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 return Ok((before, after));
             }
         }
+        Err(busy(id))
     }
 
     pub async fn approve(&self, who: &Identity, id: &str, note: Option<String>) -> Result<GrantView, ControlError> {
         let now = now_ms();
-        let (_, grant) = self
+        self.visible(who, id).await?;
+        let (before, grant) = self
             .change(id, |g| {
-                if g.subject == who.subject {
+                if owns(who, g) {
                     return Err(ControlError::Forbidden(format!(
                         "{} requested grant {id} and cannot approve it: another member of {} must",
                         who.subject,
@@ -462,53 +529,57 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                     return Err(ControlError::Conflict(format!("{} has already approved grant {id}", who.subject)));
                 }
                 g.approvers.push(who.subject.clone());
+                let by = g.approvers.join(", ");
                 if g.approvers.len() as i64 >= g.approvals_needed {
                     g.status = GrantStatus::Active;
                     g.decided_at = Some(now);
-                    g.decided_by = Some(g.approvers.join(", "));
+                    g.decided_by = Some(by.clone());
                     g.expires_at = now + g.ttl_secs * 1000;
                     g.status_reason = Some(match &note {
-                        Some(note) => format!("approved by {}: {note}", g.approvers.join(", ")),
-                        None => format!("approved by {}", g.approvers.join(", ")),
+                        Some(note) => format!("approved by {by}: {note}"),
+                        None => format!("approved by {by}"),
                     });
                 } else {
                     g.status_reason = Some(format!(
-                        "{} of {} approvals from group {} ({})",
+                        "{} of {} approvals from group {} ({by})",
                         g.approvers.len(),
                         g.approvals_needed,
                         g.approval_group.as_deref().unwrap_or_default(),
-                        g.approvers.join(", ")
                     ));
                 }
                 Ok(())
             })
             .await?;
-        if grant.status == GrantStatus::Active
-            && let Err(error) =
-                self.record(GrantAction::Approved, &grant, &who.subject, grant.status_reason.clone()).await
-        {
-            // An approval that was not recorded does not stand.
-            let _ = self
-                .change(id, |g| {
-                    g.status = GrantStatus::Pending;
-                    g.approvers.retain(|a| a != &who.subject);
-                    g.decided_at = None;
-                    g.decided_by = None;
-                    g.expires_at = grant.created_at + self.pending_ttl.as_millis() as i64;
-                    Ok(())
-                })
-                .await;
-            return Err(error);
+        if grant.status != GrantStatus::Active {
+            return Ok(self.view(&grant, None));
+        }
+        // Its credential is issued only on the requester's next `show`, so
+        // nobody can use the grant before this is recorded.
+        let by = grant.decided_by.clone().unwrap_or_default();
+        if let Err(error) = self.record(GrantAction::Approved, &grant, &by, grant.status_reason.clone(), false).await {
+            // An approval that was not recorded does not stand: undone,
+            // unless something else changed the grant meanwhile.
+            if self.store.update(&before, grant.version).await.unwrap_or(false) {
+                return Err(error);
+            }
+            return Err(ControlError::Unavailable(format!(
+                "grant {id} was approved but Proctor could not record the approval and could not undo it; tell the operator ({error})"
+            )));
         }
         Ok(self.view(&grant, None))
     }
 
     pub async fn deny(&self, who: &Identity, id: &str, note: Option<String>) -> Result<GrantView, ControlError> {
         let now = now_ms();
+        self.visible(who, id).await?;
         let (_, grant) = self
             .change(id, |g| {
                 if !self.decides(who, g) {
-                    return Err(ControlError::Forbidden(format!("{} may not deny grant {id}", who.subject)));
+                    return Err(ControlError::Forbidden(format!(
+                        "{} may not deny grant {id}: decisions come from group {}",
+                        who.subject,
+                        g.approval_group.as_deref().unwrap_or(&self.admin_group)
+                    )));
                 }
                 if g.status != GrantStatus::Pending {
                     return Err(ControlError::Conflict(format!("grant {id} is {}, not pending", g.status.as_str())));
@@ -519,19 +590,20 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             .await?;
         // A denial stands even if it could not be recorded (fail closed);
         // the caller is told.
-        self.record(GrantAction::Denied, &grant, &who.subject, grant.status_reason.clone()).await?;
+        self.record(GrantAction::Denied, &grant, &who.subject, grant.status_reason.clone(), true).await?;
         Ok(self.view(&grant, None))
     }
 
     /// Ends a grant before its time: its requester or a decider.
     pub async fn revoke(&self, who: &Identity, id: &str, note: Option<String>) -> Result<GrantView, ControlError> {
         let now = now_ms();
+        self.visible(who, id).await?;
         let (_, grant) = self
             .change(id, |g| {
-                if g.subject != who.subject && !self.decides(who, g) {
+                if !owns(who, g) && !self.decides(who, g) {
                     return Err(ControlError::Forbidden(format!(
-                        "{} may not revoke grant {id}: only its requester and its approvers may",
-                        who.subject
+                        "{} may not revoke grant {id}: only its requester, its approvers and group {} may",
+                        who.subject, self.admin_group
                     )));
                 }
                 if g.status.is_final() {
@@ -546,58 +618,91 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             &grant.id,
             &GrantEnd { reason: EndReason::GrantRevoked, message: format!("grant {} was {message}", grant.id) },
         );
-        self.record(GrantAction::Revoked, &grant, &who.subject, grant.status_reason.clone()).await?;
+        self.record(GrantAction::Revoked, &grant, &who.subject, grant.status_reason.clone(), true).await?;
         Ok(self.view(&grant, None))
     }
 
     /// Expires what is due and ends live sessions whose grant is no longer
     /// active (also when another gateway sharing the store changed it).
+    /// Goes through everything whatever fails on the way; returns the first
+    /// failure.
     pub async fn sweep(&self) -> Result<(), ControlError> {
         let now = now_ms();
-        for due in self.store.due(now).await? {
-            let was_active = due.status == GrantStatus::Active;
-            let Ok((_, grant)) = self
-                .change(&due.id, |g| {
-                    if g.status.is_final() || g.expires_at > now {
-                        return Err(ControlError::Conflict(String::new()));
+        let mut first_error = None;
+        let mut failed = |error: ControlError| {
+            first_error.get_or_insert(error);
+        };
+        match self.store.due(now).await {
+            Ok(due) => {
+                for grant in due {
+                    if let Err(error) = self.expire(grant).await {
+                        failed(error);
                     }
-                    g.status_reason = Some(if g.status == GrantStatus::Active {
-                        format!("expired at {}", rfc3339(g.expires_at))
-                    } else {
-                        format!("no decision before {}; request again", rfc3339(g.expires_at))
-                    });
-                    g.status = GrantStatus::Expired;
-                    g.decided_by = Some("proctor".to_string());
-                    Ok(())
-                })
-                .await
-            else {
-                continue;
-            };
-            if was_active {
-                self.live.end(&grant.id, &expired(&grant));
+                }
             }
-            self.record(GrantAction::Expired, &grant, "proctor", grant.status_reason.clone()).await?;
+            Err(error) => failed(error.into()),
         }
         for id in self.live.grant_ids() {
-            match self.store.get(&id).await? {
-                Some(g) if g.status == GrantStatus::Active && g.expires_at > now => {}
-                Some(g) if g.status == GrantStatus::Revoked => {
-                    let message = format!("grant {id} was {}", g.status_reason.unwrap_or_else(|| "revoked".into()));
-                    self.live.end(&id, &GrantEnd { reason: EndReason::GrantRevoked, message });
+            let end = match self.store.get(&id).await {
+                Ok(Some(g)) if g.status == GrantStatus::Active && g.expires_at > now => continue,
+                Ok(Some(g)) if g.status == GrantStatus::Revoked => GrantEnd {
+                    reason: EndReason::GrantRevoked,
+                    message: format!("grant {id} was {}", g.status_reason.unwrap_or_else(|| "revoked".into())),
+                },
+                Ok(Some(g)) => expired(&g),
+                Ok(None) => {
+                    GrantEnd { reason: EndReason::GrantRevoked, message: format!("grant {id} no longer exists") }
                 }
-                Some(g) => {
-                    self.live.end(&id, &expired(&g));
+                // Leases end at their grant's expiry on their own.
+                Err(error) => {
+                    failed(error.into());
+                    continue;
                 }
-                None => {
-                    let message = format!("grant {id} no longer exists");
-                    self.live.end(&id, &GrantEnd { reason: EndReason::GrantRevoked, message });
-                }
-            }
+            };
+            self.live.end(&id, &end);
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Marks a due grant expired: recorded first, so that a failure leaves
+    /// it due for the next sweep (its sessions end at its expiry anyway).
+    async fn expire(&self, due: Grant) -> Result<(), ControlError> {
+        let mut grant = due.clone();
+        let was_active = grant.status == GrantStatus::Active;
+        grant.status_reason = Some(if was_active {
+            format!("expired at {}", rfc3339(grant.expires_at))
+        } else {
+            format!("no decision before {}; request again", rfc3339(grant.expires_at))
+        });
+        grant.status = GrantStatus::Expired;
+        grant.decided_by = Some("proctor".to_string());
+        if was_active {
+            self.live.end(&grant.id, &expired(&grant));
+        }
+        self.record(GrantAction::Expired, &grant, "proctor", grant.status_reason.clone(), false).await?;
+        // Lost to a concurrent change (a revocation): that change stands.
+        self.store.update(&grant, due.version).await?;
         Ok(())
     }
 }
+
+/// Whether `who` requested `grant`: the same subject of the same issuer.
+fn owns(who: &Identity, grant: &Grant) -> bool {
+    grant.subject == who.subject && grant.issuer == who.issuer
+}
+
+/// A grant changed by others on every attempt.
+fn busy(id: &str) -> ControlError {
+    ControlError::Conflict(format!("grant {id} kept changing while this was applied; try again"))
+}
+
+/// The most characters of a request's reason.
+const MAX_REASON: usize = 1000;
+/// Compare-and-swap attempts before giving up.
+const MAX_ATTEMPTS: usize = 16;
+/// Grants listed by default, and at most.
+const DEFAULT_LIST: i64 = 100;
+const MAX_LIST: i64 = 1000;
 
 /// Ends a grant by a person's decision (`Denied` or `Revoked`), from `now`.
 fn settle(grant: &mut Grant, status: GrantStatus, by: &str, note: Option<&str>, now: i64) {

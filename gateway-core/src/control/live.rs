@@ -29,12 +29,14 @@ pub struct LiveGrants {
 }
 
 impl LiveGrants {
-    /// Registers a session under `grant_id`; the lease unregisters it when dropped.
-    pub fn lease(self: &Arc<Self>, grant_id: &str) -> Lease {
+    /// Registers a session under `grant_id`, which ends at `expires_at`
+    /// (milliseconds since the epoch) at the latest; the lease unregisters
+    /// it when dropped.
+    pub fn lease(self: &Arc<Self>, grant_id: &str, expires_at: Option<i64>) -> Lease {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         self.lock().entry(grant_id.to_string()).or_default().push((key, tx));
-        Lease { rx, grant_id: grant_id.to_string(), key, live: self.clone() }
+        Lease { rx, grant_id: grant_id.to_string(), key, live: self.clone(), expires_at }
     }
 
     /// Ends every session under `grant_id`.
@@ -67,15 +69,30 @@ pub struct Lease {
     grant_id: String,
     key: u64,
     live: Arc<LiveGrants>,
+    expires_at: Option<i64>,
 }
 
 impl Lease {
-    /// Resolves when the grant ends (never, if the registry is gone).
+    /// Resolves when the grant is ended, or at its expiry: on its own clock,
+    /// whether or not the control store can be reached then.
     pub async fn ended(&mut self) -> GrantEnd {
-        let end = self.rx.wait_for(Option::is_some).await.map(|end| end.clone());
-        match end {
-            Ok(end) => end.unwrap_or_else(unreachable_end),
-            Err(_) => std::future::pending().await,
+        let told = async {
+            let end = self.rx.wait_for(Option::is_some).await.map(|end| end.clone());
+            match end {
+                Ok(end) => end.unwrap_or_else(unreachable_end),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let expiry = async {
+            let Some(at) = self.expires_at else { return std::future::pending().await };
+            let left = at.saturating_sub(super::grants::now_ms()).max(0) as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(left)).await;
+            let when = proctor_schemas::Timestamp(at.saturating_mul(1_000_000)).to_rfc3339();
+            GrantEnd { reason: EndReason::GrantExpired, message: format!("grant {} expired at {when}", self.grant_id) }
+        };
+        tokio::select! {
+            end = told => end,
+            end = expiry => end,
         }
     }
 }
@@ -103,9 +120,9 @@ mod tests {
     #[tokio::test]
     async fn ending_a_grant_ends_its_sessions_and_only_those() {
         let live = Arc::new(LiveGrants::default());
-        let mut a1 = live.lease("g_a");
-        let mut a2 = live.lease("g_a");
-        let b = live.lease("g_b");
+        let mut a1 = live.lease("g_a", None);
+        let mut a2 = live.lease("g_a", None);
+        let b = live.lease("g_b", None);
         assert_eq!(live.sessions(), 3);
         let end = GrantEnd { reason: EndReason::GrantRevoked, message: "revoked by bob".into() };
         assert_eq!(live.end("g_a", &end), 2);
@@ -115,5 +132,16 @@ mod tests {
         drop(b);
         assert_eq!(live.sessions(), 0);
         assert!(live.grant_ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lease_ends_at_its_expiry_on_its_own() {
+        let live = Arc::new(LiveGrants::default());
+        let expires_at = super::super::grants::now_ms() + 50;
+        let mut lease = live.lease("g_c", Some(expires_at));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), lease.ended()).await.unwrap();
+        assert_eq!(end.reason, EndReason::GrantExpired);
+        assert!(end.message.starts_with("grant g_c expired at "), "{}", end.message);
+        assert!(super::super::grants::now_ms() >= expires_at);
     }
 }

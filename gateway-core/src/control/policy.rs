@@ -33,8 +33,9 @@ pub struct ControlConfig {
     /// The host name clients are given in credentials URLs; by default the
     /// resource's listen address (`localhost` if it listens on all addresses).
     pub public_host: Option<String>,
-    /// Members of this group may list, revoke and decide every grant.
-    pub admin_group: Option<String>,
+    /// Members of this group see, decide and revoke every grant: required,
+    /// since someone must be able to end any grant.
+    pub admin_group: String,
 }
 
 fn default_store() -> String {
@@ -117,6 +118,12 @@ impl Policies {
             }
             if p.max_ttl.is_zero() {
                 return bad(format!("policy {:?}: max_ttl must be positive", p.name));
+            }
+            if p.rules.is_some() || p.masking_profile.is_some() {
+                return bad(format!(
+                    "policy {:?}: statement rules and masking profiles are not enforced by this version of Proctor; remove `rules` and `masking_profile` rather than rely on them",
+                    p.name
+                ));
             }
             if let Some(approval) = &p.approval
                 && approval.count == 0
@@ -242,5 +249,9 @@ mod tests {
         assert!(e.to_string().contains("max_ttl"), "{e}");
         let e = Policies::new(vec![policy(None, 60), policy(None, 60)]).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
+        let mut unenforced = policy(None, 60);
+        unenforced.rules = Some("strict".into());
+        let e = Policies::new(vec![unenforced]).unwrap_err();
+        assert!(e.to_string().contains("not enforced"), "{e}");
     }
 }

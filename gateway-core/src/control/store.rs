@@ -61,6 +61,8 @@ pub struct Grant {
     /// Bumped by every change.
     pub version: i64,
     pub subject: String,
+    /// The issuer of the requester's token: a subject is only unique within it.
+    pub issuer: String,
     pub groups: Vec<String>,
     pub resource: String,
     pub reason: String,
@@ -88,7 +90,10 @@ pub struct Grant {
 /// Which grants to list.
 #[derive(Clone, Debug, Default)]
 pub struct GrantFilter {
+    pub issuer: Option<String>,
     pub subject: Option<String>,
+    /// Only grants waiting for (or decided by) this group.
+    pub approval_group: Option<String>,
     pub status: Option<GrantStatus>,
     pub resource: Option<String>,
     pub limit: Option<i64>,
@@ -131,6 +136,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
     subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
     groups_json TEXT NOT NULL,
     resource TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -153,7 +159,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS grants (
 /// The columns read into a [`Grant`], for `concat!`: queries stay static text.
 macro_rules! columns {
     () => {
-        "id, version, subject, groups_json, resource, reason, ttl_secs, status, status_reason, decided_by, policy, \
+        "id, version, subject, issuer, groups_json, resource, reason, ttl_secs, status, status_reason, decided_by, policy, \
          approval_group, approvals_needed, approvers_json, created_at, decided_at, expires_at, credential_hash, rules, \
          masking_profile"
     };
@@ -184,7 +190,9 @@ impl SqlStore {
         }
         sqlx::query(SCHEMA).execute(&pool).await?;
         sqlx::query("CREATE INDEX IF NOT EXISTS grants_due ON grants (status, expires_at)").execute(&pool).await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject, created_at)").execute(&pool).await?;
+        sqlx::query("CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject, issuer, created_at)")
+            .execute(&pool)
+            .await?;
         Ok(SqlStore { pool })
     }
 
@@ -220,6 +228,7 @@ fn from_row(row: &AnyRow) -> Result<Grant, StoreError> {
         id: row.try_get("id")?,
         version: row.try_get("version")?,
         subject: row.try_get("subject")?,
+        issuer: row.try_get("issuer")?,
         groups: list("groups_json")?,
         resource: row.try_get("resource")?,
         reason: row.try_get("reason")?,
@@ -243,14 +252,15 @@ fn from_row(row: &AnyRow) -> Result<Grant, StoreError> {
 impl ControlStore for SqlStore {
     async fn insert(&self, g: &Grant) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO grants (id, version, subject, groups_json, resource, reason, ttl_secs, status, \
+            "INSERT INTO grants (id, version, subject, issuer, groups_json, resource, reason, ttl_secs, status, \
              status_reason, decided_by, policy, approval_group, approvals_needed, approvers_json, created_at, \
              decided_at, expires_at, credential_hash, rules, masking_profile) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
         )
         .bind(&g.id)
         .bind(g.version)
         .bind(&g.subject)
+        .bind(&g.issuer)
         .bind(json_list(&g.groups))
         .bind(&g.resource)
         .bind(&g.reason)
@@ -288,12 +298,15 @@ impl ControlStore for SqlStore {
             "SELECT ",
             columns!(),
             " FROM grants WHERE ($1 = '' OR subject = $1) AND ($2 = '' OR status = $2) \
-             AND ($3 = '' OR resource = $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+             AND ($3 = '' OR resource = $3) AND ($4 = '' OR issuer = $4) AND ($5 = '' OR approval_group = $5) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
         ))
         .bind(filter.subject.clone().unwrap_or_default())
         .bind(filter.status.map(GrantStatus::as_str).unwrap_or_default())
         .bind(filter.resource.clone().unwrap_or_default())
-        .bind(filter.limit.unwrap_or(500))
+        .bind(filter.issuer.clone().unwrap_or_default())
+        .bind(filter.approval_group.clone().unwrap_or_default())
+        .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(from_row).collect()
