@@ -153,9 +153,11 @@ pub enum IdentityError {
 /// The claims Proctor reads; the groups claim is looked up by name.
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
+    #[serde(default)]
+    sub: Option<String>,
     iss: String,
-    exp: i64,
+    #[serde(default)]
+    exp: Option<i64>,
     #[serde(flatten)]
     rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -168,6 +170,9 @@ struct Issuer {
     /// per [`JWKS_REFRESH`], so forged tokens cannot make every request do it.
     read_at: std::sync::Mutex<std::time::Instant>,
 }
+
+/// The largest token accepted (a JWT with a few hundred groups fits).
+const MAX_TOKEN: usize = 16 * 1024;
 
 /// The shortest time between two reads of an issuer's JWKS.
 const JWKS_REFRESH: Duration = Duration::from_secs(30);
@@ -222,6 +227,25 @@ impl Verifier {
         if token.is_empty() {
             return Err(IdentityError::Missing);
         }
+        if token.len() > MAX_TOKEN {
+            return Err(IdentityError::Malformed(format!("larger than {} KiB", MAX_TOKEN / 1024)));
+        }
+        if token.split('.').count() != 3 {
+            return Err(IdentityError::Malformed(
+                "expected three dot-separated parts, header.payload.signature".into(),
+            ));
+        }
+        // `none` is named as what it is, not as an unknown algorithm.
+        #[derive(Deserialize)]
+        struct Alg {
+            alg: Option<String>,
+        }
+        let raw_header = token.split('.').next().and_then(|h| URL_SAFE_NO_PAD.decode(h).ok());
+        if let Some(Alg { alg: Some(alg) }) = raw_header.and_then(|h| serde_json::from_slice::<Alg>(&h).ok())
+            && alg.eq_ignore_ascii_case("none")
+        {
+            return Err(IdentityError::Invalid("unsigned tokens (`alg: none`) are never accepted".into()));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| IdentityError::Malformed(e.to_string()))?;
         // The issuer picks the keys: read it (unverified) from the payload.
         let payload = token.split('.').nth(1).ok_or_else(|| IdentityError::Malformed("no payload".into()))?;
@@ -257,6 +281,7 @@ impl Verifier {
                 K::ImmatureSignature => IdentityError::NotYetValid,
                 K::InvalidAudience => IdentityError::Audience(issuer.config.audience.clone()),
                 K::InvalidSignature => IdentityError::Signature,
+                K::MissingRequiredClaim(claim) => IdentityError::Invalid(format!("the token has no `{claim}` claim")),
                 _ => IdentityError::Invalid(e.to_string()),
             }
         })?;
@@ -266,9 +291,19 @@ impl Verifier {
                 items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
             }
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-            _ => Vec::new(),
+            // Access is decided by groups: a token that does not say them
+            // (as opposed to saying "none") is refused, not taken as none.
+            _ => {
+                return Err(IdentityError::Invalid(format!(
+                    "the token carries no `{}` claim, which Proctor decides access by (identity.issuers[].groups_claim)",
+                    issuer.config.groups_claim
+                )));
+            }
         };
-        Ok(Identity { subject: claims.sub, issuer: claims.iss, groups, expires_at: claims.exp })
+        let missing = |claim: &str| IdentityError::Invalid(format!("the token has no `{claim}` claim"));
+        let subject = claims.sub.filter(|s| !s.trim().is_empty()).ok_or_else(|| missing("sub"))?;
+        let expires_at = claims.exp.ok_or_else(|| missing("exp"))?;
+        Ok(Identity { subject, issuer: claims.iss, groups, expires_at })
     }
 
     fn key(&self, issuer: &Issuer, kid: Option<&str>) -> Result<DecodingKey, IdentityError> {
@@ -483,7 +518,7 @@ mod tests {
             header.kid = Some(dev.kid.clone());
             jsonwebtoken::encode(&header, &claims, &dev.encoding).unwrap()
         };
-        let base = |exp: u64, nbf: u64, aud: &str| serde_json::json!({"iss": "proctor-dev", "aud": aud, "sub": "s", "exp": exp, "nbf": nbf});
+        let base = |exp: u64, nbf: u64, aud: &str| serde_json::json!({"iss": "proctor-dev", "aud": aud, "sub": "s", "groups": [], "exp": exp, "nbf": nbf});
         assert_eq!(verifier.verify(&sign(base(now - 3600, now - 7200, "proctor"))), Err(IdentityError::Expired));
         assert_eq!(verifier.verify(&sign(base(now + 7200, now + 3600, "proctor"))), Err(IdentityError::NotYetValid));
         assert_eq!(
@@ -509,6 +544,115 @@ mod tests {
         third.issuer_config(&dir.path().join("jwks.json")).unwrap();
         let token = third.sign("dave", &[], Duration::from_secs(600)).unwrap();
         assert!(matches!(verifier.verify(&token), Err(IdentityError::UnknownKey { .. })));
+    }
+
+    /// Every way a token can be wrong, each refused with words that say
+    /// which: printed as a table by `cargo test -- --nocapture`.
+    #[test]
+    fn bad_tokens_are_each_refused_with_a_clear_message() {
+        let (_dir, dev, verifier) = setup();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let claims = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"iss": "proctor-dev", "aud": "proctor", "sub": "mallory", "groups": ["dba"], "nbf": now, "exp": now + 600});
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    c.as_object_mut().unwrap().remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+            c
+        };
+        let signed = |c: serde_json::Value| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(dev.kid.clone());
+            jsonwebtoken::encode(&header, &c, &dev.encoding).unwrap()
+        };
+        let good = signed(claims(serde_json::json!({})));
+        assert!(verifier.verify(&good).is_ok(), "the baseline token verifies");
+        let parts: Vec<String> = good.split('.').map(str::to_string).collect();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = DevIssuer::open_or_create(other_dir.path(), &DevIssuerConfig::default()).unwrap();
+        let other_same_kid = {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(dev.kid.clone());
+            jsonwebtoken::encode(&header, &claims(serde_json::json!({})), &other.encoding).unwrap()
+        };
+        let hmac = |secret: &[u8]| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(dev.kid.clone());
+            jsonwebtoken::encode(&header, &claims(serde_json::json!({})), &EncodingKey::from_secret(secret)).unwrap()
+        };
+        let ec = {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some("ec-1".into());
+            let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+            jsonwebtoken::encode(&header, &claims(serde_json::json!({})), &encoding).unwrap()
+        };
+        let mut flipped = parts[2].clone().into_bytes();
+        flipped[5] = if flipped[5] == b'A' { b'B' } else { b'A' };
+        let none_header = b64(&serde_json::json!({"alg": "none", "typ": "JWT"}));
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("empty", String::new(), "no bearer token"),
+            ("not a JWT", "not-a-token".into(), "three dot-separated parts"),
+            ("two parts", format!("{}.{}", parts[0], parts[1]), "three dot-separated parts"),
+            ("header not base64", format!("%%%.{}.{}", parts[1], parts[2]), "not a JWT"),
+            ("payload not JSON", format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode("nope"), parts[2]), "not a JWT"),
+            ("no issuer", signed(claims(serde_json::json!({"iss": null}))), "no `iss` claim"),
+            (
+                "unknown issuer",
+                signed(claims(serde_json::json!({"iss": "https://evil.example/"}))),
+                "are not accepted here",
+            ),
+            ("alg none", format!("{none_header}.{}.", parts[1]), "`alg: none`"),
+            ("HMAC with a guessed secret", hmac(b"secret"), "algorithm HS256 is not accepted"),
+            ("HMAC keyed with the public key", hmac(&dev.public), "algorithm HS256 is not accepted"),
+            ("ES256 from an unknown key", ec, "algorithm ES256 is not accepted"),
+            (
+                "another key, its own kid",
+                other.sign("mallory", &["dba".into()], Duration::from_secs(60)).unwrap(),
+                "no key",
+            ),
+            ("another key, our kid", other_same_kid, "signature does not verify"),
+            (
+                "payload swapped",
+                format!("{}.{}.{}", parts[0], b64(&claims(serde_json::json!({"sub": "root"}))), parts[2]),
+                "signature does not verify",
+            ),
+            (
+                "signature altered",
+                format!("{}.{}.{}", parts[0], parts[1], String::from_utf8(flipped).unwrap()),
+                "signature does not verify",
+            ),
+            ("signature removed", format!("{}.{}.", parts[0], parts[1]), "signature does not verify"),
+            ("expired", signed(claims(serde_json::json!({"exp": now - 3600, "nbf": now - 7200}))), "expired"),
+            ("expired beyond the skew", signed(claims(serde_json::json!({"exp": now - 61}))), "expired"),
+            ("not yet valid", signed(claims(serde_json::json!({"nbf": now + 3600}))), "not valid yet"),
+            ("another audience", signed(claims(serde_json::json!({"aud": "grafana"}))), "another audience"),
+            (
+                "audiences without ours",
+                signed(claims(serde_json::json!({"aud": ["grafana", "vault"]}))),
+                "another audience",
+            ),
+            ("no audience", signed(claims(serde_json::json!({"aud": null}))), "no `aud` claim"),
+            ("no expiry", signed(claims(serde_json::json!({"exp": null}))), "no `exp` claim"),
+            ("no subject", signed(claims(serde_json::json!({"sub": null}))), "no `sub` claim"),
+            ("empty subject", signed(claims(serde_json::json!({"sub": " "}))), "no `sub` claim"),
+            ("no groups claim", signed(claims(serde_json::json!({"groups": null}))), "no `groups` claim"),
+            ("oversized", format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]), "larger than 16 KiB"),
+        ];
+        assert!(cases.len() >= 20);
+        for (name, token, expected) in &cases {
+            let error = verifier.verify(token).err().unwrap_or_else(|| panic!("{name}: accepted"));
+            let message = error.to_string();
+            println!("{name:<32} {message}");
+            assert!(message.contains(expected), "{name}: {message:?} does not say {expected:?}");
+        }
+        // Groups present but empty is a statement, not an omission.
+        let no_groups = signed(claims(serde_json::json!({"groups": []})));
+        assert!(verifier.verify(&no_groups).unwrap().groups.is_empty());
     }
 
     #[test]
