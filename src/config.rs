@@ -91,9 +91,8 @@ impl Config {
         relative(&mut config.tls.cert_file);
         relative(&mut config.tls.key_file);
         for issuer in &mut config.identity.issuers {
-            let mut path = Some(issuer.jwks_file.clone());
-            relative(&mut path);
-            issuer.jwks_file = path.unwrap_or_default();
+            relative(&mut issuer.jwks_file);
+            relative(&mut issuer.jwks_ca_file);
         }
         for resource in &mut config.resources {
             relative(&mut resource.password_file);

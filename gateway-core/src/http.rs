@@ -113,3 +113,57 @@ pub fn caller(
         },
     })
 }
+
+/// GETs an `https://` URL, trusting the certificates in `ca_file`, on a
+/// thread of its own (callable from async and blocking code alike); gives
+/// up after `timeout`. Returns the body of a `200`.
+pub fn fetch_https(url: &str, ca_file: &std::path::Path, timeout: Duration) -> Result<Vec<u8>, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{url:?} is not an https:// URL"));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?.trim_matches(['[', ']']).to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let config = crate::tls::api_client_config(ca_file).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let path = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let fetch = async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+        let stream =
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if !status.is_success() {
+            return Err(format!("answered {status}"));
+        }
+        Ok(body.to_vec())
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                runtime.block_on(async {
+                    tokio::time::timeout(timeout, fetch)
+                        .await
+                        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+                })
+            })
+            .join()
+            .map_err(|_| "the fetch failed".to_string())?
+    })
+}

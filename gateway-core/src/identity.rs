@@ -39,8 +39,17 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// The `aud` this deployment expects.
     pub audience: String,
-    /// The issuer's JWKS as a file (relative paths: from the config file).
-    pub jwks_file: PathBuf,
+    /// The issuer's JWKS as a file (relative paths: from the config file) ...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ... or fetched over HTTPS (cached; fetched again when a token names
+    /// a key it does not hold, at most every 30 s).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The certificates trusted for `jwks_url` (PEM); by default the
+    /// system's bundle.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// The claim holding the subject's groups (a list, or one space-separated string).
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
@@ -193,11 +202,32 @@ fn parse_algorithm(name: &str, issuer: &str) -> Result<Algorithm, IdentityError>
     Ok(alg)
 }
 
-fn read_jwks(path: &Path) -> Result<JwkSet, IdentityError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| IdentityError::Config(format!("cannot read JWKS {}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| IdentityError::Config(format!("JWKS {} is not a JSON Web Key Set: {e}", path.display())))
+/// Where the system keeps its trusted certificates (Debian's bundle).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How long fetching a JWKS may take.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads an issuer's JWKS from its file or URL.
+fn read_jwks(config: &IssuerConfig) -> Result<JwkSet, IdentityError> {
+    let (bytes, source) = match (&config.jwks_file, &config.jwks_url) {
+        (Some(path), None) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| IdentityError::Config(format!("cannot read JWKS {}: {e}", path.display())))?;
+            (bytes, path.display().to_string())
+        }
+        (None, Some(url)) => {
+            let ca = config.jwks_ca_file.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+            let bytes = crate::http::fetch_https(url, &ca, JWKS_TIMEOUT)
+                .map_err(|e| IdentityError::Config(format!("cannot fetch JWKS {url}: {e}")))?;
+            (bytes, url.clone())
+        }
+        _ => {
+            return Err(IdentityError::Config(format!("issuer {:?}: set either jwks_file or jwks_url", config.issuer)));
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| IdentityError::Config(format!("JWKS {source} is not a JSON Web Key Set: {e}")))
 }
 
 impl Verifier {
@@ -211,7 +241,32 @@ impl Verifier {
                 }
                 let algorithms =
                     config.algorithms.iter().map(|a| parse_algorithm(a, &config.issuer)).collect::<Result<_, _>>()?;
-                let keys = RwLock::new(read_jwks(&config.jwks_file)?);
+                if let Some(url) = &config.jwks_url
+                    && !url.starts_with("https://")
+                {
+                    return Err(IdentityError::Config(format!(
+                        "issuer {:?}: jwks_url must be an https:// URL (keys fetched in clear could be swapped)",
+                        config.issuer
+                    )));
+                }
+                if config.jwks_file.is_some() == config.jwks_url.is_some() {
+                    return Err(IdentityError::Config(format!(
+                        "issuer {:?}: set either jwks_file or jwks_url",
+                        config.issuer
+                    )));
+                }
+                let keys = match read_jwks(config) {
+                    Ok(keys) => keys,
+                    // An identity provider down at start-up must not keep
+                    // the gateway down: its keys are fetched again when a
+                    // token needs them.
+                    Err(error) if config.jwks_url.is_some() => {
+                        tracing::warn!(issuer = %config.issuer, %error, "starting without the issuer's keys");
+                        JwkSet { keys: Vec::new() }
+                    }
+                    Err(error) => return Err(error),
+                };
+                let keys = RwLock::new(keys);
                 // The first unknown key may re-read at once.
                 let now = std::time::Instant::now();
                 let read_at = std::sync::Mutex::new(now.checked_sub(JWKS_REFRESH).unwrap_or(now));
@@ -329,7 +384,13 @@ impl Verifier {
                     }
                     *read_at = std::time::Instant::now();
                 }
-                let fresh = read_jwks(&issuer.config.jwks_file)?;
+                let fresh = match read_jwks(&issuer.config) {
+                    Ok(fresh) => fresh,
+                    Err(error) => {
+                        tracing::warn!(issuer = %issuer.config.issuer, %error, "cannot read the issuer's keys again");
+                        return Err(unknown());
+                    }
+                };
                 let found = find(&fresh);
                 *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
                 found.ok_or_else(unknown)?
@@ -440,7 +501,9 @@ impl DevIssuer {
         Ok(IssuerConfig {
             issuer: self.config.issuer.clone(),
             audience: self.config.audience.clone(),
-            jwks_file: jwks_file.to_path_buf(),
+            jwks_file: Some(jwks_file.to_path_buf()),
+            jwks_url: None,
+            jwks_ca_file: None,
             groups_claim: default_groups_claim(),
             algorithms: vec!["EdDSA".to_string()],
             leeway: default_leeway(),
@@ -663,7 +726,9 @@ mod tests {
         let config = IssuerConfig {
             issuer: "i".into(),
             audience: "a".into(),
-            jwks_file: jwks,
+            jwks_file: Some(jwks),
+            jwks_url: None,
+            jwks_ca_file: None,
             groups_claim: "groups".into(),
             algorithms: vec!["HS256".into()],
             leeway: Duration::from_secs(0),
