@@ -4,9 +4,11 @@
 //! statement and result recorded before it passes.
 
 mod cancel;
+pub mod classify;
 mod frame;
 mod messages;
 mod protocol;
+pub mod rules;
 mod session;
 mod startup;
 mod stream;

