@@ -245,6 +245,11 @@ async fn start_control(
                 () = tokio::time::sleep(SWEEP_INTERVAL) => {}
             }
         }
+        // Grants that ran out while Proctor stopped are recorded as expired
+        // before the recorder closes.
+        if let Err(error) = control.sweep().await {
+            tracing::error!(%error, "could not record the last expiries");
+        }
     });
     Ok((url, vec![server, sweeper]))
 }
