@@ -91,6 +91,7 @@ impl Lease {
             GrantEnd { reason: EndReason::GrantExpired, message: format!("grant {} expired at {when}", self.grant_id) }
         };
         tokio::select! {
+            biased;
             end = told => end,
             end = expiry => end,
         }

@@ -673,16 +673,17 @@ async fn commit<S: EventSink>(
 /// Resolves when the session must end from outside: Proctor shuts down, or
 /// the session's grant expires or is revoked.
 async fn stopping(shutdown: &mut watch::Receiver<bool>, lease: Option<&mut Lease>) -> Ending {
-    let grant_ends = async {
-        match lease {
-            Some(lease) => lease.ended().await,
-            None => std::future::pending().await,
-        }
+    let shut_down = || Ending::new(EndReason::Shutdown, "Proctor shut down".to_string());
+    // Polled at every wake-up of the relay: without a lease, just the
+    // shutdown signal, as cheap as before grants existed.
+    let Some(lease) = lease else {
+        shutting_down(shutdown).await;
+        return shut_down();
     };
     tokio::select! {
         biased;
-        () = shutting_down(shutdown) => Ending::new(EndReason::Shutdown, "Proctor shut down".to_string()),
-        end = grant_ends => Ending::new(end.reason, end.message),
+        () = shutting_down(shutdown) => shut_down(),
+        end = lease.ended() => Ending::new(end.reason, end.message),
     }
 }
 
