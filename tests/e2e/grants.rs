@@ -29,6 +29,11 @@ struct Setup {
 }
 
 fn start() -> Setup {
+    start_with(false)
+}
+
+/// `tls`: the control API over HTTPS with the dev certificate.
+fn start_with(tls: bool) -> Setup {
     let cluster = cluster(&Options::default());
     let api_port = free_port();
     let extra = format!(
@@ -40,6 +45,7 @@ fn start() -> Setup {
 listen = "127.0.0.1:{api_port}"
 pending_ttl = "1h"
 admin_group = "security"
+tls = {tls}
 
 [[policies]]
 name = "agents"
@@ -56,7 +62,8 @@ approval = {{ group = "dba", count = 1 }}
 "#
     );
     let proctor = Proctor::start(bin(), cluster.port, &ProctorOptions { extra, ..ProctorOptions::default() });
-    Setup { cluster, proctor, api: format!("http://127.0.0.1:{api_port}") }
+    let scheme = if tls { "https" } else { "http" };
+    Setup { cluster, proctor, api: format!("{scheme}://127.0.0.1:{api_port}") }
 }
 
 /// `proctor grant ARGS --api API --token TOKEN`.
@@ -312,4 +319,44 @@ fn policy_decides_and_approvers_approve_but_never_their_own_request() {
     let shown = json(&grant(&setup, &erin, &["show", &third, "--json"]));
     assert_eq!(shown["status"], "denied");
     assert_eq!(shown["status_reason"], "denied by dan: not today");
+}
+
+#[test]
+fn over_https_the_cli_trusts_only_the_certificate_it_is_given() {
+    let setup = start_with(true);
+    let data_dir = &setup.proctor.data_dir;
+    let agent = token(data_dir, "ci-deploy", "ci");
+    let cert = data_dir.join("tls").join("proctor-dev.crt");
+    let cert = cert.to_str().unwrap();
+    let request = ["request", "--resource", "test-db", "--ttl", "5m", "--reason", "over tls", "--json"];
+
+    // No certificate to trust: told what to pass.
+    let out = grant(&setup, &agent, &request);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--ca-file"), "{}", stderr(&out));
+    // Another certificate: the handshake fails, nothing is sent.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("other.crt");
+    std::fs::write(&other, stranger_certificate()).unwrap();
+    let mut args = request.to_vec();
+    args.extend_from_slice(&["--ca-file", other.to_str().unwrap()]);
+    let out = grant(&setup, &agent, &args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
+    // The server's own certificate: the grant, and a session with it.
+    let mut args = request.to_vec();
+    args.extend_from_slice(&["--ca-file", cert]);
+    let out = grant(&setup, &agent, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = json(&out)["credentials"]["url"].as_str().unwrap().to_string();
+    let answer = psql(&setup.cluster, &url, "select 'over tls'");
+    assert!(answer.status.success(), "{}", stderr(&answer));
+}
+
+/// A self-signed certificate for loopback that this Proctor never saw (PEM).
+fn stranger_certificate() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = proctor_gateway_core::config::TlsConfig::default();
+    let (_, path) = proctor_gateway_core::tls::http_server_config(&config, dir.path()).unwrap();
+    std::fs::read_to_string(path).unwrap()
 }
