@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use proctor_gateway_core::postgres::classify::{ClassCache, Classification, classify};
+use proctor_gateway_core::postgres::classify::{ClassCache, Classification, ParseAs, classify};
 use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 
 #[global_allocator]
@@ -65,7 +65,7 @@ fn main() {
         });
         let cache = ClassCache::new(10_000);
         let cached = per_call(n, |i| {
-            let classification = cache.classify(black_box(&texts[i % texts.len()]));
+            let classification = cache.classify(black_box(&texts[i % texts.len()]), ParseAs::default());
             black_box(rules.decide(&classification));
         });
         let verdict = rules.decide(&Classification::from(classify(sql)));

@@ -5,7 +5,7 @@
 //! blocked — zero bypasses — and ordinary work, which must pass. Printed as
 //! a table by `cargo test -- --nocapture`.
 
-use proctor_gateway_core::postgres::classify::{ClassCache, Classification, classify, shape};
+use proctor_gateway_core::postgres::classify::{ClassCache, Classification, ParseAs, classify, classify_as, shape};
 use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig, Verdict};
 
 /// Every class the issue lists for agents, held; the worst blocked.
@@ -200,10 +200,28 @@ fn shapes_join_only_what_differs_in_plain_literals() {
     }
     // The cache gives equal-shaped queries one classification.
     let cache = ClassCache::new(16);
-    let first = cache.classify("delete from t where id = 1");
-    let second = cache.classify("delete from t where id = 2");
+    let first = cache.classify("delete from t where id = 1", ParseAs::default());
+    let second = cache.classify("delete from t where id = 2", ParseAs::default());
     assert!(std::sync::Arc::ptr_eq(&first, &second));
     assert_eq!(cache.len(), 1);
-    let other = cache.classify("delete from t");
+    let other = cache.classify("delete from t", ParseAs::default());
     assert_ne!(*first, *other);
+    let off = ParseAs { standard_conforming_strings: false };
+    let elsewhere = cache.classify("delete from t where id = 3", off);
+    assert!(!std::sync::Arc::ptr_eq(&first, &elsewhere), "sessions reading strings differently share no entry");
+}
+
+/// With `standard_conforming_strings` off (a role or database setting the
+/// server reports), a backslash escapes a quote: the same text is one
+/// string to a default parser and two statements to such a server. The
+/// classifier reads it as the session does.
+#[test]
+fn strings_are_read_as_the_session_reads_them() {
+    let rules = ci_rules();
+    let sql = "select 'a\\' || ' ; drop table customers; --'";
+    let on = rules.decide(&Classification::from(classify_as(sql, ParseAs::default())));
+    assert_eq!(on, Verdict::Allow, "one string to a conforming session");
+    let off = ParseAs { standard_conforming_strings: false };
+    let verdict = rules.decide(&Classification::from(classify_as(sql, off)));
+    assert!(matches!(verdict, Verdict::Hold { ref rule, .. } if rule == "ci/drop"), "{verdict:?}");
 }

@@ -602,9 +602,35 @@ fn reads_a_column(value: &Value) -> bool {
     }
 }
 
-/// Parses `sql` (one or more statements) and classifies each statement.
+/// The session settings that change how the server reads a query string:
+/// the classifier must read it the same way (the server reports them in
+/// ParameterStatus).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseAs {
+    /// `standard_conforming_strings`: off, a backslash escapes in '...'.
+    pub standard_conforming_strings: bool,
+}
+
+impl Default for ParseAs {
+    fn default() -> Self {
+        ParseAs { standard_conforming_strings: true }
+    }
+}
+
+/// Parses `sql` (one or more statements) as a default session does and
+/// classifies each statement.
 pub fn classify(sql: &str) -> Vec<Classified> {
-    let parsed = match pg_query::parse(sql, 0) {
+    classify_as(sql, ParseAs::default())
+}
+
+/// Parses `sql` as a session with `parse_as` does and classifies each
+/// statement.
+pub fn classify_as(sql: &str, parse_as: ParseAs) -> Vec<Classified> {
+    let mut options = pg_query::ParserOptions::DEFAULT;
+    if !parse_as.standard_conforming_strings {
+        options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    let parsed = match pg_query::parse(sql, options) {
         Ok(parsed) => parsed,
         Err(error) => {
             return vec![Classified {
@@ -765,14 +791,16 @@ impl ClassCache {
         ClassCache { entries: Mutex::new(HashMap::new()), capacity }
     }
 
-    /// The classes of `sql`'s statements: from the cache when a query of
-    /// the same shape was classified before.
-    pub fn classify(&self, sql: &str) -> Arc<Classification> {
-        let Some(key) = shape(sql) else { return Arc::new(classify(sql).into()) };
+    /// The classes of `sql`'s statements, read as a session with
+    /// `parse_as` reads them: from the cache when a query of the same shape
+    /// was classified before under the same settings.
+    pub fn classify(&self, sql: &str, parse_as: ParseAs) -> Arc<Classification> {
+        let Some(shaped) = shape(sql) else { return Arc::new(classify_as(sql, parse_as).into()) };
+        let key = format!("{}{shaped}", if parse_as.standard_conforming_strings { "" } else { "scs=off\u{0}" });
         if let Some(hit) = self.lock().get(&key) {
             return hit.clone();
         }
-        let classified: Arc<Classification> = Arc::new(classify(sql).into());
+        let classified: Arc<Classification> = Arc::new(classify_as(sql, parse_as).into());
         let mut entries = self.lock();
         if entries.len() >= self.capacity {
             // Simple and bounded: start over (shapes are few in practice).
