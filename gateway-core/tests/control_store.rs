@@ -122,6 +122,30 @@ async fn postgres_store_conforms() {
     conformance(store).await;
 }
 
+/// Gateways reach a shared store over the network: TLS, the server's
+/// certificate checked against the one given in `sslrootcert`.
+#[tokio::test]
+async fn postgres_store_conforms_over_verified_tls() {
+    let cluster = Cluster::start(&Options { tls: true, ..Options::default() })
+        .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+    cluster.psql("postgres", "create database control").unwrap();
+    let cert = cluster.dir().join("data").join("server.crt");
+    let url = format!(
+        "postgres://postgres:{}@localhost:{}/control?sslmode=verify-full&sslrootcert={}",
+        cluster.superuser_password,
+        cluster.port,
+        cert.display()
+    );
+    conformance(SqlStore::open(&url).await.unwrap()).await;
+    // Another certificate to trust: refused, not downgraded.
+    let stranger = tempfile::tempdir().unwrap();
+    let other = stranger.path().join("other.crt");
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&other, key.cert.pem()).unwrap();
+    let url = url.replace(&cert.display().to_string(), &other.display().to_string());
+    assert!(SqlStore::open(&url).await.is_err(), "an untrusted certificate must be refused");
+}
+
 #[tokio::test]
 async fn a_store_that_cannot_be_opened_says_where_without_the_password() {
     let port = proctor_devcluster::free_port();
