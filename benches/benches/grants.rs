@@ -11,16 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proctor_benches::median;
+use proctor_benches::{BenchSink, median};
 use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::control::{
     Control, ControlSession, GrantAuthenticator, LiveGrants, Offer, Policies, PolicyConfig, SqlStore,
 };
 use proctor_gateway_core::identity::Identity;
 use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
-use proctor_gateway_core::{EventSink, SinkError};
-use proctor_recorder::{Recorder, RecorderSettings, Sink};
-use proctor_schemas::NewEvent;
+use proctor_recorder::{Recorder, RecorderSettings};
 use tokio::net::TcpListener;
 
 #[global_allocator]
@@ -28,19 +26,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PASSWORD: &str = "bench-password";
 const SWEEP: Duration = Duration::from_millis(200);
-
-#[derive(Clone)]
-struct BenchSink(Sink);
-
-impl EventSink for BenchSink {
-    async fn record(&self, event: NewEvent) -> Result<u64, SinkError> {
-        self.0.append(event).await.map_err(|e| SinkError(e.to_string()))
-    }
-
-    async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
-        self.0.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
-    }
-}
 
 type Plane = Control<SqlStore, BenchSink>;
 

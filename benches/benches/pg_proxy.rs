@@ -17,13 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proctor_benches::median;
+use proctor_benches::{BenchSink, median};
 use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, run_as_cluster_account};
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
 use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
-use proctor_gateway_core::{EventSink, SinkError};
 use proctor_recorder::{Recorder, RecorderSettings, Sink};
-use proctor_schemas::NewEvent;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The allocator of the `proctor` binary, so that what runs here is what
@@ -33,19 +31,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PASSWORD: &str = "bench-password";
 const SECRET: &str = "bench-secret";
-
-#[derive(Clone)]
-struct BenchSink(Sink);
-
-impl EventSink for BenchSink {
-    async fn record(&self, event: NewEvent) -> Result<u64, SinkError> {
-        self.0.append(event).await.map_err(|e| SinkError(e.to_string()))
-    }
-
-    async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
-        self.0.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
-    }
-}
 
 /// Proctor in this process, recording into a temp data dir.
 struct Proctor {

@@ -46,3 +46,21 @@ pub fn dir_size(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+/// The recorder as the gateway's event sink, as the `proctor` binary wires
+/// it (`src/wiring.rs`), for benchmarks that run the gateway in process.
+#[derive(Clone)]
+pub struct BenchSink(pub proctor_recorder::Sink);
+
+impl proctor_gateway_core::EventSink for BenchSink {
+    async fn record(&self, event: proctor_schemas::NewEvent) -> Result<u64, proctor_gateway_core::SinkError> {
+        self.0.append(event).await.map_err(|e| proctor_gateway_core::SinkError(e.to_string()))
+    }
+
+    async fn record_batch(
+        &self,
+        events: &[proctor_schemas::NewEvent],
+    ) -> Result<Vec<u64>, proctor_gateway_core::SinkError> {
+        self.0.append_slice(events).await.map_err(|e| proctor_gateway_core::SinkError(e.to_string()))
+    }
+}

@@ -5,12 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A server's TLS configuration (rustls, ring provider).
+pub type ServerTls = Arc<rustls::ServerConfig>;
+
 /// Serves `app` on `listener` until `shutdown` resolves; requests in flight
 /// then get a few seconds to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {

@@ -201,23 +201,7 @@ async fn start_control(
         control_config.pending_ttl,
         control_config.admin_group.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(control_config.listen)
-        .await
-        .with_context(|| format!("the control API cannot listen on {}", control_config.listen))?;
-    let tls = if control_config.tls {
-        let (server, _) = proctor_gateway_core::tls::http_server_config(&config.tls, &config.data_dir.join("tls"))
-            .context("cannot set up TLS for the control API")?;
-        Some(server)
-    } else {
-        None
-    };
-    if tls.is_none() && !control_config.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %control_config.listen,
-            "the control API speaks plain HTTP beyond loopback: tokens and credentials cross the network in clear; set [control] tls = true or put a TLS-terminating proxy in front"
-        );
-    }
-    let url = format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
+    let (listener, tls, url) = bind_api(config, "control", control_config.listen, control_config.tls).await?;
     let app = api::router(Arc::new(api::ControlApi { control: control.clone(), verifier, metrics: Some(metrics) }));
     let mut api_stopped = stopped.clone();
     let server = tokio::spawn(async move {
@@ -270,6 +254,35 @@ pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
     Ok(Verifier::new(&issuers)?)
 }
 
+/// Binds one of Proctor's HTTP APIs (`name`: its config section): the
+/// listener, the TLS configuration with the `[tls]` (or dev) certificate if
+/// `tls`, and the base URL. Plain HTTP beyond loopback is warned about.
+async fn bind_api(
+    config: &Config,
+    name: &str,
+    listen: SocketAddr,
+    tls: bool,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<proctor_gateway_core::http::ServerTls>, String)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("the {name} API cannot listen on {listen}"))?;
+    let tls = if tls {
+        let (server, _) = proctor_gateway_core::tls::http_server_config(&config.tls, &config.data_dir.join("tls"))
+            .with_context(|| format!("cannot set up TLS for the {name} API"))?;
+        Some(server)
+    } else {
+        None
+    };
+    if tls.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "the {name} API speaks plain HTTP beyond loopback: bearer tokens cross the network in clear; set [{name}] tls = true or put a TLS-terminating proxy in front"
+        );
+    }
+    let url = format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
+    Ok((listener, tls, url))
+}
+
 /// Starts the replay API if configured; it stops when `stopped` turns true.
 async fn start_replay(
     config: &Config,
@@ -278,24 +291,7 @@ async fn start_replay(
 ) -> anyhow::Result<Option<(String, tokio::task::JoinHandle<()>)>> {
     let Some(replay) = &config.replay else { return Ok(None) };
     let verifier = std::sync::Arc::new(verifier(config)?);
-    let listener = tokio::net::TcpListener::bind(replay.listen)
-        .await
-        .with_context(|| format!("the replay API cannot listen on {}", replay.listen))?;
-    let tls = if replay.tls {
-        let (server, _) = proctor_gateway_core::tls::http_server_config(&config.tls, &config.data_dir.join("tls"))
-            .context("cannot set up TLS for the replay API")?;
-        Some(server)
-    } else {
-        None
-    };
-    if tls.is_none() && !replay.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %replay.listen,
-            "the replay API speaks plain HTTP beyond loopback: bearer tokens cross the network in clear; set [replay] tls = true or put a TLS-terminating proxy in front"
-        );
-    }
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{}", listener.local_addr()?);
+    let (listener, tls, url) = bind_api(config, "replay", replay.listen, replay.tls).await?;
     let state = std::sync::Arc::new(ApiState::new(
         config.data_dir.clone(),
         verifier,

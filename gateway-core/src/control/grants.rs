@@ -196,10 +196,6 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         &self.live
     }
 
-    pub fn session(&self) -> &ControlSession<K> {
-        &self.session
-    }
-
     fn is_admin(&self, who: &Identity) -> bool {
         who.in_group(&self.admin_group)
     }
@@ -452,24 +448,21 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         } else {
             // Each part the caller may see, newest first, merged: their own,
             // and each approval group of theirs.
-            let mut parts = vec![GrantFilter {
-                issuer: Some(who.issuer.clone()),
-                subject: Some(who.subject.clone()),
-                limit: Some(limit),
-                ..filter.clone()
-            }];
-            for group in self.policies.approver_groups().filter(|g| who.in_group(g)) {
-                parts.push(GrantFilter {
-                    approval_group: Some(group.to_string()),
-                    limit: Some(limit),
+            let mut parts = Vec::new();
+            if filter.subject.as_ref().is_none_or(|s| s == &who.subject) {
+                let own = GrantFilter {
+                    issuer: Some(who.issuer.clone()),
+                    subject: Some(who.subject.clone()),
                     ..filter.clone()
-                });
+                };
+                parts.push(own);
+            }
+            for group in self.policies.approver_groups().filter(|g| who.in_group(g)) {
+                parts.push(GrantFilter { approval_group: Some(group.to_string()), ..filter.clone() });
             }
             let mut all: Vec<Grant> = Vec::new();
             for part in parts {
-                if filter.subject.as_ref().is_some_and(|s| part.approval_group.is_none() && s != &who.subject) {
-                    continue;
-                }
+                let part = GrantFilter { limit: Some(limit), ..part };
                 for grant in self.store.list(&part).await? {
                     if !all.iter().any(|g| g.id == grant.id) {
                         all.push(grant);
