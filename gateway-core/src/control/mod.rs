@@ -4,6 +4,7 @@
 pub mod api;
 mod authenticate;
 mod grants;
+mod holds;
 mod live;
 mod policy;
 mod session;
@@ -11,6 +12,7 @@ mod store;
 
 pub use authenticate::GrantAuthenticator;
 pub use grants::{ApprovalView, Control, ControlError, Credentials, GrantView, Offer, is_grant_id, now_ms};
+pub use holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
 pub use live::{GrantEnd, Lease, LiveGrants};
 pub use policy::{ApprovalConfig, ControlConfig, Decision, Policies, PolicyConfig};
 pub use session::ControlSession;
