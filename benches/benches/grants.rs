@@ -17,7 +17,7 @@ use proctor_gateway_core::control::{
     Control, ControlSession, GrantAuthenticator, LiveGrants, Offer, Policies, PolicyConfig, SqlStore,
 };
 use proctor_gateway_core::identity::Identity;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
+use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, StatementPolicy, Target};
 use proctor_recorder::{Recorder, RecorderSettings};
 use tokio::net::TcpListener;
 
@@ -97,6 +97,7 @@ fn main() {
             auth,
             None,
             Arc::new(CancelRegistry::default()),
+            Arc::new(StatementPolicy::new([])),
             stopped,
         ));
         let session = ControlSession::start(sink.clone(), "bench").await.unwrap();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use proctor_benches::{BenchSink, median};
 use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, run_as_cluster_account};
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
+use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, StatementPolicy, Target};
 use proctor_recorder::{Recorder, RecorderSettings, Sink};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -70,7 +70,16 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
-    runtime.spawn(postgres::serve(resource, listener, sink, auth, None, Arc::new(CancelRegistry::default()), stopped));
+    runtime.spawn(postgres::serve(
+        resource,
+        listener,
+        sink,
+        auth,
+        None,
+        Arc::new(CancelRegistry::default()),
+        Arc::new(StatementPolicy::new([])),
+        stopped,
+    ));
     Proctor { port, stop, recorder: Some(recorder), _dir: dir }
 }
 

@@ -6,6 +6,7 @@
 mod cancel;
 pub mod classify;
 mod frame;
+mod gate;
 mod messages;
 mod protocol;
 pub mod rules;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cancel::CancelRegistry;
+pub use gate::StatementPolicy;
 pub use protocol::{Protocol, SampleLimits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -100,9 +102,10 @@ pub(crate) struct Context<S, A> {
     pub auth: Arc<A>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: Arc<CancelRegistry>,
+    pub policy: Arc<StatementPolicy>,
 }
 
-/// Serves one resource until `shutdown` turns true, then ends its sessions
+/// Serves one resource, statements checked by `policy`, until `shutdown` turns true, then ends its sessions
 /// (each records its end) and returns once they are all over.
 pub async fn serve<S: EventSink, A: Authenticator>(
     resource: Arc<PgResource>,
@@ -111,9 +114,10 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     auth: Arc<A>,
     tls: Option<Arc<rustls::ServerConfig>>,
     cancels: Arc<CancelRegistry>,
+    policy: Arc<StatementPolicy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels });
+    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy });
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
