@@ -6,7 +6,7 @@ use anyhow::Context;
 use proctor_gateway_core::auth::Authenticator;
 use proctor_gateway_core::config::ResourceProtocol;
 use proctor_gateway_core::postgres::rules::RuleSet;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, StatementPolicy};
+use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, Shared, StatementPolicy};
 use proctor_gateway_core::tls;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -84,8 +84,7 @@ pub async fn start<A: Authenticator>(
                     sink.clone(),
                     auth.clone(),
                     Some(server_tls.clone()),
-                    cancels.clone(),
-                    policy.clone(),
+                    Shared { cancels: cancels.clone(), policy: policy.clone() },
                     stop.clone(),
                 ));
             }

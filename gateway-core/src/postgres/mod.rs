@@ -105,7 +105,22 @@ pub(crate) struct Context<S, A> {
     pub policy: Arc<StatementPolicy>,
 }
 
-/// Serves one resource, statements checked by `policy`, until `shutdown` turns true, then ends its sessions
+/// What every resource of a gateway shares: cancel keys (a cancel request
+/// may arrive on any listener) and statement rules.
+#[derive(Clone)]
+pub struct Shared {
+    pub cancels: Arc<CancelRegistry>,
+    pub policy: Arc<StatementPolicy>,
+}
+
+impl Default for Shared {
+    /// No rules.
+    fn default() -> Shared {
+        Shared { cancels: Arc::default(), policy: Arc::new(StatementPolicy::new([])) }
+    }
+}
+
+/// Serves one resource until `shutdown` turns true, then ends its sessions
 /// (each records its end) and returns once they are all over.
 pub async fn serve<S: EventSink, A: Authenticator>(
     resource: Arc<PgResource>,
@@ -113,8 +128,7 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     sink: S,
     auth: Arc<A>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    cancels: Arc<CancelRegistry>,
-    policy: Arc<StatementPolicy>,
+    Shared { cancels, policy }: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy });
