@@ -239,6 +239,19 @@ impl Gate {
         (self.decision(PolicyOutcome::Block, Some(rule), message.clone()), Refusal { message, hint })
     }
 
+    /// A statement approved in `review_id` to run once, executed again
+    /// (a named prepared statement's second Execute).
+    pub fn ran_once(&self, review_id: &str) -> (PolicyDecision, Refusal) {
+        self.policy.count(PolicyOutcome::Block);
+        let message = format!(
+            "Proctor blocked this execution: the statement approved in review {review_id} runs once, and it already ran"
+        );
+        let hint = "prepare and run it again to have it held for a new review".to_string();
+        let mut decision = self.decision(PolicyOutcome::Block, None, message.clone());
+        decision.review_id = Some(review_id.to_string());
+        (decision, Refusal { message, hint })
+    }
+
     /// The question for the control plane, once per held statement.
     pub fn question(&mut self) -> Option<(Arc<dyn Holds>, HoldRequest)> {
         let asked = self.asked.as_mut().filter(|a| !a.sent)?;

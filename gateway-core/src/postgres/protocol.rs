@@ -81,6 +81,15 @@ struct Prepared {
     param_types: Vec<u32>,
     /// From a Describe of the statement (format codes there are always 0).
     columns: Vec<Column>,
+    /// Prepared under an approved review: it may be executed once.
+    once: Option<Once>,
+}
+
+/// An approval to run a held statement once.
+#[derive(Debug)]
+struct Once {
+    review_id: String,
+    ran: std::cell::Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -385,7 +394,7 @@ impl Protocol {
                             Prepare { statement_name: statement_name.clone(), sql: sql.to_string() }.into(),
                         )
                     };
-                    let mut decided = None;
+                    let (mut decided, mut once) = (None, None);
                     match gated {
                         None => {}
                         Some(Gated::Ask { rule }) => {
@@ -397,18 +406,20 @@ impl Protocol {
                         }
                         Some(Gated::Decided { seq, decision, refusal }) => {
                             let seq = seq.unwrap_or_else(|| prepare(record));
+                            let review_id = decision.review_id.clone();
                             Self::decided(seq, decision, record);
                             if let Some(refusal) = refusal {
-                                return self.refuse_parse(seq, &refusal);
+                                return self.refuse_in_batch(seq, &refusal);
                             }
                             decided = Some(seq);
+                            once = review_id.map(|review_id| Once { review_id, ran: Default::default() });
                         }
                     }
                     // A named statement is recorded when prepared; the
                     // unnamed one (prepared again for each execution by most
                     // drivers) with its Execute, or with its error if it fails.
                     let seq = decided.or_else(|| (!statement_name.is_empty()).then(|| prepare(record)));
-                    let prepared = Prepared { sql, param_types, columns: Vec::new() };
+                    let prepared = Prepared { sql, param_types, columns: Vec::new(), once };
                     self.expected.push_back(Expect::Parse {
                         seq,
                         time: Timestamp::now(),
@@ -459,10 +470,23 @@ impl Protocol {
                     }
                     None => (String::new(), String::new(), Vec::new(), None),
                 };
+                // A statement approved to run once, run again: refused.
+                let rerun = self
+                    .portal(&portal_name)
+                    .and_then(|p| self.statement(&p.statement))
+                    .and_then(|p| p.once.as_ref())
+                    .and_then(|once| once.ran.replace(true).then(|| once.review_id.clone()));
                 let seq = record.push(
                     Direction::ClientToTarget,
                     Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name), params }.into(),
                 );
+                if let Some(review_id) = rerun
+                    && let Some(gate) = &self.gate
+                {
+                    let (decision, refusal) = gate.ran_once(&review_id);
+                    Self::decided(seq, decision, record);
+                    return self.refuse_in_batch(seq, &refusal);
+                }
                 self.expected.push_back(Expect::Execute { seq, started: Instant::now(), columns });
             }
             b'C' => {
@@ -514,10 +538,10 @@ impl Protocol {
         record.push(Direction::ClientToTarget, body)
     }
 
-    /// A Parse refused by the rules: the target is sent the refusal instead,
-    /// and the rest of the batch is dropped up to its Sync, as the target
-    /// would skip it after a failed Parse.
-    fn refuse_parse(&mut self, seq: u64, refusal: &Refusal) -> Frontend {
+    /// A Parse (or Execute) refused by the rules: the target is sent the
+    /// refusal instead, and the rest of the batch is dropped up to its Sync,
+    /// as the target would skip it after an error.
+    fn refuse_in_batch(&mut self, seq: u64, refusal: &Refusal) -> Frontend {
         // The query the target runs instead drops the unnamed statement and
         // portal there; so here.
         self.statements.remove("");
@@ -1195,14 +1219,59 @@ mod tests {
         assert!(matches!(answered, EventBody::Statement(st) if st.sql == "select 3"), "{answered:?}");
     }
 
+    /// A session under rules `ci`: `drop` blocked, `truncate` held.
     fn gated() -> Protocol {
         use super::super::gate::StatementPolicy;
         use super::super::rules::{RuleSet, RuleSetConfig};
-        let config = RuleSetConfig { block: vec!["drop".into()], hold: vec![], approval_group: None };
+        use crate::control::{HoldFuture, HoldRequest, Holds};
+        /// The control plane's side is answered by each test itself.
+        struct Unasked;
+        impl Holds for Unasked {
+            fn hold(&self, _: HoldRequest) -> HoldFuture<'_> {
+                Box::pin(std::future::ready(Err("not asked in this test".to_string())))
+            }
+        }
+        let config = RuleSetConfig { block: vec!["drop".into()], hold: vec!["truncate".into()], approval_group: None };
         let policy = std::sync::Arc::new(StatementPolicy::new([RuleSet::new("ci", &config).unwrap()]));
+        policy.set_holds(std::sync::Arc::new(Unasked));
         let rules = policy.rules("ci").unwrap();
-        let gate = Gate::new(policy, rules, None, "db".into(), proctor_schemas::SessionId::new());
+        let gate = Gate::new(policy, rules, Some("g_1".into()), "db".into(), proctor_schemas::SessionId::new());
         Protocol::new(SampleLimits::default()).with_gate(Some(gate))
+    }
+
+    #[test]
+    fn a_held_statement_waits_then_an_approved_one_is_executed_once() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        let held = parse("s1", "truncate t");
+        assert_eq!(p.frontend(&held, &mut events), Frontend::Pause, "the control plane is asked first");
+        let (_, request) = p.question().expect("a question");
+        assert_eq!(
+            (request.sql.as_str(), request.rule.as_str(), request.grant_id.as_str()),
+            ("truncate t", "ci/truncate", "g_1")
+        );
+        assert!(p.question().is_none(), "asked once");
+        p.answer(Ok(crate::control::HoldOutcome::Run { review_id: "r_1".into(), approved_by: "dan".into() }));
+        assert_eq!(p.frontend(&held, &mut events), Frontend::Forward, "read again: approved, it passes");
+        assert_eq!(p.frontend(&bind("", "s1"), &mut events), Frontend::Forward);
+        assert_eq!(p.frontend(&execute(""), &mut events), Frontend::Forward);
+        assert_eq!(p.frontend(&frame(b'S', b""), &mut events), Frontend::Forward);
+        for f in [frame(b'1', b""), frame(b'2', b""), frame(b'C', &cstr("TRUNCATE TABLE")), frame(b'Z', b"I")] {
+            assert!(p.backend(&f, &mut events));
+        }
+        // Executing the prepared statement again is refused: approved once.
+        assert_eq!(p.frontend(&bind("", "s1"), &mut events), Frontend::Forward);
+        assert!(matches!(p.frontend(&execute(""), &mut events), Frontend::Replace(_)));
+        assert_eq!(p.frontend(&frame(b'S', b""), &mut events), Frontend::Forward);
+        let decisions: Vec<_> = events
+            .events
+            .iter()
+            .filter_map(|(_, b)| if let EventBody::PolicyDecision(d) = b { Some(d) } else { None })
+            .collect();
+        assert_eq!(decisions.len(), 2, "{decisions:?}");
+        assert_eq!(decisions[0].outcome, proctor_schemas::PolicyOutcome::Allow);
+        assert_eq!(decisions[0].review_id.as_deref(), Some("r_1"));
+        assert_eq!(decisions[1].outcome, proctor_schemas::PolicyOutcome::Block);
     }
 
     #[test]
