@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const STATEMENTS: &[(&str, &str)] = &[
     ("pgbench -S", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+    ("pgbench -S -M extended", "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"),
     ("update", "UPDATE pgbench_accounts SET abalance = abalance + -3921 WHERE aid = 12;"),
     (
         "3-table join",
@@ -71,7 +72,7 @@ fn main() {
         });
         let verdict = rules.decide(&Classification::from(classify(sql)));
         println!(
-            "  {name:<14} parse+classify {parse:>8.0} ns   cached+decide {cached:>6.0} ns ({:.3}x)   verdict {verdict:?}",
+            "  {name:<22} parse+classify {parse:>8.0} ns   cached+decide {cached:>6.0} ns ({:.3}x)   verdict {verdict:?}",
             cached / parse
         );
     }

@@ -185,6 +185,13 @@ fn shapes_join_only_what_differs_in_plain_literals() {
     );
     assert_eq!(shape("select * from t where id = 42"), shape("select  *  from t   where id = 1"));
     assert_eq!(shape("select 'a' -- c\n"), shape("select 'b'"));
+    assert_eq!(
+        shape("select * from t where id = $1 and n = 3").as_deref(),
+        Some("select * from t where id = $1 and n = 0")
+    );
+    assert_ne!(shape("select $1"), shape("select $2"), "parameters are kept as they are");
+    assert_eq!(shape("select $$a$$"), None, "dollar quotes are parsed each time");
+    assert_eq!(shape("select $q$a$q$"), None);
     assert_ne!(shape("select lower('a')"), shape("select pg_read_file('a')"));
     // Anything that could be read two ways is not shaped.
     for odd in [

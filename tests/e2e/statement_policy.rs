@@ -256,3 +256,100 @@ async fn refused_parses_skip_the_rest_of_their_pipeline() {
     assert_eq!(rules, ["ci/drop", "ci/truncate", "ci/drop"], "{all:?}");
     assert!(all.iter().all(|(o, _, sql)| *o == PolicyOutcome::Block && !sql.is_empty()), "{all:?}");
 }
+
+/// The review id named in a hold's error message.
+fn review_id(output: &str) -> String {
+    let start = output.find("review r_").unwrap_or_else(|| panic!("no review named: {output}")) + "review ".len();
+    output[start..start + 18].to_string()
+}
+
+/// `proctor review list --json` as `token`: one object per line.
+fn reviews(setup: &Setup, token: &str) -> Vec<Value> {
+    let out = control(setup, token, &["review", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn held_statements_wait_for_a_reviewer_and_then_run_once() {
+    let setup = start();
+    let agent = token(&setup, "ci-deploy", "ci");
+    let dba = token(&setup, "dana", "dba");
+    let stranger = token(&setup, "eve", "eng");
+    let (grant, url) = agent_grant(&setup, &agent);
+    let ddl = "create index t_id on t (id)";
+
+    // Held: a 42501 naming the review, which stays the same while undecided.
+    let out = psql(&setup.cluster, &url, ddl);
+    assert!(!out.status.success());
+    let first = stderr(&out);
+    assert!(first.contains("Proctor is holding this statement for approval: review r_"), "{first}");
+    assert!(first.contains("(rule ci/ddl)") && first.contains("proctor review approve"), "{first}");
+    let review = review_id(&first);
+    let again = stderr(&psql(&setup.cluster, &url, ddl));
+    assert_eq!(review_id(&again), review, "{again}");
+    assert!(again.contains("still undecided"), "{again}");
+
+    // Who sees and decides it: the reviewer group, not the requester, not others.
+    let listed = reviews(&setup, &dba);
+    let held = listed.iter().find(|r| r["id"] == review.as_str()).unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(held["status"], "pending");
+    assert_eq!(held["sql"], ddl);
+    assert!(reviews(&setup, &stranger).is_empty(), "others do not see it");
+    let own = control(&setup, &agent, &["review", "approve", &review]);
+    assert_eq!(own.status.code(), Some(2), "the requester cannot approve their own statement");
+    assert!(!stderr(&own).is_empty());
+    let approved = control(&setup, &dba, &["review", "approve", &review, "--reason", "index is fine", "--json"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+
+    // The identical statement now runs, once.
+    let out = psql(&setup.cluster, &url, ddl);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exists = setup.cluster.psql(APP_ROLE, "select count(*) from pg_indexes where indexname = 't_id'").unwrap();
+    assert_eq!(exists.trim(), "1");
+    let out = psql(&setup.cluster, &url, "drop index t_id");
+    assert!(stderr(&out).contains("rule ci/drop"), "drop is blocked, not held: {}", stderr(&out));
+    let third = stderr(&psql(&setup.cluster, &url, ddl));
+    let next = review_id(&third);
+    assert_ne!(next, review, "approved once: the next run is held anew");
+
+    // Denied: the requester sees why.
+    let denied = control(&setup, &dba, &["review", "deny", &next, "--reason", "one index is enough"]);
+    assert!(denied.status.success(), "{}", stderr(&denied));
+    let mine = reviews(&setup, &agent);
+    let decided = mine.iter().find(|r| r["id"] == next.as_str()).unwrap_or_else(|| panic!("{mine:?}"));
+    assert_eq!(decided["status"], "denied", "{decided}");
+
+    // Recorded: the decisions in the session, the reviews in the control session.
+    let sessions = grant_sessions(&setup.proctor.data_dir, &grant, 5);
+    let all: Vec<_> = sessions.iter().flat_map(|events| decisions(events)).collect();
+    let outcomes: Vec<PolicyOutcome> = all.iter().filter(|(_, r, _)| r == "ci/ddl").map(|(o, ..)| *o).collect();
+    assert_eq!(
+        outcomes,
+        [PolicyOutcome::Hold, PolicyOutcome::Hold, PolicyOutcome::Allow, PolicyOutcome::Hold],
+        "{all:?}"
+    );
+    let reader = Reader::open(&setup.proctor.data_dir).unwrap();
+    let control_events: Vec<Event> = reader
+        .sessions()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.protocol.as_deref() == Some("control"))
+        .flat_map(|s| reader.session_events(s.session_id).unwrap())
+        .collect();
+    let review_actions: Vec<String> = control_events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Review(r) => Some(format!("{}:{}", r.action.as_str(), r.review_id)),
+            _ => None,
+        })
+        .collect();
+    for expected in [
+        format!("review_requested:{review}"),
+        format!("review_approved:{review}"),
+        format!("review_requested:{next}"),
+        format!("review_denied:{next}"),
+    ] {
+        assert!(review_actions.contains(&expected), "{expected} missing from {review_actions:?}");
+    }
+}

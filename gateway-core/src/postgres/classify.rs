@@ -665,7 +665,8 @@ pub fn classify_as(sql: &str, parse_as: ParseAs) -> Vec<Classified> {
 /// comments dropped and whitespace collapsed: statements that differ only
 /// in such literals share a shape, and classes. `None` when anything could
 /// be read two ways (escape strings, backslashes, dollar quotes, Unicode
-/// escapes): such statements are parsed each time.
+/// escapes): such statements are parsed each time. Parameters (`$1`) are
+/// kept: extended-protocol statements are shaped too.
 pub fn shape(sql: &str) -> Option<String> {
     let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
@@ -674,6 +675,16 @@ pub fn shape(sql: &str) -> Option<String> {
     while i < bytes.len() {
         let b = bytes[i];
         match b {
+            // `$1`: a parameter (a dollar quote's tag cannot start with a
+            // digit), kept as it is.
+            b'$' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let mut j = i + 1;
+                while j < bytes.len() && bytes[j].is_ascii_digit() {
+                    j += 1;
+                }
+                out.push_str(&sql[i..j]);
+                i = j;
+            }
             b'\\' | b'$' => return None,
             b'\'' => {
                 // E'..', U&'..', B'..', X'..', N'..': prefixed strings.
