@@ -212,7 +212,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
              Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
              or through the replay API at {replay_url}, as the demo investigator:\n\n  export PROCTOR_SERVER={replay_url} PROCTOR_TOKEN={investigator_token}\n  proctor search 'customers kind:statement'\n\n\
              Grants come from the control API at {api_url}. As the agent (group ci, approved by policy):\n\n  proctor grant request --api {api_url} --token {agent_token} --resource {RESOURCE} --ttl 15m --reason 'try it'\n\n\
-             As the approver (group dba), end the agent's grant: its session ends within a second:\n\n  proctor grant revoke {grant_id} --api {api_url} --token {approver_token} --reason 'demo over'\n\n\
+             The agent's statements run under rules {AGENT_RULES}: risky ones wait for a dba. Try, in psql:\n\n      create index on orders (status);\n\n\
+             It is held with a review id (r_...). As the approver (group dba), look and allow it; then run it again, once:\n\n  proctor review list --api {api_url} --token {approver_token}\n  proctor review approve REVIEW_ID --api {api_url} --token {approver_token}\n\n\
+             As the approver, end the agent's grant: its session ends within a second:\n\n  proctor grant revoke {grant_id} --api {api_url} --token {approver_token} --reason 'demo over'\n\n\
              Compare with the target directly: psql \"{target_url}\"\n\
              Ctrl-C ends the demo: sessions end, the recording is sealed, the cluster is removed.\n"
         );
