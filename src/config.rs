@@ -7,6 +7,7 @@ use anyhow::Context;
 use proctor_gateway_core::config::{ResourceConfig, TlsConfig, validate_resources};
 use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
+use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
 
@@ -35,9 +36,14 @@ pub struct Config {
     /// The control API and its store: just-in-time grants (off unless configured).
     #[serde(default)]
     pub control: Option<ControlConfig>,
-    /// Who may request which resources, for how long, with whose approval.
+    /// Who may request which resources, for how long, with whose approval,
+    /// under which statement rules.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Statement rules by name (`[rules.NAME]`): which statement classes
+    /// are blocked and which are held for review.
+    #[serde(default)]
+    pub rules: std::collections::BTreeMap<String, RuleSetConfig>,
 }
 
 /// The `[replay]` section.
@@ -108,7 +114,17 @@ impl Config {
         self.recorder.validate()?;
         validate_resources(&self.resources, self.control.is_some())?;
         Policies::new(self.policies.clone())?;
+        for (name, rules) in &self.rules {
+            RuleSet::new(name, rules)?;
+        }
         for policy in &self.policies {
+            if let Some(rules) = &policy.rules {
+                anyhow::ensure!(
+                    self.rules.contains_key(rules),
+                    "policy {:?} names rules {rules:?}, which are not configured: add a [rules.{rules}] table",
+                    policy.name
+                );
+            }
             for resource in &policy.resources {
                 anyhow::ensure!(
                     resource == "*" || self.resources.iter().any(|r| &r.name == resource),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use proctor_gateway_core::auth::Authenticator;
 use proctor_gateway_core::config::ResourceProtocol;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource};
+use proctor_gateway_core::postgres::rules::RuleSet;
+use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, Shared, StatementPolicy};
 use proctor_gateway_core::tls;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -20,6 +21,8 @@ pub struct Gateway {
     pub listeners: Vec<(String, std::net::SocketAddr)>,
     /// The resources served (their session counters feed the metrics).
     pub resources: Vec<Arc<PgResource>>,
+    /// Statement rules, shared by every session (decision counts feed the metrics).
+    pub policy: Arc<StatementPolicy>,
 }
 
 impl Gateway {
@@ -50,8 +53,10 @@ pub async fn start<A: Authenticator>(
 ) -> anyhow::Result<Gateway> {
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
+    let rules = config.rules.iter().map(|(name, rules)| RuleSet::new(name, rules)).collect::<Result<Vec<_>, _>>()?;
+    let policy = Arc::new(StatementPolicy::new(rules));
     if config.resources.is_empty() {
-        return Ok(Gateway { tasks, listeners, resources: Vec::new() });
+        return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy });
     }
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
@@ -79,11 +84,11 @@ pub async fn start<A: Authenticator>(
                     sink.clone(),
                     auth.clone(),
                     Some(server_tls.clone()),
-                    cancels.clone(),
+                    Shared { cancels: cancels.clone(), policy: policy.clone() },
                     stop.clone(),
                 ));
             }
         }
     }
-    Ok(Gateway { tasks, listeners, resources })
+    Ok(Gateway { tasks, listeners, resources, policy })
 }

@@ -17,7 +17,7 @@ use proctor_gateway_core::control::{
     Control, ControlSession, GrantAuthenticator, LiveGrants, Offer, Policies, PolicyConfig, SqlStore,
 };
 use proctor_gateway_core::identity::Identity;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
+use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, Target};
 use proctor_recorder::{Recorder, RecorderSettings};
 use tokio::net::TcpListener;
 
@@ -90,15 +90,7 @@ fn main() {
         let port = listener.local_addr().unwrap().port();
         let auth = Arc::new(GrantAuthenticator::new(store.clone(), live.clone(), Vec::new()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(postgres::serve(
-            resource,
-            listener,
-            sink.clone(),
-            auth,
-            None,
-            Arc::new(CancelRegistry::default()),
-            stopped,
-        ));
+        tokio::spawn(postgres::serve(resource, listener, sink.clone(), auth, None, Shared::default(), stopped));
         let session = ControlSession::start(sink.clone(), "bench").await.unwrap();
         // This gateway's control plane, with its sweep.
         let near = Arc::new(control(store.clone(), live, session.clone(), port));

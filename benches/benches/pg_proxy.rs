@@ -3,7 +3,9 @@
 //! against the server directly, a bare TCP relay (tokio copy_bidirectional:
 //! the floor cost of any user-space proxy), pgbouncer in session mode, and
 //! Proctor recording every statement and result. Runs alternate, round after
-//! round; medians are compared as ratios. Then a 10-million-row SELECT
+//! round; medians are compared as ratios. Proctor runs twice: recording
+//! only, and with statement rules on (every statement classified and
+//! decided, as under the demo's agent rules). Then a 10-million-row SELECT
 //! streams through Proctor while its resident memory is sampled.
 //!
 //! `cargo bench -p proctor-benches --bench pg_proxy [-- SECONDS [ROUNDS]]`
@@ -19,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use proctor_benches::{BenchSink, median};
 use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, run_as_cluster_account};
-use proctor_gateway_core::auth::SharedSecretAuthenticator;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, SampleLimits, Target};
+use proctor_gateway_core::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator};
+use proctor_gateway_core::postgres::classify::Class;
+use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
+use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, StatementPolicy, Target};
 use proctor_recorder::{Recorder, RecorderSettings, Sink};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,6 +35,32 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PASSWORD: &str = "bench-password";
 const SECRET: &str = "bench-secret";
+/// Clients connecting as this user run under [`agent_rules`].
+const RULED: &str = "ruled";
+
+/// The demo's agent rules: every risky class held, so every statement is
+/// classified and decided.
+fn agent_rules() -> RuleSet {
+    let hold = Class::ALL
+        .iter()
+        .filter(|c| !matches!(c, Class::Write | Class::Unparseable))
+        .map(|c| c.as_str().to_string())
+        .collect();
+    RuleSet::new("ci", &RuleSetConfig { block: Vec::new(), hold, approval_group: None }).unwrap()
+}
+
+/// The shared secret, with statement rules for the [`RULED`] user.
+struct WithRules(SharedSecretAuthenticator);
+
+impl Authenticator for WithRules {
+    async fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Identity, AuthError> {
+        let mut identity = self.0.authenticate(request).await?;
+        if request.user == RULED {
+            identity.rules = Some("ci".to_string());
+        }
+        Ok(identity)
+    }
+}
 
 /// Proctor in this process, recording into a temp data dir.
 struct Proctor {
@@ -66,11 +96,19 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
         limits: SampleLimits::default(),
         sessions: Default::default(),
     });
-    let auth = Arc::new(SharedSecretAuthenticator::new([("bench".to_string(), SECRET.to_string())]));
+    let auth = Arc::new(WithRules(SharedSecretAuthenticator::new([("bench".to_string(), SECRET.to_string())])));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
-    runtime.spawn(postgres::serve(resource, listener, sink, auth, None, Arc::new(CancelRegistry::default()), stopped));
+    runtime.spawn(postgres::serve(
+        resource,
+        listener,
+        sink,
+        auth,
+        None,
+        Shared { cancels: Arc::default(), policy: Arc::new(StatementPolicy::new([agent_rules()])) },
+        stopped,
+    ));
     Proctor { port, stop, recorder: Some(recorder), _dir: dir }
 }
 
@@ -341,6 +379,7 @@ fn main() {
         ("tokio relay", relay, "app", PASSWORD, me),
         ("pgbouncer (session)", bouncer_port, "app", PASSWORD, Some(bouncer.id())),
         ("proctor (recording)", proctor.port, "bench", SECRET, me),
+        ("proctor (rules on)", proctor.port, RULED, SECRET, me),
     ];
     println!(
         "pgbench -S, scale 10, {seconds}s per run, {rounds} rounds alternating targets, on {} cores",
@@ -387,12 +426,18 @@ fn main() {
         }
         // The machine's noise: Proctor against each baseline round by round
         // (a round runs every target once, back to back).
-        let per_round = |baseline: usize| {
-            let mut ratios: Vec<f64> = results[3].iter().zip(&results[baseline]).map(|(p, b)| p.tps / b.tps).collect();
+        let per_round = |of: usize, baseline: usize| {
+            let mut ratios: Vec<f64> = results[of].iter().zip(&results[baseline]).map(|(p, b)| p.tps / b.tps).collect();
             ratios.sort_by(f64::total_cmp);
             format!("{:.3}-{:.3}", ratios[0], ratios[ratios.len() - 1])
         };
-        println!("  proctor per round: {}x direct, {}x relay, {}x pgbouncer", per_round(0), per_round(1), per_round(2));
+        println!(
+            "  proctor per round: {}x direct, {}x relay, {}x pgbouncer",
+            per_round(3, 0),
+            per_round(3, 1),
+            per_round(3, 2)
+        );
+        println!("  rules on vs off: {:.3}x (median), {}x per round", tps[4] / tps[3], per_round(4, 3));
     }
 
     if only.is_some() {

@@ -54,6 +54,7 @@ fn main() {
             "write_in_cte".into(),
             "admin_function".into(),
         ],
+        approval_group: None,
     };
     let rules = RuleSet::new("ci", &config).unwrap();
     println!("policy decision per statement ({n} calls x 5 runs, median):");

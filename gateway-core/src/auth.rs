@@ -24,6 +24,8 @@ pub struct Identity {
     pub groups: Vec<String>,
     pub grant_id: Option<String>,
     pub masking_profile: Option<String>,
+    /// The statement rules (`[rules.NAME]`) its statements run under.
+    pub rules: Option<String>,
     /// When its access ends (milliseconds since the epoch), if it does.
     pub expires_at: Option<i64>,
 }
@@ -86,6 +88,7 @@ impl Authenticator for SharedSecretAuthenticator {
             groups: Vec::new(),
             grant_id: None,
             masking_profile: None,
+            rules: None,
             expires_at: None,
         })
     }

@@ -10,6 +10,8 @@ use anyhow::Context;
 use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::config::{ResourceConfig, ResourceProtocol, TargetTls, TlsConfig};
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, IdentityConfig};
+use proctor_gateway_core::postgres::classify::Class;
+use proctor_gateway_core::postgres::rules::RuleSetConfig;
 use proctor_recorder::RecorderSettings;
 use serde_json::json;
 
@@ -67,6 +69,20 @@ select 1 + (i * 7) % 200, 500 + (i * 7919) % 50000,
        now() - make_interval(mins => i)
 from generate_series(1, 1000) as i;
 "#;
+
+/// The agents' statement rules: every risky class is held for a `dba`
+/// (plain reads and writes with a `WHERE` pass; what cannot be parsed is
+/// always blocked).
+const AGENT_RULES: &str = "ci";
+
+fn agent_rules() -> RuleSetConfig {
+    let hold = Class::ALL
+        .iter()
+        .filter(|c| !matches!(c, Class::Write | Class::Unparseable))
+        .map(|c| c.as_str().to_string())
+        .collect();
+    RuleSetConfig { block: Vec::new(), hold, approval_group: Some(APPROVERS.to_string()) }
+}
 
 fn random_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 18];
@@ -145,7 +161,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 resources: vec![RESOURCE.to_string()],
                 max_ttl: std::time::Duration::from_secs(3600),
                 approval: None,
-                rules: None,
+                rules: Some(AGENT_RULES.to_string()),
                 masking_profile: None,
             },
             PolicyConfig {
@@ -158,6 +174,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 masking_profile: None,
             },
         ],
+        rules: [(AGENT_RULES.to_string(), agent_rules())].into(),
     };
     let dev_issuer = DevIssuer::open_or_create(&data_dir, &DevIssuerConfig::default())?;
     let investigator_token = dev_issuer.sign(INVESTIGATOR, &[INVESTIGATORS.to_string()], TOKEN_TTL)?;

@@ -81,8 +81,18 @@ fn gateway_metrics(
     data_dir: PathBuf,
 ) -> api::MetricsSource {
     let resources = gateway.resources.clone();
+    let policy = gateway.policy.clone();
     Arc::new(move || {
         let mut out = String::new();
+        let decisions: Vec<(String, f64)> =
+            policy.decisions().iter().map(|(o, n)| (format!("outcome=\"{}\"", o.as_str()), *n as f64)).collect();
+        api::family(
+            &mut out,
+            "proctor_policy_decisions_total",
+            "counter",
+            "Statement policy decisions under rules, by outcome (a held statement counts when the control plane answers).",
+            &decisions,
+        );
         let by_resource = |value: &dyn Fn(&PgResource) -> u64| -> Vec<(String, f64)> {
             resources.iter().map(|r| (format!("resource=\"{}\"", r.name), value(r) as f64)).collect()
         };

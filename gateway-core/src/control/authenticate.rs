@@ -82,6 +82,7 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
             groups: grant.groups,
             grant_id: Some(grant.id),
             masking_profile: grant.masking_profile,
+            rules: grant.rules,
             expires_at: Some(grant.expires_at),
         })
     }

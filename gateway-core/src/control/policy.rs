@@ -119,9 +119,9 @@ impl Policies {
             if p.max_ttl.is_zero() {
                 return bad(format!("policy {:?}: max_ttl must be positive", p.name));
             }
-            if p.rules.is_some() || p.masking_profile.is_some() {
+            if p.masking_profile.is_some() {
                 return bad(format!(
-                    "policy {:?}: statement rules and masking profiles are not enforced by this version of Proctor; remove `rules` and `masking_profile` rather than rely on them",
+                    "policy {:?}: masking profiles are not enforced by this version of Proctor; remove `masking_profile` rather than rely on it",
                     p.name
                 ));
             }
@@ -250,7 +250,7 @@ mod tests {
         let e = Policies::new(vec![policy(None, 60), policy(None, 60)]).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
         let mut unenforced = policy(None, 60);
-        unenforced.rules = Some("strict".into());
+        unenforced.masking_profile = Some("strict".into());
         let e = Policies::new(vec![unenforced]).unwrap_err();
         assert!(e.to_string().contains("not enforced"), "{e}");
     }

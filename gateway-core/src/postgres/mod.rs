@@ -6,6 +6,7 @@
 mod cancel;
 pub mod classify;
 mod frame;
+mod gate;
 mod messages;
 mod protocol;
 pub mod rules;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cancel::CancelRegistry;
+pub use gate::StatementPolicy;
 pub use protocol::{Protocol, SampleLimits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -100,6 +102,22 @@ pub(crate) struct Context<S, A> {
     pub auth: Arc<A>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: Arc<CancelRegistry>,
+    pub policy: Arc<StatementPolicy>,
+}
+
+/// What every resource of a gateway shares: cancel keys (a cancel request
+/// may arrive on any listener) and statement rules.
+#[derive(Clone)]
+pub struct Shared {
+    pub cancels: Arc<CancelRegistry>,
+    pub policy: Arc<StatementPolicy>,
+}
+
+impl Default for Shared {
+    /// No rules.
+    fn default() -> Shared {
+        Shared { cancels: Arc::default(), policy: Arc::new(StatementPolicy::new([])) }
+    }
 }
 
 /// Serves one resource until `shutdown` turns true, then ends its sessions
@@ -110,10 +128,10 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     sink: S,
     auth: Arc<A>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    cancels: Arc<CancelRegistry>,
+    Shared { cancels, policy }: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels });
+    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy });
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proctor_schemas::{
-    CopySummary, Direction, ErrorReport, Notice, Notification, ParameterStatus, Prepare, RawFrame, Statement,
-    StatementResult, Timestamp,
+    CopySummary, Direction, ErrorReport, Notice, Notification, ParameterStatus, PolicyDecision, Prepare, RawFrame,
+    Statement, StatementResult, Timestamp,
 };
 
 use super::frame::{Body, text};
+use super::gate::{Gate, Gated, Refusal};
 use super::messages::fields;
 use super::values;
 use crate::recording::Record;
@@ -66,6 +67,12 @@ enum Expect {
     },
     Close,
     Sync,
+    /// A refusal sent in place of a Parse (`seq`: its `prepare` event): the
+    /// target answers with an error, which the client receives as the
+    /// Parse's, and a ReadyForQuery, which the client must not see.
+    Refused {
+        seq: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -74,6 +81,15 @@ struct Prepared {
     param_types: Vec<u32>,
     /// From a Describe of the statement (format codes there are always 0).
     columns: Vec<Column>,
+    /// Prepared under an approved review: it may be executed once.
+    once: Option<Once>,
+}
+
+/// An approval to run a held statement once.
+#[derive(Debug)]
+struct Once {
+    review_id: String,
+    ran: std::cell::Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -141,6 +157,15 @@ pub enum Frontend {
     Forward,
     /// The client said goodbye (Terminate); forward it and end the session.
     Terminate,
+    /// Send this frame to the target instead (a refusal).
+    Replace(Vec<u8>),
+    /// Do not send the frame: the target would skip it too (the rest of an
+    /// extended-protocol batch after a refused Parse, up to its Sync).
+    Drop,
+    /// Stop before this frame, which was not consumed: a held statement
+    /// waits for the control plane's answer ([`Protocol::question`]); then
+    /// the frame is read again.
+    Pause,
 }
 
 pub struct Protocol {
@@ -154,6 +179,11 @@ pub struct Protocol {
     /// The target sent a FATAL or PANIC error: the client has been told why
     /// the session is about to end.
     target_fatal: bool,
+    /// Statement rules, when the session runs under some.
+    gate: Option<Gate>,
+    /// A Parse was refused: the client's messages are dropped up to Sync, as
+    /// the target skips them after an error.
+    skipping: bool,
 }
 
 /// RowDescription: column names, types and formats, read in place.
@@ -211,7 +241,43 @@ impl Protocol {
             copy_in: None,
             copy_out: None,
             target_fatal: false,
+            gate: None,
+            skipping: false,
         }
+    }
+
+    /// Puts every statement of the session under `gate`.
+    pub(crate) fn with_gate(mut self, gate: Option<Gate>) -> Protocol {
+        self.gate = gate;
+        self
+    }
+
+    /// A session setting the target reported at start-up.
+    pub fn parameter(&mut self, name: &str, value: &str) {
+        if let Some(gate) = &mut self.gate {
+            gate.parameter(name, value);
+        }
+    }
+
+    /// What to ask the control plane about the statement the last
+    /// [`Frontend::Pause`] stopped at.
+    pub(crate) fn question(
+        &mut self,
+    ) -> Option<(std::sync::Arc<dyn crate::control::Holds>, crate::control::HoldRequest)> {
+        self.gate.as_mut()?.question()
+    }
+
+    /// The control plane's answer to [`Protocol::question`].
+    pub(crate) fn answer(&mut self, answer: Result<crate::control::HoldOutcome, String>) {
+        if let Some(gate) = &mut self.gate {
+            gate.answer(answer);
+        }
+    }
+
+    /// Records a decision about the statement recorded as `seq`.
+    fn decided(seq: u64, mut decision: PolicyDecision, record: &mut impl Record) {
+        decision.ref_seq = Some(seq);
+        record.push(Direction::Gateway, decision.into());
     }
 
     /// Whether the target already told the client, with a FATAL or PANIC
@@ -250,6 +316,7 @@ impl Protocol {
         match self.expected.front()? {
             Expect::Query { seq, .. } | Expect::Execute { seq, .. } => Some(*seq),
             Expect::Parse { seq, .. } => *seq,
+            Expect::Refused { seq } => Some(*seq),
             _ => None,
         }
     }
@@ -279,30 +346,80 @@ impl Protocol {
     pub fn frontend(&mut self, frame: &[u8], record: &mut impl Record) -> Frontend {
         let tag = frame[0];
         let body = &frame[5..];
+        if self.skipping {
+            match tag {
+                b'S' => self.skipping = false,
+                b'X' => return Frontend::Terminate,
+                _ => return Frontend::Drop,
+            }
+        }
         match tag {
             b'Q' => {
                 // A simple query drops the unnamed statement and portal.
                 self.statements.remove("");
                 self.portals.remove("");
                 let sql = Body::new(body).cstr().map(text).unwrap_or_default();
-                let seq = record.push(
-                    Direction::ClientToTarget,
-                    Statement { sql, statement_name: None, portal: None, params: Vec::new() }.into(),
-                );
-                self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                let statement = |sql: String, record: &mut _| {
+                    Self::push(record, Statement { sql, statement_name: None, portal: None, params: Vec::new() }.into())
+                };
+                match gated {
+                    None => {
+                        let seq = statement(sql, record);
+                        self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                    }
+                    Some(Gated::Ask { rule }) => {
+                        let seq = statement(sql.clone(), record);
+                        if let Some(gate) = &mut self.gate {
+                            gate.asking(&sql, seq, rule);
+                        }
+                        return Frontend::Pause;
+                    }
+                    Some(Gated::Decided { seq, decision, refusal }) => {
+                        let seq = seq.unwrap_or_else(|| statement(sql, record));
+                        Self::decided(seq, decision, record);
+                        self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                        if let Some(refusal) = refusal {
+                            return Frontend::Replace(refusal.query_frame());
+                        }
+                    }
+                }
             }
             b'P' => match parse_message(body) {
                 Some((statement_name, sql, param_types)) => {
+                    let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                    let prepare = |record: &mut _| {
+                        Self::push(
+                            record,
+                            Prepare { statement_name: statement_name.clone(), sql: sql.to_string() }.into(),
+                        )
+                    };
+                    let (mut decided, mut once) = (None, None);
+                    match gated {
+                        None => {}
+                        Some(Gated::Ask { rule }) => {
+                            let seq = prepare(record);
+                            if let Some(gate) = &mut self.gate {
+                                gate.asking(&sql, seq, rule);
+                            }
+                            return Frontend::Pause;
+                        }
+                        Some(Gated::Decided { seq, decision, refusal }) => {
+                            let seq = seq.unwrap_or_else(|| prepare(record));
+                            let review_id = decision.review_id.clone();
+                            Self::decided(seq, decision, record);
+                            if let Some(refusal) = refusal {
+                                return self.refuse_in_batch(seq, &refusal);
+                            }
+                            decided = Some(seq);
+                            once = review_id.map(|review_id| Once { review_id, ran: Default::default() });
+                        }
+                    }
                     // A named statement is recorded when prepared; the
                     // unnamed one (prepared again for each execution by most
                     // drivers) with its Execute, or with its error if it fails.
-                    let seq = (!statement_name.is_empty()).then(|| {
-                        record.push(
-                            Direction::ClientToTarget,
-                            Prepare { statement_name: statement_name.clone(), sql: sql.to_string() }.into(),
-                        )
-                    });
-                    let prepared = Prepared { sql, param_types, columns: Vec::new() };
+                    let seq = decided.or_else(|| (!statement_name.is_empty()).then(|| prepare(record)));
+                    let prepared = Prepared { sql, param_types, columns: Vec::new(), once };
                     self.expected.push_back(Expect::Parse {
                         seq,
                         time: Timestamp::now(),
@@ -353,10 +470,23 @@ impl Protocol {
                     }
                     None => (String::new(), String::new(), Vec::new(), None),
                 };
+                // A statement approved to run once, run again: refused.
+                let rerun = self
+                    .portal(&portal_name)
+                    .and_then(|p| self.statement(&p.statement))
+                    .and_then(|p| p.once.as_ref())
+                    .and_then(|once| once.ran.replace(true).then(|| once.review_id.clone()));
                 let seq = record.push(
                     Direction::ClientToTarget,
                     Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name), params }.into(),
                 );
+                if let Some(review_id) = rerun
+                    && let Some(gate) = &self.gate
+                {
+                    let (decision, refusal) = gate.ran_once(&review_id);
+                    Self::decided(seq, decision, record);
+                    return self.refuse_in_batch(seq, &refusal);
+                }
                 self.expected.push_back(Expect::Execute { seq, started: Instant::now(), columns });
             }
             b'C' => {
@@ -390,12 +520,35 @@ impl Protocol {
                 // FunctionCall is not modelled: recorded raw, answered like a query.
                 let seq = Self::raw(tag, frame, Direction::ClientToTarget, record);
                 self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                // A call by OID says nothing rules could read: refused under rules.
+                if let Some(gate) = &self.gate {
+                    let (decision, refusal) = gate.function_call();
+                    Self::decided(seq, decision, record);
+                    return Frontend::Replace(refusal.query_frame());
+                }
             }
             _ => {
                 Self::raw(tag, frame, Direction::ClientToTarget, record);
             }
         }
         Frontend::Forward
+    }
+
+    fn push(record: &mut impl Record, body: proctor_schemas::EventBody) -> u64 {
+        record.push(Direction::ClientToTarget, body)
+    }
+
+    /// A Parse (or Execute) refused by the rules: the target is sent the
+    /// refusal instead, and the rest of the batch is dropped up to its Sync,
+    /// as the target would skip it after an error.
+    fn refuse_in_batch(&mut self, seq: u64, refusal: &Refusal) -> Frontend {
+        // The query the target runs instead drops the unnamed statement and
+        // portal there; so here.
+        self.statements.remove("");
+        self.portals.remove("");
+        self.expected.push_back(Expect::Refused { seq });
+        self.skipping = true;
+        Frontend::Replace(refusal.query_frame())
     }
 
     /// Bind: the portal, and its statement with the parameters rendered as
@@ -522,8 +675,9 @@ impl Protocol {
         }
     }
 
-    /// A whole frame from the target.
-    pub fn backend(&mut self, frame: &[u8], record: &mut impl Record) {
+    /// A whole frame from the target; `false`: the client must not see it
+    /// (the end of a refusal sent in place of a Parse).
+    pub fn backend(&mut self, frame: &[u8], record: &mut impl Record) -> bool {
         let tag = frame[0];
         let body = &frame[5..];
         if matches!(tag, b'D' | b'C') && self.result.rows == 0 {
@@ -542,7 +696,7 @@ impl Protocol {
             b'T' => {
                 let Some(columns) = row_description(body) else {
                     Self::raw(tag, frame, Direction::TargetToClient, record);
-                    return;
+                    return true;
                 };
                 // A row description answering a Describe of a statement is
                 // kept with the statement; one answering a Describe of a
@@ -600,7 +754,7 @@ impl Protocol {
                 // After an error in the extended protocol the server skips
                 // everything up to the next Sync.
                 // (queries and function calls included).
-                if !matches!(self.expected.front(), Some(Expect::Query { .. })) {
+                if !matches!(self.expected.front(), Some(Expect::Query { .. } | Expect::Refused { .. })) {
                     while let Some(front) = self.expected.front() {
                         if matches!(front, Expect::Sync) {
                             break;
@@ -610,6 +764,12 @@ impl Protocol {
                 }
             }
             b'Z' => {
+                // The refusal sent in place of a Parse is over; the client
+                // gets its ReadyForQuery for its own Sync.
+                if let Some(Expect::Refused { .. }) = self.expected.front() {
+                    self.expected.pop_front();
+                    return false;
+                }
                 // Outside a transaction no named portal survives.
                 if body.first() == Some(&b'I') {
                     self.portals.clear();
@@ -689,6 +849,7 @@ impl Protocol {
                 let mut reader = Body::new(body);
                 let parameter = reader.cstr().map(text).unwrap_or_default();
                 let value = reader.cstr().map(text).unwrap_or_default();
+                self.parameter(&parameter, &value);
                 record.push(Direction::TargetToClient, ParameterStatus { parameter, value }.into());
             }
             b'V' => {
@@ -700,6 +861,7 @@ impl Protocol {
                 Self::raw(tag, frame, Direction::TargetToClient, record);
             }
         }
+        true
     }
 
     /// The start of a target frame too large to hold (a huge row, COPY data).
@@ -1055,6 +1217,111 @@ mod tests {
             .unwrap();
         let answered = &s.bodies()[result.unwrap() as usize];
         assert!(matches!(answered, EventBody::Statement(st) if st.sql == "select 3"), "{answered:?}");
+    }
+
+    /// A session under rules `ci`: `drop` blocked, `truncate` held.
+    fn gated() -> Protocol {
+        use super::super::gate::StatementPolicy;
+        use super::super::rules::{RuleSet, RuleSetConfig};
+        use crate::control::{HoldFuture, HoldRequest, Holds};
+        /// The control plane's side is answered by each test itself.
+        struct Unasked;
+        impl Holds for Unasked {
+            fn hold(&self, _: HoldRequest) -> HoldFuture<'_> {
+                Box::pin(std::future::ready(Err("not asked in this test".to_string())))
+            }
+        }
+        let config = RuleSetConfig { block: vec!["drop".into()], hold: vec!["truncate".into()], approval_group: None };
+        let policy = std::sync::Arc::new(StatementPolicy::new([RuleSet::new("ci", &config).unwrap()]));
+        policy.set_holds(std::sync::Arc::new(Unasked));
+        let rules = policy.rules("ci").unwrap();
+        let gate = Gate::new(policy, rules, Some("g_1".into()), "db".into(), proctor_schemas::SessionId::new());
+        Protocol::new(SampleLimits::default()).with_gate(Some(gate))
+    }
+
+    #[test]
+    fn a_held_statement_waits_then_an_approved_one_is_executed_once() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        let held = parse("s1", "truncate t");
+        assert_eq!(p.frontend(&held, &mut events), Frontend::Pause, "the control plane is asked first");
+        let (_, request) = p.question().expect("a question");
+        assert_eq!(
+            (request.sql.as_str(), request.rule.as_str(), request.grant_id.as_str()),
+            ("truncate t", "ci/truncate", "g_1")
+        );
+        assert!(p.question().is_none(), "asked once");
+        p.answer(Ok(crate::control::HoldOutcome::Run { review_id: "r_1".into(), approved_by: "dan".into() }));
+        assert_eq!(p.frontend(&held, &mut events), Frontend::Forward, "read again: approved, it passes");
+        assert_eq!(p.frontend(&bind("", "s1"), &mut events), Frontend::Forward);
+        assert_eq!(p.frontend(&execute(""), &mut events), Frontend::Forward);
+        assert_eq!(p.frontend(&frame(b'S', b""), &mut events), Frontend::Forward);
+        for f in [frame(b'1', b""), frame(b'2', b""), frame(b'C', &cstr("TRUNCATE TABLE")), frame(b'Z', b"I")] {
+            assert!(p.backend(&f, &mut events));
+        }
+        // Executing the prepared statement again is refused: approved once.
+        assert_eq!(p.frontend(&bind("", "s1"), &mut events), Frontend::Forward);
+        assert!(matches!(p.frontend(&execute(""), &mut events), Frontend::Replace(_)));
+        assert_eq!(p.frontend(&frame(b'S', b""), &mut events), Frontend::Forward);
+        let decisions: Vec<_> = events
+            .events
+            .iter()
+            .filter_map(|(_, b)| if let EventBody::PolicyDecision(d) = b { Some(d) } else { None })
+            .collect();
+        assert_eq!(decisions.len(), 2, "{decisions:?}");
+        assert_eq!(decisions[0].outcome, proctor_schemas::PolicyOutcome::Allow);
+        assert_eq!(decisions[0].review_id.as_deref(), Some("r_1"));
+        assert_eq!(decisions[1].outcome, proctor_schemas::PolicyOutcome::Block);
+    }
+
+    #[test]
+    fn a_refused_parse_is_replaced_and_its_batch_dropped_up_to_sync() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        let mut send = |p: &mut Protocol, f: Vec<u8>| p.frontend(&f, &mut events);
+        assert_eq!(send(&mut p, parse("", "select 1")), Frontend::Forward);
+        let Frontend::Replace(refusal) = send(&mut p, parse("s1", "DROP /* x */ table t")) else {
+            panic!("a refused Parse is replaced")
+        };
+        assert_eq!(refusal[0], b'Q');
+        let sql = String::from_utf8_lossy(&refusal[5..refusal.len() - 1]).to_string();
+        assert!(sql.starts_with("DO $proctor1$") && sql.contains("'42501'") && sql.contains("ci/drop"), "{sql}");
+        for dropped in [bind("", "s1"), execute(""), frame(b'H', b""), frame(b'Q', &cstr("select 2"))] {
+            assert_eq!(send(&mut p, dropped), Frontend::Drop, "skipped up to Sync as the target would");
+        }
+        assert_eq!(send(&mut p, frame(b'S', b"")), Frontend::Forward);
+        assert_eq!(send(&mut p, frame(b'Q', &cstr("select 3"))), Frontend::Forward, "skipping ends at Sync");
+
+        // The target: the first Parse's answer, the refusal's error and
+        // ReadyForQuery (the client must not see that one), the Sync's.
+        assert!(p.backend(&frame(b'1', b""), &mut events));
+        assert!(p.backend(&error("42501", "Proctor blocked this statement"), &mut events));
+        assert!(!p.backend(&frame(b'Z', b"T"), &mut events), "the refusal's ReadyForQuery is dropped");
+        assert!(p.backend(&frame(b'Z', b"E"), &mut events), "the Sync's is the client's");
+        assert!(p.backend(&frame(b'Z', b"I"), &mut events), "and the next query's");
+        assert!(p.expected.is_empty(), "{:?}", p.expected);
+        let bodies: Vec<&EventBody> = events.events.iter().map(|(_, b)| b).collect();
+        let prepared = bodies.iter().position(|b| matches!(b, EventBody::Prepare(p) if p.statement_name == "s1"));
+        let decision = bodies.iter().find_map(|b| if let EventBody::PolicyDecision(d) = b { Some(d) } else { None });
+        assert_eq!(decision.unwrap().ref_seq, prepared.map(|i| i as u64), "{bodies:?}");
+        let error = bodies.iter().find_map(|b| if let EventBody::Error(e) = b { Some(e) } else { None });
+        assert_eq!(error.unwrap().ref_seq, prepared.map(|i| i as u64), "the error is the refused statement's");
+    }
+
+    #[test]
+    fn the_target_reading_backslashes_as_escapes_changes_how_queries_are_read() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        // Standard strings: 'a\' ends at its second quote, and a DROP follows.
+        let sql = frame(b'Q', &cstr("select 'a\\'; drop table t; --'"));
+        assert!(matches!(p.frontend(&sql, &mut events), Frontend::Replace(_)));
+        p.backend(&error("42501", "blocked"), &mut events);
+        p.backend(&frame(b'Z', b"I"), &mut events);
+        // The target reports backslashes escape: the same text is one literal.
+        let mut status = cstr("standard_conforming_strings");
+        status.extend(cstr("off"));
+        p.backend(&frame(b'S', &status), &mut events);
+        assert_eq!(p.frontend(&sql, &mut events), Frontend::Forward);
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct RuleSetConfig {
     /// Classes held until an approver allows the statement once.
     #[serde(default)]
     pub hold: Vec<String>,
+    /// Members of this group (besides the control plane's admin group) may
+    /// approve or deny held statements.
+    #[serde(default)]
+    pub approval_group: Option<String>,
 }
 
 /// A rule set, checked.
@@ -28,6 +32,7 @@ pub struct RuleSet {
     pub name: String,
     block: BTreeSet<Class>,
     hold: BTreeSet<Class>,
+    pub approval_group: Option<String>,
 }
 
 /// What the rules say about a query.
@@ -64,7 +69,14 @@ impl RuleSet {
                 })
                 .collect()
         };
-        Ok(RuleSet { name: name.to_string(), block: classes(&config.block)?, hold: classes(&config.hold)? })
+        let (block, hold) = (classes(&config.block)?, classes(&config.hold)?);
+        if let Some(both) = block.intersection(&hold).next() {
+            return Err(GatewayError::Config(format!(
+                "rules.{name}: class {:?} is both blocked and held; name it in one list",
+                both.as_str()
+            )));
+        }
+        Ok(RuleSet { name: name.to_string(), block, hold, approval_group: config.approval_group.clone() })
     }
 
     /// The strictest outcome over every statement of the query: a block

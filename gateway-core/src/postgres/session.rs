@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::cancel::{CancelNotice, CancelRegistry};
 use super::frame::{self, MAX_DECODED_FRAME, Peek};
+use super::gate::Gate;
 use super::messages::{self, PgError};
 use super::protocol::{Frontend, Protocol};
 use super::startup::{self, Contact};
@@ -32,7 +33,7 @@ use super::stream::Conn;
 use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
 use crate::auth::{AuthRequest, Authenticator, Identity};
-use crate::control::Lease;
+use crate::control::{HoldOutcome, Lease};
 use crate::recording::{Record, SessionRecorder};
 use crate::{EventSink, SinkError};
 
@@ -206,6 +207,30 @@ async fn serve<S: EventSink, A: Authenticator>(
         }
     };
 
+    // Under its grant's statement rules, if it has any.
+    let gate = match identity.rules.as_deref() {
+        None => None,
+        Some(name) => match ctx.policy.rules(name) {
+            Some(rules) => Some(Gate::new(
+                ctx.policy.clone(),
+                rules,
+                identity.grant_id.clone(),
+                resource.name.clone(),
+                recorder.session_id(),
+            )),
+            None => {
+                let error = PgError::fatal(
+                    "42501",
+                    format!("this grant runs under statement rules {name:?}, which this gateway does not have"),
+                )
+                .with_hint("ask the operator to configure [rules.NAME] on every gateway, then connect again");
+                refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), EndReason::Policy)
+                    .await;
+                return;
+            }
+        },
+    };
+
     // Held to its grant: its end ends the session.
     let mut lease = ctx.auth.lease(&identity);
 
@@ -298,7 +323,11 @@ async fn serve<S: EventSink, A: Authenticator>(
         return;
     }
 
-    let ending = relay(resource, recorder, &mut client, &mut target, cancel_rx, shutdown, lease.as_mut()).await;
+    let mut protocol = Protocol::new(resource.limits).with_gate(gate);
+    for (name, value) in &parameters {
+        protocol.parameter(name, value);
+    }
+    let ending = relay(recorder, &mut client, &mut target, cancel_rx, shutdown, lease.as_mut(), protocol).await;
     drop(lease);
     drop(key);
     let message = ending.message.clone();
@@ -518,6 +547,11 @@ struct Scan {
     terminate: bool,
     /// A malformed frame follows the bytes to forward: why it is malformed.
     error: Option<String>,
+    /// Frames within `forward` not to send as they are: replaced, or
+    /// dropped (`None`), by their byte range. Empty in the common case.
+    edits: Vec<(std::ops::Range<usize>, Option<Vec<u8>>)>,
+    /// Scanning stopped before a frame that waits for a decision.
+    paused: bool,
 }
 
 /// What [`scan`] found.
@@ -528,18 +562,44 @@ enum Found<'a> {
     Stream(u8, usize),
 }
 
+/// What to do with a frame [`scan`] found.
+enum Act {
+    Pass,
+    /// Pass it, and stop: the session ends after it.
+    Last,
+    Replace(Vec<u8>),
+    Drop,
+    /// Stop before it, leaving it unread.
+    Pause,
+}
+
+impl From<Frontend> for Act {
+    fn from(frontend: Frontend) -> Act {
+        match frontend {
+            Frontend::Forward => Act::Pass,
+            Frontend::Terminate => Act::Last,
+            Frontend::Replace(frame) => Act::Replace(frame),
+            Frontend::Drop => Act::Drop,
+            Frontend::Pause => Act::Pause,
+        }
+    }
+}
+
 /// Parses the complete frames at the start of `buf`, and the start of a
 /// streamable frame too large to hold. `pass` counts the bytes of a streamed
-/// frame still to come. `on` returns true to stop after a frame.
+/// frame still to come. `on` says what to do with each frame.
 fn scan(
     buf: &mut BytesMut,
     pass: &mut usize,
     streamable: fn(u8) -> bool,
-    mut on: impl FnMut(Found<'_>) -> bool,
+    mut on: impl FnMut(Found<'_>) -> Act,
 ) -> Scan {
     let mut pos = 0;
     let mut terminate = false;
-    while pos < buf.len() && !terminate {
+    let mut edits = Vec::new();
+    let mut paused = false;
+    let done = |pos, terminate, edits, paused, error| Scan { forward: pos, terminate, error, edits, paused };
+    while pos < buf.len() && !terminate && !paused {
         if *pass > 0 {
             let take = (*pass).min(buf.len() - pos);
             pos += take;
@@ -548,7 +608,16 @@ fn scan(
         }
         match frame::peek(&buf[pos..]) {
             Peek::Complete { total, .. } => {
-                terminate = on(Found::Frame(&buf[pos..pos + total]));
+                match on(Found::Frame(&buf[pos..pos + total])) {
+                    Act::Pass => {}
+                    Act::Last => terminate = true,
+                    Act::Replace(frame) => edits.push((pos..pos + total, Some(frame))),
+                    Act::Drop => edits.push((pos..pos + total, None)),
+                    Act::Pause => {
+                        paused = true;
+                        break;
+                    }
+                }
                 pos += total;
             }
             Peek::Partial { tag, total } if total >= STREAM_THRESHOLD && streamable(tag) => {
@@ -562,7 +631,7 @@ fn scan(
                         "a '{}' message of {total} bytes is larger than Proctor's limit of {MAX_DECODED_FRAME} bytes",
                         tag as char
                     );
-                    return Scan { forward: pos, terminate, error: Some(why) };
+                    return done(pos, terminate, edits, paused, Some(why));
                 }
                 buf.reserve(total - (buf.len() - pos));
                 break;
@@ -570,11 +639,11 @@ fn scan(
             Peek::Header => break,
             Peek::Invalid { tag, length } => {
                 let why = format!("invalid length {length} of a '{}' message", tag as char);
-                return Scan { forward: pos, terminate, error: Some(why) };
+                return done(pos, terminate, edits, paused, Some(why));
             }
         }
     }
-    Scan { forward: pos, terminate, error: None }
+    done(pos, terminate, edits, paused, None)
 }
 
 /// One direction of the relay.
@@ -589,17 +658,27 @@ struct Half {
     unflushed: bool,
     /// What ends the session once `out` has been written.
     then: Option<Ending>,
+    /// A frame at the start of `buf` waits for a decision: nothing more is
+    /// read until it is scanned again.
+    paused: bool,
 }
 
 impl Half {
     fn new() -> Half {
-        Half { buf: BytesMut::with_capacity(BUFFER), pass: 0, out: BytesMut::new(), unflushed: false, then: None }
+        Half {
+            buf: BytesMut::with_capacity(BUFFER),
+            pass: 0,
+            out: BytesMut::new(),
+            unflushed: false,
+            then: None,
+            paused: false,
+        }
     }
 
     /// Reads only while nothing waits to be written: a slow reader on the
     /// other side slows this side down instead of growing the buffer.
     fn may_read(&self) -> bool {
-        self.out.is_empty() && !self.unflushed && self.then.is_none()
+        self.out.is_empty() && !self.unflushed && self.then.is_none() && !self.paused
     }
 
     fn may_write(&self) -> bool {
@@ -661,7 +740,23 @@ async fn commit<S: EventSink>(
             format!("Proctor could not record the {what} ({})", error.0),
         ));
     }
-    half.out = half.buf.split_to(scanned.forward);
+    let scanned_bytes = half.buf.split_to(scanned.forward);
+    half.out = if scanned.edits.is_empty() {
+        scanned_bytes
+    } else {
+        let mut out = BytesMut::with_capacity(scanned_bytes.len());
+        let mut at = 0;
+        for (range, replacement) in &scanned.edits {
+            out.extend_from_slice(&scanned_bytes[at..range.start]);
+            if let Some(frame) = replacement {
+                out.extend_from_slice(frame);
+            }
+            at = range.end;
+        }
+        out.extend_from_slice(&scanned_bytes[at..]);
+        out
+    };
+    half.paused = scanned.paused;
     if let Some(why) = scanned.error {
         half.then = Some(Ending::new(malformed, why));
     } else if scanned.terminate {
@@ -687,16 +782,50 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>, lease: Option<&mut Lease
     }
 }
 
+/// Scans what the client sent, records it, and marks it ready to forward
+/// (or stops before a held statement: `up.paused`).
+async fn client_frames<S: EventSink>(
+    protocol: &mut Protocol,
+    recorder: &mut SessionRecorder<S>,
+    up: &mut Half,
+) -> Result<(), Ending> {
+    let scanned = scan(&mut up.buf, &mut up.pass, Protocol::frontend_streamable, |found| match found {
+        Found::Frame(frame) => protocol.frontend(frame, recorder).into(),
+        Found::Stream(tag, total) => {
+            protocol.frontend_stream(tag, total);
+            Act::Pass
+        }
+    });
+    commit(recorder, up, scanned, "request", EndReason::ClientError).await
+}
+
+/// The control plane's answer about a held statement, on its way.
+type Asking = Pin<Box<dyn Future<Output = Result<HoldOutcome, String>> + Send>>;
+
+/// Asks the control plane about the statement the client frames stopped at.
+fn ask(protocol: &mut Protocol, up: &Half, asking: &mut Option<Asking>) {
+    if !up.paused || asking.is_some() {
+        return;
+    }
+    *asking = Some(match protocol.question() {
+        Some((holds, request)) => Box::pin(async move { holds.hold(request).await }),
+        None => Box::pin(std::future::ready(Err("no control plane is configured".to_string()))),
+    });
+}
+
 async fn relay<S: EventSink>(
-    resource: &PgResource,
     recorder: &mut SessionRecorder<S>,
     client: &mut Conn,
     target: &mut Conn,
     mut cancels: mpsc::Receiver<CancelNotice>,
     mut shutdown: watch::Receiver<bool>,
     lease: Option<&mut Lease>,
+    mut protocol: Protocol,
 ) -> Ending {
-    let mut protocol = Protocol::new(resource.limits);
+    let mut asking: Option<Asking> = None;
+    // An answer came: the paused frame is read again once what went before
+    // it has been sent.
+    let mut rescan = false;
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut target_r, mut target_w) = tokio::io::split(target);
     let mut up = Half::new();
@@ -712,6 +841,17 @@ async fn relay<S: EventSink>(
                 return ending;
             }
         }
+        if rescan && up.done() {
+            rescan = false;
+            if let Err(ending) = client_frames(&mut protocol, recorder, &mut up).await {
+                return ending;
+            }
+            ask(&mut protocol, &up, &mut asking);
+            if let Some(Err(_)) = pump(&mut target_w, &mut up.out, &mut up.unflushed).now_or_never() {
+                return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+            }
+            continue;
+        }
         up.reserve();
         down.reserve();
         tokio::select! {
@@ -720,21 +860,20 @@ async fn relay<S: EventSink>(
                     Ok(0) | Err(_) => return Ending::new(EndReason::ClientClosed, None),
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut up.buf, &mut up.pass, Protocol::frontend_streamable, |found| match found {
-                    Found::Frame(frame) => protocol.frontend(frame, recorder) == Frontend::Terminate,
-                    Found::Stream(tag, total) => {
-                        protocol.frontend_stream(tag, total);
-                        false
-                    }
-                });
-                if let Err(ending) = commit(recorder, &mut up, scanned, "request", EndReason::ClientError).await {
+                if let Err(ending) = client_frames(&mut protocol, recorder, &mut up).await {
                     return ending;
                 }
+                ask(&mut protocol, &up, &mut asking);
                 // Forwards at once: the target is almost always ready, and
                 // this saves a round through the select for each message.
                 if let Some(Err(_)) = pump(&mut target_w, &mut up.out, &mut up.unflushed).now_or_never() {
                     return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
                 }
+            }
+            answer = async { asking.as_mut().expect("guarded by is_some").await }, if asking.is_some() => {
+                asking = None;
+                protocol.answer(answer);
+                rescan = true;
             }
             read = target_r.read_buf(&mut down.buf), if down.may_read() => {
                 match read {
@@ -750,12 +889,12 @@ async fn relay<S: EventSink>(
                     }
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut down.buf, &mut down.pass, Protocol::backend_streamable, |found| {
-                    match found {
-                        Found::Frame(frame) => protocol.backend(frame, recorder),
-                        Found::Stream(tag, total) => protocol.backend_stream(tag, total),
+                let scanned = scan(&mut down.buf, &mut down.pass, Protocol::backend_streamable, |found| match found {
+                    Found::Frame(frame) => if protocol.backend(frame, recorder) { Act::Pass } else { Act::Drop },
+                    Found::Stream(tag, total) => {
+                        protocol.backend_stream(tag, total);
+                        Act::Pass
                     }
-                    false
                 });
                 if let Err(ending) = commit(recorder, &mut down, scanned, "response", EndReason::TargetError).await {
                     return ending;

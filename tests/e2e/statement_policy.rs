@@ -1,0 +1,258 @@
+//! Statement rules in the data path, end to end: an agent with a grant
+//! under rules connects with psql and tokio-postgres; refused statements
+//! get a clean 42501 naming the rule, leave the transaction aborted on the
+//! target as a server-side error would (a later COMMIT commits nothing),
+//! and every decision is recorded; held statements wait for a reviewer and
+//! then run once.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use proctor_recorder::reader::Reader;
+use proctor_schemas::{Event, EventBody, PolicyOutcome};
+use proctor_tests::devcluster::{Cluster, Options, free_port};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stderr, stdout};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+struct Setup {
+    cluster: Cluster,
+    proctor: Proctor,
+    api: String,
+}
+
+fn start() -> Setup {
+    let cluster = cluster(&Options::default());
+    cluster.psql(APP_ROLE, &format!("create table t (id int); alter table t owner to {APP_ROLE}")).unwrap();
+    let api_port = free_port();
+    let extra = format!(
+        r#"database = "{APP_ROLE}"
+
+[identity.dev_issuer]
+
+[control]
+listen = "127.0.0.1:{api_port}"
+admin_group = "security"
+
+[rules.ci]
+block = ["drop", "truncate", "alter_system", "copy_program"]
+hold = ["ddl", "delete_without_where", "admin_function"]
+approval_group = "dba"
+
+[[policies]]
+name = "agents"
+groups = ["ci"]
+resources = ["test-db"]
+max_ttl = "1h"
+rules = "ci"
+"#
+    );
+    let proctor = Proctor::start(bin(), cluster.port, &ProctorOptions { extra, ..ProctorOptions::default() });
+    Setup { cluster, proctor, api: format!("http://127.0.0.1:{api_port}") }
+}
+
+fn token(setup: &Setup, sub: &str, groups: &str) -> String {
+    let data_dir = setup.proctor.data_dir.to_str().unwrap();
+    stdout(&run_ok(bin(), &["token", "--data-dir", data_dir, "--sub", sub, "--groups", groups])).trim().to_string()
+}
+
+/// `proctor COMMAND ARGS --api API --token TOKEN`.
+fn control(setup: &Setup, token: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--api", &setup.api, "--token", token]);
+    run(bin(), &all)
+}
+
+fn json(output: &Output) -> Value {
+    let text = stdout(output);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}\n{}", stderr(output)))
+}
+
+/// The agent's grant: its id and libpq URL.
+fn agent_grant(setup: &Setup, agent: &str) -> (String, String) {
+    let out = control(
+        setup,
+        agent,
+        &["grant", "request", "--resource", "test-db", "--ttl", "30m", "--reason", "migrations", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let grant = json(&out);
+    assert_eq!(grant["rules"], "ci", "{grant}");
+    (grant["id"].as_str().unwrap().to_string(), grant["credentials"]["url"].as_str().unwrap().to_string())
+}
+
+/// Runs a psql script through stdin (errors do not stop it), all output.
+fn psql_script(cluster: &Cluster, url: &str, script: &str) -> String {
+    let mut child = Command::new(cluster.bindir.join("psql"))
+        .args(["-X", "-At", "-d", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    format!("{}{}", stdout(&output), stderr(&output))
+}
+
+fn psql(cluster: &Cluster, url: &str, sql: &str) -> Output {
+    Command::new(cluster.bindir.join("psql")).args(["-X", "-At", "-d", url, "-c", sql]).output().unwrap()
+}
+
+/// Rows in `t`, read directly from the target.
+fn rows_in_t(cluster: &Cluster) -> i64 {
+    let count = cluster.psql(APP_ROLE, "select count(*) from t").unwrap();
+    count.trim().parse().unwrap_or_else(|_| panic!("not a count: {count}"))
+}
+
+/// The events of the postgres sessions that ran under `grant`, once `count`
+/// of them have ended.
+fn grant_sessions(data_dir: &Path, grant: &str, count: usize) -> Vec<Vec<Event>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reader = Reader::open(data_dir).unwrap();
+        let sessions: Vec<_> = reader
+            .sessions()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.protocol.as_deref() == Some("postgres") && s.end_reason.is_some())
+            .map(|s| reader.session_events(s.session_id).unwrap())
+            .filter(|events| {
+                events
+                    .iter()
+                    .any(|e| matches!(&e.body, EventBody::SessionStart(s) if s.grant_id.as_deref() == Some(grant)))
+            })
+            .collect();
+        if sessions.len() >= count {
+            return sessions;
+        }
+        assert!(Instant::now() < deadline, "only {} of {count} sessions ended", sessions.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (outcome, rule, the SQL of the statement decided on) of each decision.
+fn decisions(events: &[Event]) -> Vec<(PolicyOutcome, String, String)> {
+    let sql_at = |seq: Option<u64>| {
+        events
+            .iter()
+            .find(|e| Some(e.seq) == seq)
+            .map(|e| match &e.body {
+                EventBody::Statement(s) => s.sql.clone(),
+                EventBody::Prepare(p) => p.sql.clone(),
+                EventBody::RawFrame(f) => format!("raw {}", f.frame_tag),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default()
+    };
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::PolicyDecision(d) => Some((d.outcome, d.rule.clone().unwrap_or_default(), sql_at(d.ref_seq))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn refused_statements_fail_like_server_errors_and_commit_nothing() {
+    let setup = start();
+    let agent = token(&setup, "ci-deploy", "ci");
+    let (grant, url) = agent_grant(&setup, &agent);
+
+    // In a transaction: the blocked DROP aborts it on the target too, so the
+    // COMMIT the client sends afterwards rolls back the INSERT before it.
+    let out = psql_script(
+        &setup.cluster,
+        &url,
+        "begin;\ninsert into t values (1);\ndrop table t;\ninsert into t values (2);\ncommit;\nselect 'after: ' || count(*) from t;\n",
+    );
+    assert!(out.contains("Proctor blocked this statement: rule ci/drop does not allow drop statements"), "{out}");
+    assert!(out.contains("current transaction is aborted"), "the target saw the failure: {out}");
+    assert!(out.contains("ROLLBACK"), "COMMIT rolled back: {out}");
+    assert!(out.contains("after: 0"), "{out}");
+    assert_eq!(rows_in_t(&setup.cluster), 0, "nothing the client saw fail was committed");
+
+    // One refused statement in a multi-statement query refuses the query;
+    // the session stays usable, with a 42501.
+    let out = psql(&setup.cluster, &url, "insert into t values (3); truncate t");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("rule ci/truncate") && err.contains("statement 2 of 2"), "{err}");
+    assert_eq!(rows_in_t(&setup.cluster), 0);
+    let out = psql_script(&setup.cluster, &url, "\\set VERBOSITY verbose\nselec 1;\nselect 'usable';\n");
+    assert!(out.contains("42501") && out.contains("cannot be parsed"), "unparseable SQL fails closed: {out}");
+    assert!(out.contains("usable"), "{out}");
+
+    // FunctionCall messages (libpq's large-object calls) are refused under rules.
+    let file = setup.proctor.data_dir.parent().unwrap().join("object.txt");
+    std::fs::write(&file, "contents").unwrap();
+    let out = psql_script(&setup.cluster, &url, &format!("\\lo_import {}\nselect 'after lo';\n", file.display()));
+    assert!(out.contains("Proctor blocked a FunctionCall message"), "{out}");
+    assert!(out.contains("after lo"), "{out}");
+
+    // Allowed statements pass.
+    let out = psql(&setup.cluster, &url, "insert into t values (4); select count(*) from t");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows_in_t(&setup.cluster), 1);
+
+    let sessions = grant_sessions(&setup.proctor.data_dir, &grant, 5);
+    let all: Vec<_> = sessions.iter().flat_map(|events| decisions(events)).collect();
+    let blocked =
+        |rule: &str, sql: &str| all.iter().any(|(o, r, s)| *o == PolicyOutcome::Block && r == rule && s.contains(sql));
+    assert!(blocked("ci/drop", "drop table t"), "{all:?}");
+    assert!(blocked("ci/truncate", "insert into t values (3); truncate t"), "{all:?}");
+    assert!(blocked("ci/unparseable", "selec 1"), "{all:?}");
+    assert!(blocked("ci/function_call_message", "raw F"), "{all:?}");
+    assert_eq!(all.len(), 4, "allowed statements add no decision events: {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_parses_skip_the_rest_of_their_pipeline() {
+    let setup = tokio::task::spawn_blocking(start).await.unwrap();
+    let agent = token(&setup, "ci-deploy", "ci");
+    let (grant, url) = agent_grant(&setup, &agent);
+    let url = url.replace("sslmode=require", "sslmode=disable");
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+
+    // A Parse refused alone, and one in a Parse/Bind/Execute/Sync batch.
+    let error = client.prepare("drop table t").await.unwrap_err();
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{error}"));
+    assert_eq!(db.code().code(), "42501");
+    assert!(db.message().contains("rule ci/drop"), "{}", db.message());
+    let error = client.query_typed("truncate t", &[]).await.unwrap_err();
+    assert_eq!(error.code().map(|c| c.code()), Some("42501"), "{error}");
+    let row = client.query_one("select $1::int + 1", &[&41i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42, "the session goes on after refusals");
+
+    // Pipelined in a transaction after an INSERT: the refused Parse aborts
+    // the transaction on the target, so the statement after it fails and
+    // COMMIT commits nothing, not even the INSERT that succeeded.
+    let tx = client.transaction().await.unwrap();
+    tx.execute("insert into t values ($1)", &[&10i32]).await.unwrap();
+    let (refused, after) =
+        tokio::join!(tx.execute("drop table t", &[]), tx.execute("insert into t values ($1)", &[&11i32]),);
+    assert_eq!(refused.unwrap_err().code().map(|c| c.code()), Some("42501"));
+    assert_eq!(after.unwrap_err().code().map(|c| c.code()), Some("25P02"), "the target's transaction was aborted");
+    tx.commit().await.unwrap();
+    assert_eq!(rows_in_t(&setup.cluster), 0, "COMMIT after a refusal commits nothing");
+    let row = client.query_one("select count(*) from t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    drop(client);
+
+    let sessions =
+        tokio::task::spawn_blocking(move || grant_sessions(&setup.proctor.data_dir, &grant, 1)).await.unwrap();
+    let all = decisions(&sessions[0]);
+    let rules: Vec<&str> = all.iter().map(|(_, r, _)| r.as_str()).collect();
+    assert_eq!(rules, ["ci/drop", "ci/truncate", "ci/drop"], "{all:?}");
+    assert!(all.iter().all(|(o, _, sql)| *o == PolicyOutcome::Block && !sql.is_empty()), "{all:?}");
+}
