@@ -45,6 +45,12 @@ pub enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
+    /// Statements held for review by statement rules: list and show them,
+    /// approve one to run once, or deny it.
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
     /// The manifest signing key.
     Key {
         #[command(subcommand)]
@@ -301,7 +307,7 @@ pub struct Api {
     /// For an `https://` API: the certificate(s) to trust (PEM).
     #[arg(long, value_name = "FILE", env = "PROCTOR_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Print JSON: one object per grant.
+    /// Print JSON: one object per grant or review.
     #[arg(long)]
     pub json: bool,
 }
@@ -377,4 +383,51 @@ pub struct GrantShowArgs {
     pub api: Api,
     /// The grant's id (`g_...`).
     pub id: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReviewCommand {
+    /// Reviews of your own held statements, and those you decide.
+    List(ReviewListArgs),
+    /// One review, with its statement in full.
+    Show(ReviewShowArgs),
+    /// Let a held statement run once, when its sender sends it again (never
+    /// your own).
+    Approve(ReviewDecideArgs),
+    /// Refuse a held statement.
+    Deny(ReviewDecideArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewListArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// Only reviews in this state: pending, approved, denied, expired, used.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Only reviews of statements sent under this grant (`g_...`).
+    #[arg(long, value_name = "GRANT_ID")]
+    pub grant: Option<String>,
+    /// At most this many, newest first (1-1000; default 100).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewShowArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// The review's id (`r_...`).
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewDecideArgs {
+    #[command(flatten)]
+    pub api: Api,
+    /// The review's id (`r_...`).
+    pub id: String,
+    /// Why: recorded with the decision, and shown to the statement's sender.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }

@@ -1,9 +1,12 @@
 //! One conformance suite for the control store, run against SQLite (a file
 //! in a temp dir, the default) and against a real PostgreSQL cluster (the
 //! scale-out option): the same behaviour, whichever backs a deployment.
+//! Grants, and reviews of held statements.
 
 use proctor_devcluster::{Cluster, Options};
-use proctor_gateway_core::control::{ControlStore, Grant, GrantFilter, GrantStatus, SqlStore};
+use proctor_gateway_core::control::{
+    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewStatus, SqlStore, sql_hash,
+};
 
 fn grant(id: &str, subject: &str, status: GrantStatus, created_at: i64, expires_at: i64) -> Grant {
     Grant {
@@ -31,7 +34,149 @@ fn grant(id: &str, subject: &str, status: GrantStatus, created_at: i64, expires_
     }
 }
 
+fn review(id: &str, grant_id: &str, subject: &str, sql: &str, created_at: i64, expires_at: i64) -> Review {
+    Review {
+        id: id.to_string(),
+        version: 0,
+        grant_id: grant_id.to_string(),
+        subject: subject.to_string(),
+        issuer: "https://login.example.com/".to_string(),
+        resource: "orders-db".to_string(),
+        session_id: "0190a7b2-5c3d-7e4f-8a9b-0c1d2e3f4a5b".to_string(),
+        ref_seq: Some(7),
+        sql: sql.to_string(),
+        sql_hash: sql_hash(sql),
+        rule: "ci/ddl".to_string(),
+        approval_group: Some("dba".to_string()),
+        status: ReviewStatus::Pending,
+        status_reason: Some("rule ci/ddl holds this statement".to_string()),
+        decided_by: None,
+        created_at,
+        decided_at: None,
+        used_at: None,
+        expires_at,
+    }
+}
+
+async fn review_conformance(store: &SqlStore) {
+    let drop = "DROP TABLE customers; -- ünïcode 'quoted' \"ident\"\n\ttab";
+    let truncate = "truncate orders";
+
+    // Insert and read back every field, NULLs included.
+    let a = review("r_000000000000000a", "g_1", "alice", drop, 1_000, 10_000);
+    store.insert_review(&a).await.unwrap();
+    assert_eq!(store.get_review(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_review("r_missing").await.unwrap(), None);
+    assert!(store.insert_review(&a).await.is_err(), "an id is unique");
+    let bare = Review { ref_seq: None, approval_group: None, status_reason: None, ..a.clone() };
+    let bare = Review { id: "r_00000000000000ba".into(), created_at: 500, ..bare };
+    store.insert_review(&bare).await.unwrap();
+    assert_eq!(store.get_review(&bare.id).await.unwrap(), Some(bare.clone()));
+
+    // Found again by the statement's hash in its grant, while open.
+    let found = store.open_review("g_1", &sql_hash(drop), 9_999).await.unwrap().unwrap();
+    assert_eq!(found.id, a.id, "the newest open review of the statement");
+    assert_eq!(store.open_review("g_1", &sql_hash(drop), 10_000).await.unwrap(), None, "past its time");
+    assert_eq!(store.open_review("g_2", &sql_hash(drop), 2_000).await.unwrap(), None, "another grant");
+    assert_eq!(store.open_review("g_1", &sql_hash(truncate), 2_000).await.unwrap(), None, "another statement");
+    assert_eq!(store.open_review("g_1", &sql_hash("DROP TABLE customers"), 2_000).await.unwrap(), None);
+
+    // Compare-and-swap: the first writer at a version wins, the second loses.
+    let mut approved = a.clone();
+    approved.status = ReviewStatus::Approved;
+    approved.decided_by = Some("dan".to_string());
+    approved.decided_at = Some(2_000);
+    approved.status_reason = Some("approved by dan".to_string());
+    approved.expires_at = 50_000;
+    assert!(store.update_review(&approved, 0).await.unwrap());
+    let mut denied = a.clone();
+    denied.status = ReviewStatus::Denied;
+    assert!(!store.update_review(&denied, 0).await.unwrap(), "a stale version must not overwrite");
+    let stored = store.get_review(&a.id).await.unwrap().unwrap();
+    assert_eq!(stored, Review { version: 1, ..approved.clone() });
+
+    // An approved review is found before a newer pending one of the same
+    // statement (two sessions held it at once).
+    let b = review("r_000000000000000b", "g_1", "alice", drop, 3_000, 20_000);
+    store.insert_review(&b).await.unwrap();
+    assert_eq!(store.open_review("g_1", &sql_hash(drop), 4_000).await.unwrap().unwrap().id, a.id);
+    // Used up (once: the loser of two sessions sees it changed), it is not
+    // open any more.
+    let mut used = stored.clone();
+    used.status = ReviewStatus::Used;
+    used.used_at = Some(5_000);
+    assert!(store.update_review(&used, 1).await.unwrap());
+    assert!(!store.update_review(&used, 1).await.unwrap(), "an approval is used once");
+    assert_eq!(store.get_review(&a.id).await.unwrap().unwrap().used_at, Some(5_000));
+    assert_eq!(store.open_review("g_1", &sql_hash(drop), 6_000).await.unwrap().unwrap().id, b.id);
+
+    // Listing: newest first, filtered by grant, status, group and sender.
+    let c = Review {
+        approval_group: Some("sre".into()),
+        ..review("r_000000000000000c", "g_2", "bob", truncate, 4_000, 4_500)
+    };
+    store.insert_review(&c).await.unwrap();
+    let ids = |reviews: Vec<Review>| reviews.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_reviews(&ReviewFilter::default()).await.unwrap()),
+        ["r_000000000000000c", "r_000000000000000b", "r_000000000000000a", "r_00000000000000ba"]
+    );
+    let g1 = ReviewFilter { grant_id: Some("g_1".into()), ..ReviewFilter::default() };
+    assert_eq!(
+        ids(store.list_reviews(&g1).await.unwrap()),
+        ["r_000000000000000b", "r_000000000000000a", "r_00000000000000ba"]
+    );
+    let pending = ReviewFilter { status: Some(ReviewStatus::Pending), ..ReviewFilter::default() };
+    assert_eq!(
+        ids(store.list_reviews(&pending).await.unwrap()),
+        ["r_000000000000000c", "r_000000000000000b", "r_00000000000000ba"]
+    );
+    let sre = ReviewFilter { approval_group: Some("sre".into()), ..ReviewFilter::default() };
+    assert_eq!(ids(store.list_reviews(&sre).await.unwrap()), ["r_000000000000000c"]);
+    let bob = ReviewFilter {
+        subject: Some("bob".into()),
+        issuer: Some("https://login.example.com/".into()),
+        ..ReviewFilter::default()
+    };
+    assert_eq!(ids(store.list_reviews(&bob).await.unwrap()), ["r_000000000000000c"]);
+    let other_issuer =
+        ReviewFilter { subject: Some("bob".into()), issuer: Some("proctor-dev".into()), ..ReviewFilter::default() };
+    assert!(store.list_reviews(&other_issuer).await.unwrap().is_empty(), "a subject is only unique within its issuer");
+    let one = ReviewFilter { limit: Some(1), ..ReviewFilter::default() };
+    assert_eq!(ids(store.list_reviews(&one).await.unwrap()), ["r_000000000000000c"]);
+    let hostile = ReviewFilter { grant_id: Some("' OR '1'='1".into()), ..ReviewFilter::default() };
+    assert!(store.list_reviews(&hostile).await.unwrap().is_empty());
+
+    // Due: pending and approved ones at or past their time, never final ones.
+    let mut late = review("r_000000000000000d", "g_3", "carol", truncate, 6_000, 30_000);
+    store.insert_review(&late).await.unwrap();
+    late.status = ReviewStatus::Approved;
+    assert!(store.update_review(&late, 0).await.unwrap());
+    let due = |now| async move {
+        let mut due = ids(store.due_reviews(now).await.unwrap());
+        due.sort();
+        due
+    };
+    assert!(due(4_499).await.is_empty(), "{:?}", due(4_499).await);
+    assert_eq!(due(4_500).await, ["r_000000000000000c"]);
+    assert_eq!(due(10_000).await, ["r_000000000000000c", "r_00000000000000ba"]);
+    assert_eq!(
+        due(30_000).await,
+        ["r_000000000000000b", "r_000000000000000c", "r_000000000000000d", "r_00000000000000ba"]
+    );
+    // The used one (expires_at 50_000 once approved) is final: never due.
+    assert!(!due(60_000).await.contains(&a.id));
+
+    // Counts by status.
+    assert_eq!(
+        store.review_counts().await.unwrap(),
+        [(ReviewStatus::Approved, 1), (ReviewStatus::Pending, 3), (ReviewStatus::Used, 1)]
+    );
+}
+
 async fn conformance(store: SqlStore) {
+    review_conformance(&store).await;
+
     // Insert and read back every field, NULLs included.
     let a = grant("g_000000000000000a", "alice", GrantStatus::Pending, 1_000, 10_000);
     store.insert(&a).await.unwrap();
@@ -112,6 +257,7 @@ async fn sqlite_store_conforms() {
     // The file keeps what was written: reopened, it still holds the grants.
     let reopened = SqlStore::open(&url).await.unwrap();
     assert_eq!(reopened.list(&GrantFilter::default()).await.unwrap().len(), 3);
+    assert_eq!(reopened.list_reviews(&ReviewFilter::default()).await.unwrap().len(), 5);
 }
 
 #[tokio::test]

@@ -5,29 +5,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use proctor_replay_server::client::{Client, query_string};
-
-use super::refused;
+use proctor_replay_server::client::query_string;
 use serde_json::{Value, json};
 
-use crate::cli::{Api, GrantDecideArgs, GrantListArgs, GrantRequestArgs, GrantShowArgs};
-
-fn client(api: &Api) -> anyhow::Result<Client> {
-    let url =
-        api.api.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-            anyhow::anyhow!("which control API? --api URL or $PROCTOR_API (the demo prints its api_url)")
-        })?;
-    let token = api
-        .token
-        .as_deref()
-        .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| anyhow::anyhow!("the control API needs your OIDC token: --token JWT or $PROCTOR_TOKEN"))?;
-    Ok(Client::named(url, token, api.ca_file.as_deref(), "control API", "--api")?)
-}
-
-fn text<'a>(grant: &'a Value, name: &str) -> &'a str {
-    grant[name].as_str().unwrap_or_default()
-}
+use super::{control_client as client, refused, text};
+use crate::cli::{GrantDecideArgs, GrantListArgs, GrantRequestArgs, GrantShowArgs};
 
 /// One line per grant, for people.
 fn line(grant: &Value) -> String {

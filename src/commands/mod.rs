@@ -5,6 +5,7 @@ mod grant;
 mod key;
 mod read;
 mod remote;
+mod review;
 mod search;
 mod token;
 mod up;
@@ -12,7 +13,9 @@ mod verify;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, GrantCommand, KeyCommand};
+use proctor_replay_server::client::{Client, ClientError};
+
+use crate::cli::{Api, Cli, Command, GrantCommand, KeyCommand, ReviewCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -33,17 +36,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             GrantCommand::List(args) => grant::list(args),
             GrantCommand::Show(args) => grant::show(args),
         },
+        Command::Review { command } => match command {
+            ReviewCommand::List(args) => review::list(args),
+            ReviewCommand::Show(args) => review::show(args),
+            ReviewCommand::Approve(args) => review::decide("approve", args),
+            ReviewCommand::Deny(args) => review::decide("deny", args),
+        },
         Command::Key { command: KeyCommand::Show { location, json } } => key::show(location, json),
     }
 }
 
 /// A request an API refused exits 2 with its reason; other failures are errors.
-fn refused(error: proctor_replay_server::client::ClientError) -> anyhow::Result<ExitCode> {
+fn refused(error: ClientError) -> anyhow::Result<ExitCode> {
     match error {
-        proctor_replay_server::client::ClientError::Refused { .. } => {
+        ClientError::Refused { .. } => {
             eprintln!("proctor: {error}");
             Ok(ExitCode::from(2))
         }
         other => Err(other.into()),
     }
+}
+
+/// The control API's client for `grant` and `review` commands.
+fn control_client(api: &Api) -> anyhow::Result<Client> {
+    let url =
+        api.api.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+            anyhow::anyhow!("which control API? --api URL or $PROCTOR_API (the demo prints its api_url)")
+        })?;
+    let token = api
+        .token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| anyhow::anyhow!("the control API needs your OIDC token: --token JWT or $PROCTOR_TOKEN"))?;
+    Ok(Client::named(url, token, api.ca_file.as_deref(), "control API", "--api")?)
+}
+
+/// A string field of an API answer (empty if absent).
+fn text<'a>(value: &'a serde_json::Value, name: &str) -> &'a str {
+    value[name].as_str().unwrap_or_default()
 }

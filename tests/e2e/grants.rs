@@ -74,6 +74,14 @@ fn grant(setup: &Setup, token: &str, args: &[&str]) -> Output {
     run(bin(), &all)
 }
 
+/// `proctor review ARGS --api API --token TOKEN`.
+fn review(setup: &Setup, token: &str, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = vec!["review"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--api", &setup.api, "--token", token]);
+    run(bin(), &all)
+}
+
 fn json(output: &Output) -> Value {
     let text = stdout(output);
     serde_json::from_str(text.trim())
@@ -319,6 +327,23 @@ fn policy_decides_and_approvers_approve_but_never_their_own_request() {
     let shown = json(&grant(&setup, &erin, &["show", &third, "--json"]));
     assert_eq!(shown["status"], "denied");
     assert_eq!(shown["status_reason"], "denied by dan: not today");
+
+    // Reviews of held statements: the same API, flags and refusals.
+    let out = review(&setup, &dan, &["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty() && stderr(&out).contains("no reviews"), "{}", stderr(&out));
+    let out = review(&setup, &dan, &["list", "--status", "maybe", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown status \"maybe\""), "{}", stderr(&out));
+    for action in ["show", "approve", "deny"] {
+        let out = review(&setup, &dan, &[action, "r_0000000000000000"]);
+        assert_eq!(out.status.code(), Some(2), "{action}");
+        assert!(stderr(&out).contains("there is no review r_0000000000000000"), "{}", stderr(&out));
+    }
+    let out = review(&setup, "not.a.token", &["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert!(curl(&format!("{}/metrics", setup.api)).contains("proctor_reviews{status=\"pending\"} 0"));
 }
 
 #[test]

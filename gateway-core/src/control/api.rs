@@ -6,7 +6,12 @@
 //! - `GET /v1/grants/{id}`: one grant (its credential, once, to its
 //!   requester, when it became active after the request);
 //! - `POST /v1/grants/{id}/approve|deny|revoke` `{reason}`;
-//! - `GET /healthz`.
+//! - `GET /v1/reviews[?status=&grant=&limit=]`: reviews of held statements,
+//!   the caller's own and those they decide;
+//! - `GET /v1/reviews/{id}`: one review;
+//! - `POST /v1/reviews/{id}/approve|deny` `{reason}`: let the held statement
+//!   run once, or refuse it;
+//! - `GET /healthz`, `GET /metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::grants::{Control, ControlError};
-use super::store::{ControlStore, GrantFilter, GrantStatus};
+use super::store::{ControlStore, GrantFilter, GrantStatus, ReviewFilter, ReviewStatus};
 use crate::EventSink;
 use crate::http::ApiError;
 use crate::identity::{Identity, Verifier};
@@ -66,6 +71,35 @@ async fn metrics<S: ControlStore, K: EventSink>(State(api): State<Arc<ControlApi
     let steps: Vec<(String, f64)> =
         api.control.counters().snapshot().into_iter().map(|(a, n)| (format!("action=\"{a}\""), n as f64)).collect();
     family(&mut out, "proctor_grant_events_total", "counter", "Grant steps this gateway recorded, by action.", &steps);
+    let counts = api.control.store().review_counts().await.map_err(ControlError::from)?;
+    let by_status: Vec<(String, f64)> = ReviewStatus::ALL
+        .iter()
+        .map(|status| {
+            let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            (format!("status=\"{}\"", status.as_str()), n as f64)
+        })
+        .collect();
+    family(
+        &mut out,
+        "proctor_reviews",
+        "gauge",
+        "Reviews of held statements in the control store, by status.",
+        &by_status,
+    );
+    let steps: Vec<(String, f64)> = api
+        .control
+        .review_counters()
+        .snapshot()
+        .into_iter()
+        .map(|(a, n)| (format!("action=\"{a}\""), n as f64))
+        .collect();
+    family(
+        &mut out,
+        "proctor_review_events_total",
+        "counter",
+        "Review steps this gateway recorded, by action.",
+        &steps,
+    );
     let live = api.control.live().sessions() as f64;
     family(&mut out, "proctor_grant_sessions_live", "gauge", "Sessions open under a grant.", &[(String::new(), live)]);
     if let Some(more) = &api.metrics {
@@ -118,6 +152,17 @@ struct DecisionBody {
     reason: Option<String>,
 }
 
+/// A list's `status` parameter (absent or empty: any), or `400` naming
+/// the statuses there are.
+fn status_param<T>(text: Option<&str>, parse: fn(&str) -> Option<T>, statuses: &str) -> ApiResult<Option<T>> {
+    match text {
+        None | Some("") => Ok(None),
+        Some(s) => parse(s)
+            .map(Some)
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("unknown status {s:?}: one of {statuses}"))),
+    }
+}
+
 #[derive(Deserialize)]
 struct ListParams {
     status: Option<String>,
@@ -146,15 +191,8 @@ async fn list<S: ControlStore, K: EventSink>(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Response> {
     let who = caller(&api, &headers)?;
-    let status = match params.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(GrantStatus::parse(s).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("unknown status {s:?}: one of pending, active, denied, expired, revoked"),
-            )
-        })?),
-    };
+    let status =
+        status_param(params.status.as_deref(), GrantStatus::parse, "pending, active, denied, expired, revoked")?;
     let filter = GrantFilter {
         subject: params.subject,
         status,
@@ -197,6 +235,58 @@ async fn decide<S: ControlStore, K: EventSink>(
     Ok(Json(grant).into_response())
 }
 
+#[derive(Deserialize)]
+struct ReviewListParams {
+    status: Option<String>,
+    grant: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_reviews<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Query(params): Query<ReviewListParams>,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    let status =
+        status_param(params.status.as_deref(), ReviewStatus::parse, "pending, approved, denied, expired, used")?;
+    let filter = ReviewFilter {
+        grant_id: params.grant.filter(|g| !g.is_empty()),
+        status,
+        limit: params.limit,
+        ..ReviewFilter::default()
+    };
+    let reviews = api.control.list_reviews(&who, filter).await?;
+    Ok(Json(json!({ "reviews": reviews })).into_response())
+}
+
+async fn show_review<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    Ok(Json(api.control.show_review(&who, &id).await?).into_response())
+}
+
+async fn decide_review<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers)?;
+    let DecisionBody { reason } = body(&bytes)?;
+    let review = match action.as_str() {
+        "approve" => api.control.approve_review(&who, &id, reason).await?,
+        "deny" => api.control.deny_review(&who, &id, reason).await?,
+        other => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown action {other:?}: approve or deny")));
+        }
+    };
+    Ok(Json(review).into_response())
+}
+
 /// The API's routes.
 pub fn router<S: ControlStore, K: EventSink>(api: Arc<ControlApi<S, K>>) -> Router {
     Router::new()
@@ -205,5 +295,8 @@ pub fn router<S: ControlStore, K: EventSink>(api: Arc<ControlApi<S, K>>) -> Rout
         .route("/v1/grants", post(request::<S, K>).get(list::<S, K>))
         .route("/v1/grants/{id}", get(show::<S, K>))
         .route("/v1/grants/{id}/{action}", post(decide::<S, K>))
+        .route("/v1/reviews", get(list_reviews::<S, K>))
+        .route("/v1/reviews/{id}", get(show_review::<S, K>))
+        .route("/v1/reviews/{id}/{action}", post(decide_review::<S, K>))
         .with_state(api)
 }

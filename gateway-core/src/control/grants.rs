@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use proctor_schemas::{EndReason, GrantAction, GrantEvent, Timestamp};
+use proctor_schemas::{EndReason, GrantAction, GrantEvent, ReviewAction, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -108,11 +108,11 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(super) fn rfc3339(ms: i64) -> String {
     Timestamp(ms.saturating_mul(1_000_000)).to_rfc3339()
 }
 
-fn random(bytes: usize) -> Vec<u8> {
+pub(super) fn random(bytes: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes];
     getrandom::fill(&mut out).expect("the system's random source failed");
     out
@@ -128,47 +128,49 @@ pub fn is_grant_id(user: &str) -> bool {
     user.len() == 18 && user.starts_with("g_") && user[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Grant steps this gateway recorded, by action (for metrics).
-#[derive(Debug, Default)]
-pub struct GrantCounters {
-    counts: [std::sync::atomic::AtomicU64; 5],
+/// Steps this gateway recorded, by action (for metrics): grants' or
+/// reviews'.
+#[derive(Debug)]
+pub struct ActionCounters<A: 'static> {
+    actions: &'static [A],
+    name: fn(&A) -> &'static str,
+    counts: Vec<std::sync::atomic::AtomicU64>,
 }
 
-impl GrantCounters {
-    const ACTIONS: [GrantAction; 5] = [
-        GrantAction::Requested,
-        GrantAction::Approved,
-        GrantAction::Denied,
-        GrantAction::Expired,
-        GrantAction::Revoked,
-    ];
+impl<A: PartialEq> ActionCounters<A> {
+    /// Counts of each of `actions`, named by `name`.
+    pub fn new(actions: &'static [A], name: fn(&A) -> &'static str) -> Self {
+        ActionCounters { actions, name, counts: actions.iter().map(|_| Default::default()).collect() }
+    }
 
-    fn add(&self, action: GrantAction) {
-        if let Some(i) = Self::ACTIONS.iter().position(|&a| a == action) {
+    pub(super) fn add(&self, action: A) {
+        if let Some(i) = self.actions.iter().position(|a| *a == action) {
             self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// Each action (`grant_requested`, ...) and its count.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        Self::ACTIONS
+        self.actions
             .iter()
             .zip(&self.counts)
-            .map(|(a, c)| (a.as_str(), c.load(std::sync::atomic::Ordering::Relaxed)))
+            .map(|(a, c)| ((self.name)(a), c.load(std::sync::atomic::Ordering::Relaxed)))
             .collect()
     }
 }
 
 /// The control plane's grant logic over a store.
 pub struct Control<S: ControlStore, K: EventSink> {
-    counters: GrantCounters,
-    store: S,
+    counters: ActionCounters<GrantAction>,
+    pub(super) review_counters: ActionCounters<ReviewAction>,
+    pub(super) store: S,
     policies: Policies,
     offers: HashMap<String, Offer>,
-    session: ControlSession<K>,
+    pub(super) session: ControlSession<K>,
     live: Arc<LiveGrants>,
-    pending_ttl: Duration,
-    admin_group: String,
+    /// How long a grant request, or a held statement, waits for a decision.
+    pub(super) pending_ttl: Duration,
+    pub(super) admin_group: String,
 }
 
 impl<S: ControlStore, K: EventSink> Control<S, K> {
@@ -181,11 +183,27 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         pending_ttl: Duration,
         admin_group: String,
     ) -> Self {
-        Control { counters: GrantCounters::default(), store, policies, offers, session, live, pending_ttl, admin_group }
+        Control {
+            counters: ActionCounters::new(GrantAction::ALL, GrantAction::as_str),
+            review_counters: ActionCounters::new(ReviewAction::ALL, ReviewAction::as_str),
+            store,
+            policies,
+            offers,
+            session,
+            live,
+            pending_ttl,
+            admin_group,
+        }
     }
 
-    pub fn counters(&self) -> &GrantCounters {
+    /// Grant steps this gateway recorded.
+    pub fn counters(&self) -> &ActionCounters<GrantAction> {
         &self.counters
+    }
+
+    /// Review steps this gateway recorded.
+    pub fn review_counters(&self) -> &ActionCounters<ReviewAction> {
+        &self.review_counters
     }
 
     pub fn store(&self) -> &S {
@@ -196,7 +214,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         &self.live
     }
 
-    fn is_admin(&self, who: &Identity) -> bool {
+    pub(super) fn is_admin(&self, who: &Identity) -> bool {
         who.in_group(&self.admin_group)
     }
 
@@ -411,7 +429,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         Ok(self.view(&grant, credentials))
     }
 
-    async fn load(&self, id: &str) -> Result<Grant, ControlError> {
+    pub(super) async fn load(&self, id: &str) -> Result<Grant, ControlError> {
         self.store.get(id).await?.ok_or_else(|| ControlError::NotFound(format!("there is no grant {id}")))
     }
 
@@ -615,8 +633,8 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         Ok(self.view(&grant, None))
     }
 
-    /// Expires what is due and ends live sessions whose grant is no longer
-    /// active (also when another gateway sharing the store changed it).
+    /// Expires what is due (grants, and reviews of held statements) and
+    /// ends live sessions whose grant is no longer active (also when another gateway sharing the store changed it).
     /// Goes through everything whatever fails on the way; returns the first
     /// failure.
     pub async fn sweep(&self) -> Result<(), ControlError> {
@@ -634,6 +652,9 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 }
             }
             Err(error) => failed(error.into()),
+        }
+        if let Err(error) = self.expire_reviews(now).await {
+            failed(error);
         }
         for id in self.live.grant_ids() {
             let end = match self.store.get(&id).await {
@@ -692,10 +713,10 @@ fn busy(id: &str) -> ControlError {
 /// The most characters of a request's reason.
 const MAX_REASON: usize = 1000;
 /// Compare-and-swap attempts before giving up.
-const MAX_ATTEMPTS: usize = 16;
-/// Grants listed by default, and at most.
-const DEFAULT_LIST: i64 = 100;
-const MAX_LIST: i64 = 1000;
+pub(super) const MAX_ATTEMPTS: usize = 16;
+/// Grants (and reviews) listed by default, and at most.
+pub(super) const DEFAULT_LIST: i64 = 100;
+pub(super) const MAX_LIST: i64 = 1000;
 
 /// Ends a grant by a person's decision (`Denied` or `Revoked`), from `now`.
 fn settle(grant: &mut Grant, status: GrantStatus, by: &str, note: Option<&str>, now: i64) {

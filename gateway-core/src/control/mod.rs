@@ -1,5 +1,6 @@
 //! The control plane: the control session's events, grant policies, the
-//! control store, grants and their credentials, and the control API.
+//! control store, grants and their credentials, reviews of held
+//! statements, and the control API.
 
 pub mod api;
 mod authenticate;
@@ -7,13 +8,19 @@ mod grants;
 mod holds;
 mod live;
 mod policy;
+mod reviews;
 mod session;
 mod store;
 
 pub use authenticate::GrantAuthenticator;
-pub use grants::{ApprovalView, Control, ControlError, Credentials, GrantView, Offer, is_grant_id, now_ms};
+pub use grants::{
+    ActionCounters, ApprovalView, Control, ControlError, Credentials, GrantView, Offer, is_grant_id, now_ms,
+};
 pub use holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
 pub use live::{GrantEnd, Lease, LiveGrants};
 pub use policy::{ApprovalConfig, ControlConfig, Decision, Policies, PolicyConfig};
+pub use reviews::{ReviewView, sql_hash};
 pub use session::ControlSession;
-pub use store::{ControlStore, Grant, GrantFilter, GrantStatus, SqlStore, StoreError};
+pub use store::{
+    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewStatus, SqlStore, StoreError,
+};

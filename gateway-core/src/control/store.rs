@@ -1,10 +1,13 @@
-//! Where grants are kept: the [`ControlStore`] trait, and [`SqlStore`], one
-//! implementation over SQLite (in the data dir, the default) and PostgreSQL
-//! (shared by several gateways) through sqlx's `Any` driver.
+//! Where grants and reviews of held statements are kept: the
+//! [`ControlStore`] trait, and [`SqlStore`], one implementation over SQLite
+//! (in the data dir, the default) and PostgreSQL (shared by several
+//! gateways) through sqlx's `Any` driver.
 //!
-//! Every change is a compare-and-swap on the grant's `version`, so two
-//! gateways (or two approvers) deciding the same grant at once cannot both
-//! win: the loser reads the grant again and sees what happened.
+//! Every change is a compare-and-swap on the row's `version`, so two
+//! gateways (or two approvers) deciding the same grant or review at once
+//! cannot both win: the loser reads it again and sees what happened. A
+//! review's approval is used up the same way: of two sessions sending the
+//! approved statement at once, one runs it.
 
 use std::future::Future;
 
@@ -99,6 +102,98 @@ pub struct GrantFilter {
     pub limit: Option<i64>,
 }
 
+/// The state of a review of a held statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    /// Waiting for an approver.
+    Pending,
+    /// Allowed: the statement runs once, when sent again in its grant.
+    Approved,
+    Denied,
+    /// Undecided in time, or approved but not run before its grant ended.
+    Expired,
+    /// Approved and run: the approval is spent.
+    Used,
+}
+
+impl ReviewStatus {
+    pub const ALL: [ReviewStatus; 5] = [
+        ReviewStatus::Pending,
+        ReviewStatus::Approved,
+        ReviewStatus::Denied,
+        ReviewStatus::Expired,
+        ReviewStatus::Used,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Approved => "approved",
+            ReviewStatus::Denied => "denied",
+            ReviewStatus::Expired => "expired",
+            ReviewStatus::Used => "used",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ReviewStatus> {
+        ReviewStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// One review of a held statement, as stored. Times are milliseconds since
+/// the epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Review {
+    /// `r_` and 16 hex digits.
+    pub id: String,
+    /// Bumped by every change.
+    pub version: i64,
+    pub grant_id: String,
+    /// The grant's requester, who sent the statement, and their issuer.
+    pub subject: String,
+    pub issuer: String,
+    pub resource: String,
+    /// The session the statement was first held in, and its `statement`
+    /// event there.
+    pub session_id: String,
+    pub ref_seq: Option<i64>,
+    /// The statement exactly as sent; only the identical text runs once
+    /// approved.
+    pub sql: String,
+    /// SHA-256 (hex) of `sql`, to find the review of a statement sent again.
+    pub sql_hash: String,
+    /// The rule that held it (`SET/CLASS`).
+    pub rule: String,
+    /// Who decides it besides the admin group.
+    pub approval_group: Option<String>,
+    pub status: ReviewStatus,
+    /// Why it is in its status.
+    pub status_reason: Option<String>,
+    /// Who approved or denied it, or `proctor` (expired).
+    pub decided_by: Option<String>,
+    pub created_at: i64,
+    pub decided_at: Option<i64>,
+    /// When the approved statement ran.
+    pub used_at: Option<i64>,
+    /// Pending: when the review lapses undecided. Approved: when the
+    /// approval lapses unused (its grant's end).
+    pub expires_at: i64,
+}
+
+/// Which reviews to list.
+#[derive(Clone, Debug, Default)]
+pub struct ReviewFilter {
+    pub grant_id: Option<String>,
+    pub status: Option<ReviewStatus>,
+    /// Only reviews this group decides.
+    pub approval_group: Option<String>,
+    /// Only statements of this subject (of `issuer`, when given).
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
+    pub limit: Option<i64>,
+}
+
 /// The store failed; the message says how.
 #[derive(Debug, thiserror::Error)]
 #[error("control store: {0}")]
@@ -110,7 +205,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Keeps grants.
+/// Keeps grants and reviews.
 pub trait ControlStore: Send + Sync + 'static {
     /// Adds a new grant (its id must be new).
     fn insert(&self, grant: &Grant) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -124,6 +219,28 @@ pub trait ControlStore: Send + Sync + 'static {
     fn due(&self, now: i64) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
     /// How many grants are in each status (statuses without any left out).
     fn counts(&self) -> impl Future<Output = Result<Vec<(GrantStatus, i64)>, StoreError>> + Send;
+
+    /// Adds a new review (its id must be new).
+    fn insert_review(&self, review: &Review) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_review(&self, id: &str) -> impl Future<Output = Result<Option<Review>, StoreError>> + Send;
+    /// Newest first.
+    fn list_reviews(&self, filter: &ReviewFilter) -> impl Future<Output = Result<Vec<Review>, StoreError>> + Send;
+    /// Replaces the review if it is still at `version` (and bumps it);
+    /// `false` if it changed meanwhile.
+    fn update_review(&self, review: &Review, version: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Pending and approved reviews whose `expires_at` is at or before `now`.
+    fn due_reviews(&self, now: i64) -> impl Future<Output = Result<Vec<Review>, StoreError>> + Send;
+    /// The review a statement (by `sql_hash`) sent again in grant `grant_id`
+    /// finds: approved or pending, still before its `expires_at` at `now`;
+    /// an approved one first, then the newest.
+    fn open_review(
+        &self,
+        grant_id: &str,
+        sql_hash: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<Review>, StoreError>> + Send;
+    /// How many reviews are in each status (statuses without any left out).
+    fn review_counts(&self) -> impl Future<Output = Result<Vec<(ReviewStatus, i64)>, StoreError>> + Send;
 }
 
 /// The control store over SQLite or PostgreSQL.
@@ -155,6 +272,36 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS grants (
     rules TEXT,
     masking_profile TEXT
 )";
+
+const REVIEWS: &str = "CREATE TABLE IF NOT EXISTS reviews (
+    id TEXT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    grant_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    ref_seq BIGINT,
+    sql_text TEXT NOT NULL,
+    sql_hash TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    approval_group TEXT,
+    status TEXT NOT NULL,
+    status_reason TEXT,
+    decided_by TEXT,
+    created_at BIGINT NOT NULL,
+    decided_at BIGINT,
+    used_at BIGINT,
+    expires_at BIGINT NOT NULL
+)";
+
+/// The columns read into a [`Review`], for `concat!`.
+macro_rules! review_columns {
+    () => {
+        "id, version, grant_id, subject, issuer, resource, session_id, ref_seq, sql_text, sql_hash, rule, \
+         approval_group, status, status_reason, decided_by, created_at, decided_at, used_at, expires_at"
+    };
+}
 
 /// The columns read into a [`Grant`], for `concat!`: queries stay static text.
 macro_rules! columns {
@@ -193,7 +340,33 @@ impl SqlStore {
         sqlx::query("CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject, issuer, created_at)")
             .execute(&pool)
             .await?;
+        sqlx::query(REVIEWS).execute(&pool).await?;
+        for index in [
+            "CREATE INDEX IF NOT EXISTS reviews_statement ON reviews (grant_id, sql_hash, status)",
+            "CREATE INDEX IF NOT EXISTS reviews_due ON reviews (status, expires_at)",
+            "CREATE INDEX IF NOT EXISTS reviews_subject ON reviews (subject, issuer, created_at)",
+            "CREATE INDEX IF NOT EXISTS reviews_group ON reviews (approval_group, created_at)",
+        ] {
+            sqlx::query(index).execute(&pool).await?;
+        }
         Ok(SqlStore { pool })
+    }
+
+    /// The rows of `query` (`status`, `n`), statuses it does not know left out.
+    async fn counts_by_status<T>(
+        &self,
+        query: &'static str,
+        parse: fn(&str) -> Option<T>,
+    ) -> Result<Vec<(T, i64)>, StoreError> {
+        let mut counts = Vec::new();
+        for row in &sqlx::query(query).fetch_all(&self.pool).await? {
+            let status: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            if let Some(status) = parse(&status) {
+                counts.push((status, n));
+            }
+        }
+        Ok(counts)
     }
 
     /// Closes the pool's connections.
@@ -246,6 +419,31 @@ fn from_row(row: &AnyRow) -> Result<Grant, StoreError> {
         credential_hash: row.try_get("credential_hash")?,
         rules: row.try_get("rules")?,
         masking_profile: row.try_get("masking_profile")?,
+    })
+}
+
+fn review_from_row(row: &AnyRow) -> Result<Review, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(Review {
+        id: row.try_get("id")?,
+        version: row.try_get("version")?,
+        grant_id: row.try_get("grant_id")?,
+        subject: row.try_get("subject")?,
+        issuer: row.try_get("issuer")?,
+        resource: row.try_get("resource")?,
+        session_id: row.try_get("session_id")?,
+        ref_seq: row.try_get("ref_seq")?,
+        sql: row.try_get("sql_text")?,
+        sql_hash: row.try_get("sql_hash")?,
+        rule: row.try_get("rule")?,
+        approval_group: row.try_get("approval_group")?,
+        status: ReviewStatus::parse(&status).ok_or_else(|| StoreError(format!("unknown review status {status:?}")))?,
+        status_reason: row.try_get("status_reason")?,
+        decided_by: row.try_get("decided_by")?,
+        created_at: row.try_get("created_at")?,
+        decided_at: row.try_get("decided_at")?,
+        used_at: row.try_get("used_at")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -345,16 +543,121 @@ impl ControlStore for SqlStore {
     }
 
     async fn counts(&self) -> Result<Vec<(GrantStatus, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT status, COUNT(*) AS n FROM grants GROUP BY status").fetch_all(&self.pool).await?;
-        let mut counts = Vec::new();
-        for row in &rows {
-            let status: String = row.try_get("status")?;
-            let n: i64 = row.try_get("n")?;
-            if let Some(status) = GrantStatus::parse(&status) {
-                counts.push((status, n));
-            }
-        }
+        let mut counts = self
+            .counts_by_status("SELECT status, COUNT(*) AS n FROM grants GROUP BY status", GrantStatus::parse)
+            .await?;
+        counts.sort_by_key(|(s, _)| s.as_str());
+        Ok(counts)
+    }
+
+    async fn insert_review(&self, r: &Review) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO reviews (id, version, grant_id, subject, issuer, resource, session_id, ref_seq, sql_text, \
+             sql_hash, rule, approval_group, status, status_reason, decided_by, created_at, decided_at, used_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(&r.id)
+        .bind(r.version)
+        .bind(&r.grant_id)
+        .bind(&r.subject)
+        .bind(&r.issuer)
+        .bind(&r.resource)
+        .bind(&r.session_id)
+        .bind(r.ref_seq)
+        .bind(&r.sql)
+        .bind(&r.sql_hash)
+        .bind(&r.rule)
+        .bind(r.approval_group.clone())
+        .bind(r.status.as_str())
+        .bind(r.status_reason.clone())
+        .bind(r.decided_by.clone())
+        .bind(r.created_at)
+        .bind(r.decided_at)
+        .bind(r.used_at)
+        .bind(r.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_review(&self, id: &str) -> Result<Option<Review>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", review_columns!(), " FROM reviews WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(review_from_row).transpose()
+    }
+
+    async fn list_reviews(&self, filter: &ReviewFilter) -> Result<Vec<Review>, StoreError> {
+        // As for grants: absent filters are always-true conditions.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            review_columns!(),
+            " FROM reviews WHERE ($1 = '' OR grant_id = $1) AND ($2 = '' OR status = $2) \
+             AND ($3 = '' OR approval_group = $3) AND ($4 = '' OR subject = $4) AND ($5 = '' OR issuer = $5) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        ))
+        .bind(filter.grant_id.clone().unwrap_or_default())
+        .bind(filter.status.map(ReviewStatus::as_str).unwrap_or_default())
+        .bind(filter.approval_group.clone().unwrap_or_default())
+        .bind(filter.subject.clone().unwrap_or_default())
+        .bind(filter.issuer.clone().unwrap_or_default())
+        .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(review_from_row).collect()
+    }
+
+    async fn update_review(&self, r: &Review, version: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE reviews SET version = $1, status = $2, status_reason = $3, decided_by = $4, decided_at = $5, \
+             used_at = $6, expires_at = $7 WHERE id = $8 AND version = $9",
+        )
+        .bind(version + 1)
+        .bind(r.status.as_str())
+        .bind(r.status_reason.clone())
+        .bind(r.decided_by.clone())
+        .bind(r.decided_at)
+        .bind(r.used_at)
+        .bind(r.expires_at)
+        .bind(&r.id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn due_reviews(&self, now: i64) -> Result<Vec<Review>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            review_columns!(),
+            " FROM reviews WHERE status IN ('pending', 'approved') AND expires_at <= $1 LIMIT 1000"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(review_from_row).collect()
+    }
+
+    async fn open_review(&self, grant_id: &str, sql_hash: &str, now: i64) -> Result<Option<Review>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            review_columns!(),
+            " FROM reviews WHERE grant_id = $1 AND sql_hash = $2 AND status IN ('pending', 'approved') \
+             AND expires_at > $3 \
+             ORDER BY CASE WHEN status = 'approved' THEN 0 ELSE 1 END, created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(grant_id)
+        .bind(sql_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(review_from_row).transpose()
+    }
+
+    async fn review_counts(&self) -> Result<Vec<(ReviewStatus, i64)>, StoreError> {
+        let query = "SELECT status, COUNT(*) AS n FROM reviews GROUP BY status";
+        let mut counts = self.counts_by_status(query, ReviewStatus::parse).await?;
         counts.sort_by_key(|(s, _)| s.as_str());
         Ok(counts)
     }
