@@ -185,10 +185,11 @@ async fn start_control(
     config: &Config,
     GrantsPlane { config: control_config, store, live }: GrantsPlane<'_>,
     session: ControlSession<RecorderSink>,
-    listeners: &[(String, SocketAddr)],
+    gateway: &crate::gateway::Gateway,
     metrics: api::MetricsSource,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(String, Tasks)> {
+    let listeners = &gateway.listeners;
     let verifier = Arc::new(verifier(config)?);
     let mut offers = HashMap::new();
     for (name, addr) in listeners {
@@ -211,6 +212,8 @@ async fn start_control(
         control_config.pending_ttl,
         control_config.admin_group.clone(),
     ));
+    // Statements the rules hold are reviewed here.
+    gateway.policy.set_holds(control.clone());
     let (listener, tls, url) = bind_api(config, "control", control_config.listen, control_config.tls).await?;
     let app = api::router(Arc::new(api::ControlApi { control: control.clone(), verifier, metrics: Some(metrics) }));
     let mut api_stopped = stopped.clone();
@@ -390,9 +393,8 @@ pub async fn serve(
         let mut api_url = None;
         if let Some(plane) = grants {
             let session = control.clone();
-            let listeners = &gateway.listeners;
             let metrics = gateway_metrics(&gateway, recorder.sink(), config.data_dir.clone());
-            let started = start_control(&config, plane, session, listeners, metrics, stopped.clone()).await;
+            let started = start_control(&config, plane, session, &gateway, metrics, stopped.clone()).await;
             match started {
                 Ok((url, started)) => {
                     api_url = Some(url);

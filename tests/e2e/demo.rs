@@ -71,8 +71,24 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     let approver = ready["approver_token"].as_str().unwrap();
     let listed = run_ok(Path::new(BIN), &["grant", "list", "--api", api_url, "--token", agent, "--json"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(grant_id));
+    // Risky statements wait for a dba: held with a review id, then run once approved.
+    let held = Command::new(&psql)
+        .args(["-X", "-d", &postgres_url, "-c", "create index on orders (status)"])
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&held.stderr).to_string();
+    assert!(message.contains("holding this statement for approval: review r_"), "{message}");
+    let at = message.find("review r_").unwrap() + "review ".len();
+    let review = &message[at..at + 18];
+    run_ok(Path::new(BIN), &["review", "approve", review, "--api", api_url, "--token", approver]);
+    let ran = Command::new(&psql)
+        .args(["-X", "-d", &postgres_url, "-c", "create index on orders (status)"])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+
     let live = Command::new(&psql)
-        .args(["-X", "-At", "-d", &postgres_url, "-c", "select pg_sleep(30)"])
+        .args(["-X", "-At", "-d", &postgres_url, "-c", "select count(*) from generate_series(1, 2000000000)"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
