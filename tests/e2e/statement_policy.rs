@@ -28,7 +28,16 @@ struct Setup {
     api: String,
 }
 
+const RULES: &str = r#"block = ["drop", "truncate", "alter_system", "copy_program"]
+hold = ["ddl", "delete_without_where", "admin_function"]
+approval_group = "dba""#;
+
 fn start() -> Setup {
+    start_with(RULES)
+}
+
+/// Proctor with `rules` as `[rules.ci]`, the rules of the `agents` policy.
+fn start_with(rules: &str) -> Setup {
     let cluster = cluster(&Options::default());
     cluster.psql(APP_ROLE, &format!("create table t (id int); alter table t owner to {APP_ROLE}")).unwrap();
     let api_port = free_port();
@@ -42,9 +51,7 @@ listen = "127.0.0.1:{api_port}"
 admin_group = "security"
 
 [rules.ci]
-block = ["drop", "truncate", "alter_system", "copy_program"]
-hold = ["ddl", "delete_without_where", "admin_function"]
-approval_group = "dba"
+{rules}
 
 [[policies]]
 name = "agents"
@@ -352,4 +359,49 @@ fn held_statements_wait_for_a_reviewer_and_then_run_once() {
     ] {
         assert!(review_actions.contains(&expected), "{expected} missing from {review_actions:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_evasion_gets_through_the_gateway() {
+    // The corpus the classifier is tested with, under the rules it is
+    // tested with, sent through the real gateway in both protocols.
+    let rules = r#"block = ["copy_program", "alter_system", "load_library", "parser_settings"]
+hold = ["ddl", "drop", "truncate", "delete_without_where", "update_without_where", "write_in_cte",
+        "copy_file", "do_block", "admin_function", "user_function", "explain_analyze_write",
+        "select_into", "sql_prepare", "sql_execute", "set_role", "role_change", "maintenance", "lock"]
+approval_group = "dba""#;
+    let setup = tokio::task::spawn_blocking(move || start_with(rules)).await.unwrap();
+    let tables = "create table customers (id int primary key, name text, email text);
+                  create table orders (id int primary key, customer_id int, total_cents int, status text);
+                  insert into customers values (1, 'Ada', 'ada@example.com');
+                  insert into orders values (1, 1, 100, 'paid');";
+    setup.cluster.psql(APP_ROLE, &format!("set role {APP_ROLE}; {tables}")).unwrap();
+    let agent = token(&setup, "ci-deploy", "ci");
+    let (_, url) = agent_grant(&setup, &agent);
+    let url = url.replace("sslmode=require", "sslmode=disable");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+
+    let evasions: Vec<String> =
+        serde_json::from_str(include_str!("../../gateway-core/tests/data/evasions.json")).unwrap();
+    assert!(evasions.len() >= 40);
+    let refused_by_proctor = |error: &tokio_postgres::Error| {
+        error.as_db_error().is_some_and(|db| db.code().code() == "42501" && db.message().starts_with("Proctor "))
+    };
+    let mut bypasses = Vec::new();
+    for sql in &evasions {
+        let simple = client.simple_query(sql).await;
+        if !simple.as_ref().is_err_and(refused_by_proctor) {
+            bypasses.push(format!("simple query {sql:?}: {simple:?}"));
+        }
+        let parsed = client.prepare(sql).await;
+        if !parsed.as_ref().is_err_and(refused_by_proctor) {
+            bypasses.push(format!("Parse {sql:?}: {:?}", parsed.map(|_| "prepared")));
+        }
+    }
+    assert!(bypasses.is_empty(), "{} bypasses:\n{}", bypasses.len(), bypasses.join("\n"));
+    // And nothing changed on the target.
+    let left =
+        setup.cluster.psql(APP_ROLE, "select (select count(*) from customers) || '/' || (select count(*) from orders)");
+    assert_eq!(left.unwrap().trim(), "1/1");
 }
