@@ -123,6 +123,20 @@ fn gateway_metrics(
             "Segments sealed.",
             &one(stats.segments_sealed),
         );
+        api::family(
+            &mut out,
+            "proctor_recorder_seal_queue",
+            "gauge",
+            "The recorder's queue: full WAL files waiting for the sealer to turn them into segments.",
+            &one(sink.unsealed_segments() as u64),
+        );
+        api::family(
+            &mut out,
+            "proctor_recorder_failed",
+            "gauge",
+            "1 when the recorder refuses events (it failed closed: sessions are refused until it recovers).",
+            &one(u64::from(sink.failure().is_some())),
+        );
         let wal_files = std::fs::read_dir(data_dir.join("wal"))
             .map(|dir| dir.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "wal")).count())
             .unwrap_or(0);

@@ -140,6 +140,9 @@ fn agents_get_a_credential_that_works_until_it_is_revoked_or_expires() {
         "# TYPE proctor_recorder_wal_bytes_total counter",
         "proctor_data_dir_free_bytes ",
         "proctor_recorder_wal_files ",
+        "proctor_recorder_seal_queue ",
+        "proctor_recorder_failed 0",
+        "proctor_policy_decisions_total{outcome=\"block\"} 0",
     ] {
         assert!(metrics.contains(expected), "{expected:?} missing from:\n{metrics}");
     }

@@ -220,6 +220,9 @@ fn refused_statements_fail_like_server_errors_and_commit_nothing() {
     assert!(blocked("ci/unparseable", "selec 1"), "{all:?}");
     assert!(blocked("ci/function_call_message", "raw F"), "{all:?}");
     assert_eq!(all.len(), 4, "allowed statements add no decision events: {all:?}");
+    let metrics = Command::new("curl").args(["-sS", "--max-time", "30", &format!("{}/metrics", setup.api)]).output();
+    let metrics = stdout(&metrics.unwrap());
+    assert!(metrics.contains("proctor_policy_decisions_total{outcome=\"block\"} 4"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
