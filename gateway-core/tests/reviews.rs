@@ -1,4 +1,5 @@
-//! Reviews of held statements, through the control plane over a real
+//! Reviews of held statements (and approvals of grants that need several),
+//! through the control plane over a real
 //! control store (SQLite in a temp dir): a held statement opens one review,
 //! an approver lets it run once, the sender never decides it, strangers do
 //! not see it, undecided ones expire; and the same through the control API
@@ -11,12 +12,12 @@ use std::time::Duration;
 
 use proctor_gateway_core::control::api::{ControlApi, router};
 use proctor_gateway_core::control::{
-    Control, ControlError, ControlSession, ControlStore, HoldOutcome, HoldRequest, Holds, LiveGrants, Offer, Policies,
-    PolicyConfig, ReviewFilter, ReviewStatus, SqlStore,
+    ApprovalConfig, Control, ControlError, ControlSession, ControlStore, HoldOutcome, HoldRequest, Holds, LiveGrants,
+    Offer, Policies, PolicyConfig, ReviewFilter, ReviewStatus, SqlStore,
 };
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, Identity, Verifier};
 use proctor_gateway_core::{EventSink, SinkError};
-use proctor_schemas::{EventBody, NewEvent, ReviewAction, ReviewEvent, SessionId};
+use proctor_schemas::{EventBody, GrantAction, NewEvent, ReviewAction, ReviewEvent, SessionId};
 
 /// Keeps accepted events in memory; refuses them while `down`.
 #[derive(Clone, Default)]
@@ -81,11 +82,18 @@ async fn setup(pending_ttl: Duration) -> Setup {
         rules: None,
         masking_profile: None,
     };
+    // People need two approvals from dba.
+    let people = PolicyConfig {
+        name: "people".into(),
+        groups: vec!["eng".into()],
+        approval: Some(ApprovalConfig { group: "dba".into(), count: 2 }),
+        ..policy.clone()
+    };
     let offers =
         HashMap::from([(RESOURCE.to_string(), Offer { host: "127.0.0.1".into(), port: 5432, database: "app".into() })]);
     let control = Control::new(
         store,
-        Policies::new(vec![policy]).unwrap(),
+        Policies::new(vec![policy, people]).unwrap(),
         offers,
         session,
         Arc::new(LiveGrants::default()),
@@ -529,4 +537,33 @@ async fn the_control_api_lists_shows_and_decides_reviews() {
     ] {
         assert!(metrics.contains(expected), "{expected:?} missing from:\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn each_approval_of_a_grant_needing_several_is_recorded() {
+    let setup = setup(Duration::from_secs(3600)).await;
+    let person_eng = person("erin", &["eng"]);
+    let asked = setup.control.request(&person_eng, RESOURCE, Duration::from_secs(600), "debug orders").await.unwrap();
+    assert_eq!(asked.status.as_str(), "pending");
+    let first = setup.control.approve(&dba(), &asked.id, Some("looks fine".into())).await.unwrap();
+    assert_eq!(first.status.as_str(), "pending", "one of two approvals");
+    let second = setup.control.approve(&person("dora", &["dba"]), &asked.id, None).await.unwrap();
+    assert_eq!(second.status.as_str(), "active");
+    let steps: Vec<(GrantAction, Option<String>, Option<String>)> = setup
+        .sink
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Grant(g) if g.grant_id == asked.id => Some((g.action, g.actor.clone(), g.message.clone())),
+            _ => None,
+        })
+        .collect();
+    let actions: Vec<GrantAction> = steps.iter().map(|(a, ..)| *a).collect();
+    assert_eq!(actions, [GrantAction::Requested, GrantAction::PartiallyApproved, GrantAction::Approved], "{steps:?}");
+    assert_eq!(steps[1].1.as_deref(), Some("dan"));
+    let message = steps[1].2.clone().unwrap_or_default();
+    assert!(message.contains("1 of 2 approvals") && message.contains("looks fine"), "{message}");
+    assert_eq!(steps[2].1.as_deref(), Some("dan, dora"));
 }

@@ -417,6 +417,7 @@ impl EventBody {
             EventBody::Grant(g) => match g.action {
                 GrantAction::Requested => EventKind::GrantRequested,
                 GrantAction::Approved => EventKind::GrantApproved,
+                GrantAction::PartiallyApproved => EventKind::GrantPartiallyApproved,
                 GrantAction::Denied => EventKind::GrantDenied,
                 GrantAction::Expired => EventKind::GrantExpired,
                 GrantAction::Revoked => EventKind::GrantRevoked,
@@ -747,6 +748,7 @@ impl EventBody {
             }),
             EventKind::GrantRequested
             | EventKind::GrantApproved
+            | EventKind::GrantPartiallyApproved
             | EventKind::GrantDenied
             | EventKind::GrantExpired
             | EventKind::GrantRevoked => EventBody::Grant(GrantEvent {

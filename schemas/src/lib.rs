@@ -39,4 +39,7 @@ pub use vocab::*;
 /// Version of the event schema: the Arrow columns, their meaning per kind and
 /// the canonical encoding. A change to any of them adds a version and a golden
 /// file under `schemas/golden/`.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - v1: the first schema.
+/// - v2: `grant_partially_approved`, an approval that leaves a grant pending.
+pub const SCHEMA_VERSION: u32 = 2;

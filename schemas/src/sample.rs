@@ -120,7 +120,12 @@ pub fn full(kind: EventKind) -> EventBody {
             duration_ns: Some(3_000_000),
         }
         .into(),
-        K::GrantRequested | K::GrantApproved | K::GrantDenied | K::GrantExpired | K::GrantRevoked => GrantEvent {
+        K::GrantRequested
+        | K::GrantApproved
+        | K::GrantPartiallyApproved
+        | K::GrantDenied
+        | K::GrantExpired
+        | K::GrantRevoked => GrantEvent {
             action: grant_action(kind),
             grant_id: s("g_01"),
             resource: some("prod-db"),
@@ -238,7 +243,12 @@ pub fn minimal(kind: EventKind) -> EventBody {
             duration_ns: None,
         }
         .into(),
-        K::GrantRequested | K::GrantApproved | K::GrantDenied | K::GrantExpired | K::GrantRevoked => GrantEvent {
+        K::GrantRequested
+        | K::GrantApproved
+        | K::GrantPartiallyApproved
+        | K::GrantDenied
+        | K::GrantExpired
+        | K::GrantRevoked => GrantEvent {
             action: grant_action(kind),
             grant_id: s("g"),
             resource: None,
@@ -281,6 +291,7 @@ pub fn minimal(kind: EventKind) -> EventBody {
 fn grant_action(kind: EventKind) -> GrantAction {
     match kind {
         EventKind::GrantApproved => GrantAction::Approved,
+        EventKind::GrantPartiallyApproved => GrantAction::PartiallyApproved,
         EventKind::GrantDenied => GrantAction::Denied,
         EventKind::GrantExpired => GrantAction::Expired,
         EventKind::GrantRevoked => GrantAction::Revoked,

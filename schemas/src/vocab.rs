@@ -112,6 +112,7 @@ vocabulary! {
     GrantAction, "grant action" {
         Requested = "grant_requested": "a subject asked for access to a resource",
         Approved = "grant_approved": "the grant became active (by policy or by approvers)",
+        PartiallyApproved = "grant_partially_approved": "an approver approved a request that needs more approvals; it stays pending",
         Denied = "grant_denied": "the grant was refused (by policy or by an approver)",
         Expired = "grant_expired": "the grant reached its expiry, or its request expired undecided",
         Revoked = "grant_revoked": "the grant was revoked before its expiry",
@@ -162,6 +163,7 @@ vocabulary! {
         HttpResponse = "http_response": "an HTTP response: status, headers, bounded body, duration",
         GrantRequested = "grant_requested": "a subject asked for access to a resource",
         GrantApproved = "grant_approved": "a grant became active",
+        GrantPartiallyApproved = "grant_partially_approved": "an approver approved a request that still needs more approvals",
         GrantDenied = "grant_denied": "a grant was refused",
         GrantExpired = "grant_expired": "a grant (or its undecided request) expired",
         GrantRevoked = "grant_revoked": "a grant was revoked",
@@ -187,9 +189,21 @@ impl EventKind {
             | RawFrame => "postgres",
             PtyRequest | TerminalInput | TerminalOutput | Resize | Exec | ExitStatus | FileTransfer => "terminal",
             HttpRequest | HttpResponse => "http",
-            GrantRequested | GrantApproved | GrantDenied | GrantExpired | GrantRevoked | PolicyDecision
-            | ReviewRequested | ReviewApproved | ReviewDenied | ReviewExpired | MaskingApplied | RecordingAccessed
-            | RetentionDeleted | RecorderRecovery => "control",
+            GrantRequested
+            | GrantApproved
+            | GrantPartiallyApproved
+            | GrantDenied
+            | GrantExpired
+            | GrantRevoked
+            | PolicyDecision
+            | ReviewRequested
+            | ReviewApproved
+            | ReviewDenied
+            | ReviewExpired
+            | MaskingApplied
+            | RecordingAccessed
+            | RetentionDeleted
+            | RecorderRecovery => "control",
         }
     }
 }

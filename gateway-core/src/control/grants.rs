@@ -561,13 +561,19 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 Ok(())
             })
             .await?;
-        if grant.status != GrantStatus::Active {
-            return Ok(self.view(&grant, None));
-        }
         // Its credential is issued only on the requester's next `show`, so
-        // nobody can use the grant before this is recorded.
-        let by = grant.decided_by.clone().unwrap_or_default();
-        if let Err(error) = self.record(GrantAction::Approved, &grant, &by, grant.status_reason.clone(), false).await {
+        // nobody can use the grant before this is recorded. An approval
+        // that leaves it pending is recorded too, by its approver.
+        let (action, by, message) = if grant.status == GrantStatus::Active {
+            (GrantAction::Approved, grant.decided_by.clone().unwrap_or_default(), grant.status_reason.clone())
+        } else {
+            let message = match &note {
+                Some(note) => format!("{}; {}: {note}", grant.status_reason.clone().unwrap_or_default(), who.subject),
+                None => grant.status_reason.clone().unwrap_or_default(),
+            };
+            (GrantAction::PartiallyApproved, who.subject.clone(), Some(message))
+        };
+        if let Err(error) = self.record(action, &grant, &by, message, false).await {
             // An approval that was not recorded does not stand: undone,
             // unless something else changed the grant meanwhile.
             if self.store.update(&before, grant.version).await.unwrap_or(false) {
