@@ -8,8 +8,8 @@
 //! `cargo bench -p proctor-benches --bench policy [-- ITERATIONS]`
 
 use std::hint::black_box;
-use std::time::Instant;
 
+use proctor_benches::per_call;
 use proctor_gateway_core::postgres::classify::{ClassCache, Classification, ParseAs, classify};
 use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 
@@ -28,21 +28,6 @@ const STATEMENTS: &[(&str, &str)] = &[
     ),
     ("risky (held)", "with gone as (delete from customers returning *) select count(*) from gone"),
 ];
-
-/// Nanoseconds per call of `f`, the median of 5 runs of `n` calls.
-fn per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
-    let mut runs: Vec<f64> = (0..5)
-        .map(|_| {
-            let started = Instant::now();
-            for i in 0..n {
-                f(i);
-            }
-            started.elapsed().as_nanos() as f64 / n as f64
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[2]
-}
 
 fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);

@@ -13,6 +13,21 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
 }
 
+/// Nanoseconds per call of `f`, the median of 5 runs of `n` calls (`f` is
+/// given the call's index).
+pub fn per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            for i in 0..n {
+                f(i);
+            }
+            started.elapsed().as_nanos() as f64 / n as f64
+        })
+        .collect();
+    median(runs)
+}
+
 /// CPU time (user + system) used by this process so far.
 pub fn process_cpu() -> Duration {
     // SAFETY: getrusage fills the struct we pass; no other memory is touched.

@@ -12,6 +12,7 @@ pub mod control;
 mod error;
 pub mod http;
 pub mod identity;
+pub mod masking;
 pub mod postgres;
 pub mod recording;
 mod sink;

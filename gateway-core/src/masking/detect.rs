@@ -1,0 +1,281 @@
+//! Detectors by value: a regular expression finds candidates, and a check
+//! confirms them where the format carries one (Luhn for card numbers,
+//! mod 97 for IBANs, the assigned ranges of SSNs), so that order numbers
+//! and timestamps of the right length are not mistaken for secrets.
+
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// What a detector looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Detector {
+    Card,
+    Email,
+    Phone,
+    Ssn,
+    Iban,
+    AwsAccessKey,
+    AwsSecretKey,
+    GithubToken,
+    SlackToken,
+    Jwt,
+    PrivateKey,
+    UrlPassword,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 12] = [
+        Detector::Card,
+        Detector::Email,
+        Detector::Phone,
+        Detector::Ssn,
+        Detector::Iban,
+        Detector::AwsAccessKey,
+        Detector::AwsSecretKey,
+        Detector::GithubToken,
+        Detector::SlackToken,
+        Detector::Jwt,
+        Detector::PrivateKey,
+        Detector::UrlPassword,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Card => "card",
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Ssn => "ssn",
+            Detector::Iban => "iban",
+            Detector::AwsAccessKey => "aws_access_key",
+            Detector::AwsSecretKey => "aws_secret_key",
+            Detector::GithubToken => "github_token",
+            Detector::SlackToken => "slack_token",
+            Detector::Jwt => "jwt",
+            Detector::PrivateKey => "private_key",
+            Detector::UrlPassword => "url_password",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Detector> {
+        Detector::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    fn pattern(self) -> &'static Regex {
+        let index = Detector::ALL.iter().position(|d| *d == self).unwrap_or(0);
+        &PATTERNS[index]
+    }
+
+    /// The part of a match that is the secret (a URL's password, not the URL).
+    fn secret_group(self) -> usize {
+        match self {
+            Detector::AwsSecretKey | Detector::UrlPassword => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// One detector's pattern each, in [`Detector::ALL`]'s order. ASCII word
+/// boundaries: values are mostly ASCII, and the lazy DFA handles them.
+static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    [
+        // 13-19 digits, optionally grouped by single spaces or dashes.
+        r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+        r"(?-u:\b)[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?-u:\b)",
+        // E.164 with optional grouping, or North American with separators.
+        r"(?:\+[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?){1,5}[0-9](?-u:\b)|(?:\([2-9][0-9]{2}\)[ ]?|(?-u:\b)[2-9][0-9]{2}[.-])[0-9]{3}[.-][0-9]{4}(?-u:\b))",
+        r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
+        r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)",
+        r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+        r#"(?i:aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key|aws_?secret)["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})(?-u:\b)"#,
+        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
+        r"(?:(?-u:\b)xox[abposr]-[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+|https://hooks\.slack\.com/services/[A-Za-z0-9_/]+)",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?s:.*?)(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\z)",
+        r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]+:([^\s/@]+)@",
+    ]
+    .iter()
+    .map(|p| Regex::new(p).expect("the detectors' patterns are valid"))
+    .collect()
+});
+
+/// Whether the digits pass the Luhn check.
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// A card number: the usual lengths and issuer prefixes, one kind of
+/// separator at most, and the Luhn check.
+fn card(candidate: &str) -> bool {
+    let separators: Vec<u8> = candidate.bytes().filter(|b| !b.is_ascii_digit()).collect();
+    if separators.windows(2).any(|w| w[0] != w[1]) {
+        return false;
+    }
+    let digits: Vec<u8> = candidate.bytes().filter(u8::is_ascii_digit).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    // Grouped numbers are grouped in fours (Amex: 4-6-5).
+    if !separators.is_empty() {
+        let groups: Vec<usize> = candidate.split(|c: char| !c.is_ascii_digit()).map(str::len).collect();
+        let fours = groups[..groups.len() - 1].iter().all(|&g| g == 4) && groups.last().is_some_and(|&g| g <= 4);
+        let amex = groups == [4, 6, 5] || groups == [4, 6, 4];
+        if !fours && !amex {
+            return false;
+        }
+    }
+    let prefix = |n: usize| -> u32 { std::str::from_utf8(&digits[..n]).ok().and_then(|s| s.parse().ok()).unwrap_or(0) };
+    let issuer = matches!(digits[0], b'4')
+        || (51..=55).contains(&prefix(2))
+        || (2221..=2720).contains(&prefix(4))
+        || matches!(prefix(2), 34 | 37 | 36 | 38 | 30 | 35 | 65 | 62)
+        || prefix(4) == 6011
+        || (644..=649).contains(&prefix(3));
+    issuer && luhn(&digits)
+}
+
+/// An SSN as assigned: no area 000, 666 or 9xx, no group 00, no serial 0000.
+fn ssn(candidate: &str) -> bool {
+    let parts: Vec<&str> = candidate.split('-').collect();
+    let [area, group, serial] = parts[..] else { return false };
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+/// An IBAN: its country's length range and the mod-97 check.
+fn iban(candidate: &str) -> bool {
+    let compact: Vec<u8> = candidate.bytes().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    // Grouped IBANs are grouped in fours.
+    if candidate.contains(' ') {
+        let groups: Vec<usize> = candidate.split(' ').map(str::len).collect();
+        if groups[..groups.len() - 1].iter().any(|&g| g != 4) {
+            return false;
+        }
+    }
+    let rearranged = compact[4..].iter().chain(&compact[..4]);
+    let mut remainder = 0u32;
+    for &b in rearranged {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+    }
+    remainder == 1
+}
+
+/// A phone number: 8-15 digits in all (E.164), of which a North American
+/// one has exactly 10.
+fn phone(candidate: &str) -> bool {
+    let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
+    if candidate.starts_with('+') { (8..=15).contains(&digits) } else { digits == 10 }
+}
+
+/// A JWT: its header is base64url-encoded JSON.
+fn jwt(candidate: &str) -> bool {
+    use base64::Engine;
+    let header = candidate.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .is_ok_and(|h| h.first() == Some(&b'{') && h.last() == Some(&b'}'))
+}
+
+fn confirmed(detector: Detector, candidate: &str) -> bool {
+    match detector {
+        Detector::Card => card(candidate),
+        Detector::Ssn => ssn(candidate),
+        Detector::Iban => iban(candidate),
+        Detector::Phone => phone(candidate),
+        Detector::Jwt => jwt(candidate),
+        _ => true,
+    }
+}
+
+/// A secret found in a value: where, and by which detector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub detector: Detector,
+    pub range: Range<usize>,
+}
+
+/// Every confirmed finding of `detectors` in `value`, in order, without
+/// overlaps (the earlier detector in the list wins an overlap).
+pub fn find(value: &str, detectors: &[Detector]) -> Vec<Finding> {
+    let mut found: Vec<Finding> = Vec::new();
+    for &detector in detectors {
+        let group = detector.secret_group();
+        for captures in detector.pattern().captures_iter(value) {
+            let (Some(whole), Some(secret)) = (captures.get(0), captures.get(group)) else { continue };
+            if !confirmed(detector, whole.as_str()) {
+                continue;
+            }
+            let range = secret.range();
+            if found.iter().any(|f| f.range.start < range.end && range.start < f.range.end) {
+                continue;
+            }
+            found.push(Finding { detector, range });
+        }
+    }
+    found.sort_by_key(|f| f.range.start);
+    found
+}
+
+/// Whether any byte of `value` could start a finding: values without a
+/// digit, `@`, `-`, `:` or one of the tokens' first letters cannot hold one,
+/// and most values are settled by this one pass.
+pub fn may_hold_secret(value: &str) -> bool {
+    value.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'-' | b':' | b'+' | b'=' | b'"'))
+        || value.contains("AKIA")
+        || value.contains("ASIA")
+        || value.contains("gh")
+        || value.contains("xox")
+        || value.contains("eyJ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detected(value: &str) -> Vec<&'static str> {
+        find(value, &Detector::ALL).iter().map(|f| f.detector.as_str()).collect()
+    }
+
+    #[test]
+    fn checksums_tell_secrets_from_look_alikes() {
+        assert_eq!(detected("4111 1111 1111 1111"), ["card"]);
+        assert_eq!(detected("4111-1111-1111-1112"), Vec::<&str>::new(), "Luhn fails");
+        assert_eq!(detected("3782 822463 10005"), ["card"], "Amex 4-6-5");
+        assert_eq!(detected("order 4111111111111112"), Vec::<&str>::new());
+        assert_eq!(detected("DE89 3704 0044 0532 0130 00"), ["iban"]);
+        assert_eq!(detected("DE88 3704 0044 0532 0130 00"), Vec::<&str>::new(), "mod 97 fails");
+        assert_eq!(detected("123-45-6789"), ["ssn"]);
+        assert_eq!(detected("666-45-6789"), Vec::<&str>::new());
+        assert_eq!(detected("2024-05-06"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_secret_part_of_a_match_is_what_is_found() {
+        let url = "postgres://app:s3cr3t@db:5432/app";
+        let found = find(url, &Detector::ALL);
+        assert_eq!(found.len(), 1);
+        assert_eq!(&url[found[0].range.clone()], "s3cr3t");
+        let line = "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let found = find(line, &Detector::ALL);
+        assert_eq!(&line[found[0].range.clone()], "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+    }
+}

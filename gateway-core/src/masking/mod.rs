@@ -1,0 +1,384 @@
+//! Masking, protocol-neutral: text values (with their column, when known)
+//! in, masked text and counts per rule out. One decision serves the client
+//! and the recording alike, so what is stored is exactly what was seen.
+//!
+//! A profile (`[masking.profiles.NAME]`) names detectors by value (card
+//! numbers, e-mail addresses, keys and tokens, ...) and rules by column
+//! (`email`, `*password*`, `customers.ssn`), each with an action: full
+//! redaction, the last four characters kept, or a keyed token (HMAC with the
+//! deployment's key: equal values give equal tokens, so investigators can
+//! correlate what they cannot read).
+
+mod detect;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+pub use detect::{Detector, Finding, find, may_hold_secret};
+
+use crate::GatewayError;
+
+/// How a value (or the secret in it) is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Only its last four characters kept, the rest starred (separators kept).
+    Last4,
+    /// A keyed token: equal inputs, equal tokens; nothing of the value.
+    Token,
+    /// Replaced by a marker naming the rule.
+    Redact,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Last4 => "last4",
+            Action::Token => "token",
+            Action::Redact => "redact",
+        }
+    }
+}
+
+/// One `[[masking.profiles.NAME.columns]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnRuleConfig {
+    /// A column name (`email`), a pattern with `*` (`*password*`), or
+    /// `table.column` (`customers.ssn`); case-insensitive.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    #[serde(default = "redact")]
+    pub action: Action,
+}
+
+fn redact() -> Action {
+    Action::Redact
+}
+
+/// One `[masking.profiles.NAME]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Detectors by value: names, or `all`.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// The action of each detector (default: redact), e.g. `{ card = "last4" }`.
+    #[serde(default)]
+    pub actions: BTreeMap<String, Action>,
+    #[serde(default)]
+    pub columns: Vec<ColumnRuleConfig>,
+}
+
+/// A column rule, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ColumnRule {
+    /// The rule's name in counts: `column:PATTERN`.
+    name: String,
+    table: Option<String>,
+    column: String,
+    action: Action,
+}
+
+impl ColumnRule {
+    fn matches(&self, column: &Column<'_>) -> bool {
+        if let Some(table) = &self.table
+            && !column.table.is_some_and(|t| t.eq_ignore_ascii_case(table))
+        {
+            return false;
+        }
+        glob(&self.column, &column.name.to_ascii_lowercase())
+    }
+}
+
+/// `*` matches any run of characters; the rest literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(after) = rest.strip_prefix(part) else { return false };
+            rest = after;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+/// A profile, checked: what a session's values go through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The profile's name (several joined with `+` for a union).
+    pub name: String,
+    detectors: Vec<(Detector, Action)>,
+    columns: Vec<ColumnRule>,
+}
+
+impl Profile {
+    pub fn new(name: &str, config: &ProfileConfig) -> Result<Profile, GatewayError> {
+        let bad = |m: String| GatewayError::Config(format!("masking.profiles.{name}: {m}"));
+        let mut detectors = Vec::new();
+        for d in &config.detectors {
+            if d == "all" {
+                detectors.extend(Detector::ALL);
+                continue;
+            }
+            let known: Vec<&str> = Detector::ALL.iter().map(|d| d.as_str()).collect();
+            detectors.push(
+                Detector::parse(d)
+                    .ok_or_else(|| bad(format!("unknown detector {d:?} (detectors: all, {})", known.join(", "))))?,
+            );
+        }
+        detectors.sort();
+        detectors.dedup();
+        for named in config.actions.keys() {
+            let detector = Detector::parse(named).ok_or_else(|| bad(format!("actions: unknown detector {named:?}")))?;
+            if !detectors.contains(&detector) {
+                return Err(bad(format!("actions: detector {named:?} is not in `detectors`")));
+            }
+        }
+        let detectors = detectors
+            .into_iter()
+            .map(|d| (d, config.actions.get(d.as_str()).copied().unwrap_or(Action::Redact)))
+            .collect();
+        let mut columns = Vec::new();
+        for rule in &config.columns {
+            let pattern = rule.pattern.trim().to_ascii_lowercase();
+            let (table, column) = match pattern.split_once('.') {
+                Some((t, c)) if !t.is_empty() && !c.is_empty() => (Some(t.to_string()), c.to_string()),
+                Some(_) => return Err(bad(format!("column rule {:?}: expected TABLE.COLUMN", rule.pattern))),
+                None => (None, pattern.clone()),
+            };
+            if column.is_empty() {
+                return Err(bad("a column rule needs a `match`".to_string()));
+            }
+            columns.push(ColumnRule { name: format!("column:{pattern}"), table, column, action: rule.action });
+        }
+        Ok(Profile { name: name.to_string(), detectors, columns })
+    }
+
+    /// Nothing masked: the break-glass profile `none`.
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty() && self.columns.is_empty()
+    }
+
+    /// The union of several profiles (a subject in several groups): every
+    /// rule of each, and where two set an action for the same detector, the
+    /// strictest (redact over token over last4).
+    pub fn union<'a>(profiles: impl IntoIterator<Item = &'a Profile>) -> Profile {
+        let mut names = Vec::new();
+        let mut detectors: BTreeMap<Detector, Action> = BTreeMap::new();
+        let mut columns: Vec<ColumnRule> = Vec::new();
+        for p in profiles {
+            names.push(p.name.clone());
+            for &(d, a) in &p.detectors {
+                let slot = detectors.entry(d).or_insert(a);
+                *slot = (*slot).max(a);
+            }
+            for c in &p.columns {
+                match columns.iter_mut().find(|x| x.table == c.table && x.column == c.column) {
+                    Some(existing) => existing.action = existing.action.max(c.action),
+                    None => columns.push(c.clone()),
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Profile { name: names.join("+"), detectors: detectors.into_iter().collect(), columns }
+    }
+}
+
+/// The column a value came from, when known.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub table: Option<&'a str>,
+}
+
+/// Counts of masked values by rule (`card`, `column:customers.ssn`, ...).
+pub type Counts = BTreeMap<String, u64>;
+
+/// The deployment's masking key, for tokens.
+#[derive(Clone)]
+pub struct MaskingKey(Vec<u8>);
+
+impl MaskingKey {
+    pub fn new(bytes: Vec<u8>) -> MaskingKey {
+        MaskingKey(bytes)
+    }
+
+    fn token(&self, rule: &str, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(value.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        format!("[{rule}:tok_{}]", hex::encode(&tag[..6]))
+    }
+}
+
+impl std::fmt::Debug for MaskingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaskingKey(..)")
+    }
+}
+
+/// A profile with the key its tokens are made with.
+#[derive(Clone, Debug)]
+pub struct Masker {
+    profile: Profile,
+    key: MaskingKey,
+}
+
+/// Replaces `value` by `action`; `rule` names it in the marker.
+fn apply(action: Action, rule: &str, value: &str, key: &MaskingKey) -> String {
+    match action {
+        Action::Redact => format!("[{rule}:masked]"),
+        Action::Token => key.token(rule, value),
+        Action::Last4 => {
+            let keep = value.chars().filter(|c| c.is_alphanumeric()).count().saturating_sub(4);
+            let mut seen = 0;
+            value
+                .chars()
+                .map(|c| {
+                    if !c.is_alphanumeric() {
+                        return c;
+                    }
+                    seen += 1;
+                    if seen <= keep { '*' } else { c }
+                })
+                .collect()
+        }
+    }
+}
+
+impl Masker {
+    pub fn new(profile: Profile, key: MaskingKey) -> Masker {
+        Masker { profile, key }
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The column rule for a column, if one applies (the strictest).
+    pub fn column_rule(&self, column: &Column<'_>) -> Option<(&str, Action)> {
+        self.profile
+            .columns
+            .iter()
+            .filter(|r| r.matches(column))
+            .max_by_key(|r| r.action)
+            .map(|r| (r.name.as_str(), r.action))
+    }
+
+    /// Masks a whole value by a column rule.
+    pub fn mask_whole(&self, rule: &str, action: Action, value: &str) -> String {
+        apply(action, rule, value, &self.key)
+    }
+
+    /// Masks `value` from `column`: a column rule masks it whole; otherwise
+    /// each detector's findings are replaced. Counts what was masked.
+    pub fn mask<'v>(&self, value: &'v str, column: Option<&Column<'_>>, counts: &mut Counts) -> Cow<'v, str> {
+        if let Some((rule, action)) = column.and_then(|c| self.column_rule(c)) {
+            *counts.entry(rule.to_string()).or_default() += 1;
+            return Cow::Owned(apply(action, rule, value, &self.key));
+        }
+        self.mask_text(value, counts)
+    }
+
+    /// Masks what the detectors find in free text (no column rules).
+    pub fn mask_text<'v>(&self, value: &'v str, counts: &mut Counts) -> Cow<'v, str> {
+        if self.profile.detectors.is_empty() || !may_hold_secret(value) {
+            return Cow::Borrowed(value);
+        }
+        let detectors: Vec<Detector> = self.profile.detectors.iter().map(|(d, _)| *d).collect();
+        let findings = find(value, &detectors);
+        if findings.is_empty() {
+            return Cow::Borrowed(value);
+        }
+        let mut out = String::with_capacity(value.len());
+        let mut at = 0;
+        for f in findings {
+            let action = self.profile.detectors.iter().find(|(d, _)| *d == f.detector).map_or(Action::Redact, |x| x.1);
+            out.push_str(&value[at..f.range.start]);
+            out.push_str(&apply(action, f.detector.as_str(), &value[f.range.clone()], &self.key));
+            *counts.entry(f.detector.as_str().to_string()).or_default() += 1;
+            at = f.range.end;
+        }
+        out.push_str(&value[at..]);
+        Cow::Owned(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masker(toml_text: &str) -> Masker {
+        let config: ProfileConfig = toml::from_str(toml_text).unwrap();
+        Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
+    }
+
+    #[test]
+    fn detectors_mask_what_they_find_and_count_it() {
+        let m = masker(
+            r#"detectors = ["all"]
+actions = { card = "last4", email = "token" }"#,
+        );
+        let mut counts = Counts::new();
+        let out = m.mask_text("paid 4111-1111-1111-1111 by ada@example.com, ada@example.com", &mut counts);
+        assert!(out.starts_with("paid ****-****-****-1111 by [email:tok_"), "{out}");
+        let tokens: Vec<&str> = out.split(", ").collect();
+        assert_eq!(tokens[0].rsplit(' ').next(), Some(tokens[1]), "equal values, equal tokens: {out}");
+        assert_eq!(counts.get("card"), Some(&1));
+        assert_eq!(counts.get("email"), Some(&2));
+        assert!(matches!(m.mask_text("nothing to see", &mut counts), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn column_rules_mask_whole_values_by_name_pattern_or_table() {
+        let m = masker(
+            r#"[[columns]]
+match = "*password*"
+[[columns]]
+match = "customers.ssn"
+action = "last4""#,
+        );
+        let mut counts = Counts::new();
+        let col = |name, table| Column { name, table };
+        assert_eq!(m.mask("hunter2", Some(&col("db_password_hash", None)), &mut counts), "[column:*password*:masked]");
+        assert_eq!(m.mask("123-45-6789", Some(&col("SSN", Some("customers"))), &mut counts), "***-**-6789");
+        assert_eq!(m.mask("123-45-6789", Some(&col("ssn", Some("orders"))), &mut counts), "123-45-6789");
+        assert_eq!(counts.len(), 2);
+    }
+
+    #[test]
+    fn a_union_keeps_every_rule_and_the_strictest_action() {
+        let a = Profile::new(
+            "a",
+            &toml::from_str(
+                r#"detectors = ["card"]
+actions = { card = "last4" }"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let b = Profile::new("b", &toml::from_str(r#"detectors = ["card", "email"]"#).unwrap()).unwrap();
+        let u = Profile::union([&a, &b]);
+        assert_eq!(u.name, "a+b");
+        assert_eq!(u.detectors, [(Detector::Card, Action::Redact), (Detector::Email, Action::Redact)]);
+        let e = Profile::new("x", &toml::from_str(r#"detectors = ["cards"]"#).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("unknown detector \"cards\""), "{e}");
+    }
+}
