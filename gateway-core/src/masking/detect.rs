@@ -88,12 +88,14 @@ static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
         r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)",
         r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
-        r#"(?i:aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key|aws_?secret)["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})(?-u:\b)"#,
+        // Named in context: `key = X`, `key: X`, `key X`, `<Key>X<`, a YAML
+        // `name: KEY` / `value: X` pair.
+        r#"(?i:aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key|aws_?secret)["'>]?\s*[:=]?\s*(?:-?\s*value\s*:\s*)?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)"#,
         r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
         r"(?:(?-u:\b)xox[abposr]-[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+|https://hooks\.slack\.com/services/[A-Za-z0-9_/]+)",
         r"(?-u:\b)eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
         r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?s:.*?)(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\z)",
-        r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]+:([^\s/@]+)@",
+        r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@",
     ]
     .iter()
     .map(|p| Regex::new(p).expect("the detectors' patterns are valid"))
@@ -213,19 +215,44 @@ pub struct Finding {
     pub range: Range<usize>,
 }
 
-/// Every confirmed finding of `detectors` in `value`, in order, without
-/// overlaps (the earlier detector in the list wins an overlap).
+/// The order detectors claim text in: the most specific first, so that a
+/// URL's password is not taken for an e-mail address's local part, nor a
+/// token in a URL for anything else.
+const PRECEDENCE: [Detector; 12] = [
+    Detector::PrivateKey,
+    Detector::Jwt,
+    Detector::GithubToken,
+    Detector::SlackToken,
+    Detector::AwsAccessKey,
+    Detector::AwsSecretKey,
+    Detector::UrlPassword,
+    Detector::Iban,
+    Detector::Card,
+    Detector::Ssn,
+    Detector::Phone,
+    Detector::Email,
+];
+
+/// Whether the text before a candidate rules it out: an "address" right
+/// after `scheme://` is a URL's user name.
+fn ruled_out(detector: Detector, before: &str) -> bool {
+    detector == Detector::Email && before.ends_with("//")
+}
+
+/// Every confirmed finding of `detectors` in `value`, in order. Where two
+/// overlap, the more specific detector claims the text; two that find the
+/// very same text (a token used as a URL's password) are both reported.
 pub fn find(value: &str, detectors: &[Detector]) -> Vec<Finding> {
     let mut found: Vec<Finding> = Vec::new();
-    for &detector in detectors {
+    for detector in PRECEDENCE.into_iter().filter(|d| detectors.contains(d)) {
         let group = detector.secret_group();
         for captures in detector.pattern().captures_iter(value) {
             let (Some(whole), Some(secret)) = (captures.get(0), captures.get(group)) else { continue };
-            if !confirmed(detector, whole.as_str()) {
+            if !confirmed(detector, whole.as_str()) || ruled_out(detector, &value[..whole.start()]) {
                 continue;
             }
             let range = secret.range();
-            if found.iter().any(|f| f.range.start < range.end && range.start < f.range.end) {
+            if found.iter().any(|f| f.range.start < range.end && range.start < f.range.end && f.range != range) {
                 continue;
             }
             found.push(Finding { detector, range });

@@ -310,6 +310,11 @@ impl Masker {
         let mut out = String::with_capacity(value.len());
         let mut at = 0;
         for f in findings {
+            // The same text found by two detectors is masked once.
+            if f.range.start < at {
+                *counts.entry(f.detector.as_str().to_string()).or_default() += 1;
+                continue;
+            }
             let action = self.profile.detectors.iter().find(|(d, _)| *d == f.detector).map_or(Action::Redact, |x| x.1);
             out.push_str(&value[at..f.range.start]);
             out.push_str(&apply(action, f.detector.as_str(), &value[f.range.clone()], &self.key));
