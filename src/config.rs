@@ -7,6 +7,7 @@ use anyhow::Context;
 use proctor_gateway_core::config::{ResourceConfig, TlsConfig, validate_resources};
 use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
+use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profile, Profiles};
 use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
@@ -44,6 +45,10 @@ pub struct Config {
     /// are blocked and which are held for review.
     #[serde(default)]
     pub rules: std::collections::BTreeMap<String, RuleSetConfig>,
+    /// Masking profiles (`[masking.profiles.NAME]`), the default one, and
+    /// the key of keyed tokens.
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 /// The `[replay]` section.
@@ -94,6 +99,7 @@ impl Config {
                 *inner = base.join(&*inner);
             }
         };
+        relative(&mut config.masking.key_file);
         relative(&mut config.tls.cert_file);
         relative(&mut config.tls.key_file);
         for issuer in &mut config.identity.issuers {
@@ -117,7 +123,15 @@ impl Config {
         for (name, rules) in &self.rules {
             RuleSet::new(name, rules)?;
         }
+        // Profiles checked without a key (tokens are not made here).
+        let profiles = Profiles::new(&self.masking, MaskingKey::new(Vec::new()))?;
+        for (name, profile) in &self.masking.profiles {
+            Profile::new(name, profile)?;
+        }
         for policy in &self.policies {
+            for profile in policy.masking_profile.iter().chain(policy.masking_profiles.values()) {
+                profiles.check(profile).map_err(|e| anyhow::anyhow!("policy {:?}: {e}", policy.name))?;
+            }
             if let Some(rules) = &policy.rules {
                 anyhow::ensure!(
                     self.rules.contains_key(rules),
@@ -138,6 +152,17 @@ impl Config {
             "[[policies]] are given but [control] is not: grants are requested through the control API"
         );
         Ok(())
+    }
+
+    /// The masking profiles, with their key (read, or created on first start
+    /// when profiles are configured).
+    pub fn masking_profiles(&self) -> anyhow::Result<Profiles> {
+        if self.masking.profiles.is_empty() && self.masking.default_profile.is_none() {
+            return Ok(Profiles::none());
+        }
+        let path = self.masking.key_file.clone().unwrap_or_else(|| self.data_dir.join("keys").join("masking.key"));
+        let key = MaskingKey::load_or_create(&path)?;
+        Ok(Profiles::new(&self.masking, key)?)
     }
 }
 

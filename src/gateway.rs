@@ -55,6 +55,7 @@ pub async fn start<A: Authenticator>(
     let mut listeners = Vec::new();
     let rules = config.rules.iter().map(|(name, rules)| RuleSet::new(name, rules)).collect::<Result<Vec<_>, _>>()?;
     let policy = Arc::new(StatementPolicy::new(rules));
+    let masking = Arc::new(config.masking_profiles()?);
     if config.resources.is_empty() {
         return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy });
     }
@@ -84,7 +85,7 @@ pub async fn start<A: Authenticator>(
                     sink.clone(),
                     auth.clone(),
                     Some(server_tls.clone()),
-                    Shared { cancels: cancels.clone(), policy: policy.clone() },
+                    Shared { cancels: cancels.clone(), policy: policy.clone(), masking: masking.clone() },
                     stop.clone(),
                 ));
             }

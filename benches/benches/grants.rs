@@ -38,6 +38,7 @@ fn control(store: SqlStore, live: Arc<LiveGrants>, session: ControlSession<Bench
         approval: None,
         rules: None,
         masking_profile: None,
+        masking_profiles: Default::default(),
     };
     let offers =
         HashMap::from([("bench".to_string(), Offer { host: "127.0.0.1".into(), port, database: "app".into() })]);
@@ -85,6 +86,7 @@ fn main() {
             },
             limits: SampleLimits::default(),
             sessions: Default::default(),
+            catalog: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -95,6 +95,7 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
         },
         limits: SampleLimits::default(),
         sessions: Default::default(),
+        catalog: Default::default(),
     });
     let auth = Arc::new(WithRules(SharedSecretAuthenticator::new([("bench".to_string(), SECRET.to_string())])));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -106,7 +107,7 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
         sink,
         auth,
         None,
-        Shared { cancels: Arc::default(), policy: Arc::new(StatementPolicy::new([agent_rules()])) },
+        Shared { policy: Arc::new(StatementPolicy::new([agent_rules()])), ..Shared::default() },
         stopped,
     ));
     Proctor { port, stop, recorder: Some(recorder), _dir: dir }

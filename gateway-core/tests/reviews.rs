@@ -13,7 +13,7 @@ use std::time::Duration;
 use proctor_gateway_core::control::api::{ControlApi, router};
 use proctor_gateway_core::control::{
     ApprovalConfig, Control, ControlError, ControlSession, ControlStore, HoldOutcome, HoldRequest, Holds, LiveGrants,
-    Offer, Policies, PolicyConfig, ReviewFilter, ReviewStatus, SqlStore,
+    Offer, Policies, PolicyConfig, ReviewFilter, ReviewStatus, SqlStore, sql_hash,
 };
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, Identity, Verifier};
 use proctor_gateway_core::{EventSink, SinkError};
@@ -81,6 +81,7 @@ async fn setup(pending_ttl: Duration) -> Setup {
         approval: None,
         rules: None,
         masking_profile: None,
+        masking_profiles: Default::default(),
     };
     // People need two approvals from dba.
     let people = PolicyConfig {
@@ -142,6 +143,7 @@ fn held(grant_id: &str, sql: &str) -> HoldRequest {
         session_id: SessionId::new(),
         ref_seq: Some(3),
         sql: sql.into(),
+        sql_hash: sql_hash(sql),
         rule: "ci/ddl".into(),
         approval_group: Some("dba".into()),
     }

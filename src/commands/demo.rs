@@ -10,6 +10,7 @@ use anyhow::Context;
 use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::config::{ResourceConfig, ResourceProtocol, TargetTls, TlsConfig};
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, IdentityConfig};
+use proctor_gateway_core::masking::{Action, MaskingConfig, ProfileConfig};
 use proctor_gateway_core::postgres::classify::Class;
 use proctor_gateway_core::postgres::rules::RuleSetConfig;
 use proctor_recorder::RecorderSettings;
@@ -82,6 +83,18 @@ fn agent_rules() -> RuleSetConfig {
         .map(|c| c.as_str().to_string())
         .collect();
     RuleSetConfig { block: Vec::new(), hold, approval_group: Some(APPROVERS.to_string()) }
+}
+
+/// The agents' masking profile: every detector on (card numbers keep their
+/// last four digits), so `select * from customers` shows masking at work.
+const AGENT_MASKING: &str = "ci";
+
+fn agent_masking() -> ProfileConfig {
+    ProfileConfig {
+        detectors: vec!["all".to_string()],
+        actions: [("card".to_string(), Action::Last4)].into(),
+        columns: Vec::new(),
+    }
 }
 
 fn random_secret() -> anyhow::Result<String> {
@@ -162,7 +175,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 max_ttl: std::time::Duration::from_secs(3600),
                 approval: None,
                 rules: Some(AGENT_RULES.to_string()),
-                masking_profile: None,
+                masking_profile: Some(AGENT_MASKING.to_string()),
+                masking_profiles: Default::default(),
             },
             PolicyConfig {
                 name: "engineers".to_string(),
@@ -172,9 +186,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 approval: Some(ApprovalConfig { group: APPROVERS.to_string(), count: 1 }),
                 rules: None,
                 masking_profile: None,
+                masking_profiles: Default::default(),
             },
         ],
         rules: [(AGENT_RULES.to_string(), agent_rules())].into(),
+        masking: MaskingConfig {
+            key_file: None,
+            default_profile: None,
+            profiles: [(AGENT_MASKING.to_string(), agent_masking())].into(),
+        },
     };
     let dev_issuer = DevIssuer::open_or_create(&data_dir, &DevIssuerConfig::default())?;
     let investigator_token = dev_issuer.sign(INVESTIGATOR, &[INVESTIGATORS.to_string()], TOKEN_TTL)?;

@@ -387,7 +387,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             expires_at: now + self.pending_ttl.as_millis() as i64,
             credential_hash: None,
             rules: chosen.and_then(|p| p.rules.clone()),
-            masking_profile: chosen.and_then(|p| p.masking_profile.clone()),
+            masking_profile: chosen.and_then(|p| Policies::masking_for(p, &who.groups)),
         };
         // The request itself is recorded first, whatever is decided.
         self.record(GrantAction::Requested, &grant, &who.subject, Some(reason.to_string()), false).await?;

@@ -16,8 +16,12 @@ pub struct HoldRequest {
     /// The session the statement was sent in, and its `statement` event.
     pub session_id: SessionId,
     pub ref_seq: Option<u64>,
-    /// The whole query string (or the Parse's SQL), exactly as sent.
+    /// The whole query string (or the Parse's SQL), masked as everything
+    /// recorded is: what reviewers read.
     pub sql: String,
+    /// SHA-256 (hex) of the statement exactly as sent: only the identical
+    /// statement runs once approved.
+    pub sql_hash: String,
     /// `SET/CLASS`, e.g. `ci/ddl`.
     pub rule: String,
     /// Who may decide the review besides the admin group (the rule set's

@@ -63,8 +63,13 @@ pub struct PolicyConfig {
     pub approval: Option<ApprovalConfig>,
     /// The statement rules applied to sessions under these grants.
     pub rules: Option<String>,
-    /// The masking profile applied to sessions under these grants.
+    /// The masking profile of every grant this policy gives (`none`: nothing
+    /// masked, for break-glass roles; the choice is recorded).
     pub masking_profile: Option<String>,
+    /// Or a profile per group: a requester in several of these groups gets
+    /// the union of their profiles (the strictest action wins).
+    #[serde(default)]
+    pub masking_profiles: std::collections::BTreeMap<String, String>,
 }
 
 /// Who must approve a request, and how many of them.
@@ -119,9 +124,9 @@ impl Policies {
             if p.max_ttl.is_zero() {
                 return bad(format!("policy {:?}: max_ttl must be positive", p.name));
             }
-            if p.masking_profile.is_some() {
+            if p.masking_profile.is_some() && !p.masking_profiles.is_empty() {
                 return bad(format!(
-                    "policy {:?}: masking profiles are not enforced by this version of Proctor; remove `masking_profile` rather than rely on it",
+                    "policy {:?}: give `masking_profile` (for every grant) or `masking_profiles` (by group), not both",
                     p.name
                 ));
             }
@@ -143,6 +148,23 @@ impl Policies {
 
     pub fn by_name(&self, name: &str) -> Option<&PolicyConfig> {
         self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// The masking profile a policy gives a requester in `groups`: the
+    /// policy's own, or the union (`a+b`) of those of the requester's groups.
+    pub fn masking_for(policy: &PolicyConfig, groups: &[String]) -> Option<String> {
+        if policy.masking_profile.is_some() {
+            return policy.masking_profile.clone();
+        }
+        let mut names: Vec<&str> =
+            groups.iter().filter_map(|g| policy.masking_profiles.get(g)).map(String::as_str).collect();
+        // `none` in a union adds nothing: only a policy-wide `none` is break-glass.
+        if names.iter().any(|n| *n != crate::masking::NO_MASKING) {
+            names.retain(|n| *n != crate::masking::NO_MASKING);
+        }
+        names.sort_unstable();
+        names.dedup();
+        (!names.is_empty()).then(|| names.join("+"))
     }
 
     /// Decides a request for `resource` for `ttl` by a member of `groups`.
@@ -242,6 +264,7 @@ mod tests {
             approval,
             rules: None,
             masking_profile: None,
+            masking_profiles: Default::default(),
         };
         let e = Policies::new(vec![policy(Some(ApprovalConfig { group: "a".into(), count: 0 }), 60)]).unwrap_err();
         assert!(e.to_string().contains("approval.count"), "{e}");
@@ -249,9 +272,10 @@ mod tests {
         assert!(e.to_string().contains("max_ttl"), "{e}");
         let e = Policies::new(vec![policy(None, 60), policy(None, 60)]).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
-        let mut unenforced = policy(None, 60);
-        unenforced.masking_profile = Some("strict".into());
-        let e = Policies::new(vec![unenforced]).unwrap_err();
-        assert!(e.to_string().contains("not enforced"), "{e}");
+        let mut both = policy(None, 60);
+        both.masking_profile = Some("strict".into());
+        both.masking_profiles.insert("g".into(), "loose".into());
+        let e = Policies::new(vec![both]).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 }

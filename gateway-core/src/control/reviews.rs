@@ -209,7 +209,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 grant.id, grant.resource, request.resource
             ));
         }
-        let hash = sql_hash(&request.sql);
+        let hash = request.sql_hash.clone();
         for _ in 0..MAX_ATTEMPTS {
             match self.store.open_review(&grant.id, &hash, now).await.map_err(unreachable)? {
                 Some(review) if review.status == ReviewStatus::Approved => {

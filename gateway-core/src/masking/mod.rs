@@ -85,9 +85,11 @@ struct ColumnRule {
 }
 
 impl ColumnRule {
+    /// A `table.column` rule matches a column whose table is not known by
+    /// its name alone: when in doubt, mask.
     fn matches(&self, column: &Column<'_>) -> bool {
-        if let Some(table) = &self.table
-            && !column.table.is_some_and(|t| t.eq_ignore_ascii_case(table))
+        if let (Some(table), Some(known)) = (&self.table, column.table)
+            && !known.eq_ignore_ascii_case(table)
         {
             return false;
         }
@@ -201,6 +203,96 @@ impl Profile {
     }
 }
 
+/// The `[masking]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// The key tokens are made with; by default `DATA_DIR/keys/masking.key`,
+    /// created (32 random bytes, mode 0600) on first start.
+    pub key_file: Option<std::path::PathBuf>,
+    /// The profile of sessions whose grant names none (and of sessions
+    /// admitted by a shared secret).
+    pub default_profile: Option<String>,
+    #[serde(default)]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+}
+
+/// The name of the empty profile: nothing masked (break-glass), and said so
+/// in the recording.
+pub const NO_MASKING: &str = "none";
+
+/// The configured profiles and the key, and the maskers made from them by
+/// name (`a`, or `a+b` for a union), made once each.
+pub struct Profiles {
+    profiles: BTreeMap<String, Profile>,
+    default: Option<String>,
+    key: MaskingKey,
+    made: std::sync::Mutex<BTreeMap<String, Option<std::sync::Arc<Masker>>>>,
+}
+
+impl Profiles {
+    pub fn new(config: &MaskingConfig, key: MaskingKey) -> Result<Profiles, GatewayError> {
+        let mut profiles = BTreeMap::new();
+        for (name, profile) in &config.profiles {
+            if name == NO_MASKING || name.contains('+') {
+                return Err(GatewayError::Config(format!(
+                    "masking.profiles.{name}: the name is reserved (`none` masks nothing; `+` joins profiles)"
+                )));
+            }
+            profiles.insert(name.clone(), Profile::new(name, profile)?);
+        }
+        let profiles = Profiles { profiles, default: None, key, made: Default::default() };
+        if let Some(default) = &config.default_profile {
+            profiles.check(default).map_err(GatewayError::Config)?;
+        }
+        Ok(Profiles { default: config.default_profile.clone(), ..profiles })
+    }
+
+    /// No profiles, no masking.
+    pub fn none() -> Profiles {
+        Profiles {
+            profiles: BTreeMap::new(),
+            default: None,
+            key: MaskingKey::new(Vec::new()),
+            made: Default::default(),
+        }
+    }
+
+    /// Whether `names` (`a` or `a+b`) are all configured (or `none`).
+    pub fn check(&self, names: &str) -> Result<(), String> {
+        for name in names.split('+') {
+            if name != NO_MASKING && !self.profiles.contains_key(name) {
+                let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "masking profile {name:?} is not configured (profiles: none, {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile a session runs under: its grant's, else the default.
+    pub fn chosen<'a>(&'a self, grant_profile: Option<&'a str>) -> Option<&'a str> {
+        grant_profile.or(self.default.as_deref())
+    }
+
+    /// The masker for `names` (`None`: nothing to mask, also for `none`).
+    pub fn masker(&self, names: &str) -> Result<Option<std::sync::Arc<Masker>>, String> {
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(masker) = made.get(names) {
+            return Ok(masker.clone());
+        }
+        self.check(names)?;
+        let parts: Vec<&Profile> = names.split('+').filter_map(|n| self.profiles.get(n)).collect();
+        let union = Profile::union(parts);
+        let masker = (!union.is_empty())
+            .then(|| std::sync::Arc::new(Masker::new(Profile { name: names.to_string(), ..union }, self.key.clone())));
+        made.insert(names.to_string(), masker.clone());
+        Ok(masker)
+    }
+}
+
 /// The column a value came from, when known.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Column<'a> {
@@ -218,6 +310,49 @@ pub struct MaskingKey(Vec<u8>);
 impl MaskingKey {
     pub fn new(bytes: Vec<u8>) -> MaskingKey {
         MaskingKey(bytes)
+    }
+
+    /// Reads the key at `path`, or creates it there (32 random bytes, hex,
+    /// mode 0600) if there is none: tokens stay stable across restarts.
+    pub fn load_or_create(path: &std::path::Path) -> Result<MaskingKey, GatewayError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let bad = |what: &str, e: std::io::Error| {
+            GatewayError::Config(format!("masking key {}: {what}: {e}", path.display()))
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = hex::decode(text.trim())
+                    .map_err(|e| GatewayError::Config(format!("masking key {}: not hex ({e})", path.display())))?;
+                if bytes.len() < 16 {
+                    return Err(GatewayError::Config(format!(
+                        "masking key {}: {} bytes is too short (at least 16)",
+                        path.display(),
+                        bytes.len()
+                    )));
+                }
+                Ok(MaskingKey(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| bad("cannot create its directory", e))?;
+                }
+                let mut bytes = vec![0u8; 32];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| GatewayError::Config(format!("no randomness for the masking key: {e}")))?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| bad("cannot create it", e))?;
+                writeln!(file, "{}", hex::encode(&bytes))
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| bad("cannot write it", e))?;
+                Ok(MaskingKey(bytes))
+            }
+            Err(e) => Err(bad("cannot read it", e)),
+        }
     }
 
     fn token(&self, rule: &str, value: &str) -> String {
@@ -270,6 +405,17 @@ impl Masker {
 
     pub fn profile(&self) -> &Profile {
         &self.profile
+    }
+
+    /// Whether any rule masks by column.
+    pub fn has_column_rules(&self) -> bool {
+        !self.profile.columns.is_empty()
+    }
+
+    /// Whether any rule names a table (`table.column`): result columns'
+    /// tables must then be known.
+    pub fn has_table_rules(&self) -> bool {
+        self.profile.columns.iter().any(|c| c.table.is_some())
     }
 
     /// The column rule for a column, if one applies (the strictest).
@@ -365,6 +511,7 @@ action = "last4""#,
         assert_eq!(m.mask("hunter2", Some(&col("db_password_hash", None)), &mut counts), "[column:*password*:masked]");
         assert_eq!(m.mask("123-45-6789", Some(&col("SSN", Some("customers"))), &mut counts), "***-**-6789");
         assert_eq!(m.mask("123-45-6789", Some(&col("ssn", Some("orders"))), &mut counts), "123-45-6789");
+        assert_eq!(m.mask("123-45-6789", Some(&col("ssn", None)), &mut counts), "***-**-6789", "unknown table: masked");
         assert_eq!(counts.len(), 2);
     }
 

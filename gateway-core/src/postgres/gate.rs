@@ -111,6 +111,8 @@ impl Refusal {
 /// A held statement waiting for the control plane's answer.
 struct Asked {
     sql: String,
+    /// As recorded and shown to reviewers: masked.
+    shown: String,
     seq: u64,
     rule: String,
     sent: bool,
@@ -220,10 +222,11 @@ impl Gate {
         }
     }
 
-    /// The held statement `sql` was recorded as `seq`: ask the control plane.
-    pub fn asking(&mut self, sql: &str, seq: u64, rule: String) {
+    /// The held statement `sql` was recorded (as `shown`: masked) as `seq`:
+    /// ask the control plane.
+    pub fn asking(&mut self, sql: &str, shown: String, seq: u64, rule: String) {
         self.answer = None;
-        self.asked = Some(Asked { sql: sql.to_string(), seq, rule, sent: false });
+        self.asked = Some(Asked { sql: sql.to_string(), shown, seq, rule, sent: false });
     }
 
     /// A FunctionCall message (a call by OID): refused under any rules,
@@ -262,7 +265,8 @@ impl Gate {
             resource: self.resource.clone(),
             session_id: self.session_id,
             ref_seq: Some(asked.seq),
-            sql: asked.sql.clone(),
+            sql: asked.shown.clone(),
+            sql_hash: crate::control::sql_hash(&asked.sql),
             rule: asked.rule.clone(),
             approval_group: self.rules.approval_group.clone(),
         };

@@ -4,9 +4,12 @@
 //! statement and result recorded before it passes.
 
 mod cancel;
+mod catalog;
 pub mod classify;
+mod copyout;
 mod frame;
 mod gate;
+mod mask;
 mod messages;
 mod protocol;
 pub mod rules;
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cancel::CancelRegistry;
+pub use catalog::Catalog;
 pub use gate::StatementPolicy;
 pub use protocol::{Protocol, SampleLimits};
 use tokio::net::TcpListener;
@@ -30,6 +34,7 @@ pub use upstream::Target;
 
 use crate::auth::Authenticator;
 use crate::config::ResourceConfig;
+use crate::masking::Profiles;
 use crate::{EventSink, GatewayError};
 
 /// A PostgreSQL resource, resolved and ready to serve.
@@ -40,6 +45,8 @@ pub struct PgResource {
     pub limits: SampleLimits,
     /// Its connections, counted for metrics.
     pub sessions: SessionCounters,
+    /// Proctor's own view of the target's catalog (for masking).
+    pub catalog: Catalog,
 }
 
 /// Connections of a resource: open now, and accepted since start.
@@ -91,6 +98,7 @@ impl PgResource {
             },
             limits: SampleLimits { rows: config.sample_rows, bytes: config.sample_bytes },
             sessions: SessionCounters::default(),
+            catalog: Catalog::default(),
         })
     }
 }
@@ -103,6 +111,7 @@ pub(crate) struct Context<S, A> {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: Arc<CancelRegistry>,
     pub policy: Arc<StatementPolicy>,
+    pub masking: Arc<Profiles>,
 }
 
 /// What every resource of a gateway shares: cancel keys (a cancel request
@@ -111,12 +120,17 @@ pub(crate) struct Context<S, A> {
 pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     pub policy: Arc<StatementPolicy>,
+    pub masking: Arc<Profiles>,
 }
 
 impl Default for Shared {
-    /// No rules.
+    /// No rules, no masking.
     fn default() -> Shared {
-        Shared { cancels: Arc::default(), policy: Arc::new(StatementPolicy::new([])) }
+        Shared {
+            cancels: Arc::default(),
+            policy: Arc::new(StatementPolicy::new([])),
+            masking: Arc::new(Profiles::none()),
+        }
     }
 }
 
@@ -128,10 +142,10 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     sink: S,
     auth: Arc<A>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    Shared { cancels, policy }: Shared,
+    Shared { cancels, policy, masking }: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy });
+    let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy, masking });
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {

@@ -17,10 +17,13 @@ use proctor_schemas::{
     Statement, StatementResult, Timestamp,
 };
 
+use super::copyout::{self, CopyFormat, CopyPlan};
 use super::frame::{Body, text};
 use super::gate::{Gate, Gated, Refusal};
+use super::mask;
 use super::messages::fields;
 use super::values;
+use crate::masking::{Counts, Masker};
 use crate::recording::Record;
 
 /// How much of each result is kept as a sample.
@@ -100,12 +103,7 @@ struct Portal {
     result_formats: Vec<i16>,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Column {
-    name: String,
-    type_oid: u32,
-    format: i16,
-}
+use super::mask::ResultColumn as Column;
 
 /// The result being received.
 #[derive(Default)]
@@ -116,6 +114,8 @@ struct ResultState {
     sample: Vec<Vec<Option<String>>>,
     sample_bytes: usize,
     sample_truncated: bool,
+    /// Values masked in this result, by rule.
+    masked: Counts,
 }
 
 struct CopyState {
@@ -168,6 +168,52 @@ pub enum Frontend {
     Pause,
 }
 
+/// What a paused session asks outside itself.
+pub(crate) enum Question {
+    /// The control plane: a held statement.
+    Hold(Arc<dyn crate::control::Holds>, crate::control::HoldRequest),
+    /// The catalog: the columns of the query a COPY will send.
+    Describe(String),
+}
+
+/// The answer to a [`Question`] or a table lookup.
+pub(crate) enum Answer {
+    Hold(Result<crate::control::HoldOutcome, String>),
+    Described(Result<Vec<Column>, String>),
+    Tables(Result<HashMap<u32, String>, String>),
+}
+
+/// A COPY TO STDOUT whose columns the catalog is asked for, before the
+/// query that runs it goes on.
+struct Describing {
+    /// The query string the COPY came in.
+    sql: String,
+    /// What to ask the catalog, until asked.
+    ask: Option<String>,
+    columns: Option<Result<Vec<Column>, String>>,
+}
+
+/// How a COPY's rows are masked.
+struct CopyMask {
+    format: CopyFormat,
+    columns: Option<Vec<Column>>,
+    /// A CSV header line still to come (not masked: column names).
+    header: bool,
+}
+
+/// What the connection loop must do with a target frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Backend {
+    Forward,
+    /// Send this frame to the client instead (masked).
+    Replace(Vec<u8>),
+    /// Do not send it (the end of a refusal the client must not see).
+    Drop,
+    /// Stop before this frame, not consumed: its tables must be looked up
+    /// ([`Protocol::lookup`]) first.
+    Pause,
+}
+
 pub struct Protocol {
     limits: SampleLimits,
     statements: HashMap<String, Prepared>,
@@ -184,6 +230,19 @@ pub struct Protocol {
     /// A Parse was refused: the client's messages are dropped up to Sync, as
     /// the target skips them after an error.
     skipping: bool,
+    /// What the session's values are masked with, if anything.
+    masker: Option<Arc<Masker>>,
+    /// Table names by OID, from the catalog (for `table.column` rules).
+    tables: HashMap<u32, String>,
+    /// OIDs already asked of the catalog.
+    asked_tables: std::collections::HashSet<u32>,
+    /// Tables to look up, until asked.
+    looking_up: Option<Vec<u32>>,
+    describing: Option<Describing>,
+    /// How the next COPY TO STDOUT's rows are masked, once planned.
+    copy_plan: Option<CopyMask>,
+    /// How the COPY TO STDOUT in progress is masked.
+    copy_mask: Option<CopyMask>,
 }
 
 /// RowDescription: column names, types and formats, read in place.
@@ -193,13 +252,13 @@ fn row_description(body: &[u8]) -> Option<Vec<Column>> {
     let mut columns = Vec::with_capacity(count.min(body.len() / 19));
     for _ in 0..count {
         let name = text(reader.cstr()?);
-        let _table = reader.i32()?;
+        let table_oid = reader.i32()? as u32;
         let _attribute = reader.i16()?;
         let type_oid = reader.i32()? as u32;
         let _size = reader.i16()?;
         let _modifier = reader.i32()?;
         let format = reader.i16()?;
-        columns.push(Column { name, type_oid, format });
+        columns.push(Column { name, table_oid, table: None, type_oid, format });
     }
     Some(columns)
 }
@@ -243,6 +302,36 @@ impl Protocol {
             target_fatal: false,
             gate: None,
             skipping: false,
+            masker: None,
+            tables: HashMap::new(),
+            asked_tables: Default::default(),
+            looking_up: None,
+            describing: None,
+            copy_plan: None,
+            copy_mask: None,
+        }
+    }
+
+    /// Masks the session's values with `masker`: rows, COPY data, errors
+    /// and notices towards the client, and everything recorded.
+    pub(crate) fn with_masker(mut self, masker: Option<Arc<Masker>>) -> Protocol {
+        self.masker = masker;
+        self
+    }
+
+    /// Whether the session's values are masked.
+    pub fn masking(&self) -> bool {
+        self.masker.is_some()
+    }
+
+    /// Text as it may be recorded: masked by the detectors when masking is on.
+    fn recordable(&self, text: String) -> String {
+        match &self.masker {
+            Some(m) => match m.mask_text(&text, &mut Counts::new()) {
+                std::borrow::Cow::Owned(masked) => masked,
+                std::borrow::Cow::Borrowed(_) => text,
+            },
+            None => text,
         }
     }
 
@@ -261,16 +350,74 @@ impl Protocol {
 
     /// What to ask the control plane about the statement the last
     /// [`Frontend::Pause`] stopped at.
-    pub(crate) fn question(
-        &mut self,
-    ) -> Option<(std::sync::Arc<dyn crate::control::Holds>, crate::control::HoldRequest)> {
-        self.gate.as_mut()?.question()
+    pub(crate) fn question(&mut self) -> Option<Question> {
+        if let Some(query) = self.describing.as_mut().and_then(|d| d.ask.take()) {
+            return Some(Question::Describe(query));
+        }
+        self.gate.as_mut()?.question().map(|(holds, request)| Question::Hold(holds, request))
     }
 
-    /// The control plane's answer to [`Protocol::question`].
-    pub(crate) fn answer(&mut self, answer: Result<crate::control::HoldOutcome, String>) {
-        if let Some(gate) = &mut self.gate {
-            gate.answer(answer);
+    /// The tables to look up before the row description [`Backend::Pause`]
+    /// stopped at can be read again.
+    pub(crate) fn lookup(&mut self) -> Option<Vec<u32>> {
+        self.looking_up.take()
+    }
+
+    /// The answer to a [`Protocol::question`] or [`Protocol::lookup`].
+    pub(crate) fn answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Hold(answer) => {
+                if let Some(gate) = &mut self.gate {
+                    gate.answer(answer);
+                }
+            }
+            Answer::Described(columns) => {
+                if let Some(describing) = &mut self.describing {
+                    describing.columns = Some(columns);
+                }
+            }
+            Answer::Tables(names) => {
+                // Asked once: what the catalog does not name stays unnamed
+                // (and `table.column` rules then match by column: masked).
+                if let Ok(names) = names {
+                    self.tables.extend(names);
+                }
+            }
+        }
+    }
+
+    /// Plans a COPY TO STDOUT under masking: `Ok(plan)` to go on (`None`:
+    /// not such a COPY, or no masking), `Err(Some(refusal))` to refuse it,
+    /// `Err(None)` to pause while the catalog is asked for its columns.
+    fn plan_copy(&mut self, sql: &str) -> Result<Option<CopyMask>, Option<Refusal>> {
+        let Some(masker) = &self.masker else { return Ok(None) };
+        let (format, describe) = match copyout::plan(sql) {
+            CopyPlan::NotCopyOut => return Ok(None),
+            CopyPlan::Refuse(why) => {
+                return Err(Some(Refusal {
+                    message: format!("Proctor refused this COPY: {why}"),
+                    hint: "this session's values are masked before they leave Proctor".to_string(),
+                }));
+            }
+            CopyPlan::Mask { format, describe } => (format, describe),
+        };
+        let header = format.header;
+        if !masker.has_column_rules() {
+            return Ok(Some(CopyMask { format, columns: None, header }));
+        }
+        match &mut self.describing {
+            Some(d) if d.sql == sql => match &d.columns {
+                Some(Ok(columns)) => Ok(Some(CopyMask { format, columns: Some(columns.clone()), header })),
+                Some(Err(why)) => Err(Some(Refusal {
+                    message: format!("Proctor refused this COPY: its columns could not be read for masking ({why})"),
+                    hint: "check the COPY's table or query; try again".to_string(),
+                })),
+                None => Err(None),
+            },
+            _ => {
+                self.describing = Some(Describing { sql: sql.to_string(), ask: Some(describe), columns: None });
+                Err(None)
+            }
         }
     }
 
@@ -359,24 +506,59 @@ impl Protocol {
                 self.statements.remove("");
                 self.portals.remove("");
                 let sql = Body::new(body).cstr().map(text).unwrap_or_default();
+                // Under masking, a COPY TO STDOUT is planned first (its
+                // columns asked of the catalog: nothing recorded yet).
+                let copy = match self.plan_copy(&sql) {
+                    Ok(copy) => copy,
+                    Err(Some(refusal)) => {
+                        let seq = Self::push(
+                            record,
+                            Statement {
+                                sql: self.recordable(sql),
+                                statement_name: None,
+                                portal: None,
+                                params: Vec::new(),
+                            }
+                            .into(),
+                        );
+                        let decision = PolicyDecision {
+                            outcome: proctor_schemas::PolicyOutcome::Block,
+                            grant_id: None,
+                            rule: Some("masking/copy".to_string()),
+                            review_id: None,
+                            ref_seq: None,
+                            message: Some(refusal.message.clone()),
+                        };
+                        Self::decided(seq, decision, record);
+                        self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                        return Frontend::Replace(refusal.query_frame());
+                    }
+                    Err(None) => return Frontend::Pause,
+                };
                 let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                if !matches!(gated, Some(Gated::Ask { .. })) {
+                    // The frame is consumed: its COPY plan stands.
+                    self.describing = None;
+                    self.copy_plan = copy;
+                }
                 let statement = |sql: String, record: &mut _| {
                     Self::push(record, Statement { sql, statement_name: None, portal: None, params: Vec::new() }.into())
                 };
                 match gated {
                     None => {
-                        let seq = statement(sql, record);
+                        let seq = statement(self.recordable(sql), record);
                         self.expected.push_back(Expect::Query { seq, started: Instant::now() });
                     }
                     Some(Gated::Ask { rule }) => {
-                        let seq = statement(sql.clone(), record);
+                        let shown = self.recordable(sql.clone());
+                        let seq = statement(shown.clone(), record);
                         if let Some(gate) = &mut self.gate {
-                            gate.asking(&sql, seq, rule);
+                            gate.asking(&sql, shown, seq, rule);
                         }
                         return Frontend::Pause;
                     }
                     Some(Gated::Decided { seq, decision, refusal }) => {
-                        let seq = seq.unwrap_or_else(|| statement(sql, record));
+                        let seq = seq.unwrap_or_else(|| statement(self.recordable(sql), record));
                         Self::decided(seq, decision, record);
                         self.expected.push_back(Expect::Query { seq, started: Instant::now() });
                         if let Some(refusal) = refusal {
@@ -388,10 +570,13 @@ impl Protocol {
             b'P' => match parse_message(body) {
                 Some((statement_name, sql, param_types)) => {
                     let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                    // What is recorded (and kept for the statement's Executes): masked.
+                    let shown: Arc<str> =
+                        if self.masker.is_some() { self.recordable(sql.to_string()).into() } else { sql.clone() };
                     let prepare = |record: &mut _| {
                         Self::push(
                             record,
-                            Prepare { statement_name: statement_name.clone(), sql: sql.to_string() }.into(),
+                            Prepare { statement_name: statement_name.clone(), sql: shown.to_string() }.into(),
                         )
                     };
                     let (mut decided, mut once) = (None, None);
@@ -400,7 +585,7 @@ impl Protocol {
                         Some(Gated::Ask { rule }) => {
                             let seq = prepare(record);
                             if let Some(gate) = &mut self.gate {
-                                gate.asking(&sql, seq, rule);
+                                gate.asking(&sql, shown.to_string(), seq, rule);
                             }
                             return Frontend::Pause;
                         }
@@ -419,7 +604,7 @@ impl Protocol {
                     // unnamed one (prepared again for each execution by most
                     // drivers) with its Execute, or with its error if it fails.
                     let seq = decided.or_else(|| (!statement_name.is_empty()).then(|| prepare(record)));
-                    let prepared = Prepared { sql, param_types, columns: Vec::new(), once };
+                    let prepared = Prepared { sql: shown, param_types, columns: Vec::new(), once };
                     self.expected.push_back(Expect::Parse {
                         seq,
                         time: Timestamp::now(),
@@ -572,7 +757,8 @@ impl Protocol {
                 continue;
             }
             let value = reader.take(len as usize)?;
-            params.push(Some(values::render(value, format_at(&formats, i), types.get(i).copied().unwrap_or(0))));
+            let rendered = values::render(value, format_at(&formats, i), types.get(i).copied().unwrap_or(0));
+            params.push(Some(self.recordable(rendered)));
         }
         let result_count = reader.i16()?.max(0) as usize;
         let result_formats = (0..result_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
@@ -621,6 +807,23 @@ impl Protocol {
                 duration_ns: self.started().map_or(0, |s| s.elapsed().as_nanos() as u64),
                 sample_rows: result.sample,
                 sample_truncated: result.sample_truncated,
+            }
+            .into(),
+        );
+        self.masking_applied(result.masked, record);
+    }
+
+    /// Records how many values each rule masked for the current statement.
+    fn masking_applied(&self, counts: Counts, record: &mut impl Record) {
+        if counts.is_empty() {
+            return;
+        }
+        record.push(
+            Direction::Gateway,
+            proctor_schemas::MaskingApplied {
+                masking_profile: self.masker.as_ref().map(|m| m.profile().name.clone()),
+                ref_seq: self.current_statement(),
+                masked: counts.into_iter().map(|(rule, count)| proctor_schemas::RuleCount { rule, count }).collect(),
             }
             .into(),
         );
@@ -675,16 +878,21 @@ impl Protocol {
         }
     }
 
-    /// A whole frame from the target; `false`: the client must not see it
-    /// (the end of a refusal sent in place of a Parse).
-    pub fn backend(&mut self, frame: &[u8], record: &mut impl Record) -> bool {
+    /// A whole frame from the target: forwarded, masked, or kept from the
+    /// client (the end of a refusal sent in place of a Parse).
+    pub fn backend(&mut self, frame: &[u8], record: &mut impl Record) -> Backend {
         let tag = frame[0];
         let body = &frame[5..];
         if matches!(tag, b'D' | b'C') && self.result.rows == 0 {
             self.adopt_columns();
         }
+        let mut masked = None;
         match tag {
             b'D' => {
+                if let Some(masker) = &self.masker {
+                    masked = mask::data_row(body, &self.result.columns, masker, &mut self.result.masked);
+                }
+                let body = masked.as_deref().map_or(body, |m| &m[5..]);
                 self.result.rows += 1;
                 self.result.bytes += body.len() as u64;
                 if self.result.sample.len() < self.limits.rows && !self.result.sample_truncated {
@@ -694,10 +902,25 @@ impl Protocol {
                 }
             }
             b'T' => {
-                let Some(columns) = row_description(body) else {
+                let Some(mut columns) = row_description(body) else {
                     Self::raw(tag, frame, Direction::TargetToClient, record);
-                    return true;
+                    return Backend::Forward;
                 };
+                if self.masker.as_ref().is_some_and(|m| m.has_table_rules()) {
+                    let unknown: Vec<u32> = columns
+                        .iter()
+                        .map(|c| c.table_oid)
+                        .filter(|o| *o != 0 && !self.tables.contains_key(o) && !self.asked_tables.contains(o))
+                        .collect();
+                    if !unknown.is_empty() {
+                        self.asked_tables.extend(&unknown);
+                        self.looking_up = Some(unknown);
+                        return Backend::Pause;
+                    }
+                }
+                for column in &mut columns {
+                    column.table = self.tables.get(&column.table_oid).cloned();
+                }
                 // A row description answering a Describe of a statement is
                 // kept with the statement; one answering a Describe of a
                 // portal, a query or an Execute describes the coming result.
@@ -720,7 +943,10 @@ impl Protocol {
                 self.pop_if(|e| matches!(e, Expect::Execute { .. }));
             }
             b'E' => {
-                let f = fields(body);
+                if let Some(masker) = &self.masker {
+                    masked = mask::fields(tag, body, masker, &mut Counts::new());
+                }
+                let f = fields(masked.as_deref().map_or(body, |m| &m[5..]));
                 if matches!(f.severity.as_deref(), Some("FATAL" | "PANIC")) {
                     self.target_fatal = true;
                 }
@@ -768,7 +994,7 @@ impl Protocol {
                 // gets its ReadyForQuery for its own Sync.
                 if let Some(Expect::Refused { .. }) = self.expected.front() {
                     self.expected.pop_front();
-                    return false;
+                    return Backend::Drop;
                 }
                 // Outside a transaction no named portal survives.
                 if body.first() == Some(&b'I') {
@@ -819,11 +1045,25 @@ impl Protocol {
                     self.copy_in = Some(copy);
                 } else {
                     self.copy_out = Some(copy);
+                    self.copy_mask = self.copy_plan.take();
                 }
             }
             b'd' => {
+                if let (Some(masker), Some(plan)) = (&self.masker, &mut self.copy_mask) {
+                    if plan.header {
+                        plan.header = false;
+                    } else if let Some(row) =
+                        copyout::row(body, &plan.format, plan.columns.as_deref(), masker, &mut self.result.masked)
+                    {
+                        let mut frame = Vec::with_capacity(row.len() + 5);
+                        frame.push(b'd');
+                        frame.extend_from_slice(&((row.len() + 4) as u32).to_be_bytes());
+                        frame.extend_from_slice(&row);
+                        masked = Some(frame);
+                    }
+                }
                 if let Some(copy) = &mut self.copy_out {
-                    copy.data(body);
+                    copy.data(masked.as_deref().map_or(body, |m| &m[5..]));
                 }
             }
             b'c' => {
@@ -832,14 +1072,20 @@ impl Protocol {
                 }
             }
             b'N' => {
-                let f = fields(body);
+                if let Some(masker) = &self.masker {
+                    masked = mask::fields(tag, body, masker, &mut Counts::new());
+                }
+                let f = fields(masked.as_deref().map_or(body, |m| &m[5..]));
                 record.push(
                     Direction::TargetToClient,
                     Notice { severity: f.severity, sqlstate: f.code, message: f.message, detail: f.detail }.into(),
                 );
             }
             b'A' => {
-                let mut reader = Body::new(body);
+                if let Some(masker) = &self.masker {
+                    masked = mask::notification(body, masker, &mut Counts::new());
+                }
+                let mut reader = Body::new(masked.as_deref().map_or(body, |m| &m[5..]));
                 let backend_pid = reader.i32().unwrap_or(0);
                 let channel = reader.cstr().map(text).unwrap_or_default();
                 let payload = reader.cstr().map(text).unwrap_or_default();
@@ -861,7 +1107,10 @@ impl Protocol {
                 Self::raw(tag, frame, Direction::TargetToClient, record);
             }
         }
-        true
+        match masked {
+            Some(frame) => Backend::Replace(frame),
+            None => Backend::Forward,
+        }
     }
 
     /// The start of a target frame too large to hold (a huge row, COPY data).
@@ -891,9 +1140,9 @@ impl Protocol {
     }
 
     /// Whether a large target frame of this type may be streamed through in
-    /// pieces (rows and COPY data).
-    pub fn backend_streamable(tag: u8) -> bool {
-        matches!(tag, b'D' | b'd')
+    /// pieces (rows and COPY data; not when masked: a value is masked whole).
+    pub fn backend_streamable(tag: u8, masking: bool) -> bool {
+        matches!(tag, b'D' | b'd') && !masking
     }
 }
 
@@ -1245,19 +1494,22 @@ mod tests {
         let mut events = RecordedEvents::default();
         let held = parse("s1", "truncate t");
         assert_eq!(p.frontend(&held, &mut events), Frontend::Pause, "the control plane is asked first");
-        let (_, request) = p.question().expect("a question");
+        let Some(Question::Hold(_, request)) = p.question() else { panic!("a question for the control plane") };
         assert_eq!(
             (request.sql.as_str(), request.rule.as_str(), request.grant_id.as_str()),
             ("truncate t", "ci/truncate", "g_1")
         );
         assert!(p.question().is_none(), "asked once");
-        p.answer(Ok(crate::control::HoldOutcome::Run { review_id: "r_1".into(), approved_by: "dan".into() }));
+        p.answer(Answer::Hold(Ok(crate::control::HoldOutcome::Run {
+            review_id: "r_1".into(),
+            approved_by: "dan".into(),
+        })));
         assert_eq!(p.frontend(&held, &mut events), Frontend::Forward, "read again: approved, it passes");
         assert_eq!(p.frontend(&bind("", "s1"), &mut events), Frontend::Forward);
         assert_eq!(p.frontend(&execute(""), &mut events), Frontend::Forward);
         assert_eq!(p.frontend(&frame(b'S', b""), &mut events), Frontend::Forward);
         for f in [frame(b'1', b""), frame(b'2', b""), frame(b'C', &cstr("TRUNCATE TABLE")), frame(b'Z', b"I")] {
-            assert!(p.backend(&f, &mut events));
+            assert_eq!(p.backend(&f, &mut events), Backend::Forward);
         }
         // Executing the prepared statement again is refused: approved once.
         assert_eq!(p.frontend(&bind("", "s1"), &mut events), Frontend::Forward);
@@ -1294,11 +1546,11 @@ mod tests {
 
         // The target: the first Parse's answer, the refusal's error and
         // ReadyForQuery (the client must not see that one), the Sync's.
-        assert!(p.backend(&frame(b'1', b""), &mut events));
-        assert!(p.backend(&error("42501", "Proctor blocked this statement"), &mut events));
-        assert!(!p.backend(&frame(b'Z', b"T"), &mut events), "the refusal's ReadyForQuery is dropped");
-        assert!(p.backend(&frame(b'Z', b"E"), &mut events), "the Sync's is the client's");
-        assert!(p.backend(&frame(b'Z', b"I"), &mut events), "and the next query's");
+        assert_eq!(p.backend(&frame(b'1', b""), &mut events), Backend::Forward);
+        assert_eq!(p.backend(&error("42501", "Proctor blocked this statement"), &mut events), Backend::Forward);
+        assert_eq!(p.backend(&frame(b'Z', b"T"), &mut events), Backend::Drop, "the refusal's ReadyForQuery is dropped");
+        assert_eq!(p.backend(&frame(b'Z', b"E"), &mut events), Backend::Forward, "the Sync's is the client's");
+        assert_eq!(p.backend(&frame(b'Z', b"I"), &mut events), Backend::Forward, "and the next query's");
         assert!(p.expected.is_empty(), "{:?}", p.expected);
         let bodies: Vec<&EventBody> = events.events.iter().map(|(_, b)| b).collect();
         let prepared = bodies.iter().position(|b| matches!(b, EventBody::Prepare(p) if p.statement_name == "s1"));

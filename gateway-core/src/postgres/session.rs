@@ -27,13 +27,13 @@ use super::cancel::{CancelNotice, CancelRegistry};
 use super::frame::{self, MAX_DECODED_FRAME, Peek};
 use super::gate::Gate;
 use super::messages::{self, PgError};
-use super::protocol::{Frontend, Protocol};
+use super::protocol::{Answer, Backend, Frontend, Protocol, Question};
 use super::startup::{self, Contact};
 use super::stream::Conn;
 use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
 use crate::auth::{AuthRequest, Authenticator, Identity};
-use crate::control::{HoldOutcome, Lease};
+use crate::control::Lease;
 use crate::recording::{Record, SessionRecorder};
 use crate::{EventSink, SinkError};
 
@@ -231,6 +231,20 @@ async fn serve<S: EventSink, A: Authenticator>(
         },
     };
 
+    // Masked by its grant's profile (or the default one), if any.
+    let profile = ctx.masking.chosen(identity.masking_profile.as_deref()).map(str::to_string);
+    let masker = match profile.as_deref().map(|p| ctx.masking.masker(p)) {
+        None => None,
+        Some(Ok(masker)) => masker,
+        Some(Err(why)) => {
+            let error = PgError::fatal("42501", format!("this session's {why}"))
+                .with_hint("ask the operator to configure the profile on every gateway, then connect again");
+            refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), EndReason::Policy).await;
+            return;
+        }
+    };
+    let identity = Identity { masking_profile: profile, ..identity };
+
     // Held to its grant: its end ends the session.
     let mut lease = ctx.auth.lease(&identity);
 
@@ -323,11 +337,13 @@ async fn serve<S: EventSink, A: Authenticator>(
         return;
     }
 
-    let mut protocol = Protocol::new(resource.limits).with_gate(gate);
+    let mut protocol = Protocol::new(resource.limits).with_gate(gate).with_masker(masker);
     for (name, value) in &parameters {
         protocol.parameter(name, value);
     }
-    let ending = relay(recorder, &mut client, &mut target, cancel_rx, shutdown, lease.as_mut(), protocol).await;
+    let outside = Outside { cancels: cancel_rx, shutdown, lease: lease.as_mut() };
+    let catalog = CatalogAccess { resource: ctx.resource.clone(), database: database.clone() };
+    let ending = relay(recorder, &mut client, &mut target, outside, protocol, catalog).await;
     drop(lease);
     drop(key);
     let message = ending.message.clone();
@@ -591,7 +607,7 @@ impl From<Frontend> for Act {
 fn scan(
     buf: &mut BytesMut,
     pass: &mut usize,
-    streamable: fn(u8) -> bool,
+    streamable: impl Fn(u8) -> bool,
     mut on: impl FnMut(Found<'_>) -> Act,
 ) -> Scan {
     let mut pos = 0;
@@ -799,33 +815,97 @@ async fn client_frames<S: EventSink>(
     commit(recorder, up, scanned, "request", EndReason::ClientError).await
 }
 
-/// The control plane's answer about a held statement, on its way.
-type Asking = Pin<Box<dyn Future<Output = Result<HoldOutcome, String>> + Send>>;
+/// Scans what the target sent, records it, and marks it ready to forward
+/// (masked where masking applies; or stops before a row description whose
+/// tables must be looked up: `down.paused`).
+async fn target_frames<S: EventSink>(
+    protocol: &mut Protocol,
+    recorder: &mut SessionRecorder<S>,
+    down: &mut Half,
+) -> Result<(), Ending> {
+    let masking = protocol.masking();
+    let streamable = |tag| Protocol::backend_streamable(tag, masking);
+    let scanned = scan(&mut down.buf, &mut down.pass, streamable, |found| match found {
+        Found::Frame(frame) => match protocol.backend(frame, recorder) {
+            Backend::Forward => Act::Pass,
+            Backend::Replace(frame) => Act::Replace(frame),
+            Backend::Drop => Act::Drop,
+            Backend::Pause => Act::Pause,
+        },
+        Found::Stream(tag, total) => {
+            protocol.backend_stream(tag, total);
+            Act::Pass
+        }
+    });
+    commit(recorder, down, scanned, "response", EndReason::TargetError).await
+}
 
-/// Asks the control plane about the statement the client frames stopped at.
-fn ask(protocol: &mut Protocol, up: &Half, asking: &mut Option<Asking>) {
+/// An answer from outside the session (the control plane, the catalog), on
+/// its way.
+type Asking = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// Where a session's questions about the target's catalog go.
+pub(super) struct CatalogAccess {
+    pub resource: Arc<PgResource>,
+    pub database: String,
+}
+
+impl CatalogAccess {
+    fn describe(&self, query: String) -> Asking {
+        let (resource, database) = (self.resource.clone(), self.database.clone());
+        Box::pin(async move { Answer::Described(resource.catalog.describe(&resource.target, &database, &query).await) })
+    }
+
+    fn tables(&self, oids: Vec<u32>) -> Asking {
+        let (resource, database) = (self.resource.clone(), self.database.clone());
+        Box::pin(async move { Answer::Tables(resource.catalog.table_names(&resource.target, &database, &oids).await) })
+    }
+}
+
+/// Asks outside the session about the statement the client frames stopped at.
+fn ask(protocol: &mut Protocol, up: &Half, asking: &mut Option<Asking>, catalog: &CatalogAccess) {
     if !up.paused || asking.is_some() {
         return;
     }
     *asking = Some(match protocol.question() {
-        Some((holds, request)) => Box::pin(async move { holds.hold(request).await }),
-        None => Box::pin(std::future::ready(Err("no control plane is configured".to_string()))),
+        Some(Question::Hold(holds, request)) => Box::pin(async move { Answer::Hold(holds.hold(request).await) }),
+        Some(Question::Describe(query)) => catalog.describe(query),
+        None => Box::pin(std::future::ready(Answer::Hold(Err("no control plane is configured".to_string())))),
     });
+}
+
+/// Looks up the tables of the row description the target frames stopped at.
+fn look_up(protocol: &mut Protocol, down: &Half, looking: &mut Option<Asking>, catalog: &CatalogAccess) {
+    if !down.paused || looking.is_some() {
+        return;
+    }
+    *looking = Some(match protocol.lookup() {
+        Some(oids) => catalog.tables(oids),
+        None => Box::pin(std::future::ready(Answer::Tables(Ok(Default::default())))),
+    });
+}
+
+/// What may end a session from outside, or ask it something.
+struct Outside<'a> {
+    cancels: mpsc::Receiver<CancelNotice>,
+    shutdown: watch::Receiver<bool>,
+    lease: Option<&'a mut Lease>,
 }
 
 async fn relay<S: EventSink>(
     recorder: &mut SessionRecorder<S>,
     client: &mut Conn,
     target: &mut Conn,
-    mut cancels: mpsc::Receiver<CancelNotice>,
-    mut shutdown: watch::Receiver<bool>,
-    lease: Option<&mut Lease>,
+    outside: Outside<'_>,
     mut protocol: Protocol,
+    catalog: CatalogAccess,
 ) -> Ending {
-    let mut asking: Option<Asking> = None;
-    // An answer came: the paused frame is read again once what went before
-    // it has been sent.
-    let mut rescan = false;
+    let Outside { mut cancels, mut shutdown, lease } = outside;
+    // Answers on their way about a paused client frame, and a paused
+    // target frame; once one came, the paused frame is read again as soon
+    // as what went before it has been sent.
+    let (mut asking, mut looking): (Option<Asking>, Option<Asking>) = (None, None);
+    let (mut rescan_up, mut rescan_down) = (false, false);
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut target_r, mut target_w) = tokio::io::split(target);
     let mut up = Half::new();
@@ -841,14 +921,25 @@ async fn relay<S: EventSink>(
                 return ending;
             }
         }
-        if rescan && up.done() {
-            rescan = false;
+        if rescan_up && up.done() {
+            rescan_up = false;
             if let Err(ending) = client_frames(&mut protocol, recorder, &mut up).await {
                 return ending;
             }
-            ask(&mut protocol, &up, &mut asking);
+            ask(&mut protocol, &up, &mut asking, &catalog);
             if let Some(Err(_)) = pump(&mut target_w, &mut up.out, &mut up.unflushed).now_or_never() {
                 return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+            }
+            continue;
+        }
+        if rescan_down && down.done() {
+            rescan_down = false;
+            if let Err(ending) = target_frames(&mut protocol, recorder, &mut down).await {
+                return ending;
+            }
+            look_up(&mut protocol, &down, &mut looking, &catalog);
+            if let Some(Err(_)) = pump(&mut client_w, &mut down.out, &mut down.unflushed).now_or_never() {
+                return Ending::new(EndReason::ClientClosed, None);
             }
             continue;
         }
@@ -863,7 +954,7 @@ async fn relay<S: EventSink>(
                 if let Err(ending) = client_frames(&mut protocol, recorder, &mut up).await {
                     return ending;
                 }
-                ask(&mut protocol, &up, &mut asking);
+                ask(&mut protocol, &up, &mut asking, &catalog);
                 // Forwards at once: the target is almost always ready, and
                 // this saves a round through the select for each message.
                 if let Some(Err(_)) = pump(&mut target_w, &mut up.out, &mut up.unflushed).now_or_never() {
@@ -873,7 +964,12 @@ async fn relay<S: EventSink>(
             answer = async { asking.as_mut().expect("guarded by is_some").await }, if asking.is_some() => {
                 asking = None;
                 protocol.answer(answer);
-                rescan = true;
+                rescan_up = true;
+            }
+            answer = async { looking.as_mut().expect("guarded by is_some").await }, if looking.is_some() => {
+                looking = None;
+                protocol.answer(answer);
+                rescan_down = true;
             }
             read = target_r.read_buf(&mut down.buf), if down.may_read() => {
                 match read {
@@ -889,16 +985,10 @@ async fn relay<S: EventSink>(
                     }
                     Ok(_) => {}
                 }
-                let scanned = scan(&mut down.buf, &mut down.pass, Protocol::backend_streamable, |found| match found {
-                    Found::Frame(frame) => if protocol.backend(frame, recorder) { Act::Pass } else { Act::Drop },
-                    Found::Stream(tag, total) => {
-                        protocol.backend_stream(tag, total);
-                        Act::Pass
-                    }
-                });
-                if let Err(ending) = commit(recorder, &mut down, scanned, "response", EndReason::TargetError).await {
+                if let Err(ending) = target_frames(&mut protocol, recorder, &mut down).await {
                     return ending;
                 }
+                look_up(&mut protocol, &down, &mut looking, &catalog);
                 if let Some(Err(_)) = pump(&mut client_w, &mut down.out, &mut down.unflushed).now_or_never() {
                     return Ending::new(EndReason::ClientClosed, None);
                 }

@@ -1,0 +1,188 @@
+//! The target's catalog, read on Proctor's own connections (one per
+//! database, opened on first use), never on a client's: a client's aborted
+//! transaction or pending result cannot break it. Masking asks it which
+//! tables result columns come from, and what a `COPY` will send.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::frame::{Body, text};
+use super::mask::ResultColumn;
+use super::messages::fields;
+use super::stream::Conn;
+use super::upstream::{self, Target};
+
+/// How long one catalog question may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Catalog connections and what they told, per database.
+#[derive(Default)]
+pub struct Catalog {
+    connections: tokio::sync::Mutex<HashMap<String, Conn>>,
+    /// Table names by (database, OID).
+    tables: std::sync::Mutex<HashMap<(String, u32), String>>,
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn cstr(text: &str) -> Vec<u8> {
+    let mut out = text.replace('\0', "").into_bytes();
+    out.push(0);
+    out
+}
+
+/// Sends `request` and reads the answer up to ReadyForQuery.
+async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
+    conn.write_all(request).await.map_err(|e| e.to_string())?;
+    conn.flush().await.map_err(|e| e.to_string())?;
+    let mut frames = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        conn.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !(4..=16 << 20).contains(&length) {
+            return Err(format!("a frame of length {length}"));
+        }
+        let mut body = vec![0u8; length - 4];
+        conn.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        if header[0] == b'Z' {
+            return Ok(frames);
+        }
+        frames.push((header[0], body));
+    }
+}
+
+/// The first error among `frames`, as text.
+fn error_in(frames: &[(u8, Vec<u8>)]) -> Option<String> {
+    frames.iter().find(|(tag, _)| *tag == b'E').map(|(_, body)| {
+        let f = fields(body);
+        format!("{} ({})", f.message, f.code.unwrap_or_default())
+    })
+}
+
+impl Catalog {
+    /// Runs `request` on the catalog connection to `database`, connecting
+    /// first if needed; a failed connection is dropped (the next question
+    /// reconnects).
+    async fn ask(&self, target: &Target, database: &str, request: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
+        let mut connections = self.connections.lock().await;
+        if !connections.contains_key(database) {
+            let params = [
+                ("database".to_string(), database.to_string()),
+                ("application_name".to_string(), "proctor catalog".to_string()),
+            ];
+            let upstream = tokio::time::timeout(TIMEOUT, upstream::connect(target, &params))
+                .await
+                .map_err(|_| "no answer in time".to_string())?
+                .map_err(|e| format!("{e:?}"))?;
+            connections.insert(database.to_string(), upstream.conn);
+        }
+        let conn = connections.get_mut(database).expect("inserted above");
+        match tokio::time::timeout(TIMEOUT, exchange(conn, request)).await {
+            Ok(Ok(frames)) => Ok(frames),
+            Ok(Err(e)) => {
+                connections.remove(database);
+                Err(e)
+            }
+            Err(_) => {
+                connections.remove(database);
+                Err("no answer in time".to_string())
+            }
+        }
+    }
+
+    /// The names of tables by OID (those the catalog knows; the rest are
+    /// not tables, or were dropped).
+    pub async fn table_names(
+        &self,
+        target: &Target,
+        database: &str,
+        oids: &[u32],
+    ) -> Result<HashMap<u32, String>, String> {
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+            for &oid in oids {
+                match cache.get(&(database.to_string(), oid)) {
+                    Some(name) => {
+                        known.insert(oid, name.clone());
+                    }
+                    None => missing.push(oid),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(known);
+        }
+        let list: Vec<String> = missing.iter().map(u32::to_string).collect();
+        let sql = format!("SELECT oid, relname FROM pg_catalog.pg_class WHERE oid IN ({})", list.join(","));
+        let frames = self.ask(target, database, &frame(b'Q', &cstr(&sql))).await?;
+        if let Some(error) = error_in(&frames) {
+            return Err(error);
+        }
+        let mut cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, body) in frames.iter().filter(|(tag, _)| *tag == b'D') {
+            let mut reader = Body::new(body);
+            let _count = reader.i16();
+            let mut value = || {
+                let len = reader.i32()?;
+                reader.take(usize::try_from(len).ok()?).map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            if let (Some(oid), Some(name)) = (value().and_then(|o| o.parse::<u32>().ok()), value()) {
+                cache.insert((database.to_string(), oid), name.clone());
+                known.insert(oid, name);
+            }
+        }
+        Ok(known)
+    }
+
+    /// The columns `query` returns (a SELECT; nothing is run), with their
+    /// tables named.
+    pub async fn describe(&self, target: &Target, database: &str, query: &str) -> Result<Vec<ResultColumn>, String> {
+        let mut request = BytesMut::new();
+        let mut parse = cstr("");
+        parse.extend(cstr(query));
+        parse.put_i16(0);
+        request.extend_from_slice(&frame(b'P', &parse));
+        request.extend_from_slice(&frame(b'D', b"S\0"));
+        request.extend_from_slice(&frame(b'S', b""));
+        let frames = self.ask(target, database, &request).await?;
+        if let Some(error) = error_in(&frames) {
+            return Err(error);
+        }
+        let Some((_, body)) = frames.iter().find(|(tag, _)| *tag == b'T') else { return Ok(Vec::new()) };
+        let mut reader = Body::new(body);
+        let count = reader.i16().unwrap_or(0).max(0) as usize;
+        let mut columns = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (Some(name), Some(table_oid)) = (reader.cstr().map(text), reader.i32()) else { break };
+            let (_attnum, type_oid, _size, _modifier, format) =
+                (reader.i16(), reader.i32(), reader.i16(), reader.i32(), reader.i16());
+            columns.push(ResultColumn {
+                name,
+                table_oid: table_oid as u32,
+                table: None,
+                type_oid: type_oid.unwrap_or(0) as u32,
+                format: format.unwrap_or(0),
+            });
+        }
+        let oids: Vec<u32> = columns.iter().map(|c| c.table_oid).filter(|&o| o != 0).collect();
+        if !oids.is_empty() {
+            let names = self.table_names(target, database, &oids).await?;
+            for column in &mut columns {
+                column.table = names.get(&column.table_oid).cloned();
+            }
+        }
+        Ok(columns)
+    }
+}

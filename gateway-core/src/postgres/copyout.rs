@@ -1,0 +1,294 @@
+//! `COPY ... TO STDOUT` under masking: what the COPY will send (its columns,
+//! asked of the catalog before it runs, since CopyOutResponse names none),
+//! how its rows are written (text or CSV, delimiter, NULL marker), and each
+//! row masked as rows of a result are. Binary COPY cannot be masked value
+//! by value, so it is refused before it runs.
+
+use pg_query::NodeEnum;
+
+use super::mask::ResultColumn;
+use crate::masking::{Column, Counts, Masker};
+
+/// How a COPY writes its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyFormat {
+    pub csv: bool,
+    pub delimiter: u8,
+    pub null: String,
+    pub quote: u8,
+    /// CSV with a header line first.
+    pub header: bool,
+}
+
+/// What to do about a statement before it runs, under masking.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyPlan {
+    /// Not a `COPY ... TO STDOUT`.
+    NotCopyOut,
+    /// Refused, and why.
+    Refuse(String),
+    /// Its rows are masked; `describe` is the query whose columns they are
+    /// (asked of the catalog when column rules need names).
+    Mask { format: CopyFormat, describe: String },
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn string_arg(node: Option<&pg_query::protobuf::Node>) -> Option<String> {
+    match node?.node.as_ref()? {
+        NodeEnum::String(s) => Some(s.sval.clone()),
+        NodeEnum::Boolean(b) => Some(b.boolval.to_string()),
+        NodeEnum::Integer(i) => Some(i.ival.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads `sql` (a whole query string) for a COPY TO STDOUT.
+pub fn plan(sql: &str) -> CopyPlan {
+    // Cheap first: most statements are not COPY.
+    if !sql.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy")) {
+        return CopyPlan::NotCopyOut;
+    }
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else { return CopyPlan::NotCopyOut };
+    let copies: Vec<&pg_query::protobuf::CopyStmt> = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .filter_map(|s| match s.stmt.as_ref()?.node.as_ref()? {
+            NodeEnum::CopyStmt(c) if !c.is_from && !c.is_program && c.filename.is_empty() => Some(&**c),
+            _ => None,
+        })
+        .collect();
+    let Some(copy) = copies.first() else { return CopyPlan::NotCopyOut };
+    if parsed.protobuf.stmts.len() > 1 {
+        return CopyPlan::Refuse(
+            "a COPY TO STDOUT among other statements cannot be masked; send it as a query of its own".into(),
+        );
+    }
+    let mut format = CopyFormat { csv: false, delimiter: b'\t', null: "\\N".into(), quote: b'"', header: false };
+    let mut delimiter_set = false;
+    let mut null_set = false;
+    for option in &copy.options {
+        let Some(NodeEnum::DefElem(d)) = option.node.as_ref() else { continue };
+        let value = string_arg(d.arg.as_deref());
+        match (d.defname.as_str(), value.as_deref()) {
+            ("format", Some("binary")) => {
+                return CopyPlan::Refuse(
+                    "binary COPY cannot be masked value by value, and this session's values are masked; use text or CSV format".into(),
+                );
+            }
+            ("format", Some("csv")) => format.csv = true,
+            ("delimiter", Some(d)) if d.len() == 1 => {
+                format.delimiter = d.as_bytes()[0];
+                delimiter_set = true;
+            }
+            ("null", Some(n)) => {
+                format.null = n.to_string();
+                null_set = true;
+            }
+            ("quote", Some(q)) if q.len() == 1 => format.quote = q.as_bytes()[0],
+            ("header", value) => format.header = !matches!(value, Some("false" | "0" | "off")),
+            _ => {}
+        }
+    }
+    if format.csv {
+        if !delimiter_set {
+            format.delimiter = b',';
+        }
+        if !null_set {
+            format.null = String::new();
+        }
+    }
+    let describe = if let Some(query) = &copy.query {
+        match query.node.as_ref().map(|n| n.deparse(pg_query::DeparseOptions::default())) {
+            Some(Ok(text)) => text,
+            _ => return CopyPlan::Refuse("the query of this COPY could not be read for masking".into()),
+        }
+    } else if let Some(relation) = &copy.relation {
+        let columns: Vec<String> =
+            copy.attlist.iter().filter_map(|a| string_arg(Some(a))).map(|c| quote_ident(&c)).collect();
+        let table = match relation.schemaname.as_str() {
+            "" => quote_ident(&relation.relname),
+            schema => format!("{}.{}", quote_ident(schema), quote_ident(&relation.relname)),
+        };
+        let list = if columns.is_empty() { "*".to_string() } else { columns.join(", ") };
+        format!("SELECT {list} FROM {table}")
+    } else {
+        return CopyPlan::NotCopyOut;
+    };
+    CopyPlan::Mask { format, describe }
+}
+
+/// Splits one row of COPY text or CSV into fields: (text, quoted).
+fn fields<'a>(line: &'a str, format: &CopyFormat) -> Vec<(std::borrow::Cow<'a, str>, bool)> {
+    let delimiter = format.delimiter as char;
+    if !format.csv {
+        return line.split(delimiter).map(|f| (std::borrow::Cow::Borrowed(f), false)).collect();
+    }
+    let quote = format.quote as char;
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        let mut field = String::new();
+        let mut quoted = false;
+        if chars.peek() == Some(&quote) {
+            quoted = true;
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == quote {
+                    if chars.peek() == Some(&quote) {
+                        chars.next();
+                        field.push(quote);
+                    } else {
+                        break;
+                    }
+                } else {
+                    field.push(c);
+                }
+            }
+        }
+        for c in chars.by_ref() {
+            if c == delimiter {
+                out.push((std::borrow::Cow::Owned(field), quoted));
+                field = String::new();
+                quoted = false;
+                break;
+            }
+            field.push(c);
+        }
+        if chars.peek().is_none() {
+            // The last field (or the one after a trailing delimiter).
+            if !out.is_empty() && line.ends_with(delimiter) && field.is_empty() && !quoted {
+                out.push((std::borrow::Cow::Owned(field), quoted));
+                return out;
+            }
+            out.push((std::borrow::Cow::Owned(field), quoted));
+            return out;
+        }
+    }
+}
+
+/// Text-like types (as for rows).
+fn text_like(oid: u32) -> bool {
+    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 705 | 142 | 0 | 3802)
+}
+
+/// One CopyData row masked: the new row's bytes, or `None` if nothing was
+/// masked. `columns` are the COPY's, when known (else detectors alone).
+pub fn row(
+    data: &[u8],
+    format: &CopyFormat,
+    columns: Option<&[ResultColumn]>,
+    masker: &Masker,
+    counts: &mut Counts,
+) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(data).ok()?;
+    let (line, newline) = match text.strip_suffix('\n') {
+        Some(line) => (line, "\n"),
+        None => (text, ""),
+    };
+    let (line, carriage) = match line.strip_suffix('\r') {
+        Some(line) => (line, "\r"),
+        None => (line, ""),
+    };
+    let parsed = fields(line, format);
+    let mut changed = false;
+    let mut out: Vec<String> = Vec::with_capacity(parsed.len());
+    for (i, (value, quoted)) in parsed.iter().enumerate() {
+        let is_null = !quoted && value.as_ref() == format.null;
+        let column = columns.and_then(|c| c.get(i));
+        let masked: Option<String> = if is_null {
+            None
+        } else if let Some((rule, action)) =
+            column.and_then(|c| masker.column_rule(&Column { name: &c.name, table: c.table.as_deref() }))
+        {
+            *counts.entry(rule.to_string()).or_default() += 1;
+            if column.is_some_and(|c| !text_like(c.type_oid)) {
+                Some(format.null.clone())
+            } else {
+                Some(masker.mask_whole(rule, action, value))
+            }
+        } else if column.is_none_or(|c| text_like(c.type_oid)) {
+            match masker.mask_text(value, counts) {
+                std::borrow::Cow::Owned(m) => Some(m),
+                std::borrow::Cow::Borrowed(_) => None,
+            }
+        } else {
+            None
+        };
+        changed |= masked.is_some();
+        let value = masked.unwrap_or_else(|| value.to_string());
+        let needs_quotes = format.csv
+            && (*quoted
+                || value.contains(format.delimiter as char)
+                || value.contains(format.quote as char)
+                || value.contains('\n')
+                || value.contains('\r'));
+        if needs_quotes && !(is_null) {
+            let q = format.quote as char;
+            out.push(format!("{q}{}{q}", value.replace(q, &format!("{q}{q}"))));
+        } else {
+            out.push(value);
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut row = out.join(&(format.delimiter as char).to_string());
+    row.push_str(carriage);
+    row.push_str(newline);
+    Some(row.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::{MaskingKey, Profile, ProfileConfig};
+
+    fn masker() -> Masker {
+        let config: ProfileConfig = toml::from_str(
+            r#"detectors = ["all"]
+[[columns]]
+match = "ssn""#,
+        )
+        .unwrap();
+        Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
+    }
+
+    #[test]
+    fn copies_to_stdout_are_planned_and_binary_ones_refused() {
+        assert_eq!(plan("select 1"), CopyPlan::NotCopyOut);
+        assert_eq!(plan("copy t from stdin"), CopyPlan::NotCopyOut);
+        let CopyPlan::Mask { format, describe } = plan("COPY public.customers (name, ssn) TO STDOUT") else { panic!() };
+        assert_eq!(describe, r#"SELECT "name", "ssn" FROM "public"."customers""#);
+        assert!(!format.csv);
+        let CopyPlan::Mask { format, describe } =
+            plan("copy (select * from customers where id > 3) to stdout with (format csv, header)")
+        else {
+            panic!()
+        };
+        assert!(format.csv && format.header && format.delimiter == b',');
+        assert!(describe.to_lowercase().starts_with("select * from customers"), "{describe}");
+        assert!(matches!(plan("copy customers to stdout (format binary)"), CopyPlan::Refuse(_)));
+        assert!(matches!(plan("copy customers to stdout binary"), CopyPlan::Refuse(_)));
+    }
+
+    #[test]
+    fn rows_of_text_and_csv_copies_are_masked_by_column_and_detector() {
+        let columns = vec![
+            ResultColumn { name: "id".into(), type_oid: 23, ..Default::default() },
+            ResultColumn { name: "email".into(), type_oid: 25, ..Default::default() },
+            ResultColumn { name: "ssn".into(), type_oid: 25, ..Default::default() },
+        ];
+        let text = CopyFormat { csv: false, delimiter: b'\t', null: "\\N".into(), quote: b'"', header: false };
+        let mut counts = Counts::new();
+        let out = row(b"7\tada@example.com\t123-45-6789\n", &text, Some(&columns), &masker(), &mut counts).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "7\t[email:masked]\t[column:ssn:masked]\n");
+        assert!(row(b"7\t\\N\t\\N\n", &text, Some(&columns), &masker(), &mut counts).is_none(), "NULLs stay");
+        let csv = CopyFormat { csv: true, delimiter: b',', null: String::new(), quote: b'"', header: false };
+        let out = row(b"7,\"Ada, <ada@example.com>\",\n", &csv, Some(&columns), &masker(), &mut counts).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "7,\"Ada, <[email:masked]>\",\n");
+    }
+}
