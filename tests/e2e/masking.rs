@@ -1,0 +1,270 @@
+//! Masking end to end: secrets planted in the target's data are read through
+//! the gateway with psql (rows, COPY in text and CSV, errors, literals) and
+//! with tokio-postgres (binary rows, bind parameters); the clients see them
+//! masked, and afterwards nothing under the data dir — WAL, segments
+//! decoded, index, manifests, control store — nor Proctor's log holds any of
+//! them raw, while the masked forms are there. A break-glass grant (profile
+//! `none`) sees the raw values, and that choice is recorded.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use proctor_recorder::reader::Reader;
+use proctor_schemas::{Event, EventBody};
+use proctor_tests::devcluster::{Cluster, Options, free_port};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stderr, stdout};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// Secrets planted in the target, none of which may reach the disk raw.
+const EMAIL: &str = "zq7x.lindqvist@example.org";
+const SSN: &str = "219-09-9999";
+const CARD: &str = "4111 1111 1111 1111";
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+const AWS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+const SALARY: &str = "918273";
+
+struct Setup {
+    cluster: Cluster,
+    proctor: Proctor,
+    api: String,
+}
+
+fn start() -> Setup {
+    let cluster = cluster(&Options::default());
+    let seed = format!(
+        "set role {APP_ROLE};
+         create table customers (id int primary key, name text, email text unique, ssn text, card text, salary int, note text);
+         insert into customers values
+           (1, 'Zelda Lindqvist', '{EMAIL}', '{SSN}', '{CARD}', {SALARY}, 'rotated: aws_secret_access_key = {AWS_SECRET} for {AWS_KEY_ID}'),
+           (2, 'Ada Lovelace', 'ada@example.com', '078-05-1120', '5555555555554444', 1000, 'no secrets here');"
+    );
+    cluster.psql(APP_ROLE, &seed).unwrap();
+    let api_port = free_port();
+    let extra = format!(
+        r#"database = "{APP_ROLE}"
+
+[identity.dev_issuer]
+
+[control]
+listen = "127.0.0.1:{api_port}"
+admin_group = "security"
+
+[masking.profiles.strict]
+detectors = ["all"]
+actions = {{ card = "last4" }}
+
+[[masking.profiles.strict.columns]]
+match = "customers.ssn"
+action = "token"
+
+[[masking.profiles.strict.columns]]
+match = "salary"
+
+[[policies]]
+name = "agents"
+groups = ["ci"]
+resources = ["test-db"]
+max_ttl = "1h"
+masking_profile = "strict"
+
+[[policies]]
+name = "break-glass"
+groups = ["sre"]
+resources = ["test-db"]
+max_ttl = "15m"
+masking_profile = "none"
+"#
+    );
+    // Result samples on: rows are recorded too, which is what must be masked.
+    let options = ProctorOptions { extra, sample_rows: 10, ..ProctorOptions::default() };
+    let proctor = Proctor::start(bin(), cluster.port, &options);
+    Setup { cluster, proctor, api: format!("http://127.0.0.1:{api_port}") }
+}
+
+/// A grant's libpq URL for a subject in `groups`.
+fn grant_url(setup: &Setup, sub: &str, groups: &str) -> String {
+    let data_dir = setup.proctor.data_dir.to_str().unwrap();
+    let token = stdout(&run_ok(bin(), &["token", "--data-dir", data_dir, "--sub", sub, "--groups", groups]));
+    let out = run(
+        bin(),
+        &[
+            "grant",
+            "request",
+            "--resource",
+            "test-db",
+            "--ttl",
+            "10m",
+            "--reason",
+            "read customers",
+            "--json",
+            "--api",
+            &setup.api,
+            "--token",
+            token.trim(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let grant: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    grant["credentials"]["url"].as_str().unwrap().to_string()
+}
+
+fn psql(cluster: &Cluster, url: &str, sql: &str) -> Output {
+    Command::new(cluster.bindir.join("psql")).args(["-X", "-At", "-d", url, "-c", sql]).output().unwrap()
+}
+
+fn all_output(output: &Output) -> String {
+    format!("{}{}", stdout(output), stderr(output))
+}
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn postgres_events(data_dir: &Path) -> Vec<Event> {
+    let reader = Reader::open(data_dir).unwrap();
+    reader.sessions().unwrap().into_iter().flat_map(|s| reader.session_events(s.session_id).unwrap()).collect()
+}
+
+#[test]
+fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
+    let mut setup = start();
+    let url = grant_url(&setup, "ci-report", "ci");
+    let mut client_output = String::new();
+
+    // psql: rows, a literal, an error, COPY in text and CSV, binary COPY refused.
+    let rows = psql(&setup.cluster, &url, "select * from customers order by id");
+    assert!(rows.status.success(), "{}", stderr(&rows));
+    let rows = stdout(&rows);
+    let first = rows.lines().next().unwrap();
+    assert!(first.starts_with("1|Zelda Lindqvist|[email:masked]|[column:customers.ssn:tok_"), "{first}");
+    assert!(
+        first.contains(
+            "|**** **** **** 1111||rotated: aws_secret_access_key = [aws_secret_key:masked] for [aws_access_key:masked]"
+        ),
+        "salary withheld as NULL: {first}"
+    );
+    client_output.push_str(&rows);
+    let literal = psql(&setup.cluster, &url, &format!("select '{EMAIL}' as e"));
+    assert_eq!(stdout(&literal).trim(), "[email:masked]");
+    client_output.push_str(&all_output(&literal));
+    let duplicate = psql(&setup.cluster, &url, &format!("insert into customers (id, email) values (3, '{EMAIL}')"));
+    let error = stderr(&duplicate);
+    assert!(error.contains("Key (email)=([email:masked]) already exists"), "{error}");
+    client_output.push_str(&error);
+    let copy = psql(&setup.cluster, &url, "copy customers (id, email, ssn, salary) to stdout");
+    let copied = stdout(&copy);
+    assert!(copied.starts_with("1\t[email:masked]\t[column:customers.ssn:tok_"), "{copied}");
+    assert!(copied.lines().next().unwrap().ends_with("\t\\N"), "an int under a rule is NULL in COPY too: {copied}");
+    client_output.push_str(&all_output(&copy));
+    let csv =
+        psql(&setup.cluster, &url, "copy (select email, note from customers) to stdout with (format csv, header)");
+    let csv_text = stdout(&csv);
+    assert!(csv_text.starts_with("email,note\n[email:masked],"), "{csv_text}");
+    client_output.push_str(&all_output(&csv));
+    let binary = psql(&setup.cluster, &url, "copy customers to stdout (format binary)");
+    assert!(stderr(&binary).contains("binary COPY cannot be masked"), "{}", stderr(&binary));
+
+    // tokio-postgres: binary rows and a bind parameter.
+    let plain = url.replace("sslmode=require", "sslmode=disable");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&plain, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let row =
+            client.query_one("select email, ssn, salary, card from customers where id = $1", &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "[email:masked]");
+        assert!(row.get::<_, String>(1).starts_with("[column:customers.ssn:tok_"));
+        assert_eq!(row.get::<_, Option<i32>>(2), None);
+        assert_eq!(row.get::<_, String>(3), "**** **** **** 1111");
+        let again = client.query_one("select ssn from customers where id = 1", &[]).await.unwrap();
+        assert_eq!(again.get::<_, String>(0), row.get::<_, String>(1), "tokens are deterministic");
+        let by_param = client.query_one("select count(*) from customers where email = $1", &[&EMAIL]).await.unwrap();
+        assert_eq!(by_param.get::<_, i64>(0), 1, "the target got the real parameter");
+    });
+
+    // Everything on disk, once sealed, and the log.
+    assert!(setup.proctor.stop().success());
+    let data_dir = setup.proctor.data_dir.clone();
+    let mut log = String::new();
+    while let Ok(line) = setup.proctor.log.try_recv() {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let events = postgres_events(&data_dir);
+    let decoded: String = events.iter().map(|e| format!("{:?}\n", e.body)).collect();
+    let secrets = [EMAIL, SSN, CARD, AWS_SECRET, AWS_KEY_ID, "4111111111111111"];
+    for secret in secrets {
+        assert!(!client_output.contains(secret), "the client saw {secret}");
+        assert!(!decoded.contains(secret), "a recorded event holds {secret}");
+        assert!(!log.contains(secret), "the log holds {secret}");
+        for (path, bytes) in files(&data_dir) {
+            assert!(!contains(&bytes, secret), "{} holds {secret}", path.display());
+        }
+    }
+    assert!(!decoded.contains(&format!("salary: {SALARY}")) && !decoded.contains(&format!("\"{SALARY}\"")));
+    // The rows are recorded (sampled), masked; and how many values each
+    // rule masked.
+    assert!(decoded.contains("Zelda Lindqvist"), "result samples are recorded");
+    assert!(decoded.contains("[email:masked]"), "masked values are recorded");
+    let files_scanned = files(&data_dir).len();
+    assert!(files_scanned > 5, "{files_scanned} files under the data dir");
+    let masked: Vec<(String, u64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::MaskingApplied(m) => {
+                Some(m.masked.iter().map(|r| (r.rule.clone(), r.count)).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for rule in ["email", "column:customers.ssn", "column:salary", "card", "aws_secret_key", "aws_access_key"] {
+        assert!(masked.iter().any(|(r, n)| r == rule && *n > 0), "{rule} missing from {masked:?}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.body, EventBody::SessionStart(s) if s.masking_profile.as_deref() == Some("strict"))),
+        "the profile is recorded with the session"
+    );
+    // The index: no hit for the secret's words.
+    let search = run(bin(), &["search", "zq7x", "--data-dir", data_dir.to_str().unwrap(), "--json"]);
+    assert!(search.status.success(), "{}", stderr(&search));
+    assert!(stdout(&search).trim().is_empty(), "the index finds the raw e-mail: {}", stdout(&search));
+}
+
+#[test]
+fn a_break_glass_grant_sees_raw_values_and_the_choice_is_recorded() {
+    let mut setup = start();
+    let url = grant_url(&setup, "oncall", "sre");
+    let out = psql(&setup.cluster, &url, "select email from customers where id = 1");
+    assert_eq!(stdout(&out).trim(), EMAIL, "{}", stderr(&out));
+    assert!(setup.proctor.stop().success());
+    let events = postgres_events(&setup.proctor.data_dir);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.body, EventBody::SessionStart(s) if s.masking_profile.as_deref() == Some("none"))),
+        "break-glass is on the record"
+    );
+}
