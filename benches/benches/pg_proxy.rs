@@ -10,6 +10,9 @@
 //!
 //! `cargo bench -p proctor-benches --bench pg_proxy [-- SECONDS [ROUNDS]]`
 //!
+//! Then masking off and on side by side: `pgbench -S` and a 1,000-row,
+//! 10-column select (`PG_PROXY_ONLY=masking` runs only that).
+//!
 //! `PG_PROXY_ONLY=8:simple,1:extended` runs only those loads (and skips the
 //! 10-million-row SELECT); `PG_PROXY_PROFILE=relay|proctor[:extended]` runs
 //! one proxy alone for a profiler and prints CPU per transaction by thread.
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 use proctor_benches::{BenchSink, median};
 use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, run_as_cluster_account};
 use proctor_gateway_core::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator};
+use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profiles};
 use proctor_gateway_core::postgres::classify::Class;
 use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, StatementPolicy, Target};
@@ -37,6 +41,34 @@ const PASSWORD: &str = "bench-password";
 const SECRET: &str = "bench-secret";
 /// Clients connecting as this user run under [`agent_rules`].
 const RULED: &str = "ruled";
+/// Clients connecting as this user have their values masked (every
+/// detector, and column rules), as the demo's agents do.
+const MASKED: &str = "masked";
+
+fn masking_profiles() -> Profiles {
+    let config: MaskingConfig = toml::from_str(
+        r#"[profiles.bench]
+detectors = ["all"]
+actions = { card = "last4" }
+[[profiles.bench.columns]]
+match = "*password*"
+[[profiles.bench.columns]]
+match = "ssn"
+action = "token""#,
+    )
+    .unwrap();
+    Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap()
+}
+
+/// A 1,000-row, 10-column table like a customer list: ids, names,
+/// addresses, phone numbers, timestamps, amounts, statuses, notes.
+const WIDE: &str = "create table wide as
+    select g as id, 'Customer ' || g as name, 'user' || g || '@example.com' as email,
+           '+1 415 555 ' || lpad((g % 10000)::text, 4, '0') as phone, (array['Berlin', 'Paris', 'Austin'])[1 + g % 3] as city,
+           now() - make_interval(hours => g) as created_at, (g * 7919 % 100000) / 100.0 as amount,
+           (array['paid', 'shipped', 'refunded'])[1 + g % 3] as status,
+           'left at the front desk, order ' || g as note, md5(g::text) as code
+    from generate_series(1, 1000) g";
 
 /// The demo's agent rules: every risky class held, so every statement is
 /// classified and decided.
@@ -57,6 +89,9 @@ impl Authenticator for WithRules {
         let mut identity = self.0.authenticate(request).await?;
         if request.user == RULED {
             identity.rules = Some("ci".to_string());
+        }
+        if request.user == MASKED {
+            identity.masking_profile = Some("bench".to_string());
         }
         Ok(identity)
     }
@@ -107,7 +142,11 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
         sink,
         auth,
         None,
-        Shared { policy: Arc::new(StatementPolicy::new([agent_rules()])), ..Shared::default() },
+        Shared {
+            policy: Arc::new(StatementPolicy::new([agent_rules()])),
+            masking: Arc::new(masking_profiles()),
+            ..Shared::default()
+        },
         stopped,
     ));
     Proctor { port, stop, recorder: Some(recorder), _dir: dir }
@@ -230,11 +269,12 @@ fn thread_cpu_of(tid: u32) -> f64 {
     process_cpu_of_path(&format!("/proc/self/task/{tid}/stat"))
 }
 
-/// One pgbench configuration.
+/// One pgbench configuration: `pgbench -S`, or `script` when given.
 struct Load<'a> {
     clients: usize,
     mode: &'a str,
     seconds: u64,
+    script: Option<&'a Path>,
 }
 
 fn pgbench(
@@ -244,7 +284,7 @@ fn pgbench(
     log_dir: &Path,
     proxy_pid: Option<u32>,
 ) -> Run {
-    let Load { clients, mode, seconds } = *load;
+    let Load { clients, mode, seconds, script } = *load;
     let cpu_before = proxy_pid.map(process_cpu_of);
     let prefix = log_dir.join(format!("log-{port}-{clients}-{mode}-{}", Instant::now().elapsed().as_nanos()));
     for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
@@ -252,9 +292,12 @@ fn pgbench(
     }
     let threads = clients.min(2).to_string();
     let output = Command::new(cluster.bindir.join("pgbench"))
+        .args(match script {
+            Some(script) => vec!["-f".to_string(), script.display().to_string()],
+            None => vec!["-S".to_string()],
+        })
         .args([
             "-n",
-            "-S",
             "-c",
             &clients.to_string(),
             "-j",
@@ -349,7 +392,7 @@ fn main() {
         let (port, user, password) =
             if only == "relay" { (relay, "app", PASSWORD) } else { (proctor.port, "bench", SECRET) };
         println!("profiling {only}: pid {}", std::process::id());
-        let load = Load { clients: 8, mode, seconds };
+        let load = Load { clients: 8, mode, seconds, script: None };
         let sink = proctor.recorder.as_ref().map(Recorder::sink);
         let counters = || sink.as_ref().map(Sink::stats).map_or((0, 0), |s| (s.events, s.wal_bytes));
         let (events_before, bytes_before) = counters();
@@ -398,7 +441,7 @@ fn main() {
             for i in 0..targets.len() {
                 let index = (i + round) % targets.len();
                 let (_, port, user, password, pid) = targets[index];
-                let load = Load { clients, mode, seconds };
+                let load = Load { clients, mode, seconds, script: None };
                 results[index].push(pgbench(&cluster, (port, user, password), &load, &logs, pid));
                 if port == proctor.port {
                     // Sealing what this run recorded is part of its cost.
@@ -439,6 +482,40 @@ fn main() {
             per_round(3, 2)
         );
         println!("  rules on vs off: {:.3}x (median), {}x per round", tps[4] / tps[3], per_round(4, 3));
+    }
+
+    // Masking off and on, side by side: pgbench -S, and a wide-row select.
+    if only.as_deref().is_none_or(|o| o.split(',').any(|l| l == "masking")) {
+        cluster.psql("app", &format!("set role app; {WIDE}")).unwrap();
+        let wide = work.path().join("wide.sql");
+        std::fs::write(&wide, "select * from wide;\n").unwrap();
+        let pair = [("masking off", "bench"), ("masking on", MASKED)];
+        println!("\nmasking, {seconds}s per run, {rounds} rounds alternating, 8 clients, extended protocol:");
+        for (label, script) in [("pgbench -S", None), ("wide select (1000 rows x 10 columns)", Some(wide.as_path()))] {
+            let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+            for round in 0..rounds {
+                for i in 0..2 {
+                    let index = (i + round) % 2;
+                    let load = Load { clients: 8, mode: "extended", seconds, script };
+                    runs[index].push(pgbench(&cluster, (proctor.port, pair[index].1, SECRET), &load, &logs, me));
+                    proctor.wait_for_sealer();
+                }
+            }
+            let tps: Vec<f64> = runs.iter().map(|r| median(r.iter().map(|r| r.tps).collect())).collect();
+            let cpu: Vec<f64> = runs.iter().map(|r| median(r.iter().map(|r| r.proxy_cpu_us).collect())).collect();
+            let mut ratios: Vec<f64> = runs[1].iter().zip(&runs[0]).map(|(on, off)| on.tps / off.tps).collect();
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "  {label:<38} off {:>8.1} tps ({:>6.1} µs CPU/tx)   on {:>8.1} tps ({:>6.1} µs CPU/tx)   on/off {:.3}x (per round {:.3}-{:.3})",
+                tps[0],
+                cpu[0],
+                tps[1],
+                cpu[1],
+                tps[1] / tps[0],
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
     }
 
     if only.is_some() {

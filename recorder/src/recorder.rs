@@ -323,12 +323,25 @@ fn take_lock(layout: &Layout) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(RecorderError::io("cannot open lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(RecorderError::Locked(layout.root().to_path_buf())),
-        Err(fs::TryLockError::Error(e)) => Err(RecorderError::io("cannot lock data dir", &path)(e)),
+    // A lock just released can still be held for a moment by a child process
+    // forked (by any thread) before it execs, which closes the descriptor:
+    // a short wait tells that apart from a running Proctor, which keeps it.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(RecorderError::Locked(layout.root().to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(RecorderError::io("cannot lock data dir", &path)(e)),
+        }
     }
 }
+
+/// How long opening a data dir waits for its lock before saying another
+/// Proctor holds it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Seals every WAL file an earlier run left, in order. Returns the number of
 /// the next WAL file and the sessions still open at the end of the last one.
