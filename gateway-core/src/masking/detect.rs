@@ -239,39 +239,100 @@ fn ruled_out(detector: Detector, before: &str) -> bool {
     detector == Detector::Email && before.ends_with("//")
 }
 
+/// The detectors whose pattern could match `value`, from one pass over its
+/// bytes and a few substring searches: most values (names, statuses, ids,
+/// timestamps, hashes) rule every detector out without running a pattern.
+fn candidates(value: &str) -> [bool; 12] {
+    let bytes = value.as_bytes();
+    let (mut digits, mut upper, mut run, mut longest_run) = (0usize, 0usize, 0usize, 0usize);
+    let (mut at, mut dash, mut plus, mut dot, mut colon, mut x, mut j, mut underscore) =
+        (false, false, false, false, false, false, false, false);
+    let mut previous_separator = false;
+    for &b in bytes {
+        match b {
+            b'0'..=b'9' => {
+                digits += 1;
+                run += 1;
+                longest_run = longest_run.max(run);
+                previous_separator = false;
+                continue;
+            }
+            b'A'..=b'Z' => {
+                upper += 1;
+                j |= b == b'J';
+            }
+            b'@' => at = true,
+            b'-' => dash = true,
+            b'+' => plus = true,
+            b'.' => dot = true,
+            b':' => colon = true,
+            b'x' => x = true,
+            b'_' => underscore = true,
+            _ => {}
+        }
+        // A digit run may go on across one space or dash (card groupings).
+        if matches!(b, b' ' | b'-') && !previous_separator && run > 0 {
+            previous_separator = true;
+        } else {
+            run = 0;
+            previous_separator = false;
+        }
+    }
+    // Substring searches only where the cheap signs allow a match.
+    let has = |needle: &str| memchr::memmem::find(bytes, needle.as_bytes()).is_some();
+    let long = bytes.len();
+    [
+        longest_run >= 13,
+        at && dot,
+        digits >= 10 || (plus && digits >= 8),
+        dash && digits >= 9,
+        upper >= 2 && digits >= 2 && long >= 15,
+        upper >= 4 && digits + upper >= 20 && (has("AKIA") || has("ASIA")),
+        long >= 46 && bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"secret")),
+        long >= 40 && underscore && (has("gh") || has("github_pat_")),
+        (x && has("xox")) || (colon && has("hooks.slack.com")),
+        j && dot && has("eyJ"),
+        dash && upper >= 10 && has("PRIVATE KEY-----"),
+        at && colon && has("://"),
+    ]
+}
+
 /// Every confirmed finding of `detectors` in `value`, in order. Where two
 /// overlap, the more specific detector claims the text; two that find the
 /// very same text (a token used as a URL's password) are both reported.
 pub fn find(value: &str, detectors: &[Detector]) -> Vec<Finding> {
     let mut found: Vec<Finding> = Vec::new();
+    let possible = candidates(value);
+    let mut claim = |detector: Detector, whole: regex::Match<'_>, secret: regex::Match<'_>| {
+        if !confirmed(detector, whole.as_str()) || ruled_out(detector, &value[..whole.start()]) {
+            return;
+        }
+        let range = secret.range();
+        if found.iter().any(|f| f.range.start < range.end && range.start < f.range.end && f.range != range) {
+            return;
+        }
+        found.push(Finding { detector, range });
+    };
     for detector in PRECEDENCE.into_iter().filter(|d| detectors.contains(d)) {
+        let index = Detector::ALL.iter().position(|d| *d == detector).unwrap_or(0);
+        if !possible[index] {
+            continue;
+        }
         let group = detector.secret_group();
-        for captures in detector.pattern().captures_iter(value) {
-            let (Some(whole), Some(secret)) = (captures.get(0), captures.get(group)) else { continue };
-            if !confirmed(detector, whole.as_str()) || ruled_out(detector, &value[..whole.start()]) {
-                continue;
+        if group == 0 {
+            for whole in detector.pattern().find_iter(value) {
+                claim(detector, whole, whole);
             }
-            let range = secret.range();
-            if found.iter().any(|f| f.range.start < range.end && range.start < f.range.end && f.range != range) {
-                continue;
+        } else {
+            for captures in detector.pattern().captures_iter(value) {
+                if let (Some(whole), Some(secret)) = (captures.get(0), captures.get(group)) {
+                    claim(detector, whole, secret);
+                }
             }
-            found.push(Finding { detector, range });
         }
     }
     found.sort_by_key(|f| f.range.start);
     found
-}
-
-/// Whether any byte of `value` could start a finding: values without a
-/// digit, `@`, `-`, `:` or one of the tokens' first letters cannot hold one,
-/// and most values are settled by this one pass.
-pub fn may_hold_secret(value: &str) -> bool {
-    value.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'@' | b'-' | b':' | b'+' | b'=' | b'"'))
-        || value.contains("AKIA")
-        || value.contains("ASIA")
-        || value.contains("gh")
-        || value.contains("xox")
-        || value.contains("eyJ")
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-pub use detect::{Detector, Finding, find, may_hold_secret};
+pub use detect::{Detector, Finding, find};
 
 use crate::GatewayError;
 
@@ -303,6 +303,16 @@ pub struct Column<'a> {
 /// Counts of masked values by rule (`card`, `column:customers.ssn`, ...).
 pub type Counts = BTreeMap<String, u64>;
 
+/// Counts one masked value (allocating the rule's name only the first time).
+pub fn count(counts: &mut Counts, rule: &str) {
+    match counts.get_mut(rule) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(rule.to_string(), 1);
+        }
+    }
+}
+
 /// The deployment's masking key, for tokens.
 #[derive(Clone)]
 pub struct MaskingKey(Vec<u8>);
@@ -374,6 +384,8 @@ impl std::fmt::Debug for MaskingKey {
 pub struct Masker {
     profile: Profile,
     key: MaskingKey,
+    /// The profile's detectors.
+    enabled: Vec<Detector>,
 }
 
 /// Replaces `value` by `action`; `rule` names it in the marker.
@@ -400,7 +412,8 @@ fn apply(action: Action, rule: &str, value: &str, key: &MaskingKey) -> String {
 
 impl Masker {
     pub fn new(profile: Profile, key: MaskingKey) -> Masker {
-        Masker { profile, key }
+        let enabled = profile.detectors.iter().map(|(d, _)| *d).collect();
+        Masker { profile, key, enabled }
     }
 
     pub fn profile(&self) -> &Profile {
@@ -420,12 +433,25 @@ impl Masker {
 
     /// The column rule for a column, if one applies (the strictest).
     pub fn column_rule(&self, column: &Column<'_>) -> Option<(&str, Action)> {
+        self.column_rule_index(column).map(|i| self.column_rule_at(i))
+    }
+
+    /// Which column rule applies to a column (the strictest), by index:
+    /// decided once per result, not once per value.
+    pub fn column_rule_index(&self, column: &Column<'_>) -> Option<usize> {
         self.profile
             .columns
             .iter()
-            .filter(|r| r.matches(column))
-            .max_by_key(|r| r.action)
-            .map(|r| (r.name.as_str(), r.action))
+            .enumerate()
+            .filter(|(_, r)| r.matches(column))
+            .max_by_key(|(_, r)| r.action)
+            .map(|(i, _)| i)
+    }
+
+    /// The rule [`Masker::column_rule_index`] chose: its name and action.
+    pub fn column_rule_at(&self, index: usize) -> (&str, Action) {
+        let rule = &self.profile.columns[index];
+        (rule.name.as_str(), rule.action)
     }
 
     /// Masks a whole value by a column rule.
@@ -437,19 +463,31 @@ impl Masker {
     /// each detector's findings are replaced. Counts what was masked.
     pub fn mask<'v>(&self, value: &'v str, column: Option<&Column<'_>>, counts: &mut Counts) -> Cow<'v, str> {
         if let Some((rule, action)) = column.and_then(|c| self.column_rule(c)) {
-            *counts.entry(rule.to_string()).or_default() += 1;
+            count(counts, rule);
             return Cow::Owned(apply(action, rule, value, &self.key));
         }
         self.mask_text(value, counts)
     }
 
+    /// Masks `value` of a column whose rule was decided beforehand
+    /// ([`Masker::column_rule_index`], once per result).
+    pub fn mask_planned<'v>(&self, value: &'v str, rule: Option<usize>, counts: &mut Counts) -> Cow<'v, str> {
+        match rule {
+            Some(index) => {
+                let (rule, action) = self.column_rule_at(index);
+                count(counts, rule);
+                Cow::Owned(apply(action, rule, value, &self.key))
+            }
+            None => self.mask_text(value, counts),
+        }
+    }
+
     /// Masks what the detectors find in free text (no column rules).
     pub fn mask_text<'v>(&self, value: &'v str, counts: &mut Counts) -> Cow<'v, str> {
-        if self.profile.detectors.is_empty() || !may_hold_secret(value) {
+        if self.enabled.is_empty() {
             return Cow::Borrowed(value);
         }
-        let detectors: Vec<Detector> = self.profile.detectors.iter().map(|(d, _)| *d).collect();
-        let findings = find(value, &detectors);
+        let findings = find(value, &self.enabled);
         if findings.is_empty() {
             return Cow::Borrowed(value);
         }
@@ -458,13 +496,13 @@ impl Masker {
         for f in findings {
             // The same text found by two detectors is masked once.
             if f.range.start < at {
-                *counts.entry(f.detector.as_str().to_string()).or_default() += 1;
+                count(counts, f.detector.as_str());
                 continue;
             }
             let action = self.profile.detectors.iter().find(|(d, _)| *d == f.detector).map_or(Action::Redact, |x| x.1);
             out.push_str(&value[at..f.range.start]);
             out.push_str(&apply(action, f.detector.as_str(), &value[f.range.clone()], &self.key));
-            *counts.entry(f.detector.as_str().to_string()).or_default() += 1;
+            count(counts, f.detector.as_str());
             at = f.range.end;
         }
         out.push_str(&value[at..]);

@@ -174,6 +174,7 @@ impl Catalog {
                 table: None,
                 type_oid: type_oid.unwrap_or(0) as u32,
                 format: format.unwrap_or(0),
+                rule: None,
             });
         }
         let oids: Vec<u32> = columns.iter().map(|c| c.table_oid).filter(|&o| o != 0).collect();

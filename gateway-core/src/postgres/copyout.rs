@@ -7,7 +7,7 @@
 use pg_query::NodeEnum;
 
 use super::mask::ResultColumn;
-use crate::masking::{Column, Counts, Masker};
+use crate::masking::{Counts, Masker, count};
 
 /// How a COPY writes its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,10 +201,8 @@ pub fn row(
         let column = columns.and_then(|c| c.get(i));
         let masked: Option<String> = if is_null {
             None
-        } else if let Some((rule, action)) =
-            column.and_then(|c| masker.column_rule(&Column { name: &c.name, table: c.table.as_deref() }))
-        {
-            *counts.entry(rule.to_string()).or_default() += 1;
+        } else if let Some((rule, action)) = column.and_then(|c| c.rule).map(|i| masker.column_rule_at(i)) {
+            count(counts, rule);
             if column.is_some_and(|c| !text_like(c.type_oid)) {
                 Some(format.null.clone())
             } else {
@@ -277,11 +275,12 @@ match = "ssn""#,
 
     #[test]
     fn rows_of_text_and_csv_copies_are_masked_by_column_and_detector() {
-        let columns = vec![
+        let mut columns = vec![
             ResultColumn { name: "id".into(), type_oid: 23, ..Default::default() },
             ResultColumn { name: "email".into(), type_oid: 25, ..Default::default() },
             ResultColumn { name: "ssn".into(), type_oid: 25, ..Default::default() },
         ];
+        super::super::mask::plan(&mut columns, &masker());
         let text = CopyFormat { csv: false, delimiter: b'\t', null: "\\N".into(), quote: b'"', header: false };
         let mut counts = Counts::new();
         let out = row(b"7\tada@example.com\t123-45-6789\n", &text, Some(&columns), &masker(), &mut counts).unwrap();

@@ -3,7 +3,7 @@
 //! Each function returns the masked frame only when something changed, so
 //! the common path forwards the target's bytes untouched.
 
-use crate::masking::{Column, Counts, Masker};
+use crate::masking::{Column, Counts, Masker, count};
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
 fn text_like(oid: u32) -> bool {
@@ -23,21 +23,30 @@ pub struct ResultColumn {
     pub table: Option<String>,
     pub type_oid: u32,
     pub format: i16,
+    /// The masking column rule that applies, by index (see
+    /// [`Masker::column_rule_index`]), decided once per result.
+    pub rule: Option<usize>,
+}
+
+/// Decides, once per result, which column rule applies to each column.
+pub fn plan(columns: &mut [ResultColumn], masker: &Masker) {
+    for column in columns {
+        column.rule = masker.column_rule_index(&Column { name: &column.name, table: column.table.as_deref() });
+    }
 }
 
 /// Masks one value of `column`; `None` when it stays as it is, `Some(None)`
 /// when it becomes NULL (a rule on a column whose type cannot hold the
 /// masked text).
 fn mask_value(value: &[u8], column: &ResultColumn, masker: &Masker, counts: &mut Counts) -> Option<Option<Vec<u8>>> {
-    let context = Column { name: &column.name, table: column.table.as_deref() };
     // jsonb in binary: a version byte, then the JSON text.
     let (prefix, text) = match (column.type_oid, column.format) {
         (JSONB, 1) => value.split_first().map_or((None, value), |(v, rest)| (Some(*v), rest)),
         _ => (None, value),
     };
     let textual = text_like(column.type_oid) || column.type_oid == JSONB;
-    if let Some((rule, action)) = masker.column_rule(&context) {
-        *counts.entry(rule.to_string()).or_default() += 1;
+    if let Some((rule, action)) = column.rule.map(|i| masker.column_rule_at(i)) {
+        count(counts, rule);
         if !textual || column.type_oid == JSONB {
             // A masked value is text: for other types, NULL says "withheld".
             return Some(None);
@@ -206,12 +215,12 @@ match = "salary""#,
     }
 
     fn column(name: &str, table: Option<&str>, type_oid: u32, format: i16) -> ResultColumn {
-        ResultColumn { name: name.into(), table_oid: 0, table: table.map(Into::into), type_oid, format }
+        ResultColumn { name: name.into(), table_oid: 0, table: table.map(Into::into), type_oid, format, rule: None }
     }
 
     #[test]
     fn rows_are_masked_by_column_rules_and_detectors_keeping_types() {
-        let columns = [
+        let mut columns = [
             column("id", Some("customers"), 23, 1),
             column("email", Some("customers"), 25, 0),
             column("ssn", Some("customers"), 25, 0),
@@ -225,8 +234,10 @@ match = "salary""#,
             Some(&90_000i32.to_be_bytes()),
             None,
         ]);
+        let masker = masker();
+        plan(&mut columns, &masker);
         let mut counts = Counts::new();
-        let frame = data_row(&body, &columns, &masker(), &mut counts).expect("masked");
+        let frame = data_row(&body, &columns, &masker, &mut counts).expect("masked");
         let expected = row(&[
             Some(&7i32.to_be_bytes()),
             Some(b"[email:masked]"),
@@ -238,7 +249,7 @@ match = "salary""#,
         assert_eq!(u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize, frame.len() - 1);
         assert_eq!(counts.len(), 3, "{counts:?}");
         let clean = row(&[Some(&7i32.to_be_bytes()), Some(b"ada"), None, None, None]);
-        assert!(data_row(&clean, &columns, &masker(), &mut counts).is_none(), "untouched rows are not rebuilt");
+        assert!(data_row(&clean, &columns, &masker, &mut counts).is_none(), "untouched rows are not rebuilt");
     }
 
     #[test]

@@ -258,7 +258,7 @@ fn row_description(body: &[u8]) -> Option<Vec<Column>> {
         let _size = reader.i16()?;
         let _modifier = reader.i32()?;
         let format = reader.i16()?;
-        columns.push(Column { name, table_oid, table: None, type_oid, format });
+        columns.push(Column { name, table_oid, table: None, type_oid, format, rule: None });
     }
     Some(columns)
 }
@@ -407,7 +407,11 @@ impl Protocol {
         }
         match &mut self.describing {
             Some(d) if d.sql == sql => match &d.columns {
-                Some(Ok(columns)) => Ok(Some(CopyMask { format, columns: Some(columns.clone()), header })),
+                Some(Ok(columns)) => {
+                    let mut columns = columns.clone();
+                    mask::plan(&mut columns, masker);
+                    Ok(Some(CopyMask { format, columns: Some(columns), header }))
+                }
                 Some(Err(why)) => Err(Some(Refusal {
                     message: format!("Proctor refused this COPY: its columns could not be read for masking ({why})"),
                     hint: "check the COPY's table or query; try again".to_string(),
@@ -920,6 +924,9 @@ impl Protocol {
                 }
                 for column in &mut columns {
                     column.table = self.tables.get(&column.table_oid).cloned();
+                }
+                if let Some(masker) = &self.masker {
+                    mask::plan(&mut columns, masker);
                 }
                 // A row description answering a Describe of a statement is
                 // kept with the statement; one answering a Describe of a
