@@ -245,8 +245,8 @@ fn ruled_out(detector: Detector, before: &str) -> bool {
 fn candidates(value: &str) -> [bool; 12] {
     let bytes = value.as_bytes();
     let (mut digits, mut upper, mut run, mut longest_run) = (0usize, 0usize, 0usize, 0usize);
-    let (mut at, mut dash, mut plus, mut dot, mut colon, mut x, mut j, mut underscore) =
-        (false, false, false, false, false, false, false, false);
+    let (mut at, mut dash, mut plus, mut dot, mut colon, mut x, mut j, mut underscore, mut paren) =
+        (false, false, false, false, false, false, false, false, false);
     let mut previous_separator = false;
     for &b in bytes {
         match b {
@@ -268,6 +268,7 @@ fn candidates(value: &str) -> [bool; 12] {
             b':' => colon = true,
             b'x' => x = true,
             b'_' => underscore = true,
+            b'(' => paren = true,
             _ => {}
         }
         // A digit run may go on across one space or dash (card groupings).
@@ -284,7 +285,7 @@ fn candidates(value: &str) -> [bool; 12] {
     [
         longest_run >= 13,
         at && dot,
-        digits >= 10 || (plus && digits >= 8),
+        (plus && digits >= 8) || (digits >= 10 && (dash || dot || paren)),
         dash && digits >= 9,
         upper >= 2 && digits >= 2 && long >= 15,
         upper >= 4 && digits + upper >= 20 && (has("AKIA") || has("ASIA")),
