@@ -229,6 +229,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
              Connect through Proctor as {AGENT}, with the credential of its one-hour grant {grant_id}\n\
              (every statement and result is recorded):\n\n  psql \"{postgres_url}\"\n\n\
              Try:  select * from customers limit 5;\n      select status, count(*) from orders group by 1;\n\n\
+             E-mail addresses and card numbers come back masked (profile {AGENT_MASKING}: every detector on),\n\
+             and are recorded masked: nothing raw reaches the recording or the index.\n\n\
              Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
              or through the replay API at {replay_url}, as the demo investigator:\n\n  export PROCTOR_SERVER={replay_url} PROCTOR_TOKEN={investigator_token}\n  proctor search 'customers kind:statement'\n\n\
              Grants come from the control API at {api_url}. As the agent (group ci, approved by policy):\n\n  proctor grant request --api {api_url} --token {agent_token} --resource {RESOURCE} --ttl 15m --reason 'try it'\n\n\

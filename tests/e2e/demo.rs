@@ -38,6 +38,14 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     assert_eq!(query(&postgres_url), "200");
     assert_eq!(query(&target_url), "200", "the target URL reaches the same data directly");
 
+    // The agent's first look at customers shows masking at work.
+    let first = Command::new(&psql)
+        .args(["-X", "-At", "-d", &postgres_url, "-c", "select * from customers order by id limit 1"])
+        .output()
+        .unwrap();
+    let row = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(row.contains("|[email:masked]|************4444|"), "{row}");
+
     // The demo's statements are searchable while it runs.
     let started = std::time::Instant::now();
     loop {

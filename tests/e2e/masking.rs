@@ -66,12 +66,16 @@ action = "token"
 [[masking.profiles.strict.columns]]
 match = "salary"
 
+[rules.ci]
+hold = ["ddl"]
+
 [[policies]]
 name = "agents"
 groups = ["ci"]
 resources = ["test-db"]
 max_ttl = "1h"
 masking_profile = "strict"
+rules = "ci"
 
 [[policies]]
 name = "break-glass"
@@ -183,6 +187,14 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     client_output.push_str(&all_output(&csv));
     let binary = psql(&setup.cluster, &url, "copy customers to stdout (format binary)");
     assert!(stderr(&binary).contains("binary COPY cannot be masked"), "{}", stderr(&binary));
+
+    // A held statement: reviewers read it masked (the control store keeps
+    // it masked), while the hash that lets it run once is of the real text.
+    let held = psql(&setup.cluster, &url, &format!("create table leak as select '{EMAIL}' as e"));
+    let held_error = stderr(&held);
+    assert!(held_error.contains("holding this statement for approval"), "{held_error}");
+    assert!(!held_error.contains(EMAIL), "{held_error}");
+    client_output.push_str(&held_error);
 
     // tokio-postgres: binary rows and a bind parameter.
     let plain = url.replace("sslmode=require", "sslmode=disable");
