@@ -244,58 +244,87 @@ fn ruled_out(detector: Detector, before: &str) -> bool {
 /// timestamps, hashes) rule every detector out without running a pattern.
 fn candidates(value: &str) -> [bool; 12] {
     let bytes = value.as_bytes();
-    let (mut digits, mut upper, mut run, mut longest_run) = (0usize, 0usize, 0usize, 0usize);
-    let (mut at, mut dash, mut plus, mut dot, mut colon, mut x, mut j, mut underscore, mut paren) =
-        (false, false, false, false, false, false, false, false, false);
-    let mut previous_separator = false;
+    // One branch-free pass: which signs occur, how many digits and capitals.
+    let (mut signs, mut digits, mut upper) = (0u16, 0usize, 0usize);
     for &b in bytes {
-        match b {
-            b'0'..=b'9' => {
-                digits += 1;
-                run += 1;
-                longest_run = longest_run.max(run);
-                previous_separator = false;
-                continue;
-            }
-            b'A'..=b'Z' => {
-                upper += 1;
-                j |= b == b'J';
-            }
-            b'@' => at = true,
-            b'-' => dash = true,
-            b'+' => plus = true,
-            b'.' => dot = true,
-            b':' => colon = true,
-            b'x' => x = true,
-            b'_' => underscore = true,
-            b'(' => paren = true,
-            _ => {}
-        }
-        // A digit run may go on across one space or dash (card groupings).
-        if matches!(b, b' ' | b'-') && !previous_separator && run > 0 {
+        let class = BYTE_CLASS[b as usize];
+        signs |= class;
+        digits += usize::from(class & DIGIT != 0);
+        upper += usize::from(class & UPPER != 0);
+    }
+    let sign = |s: u16| signs & s != 0;
+    // Substring searches only where the cheap signs allow a match.
+    let has = |needle: &str| memchr::memmem::find(bytes, needle.as_bytes()).is_some();
+    let long = bytes.len();
+    [
+        digits >= 13 && longest_digit_run(bytes) >= 13,
+        sign(AT) && sign(DOT),
+        (sign(PLUS) && digits >= 8) || (digits >= 10 && sign(DASH | DOT | PAREN)),
+        sign(DASH) && digits >= 9,
+        upper >= 2 && digits >= 2 && long >= 15,
+        upper >= 4 && digits + upper >= 20 && (has("AKIA") || has("ASIA")),
+        long >= 46 && bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"secret")),
+        long >= 40 && sign(UNDERSCORE) && (has("gh") || has("github_pat_")),
+        (sign(X) && has("xox")) || (sign(COLON) && has("hooks.slack.com")),
+        sign(CAPITAL_J) && sign(DOT) && has("eyJ"),
+        sign(DASH) && upper >= 10 && has("PRIVATE KEY-----"),
+        sign(AT) && sign(COLON) && has("://"),
+    ]
+}
+
+const DIGIT: u16 = 1;
+const UPPER: u16 = 1 << 1;
+const AT: u16 = 1 << 2;
+const DASH: u16 = 1 << 3;
+const PLUS: u16 = 1 << 4;
+const DOT: u16 = 1 << 5;
+const COLON: u16 = 1 << 6;
+const X: u16 = 1 << 7;
+const CAPITAL_J: u16 = 1 << 8;
+const UNDERSCORE: u16 = 1 << 9;
+const PAREN: u16 = 1 << 10;
+
+/// The signs each byte gives.
+static BYTE_CLASS: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'0'..=b'9' => DIGIT,
+            b'J' => UPPER | CAPITAL_J,
+            b'A'..=b'Z' => UPPER,
+            b'@' => AT,
+            b'-' => DASH,
+            b'+' => PLUS,
+            b'.' => DOT,
+            b':' => COLON,
+            b'x' => X,
+            b'_' => UNDERSCORE,
+            b'(' => PAREN,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The longest run of digits, allowing one space or dash between groups
+/// (card numbers are written grouped).
+fn longest_digit_run(bytes: &[u8]) -> usize {
+    let (mut run, mut longest, mut previous_separator) = (0usize, 0usize, false);
+    for &b in bytes {
+        if b.is_ascii_digit() {
+            run += 1;
+            longest = longest.max(run);
+            previous_separator = false;
+        } else if matches!(b, b' ' | b'-') && !previous_separator && run > 0 {
             previous_separator = true;
         } else {
             run = 0;
             previous_separator = false;
         }
     }
-    // Substring searches only where the cheap signs allow a match.
-    let has = |needle: &str| memchr::memmem::find(bytes, needle.as_bytes()).is_some();
-    let long = bytes.len();
-    [
-        longest_run >= 13,
-        at && dot,
-        (plus && digits >= 8) || (digits >= 10 && (dash || dot || paren)),
-        dash && digits >= 9,
-        upper >= 2 && digits >= 2 && long >= 15,
-        upper >= 4 && digits + upper >= 20 && (has("AKIA") || has("ASIA")),
-        long >= 46 && bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"secret")),
-        long >= 40 && underscore && (has("gh") || has("github_pat_")),
-        (x && has("xox")) || (colon && has("hooks.slack.com")),
-        j && dot && has("eyJ"),
-        dash && upper >= 10 && has("PRIVATE KEY-----"),
-        at && colon && has("://"),
-    ]
+    longest
 }
 
 /// Every confirmed finding of `detectors` in `value`, in order. Where two
