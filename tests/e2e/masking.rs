@@ -188,6 +188,16 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     let binary = psql(&setup.cluster, &url, "copy customers to stdout (format binary)");
     assert!(stderr(&binary).contains("binary COPY cannot be masked"), "{}", stderr(&binary));
 
+    // FunctionCall messages (libpq's large objects) are refused (here by the
+    // rules first; masking refuses them too).
+    let file = setup.proctor.data_dir.parent().unwrap().join("object.txt");
+    std::fs::write(&file, "contents").unwrap();
+    let lo = Command::new(setup.cluster.bindir.join("psql"))
+        .args(["-X", "-d", &url, "-c", &format!("\\lo_import {}", file.display())])
+        .output()
+        .unwrap();
+    assert!(stderr(&lo).contains("a FunctionCall message"), "{}", stderr(&lo));
+
     // A held statement: reviewers read it masked (the control store keeps
     // it masked), while the hash that lets it run once is of the real text.
     let held = psql(&setup.cluster, &url, &format!("create table leak as select '{EMAIL}' as e"));
@@ -199,7 +209,7 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     // tokio-postgres: binary rows and a bind parameter.
     let plain = url.replace("sslmode=require", "sslmode=disable");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
+    let extended_copy = runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(&plain, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         let row =
@@ -212,7 +222,15 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
         assert_eq!(again.get::<_, String>(0), row.get::<_, String>(1), "tokens are deterministic");
         let by_param = client.query_one("select count(*) from customers where email = $1", &[&EMAIL]).await.unwrap();
         assert_eq!(by_param.get::<_, i64>(0), 1, "the target got the real parameter");
+        // COPY through the extended protocol (Parse, Bind, Execute) is planned too.
+        use futures_util::TryStreamExt;
+        let stream = client.copy_out("copy customers (id, email, ssn) to stdout").await.unwrap();
+        let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+        let copied: String = chunks.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        assert!(copied.starts_with("1\t[email:masked]\t[column:customers.ssn:tok_"), "{copied}");
+        copied
     });
+    client_output.push_str(&extended_copy);
 
     // Everything on disk, once sealed, and the log.
     assert!(setup.proctor.stop().success());

@@ -86,6 +86,8 @@ struct Prepared {
     columns: Vec<Column>,
     /// Prepared under an approved review: it may be executed once.
     once: Option<Once>,
+    /// A COPY TO STDOUT under masking: how each Execute's rows are masked.
+    copy: Option<CopyMask>,
 }
 
 /// An approval to run a held statement once.
@@ -194,6 +196,7 @@ struct Describing {
 }
 
 /// How a COPY's rows are masked.
+#[derive(Clone, Debug)]
 struct CopyMask {
     format: CopyFormat,
     columns: Option<Vec<Column>>,
@@ -425,6 +428,18 @@ impl Protocol {
         }
     }
 
+    /// The decision recorded for a statement masking refuses.
+    fn masking_refusal(refusal: &Refusal) -> PolicyDecision {
+        PolicyDecision {
+            outcome: proctor_schemas::PolicyOutcome::Block,
+            grant_id: None,
+            rule: Some("masking/copy".to_string()),
+            review_id: None,
+            ref_seq: None,
+            message: Some(refusal.message.clone()),
+        }
+    }
+
     /// Records a decision about the statement recorded as `seq`.
     fn decided(seq: u64, mut decision: PolicyDecision, record: &mut impl Record) {
         decision.ref_seq = Some(seq);
@@ -525,15 +540,7 @@ impl Protocol {
                             }
                             .into(),
                         );
-                        let decision = PolicyDecision {
-                            outcome: proctor_schemas::PolicyOutcome::Block,
-                            grant_id: None,
-                            rule: Some("masking/copy".to_string()),
-                            review_id: None,
-                            ref_seq: None,
-                            message: Some(refusal.message.clone()),
-                        };
-                        Self::decided(seq, decision, record);
+                        Self::decided(seq, Self::masking_refusal(&refusal), record);
                         self.expected.push_back(Expect::Query { seq, started: Instant::now() });
                         return Frontend::Replace(refusal.query_frame());
                     }
@@ -573,7 +580,22 @@ impl Protocol {
             }
             b'P' => match parse_message(body) {
                 Some((statement_name, sql, param_types)) => {
+                    // A COPY TO STDOUT is planned under masking, in this
+                    // protocol too (asking the catalog first, or refused).
+                    let copy = match self.plan_copy(&sql) {
+                        Ok(copy) => copy,
+                        Err(Some(refusal)) => {
+                            let shown = self.recordable(sql.to_string());
+                            let seq = Self::push(record, Prepare { statement_name, sql: shown }.into());
+                            Self::decided(seq, Self::masking_refusal(&refusal), record);
+                            return self.refuse_in_batch(seq, &refusal);
+                        }
+                        Err(None) => return Frontend::Pause,
+                    };
                     let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                    if !matches!(gated, Some(Gated::Ask { .. })) {
+                        self.describing = None;
+                    }
                     // What is recorded (and kept for the statement's Executes): masked.
                     let shown: Arc<str> =
                         if self.masker.is_some() { self.recordable(sql.to_string()).into() } else { sql.clone() };
@@ -608,7 +630,7 @@ impl Protocol {
                     // unnamed one (prepared again for each execution by most
                     // drivers) with its Execute, or with its error if it fails.
                     let seq = decided.or_else(|| (!statement_name.is_empty()).then(|| prepare(record)));
-                    let prepared = Prepared { sql: shown, param_types, columns: Vec::new(), once };
+                    let prepared = Prepared { sql: shown, param_types, columns: Vec::new(), once, copy };
                     self.expected.push_back(Expect::Parse {
                         seq,
                         time: Timestamp::now(),
@@ -659,6 +681,12 @@ impl Protocol {
                     }
                     None => (String::new(), String::new(), Vec::new(), None),
                 };
+                // A COPY prepared under masking: its rows are masked as planned.
+                if let Some(copy) =
+                    self.portal(&portal_name).and_then(|p| self.statement(&p.statement)).and_then(|p| p.copy.clone())
+                {
+                    self.copy_plan = Some(copy);
+                }
                 // A statement approved to run once, run again: refused.
                 let rerun = self
                     .portal(&portal_name)
@@ -709,9 +737,20 @@ impl Protocol {
                 // FunctionCall is not modelled: recorded raw, answered like a query.
                 let seq = Self::raw(tag, frame, Direction::ClientToTarget, record);
                 self.expected.push_back(Expect::Query { seq, started: Instant::now() });
-                // A call by OID says nothing rules could read: refused under rules.
+                // A call by OID says nothing rules could read, and returns
+                // what masking cannot see into: refused under rules or masking.
                 if let Some(gate) = &self.gate {
                     let (decision, refusal) = gate.function_call();
+                    Self::decided(seq, decision, record);
+                    return Frontend::Replace(refusal.query_frame());
+                }
+                if self.masker.is_some() {
+                    let refusal = Refusal {
+                        message: "Proctor refused a FunctionCall message: its result cannot be masked, and this session's values are masked".to_string(),
+                        hint: "call the function in a query instead (SELECT f(...))".to_string(),
+                    };
+                    let mut decision = Self::masking_refusal(&refusal);
+                    decision.rule = Some("masking/function_call_message".to_string());
                     Self::decided(seq, decision, record);
                     return Frontend::Replace(refusal.query_frame());
                 }
@@ -1052,7 +1091,21 @@ impl Protocol {
                     self.copy_in = Some(copy);
                 } else {
                     self.copy_out = Some(copy);
-                    self.copy_mask = self.copy_plan.take();
+                    // Unplanned (no COPY was recognised): the detectors still
+                    // read every field, as text.
+                    self.copy_mask = self.copy_plan.take().or_else(|| {
+                        self.masker.as_ref().map(|_| CopyMask {
+                            format: CopyFormat {
+                                csv: false,
+                                delimiter: b'\t',
+                                null: "\\N".to_string(),
+                                quote: b'"',
+                                header: false,
+                            },
+                            columns: None,
+                            header: false,
+                        })
+                    });
                 }
             }
             b'd' => {
@@ -1531,6 +1584,29 @@ mod tests {
         assert_eq!(decisions[0].outcome, proctor_schemas::PolicyOutcome::Allow);
         assert_eq!(decisions[0].review_id.as_deref(), Some("r_1"));
         assert_eq!(decisions[1].outcome, proctor_schemas::PolicyOutcome::Block);
+    }
+
+    #[test]
+    fn masking_refuses_function_calls_and_masks_rows_and_recorded_statements() {
+        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+        let config: ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
+        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let mut p = Protocol::new(SampleLimits { rows: 10, bytes: 1 << 16 }).with_masker(Some(Arc::new(masker)));
+        let mut events = RecordedEvents::default();
+        assert!(matches!(p.frontend(&frame(b'F', &[0, 0, 0, 1]), &mut events), Frontend::Replace(_)));
+        p.backend(&error("42501", "refused"), &mut events);
+        p.backend(&frame(b'Z', b"I"), &mut events);
+        let sql = "select email from customers where email = 'ada@example.com'";
+        assert_eq!(p.frontend(&frame(b'Q', &cstr(sql)), &mut events), Frontend::Forward);
+        p.backend(&row_description(&[("email", 25)]), &mut events);
+        let Backend::Replace(row) = p.backend(&data_row(&[Some("ada@example.com")]), &mut events) else {
+            panic!("the row is masked")
+        };
+        assert!(String::from_utf8_lossy(&row).contains("[email:masked]"));
+        p.backend(&frame(b'C', &cstr("SELECT 1")), &mut events);
+        let recorded = format!("{:?}", events.events);
+        assert!(!recorded.contains("ada@example.com"), "{recorded}");
+        assert!(recorded.contains("MaskingApplied"), "{recorded}");
     }
 
     #[test]
