@@ -391,7 +391,13 @@ pub struct Masker {
 /// Replaces `value` by `action`; `rule` names it in the marker.
 fn apply(action: Action, rule: &str, value: &str, key: &MaskingKey) -> String {
     match action {
-        Action::Redact => format!("[{rule}:masked]"),
+        Action::Redact => {
+            let mut marker = String::with_capacity(rule.len() + 9);
+            marker.push('[');
+            marker.push_str(rule);
+            marker.push_str(":masked]");
+            marker
+        }
         Action::Token => key.token(rule, value),
         Action::Last4 => {
             let keep = value.chars().filter(|c| c.is_alphanumeric()).count().saturating_sub(4);
