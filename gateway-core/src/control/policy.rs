@@ -255,6 +255,33 @@ mod tests {
     }
 
     #[test]
+    fn a_requester_in_several_groups_gets_the_union_of_their_masking_profiles() {
+        let mut p = PolicyConfig {
+            name: "p".into(),
+            groups: vec!["ci".into(), "analysts".into(), "sre".into()],
+            resources: vec!["*".into()],
+            max_ttl: Duration::from_secs(60),
+            approval: None,
+            rules: None,
+            masking_profile: None,
+            masking_profiles: [
+                ("ci".to_string(), "strict".to_string()),
+                ("analysts".to_string(), "pii".to_string()),
+                ("sre".to_string(), "none".to_string()),
+            ]
+            .into(),
+        };
+        let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(Policies::masking_for(&p, &groups(&["analysts", "ci"])).as_deref(), Some("pii+strict"));
+        assert_eq!(Policies::masking_for(&p, &groups(&["ci", "sre"])).as_deref(), Some("strict"), "none adds nothing");
+        assert_eq!(Policies::masking_for(&p, &groups(&["sre"])).as_deref(), Some("none"));
+        assert_eq!(Policies::masking_for(&p, &groups(&["other"])), None);
+        p.masking_profile = Some("none".into());
+        p.masking_profiles.clear();
+        assert_eq!(Policies::masking_for(&p, &groups(&["ci"])).as_deref(), Some("none"), "policy-wide break-glass");
+    }
+
+    #[test]
     fn bad_policies_are_refused_with_the_reason() {
         let policy = |approval: Option<ApprovalConfig>, ttl: u64| PolicyConfig {
             name: "p".into(),
