@@ -342,7 +342,9 @@ pub fn find(value: &str, detectors: &[Detector]) -> Vec<Finding> {
             return;
         }
         let range = secret.range();
-        if found.iter().any(|f| f.range.start < range.end && range.start < f.range.end && f.range != range) {
+        if found.len() >= MAX_FINDINGS
+            || found.iter().any(|f| f.range.start < range.end && range.start < f.range.end && f.range != range)
+        {
             return;
         }
         found.push(Finding { detector, range });
@@ -361,9 +363,18 @@ pub fn find(value: &str, detectors: &[Detector]) -> Vec<Finding> {
             }
         }
     }
+    // A value crowded with findings (a hostile one, or a dump) is masked
+    // whole rather than searched without bound.
+    if found.len() >= MAX_FINDINGS {
+        let detector = found[0].detector;
+        return vec![Finding { detector, range: 0..value.len() }];
+    }
     found.sort_by_key(|f| f.range.start);
     found
 }
+
+/// Findings in one value beyond which it is masked whole.
+const MAX_FINDINGS: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -426,6 +426,11 @@ impl Masker {
         &self.profile
     }
 
+    /// Whether any detector reads values.
+    pub fn has_detectors(&self) -> bool {
+        !self.enabled.is_empty()
+    }
+
     /// Whether any rule masks by column.
     pub fn has_column_rules(&self) -> bool {
         !self.profile.columns.is_empty()

@@ -18,7 +18,7 @@ use super::upstream::{self, Target};
 /// How long one catalog question may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Catalog connections and what they told, per database.
+/// Idle catalog connections and what they told, per database.
 #[derive(Default)]
 pub struct Catalog {
     connections: tokio::sync::Mutex<HashMap<String, Conn>>,
@@ -74,29 +74,32 @@ impl Catalog {
     /// first if needed; a failed connection is dropped (the next question
     /// reconnects).
     async fn ask(&self, target: &Target, database: &str, request: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
-        let mut connections = self.connections.lock().await;
-        if !connections.contains_key(database) {
-            let params = [
-                ("database".to_string(), database.to_string()),
-                ("application_name".to_string(), "proctor catalog".to_string()),
-            ];
-            let upstream = tokio::time::timeout(TIMEOUT, upstream::connect(target, &params))
-                .await
-                .map_err(|_| "no answer in time".to_string())?
-                .map_err(|e| format!("{e:?}"))?;
-            connections.insert(database.to_string(), upstream.conn);
-        }
-        let conn = connections.get_mut(database).expect("inserted above");
-        match tokio::time::timeout(TIMEOUT, exchange(conn, request)).await {
-            Ok(Ok(frames)) => Ok(frames),
-            Ok(Err(e)) => {
-                connections.remove(database);
-                Err(e)
+        // The connection is taken out while in use and put back only after
+        // a whole exchange: a question abandoned midway (its session ended)
+        // leaves no unread answer for the next one. Others connect their own
+        // meanwhile instead of waiting.
+        let idle = self.connections.lock().await.remove(database);
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let params = [
+                    ("database".to_string(), database.to_string()),
+                    ("application_name".to_string(), "proctor catalog".to_string()),
+                ];
+                tokio::time::timeout(TIMEOUT, upstream::connect(target, &params))
+                    .await
+                    .map_err(|_| "no answer in time".to_string())?
+                    .map_err(|e| format!("{e:?}"))?
+                    .conn
             }
-            Err(_) => {
-                connections.remove(database);
-                Err("no answer in time".to_string())
+        };
+        match tokio::time::timeout(TIMEOUT, exchange(&mut conn, request)).await {
+            Ok(Ok(frames)) => {
+                self.connections.lock().await.entry(database.to_string()).or_insert(conn);
+                Ok(frames)
             }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("no answer in time".to_string()),
         }
     }
 

@@ -63,7 +63,10 @@ pub enum Class {
     /// `REVOKE`, `ALTER DEFAULT PRIVILEGES`, `REASSIGN OWNED`, `DROP OWNED`.
     RoleChange,
     /// Settings that change how later statements are parsed
-    /// (`standard_conforming_strings`, `backslash_quote`).
+    /// (`standard_conforming_strings`, `backslash_quote`, `client_encoding`,
+    /// `RESET ALL`, any `set_config`): always refused under rules, since a
+    /// statement pipelined after one would be read one way here and another
+    /// way by the server.
     ParserSettings,
     /// `VACUUM`, `ANALYZE`, `REINDEX`, `CLUSTER`, `CHECKPOINT`, `DISCARD`.
     Maintenance,
@@ -524,7 +527,13 @@ impl Walk {
                 "role" | "session_authorization" if field("kind").and_then(Value::as_i64) != Some(RESET) => {
                     self.classes.insert(Class::SetRole);
                 }
-                "standard_conforming_strings" | "backslash_quote" | "escape_string_warning" => {
+                // How later statements are read: their escapes, or the
+                // encoding their bytes are in.
+                "standard_conforming_strings" | "backslash_quote" | "escape_string_warning" | "client_encoding" => {
+                    self.classes.insert(Class::ParserSettings);
+                }
+                // RESET ALL puts every setting back, those too.
+                "" if field("kind").and_then(Value::as_i64) == Some(RESET_ALL) => {
                     self.classes.insert(Class::ParserSettings);
                 }
                 _ => {}
@@ -566,6 +575,10 @@ impl Walk {
                     _ => (Some(""), ""),
                 };
                 let name = name.to_ascii_lowercase();
+                // set_config can change how later statements are read.
+                if name == "set_config" {
+                    self.classes.insert(Class::ParserSettings);
+                }
                 if ADMIN_FUNCTIONS.contains(&name.as_str()) || name.starts_with("dblink") {
                     self.classes.insert(Class::AdminFunction);
                 } else if !matches!(schema, None | Some("pg_catalog")) || !SAFE_FUNCTIONS.contains(&name.as_str()) {
@@ -583,6 +596,8 @@ impl Walk {
 
 /// `VAR_RESET` in PostgreSQL's `VariableSetKind` (as pg_query numbers it).
 const RESET: i64 = 5;
+/// `VAR_RESET_ALL`.
+const RESET_ALL: i64 = 6;
 
 /// Whether a `DefElem` argument says false (`ANALYZE false`, `ANALYZE off`).
 fn is_false(arg: &Value) -> bool {

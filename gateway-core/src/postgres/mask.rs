@@ -35,10 +35,56 @@ pub fn plan(columns: &mut [ResultColumn], masker: &Masker) {
     }
 }
 
-/// Masks one value of `column`; `None` when it stays as it is, `Some(None)`
-/// when it becomes NULL (a rule on a column whose type cannot hold the
-/// masked text).
-fn mask_value(value: &[u8], column: &ResultColumn, masker: &Masker, counts: &mut Counts) -> Option<Option<Vec<u8>>> {
+/// Scalar types whose binary form holds no text: left as they are.
+fn opaque_scalar(oid: u32) -> bool {
+    // bool, int8, int2, int4, oid, float4, float8, money, numeric, date,
+    // time, timestamp, timestamptz, interval, timetz, uuid, inet, cidr,
+    // macaddr, macaddr8.
+    matches!(
+        oid,
+        16 | 20
+            | 21
+            | 23
+            | 26
+            | 700
+            | 701
+            | 790
+            | 1700
+            | 1082
+            | 1083
+            | 1114
+            | 1184
+            | 1186
+            | 1266
+            | 2950
+            | 869
+            | 650
+            | 829
+            | 774
+    )
+}
+
+/// Masks one value; `None` when it stays as it is, `Some(None)` when it
+/// becomes NULL (withheld: a rule on a column whose type cannot hold the
+/// masked text, a secret inside a value of another type, or a value
+/// masking cannot read). `column` is `None` when no row description told
+/// what the value is.
+fn mask_value(
+    value: &[u8],
+    column: Option<&ResultColumn>,
+    masker: &Masker,
+    counts: &mut Counts,
+) -> Option<Option<Vec<u8>>> {
+    let Some(column) = column else {
+        // Unknown column: a column rule could apply to it, so it is withheld;
+        // without column rules the detectors read it, and a hit withholds it.
+        if masker.has_column_rules() {
+            count(counts, "column:unknown");
+            return Some(None);
+        }
+        let text = std::str::from_utf8(value).ok()?;
+        return matches!(masker.mask_text(text, counts), std::borrow::Cow::Owned(_)).then_some(None);
+    };
     // jsonb in binary: a version byte, then the JSON text.
     let (prefix, text) = match (column.type_oid, column.format) {
         (JSONB, 1) => value.split_first().map_or((None, value), |(v, rest)| (Some(*v), rest)),
@@ -54,10 +100,29 @@ fn mask_value(value: &[u8], column: &ResultColumn, masker: &Masker, counts: &mut
         let original = String::from_utf8_lossy(text);
         return Some(Some(masker.mask_whole(rule, action, &original).into_bytes()));
     }
-    if !textual {
+    if !masker.has_detectors() {
         return None;
     }
-    let original = std::str::from_utf8(text).ok()?;
+    if !textual {
+        if column.format == 1 {
+            // Arrays, composites, bytea and other binary forms may carry
+            // text masking cannot read in place: withheld.
+            if opaque_scalar(column.type_oid) {
+                return None;
+            }
+            count(counts, "binary:unread");
+            return Some(None);
+        }
+        // Text form of another type (an array, a composite, a number): a
+        // secret in it withholds the whole value, whose type could not hold
+        // a marker.
+        let text = std::str::from_utf8(text).ok()?;
+        return matches!(masker.mask_text(text, counts), std::borrow::Cow::Owned(_)).then_some(None);
+    }
+    let Ok(original) = std::str::from_utf8(text) else {
+        count(counts, "text:unreadable");
+        return Some(None);
+    };
     let masked = masker.mask_text(original, counts);
     if let std::borrow::Cow::Borrowed(_) = masked {
         return None;
@@ -85,12 +150,10 @@ pub fn data_row(body: &[u8], columns: &[ResultColumn], masker: &Masker, counts: 
             at = end;
         }
     }
-    let fallback = ResultColumn::default();
     let mut changed: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
     for (i, value) in values.iter().enumerate() {
         let Some(value) = value else { continue };
-        let column = columns.get(i).unwrap_or(&fallback);
-        if let Some(masked) = mask_value(value, column, masker, counts) {
+        if let Some(masked) = mask_value(value, columns.get(i), masker, counts) {
             changed.push((i, masked));
         }
     }

@@ -85,7 +85,7 @@ struct Prepared {
     /// From a Describe of the statement (format codes there are always 0).
     columns: Vec<Column>,
     /// Prepared under an approved review: it may be executed once.
-    once: Option<Once>,
+    once: Option<Arc<Once>>,
     /// A COPY TO STDOUT under masking: how each Execute's rows are masked.
     copy: Option<CopyMask>,
 }
@@ -94,7 +94,7 @@ struct Prepared {
 #[derive(Debug)]
 struct Once {
     review_id: String,
-    ran: std::cell::Cell<bool>,
+    ran: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -103,6 +103,9 @@ struct Portal {
     sql: Arc<str>,
     params: Vec<Option<String>>,
     result_formats: Vec<i16>,
+    /// Bound from a statement approved to run once: the approval travels
+    /// with the portal (closing the statement does not end it).
+    once: Option<Arc<Once>>,
 }
 
 use super::mask::ResultColumn as Column;
@@ -230,11 +233,14 @@ pub struct Protocol {
     target_fatal: bool,
     /// Statement rules, when the session runs under some.
     gate: Option<Gate>,
-    /// A Parse was refused: the client's messages are dropped up to Sync, as
-    /// the target skips them after an error.
+    /// The target skips the client's messages up to a Sync not sent yet (a
+    /// Parse was refused, or an extended-protocol message failed): they are
+    /// dropped here too.
     skipping: bool,
     /// What the session's values are masked with, if anything.
     masker: Option<Arc<Masker>>,
+    /// Whether the session's client_encoding is UTF-8.
+    client_utf8: bool,
     /// Table names by OID, from the catalog (for `table.column` rules).
     tables: HashMap<u32, String>,
     /// OIDs already asked of the catalog.
@@ -306,6 +312,7 @@ impl Protocol {
             gate: None,
             skipping: false,
             masker: None,
+            client_utf8: true,
             tables: HashMap::new(),
             asked_tables: Default::default(),
             looking_up: None,
@@ -346,9 +353,23 @@ impl Protocol {
 
     /// A session setting the target reported at start-up.
     pub fn parameter(&mut self, name: &str, value: &str) {
+        if name == "client_encoding" {
+            self.client_utf8 = matches!(value.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE");
+        }
         if let Some(gate) = &mut self.gate {
             gate.parameter(name, value);
         }
+    }
+
+    /// Under rules or masking, statements are read as UTF-8: in another
+    /// client encoding a byte the server reads as part of a character could
+    /// be read here as a quote or a backslash, and values could not be
+    /// scanned. Such a session's statements are refused.
+    fn encoding_refusal(&self) -> Option<Refusal> {
+        ((self.gate.is_some() || self.masker.is_some()) && !self.client_utf8).then(|| Refusal {
+            message: "Proctor refused this statement: statement rules and masking read statements and values as UTF-8, and this session's client_encoding is not UTF8".to_string(),
+            hint: "connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8)".to_string(),
+        })
     }
 
     /// What to ask the control plane about the statement the last
@@ -428,12 +449,24 @@ impl Protocol {
         }
     }
 
+    /// A decision as it may be recorded: its message masked (a parser's
+    /// error can quote the statement).
+    fn shown(&self, mut decision: PolicyDecision) -> PolicyDecision {
+        decision.message = decision.message.map(|m| self.recordable(m));
+        decision
+    }
+
     /// The decision recorded for a statement masking refuses.
     fn masking_refusal(refusal: &Refusal) -> PolicyDecision {
+        Self::refused_for("masking/copy", refusal)
+    }
+
+    /// The decision recorded for a statement refused by `rule`.
+    fn refused_for(rule: &str, refusal: &Refusal) -> PolicyDecision {
         PolicyDecision {
             outcome: proctor_schemas::PolicyOutcome::Block,
             grant_id: None,
-            rule: Some("masking/copy".to_string()),
+            rule: Some(rule.to_string()),
             review_id: None,
             ref_seq: None,
             message: Some(refusal.message.clone()),
@@ -525,6 +558,16 @@ impl Protocol {
                 self.statements.remove("");
                 self.portals.remove("");
                 let sql = Body::new(body).cstr().map(text).unwrap_or_default();
+                if let Some(refusal) = self.encoding_refusal() {
+                    let shown = self.recordable(sql);
+                    let seq = Self::push(
+                        record,
+                        Statement { sql: shown, statement_name: None, portal: None, params: Vec::new() }.into(),
+                    );
+                    Self::decided(seq, Self::refused_for("encoding", &refusal), record);
+                    self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                    return Frontend::Replace(refusal.query_frame());
+                }
                 // Under masking, a COPY TO STDOUT is planned first (its
                 // columns asked of the catalog: nothing recorded yet).
                 let copy = match self.plan_copy(&sql) {
@@ -570,7 +613,7 @@ impl Protocol {
                     }
                     Some(Gated::Decided { seq, decision, refusal }) => {
                         let seq = seq.unwrap_or_else(|| statement(self.recordable(sql), record));
-                        Self::decided(seq, decision, record);
+                        Self::decided(seq, self.shown(decision), record);
                         self.expected.push_back(Expect::Query { seq, started: Instant::now() });
                         if let Some(refusal) = refusal {
                             return Frontend::Replace(refusal.query_frame());
@@ -580,6 +623,12 @@ impl Protocol {
             }
             b'P' => match parse_message(body) {
                 Some((statement_name, sql, param_types)) => {
+                    if let Some(refusal) = self.encoding_refusal() {
+                        let shown = self.recordable(sql.to_string());
+                        let seq = Self::push(record, Prepare { statement_name, sql: shown }.into());
+                        Self::decided(seq, Self::refused_for("encoding", &refusal), record);
+                        return self.refuse_in_batch(seq, &refusal);
+                    }
                     // A COPY TO STDOUT is planned under masking, in this
                     // protocol too (asking the catalog first, or refused).
                     let copy = match self.plan_copy(&sql) {
@@ -618,12 +667,12 @@ impl Protocol {
                         Some(Gated::Decided { seq, decision, refusal }) => {
                             let seq = seq.unwrap_or_else(|| prepare(record));
                             let review_id = decision.review_id.clone();
-                            Self::decided(seq, decision, record);
+                            Self::decided(seq, self.shown(decision), record);
                             if let Some(refusal) = refusal {
                                 return self.refuse_in_batch(seq, &refusal);
                             }
                             decided = Some(seq);
-                            once = review_id.map(|review_id| Once { review_id, ran: Default::default() });
+                            once = review_id.map(|review_id| Arc::new(Once { review_id, ran: Default::default() }));
                         }
                     }
                     // A named statement is recorded when prepared; the
@@ -688,11 +737,9 @@ impl Protocol {
                     self.copy_plan = Some(copy);
                 }
                 // A statement approved to run once, run again: refused.
-                let rerun = self
-                    .portal(&portal_name)
-                    .and_then(|p| self.statement(&p.statement))
-                    .and_then(|p| p.once.as_ref())
-                    .and_then(|once| once.ran.replace(true).then(|| once.review_id.clone()));
+                let rerun = self.portal(&portal_name).and_then(|p| p.once.as_ref()).and_then(|once| {
+                    once.ran.swap(true, std::sync::atomic::Ordering::Relaxed).then(|| once.review_id.clone())
+                });
                 let seq = record.push(
                     Direction::ClientToTarget,
                     Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name), params }.into(),
@@ -787,9 +834,9 @@ impl Protocol {
         let statement = text(reader.cstr()?);
         let format_count = reader.i16()?.max(0) as usize;
         let formats = (0..format_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
-        let (sql, types): (Arc<str>, &[u32]) = match self.statement(&statement) {
-            Some(prepared) => (prepared.sql.clone(), &prepared.param_types),
-            None => (Arc::from(""), &[]),
+        let (sql, types, once): (Arc<str>, &[u32], _) = match self.statement(&statement) {
+            Some(prepared) => (prepared.sql.clone(), &prepared.param_types, prepared.once.clone()),
+            None => (Arc::from(""), &[], None),
         };
         let count = reader.i16()?.max(0) as usize;
         let mut params = Vec::with_capacity(count);
@@ -805,7 +852,7 @@ impl Protocol {
         }
         let result_count = reader.i16()?.max(0) as usize;
         let result_formats = (0..result_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
-        Some((portal, Portal { statement, sql, params, result_formats }))
+        Some((portal, Portal { statement, sql, params, result_formats, once }))
     }
 
     /// The start of a client frame too large to hold (COPY data).
@@ -1032,6 +1079,13 @@ impl Protocol {
                             break;
                         }
                         self.expected.pop_front();
+                    }
+                    // The Sync it skips to is not sent yet: what the client
+                    // sends until then is skipped by the server, so it is
+                    // dropped here (a refusal in its place would be skipped
+                    // too, and its answer never come).
+                    if self.expected.is_empty() {
+                        self.skipping = true;
                     }
                 }
             }
@@ -1607,6 +1661,93 @@ mod tests {
         let recorded = format!("{:?}", events.events);
         assert!(!recorded.contains("ada@example.com"), "{recorded}");
         assert!(recorded.contains("MaskingApplied"), "{recorded}");
+    }
+
+    #[test]
+    fn after_an_extended_error_with_no_sync_yet_the_client_is_skipped_like_the_server_does() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        assert_eq!(p.frontend(&parse("", "select 1"), &mut events), Frontend::Forward);
+        assert_eq!(p.frontend(&frame(b'H', b""), &mut events), Frontend::Forward);
+        p.backend(&error("42601", "syntax error"), &mut events);
+        // The server now skips up to a Sync: a refused Parse is not replaced
+        // (its refusal would be skipped and its answer never come).
+        assert_eq!(p.frontend(&parse("", "drop table t"), &mut events), Frontend::Drop);
+        assert_eq!(p.frontend(&frame(b'S', b""), &mut events), Frontend::Forward);
+        assert_eq!(
+            p.backend(&frame(b'Z', b"I"), &mut events),
+            Backend::Forward,
+            "the Sync's answer reaches the client"
+        );
+        assert!(p.expected.is_empty(), "{:?}", p.expected);
+    }
+
+    #[test]
+    fn an_approval_to_run_once_travels_with_the_portal() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        let held = parse("s1", "truncate t");
+        assert_eq!(p.frontend(&held, &mut events), Frontend::Pause);
+        let _ = p.question();
+        p.answer(Answer::Hold(Ok(crate::control::HoldOutcome::Run {
+            review_id: "r_1".into(),
+            approved_by: "dan".into(),
+        })));
+        assert_eq!(p.frontend(&held, &mut events), Frontend::Forward);
+        for f in [bind("p1", "s1"), bind("p2", "s1"), execute("p1")] {
+            assert_eq!(p.frontend(&f, &mut events), Frontend::Forward);
+        }
+        let close = frame(b'C', &[b"S".as_slice(), &cstr("s1")].concat());
+        assert_eq!(p.frontend(&close, &mut events), Frontend::Forward);
+        assert!(
+            matches!(p.frontend(&execute("p2"), &mut events), Frontend::Replace(_)),
+            "closing the statement does not renew the approval"
+        );
+    }
+
+    #[test]
+    fn a_session_not_in_utf8_is_refused_under_rules() {
+        let mut p = gated();
+        let mut events = RecordedEvents::default();
+        p.parameter("client_encoding", "SJIS");
+        assert!(matches!(p.frontend(&frame(b'Q', &cstr("select 1")), &mut events), Frontend::Replace(_)));
+        p.backend(&error("42501", "refused"), &mut events);
+        p.backend(&frame(b'Z', b"I"), &mut events);
+        p.parameter("client_encoding", "UTF8");
+        assert_eq!(p.frontend(&frame(b'Q', &cstr("select 1")), &mut events), Frontend::Forward);
+    }
+
+    #[test]
+    fn masking_withholds_values_it_cannot_place() {
+        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+        let config: ProfileConfig = toml::from_str(
+            r#"detectors = ["all"]
+[[columns]]
+match = "salary""#,
+        )
+        .unwrap();
+        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let mut p = Protocol::new(SampleLimits::default()).with_masker(Some(Arc::new(masker)));
+        let mut events = RecordedEvents::default();
+        // An Execute with no row description: under column rules, withheld.
+        for f in [parse("", "select salary from staff"), bind("", ""), execute(""), frame(b'S', b"")] {
+            p.frontend(&f, &mut events);
+        }
+        p.backend(&frame(b'1', b""), &mut events);
+        p.backend(&frame(b'2', b""), &mut events);
+        let Backend::Replace(row) = p.backend(&data_row(&[Some("90000")]), &mut events) else {
+            panic!("an unknown column is withheld")
+        };
+        assert_eq!(&row[5..], &[0, 1, 0xff, 0xff, 0xff, 0xff], "one NULL");
+        p.backend(&frame(b'C', &cstr("SELECT 1")), &mut events);
+        p.backend(&frame(b'Z', b"I"), &mut events);
+        // A composite's text form with a secret in it: withheld whole.
+        p.frontend(&frame(b'Q', &cstr("select c from customers c")), &mut events);
+        p.backend(&row_description(&[("c", 16_384)]), &mut events);
+        let Backend::Replace(row) = p.backend(&data_row(&[Some("(1,ada@example.com)")]), &mut events) else {
+            panic!("the composite is withheld")
+        };
+        assert_eq!(&row[5..], &[0, 1, 0xff, 0xff, 0xff, 0xff]);
     }
 
     #[test]

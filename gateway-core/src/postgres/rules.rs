@@ -1,7 +1,8 @@
 //! Statement rules: named sets (`[rules.NAME]`) saying which statement
 //! classes are blocked and which are held for approval; everything else is
 //! allowed. A policy names the set its grants' sessions run under. A query
-//! the parser refuses is blocked wherever rules apply (fail closed).
+//! the parser refuses, and one that changes how later statements are read
+//! (`parser_settings`), are blocked wherever rules apply (fail closed).
 
 use std::collections::BTreeSet;
 
@@ -86,7 +87,9 @@ impl RuleSet {
         for (index, classes) in classification.statements.iter().enumerate() {
             for &class in classes {
                 let rule = || format!("{}/{}", self.name, class.as_str());
-                if class == Class::Unparseable || self.block.contains(&class) {
+                // Never forwarded under rules: what cannot be read, and what
+                // changes how later statements are read.
+                if matches!(class, Class::Unparseable | Class::ParserSettings) || self.block.contains(&class) {
                     return Verdict::Block { rule: rule(), class, statement: index };
                 }
                 if held.is_none() && self.hold.contains(&class) {
