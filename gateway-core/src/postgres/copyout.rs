@@ -45,13 +45,21 @@ fn string_arg(node: Option<&pg_query::protobuf::Node>) -> Option<String> {
     }
 }
 
-/// Reads `sql` (a whole query string) for a COPY TO STDOUT.
-pub fn plan(sql: &str) -> CopyPlan {
+/// Reads `sql` (a whole query string) for a COPY TO STDOUT, as a session
+/// with `standard_conforming_strings` as given reads it.
+pub fn plan(sql: &str, standard_conforming_strings: bool) -> CopyPlan {
     // Cheap first: most statements are not COPY.
     if !sql.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy")) {
         return CopyPlan::NotCopyOut;
     }
-    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else { return CopyPlan::NotCopyOut };
+    let mut options = pg_query::ParserOptions::DEFAULT;
+    if !standard_conforming_strings {
+        options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    // What mentions COPY but cannot be read could be one: not let through.
+    let Ok(parsed) = pg_query::parse(sql, options) else {
+        return CopyPlan::Refuse("this statement mentions COPY and could not be read to mask it".into());
+    };
     let copies: Vec<&pg_query::protobuf::CopyStmt> = parsed
         .protobuf
         .stmts
@@ -68,7 +76,6 @@ pub fn plan(sql: &str) -> CopyPlan {
         );
     }
     let mut format = CopyFormat { csv: false, delimiter: b'\t', null: "\\N".into(), quote: b'"', header: false };
-    let mut delimiter_set = false;
     let mut null_set = false;
     for option in &copy.options {
         let Some(NodeEnum::DefElem(d)) = option.node.as_ref() else { continue };
@@ -79,24 +86,27 @@ pub fn plan(sql: &str) -> CopyPlan {
                     "binary COPY cannot be masked value by value, and this session's values are masked; use text or CSV format".into(),
                 );
             }
-            ("format", Some("csv")) => format.csv = true,
-            ("delimiter", Some(d)) if d.len() == 1 => {
-                format.delimiter = d.as_bytes()[0];
-                delimiter_set = true;
-            }
+            ("format", Some(f)) if f.eq_ignore_ascii_case("csv") => format.csv = true,
+            ("format", Some(f)) if f.eq_ignore_ascii_case("text") => {}
             ("null", Some(n)) => {
                 format.null = n.to_string();
                 null_set = true;
             }
-            ("quote", Some(q)) if q.len() == 1 => format.quote = q.as_bytes()[0],
-            ("header", value) => format.header = !matches!(value, Some("false" | "0" | "off")),
-            _ => {}
+            ("header", value) => {
+                format.header =
+                    !value.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "false" | "0" | "off"));
+            }
+            // Delimiters, quotes, escapes, encodings and forced quoting
+            // change how rows are written: not read here, so refused.
+            (other, _) => {
+                return CopyPlan::Refuse(format!(
+                    "the COPY option {other:?} is not supported while values are masked (FORMAT text or csv, HEADER and NULL are)"
+                ));
+            }
         }
     }
     if format.csv {
-        if !delimiter_set {
-            format.delimiter = b',';
-        }
+        format.delimiter = b',';
         if !null_set {
             format.null = String::new();
         }
@@ -255,22 +265,40 @@ match = "ssn""#,
         Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
     }
 
+    fn plan_default(sql: &str) -> CopyPlan {
+        plan(sql, true)
+    }
+
     #[test]
     fn copies_to_stdout_are_planned_and_binary_ones_refused() {
-        assert_eq!(plan("select 1"), CopyPlan::NotCopyOut);
-        assert_eq!(plan("copy t from stdin"), CopyPlan::NotCopyOut);
-        let CopyPlan::Mask { format, describe } = plan("COPY public.customers (name, ssn) TO STDOUT") else { panic!() };
+        assert_eq!(plan_default("select 1"), CopyPlan::NotCopyOut);
+        assert_eq!(plan_default("copy t from stdin"), CopyPlan::NotCopyOut);
+        let CopyPlan::Mask { format, describe } = plan_default("COPY public.customers (name, ssn) TO STDOUT") else {
+            panic!()
+        };
         assert_eq!(describe, r#"SELECT "name", "ssn" FROM "public"."customers""#);
         assert!(!format.csv);
         let CopyPlan::Mask { format, describe } =
-            plan("copy (select * from customers where id > 3) to stdout with (format csv, header)")
+            plan_default("copy (select * from customers where id > 3) to stdout with (format csv, header)")
         else {
             panic!()
         };
         assert!(format.csv && format.header && format.delimiter == b',');
         assert!(describe.to_lowercase().starts_with("select * from customers"), "{describe}");
-        assert!(matches!(plan("copy customers to stdout (format binary)"), CopyPlan::Refuse(_)));
-        assert!(matches!(plan("copy customers to stdout binary"), CopyPlan::Refuse(_)));
+        assert!(matches!(plan_default("copy customers to stdout (format binary)"), CopyPlan::Refuse(_)));
+        assert!(matches!(plan_default("copy customers to stdout binary"), CopyPlan::Refuse(_)));
+        assert!(matches!(plan_default("copy customers to stdout (delimiter '@')"), CopyPlan::Refuse(_)));
+        assert!(matches!(
+            plan_default("copy customers to stdout (format csv, quote '@', escape '!')"),
+            CopyPlan::Refuse(_)
+        ));
+        let CopyPlan::Mask { format, .. } = plan_default("copy customers to stdout (format csv, header 'FALSE')")
+        else {
+            panic!()
+        };
+        assert!(!format.header, "HEADER values are read as the server reads them");
+        assert!(matches!(plan_default("copy (selec 1) to stdout"), CopyPlan::Refuse(_)), "unreadable: refused");
+        assert!(matches!(plan(r"copy (select 'a\' as x) to stdout (format binary)", false), CopyPlan::Refuse(_)));
     }
 
     #[test]

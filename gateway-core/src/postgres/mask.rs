@@ -187,7 +187,7 @@ pub fn data_row(body: &[u8], columns: &[ResultColumn], masker: &Masker, counts: 
 }
 
 /// ErrorResponse or NoticeResponse fields masked (message, detail, hint,
-/// context): the new frame, or `None`.
+/// context, internal query): the new frame, or `None`.
 pub fn fields(tag: u8, body: &[u8], masker: &Masker, counts: &mut Counts) -> Option<Vec<u8>> {
     let mut parts: Vec<(u8, std::borrow::Cow<'_, str>)> = Vec::new();
     let mut rest = body;
@@ -198,7 +198,8 @@ pub fn fields(tag: u8, body: &[u8], masker: &Masker, counts: &mut Counts) -> Opt
         }
         let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
         let value = String::from_utf8_lossy(&tail[..end]);
-        let value = if matches!(kind, b'M' | b'D' | b'H' | b'W') {
+        // Message, detail, hint, context, and the internal query.
+        let value = if matches!(kind, b'M' | b'D' | b'H' | b'W' | b'q') {
             match masker.mask_text(&value, counts) {
                 std::borrow::Cow::Owned(masked) => {
                     changed = true;

@@ -241,6 +241,8 @@ pub struct Protocol {
     masker: Option<Arc<Masker>>,
     /// Whether the session's client_encoding is UTF-8.
     client_utf8: bool,
+    /// Whether the session reads '...' with standard conforming strings.
+    standard_strings: bool,
     /// Table names by OID, from the catalog (for `table.column` rules).
     tables: HashMap<u32, String>,
     /// OIDs already asked of the catalog.
@@ -249,7 +251,10 @@ pub struct Protocol {
     looking_up: Option<Vec<u32>>,
     describing: Option<Describing>,
     /// How the next COPY TO STDOUT's rows are masked, once planned.
-    copy_plan: Option<CopyMask>,
+    copy_pending: Option<CopyMask>,
+    /// Planned COPYs by the seq of the statement that runs them: each
+    /// CopyOutResponse takes the plan of the request it answers.
+    copy_plans: Vec<(u64, CopyMask)>,
     /// How the COPY TO STDOUT in progress is masked.
     copy_mask: Option<CopyMask>,
 }
@@ -313,11 +318,13 @@ impl Protocol {
             skipping: false,
             masker: None,
             client_utf8: true,
+            standard_strings: true,
             tables: HashMap::new(),
             asked_tables: Default::default(),
             looking_up: None,
             describing: None,
-            copy_plan: None,
+            copy_pending: None,
+            copy_plans: Vec::new(),
             copy_mask: None,
         }
     }
@@ -355,6 +362,9 @@ impl Protocol {
     pub fn parameter(&mut self, name: &str, value: &str) {
         if name == "client_encoding" {
             self.client_utf8 = matches!(value.to_ascii_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE");
+        }
+        if name == "standard_conforming_strings" {
+            self.standard_strings = value != "off";
         }
         if let Some(gate) = &mut self.gate {
             gate.parameter(name, value);
@@ -415,7 +425,7 @@ impl Protocol {
     /// `Err(None)` to pause while the catalog is asked for its columns.
     fn plan_copy(&mut self, sql: &str) -> Result<Option<CopyMask>, Option<Refusal>> {
         let Some(masker) = &self.masker else { return Ok(None) };
-        let (format, describe) = match copyout::plan(sql) {
+        let (format, describe) = match copyout::plan(sql, self.standard_strings) {
             CopyPlan::NotCopyOut => return Ok(None),
             CopyPlan::Refuse(why) => {
                 return Err(Some(Refusal {
@@ -471,6 +481,15 @@ impl Protocol {
             ref_seq: None,
             message: Some(refusal.message.clone()),
         }
+    }
+
+    /// Expects the answer to a simple query recorded as `seq` (with the
+    /// COPY plan its frame came with, if any).
+    fn push_query(&mut self, seq: u64) {
+        if let Some(copy) = self.copy_pending.take() {
+            self.copy_plans.push((seq, copy));
+        }
+        self.expected.push_back(Expect::Query { seq, started: Instant::now() });
     }
 
     /// Records a decision about the statement recorded as `seq`.
@@ -591,9 +610,9 @@ impl Protocol {
                 };
                 let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
                 if !matches!(gated, Some(Gated::Ask { .. })) {
-                    // The frame is consumed: its COPY plan stands.
+                    // The frame is consumed: its COPY plan goes with it.
                     self.describing = None;
-                    self.copy_plan = copy;
+                    self.copy_pending = copy;
                 }
                 let statement = |sql: String, record: &mut _| {
                     Self::push(record, Statement { sql, statement_name: None, portal: None, params: Vec::new() }.into())
@@ -601,7 +620,7 @@ impl Protocol {
                 match gated {
                     None => {
                         let seq = statement(self.recordable(sql), record);
-                        self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                        self.push_query(seq);
                     }
                     Some(Gated::Ask { rule }) => {
                         let shown = self.recordable(sql.clone());
@@ -614,7 +633,7 @@ impl Protocol {
                     Some(Gated::Decided { seq, decision, refusal }) => {
                         let seq = seq.unwrap_or_else(|| statement(self.recordable(sql), record));
                         Self::decided(seq, self.shown(decision), record);
-                        self.expected.push_back(Expect::Query { seq, started: Instant::now() });
+                        self.push_query(seq);
                         if let Some(refusal) = refusal {
                             return Frontend::Replace(refusal.query_frame());
                         }
@@ -731,11 +750,8 @@ impl Protocol {
                     None => (String::new(), String::new(), Vec::new(), None),
                 };
                 // A COPY prepared under masking: its rows are masked as planned.
-                if let Some(copy) =
-                    self.portal(&portal_name).and_then(|p| self.statement(&p.statement)).and_then(|p| p.copy.clone())
-                {
-                    self.copy_plan = Some(copy);
-                }
+                let copy =
+                    self.portal(&portal_name).and_then(|p| self.statement(&p.statement)).and_then(|p| p.copy.clone());
                 // A statement approved to run once, run again: refused.
                 let rerun = self.portal(&portal_name).and_then(|p| p.once.as_ref()).and_then(|once| {
                     once.ran.swap(true, std::sync::atomic::Ordering::Relaxed).then(|| once.review_id.clone())
@@ -750,6 +766,9 @@ impl Protocol {
                     let (decision, refusal) = gate.ran_once(&review_id);
                     Self::decided(seq, decision, record);
                     return self.refuse_in_batch(seq, &refusal);
+                }
+                if let Some(copy) = copy {
+                    self.copy_plans.push((seq, copy));
                 }
                 self.expected.push_back(Expect::Execute { seq, started: Instant::now(), columns });
             }
@@ -1106,6 +1125,11 @@ impl Protocol {
                         break;
                     }
                 }
+                if self.expected.is_empty() {
+                    // Nothing in flight: a plan not taken (its COPY failed
+                    // before starting) is of no use any more.
+                    self.copy_plans.clear();
+                }
                 self.result = ResultState::default();
             }
             b'1' => {
@@ -1147,7 +1171,11 @@ impl Protocol {
                     self.copy_out = Some(copy);
                     // Unplanned (no COPY was recognised): the detectors still
                     // read every field, as text.
-                    self.copy_mask = self.copy_plan.take().or_else(|| {
+                    let planned = self.current_statement().and_then(|seq| {
+                        let at = self.copy_plans.iter().position(|(s, _)| *s == seq)?;
+                        Some(self.copy_plans.swap_remove(at).1)
+                    });
+                    self.copy_mask = planned.or_else(|| {
                         self.masker.as_ref().map(|_| CopyMask {
                             format: CopyFormat {
                                 csv: false,
@@ -1748,6 +1776,33 @@ match = "salary""#,
             panic!("the composite is withheld")
         };
         assert_eq!(&row[5..], &[0, 1, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn each_copy_keeps_its_own_plan_when_queries_are_pipelined() {
+        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+        let config: ProfileConfig = toml::from_str(
+            r#"detectors = ["all"]
+[[columns]]
+match = "email""#,
+        )
+        .unwrap();
+        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let mut p = Protocol::new(SampleLimits::default()).with_masker(Some(Arc::new(masker)));
+        let mut events = RecordedEvents::default();
+        let copy = frame(b'Q', &cstr("copy (select email from customers) to stdout"));
+        assert_eq!(p.frontend(&copy, &mut events), Frontend::Pause, "its columns are asked first");
+        let Some(Question::Describe(query)) = p.question() else { panic!("a describe") };
+        assert!(query.to_lowercase().contains("select email from customers"), "{query}");
+        let email = Column { name: "email".into(), type_oid: 25, ..Default::default() };
+        p.answer(Answer::Described(Ok(vec![email])));
+        assert_eq!(p.frontend(&copy, &mut events), Frontend::Forward);
+        assert_eq!(p.frontend(&frame(b'Q', &cstr("select 1")), &mut events), Frontend::Forward, "pipelined");
+        p.backend(&frame(b'H', &[0, 0, 1, 0, 0]), &mut events);
+        let Backend::Replace(row) = p.backend(&frame(b'd', b"ada@example.com\n"), &mut events) else {
+            panic!("masked")
+        };
+        assert_eq!(&row[5..], b"[column:email:masked]\n", "the COPY's own plan, not the next query's");
     }
 
     #[test]
