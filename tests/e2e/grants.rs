@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use proctor_tests::devcluster::{Cluster, Options, free_port};
-use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stderr, stdout};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, run, run_ok, stderr, stdout};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_proctor");
@@ -18,8 +18,7 @@ fn bin() -> &'static Path {
 }
 
 fn token(data_dir: &Path, sub: &str, groups: &str) -> String {
-    let output = run_ok(bin(), &["token", "--data-dir", data_dir.to_str().unwrap(), "--sub", sub, "--groups", groups]);
-    stdout(&output).trim().to_string()
+    dev_token(bin(), data_dir, sub, groups)
 }
 
 struct Setup {

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use proctor_recorder::reader::Reader;
 use proctor_schemas::{Event, EventBody};
 use proctor_tests::devcluster::{Cluster, Options, free_port};
-use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stderr, stdout};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, run, stderr, stdout};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_proctor");
@@ -93,8 +93,7 @@ masking_profile = "none"
 
 /// A grant's libpq URL for a subject in `groups`.
 fn grant_url(setup: &Setup, sub: &str, groups: &str) -> String {
-    let data_dir = setup.proctor.data_dir.to_str().unwrap();
-    let token = stdout(&run_ok(bin(), &["token", "--data-dir", data_dir, "--sub", sub, "--groups", groups]));
+    let token = dev_token(bin(), &setup.proctor.data_dir, sub, groups);
     let out = run(
         bin(),
         &[
@@ -110,7 +109,7 @@ fn grant_url(setup: &Setup, sub: &str, groups: &str) -> String {
             "--api",
             &setup.api,
             "--token",
-            token.trim(),
+            &token,
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use proctor_recorder::reader::Reader;
 use proctor_schemas::{Event, EventBody, PolicyOutcome};
 use proctor_tests::devcluster::{Cluster, Options, free_port};
-use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, run, run_ok, stderr, stdout};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, run, stderr, stdout};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_proctor");
@@ -66,8 +66,7 @@ rules = "ci"
 }
 
 fn token(setup: &Setup, sub: &str, groups: &str) -> String {
-    let data_dir = setup.proctor.data_dir.to_str().unwrap();
-    stdout(&run_ok(bin(), &["token", "--data-dir", data_dir, "--sub", sub, "--groups", groups])).trim().to_string()
+    dev_token(bin(), &setup.proctor.data_dir, sub, groups)
 }
 
 /// `proctor COMMAND ARGS --api API --token TOKEN`.

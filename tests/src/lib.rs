@@ -27,6 +27,13 @@ pub fn run_ok(bin: &Path, args: &[&str]) -> Output {
     output
 }
 
+/// A token from the data dir's dev issuer (`proctor token`) for `sub` in
+/// `groups` (comma-separated).
+pub fn dev_token(bin: &Path, data_dir: &Path, sub: &str, groups: &str) -> String {
+    let output = run_ok(bin, &["token", "--data-dir", data_dir.to_str().unwrap(), "--sub", sub, "--groups", groups]);
+    stdout(&output).trim().to_string()
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -180,9 +180,9 @@ fn fields<'a>(line: &'a str, format: &CopyFormat) -> Vec<(std::borrow::Cow<'a, s
     }
 }
 
-/// Text-like types (as for rows).
+/// Text-like types (as for rows; jsonb is text in COPY output).
 fn text_like(oid: u32) -> bool {
-    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 705 | 142 | 0 | 3802)
+    super::mask::text_like(oid) || oid == super::mask::JSONB
 }
 
 /// One CopyData row masked: the new row's bytes, or `None` if nothing was

@@ -6,12 +6,12 @@
 use crate::masking::{Column, Counts, Masker, count};
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
-fn text_like(oid: u32) -> bool {
+pub(super) fn text_like(oid: u32) -> bool {
     // text, varchar, bpchar, name, json, unknown, xml, and unknown (0).
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 705 | 142 | 0)
 }
 
-const JSONB: u32 = 3802;
+pub(super) const JSONB: u32 = 3802;
 
 /// A result column, from a RowDescription.
 #[derive(Clone, Debug, Default)]

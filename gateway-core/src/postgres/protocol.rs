@@ -466,11 +466,6 @@ impl Protocol {
         decision
     }
 
-    /// The decision recorded for a statement masking refuses.
-    fn masking_refusal(refusal: &Refusal) -> PolicyDecision {
-        Self::refused_for("masking/copy", refusal)
-    }
-
     /// The decision recorded for a statement refused by `rule`.
     fn refused_for(rule: &str, refusal: &Refusal) -> PolicyDecision {
         PolicyDecision {
@@ -602,7 +597,7 @@ impl Protocol {
                             }
                             .into(),
                         );
-                        Self::decided(seq, Self::masking_refusal(&refusal), record);
+                        Self::decided(seq, Self::refused_for("masking/copy", &refusal), record);
                         self.expected.push_back(Expect::Query { seq, started: Instant::now() });
                         return Frontend::Replace(refusal.query_frame());
                     }
@@ -655,7 +650,7 @@ impl Protocol {
                         Err(Some(refusal)) => {
                             let shown = self.recordable(sql.to_string());
                             let seq = Self::push(record, Prepare { statement_name, sql: shown }.into());
-                            Self::decided(seq, Self::masking_refusal(&refusal), record);
+                            Self::decided(seq, Self::refused_for("masking/copy", &refusal), record);
                             return self.refuse_in_batch(seq, &refusal);
                         }
                         Err(None) => return Frontend::Pause,
@@ -815,9 +810,7 @@ impl Protocol {
                         message: "Proctor refused a FunctionCall message: its result cannot be masked, and this session's values are masked".to_string(),
                         hint: "call the function in a query instead (SELECT f(...))".to_string(),
                     };
-                    let mut decision = Self::masking_refusal(&refusal);
-                    decision.rule = Some("masking/function_call_message".to_string());
-                    Self::decided(seq, decision, record);
+                    Self::decided(seq, Self::refused_for("masking/function_call_message", &refusal), record);
                     return Frontend::Replace(refusal.query_frame());
                 }
             }
