@@ -28,6 +28,8 @@ const CARD: &str = "4111 1111 1111 1111";
 const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const AWS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 const SALARY: &str = "918273";
+/// A card number stored as a number.
+const CARD_NUMBER: &str = "4012888888881881";
 
 struct Setup {
     cluster: Cluster,
@@ -42,7 +44,9 @@ fn start() -> Setup {
          create table customers (id int primary key, name text, email text unique, ssn text, card text, salary int, note text);
          insert into customers values
            (1, 'Zelda Lindqvist', '{EMAIL}', '{SSN}', '{CARD}', {SALARY}, 'rotated: aws_secret_access_key = {AWS_SECRET} for {AWS_KEY_ID}'),
-           (2, 'Ada Lovelace', 'ada@example.com', '078-05-1120', '5555555555554444', 1000, 'no secrets here');"
+           (2, 'Ada Lovelace', 'ada@example.com', '078-05-1120', '5555555555554444', 1000, 'no secrets here');
+         create table staff (id int, tag text generated always as ('t' || id) stored, salary int, card_number bigint, joined timestamptz);
+         insert into staff (id, salary, card_number, joined) values (7, {SALARY}, {CARD_NUMBER}, '2026-01-02 03:04:05+00');"
     );
     cluster.psql(APP_ROLE, &seed).unwrap();
     let api_port = free_port();
@@ -118,7 +122,11 @@ fn grant_url(setup: &Setup, sub: &str, groups: &str) -> String {
 }
 
 fn psql(cluster: &Cluster, url: &str, sql: &str) -> Output {
-    Command::new(cluster.bindir.join("psql")).args(["-X", "-At", "-d", url, "-c", sql]).output().unwrap()
+    Command::new(cluster.bindir.join("psql"))
+        .args(["-X", "-At", "-d", url, "-c", sql])
+        .env("PGTZ", "UTC")
+        .output()
+        .unwrap()
 }
 
 fn all_output(output: &Output) -> String {
@@ -184,6 +192,23 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     let csv_text = stdout(&csv);
     assert!(csv_text.starts_with("email,note\n[email:masked],"), "{csv_text}");
     client_output.push_str(&all_output(&csv));
+    // Column rules follow the column, not its name in the result: aliases
+    // keep them; a whole table's COPY (generated columns left out) lines
+    // its fields up with the right columns; a card number stored as a
+    // number is found; timestamps are left alone.
+    let aliased = psql(&setup.cluster, &url, "select salary as pay, ssn as x, id from customers where id = 1");
+    let aliased_text = stdout(&aliased);
+    assert!(
+        aliased_text.starts_with("|[column:customers.ssn:tok_") && aliased_text.trim_end().ends_with("|1"),
+        "{aliased_text}"
+    );
+    client_output.push_str(&all_output(&aliased));
+    let whole = psql(&setup.cluster, &url, "copy staff to stdout");
+    assert_eq!(stdout(&whole), "7\t\\N\t\\N\t2026-01-02 03:04:05+00\n", "{}", stderr(&whole));
+    client_output.push_str(&all_output(&whole));
+    let numbers = psql(&setup.cluster, &url, "select card_number, joined, tag from staff");
+    assert_eq!(stdout(&numbers).trim(), "|2026-01-02 03:04:05+00|t7");
+    client_output.push_str(&all_output(&numbers));
     let binary = psql(&setup.cluster, &url, "copy customers to stdout (format binary)");
     assert!(stderr(&binary).contains("binary COPY cannot be masked"), "{}", stderr(&binary));
 
@@ -217,6 +242,10 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
         assert!(row.get::<_, String>(1).starts_with("[column:customers.ssn:tok_"));
         assert_eq!(row.get::<_, Option<i32>>(2), None);
         assert_eq!(row.get::<_, String>(3), "**** **** **** 1111");
+        let staff = client.query_one("select card_number, salary as pay, joined from staff", &[]).await.unwrap();
+        assert_eq!(staff.get::<_, Option<i64>>(0), None, "a card number in a binary int8 is withheld");
+        assert_eq!(staff.get::<_, Option<i32>>(1), None, "an aliased column keeps its rule");
+        assert!(staff.get::<_, Option<std::time::SystemTime>>(2).is_some(), "timestamps are not read");
         let again = client.query_one("select ssn from customers where id = 1", &[]).await.unwrap();
         assert_eq!(again.get::<_, String>(0), row.get::<_, String>(1), "tokens are deterministic");
         let by_param = client.query_one("select count(*) from customers where email = $1", &[&EMAIL]).await.unwrap();
@@ -241,7 +270,7 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     }
     let events = postgres_events(&data_dir);
     let decoded: String = events.iter().map(|e| format!("{:?}\n", e.body)).collect();
-    let secrets = [EMAIL, SSN, CARD, AWS_SECRET, AWS_KEY_ID, "4111111111111111"];
+    let secrets = [EMAIL, SSN, CARD, AWS_SECRET, AWS_KEY_ID, "4111111111111111", CARD_NUMBER];
     for secret in secrets {
         assert!(!client_output.contains(secret), "the client saw {secret}");
         assert!(!decoded.contains(secret), "a recorded event holds {secret}");

@@ -149,6 +149,12 @@ fn card(candidate: &str) -> bool {
     issuer && luhn(&digits)
 }
 
+/// Whether a number's digits (all of the value) are a card number: for
+/// card numbers stored as numbers.
+pub fn is_card_number(value: &str) -> bool {
+    (13..=19).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit()) && card(value)
+}
+
 /// An SSN as assigned: no area 000, 666 or 9xx, no group 00, no serial 0000.
 fn ssn(candidate: &str) -> bool {
     let parts: Vec<&str> = candidate.split('-').collect();

@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-pub use detect::{Detector, Finding, find};
+pub use detect::{Detector, Finding, find, is_card_number};
 
 use crate::GatewayError;
 
@@ -431,6 +431,11 @@ impl Masker {
         !self.enabled.is_empty()
     }
 
+    /// Whether `detector` is on.
+    pub fn detects(&self, detector: Detector) -> bool {
+        self.enabled.contains(&detector)
+    }
+
     /// Whether any rule masks by column.
     pub fn has_column_rules(&self) -> bool {
         !self.profile.columns.is_empty()
@@ -457,6 +462,16 @@ impl Masker {
             .filter(|(_, r)| r.matches(column))
             .max_by_key(|(_, r)| r.action)
             .map(|(i, _)| i)
+    }
+
+    /// The stricter of two column rules (by index), if either applies.
+    pub fn stricter(&self, a: Option<usize>, b: Option<usize>) -> Option<usize> {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                Some(if self.profile.columns[b].action > self.profile.columns[a].action { b } else { a })
+            }
+            (a, b) => a.or(b),
+        }
     }
 
     /// The rule [`Masker::column_rule_index`] chose: its name and action.

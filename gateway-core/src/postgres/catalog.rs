@@ -4,6 +4,7 @@
 //! tables result columns come from, and what a `COPY` will send.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -18,12 +19,29 @@ use super::upstream::{self, Target};
 /// How long one catalog question may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long what the catalog told about a table is trusted: a column
+/// renamed (or a table replaced) is seen within this time.
+pub const TABLE_TTL: Duration = Duration::from_secs(30);
+
+/// A table as the catalog names it: its name and its columns' names by
+/// number, so that a result column keeps its rule under an alias.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    pub columns: HashMap<i16, String>,
+    /// Generated columns, by number.
+    pub generated: Vec<i16>,
+}
+
+/// A table as read, and when.
+type ReadTable = (std::time::Instant, Arc<TableInfo>);
+
 /// Idle catalog connections and what they told, per database.
 #[derive(Default)]
 pub struct Catalog {
     connections: tokio::sync::Mutex<HashMap<String, Conn>>,
-    /// Table names by (database, OID).
-    tables: std::sync::Mutex<HashMap<(String, u32), String>>,
+    /// Tables by (database, OID), with when they were read.
+    tables: std::sync::Mutex<HashMap<(String, u32), ReadTable>>,
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -103,37 +121,44 @@ impl Catalog {
         }
     }
 
-    /// The names of tables by OID (those the catalog knows; the rest are
-    /// not tables, or were dropped).
-    pub async fn table_names(
+    /// Tables by OID, with their columns' names (those the catalog knows;
+    /// the rest are not tables, or were dropped).
+    pub async fn tables(
         &self,
         target: &Target,
         database: &str,
         oids: &[u32],
-    ) -> Result<HashMap<u32, String>, String> {
+    ) -> Result<HashMap<u32, Arc<TableInfo>>, String> {
         let mut known = HashMap::new();
         let mut missing = Vec::new();
         {
             let cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
             for &oid in oids {
                 match cache.get(&(database.to_string(), oid)) {
-                    Some(name) => {
-                        known.insert(oid, name.clone());
+                    Some((read, table)) if read.elapsed() < TABLE_TTL => {
+                        known.insert(oid, table.clone());
                     }
-                    None => missing.push(oid),
+                    _ => missing.push(oid),
                 }
             }
         }
+        missing.sort_unstable();
+        missing.dedup();
         if missing.is_empty() {
             return Ok(known);
         }
         let list: Vec<String> = missing.iter().map(u32::to_string).collect();
-        let sql = format!("SELECT oid, relname FROM pg_catalog.pg_class WHERE oid IN ({})", list.join(","));
+        let sql = format!(
+            "SELECT c.oid, c.relname, a.attnum, a.attname, a.attgenerated <> '' FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE c.oid IN ({})",
+            list.join(",")
+        );
         let frames = self.ask(target, database, &frame(b'Q', &cstr(&sql))).await?;
         if let Some(error) = error_in(&frames) {
             return Err(error);
         }
-        let mut cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read: HashMap<u32, TableInfo> = HashMap::new();
         for (_, body) in frames.iter().filter(|(tag, _)| *tag == b'D') {
             let mut reader = Body::new(body);
             let _count = reader.i16();
@@ -141,17 +166,35 @@ impl Catalog {
                 let len = reader.i32()?;
                 reader.take(usize::try_from(len).ok()?).map(|v| String::from_utf8_lossy(v).into_owned())
             };
-            if let (Some(oid), Some(name)) = (value().and_then(|o| o.parse::<u32>().ok()), value()) {
-                cache.insert((database.to_string(), oid), name.clone());
-                known.insert(oid, name);
+            let (oid, name, attnum, attname, generated) = (value(), value(), value(), value(), value());
+            let (Some(oid), Some(name)) = (oid.and_then(|o| o.parse::<u32>().ok()), name) else { continue };
+            let table = read.entry(oid).or_insert_with(|| TableInfo { name, ..TableInfo::default() });
+            if let (Some(attnum), Some(attname)) = (attnum.and_then(|a| a.parse::<i16>().ok()), attname) {
+                table.columns.insert(attnum, attname);
+                if generated.as_deref() == Some("t") {
+                    table.generated.push(attnum);
+                }
             }
+        }
+        let now = std::time::Instant::now();
+        let mut cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        for (oid, table) in read {
+            let table = Arc::new(table);
+            cache.insert((database.to_string(), oid), (now, table.clone()));
+            known.insert(oid, table);
         }
         Ok(known)
     }
 
     /// The columns `query` returns (a SELECT; nothing is run), with their
-    /// tables named.
-    pub async fn describe(&self, target: &Target, database: &str, query: &str) -> Result<Vec<ResultColumn>, String> {
+    /// tables named; for a `whole_table` COPY, without generated columns.
+    pub async fn describe(
+        &self,
+        target: &Target,
+        database: &str,
+        query: &str,
+        whole_table: bool,
+    ) -> Result<Vec<ResultColumn>, String> {
         let mut request = BytesMut::new();
         let mut parse = cstr("");
         parse.extend(cstr(query));
@@ -169,22 +212,25 @@ impl Catalog {
         let mut columns = Vec::with_capacity(count);
         for _ in 0..count {
             let (Some(name), Some(table_oid)) = (reader.cstr().map(text), reader.i32()) else { break };
-            let (_attnum, type_oid, _size, _modifier, format) =
+            let (attnum, type_oid, _size, _modifier, format) =
                 (reader.i16(), reader.i32(), reader.i16(), reader.i32(), reader.i16());
             columns.push(ResultColumn {
                 name,
                 table_oid: table_oid as u32,
-                table: None,
+                attnum: attnum.unwrap_or(0),
                 type_oid: type_oid.unwrap_or(0) as u32,
                 format: format.unwrap_or(0),
-                rule: None,
+                ..ResultColumn::default()
             });
         }
         let oids: Vec<u32> = columns.iter().map(|c| c.table_oid).filter(|&o| o != 0).collect();
         if !oids.is_empty() {
-            let names = self.table_names(target, database, &oids).await?;
+            let tables = self.tables(target, database, &oids).await?;
             for column in &mut columns {
-                column.table = names.get(&column.table_oid).cloned();
+                column.name_source(tables.get(&column.table_oid).map(|t| &**t));
+            }
+            if whole_table {
+                columns.retain(|c| !tables.get(&c.table_oid).is_some_and(|t| t.generated.contains(&c.attnum)));
             }
         }
         Ok(columns)

@@ -6,8 +6,8 @@
 
 use pg_query::NodeEnum;
 
-use super::mask::ResultColumn;
-use crate::masking::{Counts, Masker, count};
+use super::mask::{Reading, ResultColumn, holds_marker, reading};
+use crate::masking::{Counts, Detector, Masker, count, is_card_number};
 
 /// How a COPY writes its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +29,17 @@ pub enum CopyPlan {
     Refuse(String),
     /// Its rows are masked; `describe` is the query whose columns they are
     /// (asked of the catalog when column rules need names).
-    Mask { format: CopyFormat, describe: String },
+    Mask { format: CopyFormat, describe: Describe },
+}
+
+/// What to ask the catalog about a COPY's columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Describe {
+    /// A query returning the COPY's columns (nothing is run).
+    pub query: String,
+    /// A whole table (no column list): COPY leaves out generated columns,
+    /// which `SELECT *` returns.
+    pub whole_table: bool,
 }
 
 fn quote_ident(name: &str) -> String {
@@ -113,7 +123,7 @@ pub fn plan(sql: &str, standard_conforming_strings: bool) -> CopyPlan {
     }
     let describe = if let Some(query) = &copy.query {
         match query.node.as_ref().map(|n| n.deparse(pg_query::DeparseOptions::default())) {
-            Some(Ok(text)) => text,
+            Some(Ok(text)) => Describe { query: text, whole_table: false },
             _ => return CopyPlan::Refuse("the query of this COPY could not be read for masking".into()),
         }
     } else if let Some(relation) = &copy.relation {
@@ -124,7 +134,7 @@ pub fn plan(sql: &str, standard_conforming_strings: bool) -> CopyPlan {
             schema => format!("{}.{}", quote_ident(schema), quote_ident(&relation.relname)),
         };
         let list = if columns.is_empty() { "*".to_string() } else { columns.join(", ") };
-        format!("SELECT {list} FROM {table}")
+        Describe { query: format!("SELECT {list} FROM {table}"), whole_table: columns.is_empty() }
     } else {
         return CopyPlan::NotCopyOut;
     };
@@ -180,11 +190,6 @@ fn fields<'a>(line: &'a str, format: &CopyFormat) -> Vec<(std::borrow::Cow<'a, s
     }
 }
 
-/// Text-like types (as for rows; jsonb is text in COPY output).
-fn text_like(oid: u32) -> bool {
-    super::mask::text_like(oid) || oid == super::mask::JSONB
-}
-
 /// One CopyData row masked: the new row's bytes, or `None` if nothing was
 /// masked. `columns` are the COPY's, when known (else detectors alone).
 pub fn row(
@@ -209,32 +214,50 @@ pub fn row(
     for (i, (value, quoted)) in parsed.iter().enumerate() {
         let is_null = !quoted && value.as_ref() == format.null;
         let column = columns.and_then(|c| c.get(i));
-        let masked: Option<String> = if is_null {
+        // `Some(None)`: withheld, written as the COPY's NULL.
+        let masked: Option<Option<String>> = if is_null {
             None
+        } else if column.is_none() && masker.has_column_rules() {
+            // A column rule could apply to a column not known.
+            count(counts, "column:unknown");
+            Some(None)
         } else if let Some((rule, action)) = column.and_then(|c| c.rule).map(|i| masker.column_rule_at(i)) {
             count(counts, rule);
-            if column.is_some_and(|c| !text_like(c.type_oid)) {
-                Some(format.null.clone())
+            if column.is_some_and(|c| !holds_marker(c.type_oid)) {
+                Some(None)
             } else {
-                Some(masker.mask_whole(rule, action, value))
+                Some(Some(masker.mask_whole(rule, action, value)))
             }
-        } else if column.is_none_or(|c| text_like(c.type_oid)) {
-            match masker.mask_text(value, counts) {
-                std::borrow::Cow::Owned(m) => Some(m),
-                std::borrow::Cow::Borrowed(_) => None,
-            }
-        } else {
+        } else if !masker.has_detectors() {
             None
+        } else {
+            // As for rows (see [`Reading`]), in text form.
+            match column.map_or(Reading::Text, |c| reading(c.type_oid)) {
+                Reading::Text => match masker.mask_text(value, counts) {
+                    std::borrow::Cow::Owned(m) => Some(Some(m)),
+                    std::borrow::Cow::Borrowed(_) => None,
+                },
+                Reading::Scalar => None,
+                Reading::Number => (masker.detects(Detector::Card) && is_card_number(value)).then(|| {
+                    count(counts, Detector::Card.as_str());
+                    None
+                }),
+                Reading::Other => matches!(masker.mask_text(value, counts), std::borrow::Cow::Owned(_)).then_some(None),
+            }
         };
         changed |= masked.is_some();
-        let value = masked.unwrap_or_else(|| value.to_string());
+        let (value, is_null) = match masked {
+            Some(Some(m)) => (m, false),
+            Some(None) => (format.null.clone(), true),
+            None => (value.to_string(), is_null),
+        };
         let needs_quotes = format.csv
             && (*quoted
                 || value.contains(format.delimiter as char)
                 || value.contains(format.quote as char)
                 || value.contains('\n')
                 || value.contains('\r'));
-        if needs_quotes && !(is_null) {
+        if needs_quotes && !is_null {
             let q = format.quote as char;
             out.push(format!("{q}{}{q}", value.replace(q, &format!("{q}{q}"))));
         } else {
@@ -276,7 +299,8 @@ match = "ssn""#,
         let CopyPlan::Mask { format, describe } = plan_default("COPY public.customers (name, ssn) TO STDOUT") else {
             panic!()
         };
-        assert_eq!(describe, r#"SELECT "name", "ssn" FROM "public"."customers""#);
+        assert_eq!(describe.query, r#"SELECT "name", "ssn" FROM "public"."customers""#);
+        assert!(!describe.whole_table, "a column list");
         assert!(!format.csv);
         let CopyPlan::Mask { format, describe } =
             plan_default("copy (select * from customers where id > 3) to stdout with (format csv, header)")
@@ -284,7 +308,9 @@ match = "ssn""#,
             panic!()
         };
         assert!(format.csv && format.header && format.delimiter == b',');
-        assert!(describe.to_lowercase().starts_with("select * from customers"), "{describe}");
+        assert!(describe.query.to_lowercase().starts_with("select * from customers"), "{describe:?}");
+        let CopyPlan::Mask { describe, .. } = plan_default("copy customers to stdout") else { panic!() };
+        assert!(describe.whole_table && describe.query == r#"SELECT * FROM "customers""#, "{describe:?}");
         assert!(matches!(plan_default("copy customers to stdout (format binary)"), CopyPlan::Refuse(_)));
         assert!(matches!(plan_default("copy customers to stdout binary"), CopyPlan::Refuse(_)));
         assert!(matches!(plan_default("copy customers to stdout (delimiter '@')"), CopyPlan::Refuse(_)));

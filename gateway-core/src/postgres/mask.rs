@@ -3,7 +3,7 @@
 //! Each function returns the masked frame only when something changed, so
 //! the common path forwards the target's bytes untouched.
 
-use crate::masking::{Column, Counts, Masker, count};
+use crate::masking::{Column, Counts, Detector, Masker, count};
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
 pub(super) fn text_like(oid: u32) -> bool {
@@ -13,6 +13,77 @@ pub(super) fn text_like(oid: u32) -> bool {
 
 pub(super) const JSONB: u32 = 3802;
 
+/// How masking reads a value of a type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// Text (or JSON, XML): detectors read it and mask in place.
+    Text,
+    /// A number that can hold a card number (int8, numeric): the card
+    /// detector reads its digits; a hit withholds it.
+    Number,
+    /// A typed scalar whose text the server generates from the value (other
+    /// numbers, times, bool, uuid, network addresses): it holds no text, so
+    /// detectors do not read it (column rules still apply).
+    Scalar,
+    /// Anything else (arrays, composites, ranges, bytea, extension types):
+    /// its text form is read, and a hit withholds the whole value, whose
+    /// type could not hold a marker; its binary form is withheld unread.
+    Other,
+}
+
+pub(super) fn reading(oid: u32) -> Reading {
+    match oid {
+        _ if text_like(oid) || oid == JSONB => Reading::Text,
+        20 | 1700 => Reading::Number,
+        // bool, int2, int4, oid, float4, float8, money, date, time,
+        // timestamp, timestamptz, interval, timetz, uuid, inet, cidr,
+        // macaddr, macaddr8.
+        16 | 21 | 23 | 26 | 700 | 701 | 790 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 | 869 | 650 | 829
+        | 774 => Reading::Scalar,
+        _ => Reading::Other,
+    }
+}
+
+/// Whether a column rule's marker can stand in for a value of this type:
+/// strings only (a marker is not JSON or XML); other types get NULL.
+pub(super) fn holds_marker(oid: u32) -> bool {
+    matches!(oid, 25 | 1043 | 1042 | 19 | 705 | 0)
+}
+
+/// Whether a number (int8 or numeric, in either format) is a card number.
+fn number_is_card(value: &[u8], column: &ResultColumn) -> bool {
+    use crate::masking::is_card_number;
+    match (column.type_oid, column.format) {
+        (_, 0) => std::str::from_utf8(value).is_ok_and(is_card_number),
+        (20, 1) => <[u8; 8]>::try_from(value).is_ok_and(|b| is_card_number(&i64::from_be_bytes(b).to_string())),
+        (1700, 1) => numeric_integer(value).is_some_and(|digits| is_card_number(&digits)),
+        _ => false,
+    }
+}
+
+/// A binary numeric's decimal digits, if it is a non-negative integer of at
+/// most 24 digits (longer ones cannot be card numbers).
+fn numeric_integer(value: &[u8]) -> Option<String> {
+    let word = |i: usize| value.get(i * 2..i * 2 + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (ndigits, weight, sign) = (word(0)? as usize, word(1)? as i16, word(2)?);
+    if sign != 0 || !(0..=5).contains(&weight) || ndigits > weight as usize + 1 {
+        return None;
+    }
+    let mut out = String::with_capacity(24);
+    for i in 0..=weight as usize {
+        let digit = if i < ndigits { word(4 + i)? } else { 0 };
+        if digit > 9999 {
+            return None;
+        }
+        if i == 0 {
+            out.push_str(&digit.to_string());
+        } else {
+            out.push_str(&format!("{digit:04}"));
+        }
+    }
+    Some(out)
+}
+
 /// A result column, from a RowDescription.
 #[derive(Clone, Debug, Default)]
 pub struct ResultColumn {
@@ -21,6 +92,10 @@ pub struct ResultColumn {
     /// its name once the catalog named it.
     pub table_oid: u32,
     pub table: Option<String>,
+    /// The column's number in its table (0: none), and its name there once
+    /// the catalog named it: a rule on `ssn` still applies to `ssn AS x`.
+    pub attnum: i16,
+    pub source: Option<String>,
     pub type_oid: u32,
     pub format: i16,
     /// The masking column rule that applies, by index (see
@@ -28,40 +103,25 @@ pub struct ResultColumn {
     pub rule: Option<usize>,
 }
 
-/// Decides, once per result, which column rule applies to each column.
-pub fn plan(columns: &mut [ResultColumn], masker: &Masker) {
-    for column in columns {
-        column.rule = masker.column_rule_index(&Column { name: &column.name, table: column.table.as_deref() });
+impl ResultColumn {
+    /// Names the column's table and its name there, from what the catalog
+    /// told about its table (nothing: left unnamed).
+    pub fn name_source(&mut self, table: Option<&super::catalog::TableInfo>) {
+        self.table = table.map(|t| t.name.clone());
+        self.source = table.and_then(|t| t.columns.get(&self.attnum)).cloned();
     }
 }
 
-/// Scalar types whose binary form holds no text: left as they are.
-fn opaque_scalar(oid: u32) -> bool {
-    // bool, int8, int2, int4, oid, float4, float8, money, numeric, date,
-    // time, timestamp, timestamptz, interval, timetz, uuid, inet, cidr,
-    // macaddr, macaddr8.
-    matches!(
-        oid,
-        16 | 20
-            | 21
-            | 23
-            | 26
-            | 700
-            | 701
-            | 790
-            | 1700
-            | 1082
-            | 1083
-            | 1114
-            | 1184
-            | 1186
-            | 1266
-            | 2950
-            | 869
-            | 650
-            | 829
-            | 774
-    )
+/// Decides, once per result, which column rule applies to each column: the
+/// stricter of the rules matching its name in the result and its name in
+/// its table.
+pub fn plan(columns: &mut [ResultColumn], masker: &Masker) {
+    for column in columns {
+        let table = column.table.as_deref();
+        let by_name = masker.column_rule_index(&Column { name: &column.name, table });
+        let by_source = column.source.as_deref().and_then(|name| masker.column_rule_index(&Column { name, table }));
+        column.rule = masker.stricter(by_name, by_source);
+    }
 }
 
 /// Masks one value; `None` when it stays as it is, `Some(None)` when it
@@ -90,10 +150,9 @@ fn mask_value(
         (JSONB, 1) => value.split_first().map_or((None, value), |(v, rest)| (Some(*v), rest)),
         _ => (None, value),
     };
-    let textual = text_like(column.type_oid) || column.type_oid == JSONB;
     if let Some((rule, action)) = column.rule.map(|i| masker.column_rule_at(i)) {
         count(counts, rule);
-        if !textual || column.type_oid == JSONB {
+        if !holds_marker(column.type_oid) {
             // A masked value is text: for other types, NULL says "withheld".
             return Some(None);
         }
@@ -103,21 +162,28 @@ fn mask_value(
     if !masker.has_detectors() {
         return None;
     }
-    if !textual {
-        if column.format == 1 {
+    match reading(column.type_oid) {
+        Reading::Text => {}
+        Reading::Scalar => return None,
+        Reading::Number => {
+            if masker.detects(Detector::Card) && number_is_card(value, column) {
+                count(counts, Detector::Card.as_str());
+                return Some(None);
+            }
+            return None;
+        }
+        Reading::Other if column.format == 1 => {
             // Arrays, composites, bytea and other binary forms may carry
             // text masking cannot read in place: withheld.
-            if opaque_scalar(column.type_oid) {
-                return None;
-            }
             count(counts, "binary:unread");
             return Some(None);
         }
-        // Text form of another type (an array, a composite, a number): a
-        // secret in it withholds the whole value, whose type could not hold
-        // a marker.
-        let text = std::str::from_utf8(text).ok()?;
-        return matches!(masker.mask_text(text, counts), std::borrow::Cow::Owned(_)).then_some(None);
+        Reading::Other => {
+            // A secret in the text form of an array or a composite withholds
+            // the whole value, whose type could not hold a marker.
+            let text = std::str::from_utf8(text).ok()?;
+            return matches!(masker.mask_text(text, counts), std::borrow::Cow::Owned(_)).then_some(None);
+        }
     }
     let Ok(original) = std::str::from_utf8(text) else {
         count(counts, "text:unreadable");
@@ -279,7 +345,7 @@ match = "salary""#,
     }
 
     fn column(name: &str, table: Option<&str>, type_oid: u32, format: i16) -> ResultColumn {
-        ResultColumn { name: name.into(), table_oid: 0, table: table.map(Into::into), type_oid, format, rule: None }
+        ResultColumn { name: name.into(), table: table.map(Into::into), type_oid, format, ..ResultColumn::default() }
     }
 
     #[test]
@@ -314,6 +380,36 @@ match = "salary""#,
         assert_eq!(counts.len(), 3, "{counts:?}");
         let clean = row(&[Some(&7i32.to_be_bytes()), Some(b"ada"), None, None, None]);
         assert!(data_row(&clean, &columns, &masker, &mut counts).is_none(), "untouched rows are not rebuilt");
+    }
+
+    #[test]
+    fn card_numbers_stored_as_numbers_are_found_in_either_format() {
+        let masker = masker();
+        let mut counts = Counts::new();
+        let int8 = |format| ResultColumn { name: "n".into(), type_oid: 20, format, ..ResultColumn::default() };
+        let numeric = ResultColumn { type_oid: 1700, ..int8(1) };
+        let card = 4_111_111_111_111_111i64;
+        let text = row(&[Some(card.to_string().as_bytes()), Some(b"4111111111111112")]);
+        let frame = data_row(&text, &[int8(0), int8(0)], &masker, &mut counts).expect("masked");
+        assert_eq!(&frame[5..], &row(&[None, Some(b"4111111111111112")])[..], "Luhn decides");
+        let binary = row(&[Some(&card.to_be_bytes()), Some(&7i64.to_be_bytes())]);
+        let frame = data_row(&binary, &[int8(1), int8(1)], &masker, &mut counts).expect("masked");
+        assert_eq!(&frame[5..], &row(&[None, Some(&7i64.to_be_bytes())])[..]);
+        // numeric 4111111111111111: base-10000 digits 4111 1111 1111 1111.
+        let mut digits = Vec::new();
+        for word in [4u16, 3, 0, 0, 4111, 1111, 1111, 1111] {
+            digits.extend_from_slice(&word.to_be_bytes());
+        }
+        assert_eq!(numeric_integer(&digits).as_deref(), Some("4111111111111111"));
+        let frame = data_row(&row(&[Some(&digits)]), &[numeric], &masker, &mut counts).expect("masked");
+        assert_eq!(&frame[5..], &row(&[None])[..]);
+        // 12.5 (a fraction) and -4111... (negative) are not card numbers.
+        assert_eq!(numeric_integer(&[0, 2, 0, 0, 0, 0, 0, 1, 0, 12, 19, 136]), None);
+        assert_eq!(numeric_integer(&[0, 1, 0, 0, 0x40, 0, 0, 0, 0, 4]), None);
+        assert_eq!(counts.get("card"), Some(&3));
+        // Timestamps are not read by detectors.
+        let time = ResultColumn { type_oid: 1184, ..int8(0) };
+        assert!(data_row(&row(&[Some(b"2026-01-02 03:04:05+00")]), &[time], &masker, &mut counts).is_none());
     }
 
     #[test]

@@ -108,6 +108,7 @@ struct Portal {
     once: Option<Arc<Once>>,
 }
 
+use super::catalog::{TABLE_TTL, TableInfo};
 use super::mask::ResultColumn as Column;
 
 /// The result being received.
@@ -178,14 +179,14 @@ pub(crate) enum Question {
     /// The control plane: a held statement.
     Hold(Arc<dyn crate::control::Holds>, crate::control::HoldRequest),
     /// The catalog: the columns of the query a COPY will send.
-    Describe(String),
+    Describe(copyout::Describe),
 }
 
 /// The answer to a [`Question`] or a table lookup.
 pub(crate) enum Answer {
     Hold(Result<crate::control::HoldOutcome, String>),
     Described(Result<Vec<Column>, String>),
-    Tables(Result<HashMap<u32, String>, String>),
+    Tables(Result<HashMap<u32, Arc<TableInfo>>, String>),
 }
 
 /// A COPY TO STDOUT whose columns the catalog is asked for, before the
@@ -194,7 +195,7 @@ struct Describing {
     /// The query string the COPY came in.
     sql: String,
     /// What to ask the catalog, until asked.
-    ask: Option<String>,
+    ask: Option<copyout::Describe>,
     columns: Option<Result<Vec<Column>, String>>,
 }
 
@@ -243,10 +244,12 @@ pub struct Protocol {
     client_utf8: bool,
     /// Whether the session reads '...' with standard conforming strings.
     standard_strings: bool,
-    /// Table names by OID, from the catalog (for `table.column` rules).
-    tables: HashMap<u32, String>,
-    /// OIDs already asked of the catalog.
-    asked_tables: std::collections::HashSet<u32>,
+    /// Tables by OID, from the catalog (for column rules: the table's name
+    /// and its columns' names).
+    tables: HashMap<u32, Arc<TableInfo>>,
+    /// OIDs asked of the catalog, and when: asked again after
+    /// [`TABLE_TTL`], so that a renamed column is seen.
+    asked_tables: HashMap<u32, std::time::Instant>,
     /// Tables to look up, until asked.
     looking_up: Option<Vec<u32>>,
     describing: Option<Describing>,
@@ -267,12 +270,12 @@ fn row_description(body: &[u8]) -> Option<Vec<Column>> {
     for _ in 0..count {
         let name = text(reader.cstr()?);
         let table_oid = reader.i32()? as u32;
-        let _attribute = reader.i16()?;
+        let attnum = reader.i16()?;
         let type_oid = reader.i32()? as u32;
         let _size = reader.i16()?;
         let _modifier = reader.i32()?;
         let format = reader.i16()?;
-        columns.push(Column { name, table_oid, table: None, type_oid, format, rule: None });
+        columns.push(Column { name, table_oid, attnum, type_oid, format, ..Column::default() });
     }
     Some(columns)
 }
@@ -320,7 +323,7 @@ impl Protocol {
             client_utf8: true,
             standard_strings: true,
             tables: HashMap::new(),
-            asked_tables: Default::default(),
+            asked_tables: HashMap::new(),
             looking_up: None,
             describing: None,
             copy_pending: None,
@@ -1008,20 +1011,23 @@ impl Protocol {
                     Self::raw(tag, frame, Direction::TargetToClient, record);
                     return Backend::Forward;
                 };
-                if self.masker.as_ref().is_some_and(|m| m.has_table_rules()) {
-                    let unknown: Vec<u32> = columns
+                if self.masker.as_ref().is_some_and(|m| m.has_column_rules()) {
+                    let mut unknown: Vec<u32> = columns
                         .iter()
                         .map(|c| c.table_oid)
-                        .filter(|o| *o != 0 && !self.tables.contains_key(o) && !self.asked_tables.contains(o))
+                        .filter(|o| *o != 0 && self.asked_tables.get(o).is_none_or(|at| at.elapsed() >= TABLE_TTL))
                         .collect();
                     if !unknown.is_empty() {
-                        self.asked_tables.extend(&unknown);
+                        unknown.sort_unstable();
+                        unknown.dedup();
+                        let now = std::time::Instant::now();
+                        self.asked_tables.extend(unknown.iter().map(|o| (*o, now)));
                         self.looking_up = Some(unknown);
                         return Backend::Pause;
                     }
                 }
                 for column in &mut columns {
-                    column.table = self.tables.get(&column.table_oid).cloned();
+                    column.name_source(self.tables.get(&column.table_oid).map(|t| &**t));
                 }
                 if let Some(masker) = &self.masker {
                     mask::plan(&mut columns, masker);
@@ -1167,6 +1173,17 @@ impl Protocol {
                     let planned = self.current_statement().and_then(|seq| {
                         let at = self.copy_plans.iter().position(|(s, _)| *s == seq)?;
                         Some(self.copy_plans.swap_remove(at).1)
+                    });
+                    // A plan whose columns are not the COPY's (the catalog
+                    // read another table of that name, or generated columns
+                    // counted differently) is not trusted: its values are
+                    // then of unknown columns, withheld under column rules.
+                    let sent = body.get(1..3).map_or(-1, |n| i16::from_be_bytes([n[0], n[1]]));
+                    let planned = planned.map(|mut plan| {
+                        if plan.columns.as_ref().is_some_and(|c| c.len() as i64 != i64::from(sent)) {
+                            plan.columns = Some(Vec::new());
+                        }
+                        plan
                     });
                     self.copy_mask = planned.or_else(|| {
                         self.masker.as_ref().map(|_| CopyMask {
@@ -1785,8 +1802,8 @@ match = "email""#,
         let mut events = RecordedEvents::default();
         let copy = frame(b'Q', &cstr("copy (select email from customers) to stdout"));
         assert_eq!(p.frontend(&copy, &mut events), Frontend::Pause, "its columns are asked first");
-        let Some(Question::Describe(query)) = p.question() else { panic!("a describe") };
-        assert!(query.to_lowercase().contains("select email from customers"), "{query}");
+        let Some(Question::Describe(describe)) = p.question() else { panic!("a describe") };
+        assert!(describe.query.to_lowercase().contains("select email from customers"), "{describe:?}");
         let email = Column { name: "email".into(), type_oid: 25, ..Default::default() };
         p.answer(Answer::Described(Ok(vec![email])));
         assert_eq!(p.frontend(&copy, &mut events), Frontend::Forward);

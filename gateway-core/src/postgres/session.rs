@@ -851,14 +851,19 @@ pub(super) struct CatalogAccess {
 }
 
 impl CatalogAccess {
-    fn describe(&self, query: String) -> Asking {
+    fn describe(&self, describe: super::copyout::Describe) -> Asking {
         let (resource, database) = (self.resource.clone(), self.database.clone());
-        Box::pin(async move { Answer::Described(resource.catalog.describe(&resource.target, &database, &query).await) })
+        Box::pin(async move {
+            let catalog = &resource.catalog;
+            Answer::Described(
+                catalog.describe(&resource.target, &database, &describe.query, describe.whole_table).await,
+            )
+        })
     }
 
     fn tables(&self, oids: Vec<u32>) -> Asking {
         let (resource, database) = (self.resource.clone(), self.database.clone());
-        Box::pin(async move { Answer::Tables(resource.catalog.table_names(&resource.target, &database, &oids).await) })
+        Box::pin(async move { Answer::Tables(resource.catalog.tables(&resource.target, &database, &oids).await) })
     }
 }
 
