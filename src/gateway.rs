@@ -54,8 +54,8 @@ pub async fn start<A: Authenticator>(
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
     let rules = config.rules.iter().map(|(name, rules)| RuleSet::new(name, rules)).collect::<Result<Vec<_>, _>>()?;
-    let policy = Arc::new(StatementPolicy::new(rules));
     let masking = Arc::new(config.masking_profiles()?);
+    let policy = Arc::new(StatementPolicy::new(rules).with_key(masking.key().clone()));
     if config.resources.is_empty() {
         return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy });
     }

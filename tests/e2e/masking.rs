@@ -209,6 +209,17 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     let numbers = psql(&setup.cluster, &url, "select card_number, joined, tag from staff");
     assert_eq!(stdout(&numbers).trim(), "|2026-01-02 03:04:05+00|t7");
     client_output.push_str(&all_output(&numbers));
+    // Start-up parameters and settings the client sets: the target gets
+    // them, the client and the recording see them masked.
+    let named = Command::new(setup.cluster.bindir.join("psql"))
+        .args(["-X", "-At", "-d", &url, "-c", "show application_name"])
+        .args(["-c", &format!("set application_name = 'then {EMAIL}'")])
+        .args(["-c", "select count(*) from pg_stat_activity where application_name like 'then %@example.org'"])
+        .env("PGAPPNAME", format!("report for {EMAIL}"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&named), "report for [email:masked]\nSET\n1\n", "{}", stderr(&named));
+    client_output.push_str(&all_output(&named));
     let binary = psql(&setup.cluster, &url, "copy customers to stdout (format binary)");
     assert!(stderr(&binary).contains("binary COPY cannot be masked"), "{}", stderr(&binary));
 

@@ -52,8 +52,11 @@ pub struct ReviewView {
     pub used_at: Option<String>,
 }
 
-/// The hash a held statement is found again by: SHA-256 (hex) of its exact
-/// text, so that only the identical statement runs once approved.
+/// An unkeyed hash of a statement's exact text (SHA-256, hex), of the shape
+/// reviews are found again by. The gateway keys its hashes with the
+/// deployment's key instead (`StatementPolicy::with_key`), so that the hash
+/// stored beside a masked statement cannot confirm a guess at what was
+/// masked; this one is for stores and tools that need only the shape.
 pub fn sql_hash(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }

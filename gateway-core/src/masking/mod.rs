@@ -258,6 +258,11 @@ impl Profiles {
         }
     }
 
+    /// The deployment's masking key.
+    pub fn key(&self) -> &MaskingKey {
+        &self.key
+    }
+
     /// Whether `names` (`a` or `a+b`) are all configured (or `none`).
     pub fn check(&self, names: &str) -> Result<(), String> {
         for name in names.split('+') {
@@ -363,6 +368,16 @@ impl MaskingKey {
             }
             Err(e) => Err(bad("cannot read it", e)),
         }
+    }
+
+    /// A keyed digest (hex HMAC-SHA256) of `data`, for `purpose`: equal
+    /// inputs give equal digests, which say nothing without the key.
+    pub fn digest(&self, purpose: &str, data: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(data);
+        hex::encode(mac.finalize().into_bytes())
     }
 
     fn token(&self, rule: &str, value: &str) -> String {

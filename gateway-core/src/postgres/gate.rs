@@ -17,6 +17,7 @@ use proctor_schemas::{PolicyDecision, PolicyOutcome, SessionId};
 use super::classify::{ClassCache, ParseAs};
 use super::rules::{RuleSet, Verdict};
 use crate::control::{HoldOutcome, HoldRequest, Holds};
+use crate::masking::MaskingKey;
 
 /// Shapes of statements whose classes are kept.
 const CLASS_CACHE: usize = 10_000;
@@ -29,6 +30,10 @@ pub struct StatementPolicy {
     classes: ClassCache,
     holds: OnceLock<Arc<dyn Holds>>,
     decisions: [AtomicU64; 3],
+    /// What a held statement's text is hashed with, for running it once
+    /// approved: keyed, so that the hash beside its masked text in the
+    /// control store cannot be used to guess the literals masked in it.
+    key: MaskingKey,
 }
 
 impl StatementPolicy {
@@ -38,7 +43,13 @@ impl StatementPolicy {
             classes: ClassCache::new(CLASS_CACHE),
             holds: OnceLock::new(),
             decisions: Default::default(),
+            key: MaskingKey::new(Vec::new()),
         }
+    }
+
+    /// Hashes held statements with the deployment's key.
+    pub fn with_key(self, key: MaskingKey) -> StatementPolicy {
+        StatementPolicy { key, ..self }
     }
 
     /// Where held statements go; until set (or without a control plane),
@@ -266,7 +277,7 @@ impl Gate {
             session_id: self.session_id,
             ref_seq: Some(asked.seq),
             sql: asked.shown.clone(),
-            sql_hash: crate::control::sql_hash(&asked.sql),
+            sql_hash: self.policy.key.digest("statement", asked.sql.as_bytes()),
             rule: asked.rule.clone(),
             approval_group: self.rules.approval_group.clone(),
         };

@@ -294,6 +294,14 @@ pub fn fields(tag: u8, body: &[u8], masker: &Masker, counts: &mut Counts) -> Opt
     Some(out)
 }
 
+/// A ParameterStatus value masked, if anything in it was.
+pub fn parameter(masker: &Masker, value: &str) -> Option<String> {
+    match masker.mask_text(value, &mut Counts::new()) {
+        std::borrow::Cow::Owned(masked) => Some(masked),
+        std::borrow::Cow::Borrowed(_) => None,
+    }
+}
+
 /// A NotificationResponse with its payload masked: the new frame, or `None`.
 pub fn notification(body: &[u8], masker: &Masker, counts: &mut Counts) -> Option<Vec<u8>> {
     let pid = body.get(..4)?;

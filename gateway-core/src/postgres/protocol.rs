@@ -59,13 +59,18 @@ enum Expect {
     DescribeStatement {
         name: String,
     },
-    DescribePortal,
+    /// A Describe of a portal: its row description is kept with the portal
+    /// (pipelined portals each keep their own).
+    DescribePortal {
+        name: String,
+    },
     /// `columns`: the result's shape, known from an earlier Describe of the
     /// statement and the Bind's result formats, when no row description
     /// precedes the rows.
     Execute {
         seq: u64,
         started: Instant,
+        portal: String,
         columns: Option<Vec<Column>>,
     },
     Close,
@@ -106,6 +111,8 @@ struct Portal {
     /// Bound from a statement approved to run once: the approval travels
     /// with the portal (closing the statement does not end it).
     once: Option<Arc<Once>>,
+    /// From a Describe of the portal (with its result formats).
+    columns: Option<Vec<Column>>,
 }
 
 use super::catalog::{TABLE_TTL, TableInfo};
@@ -544,8 +551,11 @@ impl Protocol {
         }
     }
 
-    fn raw(tag: u8, frame: &[u8], direction: Direction, record: &mut impl Record) -> u64 {
-        let keep = frame.len().min(RAW_FRAME_BYTES);
+    /// A frame recorded as it is (one not modelled, or one that could not
+    /// be read). Under masking its bytes are not kept, only its tag and
+    /// length: they could hold anything, and masking cannot read them.
+    fn raw(&self, tag: u8, frame: &[u8], direction: Direction, record: &mut impl Record) -> u64 {
+        let keep = if self.masker.is_some() { 0 } else { frame.len().min(RAW_FRAME_BYTES) };
         record.push(
             direction,
             RawFrame {
@@ -705,46 +715,34 @@ impl Protocol {
                     });
                 }
                 None => {
-                    Self::raw(tag, frame, Direction::ClientToTarget, record);
+                    self.raw(tag, frame, Direction::ClientToTarget, record);
                 }
             },
             b'B' => match self.bind(body) {
                 Some((name, portal)) => self.expected.push_back(Expect::Bind { name, portal }),
                 None => {
-                    Self::raw(tag, frame, Direction::ClientToTarget, record);
+                    self.raw(tag, frame, Direction::ClientToTarget, record);
                 }
             },
             b'D' => {
                 let mut reader = Body::new(body);
                 match (reader.take(1), reader.cstr()) {
                     (Some(b"S"), Some(name)) => self.expected.push_back(Expect::DescribeStatement { name: text(name) }),
-                    (Some(_), Some(_)) => self.expected.push_back(Expect::DescribePortal),
+                    (Some(_), Some(name)) => self.expected.push_back(Expect::DescribePortal { name: text(name) }),
                     _ => {
-                        Self::raw(tag, frame, Direction::ClientToTarget, record);
+                        self.raw(tag, frame, Direction::ClientToTarget, record);
                     }
                 }
             }
             b'E' => {
                 let portal_name = Body::new(body).cstr().map(text).unwrap_or_default();
                 let (sql, statement_name, params, columns) = match self.portal(&portal_name) {
-                    Some(portal) => {
-                        let columns = self.statement(&portal.statement).filter(|p| !p.columns.is_empty()).map(|p| {
-                            let formats = &portal.result_formats;
-                            p.columns
-                                .iter()
-                                .enumerate()
-                                .map(|(i, c)| Column {
-                                    format: match formats.len() {
-                                        0 => 0,
-                                        1 => formats[0],
-                                        _ => formats.get(i).copied().unwrap_or(0),
-                                    },
-                                    ..c.clone()
-                                })
-                                .collect()
-                        });
-                        (portal.sql.to_string(), portal.statement.clone(), portal.params.clone(), columns)
-                    }
+                    Some(portal) => (
+                        portal.sql.to_string(),
+                        portal.statement.clone(),
+                        portal.params.clone(),
+                        self.portal_columns(portal),
+                    ),
                     None => (String::new(), String::new(), Vec::new(), None),
                 };
                 // A COPY prepared under masking: its rows are masked as planned.
@@ -756,7 +754,7 @@ impl Protocol {
                 });
                 let seq = record.push(
                     Direction::ClientToTarget,
-                    Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name), params }.into(),
+                    Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name.clone()), params }.into(),
                 );
                 if let Some(review_id) = rerun
                     && let Some(gate) = &self.gate
@@ -768,7 +766,7 @@ impl Protocol {
                 if let Some(copy) = copy {
                     self.copy_plans.push((seq, copy));
                 }
-                self.expected.push_back(Expect::Execute { seq, started: Instant::now(), columns });
+                self.expected.push_back(Expect::Execute { seq, started: Instant::now(), portal: portal_name, columns });
             }
             b'C' => {
                 let mut reader = Body::new(body);
@@ -799,7 +797,7 @@ impl Protocol {
             b'X' => return Frontend::Terminate,
             b'F' => {
                 // FunctionCall is not modelled: recorded raw, answered like a query.
-                let seq = Self::raw(tag, frame, Direction::ClientToTarget, record);
+                let seq = self.raw(tag, frame, Direction::ClientToTarget, record);
                 self.expected.push_back(Expect::Query { seq, started: Instant::now() });
                 // A call by OID says nothing rules could read, and returns
                 // what masking cannot see into: refused under rules or masking.
@@ -818,7 +816,7 @@ impl Protocol {
                 }
             }
             _ => {
-                Self::raw(tag, frame, Direction::ClientToTarget, record);
+                self.raw(tag, frame, Direction::ClientToTarget, record);
             }
         }
         Frontend::Forward
@@ -867,7 +865,7 @@ impl Protocol {
         }
         let result_count = reader.i16()?.max(0) as usize;
         let result_formats = (0..result_count).map(|_| reader.i16()).collect::<Option<Vec<i16>>>()?;
-        Some((portal, Portal { statement, sql, params, result_formats, once }))
+        Some((portal, Portal { statement, sql, params, result_formats, once, columns: None }))
     }
 
     /// The start of a client frame too large to hold (COPY data).
@@ -973,13 +971,35 @@ impl Protocol {
         self.result.sample.push(row);
     }
 
+    /// A portal's result shape: from a Describe of the portal, else from a
+    /// Describe of its statement with the Bind's result formats.
+    fn portal_columns(&self, portal: &Portal) -> Option<Vec<Column>> {
+        if let Some(columns) = &portal.columns {
+            return Some(columns.clone());
+        }
+        let prepared = self.statement(&portal.statement).filter(|p| !p.columns.is_empty())?;
+        let formats = &portal.result_formats;
+        let format = |i: usize| match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(0),
+        };
+        Some(prepared.columns.iter().enumerate().map(|(i, c)| Column { format: format(i), ..c.clone() }).collect())
+    }
+
     /// Takes the result's shape from the Execute being answered when no row
-    /// description came with it.
+    /// description came with it: its portal's as the target has it now
+    /// (Describes answered since the Execute was sent included), else as
+    /// it was known when the Execute was sent.
     fn adopt_columns(&mut self) {
-        if self.result.columns.is_empty()
-            && let Some(Expect::Execute { columns: Some(columns), .. }) = self.expected.front()
-        {
-            self.result.columns = columns.clone();
+        if !self.result.columns.is_empty() {
+            return;
+        }
+        if let Some(Expect::Execute { portal, columns, .. }) = self.expected.front() {
+            let now = self.portals.get(portal).and_then(|p| self.portal_columns(p));
+            if let Some(columns) = now.or_else(|| columns.clone()) {
+                self.result.columns = columns;
+            }
         }
     }
 
@@ -1008,7 +1028,7 @@ impl Protocol {
             }
             b'T' => {
                 let Some(mut columns) = row_description(body) else {
-                    Self::raw(tag, frame, Direction::TargetToClient, record);
+                    self.raw(tag, frame, Direction::TargetToClient, record);
                     return Backend::Forward;
                 };
                 if self.masker.as_ref().is_some_and(|m| m.has_column_rules()) {
@@ -1035,14 +1055,22 @@ impl Protocol {
                 // A row description answering a Describe of a statement is
                 // kept with the statement; one answering a Describe of a
                 // portal, a query or an Execute describes the coming result.
-                if let Some(Expect::DescribeStatement { name }) = self.expected.front() {
-                    if let Some(prepared) = self.statements.get_mut(name) {
-                        prepared.columns = columns;
+                match self.expected.front() {
+                    Some(Expect::DescribeStatement { name }) => {
+                        if let Some(prepared) = self.statements.get_mut(name) {
+                            prepared.columns = columns;
+                        }
                     }
-                } else {
-                    self.result.columns = columns;
+                    Some(Expect::DescribePortal { name }) => {
+                        // A portal not known here (a SQL cursor) keeps none:
+                        // its rows are then of unknown columns.
+                        if let Some(portal) = self.portals.get_mut(name) {
+                            portal.columns = Some(columns);
+                        }
+                    }
+                    _ => self.result.columns = columns,
                 }
-                self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal));
+                self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal { .. }));
             }
             b'C' => {
                 let tag = Body::new(body).cstr().map(text);
@@ -1143,7 +1171,7 @@ impl Protocol {
                 }
             }
             b'3' => self.pop_if(|e| matches!(e, Expect::Close)),
-            b'n' => self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal)),
+            b'n' => self.pop_if(|e| matches!(e, Expect::DescribeStatement { .. } | Expect::DescribePortal { .. })),
             b't' => {
                 if let Some(Expect::DescribeStatement { name }) = self.expected.front() {
                     let mut reader = Body::new(body);
@@ -1246,8 +1274,15 @@ impl Protocol {
             b'S' => {
                 let mut reader = Body::new(body);
                 let parameter = reader.cstr().map(text).unwrap_or_default();
-                let value = reader.cstr().map(text).unwrap_or_default();
+                let mut value = reader.cstr().map(text).unwrap_or_default();
                 self.parameter(&parameter, &value);
+                // A value the client set (application_name) can hold anything.
+                if let Some(shown) = self.masker.as_ref().and_then(|m| mask::parameter(m, &value)) {
+                    let mut out = bytes::BytesMut::new();
+                    super::messages::parameter_status(&parameter, &shown, &mut out);
+                    masked = Some(out.to_vec());
+                    value = shown;
+                }
                 record.push(Direction::TargetToClient, ParameterStatus { parameter, value }.into());
             }
             b'V' => {
@@ -1256,7 +1291,7 @@ impl Protocol {
                 self.finish_result(Some("FUNCTION CALL".to_string()), record);
             }
             _ => {
-                Self::raw(tag, frame, Direction::TargetToClient, record);
+                self.raw(tag, frame, Direction::TargetToClient, record);
             }
         }
         match masked {
@@ -1685,7 +1720,11 @@ mod tests {
         let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
         let mut p = Protocol::new(SampleLimits { rows: 10, bytes: 1 << 16 }).with_masker(Some(Arc::new(masker)));
         let mut events = RecordedEvents::default();
-        assert!(matches!(p.frontend(&frame(b'F', &[0, 0, 0, 1]), &mut events), Frontend::Replace(_)));
+        let call = frame(b'F', b"\0\0\0\x01\0\0\0\x01\0\0\0\x0fada@example.com");
+        assert!(matches!(p.frontend(&call, &mut events), Frontend::Replace(_)));
+        let recorded = events.events.iter().find_map(|(_, b)| if let EventBody::RawFrame(f) = b { Some(f) } else { None });
+        let recorded = recorded.expect("the call is recorded");
+        assert!(recorded.data.is_empty() && recorded.byte_count == call.len() as u64, "its bytes are not kept");
         p.backend(&error("42501", "refused"), &mut events);
         p.backend(&frame(b'Z', b"I"), &mut events);
         let sql = "select email from customers where email = 'ada@example.com'";
@@ -1753,6 +1792,47 @@ mod tests {
         p.backend(&frame(b'Z', b"I"), &mut events);
         p.parameter("client_encoding", "UTF8");
         assert_eq!(p.frontend(&frame(b'Q', &cstr("select 1")), &mut events), Frontend::Forward);
+    }
+
+    #[test]
+    fn pipelined_portals_keep_their_own_row_descriptions() {
+        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+        let config: ProfileConfig = toml::from_str("[[columns]]\nmatch = \"salary\"").unwrap();
+        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let mut p = Protocol::new(SampleLimits::default()).with_masker(Some(Arc::new(masker)));
+        let mut events = RecordedEvents::default();
+        let describe = |portal: &str| {
+            let mut body = vec![b'P'];
+            body.extend(cstr(portal));
+            frame(b'D', &body)
+        };
+        let client = [
+            parse("s1", "select salary from staff"),
+            parse("s2", "select note from staff"),
+            bind("p1", "s1"),
+            bind("p2", "s2"),
+            describe("p1"),
+            describe("p2"),
+            execute("p1"),
+            execute("p2"),
+            frame(b'S', b""),
+        ];
+        for f in client {
+            p.frontend(&f, &mut events);
+        }
+        for f in [frame(b'1', b""), frame(b'1', b""), frame(b'2', b""), frame(b'2', b"")] {
+            p.backend(&f, &mut events);
+        }
+        p.backend(&row_description(&[("salary", 25)]), &mut events);
+        p.backend(&row_description(&[("note", 25)]), &mut events);
+        let Backend::Replace(row) = p.backend(&data_row(&[Some("90000")]), &mut events) else {
+            panic!("p1's rows are masked by p1's columns, not by the last row description")
+        };
+        assert!(String::from_utf8_lossy(&row).contains("[column:salary:masked]"));
+        p.backend(&frame(b'C', &cstr("SELECT 1")), &mut events);
+        assert_eq!(p.backend(&data_row(&[Some("hello")]), &mut events), Backend::Forward, "p2's note is not masked");
+        p.backend(&frame(b'C', &cstr("SELECT 1")), &mut events);
+        p.backend(&frame(b'Z', b"I"), &mut events);
     }
 
     #[test]

@@ -249,11 +249,17 @@ async fn serve<S: EventSink, A: Authenticator>(
     let mut lease = ctx.auth.lease(&identity);
 
     // The session begins: recorded before anything reaches the target,
-    // with every start-up parameter the target will be given.
-    recorder.push(Direction::Gateway, session_start(resource, client_addr, &params, Some(&identity), &tls, None));
+    // with every start-up parameter the target will be given (masked, as
+    // the client's other words are: `options` and `application_name` can
+    // hold anything).
+    let recorded: std::collections::BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), masker.as_ref().and_then(|m| super::mask::parameter(m, v)).unwrap_or_else(|| v.clone())))
+        .collect();
+    recorder.push(Direction::Gateway, session_start(resource, client_addr, &recorded, Some(&identity), &tls, None));
     let forwarded: Vec<(String, String)> =
         params.iter().filter(|(k, _)| k.as_str() != "user").map(|(k, v)| (k.clone(), v.clone())).collect();
-    for (parameter, value) in &forwarded {
+    for (parameter, value) in recorded.iter().filter(|(k, _)| k.as_str() != "user") {
         recorder.push(
             Direction::ClientToTarget,
             proctor_schemas::ParameterStatus { parameter: parameter.clone(), value: value.clone() }.into(),
@@ -309,14 +315,17 @@ async fn serve<S: EventSink, A: Authenticator>(
     let key = ctx.cancels.issue(resource.target.address.clone(), backend_pid, secret, cancel_tx);
     let mut hello = BytesMut::new();
     messages::authentication_ok(&mut hello);
+    // Under masking, what the client sees of them and what is recorded are
+    // masked alike (a client-set application_name, a login notice).
     for (name, value) in &parameters {
-        recorder.push(
-            Direction::TargetToClient,
-            proctor_schemas::ParameterStatus { parameter: name.clone(), value: value.clone() }.into(),
-        );
-        messages::parameter_status(name, value, &mut hello);
+        let value = masker.as_ref().and_then(|m| super::mask::parameter(m, value)).unwrap_or_else(|| value.clone());
+        messages::parameter_status(name, &value, &mut hello);
+        recorder.push(Direction::TargetToClient, proctor_schemas::ParameterStatus { parameter: name.clone(), value }.into());
     }
     for notice in &notices {
+        let body = notice.get(5..).unwrap_or_default();
+        let masked = masker.as_ref().and_then(|m| super::mask::fields(b'N', body, m, &mut Default::default()));
+        let notice = masked.as_deref().unwrap_or(notice);
         let f = messages::fields(notice.get(5..).unwrap_or_default());
         recorder.push(
             Direction::TargetToClient,
@@ -867,13 +876,23 @@ impl CatalogAccess {
     }
 }
 
+/// How long a held statement waits for the control plane to record it.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Asks outside the session about the statement the client frames stopped at.
 fn ask(protocol: &mut Protocol, up: &Half, asking: &mut Option<Asking>, catalog: &CatalogAccess) {
     if !up.paused || asking.is_some() {
         return;
     }
     *asking = Some(match protocol.question() {
-        Some(Question::Hold(holds, request)) => Box::pin(async move { Answer::Hold(holds.hold(request).await) }),
+        Some(Question::Hold(holds, request)) => Box::pin(async move {
+            // A control plane that does not answer fails closed, in time:
+            // the statement is refused, the session goes on.
+            match tokio::time::timeout(HOLD_TIMEOUT, holds.hold(request)).await {
+                Ok(answer) => Answer::Hold(answer),
+                Err(_) => Answer::Hold(Err(format!("the control plane did not answer within {HOLD_TIMEOUT:?}"))),
+            }
+        }),
         Some(Question::Describe(query)) => catalog.describe(query),
         None => Box::pin(std::future::ready(Answer::Hold(Err("no control plane is configured".to_string())))),
     });
