@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-pub use detect::{Detector, Finding, find, is_card_number};
+pub use detect::{Detector, Detectors, Finding, Findings, find, find_in, is_card_number};
 
 use crate::GatewayError;
 
@@ -399,42 +399,70 @@ impl std::fmt::Debug for MaskingKey {
 pub struct Masker {
     profile: Profile,
     key: MaskingKey,
-    /// The profile's detectors.
-    enabled: Vec<Detector>,
+    /// The profile's detectors, and each one's action by discriminant.
+    enabled: Detectors,
+    actions: [Action; Detector::ALL.len()],
 }
 
 /// Replaces `value` by `action`; `rule` names it in the marker.
 fn apply(action: Action, rule: &str, value: &str, key: &MaskingKey) -> String {
+    let mut out = String::new();
+    apply_into(action, rule, value, key, &mut out);
+    out
+}
+
+/// Where masked text is written: a string, or the bytes of a message being
+/// built (so a masked value is written once, where it goes).
+pub trait TextOut {
+    fn put(&mut self, text: &str);
+}
+
+impl TextOut for String {
+    fn put(&mut self, text: &str) {
+        self.push_str(text);
+    }
+}
+
+impl TextOut for Vec<u8> {
+    fn put(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// [`apply`], appending to `out`.
+fn apply_into(action: Action, rule: &str, value: &str, key: &MaskingKey, out: &mut impl TextOut) {
     match action {
         Action::Redact => {
-            let mut marker = String::with_capacity(rule.len() + 9);
-            marker.push('[');
-            marker.push_str(rule);
-            marker.push_str(":masked]");
-            marker
+            out.put("[");
+            out.put(rule);
+            out.put(":masked]");
         }
-        Action::Token => key.token(rule, value),
+        Action::Token => out.put(&key.token(rule, value)),
         Action::Last4 => {
             let keep = value.chars().filter(|c| c.is_alphanumeric()).count().saturating_sub(4);
             let mut seen = 0;
-            value
-                .chars()
-                .map(|c| {
-                    if !c.is_alphanumeric() {
-                        return c;
-                    }
+            let mut buf = [0u8; 4];
+            for c in value.chars() {
+                let shown = if !c.is_alphanumeric() {
+                    c
+                } else {
                     seen += 1;
                     if seen <= keep { '*' } else { c }
-                })
-                .collect()
+                };
+                out.put(shown.encode_utf8(&mut buf));
+            }
         }
     }
 }
 
 impl Masker {
     pub fn new(profile: Profile, key: MaskingKey) -> Masker {
-        let enabled = profile.detectors.iter().map(|(d, _)| *d).collect();
-        Masker { profile, key, enabled }
+        let enabled = Detectors::of(&profile.detectors.iter().map(|(d, _)| *d).collect::<Vec<_>>());
+        let mut actions = [Action::Redact; Detector::ALL.len()];
+        for &(d, a) in &profile.detectors {
+            actions[d as usize] = a;
+        }
+        Masker { profile, key, enabled, actions }
     }
 
     pub fn profile(&self) -> &Profile {
@@ -448,7 +476,7 @@ impl Masker {
 
     /// Whether `detector` is on.
     pub fn detects(&self, detector: Detector) -> bool {
-        self.enabled.contains(&detector)
+        self.enabled.contains(detector)
     }
 
     /// Whether any rule masks by column.
@@ -525,14 +553,22 @@ impl Masker {
 
     /// Masks what the detectors find in free text (no column rules).
     pub fn mask_text<'v>(&self, value: &'v str, counts: &mut Counts) -> Cow<'v, str> {
-        if self.enabled.is_empty() {
-            return Cow::Borrowed(value);
-        }
-        let findings = find(value, &self.enabled);
+        let findings = self.findings(value);
         if findings.is_empty() {
             return Cow::Borrowed(value);
         }
-        let mut out = String::with_capacity(value.len());
+        let mut out = String::with_capacity(value.len() + 16);
+        self.write_masked(value, &findings, counts, &mut out);
+        Cow::Owned(out)
+    }
+
+    /// What the detectors find in `value`.
+    pub fn findings(&self, value: &str) -> Findings {
+        if self.enabled.is_empty() { Findings::new() } else { find_in(value, self.enabled) }
+    }
+
+    /// Writes `value` with its `findings` masked to `out`, and counts them.
+    pub fn write_masked(&self, value: &str, findings: &[Finding], counts: &mut Counts, out: &mut impl TextOut) {
         let mut at = 0;
         for f in findings {
             // The same text found by two detectors is masked once.
@@ -540,14 +576,13 @@ impl Masker {
                 count(counts, f.detector.as_str());
                 continue;
             }
-            let action = self.profile.detectors.iter().find(|(d, _)| *d == f.detector).map_or(Action::Redact, |x| x.1);
-            out.push_str(&value[at..f.range.start]);
-            out.push_str(&apply(action, f.detector.as_str(), &value[f.range.clone()], &self.key));
+            let action = self.actions[f.detector as usize];
+            out.put(&value[at..f.range.start]);
+            apply_into(action, f.detector.as_str(), &value[f.range.clone()], &self.key, out);
             count(counts, f.detector.as_str());
             at = f.range.end;
         }
-        out.push_str(&value[at..]);
-        Cow::Owned(out)
+        out.put(&value[at..]);
     }
 }
 

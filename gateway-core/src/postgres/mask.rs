@@ -3,7 +3,7 @@
 //! Each function returns the masked frame only when something changed, so
 //! the common path forwards the target's bytes untouched.
 
-use crate::masking::{Column, Counts, Detector, Masker, count};
+use crate::masking::{Column, Counts, Detector, Findings, Masker, TextOut, count};
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
 pub(super) fn text_like(oid: u32) -> bool {
@@ -124,26 +124,44 @@ pub fn plan(columns: &mut [ResultColumn], masker: &Masker) {
     }
 }
 
-/// Masks one value; `None` when it stays as it is, `Some(None)` when it
-/// becomes NULL (withheld: a rule on a column whose type cannot hold the
-/// masked text, a secret inside a value of another type, or a value
-/// masking cannot read). `column` is `None` when no row description told
-/// what the value is.
-fn mask_value(
-    value: &[u8],
+/// What becomes of a value that masking changes.
+enum Change<'v> {
+    /// Withheld as NULL: a rule on a column whose type cannot hold the
+    /// masked text, a secret inside a value of another type, or a value
+    /// masking cannot read.
+    Null,
+    /// Replaced by these bytes.
+    Bytes(Vec<u8>),
+    /// Text with these findings masked in it, written where it goes.
+    Text(&'v str, Findings),
+}
+
+/// Masks one value; `None` when it stays as it is. `column` is `None` when
+/// no row description told what the value is.
+fn mask_value<'v>(
+    value: &'v [u8],
     column: Option<&ResultColumn>,
     masker: &Masker,
     counts: &mut Counts,
-) -> Option<Option<Vec<u8>>> {
+) -> Option<Change<'v>> {
+    let withheld_if_found = |text: &[u8], counts: &mut Counts| {
+        let text = std::str::from_utf8(text).ok()?;
+        let findings = masker.findings(text);
+        if findings.is_empty() {
+            return None;
+        }
+        // Counted as masked: written nowhere.
+        masker.write_masked(text, &findings, counts, &mut Discard);
+        Some(Change::Null)
+    };
     let Some(column) = column else {
         // Unknown column: a column rule could apply to it, so it is withheld;
         // without column rules the detectors read it, and a hit withholds it.
         if masker.has_column_rules() {
             count(counts, "column:unknown");
-            return Some(None);
+            return Some(Change::Null);
         }
-        let text = std::str::from_utf8(value).ok()?;
-        return matches!(masker.mask_text(text, counts), std::borrow::Cow::Owned(_)).then_some(None);
+        return withheld_if_found(value, counts);
     };
     // jsonb in binary: a version byte, then the JSON text.
     let (prefix, text) = match (column.type_oid, column.format) {
@@ -154,10 +172,10 @@ fn mask_value(
         count(counts, rule);
         if !holds_marker(column.type_oid) {
             // A masked value is text: for other types, NULL says "withheld".
-            return Some(None);
+            return Some(Change::Null);
         }
         let original = String::from_utf8_lossy(text);
-        return Some(Some(masker.mask_whole(rule, action, &original).into_bytes()));
+        return Some(Change::Bytes(masker.mask_whole(rule, action, &original).into_bytes()));
     }
     if !masker.has_detectors() {
         return None;
@@ -168,7 +186,7 @@ fn mask_value(
         Reading::Number => {
             if masker.detects(Detector::Card) && number_is_card(value, column) {
                 count(counts, Detector::Card.as_str());
-                return Some(None);
+                return Some(Change::Null);
             }
             return None;
         }
@@ -176,77 +194,79 @@ fn mask_value(
             // Arrays, composites, bytea and other binary forms may carry
             // text masking cannot read in place: withheld.
             count(counts, "binary:unread");
-            return Some(None);
+            return Some(Change::Null);
         }
-        Reading::Other => {
-            // A secret in the text form of an array or a composite withholds
-            // the whole value, whose type could not hold a marker.
-            let text = std::str::from_utf8(text).ok()?;
-            return matches!(masker.mask_text(text, counts), std::borrow::Cow::Owned(_)).then_some(None);
-        }
+        // A secret in the text form of an array or a composite withholds
+        // the whole value, whose type could not hold a marker.
+        Reading::Other => return withheld_if_found(text, counts),
     }
     let Ok(original) = std::str::from_utf8(text) else {
         count(counts, "text:unreadable");
-        return Some(None);
+        return Some(Change::Null);
     };
-    let masked = masker.mask_text(original, counts);
-    if let std::borrow::Cow::Borrowed(_) = masked {
+    let findings = masker.findings(original);
+    if findings.is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(masked.len() + 1);
-    out.extend(prefix);
-    out.extend_from_slice(masked.as_bytes());
-    Some(Some(out))
+    let Some(prefix) = prefix else { return Some(Change::Text(original, findings)) };
+    let mut out = vec![prefix];
+    masker.write_masked(original, &findings, counts, &mut out);
+    Some(Change::Bytes(out))
+}
+
+/// Masked text that goes nowhere (the value is withheld whole).
+struct Discard;
+
+impl TextOut for Discard {
+    fn put(&mut self, _: &str) {}
 }
 
 /// A DataRow body masked column by column: the whole new frame, or `None`
-/// if nothing was masked.
+/// if nothing was masked. One pass: values before the first masked one are
+/// copied in one piece, and so are the runs between masked ones; masked
+/// text is written straight into the new frame.
 pub fn data_row(body: &[u8], columns: &[ResultColumn], masker: &Masker, counts: &mut Counts) -> Option<Vec<u8>> {
     let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?).max(0) as usize;
-    let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+    let mut out: Option<Vec<u8>> = None;
+    // Bytes of `body` already in `out`.
+    let mut copied = 0;
     let mut at = 2;
-    for _ in 0..count {
+    for i in 0..count {
+        let start = at;
         let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
         at += 4;
         if len < 0 {
-            values.push(None);
-        } else {
-            let end = at.checked_add(len as usize)?;
-            values.push(Some(body.get(at..end)?));
-            at = end;
+            continue;
         }
-    }
-    let mut changed: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
-    for (i, value) in values.iter().enumerate() {
-        let Some(value) = value else { continue };
-        if let Some(masked) = mask_value(value, columns.get(i), masker, counts) {
-            changed.push((i, masked));
-        }
-    }
-    if changed.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() + 5 + 64);
-    out.push(b'D');
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(count as i16).to_be_bytes());
-    let mut next = changed.iter().peekable();
-    for (i, value) in values.iter().enumerate() {
-        let value: Option<&[u8]> = match next.peek() {
-            Some((j, masked)) if *j == i => {
-                next.next();
-                masked.as_deref()
-            }
-            _ => *value,
-        };
-        match value {
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Some(v) => {
+        let end = at.checked_add(len as usize)?;
+        let value = body.get(at..end)?;
+        at = end;
+        let Some(change) = mask_value(value, columns.get(i), masker, counts) else { continue };
+        let out = out.get_or_insert_with(|| {
+            let mut out = Vec::with_capacity(body.len() + 5 + 64);
+            out.push(b'D');
+            out.extend_from_slice(&[0; 4]);
+            out
+        });
+        out.extend_from_slice(&body[copied..start]);
+        match change {
+            Change::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Change::Bytes(v) => {
                 out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                out.extend_from_slice(v);
+                out.extend_from_slice(&v);
+            }
+            Change::Text(text, findings) => {
+                let length_at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                masker.write_masked(text, &findings, counts, out);
+                let written = (out.len() - length_at - 4) as i32;
+                out[length_at..length_at + 4].copy_from_slice(&written.to_be_bytes());
             }
         }
+        copied = end;
     }
+    let mut out = out?;
+    out.extend_from_slice(&body[copied..]);
     let len = (out.len() - 1) as u32;
     out[1..5].copy_from_slice(&len.to_be_bytes());
     Some(out)

@@ -754,7 +754,8 @@ impl Protocol {
                 });
                 let seq = record.push(
                     Direction::ClientToTarget,
-                    Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name.clone()), params }.into(),
+                    Statement { sql, statement_name: Some(statement_name), portal: Some(portal_name.clone()), params }
+                        .into(),
                 );
                 if let Some(review_id) = rerun
                     && let Some(gate) = &self.gate
@@ -1722,7 +1723,8 @@ mod tests {
         let mut events = RecordedEvents::default();
         let call = frame(b'F', b"\0\0\0\x01\0\0\0\x01\0\0\0\x0fada@example.com");
         assert!(matches!(p.frontend(&call, &mut events), Frontend::Replace(_)));
-        let recorded = events.events.iter().find_map(|(_, b)| if let EventBody::RawFrame(f) = b { Some(f) } else { None });
+        let recorded =
+            events.events.iter().find_map(|(_, b)| if let EventBody::RawFrame(f) = b { Some(f) } else { None });
         let recorded = recorded.expect("the call is recorded");
         assert!(recorded.data.is_empty() && recorded.byte_count == call.len() as u64, "its bytes are not kept");
         p.backend(&error("42501", "refused"), &mut events);

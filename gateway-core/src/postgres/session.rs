@@ -254,7 +254,9 @@ async fn serve<S: EventSink, A: Authenticator>(
     // hold anything).
     let recorded: std::collections::BTreeMap<String, String> = params
         .iter()
-        .map(|(k, v)| (k.clone(), masker.as_ref().and_then(|m| super::mask::parameter(m, v)).unwrap_or_else(|| v.clone())))
+        .map(|(k, v)| {
+            (k.clone(), masker.as_ref().and_then(|m| super::mask::parameter(m, v)).unwrap_or_else(|| v.clone()))
+        })
         .collect();
     recorder.push(Direction::Gateway, session_start(resource, client_addr, &recorded, Some(&identity), &tls, None));
     let forwarded: Vec<(String, String)> =
@@ -320,7 +322,10 @@ async fn serve<S: EventSink, A: Authenticator>(
     for (name, value) in &parameters {
         let value = masker.as_ref().and_then(|m| super::mask::parameter(m, value)).unwrap_or_else(|| value.clone());
         messages::parameter_status(name, &value, &mut hello);
-        recorder.push(Direction::TargetToClient, proctor_schemas::ParameterStatus { parameter: name.clone(), value }.into());
+        recorder.push(
+            Direction::TargetToClient,
+            proctor_schemas::ParameterStatus { parameter: name.clone(), value }.into(),
+        );
     }
     for notice in &notices {
         let body = notice.get(5..).unwrap_or_default();
