@@ -206,6 +206,18 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     let whole = psql(&setup.cluster, &url, "copy staff to stdout");
     assert_eq!(stdout(&whole), "7\t\\N\t\\N\t2026-01-02 03:04:05+00\n", "{}", stderr(&whole));
     client_output.push_str(&all_output(&whole));
+    // A second table of that name: the name alone could mean another table
+    // in the session (its search_path, a temporary table) than the one
+    // Proctor reads, so it must be qualified.
+    setup
+        .cluster
+        .psql(APP_ROLE, &format!("set role {APP_ROLE}; create schema archive; create table archive.staff (id int)"))
+        .unwrap();
+    let ambiguous = psql(&setup.cluster, &url, "copy staff to stdout");
+    assert!(stderr(&ambiguous).contains("2 tables or views are named \"staff\""), "{}", stderr(&ambiguous));
+    assert!(stdout(&ambiguous).is_empty());
+    let qualified = psql(&setup.cluster, &url, "copy public.staff to stdout");
+    assert_eq!(stdout(&qualified), stdout(&whole), "{}", stderr(&qualified));
     let numbers = psql(&setup.cluster, &url, "select card_number, joined, tag from staff");
     assert_eq!(stdout(&numbers).trim(), "|2026-01-02 03:04:05+00|t7");
     client_output.push_str(&all_output(&numbers));

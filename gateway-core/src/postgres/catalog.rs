@@ -79,6 +79,16 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<Vec<(u8, Vec<u8>)>,
     }
 }
 
+/// A DataRow's values in order, as text (`None`: NULL, or past its end).
+fn row_values(body: &[u8]) -> impl FnMut() -> Option<String> + '_ {
+    let mut reader = Body::new(body);
+    let _count = reader.i16();
+    move || {
+        let len = reader.i32()?;
+        reader.take(usize::try_from(len).ok()?).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
 /// The first error among `frames`, as text.
 fn error_in(frames: &[(u8, Vec<u8>)]) -> Option<String> {
     frames.iter().find(|(tag, _)| *tag == b'E').map(|(_, body)| {
@@ -121,6 +131,29 @@ impl Catalog {
         }
     }
 
+    /// Whether each name is that of one table (or view) only, in any
+    /// schema, temporary ones of every session included.
+    async fn unambiguous(&self, target: &Target, database: &str, names: &[String]) -> Result<(), String> {
+        let list: Vec<String> =
+            names.iter().map(|n| format!("'{}'", n.replace('\'', "''").replace('\0', ""))).collect();
+        let sql = format!(
+            "SELECT relname, count(*) FROM pg_catalog.pg_class WHERE relname IN ({}) \
+             AND relkind IN ('r', 'p', 'v', 'm', 'f') GROUP BY relname HAVING count(*) > 1",
+            list.join(",")
+        );
+        let frames = self.ask(target, database, &frame(b'Q', &cstr(&sql))).await?;
+        if let Some(error) = error_in(&frames) {
+            return Err(error);
+        }
+        let Some((_, body)) = frames.iter().find(|(tag, _)| *tag == b'D') else { return Ok(()) };
+        let mut value = row_values(body);
+        let (name, count) = (value().unwrap_or_default(), value().unwrap_or_default());
+        Err(format!(
+            "{count} tables or views are named {name:?}, and this session's search_path or temporary tables \
+             could choose another one than Proctor reads: name its schema (schema.{name})"
+        ))
+    }
+
     /// Tables by OID, with their columns' names (those the catalog knows;
     /// the rest are not tables, or were dropped).
     pub async fn tables(
@@ -160,12 +193,7 @@ impl Catalog {
         }
         let mut read: HashMap<u32, TableInfo> = HashMap::new();
         for (_, body) in frames.iter().filter(|(tag, _)| *tag == b'D') {
-            let mut reader = Body::new(body);
-            let _count = reader.i16();
-            let mut value = || {
-                let len = reader.i32()?;
-                reader.take(usize::try_from(len).ok()?).map(|v| String::from_utf8_lossy(v).into_owned())
-            };
+            let mut value = row_values(body);
             let (oid, name, attnum, attname, generated) = (value(), value(), value(), value(), value());
             let (Some(oid), Some(name)) = (oid.and_then(|o| o.parse::<u32>().ok()), name) else { continue };
             let table = read.entry(oid).or_insert_with(|| TableInfo { name, ..TableInfo::default() });
@@ -186,15 +214,20 @@ impl Catalog {
         Ok(known)
     }
 
-    /// The columns `query` returns (a SELECT; nothing is run), with their
-    /// tables named; for a `whole_table` COPY, without generated columns.
+    /// The columns a COPY sends (its query described; nothing is run),
+    /// with their tables named; for a whole table, without generated
+    /// columns. Refused if a table it names without a schema is not the only
+    /// one of that name.
     pub async fn describe(
         &self,
         target: &Target,
         database: &str,
-        query: &str,
-        whole_table: bool,
+        describe: &super::copyout::Describe,
     ) -> Result<Vec<ResultColumn>, String> {
+        if !describe.unqualified.is_empty() {
+            self.unambiguous(target, database, &describe.unqualified).await?;
+        }
+        let (query, whole_table) = (describe.query.as_str(), describe.whole_table);
         let mut request = BytesMut::new();
         let mut parse = cstr("");
         parse.extend(cstr(query));

@@ -40,6 +40,10 @@ pub struct Describe {
     /// A whole table (no column list): COPY leaves out generated columns,
     /// which `SELECT *` returns.
     pub whole_table: bool,
+    /// Tables it names without a schema: read on Proctor's own connection,
+    /// such a name could be another table than the session's search_path or
+    /// temporary tables choose, so each must name one table only.
+    pub unqualified: Vec<String>,
 }
 
 fn quote_ident(name: &str) -> String {
@@ -123,7 +127,7 @@ pub fn plan(sql: &str, standard_conforming_strings: bool) -> CopyPlan {
     }
     let describe = if let Some(query) = &copy.query {
         match query.node.as_ref().map(|n| n.deparse(pg_query::DeparseOptions::default())) {
-            Some(Ok(text)) => Describe { query: text, whole_table: false },
+            Some(Ok(text)) => Describe { query: text, whole_table: false, unqualified: Vec::new() },
             _ => return CopyPlan::Refuse("the query of this COPY could not be read for masking".into()),
         }
     } else if let Some(relation) = &copy.relation {
@@ -134,11 +138,16 @@ pub fn plan(sql: &str, standard_conforming_strings: bool) -> CopyPlan {
             schema => format!("{}.{}", quote_ident(schema), quote_ident(&relation.relname)),
         };
         let list = if columns.is_empty() { "*".to_string() } else { columns.join(", ") };
-        Describe { query: format!("SELECT {list} FROM {table}"), whole_table: columns.is_empty() }
+        Describe {
+            query: format!("SELECT {list} FROM {table}"),
+            whole_table: columns.is_empty(),
+            unqualified: Vec::new(),
+        }
     } else {
         return CopyPlan::NotCopyOut;
     };
-    CopyPlan::Mask { format, describe }
+    let unqualified = parsed.tables().into_iter().filter(|t| !t.contains('.')).collect();
+    CopyPlan::Mask { format, describe: Describe { unqualified, ..describe } }
 }
 
 /// Splits one row of COPY text or CSV into fields: (text, quoted).
@@ -311,6 +320,13 @@ match = "ssn""#,
         assert!(describe.query.to_lowercase().starts_with("select * from customers"), "{describe:?}");
         let CopyPlan::Mask { describe, .. } = plan_default("copy customers to stdout") else { panic!() };
         assert!(describe.whole_table && describe.query == r#"SELECT * FROM "customers""#, "{describe:?}");
+        assert_eq!(describe.unqualified, ["customers"], "a name the catalog must find only once");
+        let CopyPlan::Mask { describe, .. } =
+            plan_default("copy (select * from orders join crm.customers using (id)) to stdout")
+        else {
+            panic!()
+        };
+        assert_eq!(describe.unqualified, ["orders"]);
         assert!(matches!(plan_default("copy customers to stdout (format binary)"), CopyPlan::Refuse(_)));
         assert!(matches!(plan_default("copy customers to stdout binary"), CopyPlan::Refuse(_)));
         assert!(matches!(plan_default("copy customers to stdout (delimiter '@')"), CopyPlan::Refuse(_)));

@@ -869,9 +869,7 @@ impl CatalogAccess {
         let (resource, database) = (self.resource.clone(), self.database.clone());
         Box::pin(async move {
             let catalog = &resource.catalog;
-            Answer::Described(
-                catalog.describe(&resource.target, &database, &describe.query, describe.whole_table).await,
-            )
+            Answer::Described(catalog.describe(&resource.target, &database, &describe).await)
         })
     }
 
