@@ -65,10 +65,80 @@ pub struct ReplayConfig {
     /// API speaks plain HTTP: for loopback, or behind a TLS-terminating proxy.
     #[serde(default)]
     pub tls: bool,
+    /// The investigators' web console, served beside the API.
+    #[serde(default)]
+    pub console: ConsoleSettings,
 }
 
 fn default_investigator_group() -> String {
     "investigators".to_string()
+}
+
+/// The `[replay.console]` section: how investigators sign in to the web
+/// console (OpenID Connect, authorization code with PKCE).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Off: the replay server serves its API only.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The console's URL as browsers reach it (behind a proxy, say); by
+    /// default the replay server's own. The redirect URI registered with the
+    /// issuer is `{public_url}/auth/callback`.
+    pub public_url: Option<String>,
+    /// The issuer to sign in with: its URL (discovery at
+    /// `{issuer}/.well-known/openid-configuration`), or `dev` for the
+    /// embedded dev issuer (the default while it is on).
+    pub issuer: Option<String>,
+    #[serde(default = "default_console_client")]
+    pub client_id: String,
+    /// For a confidential client; none: a public client with PKCE.
+    pub client_secret: Option<String>,
+    /// Trusted certificates for an `https://` issuer (default: the system's).
+    pub ca_file: Option<PathBuf>,
+    /// The ID token claim listing groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// How long a sign-in lasts (at most the ID token's own life).
+    #[serde(default = "default_console_session", with = "humantime_serde")]
+    pub session_ttl: std::time::Duration,
+    /// What the dev issuer's sign-in form proposes (it accepts any).
+    pub dev_subject: Option<String>,
+    #[serde(default)]
+    pub dev_groups: Vec<String>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            public_url: None,
+            issuer: None,
+            client_id: default_console_client(),
+            client_secret: None,
+            ca_file: None,
+            groups_claim: default_groups_claim(),
+            session_ttl: default_console_session(),
+            dev_subject: None,
+            dev_groups: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_console_client() -> String {
+    "proctor-console".to_string()
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_string()
+}
+
+fn default_console_session() -> std::time::Duration {
+    std::time::Duration::from_secs(8 * 3600)
 }
 
 /// The embedded default configuration, used when no file is given.

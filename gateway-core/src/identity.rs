@@ -479,6 +479,20 @@ impl DevIssuer {
             .map_err(|e| IdentityError::Config(format!("cannot sign: {e}")))
     }
 
+    /// Signs `claims` as they are (an OpenID Connect ID token of the dev
+    /// issuer's sign-in endpoints, which set `iss`, `aud` and times).
+    pub fn sign_claims(&self, claims: &serde_json::Value) -> Result<String, IdentityError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| IdentityError::Config(format!("cannot sign: {e}")))
+    }
+
+    /// The longest lifetime of its tokens.
+    pub fn max_ttl(&self) -> Duration {
+        self.config.max_ttl
+    }
+
     /// The public key as a JSON Web Key Set.
     pub fn jwks(&self) -> JwkSet {
         let value = serde_json::json!({ "keys": [{

@@ -34,6 +34,8 @@ use proctor_schemas::{
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::console::Console;
+use crate::console::dev_issuer::DevIssuerEndpoints;
 use crate::filter::SessionFilter;
 use crate::render::{event_json, session_json, transcript_line};
 
@@ -128,11 +130,31 @@ pub struct ApiState<L: AccessLog> {
     pub access: L,
     /// Opened on first use: the index may not exist when the server starts.
     index: Mutex<Option<Arc<SearchIndex>>>,
+    /// The web console, when served: its signed-in investigators may call
+    /// the API with their session cookie.
+    console: Option<Arc<Console>>,
+    /// The embedded dev issuer's sign-in endpoints, when on.
+    dev_issuer: Option<Arc<DevIssuerEndpoints>>,
 }
 
 impl<L: AccessLog> ApiState<L> {
     pub fn new(data_dir: PathBuf, verifier: Arc<Verifier>, investigator_group: String, access: L) -> Self {
-        ApiState { data_dir, verifier, investigator_group, access, index: Mutex::new(None) }
+        ApiState {
+            data_dir,
+            verifier,
+            investigator_group,
+            access,
+            index: Mutex::new(None),
+            console: None,
+            dev_issuer: None,
+        }
+    }
+
+    /// Serves the web console (and the dev issuer's sign-in endpoints) too.
+    pub fn with_console(mut self, console: Arc<Console>, dev_issuer: Option<Arc<DevIssuerEndpoints>>) -> Self {
+        self.console = Some(console);
+        self.dev_issuer = dev_issuer;
+        self
     }
 
     fn index(&self) -> Result<Arc<SearchIndex>, IndexError> {
@@ -150,7 +172,15 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The caller, if their token verifies and they are an investigator.
 fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
-    let identity = proctor_gateway_core::http::caller(&state.verifier, headers)?;
+    // A bearer token when one is presented; else the console's session.
+    let from_console = match &state.console {
+        Some(console) if !headers.contains_key(axum::http::header::AUTHORIZATION) => console.identity(headers),
+        _ => None,
+    };
+    let identity = match from_console {
+        Some(identity) => identity,
+        None => proctor_gateway_core::http::caller(&state.verifier, headers)?,
+    };
     if !identity.in_group(&state.investigator_group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -185,13 +215,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 
 /// The router over `state`.
 pub fn router<L: AccessLog>(state: Arc<ApiState<L>>) -> Router {
-    Router::new()
+    let console = state.console.clone().map(Console::router);
+    let dev_issuer = state.dev_issuer.clone().map(DevIssuerEndpoints::router);
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/search", get(search::<L>))
         .route("/api/sessions", get(sessions::<L>))
         .route("/api/sessions/{id}", get(session::<L>))
         .route("/api/sessions/{id}/events", get(events::<L>))
-        .with_state(state)
+        .with_state(state);
+    if let Some(console) = console {
+        app = app.merge(console);
+    }
+    if let Some(dev_issuer) = dev_issuer {
+        app = app.merge(dev_issuer);
+    }
+    app
 }
 
 /// Serves the API on `listener` until `shutdown` completes: over TLS with

@@ -8,8 +8,11 @@
 
 pub mod api;
 pub mod client;
+pub mod console;
 pub mod filter;
 pub mod render;
 
 pub use api::{AccessLog, ApiState, RecorderAccessLog, access_events, router, serve};
+pub use console::dev_issuer::DevIssuerEndpoints;
+pub use console::{Console, ConsoleConfig};
 pub use filter::SessionFilter;

@@ -17,7 +17,7 @@ use proctor_recorder::RecorderSettings;
 use serde_json::json;
 
 use crate::cli::DemoArgs;
-use crate::config::{Config, ReplayConfig};
+use crate::config::{Config, ConsoleSettings, ReplayConfig};
 use proctor_gateway_core::control::{ApprovalConfig, ControlConfig, PolicyConfig};
 use proctor_replay_server::client::Client;
 
@@ -158,6 +158,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             listen: format!("127.0.0.1:{}", args.replay_port).parse()?,
             investigator_group: INVESTIGATORS.to_string(),
             tls: false,
+            console: ConsoleSettings {
+                dev_subject: Some(INVESTIGATOR.to_string()),
+                dev_groups: vec![INVESTIGATORS.to_string()],
+                ..ConsoleSettings::default()
+            },
         }),
         control: Some(ControlConfig {
             listen: format!("127.0.0.1:{}", args.api_port).parse()?,
@@ -231,7 +236,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
              Try:  select * from customers limit 5;\n      select status, count(*) from orders group by 1;\n\n\
              E-mail addresses and card numbers come back masked (profile {AGENT_MASKING}: every detector on),\n\
              and are recorded masked: nothing raw reaches the recording or the index.\n\n\
-             Then look at the recording (in another terminal):\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
+             Then look at the recording in the investigators' console: open {replay_url}/ in a browser and\n\
+             sign in as {INVESTIGATOR} (the dev issuer's form proposes it); search customers kind:statement.\n\n\
+             Or from another terminal:\n\n  proctor sessions --data-dir {data}\n  proctor search 'customers kind:statement' --data-dir {data}\n  proctor replay SESSION_ID --data-dir {data}\n  proctor verify --data-dir {data}\n\n\
              or through the replay API at {replay_url}, as the demo investigator:\n\n  export PROCTOR_SERVER={replay_url} PROCTOR_TOKEN={investigator_token}\n  proctor search 'customers kind:statement'\n\n\
              Grants come from the control API at {api_url}. As the agent (group ci, approved by policy):\n\n  proctor grant request --api {api_url} --token {agent_token} --resource {RESOURCE} --ttl 15m --reason 'try it'\n\n\
              The agent's statements run under rules {AGENT_RULES}: risky ones wait for a dba. Try, in psql:\n\n      create index on orders (status);\n\n\
@@ -248,6 +255,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "resource": RESOURCE,
                 "key_fingerprint": ready.key_fingerprint,
                 "replay_url": replay_url,
+                "console_url": format!("{replay_url}/"),
                 "investigator_token": investigator_token,
                 "api_url": api_url,
                 "agent_token": agent_token,

@@ -17,7 +17,7 @@ use proctor_gateway_core::control::{
 };
 use proctor_gateway_core::identity::{DevIssuer, Verifier};
 use proctor_gateway_core::postgres::PgResource;
-use proctor_replay_server::{ApiState, RecorderAccessLog};
+use proctor_replay_server::{ApiState, Console, ConsoleConfig, DevIssuerEndpoints, RecorderAccessLog};
 
 use crate::cli::UpArgs;
 use crate::config::Config;
@@ -310,6 +310,50 @@ async fn bind_api(
     Ok((listener, tls, url))
 }
 
+/// The web console of a replay server at `url`, and the dev issuer's
+/// sign-in endpoints when it signs in with them.
+fn console(
+    config: &Config,
+    replay: &crate::config::ReplayConfig,
+    url: &str,
+) -> anyhow::Result<(std::sync::Arc<Console>, Option<std::sync::Arc<DevIssuerEndpoints>>)> {
+    let settings = &replay.console;
+    let base = settings.public_url.clone().unwrap_or_else(|| url.to_string()).trim_end_matches('/').to_string();
+    let dev = config.identity.dev_issuer.as_ref().filter(|d| d.enabled);
+    let (issuer, dev_issuer) = match (settings.issuer.as_deref(), dev) {
+        (Some("dev") | None, Some(dev)) => {
+            let issuer = std::sync::Arc::new(DevIssuer::open_or_create(&config.data_dir, dev)?);
+            let subject = settings.dev_subject.clone().unwrap_or_else(|| "investigator@example.com".to_string());
+            let groups = if settings.dev_groups.is_empty() {
+                vec![replay.investigator_group.clone()]
+            } else {
+                settings.dev_groups.clone()
+            };
+            let endpoints = std::sync::Arc::new(DevIssuerEndpoints::new(issuer, &base, subject, groups));
+            (endpoints.url().to_string(), Some(endpoints))
+        }
+        (Some("dev"), None) => anyhow::bail!("[replay.console] issuer = \"dev\" needs [identity.dev_issuer]"),
+        (Some(issuer), _) => (issuer.to_string(), None),
+        (None, None) => match config.identity.issuers.as_slice() {
+            [only] => (only.issuer.clone(), None),
+            _ => anyhow::bail!(
+                "the console needs an issuer to sign in with: set [replay.console] issuer (or enabled = false)"
+            ),
+        },
+    };
+    let console = Console::new(ConsoleConfig {
+        base_url: base,
+        issuer,
+        client_id: settings.client_id.clone(),
+        client_secret: settings.client_secret.clone(),
+        ca_file: settings.ca_file.clone(),
+        groups_claim: settings.groups_claim.clone(),
+        investigator_group: replay.investigator_group.clone(),
+        session_ttl: settings.session_ttl,
+    });
+    Ok((std::sync::Arc::new(console), dev_issuer))
+}
+
 /// Starts the replay API if configured; it stops when `stopped` turns true.
 async fn start_replay(
     config: &Config,
@@ -319,12 +363,13 @@ async fn start_replay(
     let Some(replay) = &config.replay else { return Ok(None) };
     let verifier = std::sync::Arc::new(verifier(config)?);
     let (listener, tls, url) = bind_api(config, "replay", replay.listen, replay.tls).await?;
-    let state = std::sync::Arc::new(ApiState::new(
-        config.data_dir.clone(),
-        verifier,
-        replay.investigator_group.clone(),
-        RecorderAccessLog(sink),
-    ));
+    let mut state =
+        ApiState::new(config.data_dir.clone(), verifier, replay.investigator_group.clone(), RecorderAccessLog(sink));
+    if replay.console.enabled {
+        let (console, dev_issuer) = console(config, replay, &url)?;
+        state = state.with_console(console, dev_issuer);
+    }
+    let state = std::sync::Arc::new(state);
     let served = proctor_replay_server::serve(listener, state, tls, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     });

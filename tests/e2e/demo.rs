@@ -70,6 +70,38 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("select count(*) from customers"));
 
+    // ... and in the console at the same URL: signing in as the demo
+    // investigator through the dev issuer's form, then searching.
+    assert_eq!(ready["console_url"].as_str(), Some(format!("{replay_url}/").as_str()));
+    let jar = tempfile::NamedTempFile::new().unwrap();
+    let jar = jar.path().to_str().unwrap();
+    let curl = |args: &[&str]| -> String {
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-c", jar, "-b", jar, "-o", "/dev/stdout", "-D", "/dev/stdout"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let location = |response: &str| -> String {
+        let line = response.lines().find(|l| l.to_ascii_lowercase().starts_with("location:")).unwrap_or_default();
+        line.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_else(|| panic!("no redirect: {response}"))
+    };
+    let to_login = location(&curl(&[&format!("{replay_url}/?q=customers")]));
+    let to_issuer = location(&curl(&[&format!("{replay_url}{to_login}")]));
+    let form = curl(&[&to_issuer]);
+    assert!(form.contains("value=\"demo-investigator\""), "the form proposes the demo investigator: {form}");
+    let (_, query) = to_issuer.split_once('?').unwrap();
+    let posted = curl(&[
+        "--data",
+        &format!("{query}&subject=demo-investigator&groups=investigators"),
+        &format!("{replay_url}/dev-issuer/authorize"),
+    ]);
+    let signed_in = curl(&[&location(&posted)]);
+    assert_eq!(location(&signed_in), "/?q=customers", "{signed_in}");
+    let found = curl(&["-G", "--data-urlencode", "q=customers kind:statement", &format!("{replay_url}/api/search")]);
+    assert!(found.contains("select count(*) from customers"), "{found}");
+
     // The URL carries the agent's grant; the approver revokes it, and a
     // session under it ends, saying why.
     let api_url = ready["api_url"].as_str().unwrap();

@@ -1,0 +1,525 @@
+// Proctor's console: the search page and the session page, over the JSON
+// API (same origin, the session cookie). No framework, no build step.
+'use strict';
+
+(function () {
+  const body = document.body;
+  const main = document.getElementById('main');
+  const input = document.getElementById('q');
+  const help = document.getElementById('help');
+  const helpToggle = document.getElementById('help-toggle');
+  const PAGE = 50;
+  const EVENTS_PAGE = 200;
+  // Timings the browser tests read (milliseconds since navigation start).
+  const proctor = (window.__proctor = { timings: {} });
+
+  helpToggle.addEventListener('click', () => {
+    help.hidden = !help.hidden;
+    helpToggle.setAttribute('aria-expanded', String(!help.hidden));
+  });
+
+  // ---- small helpers ----------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? '' : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  // RFC 3339 from the API (nanoseconds, UTC) shown as UTC to the
+  // millisecond, with the local time on hover.
+  function timeEl(iso) {
+    if (!iso) return el('span', { class: 'time' }, '');
+    const match = /^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d{1,3})?\d*Z$/.exec(iso);
+    const shown = match ? `${match[1]} ${match[2]}${match[3] || ''} UTC` : iso;
+    const date = new Date(match ? `${match[1]}T${match[2]}${match[3] || ''}Z` : iso);
+    const local = isNaN(date) ? '' : 'local time: ' + date.toLocaleString();
+    return el('time', { class: 'time', datetime: iso, title: local }, shown);
+  }
+
+  async function api(path) {
+    const response = await fetch(path, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    if (response.status === 401) {
+      location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search + location.hash);
+      throw new Error('signed out: signing in again');
+    }
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(data.error || `the server answered ${response.status}`);
+    return data;
+  }
+
+  // Masked values, as the gateway writes them: `[rule:masked]`,
+  // `[rule:tok_…]`, and values starred but for their last four characters.
+  const MASKED = /\[[A-Za-z0-9_.:*%-]+:(?:masked|tok_[0-9a-f]+)\]|\*{2,}[\s*.-]*[0-9A-Za-z]{0,4}/g;
+
+  function withMasks(text) {
+    const fragment = document.createDocumentFragment();
+    let at = 0;
+    for (const found of String(text).matchAll(MASKED)) {
+      fragment.append(text.slice(at, found.index));
+      fragment.append(el('mark', { class: 'masked', title: 'masked by Proctor' }, found[0]));
+      at = found.index + found[0].length;
+    }
+    fragment.append(String(text).slice(at));
+    return fragment;
+  }
+
+  // A snippet from the index: escaped text with matches in <b>; anything
+  // else in it is shown as text.
+  function snippetEl(hit) {
+    const node = el('div', { class: 'snippet' });
+    const template = document.createElement('template');
+    template.innerHTML = hit.snippet || '';
+    const safe = [...template.content.querySelectorAll('*')].every((n) => n.tagName === 'B');
+    if (hit.snippet && safe) node.append(template.content);
+    else node.append(withMasks(hit.text || ''));
+    return node;
+  }
+
+  function badge(text, kind) {
+    return text ? el('span', { class: `badge ${kind || text}` }, text) : null;
+  }
+
+  // ---- the search page --------------------------------------------------
+
+  function searchPage() {
+    let q = new URLSearchParams(location.search).get('q') || '';
+    input.value = q;
+    document.getElementById('search-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      q = input.value.trim();
+      history.pushState(null, '', q ? '/?q=' + encodeURIComponent(q) : '/');
+      run(q);
+    });
+    window.addEventListener('popstate', () => {
+      q = new URLSearchParams(location.search).get('q') || '';
+      input.value = q;
+      run(q);
+    });
+    run(q);
+  }
+
+  let generation = 0;
+
+  async function run(q) {
+    const mine = ++generation;
+    const started = performance.now();
+    main.setAttribute('aria-busy', 'true');
+    if (!main.firstChild) main.append(el('p', { class: 'loading' }, 'Searching…'));
+    let data;
+    try {
+      data = await api('/api/search?' + new URLSearchParams({ q, limit: PAGE }));
+    } catch (error) {
+      if (mine !== generation) return;
+      main.replaceChildren(el('div', { class: 'error', role: 'alert', id: 'search-error' }, error.message));
+      main.removeAttribute('aria-busy');
+      return;
+    }
+    if (mine !== generation) return;
+    renderResults(q, data);
+    main.removeAttribute('aria-busy');
+    proctor.timings.search = performance.now() - started;
+    body.dataset.searchMs = proctor.timings.search.toFixed(1);
+  }
+
+  function renderResults(q, data) {
+    const list = el('ol', { class: 'hits', id: 'hits' });
+    const summary = el('p', { class: 'summary', id: 'summary', 'aria-live': 'polite' });
+    let shown = 0;
+    const add = (hits) => {
+      for (const hit of hits) list.append(el('li', {}, hitEl(hit, q)));
+      shown += hits.length;
+      summary.textContent = `${data.total.toLocaleString()} event${data.total === 1 ? '' : 's'}${q ? ` match ${q}` : ''}, newest first; showing ${shown.toLocaleString()}`;
+      more.hidden = shown >= data.total;
+    };
+    const more = el('button', {
+      class: 'more',
+      id: 'more',
+      onclick: async () => {
+        more.disabled = true;
+        try {
+          const next = await api('/api/search?' + new URLSearchParams({ q, limit: PAGE, offset: shown }));
+          add(next.hits);
+        } catch (error) {
+          more.after(el('div', { class: 'error', role: 'alert' }, error.message));
+        }
+        more.disabled = false;
+      },
+    }, 'More results');
+    add(data.hits);
+    const results = el('section', { 'aria-label': 'Results' }, summary);
+    if (data.total === 0) {
+      results.append(el('div', { class: 'empty', id: 'no-results' },
+        q ? `Nothing recorded matches ${q}. Try fewer words, another field, or a wider time range (since:30d).`
+          : 'Nothing has been recorded yet.'));
+    } else {
+      results.append(list, more);
+    }
+    main.replaceChildren(el('div', { class: 'results' }, facetsEl(q, data.facets || {}), results));
+  }
+
+  function hitEl(hit, q) {
+    const href = `/sessions/${encodeURIComponent(hit.session_id)}${q ? '?q=' + encodeURIComponent(q) : ''}#seq=${hit.seq}`;
+    return el('a', { class: 'hit', href, 'data-session': hit.session_id, 'data-seq': hit.seq },
+      el('div', { class: 'meta' },
+        timeEl(hit.time),
+        badge(hit.kind, hit.kind),
+        badge(hit.outcome),
+        hit.subject ? el('span', { title: 'subject' }, hit.subject) : null,
+        hit.resource ? el('span', { title: 'resource' }, hit.resource) : null,
+        el('span', { class: 'mono', title: 'session and event' }, `${hit.session_id.slice(0, 8)} #${hit.seq}`)),
+      snippetEl(hit));
+  }
+
+  function facetsEl(q, facets) {
+    const aside = el('aside', { class: 'facets', 'aria-label': 'Filters', id: 'facets' });
+    for (const name of ['kind', 'outcome', 'subject', 'resource']) {
+      const values = Object.entries(facets[name] || {}).sort((a, b) => b[1] - a[1]).slice(0, 12);
+      if (!values.length) continue;
+      aside.append(el('h3', {}, name));
+      aside.append(el('ul', {}, values.map(([value, count]) =>
+        el('li', {}, el('button', {
+          type: 'button',
+          'data-facet': `${name}:${value}`,
+          onclick: () => {
+            const term = /[\s"():]/.test(value) ? `${name}:"${value.replace(/"/g, '')}"` : `${name}:${value}`;
+            input.value = q.includes(term) ? q : `${q} ${term}`.trim();
+            document.getElementById('search-form').requestSubmit();
+          },
+        }, el('span', {}, value), el('span', { class: 'count' }, count.toLocaleString()))))));
+    }
+    if (!aside.childElementCount) aside.append(el('p', { class: 'summary' }, 'No filters for these results.'));
+    return aside;
+  }
+
+  // ---- the session page -------------------------------------------------
+
+  // What to look for on the page: the query's words and phrases, not its
+  // fields and operators.
+  function matchTerms(q) {
+    const terms = [];
+    const re = /"([^"]+)"|(\S+)/g;
+    for (const m of q.matchAll(re)) {
+      const word = m[1] || m[2];
+      if (!m[1] && (/^[A-Za-z_]+:/.test(word) || /^(AND|OR|NOT)$/.test(word) || word.startsWith('-'))) continue;
+      const clean = word.replace(/^[()]+|[()]+$/g, '').toLowerCase();
+      if (clean) terms.push(clean);
+    }
+    return terms;
+  }
+
+  function sessionPage() {
+    const id = body.dataset.session;
+    const q = new URLSearchParams(location.search).get('q') || '';
+    input.value = q;
+    const terms = matchTerms(q);
+    const head = el('section', { class: 'session-head', id: 'session-head', 'aria-label': 'Session' }, el('h1', {}, `Session ${id}`));
+    const timeline = el('div', { class: 'timeline', id: 'timeline', role: 'group', 'aria-label': 'Timeline' });
+    const list = el('ol', { class: 'events', id: 'events', 'aria-label': 'Events' });
+    const earlier = el('button', { id: 'earlier', hidden: true, class: 'more' }, 'Earlier events');
+    const sentinel = el('div', { class: 'load', id: 'sentinel' }, 'Loading events…');
+    main.replaceChildren(head, timeline, earlier, list, sentinel);
+
+    const rows = new Map(); // seq -> li
+    let first = null; // lowest seq shown
+    let next = 0; // seq to load after the last shown (null: the end)
+    let current = null;
+    let summary = null;
+    let loading = null;
+
+    function isMatch(event) {
+      if (!terms.length) return false;
+      const text = JSON.stringify(event).toLowerCase();
+      return terms.every((t) => text.includes(t));
+    }
+
+    async function load(from, { before = false, replace = false } = {}) {
+      const data = await api(`/api/sessions/${encodeURIComponent(id)}/events?` + new URLSearchParams({ from_seq: from, limit: EVENTS_PAGE }));
+      if (replace) {
+        list.replaceChildren();
+        rows.clear();
+        first = null;
+      }
+      const fresh = data.events.filter((e) => !rows.has(e.seq));
+      const items = fresh.map((event) => {
+        const row = eventEl(event, isMatch(event));
+        rows.set(event.seq, row);
+        return row;
+      });
+      if (before) list.prepend(...items);
+      else list.append(...items);
+      if (data.events.length) {
+        const lowest = data.events[0].seq;
+        first = first === null ? lowest : Math.min(first, lowest);
+      }
+      if (!before) next = data.next_seq ?? null;
+      earlier.hidden = !(first > 0);
+      sentinel.textContent = next === null ? (rows.size ? 'End of the session.' : 'This session has no events.') : 'Loading more…';
+      drawMarks();
+      return data;
+    }
+
+    function loadOnce(task) {
+      if (!loading) loading = task().finally(() => { loading = null; });
+      return loading;
+    }
+
+    function setCurrent(seq, { scroll = true } = {}) {
+      const row = rows.get(seq);
+      if (!row) return false;
+      if (current !== null && rows.get(current)) {
+        rows.get(current).classList.remove('current');
+        rows.get(current).removeAttribute('aria-current');
+      }
+      current = seq;
+      row.classList.add('current');
+      row.setAttribute('aria-current', 'true');
+      if (scroll) row.scrollIntoView({ block: scroll === 'center' ? 'center' : 'nearest' });
+      history.replaceState(null, '', `${location.pathname}${location.search}#seq=${seq}`);
+      body.dataset.current = String(seq);
+      return true;
+    }
+
+    const ordered = () => [...rows.keys()].sort((a, b) => a - b);
+
+    async function step(delta) {
+      let seqs = ordered();
+      let at = current === null ? -1 : seqs.indexOf(current);
+      if (delta > 0 && at + 1 >= seqs.length && next !== null) {
+        await loadOnce(() => load(next));
+        seqs = ordered();
+      }
+      if (delta < 0 && at <= 0 && first > 0) {
+        await loadOnce(() => load(Math.max(0, first - EVENTS_PAGE), { before: true }));
+        seqs = ordered();
+        at = seqs.indexOf(current);
+      }
+      const target = seqs[Math.min(Math.max(at + delta, 0), seqs.length - 1)];
+      if (target !== undefined) setCurrent(target);
+    }
+
+    async function nextMatch(direction) {
+      if (!terms.length) return;
+      for (let pages = 0; pages < 50; pages++) {
+        const seqs = ordered().filter((s) => rows.get(s).classList.contains('match'));
+        const found = direction > 0
+          ? seqs.find((s) => current === null || s > current)
+          : [...seqs].reverse().find((s) => current === null || s < current);
+        if (found !== undefined) return setCurrent(found);
+        if (direction > 0 && next !== null) await loadOnce(() => load(next));
+        else if (direction < 0 && first > 0) await loadOnce(() => load(Math.max(0, first - EVENTS_PAGE), { before: true }));
+        else return;
+      }
+    }
+
+    async function toStart() {
+      if (!rows.has(0) && first !== 0) await loadOnce(() => load(0, { replace: true }));
+      const seqs = ordered();
+      if (seqs.length) setCurrent(seqs[0]);
+    }
+
+    async function toEnd() {
+      await summaryLoaded.catch(() => null);
+      const total = summary ? summary.events : null;
+      if (next !== null && total) await loadOnce(() => load(Math.max(0, total - EVENTS_PAGE), { replace: true }));
+      while (next !== null) await loadOnce(() => load(next));
+      const seqs = ordered();
+      if (seqs.length) setCurrent(seqs[seqs.length - 1]);
+    }
+
+    function drawMarks() {
+      if (!summary || !summary.start) return;
+      const start = Date.parse(summary.start.slice(0, 23) + 'Z');
+      const end = Date.parse((summary.end || summary.start).slice(0, 23) + 'Z');
+      const span = Math.max(end - start, 1);
+      const marks = [];
+      for (const [seq, row] of rows) {
+        const mark = row.dataset.mark;
+        if (!mark) continue;
+        const at = (Date.parse(row.dataset.time.slice(0, 23) + 'Z') - start) / span;
+        marks.push(el('button', {
+          type: 'button',
+          class: `mark ${mark}`,
+          style: `left: calc(${(Math.min(Math.max(at, 0), 1) * 100).toFixed(3)}% - 1px)`,
+          title: `#${seq} ${row.dataset.kind}${mark === 'block' || mark === 'hold' ? ` (${mark})` : ''}`,
+          'aria-label': `event ${seq}: ${row.dataset.kind}`,
+          onclick: () => setCurrent(seq),
+        }));
+      }
+      timeline.replaceChildren(...marks);
+    }
+
+    document.addEventListener('keydown', (event) => {
+      const target = event.target;
+      if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement || event.ctrlKey || event.metaKey || event.altKey) return;
+      const keys = {
+        j: () => step(1), ArrowDown: () => step(1), k: () => step(-1), ArrowUp: () => step(-1),
+        n: () => nextMatch(1), N: () => nextMatch(-1), g: toStart, Home: toStart, G: toEnd, End: toEnd,
+      };
+      const action = keys[event.key];
+      if (!action) return;
+      event.preventDefault();
+      action();
+    });
+
+    earlier.addEventListener('click', () => loadOnce(() => load(Math.max(0, first - EVENTS_PAGE), { before: true })));
+    // A link to another event of the session (a decision's statement).
+    main.addEventListener('click', (event) => {
+      const link = event.target.closest && event.target.closest('a[data-ref]');
+      if (!link) return;
+      event.preventDefault();
+      const seq = Number(link.dataset.ref);
+      if (!setCurrent(seq)) loadOnce(() => load(Math.max(0, seq - 20), { replace: true })).then(() => setCurrent(seq));
+    });
+    new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting) && next !== null && rows.size) loadOnce(() => load(next));
+    }).observe(sentinel);
+
+    // Where the link points: #seq=N, or #time=RFC3339 (the first event at or
+    // after it).
+    const hash = new URLSearchParams(location.hash.slice(1));
+    const wantSeq = hash.has('seq') ? Number(hash.get('seq')) : null;
+    const wantTime = hash.get('time');
+    const from = wantSeq !== null && Number.isFinite(wantSeq) ? Math.max(0, wantSeq - 20) : 0;
+
+    const summaryLoaded = api(`/api/sessions/${encodeURIComponent(id)}`).then((s) => {
+      summary = s;
+      head.replaceChildren(headEl(s));
+      drawMarks();
+    });
+    summaryLoaded.catch((error) => head.append(el('div', { class: 'error', role: 'alert' }, error.message)));
+
+    loadOnce(() => load(from)).then(async () => {
+      proctor.timings.firstEvents = performance.now();
+      body.dataset.firstEventsMs = proctor.timings.firstEvents.toFixed(1);
+      if (wantSeq !== null) {
+        setCurrent(wantSeq, { scroll: 'center' }) || setCurrent(ordered()[0]);
+      } else if (wantTime) {
+        const wanted = Date.parse(wantTime);
+        for (let pages = 0; pages < 100; pages++) {
+          const hit = ordered().find((s) => Date.parse(rows.get(s).dataset.time.slice(0, 23) + 'Z') >= wanted);
+          if (hit !== undefined) { setCurrent(hit); break; }
+          if (next === null) break;
+          await loadOnce(() => load(next));
+        }
+      } else if (terms.length) {
+        nextMatch(1);
+      }
+      main.focus({ preventScroll: true });
+    }).catch((error) => {
+      sentinel.replaceChildren(el('div', { class: 'error', role: 'alert', id: 'session-error' }, error.message));
+    });
+  }
+
+  function headEl(s) {
+    const start = s.start_event || {};
+    const fact = (label, value) => (value === null || value === undefined || value === '' ? null
+      : el('div', {}, el('dt', {}, label), el('dd', {}, value instanceof Node ? value : String(value))));
+    const masking = start.masking_profile || (s.protocol === 'control' ? null : 'none');
+    return el('div', {},
+      el('h1', {}, `${s.subject || 'unknown subject'} on ${s.resource || s.protocol}`),
+      el('dl', { class: 'facts' },
+        fact('session', el('span', { class: 'mono' }, s.session_id)),
+        fact('subject', s.subject),
+        fact('groups', (start.groups || []).join(', ')),
+        fact('from', start.client_addr),
+        fact('resource', s.resource),
+        fact('protocol', s.protocol),
+        fact('database', start.database),
+        fact('as', start.target_user),
+        fact('grant', start.grant_id ? el('a', { href: '/?q=' + encodeURIComponent(`grant:${start.grant_id}`) }, start.grant_id) : null),
+        fact('masking', masking),
+        fact('client', start.application_name),
+        fact('TLS', start.tls),
+        fact('start', timeEl(s.start)),
+        fact('end', s.live ? 'live' : timeEl(s.end)),
+        fact('end reason', s.end_reason),
+        fact('events', s.events !== undefined ? Number(s.events).toLocaleString() : null)));
+  }
+
+  // One event as a row: seq, time, kind, and what it says.
+  function eventEl(e, match) {
+    const outcome = e.outcome || '';
+    const mark = e.kind === 'statement' ? 'statement'
+      : e.kind === 'error' ? 'error'
+        : e.kind === 'policy_decision' && outcome === 'block' ? 'block'
+          : e.kind === 'policy_decision' && outcome === 'hold' ? 'hold'
+            : /approved$/.test(e.kind) ? 'approval' : '';
+    return el('li', {
+      class: `event${match ? ' match' : ''}`,
+      id: `seq-${e.seq}`,
+      'data-seq': e.seq,
+      'data-kind': e.kind,
+      'data-time': e.time || '',
+      'data-mark': mark || null,
+      tabindex: -1,
+    },
+    el('span', { class: 'seq' }, `#${e.seq}`),
+    timeEl(e.time),
+    el('span', { class: 'kind' }, badge(e.kind, e.kind), ' ', e.direction === 'client_to_target' ? '→' : e.direction === 'target_to_client' ? '←' : ''),
+    el('div', { class: 'body' }, eventBody(e)));
+  }
+
+  function pre(text, cls) {
+    return el('pre', { class: cls || null }, withMasks(text || ''));
+  }
+
+  function eventBody(e) {
+    switch (e.kind) {
+      case 'statement':
+      case 'prepare': {
+        const params = (e.params || []).map((p, i) => `$${i + 1} = ${p === null ? 'NULL' : `'${p}'`}`).join(', ');
+        return [
+          e.kind === 'prepare' ? el('div', { class: 'params' }, `prepare ${e.statement_name || '(unnamed)'}`) : null,
+          pre(e.sql, 'sql'),
+          params ? el('div', { class: 'params' }, withMasks(`params: ${params}`)) : null,
+        ];
+      }
+      case 'result': {
+        const line = [e.command_tag || 'result', `${e.row_count ?? 0} rows`,
+          e.duration_ns !== undefined ? `${(e.duration_ns / 1e6).toFixed(3)} ms` : null].filter(Boolean).join(' · ');
+        const rows = e.sample_rows || [];
+        if (!rows.length) return el('div', {}, line);
+        const columns = e.result_columns || [];
+        const table = el('table', {},
+          columns.length ? el('thead', {}, el('tr', {}, columns.map((c) => el('th', { scope: 'col' }, c)))) : null,
+          el('tbody', {}, rows.map((row) => el('tr', {}, row.map((v) =>
+            el('td', {}, v === null ? el('span', { class: 'null' }, 'NULL') : withMasks(v)))))));
+        return [el('div', {}, line, e.sample_truncated ? ' (sample)' : ''), table];
+      }
+      case 'error':
+      case 'notice':
+        return [
+          el('div', {}, badge(e.severity || e.kind, 'error'), ' ', el('code', {}, e.sqlstate || ''), ' ', withMasks(e.message || '')),
+          e.detail ? pre(e.detail) : null,
+        ];
+      case 'policy_decision':
+        return el('div', {}, badge(e.outcome), ' ', e.rule ? el('span', {}, 'rule ', el('code', {}, e.rule)) : '',
+          e.review_id ? el('span', {}, ' review ', el('code', {}, e.review_id)) : '',
+          e.ref_seq !== undefined ? el('span', {}, ' on ', el('a', { href: `#seq=${e.ref_seq}`, 'data-ref': e.ref_seq }, `#${e.ref_seq}`)) : '',
+          e.message ? el('div', {}, withMasks(e.message)) : null);
+      case 'terminal_input':
+      case 'terminal_output':
+        return pre(e.data);
+      case 'masking_applied':
+        return el('div', {}, 'masked: ', (e.masked || []).map((m) => `${m.rule} × ${m.count}`).join(', '));
+      default: {
+        const skip = new Set(['session_id', 'seq', 'time', 'kind', 'direction']);
+        const parts = Object.entries(e).filter(([k, v]) => !skip.has(k) && v !== null && v !== '')
+          .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+        return el('div', {}, withMasks(parts.join('  ')));
+      }
+    }
+  }
+
+  if (body.dataset.page === 'session') sessionPage();
+  else searchPage();
+})();

@@ -1,0 +1,404 @@
+//! The investigators' console in a real browser: headless Chromium (Debian's
+//! `chromium`, driven over WebDriver by `chromedriver` and fantoccini)
+//! against `proctor up` in front of a real cluster. An investigator signs in
+//! through the dev issuer's OpenID Connect flow (authorization code with
+//! PKCE), finds a statement run through the gateway moments before, opens
+//! its session and steps through it with the keyboard; a non-investigator is
+//! refused; every page view is recorded. A 100,000-event session opens as
+//! fast as a short one: both timings are printed (not asserted), and a
+//! screenshot of the session page is kept in `target/test-artifacts/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use proctor_recorder::reader::Reader;
+use proctor_recorder::{Recorder, RecorderSettings};
+use proctor_schemas::{Direction, EventBody, NewEvent, SessionId, SessionStart, Statement, StatementResult, Timestamp};
+use proctor_tests::devcluster::{Options, free_port};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, spawn};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// `chromedriver` on a free port, killed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> Driver {
+    for path in [CHROMIUM, CHROMEDRIVER] {
+        assert!(Path::new(path).exists(), "{path} is missing: scripts/setup installs chromium and chromium-driver");
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < WAIT, "chromedriver did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver { child, port, _profile: tempfile::tempdir().unwrap() }
+}
+
+/// A headless Chromium at 1280x800, with a fresh profile, and the flags
+/// this machine's closed network needs.
+async fn browser(driver: &Driver) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("browserName".into(), json!("chrome"));
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,800",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a browser session")
+}
+
+async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
+    match client.wait().at_most(WAIT).for_element(Locator::Css(css)).await {
+        Ok(element) => element,
+        Err(e) => {
+            let url = client.current_url().await.map(|u| u.to_string());
+            let page = client.source().await.unwrap_or_default();
+            panic!("no {css} on {url:?}: {e}\n{page}")
+        }
+    }
+}
+
+async fn script(client: &Client, source: &str) -> Value {
+    client.execute(source, Vec::new()).await.unwrap()
+}
+
+/// Waits until `source` (a script's return value) is `want`.
+async fn wait_value(client: &Client, source: &str, want: &Value) {
+    let started = Instant::now();
+    loop {
+        let got = script(client, source).await;
+        if &got == want {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "{source}: {got} after {WAIT:?}, wanted {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn current(client: &Client) -> Value {
+    script(client, "return document.body.dataset.current ? Number(document.body.dataset.current) : null").await
+}
+
+/// Presses `keys` on the page (not in an input).
+async fn press(client: &Client, keys: &str) {
+    client.find(Locator::Css("body")).await.unwrap().send_keys(keys).await.unwrap();
+}
+
+/// Signs in on the dev issuer's form as `subject` in `groups`.
+async fn sign_in(client: &Client, subject: &str, groups: &str) {
+    let field = wait_for(client, "#subject").await;
+    field.clear().await.unwrap();
+    field.send_keys(subject).await.unwrap();
+    let groups_field = client.find(Locator::Css("#groups")).await.unwrap();
+    groups_field.clear().await.unwrap();
+    groups_field.send_keys(groups).await.unwrap();
+    client.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("PROCTOR_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("test-artifacts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits until the index finds `query` (through the API, with a token).
+fn searchable(base: &str, token: &str, query: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-G",
+                &format!("{base}/api/search"),
+                "--data-urlencode",
+                &format!("q={query}"),
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .output()
+            .unwrap();
+        let body: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if body["total"].as_u64().unwrap_or(0) > 0 {
+            return body;
+        }
+        assert!(started.elapsed() < WAIT, "{query:?} not searchable: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
+    let cluster = cluster(&Options::default());
+    let replay_port = free_port();
+    let options = ProctorOptions {
+        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n"),
+        ..ProctorOptions::default()
+    };
+    let mut proctor = Proctor::start(bin(), cluster.port, &options);
+    let base = format!("http://127.0.0.1:{replay_port}");
+    let psql = Command::new(cluster.bindir.join("psql"))
+        .args(["-X", "-q", "-At", "-d", &proctor.conninfo("alice", APP_ROLE, "disable")])
+        .args(["-c", "select 'larkspur' as flower", "-c", "select 42 as answer", "-c", "select 'foxglove' as flower"])
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    let token = dev_token(bin(), &proctor.data_dir, "robot", "investigators");
+    let found = searchable(&base, &token, "larkspur kind:statement");
+    let hit_seq = found["hits"][0]["seq"].as_u64().unwrap();
+    let session_id = found["hits"][0]["session_id"].as_str().unwrap().to_string();
+
+    let driver = chromedriver();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (search_ms, short_first_ms) = runtime.block_on(async {
+        let client = browser(&driver).await;
+        // Not signed in: to the issuer's sign-in, then back to the search.
+        // (Searches are recorded with their query, so the statement is
+        // asked for by kind: the robot's search above holds the word too.)
+        client.goto(&format!("{base}/?q=larkspur+kind%3Astatement")).await.unwrap();
+        sign_in(&client, "ivy@example.com", "investigators, auditors").await;
+        let hit = wait_for(&client, "#hits .hit").await;
+        let url = client.current_url().await.unwrap();
+        assert_eq!(url.query(), Some("q=larkspur+kind%3Astatement"), "back where sign-in started");
+        let snippet = hit.text().await.unwrap();
+        assert!(snippet.contains("larkspur") && snippet.contains("alice"), "{snippet}");
+        let who = client.find(Locator::Css(".who")).await.unwrap().text().await.unwrap();
+        assert_eq!(who, "ivy@example.com");
+        let search_ms: f64 = script(&client, "return Number(document.body.dataset.searchMs)").await.as_f64().unwrap();
+
+        // A new query from the box: results without a reload, the URL
+        // holding the query; facets counted.
+        let query = client.find(Locator::Css("#q")).await.unwrap();
+        query.clear().await.unwrap();
+        query.send_keys("answer kind:statement\u{E007}").await.unwrap();
+        wait_value(&client, "return location.search", &json!("?q=answer%20kind%3Astatement")).await;
+        wait_value(
+            &client,
+            "const h = document.querySelector('#hits .hit'); return h ? h.textContent.includes('select 42') : false",
+            &json!(true),
+        )
+        .await;
+        let facets = client.find(Locator::Css("#facets")).await.unwrap().text().await.unwrap();
+        assert!(facets.contains("statement") && facets.contains("alice"), "{facets}");
+        // A query with a mistake: the message points at it.
+        client.goto(&format!("{base}/?q=kind%3A")).await.unwrap();
+        let error = wait_for(&client, "#search-error").await.text().await.unwrap();
+        assert!(!error.is_empty(), "a bad query is explained");
+
+        // The hit opens its session at the statement.
+        client.goto(&format!("{base}/?q=larkspur+kind%3Astatement")).await.unwrap();
+        wait_for(&client, "#hits .hit").await.click().await.unwrap();
+        wait_for(&client, ".event.current").await;
+        assert_eq!(current(&client).await, json!(hit_seq));
+        let row = client.find(Locator::Css(".event.current")).await.unwrap().text().await.unwrap();
+        assert!(row.contains("select 'larkspur' as flower"), "{row}");
+        let head = wait_for(&client, "#session-head .facts").await.text().await.unwrap();
+        assert!(head.contains("alice") && head.contains("test-db"), "{head}");
+        let short_first_ms: f64 =
+            script(&client, "return Number(document.body.dataset.firstEventsMs)").await.as_f64().unwrap();
+
+        // The keyboard: next, previous, next match, start, end.
+        press(&client, "j").await;
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(hit_seq + 1)).await;
+        press(&client, "\u{E013}").await; // arrow up
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(hit_seq)).await;
+        press(&client, "g").await;
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(0)).await;
+        let first = client.find(Locator::Css(".event.current")).await.unwrap().text().await.unwrap();
+        assert!(first.contains("session_start"), "{first}");
+        press(&client, "n").await;
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(hit_seq)).await;
+        press(&client, "G").await;
+        let last = script(&client, "return Number(document.querySelector('#events li:last-child').dataset.seq)").await;
+        wait_value(&client, "return Number(document.body.dataset.current)", &last).await;
+        let end = client.find(Locator::Css(".event.current")).await.unwrap().text().await.unwrap();
+        assert!(end.contains("session_end"), "{end}");
+        // A deep link to an event.
+        client.goto(&format!("{base}/sessions/{session_id}#seq={}", hit_seq + 2)).await.unwrap();
+        wait_for(&client, ".event.current").await;
+        assert_eq!(current(&client).await, json!(hit_seq + 2));
+        client.goto(&format!("{base}/sessions/{session_id}?q=larkspur#seq={hit_seq}")).await.unwrap();
+        wait_for(&client, ".event.current").await;
+        let png = client.screenshot().await.unwrap();
+        let shot = artifacts().join("console-session.png");
+        std::fs::write(&shot, png).unwrap();
+        println!("screenshot of the session page: {}", shot.display());
+
+        // Signed out, a non-investigator is refused at sign-in.
+        client.delete_all_cookies().await.unwrap();
+        client.goto(&format!("{base}/")).await.unwrap();
+        sign_in(&client, "mallory@example.com", "engineers").await;
+        let refused = wait_for(&client, "#trouble").await.text().await.unwrap();
+        assert!(refused.contains("not in the investigator group"), "{refused}");
+        client.goto(&format!("{base}/")).await.unwrap();
+        wait_for(&client, "#subject").await;
+        client.close().await.unwrap();
+        (search_ms, short_first_ms)
+    });
+
+    // Every search and read the console made is recorded, attributed.
+    assert!(proctor.stop().success());
+    let reader = Reader::open(&proctor.data_dir).unwrap();
+    let mut accesses = Vec::new();
+    reader
+        .for_each_event(|event| {
+            if let EventBody::RecordingAccessed(a) = &event.body
+                && a.actor == "ivy@example.com"
+            {
+                accesses.push((a.operation.clone(), a.target_session.clone()));
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(accesses.iter().any(|(op, _)| op == "search"), "{accesses:?}");
+    assert!(accesses.iter().any(|(op, s)| op == "read" && s.as_deref() == Some(session_id.as_str())), "{accesses:?}");
+    assert!(!accesses.is_empty());
+
+    // A 100,000-event session opens as fast as a short one.
+    let long_first_ms = long_session_first_events(&driver, &runtime);
+    println!(
+        "console timings: search results {search_ms:.0} ms; first events of a {}-event session {short_first_ms:.0} ms, of a 100,000-event session {long_first_ms:.0} ms",
+        reader.session(session_id.parse().unwrap()).unwrap().map_or(0, |s| s.events)
+    );
+}
+
+/// Records one 100,000-event session into a fresh data dir, serves it, and
+/// opens its page: milliseconds until its first events are shown.
+fn long_session_first_events(driver: &Driver, runtime: &tokio::runtime::Runtime) -> f64 {
+    const EVENTS: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let session = SessionId::new();
+    {
+        let recorder = Recorder::open(&data_dir, &RecorderSettings::default()).unwrap();
+        let sink = recorder.sink();
+        let start = Timestamp(Timestamp::now().0 - 3_600_000_000_000);
+        let at = |i: u64| Timestamp(start.0 + i as i64 * 20_000_000);
+        let mut batch = vec![NewEvent::new(
+            session,
+            at(0),
+            Direction::Gateway,
+            SessionStart {
+                protocol: proctor_schemas::Protocol::Postgres,
+                resource: Some("warehouse".into()),
+                subject: Some("ci-backfill".into()),
+                groups: vec!["ci".into()],
+                grant_id: None,
+                client_addr: Some("10.0.0.7:51234".into()),
+                target_user: Some("app".into()),
+                database: Some("app".into()),
+                application_name: Some("backfill".into()),
+                tls: Some("TLSv1.3".into()),
+                masking_profile: None,
+                message: None,
+            },
+        )];
+        for i in 1..EVENTS - 1 {
+            let body: EventBody = if i % 2 == 1 {
+                Statement {
+                    sql: "update orders set status = $1 where id = $2".into(),
+                    statement_name: None,
+                    portal: None,
+                    params: vec![Some("shipped".into()), Some(i.to_string())],
+                }
+                .into()
+            } else {
+                StatementResult {
+                    ref_seq: Some(i - 1),
+                    command_tag: Some("UPDATE 1".into()),
+                    row_count: 1,
+                    duration_ns: 180_000,
+                    ..StatementResult::default()
+                }
+                .into()
+            };
+            batch.push(NewEvent::new(session, at(i), Direction::ClientToTarget, body));
+            if batch.len() == 1024 {
+                sink.blocking_append_batch(std::mem::take(&mut batch)).unwrap();
+            }
+        }
+        batch.push(NewEvent::new(
+            session,
+            at(EVENTS - 1),
+            Direction::Gateway,
+            proctor_schemas::SessionEnd { reason: proctor_schemas::EndReason::Completed, message: None },
+        ));
+        sink.blocking_append_batch(batch).unwrap();
+        drop(sink);
+        recorder.close().unwrap();
+    }
+    let port = free_port();
+    let config = dir.path().join("proctor.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\n[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let mut child = spawn(bin(), &["up", "--config", config.to_str().unwrap()]);
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < WAIT, "proctor did not serve the long session");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_ms = runtime.block_on(async {
+        let client = browser(driver).await;
+        client.goto(&format!("{base}/sessions/{session}")).await.unwrap();
+        sign_in(&client, "ivy@example.com", "investigators").await;
+        wait_for(&client, "#events li").await;
+        // Measured on a page load of its own, signed in.
+        client.goto(&format!("{base}/sessions/{session}")).await.unwrap();
+        wait_value(&client, "return document.body.dataset.firstEventsMs !== undefined", &json!(true)).await;
+        let ms = script(&client, "return Number(document.body.dataset.firstEventsMs)").await.as_f64().unwrap();
+        // The end is one key away.
+        press(&client, "G").await;
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(EVENTS - 1)).await;
+        client.close().await.unwrap();
+        ms
+    });
+    let _ = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+    first_ms
+}
