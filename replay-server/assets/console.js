@@ -335,24 +335,49 @@
       if (seqs.length) setCurrent(seqs[seqs.length - 1]);
     }
 
+    // The timeline: the session's statements, errors and decisions from the
+    // index (all of the session, not only what is loaded), else what is
+    // loaded.
+    let indexedMarks = null;
+
+    async function jump(seq) {
+      if (setCurrent(seq, { scroll: 'center' })) return;
+      await loadOnce(() => load(Math.max(0, seq - 20), { replace: true }));
+      setCurrent(seq, { scroll: 'center' });
+    }
+
+    function markClass(kind, outcome) {
+      if (kind === 'statement') return 'statement';
+      if (kind === 'error') return 'error';
+      if (kind === 'policy_decision') return outcome === 'block' ? 'block' : outcome === 'hold' ? 'hold' : 'approval';
+      return /approved$/.test(kind) ? 'approval' : '';
+    }
+
     function drawMarks() {
       if (!summary || !summary.start) return;
       const start = Date.parse(summary.start.slice(0, 23) + 'Z');
       const end = Date.parse((summary.end || summary.start).slice(0, 23) + 'Z');
       const span = Math.max(end - start, 1);
+      const source = indexedMarks || [...rows.values()].map((row) => ({
+        seq: Number(row.dataset.seq), time: row.dataset.time, kind: row.dataset.kind, mark: row.dataset.mark,
+      }));
       const marks = [];
-      for (const [seq, row] of rows) {
-        const mark = row.dataset.mark;
+      for (const m of source) {
+        const mark = m.mark || markClass(m.kind, m.outcome);
         if (!mark) continue;
-        const at = (Date.parse(row.dataset.time.slice(0, 23) + 'Z') - start) / span;
-        marks.push(el('button', {
+        const at = (Date.parse(String(m.time).slice(0, 23).replace(/Z?$/, 'Z')) - start) / span;
+        const button = el('button', {
           type: 'button',
           class: `mark ${mark}`,
-          style: `left: calc(${(Math.min(Math.max(at, 0), 1) * 100).toFixed(3)}% - 1px)`,
-          title: `#${seq} ${row.dataset.kind}${mark === 'block' || mark === 'hold' ? ` (${mark})` : ''}`,
-          'aria-label': `event ${seq}: ${row.dataset.kind}`,
-          onclick: () => setCurrent(seq),
-        }));
+          title: `#${m.seq} ${m.kind}${m.outcome ? ` (${m.outcome})` : ''}`,
+          'aria-label': `event ${m.seq}: ${m.kind}${m.outcome ? ` ${m.outcome}` : ''}`,
+          'data-seq': m.seq,
+          onclick: () => jump(m.seq),
+        });
+        // Through the style object: the page's policy allows no inline
+        // style attributes.
+        button.style.left = `calc(${(Math.min(Math.max(at, 0), 1) * 100).toFixed(3)}% - 1px)`;
+        marks.push(button);
       }
       timeline.replaceChildren(...marks);
     }
@@ -376,8 +401,7 @@
       const link = event.target.closest && event.target.closest('a[data-ref]');
       if (!link) return;
       event.preventDefault();
-      const seq = Number(link.dataset.ref);
-      if (!setCurrent(seq)) loadOnce(() => load(Math.max(0, seq - 20), { replace: true })).then(() => setCurrent(seq));
+      jump(Number(link.dataset.ref));
     });
     new IntersectionObserver((entries) => {
       if (entries.some((e) => e.isIntersecting) && next !== null && rows.size) loadOnce(() => load(next));
@@ -400,6 +424,11 @@
     loadOnce(() => load(from)).then(async () => {
       proctor.timings.firstEvents = performance.now();
       body.dataset.firstEventsMs = proctor.timings.firstEvents.toFixed(1);
+      // The whole session's marks once its first events are shown.
+      summaryLoaded.then(() => api(`/api/sessions/${encodeURIComponent(id)}/marks`)).then((found) => {
+        indexedMarks = found.marks;
+        drawMarks();
+      }).catch(() => {});
       if (wantSeq !== null) {
         setCurrent(wantSeq, { scroll: 'center' }) || setCurrent(ordered()[0]);
       } else if (wantTime) {
@@ -436,6 +465,7 @@
         fact('database', start.database),
         fact('as', start.target_user),
         fact('grant', start.grant_id ? el('a', { href: '/?q=' + encodeURIComponent(`grant:${start.grant_id}`) }, start.grant_id) : null),
+        fact('approved by', approvers(s.grant_events || [])),
         fact('masking', masking),
         fact('client', start.application_name),
         fact('TLS', start.tls),
@@ -445,6 +475,13 @@
         fact('events', s.events !== undefined ? Number(s.events).toLocaleString() : null)));
   }
 
+  // Who approved the session's grant (the policy, or people), from its
+  // grant events.
+  function approvers(events) {
+    const names = events.filter((e) => /^grant_(partially_)?approved$/.test(e.kind)).map((e) => e.actor || 'policy');
+    return names.length ? [...new Set(names)].join(', ') : null;
+  }
+
   // One event as a row: seq, time, kind, and what it says.
   function eventEl(e, match) {
     const outcome = e.outcome || '';
@@ -452,7 +489,8 @@
       : e.kind === 'error' ? 'error'
         : e.kind === 'policy_decision' && outcome === 'block' ? 'block'
           : e.kind === 'policy_decision' && outcome === 'hold' ? 'hold'
-            : /approved$/.test(e.kind) ? 'approval' : '';
+            : e.kind === 'policy_decision' ? 'approval'
+              : /approved$/.test(e.kind) ? 'approval' : '';
     return el('li', {
       class: `event${match ? ' match' : ''}`,
       id: `seq-${e.seq}`,

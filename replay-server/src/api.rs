@@ -8,6 +8,7 @@
 //! | `GET /api/sessions?subject=&resource=&protocol=&since=&live=` | `sessions` |
 //! | `GET /api/sessions/{id}` | the session, with its start event |
 //! | `GET /api/sessions/{id}/events?from_seq=&limit=` | `events` in seq order, their `transcript` lines, `next_seq` while more follow |
+//! | `GET /api/sessions/{id}/marks` | the session's statements, errors and policy decisions for its timeline (`seq`, `time`, `kind`, `outcome`) |
 //! | `GET /healthz` | `ok` (no token) |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad query: the message points
@@ -29,7 +30,8 @@ use proctor_gateway_core::identity::{Identity, Verifier};
 use proctor_indexer::{IndexError, SearchIndex, SearchRequest};
 use proctor_recorder::reader::Reader;
 use proctor_schemas::{
-    Direction, EndReason, NewEvent, Protocol, RecordingAccessed, SessionEnd, SessionId, SessionStart, Timestamp,
+    Direction, EndReason, EventBody, NewEvent, Protocol, RecordingAccessed, SessionEnd, SessionId, SessionStart,
+    Timestamp,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -223,6 +225,7 @@ pub fn router<L: AccessLog>(state: Arc<ApiState<L>>) -> Router {
         .route("/api/sessions", get(sessions::<L>))
         .route("/api/sessions/{id}", get(session::<L>))
         .route("/api/sessions/{id}/events", get(events::<L>))
+        .route("/api/sessions/{id}/marks", get(marks::<L>))
         .with_state(state);
     if let Some(console) = console {
         app = app.merge(console);
@@ -335,8 +338,62 @@ async fn session<L: AccessLog>(
         let mut value = session_json(&summary);
         if let Ok(Some(start)) = reader.session_start(id) {
             value["start_event"] = event_json(&start);
+            // The grant's story (requested, approved by whom), from the
+            // control session, found through the index when there is one.
+            if let (EventBody::SessionStart(s), Ok(index)) = (&start.body, state.index())
+                && let Some(grant) = &s.grant_id
+            {
+                value["grant_events"] = serde_json::Value::Array(grant_events(&reader, &index, grant));
+            }
         }
         Ok(Json(value))
+    })
+    .await
+}
+
+/// The events of grant `grant` (its request, approvals, denial, revocation,
+/// expiry), oldest first, read whole from the segments.
+fn grant_events(reader: &Reader, index: &SearchIndex, grant: &str) -> Vec<serde_json::Value> {
+    let kinds = ["requested", "approved", "partially_approved", "denied", "revoked", "expired"];
+    let kinds: Vec<String> = kinds.iter().map(|k| format!("kind:grant_{k}")).collect();
+    let query = format!("grant:\"{}\" ({})", grant.replace('"', ""), kinds.join(" OR "));
+    let request = SearchRequest { limit: 50, newest_first: false, ..SearchRequest::new(query) };
+    let Ok(found) = index.search(&request) else { return Vec::new() };
+    let mut events = Vec::new();
+    for hit in found.hits {
+        let Ok(session) = hit.session_id.parse::<SessionId>() else { continue };
+        let _ = reader.for_each_session_event(session, hit.seq, |event| {
+            if event.seq == hit.seq {
+                events.push(event_json(&event));
+            }
+            Ok(ControlFlow::Break(()))
+        });
+    }
+    events
+}
+
+/// The marks of a session's timeline: its statements, errors and policy
+/// decisions (the first 5,000 of them), oldest first, from the index.
+async fn marks<L: AccessLog>(
+    State(state): State<Arc<ApiState<L>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = investigator(&state, &headers)?;
+    let id = session_id(&id)?;
+    record(&state, &who, "read", Some("timeline".to_string()), Some(id.to_string())).await?;
+    let state = state.clone();
+    blocking(move || {
+        let index = state.index().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let query = format!("session:{id} (kind:statement OR kind:error OR kind:policy_decision)");
+        let request = SearchRequest { limit: 5000, newest_first: false, ..SearchRequest::new(query) };
+        let found = index.search(&request).map_err(ApiError::internal)?;
+        let marks: Vec<serde_json::Value> = found
+            .hits
+            .iter()
+            .map(|h| json!({ "seq": h.seq, "time": h.time, "kind": h.kind, "outcome": h.outcome }))
+            .collect();
+        Ok(Json(json!({ "marks": marks, "total": found.total })))
     })
     .await
 }

@@ -238,6 +238,19 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         assert!(head.contains("alice") && head.contains("test-db"), "{head}");
         let short_first_ms: f64 =
             script(&client, "return Number(document.body.dataset.firstEventsMs)").await.as_f64().unwrap();
+        // The timeline marks the three statements; a mark is a way there.
+        wait_value(&client, "return document.querySelectorAll('#timeline .mark.statement').length", &json!(3)).await;
+        // (Marks of events a moment apart overlap: the last one drawn is on
+        // top, and is the one clicked.)
+        let last_mark = "#timeline .mark.statement:last-of-type";
+        let mark = script(&client, &format!("return Number(document.querySelector('{last_mark}').dataset.seq)")).await;
+        client.find(Locator::Css(last_mark)).await.unwrap().click().await.unwrap();
+        wait_value(&client, "return Number(document.body.dataset.current)", &mark).await;
+        press(&client, "\u{E013}").await; // arrow up
+        let before_mark = mark.as_u64().unwrap() - 1;
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(before_mark)).await;
+        press(&client, "N").await; // the previous match of the search
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(hit_seq)).await;
 
         // The keyboard: next, previous, next match, start, end.
         press(&client, "j").await;
@@ -383,6 +396,11 @@ fn long_session_first_events(driver: &Driver, runtime: &tokio::runtime::Runtime)
         assert!(started.elapsed() < WAIT, "proctor did not serve the long session");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Measured in a steady state: once the indexer has caught up with the
+    // recording it found at start.
+    let token = dev_token(bin(), &data_dir, "robot", "investigators");
+    let indexed = searchable(&base, &token, &format!("session:{session} kind:session_end"));
+    assert_eq!(indexed["total"], 1);
     let first_ms = runtime.block_on(async {
         let client = browser(driver).await;
         client.goto(&format!("{base}/sessions/{session}")).await.unwrap();
