@@ -522,7 +522,8 @@
         ];
       }
       case 'result': {
-        const line = [e.command_tag || 'result', `${e.row_count ?? 0} rows`,
+        const count = e.row_count ?? 0;
+        const line = [e.command_tag || 'result', `${count.toLocaleString()} row${count === 1 ? '' : 's'}`,
           e.duration_ns !== undefined ? `${(e.duration_ns / 1e6).toFixed(3)} ms` : null].filter(Boolean).join(' · ');
         const rows = e.sample_rows || [];
         if (!rows.length) return el('div', {}, line);

@@ -274,6 +274,7 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         assert_eq!(current(&client).await, json!(hit_seq + 2));
         client.goto(&format!("{base}/sessions/{session_id}?q=larkspur#seq={hit_seq}")).await.unwrap();
         wait_for(&client, ".event.current").await;
+        wait_for(&client, "#timeline .mark.statement").await;
         let png = client.screenshot().await.unwrap();
         let shot = artifacts().join("console-session.png");
         std::fs::write(&shot, png).unwrap();
