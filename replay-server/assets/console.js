@@ -407,6 +407,25 @@
       if (entries.some((e) => e.isIntersecting) && next !== null && rows.size) loadOnce(() => load(next));
     }).observe(sentinel);
 
+    // The first event at or after a moment (RFC 3339, UTC).
+    async function toTime(text) {
+      const wanted = Date.parse(text);
+      if (isNaN(wanted)) return;
+      for (let pages = 0; pages < 100; pages++) {
+        const hit = ordered().find((s) => Date.parse(rows.get(s).dataset.time.slice(0, 23) + 'Z') >= wanted);
+        if (hit !== undefined) return setCurrent(hit, { scroll: 'center' });
+        if (next === null) return;
+        await loadOnce(() => load(next));
+      }
+    }
+
+    // A link within the page (or an edited address) moves to its event.
+    window.addEventListener('hashchange', () => {
+      const moved = new URLSearchParams(location.hash.slice(1));
+      if (moved.has('seq') && Number(moved.get('seq')) !== current) jump(Number(moved.get('seq')));
+      else if (moved.has('time')) toTime(moved.get('time'));
+    });
+
     // Where the link points: #seq=N, or #time=RFC3339 (the first event at or
     // after it).
     const hash = new URLSearchParams(location.hash.slice(1));
@@ -432,13 +451,7 @@
       if (wantSeq !== null) {
         setCurrent(wantSeq, { scroll: 'center' }) || setCurrent(ordered()[0]);
       } else if (wantTime) {
-        const wanted = Date.parse(wantTime);
-        for (let pages = 0; pages < 100; pages++) {
-          const hit = ordered().find((s) => Date.parse(rows.get(s).dataset.time.slice(0, 23) + 'Z') >= wanted);
-          if (hit !== undefined) { setCurrent(hit); break; }
-          if (next === null) break;
-          await loadOnce(() => load(next));
-        }
+        await toTime(wantTime);
       } else if (terms.length) {
         nextMatch(1);
       }

@@ -272,6 +272,13 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         client.goto(&format!("{base}/sessions/{session_id}#seq={}", hit_seq + 2)).await.unwrap();
         wait_for(&client, ".event.current").await;
         assert_eq!(current(&client).await, json!(hit_seq + 2));
+        // A deep link to a moment: the first event at or after it.
+        let moment = found["hits"][0]["time"].as_str().unwrap().to_string();
+        client.goto(&format!("{base}/sessions/{session_id}#time={moment}")).await.unwrap();
+        wait_for(&client, ".event.current").await;
+        let at = script(&client, "return document.querySelector('.event.current').dataset.time").await;
+        assert!(at.as_str().unwrap().starts_with(&moment[..23]), "{at} for {moment}");
+        assert!(current(&client).await.as_u64().unwrap() <= hit_seq);
         client.goto(&format!("{base}/sessions/{session_id}?q=larkspur#seq={hit_seq}")).await.unwrap();
         wait_for(&client, ".event.current").await;
         wait_for(&client, "#timeline .mark.statement").await;
