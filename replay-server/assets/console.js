@@ -137,7 +137,9 @@
     const add = (hits) => {
       for (const hit of hits) list.append(el('li', {}, hitEl(hit, q)));
       shown += hits.length;
-      summary.textContent = `${data.total.toLocaleString()} event${data.total === 1 ? '' : 's'}${q ? ` match ${q}` : ''}, newest first; showing ${shown.toLocaleString()}`;
+      const one = data.total === 1;
+      const what = `${data.total.toLocaleString()} event${one ? '' : 's'}`;
+      summary.textContent = `${what}${q ? ` match${one ? 'es' : ''} ${q}` : ''}, newest first; showing ${shown.toLocaleString()}`;
       more.hidden = shown >= data.total;
     };
     const more = el('button', {
@@ -206,8 +208,11 @@
   // fields and operators.
   function matchTerms(q) {
     const terms = [];
-    const re = /"([^"]+)"|(\S+)/g;
+    // Fields with quoted values (`subject:"a b"`) first, so that their
+    // words are not taken for words of the search.
+    const re = /[A-Za-z_]+:"[^"]*"|"([^"]+)"|(\S+)/g;
     for (const m of q.matchAll(re)) {
+      if (!m[1] && !m[2]) continue;
       const word = m[1] || m[2];
       if (!m[1] && (/^[A-Za-z_]+:/.test(word) || /^(AND|OR|NOT)$/.test(word) || word.startsWith('-'))) continue;
       const clean = word.replace(/^[()]+|[()]+$/g, '').toLowerCase();
@@ -233,11 +238,13 @@
     let next = 0; // seq to load after the last shown (null: the end)
     let current = null;
     let summary = null;
-    let loading = null;
+    let queue = Promise.resolve();
+    let busy = 0;
 
+    // Whether an event's values (not its field names) hold every term.
     function isMatch(event) {
       if (!terms.length) return false;
-      const text = JSON.stringify(event).toLowerCase();
+      const text = JSON.stringify(Object.values(event)).toLowerCase();
       return terms.every((t) => text.includes(t));
     }
 
@@ -267,9 +274,12 @@
       return data;
     }
 
+    // Loads run one after another, each seeing what the one before left.
     function loadOnce(task) {
-      if (!loading) loading = task().finally(() => { loading = null; });
-      return loading;
+      busy++;
+      const run = queue.then(task).finally(() => { busy--; });
+      queue = run.catch(() => {});
+      return run;
     }
 
     function setCurrent(seq, { scroll = true } = {}) {
@@ -294,14 +304,13 @@
       let seqs = ordered();
       let at = current === null ? -1 : seqs.indexOf(current);
       if (delta > 0 && at + 1 >= seqs.length && next !== null) {
-        await loadOnce(() => load(next));
-        seqs = ordered();
+        await loadOnce(() => (next === null ? null : load(next)));
       }
       if (delta < 0 && at <= 0 && first > 0) {
         await loadOnce(() => load(Math.max(0, first - EVENTS_PAGE), { before: true }));
-        seqs = ordered();
-        at = seqs.indexOf(current);
       }
+      seqs = ordered();
+      at = current === null ? -1 : seqs.indexOf(current);
       const target = seqs[Math.min(Math.max(at + delta, 0), seqs.length - 1)];
       if (target !== undefined) setCurrent(target);
     }
@@ -314,7 +323,7 @@
           ? seqs.find((s) => current === null || s > current)
           : [...seqs].reverse().find((s) => current === null || s < current);
         if (found !== undefined) return setCurrent(found);
-        if (direction > 0 && next !== null) await loadOnce(() => load(next));
+        if (direction > 0 && next !== null) await loadOnce(() => (next === null ? null : load(next)));
         else if (direction < 0 && first > 0) await loadOnce(() => load(Math.max(0, first - EVENTS_PAGE), { before: true }));
         else return;
       }
@@ -330,7 +339,7 @@
       await summaryLoaded.catch(() => null);
       const total = summary ? summary.events : null;
       if (next !== null && total) await loadOnce(() => load(Math.max(0, total - EVENTS_PAGE), { replace: true }));
-      while (next !== null) await loadOnce(() => load(next));
+      while (next !== null) await loadOnce(() => (next === null ? null : load(next)));
       const seqs = ordered();
       if (seqs.length) setCurrent(seqs[seqs.length - 1]);
     }
@@ -404,34 +413,44 @@
       jump(Number(link.dataset.ref));
     });
     new IntersectionObserver((entries) => {
-      if (entries.some((e) => e.isIntersecting) && next !== null && rows.size) loadOnce(() => load(next));
+      if (entries.some((e) => e.isIntersecting) && next !== null && rows.size && !busy) {
+        loadOnce(() => (next === null ? null : load(next)));
+      }
     }).observe(sentinel);
 
     // The first event at or after a moment (RFC 3339, UTC).
     async function toTime(text) {
-      const wanted = Date.parse(text);
+      // UTC unless the moment says otherwise.
+      const wanted = Date.parse(/([zZ]|[+-]\d\d:?\d\d)$/.test(text) ? text : `${text}Z`);
       if (isNaN(wanted)) return;
+      const timeOf = (s) => Date.parse(rows.get(s).dataset.time.slice(0, 23) + 'Z');
+      // Earlier pages first while what is shown starts after the moment.
+      for (let pages = 0; pages < 100 && first > 0 && rows.size && timeOf(ordered()[0]) > wanted; pages++) {
+        await loadOnce(() => load(Math.max(0, first - EVENTS_PAGE), { before: true }));
+      }
       for (let pages = 0; pages < 100; pages++) {
-        const hit = ordered().find((s) => Date.parse(rows.get(s).dataset.time.slice(0, 23) + 'Z') >= wanted);
+        const hit = ordered().find((s) => timeOf(s) >= wanted);
         if (hit !== undefined) return setCurrent(hit, { scroll: 'center' });
         if (next === null) return;
-        await loadOnce(() => load(next));
+        await loadOnce(() => (next === null ? null : load(next)));
       }
     }
 
     // A link within the page (or an edited address) moves to its event.
     window.addEventListener('hashchange', () => {
       const moved = new URLSearchParams(location.hash.slice(1));
-      if (moved.has('seq') && Number(moved.get('seq')) !== current) jump(Number(moved.get('seq')));
+      const seq = Number(moved.get('seq'));
+      if (moved.has('seq') && Number.isInteger(seq) && seq >= 0 && seq !== current) jump(seq);
       else if (moved.has('time')) toTime(moved.get('time'));
     });
 
     // Where the link points: #seq=N, or #time=RFC3339 (the first event at or
     // after it).
     const hash = new URLSearchParams(location.hash.slice(1));
-    const wantSeq = hash.has('seq') ? Number(hash.get('seq')) : null;
+    const asked = Number(hash.get('seq'));
+    const wantSeq = hash.has('seq') && Number.isInteger(asked) && asked >= 0 ? asked : null;
     const wantTime = hash.get('time');
-    const from = wantSeq !== null && Number.isFinite(wantSeq) ? Math.max(0, wantSeq - 20) : 0;
+    const from = wantSeq !== null ? Math.max(0, wantSeq - 20) : 0;
 
     const summaryLoaded = api(`/api/sessions/${encodeURIComponent(id)}`).then((s) => {
       summary = s;

@@ -174,9 +174,16 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The caller, if their token verifies and they are an investigator.
 fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
-    // A bearer token when one is presented; else the console's session.
+    // A bearer token when one is presented; else the console's session,
+    // for the console's own requests only (what a browser says of where a
+    // request comes from): a link elsewhere cannot make a signed-in
+    // investigator search or read, which would be recorded in their name.
+    let own_request =
+        headers.get("sec-fetch-site").is_none_or(|site| matches!(site.as_bytes(), b"same-origin" | b"none"));
     let from_console = match &state.console {
-        Some(console) if !headers.contains_key(axum::http::header::AUTHORIZATION) => console.identity(headers),
+        Some(console) if own_request && !headers.contains_key(axum::http::header::AUTHORIZATION) => {
+            console.identity(headers)
+        }
         _ => None,
     };
     let identity = match from_console {
@@ -435,7 +442,10 @@ async fn events<L: AccessLog>(
         if events.is_empty() && params.from_seq == 0 {
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no session {id} in this recording")));
         }
-        let next_seq = more.then(|| params.from_seq + events.len() as u64);
+        let next_seq = match (more, events.last().and_then(|e| e["seq"].as_u64())) {
+            (true, Some(last)) => Some(last + 1),
+            _ => None,
+        };
         Ok(Json(json!({
             "session_id": id.to_string(),
             "events": events,

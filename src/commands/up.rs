@@ -320,26 +320,46 @@ fn console(
     let settings = &replay.console;
     let base = settings.public_url.clone().unwrap_or_else(|| url.to_string()).trim_end_matches('/').to_string();
     let dev = config.identity.dev_issuer.as_ref().filter(|d| d.enabled);
-    let (issuer, dev_issuer) = match (settings.issuer.as_deref(), dev) {
-        (Some("dev") | None, Some(dev)) => {
-            let issuer = std::sync::Arc::new(DevIssuer::open_or_create(&config.data_dir, dev)?);
-            let subject = settings.dev_subject.clone().unwrap_or_else(|| "investigator@example.com".to_string());
-            let groups = if settings.dev_groups.is_empty() {
-                vec![replay.investigator_group.clone()]
-            } else {
-                settings.dev_groups.clone()
-            };
-            let endpoints = std::sync::Arc::new(DevIssuerEndpoints::new(issuer, &base, subject, groups));
-            (endpoints.url().to_string(), Some(endpoints))
-        }
-        (Some("dev"), None) => anyhow::bail!("[replay.console] issuer = \"dev\" needs [identity.dev_issuer]"),
-        (Some(issuer), _) => (issuer.to_string(), None),
-        (None, None) => match config.identity.issuers.as_slice() {
-            [only] => (only.issuer.clone(), None),
-            _ => anyhow::bail!(
+    // The dev issuer signs in whoever reaches its form: chosen only when
+    // asked for, or when no real issuer is configured, and served only on
+    // a loopback address.
+    let use_dev = match settings.issuer.as_deref() {
+        Some("dev") => true,
+        Some(_) => false,
+        None => dev.is_some() && config.identity.issuers.is_empty(),
+    };
+    let (issuer, dev_issuer) = if use_dev {
+        let Some(dev) = dev else { anyhow::bail!("[replay.console] issuer = \"dev\" needs [identity.dev_issuer]") };
+        anyhow::ensure!(
+            replay.listen.ip().is_loopback(),
+            "the console signs in with the dev issuer, whose form lets anyone choose who they are: it is served on a loopback address only, not {} (set [replay.console] issuer to a real OpenID Connect issuer, or listen on 127.0.0.1)",
+            replay.listen
+        );
+        let issuer = std::sync::Arc::new(DevIssuer::open_or_create(&config.data_dir, dev)?);
+        let subject = settings.dev_subject.clone().unwrap_or_else(|| "investigator@example.com".to_string());
+        let groups = if settings.dev_groups.is_empty() {
+            vec![replay.investigator_group.clone()]
+        } else {
+            settings.dev_groups.clone()
+        };
+        let endpoints =
+            std::sync::Arc::new(DevIssuerEndpoints::new(issuer.clone(), &base, &settings.client_id, subject, groups));
+        // Its sign-in tokens must not pass for its API tokens, which the
+        // same key signs: their issuers differ.
+        anyhow::ensure!(
+            endpoints.url() != issuer.issuer(),
+            "identity.dev_issuer.issuer must not be the console's sign-in URL {}",
+            endpoints.url()
+        );
+        (endpoints.url().to_string(), Some(endpoints))
+    } else {
+        match (settings.issuer.as_deref(), config.identity.issuers.as_slice()) {
+            (Some(issuer), _) => (issuer.to_string(), None),
+            (None, [only]) => (only.issuer.clone(), None),
+            (None, _) => anyhow::bail!(
                 "the console needs an issuer to sign in with: set [replay.console] issuer (or enabled = false)"
             ),
-        },
+        }
     };
     let console = Console::new(ConsoleConfig {
         base_url: base,

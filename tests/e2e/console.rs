@@ -17,7 +17,7 @@ use proctor_recorder::reader::Reader;
 use proctor_recorder::{Recorder, RecorderSettings};
 use proctor_schemas::{Direction, EventBody, NewEvent, SessionId, SessionStart, Statement, StatementResult, Timestamp};
 use proctor_tests::devcluster::{Options, free_port};
-use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, spawn};
+use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, run, spawn};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proctor");
@@ -222,6 +222,7 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         .await;
         let facets = client.find(Locator::Css("#facets")).await.unwrap().text().await.unwrap();
         assert!(facets.contains("statement") && facets.contains("alice"), "{facets}");
+        std::fs::write(artifacts().join("console-search.png"), client.screenshot().await.unwrap()).unwrap();
         // A query with a mistake: the message points at it.
         client.goto(&format!("{base}/?q=kind%3A")).await.unwrap();
         let error = wait_for(&client, "#search-error").await.text().await.unwrap();
@@ -427,4 +428,22 @@ fn long_session_first_events(driver: &Driver, runtime: &tokio::runtime::Runtime)
     let _ = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
     first_ms
+}
+
+/// The dev issuer's sign-in form lets anyone choose who they are: a console
+/// signing in with it is not served beyond loopback.
+#[test]
+fn the_dev_issuers_sign_in_is_refused_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proctor.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\n[identity.dev_issuer]\n\n[replay]\nlisten = \"0.0.0.0:{port}\"\n"),
+    )
+    .unwrap();
+    let output = run(bin(), &["up", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("served on a loopback address only"), "{stderr}");
 }

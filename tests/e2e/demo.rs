@@ -101,6 +101,9 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     assert_eq!(location(&signed_in), "/?q=customers", "{signed_in}");
     let found = curl(&["-G", "--data-urlencode", "q=customers kind:statement", &format!("{replay_url}/api/search")]);
     assert!(found.contains("select count(*) from customers"), "{found}");
+    // The session cookie reads nothing for a request from another site.
+    let elsewhere = curl(&["-H", "Sec-Fetch-Site: cross-site", &format!("{replay_url}/api/search?q=customers")]);
+    assert!(elsewhere.starts_with("HTTP/1.1 401"), "{elsewhere}");
 
     // The URL carries the agent's grant; the approver revokes it, and a
     // session under it ends, saying why.

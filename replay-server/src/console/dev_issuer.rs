@@ -40,14 +40,22 @@ const CODE_TTL: Duration = Duration::from_secs(60);
 /// issuer's `max_ttl`).
 const ID_TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
 
-/// Codes waiting at once, beyond which the oldest are dropped.
+/// Codes waiting at once, beyond which new sign-ins wait.
 const MAX_CODES: usize = 1024;
+
+/// The largest parts of a sign-in request kept with its code.
+const MAX_FIELD: usize = 512;
+const MAX_URI: usize = 1024;
+const MAX_SUBJECT: usize = 256;
+const MAX_GROUPS: usize = 64;
 
 /// The dev issuer's sign-in endpoints.
 pub struct DevIssuerEndpoints {
     issuer: Arc<DevIssuer>,
     /// This issuer's identifier: its URL (`{console}/dev-issuer`).
     url: String,
+    /// The one client it serves: the console (its ID tokens' audience).
+    client_id: String,
     /// Redirects are accepted to this origin only (the console's).
     origin: String,
     /// What the sign-in form proposes.
@@ -70,11 +78,18 @@ struct Code {
 impl DevIssuerEndpoints {
     /// The endpoints of `issuer` for a console at `base` (its URL), whose
     /// sign-in form proposes `subject` in `groups`.
-    pub fn new(issuer: Arc<DevIssuer>, base: &str, subject: String, groups: Vec<String>) -> DevIssuerEndpoints {
+    pub fn new(
+        issuer: Arc<DevIssuer>,
+        base: &str,
+        client_id: &str,
+        subject: String,
+        groups: Vec<String>,
+    ) -> DevIssuerEndpoints {
         let base = base.trim_end_matches('/');
         DevIssuerEndpoints {
             issuer,
             url: format!("{base}{PATH}"),
+            client_id: client_id.to_string(),
             origin: base.to_string(),
             subject,
             groups,
@@ -166,6 +181,14 @@ impl AuthorizeRequest {
         }
         let client_id = self.client_id.as_deref().filter(|c| !c.is_empty());
         let client_id = client_id.ok_or("client_id is missing")?;
+        if client_id != dev.client_id {
+            return Err(format!("client_id {client_id:?} is unknown here: the dev issuer serves the console only"));
+        }
+        let long =
+            [&self.state, &self.nonce, &self.scope].iter().any(|f| f.as_ref().is_some_and(|v| v.len() > MAX_FIELD));
+        if long || self.redirect_uri.as_ref().is_some_and(|v| v.len() > MAX_URI) {
+            return Err("a parameter of this sign-in is too long".into());
+        }
         let redirect_uri = self.redirect_uri.as_deref().unwrap_or_default();
         if !dev.redirect_allowed(redirect_uri) {
             return Err(format!(
@@ -220,8 +243,8 @@ async fn authorize(State(dev): State<Arc<DevIssuerEndpoints>>, Form(request): Fo
         Err(refused) => return bad(refused),
     };
     let subject = request.subject.as_deref().unwrap_or_default().trim().to_string();
-    if subject.is_empty() {
-        return bad("a subject is needed to sign in".into());
+    if subject.is_empty() || subject.len() > MAX_SUBJECT {
+        return bad(format!("a subject of 1 to {MAX_SUBJECT} bytes is needed to sign in"));
     }
     let groups: Vec<String> = request
         .groups
@@ -231,6 +254,9 @@ async fn authorize(State(dev): State<Arc<DevIssuerEndpoints>>, Form(request): Fo
         .map(|g| g.trim().to_string())
         .filter(|g| !g.is_empty())
         .collect();
+    if groups.len() > MAX_GROUPS || groups.iter().any(|g| g.len() > MAX_SUBJECT) {
+        return bad(format!("at most {MAX_GROUPS} groups of at most {MAX_SUBJECT} bytes each"));
+    }
     let Some(code) = random_token() else { return bad("no randomness for a code; try again".into()) };
     {
         let mut codes = dev.codes.lock().unwrap_or_else(|p| p.into_inner());
@@ -350,7 +376,13 @@ mod tests {
     fn endpoints() -> (tempfile::TempDir, Arc<DevIssuerEndpoints>) {
         let dir = tempfile::tempdir().unwrap();
         let issuer = Arc::new(DevIssuer::open_or_create(dir.path(), &DevIssuerConfig::default()).unwrap());
-        let dev = DevIssuerEndpoints::new(issuer, "http://127.0.0.1:7070", "ivy".into(), vec!["investigators".into()]);
+        let dev = DevIssuerEndpoints::new(
+            issuer,
+            "http://127.0.0.1:7070",
+            "proctor-console",
+            "ivy".into(),
+            vec!["investigators".into()],
+        );
         (dir, Arc::new(dev))
     }
 
@@ -437,6 +469,9 @@ mod tests {
         let mut plain = request(&challenge, "http://127.0.0.1:7070/auth/callback");
         plain.code_challenge_method = Some("plain".into());
         assert_eq!(authorize(State(dev.clone()), Form(plain)).await.status(), StatusCode::BAD_REQUEST);
+        let mut stranger = request(&challenge, "http://127.0.0.1:7070/auth/callback");
+        stranger.client_id = Some("another-app".into());
+        assert_eq!(authorize(State(dev.clone()), Form(stranger)).await.status(), StatusCode::BAD_REQUEST);
         let mut bare = request("", "http://127.0.0.1:7070/auth/callback");
         bare.code_challenge = None;
         assert_eq!(authorize(State(dev), Form(bare)).await.status(), StatusCode::BAD_REQUEST);

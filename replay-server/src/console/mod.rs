@@ -41,13 +41,24 @@ use proctor_gateway_core::identity::Identity;
 use serde::Deserialize;
 
 /// The session cookie and the sign-in cookie.
-const SESSION_COOKIE: &str = "proctor_console";
-const LOGIN_COOKIE: &str = "proctor_login";
+/// `__Host-`: only this origin, over a secure context, path `/`: no
+/// sibling host can plant or read them.
+const SESSION_COOKIE: &str = "__Host-proctor_console";
+const LOGIN_COOKIE: &str = "__Host-proctor_login";
+
+/// The longest return path kept across a sign-in.
+const MAX_NEXT: usize = 1024;
+
+/// The largest identity a session keeps (subject, groups).
+const MAX_SUBJECT: usize = 256;
+const MAX_GROUPS: usize = 64;
+const MAX_GROUP: usize = 256;
 
 /// How long a sign-in may take at the issuer.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 
-/// Sign-ins and sessions kept at once, beyond which the oldest go.
+/// Sign-ins under way kept at once (beyond, the oldest give way), and
+/// sessions (beyond, new sign-ins wait for old sessions to end).
 const MAX_PENDING: usize = 4096;
 const MAX_SESSIONS: usize = 65_536;
 
@@ -199,10 +210,16 @@ impl Console {
             .claims(&client.id_token_verifier(), &pending.nonce)
             .map_err(|e| format!("the ID token does not verify: {e}"))?;
         let subject = claims.subject().as_str().to_string();
+        if subject.len() > MAX_SUBJECT {
+            return Err(format!("the subject is longer than {MAX_SUBJECT} bytes"));
+        }
         let expires_at = claims.expiration().timestamp();
         // The groups claim is not a standard one: read from the payload of
         // the token whose signature was just checked.
         let groups = groups_of(&id_token.to_string(), &self.config.groups_claim);
+        if groups.len() > MAX_GROUPS || groups.iter().any(|g| g.len() > MAX_GROUP) {
+            return Err(format!("more than {MAX_GROUPS} groups, or a group longer than {MAX_GROUP} bytes"));
+        }
         let left = expires_at - chrono_now();
         let ttl = self.config.session_ttl.min(Duration::from_secs(left.max(0) as u64));
         let identity = Identity { subject, issuer: self.config.issuer.clone(), groups, expires_at };
@@ -235,7 +252,8 @@ fn groups_of(token: &str, claim: &str) -> Vec<String> {
     let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
     match claims.get(claim) {
         Some(serde_json::Value::Array(list)) => list.iter().filter_map(|g| g.as_str().map(str::to_string)).collect(),
-        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        // A string lists groups apart by spaces, as the API's verifier reads it.
+        Some(serde_json::Value::String(many)) => many.split_whitespace().map(str::to_string).collect(),
         _ => Vec::new(),
     }
 }
@@ -295,7 +313,16 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// A local path to return to after sign-in (nothing else: no open redirect).
 fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.to_string(),
+        Some(path)
+            if path.len() <= MAX_NEXT
+                && path.starts_with('/')
+                && !path.starts_with("//")
+                // Browsers drop tabs and newlines from URLs, and read `\`
+                // as `/`: `/\t/evil.example` is another origin.
+                && !path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'\\') =>
+        {
+            path.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -376,18 +403,17 @@ async fn login(State(console): State<Arc<Console>>, Query(query): Query<LoginQue
     {
         let mut pending = console.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, p| p.created.elapsed() < LOGIN_TTL);
-        if pending.len() >= MAX_PENDING {
-            return trouble(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Too many sign-ins",
-                "too many sign-ins are under way; try again in a minute",
-            );
+        // Full (a flood of unfinished sign-ins): the oldest give way, so a
+        // flood cannot keep investigators out.
+        while pending.len() >= MAX_PENDING {
+            let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.created).map(|(k, _)| k.clone()) else { break };
+            pending.remove(&oldest);
         }
         let next = local_path(query.next.as_deref());
         pending.insert(state.secret().clone(), PendingLogin { verifier, nonce, next, created: Instant::now() });
     }
     let mut response = Redirect::to(url.as_str()).into_response();
-    response.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, state.secret(), "/auth", LOGIN_TTL));
+    response.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, state.secret(), "/", LOGIN_TTL));
     response
 }
 
@@ -406,8 +432,19 @@ async fn callback(
     Query(query): Query<CallbackQuery>,
 ) -> Response {
     if let Some(error) = &query.error {
+        // Said by the issuer, shown on this origin: logged, not repeated.
         let detail = query.error_description.as_deref().unwrap_or_default();
-        return trouble(StatusCode::UNAUTHORIZED, "Sign-in failed", &format!("the issuer answered {error}: {detail}"));
+        tracing::warn!(error = %error, detail = %detail, "the issuer refused a console sign-in");
+        let code = if error.len() <= 64 && error.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            error.as_str()
+        } else {
+            "an error"
+        };
+        return trouble(
+            StatusCode::UNAUTHORIZED,
+            "Sign-in failed",
+            &format!("the issuer answered {code}; sign in again"),
+        );
     }
     let (Some(code), Some(state)) = (query.code, query.state) else {
         return trouble(
@@ -437,7 +474,7 @@ async fn callback(
         Ok(found) => found,
         Err(e) => return trouble(StatusCode::UNAUTHORIZED, "Sign-in failed", &e),
     };
-    let forget_login = set_cookie(LOGIN_COOKIE, "", "/auth", Duration::ZERO);
+    let forget_login = set_cookie(LOGIN_COOKIE, "", "/", Duration::ZERO);
     if !identity.in_group(&console.config.investigator_group) {
         let mut response = trouble(
             StatusCode::FORBIDDEN,
@@ -519,13 +556,15 @@ mod tests {
         assert_eq!(local_path(Some("//evil.example/")), "/");
         assert_eq!(local_path(Some("https://evil.example/")), "/");
         assert_eq!(local_path(Some("/\\evil.example")), "/");
+        assert_eq!(local_path(Some("/\t/evil.example/x")), "/", "a tab browsers would drop");
+        assert_eq!(local_path(Some(&format!("/{}", "a".repeat(MAX_NEXT)))), "/");
         assert_eq!(local_path(None), "/");
     }
 
     #[test]
     fn cookies_are_read_by_name() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; proctor_console=abc; b=2"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-proctor_console=abc; b=2"));
         assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "proctor"), None);
     }
@@ -533,10 +572,10 @@ mod tests {
     #[test]
     fn groups_come_from_the_named_claim() {
         let payload =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"a","roles":["x","y"],"team":"z"}"#);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"a","roles":["x","y"],"team":"z w"}"#);
         let token = format!("h.{payload}.s");
         assert_eq!(groups_of(&token, "roles"), ["x", "y"]);
-        assert_eq!(groups_of(&token, "team"), ["z"]);
+        assert_eq!(groups_of(&token, "team"), ["z", "w"]);
         assert!(groups_of(&token, "groups").is_empty());
     }
 }
