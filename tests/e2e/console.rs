@@ -412,9 +412,11 @@ fn long_session_first_events(driver: &Driver, runtime: &tokio::runtime::Runtime)
     assert_eq!(indexed["total"], 1);
     let first_ms = runtime.block_on(async {
         let client = browser(driver).await;
-        client.goto(&format!("{base}/sessions/{session}")).await.unwrap();
+        // A link to an event, followed before signing in: it lands there.
+        client.goto(&format!("{base}/sessions/{session}#seq=50000")).await.unwrap();
         sign_in(&client, "ivy@example.com", "investigators").await;
         wait_for(&client, "#events li").await;
+        wait_value(&client, "return Number(document.body.dataset.current)", &json!(50_000)).await;
         // Measured on a page load of its own, signed in.
         client.goto(&format!("{base}/sessions/{session}")).await.unwrap();
         wait_value(&client, "return document.body.dataset.firstEventsMs !== undefined", &json!(true)).await;

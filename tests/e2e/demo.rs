@@ -87,7 +87,11 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
         let line = response.lines().find(|l| l.to_ascii_lowercase().starts_with("location:")).unwrap_or_default();
         line.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_else(|| panic!("no redirect: {response}"))
     };
-    let to_login = location(&curl(&[&format!("{replay_url}/?q=customers")]));
+    // Not signed in, a page answers 401 with the way to sign in (a script
+    // follows it, adding the link's #fragment).
+    let page = curl(&[&format!("{replay_url}/?q=customers")]);
+    assert!(page.starts_with("HTTP/1.1 401"), "{page}");
+    let to_login = page.split("id=sign-in-link href=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
     let to_issuer = location(&curl(&[&format!("{replay_url}{to_login}")]));
     let form = curl(&[&to_issuer]);
     assert!(form.contains("value=\"demo-investigator\""), "the form proposes the demo investigator: {form}");

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /` | the search page (`?q=` holds the query) |
 //! | `GET /sessions/{id}` | a session's page (`#seq=N`, `#time=T`) |
-//! | `GET /login?next=` | to the issuer's sign-in, PKCE and nonce kept here |
+//! | `GET /login?next=` | to the issuer's sign-in, PKCE and nonce kept here (pages answer 401 to someone not signed in, with a script that comes here carrying the link's `#fragment`) |
 //! | `GET /auth/callback` | back from the issuer: the code exchanged, the ID token checked, a session cookie |
 //! | `POST /logout` | the session ended (CSRF token required) |
 //! | `GET /assets/…` | the console's script and style |
@@ -145,6 +145,10 @@ impl Console {
             .route(
                 "/assets/console.css",
                 get(|| asset("text/css; charset=utf-8", include_str!("../../assets/console.css"))),
+            )
+            .route(
+                "/assets/signin.js",
+                get(|| asset("text/javascript; charset=utf-8", include_str!("../../assets/signin.js"))),
             )
             .with_state(self)
     }
@@ -330,7 +334,14 @@ fn local_path(next: Option<&str>) -> String {
 /// A page of the console for a signed-in investigator, or the way to sign in.
 fn page(console: &Console, headers: &HeaderMap, kind: &str, here: &str, extra: &str) -> Response {
     let Some(session) = console.session(headers) else {
-        return Redirect::to(&format!("/login?next={}", dev_issuer::urlencode(here))).into_response();
+        // To sign-in by a script, which adds the link's `#fragment` (an event,
+        // a moment) to the way back: the server never sees it.
+        let login = format!("/login?next={}", dev_issuer::urlencode(here));
+        let body = format!(
+            "<!doctype html><html lang=en><meta charset=utf-8><title>Sign in · Proctor</title><link rel=stylesheet href=/assets/console.css><script src=/assets/signin.js></script><main class=notice><h1>Sign in</h1><p>Signing in… <a id=sign-in-link href=\"{}\">Sign in</a> if nothing happens.</p></main>",
+            escape(&login)
+        );
+        return (StatusCode::UNAUTHORIZED, page_headers(), Html(body)).into_response();
     };
     let body = format!(
         include_str!("../../assets/console.html"),
