@@ -117,6 +117,31 @@ pub fn caller(
     })
 }
 
+/// One request on a fresh HTTP/1.1 connection over `io` (TCP or TLS): the
+/// answer, its body read whole, up to `max_body` bytes. Shared by Proctor's
+/// HTTP clients (the CLI's, the JWKS fetch, the console's sign-in).
+pub async fn send_once<S>(
+    io: S,
+    request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
+    max_body: usize,
+) -> Result<hyper::Response<hyper::body::Bytes>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok(hyper::Response::from_parts(parts, body))
+}
+
 /// GETs an `https://` URL, trusting the certificates in `ca_file`, on a
 /// thread of its own (callable from async and blocking code alike); gives
 /// up after `timeout`. Returns the body of a `200`.
@@ -132,26 +157,19 @@ pub fn fetch_https(url: &str, ca_file: &std::path::Path, timeout: Duration) -> R
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
     let path = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
     let fetch = async move {
-        use http_body_util::BodyExt;
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
         let stream =
             tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
         let request = hyper::Request::get(path)
             .header(hyper::header::HOST, authority)
             .header(hyper::header::ACCEPT, "application/json")
-            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .body(http_body_util::Full::default())
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        if !status.is_success() {
-            return Err(format!("answered {status}"));
+        let response = send_once(stream, request, usize::MAX).await?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
         }
-        Ok(body.to_vec())
+        Ok(response.into_body().to_vec())
     };
     std::thread::scope(|scope| {
         scope

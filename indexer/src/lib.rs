@@ -27,7 +27,7 @@ pub mod terminal;
 
 pub use index::{Checkpoint, Indexer, Progress, SearchIndex, reindex};
 pub use query::QueryError;
-pub use search::{Hit, SearchRequest, SearchResult};
+pub use search::{Hit, SearchRequest, SearchResult, html_escape};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {

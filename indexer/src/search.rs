@@ -166,7 +166,8 @@ fn first_line(text: &str) -> &str {
     }
 }
 
-fn html_escape(text: &str) -> String {
+/// Text as HTML text or attribute value (snippets here; the console's pages).
+pub fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -174,6 +175,7 @@ fn html_escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
             '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
             _ => out.push(c),
         }
     }

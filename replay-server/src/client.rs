@@ -1,9 +1,9 @@
 //! The CLI's client for Proctor's running APIs: the replay server
 //! (`--server URL --token T`) and the control API (`--api URL --token T`).
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use proctor_gateway_core::http::send_once;
 
 /// Why a request to the server failed, in words for the command line.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ impl Client {
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             let response = match &self.tls {
-                None => send(TokioIo::new(tcp), request).await,
+                None => send_once(tcp, request, usize::MAX).await,
                 Some(config) => {
                     let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
                         ClientError::Usage(format!(
@@ -134,10 +134,11 @@ impl Client {
                         .connect(name, tcp)
                         .await
                         .map_err(|e| unreachable(format!("TLS: {e}")))?;
-                    send(TokioIo::new(stream), request).await
+                    send_once(stream, request, usize::MAX).await
                 }
             };
-            response.map_err(|e| unreachable(e.to_string()))
+            let response = response.map_err(unreachable)?;
+            Ok((response.status(), response.into_body()))
         };
         self.runtime.block_on(async {
             let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(60), exchange)
@@ -152,20 +153,4 @@ impl Client {
             Ok(value)
         })
     }
-}
-
-/// One request on a fresh HTTP/1.1 connection.
-async fn send<S>(
-    io: TokioIo<S>,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<(hyper::StatusCode, Bytes), hyper::Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
 }

@@ -484,12 +484,6 @@ impl Masker {
         !self.profile.columns.is_empty()
     }
 
-    /// Whether any rule names a table (`table.column`): result columns'
-    /// tables must then be known.
-    pub fn has_table_rules(&self) -> bool {
-        self.profile.columns.iter().any(|c| c.table.is_some())
-    }
-
     /// The column rule for a column, if one applies (the strictest).
     pub fn column_rule(&self, column: &Column<'_>) -> Option<(&str, Action)> {
         self.column_rule_index(column).map(|i| self.column_rule_at(i))

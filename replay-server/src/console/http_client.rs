@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
+use proctor_gateway_core::http::send_once;
 
 /// How long one request to the issuer may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,25 +62,10 @@ async fn exchange(
         let config = proctor_gateway_core::tls::api_client_config(bundle).map_err(|e| fail("TLS", &e))?;
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| fail(&host, &e))?;
         let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| fail("TLS", &e))?;
-        send(hyper_util::rt::TokioIo::new(stream), outgoing).await?
+        send_once(stream, outgoing, MAX_BODY).await
     } else {
-        send(hyper_util::rt::TokioIo::new(tcp), outgoing).await?
+        send_once(tcp, outgoing, MAX_BODY).await
     };
-    let (parts, body) = response.into_parts();
-    let limited = http_body_util::Limited::new(body, MAX_BODY);
-    let bytes = limited.collect().await.map_err(|e| fail("reading the answer", &e))?.to_bytes();
-    Ok(openidconnect::HttpResponse::from_parts(parts, bytes.to_vec()))
-}
-
-async fn send<S>(
-    io: hyper_util::rt::TokioIo<S>,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, HttpClientError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| HttpClientError(e.to_string()))?;
-    tokio::spawn(connection);
-    sender.send_request(request).await.map_err(|e| HttpClientError(e.to_string()))
+    let (parts, body) = response.map_err(HttpClientError)?.into_parts();
+    Ok(openidconnect::HttpResponse::from_parts(parts, body.to_vec()))
 }

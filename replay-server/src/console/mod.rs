@@ -224,15 +224,11 @@ impl Console {
         if groups.len() > MAX_GROUPS || groups.iter().any(|g| g.len() > MAX_GROUP) {
             return Err(format!("more than {MAX_GROUPS} groups, or a group longer than {MAX_GROUP} bytes"));
         }
-        let left = expires_at - chrono_now();
+        let left = expires_at - proctor_schemas::Timestamp::now().0 / 1_000_000_000;
         let ttl = self.config.session_ttl.min(Duration::from_secs(left.max(0) as u64));
         let identity = Identity { subject, issuer: self.config.issuer.clone(), groups, expires_at };
         Ok((identity, ttl))
     }
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
 }
 
 /// An error and its sources, in one line.
@@ -279,21 +275,7 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age: Duration) -> HeaderV
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// HTML-escapes text.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use proctor_indexer::html_escape as escape;
 
 /// Headers every console page carries: no framing, no inline script, no
 /// caching of recordings.
