@@ -87,6 +87,7 @@ fn main() {
             limits: SampleLimits::default(),
             sessions: Default::default(),
             catalog: Default::default(),
+            databases: vec!["app".into()],
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -141,6 +141,7 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
         limits: SampleLimits::default(),
         sessions: Default::default(),
         catalog: Default::default(),
+        databases: vec!["app".into()],
     });
     let auth = Arc::new(WithRules(SharedSecretAuthenticator::new([("bench".to_string(), SECRET.to_string())])));
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -57,8 +57,12 @@ pub struct ResourceConfig {
     pub client_secret_env: Option<String>,
     /// ... or from this file.
     pub client_secret_file: Option<PathBuf>,
-    /// The database named in the credentials URLs of grants (default `postgres`).
+    /// The database named in the credentials URLs of grants (default
+    /// `postgres`): the only one a grant's credential opens, with ...
     pub database: Option<String>,
+    /// ... these others, if any.
+    #[serde(default)]
+    pub databases: Vec<String>,
     /// Rows of each result kept as a sample in the recording (0 = none).
     /// Samples are off by default until masking is configured.
     #[serde(default)]

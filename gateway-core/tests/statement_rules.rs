@@ -97,22 +97,29 @@ fn specific_classes_and_the_statement_they_are_in() {
     assert_eq!(texts, ["select 1", "drop table t"]);
 }
 
+/// The shape key of `sql`.
+fn key(sql: &str) -> Option<String> {
+    shape(sql).map(|s| s.key)
+}
+
 #[test]
 fn shapes_join_only_what_differs_in_plain_literals() {
     assert_eq!(
-        shape("select * from t where id = 42"),
-        shape("SELECT * FROM t WHERE id = 7").map(|s| s.replace("SELECT * FROM t WHERE", "select * from t where"))
+        key("select * from t where id = 42"),
+        key("SELECT * FROM t WHERE id = 7").map(|s| s.replace("SELECT * FROM t WHERE", "select * from t where"))
     );
-    assert_eq!(shape("select * from t where id = 42"), shape("select  *  from t   where id = 1"));
-    assert_eq!(shape("select 'a' -- c\n"), shape("select 'b'"));
+    assert_eq!(key("select * from t where id = 42"), key("select  *  from t   where id = 1"));
+    assert_eq!(key("select 'a' -- c\n"), key("select 'b'"));
     assert_eq!(
-        shape("select * from t where id = $1 and n = 3").as_deref(),
+        key("select * from t where id = $1 and n = 3").as_deref(),
         Some("select * from t where id = $1 and n = 0")
     );
-    assert_ne!(shape("select $1"), shape("select $2"), "parameters are kept as they are");
-    assert_eq!(shape("select $$a$$"), None, "dollar quotes are parsed each time");
-    assert_eq!(shape("select $q$a$q$"), None);
-    assert_ne!(shape("select lower('a')"), shape("select pg_read_file('a')"));
+    assert_ne!(key("select $1"), key("select $2"), "parameters are kept as they are");
+    assert_eq!(key("select $$a$$"), None, "dollar quotes are parsed each time");
+    assert_eq!(key("select $q$a$q$"), None);
+    assert_ne!(key("select lower('a')"), key("select pg_read_file('a')"));
+    assert_ne!(key("select 1"), key("select 1.5"), "int4 and numeric constants are told apart");
+    assert_ne!(key("select 1"), key("select 99999999999"), "as the server reads them");
     // Anything that could be read two ways is not shaped.
     for odd in [
         "select E'\\x'",
@@ -121,9 +128,14 @@ fn shapes_join_only_what_differs_in_plain_literals() {
         "select U&'\\0061'",
         "select 1e5",
         "select 0x1F",
+        "select 1_000",
+        "select 1..2",
         "select 'open",
+        "select 'a'\n'b'",
+        "select 'a' /* c */ 'b'",
+        "select $1a",
     ] {
-        assert_eq!(shape(odd), None, "{odd}");
+        assert_eq!(key(odd), None, "{odd}");
     }
     // The cache gives equal-shaped queries one classification.
     let cache = ClassCache::new(16);
@@ -136,6 +148,110 @@ fn shapes_join_only_what_differs_in_plain_literals() {
     let off = ParseAs { standard_conforming_strings: false };
     let elsewhere = cache.classify("delete from t where id = 3", off);
     assert!(!std::sync::Arc::ptr_eq(&first, &elsewhere), "sessions reading strings differently share no entry");
+}
+
+/// Pairs of queries: the first allowed under the agents' rules and cached,
+/// the second refused. Each pair is a bypass the cache once let through.
+const CACHE_POISONING: &[(&str, &str)] = &[
+    // A carriage return ends a `--` comment for the server.
+    ("select 1", "select 1 --\r; drop table t"),
+    ("select 1", "select 1 --\r; truncate t"),
+    ("select 1", "select 1 --\r\n; drop table t"),
+    // Literals that are not values: EXPLAIN options, COPY targets.
+    ("explain (analyze 'off') delete from orders", "explain (analyze 'on') delete from orders"),
+    ("explain (analyze 0) delete from orders", "explain (analyze 1) delete from orders"),
+    (
+        "explain (analyze false, costs 'off') delete from orders",
+        "explain (analyze true, costs 'off') delete from orders",
+    ),
+    ("copy t to ''", "copy t to '/tmp/x'"),
+    ("copy t from ''", "copy t from '/etc/hostname'"),
+];
+
+#[test]
+fn regression_the_cache_never_reuses_a_verdict_the_server_would_not() {
+    let rules = ci_rules();
+    for (allowed, refused) in CACHE_POISONING {
+        let cache = ClassCache::new(16);
+        let first = rules.decide(&cache.classify(allowed, ParseAs::default()));
+        // (COPY to an empty file name is the server's error, not a file.)
+        assert_eq!(first, Verdict::Allow, "{allowed}");
+        let second = rules.decide(&cache.classify(refused, ParseAs::default()));
+        assert_ne!(second, Verdict::Allow, "after {allowed:?}, {refused:?} reused its verdict");
+        assert_eq!(second, rules.decide(&Classification::from(classify(refused))), "{refused}");
+    }
+}
+
+#[test]
+fn regression_merge_is_classified_by_its_actions() {
+    let rules = ci_rules();
+    let classes = |sql: &str| -> Vec<&'static str> {
+        classify(sql).iter().flat_map(|c| c.classes.iter().map(|c| c.as_str())).collect()
+    };
+    for (sql, class) in [
+        ("merge into m using (select 1) s on true when matched then delete", "delete_without_where"),
+        ("merge into m using (select 1) s on true when matched then update set a = 1", "update_without_where"),
+        ("merge into m using (select 1 id) s on m.id = m.id when matched then delete", "delete_without_where"),
+        ("merge into m using o on m.id = o.id when not matched by source then delete", "delete_without_where"),
+        ("with x as (select 1) merge into m using x on 1 = 1 when matched then delete", "delete_without_where"),
+    ] {
+        assert!(classes(sql).contains(&class), "{sql}: {:?}", classes(sql));
+        assert_ne!(rules.decide(&Classification::from(classify(sql))), Verdict::Allow, "{sql}");
+    }
+    for sql in [
+        "merge into m using o on m.id = o.id when matched then delete",
+        "merge into m using o on m.id = o.id when matched then update set a = o.a when not matched then insert values (o.id)",
+        "merge into m using o on true when matched and m.id = 3 then delete",
+        "merge into m using o on m.id = o.id when not matched by source and m.a > 5 then delete",
+    ] {
+        assert!(!classes(sql).iter().any(|c| c.ends_with("_without_where")), "{sql}: {:?}", classes(sql));
+    }
+}
+
+#[test]
+fn regression_conditions_that_select_no_rows_are_no_where() {
+    let without = |sql: &str| {
+        classify(sql)
+            .iter()
+            .any(|c| c.classes.iter().any(|c| matches!(c.as_str(), "delete_without_where" | "update_without_where")))
+    };
+    for sql in [
+        "delete from t where id = id",
+        "delete from t where t.id = t.id",
+        "delete from t x where x.id = x.id",
+        "delete from t where true",
+        "delete from t where 1 = 1",
+        "delete from t where 5 > 1",
+        "delete from t where ctid is not null",
+        "delete from t where xmin::text <> ''",
+        "delete from t where id is not null",
+        "delete from t where exists (select 1 from t2 where t2.id > 0)",
+        "delete from t where exists (select 1 from t2 where id > 0)",
+        "delete from t where id = 5 or true",
+        "delete from t where id = 5 or 1 = 1",
+        "delete from t where lower(name) = lower(name)",
+        "delete from t where current_user = 'alice'",
+        "update t set a = 1 where id = id",
+        "update t set a = 1 where true and 1 = 1",
+        "update t set a = 1 from t2 where t2.id = t2.id",
+        "with d as (delete from t where id = id returning *) select * from d",
+    ] {
+        assert!(without(sql), "{sql}: {:?}", classify(sql));
+    }
+    for sql in [
+        "delete from t where id = 5",
+        "delete from t where id = 5 and true",
+        "delete from t where id = 5 or id = 6",
+        "delete from t where name is null",
+        "delete from t x where x.id = 3",
+        "delete from t where exists (select 1 from t2 where t2.id = t.id)",
+        "delete from t where id in (select id from t2)",
+        "delete from t using t2 where t.id = t2.id",
+        "update t set a = 1 where not (id = 4)",
+        "update t set a = 1 where created < now() - interval '1 day'",
+    ] {
+        assert!(!without(sql), "{sql}: {:?}", classify(sql));
+    }
 }
 
 /// With `standard_conforming_strings` off (a role or database setting the

@@ -387,3 +387,77 @@ fn stranger_certificate() -> String {
     let (_, path) = proctor_gateway_core::tls::http_server_config(&config, dir.path()).unwrap();
     std::fs::read_to_string(path).unwrap()
 }
+
+/// Revocation used to end the client's connection at once while the target
+/// went on running the statement in flight: an UPDATE committed seconds
+/// after the grant was revoked. Now the target's statement is cancelled
+/// (or its backend terminated), and the client is told so.
+#[test]
+fn regression_revocation_stops_the_statement_in_flight() {
+    let setup = start();
+    setup
+        .cluster
+        .psql(
+            APP_ROLE,
+            &format!("create table slow (n int); insert into slow values (0); alter table slow owner to {APP_ROLE}"),
+        )
+        .unwrap();
+    let agent = token(&setup.proctor.data_dir, "ci-deploy", "ci");
+    let out = grant(&setup, &agent, &["request", "--resource", "test-db", "--ttl", "10m", "--reason", "r", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let granted = json(&out);
+    let id = granted["id"].as_str().unwrap().to_string();
+    let url = granted["credentials"]["url"].as_str().unwrap().to_string();
+
+    // An UPDATE that commits 5 s after it starts, unless it is stopped.
+    let update = "update slow set n = n + 1 where pg_sleep(5) is not null";
+    let mut live = Command::new(setup.cluster.bindir.join("psql"))
+        .args(["-X", "-At", "-d", &url, "-c", update])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(live.try_wait().unwrap().is_none(), "the update should be running");
+    let out = grant(&setup, &agent, &["revoke", &id, "--reason", "stop", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = proctor_tests::wait_with_timeout(&mut live, Duration::from_secs(30));
+    assert!(!status.success());
+    let mut message = String::new();
+    std::io::Read::read_to_string(live.stderr.as_mut().unwrap(), &mut message).unwrap();
+    assert!(message.contains("revoked by ci-deploy: stop"), "{message}");
+    assert!(message.contains("the statement in flight on the target was"), "{message}");
+
+    // The target runs it no more, and never commits it.
+    let running = || {
+        setup
+            .cluster
+            .psql(APP_ROLE, "select count(*) from pg_stat_activity where query like 'update slow%'")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(running(), "0", "the target still runs the revoked grant's update");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(setup.cluster.psql(APP_ROLE, "select n from slow").unwrap().trim(), "0", "the update committed");
+}
+
+/// A grant's credential opened every database the target account could
+/// reach; it opens its resource's database only.
+#[test]
+fn regression_a_grant_opens_only_its_resources_database() {
+    let setup = start();
+    let agent = token(&setup.proctor.data_dir, "ci-deploy", "ci");
+    let out = grant(&setup, &agent, &["request", "--resource", "test-db", "--ttl", "10m", "--reason", "r", "--json"]);
+    let url = json(&out)["credentials"]["url"].as_str().unwrap().to_string();
+    assert!(url.contains(&format!("/{APP_ROLE}?")), "{url}");
+    let ok = psql(&setup.cluster, &url, "select current_database()");
+    assert_eq!(stdout(&ok).trim(), APP_ROLE, "{}", stderr(&ok));
+    for other in ["postgres", "template1"] {
+        let elsewhere = url.replace(&format!("/{APP_ROLE}?"), &format!("/{other}?"));
+        let refused = psql(&setup.cluster, &elsewhere, "select current_database()");
+        assert!(!refused.status.success(), "{other}: {}", stdout(&refused));
+        let expected = format!("opens database \"{APP_ROLE}\" of resource test-db");
+        assert!(stderr(&refused).contains(&expected), "{}", stderr(&refused));
+    }
+}

@@ -401,6 +401,28 @@ approval_group = "dba""#;
             bypasses.push(format!("Parse {sql:?}: {:?}", parsed.map(|_| "prepared")));
         }
     }
+    // Statements the classification cache once let through after an
+    // allowed statement of the same shape ran: each pair in turn.
+    for (allowed, refused) in [
+        ("select 1", "select 1 --\r; drop table orders"),
+        ("select 1", "select 1 --\r; truncate orders"),
+        ("explain (analyze 'off') delete from orders", "explain (analyze 'on') delete from orders"),
+        ("explain (analyze 0) delete from orders", "explain (analyze 1) delete from orders"),
+        ("copy orders to ''", "copy orders to '/tmp/x'"),
+        ("copy orders from ''", "copy orders from '/etc/hostname'"),
+    ] {
+        let first = client.simple_query(allowed).await;
+        assert!(!first.as_ref().is_err_and(refused_by_proctor), "{allowed}: {first:?}");
+        let _ = client.prepare(allowed).await;
+        let simple = client.simple_query(refused).await;
+        if !simple.as_ref().is_err_and(refused_by_proctor) {
+            bypasses.push(format!("after {allowed:?}, simple query {refused:?}: {simple:?}"));
+        }
+        let parsed = client.prepare(refused).await;
+        if !parsed.as_ref().is_err_and(refused_by_proctor) {
+            bypasses.push(format!("after {allowed:?}, Parse {refused:?}: {:?}", parsed.map(|_| "prepared")));
+        }
+    }
     assert!(bypasses.is_empty(), "{} bypasses:\n{}", bypasses.len(), bypasses.join("\n"));
     // And nothing changed on the target.
     let left =

@@ -9,14 +9,17 @@
 //! CTE, a function in a `VALUES` list, a statement under `EXPLAIN` or
 //! `PREPARE`) can hide from it.
 //!
-//! Classes do not depend on literal values, so classifications are cached by
-//! the statement with its plain literals replaced ([`shape`]): the parser
-//! runs once per statement shape.
+//! Classes do not depend on the values of constants, so classifications are
+//! cached by the statement's shape (see [`super::shape`]): the parser runs
+//! once per statement shape.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 
 use serde_json::Value;
+
+use super::predicate;
+
+pub use super::shape::{ClassCache, Shape, shape};
 
 /// What a statement may do, as statement rules name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,9 +34,11 @@ pub enum Class {
     /// A write inside a `WITH` (common table expression), where a reader
     /// expecting a `SELECT` would not look.
     WriteInCte,
-    /// `DELETE` without a `WHERE`, or with one that reads no column.
+    /// `DELETE` without a `WHERE`, or with one that selects no rows by a
+    /// column of its table (`where true`, `where id = id`: see
+    /// [`super::predicate`]); also `MERGE ... THEN DELETE` over such a join.
     DeleteWithoutWhere,
-    /// `UPDATE` without a `WHERE`, or with one that reads no column.
+    /// `UPDATE` likewise, and `MERGE ... THEN UPDATE` over such a join.
     UpdateWithoutWhere,
     /// `COPY ... PROGRAM`: runs a shell command on the database server.
     CopyProgram,
@@ -422,6 +427,9 @@ struct Ctx {
 /// A statement's classes, walking its serialised parse tree.
 struct Walk {
     classes: BTreeSet<Class>,
+    /// Where the statement's constants (`A_Const`) start: the literals the
+    /// classification cache may treat as values.
+    constants: Vec<i64>,
 }
 
 impl Walk {
@@ -470,17 +478,45 @@ impl Walk {
             "CommonTableExpr" => {
                 ctx.in_cte = true;
             }
-            "InsertStmt" | "MergeStmt" if !ctx.plain_explain => {
+            "InsertStmt" if !ctx.plain_explain => {
                 self.classes.insert(Class::Write);
             }
             "UpdateStmt" | "DeleteStmt" if !ctx.plain_explain => {
                 self.classes.insert(Class::Write);
-                if field("where_clause").is_none_or(|w| !reads_a_column(w)) {
+                let target = predicate::target_name(body);
+                if !predicate::selects_rows(&body["where_clause"], &target) {
                     self.classes.insert(if kind == "UpdateStmt" {
                         Class::UpdateWithoutWhere
                     } else {
                         Class::DeleteWithoutWhere
                     });
+                }
+            }
+            // MERGE deletes or updates what its actions say, in the rows its
+            // join selects: `WHEN MATCHED THEN DELETE` over a join on `true`
+            // is a DELETE without WHERE.
+            "MergeStmt" if !ctx.plain_explain => {
+                self.classes.insert(Class::Write);
+                let target = predicate::target_name(body);
+                let joined = predicate::selects_rows(&body["join_condition"], &target);
+                for clause in body["merge_when_clauses"].as_array().into_iter().flatten() {
+                    let clause = &clause["node"]["MergeWhenClause"];
+                    let class = match clause["command_type"].as_i64() {
+                        Some(CMD_UPDATE) => Class::UpdateWithoutWhere,
+                        Some(CMD_DELETE) => Class::DeleteWithoutWhere,
+                        _ => continue,
+                    };
+                    // Rows matched by the join, or (NOT MATCHED BY SOURCE)
+                    // every target row the join does not match.
+                    let by_join = joined && clause["match_kind"].as_i64() == Some(MERGE_WHEN_MATCHED);
+                    if !by_join && !predicate::selects_rows(&clause["condition"], &target) {
+                        self.classes.insert(class);
+                    }
+                }
+            }
+            "AConst" => {
+                if let Some(location) = body["location"].as_i64() {
+                    self.constants.push(location);
                 }
             }
             "TruncateStmt" => {
@@ -607,15 +643,11 @@ fn is_false(arg: &Value) -> bool {
         || node["Integer"]["ival"] == 0 && node.get("Integer").is_some()
 }
 
-/// Whether an expression reads a column (`WHERE true`, `WHERE 1 = 1` do
-/// not: they hold for every row).
-fn reads_a_column(value: &Value) -> bool {
-    match value {
-        Value::Object(map) => map.iter().any(|(k, v)| k == "ColumnRef" || reads_a_column(v)),
-        Value::Array(items) => items.iter().any(reads_a_column),
-        _ => false,
-    }
-}
+/// `CmdType` as pg_query numbers it.
+const CMD_UPDATE: i64 = 3;
+const CMD_DELETE: i64 = 5;
+/// `MergeMatchKind::MergeWhenMatched`.
+const MERGE_WHEN_MATCHED: i64 = 1;
 
 /// The session settings that change how the server reads a query string:
 /// the classifier must read it the same way (the server reports them in
@@ -641,6 +673,12 @@ pub fn classify(sql: &str) -> Vec<Classified> {
 /// Parses `sql` as a session with `parse_as` does and classifies each
 /// statement.
 pub fn classify_as(sql: &str, parse_as: ParseAs) -> Vec<Classified> {
+    classify_tree(sql, parse_as).0
+}
+
+/// [`classify_as`], and where the query's constants (`A_Const` nodes)
+/// start, sorted: the only literals whose values no class depends on.
+pub(super) fn classify_tree(sql: &str, parse_as: ParseAs) -> (Vec<Classified>, Vec<i64>) {
     let mut options = pg_query::ParserOptions::DEFAULT;
     if !parse_as.standard_conforming_strings {
         options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
@@ -648,16 +686,18 @@ pub fn classify_as(sql: &str, parse_as: ParseAs) -> Vec<Classified> {
     let parsed = match pg_query::parse(sql, options) {
         Ok(parsed) => parsed,
         Err(error) => {
-            return vec![Classified {
+            let unparseable = Classified {
                 text: sql.to_string(),
                 classes: BTreeSet::from([Class::Unparseable]),
                 error: Some(error.to_string()),
-            }];
+            };
+            return (vec![unparseable], Vec::new());
         }
     };
     let mut out = Vec::new();
+    let mut constants = Vec::new();
     for stmt in &parsed.protobuf.stmts {
-        let mut walk = Walk { classes: BTreeSet::new() };
+        let mut walk = Walk { classes: BTreeSet::new(), constants: Vec::new() };
         match serde_json::to_value(&stmt.stmt) {
             Ok(tree) => walk.value(&tree, Ctx::default()),
             // Never happens for a tree the parser built; fail closed if it does.
@@ -665,6 +705,7 @@ pub fn classify_as(sql: &str, parse_as: ParseAs) -> Vec<Classified> {
                 walk.classes.insert(Class::Unparseable);
             }
         }
+        constants.append(&mut walk.constants);
         let start = usize::try_from(stmt.stmt_location).unwrap_or(0).min(sql.len());
         let end = match usize::try_from(stmt.stmt_len) {
             Ok(0) | Err(_) => sql.len(),
@@ -673,122 +714,8 @@ pub fn classify_as(sql: &str, parse_as: ParseAs) -> Vec<Classified> {
         let text = sql.get(start..end).unwrap_or(sql).trim().to_string();
         out.push(Classified { text, classes: walk.classes, error: None });
     }
-    out
-}
-
-/// `sql` with its plain literals (numbers, simple '...' strings) replaced,
-/// comments dropped and whitespace collapsed: statements that differ only
-/// in such literals share a shape, and classes. `None` when anything could
-/// be read two ways (escape strings, backslashes, dollar quotes, Unicode
-/// escapes): such statements are parsed each time. Parameters (`$1`) are
-/// kept: extended-protocol statements are shaped too.
-pub fn shape(sql: &str) -> Option<String> {
-    let bytes = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
-    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            // `$1`: a parameter (a dollar quote's tag cannot start with a
-            // digit), kept as it is.
-            b'$' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                let mut j = i + 1;
-                while j < bytes.len() && bytes[j].is_ascii_digit() {
-                    j += 1;
-                }
-                out.push_str(&sql[i..j]);
-                i = j;
-            }
-            b'\\' | b'$' => return None,
-            b'\'' => {
-                // E'..', U&'..', B'..', X'..', N'..': prefixed strings.
-                if i > 0 && ident(bytes[i - 1]) {
-                    return None;
-                }
-                let mut j = i + 1;
-                loop {
-                    match bytes.get(j) {
-                        None => return None,
-                        Some(b'\\') => return None,
-                        Some(b'\'') if bytes.get(j + 1) == Some(&b'\'') => j += 2,
-                        Some(b'\'') => break,
-                        Some(_) => j += 1,
-                    }
-                }
-                out.push_str("'?'");
-                i = j + 1;
-            }
-            b'"' => {
-                let mut j = i + 1;
-                loop {
-                    match bytes.get(j) {
-                        None => return None,
-                        Some(b'"') if bytes.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break,
-                        Some(_) => j += 1,
-                    }
-                }
-                out.push_str(&sql[i..=j]);
-                i = j + 1;
-            }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-                out.push(' ');
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Comments nest in PostgreSQL.
-                let mut depth = 0;
-                loop {
-                    match (bytes.get(i), bytes.get(i + 1)) {
-                        (Some(b'/'), Some(b'*')) => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            depth -= 1;
-                            i += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        (Some(_), _) => i += 1,
-                        (None, _) => return None,
-                    }
-                }
-                out.push(' ');
-            }
-            b'0'..=b'9' if i == 0 || !ident(bytes[i - 1]) => {
-                let mut j = i;
-                while j < bytes.len() && (bytes[j].is_ascii_digit() || bytes[j] == b'.' || bytes[j] == b'_') {
-                    j += 1;
-                }
-                // Exponents, hex and anything glued to a number: parsed as is.
-                if bytes.get(j).is_some_and(|&b| ident(b)) {
-                    return None;
-                }
-                out.push('0');
-                i = j;
-            }
-            b if b.is_ascii_whitespace() => {
-                if !out.ends_with(' ') {
-                    out.push(' ');
-                }
-                i += 1;
-            }
-            _ => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && ident(bytes[i]) && ident(bytes[start]) {
-                    i += 1;
-                }
-                out.push_str(&sql[start..i]);
-            }
-        }
-    }
-    Some(out.trim().to_string())
+    constants.sort_unstable();
+    (out, constants)
 }
 
 /// The classes of each statement of a query string, in order.
@@ -803,49 +730,5 @@ impl From<Vec<Classified>> for Classification {
     fn from(classified: Vec<Classified>) -> Classification {
         let error = classified.iter().find_map(|c| c.error.clone());
         Classification { statements: classified.into_iter().map(|c| c.classes).collect(), error }
-    }
-}
-
-/// Classifications cached by statement shape, bounded.
-pub struct ClassCache {
-    entries: Mutex<HashMap<String, Arc<Classification>>>,
-    capacity: usize,
-}
-
-impl ClassCache {
-    pub fn new(capacity: usize) -> ClassCache {
-        ClassCache { entries: Mutex::new(HashMap::new()), capacity }
-    }
-
-    /// The classes of `sql`'s statements, read as a session with
-    /// `parse_as` reads them: from the cache when a query of the same shape
-    /// was classified before under the same settings.
-    pub fn classify(&self, sql: &str, parse_as: ParseAs) -> Arc<Classification> {
-        let Some(shaped) = shape(sql) else { return Arc::new(classify_as(sql, parse_as).into()) };
-        let key = format!("{}{shaped}", if parse_as.standard_conforming_strings { "" } else { "scs=off\u{0}" });
-        if let Some(hit) = self.lock().get(&key) {
-            return hit.clone();
-        }
-        let classified: Arc<Classification> = Arc::new(classify_as(sql, parse_as).into());
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity {
-            // Simple and bounded: start over (shapes are few in practice).
-            entries.clear();
-        }
-        entries.insert(key, classified.clone());
-        classified
-    }
-
-    /// How many shapes are cached.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Classification>>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

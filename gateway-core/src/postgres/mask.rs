@@ -5,6 +5,57 @@
 
 use crate::masking::{Column, Counts, Detector, Findings, Masker, TextOut, count};
 
+/// A statement's text as it is recorded and shown to reviewers under
+/// masking, or `None` when masking changes nothing in it.
+///
+/// Masking the text as a whole could let one finding swallow what follows
+/// it (a private key's header in a literal runs to the end of the text,
+/// and with it a `; DROP TABLE` after the literal): the reviewer would
+/// approve a statement they were never shown. So each of the server's
+/// tokens — literal, identifier, comment — is masked on its own, and the
+/// statement's structure stays as it will run. A secret spread over several
+/// tokens is then masked in the result as a whole. Where this session reads
+/// strings otherwise than the scanner (`standard_conforming_strings` off,
+/// with a backslash in the text), tokens cannot be told apart faithfully:
+/// the text is withheld.
+pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: bool) -> Option<String> {
+    let whole = match masker.mask_text(sql, &mut Counts::new()) {
+        std::borrow::Cow::Borrowed(_) => return None,
+        std::borrow::Cow::Owned(masked) => masked,
+    };
+    if !standard_strings && sql.contains('\\') {
+        return Some(
+            "[statement withheld: masking found a value to mask in it, and with standard_conforming_strings off its tokens cannot be shown apart]"
+                .to_string(),
+        );
+    }
+    // Text the scanner refuses is refused by the server too: the whole
+    // text masked is all there is to show.
+    let Ok(tokens) = pg_query::scan_tokens(sql) else { return Some(whole) };
+    let mut out = String::with_capacity(sql.len());
+    let mut last = 0;
+    for token in &tokens {
+        let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end)) else {
+            return Some(whole);
+        };
+        let (Some(gap), Some(text)) = (sql.get(last..start), sql.get(start..end)) else { return Some(whole) };
+        out.push_str(gap);
+        // A quoted token keeps its quotes: what is masked is inside them.
+        let quoted = text.find(['\'', '"']).filter(|&q| text.len() > q + 1 && text.ends_with(&text[q..=q]));
+        match quoted {
+            Some(q) => {
+                out.push_str(&text[..=q]);
+                out.push_str(&masker.mask_text(&text[q + 1..text.len() - 1], &mut Counts::new()));
+                out.push_str(&text[text.len() - 1..]);
+            }
+            None => out.push_str(&masker.mask_text(text, &mut Counts::new())),
+        }
+        last = end;
+    }
+    out.push_str(sql.get(last..).unwrap_or_default());
+    Some(masker.mask_text(&out, &mut Counts::new()).into_owned())
+}
+
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
 pub(super) fn text_like(oid: u32) -> bool {
     // text, varchar, bpchar, name, json, unknown, xml, and unknown (0).
@@ -12,6 +63,10 @@ pub(super) fn text_like(oid: u32) -> bool {
 }
 
 pub(super) const JSONB: u32 = 3802;
+
+/// The type of a column no description placed (rows asked for in binary
+/// without a Describe): read as nothing, so its binary values are withheld.
+pub(super) const UNPLACED: u32 = u32::MAX;
 
 /// How masking reads a value of a type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,6 +411,29 @@ match = "salary""#,
         )
         .unwrap();
         Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
+    }
+
+    /// A private key's header in a literal used to swallow the rest of the
+    /// text when masked, hiding a `DROP` from the reviewer who approved it.
+    #[test]
+    fn regression_a_masked_statement_keeps_its_structure() {
+        let m = masker();
+        let sql = "select '-----BEGIN PRIVATE KEY-----' as note; drop table t";
+        let shown = mask_statement_text(&m, sql, true).unwrap();
+        assert_eq!(shown, "select '[private_key:masked]' as note; drop table t");
+        let sql = "select '-----BEGIN PRIVATE KEY-----', pg_read_file('/etc/passwd') /* -----BEGIN RSA PRIVATE KEY----- */; truncate t";
+        let shown = mask_statement_text(&m, sql, true).unwrap();
+        assert!(shown.contains("pg_read_file('/etc/passwd')") && shown.ends_with("; truncate t"), "{shown}");
+        assert!(!shown.contains("BEGIN"), "{shown}");
+        // A secret spread over tokens is still masked.
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let shown = mask_statement_text(&m, &format!("select {jwt}"), true).unwrap();
+        assert!(!shown.contains("eyJzdWIi"), "{shown}");
+        assert_eq!(mask_statement_text(&m, "select 1; drop table t", true), None, "nothing to mask");
+        // Read otherwise by a session with standard_conforming_strings off:
+        // not shown token by token.
+        let odd = "select 'a\\' || '-----BEGIN PRIVATE KEY-----'; drop table t";
+        assert!(mask_statement_text(&m, odd, false).unwrap().starts_with("[statement withheld"));
     }
 
     fn row(values: &[Option<&[u8]>]) -> Vec<u8> {

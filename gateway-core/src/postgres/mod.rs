@@ -9,11 +9,14 @@ pub mod classify;
 mod copyout;
 mod frame;
 mod gate;
+mod interrupt;
 mod mask;
 mod messages;
+mod predicate;
 mod protocol;
 pub mod rules;
 mod session;
+mod shape;
 mod startup;
 mod stream;
 mod upstream;
@@ -47,6 +50,9 @@ pub struct PgResource {
     pub sessions: SessionCounters,
     /// Proctor's own view of the target's catalog (for masking).
     pub catalog: Catalog,
+    /// The databases a grant's credential opens: the resource's `database`
+    /// and any `databases` listed beside it.
+    pub databases: Vec<String>,
 }
 
 /// Connections of a resource: open now, and accepted since start.
@@ -99,6 +105,9 @@ impl PgResource {
             limits: SampleLimits { rows: config.sample_rows, bytes: config.sample_bytes },
             sessions: SessionCounters::default(),
             catalog: Catalog::default(),
+            databases: std::iter::once(config.offered_database().to_string())
+                .chain(config.databases.iter().cloned())
+                .collect(),
         })
     }
 }

@@ -72,6 +72,8 @@ enum Expect {
         started: Instant,
         portal: String,
         columns: Option<Vec<Column>>,
+        /// Whether the Bind asked for any result column in binary.
+        binary: bool,
     },
     Close,
     Sync,
@@ -346,6 +348,11 @@ impl Protocol {
         self
     }
 
+    /// Whether the target owes answers: a statement is in flight there.
+    pub fn awaiting_target(&self) -> bool {
+        !self.expected.is_empty()
+    }
+
     /// Whether the session's values are masked.
     pub fn masking(&self) -> bool {
         self.masker.is_some()
@@ -354,10 +361,7 @@ impl Protocol {
     /// Text as it may be recorded: masked by the detectors when masking is on.
     fn recordable(&self, text: String) -> String {
         match &self.masker {
-            Some(m) => match m.mask_text(&text, &mut Counts::new()) {
-                std::borrow::Cow::Owned(masked) => masked,
-                std::borrow::Cow::Borrowed(_) => text,
-            },
+            Some(m) => mask::mask_statement_text(m, &text, self.standard_strings).unwrap_or(text),
             None => text,
         }
     }
@@ -736,14 +740,15 @@ impl Protocol {
             }
             b'E' => {
                 let portal_name = Body::new(body).cstr().map(text).unwrap_or_default();
-                let (sql, statement_name, params, columns) = match self.portal(&portal_name) {
+                let (sql, statement_name, params, columns, binary) = match self.portal(&portal_name) {
                     Some(portal) => (
                         portal.sql.to_string(),
                         portal.statement.clone(),
                         portal.params.clone(),
                         self.portal_columns(portal),
+                        portal.result_formats.contains(&1),
                     ),
-                    None => (String::new(), String::new(), Vec::new(), None),
+                    None => (String::new(), String::new(), Vec::new(), None, false),
                 };
                 // A COPY prepared under masking: its rows are masked as planned.
                 let copy =
@@ -767,7 +772,13 @@ impl Protocol {
                 if let Some(copy) = copy {
                     self.copy_plans.push((seq, copy));
                 }
-                self.expected.push_back(Expect::Execute { seq, started: Instant::now(), portal: portal_name, columns });
+                self.expected.push_back(Expect::Execute {
+                    seq,
+                    started: Instant::now(),
+                    portal: portal_name,
+                    columns,
+                    binary,
+                });
             }
             b'C' => {
                 let mut reader = Body::new(body);
@@ -992,14 +1003,24 @@ impl Protocol {
     /// description came with it: its portal's as the target has it now
     /// (Describes answered since the Execute was sent included), else as
     /// it was known when the Execute was sent.
-    fn adopt_columns(&mut self) {
+    ///
+    /// Under masking, rows asked for in binary whose shape nobody described
+    /// cannot be read: their values are withheld (`row`: the first row, whose
+    /// column count they take).
+    fn adopt_columns(&mut self, row: Option<&[u8]>) {
         if !self.result.columns.is_empty() {
             return;
         }
-        if let Some(Expect::Execute { portal, columns, .. }) = self.expected.front() {
+        if let Some(Expect::Execute { portal, columns, binary, .. }) = self.expected.front() {
             let now = self.portals.get(portal).and_then(|p| self.portal_columns(p));
             if let Some(columns) = now.or_else(|| columns.clone()) {
                 self.result.columns = columns;
+            } else if *binary
+                && self.masker.is_some()
+                && let Some(count) = row.and_then(|r| r.get(..2)).map(|c| i16::from_be_bytes([c[0], c[1]]).max(0))
+            {
+                let unplaced = Column { type_oid: mask::UNPLACED, format: 1, ..Column::default() };
+                self.result.columns = vec![unplaced; count as usize];
             }
         }
     }
@@ -1010,7 +1031,7 @@ impl Protocol {
         let tag = frame[0];
         let body = &frame[5..];
         if matches!(tag, b'D' | b'C') && self.result.rows == 0 {
-            self.adopt_columns();
+            self.adopt_columns((tag == b'D').then_some(body));
         }
         let mut masked = None;
         match tag {

@@ -207,6 +207,24 @@ async fn serve<S: EventSink, A: Authenticator>(
         }
     };
 
+    // A grant opens its resource's database (or those listed), not every
+    // database the target account can reach.
+    if let Some(grant) = &identity.grant_id
+        && !resource.databases.contains(&database)
+    {
+        let error = PgError::fatal(
+            "42501",
+            format!(
+                "grant {grant} opens database {} of resource {}, not the one this connection asked for",
+                resource.databases.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(" or "),
+                resource.name
+            ),
+        )
+        .with_hint("connect to the database in the grant's credentials URL");
+        refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), EndReason::Policy).await;
+        return;
+    }
+
     // Under its grant's statement rules, if it has any.
     let gate = match identity.rules.as_deref() {
         None => None,
@@ -357,9 +375,21 @@ async fn serve<S: EventSink, A: Authenticator>(
     }
     let outside = Outside { cancels: cancel_rx, shutdown, lease: lease.as_mut() };
     let catalog = CatalogAccess { resource: ctx.resource.clone(), database: database.clone() };
-    let ending = relay(recorder, &mut client, &mut target, outside, protocol, catalog).await;
+    let mut ending = relay(recorder, &mut client, &mut target, outside, &mut protocol, catalog).await;
     drop(lease);
     drop(key);
+    // A grant that ended stops the work it allowed, not only the session.
+    if matches!(ending.reason, EndReason::GrantExpired | EndReason::GrantRevoked) && protocol.awaiting_target() {
+        let stopped = super::interrupt::stop_in_flight(&mut target, resource, &database, backend_pid, secret).await;
+        let what = stopped.describe();
+        recorder
+            .push(Direction::Gateway, Cancel { backend_pid: Some(backend_pid), message: Some(what.clone()) }.into());
+        let _ = recorder.flush().await;
+        ending.message = Some(match ending.message.take() {
+            Some(message) => format!("{message}; {what}"),
+            None => what,
+        });
+    }
     let message = ending.message.clone();
     let tell = match ending.reason {
         // The target's own FATAL error already reached the client.
@@ -924,7 +954,7 @@ async fn relay<S: EventSink>(
     client: &mut Conn,
     target: &mut Conn,
     outside: Outside<'_>,
-    mut protocol: Protocol,
+    protocol: &mut Protocol,
     catalog: CatalogAccess,
 ) -> Ending {
     let Outside { mut cancels, mut shutdown, lease } = outside;
@@ -950,10 +980,10 @@ async fn relay<S: EventSink>(
         }
         if rescan_up && up.done() {
             rescan_up = false;
-            if let Err(ending) = client_frames(&mut protocol, recorder, &mut up).await {
+            if let Err(ending) = client_frames(protocol, recorder, &mut up).await {
                 return ending;
             }
-            ask(&mut protocol, &up, &mut asking, &catalog);
+            ask(protocol, &up, &mut asking, &catalog);
             if let Some(Err(_)) = pump(&mut target_w, &mut up.out, &mut up.unflushed).now_or_never() {
                 return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
             }
@@ -961,10 +991,10 @@ async fn relay<S: EventSink>(
         }
         if rescan_down && down.done() {
             rescan_down = false;
-            if let Err(ending) = target_frames(&mut protocol, recorder, &mut down).await {
+            if let Err(ending) = target_frames(protocol, recorder, &mut down).await {
                 return ending;
             }
-            look_up(&mut protocol, &down, &mut looking, &catalog);
+            look_up(protocol, &down, &mut looking, &catalog);
             if let Some(Err(_)) = pump(&mut client_w, &mut down.out, &mut down.unflushed).now_or_never() {
                 return Ending::new(EndReason::ClientClosed, None);
             }
@@ -978,10 +1008,10 @@ async fn relay<S: EventSink>(
                     Ok(0) | Err(_) => return Ending::new(EndReason::ClientClosed, None),
                     Ok(_) => {}
                 }
-                if let Err(ending) = client_frames(&mut protocol, recorder, &mut up).await {
+                if let Err(ending) = client_frames(protocol, recorder, &mut up).await {
                     return ending;
                 }
-                ask(&mut protocol, &up, &mut asking, &catalog);
+                ask(protocol, &up, &mut asking, &catalog);
                 // Forwards at once: the target is almost always ready, and
                 // this saves a round through the select for each message.
                 if let Some(Err(_)) = pump(&mut target_w, &mut up.out, &mut up.unflushed).now_or_never() {
@@ -1012,10 +1042,10 @@ async fn relay<S: EventSink>(
                     }
                     Ok(_) => {}
                 }
-                if let Err(ending) = target_frames(&mut protocol, recorder, &mut down).await {
+                if let Err(ending) = target_frames(protocol, recorder, &mut down).await {
                     return ending;
                 }
-                look_up(&mut protocol, &down, &mut looking, &catalog);
+                look_up(protocol, &down, &mut looking, &catalog);
                 if let Some(Err(_)) = pump(&mut client_w, &mut down.out, &mut down.unflushed).now_or_never() {
                     return Ending::new(EndReason::ClientClosed, None);
                 }
