@@ -282,6 +282,12 @@ impl Profiles {
         grant_profile.or(self.default.as_deref())
     }
 
+    /// Every configured profile at once (`a+b+...`): what masks the words of
+    /// a client that was not admitted, whose profile is not known.
+    pub fn strictest(&self) -> Option<String> {
+        (!self.profiles.is_empty()).then(|| self.profiles.keys().cloned().collect::<Vec<_>>().join("+"))
+    }
+
     /// The masker for `names` (`None`: nothing to mask, also for `none`).
     pub fn masker(&self, names: &str) -> Result<Option<std::sync::Arc<Masker>>, String> {
         let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());

@@ -916,7 +916,15 @@ impl Protocol {
             StatementResult {
                 ref_seq: self.current_statement(),
                 command_tag: tag,
-                columns: result.columns.into_iter().map(|c| c.name).collect(),
+                // A column's name can be an alias the client typed.
+                columns: result
+                    .columns
+                    .into_iter()
+                    .map(|c| match &self.masker {
+                        Some(m) => mask::parameter(m, &c.name).unwrap_or(c.name),
+                        None => c.name,
+                    })
+                    .collect(),
                 row_count,
                 byte_count: result.bytes,
                 duration_ns: self.started().map_or(0, |s| s.elapsed().as_nanos() as u64),
@@ -1889,6 +1897,52 @@ match = "salary""#,
             panic!("the composite is withheld")
         };
         assert_eq!(&row[5..], &[0, 1, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    /// Parse, Bind with binary results, Execute, Sync and no Describe: the
+    /// rows' shape was known to nobody, and binary values (bytes that are
+    /// not UTF-8, a card number as an int8) went through unmasked.
+    #[test]
+    fn regression_binary_rows_nobody_described_are_withheld() {
+        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+        let config: ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
+        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let mut p = Protocol::new(SampleLimits { rows: 10, bytes: 1 << 16 }).with_masker(Some(Arc::new(masker)));
+        let mut events = RecordedEvents::default();
+        let mut binary_bind = cstr("");
+        binary_bind.extend(cstr(""));
+        binary_bind.extend([0, 0, 0, 0, 0, 1, 0, 1]);
+        let sql = "select decode('ff', 'hex') || v::bytea, n from cards";
+        for f in [parse("", sql), frame(b'B', &binary_bind), execute(""), frame(b'S', b"")] {
+            p.frontend(&f, &mut events);
+        }
+        p.backend(&frame(b'1', b""), &mut events);
+        p.backend(&frame(b'2', b""), &mut events);
+        let mut row = BytesMut::new();
+        row.put_i16(2);
+        let glued = [&[0xff][..], b"4539148803436467"].concat();
+        row.put_i32(glued.len() as i32);
+        row.put_slice(&glued);
+        row.put_i32(8);
+        row.put_i64(4_539_148_803_436_467);
+        let Backend::Replace(masked) = p.backend(&frame(b'D', &row), &mut events) else {
+            panic!("binary values nobody placed are withheld")
+        };
+        assert_eq!(&masked[5..], &[0, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "two NULLs");
+        p.backend(&frame(b'C', &cstr("SELECT 1")), &mut events);
+        p.backend(&frame(b'Z', b"I"), &mut events);
+        // In text, with no description either: the detectors read it.
+        for f in [parse("", "select v from cards"), bind("", ""), execute(""), frame(b'S', b"")] {
+            p.frontend(&f, &mut events);
+        }
+        p.backend(&frame(b'1', b""), &mut events);
+        p.backend(&frame(b'2', b""), &mut events);
+        let Backend::Replace(masked) = p.backend(&data_row(&[Some("4539 1488 0343 6467")]), &mut events) else {
+            panic!("a card number in text is masked")
+        };
+        assert!(!String::from_utf8_lossy(&masked).contains("0343"), "{masked:?}");
+        let recorded = format!("{:?}", events.events);
+        assert!(!recorded.contains("4539148803436467") && !recorded.contains("0343 6467"), "{recorded}");
     }
 
     #[test]

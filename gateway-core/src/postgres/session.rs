@@ -34,6 +34,7 @@ use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
 use crate::auth::{AuthRequest, Authenticator, Identity};
 use crate::control::Lease;
+use crate::masking::Masker;
 use crate::recording::{Record, SessionRecorder};
 use crate::{EventSink, SinkError};
 
@@ -183,10 +184,13 @@ async fn serve<S: EventSink, A: Authenticator>(
     let user = params.get("user").cloned().unwrap_or_default();
     let database = params.get("database").cloned().unwrap_or_else(|| user.clone());
     let tls = client.tls_version();
+    // What a refusal records of them: typed by a client not yet admitted.
+    let strictest = ctx.masking.strictest().and_then(|p| ctx.masking.masker(&p).ok().flatten());
+    let claimed = Claimed::new(&params, strictest.as_ref());
 
     if params.contains_key("replication") {
         let error = PgError::fatal("0A000", "replication connections are not available through Proctor");
-        refuse(recorder, resource, client_addr, Some(&params), error, Some(client)).await;
+        refuse(recorder, resource, client_addr, Some(&claimed), error, Some(client)).await;
         return;
     }
 
@@ -196,13 +200,13 @@ async fn serve<S: EventSink, A: Authenticator>(
     let identity = match authenticated {
         Ok(Ok(identity)) => identity,
         Ok(Err(error)) => {
-            let params = Some(&params);
-            refuse_with(recorder, resource, client_addr, params, error, Some(client), EndReason::AuthFailed).await;
+            let claimed = Some(&claimed);
+            refuse_with(recorder, resource, client_addr, claimed, error, Some(client), EndReason::AuthFailed).await;
             return;
         }
         Err(interrupted) => {
             let (error, reason) = (interrupted.error(), interrupted.reason());
-            refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), reason).await;
+            refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), reason).await;
             return;
         }
     };
@@ -221,7 +225,7 @@ async fn serve<S: EventSink, A: Authenticator>(
             ),
         )
         .with_hint("connect to the database in the grant's credentials URL");
-        refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), EndReason::Policy).await;
+        refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), EndReason::Policy).await;
         return;
     }
 
@@ -242,7 +246,7 @@ async fn serve<S: EventSink, A: Authenticator>(
                     format!("this grant runs under statement rules {name:?}, which this gateway does not have"),
                 )
                 .with_hint("ask the operator to configure [rules.NAME] on every gateway, then connect again");
-                refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), EndReason::Policy)
+                refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), EndReason::Policy)
                     .await;
                 return;
             }
@@ -257,7 +261,7 @@ async fn serve<S: EventSink, A: Authenticator>(
         Some(Err(why)) => {
             let error = PgError::fatal("42501", format!("this session's {why}"))
                 .with_hint("ask the operator to configure the profile on every gateway, then connect again");
-            refuse_with(recorder, resource, client_addr, Some(&params), error, Some(client), EndReason::Policy).await;
+            refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), EndReason::Policy).await;
             return;
         }
     };
@@ -449,6 +453,68 @@ fn session_start(
     .into()
 }
 
+/// What a client not (yet) admitted claimed at start-up, as it is recorded:
+/// a user name that names a grant is an identifier and stays; any other
+/// user or database name, and every other parameter, is masked by every
+/// configured profile at once and bounded, since a password pasted into
+/// the wrong field must not reach the disk raw.
+#[derive(Default)]
+struct Claimed {
+    params: std::collections::BTreeMap<String, String>,
+    /// Each name as typed, and as recorded (where they differ).
+    names: Vec<(String, String)>,
+    masker: Option<Arc<Masker>>,
+}
+
+/// How much of a claimed name or parameter is recorded, at most.
+const CLAIMED_CHARS: usize = 64;
+
+impl Claimed {
+    fn new(params: &std::collections::BTreeMap<String, String>, masker: Option<&Arc<Masker>>) -> Claimed {
+        let mut names = Vec::new();
+        let recorded = params
+            .iter()
+            .map(|(key, value)| {
+                let shown = if key == "user" && crate::control::is_grant_id(value) {
+                    value.clone()
+                } else {
+                    let masked = masker.and_then(|m| super::mask::parameter(m, value)).unwrap_or_else(|| value.clone());
+                    bounded(&masked)
+                };
+                if matches!(key.as_str(), "user" | "database") && shown != *value && !value.is_empty() {
+                    names.push((value.clone(), shown.clone()));
+                }
+                (key.clone(), shown)
+            })
+            .collect();
+        Claimed { params: recorded, names, masker: masker.cloned() }
+    }
+
+    /// `text` (a refusal's message) as recorded: the names in it as
+    /// recorded, and the rest masked.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        // Longest first: one name may hold another.
+        let mut names: Vec<&(String, String)> = self.names.iter().collect();
+        names.sort_by_key(|(typed, _)| std::cmp::Reverse(typed.len()));
+        for (typed, shown) in names {
+            out = out.replace(typed.as_str(), shown);
+        }
+        match &self.masker {
+            Some(m) => m.mask_text(&out, &mut Default::default()).into_owned(),
+            None => out,
+        }
+    }
+}
+
+/// `value`, cut to [`CLAIMED_CHARS`] characters with its length said.
+fn bounded(value: &str) -> String {
+    match value.char_indices().nth(CLAIMED_CHARS) {
+        None => value.to_string(),
+        Some((cut, _)) => format!("{}…[{} bytes]", &value[..cut], value.len()),
+    }
+}
+
 fn error_event(error: &PgError) -> EventBody {
     ErrorReport {
         ref_seq: None,
@@ -488,11 +554,11 @@ async fn refuse<S: EventSink>(
     recorder: &mut SessionRecorder<S>,
     resource: &PgResource,
     client_addr: SocketAddr,
-    params: Option<&std::collections::BTreeMap<String, String>>,
+    claimed: Option<&Claimed>,
     error: PgError,
     conn: Option<Conn>,
 ) {
-    refuse_with(recorder, resource, client_addr, params, error, conn, EndReason::ClientError).await;
+    refuse_with(recorder, resource, client_addr, claimed, error, conn, EndReason::ClientError).await;
 }
 
 /// Records a connection refused before its session could begin, then tells
@@ -501,18 +567,24 @@ async fn refuse_with<S: EventSink>(
     recorder: &mut SessionRecorder<S>,
     resource: &PgResource,
     client_addr: SocketAddr,
-    params: Option<&std::collections::BTreeMap<String, String>>,
+    claimed: Option<&Claimed>,
     error: PgError,
     conn: Option<Conn>,
     reason: EndReason,
 ) {
-    let empty = std::collections::BTreeMap::new();
-    let params = params.unwrap_or(&empty);
+    let nothing = Claimed::default();
+    let claimed = claimed.unwrap_or(&nothing);
+    let params = &claimed.params;
     let tls = conn.as_ref().map_or("off".to_string(), Conn::tls_version);
-    let claimed = params.get("user").map(|u| format!("refused; the client gave user name {u:?}"));
-    recorder.push(Direction::Gateway, session_start(resource, client_addr, params, None, &tls, claimed));
-    recorder.push(Direction::Gateway, error_event(&error));
-    recorder.push(Direction::Gateway, SessionEnd { reason, message: Some(error.message.clone()) }.into());
+    let gave = params.get("user").map(|u| format!("refused; the client gave user name {u:?}"));
+    recorder.push(Direction::Gateway, session_start(resource, client_addr, params, None, &tls, gave));
+    let recorded = PgError {
+        message: claimed.scrub(&error.message),
+        detail: error.detail.as_deref().map(|d| claimed.scrub(d)),
+        ..error.clone()
+    };
+    recorder.push(Direction::Gateway, error_event(&recorded));
+    recorder.push(Direction::Gateway, SessionEnd { reason, message: Some(recorded.message.clone()) }.into());
     if let Err(e) = recorder.flush().await {
         tracing::error!(%e, "could not record a refused connection");
     }
