@@ -8,6 +8,8 @@ mod catalog;
 pub mod classify;
 mod copyout;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod interrupt;
 mod mask;
