@@ -440,6 +440,33 @@ fn regression_revocation_stops_the_statement_in_flight() {
     assert_eq!(running(), "0", "the target still runs the revoked grant's update");
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(setup.cluster.psql(APP_ROLE, "select n from slow").unwrap().trim(), "0", "the update committed");
+
+    // Two statements pipelined: a cancel would stop the first and let the
+    // target run the second, so the backend is terminated instead.
+    let out = grant(&setup, &agent, &["request", "--resource", "test-db", "--ttl", "10m", "--reason", "r", "--json"]);
+    let granted = json(&out);
+    let id = granted["id"].as_str().unwrap().to_string();
+    let url = granted["credentials"]["url"].as_str().unwrap().replace("sslmode=require", "sslmode=disable");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let pipelined = runtime.spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let slow = client.simple_query("update slow set n = n + 1 where pg_sleep(5) is not null");
+        let fast = client.simple_query("update slow set n = n + 100");
+        let (slow, fast) = tokio::join!(slow, fast);
+        (slow.map(|_| ()), fast.map(|_| ()))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = grant(&setup, &agent, &["revoke", &id, "--reason", "stop", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let joined = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), pipelined).await });
+    let (slow, fast) = joined.expect("the pipelined statements end").expect("the client task ran");
+    assert!(slow.is_err() && fast.is_err(), "both statements end with the session: {slow:?} {fast:?}");
+    let message = format!("{slow:?}");
+    assert!(message.contains("cancelled and its backend terminated"), "{message}");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(running(), "0");
+    assert_eq!(setup.cluster.psql(APP_ROLE, "select n from slow").unwrap().trim(), "0", "a pipelined update committed");
 }
 
 /// A grant's credential opened every database the target account could

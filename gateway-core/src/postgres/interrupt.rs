@@ -30,7 +30,8 @@ const POLL: Duration = Duration::from_millis(50);
 pub(super) enum Stopped {
     /// The cancel stopped it; the backend is gone.
     Cancelled,
-    /// It did not stop on the cancel; the backend was terminated.
+    /// It did not stop on the cancel, or more were queued behind it: the
+    /// backend was terminated.
     Terminated,
     /// Neither could be confirmed: why.
     Unconfirmed(String),
@@ -42,7 +43,7 @@ impl Stopped {
         match self {
             Stopped::Cancelled => "the statement in flight on the target was cancelled".to_string(),
             Stopped::Terminated => {
-                "the statement in flight on the target did not stop on a cancel; its backend was terminated".to_string()
+                "the statement in flight on the target was cancelled and its backend terminated".to_string()
             }
             Stopped::Unconfirmed(why) => {
                 format!("the statement in flight on the target could not be confirmed stopped ({why})")
@@ -53,23 +54,36 @@ impl Stopped {
 
 /// Cancels the statement that backend `pid` of the session's `target`
 /// connection runs, ends the connection, and makes sure the backend goes.
+/// `queued`: more requests were sent behind the running one; a cancel would
+/// stop only the first, and the backend would go on to the next, so it is
+/// terminated at once.
 pub(super) async fn stop_in_flight(
     target: &mut Conn,
     resource: &PgResource,
     database: &str,
     pid: i32,
     secret: i32,
+    queued: bool,
 ) -> Stopped {
+    if queued {
+        // Terminated before anything else: a cancel, or the end of the
+        // connection, would let the backend go on to the next request.
+        let mut watcher = match Watcher::connect(resource, database).await {
+            Ok(watcher) => watcher,
+            Err(why) => {
+                close(target).await;
+                return Stopped::Unconfirmed(why);
+            }
+        };
+        let stopped = watcher.terminate(pid).await;
+        close(target).await;
+        return stopped;
+    }
     // Whether or not the cancel is delivered, the backend is watched.
     let _ = tokio::time::timeout(GRACE, upstream::cancel(&resource.target.address, pid, secret)).await;
-    // Terminate, and close: once the cancel has ended the statement, the
-    // backend reads the end of the connection and exits, rolling back.
-    let _ = tokio::time::timeout(POLL, async {
-        let _ = target.write_all(&[b'X', 0, 0, 0, 4]).await;
-        let _ = target.flush().await;
-        let _ = target.shutdown().await;
-    })
-    .await;
+    // Once the cancel has ended the statement, the backend reads the end of
+    // the connection and exits, rolling back.
+    close(target).await;
     let mut watcher = match Watcher::connect(resource, database).await {
         Ok(watcher) => watcher,
         Err(why) => return Stopped::Unconfirmed(why),
@@ -77,14 +91,17 @@ pub(super) async fn stop_in_flight(
     if watcher.gone_within(pid, GRACE).await {
         return Stopped::Cancelled;
     }
-    if let Err(why) = watcher.query(&format!("select pg_terminate_backend({pid})")).await {
-        return Stopped::Unconfirmed(format!("could not terminate backend {pid}: {why}"));
-    }
-    if watcher.gone_within(pid, GRACE).await {
-        Stopped::Terminated
-    } else {
-        Stopped::Unconfirmed(format!("backend {pid} was still running {:?} after it was terminated", GRACE))
-    }
+    watcher.terminate(pid).await
+}
+
+/// Terminate (the protocol's goodbye), and close.
+async fn close(target: &mut Conn) {
+    let _ = tokio::time::timeout(POLL, async {
+        let _ = target.write_all(&[b'X', 0, 0, 0, 4]).await;
+        let _ = target.flush().await;
+        let _ = target.shutdown().await;
+    })
+    .await;
 }
 
 /// Proctor's own connection to the target, to watch a backend.
@@ -116,6 +133,18 @@ impl Watcher {
                 return false;
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Terminates backend `pid` and waits for it to go.
+    async fn terminate(&mut self, pid: i32) -> Stopped {
+        if let Err(why) = self.query(&format!("select pg_terminate_backend({pid})")).await {
+            return Stopped::Unconfirmed(format!("could not terminate backend {pid}: {why}"));
+        }
+        if self.gone_within(pid, GRACE).await {
+            Stopped::Terminated
+        } else {
+            Stopped::Unconfirmed(format!("backend {pid} was still running {GRACE:?} after it was terminated"))
         }
     }
 

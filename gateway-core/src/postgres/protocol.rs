@@ -353,6 +353,12 @@ impl Protocol {
         !self.expected.is_empty()
     }
 
+    /// How many queries and executions the target has been sent and not
+    /// finished: past one, a cancel would stop only the first.
+    pub fn requests_in_flight(&self) -> usize {
+        self.expected.iter().filter(|e| matches!(e, Expect::Query { .. } | Expect::Execute { .. })).count()
+    }
+
     /// Whether the session's values are masked.
     pub fn masking(&self) -> bool {
         self.masker.is_some()

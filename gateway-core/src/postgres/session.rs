@@ -384,7 +384,9 @@ async fn serve<S: EventSink, A: Authenticator>(
     drop(key);
     // A grant that ended stops the work it allowed, not only the session.
     if matches!(ending.reason, EndReason::GrantExpired | EndReason::GrantRevoked) && protocol.awaiting_target() {
-        let stopped = super::interrupt::stop_in_flight(&mut target, resource, &database, backend_pid, secret).await;
+        let queued = protocol.requests_in_flight() > 1;
+        let stopped =
+            super::interrupt::stop_in_flight(&mut target, resource, &database, backend_pid, secret, queued).await;
         let what = stopped.describe();
         recorder
             .push(Direction::Gateway, Cancel { backend_pid: Some(backend_pid), message: Some(what.clone()) }.into());
