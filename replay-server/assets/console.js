@@ -1,5 +1,5 @@
 // Proctor's console: the search page and the session page, over the JSON
-// API (same origin, the session cookie). No framework, no build step.
+// API (same origin, the session cookie and its CSRF token). No framework, no build step.
 'use strict';
 
 (function () {
@@ -45,8 +45,15 @@
     return el('time', { class: 'time', datetime: iso, title: local }, shown);
   }
 
+  // The session's CSRF token, from this page: the API honours the session
+  // cookie only on requests that carry it, which no other site can make.
+  const csrf = document.querySelector('meta[name="proctor-csrf"]').content;
+
   async function api(path) {
-    const response = await fetch(path, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    const response = await fetch(path, {
+      credentials: 'same-origin',
+      headers: { Accept: 'application/json', 'X-Proctor-CSRF': csrf },
+    });
     if (response.status === 401) {
       location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search + location.hash);
       throw new Error('signed out: signing in again');

@@ -1,6 +1,7 @@
 //! The HTTP API: search, the sessions list, one session, one session's
 //! events in pages. JSON in and out; every request carries an OIDC bearer
-//! token of a member of the investigator group.
+//! token of a member of the investigator group (or, from the web console,
+//! its session cookie with the session's CSRF token).
 //!
 //! | route | answer |
 //! |---|---|
@@ -13,8 +14,9 @@
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad query: the message points
 //! at the mistake), 401 (no or bad token, with `WWW-Authenticate`), 403
-//! (not an investigator), 404, 503 (the access could not be recorded, so
-//! nothing is returned).
+//! (not an investigator, or the console's session cookie without its CSRF
+//! token in `X-Proctor-CSRF`), 404, 503 (the access could not be recorded,
+//! so nothing is returned).
 
 use std::future::Future;
 use std::ops::ControlFlow;
@@ -175,15 +177,13 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The caller, if their token verifies and they are an investigator.
 fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
     // A bearer token when one is presented; else the console's session,
-    // for the console's own requests only (what a browser says of where a
-    // request comes from): a link elsewhere cannot make a signed-in
-    // investigator search or read, which would be recorded in their name.
-    let own_request =
-        headers.get("sec-fetch-site").is_none_or(|site| matches!(site.as_bytes(), b"same-origin" | b"none"));
+    // with its CSRF token in a header only the console's own script sends
+    // (no other site can read the token, nor set the header on a request
+    // it makes a browser send): the cookie alone could be attached to a
+    // request another site caused, and the read would be recorded in the
+    // investigator's name.
     let from_console = match &state.console {
-        Some(console) if own_request && !headers.contains_key(axum::http::header::AUTHORIZATION) => {
-            console.identity(headers)
-        }
+        Some(console) if !headers.contains_key(axum::http::header::AUTHORIZATION) => console.api_identity(headers)?,
         _ => None,
     };
     let identity = match from_console {
@@ -454,4 +454,88 @@ async fn events<L: AccessLog>(
         })))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::console::{CSRF_HEADER, ConsoleConfig};
+
+    struct Unrecorded;
+
+    impl AccessLog for Unrecorded {
+        async fn record(&self, _: &Identity, _: &str, _: Option<String>, _: Option<String>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// An API with the console on and one investigator signed in to it:
+    /// their session cookie and CSRF token.
+    fn signed_in() -> (ApiState<Unrecorded>, String, String) {
+        let console = Arc::new(Console::new(ConsoleConfig {
+            base_url: "http://127.0.0.1:7070".into(),
+            issuer: "http://127.0.0.1:7070/dev-issuer".into(),
+            client_id: "proctor-console".into(),
+            client_secret: None,
+            ca_file: None,
+            groups_claim: "groups".into(),
+            investigator_group: "investigators".into(),
+            session_ttl: std::time::Duration::from_secs(3600),
+        }));
+        let identity = Identity {
+            subject: "ivy".into(),
+            issuer: "http://127.0.0.1:7070/dev-issuer".into(),
+            groups: vec!["investigators".into()],
+            expires_at: i64::MAX,
+        };
+        let (cookie, csrf) = console.sign_in_for_test(identity);
+        let verifier = Arc::new(Verifier::new(&[]).unwrap());
+        let state = ApiState::new(PathBuf::from("/nonexistent"), verifier, "investigators".into(), Unrecorded)
+            .with_console(console, None);
+        (state, cookie, csrf)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    /// The red team's finding: a request that carried the console's cookie
+    /// (and no `Sec-Fetch-Site`, as curl or an older browser sends) read
+    /// recordings in the investigator's name. The cookie now needs the
+    /// session's CSRF token beside it.
+    #[test]
+    fn a_console_cookie_without_its_csrf_token_reads_nothing() {
+        let (state, cookie, csrf) = signed_in();
+        for (what, request) in [
+            ("the cookie alone", headers(&[("cookie", &cookie)])),
+            ("the cookie and Sec-Fetch-Site: none", headers(&[("cookie", &cookie), ("sec-fetch-site", "none")])),
+            (
+                "the cookie and Sec-Fetch-Site: same-origin",
+                headers(&[("cookie", &cookie), ("sec-fetch-site", "same-origin")]),
+            ),
+            ("the cookie and another token", headers(&[("cookie", &cookie), (CSRF_HEADER, "forged")])),
+            ("the cookie and an empty token", headers(&[("cookie", &cookie), (CSRF_HEADER, "")])),
+        ] {
+            let refused = investigator(&state, &request).map(|who| who.subject).unwrap_err();
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{what}: {}", refused.message);
+            assert!(refused.message.contains("X-Proctor-CSRF"), "{what}: says what to do: {}", refused.message);
+        }
+        let with_token = headers(&[("cookie", &cookie), (CSRF_HEADER, &csrf)]);
+        assert_eq!(investigator(&state, &with_token).map(|who| who.subject).ok().as_deref(), Some("ivy"));
+        // No live session: the token alone is nothing either (a bearer
+        // token is asked for).
+        let stranger = headers(&[("cookie", "__Host-proctor_console=unknown"), (CSRF_HEADER, &csrf)]);
+        let refused = investigator(&state, &stranger).map(|who| who.subject).unwrap_err();
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        // A bearer token is judged on its own, cookie or not.
+        let bearer = headers(&[("cookie", &cookie), ("authorization", "Bearer not-a-jwt")]);
+        let refused = investigator(&state, &bearer).map(|who| who.subject).unwrap_err();
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
 }

@@ -449,3 +449,109 @@ fn the_dev_issuers_sign_in_is_refused_beyond_loopback() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("served on a loopback address only"), "{stderr}");
 }
+
+/// `curl` with a cookie jar: the response's status line, headers and body.
+fn curl(jar: &Path, args: &[&str]) -> String {
+    let jar = jar.to_str().unwrap();
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-c", jar, "-b", jar, "-o", "/dev/stdout", "-D", "/dev/stdout"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn location(response: &str) -> String {
+    let line = response.lines().find(|l| l.to_ascii_lowercase().starts_with("location:")).unwrap_or_default();
+    line.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_else(|| panic!("no redirect: {response}"))
+}
+
+/// The body of a response `curl` printed with its headers, as JSON.
+fn json_body(response: &str) -> Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
+}
+
+/// The red team's finding: the API honoured the console's session cookie on
+/// any request without `Sec-Fetch-Site` (curl, older browsers, some
+/// embedded clients), so whatever made a signed-in investigator's browser
+/// or client send the cookie could search and read in their name, and the
+/// reads were recorded as theirs. The cookie now counts only with the
+/// session's CSRF token in `X-Proctor-CSRF`, which the console's page
+/// holds and sends; without it (or with another) the answer is 403, with
+/// what to do, and nothing is read or recorded.
+#[test]
+fn a_console_session_cookie_without_its_csrf_header_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("proctor.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\n[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let mut child = spawn(bin(), &["up", "--config", config.to_str().unwrap()]);
+    let log = proctor_tests::collect_lines(child.stderr.take().unwrap());
+    proctor_tests::wait_for_line(&log, "proctor is up", WAIT);
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Signed in through the dev issuer, as a browser would be.
+    let jar = dir.path().join("cookies");
+    let to_issuer = location(&curl(&jar, &[&format!("{base}/login?next=%2F")]));
+    let (_, query) = to_issuer.split_once('?').unwrap();
+    let posted = curl(
+        &jar,
+        &[
+            "--data",
+            &format!("{query}&subject=ivy@example.com&groups=investigators"),
+            &format!("{base}/dev-issuer/authorize"),
+        ],
+    );
+    assert_eq!(location(&curl(&jar, &[&location(&posted)])), "/");
+    let page = curl(&jar, &[&format!("{base}/")]);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let csrf = page
+        .split("<meta name=\"proctor-csrf\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the page carries no CSRF token: {page}"))
+        .to_string();
+    assert!(csrf.len() >= 40, "{csrf}");
+
+    let sessions = format!("{base}/api/sessions");
+    // The cookie alone, as any request a browser or client attaches it to.
+    for extra in [&[][..], &["-H", "Sec-Fetch-Site: none"], &["-H", "Sec-Fetch-Site: same-origin"]] {
+        let refused = curl(&jar, &[extra, &[sessions.as_str()]].concat());
+        assert!(refused.starts_with("HTTP/1.1 403"), "{extra:?}: {refused}");
+        let error = json_body(&refused)["error"].as_str().unwrap().to_string();
+        assert!(error.contains("X-Proctor-CSRF") && error.contains("bearer token"), "{error}");
+    }
+    let forged = curl(&jar, &["-H", "X-Proctor-CSRF: forged", &sessions]);
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    // With the page's token, as the console's script sends it.
+    let read = curl(&jar, &["-H", &format!("X-Proctor-CSRF: {csrf}"), &sessions]);
+    assert!(read.starts_with("HTTP/1.1 200"), "{read}");
+    assert!(json_body(&read)["sessions"].is_array(), "{read}");
+    // Bearer tokens are unaffected.
+    let data_dir = dir.path().join("data");
+    let token = dev_token(bin(), &data_dir, "robot", "investigators");
+    let bearer = curl(&jar, &["-H", &format!("Authorization: Bearer {token}"), &sessions]);
+    assert!(bearer.starts_with("HTTP/1.1 200"), "{bearer}");
+
+    // Only the reads answered were recorded: one each, ivy's and the robot's.
+    let _ = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(proctor_tests::wait_with_timeout(&mut child, WAIT).success());
+    let mut actors = Vec::new();
+    Reader::open(&data_dir)
+        .unwrap()
+        .for_each_event(|event| {
+            if let EventBody::RecordingAccessed(a) = &event.body {
+                actors.push(a.actor.clone());
+            }
+            Ok(())
+        })
+        .unwrap();
+    actors.sort();
+    assert_eq!(actors, ["ivy@example.com", "robot"]);
+}

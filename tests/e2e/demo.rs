@@ -103,11 +103,16 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     ]);
     let signed_in = curl(&[&location(&posted)]);
     assert_eq!(location(&signed_in), "/?q=customers", "{signed_in}");
-    let found = curl(&["-G", "--data-urlencode", "q=customers kind:statement", &format!("{replay_url}/api/search")]);
+    // The page holds the session's CSRF token, which its script sends with
+    // every API request; the cookie alone reads nothing.
+    let page = curl(&[&format!("{replay_url}/?q=customers")]);
+    let csrf = page.split("name=\"proctor-csrf\" content=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let csrf_header = format!("X-Proctor-CSRF: {csrf}");
+    let search = ["-G", "--data-urlencode", "q=customers kind:statement"];
+    let found = curl(&[&search[..], &["-H", &csrf_header, &format!("{replay_url}/api/search")]].concat());
     assert!(found.contains("select count(*) from customers"), "{found}");
-    // The session cookie reads nothing for a request from another site.
-    let elsewhere = curl(&["-H", "Sec-Fetch-Site: cross-site", &format!("{replay_url}/api/search?q=customers")]);
-    assert!(elsewhere.starts_with("HTTP/1.1 401"), "{elsewhere}");
+    let cookie_only = curl(&[&search[..], &[format!("{replay_url}/api/search").as_str()]].concat());
+    assert!(cookie_only.starts_with("HTTP/1.1 403") && cookie_only.contains("X-Proctor-CSRF"), "{cookie_only}");
 
     // The URL carries the agent's grant; the approver revokes it, and a
     // session under it ends, saying why.

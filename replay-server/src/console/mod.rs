@@ -14,9 +14,12 @@
 //! | `GET /assets/…` | the console's script and style |
 //!
 //! The session cookie is `HttpOnly`, `Secure`, `SameSite=Lax`; the console
-//! changes nothing but its own sign-in, and that `POST` carries a CSRF
-//! token. Only members of the investigator group get a session. Pages read
-//! recordings through the API, which records every search and read.
+//! changes nothing but its own sign-in, and that `POST` carries the
+//! session's CSRF token. Only members of the investigator group get a
+//! session. Pages read recordings through the API, which records every
+//! search and read, and which honours the cookie only with the same token in
+//! [`CSRF_HEADER`]: a page holds it (`<meta name=proctor-csrf>`), and no
+//! other site can read it or make a browser send it.
 
 pub mod dev_issuer;
 mod http_client;
@@ -37,6 +40,7 @@ use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, TokenResponse,
 };
+use proctor_gateway_core::http::ApiError;
 use proctor_gateway_core::identity::Identity;
 use serde::Deserialize;
 
@@ -45,6 +49,11 @@ use serde::Deserialize;
 /// sibling host can plant or read them.
 const SESSION_COOKIE: &str = "__Host-proctor_console";
 const LOGIN_COOKIE: &str = "__Host-proctor_login";
+
+/// The header the console's script sends the session's CSRF token in, with
+/// every API request: the cookie alone is no proof that the console made a
+/// request (a browser attaches it to requests other sites cause).
+pub const CSRF_HEADER: &str = "x-proctor-csrf";
 
 /// The longest return path kept across a sign-in.
 const MAX_NEXT: usize = 1024;
@@ -153,9 +162,23 @@ impl Console {
             .with_state(self)
     }
 
-    /// The investigator a request's session cookie names, if it is live.
-    pub fn identity(&self, headers: &HeaderMap) -> Option<Identity> {
-        self.session(headers).map(|s| s.identity)
+    /// The investigator a request's session cookie names, if it is live
+    /// and the request carries the session's CSRF token in [`CSRF_HEADER`];
+    /// `Ok(None)` without a live session; refused (403) with the cookie but
+    /// without the token, or with another.
+    pub fn api_identity(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+        let Some(session) = self.session(headers) else { return Ok(None) };
+        match headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) {
+            Some(token) if same_secret(token, session.csrf.as_bytes()) => Ok(Some(session.identity)),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the X-Proctor-CSRF header is not this console session's token: reload the console's page to get the current one, or call the API with a bearer token (Authorization: Bearer JWT)",
+            )),
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this request carries the console's session cookie but not its CSRF token: the console's pages send it in the X-Proctor-CSRF header; reload the page, or call the API with a bearer token (Authorization: Bearer JWT)",
+            )),
+        }
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<ConsoleSession> {
@@ -229,6 +252,24 @@ impl Console {
         let identity = Identity { subject, issuer: self.config.issuer.clone(), groups, expires_at };
         Ok((identity, ttl))
     }
+}
+
+#[cfg(test)]
+impl Console {
+    /// Signs `identity` in as the callback does: the session cookie to send
+    /// (`name=value`) and the session's CSRF token.
+    pub(crate) fn sign_in_for_test(&self, identity: Identity) -> (String, String) {
+        let (id, csrf) = (dev_issuer::random_token().unwrap(), dev_issuer::random_token().unwrap());
+        let session = ConsoleSession { identity, csrf: csrf.clone(), expires: Instant::now() + LOGIN_TTL };
+        self.sessions.lock().unwrap().insert(id.clone(), session);
+        (format!("{SESSION_COOKIE}={id}"), csrf)
+    }
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where
+/// they first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// An error and its sources, in one line.
@@ -512,7 +553,7 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, Form(fo
     let Some(id) = cookie(&headers, SESSION_COOKIE) else { return Redirect::to("/").into_response() };
     let mut sessions = console.sessions.lock().unwrap_or_else(|p| p.into_inner());
     match sessions.get(&id) {
-        Some(session) if form.csrf.as_deref() == Some(session.csrf.as_str()) => {
+        Some(session) if form.csrf.as_deref().is_some_and(|c| same_secret(c.as_bytes(), session.csrf.as_bytes())) => {
             sessions.remove(&id);
         }
         Some(_) => {
@@ -560,6 +601,14 @@ mod tests {
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-proctor_console=abc; b=2"));
         assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "proctor"), None);
+    }
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
     }
 
     #[test]
