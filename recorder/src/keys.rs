@@ -43,14 +43,21 @@ impl ManifestKey {
     }
 
     /// Loads the key in `keys_dir`, creating it (and the directory, 0700) on
-    /// first use.
+    /// first use. A directory shared with the data dir's group (setgid, as
+    /// `data_dir_group` leaves it) keeps its group's read access, for the
+    /// public half; the private half is 0600 either way.
     pub fn load_or_create(keys_dir: &Path) -> Result<ManifestKey> {
         let private = keys_dir.join(PRIVATE_KEY_FILE);
         if private.exists() {
             return ManifestKey::load(keys_dir);
         }
         fs::create_dir_all(keys_dir).map_err(RecorderError::io("cannot create key directory", keys_dir))?;
-        fs::set_permissions(keys_dir, fs::Permissions::from_mode(0o700))
+        let mode = fs::metadata(keys_dir)
+            .map_err(RecorderError::io("cannot read key directory", keys_dir))?
+            .permissions()
+            .mode();
+        let restricted = if mode & 0o2000 != 0 { 0o2750 } else { 0o700 };
+        fs::set_permissions(keys_dir, fs::Permissions::from_mode(restricted))
             .map_err(RecorderError::io("cannot restrict key directory", keys_dir))?;
         let key = ManifestKey::generate()?;
         key.store(keys_dir)?;
@@ -187,6 +194,21 @@ mod tests {
         assert!(verify_signature(&loaded.verifying_key(), b"message", &signature));
         assert!(!verify_signature(&loaded.verifying_key(), b"messagf", &signature));
         assert!(created.store(&keys).is_err(), "an existing key must never be replaced");
+    }
+
+    #[test]
+    fn a_key_directory_shared_with_a_group_shares_the_public_half_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        fs::create_dir(&keys).unwrap();
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o2775)).unwrap();
+        ManifestKey::load_or_create(&keys).unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&keys), 0o2750, "no group write, no world");
+        assert_eq!(mode(&keys.join(PRIVATE_KEY_FILE)), 0o600);
+        let plain = dir.path().join("plain");
+        ManifestKey::load_or_create(&plain).unwrap();
+        assert_eq!(mode(&plain), 0o700);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -317,10 +318,13 @@ impl Drop for Recorder {
 
 fn take_lock(layout: &Layout) -> Result<File> {
     let path = layout.lock_path();
+    // The recorder's alone (0600): anyone who could open it could hold the
+    // lock and keep the recorder from starting.
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(RecorderError::io("cannot open lock file", &path))?;
     // A lock just released can still be held for a moment by a child process

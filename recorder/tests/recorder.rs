@@ -161,6 +161,18 @@ fn a_second_recorder_on_the_same_data_dir_is_refused() {
     assert!(matches!(second, RecorderError::Locked(_)), "{second}");
 }
 
+/// Whoever could open the lock file could hold its lock and keep the
+/// recorder from starting: it is the recorder's alone, whatever the umask.
+#[test]
+fn the_lock_file_is_the_recorders_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let mode = std::fs::metadata(dir.path().join("recorder.lock")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    recorder.close().unwrap();
+}
+
 #[test]
 fn close_ends_open_sessions_with_reason_shutdown() {
     let dir = tempfile::tempdir().unwrap();
