@@ -13,12 +13,13 @@ use proctor_schemas::{Column, Event, EventBody, EventKind, SessionId, SessionIdT
 use serde::{Deserialize, Serialize};
 use tantivy::TantivyDocument;
 use tantivy::collector::DocSetCollector;
-use tantivy::directory::MmapDirectory;
+use tantivy::directory::error::LockError;
 use tantivy::indexer::UserOperation;
 use tantivy::query::{Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
+use crate::directory::IndexDirectory;
 use crate::document::{SessionContext, Source, document, event_text, session_context};
 use crate::fields::{Fields, INDEX_VERSION, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 use crate::search::keyword_column;
@@ -109,23 +110,60 @@ pub struct SearchIndex {
 impl SearchIndex {
     /// Opens the index of a data dir for reading. It must exist: `proctor
     /// up` keeps it, `proctor reindex` builds it.
+    ///
+    /// An index this account may read but not write (a member of the data
+    /// dir's group, beside the Proctor that owns it) is read without
+    /// tantivy's lock file, which it cannot open (see `IndexDirectory`).
     pub fn open(data_dir: &Path) -> Result<SearchIndex> {
         let dir = index_dir(data_dir);
         if !dir.join("meta.json").exists() {
             return Err(IndexError::Missing(dir));
         }
         let fields = Fields::new();
-        let index = Index::open(MmapDirectory::open(&dir).map_err(|e| IndexError::open(&dir, e))?)?;
+        let directory = IndexDirectory::open(&dir, false)?;
+        let index = Index::open(directory.clone())?;
         if index.schema() != fields.schema {
             return Err(IndexError::Stale(dir));
         }
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
+        let (index, reader) = match index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into() {
+            Ok(reader) => (index, reader),
+            Err(error) if lock_denied(&error) => {
+                let index = Index::open(directory.read_only())?;
+                let reader = read_without_lock(&index)?;
+                (index, reader)
+            }
+            Err(error) => return Err(error.into()),
+        };
         Ok(SearchIndex { index, reader, fields, facets: crate::search::facet_aggregations() })
     }
 
     /// Sees the latest commit now rather than shortly after it.
     pub fn refresh(&self) -> Result<()> {
         Ok(self.reader.reload()?)
+    }
+}
+
+/// Whether tantivy could not take a lock because this account may not
+/// write the lock file.
+fn lock_denied(error: &tantivy::TantivyError) -> bool {
+    matches!(error, tantivy::TantivyError::LockFailure(LockError::IoError(io), _)
+        if io.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// A reader of a read-only index: the writer's garbage collection may
+/// remove a file while the reader opens it (which the lock it cannot take
+/// would have prevented), so a failed open is tried again.
+fn read_without_lock(index: &Index) -> Result<IndexReader> {
+    let mut tries = 0;
+    loop {
+        match index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into() {
+            Ok(reader) => return Ok(reader),
+            Err(_) if tries < 4 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 
@@ -274,7 +312,7 @@ impl Indexer {
         let fields = Fields::new();
         let existing = dir.join("meta.json").exists();
         if existing {
-            let index = Index::open(MmapDirectory::open(&dir).map_err(|e| IndexError::open(&dir, e))?)?;
+            let index = Index::open(IndexDirectory::open(&dir, false)?)?;
             // The writer's lock first: nothing is changed under another writer.
             let writer = writer_of(&index, &dir)?;
             let checkpoint = read_checkpoint(&index);
@@ -309,11 +347,7 @@ impl Indexer {
             docstore_blocksize: 256 << 10,
             ..Default::default()
         };
-        let index = Index::create(
-            MmapDirectory::open(dir).map_err(|e| IndexError::open(dir, e))?,
-            fields.schema.clone(),
-            settings,
-        )?;
+        let index = Index::create(IndexDirectory::open(dir, false)?, fields.schema.clone(), settings)?;
         let writer = writer_of(&index, dir)?;
         let checkpoint = Checkpoint { version: INDEX_VERSION, ..Checkpoint::default() };
         Ok(Indexer {
@@ -497,7 +531,7 @@ pub fn reindex(data_dir: &Path) -> Result<Progress> {
     let dir = index_dir(data_dir);
     // Holding the old index's writer keeps a running indexer out.
     let old = if dir.join("meta.json").exists() {
-        let index = Index::open(MmapDirectory::open(&dir).map_err(|e| IndexError::open(&dir, e))?)?;
+        let index = Index::open(IndexDirectory::open(&dir, false)?)?;
         Some(writer_of(&index, &dir)?)
     } else {
         None

@@ -8,6 +8,8 @@
 //!
 //! - [`fields`]: the schema, one document per event.
 //! - [`document`]: an event's columns to a document.
+//! - `directory`: the index's files on disk (their modes; read-only
+//!   opening for the data dir's group).
 //! - [`index`]: the index directory, the single writer, its checkpoint
 //!   (committed with the documents), catching up, rebuilding.
 //! - [`query`]: the investigators' query language.
@@ -18,6 +20,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod background;
+mod directory;
 pub mod document;
 pub mod fields;
 pub mod index;
