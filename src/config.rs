@@ -12,12 +12,19 @@ use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
 
+use crate::data_dir::GroupRef;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where recordings, keys and state live. Relative paths are taken from
     /// the configuration file's directory.
     pub data_dir: PathBuf,
+    /// A local group (name or gid) whose members may read the recording
+    /// (`search`, `sessions`, `replay --data-dir`); without it the data
+    /// dir is Proctor's account's alone.
+    #[serde(default)]
+    pub data_dir_group: Option<GroupRef>,
     #[serde(default)]
     pub recorder: RecorderSettings,
     /// The certificate presented to clients; without it, a self-signed one
@@ -239,6 +246,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_dir_group_is_a_name_or_a_number() {
+        for (text, want) in [("\"readers\"", GroupRef::Name("readers".into())), ("4242", GroupRef::Id(4242))] {
+            let config: Config = toml::from_str(&format!("data_dir = \"d\"\ndata_dir_group = {text}\n")).unwrap();
+            assert_eq!(config.data_dir_group, Some(want));
+        }
+        assert_eq!(Config::embedded_default().unwrap().data_dir_group, None);
+    }
 
     #[test]
     fn the_embedded_default_is_valid_and_matches_the_built_in_settings() {

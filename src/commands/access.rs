@@ -1,10 +1,14 @@
 //! Reads of recordings made on a data dir directly are themselves recorded:
 //! who (the local OS user) looked at what, when the data dir is a live one
-//! (it holds its signing key) and writable. With no Proctor running, the
-//! command records the read itself; beside a running Proctor (which holds
-//! the recorder) it leaves a note in `data_dir/access/`, which that Proctor
-//! records within a second, attributed to the note file's owner, not to
-//! anything the note claims.
+//! (it holds its signing key). With no Proctor running, Proctor's own
+//! account records the read itself; beside a running Proctor (which holds
+//! the recorder), or as a member of the data dir's group (who may not write
+//! the recording), the command leaves a note in `data_dir/access/`, which
+//! the running Proctor (or the next one to start) records, attributed to
+//! the note file's owner, not to anything the note claims. `access/` lets
+//! the group's members add notes but not list, read or replace others'
+//! (mode 3730); a note is created 0640 (0600 in a data dir of no group),
+//! under a name no one can guess.
 
 use std::path::Path;
 
@@ -64,27 +68,55 @@ struct Note {
     time: String,
 }
 
-/// Leaves a note of `access` for the running Proctor (temp file, rename).
+/// Leaves a note of `access` for the running Proctor (a new file of a
+/// name no one can guess, readable by the data dir's group, renamed into
+/// place once written).
 fn leave_note(data_dir: &Path, access: &Access<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = spool_dir(data_dir);
-    std::fs::create_dir_all(&dir)?;
+    if !dir.exists() {
+        // Proctor makes it at start; only its own account can make it here.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    }
     let note = Note {
         operation: access.operation.to_string(),
         query: access.query.clone(),
         target_session: access.target_session.clone(),
         time: Timestamp::now().to_rfc3339(),
     };
-    let name = format!("{}.json", SessionId::new());
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(format!("no randomness for a note's name: {e}")))?;
+    let name = format!("{}-{}.json", SessionId::new(), hex::encode(random));
     let temp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&temp, serde_json::to_vec(&note)?)?;
+    // Readable by the data dir's group when there is one (the directory
+    // hands its group down, setgid): Proctor's account reads it as a member.
+    let shared = std::fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o2000 != 0);
+    let mode = if shared { 0o640 } else { 0o600 };
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
+    file.write_all(&serde_json::to_vec(&note)?)?;
     std::fs::rename(&temp, dir.join(name))
+}
+
+/// A note's owner and text: the file itself, never what a link points at.
+fn read_note(path: &Path) -> std::io::Result<(u32, Vec<u8>)> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.by_ref().take(1 << 20).read_to_end(&mut bytes)?;
+    Ok((metadata.uid(), bytes))
 }
 
 /// Records the notes left in `data_dir/access/` through `sink`, each as the
 /// read of its file's owner, and removes them once recorded. Returns how
 /// many it recorded.
 pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usize {
-    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(spool_dir(data_dir)) else { return 0 };
     let mut recorded = 0;
     for entry in entries.flatten() {
@@ -92,7 +124,15 @@ pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usi
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        let (Ok(metadata), Ok(bytes)) = (entry.metadata(), std::fs::read(&path)) else { continue };
+        let (owner, bytes) = match read_note(&path) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "an unreadable access note was set aside");
+                let _ = std::fs::rename(&path, path.with_extension("unreadable"));
+                continue;
+            }
+        };
         let note: Note = match serde_json::from_slice(&bytes) {
             Ok(note) => note,
             Err(error) => {
@@ -102,7 +142,7 @@ pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usi
             }
         };
         let events = proctor_replay_server::access_events(
-            format!("local:{}", user_name(metadata.uid())),
+            format!("local:{}", user_name(owner)),
             Vec::new(),
             format!("proctor {} (local read)", env!("CARGO_PKG_VERSION")),
             format!("proctor {} on the data dir at {}, beside this Proctor", note.operation, note.time),
@@ -127,18 +167,23 @@ pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usi
 /// Records `access` in `data_dir` when it can; says why not otherwise.
 pub fn record(data_dir: &Path, access: Access<'_>) {
     let key = data_dir.join("keys").join(proctor_recorder::keys::PRIVATE_KEY_FILE);
-    if !key.exists() {
+    // A key this account may not see is a live data dir's all the same.
+    let live = match key.try_exists() {
+        Ok(exists) => exists,
+        Err(error) => error.kind() == std::io::ErrorKind::PermissionDenied,
+    };
+    if !live {
         tracing::debug!(data_dir = %data_dir.display(), "an exported copy (no signing key): this read is not recorded");
         return;
     }
     let recorder = match Recorder::open(data_dir, &RecorderSettings::default()) {
         Ok(recorder) => recorder,
-        Err(RecorderError::Locked(_)) => {
-            // The running Proctor records it.
-            if let Err(error) = leave_note(data_dir, &access) {
-                tracing::warn!(%error, "this read could not be noted for the running Proctor");
-            }
-            return;
+        // The running Proctor records it; or this account may read the
+        // recording but not write it (the data dir's group): the running
+        // Proctor, or the next one to start, records it.
+        Err(RecorderError::Locked(_)) => return note(data_dir, &access),
+        Err(RecorderError::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            return note(data_dir, &access);
         }
         Err(error) => {
             tracing::warn!(%error, "this read could not be recorded");
@@ -160,5 +205,11 @@ pub fn record(data_dir: &Path, access: Access<'_>) {
     }
     if let Err(error) = recorder.close() {
         tracing::warn!(%error, "the record of this read could not be sealed");
+    }
+}
+
+fn note(data_dir: &Path, access: &Access<'_>) {
+    if let Err(error) = leave_note(data_dir, access) {
+        tracing::warn!(%error, "this read could not be noted for Proctor to record");
     }
 }

@@ -116,7 +116,8 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    // Before anything is written: the data dir is the demo's account's alone.
+    crate::data_dir::prepare(&args.data_dir, None)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     eprintln!("proctor demo: starting a throw-away PostgreSQL cluster ...");
     let superuser_password = random_secret()?;
@@ -133,6 +134,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     write_secret(&secrets.join("target-password"), &target_password)?;
     let config = Config {
         data_dir: data_dir.clone(),
+        data_dir_group: None,
         recorder: RecorderSettings::default(),
         tls: TlsConfig::default(),
         resources: vec![ResourceConfig {
@@ -150,6 +152,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             client_secret_env: None,
             client_secret_file: None,
             database: Some(DATABASE.to_string()),
+            databases: Vec::new(),
             sample_rows: 0,
             sample_bytes: 64 * 1024,
         }],

@@ -18,6 +18,8 @@ use proctor_replay_server::client::{Client, ClientError};
 use crate::cli::{Api, Cli, Command, GrantCommand, KeyCommand, ReviewCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `up` and `demo` set their own (stricter) mask.
+    crate::data_dir::close_to_the_world();
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Up(args) => up::run(args),

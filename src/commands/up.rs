@@ -31,6 +31,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             Config::embedded_default()?
         }
     };
+    // Before anything is written: who may read what is created from now on,
+    // and what is there already.
+    crate::data_dir::prepare(&config.data_dir, config.data_dir_group.as_ref())?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(serve(config, "proctor up", |ready| {
@@ -184,7 +187,11 @@ struct GrantsPlane<'a> {
 async fn open_store(config: &Config, control: &ControlConfig) -> anyhow::Result<SqlStore> {
     let url = if control.store == "sqlite" {
         // The path is percent-decoded by the driver: encode what would not survive.
-        let path = config.data_dir.join("control.db").display().to_string();
+        // Created private first: SQLite gives its journal files the
+        // database's own mode.
+        let path = config.data_dir.join("control.db");
+        crate::data_dir::create_private_file(&path)?;
+        let path = path.display().to_string();
         let path = path.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
         format!("sqlite://{path}")
     } else {

@@ -227,3 +227,272 @@ fn a_named_data_dir_wins_over_the_server_and_configuration_in_the_environment() 
         assert!(stderr(&output).contains("invalid session id \"nonsense\""), "{}", stderr(&output));
     }
 }
+
+/// Files under `dir` whose name ends with `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    proctor_tests::modes_under(dir)
+        .into_iter()
+        .filter(|(p, d, _, _)| !d && p.to_string_lossy().ends_with(suffix))
+        .map(|e| e.0)
+        .collect()
+}
+
+/// `proctor up` with the control store (`control.db`) and the dev issuer.
+fn config_with_control(dir: &Path, extra: &str) -> PathBuf {
+    config(
+        dir,
+        &format!(
+            "{extra}\n[recorder]\nfsync_interval = \"20ms\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:0\"\nstore = \"sqlite\"\nadmin_group = \"dba\"\n"
+        ),
+    )
+}
+
+/// Waits until the running Proctor's index holds its control session.
+fn wait_for_index(data: &Path) {
+    let started = std::time::Instant::now();
+    loop {
+        let found = run(bin(), &["search", "kind:session_start", "--data-dir", data.to_str().unwrap(), "--json"]);
+        if stdout(&found).contains("session_start") {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not indexed: {}", stderr(&found));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The red team's finding: the data dir's WAL, segments, manifests, index
+/// and control.db were created world-readable (files 0644 in 0755
+/// directories), so any local account could read every recording. Now
+/// everything under it is Proctor's account's alone (0700 / 0600), and
+/// what an older run left open is closed at start.
+#[test]
+fn the_data_dir_is_not_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Left by an older run: open to all.
+    std::fs::create_dir_all(data.join("segments")).unwrap();
+    std::fs::write(data.join("old.log"), "left behind").unwrap();
+    for (path, mode) in [(&data, 0o755), (&data.join("segments"), 0o777), (&data.join("old.log"), 0o666)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let config = config_with_control(dir.path(), "");
+    let mut child = spawn(bin(), &["up", "--config", config.to_str().unwrap()]);
+    let log = collect_lines(child.stderr.take().unwrap());
+    let seen = wait_for_line(&log, "proctor is up", Duration::from_secs(30));
+    assert!(seen.iter().any(|l| l.contains("corrected the modes")), "{}", seen.join("\n"));
+    wait_for_index(&data);
+    let running = proctor_tests::modes_under(&data);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(30)).success());
+    let stopped = proctor_tests::modes_under(&data);
+
+    for (path, is_dir, mode, _) in running.iter().chain(&stopped) {
+        let want = if *is_dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:04o}", path.display());
+    }
+    // What was checked: while running, the WAL, the index and the control
+    // store; once stopped, the segments and manifests.
+    let running: Vec<PathBuf> = running.into_iter().map(|e| e.0).collect();
+    let stopped: Vec<PathBuf> = stopped.into_iter().map(|e| e.0).collect();
+    assert!(running.iter().any(|p| p.extension().is_some_and(|e| e == "wal")), "{running:?}");
+    assert!(running.iter().any(|p| p.starts_with(data.join("index")) && p.is_file()), "{running:?}");
+    assert!(running.contains(&data.join("control.db")), "{running:?}");
+    assert!(!files_ending(&data.join("segments"), ".parquet").is_empty(), "{stopped:?}");
+    assert!(!files_ending(&data.join("manifests"), ".json").is_empty(), "{stopped:?}");
+    assert!(stopped.contains(&data.join("keys").join("manifest-signing.pem")), "{stopped:?}");
+    run_ok(bin(), &["verify", "--data-dir", data.to_str().unwrap()]);
+}
+
+/// An account to read as: (uid, its own gid), `postgres` (or `proctor`).
+fn other_account() -> (u32, u32) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root: it reads the data dir as other accounts");
+    for name in proctor_tests::devcluster::ACCOUNTS {
+        let cname = std::ffi::CString::new(name).unwrap();
+        // SAFETY: getpwnam returns null or a pointer into static storage,
+        // read at once on this thread.
+        let entry = unsafe { libc::getpwnam(cname.as_ptr()) };
+        if !entry.is_null() {
+            return unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+        }
+    }
+    panic!("no account {:?} to read as: scripts/setup creates one", proctor_tests::devcluster::ACCOUNTS);
+}
+
+/// Runs `proctor args` as `uid`, in group `gid` and the supplementary
+/// `groups`.
+fn run_as(uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let groups = groups.to_vec();
+    let mut command = std::process::Command::new(bin());
+    command.args(args).env_remove("PROCTOR_CONFIG").env_remove("PROCTOR_SERVER");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
+
+/// Who read, as the recording says: each `recording_accessed` event's actor
+/// and operation.
+fn accesses(data: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    Reader::open(data)
+        .unwrap()
+        .for_each_event(|event| {
+            if let EventBody::RecordingAccessed(a) = &event.body {
+                found.push((a.actor.clone(), a.operation.clone()));
+            }
+            Ok(())
+        })
+        .unwrap();
+    found
+}
+
+/// `data_dir_group`: its members read the recording with `sessions`,
+/// `search` and `replay --data-dir` (their reads recorded, as theirs, from
+/// the notes they leave, which they cannot list or read back); the keys'
+/// private halves and the control store stay Proctor's; another account
+/// reads nothing.
+#[test]
+fn data_dir_group_members_read_the_recording_and_no_one_else_does() {
+    use std::os::unix::fs::PermissionsExt;
+    const GROUP: u32 = 47_114;
+    let (reader_uid, reader_gid) = other_account();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let data = dir.path().join("data");
+    let config = config_with_control(dir.path(), &format!("data_dir_group = {GROUP}"));
+    let up = || {
+        let mut child = spawn(bin(), &["up", "--config", config.to_str().unwrap()]);
+        let log = collect_lines(child.stderr.take().unwrap());
+        wait_for_line(&log, "proctor is up", Duration::from_secs(30));
+        (child, log)
+    };
+    let (mut child, _log) = up();
+    wait_for_index(&data);
+
+    let member = |args: &[&str]| run_as(reader_uid, reader_gid, &[GROUP], args);
+    let dir_arg = data.to_str().unwrap();
+    let listed = member(&["sessions", "--data-dir", dir_arg, "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let session = stdout(&listed).lines().find(|l| l.contains("\"control\"")).map(str::to_string);
+    let session: serde_json::Value = serde_json::from_str(&session.expect("the control session is listed")).unwrap();
+    let found = member(&["search", "kind:session_start", "--data-dir", dir_arg, "--json"]);
+    assert!(found.status.success(), "{}", stderr(&found));
+    assert!(stdout(&found).contains("session_start"), "{}", stdout(&found));
+    assert!(!stderr(&found).contains("WARN"), "a member's search is quiet: {}", stderr(&found));
+    let id = session["session_id"].as_str().unwrap();
+    let replayed = member(&["replay", id, "--data-dir", dir_arg]);
+    assert!(replayed.status.success(), "{}", stderr(&replayed));
+    // Someone else reads nothing.
+    let stranger = run_as(reader_uid, reader_gid, &[], &["sessions", "--data-dir", dir_arg]);
+    assert!(!stranger.status.success());
+    assert!(stderr(&stranger).contains("Permission denied"), "{}", stderr(&stranger));
+    let running = proctor_tests::modes_under(&data);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(30)).success());
+
+    // Stopped: a member's read leaves a note for the next Proctor, theirs
+    // alone (and the group's Proctor's), which the group cannot list.
+    let later = member(&["sessions", "--data-dir", dir_arg]);
+    assert!(later.status.success(), "{}", stderr(&later));
+    let notes = files_ending(&data.join("access"), ".json");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let note = std::fs::symlink_metadata(&notes[0]).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&note), proctor_tests::mode_of(&notes[0])),
+        (reader_uid, (0o640, GROUP)),
+        "{}",
+        notes[0].display()
+    );
+    let peek = std::process::Command::new("setpriv")
+        .args([&format!("--reuid={reader_uid}"), &format!("--regid={reader_gid}"), &format!("--groups={GROUP}")])
+        .args(["ls", data.join("access").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!peek.status.success(), "a member lists the notes: {}", stdout(&peek));
+    let stopped = proctor_tests::modes_under(&data);
+
+    // The modes, running and stopped.
+    for (path, is_dir, mode, gid) in running.iter().chain(&stopped) {
+        let relative = path.strip_prefix(&data).unwrap();
+        let top = relative.components().next().map(|c| c.as_os_str().to_string_lossy().to_string());
+        let want = match (top.as_deref(), is_dir) {
+            (Some("access"), true) if relative.components().count() == 1 => 0o3730,
+            (Some("access"), _) => continue,
+            (_, false) if path.extension().is_some_and(|e| e == "lock") => 0o600,
+            (None | Some("wal" | "segments" | "manifests" | "index" | "keys"), true) => 0o2750,
+            (Some("keys"), false)
+                if path.to_string_lossy().ends_with(".pem") && !path.ends_with("manifest-signing.pub.pem") =>
+            {
+                0o600
+            }
+            (Some("keys"), false) => 0o640,
+            (None | Some("wal" | "segments" | "manifests" | "index"), false) => 0o640,
+            (_, true) => 0o700,
+            (_, false) => 0o600,
+        };
+        assert_eq!(*mode, want, "{} is {mode:04o}", path.display());
+        if want & 0o070 != 0 {
+            assert_eq!(*gid, GROUP, "{} belongs to group {gid}", path.display());
+        }
+    }
+    let running: Vec<PathBuf> = running.into_iter().map(|e| e.0).collect();
+    assert!(running.iter().any(|p| p.extension().is_some_and(|e| e == "wal")), "{running:?}");
+    assert!(running.contains(&data.join("control.db")), "{running:?}");
+    assert!(!files_ending(&data.join("segments"), ".parquet").is_empty());
+
+    // The next Proctor records the note, as its writer's read.
+    let (mut child, _log) = up();
+    let started = std::time::Instant::now();
+    while !files_ending(&data.join("access"), ".json").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the note was not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(30)).success());
+    let reader_name = ["postgres", "proctor"]
+        .into_iter()
+        .find(|name| {
+            let cname = std::ffi::CString::new(*name).unwrap();
+            // SAFETY: as in other_account.
+            let entry = unsafe { libc::getpwnam(cname.as_ptr()) };
+            !entry.is_null() && unsafe { (*entry).pw_uid } == reader_uid
+        })
+        .unwrap();
+    let mut theirs: Vec<String> = accesses(&data)
+        .into_iter()
+        .filter(|(actor, _)| *actor == format!("local:{reader_name}"))
+        .map(|a| a.1)
+        .collect();
+    theirs.sort();
+    // sessions, search, replay, and sessions while stopped.
+    assert_eq!(theirs, ["read", "search", "search", "search"]);
+}
+
+/// A path under the data dir that another account owns and the world can
+/// read is not Proctor's to change: start-up is refused, naming it.
+#[test]
+fn up_refuses_a_world_readable_path_another_account_owns() {
+    let (uid, gid) = other_account();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stray = data.join("export.csv");
+    std::fs::write(&stray, "someone's copy").unwrap();
+    std::os::unix::fs::chown(&stray, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&stray, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let config = config(dir.path(), "");
+    let output = run(bin(), &["up", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains(&stray.display().to_string()) && message.contains("chown"), "{message}");
+    assert!(!data.join("wal").exists(), "nothing was started");
+}

@@ -60,6 +60,12 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(50), "not searchable: {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The data dir is the demo's account's alone: the WAL, the index and the
+    // control store now, the segments and manifests once stopped (below).
+    let running = private_to_its_owner(&data);
+    for wanted in [".wal", "control.db", "meta.json"] {
+        assert!(running.iter().any(|p| p.to_string_lossy().ends_with(wanted)), "no {wanted} in {running:?}");
+    }
 
     // ... and through the replay API, as the demo investigator.
     let replay_url = ready["replay_url"].as_str().unwrap();
@@ -156,6 +162,10 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     signal(&child, libc::SIGTERM);
     assert!(wait_with_timeout(&mut child, Duration::from_secs(60)).success());
     run_ok(Path::new(BIN), &["verify", "--data-dir", data.to_str().unwrap()]);
+    let stopped = private_to_its_owner(&data);
+    for wanted in [".parquet", ".json", "manifest-signing.pem"] {
+        assert!(stopped.iter().any(|p| p.to_string_lossy().ends_with(wanted)), "no {wanted} in {stopped:?}");
+    }
     let reader = Reader::open(&data).unwrap();
     let session = reader.sessions().unwrap().into_iter().find(|s| s.protocol.as_deref() == Some("postgres")).unwrap();
     let events = reader.session_events(session.session_id).unwrap();
@@ -165,4 +175,17 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     // The throw-away cluster is gone.
     let gone = Command::new(&psql).args(["-X", "-d", &target_url, "-c", "select 1"]).output().unwrap();
     assert!(!gone.status.success());
+}
+
+/// Checks that everything under `data` is for its owner alone (directories
+/// 0700, files 0600), and returns the files.
+fn private_to_its_owner(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for (path, is_dir, mode, _) in proctor_tests::modes_under(data) {
+        assert_eq!(mode, if is_dir { 0o700 } else { 0o600 }, "{} is {mode:04o}", path.display());
+        if !is_dir {
+            files.push(path);
+        }
+    }
+    files
 }

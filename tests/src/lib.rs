@@ -136,6 +136,32 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The mode bits (permissions, setgid, sticky) and group of `path`.
+pub fn mode_of(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (metadata.mode() & 0o7777, metadata.gid())
+}
+
+/// Every entry under `dir` (itself included) with whether it is a
+/// directory, its mode bits and its group; files removed meanwhile (a
+/// running index replaces its own) are left out.
+pub fn modes_under(dir: &Path) -> Vec<(std::path::PathBuf, bool, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let (mode, gid) = mode_of(dir);
+    out.push((dir.to_path_buf(), true, mode, gid));
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let Ok(metadata) = entry.metadata() else { continue };
+        if metadata.is_dir() {
+            out.extend(modes_under(&entry.path()));
+        } else {
+            out.push((entry.path(), false, metadata.mode() & 0o7777, metadata.gid()));
+        }
+    }
+    out
+}
+
 /// A small deterministic generator for test choices (delays, positions), so a
 /// failing run can be repeated exactly.
 pub struct TestRng(u64);
