@@ -81,12 +81,19 @@ fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, GatewayError> {
 /// A self-signed certificate for `localhost` and loopback addresses, kept in
 /// `dir` so clients can pin it across restarts.
 fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), GatewayError> {
+    use std::os::unix::fs::DirBuilderExt;
     let cert_path = dir.join("proctor-dev.crt");
     let key_path = dir.join("proctor-dev.key");
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    std::fs::create_dir_all(dir).map_err(|e| tls_error(&format!("cannot create {}", dir.display()), e))?;
+    // Proctor's account's alone, whatever the umask (a data dir shared
+    // with a group of readers shares no key material).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| tls_error(&format!("cannot create {}", dir.display()), e))?;
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let certified =
         rcgen::generate_simple_self_signed(names).map_err(|e| tls_error("cannot generate certificate", e))?;
