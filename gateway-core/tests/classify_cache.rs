@@ -65,6 +65,10 @@ const TEMPLATES: &[&str] = &[
     "select_-{}",
     "select_t.{}_from_t",
     "select_{}_;_select_{}",
+    "delete_from_t_where_id_+_{}_=_id_+_{}",
+    "delete_from_t_where_coalesce(id,_{})_=_coalesce(id,_{})",
+    "update_t_set_a_=_{}_where_name_||_{}_=_name_||_{}",
+    "delete_from_t_where_(id_=_{})_=_{}",
 ];
 
 /// Literals, plain and not.

@@ -235,6 +235,35 @@ fn regression_conditions_that_select_no_rows_are_no_where() {
         "update t set a = 1 where true and 1 = 1",
         "update t set a = 1 from t2 where t2.id = t2.id",
         "with d as (delete from t where id = id returning *) select * from d",
+        // From a review of the first fix: the same column named two ways,
+        // negations, tests and casts around a tautology, self-operands of
+        // IN, BETWEEN and ANY, sub-queries reading the target, and joins.
+        "delete from t where t.id = id",
+        "delete from t where public.t.id = t.id",
+        "delete from t where not (id <> id)",
+        "delete from t where not (id is null)",
+        "delete from t where not id is null",
+        "delete from t where not not (id = id)",
+        "delete from t where (id = id) is true",
+        "delete from t where (id = id) is not false",
+        "delete from t where (id = id) = true",
+        "delete from t where (id = id)::bool",
+        "delete from t where id is not null is true",
+        "delete from t where coalesce(id = id, true)",
+        "delete from t where case when id = id then true end",
+        "delete from t where id in (id)",
+        "delete from t where id between id and id",
+        "delete from t where id = any(array[id])",
+        "delete from t where id = all(array[id])",
+        "delete from t where name = name collate \"C\"",
+        "delete from t where id = +id",
+        "delete from t where id + 1 = id + 2",
+        "delete from t where exists (select t.id)",
+        "delete from t where t.id in (select t.id)",
+        "delete from t using (select 1 k) s where k = 1",
+        "delete from t using t u where t.id = u.id",
+        "update t set a = 1 from (select 1 k) s where k = 1",
+        "merge into t using (select 1 k) s on k = 1 when matched then delete",
     ] {
         assert!(without(sql), "{sql}: {:?}", classify(sql));
     }
@@ -249,6 +278,17 @@ fn regression_conditions_that_select_no_rows_are_no_where() {
         "delete from t using t2 where t.id = t2.id",
         "update t set a = 1 where not (id = 4)",
         "update t set a = 1 where created < now() - interval '1 day'",
+        "delete from t where not (id is not null)",
+        "delete from t where (id = 5) is true",
+        "delete from t where id::text = '5'",
+        "delete from t where id between 1 and 5",
+        "delete from t where id in (1, 2)",
+        "delete from t where id = any($1)",
+        "delete from t where name like 'a%'",
+        "delete from t where id + 1 = 5",
+        "delete from t where t.id in (select id from t2)",
+        "delete from t using t2 where t.id = t2.id and t2.gone",
+        "update t set a = 1 from t2 where t.id = t2.id",
     ] {
         assert!(!without(sql), "{sql}: {:?}", classify(sql));
     }

@@ -77,3 +77,23 @@ fn control_client(api: &Api) -> anyhow::Result<Client> {
 fn text<'a>(value: &'a serde_json::Value, name: &str) -> &'a str {
     value[name].as_str().unwrap_or_default()
 }
+
+/// Text from a client as a terminal may show it: control characters
+/// other than line feeds and tabs written out (`\r`, `\u{1b}`), so that a
+/// carriage return or an escape sequence cannot redraw the line and hide
+/// part of a statement from its reviewer.
+pub(crate) fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.extend(c.escape_default())
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use proctor_replay_server::client::query_string;
 use serde_json::{Value, json};
 
-use super::{control_client as client, refused, text};
+use super::{control_client as client, refused, text, visible};
 use crate::cli::{ReviewDecideArgs, ReviewListArgs, ReviewShowArgs};
 
 /// The most characters of a statement on a review's one line.
@@ -16,7 +16,7 @@ const SQL_ON_A_LINE: usize = 80;
 
 /// A statement on one line: whitespace runs as one space, cut short.
 fn one_line(sql: &str) -> String {
-    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = visible(sql).split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= SQL_ON_A_LINE {
         return flat;
     }
@@ -55,7 +55,7 @@ fn print(review: &Value, as_json: bool) -> anyhow::Result<()> {
         None => writeln!(out, "  held in session {}", text(review, "session_id"))?,
     }
     writeln!(out, "  expires {}", text(review, "expires_at"))?;
-    for sql_line in text(review, "sql").lines() {
+    for sql_line in visible(text(review, "sql")).lines() {
         writeln!(out, "  | {sql_line}")?;
     }
     Ok(())
@@ -136,5 +136,23 @@ mod tests {
         let short = one_line(&long);
         assert_eq!(short.chars().count(), SQL_ON_A_LINE);
         assert!(short.ends_with('…') && short.starts_with("select x, x,"), "{short}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A carriage return and an escape sequence once redrew a review's
+    /// line so that the reviewer saw only a harmless statement.
+    #[test]
+    fn regression_control_characters_cannot_hide_part_of_a_statement() {
+        let sql = "delete from scratch; drop table customers; /*\r  | delete from scratch\x1b[K\x1b[8m*/";
+        let shown = visible(sql);
+        assert!(!shown.chars().any(|c| c == '\r' || c == '\x1b'), "{shown:?}");
+        assert!(shown.contains("drop table customers; /*\\r  | delete from scratch\\u{1b}[K"), "{shown}");
+        assert!(!one_line(sql).contains('\x1b'));
+        assert_eq!(visible("select 1\n\tfrom t"), "select 1\n\tfrom t");
+        assert_eq!(visible("select '\u{202e}'"), "select '\\u{202e}'");
     }
 }

@@ -65,7 +65,9 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
 /// A hit as one line of human output (here and with `--server`): time,
 /// kind, `session#seq`, the first line of its text.
 pub(super) fn hit_line(time: &str, kind: &str, session_id: &str, seq: u64, text: &str) -> String {
-    format!("{time}  {kind}  {session_id}#{seq}  {}", text.lines().next().unwrap_or_default())
+    // Recorded text is the client's: shown with its control characters
+    // written out, so that it cannot redraw an investigator's terminal.
+    format!("{time}  {kind}  {session_id}#{seq}  {}", super::visible(text.lines().next().unwrap_or_default()))
 }
 
 pub fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {

@@ -483,7 +483,7 @@ impl Walk {
             }
             "UpdateStmt" | "DeleteStmt" if !ctx.plain_explain => {
                 self.classes.insert(Class::Write);
-                let target = predicate::target_name(body);
+                let target = predicate::Target::of(body);
                 if !predicate::selects_rows(&body["where_clause"], &target) {
                     self.classes.insert(if kind == "UpdateStmt" {
                         Class::UpdateWithoutWhere
@@ -497,7 +497,7 @@ impl Walk {
             // is a DELETE without WHERE.
             "MergeStmt" if !ctx.plain_explain => {
                 self.classes.insert(Class::Write);
-                let target = predicate::target_name(body);
+                let target = predicate::Target::of(body);
                 let joined = predicate::selects_rows(&body["join_condition"], &target);
                 for clause in body["merge_when_clauses"].as_array().into_iter().flatten() {
                     let clause = &clause["node"]["MergeWhenClause"];

@@ -3,12 +3,14 @@
 //! Closing the target connection does not stop a statement the target is
 //! running: PostgreSQL notices a closed socket only when it next writes to
 //! it, so an `UPDATE` would commit and a long `SELECT` run on after the
-//! grant that allowed them was revoked. When a grant ends a session with
-//! work in flight, Proctor sends the target a CancelRequest, ends the
-//! connection, and watches the backend from a connection of its own; a
-//! backend still there after [`GRACE`] is terminated
-//! (`pg_terminate_backend`, allowed to the target account for its own
-//! backends). What happened is recorded and told to the client.
+//! grant that allowed them was revoked. When a session ends with work in
+//! flight (its grant ended, its client left, Proctor shut down), Proctor
+//! sends the target a CancelRequest, ends the connection, and watches the
+//! backend from a connection of its own; a backend still there after
+//! [`GRACE`] is terminated (`pg_terminate_backend`, allowed to the target
+//! account for its own backends). With requests queued behind the running
+//! one, a cancel would let the backend run the next: it is terminated at
+//! once. What happened is recorded and told to the client.
 
 use std::time::Duration;
 
@@ -71,6 +73,8 @@ pub(super) async fn stop_in_flight(
         let mut watcher = match Watcher::connect(resource, database).await {
             Ok(watcher) => watcher,
             Err(why) => {
+                // The cancel, at least: it stops the running request.
+                let _ = tokio::time::timeout(GRACE, upstream::cancel(&resource.target.address, pid, secret)).await;
                 close(target).await;
                 return Stopped::Unconfirmed(why);
             }

@@ -10,50 +10,141 @@ use crate::masking::{Column, Counts, Detector, Findings, Masker, TextOut, count}
 ///
 /// Masking the text as a whole could let one finding swallow what follows
 /// it (a private key's header in a literal runs to the end of the text,
-/// and with it a `; DROP TABLE` after the literal): the reviewer would
-/// approve a statement they were never shown. So each of the server's
-/// tokens — literal, identifier, comment — is masked on its own, and the
-/// statement's structure stays as it will run. A secret spread over several
-/// tokens is then masked in the result as a whole. Where this session reads
+/// and with it a `; DROP TABLE` after the literal; a URL's password or a
+/// JWT's last part runs over quotes and keywords): the reviewer would
+/// approve a statement they were never shown. So the text is split into
+/// the server's tokens and only their contents are masked — a string's or
+/// quoted identifier's inside its quotes, a comment's inside its markers,
+/// an unquoted identifier or a number whole — never a keyword, an operator
+/// or punctuation: the statement's structure is always shown as it will
+/// run. What the detectors find in each token is masked, and so is what
+/// they find in the whole text beginning in a token (a secret named in
+/// context), up to that token's end. Where this session reads
 /// strings otherwise than the scanner (`standard_conforming_strings` off,
 /// with a backslash in the text), tokens cannot be told apart faithfully:
 /// the text is withheld.
 pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: bool) -> Option<String> {
-    let whole = match masker.mask_text(sql, &mut Counts::new()) {
-        std::borrow::Cow::Borrowed(_) => return None,
-        std::borrow::Cow::Owned(masked) => masked,
-    };
+    use pg_query::protobuf::{KeywordKind, Token};
+    let whole = masker.findings(sql);
+    if whole.is_empty() {
+        return None;
+    }
     if !standard_strings && sql.contains('\\') {
         return Some(
             "[statement withheld: masking found a value to mask in it, and with standard_conforming_strings off its tokens cannot be shown apart]"
                 .to_string(),
         );
     }
-    // Text the scanner refuses is refused by the server too: the whole
-    // text masked is all there is to show.
-    let Ok(tokens) = pg_query::scan_tokens(sql) else { return Some(whole) };
-    let mut out = String::with_capacity(sql.len());
-    let mut last = 0;
+    // Text the scanner refuses is refused by the server too (and blocked
+    // under rules): the whole text masked is all there is to show.
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
+        return Some(masker.mask_text(sql, &mut Counts::new()).into_owned());
+    };
+    // Each token's span, and its content (absolute range), if any.
+    let mut pieces: Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)> = Vec::with_capacity(tokens.len());
+    // Per token: 1 for a `.`, 2 for an unquoted name or a number, else 0.
+    let mut links: Vec<u8> = Vec::with_capacity(tokens.len());
     for token in &tokens {
         let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end)) else {
-            return Some(whole);
+            return Some(masker.mask_text(sql, &mut Counts::new()).into_owned());
         };
-        let (Some(gap), Some(text)) = (sql.get(last..start), sql.get(start..end)) else { return Some(whole) };
-        out.push_str(gap);
-        // A quoted token keeps its quotes: what is masked is inside them.
-        let quoted = text.find(['\'', '"']).filter(|&q| text.len() > q + 1 && text.ends_with(&text[q..=q]));
-        match quoted {
-            Some(q) => {
-                out.push_str(&text[..=q]);
-                out.push_str(&masker.mask_text(&text[q + 1..text.len() - 1], &mut Counts::new()));
-                out.push_str(&text[text.len() - 1..]);
-            }
-            None => out.push_str(&masker.mask_text(text, &mut Counts::new())),
+        let Some(text) = sql.get(start..end).filter(|_| start >= pieces.last().map_or(0, |p| p.0.end)) else {
+            return Some(masker.mask_text(sql, &mut Counts::new()).into_owned());
+        };
+        let kind = Token::try_from(token.token).unwrap_or(Token::Nul);
+        let keyword = token.keyword_kind != KeywordKind::NoKeyword as i32;
+        let quoted = |quote: char| {
+            let open = text.find(quote)?;
+            (text.len() > open + 1 && text.ends_with(quote)).then_some(open + 1..text.len() - 1)
+        };
+        let content = match kind {
+            Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => quoted('\''),
+            Token::Ident | Token::Uident if text.ends_with('"') => quoted('"'),
+            Token::SqlComment => Some(2.min(text.len())..text.len()),
+            Token::CComment if text.len() >= 4 && text.ends_with("*/") => Some(2..text.len() - 2),
+            Token::CComment => Some(2.min(text.len())..text.len()),
+            Token::Ident | Token::Iconst | Token::Fconst | Token::Param if !keyword => Some(0..text.len()),
+            // Keywords, operators, punctuation: the structure, shown as is.
+            _ => None,
+        };
+        links.push(match kind {
+            _ if text == "." => 1,
+            Token::Ident | Token::Iconst | Token::Fconst if !keyword && !text.starts_with(['"', '.']) => 2,
+            _ => 0,
+        });
+        pieces.push((start..end, content.map(|c| start + c.start..start + c.end)));
+    }
+    // What the detectors find in each token's content, on its own.
+    let own: Vec<crate::masking::Findings> = pieces
+        .iter()
+        .map(|(_, content)| content.as_ref().map(|c| masker.findings(&sql[c.clone()])).unwrap_or_default())
+        .collect();
+    // What they find in the whole text and no token explains on its own (a
+    // secret named in context: `aws_secret_access_key = '...'`) is masked
+    // in the token it begins in, and on through a dotted chain of names
+    // (`eyJ...`.`eyJ...`.`sig`): a finding never crosses any other token,
+    // where it would hide a keyword, a call or a statement (a URL's
+    // password running over `'||f()||'`).
+    let mut shares: Vec<crate::masking::Findings> = vec![Default::default(); pieces.len()];
+    for w in whole.iter() {
+        let Some(first) = pieces.iter().position(|(_, c)| c.as_ref().is_some_and(|c| c.contains(&w.range.start)))
+        else {
+            continue;
+        };
+        let explained = pieces[first].1.as_ref().is_some_and(|c| {
+            own[first].iter().any(|f| c.start + f.range.start == w.range.start && f.detector == w.detector)
+        });
+        if explained {
+            continue;
         }
-        last = end;
+        let mut at = first;
+        loop {
+            if let Some(c) = &pieces[at].1 {
+                let (from, to) = (w.range.start.max(c.start), w.range.end.min(c.end));
+                if from < to && sql.is_char_boundary(from) && sql.is_char_boundary(to) {
+                    shares[at]
+                        .push(crate::masking::Finding { detector: w.detector, range: from - c.start..to - c.start });
+                }
+            }
+            let adjacent =
+                |i: usize| pieces.get(i).is_some_and(|p| p.0.start == pieces[i - 1].0.end && p.0.start < w.range.end);
+            if links[at] == 2
+                && links.get(at + 1) == Some(&1)
+                && links.get(at + 2) == Some(&2)
+                && adjacent(at + 1)
+                && adjacent(at + 2)
+            {
+                at += 2;
+            } else {
+                break;
+            }
+        }
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut last = 0;
+    for (((span, content), own), share) in pieces.iter().zip(own).zip(shares) {
+        out.push_str(&sql[last..span.start]);
+        last = span.end;
+        let Some(content) = content else {
+            out.push_str(&sql[span.clone()]);
+            continue;
+        };
+        let inside = &sql[content.clone()];
+        let mut findings = own;
+        findings.extend(share);
+        findings.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
+        let mut kept = crate::masking::Findings::new();
+        for finding in findings {
+            if kept.last().is_none_or(|k: &crate::masking::Finding| k.range.end <= finding.range.start) {
+                kept.push(finding);
+            }
+        }
+        out.push_str(&sql[span.start..content.start]);
+        masker.write_masked(inside, &kept, &mut Counts::new(), &mut out);
+        out.push_str(&sql[content.end..span.end]);
     }
     out.push_str(sql.get(last..).unwrap_or_default());
-    Some(masker.mask_text(&out, &mut Counts::new()).into_owned())
+    Some(out)
 }
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
@@ -430,6 +521,32 @@ match = "salary""#,
         let shown = mask_statement_text(&m, &format!("select {jwt}"), true).unwrap();
         assert!(!shown.contains("eyJzdWIi"), "{shown}");
         assert_eq!(mask_statement_text(&m, "select 1; drop table t", true), None, "nothing to mask");
+        // From a review: a comment ending in a quote, a URL password and a
+        // JWT running over quotes, keywords and calls, and more findings
+        // than a value may hold: the structure stays.
+        for (sql, kept) in [
+            (
+                "delete from scratch -- -----BEGIN PRIVATE KEY----- 'x'\n; drop table customers",
+                "; drop table customers",
+            ),
+            ("delete from scratch; select 'http://u:';truncate\"customers\";select'@'", ";truncate"),
+            ("select 'http://u:'||pg_terminate_backend(1)::text||'@'", "||pg_terminate_backend(1)::text||"),
+            (
+                "select eyJhYWEifQ.x-1.5-pg_terminate_backend(42)::int from (select 1 x) eyJhYWEifQ",
+                "-pg_terminate_backend(42)::int from (select",
+            ),
+        ] {
+            let shown = mask_statement_text(&m, sql, true).unwrap();
+            assert!(shown.contains(kept), "{sql:?} shown as {shown:?}");
+        }
+        let many: Vec<String> = (0..300).map(|i| format!("u{i}@ex.com")).collect();
+        let sql = format!("select '{}'; drop table customers", many.join(","));
+        let shown = mask_statement_text(&m, &sql, true).unwrap();
+        assert!(shown.ends_with("'; drop table customers") && !shown.contains("u7@ex.com"), "{shown}");
+        // A secret named in context, over several tokens, is still masked.
+        let sql = "update creds set aws_secret_access_key = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' where id = 1";
+        let shown = mask_statement_text(&m, sql, true).unwrap();
+        assert!(!shown.contains("wJalrXUtnFEMI") && shown.ends_with("where id = 1"), "{shown}");
         // Read otherwise by a session with standard_conforming_strings off:
         // not shown token by token.
         let odd = "select 'a\\' || '-----BEGIN PRIVATE KEY-----'; drop table t";

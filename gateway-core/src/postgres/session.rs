@@ -382,8 +382,13 @@ async fn serve<S: EventSink, A: Authenticator>(
     let mut ending = relay(recorder, &mut client, &mut target, outside, &mut protocol, catalog).await;
     drop(lease);
     drop(key);
-    // A grant that ended stops the work it allowed, not only the session.
-    if matches!(ending.reason, EndReason::GrantExpired | EndReason::GrantRevoked) && protocol.awaiting_target() {
+    // Work in flight on the target ends with the session: a grant that
+    // ended stops the work it allowed, and a client that left (or was
+    // refused, or Proctor shutting down) leaves nothing running whose
+    // outcome no one will see recorded. (A target that closed has nothing
+    // left to stop.)
+    let target_gone = matches!(ending.reason, EndReason::TargetClosed | EndReason::TargetError);
+    if !target_gone && protocol.awaiting_target() {
         let queued = protocol.requests_in_flight() > 1;
         let stopped =
             super::interrupt::stop_in_flight(&mut target, resource, &database, backend_pid, secret, queued).await;
