@@ -8,14 +8,15 @@
 //! by prefix and length (`AKIA`, `ghp_`, `xoxb-`, `eyJ`), card numbers and
 //! IBANs by their own lengths and checks ([`super::checks`]). Formats that
 //! glued digits make ambiguous (SSNs, phone numbers) keep their word
-//! boundaries.
+//! boundaries. Secrets without a format of their own are found by their
+//! names ([`super::by_name`]).
 
 use std::ops::Range;
 use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::checks;
+use super::{by_name, checks};
 
 /// What a detector looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,10 +35,11 @@ pub enum Detector {
     Jwt,
     PrivateKey,
     UrlPassword,
+    SecretByName,
 }
 
 impl Detector {
-    pub const ALL: [Detector; 12] = [
+    pub const ALL: [Detector; 13] = [
         Detector::Card,
         Detector::Email,
         Detector::Phone,
@@ -50,6 +52,7 @@ impl Detector {
         Detector::Jwt,
         Detector::PrivateKey,
         Detector::UrlPassword,
+        Detector::SecretByName,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Detector {
             Detector::Jwt => "jwt",
             Detector::PrivateKey => "private_key",
             Detector::UrlPassword => "url_password",
+            Detector::SecretByName => "secret_by_name",
         }
     }
 
@@ -81,6 +85,7 @@ impl Detector {
     fn secret_group(self) -> usize {
         match self {
             Detector::AwsSecretKey | Detector::UrlPassword => 1,
+            Detector::SecretByName => 2,
             _ => 0,
         }
     }
@@ -120,6 +125,24 @@ static DFAS: LazyLock<Vec<Option<regex_automata::dfa::regex::Regex>>> = LazyLock
         .collect()
 });
 
+/// The prefilter of secrets by name: an ahead-of-time DFA for the words
+/// that name a secret, case-insensitive (one pass, stopping at the first),
+/// built on first use.
+static SECRET_NAMES: LazyLock<regex_automata::dfa::dense::DFA<Vec<u32>>> = LazyLock::new(|| {
+    use regex_automata::{dfa, util::syntax};
+    dfa::dense::Builder::new()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .build(by_name::NAMES)
+        .expect("the secret names make a DFA")
+});
+
+/// Whether a word that names a secret occurs in `bytes` (if the DFA cannot
+/// tell, the pattern runs).
+fn may_name_a_secret(bytes: &[u8]) -> bool {
+    use regex_automata::{Input, dfa::Automaton};
+    SECRET_NAMES.try_search_fwd(&Input::new(bytes).earliest(true)).map_or(true, |m| m.is_some())
+}
+
 /// Each match of `detector` in `value`, whole.
 fn matches(detector: Detector, value: &str, mut each: impl FnMut(Range<usize>)) {
     use regex_automata::Input;
@@ -147,7 +170,7 @@ fn matches(detector: Detector, value: &str, mut each: impl FnMut(Range<usize>)) 
     }
 }
 
-const PATTERN_TEXT: [&str; 12] = [
+const PATTERN_TEXT: [&str; 13] = [
     // A run of 13 digits or more, grouped by single spaces or dashes or
     // not: the card numbers in it are found by [`checks::cards_in_run`].
     r"[0-9](?:[ -]?[0-9]){12,}",
@@ -172,6 +195,7 @@ const PATTERN_TEXT: [&str; 12] = [
     r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?s:.*?)(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\z)",
     r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@",
+    by_name::PATTERN,
 ];
 
 /// E-mail addresses, found without the regular expression: from each `@`,
@@ -258,8 +282,9 @@ pub struct Finding {
 
 /// The order detectors claim text in: the most specific first, so that a
 /// URL's password is not taken for an e-mail address's local part, nor a
-/// token in a URL for anything else.
-const PRECEDENCE: [Detector; 12] = [
+/// token in a URL for anything else. A secret by name comes last: it takes
+/// only text no other detector found any of.
+const PRECEDENCE: [Detector; 13] = [
     Detector::PrivateKey,
     Detector::Jwt,
     Detector::GithubToken,
@@ -272,6 +297,7 @@ const PRECEDENCE: [Detector; 12] = [
     Detector::Ssn,
     Detector::Phone,
     Detector::Email,
+    Detector::SecretByName,
 ];
 
 /// Whether the text before a candidate rules it out: an "address" right
@@ -337,6 +363,8 @@ fn candidates(value: &str, wanted: Detectors) -> Detectors {
         wants(Detector::Jwt) && sign(CAPITAL_J) && sign(DOT) && has("eyJ"),
         wants(Detector::PrivateKey) && sign(DASH) && upper >= 10 && has("PRIVATE KEY-----"),
         wants(Detector::UrlPassword) && sign(AT) && sign(COLON) && has("://"),
+        // The shortest: `pwd=` and 16 characters.
+        wants(Detector::SecretByName) && long >= 20 && sign(COLON | ASSIGN) && may_name_a_secret(bytes),
     ];
     let possible = checks.iter().enumerate().fold(0u16, |set, (i, &maybe)| set | u16::from(maybe) << i);
     Detectors(possible)
@@ -355,9 +383,12 @@ const UNDERSCORE: u16 = 1 << 9;
 const PAREN: u16 = 1 << 10;
 /// A space: card numbers are grouped by spaces or dashes.
 const SEPARATOR: u16 = 1 << 11;
+/// `=` or `>`: what follows a name (with `:`), in `key=value`, `key => value`
+/// and `<key>value`.
+const ASSIGN: u16 = 1 << 12;
 
 /// Where a byte's table entry counts digits and capitals (a byte's signs
-/// sum to less than 2^16 each, so a chunk's sums stay below bit 32).
+/// are below 2^13, so a chunk's sums of 2^16 bytes stay below bit 32).
 const DIGITS_AT: u32 = 32;
 const CAPITALS_AT: u32 = 48;
 
@@ -380,6 +411,7 @@ static BYTE_CLASS: [u64; 256] = {
             b'x' => X,
             b'_' => UNDERSCORE,
             b'(' => PAREN,
+            b'=' | b'>' => ASSIGN,
             _ => 0,
         };
         let counts = ((signs & DIGIT != 0) as u64) << DIGITS_AT | ((signs & UPPER != 0) as u64) << CAPITALS_AT;
@@ -443,6 +475,16 @@ pub fn find_in(value: &str, detectors: Detectors) -> Findings {
                 let at = run.start;
                 checks::ibans_in_run(&bytes[run], |r| claim_range(&mut found, detector, at + r.start..at + r.end));
             }),
+            Detector::SecretByName => {
+                for captures in detector.pattern().captures_iter(value) {
+                    if let (Some(rest), Some(secret)) = (captures.get(1), captures.get(group))
+                        && by_name::still_names_the_secret(rest.as_str())
+                        && by_name::looks_random(secret.as_str())
+                    {
+                        claim_untouched(&mut found, detector, secret.range());
+                    }
+                }
+            }
             _ if group == 0 => matches(detector, value, |whole| {
                 if confirmed(detector, &value[whole.clone()]) && !ruled_out(detector, &value[..whole.start]) {
                     claim_range(&mut found, detector, whole);
@@ -476,6 +518,16 @@ fn claim_range(found: &mut Findings, detector: Detector, range: Range<usize>) {
         return;
     }
     found.push(Finding { detector, range });
+}
+
+/// Records a finding unless it overlaps any made before: a secret by name
+/// whose value holds a token another detector found is that token (its
+/// detector masks it), and the rest (a credential's scope after an access
+/// key id) is not taken for a secret.
+fn claim_untouched(found: &mut Findings, detector: Detector, range: Range<usize>) {
+    if found.iter().all(|f| f.range.end <= range.start || range.end <= f.range.start) {
+        claim_range(found, detector, range);
+    }
 }
 
 /// Findings in one value beyond which it is masked whole.
@@ -679,6 +731,22 @@ mod tests {
             }
         }
         assert!(hits > 10_000, "only {hits} matches compared");
+    }
+
+    /// The prefilter of secrets by name finds what the names' pattern finds.
+    #[test]
+    fn the_secret_names_dfa_matches_the_names_pattern() {
+        let names = Regex::new(by_name::NAMES).unwrap();
+        let mut values = corpus_values();
+        values.extend(
+            ["API-KEY", "apikey", "Api_Key", "x-api-kex", "PassWd", "passwrd", "tok en", "SeCrEt"].map(String::from),
+        );
+        let mut hits = 0;
+        for value in &values {
+            assert_eq!(may_name_a_secret(value.as_bytes()), names.is_match(value), "{value:?}");
+            hits += usize::from(names.is_match(value));
+        }
+        assert!(hits > 100, "only {hits} names compared");
     }
 
     /// A fixed sequence of pseudo-random numbers (xorshift), from `seed`.

@@ -7,8 +7,11 @@
 //! (`email`, `*password*`, `customers.ssn`), each with an action: full
 //! redaction, the last four characters kept, or a keyed token (HMAC with the
 //! deployment's key: equal values give equal tokens, so investigators can
-//! correlate what they cannot read).
+//! correlate what they cannot read). With the `secret_by_name` detector, a
+//! column named like a secret (`api_key`, `client_secret`) has its
+//! random-looking values masked without a column rule.
 
+mod by_name;
 mod checks;
 mod detect;
 #[cfg(test)]
@@ -21,6 +24,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
+pub use by_name::names_a_secret;
 pub use checks::is_card_number;
 pub use detect::{Detector, Detectors, Finding, Findings, find, find_in};
 
@@ -315,6 +319,26 @@ pub struct Column<'a> {
     pub table: Option<&'a str>,
 }
 
+/// What a column's name says of its values (see [`Masker::name_says`]),
+/// decided once per result as column rules are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NameSays {
+    /// Nothing: its values are free text to the detectors.
+    #[default]
+    Nothing,
+    /// It names a secret (`password`, `api_key`, `client_secret`): a value
+    /// that looks random is one, masked whole by `secret_by_name`.
+    Secret,
+}
+
+impl NameSays {
+    /// What either of two names of a column says (its label in the result
+    /// and its name in its table): a secret if either names one.
+    pub fn either(self, other: NameSays) -> NameSays {
+        if self == NameSays::Secret { self } else { other }
+    }
+}
+
 /// Counts of masked values by rule (`card`, `column:customers.ssn`, ...).
 pub type Counts = BTreeMap<String, u64>;
 
@@ -533,13 +557,30 @@ impl Masker {
     }
 
     /// Masks `value` from `column`: a column rule masks it whole; otherwise
-    /// each detector's findings are replaced. Counts what was masked.
+    /// each detector's findings are replaced (for a column named like a
+    /// secret, see [`Masker::name_says`]). Counts what was masked.
     pub fn mask<'v>(&self, value: &'v str, column: Option<&Column<'_>>, counts: &mut Counts) -> Cow<'v, str> {
         if let Some((rule, action)) = column.and_then(|c| self.column_rule(c)) {
             count(counts, rule);
             return Cow::Owned(apply(action, rule, value, &self.key));
         }
-        self.mask_text(value, counts)
+        let says = column.map_or(NameSays::Nothing, |c| self.name_says(c));
+        self.mask_text_in_column(value, says, counts)
+    }
+
+    /// What `column`'s name says of its values: [`NameSays::Secret`] for a
+    /// name like `password`, `db_password`, `api_key`, `X-Api-Key`,
+    /// `client_secret`, `refresh_token` (not `token_type`, `private_key_id`:
+    /// see [`names_a_secret`]) when the profile has the `secret_by_name`
+    /// detector. Decided once per result, as column rules are; without a
+    /// column rule, its values then go through
+    /// [`Masker::findings_in_column`] or [`Masker::mask_text_in_column`].
+    pub fn name_says(&self, column: &Column<'_>) -> NameSays {
+        if self.enabled.contains(Detector::SecretByName) && names_a_secret(column.name) {
+            NameSays::Secret
+        } else {
+            NameSays::Nothing
+        }
     }
 
     /// Masks `value` of a column whose rule was decided beforehand
@@ -557,18 +598,39 @@ impl Masker {
 
     /// Masks what the detectors find in free text (no column rules).
     pub fn mask_text<'v>(&self, value: &'v str, counts: &mut Counts) -> Cow<'v, str> {
-        let findings = self.findings(value);
+        self.mask_text_in_column(value, NameSays::Nothing, counts)
+    }
+
+    /// What the detectors find in `value`.
+    pub fn findings(&self, value: &str) -> Findings {
+        if self.enabled.is_empty() { Findings::new() } else { find_in(value, self.enabled) }
+    }
+
+    /// What the detectors find in a value of a column whose name says
+    /// `says`: under a secret's name, a value that is one random-looking
+    /// token (8 printable characters or more, no spaces, mixed classes; see
+    /// README) is found whole by `secret_by_name`; anything else is free
+    /// text, as in [`Masker::findings`].
+    pub fn findings_in_column(&self, value: &str, says: NameSays) -> Findings {
+        if says == NameSays::Secret
+            && self.enabled.contains(Detector::SecretByName)
+            && let Some(range) = by_name::secret_value(value)
+        {
+            return smallvec::smallvec![Finding { detector: Detector::SecretByName, range }];
+        }
+        self.findings(value)
+    }
+
+    /// [`Masker::mask_text`] for a value of a column whose name says `says`
+    /// (see [`Masker::findings_in_column`]).
+    pub fn mask_text_in_column<'v>(&self, value: &'v str, says: NameSays, counts: &mut Counts) -> Cow<'v, str> {
+        let findings = self.findings_in_column(value, says);
         if findings.is_empty() {
             return Cow::Borrowed(value);
         }
         let mut out = String::with_capacity(value.len() + 16);
         self.write_masked(value, &findings, counts, &mut out);
         Cow::Owned(out)
-    }
-
-    /// What the detectors find in `value`.
-    pub fn findings(&self, value: &str) -> Findings {
-        if self.enabled.is_empty() { Findings::new() } else { find_in(value, self.enabled) }
     }
 
     /// Writes `value` with its `findings` masked to `out`, and counts them.
@@ -631,6 +693,26 @@ action = "last4""#,
         assert_eq!(m.mask("123-45-6789", Some(&col("ssn", Some("orders"))), &mut counts), "123-45-6789");
         assert_eq!(m.mask("123-45-6789", Some(&col("ssn", None)), &mut counts), "***-**-6789", "unknown table: masked");
         assert_eq!(counts.len(), 2);
+    }
+
+    /// What a column's name says is decided once per result, and only
+    /// under the `secret_by_name` detector.
+    #[test]
+    fn a_columns_name_says_whether_its_values_are_secrets() {
+        let m = masker(r#"detectors = ["all"]"#);
+        let col = |name| Column { name, table: Some("t") };
+        assert_eq!(m.name_says(&col("client_secret")), NameSays::Secret);
+        assert_eq!(m.name_says(&col("email")), NameSays::Nothing);
+        assert_eq!(NameSays::Nothing.either(NameSays::Secret), NameSays::Secret);
+        let without = masker(r#"detectors = ["card"]"#);
+        assert_eq!(without.name_says(&col("client_secret")), NameSays::Nothing);
+        let mut counts = Counts::new();
+        let aws = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        assert_eq!(m.mask_text_in_column(aws, NameSays::Secret, &mut counts), "[secret_by_name:masked]");
+        assert_eq!(m.mask_text_in_column(aws, NameSays::Nothing, &mut counts), aws);
+        assert_eq!(without.mask_text_in_column(aws, NameSays::Secret, &mut counts), aws);
+        let findings = m.findings_in_column(aws, NameSays::Secret);
+        assert_eq!(findings.as_slice(), [Finding { detector: Detector::SecretByName, range: 0..aws.len() }]);
     }
 
     #[test]

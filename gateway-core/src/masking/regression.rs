@@ -1,9 +1,16 @@
 //! Regression tests named after the bugs they pin: a red-team report found
 //! secrets that reached clients because a query glued characters to them
-//! (`'x' || v`, `lpad(v, 120, '0')`, `string_agg(v, '')`), and because a
-//! card number stored as a number was printed with a sign or a fraction.
+//! (`'x' || v`, `lpad(v, 120, '0')`, `string_agg(v, '')`), because a card
+//! number stored as a number was printed with a sign or a fraction, and
+//! because a secret without a format of its own was named, not shaped, like
+//! one (`secret = ...`, a column `client_secret`).
 
-use super::{Detector, find, is_card_number};
+use super::{Column, Counts, Detector, Masker, MaskingKey, Profile, ProfileConfig, find, is_card_number};
+
+fn masker(toml_text: &str) -> Masker {
+    let config: ProfileConfig = toml::from_str(toml_text).unwrap();
+    Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
+}
 
 /// `value` with each finding replaced by its detector's name in
 /// brackets: what is masked, and what is left of the glue around it.
@@ -169,4 +176,70 @@ fn regression_card_numbers_stored_as_numbers_leak_with_a_sign_or_a_fraction() {
     ] {
         assert!(!is_card_number(value), "{value}");
     }
+}
+
+#[test]
+fn regression_secrets_named_by_their_key_are_not_recognised() {
+    let secret = "n7B3/5SApYXfE+1ds3vbgqMMvFuz4zf3ATNeY2Ps";
+    for (before, after) in [
+        ("secret = ", ""),
+        ("password: ", ""),
+        ("db_password=", "\n"),
+        ("{\"client_secret\": \"", "\", \"ok\": true}"),
+        ("<Password>", "</Password>"),
+        ("GET /v1/items?limit=10&api_key=", "&page=2 HTTP/1.1"),
+        ("X-Api-Key: ", ""),
+        ("Authorization: Bearer ", ""),
+        ("export STRIPE_SECRET_KEY='", "'"),
+        ("apiKey => \"", "\""),
+        ("PWD := ", ""),
+    ] {
+        let value = format!("{before}{secret}{after}");
+        assert_eq!(masked(&value), format!("{before}[secret_by_name]{after}"), "{value:?}");
+    }
+    // Named, but not random: words, placeholders, references; or the
+    // name is of a fact about a secret.
+    for value in [
+        "password=hunter2",
+        "password: correct-horse-battery-staple",
+        "token = ${GITHUB_TOKEN}",
+        "secret: projects/acme/secrets/db-password/versions/3",
+        "api_key=YOUR_API_KEY_HERE",
+        "\"private_key_id\": \"cb16d7b75d5ad4ac12a9f644d711943794e8249b\"",
+        "token_type=bearer&expires_in=3600",
+        "token expired at 2024-05-06T13:45:30Z",
+        "keyboard: 5e1f2a9c7b3d4e6f8a0b",
+    ] {
+        assert_eq!(masked(value), value, "{value:?}");
+    }
+    // A value another detector knows is reported by it alone.
+    assert_eq!(masked("token: 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"), "token: [github_token]");
+    assert_eq!(
+        masked("Credential=AKIAIOSFODNN7EXAMPLE/20240611/eu-west-1/s3/aws4_request"),
+        "Credential=[aws_access_key]/20240611/eu-west-1/s3/aws4_request"
+    );
+}
+
+#[test]
+fn regression_a_secret_in_a_column_named_secret_reaches_the_client_raw() {
+    let m = masker(r#"detectors = ["all"]"#);
+    let mut counts = Counts::new();
+    let col = |name| Column { name, table: None };
+    let aws = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let masked = "[secret_by_name:masked]";
+    assert_eq!(m.mask(aws, Some(&col("secret")), &mut counts), masked);
+    assert_eq!(m.mask(aws, Some(&col("X-Api-Key")), &mut counts), masked);
+    assert_eq!(m.mask(" Winter2024! ", Some(&col("db_password")), &mut counts), format!(" {masked} "));
+    assert_eq!(counts.get("secret_by_name"), Some(&3));
+    // Not random, not a secret's name, or not one token: as free text.
+    for (value, name) in [
+        ("changeme", "password"),
+        ("bearer", "token_type"),
+        ("cb16d7b75d5ad4ac12a9f644d711943794e8249b", "private_key_id"),
+        (aws, "note"),
+        ("rotated by ops, see ticket 4411", "secret"),
+    ] {
+        assert_eq!(m.mask(value, Some(&col(name)), &mut counts), value, "{name}");
+    }
+    assert_eq!(m.mask("paid 4111 1111 1111 1111", Some(&col("secret")), &mut counts), "paid [card:masked]");
 }
