@@ -7,7 +7,7 @@
 use pg_query::NodeEnum;
 
 use super::mask::{Reading, ResultColumn, holds_marker, reading};
-use crate::masking::{Counts, Detector, Masker, count, is_card_number};
+use crate::masking::{Counts, Detector, Masker, NameSays, count, is_card_number};
 
 /// How a COPY writes its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,10 +242,12 @@ pub fn row(
         } else {
             // As for rows (see [`Reading`]), in text form.
             match column.map_or(Reading::Text, |c| reading(c.type_oid)) {
-                Reading::Text => match masker.mask_text(value, counts) {
-                    std::borrow::Cow::Owned(m) => Some(Some(m)),
-                    std::borrow::Cow::Borrowed(_) => None,
-                },
+                Reading::Text => {
+                    match masker.mask_text_in_column(value, column.map_or(NameSays::Nothing, |c| c.name_says), counts) {
+                        std::borrow::Cow::Owned(m) => Some(Some(m)),
+                        std::borrow::Cow::Borrowed(_) => None,
+                    }
+                }
                 Reading::Scalar => None,
                 Reading::Number => (masker.detects(Detector::Card) && is_card_number(value)).then(|| {
                     count(counts, Detector::Card.as_str());

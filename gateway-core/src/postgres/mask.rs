@@ -3,7 +3,7 @@
 //! Each function returns the masked frame only when something changed, so
 //! the common path forwards the target's bytes untouched.
 
-use crate::masking::{Column, Counts, Detector, Findings, Masker, TextOut, count};
+use crate::masking::{Column, Counts, Detector, Findings, Masker, NameSays, TextOut, count};
 
 /// A statement's text as it is recorded and shown to reviewers under
 /// masking, or `None` when masking changes nothing in it.
@@ -207,12 +207,14 @@ fn number_is_card(value: &[u8], column: &ResultColumn) -> bool {
     }
 }
 
-/// A binary numeric's decimal digits, if it is a non-negative integer of at
-/// most 24 digits (longer ones cannot be card numbers).
+/// A binary numeric's integer part as decimal digits (its sign and
+/// fraction left out: the integer part decides whether `-card` or
+/// `card.50` is a card number), if it has at most 24 digits (longer ones
+/// cannot be card numbers). NaN and infinities have none.
 fn numeric_integer(value: &[u8]) -> Option<String> {
     let word = |i: usize| value.get(i * 2..i * 2 + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let (ndigits, weight, sign) = (word(0)? as usize, word(1)? as i16, word(2)?);
-    if sign != 0 || !(0..=5).contains(&weight) || ndigits > weight as usize + 1 {
+    if !matches!(sign, 0 | 0x4000) || !(0..=5).contains(&weight) {
         return None;
     }
     let mut out = String::with_capacity(24);
@@ -247,6 +249,10 @@ pub struct ResultColumn {
     /// The masking column rule that applies, by index (see
     /// [`Masker::column_rule_index`]), decided once per result.
     pub rule: Option<usize>,
+    /// Whether the column's name (its label or its name in its table) says
+    /// its values are secrets (`password`, `api_key`, ...), decided once per
+    /// result: then a random-looking value is masked whole.
+    pub name_says: NameSays,
 }
 
 impl ResultColumn {
@@ -267,6 +273,8 @@ pub fn plan(columns: &mut [ResultColumn], masker: &Masker) {
         let by_name = masker.column_rule_index(&Column { name: &column.name, table });
         let by_source = column.source.as_deref().and_then(|name| masker.column_rule_index(&Column { name, table }));
         column.rule = masker.stricter(by_name, by_source);
+        let says = |name: &str| masker.name_says(&Column { name, table });
+        column.name_says = says(&column.name).either(column.source.as_deref().map_or(NameSays::Nothing, says));
     }
 }
 
@@ -290,9 +298,10 @@ fn mask_value<'v>(
     masker: &Masker,
     counts: &mut Counts,
 ) -> Option<Change<'v>> {
+    let says = column.map_or(NameSays::Nothing, |c| c.name_says);
     let withheld_if_found = |text: &[u8], counts: &mut Counts| {
         let text = std::str::from_utf8(text).ok()?;
-        let findings = masker.findings(text);
+        let findings = masker.findings_in_column(text, says);
         if findings.is_empty() {
             return None;
         }
@@ -350,7 +359,7 @@ fn mask_value<'v>(
         count(counts, "text:unreadable");
         return Some(Change::Null);
     };
-    let findings = masker.findings(original);
+    let findings = masker.findings_in_column(original, says);
     if findings.is_empty() {
         return None;
     }
@@ -567,6 +576,22 @@ match = "salary""#,
         body
     }
 
+    /// A secret of no known format in a column named like one (an AWS
+    /// secret key in a column `secret`) reached the client raw.
+    #[test]
+    fn regression_a_random_value_in_a_column_named_secret_is_masked() {
+        let m = masker();
+        let mut columns = vec![column("secret", None, 25, 0), column("note", None, 25, 0)];
+        plan(&mut columns, &m);
+        let key = b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let frame = data_row(&row(&[Some(key), Some(key)]), &columns, &m, &mut Counts::new()).unwrap();
+        let text = String::from_utf8_lossy(&frame);
+        assert_eq!(text.matches("wJalrXUtnFEMI").count(), 1, "masked under its name only: {text}");
+        assert!(text.contains("secret_by_name"), "{text}");
+        // Words are not secrets, whatever the column says.
+        assert!(data_row(&row(&[Some(b"changeme"), None]), &columns, &m, &mut Counts::new()).is_none());
+    }
+
     fn column(name: &str, table: Option<&str>, type_oid: u32, format: i16) -> ResultColumn {
         ResultColumn { name: name.into(), table: table.map(Into::into), type_oid, format, ..ResultColumn::default() }
     }
@@ -626,9 +651,14 @@ match = "salary""#,
         assert_eq!(numeric_integer(&digits).as_deref(), Some("4111111111111111"));
         let frame = data_row(&row(&[Some(&digits)]), &[numeric], &masker, &mut counts).expect("masked");
         assert_eq!(&frame[5..], &row(&[None])[..]);
-        // 12.5 (a fraction) and -4111... (negative) are not card numbers.
-        assert_eq!(numeric_integer(&[0, 2, 0, 0, 0, 0, 0, 1, 0, 12, 19, 136]), None);
-        assert_eq!(numeric_integer(&[0, 1, 0, 0, 0x40, 0, 0, 0, 0, 4]), None);
+        // The integer part decides: 12.5 is 12, -4 is 4 (a card number
+        // with a sign or a fraction once leaked in binary); NaN has none.
+        assert_eq!(numeric_integer(&[0, 2, 0, 0, 0, 0, 0, 1, 0, 12, 19, 136]).as_deref(), Some("12"));
+        assert_eq!(numeric_integer(&[0, 1, 0, 0, 0x40, 0, 0, 0, 0, 4]).as_deref(), Some("4"));
+        assert_eq!(numeric_integer(&[0, 0, 0, 0, 0xC0, 0, 0, 0]), None);
+        // -4539148803436467.50: weight 3, digits 4539 1488 0343 6467 5000.
+        let card = [0, 5, 0, 3, 0x40, 0, 0, 2, 0x11, 0xBB, 0x05, 0xD0, 0x01, 0x57, 0x19, 0x43, 0x13, 0x88];
+        assert_eq!(numeric_integer(&card).as_deref(), Some("4539148803436467"));
         assert_eq!(counts.get("card"), Some(&3));
         // Timestamps are not read by detectors.
         let time = ResultColumn { type_oid: 1184, ..int8(0) };
