@@ -119,6 +119,7 @@ const LITERALS: &[&str] = &[
     "-1",
     "+1",
     ".5",
+    "\u{0}",
 ];
 
 /// What may stand between tokens.
@@ -140,6 +141,7 @@ const GAPS: &[&str] = &[
     " /* /* nested */ still */ ",
     " /* -- */ ",
     " --/*\n",
+    " -- \u{0}\n",
 ];
 
 fn generate(rng: &mut ChaCha8Rng) -> String {

@@ -64,7 +64,9 @@ fn is_ident(b: u8) -> bool {
 /// Parameters (`$1`) are kept: extended-protocol statements are shaped too.
 pub fn shape(sql: &str) -> Option<Shape> {
     let bytes = sql.as_bytes();
-    if u32::try_from(bytes.len()).is_err() {
+    // The parser takes a C string: a NUL anywhere (even in a comment) makes
+    // the text unparseable, so it must never share a parseable text's entry.
+    if u32::try_from(bytes.len()).is_err() || memchr::memchr(0, bytes).is_some() {
         return None;
     }
     let mut out = String::with_capacity(sql.len());
