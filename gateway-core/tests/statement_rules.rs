@@ -93,6 +93,10 @@ fn specific_classes_and_the_statement_they_are_in() {
         "a block anywhere blocks the query"
     );
     assert!(matches!(decide("selec 1"), Verdict::Block { ref rule, .. } if rule == "ci/unparseable"));
+    // A decoy before the DROP does not give the hold its name.
+    assert!(
+        matches!(decide("delete from scratch; drop table customers"), Verdict::Hold { statement: 1, ref rule, .. } if rule == "ci/drop")
+    );
     let texts: Vec<String> = classify("select 1; /* x */ drop table t").into_iter().map(|c| c.text).collect();
     assert_eq!(texts, ["select 1", "drop table t"]);
 }

@@ -81,22 +81,31 @@ impl RuleSet {
     }
 
     /// The strictest outcome over every statement of the query: a block
-    /// anywhere blocks the whole query, else a hold holds it.
+    /// anywhere blocks the whole query, else a hold holds it. A hold names
+    /// the gravest held class of the whole query ([`Class::ALL`]'s order:
+    /// `ddl`, `drop`, `truncate` first), not merely the first one met, so
+    /// that a harmless-looking statement before a `DROP` does not give the
+    /// reviewer its name.
     pub fn decide(&self, classification: &Classification) -> Verdict {
-        let mut held = None;
+        let mut held: Option<(Class, usize)> = None;
         for (index, classes) in classification.statements.iter().enumerate() {
             for &class in classes {
-                let rule = || format!("{}/{}", self.name, class.as_str());
                 // Never forwarded under rules: what cannot be read, and what
                 // changes how later statements are read.
                 if matches!(class, Class::Unparseable | Class::ParserSettings) || self.block.contains(&class) {
-                    return Verdict::Block { rule: rule(), class, statement: index };
+                    let rule = format!("{}/{}", self.name, class.as_str());
+                    return Verdict::Block { rule, class, statement: index };
                 }
-                if held.is_none() && self.hold.contains(&class) {
-                    held = Some(Verdict::Hold { rule: rule(), class, statement: index });
+                if self.hold.contains(&class) && held.is_none_or(|(graver, _)| class < graver) {
+                    held = Some((class, index));
                 }
             }
         }
-        held.unwrap_or(Verdict::Allow)
+        match held {
+            Some((class, statement)) => {
+                Verdict::Hold { rule: format!("{}/{}", self.name, class.as_str()), class, statement }
+            }
+            None => Verdict::Allow,
+        }
     }
 }
