@@ -137,11 +137,6 @@ mod tests {
         assert_eq!(short.chars().count(), SQL_ON_A_LINE);
         assert!(short.ends_with('…') && short.starts_with("select x, x,"), "{short}");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     /// A carriage return and an escape sequence once redrew a review's
     /// line so that the reviewer saw only a harmless statement.
