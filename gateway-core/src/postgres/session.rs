@@ -463,8 +463,9 @@ fn session_start(
 /// What a client not (yet) admitted claimed at start-up, as it is recorded:
 /// a user name that names a grant is an identifier and stays; any other
 /// user or database name, and every other parameter, is masked by every
-/// configured profile at once and bounded, since a password pasted into
-/// the wrong field must not reach the disk raw.
+/// configured profile's detectors at once and cut to 64 characters: a
+/// secret of a known format pasted into the wrong field does not reach the
+/// disk raw (a plain password no detector knows is bounded, not masked).
 #[derive(Default)]
 struct Claimed {
     params: std::collections::BTreeMap<String, String>,
