@@ -1430,6 +1430,13 @@ mod tests {
         frame(b'E', &body)
     }
 
+    /// A masker with the profile `config` (TOML).
+    fn masker_of(config: &str) -> crate::masking::Masker {
+        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+        let config: ProfileConfig = toml::from_str(config).unwrap();
+        Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
+    }
+
     struct Script {
         protocol: Protocol,
         events: RecordedEvents,
@@ -1751,9 +1758,7 @@ mod tests {
 
     #[test]
     fn masking_refuses_function_calls_and_masks_rows_and_recorded_statements() {
-        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
-        let config: ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
-        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let masker = masker_of(r#"detectors = ["all"]"#);
         let mut p = Protocol::new(SampleLimits { rows: 10, bytes: 1 << 16 }).with_masker(Some(Arc::new(masker)));
         let mut events = RecordedEvents::default();
         let call = frame(b'F', b"\0\0\0\x01\0\0\0\x01\0\0\0\x0fada@example.com");
@@ -1833,9 +1838,7 @@ mod tests {
 
     #[test]
     fn pipelined_portals_keep_their_own_row_descriptions() {
-        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
-        let config: ProfileConfig = toml::from_str("[[columns]]\nmatch = \"salary\"").unwrap();
-        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let masker = masker_of("[[columns]]\nmatch = \"salary\"");
         let mut p = Protocol::new(SampleLimits::default()).with_masker(Some(Arc::new(masker)));
         let mut events = RecordedEvents::default();
         let describe = |portal: &str| {
@@ -1874,14 +1877,11 @@ mod tests {
 
     #[test]
     fn masking_withholds_values_it_cannot_place() {
-        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
-        let config: ProfileConfig = toml::from_str(
+        let masker = masker_of(
             r#"detectors = ["all"]
 [[columns]]
 match = "salary""#,
-        )
-        .unwrap();
-        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        );
         let mut p = Protocol::new(SampleLimits::default()).with_masker(Some(Arc::new(masker)));
         let mut events = RecordedEvents::default();
         // An Execute with no row description: under column rules, withheld.
@@ -1910,9 +1910,7 @@ match = "salary""#,
     /// not UTF-8, a card number as an int8) went through unmasked.
     #[test]
     fn regression_binary_rows_nobody_described_are_withheld() {
-        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
-        let config: ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
-        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        let masker = masker_of(r#"detectors = ["all"]"#);
         let mut p = Protocol::new(SampleLimits { rows: 10, bytes: 1 << 16 }).with_masker(Some(Arc::new(masker)));
         let mut events = RecordedEvents::default();
         let mut binary_bind = cstr("");
@@ -1953,14 +1951,11 @@ match = "salary""#,
 
     #[test]
     fn each_copy_keeps_its_own_plan_when_queries_are_pipelined() {
-        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
-        let config: ProfileConfig = toml::from_str(
+        let masker = masker_of(
             r#"detectors = ["all"]
 [[columns]]
 match = "email""#,
-        )
-        .unwrap();
-        let masker = Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()));
+        );
         let mut p = Protocol::new(SampleLimits::default()).with_masker(Some(Arc::new(masker)));
         let mut events = RecordedEvents::default();
         let copy = frame(b'Q', &cstr("copy (select email from customers) to stdout"));
