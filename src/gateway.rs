@@ -7,6 +7,7 @@ use proctor_gateway_core::auth::Authenticator;
 use proctor_gateway_core::config::ResourceProtocol;
 use proctor_gateway_core::postgres::rules::RuleSet;
 use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, Shared, StatementPolicy};
+use proctor_gateway_core::threads::SessionThreads;
 use proctor_gateway_core::tls;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -62,6 +63,7 @@ pub async fn start<A: Authenticator>(
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
+    let threads = SessionThreads::per_core().context("cannot start the session threads")?;
     let mut resources = Vec::new();
     for resource in &config.resources {
         match resource.protocol {
@@ -85,7 +87,12 @@ pub async fn start<A: Authenticator>(
                     sink.clone(),
                     auth.clone(),
                     Some(server_tls.clone()),
-                    Shared { cancels: cancels.clone(), policy: policy.clone(), masking: masking.clone() },
+                    Shared {
+                        cancels: cancels.clone(),
+                        policy: policy.clone(),
+                        masking: masking.clone(),
+                        threads: Some(threads.clone()),
+                    },
                     stop.clone(),
                 ));
             }

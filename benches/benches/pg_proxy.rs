@@ -13,9 +13,16 @@
 //! Then masking off and on side by side: `pgbench -S` and a 1,000-row,
 //! 10-column select (`PG_PROXY_ONLY=masking` runs only that).
 //!
+//! Then as deployed: clients reach the proxy over TLS, the proxy reaches the
+//! target over TLS, and Proctor's clients run under the demo agent's
+//! statement rules and masking profile (every detector on). Against the
+//! target over TLS directly and pgbouncer in session mode terminating TLS on
+//! both sides with the same certificate (`PG_PROXY_ONLY=deployed` runs only
+//! these, `deployed:8:simple` one load of them).
+//!
 //! `PG_PROXY_ONLY=8:simple,1:extended` runs only those loads (and skips the
-//! 10-million-row SELECT); `PG_PROXY_PROFILE=relay|proctor[:extended]` runs
-//! one proxy alone for a profiler and prints CPU per transaction by thread.
+//! 10-million-row SELECT); `PG_PROXY_PROFILE=relay|proctor|deployed[:extended]`
+//! runs one proxy alone for a profiler and prints CPU per transaction by thread.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,10 +32,13 @@ use std::time::{Duration, Instant};
 use proctor_benches::{BenchSink, median};
 use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, run_as_cluster_account};
 use proctor_gateway_core::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator};
+use proctor_gateway_core::config::{TargetTls, TlsConfig};
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profiles};
 use proctor_gateway_core::postgres::classify::Class;
 use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, StatementPolicy, Target};
+use proctor_gateway_core::threads::SessionThreads;
+use proctor_gateway_core::tls::{server_config, target_client_config};
 use proctor_recorder::{Recorder, RecorderSettings, Sink};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -47,6 +57,10 @@ const MASKED: &str = "masked";
 /// Clients connecting as this user have their values masked by column rules
 /// alone (the e-mail and phone columns).
 const MASKED_BY_COLUMN: &str = "masked_by_column";
+/// Clients connecting as this user run as `proctor demo`'s agent does: under
+/// [`agent_rules`] and the demo's masking profile (every detector on, card
+/// numbers keep their last four digits).
+const AGENT: &str = "agent";
 
 fn masking_profiles() -> Profiles {
     let config: MaskingConfig = toml::from_str(
@@ -61,7 +75,10 @@ action = "token"
 [[profiles.columns.columns]]
 match = "email"
 [[profiles.columns.columns]]
-match = "phone""#,
+match = "phone"
+[profiles.demo]
+detectors = ["all"]
+actions = { card = "last4" }"#,
     )
     .unwrap();
     Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap()
@@ -103,6 +120,10 @@ impl Authenticator for WithRules {
         if request.user == MASKED_BY_COLUMN {
             identity.masking_profile = Some("columns".to_string());
         }
+        if request.user == AGENT {
+            identity.rules = Some("ci".to_string());
+            identity.masking_profile = Some("demo".to_string());
+        }
         Ok(identity)
     }
 }
@@ -115,7 +136,13 @@ struct Proctor {
     _dir: tempfile::TempDir,
 }
 
-fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor {
+/// Proctor as deployed: TLS towards its clients (with this certificate)
+/// and towards the target.
+struct Deployed {
+    tls: Arc<rustls::ServerConfig>,
+}
+
+fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16, deployed: Option<&Deployed>) -> Proctor {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = RecorderSettings::default();
     // PG_PROXY_SEGMENT_MIB: the WAL size at which a segment is sealed.
@@ -130,12 +157,12 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
     let sink = BenchSink(recorder.sink());
     let resource = Arc::new(PgResource {
         name: "bench".into(),
-        allow_plaintext: true,
+        allow_plaintext: deployed.is_none(),
         target: Target {
             address: format!("127.0.0.1:{target_port}"),
             user: "app".into(),
             password: PASSWORD.into(),
-            tls: None,
+            tls: deployed.map(|_| target_client_config(TargetTls::Require, None).unwrap().unwrap()),
             connect_timeout: Duration::from_secs(10),
         },
         limits: SampleLimits::default(),
@@ -152,10 +179,12 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16) -> Proctor
         listener,
         sink,
         auth,
-        None,
+        deployed.map(|d| d.tls.clone()),
         Shared {
             policy: Arc::new(StatementPolicy::new([agent_rules()])),
             masking: Arc::new(masking_profiles()),
+            // As the binary runs them: each session on one thread of its own.
+            threads: Some(SessionThreads::per_core().unwrap()),
             ..Shared::default()
         },
         stopped,
@@ -203,16 +232,33 @@ fn start_relay(runtime: &tokio::runtime::Runtime, target_port: u16) -> u16 {
     port
 }
 
-/// pgbouncer in session mode, run as the cluster's account.
-fn start_pgbouncer(dir: &Path, target_port: u16) -> (Child, u16) {
+/// pgbouncer in session mode, run as the cluster's account; as deployed,
+/// terminating TLS from clients with `tls` (certificate, key) and
+/// requiring it towards the target.
+fn start_pgbouncer(dir: &Path, target_port: u16, tls: Option<(&Path, &Path)>) -> (Child, u16) {
     let port = free_port();
+    let tls = match tls {
+        Some((cert, key)) => {
+            let (cert_copy, key_copy) = (dir.join("client.crt"), dir.join("client.key"));
+            std::fs::copy(cert, &cert_copy).unwrap();
+            std::fs::copy(key, &key_copy).unwrap();
+            hand_to_cluster_account(&cert_copy).unwrap();
+            hand_to_cluster_account(&key_copy).unwrap();
+            format!(
+                "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\nserver_tls_sslmode = require\n",
+                cert_copy.display(),
+                key_copy.display()
+            )
+        }
+        None => String::new(),
+    };
     let conf = dir.join("pgbouncer.ini");
     let users = dir.join("userlist.txt");
     std::fs::write(&users, format!("\"app\" \"{PASSWORD}\"\n")).unwrap();
     std::fs::write(
         &conf,
         format!(
-            "[databases]\napp = host=127.0.0.1 port={target_port} dbname=app user=app password={PASSWORD}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\nlogfile = {}\npidfile = {}\n",
+            "[databases]\napp = host=127.0.0.1 port={target_port} dbname=app user=app password={PASSWORD}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\npool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\nlogfile = {}\npidfile = {}\n{tls}",
             users.display(),
             dir.join("pgbouncer.log").display(),
             dir.join("pgbouncer.pid").display()
@@ -286,6 +332,8 @@ struct Load<'a> {
     mode: &'a str,
     seconds: u64,
     script: Option<&'a Path>,
+    /// libpq's `sslmode` (`disable` or `require`).
+    sslmode: &'a str,
 }
 
 fn pgbench(
@@ -295,7 +343,7 @@ fn pgbench(
     log_dir: &Path,
     proxy_pid: Option<u32>,
 ) -> Run {
-    let Load { clients, mode, seconds, script } = *load;
+    let Load { clients, mode, seconds, script, sslmode } = *load;
     let cpu_before = proxy_pid.map(process_cpu_of);
     let prefix = log_dir.join(format!("log-{port}-{clients}-{mode}-{}", Instant::now().elapsed().as_nanos()));
     for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
@@ -330,7 +378,7 @@ fn pgbench(
         ])
         .current_dir(log_dir)
         .env("PGPASSWORD", password)
-        .env("PGSSLMODE", "disable")
+        .env("PGSSLMODE", sslmode)
         .output()
         .unwrap();
     let cpu = proxy_pid.zip(cpu_before).map(|(pid, before)| process_cpu_of(pid) - before);
@@ -372,12 +420,14 @@ fn main() {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let seconds = args.first().copied().unwrap_or(10);
     let rounds = args.get(1).copied().unwrap_or(3) as usize;
-    let cluster =
-        Cluster::start(&Options { settings: vec![("shared_buffers".into(), "'256MB'".into())], ..Options::default() })
-            .unwrap();
+    let cluster = Cluster::start(&Options {
+        tls: true,
+        settings: vec![("shared_buffers".into(), "'256MB'".into())],
+        ..Options::default()
+    })
+    .unwrap();
     cluster.psql("postgres", &format!("create role app login password '{PASSWORD}'")).unwrap();
     cluster.psql("postgres", "create database app owner app").unwrap();
-    // Like with like: no TLS anywhere in this comparison.
     let init = Command::new(cluster.bindir.join("pgbench"))
         .args(["-i", "-s", "10", "-q", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "app", "app"])
         .env("PGPASSWORD", PASSWORD)
@@ -388,10 +438,19 @@ fn main() {
     let workers = std::env::var("PG_PROXY_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let proctor = start_proctor(&runtime, cluster.port);
+    // Like with like: no TLS anywhere in the first comparisons.
+    let proctor = start_proctor(&runtime, cluster.port, None);
     let relay = start_relay(&runtime, cluster.port);
     let bouncer_dir = tempfile::tempdir().unwrap();
-    let (mut bouncer, bouncer_port) = start_pgbouncer(bouncer_dir.path(), cluster.port);
+    let (mut bouncer, bouncer_port) = start_pgbouncer(bouncer_dir.path(), cluster.port, None);
+    // As deployed: one certificate for Proctor and pgbouncer.
+    let cert_dir = tempfile::tempdir().unwrap();
+    let (server_tls, cert) = server_config(&TlsConfig { cert_file: None, key_file: None }, cert_dir.path()).unwrap();
+    let key = cert_dir.path().join("proctor-dev.key");
+    let deployed = start_proctor(&runtime, cluster.port, Some(&Deployed { tls: server_tls }));
+    let deployed_bouncer_dir = tempfile::tempdir().unwrap();
+    let (mut deployed_bouncer, deployed_bouncer_port) =
+        start_pgbouncer(deployed_bouncer_dir.path(), cluster.port, Some((&cert, &key)));
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
 
@@ -400,11 +459,15 @@ fn main() {
     // for a profiler attached to this process.
     if let Ok(profile) = std::env::var("PG_PROXY_PROFILE") {
         let (only, mode) = profile.split_once(':').unwrap_or((&profile, "simple"));
-        let (port, user, password) =
-            if only == "relay" { (relay, "app", PASSWORD) } else { (proctor.port, "bench", SECRET) };
+        let (port, user, password, sslmode) = match only {
+            "relay" => (relay, "app", PASSWORD, "disable"),
+            "deployed" => (deployed.port, AGENT, SECRET, "require"),
+            _ => (proctor.port, "bench", SECRET, "disable"),
+        };
         println!("profiling {only}: pid {}", std::process::id());
-        let load = Load { clients: 8, mode, seconds, script: None };
-        let sink = proctor.recorder.as_ref().map(Recorder::sink);
+        let load = Load { clients: 8, mode, seconds, script: None, sslmode };
+        let recording = if only == "deployed" { &deployed } else { &proctor };
+        let sink = recording.recorder.as_ref().map(Recorder::sink);
         let counters = || sink.as_ref().map(Sink::stats).map_or((0, 0), |s| (s.events, s.wal_bytes));
         let (events_before, bytes_before) = counters();
         let before = thread_cpu();
@@ -425,8 +488,8 @@ fn main() {
             let used = cpu - before.get(name).copied().unwrap_or(0.0);
             println!("  {name:<20} {:6.2} µs/tx", used * 1e6 / transactions.max(1.0));
         }
-        let _ = bouncer.kill();
-        let _ = bouncer.wait();
+        stop(&mut bouncer);
+        stop(&mut deployed_bouncer);
         return;
     }
     let targets: Vec<(&str, u16, &str, &str, Option<u32>)> = vec![
@@ -452,7 +515,7 @@ fn main() {
             for i in 0..targets.len() {
                 let index = (i + round) % targets.len();
                 let (_, port, user, password, pid) = targets[index];
-                let load = Load { clients, mode, seconds, script: None };
+                let load = Load { clients, mode, seconds, script: None, sslmode: "disable" };
                 results[index].push(pgbench(&cluster, (port, user, password), &load, &logs, pid));
                 if port == proctor.port {
                     // Sealing what this run recorded is part of its cost.
@@ -507,7 +570,7 @@ fn main() {
             for round in 0..rounds {
                 for i in 0..users.len() {
                     let index = (i + round) % users.len();
-                    let load = Load { clients: 8, mode: "extended", seconds, script };
+                    let load = Load { clients: 8, mode: "extended", seconds, script, sslmode: "disable" };
                     runs[index].push(pgbench(&cluster, (proctor.port, users[index].1, SECRET), &load, &logs, me));
                     proctor.wait_for_sealer();
                 }
@@ -529,9 +592,64 @@ fn main() {
         }
     }
 
+    // As deployed: TLS on both sides, the demo agent's rules and masking.
+    let wanted = |c: usize, m: &str| {
+        only.as_deref().is_none_or(|only| only.split(',').any(|o| o == "deployed" || o == format!("deployed:{c}:{m}")))
+    };
+    let deployed_targets: Vec<(&str, u16, &str, &str, Option<u32>)> = vec![
+        ("direct (TLS)", cluster.port, "app", PASSWORD, None),
+        ("pgbouncer (TLS, session)", deployed_bouncer_port, "app", PASSWORD, Some(deployed_bouncer.id())),
+        ("proctor (as deployed)", deployed.port, AGENT, SECRET, me),
+    ];
+    for (clients, mode) in loads.into_iter().filter(|(c, m)| wanted(*c, m)) {
+        let mut results: Vec<Vec<Run>> = deployed_targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for i in 0..deployed_targets.len() {
+                let index = (i + round) % deployed_targets.len();
+                let (_, port, user, password, pid) = deployed_targets[index];
+                let load = Load { clients, mode, seconds, script: None, sslmode: "require" };
+                results[index].push(pgbench(&cluster, (port, user, password), &load, &logs, pid));
+                if port == deployed.port {
+                    let before = process_cpu_of(std::process::id());
+                    deployed.wait_for_sealer();
+                    let sealing = process_cpu_of(std::process::id()) - before;
+                    let run = results[index].last_mut().unwrap();
+                    run.proxy_cpu_us += sealing * 1e6 / (run.tps * seconds as f64).max(1.0);
+                }
+            }
+        }
+        let tps: Vec<f64> = results.iter().map(|runs| median(runs.iter().map(|r| r.tps).collect())).collect();
+        println!(
+            "\nas deployed (TLS both sides; Proctor under the demo agent's rules and masking), {clients} client(s), {mode} protocol:"
+        );
+        for (i, (name, ..)) in deployed_targets.iter().enumerate() {
+            let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
+            let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
+            let cpu = median(results[i].iter().map(|r| r.proxy_cpu_us).collect());
+            let cpu = if cpu.is_nan() { "      -".to_string() } else { format!("{cpu:5.1} µs") };
+            println!(
+                "  {name:<26} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms   proxy CPU/tx {cpu}",
+                tps[i],
+                tps[i] / tps[0],
+                tps[i] / tps[1],
+            );
+        }
+        let per_round = |of: usize, baseline: usize| {
+            let mut ratios: Vec<f64> = results[of].iter().zip(&results[baseline]).map(|(p, b)| p.tps / b.tps).collect();
+            ratios.sort_by(f64::total_cmp);
+            format!("{:.3}-{:.3}", ratios[0], ratios[ratios.len() - 1])
+        };
+        println!(
+            "  per round: proctor {}x pgbouncer, {}x direct; pgbouncer {}x direct",
+            per_round(2, 1),
+            per_round(2, 0),
+            per_round(1, 0)
+        );
+    }
+
     if only.is_some() {
-        let _ = bouncer.kill();
-        let _ = bouncer.wait();
+        stop(&mut bouncer);
+        stop(&mut deployed_bouncer);
         return;
     }
     // A 10-million-row SELECT streams through; psql holds the rows, Proctor must not.
@@ -571,7 +689,13 @@ fn main() {
         peak as f64 / 1024.0,
         (peak - idle) as f64 / 1024.0
     );
-    let _ = bouncer.kill();
-    let _ = bouncer.wait();
+    stop(&mut bouncer);
+    stop(&mut deployed_bouncer);
     drop(proctor);
+    drop(deployed);
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -16,6 +16,7 @@ pub mod masking;
 pub mod postgres;
 pub mod recording;
 mod sink;
+pub mod threads;
 pub mod tls;
 
 pub use control::ControlSession;

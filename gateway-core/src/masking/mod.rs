@@ -634,6 +634,39 @@ impl Masker {
     }
 
     /// Writes `value` with its `findings` masked to `out`, and counts them.
+    /// Masks the findings in a JSON document so that it stays JSON: a
+    /// finding in a number (outside any string) turns the whole number into
+    /// a string of its masked form (`4111111111111111` → `"************1111"`),
+    /// since a marker in a number's place is no JSON a driver can read.
+    /// `None` if the masked text is still not JSON (a finding cut an escape
+    /// sequence in two): the caller withholds the value.
+    pub fn masked_json(&self, value: &str, findings: &[Finding], counts: &mut Counts) -> Option<String> {
+        let numbers = json_numbers(value);
+        let mut out = String::with_capacity(value.len() + 16);
+        let mut at = 0;
+        for f in findings {
+            let number = numbers.iter().find(|n| n.start < f.range.end && f.range.start < n.end);
+            let range = number.map_or(f.range.clone(), |n| n.start.min(f.range.start)..n.end.max(f.range.end));
+            if range.start < at {
+                count(counts, f.detector.as_str());
+                continue;
+            }
+            let action = self.actions[f.detector as usize];
+            out.push_str(&value[at..range.start]);
+            if number.is_some() {
+                out.push('"');
+                apply_into(action, f.detector.as_str(), &value[range.clone()], &self.key, &mut out);
+                out.push('"');
+            } else {
+                apply_into(action, f.detector.as_str(), &value[range.clone()], &self.key, &mut out);
+            }
+            count(counts, f.detector.as_str());
+            at = range.end;
+        }
+        out.push_str(&value[at..]);
+        serde_json::from_str::<serde::de::IgnoredAny>(&out).is_ok().then_some(out)
+    }
+
     pub fn write_masked(&self, value: &str, findings: &[Finding], counts: &mut Counts, out: &mut impl TextOut) {
         let mut at = 0;
         for f in findings {
@@ -652,9 +685,56 @@ impl Masker {
     }
 }
 
+/// The byte ranges of a JSON text's numbers: runs of `-+.0-9eE` outside
+/// strings.
+fn json_numbers(text: &str) -> Vec<std::ops::Range<usize>> {
+    let bytes = text.as_bytes();
+    let (mut numbers, mut i) = (Vec::new(), 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                numbers.push(start..i);
+            }
+            _ => i += 1,
+        }
+    }
+    numbers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_stays_json_when_a_number_or_a_string_holds_a_secret() {
+        let m = masker(
+            r#"detectors = ["all"]
+actions = { card = "last4" }"#,
+        );
+        let mut counts = Counts::new();
+        for (json, expected) in [
+            (r#"{"n": 4111111111111111}"#, r#"{"n": "************1111"}"#),
+            (r#"{"n": -735254625134726842042918177}"#, r#"{"n": "-***********************8177"}"#),
+            (r#"[4111111111111111, "4111 1111 1111 1111"]"#, r#"["************1111", "**** **** **** 1111"]"#),
+            (r#"{"mail": "ada@example.com", "n": 1.5e3}"#, r#"{"mail": "[email:masked]", "n": 1.5e3}"#),
+        ] {
+            let findings = m.findings(json);
+            assert!(!findings.is_empty(), "{json}");
+            let masked = m.masked_json(json, &findings, &mut counts);
+            assert_eq!(masked.as_deref(), Some(expected), "{json}");
+        }
+    }
 
     fn masker(toml_text: &str) -> Masker {
         let config: ProfileConfig = toml::from_str(toml_text).unwrap();

@@ -153,6 +153,7 @@ pub(super) fn text_like(oid: u32) -> bool {
     matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 705 | 142 | 0)
 }
 
+pub(super) const JSON: u32 = 114;
 pub(super) const JSONB: u32 = 3802;
 
 /// The type of a column no description placed (rows asked for in binary
@@ -362,6 +363,14 @@ fn mask_value<'v>(
     let findings = masker.findings_in_column(original, says);
     if findings.is_empty() {
         return None;
+    }
+    if matches!(column.type_oid, JSON | JSONB) {
+        // JSON stays JSON for the driver that parses it, or is withheld.
+        let Some(masked) = masker.masked_json(original, &findings, counts) else {
+            count(counts, "json:unmaskable");
+            return Some(Change::Null);
+        };
+        return Some(Change::Bytes(prefix.into_iter().chain(masked.into_bytes()).collect()));
     }
     let Some(prefix) = prefix else { return Some(Change::Text(original, findings)) };
     let mut out = vec![prefix];

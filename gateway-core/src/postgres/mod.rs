@@ -40,6 +40,7 @@ pub use upstream::Target;
 use crate::auth::Authenticator;
 use crate::config::ResourceConfig;
 use crate::masking::Profiles;
+use crate::threads::SessionThreads;
 use crate::{EventSink, GatewayError};
 
 /// A PostgreSQL resource, resolved and ready to serve.
@@ -126,12 +127,14 @@ pub(crate) struct Context<S, A> {
 }
 
 /// What every resource of a gateway shares: cancel keys (a cancel request
-/// may arrive on any listener) and statement rules.
+/// may arrive on any listener), statement rules, masking profiles, and the
+/// threads sessions run on (without them, on the listener's runtime).
 #[derive(Clone)]
 pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     pub policy: Arc<StatementPolicy>,
     pub masking: Arc<Profiles>,
+    pub threads: Option<Arc<SessionThreads>>,
 }
 
 impl Default for Shared {
@@ -141,6 +144,7 @@ impl Default for Shared {
             cancels: Arc::default(),
             policy: Arc::new(StatementPolicy::new([])),
             masking: Arc::new(Profiles::none()),
+            threads: None,
         }
     }
 }
@@ -153,7 +157,7 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     sink: S,
     auth: Arc<A>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    Shared { cancels, policy, masking }: Shared,
+    Shared { cancels, policy, masking, threads }: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy, masking });
@@ -163,10 +167,32 @@ pub async fn serve<S: EventSink, A: Authenticator>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, addr)) => {
                     let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-                    sessions.spawn(async move {
-                        let _entered = ctx.resource.sessions.enter();
-                        session::handle(ctx.clone(), tcp, addr, shutdown).await;
-                    });
+                    let Some(threads) = &threads else {
+                        sessions.spawn(async move {
+                            let _entered = ctx.resource.sessions.enter();
+                            session::handle(ctx.clone(), tcp, addr, shutdown).await;
+                        });
+                        continue;
+                    };
+                    // The socket moves to its thread's own reactor, so that
+                    // its readiness wakes that thread alone.
+                    let tcp = match tcp.into_std() {
+                        Ok(tcp) => tcp,
+                        Err(error) => {
+                            tracing::warn!(resource = %ctx.resource.name, %error, "cannot hand a connection to a session thread");
+                            continue;
+                        }
+                    };
+                    sessions.spawn_on(
+                        async move {
+                            let _entered = ctx.resource.sessions.enter();
+                            match tokio::net::TcpStream::from_std(tcp) {
+                                Ok(tcp) => session::handle(ctx.clone(), tcp, addr, shutdown).await,
+                                Err(error) => tracing::warn!(resource = %ctx.resource.name, %error, "cannot register a connection"),
+                            }
+                        },
+                        threads.next(),
+                    );
                 }
                 Err(error) => {
                     tracing::warn!(resource = %ctx.resource.name, %error, "accept failed");

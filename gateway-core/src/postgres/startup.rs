@@ -20,6 +20,9 @@ use crate::tls::ALPN_POSTGRESQL;
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
+/// The protocol Proctor speaks, as the version field of a StartupMessage
+/// or NegotiateProtocolVersion carries it (major << 16 | minor).
+const PROTOCOL_3_0: i32 = 3 << 16;
 /// The longest startup-phase packet accepted (as PostgreSQL: 10000 bytes).
 const MAX_STARTUP_PACKET: usize = 10_000;
 
@@ -170,13 +173,16 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>, allow_plaintext: 
                     ));
                 }
                 let mut params = startup.parameters;
-                if minor > 0 {
+                let unknown: Vec<String> = params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+                if minor > 0 || !unknown.is_empty() {
                     // Ask the client to speak 3.0, and list the protocol
-                    // options (`_pq_.*`) we do not know.
-                    let unknown: Vec<String> = params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+                    // options (`_pq_.*`) we do not know. The version is
+                    // sent whole, major and minor, as PostgreSQL sends it
+                    // (libpq 18 refuses a bare minor 0 as a downgrade below
+                    // 3.0).
                     params.retain(|k, _| !k.starts_with("_pq_."));
                     let mut out = BytesMut::new();
-                    let _ = NegotiateProtocolVersion::new(0, unknown).encode(&mut out);
+                    let _ = NegotiateProtocolVersion::new(PROTOCOL_3_0, unknown).encode(&mut out);
                     if conn.write_all(&out).await.is_err() {
                         return Err(Refusal::new(protocol_violation("connection lost"), None));
                     }

@@ -60,4 +60,13 @@ with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocom
         seen["broken_after_terminate"] = conn.broken
         seen["terminate_sqlstate"] = getattr(error, "sqlstate", None)
 
+# libpq 18 may ask for the newest protocol (3.2); Proctor answers that it
+# speaks 3.0, as a PostgreSQL server older than 18 does, and the client
+# carries on in 3.0.
+with psycopg.connect(dsn + " max_protocol_version=latest") as conn:
+    seen["newest_protocol_negotiated_down"] = (
+        conn.info.pgconn.protocol_version,
+        conn.execute("select 9").fetchone()[0],
+    )
+
 print(json.dumps(seen, sort_keys=True))
