@@ -184,7 +184,11 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16, deployed: 
             policy: Arc::new(StatementPolicy::new([agent_rules()])),
             masking: Arc::new(masking_profiles()),
             // As the binary runs them: each session on one thread of its own.
-            threads: Some(SessionThreads::per_core().unwrap()),
+            // PG_PROXY_SESSION_THREADS=N: N session threads instead.
+            threads: Some(match std::env::var("PG_PROXY_SESSION_THREADS").ok().and_then(|n| n.parse().ok()) {
+                Some(count) => SessionThreads::start(count).unwrap(),
+                None => SessionThreads::per_core().unwrap(),
+            }),
             ..Shared::default()
         },
         stopped,
