@@ -25,6 +25,10 @@ pub struct Config {
     /// dir is Proctor's account's alone.
     #[serde(default)]
     pub data_dir_group: Option<GroupRef>,
+    /// How many threads sessions run on (each session on one of them, for
+    /// its whole life); without it, one per core.
+    #[serde(default)]
+    pub session_threads: Option<usize>,
     #[serde(default)]
     pub recorder: RecorderSettings,
     /// The certificate presented to clients; without it, a self-signed one
@@ -195,6 +199,10 @@ impl Config {
     /// Checks what serde cannot: settings' ranges, names that must match.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.recorder.validate()?;
+        anyhow::ensure!(
+            self.session_threads.is_none_or(|n| (1..=1024).contains(&n)),
+            "session_threads must be between 1 and 1024 (or left out: one per core)"
+        );
         validate_resources(&self.resources, self.control.is_some())?;
         Policies::new(self.policies.clone())?;
         for (name, rules) in &self.rules {
@@ -246,6 +254,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_threads_are_one_per_core_unless_set() {
+        let config = |text: &str| toml::from_str::<Config>(&format!("data_dir = \"d\"\n{text}")).unwrap();
+        assert_eq!(config("").session_threads, None);
+        assert_eq!(config("session_threads = 3").session_threads, Some(3));
+        config("session_threads = 3").validate().unwrap();
+        let error = config("session_threads = 0").validate().unwrap_err().to_string();
+        assert!(error.contains("session_threads must be between 1 and 1024"), "{error}");
+    }
 
     #[test]
     fn data_dir_group_is_a_name_or_a_number() {

@@ -63,7 +63,11 @@ pub async fn start<A: Authenticator>(
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
-    let threads = SessionThreads::per_core().context("cannot start the session threads")?;
+    let threads = match config.session_threads {
+        Some(count) => SessionThreads::start(count),
+        None => SessionThreads::per_core(),
+    }
+    .context("cannot start the session threads")?;
     let mut resources = Vec::new();
     for resource in &config.resources {
         match resource.protocol {

@@ -135,6 +135,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config = Config {
         data_dir: data_dir.clone(),
         data_dir_group: None,
+        session_threads: None,
         recorder: RecorderSettings::default(),
         tls: TlsConfig::default(),
         resources: vec![ResourceConfig {
