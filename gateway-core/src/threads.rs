@@ -32,17 +32,29 @@ impl SessionThreads {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            handles.push(runtime.handle().clone());
+            // The runtime is made, run and dropped on its own thread: never
+            // dropped in the async context that starts the threads, even if
+            // starting one of them fails.
             let (stop, stopped) = oneshot::channel::<()>();
-            stops.push(stop);
+            let (made, handle) = std::sync::mpsc::channel();
             std::thread::Builder::new().name(format!("proctor-session-{index}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = made.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = made.send(Ok(runtime.handle().clone()));
                 // Sessions are spawned onto this runtime from elsewhere; the
                 // thread drives them until the gateway lets go of it.
                 let _ = runtime.block_on(stopped);
                 // Sessions still here were ended by the gateway's shutdown
                 // already; what is left is dropped with the runtime.
             })?;
+            let handle = handle.recv().map_err(|_| io::Error::other("a session thread ended at start"))??;
+            handles.push(handle);
+            stops.push(stop);
         }
         Ok(Arc::new(SessionThreads { handles, next: AtomicUsize::new(0), _stops: stops }))
     }

@@ -174,6 +174,23 @@ fn masked_random_values_stay_readable_to_the_driver() {
         cluster.port,
         proctor_tests::APP_PASSWORD
     );
+    // What a driver decodes is what is masked: escapes and exponents in a
+    // json document do not hide a secret from the detectors.
+    let hidden = r#"import psycopg, sys
+with psycopg.connect(sys.argv[1]) as conn:
+    for doc in ['{"e":"ada\u0040example.com"}', '{"n": 4.111111111111111e15}', '{"u":"postgres:\/\/admin:hunter2@db\/x"}']:
+        print(conn.execute("select %s::json", [doc]).fetchone()[0])
+    print(conn.execute("select %s::json", ['{"plain": "nothing here", "n": 1.5e3}']).fetchone()[0])
+"#;
+    let output =
+        Command::new("python3").args(["-c", hidden, &proctor.conninfo("hana", APP_ROLE, "disable")]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    for secret in ["ada@example.com", "4111111111111111", "hunter2"] {
+        assert!(!shown.contains(secret), "{secret} reached the client: {shown}");
+    }
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines[1..], ["None", "None", "{'plain': 'nothing here', 'n': 1500.0}"], "{shown}");
     for seed in [4, 5] {
         let expected = random_types(&direct, seed);
         let through = random_types(&proctor.conninfo("hana", APP_ROLE, "disable"), seed);

@@ -633,7 +633,6 @@ impl Masker {
         Cow::Owned(out)
     }
 
-    /// Writes `value` with its `findings` masked to `out`, and counts them.
     /// Masks the findings in a JSON document so that it stays JSON: a
     /// finding in a number (outside any string) turns the whole number into
     /// a string of its masked form (`4111111111111111` → `"************1111"`),
@@ -667,6 +666,7 @@ impl Masker {
         serde_json::from_str::<serde::de::IgnoredAny>(&out).is_ok().then_some(out)
     }
 
+    /// Writes `value` with its `findings` masked to `out`, and counts them.
     pub fn write_masked(&self, value: &str, findings: &[Finding], counts: &mut Counts, out: &mut impl TextOut) {
         let mut at = 0;
         for f in findings {
@@ -683,6 +683,73 @@ impl Masker {
         }
         out.put(&value[at..]);
     }
+}
+
+/// A JSON text as a driver decodes it, when that differs from its bytes:
+/// its strings with their escapes decoded (`\u0040` is `@`, `\/` is `/`) and
+/// its numbers written out in digits (`4.111111111111111e15` is
+/// `4111111111111111`), one per line; `None` when the text has neither
+/// escapes nor fractions or exponents (what detectors read of it is what the
+/// driver gets), or is not JSON.
+pub fn json_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let (mut decoded, mut differs, mut i) = (String::new(), false, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                let token = text.get(start..i.min(bytes.len()))?;
+                differs |= token.contains('\\');
+                decoded.push_str(&serde_json::from_str::<String>(token).ok()?);
+                decoded.push('\n');
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                if token.contains(['.', 'e', 'E']) {
+                    differs = true;
+                    decoded.push_str(&number_in_digits(token));
+                } else {
+                    decoded.push_str(token);
+                }
+                decoded.push('\n');
+            }
+            _ => i += 1,
+        }
+    }
+    differs.then_some(decoded)
+}
+
+/// A JSON number's value in plain digits, exactly (no floating point): its
+/// integer part, or the number as written if the exponent is out of reach.
+fn number_in_digits(token: &str) -> String {
+    let (mantissa, exponent) = match token.find(['e', 'E']) {
+        Some(at) => (&token[..at], token[at + 1..].parse::<i32>().unwrap_or(i32::MAX)),
+        None => (token, 0),
+    };
+    if exponent.abs() > 64 {
+        return token.to_string();
+    }
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = format!("{whole}{fraction}");
+    let point = whole.len() as i32 + exponent;
+    let integer = if point <= 0 {
+        "0".to_string()
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        digits[..point as usize].to_string()
+    };
+    format!("{sign}{integer}")
 }
 
 /// The byte ranges of a JSON text's numbers: runs of `-+.0-9eE` outside
@@ -715,6 +782,28 @@ fn json_numbers(text: &str) -> Vec<std::ops::Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_is_read_as_a_driver_decodes_it() {
+        assert_eq!(json_decoded(r#"{"n": 4111111111111111, "s": "plain"}"#), None, "nothing decodes differently");
+        assert_eq!(json_decoded(r#"{"e":"ada\u0040example.com"}"#).as_deref(), Some("e\nada@example.com\n"));
+        assert_eq!(json_decoded(r#"{"u":"x:\/\/y"}"#).as_deref(), Some("u\nx://y\n"));
+        assert_eq!(json_decoded(r#"[4.111111111111111e15]"#).as_deref(), Some("4111111111111111\n"));
+        assert_eq!(
+            json_decoded(r#"[-4.1111111111111111111E18, 1.5, 2e-3]"#).as_deref(),
+            Some("-4111111111111111111\n1\n0\n")
+        );
+        assert_eq!(json_decoded(r#"["unterminated\"]"#), None, "not JSON");
+        let m = masker(r#"detectors = ["all"]"#);
+        for hidden in [
+            r#"{"e":"ada\u0040example.com"}"#,
+            r#"{"n": 4.111111111111111e15}"#,
+            r#"{"u":"postgres:\/\/admin:hunter2@db\/x"}"#,
+        ] {
+            let decoded = json_decoded(hidden).unwrap();
+            assert!(m.findings(&decoded).len() > m.findings(hidden).len(), "{hidden}");
+        }
+    }
 
     #[test]
     fn json_stays_json_when_a_number_or_a_string_holds_a_secret() {

@@ -33,9 +33,19 @@ pub struct CancelRoute {
     pub session: mpsc::Sender<CancelNotice>,
 }
 
+/// Cancel requests with an unknown key one address may send per second
+/// before its requests are no longer looked up for the rest of that second.
+/// The pid a client is told is the backend's real one (anyone may read it in
+/// `pg_stat_activity`), so the key's strength is its 32-bit secret, as in
+/// PostgreSQL's protocol 3.0: unthrottled, 2^31 guesses on average would
+/// cancel someone else's statement; at this rate it takes years.
+pub const UNKNOWN_KEYS_PER_SECOND: u32 = 16;
+
 #[derive(Default)]
 pub struct CancelRegistry {
     entries: Mutex<HashMap<(i32, i32), Entry>>,
+    /// Unknown-key cancel requests by source address, in the current second.
+    misses: Mutex<(Option<std::time::Instant>, HashMap<std::net::IpAddr, u32>)>,
 }
 
 /// Removes a session's key when the session ends.
@@ -68,15 +78,18 @@ impl CancelRegistry {
         session: mpsc::Sender<CancelNotice>,
     ) -> CancelKey {
         let mut entries = self.lock();
+        let mut attempt: u32 = 0;
         loop {
+            attempt = attempt.wrapping_add(1);
             let mut bytes = [0u8; 4];
             if let Err(error) = getrandom::fill(&mut bytes) {
                 // The kernel's generator does not fail once the system is up;
-                // if it did, keys would be guessable: say so loudly.
+                // if it did, keys would be guessable: say so loudly (and
+                // still make each attempt differ, so this never spins).
                 tracing::error!(%error, "no randomness for a cancel key");
             }
             let pid = target_pid;
-            let secret = i32::from_be_bytes(bytes);
+            let secret = i32::from_be_bytes(bytes) ^ attempt.wrapping_mul(0x9E37_79B9) as i32;
             // The target's own secret is never handed out, even by chance.
             if secret == target_secret {
                 continue;
@@ -84,6 +97,27 @@ impl CancelRegistry {
             if let std::collections::hash_map::Entry::Vacant(slot) = entries.entry((pid, secret)) {
                 slot.insert(Entry { target, target_pid, target_secret, session });
                 return CancelKey { registry: self.clone(), pid, secret };
+            }
+        }
+    }
+
+    /// Where a cancel request from `from` goes: `Err(true)` if `from` sent
+    /// too many unknown keys this second (not looked up), `Err(false)` if the
+    /// key is unknown.
+    pub fn route_from(&self, from: std::net::IpAddr, pid: i32, secret: i32) -> Result<CancelRoute, bool> {
+        let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if misses.0.is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(1)) {
+            *misses = (Some(now), HashMap::new());
+        }
+        if misses.1.get(&from).is_some_and(|n| *n >= UNKNOWN_KEYS_PER_SECOND) {
+            return Err(true);
+        }
+        match self.route(pid, secret) {
+            Some(route) => Ok(route),
+            None => {
+                *misses.1.entry(from).or_insert(0) += 1;
+                Err(false)
             }
         }
     }
@@ -115,6 +149,15 @@ mod tests {
             let route = registry.route(key.pid, key.secret).unwrap();
             assert_eq!((route.target_pid, route.target_secret), (4242, 77));
         }
+        // Guessing from one address stops being looked up after a few misses.
+        let guesser: std::net::IpAddr = "10.9.8.7".parse().unwrap();
+        let (pid, secret) = (keys[1].pid, keys[1].secret);
+        for guess in 0..UNKNOWN_KEYS_PER_SECOND as i32 {
+            assert_eq!(registry.route_from(guesser, pid, secret.wrapping_add(guess + 1_000_000)).err(), Some(false));
+        }
+        assert_eq!(registry.route_from(guesser, pid, secret).err(), Some(true), "throttled: not looked up");
+        let other: std::net::IpAddr = "10.9.8.6".parse().unwrap();
+        assert!(registry.route_from(other, pid, secret).is_ok(), "another address is not held back");
         // The target's own secret routes nowhere, and a key goes with its session.
         assert!(registry.route(4242, 77).is_none());
         let first = (keys[0].pid, keys[0].secret);

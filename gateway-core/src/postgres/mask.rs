@@ -361,16 +361,28 @@ fn mask_value<'v>(
         return Some(Change::Null);
     };
     let findings = masker.findings_in_column(original, says);
-    if findings.is_empty() {
-        return None;
-    }
     if matches!(column.type_oid, JSON | JSONB) {
+        // Escapes (`\u0040`, `\/`) and exponents hide from the detectors
+        // what the driver decodes: read decoded too, a value that shows
+        // more there is withheld.
+        if let Some(decoded) = crate::masking::json_decoded(original)
+            && masker.findings_in_column(&decoded, says).len() > findings.len()
+        {
+            count(counts, "json:escaped");
+            return Some(Change::Null);
+        }
+        if findings.is_empty() {
+            return None;
+        }
         // JSON stays JSON for the driver that parses it, or is withheld.
         let Some(masked) = masker.masked_json(original, &findings, counts) else {
             count(counts, "json:unmaskable");
             return Some(Change::Null);
         };
         return Some(Change::Bytes(prefix.into_iter().chain(masked.into_bytes()).collect()));
+    }
+    if findings.is_empty() {
+        return None;
     }
     let Some(prefix) = prefix else { return Some(Change::Text(original, findings)) };
     let mut out = vec![prefix];

@@ -643,22 +643,26 @@ async fn handle_cancel<S: EventSink>(
     recorder: &mut SessionRecorder<S>,
     resource: &PgResource,
 ) {
-    let Some(route) = cancels.route(pid, secret) else {
-        // As PostgreSQL: no answer to a cancel with an unknown key; but the
-        // attempt is recorded.
-        let empty = std::collections::BTreeMap::new();
-        recorder.push(Direction::Gateway, session_start(resource, client_addr, &empty, None, "off", None));
-        recorder.push(
-            Direction::ClientToTarget,
-            Cancel {
-                backend_pid: None,
-                message: Some(format!("cancel request with an unknown key from {client_addr}")),
-            }
-            .into(),
-        );
-        recorder.push(Direction::Gateway, SessionEnd { reason: EndReason::ClientClosed, message: None }.into());
-        let _ = recorder.flush().await;
-        return;
+    let route = match cancels.route_from(client_addr.ip(), pid, secret) {
+        Ok(route) => route,
+        Err(throttled) => {
+            // As PostgreSQL: no answer to a cancel with an unknown key; but the
+            // attempt is recorded.
+            let message = if throttled {
+                format!(
+                    "cancel request from {client_addr} not looked up: more than {} unknown keys from it this second",
+                    super::cancel::UNKNOWN_KEYS_PER_SECOND
+                )
+            } else {
+                format!("cancel request with an unknown key from {client_addr}")
+            };
+            let empty = std::collections::BTreeMap::new();
+            recorder.push(Direction::Gateway, session_start(resource, client_addr, &empty, None, "off", None));
+            recorder.push(Direction::ClientToTarget, Cancel { backend_pid: None, message: Some(message) }.into());
+            recorder.push(Direction::Gateway, SessionEnd { reason: EndReason::ClientClosed, message: None }.into());
+            let _ = recorder.flush().await;
+            return;
+        }
     };
     let (reply, recorded) = tokio::sync::oneshot::channel();
     if route.session.send(CancelNotice { from: client_addr, reply }).await.is_err() {
