@@ -735,7 +735,7 @@ fn number_in_digits(token: &str) -> String {
         Some(at) => (&token[..at], token[at + 1..].parse::<i32>().unwrap_or(i32::MAX)),
         None => (token, 0),
     };
-    if exponent.abs() > 64 {
+    if exponent.unsigned_abs() > 64 {
         return token.to_string();
     }
     let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));

@@ -61,6 +61,11 @@ pub fn masking(data: &[u8]) {
     for standard in [true, false] {
         let _ = mask_statement_text(&MASKER, text, standard);
     }
+    // As a json document: what masking sends is JSON, or nothing.
+    let _ = crate::masking::json_decoded(text);
+    if let Some(masked) = MASKER.masked_json(text, &found, &mut Default::default()) {
+        assert!(serde_json::from_str::<serde::de::IgnoredAny>(&masked).is_ok(), "not JSON: {masked:?}");
+    }
 }
 
 static POLICY: LazyLock<Arc<StatementPolicy>> = LazyLock::new(|| {
