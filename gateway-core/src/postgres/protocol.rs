@@ -253,6 +253,12 @@ pub struct Protocol {
     client_utf8: bool,
     /// Whether the session reads '...' with standard conforming strings.
     standard_strings: bool,
+    /// The last statement text masking found nothing in, and the string
+    /// mode it was read in: a client that sends the same text again (every
+    /// Parse of a prepared query, pgbench's extended protocol) is not
+    /// scanned again. Masking a statement is a function of its text, the
+    /// mode and the session's masker alone.
+    nothing_to_mask: std::cell::RefCell<Option<(bool, String)>>,
     /// Tables by OID, from the catalog (for column rules: the table's name
     /// and its columns' names).
     tables: HashMap<u32, Arc<TableInfo>>,
@@ -331,6 +337,7 @@ impl Protocol {
             masker: None,
             client_utf8: true,
             standard_strings: true,
+            nothing_to_mask: std::cell::RefCell::new(None),
             tables: HashMap::new(),
             asked_tables: HashMap::new(),
             looking_up: None,
@@ -366,9 +373,19 @@ impl Protocol {
 
     /// Text as it may be recorded: masked by the detectors when masking is on.
     fn recordable(&self, text: String) -> String {
-        match &self.masker {
-            Some(m) => mask::mask_statement_text(m, &text, self.standard_strings).unwrap_or(text),
-            None => text,
+        let Some(m) = &self.masker else { return text };
+        if let Some((standard, sql)) = &*self.nothing_to_mask.borrow()
+            && *standard == self.standard_strings
+            && *sql == text
+        {
+            return text;
+        }
+        match mask::mask_statement_text(m, &text, self.standard_strings) {
+            Some(masked) => masked,
+            None => {
+                *self.nothing_to_mask.borrow_mut() = Some((self.standard_strings, text.clone()));
+                text
+            }
         }
     }
 
@@ -1834,6 +1851,36 @@ mod tests {
         p.backend(&frame(b'Z', b"I"), &mut events);
         p.parameter("client_encoding", "UTF8");
         assert_eq!(p.frontend(&frame(b'Q', &cstr("select 1")), &mut events), Frontend::Forward);
+    }
+
+    #[test]
+    fn a_statement_text_seen_again_is_masked_as_the_first_time() {
+        // The one-entry cache of texts with nothing to mask against masking
+        // every time, on generated sequences with repeats, both string modes.
+        let config: crate::masking::ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
+        let masker = Arc::new(Masker::new(
+            crate::masking::Profile::new("p", &config).unwrap(),
+            crate::masking::MaskingKey::new(b"k".to_vec()),
+        ));
+        let texts = [
+            "select abalance from pgbench_accounts where aid = $1",
+            "select 'ada@example.com'",
+            "select E'ada\\x40example.com'",
+            "select 'ada\\x40example.com'",
+            "select 1",
+            "select '4111 1111 1111 1111' -- card",
+        ];
+        let mut protocol = Protocol::new(SampleLimits::default()).with_masker(Some(masker.clone()));
+        let mut seed: u64 = 7;
+        for _ in 0..2000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let text = texts[(seed >> 33) as usize % texts.len()];
+            if (seed >> 20) % 7 == 0 {
+                protocol.parameter("standard_conforming_strings", if (seed >> 40) % 2 == 0 { "on" } else { "off" });
+            }
+            let plain = mask::mask_statement_text(&masker, text, protocol.standard_strings).unwrap_or(text.to_string());
+            assert_eq!(protocol.recordable(text.to_string()), plain, "{text}");
+        }
     }
 
     #[test]
