@@ -1875,8 +1875,11 @@ mod tests {
         for _ in 0..2000 {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let text = texts[(seed >> 33) as usize % texts.len()];
-            if (seed >> 20) % 7 == 0 {
-                protocol.parameter("standard_conforming_strings", if (seed >> 40) % 2 == 0 { "on" } else { "off" });
+            if (seed >> 20).is_multiple_of(7) {
+                protocol.parameter(
+                    "standard_conforming_strings",
+                    if (seed >> 40).is_multiple_of(2) { "on" } else { "off" },
+                );
             }
             let plain = mask::mask_statement_text(&masker, text, protocol.standard_strings).unwrap_or(text.to_string());
             assert_eq!(protocol.recordable(text.to_string()), plain, "{text}");
