@@ -496,7 +496,7 @@ fn main() {
         stop(&mut deployed_bouncer);
         return;
     }
-    let targets: Vec<(&str, u16, &str, &str, Option<u32>)> = vec![
+    let targets: Vec<Compared<'_>> = vec![
         ("direct", cluster.port, "app", PASSWORD, None),
         ("tokio relay", relay, "app", PASSWORD, me),
         ("pgbouncer (session)", bouncer_port, "app", PASSWORD, Some(bouncer.id())),
@@ -514,23 +514,8 @@ fn main() {
         .into_iter()
         .filter(|(c, m)| only.as_deref().is_none_or(|only| only.split(',').any(|o| o == format!("{c}:{m}"))))
     {
-        let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
-        for round in 0..rounds {
-            for i in 0..targets.len() {
-                let index = (i + round) % targets.len();
-                let (_, port, user, password, pid) = targets[index];
-                let load = Load { clients, mode, seconds, script: None, sslmode: "disable" };
-                results[index].push(pgbench(&cluster, (port, user, password), &load, &logs, pid));
-                if port == proctor.port {
-                    // Sealing what this run recorded is part of its cost.
-                    let before = process_cpu_of(std::process::id());
-                    proctor.wait_for_sealer();
-                    let sealing = process_cpu_of(std::process::id()) - before;
-                    let run = results[index].last_mut().unwrap();
-                    run.proxy_cpu_us += sealing * 1e6 / (run.tps * seconds as f64).max(1.0);
-                }
-            }
-        }
+        let load = Load { clients, mode, seconds, script: None, sslmode: "disable" };
+        let results = alternate(&cluster, &targets, &load, rounds, &logs, &proctor);
         let tps: Vec<f64> = results.iter().map(|runs| median(runs.iter().map(|r| r.tps).collect())).collect();
         println!("\n{clients} client(s), {mode} protocol:");
         for (i, (name, ..)) in targets.iter().enumerate() {
@@ -548,11 +533,7 @@ fn main() {
         }
         // The machine's noise: Proctor against each baseline round by round
         // (a round runs every target once, back to back).
-        let per_round = |of: usize, baseline: usize| {
-            let mut ratios: Vec<f64> = results[of].iter().zip(&results[baseline]).map(|(p, b)| p.tps / b.tps).collect();
-            ratios.sort_by(f64::total_cmp);
-            format!("{:.3}-{:.3}", ratios[0], ratios[ratios.len() - 1])
-        };
+        let per_round = |of: usize, baseline: usize| per_round(&results[of], &results[baseline]);
         println!(
             "  proctor per round: {}x direct, {}x relay, {}x pgbouncer",
             per_round(3, 0),
@@ -600,28 +581,14 @@ fn main() {
     let wanted = |c: usize, m: &str| {
         only.as_deref().is_none_or(|only| only.split(',').any(|o| o == "deployed" || o == format!("deployed:{c}:{m}")))
     };
-    let deployed_targets: Vec<(&str, u16, &str, &str, Option<u32>)> = vec![
+    let deployed_targets: Vec<Compared<'_>> = vec![
         ("direct (TLS)", cluster.port, "app", PASSWORD, None),
         ("pgbouncer (TLS, session)", deployed_bouncer_port, "app", PASSWORD, Some(deployed_bouncer.id())),
         ("proctor (as deployed)", deployed.port, AGENT, SECRET, me),
     ];
     for (clients, mode) in loads.into_iter().filter(|(c, m)| wanted(*c, m)) {
-        let mut results: Vec<Vec<Run>> = deployed_targets.iter().map(|_| Vec::new()).collect();
-        for round in 0..rounds {
-            for i in 0..deployed_targets.len() {
-                let index = (i + round) % deployed_targets.len();
-                let (_, port, user, password, pid) = deployed_targets[index];
-                let load = Load { clients, mode, seconds, script: None, sslmode: "require" };
-                results[index].push(pgbench(&cluster, (port, user, password), &load, &logs, pid));
-                if port == deployed.port {
-                    let before = process_cpu_of(std::process::id());
-                    deployed.wait_for_sealer();
-                    let sealing = process_cpu_of(std::process::id()) - before;
-                    let run = results[index].last_mut().unwrap();
-                    run.proxy_cpu_us += sealing * 1e6 / (run.tps * seconds as f64).max(1.0);
-                }
-            }
-        }
+        let load = Load { clients, mode, seconds, script: None, sslmode: "require" };
+        let results = alternate(&cluster, &deployed_targets, &load, rounds, &logs, &deployed);
         let tps: Vec<f64> = results.iter().map(|runs| median(runs.iter().map(|r| r.tps).collect())).collect();
         println!(
             "\nas deployed (TLS both sides; Proctor under the demo agent's rules and masking), {clients} client(s), {mode} protocol:"
@@ -638,11 +605,7 @@ fn main() {
                 tps[i] / tps[1],
             );
         }
-        let per_round = |of: usize, baseline: usize| {
-            let mut ratios: Vec<f64> = results[of].iter().zip(&results[baseline]).map(|(p, b)| p.tps / b.tps).collect();
-            ratios.sort_by(f64::total_cmp);
-            format!("{:.3}-{:.3}", ratios[0], ratios[ratios.len() - 1])
-        };
+        let per_round = |of: usize, baseline: usize| per_round(&results[of], &results[baseline]);
         println!(
             "  per round: proctor {}x pgbouncer, {}x direct; pgbouncer {}x direct",
             per_round(2, 1),
@@ -697,6 +660,47 @@ fn main() {
     stop(&mut deployed_bouncer);
     drop(proctor);
     drop(deployed);
+}
+
+/// A target of a comparison: name, port, user, password, and the pid whose
+/// CPU is the proxy's (none for the server itself).
+type Compared<'a> = (&'a str, u16, &'a str, &'a str, Option<u32>);
+
+/// Runs `load` against every target, `rounds` times, each round starting one
+/// target later; runs through `proctor` are charged the CPU of sealing what
+/// they recorded. Runs by target.
+fn alternate(
+    cluster: &Cluster,
+    targets: &[Compared<'_>],
+    load: &Load<'_>,
+    rounds: usize,
+    logs: &Path,
+    proctor: &Proctor,
+) -> Vec<Vec<Run>> {
+    let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for i in 0..targets.len() {
+            let index = (i + round) % targets.len();
+            let (_, port, user, password, pid) = targets[index];
+            results[index].push(pgbench(cluster, (port, user, password), load, logs, pid));
+            if port == proctor.port {
+                // Sealing what this run recorded is part of its cost.
+                let before = process_cpu_of(std::process::id());
+                proctor.wait_for_sealer();
+                let sealing = process_cpu_of(std::process::id()) - before;
+                let run = results[index].last_mut().unwrap();
+                run.proxy_cpu_us += sealing * 1e6 / (run.tps * load.seconds as f64).max(1.0);
+            }
+        }
+    }
+    results
+}
+
+/// The lowest and highest ratio of `of` to `baseline`, round by round.
+fn per_round(of: &[Run], baseline: &[Run]) -> String {
+    let mut ratios: Vec<f64> = of.iter().zip(baseline).map(|(p, b)| p.tps / b.tps).collect();
+    ratios.sort_by(f64::total_cmp);
+    format!("{:.3}-{:.3}", ratios[0], ratios[ratios.len() - 1])
 }
 
 fn stop(child: &mut Child) {

@@ -117,20 +117,22 @@ async fn tokio_postgres_notifications_carry_the_pid_of_the_backend_that_sent_the
 /// seconds): a relay that stalls on some frame, type or size fails here
 /// instead of hanging the suite.
 fn random_types(conninfo: &str, seed: u64) -> String {
-    let mut child = Command::new("python3")
-        .arg(script("psycopg_types.py"))
-        .args([conninfo, &seed.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
-    let status = proctor_tests::wait_with_timeout(&mut child, Duration::from_secs(120));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let mut command = Command::new("python3");
+    command.arg(script("psycopg_types.py")).args([conninfo, &seed.to_string()]);
+    let (status, stdout, stderr) = run_within(command, Duration::from_secs(120));
     assert!(status.success(), "seed {seed}: {stderr}");
-    reader.join().unwrap()
+    stdout
+}
+
+/// Runs a command to its end, killed after `limit` (a hang fails the test
+/// instead of the suite); its status, stdout and stderr.
+fn run_within(mut command: Command, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = proctor_tests::wait_with_timeout(&mut child, limit);
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 #[test]
@@ -190,7 +192,7 @@ with psycopg.connect(sys.argv[1]) as conn:
         assert!(!shown.contains(secret), "{secret} reached the client: {shown}");
     }
     let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines[1..], ["None", "None", "{'plain': 'nothing here', 'n': 1500.0}"], "{shown}");
+    assert_eq!(lines, ["None", "None", "None", "{'plain': 'nothing here', 'n': 1500.0}"], "{shown}");
     for seed in [4, 5] {
         let expected = random_types(&direct, seed);
         let through = random_types(&proctor.conninfo("hana", APP_ROLE, "disable"), seed);
@@ -206,7 +208,8 @@ with psycopg.connect(sys.argv[1]) as conn:
 fn asyncpg_suite(port: u16, user: &str, password: &str) -> (Vec<String>, usize) {
     let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-suites/asyncpg-0.32.0");
     assert!(suite.join("tests").is_dir(), "{} is missing: run scripts/setup", suite.display());
-    let mut child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .args([
             "-m",
             "pytest",
@@ -236,14 +239,8 @@ fn asyncpg_suite(port: u16, user: &str, password: &str) -> (Vec<String>, usize) 
         .env("PGUSER", user)
         .env("PGPASSWORD", password)
         .env("PGDATABASE", "postgres")
-        .env("PGSSLMODE", "disable")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
-    proctor_tests::wait_with_timeout(&mut child, Duration::from_secs(900));
-    let output = reader.join().unwrap();
+        .env("PGSSLMODE", "disable");
+    let (_, output, _) = run_within(command, Duration::from_secs(900));
     let failed: Vec<String> = output
         .lines()
         .filter(|l| l.starts_with("FAILED ") || l.starts_with("ERROR "))

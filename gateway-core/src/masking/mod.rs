@@ -640,7 +640,8 @@ impl Masker {
     /// `None` if the masked text is still not JSON (a finding cut an escape
     /// sequence in two): the caller withholds the value.
     pub fn masked_json(&self, value: &str, findings: &[Finding], counts: &mut Counts) -> Option<String> {
-        let numbers = json_numbers(value);
+        let numbers: Vec<_> =
+            json_tokens(value).into_iter().filter(|(t, _)| *t == JsonToken::Number).map(|(_, r)| r).collect();
         let mut out = String::with_capacity(value.len() + 16);
         let mut at = 0;
         for f in findings {
@@ -692,38 +693,21 @@ impl Masker {
 /// escapes nor fractions or exponents (what detectors read of it is what the
 /// driver gets), or is not JSON.
 pub fn json_decoded(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let (mut decoded, mut differs, mut i) = (String::new(), false, 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-                let token = text.get(start..i.min(bytes.len()))?;
-                differs |= token.contains('\\');
-                decoded.push_str(&serde_json::from_str::<String>(token).ok()?);
-                decoded.push('\n');
+    let (mut decoded, mut differs) = (String::new(), false);
+    for (token, range) in json_tokens(text) {
+        let raw = text.get(range)?;
+        match token {
+            JsonToken::String => {
+                differs |= raw.contains('\\');
+                decoded.push_str(&serde_json::from_str::<String>(raw).ok()?);
             }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
-                    i += 1;
-                }
-                let token = &text[start..i];
-                if token.contains(['.', 'e', 'E']) {
-                    differs = true;
-                    decoded.push_str(&number_in_digits(token));
-                } else {
-                    decoded.push_str(token);
-                }
-                decoded.push('\n');
+            JsonToken::Number if raw.contains(['.', 'e', 'E']) => {
+                differs = true;
+                decoded.push_str(&number_in_digits(raw));
             }
-            _ => i += 1,
+            JsonToken::Number => decoded.push_str(raw),
         }
+        decoded.push('\n');
     }
     differs.then_some(decoded)
 }
@@ -752,31 +736,39 @@ fn number_in_digits(token: &str) -> String {
     format!("{sign}{integer}")
 }
 
-/// The byte ranges of a JSON text's numbers: runs of `-+.0-9eE` outside
-/// strings.
-fn json_numbers(text: &str) -> Vec<std::ops::Range<usize>> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JsonToken {
+    String,
+    Number,
+}
+
+/// The strings (with their quotes; to the end of the text if unterminated)
+/// and numbers (runs of `-+.0-9eE` outside strings) of a JSON text, in
+/// order, by byte range.
+fn json_tokens(text: &str) -> Vec<(JsonToken, std::ops::Range<usize>)> {
     let bytes = text.as_bytes();
-    let (mut numbers, mut i) = (Vec::new(), 0);
+    let (mut tokens, mut i) = (Vec::new(), 0);
     while i < bytes.len() {
+        let start = i;
         match bytes[i] {
             b'"' => {
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' {
                     i += if bytes[i] == b'\\' { 2 } else { 1 };
                 }
-                i += 1;
+                i = (i + 1).min(bytes.len());
+                tokens.push((JsonToken::String, start..i));
             }
             b'-' | b'0'..=b'9' => {
-                let start = i;
                 while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     i += 1;
                 }
-                numbers.push(start..i);
+                tokens.push((JsonToken::Number, start..i));
             }
             _ => i += 1,
         }
     }
-    numbers
+    tokens
 }
 
 #[cfg(test)]

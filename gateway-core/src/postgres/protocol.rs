@@ -383,7 +383,17 @@ impl Protocol {
         match mask::mask_statement_text(m, &text, self.standard_strings) {
             Some(masked) => masked,
             None => {
-                *self.nothing_to_mask.borrow_mut() = Some((self.standard_strings, text.clone()));
+                // The cache's buffer is reused: most texts that are not
+                // repeats (simple queries with their literals) cost no
+                // allocation here.
+                match &mut *self.nothing_to_mask.borrow_mut() {
+                    Some((standard, sql)) => {
+                        *standard = self.standard_strings;
+                        sql.clear();
+                        sql.push_str(&text);
+                    }
+                    empty => *empty = Some((self.standard_strings, text.clone())),
+                }
                 text
             }
         }
