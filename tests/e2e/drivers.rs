@@ -180,7 +180,7 @@ fn masked_random_values_stay_readable_to_the_driver() {
     // json document do not hide a secret from the detectors.
     let hidden = r#"import psycopg, sys
 with psycopg.connect(sys.argv[1]) as conn:
-    for doc in ['{"e":"ada\u0040example.com"}', '{"n": 4.111111111111111e15}', '{"u":"postgres:\/\/admin:hunter2@db\/x"}']:
+    for doc in [r'{"e":"ada\u0040example.com"}', r'{"n": 4.111111111111111e15}', r'{"u":"postgres:\/\/admin:hunter2@db\/x"}']:
         print(conn.execute("select %s::json", [doc]).fetchone()[0])
     print(conn.execute("select %s::json", ['{"plain": "nothing here", "n": 1.5e3}']).fetchone()[0])
 "#;

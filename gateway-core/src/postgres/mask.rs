@@ -619,6 +619,19 @@ match = "salary""#,
     }
 
     #[test]
+    fn json_with_a_secret_behind_an_escape_is_withheld() {
+        let mut columns = [column("doc", None, JSON, 0), column("b", None, JSONB, 1)];
+        let masker = masker();
+        plan(&mut columns, &masker);
+        let escaped = br#"{"e":"ada\u0040example.com"}"#;
+        let body = row(&[Some(escaped), Some(b"\x01{\"n\": 4.111111111111111e15}")]);
+        let mut counts = Counts::new();
+        let frame = data_row(&body, &columns, &masker, &mut counts).expect("withheld");
+        assert_eq!(&frame[5..], &[0, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "two NULLs");
+        assert_eq!(counts.get("json:escaped"), Some(&2));
+    }
+
+    #[test]
     fn rows_are_masked_by_column_rules_and_detectors_keeping_types() {
         let mut columns = [
             column("id", Some("customers"), 23, 1),
