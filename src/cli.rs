@@ -214,14 +214,23 @@ pub struct ReplayArgs {
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
-    /// The query, e.g. `"drop table" subject:ci-deploy since:7d`.
-    #[arg(value_name = "QUERY", default_value = "")]
+    /// The query, e.g. `"drop table" subject:ci-deploy since:7d` (it may
+    /// start with `-`: `-kind:parameter_status`).
+    #[arg(value_name = "QUERY", default_value = "", allow_hyphen_values = true)]
     pub query: String,
     #[command(flatten)]
     pub source: Source,
     /// Only events this recent (e.g. 30m, 12h, 7d, 2w).
     #[arg(long, value_name = "SPAN")]
     pub since: Option<String>,
+    /// Every event where this value passed masked with a keyed token (an
+    /// e-mail address, a card number...): the value is turned into its
+    /// token with the deployment's masking key, and the token searched for
+    /// (QUERY narrows it). `-` reads the value from stdin (kept out of the
+    /// shell's history). Only investigators may; the search is recorded
+    /// with the token, never the value.
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
     /// How many hits to print.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: usize,

@@ -39,6 +39,7 @@ fn control(store: SqlStore, live: Arc<LiveGrants>, session: ControlSession<Bench
         rules: None,
         masking_profile: None,
         masking_profiles: Default::default(),
+        sample_rows: None,
     };
     let offers =
         HashMap::from([("bench".to_string(), Offer { host: "127.0.0.1".into(), port, database: "app".into() })]);

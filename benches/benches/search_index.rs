@@ -3,7 +3,7 @@
 //!
 //! For each size: events are recorded (sealed segments); reading them all
 //! back is the baseline for indexing (the floor cost of any indexer);
-//! `reindex` builds the index; a fixed mix of 21 investigator queries runs
+//! `reindex` builds the index; a fixed mix of 29 investigator queries runs
 //! 10 times each (limit 20, with facets, as the search API runs them); one
 //! brute-force scan of the segments for a phrase is the baseline for a
 //! query.
@@ -24,13 +24,14 @@ use proctor_schemas::{EventBody, NewEvent, Timestamp};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// What investigators ask: words, phrases, fields, time, booleans.
+/// What investigators ask: words, phrases, fields, time, booleans; numeric
+/// ranges, networks, and conditions on sessions' starts and ends.
 const QUERIES: &[&str] = &[
     "\"drop table customers\"",
     "drop table",
     "subject:ci-deploy kind:statement",
-    "outcome:blocked",
-    "outcome:held since:7d",
+    "outcome:block",
+    "outcome:hold since:7d",
     "rule:ci.block-drop",
     "kind:error sqlstate:42501",
     "pg_read_file",
@@ -47,6 +48,14 @@ const QUERIES: &[&str] = &[
     "kind:session_start subject:alice@example.com",
     "since:1d kind:policy_decision",
     "subject:ci-deploy",
+    "kind:statement duration:>1s",
+    "kind:result rows:>=500",
+    "bytes:[1MB TO 10MB]",
+    "kind:statement outcome:allow rows:>0 (tag:INSERT OR tag:UPDATE OR tag:DELETE)",
+    "kind:statement end_reason:grant_expired",
+    "kind:session_start client:10.2.0.0/16",
+    "application:psql kind:statement",
+    "actor:*",
 ];
 
 fn du(path: &Path) -> u64 {

@@ -28,6 +28,9 @@ pub struct Identity {
     pub rules: Option<String>,
     /// When its access ends (milliseconds since the epoch), if it does.
     pub expires_at: Option<i64>,
+    /// Rows of each result its recording keeps (masked with its profile),
+    /// as its grant's policy sets them; `None`: the resource's setting.
+    pub sample_rows: Option<usize>,
 }
 
 /// Why a client was refused; the message reaches the client.
@@ -35,6 +38,11 @@ pub struct Identity {
 pub enum AuthError {
     #[error("{0}")]
     Refused(String),
+    /// Refused, although the user name named a known grant (a wrong
+    /// secret, a grant expired, revoked or for another resource): the
+    /// attempt is recorded under the grant and its subject.
+    #[error("{message}")]
+    RefusedGrant { message: String, grant_id: String, subject: String },
     #[error("authentication is unavailable: {0}")]
     Unavailable(String),
 }
@@ -90,6 +98,7 @@ impl Authenticator for SharedSecretAuthenticator {
             masking_profile: None,
             rules: None,
             expires_at: None,
+            sample_rows: None,
         })
     }
 }

@@ -82,6 +82,7 @@ async fn setup(pending_ttl: Duration) -> Setup {
         rules: None,
         masking_profile: None,
         masking_profiles: Default::default(),
+        sample_rows: None,
     };
     // People need two approvals from dba.
     let people = PolicyConfig {

@@ -27,6 +27,7 @@ const TEXT_COLUMNS: &[Column] = &[
     Column::Headers,
     Column::Body,
     Column::Data,
+    Column::Masked,
 ];
 
 /// Where a document comes from: the WAL file or segment number.
@@ -62,6 +63,11 @@ pub fn event_text(cells: &Cells<'_>) -> String {
                     line(&format!("{}: {}", header.name, header.value));
                 }
             }
+            Some(Value::Counts(counts)) => {
+                for count in counts {
+                    line(&format!("{}: {}", count.rule, count.count));
+                }
+            }
             // Bytes are searchable where they are text; binary frames are
             // not guessed at.
             Some(Value::Bytes(bytes)) => {
@@ -76,31 +82,147 @@ pub fn event_text(cells: &Cells<'_>) -> String {
 }
 
 /// What every document of a session shows of its `session_start`: the
-/// subject and resource, as columns (see [`crate::fields::SESSION_KEYWORDS`]
-/// for how queries on them are answered).
+/// subject, resource and grant, as columns (see
+/// [`crate::fields::SESSION_KEYWORDS`] for how queries on them are
+/// answered).
 #[derive(Clone, Debug, Default)]
 pub struct SessionContext {
     pub subject: Option<String>,
     pub resource: Option<String>,
+    pub grant: Option<String>,
+}
+
+fn text_of(cells: &Cells<'_>, column: Column) -> Option<String> {
+    match cells.get(column) {
+        Some(Value::Str(s)) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
 /// The describing values of a `session_start` event.
 pub fn session_context(cells: &Cells<'_>) -> SessionContext {
-    let text = |column| match cells.get(column) {
-        Some(Value::Str(s)) => Some(s.to_string()),
+    SessionContext {
+        subject: text_of(cells, Column::Subject),
+        resource: text_of(cells, Column::Resource),
+        grant: text_of(cells, Column::GrantId),
+    }
+}
+
+/// What became of a statement (or a prepared statement), from the events
+/// that answer it (its policy decision, its results or error, a copy it
+/// ran): indexed on the statement's own document, so that `kind:statement
+/// outcome:allow rows:>0` selects statements by their fate. A simple query
+/// of several statements has a result each: their tags are all kept, their
+/// rows, bytes and durations summed, the first error's SQLSTATE kept.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fate {
+    pub outcome: Option<String>,
+    pub rule: Option<String>,
+    pub review: Option<String>,
+    pub tags: Vec<String>,
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+    pub duration: Option<u64>,
+    pub sqlstate: Option<String>,
+    /// A result or error has answered it.
+    pub done: bool,
+    /// The answers taken in (by seq): none is counted twice.
+    seen: Vec<u64>,
+}
+
+impl Fate {
+    /// How many answers it has taken in.
+    pub fn answers(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The decision part alone: what an execution of a prepared statement
+    /// inherits from the decision on its Parse.
+    pub fn decision(&self) -> Fate {
+        Fate { outcome: self.outcome.clone(), rule: self.rule.clone(), review: self.review.clone(), ..Fate::default() }
+    }
+
+    /// Takes in what the answering event `seq` says. Returns whether the
+    /// fate changed. A statement answered without a recorded decision was
+    /// allowed (only refusals and holds, and runs after a review, are
+    /// recorded as decisions).
+    pub fn learn(&mut self, cells: &Cells<'_>, seq: u64) -> bool {
+        if self.seen.contains(&seq) {
+            return false;
+        }
+        self.seen.push(seq);
+        let number = |column| match cells.get(column) {
+            Some(Value::U64(n)) => Some(n),
+            _ => None,
+        };
+        let add = |slot: &mut Option<u64>, value: Option<u64>| {
+            if let Some(value) = value {
+                *slot = Some(slot.unwrap_or(0).saturating_add(value));
+            }
+        };
+        let kind = text_of(cells, Column::Kind);
+        if kind.as_deref() == Some("policy_decision") {
+            self.outcome = text_of(cells, Column::Outcome).or(self.outcome.take());
+            self.rule = text_of(cells, Column::Rule).or(self.rule.take());
+            self.review = text_of(cells, Column::ReviewId).or(self.review.take());
+        }
+        if let Some(tag) = text_of(cells, Column::CommandTag) {
+            self.tags.push(tag);
+        }
+        if self.sqlstate.is_none() {
+            self.sqlstate = text_of(cells, Column::Sqlstate);
+        }
+        // A copy's volume is its statement's result's too: counted once.
+        if kind.as_deref() != Some("copy") {
+            add(&mut self.rows, number(Column::RowCount));
+            add(&mut self.bytes, number(Column::ByteCount));
+            add(&mut self.duration, number(Column::DurationNs));
+        }
+        if matches!(kind.as_deref(), Some("result" | "error")) {
+            self.done = true;
+            if self.outcome.is_none() {
+                self.outcome = Some(proctor_schemas::PolicyOutcome::Allow.as_str().to_string());
+            }
+        }
+        true
+    }
+}
+
+/// A command tag's command: the tag without its counts (`INSERT 0 1` →
+/// `INSERT`, `ALTER TABLE` → `ALTER TABLE`).
+pub fn command_of(tag: &str) -> &str {
+    let mut command = tag.trim_end();
+    while let Some((head, last)) = command.rsplit_once(' ') {
+        if last.is_empty() || !last.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        command = head.trim_end();
+    }
+    command
+}
+
+/// A client address's host, without its port (`10.1.2.3:5544` →
+/// `10.1.2.3`, `[::1]:5544` → `::1`).
+pub fn host_of(address: &str) -> Option<&str> {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map(|(host, _)| host);
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => Some(host),
         _ => None,
-    };
-    SessionContext { subject: text(Column::Subject), resource: text(Column::Resource) }
+    }
 }
 
 /// An event's document, from its cells and its searchable text (its text
-/// columns, or what the indexer renders of terminal traffic).
+/// columns, or what the indexer renders of terminal traffic); a
+/// statement's with what became of it.
 pub fn document(
     fields: &Fields,
     cells: &Cells<'_>,
     source: Source,
     session: Option<&SessionContext>,
     text: &str,
+    fate: Option<&Fate>,
 ) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
     doc.add_text(fields.text, text);
@@ -114,24 +236,101 @@ pub fn document(
     if let Some(Value::U64(status)) = cells.get(Column::Status) {
         doc.add_u64(fields.status, status);
     }
-    for &(_, column, field) in &fields.keywords {
-        match cells.get(column) {
-            Some(Value::Str(s)) => doc.add_text(field, s),
-            Some(Value::StrList(list)) => {
-                for s in list {
-                    doc.add_text(field, s);
-                }
-            }
-            _ => continue,
+    if let Some(Value::I64(code)) = cells.get(Column::ExitCode) {
+        doc.add_i64(fields.exit_code, code);
+    }
+    let number = |column| match cells.get(column) {
+        Some(Value::U64(n)) => Some(n),
+        _ => None,
+    };
+    let fate = fate.cloned().unwrap_or_default();
+    for (field, value) in [
+        (fields.duration, number(Column::DurationNs).or(fate.duration)),
+        (fields.rows, number(Column::RowCount).or(fate.rows)),
+        (fields.bytes, number(Column::ByteCount).or(fate.bytes)),
+    ] {
+        if let Some(value) = value {
+            doc.add_u64(field, value);
         }
     }
-    if let Some(session) = session {
-        if let Some(subject) = &session.subject {
-            doc.add_text(fields.session_subject, subject);
+    for &(name, column, field) in &fields.keywords {
+        let mut add = |value: &str| {
+            doc.add_text(field, value);
+            match name {
+                "tag" if command_of(value) != value => doc.add_text(field, command_of(value)),
+                "client" => {
+                    if let Some(host) = host_of(value) {
+                        doc.add_text(field, host);
+                    }
+                }
+                _ => {}
+            }
+        };
+        match cells.get(column) {
+            Some(Value::Str(s)) => add(s),
+            Some(Value::StrList(list)) => {
+                for s in list {
+                    add(s);
+                }
+            }
+            _ if name == "rule"
+                && let Some(Value::Counts(counts)) = cells.get(Column::Masked) =>
+            {
+                // Which masking rules replaced values: `rule:email`.
+                for count in counts {
+                    add(&count.rule);
+                }
+            }
+            _ => {
+                let learned: Vec<&str> = match name {
+                    "outcome" => fate.outcome.as_deref().into_iter().collect(),
+                    "rule" => fate.rule.as_deref().into_iter().collect(),
+                    "review" => fate.review.as_deref().into_iter().collect(),
+                    "tag" => fate.tags.iter().map(String::as_str).collect(),
+                    "sqlstate" => fate.sqlstate.as_deref().into_iter().collect(),
+                    _ => Vec::new(),
+                };
+                for value in learned {
+                    add(value);
+                }
+            }
         }
-        if let Some(resource) = &session.resource {
-            doc.add_text(fields.session_resource, resource);
+    }
+    // What the hit shows: the event's own names where it has them.
+    let own = |column| text_of(cells, column);
+    let session = session.cloned().unwrap_or_default();
+    for (field, value) in [
+        (fields.session_subject, own(Column::Subject).or(session.subject)),
+        (fields.session_resource, own(Column::Resource).or(session.resource)),
+        (fields.session_grant, own(Column::GrantId).or(session.grant)),
+    ] {
+        if let Some(value) = value {
+            doc.add_text(field, value);
         }
     }
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_is_found_by_its_command() {
+        assert_eq!(command_of("INSERT 0 1"), "INSERT");
+        assert_eq!(command_of("UPDATE 3"), "UPDATE");
+        assert_eq!(command_of("ALTER TABLE"), "ALTER TABLE");
+        assert_eq!(command_of("SELECT 0"), "SELECT");
+        assert_eq!(command_of("COPY 12"), "COPY");
+        assert_eq!(command_of("42"), "42");
+    }
+
+    #[test]
+    fn a_client_is_found_by_its_host() {
+        assert_eq!(host_of("10.1.2.3:5544"), Some("10.1.2.3"));
+        assert_eq!(host_of("[::1]:5544"), Some("::1"));
+        assert_eq!(host_of("[fe80::1%eth0]:22"), Some("fe80::1%eth0"));
+        assert_eq!(host_of("::1"), None);
+        assert_eq!(host_of("/tmp/.s.PGSQL.5432"), None);
+    }
 }

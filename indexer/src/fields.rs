@@ -4,7 +4,7 @@ use tantivy::schema::{FAST, Field, IndexRecordOption, NumericOptions, Schema, Te
 
 /// Bumped when the schema or what goes into a document changes: an index of
 /// another version is rebuilt from the segments.
-pub const INDEX_VERSION: u32 = 3;
+pub const INDEX_VERSION: u32 = 4;
 
 /// Keyword fields: exact values, filterable with `field:value`. (name in
 /// queries, column it comes from)
@@ -35,33 +35,74 @@ pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
         ("tag", C::CommandTag),
         ("statement_name", C::StatementName),
         ("target_session", C::TargetSession),
+        ("tls", C::Tls),
+        ("profile", C::MaskingProfile),
     ]
 };
 
-/// Keywords kept as columns too (fast fields): what a hit shows, what facets
-/// count, and what aggregations run over (with `time`, `seq`, `status` and
-/// the session columns below). `group` and `grant` are filterable but not
-/// columns: nothing aggregates over them.
-pub const COLUMNAR: &[&str] = &["session", "kind", "outcome", "rule", "sqlstate"];
-
+/// Every keyword is a column too (a fast field): what a hit shows, what
+/// facets count, and what `field:*` reads. Sparse columns (a value on a few
+/// kinds of events) cost little.
+///
 /// `session` is a column only, not a term index: every document has one, in
 /// long runs, which postings hold poorly; `session:ID` reads the column (see
 /// `query`).
 pub const COLUMN_ONLY: &[&str] = &["session"];
 
 /// Keywords that describe a whole session, recorded once in its
-/// `session_start`. Only that event's document holds them: a query on one
-/// (`subject:ci-deploy kind:statement`) is resolved to the sessions it names
-/// first, then matches every event of those sessions (see `query`). Carrying
-/// them onto every document instead made them a fifth of the index: postings
-/// of long runs of documents compress poorly.
-pub const SESSION_KEYWORDS: &[&str] = &["protocol", "resource", "subject", "group", "grant"];
+/// `session_start` (or, for `end_reason`, its `session_end`). Only that
+/// event's document holds them: a query on one (`subject:ci-deploy
+/// kind:statement`) is resolved to the sessions it names first, then
+/// matches every event of those sessions (see `query`). Carrying them onto
+/// every document instead made them a fifth of the index: postings of long
+/// runs of documents compress poorly.
+pub const SESSION_KEYWORDS: &[&str] = &[
+    "protocol",
+    "resource",
+    "subject",
+    "group",
+    "grant",
+    "client",
+    "user",
+    "database",
+    "application",
+    "tls",
+    "profile",
+    "end_reason",
+];
 
-/// The session's subject and resource as columns of every document: what a
-/// hit shows and what the subject and resource facets count. Not searchable
-/// by these names (queries use `subject:` and `resource:`).
+/// What a hit shows of who and what it concerns, as columns of every
+/// document: the event's own subject, resource and grant where it carries
+/// them (a grant or review event names its own), else its session's. What
+/// the subject and resource facets count. Not searchable by these names
+/// (queries use `subject:`, `resource:` and `grant:`).
 pub const SESSION_SUBJECT_COLUMN: &str = "session_subject";
 pub const SESSION_RESOURCE_COLUMN: &str = "session_resource";
+pub const SESSION_GRANT_COLUMN: &str = "session_grant";
+
+/// Numeric fields: compared with `field:>N`, `field:[A TO B]`, `field:N`.
+/// (name in queries, unit its values are read in)
+pub const NUMBERS: &[(&str, Unit)] = &[
+    ("duration", Unit::Duration),
+    ("rows", Unit::Count),
+    ("bytes", Unit::Bytes),
+    ("exit_code", Unit::Signed),
+    ("seq", Unit::Count),
+    ("status", Unit::Count),
+];
+
+/// How a numeric field's values are written in queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Nanoseconds in the index; a query gives a unit: `500ms`, `1s`, `2m`.
+    Duration,
+    /// Bytes; `B`, `KB`, `MB`, `GB` (powers of 1000) or `KiB`, `MiB`, `GiB`.
+    Bytes,
+    /// A whole number.
+    Count,
+    /// A whole number that may be negative.
+    Signed,
+}
 
 /// The fields, resolved once.
 #[derive(Clone, Debug)]
@@ -82,6 +123,15 @@ pub struct Fields {
     pub keywords: Vec<(&'static str, proctor_schemas::Column, Field)>,
     pub session_subject: Field,
     pub session_resource: Field,
+    pub session_grant: Field,
+    /// Nanoseconds a statement, result or response took.
+    pub duration: Field,
+    /// Rows a statement returned or changed (its result's), a copy moved.
+    pub rows: Field,
+    /// Bytes of a result, copy, body or frame.
+    pub bytes: Field,
+    /// A command's exit status.
+    pub exit_code: Field,
 }
 
 impl Fields {
@@ -97,7 +147,7 @@ impl Fields {
         let seq = builder.add_u64_field("seq", FAST);
         let time = builder.add_i64_field("time", FAST);
         let status = builder.add_u64_field("status", NumericOptions::default().set_indexed().set_fast());
-        let file = builder.add_u64_field("file", NumericOptions::default().set_indexed());
+        let file = builder.add_u64_field("file", NumericOptions::default().set_indexed().set_fast());
         let exact = TextFieldIndexing::default()
             .set_tokenizer("raw")
             .set_index_option(IndexRecordOption::Basic)
@@ -105,20 +155,38 @@ impl Fields {
         let keywords = KEYWORDS
             .iter()
             .map(|&(name, column)| {
-                let mut options = TextOptions::default();
+                let mut options = TextOptions::default().set_fast("raw");
                 if !COLUMN_ONLY.contains(&name) {
                     options = options.set_indexing_options(exact.clone());
-                }
-                if COLUMNAR.contains(&name) {
-                    options = options.set_fast("raw");
                 }
                 (name, column, builder.add_text_field(name, options))
             })
             .collect();
         let column = TextOptions::default().set_fast("raw");
         let session_subject = builder.add_text_field(SESSION_SUBJECT_COLUMN, column.clone());
-        let session_resource = builder.add_text_field(SESSION_RESOURCE_COLUMN, column);
-        Fields { schema: builder.build(), text, seq, time, status, file, keywords, session_subject, session_resource }
+        let session_resource = builder.add_text_field(SESSION_RESOURCE_COLUMN, column.clone());
+        let session_grant = builder.add_text_field(SESSION_GRANT_COLUMN, column);
+        // Compared by range over their columns: no term index needed.
+        let duration = builder.add_u64_field("duration", FAST);
+        let rows = builder.add_u64_field("rows", FAST);
+        let bytes = builder.add_u64_field("bytes", FAST);
+        let exit_code = builder.add_i64_field("exit_code", FAST);
+        Fields {
+            schema: builder.build(),
+            text,
+            seq,
+            time,
+            status,
+            file,
+            keywords,
+            session_subject,
+            session_resource,
+            session_grant,
+            duration,
+            rows,
+            bytes,
+            exit_code,
+        }
     }
 
     /// Milliseconds for the `time` column from nanoseconds.

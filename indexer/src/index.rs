@@ -20,8 +20,8 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::directory::IndexDirectory;
-use crate::document::{SessionContext, Source, document, event_text, session_context};
-use crate::fields::{Fields, INDEX_VERSION, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
+use crate::document::{Fate, SessionContext, Source, document, event_text, session_context};
+use crate::fields::{Fields, INDEX_VERSION, SESSION_GRANT_COLUMN, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 use crate::search::keyword_column;
 use crate::terminal::{LineEditor, render_output};
 use crate::{IndexError, Result};
@@ -185,11 +185,25 @@ struct Starts<'a> {
 }
 
 /// A reader of the committed index, opened on the first lookup and brought
-/// up to date once per round.
+/// up to date once per round; and who each grant seen is for.
 #[derive(Default)]
 struct Committed {
     reader: Option<IndexReader>,
     fresh: bool,
+    grants: HashMap<String, SessionContext>,
+}
+
+/// Grants whose names are kept in memory, at most (others are read from
+/// the index when needed).
+const GRANTS_KEPT: usize = 100_000;
+
+impl Committed {
+    fn learn(&mut self, grant: &str, names: SessionContext) {
+        if self.grants.len() >= GRANTS_KEPT {
+            self.grants.clear();
+        }
+        self.grants.insert(grant.to_string(), names);
+    }
 }
 
 impl Starts<'_> {
@@ -204,6 +218,117 @@ impl Starts<'_> {
     }
 
     fn in_index(&mut self, fields: &Fields, id: &str) -> Result<Option<SessionContext>> {
+        let Some(kind) = fields.keyword("kind").map(|f| Term::from_field_text(f, EventKind::SessionStart.as_str()))
+        else {
+            return Ok(None);
+        };
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (Occur::Must, Box::new(TermQuery::new(kind, IndexRecordOption::Basic)) as Box<dyn Query>),
+            (Occur::Must, Box::new(crate::query::of_sessions(vec![id.to_string()], true))),
+        ]);
+        self.names_in_index(&query)
+    }
+
+    /// Who a grant is for (its subject and resource): learned from the
+    /// events that name both (its request, its sessions' starts), else
+    /// read from its request's document in the committed index.
+    fn grant_names(&mut self, fields: &Fields, grant: &str) -> Result<Option<SessionContext>> {
+        if let Some(names) = self.committed.grants.get(grant) {
+            return Ok(Some(names.clone()));
+        }
+        let (Some(kind), Some(field)) = (fields.keyword("kind"), fields.keyword("grant")) else { return Ok(None) };
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(kind, EventKind::GrantRequested.as_str()),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn Query>,
+            ),
+            (Occur::Must, Box::new(TermQuery::new(Term::from_field_text(field, grant), IndexRecordOption::Basic))),
+        ]);
+        let names = self.names_in_index(&query)?;
+        if let Some(names) = &names {
+            self.committed.learn(grant, names.clone());
+        }
+        Ok(names)
+    }
+
+    /// A statement this stream no longer holds, with what became of it up
+    /// to the answer `upto`, read again from the recording; and the file
+    /// its document in the committed index came from. `None` when its
+    /// document is not in the committed index.
+    fn refate(
+        &mut self,
+        fields: &Fields,
+        session: SessionId,
+        id: &str,
+        seq: u64,
+        upto: u64,
+    ) -> Result<Option<(Event, u64, Fate)>> {
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (Occur::Must, Box::new(seq_query(fields, seq)) as Box<dyn Query>),
+            (Occur::Must, Box::new(crate::query::of_sessions(vec![id.to_string()], true))),
+        ]);
+        let Some(file) = self.in_index_column(&query, "file")? else { return Ok(None) };
+        let mut statement = None;
+        let mut fate = Fate::default();
+        let mut id_text = SessionIdText::default();
+        self.recording.for_each_session_event(session, seq, |event| {
+            if event.seq > upto {
+                return Ok(std::ops::ControlFlow::Break(()));
+            }
+            if event.seq == seq {
+                if matches!(event.body, EventBody::Statement(_) | EventBody::Prepare(_)) {
+                    statement = Some(event);
+                }
+                return Ok(std::ops::ControlFlow::Continue(()));
+            }
+            let cells = event.cells(&mut id_text);
+            if matches!(cells.get(Column::RefSeq), Some(Value::U64(r)) if r == seq) {
+                fate.learn(&cells, event.seq);
+            }
+            Ok(std::ops::ControlFlow::Continue(()))
+        })?;
+        Ok(statement.map(|statement| (statement, file, fate)))
+    }
+
+    /// The decision on the latest Parse of `name` in session `id` before
+    /// `seq`, from its document in the committed index (none found: none).
+    fn prepared_decision(&mut self, fields: &Fields, id: &str, name: &str, seq: u64) -> Result<Option<(u64, Fate)>> {
+        let (Some(kind), Some(named)) = (fields.keyword("kind"), fields.keyword("statement_name")) else {
+            return Ok(None);
+        };
+        let term = |field, value: &str| {
+            Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+        };
+        let before = tantivy::query::RangeQuery::new(
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Excluded(Term::from_field_u64(fields.seq, seq)),
+        );
+        let query = tantivy::query::BooleanQuery::new(vec![
+            (Occur::Must, term(kind, EventKind::Prepare.as_str()) as Box<dyn Query>),
+            (Occur::Must, term(named, name)),
+            (Occur::Must, Box::new(before)),
+            (Occur::Must, Box::new(crate::query::of_sessions(vec![id.to_string()], true))),
+        ]);
+        self.with_searcher(|searcher| {
+            let latest =
+                tantivy::collector::TopDocs::with_limit(1).order_by_fast_field::<u64>("seq", tantivy::Order::Desc);
+            let Some((Some(parse_seq), address)) = searcher.search(&query, &latest)?.into_iter().next() else {
+                return Ok(None);
+            };
+            let columns = searcher.segment_reader(address.segment_ord).fast_fields();
+            let mut fate = Fate::default();
+            fate.outcome = keyword_column(columns, "outcome", address.doc_id)?;
+            fate.rule = keyword_column(columns, "rule", address.doc_id)?;
+            fate.review = keyword_column(columns, "review", address.doc_id)?;
+            Ok(Some((parse_seq, fate)))
+        })
+    }
+
+    /// Runs `f` over the committed index, brought up to date once a round.
+    fn with_searcher<T>(&mut self, f: impl FnOnce(&tantivy::Searcher) -> Result<T>) -> Result<T> {
         let reader = match self.committed.reader.take() {
             Some(reader) => reader,
             None => self.index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?,
@@ -212,26 +337,35 @@ impl Starts<'_> {
             reader.reload()?;
             self.committed.fresh = true;
         }
-        let searcher = reader.searcher();
-        let kind = fields.keyword("kind").map(|f| Term::from_field_text(f, EventKind::SessionStart.as_str()));
-        let Some(kind) = kind else { return Ok(None) };
-        let query = tantivy::query::BooleanQuery::new(vec![
-            (Occur::Must, Box::new(TermQuery::new(kind, IndexRecordOption::Basic)) as Box<dyn Query>),
-            (Occur::Must, Box::new(crate::query::of_sessions(vec![id.to_string()], true))),
-        ]);
-        let found = searcher.search(&query, &DocSetCollector)?;
-        let context = match found.into_iter().next() {
-            Some(address) => {
-                let columns = searcher.segment_reader(address.segment_ord).fast_fields();
-                Some(SessionContext {
-                    subject: keyword_column(columns, SESSION_SUBJECT_COLUMN, address.doc_id)?,
-                    resource: keyword_column(columns, SESSION_RESOURCE_COLUMN, address.doc_id)?,
-                })
-            }
-            None => None,
-        };
+        let answer = f(&reader.searcher());
         self.committed.reader = Some(reader);
-        Ok(context)
+        answer
+    }
+
+    /// A numeric column of the first document a query finds in the
+    /// committed index.
+    fn in_index_column(&mut self, query: &dyn Query, column: &str) -> Result<Option<u64>> {
+        self.with_searcher(|searcher| {
+            Ok(match searcher.search(query, &DocSetCollector)?.into_iter().next() {
+                Some(address) => {
+                    searcher.segment_reader(address.segment_ord).fast_fields().u64(column)?.first(address.doc_id)
+                }
+                None => None,
+            })
+        })
+    }
+
+    /// What the first document a query finds shows of who and what.
+    fn names_in_index(&mut self, query: &dyn Query) -> Result<Option<SessionContext>> {
+        self.with_searcher(|searcher| {
+            let Some(address) = searcher.search(query, &DocSetCollector)?.into_iter().next() else { return Ok(None) };
+            let columns = searcher.segment_reader(address.segment_ord).fast_fields();
+            Ok(Some(SessionContext {
+                subject: keyword_column(columns, SESSION_SUBJECT_COLUMN, address.doc_id)?,
+                resource: keyword_column(columns, SESSION_RESOURCE_COLUMN, address.doc_id)?,
+                grant: keyword_column(columns, SESSION_GRANT_COLUMN, address.doc_id)?,
+            }))
+        })
     }
 }
 
@@ -250,29 +384,172 @@ pub struct Indexer {
 }
 
 /// Per-session state of one stream of events (the sealed segments, or the
-/// WAL tail): the session's describing values and the line being typed.
+/// WAL tail): the session's describing values, the line being typed, and
+/// the statements waiting for what becomes of them.
 #[derive(Default)]
 struct Sessions {
     context: HashMap<String, SessionContext>,
     editors: HashMap<String, LineEditor>,
+    /// By session: statements and prepared statements waiting for their
+    /// answers, and the last few answered (a simple query of several
+    /// statements has several results; pipelined queries answer late).
+    statements: HashMap<String, Vec<Pending>>,
+    /// By session and prepared statement name: the latest Parse this
+    /// stream read (its seq) and the decision on it, which its executions
+    /// inherit.
+    prepared: HashMap<(String, String), (u64, Fate)>,
+    /// Decisions on Parses learned from the recording (by session and the
+    /// Parse's seq), fresher than the committed index may be.
+    decided: HashMap<(String, u64), Fate>,
+    /// The tail's only: what became of statements it saw answered, until
+    /// the sealed stream reads their answers too. A segment that replaces
+    /// a WAL file's documents may end before a statement's answer (read
+    /// from the next WAL file already): the statement goes back in with
+    /// what the tail knew, not without it.
+    answered: HashMap<(String, u64), Fate>,
 }
 
-/// An event's document. `seed` is the sealed stream's state, from which a
-/// tail session not seen before starts.
-fn event_document(
+/// A statement (or prepared statement) and what became of it so far. Its
+/// document waits while answers may still come in the same round: until
+/// the next statement of its session, its session's end, or the end of the
+/// segment or round; then it goes in, and an answer read later replaces it
+/// (see [`Op::Replace`]).
+#[derive(Clone)]
+struct Pending {
+    seq: u64,
+    event: Event,
+    text: String,
+    source: Source,
+    fate: Fate,
+    added: bool,
+}
+
+impl Pending {
+    fn is_prepare(&self) -> bool {
+        matches!(self.event.body, EventBody::Prepare(_))
+    }
+}
+
+/// Statements kept per session once their documents are in, for answers
+/// that come late (older ones are completed from the recording).
+const KEPT_PER_SESSION: usize = 16;
+/// Statements kept waiting in all, at most: past it, every waiting
+/// document goes in and those in are forgotten (completed from the
+/// recording if an answer comes).
+const PENDING_MAX: usize = 100_000;
+
+/// What indexing an event does to the index.
+enum Op {
+    Add(TantivyDocument),
+    /// A statement document already in the index, replaced by one that
+    /// knows what became of it: (session, seq, file) name the old one.
+    Replace(String, u64, u64, TantivyDocument),
+}
+
+fn statement_doc(fields: &Fields, pending: &Pending, context: Option<&SessionContext>) -> TantivyDocument {
+    let mut id = SessionIdText::default();
+    let cells = pending.event.cells(&mut id);
+    document(fields, &cells, pending.source, context, &pending.text, Some(&pending.fate))
+}
+
+impl Sessions {
+    /// Puts in the documents of waiting statements (of one session, or
+    /// all) as they are — or as `answered` knows them — at a session's end,
+    /// at the end of a segment or round, and when the map is full.
+    fn flush(
+        &mut self,
+        fields: &Fields,
+        session: Option<&str>,
+        ops: &mut Vec<Op>,
+        answered: Option<&HashMap<(String, u64), Fate>>,
+    ) {
+        let mut ids: Vec<String> = match session {
+            Some(id) => vec![id.to_string()],
+            None => self.statements.keys().cloned().collect(),
+        };
+        ids.sort_unstable();
+        for id in ids {
+            let Some(list) = self.statements.get_mut(&id) else { continue };
+            for pending in list.iter_mut().filter(|p| !p.added) {
+                take_known(pending, &id, answered);
+                ops.push(Op::Add(statement_doc(fields, pending, self.context.get(&id))));
+                pending.added = true;
+            }
+        }
+        if let Some(id) = session {
+            self.statements.remove(id);
+            self.prepared.retain(|(session, _), _| session != id);
+            self.decided.retain(|(session, _), _| session != id);
+        }
+        if self.statements.values().map(Vec::len).sum::<usize>() > PENDING_MAX {
+            tracing::warn!(
+                "too many statements wait for their results; answers read later are completed from the recording"
+            );
+            self.flush(fields, None, ops, answered);
+            self.statements.clear();
+        }
+    }
+
+    /// Before a session's next statement: the documents of its statements
+    /// already answered go in (no more answers are expected before it, but
+    /// a few are kept for pipelined queries), and prepared statements that
+    /// are in already are let go.
+    fn settle(
+        &mut self,
+        fields: &Fields,
+        id: &str,
+        ops: &mut Vec<Op>,
+        answered: Option<&HashMap<(String, u64), Fate>>,
+    ) {
+        let Some(list) = self.statements.get_mut(id) else { return };
+        for pending in list.iter_mut().filter(|p| !p.added && p.fate.done) {
+            take_known(pending, id, answered);
+            ops.push(Op::Add(statement_doc(fields, pending, self.context.get(id))));
+            pending.added = true;
+        }
+        list.retain(|p| !(p.added && p.is_prepare()));
+        let settled = list.iter().filter(|p| p.added && p.fate.done).count();
+        let mut excess = settled.saturating_sub(KEPT_PER_SESSION);
+        list.retain(|p| {
+            let drop = excess > 0 && p.added && p.fate.done;
+            excess -= usize::from(drop);
+            !drop
+        });
+    }
+}
+
+/// What the tail knows of a statement, where it knows more (it reads
+/// ahead of the sealed stream).
+fn take_known(pending: &mut Pending, id: &str, answered: Option<&HashMap<(String, u64), Fate>>) {
+    if let Some(known) = answered.and_then(|a| a.get(&(id.to_string(), pending.seq)))
+        && known.answers() > pending.fate.answers()
+    {
+        pending.fate = known.clone();
+    }
+}
+
+/// An event's documents. `seed` is the sealed stream's state, from which a
+/// tail session not seen before starts; `answered`, for the sealed stream,
+/// what the tail saw answered.
+#[allow(clippy::too_many_arguments)]
+fn event_operations(
     state: &mut Sessions,
     seed: Option<&Sessions>,
+    answered: Option<&HashMap<(String, u64), Fate>>,
     starts: &mut Starts<'_>,
     fields: &Fields,
     event: &Event,
     source: Source,
     id_buf: &mut SessionIdText,
-) -> Result<TantivyDocument> {
+    ops: &mut Vec<Op>,
+) -> Result<()> {
     let cells = event.cells(id_buf);
     let id = match cells.get(Column::SessionId) {
         Some(Value::Str(id)) => id,
         _ => "",
-    };
+    }
+    .to_string();
+    let id = id.as_str();
     // The session's describing values: its own for a start; else known;
     // else looked up (started before this indexer ran).
     if matches!(event.body, EventBody::SessionStart(_)) {
@@ -283,6 +560,35 @@ fn event_document(
             None => starts.context(fields, event.session_id, id)?,
         };
         state.context.insert(id.to_string(), context);
+    }
+    // A control event names a grant (a review of a held statement, a
+    // grant's decision): it shows the grant's subject and resource, not the
+    // control session's, and is found by them. Who a grant is for is
+    // learned from its own events (a refused login names a grant and a
+    // resource it may not be for).
+    let text_cell = |column| match cells.get(column) {
+        Some(Value::Str(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let (own_subject, own_grant) = (text_cell(Column::Subject), text_cell(Column::GrantId));
+    let mut shown = state.context.get(id).cloned();
+    let mut named_by_grant = false;
+    if let Some(grant) = &own_grant {
+        let kind = event.body.kind();
+        if own_subject.is_some() && kind.as_str().starts_with("grant_") {
+            let names = SessionContext {
+                subject: own_subject.clone(),
+                resource: text_cell(Column::Resource),
+                grant: Some(grant.clone()),
+            };
+            starts.committed.learn(grant, names);
+        } else if own_subject.is_none()
+            && shown.as_ref().and_then(|c| c.grant.as_deref()) != Some(grant.as_str())
+            && let Some(names) = starts.grant_names(fields, grant)?
+        {
+            shown = Some(names);
+            named_by_grant = true;
+        }
     }
     let text = match &event.body {
         EventBody::TerminalInput(input) => {
@@ -295,12 +601,160 @@ fn event_document(
         EventBody::TerminalOutput(output) => render_output(&output.data),
         _ => event_text(&cells),
     };
-    let doc = document(fields, &cells, source, state.context.get(id), &text);
+    if let EventBody::Statement(_) | EventBody::Prepare(_) = &event.body {
+        state.settle(fields, id, ops, answered);
+        if let EventBody::Prepare(prepare) = &event.body {
+            // A new Parse of a name replaces the statement prepared under it
+            // (not decided on, until a decision says otherwise).
+            state.prepared.insert((id.to_string(), prepare.statement_name.clone()), (event.seq, Fate::default()));
+        }
+        // An execution of a prepared statement inherits its Parse's decision.
+        let fate = match &event.body {
+            EventBody::Statement(statement) if let Some(name) = &statement.statement_name => {
+                let key = (id.to_string(), name.clone());
+                if !state.prepared.contains_key(&key) {
+                    // Prepared before this stream began (an indexer
+                    // restarted): its Parse's decision is read from the index.
+                    let parse = match seed.and_then(|s| s.prepared.get(&key)) {
+                        Some(parse) => Some(parse.clone()),
+                        None => parse_decision(state, starts, fields, id, name, event.seq)?,
+                    };
+                    if let Some(parse) = parse {
+                        state.prepared.insert(key.clone(), parse);
+                    }
+                }
+                state.prepared.get(&key).map(|(_, fate)| fate.decision()).unwrap_or_default()
+            }
+            _ => Fate::default(),
+        };
+        let pending = Pending { seq: event.seq, event: event.clone(), text, source, fate, added: false };
+        state.statements.entry(id.to_string()).or_default().push(pending);
+        return Ok(());
+    }
+    let answers = matches!(
+        event.body,
+        EventBody::PolicyDecision(_) | EventBody::Result(_) | EventBody::Error(_) | EventBody::Copy(_)
+    );
+    if answers && let Some(Value::U64(statement)) = cells.get(Column::RefSeq) {
+        answer(state, seed, answered, starts, fields, event, &cells, id, statement, ops)?;
+    }
+    let mut doc_context = shown;
+    if named_by_grant && let Some(names) = doc_context.as_mut() {
+        // Found by the grant's names too (`subject:bob` finds the review
+        // of a statement bob's grant held).
+        names.grant = own_grant.clone();
+    }
+    let mut doc = document(fields, &cells, source, doc_context.as_ref(), &text, None);
+    if named_by_grant && let Some(names) = &doc_context {
+        for (name, value) in [("subject", &names.subject), ("resource", &names.resource)] {
+            if let (Some(field), Some(value)) = (fields.keyword(name), value) {
+                doc.add_text(field, value);
+            }
+        }
+    }
+    ops.push(Op::Add(doc));
     if matches!(event.body, EventBody::SessionEnd(_)) {
+        state.flush(fields, Some(id), ops, answered);
         state.context.remove(id);
         state.editors.remove(id);
     }
-    Ok(doc)
+    Ok(())
+}
+
+/// The latest Parse of `name` before `seq` in session `id` and the
+/// decision on it: from the committed index, made fresher by what this
+/// stream learned of it from the recording.
+fn parse_decision(
+    state: &Sessions,
+    starts: &mut Starts<'_>,
+    fields: &Fields,
+    id: &str,
+    name: &str,
+    seq: u64,
+) -> Result<Option<(u64, Fate)>> {
+    Ok(starts.prepared_decision(fields, id, name, seq)?.map(|(parse, fate)| {
+        let fresher = state.decided.get(&(id.to_string(), parse)).cloned();
+        (parse, fresher.unwrap_or(fate))
+    }))
+}
+
+/// An answer (a decision, a result, an error, a copy) to statement `seq`
+/// of session `id`: the statement learns it; its document, if in already,
+/// is replaced. A statement this stream no longer holds (an indexer
+/// restarted, or a statement long answered) is completed from the
+/// recording.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    state: &mut Sessions,
+    seed: Option<&Sessions>,
+    answered: Option<&HashMap<(String, u64), Fate>>,
+    starts: &mut Starts<'_>,
+    fields: &Fields,
+    event: &Event,
+    cells: &proctor_schemas::Cells<'_>,
+    id: &str,
+    seq: u64,
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    let held = state.statements.get(id).is_some_and(|list| list.iter().any(|p| p.seq == seq));
+    if !held && let Some(seeded) = seed.and_then(|s| s.statements.get(id)).and_then(|l| l.iter().find(|p| p.seq == seq))
+    {
+        // The sealed stream's (its document is in: segments end flushed).
+        let seeded = Pending { added: true, ..seeded.clone() };
+        state.statements.entry(id.to_string()).or_default().push(seeded);
+    }
+    let context = state.context.get(id);
+    let Some(pending) = state.statements.get_mut(id).and_then(|l| l.iter_mut().find(|p| p.seq == seq)) else {
+        // Not held: completed from the recording, if its document is in.
+        if let Some((statement, file, mut fate)) = starts.refate(fields, event.session_id, id, seq, event.seq)? {
+            // An execution's decision is its Parse's.
+            if let EventBody::Statement(execute) = &statement.body
+                && let Some(name) = &execute.statement_name
+            {
+                let decided = parse_decision(state, starts, fields, id, name, seq)?.map(|(_, f)| f).unwrap_or_default();
+                if decided.outcome.is_some() {
+                    (fate.outcome, fate.rule, fate.review) = (decided.outcome, decided.rule, decided.review);
+                }
+            }
+            if seed.is_some() && fate.done {
+                state.answered.insert((id.to_string(), seq), fate.clone());
+            }
+            if let EventBody::Prepare(prepare) = &statement.body {
+                state.decided.insert((id.to_string(), seq), fate.decision());
+                if let Some(latest) = state.prepared.get_mut(&(id.to_string(), prepare.statement_name.clone()))
+                    && latest.0 == seq
+                {
+                    latest.1 = fate.decision();
+                }
+            }
+            let mut id_text = SessionIdText::default();
+            let statement_cells = statement.cells(&mut id_text);
+            let text = event_text(&statement_cells);
+            let doc = document(fields, &statement_cells, Source { file }, context, &text, Some(&fate));
+            ops.push(Op::Replace(id.to_string(), seq, file, doc));
+        }
+        return Ok(());
+    };
+    if !pending.fate.learn(cells, event.seq) {
+        return Ok(());
+    }
+    if let EventBody::Prepare(prepare) = &pending.event.body
+        && matches!(event.body, EventBody::PolicyDecision(_))
+    {
+        state.prepared.insert((id.to_string(), prepare.statement_name.clone()), (seq, pending.fate.decision()));
+    }
+    if seed.is_some() && pending.fate.done {
+        state.answered.insert((id.to_string(), seq), pending.fate.clone());
+        if state.answered.len() > PENDING_MAX {
+            state.answered.clear();
+        }
+    }
+    if pending.added {
+        // The sealed stream never puts back less than the tail showed.
+        take_known(pending, id, answered);
+        ops.push(Op::Replace(id.to_string(), seq, pending.source.file, statement_doc(fields, pending, context)));
+    }
+    Ok(())
 }
 
 impl Indexer {
@@ -399,6 +853,7 @@ impl Indexer {
         // Operations go to the writer's thread in batches, in order: one
         // hand-off (and wake-up) per batch, not per document.
         let mut batch: Vec<UserOperation> = Vec::with_capacity(SEND_BATCH);
+        let mut ops: Vec<Op> = Vec::new();
 
         let todo: Vec<u64> = segments.iter().copied().filter(|n| !self.checkpoint.segments.contains(n)).collect();
         for number in todo {
@@ -419,22 +874,46 @@ impl Indexer {
                 };
                 let mut starts =
                     Starts { index: self.writer.index(), committed: &mut self.committed, recording: &reader };
-                let doc =
-                    event_document(&mut self.sealed, None, &mut starts, &self.fields, &event, source, &mut id_buf)
-                        .map_err(cannot)?;
-                batch.push(UserOperation::Add(doc));
-                if batch.len() >= SEND_BATCH {
-                    send(&self.writer, &mut batch).map_err(cannot)?;
+                event_operations(
+                    &mut self.sealed,
+                    None,
+                    Some(&self.tail.answered),
+                    &mut starts,
+                    &self.fields,
+                    &event,
+                    source,
+                    &mut id_buf,
+                    &mut ops,
+                )
+                .map_err(cannot)?;
+                apply(&self.writer, &self.fields, &mut batch, &mut ops).map_err(cannot)?;
+                let answers = match &event.body {
+                    EventBody::Result(result) => result.ref_seq,
+                    EventBody::Error(error) => error.ref_seq,
+                    _ => None,
+                };
+                if let Some(seq) = answers {
+                    // Read here too: the tail's word on it is not needed.
+                    let id = id_buf.render(event.session_id).to_string();
+                    self.tail.answered.remove(&(id, seq));
                 }
                 if matches!(event.body, EventBody::SessionEnd(_)) {
                     // Ended: the tail's state of it is not needed either.
-                    let id = id_buf.render(event.session_id);
-                    self.tail.context.remove(id);
-                    self.tail.editors.remove(id);
+                    let id = id_buf.render(event.session_id).to_string();
+                    self.tail.context.remove(&id);
+                    self.tail.editors.remove(&id);
+                    self.tail.statements.remove(&id);
+                    self.tail.prepared.retain(|(session, _), _| *session != id);
+                    self.tail.decided.retain(|(session, _), _| *session != id);
+                    self.tail.answered.retain(|(session, _), _| *session != id);
                 }
                 added += 1;
                 Ok(())
             })?;
+            // A statement whose answer is in a later segment goes in as it
+            // is, with its segment: every commit holds whole segments.
+            self.sealed.flush(&self.fields, None, &mut ops, Some(&self.tail.answered));
+            apply(&self.writer, &self.fields, &mut batch, &mut ops)?;
             next.segments.insert(number);
             progress.segments += 1;
             progress.segment_events += added;
@@ -461,11 +940,18 @@ impl Indexer {
                 let seed = Some(&self.sealed);
                 let mut starts =
                     Starts { index: self.writer.index(), committed: &mut self.committed, recording: &reader };
-                let doc = event_document(&mut self.tail, seed, &mut starts, &self.fields, event, source, &mut id_buf)?;
-                batch.push(UserOperation::Add(doc));
-                if batch.len() >= SEND_BATCH {
-                    send(&self.writer, &mut batch)?;
-                }
+                event_operations(
+                    &mut self.tail,
+                    seed,
+                    None,
+                    &mut starts,
+                    &self.fields,
+                    event,
+                    source,
+                    &mut id_buf,
+                    &mut ops,
+                )?;
+                apply(&self.writer, &self.fields, &mut batch, &mut ops)?;
             }
             progress.wal_events += events.len() as u64;
             next.wal.insert(number, TailProgress { events: done.events + events.len() as u64, offset });
@@ -473,6 +959,10 @@ impl Indexer {
         // WAL files that vanished without a segment (an empty file) leave
         // nothing to index.
         next.wal.retain(|n, _| live.contains(n) || sealed.contains(n));
+        // Statements still running go in as they are; their answers,
+        // read in a later round, replace them.
+        self.tail.flush(&self.fields, None, &mut ops, None);
+        apply(&self.writer, &self.fields, &mut batch, &mut ops)?;
 
         send(&self.writer, &mut batch)?;
         if next != self.checkpoint {
@@ -495,6 +985,42 @@ impl Indexer {
         self.writer.wait_merging_threads()?;
         Ok(())
     }
+}
+
+/// Hands an event's operations to the writer, in order: a replaced
+/// statement's old document is deleted (by a query the writer applies in
+/// sequence with the batches) before its new one is added.
+fn apply(writer: &IndexWriter, fields: &Fields, batch: &mut Vec<UserOperation>, ops: &mut Vec<Op>) -> Result<()> {
+    for op in ops.drain(..) {
+        match op {
+            Op::Add(doc) => batch.push(UserOperation::Add(doc)),
+            Op::Replace(session, seq, file, doc) => {
+                send(writer, batch)?;
+                writer.delete_query(statement_query(fields, session, seq, file))?;
+                batch.push(UserOperation::Add(doc));
+            }
+        }
+    }
+    if batch.len() >= SEND_BATCH {
+        send(writer, batch)?;
+    }
+    Ok(())
+}
+
+/// The document of one statement: its session, seq and the file it was
+/// read from.
+fn statement_query(fields: &Fields, session: String, seq: u64, file: u64) -> Box<dyn Query> {
+    let term = |field, value: u64| Term::from_field_u64(field, value);
+    Box::new(tantivy::query::BooleanQuery::new(vec![
+        (Occur::Must, Box::new(TermQuery::new(term(fields.file, file), IndexRecordOption::Basic)) as Box<dyn Query>),
+        (Occur::Must, Box::new(seq_query(fields, seq))),
+        (Occur::Must, Box::new(crate::query::of_sessions(vec![session], true))),
+    ]))
+}
+
+fn seq_query(fields: &Fields, seq: u64) -> tantivy::query::RangeQuery {
+    let term = Term::from_field_u64(fields.seq, seq);
+    tantivy::query::RangeQuery::new(std::ops::Bound::Included(term.clone()), std::ops::Bound::Included(term))
 }
 
 /// Operations handed to the writer's thread at once.

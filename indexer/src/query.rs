@@ -4,14 +4,17 @@
 //! drop table                      both words (terms are ANDed)
 //! "drop table customers"          a phrase
 //! subject:ci-deploy kind:statement    exact field values
-//! outcome:blocked OR outcome:held     boolean operators: AND, OR, NOT, -word, (...)
+//! outcome:block OR outcome:hold   boolean operators: AND, OR, NOT, -word, (...)
+//! duration:>1s rows:>=500 bytes:[1MB TO 10MB]   numeric comparisons, with units
+//! client:10.0.0.0/8               a network (or an address, with or without port)
 //! after:2026-11-01 before:2026-11-02T12:00:00Z   time bounds (UTC)
 //! since:7d                        relative: s, m, h, d, w
 //! ```
 //!
 //! Time bounds are taken out of the query and applied as a range; the rest
-//! goes to tantivy's query grammar, restricted to Proctor's fields, with
-//! errors that name the offending part.
+//! is read by tantivy's query grammar, then checked and rewritten against
+//! Proctor's fields (closed vocabularies, units, networks) before it is
+//! built, with errors that name the offending part.
 
 use std::ops::Bound;
 
@@ -31,7 +34,10 @@ use tantivy::query::{
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::{BitSet, DocId, Searcher, SegmentReader, Term};
 
-use crate::fields::{Fields, SESSION_KEYWORDS, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
+use proctor_schemas::{Direction, EndReason, EventKind, PolicyOutcome, Protocol};
+use tantivy::query_grammar::{UserInputBound, UserInputLiteral};
+
+use crate::fields::{Fields, NUMBERS, SESSION_KEYWORDS, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN, Unit};
 
 /// A query that could not be understood: the message says what and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +56,269 @@ pub struct Parsed {
     pub text: String,
     pub after: Option<i64>,
     pub before: Option<i64>,
+}
+
+/// The values a field with a closed vocabulary takes.
+fn vocabulary(field: &str) -> Option<Vec<&'static str>> {
+    fn names<T: Copy>(all: &[T], name: fn(&T) -> &'static str) -> Vec<&'static str> {
+        all.iter().map(name).collect()
+    }
+    Some(match field {
+        "kind" => names(EventKind::ALL, EventKind::as_str),
+        "direction" => names(Direction::ALL, Direction::as_str),
+        "protocol" => names(Protocol::ALL, Protocol::as_str),
+        "outcome" => names(PolicyOutcome::ALL, PolicyOutcome::as_str),
+        "end_reason" => names(EndReason::ALL, EndReason::as_str),
+        _ => return None,
+    })
+}
+
+/// Obvious other spellings of a closed vocabulary's value, taken for it
+/// (and said so).
+fn synonym(field: &str, value: &str) -> Option<&'static str> {
+    match (field, value) {
+        ("outcome", "allowed" | "allows" | "allowing") => Some("allow"),
+        ("outcome", "blocked" | "blocks" | "blocking") => Some("block"),
+        ("outcome", "held" | "holds" | "holding") => Some("hold"),
+        ("protocol", "postgresql" | "pg" | "psql") => Some("postgres"),
+        _ => None,
+    }
+}
+
+/// A value of a closed vocabulary, or why it is none.
+fn closed_value(field: &str, value: &str, notices: &mut Vec<String>) -> Result<Option<String>, QueryError> {
+    let Some(values) = vocabulary(field) else { return Ok(None) };
+    let lower = value.to_ascii_lowercase();
+    if values.contains(&lower.as_str()) {
+        return Ok(Some(lower));
+    }
+    if let Some(value_meant) = synonym(field, &lower) {
+        notices.push(format!("`{field}:{value}` was read as `{field}:{value_meant}`"));
+        return Ok(Some(value_meant.to_string()));
+    }
+    Err(bad(format!("`{field}:{value}`: `{value}` is not a {field}; {field} is one of: {}", values.join(", "))))
+}
+
+/// A numeric field's value as written in a query, in the index's unit.
+fn number(field: &str, unit: Unit, value: &str) -> Result<i128, QueryError> {
+    let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(value.len());
+    let (digits, suffix) = value.split_at(split);
+    let scale: f64 = match unit {
+        Unit::Duration => match suffix {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" | "min" => 60e9,
+            "h" => 3600e9,
+            "d" => 86_400e9,
+            "" => {
+                return Err(bad(format!(
+                    "`{value}` in `{field}:`: a duration needs a unit: ns, us, ms, s, m, h or d (`{field}:>1s`, `{field}:[100ms TO 2s]`)"
+                )));
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`{value}` in `{field}:`: `{suffix}` is not a unit of time; use ns, us, ms, s, m, h or d"
+                )));
+            }
+        },
+        Unit::Bytes => match suffix.to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "tb" => 1e12,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            _ => {
+                return Err(bad(format!(
+                    "`{value}` in `{field}:`: `{suffix}` is not a unit of size; use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB"
+                )));
+            }
+        },
+        Unit::Count | Unit::Signed if suffix.is_empty() && !digits.contains('.') => {
+            return digits
+                .parse::<i128>()
+                .ok()
+                .filter(|n| unit == Unit::Signed || *n >= 0)
+                .ok_or_else(|| bad(format!("`{value}` in `{field}:`: expected a whole number")));
+        }
+        Unit::Count | Unit::Signed => return Err(bad(format!("`{value}` in `{field}:`: expected a whole number"))),
+    };
+    let amount: f64 =
+        digits.parse().map_err(|_| bad(format!("`{value}` in `{field}:`: expected a number, such as 1.5{suffix}")))?;
+    if amount.is_nan() || amount < 0.0 {
+        return Err(bad(format!("`{value}` in `{field}:`: expected a number of zero or more")));
+    }
+    Ok((amount * scale).round().min(u64::MAX as f64) as i128)
+}
+
+/// Reads a query's leaves against Proctor's fields: closed vocabularies
+/// checked (obvious synonyms taken, and said so in `notices`), command tags
+/// upper-cased, numeric values read in their units, networks expanded to
+/// the addresses the index holds; forms a field cannot take are refused.
+fn normalize(
+    fields: &Fields,
+    searcher: &Searcher,
+    ast: UserInputAst,
+    notices: &mut Vec<String>,
+) -> Result<UserInputAst, QueryError> {
+    Ok(match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses
+                .into_iter()
+                .map(|(occur, ast)| Ok((occur, normalize(fields, searcher, ast, notices)?)))
+                .collect::<Result<_, QueryError>>()?,
+        ),
+        UserInputAst::Boost(ast, boost) => {
+            UserInputAst::Boost(Box::new(normalize(fields, searcher, *ast, notices)?), boost)
+        }
+        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(normalize_leaf(fields, searcher, *leaf, notices)?)),
+    })
+}
+
+fn unit_of(field: &str) -> Option<Unit> {
+    NUMBERS.iter().find(|(name, _)| *name == field).map(|(_, unit)| *unit)
+}
+
+fn normalize_leaf(
+    fields: &Fields,
+    searcher: &Searcher,
+    leaf: UserInputLeaf,
+    notices: &mut Vec<String>,
+) -> Result<UserInputLeaf, QueryError> {
+    let value = |field: &str, value: String, notices: &mut Vec<String>| -> Result<String, QueryError> {
+        if let Some(closed) = closed_value(field, &value, notices)? {
+            return Ok(closed);
+        }
+        Ok(if field == "tag" { value.to_ascii_uppercase() } else { value })
+    };
+    Ok(match leaf {
+        UserInputLeaf::Literal(literal) => match literal.field_name.clone() {
+            Some(field) if unit_of(&field).is_some() => {
+                let unit = unit_of(&field).unwrap_or(Unit::Count);
+                let n = number(&field, unit, &literal.phrase)?.to_string();
+                UserInputLeaf::Range {
+                    field: Some(field),
+                    lower: UserInputBound::Inclusive(n.clone()),
+                    upper: UserInputBound::Inclusive(n),
+                }
+            }
+            Some(field) if field == "client" && literal.phrase.contains('/') => {
+                let network: ipnet::IpNet = literal.phrase.parse().map_err(|_| {
+                    bad(format!(
+                        "`client:{}`: expected an address (10.1.2.3, 10.1.2.3:5544) or a network (10.0.0.0/8, fd00::/8)",
+                        literal.phrase
+                    ))
+                })?;
+                UserInputLeaf::Set { field: Some(field), elements: hosts_in(fields, searcher, network)? }
+            }
+            Some(field) if field == "time" => {
+                return Err(bad("`time:` is not a condition; use after:, before: or since:"));
+            }
+            Some(field) => {
+                let phrase = value(&field, literal.phrase, notices)?;
+                UserInputLeaf::Literal(UserInputLiteral { field_name: Some(field), phrase, ..literal })
+            }
+            None => UserInputLeaf::Literal(literal),
+        },
+        UserInputLeaf::Set { field: Some(field), .. } if unit_of(&field).is_some() => {
+            return Err(bad(format!(
+                "`{field}: IN [...]` compares no numbers; use `{field}:N OR {field}:M` or a range"
+            )));
+        }
+        UserInputLeaf::Set { field: Some(field), elements } => {
+            let elements = elements.into_iter().map(|e| value(&field, e, notices)).collect::<Result<_, _>>()?;
+            UserInputLeaf::Set { field: Some(field), elements }
+        }
+        UserInputLeaf::Range { field: Some(field), lower, upper } => {
+            let Some(unit) = unit_of(&field) else {
+                let numbers: Vec<&str> = NUMBERS.iter().map(|(name, _)| *name).collect();
+                return Err(bad(format!(
+                    "`{field}:` takes values, not ranges; ranges apply to {} (and times to after:, before:, since:)",
+                    numbers.join(", ")
+                )));
+            };
+            let bound = |bound: UserInputBound| -> Result<UserInputBound, QueryError> {
+                Ok(match bound {
+                    UserInputBound::Inclusive(v) => UserInputBound::Inclusive(number(&field, unit, &v)?.to_string()),
+                    UserInputBound::Exclusive(v) => UserInputBound::Exclusive(number(&field, unit, &v)?.to_string()),
+                    UserInputBound::Unbounded => UserInputBound::Unbounded,
+                })
+            };
+            let (lower, upper) = (bound(lower)?, bound(upper)?);
+            UserInputLeaf::Range { field: Some(field), lower, upper }
+        }
+        UserInputLeaf::Exists { field } if field == "text" => {
+            return Err(bad("`text:*` is not a condition: every event has text; search for words instead"));
+        }
+        UserInputLeaf::Range { field: None, .. } => {
+            return Err(bad("a range needs a field: `duration:>1s`, `rows:[10 TO 100]`, `bytes:>=1MB`"));
+        }
+        other => other,
+    })
+}
+
+/// The client hosts in the index that lie in `network`.
+fn hosts_in(fields: &Fields, searcher: &Searcher, network: ipnet::IpNet) -> Result<Vec<String>, QueryError> {
+    let Some(field) = fields.keyword("client") else { return Ok(Vec::new()) };
+    let mut hosts = BTreeSet::new();
+    let failed = |e: std::io::Error| {
+        tracing::error!(error = %e, "cannot read the index's client addresses");
+        bad("the index's client addresses could not be read (the reason is in Proctor's log)")
+    };
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field).map_err(|e| {
+            tracing::error!(error = %e, "cannot read the index's client addresses");
+            bad("the index's client addresses could not be read (the reason is in Proctor's log)")
+        })?;
+        let mut terms = inverted.terms().stream().map_err(failed)?;
+        while terms.advance() {
+            if let Ok(text) = std::str::from_utf8(terms.key())
+                && let Ok(address) = text.parse::<std::net::IpAddr>()
+                && network.contains(&address)
+            {
+                hosts.insert(text.to_string());
+            }
+        }
+    }
+    Ok(hosts.into_iter().collect())
+}
+
+/// A range over a numeric field's column, its bounds already in the
+/// index's unit (see [`normalize`]).
+fn numeric_range(
+    fields: &Fields,
+    field: &str,
+    lower: &UserInputBound,
+    upper: &UserInputBound,
+) -> Result<Box<dyn Query>, Resolve> {
+    let Ok(handle) = fields.schema.get_field(field) else {
+        return Err(Resolve::Bad(format!("unknown field `{field}`")));
+    };
+    let signed = unit_of(field) == Some(Unit::Signed);
+    let term = |value: &str| -> Result<Term, Resolve> {
+        let n: i128 = value.parse().map_err(|_| Resolve::Bad(format!("`{field}`: expected a number")))?;
+        Ok(match signed {
+            true => Term::from_field_i64(handle, n.clamp(i64::MIN as i128, i64::MAX as i128) as i64),
+            false => Term::from_field_u64(handle, n.clamp(0, u64::MAX as i128) as u64),
+        })
+    };
+    let bound = |b: &UserInputBound| -> Result<Bound<Term>, Resolve> {
+        Ok(match b {
+            UserInputBound::Inclusive(v) => Bound::Included(term(v)?),
+            UserInputBound::Exclusive(v) => Bound::Excluded(term(v)?),
+            UserInputBound::Unbounded => Bound::Unbounded,
+        })
+    };
+    let (lower, upper) = (bound(lower)?, bound(upper)?);
+    if matches!((&lower, &upper), (Bound::Unbounded, Bound::Unbounded)) {
+        return Ok(Box::new(ExistsQuery::new(field.to_string(), false)));
+    }
+    Ok(Box::new(RangeQuery::new(lower, upper)))
 }
 
 /// Splits a query into words, keeping quoted phrases whole.
@@ -143,6 +412,7 @@ pub fn build(
     index: &tantivy::Index,
     searcher: &Searcher,
     parsed: &Parsed,
+    notices: &mut Vec<String>,
 ) -> Result<Box<dyn Query>, QueryError> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     if !parsed.text.trim().is_empty() {
@@ -151,10 +421,17 @@ pub fn build(
         parser.set_conjunction_by_default();
         let ast = tantivy::query_grammar::parse_query(&parsed.text)
             .map_err(|_| explain(&parsed.text, QueryParserError::SyntaxError(parsed.text.clone())))?;
-        let query = build_ast(&parser, searcher, ast, false).map_err(|e| match e {
+        let ast = normalize(fields, searcher, ast, notices)?;
+        let query = build_ast(fields, &parser, searcher, ast, false).map_err(|e| match e {
             Resolve::Parse(e) => explain(&parsed.text, e),
             Resolve::Bad(message) => bad(format!("in `{}`: {message}", parsed.text)),
-            Resolve::Search(e) => bad(format!("cannot resolve `{}`: {e}", parsed.text)),
+            Resolve::Search(e) => {
+                tracing::error!(query = %parsed.text, error = %e, "a search could not be resolved");
+                bad(format!(
+                    "`{}` could not be resolved against the index (the reason is in Proctor's log)",
+                    parsed.text
+                ))
+            }
         })?;
         clauses.push((Occur::Must, query));
     }
@@ -232,6 +509,7 @@ fn narrows(searcher: &Searcher, ast: &UserInputAst) -> bool {
 /// `lazy`: the condition is ANDed with one that narrows the candidates (see
 /// [`narrows`]), so only those need checking (see [`Found`]).
 fn build_ast(
+    fields: &Fields,
     parser: &QueryParser,
     searcher: &Searcher,
     ast: UserInputAst,
@@ -249,7 +527,7 @@ fn build_ast(
             let mut built: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (occur, ast) in clauses {
                 let lazy = must(&occur) && drivers > 0;
-                let query = build_ast(parser, searcher, ast, lazy)?;
+                let query = build_ast(fields, parser, searcher, ast, lazy)?;
                 if query.downcast_ref::<EmptyQuery>().is_none() {
                     built.push((occur.unwrap_or(Occur::Must), query));
                 }
@@ -263,7 +541,14 @@ fn build_ast(
             })
         }
         UserInputAst::Boost(ast, boost) => {
-            Ok(Box::new(BoostQuery::new(build_ast(parser, searcher, *ast, lazy)?, boost.into_inner() as f32)))
+            Ok(Box::new(BoostQuery::new(build_ast(fields, parser, searcher, *ast, lazy)?, boost.into_inner() as f32)))
+        }
+        UserInputAst::Leaf(leaf) if matches!(&*leaf, UserInputLeaf::Range { field: Some(f), .. } if unit_of(f).is_some()) =>
+        {
+            let UserInputLeaf::Range { field: Some(field), lower, upper } = *leaf else {
+                return Err(Resolve::Bad("a numeric range".into()));
+            };
+            numeric_range(fields, &field, &lower, &upper)
         }
         // Any value: the session's subject and resource are columns of all
         // its events.
@@ -274,6 +559,10 @@ fn build_ast(
                 _ => SESSION_RESOURCE_COLUMN,
             };
             Ok(Box::new(ExistsQuery::new(column.to_string(), false)))
+        }
+        // Every event has a session.
+        UserInputAst::Leaf(leaf) if matches!(&*leaf, UserInputLeaf::Exists { field } if field == "session") => {
+            Ok(Box::new(AllQuery))
         }
         UserInputAst::Leaf(leaf) if leaf_field(&leaf) == Some("session") => {
             let ids = match *leaf {
@@ -332,19 +621,19 @@ impl Found {
         for (segment, mut segment_docs) in by_segment {
             let reader = searcher.segment_reader(segment);
             segment_docs.sort_unstable();
-            // Only a `session_start` speaks for its session: another event
-            // with the same value (a grant event's `grant` or `subject`)
-            // matches itself, not the session it was recorded in.
+            // Only a `session_start` or `session_end` speaks for its
+            // session: another event with the same value (a grant event's
+            // `grant` or `subject`) matches itself, not the session it was
+            // recorded in.
             let starts: Vec<DocId> = match reader.fast_fields().str("kind").map_err(Resolve::Search)? {
                 Some(kinds) => {
-                    match kinds.dictionary().term_ord("session_start").map_err(|e| Resolve::Search(e.into()))? {
-                        Some(start) => segment_docs
-                            .iter()
-                            .copied()
-                            .filter(|&doc| kinds.term_ords(doc).any(|ord| ord == start))
-                            .collect(),
-                        None => Vec::new(),
-                    }
+                    let ord = |kind: &str| kinds.dictionary().term_ord(kind).map_err(|e| Resolve::Search(e.into()));
+                    let speaking = [ord("session_start")?, ord("session_end")?];
+                    segment_docs
+                        .iter()
+                        .copied()
+                        .filter(|&doc| kinds.term_ords(doc).any(|ord| speaking.contains(&Some(ord))))
+                        .collect()
                 }
                 None => Vec::new(),
             };
@@ -502,7 +791,8 @@ impl SegmentDocPredicate for SessionMember {
 
 /// Refuses `field:value` for fields Proctor does not index, naming them.
 fn check_fields(fields: &Fields, text: &str) -> Result<(), QueryError> {
-    let known = |name: &str| fields.keyword(name).is_some() || matches!(name, "text" | "seq" | "status" | "time");
+    let known =
+        |name: &str| fields.keyword(name).is_some() || unit_of(name).is_some() || matches!(name, "text" | "time");
     for (at, token) in tokens(text)? {
         let token = token.trim_start_matches(['(', '-', '+']);
         if token.starts_with('"') {
@@ -513,7 +803,8 @@ fn check_fields(fields: &Fields, text: &str) -> Result<(), QueryError> {
             && !known(name)
         {
             let mut names: Vec<&str> = fields.keywords.iter().map(|(n, _, _)| *n).collect();
-            names.extend(["status", "after", "before", "since"]);
+            names.extend(NUMBERS.iter().map(|(name, _)| *name));
+            names.extend(["after", "before", "since"]);
             return Err(bad(format!("unknown field `{name}` at column {}; fields are: {}", at + 1, names.join(", "))));
         }
     }
@@ -526,8 +817,17 @@ fn explain(text: &str, error: tantivy::query::QueryParserError) -> QueryError {
         E::SyntaxError(detail) => bad(format!(
             "cannot read the query `{text}` ({detail}); use words, \"phrases\", field:value, AND, OR, NOT and parentheses"
         )),
-        E::ExpectedInt(e) => bad(format!("in `{text}`: expected a whole number ({e})")),
-        other => bad(format!("in `{text}`: {other}")),
+        E::ExpectedInt(_) | E::ExpectedFloat(_) => bad(format!("in `{text}`: expected a number")),
+        E::FieldDoesNotExist(field) => bad(format!("in `{text}`: unknown field `{field}`")),
+        E::RangeMustNotHavePhrase | E::UnsupportedQuery(_) | E::AllButQueryForbidden | E::NoDefaultFieldDeclared => {
+            bad(format!(
+                "in `{text}`: this form is not supported; use words, \"phrases\", field:value, field:*, numeric ranges, AND, OR, NOT and parentheses"
+            ))
+        }
+        other => {
+            tracing::warn!(query = %text, error = %other, "a query was refused by the query parser");
+            bad(format!("in `{text}`: a field cannot take this value or form (see the query language in the README)"))
+        }
     }
 }
 

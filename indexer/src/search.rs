@@ -7,12 +7,13 @@ use serde::Serialize;
 use tantivy::aggregation::AggregationCollector;
 use tantivy::aggregation::agg_req::Aggregations;
 use tantivy::aggregation::agg_result::{AggregationResult, BucketResult};
+use tantivy::collector::sort_key::SortByStaticFastValue;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::schema::Value as _;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Order, TantivyDocument};
 
-use crate::fields::{SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
+use crate::fields::{SESSION_GRANT_COLUMN, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 use crate::index::SearchIndex;
 use crate::query;
 use crate::{IndexError, Result};
@@ -50,9 +51,28 @@ pub struct Hit {
     /// The best fragment of the text, matches between `<b>` and `</b>`
     /// (HTML-escaped).
     pub snippet: String,
+    /// Who and what the event concerns: its own subject, resource and
+    /// grant where it names them (a grant or review event), else its
+    /// session's.
     pub subject: Option<String>,
     pub resource: Option<String>,
+    pub grant_id: Option<String>,
+    /// Who acted: an approver, a revoker, a viewer of recordings.
+    pub actor: Option<String>,
+    pub review_id: Option<String>,
+    /// The session an action refers to (a viewed recording, a held
+    /// statement's session).
+    pub target_session: Option<String>,
+    /// A policy decision's outcome, or a statement's.
     pub outcome: Option<String>,
+    pub rule: Option<String>,
+    /// What became of a statement (its result's), or a result's own: the
+    /// command tag, rows, bytes, duration; the SQLSTATE of an error.
+    pub tag: Option<String>,
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+    pub duration_ns: Option<u64>,
+    pub sqlstate: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -61,6 +81,9 @@ pub struct SearchResult {
     pub hits: Vec<Hit>,
     /// facet → value → count.
     pub facets: BTreeMap<String, BTreeMap<String, u64>>,
+    /// How the query was read where it was not taken as written
+    /// (`outcome:held` read as `outcome:hold`).
+    pub notices: Vec<String>,
 }
 
 /// The facet counts every search makes: a terms aggregation per facet (the
@@ -96,11 +119,15 @@ impl SearchIndex {
         }
         let parsed = query::parse(&request.query, request.now)?;
         let searcher = self.reader.searcher();
-        let query = query::build(&self.fields, &self.index, &searcher, &parsed)?;
+        let mut notices = Vec::new();
+        let query = query::build(&self.fields, &self.index, &searcher, &parsed, &mut notices)?;
         let order = if request.newest_first { Order::Desc } else { Order::Asc };
-        let top = TopDocs::with_limit(request.limit.max(1))
-            .and_offset(request.offset)
-            .order_by_fast_field::<i64>("time", order);
+        // By the millisecond, then by seq: a session's events of one
+        // millisecond keep their order.
+        let top = TopDocs::with_limit(request.limit.max(1)).and_offset(request.offset).order_by((
+            (SortByStaticFastValue::<i64>::for_field("time"), order),
+            (SortByStaticFastValue::<u64>::for_field("seq"), order),
+        ));
         let facet_collector = AggregationCollector::from_aggs(self.facets.clone(), Default::default());
         let (docs, total, facets) = searcher.search(&query, &(top, Count, facet_collector))?;
         let snippets = SnippetGenerator::create(&searcher, &*query, self.fields.text)?;
@@ -119,7 +146,7 @@ impl SearchIndex {
             }
             counted.insert(name, values);
         }
-        Ok(SearchResult { total, hits, facets: counted })
+        Ok(SearchResult { total, hits, facets: counted, notices })
     }
 
     fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress, snippets: &SnippetGenerator) -> Result<Hit> {
@@ -130,6 +157,7 @@ impl SearchIndex {
         let keyword = |name: &str| keyword_column(columns, name, address.doc_id);
         let seq = columns.u64("seq")?.first(address.doc_id).unwrap_or_default();
         let millis = columns.i64("time")?.first(address.doc_id).unwrap_or_default();
+        let number = |name: &str| -> Result<Option<u64>> { Ok(columns.u64(name)?.first(address.doc_id)) };
         let snippet = snippets.snippet_from_doc(&doc);
         Ok(Hit {
             session_id: keyword("session")?.unwrap_or_default(),
@@ -140,7 +168,18 @@ impl SearchIndex {
             text,
             subject: keyword(SESSION_SUBJECT_COLUMN)?,
             resource: keyword(SESSION_RESOURCE_COLUMN)?,
+            grant_id: keyword(SESSION_GRANT_COLUMN)?,
+            actor: keyword("actor")?,
+            review_id: keyword("review")?,
+            target_session: keyword("target_session")?,
             outcome: keyword("outcome")?,
+            rule: keyword("rule")?,
+            // The full tag, not its command alone.
+            tag: keyword_column_longest(columns, "tag", address.doc_id)?,
+            rows: number("rows")?,
+            bytes: number("bytes")?,
+            duration_ns: number("duration")?,
+            sqlstate: keyword("sqlstate")?,
         })
     }
 }
@@ -156,6 +195,24 @@ pub(crate) fn keyword_column(
     let mut value = String::new();
     column.ord_to_str(ord, &mut value).map_err(|e| IndexError::Tantivy(e.into()))?;
     Ok(Some(value))
+}
+
+/// A document's longest value in a keyword column.
+fn keyword_column_longest(
+    columns: &tantivy::fastfield::FastFieldReaders,
+    name: &str,
+    doc: tantivy::DocId,
+) -> Result<Option<String>> {
+    let Some(column) = columns.str(name)? else { return Ok(None) };
+    let mut longest: Option<String> = None;
+    for ord in column.term_ords(doc) {
+        let mut value = String::new();
+        column.ord_to_str(ord, &mut value).map_err(|e| IndexError::Tantivy(e.into()))?;
+        if longest.as_ref().is_none_or(|l| value.len() > l.len()) {
+            longest = Some(value);
+        }
+    }
+    Ok(longest)
 }
 
 fn first_line(text: &str) -> &str {

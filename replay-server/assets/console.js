@@ -184,6 +184,8 @@
         badge(hit.outcome),
         hit.subject ? el('span', { title: 'subject' }, hit.subject) : null,
         hit.resource ? el('span', { title: 'resource' }, hit.resource) : null,
+        hit.actor ? el('span', { title: 'who acted', class: 'actor' }, `by ${hit.actor}`) : null,
+        hit.tag ? el('span', { title: 'command tag' }, hit.tag) : null,
         el('span', { class: 'mono', title: 'session and event' }, `${hit.session_id.slice(0, 8)} #${hit.seq}`)),
       snippetEl(hit));
   }
@@ -237,8 +239,17 @@
     const timeline = el('div', { class: 'timeline', id: 'timeline', role: 'group', 'aria-label': 'Timeline' });
     const list = el('ol', { class: 'events', id: 'events', 'aria-label': 'Events' });
     const earlier = el('button', { id: 'earlier', hidden: true, class: 'more' }, 'Earlier events');
+    // Server parameters reported at start-up: folded under the header, not
+    // a wall of rows before the first statement.
+    const parameters = el('dl', { class: 'facts', id: 'parameters' });
+    const folded = el('details', { class: 'parameters', id: 'parameters-fold', hidden: true },
+      el('summary', {}, 'Start-up parameters'), parameters);
+    const shownParameters = new Set();
+    // Where the session's work began: parameters reported after it (a SET
+    // ROLE, a session authorization) stay in the timeline.
+    let workFrom = null;
     const sentinel = el('div', { class: 'load', id: 'sentinel' }, 'Loading events…');
-    main.replaceChildren(head, timeline, earlier, list, sentinel);
+    main.replaceChildren(head, folded, timeline, earlier, list, sentinel);
 
     const rows = new Map(); // seq -> li
     let first = null; // lowest seq shown
@@ -262,8 +273,18 @@
         rows.clear();
         first = null;
       }
-      const fresh = data.events.filter((e) => !rows.has(e.seq));
-      const items = fresh.map((event) => {
+      const fresh = data.events.filter((e) => !rows.has(e.seq) && !shownParameters.has(e.seq));
+      for (const e of fresh) {
+        if (['statement', 'prepare', 'cancel', 'raw_frame', 'copy'].includes(e.kind) && (workFrom === null || e.seq < workFrom)) workFrom = e.seq;
+      }
+      const startup = (e) => e.kind === 'parameter_status' && (workFrom === null || e.seq < workFrom);
+      for (const e of fresh.filter(startup)) {
+        shownParameters.add(e.seq);
+        parameters.append(el('div', { 'data-seq': e.seq }, el('dt', {}, e.parameter || ''), el('dd', {}, withMasks(e.value || ''))));
+        folded.hidden = false;
+        folded.querySelector('summary').textContent = `Start-up parameters (${shownParameters.size})`;
+      }
+      const items = fresh.filter((e) => !startup(e)).map((event) => {
         const row = eventEl(event, isMatch(event));
         rows.set(event.seq, row);
         return row;
@@ -589,6 +610,30 @@
         return pre(e.data);
       case 'masking_applied':
         return el('div', {}, 'masked: ', (e.masked || []).map((m) => `${m.rule} × ${m.count}`).join(', '));
+      case 'grant_requested':
+      case 'grant_approved':
+      case 'grant_partially_approved':
+      case 'grant_denied':
+      case 'grant_expired':
+      case 'grant_revoked':
+      case 'review_requested':
+      case 'review_approved':
+      case 'review_denied':
+      case 'review_expired': {
+        const who = e.actor || (e.kind === 'grant_requested' ? e.subject : null)
+          || (/^grant_(approved|expired)$/.test(e.kind) ? 'policy' : null);
+        const link = (field, value) => el('a', { href: '/?q=' + encodeURIComponent(`${field}:${value}`) }, el('code', {}, value));
+        return el('div', { class: 'control' },
+          el('div', {},
+            who ? el('span', { class: 'actor' }, 'by ', el('strong', {}, who)) : null,
+            e.subject && e.subject !== who ? el('span', {}, ' for ', e.subject) : null,
+            e.resource ? el('span', {}, ' on ', e.resource) : null,
+            e.grant_id ? el('span', {}, ' grant ', link('grant', e.grant_id)) : null,
+            e.review_id ? el('span', {}, ' review ', link('review', e.review_id)) : null,
+            e.target_session ? el('span', {}, ' in ', el('a', { href: `/sessions/${encodeURIComponent(e.target_session)}` + (e.ref_seq !== undefined ? `#seq=${e.ref_seq}` : '') }, 'session')) : null),
+          e.sql ? pre(e.sql, 'sql') : null,
+          e.message ? el('div', {}, withMasks(e.message)) : null);
+      }
       default: {
         const skip = new Set(['session_id', 'seq', 'time', 'kind', 'direction']);
         const parts = Object.entries(e).filter(([k, v]) => !skip.has(k) && v !== null && v !== '')

@@ -5,7 +5,8 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /api/search?q=&limit=&offset=&order=` | `total`, `hits` (session, seq, time, kind, text, highlighted snippet, ...), `facets` |
+//! | `GET /api/search?q=&limit=&offset=&order=` | `total`, `hits` (session, seq, time, kind, text, highlighted snippet, ...), `facets`, `notices` |
+//! | `POST /api/search/value` with `{"value", "q", "limit", "offset", "order"}` | the same, for every event where a value masked with a keyed token passed, and the `token` |
 //! | `GET /api/sessions?subject=&resource=&protocol=&since=&live=` | `sessions` |
 //! | `GET /api/sessions/{id}` | the session, with its start event |
 //! | `GET /api/sessions/{id}/events?from_seq=&limit=` | `events` in seq order, their `transcript` lines, `next_seq` while more follow |
@@ -139,6 +140,9 @@ pub struct ApiState<L: AccessLog> {
     console: Option<Arc<Console>>,
     /// The embedded dev issuer's sign-in endpoints, when on.
     dev_issuer: Option<Arc<DevIssuerEndpoints>>,
+    /// The deployment's masking key: what turns a value into the token
+    /// that replaced it, for searches by value.
+    token_key: Option<proctor_gateway_core::masking::MaskingKey>,
 }
 
 impl<L: AccessLog> ApiState<L> {
@@ -151,6 +155,7 @@ impl<L: AccessLog> ApiState<L> {
             index: Mutex::new(None),
             console: None,
             dev_issuer: None,
+            token_key: None,
         }
     }
 
@@ -158,6 +163,12 @@ impl<L: AccessLog> ApiState<L> {
     pub fn with_console(mut self, console: Arc<Console>, dev_issuer: Option<Arc<DevIssuerEndpoints>>) -> Self {
         self.console = Some(console);
         self.dev_issuer = dev_issuer;
+        self
+    }
+
+    /// Answers searches by value with the deployment's masking key.
+    pub fn with_token_key(mut self, key: proctor_gateway_core::masking::MaskingKey) -> Self {
+        self.token_key = Some(key);
         self
     }
 
@@ -229,6 +240,7 @@ pub fn router<L: AccessLog>(state: Arc<ApiState<L>>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/search", get(search::<L>))
+        .route("/api/search/value", axum::routing::post(search_value::<L>))
         .route("/api/sessions", get(sessions::<L>))
         .route("/api/sessions/{id}", get(session::<L>))
         .route("/api/sessions/{id}/events", get(events::<L>))
@@ -272,13 +284,7 @@ async fn search<L: AccessLog>(
     Query(params): Query<SearchParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let who = investigator(&state, &headers)?;
-    let newest_first = match params.order.as_deref() {
-        None | Some("newest") => true,
-        Some("oldest") => false,
-        Some(other) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("order={other}: expected newest or oldest")));
-        }
-    };
+    let newest_first = newest_first(params.order.as_deref())?;
     record(&state, &who, "search", Some(params.q.clone()), None).await?;
     let request = SearchRequest {
         limit: params.limit.unwrap_or(20).min(MAX_PAGE),
@@ -286,6 +292,103 @@ async fn search<L: AccessLog>(
         newest_first,
         ..SearchRequest::new(params.q)
     };
+    run_search(&state, request, None).await
+}
+
+fn newest_first(order: Option<&str>) -> ApiResult<bool> {
+    match order {
+        None | Some("newest") => Ok(true),
+        Some("oldest") => Ok(false),
+        Some(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("order={other}: expected newest or oldest"))),
+    }
+}
+
+/// A search by value: in a POST body, never a URL (URLs reach logs).
+#[derive(Deserialize)]
+struct ValueSearch {
+    value: String,
+    #[serde(default)]
+    q: String,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    order: Option<String>,
+}
+
+/// Every event where a value masked with a keyed token passed: the value is
+/// turned into its token with the deployment's key, and the token searched
+/// for. The access is recorded with the token, never the value; the
+/// investigators' own searches for it (`recording_accessed`) are left out.
+async fn search_value<L: AccessLog>(
+    State(state): State<Arc<ApiState<L>>>,
+    headers: HeaderMap,
+    body: Result<Json<ValueSearch>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = investigator(&state, &headers)?;
+    let Json(params) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected a JSON body {{\"value\": \"...\"}}: {}", e.body_text()),
+        )
+    })?;
+    let Some(key) = &state.token_key else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "this deployment has no masking key: no value was masked with a token here",
+        ));
+    };
+    if params.value.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "value: give the value to look for"));
+    }
+    let token = key.value_token(&params.value);
+    let query = value_query(&token, &params.q);
+    let newest_first = newest_first(params.order.as_deref())?;
+    record(&state, &who, "search", Some(query.clone()), None).await?;
+    let request = SearchRequest {
+        limit: params.limit.unwrap_or(20).min(MAX_PAGE),
+        offset: params.offset.unwrap_or(0),
+        newest_first,
+        ..SearchRequest::new(query)
+    };
+    run_search(&state, request, Some(token)).await
+}
+
+/// The query that finds a token: the token as a phrase (`tok` and its
+/// digits), without the searches for it, and the caller's query.
+pub fn value_query(token: &str, q: &str) -> String {
+    // Time bounds stay outside the parentheses, where they are read.
+    let (bounds, rest): (Vec<&str>, Vec<&str>) = q.split_whitespace().partition(|word| {
+        let word = word.to_ascii_lowercase();
+        ["since:", "after:", "before:"].iter().any(|bound| word.starts_with(bound))
+    });
+    let rest = rest.join(" ");
+    let mut query = format!("\"{token}\" -kind:recording_accessed");
+    if !rest.is_empty() {
+        query.push_str(&format!(" ({rest})"));
+    }
+    for bound in bounds {
+        query.push(' ');
+        query.push_str(bound);
+    }
+    query
+}
+
+#[cfg(test)]
+mod value_query_tests {
+    #[test]
+    fn a_value_search_keeps_its_time_bounds_where_they_are_read() {
+        assert_eq!(super::value_query("tok_1", ""), "\"tok_1\" -kind:recording_accessed");
+        assert_eq!(
+            super::value_query("tok_1", "kind:result OR kind:statement since:7d"),
+            "\"tok_1\" -kind:recording_accessed (kind:result OR kind:statement) since:7d"
+        );
+    }
+}
+
+async fn run_search<L: AccessLog>(
+    state: &Arc<ApiState<L>>,
+    request: SearchRequest,
+    token: Option<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let state = state.clone();
     blocking(move || {
         let index = state.index().map_err(|e| match e {
@@ -293,9 +396,19 @@ async fn search<L: AccessLog>(
             other => ApiError::internal(other),
         })?;
         match index.search(&request) {
-            Ok(result) => Ok(Json(serde_json::to_value(&result).map_err(ApiError::internal)?)),
+            Ok(result) => {
+                let mut json = serde_json::to_value(&result).map_err(ApiError::internal)?;
+                if let (Some(token), Some(object)) = (token, json.as_object_mut()) {
+                    object.insert("token".to_string(), serde_json::Value::String(token));
+                }
+                Ok(Json(json))
+            }
             Err(IndexError::Query(error)) => Err(ApiError::new(StatusCode::BAD_REQUEST, error.to_string())),
-            Err(error) => Err(ApiError::internal(error)),
+            Err(error) => {
+                // The index's own words stay in the log.
+                tracing::error!(%error, "a search failed");
+                Err(ApiError::internal("the search failed inside Proctor; the reason is in its log"))
+            }
         }
     })
     .await

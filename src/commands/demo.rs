@@ -92,7 +92,7 @@ const AGENT_MASKING: &str = "ci";
 fn agent_masking() -> ProfileConfig {
     ProfileConfig {
         detectors: vec!["all".to_string()],
-        actions: [("card".to_string(), Action::Last4)].into(),
+        actions: [("card".to_string(), Action::Last4), ("email".to_string(), Action::Token)].into(),
         columns: Vec::new(),
     }
 }
@@ -186,6 +186,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 rules: Some(AGENT_RULES.to_string()),
                 masking_profile: Some(AGENT_MASKING.to_string()),
                 masking_profiles: Default::default(),
+                sample_rows: None,
             },
             PolicyConfig {
                 name: "engineers".to_string(),
@@ -196,6 +197,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 rules: None,
                 masking_profile: None,
                 masking_profiles: Default::default(),
+                sample_rows: None,
             },
         ],
         rules: [(AGENT_RULES.to_string(), agent_rules())].into(),

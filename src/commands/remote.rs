@@ -24,19 +24,33 @@ pub fn search(server: &str, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         query = format!("{query} since:{since}");
     }
-    let path = format!(
-        "/api/search?{}",
-        query_string([
-            ("q", Some(query)),
-            ("limit", Some(args.limit.to_string())),
-            ("offset", Some(args.offset.to_string())),
-            ("order", Some(if args.oldest_first { "oldest" } else { "newest" }.to_string())),
-        ])
-    );
-    let result = match client(server, &args.source)?.get_json(&path) {
+    let order = if args.oldest_first { "oldest" } else { "newest" };
+    let answer = match super::search::value_of(args)? {
+        // The value travels in a body, never in a URL.
+        Some(value) => client(server, &args.source)?.post_json(
+            "/api/search/value",
+            &serde_json::json!({ "value": value, "q": query, "limit": args.limit, "offset": args.offset, "order": order }),
+        ),
+        None => {
+            let path = format!(
+                "/api/search?{}",
+                query_string([
+                    ("q", Some(query)),
+                    ("limit", Some(args.limit.to_string())),
+                    ("offset", Some(args.offset.to_string())),
+                    ("order", Some(order.to_string())),
+                ])
+            );
+            client(server, &args.source)?.get_json(&path)
+        }
+    };
+    let result = match answer {
         Ok(result) => result,
         Err(error) => return refused(error),
     };
+    for notice in result["notices"].as_array().into_iter().flatten() {
+        eprintln!("proctor: note: {}", notice.as_str().unwrap_or_default());
+    }
     let mut out = std::io::stdout().lock();
     let hits = result["hits"].as_array().cloned().unwrap_or_default();
     for hit in &hits {

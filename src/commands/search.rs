@@ -28,6 +28,11 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         query = format!("{query} since:{since}");
     }
+    if let Some(value) = value_of(&args)? {
+        let path = data_dir.join("keys").join("masking.key");
+        let key = proctor_gateway_core::masking::MaskingKey::load(&path)?;
+        query = proctor_replay_server::api::value_query(&key.value_token(&value), &query);
+    }
     let request = SearchRequest {
         limit: args.limit,
         offset: args.offset,
@@ -46,6 +51,9 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         &data_dir,
         super::access::Access { operation: "search", query: Some(request.query.clone()), target_session: None },
     );
+    for notice in &result.notices {
+        eprintln!("proctor: note: {notice}");
+    }
     let mut out = std::io::stdout().lock();
     for hit in &result.hits {
         if args.json {
@@ -60,6 +68,22 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{} of {} hits", result.hits.len(), result.total)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The value of `--value`: as given, or (`-`) one line of stdin.
+pub(super) fn value_of(args: &SearchArgs) -> anyhow::Result<Option<String>> {
+    let Some(value) = &args.value else { return Ok(None) };
+    let value = if value == "-" {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        value.clone()
+    };
+    if value.trim().is_empty() {
+        anyhow::bail!("--value: give the value to look for");
+    }
+    Ok(Some(value))
 }
 
 /// A hit as one line of human output (here and with `--server`): time,

@@ -396,6 +396,14 @@ async fn start_replay(
         let (console, dev_issuer) = console(config, replay, &url)?;
         state = state.with_console(console, dev_issuer);
     }
+    // Searches by value need the key tokens were made with: the one the
+    // masking profiles use, or one an earlier configuration left.
+    let key_path = config.masking.key_file.clone().unwrap_or_else(|| config.data_dir.join("keys").join("masking.key"));
+    if !config.masking.profiles.is_empty() || config.masking.default_profile.is_some() {
+        state = state.with_token_key(config.masking_profiles()?.key().clone());
+    } else if key_path.exists() {
+        state = state.with_token_key(proctor_gateway_core::masking::MaskingKey::load(&key_path)?);
+    }
     let state = std::sync::Arc::new(state);
     let served = proctor_replay_server::serve(listener, state, tls, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -464,7 +472,10 @@ pub async fn serve(
         };
         let started = match &grants {
             Some(plane) => {
-                let auth = Arc::new(GrantAuthenticator::new(plane.store.clone(), plane.live.clone(), secrets));
+                let samples = config.policies.iter().filter_map(|p| Some((p.name.clone(), p.sample_rows?)));
+                let auth = Arc::new(
+                    GrantAuthenticator::new(plane.store.clone(), plane.live.clone(), secrets).with_samples(samples),
+                );
                 crate::gateway::start(&config, sink.clone(), auth, stopped.clone()).await
             }
             None => {

@@ -237,6 +237,15 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         assert!(row.contains("select 'larkspur' as flower"), "{row}");
         let head = wait_for(&client, "#session-head .facts").await.text().await.unwrap();
         assert!(head.contains("alice") && head.contains("test-db"), "{head}");
+        // The server's start-up parameters are folded under the header, not
+        // rows of the session.
+        wait_value(&client, "return document.querySelectorAll('#parameters [data-seq]').length > 5", &json!(true))
+            .await;
+        let listed =
+            script(&client, "return document.querySelectorAll('#events li[data-kind=parameter_status]').length").await;
+        assert_eq!(listed, json!(0));
+        let parameters = script(&client, "return document.querySelector('#parameters').textContent").await;
+        assert!(parameters.as_str().unwrap().contains("server_version"), "{parameters}");
         let short_first_ms: f64 =
             script(&client, "return Number(document.body.dataset.firstEventsMs)").await.as_f64().unwrap();
         // The timeline marks the three statements; a mark is a way there.

@@ -207,7 +207,14 @@ fn agents_get_a_credential_that_works_until_it_is_revoked_or_expires() {
     assert_eq!(count(&format!("grant:{short_id} kind:grant_expired")), 1);
     assert_eq!(count("kind:session_end end_reason:grant_revoked"), 1);
     assert_eq!(count("kind:session_end end_reason:grant_expired"), 1);
-    assert_eq!(count(&format!("grant:{id} kind:session_start subject:ci-deploy")), 2, "the two sessions under it");
+    assert_eq!(
+        count(&format!("grant:{id} kind:session_start subject:ci-deploy -end_reason:auth_failed")),
+        2,
+        "the two sessions under it"
+    );
+    // And the two refused attempts on its credential: a wrong password,
+    // and the grant used after its revocation.
+    assert_eq!(count(&format!("grant:{id} kind:session_end end_reason:auth_failed subject:ci-deploy")), 2);
 }
 
 #[test]

@@ -9,11 +9,18 @@ use super::live::{Lease, LiveGrants};
 use super::store::{ControlStore, GrantStatus};
 use crate::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator, constant_time_eq};
 
+/// Result rows a grant's sessions keep (masked), unless its policy says
+/// otherwise: a few, where a masking profile applies.
+pub const DEFAULT_SAMPLE_ROWS: usize = 5;
+
 /// Grants first; a resource's shared secret (if it still has one) for other
 /// user names.
 pub struct GrantAuthenticator<S: ControlStore> {
     store: S,
     live: Arc<LiveGrants>,
+    /// Result rows sampled per policy (by name): where a grant's profile
+    /// applies, its sessions keep that many rows of each result, masked.
+    samples: std::collections::HashMap<String, usize>,
     shared: SharedSecretAuthenticator,
     /// Resources that still accept a shared secret.
     with_secret: Vec<String>,
@@ -22,7 +29,20 @@ pub struct GrantAuthenticator<S: ControlStore> {
 impl<S: ControlStore> GrantAuthenticator<S> {
     pub fn new(store: S, live: Arc<LiveGrants>, secrets: Vec<(String, String)>) -> Self {
         let with_secret = secrets.iter().map(|(r, _)| r.clone()).collect();
-        GrantAuthenticator { store, live, shared: SharedSecretAuthenticator::new(secrets), with_secret }
+        GrantAuthenticator {
+            store,
+            live,
+            samples: std::collections::HashMap::new(),
+            shared: SharedSecretAuthenticator::new(secrets),
+            with_secret,
+        }
+    }
+
+    /// Each policy's result sampling (policies not listed sample
+    /// [`DEFAULT_SAMPLE_ROWS`]).
+    pub fn with_samples(mut self, samples: impl IntoIterator<Item = (String, usize)>) -> Self {
+        self.samples = samples.into_iter().collect();
+        self
     }
 }
 
@@ -48,15 +68,23 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
             AuthError::Unavailable("the control store cannot be reached".to_string())
         })?;
         let Some(grant) = grant else { return Err(refused()) };
+        // The attempt is the grant's, whoever made it: recorded under the
+        // grant and its subject (the client is told only what it was told
+        // before).
+        let owned = |message: String| AuthError::RefusedGrant {
+            message,
+            grant_id: grant.id.clone(),
+            subject: grant.subject.clone(),
+        };
         let presented = credential_hash(request.password);
         let matches =
             grant.credential_hash.as_deref().is_some_and(|h| constant_time_eq(h.as_bytes(), presented.as_bytes()));
         if !matches {
-            return Err(refused());
+            return Err(owned(refused().to_string()));
         }
         // Past here the caller holds the grant's credential: tell them plainly.
         if grant.resource != request.resource {
-            return Err(AuthError::Refused(format!(
+            return Err(owned(format!(
                 "grant {} is for resource {}, not {}",
                 grant.id, grant.resource, request.resource
             )));
@@ -65,18 +93,26 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
         match grant.status {
             GrantStatus::Active if grant.expires_at > now_ms() => {}
             GrantStatus::Active | GrantStatus::Expired => {
-                return Err(AuthError::Refused(format!(
+                return Err(owned(format!(
                     "grant {} has expired ({why}); request a new one with `proctor grant request`",
                     grant.id
                 )));
             }
             GrantStatus::Revoked => {
-                return Err(AuthError::Refused(format!("grant {} was {why}; request a new one", grant.id)));
+                return Err(owned(format!("grant {} was {why}; request a new one", grant.id)));
             }
             GrantStatus::Pending | GrantStatus::Denied => {
-                return Err(AuthError::Refused(format!("grant {} is {}: {why}", grant.id, grant.status.as_str())));
+                return Err(owned(format!("grant {} is {}: {why}", grant.id, grant.status.as_str())));
             }
         }
+        // A grant without a masking profile samples nothing: no raw value
+        // reaches the recording (the session checks again).
+        let sample_rows = match grant.masking_profile.as_deref() {
+            None | Some("none") => 0,
+            Some(_) => {
+                grant.policy.as_deref().and_then(|p| self.samples.get(p)).copied().unwrap_or(DEFAULT_SAMPLE_ROWS)
+            }
+        };
         Ok(Identity {
             subject: grant.subject,
             groups: grant.groups,
@@ -84,6 +120,7 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
             masking_profile: grant.masking_profile,
             rules: grant.rules,
             expires_at: Some(grant.expires_at),
+            sample_rows: Some(sample_rows),
         })
     }
 

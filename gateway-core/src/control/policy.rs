@@ -70,6 +70,10 @@ pub struct PolicyConfig {
     /// the union of their profiles (the strictest action wins).
     #[serde(default)]
     pub masking_profiles: std::collections::BTreeMap<String, String>,
+    /// Rows of each result the sessions of its grants keep in the
+    /// recording, masked with the grant's profile (none without one);
+    /// default 5.
+    pub sample_rows: Option<usize>,
 }
 
 /// Who must approve a request, and how many of them.
@@ -123,6 +127,9 @@ impl Policies {
             }
             if p.max_ttl.is_zero() {
                 return bad(format!("policy {:?}: max_ttl must be positive", p.name));
+            }
+            if p.sample_rows.is_some_and(|rows| rows > 1000) {
+                return bad(format!("policy {:?}: sample_rows is at most 1000", p.name));
             }
             if p.masking_profile.is_some() && !p.masking_profiles.is_empty() {
                 return bad(format!(
@@ -270,6 +277,7 @@ mod tests {
                 ("sre".to_string(), "none".to_string()),
             ]
             .into(),
+            sample_rows: None,
         };
         let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(Policies::masking_for(&p, &groups(&["analysts", "ci"])).as_deref(), Some("pii+strict"));
@@ -292,6 +300,7 @@ mod tests {
             rules: None,
             masking_profile: None,
             masking_profiles: Default::default(),
+            sample_rows: None,
         };
         let e = Policies::new(vec![policy(Some(ApprovalConfig { group: "a".into(), count: 0 }), 60)]).unwrap_err();
         assert!(e.to_string().contains("approval.count"), "{e}");

@@ -415,10 +415,33 @@ impl MaskingKey {
     }
 
     fn token(&self, rule: &str, value: &str) -> String {
+        format!("[{rule}:{}]", self.value_token(value))
+    }
+
+    /// The word a value masked with the token action is replaced by
+    /// (`tok_` and 12 hex digits), inside its marker `[rule:tok_…]`. The
+    /// value is normalised first (see [`normalized`]), so that the same
+    /// address, card or phone number written differently gives the same
+    /// token; the token says nothing of the value without the key. It is
+    /// also what finds every place a value passed (`proctor search
+    /// --value`), without the value ever being stored.
+    pub fn value_token(&self, value: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(value.as_bytes());
+        mac.update(normalized(value).as_bytes());
         let tag = mac.finalize().into_bytes();
-        format!("[{rule}:tok_{}]", hex::encode(&tag[..6]))
+        format!("tok_{}", hex::encode(&tag[..6]))
+    }
+
+    /// Reads an existing key (never creates one): what finds tokens in a
+    /// recording, read where it was made.
+    pub fn load(path: &std::path::Path) -> Result<MaskingKey, GatewayError> {
+        if !path.exists() {
+            return Err(GatewayError::Config(format!(
+                "no masking key at {}: nothing here was masked with tokens",
+                path.display()
+            )));
+        }
+        MaskingKey::load_or_create(path)
     }
 }
 
@@ -426,6 +449,31 @@ impl std::fmt::Debug for MaskingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MaskingKey(..)")
     }
+}
+
+/// A value as tokens see it: by its shape, not by the rule that found it
+/// (a column rule and a detector give the same token to the same value).
+/// An e-mail address (it has an `@`) in lower case; seven digits or more
+/// written with separators (a card, phone or social security number) as
+/// their digits;
+/// letters and digits grouped by spaces (an IBAN) without the spaces, in
+/// capitals; anything else trimmed.
+pub fn normalized(value: &str) -> std::borrow::Cow<'_, str> {
+    let value = value.trim();
+    let digits = value.bytes().filter(u8::is_ascii_digit).count();
+    let has_digit = digits > 0;
+    if value.contains('@') {
+        return value.to_lowercase().into();
+    }
+    // Numbers written with separators: long enough to be a phone, card or
+    // account number (`1.50` and `150` stay two values).
+    if digits >= 7 && value.bytes().all(|b| b.is_ascii_digit() || b" +-.()/".contains(&b)) {
+        return value.chars().filter(char::is_ascii_digit).collect::<String>().into();
+    }
+    if has_digit && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ') && value.contains(' ') {
+        return value.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_uppercase()).collect::<String>().into();
+    }
+    value.into()
 }
 
 /// A profile with the key its tokens are made with.
@@ -774,6 +822,32 @@ fn json_tokens(text: &str) -> Vec<(JsonToken, std::ops::Range<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_written_differently_has_one_token_and_a_value_search_finds_it() {
+        let key = MaskingKey::new(b"a key of the deployment".to_vec());
+        let same = |a: &str, b: &str| assert_eq!(key.value_token(a), key.value_token(b), "{a} / {b}");
+        same("Ada@Example.com ", "ada@example.com");
+        same("4111 1111 1111 1111", "4111-1111-1111-1111");
+        same("4111111111111111", "(4111) 1111.1111/1111");
+        same("DE89 3704 0044 0532 0130 00", "DE89370400440532013000");
+        same("de89 3704 0044 0532 0130 00", "DE89370400440532013000");
+        let token = key.value_token("ada@example.com");
+        assert!(token.starts_with("tok_") && token.len() == 16, "{token}");
+        assert_ne!(token, key.value_token("bob@example.com"));
+        assert_ne!(token, MaskingKey::new(b"another deployment".to_vec()).value_token("ada@example.com"));
+        assert_ne!(key.value_token("Secret1"), key.value_token("secret1"), "case kept where it may matter");
+        assert_ne!(key.value_token("1.50"), key.value_token("150"), "short numbers keep their separators");
+        assert_ne!(key.value_token("-5"), key.value_token("5"));
+        // What the token action writes holds what a value search looks for.
+        let config: ProfileConfig =
+            toml::from_str("detectors = [\"email\", \"card\"]\nactions = { email = \"token\", card = \"token\" }")
+                .unwrap();
+        let m = Masker::new(Profile::new("p", &config).unwrap(), key.clone());
+        let masked = m.mask_text("mail Ada@Example.com, card 4111 1111 1111 1111", &mut Counts::default());
+        assert!(masked.contains(&format!("[email:{token}]")), "{masked}");
+        assert!(masked.contains(&key.value_token("4111111111111111")), "{masked}");
+    }
 
     #[test]
     fn json_is_read_as_a_driver_decodes_it() {

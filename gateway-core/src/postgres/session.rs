@@ -199,9 +199,10 @@ async fn serve<S: EventSink, A: Authenticator>(
         step(deadline, &mut shutdown, authenticate(ctx, &mut client, &user, &database, client_addr)).await;
     let identity = match authenticated {
         Ok(Ok(identity)) => identity,
-        Ok(Err(error)) => {
+        Ok(Err((error, owner))) => {
             let claimed = Some(&claimed);
-            refuse_with(recorder, resource, client_addr, claimed, error, Some(client), EndReason::AuthFailed).await;
+            let reason = EndReason::AuthFailed;
+            refuse_owned(recorder, resource, client_addr, claimed, error, Some(client), reason, owner.as_ref()).await;
             return;
         }
         Err(interrupted) => {
@@ -373,7 +374,15 @@ async fn serve<S: EventSink, A: Authenticator>(
         return;
     }
 
-    let mut protocol = Protocol::new(resource.limits).with_gate(gate).with_masker(masker);
+    // Result samples: as the grant's policy says, and only where a profile
+    // masks them; otherwise as the resource says.
+    let rows = match identity.sample_rows {
+        Some(rows) if masker.is_some() => rows,
+        Some(_) => 0,
+        None => resource.limits.rows,
+    };
+    let limits = super::SampleLimits { rows, ..resource.limits };
+    let mut protocol = Protocol::new(limits).with_gate(gate).with_masker(masker);
     for (name, value) in &parameters {
         protocol.parameter(name, value);
     }
@@ -580,12 +589,44 @@ async fn refuse_with<S: EventSink>(
     conn: Option<Conn>,
     reason: EndReason,
 ) {
+    refuse_owned(recorder, resource, client_addr, claimed, error, conn, reason, None).await
+}
+
+/// The grant a refused credential belonged to, and its subject.
+struct Owner {
+    grant_id: String,
+    subject: String,
+}
+
+/// Records a refused connection (under the grant its credential named, if
+/// known: `grant:` and `subject:` find the failed attempts on a grant) and
+/// tells the client.
+#[allow(clippy::too_many_arguments)]
+async fn refuse_owned<S: EventSink>(
+    recorder: &mut SessionRecorder<S>,
+    resource: &PgResource,
+    client_addr: SocketAddr,
+    claimed: Option<&Claimed>,
+    error: PgError,
+    conn: Option<Conn>,
+    reason: EndReason,
+    owner: Option<&Owner>,
+) {
     let nothing = Claimed::default();
     let claimed = claimed.unwrap_or(&nothing);
     let params = &claimed.params;
     let tls = conn.as_ref().map_or("off".to_string(), Conn::tls_version);
     let gave = params.get("user").map(|u| format!("refused; the client gave user name {u:?}"));
-    recorder.push(Direction::Gateway, session_start(resource, client_addr, params, None, &tls, gave));
+    let attempted = owner.map(|owner| Identity {
+        subject: owner.subject.clone(),
+        groups: Vec::new(),
+        grant_id: Some(owner.grant_id.clone()),
+        masking_profile: None,
+        rules: None,
+        expires_at: None,
+        sample_rows: None,
+    });
+    recorder.push(Direction::Gateway, session_start(resource, client_addr, params, attempted.as_ref(), &tls, gave));
     let recorded = PgError {
         message: claimed.scrub(&error.message),
         detail: error.detail.as_deref().map(|d| claimed.scrub(d)),
@@ -607,30 +648,35 @@ async fn authenticate<S: EventSink, A: Authenticator>(
     user: &str,
     database: &str,
     client_addr: SocketAddr,
-) -> Result<Identity, PgError> {
+) -> Result<Identity, (PgError, Option<Owner>)> {
+    let unowned = |error: PgError| (error, None);
     let mut request = BytesMut::new();
     messages::authentication_cleartext(&mut request);
-    client.write_all(&request).await.map_err(|_| PgError::fatal("08006", "the client left during authentication"))?;
-    client.flush().await.map_err(|_| PgError::fatal("08006", "the client left during authentication"))?;
+    let left = || unowned(PgError::fatal("08006", "the client left during authentication"));
+    client.write_all(&request).await.map_err(|_| left())?;
+    client.flush().await.map_err(|_| left())?;
     let mut header = [0u8; 5];
     if client.read_exact(&mut header).await.is_err() || header[0] != b'p' {
-        return Err(PgError::fatal(
+        return Err(unowned(PgError::fatal(
             "28P01",
             format!("password authentication failed for user \"{user}\": no password was sent"),
-        ));
+        )));
     }
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if !(5..=10_000).contains(&length) {
-        return Err(PgError::fatal("08P01", format!("invalid password message length {length}")));
+        return Err(unowned(PgError::fatal("08P01", format!("invalid password message length {length}"))));
     }
     let mut body = vec![0u8; length - 4];
-    client.read_exact(&mut body).await.map_err(|_| PgError::fatal("08006", "the client left during authentication"))?;
+    client.read_exact(&mut body).await.map_err(|_| left())?;
     let password = body.split(|&b| b == 0).next().unwrap_or_default();
     let request = AuthRequest { resource: &ctx.resource.name, user, database, password, client_addr };
     ctx.auth.authenticate(&request).await.map_err(|e| match e {
-        crate::auth::AuthError::Refused(message) => PgError::fatal("28P01", message),
+        crate::auth::AuthError::Refused(message) => unowned(PgError::fatal("28P01", message)),
+        crate::auth::AuthError::RefusedGrant { message, grant_id, subject } => {
+            (PgError::fatal("28P01", message), Some(Owner { grant_id, subject }))
+        }
         crate::auth::AuthError::Unavailable(message) => {
-            PgError::fatal("08004", message).with_hint("authentication is unavailable; try again later")
+            unowned(PgError::fatal("08004", message).with_hint("authentication is unavailable; try again later"))
         }
     })
 }
