@@ -49,10 +49,16 @@
   // cookie only on requests that carry it, which no other site can make.
   const csrf = document.querySelector('meta[name="proctor-csrf"]').content;
 
-  async function api(path) {
+  // A GET, or with `body` a POST of it as JSON (a value searched for
+  // travels in a body, never in a URL).
+  async function api(path, body) {
+    const headers = { Accept: 'application/json', 'X-Proctor-CSRF': csrf };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
     const response = await fetch(path, {
+      method: body === undefined ? 'GET' : 'POST',
       credentials: 'same-origin',
-      headers: { Accept: 'application/json', 'X-Proctor-CSRF': csrf },
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (response.status === 401) {
       location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search + location.hash);
@@ -106,6 +112,23 @@
       history.pushState(null, '', q ? '/?q=' + encodeURIComponent(q) : '/');
       run(q);
     });
+    // Who saw a value: found by the token that replaced it, the value
+    // neither in the URL nor in the history.
+    document.getElementById('value-form').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const field = document.getElementById('value');
+      const value = field.value;
+      if (!value.trim()) return;
+      main.setAttribute('aria-busy', 'true');
+      try {
+        const data = await api('/api/search/value', { value, limit: PAGE });
+        renderResults(data.token, data, (offset) => api('/api/search/value', { value, limit: PAGE, offset }));
+        document.getElementById('summary').prepend(`The value's token is ${data.token}. `);
+      } catch (error) {
+        main.replaceChildren(el('div', { class: 'error', role: 'alert', id: 'search-error' }, error.message));
+      }
+      main.removeAttribute('aria-busy');
+    });
     window.addEventListener('popstate', () => {
       q = new URLSearchParams(location.search).get('q') || '';
       input.value = q;
@@ -137,7 +160,8 @@
     body.dataset.searchMs = proctor.timings.search.toFixed(1);
   }
 
-  function renderResults(q, data) {
+  // `page(offset)`: the next page of the same search.
+  function renderResults(q, data, page = (offset) => api('/api/search?' + new URLSearchParams({ q, limit: PAGE, offset }))) {
     const list = el('ol', { class: 'hits', id: 'hits' });
     const summary = el('p', { class: 'summary', id: 'summary', 'aria-live': 'polite' });
     let shown = 0;
@@ -155,7 +179,7 @@
       onclick: async () => {
         more.disabled = true;
         try {
-          const next = await api('/api/search?' + new URLSearchParams({ q, limit: PAGE, offset: shown }));
+          const next = await page(shown);
           add(next.hits);
         } catch (error) {
           more.after(el('div', { class: 'error', role: 'alert' }, error.message));

@@ -173,8 +173,10 @@ fn searchable(base: &str, token: &str, query: &str) -> Value {
 fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
     let cluster = cluster(&Options::default());
     let replay_port = free_port();
+    // E-mail addresses masked with keyed tokens: found by value.
+    let masking = "[masking]\ndefault_profile = \"pii\"\n\n[masking.profiles.pii]\ndetectors = [\"email\"]\nactions = { email = \"token\" }\n";
     let options = ProctorOptions {
-        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n"),
+        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n\n{masking}"),
         ..ProctorOptions::default()
     };
     let mut proctor = Proctor::start(bin(), cluster.port, &options);
@@ -185,7 +187,14 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         .output()
         .unwrap();
     assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    let mail = Command::new(cluster.bindir.join("psql"))
+        .args(["-X", "-q", "-At", "-d", &proctor.conninfo("carol", APP_ROLE, "disable")])
+        .args(["-c", "select 'Ada@Example.com' as mail"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&mail.stdout).contains("[email:tok_"), "masked for the client too");
     let token = dev_token(bin(), &proctor.data_dir, "robot", "investigators");
+    searchable(&base, &token, "kind:statement subject:carol");
     let found = searchable(&base, &token, "larkspur kind:statement");
     let hit_seq = found["hits"][0]["seq"].as_u64().unwrap();
     let session_id = found["hits"][0]["session_id"].as_str().unwrap().to_string();
@@ -296,6 +305,27 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         let shot = artifacts().join("console-session.png");
         std::fs::write(&shot, png).unwrap();
         println!("screenshot of the session page: {}", shot.display());
+
+        // Who saw a value: the value searched for by its token, never in
+        // the address bar.
+        client.goto(&format!("{base}/")).await.unwrap();
+        let value = wait_for(&client, "#value").await;
+        value.send_keys("ada@example.com").await.unwrap();
+        client.find(Locator::Css("#value-form button")).await.unwrap().click().await.unwrap();
+        wait_value(
+            &client,
+            "const h = document.querySelector('#hits .hit'); return h ? h.textContent.includes('[email:tok_') : false",
+            &json!(true),
+        )
+        .await;
+        let summary = client.find(Locator::Css("#summary")).await.unwrap().text().await.unwrap();
+        assert!(summary.contains("token is tok_"), "{summary}");
+        let hits =
+            script(&client, "return [...document.querySelectorAll('#hits .hit')].map(h => h.textContent).join('|')")
+                .await;
+        assert!(hits.as_str().unwrap().contains("carol"), "{hits}");
+        let url = client.current_url().await.unwrap();
+        assert!(!url.as_str().to_lowercase().contains("example"), "the value stays out of the URL: {url}");
 
         // Signed out, a non-investigator is refused at sign-in.
         client.delete_all_cookies().await.unwrap();
