@@ -28,6 +28,7 @@ const TEXT_COLUMNS: &[Column] = &[
     Column::Body,
     Column::Data,
     Column::Masked,
+    Column::Tokens,
 ];
 
 /// Where a document comes from: the WAL file or segment number.

@@ -642,6 +642,7 @@ impl Script {
                     duration_ns,
                     sample_rows: sample,
                     sample_truncated: rows > 3,
+                    ..Default::default()
                 },
             );
             if masked_cells > 0 {

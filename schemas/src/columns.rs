@@ -127,6 +127,8 @@ columns! {
     Headers = "headers": Pairs; "HTTP headers in order (secrets masked)"
     Body = "body": Bytes; "an HTTP body (bounded, masked)"
     Masked = "masked": Counts; "how many values each masking rule replaced"
+    Tokens = "tokens": StrList; "the keyed tokens masking wrote into a result's rows (each once; at most 256)"
+    TokensDropped = "tokens_dropped": U64; "how many times a result's masking wrote a token not kept (beyond the 256)"
 }
 
 /// Number of columns in the schema.

@@ -151,7 +151,15 @@ pub struct StatementResult {
     pub sample_rows: Vec<Vec<Option<String>>>,
     /// Whether rows beyond the sample bound were left out.
     pub sample_truncated: bool,
+    /// The keyed tokens masking wrote into its rows (sampled or not), each
+    /// once, at most [`MAX_RESULT_TOKENS`].
+    pub tokens: Vec<String>,
+    /// How many times a token not kept was written (past the bound).
+    pub tokens_dropped: u64,
 }
+
+/// Keyed tokens a result keeps, at most.
+pub const MAX_RESULT_TOKENS: usize = 256;
 
 /// An error reported to the client.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -476,6 +484,8 @@ impl EventBody {
                 cells.u64(C::DurationNs, r.duration_ns);
                 cells.set(C::SampleRows, Value::Rows(&r.sample_rows));
                 cells.set(C::Truncated, Value::Bool(r.sample_truncated));
+                cells.set(C::Tokens, Value::StrList(&r.tokens));
+                cells.opt_u64(C::TokensDropped, (r.tokens_dropped > 0).then_some(r.tokens_dropped));
             }
             EventBody::Error(e) => {
                 cells.opt_u64(C::RefSeq, e.ref_seq);
@@ -664,6 +674,8 @@ impl EventBody {
                 duration_ns: req_u64(row, C::DurationNs)?,
                 sample_rows: row.take_rows(C::SampleRows)?,
                 sample_truncated: req_bool(row, C::Truncated)?,
+                tokens: row.take_str_list(C::Tokens)?,
+                tokens_dropped: row.take_u64(C::TokensDropped)?.unwrap_or(0),
             }),
             EventKind::Error => EventBody::Error(ErrorReport {
                 ref_seq: row.take_u64(C::RefSeq)?,

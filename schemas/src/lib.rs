@@ -42,4 +42,7 @@ pub use vocab::*;
 ///
 /// - v1: the first schema.
 /// - v2: `grant_partially_approved`, an approval that leaves a grant pending.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - v3: `tokens` and `tokens_dropped` on results: the keyed tokens masking
+///   wrote into every row, sampled or not, so a value is found wherever it
+///   passed.
+pub const SCHEMA_VERSION: u32 = 3;

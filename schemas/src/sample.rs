@@ -54,8 +54,10 @@ pub fn full(kind: EventKind) -> EventBody {
             row_count: 2,
             byte_count: 64,
             duration_ns: 1_250_000,
-            sample_rows: vec![vec![some("1"), some("[masked:email]")], vec![some("2"), None]],
+            sample_rows: vec![vec![some("1"), some("[email:tok_3f9a1c2e7b10]")], vec![some("2"), None]],
             sample_truncated: true,
+            tokens: vec![s("tok_3f9a1c2e7b10"), s("tok_81c0d2e4f6a9")],
+            tokens_dropped: 1,
         }
         .into(),
         K::Error => ErrorReport {

@@ -257,6 +257,7 @@ fn every_investigator_question_is_one_query_with_the_right_names_on_every_hit() 
          select 1/0;
          drop table orders;
          select customer_email from orders where id = 1;
+         select 'user' || g || '@example.com' as mail from generate_series(1, 20) g;
          copy orders to stdout;
          alter table orders add column note text;
         ",
@@ -552,6 +553,19 @@ fn every_investigator_question_is_one_query_with_the_right_names_on_every_hit() 
     let posted: Value = serde_json::from_str(&stdout(&posted)).unwrap();
     let token = field(&posted, "token");
     check("the API finds the same", posted["total"].as_u64() == Some(by_value.len() as u64), &posted);
+    // A value in a row beyond the sample: found by the tokens its result
+    // recorded.
+    let found = run(
+        bin(),
+        &["search", "--value", "user17@example.com", "--server", &day.replay, "--token", &day.investigator, "--json"],
+    );
+    let in_rows: Vec<Value> = stdout(&found).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    check(
+        "a value in a row not sampled",
+        in_rows.len() == 1 && field(&in_rows[0], "kind") == "result" && field(&in_rows[0], "subject") == "ci-deploy",
+        &in_rows,
+    );
+    check("not in the sample", !field(&in_rows[0], "text").contains("user17"), &in_rows);
     check(
         "another value finds nothing",
         {
@@ -619,10 +633,13 @@ fn every_investigator_question_is_one_query_with_the_right_names_on_every_hit() 
             "kind:result",
         ],
     );
+    // (The COPY's result carries the address's token too: the address
+    // passed there as well.)
+    let shown = stdout(&out);
     check(
         "--value with --since and a query",
-        out.status.success() && stdout(&out).contains("1 of 1 hits"),
-        &(stdout(&out), stderr(&out)),
+        out.status.success() && shown.contains("customer_email") && shown.contains("2 of 2 hits"),
+        &(shown.clone(), stderr(&out)),
     );
     check("session:*", day.ask("session:*")["total"].as_u64().unwrap_or(0) > 50, &"session:*");
 

@@ -339,15 +339,64 @@ impl NameSays {
     }
 }
 
-/// Counts of masked values by rule (`card`, `column:customers.ssn`, ...).
-pub type Counts = BTreeMap<String, u64>;
+/// What masking did to a value, a message or a result: how many values each
+/// rule replaced (`card`, `column:customers.ssn`, ...: the map it derefs
+/// to), and the keyed tokens it wrote, each once (at most
+/// [`proctor_schemas::MAX_RESULT_TOKENS`]; the others counted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    rules: BTreeMap<String, u64>,
+    tokens: std::collections::BTreeSet<String>,
+    tokens_dropped: u64,
+}
+
+impl Counts {
+    pub fn new() -> Counts {
+        Counts::default()
+    }
+
+    /// The counts by rule.
+    pub fn into_rules(self) -> BTreeMap<String, u64> {
+        self.rules
+    }
+
+    /// The tokens written (each once), and how many more were not kept.
+    pub fn tokens(&self) -> (Vec<String>, u64) {
+        (self.tokens.iter().cloned().collect(), self.tokens_dropped)
+    }
+
+    fn token(&mut self, token: &str) {
+        if self.tokens.contains(token) {
+            return;
+        }
+        if self.tokens.len() < proctor_schemas::MAX_RESULT_TOKENS {
+            self.tokens.insert(token.to_string());
+        } else {
+            self.tokens_dropped += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Counts {
+    type Target = BTreeMap<String, u64>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.rules
+    }
+}
+
+impl std::ops::DerefMut for Counts {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rules
+    }
+}
 
 /// Counts one masked value (allocating the rule's name only the first time).
 pub fn count(counts: &mut Counts, rule: &str) {
-    match counts.get_mut(rule) {
+    match counts.rules.get_mut(rule) {
         Some(n) => *n += 1,
         None => {
-            counts.insert(rule.to_string(), 1);
+            counts.rules.insert(rule.to_string(), 1);
         }
     }
 }
@@ -412,10 +461,6 @@ impl MaskingKey {
         mac.update(&[0]);
         mac.update(data);
         hex::encode(mac.finalize().into_bytes())
-    }
-
-    fn token(&self, rule: &str, value: &str) -> String {
-        format!("[{rule}:{}]", self.value_token(value))
     }
 
     /// The word a value masked with the token action is replaced by
@@ -487,9 +532,9 @@ pub struct Masker {
 }
 
 /// Replaces `value` by `action`; `rule` names it in the marker.
-fn apply(action: Action, rule: &str, value: &str, key: &MaskingKey) -> String {
+fn apply(action: Action, rule: &str, value: &str, key: &MaskingKey, counts: &mut Counts) -> String {
     let mut out = String::new();
-    apply_into(action, rule, value, key, &mut out);
+    apply_into(action, rule, value, key, counts, &mut out);
     out
 }
 
@@ -511,15 +556,23 @@ impl TextOut for Vec<u8> {
     }
 }
 
-/// [`apply`], appending to `out`.
-fn apply_into(action: Action, rule: &str, value: &str, key: &MaskingKey, out: &mut impl TextOut) {
+/// [`apply`], appending to `out`; a token written is kept in `counts`.
+fn apply_into(action: Action, rule: &str, value: &str, key: &MaskingKey, counts: &mut Counts, out: &mut impl TextOut) {
     match action {
         Action::Redact => {
             out.put("[");
             out.put(rule);
             out.put(":masked]");
         }
-        Action::Token => out.put(&key.token(rule, value)),
+        Action::Token => {
+            let token = key.value_token(value);
+            counts.token(&token);
+            out.put("[");
+            out.put(rule);
+            out.put(":");
+            out.put(&token);
+            out.put("]");
+        }
         Action::Last4 => {
             let keep = value.chars().filter(|c| c.is_alphanumeric()).count().saturating_sub(4);
             let mut seen = 0;
@@ -600,8 +653,8 @@ impl Masker {
     }
 
     /// Masks a whole value by a column rule.
-    pub fn mask_whole(&self, rule: &str, action: Action, value: &str) -> String {
-        apply(action, rule, value, &self.key)
+    pub fn mask_whole(&self, rule: &str, action: Action, value: &str, counts: &mut Counts) -> String {
+        apply(action, rule, value, &self.key, counts)
     }
 
     /// Masks `value` from `column`: a column rule masks it whole; otherwise
@@ -610,7 +663,7 @@ impl Masker {
     pub fn mask<'v>(&self, value: &'v str, column: Option<&Column<'_>>, counts: &mut Counts) -> Cow<'v, str> {
         if let Some((rule, action)) = column.and_then(|c| self.column_rule(c)) {
             count(counts, rule);
-            return Cow::Owned(apply(action, rule, value, &self.key));
+            return Cow::Owned(apply(action, rule, value, &self.key, counts));
         }
         let says = column.map_or(NameSays::Nothing, |c| self.name_says(c));
         self.mask_text_in_column(value, says, counts)
@@ -638,7 +691,7 @@ impl Masker {
             Some(index) => {
                 let (rule, action) = self.column_rule_at(index);
                 count(counts, rule);
-                Cow::Owned(apply(action, rule, value, &self.key))
+                Cow::Owned(apply(action, rule, value, &self.key, counts))
             }
             None => self.mask_text(value, counts),
         }
@@ -703,10 +756,10 @@ impl Masker {
             out.push_str(&value[at..range.start]);
             if number.is_some() {
                 out.push('"');
-                apply_into(action, f.detector.as_str(), &value[range.clone()], &self.key, &mut out);
+                apply_into(action, f.detector.as_str(), &value[range.clone()], &self.key, counts, &mut out);
                 out.push('"');
             } else {
-                apply_into(action, f.detector.as_str(), &value[range.clone()], &self.key, &mut out);
+                apply_into(action, f.detector.as_str(), &value[range.clone()], &self.key, counts, &mut out);
             }
             count(counts, f.detector.as_str());
             at = range.end;
@@ -726,7 +779,7 @@ impl Masker {
             }
             let action = self.actions[f.detector as usize];
             out.put(&value[at..f.range.start]);
-            apply_into(action, f.detector.as_str(), &value[f.range.clone()], &self.key, out);
+            apply_into(action, f.detector.as_str(), &value[f.range.clone()], &self.key, counts, out);
             count(counts, f.detector.as_str());
             at = f.range.end;
         }
@@ -847,6 +900,17 @@ mod tests {
         let masked = m.mask_text("mail Ada@Example.com, card 4111 1111 1111 1111", &mut Counts::default());
         assert!(masked.contains(&format!("[email:{token}]")), "{masked}");
         assert!(masked.contains(&key.value_token("4111111111111111")), "{masked}");
+        // The tokens written are kept, each once, up to the bound; the rest
+        // counted.
+        let mut counts = Counts::new();
+        for n in 0..300 {
+            m.mask_text(&format!("a{n}@example.com and again A{n}@example.com"), &mut counts);
+        }
+        let (tokens, dropped) = counts.tokens();
+        // (Past the bound, each token written is counted: two per value.)
+        assert_eq!((tokens.len(), dropped), (proctor_schemas::MAX_RESULT_TOKENS, 2 * (300 - 256)));
+        assert!(tokens.contains(&key.value_token("a7@example.com")));
+        assert_eq!(counts.get("email"), Some(&600), "every value counted");
     }
 
     #[test]

@@ -235,7 +235,7 @@ pub fn row(
             if column.is_some_and(|c| !holds_marker(c.type_oid)) {
                 Some(None)
             } else {
-                Some(Some(masker.mask_whole(rule, action, value)))
+                Some(Some(masker.mask_whole(rule, action, value, counts)))
             }
         } else if !masker.has_detectors() {
             None

@@ -331,7 +331,7 @@ fn mask_value<'v>(
             return Some(Change::Null);
         }
         let original = String::from_utf8_lossy(text);
-        return Some(Change::Bytes(masker.mask_whole(rule, action, &original).into_bytes()));
+        return Some(Change::Bytes(masker.mask_whole(rule, action, &original, counts).into_bytes()));
     }
     if !masker.has_detectors() {
         return None;

@@ -938,6 +938,9 @@ impl Protocol {
 
     fn finish_result(&mut self, tag: Option<String>, record: &mut impl Record) {
         let result = std::mem::take(&mut self.result);
+        // Every token masking wrote into the result's rows, sampled or not:
+        // what a search by value finds.
+        let (tokens, tokens_dropped) = result.masked.tokens();
         let row_count = tag
             .as_deref()
             .and_then(|t| t.rsplit(' ').next())
@@ -963,6 +966,8 @@ impl Protocol {
                 duration_ns: self.started().map_or(0, |s| s.elapsed().as_nanos() as u64),
                 sample_rows: result.sample,
                 sample_truncated: result.sample_truncated,
+                tokens,
+                tokens_dropped,
             }
             .into(),
         );
@@ -979,7 +984,11 @@ impl Protocol {
             proctor_schemas::MaskingApplied {
                 masking_profile: self.masker.as_ref().map(|m| m.profile().name.clone()),
                 ref_seq: self.current_statement(),
-                masked: counts.into_iter().map(|(rule, count)| proctor_schemas::RuleCount { rule, count }).collect(),
+                masked: counts
+                    .into_rules()
+                    .into_iter()
+                    .map(|(rule, count)| proctor_schemas::RuleCount { rule, count })
+                    .collect(),
             }
             .into(),
         );
