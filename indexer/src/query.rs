@@ -862,6 +862,131 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_read_in_their_units() {
+        let ok = |field: &str, unit, value: &str| number(field, unit, value).unwrap();
+        assert_eq!(ok("duration", Unit::Duration, "1s"), 1_000_000_000);
+        assert_eq!(ok("duration", Unit::Duration, "1.5s"), 1_500_000_000);
+        assert_eq!(ok("duration", Unit::Duration, "500ms"), 500_000_000);
+        assert_eq!(ok("duration", Unit::Duration, "250us"), 250_000);
+        assert_eq!(ok("duration", Unit::Duration, "250µs"), 250_000);
+        assert_eq!(ok("duration", Unit::Duration, "2m"), 120_000_000_000);
+        assert_eq!(ok("duration", Unit::Duration, "1h"), 3_600_000_000_000);
+        assert_eq!(ok("bytes", Unit::Bytes, "1MB"), 1_000_000);
+        assert_eq!(ok("bytes", Unit::Bytes, "1MiB"), 1_048_576);
+        assert_eq!(ok("bytes", Unit::Bytes, "10kb"), 10_000);
+        assert_eq!(ok("bytes", Unit::Bytes, "7"), 7);
+        assert_eq!(ok("rows", Unit::Count, "500"), 500);
+        assert_eq!(ok("exit_code", Unit::Signed, "-1"), -1);
+        let refused = |field: &str, unit, value: &str| number(field, unit, value).unwrap_err().message;
+        assert!(refused("duration", Unit::Duration, "1000").contains("a duration needs a unit"));
+        assert!(refused("duration", Unit::Duration, "5xs").contains("`xs` is not a unit of time"));
+        assert!(refused("bytes", Unit::Bytes, "1XB").contains("`XB` is not a unit of size"));
+        assert!(refused("rows", Unit::Count, "-1").contains("expected a whole number"));
+        assert!(refused("rows", Unit::Count, "1.5").contains("expected a whole number"));
+        assert!(refused("bytes", Unit::Bytes, "-1MB").contains("zero or more"));
+    }
+
+    #[test]
+    fn closed_vocabularies_take_their_values_and_say_what_they_read() {
+        let mut notices = Vec::new();
+        assert_eq!(closed_value("kind", "Statement", &mut notices).unwrap().as_deref(), Some("statement"));
+        assert_eq!(closed_value("outcome", "held", &mut notices).unwrap().as_deref(), Some("hold"));
+        assert_eq!(closed_value("outcome", "BLOCKED", &mut notices).unwrap().as_deref(), Some("block"));
+        assert_eq!(closed_value("protocol", "pg", &mut notices).unwrap().as_deref(), Some("postgres"));
+        assert_eq!(closed_value("subject", "anything", &mut notices).unwrap(), None, "an open field");
+        assert_eq!(
+            notices,
+            [
+                "`outcome:held` was read as `outcome:hold`",
+                "`outcome:BLOCKED` was read as `outcome:block`",
+                "`protocol:pg` was read as `protocol:postgres`"
+            ]
+        );
+        let error = closed_value("kind", "bogus", &mut notices).unwrap_err().message;
+        assert!(error.contains("`bogus` is not a kind") && error.contains("session_start, session_end"), "{error}");
+        let error = closed_value("end_reason", "revoked", &mut notices).unwrap_err().message;
+        assert!(error.contains("grant_revoked"), "{error}");
+    }
+
+    /// An index in memory: two sessions' starts (clients 10.1.2.3 and
+    /// 192.168.0.9) and a statement with a command tag and row count.
+    fn small_index() -> (Fields, tantivy::Index) {
+        let fields = Fields::new();
+        let index = tantivy::Index::create_in_ram(fields.schema.clone());
+        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let keyword = |name: &str| fields.keyword(name).unwrap();
+        for (session, client) in [("s1", "10.1.2.3"), ("s2", "192.168.0.9")] {
+            let mut doc = tantivy::TantivyDocument::default();
+            doc.add_text(keyword("session"), session);
+            doc.add_text(keyword("kind"), "session_start");
+            doc.add_text(keyword("client"), format!("{client}:5544"));
+            doc.add_text(keyword("client"), client);
+            doc.add_u64(fields.seq, 0);
+            doc.add_i64(fields.time, 1);
+            writer.add_document(doc).unwrap();
+        }
+        let mut doc = tantivy::TantivyDocument::default();
+        doc.add_text(keyword("session"), "s1");
+        doc.add_text(keyword("kind"), "statement");
+        doc.add_text(keyword("tag"), "UPDATE 3");
+        doc.add_text(keyword("tag"), "UPDATE");
+        doc.add_u64(fields.rows, 3);
+        doc.add_u64(fields.duration, 2_000_000_000);
+        doc.add_u64(fields.seq, 1);
+        doc.add_i64(fields.time, 2);
+        writer.add_document(doc).unwrap();
+        writer.commit().unwrap();
+        (fields, index)
+    }
+
+    /// How many documents a query finds in [`small_index`], or its refusal.
+    fn count(fields: &Fields, index: &tantivy::Index, text: &str) -> Result<usize, String> {
+        let searcher = index.reader().unwrap().searcher();
+        let parsed = parse(text, NOW).map_err(|e| e.message)?;
+        let query = build(fields, index, &searcher, &parsed, &mut Vec::new()).map_err(|e| e.message)?;
+        Ok(searcher.search(&*query, &tantivy::collector::Count).unwrap())
+    }
+
+    #[test]
+    fn the_new_forms_select_what_they_say() {
+        let (fields, index) = small_index();
+        let count = |text: &str| count(&fields, &index, text);
+        assert_eq!(count("rows:>2"), Ok(1));
+        assert_eq!(count("rows:>3"), Ok(0));
+        assert_eq!(count("rows:[3 TO 3]"), Ok(1));
+        assert_eq!(count("rows:3"), Ok(1));
+        assert_eq!(count("duration:>1s"), Ok(1));
+        assert_eq!(count("duration:>=2001ms"), Ok(0));
+        assert_eq!(count("rows:*"), Ok(1));
+        assert_eq!(count("tag:update"), Ok(1), "upper-cased");
+        assert_eq!(count("tag:\"UPDATE 3\""), Ok(1));
+        // A network, or an address with or without its port: the session's
+        // events (its start and its statement).
+        assert_eq!(count("client:10.0.0.0/8"), Ok(2));
+        assert_eq!(count("client:10.1.2.3"), Ok(2));
+        assert_eq!(count("client:\"10.1.2.3:5544\""), Ok(2));
+        assert_eq!(count("client:192.168.0.0/16 kind:statement"), Ok(0));
+        assert_eq!(count("client:\"::/0\""), Ok(0));
+        assert_eq!(count("session:*"), Ok(3));
+        assert_eq!(count("client:*"), Ok(3));
+    }
+
+    #[test]
+    fn every_form_a_field_cannot_take_is_refused_by_name() {
+        let (fields, index) = small_index();
+        let refused = |text: &str| count(&fields, &index, text).unwrap_err();
+        assert!(refused("subject:[a TO b]").contains("`subject:` takes values, not ranges"));
+        assert!(refused("[1 TO 2]").contains("a range needs a field"));
+        assert!(refused("text:*").contains("`text:*` is not a condition"));
+        assert!(refused("time:5").contains("use after:, before: or since:"));
+        assert!(refused("rows: IN [1 2]").contains("compares no numbers"));
+        assert!(refused("client:10.0.0.0/99").contains("expected an address"));
+        assert!(refused("kind:bogus").contains("is not a kind"));
+        assert!(refused("duration:>5").contains("needs a unit"));
+        assert!(refused("colour:red").contains("unknown field `colour`"));
+    }
+
+    #[test]
     fn phrases_keep_their_spaces() {
         assert_eq!(
             tokens("\"drop table\" kind:statement").unwrap(),

@@ -314,7 +314,7 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         client.find(Locator::Css("#value-form button")).await.unwrap().click().await.unwrap();
         wait_value(
             &client,
-            "const h = document.querySelector('#hits .hit'); return h ? h.textContent.includes('[email:tok_') : false",
+            "return [...document.querySelectorAll('#hits .hit')].some(h => h.textContent.includes('[email:tok_'))",
             &json!(true),
         )
         .await;
