@@ -175,8 +175,15 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
     let replay_port = free_port();
     // E-mail addresses masked with keyed tokens: found by value.
     let masking = "[masking]\ndefault_profile = \"pii\"\n\n[masking.profiles.pii]\ndetectors = [\"email\"]\nactions = { email = \"token\" }\n";
+    // A control plane: a grant's events on their session's page.
+    let api_port = free_port();
+    let control = format!(
+        "[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"dba\"\n\n[[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"test-db\"]\nmax_ttl = \"1h\"\n"
+    );
     let options = ProctorOptions {
-        extra: format!("[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n\n{masking}"),
+        extra: format!(
+            "[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n\n{masking}\n{control}"
+        ),
         ..ProctorOptions::default()
     };
     let mut proctor = Proctor::start(bin(), cluster.port, &options);
@@ -195,6 +202,14 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
     assert!(String::from_utf8_lossy(&mail.stdout).contains("[email:tok_"), "masked for the client too");
     let token = dev_token(bin(), &proctor.data_dir, "robot", "investigators");
     searchable(&base, &token, "kind:statement subject:carol");
+    let agent = dev_token(bin(), &proctor.data_dir, "ci-deploy", "ci");
+    let api = format!("http://127.0.0.1:{api_port}");
+    let args = ["grant", "request", "--resource", "test-db", "--ttl", "10m", "--reason", "console check"];
+    let granted = run(bin(), &[&args[..], &["--api", &api, "--token", &agent]].concat());
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let requested = searchable(&base, &token, "kind:grant_requested");
+    let control_session = requested["hits"][0]["session_id"].as_str().unwrap().to_string();
+    let request_seq = requested["hits"][0]["seq"].as_u64().unwrap();
     let found = searchable(&base, &token, "larkspur kind:statement");
     let hit_seq = found["hits"][0]["seq"].as_u64().unwrap();
     let session_id = found["hits"][0]["session_id"].as_str().unwrap().to_string();
@@ -326,6 +341,19 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         assert!(hits.as_str().unwrap().contains("carol"), "{hits}");
         let url = client.current_url().await.unwrap();
         assert!(!url.as_str().to_lowercase().contains("example"), "the value stays out of the URL: {url}");
+
+        // A grant's request on its session's page names who acted, for
+        // what and why.
+        client.goto(&format!("{base}/sessions/{control_session}#seq={request_seq}")).await.unwrap();
+        wait_for(&client, ".event.current").await;
+        let row = client.find(Locator::Css(".event.current")).await.unwrap().text().await.unwrap();
+        assert!(row.contains("by ci-deploy") && row.contains("test-db") && row.contains("console check"), "{row}");
+        let approved = script(
+            &client,
+            "const r = [...document.querySelectorAll('#events li[data-kind=grant_approved]')]; return r.map(e => e.textContent).join('|')",
+        )
+        .await;
+        assert!(approved.as_str().unwrap().contains("by policy"), "{approved}");
 
         // Signed out, a non-investigator is refused at sign-in.
         client.delete_all_cookies().await.unwrap();
