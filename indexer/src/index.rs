@@ -395,19 +395,41 @@ struct Sessions {
     /// statements has several results; pipelined queries answer late).
     statements: HashMap<String, Vec<Pending>>,
     /// By session and prepared statement name: the latest Parse this
-    /// stream read (its seq) and the decision on it, which its executions
-    /// inherit.
-    prepared: HashMap<(String, String), (u64, Fate)>,
+    /// stream read (its seq) and the decision on it, which an execution
+    /// inherits when it was an approval.
+    prepared: BySession<String, (u64, Fate)>,
     /// Decisions on Parses learned from the recording (by session and the
     /// Parse's seq), fresher than the committed index may be.
-    decided: HashMap<(String, u64), Fate>,
+    decided: BySession<u64, Fate>,
     /// The tail's only: what became of statements it saw answered, until
     /// the sealed stream reads their answers too. A segment that replaces
     /// a WAL file's documents may end before a statement's answer (read
     /// from the next WAL file already): the statement goes back in with
     /// what the tail knew, not without it.
-    answered: HashMap<(String, u64), Fate>,
+    answered: Answered,
 }
+
+/// By session, then by a key within it: a session's entries go at once.
+type BySession<K, V> = HashMap<String, HashMap<K, V>>;
+/// What the tail saw answered, by session and statement seq.
+type Answered = BySession<u64, Fate>;
+
+fn entry_of<'a, K: std::hash::Hash + Eq, V>(map: &'a BySession<K, V>, id: &str, key: &K) -> Option<&'a V> {
+    map.get(id).and_then(|inner| inner.get(key))
+}
+
+/// Sets a session's entry; a session's map is kept to [`PER_SESSION`]
+/// entries (past it, emptied: what it held is read again as needed).
+fn set_entry<K: std::hash::Hash + Eq, V>(map: &mut BySession<K, V>, id: &str, key: K, value: V) {
+    let inner = map.entry(id.to_string()).or_default();
+    if inner.len() >= PER_SESSION {
+        inner.clear();
+    }
+    inner.insert(key, value);
+}
+
+/// Entries kept per session in each of the maps above, at most.
+const PER_SESSION: usize = 1024;
 
 /// A statement (or prepared statement) and what became of it so far. Its
 /// document waits while answers may still come in the same round: until
@@ -456,13 +478,7 @@ impl Sessions {
     /// Puts in the documents of waiting statements (of one session, or
     /// all) as they are — or as `answered` knows them — at a session's end,
     /// at the end of a segment or round, and when the map is full.
-    fn flush(
-        &mut self,
-        fields: &Fields,
-        session: Option<&str>,
-        ops: &mut Vec<Op>,
-        answered: Option<&HashMap<(String, u64), Fate>>,
-    ) {
+    fn flush(&mut self, fields: &Fields, session: Option<&str>, ops: &mut Vec<Op>, answered: Option<&Answered>) {
         let mut ids: Vec<String> = match session {
             Some(id) => vec![id.to_string()],
             None => self.statements.keys().cloned().collect(),
@@ -478,14 +494,20 @@ impl Sessions {
         }
         if let Some(id) = session {
             self.statements.remove(id);
-            self.prepared.retain(|(session, _), _| session != id);
-            self.decided.retain(|(session, _), _| session != id);
+            self.prepared.remove(id);
+            self.decided.remove(id);
         }
         if self.statements.values().map(Vec::len).sum::<usize>() > PENDING_MAX {
             tracing::warn!(
                 "too many statements wait for their results; answers read later are completed from the recording"
             );
-            self.flush(fields, None, ops, answered);
+            // Every waiting document goes in, then all are forgotten.
+            for (id, list) in &mut self.statements {
+                for pending in list.iter_mut().filter(|p| !p.added) {
+                    take_known(pending, id, answered);
+                    ops.push(Op::Add(statement_doc(fields, pending, self.context.get(id))));
+                }
+            }
             self.statements.clear();
         }
     }
@@ -494,13 +516,7 @@ impl Sessions {
     /// already answered go in (no more answers are expected before it, but
     /// a few are kept for pipelined queries), and prepared statements that
     /// are in already are let go.
-    fn settle(
-        &mut self,
-        fields: &Fields,
-        id: &str,
-        ops: &mut Vec<Op>,
-        answered: Option<&HashMap<(String, u64), Fate>>,
-    ) {
+    fn settle(&mut self, fields: &Fields, id: &str, ops: &mut Vec<Op>, answered: Option<&Answered>) {
         let Some(list) = self.statements.get_mut(id) else { return };
         for pending in list.iter_mut().filter(|p| !p.added && p.fate.done) {
             take_known(pending, id, answered);
@@ -515,13 +531,21 @@ impl Sessions {
             excess -= usize::from(drop);
             !drop
         });
+        // Statements never answered (executions skipped after an error)
+        // are let go too, oldest first, once in and past the bound.
+        let mut excess = list.len().saturating_sub(4 * KEPT_PER_SESSION);
+        list.retain(|p| {
+            let drop = excess > 0 && p.added;
+            excess -= usize::from(drop);
+            !drop
+        });
     }
 }
 
 /// What the tail knows of a statement, where it knows more (it reads
 /// ahead of the sealed stream).
-fn take_known(pending: &mut Pending, id: &str, answered: Option<&HashMap<(String, u64), Fate>>) {
-    if let Some(known) = answered.and_then(|a| a.get(&(id.to_string(), pending.seq)))
+fn take_known(pending: &mut Pending, id: &str, answered: Option<&Answered>) {
+    if let Some(known) = answered.and_then(|a| entry_of(a, id, &pending.seq))
         && known.answers() > pending.fate.answers()
     {
         pending.fate = known.clone();
@@ -535,7 +559,7 @@ fn take_known(pending: &mut Pending, id: &str, answered: Option<&HashMap<(String
 fn event_operations(
     state: &mut Sessions,
     seed: Option<&Sessions>,
-    answered: Option<&HashMap<(String, u64), Fate>>,
+    answered: Option<&Answered>,
     starts: &mut Starts<'_>,
     fields: &Fields,
     event: &Event,
@@ -606,24 +630,11 @@ fn event_operations(
         if let EventBody::Prepare(prepare) = &event.body {
             // A new Parse of a name replaces the statement prepared under it
             // (not decided on, until a decision says otherwise).
-            state.prepared.insert((id.to_string(), prepare.statement_name.clone()), (event.seq, Fate::default()));
+            set_entry(&mut state.prepared, id, prepare.statement_name.clone(), (event.seq, Fate::default()));
         }
-        // An execution of a prepared statement inherits its Parse's decision.
         let fate = match &event.body {
             EventBody::Statement(statement) if let Some(name) = &statement.statement_name => {
-                let key = (id.to_string(), name.clone());
-                if !state.prepared.contains_key(&key) {
-                    // Prepared before this stream began (an indexer
-                    // restarted): its Parse's decision is read from the index.
-                    let parse = match seed.and_then(|s| s.prepared.get(&key)) {
-                        Some(parse) => Some(parse.clone()),
-                        None => parse_decision(state, starts, fields, id, name, event.seq)?,
-                    };
-                    if let Some(parse) = parse {
-                        state.prepared.insert(key.clone(), parse);
-                    }
-                }
-                state.prepared.get(&key).map(|(_, fate)| fate.decision()).unwrap_or_default()
+                inherited(state, seed, starts, fields, id, name, event.seq)?
             }
             _ => Fate::default(),
         };
@@ -636,7 +647,7 @@ fn event_operations(
         EventBody::PolicyDecision(_) | EventBody::Result(_) | EventBody::Error(_) | EventBody::Copy(_)
     );
     if answers && let Some(Value::U64(statement)) = cells.get(Column::RefSeq) {
-        answer(state, seed, answered, starts, fields, event, &cells, id, statement, ops)?;
+        answer(state, seed, answered, starts, fields, event, source, &cells, id, statement, ops)?;
     }
     let mut doc_context = shown;
     if named_by_grant && let Some(names) = doc_context.as_mut() {
@@ -673,9 +684,44 @@ fn parse_decision(
     seq: u64,
 ) -> Result<Option<(u64, Fate)>> {
     Ok(starts.prepared_decision(fields, id, name, seq)?.map(|(parse, fate)| {
-        let fresher = state.decided.get(&(id.to_string(), parse)).cloned();
+        let fresher = entry_of(&state.decided, id, &parse).cloned();
         (parse, fresher.unwrap_or(fate))
     }))
+}
+
+/// What an execution of prepared statement `name` inherits from its
+/// Parse: an approval (a held statement approved, run once), nothing
+/// else — a refused Parse prepares nothing, and a Parse allowed without a
+/// decision is not recorded, so only an approval recorded on the latest
+/// Parse of the name speaks for it. The unnamed statement's Parse comes
+/// with its execution: it is taken once, and never looked up.
+fn inherited(
+    state: &mut Sessions,
+    seed: Option<&Sessions>,
+    starts: &mut Starts<'_>,
+    fields: &Fields,
+    id: &str,
+    name: &str,
+    seq: u64,
+) -> Result<Fate> {
+    let approval = |fate: &Fate| match fate.outcome.as_deref() {
+        Some("allow") => fate.decision(),
+        _ => Fate::default(),
+    };
+    if name.is_empty() {
+        let taken = state.prepared.get_mut(id).and_then(|inner| inner.remove(name));
+        return Ok(taken.map(|(_, fate)| approval(&fate)).unwrap_or_default());
+    }
+    if entry_of(&state.prepared, id, &name.to_string()).is_none() {
+        // Prepared before this stream began (an indexer restarted): its
+        // Parse's decision is read from the index, once (a miss is kept).
+        let parse = match seed.and_then(|s| entry_of(&s.prepared, id, &name.to_string())) {
+            Some(parse) => parse.clone(),
+            None => parse_decision(state, starts, fields, id, name, seq)?.unwrap_or_default(),
+        };
+        set_entry(&mut state.prepared, id, name.to_string(), parse);
+    }
+    Ok(entry_of(&state.prepared, id, &name.to_string()).map(|(_, fate)| approval(fate)).unwrap_or_default())
 }
 
 /// An answer (a decision, a result, an error, a copy) to statement `seq`
@@ -687,10 +733,11 @@ fn parse_decision(
 fn answer(
     state: &mut Sessions,
     seed: Option<&Sessions>,
-    answered: Option<&HashMap<(String, u64), Fate>>,
+    answered: Option<&Answered>,
     starts: &mut Starts<'_>,
     fields: &Fields,
     event: &Event,
+    source: Source,
     cells: &proctor_schemas::Cells<'_>,
     id: &str,
     seq: u64,
@@ -707,21 +754,24 @@ fn answer(
     let Some(pending) = state.statements.get_mut(id).and_then(|l| l.iter_mut().find(|p| p.seq == seq)) else {
         // Not held: completed from the recording, if its document is in.
         if let Some((statement, file, mut fate)) = starts.refate(fields, event.session_id, id, seq, event.seq)? {
-            // An execution's decision is its Parse's.
+            // An execution without a decision of its own inherits its
+            // Parse's approval (never for the unnamed statement, whose
+            // Parse is not known here).
             if let EventBody::Statement(execute) = &statement.body
-                && let Some(name) = &execute.statement_name
+                && let Some(name) = execute.statement_name.as_deref().filter(|n| !n.is_empty())
+                && fate.rule.is_none()
+                && let Some((_, decided)) = parse_decision(state, starts, fields, id, name, seq)?
+                && decided.outcome.as_deref() == Some("allow")
             {
-                let decided = parse_decision(state, starts, fields, id, name, seq)?.map(|(_, f)| f).unwrap_or_default();
-                if decided.outcome.is_some() {
-                    (fate.outcome, fate.rule, fate.review) = (decided.outcome, decided.rule, decided.review);
-                }
+                (fate.outcome, fate.rule, fate.review) = (decided.outcome, decided.rule, decided.review);
             }
-            if seed.is_some() && fate.done {
-                state.answered.insert((id.to_string(), seq), fate.clone());
+            if seed.is_some() && fate.done && source.file != file {
+                set_entry(&mut state.answered, id, seq, fate.clone());
             }
             if let EventBody::Prepare(prepare) = &statement.body {
-                state.decided.insert((id.to_string(), seq), fate.decision());
-                if let Some(latest) = state.prepared.get_mut(&(id.to_string(), prepare.statement_name.clone()))
+                set_entry(&mut state.decided, id, seq, fate.decision());
+                if let Some(latest) =
+                    state.prepared.get_mut(id).and_then(|inner| inner.get_mut(&prepare.statement_name))
                     && latest.0 == seq
                 {
                     latest.1 = fate.decision();
@@ -741,13 +791,12 @@ fn answer(
     if let EventBody::Prepare(prepare) = &pending.event.body
         && matches!(event.body, EventBody::PolicyDecision(_))
     {
-        state.prepared.insert((id.to_string(), prepare.statement_name.clone()), (seq, pending.fate.decision()));
+        set_entry(&mut state.prepared, id, prepare.statement_name.clone(), (seq, pending.fate.decision()));
     }
-    if seed.is_some() && pending.fate.done {
-        state.answered.insert((id.to_string(), seq), pending.fate.clone());
-        if state.answered.len() > PENDING_MAX {
-            state.answered.clear();
-        }
+    // What the tail saw answered across a file's end, for the segment that
+    // will replace the statement's file.
+    if seed.is_some() && pending.fate.done && source.file != pending.source.file {
+        set_entry(&mut state.answered, id, seq, pending.fate.clone());
     }
     if pending.added {
         // The sealed stream never puts back less than the tail showed.
@@ -895,7 +944,9 @@ impl Indexer {
                 if let Some(seq) = answers {
                     // Read here too: the tail's word on it is not needed.
                     let id = id_buf.render(event.session_id).to_string();
-                    self.tail.answered.remove(&(id, seq));
+                    if let Some(inner) = self.tail.answered.get_mut(&id) {
+                        inner.remove(&seq);
+                    }
                 }
                 if matches!(event.body, EventBody::SessionEnd(_)) {
                     // Ended: the tail's state of it is not needed either.
@@ -903,9 +954,9 @@ impl Indexer {
                     self.tail.context.remove(&id);
                     self.tail.editors.remove(&id);
                     self.tail.statements.remove(&id);
-                    self.tail.prepared.retain(|(session, _), _| *session != id);
-                    self.tail.decided.retain(|(session, _), _| *session != id);
-                    self.tail.answered.retain(|(session, _), _| *session != id);
+                    self.tail.prepared.remove(&id);
+                    self.tail.decided.remove(&id);
+                    self.tail.answered.remove(&id);
                 }
                 added += 1;
                 Ok(())

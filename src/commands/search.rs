@@ -30,7 +30,11 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(value) = value_of(&args)? {
         let path = data_dir.join("keys").join("masking.key");
-        let key = proctor_gateway_core::masking::MaskingKey::load(&path)?;
+        let key = proctor_gateway_core::masking::MaskingKey::load(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; where this account may not read the deployment's masking key, or masking.key_file keeps it elsewhere, search through the replay server (--server URL --token JWT)"
+            )
+        })?;
         query = proctor_replay_server::api::value_query(&key.value_token(&value), &query);
     }
     let request = SearchRequest {

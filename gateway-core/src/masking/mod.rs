@@ -365,6 +365,23 @@ impl Counts {
         (self.tokens.iter().cloned().collect(), self.tokens_dropped)
     }
 
+    /// Takes in another's counts by rule, not its tokens: what masking
+    /// wrote nowhere (a value withheld whole) was seen by no one.
+    pub fn add_rules(&mut self, other: Counts) {
+        for (rule, n) in other.rules {
+            *self.rules.entry(rule).or_insert(0) += n;
+        }
+    }
+
+    /// Takes in all of another's: counts, tokens and tokens not kept.
+    pub fn add(&mut self, other: Counts) {
+        self.tokens_dropped += other.tokens_dropped;
+        for token in &other.tokens {
+            self.token(token);
+        }
+        self.add_rules(other);
+    }
+
     fn token(&mut self, token: &str) {
         if self.tokens.contains(token) {
             return;
@@ -502,7 +519,8 @@ impl std::fmt::Debug for MaskingKey {
 /// written with separators (a card, phone or social security number) as
 /// their digits;
 /// letters and digits grouped by spaces (an IBAN) without the spaces, in
-/// capitals; anything else trimmed.
+/// capitals, and an IBAN written without spaces in capitals; anything else
+/// trimmed.
 pub fn normalized(value: &str) -> std::borrow::Cow<'_, str> {
     let value = value.trim();
     let digits = value.bytes().filter(u8::is_ascii_digit).count();
@@ -514,6 +532,15 @@ pub fn normalized(value: &str) -> std::borrow::Cow<'_, str> {
     // account number (`1.50` and `150` stay two values).
     if digits >= 7 && value.bytes().all(|b| b.is_ascii_digit() || b" +-.()/".contains(&b)) {
         return value.chars().filter(char::is_ascii_digit).collect::<String>().into();
+    }
+    // An IBAN written without its spaces, in either case.
+    let bytes = value.as_bytes();
+    if (15..=34).contains(&bytes.len())
+        && bytes[..2].iter().all(u8::is_ascii_alphabetic)
+        && bytes[2..4].iter().all(u8::is_ascii_digit)
+        && bytes.iter().all(u8::is_ascii_alphanumeric)
+    {
+        return value.to_ascii_uppercase().into();
     }
     if has_digit && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ') && value.contains(' ') {
         return value.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_uppercase()).collect::<String>().into();
@@ -885,6 +912,7 @@ mod tests {
         same("4111111111111111", "(4111) 1111.1111/1111");
         same("DE89 3704 0044 0532 0130 00", "DE89370400440532013000");
         same("de89 3704 0044 0532 0130 00", "DE89370400440532013000");
+        same("de89370400440532013000", "DE89370400440532013000");
         let token = key.value_token("ada@example.com");
         assert!(token.starts_with("tok_") && token.len() == 16, "{token}");
         assert_ne!(token, key.value_token("bob@example.com"));

@@ -253,7 +253,13 @@ pub fn row(
                     count(counts, Detector::Card.as_str());
                     None
                 }),
-                Reading::Other => matches!(masker.mask_text(value, counts), std::borrow::Cow::Owned(_)).then_some(None),
+                // Withheld whole: counted, its tokens not kept.
+                Reading::Other => {
+                    let mut unseen = Counts::new();
+                    let found = matches!(masker.mask_text(value, &mut unseen), std::borrow::Cow::Owned(_));
+                    counts.add_rules(unseen);
+                    found.then_some(None)
+                }
             }
         };
         changed |= masked.is_some();

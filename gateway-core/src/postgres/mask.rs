@@ -307,7 +307,10 @@ fn mask_value<'v>(
             return None;
         }
         // Counted as masked: written nowhere.
-        masker.write_masked(text, &findings, counts, &mut Discard);
+        // (Its tokens are not kept: the value reaches no one.)
+        let mut unseen = Counts::new();
+        masker.write_masked(text, &findings, &mut unseen, &mut Discard);
+        counts.add_rules(unseen);
         Some(Change::Null)
     };
     let Some(column) = column else {
@@ -376,10 +379,14 @@ fn mask_value<'v>(
             return None;
         }
         // JSON stays JSON for the driver that parses it, or is withheld.
-        let Some(masked) = masker.masked_json(original, &findings, counts) else {
+        let mut written = Counts::new();
+        let Some(masked) = masker.masked_json(original, &findings, &mut written) else {
+            // Withheld: counted, its tokens not kept (no one saw them).
+            counts.add_rules(written);
             count(counts, "json:unmaskable");
             return Some(Change::Null);
         };
+        counts.add(written);
         return Some(Change::Bytes(prefix.into_iter().chain(masked.into_bytes()).collect()));
     }
     if findings.is_empty() {
@@ -616,6 +623,25 @@ match = "salary""#,
 
     fn column(name: &str, table: Option<&str>, type_oid: u32, format: i16) -> ResultColumn {
         ResultColumn { name: name.into(), table: table.map(Into::into), type_oid, format, ..ResultColumn::default() }
+    }
+
+    /// A result's tokens are those of the values its client received: a
+    /// value withheld whole (an array holding an address) is counted, but
+    /// its token is not kept, since no one saw it.
+    #[test]
+    fn a_result_keeps_the_tokens_of_what_it_let_through_only() {
+        let config: ProfileConfig = toml::from_str("detectors = [\"email\"]\nactions = { email = \"token\" }").unwrap();
+        let key = MaskingKey::new(b"k".to_vec());
+        let m = Masker::new(Profile::new("p", &config).unwrap(), key.clone());
+        let mut columns = vec![column("mail", None, 25, 0), column("mails", None, 1009, 0)];
+        plan(&mut columns, &m);
+        let body = row(&[Some(b"ada@example.com"), Some(b"{bob@example.com,cy@example.com}")]);
+        let mut counts = Counts::new();
+        let frame = data_row(&body, &columns, &m, &mut counts).unwrap();
+        let text = String::from_utf8_lossy(&frame);
+        assert!(text.contains(&key.value_token("ada@example.com")) && !text.contains("bob"), "{text}");
+        assert_eq!(counts.get("email"), Some(&3), "all three counted");
+        assert_eq!(counts.tokens(), (vec![key.value_token("ada@example.com")], 0), "the one let through");
     }
 
     #[test]
