@@ -1173,6 +1173,12 @@ impl Protocol {
                         *slot = Some(seq);
                     }
                 }
+                // Rows already sent before the error: their result is
+                // recorded (no command tag: it did not complete), with what
+                // masking did to them and the tokens they carried.
+                if self.result.rows > 0 || !self.result.masked.is_empty() {
+                    self.finish_result(None, record);
+                }
                 let ref_seq = self.current_statement();
                 record.push(
                     Direction::TargetToClient,
@@ -1523,6 +1529,28 @@ mod tests {
         assert_eq!(first.columns, vec!["a"]);
         assert_eq!(first.sample_rows, vec![vec![Some("1".to_string())]]);
         assert!(s.protocol.expected.is_empty());
+    }
+
+    /// Rows sent before an error reached the client: their result is
+    /// recorded before the error, without a command tag.
+    #[test]
+    fn rows_sent_before_an_error_are_a_result_without_a_tag() {
+        let mut s = Script::new(2);
+        s.client(&[frame(b'Q', &cstr("select 10 / (3 - g) from generate_series(1, 5) g"))]);
+        s.server(&[
+            row_description(&[("?column?", 23)]),
+            data_row(&[Some("5")]),
+            data_row(&[Some("10")]),
+            error("22012", "division by zero"),
+            frame(b'Z', b"I"),
+        ]);
+        let bodies = s.bodies();
+        let EventBody::Result(result) = bodies[1] else { panic!("{bodies:?}") };
+        assert_eq!((result.ref_seq, result.row_count, result.command_tag.as_deref()), (Some(0), 2, None));
+        assert!(
+            matches!(bodies[2], EventBody::Error(e) if e.ref_seq == Some(0) && e.sqlstate.as_deref() == Some("22012"))
+        );
+        assert_eq!(bodies.len(), 3);
     }
 
     #[test]
