@@ -216,6 +216,7 @@ impl Recorder {
             last_manifest_sha256: None,
             kept_wal: None,
             carry_out: None,
+            wal_buffer: Vec::new(),
         };
         let (next_number, open_sessions, recovery) = recover(&mut ctx)?;
 

@@ -39,6 +39,10 @@ pub(crate) struct SealContext {
     /// The last WAL file sealed here and the sessions open at its end: the
     /// carry of the next file while its slot is pending.
     pub carry_out: Option<CarryOut>,
+    /// What a WAL file is read into, kept between seals: a fresh buffer of
+    /// a WAL file's size is memory the kernel zeroes first, a third of
+    /// sealing's time under load (at most `segment_max_bytes` stays held).
+    pub wal_buffer: Vec<u8>,
 }
 
 /// The sessions open at the end of a sealed WAL file.
@@ -117,9 +121,21 @@ impl SealContext {
     /// returns the sessions still open at the file's end.
     pub fn seal(&mut self, number: u64, truncate_torn: bool, keep_wal: bool) -> Result<Sealed> {
         let path = self.layout.wal_path(number);
+        let mut bytes = std::mem::take(&mut self.wal_buffer);
+        let sealed = read_wal(&path, &mut bytes).and_then(|()| self.seal_read(number, truncate_torn, keep_wal, &bytes));
+        // Kept for the next file, unless it outgrew the files it serves.
+        if bytes.capacity() as u64 <= self.settings.segment_max_bytes.0.saturating_mul(2) {
+            bytes.clear();
+            self.wal_buffer = bytes;
+        }
+        sealed
+    }
+
+    /// [`SealContext::seal`] of WAL file `number`, read into `bytes`.
+    fn seal_read(&mut self, number: u64, truncate_torn: bool, keep_wal: bool, bytes: &[u8]) -> Result<Sealed> {
+        let path = self.layout.wal_path(number);
         let already_sealed = self.layout.manifest_path(number).exists();
-        let bytes = read_wal(&path)?;
-        let scan = wal::scan(&bytes, number);
+        let scan = wal::scan(bytes, number);
         if let Some(format) = scan.newer_format {
             // Never mistaken for damage: truncating it would destroy events.
             return Err(RecorderError::NewerFormat { path, format, supported: wal::FORMAT });
@@ -446,14 +462,15 @@ fn reconcile(path: &Path, open: &[Carried], pending: &[(SessionId, u64)]) -> Vec
 /// Reads a closed WAL file, synced first: under `fsync = "interval"` its
 /// last writes may still be only in the page cache, and what is sealed, and
 /// carried into the next file, must be what a power loss would leave.
-fn read_wal(path: &Path) -> Result<Vec<u8>> {
+fn read_wal(path: &Path, bytes: &mut Vec<u8>) -> Result<()> {
     use std::io::Read;
     let io = |context| RecorderError::io(context, path);
     let mut file = fs::File::open(path).map_err(io("cannot open WAL file"))?;
     file.sync_data().map_err(io("cannot sync WAL file"))?;
-    let mut bytes = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
-    file.read_to_end(&mut bytes).map_err(io("cannot read WAL file"))?;
-    Ok(bytes)
+    bytes.clear();
+    bytes.reserve(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
+    file.read_to_end(bytes).map_err(io("cannot read WAL file"))?;
+    Ok(())
 }
 
 fn tmp_path(path: &Path) -> std::path::PathBuf {
