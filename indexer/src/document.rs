@@ -94,8 +94,13 @@ pub struct SessionContext {
 }
 
 fn text_of(cells: &Cells<'_>, column: Column) -> Option<String> {
+    str_of(cells, column).map(str::to_string)
+}
+
+/// A text cell, borrowed.
+pub(crate) fn str_of<'a>(cells: &Cells<'a>, column: Column) -> Option<&'a str> {
     match cells.get(column) {
-        Some(Value::Str(s)) => Some(s.to_string()),
+        Some(Value::Str(s)) => Some(s),
         _ => None,
     }
 }
@@ -113,7 +118,8 @@ pub fn session_context(cells: &Cells<'_>) -> SessionContext {
 /// that answer it (its policy decision, its results or error, a copy it
 /// ran): indexed on the statement's own document, so that `kind:statement
 /// outcome:allow rows:>0` selects statements by their fate. A simple query
-/// of several statements has a result each: their tags are all kept, their
+/// of several statements has a result each: their distinct tags are kept
+/// (at most [`TAGS_KEPT`]), their
 /// rows, bytes and durations summed, the first error's SQLSTATE kept.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fate {
@@ -127,14 +133,20 @@ pub struct Fate {
     pub sqlstate: Option<String>,
     /// A result or error has answered it.
     pub done: bool,
-    /// The answers taken in (by seq): none is counted twice.
-    seen: Vec<u64>,
+    /// How many answers were taken in, and the seq of the last: answers
+    /// come in seq order, so none is counted twice.
+    answers: usize,
+    last: Option<u64>,
 }
+
+/// Distinct command tags a statement keeps (a query of thousands of
+/// statements answers with thousands of results).
+pub const TAGS_KEPT: usize = 32;
 
 impl Fate {
     /// How many answers it has taken in.
     pub fn answers(&self) -> usize {
-        self.seen.len()
+        self.answers
     }
 
     /// The decision part alone: what an execution of a prepared statement
@@ -148,10 +160,11 @@ impl Fate {
     /// allowed (only refusals and holds, and runs after a review, are
     /// recorded as decisions).
     pub fn learn(&mut self, cells: &Cells<'_>, seq: u64) -> bool {
-        if self.seen.contains(&seq) {
+        if self.last.is_some_and(|last| seq <= last) {
             return false;
         }
-        self.seen.push(seq);
+        self.last = Some(seq);
+        self.answers += 1;
         let number = |column| match cells.get(column) {
             Some(Value::U64(n)) => Some(n),
             _ => None,
@@ -161,25 +174,28 @@ impl Fate {
                 *slot = Some(slot.unwrap_or(0).saturating_add(value));
             }
         };
-        let kind = text_of(cells, Column::Kind);
-        if kind.as_deref() == Some("policy_decision") {
+        let kind = str_of(cells, Column::Kind);
+        if kind == Some("policy_decision") {
             self.outcome = text_of(cells, Column::Outcome).or(self.outcome.take());
             self.rule = text_of(cells, Column::Rule).or(self.rule.take());
             self.review = text_of(cells, Column::ReviewId).or(self.review.take());
         }
-        if let Some(tag) = text_of(cells, Column::CommandTag) {
-            self.tags.push(tag);
+        if let Some(tag) = str_of(cells, Column::CommandTag)
+            && self.tags.len() < TAGS_KEPT
+            && !self.tags.iter().any(|kept| kept == tag)
+        {
+            self.tags.push(tag.to_string());
         }
         if self.sqlstate.is_none() {
             self.sqlstate = text_of(cells, Column::Sqlstate);
         }
         // A copy's volume is its statement's result's too: counted once.
-        if kind.as_deref() != Some("copy") {
+        if kind != Some("copy") {
             add(&mut self.rows, number(Column::RowCount));
             add(&mut self.bytes, number(Column::ByteCount));
             add(&mut self.duration, number(Column::DurationNs));
         }
-        if matches!(kind.as_deref(), Some("result" | "error")) {
+        if matches!(kind, Some("result" | "error")) {
             self.done = true;
             if self.outcome.is_none() {
                 self.outcome = Some(proctor_schemas::PolicyOutcome::Allow.as_str().to_string());
@@ -244,7 +260,8 @@ pub fn document(
         Some(Value::U64(n)) => Some(n),
         _ => None,
     };
-    let fate = fate.cloned().unwrap_or_default();
+    let none = Fate::default();
+    let fate = fate.unwrap_or(&none);
     for (field, value) in [
         (fields.duration, number(Column::DurationNs).or(fate.duration)),
         (fields.rows, number(Column::RowCount).or(fate.rows)),
@@ -298,12 +315,12 @@ pub fn document(
         }
     }
     // What the hit shows: the event's own names where it has them.
-    let own = |column| text_of(cells, column);
-    let session = session.cloned().unwrap_or_default();
+    let own = |column| str_of(cells, column);
+    let of_session = |name: fn(&SessionContext) -> &Option<String>| session.and_then(|s| name(s).as_deref());
     for (field, value) in [
-        (fields.session_subject, own(Column::Subject).or(session.subject)),
-        (fields.session_resource, own(Column::Resource).or(session.resource)),
-        (fields.session_grant, own(Column::GrantId).or(session.grant)),
+        (fields.session_subject, own(Column::Subject).or_else(|| of_session(|s| &s.subject))),
+        (fields.session_resource, own(Column::Resource).or_else(|| of_session(|s| &s.resource))),
+        (fields.session_grant, own(Column::GrantId).or_else(|| of_session(|s| &s.grant))),
     ] {
         if let Some(value) = value {
             doc.add_text(field, value);

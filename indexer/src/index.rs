@@ -20,7 +20,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::directory::IndexDirectory;
-use crate::document::{Fate, SessionContext, Source, document, event_text, session_context};
+use crate::document::{Fate, SessionContext, Source, document, event_text, session_context, str_of};
 use crate::fields::{Fields, INDEX_VERSION, SESSION_GRANT_COLUMN, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 use crate::search::keyword_column;
 use crate::terminal::{LineEditor, render_output};
@@ -444,9 +444,35 @@ struct Pending {
     source: Source,
     fate: Fate,
     added: bool,
+    /// In already, and learned more since: replaced when next put in.
+    stale: bool,
 }
 
 impl Pending {
+    /// Puts its document in, or replaces it if it learned more since: at
+    /// most once per round however many answers came (a query of many
+    /// statements answers with many results).
+    fn put_in(
+        &mut self,
+        fields: &Fields,
+        id: &str,
+        context: Option<&SessionContext>,
+        answered: Option<&Answered>,
+        ops: &mut Vec<Op>,
+    ) {
+        if self.added && !self.stale {
+            return;
+        }
+        // The sealed stream never puts back less than the tail showed.
+        take_known(self, id, answered);
+        let doc = statement_doc(fields, self, context);
+        ops.push(match self.added {
+            false => Op::Add(doc),
+            true => Op::Replace(id.to_string(), self.seq, self.source.file, doc),
+        });
+        (self.added, self.stale) = (true, false);
+    }
+
     fn is_prepare(&self) -> bool {
         matches!(self.event.body, EventBody::Prepare(_))
     }
@@ -455,6 +481,9 @@ impl Pending {
 /// Statements kept per session once their documents are in, for answers
 /// that come late (older ones are completed from the recording).
 const KEPT_PER_SESSION: usize = 16;
+/// Statements kept per session in all, answered or not: deeper pipelines
+/// than this have their oldest answers completed from the recording.
+const UNANSWERED_KEPT: usize = 4096;
 /// Statements kept waiting in all, at most: past it, every waiting
 /// document goes in and those in are forgotten (completed from the
 /// recording if an answer comes).
@@ -486,10 +515,8 @@ impl Sessions {
         ids.sort_unstable();
         for id in ids {
             let Some(list) = self.statements.get_mut(&id) else { continue };
-            for pending in list.iter_mut().filter(|p| !p.added) {
-                take_known(pending, &id, answered);
-                ops.push(Op::Add(statement_doc(fields, pending, self.context.get(&id))));
-                pending.added = true;
+            for pending in list.iter_mut() {
+                pending.put_in(fields, &id, self.context.get(&id), answered, ops);
             }
         }
         if let Some(id) = session {
@@ -503,9 +530,8 @@ impl Sessions {
             );
             // Every waiting document goes in, then all are forgotten.
             for (id, list) in &mut self.statements {
-                for pending in list.iter_mut().filter(|p| !p.added) {
-                    take_known(pending, id, answered);
-                    ops.push(Op::Add(statement_doc(fields, pending, self.context.get(id))));
+                for pending in list.iter_mut() {
+                    pending.put_in(fields, id, self.context.get(id), answered, ops);
                 }
             }
             self.statements.clear();
@@ -518,10 +544,8 @@ impl Sessions {
     /// are in already are let go.
     fn settle(&mut self, fields: &Fields, id: &str, ops: &mut Vec<Op>, answered: Option<&Answered>) {
         let Some(list) = self.statements.get_mut(id) else { return };
-        for pending in list.iter_mut().filter(|p| !p.added && p.fate.done) {
-            take_known(pending, id, answered);
-            ops.push(Op::Add(statement_doc(fields, pending, self.context.get(id))));
-            pending.added = true;
+        for pending in list.iter_mut().filter(|p| p.fate.done || p.added) {
+            pending.put_in(fields, id, self.context.get(id), answered, ops);
         }
         list.retain(|p| !(p.added && p.is_prepare()));
         let settled = list.iter().filter(|p| p.added && p.fate.done).count();
@@ -532,8 +556,10 @@ impl Sessions {
             !drop
         });
         // Statements never answered (executions skipped after an error)
-        // are let go too, oldest first, once in and past the bound.
-        let mut excess = list.len().saturating_sub(4 * KEPT_PER_SESSION);
+        // are let go too, oldest first, once in and past the bound (an
+        // answer that comes for one after all is completed from the
+        // recording).
+        let mut excess = list.len().saturating_sub(UNANSWERED_KEPT);
         list.retain(|p| {
             let drop = excess > 0 && p.added;
             excess -= usize::from(drop);
@@ -568,12 +594,7 @@ fn event_operations(
     ops: &mut Vec<Op>,
 ) -> Result<()> {
     let cells = event.cells(id_buf);
-    let id = match cells.get(Column::SessionId) {
-        Some(Value::Str(id)) => id,
-        _ => "",
-    }
-    .to_string();
-    let id = id.as_str();
+    let id = str_of(&cells, Column::SessionId).unwrap_or_default();
     // The session's describing values: its own for a start; else known;
     // else looked up (started before this indexer ran).
     if matches!(event.body, EventBody::SessionStart(_)) {
@@ -590,28 +611,25 @@ fn event_operations(
     // control session's, and is found by them. Who a grant is for is
     // learned from its own events (a refused login names a grant and a
     // resource it may not be for).
-    let text_cell = |column| match cells.get(column) {
-        Some(Value::Str(s)) => Some(s.to_string()),
-        _ => None,
-    };
-    let (own_subject, own_grant) = (text_cell(Column::Subject), text_cell(Column::GrantId));
-    let mut shown = state.context.get(id).cloned();
-    let mut named_by_grant = false;
-    if let Some(grant) = &own_grant {
-        let kind = event.body.kind();
-        if own_subject.is_some() && kind.as_str().starts_with("grant_") {
+    let (own_subject, own_grant) = (str_of(&cells, Column::Subject), str_of(&cells, Column::GrantId));
+    // Names other than the session's, when a control event's grant says so.
+    let mut by_grant: Option<SessionContext> = None;
+    if let Some(grant) = own_grant {
+        if own_subject.is_some() && event.body.kind().as_str().starts_with("grant_") {
             let names = SessionContext {
-                subject: own_subject.clone(),
-                resource: text_cell(Column::Resource),
-                grant: Some(grant.clone()),
+                subject: own_subject.map(str::to_string),
+                resource: str_of(&cells, Column::Resource).map(str::to_string),
+                grant: Some(grant.to_string()),
             };
             starts.committed.learn(grant, names);
         } else if own_subject.is_none()
-            && shown.as_ref().and_then(|c| c.grant.as_deref()) != Some(grant.as_str())
-            && let Some(names) = starts.grant_names(fields, grant)?
+            && state.context.get(id).and_then(|c| c.grant.as_deref()) != Some(grant)
+            && let Some(mut names) = starts.grant_names(fields, grant)?
         {
-            shown = Some(names);
-            named_by_grant = true;
+            // Found by the grant's names too (`subject:bob` finds the
+            // review of a statement bob's grant held).
+            names.grant = Some(grant.to_string());
+            by_grant = Some(names);
         }
     }
     let text = match &event.body {
@@ -638,7 +656,7 @@ fn event_operations(
             }
             _ => Fate::default(),
         };
-        let pending = Pending { seq: event.seq, event: event.clone(), text, source, fate, added: false };
+        let pending = Pending { seq: event.seq, event: event.clone(), text, source, fate, added: false, stale: false };
         state.statements.entry(id.to_string()).or_default().push(pending);
         return Ok(());
     }
@@ -647,16 +665,11 @@ fn event_operations(
         EventBody::PolicyDecision(_) | EventBody::Result(_) | EventBody::Error(_) | EventBody::Copy(_)
     );
     if answers && let Some(Value::U64(statement)) = cells.get(Column::RefSeq) {
-        answer(state, seed, answered, starts, fields, event, source, &cells, id, statement, ops)?;
+        answer(state, seed, starts, fields, event, source, &cells, id, statement, ops)?;
     }
-    let mut doc_context = shown;
-    if named_by_grant && let Some(names) = doc_context.as_mut() {
-        // Found by the grant's names too (`subject:bob` finds the review
-        // of a statement bob's grant held).
-        names.grant = own_grant.clone();
-    }
-    let mut doc = document(fields, &cells, source, doc_context.as_ref(), &text, None);
-    if named_by_grant && let Some(names) = &doc_context {
+    let shown = by_grant.as_ref().or_else(|| state.context.get(id));
+    let mut doc = document(fields, &cells, source, shown, &text, None);
+    if let Some(names) = &by_grant {
         for (name, value) in [("subject", &names.subject), ("resource", &names.resource)] {
             if let (Some(field), Some(value)) = (fields.keyword(name), value) {
                 doc.add_text(field, value);
@@ -709,8 +722,12 @@ fn inherited(
         _ => Fate::default(),
     };
     if name.is_empty() {
+        // Only right after it (the Parse, its decision, this execution): an
+        // unnamed Parse allowed without a decision since is not recorded,
+        // and its execution is not the approved one's.
         let taken = state.prepared.get_mut(id).and_then(|inner| inner.remove(name));
-        return Ok(taken.map(|(_, fate)| approval(&fate)).unwrap_or_default());
+        let fresh = taken.filter(|(parse, _)| seq <= parse + 2);
+        return Ok(fresh.map(|(_, fate)| approval(&fate)).unwrap_or_default());
     }
     if entry_of(&state.prepared, id, &name.to_string()).is_none() {
         // Prepared before this stream began (an indexer restarted): its
@@ -726,14 +743,13 @@ fn inherited(
 
 /// An answer (a decision, a result, an error, a copy) to statement `seq`
 /// of session `id`: the statement learns it; its document, if in already,
-/// is replaced. A statement this stream no longer holds (an indexer
+/// is replaced when next put in. A statement this stream no longer holds (an indexer
 /// restarted, or a statement long answered) is completed from the
 /// recording.
 #[allow(clippy::too_many_arguments)]
 fn answer(
     state: &mut Sessions,
     seed: Option<&Sessions>,
-    answered: Option<&Answered>,
     starts: &mut Starts<'_>,
     fields: &Fields,
     event: &Event,
@@ -798,11 +814,9 @@ fn answer(
     if seed.is_some() && pending.fate.done && source.file != pending.source.file {
         set_entry(&mut state.answered, id, seq, pending.fate.clone());
     }
-    if pending.added {
-        // The sealed stream never puts back less than the tail showed.
-        take_known(pending, id, answered);
-        ops.push(Op::Replace(id.to_string(), seq, pending.source.file, statement_doc(fields, pending, context)));
-    }
+    // In already: replaced once, when next put in (at the session's next
+    // statement, its end, or the end of the segment or round).
+    pending.stale = pending.added;
     Ok(())
 }
 
@@ -936,18 +950,8 @@ impl Indexer {
                 )
                 .map_err(cannot)?;
                 apply(&self.writer, &self.fields, &mut batch, &mut ops).map_err(cannot)?;
-                let answers = match &event.body {
-                    EventBody::Result(result) => result.ref_seq,
-                    EventBody::Error(error) => error.ref_seq,
-                    _ => None,
-                };
-                if let Some(seq) = answers {
-                    // Read here too: the tail's word on it is not needed.
-                    let id = id_buf.render(event.session_id).to_string();
-                    if let Some(inner) = self.tail.answered.get_mut(&id) {
-                        inner.remove(&seq);
-                    }
-                }
+                // (What the tail saw answered stays until the session's end
+                // here: a statement may have more answers than this one.)
                 if matches!(event.body, EventBody::SessionEnd(_)) {
                     // Ended: the tail's state of it is not needed either.
                     let id = id_buf.render(event.session_id).to_string();
