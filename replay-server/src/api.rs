@@ -284,22 +284,31 @@ async fn search<L: AccessLog>(
     Query(params): Query<SearchParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let who = investigator(&state, &headers)?;
-    let newest_first = newest_first(params.order.as_deref())?;
-    record(&state, &who, "search", Some(params.q.clone()), None).await?;
-    let request = SearchRequest {
-        limit: params.limit.unwrap_or(20).min(MAX_PAGE),
-        offset: params.offset.unwrap_or(0),
-        newest_first,
-        ..SearchRequest::new(params.q)
-    };
+    let query = params.q.clone();
+    let request = params.request(query.clone())?;
+    record(&state, &who, "search", Some(query), None).await?;
     run_search(&state, request, None).await
 }
 
-fn newest_first(order: Option<&str>) -> ApiResult<bool> {
-    match order {
-        None | Some("newest") => Ok(true),
-        Some("oldest") => Ok(false),
-        Some(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("order={other}: expected newest or oldest"))),
+impl SearchParams {
+    /// The search of `query` on the page these parameters ask for.
+    fn request(self, query: String) -> ApiResult<SearchRequest> {
+        let newest_first = match self.order.as_deref() {
+            None | Some("newest") => true,
+            Some("oldest") => false,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("order={other}: expected newest or oldest"),
+                ));
+            }
+        };
+        Ok(SearchRequest {
+            limit: self.limit.unwrap_or(20).min(MAX_PAGE),
+            offset: self.offset.unwrap_or(0),
+            newest_first,
+            ..SearchRequest::new(query)
+        })
     }
 }
 
@@ -307,11 +316,9 @@ fn newest_first(order: Option<&str>) -> ApiResult<bool> {
 #[derive(Deserialize)]
 struct ValueSearch {
     value: String,
-    #[serde(default)]
-    q: String,
-    limit: Option<usize>,
-    offset: Option<usize>,
-    order: Option<String>,
+    /// `q` narrows it; `limit`, `offset`, `order` as for a search.
+    #[serde(flatten)]
+    search: SearchParams,
 }
 
 /// Every event where a value masked with a keyed token passed: the value is
@@ -340,15 +347,9 @@ async fn search_value<L: AccessLog>(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "value: give the value to look for"));
     }
     let token = key.value_token(&params.value);
-    let query = value_query(&token, &params.q);
-    let newest_first = newest_first(params.order.as_deref())?;
-    record(&state, &who, "search", Some(query.clone()), None).await?;
-    let request = SearchRequest {
-        limit: params.limit.unwrap_or(20).min(MAX_PAGE),
-        offset: params.offset.unwrap_or(0),
-        newest_first,
-        ..SearchRequest::new(query)
-    };
+    let query = value_query(&token, &params.search.q);
+    let request = params.search.request(query.clone())?;
+    record(&state, &who, "search", Some(query), None).await?;
     run_search(&state, request, Some(token)).await
 }
 
