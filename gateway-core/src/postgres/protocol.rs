@@ -265,6 +265,16 @@ pub struct Protocol {
     /// OIDs asked of the catalog, and when: asked again after
     /// [`TABLE_TTL`], so that a renamed column is seen.
     asked_tables: HashMap<u32, std::time::Instant>,
+    /// Bumped whenever `tables` changes: a planned row description is only
+    /// reused under the tables it was planned with.
+    tables_generation: u64,
+    /// The last row description planned (its bytes, `tables_generation`
+    /// then, and its columns as planned): a client that describes the same
+    /// statement again (every Execute of pgbench's extended protocol) gets
+    /// the plan without its column names being read and matched again.
+    /// Planning is a function of these bytes, the tables and the session's
+    /// masker alone.
+    described: Option<(Vec<u8>, u64, Vec<Column>)>,
     /// Tables to look up, until asked.
     looking_up: Option<Vec<u32>>,
     describing: Option<Describing>,
@@ -340,6 +350,8 @@ impl Protocol {
             nothing_to_mask: std::cell::RefCell::new(None),
             tables: HashMap::new(),
             asked_tables: HashMap::new(),
+            tables_generation: 0,
+            described: None,
             looking_up: None,
             describing: None,
             copy_pending: None,
@@ -462,6 +474,7 @@ impl Protocol {
                 // (and `table.column` rules then match by column: masked).
                 if let Ok(names) = names {
                     self.tables.extend(names);
+                    self.tables_generation += 1;
                 }
             }
         }
@@ -1099,7 +1112,13 @@ impl Protocol {
                 }
             }
             b'T' => {
-                let Some(mut columns) = row_description(body) else {
+                let planned = self
+                    .described
+                    .as_ref()
+                    .filter(|(bytes, generation, _)| *generation == self.tables_generation && **bytes == *body)
+                    .map(|(_, _, columns)| columns.clone());
+                let fresh = planned.is_none();
+                let Some(mut columns) = planned.or_else(|| row_description(body)) else {
                     self.raw(tag, frame, Direction::TargetToClient, record);
                     return Backend::Forward;
                 };
@@ -1118,11 +1137,22 @@ impl Protocol {
                         return Backend::Pause;
                     }
                 }
-                for column in &mut columns {
-                    column.name_source(self.tables.get(&column.table_oid).map(|t| &**t));
-                }
-                if let Some(masker) = &self.masker {
-                    mask::plan(&mut columns, masker);
+                if fresh {
+                    for column in &mut columns {
+                        column.name_source(self.tables.get(&column.table_oid).map(|t| &**t));
+                    }
+                    if let Some(masker) = &self.masker {
+                        mask::plan(&mut columns, masker);
+                    }
+                    match &mut self.described {
+                        Some((bytes, generation, planned)) => {
+                            bytes.clear();
+                            bytes.extend_from_slice(body);
+                            *generation = self.tables_generation;
+                            planned.clone_from(&columns);
+                        }
+                        empty => *empty = Some((body.to_vec(), self.tables_generation, columns.clone())),
+                    }
                 }
                 // A row description answering a Describe of a statement is
                 // kept with the statement; one answering a Describe of a
@@ -1970,6 +2000,128 @@ mod tests {
         assert_eq!(p.backend(&data_row(&[Some("hello")]), &mut events), Backend::Forward, "p2's note is not masked");
         p.backend(&frame(b'C', &cstr("SELECT 1")), &mut events);
         p.backend(&frame(b'Z', b"I"), &mut events);
+    }
+
+    /// The plan of a row description seen again is taken from the last one
+    /// planned (a fast path): on generated results (column names that rules
+    /// or detectors care about, columns of tables named by the catalog or
+    /// not, repeats and changes, and the catalog answering in between),
+    /// every row comes out of a session that reuses plans exactly as out of
+    /// a new session that plans that result afresh with what the first
+    /// session knows of the tables.
+    #[test]
+    fn a_row_description_seen_again_is_planned_as_a_fresh_one_would_be() {
+        use super::super::catalog::TableInfo;
+        let masker = Arc::new(masker_of(
+            "detectors = [\"all\"]\n[[columns]]\nmatch = \"salary\"\n[[columns]]\nmatch = \"staff.note\"\naction = \"token\"",
+        ));
+        let described = |columns: &[(&str, u32, i16)]| {
+            let mut body = BytesMut::new();
+            body.put_i16(columns.len() as i16);
+            for (name, table, attnum) in columns {
+                body.put_slice(&cstr(name));
+                body.put_u32(*table);
+                body.put_i16(*attnum);
+                body.put_u32(25);
+                body.put_i16(-1);
+                body.put_i32(-1);
+                body.put_i16(0);
+            }
+            frame(b'T', &body)
+        };
+        // What the catalog says of a table when asked; two of them are renamed
+        // as the rounds go.
+        let catalog = |oid: u32, round: usize| -> TableInfo {
+            let (name, columns): (&str, &[&str]) = match (oid, round / 50 % 2) {
+                (1001, 0) => ("staff", &["id", "note", "salary"]),
+                (1001, _) => ("people", &["id", "note", "pay"]),
+                (1002, 0) => ("notes", &["id", "note", "password"]),
+                _ => ("staff", &["id", "comment", "note"]),
+            };
+            TableInfo {
+                name: name.to_string(),
+                columns: columns.iter().enumerate().map(|(i, c)| (i as i16 + 1, c.to_string())).collect(),
+                generated: Vec::new(),
+            }
+        };
+        let names = ["salary", "note", "password", "api_key", "id", "email", "token_type", "x", "pay"];
+        let values = [
+            Some("90000"),
+            Some("ada@example.com"),
+            Some("4111 1111 1111 1111"),
+            Some("q8XzR2vLw9TmK4pB"),
+            Some("hi"),
+            None,
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        // Drives one query's result through `p`, answering its lookups from
+        // `answer`; the frames it forwards, as forwarded.
+        fn run(
+            p: &mut Protocol,
+            frames: &[Vec<u8>],
+            mut answer: impl FnMut(&[u32]) -> HashMap<u32, Arc<super::super::catalog::TableInfo>>,
+        ) -> Vec<Vec<u8>> {
+            let mut events = RecordedEvents::default();
+            p.frontend(&frame(b'Q', &cstr("select")), &mut events);
+            let mut out = Vec::new();
+            for f in frames {
+                let mut decision = p.backend(f, &mut events);
+                if decision == Backend::Pause {
+                    let asked = p.lookup().expect("a pause asks for tables");
+                    p.answer(Answer::Tables(Ok(answer(&asked))));
+                    decision = p.backend(f, &mut events);
+                }
+                out.push(match decision {
+                    Backend::Replace(bytes) => bytes,
+                    Backend::Forward => f.clone(),
+                    other => panic!("unexpected {other:?}"),
+                });
+            }
+            out
+        }
+        let limits = SampleLimits { rows: 0, bytes: 0 };
+        let mut warm = Protocol::new(limits).with_masker(Some(masker.clone()));
+        let mut known: HashMap<u32, Arc<TableInfo>> = HashMap::new();
+        let mut last: Option<Vec<u8>> = None;
+        let mut reused = 0;
+        for round in 0..400 {
+            let description = match (&last, next(3)) {
+                (Some(last), 0 | 1) => last.clone(),
+                _ => {
+                    let columns: Vec<(&str, u32, i16)> = (0..1 + next(3))
+                        .map(|_| (names[next(names.len())], [0, 1001, 1002][next(3)], 1 + next(3) as i16))
+                        .collect();
+                    described(&columns)
+                }
+            };
+            reused += usize::from(last.as_ref() == Some(&description));
+            last = Some(description.clone());
+            let count = i16::from_be_bytes([description[5], description[6]]) as usize;
+            let rows: Vec<Vec<u8>> =
+                (0..2).map(|_| data_row(&(0..count).map(|_| values[next(values.len())]).collect::<Vec<_>>())).collect();
+            let mut frames = vec![description];
+            frames.extend(rows);
+            frames.push(frame(b'C', &cstr("SELECT 2")));
+            frames.push(frame(b'Z', b"I"));
+            let seen = run(&mut warm, &frames, |asked| {
+                let told: HashMap<u32, Arc<TableInfo>> =
+                    asked.iter().map(|&oid| (oid, Arc::new(catalog(oid, round)))).collect();
+                known.extend(told.clone());
+                told
+            });
+            let mut fresh = Protocol::new(limits).with_masker(Some(masker.clone()));
+            let afresh = run(&mut fresh, &frames, |asked| {
+                asked.iter().filter_map(|oid| known.get(oid).map(|t| (*oid, t.clone()))).collect()
+            });
+            assert_eq!(seen, afresh, "round {round}");
+        }
+        assert!(reused > 100, "the rounds describe the same result again ({reused} times)");
     }
 
     #[test]
