@@ -60,8 +60,12 @@ pub async fn start<A: Authenticator>(
     if config.resources.is_empty() {
         return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy });
     }
-    let (server_tls, cert) =
-        tls::server_config(&config.tls, &config.data_dir.join("tls")).context("cannot set up TLS")?;
+    let (server_tls, cert) = tls::server_config(
+        &config.tls,
+        &config.data_dir.join("tls"),
+        &[proctor_gateway_core::postgres::ALPN_POSTGRESQL],
+    )
+    .context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
     let threads = match config.session_threads {
         Some(count) => SessionThreads::start(count),

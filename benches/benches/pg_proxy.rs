@@ -449,7 +449,9 @@ fn main() {
     let (mut bouncer, bouncer_port) = start_pgbouncer(bouncer_dir.path(), cluster.port, None);
     // As deployed: one certificate for Proctor and pgbouncer.
     let cert_dir = tempfile::tempdir().unwrap();
-    let (server_tls, cert) = server_config(&TlsConfig { cert_file: None, key_file: None }, cert_dir.path()).unwrap();
+    let (server_tls, cert) =
+        server_config(&TlsConfig { cert_file: None, key_file: None }, cert_dir.path(), &[postgres::ALPN_POSTGRESQL])
+            .unwrap();
     let key = cert_dir.path().join("proctor-dev.key");
     let deployed = start_proctor(&runtime, cluster.port, Some(&Deployed { tls: server_tls }));
     let deployed_bouncer_dir = tempfile::tempdir().unwrap();

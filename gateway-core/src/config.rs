@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use proctor_identity::tls::{TargetTls, TlsConfig};
+
 use crate::GatewayError;
 
 /// The protocol a resource speaks.
@@ -13,19 +15,6 @@ use crate::GatewayError;
 #[serde(rename_all = "lowercase")]
 pub enum ResourceProtocol {
     Postgres,
-}
-
-/// TLS from Proctor to the target.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TargetTls {
-    /// Plain TCP (the target is on a trusted network or loopback).
-    #[default]
-    Disable,
-    /// TLS, without checking the target's certificate (libpq's `require`).
-    Require,
-    /// TLS, checking the certificate against `target_ca_file` and the host name.
-    VerifyFull,
 }
 
 /// One `[[resources]]` entry.
@@ -74,15 +63,6 @@ pub struct ResourceConfig {
 
 fn default_sample_bytes() -> usize {
     64 * 1024
-}
-
-/// The `[tls]` table: the certificate Proctor presents to clients. Without
-/// it, Proctor generates a self-signed certificate in the data dir (dev mode).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
 }
 
 /// A secret's source.

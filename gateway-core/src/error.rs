@@ -12,3 +12,18 @@ pub enum GatewayError {
         source: std::io::Error,
     },
 }
+
+impl From<proctor_identity::ConfigError> for GatewayError {
+    fn from(error: proctor_identity::ConfigError) -> GatewayError {
+        match error {
+            proctor_identity::ConfigError::Config(message) => GatewayError::Config(message),
+            proctor_identity::ConfigError::Tls(message) => GatewayError::Tls(message),
+        }
+    }
+}
+
+impl From<proctor_masking::MaskingError> for GatewayError {
+    fn from(error: proctor_masking::MaskingError) -> GatewayError {
+        GatewayError::Config(error.0)
+    }
+}

@@ -10,15 +10,13 @@ pub mod auth;
 pub mod config;
 pub mod control;
 mod error;
-pub mod http;
-pub mod identity;
-pub mod masking;
 pub mod postgres;
 pub mod recording;
 mod sink;
 pub mod threads;
-pub mod tls;
 
 pub use control::ControlSession;
 pub use error::GatewayError;
+pub use proctor_identity::{http, tls, token as identity};
+pub use proctor_masking as masking;
 pub use sink::{EventSink, SinkError};

@@ -453,7 +453,7 @@ async fn the_control_api_lists_shows_and_decides_reviews() {
 
     let keys = tempfile::tempdir().unwrap();
     let dev = DevIssuer::open_or_create(keys.path(), &DevIssuerConfig::default()).unwrap();
-    let verifier = Verifier::new(&[dev.issuer_config(&keys.path().join("jwks.json")).unwrap()]).unwrap();
+    let verifier = Verifier::new(&[dev.issuer_config(&keys.path().join("jwks.json")).unwrap()]).await.unwrap();
     let token = |who: Identity| dev.sign(&who.subject, &who.groups, Duration::from_secs(600)).unwrap();
     let (agent, dba, eve) = (token(agent()), token(dba()), token(person("mallory", &["eng"])));
     let api = Arc::new(ControlApi { control: control.clone(), verifier: Arc::new(verifier), metrics: None });

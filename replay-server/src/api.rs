@@ -28,8 +28,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use proctor_gateway_core::http::ApiError;
-use proctor_gateway_core::identity::{Identity, Verifier};
+use proctor_identity::http::ApiError;
+use proctor_identity::token::{Identity, Verifier};
 use proctor_indexer::{IndexError, SearchIndex, SearchRequest};
 use proctor_recorder::reader::Reader;
 use proctor_schemas::{
@@ -142,7 +142,7 @@ pub struct ApiState<L: AccessLog> {
     dev_issuer: Option<Arc<DevIssuerEndpoints>>,
     /// The deployment's masking key: what turns a value into the token
     /// that replaced it, for searches by value.
-    token_key: Option<proctor_gateway_core::masking::MaskingKey>,
+    token_key: Option<proctor_masking::MaskingKey>,
 }
 
 impl<L: AccessLog> ApiState<L> {
@@ -167,7 +167,7 @@ impl<L: AccessLog> ApiState<L> {
     }
 
     /// Answers searches by value with the deployment's masking key.
-    pub fn with_token_key(mut self, key: proctor_gateway_core::masking::MaskingKey) -> Self {
+    pub fn with_token_key(mut self, key: proctor_masking::MaskingKey) -> Self {
         self.token_key = Some(key);
         self
     }
@@ -186,7 +186,7 @@ impl<L: AccessLog> ApiState<L> {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The caller, if their token verifies and they are an investigator.
-fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
+async fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
     // A bearer token when one is presented; else the console's session,
     // with its CSRF token in a header only the console's own script sends
     // (no other site can read the token, nor set the header on a request
@@ -199,7 +199,7 @@ fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiRe
     };
     let identity = match from_console {
         Some(identity) => identity,
-        None => proctor_gateway_core::http::caller(&state.verifier, headers)?,
+        None => proctor_identity::http::caller(&state.verifier, headers).await?,
     };
     if !identity.in_group(&state.investigator_group) {
         return Err(ApiError::new(
@@ -263,7 +263,7 @@ pub async fn serve<L: AccessLog>(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    proctor_gateway_core::http::serve(listener, router(state), tls, shutdown).await
+    proctor_identity::http::serve(listener, router(state), tls, shutdown).await
 }
 
 const MAX_PAGE: usize = 1000;
@@ -283,7 +283,7 @@ async fn search<L: AccessLog>(
     headers: HeaderMap,
     Query(params): Query<SearchParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = investigator(&state, &headers)?;
+    let who = investigator(&state, &headers).await?;
     let query = params.q.clone();
     let request = params.request(query.clone())?;
     record(&state, &who, "search", Some(query), None).await?;
@@ -330,7 +330,7 @@ async fn search_value<L: AccessLog>(
     headers: HeaderMap,
     body: Result<Json<ValueSearch>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = investigator(&state, &headers)?;
+    let who = investigator(&state, &headers).await?;
     let Json(params) = body.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -420,7 +420,7 @@ async fn sessions<L: AccessLog>(
     headers: HeaderMap,
     Query(filter): Query<SessionFilter>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = investigator(&state, &headers)?;
+    let who = investigator(&state, &headers).await?;
     // A bad filter is refused before the access is recorded.
     if let Err(e) = filter.matcher(Timestamp::now()) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
@@ -446,7 +446,7 @@ async fn session<L: AccessLog>(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = investigator(&state, &headers)?;
+    let who = investigator(&state, &headers).await?;
     let id = session_id(&id)?;
     record(&state, &who, "read", None, Some(id.to_string())).await?;
     let data_dir = state.data_dir.clone();
@@ -500,7 +500,7 @@ async fn marks<L: AccessLog>(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = investigator(&state, &headers)?;
+    let who = investigator(&state, &headers).await?;
     let id = session_id(&id)?;
     record(&state, &who, "read", Some("timeline".to_string()), Some(id.to_string())).await?;
     let state = state.clone();
@@ -532,7 +532,7 @@ async fn events<L: AccessLog>(
     Path(id): Path<String>,
     Query(params): Query<EventsParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let who = investigator(&state, &headers)?;
+    let who = investigator(&state, &headers).await?;
     let id = session_id(&id)?;
     record(&state, &who, "read", Some(format!("events from seq {}", params.from_seq)), Some(id.to_string())).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, MAX_PAGE);
@@ -587,7 +587,7 @@ mod tests {
 
     /// An API with the console on and one investigator signed in to it:
     /// their session cookie and CSRF token.
-    fn signed_in() -> (ApiState<Unrecorded>, String, String) {
+    async fn signed_in() -> (ApiState<Unrecorded>, String, String) {
         let console = Arc::new(Console::new(ConsoleConfig {
             base_url: "http://127.0.0.1:7070".into(),
             issuer: "http://127.0.0.1:7070/dev-issuer".into(),
@@ -605,7 +605,7 @@ mod tests {
             expires_at: i64::MAX,
         };
         let (cookie, csrf) = console.sign_in_for_test(identity);
-        let verifier = Arc::new(Verifier::new(&[]).unwrap());
+        let verifier = Arc::new(Verifier::new(&[]).await.unwrap());
         let state = ApiState::new(PathBuf::from("/nonexistent"), verifier, "investigators".into(), Unrecorded)
             .with_console(console, None);
         (state, cookie, csrf)
@@ -623,9 +623,9 @@ mod tests {
     /// (and no `Sec-Fetch-Site`, as curl or an older browser sends) read
     /// recordings in the investigator's name. The cookie now needs the
     /// session's CSRF token beside it.
-    #[test]
-    fn a_console_cookie_without_its_csrf_token_reads_nothing() {
-        let (state, cookie, csrf) = signed_in();
+    #[tokio::test]
+    async fn a_console_cookie_without_its_csrf_token_reads_nothing() {
+        let (state, cookie, csrf) = signed_in().await;
         for (what, request) in [
             ("the cookie alone", headers(&[("cookie", &cookie)])),
             ("the cookie and Sec-Fetch-Site: none", headers(&[("cookie", &cookie), ("sec-fetch-site", "none")])),
@@ -636,20 +636,20 @@ mod tests {
             ("the cookie and another token", headers(&[("cookie", &cookie), (CSRF_HEADER, "forged")])),
             ("the cookie and an empty token", headers(&[("cookie", &cookie), (CSRF_HEADER, "")])),
         ] {
-            let refused = investigator(&state, &request).map(|who| who.subject).unwrap_err();
+            let refused = investigator(&state, &request).await.map(|who| who.subject).unwrap_err();
             assert_eq!(refused.status, StatusCode::FORBIDDEN, "{what}: {}", refused.message);
             assert!(refused.message.contains("X-Proctor-CSRF"), "{what}: says what to do: {}", refused.message);
         }
         let with_token = headers(&[("cookie", &cookie), (CSRF_HEADER, &csrf)]);
-        assert_eq!(investigator(&state, &with_token).map(|who| who.subject).ok().as_deref(), Some("ivy"));
+        assert_eq!(investigator(&state, &with_token).await.map(|who| who.subject).ok().as_deref(), Some("ivy"));
         // No live session: the token alone is nothing either (a bearer
         // token is asked for).
         let stranger = headers(&[("cookie", "__Host-proctor_console=unknown"), (CSRF_HEADER, &csrf)]);
-        let refused = investigator(&state, &stranger).map(|who| who.subject).unwrap_err();
+        let refused = investigator(&state, &stranger).await.map(|who| who.subject).unwrap_err();
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         // A bearer token is judged on its own, cookie or not.
         let bearer = headers(&[("cookie", &cookie), ("authorization", "Bearer not-a-jwt")]);
-        let refused = investigator(&state, &bearer).map(|who| who.subject).unwrap_err();
+        let refused = investigator(&state, &bearer).await.map(|who| who.subject).unwrap_err();
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     }
 }

@@ -3,7 +3,7 @@
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use proctor_gateway_core::http::send_once;
+use proctor_identity::http::send_once;
 
 /// Why a request to the server failed, in words for the command line.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ impl Client {
                             .into(),
                     )
                 })?;
-                Some(proctor_gateway_core::tls::api_client_config(ca).map_err(|e| ClientError::Usage(e.to_string()))?)
+                Some(proctor_identity::tls::api_client_config(ca).map_err(|e| ClientError::Usage(e.to_string()))?)
             }
             _ => return Err(usage("expected a URL such as http://127.0.0.1:7070".into())),
         };

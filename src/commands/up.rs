@@ -211,7 +211,7 @@ async fn start_control(
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(String, Tasks)> {
     let listeners = &gateway.listeners;
-    let verifier = Arc::new(verifier(config)?);
+    let verifier = Arc::new(verifier(config).await?);
     let mut offers = HashMap::new();
     for (name, addr) in listeners {
         let Some(resource) = config.resources.iter().find(|r| &r.name == name) else { continue };
@@ -274,7 +274,7 @@ async fn start_control(
 
 /// The verifier of API tokens: the configured issuers, and the dev issuer
 /// when it is on (its JWKS written beside its key).
-pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+pub async fn verifier(config: &Config) -> anyhow::Result<Verifier> {
     let mut issuers = config.identity.issuers.clone();
     if let Some(dev) = config.identity.dev_issuer.as_ref().filter(|d| d.enabled) {
         let issuer = DevIssuer::open_or_create(&config.data_dir, dev)?;
@@ -285,7 +285,7 @@ pub fn verifier(config: &Config) -> anyhow::Result<Verifier> {
         !issuers.is_empty(),
         "the replay API needs someone to vouch for its callers: configure [[identity.issuers]] or [identity.dev_issuer]"
     );
-    Ok(Verifier::new(&issuers)?)
+    Ok(Verifier::new(&issuers).await?)
 }
 
 /// Binds one of Proctor's HTTP APIs (`name`: its config section): the
@@ -388,7 +388,7 @@ async fn start_replay(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<(String, tokio::task::JoinHandle<()>)>> {
     let Some(replay) = &config.replay else { return Ok(None) };
-    let verifier = std::sync::Arc::new(verifier(config)?);
+    let verifier = std::sync::Arc::new(verifier(config).await?);
     let (listener, tls, url) = bind_api(config, "replay", replay.listen, replay.tls).await?;
     let mut state =
         ApiState::new(config.data_dir.clone(), verifier, replay.investigator_group.clone(), RecorderAccessLog(sink));

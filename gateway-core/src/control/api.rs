@@ -123,8 +123,8 @@ impl From<ControlError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn caller<S: ControlStore, K: EventSink>(api: &ControlApi<S, K>, headers: &HeaderMap) -> ApiResult<Identity> {
-    crate::http::caller(&api.verifier, headers)
+async fn caller<S: ControlStore, K: EventSink>(api: &ControlApi<S, K>, headers: &HeaderMap) -> ApiResult<Identity> {
+    crate::http::caller(&api.verifier, headers).await
 }
 
 /// A JSON body, with a clear message when it is not the expected shape.
@@ -176,7 +176,7 @@ async fn request<S: ControlStore, K: EventSink>(
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     let RequestBody { resource, ttl, reason } = body(&bytes)?;
     let ttl: Duration = humantime::parse_duration(ttl.trim()).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("ttl {ttl:?} is not a duration ({e}); e.g. 15m or 1h"))
@@ -190,7 +190,7 @@ async fn list<S: ControlStore, K: EventSink>(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     let status =
         status_param(params.status.as_deref(), GrantStatus::parse, "pending, active, denied, expired, revoked")?;
     let filter = GrantFilter {
@@ -209,7 +209,7 @@ async fn show<S: ControlStore, K: EventSink>(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     Ok(Json(api.control.show(&who, &id).await?).into_response())
 }
 
@@ -219,7 +219,7 @@ async fn decide<S: ControlStore, K: EventSink>(
     Path((id, action)): Path<(String, String)>,
     bytes: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     let DecisionBody { reason } = body(&bytes)?;
     let grant = match action.as_str() {
         "approve" => api.control.approve(&who, &id, reason).await?,
@@ -247,7 +247,7 @@ async fn list_reviews<S: ControlStore, K: EventSink>(
     headers: HeaderMap,
     Query(params): Query<ReviewListParams>,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     let status =
         status_param(params.status.as_deref(), ReviewStatus::parse, "pending, approved, denied, expired, used")?;
     let filter = ReviewFilter {
@@ -265,7 +265,7 @@ async fn show_review<S: ControlStore, K: EventSink>(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     Ok(Json(api.control.show_review(&who, &id).await?).into_response())
 }
 
@@ -275,7 +275,7 @@ async fn decide_review<S: ControlStore, K: EventSink>(
     Path((id, action)): Path<(String, String)>,
     bytes: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let who = caller(&api, &headers)?;
+    let who = caller(&api, &headers).await?;
     let DecisionBody { reason } = body(&bytes)?;
     let review = match action.as_str() {
         "approve" => api.control.approve_review(&who, &id, reason).await?,

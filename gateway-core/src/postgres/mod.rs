@@ -24,6 +24,10 @@ mod stream;
 mod upstream;
 mod values;
 
+/// The ALPN protocol of PostgreSQL's direct TLS (PostgreSQL 17): what the
+/// PostgreSQL listener's TLS offers ([`crate::tls::server_config`]).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -13,9 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::ALPN_POSTGRESQL;
 use super::messages::PgError;
 use super::stream::Conn;
-use crate::tls::ALPN_POSTGRESQL;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;

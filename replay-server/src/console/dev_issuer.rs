@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Form, Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use proctor_gateway_core::identity::DevIssuer;
+use proctor_identity::token::DevIssuer;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -371,7 +371,7 @@ pub fn urlencode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proctor_gateway_core::identity::DevIssuerConfig;
+    use proctor_identity::token::DevIssuerConfig;
 
     fn endpoints() -> (tempfile::TempDir, Arc<DevIssuerEndpoints>) {
         let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use proctor_gateway_core::http::send_once;
+use proctor_identity::http::send_once;
 
 /// How long one request to the issuer may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ async fn exchange(
     }
     let response = if https {
         let bundle = ca_file.unwrap_or(Path::new(SYSTEM_BUNDLE));
-        let config = proctor_gateway_core::tls::api_client_config(bundle).map_err(|e| fail("TLS", &e))?;
+        let config = proctor_identity::tls::api_client_config(bundle).map_err(|e| fail("TLS", &e))?;
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| fail(&host, &e))?;
         let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| fail("TLS", &e))?;
         send_once(stream, outgoing, MAX_BODY).await

@@ -40,8 +40,8 @@ use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, TokenResponse,
 };
-use proctor_gateway_core::http::ApiError;
-use proctor_gateway_core::identity::Identity;
+use proctor_identity::http::ApiError;
+use proctor_identity::token::Identity;
 use serde::Deserialize;
 
 /// The session cookie and the sign-in cookie.

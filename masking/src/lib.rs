@@ -28,7 +28,10 @@ pub use by_name::names_a_secret;
 pub use checks::is_card_number;
 pub use detect::{Detector, Detectors, Finding, Findings, find, find_in};
 
-use crate::GatewayError;
+/// A masking setting or key Proctor cannot use; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct MaskingError(pub String);
 
 /// How a value (or the secret in it) is replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -138,8 +141,8 @@ pub struct Profile {
 }
 
 impl Profile {
-    pub fn new(name: &str, config: &ProfileConfig) -> Result<Profile, GatewayError> {
-        let bad = |m: String| GatewayError::Config(format!("masking.profiles.{name}: {m}"));
+    pub fn new(name: &str, config: &ProfileConfig) -> Result<Profile, MaskingError> {
+        let bad = |m: String| MaskingError(format!("masking.profiles.{name}: {m}"));
         let mut detectors = Vec::new();
         for d in &config.detectors {
             if d == "all" {
@@ -239,11 +242,11 @@ pub struct Profiles {
 }
 
 impl Profiles {
-    pub fn new(config: &MaskingConfig, key: MaskingKey) -> Result<Profiles, GatewayError> {
+    pub fn new(config: &MaskingConfig, key: MaskingKey) -> Result<Profiles, MaskingError> {
         let mut profiles = BTreeMap::new();
         for (name, profile) in &config.profiles {
             if name == NO_MASKING || name.contains('+') {
-                return Err(GatewayError::Config(format!(
+                return Err(MaskingError(format!(
                     "masking.profiles.{name}: the name is reserved (`none` masks nothing; `+` joins profiles)"
                 )));
             }
@@ -251,7 +254,7 @@ impl Profiles {
         }
         let profiles = Profiles { profiles, default: None, key, made: Default::default() };
         if let Some(default) = &config.default_profile {
-            profiles.check(default).map_err(GatewayError::Config)?;
+            profiles.check(default).map_err(MaskingError)?;
         }
         Ok(Profiles { default: config.default_profile.clone(), ..profiles })
     }
@@ -429,18 +432,16 @@ impl MaskingKey {
 
     /// Reads the key at `path`, or creates it there (32 random bytes, hex,
     /// mode 0600) if there is none: tokens stay stable across restarts.
-    pub fn load_or_create(path: &std::path::Path) -> Result<MaskingKey, GatewayError> {
+    pub fn load_or_create(path: &std::path::Path) -> Result<MaskingKey, MaskingError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let bad = |what: &str, e: std::io::Error| {
-            GatewayError::Config(format!("masking key {}: {what}: {e}", path.display()))
-        };
+        let bad = |what: &str, e: std::io::Error| MaskingError(format!("masking key {}: {what}: {e}", path.display()));
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let bytes = hex::decode(text.trim())
-                    .map_err(|e| GatewayError::Config(format!("masking key {}: not hex ({e})", path.display())))?;
+                    .map_err(|e| MaskingError(format!("masking key {}: not hex ({e})", path.display())))?;
                 if bytes.len() < 16 {
-                    return Err(GatewayError::Config(format!(
+                    return Err(MaskingError(format!(
                         "masking key {}: {} bytes is too short (at least 16)",
                         path.display(),
                         bytes.len()
@@ -454,7 +455,7 @@ impl MaskingKey {
                 }
                 let mut bytes = vec![0u8; 32];
                 getrandom::fill(&mut bytes)
-                    .map_err(|e| GatewayError::Config(format!("no randomness for the masking key: {e}")))?;
+                    .map_err(|e| MaskingError(format!("no randomness for the masking key: {e}")))?;
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -496,9 +497,9 @@ impl MaskingKey {
 
     /// Reads an existing key (never creates one): what finds tokens in a
     /// recording, read where it was made.
-    pub fn load(path: &std::path::Path) -> Result<MaskingKey, GatewayError> {
+    pub fn load(path: &std::path::Path) -> Result<MaskingKey, MaskingError> {
         if !path.exists() {
-            return Err(GatewayError::Config(format!(
+            return Err(MaskingError(format!(
                 "no masking key at {}: nothing here was masked with tokens",
                 path.display()
             )));

@@ -208,17 +208,23 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How long fetching a JWKS may take.
 const JWKS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads an issuer's JWKS from its file or URL.
-fn read_jwks(config: &IssuerConfig) -> Result<JwkSet, IdentityError> {
+/// The largest JWKS read: an identity provider's key set is a few KiB.
+const MAX_JWKS: usize = 1 << 20;
+
+/// Reads an issuer's JWKS from its file or URL, without blocking the async
+/// worker it runs on (the file on the blocking pool, the URL asynchronously).
+async fn read_jwks(config: &IssuerConfig) -> Result<JwkSet, IdentityError> {
     let (bytes, source) = match (&config.jwks_file, &config.jwks_url) {
         (Some(path), None) => {
-            let bytes = std::fs::read(path)
+            let bytes = tokio::fs::read(path)
+                .await
                 .map_err(|e| IdentityError::Config(format!("cannot read JWKS {}: {e}", path.display())))?;
             (bytes, path.display().to_string())
         }
         (None, Some(url)) => {
             let ca = config.jwks_ca_file.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
-            let bytes = crate::http::fetch_https(url, &ca, JWKS_TIMEOUT)
+            let bytes = crate::http::fetch_https(url, &ca, JWKS_TIMEOUT, MAX_JWKS)
+                .await
                 .map_err(|e| IdentityError::Config(format!("cannot fetch JWKS {url}: {e}")))?;
             (bytes, url.clone())
         }
@@ -232,10 +238,10 @@ fn read_jwks(config: &IssuerConfig) -> Result<JwkSet, IdentityError> {
 
 impl Verifier {
     /// Loads every issuer's keys; fails on a bad configuration.
-    pub fn new(issuers: &[IssuerConfig]) -> Result<Verifier, IdentityError> {
-        let issuers = issuers
-            .iter()
-            .map(|config| {
+    pub async fn new(configs: &[IssuerConfig]) -> Result<Verifier, IdentityError> {
+        let mut issuers = Vec::with_capacity(configs.len());
+        for config in configs {
+            issuers.push({
                 if config.algorithms.is_empty() {
                     return Err(IdentityError::Config(format!("issuer {:?}: no algorithms", config.issuer)));
                 }
@@ -255,7 +261,7 @@ impl Verifier {
                         config.issuer
                     )));
                 }
-                let keys = match read_jwks(config) {
+                let keys = match read_jwks(config).await {
                     Ok(keys) => keys,
                     // An identity provider down at start-up must not keep
                     // the gateway down: its keys are fetched again when a
@@ -270,14 +276,34 @@ impl Verifier {
                 // The first unknown key may re-read at once.
                 let now = std::time::Instant::now();
                 let read_at = std::sync::Mutex::new(now.checked_sub(JWKS_REFRESH).unwrap_or(now));
-                Ok(Issuer { config: config.clone(), algorithms, keys, read_at })
-            })
-            .collect::<Result<_, _>>()?;
+                Issuer { config: config.clone(), algorithms, keys, read_at }
+            });
+        }
         Ok(Verifier { issuers })
     }
 
-    /// Verifies `token` and returns who it names.
-    pub fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
+    /// Verifies `token` and returns who it names. A token signed by a key
+    /// its issuer added since its keys were read has them read again (at
+    /// most once per [`JWKS_REFRESH`]), without blocking the caller's worker.
+    pub async fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
+        let mut read_again = None;
+        let verified = self.verify_with_keys(token, Some(&mut read_again));
+        let Some(index) = read_again else { return verified };
+        let issuer = &self.issuers[index];
+        match read_jwks(&issuer.config).await {
+            Ok(fresh) => *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh,
+            Err(error) => {
+                tracing::warn!(issuer = %issuer.config.issuer, %error, "cannot read the issuer's keys again");
+                return verified;
+            }
+        }
+        self.verify_with_keys(token, None)
+    }
+
+    /// [`Verifier::verify`] with the keys at hand. A token naming a key they
+    /// lack is refused; with `read_again`, which is then set to the issuer
+    /// whose keys may be read again now, if they may.
+    fn verify_with_keys(&self, token: &str, read_again: Option<&mut Option<usize>>) -> Result<Identity, IdentityError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(IdentityError::Missing);
@@ -313,8 +339,12 @@ impl Verifier {
             .map_err(|e| IdentityError::Malformed(e.to_string()))?
             .iss
             .ok_or_else(|| IdentityError::Malformed("no `iss` claim".into()))?;
-        let issuer =
-            self.issuers.iter().find(|i| i.config.issuer == iss).ok_or(IdentityError::UnknownIssuer(iss.clone()))?;
+        let index = self
+            .issuers
+            .iter()
+            .position(|i| i.config.issuer == iss)
+            .ok_or(IdentityError::UnknownIssuer(iss.clone()))?;
+        let issuer = &self.issuers[index];
         if !issuer.algorithms.contains(&header.alg) {
             return Err(IdentityError::Algorithm {
                 alg: format!("{:?}", header.alg),
@@ -322,7 +352,7 @@ impl Verifier {
                 accepted: issuer.config.algorithms.join(", "),
             });
         }
-        let key = self.key(issuer, header.kid.as_deref())?;
+        let key = Self::key(index, issuer, header.kid.as_deref(), read_again)?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&issuer.config.issuer]);
         validation.set_audience(&[&issuer.config.audience]);
@@ -361,40 +391,34 @@ impl Verifier {
         Ok(Identity { subject, issuer: claims.iss, groups, expires_at })
     }
 
-    fn key(&self, issuer: &Issuer, kid: Option<&str>) -> Result<DecodingKey, IdentityError> {
-        let find = |set: &JwkSet| match kid {
-            Some(kid) => set.find(kid).cloned(),
-            None if set.keys.len() == 1 => set.keys.first().cloned(),
-            None => None,
-        };
-        let found = find(&issuer.keys.read().unwrap_or_else(|p| p.into_inner()));
-        let jwk = match found {
-            Some(jwk) => jwk,
+    fn key(
+        index: usize,
+        issuer: &Issuer,
+        kid: Option<&str>,
+        read_again: Option<&mut Option<usize>>,
+    ) -> Result<DecodingKey, IdentityError> {
+        let found = match kid {
+            Some(kid) => issuer.keys.read().unwrap_or_else(|p| p.into_inner()).find(kid).cloned(),
             None => {
-                let unknown = || IdentityError::UnknownKey {
-                    kid: kid.unwrap_or("(none)").to_string(),
-                    issuer: issuer.config.issuer.clone(),
-                };
-                // Perhaps the issuer rotated its keys: read the JWKS again,
-                // unless it was read moments ago.
-                {
-                    let mut read_at = issuer.read_at.lock().unwrap_or_else(|p| p.into_inner());
-                    if read_at.elapsed() < JWKS_REFRESH {
-                        return Err(unknown());
-                    }
-                    *read_at = std::time::Instant::now();
-                }
-                let fresh = match read_jwks(&issuer.config) {
-                    Ok(fresh) => fresh,
-                    Err(error) => {
-                        tracing::warn!(issuer = %issuer.config.issuer, %error, "cannot read the issuer's keys again");
-                        return Err(unknown());
-                    }
-                };
-                let found = find(&fresh);
-                *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-                found.ok_or_else(unknown)?
+                let keys = issuer.keys.read().unwrap_or_else(|p| p.into_inner());
+                if keys.keys.len() == 1 { keys.keys.first().cloned() } else { None }
             }
+        };
+        let Some(jwk) = found else {
+            // Perhaps the issuer rotated its keys: they are read again,
+            // unless they were read moments ago (forged key ids must not
+            // make every request fetch them).
+            if let Some(read_again) = read_again {
+                let mut read_at = issuer.read_at.lock().unwrap_or_else(|p| p.into_inner());
+                if read_at.elapsed() >= JWKS_REFRESH {
+                    *read_at = std::time::Instant::now();
+                    *read_again = Some(index);
+                }
+            }
+            return Err(IdentityError::UnknownKey {
+                kid: kid.unwrap_or("(none)").to_string(),
+                issuer: issuer.config.issuer.clone(),
+            });
         };
         DecodingKey::from_jwk(&jwk).map_err(|e| IdentityError::Config(format!("a key of the JWKS is unusable: {e}")))
     }
@@ -529,11 +553,26 @@ impl DevIssuer {
 mod tests {
     use super::*;
 
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+    }
+
+    /// [`Verifier::verify`], waited for.
+    trait VerifyNow {
+        fn verify_now(&self, token: &str) -> Result<Identity, IdentityError>;
+    }
+
+    impl VerifyNow for Verifier {
+        fn verify_now(&self, token: &str) -> Result<Identity, IdentityError> {
+            block_on(self.verify(token))
+        }
+    }
+
     fn setup() -> (tempfile::TempDir, DevIssuer, Verifier) {
         let dir = tempfile::tempdir().unwrap();
         let dev = DevIssuer::open_or_create(dir.path(), &DevIssuerConfig::default()).unwrap();
         let config = dev.issuer_config(&dir.path().join("jwks.json")).unwrap();
-        let verifier = Verifier::new(&[config]).unwrap();
+        let verifier = block_on(Verifier::new(&[config])).unwrap();
         (dir, dev, verifier)
     }
 
@@ -541,7 +580,7 @@ mod tests {
     fn a_dev_token_verifies_with_its_subject_and_groups() {
         let (_dir, dev, verifier) = setup();
         let token = dev.sign("alice", &["investigators".into(), "ci".into()], Duration::from_secs(600)).unwrap();
-        let identity = verifier.verify(&token).unwrap();
+        let identity = verifier.verify_now(&token).unwrap();
         assert_eq!(identity.subject, "alice");
         assert_eq!(identity.issuer, "proctor-dev");
         assert!(identity.in_group("investigators") && identity.in_group("ci") && !identity.in_group("admins"));
@@ -554,7 +593,7 @@ mod tests {
         let other_dir = tempfile::tempdir().unwrap();
         let other = DevIssuer::open_or_create(other_dir.path(), &DevIssuerConfig::default()).unwrap();
         let forged = other.sign("mallory", &["investigators".into()], Duration::from_secs(600)).unwrap();
-        assert!(matches!(verifier.verify(&forged), Err(IdentityError::UnknownKey { .. })));
+        assert!(matches!(verifier.verify_now(&forged), Err(IdentityError::UnknownKey { .. })));
         // A real token with its payload swapped.
         let token = dev.sign("bob", &[], Duration::from_secs(600)).unwrap();
         let parts: Vec<&str> = token.split('.').collect();
@@ -563,17 +602,17 @@ mod tests {
                 .to_string(),
         );
         let tampered = format!("{}.{}.{}", parts[0], claims, parts[2]);
-        assert_eq!(verifier.verify(&tampered), Err(IdentityError::Signature));
+        assert_eq!(verifier.verify_now(&tampered), Err(IdentityError::Signature));
         // `alg: none` and HMAC are not on any allow-list.
         let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-        assert!(verifier.verify(&none).is_err());
+        assert!(verifier.verify_now(&none).is_err());
         let hmac = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &serde_json::json!({"iss": "proctor-dev", "aud": "proctor", "sub": "eve", "exp": 4102444800u64}),
             &EncodingKey::from_secret(b"guess"),
         )
         .unwrap();
-        assert!(matches!(verifier.verify(&hmac), Err(IdentityError::Algorithm { .. })));
+        assert!(matches!(verifier.verify_now(&hmac), Err(IdentityError::Algorithm { .. })));
         // Unknown issuer; garbage; nothing.
         let foreign = jsonwebtoken::encode(
             &Header::new(Algorithm::EdDSA),
@@ -581,9 +620,9 @@ mod tests {
             &dev.encoding,
         )
         .unwrap();
-        assert_eq!(verifier.verify(&foreign), Err(IdentityError::UnknownIssuer("elsewhere".into())));
-        assert!(matches!(verifier.verify("not-a-token"), Err(IdentityError::Malformed(_))));
-        assert_eq!(verifier.verify(""), Err(IdentityError::Missing));
+        assert_eq!(verifier.verify_now(&foreign), Err(IdentityError::UnknownIssuer("elsewhere".into())));
+        assert!(matches!(verifier.verify_now("not-a-token"), Err(IdentityError::Malformed(_))));
+        assert_eq!(verifier.verify_now(""), Err(IdentityError::Missing));
     }
 
     #[test]
@@ -596,14 +635,17 @@ mod tests {
             jsonwebtoken::encode(&header, &claims, &dev.encoding).unwrap()
         };
         let base = |exp: u64, nbf: u64, aud: &str| serde_json::json!({"iss": "proctor-dev", "aud": aud, "sub": "s", "groups": [], "exp": exp, "nbf": nbf});
-        assert_eq!(verifier.verify(&sign(base(now - 3600, now - 7200, "proctor"))), Err(IdentityError::Expired));
-        assert_eq!(verifier.verify(&sign(base(now + 7200, now + 3600, "proctor"))), Err(IdentityError::NotYetValid));
+        assert_eq!(verifier.verify_now(&sign(base(now - 3600, now - 7200, "proctor"))), Err(IdentityError::Expired));
         assert_eq!(
-            verifier.verify(&sign(base(now + 600, now, "someone-else"))),
+            verifier.verify_now(&sign(base(now + 7200, now + 3600, "proctor"))),
+            Err(IdentityError::NotYetValid)
+        );
+        assert_eq!(
+            verifier.verify_now(&sign(base(now + 600, now, "someone-else"))),
             Err(IdentityError::Audience("proctor".into()))
         );
         // Within the clock skew (60 s) both ways.
-        assert!(verifier.verify(&sign(base(now - 10, now + 10, "proctor"))).is_ok());
+        assert!(verifier.verify_now(&sign(base(now - 10, now + 10, "proctor"))).is_ok());
     }
 
     #[test]
@@ -614,13 +656,13 @@ mod tests {
         let new = DevIssuer::open_or_create(new_dir.path(), &DevIssuerConfig::default()).unwrap();
         new.issuer_config(&dir.path().join("jwks.json")).unwrap();
         let token = new.sign("carol", &[], Duration::from_secs(600)).unwrap();
-        assert_eq!(verifier.verify(&token).unwrap().subject, "carol");
+        assert_eq!(verifier.verify_now(&token).unwrap().subject, "carol");
         // Yet another key right after: not re-read within the refresh period.
         let third_dir = tempfile::tempdir().unwrap();
         let third = DevIssuer::open_or_create(third_dir.path(), &DevIssuerConfig::default()).unwrap();
         third.issuer_config(&dir.path().join("jwks.json")).unwrap();
         let token = third.sign("dave", &[], Duration::from_secs(600)).unwrap();
-        assert!(matches!(verifier.verify(&token), Err(IdentityError::UnknownKey { .. })));
+        assert!(matches!(verifier.verify_now(&token), Err(IdentityError::UnknownKey { .. })));
     }
 
     /// Every way a token can be wrong, each refused with words that say
@@ -647,7 +689,7 @@ mod tests {
             jsonwebtoken::encode(&header, &c, &dev.encoding).unwrap()
         };
         let good = signed(claims(serde_json::json!({})));
-        assert!(verifier.verify(&good).is_ok(), "the baseline token verifies");
+        assert!(verifier.verify_now(&good).is_ok(), "the baseline token verifies");
         let parts: Vec<String> = good.split('.').map(str::to_string).collect();
         let other_dir = tempfile::tempdir().unwrap();
         let other = DevIssuer::open_or_create(other_dir.path(), &DevIssuerConfig::default()).unwrap();
@@ -722,14 +764,14 @@ mod tests {
         ];
         assert!(cases.len() >= 20);
         for (name, token, expected) in &cases {
-            let error = verifier.verify(token).err().unwrap_or_else(|| panic!("{name}: accepted"));
+            let error = verifier.verify_now(token).err().unwrap_or_else(|| panic!("{name}: accepted"));
             let message = error.to_string();
             println!("{name:<32} {message}");
             assert!(message.contains(expected), "{name}: {message:?} does not say {expected:?}");
         }
         // Groups present but empty is a statement, not an omission.
         let no_groups = signed(claims(serde_json::json!({"groups": []})));
-        assert!(verifier.verify(&no_groups).unwrap().groups.is_empty());
+        assert!(verifier.verify_now(&no_groups).unwrap().groups.is_empty());
     }
 
     #[test]
@@ -747,6 +789,6 @@ mod tests {
             algorithms: vec!["HS256".into()],
             leeway: Duration::from_secs(0),
         };
-        assert!(matches!(Verifier::new(&[config]), Err(IdentityError::Config(m)) if m.contains("HMAC")));
+        assert!(matches!(block_on(Verifier::new(&[config])), Err(IdentityError::Config(m)) if m.contains("HMAC")));
     }
 }

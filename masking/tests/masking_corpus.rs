@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use proctor_gateway_core::masking::{Detector, find};
+use proctor_masking::{Detector, find};
 
 #[derive(serde::Deserialize)]
 struct Labelled {

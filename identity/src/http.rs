@@ -103,12 +103,12 @@ impl axum::response::IntoResponse for ApiError {
 }
 
 /// Who sent a request: its bearer token verified (401 if it does not).
-pub fn caller(
-    verifier: &crate::identity::Verifier,
+pub async fn caller(
+    verifier: &crate::token::Verifier,
     headers: &axum::http::HeaderMap,
-) -> Result<crate::identity::Identity, ApiError> {
-    use crate::identity::IdentityError;
-    verifier.verify(bearer(headers)).map_err(|e| match e {
+) -> Result<crate::token::Identity, ApiError> {
+    use crate::token::IdentityError;
+    verifier.verify(bearer(headers)).await.map_err(|e| match e {
         IdentityError::Config(_) => ApiError::internal(e),
         other => ApiError {
             no_token: matches!(other, IdentityError::Missing),
@@ -142,17 +142,28 @@ where
     Ok(hyper::Response::from_parts(parts, body))
 }
 
-/// GETs an `https://` URL, trusting the certificates in `ca_file`, on a
-/// thread of its own (callable from async and blocking code alike); gives
-/// up after `timeout`. Returns the body of a `200`.
-pub fn fetch_https(url: &str, ca_file: &std::path::Path, timeout: Duration) -> Result<Vec<u8>, String> {
+/// GETs an `https://` URL, trusting the certificates in `ca_file`; gives up
+/// after `timeout`. Returns the body of a `200`, refused past `max_body`
+/// bytes. Asynchronous all the way
+/// (the CA file is read on the blocking pool): waiting on a slow identity
+/// provider holds no worker thread.
+pub async fn fetch_https(
+    url: &str,
+    ca_file: &std::path::Path,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Vec<u8>, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if uri.scheme_str() != Some("https") {
         return Err(format!("{url:?} is not an https:// URL"));
     }
     let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?.trim_matches(['[', ']']).to_string();
     let port = uri.port_u16().unwrap_or(443);
-    let config = crate::tls::api_client_config(ca_file).map_err(|e| e.to_string())?;
+    let ca_file = ca_file.to_path_buf();
+    let config = tokio::task::spawn_blocking(move || crate::tls::api_client_config(&ca_file))
+        .await
+        .map_err(|e| format!("reading the CA file failed: {e}"))?
+        .map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
     let path = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
@@ -165,26 +176,13 @@ pub fn fetch_https(url: &str, ca_file: &std::path::Path, timeout: Duration) -> R
             .header(hyper::header::ACCEPT, "application/json")
             .body(http_body_util::Full::default())
             .map_err(|e| e.to_string())?;
-        let response = send_once(stream, request, usize::MAX).await?;
+        let response = send_once(stream, request, max_body).await?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
         Ok(response.into_body().to_vec())
     };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| format!("cannot start a runtime: {e}"))?;
-                runtime.block_on(async {
-                    tokio::time::timeout(timeout, fetch)
-                        .await
-                        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
-                })
-            })
-            .join()
-            .map_err(|_| "the fetch failed".to_string())?
-    })
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
 }

@@ -7,28 +7,53 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
-use crate::GatewayError;
-use crate::config::{TargetTls, TlsConfig};
+use serde::Deserialize;
 
-/// ALPN protocol of PostgreSQL's direct TLS (PostgreSQL 17).
-pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+use crate::ConfigError;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn tls_error(context: &str, e: impl std::fmt::Display) -> GatewayError {
-    GatewayError::Tls(format!("{context}: {e}"))
+/// TLS from Proctor to the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetTls {
+    /// Plain TCP (the target is on a trusted network or loopback).
+    #[default]
+    Disable,
+    /// TLS, without checking the target's certificate (libpq's `require`).
+    Require,
+    /// TLS, checking the certificate against `target_ca_file` and the host name.
+    VerifyFull,
+}
+
+/// The `[tls]` table: the certificate Proctor presents to clients. Without
+/// it, Proctor generates a self-signed certificate in the data dir (dev mode).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+fn tls_error(context: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Tls(format!("{context}: {e}"))
 }
 
 /// The server configuration for client connections: the configured
-/// certificate, or a self-signed one kept in `dev_dir` (created on first use).
-/// Returns it with the certificate file's path.
-pub fn server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerConfig>, PathBuf), GatewayError> {
+/// certificate, or a self-signed one kept in `dev_dir` (created on first use),
+/// offering the `alpn` protocols (the adapter's own). Returns it with the
+/// certificate file's path.
+pub fn server_config(
+    config: &TlsConfig,
+    dev_dir: &Path,
+    alpn: &[&[u8]],
+) -> Result<(Arc<ServerConfig>, PathBuf), ConfigError> {
     let (cert_path, key_path) = match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         (None, None) => self_signed(dev_dir)?,
-        _ => return Err(GatewayError::Config("[tls] needs both cert_file and key_file".to_string())),
+        _ => return Err(ConfigError::Config("[tls] needs both cert_file and key_file".to_string())),
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|iter| iter.collect())
@@ -41,21 +66,18 @@ pub fn server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerCo
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| tls_error("certificate and key do not match", e))?;
-    server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok((Arc::new(server), cert_path))
 }
 
 /// The same certificate for an HTTP API (ALPN `http/1.1`).
-pub fn http_server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerConfig>, PathBuf), GatewayError> {
-    let (server, cert_path) = server_config(config, dev_dir)?;
-    let mut server = (*server).clone();
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((Arc::new(server), cert_path))
+pub fn http_server_config(config: &TlsConfig, dev_dir: &Path) -> Result<(Arc<ServerConfig>, PathBuf), ConfigError> {
+    server_config(config, dev_dir, &[b"http/1.1"])
 }
 
 /// A client configuration trusting the certificates in `ca_file` (PEM):
 /// for Proctor's own HTTP APIs, whose certificate an operator pins.
-pub fn api_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, GatewayError> {
+pub fn api_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let roots = roots_from_pem(ca_file)?;
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -67,7 +89,7 @@ pub fn api_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, Ga
 }
 
 /// The certificates of a PEM file, as trust anchors.
-fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, GatewayError> {
+fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect())
@@ -80,7 +102,7 @@ fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, GatewayError> {
 
 /// A self-signed certificate for `localhost` and loopback addresses, kept in
 /// `dir` so clients can pin it across restarts.
-fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), GatewayError> {
+fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), ConfigError> {
     use std::os::unix::fs::DirBuilderExt;
     let cert_path = dir.join("proctor-dev.crt");
     let key_path = dir.join("proctor-dev.key");
@@ -128,10 +150,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8], replace: bool) -> std::io
 }
 
 /// The client configuration for connections to a target.
-pub fn target_client_config(
-    mode: TargetTls,
-    ca_file: Option<&Path>,
-) -> Result<Option<Arc<ClientConfig>>, GatewayError> {
+pub fn target_client_config(mode: TargetTls, ca_file: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("TLS versions", e))?;
@@ -143,7 +162,7 @@ pub fn target_client_config(
             .with_no_client_auth(),
         TargetTls::VerifyFull => {
             let Some(ca_file) = ca_file else {
-                return Err(GatewayError::Config("target_tls = \"verify-full\" needs target_ca_file".to_string()));
+                return Err(ConfigError::Config("target_tls = \"verify-full\" needs target_ca_file".to_string()));
             };
             builder.with_root_certificates(roots_from_pem(ca_file)?).with_no_client_auth()
         }

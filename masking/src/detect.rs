@@ -761,10 +761,8 @@ mod tests {
     }
 
     fn corpus_values() -> Vec<String> {
-        let corpora = [
-            include_str!("../../tests/data/masking_corpus.jsonl"),
-            include_str!("../../tests/data/masking_holdout.jsonl"),
-        ];
+        let corpora =
+            [include_str!("../tests/data/masking_corpus.jsonl"), include_str!("../tests/data/masking_holdout.jsonl")];
         corpora
             .iter()
             .flat_map(|c| c.lines())
