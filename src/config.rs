@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use proctor_gateway_core::config::{ResourceConfig, TlsConfig, validate_resources};
+use proctor_gateway_core::config::{ResourceConfig, ResourceKind, TlsConfig, validate_resources};
 use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profile, Profiles};
@@ -188,9 +188,13 @@ impl Config {
             relative(&mut issuer.jwks_ca_file);
         }
         for resource in &mut config.resources {
-            relative(&mut resource.password_file);
-            relative(&mut resource.client_secret_file);
-            relative(&mut resource.target_ca_file);
+            match &mut resource.kind {
+                ResourceKind::Postgres(postgres) => {
+                    relative(&mut postgres.password_file);
+                    relative(&mut postgres.client_secret_file);
+                    relative(&mut postgres.target_ca_file);
+                }
+            }
         }
         config.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(config)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use proctor_gateway_core::auth::Authenticator;
-use proctor_gateway_core::config::ResourceProtocol;
+use proctor_gateway_core::config::ResourceKind;
 use proctor_gateway_core::postgres::rules::RuleSet;
 use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, Shared, StatementPolicy};
 use proctor_gateway_core::threads::SessionThreads;
@@ -74,10 +74,12 @@ pub async fn start<A: Authenticator>(
     .context("cannot start the session threads")?;
     let mut resources = Vec::new();
     for resource in &config.resources {
-        match resource.protocol {
-            ResourceProtocol::Postgres => {
-                let pg =
-                    Arc::new(PgResource::from_config(resource).with_context(|| format!("resource {}", resource.name))?);
+        match &resource.kind {
+            ResourceKind::Postgres(postgres) => {
+                let pg = Arc::new(
+                    PgResource::from_config(&resource.name, postgres)
+                        .with_context(|| format!("resource {}", resource.name))?,
+                );
                 resources.push(pg.clone());
                 let listener = postgres::bind(resource).await?;
                 let bound = listener.local_addr().context("listener address")?;
@@ -85,7 +87,7 @@ pub async fn start<A: Authenticator>(
                 tracing::info!(
                     resource = %resource.name,
                     listen = %bound,
-                    target = %resource.target,
+                    target = %postgres.target,
                     certificate = %cert.display(),
                     "postgres resource ready"
                 );

@@ -17,15 +17,141 @@ pub enum ResourceProtocol {
     Postgres,
 }
 
-/// One `[[resources]]` entry.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl ResourceProtocol {
+    pub const ALL: [ResourceProtocol; 1] = [ResourceProtocol::Postgres];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceProtocol::Postgres => "postgres",
+        }
+    }
+
+    /// The keys a `[[resources]]` entry of this protocol may have, beside
+    /// every resource's own ([`COMMON_KEYS`]).
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            ResourceProtocol::Postgres => POSTGRES_KEYS,
+        }
+    }
+}
+
+/// The keys of every `[[resources]]` entry, whatever its protocol.
+pub const COMMON_KEYS: &[&str] = &["name", "protocol", "listen"];
+
+/// The keys of a PostgreSQL resource ([`PostgresConfig`]'s fields).
+const POSTGRES_KEYS: &[&str] = &[
+    "target",
+    "user",
+    "password_env",
+    "password_file",
+    "allow_plaintext",
+    "target_tls",
+    "target_ca_file",
+    "client_secret_env",
+    "client_secret_file",
+    "database",
+    "databases",
+    "sample_rows",
+    "sample_bytes",
+];
+
+/// One `[[resources]]` entry: what every resource has (its name, its
+/// protocol, where Proctor listens for its clients) and its protocol's own
+/// keys. A key its protocol does not use is refused, named with the
+/// protocol: no PostgreSQL key passes for another protocol's, nor the
+/// reverse.
+#[derive(Clone, Debug)]
 pub struct ResourceConfig {
     /// The resource's name, as grants and recordings refer to it.
     pub name: String,
-    pub protocol: ResourceProtocol,
     /// Where Proctor listens for clients of this resource.
     pub listen: SocketAddr,
+    /// The protocol, with its keys.
+    pub kind: ResourceKind,
+}
+
+/// A resource's protocol and the keys only it has.
+#[derive(Clone, Debug)]
+pub enum ResourceKind {
+    Postgres(PostgresConfig),
+}
+
+impl ResourceConfig {
+    pub fn protocol(&self) -> ResourceProtocol {
+        match self.kind {
+            ResourceKind::Postgres(_) => ResourceProtocol::Postgres,
+        }
+    }
+
+    /// The target Proctor reaches for this resource's clients, as configured.
+    pub fn target(&self) -> &str {
+        match &self.kind {
+            ResourceKind::Postgres(postgres) => &postgres.target,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ResourceConfig, D::Error> {
+        use serde::de::Error;
+        let mut entry = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let name = match entry.remove("name") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(other) => return Err(D::Error::custom(format!("a resource's `name` is a string, not {other}"))),
+            None => return Err(D::Error::custom("a resource needs a `name`")),
+        };
+        let known =
+            || ResourceProtocol::ALL.iter().map(|p| format!("\"{}\"", p.as_str())).collect::<Vec<_>>().join(", ");
+        let protocol = match entry.remove("protocol") {
+            Some(value) => serde_json::from_value::<ResourceProtocol>(value.clone()).map_err(|_| {
+                D::Error::custom(format!(
+                    "resource {name}: protocol {value} is not one Proctor fronts (it fronts {})",
+                    known()
+                ))
+            })?,
+            None => {
+                return Err(D::Error::custom(format!("resource {name}: `protocol` is required (one of {})", known())));
+            }
+        };
+        let listen = match entry.remove("listen") {
+            Some(value) => serde_json::from_value::<SocketAddr>(value.clone()).map_err(|_| {
+                D::Error::custom(format!("resource {name}: listen = {value} is not an address like \"127.0.0.1:6432\""))
+            })?,
+            None => return Err(D::Error::custom(format!("resource {name}: `listen` is required"))),
+        };
+        if let Some(key) = entry.keys().find(|key| !protocol.keys().contains(&key.as_str())) {
+            let elsewhere = ResourceProtocol::ALL
+                .iter()
+                .filter(|other| **other != protocol && other.keys().contains(&key.as_str()))
+                .map(|other| format!(" (it is a key of {} resources)", other.as_str()))
+                .collect::<String>();
+            return Err(D::Error::custom(format!(
+                "resource {name}: `{key}` is not a key of a {} resource{elsewhere}; its keys are {}",
+                protocol.as_str(),
+                COMMON_KEYS.iter().chain(protocol.keys()).copied().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let keys = serde_json::Value::Object(entry);
+        let kind = match protocol {
+            ResourceProtocol::Postgres => {
+                ResourceKind::Postgres(serde_path_to_error::deserialize(keys).map_err(|e| {
+                    match e.path().to_string().as_str() {
+                        "." => D::Error::custom(format!("resource {name} (a postgres resource): {}", e.inner())),
+                        key => {
+                            D::Error::custom(format!("resource {name}: `{key}` of a postgres resource: {}", e.inner()))
+                        }
+                    }
+                })?)
+            }
+        };
+        Ok(ResourceConfig { name, listen, kind })
+    }
+}
+
+/// The keys of a PostgreSQL resource.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
     /// The target, `host:port`.
     pub target: String,
     /// The account Proctor uses on the target.
@@ -106,22 +232,41 @@ impl SecretRef {
     }
 }
 
-impl ResourceConfig {
-    pub fn password(&self) -> Result<SecretRef, GatewayError> {
-        SecretRef::from_pair("password", &self.name, &self.password_env, &self.password_file)
-    }
-
-    /// The shared secret clients may present, if the resource still has one.
-    pub fn client_secret(&self) -> Result<Option<SecretRef>, GatewayError> {
-        if self.client_secret_env.is_none() && self.client_secret_file.is_none() {
-            return Ok(None);
-        }
-        SecretRef::from_pair("client_secret", &self.name, &self.client_secret_env, &self.client_secret_file).map(Some)
+impl PostgresConfig {
+    /// The target account's password, by reference, for resource `name`.
+    pub fn password(&self, name: &str) -> Result<SecretRef, GatewayError> {
+        SecretRef::from_pair("password", name, &self.password_env, &self.password_file)
     }
 
     /// The database named in grants' credentials URLs.
     pub fn offered_database(&self) -> &str {
         self.database.as_deref().unwrap_or("postgres")
+    }
+
+    fn validate(&self, name: &str) -> Result<(), GatewayError> {
+        self.password(name)?;
+        if self.target_tls == TargetTls::VerifyFull && self.target_ca_file.is_none() {
+            return Err(GatewayError::Config(format!(
+                "resource {name}: target_tls = \"verify-full\" needs target_ca_file"
+            )));
+        }
+        if self.sample_rows > 100_000 {
+            return Err(GatewayError::Config(format!("resource {name}: sample_rows is at most 100000")));
+        }
+        Ok(())
+    }
+}
+
+impl ResourceConfig {
+    /// The shared secret clients may present, if the resource still has one.
+    pub fn client_secret(&self) -> Result<Option<SecretRef>, GatewayError> {
+        let (env, file) = match &self.kind {
+            ResourceKind::Postgres(postgres) => (&postgres.client_secret_env, &postgres.client_secret_file),
+        };
+        if env.is_none() && file.is_none() {
+            return Ok(None);
+        }
+        SecretRef::from_pair("client_secret", &self.name, env, file).map(Some)
     }
 
     pub fn validate(&self) -> Result<(), GatewayError> {
@@ -131,18 +276,10 @@ impl ResourceConfig {
                 self.name
             )));
         }
-        self.password()?;
         self.client_secret()?;
-        if self.target_tls == TargetTls::VerifyFull && self.target_ca_file.is_none() {
-            return Err(GatewayError::Config(format!(
-                "resource {}: target_tls = \"verify-full\" needs target_ca_file",
-                self.name
-            )));
+        match &self.kind {
+            ResourceKind::Postgres(postgres) => postgres.validate(&self.name),
         }
-        if self.sample_rows > 100_000 {
-            return Err(GatewayError::Config(format!("resource {}: sample_rows is at most 100000", self.name)));
-        }
-        Ok(())
     }
 }
 

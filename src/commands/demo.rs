@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use proctor_devcluster::{Cluster, Options};
-use proctor_gateway_core::config::{ResourceConfig, ResourceProtocol, TargetTls, TlsConfig};
+use proctor_gateway_core::config::{PostgresConfig, ResourceConfig, ResourceKind, TargetTls, TlsConfig};
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, IdentityConfig};
 use proctor_gateway_core::masking::{Action, MaskingConfig, ProfileConfig};
 use proctor_gateway_core::postgres::classify::Class;
@@ -140,22 +140,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tls: TlsConfig::default(),
         resources: vec![ResourceConfig {
             name: RESOURCE.to_string(),
-            protocol: ResourceProtocol::Postgres,
             listen: format!("127.0.0.1:{}", args.port).parse()?,
-            target: format!("127.0.0.1:{}", cluster.port),
-            user: TARGET_ROLE.to_string(),
-            password_env: None,
-            password_file: Some(secrets.join("target-password")),
-            allow_plaintext: false,
-            target_tls: TargetTls::Require,
-            target_ca_file: None,
-            // No shared secret: only grants open the demo resource.
-            client_secret_env: None,
-            client_secret_file: None,
-            database: Some(DATABASE.to_string()),
-            databases: Vec::new(),
-            sample_rows: 0,
-            sample_bytes: 64 * 1024,
+            kind: ResourceKind::Postgres(PostgresConfig {
+                target: format!("127.0.0.1:{}", cluster.port),
+                user: TARGET_ROLE.to_string(),
+                password_env: None,
+                password_file: Some(secrets.join("target-password")),
+                allow_plaintext: false,
+                target_tls: TargetTls::Require,
+                target_ca_file: None,
+                // No shared secret: only grants open the demo resource.
+                client_secret_env: None,
+                client_secret_file: None,
+                database: Some(DATABASE.to_string()),
+                databases: Vec::new(),
+                sample_rows: 0,
+                sample_bytes: 64 * 1024,
+            }),
         }],
         identity: IdentityConfig { issuers: Vec::new(), dev_issuer: Some(DevIssuerConfig::default()) },
         replay: Some(ReplayConfig {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
+use proctor_gateway_core::config::ResourceKind;
 use proctor_gateway_core::control::{
     Control, ControlConfig, GrantAuthenticator, LiveGrants, Offer, Policies, SqlStore, api,
 };
@@ -220,8 +221,10 @@ async fn start_control(
             None if addr.ip().is_unspecified() => "localhost".to_string(),
             None => addr.ip().to_string(),
         };
-        offers
-            .insert(name.clone(), Offer { host, port: addr.port(), database: resource.offered_database().to_string() });
+        let database = match &resource.kind {
+            ResourceKind::Postgres(postgres) => postgres.offered_database().to_string(),
+        };
+        offers.insert(name.clone(), Offer { host, port: addr.port(), database });
     }
     let policies = Policies::new(config.policies.clone())?;
     let control = Arc::new(Control::new(

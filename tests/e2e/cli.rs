@@ -87,6 +87,40 @@ fn up_refuses_a_bad_configuration_clearly() {
     assert!(stderr(&output).contains("cannot read configuration"), "{}", stderr(&output));
 }
 
+/// A `[[resources]]` entry is read by its protocol: a key its protocol does
+/// not use, an unknown protocol, a missing one, are refused at start-up
+/// with the resource, the key and the protocol named.
+#[test]
+fn up_refuses_a_resource_key_its_protocol_does_not_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let resource = |extra: &str| {
+        format!(
+            "[[resources]]\nname = \"db\"\n{extra}listen = \"127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\nuser = \"app\"\npassword_env = \"PW\"\nclient_secret_env = \"S\"\n"
+        )
+    };
+    for (extra, says) in [
+        (
+            "protocol = \"postgres\"\nkey_file = \"id_ed25519\"\n",
+            "resource db: `key_file` is not a key of a postgres resource; its keys are name, protocol, listen, target, user",
+        ),
+        ("protocol = \"postgres\"\ndatabse = \"app\"\n", "`databse` is not a key of a postgres resource"),
+        (
+            "protocol = \"telnet\"\n",
+            "resource db: protocol \"telnet\" is not one Proctor fronts (it fronts \"postgres\")",
+        ),
+        ("", "resource db: `protocol` is required"),
+        (
+            "protocol = \"postgres\"\nsample_rows = \"many\"\n",
+            "resource db: `sample_rows` of a postgres resource: invalid type",
+        ),
+    ] {
+        let path = config(dir.path(), &resource(extra));
+        let output = run(bin(), &["up", "--config", path.to_str().unwrap()]);
+        assert!(!output.status.success(), "{extra}");
+        assert!(stderr(&output).contains(says), "{extra}: {}", stderr(&output));
+    }
+}
+
 #[test]
 fn key_show_prints_the_key_that_verify_pins() {
     let dir = tempfile::tempdir().unwrap();

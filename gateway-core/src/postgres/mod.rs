@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 pub use upstream::Target;
 
 use crate::auth::Authenticator;
-use crate::config::ResourceConfig;
+use crate::config::{PostgresConfig, ResourceConfig};
 use crate::masking::Profiles;
 use crate::threads::SessionThreads;
 use crate::{EventSink, GatewayError};
@@ -95,12 +95,12 @@ impl Drop for Entered<'_> {
 }
 
 impl PgResource {
-    /// Resolves a resource's secrets and TLS settings.
-    pub fn from_config(config: &ResourceConfig) -> Result<PgResource, GatewayError> {
-        let password = config.password()?.resolve()?;
+    /// Resolves the secrets and TLS settings of PostgreSQL resource `name`.
+    pub fn from_config(name: &str, config: &PostgresConfig) -> Result<PgResource, GatewayError> {
+        let password = config.password(name)?.resolve()?;
         let tls = crate::tls::target_client_config(config.target_tls, config.target_ca_file.as_deref())?;
         Ok(PgResource {
-            name: config.name.clone(),
+            name: name.to_string(),
             allow_plaintext: config.allow_plaintext,
             target: Target {
                 address: config.target.clone(),
