@@ -41,8 +41,10 @@ fn control(store: SqlStore, live: Arc<LiveGrants>, session: ControlSession<Bench
         masking_profiles: Default::default(),
         sample_rows: None,
     };
-    let offers =
-        HashMap::from([("bench".to_string(), Offer { host: "127.0.0.1".into(), port, database: "app".into() })]);
+    let offers = HashMap::from([(
+        "bench".to_string(),
+        Offer::Postgres { host: "127.0.0.1".into(), port, database: "app".into() },
+    )]);
     Control::new(
         store,
         Policies::new(vec![policy]).unwrap(),

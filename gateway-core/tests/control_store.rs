@@ -1,12 +1,15 @@
 //! One conformance suite for the control store, run against SQLite (a file
 //! in a temp dir, the default) and against a real PostgreSQL cluster (the
 //! scale-out option): the same behaviour, whichever backs a deployment.
-//! Grants, and reviews of held statements.
+//! Grants, and reviews of held requests; and a store written by the first
+//! release, opened and migrated by this one.
 
 use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::control::{
-    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewStatus, SqlStore, sql_hash,
+    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewKind, ReviewStatus, STORE_VERSION,
+    SqlStore, sql_hash,
 };
+use sqlx::Row;
 
 fn grant(id: &str, subject: &str, status: GrantStatus, created_at: i64, expires_at: i64) -> Grant {
     Grant {
@@ -44,8 +47,9 @@ fn review(id: &str, grant_id: &str, subject: &str, sql: &str, created_at: i64, e
         resource: "orders-db".to_string(),
         session_id: "0190a7b2-5c3d-7e4f-8a9b-0c1d2e3f4a5b".to_string(),
         ref_seq: Some(7),
-        sql: sql.to_string(),
-        sql_hash: sql_hash(sql),
+        kind: ReviewKind::Statement,
+        text: sql.to_string(),
+        text_hash: sql_hash(sql),
         rule: "ci/ddl".to_string(),
         approval_group: Some("dba".to_string()),
         status: ReviewStatus::Pending,
@@ -74,12 +78,37 @@ async fn review_conformance(store: &SqlStore) {
     assert_eq!(store.get_review(&bare.id).await.unwrap(), Some(bare.clone()));
 
     // Found again by the statement's hash in its grant, while open.
-    let found = store.open_review("g_1", &sql_hash(drop), 9_999).await.unwrap().unwrap();
+    let found = store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 9_999).await.unwrap().unwrap();
     assert_eq!(found.id, a.id, "the newest open review of the statement");
-    assert_eq!(store.open_review("g_1", &sql_hash(drop), 10_000).await.unwrap(), None, "past its time");
-    assert_eq!(store.open_review("g_2", &sql_hash(drop), 2_000).await.unwrap(), None, "another grant");
-    assert_eq!(store.open_review("g_1", &sql_hash(truncate), 2_000).await.unwrap(), None, "another statement");
-    assert_eq!(store.open_review("g_1", &sql_hash("DROP TABLE customers"), 2_000).await.unwrap(), None);
+    assert_eq!(
+        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 10_000).await.unwrap(),
+        None,
+        "past its time"
+    );
+    assert_eq!(
+        store.open_review("g_2", ReviewKind::Statement, &sql_hash(drop), 2_000).await.unwrap(),
+        None,
+        "another grant"
+    );
+    assert_eq!(
+        store.open_review("g_1", ReviewKind::Statement, &sql_hash(truncate), 2_000).await.unwrap(),
+        None,
+        "another statement"
+    );
+    assert_eq!(
+        store.open_review("g_1", ReviewKind::Statement, &sql_hash("DROP TABLE customers"), 2_000).await.unwrap(),
+        None
+    );
+    // A review of another kind with the same hash is another request.
+    let exec = Review { kind: ReviewKind::Exec, ..review("r_00000000000000e1", "g_1", "alice", drop, 900, 10_000) };
+    store.insert_review(&exec).await.unwrap();
+    assert_eq!(store.get_review(&exec.id).await.unwrap(), Some(exec.clone()));
+    assert_eq!(store.open_review("g_1", ReviewKind::Exec, &sql_hash(drop), 2_000).await.unwrap(), Some(exec.clone()));
+    assert_eq!(
+        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 9_999).await.unwrap().unwrap().id,
+        a.id
+    );
+    assert!(store.update_review(&Review { status: ReviewStatus::Denied, ..exec.clone() }, 0).await.unwrap());
 
     // Compare-and-swap: the first writer at a version wins, the second loses.
     let mut approved = a.clone();
@@ -99,7 +128,10 @@ async fn review_conformance(store: &SqlStore) {
     // statement (two sessions held it at once).
     let b = review("r_000000000000000b", "g_1", "alice", drop, 3_000, 20_000);
     store.insert_review(&b).await.unwrap();
-    assert_eq!(store.open_review("g_1", &sql_hash(drop), 4_000).await.unwrap().unwrap().id, a.id);
+    assert_eq!(
+        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 4_000).await.unwrap().unwrap().id,
+        a.id
+    );
     // Used up (once: the loser of two sessions sees it changed), it is not
     // open any more.
     let mut used = stored.clone();
@@ -108,7 +140,10 @@ async fn review_conformance(store: &SqlStore) {
     assert!(store.update_review(&used, 1).await.unwrap());
     assert!(!store.update_review(&used, 1).await.unwrap(), "an approval is used once");
     assert_eq!(store.get_review(&a.id).await.unwrap().unwrap().used_at, Some(5_000));
-    assert_eq!(store.open_review("g_1", &sql_hash(drop), 6_000).await.unwrap().unwrap().id, b.id);
+    assert_eq!(
+        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 6_000).await.unwrap().unwrap().id,
+        b.id
+    );
 
     // Listing: newest first, filtered by grant, status, group and sender.
     let c = Review {
@@ -119,12 +154,12 @@ async fn review_conformance(store: &SqlStore) {
     let ids = |reviews: Vec<Review>| reviews.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(
         ids(store.list_reviews(&ReviewFilter::default()).await.unwrap()),
-        ["r_000000000000000c", "r_000000000000000b", "r_000000000000000a", "r_00000000000000ba"]
+        ["r_000000000000000c", "r_000000000000000b", "r_000000000000000a", "r_00000000000000e1", "r_00000000000000ba"]
     );
     let g1 = ReviewFilter { grant_id: Some("g_1".into()), ..ReviewFilter::default() };
     assert_eq!(
         ids(store.list_reviews(&g1).await.unwrap()),
-        ["r_000000000000000b", "r_000000000000000a", "r_00000000000000ba"]
+        ["r_000000000000000b", "r_000000000000000a", "r_00000000000000e1", "r_00000000000000ba"]
     );
     let pending = ReviewFilter { status: Some(ReviewStatus::Pending), ..ReviewFilter::default() };
     assert_eq!(
@@ -170,7 +205,7 @@ async fn review_conformance(store: &SqlStore) {
     // Counts by status.
     assert_eq!(
         store.review_counts().await.unwrap(),
-        [(ReviewStatus::Approved, 1), (ReviewStatus::Pending, 3), (ReviewStatus::Used, 1)]
+        [(ReviewStatus::Approved, 1), (ReviewStatus::Denied, 1), (ReviewStatus::Pending, 3), (ReviewStatus::Used, 1)]
     );
 }
 
@@ -257,7 +292,7 @@ async fn sqlite_store_conforms() {
     // The file keeps what was written: reopened, it still holds the grants.
     let reopened = SqlStore::open(&url).await.unwrap();
     assert_eq!(reopened.list(&GrantFilter::default()).await.unwrap().len(), 3);
-    assert_eq!(reopened.list_reviews(&ReviewFilter::default()).await.unwrap().len(), 5);
+    assert_eq!(reopened.list_reviews(&ReviewFilter::default()).await.unwrap().len(), 6);
 }
 
 #[tokio::test]
@@ -299,4 +334,93 @@ async fn a_store_that_cannot_be_opened_says_where_without_the_password() {
     let message = error.to_string();
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
+}
+
+/// The store as the first release created it (no version table; reviews of
+/// statements only, by `sql_text` and `sql_hash`), with one grant and one
+/// review in it, written the way that release wrote them.
+const FIRST_RELEASE: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, version BIGINT NOT NULL, subject TEXT NOT NULL, \
+     issuer TEXT NOT NULL, groups_json TEXT NOT NULL, resource TEXT NOT NULL, reason TEXT NOT NULL, \
+     ttl_secs BIGINT NOT NULL, status TEXT NOT NULL, status_reason TEXT, decided_by TEXT, policy TEXT, \
+     approval_group TEXT, approvals_needed BIGINT NOT NULL, approvers_json TEXT NOT NULL, created_at BIGINT NOT NULL, \
+     decided_at BIGINT, expires_at BIGINT NOT NULL, credential_hash TEXT, rules TEXT, masking_profile TEXT)",
+    "CREATE INDEX IF NOT EXISTS grants_due ON grants (status, expires_at)",
+    "CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject, issuer, created_at)",
+    "CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, version BIGINT NOT NULL, grant_id TEXT NOT NULL, \
+     subject TEXT NOT NULL, issuer TEXT NOT NULL, resource TEXT NOT NULL, session_id TEXT NOT NULL, ref_seq BIGINT, \
+     sql_text TEXT NOT NULL, sql_hash TEXT NOT NULL, rule TEXT NOT NULL, approval_group TEXT, status TEXT NOT NULL, \
+     status_reason TEXT, decided_by TEXT, created_at BIGINT NOT NULL, decided_at BIGINT, used_at BIGINT, \
+     expires_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS reviews_statement ON reviews (grant_id, sql_hash, status)",
+    "CREATE INDEX IF NOT EXISTS reviews_due ON reviews (status, expires_at)",
+    "CREATE INDEX IF NOT EXISTS reviews_subject ON reviews (subject, issuer, created_at)",
+    "CREATE INDEX IF NOT EXISTS reviews_group ON reviews (approval_group, created_at)",
+    "INSERT INTO grants VALUES ('g_old', 3, 'alice', 'https://login.example.com/', '[\"ci\"]', 'orders-db', \
+     'deploy', 900, 'active', 'approved by dan', 'dan', 'people', 'dba', 1, '[\"dan\"]', 1000, 2000, 4102444800000, \
+     'c0ffee', 'strict', 'pii')",
+    "INSERT INTO reviews VALUES ('r_00000000000000aa', 1, 'g_old', 'alice', 'https://login.example.com/', \
+     'orders-db', '0190a7b2-5c3d-7e4f-8a9b-0c1d2e3f4a5b', 7, 'DROP TABLE customers', 'beef', 'strict/ddl', 'dba', \
+     'approved', 'approved by dan', 'dan', 1500, 1600, NULL, 4102444800000)",
+];
+
+/// A store written by the first release opens in this one: migrated in
+/// place, its grants and reviews kept (the statements become reviews of
+/// kind `statement`), usable as before, at this release's version; opened
+/// again, nothing more happens. A store of a newer version is refused, and
+/// left as it is.
+async fn first_release_store_migrates(url: &str) {
+    sqlx::any::install_default_drivers();
+    {
+        let old = sqlx::AnyPool::connect(url).await.unwrap();
+        for statement in FIRST_RELEASE {
+            sqlx::query(*statement).execute(&old).await.unwrap();
+        }
+        old.close().await;
+    }
+    // Opened twice: migrated the first time, as it was the second, with
+    // what the first made of it.
+    for (round, status) in [ReviewStatus::Approved, ReviewStatus::Used].into_iter().enumerate() {
+        let store = SqlStore::open(url).await.unwrap();
+        let grant = store.get("g_old").await.unwrap().unwrap();
+        assert_eq!(
+            (grant.version, grant.status, grant.approvers.as_slice(), grant.masking_profile.as_deref()),
+            (3, GrantStatus::Active, &["dan".to_string()][..], Some("pii"))
+        );
+        let review = store.get_review("r_00000000000000aa").await.unwrap().unwrap();
+        assert_eq!(
+            (review.kind, review.text.as_str(), review.text_hash.as_str(), review.status, review.ref_seq),
+            (ReviewKind::Statement, "DROP TABLE customers", "beef", status, Some(7)),
+            "round {round}"
+        );
+        if round == 0 {
+            // The approved statement is found again and used up, as before.
+            let found = store.open_review("g_old", ReviewKind::Statement, "beef", 3_000).await.unwrap();
+            assert_eq!(found.map(|r| r.id).as_deref(), Some("r_00000000000000aa"));
+            let used = Review { status: ReviewStatus::Used, used_at: Some(3_000), ..review.clone() };
+            assert!(store.update_review(&used, review.version).await.unwrap());
+        }
+        store.close().await;
+    }
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let version: i64 = sqlx::query("SELECT version FROM proctor_schema").fetch_one(&pool).await.unwrap().get(0);
+    assert_eq!(version, STORE_VERSION);
+    sqlx::query("UPDATE proctor_schema SET version = 99").execute(&pool).await.unwrap();
+    pool.close().await;
+    let refused = SqlStore::open(url).await.err().expect("a newer store is refused").to_string();
+    assert!(refused.contains("schema version 99") && refused.contains("upgrade Proctor"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_sqlite_store_of_the_first_release_opens_and_keeps_its_grants_and_reviews() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("control.db").display());
+    first_release_store_migrates(&url).await;
+}
+
+#[tokio::test]
+async fn a_postgres_store_of_the_first_release_opens_and_keeps_its_grants_and_reviews() {
+    let cluster = Cluster::start(&Options::default()).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
+    cluster.psql("postgres", "create database control").unwrap();
+    first_release_store_migrates(&cluster.superuser_url("control")).await;
 }

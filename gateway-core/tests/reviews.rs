@@ -13,7 +13,7 @@ use std::time::Duration;
 use proctor_gateway_core::control::api::{ControlApi, router};
 use proctor_gateway_core::control::{
     ApprovalConfig, Control, ControlError, ControlSession, ControlStore, HoldOutcome, HoldRequest, Holds, LiveGrants,
-    Offer, Policies, PolicyConfig, ReviewFilter, ReviewStatus, SqlStore, sql_hash,
+    Offer, Policies, PolicyConfig, ReviewFilter, ReviewKind, ReviewStatus, SqlStore, sql_hash,
 };
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, Identity, Verifier};
 use proctor_gateway_core::{EventSink, SinkError};
@@ -91,8 +91,10 @@ async fn setup(pending_ttl: Duration) -> Setup {
         approval: Some(ApprovalConfig { group: "dba".into(), count: 2 }),
         ..policy.clone()
     };
-    let offers =
-        HashMap::from([(RESOURCE.to_string(), Offer { host: "127.0.0.1".into(), port: 5432, database: "app".into() })]);
+    let offers = HashMap::from([(
+        RESOURCE.to_string(),
+        Offer::Postgres { host: "127.0.0.1".into(), port: 5432, database: "app".into() },
+    )]);
     let control = Control::new(
         store,
         Policies::new(vec![policy, people]).unwrap(),
@@ -143,8 +145,9 @@ fn held(grant_id: &str, sql: &str) -> HoldRequest {
         resource: RESOURCE.into(),
         session_id: SessionId::new(),
         ref_seq: Some(3),
-        sql: sql.into(),
-        sql_hash: sql_hash(sql),
+        kind: ReviewKind::Statement,
+        text: sql.into(),
+        text_hash: sql_hash(sql),
         rule: "ci/ddl".into(),
         approval_group: Some("dba".into()),
     }
@@ -198,7 +201,11 @@ async fn a_held_statement_opens_one_review_that_an_approver_lets_run_once() {
     // The sender sees it; it waits.
     let shown = control.show_review(&agent(), &id).await.unwrap();
     assert_eq!(shown.status, ReviewStatus::Pending);
-    assert_eq!((shown.sql.as_str(), shown.rule.as_str(), shown.grant_id.as_str()), (DROP, "ci/ddl", grant_id.as_str()));
+    assert_eq!(
+        (shown.text.as_str(), shown.rule.as_str(), shown.grant_id.as_str()),
+        (DROP, "ci/ddl", grant_id.as_str())
+    );
+    assert_eq!((shown.kind, shown.sql.as_deref()), (ReviewKind::Statement, Some(DROP)), "a statement keeps its `sql`");
     assert_eq!((shown.subject.as_str(), shown.resource.as_str()), ("ci-bot", RESOURCE));
     assert_eq!(shown.session_id, request.session_id.to_string());
     assert_eq!(shown.ref_seq, Some(3));

@@ -34,7 +34,7 @@ fn line(review: &Value) -> String {
         text(review, "subject"),
         text(review, "grant_id"),
         text(review, "rule"),
-        one_line(text(review, "sql")),
+        one_line(text(review, "text")),
     )
 }
 
@@ -55,8 +55,8 @@ fn print(review: &Value, as_json: bool) -> anyhow::Result<()> {
         None => writeln!(out, "  held in session {}", text(review, "session_id"))?,
     }
     writeln!(out, "  expires {}", text(review, "expires_at"))?;
-    for sql_line in visible(text(review, "sql")).lines() {
-        writeln!(out, "  | {sql_line}")?;
+    for line in visible(text(review, "text")).lines() {
+        writeln!(out, "  | {line}")?;
     }
     Ok(())
 }

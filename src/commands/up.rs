@@ -221,10 +221,12 @@ async fn start_control(
             None if addr.ip().is_unspecified() => "localhost".to_string(),
             None => addr.ip().to_string(),
         };
-        let database = match &resource.kind {
-            ResourceKind::Postgres(postgres) => postgres.offered_database().to_string(),
+        let offer = match &resource.kind {
+            ResourceKind::Postgres(postgres) => {
+                Offer::Postgres { host, port: addr.port(), database: postgres.offered_database().to_string() }
+            }
         };
-        offers.insert(name.clone(), Offer { host, port: addr.port(), database });
+        offers.insert(name.clone(), offer);
     }
     let policies = Policies::new(config.policies.clone())?;
     let control = Arc::new(Control::new(

@@ -115,6 +115,19 @@ fn agents_get_a_credential_that_works_until_it_is_revoked_or_expires() {
     let id = granted["id"].as_str().unwrap().to_string();
     let url = granted["credentials"]["url"].as_str().unwrap().to_string();
     assert!(url.starts_with(&format!("postgresql://{id}:pct_")), "{url}");
+    // The offer, in the resource's protocol's terms: libpq's.
+    let offer = &granted["credentials"]["offer"];
+    assert_eq!(
+        (&offer["protocol"], &offer["url"], &offer["user"], &offer["sslmode"]),
+        (
+            &serde_json::json!("postgres"),
+            &serde_json::json!(url),
+            &serde_json::json!(id),
+            &serde_json::json!("require")
+        ),
+        "{offer}"
+    );
+    assert!(offer["port"].as_u64().is_some() && offer["host"].is_string() && offer["database"].is_string(), "{offer}");
     let answer = psql(&setup.cluster, &url, "select current_user, 40 + 2");
     assert!(answer.status.success(), "{}", stderr(&answer));
     assert_eq!(stdout(&answer).trim(), format!("{APP_ROLE}|42"), "the target account, not the grant, runs the SQL");

@@ -14,7 +14,7 @@ use proctor_recorder::reader::Reader;
 use proctor_schemas::{Event, EventBody, PolicyOutcome};
 use proctor_tests::devcluster::{Cluster, Options, free_port};
 use proctor_tests::{APP_ROLE, Proctor, ProctorOptions, cluster, dev_token, run, stderr, stdout};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proctor");
 
@@ -303,7 +303,7 @@ fn held_statements_wait_for_a_reviewer_and_then_run_once() {
     let listed = reviews(&setup, &dba);
     let held = listed.iter().find(|r| r["id"] == review.as_str()).unwrap_or_else(|| panic!("{listed:?}"));
     assert_eq!(held["status"], "pending");
-    assert_eq!(held["sql"], ddl);
+    assert_eq!((&held["kind"], &held["text"], &held["sql"]), (&json!("statement"), &json!(ddl), &json!(ddl)));
     assert!(reviews(&setup, &stranger).is_empty(), "others do not see it");
     let own = control(&setup, &agent, &["review", "approve", &review]);
     assert_eq!(own.status.code(), Some(2), "the requester cannot approve their own statement");

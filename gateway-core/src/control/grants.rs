@@ -19,13 +19,22 @@ use super::store::{ControlStore, Grant, GrantFilter, GrantStatus, StoreError};
 use crate::EventSink;
 use crate::identity::Identity;
 
-/// How clients reach a resource, for the credentials URL.
+/// How clients reach a resource, by protocol: what a grant's credential is
+/// offered with.
 #[derive(Clone, Debug)]
-pub struct Offer {
-    pub host: String,
-    pub port: u16,
-    /// The database named in the URL.
-    pub database: String,
+pub enum Offer {
+    /// A PostgreSQL resource: where Proctor listens for it, and the database
+    /// named in the libpq URL.
+    Postgres { host: String, port: u16, database: String },
+}
+
+/// A grant's connection offer, shown with its credential: how to connect,
+/// in the terms of the resource's protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "protocol", rename_all = "lowercase")]
+pub enum ConnectionOffer {
+    /// libpq's terms: the URL (the credential in it), and its parts.
+    Postgres { url: String, host: String, port: u16, database: String, user: String, sslmode: &'static str },
 }
 
 /// Why a control request failed, with the HTTP status it maps to.
@@ -99,8 +108,12 @@ pub struct ApprovalView {
 pub struct Credentials {
     pub user: String,
     pub password: String,
-    /// A libpq connection URL.
+    /// A libpq connection URL (PostgreSQL resources).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// How to connect, by the resource's protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offer: Option<ConnectionOffer>,
 }
 
 /// Milliseconds since the epoch.
@@ -282,18 +295,28 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
     fn issue(&self, grant: &mut Grant) -> Credentials {
         let password = format!("pct_{}", URL_SAFE_NO_PAD.encode(random(32)));
         grant.credential_hash = Some(credential_hash(password.as_bytes()));
-        let url = match self.offers.get(&grant.resource) {
-            Some(o) => format!(
-                "postgresql://{}:{}@{}:{}/{}?sslmode=require",
-                grant.id,
-                password,
-                url_host(&o.host),
-                o.port,
-                encode_path(&o.database)
-            ),
+        let offer = self.offers.get(&grant.resource).map(|offer| match offer {
+            Offer::Postgres { host, port, database } => ConnectionOffer::Postgres {
+                url: format!(
+                    "postgresql://{}:{}@{}:{}/{}?sslmode=require",
+                    grant.id,
+                    password,
+                    url_host(host),
+                    port,
+                    encode_path(database)
+                ),
+                host: host.clone(),
+                port: *port,
+                database: database.clone(),
+                user: grant.id.clone(),
+                sslmode: "require",
+            },
+        });
+        let url = match &offer {
+            Some(ConnectionOffer::Postgres { url, .. }) => url.clone(),
             None => String::new(),
         };
-        Credentials { user: grant.id.clone(), password, url }
+        Credentials { user: grant.id.clone(), password, url, offer }
     }
 
     /// Records a grant step. `applied`: the step already took effect (a

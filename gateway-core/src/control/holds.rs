@@ -1,27 +1,31 @@
-//! Held statements, as the gateway sees them: a session whose rules hold a
-//! statement asks [`Holds::hold`] whether an approver already allowed that
-//! exact statement in its grant (then it runs, once) or opens (or finds) the
-//! review it waits on.
+//! Held requests, as the gateway sees them: a session whose rules hold a
+//! statement (or, in another protocol, a command or a file operation) asks
+//! [`Holds::hold`] whether an approver already allowed that exact request in
+//! its grant (then it runs, once) or opens (or finds) the review it waits on.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use proctor_schemas::SessionId;
 
-/// A statement the rules hold, in a session under a grant.
+use super::store::ReviewKind;
+
+/// A request the rules hold, in a session under a grant.
 #[derive(Clone, Debug)]
 pub struct HoldRequest {
     pub grant_id: String,
     pub resource: String,
-    /// The session the statement was sent in, and its `statement` event.
+    /// The session the request was sent in, and its event there.
     pub session_id: SessionId,
     pub ref_seq: Option<u64>,
-    /// The whole query string (or the Parse's SQL), masked as everything
-    /// recorded is: what reviewers read.
-    pub sql: String,
-    /// SHA-256 (hex) of the statement exactly as sent: only the identical
-    /// statement runs once approved.
-    pub sql_hash: String,
+    /// What was held.
+    pub kind: ReviewKind,
+    /// What reviewers read: for a statement, the whole query string (or the
+    /// Parse's SQL), masked as everything recorded is.
+    pub text: String,
+    /// The keyed hash of the request exactly as sent: only the identical
+    /// request runs once approved.
+    pub text_hash: String,
     /// `SET/CLASS`, e.g. `ci/ddl`.
     pub rule: String,
     /// Who may decide the review besides the admin group (the rule set's

@@ -14,7 +14,8 @@ mod store;
 
 pub use authenticate::GrantAuthenticator;
 pub use grants::{
-    ActionCounters, ApprovalView, Control, ControlError, Credentials, GrantView, Offer, is_grant_id, now_ms,
+    ActionCounters, ApprovalView, ConnectionOffer, Control, ControlError, Credentials, GrantView, Offer, is_grant_id,
+    now_ms,
 };
 pub use holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
 pub use live::{GrantEnd, Lease, LiveGrants};
@@ -22,5 +23,6 @@ pub use policy::{ApprovalConfig, ControlConfig, Decision, Policies, PolicyConfig
 pub use reviews::{ReviewView, sql_hash};
 pub use session::ControlSession;
 pub use store::{
-    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewStatus, SqlStore, StoreError,
+    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewKind, ReviewStatus, STORE_VERSION,
+    SqlStore, StoreError,
 };

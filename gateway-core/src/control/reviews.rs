@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::grants::{Control, ControlError, DEFAULT_LIST, MAX_ATTEMPTS, MAX_LIST, now_ms, random, rfc3339};
 use super::holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
-use super::store::{ControlStore, Grant, GrantStatus, Review, ReviewFilter, ReviewStatus, StoreError};
+use super::store::{ControlStore, Grant, GrantStatus, Review, ReviewFilter, ReviewKind, ReviewStatus, StoreError};
 use crate::identity::Identity;
 use crate::{EventSink, SinkError};
 
@@ -23,8 +23,13 @@ pub struct ReviewView {
     /// Why it is in its status, and what to do next.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
-    /// The held statement, exactly as sent.
-    pub sql: String,
+    /// What was held: `statement`, `exec` or `file`.
+    pub kind: ReviewKind,
+    /// What was held, as reviewers read it.
+    pub text: String,
+    /// The held statement (reviews of kind `statement`), as `text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
     /// The rule that held it (`SET/CLASS`).
     pub rule: String,
     /// Who decides it besides the admin group.
@@ -99,7 +104,9 @@ fn view(review: &Review) -> ReviewView {
         id: review.id.clone(),
         status,
         status_reason,
-        sql: review.sql.clone(),
+        kind: review.kind,
+        text: review.text.clone(),
+        sql: (review.kind == ReviewKind::Statement).then(|| review.text.clone()),
         rule: review.rule.clone(),
         approval_group: review.approval_group.clone(),
         grant_id: review.grant_id.clone(),
@@ -187,7 +194,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             target_session: Some(review.session_id.clone()),
             ref_seq: review.ref_seq.and_then(|s| u64::try_from(s).ok()),
             message,
-            sql: Some(review.sql.clone()),
+            sql: (review.kind == ReviewKind::Statement).then(|| review.text.clone()),
         };
         self.session.record(event).await?;
         self.review_counters.add(action);
@@ -212,9 +219,9 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 grant.id, grant.resource, request.resource
             ));
         }
-        let hash = request.sql_hash.clone();
+        let hash = request.text_hash.clone();
         for _ in 0..MAX_ATTEMPTS {
-            match self.store.open_review(&grant.id, &hash, now).await.map_err(unreachable)? {
+            match self.store.open_review(&grant.id, request.kind, &hash, now).await.map_err(unreachable)? {
                 Some(review) if review.status == ReviewStatus::Approved => {
                     let mut used = review.clone();
                     used.status = ReviewStatus::Used;
@@ -253,7 +260,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         &self,
         grant: &Grant,
         request: HoldRequest,
-        sql_hash: String,
+        text_hash: String,
         now: i64,
     ) -> Result<HoldOutcome, String> {
         let id = format!("r_{}", hex::encode(random(8)));
@@ -271,8 +278,9 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             resource: grant.resource.clone(),
             session_id: request.session_id.to_string(),
             ref_seq: request.ref_seq.and_then(|s| i64::try_from(s).ok()),
-            sql: request.sql,
-            sql_hash,
+            kind: request.kind,
+            text: request.text,
+            text_hash,
             rule: request.rule,
             approval_group: request.approval_group,
             status: ReviewStatus::Pending,

@@ -141,7 +141,45 @@ impl ReviewStatus {
     }
 }
 
-/// One review of a held statement, as stored. Times are milliseconds since
+/// What a review is of: what the rules held, in the protocol's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewKind {
+    /// A database statement (the whole query string, or a Parse's SQL).
+    Statement,
+    /// A command run on a host (an SSH exec request).
+    Exec,
+    /// A file operation (an upload, a removal).
+    File,
+}
+
+impl ReviewKind {
+    pub const ALL: [ReviewKind; 3] = [ReviewKind::Statement, ReviewKind::Exec, ReviewKind::File];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewKind::Statement => "statement",
+            ReviewKind::Exec => "exec",
+            ReviewKind::File => "file",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ReviewKind> {
+        ReviewKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// What messages call one: "statement", "command", "file operation".
+    pub fn noun(self) -> &'static str {
+        match self {
+            ReviewKind::Statement => "statement",
+            ReviewKind::Exec => "command",
+            ReviewKind::File => "file operation",
+        }
+    }
+}
+
+/// One review of something the rules held (a statement, a command, a file
+/// operation), as stored. Times are milliseconds since
 /// the epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Review {
@@ -158,11 +196,15 @@ pub struct Review {
     /// event there.
     pub session_id: String,
     pub ref_seq: Option<i64>,
-    /// The statement exactly as sent; only the identical text runs once
-    /// approved.
-    pub sql: String,
-    /// SHA-256 (hex) of `sql`, to find the review of a statement sent again.
-    pub sql_hash: String,
+    /// What was held.
+    pub kind: ReviewKind,
+    /// What was held, as reviewers read it (masked as everything recorded
+    /// is).
+    pub text: String,
+    /// The keyed hash of exactly what was sent: only the identical request
+    /// runs once approved, and the review of a request sent again is found
+    /// by it.
+    pub text_hash: String,
     /// The rule that held it (`SET/CLASS`).
     pub rule: String,
     /// Who decides it besides the admin group.
@@ -230,13 +272,14 @@ pub trait ControlStore: Send + Sync + 'static {
     fn update_review(&self, review: &Review, version: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Pending and approved reviews whose `expires_at` is at or before `now`.
     fn due_reviews(&self, now: i64) -> impl Future<Output = Result<Vec<Review>, StoreError>> + Send;
-    /// The review a statement (by `sql_hash`) sent again in grant `grant_id`
-    /// finds: approved or pending, still before its `expires_at` at `now`;
-    /// an approved one first, then the newest.
+    /// The review a request (of `kind`, by `text_hash`) sent again in grant
+    /// `grant_id` finds: approved or pending, still before its `expires_at`
+    /// at `now`; an approved one first, then the newest.
     fn open_review(
         &self,
         grant_id: &str,
-        sql_hash: &str,
+        kind: ReviewKind,
+        text_hash: &str,
         now: i64,
     ) -> impl Future<Output = Result<Option<Review>, StoreError>> + Send;
     /// How many reviews are in each status (statuses without any left out).
@@ -249,7 +292,18 @@ pub struct SqlStore {
     pool: sqlx::AnyPool,
 }
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS grants (
+/// The store's schema, as versioned migrations: a store opens at the
+/// newest version this Proctor knows, applying in order, each in one
+/// transaction, those it has not seen (its version kept in
+/// `proctor_schema`). Version 1 is the store as first released, which had
+/// no version table: a store with a `grants` table and none is at 1. A
+/// store of a newer version than this Proctor knows is refused, not
+/// guessed at.
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
     subject TEXT NOT NULL,
@@ -271,9 +325,10 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS grants (
     credential_hash TEXT,
     rules TEXT,
     masking_profile TEXT
-)";
-
-const REVIEWS: &str = "CREATE TABLE IF NOT EXISTS reviews (
+)",
+            "CREATE INDEX IF NOT EXISTS grants_due ON grants (status, expires_at)",
+            "CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject, issuer, created_at)",
+            "CREATE TABLE IF NOT EXISTS reviews (
     id TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
     grant_id TEXT NOT NULL,
@@ -293,12 +348,34 @@ const REVIEWS: &str = "CREATE TABLE IF NOT EXISTS reviews (
     decided_at BIGINT,
     used_at BIGINT,
     expires_at BIGINT NOT NULL
-)";
+)",
+            "CREATE INDEX IF NOT EXISTS reviews_statement ON reviews (grant_id, sql_hash, status)",
+            "CREATE INDEX IF NOT EXISTS reviews_due ON reviews (status, expires_at)",
+            "CREATE INDEX IF NOT EXISTS reviews_subject ON reviews (subject, issuer, created_at)",
+            "CREATE INDEX IF NOT EXISTS reviews_group ON reviews (approval_group, created_at)",
+        ],
+    ),
+    // Reviews of any protocol's requests: `{kind, text}`; the statements of
+    // version 1 are reviews of kind `statement`.
+    (
+        2,
+        &[
+            "ALTER TABLE reviews ADD COLUMN kind TEXT NOT NULL DEFAULT 'statement'",
+            "ALTER TABLE reviews RENAME COLUMN sql_text TO review_text",
+            "ALTER TABLE reviews RENAME COLUMN sql_hash TO text_hash",
+            "DROP INDEX IF EXISTS reviews_statement",
+            "CREATE INDEX IF NOT EXISTS reviews_request ON reviews (grant_id, kind, text_hash, status)",
+        ],
+    ),
+];
+
+/// The newest schema version this Proctor knows.
+pub const STORE_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// The columns read into a [`Review`], for `concat!`.
 macro_rules! review_columns {
     () => {
-        "id, version, grant_id, subject, issuer, resource, session_id, ref_seq, sql_text, sql_hash, rule, \
+        "id, version, grant_id, subject, issuer, resource, session_id, ref_seq, kind, review_text, text_hash, rule, \
          approval_group, status, status_reason, decided_by, created_at, decided_at, used_at, expires_at"
     };
 }
@@ -335,20 +412,7 @@ impl SqlStore {
         if sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        sqlx::query(SCHEMA).execute(&pool).await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS grants_due ON grants (status, expires_at)").execute(&pool).await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS grants_subject ON grants (subject, issuer, created_at)")
-            .execute(&pool)
-            .await?;
-        sqlx::query(REVIEWS).execute(&pool).await?;
-        for index in [
-            "CREATE INDEX IF NOT EXISTS reviews_statement ON reviews (grant_id, sql_hash, status)",
-            "CREATE INDEX IF NOT EXISTS reviews_due ON reviews (status, expires_at)",
-            "CREATE INDEX IF NOT EXISTS reviews_subject ON reviews (subject, issuer, created_at)",
-            "CREATE INDEX IF NOT EXISTS reviews_group ON reviews (approval_group, created_at)",
-        ] {
-            sqlx::query(index).execute(&pool).await?;
-        }
+        migrate(&pool, !sqlite).await?;
         Ok(SqlStore { pool })
     }
 
@@ -373,6 +437,42 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Brings the store at `pool` to [`STORE_VERSION`] (see [`MIGRATIONS`]).
+/// On PostgreSQL, several gateways starting at once take turns: the version
+/// table is locked for the whole migration.
+async fn migrate(pool: &sqlx::AnyPool, postgres: bool) -> Result<(), StoreError> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS proctor_schema (version BIGINT NOT NULL)").execute(pool).await?;
+    // A store of the first release: its tables, no version.
+    let first_release = sqlx::query("SELECT COUNT(*) AS n FROM grants").fetch_one(pool).await.is_ok();
+    let mut tx = pool.begin().await?;
+    if postgres {
+        sqlx::query("LOCK TABLE proctor_schema IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
+    }
+    let stored: Option<i64> =
+        sqlx::query("SELECT MAX(version) AS v FROM proctor_schema").fetch_one(&mut *tx).await?.try_get("v")?;
+    let current = stored.unwrap_or(if first_release { 1 } else { 0 });
+    if current > STORE_VERSION {
+        return Err(StoreError(format!(
+            "the store is at schema version {current}, written by a newer Proctor; this one knows versions up to \
+             {STORE_VERSION}: upgrade Proctor (the store is left as it is)"
+        )));
+    }
+    for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        for statement in *statements {
+            sqlx::query(*statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError(format!("migrating the store to version {version}: {e}")))?;
+        }
+    }
+    if stored != Some(STORE_VERSION) {
+        sqlx::query("DELETE FROM proctor_schema").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO proctor_schema (version) VALUES ($1)").bind(STORE_VERSION).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// A URL without its password, for messages.
@@ -433,8 +533,12 @@ fn review_from_row(row: &AnyRow) -> Result<Review, StoreError> {
         resource: row.try_get("resource")?,
         session_id: row.try_get("session_id")?,
         ref_seq: row.try_get("ref_seq")?,
-        sql: row.try_get("sql_text")?,
-        sql_hash: row.try_get("sql_hash")?,
+        kind: {
+            let kind: String = row.try_get("kind")?;
+            ReviewKind::parse(&kind).ok_or_else(|| StoreError(format!("unknown review kind {kind:?}")))?
+        },
+        text: row.try_get("review_text")?,
+        text_hash: row.try_get("text_hash")?,
         rule: row.try_get("rule")?,
         approval_group: row.try_get("approval_group")?,
         status: ReviewStatus::parse(&status).ok_or_else(|| StoreError(format!("unknown review status {status:?}")))?,
@@ -552,9 +656,10 @@ impl ControlStore for SqlStore {
 
     async fn insert_review(&self, r: &Review) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO reviews (id, version, grant_id, subject, issuer, resource, session_id, ref_seq, sql_text, \
-             sql_hash, rule, approval_group, status, status_reason, decided_by, created_at, decided_at, used_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            "INSERT INTO reviews (id, version, grant_id, subject, issuer, resource, session_id, ref_seq, kind, \
+             review_text, text_hash, rule, approval_group, status, status_reason, decided_by, created_at, decided_at, \
+             used_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(&r.id)
         .bind(r.version)
@@ -564,8 +669,9 @@ impl ControlStore for SqlStore {
         .bind(&r.resource)
         .bind(&r.session_id)
         .bind(r.ref_seq)
-        .bind(&r.sql)
-        .bind(&r.sql_hash)
+        .bind(r.kind.as_str())
+        .bind(&r.text)
+        .bind(&r.text_hash)
         .bind(&r.rule)
         .bind(r.approval_group.clone())
         .bind(r.status.as_str())
@@ -639,16 +745,23 @@ impl ControlStore for SqlStore {
         rows.iter().map(review_from_row).collect()
     }
 
-    async fn open_review(&self, grant_id: &str, sql_hash: &str, now: i64) -> Result<Option<Review>, StoreError> {
+    async fn open_review(
+        &self,
+        grant_id: &str,
+        kind: ReviewKind,
+        text_hash: &str,
+        now: i64,
+    ) -> Result<Option<Review>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
             review_columns!(),
-            " FROM reviews WHERE grant_id = $1 AND sql_hash = $2 AND status IN ('pending', 'approved') \
-             AND expires_at > $3 \
+            " FROM reviews WHERE grant_id = $1 AND kind = $2 AND text_hash = $3 \
+             AND status IN ('pending', 'approved') AND expires_at > $4 \
              ORDER BY CASE WHEN status = 'approved' THEN 0 ELSE 1 END, created_at DESC, id DESC LIMIT 1"
         ))
         .bind(grant_id)
-        .bind(sql_hash)
+        .bind(kind.as_str())
+        .bind(text_hash)
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;

@@ -16,7 +16,7 @@ use proctor_schemas::{PolicyDecision, PolicyOutcome, SessionId};
 
 use super::classify::{ClassCache, ParseAs};
 use super::rules::{RuleSet, Verdict};
-use crate::control::{HoldOutcome, HoldRequest, Holds};
+use crate::control::{HoldOutcome, HoldRequest, Holds, ReviewKind};
 use crate::masking::MaskingKey;
 
 /// Shapes of statements whose classes are kept.
@@ -276,8 +276,9 @@ impl Gate {
             resource: self.resource.clone(),
             session_id: self.session_id,
             ref_seq: Some(asked.seq),
-            sql: asked.shown.clone(),
-            sql_hash: self.policy.key.digest("statement", asked.sql.as_bytes()),
+            kind: ReviewKind::Statement,
+            text: asked.shown.clone(),
+            text_hash: self.policy.key.digest("statement", asked.sql.as_bytes()),
             rule: asked.rule.clone(),
             approval_group: self.rules.approval_group.clone(),
         };

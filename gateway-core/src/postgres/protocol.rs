@@ -1820,7 +1820,7 @@ mod tests {
         assert_eq!(p.frontend(&held, &mut events), Frontend::Pause, "the control plane is asked first");
         let Some(Question::Hold(_, request)) = p.question() else { panic!("a question for the control plane") };
         assert_eq!(
-            (request.sql.as_str(), request.rule.as_str(), request.grant_id.as_str()),
+            (request.text.as_str(), request.rule.as_str(), request.grant_id.as_str()),
             ("truncate t", "ci/truncate", "g_1")
         );
         assert!(p.question().is_none(), "asked once");
