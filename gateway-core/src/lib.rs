@@ -12,6 +12,7 @@ pub mod control;
 mod error;
 pub mod postgres;
 pub mod recording;
+pub mod session;
 mod sink;
 pub mod threads;
 

@@ -42,6 +42,11 @@ impl<S: EventSink> SessionRecorder<S> {
         !self.pending.is_empty()
     }
 
+    /// The seq the next event pushed will have.
+    pub fn pending_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Whether anything was ever recorded for this session.
     pub fn started(&self) -> bool {
         self.next_seq > 0

@@ -38,7 +38,6 @@ pub use gate::StatementPolicy;
 pub use protocol::{Protocol, SampleLimits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 pub use upstream::Target;
 
 use crate::auth::Authenticator;
@@ -162,53 +161,18 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     auth: Arc<A>,
     tls: Option<Arc<rustls::ServerConfig>>,
     Shared { cancels, policy, masking, threads }: Shared,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let name = resource.name.clone();
     let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy, masking });
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => {
-                    let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-                    let Some(threads) = &threads else {
-                        sessions.spawn(async move {
-                            let _entered = ctx.resource.sessions.enter();
-                            session::handle(ctx.clone(), tcp, addr, shutdown).await;
-                        });
-                        continue;
-                    };
-                    // The socket moves to its thread's own reactor, so that
-                    // its readiness wakes that thread alone.
-                    let tcp = match tcp.into_std() {
-                        Ok(tcp) => tcp,
-                        Err(error) => {
-                            tracing::warn!(resource = %ctx.resource.name, %error, "cannot hand a connection to a session thread");
-                            continue;
-                        }
-                    };
-                    sessions.spawn_on(
-                        async move {
-                            let _entered = ctx.resource.sessions.enter();
-                            match tokio::net::TcpStream::from_std(tcp) {
-                                Ok(tcp) => session::handle(ctx.clone(), tcp, addr, shutdown).await,
-                                Err(error) => tracing::warn!(resource = %ctx.resource.name, %error, "cannot register a connection"),
-                            }
-                        },
-                        threads.next(),
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(resource = %ctx.resource.name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = shutdown.changed() => break,
+    crate::session::serve(&name, listener, threads, shutdown, move |tcp, addr, shutdown| {
+        let ctx = ctx.clone();
+        async move {
+            let _entered = ctx.resource.sessions.enter();
+            session::handle(ctx.clone(), tcp, addr, shutdown).await;
         }
-    }
-    drop(listener);
-    while sessions.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Binds a resource's listener.

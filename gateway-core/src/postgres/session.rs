@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
@@ -36,6 +35,7 @@ use crate::auth::{AuthRequest, Authenticator, Identity};
 use crate::control::Lease;
 use crate::masking::Masker;
 use crate::recording::{Record, SessionRecorder};
+use crate::session::{self, Admitted, Ending, Interrupted, Refusal, step};
 use crate::{EventSink, SinkError};
 
 /// Read buffers start at this size and grow only to hold a frame that must
@@ -52,20 +52,6 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a cancel request waits for its session to record it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How a session ended, and what to tell the client.
-struct Ending {
-    reason: EndReason,
-    message: Option<String>,
-    /// The client already received an error explaining the end.
-    client_told: bool,
-}
-
-impl Ending {
-    fn new(reason: EndReason, message: impl Into<Option<String>>) -> Ending {
-        Ending { reason, message: message.into(), client_told: false }
-    }
-}
-
 pub(super) async fn handle<S: EventSink, A: Authenticator>(
     ctx: Arc<Context<S, A>>,
     tcp: TcpStream,
@@ -73,78 +59,33 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut recorder = SessionRecorder::new(ctx.sink.clone(), SessionId::new());
-    let served = AssertUnwindSafe(serve(&ctx, tcp, client_addr, shutdown, &mut recorder)).catch_unwind().await;
-    let Err(panic) = served else { return };
-    // A defect must not leave a session without its end: whatever had been
-    // recorded stays, whatever had not is dropped with the connection.
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown failure".to_string());
-    tracing::error!(session_id = %recorder.session_id(), panic = %what, "a session failed internally; its connection was cut");
-    recorder.discard_pending();
-    if recorder.ended() {
-        return;
-    }
-    if !recorder.started() {
-        let empty = std::collections::BTreeMap::new();
-        let note = "Proctor failed internally before the session began".to_string();
-        recorder
-            .push(Direction::Gateway, session_start(&ctx.resource, client_addr, &empty, None, "unknown", Some(note)));
-    }
-    let message = format!("Proctor failed internally ({what}); the connection was cut");
-    recorder.push(Direction::Gateway, SessionEnd { reason: EndReason::InternalError, message: Some(message) }.into());
-    if let Err(error) = recorder.flush().await {
-        tracing::error!(session_id = %recorder.session_id(), %error, "could not record the end of a failed session");
+    let empty = std::collections::BTreeMap::new();
+    session::guarded(
+        &mut recorder,
+        async |recorder| serve(&ctx, tcp, client_addr, shutdown, recorder).await,
+        |note| session_start(&ctx.resource, client_addr, &empty, None, "unknown", Some(note)),
+    )
+    .await;
+}
+
+/// What the client is told when start-up stops before it completes.
+fn interrupted_error(interrupted: Interrupted) -> PgError {
+    match interrupted {
+        Interrupted::TimedOut => PgError::fatal(
+            "08P01",
+            format!("start-up took longer than Proctor's limit of {}s", STARTUP_TIMEOUT.as_secs()),
+        )
+        .with_hint("connect again; if this repeats, check the network between the client, Proctor and the database"),
+        Interrupted::Shutdown => PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment"),
     }
 }
 
-/// Why start-up stopped before it completed.
-enum Interrupted {
-    TimedOut,
-    Shutdown,
-}
-
-impl Interrupted {
-    fn error(&self) -> PgError {
-        match self {
-            Interrupted::TimedOut => PgError::fatal(
-                "08P01",
-                format!("start-up took longer than Proctor's limit of {}s", STARTUP_TIMEOUT.as_secs()),
-            )
-            .with_hint(
-                "connect again; if this repeats, check the network between the client, Proctor and the database",
-            ),
-            Interrupted::Shutdown => PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment"),
-        }
-    }
-
-    fn reason(&self) -> EndReason {
-        match self {
-            Interrupted::TimedOut => EndReason::ClientError,
-            Interrupted::Shutdown => EndReason::Shutdown,
-        }
-    }
-}
-
-/// Resolves once Proctor starts shutting down (never, if it cannot tell).
-async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|&down| down).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Runs one step of start-up, within the start-up deadline and until shutdown.
-async fn step<T>(
-    deadline: Instant,
-    shutdown: &mut watch::Receiver<bool>,
-    work: impl Future<Output = T>,
-) -> Result<T, Interrupted> {
-    tokio::select! {
-        biased;
-        _ = shutting_down(shutdown) => Err(Interrupted::Shutdown),
-        done = tokio::time::timeout_at(deadline, work) => done.map_err(|_| Interrupted::TimedOut),
+/// A refusal at admission, as PostgreSQL says it.
+fn refusal_error(refusal: &Refusal) -> PgError {
+    let error = PgError::fatal("42501", refusal.message.clone());
+    match &refusal.hint {
+        Some(hint) => error.with_hint(hint),
+        None => error,
     }
 }
 
@@ -163,7 +104,7 @@ async fn serve<S: EventSink, A: Authenticator>(
     let contact = match contact {
         Err(interrupted) => {
             let reason = interrupted.reason();
-            refuse_with(recorder, resource, client_addr, None, interrupted.error(), None, reason).await;
+            refuse_with(recorder, resource, client_addr, None, interrupted_error(interrupted), None, reason).await;
             return;
         }
         Ok(Err(refusal)) => {
@@ -206,7 +147,7 @@ async fn serve<S: EventSink, A: Authenticator>(
             return;
         }
         Err(interrupted) => {
-            let (error, reason) = (interrupted.error(), interrupted.reason());
+            let (error, reason) = (interrupted_error(interrupted), interrupted.reason());
             refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), reason).await;
             return;
         }
@@ -230,46 +171,22 @@ async fn serve<S: EventSink, A: Authenticator>(
         return;
     }
 
-    // Under its grant's statement rules, if it has any.
-    let gate = match identity.rules.as_deref() {
-        None => None,
-        Some(name) => match ctx.policy.rules(name) {
-            Some(rules) => Some(Gate::new(
-                ctx.policy.clone(),
-                rules,
-                identity.grant_id.clone(),
-                resource.name.clone(),
-                recorder.session_id(),
-            )),
-            None => {
-                let error = PgError::fatal(
-                    "42501",
-                    format!("this grant runs under statement rules {name:?}, which this gateway does not have"),
-                )
-                .with_hint("ask the operator to configure [rules.NAME] on every gateway, then connect again");
-                refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), EndReason::Policy)
-                    .await;
-                return;
-            }
-        },
+    // Admitted under its grant's statement rules and masking profile, held
+    // to its grant.
+    let (session_id, grant_id) = (recorder.session_id(), identity.grant_id.clone());
+    let rules = |name: &str| {
+        let rules = ctx.policy.rules(name)?;
+        Some(Gate::new(ctx.policy.clone(), rules, grant_id, resource.name.clone(), session_id))
     };
-
-    // Masked by its grant's profile (or the default one), if any.
-    let profile = ctx.masking.chosen(identity.masking_profile.as_deref()).map(str::to_string);
-    let masker = match profile.as_deref().map(|p| ctx.masking.masker(p)) {
-        None => None,
-        Some(Ok(masker)) => masker,
-        Some(Err(why)) => {
-            let error = PgError::fatal("42501", format!("this session's {why}"))
-                .with_hint("ask the operator to configure the profile on every gateway, then connect again");
-            refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), EndReason::Policy).await;
+    let admitted = session::admit(identity, "statement rules", rules, &ctx.masking, &*ctx.auth);
+    let Admitted { identity, rules: gate, masker, mut lease } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            let error = refusal_error(&refusal);
+            refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), refusal.reason).await;
             return;
         }
     };
-    let identity = Identity { masking_profile: profile, ..identity };
-
-    // Held to its grant: its end ends the session.
-    let mut lease = ctx.auth.lease(&identity);
 
     // The session begins: recorded before anything reaches the target,
     // with every start-up parameter the target will be given (masked, as
@@ -305,7 +222,7 @@ async fn serve<S: EventSink, A: Authenticator>(
                     format!("the database behind {} did not finish start-up in time", resource.name),
                 )
                 .with_hint("try again; if this repeats, the database may be overloaded or unreachable"),
-                Interrupted::Shutdown => interrupted.error(),
+                Interrupted::Shutdown => interrupted_error(interrupted),
             };
             let reason = match interrupted {
                 Interrupted::TimedOut => EndReason::TargetError,
@@ -370,7 +287,8 @@ async fn serve<S: EventSink, A: Authenticator>(
     }
     if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
         let _ = target.shutdown().await;
-        end(recorder, Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string())).await;
+        session::end(recorder, Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string()))
+            .await;
         return;
     }
 
@@ -440,7 +358,7 @@ async fn serve<S: EventSink, A: Authenticator>(
         }
     }
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, target.shutdown()).await;
-    end(recorder, ending).await;
+    session::end(recorder, ending).await;
 }
 
 fn session_start(
@@ -558,13 +476,6 @@ async fn send_error(conn: &mut Conn, error: &PgError) {
         conn.shutdown().await
     };
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
-}
-
-async fn end<S: EventSink>(recorder: &mut SessionRecorder<S>, ending: Ending) {
-    recorder.push(Direction::Gateway, SessionEnd { reason: ending.reason, message: ending.message }.into());
-    if let Err(error) = recorder.flush().await {
-        tracing::error!(session_id = %recorder.session_id(), %error, "could not record the end of a session");
-    }
 }
 
 async fn refuse<S: EventSink>(
@@ -955,23 +866,6 @@ async fn commit<S: EventSink>(
     Ok(())
 }
 
-/// Resolves when the session must end from outside: Proctor shuts down, or
-/// the session's grant expires or is revoked.
-async fn stopping(shutdown: &mut watch::Receiver<bool>, lease: Option<&mut Lease>) -> Ending {
-    let shut_down = || Ending::new(EndReason::Shutdown, "Proctor shut down".to_string());
-    // Polled at every wake-up of the relay: without a lease, just the
-    // shutdown signal, as cheap as before grants existed.
-    let Some(lease) = lease else {
-        shutting_down(shutdown).await;
-        return shut_down();
-    };
-    tokio::select! {
-        biased;
-        () = shutting_down(shutdown) => shut_down(),
-        end = lease.ended() => Ending::new(end.reason, end.message),
-    }
-}
-
 /// Scans what the client sent, records it, and marks it ready to forward
 /// (or stops before a held statement: `up.paused`).
 async fn client_frames<S: EventSink>(
@@ -1097,7 +991,7 @@ async fn relay<S: EventSink>(
     let (mut target_r, mut target_w) = tokio::io::split(target);
     let mut up = Half::new();
     let mut down = Half::new();
-    let stop = stopping(&mut shutdown, lease);
+    let stop = session::ended(&mut shutdown, lease);
     tokio::pin!(stop);
     loop {
         // A direction whose bytes have all gone through may end the session.

@@ -1,0 +1,69 @@
+//! The session lifecycle every protocol adapter shares, written once:
+//!
+//! ```text
+//!  listen::serve        accept, one task per connection on a session thread
+//!    └─ guard::guarded   a panic still ends the session, recorded
+//!         ├─ (adapter)   the protocol's start-up and its credential
+//!         ├─ admit       identity → grant → rules → masking profile → lease
+//!         ├─ (adapter)   session_start recorded, the target reached
+//!         ├─ (adapter)   the relay: record, then forward (one task owns the
+//!         │              recorder; a multiplexed protocol's tasks send to
+//!         │              it through a `SessionLog`)
+//!         │    └─ ended  shutdown or the lease's end, one future
+//!         └─ end         session_end with its reason
+//! ```
+//!
+//! A refusal is a [`Refusal`], in the gateway's terms; the adapter alone
+//! turns it into its protocol's native error (a PostgreSQL `FATAL`, an SSH
+//! disconnect). The adapter keeps only its connection engine.
+
+mod admit;
+mod ended;
+mod guard;
+mod listen;
+mod log;
+
+pub use admit::{Admitted, admit};
+pub use ended::{Interrupted, ended, shutting_down, step};
+pub use guard::guarded;
+pub use listen::serve;
+pub use log::{LOG_QUEUE, SessionLog};
+
+use proctor_schemas::{Direction, EndReason, SessionEnd};
+
+use crate::EventSink;
+use crate::recording::{Record, SessionRecorder};
+
+/// How a session ended, and what to tell the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: EndReason,
+    pub message: Option<String>,
+    /// The client already received an error explaining the end.
+    pub client_told: bool,
+}
+
+impl Ending {
+    pub fn new(reason: EndReason, message: impl Into<Option<String>>) -> Ending {
+        Ending { reason, message: message.into(), client_told: false }
+    }
+}
+
+/// Why a client is not let in, in the gateway's terms: what it may not do
+/// (`reason`, recorded as the session's end), what happened (`message`) and
+/// what to do about it (`hint`). The adapter maps it to its protocol's
+/// native error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: EndReason,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Records the session's end (its last event) and flushes it.
+pub async fn end<S: EventSink>(recorder: &mut SessionRecorder<S>, ending: Ending) {
+    recorder.push(Direction::Gateway, SessionEnd { reason: ending.reason, message: ending.message }.into());
+    if let Err(error) = recorder.flush().await {
+        tracing::error!(session_id = %recorder.session_id(), %error, "could not record the end of a session");
+    }
+}
