@@ -193,7 +193,7 @@ async fn a_held_statement_opens_one_review_that_an_approver_lets_run_once() {
     assert_eq!(event.actor.as_deref(), Some("ci-bot"));
     assert_eq!(event.target_session, Some(request.session_id.to_string()));
     assert_eq!(event.ref_seq, Some(3));
-    assert_eq!(event.sql.as_deref(), Some(DROP));
+    assert_eq!(event.held.as_ref().and_then(|h| h.sql()), Some(DROP));
     let message = event.message.as_deref().unwrap();
     assert!(message.contains("ci/ddl") && message.contains(&format!("proctor review approve {id}")), "{message}");
     assert!(message.contains("group dba or security"), "{message}");

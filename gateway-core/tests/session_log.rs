@@ -39,7 +39,7 @@ impl EventSink for Recording {
 }
 
 fn output(text: String) -> EventBody {
-    TerminalOutput { stream: OutputStream::Stdout, data: text.into_bytes() }.into()
+    TerminalOutput { channel_id: None, stream: OutputStream::Stdout, data: text.into_bytes() }.into()
 }
 
 fn start() -> EventBody {

@@ -11,7 +11,7 @@ fn event(session: SessionId, direction: Direction, body: impl Into<EventBody>) -
 }
 
 fn keys(session: SessionId, bytes: &[u8]) -> NewEvent {
-    event(session, Direction::ClientToTarget, TerminalInput { data: bytes.to_vec() })
+    event(session, Direction::ClientToTarget, TerminalInput { channel_id: None, data: bytes.to_vec() })
 }
 
 fn search(data_dir: &std::path::Path, query: &str) -> (usize, Vec<Hit>) {
@@ -62,6 +62,7 @@ fn a_terminal_session_is_found_by_the_commands_it_ran_before_and_after_sealing()
         session,
         Direction::TargetToClient,
         TerminalOutput {
+            channel_id: None,
             stream: OutputStream::Stdout,
             data: b"\x1b[1;31mFailed\x1b[0m to restart payments.service: Unit not found.\r\n".to_vec(),
         },

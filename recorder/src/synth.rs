@@ -309,7 +309,7 @@ impl Synth {
                 target_session: Some(session.to_string()),
                 ref_seq: None,
                 message: Some(if approve { "ok, once" } else { "not during business hours" }.to_string()),
-                sql: Some(sql.clone()),
+                held: Some(Held::statement(sql.clone())),
             };
             let requested = ReviewEvent {
                 action: ReviewAction::Requested,
@@ -724,24 +724,35 @@ impl Script {
         );
         if self.rng.random_bool(0.3) {
             let (command, output) = SHELL_COMMANDS[self.pick(SHELL_COMMANDS.len())];
-            self.emit(Direction::ClientToTarget, Exec { command: command.to_string() });
+            self.emit(Direction::ClientToTarget, Exec { channel_id: Some(0), command: command.to_string() });
             self.wait(5, 300);
             if !output.is_empty() {
                 self.emit(
                     Direction::TargetToClient,
-                    TerminalOutput { stream: OutputStream::Stdout, data: output.as_bytes().to_vec() },
+                    TerminalOutput {
+                        channel_id: Some(0),
+                        stream: OutputStream::Stdout,
+                        data: output.as_bytes().to_vec(),
+                    },
                 );
             }
-            self.emit(Direction::TargetToClient, ExitStatus { exit_code: Some(0), exit_signal: None, message: None });
+            self.emit(
+                Direction::TargetToClient,
+                ExitStatus { channel_id: Some(0), exit_code: Some(0), exit_signal: None, message: None },
+            );
             self.end(EndReason::ClientClosed);
             return;
         }
         let (width, height) = [(120, 40), (80, 24), (200, 50)][self.pick(3)];
-        self.emit(Direction::ClientToTarget, PtyRequest { term: "xterm-256color".to_string(), width, height });
+        self.emit(
+            Direction::ClientToTarget,
+            PtyRequest { channel_id: Some(0), term: "xterm-256color".to_string(), width, height },
+        );
         let prompt = format!("\x1b[01;32m{user}@{resource}\x1b[00m:\x1b[01;34m~\x1b[00m$ ");
         self.emit(
             Direction::TargetToClient,
             TerminalOutput {
+                channel_id: Some(0),
                 stream: OutputStream::Stdout,
                 data: format!(
                     "Linux {resource} 6.1.0-27-amd64 x86_64\r\nLast login: Tue Nov 24 08:01:12 2026\r\n{prompt}"
@@ -757,44 +768,58 @@ impl Script {
             for (i, ch) in command.char_indices() {
                 self.wait(40, 220);
                 if slip == Some(i) {
-                    self.emit(Direction::ClientToTarget, TerminalInput { data: b"x".to_vec() });
+                    self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: b"x".to_vec() });
                     self.emit(
                         Direction::TargetToClient,
-                        TerminalOutput { stream: OutputStream::Stdout, data: b"x".to_vec() },
+                        TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: b"x".to_vec() },
                     );
                     self.wait(100, 400);
-                    self.emit(Direction::ClientToTarget, TerminalInput { data: vec![0x7f] });
+                    self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: vec![0x7f] });
                     self.emit(
                         Direction::TargetToClient,
-                        TerminalOutput { stream: OutputStream::Stdout, data: b"\x08 \x08".to_vec() },
+                        TerminalOutput {
+                            channel_id: Some(0),
+                            stream: OutputStream::Stdout,
+                            data: b"\x08 \x08".to_vec(),
+                        },
                     );
                 }
                 let mut key = [0u8; 4];
                 let key = ch.encode_utf8(&mut key).as_bytes().to_vec();
-                self.emit(Direction::ClientToTarget, TerminalInput { data: key.clone() });
-                self.emit(Direction::TargetToClient, TerminalOutput { stream: OutputStream::Stdout, data: key });
+                self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: key.clone() });
+                self.emit(
+                    Direction::TargetToClient,
+                    TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: key },
+                );
             }
             self.wait(50, 300);
-            self.emit(Direction::ClientToTarget, TerminalInput { data: b"\r".to_vec() });
+            self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: b"\r".to_vec() });
             self.wait(5, 900);
             self.emit(
                 Direction::TargetToClient,
-                TerminalOutput { stream: OutputStream::Stdout, data: format!("\r\n{output}{prompt}").into_bytes() },
+                TerminalOutput {
+                    channel_id: Some(0),
+                    stream: OutputStream::Stdout,
+                    data: format!("\r\n{output}{prompt}").into_bytes(),
+                },
             );
             if self.rng.random_bool(0.1) {
                 let (width, height) = [(160, 48), (100, 30)][self.pick(2)];
-                self.emit(Direction::ClientToTarget, Resize { width, height });
+                self.emit(Direction::ClientToTarget, Resize { channel_id: Some(0), width, height });
             }
         }
         for ch in "exit\r".bytes() {
             self.wait(40, 200);
-            self.emit(Direction::ClientToTarget, TerminalInput { data: vec![ch] });
+            self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: vec![ch] });
         }
         self.emit(
             Direction::TargetToClient,
-            TerminalOutput { stream: OutputStream::Stdout, data: b"\r\nlogout\r\n".to_vec() },
+            TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: b"\r\nlogout\r\n".to_vec() },
         );
-        self.emit(Direction::TargetToClient, ExitStatus { exit_code: Some(0), exit_signal: None, message: None });
+        self.emit(
+            Direction::TargetToClient,
+            ExitStatus { channel_id: Some(0), exit_code: Some(0), exit_signal: None, message: None },
+        );
         self.end(EndReason::ClientClosed)
     }
 

@@ -20,8 +20,12 @@ pub fn session_json(s: &SessionSummary) -> serde_json::Value {
     })
 }
 
-/// An event as JSON: every non-null column, bytes as UTF-8 (lossy).
+/// An event as JSON: every non-null column. Bytes (terminal data, bodies)
+/// are text; where they are not UTF-8, the text is lossy and the exact bytes
+/// are beside it, base64-encoded, as `COLUMN_base64` (replay is
+/// binary-safe).
 pub fn event_json(event: &Event) -> serde_json::Value {
+    use base64::Engine;
     let mut id = SessionIdText::default();
     let mut object = Map::new();
     for (column, value) in event.cells(&mut id).iter() {
@@ -33,7 +37,14 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             }
             Value::I64(v) => json!(v),
             Value::Bool(v) => json!(v),
-            Value::Bytes(b) => json!(String::from_utf8_lossy(b)),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(text) => json!(text),
+                Err(_) => {
+                    let exact = base64::engine::general_purpose::STANDARD.encode(b);
+                    object.insert(format!("{}_base64", column.name()), json!(exact));
+                    json!(String::from_utf8_lossy(b))
+                }
+            },
             Value::StrList(v) => json!(v),
             Value::OptStrList(v) => json!(v),
             Value::Rows(v) => json!(v),
@@ -113,4 +124,36 @@ pub fn transcript_line(event: &Event) -> String {
         }
     };
     format!("{:>5} {} {arrow} {:<16} {what}", event.seq, event.time.to_rfc3339(), event.kind().as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use proctor_schemas::{Direction, OutputStream, SessionId, TerminalOutput, Timestamp};
+
+    use super::*;
+
+    fn output(data: &[u8]) -> Event {
+        Event {
+            session_id: SessionId::from_parts(1, 1),
+            seq: 3,
+            time: Timestamp(0),
+            direction: Direction::TargetToClient,
+            body: TerminalOutput { channel_id: Some(2), stream: OutputStream::Stdout, data: data.to_vec() }.into(),
+        }
+    }
+
+    /// Terminal output that is not UTF-8 (a binary dump, a split character)
+    /// replays exactly: its bytes are beside the text.
+    #[test]
+    fn bytes_that_are_not_utf8_are_given_exactly() {
+        let raw = b"\x1b[1mok\x1b[0m \xff\xfe\xe2\x82";
+        let json = event_json(&output(raw));
+        let exact = base64::engine::general_purpose::STANDARD.decode(json["data_base64"].as_str().unwrap()).unwrap();
+        assert_eq!(exact, raw);
+        assert_eq!(json["channel_id"], 2);
+        let text = event_json(&output("plain text, ünïcode\r\n".as_bytes()));
+        assert_eq!(text["data"], "plain text, ünïcode\r\n");
+        assert!(text.get("data_base64").is_none(), "{text}");
+    }
 }

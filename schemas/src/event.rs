@@ -83,6 +83,7 @@ pub enum EventBody {
     Exec(Exec),
     ExitStatus(ExitStatus),
     FileTransfer(FileTransfer),
+    PortForward(PortForward),
     HttpRequest(HttpRequest),
     HttpResponse(HttpResponse),
     Grant(GrantEvent),
@@ -228,6 +229,8 @@ pub struct RawFrame {
 /// A pty was requested.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PtyRequest {
+    /// The channel it was asked on (SSH), if the session has several.
+    pub channel_id: Option<u32>,
     pub term: String,
     pub width: u32,
     pub height: u32,
@@ -236,12 +239,14 @@ pub struct PtyRequest {
 /// Bytes typed by the client.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TerminalInput {
+    pub channel_id: Option<u32>,
     pub data: Vec<u8>,
 }
 
 /// Bytes written to the terminal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TerminalOutput {
+    pub channel_id: Option<u32>,
     pub stream: OutputStream,
     pub data: Vec<u8>,
 }
@@ -249,6 +254,7 @@ pub struct TerminalOutput {
 /// The terminal was resized.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resize {
+    pub channel_id: Option<u32>,
     pub width: u32,
     pub height: u32,
 }
@@ -256,12 +262,14 @@ pub struct Resize {
 /// A command run without a pty.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exec {
+    pub channel_id: Option<u32>,
     pub command: String,
 }
 
 /// How a command or shell ended.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExitStatus {
+    pub channel_id: Option<u32>,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<String>,
     pub message: Option<String>,
@@ -270,9 +278,32 @@ pub struct ExitStatus {
 /// A file operation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FileTransfer {
+    pub channel_id: Option<u32>,
     pub operation: String,
     pub path: String,
     pub byte_count: Option<u64>,
+}
+
+/// A forwarded connection: asked for and decided (`outcome`, `rule`), then,
+/// in a second event answering the first (`ref_seq`), closed with what it
+/// carried each way and how long it lasted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortForward {
+    pub channel_id: Option<u32>,
+    /// What was asked: `direct-tcpip`, `tcpip-forward`, `forwarded-tcpip`,
+    /// `auth-agent`, `x11`.
+    pub operation: String,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    /// Allowed or refused (on the event that asks).
+    pub outcome: Option<PolicyOutcome>,
+    pub rule: Option<String>,
+    /// The event that asked (on the event that closes).
+    pub ref_seq: Option<u64>,
+    pub bytes_to_target: Option<u64>,
+    pub bytes_to_client: Option<u64>,
+    pub duration_ns: Option<u64>,
+    pub message: Option<String>,
 }
 
 /// An HTTP request.
@@ -338,8 +369,47 @@ pub struct ReviewEvent {
     pub target_session: Option<String>,
     pub ref_seq: Option<u64>,
     pub message: Option<String>,
-    /// The held statement (masked).
-    pub sql: Option<String>,
+    /// What was held (masked): a statement, a command, a file operation.
+    pub held: Option<Held>,
+}
+
+/// What a review is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldKind {
+    /// A database statement: in `sql`.
+    Statement,
+    /// A command run on a host: in `command`.
+    Exec,
+    /// A file operation: in `path`.
+    File,
+}
+
+impl HeldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldKind::Statement => "statement",
+            HeldKind::Exec => "exec",
+            HeldKind::File => "file",
+        }
+    }
+}
+
+/// A held request, as reviewers read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub kind: HeldKind,
+    pub text: String,
+}
+
+impl Held {
+    pub fn statement(sql: impl Into<String>) -> Held {
+        Held { kind: HeldKind::Statement, text: sql.into() }
+    }
+
+    /// The statement, if a statement was held.
+    pub fn sql(&self) -> Option<&str> {
+        (self.kind == HeldKind::Statement).then_some(self.text.as_str())
+    }
 }
 
 /// Masking counts for one result or message.
@@ -387,7 +457,7 @@ into_body! {
     StatementResult => Result, ErrorReport => Error, Notice => Notice, Notification => Notification,
     ParameterStatus => ParameterStatus, CopySummary => Copy, Cancel => Cancel, RawFrame => RawFrame,
     PtyRequest => PtyRequest, TerminalInput => TerminalInput, TerminalOutput => TerminalOutput,
-    Resize => Resize, Exec => Exec, ExitStatus => ExitStatus, FileTransfer => FileTransfer,
+    Resize => Resize, Exec => Exec, ExitStatus => ExitStatus, FileTransfer => FileTransfer, PortForward => PortForward,
     HttpRequest => HttpRequest, HttpResponse => HttpResponse, GrantEvent => Grant,
     PolicyDecision => PolicyDecision, ReviewEvent => Review, MaskingApplied => MaskingApplied,
     RecordingAccessed => RecordingAccessed, RetentionDeleted => RetentionDeleted,
@@ -396,6 +466,30 @@ into_body! {
 
 fn opt_str<'a>(cells: &mut Cells<'a>, column: C, value: &'a Option<String>) {
     cells.opt_str(column, value);
+}
+
+fn channel(cells: &mut Cells<'_>, channel_id: Option<u32>) {
+    cells.opt_u64(C::ChannelId, channel_id.map(u64::from));
+}
+
+/// What a review event says was held: the one of `sql`, `command` and
+/// `path` it carries (none: a review event of the first schemas that named
+/// nothing).
+fn held(row: &mut Row) -> Result<Option<Held>, SchemaError> {
+    let found = [
+        (HeldKind::Statement, row.take_str(C::Sql)?),
+        (HeldKind::Exec, row.take_str(C::Command)?),
+        (HeldKind::File, row.take_str(C::Path)?),
+    ];
+    let mut held = found.into_iter().filter_map(|(kind, text)| text.map(|text| Held { kind, text }));
+    let first = held.next();
+    if held.next().is_some() {
+        return Err(SchemaError::bad(
+            C::Sql,
+            "a review event names one held request (sql, command or path), not several",
+        ));
+    }
+    Ok(first)
 }
 
 impl EventBody {
@@ -420,6 +514,7 @@ impl EventBody {
             EventBody::Exec(_) => EventKind::Exec,
             EventBody::ExitStatus(_) => EventKind::ExitStatus,
             EventBody::FileTransfer(_) => EventKind::FileTransfer,
+            EventBody::PortForward(_) => EventKind::PortForward,
             EventBody::HttpRequest(_) => EventKind::HttpRequest,
             EventBody::HttpResponse(_) => EventKind::HttpResponse,
             EventBody::Grant(g) => match g.action {
@@ -529,25 +624,31 @@ impl EventBody {
                 cells.set(C::Data, Value::Bytes(&f.data));
             }
             EventBody::PtyRequest(p) => {
+                channel(cells, p.channel_id);
                 cells.str(C::Term, &p.term);
                 cells.u64(C::Width, p.width.into());
                 cells.u64(C::Height, p.height.into());
             }
             EventBody::TerminalInput(t) => {
+                channel(cells, t.channel_id);
                 cells.set(C::Data, Value::Bytes(&t.data));
             }
             EventBody::TerminalOutput(t) => {
+                channel(cells, t.channel_id);
                 cells.set(C::Data, Value::Bytes(&t.data));
                 cells.str(C::Stream, t.stream.as_str());
             }
             EventBody::Resize(r) => {
+                channel(cells, r.channel_id);
                 cells.u64(C::Width, r.width.into());
                 cells.u64(C::Height, r.height.into());
             }
             EventBody::Exec(e) => {
+                channel(cells, e.channel_id);
                 cells.str(C::Command, &e.command);
             }
             EventBody::ExitStatus(e) => {
+                channel(cells, e.channel_id);
                 opt_str(cells, C::Message, &e.message);
                 if let Some(code) = e.exit_code {
                     cells.i64(C::ExitCode, code.into());
@@ -555,9 +656,25 @@ impl EventBody {
                 opt_str(cells, C::ExitSignal, &e.exit_signal);
             }
             EventBody::FileTransfer(f) => {
+                channel(cells, f.channel_id);
                 cells.opt_u64(C::ByteCount, f.byte_count);
                 cells.str(C::Operation, &f.operation);
                 cells.str(C::Path, &f.path);
+            }
+            EventBody::PortForward(p) => {
+                channel(cells, p.channel_id);
+                cells.str(C::Operation, &p.operation);
+                opt_str(cells, C::Host, &p.host);
+                cells.opt_u64(C::Port, p.port.map(u64::from));
+                if let Some(outcome) = p.outcome {
+                    cells.str(C::Outcome, outcome.as_str());
+                }
+                opt_str(cells, C::Rule, &p.rule);
+                cells.opt_u64(C::RefSeq, p.ref_seq);
+                cells.opt_u64(C::BytesToTarget, p.bytes_to_target);
+                cells.opt_u64(C::BytesToClient, p.bytes_to_client);
+                cells.opt_u64(C::DurationNs, p.duration_ns);
+                opt_str(cells, C::Message, &p.message);
             }
             EventBody::HttpRequest(h) => {
                 cells.u64(C::ByteCount, h.byte_count);
@@ -603,7 +720,14 @@ impl EventBody {
                 opt_str(cells, C::TargetSession, &r.target_session);
                 cells.opt_u64(C::RefSeq, r.ref_seq);
                 opt_str(cells, C::Message, &r.message);
-                opt_str(cells, C::Sql, &r.sql);
+                if let Some(held) = &r.held {
+                    let column = match held.kind {
+                        HeldKind::Statement => C::Sql,
+                        HeldKind::Exec => C::Command,
+                        HeldKind::File => C::Path,
+                    };
+                    cells.str(column, &held.text);
+                }
             }
             EventBody::MaskingApplied(m) => {
                 opt_str(cells, C::MaskingProfile, &m.masking_profile);
@@ -717,28 +841,52 @@ impl EventBody {
                 data: row.take_bytes(C::Data)?,
             }),
             EventKind::PtyRequest => EventBody::PtyRequest(PtyRequest {
+                channel_id: row.take_u32(C::ChannelId)?,
                 term: req_str(row, C::Term)?,
                 width: req_u32(row, C::Width)?,
                 height: req_u32(row, C::Height)?,
             }),
-            EventKind::TerminalInput => EventBody::TerminalInput(TerminalInput { data: row.take_bytes(C::Data)? }),
+            EventKind::TerminalInput => EventBody::TerminalInput(TerminalInput {
+                channel_id: row.take_u32(C::ChannelId)?,
+                data: row.take_bytes(C::Data)?,
+            }),
             EventKind::TerminalOutput => EventBody::TerminalOutput(TerminalOutput {
+                channel_id: row.take_u32(C::ChannelId)?,
                 data: row.take_bytes(C::Data)?,
                 stream: req_str(row, C::Stream)?.parse()?,
             }),
-            EventKind::Resize => {
-                EventBody::Resize(Resize { width: req_u32(row, C::Width)?, height: req_u32(row, C::Height)? })
+            EventKind::Resize => EventBody::Resize(Resize {
+                channel_id: row.take_u32(C::ChannelId)?,
+                width: req_u32(row, C::Width)?,
+                height: req_u32(row, C::Height)?,
+            }),
+            EventKind::Exec => {
+                EventBody::Exec(Exec { channel_id: row.take_u32(C::ChannelId)?, command: req_str(row, C::Command)? })
             }
-            EventKind::Exec => EventBody::Exec(Exec { command: req_str(row, C::Command)? }),
             EventKind::ExitStatus => EventBody::ExitStatus(ExitStatus {
+                channel_id: row.take_u32(C::ChannelId)?,
                 message: row.take_str(C::Message)?,
                 exit_code: row.take_i32(C::ExitCode)?,
                 exit_signal: row.take_str(C::ExitSignal)?,
             }),
             EventKind::FileTransfer => EventBody::FileTransfer(FileTransfer {
+                channel_id: row.take_u32(C::ChannelId)?,
                 byte_count: row.take_u64(C::ByteCount)?,
                 operation: req_str(row, C::Operation)?,
                 path: req_str(row, C::Path)?,
+            }),
+            EventKind::PortForward => EventBody::PortForward(PortForward {
+                channel_id: row.take_u32(C::ChannelId)?,
+                operation: req_str(row, C::Operation)?,
+                host: row.take_str(C::Host)?,
+                port: row.take_u32(C::Port)?,
+                outcome: row.take_str(C::Outcome)?.map(|o| o.parse()).transpose()?,
+                rule: row.take_str(C::Rule)?,
+                ref_seq: row.take_u64(C::RefSeq)?,
+                bytes_to_target: row.take_u64(C::BytesToTarget)?,
+                bytes_to_client: row.take_u64(C::BytesToClient)?,
+                duration_ns: row.take_u64(C::DurationNs)?,
+                message: row.take_str(C::Message)?,
             }),
             EventKind::HttpRequest => EventBody::HttpRequest(HttpRequest {
                 byte_count: req_u64(row, C::ByteCount)?,
@@ -792,7 +940,7 @@ impl EventBody {
                 target_session: row.take_str(C::TargetSession)?,
                 ref_seq: row.take_u64(C::RefSeq)?,
                 message: row.take_str(C::Message)?,
-                sql: row.take_str(C::Sql)?,
+                held: held(row)?,
             }),
             EventKind::MaskingApplied => EventBody::MaskingApplied(MaskingApplied {
                 masking_profile: row.take_str(C::MaskingProfile)?,

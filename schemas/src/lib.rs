@@ -45,4 +45,9 @@ pub use vocab::*;
 /// - v3: `tokens` and `tokens_dropped` on results: the keyed tokens masking
 ///   wrote into every row, sampled or not, so a value is found wherever it
 ///   passed.
-pub const SCHEMA_VERSION: u32 = 3;
+/// - v4: what multiplexed protocols need: `channel_id` on terminal, exec,
+///   exit and file events (an SSH channel, an HTTP/2 stream); the
+///   `port_forward` kind (`port`, `bytes_to_target`, `bytes_to_client`);
+///   reviews of any request: a held command in `command`, a held file
+///   operation in `path`, a held statement in `sql` as before.
+pub const SCHEMA_VERSION: u32 = 4;

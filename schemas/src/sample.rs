@@ -89,19 +89,45 @@ pub fn full(kind: EventKind) -> EventBody {
         K::RawFrame => {
             RawFrame { frame_tag: s("F"), byte_count: 18, data: vec![0x46, 0, 0, 0, 17], truncated: true }.into()
         }
-        K::PtyRequest => PtyRequest { term: s("xterm-256color"), width: 120, height: 40 }.into(),
-        K::TerminalInput => TerminalInput { data: b"ls -la\r".to_vec() }.into(),
-        K::TerminalOutput => {
-            TerminalOutput { stream: OutputStream::Stdout, data: b"\x1b[32mtotal 8\x1b[0m\r\n".to_vec() }.into()
+        K::PtyRequest => PtyRequest { channel_id: Some(0), term: s("xterm-256color"), width: 120, height: 40 }.into(),
+        K::TerminalInput => TerminalInput { channel_id: Some(0), data: b"ls -la\r".to_vec() }.into(),
+        K::TerminalOutput => TerminalOutput {
+            channel_id: Some(0),
+            stream: OutputStream::Stdout,
+            // Not UTF-8: terminal data is bytes.
+            data: b"\x1b[32mtotal 8\x1b[0m\r\n\xff\xfe".to_vec(),
         }
-        K::Resize => Resize { width: 200, height: 50 }.into(),
-        K::Exec => Exec { command: s("uptime") }.into(),
-        K::ExitStatus => {
-            ExitStatus { exit_code: Some(1), exit_signal: some("TERM"), message: some("terminated") }.into()
+        .into(),
+        K::Resize => Resize { channel_id: Some(0), width: 200, height: 50 }.into(),
+        K::Exec => Exec { channel_id: Some(1), command: s("uptime") }.into(),
+        K::ExitStatus => ExitStatus {
+            channel_id: Some(1),
+            exit_code: Some(1),
+            exit_signal: some("TERM"),
+            message: some("terminated"),
         }
-        K::FileTransfer => {
-            FileTransfer { operation: s("write"), path: s("/srv/app/config.yml"), byte_count: Some(512) }.into()
+        .into(),
+        K::FileTransfer => FileTransfer {
+            channel_id: Some(2),
+            operation: s("write"),
+            path: s("/srv/app/config.yml"),
+            byte_count: Some(512),
         }
+        .into(),
+        K::PortForward => PortForward {
+            channel_id: Some(3),
+            operation: s("direct-tcpip"),
+            host: some("db.internal"),
+            port: Some(5432),
+            outcome: None,
+            rule: None,
+            ref_seq: Some(21),
+            bytes_to_target: Some(4096),
+            bytes_to_client: Some(65_536),
+            duration_ns: Some(2_000_000_000),
+            message: some("closed by the client"),
+        }
+        .into(),
         K::HttpRequest => HttpRequest {
             method: s("POST"),
             host: some("billing.internal"),
@@ -155,7 +181,11 @@ pub fn full(kind: EventKind) -> EventBody {
             target_session: some("0192f0c1-0000-7000-8000-000000000001"),
             ref_seq: Some(9),
             message: some("looks fine"),
-            sql: some("drop table tmp_import"),
+            held: Some(match kind {
+                K::ReviewApproved => Held { kind: HeldKind::Exec, text: s("systemctl restart app") },
+                K::ReviewDenied => Held { kind: HeldKind::File, text: s("remove /etc/app/secrets.yml") },
+                _ => Held::statement("drop table tmp_import"),
+            }),
         }
         .into(),
         K::MaskingApplied => MaskingApplied {
@@ -218,13 +248,29 @@ pub fn minimal(kind: EventKind) -> EventBody {
         }
         K::Cancel => Cancel::default().into(),
         K::RawFrame => RawFrame { frame_tag: s("V"), byte_count: 0, data: vec![], truncated: false }.into(),
-        K::PtyRequest => PtyRequest { term: s("vt100"), width: 0, height: 0 }.into(),
-        K::TerminalInput => TerminalInput { data: vec![] }.into(),
-        K::TerminalOutput => TerminalOutput { stream: OutputStream::Stderr, data: vec![] }.into(),
-        K::Resize => Resize { width: u32::MAX, height: 1 }.into(),
-        K::Exec => Exec { command: s("") }.into(),
+        K::PtyRequest => PtyRequest { channel_id: None, term: s("vt100"), width: 0, height: 0 }.into(),
+        K::TerminalInput => TerminalInput { channel_id: None, data: vec![] }.into(),
+        K::TerminalOutput => TerminalOutput { channel_id: None, stream: OutputStream::Stderr, data: vec![] }.into(),
+        K::Resize => Resize { channel_id: None, width: u32::MAX, height: 1 }.into(),
+        K::Exec => Exec { channel_id: None, command: s("") }.into(),
         K::ExitStatus => ExitStatus::default().into(),
-        K::FileTransfer => FileTransfer { operation: s("stat"), path: s("/"), byte_count: None }.into(),
+        K::FileTransfer => {
+            FileTransfer { channel_id: None, operation: s("stat"), path: s("/"), byte_count: None }.into()
+        }
+        K::PortForward => PortForward {
+            channel_id: None,
+            operation: s("tcpip-forward"),
+            host: None,
+            port: None,
+            outcome: Some(PolicyOutcome::Block),
+            rule: some("forwarding"),
+            ref_seq: None,
+            bytes_to_target: None,
+            bytes_to_client: None,
+            duration_ns: None,
+            message: None,
+        }
+        .into(),
         K::HttpRequest => HttpRequest {
             method: s("GET"),
             host: None,
@@ -278,7 +324,7 @@ pub fn minimal(kind: EventKind) -> EventBody {
             target_session: None,
             ref_seq: None,
             message: None,
-            sql: None,
+            held: None,
         }
         .into(),
         K::MaskingApplied => MaskingApplied::default().into(),

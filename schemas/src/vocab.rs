@@ -159,6 +159,7 @@ vocabulary! {
         Exec = "exec": "a command run without a terminal (ssh exec, subsystem)",
         ExitStatus = "exit_status": "how a command or shell ended",
         FileTransfer = "file_transfer": "a file operation (SFTP/SCP)",
+        PortForward = "port_forward": "a forwarded connection (SSH direct-tcpip, tcpip-forward, agent, X11): asked for and decided, then closed with its byte counts",
         HttpRequest = "http_request": "an HTTP request: method, target, headers, bounded body",
         HttpResponse = "http_response": "an HTTP response: status, headers, bounded body, duration",
         GrantRequested = "grant_requested": "a subject asked for access to a resource",
@@ -168,10 +169,10 @@ vocabulary! {
         GrantExpired = "grant_expired": "a grant (or its undecided request) expired",
         GrantRevoked = "grant_revoked": "a grant was revoked",
         PolicyDecision = "policy_decision": "what the policy decided for a statement or command, and by which rule",
-        ReviewRequested = "review_requested": "a statement was held for human approval",
-        ReviewApproved = "review_approved": "a held statement was approved",
-        ReviewDenied = "review_denied": "a held statement was denied",
-        ReviewExpired = "review_expired": "a held statement's review expired",
+        ReviewRequested = "review_requested": "a statement, command or file operation was held for human approval",
+        ReviewApproved = "review_approved": "a held request was approved",
+        ReviewDenied = "review_denied": "a held request was denied",
+        ReviewExpired = "review_expired": "a held request's review expired",
         MaskingApplied = "masking_applied": "how many values each masking rule replaced in a result or message",
         RecordingAccessed = "recording_accessed": "someone searched, read or exported recordings",
         RetentionDeleted = "retention_deleted": "retention deleted a whole segment",
@@ -187,7 +188,9 @@ impl EventKind {
             SessionStart | SessionEnd => "session",
             Prepare | Statement | Result | Error | Notice | Notification | ParameterStatus | Copy | Cancel
             | RawFrame => "postgres",
-            PtyRequest | TerminalInput | TerminalOutput | Resize | Exec | ExitStatus | FileTransfer => "terminal",
+            PtyRequest | TerminalInput | TerminalOutput | Resize | Exec | ExitStatus | FileTransfer | PortForward => {
+                "terminal"
+            }
             HttpRequest | HttpResponse => "http",
             GrantRequested
             | GrantApproved

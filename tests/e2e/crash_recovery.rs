@@ -175,7 +175,7 @@ fn placeholder(key: (SessionId, u64)) -> Event {
         seq: key.1,
         time: Timestamp(0),
         direction: proctor_schemas::Direction::Gateway,
-        body: EventBody::Exec(proctor_schemas::Exec { command: String::new() }),
+        body: EventBody::Exec(proctor_schemas::Exec { channel_id: None, command: String::new() }),
     }
 }
 

@@ -5,7 +5,7 @@
 //! the rule set's approval group and the admin group decide them; to anyone
 //! else they do not exist.
 
-use proctor_schemas::{ReviewAction, ReviewEvent};
+use proctor_schemas::{Held, HeldKind, ReviewAction, ReviewEvent};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -194,7 +194,14 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             target_session: Some(review.session_id.clone()),
             ref_seq: review.ref_seq.and_then(|s| u64::try_from(s).ok()),
             message,
-            sql: (review.kind == ReviewKind::Statement).then(|| review.text.clone()),
+            held: Some(Held {
+                kind: match review.kind {
+                    ReviewKind::Statement => HeldKind::Statement,
+                    ReviewKind::Exec => HeldKind::Exec,
+                    ReviewKind::File => HeldKind::File,
+                },
+                text: review.text.clone(),
+            }),
         };
         self.session.record(event).await?;
         self.review_counters.add(action);

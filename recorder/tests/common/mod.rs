@@ -38,7 +38,7 @@ pub fn output(session: SessionId, time: i64, bytes: usize) -> NewEvent {
         session,
         Timestamp(time),
         Direction::TargetToClient,
-        TerminalOutput { stream: OutputStream::Stdout, data },
+        TerminalOutput { channel_id: None, stream: OutputStream::Stdout, data },
     )
 }
 
