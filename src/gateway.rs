@@ -7,6 +7,7 @@ use proctor_gateway_core::auth::Authenticator;
 use proctor_gateway_core::config::ResourceKind;
 use proctor_gateway_core::postgres::rules::RuleSet;
 use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, Shared, StatementPolicy};
+use proctor_gateway_core::session::RunningResource;
 use proctor_gateway_core::threads::SessionThreads;
 use proctor_gateway_core::tls;
 use tokio::sync::watch;
@@ -20,8 +21,9 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     /// Each resource's name and bound address.
     pub listeners: Vec<(String, std::net::SocketAddr)>,
-    /// The resources served (their session counters feed the metrics).
-    pub resources: Vec<Arc<PgResource>>,
+    /// The resources served, whatever their protocol (their session
+    /// counters feed the metrics).
+    pub resources: Vec<Arc<dyn RunningResource>>,
     /// Statement rules, shared by every session (decision counts feed the metrics).
     pub policy: Arc<StatementPolicy>,
 }
@@ -72,7 +74,7 @@ pub async fn start<A: Authenticator>(
         None => SessionThreads::per_core(),
     }
     .context("cannot start the session threads")?;
-    let mut resources = Vec::new();
+    let mut resources: Vec<Arc<dyn RunningResource>> = Vec::new();
     for resource in &config.resources {
         match &resource.kind {
             ResourceKind::Postgres(postgres) => {

@@ -17,7 +17,7 @@ use proctor_gateway_core::control::{
     Control, ControlConfig, GrantAuthenticator, LiveGrants, Offer, Policies, SqlStore, api,
 };
 use proctor_gateway_core::identity::{DevIssuer, Verifier};
-use proctor_gateway_core::postgres::PgResource;
+use proctor_gateway_core::session::RunningResource;
 use proctor_replay_server::{ApiState, Console, ConsoleConfig, DevIssuerEndpoints, RecorderAccessLog};
 
 use crate::cli::UpArgs;
@@ -97,12 +97,12 @@ fn gateway_metrics(
             "Statement policy decisions under rules, by outcome (a held statement counts when the control plane answers).",
             &decisions,
         );
-        let by_resource = |value: &dyn Fn(&PgResource) -> u64| -> Vec<(String, f64)> {
-            resources.iter().map(|r| (format!("resource=\"{}\"", r.name), value(r) as f64)).collect()
+        let by_resource = |value: &dyn Fn(&dyn RunningResource) -> u64| -> Vec<(String, f64)> {
+            resources.iter().map(|r| (format!("resource=\"{}\"", r.name()), value(&**r) as f64)).collect()
         };
-        let live = by_resource(&|r| r.sessions.live());
+        let live = by_resource(&|r| r.sessions().live());
         api::family(&mut out, "proctor_sessions_live", "gauge", "Client connections open, by resource.", &live);
-        let total = by_resource(&|r| r.sessions.total());
+        let total = by_resource(&|r| r.sessions().total());
         api::family(&mut out, "proctor_sessions_total", "counter", "Client connections accepted, by resource.", &total);
         let stats = sink.stats();
         let one = |v: u64| [(String::new(), v as f64)];

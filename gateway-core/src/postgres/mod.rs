@@ -29,7 +29,6 @@ mod values;
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cancel::CancelRegistry;
@@ -43,6 +42,7 @@ pub use upstream::Target;
 use crate::auth::Authenticator;
 use crate::config::{PostgresConfig, ResourceConfig};
 use crate::masking::Profiles;
+use crate::session::SessionCounters;
 use crate::threads::SessionThreads;
 use crate::{EventSink, GatewayError};
 
@@ -61,35 +61,17 @@ pub struct PgResource {
     pub databases: Vec<String>,
 }
 
-/// Connections of a resource: open now, and accepted since start.
-#[derive(Debug, Default)]
-pub struct SessionCounters {
-    live: AtomicU64,
-    total: AtomicU64,
-}
-
-impl SessionCounters {
-    pub fn live(&self) -> u64 {
-        self.live.load(Ordering::Relaxed)
+impl crate::session::RunningResource for PgResource {
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+    fn protocol(&self) -> crate::config::ResourceProtocol {
+        crate::config::ResourceProtocol::Postgres
     }
 
-    fn enter(&self) -> Entered<'_> {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        self.live.fetch_add(1, Ordering::Relaxed);
-        Entered(self)
-    }
-}
-
-/// One open connection; counted out when dropped (also on a panic).
-struct Entered<'a>(&'a SessionCounters);
-
-impl Drop for Entered<'_> {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    fn sessions(&self) -> &SessionCounters {
+        &self.sessions
     }
 }
 

@@ -29,6 +29,8 @@ pub use guard::guarded;
 pub use listen::serve;
 pub use log::{LOG_QUEUE, SessionLog};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use proctor_schemas::{Direction, EndReason, SessionEnd};
 
 use crate::EventSink;
@@ -58,6 +60,49 @@ pub struct Refusal {
     pub reason: EndReason,
     pub message: String,
     pub hint: Option<String>,
+}
+
+/// What the gateway's wiring (metrics, the control plane's offers) sees of a
+/// resource being served, whatever its protocol.
+pub trait RunningResource: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn protocol(&self) -> crate::config::ResourceProtocol;
+    /// Its connections, counted.
+    fn sessions(&self) -> &SessionCounters;
+}
+
+/// Connections of a resource: open now, and accepted since start.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    live: AtomicU64,
+    total: AtomicU64,
+}
+
+impl SessionCounters {
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection in; it is counted out when the guard is dropped
+    /// (also on a panic).
+    pub fn enter(&self) -> Entered<'_> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Entered(self)
+    }
+}
+
+/// One open connection; counted out when dropped.
+pub struct Entered<'a>(&'a SessionCounters);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Records the session's end (its last event) and flushes it.
