@@ -119,6 +119,11 @@ impl<'de> Deserialize<'de> for ResourceConfig {
             })?,
             None => return Err(D::Error::custom(format!("resource {name}: `listen` is required"))),
         };
+        // TOML's `nan` and `inf` arrive as nothing: a key set to them is
+        // refused, not taken as unset.
+        if let Some((key, _)) = entry.iter().find(|(_, value)| value.is_null()) {
+            return Err(D::Error::custom(format!("resource {name}: `{key}` has no usable value")));
+        }
         if let Some(key) = entry.keys().find(|key| !protocol.keys().contains(&key.as_str())) {
             let elsewhere = ResourceProtocol::ALL
                 .iter()

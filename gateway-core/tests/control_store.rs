@@ -418,6 +418,25 @@ async fn a_sqlite_store_of_the_first_release_opens_and_keeps_its_grants_and_revi
     first_release_store_migrates(&url).await;
 }
 
+/// A store from before reviews existed (grants only) opens too: what is
+/// missing is created, the grants kept.
+#[tokio::test]
+async fn a_store_from_before_reviews_opens_with_its_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("control.db").display());
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(&url).await.unwrap();
+    for statement in FIRST_RELEASE.iter().filter(|s| s.contains("grants")) {
+        sqlx::query(*statement).execute(&old).await.unwrap();
+    }
+    old.close().await;
+    let store = SqlStore::open(&url).await.unwrap();
+    assert_eq!(store.get("g_old").await.unwrap().unwrap().subject, "alice");
+    let held = review("r_0000000000000001", "g_old", "alice", "drop table t", 1_000, 9_000);
+    store.insert_review(&held).await.unwrap();
+    assert_eq!(store.get_review(&held.id).await.unwrap(), Some(held));
+}
+
 #[tokio::test]
 async fn a_postgres_store_of_the_first_release_opens_and_keeps_its_grants_and_reviews() {
     let cluster = Cluster::start(&Options::default()).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));

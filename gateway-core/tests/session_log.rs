@@ -18,11 +18,13 @@ use proctor_schemas::{
     TerminalOutput,
 };
 
-/// The recorder as the gateway's sink; refuses every batch while `down`.
+/// The recorder as the gateway's sink; refuses every batch while `down`,
+/// and fails inside (panics) on the next batch after `panic_next` is set.
 #[derive(Clone)]
 struct Recording {
     sink: proctor_recorder::Sink,
     down: Arc<AtomicBool>,
+    panic_next: Arc<AtomicBool>,
 }
 
 impl EventSink for Recording {
@@ -33,6 +35,9 @@ impl EventSink for Recording {
     async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(SinkError("the disk is full".into()));
+        }
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("a defect in the recording");
         }
         self.sink.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
     }
@@ -68,7 +73,7 @@ async fn tasks_of_one_session_record_through_its_log_in_order_and_whole() {
     let dir = tempfile::tempdir().unwrap();
     let recorder = Recorder::open(dir.path(), &RecorderSettings::default()).unwrap();
     let down = Arc::new(AtomicBool::new(false));
-    let sink = Recording { sink: recorder.sink(), down: down.clone() };
+    let sink = Recording { sink: recorder.sink(), down: down.clone(), panic_next: Arc::default() };
     let id = SessionId::new();
     let mut session = SessionRecorder::new(sink, id);
     session.push(Direction::Gateway, start());
@@ -133,4 +138,69 @@ async fn tasks_of_one_session_record_through_its_log_in_order_and_whole() {
         }
     }
     assert!(!events.iter().any(|e| matches!(&e.body, EventBody::TerminalOutput(o) if o.data == b"lost")));
+}
+
+/// Opens a session through the real recorder and hands it to a log.
+async fn open_log(
+    dir: &std::path::Path,
+) -> (Recorder, Recording, SessionId, SessionLog, tokio::task::JoinHandle<SessionRecorder<Recording>>) {
+    let recorder = Recorder::open(dir, &RecorderSettings::default()).unwrap();
+    let sink = Recording { sink: recorder.sink(), down: Arc::default(), panic_next: Arc::default() };
+    let id = SessionId::new();
+    let mut session = SessionRecorder::new(sink.clone(), id);
+    session.push(Direction::Gateway, start());
+    session.flush().await.unwrap();
+    let (log, actor) = SessionLog::spawn(session);
+    (recorder, sink, id, log, actor)
+}
+
+/// One request the recorder refuses (a second `session_start`) among others
+/// waiting with it is refused alone: the others are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_does_not_take_the_others_waiting_with_it_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recorder, _sink, id, log, actor) = open_log(dir.path()).await;
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for task in 0..16 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = if task == 7 { start() } else { output(format!("round {round} task {task}")) };
+                (task, log.record(vec![(Direction::TargetToClient, body)]).await)
+            }));
+        }
+        for task in tasks {
+            let (task, answer) = task.await.unwrap();
+            assert_eq!(answer.is_ok(), task != 7, "round {round} task {task}: {answer:?}");
+        }
+    }
+    drop(log);
+    let mut session = actor.await.unwrap();
+    session.push(Direction::Gateway, SessionEnd { reason: EndReason::ClientClosed, message: None }.into());
+    session.flush().await.unwrap();
+    recorder.close().unwrap();
+    let events = Reader::open(dir.path()).unwrap().session_events(id).unwrap();
+    assert_eq!(events.len(), 1 + 5 * 15 + 1, "start, the 75 good requests, end");
+    assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+}
+
+/// The recording failing inside (a panic) refuses the request, records the
+/// session's end as an internal error, and refuses everything after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_fails_inside_ends_the_session_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recorder, sink, id, log, actor) = open_log(dir.path()).await;
+    log.record(vec![(Direction::TargetToClient, output("before".into()))]).await.unwrap();
+    sink.panic_next.store(true, Ordering::SeqCst);
+    assert!(log.record(vec![(Direction::TargetToClient, output("lost".into()))]).await.is_err());
+    let after = log.record(vec![(Direction::TargetToClient, output("after".into()))]).await;
+    assert!(after.unwrap_err().0.contains("has ended"), "nothing more is taken");
+    drop(log);
+    let session = actor.await.unwrap();
+    assert!(session.ended());
+    recorder.close().unwrap();
+    let events = Reader::open(dir.path()).unwrap().session_events(id).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind().as_str()).collect();
+    assert_eq!(kinds, ["session_start", "terminal_output", "session_end"]);
+    assert!(matches!(&events[2].body, EventBody::SessionEnd(end) if end.reason == EndReason::InternalError));
 }

@@ -165,7 +165,11 @@ pub async fn fetch_https(
         .map_err(|e| format!("reading the CA file failed: {e}"))?
         .map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
-    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    // The Host header names the host and port, never userinfo in the URL.
+    let authority = match uri.port_u16() {
+        Some(port) => format!("{}:{port}", uri.host().unwrap_or_default()),
+        None => uri.host().unwrap_or_default().to_string(),
+    };
     let path = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
     let fetch = async move {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
@@ -177,7 +181,7 @@ pub async fn fetch_https(
             .body(http_body_util::Full::default())
             .map_err(|e| e.to_string())?;
         let response = send_once(stream, request, max_body).await?;
-        if !response.status().is_success() {
+        if response.status() != hyper::StatusCode::OK {
             return Err(format!("answered {}", response.status()));
         }
         Ok(response.into_body().to_vec())

@@ -10,7 +10,7 @@
 //! `nbf`..`exp` window give or take the configured clock skew.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -172,12 +172,14 @@ struct Claims {
 }
 
 struct Issuer {
-    config: IssuerConfig,
+    config: Arc<IssuerConfig>,
     algorithms: Vec<Algorithm>,
-    keys: RwLock<JwkSet>,
-    /// When the JWKS was last read: unknown key ids re-read it at most once
-    /// per [`JWKS_REFRESH`], so forged tokens cannot make every request do it.
-    read_at: std::sync::Mutex<std::time::Instant>,
+    /// Shared with the task that reads them again.
+    keys: Arc<RwLock<JwkSet>>,
+    /// When the JWKS was last asked for (`None`: never since start): unknown
+    /// key ids ask again at most once per [`JWKS_REFRESH`], so forged
+    /// tokens cannot make every request do it.
+    read_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The largest token accepted (a JWT with a few hundred groups fits).
@@ -272,11 +274,10 @@ impl Verifier {
                     }
                     Err(error) => return Err(error),
                 };
-                let keys = RwLock::new(keys);
-                // The first unknown key may re-read at once.
-                let now = std::time::Instant::now();
-                let read_at = std::sync::Mutex::new(now.checked_sub(JWKS_REFRESH).unwrap_or(now));
-                Issuer { config: config.clone(), algorithms, keys, read_at }
+                let keys = Arc::new(RwLock::new(keys));
+                // The first unknown key may ask again at once.
+                let read_at = std::sync::Mutex::new(None);
+                Issuer { config: Arc::new(config.clone()), algorithms, keys, read_at }
             });
         }
         Ok(Verifier { issuers })
@@ -289,13 +290,26 @@ impl Verifier {
         let mut read_again = None;
         let verified = self.verify_with_keys(token, Some(&mut read_again));
         let Some(index) = read_again else { return verified };
+        // Read on a task of its own: a caller that goes away (a client that
+        // hangs up) does not cancel it, so forged tokens cannot keep new
+        // keys from being read.
         let issuer = &self.issuers[index];
-        match read_jwks(&issuer.config).await {
-            Ok(fresh) => *issuer.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh,
-            Err(error) => {
-                tracing::warn!(issuer = %issuer.config.issuer, %error, "cannot read the issuer's keys again");
-                return verified;
+        let (config, keys) = (issuer.config.clone(), issuer.keys.clone());
+        let read = tokio::spawn(async move {
+            match read_jwks(&config).await {
+                // A set with no key (an issuer mid-deploy, a cache answering
+                // wrongly) would lock everyone out: the keys at hand stay.
+                Ok(fresh) if fresh.keys.is_empty() => {
+                    tracing::warn!(issuer = %config.issuer, "the issuer's key set is empty now; keeping the keys it had");
+                }
+                Ok(fresh) => *keys.write().unwrap_or_else(|p| p.into_inner()) = fresh,
+                Err(error) => {
+                    tracing::warn!(issuer = %config.issuer, %error, "cannot read the issuer's keys again");
+                }
             }
+        });
+        if read.await.is_err() {
+            return verified;
         }
         self.verify_with_keys(token, None)
     }
@@ -410,8 +424,8 @@ impl Verifier {
             // make every request fetch them).
             if let Some(read_again) = read_again {
                 let mut read_at = issuer.read_at.lock().unwrap_or_else(|p| p.into_inner());
-                if read_at.elapsed() >= JWKS_REFRESH {
-                    *read_at = std::time::Instant::now();
+                if read_at.is_none_or(|at| at.elapsed() >= JWKS_REFRESH) {
+                    *read_at = Some(std::time::Instant::now());
                     *read_again = Some(index);
                 }
             }

@@ -131,3 +131,46 @@ fn fetching_keys_holds_no_worker() {
         started.elapsed()
     );
 }
+
+/// A caller that gives up while the issuer's keys are read again (a client
+/// that hangs up) does not cancel the read: the next token of the new key
+/// verifies, within the 30 s in which no second read is allowed. And a key
+/// set that comes back empty does not replace the keys at hand.
+#[test]
+fn a_caller_that_goes_away_does_not_cancel_the_read_and_an_empty_set_changes_nothing() {
+    let (_a_dir, a) = dev_issuer();
+    let jwks = Arc::new(Mutex::new(serde_json::to_string(&a.jwks()).unwrap()));
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (url, cert, _server) = serve(jwks.clone(), tls_dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let verifier = runtime.block_on(Verifier::new(&[issuer(&url, Some(cert.clone()))])).unwrap();
+
+    // An empty set is not adopted: a's tokens still verify.
+    *jwks.lock().unwrap() = r#"{"keys":[]}"#.to_string();
+    let (_x_dir, stranger) = dev_issuer();
+    let forged = stranger.sign("mallory", &["ci".into()], Duration::from_secs(600)).unwrap();
+    assert!(runtime.block_on(verifier.verify(&forged)).is_err());
+    let token = a.sign("alice", &["ci".into()], Duration::from_secs(600)).unwrap();
+    assert_eq!(runtime.block_on(verifier.verify(&token)).unwrap().subject, "alice");
+
+    // Another verifier, the issuer rotated to b: the first token of b asks
+    // for the keys and its caller goes away at once.
+    let (_b_dir, b) = dev_issuer();
+    *jwks.lock().unwrap() = serde_json::to_string(&a.jwks()).unwrap();
+    let second = runtime.block_on(Verifier::new(&[issuer(&url, Some(cert))])).unwrap();
+    *jwks.lock().unwrap() = serde_json::to_string(&b.jwks()).unwrap();
+    let token = b.sign("bob", &["ci".into()], Duration::from_secs(600)).unwrap();
+    let gave_up =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_micros(1), second.verify(&token)).await });
+    assert!(gave_up.is_err(), "the caller gave up before the keys came");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match runtime.block_on(second.verify(&token)) {
+            Ok(identity) => break assert_eq!(identity.subject, "bob"),
+            Err(IdentityError::UnknownKey { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("the read the first caller started was cancelled with it: {error}"),
+        }
+    }
+}

@@ -115,6 +115,8 @@ pub fn transcript_line(event: &Event) -> String {
                 .map(|o| {
                     o.iter()
                         .filter(|(k, _)| !["session_id", "seq", "time", "kind", "direction"].contains(&k.as_str()))
+                        // The transcript is for reading: the exact bytes are in the JSON.
+                        .filter(|(k, _)| !k.ends_with("_base64"))
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect()
                 })

@@ -483,9 +483,14 @@ fn held(row: &mut Row) -> Result<Option<Held>, SchemaError> {
     ];
     let mut held = found.into_iter().filter_map(|(kind, text)| text.map(|text| Held { kind, text }));
     let first = held.next();
-    if held.next().is_some() {
+    if let Some(second) = held.next() {
+        let column = match second.kind {
+            HeldKind::Statement => C::Sql,
+            HeldKind::Exec => C::Command,
+            HeldKind::File => C::Path,
+        };
         return Err(SchemaError::bad(
-            C::Sql,
+            column,
             "a review event names one held request (sql, command or path), not several",
         ));
     }

@@ -113,6 +113,7 @@ fn up_refuses_a_resource_key_its_protocol_does_not_use() {
             "protocol = \"postgres\"\nsample_rows = \"many\"\n",
             "resource db: `sample_rows` of a postgres resource: invalid type",
         ),
+        ("protocol = \"postgres\"\npassword_file = nan\n", "resource db: `password_file` has no usable value"),
     ] {
         let path = config(dir.path(), &resource(extra));
         let output = run(bin(), &["up", "--config", path.to_str().unwrap()]);

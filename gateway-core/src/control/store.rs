@@ -296,9 +296,11 @@ pub struct SqlStore {
 /// newest version this Proctor knows, applying in order, each in one
 /// transaction, those it has not seen (its version kept in
 /// `proctor_schema`). Version 1 is the store as first released, which had
-/// no version table: a store with a `grants` table and none is at 1. A
-/// store of a newer version than this Proctor knows is refused, not
-/// guessed at.
+/// no version table; its statements create only what is missing, so a store
+/// of any release before versions opens. A store of a newer version than
+/// this Proctor knows is refused, not guessed at. A new review kind is a new
+/// version too: an older Proctor must not open a store whose rows it cannot
+/// read.
 const MIGRATIONS: &[(i64, &[&str])] = &[
     (
         1,
@@ -439,20 +441,22 @@ impl SqlStore {
     }
 }
 
-/// Brings the store at `pool` to [`STORE_VERSION`] (see [`MIGRATIONS`]).
-/// On PostgreSQL, several gateways starting at once take turns: the version
-/// table is locked for the whole migration.
+/// Brings the store at `pool` to [`STORE_VERSION`] (see [`MIGRATIONS`]),
+/// all in one transaction: a crash leaves the store as it was, or migrated.
+/// On PostgreSQL, gateways starting at once take turns (an advisory lock
+/// held to the transaction's end). A store without a version table is of the
+/// first release or new: version 1's statements create only what is missing.
 async fn migrate(pool: &sqlx::AnyPool, postgres: bool) -> Result<(), StoreError> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS proctor_schema (version BIGINT NOT NULL)").execute(pool).await?;
-    // A store of the first release: its tables, no version.
-    let first_release = sqlx::query("SELECT COUNT(*) AS n FROM grants").fetch_one(pool).await.is_ok();
     let mut tx = pool.begin().await?;
     if postgres {
-        sqlx::query("LOCK TABLE proctor_schema IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await?;
+        sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7347016)) AS migration")
+            .execute(&mut *tx)
+            .await?;
     }
+    sqlx::query("CREATE TABLE IF NOT EXISTS proctor_schema (version BIGINT NOT NULL)").execute(&mut *tx).await?;
     let stored: Option<i64> =
         sqlx::query("SELECT MAX(version) AS v FROM proctor_schema").fetch_one(&mut *tx).await?.try_get("v")?;
-    let current = stored.unwrap_or(if first_release { 1 } else { 0 });
+    let current = stored.unwrap_or(0);
     if current > STORE_VERSION {
         return Err(StoreError(format!(
             "the store is at schema version {current}, written by a newer Proctor; this one knows versions up to \

@@ -21,11 +21,7 @@ pub async fn guarded<S: EventSink>(
 ) {
     let served = AssertUnwindSafe(work(recorder)).catch_unwind().await;
     let Err(panic) = served else { return };
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown failure".to_string());
+    let what = super::panic_message(&*panic);
     tracing::error!(session_id = %recorder.session_id(), panic = %what, "a session failed internally; its connection was cut");
     recorder.discard_pending();
     if recorder.ended() {

@@ -6,10 +6,13 @@
 //! seqs. Seqs follow the order requests reach the actor, dense per session;
 //! events keep the times their tasks saw them. Requests waiting together are
 //! recorded in one batch (one round trip to the WAL), each still all or
-//! nothing: a refused flush refuses every request in it, and none of their
-//! seqs are used.
+//! nothing: a batch the recorder refuses is tried again request by request,
+//! so that one request (too large beside the others, an event after the
+//! session's end) is refused alone, and a refused request uses no seq. If
+//! the recording itself fails (a panic), its senders are refused, the
+//! session's end is recorded if it can be, and the log takes nothing more.
 
-use proctor_schemas::{Direction, EventBody, SessionId, Timestamp};
+use proctor_schemas::{Direction, EndReason, EventBody, SessionEnd, SessionId, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::recording::{Record, SessionRecorder};
@@ -68,29 +71,111 @@ impl SessionLog {
 }
 
 async fn run<S: EventSink>(mut recorder: SessionRecorder<S>, mut queue: mpsc::Receiver<Request>) -> SessionRecorder<S> {
-    let mut group: Vec<(Request, std::ops::Range<u64>)> = Vec::with_capacity(GROUP);
+    let mut group: Vec<Request> = Vec::with_capacity(GROUP);
     while let Some(first) = queue.recv().await {
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            let start = recorder.pending_seq();
-            for (time, direction, body) in &request.events {
-                recorder.push_at(*time, *direction, body.clone());
-            }
-            let end = recorder.pending_seq();
-            group.push((request, start..end));
-            if group.len() < GROUP {
-                next = queue.try_recv().ok();
-            }
+        group.push(first);
+        while group.len() < GROUP {
+            let Ok(request) = queue.try_recv() else { break };
+            group.push(request);
         }
-        let flushed = recorder.flush().await;
-        for (request, seqs) in group.drain(..) {
-            let answer = match &flushed {
-                Ok(()) => Ok(seqs.collect()),
-                Err(error) => Err(error.clone()),
-            };
-            // A sender that stopped waiting has its events recorded anyway.
-            let _ = request.reply.send(answer);
+        let ranges: Vec<std::ops::Range<u64>> = group.iter().map(|request| push(&mut recorder, request)).collect();
+        let flushed = flush(&mut recorder).await;
+        match flushed {
+            Ok(()) => {
+                for (request, seqs) in group.drain(..).zip(ranges) {
+                    // A sender that stopped waiting has its events recorded anyway.
+                    let _ = request.reply.send(Ok(seqs.collect()));
+                }
+            }
+            // Refused together (too large as one batch, or one request the
+            // recorder refuses, an event after the session's end): each is
+            // tried alone, so one request does not take the others down. The
+            // refused flush recorded nothing and freed its seqs.
+            Err(Flush::Refused(_)) if group.len() > 1 => {
+                let mut broken = None;
+                for request in group.drain(..) {
+                    if let Some(error) = &broken {
+                        let _ = request.reply.send(Err(SinkError::clone(error)));
+                        continue;
+                    }
+                    let seqs = push(&mut recorder, &request);
+                    let answer = match flush(&mut recorder).await {
+                        Ok(()) => Ok(seqs.collect()),
+                        Err(failed @ Flush::Panicked(_)) => {
+                            broken = Some(failed.error());
+                            Err(failed.error())
+                        }
+                        Err(failed) => Err(failed.error()),
+                    };
+                    let _ = request.reply.send(answer);
+                }
+                if let Some(error) = broken {
+                    stop(&mut recorder, &error).await;
+                    break;
+                }
+            }
+            Err(failed) => {
+                let error = failed.error();
+                for request in group.drain(..) {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+                if let Flush::Panicked(_) = failed {
+                    stop(&mut recorder, &error).await;
+                    break;
+                }
+            }
         }
     }
     recorder
+}
+
+/// The recording failed inside: its end is recorded if it can be; the log
+/// then takes nothing more (senders are told the recording has ended).
+async fn stop<S: EventSink>(recorder: &mut SessionRecorder<S>, error: &SinkError) {
+    if recorder.ended() {
+        return;
+    }
+    let message = format!("{}; the session's recording stopped", error.0);
+    recorder.push(Direction::Gateway, SessionEnd { reason: EndReason::InternalError, message: Some(message) }.into());
+    let _ = flush(recorder).await;
+}
+
+/// Pushes a request's events; their seqs.
+fn push<S: EventSink>(recorder: &mut SessionRecorder<S>, request: &Request) -> std::ops::Range<u64> {
+    let start = recorder.pending_seq();
+    for (time, direction, body) in &request.events {
+        recorder.push_at(*time, *direction, body.clone());
+    }
+    start..recorder.pending_seq()
+}
+
+/// How a flush failed.
+enum Flush {
+    /// The recorder refused the batch: none of it was recorded.
+    Refused(SinkError),
+    /// The recording code panicked.
+    Panicked(String),
+}
+
+impl Flush {
+    fn error(&self) -> SinkError {
+        match self {
+            Flush::Refused(error) => error.clone(),
+            Flush::Panicked(what) => SinkError(format!("the recording failed internally ({what})")),
+        }
+    }
+}
+
+async fn flush<S: EventSink>(recorder: &mut SessionRecorder<S>) -> Result<(), Flush> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(recorder.flush()).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Flush::Refused(error)),
+        Err(panic) => {
+            let what = super::panic_message(&*panic);
+            tracing::error!(session_id = %recorder.session_id(), panic = %what, "a session's recording failed internally");
+            recorder.discard_pending();
+            Err(Flush::Panicked(what))
+        }
+    }
 }

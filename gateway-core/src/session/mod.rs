@@ -105,6 +105,15 @@ impl Drop for Entered<'_> {
     }
 }
 
+/// What a panic said, for the session's end and the log.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown failure".to_string())
+}
+
 /// Records the session's end (its last event) and flushes it.
 pub async fn end<S: EventSink>(recorder: &mut SessionRecorder<S>, ending: Ending) {
     recorder.push(Direction::Gateway, SessionEnd { reason: ending.reason, message: ending.message }.into());
