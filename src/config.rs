@@ -8,7 +8,7 @@ use proctor_gateway_core::config::{ResourceConfig, ResourceKind, TlsConfig, vali
 use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profile, Profiles};
-use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
+use proctor_postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
 

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use proctor_gateway_core::auth::Authenticator;
 use proctor_gateway_core::config::ResourceKind;
-use proctor_gateway_core::postgres::rules::RuleSet;
-use proctor_gateway_core::postgres::{self, CancelRegistry, PgResource, Shared, StatementPolicy};
 use proctor_gateway_core::session::RunningResource;
 use proctor_gateway_core::threads::SessionThreads;
 use proctor_gateway_core::tls;
+use proctor_postgres::rules::RuleSet;
+use proctor_postgres::{self as postgres, CancelRegistry, PgResource, Shared, StatementPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -62,12 +62,9 @@ pub async fn start<A: Authenticator>(
     if config.resources.is_empty() {
         return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy });
     }
-    let (server_tls, cert) = tls::server_config(
-        &config.tls,
-        &config.data_dir.join("tls"),
-        &[proctor_gateway_core::postgres::ALPN_POSTGRESQL],
-    )
-    .context("cannot set up TLS")?;
+    let (server_tls, cert) =
+        tls::server_config(&config.tls, &config.data_dir.join("tls"), &[proctor_postgres::ALPN_POSTGRESQL])
+            .context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
     let threads = match config.session_threads {
         Some(count) => SessionThreads::start(count),

@@ -17,7 +17,7 @@ use proctor_gateway_core::control::{
     Control, ControlSession, GrantAuthenticator, LiveGrants, Offer, Policies, PolicyConfig, SqlStore,
 };
 use proctor_gateway_core::identity::Identity;
-use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, Target};
+use proctor_postgres::{self as postgres, PgResource, SampleLimits, Shared, Target};
 use proctor_recorder::{Recorder, RecorderSettings};
 use tokio::net::TcpListener;
 

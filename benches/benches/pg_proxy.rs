@@ -34,11 +34,11 @@ use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, r
 use proctor_gateway_core::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator};
 use proctor_gateway_core::config::{TargetTls, TlsConfig};
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profiles};
-use proctor_gateway_core::postgres::classify::Class;
-use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
-use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, StatementPolicy, Target};
 use proctor_gateway_core::threads::SessionThreads;
 use proctor_gateway_core::tls::{server_config, target_client_config};
+use proctor_postgres::classify::Class;
+use proctor_postgres::rules::{RuleSet, RuleSetConfig};
+use proctor_postgres::{self as postgres, PgResource, SampleLimits, Shared, StatementPolicy, Target};
 use proctor_recorder::{Recorder, RecorderSettings, Sink};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -10,8 +10,8 @@
 use std::hint::black_box;
 
 use proctor_benches::per_call;
-use proctor_gateway_core::postgres::classify::{ClassCache, Classification, ParseAs, classify};
-use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig};
+use proctor_postgres::classify::{ClassCache, Classification, ParseAs, classify};
+use proctor_postgres::rules::{RuleSet, RuleSetConfig};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

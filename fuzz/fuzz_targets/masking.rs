@@ -1,4 +1,4 @@
 #![no_main]
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run masking` (from `fuzz/`): see the README.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| proctor_gateway_core::postgres::fuzzing::masking(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proctor_postgres::fuzzing::masking(data));

@@ -1,5 +1,9 @@
-//! Proctor's data path: listeners, protocol adapters, identity, grants,
-//! policy, masking and the session lifecycle.
+//! Proctor's protocol-neutral core: the session lifecycle every protocol
+//! adapter runs on ([`session`]), grants, reviews and the control plane
+//! ([`control`]), resources by protocol ([`config`]), authentication
+//! ([`auth`]) and recording through an [`EventSink`] ([`recording`]). The
+//! adapters (`adapters/postgres`, ...) depend on it, never on each other;
+//! it compiles no protocol's parser.
 //!
 //! Architecture invariant: gateway-core knows nothing of Parquet, tantivy or
 //! the web console, and never imports the recorder. It hands events to an
@@ -10,7 +14,6 @@ pub mod auth;
 pub mod config;
 pub mod control;
 mod error;
-pub mod postgres;
 pub mod recording;
 pub mod session;
 mod sink;

@@ -11,8 +11,8 @@ use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::config::{PostgresConfig, ResourceConfig, ResourceKind, TargetTls, TlsConfig};
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, IdentityConfig};
 use proctor_gateway_core::masking::{Action, MaskingConfig, ProfileConfig};
-use proctor_gateway_core::postgres::classify::Class;
-use proctor_gateway_core::postgres::rules::RuleSetConfig;
+use proctor_postgres::classify::Class;
+use proctor_postgres::rules::RuleSetConfig;
 use proctor_recorder::RecorderSettings;
 use serde_json::json;
 

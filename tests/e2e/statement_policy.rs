@@ -385,7 +385,7 @@ approval_group = "dba""#;
     tokio::spawn(connection);
 
     let evasions: Vec<String> =
-        serde_json::from_str(include_str!("../../gateway-core/tests/data/evasions.json")).unwrap();
+        serde_json::from_str(include_str!("../../adapters/postgres/tests/data/evasions.json")).unwrap();
     assert!(evasions.len() >= 40);
     let refused_by_proctor = |error: &tokio_postgres::Error| {
         error.as_db_error().is_some_and(|db| db.code().code() == "42501" && db.message().starts_with("Proctor "))

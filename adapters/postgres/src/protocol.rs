@@ -23,8 +23,8 @@ use super::gate::{Gate, Gated, Refusal};
 use super::mask;
 use super::messages::fields;
 use super::values;
-use crate::masking::{Counts, Masker};
-use crate::recording::Record;
+use proctor_gateway_core::masking::{Counts, Masker};
+use proctor_gateway_core::recording::Record;
 
 /// How much of each result is kept as a sample.
 #[derive(Clone, Copy, Debug, Default)]
@@ -186,14 +186,14 @@ pub enum Frontend {
 /// What a paused session asks outside itself.
 pub(crate) enum Question {
     /// The control plane: a held statement.
-    Hold(Arc<dyn crate::control::Holds>, crate::control::HoldRequest),
+    Hold(Arc<dyn proctor_gateway_core::control::Holds>, proctor_gateway_core::control::HoldRequest),
     /// The catalog: the columns of the query a COPY will send.
     Describe(copyout::Describe),
 }
 
 /// The answer to a [`Question`] or a table lookup.
 pub(crate) enum Answer {
-    Hold(Result<crate::control::HoldOutcome, String>),
+    Hold(Result<proctor_gateway_core::control::HoldOutcome, String>),
     Described(Result<Vec<Column>, String>),
     Tables(Result<HashMap<u32, Arc<TableInfo>>, String>),
 }
@@ -1447,7 +1447,7 @@ mod tests {
     use proctor_schemas::EventBody;
 
     use super::*;
-    use crate::recording::RecordedEvents;
+    use proctor_gateway_core::recording::RecordedEvents;
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];
@@ -1503,8 +1503,8 @@ mod tests {
     }
 
     /// A masker with the profile `config` (TOML).
-    fn masker_of(config: &str) -> crate::masking::Masker {
-        use crate::masking::{Masker, MaskingKey, Profile, ProfileConfig};
+    fn masker_of(config: &str) -> proctor_gateway_core::masking::Masker {
+        use proctor_gateway_core::masking::{Masker, MaskingKey, Profile, ProfileConfig};
         let config: ProfileConfig = toml::from_str(config).unwrap();
         Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
     }
@@ -1796,7 +1796,7 @@ mod tests {
     fn gated() -> Protocol {
         use super::super::gate::StatementPolicy;
         use super::super::rules::{RuleSet, RuleSetConfig};
-        use crate::control::{HoldFuture, HoldRequest, Holds};
+        use proctor_gateway_core::control::{HoldFuture, HoldRequest, Holds};
         /// The control plane's side is answered by each test itself.
         struct Unasked;
         impl Holds for Unasked {
@@ -1824,7 +1824,7 @@ mod tests {
             ("truncate t", "ci/truncate", "g_1")
         );
         assert!(p.question().is_none(), "asked once");
-        p.answer(Answer::Hold(Ok(crate::control::HoldOutcome::Run {
+        p.answer(Answer::Hold(Ok(proctor_gateway_core::control::HoldOutcome::Run {
             review_id: "r_1".into(),
             approved_by: "dan".into(),
         })));
@@ -1902,7 +1902,7 @@ mod tests {
         let held = parse("s1", "truncate t");
         assert_eq!(p.frontend(&held, &mut events), Frontend::Pause);
         let _ = p.question();
-        p.answer(Answer::Hold(Ok(crate::control::HoldOutcome::Run {
+        p.answer(Answer::Hold(Ok(proctor_gateway_core::control::HoldOutcome::Run {
             review_id: "r_1".into(),
             approved_by: "dan".into(),
         })));
@@ -1934,10 +1934,10 @@ mod tests {
     fn a_statement_text_seen_again_is_masked_as_the_first_time() {
         // The one-entry cache of texts with nothing to mask against masking
         // every time, on generated sequences with repeats, both string modes.
-        let config: crate::masking::ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
+        let config: proctor_gateway_core::masking::ProfileConfig = toml::from_str(r#"detectors = ["all"]"#).unwrap();
         let masker = Arc::new(Masker::new(
-            crate::masking::Profile::new("p", &config).unwrap(),
-            crate::masking::MaskingKey::new(b"k".to_vec()),
+            proctor_gateway_core::masking::Profile::new("p", &config).unwrap(),
+            proctor_gateway_core::masking::MaskingKey::new(b"k".to_vec()),
         ));
         let texts = [
             "select abalance from pgbench_accounts where aid = $1",

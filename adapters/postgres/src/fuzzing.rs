@@ -10,8 +10,10 @@ use super::gate::{Gate, StatementPolicy};
 use super::mask::mask_statement_text;
 use super::protocol::{Answer, Backend, Frontend, Protocol, Question, SampleLimits};
 use super::rules::{RuleSet, RuleSetConfig};
-use crate::masking::{Action, ColumnRuleConfig, Detector, Masker, MaskingKey, Profile, ProfileConfig, find};
-use crate::recording::RecordedEvents;
+use proctor_gateway_core::masking::{
+    Action, ColumnRuleConfig, Detector, Masker, MaskingKey, Profile, ProfileConfig, find,
+};
+use proctor_gateway_core::recording::RecordedEvents;
 
 /// Two query strings, split at the first `\u{1}`: the first primes the
 /// classification cache, the second is classified through it and must be
@@ -62,7 +64,7 @@ pub fn masking(data: &[u8]) {
         let _ = mask_statement_text(&MASKER, text, standard);
     }
     // As a json document: what masking sends is JSON, or nothing.
-    let _ = crate::masking::json_decoded(text);
+    let _ = proctor_gateway_core::masking::json_decoded(text);
     if let Some(masked) = MASKER.masked_json(text, &found, &mut Default::default()) {
         assert!(serde_json::from_str::<serde::de::IgnoredAny>(&masked).is_ok(), "not JSON: {masked:?}");
     }

@@ -31,12 +31,12 @@ use super::startup::{self, Contact};
 use super::stream::Conn;
 use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
-use crate::auth::{AuthRequest, Authenticator, Identity};
-use crate::control::Lease;
-use crate::masking::Masker;
-use crate::recording::{Record, SessionRecorder};
-use crate::session::{self, Admitted, Ending, Interrupted, Refusal, step};
-use crate::{EventSink, SinkError};
+use proctor_gateway_core::auth::{AuthRequest, Authenticator, Identity};
+use proctor_gateway_core::control::Lease;
+use proctor_gateway_core::masking::Masker;
+use proctor_gateway_core::recording::{Record, SessionRecorder};
+use proctor_gateway_core::session::{self, Admitted, Ending, Interrupted, Refusal, step};
+use proctor_gateway_core::{EventSink, SinkError};
 
 /// Read buffers start at this size and grow only to hold a frame that must
 /// be decoded whole.
@@ -410,7 +410,7 @@ impl Claimed {
         let recorded = params
             .iter()
             .map(|(key, value)| {
-                let shown = if key == "user" && crate::control::is_grant_id(value) {
+                let shown = if key == "user" && proctor_gateway_core::control::is_grant_id(value) {
                     value.clone()
                 } else {
                     let masked = masker.and_then(|m| super::mask::parameter(m, value)).unwrap_or_else(|| value.clone());
@@ -582,11 +582,11 @@ async fn authenticate<S: EventSink, A: Authenticator>(
     let password = body.split(|&b| b == 0).next().unwrap_or_default();
     let request = AuthRequest { resource: &ctx.resource.name, user, database, password, client_addr };
     ctx.auth.authenticate(&request).await.map_err(|e| match e {
-        crate::auth::AuthError::Refused(message) => unowned(PgError::fatal("28P01", message)),
-        crate::auth::AuthError::RefusedGrant { message, grant_id, subject } => {
+        proctor_gateway_core::auth::AuthError::Refused(message) => unowned(PgError::fatal("28P01", message)),
+        proctor_gateway_core::auth::AuthError::RefusedGrant { message, grant_id, subject } => {
             (PgError::fatal("28P01", message), Some(Owner { grant_id, subject }))
         }
-        crate::auth::AuthError::Unavailable(message) => {
+        proctor_gateway_core::auth::AuthError::Unavailable(message) => {
             unowned(PgError::fatal("08004", message).with_hint("authentication is unavailable; try again later"))
         }
     })

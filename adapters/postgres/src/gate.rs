@@ -16,8 +16,8 @@ use proctor_schemas::{PolicyDecision, PolicyOutcome, SessionId};
 
 use super::classify::{ClassCache, ParseAs};
 use super::rules::{RuleSet, Verdict};
-use crate::control::{HoldOutcome, HoldRequest, Holds, ReviewKind};
-use crate::masking::MaskingKey;
+use proctor_gateway_core::control::{HoldOutcome, HoldRequest, Holds, ReviewKind};
+use proctor_gateway_core::masking::MaskingKey;
 
 /// Shapes of statements whose classes are kept.
 const CLASS_CACHE: usize = 10_000;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proctor_gateway_core::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator};
-use proctor_gateway_core::postgres::{self, PgResource, SampleLimits, Shared, Target};
 use proctor_gateway_core::{EventSink, SinkError};
+use proctor_postgres::{self as postgres, PgResource, SampleLimits, Shared, Target};
 use proctor_recorder::reader::Reader;
 use proctor_recorder::{Recorder, RecorderSettings};
 use proctor_schemas::{EndReason, Event, EventBody, NewEvent};

@@ -3,7 +3,7 @@
 //! Each function returns the masked frame only when something changed, so
 //! the common path forwards the target's bytes untouched.
 
-use crate::masking::{Column, Counts, Detector, Findings, Masker, NameSays, TextOut, count};
+use proctor_gateway_core::masking::{Column, Counts, Detector, Findings, Masker, NameSays, TextOut, count};
 
 /// A statement's text as it is recorded and shown to reviewers under
 /// masking, or `None` when masking changes nothing in it.
@@ -75,7 +75,7 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
         pieces.push((start..end, content.map(|c| start + c.start..start + c.end)));
     }
     // What the detectors find in each token's content, on its own.
-    let own: Vec<crate::masking::Findings> = pieces
+    let own: Vec<proctor_gateway_core::masking::Findings> = pieces
         .iter()
         .map(|(_, content)| content.as_ref().map(|c| masker.findings(&sql[c.clone()])).unwrap_or_default())
         .collect();
@@ -85,7 +85,7 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
     // (`eyJ...`.`eyJ...`.`sig`): a finding never crosses any other token,
     // where it would hide a keyword, a call or a statement (a URL's
     // password running over `'||f()||'`).
-    let mut shares: Vec<crate::masking::Findings> = vec![Default::default(); pieces.len()];
+    let mut shares: Vec<proctor_gateway_core::masking::Findings> = vec![Default::default(); pieces.len()];
     for w in whole.iter() {
         let Some(first) = pieces.iter().position(|(_, c)| c.as_ref().is_some_and(|c| c.contains(&w.range.start)))
         else {
@@ -102,8 +102,10 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
             if let Some(c) = &pieces[at].1 {
                 let (from, to) = (w.range.start.max(c.start), w.range.end.min(c.end));
                 if from < to && sql.is_char_boundary(from) && sql.is_char_boundary(to) {
-                    shares[at]
-                        .push(crate::masking::Finding { detector: w.detector, range: from - c.start..to - c.start });
+                    shares[at].push(proctor_gateway_core::masking::Finding {
+                        detector: w.detector,
+                        range: from - c.start..to - c.start,
+                    });
                 }
             }
             let adjacent =
@@ -133,9 +135,9 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
         let mut findings = own;
         findings.extend(share);
         findings.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
-        let mut kept = crate::masking::Findings::new();
+        let mut kept = proctor_gateway_core::masking::Findings::new();
         for finding in findings {
-            if kept.last().is_none_or(|k: &crate::masking::Finding| k.range.end <= finding.range.start) {
+            if kept.last().is_none_or(|k: &proctor_gateway_core::masking::Finding| k.range.end <= finding.range.start) {
                 kept.push(finding);
             }
         }
@@ -199,7 +201,7 @@ pub(super) fn holds_marker(oid: u32) -> bool {
 
 /// Whether a number (int8 or numeric, in either format) is a card number.
 fn number_is_card(value: &[u8], column: &ResultColumn) -> bool {
-    use crate::masking::is_card_number;
+    use proctor_gateway_core::masking::is_card_number;
     match (column.type_oid, column.format) {
         (_, 0) => std::str::from_utf8(value).is_ok_and(is_card_number),
         (20, 1) => <[u8; 8]>::try_from(value).is_ok_and(|b| is_card_number(&i64::from_be_bytes(b).to_string())),
@@ -369,7 +371,7 @@ fn mask_value<'v>(
         // what the driver decodes, and masking the text in place could not
         // be trusted to cover it: a document that reads differently decoded
         // and holds a secret there is withheld.
-        if let Some(decoded) = crate::masking::json_decoded(original)
+        if let Some(decoded) = proctor_gateway_core::masking::json_decoded(original)
             && !masker.findings_in_column(&decoded, says).is_empty()
         {
             count(counts, "json:escaped");
@@ -528,7 +530,7 @@ pub fn notification(body: &[u8], masker: &Masker, counts: &mut Counts) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{MaskingKey, Profile, ProfileConfig};
+    use proctor_gateway_core::masking::{MaskingKey, Profile, ProfileConfig};
 
     fn masker() -> Masker {
         let config: ProfileConfig = toml::from_str(

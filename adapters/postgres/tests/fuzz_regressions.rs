@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use proctor_gateway_core::postgres::fuzzing;
+use proctor_postgres::fuzzing;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -18,7 +18,7 @@ const TARGETS: [(&str, Target); 3] =
 
 #[test]
 fn inputs_the_fuzzers_found_stay_fixed() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
     let mut replayed = 0;
     for (name, target) in TARGETS {
         let dir = root.join(name);

@@ -11,7 +11,7 @@
 //!   a random order must get exactly the classes they get uncached.
 
 use pg_query::protobuf::Token;
-use proctor_gateway_core::postgres::classify::{ClassCache, Classification, ParseAs, classify_as, shape};
+use proctor_postgres::classify::{ClassCache, Classification, ParseAs, classify_as, shape};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

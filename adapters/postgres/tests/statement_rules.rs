@@ -5,8 +5,8 @@
 //! blocked — zero bypasses — and ordinary work, which must pass. Printed as
 //! a table by `cargo test -- --nocapture`.
 
-use proctor_gateway_core::postgres::classify::{ClassCache, Classification, ParseAs, classify, classify_as, shape};
-use proctor_gateway_core::postgres::rules::{RuleSet, RuleSetConfig, Verdict};
+use proctor_postgres::classify::{ClassCache, Classification, ParseAs, classify, classify_as, shape};
+use proctor_postgres::rules::{RuleSet, RuleSetConfig, Verdict};
 
 /// Every class the issue lists for agents, held; the worst blocked.
 fn ci_rules() -> RuleSet {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::classify::{Class, Classification};
-use crate::GatewayError;
+use proctor_gateway_core::GatewayError;
 
 /// One `[rules.NAME]` table.
 #[derive(Clone, Debug, Default, Deserialize)]

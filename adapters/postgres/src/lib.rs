@@ -25,7 +25,7 @@ mod upstream;
 mod values;
 
 /// The ALPN protocol of PostgreSQL's direct TLS (PostgreSQL 17): what the
-/// PostgreSQL listener's TLS offers ([`crate::tls::server_config`]).
+/// PostgreSQL listener's TLS offers ([`proctor_gateway_core::tls::server_config`]).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 use std::sync::Arc;
@@ -39,12 +39,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 pub use upstream::Target;
 
-use crate::auth::Authenticator;
-use crate::config::{PostgresConfig, ResourceConfig};
-use crate::masking::Profiles;
-use crate::session::SessionCounters;
-use crate::threads::SessionThreads;
-use crate::{EventSink, GatewayError};
+use proctor_gateway_core::auth::Authenticator;
+use proctor_gateway_core::config::{PostgresConfig, ResourceConfig};
+use proctor_gateway_core::masking::Profiles;
+use proctor_gateway_core::session::SessionCounters;
+use proctor_gateway_core::threads::SessionThreads;
+use proctor_gateway_core::{EventSink, GatewayError};
 
 /// A PostgreSQL resource, resolved and ready to serve.
 pub struct PgResource {
@@ -61,13 +61,13 @@ pub struct PgResource {
     pub databases: Vec<String>,
 }
 
-impl crate::session::RunningResource for PgResource {
+impl proctor_gateway_core::session::RunningResource for PgResource {
     fn name(&self) -> &str {
         &self.name
     }
 
-    fn protocol(&self) -> crate::config::ResourceProtocol {
-        crate::config::ResourceProtocol::Postgres
+    fn protocol(&self) -> proctor_gateway_core::config::ResourceProtocol {
+        proctor_gateway_core::config::ResourceProtocol::Postgres
     }
 
     fn sessions(&self) -> &SessionCounters {
@@ -79,7 +79,7 @@ impl PgResource {
     /// Resolves the secrets and TLS settings of PostgreSQL resource `name`.
     pub fn from_config(name: &str, config: &PostgresConfig) -> Result<PgResource, GatewayError> {
         let password = config.password(name)?.resolve()?;
-        let tls = crate::tls::target_client_config(config.target_tls, config.target_ca_file.as_deref())?;
+        let tls = proctor_gateway_core::tls::target_client_config(config.target_tls, config.target_ca_file.as_deref())?;
         Ok(PgResource {
             name: name.to_string(),
             allow_plaintext: config.allow_plaintext,
@@ -147,7 +147,7 @@ pub async fn serve<S: EventSink, A: Authenticator>(
 ) {
     let name = resource.name.clone();
     let ctx = Arc::new(Context { resource, sink, auth, tls: tls.map(startup::acceptor), cancels, policy, masking });
-    crate::session::serve(&name, listener, threads, shutdown, move |tcp, addr, shutdown| {
+    proctor_gateway_core::session::serve(&name, listener, threads, shutdown, move |tcp, addr, shutdown| {
         let ctx = ctx.clone();
         async move {
             let _entered = ctx.resource.sessions.enter();

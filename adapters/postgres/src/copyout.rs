@@ -7,7 +7,7 @@
 use pg_query::NodeEnum;
 
 use super::mask::{Reading, ResultColumn, holds_marker, reading};
-use crate::masking::{Counts, Detector, Masker, NameSays, count, is_card_number};
+use proctor_gateway_core::masking::{Counts, Detector, Masker, NameSays, count, is_card_number};
 
 /// How a COPY writes its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,7 +293,7 @@ pub fn row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{MaskingKey, Profile, ProfileConfig};
+    use proctor_gateway_core::masking::{MaskingKey, Profile, ProfileConfig};
 
     fn masker() -> Masker {
         let config: ProfileConfig = toml::from_str(
