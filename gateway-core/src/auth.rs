@@ -6,15 +6,54 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 
-/// What a client presented.
+/// What a client presented, in the gateway's terms (whatever its protocol).
 #[derive(Debug)]
 pub struct AuthRequest<'a> {
     pub resource: &'a str,
-    /// The user name the client gave.
+    /// The user name the client gave: a grant's id, or for a resource with
+    /// a shared secret, any name.
     pub user: &'a str,
-    pub database: &'a str,
-    pub password: &'a [u8],
+    pub credential: Credential<'a>,
     pub client_addr: SocketAddr,
+}
+
+/// How a client proves it may connect.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// A secret: a grant's credential, or the resource's shared secret
+    /// (PostgreSQL's password; SSH's password and keyboard-interactive).
+    Password(&'a [u8]),
+    /// A grant's credential as a bearer token (HTTP's `Authorization`):
+    /// `GRANT_ID.SECRET`, which names the grant as the user does.
+    Bearer(&'a str),
+    /// A certificate the adapter verified as signed by Proctor's own CA for
+    /// the grant named as user (an SSH user certificate, principal = the
+    /// grant), valid until `valid_before` (milliseconds since the epoch):
+    /// the grant must be live, and the certificate must not outlive it.
+    Certificate { valid_before: i64 },
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    /// Never the secret itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password(_) => f.write_str("Password(..)"),
+            Credential::Bearer(_) => f.write_str("Bearer(..)"),
+            Credential::Certificate { valid_before } => write!(f, "Certificate {{ valid_before: {valid_before} }}"),
+        }
+    }
+}
+
+impl<'a> AuthRequest<'a> {
+    /// A bearer token split into the grant it names (the user) and its
+    /// secret; a password as it is.
+    pub fn secret(&self) -> Option<(&'a str, &'a [u8])> {
+        match self.credential {
+            Credential::Password(secret) => Some((self.user, secret)),
+            Credential::Bearer(token) => token.split_once('.').map(|(grant, secret)| (grant, secret.as_bytes())),
+            Credential::Certificate { .. } => None,
+        }
+    }
 }
 
 /// An authenticated client.
@@ -85,7 +124,13 @@ impl Authenticator for SharedSecretAuthenticator {
         let Some(secret) = self.secrets.get(request.resource) else {
             return Err(AuthError::Unavailable(format!("no secret is configured for resource {}", request.resource)));
         };
-        if request.user.is_empty() || !constant_time_eq(secret, request.password) {
+        let Credential::Password(password) = request.credential else {
+            return Err(AuthError::Refused(format!(
+                "resource {} takes its shared secret as a password",
+                request.resource
+            )));
+        };
+        if request.user.is_empty() || !constant_time_eq(secret, password) {
             return Err(AuthError::Refused(format!(
                 "password authentication failed for user \"{}\" on resource {}",
                 request.user, request.resource

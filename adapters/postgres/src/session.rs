@@ -31,7 +31,7 @@ use super::startup::{self, Contact};
 use super::stream::Conn;
 use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
-use proctor_gateway_core::auth::{AuthRequest, Authenticator, Identity};
+use proctor_gateway_core::auth::{AuthRequest, Authenticator, Credential, Identity};
 use proctor_gateway_core::control::Lease;
 use proctor_gateway_core::masking::Masker;
 use proctor_gateway_core::recording::{Record, SessionRecorder};
@@ -136,8 +136,7 @@ async fn serve<S: EventSink, A: Authenticator>(
     }
 
     // Authentication: a password, over TLS unless the resource allows plaintext.
-    let authenticated =
-        step(deadline, &mut shutdown, authenticate(ctx, &mut client, &user, &database, client_addr)).await;
+    let authenticated = step(deadline, &mut shutdown, authenticate(ctx, &mut client, &user, client_addr)).await;
     let identity = match authenticated {
         Ok(Ok(identity)) => identity,
         Ok(Err((error, owner))) => {
@@ -557,7 +556,6 @@ async fn authenticate<S: EventSink, A: Authenticator>(
     ctx: &Context<S, A>,
     client: &mut Conn,
     user: &str,
-    database: &str,
     client_addr: SocketAddr,
 ) -> Result<Identity, (PgError, Option<Owner>)> {
     let unowned = |error: PgError| (error, None);
@@ -580,7 +578,8 @@ async fn authenticate<S: EventSink, A: Authenticator>(
     let mut body = vec![0u8; length - 4];
     client.read_exact(&mut body).await.map_err(|_| left())?;
     let password = body.split(|&b| b == 0).next().unwrap_or_default();
-    let request = AuthRequest { resource: &ctx.resource.name, user, database, password, client_addr };
+    let request =
+        AuthRequest { resource: &ctx.resource.name, user, credential: Credential::Password(password), client_addr };
     ctx.auth.authenticate(&request).await.map_err(|e| match e {
         proctor_gateway_core::auth::AuthError::Refused(message) => unowned(PgError::fatal("28P01", message)),
         proctor_gateway_core::auth::AuthError::RefusedGrant { message, grant_id, subject } => {
