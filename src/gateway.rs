@@ -9,7 +9,7 @@ use proctor_gateway_core::session::RunningResource;
 use proctor_gateway_core::threads::SessionThreads;
 use proctor_gateway_core::tls;
 use proctor_postgres::rules::RuleSet;
-use proctor_postgres::{self as postgres, CancelRegistry, PgResource, Shared, StatementPolicy};
+use proctor_postgres::{self as postgres, CancelRegistry, Shared, StatementPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -75,14 +75,25 @@ pub async fn start<A: Authenticator>(
     for resource in &config.resources {
         match &resource.kind {
             ResourceKind::Postgres(postgres) => {
-                let pg = Arc::new(
-                    PgResource::from_config(&resource.name, postgres)
-                        .with_context(|| format!("resource {}", resource.name))?,
-                );
-                resources.push(pg.clone());
-                let listener = postgres::bind(resource).await?;
-                let bound = listener.local_addr().context("listener address")?;
-                listeners.push((resource.name.clone(), bound));
+                let shared = Shared {
+                    cancels: cancels.clone(),
+                    policy: policy.clone(),
+                    masking: masking.clone(),
+                    threads: Some(threads.clone()),
+                };
+                let tls = Some(server_tls.clone());
+                let (pg, bound, serving) = postgres::start(
+                    &resource.name,
+                    resource.listen,
+                    postgres,
+                    sink.clone(),
+                    auth.clone(),
+                    tls,
+                    shared,
+                    stop.clone(),
+                )
+                .await
+                .with_context(|| format!("resource {}", resource.name))?;
                 tracing::info!(
                     resource = %resource.name,
                     listen = %bound,
@@ -90,20 +101,9 @@ pub async fn start<A: Authenticator>(
                     certificate = %cert.display(),
                     "postgres resource ready"
                 );
-                tasks.spawn(postgres::serve(
-                    pg,
-                    listener,
-                    sink.clone(),
-                    auth.clone(),
-                    Some(server_tls.clone()),
-                    Shared {
-                        cancels: cancels.clone(),
-                        policy: policy.clone(),
-                        masking: masking.clone(),
-                        threads: Some(threads.clone()),
-                    },
-                    stop.clone(),
-                ));
+                resources.push(pg);
+                listeners.push((resource.name.clone(), bound));
+                tasks.spawn(serving);
             }
         }
     }

@@ -83,6 +83,16 @@ impl ResourceConfig {
         }
     }
 
+    /// How a grant's clients reach this resource, when Proctor is reached
+    /// at `host:port`: the connection offer its credentials come with.
+    pub fn offer(&self, host: String, port: u16) -> crate::control::Offer {
+        match &self.kind {
+            ResourceKind::Postgres(postgres) => {
+                crate::control::Offer::Postgres { host, port, database: postgres.offered_database().to_string() }
+            }
+        }
+    }
+
     /// The target Proctor reaches for this resource's clients, as configured.
     pub fn target(&self) -> &str {
         match &self.kind {

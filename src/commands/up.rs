@@ -12,10 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
-use proctor_gateway_core::config::ResourceKind;
-use proctor_gateway_core::control::{
-    Control, ControlConfig, GrantAuthenticator, LiveGrants, Offer, Policies, SqlStore, api,
-};
+use proctor_gateway_core::control::{Control, ControlConfig, GrantAuthenticator, LiveGrants, Policies, SqlStore, api};
 use proctor_gateway_core::identity::{DevIssuer, Verifier};
 use proctor_gateway_core::session::RunningResource;
 use proctor_replay_server::{ApiState, Console, ConsoleConfig, DevIssuerEndpoints, RecorderAccessLog};
@@ -221,12 +218,7 @@ async fn start_control(
             None if addr.ip().is_unspecified() => "localhost".to_string(),
             None => addr.ip().to_string(),
         };
-        let offer = match &resource.kind {
-            ResourceKind::Postgres(postgres) => {
-                Offer::Postgres { host, port: addr.port(), database: postgres.offered_database().to_string() }
-            }
-        };
-        offers.insert(name.clone(), offer);
+        offers.insert(name.clone(), resource.offer(host, addr.port()));
     }
     let policies = Policies::new(config.policies.clone())?;
     let control = Arc::new(Control::new(

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 pub use upstream::Target;
 
 use proctor_gateway_core::auth::Authenticator;
-use proctor_gateway_core::config::{PostgresConfig, ResourceConfig};
+use proctor_gateway_core::config::PostgresConfig;
 use proctor_gateway_core::masking::Profiles;
 use proctor_gateway_core::session::SessionCounters;
 use proctor_gateway_core::threads::SessionThreads;
@@ -157,7 +157,24 @@ pub async fn serve<S: EventSink, A: Authenticator>(
     .await;
 }
 
-/// Binds a resource's listener.
-pub async fn bind(resource: &ResourceConfig) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(resource.listen).await.map_err(|source| GatewayError::Listen { addr: resource.listen, source })
+/// Starts a PostgreSQL resource: resolves its secrets and TLS towards the
+/// target, binds `listen`, and returns the resource (what the wiring and
+/// the metrics see of it), the address bound, and the future that serves it
+/// until `shutdown` (see [`serve`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn start<S: EventSink, A: Authenticator>(
+    name: &str,
+    listen: std::net::SocketAddr,
+    config: &PostgresConfig,
+    sink: S,
+    auth: Arc<A>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Shared,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<PgResource>, std::net::SocketAddr, impl std::future::Future<Output = ()> + use<S, A>), GatewayError> {
+    let resource = Arc::new(PgResource::from_config(name, config)?);
+    let listener = TcpListener::bind(listen).await.map_err(|source| GatewayError::Listen { addr: listen, source })?;
+    let bound = listener.local_addr().map_err(|source| GatewayError::Listen { addr: listen, source })?;
+    let serving = serve(resource.clone(), listener, sink, auth, tls, shared, shutdown);
+    Ok((resource, bound, serving))
 }
