@@ -78,7 +78,13 @@ async fn run<S: EventSink>(mut recorder: SessionRecorder<S>, mut queue: mpsc::Re
             let Ok(request) = queue.try_recv() else { break };
             group.push(request);
         }
-        let ranges: Vec<std::ops::Range<u64>> = group.iter().map(|request| push(&mut recorder, request)).collect();
+        // A request alone is moved into the recorder; a group's are copied,
+        // to be tried one by one if the recorder refuses them together.
+        let ranges: Vec<std::ops::Range<u64>> = if group.len() == 1 {
+            vec![push_owned(&mut recorder, &mut group[0])]
+        } else {
+            group.iter().map(|request| push(&mut recorder, request)).collect()
+        };
         let flushed = flush(&mut recorder).await;
         match flushed {
             Ok(()) => {
@@ -145,6 +151,15 @@ fn push<S: EventSink>(recorder: &mut SessionRecorder<S>, request: &Request) -> s
     let start = recorder.pending_seq();
     for (time, direction, body) in &request.events {
         recorder.push_at(*time, *direction, body.clone());
+    }
+    start..recorder.pending_seq()
+}
+
+/// Pushes a request's events, moving them out of it; their seqs.
+fn push_owned<S: EventSink>(recorder: &mut SessionRecorder<S>, request: &mut Request) -> std::ops::Range<u64> {
+    let start = recorder.pending_seq();
+    for (time, direction, body) in request.events.drain(..) {
+        recorder.push_at(time, direction, body);
     }
     start..recorder.pending_seq()
 }
