@@ -6,7 +6,7 @@
 
 use proctor_devcluster::{Cluster, Options};
 use proctor_gateway_core::control::{
-    ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewKind, ReviewStatus, STORE_VERSION,
+    ControlStore, Grant, GrantFilter, GrantStatus, HeldKind, Review, ReviewFilter, ReviewStatus, STORE_VERSION,
     SqlStore, sql_hash,
 };
 use sqlx::Row;
@@ -47,7 +47,7 @@ fn review(id: &str, grant_id: &str, subject: &str, sql: &str, created_at: i64, e
         resource: "orders-db".to_string(),
         session_id: "0190a7b2-5c3d-7e4f-8a9b-0c1d2e3f4a5b".to_string(),
         ref_seq: Some(7),
-        kind: ReviewKind::Statement,
+        kind: HeldKind::Statement,
         text: sql.to_string(),
         text_hash: sql_hash(sql),
         rule: "ci/ddl".to_string(),
@@ -78,36 +78,33 @@ async fn review_conformance(store: &SqlStore) {
     assert_eq!(store.get_review(&bare.id).await.unwrap(), Some(bare.clone()));
 
     // Found again by the statement's hash in its grant, while open.
-    let found = store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 9_999).await.unwrap().unwrap();
+    let found = store.open_review("g_1", HeldKind::Statement, &sql_hash(drop), 9_999).await.unwrap().unwrap();
     assert_eq!(found.id, a.id, "the newest open review of the statement");
     assert_eq!(
-        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 10_000).await.unwrap(),
+        store.open_review("g_1", HeldKind::Statement, &sql_hash(drop), 10_000).await.unwrap(),
         None,
         "past its time"
     );
     assert_eq!(
-        store.open_review("g_2", ReviewKind::Statement, &sql_hash(drop), 2_000).await.unwrap(),
+        store.open_review("g_2", HeldKind::Statement, &sql_hash(drop), 2_000).await.unwrap(),
         None,
         "another grant"
     );
     assert_eq!(
-        store.open_review("g_1", ReviewKind::Statement, &sql_hash(truncate), 2_000).await.unwrap(),
+        store.open_review("g_1", HeldKind::Statement, &sql_hash(truncate), 2_000).await.unwrap(),
         None,
         "another statement"
     );
     assert_eq!(
-        store.open_review("g_1", ReviewKind::Statement, &sql_hash("DROP TABLE customers"), 2_000).await.unwrap(),
+        store.open_review("g_1", HeldKind::Statement, &sql_hash("DROP TABLE customers"), 2_000).await.unwrap(),
         None
     );
     // A review of another kind with the same hash is another request.
-    let exec = Review { kind: ReviewKind::Exec, ..review("r_00000000000000e1", "g_1", "alice", drop, 900, 10_000) };
+    let exec = Review { kind: HeldKind::Exec, ..review("r_00000000000000e1", "g_1", "alice", drop, 900, 10_000) };
     store.insert_review(&exec).await.unwrap();
     assert_eq!(store.get_review(&exec.id).await.unwrap(), Some(exec.clone()));
-    assert_eq!(store.open_review("g_1", ReviewKind::Exec, &sql_hash(drop), 2_000).await.unwrap(), Some(exec.clone()));
-    assert_eq!(
-        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 9_999).await.unwrap().unwrap().id,
-        a.id
-    );
+    assert_eq!(store.open_review("g_1", HeldKind::Exec, &sql_hash(drop), 2_000).await.unwrap(), Some(exec.clone()));
+    assert_eq!(store.open_review("g_1", HeldKind::Statement, &sql_hash(drop), 9_999).await.unwrap().unwrap().id, a.id);
     assert!(store.update_review(&Review { status: ReviewStatus::Denied, ..exec.clone() }, 0).await.unwrap());
 
     // Compare-and-swap: the first writer at a version wins, the second loses.
@@ -128,10 +125,7 @@ async fn review_conformance(store: &SqlStore) {
     // statement (two sessions held it at once).
     let b = review("r_000000000000000b", "g_1", "alice", drop, 3_000, 20_000);
     store.insert_review(&b).await.unwrap();
-    assert_eq!(
-        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 4_000).await.unwrap().unwrap().id,
-        a.id
-    );
+    assert_eq!(store.open_review("g_1", HeldKind::Statement, &sql_hash(drop), 4_000).await.unwrap().unwrap().id, a.id);
     // Used up (once: the loser of two sessions sees it changed), it is not
     // open any more.
     let mut used = stored.clone();
@@ -140,10 +134,7 @@ async fn review_conformance(store: &SqlStore) {
     assert!(store.update_review(&used, 1).await.unwrap());
     assert!(!store.update_review(&used, 1).await.unwrap(), "an approval is used once");
     assert_eq!(store.get_review(&a.id).await.unwrap().unwrap().used_at, Some(5_000));
-    assert_eq!(
-        store.open_review("g_1", ReviewKind::Statement, &sql_hash(drop), 6_000).await.unwrap().unwrap().id,
-        b.id
-    );
+    assert_eq!(store.open_review("g_1", HeldKind::Statement, &sql_hash(drop), 6_000).await.unwrap().unwrap().id, b.id);
 
     // Listing: newest first, filtered by grant, status, group and sender.
     let c = Review {
@@ -390,12 +381,12 @@ async fn first_release_store_migrates(url: &str) {
         let review = store.get_review("r_00000000000000aa").await.unwrap().unwrap();
         assert_eq!(
             (review.kind, review.text.as_str(), review.text_hash.as_str(), review.status, review.ref_seq),
-            (ReviewKind::Statement, "DROP TABLE customers", "beef", status, Some(7)),
+            (HeldKind::Statement, "DROP TABLE customers", "beef", status, Some(7)),
             "round {round}"
         );
         if round == 0 {
             // The approved statement is found again and used up, as before.
-            let found = store.open_review("g_old", ReviewKind::Statement, "beef", 3_000).await.unwrap();
+            let found = store.open_review("g_old", HeldKind::Statement, "beef", 3_000).await.unwrap();
             assert_eq!(found.map(|r| r.id).as_deref(), Some("r_00000000000000aa"));
             let used = Review { status: ReviewStatus::Used, used_at: Some(3_000), ..review.clone() };
             assert!(store.update_review(&used, review.version).await.unwrap());

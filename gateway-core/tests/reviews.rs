@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use proctor_gateway_core::control::api::{ControlApi, router};
 use proctor_gateway_core::control::{
-    ApprovalConfig, Control, ControlError, ControlSession, ControlStore, HoldOutcome, HoldRequest, Holds, LiveGrants,
-    Offer, Policies, PolicyConfig, ReviewFilter, ReviewKind, ReviewStatus, SqlStore, sql_hash,
+    ApprovalConfig, Control, ControlError, ControlSession, ControlStore, HeldKind, HoldOutcome, HoldRequest, Holds,
+    LiveGrants, Offer, Policies, PolicyConfig, ReviewFilter, ReviewStatus, SqlStore, sql_hash,
 };
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, Identity, Verifier};
 use proctor_gateway_core::{EventSink, SinkError};
@@ -145,7 +145,7 @@ fn held(grant_id: &str, sql: &str) -> HoldRequest {
         resource: RESOURCE.into(),
         session_id: SessionId::new(),
         ref_seq: Some(3),
-        kind: ReviewKind::Statement,
+        kind: HeldKind::Statement,
         text: sql.into(),
         text_hash: sql_hash(sql),
         rule: "ci/ddl".into(),
@@ -205,7 +205,7 @@ async fn a_held_statement_opens_one_review_that_an_approver_lets_run_once() {
         (shown.text.as_str(), shown.rule.as_str(), shown.grant_id.as_str()),
         (DROP, "ci/ddl", grant_id.as_str())
     );
-    assert_eq!((shown.kind, shown.sql.as_deref()), (ReviewKind::Statement, Some(DROP)), "a statement keeps its `sql`");
+    assert_eq!((shown.kind, shown.sql.as_deref()), (HeldKind::Statement, Some(DROP)), "a statement keeps its `sql`");
     assert_eq!((shown.subject.as_str(), shown.resource.as_str()), ("ci-bot", RESOURCE));
     assert_eq!(shown.session_id, request.session_id.to_string());
     assert_eq!(shown.ref_seq, Some(3));

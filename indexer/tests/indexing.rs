@@ -476,18 +476,9 @@ fn an_answer_read_from_the_wal_completes_a_statement_read_from_a_sealed_segment(
     let session = SessionId::new();
     let append = |direction, body: EventBody| sink.blocking_append(event(session, direction, body)).unwrap();
     let start = SessionStart {
-        protocol: Protocol::Postgres,
         resource: Some("db".into()),
         subject: Some("ci".into()),
-        groups: vec![],
-        grant_id: None,
-        client_addr: None,
-        target_user: None,
-        database: None,
-        application_name: None,
-        tls: None,
-        masking_profile: None,
-        message: None,
+        ..SessionStart::new(Protocol::Postgres)
     };
     append(Direction::Gateway, start.into());
     let statement = Statement { sql: "update t set n = 1".into(), statement_name: None, portal: None, params: vec![] };
@@ -526,18 +517,9 @@ fn a_statement_answered_thousands_of_times_stays_one_document() {
     let session = SessionId::new();
     let append = |direction, body: EventBody| sink.blocking_append(event(session, direction, body)).unwrap();
     let start = SessionStart {
-        protocol: Protocol::Postgres,
         resource: Some("db".into()),
         subject: Some("ci".into()),
-        groups: vec![],
-        grant_id: None,
-        client_addr: None,
-        target_user: None,
-        database: None,
-        application_name: None,
-        tls: None,
-        masking_profile: None,
-        message: None,
+        ..SessionStart::new(Protocol::Postgres)
     };
     append(Direction::Gateway, start.into());
     let sql = "update t set n = 1; ".repeat(3000);

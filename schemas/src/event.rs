@@ -113,6 +113,27 @@ pub struct SessionStart {
     pub message: Option<String>,
 }
 
+impl SessionStart {
+    /// A start of `protocol` that says nothing more yet: fill in what is
+    /// known with struct update syntax.
+    pub fn new(protocol: Protocol) -> SessionStart {
+        SessionStart {
+            protocol,
+            resource: None,
+            subject: None,
+            groups: Vec::new(),
+            grant_id: None,
+            client_addr: None,
+            target_user: None,
+            database: None,
+            application_name: None,
+            tls: None,
+            masking_profile: None,
+            message: None,
+        }
+    }
+}
+
 /// A session ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionEnd {
@@ -373,23 +394,41 @@ pub struct ReviewEvent {
     pub held: Option<Held>,
 }
 
-/// What a review is of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a review is of: what the rules held, in the protocol's terms. One
+/// vocabulary for the control store, the API and the events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HeldKind {
-    /// A database statement: in `sql`.
+    /// A database statement (the whole query string, or a Parse's SQL): in
+    /// `sql`.
     Statement,
-    /// A command run on a host: in `command`.
+    /// A command run on a host (an SSH exec request): in `command`.
     Exec,
-    /// A file operation: in `path`.
+    /// A file operation (an upload, a removal): in `path`.
     File,
 }
 
 impl HeldKind {
+    pub const ALL: [HeldKind; 3] = [HeldKind::Statement, HeldKind::Exec, HeldKind::File];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HeldKind::Statement => "statement",
             HeldKind::Exec => "exec",
             HeldKind::File => "file",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HeldKind> {
+        HeldKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// The column a review event carries the held text in.
+    fn column(self) -> C {
+        match self {
+            HeldKind::Statement => C::Sql,
+            HeldKind::Exec => C::Command,
+            HeldKind::File => C::Path,
         }
     }
 }
@@ -476,21 +515,13 @@ fn channel(cells: &mut Cells<'_>, channel_id: Option<u32>) {
 /// `path` it carries (none: a review event of the first schemas that named
 /// nothing).
 fn held(row: &mut Row) -> Result<Option<Held>, SchemaError> {
-    let found = [
-        (HeldKind::Statement, row.take_str(C::Sql)?),
-        (HeldKind::Exec, row.take_str(C::Command)?),
-        (HeldKind::File, row.take_str(C::Path)?),
-    ];
+    let found = HeldKind::ALL.map(|kind| row.take_str(kind.column()).map(|text| (kind, text)));
+    let found = found.into_iter().collect::<Result<Vec<_>, _>>()?;
     let mut held = found.into_iter().filter_map(|(kind, text)| text.map(|text| Held { kind, text }));
     let first = held.next();
     if let Some(second) = held.next() {
-        let column = match second.kind {
-            HeldKind::Statement => C::Sql,
-            HeldKind::Exec => C::Command,
-            HeldKind::File => C::Path,
-        };
         return Err(SchemaError::bad(
-            column,
+            second.kind.column(),
             "a review event names one held request (sql, command or path), not several",
         ));
     }
@@ -726,12 +757,7 @@ impl EventBody {
                 cells.opt_u64(C::RefSeq, r.ref_seq);
                 opt_str(cells, C::Message, &r.message);
                 if let Some(held) = &r.held {
-                    let column = match held.kind {
-                        HeldKind::Statement => C::Sql,
-                        HeldKind::Exec => C::Command,
-                        HeldKind::File => C::Path,
-                    };
-                    cells.str(column, &held.text);
+                    cells.str(held.kind.column(), &held.text);
                 }
             }
             EventBody::MaskingApplied(m) => {

@@ -16,7 +16,7 @@ use proctor_schemas::{PolicyDecision, PolicyOutcome, SessionId};
 
 use super::classify::{ClassCache, ParseAs};
 use super::rules::{RuleSet, Verdict};
-use proctor_gateway_core::control::{HoldOutcome, HoldRequest, Holds, ReviewKind};
+use proctor_gateway_core::control::{HeldKind, HoldOutcome, HoldRequest, Holds};
 use proctor_gateway_core::masking::MaskingKey;
 
 /// Shapes of statements whose classes are kept.
@@ -276,7 +276,7 @@ impl Gate {
             resource: self.resource.clone(),
             session_id: self.session_id,
             ref_seq: Some(asked.seq),
-            kind: ReviewKind::Statement,
+            kind: HeldKind::Statement,
             text: asked.shown.clone(),
             text_hash: self.policy.key.digest("statement", asked.sql.as_bytes()),
             rule: asked.rule.clone(),

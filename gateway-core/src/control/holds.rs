@@ -6,9 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use proctor_schemas::SessionId;
-
-use super::store::ReviewKind;
+use proctor_schemas::{HeldKind, SessionId};
 
 /// A request the rules hold, in a session under a grant.
 #[derive(Clone, Debug)]
@@ -19,7 +17,7 @@ pub struct HoldRequest {
     pub session_id: SessionId,
     pub ref_seq: Option<u64>,
     /// What was held.
-    pub kind: ReviewKind,
+    pub kind: HeldKind,
     /// What reviewers read: for a statement, the whole query string (or the
     /// Parse's SQL), masked as everything recorded is.
     pub text: String,

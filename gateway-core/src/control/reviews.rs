@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::grants::{Control, ControlError, DEFAULT_LIST, MAX_ATTEMPTS, MAX_LIST, now_ms, random, rfc3339};
 use super::holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
-use super::store::{ControlStore, Grant, GrantStatus, Review, ReviewFilter, ReviewKind, ReviewStatus, StoreError};
+use super::store::{ControlStore, Grant, GrantStatus, Review, ReviewFilter, ReviewStatus, StoreError};
 use crate::identity::Identity;
 use crate::{EventSink, SinkError};
 
@@ -24,7 +24,7 @@ pub struct ReviewView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
     /// What was held: `statement`, `exec` or `file`.
-    pub kind: ReviewKind,
+    pub kind: HeldKind,
     /// What was held, as reviewers read it.
     pub text: String,
     /// The held statement (reviews of kind `statement`), as `text`.
@@ -106,7 +106,7 @@ fn view(review: &Review) -> ReviewView {
         status_reason,
         kind: review.kind,
         text: review.text.clone(),
-        sql: (review.kind == ReviewKind::Statement).then(|| review.text.clone()),
+        sql: (review.kind == HeldKind::Statement).then(|| review.text.clone()),
         rule: review.rule.clone(),
         approval_group: review.approval_group.clone(),
         grant_id: review.grant_id.clone(),
@@ -194,14 +194,7 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             target_session: Some(review.session_id.clone()),
             ref_seq: review.ref_seq.and_then(|s| u64::try_from(s).ok()),
             message,
-            held: Some(Held {
-                kind: match review.kind {
-                    ReviewKind::Statement => HeldKind::Statement,
-                    ReviewKind::Exec => HeldKind::Exec,
-                    ReviewKind::File => HeldKind::File,
-                },
-                text: review.text.clone(),
-            }),
+            held: Some(Held { kind: review.kind, text: review.text.clone() }),
         };
         self.session.record(event).await?;
         self.review_counters.add(action);

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 
+use proctor_schemas::HeldKind;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -141,43 +142,6 @@ impl ReviewStatus {
     }
 }
 
-/// What a review is of: what the rules held, in the protocol's terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReviewKind {
-    /// A database statement (the whole query string, or a Parse's SQL).
-    Statement,
-    /// A command run on a host (an SSH exec request).
-    Exec,
-    /// A file operation (an upload, a removal).
-    File,
-}
-
-impl ReviewKind {
-    pub const ALL: [ReviewKind; 3] = [ReviewKind::Statement, ReviewKind::Exec, ReviewKind::File];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReviewKind::Statement => "statement",
-            ReviewKind::Exec => "exec",
-            ReviewKind::File => "file",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<ReviewKind> {
-        ReviewKind::ALL.into_iter().find(|k| k.as_str() == text)
-    }
-
-    /// What messages call one: "statement", "command", "file operation".
-    pub fn noun(self) -> &'static str {
-        match self {
-            ReviewKind::Statement => "statement",
-            ReviewKind::Exec => "command",
-            ReviewKind::File => "file operation",
-        }
-    }
-}
-
 /// One review of something the rules held (a statement, a command, a file
 /// operation), as stored. Times are milliseconds since
 /// the epoch.
@@ -197,7 +161,7 @@ pub struct Review {
     pub session_id: String,
     pub ref_seq: Option<i64>,
     /// What was held.
-    pub kind: ReviewKind,
+    pub kind: HeldKind,
     /// What was held, as reviewers read it (masked as everything recorded
     /// is).
     pub text: String,
@@ -278,7 +242,7 @@ pub trait ControlStore: Send + Sync + 'static {
     fn open_review(
         &self,
         grant_id: &str,
-        kind: ReviewKind,
+        kind: HeldKind,
         text_hash: &str,
         now: i64,
     ) -> impl Future<Output = Result<Option<Review>, StoreError>> + Send;
@@ -539,7 +503,7 @@ fn review_from_row(row: &AnyRow) -> Result<Review, StoreError> {
         ref_seq: row.try_get("ref_seq")?,
         kind: {
             let kind: String = row.try_get("kind")?;
-            ReviewKind::parse(&kind).ok_or_else(|| StoreError(format!("unknown review kind {kind:?}")))?
+            HeldKind::parse(&kind).ok_or_else(|| StoreError(format!("unknown review kind {kind:?}")))?
         },
         text: row.try_get("review_text")?,
         text_hash: row.try_get("text_hash")?,
@@ -752,7 +716,7 @@ impl ControlStore for SqlStore {
     async fn open_review(
         &self,
         grant_id: &str,
-        kind: ReviewKind,
+        kind: HeldKind,
         text_hash: &str,
         now: i64,
     ) -> Result<Option<Review>, StoreError> {
