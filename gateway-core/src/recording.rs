@@ -27,11 +27,23 @@ pub struct SessionRecorder<S: EventSink> {
     first_pending_seq: u64,
     /// The seq of the session's end event, once pushed.
     end_seq: Option<u64>,
+    /// The recorder assigned other seqs than this session expected: what
+    /// it holds of the session can no longer be trusted, and nothing more
+    /// is recorded.
+    diverged: bool,
 }
 
 impl<S: EventSink> SessionRecorder<S> {
     pub fn new(sink: S, session_id: SessionId) -> Self {
-        SessionRecorder { sink, session_id, next_seq: 0, pending: Vec::new(), first_pending_seq: 0, end_seq: None }
+        SessionRecorder {
+            sink,
+            session_id,
+            next_seq: 0,
+            pending: Vec::new(),
+            first_pending_seq: 0,
+            end_seq: None,
+            diverged: false,
+        }
     }
 
     pub fn session_id(&self) -> SessionId {
@@ -45,6 +57,12 @@ impl<S: EventSink> SessionRecorder<S> {
     /// The seq the next event pushed will have.
     pub fn pending_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Whether the recorder and this session disagree on its seqs (see
+    /// [`SessionRecorder::flush`]): a failed flush then recorded events.
+    pub fn diverged(&self) -> bool {
+        self.diverged
     }
 
     /// Whether anything was ever recorded for this session.
@@ -74,6 +92,12 @@ impl<S: EventSink> SessionRecorder<S> {
     /// once the recorder has accepted it; an error means none of it was
     /// recorded and the traffic it describes must not be forwarded.
     pub async fn flush(&mut self) -> Result<(), SinkError> {
+        if self.diverged {
+            return Err(SinkError(format!(
+                "the recording of session {} is no longer reliable; nothing more is recorded",
+                self.session_id
+            )));
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -86,10 +110,13 @@ impl<S: EventSink> SessionRecorder<S> {
                 self.first_pending_seq = self.next_seq;
                 Ok(())
             }
-            Ok(seqs) => Err(SinkError(format!(
-                "the recorder assigned seqs {:?}.. where {expected_first} was expected; this session's recording is no longer reliable",
-                seqs.first()
-            ))),
+            Ok(seqs) => {
+                self.diverged = true;
+                Err(SinkError(format!(
+                    "the recorder assigned seqs {:?}.. where {expected_first} was expected; this session's recording is no longer reliable",
+                    seqs.first()
+                )))
+            }
             Err(error) => {
                 // Nothing of the batch was recorded: its seqs are free again.
                 self.next_seq = expected_first;

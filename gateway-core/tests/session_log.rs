@@ -25,6 +25,8 @@ struct Recording {
     sink: proctor_recorder::Sink,
     down: Arc<AtomicBool>,
     panic_next: Arc<AtomicBool>,
+    /// The next batch is written, but answered with other seqs.
+    skew_next: Arc<AtomicBool>,
 }
 
 impl EventSink for Recording {
@@ -39,7 +41,11 @@ impl EventSink for Recording {
         if self.panic_next.swap(false, Ordering::SeqCst) {
             panic!("a defect in the recording");
         }
-        self.sink.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
+        let seqs = self.sink.append_slice(events).await.map_err(|e| SinkError(e.to_string()))?;
+        if self.skew_next.swap(false, Ordering::SeqCst) {
+            return Ok(seqs.into_iter().map(|seq| seq + 1000).collect());
+        }
+        Ok(seqs)
     }
 }
 
@@ -48,21 +54,8 @@ fn output(text: String) -> EventBody {
 }
 
 fn start() -> EventBody {
-    SessionStart {
-        protocol: Protocol::Ssh,
-        resource: Some("host".into()),
-        subject: Some("ci-bot".into()),
-        groups: Vec::new(),
-        grant_id: None,
-        client_addr: None,
-        target_user: None,
-        database: None,
-        application_name: None,
-        tls: None,
-        masking_profile: None,
-        message: None,
-    }
-    .into()
+    SessionStart { resource: Some("host".into()), subject: Some("ci-bot".into()), ..SessionStart::new(Protocol::Ssh) }
+        .into()
 }
 
 const TASKS: usize = 8;
@@ -73,7 +66,8 @@ async fn tasks_of_one_session_record_through_its_log_in_order_and_whole() {
     let dir = tempfile::tempdir().unwrap();
     let recorder = Recorder::open(dir.path(), &RecorderSettings::default()).unwrap();
     let down = Arc::new(AtomicBool::new(false));
-    let sink = Recording { sink: recorder.sink(), down: down.clone(), panic_next: Arc::default() };
+    let sink =
+        Recording { sink: recorder.sink(), down: down.clone(), panic_next: Arc::default(), skew_next: Arc::default() };
     let id = SessionId::new();
     let mut session = SessionRecorder::new(sink, id);
     session.push(Direction::Gateway, start());
@@ -145,7 +139,12 @@ async fn open_log(
     dir: &std::path::Path,
 ) -> (Recorder, Recording, SessionId, SessionLog, tokio::task::JoinHandle<SessionRecorder<Recording>>) {
     let recorder = Recorder::open(dir, &RecorderSettings::default()).unwrap();
-    let sink = Recording { sink: recorder.sink(), down: Arc::default(), panic_next: Arc::default() };
+    let sink = Recording {
+        sink: recorder.sink(),
+        down: Arc::default(),
+        panic_next: Arc::default(),
+        skew_next: Arc::default(),
+    };
     let id = SessionId::new();
     let mut session = SessionRecorder::new(sink.clone(), id);
     session.push(Direction::Gateway, start());
@@ -203,4 +202,39 @@ async fn a_recording_that_fails_inside_ends_the_session_recorded() {
     let kinds: Vec<&str> = events.iter().map(|e| e.kind().as_str()).collect();
     assert_eq!(kinds, ["session_start", "terminal_output", "session_end"]);
     assert!(matches!(&events[2].body, EventBody::SessionEnd(end) if end.reason == EndReason::InternalError));
+}
+
+/// The recorder answering a batch with seqs the session did not expect (it
+/// wrote the batch): the log neither tries it again nor takes anything more,
+/// so nothing is recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_that_disagrees_on_seqs_stops_the_log_without_recording_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recorder, sink, id, log, actor) = open_log(dir.path()).await;
+    sink.skew_next.store(true, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            log.record(vec![(Direction::TargetToClient, output(format!("task {task}")))]).await
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap().is_err(), "every sender of the group, and every one after, is refused");
+    }
+    assert!(log.record(vec![(Direction::TargetToClient, output("after".into()))]).await.is_err());
+    drop(log);
+    let session = actor.await.unwrap();
+    assert!(session.diverged());
+    recorder.close().unwrap();
+    let events = Reader::open(dir.path()).unwrap().session_events(id).unwrap();
+    let outputs: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TerminalOutput(o) => Some(String::from_utf8_lossy(&o.data).into_owned()),
+            _ => None,
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = outputs.iter().collect();
+    assert_eq!(distinct.len(), outputs.len(), "nothing recorded twice: {outputs:?}");
 }

@@ -84,7 +84,12 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
         match (request.credential, request.secret()) {
             (Credential::Certificate { valid_before }, _) => {
                 // Signed by Proctor for this grant (the adapter checked the
-                // signature and the principal): it may not outlive it.
+                // signature and the principal): still valid, and not
+                // outliving the grant (a "forever" certificate, or a bound
+                // that overflowed to zero or below, is neither).
+                if valid_before <= now_ms() {
+                    return Err(owned(format!("the certificate for grant {} has expired", grant.id)));
+                }
                 if valid_before > grant.expires_at {
                     return Err(owned(format!(
                         "the certificate for grant {} outlives the grant; request a new one",
@@ -218,6 +223,8 @@ mod tests {
             check("db", "", Credential::Bearer("g_00000000000000aa.pct_wrong")).await,
             check("db", "", Credential::Bearer("pct_s3cret")).await,
             check("db", "g_00000000000000aa", Credential::Certificate { valid_before: later + 1 }).await,
+            check("db", "g_00000000000000aa", Credential::Certificate { valid_before: now_ms() - 1 }).await,
+            check("db", "g_00000000000000aa", Credential::Certificate { valid_before: -1 }).await,
             check("db", "g_00000000000000bb", Credential::Password(SECRET.as_bytes())).await,
             check("db", "g_00000000000000bb", Credential::Certificate { valid_before: later }).await,
             check("other", "g_00000000000000aa", Credential::Certificate { valid_before: later }).await,

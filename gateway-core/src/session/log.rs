@@ -9,8 +9,11 @@
 //! nothing: a batch the recorder refuses is tried again request by request,
 //! so that one request (too large beside the others, an event after the
 //! session's end) is refused alone, and a refused request uses no seq. If
-//! the recording itself fails (a panic), its senders are refused, the
-//! session's end is recorded if it can be, and the log takes nothing more.
+//! the recording itself fails (a panic, or the recorder and the session
+//! disagreeing on seqs), its senders are refused, the session's end is
+//! recorded if it can be, and the log takes nothing more. Seqs follow the
+//! order requests reach the actor; times are when each task saw its events,
+//! so across tasks the two orders may differ by the time a request waits.
 
 use proctor_schemas::{Direction, EndReason, EventBody, SessionEnd, SessionId, Timestamp};
 use tokio::sync::{mpsc, oneshot};
@@ -107,7 +110,7 @@ async fn run<S: EventSink>(mut recorder: SessionRecorder<S>, mut queue: mpsc::Re
                     let seqs = push(&mut recorder, &request);
                     let answer = match flush(&mut recorder).await {
                         Ok(()) => Ok(seqs.collect()),
-                        Err(failed @ Flush::Panicked(_)) => {
+                        Err(failed @ Flush::Broken(_)) => {
                             broken = Some(failed.error());
                             Err(failed.error())
                         }
@@ -125,7 +128,7 @@ async fn run<S: EventSink>(mut recorder: SessionRecorder<S>, mut queue: mpsc::Re
                 for request in group.drain(..) {
                     let _ = request.reply.send(Err(error.clone()));
                 }
-                if let Flush::Panicked(_) = failed {
+                if let Flush::Broken(_) = failed {
                     stop(&mut recorder, &error).await;
                     break;
                 }
@@ -168,15 +171,16 @@ fn push_owned<S: EventSink>(recorder: &mut SessionRecorder<S>, request: &mut Req
 enum Flush {
     /// The recorder refused the batch: none of it was recorded.
     Refused(SinkError),
-    /// The recording code panicked.
-    Panicked(String),
+    /// The recording cannot go on: its code panicked, or the recorder and
+    /// the session disagree on its seqs (the batch may have been written).
+    Broken(String),
 }
 
 impl Flush {
     fn error(&self) -> SinkError {
         match self {
             Flush::Refused(error) => error.clone(),
-            Flush::Panicked(what) => SinkError(format!("the recording failed internally ({what})")),
+            Flush::Broken(what) => SinkError(format!("the recording failed internally ({what})")),
         }
     }
 }
@@ -185,12 +189,13 @@ async fn flush<S: EventSink>(recorder: &mut SessionRecorder<S>) -> Result<(), Fl
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(recorder.flush()).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) if recorder.diverged() => Err(Flush::Broken(error.0)),
         Ok(Err(error)) => Err(Flush::Refused(error)),
         Err(panic) => {
             let what = super::panic_message(&*panic);
             tracing::error!(session_id = %recorder.session_id(), panic = %what, "a session's recording failed internally");
             recorder.discard_pending();
-            Err(Flush::Panicked(what))
+            Err(Flush::Broken(what))
         }
     }
 }
