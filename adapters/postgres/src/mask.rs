@@ -256,6 +256,11 @@ pub struct ResultColumn {
     /// its values are secrets (`password`, `api_key`, ...), decided once per
     /// result: then a random-looking value is masked whole.
     pub name_says: NameSays,
+    /// The column comes from a table the catalog did not name (the lookup
+    /// failed, or the table is not visible to it): under column rules its
+    /// name in its table is unknown, so an alias could hide a ruled column,
+    /// and its values are withheld.
+    pub unplaced: bool,
 }
 
 impl ResultColumn {
@@ -315,9 +320,10 @@ fn mask_value<'v>(
         counts.add_rules(unseen);
         Some(Change::Null)
     };
-    let Some(column) = column else {
-        // Unknown column: a column rule could apply to it, so it is withheld;
-        // without column rules the detectors read it, and a hit withholds it.
+    let Some(column) = column.filter(|c| !c.unplaced) else {
+        // Unknown column (or one of an unnamed table): a column rule could
+        // apply to it, so it is withheld; without column rules the detectors
+        // read it, and a hit withholds it.
         if masker.has_column_rules() {
             count(counts, "column:unknown");
             return Some(Change::Null);

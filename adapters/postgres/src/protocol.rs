@@ -470,8 +470,9 @@ impl Protocol {
                 }
             }
             Answer::Tables(names) => {
-                // Asked once: what the catalog does not name stays unnamed
-                // (and `table.column` rules then match by column: masked).
+                // Asked once: what the catalog does not name stays unnamed,
+                // and its columns are withheld under column rules (an alias
+                // could otherwise hide a ruled column).
                 if let Ok(names) = names {
                     self.tables.extend(names);
                     self.tables_generation += 1;
@@ -1138,8 +1139,11 @@ impl Protocol {
                     }
                 }
                 if fresh {
+                    let ruled = self.masker.as_ref().is_some_and(|m| m.has_column_rules());
                     for column in &mut columns {
-                        column.name_source(self.tables.get(&column.table_oid).map(|t| &**t));
+                        let table = self.tables.get(&column.table_oid);
+                        column.name_source(table.map(|t| &**t));
+                        column.unplaced = ruled && column.table_oid != 0 && table.is_none();
                     }
                     if let Some(masker) = &self.masker {
                         mask::plan(&mut columns, masker);
@@ -2122,6 +2126,52 @@ mod tests {
             assert_eq!(seen, afresh, "round {round}");
         }
         assert!(reused > 100, "the rounds describe the same result again ({reused} times)");
+    }
+
+    /// A catalog lookup that fails leaves a column's name in its table
+    /// unknown: under column rules its values are withheld, so `SELECT ssn
+    /// AS x` with the catalog unreachable does not pass a `customers.ssn`
+    /// rule. With the catalog answering, the rule applies through the alias.
+    #[test]
+    fn a_column_of_a_table_the_catalog_did_not_name_is_withheld_under_column_rules() {
+        use super::super::catalog::TableInfo;
+        let masker = Arc::new(masker_of("[[columns]]\nmatch = \"customers.ssn\""));
+        let mut body = BytesMut::new();
+        body.put_i16(1);
+        body.put_slice(&cstr("x"));
+        body.put_u32(1001);
+        body.put_i16(3);
+        body.put_u32(25);
+        body.put_i16(-1);
+        body.put_i32(-1);
+        body.put_i16(0);
+        let description = frame(b'T', &body);
+        let row = data_row(&[Some("123-45-6789")]);
+        for catalog_answers in [false, true] {
+            let mut p = Protocol::new(SampleLimits { rows: 0, bytes: 0 }).with_masker(Some(masker.clone()));
+            let mut events = RecordedEvents::default();
+            p.frontend(&frame(b'Q', &cstr("select ssn as x from customers")), &mut events);
+            assert_eq!(p.backend(&description, &mut events), Backend::Pause);
+            let asked = p.lookup().unwrap();
+            let answer = if catalog_answers {
+                let table = TableInfo {
+                    name: "customers".into(),
+                    columns: [(3, "ssn".to_string())].into_iter().collect(),
+                    generated: Vec::new(),
+                };
+                Ok(asked.iter().map(|oid| (*oid, Arc::new(table.clone()))).collect())
+            } else {
+                Err("the catalog cannot be reached".to_string())
+            };
+            p.answer(Answer::Tables(answer));
+            assert_eq!(p.backend(&description, &mut events), Backend::Forward);
+            let Backend::Replace(masked) = p.backend(&row, &mut events) else {
+                panic!("catalog answers {catalog_answers}: the value passed as it was")
+            };
+            let shown = String::from_utf8_lossy(&masked).into_owned();
+            assert!(!shown.contains("123-45-6789"), "{shown}");
+            assert_eq!(shown.contains("customers.ssn"), catalog_answers, "{shown}");
+        }
     }
 
     #[test]
