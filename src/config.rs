@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use proctor_gateway_core::config::{ResourceConfig, ResourceKind, TlsConfig, validate_resources};
+use proctor_gateway_core::config::{ResourceConfig, ResourceKind, ResourceProtocol, TlsConfig, validate_resources};
 use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profile, Profiles};
@@ -227,6 +227,23 @@ impl Config {
                     "policy {:?} names rules {rules:?}, which are not configured: add a [rules.{rules}] table",
                     policy.name
                 );
+                // Rules are scoped per protocol: each resource the policy
+                // opens needs a rule set of that name in its protocol's table.
+                for resource in
+                    self.resources.iter().filter(|r| policy.resources.iter().any(|p| p == "*" || *p == r.name))
+                {
+                    let protocol = resource.protocol();
+                    let scope = protocol.rules();
+                    anyhow::ensure!(
+                        self.rule_sets(protocol).any(|name| name == rules),
+                        "policy {:?} names rules {rules:?} and opens {} resource {:?}, whose protocol has no {} of that name: add a [{}.{rules}] table",
+                        policy.name,
+                        protocol.as_str(),
+                        resource.name,
+                        scope.kind,
+                        scope.table
+                    );
+                }
             }
             for resource in &policy.resources {
                 anyhow::ensure!(
@@ -241,6 +258,13 @@ impl Config {
             "[[policies]] are given but [control] is not: grants are requested through the control API"
         );
         Ok(())
+    }
+
+    /// The names of the rule sets configured for `protocol`'s sessions.
+    pub fn rule_sets(&self, protocol: ResourceProtocol) -> impl Iterator<Item = &str> {
+        match protocol {
+            ResourceProtocol::Postgres => self.rules.keys().map(String::as_str),
+        }
     }
 
     /// The masking profiles, with their key (read, or created on first start

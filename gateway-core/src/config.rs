@@ -26,6 +26,16 @@ impl ResourceProtocol {
         }
     }
 
+    /// Where this protocol's rule sets are configured: rules are scoped per
+    /// protocol (`[rules.NAME]` are PostgreSQL's statement rules), and a
+    /// grant under rules `NAME` opens a resource only if its protocol has a
+    /// rule set `NAME`.
+    pub const fn rules(self) -> crate::session::RuleScope {
+        match self {
+            ResourceProtocol::Postgres => crate::session::RuleScope { kind: "statement rules", table: "rules" },
+        }
+    }
+
     /// The keys a `[[resources]]` entry of this protocol may have, beside
     /// every resource's own ([`COMMON_KEYS`]).
     pub fn keys(self) -> &'static [&'static str] {

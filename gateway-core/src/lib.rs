@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod control;
 mod error;
 pub mod recording;

@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::frame::{Body, text};
 use super::mask::ResultColumn;
 use super::messages::fields;
-use super::stream::Conn;
 use super::upstream::{self, Target};
+use proctor_gateway_core::conn::Conn;
 
 /// How long one catalog question may take.
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -18,8 +18,8 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::PgResource;
-use super::stream::Conn;
 use super::upstream;
+use proctor_gateway_core::conn::Conn;
 
 /// How long a cancelled backend has to go before it is terminated, and a
 /// terminated one before Proctor gives up watching.

@@ -20,7 +20,6 @@ pub mod rules;
 mod session;
 mod shape;
 mod startup;
-mod stream;
 mod upstream;
 mod values;
 

@@ -1,8 +1,11 @@
-//! One client connection, from accept to close: start-up, authentication,
-//! the target connection, then the proxy loop that parses every frame in
-//! both directions, records what happened, and forwards only what has been
-//! recorded.
+//! PostgreSQL's connection engine: the client's start-up (TLS, the startup
+//! message, the password), the target's, then the relay that parses every
+//! frame in both directions, records what happened, and forwards only what
+//! has been recorded. The session lifecycle around it (who is let in, when
+//! the session begins and ends, and in what order) is the core's
+//! [`session::run`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -14,29 +17,27 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use proctor_schemas::{
-    Cancel, Direction, EndReason, ErrorReport, EventBody, Notice, Protocol as Proto, SessionEnd, SessionId,
-    SessionStart,
+    Cancel, Direction, EndReason, ErrorReport, Notice, Protocol as Proto, SessionEnd, SessionId, SessionStart,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
-use super::cancel::{CancelNotice, CancelRegistry};
+use super::cancel::{CancelKey, CancelNotice, CancelRegistry};
 use super::frame::{self, MAX_DECODED_FRAME, Peek};
 use super::gate::Gate;
 use super::messages::{self, PgError};
 use super::protocol::{Answer, Backend, Frontend, Protocol, Question};
 use super::startup::{self, Contact};
-use super::stream::Conn;
 use super::upstream::{self, Upstream};
 use super::{Context, PgResource};
+use proctor_gateway_core::EventSink;
 use proctor_gateway_core::auth::{AuthRequest, Authenticator, Credential, Identity};
-use proctor_gateway_core::control::Lease;
+use proctor_gateway_core::config::ResourceProtocol;
+use proctor_gateway_core::conn::Conn;
 use proctor_gateway_core::masking::Masker;
 use proctor_gateway_core::recording::{Record, SessionRecorder};
-use proctor_gateway_core::session::{self, Admitted, Ending, Interrupted, Refusal, step};
-use proctor_gateway_core::{EventSink, SinkError};
+use proctor_gateway_core::session::{self, Ending, Refusal, Refused, RuleScope, Start};
 
 /// Read buffers start at this size and grow only to hold a frame that must
 /// be decoded whole.
@@ -44,9 +45,6 @@ const BUFFER: usize = 64 * 1024;
 /// Frames of a streamable type at least this large are passed through in
 /// pieces instead of being held whole.
 const STREAM_THRESHOLD: usize = 256 * 1024;
-/// How long start-up may take, from accepting the connection (TLS, startup
-/// message, password, the target's own start-up) to the first ReadyForQuery.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a goodbye (an error message, a TLS close) may take to send.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a cancel request waits for its session to record it.
@@ -58,316 +56,400 @@ pub(super) async fn handle<S: EventSink, A: Authenticator>(
     client_addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut recorder = SessionRecorder::new(ctx.sink.clone(), SessionId::new());
-    let empty = std::collections::BTreeMap::new();
-    session::guarded(
-        &mut recorder,
-        async |recorder| serve(&ctx, tcp, client_addr, shutdown, recorder).await,
-        |note| session_start(&ctx.resource, client_addr, &empty, None, "unknown", Some(note)),
-    )
-    .await;
-}
-
-/// What the client is told when start-up stops before it completes.
-fn interrupted_error(interrupted: Interrupted) -> PgError {
-    match interrupted {
-        Interrupted::TimedOut => PgError::fatal(
-            "08P01",
-            format!("start-up took longer than Proctor's limit of {}s", STARTUP_TIMEOUT.as_secs()),
-        )
-        .with_hint("connect again; if this repeats, check the network between the client, Proctor and the database"),
-        Interrupted::Shutdown => PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment"),
-    }
-}
-
-/// A refusal at admission, as PostgreSQL says it.
-fn refusal_error(refusal: &Refusal) -> PgError {
-    let error = PgError::fatal("42501", refusal.message.clone());
-    match &refusal.hint {
-        Some(hint) => error.with_hint(hint),
-        None => error,
-    }
-}
-
-async fn serve<S: EventSink, A: Authenticator>(
-    ctx: &Context<S, A>,
-    tcp: TcpStream,
-    client_addr: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-    recorder: &mut SessionRecorder<S>,
-) {
     let _ = tcp.set_nodelay(true);
-    let resource = &ctx.resource;
-    // Everything from accepting the connection to the first query shares one deadline.
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let contact = step(deadline, &mut shutdown, startup::accept(tcp, ctx.tls.as_ref(), resource.allow_plaintext)).await;
-    let contact = match contact {
-        Err(interrupted) => {
-            let reason = interrupted.reason();
-            refuse_with(recorder, resource, client_addr, None, interrupted_error(interrupted), None, reason).await;
-            return;
+    let engine = PgEngine::new(ctx.clone(), tcp, client_addr);
+    session::run(engine, ctx.sink.clone(), &*ctx.auth, &ctx.masking, shutdown).await;
+}
+
+/// One PostgreSQL connection, as the session lifecycle drives it: the
+/// client's start-up, the target's, then the relay.
+struct PgEngine<S, A> {
+    ctx: Arc<Context<S, A>>,
+    client_addr: SocketAddr,
+    /// The connection before start-up.
+    tcp: Option<TcpStream>,
+    client: Option<Conn>,
+    /// A cancel request, served aside.
+    cancel: Option<(i32, i32)>,
+    /// The startup message's parameters, as the client sent them.
+    params: BTreeMap<String, String>,
+    /// What a refusal records of them.
+    claimed: Claimed,
+    password: Vec<u8>,
+    database: String,
+    tls: Option<String>,
+    /// Set once the session begins.
+    admitted: Option<Terms>,
+    /// Set once the target is reached.
+    upstream: Option<Reached>,
+}
+
+/// What an admitted session runs under.
+struct Terms {
+    gate: Option<Gate>,
+    masker: Option<Arc<Masker>>,
+    sample_rows: Option<usize>,
+    /// The start-up parameters the target is given.
+    forwarded: Vec<(String, String)>,
+}
+
+/// The target's side, once reached.
+struct Reached {
+    target: Conn,
+    backend_pid: i32,
+    secret: i32,
+    /// The client's cancel key, routed to this session while it lives.
+    key: Option<CancelKey>,
+    cancels: mpsc::Receiver<CancelNotice>,
+    protocol: Protocol,
+    /// Start-up as the client is told it: parameters, notices, its key, ready.
+    hello: BytesMut,
+}
+
+impl<S: EventSink, A: Authenticator> PgEngine<S, A> {
+    fn new(ctx: Arc<Context<S, A>>, tcp: TcpStream, client_addr: SocketAddr) -> Self {
+        PgEngine {
+            ctx,
+            client_addr,
+            tcp: Some(tcp),
+            client: None,
+            cancel: None,
+            params: BTreeMap::new(),
+            claimed: Claimed::default(),
+            password: Vec::new(),
+            database: String::new(),
+            tls: None,
+            admitted: None,
+            upstream: None,
         }
-        Ok(Err(refusal)) => {
-            let reason = if refusal.error.code == "28000" { EndReason::AuthFailed } else { EndReason::ClientError };
-            refuse_with(recorder, resource, client_addr, None, refusal.error, refusal.conn, reason).await;
-            return;
+    }
+
+    fn user(&self) -> &str {
+        self.params.get("user").map_or("", String::as_str)
+    }
+
+    /// Start-up up to the password; a refusal says its native error.
+    async fn startup(&mut self) -> Result<(), Refused<PgError>> {
+        let tcp = self.tcp.take().expect("start-up runs once");
+        let resource = &self.ctx.resource;
+        let contact = match startup::accept(tcp, self.ctx.tls.as_ref(), resource.allow_plaintext).await {
+            Ok(contact) => contact,
+            Err(refusal) => {
+                self.tls = refusal.conn.as_ref().map(Conn::tls_version);
+                self.client = refusal.conn;
+                let reason = if refusal.error.code == "28000" { EndReason::AuthFailed } else { EndReason::ClientError };
+                return Err(Refused { error: refusal.error, reason });
+            }
+        };
+        let (client, params) = match contact {
+            Contact::Cancel { conn, pid, secret } => {
+                self.client = Some(conn);
+                self.cancel = Some((pid, secret));
+                return Ok(());
+            }
+            Contact::Startup { conn, params } => (conn, params),
+        };
+        self.tls = Some(client.tls_version());
+        self.client = Some(client);
+        let user = params.get("user").cloned().unwrap_or_default();
+        self.database = params.get("database").cloned().unwrap_or_else(|| user.clone());
+        // What a refusal records of them: typed by a client not yet admitted.
+        let strictest = self.ctx.masking.strictest().and_then(|p| self.ctx.masking.masker(&p).ok().flatten());
+        self.claimed = Claimed::new(&params, strictest.as_ref());
+        self.params = params;
+        if self.params.contains_key("replication") {
+            let error = PgError::fatal("0A000", "replication connections are not available through Proctor");
+            return Err(Refused { error, reason: EndReason::ClientError });
         }
-        Ok(Ok(contact)) => contact,
-    };
-    let (mut client, params) = match contact {
-        Contact::Cancel { mut conn, pid, secret } => {
-            handle_cancel(&ctx.cancels, pid, secret, client_addr, recorder, resource).await;
+        // A password, over TLS unless the resource allows plaintext.
+        let client = self.client.as_mut().expect("set above");
+        self.password =
+            ask_password(client, &user).await.map_err(|error| Refused { error, reason: EndReason::AuthFailed })?;
+        Ok(())
+    }
+}
+
+impl<S: EventSink, A: Authenticator> session::Engine<S> for PgEngine<S, A> {
+    type Error = PgError;
+    type Rules = Gate;
+
+    const RULES: RuleScope = ResourceProtocol::Postgres.rules();
+
+    fn resource(&self) -> &str {
+        &self.ctx.resource.name
+    }
+
+    fn unadmitted(&self, identity: Option<&Identity>) -> SessionStart {
+        let params = &self.claimed.params;
+        let gave = params.get("user").map(|u| format!("refused; the client gave user name {u:?}"));
+        let tls = self.tls.as_deref().unwrap_or("unknown");
+        session_start(&self.ctx.resource, self.client_addr, params, identity, tls, gave)
+    }
+
+    async fn start(&mut self) -> Start<PgError> {
+        match self.startup().await {
+            Ok(()) if self.cancel.is_some() => Start::Aside,
+            Ok(()) => Start::Credential,
+            Err(refused) => Start::Refused(refused),
+        }
+    }
+
+    async fn aside(&mut self, recorder: &mut SessionRecorder<S>) {
+        let Some((pid, secret)) = self.cancel else { return };
+        handle_cancel(&self.ctx.cancels, pid, secret, self.client_addr, recorder, &self.ctx.resource).await;
+        if let Some(conn) = self.client.as_mut() {
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, conn.shutdown()).await;
-            return;
         }
-        Contact::Startup { conn, params } => (conn, params),
-    };
-    let user = params.get("user").cloned().unwrap_or_default();
-    let database = params.get("database").cloned().unwrap_or_else(|| user.clone());
-    let tls = client.tls_version();
-    // What a refusal records of them: typed by a client not yet admitted.
-    let strictest = ctx.masking.strictest().and_then(|p| ctx.masking.masker(&p).ok().flatten());
-    let claimed = Claimed::new(&params, strictest.as_ref());
-
-    if params.contains_key("replication") {
-        let error = PgError::fatal("0A000", "replication connections are not available through Proctor");
-        refuse(recorder, resource, client_addr, Some(&claimed), error, Some(client)).await;
-        return;
     }
 
-    // Authentication: a password, over TLS unless the resource allows plaintext.
-    let authenticated = step(deadline, &mut shutdown, authenticate(ctx, &mut client, &user, client_addr)).await;
-    let identity = match authenticated {
-        Ok(Ok(identity)) => identity,
-        Ok(Err((error, owner))) => {
-            let claimed = Some(&claimed);
-            let reason = EndReason::AuthFailed;
-            refuse_owned(recorder, resource, client_addr, claimed, error, Some(client), reason, owner.as_ref()).await;
-            return;
+    fn credential(&self) -> AuthRequest<'_> {
+        AuthRequest {
+            resource: &self.ctx.resource.name,
+            user: self.user(),
+            credential: Credential::Password(&self.password),
+            client_addr: self.client_addr,
         }
-        Err(interrupted) => {
-            let (error, reason) = (interrupted_error(interrupted), interrupted.reason());
-            refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), reason).await;
-            return;
-        }
-    };
-
-    // A grant opens its resource's database (or those listed), not every
-    // database the target account can reach.
-    if let Some(grant) = &identity.grant_id
-        && !resource.databases.contains(&database)
-    {
-        let error = PgError::fatal(
-            "42501",
-            format!(
-                "grant {grant} opens database {} of resource {}, not the one this connection asked for",
-                resource.databases.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(" or "),
-                resource.name
-            ),
-        )
-        .with_hint("connect to the database in the grant's credentials URL");
-        refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), EndReason::Policy).await;
-        return;
     }
 
-    // Admitted under its grant's statement rules and masking profile, held
-    // to its grant.
-    let (session_id, grant_id) = (recorder.session_id(), identity.grant_id.clone());
-    let rules = |name: &str| {
-        let rules = ctx.policy.rules(name)?;
-        Some(Gate::new(ctx.policy.clone(), rules, grant_id, resource.name.clone(), session_id))
-    };
-    let admitted = session::admit(identity, "statement rules", rules, &ctx.masking, &*ctx.auth);
-    let Admitted { identity, rules: gate, masker, mut lease } = match admitted {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            let error = refusal_error(&refusal);
-            refuse_with(recorder, resource, client_addr, Some(&claimed), error, Some(client), refusal.reason).await;
-            return;
-        }
-    };
-
-    // The session begins: recorded before anything reaches the target,
-    // with every start-up parameter the target will be given (masked, as
-    // the client's other words are: `options` and `application_name` can
-    // hold anything).
-    let recorded: std::collections::BTreeMap<String, String> = params
-        .iter()
-        .map(|(k, v)| {
-            (k.clone(), masker.as_ref().and_then(|m| super::mask::parameter(m, v)).unwrap_or_else(|| v.clone()))
-        })
-        .collect();
-    recorder.push(Direction::Gateway, session_start(resource, client_addr, &recorded, Some(&identity), &tls, None));
-    let forwarded: Vec<(String, String)> =
-        params.iter().filter(|(k, _)| k.as_str() != "user").map(|(k, v)| (k.clone(), v.clone())).collect();
-    for (parameter, value) in recorded.iter().filter(|(k, _)| k.as_str() != "user") {
-        recorder.push(
-            Direction::ClientToTarget,
-            proctor_schemas::ParameterStatus { parameter: parameter.clone(), value: value.clone() }.into(),
-        );
-    }
-    if let Err(error) = recorder.flush().await {
-        let pg = recorder_refused(&error);
-        send_error(&mut client, &pg).await;
-        return;
-    }
-
-    let upstream = match step(deadline, &mut shutdown, upstream::connect(&resource.target, &forwarded)).await {
-        Ok(upstream) => upstream,
-        Err(interrupted) => {
-            let pg = match interrupted {
-                Interrupted::TimedOut => PgError::fatal(
-                    "08001",
-                    format!("the database behind {} did not finish start-up in time", resource.name),
+    /// A grant opens its resource's database (or those listed), not every
+    /// database the target account can reach.
+    fn authorize(&self, identity: &Identity) -> Result<(), Refused<PgError>> {
+        let resource = &self.ctx.resource;
+        match &identity.grant_id {
+            Some(grant) if !resource.databases.contains(&self.database) => {
+                let error = PgError::fatal(
+                    "42501",
+                    format!(
+                        "grant {grant} opens database {} of resource {}, not the one this connection asked for",
+                        resource.databases.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(" or "),
+                        resource.name
+                    ),
                 )
-                .with_hint("try again; if this repeats, the database may be overloaded or unreachable"),
-                Interrupted::Shutdown => interrupted_error(interrupted),
-            };
-            let reason = match interrupted {
-                Interrupted::TimedOut => EndReason::TargetError,
-                Interrupted::Shutdown => EndReason::Shutdown,
-            };
-            recorder.push(Direction::Gateway, error_event(&pg));
-            recorder.push(Direction::Gateway, SessionEnd { reason, message: Some(pg.message.clone()) }.into());
-            let _ = recorder.flush().await;
-            send_error(&mut client, &pg).await;
-            return;
+                .with_hint("connect to the database in the grant's credentials URL");
+                Err(Refused { error, reason: EndReason::Policy })
+            }
+            _ => Ok(()),
         }
-    };
-    let Upstream { conn: mut target, parameters, backend_pid, secret, notices } = match upstream {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            let pg = error.to_client(&resource.name);
-            recorder.push(Direction::Gateway, error_event(&pg));
+    }
+
+    fn rules(&self, name: &str, grant_id: Option<String>, session_id: SessionId) -> Option<Gate> {
+        let rules = self.ctx.policy.rules(name)?;
+        Some(Gate::new(self.ctx.policy.clone(), rules, grant_id, self.ctx.resource.name.clone(), session_id))
+    }
+
+    /// Records the session's start with every start-up parameter the target
+    /// will be given (masked, as the client's other words are: `options`
+    /// and `application_name` can hold anything).
+    fn begin(
+        &mut self,
+        identity: &Identity,
+        gate: Option<Gate>,
+        masker: Option<Arc<Masker>>,
+        recorder: &mut SessionRecorder<S>,
+    ) {
+        self.password.fill(0);
+        let recorded: BTreeMap<String, String> = self
+            .params
+            .iter()
+            .map(|(k, v)| {
+                (k.clone(), masker.as_ref().and_then(|m| super::mask::parameter(m, v)).unwrap_or_else(|| v.clone()))
+            })
+            .collect();
+        let tls = self.tls.as_deref().unwrap_or("unknown");
+        let start = session_start(&self.ctx.resource, self.client_addr, &recorded, Some(identity), tls, None);
+        recorder.push(Direction::Gateway, start.into());
+        for (parameter, value) in recorded.iter().filter(|(k, _)| k.as_str() != "user") {
+            recorder.push(
+                Direction::ClientToTarget,
+                proctor_schemas::ParameterStatus { parameter: parameter.clone(), value: value.clone() }.into(),
+            );
+        }
+        let forwarded =
+            self.params.iter().filter(|(k, _)| k.as_str() != "user").map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.admitted = Some(Terms { gate, masker, sample_rows: identity.sample_rows, forwarded });
+    }
+
+    async fn connect(&mut self, recorder: &mut SessionRecorder<S>) -> Result<(), Refused<PgError>> {
+        let resource = &self.ctx.resource;
+        let terms = self.admitted.as_mut().expect("the session began");
+        let upstream = upstream::connect(&resource.target, &terms.forwarded).await.map_err(|error| {
             let reason = match error {
                 upstream::UpstreamError::Refused(ref f) if f.code.as_deref() == Some("3D000") => EndReason::ClientError,
                 _ => EndReason::TargetError,
             };
-            recorder.push(Direction::Gateway, SessionEnd { reason, message: Some(pg.message.clone()) }.into());
-            let _ = recorder.flush().await;
-            send_error(&mut client, &pg).await;
+            Refused { error: error.to_client(&resource.name), reason }
+        })?;
+        let Upstream { conn: target, parameters, backend_pid, secret, notices } = upstream;
+
+        // Start-up completes for the client: its own cancel key, the
+        // target's parameters and notices, ready.
+        let (cancel_tx, cancels) = mpsc::channel(4);
+        let key = self.ctx.cancels.issue(resource.target.address.clone(), backend_pid, secret, cancel_tx);
+        let masker = terms.masker.clone();
+        let mut hello = BytesMut::new();
+        messages::authentication_ok(&mut hello);
+        // Under masking, what the client sees of them and what is recorded
+        // are masked alike (a client-set application_name, a login notice).
+        for (name, value) in &parameters {
+            let value = masker.as_ref().and_then(|m| super::mask::parameter(m, value)).unwrap_or_else(|| value.clone());
+            messages::parameter_status(name, &value, &mut hello);
+            recorder.push(
+                Direction::TargetToClient,
+                proctor_schemas::ParameterStatus { parameter: name.clone(), value }.into(),
+            );
+        }
+        for notice in &notices {
+            let body = notice.get(5..).unwrap_or_default();
+            let masked = masker.as_ref().and_then(|m| super::mask::fields(b'N', body, m, &mut Default::default()));
+            let notice = masked.as_deref().unwrap_or(notice);
+            let f = messages::fields(notice.get(5..).unwrap_or_default());
+            recorder.push(
+                Direction::TargetToClient,
+                Notice { severity: f.severity, sqlstate: f.code, message: f.message, detail: f.detail }.into(),
+            );
+            hello.extend_from_slice(notice);
+        }
+        messages::backend_key_data(key.pid, key.secret, &mut hello);
+        messages::ready_for_query(&mut hello);
+
+        // Result samples: as the grant's policy says, and only where a
+        // profile masks them; otherwise as the resource says.
+        let rows = match terms.sample_rows {
+            Some(rows) if masker.is_some() => rows,
+            Some(_) => 0,
+            None => resource.limits.rows,
+        };
+        let limits = super::SampleLimits { rows, ..resource.limits };
+        let mut protocol = Protocol::new(limits).with_gate(terms.gate.take()).with_masker(masker);
+        for (name, value) in &parameters {
+            protocol.parameter(name, value);
+        }
+        self.upstream = Some(Reached { target, backend_pid, secret, key: Some(key), cancels, protocol, hello });
+        Ok(())
+    }
+
+    async fn open(&mut self) -> Result<(), ()> {
+        let (Some(client), Some(reached)) = (self.client.as_mut(), self.upstream.as_mut()) else { return Err(()) };
+        let hello = std::mem::take(&mut reached.hello);
+        client.write_all(&hello).await.map_err(drop)?;
+        client.flush().await.map_err(drop)
+    }
+
+    async fn relay<F: Future<Output = Ending> + Send>(
+        &mut self,
+        recorder: &mut SessionRecorder<S>,
+        ended: Pin<&mut F>,
+    ) -> Ending {
+        let (Some(client), Some(reached)) = (self.client.as_mut(), self.upstream.as_mut()) else {
+            return Ending::new(EndReason::InternalError, "the relay began before start-up completed".to_string());
+        };
+        let catalog = CatalogAccess { resource: self.ctx.resource.clone(), database: self.database.clone() };
+        let Reached { target, cancels, protocol, .. } = reached;
+        relay(recorder, client, target, cancels, ended, protocol, catalog).await
+    }
+
+    /// Work in flight on the target ends with the session: a grant that
+    /// ended stops the work it allowed, and a client that left (or was
+    /// refused, or Proctor shutting down) leaves nothing running whose
+    /// outcome no one will see recorded. (A target that closed has nothing
+    /// left to stop.)
+    async fn wind_down(&mut self, recorder: &mut SessionRecorder<S>, ending: &mut Ending) {
+        let Some(reached) = self.upstream.as_mut() else { return };
+        reached.key = None;
+        let target_gone = matches!(ending.reason, EndReason::TargetClosed | EndReason::TargetError);
+        if target_gone || !reached.protocol.awaiting_target() {
             return;
         }
-    };
-
-    // Start-up completes for the client: its own cancel key, the target's
-    // parameters and notices, ready.
-    let (cancel_tx, cancel_rx) = mpsc::channel(4);
-    let key = ctx.cancels.issue(resource.target.address.clone(), backend_pid, secret, cancel_tx);
-    let mut hello = BytesMut::new();
-    messages::authentication_ok(&mut hello);
-    // Under masking, what the client sees of them and what is recorded are
-    // masked alike (a client-set application_name, a login notice).
-    for (name, value) in &parameters {
-        let value = masker.as_ref().and_then(|m| super::mask::parameter(m, value)).unwrap_or_else(|| value.clone());
-        messages::parameter_status(name, &value, &mut hello);
-        recorder.push(
-            Direction::TargetToClient,
-            proctor_schemas::ParameterStatus { parameter: name.clone(), value }.into(),
-        );
-    }
-    for notice in &notices {
-        let body = notice.get(5..).unwrap_or_default();
-        let masked = masker.as_ref().and_then(|m| super::mask::fields(b'N', body, m, &mut Default::default()));
-        let notice = masked.as_deref().unwrap_or(notice);
-        let f = messages::fields(notice.get(5..).unwrap_or_default());
-        recorder.push(
-            Direction::TargetToClient,
-            Notice { severity: f.severity, sqlstate: f.code, message: f.message, detail: f.detail }.into(),
-        );
-        hello.extend_from_slice(notice);
-    }
-    messages::backend_key_data(key.pid, key.secret, &mut hello);
-    messages::ready_for_query(&mut hello);
-    if let Err(error) = recorder.flush().await {
-        send_error(&mut client, &recorder_refused(&error)).await;
-        let _ = target.shutdown().await;
-        return;
-    }
-    if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
-        let _ = target.shutdown().await;
-        session::end(recorder, Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string()))
-            .await;
-        return;
-    }
-
-    // Result samples: as the grant's policy says, and only where a profile
-    // masks them; otherwise as the resource says.
-    let rows = match identity.sample_rows {
-        Some(rows) if masker.is_some() => rows,
-        Some(_) => 0,
-        None => resource.limits.rows,
-    };
-    let limits = super::SampleLimits { rows, ..resource.limits };
-    let mut protocol = Protocol::new(limits).with_gate(gate).with_masker(masker);
-    for (name, value) in &parameters {
-        protocol.parameter(name, value);
-    }
-    let outside = Outside { cancels: cancel_rx, shutdown, lease: lease.as_mut() };
-    let catalog = CatalogAccess { resource: ctx.resource.clone(), database: database.clone() };
-    let mut ending = relay(recorder, &mut client, &mut target, outside, &mut protocol, catalog).await;
-    drop(lease);
-    drop(key);
-    // Work in flight on the target ends with the session: a grant that
-    // ended stops the work it allowed, and a client that left (or was
-    // refused, or Proctor shutting down) leaves nothing running whose
-    // outcome no one will see recorded. (A target that closed has nothing
-    // left to stop.)
-    let target_gone = matches!(ending.reason, EndReason::TargetClosed | EndReason::TargetError);
-    if !target_gone && protocol.awaiting_target() {
-        let queued = protocol.requests_in_flight() > 1;
+        let queued = reached.protocol.requests_in_flight() > 1;
+        let (resource, database) = (&self.ctx.resource, &self.database);
+        let (pid, secret) = (reached.backend_pid, reached.secret);
         let stopped =
-            super::interrupt::stop_in_flight(&mut target, resource, &database, backend_pid, secret, queued).await;
+            super::interrupt::stop_in_flight(&mut reached.target, resource, database, pid, secret, queued).await;
         let what = stopped.describe();
-        recorder
-            .push(Direction::Gateway, Cancel { backend_pid: Some(backend_pid), message: Some(what.clone()) }.into());
+        recorder.push(Direction::Gateway, Cancel { backend_pid: Some(pid), message: Some(what.clone()) }.into());
         let _ = recorder.flush().await;
         ending.message = Some(match ending.message.take() {
             Some(message) => format!("{message}; {what}"),
             None => what,
         });
     }
-    let message = ending.message.clone();
-    let tell = match ending.reason {
-        // The target's own FATAL error already reached the client.
-        EndReason::TargetClosed | EndReason::TargetError if ending.client_told => None,
-        EndReason::TargetClosed | EndReason::TargetError => Some(
-            PgError::fatal("08006", message.clone().unwrap_or_else(|| "the target closed the connection".to_string()))
-                .with_hint("the database server ended the session; reconnect"),
-        ),
-        EndReason::Shutdown => Some(PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment")),
-        EndReason::GrantExpired | EndReason::GrantRevoked => Some(
-            PgError::fatal(
-                "57P01",
-                format!("Proctor ended this session: {}", message.clone().unwrap_or_else(|| "its grant ended".into())),
-            )
-            .with_hint("request a new grant with `proctor grant request` and reconnect with its credentials"),
-        ),
-        EndReason::RecorderUnavailable => Some(
-            PgError::fatal("58030", message.clone().unwrap_or_default())
-                .with_hint("nothing further was sent to the database; try again later or ask the operator"),
-        ),
-        EndReason::ClientError => Some(PgError::fatal("08P01", message.clone().unwrap_or_default())),
-        _ => None,
-    };
-    match tell {
-        Some(pg) => send_error(&mut client, &pg).await,
-        None => {
-            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+
+    fn refusal(&self, refusal: &Refusal) -> PgError {
+        let code = match refusal.reason {
+            _ if refusal.unavailable => "08004",
+            EndReason::AuthFailed => "28P01",
+            EndReason::Policy => "42501",
+            EndReason::Shutdown | EndReason::GrantExpired | EndReason::GrantRevoked => "57P01",
+            EndReason::RecorderUnavailable => "58030",
+            EndReason::TargetError | EndReason::TargetClosed => "08001",
+            _ => "08P01",
+        };
+        let error = PgError::fatal(code, refusal.message.clone());
+        match &refusal.hint {
+            Some(hint) => error.with_hint(hint),
+            None => error,
         }
     }
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, target.shutdown()).await;
-    session::end(recorder, ending).await;
+
+    fn farewell(&self, ending: &Ending) -> Option<PgError> {
+        let message = ending.message.clone();
+        match ending.reason {
+            // The target's own FATAL error already reached the client.
+            EndReason::TargetClosed | EndReason::TargetError if ending.client_told => None,
+            EndReason::TargetClosed | EndReason::TargetError => Some(
+                PgError::fatal("08006", message.unwrap_or_else(|| "the target closed the connection".to_string()))
+                    .with_hint("the database server ended the session; reconnect"),
+            ),
+            EndReason::Shutdown => Some(PgError::fatal("57P01", "Proctor is shutting down; reconnect in a moment")),
+            EndReason::GrantExpired | EndReason::GrantRevoked => Some(
+                PgError::fatal(
+                    "57P01",
+                    format!("Proctor ended this session: {}", message.unwrap_or_else(|| "its grant ended".into())),
+                )
+                .with_hint("request a new grant with `proctor grant request` and reconnect with its credentials"),
+            ),
+            EndReason::RecorderUnavailable => Some(
+                PgError::fatal("58030", message.unwrap_or_default())
+                    .with_hint("nothing further was sent to the database; try again later or ask the operator"),
+            ),
+            EndReason::ClientError => Some(PgError::fatal("08P01", message.unwrap_or_default())),
+            _ => None,
+        }
+    }
+
+    fn report(&self, error: &PgError) -> ErrorReport {
+        ErrorReport {
+            ref_seq: None,
+            severity: Some(error.severity.to_string()),
+            sqlstate: Some(error.code.to_string()),
+            message: self.claimed.scrub(&error.message),
+            detail: error.detail.as_deref().map(|d| self.claimed.scrub(d)),
+        }
+    }
+
+    async fn close(&mut self, error: Option<&PgError>) {
+        if let Some(client) = self.client.as_mut() {
+            match error {
+                Some(error) => send_error(client, error).await,
+                None => {
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+                }
+            }
+        }
+        if let Some(reached) = self.upstream.as_mut() {
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, reached.target.shutdown()).await;
+        }
+    }
 }
 
 fn session_start(
     resource: &PgResource,
     client_addr: SocketAddr,
-    params: &std::collections::BTreeMap<String, String>,
+    params: &BTreeMap<String, String>,
     identity: Option<&Identity>,
     tls: &str,
     message: Option<String>,
-) -> EventBody {
+) -> SessionStart {
     let user = params.get("user").cloned();
     SessionStart {
         protocol: Proto::Postgres,
@@ -383,7 +465,6 @@ fn session_start(
         masking_profile: identity.and_then(|i| i.masking_profile.clone()),
         message,
     }
-    .into()
 }
 
 /// What a client not (yet) admitted claimed at start-up, as it is recorded:
@@ -394,7 +475,7 @@ fn session_start(
 /// disk raw (a plain password no detector knows is bounded, not masked).
 #[derive(Default)]
 struct Claimed {
-    params: std::collections::BTreeMap<String, String>,
+    params: BTreeMap<String, String>,
     /// Each name as typed, and as recorded (where they differ).
     names: Vec<(String, String)>,
     masker: Option<Arc<Masker>>,
@@ -404,7 +485,7 @@ struct Claimed {
 const CLAIMED_CHARS: usize = 64;
 
 impl Claimed {
-    fn new(params: &std::collections::BTreeMap<String, String>, masker: Option<&Arc<Masker>>) -> Claimed {
+    fn new(params: &BTreeMap<String, String>, masker: Option<&Arc<Masker>>) -> Claimed {
         let mut names = Vec::new();
         let recorded = params
             .iter()
@@ -449,22 +530,6 @@ fn bounded(value: &str) -> String {
     }
 }
 
-fn error_event(error: &PgError) -> EventBody {
-    ErrorReport {
-        ref_seq: None,
-        severity: Some(error.severity.to_string()),
-        sqlstate: Some(error.code.to_string()),
-        message: error.message.clone(),
-        detail: error.detail.clone(),
-    }
-    .into()
-}
-
-fn recorder_refused(error: &SinkError) -> PgError {
-    PgError::fatal("58030", format!("Proctor could not record this session ({})", error.0))
-        .with_hint("nothing was sent to the database; try again later or ask the operator")
-}
-
 /// Sends a last error and closes, giving a client that does not read a
 /// bounded time.
 async fn send_error(conn: &mut Conn, error: &PgError) {
@@ -477,118 +542,30 @@ async fn send_error(conn: &mut Conn, error: &PgError) {
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
 }
 
-async fn refuse<S: EventSink>(
-    recorder: &mut SessionRecorder<S>,
-    resource: &PgResource,
-    client_addr: SocketAddr,
-    claimed: Option<&Claimed>,
-    error: PgError,
-    conn: Option<Conn>,
-) {
-    refuse_with(recorder, resource, client_addr, claimed, error, conn, EndReason::ClientError).await;
-}
-
-/// Records a connection refused before its session could begin, then tells
-/// the client why.
-async fn refuse_with<S: EventSink>(
-    recorder: &mut SessionRecorder<S>,
-    resource: &PgResource,
-    client_addr: SocketAddr,
-    claimed: Option<&Claimed>,
-    error: PgError,
-    conn: Option<Conn>,
-    reason: EndReason,
-) {
-    refuse_owned(recorder, resource, client_addr, claimed, error, conn, reason, None).await
-}
-
-/// The grant a refused credential belonged to, and its subject.
-struct Owner {
-    grant_id: String,
-    subject: String,
-}
-
-/// Records a refused connection (under the grant its credential named, if
-/// known: `grant:` and `subject:` find the failed attempts on a grant) and
-/// tells the client.
-#[allow(clippy::too_many_arguments)]
-async fn refuse_owned<S: EventSink>(
-    recorder: &mut SessionRecorder<S>,
-    resource: &PgResource,
-    client_addr: SocketAddr,
-    claimed: Option<&Claimed>,
-    error: PgError,
-    conn: Option<Conn>,
-    reason: EndReason,
-    owner: Option<&Owner>,
-) {
-    let nothing = Claimed::default();
-    let claimed = claimed.unwrap_or(&nothing);
-    let params = &claimed.params;
-    let tls = conn.as_ref().map_or("off".to_string(), Conn::tls_version);
-    let gave = params.get("user").map(|u| format!("refused; the client gave user name {u:?}"));
-    let attempted = owner.map(|owner| Identity {
-        subject: owner.subject.clone(),
-        groups: Vec::new(),
-        grant_id: Some(owner.grant_id.clone()),
-        masking_profile: None,
-        rules: None,
-        expires_at: None,
-        sample_rows: None,
-    });
-    recorder.push(Direction::Gateway, session_start(resource, client_addr, params, attempted.as_ref(), &tls, gave));
-    let recorded = PgError {
-        message: claimed.scrub(&error.message),
-        detail: error.detail.as_deref().map(|d| claimed.scrub(d)),
-        ..error.clone()
-    };
-    recorder.push(Direction::Gateway, error_event(&recorded));
-    recorder.push(Direction::Gateway, SessionEnd { reason, message: Some(recorded.message.clone()) }.into());
-    if let Err(e) = recorder.flush().await {
-        tracing::error!(%e, "could not record a refused connection");
-    }
-    if let Some(mut conn) = conn {
-        send_error(&mut conn, &error).await;
-    }
-}
-
-async fn authenticate<S: EventSink, A: Authenticator>(
-    ctx: &Context<S, A>,
-    client: &mut Conn,
-    user: &str,
-    client_addr: SocketAddr,
-) -> Result<Identity, (PgError, Option<Owner>)> {
-    let unowned = |error: PgError| (error, None);
+/// Asks for the password in cleartext (the connection is TLS unless the
+/// resource allows plaintext) and reads it.
+async fn ask_password(client: &mut Conn, user: &str) -> Result<Vec<u8>, PgError> {
     let mut request = BytesMut::new();
     messages::authentication_cleartext(&mut request);
-    let left = || unowned(PgError::fatal("08006", "the client left during authentication"));
+    let left = || PgError::fatal("08006", "the client left during authentication");
     client.write_all(&request).await.map_err(|_| left())?;
     client.flush().await.map_err(|_| left())?;
     let mut header = [0u8; 5];
     if client.read_exact(&mut header).await.is_err() || header[0] != b'p' {
-        return Err(unowned(PgError::fatal(
+        return Err(PgError::fatal(
             "28P01",
             format!("password authentication failed for user \"{user}\": no password was sent"),
-        )));
+        ));
     }
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if !(5..=10_000).contains(&length) {
-        return Err(unowned(PgError::fatal("08P01", format!("invalid password message length {length}"))));
+        return Err(PgError::fatal("08P01", format!("invalid password message length {length}")));
     }
     let mut body = vec![0u8; length - 4];
     client.read_exact(&mut body).await.map_err(|_| left())?;
-    let password = body.split(|&b| b == 0).next().unwrap_or_default();
-    let request =
-        AuthRequest { resource: &ctx.resource.name, user, credential: Credential::Password(password), client_addr };
-    ctx.auth.authenticate(&request).await.map_err(|e| match e {
-        proctor_gateway_core::auth::AuthError::Refused(message) => unowned(PgError::fatal("28P01", message)),
-        proctor_gateway_core::auth::AuthError::RefusedGrant { message, grant_id, subject } => {
-            (PgError::fatal("28P01", message), Some(Owner { grant_id, subject }))
-        }
-        proctor_gateway_core::auth::AuthError::Unavailable(message) => {
-            unowned(PgError::fatal("08004", message).with_hint("authentication is unavailable; try again later"))
-        }
-    })
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    body.truncate(end);
+    Ok(body)
 }
 
 async fn handle_cancel<S: EventSink>(
@@ -612,8 +589,8 @@ async fn handle_cancel<S: EventSink>(
             } else {
                 format!("cancel request with an unknown key from {client_addr}")
             };
-            let empty = std::collections::BTreeMap::new();
-            recorder.push(Direction::Gateway, session_start(resource, client_addr, &empty, None, "off", None));
+            let empty = BTreeMap::new();
+            recorder.push(Direction::Gateway, session_start(resource, client_addr, &empty, None, "off", None).into());
             recorder.push(Direction::ClientToTarget, Cancel { backend_pid: None, message: Some(message) }.into());
             recorder.push(Direction::Gateway, SessionEnd { reason: EndReason::ClientClosed, message: None }.into());
             let _ = recorder.flush().await;
@@ -965,22 +942,18 @@ fn look_up(protocol: &mut Protocol, down: &Half, looking: &mut Option<Asking>, c
     });
 }
 
-/// What may end a session from outside, or ask it something.
-struct Outside<'a> {
-    cancels: mpsc::Receiver<CancelNotice>,
-    shutdown: watch::Receiver<bool>,
-    lease: Option<&'a mut Lease>,
-}
-
-async fn relay<S: EventSink>(
+/// Relays until either side ends the session, or `stop` does (shutdown,
+/// the lease's end). `cancels` are cancel requests for this session, to
+/// record before they go on.
+async fn relay<S: EventSink, F: Future<Output = Ending>>(
     recorder: &mut SessionRecorder<S>,
     client: &mut Conn,
     target: &mut Conn,
-    outside: Outside<'_>,
+    cancels: &mut mpsc::Receiver<CancelNotice>,
+    mut stop: Pin<&mut F>,
     protocol: &mut Protocol,
     catalog: CatalogAccess,
 ) -> Ending {
-    let Outside { mut cancels, mut shutdown, lease } = outside;
     // Answers on their way about a paused client frame, and a paused
     // target frame; once one came, the paused frame is read again as soon
     // as what went before it has been sent.
@@ -990,8 +963,6 @@ async fn relay<S: EventSink>(
     let (mut target_r, mut target_w) = tokio::io::split(target);
     let mut up = Half::new();
     let mut down = Half::new();
-    let stop = session::ended(&mut shutdown, lease);
-    tokio::pin!(stop);
     loop {
         // A direction whose bytes have all gone through may end the session.
         for half in [&mut up, &mut down] {
@@ -1094,7 +1065,7 @@ async fn relay<S: EventSink>(
                     return Ending::new(EndReason::RecorderUnavailable, "Proctor could not record a cancel request".to_string());
                 }
             }
-            ending = &mut stop => return ending,
+            ending = stop.as_mut() => return ending,
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::ALPN_POSTGRESQL;
 use super::messages::PgError;
-use super::stream::Conn;
+use proctor_gateway_core::conn::Conn;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;

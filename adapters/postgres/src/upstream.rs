@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use super::frame::Body;
 use super::messages::{Fields, PgError, fields};
-use super::stream::Conn;
+use proctor_gateway_core::conn::Conn;
 
 /// Where and as whom Proctor connects.
 pub struct Target {

@@ -25,14 +25,14 @@ pub struct Admitted<R> {
 }
 
 /// Admits `identity`: its rules (`rules_named` makes the adapter's rule set
-/// of a name, `None` if this gateway has none of it; `rules_kind` names them
-/// in messages, e.g. "statement rules"), its masking profile from
+/// of a name, `None` if this gateway has none of it in the protocol's
+/// `scope`), its masking profile from
 /// `masking`, and its lease from `auth`. Refused, with the reason
 /// `policy`, when the gateway lacks the rules or the profile the grant
 /// names: a session never runs under less than it was granted with.
 pub fn admit<A: Authenticator, R>(
     identity: Identity,
-    rules_kind: &str,
+    scope: super::RuleScope,
     rules_named: impl FnOnce(&str) -> Option<R>,
     masking: &Profiles,
     auth: &A,
@@ -42,13 +42,15 @@ pub fn admit<A: Authenticator, R>(
         Some(name) => match rules_named(name) {
             Some(rules) => Some(rules),
             None => {
-                return Err(Refusal {
-                    reason: EndReason::Policy,
-                    message: format!("this grant runs under {rules_kind} {name:?}, which this gateway does not have"),
-                    hint: Some(
-                        "ask the operator to configure [rules.NAME] on every gateway, then connect again".into(),
-                    ),
-                });
+                let kind = scope.kind;
+                return Err(Refusal::new(
+                    EndReason::Policy,
+                    format!("this grant runs under {kind} {name:?}, which this gateway does not have"),
+                )
+                .with_hint(format!(
+                    "ask the operator to configure [{}.{name}] on every gateway, then connect again",
+                    scope.table
+                )));
             }
         },
     };
@@ -57,11 +59,8 @@ pub fn admit<A: Authenticator, R>(
         None => None,
         Some(Ok(masker)) => masker,
         Some(Err(why)) => {
-            return Err(Refusal {
-                reason: EndReason::Policy,
-                message: format!("this session's {why}"),
-                hint: Some("ask the operator to configure the profile on every gateway, then connect again".into()),
-            });
+            return Err(Refusal::new(EndReason::Policy, format!("this session's {why}"))
+                .with_hint("ask the operator to configure the profile on every gateway, then connect again"));
         }
     };
     let identity = Identity { masking_profile: profile, ..identity };

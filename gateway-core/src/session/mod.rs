@@ -22,12 +22,14 @@ mod ended;
 mod guard;
 mod listen;
 mod log;
+mod run;
 
 pub use admit::{Admitted, admit};
 pub use ended::{Interrupted, ended, shutting_down, step};
 pub use guard::guarded;
 pub use listen::serve;
 pub use log::{LOG_QUEUE, SessionLog};
+pub use run::{Engine, Refused, RuleScope, Start, recorder_refusal, run};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,6 +62,20 @@ pub struct Refusal {
     pub reason: EndReason,
     pub message: String,
     pub hint: Option<String>,
+    /// A service Proctor depends on did not answer (the authenticator's
+    /// issuer, the control store): the same attempt may succeed later
+    /// (PostgreSQL's `08004`, HTTP's `503`).
+    pub unavailable: bool,
+}
+
+impl Refusal {
+    pub fn new(reason: EndReason, message: impl Into<String>) -> Refusal {
+        Refusal { reason, message: message.into(), hint: None, unavailable: false }
+    }
+
+    pub fn with_hint(self, hint: impl Into<String>) -> Refusal {
+        Refusal { hint: Some(hint.into()), ..self }
+    }
 }
 
 /// What the gateway's wiring (metrics, the control plane's offers) sees of a

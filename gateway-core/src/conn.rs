@@ -1,4 +1,6 @@
-//! A connection that may or may not be TLS, behind one type.
+//! The connection type of every adapter that speaks TLS itself (or
+//! plaintext where a resource allows it): a client's or a target's
+//! connection, TLS or not, behind one type.
 
 use std::io;
 use std::pin::Pin;
