@@ -434,3 +434,43 @@ async fn a_postgres_store_of_the_first_release_opens_and_keeps_its_grants_and_re
     cluster.psql("postgres", "create database control").unwrap();
     first_release_store_migrates(&cluster.superuser_url("control")).await;
 }
+
+/// Gateways starting at once on one store of the first release take turns
+/// migrating it: every one opens, and the store is migrated once.
+async fn a_first_release_store_opened_at_once_migrates_once(url: &str) {
+    sqlx::any::install_default_drivers();
+    let old = sqlx::AnyPool::connect(url).await.unwrap();
+    for statement in FIRST_RELEASE {
+        sqlx::query(*statement).execute(&old).await.unwrap();
+    }
+    old.close().await;
+    let opening: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { SqlStore::open(&url).await.map_err(|e| e.to_string()) })
+        })
+        .collect();
+    for opened in opening {
+        let store = opened.await.unwrap().unwrap_or_else(|e| panic!("a gateway could not open the store: {e}"));
+        let review = store.get_review("r_00000000000000aa").await.unwrap().unwrap();
+        assert_eq!((review.kind, review.text.as_str()), (HeldKind::Statement, "DROP TABLE customers"));
+        store.close().await;
+    }
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let versions: Vec<i64> = sqlx::query("SELECT version FROM proctor_schema")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [STORE_VERSION]);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_opening_one_sqlite_store_at_once_take_turns_migrating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("control.db").display());
+    a_first_release_store_opened_at_once_migrates_once(&url).await;
+}

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,11 +38,13 @@ fn note(timeline: &Timeline, what: String) {
     timeline.lock().unwrap().push(what);
 }
 
-/// The real recorder, noting each event it accepted on the timeline.
+/// The real recorder, noting each event it accepted on the timeline;
+/// refuses every batch while `down` (a full disk).
 #[derive(Clone)]
 struct Recording {
     sink: proctor_recorder::Sink,
     timeline: Timeline,
+    down: Arc<AtomicBool>,
 }
 
 impl EventSink for Recording {
@@ -50,6 +53,10 @@ impl EventSink for Recording {
     }
 
     async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            note(&self.timeline, "refused a batch".into());
+            return Err(SinkError("the disk is full".into()));
+        }
         let seqs = self.sink.append_slice(events).await.map_err(|e| SinkError(e.to_string()))?;
         for event in events {
             note(&self.timeline, format!("recorded {}", event.body.kind().as_str()));
@@ -233,6 +240,7 @@ async fn target(timeline: Timeline) -> SocketAddr {
 struct Gateway {
     addr: SocketAddr,
     timeline: Timeline,
+    down: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     recorder: Recorder,
@@ -243,7 +251,8 @@ async fn gateway() -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let recorder = Recorder::open(dir.path(), &RecorderSettings::default()).unwrap();
     let timeline = Timeline::default();
-    let sink = Recording { sink: recorder.sink(), timeline: timeline.clone() };
+    let down = Arc::new(AtomicBool::new(false));
+    let sink = Recording { sink: recorder.sink(), timeline: timeline.clone(), down: down.clone() };
     let target = target(timeline.clone()).await;
     let auth = Arc::new(SharedSecretAuthenticator::new([(RESOURCE.to_string(), "s3cret".to_string())]));
     let profiles = Arc::new(Profiles::none());
@@ -268,7 +277,7 @@ async fn gateway() -> Gateway {
                 session::run(engine, sink, &*auth, &profiles, shutdown).await;
             }
         }));
-    Gateway { addr, timeline, shutdown, serving, recorder, dir }
+    Gateway { addr, timeline, down, shutdown, serving, recorder, dir }
 }
 
 impl Gateway {
@@ -392,4 +401,17 @@ async fn a_panicking_engine_still_ends_its_session() {
     let (reason, message) = end_of(&events);
     assert_eq!(reason, EndReason::InternalError);
     assert!(message.unwrap().contains("a defect in the engine"));
+}
+
+#[tokio::test]
+async fn a_session_the_recorder_refuses_never_reaches_the_target() {
+    let gateway = gateway().await;
+    gateway.down.store(true, Ordering::SeqCst);
+    let (mut read, mut write) = client(gateway.addr).await;
+    write.write_all(b"LOGIN ci-bot s3cret\n").await.unwrap();
+    let told = line(&mut read).await;
+    assert_eq!(told, "ERR Proctor could not record this session (the disk is full)");
+    let timeline = gateway.timeline();
+    assert!(!timeline.iter().any(|t| t == "target accepted"), "{timeline:?}");
+    assert!(!timeline.iter().any(|t| t.starts_with("recorded")), "{timeline:?}");
 }

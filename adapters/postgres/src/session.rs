@@ -22,6 +22,7 @@ use proctor_schemas::{
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use zeroize::Zeroizing;
 
 use super::cancel::{CancelKey, CancelNotice, CancelRegistry};
 use super::frame::{self, MAX_DECODED_FRAME, Peek};
@@ -75,7 +76,7 @@ struct PgEngine<S, A> {
     params: BTreeMap<String, String>,
     /// What a refusal records of them.
     claimed: Claimed,
-    password: Vec<u8>,
+    password: Zeroizing<Vec<u8>>,
     database: String,
     tls: Option<String>,
     /// Set once the session begins.
@@ -116,7 +117,7 @@ impl<S: EventSink, A: Authenticator> PgEngine<S, A> {
             cancel: None,
             params: BTreeMap::new(),
             claimed: Claimed::default(),
-            password: Vec::new(),
+            password: Zeroizing::default(),
             database: String::new(),
             tls: None,
             admitted: None,
@@ -211,6 +212,10 @@ impl<S: EventSink, A: Authenticator> session::Engine<S> for PgEngine<S, A> {
         }
     }
 
+    fn forget_credential(&mut self) {
+        self.password = Zeroizing::default();
+    }
+
     /// A grant opens its resource's database (or those listed), not every
     /// database the target account can reach.
     fn authorize(&self, identity: &Identity) -> Result<(), Refused<PgError>> {
@@ -247,7 +252,6 @@ impl<S: EventSink, A: Authenticator> session::Engine<S> for PgEngine<S, A> {
         masker: Option<Arc<Masker>>,
         recorder: &mut SessionRecorder<S>,
     ) {
-        self.password.fill(0);
         let recorded: BTreeMap<String, String> = self
             .params
             .iter()
@@ -355,7 +359,13 @@ impl<S: EventSink, A: Authenticator> session::Engine<S> for PgEngine<S, A> {
     /// left to stop.)
     async fn wind_down(&mut self, recorder: &mut SessionRecorder<S>, ending: &mut Ending) {
         let Some(reached) = self.upstream.as_mut() else { return };
+        // Cancel requests no longer reach this session: those waiting are
+        // answered at once (not delivered) instead of at their timeout.
         reached.key = None;
+        reached.cancels.close();
+        while let Ok(notice) = reached.cancels.try_recv() {
+            let _ = notice.reply.send(false);
+        }
         let target_gone = matches!(ending.reason, EndReason::TargetClosed | EndReason::TargetError);
         if target_gone || !reached.protocol.awaiting_target() {
             return;
@@ -543,8 +553,9 @@ async fn send_error(conn: &mut Conn, error: &PgError) {
 }
 
 /// Asks for the password in cleartext (the connection is TLS unless the
-/// resource allows plaintext) and reads it.
-async fn ask_password(client: &mut Conn, user: &str) -> Result<Vec<u8>, PgError> {
+/// resource allows plaintext) and reads it; the message is wiped when
+/// dropped, whatever part of it is the password.
+async fn ask_password(client: &mut Conn, user: &str) -> Result<Zeroizing<Vec<u8>>, PgError> {
     let mut request = BytesMut::new();
     messages::authentication_cleartext(&mut request);
     let left = || PgError::fatal("08006", "the client left during authentication");
@@ -561,11 +572,10 @@ async fn ask_password(client: &mut Conn, user: &str) -> Result<Vec<u8>, PgError>
     if !(5..=10_000).contains(&length) {
         return Err(PgError::fatal("08P01", format!("invalid password message length {length}")));
     }
-    let mut body = vec![0u8; length - 4];
+    let mut body = Zeroizing::new(vec![0u8; length - 4]);
     client.read_exact(&mut body).await.map_err(|_| left())?;
     let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-    body.truncate(end);
-    Ok(body)
+    Ok(Zeroizing::new(body[..end].to_vec()))
 }
 
 async fn handle_cancel<S: EventSink>(

@@ -407,11 +407,14 @@ impl SqlStore {
 
 /// Brings the store at `pool` to [`STORE_VERSION`] (see [`MIGRATIONS`]),
 /// all in one transaction: a crash leaves the store as it was, or migrated.
-/// On PostgreSQL, gateways starting at once take turns (an advisory lock
-/// held to the transaction's end). A store without a version table is of the
-/// first release or new: version 1's statements create only what is missing.
+/// Gateways starting at once take turns: on PostgreSQL an advisory lock
+/// held to the transaction's end, on SQLite a transaction that takes the
+/// write lock at its start, whatever its first statement (a deferred one
+/// that read first could fail to upgrade its lock while another migrates).
+/// A store without a version table is of the first release or new:
+/// version 1's statements create only what is missing.
 async fn migrate(pool: &sqlx::AnyPool, postgres: bool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = if postgres { pool.begin().await? } else { pool.begin_with("BEGIN IMMEDIATE").await? };
     if postgres {
         sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7347016)) AS migration")
             .execute(&mut *tx)

@@ -15,7 +15,8 @@
 //! 7. [`Engine::wind_down`], then `session_end` recorded, and only then
 //!    the client told ([`Engine::close`]).
 //!
-//! Steps 1–5 share one deadline and stop at shutdown. A panic anywhere
+//! Steps 1–5 (the recorder's flushes apart, which fail closed on their
+//! own) share one deadline and stop at shutdown. A panic anywhere
 //! still ends the session ([`guarded`]).
 
 use std::future::Future;
@@ -98,6 +99,10 @@ pub trait Engine<S: EventSink>: Send {
 
     /// The credential presented, for the authenticator.
     fn credential(&self) -> AuthRequest<'_>;
+
+    /// The credential has been checked (whatever the outcome): secrets in
+    /// it are wiped now, not when the connection ends.
+    fn forget_credential(&mut self) {}
 
     /// The protocol's own limits of an authenticated identity (PostgreSQL:
     /// the databases its grant opens).
@@ -204,6 +209,7 @@ async fn lifecycle<S, A, E>(
     }
 
     let authenticated = step(deadline, shutdown, auth.authenticate(&engine.credential())).await;
+    engine.forget_credential();
     let identity = match authenticated {
         Ok(Ok(identity)) => identity,
         Ok(Err(error)) => {
@@ -241,14 +247,29 @@ async fn lifecycle<S, A, E>(
         Err(interrupted) => Some(native(engine, &connect_interrupted(interrupted, engine.resource()))),
     };
     if let Some(refused) = refused {
+        // What the engine noted of a target it did not finish reaching
+        // was never told to the client.
+        recorder.discard_pending();
         return refuse(engine, recorder, None, refused).await;
     }
     if let Err(error) = recorder.flush().await {
-        let refusal = engine.refusal(&recorder_refusal(&error, "nothing was sent to the target"));
-        return engine.close(Some(&refusal)).await;
+        let refusal = recorder_refusal(&error, "nothing further was sent to the target");
+        // Its end, if the recorder takes it now.
+        end(recorder, Ending::new(refusal.reason, refusal.message.clone())).await;
+        return engine.close(Some(&engine.refusal(&refusal))).await;
     }
-    if engine.open().await.is_err() {
-        end(recorder, Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string())).await;
+    let ending = match step(deadline, shutdown, engine.open()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(())) => Some(Ending::new(EndReason::ClientClosed, "the client left during start-up".to_string())),
+        Err(interrupted) => Some(match interrupted {
+            Interrupted::Shutdown => Ending::new(EndReason::Shutdown, "Proctor shut down".to_string()),
+            Interrupted::TimedOut => {
+                Ending::new(EndReason::ClientError, "the client did not take the end of start-up in time".to_string())
+            }
+        }),
+    };
+    if let Some(ending) = ending {
+        end(recorder, ending).await;
         return engine.close(None).await;
     }
 
