@@ -376,7 +376,7 @@ impl SqlStore {
             .await
             .map_err(|e| StoreError(format!("cannot open {}: {e}", redact(&url))))?;
         if sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            wal_mode(&pool).await?;
         }
         migrate(&pool, !sqlite).await?;
         Ok(SqlStore { pool })
@@ -444,6 +444,30 @@ async fn migrate(pool: &sqlx::AnyPool, postgres: bool) -> Result<(), StoreError>
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Puts a SQLite store in WAL mode (once per store: the mode is kept in the
+/// file). The switch fails at once, without waiting, while another
+/// connection (a gateway opening the same store at this moment) holds a
+/// lock on the file, so it is tried again for a while.
+async fn wal_mode(pool: &sqlx::AnyPool) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sqlx::query("PRAGMA journal_mode = WAL").execute(pool).await {
+            Ok(_) => return Ok(()),
+            Err(error) if busy(&error) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// SQLite's "database is locked" (`SQLITE_BUSY` and its extended codes).
+fn busy(error: &sqlx::Error) -> bool {
+    let Some(error) = error.as_database_error() else { return false };
+    let code: Option<i64> = error.code().and_then(|c| c.parse().ok());
+    code.is_some_and(|c| c & 0xff == 5) || error.message().contains("database is locked")
 }
 
 /// A URL without its password, for messages.
