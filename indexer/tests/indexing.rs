@@ -319,18 +319,10 @@ fn a_statement_knows_its_fate_however_rounds_seals_and_restarts_cut_it_from_its_
         };
         for s in 0..sessions.len() {
             let start = SessionStart {
-                protocol: Protocol::Postgres,
                 resource: Some("db".into()),
                 subject: Some(format!("agent-{s}")),
-                groups: vec![],
-                grant_id: None,
                 client_addr: Some(format!("10.0.0.{s}:5{s}000")),
-                target_user: None,
-                database: None,
-                application_name: None,
-                tls: None,
-                masking_profile: None,
-                message: None,
+                ..SessionStart::new(Protocol::Postgres)
             };
             append(s, Direction::Gateway, start.into(), &mut next);
         }

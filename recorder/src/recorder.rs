@@ -466,18 +466,9 @@ fn record_recovery(writer: &WalWriter, recovery: &RecoveryReport, open: &[Carrie
         now,
         Direction::Gateway,
         SessionStart {
-            protocol: Protocol::System,
-            resource: None,
             subject: Some("proctor-recorder".to_string()),
-            groups: vec![],
-            grant_id: None,
-            client_addr: None,
-            target_user: None,
-            database: None,
-            application_name: None,
-            tls: None,
-            masking_profile: None,
             message: Some("WAL recovery".to_string()),
+            ..SessionStart::new(Protocol::System)
         },
     ));
     let mut notes: Vec<RecorderRecovery> = recovery

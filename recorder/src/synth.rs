@@ -216,18 +216,9 @@ impl Synth {
             config.start,
             Direction::Gateway,
             SessionStart {
-                protocol: Protocol::Control,
-                resource: None,
                 subject: Some("proctor".to_string()),
-                groups: vec![],
-                grant_id: None,
-                client_addr: None,
-                target_user: None,
-                database: None,
-                application_name: None,
-                tls: None,
-                masking_profile: None,
                 message: Some("control plane started".to_string()),
+                ..SessionStart::new(Protocol::Control)
             },
         ));
         Synth {

@@ -220,21 +220,7 @@ pub fn full(kind: EventKind) -> EventBody {
 pub fn minimal(kind: EventKind) -> EventBody {
     use EventKind as K;
     match kind {
-        K::SessionStart => SessionStart {
-            protocol: Protocol::System,
-            resource: None,
-            subject: None,
-            groups: vec![],
-            grant_id: None,
-            client_addr: None,
-            target_user: None,
-            database: None,
-            application_name: None,
-            tls: None,
-            masking_profile: None,
-            message: None,
-        }
-        .into(),
+        K::SessionStart => SessionStart::new(Protocol::System).into(),
         K::SessionEnd => SessionEnd { reason: EndReason::Recovered, message: None }.into(),
         K::Prepare => Prepare { statement_name: s(""), sql: s("") }.into(),
         K::Statement => Statement { sql: s("select 1"), statement_name: None, portal: None, params: vec![] }.into(),
