@@ -8,6 +8,7 @@ use proctor_gateway_core::config::{ResourceConfig, ResourceKind, ResourceProtoco
 use proctor_gateway_core::control::{ControlConfig, Policies, PolicyConfig};
 use proctor_gateway_core::identity::IdentityConfig;
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profile, Profiles};
+use proctor_gateway_core::threads::Scheduling;
 use proctor_postgres::rules::{RuleSet, RuleSetConfig};
 use proctor_recorder::RecorderSettings;
 use serde::Deserialize;
@@ -29,6 +30,11 @@ pub struct Config {
     /// its whole life); without it, one per core.
     #[serde(default)]
     pub session_threads: Option<usize>,
+    /// How the kernel schedules the session threads: `batch` (the default,
+    /// `SCHED_BATCH`: a thread woken by a frame does not preempt the client
+    /// or target that sent it) or `normal`.
+    #[serde(default)]
+    pub session_scheduling: Scheduling,
     #[serde(default)]
     pub recorder: RecorderSettings,
     /// The certificate presented to clients; without it, a self-signed one
@@ -291,6 +297,15 @@ mod tests {
         config("session_threads = 3").validate().unwrap();
         let error = config("session_threads = 0").validate().unwrap_err().to_string();
         assert!(error.contains("session_threads must be between 1 and 1024"), "{error}");
+    }
+
+    #[test]
+    fn session_threads_are_scheduled_as_batch_unless_set() {
+        let config = |text: &str| toml::from_str::<Config>(&format!("data_dir = \"d\"\n{text}"));
+        assert_eq!(config("").unwrap().session_scheduling, Scheduling::Batch);
+        assert_eq!(config("session_scheduling = \"normal\"").unwrap().session_scheduling, Scheduling::Normal);
+        let error = config("session_scheduling = \"realtime\"").unwrap_err().to_string();
+        assert!(error.contains("unknown variant `realtime`, expected `batch` or `normal`"), "{error}");
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub async fn start<A: Authenticator>(
             .context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
     let threads = match config.session_threads {
-        Some(count) => SessionThreads::start(count),
-        None => SessionThreads::per_core(),
+        Some(count) => SessionThreads::start_with(count, config.session_scheduling),
+        None => SessionThreads::per_core_with(config.session_scheduling),
     }
     .context("cannot start the session threads")?;
     let mut resources: Vec<Arc<dyn RunningResource>> = Vec::new();

@@ -23,6 +23,9 @@
 //! `PG_PROXY_ONLY=8:simple,1:extended` runs only those loads (and skips the
 //! 10-million-row SELECT); `PG_PROXY_PROFILE=relay|proctor|deployed[:extended]`
 //! runs one proxy alone for a profiler and prints CPU per transaction by thread.
+//! `PG_PROXY_SESSION_THREADS=N` runs Proctor's sessions on N threads, and
+//! `PG_PROXY_SCHEDULING=normal` schedules them as `session_scheduling =
+//! "normal"` does, to compare with the default (`batch`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -34,7 +37,7 @@ use proctor_devcluster::{Cluster, Options, free_port, hand_to_cluster_account, r
 use proctor_gateway_core::auth::{AuthError, AuthRequest, Authenticator, Identity, SharedSecretAuthenticator};
 use proctor_gateway_core::config::{TargetTls, TlsConfig};
 use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, Profiles};
-use proctor_gateway_core::threads::SessionThreads;
+use proctor_gateway_core::threads::{Scheduling, SessionThreads};
 use proctor_gateway_core::tls::{server_config, target_client_config};
 use proctor_postgres::classify::Class;
 use proctor_postgres::rules::{RuleSet, RuleSetConfig};
@@ -184,10 +187,17 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16, deployed: 
             policy: Arc::new(StatementPolicy::new([agent_rules()])),
             masking: Arc::new(masking_profiles()),
             // As the binary runs them: each session on one thread of its own.
-            // PG_PROXY_SESSION_THREADS=N: N session threads instead.
-            threads: Some(match std::env::var("PG_PROXY_SESSION_THREADS").ok().and_then(|n| n.parse().ok()) {
-                Some(count) => SessionThreads::start(count).unwrap(),
-                None => SessionThreads::per_core().unwrap(),
+            // PG_PROXY_SESSION_THREADS=N: N session threads instead;
+            // PG_PROXY_SCHEDULING=normal: session_scheduling = "normal".
+            threads: Some({
+                let scheduling = match std::env::var("PG_PROXY_SCHEDULING").as_deref() {
+                    Ok("normal") => Scheduling::Normal,
+                    _ => Scheduling::Batch,
+                };
+                match std::env::var("PG_PROXY_SESSION_THREADS").ok().and_then(|n| n.parse().ok()) {
+                    Some(count) => SessionThreads::start_with(count, scheduling).unwrap(),
+                    None => SessionThreads::per_core_with(scheduling).unwrap(),
+                }
             }),
             ..Shared::default()
         },

