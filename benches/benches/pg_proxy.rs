@@ -23,6 +23,8 @@
 //! `PG_PROXY_ONLY=8:simple,1:extended` runs only those loads (and skips the
 //! 10-million-row SELECT); `PG_PROXY_PROFILE=relay|proctor|deployed[:extended]`
 //! runs one proxy alone for a profiler and prints CPU per transaction by thread.
+//! Each proxy's row also shows its CPU and its threads' context switches
+//! per transaction (from `/proc`: the cost a wake-up adds on a shared host).
 //! `PG_PROXY_SESSION_THREADS=N` runs Proctor's sessions on N threads, and
 //! `PG_PROXY_SCHEDULING=normal` schedules them as `session_scheduling =
 //! "normal"` does, to compare with the default (`batch`).
@@ -308,6 +310,36 @@ struct Run {
     p99_ms: f64,
     /// CPU the proxy used per transaction (µs), where it can be measured.
     proxy_cpu_us: f64,
+    /// Times the proxy's threads were switched out per transaction (waiting
+    /// for input, or preempted), where it can be measured.
+    proxy_switches: f64,
+}
+
+/// Times a process's threads have been switched out so far (voluntary and
+/// involuntary context switches, summed over its live threads).
+fn process_switches_of(pid: u32) -> u64 {
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some((key, value)) = line.split_once(':')
+                && key.ends_with("voluntary_ctxt_switches")
+            {
+                switches += value.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    switches
+}
+
+/// What the proxy's switches and CPU per transaction print as.
+fn proxy_costs(runs: &[Run]) -> String {
+    let cpu = median(runs.iter().map(|r| r.proxy_cpu_us).collect());
+    if cpu.is_nan() {
+        return "proxy CPU/tx       -   switches/tx     -".to_string();
+    }
+    let switches = median(runs.iter().map(|r| r.proxy_switches).collect());
+    format!("proxy CPU/tx {cpu:5.1} µs   switches/tx {switches:5.3}")
 }
 
 /// CPU seconds used so far by a process (user + system).
@@ -359,6 +391,7 @@ fn pgbench(
 ) -> Run {
     let Load { clients, mode, seconds, script, sslmode } = *load;
     let cpu_before = proxy_pid.map(process_cpu_of);
+    let switches_before = proxy_pid.map(process_switches_of);
     let prefix = log_dir.join(format!("log-{port}-{clients}-{mode}-{}", Instant::now().elapsed().as_nanos()));
     for entry in std::fs::read_dir(log_dir).unwrap().flatten() {
         let _ = std::fs::remove_file(entry.path());
@@ -396,6 +429,7 @@ fn pgbench(
         .output()
         .unwrap();
     let cpu = proxy_pid.zip(cpu_before).map(|(pid, before)| process_cpu_of(pid) - before);
+    let switches = proxy_pid.zip(switches_before).map(|(pid, before)| process_switches_of(pid).saturating_sub(before));
     assert!(output.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let tps = stdout
@@ -417,7 +451,8 @@ fn pgbench(
     latencies.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
     let proxy_cpu_us = cpu.map_or(f64::NAN, |seconds| seconds * 1e6 / transactions.max(1.0));
-    Run { tps, p50_ms: pct(0.50), p99_ms: pct(0.99), proxy_cpu_us }
+    let proxy_switches = switches.map_or(f64::NAN, |switches| switches as f64 / transactions.max(1.0));
+    Run { tps, p50_ms: pct(0.50), p99_ms: pct(0.99), proxy_cpu_us, proxy_switches }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -533,10 +568,9 @@ fn main() {
         for (i, (name, ..)) in targets.iter().enumerate() {
             let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
             let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
-            let cpu = median(results[i].iter().map(|r| r.proxy_cpu_us).collect());
-            let cpu = if cpu.is_nan() { "      -".to_string() } else { format!("{cpu:5.1} µs") };
+            let costs = proxy_costs(&results[i]);
             println!(
-                "  {name:<22} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x relay  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms   proxy CPU/tx {cpu}",
+                "  {name:<22} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x relay  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms   {costs}",
                 tps[i],
                 tps[i] / tps[0],
                 tps[i] / tps[1],
@@ -608,10 +642,9 @@ fn main() {
         for (i, (name, ..)) in deployed_targets.iter().enumerate() {
             let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
             let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
-            let cpu = median(results[i].iter().map(|r| r.proxy_cpu_us).collect());
-            let cpu = if cpu.is_nan() { "      -".to_string() } else { format!("{cpu:5.1} µs") };
+            let costs = proxy_costs(&results[i]);
             println!(
-                "  {name:<26} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms   proxy CPU/tx {cpu}",
+                "  {name:<26} {:>8.0} tps  {:>5.3}x direct  {:>5.3}x pgbouncer   p50 {p50:.3} ms  p99 {p99:.3} ms   {costs}",
                 tps[i],
                 tps[i] / tps[0],
                 tps[i] / tps[1],
