@@ -31,8 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub session_threads: Option<usize>,
     /// How the kernel schedules the session threads: `batch` (the default,
-    /// `SCHED_BATCH`: a thread woken by a frame does not preempt the client
-    /// or target that sent it) or `normal`.
+    /// `SCHED_BATCH`: a thread woken by a frame does not preempt the task
+    /// running on its CPU) or `normal` (the process's own policy, kept).
     #[serde(default)]
     pub session_scheduling: Scheduling,
     #[serde(default)]

@@ -27,7 +27,8 @@
 //! per transaction (from `/proc`: the cost a wake-up adds on a shared host).
 //! `PG_PROXY_SESSION_THREADS=N` runs Proctor's sessions on N threads, and
 //! `PG_PROXY_SCHEDULING=normal` schedules them as `session_scheduling =
-//! "normal"` does, to compare with the default (`batch`).
+//! "normal"` does, to compare with the default (`batch`); the bare relay
+//! runs on the bench's own runtime, under the default policy either way.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -194,7 +195,8 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16, deployed: 
             threads: Some({
                 let scheduling = match std::env::var("PG_PROXY_SCHEDULING").as_deref() {
                     Ok("normal") => Scheduling::Normal,
-                    _ => Scheduling::Batch,
+                    Ok("batch") | Err(_) => Scheduling::Batch,
+                    Ok(other) => panic!("PG_PROXY_SCHEDULING={other}: say batch or normal"),
                 };
                 match std::env::var("PG_PROXY_SESSION_THREADS").ok().and_then(|n| n.parse().ok()) {
                     Some(count) => SessionThreads::start_with(count, scheduling).unwrap(),
@@ -316,8 +318,17 @@ struct Run {
 }
 
 /// Times a process's threads have been switched out so far (voluntary and
-/// involuntary context switches, summed over its live threads).
+/// involuntary context switches). For this process (Proctor and the relay
+/// run in it) every thread it ever had counts, as in its CPU; for another
+/// (pgbouncer, single-threaded) its live threads.
 fn process_switches_of(pid: u32) -> u64 {
+    if pid == std::process::id() {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            return (usage.ru_nvcsw + usage.ru_nivcsw) as u64;
+        }
+    }
     let mut switches = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();

@@ -13,13 +13,18 @@
 //!
 //! On Linux the threads run under `SCHED_BATCH` by default
 //! ([`Scheduling::Batch`]): a session thread woken by a frame does not
-//! preempt the client or the target that sent it, which would otherwise be
-//! switched out in the middle of a write only to be switched back in a few
-//! microseconds later. Measured with `pgbench -S`, 8 clients, TLS on both
-//! sides, target and clients on the same 2 cores: about a sixth less CPU
-//! per statement, and higher throughput. `SCHED_BATCH` needs no privilege
-//! and changes nothing else: the threads keep their nice value and their
-//! full share of the CPU.
+//! preempt the task running on its CPU (often the client or the target that
+//! sent the frame, switched out in the middle of a write only to be switched
+//! back in a few microseconds later); it waits for an idle CPU or for that
+//! task's turn to end. Measured with `pgbench -S`, 8 clients, TLS on both
+//! sides, target and clients on the same 2 cores: fewer context switches
+//! per statement, throughput 9-14% higher (medians of alternating runs),
+//! and with the simple protocol about a sixth less CPU per statement. The
+//! price is latency when every CPU is busy: a woken session may wait out
+//! the running task's slice (a few milliseconds at worst). The threads'
+//! share of the CPU and their nice value are unchanged. Only threads the
+//! process started under the default policy are switched: a policy a
+//! service manager set (real-time, idle) is left as it is.
 
 use std::io;
 use std::sync::Arc;
@@ -33,11 +38,12 @@ use tokio::sync::oneshot;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduling {
-    /// `SCHED_BATCH`: woken, a session thread waits for the running task's
-    /// turn to end instead of preempting it.
+    /// `SCHED_BATCH`: woken, a session thread waits for an idle CPU or for
+    /// the running task's turn to end instead of preempting it.
     #[default]
     Batch,
-    /// The kernel's default policy (`SCHED_OTHER`).
+    /// The policy the process runs under, left as it is (the kernel's
+    /// default unless a service manager set another).
     Normal,
 }
 
@@ -45,21 +51,30 @@ impl Scheduling {
     /// Applies this policy to the calling thread; says why if it could not.
     fn apply(self) -> io::Result<()> {
         #[cfg(target_os = "linux")]
-        {
-            let policy = match self {
-                Scheduling::Batch => libc::SCHED_BATCH,
-                Scheduling::Normal => libc::SCHED_OTHER,
-            };
-            let param = libc::sched_param { sched_priority: 0 };
+        if self == Scheduling::Batch {
+            // SAFETY: reads the calling thread's own policy.
+            let inherited = unsafe { libc::sched_getscheduler(0) };
+            if inherited != libc::SCHED_OTHER {
+                // Chosen by whoever started the process (or unreadable):
+                // not overridden.
+                return Ok(());
+            }
+            // SAFETY: an all-zero sched_param is valid (priority 0, and
+            // zeroed padding where the C library has any).
+            let param: libc::sched_param = unsafe { std::mem::zeroed() };
             // SAFETY: sets the calling thread's own policy (pid 0) from a
             // valid sched_param; nothing is retained.
-            if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
                 return Err(io::Error::last_os_error());
             }
         }
         Ok(())
     }
 }
+
+/// Whether a session thread already said it could not be scheduled as
+/// asked (said once, not once per thread).
+static SCHEDULING_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The session threads of a gateway. Dropping it lets the threads end
 /// once no session is left on them.
@@ -88,9 +103,11 @@ impl SessionThreads {
             let (stop, stopped) = oneshot::channel::<()>();
             let (made, handle) = std::sync::mpsc::channel();
             std::thread::Builder::new().name(format!("proctor-session-{index}")).spawn(move || {
-                if let Err(error) = scheduling.apply() {
+                if let Err(error) = scheduling.apply()
+                    && !SCHEDULING_REFUSED.swap(true, Ordering::Relaxed)
+                {
                     // Sessions run as well without it, only dearer.
-                    tracing::warn!(%error, ?scheduling, "cannot set the session thread's scheduling policy");
+                    tracing::warn!(%error, ?scheduling, "cannot set the session threads' scheduling policy");
                 }
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
@@ -155,25 +172,44 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_run_under_the_scheduling_asked_for() {
+        // SAFETY: reads the calling thread's own policy.
+        let own = unsafe { libc::sched_getscheduler(0) };
+        // Batch where the process runs under the default policy; a policy
+        // its starter chose is kept.
+        let batched = if own == libc::SCHED_OTHER { libc::SCHED_BATCH } else { own };
         let batch = SessionThreads::start(2).unwrap();
-        assert_eq!(policy_of_sessions(&batch).await, [libc::SCHED_BATCH, libc::SCHED_BATCH]);
+        assert_eq!(policy_of_sessions(&batch).await, [batched, batched]);
         let normal = SessionThreads::start_with(2, Scheduling::Normal).unwrap();
-        assert_eq!(policy_of_sessions(&normal).await, [libc::SCHED_OTHER, libc::SCHED_OTHER]);
+        assert_eq!(policy_of_sessions(&normal).await, [own, own]);
         // Whatever the threads run under, the thread that started them
         // keeps its own policy.
         // SAFETY: reads the calling thread's own policy.
-        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, own);
     }
 
+    /// A policy the process was started under is not overridden: run here
+    /// under `SCHED_IDLE` (which needs no privilege to enter), the session
+    /// threads stay idle whatever `session_scheduling` says.
     #[test]
-    fn the_setting_is_spelled_as_the_configuration_says() {
-        #[derive(Deserialize)]
-        struct Setting {
-            session_scheduling: Scheduling,
-        }
-        let parse = |text: &str| toml::from_str::<Setting>(text).map(|s| s.session_scheduling);
-        assert_eq!(parse("session_scheduling = \"batch\"").unwrap(), Scheduling::Batch);
-        assert_eq!(parse("session_scheduling = \"normal\"").unwrap(), Scheduling::Normal);
-        assert!(parse("session_scheduling = \"fifo\"").is_err());
+    fn a_policy_chosen_by_the_starter_is_kept() {
+        std::thread::spawn(|| {
+            // SAFETY: an all-zero sched_param is valid; sets this thread's
+            // own policy.
+            let param: libc::sched_param = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }, 0);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                for scheduling in [Scheduling::Batch, Scheduling::Normal] {
+                    let threads = SessionThreads::start_with(2, scheduling).unwrap();
+                    assert_eq!(
+                        policy_of_sessions(&threads).await,
+                        [libc::SCHED_IDLE, libc::SCHED_IDLE],
+                        "{scheduling:?}"
+                    );
+                }
+            });
+        })
+        .join()
+        .unwrap();
     }
 }
