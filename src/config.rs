@@ -27,7 +27,7 @@ pub struct Config {
     #[serde(default)]
     pub data_dir_group: Option<GroupRef>,
     /// How many threads sessions run on (each session on one of them, for
-    /// its whole life); without it, one per core.
+    /// its whole life); without it, one per core but one (at least one).
     #[serde(default)]
     pub session_threads: Option<usize>,
     /// How the kernel schedules the session threads: `batch` (the default,
@@ -211,7 +211,7 @@ impl Config {
         self.recorder.validate()?;
         anyhow::ensure!(
             self.session_threads.is_none_or(|n| (1..=1024).contains(&n)),
-            "session_threads must be between 1 and 1024 (or left out: one per core)"
+            "session_threads must be between 1 and 1024 (or left out: one per core but one)"
         );
         validate_resources(&self.resources, self.control.is_some())?;
         Policies::new(self.policies.clone())?;
@@ -290,7 +290,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_threads_are_one_per_core_unless_set() {
+    fn session_threads_are_left_to_the_host_unless_set() {
         let config = |text: &str| toml::from_str::<Config>(&format!("data_dir = \"d\"\n{text}")).unwrap();
         assert_eq!(config("").session_threads, None);
         assert_eq!(config("session_threads = 3").session_threads, Some(3));

@@ -66,11 +66,9 @@ pub async fn start<A: Authenticator>(
         tls::server_config(&config.tls, &config.data_dir.join("tls"), &[proctor_postgres::ALPN_POSTGRESQL])
             .context("cannot set up TLS")?;
     let cancels = Arc::new(CancelRegistry::default());
-    let threads = match config.session_threads {
-        Some(count) => SessionThreads::start_with(count, config.session_scheduling),
-        None => SessionThreads::per_core_with(config.session_scheduling),
-    }
-    .context("cannot start the session threads")?;
+    let count = config.session_threads.unwrap_or_else(SessionThreads::default_count);
+    let threads =
+        SessionThreads::start_with(count, config.session_scheduling).context("cannot start the session threads")?;
     let mut resources: Vec<Arc<dyn RunningResource>> = Vec::new();
     for resource in &config.resources {
         match &resource.kind {

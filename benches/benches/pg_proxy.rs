@@ -198,10 +198,8 @@ fn start_proctor(runtime: &tokio::runtime::Runtime, target_port: u16, deployed: 
                     Ok("batch") | Err(_) => Scheduling::Batch,
                     Ok(other) => panic!("PG_PROXY_SCHEDULING={other}: say batch or normal"),
                 };
-                match std::env::var("PG_PROXY_SESSION_THREADS").ok().and_then(|n| n.parse().ok()) {
-                    Some(count) => SessionThreads::start_with(count, scheduling).unwrap(),
-                    None => SessionThreads::per_core_with(scheduling).unwrap(),
-                }
+                let count = std::env::var("PG_PROXY_SESSION_THREADS").ok().and_then(|n| n.parse().ok());
+                SessionThreads::start_with(count.unwrap_or_else(SessionThreads::default_count), scheduling).unwrap()
             }),
             ..Shared::default()
         },
