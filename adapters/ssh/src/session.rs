@@ -1,0 +1,775 @@
+//! One SSH connection as the session lifecycle drives it: the client's
+//! handshake up to its password, the target reached with Proctor's key,
+//! then the channels relayed, each request and each byte recorded before
+//! it passes.
+//!
+//! Each side is a russh connection running its own loop. Per channel, a
+//! reader task takes what a side sends (admitted by the [`Flow`], which is
+//! where a side that sends faster than the other reads is held back), the
+//! relay records it and hands it to a writer task of the other side; the
+//! relay itself never waits on a peer, so neither loop can wait on the
+//! other through it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proctor_gateway_core::EventSink;
+use proctor_gateway_core::auth::{AuthRequest, Authenticator, Credential, Identity};
+use proctor_gateway_core::masking::Masker;
+use proctor_gateway_core::recording::{Record, SessionRecorder};
+use proctor_gateway_core::session::{self, Ending, Engine, Refusal, Refused, RuleScope, Start};
+use proctor_schemas::{
+    Direction, EndReason, ErrorReport, Exec, ExitStatus, OutputStream, Protocol, SessionId, SessionStart,
+    TerminalInput, TerminalOutput,
+};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use russh::server::{Auth, Msg as ServerMsg};
+use russh::{ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, Disconnect};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use zeroize::Zeroizing;
+
+use crate::Context;
+use crate::flow::{Flow, Limits, Side, Stuck};
+
+pub(crate) async fn handle<S: EventSink, A: Authenticator>(
+    ctx: Arc<Context<S, A>>,
+    tcp: TcpStream,
+    client_addr: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let engine = SshEngine::new(ctx.clone(), tcp, client_addr);
+    session::run(engine, ctx.sink.clone(), &*ctx.auth, &ctx.masking, shutdown).await;
+}
+
+/// An SSH refusal or farewell: said to the client as the description of
+/// its disconnect, which OpenSSH prints.
+pub struct SshError {
+    pub message: String,
+}
+
+/// What the client's connection tells the engine.
+enum FromClient {
+    Password { user: String, password: Zeroizing<String>, reply: oneshot::Sender<Auth> },
+    Open { channel: russh::Channel<ServerMsg>, reply: russh::server::ChannelOpenHandle },
+}
+
+/// The client-facing russh handler: passes what matters to the engine and
+/// never waits on the target.
+struct ClientSide {
+    tx: mpsc::UnboundedSender<FromClient>,
+    /// Why the session was refused, once it was: said to the client as a
+    /// keyboard-interactive instruction, the one text an SSH client prints
+    /// before authentication succeeds.
+    refusal: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ClientSide {
+    async fn credential(&mut self, user: &str, password: Zeroizing<String>) -> Auth {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(FromClient::Password { user: user.to_string(), password, reply }).is_err() {
+            return Auth::reject();
+        }
+        answer.await.unwrap_or_else(|_| Auth::reject())
+    }
+}
+
+/// The one keyboard-interactive method, as a set.
+fn keyboard_interactive() -> russh::MethodSet {
+    russh::MethodSet::from(&[russh::MethodKind::KeyboardInteractive][..])
+}
+
+impl russh::server::Handler for ClientSide {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.credential(user, Zeroizing::new(password.to_string())).await)
+    }
+
+    /// The grant's credential asked for at a prompt (as `password` gives
+    /// it); after a refusal, the reason, shown with no prompt.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let refusal = self.refusal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(message) = refusal {
+            return Ok(match response {
+                None => Auth::Partial {
+                    name: "Proctor".into(),
+                    instructions: message.into(),
+                    prompts: std::borrow::Cow::Borrowed(&[]),
+                },
+                Some(_) => Auth::Reject { proceed_with_methods: None, partial_success: false },
+            });
+        }
+        match response {
+            None => Ok(Auth::Partial {
+                name: "Proctor".into(),
+                instructions: "".into(),
+                prompts: vec![("Grant credential: ".into(), false)].into(),
+            }),
+            Some(mut response) => {
+                let answer = response.next().unwrap_or_default();
+                let password = Zeroizing::new(String::from_utf8_lossy(&answer).into_owned());
+                Ok(self.credential(user, password).await)
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: russh::Channel<ServerMsg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        // Accepted (or refused) by the relay once the target's side is open.
+        let _ = self.tx.send(FromClient::Open { channel, reply });
+        Ok(())
+    }
+}
+
+/// The target-facing russh handler: checks the target's host key against
+/// the pinned one.
+struct TargetSide {
+    pinned: PublicKey,
+    /// The key the target presented, when it was not the pinned one.
+    presented: Arc<std::sync::Mutex<Option<PublicKey>>>,
+}
+
+impl russh::client::Handler for TargetSide {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let presented = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            russh::keys::PublicKeyOrCertificate::Certificate(certificate) => {
+                PublicKey::from(certificate.public_key().clone())
+            }
+        };
+        if presented.key_data() == self.pinned.key_data() {
+            return Ok(true);
+        }
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(presented);
+        Ok(false)
+    }
+}
+
+/// What a reader task passes to the relay.
+enum Event {
+    Client(ChannelId, ChannelMsg),
+    Target(ChannelId, ChannelMsg),
+    /// One side's channel ended (its reader saw the last message).
+    Gone(Side, ChannelId),
+    Stuck(Stuck),
+}
+
+/// What a writer task sends on one channel of its side.
+enum Out {
+    Data(bytes::Bytes),
+    Stderr(bytes::Bytes),
+    Exec(Vec<u8>),
+    Signal(russh::Sig),
+    ExitStatus(u32),
+    ExitSignal { signal: russh::Sig, core_dumped: bool, message: String },
+    Success,
+    Failure,
+    Eof,
+    Close,
+}
+
+/// A client channel and the target channel it is relayed to.
+struct Pair {
+    to_client: mpsc::UnboundedSender<Out>,
+    to_target: mpsc::UnboundedSender<Out>,
+    /// Sides whose channel ended.
+    gone: [bool; 2],
+}
+
+struct SshEngine<S, A> {
+    ctx: Arc<Context<S, A>>,
+    client_addr: SocketAddr,
+    tcp: Option<TcpStream>,
+    from_client: Option<mpsc::UnboundedReceiver<FromClient>>,
+    server: Option<russh::server::Handle>,
+    user: String,
+    password: Zeroizing<String>,
+    /// The client's password, answered once the session is open (or refused).
+    pending: Option<oneshot::Sender<Auth>>,
+    /// Shared with the handler: why the session was refused.
+    refusal: Arc<std::sync::Mutex<Option<String>>>,
+    target: Option<russh::client::Handle<TargetSide>>,
+    _masker: Option<Arc<Masker>>,
+}
+
+/// Where SSH rule sets would be configured; none exist yet, so a grant
+/// under rules is not admitted to an SSH resource.
+const RULES: RuleScope = RuleScope { kind: "SSH rules", table: "ssh_rules" };
+
+impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
+    fn new(ctx: Arc<Context<S, A>>, tcp: TcpStream, client_addr: SocketAddr) -> Self {
+        SshEngine {
+            ctx,
+            client_addr,
+            tcp: Some(tcp),
+            from_client: None,
+            server: None,
+            user: String::new(),
+            password: Zeroizing::default(),
+            pending: None,
+            refusal: Arc::default(),
+            target: None,
+            _masker: None,
+        }
+    }
+
+    fn start_of(&self, identity: Option<&Identity>, message: Option<String>) -> SessionStart {
+        SessionStart {
+            resource: Some(self.ctx.resource.name.clone()),
+            subject: identity.map(|i| i.subject.clone()),
+            groups: identity.map(|i| i.groups.clone()).unwrap_or_default(),
+            grant_id: identity.and_then(|i| i.grant_id.clone()),
+            client_addr: Some(self.client_addr.to_string()),
+            target_user: Some(self.ctx.resource.target.user.clone()),
+            masking_profile: identity.and_then(|i| i.masking_profile.clone()),
+            message,
+            ..SessionStart::new(Protocol::Ssh)
+        }
+    }
+
+    async fn reach_target(&mut self) -> Result<russh::client::Handle<TargetSide>, Refused<SshError>> {
+        let target = &self.ctx.resource.target;
+        let resource = &self.ctx.resource.name;
+        let refused = |reason: EndReason, message: String| Refused { error: SshError { message }, reason };
+        let tcp = match tokio::time::timeout(target.connect_timeout, TcpStream::connect(&target.address)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                return Err(refused(
+                    EndReason::TargetError,
+                    format!("Proctor could not reach the target of resource {resource}: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(refused(
+                    EndReason::TargetError,
+                    format!("the target of resource {resource} did not answer within {:?}", target.connect_timeout),
+                ));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let presented = Arc::new(std::sync::Mutex::new(None));
+        let handler = TargetSide { pinned: target.host_key.clone(), presented: presented.clone() };
+        let config = Arc::new(russh::client::Config { inactivity_timeout: None, ..Default::default() });
+        let mut handle = match russh::client::connect_stream(config, tcp, handler).await {
+            Ok(handle) => handle,
+            Err(error) => {
+                let presented = presented.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let message = match presented {
+                    Some(key) => format!(
+                        "the target of resource {resource} presented host key {}, not the pinned {}: the session is refused",
+                        key.fingerprint(HashAlg::Sha256),
+                        target.host_key.fingerprint(HashAlg::Sha256)
+                    ),
+                    None => format!("the SSH handshake with the target of resource {resource} failed: {error}"),
+                };
+                return Err(refused(EndReason::TargetError, message));
+            }
+        };
+        let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+        let key = PrivateKeyWithHashAlg::new(target.key.clone(), hash);
+        match handle.authenticate_publickey(target.user.clone(), key).await {
+            Ok(result) if result.success() => Ok(handle),
+            Ok(_) => Err(refused(
+                EndReason::TargetError,
+                format!(
+                    "the target of resource {resource} refused Proctor's key for user {}: the operator must authorize it there",
+                    target.user
+                ),
+            )),
+            Err(error) => Err(refused(
+                EndReason::TargetError,
+                format!("the target of resource {resource} failed during authentication: {error}"),
+            )),
+        }
+    }
+}
+
+/// How long the client may take to close once told goodbye.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a refused client may take to read why and leave (a refusal
+/// is answered after russh's constant rejection delay).
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
+    type Error = SshError;
+    type Rules = ();
+
+    const RULES: RuleScope = RULES;
+
+    fn resource(&self) -> &str {
+        &self.ctx.resource.name
+    }
+
+    fn unadmitted(&self, identity: Option<&Identity>) -> SessionStart {
+        let gave = (!self.user.is_empty() && identity.is_none()).then(|| {
+            let user: String = self.user.chars().take(64).collect();
+            format!("refused; the client gave user name {user:?}")
+        });
+        self.start_of(identity, gave)
+    }
+
+    async fn start(&mut self) -> Start<SshError> {
+        let tcp = self.tcp.take().expect("start-up runs once");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handler = ClientSide { tx, refusal: self.refusal.clone() };
+        let running = match russh::server::run_stream(self.ctx.resource.server.clone(), tcp, handler).await {
+            Ok(running) => running,
+            Err(error) => {
+                return Start::Refused(Refused {
+                    error: SshError { message: format!("the SSH handshake failed: {error}") },
+                    reason: EndReason::ClientError,
+                });
+            }
+        };
+        self.server = Some(running.handle());
+        // The session's own task drives the connection; its end shows as
+        // the handler's channel closing.
+        tokio::spawn(async move {
+            let _ = running.await;
+        });
+        match rx.recv().await {
+            Some(FromClient::Password { user, password, reply }) => {
+                self.user = user;
+                self.password = password;
+                self.pending = Some(reply);
+                self.from_client = Some(rx);
+                Start::Credential
+            }
+            Some(FromClient::Open { reply, .. }) => {
+                // Not possible before authentication; refused all the same.
+                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                Start::Refused(Refused {
+                    error: SshError { message: "a channel was opened before authentication".to_string() },
+                    reason: EndReason::ClientError,
+                })
+            }
+            None => Start::Refused(Refused {
+                error: SshError { message: "the client left before authenticating".to_string() },
+                reason: EndReason::ClientClosed,
+            }),
+        }
+    }
+
+    fn credential(&self) -> AuthRequest<'_> {
+        AuthRequest {
+            resource: &self.ctx.resource.name,
+            user: &self.user,
+            credential: Credential::Password(self.password.as_bytes()),
+            client_addr: self.client_addr,
+        }
+    }
+
+    fn forget_credential(&mut self) {
+        self.password = Zeroizing::default();
+    }
+
+    fn rules(&self, _name: &str, _grant_id: Option<String>, _session_id: SessionId) -> Option<()> {
+        None
+    }
+
+    fn begin(
+        &mut self,
+        identity: &Identity,
+        _rules: Option<()>,
+        masker: Option<Arc<Masker>>,
+        recorder: &mut SessionRecorder<S>,
+    ) {
+        recorder.push(Direction::Gateway, self.start_of(Some(identity), None).into());
+        self._masker = masker;
+    }
+
+    async fn connect(&mut self, _recorder: &mut SessionRecorder<S>) -> Result<(), Refused<SshError>> {
+        let handle = self.reach_target().await?;
+        self.target = Some(handle);
+        Ok(())
+    }
+
+    async fn open(&mut self) -> Result<(), ()> {
+        let reply = self.pending.take().ok_or(())?;
+        reply.send(Auth::Accept).map_err(drop)
+    }
+
+    async fn relay<F: std::future::Future<Output = Ending> + Send>(
+        &mut self,
+        recorder: &mut SessionRecorder<S>,
+        mut ended: std::pin::Pin<&mut F>,
+    ) -> Ending {
+        let (Some(mut from_client), Some(server), Some(target)) =
+            (self.from_client.take(), self.server.clone(), self.target.as_ref())
+        else {
+            return Ending::new(EndReason::ClientClosed, None);
+        };
+        let flow = Arc::new(Flow::new(Limits::default()));
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let mut pairs: HashMap<ChannelId, Pair> = HashMap::new();
+        loop {
+            tokio::select! {
+                ending = ended.as_mut() => return ending,
+                opened = from_client.recv() => match opened {
+                    Some(FromClient::Open { channel, reply }) => {
+                        match target.channel_open_session().await {
+                            Ok(upstream) => {
+                                let id = channel.id();
+                                let pair = pair(id, channel, upstream, server.clone(), &flow, &events_tx);
+                                pairs.insert(id, pair);
+                                reply.accept().await;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "the target refused a session channel");
+                                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                            }
+                        }
+                    }
+                    Some(FromClient::Password { reply, .. }) => {
+                        let _ = reply.send(Auth::reject());
+                    }
+                    None => return Ending::new(EndReason::ClientClosed, None),
+                },
+                Some(event) = events.recv() => {
+                    if let Err(ending) = relay_event(event, &mut pairs, recorder).await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    fn refusal(&self, refusal: &Refusal) -> SshError {
+        let message = match &refusal.hint {
+            Some(hint) => format!("{} ({hint})", refusal.message),
+            None => refusal.message.clone(),
+        };
+        SshError { message }
+    }
+
+    fn farewell(&self, ending: &Ending) -> Option<SshError> {
+        match ending.reason {
+            EndReason::ClientClosed => None,
+            _ => Some(SshError {
+                message: ending
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("the session ended: {}", ending.reason.as_str())),
+            }),
+        }
+    }
+
+    fn report(&self, error: &SshError) -> ErrorReport {
+        ErrorReport { message: error.message.clone(), ..Default::default() }
+    }
+
+    async fn close(&mut self, error: Option<&SshError>) {
+        // A credential still unanswered is refused, and the client is
+        // offered keyboard-interactive once more only to be shown why (a
+        // disconnect's text is not printed before authentication ends).
+        if let Some(reply) = self.pending.take() {
+            let message = error.map(|e| format!("Proctor: {}", e.message));
+            let proceed = message.as_ref().map(|_| keyboard_interactive());
+            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = message;
+            let _ = reply.send(Auth::Reject { proceed_with_methods: proceed, partial_success: false });
+            if let Some(mut from_client) = self.from_client.take() {
+                // Until the client has read it and left.
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+                    while let Some(event) = from_client.recv().await {
+                        if let FromClient::Password { reply, .. } = event {
+                            let _ = reply.send(Auth::reject());
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+        if let Some(server) = self.server.take() {
+            let description = error.map(|e| format!("Proctor: {}", e.message)).unwrap_or_default();
+            let _ = tokio::time::timeout(
+                GOODBYE_TIMEOUT,
+                server.disconnect(Disconnect::ByApplication, description, String::new()),
+            )
+            .await;
+        }
+        if let Some(target) = self.target.take() {
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, target.disconnect(Disconnect::ByApplication, "", "")).await;
+        }
+    }
+}
+
+/// Starts the reader and writer tasks of a client channel and the target
+/// channel it is relayed to.
+fn pair(
+    id: ChannelId,
+    client: russh::Channel<ServerMsg>,
+    target: russh::Channel<russh::client::Msg>,
+    server: russh::server::Handle,
+    flow: &Arc<Flow>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Pair {
+    let (client_r, client_w) = client.split();
+    let (target_r, target_w) = target.split();
+    let (to_client, client_out) = mpsc::unbounded_channel();
+    let (to_target, target_out) = mpsc::unbounded_channel();
+    tokio::spawn(read(Side::Client, id, client_r, flow.clone(), events.clone()));
+    tokio::spawn(read(Side::Target, id, target_r, flow.clone(), events.clone()));
+    tokio::spawn(write(Peer::Client { id, channel: client_w, server }, client_out, flow.clone()));
+    tokio::spawn(write(Peer::Target(target_w), target_out, flow.clone()));
+    Pair { to_client, to_target, gone: [false, false] }
+}
+
+/// Takes what one side sends on a channel, admitted by the flow, to the
+/// relay.
+async fn read(
+    side: Side,
+    id: ChannelId,
+    mut channel: russh::ChannelReadHalf,
+    flow: Arc<Flow>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    while let Some(message) = channel.wait().await {
+        let len = match &message {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+            _ => 0,
+        };
+        if len > 0
+            && let Err(stuck) = flow.admit(side, len).await
+        {
+            let _ = events.send(Event::Stuck(stuck));
+            return;
+        }
+        let event = match side {
+            Side::Client => Event::Client(id, message),
+            Side::Target => Event::Target(id, message),
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+    let _ = events.send(Event::Gone(side, id));
+}
+
+/// Where a writer task sends: a channel of the client's connection, or of
+/// the target's.
+enum Peer {
+    Client { id: ChannelId, channel: ChannelWriteHalf<ServerMsg>, server: russh::server::Handle },
+    Target(ChannelWriteHalf<russh::client::Msg>),
+}
+
+impl Peer {
+    /// Whose bytes this peer is sent.
+    fn from(&self) -> Side {
+        match self {
+            Peer::Client { .. } => Side::Target,
+            Peer::Target(_) => Side::Client,
+        }
+    }
+
+    /// Sends one message; false once the channel is gone (or closed here).
+    async fn send(&self, message: Out) -> bool {
+        match (self, message) {
+            (Peer::Client { channel, .. }, Out::Data(data)) => channel.data_bytes(data).await.is_ok(),
+            (Peer::Target(channel), Out::Data(data)) => channel.data_bytes(data).await.is_ok(),
+            (Peer::Client { channel, .. }, Out::Stderr(data)) => channel.extended_data_bytes(1, data).await.is_ok(),
+            (Peer::Target(channel), Out::Stderr(data)) => channel.extended_data_bytes(1, data).await.is_ok(),
+            (Peer::Client { channel, .. }, Out::ExitStatus(status)) => channel.exit_status(status).await.is_ok(),
+            (Peer::Client { id, server, .. }, Out::ExitSignal { signal, core_dumped, message }) => {
+                server.exit_signal_request(*id, signal, core_dumped, message, String::new()).await.is_ok()
+            }
+            (Peer::Client { id, server, .. }, Out::Success) => server.channel_success(*id).await.is_ok(),
+            (Peer::Client { id, server, .. }, Out::Failure) => server.channel_failure(*id).await.is_ok(),
+            (Peer::Target(channel), Out::Exec(command)) => channel.exec(true, command).await.is_ok(),
+            (Peer::Target(channel), Out::Signal(signal)) => channel.signal(signal).await.is_ok(),
+            (Peer::Client { channel, .. }, Out::Eof) => channel.eof().await.is_ok(),
+            (Peer::Target(channel), Out::Eof) => channel.eof().await.is_ok(),
+            (Peer::Client { channel, .. }, Out::Close) => {
+                let _ = channel.close().await;
+                false
+            }
+            (Peer::Target(channel), Out::Close) => {
+                let _ = channel.close().await;
+                false
+            }
+            // What only the other side is sent.
+            (_, _) => true,
+        }
+    }
+}
+
+/// Sends a peer what the relay recorded, in order, counting the bytes
+/// delivered for the flow.
+async fn write(peer: Peer, mut out: mpsc::UnboundedReceiver<Out>, flow: Arc<Flow>) {
+    let bytes = |message: &Out| match message {
+        Out::Data(data) | Out::Stderr(data) => data.len(),
+        _ => 0,
+    };
+    while let Some(message) = out.recv().await {
+        let len = bytes(&message);
+        let sent = peer.send(message).await;
+        if len > 0 {
+            flow.delivered(peer.from(), len);
+        }
+        if !sent {
+            break;
+        }
+    }
+    // What was never sent is no longer waited for.
+    out.close();
+    while let Ok(message) = out.try_recv() {
+        flow.delivered(peer.from(), bytes(&message));
+    }
+}
+
+/// Records one event of a channel, then passes it on.
+async fn relay_event<S: EventSink>(
+    event: Event,
+    pairs: &mut HashMap<ChannelId, Pair>,
+    recorder: &mut SessionRecorder<S>,
+) -> Result<(), Ending> {
+    let (id, side, message) = match event {
+        Event::Client(id, message) => (id, Side::Client, message),
+        Event::Target(id, message) => (id, Side::Target, message),
+        Event::Gone(side, id) => {
+            if let Some(pair) = pairs.get_mut(&id) {
+                pair.gone[side as usize] = true;
+                // The other side is told its peer closed.
+                let other = match side {
+                    Side::Client => &pair.to_target,
+                    Side::Target => &pair.to_client,
+                };
+                let _ = other.send(Out::Close);
+                if pair.gone == [true, true] {
+                    pairs.remove(&id);
+                }
+            }
+            return Ok(());
+        }
+        Event::Stuck(stuck) => {
+            return Err(Ending::new(
+                EndReason::ClientError,
+                format!("{stuck}; Proctor ended the session rather than hold more"),
+            ));
+        }
+    };
+    let Some(pair) = pairs.get(&id) else { return Ok(()) };
+    let channel_id = Some(u32::from(id));
+    let (forward, recorded): (Option<Out>, Option<proctor_schemas::EventBody>) = match (side, message) {
+        (Side::Client, ChannelMsg::Exec { command, .. }) => {
+            let text = String::from_utf8_lossy(&command).into_owned();
+            (Some(Out::Exec(command)), Some(Exec { channel_id, command: text }.into()))
+        }
+        (Side::Client, ChannelMsg::Data { data }) => {
+            (Some(Out::Data(data.clone())), Some(TerminalInput { channel_id, data: data.to_vec() }.into()))
+        }
+        (Side::Client, ChannelMsg::Signal { signal }) => (Some(Out::Signal(signal)), None),
+        (Side::Client, ChannelMsg::Eof) => (Some(Out::Eof), None),
+        (Side::Client, ChannelMsg::Close) => (Some(Out::Close), None),
+        (
+            Side::Client,
+            refused @ (ChannelMsg::RequestPty { .. }
+            | ChannelMsg::RequestShell { .. }
+            | ChannelMsg::RequestSubsystem { .. }
+            | ChannelMsg::AgentForward { .. }
+            | ChannelMsg::RequestX11 { .. }),
+        ) => {
+            let what = match refused {
+                ChannelMsg::RequestPty { .. } => "a terminal (pty-req)",
+                ChannelMsg::RequestShell { .. } => "an interactive shell",
+                ChannelMsg::RequestSubsystem { ref name, .. } => {
+                    let _ = pair.to_client.send(Out::Failure);
+                    let report = ErrorReport {
+                        message: format!(
+                            "subsystem {name:?} refused: Proctor does not relay subsystems (SFTP) on this resource yet"
+                        ),
+                        ..Default::default()
+                    };
+                    recorder.push(Direction::Gateway, report.into());
+                    return flush(recorder).await;
+                }
+                ChannelMsg::AgentForward { .. } => "agent forwarding",
+                _ => "X11 forwarding",
+            };
+            let _ = pair.to_client.send(Out::Failure);
+            let report = ErrorReport {
+                message: format!(
+                    "{what} refused: Proctor relays commands run with exec on this resource, not terminals or forwarding yet"
+                ),
+                ..Default::default()
+            };
+            recorder.push(Direction::Gateway, report.into());
+            return flush(recorder).await;
+        }
+        // Environment variables are not passed on (none is allowed yet).
+        (Side::Client, ChannelMsg::SetEnv { .. }) => (None, None),
+        (Side::Target, ChannelMsg::Data { data }) => (
+            Some(Out::Data(data.clone())),
+            Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
+        ),
+        (Side::Target, ChannelMsg::ExtendedData { data, ext }) => {
+            let stream = if ext == 1 { OutputStream::Stderr } else { OutputStream::Stdout };
+            let out = if ext == 1 { Out::Stderr(data.clone()) } else { Out::Data(data.clone()) };
+            (Some(out), Some(TerminalOutput { channel_id, stream, data: data.to_vec() }.into()))
+        }
+        (Side::Target, ChannelMsg::ExitStatus { exit_status }) => (
+            Some(Out::ExitStatus(exit_status)),
+            Some(ExitStatus { channel_id, exit_code: Some(exit_status as i32), ..Default::default() }.into()),
+        ),
+        (Side::Target, ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {
+            let recorded = ExitStatus {
+                channel_id,
+                exit_signal: Some(signal_name_of(&signal_name)),
+                message: (!error_message.is_empty()).then(|| error_message.clone()),
+                ..Default::default()
+            };
+            (Some(Out::ExitSignal { signal: signal_name, core_dumped, message: error_message }), Some(recorded.into()))
+        }
+        (Side::Target, ChannelMsg::Success) => (Some(Out::Success), None),
+        (Side::Target, ChannelMsg::Failure) => (Some(Out::Failure), None),
+        (Side::Target, ChannelMsg::Eof) => (Some(Out::Eof), None),
+        (Side::Target, ChannelMsg::Close) => (Some(Out::Close), None),
+        _ => (None, None),
+    };
+    if let Some(body) = recorded {
+        let direction = match side {
+            Side::Client => Direction::ClientToTarget,
+            Side::Target => Direction::TargetToClient,
+        };
+        recorder.push(direction, body);
+        flush(recorder).await?;
+    }
+    if let Some(out) = forward {
+        let to = match side {
+            Side::Client => &pair.to_target,
+            Side::Target => &pair.to_client,
+        };
+        let _ = to.send(out);
+    }
+    Ok(())
+}
+
+/// Records what was pushed; nothing passes unrecorded.
+async fn flush<S: EventSink>(recorder: &mut SessionRecorder<S>) -> Result<(), Ending> {
+    recorder.flush().await.map_err(|error| {
+        Ending::new(EndReason::RecorderUnavailable, format!("Proctor could not record the session ({})", error.0))
+    })
+}
+
+/// A signal's name as OpenSSH sends it (`TERM`, not `SIGTERM`).
+fn signal_name_of(signal: &russh::Sig) -> String {
+    let name = format!("{signal:?}");
+    match signal {
+        russh::Sig::Custom(custom) => custom.clone(),
+        _ => name,
+    }
+}
