@@ -200,6 +200,13 @@ impl Config {
                     relative(&mut postgres.client_secret_file);
                     relative(&mut postgres.target_ca_file);
                 }
+                ResourceKind::Ssh(ssh) => {
+                    let mut key_file = Some(std::mem::take(&mut ssh.key_file));
+                    relative(&mut key_file);
+                    ssh.key_file = key_file.unwrap_or_default();
+                    relative(&mut ssh.known_hosts);
+                    relative(&mut ssh.client_secret_file);
+                }
             }
         }
         config.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
@@ -269,7 +276,12 @@ impl Config {
     /// The names of the rule sets configured for `protocol`'s sessions.
     pub fn rule_sets(&self, protocol: ResourceProtocol) -> impl Iterator<Item = &str> {
         match protocol {
-            ResourceProtocol::Postgres => self.rules.keys().map(String::as_str),
+            ResourceProtocol::Postgres => {
+                Box::new(self.rules.keys().map(String::as_str)) as Box<dyn Iterator<Item = &str>>
+            }
+            // No SSH rule sets yet: a grant under rules does not open an
+            // SSH resource.
+            ResourceProtocol::Ssh => Box::new(std::iter::empty()),
         }
     }
 

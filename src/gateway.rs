@@ -70,6 +70,8 @@ pub async fn start<A: Authenticator>(
     let threads =
         SessionThreads::start_with(count, config.session_scheduling).context("cannot start the session threads")?;
     let mut resources: Vec<Arc<dyn RunningResource>> = Vec::new();
+    // Created (or loaded) once, for every SSH resource.
+    let mut ssh_host_key = None;
     for resource in &config.resources {
         match &resource.kind {
             ResourceKind::Postgres(postgres) => {
@@ -100,6 +102,41 @@ pub async fn start<A: Authenticator>(
                     "postgres resource ready"
                 );
                 resources.push(pg);
+                listeners.push((resource.name.clone(), bound));
+                tasks.spawn(serving);
+            }
+            ResourceKind::Ssh(ssh) => {
+                let host_key = match &ssh_host_key {
+                    Some(key) => key,
+                    None => {
+                        let keys_dir = proctor_recorder::layout::Layout::new(&config.data_dir).keys_dir();
+                        ssh_host_key.insert(
+                            proctor_ssh::host_key::HostKey::load_or_create(&keys_dir)
+                                .context("cannot set up Proctor's SSH host key")?,
+                        )
+                    }
+                };
+                let (running, bound, serving) = proctor_ssh::start(
+                    &resource.name,
+                    resource.listen,
+                    ssh,
+                    host_key,
+                    sink.clone(),
+                    auth.clone(),
+                    masking.clone(),
+                    Some(threads.clone()),
+                    stop.clone(),
+                )
+                .await
+                .with_context(|| format!("resource {}", resource.name))?;
+                tracing::info!(
+                    resource = %resource.name,
+                    listen = %bound,
+                    target = %ssh.target,
+                    host_key = %host_key.fingerprint(),
+                    "ssh resource ready"
+                );
+                resources.push(running);
                 listeners.push((resource.name.clone(), bound));
                 tasks.spawn(serving);
             }

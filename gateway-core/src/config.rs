@@ -15,14 +15,16 @@ use crate::GatewayError;
 #[serde(rename_all = "lowercase")]
 pub enum ResourceProtocol {
     Postgres,
+    Ssh,
 }
 
 impl ResourceProtocol {
-    pub const ALL: [ResourceProtocol; 1] = [ResourceProtocol::Postgres];
+    pub const ALL: [ResourceProtocol; 2] = [ResourceProtocol::Postgres, ResourceProtocol::Ssh];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceProtocol::Postgres => "postgres",
+            ResourceProtocol::Ssh => "ssh",
         }
     }
 
@@ -33,6 +35,7 @@ impl ResourceProtocol {
     pub const fn rules(self) -> crate::session::RuleScope {
         match self {
             ResourceProtocol::Postgres => crate::session::RuleScope { kind: "statement rules", table: "rules" },
+            ResourceProtocol::Ssh => crate::session::RuleScope { kind: "SSH rules", table: "ssh_rules" },
         }
     }
 
@@ -41,6 +44,7 @@ impl ResourceProtocol {
     pub fn keys(self) -> &'static [&'static str] {
         match self {
             ResourceProtocol::Postgres => POSTGRES_KEYS,
+            ResourceProtocol::Ssh => SSH_KEYS,
         }
     }
 }
@@ -65,6 +69,10 @@ const POSTGRES_KEYS: &[&str] = &[
     "sample_bytes",
 ];
 
+/// The keys of an SSH resource ([`SshConfig`]'s fields).
+const SSH_KEYS: &[&str] =
+    &["target", "user", "key_file", "target_host_key", "known_hosts", "client_secret_env", "client_secret_file"];
+
 /// One `[[resources]]` entry: what every resource has (its name, its
 /// protocol, where Proctor listens for its clients) and its protocol's own
 /// keys. A key its protocol does not use is refused, named with the
@@ -84,21 +92,28 @@ pub struct ResourceConfig {
 #[derive(Clone, Debug)]
 pub enum ResourceKind {
     Postgres(PostgresConfig),
+    Ssh(SshConfig),
 }
 
 impl ResourceConfig {
     pub fn protocol(&self) -> ResourceProtocol {
         match self.kind {
             ResourceKind::Postgres(_) => ResourceProtocol::Postgres,
+            ResourceKind::Ssh(_) => ResourceProtocol::Ssh,
         }
     }
 
     /// How a grant's clients reach this resource, when Proctor is reached
-    /// at `host:port`: the connection offer its credentials come with.
-    pub fn offer(&self, host: String, port: u16) -> crate::control::Offer {
+    /// at `host:port` (presenting `ssh_host_key`, an OpenSSH public key
+    /// line, to SSH clients): the connection offer its credentials come
+    /// with.
+    pub fn offer(&self, host: String, port: u16, ssh_host_key: Option<&str>) -> crate::control::Offer {
         match &self.kind {
             ResourceKind::Postgres(postgres) => {
                 crate::control::Offer::Postgres { host, port, database: postgres.offered_database().to_string() }
+            }
+            ResourceKind::Ssh(_) => {
+                crate::control::Offer::Ssh { host, port, host_key: ssh_host_key.unwrap_or_default().to_string() }
             }
         }
     }
@@ -107,6 +122,7 @@ impl ResourceConfig {
     pub fn target(&self) -> &str {
         match &self.kind {
             ResourceKind::Postgres(postgres) => &postgres.target,
+            ResourceKind::Ssh(ssh) => &ssh.target,
         }
     }
 }
@@ -157,17 +173,18 @@ impl<'de> Deserialize<'de> for ResourceConfig {
             )));
         }
         let keys = serde_json::Value::Object(entry);
+        let wrong = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let protocol = protocol.as_str();
+            match e.path().to_string().as_str() {
+                "." => D::Error::custom(format!("resource {name} (a {protocol} resource): {}", e.inner())),
+                key => D::Error::custom(format!("resource {name}: `{key}` of a {protocol} resource: {}", e.inner())),
+            }
+        };
         let kind = match protocol {
             ResourceProtocol::Postgres => {
-                ResourceKind::Postgres(serde_path_to_error::deserialize(keys).map_err(|e| {
-                    match e.path().to_string().as_str() {
-                        "." => D::Error::custom(format!("resource {name} (a postgres resource): {}", e.inner())),
-                        key => {
-                            D::Error::custom(format!("resource {name}: `{key}` of a postgres resource: {}", e.inner()))
-                        }
-                    }
-                })?)
+                ResourceKind::Postgres(serde_path_to_error::deserialize(keys).map_err(wrong)?)
             }
+            ResourceProtocol::Ssh => ResourceKind::Ssh(serde_path_to_error::deserialize(keys).map_err(wrong)?),
         };
         Ok(ResourceConfig { name, listen, kind })
     }
@@ -214,6 +231,43 @@ pub struct PostgresConfig {
 
 fn default_sample_bytes() -> usize {
     64 * 1024
+}
+
+/// The keys of an SSH resource.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The target's sshd, `host:port`.
+    pub target: String,
+    /// The account Proctor logs in as on the target.
+    pub user: String,
+    /// Proctor's private key for that account (OpenSSH format, no
+    /// passphrase, readable by Proctor's account only). Clients never see it.
+    pub key_file: PathBuf,
+    /// The target's host key, pinned: an OpenSSH public key line
+    /// (`ssh-ed25519 AAAA…`) ...
+    pub target_host_key: Option<String>,
+    /// ... or a `known_hosts` file holding it under the target's address.
+    pub known_hosts: Option<PathBuf>,
+    /// A shared secret clients may present instead of a grant's credential
+    /// (required without `[control]`): from this environment variable ...
+    pub client_secret_env: Option<String>,
+    /// ... or from this file.
+    pub client_secret_file: Option<PathBuf>,
+}
+
+impl SshConfig {
+    fn validate(&self, name: &str) -> Result<(), GatewayError> {
+        match (&self.target_host_key, &self.known_hosts) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            (Some(_), Some(_)) => Err(GatewayError::Config(format!(
+                "resource {name}: pin the target's host key with target_host_key or known_hosts, not both"
+            ))),
+            (None, None) => Err(GatewayError::Config(format!(
+                "resource {name}: the target's host key must be pinned: set target_host_key (its public key line) or known_hosts (a file holding it)"
+            ))),
+        }
+    }
 }
 
 /// A secret's source.
@@ -287,6 +341,7 @@ impl ResourceConfig {
     pub fn client_secret(&self) -> Result<Option<SecretRef>, GatewayError> {
         let (env, file) = match &self.kind {
             ResourceKind::Postgres(postgres) => (&postgres.client_secret_env, &postgres.client_secret_file),
+            ResourceKind::Ssh(ssh) => (&ssh.client_secret_env, &ssh.client_secret_file),
         };
         if env.is_none() && file.is_none() {
             return Ok(None);
@@ -304,6 +359,7 @@ impl ResourceConfig {
         self.client_secret()?;
         match &self.kind {
             ResourceKind::Postgres(postgres) => postgres.validate(&self.name),
+            ResourceKind::Ssh(ssh) => ssh.validate(&self.name),
         }
     }
 }

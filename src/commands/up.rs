@@ -218,7 +218,10 @@ async fn start_control(
             None if addr.ip().is_unspecified() => "localhost".to_string(),
             None => addr.ip().to_string(),
         };
-        offers.insert(name.clone(), resource.offer(host, addr.port()));
+        let keys_dir = proctor_recorder::layout::Layout::new(&config.data_dir).keys_dir();
+        let ssh_host_key =
+            proctor_ssh::host_key::load_public_key(&keys_dir)?.map(|k| proctor_ssh::host_key::public_line(&k));
+        offers.insert(name.clone(), resource.offer(host, addr.port(), ssh_host_key.as_deref()));
     }
     let policies = Policies::new(config.policies.clone())?;
     let control = Arc::new(Control::new(

@@ -152,15 +152,20 @@ pub fn public_line(key: &PublicKey) -> String {
     key.to_openssh().unwrap_or_default()
 }
 
-/// Creates `path` with `mode`, refusing to replace a file already there.
+/// Creates `path` with `mode`, whole or not at all (written beside it,
+/// then linked into place), refusing to replace a file already there.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HostKeyError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_error("cannot create", path))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error("cannot write", path))
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = fs::remove_file(&temp);
+    let written = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        // A hard link fails if the name exists: never replaces a key.
+        fs::hard_link(&temp, path)
+    })();
+    let _ = fs::remove_file(&temp);
+    written.map_err(io_error("cannot create", path))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::host_key::HostKey;
+use proctor_gateway_core::GatewayError;
+use proctor_gateway_core::config::{ResourceProtocol, SshConfig};
 
 /// The target of an SSH resource, and how Proctor reaches it.
 pub struct SshTarget {
@@ -37,8 +39,8 @@ pub struct SshTarget {
     pub user: String,
     /// Proctor's key for that account (never shown to clients).
     pub key: Arc<PrivateKey>,
-    /// The target's host key, pinned: any other refuses the session.
-    pub host_key: PublicKey,
+    /// The target's host keys, pinned: any other refuses the session.
+    pub host_keys: Vec<PublicKey>,
     pub connect_timeout: Duration,
 }
 
@@ -71,6 +73,66 @@ impl SshResource {
     }
 }
 
+impl SshResource {
+    /// Resolves SSH resource `name` as configured: Proctor's key for the
+    /// target, and the target's pinned host keys.
+    pub fn from_config(name: &str, config: &SshConfig, host_key: &HostKey) -> Result<SshResource, GatewayError> {
+        let bad = |message: String| GatewayError::Config(format!("resource {name}: {message}"));
+        let key = russh::keys::load_secret_key(&config.key_file, None)
+            .map_err(|e| bad(format!("cannot load key_file {}: {e}", config.key_file.display())))?;
+        let host_keys = match (&config.target_host_key, &config.known_hosts) {
+            (Some(line), _) => vec![
+                PublicKey::from_openssh(line.trim())
+                    .map_err(|e| bad(format!("target_host_key is not an OpenSSH public key line: {e}")))?,
+            ],
+            (None, Some(file)) => {
+                let (host, port) = split_address(&config.target).map_err(bad)?;
+                let keys = russh::keys::known_hosts::known_host_keys_path(&host, port, file)
+                    .map_err(|e| bad(format!("cannot read known_hosts {}: {e}", file.display())))?;
+                if keys.is_empty() {
+                    return Err(bad(format!(
+                        "known_hosts {} has no key for {} (ssh-keyscan -p {port} {host} >> {} adds it, once checked)",
+                        file.display(),
+                        config.target,
+                        file.display()
+                    )));
+                }
+                keys.into_iter().map(|(_, key)| key).collect()
+            }
+            (None, None) => return Err(bad("the target's host key must be pinned".to_string())),
+        };
+        let target = SshTarget {
+            address: config.target.clone(),
+            user: config.user.clone(),
+            key: Arc::new(key),
+            host_keys,
+            connect_timeout: Duration::from_secs(10),
+        };
+        Ok(SshResource::new(name, target, host_key))
+    }
+}
+
+/// `host:port` (or `[v6]:port`) split; the port is required.
+fn split_address(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("target {address:?} is not host:port"))?;
+    let port = port.parse().map_err(|_| format!("target {address:?}: {port:?} is not a port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+impl proctor_gateway_core::session::RunningResource for SshResource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn protocol(&self) -> ResourceProtocol {
+        ResourceProtocol::Ssh
+    }
+
+    fn sessions(&self) -> &SessionCounters {
+        &self.sessions
+    }
+}
+
 /// What every connection of a resource shares.
 pub(crate) struct Context<S, A> {
     pub resource: Arc<SshResource>,
@@ -100,4 +162,26 @@ pub async fn serve<S: EventSink, A: Authenticator>(
         }
     })
     .await;
+}
+
+/// Starts an SSH resource: resolves its keys, binds `listen`, and returns
+/// the resource (what the wiring and the metrics see of it), the address
+/// bound, and the future that serves it until `shutdown` (see [`serve`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn start<S: EventSink, A: Authenticator>(
+    name: &str,
+    listen: std::net::SocketAddr,
+    config: &SshConfig,
+    host_key: &HostKey,
+    sink: S,
+    auth: Arc<A>,
+    masking: Arc<Profiles>,
+    threads: Option<Arc<SessionThreads>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Arc<SshResource>, std::net::SocketAddr, impl std::future::Future<Output = ()> + use<S, A>), GatewayError> {
+    let resource = Arc::new(SshResource::from_config(name, config, host_key)?);
+    let listener = TcpListener::bind(listen).await.map_err(|source| GatewayError::Listen { addr: listen, source })?;
+    let bound = listener.local_addr().map_err(|source| GatewayError::Listen { addr: listen, source })?;
+    let serving = serve(resource.clone(), listener, sink, auth, masking, threads, shutdown);
+    Ok((resource, bound, serving))
 }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proctor_gateway_core::EventSink;
@@ -122,6 +123,62 @@ impl russh::server::Handler for ClientSide {
         }
     }
 
+    // Refused as they come, so that each answer is the answer to its own
+    // request (russh keeps one reply per channel); the relay records them.
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: russh::Channel<ServerMsg>,
@@ -137,7 +194,7 @@ impl russh::server::Handler for ClientSide {
 /// The target-facing russh handler: checks the target's host key against
 /// the pinned one.
 struct TargetSide {
-    pinned: PublicKey,
+    pinned: Vec<PublicKey>,
     /// The key the target presented, when it was not the pinned one.
     presented: Arc<std::sync::Mutex<Option<PublicKey>>>,
 }
@@ -152,7 +209,7 @@ impl russh::client::Handler for TargetSide {
                 PublicKey::from(certificate.public_key().clone())
             }
         };
-        if presented.key_data() == self.pinned.key_data() {
+        if self.pinned.iter().any(|pinned| pinned.key_data() == presented.key_data()) {
             return Ok(true);
         }
         *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(presented);
@@ -160,8 +217,10 @@ impl russh::client::Handler for TargetSide {
     }
 }
 
-/// What a reader task passes to the relay.
+/// What the relay learns, from the reader tasks and the channel openings.
 enum Event {
+    /// A client channel whose target channel is open, both accepted.
+    Opened(russh::Channel<ServerMsg>, russh::Channel<russh::client::Msg>),
     Client(ChannelId, ChannelMsg),
     Target(ChannelId, ChannelMsg),
     /// One side's channel ended (its reader saw the last message).
@@ -172,9 +231,8 @@ enum Event {
 /// What a writer task sends on one channel of its side.
 enum Out {
     Data(bytes::Bytes),
-    Stderr(bytes::Bytes),
+    Extended(u32, bytes::Bytes),
     Exec(Vec<u8>),
-    Signal(russh::Sig),
     ExitStatus(u32),
     ExitSignal { signal: russh::Sig, core_dumped: bool, message: String },
     Success,
@@ -183,12 +241,89 @@ enum Out {
     Close,
 }
 
+/// What the flow counts of a message that carries no bytes: floods of
+/// requests are held back as data is.
+const MESSAGE_COST: usize = 64;
+
+/// What a channel message costs in the flow.
+fn cost(message: &ChannelMsg) -> usize {
+    match message {
+        ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+        _ => MESSAGE_COST,
+    }
+}
+
+/// What a message to a peer costs in the flow (as the message it came of).
+fn out_cost(message: &Out) -> usize {
+    match message {
+        Out::Data(data) | Out::Extended(_, data) => data.len(),
+        _ => MESSAGE_COST,
+    }
+}
+
+/// A writer task: its queue, what is queued on it and not yet sent (so
+/// that stopping it gives the flow back what it held), and the task.
+struct Writer {
+    tx: mpsc::UnboundedSender<Out>,
+    pending: Arc<AtomicUsize>,
+    task: tokio::task::AbortHandle,
+    /// Whose bytes it sends on.
+    from: Side,
+}
+
+impl Writer {
+    fn send(&self, message: Out, flow: &Flow) {
+        let cost = out_cost(&message);
+        self.pending.fetch_add(cost, Ordering::SeqCst);
+        if self.tx.send(message).is_err() {
+            take(&self.pending, cost);
+            flow.delivered(self.from, cost);
+        }
+    }
+
+    /// Stops the task; what it still held is no longer waited for.
+    fn stop(&self, flow: &Flow) {
+        self.task.abort();
+        flow.delivered(self.from, self.pending.swap(0, Ordering::SeqCst));
+    }
+}
+
+/// Takes `cost` off `pending`, never below zero (a writer stopped while
+/// sending has been credited already).
+fn take(pending: &AtomicUsize, cost: usize) -> usize {
+    let before = pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(cost)));
+    before.unwrap_or(0).min(cost)
+}
+
 /// A client channel and the target channel it is relayed to.
 struct Pair {
-    to_client: mpsc::UnboundedSender<Out>,
-    to_target: mpsc::UnboundedSender<Out>,
+    to_client: Writer,
+    to_target: Writer,
+    readers: [tokio::task::AbortHandle; 2],
     /// Sides whose channel ended.
     gone: [bool; 2],
+}
+
+impl Pair {
+    fn writer(&self, to: Side) -> &Writer {
+        match to {
+            Side::Client => &self.to_client,
+            Side::Target => &self.to_target,
+        }
+    }
+}
+
+/// Every task of a session's relay, stopped when the relay ends, however
+/// it ends.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 struct SshEngine<S, A> {
@@ -203,7 +338,7 @@ struct SshEngine<S, A> {
     pending: Option<oneshot::Sender<Auth>>,
     /// Shared with the handler: why the session was refused.
     refusal: Arc<std::sync::Mutex<Option<String>>>,
-    target: Option<russh::client::Handle<TargetSide>>,
+    target: Option<Arc<russh::client::Handle<TargetSide>>>,
     _masker: Option<Arc<Masker>>,
 }
 
@@ -263,7 +398,7 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
         };
         let _ = tcp.set_nodelay(true);
         let presented = Arc::new(std::sync::Mutex::new(None));
-        let handler = TargetSide { pinned: target.host_key.clone(), presented: presented.clone() };
+        let handler = TargetSide { pinned: target.host_keys.clone(), presented: presented.clone() };
         let config = Arc::new(russh::client::Config { inactivity_timeout: None, ..Default::default() });
         let mut handle = match russh::client::connect_stream(config, tcp, handler).await {
             Ok(handle) => handle,
@@ -273,7 +408,12 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
                     Some(key) => format!(
                         "the target of resource {resource} presented host key {}, not the pinned {}: the session is refused",
                         key.fingerprint(HashAlg::Sha256),
-                        target.host_key.fingerprint(HashAlg::Sha256)
+                        target
+                            .host_keys
+                            .iter()
+                            .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
                     ),
                     None => format!("the SSH handshake with the target of resource {resource} failed: {error}"),
                 };
@@ -299,6 +439,8 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
     }
 }
 
+/// How long the target may take to open a channel.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the client may take to close once told goodbye.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a refused client may take to read why and leave (a refusal
@@ -395,7 +537,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
 
     async fn connect(&mut self, _recorder: &mut SessionRecorder<S>) -> Result<(), Refused<SshError>> {
         let handle = self.reach_target().await?;
-        self.target = Some(handle);
+        self.target = Some(Arc::new(handle));
         Ok(())
     }
 
@@ -410,30 +552,37 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         mut ended: std::pin::Pin<&mut F>,
     ) -> Ending {
         let (Some(mut from_client), Some(server), Some(target)) =
-            (self.from_client.take(), self.server.clone(), self.target.as_ref())
+            (self.from_client.take(), self.server.clone(), self.target.clone())
         else {
             return Ending::new(EndReason::ClientClosed, None);
         };
         let flow = Arc::new(Flow::new(Limits::default()));
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut pairs: HashMap<ChannelId, Pair> = HashMap::new();
+        let mut tasks = Tasks::default();
+        let mut target_alive = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 ending = ended.as_mut() => return ending,
                 opened = from_client.recv() => match opened {
                     Some(FromClient::Open { channel, reply }) => {
-                        match target.channel_open_session().await {
-                            Ok(upstream) => {
-                                let id = channel.id();
-                                let pair = pair(id, channel, upstream, server.clone(), &flow, &events_tx);
-                                pairs.insert(id, pair);
-                                reply.accept().await;
+                        // Opened aside: a target that does not answer holds
+                        // up this channel, not the session.
+                        let (target, events) = (target.clone(), events_tx.clone());
+                        let task = tokio::spawn(async move {
+                            match tokio::time::timeout(OPEN_TIMEOUT, target.channel_open_session()).await {
+                                Ok(Ok(upstream)) => {
+                                    reply.accept().await;
+                                    let _ = events.send(Event::Opened(channel, upstream));
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::warn!(%error, "the target refused a session channel");
+                                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                }
+                                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
                             }
-                            Err(error) => {
-                                tracing::warn!(%error, "the target refused a session channel");
-                                reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                            }
-                        }
+                        });
+                        tasks.0.push(task.abort_handle());
                     }
                     Some(FromClient::Password { reply, .. }) => {
                         let _ = reply.send(Auth::reject());
@@ -441,8 +590,23 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                     None => return Ending::new(EndReason::ClientClosed, None),
                 },
                 Some(event) = events.recv() => {
-                    if let Err(ending) = relay_event(event, &mut pairs, recorder).await {
+                    // A target channel that ended with the target's whole
+                    // connection: the target's doing, whatever the client
+                    // does next.
+                    if matches!(event, Event::Gone(Side::Target, _)) && target.is_closed() {
+                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+                    }
+                    if let Event::Opened(client, upstream) = event {
+                        let id = client.id();
+                        let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks);
+                        pairs.insert(id, pair);
+                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder).await {
                         return ending;
+                    }
+                }
+                _ = target_alive.tick() => {
+                    if target.is_closed() {
+                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
                     }
                 }
             }
@@ -517,16 +681,27 @@ fn pair(
     server: russh::server::Handle,
     flow: &Arc<Flow>,
     events: &mpsc::UnboundedSender<Event>,
+    tasks: &mut Tasks,
 ) -> Pair {
     let (client_r, client_w) = client.split();
     let (target_r, target_w) = target.split();
-    let (to_client, client_out) = mpsc::unbounded_channel();
-    let (to_target, target_out) = mpsc::unbounded_channel();
-    tokio::spawn(read(Side::Client, id, client_r, flow.clone(), events.clone()));
-    tokio::spawn(read(Side::Target, id, target_r, flow.clone(), events.clone()));
-    tokio::spawn(write(Peer::Client { id, channel: client_w, server }, client_out, flow.clone()));
-    tokio::spawn(write(Peer::Target(target_w), target_out, flow.clone()));
-    Pair { to_client, to_target, gone: [false, false] }
+    let mut writer = |peer: Peer| {
+        let (tx, out) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let from = peer.from();
+        let task = tokio::spawn(write(peer, out, flow.clone(), pending.clone())).abort_handle();
+        tasks.0.push(task.clone());
+        Writer { tx, pending, task, from }
+    };
+    let to_client = writer(Peer::Client { id, channel: client_w, server });
+    let to_target = writer(Peer::Target(target_w));
+    let mut reader = |side: Side, channel: russh::ChannelReadHalf| {
+        let task = tokio::spawn(read(side, id, channel, flow.clone(), events.clone())).abort_handle();
+        tasks.0.push(task.clone());
+        task
+    };
+    let readers = [reader(Side::Client, client_r), reader(Side::Target, target_r)];
+    Pair { to_client, to_target, readers, gone: [false, false] }
 }
 
 /// Takes what one side sends on a channel, admitted by the flow, to the
@@ -539,13 +714,7 @@ async fn read(
     events: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(message) = channel.wait().await {
-        let len = match &message {
-            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
-            _ => 0,
-        };
-        if len > 0
-            && let Err(stuck) = flow.admit(side, len).await
-        {
+        if let Err(stuck) = flow.admit(side, cost(&message)).await {
             let _ = events.send(Event::Stuck(stuck));
             return;
         }
@@ -581,8 +750,10 @@ impl Peer {
         match (self, message) {
             (Peer::Client { channel, .. }, Out::Data(data)) => channel.data_bytes(data).await.is_ok(),
             (Peer::Target(channel), Out::Data(data)) => channel.data_bytes(data).await.is_ok(),
-            (Peer::Client { channel, .. }, Out::Stderr(data)) => channel.extended_data_bytes(1, data).await.is_ok(),
-            (Peer::Target(channel), Out::Stderr(data)) => channel.extended_data_bytes(1, data).await.is_ok(),
+            (Peer::Client { channel, .. }, Out::Extended(code, data)) => {
+                channel.extended_data_bytes(code, data).await.is_ok()
+            }
+            (Peer::Target(channel), Out::Extended(code, data)) => channel.extended_data_bytes(code, data).await.is_ok(),
             (Peer::Client { channel, .. }, Out::ExitStatus(status)) => channel.exit_status(status).await.is_ok(),
             (Peer::Client { id, server, .. }, Out::ExitSignal { signal, core_dumped, message }) => {
                 server.exit_signal_request(*id, signal, core_dumped, message, String::new()).await.is_ok()
@@ -590,7 +761,6 @@ impl Peer {
             (Peer::Client { id, server, .. }, Out::Success) => server.channel_success(*id).await.is_ok(),
             (Peer::Client { id, server, .. }, Out::Failure) => server.channel_failure(*id).await.is_ok(),
             (Peer::Target(channel), Out::Exec(command)) => channel.exec(true, command).await.is_ok(),
-            (Peer::Target(channel), Out::Signal(signal)) => channel.signal(signal).await.is_ok(),
             (Peer::Client { channel, .. }, Out::Eof) => channel.eof().await.is_ok(),
             (Peer::Target(channel), Out::Eof) => channel.eof().await.is_ok(),
             (Peer::Client { channel, .. }, Out::Close) => {
@@ -607,19 +777,14 @@ impl Peer {
     }
 }
 
-/// Sends a peer what the relay recorded, in order, counting the bytes
-/// delivered for the flow.
-async fn write(peer: Peer, mut out: mpsc::UnboundedReceiver<Out>, flow: Arc<Flow>) {
-    let bytes = |message: &Out| match message {
-        Out::Data(data) | Out::Stderr(data) => data.len(),
-        _ => 0,
-    };
+/// Sends a peer what the relay recorded, in order, giving the flow back
+/// what each message cost once it is sent.
+async fn write(peer: Peer, mut out: mpsc::UnboundedReceiver<Out>, flow: Arc<Flow>, pending: Arc<AtomicUsize>) {
+    let from = peer.from();
     while let Some(message) = out.recv().await {
-        let len = bytes(&message);
+        let cost = out_cost(&message);
         let sent = peer.send(message).await;
-        if len > 0 {
-            flow.delivered(peer.from(), len);
-        }
+        flow.delivered(from, take(&pending, cost));
         if !sent {
             break;
         }
@@ -627,7 +792,7 @@ async fn write(peer: Peer, mut out: mpsc::UnboundedReceiver<Out>, flow: Arc<Flow
     // What was never sent is no longer waited for.
     out.close();
     while let Ok(message) = out.try_recv() {
-        flow.delivered(peer.from(), bytes(&message));
+        flow.delivered(from, take(&pending, out_cost(&message)));
     }
 }
 
@@ -635,6 +800,7 @@ async fn write(peer: Peer, mut out: mpsc::UnboundedReceiver<Out>, flow: Arc<Flow
 async fn relay_event<S: EventSink>(
     event: Event,
     pairs: &mut HashMap<ChannelId, Pair>,
+    flow: &Flow,
     recorder: &mut SessionRecorder<S>,
 ) -> Result<(), Ending> {
     let (id, side, message) = match event {
@@ -643,13 +809,12 @@ async fn relay_event<S: EventSink>(
         Event::Gone(side, id) => {
             if let Some(pair) = pairs.get_mut(&id) {
                 pair.gone[side as usize] = true;
-                // The other side is told its peer closed.
-                let other = match side {
-                    Side::Client => &pair.to_target,
-                    Side::Target => &pair.to_client,
-                };
-                let _ = other.send(Out::Close);
+                // Nothing more reaches the side that left; the other is
+                // told once what it was sent before has gone out.
+                pair.writer(side).stop(flow);
+                pair.writer(side.other()).send(Out::Close, flow);
                 if pair.gone == [true, true] {
+                    pair.readers.iter().for_each(tokio::task::AbortHandle::abort);
                     pairs.remove(&id);
                 }
             }
@@ -661,8 +826,13 @@ async fn relay_event<S: EventSink>(
                 format!("{stuck}; Proctor ended the session rather than hold more"),
             ));
         }
+        Event::Opened(..) => return Ok(()),
     };
-    let Some(pair) = pairs.get(&id) else { return Ok(()) };
+    let admitted = cost(&message);
+    let Some(pair) = pairs.get(&id) else {
+        flow.delivered(side, admitted);
+        return Ok(());
+    };
     let channel_id = Some(u32::from(id));
     let (forward, recorded): (Option<Out>, Option<proctor_schemas::EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
@@ -672,54 +842,24 @@ async fn relay_event<S: EventSink>(
         (Side::Client, ChannelMsg::Data { data }) => {
             (Some(Out::Data(data.clone())), Some(TerminalInput { channel_id, data: data.to_vec() }.into()))
         }
-        (Side::Client, ChannelMsg::Signal { signal }) => (Some(Out::Signal(signal)), None),
+        (Side::Client, ChannelMsg::ExtendedData { data, ext }) => {
+            (Some(Out::Extended(ext, data.clone())), Some(TerminalInput { channel_id, data: data.to_vec() }.into()))
+        }
         (Side::Client, ChannelMsg::Eof) => (Some(Out::Eof), None),
         (Side::Client, ChannelMsg::Close) => (Some(Out::Close), None),
-        (
-            Side::Client,
-            refused @ (ChannelMsg::RequestPty { .. }
-            | ChannelMsg::RequestShell { .. }
-            | ChannelMsg::RequestSubsystem { .. }
-            | ChannelMsg::AgentForward { .. }
-            | ChannelMsg::RequestX11 { .. }),
-        ) => {
-            let what = match refused {
-                ChannelMsg::RequestPty { .. } => "a terminal (pty-req)",
-                ChannelMsg::RequestShell { .. } => "an interactive shell",
-                ChannelMsg::RequestSubsystem { ref name, .. } => {
-                    let _ = pair.to_client.send(Out::Failure);
-                    let report = ErrorReport {
-                        message: format!(
-                            "subsystem {name:?} refused: Proctor does not relay subsystems (SFTP) on this resource yet"
-                        ),
-                        ..Default::default()
-                    };
-                    recorder.push(Direction::Gateway, report.into());
-                    return flush(recorder).await;
-                }
-                ChannelMsg::AgentForward { .. } => "agent forwarding",
-                _ => "X11 forwarding",
-            };
-            let _ = pair.to_client.send(Out::Failure);
-            let report = ErrorReport {
-                message: format!(
-                    "{what} refused: Proctor relays commands run with exec on this resource, not terminals or forwarding yet"
-                ),
-                ..Default::default()
-            };
-            recorder.push(Direction::Gateway, report.into());
-            return flush(recorder).await;
-        }
-        // Environment variables are not passed on (none is allowed yet).
-        (Side::Client, ChannelMsg::SetEnv { .. }) => (None, None),
+        // Refused (and answered) by the connection's handler as they come;
+        // recorded here.
+        (Side::Client, refused) => (None, refusal(&refused).map(|message| refused_report(message).into())),
         (Side::Target, ChannelMsg::Data { data }) => (
             Some(Out::Data(data.clone())),
             Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
         ),
         (Side::Target, ChannelMsg::ExtendedData { data, ext }) => {
             let stream = if ext == 1 { OutputStream::Stderr } else { OutputStream::Stdout };
-            let out = if ext == 1 { Out::Stderr(data.clone()) } else { Out::Data(data.clone()) };
-            (Some(out), Some(TerminalOutput { channel_id, stream, data: data.to_vec() }.into()))
+            (
+                Some(Out::Extended(ext, data.clone())),
+                Some(TerminalOutput { channel_id, stream, data: data.to_vec() }.into()),
+            )
         }
         (Side::Target, ChannelMsg::ExitStatus { exit_status }) => (
             Some(Out::ExitStatus(exit_status)),
@@ -741,21 +881,47 @@ async fn relay_event<S: EventSink>(
         _ => (None, None),
     };
     if let Some(body) = recorded {
-        let direction = match side {
-            Side::Client => Direction::ClientToTarget,
-            Side::Target => Direction::TargetToClient,
+        let direction = match (side, &forward) {
+            (_, None) => Direction::Gateway,
+            (Side::Client, Some(_)) => Direction::ClientToTarget,
+            (Side::Target, Some(_)) => Direction::TargetToClient,
         };
         recorder.push(direction, body);
-        flush(recorder).await?;
+        if let Err(ending) = flush(recorder).await {
+            flow.delivered(side, admitted);
+            return Err(ending);
+        }
     }
-    if let Some(out) = forward {
-        let to = match side {
-            Side::Client => &pair.to_target,
-            Side::Target => &pair.to_client,
-        };
-        let _ = to.send(out);
+    match forward {
+        Some(out) => pair.writer(side.other()).send(out, flow),
+        None => flow.delivered(side, admitted),
     }
     Ok(())
+}
+
+/// What a client's request refused by the handler was, if it was one.
+fn refusal(message: &ChannelMsg) -> Option<String> {
+    Some(match message {
+        ChannelMsg::RequestPty { term, .. } => format!("a terminal (pty-req, {term:?})"),
+        ChannelMsg::RequestShell { .. } => "an interactive shell".to_string(),
+        ChannelMsg::RequestSubsystem { name, .. } => format!("subsystem {name:?}"),
+        ChannelMsg::RequestX11 { .. } => "X11 forwarding".to_string(),
+        ChannelMsg::AgentForward { .. } => "agent forwarding".to_string(),
+        // The name only: a variable's value may be a secret.
+        ChannelMsg::SetEnv { variable_name, .. } => format!("environment variable {variable_name:?}"),
+        ChannelMsg::Signal { signal } => format!("signal {}", signal_name_of(signal)),
+        ChannelMsg::WindowChange { .. } => return None,
+        _ => return None,
+    })
+}
+
+fn refused_report(what: String) -> ErrorReport {
+    ErrorReport {
+        message: format!(
+            "{what} refused: on this resource Proctor relays commands run with exec; terminals, subsystems, environment, signals and forwarding are not passed on yet"
+        ),
+        ..Default::default()
+    }
 }
 
 /// Records what was pushed; nothing passes unrecorded.
@@ -767,9 +933,8 @@ async fn flush<S: EventSink>(recorder: &mut SessionRecorder<S>) -> Result<(), En
 
 /// A signal's name as OpenSSH sends it (`TERM`, not `SIGTERM`).
 fn signal_name_of(signal: &russh::Sig) -> String {
-    let name = format!("{signal:?}");
     match signal {
         russh::Sig::Custom(custom) => custom.clone(),
-        _ => name,
+        other => format!("{other:?}"),
     }
 }

@@ -131,7 +131,7 @@ impl Gateway {
             address: format!("127.0.0.1:{}", sshd.port),
             user: user.trim().to_string(),
             key: Arc::new(russh::keys::load_secret_key(&upstream_key, None).unwrap()),
-            host_key: pinned.unwrap_or_else(|| sshd.host_key.clone()),
+            host_keys: vec![pinned.unwrap_or_else(|| sshd.host_key.clone())],
             connect_timeout: Duration::from_secs(10),
         };
         let resource = Arc::new(SshResource::new("box", target, &host_key));
@@ -276,7 +276,7 @@ async fn a_wrong_password_is_refused_and_recorded() {
     let (stdout, stderr, code) = gateway.ssh("wrong", &[], "echo never", b"").await;
     assert_ne!(code, 0);
     assert!(stdout.is_empty());
-    assert!(stderr.contains("Proctor"), "the client is told why: {stderr}");
+    assert!(stderr.contains("password authentication failed for user"), "the client is told why: {stderr}");
     let sessions = gateway.recorded().await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(end_of(&sessions[0]), Some(EndReason::AuthFailed));
@@ -343,4 +343,68 @@ async fn garbage_on_the_port_is_recorded_and_proctor_keeps_serving() {
     let sessions = gateway.recorded().await;
     assert_eq!(sessions.len(), 2);
     assert!(sessions.iter().any(|s| end_of(s) == Some(EndReason::ClientError)), "{sessions:?}");
+}
+
+/// OpenSSH sends `env` (no reply wanted) before `exec` (a reply wanted):
+/// the refusal of the one must not be taken for the answer to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_variable_is_refused_and_the_command_still_runs() {
+    let gateway = Gateway::start(None).await;
+    let (stdout, stderr, code) =
+        gateway.ssh(SECRET, &["-o", "SetEnv=PROCTOR_TEST=secret-value"], "printf %s \"$PROCTOR_TEST\"", b"").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, b"", "the variable was not passed on");
+    let sessions = gateway.recorded().await;
+    let refused = sessions[0].iter().any(|e| {
+        matches!(&e.body, EventBody::Error(report)
+        if report.message.contains("PROCTOR_TEST") && !report.message.contains("secret-value"))
+    });
+    assert!(refused, "{:?}", sessions[0]);
+}
+
+/// The target going away ends the session, recorded as the target's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_dying_mid_command_ends_the_session() {
+    let mut gateway = Gateway::start(None).await;
+    let port = gateway.port;
+    let client = tokio::spawn({
+        let known_hosts = gateway.known_hosts.clone();
+        let askpass = gateway.askpass.clone();
+        async move {
+            std::fs::write(&askpass, format!("#!/bin/sh\nprintf '%s\\n' '{SECRET}'\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+            tokio::process::Command::new("ssh")
+                .env("SSH_ASKPASS", &askpass)
+                .env("SSH_ASKPASS_REQUIRE", "force")
+                .env("DISPLAY", ":0")
+                .args(["-F", "/dev/null", "-p", &port.to_string()])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+                .args(["-o", "PreferredAuthentications=password", "agent@127.0.0.1", "echo started; sleep 60"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap()
+        }
+    });
+    // Once the command runs, sshd and everything under it go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gateway.resource.sessions.live() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The connection's own sshd processes (children of the listening one),
+    // then the listener.
+    let pid = gateway.sshd.child.id().to_string();
+    let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+    gateway.sshd.child.kill().ok();
+    let out = tokio::time::timeout(Duration::from_secs(20), client).await.expect("the client is let go").unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let sessions = gateway.recorded().await;
+    assert_eq!(end_of(&sessions[0]), Some(EndReason::TargetClosed), "{:?}", sessions[0]);
 }

@@ -26,6 +26,9 @@ pub enum Offer {
     /// A PostgreSQL resource: where Proctor listens for it, and the database
     /// named in the libpq URL.
     Postgres { host: String, port: u16, database: String },
+    /// An SSH resource: where Proctor listens for it, and Proctor's host key
+    /// (an OpenSSH public key line) for clients to pin.
+    Ssh { host: String, port: u16, host_key: String },
 }
 
 /// A grant's connection offer, shown with its credential: how to connect,
@@ -35,6 +38,10 @@ pub enum Offer {
 pub enum ConnectionOffer {
     /// libpq's terms: the URL (the credential in it), and its parts.
     Postgres { url: String, host: String, port: u16, database: String, user: String, sslmode: &'static str },
+    /// OpenSSH's terms: an `ssh://` URL (no secret in it: the credential is
+    /// the password), the `known_hosts` line that pins Proctor, and a ready
+    /// command line.
+    Ssh { url: String, host: String, port: u16, user: String, known_hosts: String, command: String },
 }
 
 /// Why a control request failed, with the HTTP status it maps to.
@@ -311,9 +318,21 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
                 user: grant.id.clone(),
                 sslmode: "require",
             },
+            Offer::Ssh { host, port, host_key } => {
+                let pattern = if *port == 22 { host.clone() } else { format!("[{host}]:{port}") };
+                let key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+                ConnectionOffer::Ssh {
+                    url: format!("ssh://{}@{}:{port}", grant.id, url_host(host)),
+                    host: host.clone(),
+                    port: *port,
+                    user: grant.id.clone(),
+                    known_hosts: format!("{pattern} {}", key.join(" ")),
+                    command: format!("ssh -p {port} {}@{host}", grant.id),
+                }
+            }
         });
         let url = match &offer {
-            Some(ConnectionOffer::Postgres { url, .. }) => url.clone(),
+            Some(ConnectionOffer::Postgres { url, .. } | ConnectionOffer::Ssh { url, .. }) => url.clone(),
             None => String::new(),
         };
         Credentials { user: grant.id.clone(), password, url, offer }
