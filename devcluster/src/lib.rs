@@ -6,6 +6,8 @@
 //! Used by `proctor demo`, the end-to-end tests and the benchmarks. It only
 //! runs real PostgreSQL; nothing is simulated.
 
+pub mod sshd;
+
 use std::ffi::OsStr;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};

@@ -28,6 +28,14 @@ impl ResourceProtocol {
         }
     }
 
+    /// Its name with its article, for messages ("a postgres", "an ssh").
+    pub fn with_article(self) -> &'static str {
+        match self {
+            ResourceProtocol::Postgres => "a postgres",
+            ResourceProtocol::Ssh => "an ssh",
+        }
+    }
+
     /// Where this protocol's rule sets are configured: rules are scoped per
     /// protocol (`[rules.NAME]` are PostgreSQL's statement rules), and a
     /// grant under rules `NAME` opens a resource only if its protocol has a
@@ -167,17 +175,17 @@ impl<'de> Deserialize<'de> for ResourceConfig {
                 .map(|other| format!(" (it is a key of {} resources)", other.as_str()))
                 .collect::<String>();
             return Err(D::Error::custom(format!(
-                "resource {name}: `{key}` is not a key of a {} resource{elsewhere}; its keys are {}",
-                protocol.as_str(),
+                "resource {name}: `{key}` is not a key of {} resource{elsewhere}; its keys are {}",
+                protocol.with_article(),
                 COMMON_KEYS.iter().chain(protocol.keys()).copied().collect::<Vec<_>>().join(", ")
             )));
         }
         let keys = serde_json::Value::Object(entry);
         let wrong = |e: serde_path_to_error::Error<serde_json::Error>| {
-            let protocol = protocol.as_str();
+            let protocol = protocol.with_article();
             match e.path().to_string().as_str() {
-                "." => D::Error::custom(format!("resource {name} (a {protocol} resource): {}", e.inner())),
-                key => D::Error::custom(format!("resource {name}: `{key}` of a {protocol} resource: {}", e.inner())),
+                "." => D::Error::custom(format!("resource {name} ({protocol} resource): {}", e.inner())),
+                key => D::Error::custom(format!("resource {name}: `{key}` of {protocol} resource: {}", e.inner())),
             }
         };
         let kind = match protocol {

@@ -67,23 +67,28 @@ struct Setup {
 const RESOURCE: &str = "orders-db";
 const ISSUER: &str = "https://login.example.com/";
 
-async fn setup(pending_ttl: Duration) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("control.db").display());
-    let store = SqlStore::open(&url).await.unwrap();
-    let sink = MemorySink::default();
-    let session = ControlSession::start(sink.clone(), "reviews test").await.unwrap();
-    let policy = PolicyConfig {
+/// The CI agents' policy: `resource` for an hour, no approval.
+fn agents(resource: &str) -> PolicyConfig {
+    PolicyConfig {
         name: "agents".into(),
         groups: vec!["ci".into()],
-        resources: vec![RESOURCE.into()],
+        resources: vec![resource.into()],
         max_ttl: Duration::from_secs(3600),
         approval: None,
         rules: None,
         masking_profile: None,
         masking_profiles: Default::default(),
         sample_rows: None,
-    };
+    }
+}
+
+async fn setup(pending_ttl: Duration) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = SqlStore::open(&url).await.unwrap();
+    let sink = MemorySink::default();
+    let session = ControlSession::start(sink.clone(), "reviews test").await.unwrap();
+    let policy = agents(RESOURCE);
     // People need two approvals from dba.
     let people = PolicyConfig {
         name: "people".into(),
@@ -576,4 +581,42 @@ async fn each_approval_of_a_grant_needing_several_is_recorded() {
     let message = steps[1].2.clone().unwrap_or_default();
     assert!(message.contains("1 of 2 approvals") && message.contains("looks fine"), "{message}");
     assert_eq!(steps[2].1.as_deref(), Some("dan, dora"));
+}
+
+/// A grant on an SSH resource comes with what an SSH client needs: the
+/// `known_hosts` line that pins Proctor's host key at the address it is
+/// offered on, an `ssh://` URL without the secret, and a ready command.
+#[tokio::test]
+async fn a_grant_on_an_ssh_resource_is_offered_with_its_known_hosts_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = SqlStore::open(&url).await.unwrap();
+    let session = ControlSession::start(MemorySink::default(), "ssh offer test").await.unwrap();
+    let policy = agents("web-1");
+    let host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl proctor";
+    let offers = HashMap::from([(
+        "web-1".to_string(),
+        Offer::Ssh { host: "gw.example".into(), port: 2222, host_key: host_key.into() },
+    )]);
+    let control = Control::new(
+        store,
+        Policies::new(vec![policy]).unwrap(),
+        offers,
+        session,
+        Arc::new(LiveGrants::default()),
+        Duration::from_secs(60),
+        "security".into(),
+    );
+    let grant = control.request(&agent(), "web-1", Duration::from_secs(600), "deploy").await.unwrap();
+    let credentials = grant.credentials.expect("an active grant comes with its credential");
+    let offer = serde_json::to_value(credentials.offer.expect("an offer")).unwrap();
+    assert_eq!(offer["protocol"], "ssh");
+    assert_eq!(offer["user"], grant.id.as_str());
+    assert_eq!(
+        offer["known_hosts"],
+        "[gw.example]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    );
+    assert_eq!(offer["url"], format!("ssh://{}@gw.example:2222", grant.id));
+    assert_eq!(offer["command"], format!("ssh -p 2222 {}@gw.example", grant.id));
+    assert!(!offer.to_string().contains(&credentials.password), "no secret in the offer: {offer}");
 }

@@ -22,7 +22,17 @@ pub fn show(location: DataDirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
         )
     })?;
     let pem = public_key_pem(&key);
+    // Proctor's SSH host key, once an SSH resource has been served.
+    let ssh = proctor_ssh::host_key::load_public_key(&keys_dir)?;
+    let ssh_file = keys_dir.join(proctor_ssh::host_key::HOST_PUBLIC_KEY_FILE);
     if as_json {
+        let ssh_host_key = ssh.as_ref().map(|key| {
+            json!({
+                "fingerprint": key.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+                "public_key": proctor_ssh::host_key::public_line(key),
+                "file": ssh_file,
+            })
+        });
         println!(
             "{}",
             json!({
@@ -31,6 +41,7 @@ pub fn show(location: DataDirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
                 "public_key_hex": hex_encode(key.as_bytes()),
                 "public_key_pem": pem,
                 "file": keys_dir.join(proctor_recorder::keys::PUBLIC_KEY_FILE),
+                "ssh_host_key": ssh_host_key,
             })
         );
     } else {
@@ -39,6 +50,13 @@ pub fn show(location: DataDirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("public key:  {}", hex_encode(key.as_bytes()));
         println!("file:        {}", keys_dir.join(proctor_recorder::keys::PUBLIC_KEY_FILE).display());
         print!("{pem}");
+        if let Some(key) = &ssh {
+            println!();
+            println!("SSH host key (what SSH clients pin):");
+            println!("fingerprint: {}", key.fingerprint(russh::keys::HashAlg::Sha256));
+            println!("public key:  {}", proctor_ssh::host_key::public_line(key));
+            println!("file:        {}", ssh_file.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -101,12 +101,12 @@ fn up_refuses_a_resource_key_its_protocol_does_not_use() {
     for (extra, says) in [
         (
             "protocol = \"postgres\"\nkey_file = \"id_ed25519\"\n",
-            "resource db: `key_file` is not a key of a postgres resource; its keys are name, protocol, listen, target, user",
+            "resource db: `key_file` is not a key of a postgres resource (it is a key of ssh resources); its keys are name, protocol, listen, target, user",
         ),
         ("protocol = \"postgres\"\ndatabse = \"app\"\n", "`databse` is not a key of a postgres resource"),
         (
             "protocol = \"telnet\"\n",
-            "resource db: protocol \"telnet\" is not one Proctor fronts (it fronts \"postgres\")",
+            "resource db: protocol \"telnet\" is not one Proctor fronts (it fronts \"postgres\", \"ssh\")",
         ),
         ("", "resource db: `protocol` is required"),
         (
@@ -114,11 +114,44 @@ fn up_refuses_a_resource_key_its_protocol_does_not_use() {
             "resource db: `sample_rows` of a postgres resource: invalid type",
         ),
         ("protocol = \"postgres\"\npassword_file = nan\n", "resource db: `password_file` has no usable value"),
+        // An SSH resource: PostgreSQL's keys are not its own, and the
+        // target's host key must be pinned, one way.
+        (
+            "protocol = \"ssh\"\nkey_file = \"id\"\ntarget_host_key = \"ssh-ed25519 AAAA\"\n",
+            "resource db: `password_env` is not a key of an ssh resource (it is a key of postgres resources)",
+        ),
     ] {
         let path = config(dir.path(), &resource(extra));
         let output = run(bin(), &["up", "--config", path.to_str().unwrap()]);
         assert!(!output.status.success(), "{extra}");
         assert!(stderr(&output).contains(says), "{extra}: {}", stderr(&output));
+    }
+}
+
+/// An SSH resource pins its target's host key: without a pin, or with
+/// two, it is refused at start-up, saying how to pin it.
+#[test]
+fn up_refuses_an_ssh_resource_whose_target_key_is_not_pinned_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let resource = |pin: &str| {
+        format!(
+            "[[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:1\"\ntarget = \"127.0.0.1:2\"\nuser = \"ops\"\nkey_file = \"id\"\nclient_secret_env = \"S\"\n{pin}"
+        )
+    };
+    for (pin, says) in [
+        (
+            "",
+            "resource box: the target's host key must be pinned: set target_host_key (its public key line) or known_hosts",
+        ),
+        (
+            "target_host_key = \"ssh-ed25519 AAAA\"\nknown_hosts = \"kh\"\n",
+            "resource box: pin the target's host key with target_host_key or known_hosts, not both",
+        ),
+    ] {
+        let path = config(dir.path(), &resource(pin));
+        let output = run(bin(), &["up", "--config", path.to_str().unwrap()]);
+        assert!(!output.status.success(), "{pin}");
+        assert!(stderr(&output).contains(says), "{pin}: {}", stderr(&output));
     }
 }
 

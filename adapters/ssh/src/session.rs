@@ -439,6 +439,8 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
     }
 }
 
+/// How long what a departed client's channels still carry is waited for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the target may take to open a channel.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the client may take to close once told goodbye.
@@ -587,7 +589,26 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                     Some(FromClient::Password { reply, .. }) => {
                         let _ = reply.send(Auth::reject());
                     }
-                    None => return Ending::new(EndReason::ClientClosed, None),
+                    None => {
+                        // What the client's channels said before it left is
+                        // still recorded (their readers end as they do).
+                        let drained = async {
+                            while !pairs.is_empty() {
+                                let Some(event) = events.recv().await else { break };
+                                if let Event::Opened(..) = event {
+                                    continue;
+                                }
+                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder).await {
+                                    return Some(ending);
+                                }
+                            }
+                            None
+                        };
+                        if let Ok(Some(ending)) = tokio::time::timeout(DRAIN_TIMEOUT, drained).await {
+                            return ending;
+                        }
+                        return Ending::new(EndReason::ClientClosed, None);
+                    }
                 },
                 Some(event) = events.recv() => {
                     // A target channel that ended with the target's whole

@@ -7,10 +7,11 @@
 //! request are refused with a message the client prints.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use proctor_devcluster::sshd::{self, Sshd};
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
 use proctor_gateway_core::masking::Profiles;
 use proctor_gateway_core::{EventSink, SinkError};
@@ -37,70 +38,8 @@ impl EventSink for Recording {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn keygen(path: &Path) {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen (openssh-client)");
-    assert!(status.success());
-}
-
-/// A throw-away OpenSSH server: its own host key, one authorized key, on a
-/// free loopback port; killed when dropped.
-struct Sshd {
-    child: Child,
-    port: u16,
-    host_key: PublicKey,
-}
-
-impl Sshd {
-    fn start(dir: &Path, authorized: &Path) -> Sshd {
-        let host = dir.join("sshd_host_key");
-        keygen(&host);
-        let port = free_port();
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nLogLevel ERROR\n",
-                host.display(),
-                authorized.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
-        // sshd wants its privilege separation directory, as root.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-            .spawn()
-            .expect("sshd (openssh-server)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let host_key = russh::keys::load_public_key(host.with_extension("pub")).unwrap();
-        Sshd { child, port, host_key }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    sshd::keygen(path).unwrap();
 }
 
 /// Proctor serving one SSH resource in front of a real sshd.
@@ -122,16 +61,16 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let upstream_key = dir.path().join("proctor_upstream_key");
         keygen(&upstream_key);
-        let sshd = Sshd::start(dir.path(), &upstream_key.with_extension("pub"));
+        let sshd = Sshd::start(dir.path(), &upstream_key.with_extension("pub")).unwrap();
+        let sshd_host_key = russh::keys::load_public_key(&sshd.host_key_file).unwrap();
         let data = dir.path().join("data");
         let recorder = Recorder::open(&data, &RecorderSettings::default()).unwrap();
         let host_key = HostKey::load_or_create(&data.join("keys")).unwrap();
-        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
         let target = SshTarget {
             address: format!("127.0.0.1:{}", sshd.port),
-            user: user.trim().to_string(),
+            user: Sshd::user(),
             key: Arc::new(russh::keys::load_secret_key(&upstream_key, None).unwrap()),
-            host_keys: vec![pinned.unwrap_or_else(|| sshd.host_key.clone())],
+            host_keys: vec![pinned.unwrap_or(sshd_host_key)],
             connect_timeout: Duration::from_secs(10),
         };
         let resource = Arc::new(SshResource::new("box", target, &host_key));
@@ -398,11 +337,7 @@ async fn the_target_dying_mid_command_ends_the_session() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // The connection's own sshd processes (children of the listening one),
-    // then the listener.
-    let pid = gateway.sshd.child.id().to_string();
-    let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
-    gateway.sshd.child.kill().ok();
+    gateway.sshd.kill();
     let out = tokio::time::timeout(Duration::from_secs(20), client).await.expect("the client is let go").unwrap();
     assert_ne!(out.status.code(), Some(0));
     let sessions = gateway.recorded().await;

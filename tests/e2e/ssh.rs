@@ -1,0 +1,81 @@
+//! An SSH resource served by `proctor up`, in front of a real OpenSSH
+//! `sshd`, used with the OpenSSH client: the host key Proctor creates and
+//! `proctor key show` prints is what the client pins; a command's output
+//! comes back; the session is recorded, verifiable and replayable.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use proctor_devcluster::sshd::{self, Sshd};
+use proctor_tests::{collect_lines, run_ok, signal, spawn, stdout, wait_for_line, wait_with_timeout};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+#[test]
+fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    sshd::keygen(&base.join("upstream")).unwrap();
+    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
+    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
+    std::fs::write(base.join("target_known_hosts"), format!("[127.0.0.1]:{} {target_key}", target.port)).unwrap();
+    std::fs::write(base.join("client-secret"), "ssh-secret\n").unwrap();
+    let port = proctor_devcluster::free_port();
+    let config = format!(
+        "data_dir = \"data\"\n\n[[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
+         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\nknown_hosts = \"target_known_hosts\"\n\
+         client_secret_file = \"client-secret\"\n",
+        target.port,
+        Sshd::user()
+    );
+    std::fs::write(base.join("proctor.toml"), config).unwrap();
+    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
+    let log = collect_lines(up.stderr.take().unwrap());
+    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+
+    // The client pins the host key `proctor key show` prints.
+    let data = base.join("data");
+    let shown = run_ok(bin(), &["key", "show", "--data-dir", data.to_str().unwrap(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    let host_key = shown["ssh_host_key"]["public_key"].as_str().expect("the SSH host key is shown").to_string();
+    assert!(shown["ssh_host_key"]["fingerprint"].as_str().unwrap().starts_with("SHA256:"), "{shown}");
+    let private = data.join("keys").join("ssh_host_ed25519_key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+    let known_hosts = base.join("known_hosts");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key}\n")).unwrap();
+    let askpass = base.join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho ssh-secret\n").unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = std::process::Command::new("ssh")
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .args(["-F", "/dev/null", "-p", &port.to_string(), "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "PreferredAuthentications=password", "ci-agent@127.0.0.1", "uname -s; echo done >&2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Linux");
+
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    run_ok(bin(), &["verify", "--data-dir", data.to_str().unwrap()]);
+    let listed = stdout(&run_ok(bin(), &["sessions", "--data-dir", data.to_str().unwrap(), "--json"]));
+    let sessions: Vec<serde_json::Value> = listed.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let ssh = sessions.iter().find(|s| s["protocol"] == "ssh").expect("the SSH session is listed");
+    assert_eq!(ssh["resource"], "box", "{ssh}");
+    let id = ssh["session_id"].as_str().unwrap();
+    let replayed = stdout(&run_ok(bin(), &["replay", id, "--data-dir", data.to_str().unwrap()]));
+    assert!(replayed.contains("uname -s; echo done >&2"), "{replayed}");
+    assert!(replayed.contains("Linux"), "{replayed}");
+}
