@@ -87,9 +87,14 @@ impl Sshd {
         self.child.id()
     }
 
-    /// Kills the daemon and every connection it serves, at once.
+    /// Kills the daemon and every process serving its connections (they
+    /// start sessions of their own, so they are found by parentage), at
+    /// once.
     pub fn kill(&mut self) {
-        let _ = Command::new("pkill").args(["-KILL", "-P", &self.child.id().to_string()]).status();
+        for pid in descendants(self.child.id()) {
+            // SAFETY: sends a signal to a process id; no memory is shared.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -110,4 +115,29 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Every process descended from `root`, read from `/proc`.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The parent is the second field after the command's closing paren.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut at = 0;
+    while at < found.len() {
+        let parent = found[at];
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        at += 1;
+    }
+    found.remove(0);
+    found
 }

@@ -266,6 +266,16 @@ pub struct SshConfig {
 
 impl SshConfig {
     fn validate(&self, name: &str) -> Result<(), GatewayError> {
+        let port = self.target.rsplit_once(':').and_then(|(host, port)| {
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            (!host.is_empty() && (bracketed || !host.contains(':'))).then_some(port)
+        });
+        if port.and_then(|port| port.parse::<u16>().ok()).is_none() {
+            return Err(GatewayError::Config(format!(
+                "resource {name}: target {:?} is not host:port (an IPv6 address in brackets: [::1]:22)",
+                self.target
+            )));
+        }
         match (&self.target_host_key, &self.known_hosts) {
             (Some(_), None) | (None, Some(_)) => Ok(()),
             (Some(_), Some(_)) => Err(GatewayError::Config(format!(

@@ -199,6 +199,26 @@ approval = {{ group = "dba", count = 1 }}
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    /// Waits until the index holds every event recorded so far: the count
+    /// of all events stands still for a second (the last sessions' ends and
+    /// the control plane's events are still arriving just after the day's
+    /// last statement). Comparisons of the CLI's and the API's answers need
+    /// an index that does not grow between the two.
+    fn settled(&self) {
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            let (status, body) = self.api_search("session:*");
+            let total = (status == 200).then(|| body["total"].as_u64()).flatten();
+            if total.is_some() && total == last {
+                return;
+            }
+            last = total;
+            assert!(started.elapsed() < Duration::from_secs(60), "the index kept growing: {body}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
 }
 
 fn encode(q: &str) -> String {
@@ -328,6 +348,7 @@ fn every_investigator_question_is_one_query_with_the_right_names_on_every_hit() 
     assert!(last.contains("end-of-day"), "{last}");
     day.until("kind:statement end-of-day outcome:allow", 1);
     day.until("kind:session_end end_reason:grant_revoked", 1);
+    day.settled();
 
     let mut answered = 0;
     let mut check = |what: &str, ok: bool, detail: &dyn std::fmt::Debug| {

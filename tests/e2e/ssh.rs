@@ -66,6 +66,7 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Linux");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
 
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());

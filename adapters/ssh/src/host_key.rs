@@ -98,7 +98,14 @@ impl HostKey {
         if key.is_encrypted() {
             return Err(HostKeyError::Unreadable { path, message: "it is encrypted with a passphrase".to_string() });
         }
-        Ok(HostKey { key })
+        let key = HostKey { key };
+        // A start interrupted between the two files left the private one
+        // alone: its public half is written again from it.
+        let public = keys_dir.join(HOST_PUBLIC_KEY_FILE);
+        if !public.exists() {
+            write_new(&public, format!("{}\n", key.public_line()).as_bytes(), 0o644)?;
+        }
+        Ok(key)
     }
 
     /// The private key, for the SSH server.
@@ -184,6 +191,15 @@ mod tests {
         assert_eq!(again.public_line(), created.public_line());
         assert_eq!(load_public_key(&keys).unwrap().unwrap(), *created.public_key());
         assert!(created.fingerprint().starts_with("SHA256:"), "{}", created.fingerprint());
+    }
+
+    #[test]
+    fn a_lost_public_half_is_written_again_from_the_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = HostKey::load_or_create(dir.path()).unwrap();
+        fs::remove_file(dir.path().join(HOST_PUBLIC_KEY_FILE)).unwrap();
+        HostKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(load_public_key(dir.path()).unwrap().as_ref(), Some(created.public_key()));
     }
 
     #[test]

@@ -65,8 +65,11 @@ impl SshResource {
             auth_rejection_time: Duration::from_secs(1),
             auth_rejection_time_initial: Some(Duration::ZERO),
             // A session ends with its grant, its lease or its peers; not
-            // because nobody typed for a while.
+            // because nobody typed for a while. A client that vanishes
+            // without a word is found out by keepalives.
             inactivity_timeout: None,
+            keepalive_interval: Some(session::KEEPALIVE),
+            keepalive_max: 3,
             ..Default::default()
         };
         SshResource { name: name.to_string(), target, sessions: SessionCounters::default(), server: Arc::new(server) }
@@ -78,6 +81,20 @@ impl SshResource {
     /// target, and the target's pinned host keys.
     pub fn from_config(name: &str, config: &SshConfig, host_key: &HostKey) -> Result<SshResource, GatewayError> {
         let bad = |message: String| GatewayError::Config(format!("resource {name}: {message}"));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&config.key_file)
+                .map_err(|e| bad(format!("cannot read key_file {}: {e}", config.key_file.display())))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(bad(format!(
+                    "key_file {} is readable by other accounts (mode {:o}); make it 0600, as ssh requires of its keys",
+                    config.key_file.display(),
+                    mode & 0o777
+                )));
+            }
+        }
         let key = russh::keys::load_secret_key(&config.key_file, None)
             .map_err(|e| bad(format!("cannot load key_file {}: {e}", config.key_file.display())))?;
         let host_keys = match (&config.target_host_key, &config.known_hosts) {
@@ -87,6 +104,9 @@ impl SshResource {
             ],
             (None, Some(file)) => {
                 let (host, port) = split_address(&config.target).map_err(bad)?;
+                // russh reads an unreadable file as an empty one.
+                std::fs::File::open(file)
+                    .map_err(|e| bad(format!("cannot read known_hosts {}: {e}", file.display())))?;
                 let keys = russh::keys::known_hosts::known_host_keys_path(&host, port, file)
                     .map_err(|e| bad(format!("cannot read known_hosts {}: {e}", file.display())))?;
                 if keys.is_empty() {

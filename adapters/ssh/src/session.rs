@@ -54,8 +54,17 @@ pub struct SshError {
 
 /// What the client's connection tells the engine.
 enum FromClient {
-    Password { user: String, password: Zeroizing<String>, reply: oneshot::Sender<Auth> },
-    Open { channel: russh::Channel<ServerMsg>, reply: russh::server::ChannelOpenHandle },
+    Password {
+        user: String,
+        password: Zeroizing<String>,
+        reply: oneshot::Sender<Auth>,
+    },
+    Open {
+        channel: russh::Channel<ServerMsg>,
+        reply: russh::server::ChannelOpenHandle,
+    },
+    /// Something the handler refused outright (forwarding), to record.
+    Refused(String),
 }
 
 /// The client-facing russh handler: passes what matters to the engine and
@@ -179,6 +188,53 @@ impl russh::server::Handler for ClientSide {
         session.channel_failure(channel)
     }
 
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: russh::Channel<ServerMsg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.tx.send(FromClient::Refused(format!("port forwarding to {host}:{port} (direct-tcpip)")));
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: russh::Channel<ServerMsg>,
+        socket_path: &str,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.tx.send(FromClient::Refused(format!("forwarding to socket {socket_path:?}")));
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut russh::server::Session,
+    ) -> Result<bool, Self::Error> {
+        let _ =
+            self.tx.send(FromClient::Refused(format!("remote port forwarding from {address}:{port} (tcpip-forward)")));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut russh::server::Session,
+    ) -> Result<bool, Self::Error> {
+        let _ = self.tx.send(FromClient::Refused(format!("remote forwarding from socket {socket_path:?}")));
+        Ok(false)
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: russh::Channel<ServerMsg>,
@@ -219,8 +275,9 @@ impl russh::client::Handler for TargetSide {
 
 /// What the relay learns, from the reader tasks and the channel openings.
 enum Event {
-    /// A client channel whose target channel is open, both accepted.
-    Opened(russh::Channel<ServerMsg>, russh::Channel<russh::client::Msg>),
+    /// A channel opening ended: the client channel and the target channel
+    /// it is relayed to, both open; `None` if it was refused.
+    Opened(Option<(russh::Channel<ServerMsg>, russh::Channel<russh::client::Msg>)>),
     Client(ChannelId, ChannelMsg),
     Target(ChannelId, ChannelMsg),
     /// One side's channel ended (its reader saw the last message).
@@ -249,6 +306,13 @@ const MESSAGE_COST: usize = 64;
 fn cost(message: &ChannelMsg) -> usize {
     match message {
         ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+        ChannelMsg::Exec { command, .. } => MESSAGE_COST + command.len(),
+        ChannelMsg::SetEnv { variable_name, variable_value, .. } => {
+            MESSAGE_COST + variable_name.len() + variable_value.len()
+        }
+        ChannelMsg::RequestSubsystem { name, .. } => MESSAGE_COST + name.len(),
+        ChannelMsg::RequestPty { term, terminal_modes, .. } => MESSAGE_COST + term.len() + 5 * terminal_modes.len(),
+        ChannelMsg::ExitSignal { error_message, .. } => MESSAGE_COST + error_message.len(),
         _ => MESSAGE_COST,
     }
 }
@@ -257,6 +321,8 @@ fn cost(message: &ChannelMsg) -> usize {
 fn out_cost(message: &Out) -> usize {
     match message {
         Out::Data(data) | Out::Extended(_, data) => data.len(),
+        Out::Exec(command) => MESSAGE_COST + command.len(),
+        Out::ExitSignal { message, .. } => MESSAGE_COST + message.len(),
         _ => MESSAGE_COST,
     }
 }
@@ -264,7 +330,8 @@ fn out_cost(message: &Out) -> usize {
 /// A writer task: its queue, what is queued on it and not yet sent (so
 /// that stopping it gives the flow back what it held), and the task.
 struct Writer {
-    tx: mpsc::UnboundedSender<Out>,
+    /// `None` once stopped: what is sent then is dropped and credited.
+    tx: Option<mpsc::UnboundedSender<Out>>,
     pending: Arc<AtomicUsize>,
     task: tokio::task::AbortHandle,
     /// Whose bytes it sends on.
@@ -274,17 +341,31 @@ struct Writer {
 impl Writer {
     fn send(&self, message: Out, flow: &Flow) {
         let cost = out_cost(&message);
+        let Some(tx) = &self.tx else {
+            flow.delivered(self.from, cost);
+            return;
+        };
         self.pending.fetch_add(cost, Ordering::SeqCst);
-        if self.tx.send(message).is_err() {
+        if tx.send(message).is_err() {
             take(&self.pending, cost);
             flow.delivered(self.from, cost);
         }
     }
 
-    /// Stops the task; what it still held is no longer waited for.
-    fn stop(&self, flow: &Flow) {
+    /// Stops the task; what it still held is no longer waited for, nor
+    /// what is sent to it from now on.
+    fn stop(&mut self, flow: &Flow) {
+        self.tx = None;
         self.task.abort();
         flow.delivered(self.from, self.pending.swap(0, Ordering::SeqCst));
+    }
+
+    /// Waits (at most `limit`) until what was sent to it has gone out.
+    async fn flushed(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -309,6 +390,13 @@ impl Pair {
         match to {
             Side::Client => &self.to_client,
             Side::Target => &self.to_target,
+        }
+    }
+
+    fn writer_mut(&mut self, to: Side) -> &mut Writer {
+        match to {
+            Side::Client => &mut self.to_client,
+            Side::Target => &mut self.to_target,
         }
     }
 }
@@ -399,7 +487,14 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
         let _ = tcp.set_nodelay(true);
         let presented = Arc::new(std::sync::Mutex::new(None));
         let handler = TargetSide { pinned: target.host_keys.clone(), presented: presented.clone() };
-        let config = Arc::new(russh::client::Config { inactivity_timeout: None, ..Default::default() });
+        // A target that vanishes without a word (powered off, cut off) is
+        // found out by keepalives: three unanswered end the session.
+        let config = Arc::new(russh::client::Config {
+            inactivity_timeout: None,
+            keepalive_interval: Some(KEEPALIVE),
+            keepalive_max: 3,
+            ..Default::default()
+        });
         let mut handle = match russh::client::connect_stream(config, tcp, handler).await {
             Ok(handle) => handle,
             Err(error) => {
@@ -439,6 +534,8 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
     }
 }
 
+/// How often a silent peer is asked whether it is still there.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long what a departed client's channels still carry is waited for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the target may take to open a channel.
@@ -494,6 +591,10 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                 self.from_client = Some(rx);
                 Start::Credential
             }
+            Some(FromClient::Refused(what)) => Start::Refused(Refused {
+                error: SshError { message: format!("{what} was asked before authentication") },
+                reason: EndReason::ClientError,
+            }),
             Some(FromClient::Open { reply, .. }) => {
                 // Not possible before authentication; refused all the same.
                 reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
@@ -562,12 +663,28 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut pairs: HashMap<ChannelId, Pair> = HashMap::new();
         let mut tasks = Tasks::default();
+        // Channels being opened towards the target, and refusals recorded.
+        let (mut opening, mut refusals) = (0usize, 0usize);
         let mut target_alive = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 ending = ended.as_mut() => return ending,
                 opened = from_client.recv() => match opened {
+                    Some(FromClient::Open { reply, .. }) if pairs.len() + opening >= MAX_CHANNELS => {
+                        reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                        let what = format!("a channel beyond the {MAX_CHANNELS} a session may have open");
+                        if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                            return ending;
+                        }
+                    }
+                    Some(FromClient::Refused(what)) => {
+                        if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                            return ending;
+                        }
+                    }
                     Some(FromClient::Open { channel, reply }) => {
+                        opening += 1;
+                        tasks.0.retain(|task| !task.is_finished());
                         // Opened aside: a target that does not answer holds
                         // up this channel, not the session.
                         let (target, events) = (target.clone(), events_tx.clone());
@@ -575,13 +692,17 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                             match tokio::time::timeout(OPEN_TIMEOUT, target.channel_open_session()).await {
                                 Ok(Ok(upstream)) => {
                                     reply.accept().await;
-                                    let _ = events.send(Event::Opened(channel, upstream));
+                                    let _ = events.send(Event::Opened(Some((channel, upstream))));
                                 }
                                 Ok(Err(error)) => {
                                     tracing::warn!(%error, "the target refused a session channel");
                                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                    let _ = events.send(Event::Opened(None));
                                 }
-                                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+                                Err(_) => {
+                                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                    let _ = events.send(Event::Opened(None));
+                                }
                             }
                         });
                         tasks.0.push(task.abort_handle());
@@ -598,14 +719,20 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                                 if let Event::Opened(..) = event {
                                     continue;
                                 }
-                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder).await {
+                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals).await {
                                     return Some(ending);
                                 }
                             }
                             None
                         };
-                        if let Ok(Some(ending)) = tokio::time::timeout(DRAIN_TIMEOUT, drained).await {
-                            return ending;
+                        // The lease's end (or shutdown) still ends it at once.
+                        tokio::select! {
+                            ending = ended.as_mut() => return ending,
+                            drained = tokio::time::timeout(DRAIN_TIMEOUT, drained) => {
+                                if let Ok(Some(ending)) = drained {
+                                    return ending;
+                                }
+                            }
                         }
                         return Ending::new(EndReason::ClientClosed, None);
                     }
@@ -614,15 +741,24 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                     // A target channel that ended with the target's whole
                     // connection: the target's doing, whatever the client
                     // does next.
-                    if matches!(event, Event::Gone(Side::Target, _)) && target.is_closed() {
-                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
-                    }
-                    if let Event::Opened(client, upstream) = event {
-                        let id = client.id();
-                        let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks);
-                        pairs.insert(id, pair);
-                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder).await {
+                    let target_gone = matches!(event, Event::Gone(Side::Target, _)) && target.is_closed();
+                    if let Event::Opened(opened) = event {
+                        opening = opening.saturating_sub(1);
+                        if let Some((client, upstream)) = opened {
+                            let id = client.id();
+                            let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks);
+                            pairs.insert(id, pair);
+                        }
+                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals).await {
                         return ending;
+                    }
+                    if target_gone {
+                        // What the target said last (exit status, EOF,
+                        // close) reaches the client before the session ends.
+                        for pair in pairs.values() {
+                            pair.to_client.flushed(GOODBYE_TIMEOUT).await;
+                        }
+                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
                     }
                 }
                 _ = target_alive.tick() => {
@@ -712,7 +848,7 @@ fn pair(
         let from = peer.from();
         let task = tokio::spawn(write(peer, out, flow.clone(), pending.clone())).abort_handle();
         tasks.0.push(task.clone());
-        Writer { tx, pending, task, from }
+        Writer { tx: Some(tx), pending, task, from }
     };
     let to_client = writer(Peer::Client { id, channel: client_w, server });
     let to_target = writer(Peer::Target(target_w));
@@ -823,6 +959,7 @@ async fn relay_event<S: EventSink>(
     pairs: &mut HashMap<ChannelId, Pair>,
     flow: &Flow,
     recorder: &mut SessionRecorder<S>,
+    refusals: &mut usize,
 ) -> Result<(), Ending> {
     let (id, side, message) = match event {
         Event::Client(id, message) => (id, Side::Client, message),
@@ -832,7 +969,7 @@ async fn relay_event<S: EventSink>(
                 pair.gone[side as usize] = true;
                 // Nothing more reaches the side that left; the other is
                 // told once what it was sent before has gone out.
-                pair.writer(side).stop(flow);
+                pair.writer_mut(side).stop(flow);
                 pair.writer(side.other()).send(Out::Close, flow);
                 if pair.gone == [true, true] {
                     pair.readers.iter().for_each(tokio::task::AbortHandle::abort);
@@ -870,7 +1007,13 @@ async fn relay_event<S: EventSink>(
         (Side::Client, ChannelMsg::Close) => (Some(Out::Close), None),
         // Refused (and answered) by the connection's handler as they come;
         // recorded here.
-        (Side::Client, refused) => (None, refusal(&refused).map(|message| refused_report(message).into())),
+        (Side::Client, refused) => {
+            flow.delivered(side, admitted);
+            return match refusal(&refused) {
+                Some(what) => record_refusal(recorder, refusals, what).await,
+                None => Ok(()),
+            };
+        }
         (Side::Target, ChannelMsg::Data { data }) => (
             Some(Out::Data(data.clone())),
             Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
@@ -943,6 +1086,33 @@ fn refused_report(what: String) -> ErrorReport {
         ),
         ..Default::default()
     }
+}
+
+/// Refusals recorded one by one per session; past them, refused requests
+/// are still refused, and counted in one last event.
+const REFUSALS_RECORDED: usize = 32;
+/// Channels a session may have open at once.
+const MAX_CHANNELS: usize = 64;
+
+/// Records a request refused outright (`what` was asked).
+async fn record_refusal<S: EventSink>(
+    recorder: &mut SessionRecorder<S>,
+    refusals: &mut usize,
+    what: String,
+) -> Result<(), Ending> {
+    *refusals += 1;
+    let report = match *refusals {
+        n if n < REFUSALS_RECORDED => refused_report(what),
+        REFUSALS_RECORDED => ErrorReport {
+            message: format!(
+                "{REFUSALS_RECORDED} requests refused in this session; further refusals are not recorded one by one (nothing refused passes)"
+            ),
+            ..Default::default()
+        },
+        _ => return Ok(()),
+    };
+    recorder.push(Direction::Gateway, report.into());
+    flush(recorder).await
 }
 
 /// Records what was pushed; nothing passes unrecorded.

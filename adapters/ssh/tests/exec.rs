@@ -306,10 +306,10 @@ async fn an_environment_variable_is_refused_and_the_command_still_runs() {
 async fn the_target_dying_mid_command_ends_the_session() {
     let mut gateway = Gateway::start(None).await;
     let port = gateway.port;
-    let client = tokio::spawn({
+    let client = tokio::task::spawn_blocking({
         let known_hosts = gateway.known_hosts.clone();
         let askpass = gateway.askpass.clone();
-        async move {
+        move || {
             std::fs::write(&askpass, format!("#!/bin/sh\nprintf '%s\\n' '{SECRET}'\n")).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -325,21 +325,39 @@ async fn the_target_dying_mid_command_ends_the_session() {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
-                .output()
-                .await
+                .spawn()
                 .unwrap()
         }
     });
-    // Once the command runs, sshd and everything under it go.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gateway.resource.sessions.live() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut child = client.await.unwrap();
+    // Once the command runs (its first line is out), sshd and everything
+    // under it go.
+    let mut first = String::new();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    tokio::time::timeout(Duration::from_secs(30), tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first))
+        .await
+        .expect("the command started")
+        .unwrap();
+    assert_eq!(first, "started\n");
     gateway.sshd.kill();
-    let out = tokio::time::timeout(Duration::from_secs(20), client).await.expect("the client is let go").unwrap();
-    assert_ne!(out.status.code(), Some(0));
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("the client is let go").unwrap();
+    assert_ne!(status.code(), Some(0));
     let sessions = gateway.recorded().await;
     assert_eq!(end_of(&sessions[0]), Some(EndReason::TargetClosed), "{:?}", sessions[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forwarding_is_refused_and_recorded() {
+    let gateway = Gateway::start(None).await;
+    let (stdout, stderr, code) =
+        gateway.ssh(SECRET, &["-o", "ExitOnForwardFailure=no", "-R", "0:127.0.0.1:9"], "printf %s ran", b"").await;
+    assert_eq!((code, stdout.as_slice()), (0, &b"ran"[..]), "{stderr}");
+    assert!(stderr.contains("forwarding failed"), "{stderr}");
+    let sessions = gateway.recorded().await;
+    let refused = sessions[0].iter().any(|e| {
+        matches!(&e.body, EventBody::Error(report)
+        if report.message.contains("remote port forwarding"))
+    });
+    assert!(refused, "{:?}", sessions[0]);
 }
