@@ -383,6 +383,11 @@ struct Pair {
     readers: [tokio::task::AbortHandle; 2],
     /// Sides whose channel ended.
     gone: [bool; 2],
+    /// The target's EOF, held until its exit status (or its close) has been
+    /// passed on: a client told EOF on both ways may close the channel
+    /// before an exit status that follows arrives (OpenSSH's connection
+    /// sharing does), and loses it.
+    eof_held: bool,
 }
 
 impl Pair {
@@ -858,7 +863,7 @@ fn pair(
         task
     };
     let readers = [reader(Side::Client, client_r), reader(Side::Target, target_r)];
-    Pair { to_client, to_target, readers, gone: [false, false] }
+    Pair { to_client, to_target, readers, gone: [false, false], eof_held: false }
 }
 
 /// Takes what one side sends on a channel, admitted by the flow, to the
@@ -987,7 +992,7 @@ async fn relay_event<S: EventSink>(
         Event::Opened(..) => return Ok(()),
     };
     let admitted = cost(&message);
-    let Some(pair) = pairs.get(&id) else {
+    let Some(pair) = pairs.get_mut(&id) else {
         flow.delivered(side, admitted);
         return Ok(());
     };
@@ -1040,7 +1045,11 @@ async fn relay_event<S: EventSink>(
         }
         (Side::Target, ChannelMsg::Success) => (Some(Out::Success), None),
         (Side::Target, ChannelMsg::Failure) => (Some(Out::Failure), None),
-        (Side::Target, ChannelMsg::Eof) => (Some(Out::Eof), None),
+        (Side::Target, ChannelMsg::Eof) => {
+            pair.eof_held = true;
+            flow.delivered(side, admitted);
+            return Ok(());
+        }
         (Side::Target, ChannelMsg::Close) => (Some(Out::Close), None),
         _ => (None, None),
     };
@@ -1057,7 +1066,19 @@ async fn relay_event<S: EventSink>(
         }
     }
     match forward {
-        Some(out) => pair.writer(side.other()).send(out, flow),
+        Some(out) => {
+            let ends = matches!(out, Out::ExitStatus(_) | Out::ExitSignal { .. } | Out::Close);
+            let eof_first = matches!(out, Out::Close) && pair.eof_held;
+            if eof_first {
+                pair.eof_held = false;
+                pair.to_client.send(Out::Eof, flow);
+            }
+            pair.writer(side.other()).send(out, flow);
+            if ends && side == Side::Target && pair.eof_held {
+                pair.eof_held = false;
+                pair.to_client.send(Out::Eof, flow);
+            }
+        }
         None => flow.delivered(side, admitted),
     }
     Ok(())

@@ -25,16 +25,24 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "resource-secret";
 
+/// The recorder as the gateway's sink; with `refuse_input`, it refuses
+/// every batch holding bytes sent to a command (a disk full just then).
 #[derive(Clone)]
-struct Recording(proctor_recorder::Sink);
+struct Recording {
+    sink: proctor_recorder::Sink,
+    refuse_input: bool,
+}
 
 impl EventSink for Recording {
     async fn record(&self, event: NewEvent) -> Result<u64, SinkError> {
-        self.0.append(event).await.map_err(|e| SinkError(e.to_string()))
+        self.record_batch(&[event]).await.map(|seqs| seqs[0])
     }
 
     async fn record_batch(&self, events: &[NewEvent]) -> Result<Vec<u64>, SinkError> {
-        self.0.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
+        if self.refuse_input && events.iter().any(|e| matches!(e.body, EventBody::TerminalInput(_))) {
+            return Err(SinkError("no space left on device".into()));
+        }
+        self.sink.append_slice(events).await.map_err(|e| SinkError(e.to_string()))
     }
 }
 
@@ -58,6 +66,10 @@ struct Gateway {
 impl Gateway {
     /// With `pinned` as the target's host key (the sshd's own if `None`).
     async fn start(pinned: Option<PublicKey>) -> Gateway {
+        Gateway::start_with(pinned, false).await
+    }
+
+    async fn start_with(pinned: Option<PublicKey>, refuse_input: bool) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let upstream_key = dir.path().join("proctor_upstream_key");
         keygen(&upstream_key);
@@ -84,7 +96,7 @@ impl Gateway {
         let served = tokio::spawn(proctor_ssh::serve(
             resource.clone(),
             listener,
-            Recording(recorder.sink()),
+            Recording { sink: recorder.sink(), refuse_input },
             Arc::new(auth),
             Arc::new(Profiles::none()),
             None,
@@ -96,6 +108,25 @@ impl Gateway {
     /// Runs OpenSSH's `ssh` through Proctor with `password`, `input` on its
     /// stdin: (stdout, stderr, exit code).
     async fn ssh(&self, password: &str, extra: &[&str], command: &str, input: &[u8]) -> (Vec<u8>, String, i32) {
+        let mut ssh = self.ssh_command(password, extra, command);
+        ssh.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = ssh.spawn().expect("ssh (openssh-client)");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&input).await;
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("ssh finished in time")
+            .unwrap();
+        let _ = writer.await;
+        (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.code().unwrap_or(-1))
+    }
+
+    /// OpenSSH's `ssh` through Proctor, answering its prompt with `password`.
+    fn ssh_command(&self, password: &str, extra: &[&str], command: &str) -> tokio::process::Command {
         use std::os::unix::fs::PermissionsExt;
         std::fs::write(&self.askpass, format!("#!/bin/sh\nprintf '%s\\n' '{password}'\n")).unwrap();
         std::fs::set_permissions(&self.askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -112,24 +143,9 @@ impl Gateway {
             .args(["-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1"])
             .args(["-o", "ConnectTimeout=10"])
             .arg("agent@127.0.0.1")
-            .arg(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .args((!command.is_empty()).then_some(command))
             .kill_on_drop(true);
-        let mut child = ssh.spawn().expect("ssh (openssh-client)");
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = stdin.write_all(&input).await;
-        });
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("ssh finished in time")
-            .unwrap();
-        let _ = writer.await;
-        (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.code().unwrap_or(-1))
+        ssh
     }
 
     /// Stops the gateway and returns the recorded SSH sessions' events.
@@ -305,31 +321,13 @@ async fn an_environment_variable_is_refused_and_the_command_still_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_dying_mid_command_ends_the_session() {
     let mut gateway = Gateway::start(None).await;
-    let port = gateway.port;
-    let client = tokio::task::spawn_blocking({
-        let known_hosts = gateway.known_hosts.clone();
-        let askpass = gateway.askpass.clone();
-        move || {
-            std::fs::write(&askpass, format!("#!/bin/sh\nprintf '%s\\n' '{SECRET}'\n")).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
-            tokio::process::Command::new("ssh")
-                .env("SSH_ASKPASS", &askpass)
-                .env("SSH_ASKPASS_REQUIRE", "force")
-                .env("DISPLAY", ":0")
-                .args(["-F", "/dev/null", "-p", &port.to_string()])
-                .arg("-o")
-                .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-                .args(["-o", "PreferredAuthentications=password", "agent@127.0.0.1", "echo started; sleep 60"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        }
-    });
-    let mut child = client.await.unwrap();
+    let mut child = gateway
+        .ssh_command(SECRET, &[], "echo started; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Once the command runs (its first line is out), sshd and everything
     // under it go.
     let mut first = String::new();
@@ -360,4 +358,68 @@ async fn port_forwarding_is_refused_and_recorded() {
         if report.message.contains("remote port forwarding"))
     });
     assert!(refused, "{:?}", sessions[0]);
+}
+
+/// Nothing reaches the target unrecorded: bytes the recorder refuses are
+/// not forwarded, and the session ends saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_the_recorder_refuses_never_reach_the_target() {
+    let gateway = Gateway::start_with(None, true).await;
+    let landed = gateway.dir.path().join("landed");
+    let command = format!("cat > {}", landed.display());
+    let (_, stderr, code) = gateway.ssh(SECRET, &[], &command, b"must-not-land\n").await;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("could not record"), "the client is told why: {stderr}");
+    let written = std::fs::read(&landed).unwrap_or_default();
+    assert!(written.is_empty(), "the target got {:?}", String::from_utf8_lossy(&written));
+    let sessions = gateway.recorded().await;
+    assert_eq!(end_of(&sessions[0]), Some(EndReason::RecorderUnavailable), "{:?}", sessions[0]);
+    assert!(sessions[0].iter().any(|e| matches!(&e.body, EventBody::Exec(exec) if exec.command == command)));
+}
+
+/// Several channels on one connection (OpenSSH's connection sharing): each
+/// command is recorded on its own channel of the one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_channels_share_one_connection_each_recorded_apart() {
+    let gateway = Gateway::start(None).await;
+    let control = gateway.dir.path().join("cm");
+    let shared = |extra: &[&str]| {
+        let mut args = vec!["-o".to_string(), format!("ControlPath={}", control.display())];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    // The master goes to the background once in: its output is not
+    // waited for.
+    let master = shared(&["-o", "ControlMaster=yes", "-o", "ControlPersist=30", "-N", "-f"]);
+    let master: Vec<&str> = master.iter().map(String::as_str).collect();
+    let status = gateway.ssh_command(SECRET, &master, "").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status).await.expect("the master is in").unwrap();
+    assert!(status.success());
+    // The master listens on its socket once it is in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !control.exists() {
+        assert!(Instant::now() < deadline, "the master never listened on {}", control.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = shared(&["-o", "ControlMaster=no"]);
+    let client: Vec<&str> = client.iter().map(String::as_str).collect();
+    let (one, stderr, code) = gateway.ssh("unused", &client, "printf one", b"").await;
+    assert_eq!((code, one.as_slice()), (0, &b"one"[..]), "{stderr}");
+    let (two, stderr, code) = gateway.ssh("unused", &client, "printf two", b"").await;
+    assert_eq!((code, two.as_slice()), (0, &b"two"[..]), "{stderr}");
+    let exit = shared(&["-O", "exit"]);
+    let exit: Vec<&str> = exit.iter().map(String::as_str).collect();
+    gateway.ssh("unused", &exit, "", b"").await;
+    let sessions = gateway.recorded().await;
+    assert_eq!(sessions.len(), 1, "one connection, one session");
+    let execs: Vec<(Option<u32>, String)> = sessions[0]
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Exec(exec) => Some((exec.channel_id, exec.command.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert_ne!(execs[0].0, execs[1].0, "each command on its own channel: {execs:?}");
+    assert_eq!(output(&sessions[0], OutputStream::Stdout), b"onetwo");
 }
