@@ -80,3 +80,102 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
     assert!(replayed.contains("uname -s; echo done >&2"), "{replayed}");
     assert!(replayed.contains("Linux"), "{replayed}");
 }
+
+/// A CI agent asks for a grant on an SSH resource and connects with what
+/// it gets: the grant's id as user, its credential as password, Proctor
+/// pinned by the offer's `known_hosts` line. Revoking the grant ends the
+/// live session within a second, the reason printed by the client, the
+/// end recorded as `grant_revoked`.
+#[test]
+fn a_grant_opens_an_ssh_resource_until_it_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    sshd::keygen(&base.join("upstream")).unwrap();
+    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
+    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
+    let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
+    let config = format!(
+        "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n\
+         [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\n\n\
+         [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
+         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
+        target.port,
+        Sshd::user(),
+        target_key.trim()
+    );
+    std::fs::write(base.join("proctor.toml"), config).unwrap();
+    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
+    let log = collect_lines(up.stderr.take().unwrap());
+    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+    let data = base.join("data");
+    let api = format!("http://127.0.0.1:{api_port}");
+    let agent = proctor_tests::dev_token(bin(), &data, "ci-deploy", "ci");
+    let control = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--json", "--api", &api, "--token", &agent]);
+        let out = run_ok(bin(), &all);
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let granted = control(&["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "deploy 4711"]);
+    assert_eq!(granted["status"], "active", "{granted}");
+    let id = granted["id"].as_str().unwrap().to_string();
+    let credentials = &granted["credentials"];
+    let offer = &credentials["offer"];
+    assert_eq!((&offer["protocol"], &offer["user"]), (&serde_json::json!("ssh"), &serde_json::json!(id)), "{offer}");
+    assert_eq!(offer["command"], format!("ssh -p {port} {id}@127.0.0.1"));
+    let known_hosts = base.join("known_hosts");
+    std::fs::write(&known_hosts, format!("{}\n", offer["known_hosts"].as_str().unwrap())).unwrap();
+    let askpass = base.join("askpass");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{}'\n", credentials["password"].as_str().unwrap())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ssh = |command: &str| {
+        let mut ssh = std::process::Command::new("ssh");
+        ssh.env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .args(["-F", "/dev/null", "-p", &port.to_string(), "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            // OpenSSH's own order: keyboard-interactive, then password.
+            .args(["-o", "PreferredAuthentications=keyboard-interactive,password"])
+            .args([&format!("{id}@127.0.0.1"), command])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        ssh
+    };
+    let out = ssh("printf %s granted").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"granted");
+
+    // A live session ends within a second of the revocation, saying why.
+    let mut live = ssh("echo started; sleep 60").spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(live.stdout.take().unwrap()), &mut first).unwrap();
+    assert_eq!(first, "started\n");
+    let revoked_at = std::time::Instant::now();
+    control(&["grant", "revoke", &id, "--reason", "deploy done"]);
+    let status = wait_with_timeout(&mut live, Duration::from_secs(10));
+    let ended_in = revoked_at.elapsed();
+    let mut said = String::new();
+    std::io::Read::read_to_string(live.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(!status.success());
+    assert!(said.contains("revoked by ci-deploy: deploy done"), "{said}");
+    assert!(ended_in < Duration::from_secs(10), "{ended_in:?}");
+    println!("revocation to SSH session end: {} ms", ended_in.as_millis());
+
+    // The dead credential is refused, saying so.
+    let after = ssh("echo never").output().unwrap();
+    assert!(!after.status.success());
+    let said = String::from_utf8_lossy(&after.stderr);
+    assert!(said.contains(&format!("grant {id} was revoked by ci-deploy")), "{said}");
+
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let query = format!("grant:{id} kind:session_end end_reason:grant_revoked");
+    let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
+    let hits: Vec<serde_json::Value> = found.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(hits.len(), 1, "the revoked session's end, found by its grant: {found}");
+    assert_eq!((&hits[0]["grant_id"], &hits[0]["resource"]), (&serde_json::json!(id), &serde_json::json!("box")));
+}
