@@ -85,9 +85,10 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
 /// it gets: the grant's id as user, its credential as password, Proctor
 /// pinned by the offer's `known_hosts` line. Revoking the grant ends the
 /// live session within a second, the reason printed by the client, the
-/// end recorded as `grant_revoked`.
+/// end recorded as `grant_revoked`; a short grant's session ends when it
+/// expires, recorded as `grant_expired`.
 #[test]
-fn a_grant_opens_an_ssh_resource_until_it_is_revoked() {
+fn a_grant_opens_an_ssh_resource_until_it_is_revoked_or_expires() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
     sshd::keygen(&base.join("upstream")).unwrap();
@@ -129,7 +130,7 @@ fn a_grant_opens_an_ssh_resource_until_it_is_revoked() {
     std::fs::write(&askpass, format!("#!/bin/sh\necho '{}'\n", credentials["password"].as_str().unwrap())).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let ssh = |command: &str| {
+    let ssh = |user: &str, command: &str| {
         let mut ssh = std::process::Command::new("ssh");
         ssh.env("SSH_ASKPASS", &askpass)
             .env("SSH_ASKPASS_REQUIRE", "force")
@@ -139,18 +140,18 @@ fn a_grant_opens_an_ssh_resource_until_it_is_revoked() {
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
             // OpenSSH's own order: keyboard-interactive, then password.
             .args(["-o", "PreferredAuthentications=keyboard-interactive,password"])
-            .args([&format!("{id}@127.0.0.1"), command])
+            .args([&format!("{user}@127.0.0.1"), command])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         ssh
     };
-    let out = ssh("printf %s granted").output().unwrap();
+    let out = ssh(&id, "printf %s granted").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, b"granted");
 
     // A live session ends within a second of the revocation, saying why.
-    let mut live = ssh("echo started; sleep 60").spawn().unwrap();
+    let mut live = ssh(&id, "echo started; sleep 60").spawn().unwrap();
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(live.stdout.take().unwrap()), &mut first).unwrap();
     assert_eq!(first, "started\n");
@@ -166,10 +167,22 @@ fn a_grant_opens_an_ssh_resource_until_it_is_revoked() {
     println!("revocation to SSH session end: {} ms", ended_in.as_millis());
 
     // The dead credential is refused, saying so.
-    let after = ssh("echo never").output().unwrap();
+    let after = ssh(&id, "echo never").output().unwrap();
     assert!(!after.status.success());
     let said = String::from_utf8_lossy(&after.stderr);
     assert!(said.contains(&format!("grant {id} was revoked by ci-deploy")), "{said}");
+
+    // A grant of a few seconds ends its session when it expires.
+    let short = control(&["grant", "request", "--resource", "box", "--ttl", "3s", "--reason", "short"]);
+    let short_id = short["id"].as_str().unwrap().to_string();
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{}'\n", short["credentials"]["password"].as_str().unwrap()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let expired = ssh(&short_id, "sleep 30").output().unwrap();
+    assert!(!expired.status.success());
+    assert!(started.elapsed() < Duration::from_secs(15), "the session outlived its grant");
+    let said = String::from_utf8_lossy(&expired.stderr);
+    assert!(said.contains("expired"), "{said}");
 
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
@@ -178,4 +191,7 @@ fn a_grant_opens_an_ssh_resource_until_it_is_revoked() {
     let hits: Vec<serde_json::Value> = found.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(hits.len(), 1, "the revoked session's end, found by its grant: {found}");
     assert_eq!((&hits[0]["grant_id"], &hits[0]["resource"]), (&serde_json::json!(id), &serde_json::json!("box")));
+    let query = format!("grant:{short_id} kind:session_end end_reason:grant_expired");
+    let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
+    assert_eq!(found.lines().count(), 1, "the expired session's end, found by its grant: {found}");
 }
