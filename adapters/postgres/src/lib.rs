@@ -172,8 +172,7 @@ pub async fn start<S: EventSink, A: Authenticator>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<PgResource>, std::net::SocketAddr, impl std::future::Future<Output = ()> + use<S, A>), GatewayError> {
     let resource = Arc::new(PgResource::from_config(name, config)?);
-    let listener = TcpListener::bind(listen).await.map_err(|source| GatewayError::Listen { addr: listen, source })?;
-    let bound = listener.local_addr().map_err(|source| GatewayError::Listen { addr: listen, source })?;
+    let (listener, bound) = proctor_gateway_core::session::bind(listen).await?;
     let serving = serve(resource.clone(), listener, sink, auth, tls, shared, shutdown);
     Ok((resource, bound, serving))
 }

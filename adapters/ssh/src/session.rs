@@ -432,7 +432,6 @@ struct SshEngine<S, A> {
     /// Shared with the handler: why the session was refused.
     refusal: Arc<std::sync::Mutex<Option<String>>>,
     target: Option<Arc<russh::client::Handle<TargetSide>>>,
-    _masker: Option<Arc<Masker>>,
 }
 
 /// Where SSH rule sets would be configured; none exist yet, so a grant
@@ -452,7 +451,6 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
             pending: None,
             refusal: Arc::default(),
             target: None,
-            _masker: None,
         }
     }
 
@@ -628,6 +626,23 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         self.password = Zeroizing::default();
     }
 
+    /// A session that must be masked is refused: terminal output is not
+    /// masked yet, and passing it raw would walk around the grant's policy.
+    fn authorize(&self, identity: &Identity) -> Result<(), Refused<SshError>> {
+        match self.ctx.masking.chosen(identity.masking_profile.as_deref()) {
+            Some(profile) => Err(Refused {
+                error: SshError {
+                    message: format!(
+                        "this session would be masked with profile {profile:?}, and Proctor does not mask SSH output yet: resource {} is not opened to it",
+                        self.ctx.resource.name
+                    ),
+                },
+                reason: EndReason::Policy,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn rules(&self, _name: &str, _grant_id: Option<String>, _session_id: SessionId) -> Option<()> {
         None
     }
@@ -636,11 +651,11 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         &mut self,
         identity: &Identity,
         _rules: Option<()>,
-        masker: Option<Arc<Masker>>,
+        _masker: Option<Arc<Masker>>,
         recorder: &mut SessionRecorder<S>,
     ) {
+        // Never a masker: `authorize` refused every session that has one.
         recorder.push(Direction::Gateway, self.start_of(Some(identity), None).into());
-        self._masker = masker;
     }
 
     async fn connect(&mut self, _recorder: &mut SessionRecorder<S>) -> Result<(), Refused<SshError>> {

@@ -66,10 +66,10 @@ struct Gateway {
 impl Gateway {
     /// With `pinned` as the target's host key (the sshd's own if `None`).
     async fn start(pinned: Option<PublicKey>) -> Gateway {
-        Gateway::start_with(pinned, false).await
+        Gateway::start_with(pinned, false, Profiles::none()).await
     }
 
-    async fn start_with(pinned: Option<PublicKey>, refuse_input: bool) -> Gateway {
+    async fn start_with(pinned: Option<PublicKey>, refuse_input: bool, masking: Profiles) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let upstream_key = dir.path().join("proctor_upstream_key");
         keygen(&upstream_key);
@@ -98,7 +98,7 @@ impl Gateway {
             listener,
             Recording { sink: recorder.sink(), refuse_input },
             Arc::new(auth),
-            Arc::new(Profiles::none()),
+            Arc::new(masking),
             None,
             stopped,
         ));
@@ -364,7 +364,7 @@ async fn port_forwarding_is_refused_and_recorded() {
 /// not forwarded, and the session ends saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_the_recorder_refuses_never_reach_the_target() {
-    let gateway = Gateway::start_with(None, true).await;
+    let gateway = Gateway::start_with(None, true, Profiles::none()).await;
     let landed = gateway.dir.path().join("landed");
     let command = format!("cat > {}", landed.display());
     let (_, stderr, code) = gateway.ssh(SECRET, &[], &command, b"must-not-land\n").await;
@@ -422,4 +422,26 @@ async fn several_channels_share_one_connection_each_recorded_apart() {
     assert_eq!(execs.len(), 2, "{execs:?}");
     assert_ne!(execs[0].0, execs[1].0, "each command on its own channel: {execs:?}");
     assert_eq!(output(&sessions[0], OutputStream::Stdout), b"onetwo");
+}
+
+/// A session the deployment masks is refused, not passed raw: SSH output
+/// is not masked yet, and a grant under a masking profile must not walk
+/// around it through an SSH resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_must_be_masked_is_refused() {
+    use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig};
+    let config = MaskingConfig {
+        default_profile: Some("pii".into()),
+        profiles: [("pii".to_string(), ProfileConfig { detectors: vec!["all".into()], ..Default::default() })].into(),
+        ..Default::default()
+    };
+    let masking = Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap();
+    let gateway = Gateway::start_with(None, false, masking).await;
+    let landed = gateway.dir.path().join("landed");
+    let (stdout, stderr, code) = gateway.ssh(SECRET, &[], &format!("echo ran > {}", landed.display()), b"").await;
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty() && !landed.exists(), "nothing ran on the target");
+    assert!(stderr.contains("does not mask SSH output yet"), "the client is told why: {stderr}");
+    let sessions = gateway.recorded().await;
+    assert_eq!(end_of(&sessions[0]), Some(EndReason::Policy), "{:?}", sessions[0]);
 }

@@ -13,6 +13,15 @@ use tokio::task::JoinSet;
 
 use crate::threads::SessionThreads;
 
+/// Binds a resource's listener; returns it and the address bound (the
+/// port chosen when `listen` asked for port 0).
+pub async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), crate::GatewayError> {
+    let error = |source| crate::GatewayError::Listen { addr: listen, source };
+    let listener = TcpListener::bind(listen).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
+}
+
 /// Serves `listener` until `shutdown` turns true: each connection goes to
 /// `session` on a session thread (on this runtime without `threads`). Then
 /// waits for every session to end. `name` names the resource in logs.

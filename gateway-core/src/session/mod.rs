@@ -27,7 +27,7 @@ mod run;
 pub use admit::{Admitted, admit};
 pub use ended::{Interrupted, ended, shutting_down, step};
 pub use guard::guarded;
-pub use listen::serve;
+pub use listen::{bind, serve};
 pub use log::{LOG_QUEUE, SessionLog};
 pub use run::{Engine, Refused, RuleScope, Start, recorder_refusal, run};
 
