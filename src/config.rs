@@ -286,9 +286,11 @@ impl Config {
     }
 
     /// The masking profiles, with their key (read, or created on first start
-    /// when profiles are configured).
+    /// when profiles are configured, or SSH resources, whose keystroke
+    /// digests it keys).
     pub fn masking_profiles(&self) -> anyhow::Result<Profiles> {
-        if self.masking.profiles.is_empty() && self.masking.default_profile.is_none() {
+        let ssh = self.resources.iter().any(|r| r.protocol() == ResourceProtocol::Ssh);
+        if self.masking.profiles.is_empty() && self.masking.default_profile.is_none() && !ssh {
             return Ok(Profiles::none());
         }
         let path = self.masking.key_file.clone().unwrap_or_else(|| self.data_dir.join("keys").join("masking.key"));

@@ -171,7 +171,7 @@ impl<S: EventSink> Engine<S> for LineEngine {
                         return Ending::new(EndReason::ClientClosed, None);
                     }
                     assert_ne!(up.trim(), "PANIC", "a defect in the engine");
-                    recorder.push(Direction::ClientToTarget, TerminalInput { channel_id: None, data: up.clone().into_bytes() }.into());
+                    recorder.push(Direction::ClientToTarget, TerminalInput { channel_id: None, data: up.clone().into_bytes(), ..Default::default() }.into());
                     if recorder.flush().await.is_err() {
                         return Ending::new(EndReason::RecorderUnavailable, "not recorded".to_string());
                     }

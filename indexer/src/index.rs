@@ -23,8 +23,8 @@ use crate::directory::IndexDirectory;
 use crate::document::{Fate, SessionContext, Source, document, event_text, session_context, str_of};
 use crate::fields::{Fields, INDEX_VERSION, SESSION_GRANT_COLUMN, SESSION_RESOURCE_COLUMN, SESSION_SUBJECT_COLUMN};
 use crate::search::keyword_column;
-use crate::terminal::{LineEditor, render_output};
 use crate::{IndexError, Result};
+use proctor_terminal::{LineEditor, render_output};
 
 /// Memory for the writer's in-progress segment.
 const WRITER_MEMORY: usize = 64 << 20;

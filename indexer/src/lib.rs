@@ -14,7 +14,6 @@
 //!   (committed with the documents), catching up, rebuilding.
 //! - [`query`]: the investigators' query language.
 //! - [`search`]: hits in time order with snippets, and facet counts.
-//! - [`terminal`]: keystrokes to command lines, output to screen text.
 //! - [`background`]: the indexer thread of a running Proctor.
 
 use std::path::{Path, PathBuf};
@@ -26,7 +25,6 @@ pub mod fields;
 pub mod index;
 pub mod query;
 pub mod search;
-pub mod terminal;
 
 pub use index::{Checkpoint, Indexer, Progress, SearchIndex, reindex};
 pub use query::QueryError;

@@ -11,7 +11,11 @@ fn event(session: SessionId, direction: Direction, body: impl Into<EventBody>) -
 }
 
 fn keys(session: SessionId, bytes: &[u8]) -> NewEvent {
-    event(session, Direction::ClientToTarget, TerminalInput { channel_id: None, data: bytes.to_vec() })
+    event(
+        session,
+        Direction::ClientToTarget,
+        TerminalInput { channel_id: None, data: bytes.to_vec(), ..Default::default() },
+    )
 }
 
 fn search(data_dir: &std::path::Path, query: &str) -> (usize, Vec<Hit>) {

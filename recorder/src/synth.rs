@@ -416,6 +416,21 @@ impl Script {
         self.clock += self.rng.random_range(min_ms * 1_000_000..max_ms * 1_000_000 + 1) as i64;
     }
 
+    /// A keystroke at a terminal, recorded as the gateway records one: its
+    /// length and a keyed digest (here random: no key is at hand).
+    fn keystroke(&mut self, key: &[u8]) {
+        let digest: String = (0..32).map(|_| format!("{:02x}", self.rng.random::<u8>())).collect();
+        self.emit(
+            Direction::ClientToTarget,
+            TerminalInput {
+                channel_id: Some(0),
+                data: Vec::new(),
+                byte_count: Some(key.len() as u64),
+                digest: Some(digest),
+            },
+        );
+    }
+
     fn emit(&mut self, direction: Direction, body: impl Into<EventBody>) -> u64 {
         self.out.push_back(NewEvent::new(self.session, Timestamp(self.clock), direction, body));
         self.seq += 1;
@@ -739,6 +754,7 @@ impl Script {
             Direction::ClientToTarget,
             PtyRequest { channel_id: Some(0), term: "xterm-256color".to_string(), width, height },
         );
+        self.emit(Direction::ClientToTarget, Shell { channel_id: Some(0) });
         let prompt = format!("\x1b[01;32m{user}@{resource}\x1b[00m:\x1b[01;34m~\x1b[00m$ ");
         self.emit(
             Direction::TargetToClient,
@@ -759,13 +775,13 @@ impl Script {
             for (i, ch) in command.char_indices() {
                 self.wait(40, 220);
                 if slip == Some(i) {
-                    self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: b"x".to_vec() });
+                    self.keystroke(b"x");
                     self.emit(
                         Direction::TargetToClient,
                         TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: b"x".to_vec() },
                     );
                     self.wait(100, 400);
-                    self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: vec![0x7f] });
+                    self.keystroke(&[0x7f]);
                     self.emit(
                         Direction::TargetToClient,
                         TerminalOutput {
@@ -777,14 +793,16 @@ impl Script {
                 }
                 let mut key = [0u8; 4];
                 let key = ch.encode_utf8(&mut key).as_bytes().to_vec();
-                self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: key.clone() });
+                self.keystroke(&key);
                 self.emit(
                     Direction::TargetToClient,
                     TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: key },
                 );
             }
             self.wait(50, 300);
-            self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: b"\r".to_vec() });
+            self.keystroke(b"\r");
+            // The line's echo was all seen: it is a command as Enter is typed.
+            self.emit(Direction::ClientToTarget, Command { channel_id: Some(0), command: command.to_string() });
             self.wait(5, 900);
             self.emit(
                 Direction::TargetToClient,
@@ -801,8 +819,15 @@ impl Script {
         }
         for ch in "exit\r".bytes() {
             self.wait(40, 200);
-            self.emit(Direction::ClientToTarget, TerminalInput { channel_id: Some(0), data: vec![ch] });
+            self.keystroke(&[ch]);
+            if ch != b'\r' {
+                self.emit(
+                    Direction::TargetToClient,
+                    TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: vec![ch] },
+                );
+            }
         }
+        self.emit(Direction::ClientToTarget, Command { channel_id: Some(0), command: "exit".to_string() });
         self.emit(
             Direction::TargetToClient,
             TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: b"\r\nlogout\r\n".to_vec() },

@@ -108,6 +108,14 @@ pub fn transcript_line(event: &Event) -> String {
             }
         ),
         EventBody::Error(e) => format!("ERROR {}: {}", e.sqlstate.as_deref().unwrap_or("-"), e.message),
+        EventBody::Command(c) => format!("$ {}", c.command),
+        EventBody::Exec(e) => format!("exec: {}", e.command),
+        EventBody::TerminalInput(i) if let Some(n) = i.byte_count => {
+            format!(
+                "typed {n} byte{} (keystrokes are recorded by length and keyed digest)",
+                if n == 1 { "" } else { "s" }
+            )
+        }
         _ => {
             let json = event_json(event);
             let mut fields: Vec<String> = json

@@ -116,7 +116,7 @@ columns! {
     Term = "term": Str; "the terminal type of a pty request"
     Width = "width": U32; "terminal columns"
     Height = "height": U32; "terminal rows"
-    Command = "command": Str; "a command run without a pty (ssh exec, subsystem); a held command (a review's)"
+    Command = "command": Str; "a command run without a pty (ssh exec, subsystem); a command line typed at a terminal, as its echo showed it; a held command (a review's)"
     ExitCode = "exit_code": I32; "a command's exit status"
     ExitSignal = "exit_signal": Str; "the signal that ended a command"
     Operation = "operation": Str; "a file-transfer or recording-access operation"
@@ -133,6 +133,8 @@ columns! {
     Port = "port": U32; "a forwarded connection's port"
     BytesToTarget = "bytes_to_target": U64; "bytes a forwarded connection carried towards the target"
     BytesToClient = "bytes_to_client": U64; "bytes a forwarded connection carried back to the client"
+    Digest = "digest": Str; "a keyed digest of keystrokes typed at a terminal (HMAC-SHA256 under the deployment's masking key, bound to the session, channel and offset): the keystrokes themselves are not recorded"
+    Signal = "signal": Str; "a signal the client sent to a command (TERM, INT, ...)"
 }
 
 /// Number of columns in the schema.

@@ -82,6 +82,9 @@ pub enum EventBody {
     Resize(Resize),
     Exec(Exec),
     ExitStatus(ExitStatus),
+    Shell(Shell),
+    Command(Command),
+    Signal(Signal),
     FileTransfer(FileTransfer),
     PortForward(PortForward),
     HttpRequest(HttpRequest),
@@ -257,11 +260,39 @@ pub struct PtyRequest {
     pub height: u32,
 }
 
-/// Bytes typed by the client.
-#[derive(Clone, Debug, PartialEq)]
+/// What the client sent on a channel. Keystrokes at a terminal are
+/// recorded as their length and a keyed digest (`data` empty), never as
+/// themselves: a password typed at a prompt that does not echo it must not
+/// be stored, and only the echo shows whether the prompt did. What was typed
+/// is recovered from the echo into [`Command`] events. Input without a
+/// terminal (exec stdin) is data, recorded as it is (`byte_count` and
+/// `digest` none).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TerminalInput {
     pub channel_id: Option<u32>,
     pub data: Vec<u8>,
+    pub byte_count: Option<u64>,
+    pub digest: Option<String>,
+}
+
+/// An interactive shell was started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shell {
+    pub channel_id: Option<u32>,
+}
+
+/// A command line typed at a terminal, as the terminal echoed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub channel_id: Option<u32>,
+    pub command: String,
+}
+
+/// A signal the client sent to a command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signal {
+    pub channel_id: Option<u32>,
+    pub signal: String,
 }
 
 /// Bytes written to the terminal.
@@ -496,7 +527,7 @@ into_body! {
     StatementResult => Result, ErrorReport => Error, Notice => Notice, Notification => Notification,
     ParameterStatus => ParameterStatus, CopySummary => Copy, Cancel => Cancel, RawFrame => RawFrame,
     PtyRequest => PtyRequest, TerminalInput => TerminalInput, TerminalOutput => TerminalOutput,
-    Resize => Resize, Exec => Exec, ExitStatus => ExitStatus, FileTransfer => FileTransfer, PortForward => PortForward,
+    Resize => Resize, Exec => Exec, ExitStatus => ExitStatus, Shell => Shell, Command => Command, Signal => Signal, FileTransfer => FileTransfer, PortForward => PortForward,
     HttpRequest => HttpRequest, HttpResponse => HttpResponse, GrantEvent => Grant,
     PolicyDecision => PolicyDecision, ReviewEvent => Review, MaskingApplied => MaskingApplied,
     RecordingAccessed => RecordingAccessed, RetentionDeleted => RetentionDeleted,
@@ -549,6 +580,9 @@ impl EventBody {
             EventBody::Resize(_) => EventKind::Resize,
             EventBody::Exec(_) => EventKind::Exec,
             EventBody::ExitStatus(_) => EventKind::ExitStatus,
+            EventBody::Shell(_) => EventKind::Shell,
+            EventBody::Command(_) => EventKind::Command,
+            EventBody::Signal(_) => EventKind::Signal,
             EventBody::FileTransfer(_) => EventKind::FileTransfer,
             EventBody::PortForward(_) => EventKind::PortForward,
             EventBody::HttpRequest(_) => EventKind::HttpRequest,
@@ -668,6 +702,17 @@ impl EventBody {
             EventBody::TerminalInput(t) => {
                 channel(cells, t.channel_id);
                 cells.set(C::Data, Value::Bytes(&t.data));
+                cells.opt_u64(C::ByteCount, t.byte_count);
+                opt_str(cells, C::Digest, &t.digest);
+            }
+            EventBody::Shell(x) => channel(cells, x.channel_id),
+            EventBody::Command(c) => {
+                channel(cells, c.channel_id);
+                cells.str(C::Command, &c.command);
+            }
+            EventBody::Signal(x) => {
+                channel(cells, x.channel_id);
+                cells.str(C::Signal, &x.signal);
             }
             EventBody::TerminalOutput(t) => {
                 channel(cells, t.channel_id);
@@ -880,7 +925,17 @@ impl EventBody {
             EventKind::TerminalInput => EventBody::TerminalInput(TerminalInput {
                 channel_id: row.take_u32(C::ChannelId)?,
                 data: row.take_bytes(C::Data)?,
+                byte_count: row.take_u64(C::ByteCount)?,
+                digest: row.take_str(C::Digest)?,
             }),
+            EventKind::Shell => EventBody::Shell(Shell { channel_id: row.take_u32(C::ChannelId)? }),
+            EventKind::Command => EventBody::Command(Command {
+                channel_id: row.take_u32(C::ChannelId)?,
+                command: req_str(row, C::Command)?,
+            }),
+            EventKind::Signal => {
+                EventBody::Signal(Signal { channel_id: row.take_u32(C::ChannelId)?, signal: req_str(row, C::Signal)? })
+            }
             EventKind::TerminalOutput => EventBody::TerminalOutput(TerminalOutput {
                 channel_id: row.take_u32(C::ChannelId)?,
                 data: row.take_bytes(C::Data)?,

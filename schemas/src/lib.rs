@@ -50,4 +50,7 @@ pub use vocab::*;
 ///   `port_forward` kind (`port`, `bytes_to_target`, `bytes_to_client`);
 ///   reviews of any request: a held command in `command`, a held file
 ///   operation in `path`, a held statement in `sql` as before.
-pub const SCHEMA_VERSION: u32 = 4;
+/// - v5: interactive terminals: keystrokes recorded as `byte_count` and a
+///   keyed `digest` (never the bytes), the `shell` kind, the `command` kind (a command line
+///   recovered from the terminal's echo) and the `signal` kind.
+pub const SCHEMA_VERSION: u32 = 5;

@@ -90,7 +90,13 @@ pub fn full(kind: EventKind) -> EventBody {
             RawFrame { frame_tag: s("F"), byte_count: 18, data: vec![0x46, 0, 0, 0, 17], truncated: true }.into()
         }
         K::PtyRequest => PtyRequest { channel_id: Some(0), term: s("xterm-256color"), width: 120, height: 40 }.into(),
-        K::TerminalInput => TerminalInput { channel_id: Some(0), data: b"ls -la\r".to_vec() }.into(),
+        K::TerminalInput => TerminalInput {
+            channel_id: Some(0),
+            data: vec![],
+            byte_count: Some(7),
+            digest: some("4f1c3a0b9e2d7c6a5b4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a"),
+        }
+        .into(),
         K::TerminalOutput => TerminalOutput {
             channel_id: Some(0),
             stream: OutputStream::Stdout,
@@ -100,6 +106,9 @@ pub fn full(kind: EventKind) -> EventBody {
         .into(),
         K::Resize => Resize { channel_id: Some(0), width: 200, height: 50 }.into(),
         K::Exec => Exec { channel_id: Some(1), command: s("uptime") }.into(),
+        K::Shell => Shell { channel_id: Some(0) }.into(),
+        K::Command => Command { channel_id: Some(0), command: s("sudo systemctl restart app") }.into(),
+        K::Signal => Signal { channel_id: Some(1), signal: s("INT") }.into(),
         K::ExitStatus => ExitStatus {
             channel_id: Some(1),
             exit_code: Some(1),
@@ -235,10 +244,15 @@ pub fn minimal(kind: EventKind) -> EventBody {
         K::Cancel => Cancel::default().into(),
         K::RawFrame => RawFrame { frame_tag: s("V"), byte_count: 0, data: vec![], truncated: false }.into(),
         K::PtyRequest => PtyRequest { channel_id: None, term: s("vt100"), width: 0, height: 0 }.into(),
-        K::TerminalInput => TerminalInput { channel_id: None, data: vec![] }.into(),
+        K::TerminalInput => {
+            TerminalInput { channel_id: None, data: b"stdin\n".to_vec(), byte_count: None, digest: None }.into()
+        }
         K::TerminalOutput => TerminalOutput { channel_id: None, stream: OutputStream::Stderr, data: vec![] }.into(),
         K::Resize => Resize { channel_id: None, width: u32::MAX, height: 1 }.into(),
         K::Exec => Exec { channel_id: None, command: s("") }.into(),
+        K::Shell => Shell { channel_id: None }.into(),
+        K::Command => Command { channel_id: None, command: s("ls") }.into(),
+        K::Signal => Signal { channel_id: None, signal: s("") }.into(),
         K::ExitStatus => ExitStatus::default().into(),
         K::FileTransfer => {
             FileTransfer { channel_id: None, operation: s("stat"), path: s("/"), byte_count: None }.into()
@@ -354,6 +368,9 @@ pub fn direction(kind: EventKind) -> Direction {
         | K::TerminalInput
         | K::Resize
         | K::Exec
+        | K::Shell
+        | K::Command
+        | K::Signal
         | K::FileTransfer
         | K::HttpRequest => Direction::ClientToTarget,
         K::Result

@@ -153,11 +153,14 @@ vocabulary! {
         Cancel = "cancel": "a cancel request, and which backend it targeted",
         RawFrame = "raw_frame": "a protocol frame Proctor relays without modelling it (e.g. FunctionCall), bounded",
         PtyRequest = "pty_request": "a terminal was requested: type and size",
-        TerminalInput = "terminal_input": "bytes typed by the client",
+        TerminalInput = "terminal_input": "what the client sent: at a terminal, how many bytes were typed and a keyed digest of them (never the keystrokes); without one (exec stdin), the bytes",
         TerminalOutput = "terminal_output": "bytes the target wrote to the terminal",
         Resize = "resize": "the terminal was resized",
         Exec = "exec": "a command run without a terminal (ssh exec, subsystem)",
         ExitStatus = "exit_status": "how a command or shell ended",
+        Shell = "shell": "an interactive shell was started on a channel",
+        Command = "command": "a command line typed at a terminal, recovered from what the terminal echoed (input never echoed, such as a password, is not in it)",
+        Signal = "signal": "a signal the client sent to a command",
         FileTransfer = "file_transfer": "a file operation (SFTP/SCP)",
         PortForward = "port_forward": "a forwarded connection (SSH direct-tcpip, tcpip-forward, agent, X11): asked for and decided, then closed with its byte counts",
         HttpRequest = "http_request": "an HTTP request: method, target, headers, bounded body",
@@ -188,9 +191,8 @@ impl EventKind {
             SessionStart | SessionEnd => "session",
             Prepare | Statement | Result | Error | Notice | Notification | ParameterStatus | Copy | Cancel
             | RawFrame => "postgres",
-            PtyRequest | TerminalInput | TerminalOutput | Resize | Exec | ExitStatus | FileTransfer | PortForward => {
-                "terminal"
-            }
+            PtyRequest | TerminalInput | TerminalOutput | Resize | Exec | ExitStatus | Shell | Command | Signal
+            | FileTransfer | PortForward => "terminal",
             HttpRequest | HttpResponse => "http",
             GrantRequested
             | GrantApproved

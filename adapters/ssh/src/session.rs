@@ -19,12 +19,14 @@ use std::time::Duration;
 use proctor_gateway_core::EventSink;
 use proctor_gateway_core::auth::{AuthRequest, Authenticator, Credential, Identity};
 use proctor_gateway_core::masking::Masker;
+use proctor_gateway_core::masking::MaskingKey;
 use proctor_gateway_core::recording::{Record, SessionRecorder};
 use proctor_gateway_core::session::{self, Ending, Engine, Refusal, Refused, RuleScope, Start};
 use proctor_schemas::{
-    Direction, EndReason, ErrorReport, Exec, ExitStatus, OutputStream, Protocol, SessionId, SessionStart,
-    TerminalInput, TerminalOutput,
+    Command, Direction, EndReason, ErrorReport, EventBody, Exec, ExitStatus, OutputStream, Protocol, PtyRequest,
+    Resize, SessionId, SessionStart, Shell, Signal, TerminalInput, TerminalOutput,
 };
+use proctor_terminal::EchoedLines;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 use russh::server::{Auth, Msg as ServerMsg};
 use russh::{ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, Disconnect};
@@ -132,31 +134,11 @@ impl russh::server::Handler for ClientSide {
         }
     }
 
-    // Refused as they come, so that each answer is the answer to its own
-    // request (russh keeps one reply per channel); the relay records them.
-    #[allow(clippy::too_many_arguments)]
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _cols: u32,
-        _rows: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut russh::server::Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut russh::server::Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
-    }
-
+    // Terminals, shells, resizes and signals are left to the relay, which
+    // records them and passes them to the target (whose answer the client
+    // gets). What is refused is refused as it comes, so that each answer is
+    // the answer to its own request (russh keeps one reply per channel);
+    // the relay records the refusals.
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
@@ -290,6 +272,10 @@ enum Out {
     Data(bytes::Bytes),
     Extended(u32, bytes::Bytes),
     Exec(Vec<u8>),
+    Pty { term: String, cols: u32, rows: u32, pixel_width: u32, pixel_height: u32, modes: Vec<(russh::Pty, u32)> },
+    Shell,
+    WindowChange { cols: u32, rows: u32, pixel_width: u32, pixel_height: u32 },
+    Signal(russh::Sig),
     ExitStatus(u32),
     ExitSignal { signal: russh::Sig, core_dumped: bool, message: String },
     Success,
@@ -322,6 +308,7 @@ fn out_cost(message: &Out) -> usize {
     match message {
         Out::Data(data) | Out::Extended(_, data) => data.len(),
         Out::Exec(command) => MESSAGE_COST + command.len(),
+        Out::Pty { term, modes, .. } => MESSAGE_COST + term.len() + 5 * modes.len(),
         Out::ExitSignal { message, .. } => MESSAGE_COST + message.len(),
         _ => MESSAGE_COST,
     }
@@ -388,6 +375,30 @@ struct Pair {
     /// before an exit status that follows arrives (OpenSSH's connection
     /// sharing does), and loses it.
     eof_held: bool,
+    /// The channel's terminal, once the client asked for one.
+    terminal: Option<Terminal>,
+}
+
+/// A channel's terminal: its keystrokes are recorded as their length and a
+/// keyed digest, and its command lines are recovered from their echo.
+struct Terminal {
+    lines: EchoedLines,
+    /// Bytes typed so far: what the next keystrokes' digest is bound to.
+    typed: u64,
+}
+
+/// The keyed digest of keystrokes typed at a terminal: HMAC-SHA256 under
+/// the deployment's masking key, bound to the session, the channel and
+/// where in the channel's input the bytes were typed. It confirms a
+/// candidate only to whoever holds the key; a digest of the same key
+/// pressed twice differs, so digests say nothing about each other.
+fn keystroke_digest(key: &MaskingKey, session: SessionId, channel: ChannelId, offset: u64, bytes: &[u8]) -> String {
+    let mut bound = Vec::with_capacity(64 + bytes.len());
+    bound.extend_from_slice(session.to_string().as_bytes());
+    bound.extend_from_slice(&u32::from(channel).to_be_bytes());
+    bound.extend_from_slice(&offset.to_be_bytes());
+    bound.extend_from_slice(bytes);
+    key.digest("ssh terminal input", &bound)
 }
 
 impl Pair {
@@ -680,6 +691,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
             return Ending::new(EndReason::ClientClosed, None);
         };
         let flow = Arc::new(Flow::new(Limits::default()));
+        let key = self.ctx.masking.key().clone();
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut pairs: HashMap<ChannelId, Pair> = HashMap::new();
         let mut tasks = Tasks::default();
@@ -739,7 +751,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                                 if let Event::Opened(..) = event {
                                     continue;
                                 }
-                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals).await {
+                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &key).await {
                                     return Some(ending);
                                 }
                             }
@@ -769,7 +781,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                             let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks);
                             pairs.insert(id, pair);
                         }
-                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals).await {
+                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &key).await {
                         return ending;
                     }
                     if target_gone {
@@ -784,6 +796,10 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                 _ = target_alive.tick() => {
                     if target.is_closed() {
                         return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+                    }
+                    // Command lines that waited on an echo given up by now.
+                    if let Err(ending) = overdue_commands(&mut pairs, recorder).await {
+                        return ending;
                     }
                 }
             }
@@ -878,7 +894,7 @@ fn pair(
         task
     };
     let readers = [reader(Side::Client, client_r), reader(Side::Target, target_r)];
-    Pair { to_client, to_target, readers, gone: [false, false], eof_held: false }
+    Pair { to_client, to_target, readers, gone: [false, false], eof_held: false, terminal: None }
 }
 
 /// Takes what one side sends on a channel, admitted by the flow, to the
@@ -938,6 +954,14 @@ impl Peer {
             (Peer::Client { id, server, .. }, Out::Success) => server.channel_success(*id).await.is_ok(),
             (Peer::Client { id, server, .. }, Out::Failure) => server.channel_failure(*id).await.is_ok(),
             (Peer::Target(channel), Out::Exec(command)) => channel.exec(true, command).await.is_ok(),
+            (Peer::Target(channel), Out::Pty { term, cols, rows, pixel_width, pixel_height, modes }) => {
+                channel.request_pty(true, &term, cols, rows, pixel_width, pixel_height, &modes).await.is_ok()
+            }
+            (Peer::Target(channel), Out::Shell) => channel.request_shell(true).await.is_ok(),
+            (Peer::Target(channel), Out::WindowChange { cols, rows, pixel_width, pixel_height }) => {
+                channel.window_change(cols, rows, pixel_width, pixel_height).await.is_ok()
+            }
+            (Peer::Target(channel), Out::Signal(signal)) => channel.signal(signal).await.is_ok(),
             (Peer::Client { channel, .. }, Out::Eof) => channel.eof().await.is_ok(),
             (Peer::Target(channel), Out::Eof) => channel.eof().await.is_ok(),
             (Peer::Client { channel, .. }, Out::Close) => {
@@ -980,6 +1004,7 @@ async fn relay_event<S: EventSink>(
     flow: &Flow,
     recorder: &mut SessionRecorder<S>,
     refusals: &mut usize,
+    key: &MaskingKey,
 ) -> Result<(), Ending> {
     let (id, side, message) = match event {
         Event::Client(id, message) => (id, Side::Client, message),
@@ -1012,16 +1037,64 @@ async fn relay_event<S: EventSink>(
         return Ok(());
     };
     let channel_id = Some(u32::from(id));
-    let (forward, recorded): (Option<Out>, Option<proctor_schemas::EventBody>) = match (side, message) {
+    // Command lines a keystroke or an echo completed, recorded after it.
+    let mut commands = Vec::new();
+    let (forward, recorded): (Option<Out>, Option<EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
             let text = String::from_utf8_lossy(&command).into_owned();
             (Some(Out::Exec(command)), Some(Exec { channel_id, command: text }.into()))
         }
+        (
+            Side::Client,
+            ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. },
+        ) => {
+            let recorded = PtyRequest { channel_id, term: term.clone(), width: col_width, height: row_height };
+            pair.terminal.get_or_insert_with(|| Terminal { lines: EchoedLines::default(), typed: 0 });
+            let out = Out::Pty {
+                term,
+                cols: col_width,
+                rows: row_height,
+                pixel_width: pix_width,
+                pixel_height: pix_height,
+                modes: terminal_modes,
+            };
+            (Some(out), Some(recorded.into()))
+        }
+        (Side::Client, ChannelMsg::RequestShell { .. }) => (Some(Out::Shell), Some(Shell { channel_id }.into())),
+        (Side::Client, ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+            let out = Out::WindowChange {
+                cols: col_width,
+                rows: row_height,
+                pixel_width: pix_width,
+                pixel_height: pix_height,
+            };
+            (Some(out), Some(Resize { channel_id, width: col_width, height: row_height }.into()))
+        }
+        (Side::Client, ChannelMsg::Signal { signal }) => {
+            let recorded = Signal { channel_id, signal: signal_name_of(&signal) };
+            (Some(Out::Signal(signal)), Some(recorded.into()))
+        }
         (Side::Client, ChannelMsg::Data { data }) => {
-            (Some(Out::Data(data.clone())), Some(TerminalInput { channel_id, data: data.to_vec() }.into()))
+            let recorded = match pair.terminal.as_mut() {
+                // Keystrokes: their length and digest, never themselves.
+                Some(terminal) => {
+                    let digest = keystroke_digest(key, recorder.session_id(), id, terminal.typed, &data);
+                    terminal.typed += data.len() as u64;
+                    commands = terminal.lines.typed(&data, std::time::Instant::now());
+                    TerminalInput {
+                        channel_id,
+                        byte_count: Some(data.len() as u64),
+                        digest: Some(digest),
+                        ..Default::default()
+                    }
+                }
+                None => TerminalInput { channel_id, data: data.to_vec(), ..Default::default() },
+            };
+            (Some(Out::Data(data.clone())), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::ExtendedData { data, ext }) => {
-            (Some(Out::Extended(ext, data.clone())), Some(TerminalInput { channel_id, data: data.to_vec() }.into()))
+            let recorded = TerminalInput { channel_id, data: data.to_vec(), ..Default::default() };
+            (Some(Out::Extended(ext, data.clone())), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::Eof) => (Some(Out::Eof), None),
         (Side::Client, ChannelMsg::Close) => (Some(Out::Close), None),
@@ -1034,10 +1107,15 @@ async fn relay_event<S: EventSink>(
                 None => Ok(()),
             };
         }
-        (Side::Target, ChannelMsg::Data { data }) => (
-            Some(Out::Data(data.clone())),
-            Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
-        ),
+        (Side::Target, ChannelMsg::Data { data }) => {
+            if let Some(terminal) = pair.terminal.as_mut() {
+                commands = terminal.lines.shown(&data, std::time::Instant::now());
+            }
+            (
+                Some(Out::Data(data.clone())),
+                Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
+            )
+        }
         (Side::Target, ChannelMsg::ExtendedData { data, ext }) => {
             let stream = if ext == 1 { OutputStream::Stderr } else { OutputStream::Stdout };
             (
@@ -1075,6 +1153,9 @@ async fn relay_event<S: EventSink>(
             (Side::Target, Some(_)) => Direction::TargetToClient,
         };
         recorder.push(direction, body);
+        for command in commands {
+            recorder.push(Direction::ClientToTarget, Command { channel_id, command }.into());
+        }
         if let Err(ending) = flush(recorder).await {
             flow.delivered(side, admitted);
             return Err(ending);
@@ -1099,18 +1180,33 @@ async fn relay_event<S: EventSink>(
     Ok(())
 }
 
+/// Records the command lines each terminal completes by giving up on
+/// echoes that are overdue.
+async fn overdue_commands<S: EventSink>(
+    pairs: &mut HashMap<ChannelId, Pair>,
+    recorder: &mut SessionRecorder<S>,
+) -> Result<(), Ending> {
+    let now = std::time::Instant::now();
+    let mut any = false;
+    for (id, pair) in pairs.iter_mut() {
+        if let Some(terminal) = pair.terminal.as_mut() {
+            for command in terminal.lines.tick(now) {
+                recorder.push(Direction::ClientToTarget, Command { channel_id: Some(u32::from(*id)), command }.into());
+                any = true;
+            }
+        }
+    }
+    if any { flush(recorder).await } else { Ok(()) }
+}
+
 /// What a client's request refused by the handler was, if it was one.
 fn refusal(message: &ChannelMsg) -> Option<String> {
     Some(match message {
-        ChannelMsg::RequestPty { term, .. } => format!("a terminal (pty-req, {term:?})"),
-        ChannelMsg::RequestShell { .. } => "an interactive shell".to_string(),
         ChannelMsg::RequestSubsystem { name, .. } => format!("subsystem {name:?}"),
         ChannelMsg::RequestX11 { .. } => "X11 forwarding".to_string(),
         ChannelMsg::AgentForward { .. } => "agent forwarding".to_string(),
         // The name only: a variable's value may be a secret.
         ChannelMsg::SetEnv { variable_name, .. } => format!("environment variable {variable_name:?}"),
-        ChannelMsg::Signal { signal } => format!("signal {}", signal_name_of(signal)),
-        ChannelMsg::WindowChange { .. } => return None,
         _ => return None,
     })
 }
@@ -1118,7 +1214,7 @@ fn refusal(message: &ChannelMsg) -> Option<String> {
 fn refused_report(what: String) -> ErrorReport {
     ErrorReport {
         message: format!(
-            "{what} refused: on this resource Proctor relays commands run with exec; terminals, subsystems, environment, signals and forwarding are not passed on yet"
+            "{what} refused: Proctor relays commands (exec) and terminals (pty, shell, resizes, signals) on this resource; subsystems (SFTP), environment variables and forwarding are not passed on"
         ),
         ..Default::default()
     }

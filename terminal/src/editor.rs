@@ -2,6 +2,8 @@
 //! a line editor into the command lines that were run, and output rendered
 //! through a terminal emulator into screen text.
 
+use crate::Escape;
+
 /// Replays keystrokes the way a shell's line editor applies them, and hands
 /// back each line when Enter is pressed. Arrow keys, Home/End, Delete,
 /// backspace, Ctrl-A/E/B/F/K/U/W and Ctrl-C are applied; history recall
@@ -16,31 +18,11 @@ pub struct LineEditor {
     partial: Vec<u8>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq)]
-enum Escape {
-    #[default]
-    None,
-    /// After ESC.
-    Start,
-    /// After ESC [ or ESC O, with the parameter bytes so far.
-    Sequence(String),
-}
 
 impl LineEditor {
     /// Applies keystrokes; returns the lines completed by them.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
-        let mut data = std::mem::take(&mut self.partial);
-        data.extend_from_slice(bytes);
-        let text = match std::str::from_utf8(&data) {
-            Ok(text) => text.to_string(),
-            Err(e) if e.error_len().is_none() => {
-                // A character cut in two: keep its first bytes for next time.
-                let (whole, rest) = data.split_at(e.valid_up_to());
-                self.partial = rest.to_vec();
-                String::from_utf8_lossy(whole).into_owned()
-            }
-            Err(_) => String::from_utf8_lossy(&data).into_owned(),
-        };
+        let text = crate::decode(&mut self.partial, bytes);
         let mut lines = Vec::new();
         for c in text.chars() {
             self.key(c, &mut lines);
@@ -74,7 +56,8 @@ impl LineEditor {
                 }
                 return;
             }
-            Escape::None => {}
+            // Strings and character sets are output's, never typed.
+            Escape::None | Escape::Text | Escape::TextEsc | Escape::Charset => {}
         }
         match c {
             '\r' | '\n' => {
