@@ -358,6 +358,11 @@ pub struct GrantRequestArgs {
     /// Give up waiting after this long.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub wait_timeout: std::time::Duration,
+    /// For an SSH resource: an OpenSSH public key (`id_ed25519.pub`) to get
+    /// a certificate for, valid until the grant ends, written beside it as
+    /// `id_ed25519-cert.pub` with a ready `ssh` command line.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_public_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -392,6 +397,10 @@ pub struct GrantShowArgs {
     pub api: Api,
     /// The grant's id (`g_...`).
     pub id: String,
+    /// For an active grant on an SSH resource: a certificate for this
+    /// OpenSSH public key, as `grant request --ssh-public-key` gives one.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_public_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -26,6 +26,9 @@ pub struct Gateway {
     pub resources: Vec<Arc<dyn RunningResource>>,
     /// Statement rules, shared by every session (decision counts feed the metrics).
     pub policy: Arc<StatementPolicy>,
+    /// The SSH user CA, when SSH resources are served: it signs grants'
+    /// certificates.
+    pub ssh_user_ca: Option<Arc<proctor_ssh::certificate::UserCa>>,
 }
 
 impl Gateway {
@@ -60,7 +63,7 @@ pub async fn start<A: Authenticator>(
     let masking = Arc::new(config.masking_profiles()?);
     let policy = Arc::new(StatementPolicy::new(rules).with_key(masking.key().clone()));
     if config.resources.is_empty() {
-        return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy });
+        return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy, ssh_user_ca: None });
     }
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls"), &[proctor_postgres::ALPN_POSTGRESQL])
@@ -72,6 +75,7 @@ pub async fn start<A: Authenticator>(
     let mut resources: Vec<Arc<dyn RunningResource>> = Vec::new();
     // Created (or loaded) once, for every SSH resource.
     let mut ssh_host_key = None;
+    let mut ssh_user_ca: Option<Arc<proctor_ssh::certificate::UserCa>> = None;
     for resource in &config.resources {
         match &resource.kind {
             ResourceKind::Postgres(postgres) => {
@@ -116,11 +120,18 @@ pub async fn start<A: Authenticator>(
                         )
                     }
                 };
+                if ssh_user_ca.is_none() {
+                    let keys_dir = proctor_recorder::layout::Layout::new(&config.data_dir).keys_dir();
+                    let ca = proctor_ssh::certificate::UserCa::load_or_create(&keys_dir)
+                        .context("cannot set up Proctor's SSH user CA")?;
+                    ssh_user_ca = Some(Arc::new(ca));
+                }
                 let (running, bound, serving) = proctor_ssh::start(
                     &resource.name,
                     resource.listen,
                     ssh,
                     host_key,
+                    ssh_user_ca.clone(),
                     sink.clone(),
                     auth.clone(),
                     masking.clone(),
@@ -142,5 +153,5 @@ pub async fn start<A: Authenticator>(
             }
         }
     }
-    Ok(Gateway { tasks, listeners, resources, policy })
+    Ok(Gateway { tasks, listeners, resources, policy, ssh_user_ca })
 }

@@ -42,8 +42,18 @@ fn print(grant: &Value, as_json: bool) -> anyhow::Result<()> {
     if matches!(text(grant, "status"), "pending" | "active") && !reason.is_empty() {
         writeln!(out, "  {reason}")?;
     }
+    if let Some(command) = grant["ssh_certificate"]["command"].as_str() {
+        writeln!(out, "  certificate: {}", text(&grant["ssh_certificate"], "certificate_file"))?;
+        writeln!(out, "  valid until: {}", text(&grant["ssh_certificate"], "valid_before"))?;
+        writeln!(out, "  connect: {command}")?;
+    }
     if let Some(url) = grant["credentials"]["url"].as_str() {
-        writeln!(out, "  connect: psql '{url}'")?;
+        if grant["credentials"]["offer"]["protocol"].as_str() == Some("ssh") {
+            writeln!(out, "  connect: {}", text(&grant["credentials"]["offer"], "command"))?;
+            writeln!(out, "  password: {}", text(&grant["credentials"], "password"))?;
+        } else {
+            writeln!(out, "  connect: psql '{url}'")?;
+        }
         writeln!(
             out,
             "  this credential is shown once and works only for {} until the grant ends",
@@ -100,8 +110,82 @@ pub fn request(args: GrantRequestArgs) -> anyhow::Result<ExitCode> {
             };
         }
     }
+    if let Some(public_key) = &args.ssh_public_key {
+        certify(&client, &mut grant, public_key, args.api.json)?;
+    }
     print(&grant, args.api.json)?;
     Ok(verdict(&grant))
+}
+
+/// Where the certificate for public key `public` goes, and the private key
+/// `ssh -i` takes: `id_ed25519.pub` → `id_ed25519-cert.pub`, `id_ed25519`
+/// (OpenSSH's own naming, which `ssh` also finds by itself).
+fn certificate_paths(public: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let text = public.to_string_lossy();
+    let identity = text.strip_suffix(".pub").unwrap_or(&text).to_string();
+    (std::path::PathBuf::from(format!("{identity}-cert.pub")), std::path::PathBuf::from(identity))
+}
+
+/// Gets an SSH user certificate for an active grant and writes it (and
+/// the `known_hosts` line pinning Proctor) beside the key; adds what was
+/// written and the `ssh` command line to `grant` as `ssh_certificate`. A
+/// grant not active yet gets none, and is told how to get one later.
+fn certify(
+    client: &proctor_replay_server::client::Client,
+    grant: &mut Value,
+    public_key: &std::path::Path,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let id = text(grant, "id").to_string();
+    if text(grant, "status") != "active" {
+        if !as_json {
+            eprintln!(
+                "no SSH certificate yet: the grant is {}; once it is active, `proctor grant show {id} --ssh-public-key {}` gets one",
+                text(grant, "status"),
+                public_key.display()
+            );
+        }
+        return Ok(());
+    }
+    let line = std::fs::read_to_string(public_key)
+        .with_context(|| format!("cannot read the SSH public key {}", public_key.display()))?;
+    let answer = client
+        .post_json(&format!("/v1/grants/{id}/ssh-certificate"), &json!({ "ssh_public_key": line.trim() }))
+        .map_err(|e| anyhow::anyhow!("no SSH certificate for grant {id}: {e}"))?;
+    let (certificate_file, identity) = certificate_paths(public_key);
+    std::fs::write(&certificate_file, format!("{}\n", text(&answer, "certificate")))
+        .with_context(|| format!("cannot write {}", certificate_file.display()))?;
+    let known_hosts = std::path::PathBuf::from(format!("{}-known_hosts", identity.display()));
+    std::fs::write(&known_hosts, format!("{}\n", text(&answer, "known_hosts")))
+        .with_context(|| format!("cannot write {}", known_hosts.display()))?;
+    let port = answer["port"].as_u64().unwrap_or(22);
+    let command = format!(
+        "ssh -i {} -o CertificateFile={} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {port} {}@{}",
+        shell_word(&identity.to_string_lossy()),
+        shell_word(&certificate_file.to_string_lossy()),
+        shell_word(&known_hosts.to_string_lossy()),
+        text(&answer, "user"),
+        text(&answer, "host"),
+    );
+    grant["ssh_certificate"] = json!({
+        "certificate": text(&answer, "certificate"),
+        "certificate_file": certificate_file,
+        "identity_file": identity,
+        "known_hosts_file": known_hosts,
+        "valid_before": text(&answer, "valid_before"),
+        "command": command,
+    });
+    Ok(())
+}
+
+/// `word` as one shell word: as it is when it needs no quoting.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 pub fn decide(action: &str, args: GrantDecideArgs) -> anyhow::Result<ExitCode> {
@@ -144,7 +228,10 @@ pub fn list(args: GrantListArgs) -> anyhow::Result<ExitCode> {
 pub fn show(args: GrantShowArgs) -> anyhow::Result<ExitCode> {
     let client = client(&args.api)?;
     match client.get_json(&format!("/v1/grants/{}", args.id)) {
-        Ok(grant) => {
+        Ok(mut grant) => {
+            if let Some(public_key) = &args.ssh_public_key {
+                certify(&client, &mut grant, public_key, args.api.json)?;
+            }
             print(&grant, args.api.json)?;
             Ok(verdict(&grant))
         }

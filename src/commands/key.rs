@@ -25,6 +25,10 @@ pub fn show(location: DataDirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     // Proctor's SSH host key, once an SSH resource has been served.
     let ssh = proctor_ssh::host_key::load_public_key(&keys_dir)?;
     let ssh_file = keys_dir.join(proctor_ssh::host_key::HOST_PUBLIC_KEY_FILE);
+    // And the CA that signs grants' SSH user certificates.
+    let ca_role = proctor_ssh::host_key::KeyRole::UserCa;
+    let ca = proctor_ssh::host_key::load_public_key_as(&keys_dir, ca_role)?;
+    let ca_file = keys_dir.join(proctor_ssh::host_key::USER_CA_PUBLIC_FILE);
     if as_json {
         let ssh_host_key = ssh.as_ref().map(|key| {
             json!({
@@ -42,6 +46,11 @@ pub fn show(location: DataDirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
                 "public_key_pem": pem,
                 "file": keys_dir.join(proctor_recorder::keys::PUBLIC_KEY_FILE),
                 "ssh_host_key": ssh_host_key,
+                "ssh_user_ca": ca.as_ref().map(|key| json!({
+                    "fingerprint": key.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+                    "public_key": proctor_ssh::host_key::public_line(key),
+                    "file": ca_file,
+                })),
             })
         );
     } else {
@@ -56,6 +65,13 @@ pub fn show(location: DataDirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
             println!("fingerprint: {}", key.fingerprint(russh::keys::HashAlg::Sha256));
             println!("public key:  {}", proctor_ssh::host_key::public_line(key));
             println!("file:        {}", ssh_file.display());
+        }
+        if let Some(key) = &ca {
+            println!();
+            println!("SSH user CA (signs grants' SSH certificates):");
+            println!("fingerprint: {}", key.fingerprint(russh::keys::HashAlg::Sha256));
+            println!("public key:  {}", proctor_ssh::host_key::public_line(key));
+            println!("file:        {}", ca_file.display());
         }
     }
     Ok(ExitCode::SUCCESS)

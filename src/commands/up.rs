@@ -224,7 +224,7 @@ async fn start_control(
         offers.insert(name.clone(), resource.offer(host, addr.port(), ssh_host_key.as_deref()));
     }
     let policies = Policies::new(config.policies.clone())?;
-    let control = Arc::new(Control::new(
+    let mut control = Control::new(
         store,
         policies,
         offers,
@@ -232,7 +232,11 @@ async fn start_control(
         live,
         control_config.pending_ttl,
         control_config.admin_group.clone(),
-    ));
+    );
+    if let Some(ca) = &gateway.ssh_user_ca {
+        control = control.with_ssh_certifier(ca.clone());
+    }
+    let control = Arc::new(control);
     // Statements the rules hold are reviewed here.
     gateway.policy.set_holds(control.clone());
     let (listener, tls, url) = bind_api(config, "control", control_config.listen, control_config.tls).await?;

@@ -195,3 +195,112 @@ fn a_grant_opens_an_ssh_resource_until_it_is_revoked_or_expires() {
     let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
     assert_eq!(found.lines().count(), 1, "the expired session's end, found by its grant: {found}");
 }
+
+/// What a CI agent does: asks for a grant with its public key, gets a
+/// short-lived certificate and a ready `ssh` command line, and runs it with
+/// no password, non-interactively; a shell through it records the command
+/// typed, found by `kind:command`; revoked, the certificate opens nothing.
+#[test]
+fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    sshd::keygen(&base.join("upstream")).unwrap();
+    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
+    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
+    let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
+    let config = format!(
+        "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n\
+         [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\n\n\
+         [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
+         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
+        target.port,
+        Sshd::user(),
+        target_key.trim()
+    );
+    std::fs::write(base.join("proctor.toml"), config).unwrap();
+    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
+    let log = collect_lines(up.stderr.take().unwrap());
+    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+    let data = base.join("data");
+    let api = format!("http://127.0.0.1:{api_port}");
+    let agent = proctor_tests::dev_token(bin(), &data, "ci-deploy", "ci");
+    let control = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--json", "--api", &api, "--token", &agent]);
+        let out = run_ok(bin(), &all);
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let key = base.join("agent_key");
+    sshd::keygen(&key).unwrap();
+    let public = format!("{}.pub", key.display());
+    let granted = control(&[
+        "grant",
+        "request",
+        "--resource",
+        "box",
+        "--ttl",
+        "10m",
+        "--reason",
+        "deploy 4711",
+        "--ssh-public-key",
+        &public,
+    ]);
+    assert_eq!(granted["status"], "active", "{granted}");
+    let id = granted["id"].as_str().unwrap().to_string();
+    let certified = &granted["ssh_certificate"];
+    let command = certified["command"].as_str().expect("a ready ssh command line").to_string();
+    assert!(command.contains("BatchMode=yes") && command.contains(&format!("{id}@127.0.0.1")), "{command}");
+    let certificate_file = certified["certificate_file"].as_str().unwrap();
+    assert_eq!(certificate_file, format!("{}-cert.pub", key.display()));
+    // OpenSSH reads it as a user certificate for the grant, signed by the
+    // CA `key show` prints, valid until the grant ends.
+    let listed = run_ok(Path::new("ssh-keygen"), &["-L", "-f", certificate_file]);
+    let listed = stdout(&listed);
+    assert!(listed.contains("user certificate") && listed.contains(&id), "{listed}");
+    let shown = run_ok(bin(), &["key", "show", "--data-dir", data.to_str().unwrap(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    let ca = shown["ssh_user_ca"]["fingerprint"].as_str().expect("the SSH user CA is shown").to_string();
+    assert!(listed.contains(&ca), "{listed} / {ca}");
+
+    // The command line as given, with a command appended; no password.
+    let run = |remote: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("{command} {remote}")])
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run("printf %s certified");
+    assert!(out.status.success(), "{}\n{:?}", String::from_utf8_lossy(&out.stderr), log.try_iter().collect::<Vec<_>>());
+    assert_eq!(out.stdout, b"certified");
+
+    // A shell through the same command line: the command typed is recorded.
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", &format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1))])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = shell.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::io::Write::write_all(&mut keys, b"echo typed-through-proctor\r").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::io::Write::write_all(&mut keys, b"exit\r").unwrap();
+    assert!(wait_with_timeout(&mut shell, Duration::from_secs(30)).success());
+
+    control(&["grant", "revoke", &id, "--reason", "deploy done"]);
+    let after = run("echo never");
+    assert!(!after.status.success());
+    let said = String::from_utf8_lossy(&after.stderr);
+    assert!(said.contains(&format!("grant {id} was revoked by ci-deploy")), "{said}");
+
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let query = format!("grant:{id} kind:command typed-through-proctor");
+    let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
+    let hits: Vec<serde_json::Value> = found.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(hits.len(), 1, "the typed command, found by its grant: {found}");
+}

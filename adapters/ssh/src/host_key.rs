@@ -39,47 +39,87 @@ fn io_error<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(io::Error)
     move |source| HostKeyError::Io { context, path: path.to_path_buf(), source }
 }
 
-/// The gateway's SSH host key.
+/// The private key's file name of Proctor's SSH user CA in `keys/`.
+pub const USER_CA_FILE: &str = "ssh_user_ca_ed25519_key";
+/// Its public key's file name in `keys/`.
+pub const USER_CA_PUBLIC_FILE: &str = "ssh_user_ca_ed25519_key.pub";
+
+/// Which of Proctor's SSH keys a file pair holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRole {
+    /// The host key clients pin.
+    Host,
+    /// The CA that signs grants' user certificates.
+    UserCa,
+}
+
+impl KeyRole {
+    fn files(self) -> (&'static str, &'static str) {
+        match self {
+            KeyRole::Host => (HOST_KEY_FILE, HOST_PUBLIC_KEY_FILE),
+            KeyRole::UserCa => (USER_CA_FILE, USER_CA_PUBLIC_FILE),
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            KeyRole::Host => "SSH host key",
+            KeyRole::UserCa => "SSH user CA key",
+        }
+    }
+}
+
+/// One of the gateway's SSH keys (the host key unless named otherwise).
 pub struct HostKey {
     key: PrivateKey,
+    role: KeyRole,
 }
 
 impl HostKey {
     /// Loads the host key in `keys_dir`, creating it (and the directory,
     /// 0700) on the first start.
     pub fn load_or_create(keys_dir: &Path) -> Result<HostKey, HostKeyError> {
-        let path = keys_dir.join(HOST_KEY_FILE);
+        HostKey::load_or_create_as(keys_dir, KeyRole::Host)
+    }
+
+    /// Loads the key of `role` in `keys_dir`, creating it on first use.
+    pub fn load_or_create_as(keys_dir: &Path, role: KeyRole) -> Result<HostKey, HostKeyError> {
+        let path = keys_dir.join(role.files().0);
         if path.exists() {
-            return HostKey::load(keys_dir);
+            return HostKey::load_as(keys_dir, role);
         }
         fs::create_dir_all(keys_dir).map_err(io_error("cannot create key directory", keys_dir))?;
         fs::set_permissions(keys_dir, fs::Permissions::from_mode(0o700))
             .map_err(io_error("cannot restrict key directory", keys_dir))?;
-        let key = HostKey::generate()?;
+        let key = HostKey::generate(role)?;
         key.store(keys_dir)?;
-        tracing::info!(fingerprint = %key.fingerprint(), dir = %keys_dir.display(), "created SSH host key");
+        tracing::info!(fingerprint = %key.fingerprint(), dir = %keys_dir.display(), "created {}", role.what());
         Ok(key)
     }
 
     /// A new key, from the operating system's random source.
-    fn generate() -> Result<HostKey, HostKeyError> {
+    fn generate(role: KeyRole) -> Result<HostKey, HostKeyError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut_slice())
             .map_err(|e| HostKeyError::Unreadable { path: PathBuf::new(), message: format!("no randomness: {e}") })?;
         let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-        key.set_comment("proctor");
-        Ok(HostKey { key })
+        key.set_comment(match role {
+            KeyRole::Host => "proctor",
+            KeyRole::UserCa => "proctor user CA",
+        });
+        Ok(HostKey { key, role })
     }
 
     /// Writes the key pair into `keys_dir`; never replaces a key there.
     fn store(&self, keys_dir: &Path) -> Result<(), HostKeyError> {
-        let private = keys_dir.join(HOST_KEY_FILE);
+        let (private_file, public_file) = self.role.files();
+        let private = keys_dir.join(private_file);
         let openssh = self
             .key
             .to_openssh(LineEnding::LF)
             .map_err(|e| HostKeyError::Unreadable { path: private.clone(), message: e.to_string() })?;
         write_new(&private, openssh.as_bytes(), 0o600)?;
-        let public = keys_dir.join(HOST_PUBLIC_KEY_FILE);
+        let public = keys_dir.join(public_file);
         write_new(&public, format!("{}\n", self.public_line()).as_bytes(), 0o644)?;
         let dir = fs::File::open(keys_dir).map_err(io_error("cannot open key directory", keys_dir))?;
         dir.sync_all().map_err(io_error("cannot sync key directory", keys_dir))
@@ -87,21 +127,32 @@ impl HostKey {
 
     /// Loads the key in `keys_dir`, refusing one other accounts can read.
     pub fn load(keys_dir: &Path) -> Result<HostKey, HostKeyError> {
-        let path = keys_dir.join(HOST_KEY_FILE);
-        let mode = fs::metadata(&path).map_err(io_error("cannot read SSH host key", &path))?.permissions().mode();
+        HostKey::load_as(keys_dir, KeyRole::Host)
+    }
+
+    /// Loads the key of `role` in `keys_dir`, refusing one other accounts
+    /// can read.
+    pub fn load_as(keys_dir: &Path, role: KeyRole) -> Result<HostKey, HostKeyError> {
+        let (private_file, public_file) = role.files();
+        let path = keys_dir.join(private_file);
+        let cannot_read = match role {
+            KeyRole::Host => "cannot read SSH host key",
+            KeyRole::UserCa => "cannot read SSH user CA key",
+        };
+        let mode = fs::metadata(&path).map_err(io_error(cannot_read, &path))?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(HostKeyError::Exposed { path, mode: mode & 0o777 });
         }
-        let text = Zeroizing::new(fs::read(&path).map_err(io_error("cannot read SSH host key", &path))?);
+        let text = Zeroizing::new(fs::read(&path).map_err(io_error(cannot_read, &path))?);
         let key = PrivateKey::from_openssh(&*text)
             .map_err(|e| HostKeyError::Unreadable { path: path.clone(), message: e.to_string() })?;
         if key.is_encrypted() {
             return Err(HostKeyError::Unreadable { path, message: "it is encrypted with a passphrase".to_string() });
         }
-        let key = HostKey { key };
+        let key = HostKey { key, role };
         // A start interrupted between the two files left the private one
         // alone: its public half is written again from it.
-        let public = keys_dir.join(HOST_PUBLIC_KEY_FILE);
+        let public = keys_dir.join(public_file);
         if !public.exists() {
             write_new(&public, format!("{}\n", key.public_line()).as_bytes(), 0o644)?;
         }
@@ -143,7 +194,12 @@ impl HostKey {
 
 /// The public key in `keys_dir`, if a host key has been created there.
 pub fn load_public_key(keys_dir: &Path) -> Result<Option<PublicKey>, HostKeyError> {
-    let path = keys_dir.join(HOST_PUBLIC_KEY_FILE);
+    load_public_key_as(keys_dir, KeyRole::Host)
+}
+
+/// The public key of `role` in `keys_dir`, if it has been created there.
+pub fn load_public_key_as(keys_dir: &Path, role: KeyRole) -> Result<Option<PublicKey>, HostKeyError> {
+    let path = keys_dir.join(role.files().1);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

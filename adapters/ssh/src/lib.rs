@@ -12,6 +12,7 @@
 //! yet recorded the way a terminal's must be (typed passwords kept out).
 
 pub mod flow;
+pub mod certificate;
 pub mod host_key;
 mod session;
 
@@ -27,6 +28,7 @@ use russh::keys::{PrivateKey, PublicKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::certificate::UserCa;
 use crate::host_key::HostKey;
 use proctor_gateway_core::GatewayError;
 use proctor_gateway_core::config::{ResourceProtocol, SshConfig};
@@ -50,6 +52,8 @@ pub struct SshResource {
     pub target: SshTarget,
     /// Its connections, counted for metrics.
     pub sessions: SessionCounters,
+    /// The CA whose user certificates log clients in, beside passwords.
+    pub user_ca: Option<Arc<UserCa>>,
     server: Arc<russh::server::Config>,
 }
 
@@ -72,7 +76,26 @@ impl SshResource {
             keepalive_max: 3,
             ..Default::default()
         };
-        SshResource { name: name.to_string(), target, sessions: SessionCounters::default(), server: Arc::new(server) }
+        SshResource {
+            name: name.to_string(),
+            target,
+            sessions: SessionCounters::default(),
+            user_ca: None,
+            server: Arc::new(server),
+        }
+    }
+
+    /// Accepts user certificates `ca` signed (for the grant named as user),
+    /// beside passwords.
+    pub fn with_user_ca(mut self, ca: Arc<UserCa>) -> SshResource {
+        // Made by `new` and not shared yet.
+        if let Some(server) = Arc::get_mut(&mut self.server) {
+            server.methods = russh::MethodSet::from(
+                &[russh::MethodKind::PublicKey, russh::MethodKind::Password, russh::MethodKind::KeyboardInteractive][..],
+            );
+        }
+        self.user_ca = Some(ca);
+        self
     }
 }
 
@@ -193,13 +216,18 @@ pub async fn start<S: EventSink, A: Authenticator>(
     listen: std::net::SocketAddr,
     config: &SshConfig,
     host_key: &HostKey,
+    user_ca: Option<Arc<UserCa>>,
     sink: S,
     auth: Arc<A>,
     masking: Arc<Profiles>,
     threads: Option<Arc<SessionThreads>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<SshResource>, std::net::SocketAddr, impl std::future::Future<Output = ()> + use<S, A>), GatewayError> {
-    let resource = Arc::new(SshResource::from_config(name, config, host_key)?);
+    let mut resource = SshResource::from_config(name, config, host_key)?;
+    if let Some(ca) = user_ca {
+        resource = resource.with_user_ca(ca);
+    }
+    let resource = Arc::new(resource);
     let (listener, bound) = proctor_gateway_core::session::bind(listen).await?;
     let serving = serve(resource.clone(), listener, sink, auth, masking, threads, shutdown);
     Ok((resource, bound, serving))

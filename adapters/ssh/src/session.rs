@@ -56,9 +56,9 @@ pub struct SshError {
 
 /// What the client's connection tells the engine.
 enum FromClient {
-    Password {
+    Credential {
         user: String,
-        password: Zeroizing<String>,
+        proof: Proof,
         reply: oneshot::Sender<Auth>,
     },
     Open {
@@ -69,10 +69,23 @@ enum FromClient {
     Refused(String),
 }
 
+/// How the client proved who it is.
+enum Proof {
+    /// A password, or a keyboard-interactive answer: the grant's credential.
+    Password(Zeroizing<String>),
+    /// A user certificate Proctor's CA signed for the grant named as user,
+    /// checked; valid until `valid_before` (ms since the epoch).
+    Certificate { valid_before: i64 },
+    /// A certificate refused, and why.
+    Refused(String),
+}
+
 /// The client-facing russh handler: passes what matters to the engine and
 /// never waits on the target.
 struct ClientSide {
     tx: mpsc::UnboundedSender<FromClient>,
+    /// The CA whose user certificates are accepted, if any.
+    user_ca: Option<Arc<crate::certificate::UserCa>>,
     /// Why the session was refused, once it was: said to the client as a
     /// keyboard-interactive instruction, the one text an SSH client prints
     /// before authentication succeeds.
@@ -80,9 +93,9 @@ struct ClientSide {
 }
 
 impl ClientSide {
-    async fn credential(&mut self, user: &str, password: Zeroizing<String>) -> Auth {
+    async fn credential(&mut self, user: &str, proof: Proof) -> Auth {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(FromClient::Password { user: user.to_string(), password, reply }).is_err() {
+        if self.tx.send(FromClient::Credential { user: user.to_string(), proof, reply }).is_err() {
             return Auth::reject();
         }
         answer.await.unwrap_or_else(|_| Auth::reject())
@@ -98,7 +111,28 @@ impl russh::server::Handler for ClientSide {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.credential(user, Zeroizing::new(password.to_string())).await)
+        Ok(self.credential(user, Proof::Password(Zeroizing::new(password.to_string()))).await)
+    }
+
+    /// A user certificate (russh has checked the client holds its key):
+    /// accepted if Proctor's CA signed it for the grant named as user; the
+    /// grant is then checked live like a password's.
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let Some(ca) = self.user_ca.clone() else {
+            return Ok(Auth::reject());
+        };
+        let proof = match ca.check_at(certificate, user, crate::certificate::unix_now()) {
+            Ok(valid_before) => Proof::Certificate { valid_before },
+            Err(why) => {
+                tracing::info!(user, %why, "a client certificate was refused");
+                Proof::Refused(format!("certificate refused: {why}"))
+            }
+        };
+        Ok(self.credential(user, proof).await)
     }
 
     /// The grant's credential asked for at a prompt (as `password` gives
@@ -129,7 +163,7 @@ impl russh::server::Handler for ClientSide {
             Some(mut response) => {
                 let answer = response.next().unwrap_or_default();
                 let password = Zeroizing::new(String::from_utf8_lossy(&answer).into_owned());
-                Ok(self.credential(user, password).await)
+                Ok(self.credential(user, Proof::Password(password)).await)
             }
         }
     }
@@ -438,6 +472,11 @@ struct SshEngine<S, A> {
     server: Option<russh::server::Handle>,
     user: String,
     password: Zeroizing<String>,
+    /// A checked certificate's end, when the client logged in with one.
+    certificate: Option<i64>,
+    /// The client offered a certificate (accepted or not): it may have no
+    /// interactive method to be told a refusal by (`BatchMode`).
+    by_certificate: bool,
     /// The client's password, answered once the session is open (or refused).
     pending: Option<oneshot::Sender<Auth>>,
     /// Shared with the handler: why the session was refused.
@@ -459,6 +498,8 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
             server: None,
             user: String::new(),
             password: Zeroizing::default(),
+            certificate: None,
+            by_certificate: false,
             pending: None,
             refusal: Arc::default(),
             target: None,
@@ -581,7 +622,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
     async fn start(&mut self) -> Start<SshError> {
         let tcp = self.tcp.take().expect("start-up runs once");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let handler = ClientSide { tx, refusal: self.refusal.clone() };
+        let handler = ClientSide { tx, user_ca: self.ctx.resource.user_ca.clone(), refusal: self.refusal.clone() };
         let running = match russh::server::run_stream(self.ctx.resource.server.clone(), tcp, handler).await {
             Ok(running) => running,
             Err(error) => {
@@ -598,11 +639,18 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
             let _ = running.await;
         });
         match rx.recv().await {
-            Some(FromClient::Password { user, password, reply }) => {
+            Some(FromClient::Credential { user, proof, reply }) => {
                 self.user = user;
-                self.password = password;
                 self.pending = Some(reply);
                 self.from_client = Some(rx);
+                self.by_certificate = !matches!(proof, Proof::Password(_));
+                match proof {
+                    Proof::Password(password) => self.password = password,
+                    Proof::Certificate { valid_before } => self.certificate = Some(valid_before),
+                    Proof::Refused(why) => {
+                        return Start::Refused(Refused { error: SshError { message: why }, reason: EndReason::AuthFailed });
+                    }
+                }
                 Start::Credential
             }
             Some(FromClient::Refused(what)) => Start::Refused(Refused {
@@ -628,13 +676,17 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         AuthRequest {
             resource: &self.ctx.resource.name,
             user: &self.user,
-            credential: Credential::Password(self.password.as_bytes()),
+            credential: match self.certificate {
+                Some(valid_before) => Credential::Certificate { valid_before },
+                None => Credential::Password(self.password.as_bytes()),
+            },
             client_addr: self.client_addr,
         }
     }
 
     fn forget_credential(&mut self) {
         self.password = Zeroizing::default();
+        self.certificate = None;
     }
 
     /// A session that must be masked is refused: terminal output is not
@@ -739,7 +791,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                         });
                         tasks.0.push(task.abort_handle());
                     }
-                    Some(FromClient::Password { reply, .. }) => {
+                    Some(FromClient::Credential { reply, .. }) => {
                         let _ = reply.send(Auth::reject());
                     }
                     None => {
@@ -834,6 +886,18 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         // A credential still unanswered is refused, and the client is
         // offered keyboard-interactive once more only to be shown why (a
         // disconnect's text is not printed before authentication ends).
+        if let Some(reply) = self.pending.take()
+            && self.by_certificate
+            && error.is_some()
+        {
+            // A client logging in with a certificate (a CI agent in
+            // `BatchMode`) has no prompt to be shown the reason at: it is
+            // let through authentication only to be disconnected with it
+            // at once (the text OpenSSH prints); nothing is relayed, the
+            // relay never having started.
+            let _ = reply.send(Auth::Accept);
+            self.from_client = None;
+        }
         if let Some(reply) = self.pending.take() {
             let message = error.map(|e| format!("Proctor: {}", e.message));
             let proceed = message.as_ref().map(|_| keyboard_interactive());
@@ -843,7 +907,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                 // Until the client has read it and left.
                 let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
                     while let Some(event) = from_client.recv().await {
-                        if let FromClient::Password { reply, .. } = event {
+                        if let FromClient::Credential { reply, .. } = event {
                             let _ = reply.send(Auth::reject());
                         }
                     }

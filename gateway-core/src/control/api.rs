@@ -145,6 +145,24 @@ struct RequestBody {
     reason: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateBody {
+    /// An OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    ssh_public_key: String,
+}
+
+async fn ssh_certificate<S: ControlStore, K: EventSink>(
+    State(api): State<Arc<ControlApi<S, K>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let who = caller(&api, &headers).await?;
+    let CertificateBody { ssh_public_key } = body(&bytes)?;
+    Ok(Json(api.control.ssh_certificate(&who, &id, &ssh_public_key).await?).into_response())
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
@@ -294,6 +312,7 @@ pub fn router<S: ControlStore, K: EventSink>(api: Arc<ControlApi<S, K>>) -> Rout
         .route("/metrics", get(metrics::<S, K>))
         .route("/v1/grants", post(request::<S, K>).get(list::<S, K>))
         .route("/v1/grants/{id}", get(show::<S, K>))
+        .route("/v1/grants/{id}/ssh-certificate", post(ssh_certificate::<S, K>))
         .route("/v1/grants/{id}/{action}", post(decide::<S, K>))
         .route("/v1/reviews", get(list_reviews::<S, K>))
         .route("/v1/reviews/{id}", get(show_review::<S, K>))

@@ -90,7 +90,9 @@ impl<S: ControlStore> Authenticator for GrantAuthenticator<S> {
                 if valid_before <= now_ms() {
                     return Err(owned(format!("the certificate for grant {} has expired", grant.id)));
                 }
-                if valid_before > grant.expires_at {
+                // (A grant revoked or ended has its end brought forward:
+                // its status, checked below, says why.)
+                if valid_before > grant.expires_at && grant.status == GrantStatus::Active {
                     return Err(owned(format!(
                         "the certificate for grant {} outlives the grant; request a new one",
                         grant.id

@@ -179,6 +179,32 @@ impl<A: PartialEq> ActionCounters<A> {
     }
 }
 
+/// Signs short-lived OpenSSH user certificates for grants: the SSH
+/// adapter's user CA, given to the control plane by the binary.
+pub trait SshCertifier: Send + Sync + 'static {
+    /// A user certificate (OpenSSH text) for `public_key` (an OpenSSH
+    /// public key line), principal `principal`, valid from now until
+    /// `valid_before` (Unix seconds), `key_id` naming it in the target's
+    /// and Proctor's logs. The error says what is wrong with the key.
+    fn certify(&self, public_key: &str, principal: &str, key_id: &str, valid_before: u64) -> Result<String, String>;
+}
+
+/// An SSH user certificate for a grant, as the API returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SshCertificateView {
+    pub grant: String,
+    /// The certificate, in OpenSSH's format (`ssh-ed25519-cert-v01@openssh.com AAAA…`),
+    /// to be saved beside the private key as `KEY-cert.pub`.
+    pub certificate: String,
+    /// The user name to log in as: the grant.
+    pub user: String,
+    pub valid_before: String,
+    pub host: String,
+    pub port: u16,
+    /// The line that pins Proctor's host key.
+    pub known_hosts: String,
+}
+
 /// The control plane's grant logic over a store.
 pub struct Control<S: ControlStore, K: EventSink> {
     counters: ActionCounters<GrantAction>,
@@ -191,6 +217,7 @@ pub struct Control<S: ControlStore, K: EventSink> {
     /// How long a grant request, or a held statement, waits for a decision.
     pub(super) pending_ttl: Duration,
     pub(super) admin_group: String,
+    certifier: Option<Arc<dyn SshCertifier>>,
 }
 
 impl<S: ControlStore, K: EventSink> Control<S, K> {
@@ -213,7 +240,67 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             live,
             pending_ttl,
             admin_group,
+            certifier: None,
         }
+    }
+
+    /// Signs SSH user certificates for grants on SSH resources.
+    pub fn with_ssh_certifier(mut self, certifier: Arc<dyn SshCertifier>) -> Self {
+        self.certifier = Some(certifier);
+        self
+    }
+
+    /// An SSH user certificate for `public_key`, for the requester of an
+    /// active grant on an SSH resource: principal the grant, valid until
+    /// the grant ends (never after). The grant is still checked live at
+    /// each connection: revoked, its certificates open nothing.
+    pub async fn ssh_certificate(
+        &self,
+        who: &Identity,
+        id: &str,
+        public_key: &str,
+    ) -> Result<SshCertificateView, ControlError> {
+        let grant = self.visible(who, id).await?;
+        if !owns(who, &grant) {
+            return Err(ControlError::Forbidden(format!(
+                "grant {id} is {}'s: only its requester gets certificates for it",
+                grant.subject
+            )));
+        }
+        if grant.status != GrantStatus::Active || grant.expires_at <= now_ms() {
+            let status = if grant.expires_at <= now_ms() { GrantStatus::Expired } else { grant.status };
+            return Err(ControlError::Conflict(format!(
+                "grant {id} is {}: a certificate is issued for an active grant only",
+                status.as_str()
+            )));
+        }
+        let Some(Offer::Ssh { host, port, host_key }) = self.offers.get(&grant.resource) else {
+            return Err(ControlError::BadRequest(format!(
+                "resource {:?} is not an SSH resource: certificates are for SSH resources",
+                grant.resource
+            )));
+        };
+        let Some(certifier) = &self.certifier else {
+            return Err(ControlError::Unavailable("this gateway has no SSH user CA".to_string()));
+        };
+        // Whole seconds, rounded down: the certificate never outlives the grant.
+        let valid_before = u64::try_from(grant.expires_at / 1000).unwrap_or(0);
+        let key_id = format!("proctor grant {} for {}", grant.id, grant.subject);
+        let certificate = certifier
+            .certify(public_key.trim(), &grant.id, &key_id, valid_before)
+            .map_err(|e| ControlError::BadRequest(format!("ssh_public_key: {e}")))?;
+        tracing::info!(grant = %grant.id, subject = %grant.subject, "issued an SSH user certificate");
+        let pattern = if *port == 22 { host.clone() } else { format!("[{host}]:{port}") };
+        let key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+        Ok(SshCertificateView {
+            grant: grant.id.clone(),
+            certificate,
+            user: grant.id.clone(),
+            valid_before: rfc3339(i64::try_from(valid_before).unwrap_or(0).saturating_mul(1000)),
+            host: host.clone(),
+            port: *port,
+            known_hosts: format!("{pattern} {}", key.join(" ")),
+        })
     }
 
     /// Grant steps this gateway recorded.

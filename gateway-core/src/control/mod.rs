@@ -14,8 +14,8 @@ mod store;
 
 pub use authenticate::GrantAuthenticator;
 pub use grants::{
-    ActionCounters, ApprovalView, ConnectionOffer, Control, ControlError, Credentials, GrantView, Offer, is_grant_id,
-    now_ms,
+    ActionCounters, ApprovalView, ConnectionOffer, Control, ControlError, Credentials, GrantView, Offer,
+    SshCertificateView, SshCertifier, is_grant_id, now_ms,
 };
 pub use holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
 pub use live::{GrantEnd, Lease, LiveGrants};
