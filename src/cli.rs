@@ -72,6 +72,9 @@ pub struct DemoArgs {
     /// The control API's port (default: a free one).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub api_port: u16,
+    /// Proctor's port for the demo SSH server (default: a free one).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub ssh_port: u16,
     /// Once ready, print one JSON object on stdout (human text goes to stderr).
     #[arg(long)]
     pub json: bool,

@@ -286,11 +286,9 @@ impl Config {
     }
 
     /// The masking profiles, with their key (read, or created on first start
-    /// when profiles are configured, or SSH resources, whose keystroke
-    /// digests it keys).
+    /// when profiles are configured).
     pub fn masking_profiles(&self) -> anyhow::Result<Profiles> {
-        let ssh = self.resources.iter().any(|r| r.protocol() == ResourceProtocol::Ssh);
-        if self.masking.profiles.is_empty() && self.masking.default_profile.is_none() && !ssh {
+        if self.masking.profiles.is_empty() && self.masking.default_profile.is_none() {
             return Ok(Profiles::none());
         }
         let path = self.masking.key_file.clone().unwrap_or_else(|| self.data_dir.join("keys").join("masking.key"));

@@ -75,7 +75,8 @@ pub async fn start<A: Authenticator>(
     let mut resources: Vec<Arc<dyn RunningResource>> = Vec::new();
     // Created (or loaded) once, for every SSH resource.
     let mut ssh_host_key = None;
-    let mut ssh_user_ca: Option<Arc<proctor_ssh::certificate::UserCa>> = None;
+    // And the user CA and keystroke key, for every SSH resource.
+    let mut ssh_keys = None;
     for resource in &config.resources {
         match &resource.kind {
             ResourceKind::Postgres(postgres) => {
@@ -120,18 +121,28 @@ pub async fn start<A: Authenticator>(
                         )
                     }
                 };
-                if ssh_user_ca.is_none() {
-                    let keys_dir = proctor_recorder::layout::Layout::new(&config.data_dir).keys_dir();
-                    let ca = proctor_ssh::certificate::UserCa::load_or_create(&keys_dir)
-                        .context("cannot set up Proctor's SSH user CA")?;
-                    ssh_user_ca = Some(Arc::new(ca));
-                }
+                let (ca, keystroke_key) = match &ssh_keys {
+                    Some(keys) => keys,
+                    None => {
+                        let keys_dir = proctor_recorder::layout::Layout::new(&config.data_dir).keys_dir();
+                        let ca = proctor_ssh::certificate::UserCa::load_or_create(&keys_dir)
+                            .context("cannot set up Proctor's SSH user CA")?;
+                        // Keys the digests of keystrokes at terminals:
+                        // Proctor's own, read by no command that reads
+                        // recordings.
+                        let path = keys_dir.join("keystroke.key");
+                        let key = proctor_gateway_core::masking::MaskingKey::load_or_create(&path)
+                            .context("cannot set up the keystroke digest key")?;
+                        ssh_keys.insert((Arc::new(ca), key))
+                    }
+                };
                 let (running, bound, serving) = proctor_ssh::start(
                     &resource.name,
                     resource.listen,
                     ssh,
                     host_key,
-                    ssh_user_ca.clone(),
+                    Some(ca.clone()),
+                    keystroke_key.clone(),
                     sink.clone(),
                     auth.clone(),
                     masking.clone(),
@@ -153,5 +164,6 @@ pub async fn start<A: Authenticator>(
             }
         }
     }
+    let ssh_user_ca = ssh_keys.map(|(ca, _)| ca);
     Ok(Gateway { tasks, listeners, resources, policy, ssh_user_ca })
 }

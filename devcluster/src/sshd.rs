@@ -40,6 +40,12 @@ impl Sshd {
     /// Starts `sshd` in `dir`, letting in the current account with the key
     /// whose public half is `authorized` (and nothing else: no passwords).
     pub fn start(dir: &Path, authorized: &Path) -> io::Result<Sshd> {
+        Sshd::start_with(dir, authorized, "")
+    }
+
+    /// As [`Sshd::start`], with `extra` lines of `sshd_config` (`PermitTTY
+    /// no`, ...).
+    pub fn start_with(dir: &Path, authorized: &Path, extra: &str) -> io::Result<Sshd> {
         let host = dir.join("sshd_host_key");
         keygen(&host)?;
         let port = free_port();
@@ -49,7 +55,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nLogLevel ERROR\n",
+                 PermitRootLogin prohibit-password\nLogLevel ERROR\n{extra}\n",
                 host.display(),
                 authorized.display(),
                 dir.join("sshd.pid").display()

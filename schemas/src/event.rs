@@ -594,6 +594,7 @@ impl EventBody {
                 GrantAction::Denied => EventKind::GrantDenied,
                 GrantAction::Expired => EventKind::GrantExpired,
                 GrantAction::Revoked => EventKind::GrantRevoked,
+                GrantAction::Certified => EventKind::GrantCertified,
             },
             EventBody::PolicyDecision(_) => EventKind::PolicyDecision,
             EventBody::Review(r) => match r.action {
@@ -997,7 +998,8 @@ impl EventBody {
             | EventKind::GrantPartiallyApproved
             | EventKind::GrantDenied
             | EventKind::GrantExpired
-            | EventKind::GrantRevoked => EventBody::Grant(GrantEvent {
+            | EventKind::GrantRevoked
+            | EventKind::GrantCertified => EventBody::Grant(GrantEvent {
                 action: k.parse()?,
                 resource: row.take_str(C::Resource)?,
                 subject: row.take_str(C::Subject)?,

@@ -51,6 +51,7 @@ pub use vocab::*;
 ///   reviews of any request: a held command in `command`, a held file
 ///   operation in `path`, a held statement in `sql` as before.
 /// - v5: interactive terminals: keystrokes recorded as `byte_count` and a
-///   keyed `digest` (never the bytes), the `shell` kind, the `command` kind (a command line
-///   recovered from the terminal's echo) and the `signal` kind.
+///   keyed `digest` (never the bytes), the `shell` kind, the `command` kind
+///   (a command line recovered from the terminal's echo) and the `signal`
+///   kind; `grant_certified` (an SSH user certificate issued for a grant).
 pub const SCHEMA_VERSION: u32 = 5;

@@ -162,7 +162,8 @@ pub fn full(kind: EventKind) -> EventBody {
         | K::GrantPartiallyApproved
         | K::GrantDenied
         | K::GrantExpired
-        | K::GrantRevoked => GrantEvent {
+        | K::GrantRevoked
+        | K::GrantCertified => GrantEvent {
             action: grant_action(kind),
             grant_id: s("g_01"),
             resource: some("prod-db"),
@@ -296,7 +297,8 @@ pub fn minimal(kind: EventKind) -> EventBody {
         | K::GrantPartiallyApproved
         | K::GrantDenied
         | K::GrantExpired
-        | K::GrantRevoked => GrantEvent {
+        | K::GrantRevoked
+        | K::GrantCertified => GrantEvent {
             action: grant_action(kind),
             grant_id: s("g"),
             resource: None,
@@ -343,6 +345,7 @@ fn grant_action(kind: EventKind) -> GrantAction {
         EventKind::GrantDenied => GrantAction::Denied,
         EventKind::GrantExpired => GrantAction::Expired,
         EventKind::GrantRevoked => GrantAction::Revoked,
+        EventKind::GrantCertified => GrantAction::Certified,
         _ => GrantAction::Requested,
     }
 }

@@ -116,6 +116,7 @@ vocabulary! {
         Denied = "grant_denied": "the grant was refused (by policy or by an approver)",
         Expired = "grant_expired": "the grant reached its expiry, or its request expired undecided",
         Revoked = "grant_revoked": "the grant was revoked before its expiry",
+        Certified = "grant_certified": "an SSH user certificate was issued for the grant: the key's fingerprint and the certificate's serial and end",
     }
 }
 
@@ -171,6 +172,7 @@ vocabulary! {
         GrantDenied = "grant_denied": "a grant was refused",
         GrantExpired = "grant_expired": "a grant (or its undecided request) expired",
         GrantRevoked = "grant_revoked": "a grant was revoked",
+        GrantCertified = "grant_certified": "an SSH user certificate was issued for a grant (the key's fingerprint, the certificate's serial and end)",
         PolicyDecision = "policy_decision": "what the policy decided for a statement or command, and by which rule",
         ReviewRequested = "review_requested": "a statement, command or file operation was held for human approval",
         ReviewApproved = "review_approved": "a held request was approved",
@@ -200,6 +202,7 @@ impl EventKind {
             | GrantDenied
             | GrantExpired
             | GrantRevoked
+            | GrantCertified
             | PolicyDecision
             | ReviewRequested
             | ReviewApproved

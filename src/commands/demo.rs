@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use proctor_devcluster::{Cluster, Options};
-use proctor_gateway_core::config::{PostgresConfig, ResourceConfig, ResourceKind, TargetTls, TlsConfig};
+use proctor_gateway_core::config::{PostgresConfig, ResourceConfig, ResourceKind, SshConfig, TargetTls, TlsConfig};
 use proctor_gateway_core::identity::{DevIssuer, DevIssuerConfig, IdentityConfig};
 use proctor_gateway_core::masking::{Action, MaskingConfig, ProfileConfig};
 use proctor_postgres::classify::Class;
@@ -22,6 +22,8 @@ use proctor_gateway_core::control::{ApprovalConfig, ControlConfig, PolicyConfig}
 use proctor_replay_server::client::Client;
 
 const RESOURCE: &str = "demo";
+/// The demo's SSH resource, in front of a throw-away OpenSSH server.
+const SSH_RESOURCE: &str = "demo-ssh";
 const DATABASE: &str = "demo";
 const TARGET_ROLE: &str = "app";
 /// The demo's agent (group `ci`: grants of the demo resource up to an hour,
@@ -97,6 +99,63 @@ fn agent_masking() -> ProfileConfig {
     }
 }
 
+/// The demo's SSH target: a throw-away OpenSSH `sshd` on loopback (killed
+/// with the demo), Proctor's key for it, and the demo agent's own key.
+struct SshTarget {
+    sshd: proctor_devcluster::sshd::Sshd,
+    /// Proctor's key for the target (what `ssh_target_command` uses too).
+    upstream_key: std::path::PathBuf,
+    /// The target's host key, pinned under its address.
+    known_hosts: std::path::PathBuf,
+    /// The demo agent's key, certified for its grant.
+    agent_key: std::path::PathBuf,
+    /// Where it all is; removed last, once the server is stopped.
+    _dir: tempfile::TempDir,
+}
+
+impl SshTarget {
+    fn start() -> anyhow::Result<SshTarget> {
+        use proctor_devcluster::sshd::{self, Sshd};
+        let dir = tempfile::Builder::new().prefix("proctor-demo-ssh").tempdir()?;
+        let upstream_key = dir.path().join("proctor_key");
+        sshd::keygen(&upstream_key)?;
+        let agent_key = dir.path().join("agent_key");
+        sshd::keygen(&agent_key)?;
+        let sshd = Sshd::start(dir.path(), &upstream_key.with_extension("pub"))?;
+        let host_key = std::fs::read_to_string(&sshd.host_key_file)?;
+        let known_hosts = dir.path().join("target_known_hosts");
+        std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, host_key.trim()))?;
+        Ok(SshTarget { sshd, upstream_key, known_hosts, agent_key, _dir: dir })
+    }
+
+    fn resource(&self, port: u16) -> anyhow::Result<ResourceConfig> {
+        Ok(ResourceConfig {
+            name: SSH_RESOURCE.to_string(),
+            listen: format!("127.0.0.1:{port}").parse()?,
+            kind: ResourceKind::Ssh(SshConfig {
+                target: format!("127.0.0.1:{}", self.sshd.port),
+                user: proctor_devcluster::sshd::Sshd::user(),
+                key_file: self.upstream_key.clone(),
+                target_host_key: None,
+                known_hosts: Some(self.known_hosts.clone()),
+                client_secret_env: None,
+                client_secret_file: None,
+            }),
+        })
+    }
+
+    /// The same target straight, with Proctor's key for it: to compare.
+    fn direct_command(&self) -> String {
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {} {}@127.0.0.1",
+            self.upstream_key.display(),
+            self.known_hosts.display(),
+            self.sshd.port,
+            proctor_devcluster::sshd::Sshd::user()
+        )
+    }
+}
+
 fn random_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 18];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -128,6 +187,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     cluster.psql("postgres", &format!("create database {DATABASE} owner {TARGET_ROLE}"))?;
     cluster.psql(DATABASE, SEED).context("cannot load the demo data")?;
 
+    // A throw-away OpenSSH server too, where one can be started.
+    let ssh = match SshTarget::start() {
+        Ok(ssh) => Some(ssh),
+        Err(error) => {
+            eprintln!("proctor demo: no SSH resource ({error:#}); scripts/setup installs openssh-server");
+            None
+        }
+    };
+
     // Secrets live in files, referenced by the configuration, never inline.
     let secrets = data_dir.join("demo");
     std::fs::create_dir_all(&secrets)?;
@@ -139,7 +207,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         session_scheduling: Default::default(),
         recorder: RecorderSettings::default(),
         tls: TlsConfig::default(),
-        resources: vec![ResourceConfig {
+        resources: std::iter::once(ResourceConfig {
             name: RESOURCE.to_string(),
             listen: format!("127.0.0.1:{}", args.port).parse()?,
             kind: ResourceKind::Postgres(PostgresConfig {
@@ -158,7 +226,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 sample_rows: 0,
                 sample_bytes: 64 * 1024,
             }),
-        }],
+        })
+        .chain(ssh.as_ref().map(|ssh| ssh.resource(args.ssh_port)).transpose()?)
+        .collect(),
         identity: IdentityConfig { issuers: Vec::new(), dev_issuer: Some(DevIssuerConfig::default()) },
         replay: Some(ReplayConfig {
             listen: format!("127.0.0.1:{}", args.replay_port).parse()?,
@@ -179,6 +249,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             admin_group: APPROVERS.to_string(),
         }),
         policies: vec![
+            // Shells and ordinary commands on the SSH resource, recorded.
+            PolicyConfig {
+                name: "ci-agents-ssh".to_string(),
+                groups: vec![AGENTS.to_string()],
+                resources: vec![SSH_RESOURCE.to_string()],
+                max_ttl: std::time::Duration::from_secs(3600),
+                approval: None,
+                rules: None,
+                masking_profile: None,
+                masking_profiles: Default::default(),
+                sample_rows: None,
+            },
             PolicyConfig {
                 name: "ci-agents".to_string(),
                 groups: vec![AGENTS.to_string()],
@@ -231,12 +313,43 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("the demo's grant request failed"))?
         })?;
+        // And, with its own key, a certificate for a grant on the SSH
+        // resource: a command line that asks for nothing.
+        let ssh_command = match &ssh {
+            None => None,
+            Some(ssh) => Some(std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let client = Client::named(&api_url, &agent_token, None, "control API", "--api")?;
+                        let body = json!({ "resource": SSH_RESOURCE, "ttl": "1h", "reason": "proctor demo" });
+                        let mut grant = client.post_json("/v1/grants", &body)?;
+                        let public = ssh.agent_key.with_extension("pub");
+                        super::grant::certify(&client, &mut grant, &public, true)?;
+                        grant["ssh_certificate"]["command"]
+                            .as_str()
+                            .map(str::to_string)
+                            .with_context(|| format!("the demo's SSH grant has no certificate: {grant}"))
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the demo's SSH grant request failed"))?
+            })?),
+        };
         let postgres_url = grant["credentials"]["url"]
             .as_str()
             .with_context(|| format!("the demo's grant has no credentials: {grant}"))?
             .to_string();
         let grant_id = grant["id"].as_str().unwrap_or_default().to_string();
         let data = data_dir.display();
+        let ssh_text = match (&ssh, &ssh_command) {
+            (Some(ssh), Some(command)) => format!(
+                "\nAnd a throw-away OpenSSH server behind resource {SSH_RESOURCE}: the agent's certificate (valid until its\n\
+                 grant ends, no password) opens it; shells and commands are recorded, commands typed found by kind:command:\n\n  \
+                 {command} 'uname -a'\n  {command}\n\n  proctor search 'kind:command' --data-dir {data}\n\n\
+                 Straight to the same server, to compare: {}\n",
+                ssh.direct_command()
+            ),
+            _ => String::new(),
+        };
         eprintln!(
             "\nProctor is in front of a throw-away PostgreSQL with demo data (customers, orders).\n\n\
              Connect through Proctor as {AGENT}, with the credential of its one-hour grant {grant_id}\n\
@@ -252,7 +365,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
              The agent's statements run under rules {AGENT_RULES}: risky ones wait for a dba. Try, in psql:\n\n      create index on orders (status);\n\n\
              It is held with a review id (r_...). As the approver (group dba), look and allow it; then run it again, once:\n\n  proctor review list --api {api_url} --token {approver_token}\n  proctor review approve REVIEW_ID --api {api_url} --token {approver_token}\n\n\
              As the approver, end the agent's grant: its session ends within a second:\n\n  proctor grant revoke {grant_id} --api {api_url} --token {approver_token} --reason 'demo over'\n\n\
-             Compare with the target directly: psql \"{target_url}\"\n\
+             Compare with the target directly: psql \"{target_url}\"\n{ssh_text}\
              Ctrl-C ends the demo: sessions end, the recording is sealed, the cluster is removed.\n"
         );
         if json_output {
@@ -269,6 +382,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "agent_token": agent_token,
                 "approver_token": approver_token,
                 "grant_id": grant_id,
+                "ssh_resource": ssh.as_ref().map(|_| SSH_RESOURCE),
+                "ssh_command": ssh_command,
+                "ssh_target_command": ssh.as_ref().map(SshTarget::direct_command),
             });
             println!("{line}");
             std::io::stdout().flush()?;
@@ -276,6 +392,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     }))?;
     drop(cluster);
+    drop(ssh);
     eprintln!("proctor demo: stopped; the recording is in {}", data_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -117,20 +117,32 @@ pub fn request(args: GrantRequestArgs) -> anyhow::Result<ExitCode> {
     Ok(verdict(&grant))
 }
 
-/// Where the certificate for public key `public` goes, and the private key
-/// `ssh -i` takes: `id_ed25519.pub` → `id_ed25519-cert.pub`, `id_ed25519`
-/// (OpenSSH's own naming, which `ssh` also finds by itself).
-fn certificate_paths(public: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let text = public.to_string_lossy();
-    let identity = text.strip_suffix(".pub").unwrap_or(&text).to_string();
-    (std::path::PathBuf::from(format!("{identity}-cert.pub")), std::path::PathBuf::from(identity))
+/// Where the certificate for public key `public` and grant `grant` goes,
+/// with the `known_hosts` line beside it, and the private key `ssh -i`
+/// takes: `id_ed25519.pub` → `id_ed25519-GRANT-cert.pub`,
+/// `id_ed25519-GRANT-known_hosts`, `id_ed25519`. Named by the grant: a
+/// certificate of another grant, or another CA's `id_ed25519-cert.pub`,
+/// is never replaced.
+fn certificate_paths(
+    public: &std::path::Path,
+    grant: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let text = public.to_str().ok_or_else(|| anyhow::anyhow!("{}: not a UTF-8 path", public.display()))?;
+    let identity = text
+        .strip_suffix(".pub")
+        .ok_or_else(|| anyhow::anyhow!("{text}: give the public key (the .pub file), never the private one"))?;
+    Ok((
+        std::path::PathBuf::from(format!("{identity}-{grant}-cert.pub")),
+        std::path::PathBuf::from(format!("{identity}-{grant}-known_hosts")),
+        std::path::PathBuf::from(identity),
+    ))
 }
 
 /// Gets an SSH user certificate for an active grant and writes it (and
 /// the `known_hosts` line pinning Proctor) beside the key; adds what was
 /// written and the `ssh` command line to `grant` as `ssh_certificate`. A
 /// grant not active yet gets none, and is told how to get one later.
-fn certify(
+pub(crate) fn certify(
     client: &proctor_replay_server::client::Client,
     grant: &mut Value,
     public_key: &std::path::Path,
@@ -148,15 +160,17 @@ fn certify(
         }
         return Ok(());
     }
+    let (certificate_file, known_hosts, identity) = certificate_paths(public_key, &id)?;
     let line = std::fs::read_to_string(public_key)
         .with_context(|| format!("cannot read the SSH public key {}", public_key.display()))?;
+    // Checked here: nothing but a public key leaves this machine.
+    russh::keys::PublicKey::from_openssh(line.trim())
+        .map_err(|e| anyhow::anyhow!("{} is not an OpenSSH public key: {e}", public_key.display()))?;
     let answer = client
         .post_json(&format!("/v1/grants/{id}/ssh-certificate"), &json!({ "ssh_public_key": line.trim() }))
         .map_err(|e| anyhow::anyhow!("no SSH certificate for grant {id}: {e}"))?;
-    let (certificate_file, identity) = certificate_paths(public_key);
     std::fs::write(&certificate_file, format!("{}\n", text(&answer, "certificate")))
         .with_context(|| format!("cannot write {}", certificate_file.display()))?;
-    let known_hosts = std::path::PathBuf::from(format!("{}-known_hosts", identity.display()));
     std::fs::write(&known_hosts, format!("{}\n", text(&answer, "known_hosts")))
         .with_context(|| format!("cannot write {}", known_hosts.display()))?;
     let port = answer["port"].as_u64().unwrap_or(22);
@@ -165,8 +179,8 @@ fn certify(
         shell_word(&identity.to_string_lossy()),
         shell_word(&certificate_file.to_string_lossy()),
         shell_word(&known_hosts.to_string_lossy()),
-        text(&answer, "user"),
-        text(&answer, "host"),
+        shell_word(text(&answer, "user")),
+        shell_word(text(&answer, "host")),
     );
     grant["ssh_certificate"] = json!({
         "certificate": text(&answer, "certificate"),

@@ -5,19 +5,31 @@
 //! protocol), and keystrokes must be recorded before they are forwarded,
 //! before anyone knows whether they will be echoed. So keystrokes are never
 //! recorded as text. They are held here, in memory, until the output shows
-//! whether the terminal echoed them: the characters typed since the last
-//! Enter (or all of those typed so far, when no Enter is pending) count as
-//! shown once the output has shown them all, one after the other (spaces
-//! in between pass, for a backspace's `\b \b` or a redraw; colour codes and
-//! other escape sequences are skipped). A run that breaks off starts again
-//! at the next character that fits. Characters still unshown `settle`
-//! after the Enter that followed them, once the output has moved to a new
-//! line since, or `give_up` after it in any case, were not echoed. Shown
-//! characters and the editing keys around them are replayed through a
-//! [`LineEditor`]; characters never shown are left out, so a password typed
-//! at a prompt that does not echo yields no command line: only output that
-//! holds the whole password (recorded as output then anyway) could count
-//! it as shown.
+//! whether the terminal echoed them, and only what it echoed becomes text.
+//!
+//! A run of typed characters counts as echoed when the output shows them in
+//! order (escape sequences skipped, and the space of a backspace's `\b \b`),
+//! starting
+//! - at the first visible output character after they were typed: the
+//!   echo of what is typed comes before anything else the terminal shows
+//!   (so output that merely holds the same characters later, a background
+//!   job's line or the password prompt itself, echoes nothing); or
+//! - anywhere, for a whole line typed ahead (up to its Enter, at least
+//!   [`WHOLE_LINE`] characters): keys typed before a banner or a prompt
+//!   are echoed after it. Only output holding the whole line, in order,
+//!   matches: a password matched this way was in the recorded output
+//!   already.
+//!
+//! A run that reaches the end of what was typed (or the line's Enter)
+//! settles its line: what was typed before it and not shown never will be
+//! (terminals echo in order). Characters still unshown `settle` after the
+//! Enter that followed them, once the output has moved to a new line, or
+//! `give_up` after it in any case, were not echoed; so is what was typed
+//! before a Ctrl-C or Ctrl-U on its line, and what was typed when a
+//! full-screen program took or left the screen. Shown characters and the
+//! editing keys around them are replayed through a [`LineEditor`];
+//! characters never shown are left out, so a password typed at a prompt
+//! that does not echo yields no command line.
 //!
 //! What this cannot know: text the line editor inserts by itself (history
 //! recall, tab completion) was not typed and is not in the line. A shell
@@ -26,7 +38,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::{Escape, LineEditor, decode};
+use crate::{Escape, LineEditor, Step, decode};
+
+/// Characters a line typed ahead must have to be matched anywhere in the
+/// output (up to its Enter): shorter ones only by an echo that comes first.
+pub const WHOLE_LINE: usize = 4;
+
+/// Lines typed ahead that are looked for in the output at once.
+const LINES_LOOKED_FOR: usize = 8;
 
 /// Bounds of what is held while waiting for an echo.
 #[derive(Clone, Copy, Debug)]
@@ -43,7 +62,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { held_keys: 4096, settle: Duration::from_millis(500), give_up: Duration::from_secs(5) }
+        Limits { held_keys: 1024, settle: Duration::from_millis(500), give_up: Duration::from_secs(5) }
     }
 }
 
@@ -51,14 +70,28 @@ impl Default for Limits {
 enum Key {
     /// A character that, echoed, shows as itself; `None` until known.
     Visible { ch: char, echoed: Option<bool> },
-    /// Enter: when it was typed, and whether the output has started a new
-    /// line since.
-    Enter { ch: char, at: Instant, newline: bool },
+    /// Enter: when it was typed, and how many new lines the output had
+    /// started by then.
+    Enter { ch: char, at: Instant, newlines: u64 },
     /// An editing key (a control character, or a part of an escape
     /// sequence): applied by the line editor, never echoed as itself.
     Control(char),
 }
 
+impl Key {
+    fn pending(&self) -> bool {
+        matches!(self, Key::Visible { echoed: None, .. })
+    }
+}
+
+/// A run of typed characters being matched against the output.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// Where it started (a key's number).
+    start: u64,
+    /// The next character expected, `None` once shown as far as typed.
+    next: Option<u64>,
+}
 
 /// The typed command lines of one terminal, recovered from its keystrokes
 /// and its echo.
@@ -66,19 +99,25 @@ enum Key {
 pub struct EchoedLines {
     limits: Limits,
     editor: LineEditor,
-    /// Keys typed and not yet given to the editor: the first is an
-    /// undecided visible key whenever there is one.
+    /// Keys typed and not yet given to the editor, numbered from `base`.
     keys: VecDeque<Key>,
+    base: u64,
+    /// The first key typed since the output last showed a visible
+    /// character: where an echo may start.
+    fresh: Option<u64>,
+    /// Where lines typed ahead start (their first unshown character), when
+    /// known since the keys last changed.
+    ahead: Option<Vec<u64>>,
     input: Escape,
     input_partial: Vec<u8>,
     output: Escape,
     output_partial: Vec<u8>,
-    /// In a run of shown characters: where in `keys` its line starts, and
-    /// where the next character is (`None`: the line is shown as far as it
-    /// was typed).
-    run: Option<(usize, Option<usize>)>,
-    /// How far the output is into a backspace's erasing `\b \b`: 1 after
-    /// the first backspace, 2 after its space.
+    /// New lines the output has started.
+    newlines: u64,
+    run: Option<Run>,
+    /// How far the output is into what may be a backspace's erasing
+    /// `\b \b`: 1 after a backspace, 2 after a space following one (held
+    /// until the next character says which it was).
     erase: u8,
     /// The alternate screen is in use (a full-screen program): what is
     /// typed there is not a command line.
@@ -90,41 +129,49 @@ impl EchoedLines {
         EchoedLines { limits, ..Default::default() }
     }
 
+    /// Keys held, awaiting their echo or the editor.
+    pub fn held(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn end(&self) -> u64 {
+        self.base + self.keys.len() as u64
+    }
+
+    fn key(&self, number: u64) -> Option<&Key> {
+        number.checked_sub(self.base).and_then(|i| self.keys.get(i as usize))
+    }
+
+    fn key_mut(&mut self, number: u64) -> Option<&mut Key> {
+        number.checked_sub(self.base).and_then(|i| self.keys.get_mut(i as usize))
+    }
+
     /// Takes keystrokes typed at `now`; returns the command lines they
     /// completed (an Enter typed after a line whose echo was all seen).
     pub fn typed(&mut self, bytes: &[u8], now: Instant) -> Vec<String> {
         let mut lines = self.tick(now);
         let text = decode(&mut self.input_partial, bytes);
+        if !text.is_empty() && self.fresh.is_none() {
+            self.fresh = Some(self.end());
+        }
         for c in text.chars() {
-            let key = match std::mem::take(&mut self.input) {
-                Escape::Start => {
-                    if c == '[' || c == 'O' {
-                        self.input = Escape::Sequence(String::new());
-                    }
+            let key = match self.input.feed(c) {
+                Step::Plain if c == '\r' || c == '\n' => Key::Enter { ch: c, at: now, newlines: self.newlines },
+                Step::Plain if c == '\x03' || c == '\x15' => {
+                    // Ctrl-C, Ctrl-U: what the line held is thrown away.
+                    self.abandon_line();
                     Key::Control(c)
                 }
-                Escape::Sequence(mut params) => {
-                    if c.is_ascii_digit() || c == ';' {
-                        params.push(c);
-                        self.input = Escape::Sequence(params);
-                    }
-                    Key::Control(c)
-                }
-                _ if c == '\x1b' => {
-                    self.input = Escape::Start;
-                    Key::Control(c)
-                }
-                _ if c == '\r' || c == '\n' => Key::Enter { ch: c, at: now, newline: false },
-                _ if c.is_control() => Key::Control(c),
-                _ => Key::Visible { ch: c, echoed: None },
+                Step::Plain if c.is_control() => Key::Control(c),
+                Step::Plain => Key::Visible { ch: c, echoed: None },
+                _ => Key::Control(c),
             };
             self.keys.push_back(key);
         }
+        self.ahead = None;
         while self.keys.len() > self.limits.held_keys {
-            if !self.decide_first(false) {
-                break;
-            }
-            self.run = None;
+            let Some(first) = self.keys.iter().position(Key::pending) else { break };
+            self.decide(self.base + first as u64, false);
             self.release(&mut lines);
         }
         self.release(&mut lines);
@@ -137,52 +184,40 @@ impl EchoedLines {
         let mut lines = self.tick(now);
         let text = decode(&mut self.output_partial, bytes);
         for c in text.chars() {
-            match std::mem::take(&mut self.output) {
-                Escape::Start => {
-                    self.output = match c {
-                        '[' => Escape::Sequence(String::new()),
-                        ']' | 'P' | '_' | '^' | 'X' => Escape::Text,
-                        '(' | ')' | '*' | '+' | '-' | '.' | '/' | '#' | '%' => Escape::Charset,
-                        _ => Escape::None,
-                    };
+            let step = self.output.feed(c);
+            if self.erase == 2 {
+                // A space after a backspace, held: with a backspace after
+                // it, it was erasing (`\b \b`); otherwise it was shown.
+                self.erase = 0;
+                if step == Step::Plain && c == '\x08' {
                     continue;
                 }
-                Escape::Sequence(mut params) => {
-                    if ('\x20'..='\x3f').contains(&c) {
-                        params.push(c);
-                        self.output = Escape::Sequence(params);
-                    } else {
-                        self.sequence(&params, c);
-                    }
+                self.visible(' ', &mut lines);
+            }
+            match step {
+                Step::Plain => {}
+                Step::Sequence { params, last } => {
+                    self.erase = 0;
+                    self.sequence(&params, last, &mut lines);
                     continue;
                 }
-                Escape::Text => {
-                    self.output = match c {
-                        '\x07' => Escape::None,
-                        '\x1b' => Escape::TextEsc,
-                        _ => Escape::Text,
-                    };
+                Step::Inside | Step::Escaped(_) => {
+                    self.erase = 0;
                     continue;
                 }
-                Escape::TextEsc => {
-                    self.output = if c == '\\' { Escape::None } else { Escape::Text };
-                    continue;
-                }
-                Escape::Charset => continue,
-                Escape::None => {}
             }
             match c {
-                '\x1b' => self.output = Escape::Start,
+                '\x08' => self.erase = 1,
+                ' ' if self.erase == 1 => self.erase = 2,
                 '\n' => {
-                    for key in self.keys.iter_mut() {
-                        if let Key::Enter { newline, .. } = key {
-                            *newline = true;
-                        }
-                    }
+                    self.erase = 0;
+                    self.newlines += 1;
                 }
-                '\x08' => self.erase = if self.erase == 2 { 0 } else { 1 },
-                c if c.is_control() => {}
-                c => self.visible(c, &mut lines),
+                c if c.is_control() => self.erase = 0,
+                c => {
+                    self.erase = 0;
+                    self.visible(c, &mut lines);
+                }
             }
         }
         lines
@@ -193,18 +228,21 @@ impl EchoedLines {
     pub fn tick(&mut self, now: Instant) -> Vec<String> {
         let mut lines = Vec::new();
         loop {
-            let overdue = self.keys.iter().find_map(|key| match key {
-                Key::Enter { at, newline, .. } => {
-                    let waited = now.saturating_duration_since(*at);
-                    Some((*newline && waited >= self.limits.settle) || waited >= self.limits.give_up)
-                }
-                _ => None,
-            });
-            if overdue != Some(true) || !self.decide_first(false) {
+            let enter = self.keys.iter().position(|key| matches!(key, Key::Enter { .. }));
+            let Some(enter) = enter else { break };
+            let Key::Enter { at, newlines, .. } = self.keys[enter] else { break };
+            let waited = now.saturating_duration_since(at);
+            let overdue = (self.newlines > newlines && waited >= self.limits.settle) || waited >= self.limits.give_up;
+            if !overdue {
                 break;
             }
             self.run = None;
-            self.undecided_before_enter(false);
+            for key in self.keys.iter_mut().take(enter) {
+                if let Key::Visible { echoed: echoed @ None, .. } = key {
+                    *echoed = Some(false);
+                }
+            }
+            self.ahead = None;
             self.release(&mut lines);
         }
         lines
@@ -214,122 +252,151 @@ impl EchoedLines {
     pub fn finish(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
         self.run = None;
-        while self.decide_first(false) {
-            self.release(&mut lines);
+        for key in self.keys.iter_mut() {
+            if let Key::Visible { echoed: echoed @ None, .. } = key {
+                *echoed = Some(false);
+            }
         }
         self.release(&mut lines);
         lines
     }
 
-    /// Keys held, awaiting their echo or the editor.
-    pub fn held(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// Where the next undecided visible key at or after `from` is, before
-    /// the next Enter.
-    fn expected(&self, from: usize) -> Option<usize> {
-        for (at, key) in self.keys.iter().enumerate().skip(from) {
-            match key {
-                Key::Enter { .. } => return None,
-                Key::Visible { echoed: None, .. } => return Some(at),
-                _ => {}
-            }
-        }
-        None
-    }
-
+    /// A visible character of the output.
     fn visible(&mut self, c: char, lines: &mut Vec<String>) {
-        if c == ' ' && self.erase == 1 {
-            // The space of a backspace's `\b \b`: erasing, not an echo.
-            self.erase = 2;
-            return;
-        }
-        self.erase = 0;
-        if self.keys.is_empty() {
-            return;
-        }
-        let fits = |keys: &VecDeque<Key>, at: usize| matches!(keys.get(at), Some(Key::Visible { ch, .. }) if *ch == c);
-        let (line, at) = match self.run {
-            Some((line, Some(at))) if fits(&self.keys, at) => (line, at),
-            _ => {
-                // The run broke off (or none was under way): one starts
-                // here if this is the first unshown character of a line.
-                self.run = None;
-                match self.line_start_fitting(c) {
-                    Some(found) => found,
-                    None => return,
+        let fits = |this: &Self, at: u64| matches!(this.key(at), Some(Key::Visible { ch, echoed: None }) if *ch == c);
+        let (start, at) = match self.run {
+            Some(Run { start, next: Some(next) }) if fits(self, next) => (start, next),
+            _ => match self.start_fitting(c) {
+                Some(at) => (at, at),
+                None => {
+                    // Not an echo: a run under way broke off.
+                    self.run = None;
+                    self.fresh = None;
+                    return;
                 }
-            }
+            },
         };
         let next = self.expected(at + 1);
-        self.run = Some((line, next));
+        self.run = Some(Run { start, next });
         if next.is_none() {
-            // The line shown whole (up to its Enter, or as far as it was
-            // typed): the terminal echoes in order, so what lines before it
-            // still hold unshown never will be.
-            for (i, key) in self.keys.iter_mut().enumerate() {
-                match key {
-                    Key::Enter { .. } if i >= line => break,
-                    Key::Visible { echoed: echoed @ None, .. } => *echoed = Some(i >= line),
-                    _ => {}
-                }
-            }
-            self.run = None;
+            self.settle(start);
             self.release(lines);
         }
+        // What was typed before this has now been followed by output: its
+        // echo can no longer come first.
+        self.fresh = None;
     }
 
-    /// The first unshown character of a line (keys between two Enters)
-    /// that is `c`: the line's start and the character's place.
-    fn line_start_fitting(&self, c: char) -> Option<(usize, usize)> {
-        let mut line = 0;
-        let mut first = true;
-        for (at, key) in self.keys.iter().enumerate() {
+    /// Where a run showing `c` starts: the first unshown key typed since
+    /// the output last showed something, or the first unshown key of a
+    /// whole line typed ahead.
+    fn start_fitting(&mut self, c: char) -> Option<u64> {
+        let fits = |this: &Self, at: u64| matches!(this.key(at), Some(Key::Visible { ch, echoed: None }) if *ch == c);
+        if let Some(fresh) = self.fresh {
+            let first = (fresh..self.end()).find(|&at| self.key(at).is_some_and(Key::pending));
+            // A line's echo comes before the new line its Enter starts:
+            // output after that is the program's, whatever it holds.
+            let echo_due = |at: u64| {
+                (at..self.end()).find_map(|at| match self.key(at) {
+                    Some(Key::Enter { newlines, .. }) => Some(*newlines == self.newlines),
+                    _ => None,
+                })
+            };
+            if let Some(first) = first
+                && fits(self, first)
+                && echo_due(first) != Some(false)
+            {
+                return Some(first);
+            }
+        }
+        if self.ahead.is_none() {
+            self.ahead = Some(self.lines_ahead());
+        }
+        self.ahead.as_ref().and_then(|ahead| ahead.iter().copied().find(|&at| fits(self, at)))
+    }
+
+    /// The first unshown key of each whole line typed ahead (an Enter after
+    /// it, [`WHOLE_LINE`] unshown characters at least), the first few.
+    fn lines_ahead(&self) -> Vec<u64> {
+        let mut found = Vec::new();
+        let (mut first, mut count) = (None, 0);
+        for (i, key) in self.keys.iter().enumerate() {
             match key {
                 Key::Enter { .. } => {
-                    line = at + 1;
-                    first = true;
-                }
-                Key::Visible { ch, echoed: None } if first => {
-                    if *ch == c {
-                        return Some((line, at));
+                    if let Some(first) = first.take()
+                        && count >= WHOLE_LINE
+                    {
+                        found.push(self.base + first);
+                        if found.len() == LINES_LOOKED_FOR {
+                            break;
+                        }
                     }
-                    first = false;
+                    count = 0;
+                }
+                Key::Visible { echoed: None, .. } => {
+                    first.get_or_insert(i as u64);
+                    count += 1;
                 }
                 _ => {}
             }
         }
-        None
+        found
     }
 
-    /// Decides every undecided key before the next Enter.
-    fn undecided_before_enter(&mut self, shown: bool) {
-        for key in self.keys.iter_mut() {
+    /// The next unshown key at or after `from`, before the next Enter.
+    fn expected(&self, from: u64) -> Option<u64> {
+        let mut at = from;
+        loop {
+            match self.key(at)? {
+                Key::Enter { .. } => return None,
+                Key::Visible { echoed: None, .. } => return Some(at),
+                _ => at += 1,
+            }
+        }
+    }
+
+    /// A run starting at `start` showed its line as far as it was typed:
+    /// the unshown keys before it were not echoed, the run's were.
+    fn settle(&mut self, start: u64) {
+        let mut at = self.base;
+        while at < start {
+            self.decide(at, false);
+            at += 1;
+        }
+        while let Some(key) = self.key_mut(at) {
             match key {
                 Key::Enter { .. } => break,
-                Key::Visible { echoed: echoed @ None, .. } => *echoed = Some(shown),
+                Key::Visible { echoed: echoed @ None, .. } => *echoed = Some(true),
+                _ => {}
+            }
+            at += 1;
+        }
+        self.run = None;
+        self.ahead = None;
+    }
+
+    fn decide(&mut self, at: u64, shown: bool) {
+        if let Some(Key::Visible { echoed: echoed @ None, .. }) = self.key_mut(at) {
+            *echoed = Some(shown);
+        }
+        self.ahead = None;
+    }
+
+    /// What was typed on the current line so far, unshown, never will be.
+    fn abandon_line(&mut self) {
+        for key in self.keys.iter_mut().rev() {
+            match key {
+                Key::Enter { .. } => break,
+                Key::Visible { echoed: echoed @ None, .. } => *echoed = Some(false),
                 _ => {}
             }
         }
-    }
-
-    /// Decides the first undecided key; false if there is none.
-    fn decide_first(&mut self, shown: bool) -> bool {
-        let first = self.keys.iter_mut().find(|key| matches!(key, Key::Visible { echoed: None, .. }));
-        match first {
-            Some(Key::Visible { echoed, .. }) => {
-                *echoed = Some(shown);
-                true
-            }
-            _ => false,
-        }
+        self.run = None;
     }
 
     /// Gives the editor every key up to the first undecided one.
     fn release(&mut self, lines: &mut Vec<String>) {
         let mut buf = [0u8; 4];
-        let mut released = 0;
         while let Some(key) = self.keys.front() {
             let c = match key {
                 Key::Visible { echoed: None, .. } => break,
@@ -339,7 +406,7 @@ impl EchoedLines {
                 Key::Control(c) => Some(*c),
             };
             self.keys.pop_front();
-            released += 1;
+            self.base += 1;
             if let Some(c) = c {
                 let done = self.editor.feed(c.encode_utf8(&mut buf).as_bytes());
                 if !self.alternate {
@@ -347,33 +414,42 @@ impl EchoedLines {
                 }
             }
         }
-        if released > 0 {
-            self.run = self.run.and_then(|(line, next)| {
-                let next = match next {
-                    Some(at) => Some(at.checked_sub(released)?),
-                    None => None,
-                };
-                Some((line.saturating_sub(released), next))
-            });
+        if self.fresh.is_some_and(|fresh| fresh < self.base) {
+            self.fresh = Some(self.base);
+        }
+        if self.run.is_some_and(|run| run.start < self.base) {
+            self.run = None;
         }
     }
+
     /// A control sequence of the output: only the alternate screen's
-    /// switches matter here.
-    fn sequence(&mut self, params: &str, last: char) {
+    /// switches matter here. What was typed, unshown, as a full-screen
+    /// program takes or leaves the screen was the program's.
+    fn sequence(&mut self, params: &str, last: char, lines: &mut Vec<String>) {
         let Some(modes) = params.strip_prefix('?') else { return };
-        let alternate = modes.split(';').any(|m| matches!(m, "47" | "1047" | "1049"));
-        match last {
-            'h' if alternate => self.alternate = true,
-            'l' if alternate && self.alternate => {
-                self.alternate = false;
-                // What was typed in the full-screen program is no line.
-                self.editor = LineEditor::default();
-            }
-            _ => {}
+        if !modes.split(';').any(|m| matches!(m, "47" | "1047" | "1049")) {
+            return;
         }
+        let alternate = match last {
+            'h' => true,
+            'l' => false,
+            _ => return,
+        };
+        if alternate == self.alternate {
+            return;
+        }
+        self.run = None;
+        for key in self.keys.iter_mut() {
+            if let Key::Visible { echoed: echoed @ None, .. } = key {
+                *echoed = Some(false);
+            }
+        }
+        self.release(lines);
+        self.alternate = alternate;
+        // What was typed in the full-screen program is no line.
+        self.editor = LineEditor::default();
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -471,6 +547,50 @@ mod tests {
     }
 
     #[test]
+    fn a_password_typed_key_by_key_is_not_echoed_by_output_holding_its_characters() {
+        // A background job prints between the keys; the prompt itself holds
+        // the first ones (typed ahead of it).
+        let lines = run(&[
+            (b"hu", b""),
+            (b"", b"[sudo] password for hugo: "),
+            (b"n", b"heartbeat n\r\n"),
+            (b"t", b""),
+            (b"er2\r", b""),
+            (b"", b"\r\nSorry, try again.\r\n$ "),
+            (b"id\r", b"id\r\nuid=0\r\n$ "),
+        ]);
+        assert_eq!(lines, vec!["id"]);
+    }
+
+    #[test]
+    fn keys_a_program_took_do_not_hold_up_the_next_line() {
+        // `q` quitting a pager that leaves no alternate screen; a key read
+        // by `read -n1`; a password given up with Ctrl-C.
+        assert_eq!(run(&[(b"q", b"\r\x1b[K$ "), (b"ls\r", b"ls\r\n")]), vec!["ls"]);
+        assert_eq!(run(&[(b"pass", b""), (b"\x03", b"^C\r\n$ "), (b"pwd\r", b"pwd\r\n")]), vec!["pwd"]);
+    }
+
+    #[test]
+    fn a_terminal_s_own_replies_are_not_typed_text() {
+        // Device attributes and a colour report, answered by the client's
+        // terminal in the middle of the typing.
+        let lines = run(&[
+            (b"\x1b[?62;22c\x1b]11;rgb:0000/0000/0000\x1b\\", b""),
+            (b"ls", b"ls"),
+            (b"\x1b[>0;276;0c -l\r", b" -l\r\n"),
+        ]);
+        assert_eq!(lines, vec!["ls -l"]);
+    }
+
+    #[test]
+    fn a_space_typed_after_the_cursor_moved_back_is_its_own_echo() {
+        // readline: Left arrow (echoed as a backspace), then a space typed
+        // (inserted: the space, the rest of the line, the cursor back).
+        let lines = run(&[(b"ab", b"ab"), (b"\x1b[D", b"\x08"), (b" ", b" b\x08"), (b"\r", b"\r\n")]);
+        assert_eq!(lines, vec!["a b"]);
+    }
+
+    #[test]
     fn full_screen_programs_are_not_command_lines() {
         let lines = run(&[
             (b"vi x\r", b"vi x\r\n\x1b[?1049h\x1b[H"),
@@ -530,6 +650,11 @@ mod tests {
                     let piece = &keys[at..at + n];
                     found.extend(lines.typed(piece, now));
                     found.extend(lines.shown(&tty_echo(piece, echo), now));
+                    if !echo && rng.random_bool(0.3) {
+                        // A background job's line between keys, holding
+                        // the digits apart.
+                        found.extend(lines.shown(b"tick 4 2 7 9 0 1 3 5 6 8\r\n", now));
+                    }
                     now += Duration::from_millis(rng.random_range(0..300));
                     at += n;
                 }

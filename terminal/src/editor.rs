@@ -2,7 +2,7 @@
 //! a line editor into the command lines that were run, and output rendered
 //! through a terminal emulator into screen text.
 
-use crate::Escape;
+use crate::{Escape, Step};
 
 /// Replays keystrokes the way a shell's line editor applies them, and hands
 /// back each line when Enter is pressed. Arrow keys, Home/End, Delete,
@@ -18,7 +18,6 @@ pub struct LineEditor {
     partial: Vec<u8>,
 }
 
-
 impl LineEditor {
     /// Applies keystrokes; returns the lines completed by them.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
@@ -31,33 +30,13 @@ impl LineEditor {
     }
 
     fn key(&mut self, c: char, lines: &mut Vec<String>) {
-        match std::mem::take(&mut self.escape) {
-            Escape::Start => {
-                self.escape = match c {
-                    '[' | 'O' => Escape::Sequence(String::new()),
-                    'b' => {
-                        self.cursor = self.word_start();
-                        Escape::None
-                    }
-                    'f' => {
-                        self.cursor = self.word_end();
-                        Escape::None
-                    }
-                    _ => Escape::None,
-                };
-                return;
-            }
-            Escape::Sequence(mut params) => {
-                if c.is_ascii_digit() || c == ';' {
-                    params.push(c);
-                    self.escape = Escape::Sequence(params);
-                } else {
-                    self.sequence(&params, c);
-                }
-                return;
-            }
-            // Strings and character sets are output's, never typed.
-            Escape::None | Escape::Text | Escape::TextEsc | Escape::Charset => {}
+        match self.escape.feed(c) {
+            Step::Plain => {}
+            Step::Inside => return,
+            Step::Sequence { params, last } => return self.sequence(&params, last),
+            Step::Escaped('b') => return self.cursor = self.word_start(),
+            Step::Escaped('f') => return self.cursor = self.word_end(),
+            Step::Escaped(_) => return,
         }
         match c {
             '\r' | '\n' => {
@@ -68,7 +47,6 @@ impl LineEditor {
                 self.line.clear();
                 self.cursor = 0;
             }
-            '\x1b' => self.escape = Escape::Start,
             '\x7f' | '\x08' => {
                 if self.cursor > 0 {
                     self.cursor -= 1;

@@ -22,14 +22,75 @@ pub(crate) enum Escape {
     None,
     /// After ESC.
     Start,
-    /// A control sequence (`ESC [`, `ESC O` on input), its parameters so far.
+    /// A control sequence (`ESC [`, `ESC O`), its parameter and
+    /// intermediate characters so far.
     Sequence(String),
-    /// A string (OSC, DCS, APC, PM), up to BEL or `ESC \`.
+    /// A string (OSC, DCS, APC, PM, SOS), up to BEL or `ESC \`.
     Text,
     /// ESC inside a string.
     TextEsc,
     /// A character-set designation: one more character.
     Charset,
+}
+
+/// What one character is to the escape-sequence reading.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step {
+    /// An ordinary character (or a control character other than ESC).
+    Plain,
+    /// Part of an escape sequence, which goes on.
+    Inside,
+    /// The end of a control sequence: its parameters and final character.
+    Sequence { params: String, last: char },
+    /// The second character of a two-character escape (`ESC b`, Alt-b).
+    Escaped(char),
+}
+
+impl Escape {
+    /// Reads `c`. Control sequences are read whole as ECMA-48 has them
+    /// (parameters and intermediates 0x20-0x3F, then one final character),
+    /// and strings up to their terminator: a terminal's own replies (device
+    /// attributes, colours, mouse reports) are never taken for text.
+    pub(crate) fn feed(&mut self, c: char) -> Step {
+        match std::mem::take(self) {
+            Escape::None if c == '\x1b' => {
+                *self = Escape::Start;
+                Step::Inside
+            }
+            Escape::None => Step::Plain,
+            Escape::Start => {
+                *self = match c {
+                    '[' | 'O' => Escape::Sequence(String::new()),
+                    ']' | 'P' | '_' | '^' | 'X' => Escape::Text,
+                    '(' | ')' | '*' | '+' | '-' | '.' | '/' | '#' | '%' => Escape::Charset,
+                    _ => return Step::Escaped(c),
+                };
+                Step::Inside
+            }
+            Escape::Sequence(mut params) => {
+                if ('\x20'..='\x3f').contains(&c) {
+                    params.push(c);
+                    *self = Escape::Sequence(params);
+                    Step::Inside
+                } else {
+                    Step::Sequence { params, last: c }
+                }
+            }
+            Escape::Text => {
+                *self = match c {
+                    '\x07' => Escape::None,
+                    '\x1b' => Escape::TextEsc,
+                    _ => Escape::Text,
+                };
+                Step::Inside
+            }
+            Escape::TextEsc => {
+                *self = if c == '\\' { Escape::None } else { Escape::Text };
+                Step::Inside
+            }
+            Escape::Charset => Step::Inside,
+        }
+    }
 }
 
 /// UTF-8 text of `bytes`, a character cut at the end kept in `partial` for

@@ -38,6 +38,26 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     assert_eq!(query(&postgres_url), "200");
     assert_eq!(query(&target_url), "200", "the target URL reaches the same data directly");
 
+    // The SSH resource: the agent's certificate command line runs a
+    // command with no prompt; the same straight to the throw-away sshd.
+    assert_eq!(ready["ssh_resource"], "demo-ssh");
+    let shell = |command: String| {
+        Command::new("sh")
+            .args(["-c", &command])
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ssh_command = ready["ssh_command"].as_str().expect("the demo's ssh command line").to_string();
+    let via = shell(format!("{ssh_command} 'printf %s via-proctor'"));
+    assert!(via.status.success(), "{}", String::from_utf8_lossy(&via.stderr));
+    assert_eq!(via.stdout, b"via-proctor");
+    let direct = shell(format!("{} 'printf %s direct'", ready["ssh_target_command"].as_str().unwrap()));
+    assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
+    assert_eq!(direct.stdout, b"direct");
+    wait_for_line(&stderr, "demo-ssh", Duration::from_secs(10));
+
     // The agent's first look at customers shows masking at work.
     let first = Command::new(&psql)
         .args(["-X", "-At", "-d", &postgres_url, "-c", "select * from customers order by id limit 1"])
@@ -173,6 +193,9 @@ fn demo_prints_its_urls_serves_both_and_seals_on_sigterm() {
     assert!(
         events.iter().any(|e| matches!(&e.body, EventBody::Statement(s) if s.sql == "select count(*) from customers"))
     );
+    let ssh = reader.sessions().unwrap().into_iter().find(|s| s.protocol.as_deref() == Some("ssh")).unwrap();
+    let events = reader.session_events(ssh.session_id).unwrap();
+    assert!(events.iter().any(|e| matches!(&e.body, EventBody::Exec(x) if x.command == "printf %s via-proctor")));
     // The throw-away cluster is gone.
     let gone = Command::new(&psql).args(["-X", "-d", &target_url, "-c", "select 1"]).output().unwrap();
     assert!(!gone.status.success());

@@ -251,7 +251,7 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
     let command = certified["command"].as_str().expect("a ready ssh command line").to_string();
     assert!(command.contains("BatchMode=yes") && command.contains(&format!("{id}@127.0.0.1")), "{command}");
     let certificate_file = certified["certificate_file"].as_str().unwrap();
-    assert_eq!(certificate_file, format!("{}-cert.pub", key.display()));
+    assert_eq!(certificate_file, format!("{}-{id}-cert.pub", key.display()));
     // OpenSSH reads it as a user certificate for the grant, signed by the
     // CA `key show` prints, valid until the grant ends.
     let listed = run_ok(Path::new("ssh-keygen"), &["-L", "-f", certificate_file]);
@@ -303,4 +303,11 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
     let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
     let hits: Vec<serde_json::Value> = found.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(hits.len(), 1, "the typed command, found by its grant: {found}");
+    // The certificate's issue is on record: which key, which certificate.
+    let query = format!("grant:{id} kind:grant_certified");
+    let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
+    assert_eq!(found.lines().count(), 1, "{found}");
+    let fingerprint = stdout(&run_ok(Path::new("ssh-keygen"), &["-lf", &public]));
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    assert!(found.contains(&fingerprint), "{found} / {fingerprint}");
 }

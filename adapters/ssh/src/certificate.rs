@@ -15,6 +15,8 @@ use std::path::Path;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
 
+use proctor_gateway_core::control::Certified;
+
 use crate::host_key::{HostKey, HostKeyError, KeyRole};
 
 /// How far before signing a certificate is valid: a client whose clock is
@@ -60,7 +62,7 @@ impl UserCa {
         key_id: &str,
         now: u64,
         valid_before: u64,
-    ) -> Result<String, String> {
+    ) -> Result<Certified, String> {
         let subject = PublicKey::from_openssh(public_key.trim())
             .map_err(|e| format!("not an OpenSSH public key ({e}); give the .pub file of the key you log in with"))?;
         if valid_before <= now {
@@ -73,8 +75,9 @@ impl UserCa {
         let valid_after = now.saturating_sub(CLOCK_SKEW_SECS);
         let mut builder = Builder::new(nonce.to_vec(), subject.key_data().clone(), valid_after, valid_before)
             .map_err(|e| e.to_string())?;
+        let serial = u64::from_be_bytes(serial);
         builder
-            .serial(u64::from_be_bytes(serial))
+            .serial(serial)
             .and_then(|b| b.cert_type(CertType::User))
             .and_then(|b| b.key_id(key_id))
             .and_then(|b| b.valid_principal(principal))
@@ -82,7 +85,17 @@ impl UserCa {
             .and_then(|b| b.comment(principal))
             .map_err(|e| e.to_string())?;
         let certificate = builder.sign(self.key.private_key()).map_err(|e| format!("cannot sign: {e}"))?;
-        certificate.to_openssh().map_err(|e| e.to_string())
+        Ok(Certified {
+            certificate: certificate.to_openssh().map_err(|e| e.to_string())?,
+            fingerprint: subject.fingerprint(HashAlg::Sha256).to_string(),
+            serial,
+        })
+    }
+
+    /// Whether this CA signed `certificate` (its signature is checked
+    /// with the rest by [`UserCa::check_at`]).
+    pub fn signed(&self, certificate: &Certificate) -> bool {
+        certificate.signature_key().fingerprint(HashAlg::Sha256) == self.fingerprint
     }
 
     /// Checks a certificate a client logs in with as `user`: signed by this
@@ -112,7 +125,7 @@ impl UserCa {
 }
 
 impl proctor_gateway_core::control::SshCertifier for UserCa {
-    fn certify(&self, public_key: &str, principal: &str, key_id: &str, valid_before: u64) -> Result<String, String> {
+    fn certify(&self, public_key: &str, principal: &str, key_id: &str, valid_before: u64) -> Result<Certified, String> {
         self.certify_at(public_key, principal, key_id, unix_now(), valid_before)
     }
 }
@@ -128,7 +141,8 @@ mod tests {
 
     fn user_key() -> String {
         let seed = [9u8; 32];
-        let key = russh::keys::ssh_key::PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed));
+        let key =
+            russh::keys::ssh_key::PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed));
         key.public_key().to_openssh().unwrap()
     }
 
@@ -137,8 +151,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = UserCa::load_or_create(dir.path()).unwrap();
         let now = unix_now();
-        let text = ca.certify_at(&user_key(), "g_00000000000000aa", "proctor grant", now, now + 900).unwrap();
-        let certificate = Certificate::from_openssh(&text).unwrap();
+        let certified = ca.certify_at(&user_key(), "g_00000000000000aa", "proctor grant", now, now + 900).unwrap();
+        let certificate = Certificate::from_openssh(&certified.certificate).unwrap();
+        assert_eq!(certificate.serial(), certified.serial);
+        assert!(certified.fingerprint.starts_with("SHA256:"));
         assert_eq!(ca.check_at(&certificate, "g_00000000000000aa", now).unwrap(), ((now + 900) * 1000) as i64);
         // Another principal, a time past its end, before its start.
         assert!(ca.check_at(&certificate, "g_00000000000000bb", now).unwrap_err().contains("not for"));
@@ -148,7 +164,7 @@ mod tests {
         let other_dir = tempfile::tempdir().unwrap();
         let other = UserCa::load_or_create(other_dir.path()).unwrap();
         let forged = other.certify_at(&user_key(), "g_00000000000000aa", "x", now, now + 900).unwrap();
-        let forged = Certificate::from_openssh(&forged).unwrap();
+        let forged = Certificate::from_openssh(&forged.certificate).unwrap();
         assert!(ca.check_at(&forged, "g_00000000000000aa", now).unwrap_err().contains("not signed"));
         // The same CA once created.
         assert_eq!(UserCa::load_or_create(dir.path()).unwrap().fingerprint(), ca.fingerprint());

@@ -88,9 +88,13 @@ impl HostKey {
         if path.exists() {
             return HostKey::load_as(keys_dir, role);
         }
-        fs::create_dir_all(keys_dir).map_err(io_error("cannot create key directory", keys_dir))?;
-        fs::set_permissions(keys_dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_error("cannot restrict key directory", keys_dir))?;
+        // A directory made here is Proctor's alone; one already there (the
+        // recorder's, shaped for the data dir's group) is left as it is.
+        if !keys_dir.exists() {
+            fs::create_dir_all(keys_dir).map_err(io_error("cannot create key directory", keys_dir))?;
+            fs::set_permissions(keys_dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_error("cannot restrict key directory", keys_dir))?;
+        }
         let key = HostKey::generate(role)?;
         key.store(keys_dir)?;
         tracing::info!(fingerprint = %key.fingerprint(), dir = %keys_dir.display(), "created {}", role.what());

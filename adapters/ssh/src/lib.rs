@@ -11,8 +11,8 @@
 //! of forwarding are refused, and the refusal recorded: their input is not
 //! yet recorded the way a terminal's must be (typed passwords kept out).
 
-pub mod flow;
 pub mod certificate;
+pub mod flow;
 pub mod host_key;
 mod session;
 
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use proctor_gateway_core::EventSink;
 use proctor_gateway_core::auth::Authenticator;
-use proctor_gateway_core::masking::Profiles;
+use proctor_gateway_core::masking::{MaskingKey, Profiles};
 use proctor_gateway_core::session::SessionCounters;
 use proctor_gateway_core::threads::SessionThreads;
 use russh::keys::{PrivateKey, PublicKey};
@@ -54,6 +54,8 @@ pub struct SshResource {
     pub sessions: SessionCounters,
     /// The CA whose user certificates log clients in, beside passwords.
     pub user_ca: Option<Arc<UserCa>>,
+    /// What keys the digests of keystrokes typed at terminals.
+    pub keystroke_key: MaskingKey,
     server: Arc<russh::server::Config>,
 }
 
@@ -81,8 +83,17 @@ impl SshResource {
             target,
             sessions: SessionCounters::default(),
             user_ca: None,
+            keystroke_key: ephemeral_key(),
             server: Arc::new(server),
         }
+    }
+
+    /// Keys keystroke digests with `key` (the deployment's, kept:
+    /// `keys/keystroke.key`); without it, a key of this process only, so
+    /// that digests confirm nothing once it has gone.
+    pub fn with_keystroke_key(mut self, key: MaskingKey) -> SshResource {
+        self.keystroke_key = key;
+        self
     }
 
     /// Accepts user certificates `ca` signed (for the grant named as user),
@@ -155,6 +166,17 @@ impl SshResource {
     }
 }
 
+/// A random key, never stored.
+fn ephemeral_key() -> MaskingKey {
+    let mut bytes = vec![0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: digests keyed by nothing secret would confirm
+        // guesses; keyed by the clock they at least differ per run.
+        bytes = format!("{:?}", std::time::SystemTime::now()).into_bytes();
+    }
+    MaskingKey::new(bytes)
+}
+
 /// `host:port` (or `[v6]:port`) split; the port is required.
 fn split_address(address: &str) -> Result<(String, u16), String> {
     let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("target {address:?} is not host:port"))?;
@@ -217,13 +239,14 @@ pub async fn start<S: EventSink, A: Authenticator>(
     config: &SshConfig,
     host_key: &HostKey,
     user_ca: Option<Arc<UserCa>>,
+    keystroke_key: MaskingKey,
     sink: S,
     auth: Arc<A>,
     masking: Arc<Profiles>,
     threads: Option<Arc<SessionThreads>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<SshResource>, std::net::SocketAddr, impl std::future::Future<Output = ()> + use<S, A>), GatewayError> {
-    let mut resource = SshResource::from_config(name, config, host_key)?;
+    let mut resource = SshResource::from_config(name, config, host_key)?.with_keystroke_key(keystroke_key);
     if let Some(ca) = user_ca {
         resource = resource.with_user_ca(ca);
     }

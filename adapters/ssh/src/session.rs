@@ -80,12 +80,87 @@ enum Proof {
     Refused(String),
 }
 
+/// The target's answers to the client's channel requests (terminal, shell,
+/// exec), passed back in the order the client asked. russh keeps one
+/// pending reply per channel, so a request is answered before the next one
+/// is read: the handler waits here for the target's answer to each.
+#[derive(Default)]
+struct Answers {
+    channels: std::sync::Mutex<HashMap<ChannelId, Answering>>,
+    /// The relay ended: no request will be answered.
+    ended: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Answering {
+    /// Handlers waiting, oldest first.
+    waiting: std::collections::VecDeque<oneshot::Sender<bool>>,
+    /// Answers that came before their handler waited.
+    early: std::collections::VecDeque<bool>,
+    /// The target's channel is gone (or the relay ended): nothing more
+    /// will be answered.
+    closed: bool,
+}
+
+impl Answers {
+    /// The target's answer to the oldest unanswered request on `channel`;
+    /// false if none comes in time, or the channel is gone.
+    async fn wait(&self, channel: ChannelId) -> bool {
+        let answer = {
+            let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            let answering = all.entry(channel).or_default();
+            if let Some(answer) = answering.early.pop_front() {
+                return answer;
+            }
+            if answering.closed || self.ended.load(Ordering::SeqCst) {
+                return false;
+            }
+            let (tx, rx) = oneshot::channel();
+            answering.waiting.push_back(tx);
+            rx
+        };
+        matches!(tokio::time::timeout(OPEN_TIMEOUT, answer).await, Ok(Ok(true)))
+    }
+
+    /// The target answered the oldest request on `channel`.
+    fn answered(&self, channel: ChannelId, granted: bool) {
+        let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let answering = all.entry(channel).or_default();
+        match answering.waiting.pop_front() {
+            Some(waiting) => {
+                let _ = waiting.send(granted);
+            }
+            None => answering.early.push_back(granted),
+        }
+    }
+
+    /// The target's channel is gone: its waiting handlers, and any that
+    /// come, are answered no.
+    fn forget(&self, channel: ChannelId) {
+        let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let answering = all.entry(channel).or_default();
+        answering.waiting.clear();
+        answering.closed = true;
+    }
+
+    /// The relay ended: every request is answered no.
+    fn close_all(&self) {
+        let mut all = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for answering in all.values_mut() {
+            answering.waiting.clear();
+            answering.closed = true;
+        }
+        self.ended.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The client-facing russh handler: passes what matters to the engine and
-/// never waits on the target.
+/// never waits on the target, but for its answers to channel requests.
 struct ClientSide {
     tx: mpsc::UnboundedSender<FromClient>,
     /// The CA whose user certificates are accepted, if any.
     user_ca: Option<Arc<crate::certificate::UserCa>>,
+    answers: Arc<Answers>,
     /// Why the session was refused, once it was: said to the client as a
     /// keyboard-interactive instruction, the one text an SSH client prints
     /// before authentication succeeds.
@@ -93,6 +168,15 @@ struct ClientSide {
 }
 
 impl ClientSide {
+    /// Answers the client's request on `channel` as the target did.
+    async fn answer(&self, channel: ChannelId, session: &mut russh::server::Session) -> Result<(), russh::Error> {
+        if self.answers.wait(channel).await {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
     async fn credential(&mut self, user: &str, proof: Proof) -> Auth {
         let (reply, answer) = oneshot::channel();
         if self.tx.send(FromClient::Credential { user: user.to_string(), proof, reply }).is_err() {
@@ -125,6 +209,11 @@ impl russh::server::Handler for ClientSide {
         let Some(ca) = self.user_ca.clone() else {
             return Ok(Auth::reject());
         };
+        if !ca.signed(certificate) {
+            // Another CA's certificate (an agent offers all it holds): not
+            // ours to refuse the session over; the client tries its next key.
+            return Ok(Auth::reject());
+        }
         let proof = match ca.check_at(certificate, user, crate::certificate::unix_now()) {
             Ok(valid_before) => Proof::Certificate { valid_before },
             Err(why) => {
@@ -168,11 +257,43 @@ impl russh::server::Handler for ClientSide {
         }
     }
 
-    // Terminals, shells, resizes and signals are left to the relay, which
-    // records them and passes them to the target (whose answer the client
-    // gets). What is refused is refused as it comes, so that each answer is
-    // the answer to its own request (russh keeps one reply per channel);
-    // the relay records the refusals.
+    // Terminals, shells and commands are recorded and passed to the target
+    // by the relay; the client gets the target's answer here, before its
+    // next request is read (russh keeps one reply per channel). Resizes and
+    // signals want none. What is refused is refused as it comes, for the
+    // same reason; the relay records the refusals.
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _command: &[u8],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
@@ -312,8 +433,6 @@ enum Out {
     Signal(russh::Sig),
     ExitStatus(u32),
     ExitSignal { signal: russh::Sig, core_dumped: bool, message: String },
-    Success,
-    Failure,
     Eof,
     Close,
 }
@@ -333,6 +452,10 @@ fn cost(message: &ChannelMsg) -> usize {
         ChannelMsg::RequestSubsystem { name, .. } => MESSAGE_COST + name.len(),
         ChannelMsg::RequestPty { term, terminal_modes, .. } => MESSAGE_COST + term.len() + 5 * terminal_modes.len(),
         ChannelMsg::ExitSignal { error_message, .. } => MESSAGE_COST + error_message.len(),
+        // The target's answers to requests are never held back: a handler
+        // waits on each, holding the client's loop, which is what drains
+        // what the flow holds.
+        ChannelMsg::Success | ChannelMsg::Failure => 0,
         _ => MESSAGE_COST,
     }
 }
@@ -409,16 +532,46 @@ struct Pair {
     /// before an exit status that follows arrives (OpenSSH's connection
     /// sharing does), and loses it.
     eof_held: bool,
-    /// The channel's terminal, once the client asked for one.
+    /// The channel's terminal, once the target granted the client's
+    /// request for one (until then, input is recorded as data: a target
+    /// that refuses terminals must not turn input into unrecorded lengths).
     terminal: Option<Terminal>,
+    /// Requests passed to the target whose answer has not come back, in
+    /// order.
+    asked: std::collections::VecDeque<Asked>,
+    /// Where the target's answers go: to the client's handler.
+    answers: Arc<Answers>,
+}
+
+/// A request passed to the target, awaiting its answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Asked {
+    Pty,
+    Other,
 }
 
 /// A channel's terminal: its keystrokes are recorded as their length and a
 /// keyed digest, and its command lines are recovered from their echo.
+#[derive(Default)]
 struct Terminal {
     lines: EchoedLines,
     /// Bytes typed so far: what the next keystrokes' digest is bound to.
     typed: u64,
+}
+
+impl Terminal {
+    /// How keystrokes are recorded: their length and digest, never
+    /// themselves.
+    fn keystrokes(&mut self, key: &MaskingKey, session: SessionId, channel: ChannelId, data: &[u8]) -> TerminalInput {
+        let digest = keystroke_digest(key, session, channel, self.typed, data);
+        self.typed += data.len() as u64;
+        TerminalInput {
+            channel_id: Some(u32::from(channel)),
+            byte_count: Some(data.len() as u64),
+            digest: Some(digest),
+            ..Default::default()
+        }
+    }
 }
 
 /// The keyed digest of keystrokes typed at a terminal: HMAC-SHA256 under
@@ -481,6 +634,8 @@ struct SshEngine<S, A> {
     pending: Option<oneshot::Sender<Auth>>,
     /// Shared with the handler: why the session was refused.
     refusal: Arc<std::sync::Mutex<Option<String>>>,
+    /// Shared with the handler: the target's answers to channel requests.
+    answers: Arc<Answers>,
     target: Option<Arc<russh::client::Handle<TargetSide>>>,
 }
 
@@ -502,6 +657,7 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
             by_certificate: false,
             pending: None,
             refusal: Arc::default(),
+            answers: Arc::default(),
             target: None,
         }
     }
@@ -622,7 +778,12 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
     async fn start(&mut self) -> Start<SshError> {
         let tcp = self.tcp.take().expect("start-up runs once");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let handler = ClientSide { tx, user_ca: self.ctx.resource.user_ca.clone(), refusal: self.refusal.clone() };
+        let handler = ClientSide {
+            tx,
+            user_ca: self.ctx.resource.user_ca.clone(),
+            answers: self.answers.clone(),
+            refusal: self.refusal.clone(),
+        };
         let running = match russh::server::run_stream(self.ctx.resource.server.clone(), tcp, handler).await {
             Ok(running) => running,
             Err(error) => {
@@ -648,7 +809,10 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                     Proof::Password(password) => self.password = password,
                     Proof::Certificate { valid_before } => self.certificate = Some(valid_before),
                     Proof::Refused(why) => {
-                        return Start::Refused(Refused { error: SshError { message: why }, reason: EndReason::AuthFailed });
+                        return Start::Refused(Refused {
+                            error: SshError { message: why },
+                            reason: EndReason::AuthFailed,
+                        });
                     }
                 }
                 Start::Credential
@@ -743,7 +907,8 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
             return Ending::new(EndReason::ClientClosed, None);
         };
         let flow = Arc::new(Flow::new(Limits::default()));
-        let key = self.ctx.masking.key().clone();
+        let key = self.ctx.resource.keystroke_key.clone();
+        let answers = self.answers.clone();
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut pairs: HashMap<ChannelId, Pair> = HashMap::new();
         let mut tasks = Tasks::default();
@@ -830,7 +995,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                         opening = opening.saturating_sub(1);
                         if let Some((client, upstream)) = opened {
                             let id = client.id();
-                            let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks);
+                            let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks, answers.clone());
                             pairs.insert(id, pair);
                         }
                     } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &key).await {
@@ -883,6 +1048,9 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
     }
 
     async fn close(&mut self, error: Option<&SshError>) {
+        // A handler still waiting on the target's answer holds the client's
+        // loop, which the goodbye below must pass through.
+        self.answers.close_all();
         // A credential still unanswered is refused, and the client is
         // offered keyboard-interactive once more only to be shown why (a
         // disconnect's text is not printed before authentication ends).
@@ -931,6 +1099,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
 
 /// Starts the reader and writer tasks of a client channel and the target
 /// channel it is relayed to.
+#[allow(clippy::too_many_arguments)]
 fn pair(
     id: ChannelId,
     client: russh::Channel<ServerMsg>,
@@ -939,6 +1108,7 @@ fn pair(
     flow: &Arc<Flow>,
     events: &mpsc::UnboundedSender<Event>,
     tasks: &mut Tasks,
+    answers: Arc<Answers>,
 ) -> Pair {
     let (client_r, client_w) = client.split();
     let (target_r, target_w) = target.split();
@@ -958,7 +1128,16 @@ fn pair(
         task
     };
     let readers = [reader(Side::Client, client_r), reader(Side::Target, target_r)];
-    Pair { to_client, to_target, readers, gone: [false, false], eof_held: false, terminal: None }
+    Pair {
+        to_client,
+        to_target,
+        readers,
+        gone: [false, false],
+        eof_held: false,
+        terminal: None,
+        asked: std::collections::VecDeque::new(),
+        answers,
+    }
 }
 
 /// Takes what one side sends on a channel, admitted by the flow, to the
@@ -971,7 +1150,10 @@ async fn read(
     events: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(message) = channel.wait().await {
-        if let Err(stuck) = flow.admit(side, cost(&message)).await {
+        let cost = cost(&message);
+        if cost > 0
+            && let Err(stuck) = flow.admit(side, cost).await
+        {
             let _ = events.send(Event::Stuck(stuck));
             return;
         }
@@ -1015,8 +1197,6 @@ impl Peer {
             (Peer::Client { id, server, .. }, Out::ExitSignal { signal, core_dumped, message }) => {
                 server.exit_signal_request(*id, signal, core_dumped, message, String::new()).await.is_ok()
             }
-            (Peer::Client { id, server, .. }, Out::Success) => server.channel_success(*id).await.is_ok(),
-            (Peer::Client { id, server, .. }, Out::Failure) => server.channel_failure(*id).await.is_ok(),
             (Peer::Target(channel), Out::Exec(command)) => channel.exec(true, command).await.is_ok(),
             (Peer::Target(channel), Out::Pty { term, cols, rows, pixel_width, pixel_height, modes }) => {
                 channel.request_pty(true, &term, cols, rows, pixel_width, pixel_height, &modes).await.is_ok()
@@ -1076,12 +1256,17 @@ async fn relay_event<S: EventSink>(
         Event::Gone(side, id) => {
             if let Some(pair) = pairs.get_mut(&id) {
                 pair.gone[side as usize] = true;
+                if side == Side::Target {
+                    // Nothing the target was asked will be answered now.
+                    pair.answers.forget(id);
+                }
                 // Nothing more reaches the side that left; the other is
                 // told once what it was sent before has gone out.
                 pair.writer_mut(side).stop(flow);
                 pair.writer(side.other()).send(Out::Close, flow);
                 if pair.gone == [true, true] {
                     pair.readers.iter().for_each(tokio::task::AbortHandle::abort);
+                    pair.answers.forget(id);
                     pairs.remove(&id);
                 }
             }
@@ -1113,7 +1298,6 @@ async fn relay_event<S: EventSink>(
             ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. },
         ) => {
             let recorded = PtyRequest { channel_id, term: term.clone(), width: col_width, height: row_height };
-            pair.terminal.get_or_insert_with(|| Terminal { lines: EchoedLines::default(), typed: 0 });
             let out = Out::Pty {
                 term,
                 cols: col_width,
@@ -1142,22 +1326,18 @@ async fn relay_event<S: EventSink>(
             let recorded = match pair.terminal.as_mut() {
                 // Keystrokes: their length and digest, never themselves.
                 Some(terminal) => {
-                    let digest = keystroke_digest(key, recorder.session_id(), id, terminal.typed, &data);
-                    terminal.typed += data.len() as u64;
                     commands = terminal.lines.typed(&data, std::time::Instant::now());
-                    TerminalInput {
-                        channel_id,
-                        byte_count: Some(data.len() as u64),
-                        digest: Some(digest),
-                        ..Default::default()
-                    }
+                    terminal.keystrokes(key, recorder.session_id(), id, &data)
                 }
                 None => TerminalInput { channel_id, data: data.to_vec(), ..Default::default() },
             };
             (Some(Out::Data(data.clone())), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::ExtendedData { data, ext }) => {
-            let recorded = TerminalInput { channel_id, data: data.to_vec(), ..Default::default() };
+            let recorded = match pair.terminal.as_mut() {
+                Some(terminal) => terminal.keystrokes(key, recorder.session_id(), id, &data),
+                None => TerminalInput { channel_id, data: data.to_vec(), ..Default::default() },
+            };
             (Some(Out::Extended(ext, data.clone())), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::Eof) => (Some(Out::Eof), None),
@@ -1200,8 +1380,19 @@ async fn relay_event<S: EventSink>(
             };
             (Some(Out::ExitSignal { signal: signal_name, core_dumped, message: error_message }), Some(recorded.into()))
         }
-        (Side::Target, ChannelMsg::Success) => (Some(Out::Success), None),
-        (Side::Target, ChannelMsg::Failure) => (Some(Out::Failure), None),
+        // Answers to the client's requests, passed back by the handler.
+        (Side::Target, ChannelMsg::Success) => {
+            if pair.asked.pop_front() == Some(Asked::Pty) {
+                pair.terminal.get_or_insert_with(Terminal::default);
+            }
+            pair.answers.answered(id, true);
+            (None, None)
+        }
+        (Side::Target, ChannelMsg::Failure) => {
+            pair.asked.pop_front();
+            pair.answers.answered(id, false);
+            (None, None)
+        }
         (Side::Target, ChannelMsg::Eof) => {
             pair.eof_held = true;
             flow.delivered(side, admitted);
@@ -1227,6 +1418,11 @@ async fn relay_event<S: EventSink>(
     }
     match forward {
         Some(out) => {
+            match &out {
+                Out::Pty { .. } => pair.asked.push_back(Asked::Pty),
+                Out::Exec(_) | Out::Shell => pair.asked.push_back(Asked::Other),
+                _ => {}
+            }
             let ends = matches!(out, Out::ExitStatus(_) | Out::ExitSignal { .. } | Out::Close);
             let eof_first = matches!(out, Out::Close) && pair.eof_held;
             if eof_first {

@@ -73,6 +73,23 @@ impl Interactive {
         }
     }
 
+    /// Waits until the terminal has shown something and then nothing more
+    /// for a while (the login banner and the first prompt).
+    async fn settled(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let len = self.output.lock().unwrap().len();
+            if len > 0 && len == last {
+                self.seen = len;
+                return;
+            }
+            assert!(Instant::now() < deadline, "the shell never settled");
+            last = len;
+        }
+    }
+
     async fn exited(mut self) {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("ssh ended after exit").unwrap();
     }
@@ -107,6 +124,7 @@ async fn a_shell_records_commands_from_their_echo_and_never_a_password_typed_wit
     const PASSWORD: &str = "hunter2-XYZZY-secret";
     let gateway = Gateway::start(None).await;
     let mut shell = Interactive::start(&gateway).await;
+    shell.settled().await;
     // A prompt of our own, quoted so that its echo is not the prompt.
     shell.type_keys(b"export PS1='P''> '\r").await;
     shell.wait_for("P> ").await;
@@ -175,4 +193,66 @@ async fn a_shell_records_commands_from_their_echo_and_never_a_password_typed_wit
     for (path, bytes) in files(&data) {
         assert!(!bytes.windows(5).any(|w| w == b"XYZZY"), "{} holds the password", path.display());
     }
+}
+
+/// Accepts whatever host key: this client pins nothing (it is not what is
+/// tested).
+struct AnyHost;
+
+impl russh::client::Handler for AnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A target that refuses terminals: the shell runs without one, so what is
+/// typed is not keystrokes at a terminal but input, recorded as it is (a
+/// refused terminal must not turn input into lengths). Driven by a russh
+/// client, which goes on when its terminal is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_to_a_target_that_refused_the_terminal_is_recorded_as_data() {
+    use russh::ChannelMsg;
+    let gateway =
+        Gateway::start_full(None, false, proctor_gateway_core::masking::Profiles::none(), "PermitTTY no").await;
+    let config = Arc::new(russh::client::Config::default());
+    let mut client = russh::client::connect(config, ("127.0.0.1", gateway.port), AnyHost).await.unwrap();
+    assert!(client.authenticate_password("agent", SECRET).await.unwrap().success());
+    let mut channel = client.channel_open_session().await.unwrap();
+    channel.request_pty(true, "xterm", 80, 24, 0, 0, &[]).await.unwrap();
+    channel.request_shell(true).await.unwrap();
+    channel.data(&b"echo no-terminal-$((6*7)); exit\n"[..]).await.unwrap();
+    let (mut answers, mut shown) = (Vec::new(), Vec::new());
+    let read = async {
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Success => answers.push(true),
+                ChannelMsg::Failure => answers.push(false),
+                ChannelMsg::Data { data } => shown.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { .. } | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the shell ran and exited");
+    assert_eq!(answers, vec![false, true], "the terminal refused, the shell granted");
+    assert!(shown.windows(14).any(|w| w == b"no-terminal-42"), "{:?}", String::from_utf8_lossy(&shown));
+    drop(channel);
+    client.disconnect(russh::Disconnect::ByApplication, "", "").await.unwrap();
+    let sessions = gateway.recorded().await;
+    let events = &sessions[0];
+    let typed: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TerminalInput(i) => {
+                assert!(i.digest.is_none() && i.byte_count.is_none(), "{i:?}");
+                Some(i.data.clone())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(typed, b"echo no-terminal-$((6*7)); exit\n");
+    assert!(commands(events).is_empty());
 }

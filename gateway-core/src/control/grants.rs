@@ -186,7 +186,17 @@ pub trait SshCertifier: Send + Sync + 'static {
     /// public key line), principal `principal`, valid from now until
     /// `valid_before` (Unix seconds), `key_id` naming it in the target's
     /// and Proctor's logs. The error says what is wrong with the key.
-    fn certify(&self, public_key: &str, principal: &str, key_id: &str, valid_before: u64) -> Result<String, String>;
+    fn certify(&self, public_key: &str, principal: &str, key_id: &str, valid_before: u64) -> Result<Certified, String>;
+}
+
+/// A certificate signed, and what the record says of it.
+#[derive(Clone, Debug)]
+pub struct Certified {
+    /// The certificate, in OpenSSH's format.
+    pub certificate: String,
+    /// The certified key's fingerprint (`SHA256:…`).
+    pub fingerprint: String,
+    pub serial: u64,
 }
 
 /// An SSH user certificate for a grant, as the API returns it.
@@ -286,17 +296,24 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         // Whole seconds, rounded down: the certificate never outlives the grant.
         let valid_before = u64::try_from(grant.expires_at / 1000).unwrap_or(0);
         let key_id = format!("proctor grant {} for {}", grant.id, grant.subject);
-        let certificate = certifier
+        let certified = certifier
             .certify(public_key.trim(), &grant.id, &key_id, valid_before)
             .map_err(|e| ControlError::BadRequest(format!("ssh_public_key: {e}")))?;
-        tracing::info!(grant = %grant.id, subject = %grant.subject, "issued an SSH user certificate");
+        let valid_until = rfc3339(i64::try_from(valid_before).unwrap_or(0).saturating_mul(1000));
+        // Issued only once recorded: which key, which certificate.
+        let message = format!(
+            "SSH user certificate serial {} for key {}, valid until {valid_until}",
+            certified.serial, certified.fingerprint
+        );
+        self.record(GrantAction::Certified, &grant, &who.subject, Some(message), false).await?;
+        let certificate = certified.certificate;
         let pattern = if *port == 22 { host.clone() } else { format!("[{host}]:{port}") };
         let key: Vec<&str> = host_key.split_whitespace().take(2).collect();
         Ok(SshCertificateView {
             grant: grant.id.clone(),
             certificate,
             user: grant.id.clone(),
-            valid_before: rfc3339(i64::try_from(valid_before).unwrap_or(0).saturating_mul(1000)),
+            valid_before: valid_until,
             host: host.clone(),
             port: *port,
             known_hosts: format!("{pattern} {}", key.join(" ")),

@@ -14,7 +14,7 @@ mod store;
 
 pub use authenticate::GrantAuthenticator;
 pub use grants::{
-    ActionCounters, ApprovalView, ConnectionOffer, Control, ControlError, Credentials, GrantView, Offer,
+    ActionCounters, ApprovalView, Certified, ConnectionOffer, Control, ControlError, Credentials, GrantView, Offer,
     SshCertificateView, SshCertifier, is_grant_id, now_ms,
 };
 pub use holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};

@@ -68,10 +68,20 @@ impl Gateway {
     }
 
     pub async fn start_with(pinned: Option<PublicKey>, refuse_input: bool, masking: Profiles) -> Gateway {
+        Gateway::start_full(pinned, refuse_input, masking, "").await
+    }
+
+    /// With `sshd_extra` lines in the target's `sshd_config`.
+    pub async fn start_full(
+        pinned: Option<PublicKey>,
+        refuse_input: bool,
+        masking: Profiles,
+        sshd_extra: &str,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let upstream_key = dir.path().join("proctor_upstream_key");
         keygen(&upstream_key);
-        let sshd = Sshd::start(dir.path(), &upstream_key.with_extension("pub")).unwrap();
+        let sshd = Sshd::start_with(dir.path(), &upstream_key.with_extension("pub"), sshd_extra).unwrap();
         let sshd_host_key = russh::keys::load_public_key(&sshd.host_key_file).unwrap();
         let data = dir.path().join("data");
         let recorder = Recorder::open(&data, &RecorderSettings::default()).unwrap();
