@@ -213,6 +213,10 @@ pub struct ReplayArgs {
     /// Print one JSON object per event, with every non-null column.
     #[arg(long)]
     pub json: bool,
+    /// Print a terminal session as asciicast v2 (`asciinema play` plays
+    /// it): its output, resizes, and the command lines typed as markers.
+    #[arg(long, conflicts_with_all = ["json", "from_seq", "limit"])]
+    pub asciicast: bool,
 }
 
 #[derive(Args, Debug)]

@@ -244,6 +244,7 @@ pub fn router<L: AccessLog>(state: Arc<ApiState<L>>) -> Router {
         .route("/api/sessions", get(sessions::<L>))
         .route("/api/sessions/{id}", get(session::<L>))
         .route("/api/sessions/{id}/events", get(events::<L>))
+        .route("/api/sessions/{id}/asciicast", get(asciicast::<L>))
         .route("/api/sessions/{id}/marks", get(marks::<L>))
         .with_state(state);
     if let Some(console) = console {
@@ -566,6 +567,41 @@ async fn events<L: AccessLog>(
             "transcript": transcript,
             "next_seq": next_seq,
         })))
+    })
+    .await
+}
+
+/// A terminal session as asciicast v2: `{"session_id", "asciicast": [line, ...]}`
+/// (the lines of a `.cast` file, header first).
+async fn asciicast<L: AccessLog>(
+    State(state): State<Arc<ApiState<L>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = investigator(&state, &headers).await?;
+    let id = session_id(&id)?;
+    record(&state, &who, "read", Some("asciicast".to_string()), Some(id.to_string())).await?;
+    let data_dir = state.data_dir.clone();
+    blocking(move || {
+        let reader = Reader::open(&data_dir).map_err(ApiError::internal)?;
+        let (mut cast, mut lines, mut any) = (crate::render::Asciicast::default(), Vec::new(), false);
+        reader
+            .for_each_session_event(id, 0, |event| {
+                any = true;
+                lines.extend(cast.feed(&event));
+                Ok(ControlFlow::Continue(()))
+            })
+            .map_err(ApiError::internal)?;
+        if !any {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no session {id} in this recording")));
+        }
+        if lines.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("session {id} has no terminal output: asciicast is for terminal sessions"),
+            ));
+        }
+        Ok(Json(json!({ "session_id": id.to_string(), "asciicast": lines })))
     })
     .await
 }

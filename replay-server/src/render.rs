@@ -136,6 +136,94 @@ pub fn transcript_line(event: &Event) -> String {
     format!("{:>5} {} {arrow} {:<16} {what}", event.seq, event.time.to_rfc3339(), event.kind().as_str())
 }
 
+/// A terminal session as asciicast v2 (what `asciinema play` plays), one
+/// line at a time as its events come: a header once the session's first
+/// terminal is known (its size and type), then `[seconds, "o", text]` for
+/// its output, `"r"` for resizes, `"m"` markers for the command lines typed
+/// (keystrokes are recorded as lengths, never as text, so there are no
+/// `"i"` events for them), and `"i"` for input recorded as data (exec
+/// stdin). One channel is followed: the first terminal's, or, in a session
+/// without one, the first channel that printed anything.
+#[derive(Debug, Default)]
+pub struct Asciicast {
+    started: Option<proctor_schemas::Timestamp>,
+    channel: Option<Option<u32>>,
+    header: bool,
+    /// Bytes of a character cut at the end of the last output.
+    carry: Vec<u8>,
+}
+
+impl Asciicast {
+    /// The asciicast lines `event` adds.
+    pub fn feed(&mut self, event: &Event) -> Vec<String> {
+        let mut lines = Vec::new();
+        let seconds = |this: &Self| {
+            let start = this.started.map_or(event.time.0, |s| s.0);
+            (event.time.0 - start).max(0) as f64 / 1e9
+        };
+        let ours = |this: &Self, channel: Option<u32>| this.channel.is_none_or(|c| c == channel);
+        match &event.body {
+            EventBody::SessionStart(_) => self.started = Some(event.time),
+            EventBody::PtyRequest(p) if !self.header => {
+                self.channel = Some(p.channel_id);
+                lines.push(self.header_line(p.width, p.height, Some(&p.term), event));
+            }
+            EventBody::TerminalOutput(o) if ours(self, o.channel_id) => {
+                if !self.header {
+                    self.channel = Some(o.channel_id);
+                    lines.push(self.header_line(80, 24, None, event));
+                }
+                let mut bytes = std::mem::take(&mut self.carry);
+                bytes.extend_from_slice(&o.data);
+                let text = match std::str::from_utf8(&bytes) {
+                    Ok(text) => text.to_string(),
+                    Err(e) if e.error_len().is_none() => {
+                        let (whole, rest) = bytes.split_at(e.valid_up_to());
+                        self.carry = rest.to_vec();
+                        String::from_utf8_lossy(whole).into_owned()
+                    }
+                    Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+                };
+                if !text.is_empty() {
+                    lines.push(json!([round6(seconds(self)), "o", text]).to_string());
+                }
+            }
+            EventBody::Resize(r) if self.header && ours(self, r.channel_id) => {
+                lines.push(json!([round6(seconds(self)), "r", format!("{}x{}", r.width, r.height)]).to_string());
+            }
+            EventBody::Command(c) if self.header && ours(self, c.channel_id) => {
+                lines.push(json!([round6(seconds(self)), "m", c.command]).to_string());
+            }
+            EventBody::TerminalInput(i) if self.header && i.byte_count.is_none() && ours(self, i.channel_id) => {
+                lines.push(json!([round6(seconds(self)), "i", String::from_utf8_lossy(&i.data)]).to_string());
+            }
+            _ => {}
+        }
+        lines
+    }
+
+    fn header_line(&mut self, width: u32, height: u32, term: Option<&str>, event: &Event) -> String {
+        self.header = true;
+        let start = self.started.unwrap_or(event.time);
+        let mut header = json!({
+            "version": 2,
+            "width": width.max(1),
+            "height": height.max(1),
+            "timestamp": start.0.div_euclid(1_000_000_000),
+            "title": format!("proctor session {}", event.session_id),
+        });
+        if let Some(term) = term {
+            header["env"] = json!({ "TERM": term });
+        }
+        header.to_string()
+    }
+}
+
+/// Seconds to the microsecond, as asciicast files write them.
+fn round6(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e6
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine;
@@ -165,5 +253,62 @@ mod tests {
         let text = event_json(&output("plain text, ünïcode\r\n".as_bytes()));
         assert_eq!(text["data"], "plain text, ünïcode\r\n");
         assert!(text.get("data_base64").is_none(), "{text}");
+    }
+
+    #[test]
+    fn a_terminal_session_becomes_asciicast() {
+        use proctor_schemas::{Command, PtyRequest, Resize, SessionStart, TerminalInput};
+        let at = |seq: u64, ms: i64, body: EventBody| Event {
+            session_id: SessionId::from_parts(1, 1),
+            seq,
+            time: Timestamp(1_765_000_000_000_000_000 + ms * 1_000_000),
+            direction: Direction::Gateway,
+            body,
+        };
+        let out = |data: &[u8]| {
+            EventBody::from(TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: data.to_vec() })
+        };
+        let events = [
+            at(
+                0,
+                0,
+                SessionStart {
+                    protocol: proctor_schemas::Protocol::Ssh,
+                    resource: None,
+                    subject: None,
+                    groups: Vec::new(),
+                    grant_id: None,
+                    client_addr: None,
+                    target_user: None,
+                    database: None,
+                    application_name: None,
+                    tls: None,
+                    masking_profile: None,
+                    message: None,
+                }
+                .into(),
+            ),
+            at(1, 10, PtyRequest { channel_id: Some(0), term: "xterm".into(), width: 120, height: 40 }.into()),
+            // "é" cut in two between two outputs.
+            at(2, 250, out(b"caf\xc3")),
+            at(3, 500, out(b"\xa9\r\n")),
+            at(4, 600, TerminalInput { channel_id: Some(0), byte_count: Some(3), ..Default::default() }.into()),
+            at(5, 700, Command { channel_id: Some(0), command: "ls -la".into() }.into()),
+            at(6, 1500, Resize { channel_id: Some(0), width: 100, height: 30 }.into()),
+            // Another channel's output is not this terminal's.
+            at(7, 1600, EventBody::from(TerminalOutput { channel_id: Some(1), stream: OutputStream::Stdout, data: b"x".to_vec() })),
+        ];
+        let mut cast = Asciicast::default();
+        let lines: Vec<serde_json::Value> =
+            events.iter().flat_map(|e| cast.feed(e)).map(|l| serde_json::from_str(&l).unwrap()).collect();
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!((&lines[0]["width"], &lines[0]["height"]), (&json!(120), &json!(40)));
+        assert_eq!(lines[0]["timestamp"], 1_765_000_000);
+        assert_eq!(lines[0]["env"]["TERM"], "xterm");
+        assert_eq!(lines[1], json!([0.25, "o", "caf"]));
+        assert_eq!(lines[2], json!([0.5, "o", "é\r\n"]));
+        assert_eq!(lines[3], json!([0.7, "m", "ls -la"]));
+        assert_eq!(lines[4], json!([1.5, "r", "100x30"]));
+        assert_eq!(lines.len(), 5, "{lines:?}");
     }
 }

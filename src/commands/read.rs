@@ -70,6 +70,36 @@ pub(super) fn session_line(s: SessionLine<'_>) -> String {
     )
 }
 
+/// A terminal session as asciicast v2 on stdout.
+fn asciicast(reader: &Reader, data_dir: &std::path::Path, session_id: proctor_schemas::SessionId) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut cast = proctor_replay_server::render::Asciicast::default();
+    let (mut any, mut lines, mut written) = (false, 0usize, Ok(()));
+    reader.for_each_session_event(session_id, 0, |event| {
+        any = true;
+        for line in cast.feed(&event) {
+            lines += 1;
+            written = writeln!(out, "{line}");
+        }
+        Ok(if written.is_ok() { std::ops::ControlFlow::Continue(()) } else { std::ops::ControlFlow::Break(()) })
+    })?;
+    if any {
+        super::access::record(
+            data_dir,
+            super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
+        );
+    }
+    written?;
+    out.flush()?;
+    if !any {
+        anyhow::bail!("no session {session_id} in {}", data_dir.display());
+    }
+    if lines == 0 {
+        anyhow::bail!("session {session_id} has no terminal output: asciicast is for terminal sessions");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(server) = args.source.remote() {
         return super::remote::replay(server, &args);
@@ -77,6 +107,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.source.data_dir.clone().context("--data-dir DIR or --server URL")?;
     let session_id = args.session_id;
     let reader = Reader::open(&data_dir)?;
+    if args.asciicast {
+        return asciicast(&reader, &data_dir, session_id);
+    }
     // Streamed: a page of a long session costs a page, in time and memory.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0usize;

@@ -116,6 +116,17 @@ pub fn sessions(server: &str, args: &SessionsArgs) -> anyhow::Result<ExitCode> {
 pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let client = client(server, &args.source)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.asciicast {
+        let cast = match client.get_json(&format!("/api/sessions/{}/asciicast", args.session_id)) {
+            Ok(cast) => cast,
+            Err(error) => return refused(error),
+        };
+        for line in cast["asciicast"].as_array().into_iter().flatten() {
+            writeln!(out, "{}", line.as_str().unwrap_or_default())?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut from_seq = args.from_seq;
     let mut left = args.limit.unwrap_or(usize::MAX);
     // Page by page, as the server hands them out.

@@ -303,6 +303,25 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
     let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
     let hits: Vec<serde_json::Value> = found.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(hits.len(), 1, "the typed command, found by its grant: {found}");
+    // The shell as asciicast: asciinema reads it back, the command's output
+    // in it, the command typed as a marker.
+    let session = hits[0]["session_id"].as_str().unwrap();
+    let cast = stdout(&run_ok(bin(), &["replay", session, "--asciicast", "--data-dir", data.to_str().unwrap()]));
+    let lines: Vec<serde_json::Value> = cast.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["version"], 2, "{cast}");
+    assert!(lines.iter().any(|l| l[1] == "m" && l[2] == "echo typed-through-proctor"), "{cast}");
+    let file = base.join("shell.cast");
+    std::fs::write(&file, &cast).unwrap();
+    // (`asciinema cat` wants a terminal: `script` gives it one.)
+    let played = std::process::Command::new("script")
+        .args(["-qec", &format!("asciinema cat {}", file.display()), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "{}", String::from_utf8_lossy(&played.stderr));
+    let played = String::from_utf8_lossy(&played.stdout).to_string();
+    // The command as echoed, and its output.
+    assert!(played.matches("typed-through-proctor").count() >= 2, "{played}");
     // The certificate's issue is on record: which key, which certificate.
     let query = format!("grant:{id} kind:grant_certified");
     let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));

@@ -1,0 +1,369 @@
+//! SSH through Proctor against OpenSSH without it, side by side in one run,
+//! against one throw-away OpenSSH `sshd` on loopback:
+//!
+//! - **Bulk**: `cat` of a file over exec, read whole by the client (OpenSSH
+//!   `ssh`, its default cipher), straight to `sshd`, through an OpenSSH jump
+//!   host (`ssh -J`: the lightest SSH proxy there is, recording nothing),
+//!   and through Proctor recording every byte; log-like text and
+//!   incompressible bytes. Runs alternate round after round; medians are
+//!   compared as ratios, with the range per round.
+//! - **Recording size**: what the sealed segments of each kind take, against
+//!   the bytes that passed (each kind has its own recorder).
+//! - **Keystroke echo**: one byte typed at a terminal (`cat` under a pty,
+//!   the kernel echoing), the round trip until its echo is back, by a russh
+//!   client, straight and through Proctor, alternating; the p50 and p90 that
+//!   Proctor adds.
+//!
+//! `cargo bench -p proctor-benches --bench ssh_proxy [-- MIB [ROUNDS [ECHOES]]]`
+//! (default 512 MiB per file, 3 rounds, 400 keystrokes).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proctor_benches::{BenchSink, dir_size, median, process_cpu};
+use proctor_devcluster::sshd::{self, Sshd};
+use proctor_gateway_core::auth::SharedSecretAuthenticator;
+use proctor_gateway_core::masking::Profiles;
+use proctor_gateway_core::threads::{Scheduling, SessionThreads};
+use proctor_recorder::{Recorder, RecorderSettings};
+use proctor_ssh::host_key::HostKey;
+use proctor_ssh::{SshResource, SshTarget};
+use russh::ChannelMsg;
+use tokio::net::TcpListener;
+
+/// The allocator of the `proctor` binary, so that what runs here is what
+/// runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SECRET: &str = "bench-secret";
+
+/// One Proctor SSH resource with a recorder of its own.
+struct Proctor {
+    port: u16,
+    data: tempfile::TempDir,
+    recorder: Option<Recorder>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proctor {
+    fn start(runtime: &tokio::runtime::Runtime, target: &Sshd, upstream_key: &Path, threads: &Arc<SessionThreads>) -> Proctor {
+        let data = tempfile::tempdir().unwrap();
+        let recorder = Recorder::open(data.path(), &RecorderSettings::default()).unwrap();
+        let host_key = HostKey::load_or_create(&data.path().join("keys")).unwrap();
+        let target = SshTarget {
+            address: format!("127.0.0.1:{}", target.port),
+            user: Sshd::user(),
+            key: Arc::new(russh::keys::load_secret_key(upstream_key, None).unwrap()),
+            host_keys: vec![russh::keys::load_public_key(&target.host_key_file).unwrap()],
+            connect_timeout: Duration::from_secs(10),
+        };
+        let resource = Arc::new(SshResource::new("box", target, &host_key));
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let auth = SharedSecretAuthenticator::new([("box".to_string(), SECRET.to_string())]);
+        runtime.spawn(proctor_ssh::serve(
+            resource,
+            listener,
+            BenchSink(recorder.sink()),
+            Arc::new(auth),
+            Arc::new(Profiles::none()),
+            Some(threads.clone()),
+            stopped,
+        ));
+        // Its host key, for the client to pin.
+        std::fs::write(
+            data.path().join("known_hosts"),
+            format!("{}\n", host_key.known_hosts_line("127.0.0.1", port)),
+        )
+        .unwrap();
+        Proctor { port, data, recorder: Some(recorder), stop }
+    }
+
+    /// Stops serving and seals what was recorded; the segments' size.
+    fn sealed_size(&mut self) -> u64 {
+        let _ = self.stop.send(true);
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(recorder) = self.recorder.take() {
+            recorder.close().unwrap();
+        }
+        dir_size(&self.data.path().join("segments"))
+    }
+}
+
+/// Writes `mib` MiB of log-like text (or, not `text`, of incompressible
+/// bytes) to `path`.
+fn write_file(path: &Path, mib: u64, text: bool) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let want = mib << 20;
+    let mut written = 0u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        // xorshift64*: fast, and nothing a compressor can use.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let paths = ["/v1/orders", "/v1/customers", "/v1/grants", "/healthz", "/v1/search"];
+    let levels = ["INFO", "INFO", "INFO", "WARN", "DEBUG"];
+    let mut buf = Vec::with_capacity(256);
+    while written < want {
+        buf.clear();
+        if text {
+            let r = next();
+            let ms = r % 86_400_000;
+            writeln!(
+                buf,
+                "2026-12-07T{:02}:{:02}:{:02}.{:03}Z {} service=api request_id={:016x} method=GET path={}/{} status={} duration_ms={}",
+                ms / 3_600_000,
+                ms / 60_000 % 60,
+                ms / 1000 % 60,
+                ms % 1000,
+                levels[(r >> 20) as usize % levels.len()],
+                next(),
+                paths[(r >> 24) as usize % paths.len()],
+                (r >> 32) % 100_000,
+                [200, 200, 200, 201, 404, 500][(r >> 40) as usize % 6],
+                (r >> 48) % 900
+            )
+            .unwrap();
+        } else {
+            for _ in 0..32 {
+                buf.extend_from_slice(&next().to_le_bytes());
+            }
+        }
+        let n = buf.len().min((want - written) as usize);
+        out.write_all(&buf[..n]).unwrap();
+        written += n as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// `ssh -F CONFIG HOST cat FILE`, read whole: the seconds it took and the
+/// bytes that came.
+fn transfer(config: &Path, askpass: &Path, host: &str, file: &Path) -> (f64, u64) {
+    let started = Instant::now();
+    let mut child = Command::new("ssh")
+        .args(["-F", config.to_str().unwrap(), host, "cat", file.to_str().unwrap()])
+        .env("SSH_ASKPASS", askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh (openssh-client)");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => panic!("reading ssh: {e}"),
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "ssh {host}: {}", String::from_utf8_lossy(&out.stderr));
+    (started.elapsed().as_secs_f64(), total)
+}
+
+/// Accepts the server's key: the echo client pins nothing (it is not what
+/// is measured).
+struct AnyHost;
+
+impl russh::client::Handler for AnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A terminal running `cat`: keystrokes typed one at a time.
+struct Typing {
+    channel: russh::Channel<russh::client::Msg>,
+    _client: russh::client::Handle<AnyHost>,
+}
+
+impl Typing {
+    async fn open(port: u16, login: Login<'_>) -> Typing {
+        let config = Arc::new(russh::client::Config::default());
+        let mut client = russh::client::connect(config, ("127.0.0.1", port), AnyHost).await.unwrap();
+        let done = match login {
+            Login::Key(user, key) => {
+                let key = russh::keys::PrivateKeyWithHashAlg::new(key, None);
+                client.authenticate_publickey(user, key).await.unwrap().success()
+            }
+            Login::Password(user, password) => client.authenticate_password(user, password).await.unwrap().success(),
+        };
+        assert!(done, "logged in");
+        let channel = client.channel_open_session().await.unwrap();
+        channel.request_pty(true, "xterm", 80, 24, 0, 0, &[]).await.unwrap();
+        channel.exec(true, "exec cat").await.unwrap();
+        let mut typing = Typing { channel, _client: client };
+        // The terminal is up once a first keystroke comes back.
+        typing.keystroke(b'.').await;
+        typing
+    }
+
+    /// Types `key`; the time until its echo came back.
+    async fn keystroke(&mut self, key: u8) -> Duration {
+        let started = Instant::now();
+        self.channel.data(&[key][..]).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.channel.wait()).await {
+                Ok(Some(ChannelMsg::Data { data })) if data.contains(&key) => return started.elapsed(),
+                Ok(Some(_)) => {}
+                other => panic!("no echo: {:?}", other.map(|m| m.map(|_| ()))),
+            }
+        }
+    }
+}
+
+enum Login<'a> {
+    Key(&'a str, Arc<russh::keys::PrivateKey>),
+    Password(&'a str, &'a str),
+}
+
+fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let mib = args.first().copied().unwrap_or(512);
+    let rounds = args.get(1).copied().unwrap_or(3) as usize;
+    let echoes = args.get(2).copied().unwrap_or(400) as usize;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let upstream_key = base.join("upstream");
+    sshd::keygen(&upstream_key).unwrap();
+    let target = Sshd::start(base, &upstream_key.with_extension("pub")).unwrap();
+    let target_host_key = std::fs::read_to_string(&target.host_key_file).unwrap();
+    std::fs::write(base.join("target_known_hosts"), format!("[127.0.0.1]:{} {}", target.port, target_host_key.trim()))
+        .unwrap();
+    let files: Vec<(&str, PathBuf)> = vec![("text", base.join("text.log")), ("incompressible", base.join("random.bin"))];
+    write_file(&files[0].1, mib, true);
+    write_file(&files[1].1, mib, false);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let threads = SessionThreads::start_with(SessionThreads::default_count(), Scheduling::Batch).unwrap();
+    // A recorder per kind of data, so that each one's recording is measured apart.
+    let mut proctors: Vec<Proctor> =
+        files.iter().map(|_| Proctor::start(&runtime, &target, &upstream_key, &threads)).collect();
+
+    let askpass = base.join("askpass");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho {SECRET}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let user = Sshd::user();
+    let mut config = format!(
+        "Host target jumped\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  \
+         UserKnownHostsFile {base}/target_known_hosts\n  StrictHostKeyChecking yes\n  BatchMode yes\n\
+         Host jumped\n  ProxyJump target\n",
+        port = target.port,
+        key = upstream_key.display(),
+        base = base.display(),
+    );
+    for (i, proctor) in proctors.iter().enumerate() {
+        config.push_str(&format!(
+            "Host proctor{i}\n  HostName 127.0.0.1\n  Port {}\n  User agent\n  PubkeyAuthentication no\n  \
+             PreferredAuthentications password\n  NumberOfPasswordPrompts 1\n  UserKnownHostsFile {}/known_hosts\n  \
+             StrictHostKeyChecking yes\n",
+            proctor.port,
+            proctor.data.path().display()
+        ));
+    }
+    let config_file = base.join("ssh_config");
+    std::fs::write(&config_file, config).unwrap();
+
+    println!("ssh_proxy: {mib} MiB per file, {rounds} rounds alternating, OpenSSH client and sshd on loopback");
+    let size = mib << 20;
+    for (kind, (name, file)) in files.iter().enumerate() {
+        let hosts = ["target".to_string(), "jumped".to_string(), format!("proctor{kind}")];
+        let mut seconds: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
+        let mut proctor_cpu = Vec::new();
+        for round in 0..rounds {
+            for i in 0..hosts.len() {
+                let index = (i + round) % hosts.len();
+                let cpu = process_cpu();
+                let (took, bytes) = transfer(&config_file, &askpass, &hosts[index], file);
+                assert_eq!(bytes, size, "{} sent all of {name}", hosts[index]);
+                seconds[index].push(took);
+                if index == 2 {
+                    proctor_cpu.push((process_cpu() - cpu).as_secs_f64());
+                }
+            }
+        }
+        let rate = |s: f64| size as f64 / s / (1 << 20) as f64;
+        let m: Vec<f64> = seconds.iter().map(|s| median(s.clone())).collect();
+        println!("\nbulk, {name} ({mib} MiB by `cat` over exec), median of {rounds}:");
+        println!("  direct              {:6.2} s  {:7.0} MiB/s", m[0], rate(m[0]));
+        println!("  ssh -J (jump host)  {:6.2} s  {:7.0} MiB/s", m[1], rate(m[1]));
+        println!("  Proctor             {:6.2} s  {:7.0} MiB/s", m[2], rate(m[2]));
+        let per_round = |a: usize, b: usize| {
+            let mut r: Vec<f64> = seconds[a].iter().zip(&seconds[b]).map(|(x, y)| x / y).collect();
+            r.sort_by(f64::total_cmp);
+            format!("{:.2}-{:.2}", r[0], r[r.len() - 1])
+        };
+        println!(
+            "  Proctor time / jump host: {:.2}x (per round {}), / direct: {:.2}x (per round {}); jump host / direct: {:.2}x",
+            m[2] / m[1],
+            per_round(2, 1),
+            m[2] / m[0],
+            per_round(2, 0),
+            m[1] / m[0]
+        );
+        println!(
+            "  Proctor's CPU (relay, recording, sealing in this process): {:.2} s per GiB",
+            median(proctor_cpu) * (1u64 << 30) as f64 / size as f64
+        );
+    }
+
+    // Keystroke echo, alternating direct and through Proctor.
+    let key = Arc::new(russh::keys::load_secret_key(&upstream_key, None).unwrap());
+    let (direct_rtt, proctor_rtt) = runtime.block_on(async {
+        let mut direct = Typing::open(target.port, Login::Key(&user, key.clone())).await;
+        let mut through = Typing::open(proctors[0].port, Login::Password("agent", SECRET)).await;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..echoes {
+            let key = b'a' + (i % 26) as u8;
+            a.push(direct.keystroke(key).await.as_secs_f64() * 1e3);
+            b.push(through.keystroke(key).await.as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (a, b)
+    });
+    let (d50, d90) = (percentile(direct_rtt.clone(), 0.5), percentile(direct_rtt, 0.9));
+    let (p50, p90) = (percentile(proctor_rtt.clone(), 0.5), percentile(proctor_rtt, 0.9));
+    println!("\nkeystroke echo round trip ({echoes} keystrokes at a pty, alternating):");
+    println!("  direct   p50 {d50:.3} ms  p90 {d90:.3} ms");
+    println!("  Proctor  p50 {p50:.3} ms  p90 {p90:.3} ms");
+    println!("  Proctor adds {:.3} ms at p50, {:.3} ms at p90", p50 - d50, p90 - d90);
+
+    // What each kind's recording takes, sealed.
+    println!("\nrecording size (sealed segments / bytes sent):");
+    for ((name, _), proctor) in files.iter().zip(proctors.iter_mut()) {
+        let sent = size * rounds as u64;
+        let sealed = proctor.sealed_size();
+        println!(
+            "  {name:<15} {:.3}x  ({} MiB sealed for {} MiB sent)",
+            sealed as f64 / sent as f64,
+            sealed >> 20,
+            sent >> 20
+        );
+    }
+    drop(target);
+}
