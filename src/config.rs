@@ -62,6 +62,10 @@ pub struct Config {
     /// are blocked and which are held for review.
     #[serde(default)]
     pub rules: std::collections::BTreeMap<String, RuleSetConfig>,
+    /// SSH rule sets by name (`[ssh_rules.NAME]`): which exec commands are
+    /// blocked and which held for review, and whether shells may open.
+    #[serde(default)]
+    pub ssh_rules: std::collections::BTreeMap<String, proctor_ssh::rules::SshRuleSetConfig>,
     /// Masking profiles (`[masking.profiles.NAME]`), the default one, and
     /// the key of keyed tokens.
     #[serde(default)]
@@ -225,6 +229,9 @@ impl Config {
         for (name, rules) in &self.rules {
             RuleSet::new(name, rules)?;
         }
+        for (name, rules) in &self.ssh_rules {
+            proctor_ssh::rules::SshRuleSet::new(name, rules).map_err(|e| anyhow::anyhow!(e))?;
+        }
         // Profiles checked without a key (tokens are not made here).
         let profiles = Profiles::new(&self.masking, MaskingKey::new(Vec::new()))?;
         for (name, profile) in &self.masking.profiles {
@@ -236,8 +243,8 @@ impl Config {
             }
             if let Some(rules) = &policy.rules {
                 anyhow::ensure!(
-                    self.rules.contains_key(rules),
-                    "policy {:?} names rules {rules:?}, which are not configured: add a [rules.{rules}] table",
+                    self.rules.contains_key(rules) || self.ssh_rules.contains_key(rules),
+                    "policy {:?} names rules {rules:?}, which are not configured: add a [rules.{rules}] table (or, for SSH resources, [ssh_rules.{rules}])",
                     policy.name
                 );
                 // Rules are scoped per protocol: each resource the policy
@@ -279,9 +286,7 @@ impl Config {
             ResourceProtocol::Postgres => {
                 Box::new(self.rules.keys().map(String::as_str)) as Box<dyn Iterator<Item = &str>>
             }
-            // No SSH rule sets yet: a grant under rules does not open an
-            // SSH resource.
-            ResourceProtocol::Ssh => Box::new(std::iter::empty()),
+            ResourceProtocol::Ssh => Box::new(self.ssh_rules.keys().map(String::as_str)),
         }
     }
 

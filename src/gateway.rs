@@ -29,6 +29,9 @@ pub struct Gateway {
     /// The SSH user CA, when SSH resources are served: it signs grants'
     /// certificates.
     pub ssh_user_ca: Option<Arc<proctor_ssh::certificate::UserCa>>,
+    /// SSH rule sets, shared by every SSH session (held commands go to the
+    /// control plane through it).
+    pub ssh_policy: Arc<proctor_ssh::rules::SshPolicy>,
 }
 
 impl Gateway {
@@ -61,9 +64,18 @@ pub async fn start<A: Authenticator>(
     let mut listeners = Vec::new();
     let rules = config.rules.iter().map(|(name, rules)| RuleSet::new(name, rules)).collect::<Result<Vec<_>, _>>()?;
     let masking = Arc::new(config.masking_profiles()?);
+    let ssh_sets = config
+        .ssh_rules
+        .iter()
+        .map(|(name, rules)| proctor_ssh::rules::SshRuleSet::new(name, rules))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // Held commands are known by a hash keyed by the masking key, as held
+    // statements are.
+    let ssh_policy = Arc::new(proctor_ssh::rules::SshPolicy::new(ssh_sets, masking.key().clone()));
     let policy = Arc::new(StatementPolicy::new(rules).with_key(masking.key().clone()));
     if config.resources.is_empty() {
-        return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy, ssh_user_ca: None });
+        return Ok(Gateway { tasks, listeners, resources: Vec::new(), policy, ssh_user_ca: None, ssh_policy });
     }
     let (server_tls, cert) =
         tls::server_config(&config.tls, &config.data_dir.join("tls"), &[proctor_postgres::ALPN_POSTGRESQL])
@@ -143,6 +155,7 @@ pub async fn start<A: Authenticator>(
                     host_key,
                     Some(ca.clone()),
                     keystroke_key.clone(),
+                    ssh_policy.clone(),
                     sink.clone(),
                     auth.clone(),
                     masking.clone(),
@@ -165,5 +178,5 @@ pub async fn start<A: Authenticator>(
         }
     }
     let ssh_user_ca = ssh_keys.map(|(ca, _)| ca);
-    Ok(Gateway { tasks, listeners, resources, policy, ssh_user_ca })
+    Ok(Gateway { tasks, listeners, resources, policy, ssh_user_ca, ssh_policy })
 }

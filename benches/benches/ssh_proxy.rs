@@ -50,7 +50,12 @@ struct Proctor {
 }
 
 impl Proctor {
-    fn start(runtime: &tokio::runtime::Runtime, target: &Sshd, upstream_key: &Path, threads: &Arc<SessionThreads>) -> Proctor {
+    fn start(
+        runtime: &tokio::runtime::Runtime,
+        target: &Sshd,
+        upstream_key: &Path,
+        threads: &Arc<SessionThreads>,
+    ) -> Proctor {
         let data = tempfile::tempdir().unwrap();
         let recorder = Recorder::open(data.path(), &RecorderSettings::default()).unwrap();
         let host_key = HostKey::load_or_create(&data.path().join("keys")).unwrap();
@@ -76,11 +81,8 @@ impl Proctor {
             stopped,
         ));
         // Its host key, for the client to pin.
-        std::fs::write(
-            data.path().join("known_hosts"),
-            format!("{}\n", host_key.known_hosts_line("127.0.0.1", port)),
-        )
-        .unwrap();
+        std::fs::write(data.path().join("known_hosts"), format!("{}\n", host_key.known_hosts_line("127.0.0.1", port)))
+            .unwrap();
         Proctor { port, data, recorder: Some(recorder), stop }
     }
 
@@ -252,7 +254,8 @@ fn main() {
     let target_host_key = std::fs::read_to_string(&target.host_key_file).unwrap();
     std::fs::write(base.join("target_known_hosts"), format!("[127.0.0.1]:{} {}", target.port, target_host_key.trim()))
         .unwrap();
-    let files: Vec<(&str, PathBuf)> = vec![("text", base.join("text.log")), ("incompressible", base.join("random.bin"))];
+    let files: Vec<(&str, PathBuf)> =
+        vec![("text", base.join("text.log")), ("incompressible", base.join("random.bin"))];
     write_file(&files[0].1, mib, true);
     write_file(&files[1].1, mib, false);
 

@@ -296,7 +296,15 @@ mod tests {
             at(5, 700, Command { channel_id: Some(0), command: "ls -la".into() }.into()),
             at(6, 1500, Resize { channel_id: Some(0), width: 100, height: 30 }.into()),
             // Another channel's output is not this terminal's.
-            at(7, 1600, EventBody::from(TerminalOutput { channel_id: Some(1), stream: OutputStream::Stdout, data: b"x".to_vec() })),
+            at(
+                7,
+                1600,
+                EventBody::from(TerminalOutput {
+                    channel_id: Some(1),
+                    stream: OutputStream::Stdout,
+                    data: b"x".to_vec(),
+                }),
+            ),
         ];
         let mut cast = Asciicast::default();
         let lines: Vec<serde_json::Value> =

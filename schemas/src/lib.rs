@@ -53,5 +53,6 @@ pub use vocab::*;
 /// - v5: interactive terminals: keystrokes recorded as `byte_count` and a
 ///   keyed `digest` (never the bytes), the `shell` kind, the `command` kind
 ///   (a command line recovered from the terminal's echo) and the `signal`
-///   kind; `grant_certified` (an SSH user certificate issued for a grant).
+///   kind; `grant_certified` (an SSH user certificate issued for a grant);
+///   the `flag` policy outcome (a typed command line a rule matched).
 pub const SCHEMA_VERSION: u32 = 5;

@@ -84,6 +84,7 @@ vocabulary! {
         Allow = "allow": "forwarded to the target",
         Block = "block": "refused; the client got an error naming the rule",
         Hold = "hold": "held for human approval; the client got an error naming the review",
+        Flag = "flag": "a command typed at a terminal matched a rule: recorded and marked, not enforced (it had reached the shell as it was typed)",
     }
 }
 

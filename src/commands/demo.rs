@@ -87,6 +87,19 @@ fn agent_rules() -> RuleSetConfig {
     RuleSetConfig { block: Vec::new(), hold, approval_group: Some(APPROVERS.to_string()) }
 }
 
+/// The agents' SSH rules: shells and ordinary commands pass; a few risky
+/// commands wait for a `dba`.
+const AGENT_SSH_RULES: &str = "ci-ssh";
+
+fn agent_ssh_rules() -> proctor_ssh::rules::SshRuleSetConfig {
+    proctor_ssh::rules::SshRuleSetConfig {
+        block: Vec::new(),
+        hold: ["sudo", "rm -rf", "systemctl", "shutdown", "reboot"].map(String::from).to_vec(),
+        approval_group: Some(APPROVERS.to_string()),
+        shells: true,
+    }
+}
+
 /// The agents' masking profile: every detector on (card numbers keep their
 /// last four digits), so `select * from customers` shows masking at work.
 const AGENT_MASKING: &str = "ci";
@@ -256,7 +269,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 resources: vec![SSH_RESOURCE.to_string()],
                 max_ttl: std::time::Duration::from_secs(3600),
                 approval: None,
-                rules: None,
+                rules: Some(AGENT_SSH_RULES.to_string()),
                 masking_profile: None,
                 masking_profiles: Default::default(),
                 sample_rows: None,
@@ -285,6 +298,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             },
         ],
         rules: [(AGENT_RULES.to_string(), agent_rules())].into(),
+        ssh_rules: [(AGENT_SSH_RULES.to_string(), agent_ssh_rules())].into(),
         masking: MaskingConfig {
             key_file: None,
             default_profile: None,
@@ -345,6 +359,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "\nAnd a throw-away OpenSSH server behind resource {SSH_RESOURCE}: the agent's certificate (valid until its\n\
                  grant ends, no password) opens it; shells and commands are recorded, commands typed found by kind:command:\n\n  \
                  {command} 'uname -a'\n  {command}\n\n  proctor search 'kind:command' --data-dir {data}\n\n\
+                 Its rules ({AGENT_SSH_RULES}) hold sudo, rm -rf, systemctl, shutdown and reboot for a dba. Try:\n\n  \
+                 {command} 'systemctl --version'\n\n\
+                 It is held with a review id (r_...); approve it as above (proctor review approve), run it again: it runs once.\n\
+                 Find it: proctor search 'kind:policy_decision outcome:hold' --data-dir {data}\n\n\
                  Straight to the same server, to compare: {}\n",
                 ssh.direct_command()
             ),

@@ -71,7 +71,11 @@ pub(super) fn session_line(s: SessionLine<'_>) -> String {
 }
 
 /// A terminal session as asciicast v2 on stdout.
-fn asciicast(reader: &Reader, data_dir: &std::path::Path, session_id: proctor_schemas::SessionId) -> anyhow::Result<ExitCode> {
+fn asciicast(
+    reader: &Reader,
+    data_dir: &std::path::Path,
+    session_id: proctor_schemas::SessionId,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut cast = proctor_replay_server::render::Asciicast::default();
     let (mut any, mut lines, mut written) = (false, 0usize, Ok(()));

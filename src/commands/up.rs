@@ -239,6 +239,7 @@ async fn start_control(
     let control = Arc::new(control);
     // Statements the rules hold are reviewed here.
     gateway.policy.set_holds(control.clone());
+    gateway.ssh_policy.set_holds(control.clone());
     let (listener, tls, url) = bind_api(config, "control", control_config.listen, control_config.tls).await?;
     let app = api::router(Arc::new(api::ControlApi { control: control.clone(), verifier, metrics: Some(metrics) }));
     let mut api_stopped = stopped.clone();

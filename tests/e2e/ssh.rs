@@ -330,3 +330,117 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
     let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
     assert!(found.contains(&fingerprint), "{found} / {fingerprint}");
 }
+
+/// SSH rules: a grant's exec commands matched by program and arguments: a
+/// blocked one never reaches the target; a held one waits for an approver,
+/// then the identical command runs once; typed at a shell, a matching line
+/// is flagged.
+#[test]
+fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    sshd::keygen(&base.join("upstream")).unwrap();
+    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
+    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
+    let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
+    let config = format!(
+        "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n\
+         [ssh_rules.ops]\nblock = [\"rm -rf /\"]\nhold = [\"sudo\"]\napproval_group = \"dba\"\n\n\
+         [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\nrules = \"ops\"\n\n\
+         [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
+         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
+        target.port,
+        Sshd::user(),
+        target_key.trim()
+    );
+    std::fs::write(base.join("proctor.toml"), config).unwrap();
+    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
+    let log = collect_lines(up.stderr.take().unwrap());
+    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+    let data = base.join("data");
+    let api = format!("http://127.0.0.1:{api_port}");
+    let agent = proctor_tests::dev_token(bin(), &data, "ci-deploy", "ci");
+    let approver = proctor_tests::dev_token(bin(), &data, "ops-lead", "dba");
+    let control = |token: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--json", "--api", &api, "--token", token]);
+        let out = run_ok(bin(), &all);
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let key = base.join("agent_key");
+    sshd::keygen(&key).unwrap();
+    let public = format!("{}.pub", key.display());
+    let granted = control(
+        &agent,
+        &["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "ops", "--ssh-public-key", &public],
+    );
+    let command = granted["ssh_certificate"]["command"].as_str().expect("a certificate").to_string();
+    let run = |remote: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("{command} {remote}")])
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let allowed = run("'printf %s allowed'");
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert_eq!(allowed.stdout, b"allowed");
+
+    // Blocked: refused with the rule's name, exit 126; the target never ran it.
+    let marker = base.join("never-created");
+    let blocked = run(&format!("'touch {} && rm -rf / --no-preserve-root'", marker.display()));
+    assert_eq!(blocked.status.code(), Some(126));
+    let said = String::from_utf8_lossy(&blocked.stderr);
+    assert!(said.contains("Proctor: blocked by rule ops/block:rm -rf /"), "{said}");
+    assert!(!marker.exists(), "a blocked command reached the target");
+
+    // Held: a review to approve; then the identical command runs once.
+    let held_command = "'sudo -n true; echo ran-$((40+2))'";
+    let held = run(held_command);
+    assert_eq!(held.status.code(), Some(126));
+    let said = String::from_utf8_lossy(&held.stderr).to_string();
+    assert!(said.contains("held for review r_") && said.contains("ops/hold:sudo"), "{said}");
+    let at = said.find("review r_").unwrap() + "review ".len();
+    let review = said[at..].split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next().unwrap().to_string();
+    let reviewed = control(&approver, &["review", "approve", &review, "--reason", "fine"]);
+    assert_eq!(reviewed["status"], "approved", "{reviewed}");
+    let ran = run(held_command);
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "ran-42");
+    let again = run(held_command);
+    assert_eq!(again.status.code(), Some(126), "an approval runs the command once");
+
+    // Typed at a shell, a line the rules would hold has reached the shell as
+    // it was typed: it is flagged, not enforced.
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", &format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1))])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = shell.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::io::Write::write_all(&mut keys, b"sudo -n true; echo flagged-ok\r").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::io::Write::write_all(&mut keys, b"exit\r").unwrap();
+    let status = wait_with_timeout(&mut shell, Duration::from_secs(30));
+    let mut said = String::new();
+    std::io::Read::read_to_string(shell.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(status.success(), "{status:?}: {said}");
+
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let search = |query: &str| {
+        let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
+        found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(search("kind:policy_decision outcome:block").len(), 1);
+    assert_eq!(search("kind:policy_decision outcome:hold").len(), 2);
+    let flagged = search("kind:policy_decision outcome:flag");
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert_eq!(search("kind:command sudo").len(), 1);
+    assert_eq!(search(&format!("kind:review_approved review:{review}")).len(), 1);
+}

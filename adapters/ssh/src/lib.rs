@@ -14,6 +14,7 @@
 pub mod certificate;
 pub mod flow;
 pub mod host_key;
+pub mod rules;
 mod session;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct SshResource {
     pub user_ca: Option<Arc<UserCa>>,
     /// What keys the digests of keystrokes typed at terminals.
     pub keystroke_key: MaskingKey,
+    /// The SSH rule sets grants may name, and where held commands go.
+    pub policy: Arc<rules::SshPolicy>,
     server: Arc<russh::server::Config>,
 }
 
@@ -84,6 +87,7 @@ impl SshResource {
             sessions: SessionCounters::default(),
             user_ca: None,
             keystroke_key: ephemeral_key(),
+            policy: Arc::new(rules::SshPolicy::none()),
             server: Arc::new(server),
         }
     }
@@ -93,6 +97,12 @@ impl SshResource {
     /// that digests confirm nothing once it has gone.
     pub fn with_keystroke_key(mut self, key: MaskingKey) -> SshResource {
         self.keystroke_key = key;
+        self
+    }
+
+    /// Decides commands by `policy`'s rule sets (those grants name).
+    pub fn with_policy(mut self, policy: Arc<rules::SshPolicy>) -> SshResource {
+        self.policy = policy;
         self
     }
 
@@ -240,13 +250,15 @@ pub async fn start<S: EventSink, A: Authenticator>(
     host_key: &HostKey,
     user_ca: Option<Arc<UserCa>>,
     keystroke_key: MaskingKey,
+    policy: Arc<rules::SshPolicy>,
     sink: S,
     auth: Arc<A>,
     masking: Arc<Profiles>,
     threads: Option<Arc<SessionThreads>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<SshResource>, std::net::SocketAddr, impl std::future::Future<Output = ()> + use<S, A>), GatewayError> {
-    let mut resource = SshResource::from_config(name, config, host_key)?.with_keystroke_key(keystroke_key);
+    let mut resource =
+        SshResource::from_config(name, config, host_key)?.with_keystroke_key(keystroke_key).with_policy(policy);
     if let Some(ca) = user_ca {
         resource = resource.with_user_ca(ca);
     }

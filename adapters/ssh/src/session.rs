@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use proctor_gateway_core::EventSink;
 use proctor_gateway_core::auth::{AuthRequest, Authenticator, Credential, Identity};
+use proctor_gateway_core::control::{HeldKind, HoldOutcome, HoldRequest};
 use proctor_gateway_core::masking::Masker;
 use proctor_gateway_core::masking::MaskingKey;
 use proctor_gateway_core::recording::{Record, SessionRecorder};
 use proctor_gateway_core::session::{self, Ending, Engine, Refusal, Refused, RuleScope, Start};
 use proctor_schemas::{
-    Command, Direction, EndReason, ErrorReport, EventBody, Exec, ExitStatus, OutputStream, Protocol, PtyRequest,
-    Resize, SessionId, SessionStart, Shell, Signal, TerminalInput, TerminalOutput,
+    Command, Direction, EndReason, ErrorReport, EventBody, Exec, ExitStatus, OutputStream, PolicyDecision,
+    PolicyOutcome, Protocol, PtyRequest, Resize, SessionId, SessionStart, Shell, Signal, TerminalInput, TerminalOutput,
 };
 use proctor_terminal::EchoedLines;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
@@ -36,6 +37,7 @@ use zeroize::Zeroizing;
 
 use crate::Context;
 use crate::flow::{Flow, Limits, Side, Stuck};
+use crate::rules::{SshPolicy, Verdict};
 
 pub(crate) async fn handle<S: EventSink, A: Authenticator>(
     ctx: Arc<Context<S, A>>,
@@ -636,6 +638,8 @@ struct SshEngine<S, A> {
     refusal: Arc<std::sync::Mutex<Option<String>>>,
     /// Shared with the handler: the target's answers to channel requests.
     answers: Arc<Answers>,
+    /// The session's rules, when its grant names some.
+    gate: Option<Gate>,
     target: Option<Arc<russh::client::Handle<TargetSide>>>,
 }
 
@@ -658,6 +662,7 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
             pending: None,
             refusal: Arc::default(),
             answers: Arc::default(),
+            gate: None,
             target: None,
         }
     }
@@ -759,7 +764,7 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
     type Error = SshError;
-    type Rules = ();
+    type Rules = Gate;
 
     const RULES: RuleScope = RULES;
 
@@ -870,17 +875,19 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         }
     }
 
-    fn rules(&self, _name: &str, _grant_id: Option<String>, _session_id: SessionId) -> Option<()> {
-        None
+    fn rules(&self, name: &str, grant_id: Option<String>, _session_id: SessionId) -> Option<Gate> {
+        let rules = self.ctx.resource.policy.rules(name)?;
+        Some(Gate { rules, grant_id })
     }
 
     fn begin(
         &mut self,
         identity: &Identity,
-        _rules: Option<()>,
+        rules: Option<Gate>,
         _masker: Option<Arc<Masker>>,
         recorder: &mut SessionRecorder<S>,
     ) {
+        self.gate = rules;
         // Never a masker: `authorize` refused every session that has one.
         recorder.push(Direction::Gateway, self.start_of(Some(identity), None).into());
     }
@@ -909,6 +916,12 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         let flow = Arc::new(Flow::new(Limits::default()));
         let key = self.ctx.resource.keystroke_key.clone();
         let answers = self.answers.clone();
+        let rc = RelayCtx {
+            key: &key,
+            gate: self.gate.as_ref(),
+            policy: &self.ctx.resource.policy,
+            resource: &self.ctx.resource.name,
+        };
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut pairs: HashMap<ChannelId, Pair> = HashMap::new();
         let mut tasks = Tasks::default();
@@ -968,7 +981,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                                 if let Event::Opened(..) = event {
                                     continue;
                                 }
-                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &key).await {
+                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
                                     return Some(ending);
                                 }
                             }
@@ -998,7 +1011,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                             let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks, answers.clone());
                             pairs.insert(id, pair);
                         }
-                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &key).await {
+                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
                         return ending;
                     }
                     if target_gone {
@@ -1015,7 +1028,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                         return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
                     }
                     // Command lines that waited on an echo given up by now.
-                    if let Err(ending) = overdue_commands(&mut pairs, recorder).await {
+                    if let Err(ending) = overdue_commands(&mut pairs, recorder, rc.gate).await {
                         return ending;
                     }
                 }
@@ -1248,8 +1261,9 @@ async fn relay_event<S: EventSink>(
     flow: &Flow,
     recorder: &mut SessionRecorder<S>,
     refusals: &mut usize,
-    key: &MaskingKey,
+    rc: &RelayCtx<'_>,
 ) -> Result<(), Ending> {
+    let key = rc.key;
     let (id, side, message) = match event {
         Event::Client(id, message) => (id, Side::Client, message),
         Event::Target(id, message) => (id, Side::Target, message),
@@ -1291,7 +1305,58 @@ async fn relay_event<S: EventSink>(
     let (forward, recorded): (Option<Out>, Option<EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
             let text = String::from_utf8_lossy(&command).into_owned();
-            (Some(Out::Exec(command)), Some(Exec { channel_id, command: text }.into()))
+            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: text.clone() }.into());
+            if let Some(gate) = rc.gate
+                && let Some((decision, refusal)) = decide_exec(gate, rc, &text, recorder.session_id()).await
+            {
+                recorder.push(Direction::Gateway, decision.into());
+                if let Err(ending) = flush(recorder).await {
+                    flow.delivered(side, admitted);
+                    return Err(ending);
+                }
+                flow.delivered(side, admitted);
+                if let Some(message) = refusal {
+                    // Answered here: the command never reaches the target.
+                    pair.answers.answered(id, true);
+                    let message = bytes::Bytes::from(format!("Proctor: {message}\r\n"));
+                    for out in [Out::Extended(1, message), Out::ExitStatus(REFUSED_EXIT), Out::Eof, Out::Close] {
+                        pair.to_client.send(out, flow);
+                    }
+                    pair.to_target.send(Out::Close, flow);
+                    return Ok(());
+                }
+                // Approved in review: it runs, once.
+                pair.asked.push_back(Asked::Other);
+                pair.to_target.send(Out::Exec(command), flow);
+                return Ok(());
+            }
+            // Recorded (above) before it passes.
+            if let Err(ending) = flush(recorder).await {
+                flow.delivered(side, admitted);
+                return Err(ending);
+            }
+            (Some(Out::Exec(command)), None)
+        }
+        (Side::Client, ChannelMsg::RequestShell { .. }) if rc.gate.is_some_and(|g| !g.rules.shells) => {
+            let gate = rc.gate.expect("checked");
+            recorder.push(Direction::ClientToTarget, Shell { channel_id }.into());
+            let decision = PolicyDecision {
+                outcome: PolicyOutcome::Block,
+                grant_id: gate.grant_id.clone(),
+                rule: Some(format!("{}/shells", gate.rules.name)),
+                review_id: None,
+                ref_seq: None,
+                message: Some(format!(
+                    "rule set {} opens no interactive shells: run commands with exec",
+                    gate.rules.name
+                )),
+            };
+            recorder.push(Direction::Gateway, decision.into());
+            let flushed = flush(recorder).await;
+            flow.delivered(side, admitted);
+            flushed?;
+            pair.answers.answered(id, false);
+            return Ok(());
         }
         (
             Side::Client,
@@ -1409,7 +1474,7 @@ async fn relay_event<S: EventSink>(
         };
         recorder.push(direction, body);
         for command in commands {
-            recorder.push(Direction::ClientToTarget, Command { channel_id, command }.into());
+            record_command(recorder, channel_id, command, rc.gate);
         }
         if let Err(ending) = flush(recorder).await {
             flow.delivered(side, admitted);
@@ -1445,18 +1510,45 @@ async fn relay_event<S: EventSink>(
 async fn overdue_commands<S: EventSink>(
     pairs: &mut HashMap<ChannelId, Pair>,
     recorder: &mut SessionRecorder<S>,
+    gate: Option<&Gate>,
 ) -> Result<(), Ending> {
     let now = std::time::Instant::now();
     let mut any = false;
     for (id, pair) in pairs.iter_mut() {
         if let Some(terminal) = pair.terminal.as_mut() {
             for command in terminal.lines.tick(now) {
-                recorder.push(Direction::ClientToTarget, Command { channel_id: Some(u32::from(*id)), command }.into());
+                record_command(recorder, Some(u32::from(*id)), command, gate);
                 any = true;
             }
         }
     }
     if any { flush(recorder).await } else { Ok(()) }
+}
+
+/// Records a command line typed at a terminal, and, where the session's
+/// rules would have held or blocked it, a `flag` decision naming the rule:
+/// it reached the shell as it was typed, so it is marked, not enforced.
+fn record_command<S: EventSink>(
+    recorder: &mut SessionRecorder<S>,
+    channel_id: Option<u32>,
+    command: String,
+    gate: Option<&Gate>,
+) {
+    let verdict = gate.map(|g| g.rules.decide(&command));
+    recorder.push(Direction::ClientToTarget, Command { channel_id, command }.into());
+    let rule = match verdict {
+        Some(Verdict::Block { rule } | Verdict::Hold { rule }) => rule,
+        _ => return,
+    };
+    let decision = PolicyDecision {
+        outcome: PolicyOutcome::Flag,
+        grant_id: gate.and_then(|g| g.grant_id.clone()),
+        rule: Some(rule),
+        review_id: None,
+        ref_seq: None,
+        message: Some("typed at a terminal: marked, not enforced (it reached the shell as it was typed)".to_string()),
+    };
+    recorder.push(Direction::Gateway, decision.into());
 }
 
 /// What a client's request refused by the handler was, if it was one.
@@ -1477,6 +1569,85 @@ fn refused_report(what: String) -> ErrorReport {
             "{what} refused: Proctor relays commands (exec) and terminals (pty, shell, resizes, signals) on this resource; subsystems (SFTP), environment variables and forwarding are not passed on"
         ),
         ..Default::default()
+    }
+}
+
+/// The exit status of a command Proctor refused (blocked, or held for
+/// review), as a shell's for a command it cannot run.
+const REFUSED_EXIT: u32 = 126;
+
+/// What a relay needs beyond its channels.
+struct RelayCtx<'a> {
+    key: &'a MaskingKey,
+    gate: Option<&'a Gate>,
+    policy: &'a SshPolicy,
+    resource: &'a str,
+}
+
+/// A session's SSH rules, as its grant names them.
+pub(crate) struct Gate {
+    rules: Arc<crate::rules::SshRuleSet>,
+    grant_id: Option<String>,
+}
+
+/// How long a held command waits for the control plane to record it.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decides an exec command under the session's rules: `None` if it is
+/// allowed outright; else the decision to record, and why the client is
+/// refused (`None`: approved in review, it runs).
+async fn decide_exec(
+    gate: &Gate,
+    rc: &RelayCtx<'_>,
+    command: &str,
+    session_id: SessionId,
+) -> Option<(PolicyDecision, Option<String>)> {
+    let decision = |outcome, rule: &str, review_id: Option<String>, message: String| PolicyDecision {
+        outcome,
+        grant_id: gate.grant_id.clone(),
+        rule: Some(rule.to_string()),
+        review_id,
+        ref_seq: None,
+        message: Some(message),
+    };
+    let rule = match gate.rules.decide(command) {
+        Verdict::Allow => return None,
+        Verdict::Block { rule } => {
+            let message = format!("blocked by rule {rule}");
+            return Some((decision(PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
+        }
+        Verdict::Hold { rule } => rule,
+    };
+    let refuse = |message: String| Some((decision(PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
+    let (Some(holds), Some(grant_id)) = (rc.policy.holds(), gate.grant_id.clone()) else {
+        return refuse(format!("held by rule {rule}, and no control plane here reviews held commands"));
+    };
+    let request = HoldRequest {
+        grant_id,
+        resource: rc.resource.to_string(),
+        session_id,
+        ref_seq: None,
+        kind: HeldKind::Exec,
+        text: command.to_string(),
+        text_hash: rc.policy.command_hash(command),
+        rule: rule.clone(),
+        approval_group: gate.rules.approval_group.clone(),
+    };
+    match tokio::time::timeout(HOLD_TIMEOUT, holds.hold(request)).await {
+        Ok(Ok(HoldOutcome::Run { review_id, approved_by })) => {
+            let message = format!("approved by {approved_by} in review {review_id}: runs once");
+            Some((decision(PolicyOutcome::Allow, &rule, Some(review_id), message), None))
+        }
+        Ok(Ok(HoldOutcome::Held { review_id, .. })) => {
+            let message = format!(
+                "held for review {review_id} by rule {rule}; once an approver allows it (proctor review approve {review_id}), run the identical command again: it runs once"
+            );
+            Some((decision(PolicyOutcome::Hold, &rule, Some(review_id), message.clone()), Some(message)))
+        }
+        Ok(Err(error)) => refuse(format!("held by rule {rule}, and it cannot be reviewed now ({error}); try again")),
+        Err(_) => refuse(format!(
+            "held by rule {rule}, and the control plane did not answer within {HOLD_TIMEOUT:?}; try again"
+        )),
     }
 }
 

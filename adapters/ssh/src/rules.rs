@@ -1,0 +1,558 @@
+//! SSH rule sets: commands run with `exec` matched by program and arguments,
+//! as a POSIX shell would split them, to allow, block or hold for review.
+//!
+//! A command line is split into its simple commands (at `;`, `&`, `|`,
+//! `&&`, `||`, new lines and parentheses; quotes removed and escapes
+//! applied; the commands inside `$( )` and backquotes, and the line given
+//! to `sh -c`/`bash -c`, are commands too). A command's leading variable
+//! assignments are skipped, its program is taken by its base name
+//! (`/usr/bin/sudo` is `sudo`), and a command run through a wrapper
+//! (`sudo`, `env`, `nice`, `nohup`, `timeout`, `xargs`, `exec`, `command`,
+//! `time`, `doas`) is looked at as itself too.
+//!
+//! A pattern is written as a command (`"rm -rf"`, `"systemctl restart *"`):
+//! its first word matches the program, its other words match arguments of
+//! the command in that order, not necessarily next to each other (`rm -rf`
+//! matches `rm -v -rf /tmp/x`); `*` in a word matches any characters. Any
+//! command of the line matching a `block` pattern blocks it; else one
+//! matching a `hold` pattern holds it for review.
+//!
+//! What this cannot see: a command built while it runs (a variable, `eval`,
+//! a script file, base64 piped to a shell) is not in the words. Rules on
+//! exec commands are enforced on what the words say; see the README.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use proctor_gateway_core::control::Holds;
+use proctor_gateway_core::masking::MaskingKey;
+use serde::Deserialize;
+
+/// An SSH rule set as configured (`[ssh_rules.NAME]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshRuleSetConfig {
+    /// Commands refused.
+    #[serde(default)]
+    pub block: Vec<String>,
+    /// Commands held until an approver allows them (then the identical
+    /// command runs once).
+    #[serde(default)]
+    pub hold: Vec<String>,
+    /// Who decides held commands, besides `control.admin_group`.
+    #[serde(default)]
+    pub approval_group: Option<String>,
+    /// Whether interactive shells may be opened (default: yes).
+    #[serde(default = "yes")]
+    pub shells: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A pattern: a program and the arguments it must have, in order.
+#[derive(Clone, Debug)]
+struct Pattern {
+    text: String,
+    words: Vec<String>,
+}
+
+/// A rule set, ready to decide.
+#[derive(Debug)]
+pub struct SshRuleSet {
+    pub name: String,
+    block: Vec<Pattern>,
+    hold: Vec<Pattern>,
+    pub approval_group: Option<String>,
+    pub shells: bool,
+}
+
+/// What a rule set decided for a command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// `rule` is `SET/block:PATTERN`.
+    Block {
+        rule: String,
+    },
+    /// `rule` is `SET/hold:PATTERN`.
+    Hold {
+        rule: String,
+    },
+}
+
+impl SshRuleSet {
+    pub fn new(name: &str, config: &SshRuleSetConfig) -> Result<SshRuleSet, String> {
+        let patterns = |list: &[String], what: &str| {
+            list.iter()
+                .map(|text| {
+                    let words = commands(text).into_iter().next().unwrap_or_default();
+                    if words.is_empty() {
+                        return Err(format!("ssh_rules.{name}.{what}: {text:?} names no command"));
+                    }
+                    Ok(Pattern { text: text.clone(), words })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(SshRuleSet {
+            name: name.to_string(),
+            block: patterns(&config.block, "block")?,
+            hold: patterns(&config.hold, "hold")?,
+            approval_group: config.approval_group.clone(),
+            shells: config.shells,
+        })
+    }
+
+    /// Decides a command line.
+    pub fn decide(&self, line: &str) -> Verdict {
+        let commands = looked_at(line);
+        let first = |patterns: &[Pattern]| {
+            patterns.iter().find(|p| commands.iter().any(|c| matches(&p.words, c))).map(|p| p.text.clone())
+        };
+        if let Some(pattern) = first(&self.block) {
+            return Verdict::Block { rule: format!("{}/block:{pattern}", self.name) };
+        }
+        if let Some(pattern) = first(&self.hold) {
+            return Verdict::Hold { rule: format!("{}/hold:{pattern}", self.name) };
+        }
+        Verdict::Allow
+    }
+}
+
+/// The SSH rule sets of a deployment, and where held commands go.
+pub struct SshPolicy {
+    sets: BTreeMap<String, Arc<SshRuleSet>>,
+    holds: OnceLock<Arc<dyn Holds>>,
+    /// Keys the hash that makes only the identical command run once approved.
+    key: MaskingKey,
+}
+
+impl SshPolicy {
+    pub fn new(sets: impl IntoIterator<Item = SshRuleSet>, key: MaskingKey) -> SshPolicy {
+        SshPolicy {
+            sets: sets.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect(),
+            holds: OnceLock::new(),
+            key,
+        }
+    }
+
+    pub fn none() -> SshPolicy {
+        SshPolicy::new([], MaskingKey::new(Vec::new()))
+    }
+
+    pub fn rules(&self, name: &str) -> Option<Arc<SshRuleSet>> {
+        self.sets.get(name).cloned()
+    }
+
+    /// Where held commands are reviewed (the control plane), once it runs.
+    pub fn set_holds(&self, holds: Arc<dyn Holds>) {
+        let _ = self.holds.set(holds);
+    }
+
+    pub fn holds(&self) -> Option<&Arc<dyn Holds>> {
+        self.holds.get()
+    }
+
+    /// The keyed hash of a command exactly as sent.
+    pub fn command_hash(&self, command: &str) -> String {
+        self.key.digest("ssh exec", command.as_bytes())
+    }
+}
+
+/// Programs that run the command that follows their options.
+const WRAPPERS: [&str; 10] = ["sudo", "env", "nice", "nohup", "timeout", "xargs", "exec", "command", "time", "doas"];
+/// Shells whose `-c` argument is a command line.
+const SHELLS: [&str; 6] = ["sh", "bash", "dash", "zsh", "ksh", "busybox"];
+
+/// Every command of `line` a rule looks at: its simple commands, the
+/// commands their wrappers run, and the lines given to shells' `-c`.
+fn looked_at(line: &str) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    let mut pending = vec![(line.to_string(), 0usize)];
+    while let Some((line, depth)) = pending.pop() {
+        for command in commands(&line) {
+            let mut command = command;
+            loop {
+                let program = command.first().cloned().unwrap_or_default();
+                if SHELLS.contains(&program.as_str())
+                    && let Some(at) = command.iter().position(|w| w == "-c")
+                    && let Some(inner) = command.get(at + 1)
+                    && depth < 4
+                {
+                    pending.push((inner.clone(), depth + 1));
+                }
+                let inner = WRAPPERS.contains(&program.as_str()).then(|| wrapped(&program, &command)).flatten();
+                found.push(command);
+                match inner {
+                    Some(inner) if !inner.is_empty() => command = inner,
+                    _ => break,
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The command a wrapper runs: its words after the wrapper's options (and,
+/// for `env`, assignments; for `timeout`, the duration).
+fn wrapped(program: &str, command: &[String]) -> Option<Vec<String>> {
+    let mut rest = command.iter().skip(1).peekable();
+    // Options taking a value, for the wrappers that have them.
+    let valued: &[&str] = match program {
+        "sudo" | "doas" => &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U"],
+        "nice" => &["-n"],
+        "timeout" => &["-s", "-k"],
+        _ => &[],
+    };
+    while let Some(word) = rest.peek() {
+        if word.as_str() == "--" {
+            rest.next();
+            break;
+        }
+        if word.starts_with('-') {
+            let takes = valued.contains(&word.as_str());
+            rest.next();
+            if takes {
+                rest.next();
+            }
+        } else if program == "env" && is_assignment(word) {
+            rest.next();
+        } else {
+            break;
+        }
+    }
+    if program == "timeout" {
+        rest.next();
+    }
+    let mut inner: Vec<String> = rest.cloned().collect();
+    if let Some(first) = inner.first_mut() {
+        *first = base_name(first);
+    }
+    Some(inner)
+}
+
+/// Whether the command's words hold the pattern's: the program first, then
+/// the other words in order among the arguments.
+fn matches(pattern: &[String], command: &[String]) -> bool {
+    let (Some(program), Some(first)) = (pattern.first(), command.first()) else { return false };
+    if !glob(program, first) {
+        return false;
+    }
+    let mut arguments = command.iter().skip(1);
+    pattern.iter().skip(1).all(|word| arguments.any(|argument| glob(word, argument)))
+}
+
+/// `*` matches any characters; everything else itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn is_assignment(word: &str) -> bool {
+    match word.split_once('=') {
+        Some((name, _)) => {
+            let mut chars = name.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        None => false,
+    }
+}
+
+fn base_name(program: &str) -> String {
+    program.rsplit('/').next().unwrap_or(program).to_string()
+}
+
+/// The simple commands of a command line, as a POSIX shell splits it: each
+/// a program (by its base name) and its arguments, quotes removed, leading
+/// assignments skipped; the commands of `$( )` and backquotes among them.
+pub fn commands(line: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    split(&line.chars().collect::<Vec<_>>(), &mut out, 0);
+    out.into_iter()
+        .filter_map(|words: Vec<String>| {
+            let mut words: Vec<String> = words.into_iter().skip_while(|w| is_assignment(w)).collect();
+            let first = words.first_mut()?;
+            *first = base_name(first);
+            Some(words)
+        })
+        .collect()
+}
+
+/// Splits `chars` into simple commands, appended to `out` (nested
+/// substitutions at most `depth` 8 deep).
+fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
+    let mut command: Vec<String> = Vec::new();
+    let mut word: Option<String> = None;
+    let end_word = |word: &mut Option<String>, command: &mut Vec<String>| {
+        if let Some(w) = word.take() {
+            command.push(w);
+        }
+    };
+    let end_command = |command: &mut Vec<String>, out: &mut Vec<Vec<String>>| {
+        if !command.is_empty() {
+            out.push(std::mem::take(command));
+        }
+    };
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' | '\t' => end_word(&mut word, &mut command),
+            ';' | '&' | '|' | '\n' | '(' | ')' => {
+                end_word(&mut word, &mut command);
+                end_command(&mut command, out);
+            }
+            '#' if word.is_none() => {
+                // A comment, to the end of the line.
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            '\\' => {
+                i += 1;
+                if let Some(&next) = chars.get(i)
+                    && next != '\n'
+                {
+                    word.get_or_insert_with(String::new).push(next);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                i += 1;
+                while i < chars.len() && chars[i] != '\'' {
+                    w.push(chars[i]);
+                    i += 1;
+                }
+            }
+            '"' => {
+                word.get_or_insert_with(String::new);
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    match chars[i] {
+                        '\\' if matches!(chars.get(i + 1), Some('$' | '`' | '"' | '\\' | '\n')) => {
+                            i += 1;
+                            if chars[i] != '\n' {
+                                word.as_mut().unwrap_or(&mut String::new()).push(chars[i]);
+                            }
+                        }
+                        '$' if chars.get(i + 1) == Some(&'(') => {
+                            let end = closing(chars, i + 1);
+                            if depth < 8 {
+                                split(&chars[i + 2..end.min(chars.len())], out, depth + 1);
+                            }
+                            if let Some(w) = word.as_mut() {
+                                w.extend(&chars[i..(end + 1).min(chars.len())]);
+                            }
+                            i = end;
+                        }
+                        '`' => {
+                            let end = backquote(chars, i);
+                            if depth < 8 {
+                                split(&chars[i + 1..end.min(chars.len())], out, depth + 1);
+                            }
+                            i = end;
+                        }
+                        other => {
+                            if let Some(w) = word.as_mut() {
+                                w.push(other);
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            '$' if chars.get(i + 1) == Some(&'(') => {
+                let end = closing(chars, i + 1);
+                if depth < 8 {
+                    split(&chars[i + 2..end.min(chars.len())], out, depth + 1);
+                }
+                word.get_or_insert_with(String::new).extend(&chars[i..(end + 1).min(chars.len())]);
+                i = end;
+            }
+            '`' => {
+                let end = backquote(chars, i);
+                if depth < 8 {
+                    split(&chars[i + 1..end.min(chars.len())], out, depth + 1);
+                }
+                word.get_or_insert_with(String::new).extend(&chars[i..(end + 1).min(chars.len())]);
+                i = end;
+            }
+            other => word.get_or_insert_with(String::new).push(other),
+        }
+        i += 1;
+    }
+    end_word(&mut word, &mut command);
+    end_command(&mut command, out);
+}
+
+/// Where the `)` closing the `(` at `open` is (the end if none), quotes
+/// and nested parentheses skipped.
+fn closing(chars: &[char], open: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < chars.len() {
+        match chars[i] {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            '\\' => i += 1,
+            '\'' => {
+                i += 1;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    chars.len()
+}
+
+/// Where the backquote closing the one at `open` is (the end if none).
+fn backquote(chars: &[char], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < chars.len() && chars[i] != '`' {
+        if chars[i] == '\\' {
+            i += 1;
+        }
+        i += 1;
+    }
+    i.min(chars.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn set(block: &[&str], hold: &[&str]) -> SshRuleSet {
+        let config = SshRuleSetConfig {
+            block: block.iter().map(|s| s.to_string()).collect(),
+            hold: hold.iter().map(|s| s.to_string()).collect(),
+            approval_group: None,
+            shells: true,
+        };
+        SshRuleSet::new("ci", &config).unwrap()
+    }
+
+    #[test]
+    fn commands_are_split_as_a_shell_splits_them() {
+        assert_eq!(commands("ls -la /tmp"), vec![vec!["ls", "-la", "/tmp"]]);
+        assert_eq!(commands("A=1 B=2 /usr/bin/env x"), vec![vec!["env", "x"]]);
+        assert_eq!(commands("echo 'a b' \"c d\" e\\ f"), vec![vec!["echo", "a b", "c d", "e f"]]);
+        assert_eq!(
+            commands("a; b && c || d | e & f\ng"),
+            vec![vec!["a"], vec!["b"], vec!["c"], vec!["d"], vec!["e"], vec!["f"], vec!["g"]]
+        );
+        assert_eq!(
+            commands("echo $(whoami) `id -u`"),
+            vec![vec!["whoami"], vec!["id", "-u"], vec!["echo", "$(whoami)", "`id -u`"]]
+        );
+        assert_eq!(commands("(cd /x && rm y) # rm -rf /"), vec![vec!["cd", "/x"], vec!["rm", "y"]]);
+    }
+
+    #[test]
+    fn rules_find_commands_however_they_are_written() {
+        let rules = set(&["rm -rf /", "mkfs*"], &["sudo", "rm -rf", "systemctl restart *"]);
+        let hold = |rule: &str| Verdict::Hold { rule: format!("ci/hold:{rule}") };
+        let block = |rule: &str| Verdict::Block { rule: format!("ci/block:{rule}") };
+        assert_eq!(rules.decide("ls -la; cat /etc/hostname | sha256sum"), Verdict::Allow);
+        assert_eq!(rules.decide("sudo id"), hold("sudo"));
+        assert_eq!(rules.decide("/usr/bin/sudo -u root id"), hold("sudo"));
+        assert_eq!(rules.decide("rm -v -rf /tmp/x"), hold("rm -rf"));
+        assert_eq!(rules.decide("echo ok && rm -rf /"), block("rm -rf /"));
+        assert_eq!(rules.decide("cd / && sudo rm -rf /"), block("rm -rf /"));
+        assert_eq!(rules.decide("systemctl status app"), Verdict::Allow);
+        assert_eq!(rules.decide("X=1 systemctl restart app"), hold("systemctl restart *"));
+        assert_eq!(rules.decide("nohup nice -n 5 systemctl restart app &"), hold("systemctl restart *"));
+        assert_eq!(rules.decide("bash -c 'mkfs.ext4 /dev/sdb'"), block("mkfs*"));
+        assert_eq!(rules.decide("echo $(sh -c \"sudo id\")"), hold("sudo"));
+        assert_eq!(rules.decide("'sudo' id"), hold("sudo"));
+        assert_eq!(rules.decide("echo sudo"), Verdict::Allow);
+    }
+
+    #[test]
+    fn globs_match_as_written() {
+        assert!(glob("mkfs*", "mkfs.ext4"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "aXbYc"));
+        assert!(!glob("a*b", "ac"));
+        assert!(glob("restart", "restart"));
+        assert!(!glob("restart", "restarts"));
+    }
+
+    /// Generated command lines, written with every kind of quoting and
+    /// separator: the split gives back exactly the commands they were made
+    /// of.
+    #[test]
+    fn generated_lines_split_into_the_commands_they_were_made_of() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let alphabet: Vec<char> = "abcxyz019-_./=:, ;&|()'\"\\$`#*".chars().collect();
+        for case in 0..2000 {
+            let mut expected: Vec<Vec<String>> = Vec::new();
+            let mut line = String::new();
+            for c in 0..rng.random_range(1..4) {
+                if c > 0 {
+                    line.push_str([" ; ", " && ", " || ", " | ", " & ", "\n"][rng.random_range(0..6)]);
+                }
+                let mut words = Vec::new();
+                for w in 0..rng.random_range(1..5) {
+                    let len = rng.random_range(1..6);
+                    // The program is a plain word; arguments anything.
+                    let word: String = if w == 0 {
+                        (0..len).map(|_| (b'a' + rng.random_range(0..26u8)) as char).collect()
+                    } else {
+                        (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
+                    };
+                    if w > 0 {
+                        line.push(' ');
+                    }
+                    line.push_str(&quote(&word, rng.random_range(0..3)));
+                    words.push(word);
+                }
+                expected.push(words);
+            }
+            assert_eq!(commands(&line), expected, "case {case}: {line:?}");
+        }
+    }
+
+    /// `word` quoted one of three ways a shell reads back as `word`.
+    fn quote(word: &str, how: u32) -> String {
+        match how {
+            0 => format!("'{}'", word.replace('\'', "'\\''")),
+            1 => {
+                let escaped: String = word
+                    .chars()
+                    .flat_map(|c| if matches!(c, '$' | '`' | '"' | '\\') { vec!['\\', c] } else { vec![c] })
+                    .collect();
+                format!("\"{escaped}\"")
+            }
+            _ => word.chars().flat_map(|c| if c.is_ascii_alphanumeric() { vec![c] } else { vec!['\\', c] }).collect(),
+        }
+    }
+}
