@@ -87,36 +87,65 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
 /// live session within a second, the reason printed by the client, the
 /// end recorded as `grant_revoked`; a short grant's session ends when it
 /// expires, recorded as `grant_expired`.
+/// `proctor up` serving SSH resource `box` in front of a throw-away `sshd`,
+/// with grants from its control API for group `ci` (the agent `ci-deploy`),
+/// under rule set `rules` if named (configured in `extra`).
+struct Granting {
+    dir: tempfile::TempDir,
+    up: std::process::Child,
+    log: std::sync::mpsc::Receiver<String>,
+    port: u16,
+    api: String,
+    agent: String,
+    _target: Sshd,
+}
+
+impl Granting {
+    fn start(extra: &str, rules: Option<&str>) -> Granting {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        sshd::keygen(&base.join("upstream")).unwrap();
+        let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
+        let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
+        let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
+        let rules = rules.map(|r| format!("rules = \"{r}\"\n")).unwrap_or_default();
+        let config = format!(
+            "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n{extra}\n\
+             [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\n{rules}\n\
+             [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
+             target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
+            target.port,
+            Sshd::user(),
+            target_key.trim()
+        );
+        std::fs::write(base.join("proctor.toml"), config).unwrap();
+        let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
+        let log = collect_lines(up.stderr.take().unwrap());
+        wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+        let agent = proctor_tests::dev_token(bin(), &base.join("data"), "ci-deploy", "ci");
+        Granting { dir, up, log, port, api: format!("http://127.0.0.1:{api_port}"), agent, _target: target }
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// `proctor ARGS --json` against the control API as `token`.
+fn granting_control(api: &str, token: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--json", "--api", api, "--token", token]);
+    let out = run_ok(bin(), &all);
+    serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+}
+
 #[test]
 fn a_grant_opens_an_ssh_resource_until_it_is_revoked_or_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
-    sshd::keygen(&base.join("upstream")).unwrap();
-    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
-    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
-    let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
-    let config = format!(
-        "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n\
-         [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\n\n\
-         [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
-         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
-        target.port,
-        Sshd::user(),
-        target_key.trim()
-    );
-    std::fs::write(base.join("proctor.toml"), config).unwrap();
-    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
-    let log = collect_lines(up.stderr.take().unwrap());
-    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
-    let data = base.join("data");
-    let api = format!("http://127.0.0.1:{api_port}");
-    let agent = proctor_tests::dev_token(bin(), &data, "ci-deploy", "ci");
-    let control = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--json", "--api", &api, "--token", &agent]);
-        let out = run_ok(bin(), &all);
-        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
-    };
+    let granting = Granting::start("", None);
+    let (base, data, port, mut up, _log) =
+        (granting.dir.path(), granting.data(), granting.port, granting.up, granting.log);
+    let agent = granting.agent.clone();
+    let control = |args: &[&str]| granting_control(&granting.api, &agent, args);
     let granted = control(&["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "deploy 4711"]);
     assert_eq!(granted["status"], "active", "{granted}");
     let id = granted["id"].as_str().unwrap().to_string();
@@ -202,34 +231,11 @@ fn a_grant_opens_an_ssh_resource_until_it_is_revoked_or_expires() {
 /// typed, found by `kind:command`; revoked, the certificate opens nothing.
 #[test]
 fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
-    sshd::keygen(&base.join("upstream")).unwrap();
-    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
-    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
-    let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
-    let config = format!(
-        "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n\
-         [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\n\n\
-         [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
-         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
-        target.port,
-        Sshd::user(),
-        target_key.trim()
-    );
-    std::fs::write(base.join("proctor.toml"), config).unwrap();
-    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
-    let log = collect_lines(up.stderr.take().unwrap());
-    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
-    let data = base.join("data");
-    let api = format!("http://127.0.0.1:{api_port}");
-    let agent = proctor_tests::dev_token(bin(), &data, "ci-deploy", "ci");
-    let control = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--json", "--api", &api, "--token", &agent]);
-        let out = run_ok(bin(), &all);
-        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
-    };
+    let granting = Granting::start("", None);
+    let (base, data, _port, mut up, log) =
+        (granting.dir.path(), granting.data(), granting.port, granting.up, granting.log);
+    let agent = granting.agent.clone();
+    let control = |args: &[&str]| granting_control(&granting.api, &agent, args);
     let key = base.join("agent_key");
     sshd::keygen(&key).unwrap();
     let public = format!("{}.pub", key.display());
@@ -337,36 +343,13 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
 /// is flagged.
 #[test]
 fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path();
-    sshd::keygen(&base.join("upstream")).unwrap();
-    let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
-    let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
-    let (port, api_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
-    let config = format!(
-        "data_dir = \"data\"\n\n[identity.dev_issuer]\n\n[control]\nlisten = \"127.0.0.1:{api_port}\"\nadmin_group = \"security\"\n\n\
-         [ssh_rules.ops]\nblock = [\"rm -rf /\"]\nhold = [\"sudo\"]\napproval_group = \"dba\"\n\n\
-         [[policies]]\nname = \"agents\"\ngroups = [\"ci\"]\nresources = [\"box\"]\nmax_ttl = \"1h\"\nrules = \"ops\"\n\n\
-         [[resources]]\nname = \"box\"\nprotocol = \"ssh\"\nlisten = \"127.0.0.1:{port}\"\n\
-         target = \"127.0.0.1:{}\"\nuser = \"{}\"\nkey_file = \"upstream\"\ntarget_host_key = \"{}\"\n",
-        target.port,
-        Sshd::user(),
-        target_key.trim()
-    );
-    std::fs::write(base.join("proctor.toml"), config).unwrap();
-    let mut up = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
-    let log = collect_lines(up.stderr.take().unwrap());
-    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
-    let data = base.join("data");
-    let api = format!("http://127.0.0.1:{api_port}");
-    let agent = proctor_tests::dev_token(bin(), &data, "ci-deploy", "ci");
+    let rules = "[ssh_rules.ops]\nblock = [\"rm -rf /\"]\nhold = [\"sudo\"]\napproval_group = \"dba\"\n";
+    let granting = Granting::start(rules, Some("ops"));
+    // (The log is read to its end as long as `granting.log` lives.)
+    let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
+    let agent = granting.agent.clone();
     let approver = proctor_tests::dev_token(bin(), &data, "ops-lead", "dba");
-    let control = |token: &str, args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--json", "--api", &api, "--token", token]);
-        let out = run_ok(bin(), &all);
-        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
-    };
+    let control = |token: &str, args: &[&str]| granting_control(&granting.api, token, args);
     let key = base.join("agent_key");
     sshd::keygen(&key).unwrap();
     let public = format!("{}.pub", key.display());
