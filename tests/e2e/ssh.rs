@@ -427,3 +427,61 @@ fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     assert_eq!(search("kind:command sudo").len(), 1);
     assert_eq!(search(&format!("kind:review_approved review:{review}")).len(), 1);
 }
+
+/// Proctor killed (SIGKILL) in the middle of an SSH session: the client's
+/// connection drops; started again, Proctor recovers the recording, the
+/// session ends as `recovered` with every event it had accepted, and the
+/// whole recording verifies.
+#[test]
+fn a_session_cut_by_sigkill_is_recovered_whole_and_verifies() {
+    let granting = Granting::start("", None);
+    let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
+    let key = base.join("agent_key");
+    sshd::keygen(&key).unwrap();
+    let public = format!("{}.pub", key.display());
+    let granted = granting_control(
+        &granting.api,
+        &granting.agent,
+        &["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "crash", "--ssh-public-key", &public],
+    );
+    let command = granted["ssh_certificate"]["command"].as_str().unwrap().to_string();
+    let mut live = std::process::Command::new("sh")
+        .args(["-c", &format!("{command} 'echo before-the-kill; sleep 60'")])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(live.stdout.take().unwrap()), &mut first).unwrap();
+    assert_eq!(first, "before-the-kill\n");
+    signal(&up, libc::SIGKILL);
+    let _ = up.wait();
+    // The client is cut off with Proctor.
+    assert!(!wait_with_timeout(&mut live, Duration::from_secs(30)).success());
+
+    // Started again: the recording is recovered, then sealed on the way out.
+    let mut again = spawn(bin(), &["up", "--config", base.join("proctor.toml").to_str().unwrap()]);
+    let log = collect_lines(again.stderr.take().unwrap());
+    wait_for_line(&log, "proctor is up", Duration::from_secs(60));
+    signal(&again, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut again, Duration::from_secs(60)).success());
+    run_ok(bin(), &["verify", "--data-dir", data.to_str().unwrap()]);
+    let found = stdout(&run_ok(
+        bin(),
+        &[
+            "search",
+            "kind:session_end end_reason:recovered protocol:ssh",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let hits: Vec<serde_json::Value> = found.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(hits.len(), 1, "{found}");
+    let session = hits[0]["session_id"].as_str().unwrap();
+    let replayed = stdout(&run_ok(bin(), &["replay", session, "--data-dir", data.to_str().unwrap(), "--json"]));
+    assert!(replayed.contains("echo before-the-kill; sleep 60"), "the exec is there: {replayed}");
+    assert!(replayed.contains("before-the-kill\\n"), "its output is there: {replayed}");
+}

@@ -109,6 +109,52 @@ async fn garbage_on_the_port_is_recorded_and_proctor_keeps_serving() {
     assert!(sessions.iter().any(|s| end_of(s) == Some(EndReason::ClientError)), "{sessions:?}");
 }
 
+/// Two hundred connections at once that never finish their handshake
+/// (half silent, half stopping after the version line), and a client whose
+/// command floods output it never reads: Proctor goes on serving others,
+/// and the flooded session is held back, not buffered without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_and_a_client_that_never_reads_leave_proctor_serving() {
+    use tokio::io::AsyncWriteExt;
+    let gateway = Gateway::start(None).await;
+    let mut stalled = Vec::new();
+    for i in 0..200 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await.unwrap();
+        if i % 2 == 0 {
+            tcp.write_all(b"SSH-2.0-stalled\r\n").await.unwrap();
+        }
+        stalled.push(tcp);
+    }
+    // A client that reads nothing of 1 GiB its command writes.
+    let mut flood = gateway.ssh_command(SECRET, &[], "head -c 1073741824 /dev/zero");
+    flood.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut flood = flood.spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let (stdout, stderr, code) = gateway.ssh(SECRET, &[], "printf %s served", b"").await;
+    assert_eq!((code, stdout.as_slice()), (0, &b"served"[..]), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The flood is held back: what Proctor holds for it stays bounded
+    // (the flow's hard limit), far below what was written.
+    let rss = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss_kib: u64 = rss
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 512 * 1024, "{rss_kib} KiB resident");
+    flood.kill().await.unwrap();
+    let _ = flood.wait().await;
+    drop(stalled);
+    let sessions = gateway.recorded().await;
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.iter().any(|e| matches!(&e.body, EventBody::Exec(x) if x.command == "printf %s served")))
+    );
+}
+
 /// OpenSSH sends `env` (no reply wanted) before `exec` (a reply wanted):
 /// the refusal of the one must not be taken for the answer to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
