@@ -55,7 +55,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nLogLevel ERROR\n{extra}\n",
+                 PermitRootLogin prohibit-password\nLogLevel ERROR\nSubsystem sftp internal-sftp\n{extra}\n",
                 host.display(),
                 authorized.display(),
                 dir.join("sshd.pid").display()

@@ -135,6 +135,8 @@ columns! {
     BytesToClient = "bytes_to_client": U64; "bytes a forwarded connection carried back to the client"
     Digest = "digest": Str; "a keyed digest of keystrokes typed at a terminal (HMAC-SHA256 under the deployment's masking key, bound to the session, channel and offset): the keystrokes themselves are not recorded"
     Signal = "signal": Str; "a signal the client sent to a command (TERM, INT, ...)"
+    TargetPath = "target_path": Str; "a file operation's second path: a rename's new name, a link's target"
+    Sha256 = "sha256": Str; "the SHA-256 (hex) of a whole file transferred"
 }
 
 /// Number of columns in the schema.

@@ -328,12 +328,16 @@ pub struct ExitStatus {
 }
 
 /// A file operation.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FileTransfer {
     pub channel_id: Option<u32>,
     pub operation: String,
     pub path: String,
     pub byte_count: Option<u64>,
+    /// A rename's new name, a link's target.
+    pub target_path: Option<String>,
+    /// The SHA-256 of the whole file, when it was transferred whole in order.
+    pub sha256: Option<String>,
 }
 
 /// A forwarded connection: asked for and decided (`outcome`, `rule`), then,
@@ -742,6 +746,8 @@ impl EventBody {
                 cells.opt_u64(C::ByteCount, f.byte_count);
                 cells.str(C::Operation, &f.operation);
                 cells.str(C::Path, &f.path);
+                opt_str(cells, C::TargetPath, &f.target_path);
+                opt_str(cells, C::Sha256, &f.sha256);
             }
             EventBody::PortForward(p) => {
                 channel(cells, p.channel_id);
@@ -961,6 +967,8 @@ impl EventBody {
                 byte_count: row.take_u64(C::ByteCount)?,
                 operation: req_str(row, C::Operation)?,
                 path: req_str(row, C::Path)?,
+                target_path: row.take_str(C::TargetPath)?,
+                sha256: row.take_str(C::Sha256)?,
             }),
             EventKind::PortForward => EventBody::PortForward(PortForward {
                 channel_id: row.take_u32(C::ChannelId)?,

@@ -54,5 +54,6 @@ pub use vocab::*;
 ///   keyed `digest` (never the bytes), the `shell` kind, the `command` kind
 ///   (a command line recovered from the terminal's echo) and the `signal`
 ///   kind; `grant_certified` (an SSH user certificate issued for a grant);
-///   the `flag` policy outcome (a typed command line a rule matched).
+///   the `flag` policy outcome (a typed command line a rule matched);
+///   `target_path` and `sha256` on file operations.
 pub const SCHEMA_VERSION: u32 = 5;

@@ -121,6 +121,8 @@ pub fn full(kind: EventKind) -> EventBody {
             operation: s("write"),
             path: s("/srv/app/config.yml"),
             byte_count: Some(512),
+            target_path: some("/srv/app/config.yml.new"),
+            sha256: some("2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"),
         }
         .into(),
         K::PortForward => PortForward {
@@ -256,7 +258,7 @@ pub fn minimal(kind: EventKind) -> EventBody {
         K::Signal => Signal { channel_id: None, signal: s("") }.into(),
         K::ExitStatus => ExitStatus::default().into(),
         K::FileTransfer => {
-            FileTransfer { channel_id: None, operation: s("stat"), path: s("/"), byte_count: None }.into()
+            FileTransfer { channel_id: None, operation: s("stat"), path: s("/"), ..Default::default() }.into()
         }
         K::PortForward => PortForward {
             channel_id: None,

@@ -16,6 +16,7 @@ pub mod flow;
 pub mod host_key;
 pub mod rules;
 mod session;
+pub mod sftp;
 
 use std::sync::Arc;
 use std::time::Duration;

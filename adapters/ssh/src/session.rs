@@ -24,8 +24,9 @@ use proctor_gateway_core::masking::MaskingKey;
 use proctor_gateway_core::recording::{Record, SessionRecorder};
 use proctor_gateway_core::session::{self, Ending, Engine, Refusal, Refused, RuleScope, Start};
 use proctor_schemas::{
-    Command, Direction, EndReason, ErrorReport, EventBody, Exec, ExitStatus, OutputStream, PolicyDecision,
-    PolicyOutcome, Protocol, PtyRequest, Resize, SessionId, SessionStart, Shell, Signal, TerminalInput, TerminalOutput,
+    Command, Direction, EndReason, ErrorReport, EventBody, Exec, ExitStatus, FileTransfer, OutputStream,
+    PolicyDecision, PolicyOutcome, Protocol, PtyRequest, Resize, SessionId, SessionStart, Shell, Signal, TerminalInput,
+    TerminalOutput,
 };
 use proctor_terminal::EchoedLines;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
@@ -296,12 +297,17 @@ impl russh::server::Handler for ClientSide {
         self.answer(channel, session).await
     }
 
+    /// SFTP is passed to the target, read as file operations; any other
+    /// subsystem is refused.
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
+        name: &str,
         session: &mut russh::server::Session,
     ) -> Result<(), Self::Error> {
+        if name == SFTP {
+            return self.answer(channel, session).await;
+        }
         session.channel_failure(channel)
     }
 
@@ -431,6 +437,7 @@ enum Out {
     Exec(Vec<u8>),
     Pty { term: String, cols: u32, rows: u32, pixel_width: u32, pixel_height: u32, modes: Vec<(russh::Pty, u32)> },
     Shell,
+    Subsystem(String),
     WindowChange { cols: u32, rows: u32, pixel_width: u32, pixel_height: u32 },
     Signal(russh::Sig),
     ExitStatus(u32),
@@ -543,6 +550,8 @@ struct Pair {
     asked: std::collections::VecDeque<Asked>,
     /// Where the target's answers go: to the client's handler.
     answers: Arc<Answers>,
+    /// The channel's SFTP, read as file operations, once asked for.
+    sftp: Option<crate::sftp::Sftp>,
 }
 
 /// A request passed to the target, awaiting its answer.
@@ -1150,6 +1159,7 @@ fn pair(
         terminal: None,
         asked: std::collections::VecDeque::new(),
         answers,
+        sftp: None,
     }
 }
 
@@ -1215,6 +1225,7 @@ impl Peer {
                 channel.request_pty(true, &term, cols, rows, pixel_width, pixel_height, &modes).await.is_ok()
             }
             (Peer::Target(channel), Out::Shell) => channel.request_shell(true).await.is_ok(),
+            (Peer::Target(channel), Out::Subsystem(name)) => channel.request_subsystem(true, name).await.is_ok(),
             (Peer::Target(channel), Out::WindowChange { cols, rows, pixel_width, pixel_height }) => {
                 channel.window_change(cols, rows, pixel_width, pixel_height).await.is_ok()
             }
@@ -1302,6 +1313,8 @@ async fn relay_event<S: EventSink>(
     let channel_id = Some(u32::from(id));
     // Command lines a keystroke or an echo completed, recorded after it.
     let mut commands = Vec::new();
+    // File operations an SFTP request said, recorded after its bytes.
+    let mut files = Vec::new();
     let (forward, recorded): (Option<Out>, Option<EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
             let text = String::from_utf8_lossy(&command).into_owned();
@@ -1374,6 +1387,11 @@ async fn relay_event<S: EventSink>(
             (Some(out), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::RequestShell { .. }) => (Some(Out::Shell), Some(Shell { channel_id }.into())),
+        (Side::Client, ChannelMsg::RequestSubsystem { name, .. }) if name == SFTP => {
+            pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
+            let recorded = Exec { channel_id, command: format!("subsystem {SFTP}") };
+            (Some(Out::Subsystem(name)), Some(recorded.into()))
+        }
         (Side::Client, ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
             let out = Out::WindowChange {
                 cols: col_width,
@@ -1394,7 +1412,12 @@ async fn relay_event<S: EventSink>(
                     commands = terminal.lines.typed(&data, std::time::Instant::now());
                     terminal.keystrokes(key, recorder.session_id(), id, &data)
                 }
-                None => TerminalInput { channel_id, data: data.to_vec(), ..Default::default() },
+                None => {
+                    if let Some(sftp) = pair.sftp.as_mut() {
+                        files = sftp.requested(&data);
+                    }
+                    TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }
+                }
             };
             (Some(Out::Data(data.clone())), Some(recorded.into()))
         }
@@ -1417,6 +1440,9 @@ async fn relay_event<S: EventSink>(
             };
         }
         (Side::Target, ChannelMsg::Data { data }) => {
+            if let Some(sftp) = pair.sftp.as_mut() {
+                sftp.answered(&data);
+            }
             if let Some(terminal) = pair.terminal.as_mut() {
                 commands = terminal.lines.shown(&data, std::time::Instant::now());
             }
@@ -1476,6 +1502,17 @@ async fn relay_event<S: EventSink>(
         for command in commands {
             record_command(recorder, channel_id, command, rc.gate);
         }
+        for file in files {
+            let recorded = FileTransfer {
+                channel_id,
+                operation: file.operation.to_string(),
+                path: file.path,
+                byte_count: file.byte_count,
+                target_path: file.target_path,
+                sha256: file.sha256,
+            };
+            recorder.push(Direction::ClientToTarget, recorded.into());
+        }
         if let Err(ending) = flush(recorder).await {
             flow.delivered(side, admitted);
             return Err(ending);
@@ -1485,7 +1522,7 @@ async fn relay_event<S: EventSink>(
         Some(out) => {
             match &out {
                 Out::Pty { .. } => pair.asked.push_back(Asked::Pty),
-                Out::Exec(_) | Out::Shell => pair.asked.push_back(Asked::Other),
+                Out::Exec(_) | Out::Shell | Out::Subsystem(_) => pair.asked.push_back(Asked::Other),
                 _ => {}
             }
             let ends = matches!(out, Out::ExitStatus(_) | Out::ExitSignal { .. } | Out::Close);
@@ -1551,10 +1588,13 @@ fn record_command<S: EventSink>(
     recorder.push(Direction::Gateway, decision.into());
 }
 
+/// The one subsystem passed on.
+const SFTP: &str = "sftp";
+
 /// What a client's request refused by the handler was, if it was one.
 fn refusal(message: &ChannelMsg) -> Option<String> {
     Some(match message {
-        ChannelMsg::RequestSubsystem { name, .. } => format!("subsystem {name:?}"),
+        ChannelMsg::RequestSubsystem { name, .. } if name != SFTP => format!("subsystem {name:?}"),
         ChannelMsg::RequestX11 { .. } => "X11 forwarding".to_string(),
         ChannelMsg::AgentForward { .. } => "agent forwarding".to_string(),
         // The name only: a variable's value may be a secret.

@@ -1,0 +1,183 @@
+//! File transfers through the SSH adapter against a real OpenSSH `sshd`:
+//! OpenSSH's `sftp` in batch mode and `scp` (which speaks SFTP) pass the
+//! files exactly, and every operation is recorded as a `file_transfer`
+//! event with its path, byte count and, for a whole file, its SHA-256.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use proctor_schemas::{EventBody, FileTransfer};
+use sha2::{Digest, Sha256};
+
+/// OpenSSH's `sftp` or `scp` through Proctor, with the gateway's pinned key
+/// and the secret as password.
+fn client(gateway: &Gateway, program: &str, args: &[&str]) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&gateway.askpass, format!("#!/bin/sh\nprintf '%s\\n' '{SECRET}'\n")).unwrap();
+    std::fs::set_permissions(&gateway.askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = std::process::Command::new(program)
+        .env("SSH_ASKPASS", &gateway.askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        // `sftp -b` asks ssh for batch mode, which skips the password
+        // prompt: the first value given to an option is the one kept.
+        .args(["-o", "BatchMode=no", "-F", "/dev/null", "-P", &gateway.port.to_string()])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", gateway.known_hosts.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "PreferredAuthentications=password,keyboard-interactive"])
+        .args(["-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (openssh-client): {e}"));
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn sha256(path: &Path) -> String {
+    Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_and_scp_operations_are_recorded_with_whole_file_hashes() {
+    let gateway = Gateway::start(None).await;
+    let local = gateway.dir.path().join("local");
+    let remote = gateway.dir.path().join("remote");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::create_dir_all(&remote).unwrap();
+    // 300 KiB that no two chunks share.
+    let mut content = Vec::new();
+    let mut state = 7u64;
+    while content.len() < 300 * 1024 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        content.extend_from_slice(&state.to_le_bytes());
+    }
+    let up = local.join("up.bin");
+    std::fs::write(&up, &content).unwrap();
+    let (r, l) = (remote.display().to_string(), local.display().to_string());
+    let batch = local.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {l}/up.bin {r}/up.bin\nget {r}/up.bin {l}/down.bin\nrename {r}/up.bin {r}/moved.bin\n\
+             mkdir {r}/d\nrmdir {r}/d\nrm {r}/moved.bin\n"
+        ),
+    )
+    .unwrap();
+    let to = format!("agent@127.0.0.1:{r}/scp.bin");
+    let gateway = tokio::task::spawn_blocking(move || {
+        client(&gateway, "sftp", &["-b", batch.to_str().unwrap(), "agent@127.0.0.1"]);
+        client(&gateway, "scp", &[up.to_str().unwrap(), &to]);
+        gateway
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(local.join("down.bin")).unwrap(), content, "the file came back exactly");
+    assert_eq!(std::fs::read(remote.join("scp.bin")).unwrap(), content);
+    assert!(!remote.join("moved.bin").exists());
+    let hash = sha256(&local.join("up.bin"));
+
+    let sessions = tokio::time::timeout(Duration::from_secs(60), gateway.recorded()).await.unwrap();
+    let files: Vec<FileTransfer> = sessions
+        .iter()
+        .flatten()
+        .filter_map(|e| match &e.body {
+            EventBody::FileTransfer(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    let find = |operation: &str, path: String| {
+        files
+            .iter()
+            .find(|f| f.operation == operation && f.path == path)
+            .unwrap_or_else(|| panic!("no {operation} of {path} in {files:#?}"))
+            .clone()
+    };
+    let written = find("write", format!("{r}/up.bin"));
+    assert_eq!((written.byte_count, written.sha256.as_deref()), (Some(content.len() as u64), Some(hash.as_str())));
+    let read = find("read", format!("{r}/up.bin"));
+    assert_eq!((read.byte_count, read.sha256.as_deref()), (Some(content.len() as u64), Some(hash.as_str())));
+    let renamed = find("rename", format!("{r}/up.bin"));
+    assert_eq!(renamed.target_path, Some(format!("{r}/moved.bin")));
+    find("mkdir", format!("{r}/d"));
+    find("rmdir", format!("{r}/d"));
+    find("remove", format!("{r}/moved.bin"));
+    let copied = find("write", format!("{r}/scp.bin"));
+    assert_eq!(copied.sha256.as_deref(), Some(hash.as_str()), "scp (over SFTP) too");
+    // The subsystem is recorded as what the channel ran.
+    assert!(sessions.iter().flatten().any(|e| matches!(&e.body, EventBody::Exec(x) if x.command == "subsystem sftp")));
+}
+
+/// `rsync -e ssh` and `git clone`/`git push` over SSH, through Proctor:
+/// each runs its server side with exec, recorded with the bytes it moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsync_and_git_run_through_proctor() {
+    use std::os::unix::fs::PermissionsExt;
+    let gateway = Gateway::start(None).await;
+    let base = gateway.dir.path().to_path_buf();
+    std::fs::write(&gateway.askpass, format!("#!/bin/sh\nprintf '%s\\n' '{SECRET}'\n")).unwrap();
+    std::fs::set_permissions(&gateway.askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ssh = format!(
+        "ssh -F /dev/null -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes \
+         -o PreferredAuthentications=password,keyboard-interactive -o PubkeyAuthentication=no -o NumberOfPasswordPrompts=1",
+        gateway.port,
+        gateway.known_hosts.display()
+    );
+    let askpass = gateway.askpass.clone();
+    let port = gateway.port;
+    let run = |program: &str, args: &[&str], dir: &Path| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .env("GIT_SSH_COMMAND", &ssh)
+            .env("GIT_AUTHOR_NAME", "agent")
+            .env("GIT_AUTHOR_EMAIL", "agent@example.com")
+            .env("GIT_COMMITTER_NAME", "agent")
+            .env("GIT_COMMITTER_EMAIL", "agent@example.com")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    // rsync a tree there.
+    let tree = base.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(tree.join("sub/b.txt"), "beta\n".repeat(10_000)).unwrap();
+    let synced = base.join("synced");
+    tokio::task::block_in_place(|| {
+        run("rsync", &["-a", "-e", &ssh, "tree/", &format!("agent@127.0.0.1:{}/", synced.display())], &base);
+        // A bare repository on the target; cloned, committed to, pushed.
+        run("git", &["init", "-q", "--bare", "-b", "main", "repo.git"], &base);
+        let url = format!("ssh://agent@127.0.0.1:{port}{}/repo.git", base.display());
+        run("git", &["clone", "-q", &url, "work"], &base);
+        let work = base.join("work");
+        std::fs::write(work.join("README"), "through proctor\n").unwrap();
+        run("git", &["add", "README"], &work);
+        run("git", &["commit", "-q", "-m", "first"], &work);
+        run("git", &["push", "-q", "origin", "HEAD:main"], &work);
+        run("git", &["clone", "-q", &url, "again"], &base);
+    });
+    assert_eq!(std::fs::read_to_string(synced.join("sub/b.txt")).unwrap(), "beta\n".repeat(10_000));
+    assert_eq!(std::fs::read_to_string(base.join("again/README")).unwrap(), "through proctor\n");
+    let sessions = tokio::time::timeout(Duration::from_secs(60), gateway.recorded()).await.unwrap();
+    let commands: Vec<String> = sessions
+        .iter()
+        .flatten()
+        .filter_map(|e| match &e.body {
+            EventBody::Exec(x) => Some(x.command.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(commands.iter().any(|c| c.starts_with("rsync --server")), "{commands:?}");
+    assert!(commands.iter().any(|c| c.starts_with("git-receive-pack")), "{commands:?}");
+    assert!(commands.iter().filter(|c| c.starts_with("git-upload-pack")).count() >= 2, "{commands:?}");
+}
