@@ -99,6 +99,16 @@ pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties
             EnabledStatistics::None,
         );
     }
+    // Raw bytes (terminal traffic, bodies, frames) are large and rarely
+    // repeat whole: no dictionary (hashing every value to find none is most
+    // of what writing them costs), and zstd's fastest level, which keeps
+    // most of the ratio on text and wastes least on what does not compress.
+    let fast = ZstdLevel::try_new(1).map_err(|e| RecorderError::Config(e.to_string()))?;
+    for column in ["data", "body"] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_compression(ColumnPath::from(column), Compression::ZSTD(fast));
+    }
     Ok(builder
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Chunk)

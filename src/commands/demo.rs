@@ -97,6 +97,7 @@ fn agent_ssh_rules() -> proctor_ssh::rules::SshRuleSetConfig {
         hold: ["sudo", "rm -rf", "systemctl", "shutdown", "reboot"].map(String::from).to_vec(),
         approval_group: Some(APPROVERS.to_string()),
         shells: true,
+        sftp: Some(true),
     }
 }
 

@@ -45,6 +45,11 @@ pub struct SshRuleSetConfig {
     /// Whether interactive shells may be opened (default: yes).
     #[serde(default = "yes")]
     pub shells: bool,
+    /// Whether the SFTP subsystem (sftp, scp) may be used. Its file
+    /// operations are recorded, not matched against `block` and `hold`, so
+    /// it is off by default in a rule set that has patterns, on otherwise.
+    #[serde(default)]
+    pub sftp: Option<bool>,
 }
 
 fn yes() -> bool {
@@ -66,6 +71,7 @@ pub struct SshRuleSet {
     hold: Vec<Pattern>,
     pub approval_group: Option<String>,
     pub shells: bool,
+    pub sftp: bool,
 }
 
 /// What a rule set decided for a command line.
@@ -101,12 +107,26 @@ impl SshRuleSet {
             hold: patterns(&config.hold, "hold")?,
             approval_group: config.approval_group.clone(),
             shells: config.shells,
+            sftp: config.sftp.unwrap_or(config.block.is_empty() && config.hold.is_empty()),
         })
     }
 
-    /// Decides a command line.
+    /// Decides a command line. A line too long, too deep or with a program
+    /// named by something only the shell can work out (`$`, `*`, `?`, `[`,
+    /// a backquote) is held, if this set has patterns at all: what cannot
+    /// be read is not let through unread.
     pub fn decide(&self, line: &str) -> Verdict {
-        let commands = looked_at(line);
+        if self.block.is_empty() && self.hold.is_empty() {
+            return Verdict::Allow;
+        }
+        let unreadable = || Verdict::Hold { rule: format!("{}/unreadable", self.name) };
+        if line.len() > MAX_LINE {
+            return unreadable();
+        }
+        let Some(commands) = looked_at(line) else { return unreadable() };
+        if commands.iter().any(|c| c.first().is_some_and(|p| p.contains(['$', '*', '?', '[', '`']))) {
+            return unreadable();
+        }
         let first = |patterns: &[Pattern]| {
             patterns.iter().find(|p| commands.iter().any(|c| matches(&p.words, c))).map(|p| p.text.clone())
         };
@@ -154,31 +174,46 @@ impl SshPolicy {
         self.holds.get()
     }
 
-    /// The keyed hash of a command exactly as sent.
-    pub fn command_hash(&self, command: &str) -> String {
-        self.key.digest("ssh exec", command.as_bytes())
+    /// The keyed hash of a command exactly as sent (its bytes).
+    pub fn command_hash(&self, command: &[u8]) -> String {
+        self.key.digest("ssh exec", command)
     }
 }
 
+/// The longest command line read; a longer one is held unread.
+const MAX_LINE: usize = 64 * 1024;
+/// How deep lines within lines (`sh -c`, `$( )`) and wrappers within
+/// wrappers are read; deeper is held unread.
+const MAX_DEPTH: usize = 8;
+
 /// Programs that run the command that follows their options.
-const WRAPPERS: [&str; 10] = ["sudo", "env", "nice", "nohup", "timeout", "xargs", "exec", "command", "time", "doas"];
-/// Shells whose `-c` argument is a command line.
-const SHELLS: [&str; 6] = ["sh", "bash", "dash", "zsh", "ksh", "busybox"];
+const WRAPPERS: [&str; 16] = [
+    "sudo", "env", "nice", "nohup", "timeout", "xargs", "exec", "command", "time", "doas", "setsid", "stdbuf",
+    "ionice", "chrt", "taskset", "busybox",
+];
+/// Shells whose `-c` argument (or `su`'s) is a command line.
+const SHELLS: [&str; 9] = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "fish", "su"];
 
 /// Every command of `line` a rule looks at: its simple commands, the
-/// commands their wrappers run, and the lines given to shells' `-c`.
-fn looked_at(line: &str) -> Vec<Vec<String>> {
+/// commands their wrappers run, and the lines given to shells' `-c`;
+/// `None` if it nests deeper than is read.
+fn looked_at(line: &str) -> Option<Vec<Vec<String>>> {
     let mut found = Vec::new();
     let mut pending = vec![(line.to_string(), 0usize)];
     while let Some((line, depth)) = pending.pop() {
-        for command in commands(&line) {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        for command in commands_within(&line)? {
             let mut command = command;
-            loop {
+            for peeled in 0.. {
+                if peeled > MAX_DEPTH {
+                    return None;
+                }
                 let program = command.first().cloned().unwrap_or_default();
                 if SHELLS.contains(&program.as_str())
-                    && let Some(at) = command.iter().position(|w| w == "-c")
+                    && let Some(at) = command.iter().position(|w| is_c_option(w))
                     && let Some(inner) = command.get(at + 1)
-                    && depth < 4
                 {
                     pending.push((inner.clone(), depth + 1));
                 }
@@ -191,7 +226,13 @@ fn looked_at(line: &str) -> Vec<Vec<String>> {
             }
         }
     }
-    found
+    Some(found)
+}
+
+/// `-c`, or a group of short options holding it (`-lc`, `-xc`).
+fn is_c_option(word: &str) -> bool {
+    word.strip_prefix('-')
+        .is_some_and(|o| !o.starts_with('-') && o.contains('c') && o.chars().all(|c| c.is_ascii_alphabetic()))
 }
 
 /// The command a wrapper runs: its words after the wrapper's options (and,
@@ -200,9 +241,13 @@ fn wrapped(program: &str, command: &[String]) -> Option<Vec<String>> {
     let mut rest = command.iter().skip(1).peekable();
     // Options taking a value, for the wrappers that have them.
     let valued: &[&str] = match program {
-        "sudo" | "doas" => &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U"],
-        "nice" => &["-n"],
-        "timeout" => &["-s", "-k"],
+        "sudo" | "doas" => &["-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "--user", "--group", "--chdir"],
+        "nice" => &["-n", "--adjustment"],
+        "timeout" => &["-s", "-k", "--signal", "--kill-after"],
+        "env" => &["-u", "--unset", "-C", "--chdir"],
+        "exec" => &["-a"],
+        "xargs" => &["-n", "-I", "-P", "-L", "-s", "-d", "-E", "-a", "--max-args", "--max-procs", "--delimiter"],
+        "stdbuf" | "ionice" | "chrt" | "taskset" => &["-i", "-o", "-e", "-c", "-n", "-p"],
         _ => &[],
     };
     while let Some(word) = rest.peek() {
@@ -222,7 +267,7 @@ fn wrapped(program: &str, command: &[String]) -> Option<Vec<String>> {
             break;
         }
     }
-    if program == "timeout" {
+    if matches!(program, "timeout" | "taskset" | "chrt") {
         rest.next();
     }
     let mut inner: Vec<String> = rest.cloned().collect();
@@ -277,7 +322,12 @@ fn is_assignment(word: &str) -> bool {
     }
 }
 
+/// A program's base name; a name only the shell can work out (`$`, a
+/// glob) is kept whole, for the rules to see it cannot be read.
 fn base_name(program: &str) -> String {
+    if program.contains(['$', '*', '?', '[', '`']) {
+        return program.to_string();
+    }
     program.rsplit('/').next().unwrap_or(program).to_string()
 }
 
@@ -285,25 +335,45 @@ fn base_name(program: &str) -> String {
 /// a program (by its base name) and its arguments, quotes removed, leading
 /// assignments skipped; the commands of `$( )` and backquotes among them.
 pub fn commands(line: &str) -> Vec<Vec<String>> {
+    commands_within(line).unwrap_or_default()
+}
+
+/// As [`commands`]; `None` if substitutions nest deeper than are read.
+fn commands_within(line: &str) -> Option<Vec<Vec<String>>> {
     let mut out = Vec::new();
-    split(&line.chars().collect::<Vec<_>>(), &mut out, 0);
-    out.into_iter()
+    if !split(&line.chars().collect::<Vec<_>>(), &mut out, 0) {
+        return None;
+    }
+    let commands = out
+        .into_iter()
         .filter_map(|words: Vec<String>| {
-            let mut words: Vec<String> = words.into_iter().skip_while(|w| is_assignment(w)).collect();
+            // Reserved words and assignments before the program.
+            let mut words: Vec<String> =
+                words.into_iter().skip_while(|w| is_assignment(w) || RESERVED.contains(&w.as_str())).collect();
             let first = words.first_mut()?;
             *first = base_name(first);
             Some(words)
         })
-        .collect()
+        .collect();
+    Some(commands)
 }
 
-/// Splits `chars` into simple commands, appended to `out` (nested
-/// substitutions at most `depth` 8 deep).
-fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
+/// Words a shell reads as its own before a command.
+const RESERVED: [&str; 12] = ["!", "{", "}", "if", "then", "else", "elif", "do", "while", "until", "fi", "done"];
+
+/// Splits `chars` into simple commands, appended to `out`; false if
+/// substitutions nest deeper than [`MAX_DEPTH`].
+fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) -> bool {
     let mut command: Vec<String> = Vec::new();
     let mut word: Option<String> = None;
-    let end_word = |word: &mut Option<String>, command: &mut Vec<String>| {
+    // The next word is a redirection's target (`>file`), not an argument.
+    let mut target = false;
+    let mut readable = true;
+    let end_word = |word: &mut Option<String>, command: &mut Vec<String>, target: &mut bool| {
         if let Some(w) = word.take() {
+            if std::mem::take(target) {
+                return;
+            }
             command.push(w);
         }
     };
@@ -312,14 +382,40 @@ fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
             out.push(std::mem::take(command));
         }
     };
+    // Reads the substitution `inner` (a line of its own) into `out`.
+    let mut within = |inner: &[char], out: &mut Vec<Vec<String>>| {
+        if depth >= MAX_DEPTH || !split(inner, out, depth + 1) {
+            readable = false;
+        }
+    };
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
         match c {
-            ' ' | '\t' => end_word(&mut word, &mut command),
+            ' ' | '\t' => end_word(&mut word, &mut command, &mut target),
             ';' | '&' | '|' | '\n' | '(' | ')' => {
-                end_word(&mut word, &mut command);
+                end_word(&mut word, &mut command, &mut target);
                 end_command(&mut command, out);
+            }
+            '<' | '>' => {
+                // A redirection: a file descriptor's number before it is
+                // not an argument, nor is the word after it.
+                if word.as_deref().is_some_and(|w| !w.is_empty() && w.chars().all(|d| d.is_ascii_digit())) {
+                    word = None;
+                } else {
+                    end_word(&mut word, &mut command, &mut target);
+                }
+                while matches!(chars.get(i + 1), Some('<' | '>' | '&' | '|')) {
+                    i += 1;
+                }
+                // `<( )` and `>( )`: a process substitution, read as a line.
+                if chars.get(i + 1) == Some(&'(') {
+                    let end = closing(chars, i + 1);
+                    within(&chars[i + 2..end.min(chars.len())], out);
+                    i = end;
+                } else {
+                    target = true;
+                }
             }
             '#' if word.is_none() => {
                 // A comment, to the end of the line.
@@ -351,15 +447,15 @@ fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
                     match chars[i] {
                         '\\' if matches!(chars.get(i + 1), Some('$' | '`' | '"' | '\\' | '\n')) => {
                             i += 1;
-                            if chars[i] != '\n' {
-                                word.as_mut().unwrap_or(&mut String::new()).push(chars[i]);
+                            if chars[i] != '\n'
+                                && let Some(w) = word.as_mut()
+                            {
+                                w.push(chars[i]);
                             }
                         }
                         '$' if chars.get(i + 1) == Some(&'(') => {
                             let end = closing(chars, i + 1);
-                            if depth < 8 {
-                                split(&chars[i + 2..end.min(chars.len())], out, depth + 1);
-                            }
+                            within(&chars[i + 2..end.min(chars.len())], out);
                             if let Some(w) = word.as_mut() {
                                 w.extend(&chars[i..(end + 1).min(chars.len())]);
                             }
@@ -367,8 +463,9 @@ fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
                         }
                         '`' => {
                             let end = backquote(chars, i);
-                            if depth < 8 {
-                                split(&chars[i + 1..end.min(chars.len())], out, depth + 1);
+                            within(&chars[i + 1..end.min(chars.len())], out);
+                            if let Some(w) = word.as_mut() {
+                                w.extend(&chars[i..(end + 1).min(chars.len())]);
                             }
                             i = end;
                         }
@@ -383,17 +480,29 @@ fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
             }
             '$' if chars.get(i + 1) == Some(&'(') => {
                 let end = closing(chars, i + 1);
-                if depth < 8 {
-                    split(&chars[i + 2..end.min(chars.len())], out, depth + 1);
-                }
+                within(&chars[i + 2..end.min(chars.len())], out);
                 word.get_or_insert_with(String::new).extend(&chars[i..(end + 1).min(chars.len())]);
                 i = end;
             }
+            '$' if chars.get(i + 1) == Some(&'\'') => {
+                // `$'...'`: its escapes are the shell's to read; the word
+                // keeps its `$`, so that as a program it is unreadable.
+                let w = word.get_or_insert_with(String::new);
+                w.push('$');
+                i += 2;
+                while i < chars.len() && chars[i] != '\'' {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
+                    if let Some(&c) = chars.get(i) {
+                        w.push(c);
+                    }
+                    i += 1;
+                }
+            }
             '`' => {
                 let end = backquote(chars, i);
-                if depth < 8 {
-                    split(&chars[i + 1..end.min(chars.len())], out, depth + 1);
-                }
+                within(&chars[i + 1..end.min(chars.len())], out);
                 word.get_or_insert_with(String::new).extend(&chars[i..(end + 1).min(chars.len())]);
                 i = end;
             }
@@ -401,8 +510,9 @@ fn split(chars: &[char], out: &mut Vec<Vec<String>>, depth: usize) {
         }
         i += 1;
     }
-    end_word(&mut word, &mut command);
+    end_word(&mut word, &mut command, &mut target);
     end_command(&mut command, out);
+    readable
 }
 
 /// Where the `)` closing the `(` at `open` is (the end if none), quotes
@@ -423,6 +533,15 @@ fn closing(chars: &[char], open: usize) -> usize {
             '\'' => {
                 i += 1;
                 while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+            }
+            '"' => {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
                     i += 1;
                 }
             }
@@ -456,6 +575,7 @@ mod tests {
             hold: hold.iter().map(|s| s.to_string()).collect(),
             approval_group: None,
             shells: true,
+            sftp: None,
         };
         SshRuleSet::new("ci", &config).unwrap()
     }
@@ -494,6 +614,29 @@ mod tests {
         assert_eq!(rules.decide("echo $(sh -c \"sudo id\")"), hold("sudo"));
         assert_eq!(rules.decide("'sudo' id"), hold("sudo"));
         assert_eq!(rules.decide("echo sudo"), Verdict::Allow);
+        // Reserved words, redirections, option groups, more wrappers.
+        assert_eq!(rules.decide("if true; then rm -rf /; fi"), block("rm -rf /"));
+        assert_eq!(rules.decide("{ rm -rf /; }"), block("rm -rf /"));
+        assert_eq!(rules.decide("! sudo id"), hold("sudo"));
+        assert_eq!(rules.decide(">/dev/null rm -rf /"), block("rm -rf /"));
+        assert_eq!(rules.decide("rm</dev/null -rf / 2>&1"), block("rm -rf /"));
+        assert_eq!(rules.decide("bash -lc 'rm -rf /'"), block("rm -rf /"));
+        assert_eq!(rules.decide("su -c 'sudo id' root"), hold("sudo"));
+        assert_eq!(rules.decide("exec -a x rm -rf /"), block("rm -rf /"));
+        assert_eq!(rules.decide("xargs -n 1 -P 4 sudo"), hold("sudo"));
+        assert_eq!(rules.decide("sudo --user root rm -rf /"), block("rm -rf /"));
+        assert_eq!(rules.decide("busybox rm -rf /"), block("rm -rf /"));
+        assert_eq!(rules.decide("echo $(echo \")\"; rm -rf /)"), block("rm -rf /"));
+        assert_eq!(rules.decide("cat <(sudo id)"), hold("sudo"));
+        // What only the shell can work out is held unread.
+        let unreadable = Verdict::Hold { rule: "ci/unreadable".to_string() };
+        assert_eq!(rules.decide("rm${IFS}-rf${IFS}/"), unreadable);
+        assert_eq!(rules.decide("/bin/r? -rf /"), unreadable);
+        assert_eq!(rules.decide("$'\\x72m' -rf /"), unreadable);
+        assert_eq!(rules.decide(&"env ".repeat(20_000)), unreadable);
+        assert_eq!(rules.decide(&"$(".repeat(20)), unreadable);
+        // A set with no patterns reads nothing.
+        assert_eq!(set(&[], &[]).decide("rm${IFS}-rf"), Verdict::Allow);
     }
 
     #[test]
@@ -525,7 +668,9 @@ mod tests {
                     let len = rng.random_range(1..6);
                     // The program is a plain word; arguments anything.
                     let word: String = if w == 0 {
-                        (0..len).map(|_| (b'a' + rng.random_range(0..26u8)) as char).collect()
+                        // (Not a word the shell reserves, which is no program.)
+                        let word: String = (0..len).map(|_| (b'a' + rng.random_range(0..26u8)) as char).collect();
+                        if RESERVED.contains(&word.as_str()) { format!("x{word}") } else { word }
                     } else {
                         (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
                     };

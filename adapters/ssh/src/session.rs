@@ -1320,7 +1320,7 @@ async fn relay_event<S: EventSink>(
             let text = String::from_utf8_lossy(&command).into_owned();
             recorder.push(Direction::ClientToTarget, Exec { channel_id, command: text.clone() }.into());
             if let Some(gate) = rc.gate
-                && let Some((decision, refusal)) = decide_exec(gate, rc, &text, recorder.session_id()).await
+                && let Some((decision, refusal)) = decide_exec(gate, rc, &command, recorder.session_id()).await
             {
                 recorder.push(Direction::Gateway, decision.into());
                 if let Err(ending) = flush(recorder).await {
@@ -1387,6 +1387,29 @@ async fn relay_event<S: EventSink>(
             (Some(out), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::RequestShell { .. }) => (Some(Out::Shell), Some(Shell { channel_id }.into())),
+        (Side::Client, ChannelMsg::RequestSubsystem { name, .. })
+            if name == SFTP && rc.gate.is_some_and(|g| !g.rules.sftp) =>
+        {
+            let gate = rc.gate.expect("checked");
+            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: format!("subsystem {SFTP}") }.into());
+            let decision = PolicyDecision {
+                outcome: PolicyOutcome::Block,
+                grant_id: gate.grant_id.clone(),
+                rule: Some(format!("{}/sftp", gate.rules.name)),
+                review_id: None,
+                ref_seq: None,
+                message: Some(format!(
+                    "rule set {} opens no SFTP: its file operations are recorded, not matched against its patterns (sftp = true allows it)",
+                    gate.rules.name
+                )),
+            };
+            recorder.push(Direction::Gateway, decision.into());
+            let flushed = flush(recorder).await;
+            flow.delivered(side, admitted);
+            flushed?;
+            pair.answers.answered(id, false);
+            return Ok(());
+        }
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. }) if name == SFTP => {
             pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
             let recorded = Exec { channel_id, command: format!("subsystem {SFTP}") };
@@ -1406,18 +1429,19 @@ async fn relay_event<S: EventSink>(
             (Some(Out::Signal(signal)), Some(recorded.into()))
         }
         (Side::Client, ChannelMsg::Data { data }) => {
-            let recorded = match pair.terminal.as_mut() {
+            let recorded = match (pair.sftp.as_mut(), pair.terminal.as_mut()) {
+                // SFTP, even on a channel with a terminal: its bytes, and
+                // the file operations they request.
+                (Some(sftp), _) => {
+                    files = sftp.requested(&data);
+                    TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }
+                }
                 // Keystrokes: their length and digest, never themselves.
-                Some(terminal) => {
+                (None, Some(terminal)) => {
                     commands = terminal.lines.typed(&data, std::time::Instant::now());
                     terminal.keystrokes(key, recorder.session_id(), id, &data)
                 }
-                None => {
-                    if let Some(sftp) = pair.sftp.as_mut() {
-                        files = sftp.requested(&data);
-                    }
-                    TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }
-                }
+                (None, None) => TerminalInput { channel_id, data: data.to_vec(), ..Default::default() },
             };
             (Some(Out::Data(data.clone())), Some(recorded.into()))
         }
@@ -1639,7 +1663,7 @@ const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
 async fn decide_exec(
     gate: &Gate,
     rc: &RelayCtx<'_>,
-    command: &str,
+    raw: &[u8],
     session_id: SessionId,
 ) -> Option<(PolicyDecision, Option<String>)> {
     let decision = |outcome, rule: &str, review_id: Option<String>, message: String| PolicyDecision {
@@ -1649,6 +1673,13 @@ async fn decide_exec(
         review_id,
         ref_seq: None,
         message: Some(message),
+    };
+    // Decided on text: a command that is not UTF-8 text could be read as
+    // another; it is not let through unread.
+    let Ok(command) = std::str::from_utf8(raw) else {
+        let rule = format!("{}/unreadable", gate.rules.name);
+        let message = format!("refused by rule {rule}: the command is not UTF-8 text");
+        return Some((decision(PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
     };
     let rule = match gate.rules.decide(command) {
         Verdict::Allow => return None,
@@ -1669,7 +1700,7 @@ async fn decide_exec(
         ref_seq: None,
         kind: HeldKind::Exec,
         text: command.to_string(),
-        text_hash: rc.policy.command_hash(command),
+        text_hash: rc.policy.command_hash(raw),
         rule: rule.clone(),
         approval_group: gate.rules.approval_group.clone(),
     };

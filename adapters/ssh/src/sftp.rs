@@ -34,8 +34,17 @@ mod fxp {
     pub const EXTENDED: u8 = 200;
 }
 
-/// `SSH_FXF_WRITE`, `SSH_FXF_READ`.
+/// `SSH_FXF_READ`, `SSH_FXF_WRITE`, `SSH_FXF_APPEND`.
+const OPEN_READ: u32 = 0x01;
 const OPEN_WRITE: u32 = 0x02;
+const OPEN_APPEND: u32 = 0x04;
+/// `SSH_FX_EOF`.
+const STATUS_EOF: u32 = 1;
+/// Open handles followed at most, and the longest handle (the protocol's
+/// own bound) and path kept.
+const MAX_HANDLES: usize = 1024;
+const MAX_HANDLE: usize = 256;
+const MAX_PATH: usize = 4096;
 
 /// The largest packet read whole (OpenSSH's own limit is 256 KiB); a larger
 /// one is skipped by its length, its type counted.
@@ -56,8 +65,9 @@ pub struct Operation {
     pub target_path: Option<String>,
     /// Bytes read or written through a handle, at its close.
     pub byte_count: Option<u64>,
-    /// The SHA-256 of the whole file, when it was read or written from its
-    /// first byte to its last in order (hex).
+    /// The SHA-256 (hex) of the whole file transferred: the bytes written
+    /// from the first in order up to the close, or read from the first in
+    /// order up to the end of the file.
     pub sha256: Option<String>,
 }
 
@@ -72,10 +82,13 @@ struct Open {
     path: String,
     write: bool,
     bytes: u64,
-    /// Hashing while the transfer stays sequential from offset 0.
+    /// Hashing while the transfer stays sequential from offset 0 (not for
+    /// a handle opened to append, or to read and write).
     hasher: Option<Sha256>,
     /// The next offset a sequential transfer continues at.
     next: u64,
+    /// A read reached the end of the file right after the last byte hashed.
+    ended: bool,
 }
 
 impl Open {
@@ -96,7 +109,7 @@ impl Open {
 /// What a request waits for.
 enum Pending {
     /// An `open` of this path: its answer is the handle.
-    Open { path: String, write: bool },
+    Open { path: String, write: bool, hashed: bool },
     /// A `read` of this handle at this offset: its answer is the data.
     Read { handle: Vec<u8>, offset: u64 },
 }
@@ -183,7 +196,10 @@ impl<'a> Fields<'a> {
 pub struct Sftp {
     requests: Framer,
     answers: Framer,
-    pending: HashMap<u32, Pending>,
+    /// Requests by id, oldest first (a client may reuse an id).
+    pending: HashMap<u32, std::collections::VecDeque<Pending>>,
+    /// Reads awaiting their answer, at most [`MAX_PENDING`].
+    reads: usize,
     handles: HashMap<Vec<u8>, Open>,
     /// Packets that could not be read (malformed, or too large).
     pub unread: u64,
@@ -196,12 +212,14 @@ impl Sftp {
     pub fn requested(&mut self, bytes: &[u8]) -> Vec<Operation> {
         let mut operations = Vec::new();
         let (packets, skipped) = self.requests.feed(bytes);
-        self.unread += skipped;
+        if skipped > 0 {
+            self.lost(skipped);
+        }
         for packet in packets {
             match self.request(&packet) {
                 Some(Some(operation)) => operations.push(operation),
                 Some(None) => {}
-                None => self.unread += 1,
+                None => self.lost(1),
             }
         }
         operations
@@ -210,12 +228,27 @@ impl Sftp {
     /// Bytes the target answered with.
     pub fn answered(&mut self, bytes: &[u8]) {
         let (packets, skipped) = self.answers.feed(bytes);
-        self.unread += skipped;
+        if skipped > 0 {
+            self.lost(skipped);
+        }
         for packet in packets {
             if self.answer(&packet).is_none() {
-                self.unread += 1;
+                self.lost(1);
             }
         }
+    }
+
+    /// Packets not read: what they carried is not known, so no transfer
+    /// under way can claim a whole-file hash.
+    fn lost(&mut self, packets: u64) {
+        self.unread += packets;
+        for open in self.handles.values_mut() {
+            open.hasher = None;
+        }
+    }
+
+    fn wait(&mut self, id: u32, pending: Pending) {
+        self.pending.entry(id).or_default().push_back(pending);
     }
 
     /// What a request packet is; `None` if it could not be read.
@@ -231,16 +264,21 @@ impl Sftp {
                 let path = f.text()?;
                 let flags = f.u32()?;
                 let write = flags & OPEN_WRITE != 0;
-                if self.pending.len() < MAX_PENDING {
-                    self.pending.insert(id, Pending::Open { path: path.clone(), write });
-                }
+                // A file written is hashed as it is sent (not appended to,
+                // not read and written through one handle).
+                let hashed = !write || flags & (OPEN_READ | OPEN_APPEND) == 0;
+                self.wait(id, Pending::Open { path: path.clone(), write, hashed });
                 Some(Operation::path("open", path))
             }
             fxp::READ => {
                 let handle = f.bytes()?.to_vec();
                 let offset = f.u64()?;
-                if self.pending.len() < MAX_PENDING {
-                    self.pending.insert(id, Pending::Read { handle, offset });
+                if self.reads < MAX_PENDING {
+                    self.reads += 1;
+                    self.wait(id, Pending::Read { handle, offset });
+                } else if let Some(open) = self.handles.get_mut(&handle) {
+                    // Not followed: its data will not be counted.
+                    open.hasher = None;
                 }
                 None
             }
@@ -255,12 +293,15 @@ impl Sftp {
             }
             fxp::CLOSE => {
                 let handle = f.bytes()?;
-                self.handles.remove(handle).map(|open| Operation {
-                    operation: if open.write { "write" } else { "read" },
-                    path: open.path,
-                    target_path: None,
-                    byte_count: Some(open.bytes),
-                    sha256: open.hasher.map(|h| hex(&h.finalize())),
+                self.handles.remove(handle).map(|open| {
+                    let whole = open.write || open.ended;
+                    Operation {
+                        operation: if open.write { "write" } else { "read" },
+                        path: open.path,
+                        target_path: None,
+                        byte_count: Some(open.bytes),
+                        sha256: open.hasher.filter(|_| whole).map(|h| hex(&h.finalize())),
+                    }
                 })
             }
             fxp::REMOVE => Some(Operation::path("remove", f.text()?)),
@@ -314,11 +355,27 @@ impl Sftp {
             return Some(());
         }
         let id = f.u32()?;
-        let pending = self.pending.remove(&id);
+        let pending = self.pending.get_mut(&id).and_then(std::collections::VecDeque::pop_front);
+        if self.pending.get(&id).is_some_and(std::collections::VecDeque::is_empty) {
+            self.pending.remove(&id);
+        }
+        if matches!(pending, Some(Pending::Read { .. })) {
+            self.reads = self.reads.saturating_sub(1);
+        }
         match (kind, pending) {
-            (fxp::HANDLE, Some(Pending::Open { path, write })) => {
+            (fxp::HANDLE, Some(Pending::Open { mut path, write, hashed })) => {
                 let handle = f.bytes()?.to_vec();
-                self.handles.insert(handle, Open { path, write, bytes: 0, hasher: Some(Sha256::new()), next: 0 });
+                if handle.len() <= MAX_HANDLE && self.handles.len() < MAX_HANDLES {
+                    if path.len() > MAX_PATH {
+                        let mut end = MAX_PATH;
+                        while !path.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        path.truncate(end);
+                    }
+                    let hasher = hashed.then(Sha256::new);
+                    self.handles.insert(handle, Open { path, write, bytes: 0, hasher, next: 0, ended: false });
+                }
             }
             (fxp::DATA, Some(Pending::Read { handle, offset })) => {
                 let data = f.bytes()?;
@@ -326,7 +383,15 @@ impl Sftp {
                     open.passed(offset, data);
                 }
             }
-            (fxp::STATUS, _) => {}
+            (fxp::STATUS, Some(Pending::Read { handle, offset })) => {
+                let code = f.u32()?;
+                if let Some(open) = self.handles.get_mut(&handle)
+                    && code == STATUS_EOF
+                    && offset == open.next
+                {
+                    open.ended = true;
+                }
+            }
             _ => {}
         }
         Some(())
@@ -395,6 +460,31 @@ mod tests {
         );
         assert_eq!(ops[2].target_path.as_deref(), Some("/tmp/done.bin"));
         assert_eq!(sftp.unread, 0);
+    }
+
+    #[test]
+    fn a_read_is_hashed_whole_only_once_it_reached_the_end() {
+        for reaches_end in [true, false] {
+            let mut sftp = Sftp::default();
+            let handle = string(b"h");
+            sftp.requested(&packet(
+                fxp::OPEN,
+                Some(1),
+                &[&string(b"/etc/x"), &1u32.to_be_bytes(), &0u32.to_be_bytes()],
+            ));
+            sftp.answered(&packet(fxp::HANDLE, Some(1), &[&handle]));
+            sftp.requested(&packet(fxp::READ, Some(2), &[&handle, &0u64.to_be_bytes(), &1024u32.to_be_bytes()]));
+            sftp.answered(&packet(fxp::DATA, Some(2), &[&string(b"abc")]));
+            if reaches_end {
+                sftp.requested(&packet(fxp::READ, Some(3), &[&handle, &3u64.to_be_bytes(), &1024u32.to_be_bytes()]));
+                sftp.answered(&packet(fxp::STATUS, Some(3), &[&STATUS_EOF.to_be_bytes(), &string(b"EOF")]));
+            }
+            let ops = sftp.requested(&packet(fxp::CLOSE, Some(4), &[&handle]));
+            assert_eq!(ops[0].operation, "read");
+            assert_eq!(ops[0].byte_count, Some(3));
+            let whole = reaches_end.then(|| hex(&Sha256::digest(b"abc")));
+            assert_eq!(ops[0].sha256, whole, "reached the end: {reaches_end}");
+        }
     }
 
     #[test]
