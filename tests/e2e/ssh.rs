@@ -485,3 +485,55 @@ fn a_session_cut_by_sigkill_is_recovered_whole_and_verifies() {
     assert!(replayed.contains("echo before-the-kill; sleep 60"), "the exec is there: {replayed}");
     assert!(replayed.contains("before-the-kill\\n"), "its output is there: {replayed}");
 }
+
+/// A rule set that opens no shells, and (having patterns) no SFTP: both
+/// refused and the refusals recorded, while exec commands run.
+#[test]
+fn a_rule_set_may_refuse_shells_and_sftp() {
+    let rules = "[ssh_rules.locked]\nshells = false\nhold = [\"sudo\"]\n";
+    let granting = Granting::start(rules, Some("locked"));
+    let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
+    let key = base.join("agent_key");
+    sshd::keygen(&key).unwrap();
+    let public = format!("{}.pub", key.display());
+    let granted = granting_control(
+        &granting.api,
+        &granting.agent,
+        &["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "locked", "--ssh-public-key", &public],
+    );
+    let command = granted["ssh_certificate"]["command"].as_str().unwrap().to_string();
+    let sh = |line: String| {
+        std::process::Command::new("sh")
+            .args(["-c", &line])
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ran = sh(format!("{command} 'printf %s ran'"));
+    assert_eq!(ran.stdout, b"ran", "{}", String::from_utf8_lossy(&ran.stderr));
+    let shell = sh(format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1)));
+    assert!(!shell.status.success());
+    assert!(String::from_utf8_lossy(&shell.stderr).contains("shell request failed"), "{shell:?}");
+    let batch = base.join("batch");
+    std::fs::write(&batch, "pwd\n").unwrap();
+    let sftp_command = command.replacen("ssh ", "sftp -b BATCH ", 1).replace("BATCH", batch.to_str().unwrap());
+    // (`sftp` takes the port as -P.)
+    let sftp = sh(sftp_command.replace(" -p ", " -P "));
+    assert!(!sftp.status.success(), "{}", String::from_utf8_lossy(&sftp.stdout));
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    for rule in ["locked/shells", "locked/sftp"] {
+        let found = stdout(&run_ok(
+            bin(),
+            &[
+                "search",
+                &format!("kind:policy_decision outcome:block rule:\"{rule}\""),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--json",
+            ],
+        ));
+        assert_eq!(found.lines().count(), 1, "{rule}: {found}");
+    }
+}

@@ -1352,22 +1352,10 @@ async fn relay_event<S: EventSink>(
         }
         (Side::Client, ChannelMsg::RequestShell { .. }) if rc.gate.is_some_and(|g| !g.rules.shells) => {
             let gate = rc.gate.expect("checked");
-            recorder.push(Direction::ClientToTarget, Shell { channel_id }.into());
-            let decision = PolicyDecision {
-                outcome: PolicyOutcome::Block,
-                grant_id: gate.grant_id.clone(),
-                rule: Some(format!("{}/shells", gate.rules.name)),
-                review_id: None,
-                ref_seq: None,
-                message: Some(format!(
-                    "rule set {} opens no interactive shells: run commands with exec",
-                    gate.rules.name
-                )),
-            };
-            recorder.push(Direction::Gateway, decision.into());
-            let flushed = flush(recorder).await;
+            let message = format!("rule set {} opens no interactive shells: run commands with exec", gate.rules.name);
+            let refused = refuse_by_rule(recorder, gate, Shell { channel_id }.into(), "shells", message).await;
             flow.delivered(side, admitted);
-            flushed?;
+            refused?;
             pair.answers.answered(id, false);
             return Ok(());
         }
@@ -1391,22 +1379,14 @@ async fn relay_event<S: EventSink>(
             if name == SFTP && rc.gate.is_some_and(|g| !g.rules.sftp) =>
         {
             let gate = rc.gate.expect("checked");
-            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: format!("subsystem {SFTP}") }.into());
-            let decision = PolicyDecision {
-                outcome: PolicyOutcome::Block,
-                grant_id: gate.grant_id.clone(),
-                rule: Some(format!("{}/sftp", gate.rules.name)),
-                review_id: None,
-                ref_seq: None,
-                message: Some(format!(
-                    "rule set {} opens no SFTP: its file operations are recorded, not matched against its patterns (sftp = true allows it)",
-                    gate.rules.name
-                )),
-            };
-            recorder.push(Direction::Gateway, decision.into());
-            let flushed = flush(recorder).await;
+            let message = format!(
+                "rule set {} opens no SFTP: its file operations are recorded, not matched against its patterns (sftp = true allows it)",
+                gate.rules.name
+            );
+            let asked = Exec { channel_id, command: format!("subsystem {SFTP}") }.into();
+            let refused = refuse_by_rule(recorder, gate, asked, "sftp", message).await;
             flow.delivered(side, admitted);
-            flushed?;
+            refused?;
             pair.answers.answered(id, false);
             return Ok(());
         }
@@ -1652,6 +1632,28 @@ struct RelayCtx<'a> {
 pub(crate) struct Gate {
     rules: Arc<crate::rules::SshRuleSet>,
     grant_id: Option<String>,
+}
+
+/// Records a request the session's rules refuse outright (`what` was
+/// asked), and the `block` decision `SET/rule` that refused it.
+async fn refuse_by_rule<S: EventSink>(
+    recorder: &mut SessionRecorder<S>,
+    gate: &Gate,
+    what: EventBody,
+    rule: &str,
+    message: String,
+) -> Result<(), Ending> {
+    recorder.push(Direction::ClientToTarget, what);
+    let decision = PolicyDecision {
+        outcome: PolicyOutcome::Block,
+        grant_id: gate.grant_id.clone(),
+        rule: Some(format!("{}/{rule}", gate.rules.name)),
+        review_id: None,
+        ref_seq: None,
+        message: Some(message),
+    };
+    recorder.push(Direction::Gateway, decision.into());
+    flush(recorder).await
 }
 
 /// How long a held command waits for the control plane to record it.
