@@ -343,7 +343,7 @@ pub struct FileTransfer {
 /// A forwarded connection: asked for and decided (`outcome`, `rule`), then,
 /// in a second event answering the first (`ref_seq`), closed with what it
 /// carried each way and how long it lasted.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PortForward {
     pub channel_id: Option<u32>,
     /// What was asked: `direct-tcpip`, `tcpip-forward`, `forwarded-tcpip`,

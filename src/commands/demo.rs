@@ -98,6 +98,7 @@ fn agent_ssh_rules() -> proctor_ssh::rules::SshRuleSetConfig {
         approval_group: Some(APPROVERS.to_string()),
         shells: true,
         sftp: Some(true),
+        forward: Vec::new(),
     }
 }
 

@@ -129,6 +129,18 @@ impl Granting {
     fn data(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
     }
+
+    /// A ten-minute grant for the agent with a certificate for a key of its
+    /// own: the ready `ssh` command line.
+    fn certified(&self, reason: &str) -> String {
+        let key = self.dir.path().join(format!("agent_key_{reason}"));
+        sshd::keygen(&key).unwrap();
+        let public = format!("{}.pub", key.display());
+        let args =
+            ["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", reason, "--ssh-public-key", &public];
+        let granted = granting_control(&self.api, &self.agent, &args);
+        granted["ssh_certificate"]["command"].as_str().expect("a certificate").to_string()
+    }
 }
 
 /// `proctor ARGS --json` against the control API as `token`.
@@ -435,16 +447,8 @@ fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
 #[test]
 fn a_session_cut_by_sigkill_is_recovered_whole_and_verifies() {
     let granting = Granting::start("", None);
+    let command = granting.certified("crash");
     let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
-    let key = base.join("agent_key");
-    sshd::keygen(&key).unwrap();
-    let public = format!("{}.pub", key.display());
-    let granted = granting_control(
-        &granting.api,
-        &granting.agent,
-        &["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "crash", "--ssh-public-key", &public],
-    );
-    let command = granted["ssh_certificate"]["command"].as_str().unwrap().to_string();
     let mut live = std::process::Command::new("sh")
         .args(["-c", &format!("{command} 'echo before-the-kill; sleep 60'")])
         .env_remove("SSH_AUTH_SOCK")
@@ -492,16 +496,8 @@ fn a_session_cut_by_sigkill_is_recovered_whole_and_verifies() {
 fn a_rule_set_may_refuse_shells_and_sftp() {
     let rules = "[ssh_rules.locked]\nshells = false\nhold = [\"sudo\"]\n";
     let granting = Granting::start(rules, Some("locked"));
+    let command = granting.certified("locked");
     let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
-    let key = base.join("agent_key");
-    sshd::keygen(&key).unwrap();
-    let public = format!("{}.pub", key.display());
-    let granted = granting_control(
-        &granting.api,
-        &granting.agent,
-        &["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "locked", "--ssh-public-key", &public],
-    );
-    let command = granted["ssh_certificate"]["command"].as_str().unwrap().to_string();
     let sh = |line: String| {
         std::process::Command::new("sh")
             .args(["-c", &line])
@@ -536,4 +532,83 @@ fn a_rule_set_may_refuse_shells_and_sftp() {
         ));
         assert_eq!(found.lines().count(), 1, "{rule}: {found}");
     }
+}
+
+/// Local port forwarding (`ssh -L`) to a destination the grant's rules
+/// list: the connection passes, recorded as a `port_forward` event asked
+/// and allowed, then one closing it with the bytes each way; to any other
+/// destination it is refused and the refusal recorded.
+#[test]
+fn forwarding_reaches_only_the_destinations_the_rules_list() {
+    // An echo server: the forwarded connection's destination.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().flatten() {
+            let mut stream = stream;
+            let mut reader = stream.try_clone().unwrap();
+            let _ = std::io::copy(&mut reader, &mut stream);
+        }
+    });
+    let rules = format!("[ssh_rules.fwd]\nforward = [\"127.0.0.1:{echo_port}\"]\n");
+    let granting = Granting::start(&rules, Some("fwd"));
+    let command = granting.certified("fwd");
+    let (data, mut up, _log) = (granting.data(), granting.up, granting.log);
+    let (allowed_port, refused_port) = (proctor_devcluster::free_port(), proctor_devcluster::free_port());
+    let forwards =
+        format!("-N -o ExitOnForwardFailure=no -L {allowed_port}:127.0.0.1:{echo_port} -L {refused_port}:127.0.0.1:22");
+    let mut tunnel = std::process::Command::new("sh")
+        .args(["-c", &format!("exec {}", command.replacen("ssh ", &format!("ssh {forwards} "), 1))])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let connect = |port: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => return stream,
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("ssh -L never listened on {port}: {e}"),
+            }
+        }
+    };
+    let mut through = connect(allowed_port);
+    through.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut through, b"ping").unwrap();
+    let mut answer = [0u8; 4];
+    std::io::Read::read_exact(&mut through, &mut answer).unwrap();
+    assert_eq!(&answer, b"ping");
+    drop(through);
+    // The refused one: closed without a byte.
+    let mut refused = connect(refused_port);
+    refused.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut nothing = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut refused, &mut nothing);
+    assert!(nothing.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let search = |query: &str| {
+        let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
+        found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(search("kind:port_forward outcome:allow").len(), 1);
+    assert_eq!(search("kind:port_forward outcome:block").len(), 1);
+    let session = search("kind:port_forward outcome:allow")[0]["session_id"].as_str().unwrap().to_string();
+    let replayed = stdout(&run_ok(bin(), &["replay", &session, "--data-dir", data.to_str().unwrap(), "--json"]));
+    let closed: Vec<serde_json::Value> = replayed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "port_forward" && e["message"] == "closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{replayed}");
+    assert_eq!(
+        (&closed[0]["bytes_to_target"], &closed[0]["bytes_to_client"]),
+        (&serde_json::json!(4), &serde_json::json!(4))
+    );
 }

@@ -50,6 +50,11 @@ pub struct SshRuleSetConfig {
     /// it is off by default in a rule set that has patterns, on otherwise.
     #[serde(default)]
     pub sftp: Option<bool>,
+    /// Where local port forwarding (`ssh -L`, direct-tcpip) may connect:
+    /// `host:port` patterns, `*` matching any characters
+    /// (`"db.internal:5432"`, `"10.0.*:443"`). None by default.
+    #[serde(default)]
+    pub forward: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -72,6 +77,8 @@ pub struct SshRuleSet {
     pub approval_group: Option<String>,
     pub shells: bool,
     pub sftp: bool,
+    /// Destinations forwarding may reach: host and port patterns.
+    forward: Vec<(String, String)>,
 }
 
 /// What a rule set decided for a command line.
@@ -108,7 +115,24 @@ impl SshRuleSet {
             approval_group: config.approval_group.clone(),
             shells: config.shells,
             sftp: config.sftp.unwrap_or(config.block.is_empty() && config.hold.is_empty()),
+            forward: config
+                .forward
+                .iter()
+                .map(|d| match d.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && !port.is_empty() => {
+                        Ok((host.trim_matches(['[', ']']).to_string(), port.to_string()))
+                    }
+                    _ => Err(format!("ssh_rules.{name}.forward: {d:?} is not host:port")),
+                })
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// The `forward` pattern that lets a forwarded connection reach
+    /// `host`:`port`, if one does.
+    pub fn forwards_to(&self, host: &str, port: u32) -> Option<String> {
+        let port = port.to_string();
+        self.forward.iter().find(|(h, p)| glob(h, host) && glob(p, &port)).map(|(h, p)| format!("{h}:{p}"))
     }
 
     /// Decides a command line. A line too long, too deep or with a program
@@ -576,6 +600,7 @@ mod tests {
             approval_group: None,
             shells: true,
             sftp: None,
+            forward: vec!["db.internal:5432".to_string(), "10.0.*:44*".to_string()],
         };
         SshRuleSet::new("ci", &config).unwrap()
     }
@@ -637,6 +662,17 @@ mod tests {
         assert_eq!(rules.decide(&"$(".repeat(20)), unreadable);
         // A set with no patterns reads nothing.
         assert_eq!(set(&[], &[]).decide("rm${IFS}-rf"), Verdict::Allow);
+    }
+
+    #[test]
+    fn forwarding_reaches_listed_destinations_only() {
+        let rules = set(&[], &[]);
+        assert_eq!(rules.forwards_to("db.internal", 5432).as_deref(), Some("db.internal:5432"));
+        assert_eq!(rules.forwards_to("10.0.3.4", 443).as_deref(), Some("10.0.*:44*"));
+        assert_eq!(rules.forwards_to("db.internal", 22), None);
+        assert_eq!(rules.forwards_to("evil", 5432), None);
+        let bad = SshRuleSetConfig { forward: vec!["nope".into()], shells: true, ..Default::default() };
+        assert!(SshRuleSet::new("x", &bad).is_err());
     }
 
     #[test]

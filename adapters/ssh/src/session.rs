@@ -25,8 +25,8 @@ use proctor_gateway_core::recording::{Record, SessionRecorder};
 use proctor_gateway_core::session::{self, Ending, Engine, Refusal, Refused, RuleScope, Start};
 use proctor_schemas::{
     Command, Direction, EndReason, ErrorReport, EventBody, Exec, ExitStatus, FileTransfer, OutputStream,
-    PolicyDecision, PolicyOutcome, Protocol, PtyRequest, Resize, SessionId, SessionStart, Shell, Signal, TerminalInput,
-    TerminalOutput,
+    PolicyDecision, PolicyOutcome, PortForward, Protocol, PtyRequest, Resize, SessionId, SessionStart, Shell, Signal,
+    TerminalInput, TerminalOutput,
 };
 use proctor_terminal::EchoedLines;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
@@ -66,6 +66,15 @@ enum FromClient {
     },
     Open {
         channel: russh::Channel<ServerMsg>,
+        reply: russh::server::ChannelOpenHandle,
+    },
+    /// A connection the client asks to forward (`ssh -L`): allowed by the
+    /// session's rules, or refused.
+    Forward {
+        channel: russh::Channel<ServerMsg>,
+        host: String,
+        port: u32,
+        origin: (String, u32),
         reply: russh::server::ChannelOpenHandle,
     },
     /// Something the handler refused outright (forwarding), to record.
@@ -333,18 +342,19 @@ impl russh::server::Handler for ClientSide {
         session.channel_failure(channel)
     }
 
+    /// Decided by the relay, under the session's rules.
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: russh::Channel<ServerMsg>,
+        channel: russh::Channel<ServerMsg>,
         host: &str,
         port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: russh::server::ChannelOpenHandle,
         _session: &mut russh::server::Session,
     ) -> Result<(), Self::Error> {
-        let _ = self.tx.send(FromClient::Refused(format!("port forwarding to {host}:{port} (direct-tcpip)")));
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        let origin = (originator_address.to_string(), originator_port);
+        let _ = self.tx.send(FromClient::Forward { channel, host: host.to_string(), port, origin, reply });
         Ok(())
     }
 
@@ -422,7 +432,7 @@ impl russh::client::Handler for TargetSide {
 enum Event {
     /// A channel opening ended: the client channel and the target channel
     /// it is relayed to, both open; `None` if it was refused.
-    Opened(Option<(russh::Channel<ServerMsg>, russh::Channel<russh::client::Msg>)>),
+    Opened(Option<(russh::Channel<ServerMsg>, russh::Channel<russh::client::Msg>, Option<Forwarded>)>),
     Client(ChannelId, ChannelMsg),
     Target(ChannelId, ChannelMsg),
     /// One side's channel ended (its reader saw the last message).
@@ -552,6 +562,18 @@ struct Pair {
     answers: Arc<Answers>,
     /// The channel's SFTP, read as file operations, once asked for.
     sftp: Option<crate::sftp::Sftp>,
+    /// What the channel forwards, when it is a forwarded connection.
+    forward: Option<Forwarded>,
+}
+
+/// A forwarded connection: where to, what asked for it, what it carried.
+struct Forwarded {
+    host: String,
+    port: u32,
+    asked_seq: u64,
+    started: std::time::Instant,
+    to_target: u64,
+    to_client: u64,
 }
 
 /// A request passed to the target, awaiting its answer.
@@ -835,7 +857,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                 error: SshError { message: format!("{what} was asked before authentication") },
                 reason: EndReason::ClientError,
             }),
-            Some(FromClient::Open { reply, .. }) => {
+            Some(FromClient::Open { reply, .. } | FromClient::Forward { reply, .. }) => {
                 // Not possible before authentication; refused all the same.
                 reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
                 Start::Refused(Refused {
@@ -953,6 +975,63 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                             return ending;
                         }
                     }
+                    Some(FromClient::Forward { reply, host, port, .. }) if pairs.len() + opening >= MAX_CHANNELS => {
+                        reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                        let what = format!("forwarding to {host}:{port} beyond the {MAX_CHANNELS} channels a session may have open");
+                        if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                            return ending;
+                        }
+                    }
+                    Some(FromClient::Forward { channel, host, port, origin, reply }) => {
+                        let allowed = rc.gate.and_then(|g| g.rules.forwards_to(&host, port).map(|p| format!("{}/forward:{p}", g.rules.name)));
+                        let message = match &allowed {
+                            Some(_) => None,
+                            None => Some(match rc.gate {
+                                Some(g) => format!("{host}:{port} is not among the destinations rule set {} forwards to", g.rules.name),
+                                None => "port forwarding is refused: no rule set of this session lists destinations".to_string(),
+                            }),
+                        };
+                        let asked = PortForward {
+                            channel_id: Some(u32::from(channel.id())),
+                            operation: "direct-tcpip".to_string(),
+                            host: Some(host.clone()),
+                            port: Some(port),
+                            outcome: Some(if allowed.is_some() { PolicyOutcome::Allow } else { PolicyOutcome::Block }),
+                            rule: allowed.clone(),
+                            message,
+                            ..Default::default()
+                        };
+                        let asked_seq = recorder.push(Direction::ClientToTarget, asked.into());
+                        if let Err(ending) = flush(recorder).await {
+                            return ending;
+                        }
+                        if allowed.is_none() {
+                            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                            continue;
+                        }
+                        opening += 1;
+                        tasks.0.retain(|task| !task.is_finished());
+                        let (target, events) = (target.clone(), events_tx.clone());
+                        let forwarded = Forwarded { host: host.clone(), port, asked_seq, started: std::time::Instant::now(), to_target: 0, to_client: 0 };
+                        let task = tokio::spawn(async move {
+                            let opened = tokio::time::timeout(
+                                OPEN_TIMEOUT,
+                                target.channel_open_direct_tcpip(host, port, origin.0, origin.1),
+                            )
+                            .await;
+                            match opened {
+                                Ok(Ok(upstream)) => {
+                                    reply.accept().await;
+                                    let _ = events.send(Event::Opened(Some((channel, upstream, Some(forwarded)))));
+                                }
+                                _ => {
+                                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                    let _ = events.send(Event::Opened(None));
+                                }
+                            }
+                        });
+                        tasks.0.push(task.abort_handle());
+                    }
                     Some(FromClient::Open { channel, reply }) => {
                         opening += 1;
                         tasks.0.retain(|task| !task.is_finished());
@@ -963,7 +1042,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                             match tokio::time::timeout(OPEN_TIMEOUT, target.channel_open_session()).await {
                                 Ok(Ok(upstream)) => {
                                     reply.accept().await;
-                                    let _ = events.send(Event::Opened(Some((channel, upstream))));
+                                    let _ = events.send(Event::Opened(Some((channel, upstream, None))));
                                 }
                                 Ok(Err(error)) => {
                                     tracing::warn!(%error, "the target refused a session channel");
@@ -1015,9 +1094,10 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                     let target_gone = matches!(event, Event::Gone(Side::Target, _)) && target.is_closed();
                     if let Event::Opened(opened) = event {
                         opening = opening.saturating_sub(1);
-                        if let Some((client, upstream)) = opened {
+                        if let Some((client, upstream, forwarded)) = opened {
                             let id = client.id();
-                            let pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks, answers.clone());
+                            let mut pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks, answers.clone());
+                            pair.forward = forwarded;
                             pairs.insert(id, pair);
                         }
                     } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
@@ -1160,6 +1240,7 @@ fn pair(
         asked: std::collections::VecDeque::new(),
         answers,
         sftp: None,
+        forward: None,
     }
 }
 
@@ -1292,6 +1373,24 @@ async fn relay_event<S: EventSink>(
                 if pair.gone == [true, true] {
                     pair.readers.iter().for_each(tokio::task::AbortHandle::abort);
                     pair.answers.forget(id);
+                    if let Some(forward) = pair.forward.take() {
+                        // What the forwarded connection carried, answering
+                        // the event that asked for it.
+                        let closed = PortForward {
+                            channel_id: Some(u32::from(id)),
+                            operation: "direct-tcpip".to_string(),
+                            host: Some(forward.host),
+                            port: Some(forward.port),
+                            ref_seq: Some(forward.asked_seq),
+                            bytes_to_target: Some(forward.to_target),
+                            bytes_to_client: Some(forward.to_client),
+                            duration_ns: Some(forward.started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX)),
+                            message: Some("closed".to_string()),
+                            ..Default::default()
+                        };
+                        recorder.push(Direction::Gateway, closed.into());
+                        flush(recorder).await?;
+                    }
                     pairs.remove(&id);
                 }
             }
@@ -1311,6 +1410,13 @@ async fn relay_event<S: EventSink>(
         return Ok(());
     };
     let channel_id = Some(u32::from(id));
+    if let Some(forward) = pair.forward.as_mut() {
+        match (&message, side) {
+            (ChannelMsg::Data { data }, Side::Client) => forward.to_target += data.len() as u64,
+            (ChannelMsg::Data { data }, Side::Target) => forward.to_client += data.len() as u64,
+            _ => {}
+        }
+    }
     // Command lines a keystroke or an echo completed, recorded after it.
     let mut commands = Vec::new();
     // File operations an SFTP request said, recorded after its bytes.
