@@ -116,6 +116,38 @@ pub fn transcript_line(event: &Event) -> String {
                 if n == 1 { "" } else { "s" }
             )
         }
+        // Output as the screen showed it (colour codes and overwrites
+        // applied), on one line; the exact bytes are in `--json`.
+        EventBody::TerminalOutput(o) => {
+            let text = proctor_terminal::render_output(&o.data);
+            let text = if text.is_empty() { format!("({} bytes)", o.data.len()) } else { text.replace('\n', " ⏎ ") };
+            match o.stream {
+                proctor_schemas::OutputStream::Stderr => format!("stderr: {text}"),
+                proctor_schemas::OutputStream::Stdout => text,
+            }
+        }
+        EventBody::PtyRequest(p) => format!("terminal {} {}x{}", p.term, p.width, p.height),
+        EventBody::Shell(_) => "shell".to_string(),
+        EventBody::Resize(r) => format!("resized to {}x{}", r.width, r.height),
+        EventBody::Signal(x) => format!("signal {}", x.signal),
+        EventBody::ExitStatus(e) => match (&e.exit_code, &e.exit_signal) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => "exit".to_string(),
+        },
+        EventBody::FileTransfer(f) => {
+            let mut line = format!("{} {}", f.operation, f.path);
+            if let Some(to) = &f.target_path {
+                line.push_str(&format!(" -> {to}"));
+            }
+            if let Some(n) = f.byte_count {
+                line.push_str(&format!(" ({n} bytes)"));
+            }
+            if let Some(sha) = &f.sha256 {
+                line.push_str(&format!(" sha256:{sha}"));
+            }
+            line
+        }
         _ => {
             let json = event_json(event);
             let mut fields: Vec<String> = json

@@ -321,9 +321,22 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
     let found = stdout(&run_ok(bin(), &["search", &query, "--data-dir", data.to_str().unwrap(), "--json"]));
     let hits: Vec<serde_json::Value> = found.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(hits.len(), 1, "the typed command, found by its grant: {found}");
+    // As a transcript: the terminal, the command typed, its output as the
+    // screen showed it, the keystrokes as lengths.
+    let session = hits[0]["session_id"].as_str().unwrap();
+    let transcript = stdout(&run_ok(bin(), &["replay", session, "--data-dir", data.to_str().unwrap()]));
+    assert!(transcript.contains("$ echo typed-through-proctor"), "{transcript}");
+    assert!(
+        transcript.contains("-> shell")
+            && transcript.contains("bytes (keystrokes are recorded by length and keyed digest)"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.lines().any(|l| l.contains("terminal_output") && l.contains("typed-through-proctor")),
+        "{transcript}"
+    );
     // The shell as asciicast: asciinema reads it back, the command's output
     // in it, the command typed as a marker.
-    let session = hits[0]["session_id"].as_str().unwrap();
     let cast = stdout(&run_ok(bin(), &["replay", session, "--asciicast", "--data-dir", data.to_str().unwrap()]));
     let lines: Vec<serde_json::Value> = cast.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["version"], 2, "{cast}");

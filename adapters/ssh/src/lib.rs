@@ -5,11 +5,15 @@
 //! target's pinned host key, and each channel's requests and bytes are
 //! recorded before they pass.
 //!
-//! What runs today: session channels with `exec` (stdin, stdout, stderr
-//! apart, exit status and signal, EOF and close), several per connection.
-//! Terminals (`pty-req`, `shell`), subsystems (SFTP), `env` and every kind
-//! of forwarding are refused, and the refusal recorded: their input is not
-//! yet recorded the way a terminal's must be (typed passwords kept out).
+//! What runs: session channels with `exec` (stdin, stdout, stderr apart,
+//! exit status and signal, EOF and close), terminals (`pty-req`, `shell`,
+//! resizes, signals: keystrokes recorded as lengths and keyed digests,
+//! command lines recovered from their echo), the `sftp` subsystem (read as
+//! file operations), several per connection; local port forwarding to the
+//! destinations a rule set lists; exec commands decided by SSH rule sets.
+//! Other subsystems, `env`, remote, agent and X11 forwarding are refused,
+//! and the refusal recorded. Clients log in with a grant's credential or a
+//! certificate from Proctor's SSH user CA.
 
 pub mod certificate;
 pub mod flow;

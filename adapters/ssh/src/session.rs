@@ -674,8 +674,7 @@ struct SshEngine<S, A> {
     target: Option<Arc<russh::client::Handle<TargetSide>>>,
 }
 
-/// Where SSH rule sets would be configured; none exist yet, so a grant
-/// under rules is not admitted to an SSH resource.
+/// Where SSH rule sets are configured (`[ssh_rules.NAME]`).
 const RULES: RuleScope = RuleScope { kind: "SSH rules", table: "ssh_rules" };
 
 impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
