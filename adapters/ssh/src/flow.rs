@@ -145,6 +145,17 @@ impl Flow {
         self.changed.notify_waiters();
     }
 
+    /// Bytes from `from` counted `was` long will be delivered `now` long
+    /// (masking rewrote them): the queue counts what will be delivered.
+    pub fn reckon(&self, from: Side, was: usize, now: usize) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let queued = &mut state[from.index()].queued;
+            *queued = if now >= was { *queued + (now - was) } else { queued.saturating_sub(was - now) };
+        }
+        self.changed.notify_waiters();
+    }
+
     /// Bytes from `from` waiting for the other side.
     pub fn queued(&self, from: Side) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner())[from.index()].queued

@@ -10,7 +10,8 @@
 //! resizes, signals: keystrokes recorded as lengths and keyed digests,
 //! command lines recovered from their echo), the `sftp` subsystem (read as
 //! file operations), several per connection; local port forwarding to the
-//! destinations a rule set lists; exec commands decided by SSH rule sets.
+//! destinations a rule set lists; exec commands decided by SSH rule sets;
+//! output masked as it streams under a masking profile.
 //! Other subsystems, `env`, remote, agent and X11 forwarding are refused,
 //! and the refusal recorded. Clients log in with a grant's credential or a
 //! certificate from Proctor's SSH user CA.
@@ -18,6 +19,7 @@
 pub mod certificate;
 pub mod flow;
 pub mod host_key;
+pub mod mask;
 pub mod rules;
 mod session;
 pub mod sftp;

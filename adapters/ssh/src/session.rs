@@ -19,8 +19,8 @@ use std::time::Duration;
 use proctor_gateway_core::EventSink;
 use proctor_gateway_core::auth::{AuthRequest, Authenticator, Credential, Identity};
 use proctor_gateway_core::control::{HeldKind, HoldOutcome, HoldRequest};
-use proctor_gateway_core::masking::Masker;
 use proctor_gateway_core::masking::MaskingKey;
+use proctor_gateway_core::masking::{Counts, Masker};
 use proctor_gateway_core::recording::{Record, SessionRecorder};
 use proctor_gateway_core::session::{self, Ending, Engine, Refusal, Refused, RuleScope, Start};
 use proctor_schemas::{
@@ -564,6 +564,17 @@ struct Pair {
     sftp: Option<crate::sftp::Sftp>,
     /// What the channel forwards, when it is a forwarded connection.
     forward: Option<Forwarded>,
+    /// Output held back for masking: stdout, stderr.
+    masking: [crate::mask::OutputMasker; 2],
+}
+
+impl Pair {
+    /// Whether this channel's output is masked (when the session is): text
+    /// output is; SFTP's packets and forwarded connections' bytes are
+    /// another protocol's, passed as they are.
+    fn masks(&self) -> bool {
+        self.sftp.is_none() && self.forward.is_none()
+    }
 }
 
 /// A forwarded connection: where to, what asked for it, what it carried.
@@ -671,6 +682,8 @@ struct SshEngine<S, A> {
     answers: Arc<Answers>,
     /// The session's rules, when its grant names some.
     gate: Option<Gate>,
+    /// What masks the session's output, when a profile applies.
+    masker: Option<Arc<Masker>>,
     target: Option<Arc<russh::client::Handle<TargetSide>>>,
 }
 
@@ -693,6 +706,7 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
             refusal: Arc::default(),
             answers: Arc::default(),
             gate: None,
+            masker: None,
             target: None,
         }
     }
@@ -890,21 +904,6 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
 
     /// A session that must be masked is refused: terminal output is not
     /// masked yet, and passing it raw would walk around the grant's policy.
-    fn authorize(&self, identity: &Identity) -> Result<(), Refused<SshError>> {
-        match self.ctx.masking.chosen(identity.masking_profile.as_deref()) {
-            Some(profile) => Err(Refused {
-                error: SshError {
-                    message: format!(
-                        "this session would be masked with profile {profile:?}, and Proctor does not mask SSH output yet: resource {} is not opened to it",
-                        self.ctx.resource.name
-                    ),
-                },
-                reason: EndReason::Policy,
-            }),
-            None => Ok(()),
-        }
-    }
-
     fn rules(&self, name: &str, grant_id: Option<String>, _session_id: SessionId) -> Option<Gate> {
         let rules = self.ctx.resource.policy.rules(name)?;
         Some(Gate { rules, grant_id })
@@ -914,10 +913,11 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         &mut self,
         identity: &Identity,
         rules: Option<Gate>,
-        _masker: Option<Arc<Masker>>,
+        masker: Option<Arc<Masker>>,
         recorder: &mut SessionRecorder<S>,
     ) {
         self.gate = rules;
+        self.masker = masker;
         // Never a masker: `authorize` refused every session that has one.
         recorder.push(Direction::Gateway, self.start_of(Some(identity), None).into());
     }
@@ -948,6 +948,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         let answers = self.answers.clone();
         let rc = RelayCtx {
             key: &key,
+            masker: self.masker.as_deref(),
             gate: self.gate.as_ref(),
             policy: &self.ctx.resource.policy,
             resource: &self.ctx.resource.name,
@@ -958,6 +959,9 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         // Channels being opened towards the target, and refusals recorded.
         let (mut opening, mut refusals) = (0usize, 0usize);
         let mut target_alive = tokio::time::interval(Duration::from_millis(250));
+        // Output masking holds back an unfinished line at most this long.
+        let mut mask_tick = tokio::time::interval(crate::mask::DELAY / 2);
+        mask_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ending = ended.as_mut() => return ending,
@@ -1111,6 +1115,13 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                         return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
                     }
                 }
+                _ = mask_tick.tick(), if rc.masker.is_some() => {
+                    if let Some(masker) = rc.masker
+                        && let Err(ending) = flush_due(&mut pairs, masker, recorder, &flow).await
+                    {
+                        return ending;
+                    }
+                }
                 _ = target_alive.tick() => {
                     if target.is_closed() {
                         return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
@@ -1240,6 +1251,7 @@ fn pair(
         answers,
         sftp: None,
         forward: None,
+        masking: Default::default(),
     }
 }
 
@@ -1420,6 +1432,18 @@ async fn relay_event<S: EventSink>(
     let mut commands = Vec::new();
     // File operations an SFTP request said, recorded after its bytes.
     let mut files = Vec::new();
+    // What masking replaced in output, recorded after it.
+    let mut masked_counts = Counts::new();
+    // Output held back for masking goes before what ends a channel.
+    if side == Side::Target
+        && matches!(
+            message,
+            ChannelMsg::Eof | ChannelMsg::Close | ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. }
+        )
+        && let Some(masker) = rc.masker
+    {
+        flush_masked(pair, masker, channel_id, recorder, flow).await?;
+    }
     let (forward, recorded): (Option<Out>, Option<EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
             let text = String::from_utf8_lossy(&command).into_owned();
@@ -1552,6 +1576,9 @@ async fn relay_event<S: EventSink>(
             if let Some(sftp) = pair.sftp.as_mut() {
                 sftp.answered(&data);
             }
+            let Some(data) = masked(pair, rc, 0, data, &mut masked_counts, flow) else {
+                return Ok(());
+            };
             if let Some(terminal) = pair.terminal.as_mut() {
                 commands = terminal.lines.shown(&data, std::time::Instant::now());
             }
@@ -1562,6 +1589,9 @@ async fn relay_event<S: EventSink>(
         }
         (Side::Target, ChannelMsg::ExtendedData { data, ext }) => {
             let stream = if ext == 1 { OutputStream::Stderr } else { OutputStream::Stdout };
+            let Some(data) = masked(pair, rc, 1, data, &mut masked_counts, flow) else {
+                return Ok(());
+            };
             (
                 Some(Out::Extended(ext, data.clone())),
                 Some(TerminalOutput { channel_id, stream, data: data.to_vec() }.into()),
@@ -1610,6 +1640,9 @@ async fn relay_event<S: EventSink>(
         recorder.push(direction, body);
         for command in commands {
             record_command(recorder, channel_id, command, rc.gate);
+        }
+        if !masked_counts.is_empty() {
+            recorder.push(Direction::Gateway, masking_applied(rc, masked_counts).into());
         }
         for file in files {
             let recorded = FileTransfer {
@@ -1728,6 +1761,7 @@ const REFUSED_EXIT: u32 = 126;
 /// What a relay needs beyond its channels.
 struct RelayCtx<'a> {
     key: &'a MaskingKey,
+    masker: Option<&'a Masker>,
     gate: Option<&'a Gate>,
     policy: &'a SshPolicy,
     resource: &'a str,
@@ -1737,6 +1771,105 @@ struct RelayCtx<'a> {
 pub(crate) struct Gate {
     rules: Arc<crate::rules::SshRuleSet>,
     grant_id: Option<String>,
+}
+
+/// Output of a channel as it may pass: masked (`stream` 0 stdout, 1
+/// stderr) when the session is and the channel's output is text; `None`
+/// while masking holds it back.
+fn masked(
+    pair: &mut Pair,
+    rc: &RelayCtx<'_>,
+    stream: usize,
+    data: bytes::Bytes,
+    counts: &mut Counts,
+    flow: &Flow,
+) -> Option<bytes::Bytes> {
+    let Some(masker) = rc.masker.filter(|_| pair.masks()) else {
+        return Some(data);
+    };
+    let (ready, was) = pair.masking[stream].push(masker, &data, std::time::Instant::now(), counts);
+    if ready.is_empty() {
+        // Held: its bytes stay counted in the flow until they go.
+        return None;
+    }
+    // What goes is what the flow counts; the held bytes it carries were
+    // admitted before.
+    flow.reckon(Side::Target, was, ready.len());
+    Some(bytes::Bytes::from(ready))
+}
+
+/// What masking replaced, by rule.
+fn masking_applied(rc: &RelayCtx<'_>, counts: Counts) -> proctor_schemas::MaskingApplied {
+    proctor_schemas::MaskingApplied {
+        masking_profile: rc.masker.map(|m| m.profile().name.clone()),
+        ref_seq: None,
+        masked: counts
+            .into_rules()
+            .into_iter()
+            .map(|(rule, count)| proctor_schemas::RuleCount { rule, count })
+            .collect(),
+    }
+}
+
+/// Sends (recorded first) the output a channel's masking holds back.
+async fn flush_masked<S: EventSink>(
+    pair: &mut Pair,
+    masker: &Masker,
+    channel_id: Option<u32>,
+    recorder: &mut SessionRecorder<S>,
+    flow: &Flow,
+) -> Result<(), Ending> {
+    let mut counts = Counts::new();
+    let mut out = Vec::new();
+    for (index, stream) in [OutputStream::Stdout, OutputStream::Stderr].into_iter().enumerate() {
+        let (held, was) = pair.masking[index].flush(masker, &mut counts);
+        if held.is_empty() {
+            continue;
+        }
+        flow.reckon(Side::Target, was, held.len());
+        let data = bytes::Bytes::from(held);
+        recorder.push(Direction::TargetToClient, TerminalOutput { channel_id, stream, data: data.to_vec() }.into());
+        out.push(match stream {
+            OutputStream::Stdout => Out::Data(data),
+            OutputStream::Stderr => Out::Extended(1, data),
+        });
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    if !counts.is_empty() {
+        let applied = proctor_schemas::MaskingApplied {
+            masking_profile: Some(masker.profile().name.clone()),
+            ref_seq: None,
+            masked: counts
+                .into_rules()
+                .into_iter()
+                .map(|(rule, count)| proctor_schemas::RuleCount { rule, count })
+                .collect(),
+        };
+        recorder.push(Direction::Gateway, applied.into());
+    }
+    flush(recorder).await?;
+    for message in out {
+        pair.to_client.send(message, flow);
+    }
+    Ok(())
+}
+
+/// Sends what every channel's masking has held back longer than it may.
+async fn flush_due<S: EventSink>(
+    pairs: &mut HashMap<ChannelId, Pair>,
+    masker: &Masker,
+    recorder: &mut SessionRecorder<S>,
+    flow: &Flow,
+) -> Result<(), Ending> {
+    let now = std::time::Instant::now();
+    for (id, pair) in pairs.iter_mut() {
+        if pair.masking.iter().any(|m| m.due().is_some_and(|due| due <= now)) {
+            flush_masked(pair, masker, Some(u32::from(*id)), recorder, flow).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Records a request the session's rules refuse outright (`what` was

@@ -279,11 +279,11 @@ async fn several_channels_share_one_connection_each_recorded_apart() {
     assert_eq!(output(&sessions[0], OutputStream::Stdout), b"onetwo");
 }
 
-/// A session the deployment masks is refused, not passed raw: SSH output
-/// is not masked yet, and a grant under a masking profile must not walk
-/// around it through an SSH resource.
+/// A session a masking profile applies to: a card number the command
+/// prints in two writes with a colour code between them reaches neither the
+/// client nor the recording; the rest of the output passes as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_must_be_masked_is_refused() {
+async fn a_masked_session_masks_output_for_the_client_and_the_recording() {
     use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig};
     let config = MaskingConfig {
         default_profile: Some("pii".into()),
@@ -292,11 +292,15 @@ async fn a_session_that_must_be_masked_is_refused() {
     };
     let masking = Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap();
     let gateway = Gateway::start_with(None, false, masking).await;
-    let landed = gateway.dir.path().join("landed");
-    let (stdout, stderr, code) = gateway.ssh(SECRET, &[], &format!("echo ran > {}", landed.display()), b"").await;
-    assert_ne!(code, 0);
-    assert!(stdout.is_empty() && !landed.exists(), "nothing ran on the target");
-    assert!(stderr.contains("does not mask SSH output yet"), "the client is told why: {stderr}");
+    let command =
+        "printf 'card: 4111 1111 '; sleep 0.005; printf '\\033[31m1111 1111\\033[0m ok\\n'; echo plain-$((6*7))";
+    let (stdout, stderr, code) = gateway.ssh(SECRET, &[], command, b"").await;
+    assert_eq!(code, 0, "{stderr}");
+    let shown = String::from_utf8_lossy(&stdout).to_string();
+    assert!(!shown.contains("1111 1111") && !shown.contains("4111"), "{shown:?}");
+    assert!(shown.starts_with("card: ") && shown.contains(" ok\n") && shown.ends_with("plain-42\n"), "{shown:?}");
     let sessions = gateway.recorded().await;
-    assert_eq!(end_of(&sessions[0]), Some(EndReason::Policy), "{:?}", sessions[0]);
+    let recorded = String::from_utf8_lossy(&output(&sessions[0], OutputStream::Stdout)).to_string();
+    assert_eq!(recorded, shown, "the recording holds what the client was shown");
+    assert!(sessions[0].iter().any(|e| matches!(&e.body, EventBody::MaskingApplied(m) if !m.masked.is_empty())));
 }

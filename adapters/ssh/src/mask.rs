@@ -1,0 +1,205 @@
+//! Terminal and command output masked as it streams, for the client and
+//! the recording alike.
+//!
+//! A secret may arrive in two writes (a card number printed in two pieces),
+//! and terminal output interleaves colour codes with text. So output is held
+//! back until a line ends — at most [`HOLD`] bytes of an unfinished line,
+//! for at most [`DELAY`] — and the detectors read each piece as the screen
+//! shows it: escape sequences left out, a secret found across them. A
+//! secret found is replaced in the bytes (the escape sequences inside it go
+//! with it); everything else passes byte for byte.
+//!
+//! What this cannot do: a secret whose pieces arrive more than [`DELAY`]
+//! apart on one unfinished line, or one longer than [`HOLD`], is read in
+//! pieces; the detectors find what each piece holds.
+
+use std::time::{Duration, Instant};
+
+use proctor_gateway_core::masking::{Counts, Finding, Masker};
+
+/// The most of an unfinished line held back.
+pub const HOLD: usize = 4096;
+/// The longest an unfinished line is held back.
+pub const DELAY: Duration = Duration::from_millis(25);
+
+/// One output stream's masking.
+#[derive(Default)]
+pub struct OutputMasker {
+    held: Vec<u8>,
+    /// When what is held came.
+    since: Option<Instant>,
+}
+
+impl OutputMasker {
+    /// Takes output; returns what may go now, masked (possibly nothing: an
+    /// unfinished line is held back), and how many bytes of output it was
+    /// before masking.
+    pub fn push(&mut self, masker: &Masker, data: &[u8], now: Instant, counts: &mut Counts) -> (Vec<u8>, usize) {
+        self.held.extend_from_slice(data);
+        let cut = match self.held.iter().rposition(|&b| b == b'\n') {
+            Some(at) => at + 1,
+            None => 0,
+        };
+        // A line too long to hold goes whole.
+        let cut = if self.held.len() - cut > HOLD { self.held.len() } else { cut };
+        if cut == 0 {
+            self.since.get_or_insert(now);
+            return (Vec::new(), 0);
+        }
+        let ready: Vec<u8> = self.held.drain(..cut).collect();
+        self.since = (!self.held.is_empty()).then_some(now);
+        (mask_bytes(masker, &ready, counts), ready.len())
+    }
+
+    /// When what is held must go.
+    pub fn due(&self) -> Option<Instant> {
+        self.since.map(|since| since + DELAY)
+    }
+
+    /// Everything held, masked, and how long it was before masking.
+    pub fn flush(&mut self, masker: &Masker, counts: &mut Counts) -> (Vec<u8>, usize) {
+        self.since = None;
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() { (held, 0) } else { (mask_bytes(masker, &held, counts), held.len()) }
+    }
+}
+
+/// `bytes` with what the detectors find in their screen text replaced.
+pub fn mask_bytes(masker: &Masker, bytes: &[u8], counts: &mut Counts) -> Vec<u8> {
+    // The screen text, and where each of its characters is in the bytes.
+    let mut visible = String::new();
+    let mut places: Vec<(usize, usize, usize)> = Vec::new();
+    let mut escape = Escape::None;
+    let mut at = 0;
+    for chunk in bytes.utf8_chunks() {
+        for (offset, c) in chunk.valid().char_indices() {
+            let raw = at + offset;
+            if escape.step(c) {
+                continue;
+            }
+            if c.is_control() && c != '\n' && c != '\t' {
+                continue;
+            }
+            places.push((visible.len(), raw, raw + c.len_utf8()));
+            visible.push(c);
+        }
+        at += chunk.valid().len() + chunk.invalid().len();
+        if !chunk.invalid().is_empty() {
+            // Bytes that are not text end any value being read.
+            visible.push('\n');
+            places.push((visible.len() - 1, at, at));
+        }
+    }
+    let findings = masker.findings(&visible);
+    if findings.is_empty() {
+        return bytes.to_vec();
+    }
+    let place = |index: usize| places.binary_search_by_key(&index, |p| p.0);
+    let mut out = Vec::with_capacity(bytes.len() + 32);
+    let mut done_raw = 0;
+    let mut done_visible = 0;
+    for finding in findings.iter() {
+        if finding.range.start < done_visible {
+            // The same text found twice is masked once.
+            proctor_gateway_core::masking::count(counts, finding.detector.as_str());
+            continue;
+        }
+        let (Ok(first), Ok(last)) = (place(finding.range.start), place(prev_char(&visible, finding.range.end))) else {
+            continue;
+        };
+        let (raw_start, raw_end) = (places[first].1, places[last].2);
+        out.extend_from_slice(&bytes[done_raw..raw_start]);
+        let value = &visible[finding.range.clone()];
+        let whole = Finding { detector: finding.detector, range: 0..value.len() };
+        let mut replaced = Vec::new();
+        masker.write_masked(value, std::slice::from_ref(&whole), counts, &mut replaced);
+        out.extend_from_slice(&replaced);
+        done_raw = raw_end;
+        done_visible = finding.range.end;
+    }
+    out.extend_from_slice(&bytes[done_raw..]);
+    out
+}
+
+/// The byte index of the last character of `text` before `end`.
+fn prev_char(text: &str, end: usize) -> usize {
+    text[..end].char_indices().next_back().map_or(0, |(i, _)| i)
+}
+
+/// Where the reading of output is in an escape sequence.
+#[derive(Clone, Copy, PartialEq)]
+enum Escape {
+    None,
+    Start,
+    Sequence,
+    Text,
+    TextEsc,
+}
+
+impl Escape {
+    /// Reads `c`: whether it belongs to an escape sequence.
+    fn step(&mut self, c: char) -> bool {
+        let (next, inside) = match (*self, c) {
+            (Escape::None, '\x1b') => (Escape::Start, true),
+            (Escape::None, _) => (Escape::None, false),
+            (Escape::Start, '[') => (Escape::Sequence, true),
+            (Escape::Start, ']' | 'P' | '_' | '^' | 'X') => (Escape::Text, true),
+            (Escape::Start, _) => (Escape::None, true),
+            (Escape::Sequence, '\x20'..='\x3f') => (Escape::Sequence, true),
+            (Escape::Sequence, _) => (Escape::None, true),
+            (Escape::Text, '\x07') => (Escape::None, true),
+            (Escape::Text, '\x1b') => (Escape::TextEsc, true),
+            (Escape::Text, _) => (Escape::Text, true),
+            (Escape::TextEsc, '\\') => (Escape::None, true),
+            (Escape::TextEsc, _) => (Escape::Text, true),
+        };
+        *self = next;
+        inside
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig, Profiles};
+
+    fn masker() -> std::sync::Arc<Masker> {
+        let profile = ProfileConfig { detectors: vec!["all".into()], ..Default::default() };
+        let config = MaskingConfig { profiles: [("p".to_string(), profile)].into(), ..Default::default() };
+        Profiles::new(&config, MaskingKey::new(vec![1; 32])).unwrap().masker("p").unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_card_number_in_two_writes_around_a_colour_code_is_masked() {
+        let masker = masker();
+        let mut out = OutputMasker::default();
+        let mut counts = Counts::new();
+        let t = Instant::now();
+        let (first, _) = out.push(&masker, b"card: 4111 1111 ", t, &mut counts);
+        assert!(first.is_empty(), "an unfinished line is held");
+        let (second, was) = out.push(&masker, b"\x1b[31m1111 1111\x1b[0m done\r\n", t, &mut counts);
+        assert_eq!(was, 16 + 25);
+        let text = String::from_utf8_lossy(&second).to_string();
+        assert!(!text.contains("1111 1111"), "{text}");
+        assert!(text.starts_with("card: ") && text.ends_with("\x1b[0m done\r\n"), "{text}");
+        assert!(!counts.is_empty());
+    }
+
+    #[test]
+    fn output_without_secrets_passes_byte_for_byte_and_held_output_is_flushed_in_time() {
+        let masker = masker();
+        let mut out = OutputMasker::default();
+        let mut counts = Counts::new();
+        let t = Instant::now();
+        let bytes = b"\x1b[1mtotal 8\x1b[0m\r\n\xff\xfe raw\n";
+        assert_eq!(out.push(&masker, bytes, t, &mut counts), (bytes.to_vec(), bytes.len()));
+        assert!(out.push(&masker, b"$ ", t, &mut counts).0.is_empty());
+        assert_eq!(out.due(), Some(t + DELAY));
+        assert_eq!(out.flush(&masker, &mut counts), (b"$ ".to_vec(), 2));
+        assert_eq!(out.due(), None);
+        // A line longer than the hold goes at once.
+        let long = vec![b'x'; HOLD + 10];
+        assert_eq!(out.push(&masker, &long, t, &mut counts).0.len(), long.len());
+        assert!(counts.is_empty());
+    }
+}
