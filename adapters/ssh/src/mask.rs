@@ -19,6 +19,14 @@ use proctor_gateway_core::masking::{Counts, Finding, Masker};
 
 /// The most of an unfinished line held back.
 pub const HOLD: usize = 4096;
+/// What stays held of a line longer than [`HOLD`] when the rest goes: a
+/// secret cut there is read whole with what follows.
+pub const TAIL: usize = 256;
+/// The longest an unfinished line's end that looks like the start of a
+/// secret (a run of digits, a word with `@`) is held back: a number typed
+/// at a prompt echoes key by key, and is read whole only once it is
+/// complete (its echo waits until a letter or Enter ends it, at most this).
+pub const SECRET_HOLD: Duration = Duration::from_secs(2);
 /// The longest an unfinished line is held back.
 pub const DELAY: Duration = Duration::from_millis(25);
 
@@ -40,8 +48,17 @@ impl OutputMasker {
             Some(at) => at + 1,
             None => 0,
         };
-        // A line too long to hold goes whole.
-        let cut = if self.held.len() - cut > HOLD { self.held.len() } else { cut };
+        // Of a line too long to hold, all but its last bytes go (cut
+        // between characters).
+        let cut = if self.held.len() - cut > HOLD {
+            let mut at = self.held.len() - TAIL;
+            while at > 0 && (self.held[at] & 0xc0) == 0x80 {
+                at -= 1;
+            }
+            at
+        } else {
+            cut
+        };
         if cut == 0 {
             self.since.get_or_insert(now);
             return (Vec::new(), 0);
@@ -51,17 +68,46 @@ impl OutputMasker {
         (mask_bytes(masker, &ready, counts), ready.len())
     }
 
-    /// When what is held must go.
+    /// When what is held must go (all but an end that looks like the start
+    /// of a secret, which may wait longer).
     pub fn due(&self) -> Option<Instant> {
-        self.since.map(|since| since + DELAY)
+        let since = self.since?;
+        Some(if secret_like_end(&self.held) == 0 { since + SECRET_HOLD } else { since + DELAY })
     }
 
-    /// Everything held, masked, and how long it was before masking.
-    pub fn flush(&mut self, masker: &Masker, counts: &mut Counts) -> (Vec<u8>, usize) {
-        self.since = None;
-        let held = std::mem::take(&mut self.held);
+    /// What is held, masked, and how long it was before masking: all of it
+    /// (`all`), or, at `now`, all but an end that looks like the start of a
+    /// secret and has not waited [`SECRET_HOLD`] yet.
+    pub fn flush(&mut self, masker: &Masker, counts: &mut Counts, all: bool, now: Instant) -> (Vec<u8>, usize) {
+        let waited = self.since.is_some_and(|since| now >= since + SECRET_HOLD);
+        let keep = if all || waited { self.held.len() } else { secret_like_end(&self.held) };
+        let held: Vec<u8> = self.held.drain(..keep).collect();
+        if self.held.is_empty() {
+            self.since = None;
+        }
         if held.is_empty() { (held, 0) } else { (mask_bytes(masker, &held, counts), held.len()) }
     }
+}
+
+/// Where the end of `held` that looks like the start of a secret begins
+/// (`held.len()` if none): a run of digits among spaces, dashes, dots and
+/// colour codes, or a last word holding `@`.
+fn secret_like_end(held: &[u8]) -> usize {
+    let mut at = held.len();
+    let mut digits = 0;
+    while at > 0 {
+        let b = held[at - 1];
+        if b.is_ascii_digit() {
+            digits += 1;
+        } else if !matches!(b, b' ' | b'-' | b'.' | 0x1b | b'[' | b';' | b'm') {
+            break;
+        }
+        at -= 1;
+    }
+    let digits_from = if digits >= 1 { at } else { held.len() };
+    let word = held.iter().rposition(u8::is_ascii_whitespace).map_or(0, |w| w + 1);
+    let address_from = if held[word..].contains(&b'@') { word } else { held.len() };
+    digits_from.min(address_from)
 }
 
 /// `bytes` with what the detectors find in their screen text replaced.
@@ -148,6 +194,9 @@ impl Escape {
             (Escape::Sequence, '\x20'..='\x3f') => (Escape::Sequence, true),
             (Escape::Sequence, _) => (Escape::None, true),
             (Escape::Text, '\x07') => (Escape::None, true),
+            // A string never ended (stray bytes): text again at the next
+            // line, or at CAN or SUB, so nothing after it goes unread.
+            (Escape::Text | Escape::TextEsc, '\n' | '\x18' | '\x1a') => (Escape::None, false),
             (Escape::Text, '\x1b') => (Escape::TextEsc, true),
             (Escape::Text, _) => (Escape::Text, true),
             (Escape::TextEsc, '\\') => (Escape::None, true),
@@ -186,6 +235,22 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_on_a_long_line_or_after_a_stray_escape_is_still_found() {
+        let masker = masker();
+        let mut out = OutputMasker::default();
+        let mut counts = Counts::new();
+        let t = Instant::now();
+        let mut line = vec![b'x'; HOLD];
+        line.extend_from_slice(b" 4111 1111 ");
+        let (first, _) = out.push(&masker, &line, t, &mut counts);
+        let (second, _) = out.push(&masker, b"1111 1111 end\n", t, &mut counts);
+        let all = String::from_utf8_lossy(&[first, second].concat()).to_string();
+        assert!(!all.contains("1111 1111"), "{}", &all[all.len() - 60..]);
+        let masked = mask_bytes(&masker, b"\x1b]0;title never ended\ncard 4111 1111 1111 1111\n", &mut counts);
+        assert!(!String::from_utf8_lossy(&masked).contains("4111 1111"));
+    }
+
+    #[test]
     fn output_without_secrets_passes_byte_for_byte_and_held_output_is_flushed_in_time() {
         let masker = masker();
         let mut out = OutputMasker::default();
@@ -195,11 +260,22 @@ mod tests {
         assert_eq!(out.push(&masker, bytes, t, &mut counts), (bytes.to_vec(), bytes.len()));
         assert!(out.push(&masker, b"$ ", t, &mut counts).0.is_empty());
         assert_eq!(out.due(), Some(t + DELAY));
-        assert_eq!(out.flush(&masker, &mut counts), (b"$ ".to_vec(), 2));
+        assert_eq!(out.flush(&masker, &mut counts, false, t + DELAY), (b"$ ".to_vec(), 2));
         assert_eq!(out.due(), None);
-        // A line longer than the hold goes at once.
+        // A card number echoed key by key waits until it is whole.
+        for key in b"4111 1111 1111 111" {
+            out.push(&masker, &[*key], t, &mut counts);
+            assert!(out.flush(&masker, &mut counts, false, t + DELAY).0.is_empty());
+        }
+        let (last, _) = out.push(&masker, b"1\r\n", t, &mut counts);
+        let text = String::from_utf8_lossy(&last).to_string();
+        assert!(!text.contains("1111"), "{text}");
+        assert!(!counts.is_empty());
+        let mut counts = Counts::new();
+        // A line longer than the hold goes, but for its tail.
         let long = vec![b'x'; HOLD + 10];
-        assert_eq!(out.push(&masker, &long, t, &mut counts).0.len(), long.len());
+        assert_eq!(out.push(&masker, &long, t, &mut counts).0.len(), long.len() - TAIL);
+        assert_eq!(out.flush(&masker, &mut counts, true, t).0.len(), TAIL);
         assert!(counts.is_empty());
     }
 }

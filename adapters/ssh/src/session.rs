@@ -566,6 +566,8 @@ struct Pair {
     forward: Option<Forwarded>,
     /// Output held back for masking: stdout, stderr.
     masking: [crate::mask::OutputMasker; 2],
+    /// The channel's program (shell, command or subsystem) was asked for.
+    started: bool,
 }
 
 impl Pair {
@@ -591,6 +593,7 @@ struct Forwarded {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Asked {
     Pty,
+    Sftp,
     Other,
 }
 
@@ -902,8 +905,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         self.certificate = None;
     }
 
-    /// A session that must be masked is refused: terminal output is not
-    /// masked yet, and passing it raw would walk around the grant's policy.
+    /// The SSH rule set `name`, for this session's grant.
     fn rules(&self, name: &str, grant_id: Option<String>, _session_id: SessionId) -> Option<Gate> {
         let rules = self.ctx.resource.policy.rules(name)?;
         Some(Gate { rules, grant_id })
@@ -918,7 +920,6 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
     ) {
         self.gate = rules;
         self.masker = masker;
-        // Never a masker: `authorize` refused every session that has one.
         recorder.push(Direction::Gateway, self.start_of(Some(identity), None).into());
     }
 
@@ -962,177 +963,188 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         // Output masking holds back an unfinished line at most this long.
         let mut mask_tick = tokio::time::interval(crate::mask::DELAY / 2);
         mask_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                ending = ended.as_mut() => return ending,
-                opened = from_client.recv() => match opened {
-                    Some(FromClient::Open { reply, .. }) if pairs.len() + opening >= MAX_CHANNELS => {
-                        reply.reject(ChannelOpenFailure::ResourceShortage).await;
-                        let what = format!("a channel beyond the {MAX_CHANNELS} a session may have open");
-                        if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+        let ending = async {
+            loop {
+                tokio::select! {
+                    ending = ended.as_mut() => return ending,
+                    opened = from_client.recv() => match opened {
+                        Some(FromClient::Open { reply, .. }) if pairs.len() + opening >= MAX_CHANNELS => {
+                            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                            let what = format!("a channel beyond the {MAX_CHANNELS} a session may have open");
+                            if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                                return ending;
+                            }
+                        }
+                        Some(FromClient::Refused(what)) => {
+                            if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                                return ending;
+                            }
+                        }
+                        Some(FromClient::Forward { reply, host, port, .. }) if pairs.len() + opening >= MAX_CHANNELS => {
+                            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                            let what = format!("forwarding to {host}:{port} beyond the {MAX_CHANNELS} channels a session may have open");
+                            if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                                return ending;
+                            }
+                        }
+                        Some(FromClient::Forward { channel, host, port, origin, reply }) => {
+                            let allowed = rc.gate.and_then(|g| g.rules.forwards_to(&host, port).map(|p| format!("{}/forward:{p}", g.rules.name)));
+                            let message = match &allowed {
+                                Some(_) => None,
+                                None => Some(match rc.gate {
+                                    Some(g) => format!("{host}:{port} is not among the destinations rule set {} forwards to", g.rules.name),
+                                    None => "port forwarding is refused: no rule set of this session lists destinations".to_string(),
+                                }),
+                            };
+                            let asked = PortForward {
+                                channel_id: Some(u32::from(channel.id())),
+                                operation: "direct-tcpip".to_string(),
+                                host: Some(host.clone()),
+                                port: Some(port),
+                                outcome: Some(if allowed.is_some() { PolicyOutcome::Allow } else { PolicyOutcome::Block }),
+                                rule: allowed.clone(),
+                                message,
+                                ..Default::default()
+                            };
+                            let asked_seq = recorder.push(Direction::ClientToTarget, asked.into());
+                            if let Err(ending) = flush(recorder).await {
+                                return ending;
+                            }
+                            if allowed.is_none() {
+                                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                                continue;
+                            }
+                            opening += 1;
+                            tasks.0.retain(|task| !task.is_finished());
+                            let (target, events) = (target.clone(), events_tx.clone());
+                            let forwarded = Forwarded { host: host.clone(), port, asked_seq, started: std::time::Instant::now(), to_target: 0, to_client: 0 };
+                            let task = tokio::spawn(async move {
+                                let opened = tokio::time::timeout(
+                                    OPEN_TIMEOUT,
+                                    target.channel_open_direct_tcpip(host, port, origin.0, origin.1),
+                                )
+                                .await;
+                                match opened {
+                                    Ok(Ok(upstream)) => {
+                                        reply.accept().await;
+                                        let _ = events.send(Event::Opened(Some((channel, upstream, Some(forwarded)))));
+                                    }
+                                    _ => {
+                                        reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                        let _ = events.send(Event::Opened(None));
+                                    }
+                                }
+                            });
+                            tasks.0.push(task.abort_handle());
+                        }
+                        Some(FromClient::Open { channel, reply }) => {
+                            opening += 1;
+                            tasks.0.retain(|task| !task.is_finished());
+                            // Opened aside: a target that does not answer holds
+                            // up this channel, not the session.
+                            let (target, events) = (target.clone(), events_tx.clone());
+                            let task = tokio::spawn(async move {
+                                match tokio::time::timeout(OPEN_TIMEOUT, target.channel_open_session()).await {
+                                    Ok(Ok(upstream)) => {
+                                        reply.accept().await;
+                                        let _ = events.send(Event::Opened(Some((channel, upstream, None))));
+                                    }
+                                    Ok(Err(error)) => {
+                                        tracing::warn!(%error, "the target refused a session channel");
+                                        reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                        let _ = events.send(Event::Opened(None));
+                                    }
+                                    Err(_) => {
+                                        reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                                        let _ = events.send(Event::Opened(None));
+                                    }
+                                }
+                            });
+                            tasks.0.push(task.abort_handle());
+                        }
+                        Some(FromClient::Credential { reply, .. }) => {
+                            let _ = reply.send(Auth::reject());
+                        }
+                        None => {
+                            // What the client's channels said before it left is
+                            // still recorded (their readers end as they do).
+                            let drained = async {
+                                while !pairs.is_empty() {
+                                    let Some(event) = events.recv().await else { break };
+                                    if let Event::Opened(..) = event {
+                                        continue;
+                                    }
+                                    if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
+                                        return Some(ending);
+                                    }
+                                }
+                                None
+                            };
+                            // The lease's end (or shutdown) still ends it at once.
+                            tokio::select! {
+                                ending = ended.as_mut() => return ending,
+                                drained = tokio::time::timeout(DRAIN_TIMEOUT, drained) => {
+                                    if let Ok(Some(ending)) = drained {
+                                        return ending;
+                                    }
+                                }
+                            }
+                            return Ending::new(EndReason::ClientClosed, None);
+                        }
+                    },
+                    Some(event) = events.recv() => {
+                        // A target channel that ended with the target's whole
+                        // connection: the target's doing, whatever the client
+                        // does next.
+                        let target_gone = matches!(event, Event::Gone(Side::Target, _)) && target.is_closed();
+                        if let Event::Opened(opened) = event {
+                            opening = opening.saturating_sub(1);
+                            if let Some((client, upstream, forwarded)) = opened {
+                                let id = client.id();
+                                let mut pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks, answers.clone());
+                                pair.forward = forwarded;
+                                pairs.insert(id, pair);
+                            }
+                        } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
+                            return ending;
+                        }
+                        if target_gone {
+                            // What the target said last (exit status, EOF,
+                            // close) reaches the client before the session ends.
+                            for pair in pairs.values() {
+                                pair.to_client.flushed(GOODBYE_TIMEOUT).await;
+                            }
+                            return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+                        }
+                    }
+                    _ = mask_tick.tick(), if rc.masker.is_some() => {
+                        if let Some(masker) = rc.masker
+                            && let Err(ending) = flush_due(&mut pairs, masker, recorder, &flow, rc.gate).await
+                        {
                             return ending;
                         }
                     }
-                    Some(FromClient::Refused(what)) => {
-                        if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
+                    _ = target_alive.tick() => {
+                        if target.is_closed() {
+                            return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
+                        }
+                        // Command lines that waited on an echo given up by now.
+                        if let Err(ending) = overdue_commands(&mut pairs, recorder, rc.gate).await {
                             return ending;
                         }
-                    }
-                    Some(FromClient::Forward { reply, host, port, .. }) if pairs.len() + opening >= MAX_CHANNELS => {
-                        reply.reject(ChannelOpenFailure::ResourceShortage).await;
-                        let what = format!("forwarding to {host}:{port} beyond the {MAX_CHANNELS} channels a session may have open");
-                        if let Err(ending) = record_refusal(recorder, &mut refusals, what).await {
-                            return ending;
-                        }
-                    }
-                    Some(FromClient::Forward { channel, host, port, origin, reply }) => {
-                        let allowed = rc.gate.and_then(|g| g.rules.forwards_to(&host, port).map(|p| format!("{}/forward:{p}", g.rules.name)));
-                        let message = match &allowed {
-                            Some(_) => None,
-                            None => Some(match rc.gate {
-                                Some(g) => format!("{host}:{port} is not among the destinations rule set {} forwards to", g.rules.name),
-                                None => "port forwarding is refused: no rule set of this session lists destinations".to_string(),
-                            }),
-                        };
-                        let asked = PortForward {
-                            channel_id: Some(u32::from(channel.id())),
-                            operation: "direct-tcpip".to_string(),
-                            host: Some(host.clone()),
-                            port: Some(port),
-                            outcome: Some(if allowed.is_some() { PolicyOutcome::Allow } else { PolicyOutcome::Block }),
-                            rule: allowed.clone(),
-                            message,
-                            ..Default::default()
-                        };
-                        let asked_seq = recorder.push(Direction::ClientToTarget, asked.into());
-                        if let Err(ending) = flush(recorder).await {
-                            return ending;
-                        }
-                        if allowed.is_none() {
-                            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
-                            continue;
-                        }
-                        opening += 1;
-                        tasks.0.retain(|task| !task.is_finished());
-                        let (target, events) = (target.clone(), events_tx.clone());
-                        let forwarded = Forwarded { host: host.clone(), port, asked_seq, started: std::time::Instant::now(), to_target: 0, to_client: 0 };
-                        let task = tokio::spawn(async move {
-                            let opened = tokio::time::timeout(
-                                OPEN_TIMEOUT,
-                                target.channel_open_direct_tcpip(host, port, origin.0, origin.1),
-                            )
-                            .await;
-                            match opened {
-                                Ok(Ok(upstream)) => {
-                                    reply.accept().await;
-                                    let _ = events.send(Event::Opened(Some((channel, upstream, Some(forwarded)))));
-                                }
-                                _ => {
-                                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                                    let _ = events.send(Event::Opened(None));
-                                }
-                            }
-                        });
-                        tasks.0.push(task.abort_handle());
-                    }
-                    Some(FromClient::Open { channel, reply }) => {
-                        opening += 1;
-                        tasks.0.retain(|task| !task.is_finished());
-                        // Opened aside: a target that does not answer holds
-                        // up this channel, not the session.
-                        let (target, events) = (target.clone(), events_tx.clone());
-                        let task = tokio::spawn(async move {
-                            match tokio::time::timeout(OPEN_TIMEOUT, target.channel_open_session()).await {
-                                Ok(Ok(upstream)) => {
-                                    reply.accept().await;
-                                    let _ = events.send(Event::Opened(Some((channel, upstream, None))));
-                                }
-                                Ok(Err(error)) => {
-                                    tracing::warn!(%error, "the target refused a session channel");
-                                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                                    let _ = events.send(Event::Opened(None));
-                                }
-                                Err(_) => {
-                                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                                    let _ = events.send(Event::Opened(None));
-                                }
-                            }
-                        });
-                        tasks.0.push(task.abort_handle());
-                    }
-                    Some(FromClient::Credential { reply, .. }) => {
-                        let _ = reply.send(Auth::reject());
-                    }
-                    None => {
-                        // What the client's channels said before it left is
-                        // still recorded (their readers end as they do).
-                        let drained = async {
-                            while !pairs.is_empty() {
-                                let Some(event) = events.recv().await else { break };
-                                if let Event::Opened(..) = event {
-                                    continue;
-                                }
-                                if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
-                                    return Some(ending);
-                                }
-                            }
-                            None
-                        };
-                        // The lease's end (or shutdown) still ends it at once.
-                        tokio::select! {
-                            ending = ended.as_mut() => return ending,
-                            drained = tokio::time::timeout(DRAIN_TIMEOUT, drained) => {
-                                if let Ok(Some(ending)) = drained {
-                                    return ending;
-                                }
-                            }
-                        }
-                        return Ending::new(EndReason::ClientClosed, None);
-                    }
-                },
-                Some(event) = events.recv() => {
-                    // A target channel that ended with the target's whole
-                    // connection: the target's doing, whatever the client
-                    // does next.
-                    let target_gone = matches!(event, Event::Gone(Side::Target, _)) && target.is_closed();
-                    if let Event::Opened(opened) = event {
-                        opening = opening.saturating_sub(1);
-                        if let Some((client, upstream, forwarded)) = opened {
-                            let id = client.id();
-                            let mut pair = pair(id, client, upstream, server.clone(), &flow, &events_tx, &mut tasks, answers.clone());
-                            pair.forward = forwarded;
-                            pairs.insert(id, pair);
-                        }
-                    } else if let Err(ending) = relay_event(event, &mut pairs, &flow, recorder, &mut refusals, &rc).await {
-                        return ending;
-                    }
-                    if target_gone {
-                        // What the target said last (exit status, EOF,
-                        // close) reaches the client before the session ends.
-                        for pair in pairs.values() {
-                            pair.to_client.flushed(GOODBYE_TIMEOUT).await;
-                        }
-                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
-                    }
-                }
-                _ = mask_tick.tick(), if rc.masker.is_some() => {
-                    if let Some(masker) = rc.masker
-                        && let Err(ending) = flush_due(&mut pairs, masker, recorder, &flow).await
-                    {
-                        return ending;
-                    }
-                }
-                _ = target_alive.tick() => {
-                    if target.is_closed() {
-                        return Ending::new(EndReason::TargetClosed, "the target closed the connection".to_string());
-                    }
-                    // Command lines that waited on an echo given up by now.
-                    if let Err(ending) = overdue_commands(&mut pairs, recorder, rc.gate).await {
-                        return ending;
                     }
                 }
             }
         }
+        .await;
+        // What output masking still holds goes before the end: recorded,
+        // and sent if the client is still there.
+        if let Some(masker) = rc.masker {
+            for (id, pair) in pairs.iter_mut() {
+                let _ = flush_masked(pair, masker, Some(u32::from(*id)), recorder, &flow, rc.gate, true).await;
+            }
+        }
+        ending
     }
 
     fn refusal(&self, refusal: &Refusal) -> SshError {
@@ -1252,6 +1264,7 @@ fn pair(
         sftp: None,
         forward: None,
         masking: Default::default(),
+        started: false,
     }
 }
 
@@ -1376,6 +1389,10 @@ async fn relay_event<S: EventSink>(
                 if side == Side::Target {
                     // Nothing the target was asked will be answered now.
                     pair.answers.forget(id);
+                    // What masking held of its output goes before the close.
+                    if let Some(masker) = rc.masker {
+                        flush_masked(pair, masker, Some(u32::from(id)), recorder, flow, rc.gate, true).await?;
+                    }
                 }
                 // Nothing more reaches the side that left; the other is
                 // told once what it was sent before has gone out.
@@ -1428,6 +1445,23 @@ async fn relay_event<S: EventSink>(
             _ => {}
         }
     }
+    // A channel runs one program (RFC 4254 6.5): a second shell, command or
+    // subsystem on it is refused.
+    if side == Side::Client
+        && match &message {
+            ChannelMsg::Exec { .. } | ChannelMsg::RequestShell { .. } => true,
+            // (Other subsystems are refused as they come, by the handler.)
+            ChannelMsg::RequestSubsystem { name, .. } => name == SFTP,
+            _ => false,
+        }
+    {
+        if pair.started {
+            flow.delivered(side, admitted);
+            pair.answers.answered(id, false);
+            return record_refusal(recorder, refusals, "a second program on one channel".to_string()).await;
+        }
+        pair.started = true;
+    }
     // Command lines a keystroke or an echo completed, recorded after it.
     let mut commands = Vec::new();
     // File operations an SFTP request said, recorded after its bytes.
@@ -1442,7 +1476,7 @@ async fn relay_event<S: EventSink>(
         )
         && let Some(masker) = rc.masker
     {
-        flush_masked(pair, masker, channel_id, recorder, flow).await?;
+        flush_masked(pair, masker, channel_id, recorder, flow, rc.gate, true).await?;
     }
     let (forward, recorded): (Option<Out>, Option<EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
@@ -1520,7 +1554,6 @@ async fn relay_event<S: EventSink>(
             return Ok(());
         }
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. }) if name == SFTP => {
-            pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
             let recorded = Exec { channel_id, command: format!("subsystem {SFTP}") };
             (Some(Out::Subsystem(name)), Some(recorded.into()))
         }
@@ -1612,8 +1645,15 @@ async fn relay_event<S: EventSink>(
         }
         // Answers to the client's requests, passed back by the handler.
         (Side::Target, ChannelMsg::Success) => {
-            if pair.asked.pop_front() == Some(Asked::Pty) {
-                pair.terminal.get_or_insert_with(Terminal::default);
+            match pair.asked.pop_front() {
+                Some(Asked::Pty) => {
+                    pair.terminal.get_or_insert_with(Terminal::default);
+                }
+                // Read as SFTP (and not masked) only once the target runs it.
+                Some(Asked::Sftp) => {
+                    pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
+                }
+                _ => {}
             }
             pair.answers.answered(id, true);
             (None, None)
@@ -1664,7 +1704,8 @@ async fn relay_event<S: EventSink>(
         Some(out) => {
             match &out {
                 Out::Pty { .. } => pair.asked.push_back(Asked::Pty),
-                Out::Exec(_) | Out::Shell | Out::Subsystem(_) => pair.asked.push_back(Asked::Other),
+                Out::Subsystem(_) => pair.asked.push_back(Asked::Sftp),
+                Out::Exec(_) | Out::Shell => pair.asked.push_back(Asked::Other),
                 _ => {}
             }
             let ends = matches!(out, Out::ExitStatus(_) | Out::ExitSignal { .. } | Out::Close);
@@ -1818,17 +1859,27 @@ async fn flush_masked<S: EventSink>(
     channel_id: Option<u32>,
     recorder: &mut SessionRecorder<S>,
     flow: &Flow,
+    gate: Option<&Gate>,
+    all: bool,
 ) -> Result<(), Ending> {
     let mut counts = Counts::new();
     let mut out = Vec::new();
     for (index, stream) in [OutputStream::Stdout, OutputStream::Stderr].into_iter().enumerate() {
-        let (held, was) = pair.masking[index].flush(masker, &mut counts);
+        let (held, was) = pair.masking[index].flush(masker, &mut counts, all, std::time::Instant::now());
         if held.is_empty() {
             continue;
         }
         flow.reckon(Side::Target, was, held.len());
         let data = bytes::Bytes::from(held);
         recorder.push(Direction::TargetToClient, TerminalOutput { channel_id, stream, data: data.to_vec() }.into());
+        // What the terminal showed, for the command lines typed at it.
+        if stream == OutputStream::Stdout
+            && let Some(terminal) = pair.terminal.as_mut()
+        {
+            for command in terminal.lines.shown(&data, std::time::Instant::now()) {
+                record_command(recorder, channel_id, command, gate);
+            }
+        }
         out.push(match stream {
             OutputStream::Stdout => Out::Data(data),
             OutputStream::Stderr => Out::Extended(1, data),
@@ -1862,11 +1913,12 @@ async fn flush_due<S: EventSink>(
     masker: &Masker,
     recorder: &mut SessionRecorder<S>,
     flow: &Flow,
+    gate: Option<&Gate>,
 ) -> Result<(), Ending> {
     let now = std::time::Instant::now();
     for (id, pair) in pairs.iter_mut() {
         if pair.masking.iter().any(|m| m.due().is_some_and(|due| due <= now)) {
-            flush_masked(pair, masker, Some(u32::from(*id)), recorder, flow).await?;
+            flush_masked(pair, masker, Some(u32::from(*id)), recorder, flow, gate, false).await?;
         }
     }
     Ok(())

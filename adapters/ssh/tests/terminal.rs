@@ -256,3 +256,92 @@ async fn input_to_a_target_that_refused_the_terminal_is_recorded_as_data() {
     assert_eq!(typed, b"echo no-terminal-$((6*7)); exit\n");
     assert!(commands(events).is_empty());
 }
+
+/// A masked session's shell: the command lines typed are still recovered
+/// (the echo is read as masking lets it go); a card number the shell prints
+/// is masked for the client and the recording; asking the same channel for
+/// SFTP afterwards is refused and masking stays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_shell_still_yields_its_commands_and_a_second_program_is_refused() {
+    use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig, Profiles};
+    use russh::ChannelMsg;
+    let config = MaskingConfig {
+        default_profile: Some("pii".into()),
+        profiles: [("pii".to_string(), ProfileConfig { detectors: vec!["all".into()], ..Default::default() })].into(),
+        ..Default::default()
+    };
+    let masking = Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap();
+    let gateway = Gateway::start_with(None, false, masking).await;
+    let config = Arc::new(russh::client::Config::default());
+    let mut client = russh::client::connect(config, ("127.0.0.1", gateway.port), AnyHost).await.unwrap();
+    assert!(client.authenticate_password("agent", SECRET).await.unwrap().success());
+    let mut channel = client.channel_open_session().await.unwrap();
+    channel.request_pty(true, "xterm", 120, 40, 0, 0, &[]).await.unwrap();
+    channel.request_shell(true).await.unwrap();
+    let mut shown = Vec::new();
+    let mut answers = Vec::new();
+    // Reads until `text` shows (or 20 s pass).
+    async fn until(
+        channel: &mut russh::Channel<russh::client::Msg>,
+        text: &[u8],
+        shown: &mut Vec<u8>,
+        answers: &mut Vec<bool>,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !shown.windows(text.len()).any(|w| w == text) {
+            assert!(
+                Instant::now() < deadline,
+                "{:?} never showed: {:?}",
+                String::from_utf8_lossy(text),
+                String::from_utf8_lossy(shown)
+            );
+            match tokio::time::timeout(Duration::from_secs(20), channel.wait()).await {
+                Ok(Some(ChannelMsg::Data { data })) => shown.extend_from_slice(&data),
+                Ok(Some(ChannelMsg::Success)) => answers.push(true),
+                Ok(Some(ChannelMsg::Failure)) => answers.push(false),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    channel.data(&b"export PS1='M''> '\r"[..]).await.unwrap();
+    until(&mut channel, b"M> ", &mut shown, &mut answers).await;
+    // Asking the shell's channel for SFTP too: refused.
+    channel.request_subsystem(true, "sftp").await.unwrap();
+    for key in b"printf '4111 1111 1111 1111 %s\\n' done-$((6*7))\r" {
+        channel.data(&[*key][..]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    until(&mut channel, b"done-42", &mut shown, &mut answers).await;
+    channel.data(&b"exit\r"[..]).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = channel.wait().await {
+            if let ChannelMsg::Data { data } = message {
+                shown.extend_from_slice(&data);
+            }
+        }
+    })
+    .await;
+    client.disconnect(russh::Disconnect::ByApplication, "", "").await.unwrap();
+    assert!(answers.contains(&false), "the second program was refused: {answers:?}");
+    let screen = String::from_utf8_lossy(&shown).to_string();
+    assert!(screen.contains("done-42") && !screen.contains("4111 1111 1111 1111"), "{screen:?}");
+    let sessions = gateway.recorded().await;
+    let events = &sessions[0];
+    let recorded: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TerminalOutput(o) => Some(o.data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!String::from_utf8_lossy(&recorded).contains("4111 1111 1111 1111"));
+    let typed = commands(events);
+    assert!(typed.iter().any(|c| c.starts_with("export PS1=")), "{typed:?}");
+    // The typed line, as its (masked) echo showed it: the card number is
+    // not in it.
+    assert!(typed.iter().any(|c| c.starts_with("printf") && c.ends_with("done-$((6*7))")), "{typed:?}");
+    assert!(typed.iter().all(|c| !c.contains("4111")), "{typed:?}");
+}
