@@ -589,6 +589,24 @@ struct Forwarded {
     to_client: u64,
 }
 
+impl Forwarded {
+    /// Its close: what it carried, answering the event that asked for it.
+    fn closed(self, id: ChannelId, message: &str) -> PortForward {
+        PortForward {
+            channel_id: Some(u32::from(id)),
+            operation: "direct-tcpip".to_string(),
+            host: Some(self.host),
+            port: Some(self.port),
+            ref_seq: Some(self.asked_seq),
+            bytes_to_target: Some(self.to_target),
+            bytes_to_client: Some(self.to_client),
+            duration_ns: Some(self.started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX)),
+            message: Some(message.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
 /// A request passed to the target, awaiting its answer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Asked {
@@ -1144,6 +1162,13 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
                 let _ = flush_masked(pair, masker, Some(u32::from(*id)), recorder, &flow, rc.gate, true).await;
             }
         }
+        // Forwarded connections still open end with the session.
+        for (id, pair) in pairs.iter_mut() {
+            if let Some(forward) = pair.forward.take() {
+                recorder.push(Direction::Gateway, forward.closed(*id, "ended with the session").into());
+            }
+        }
+        let _ = flush(recorder).await;
         ending
     }
 
@@ -1402,21 +1427,7 @@ async fn relay_event<S: EventSink>(
                     pair.readers.iter().for_each(tokio::task::AbortHandle::abort);
                     pair.answers.forget(id);
                     if let Some(forward) = pair.forward.take() {
-                        // What the forwarded connection carried, answering
-                        // the event that asked for it.
-                        let closed = PortForward {
-                            channel_id: Some(u32::from(id)),
-                            operation: "direct-tcpip".to_string(),
-                            host: Some(forward.host),
-                            port: Some(forward.port),
-                            ref_seq: Some(forward.asked_seq),
-                            bytes_to_target: Some(forward.to_target),
-                            bytes_to_client: Some(forward.to_client),
-                            duration_ns: Some(forward.started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX)),
-                            message: Some("closed".to_string()),
-                            ..Default::default()
-                        };
-                        recorder.push(Direction::Gateway, closed.into());
+                        recorder.push(Direction::Gateway, forward.closed(id, "closed").into());
                         flush(recorder).await?;
                     }
                     pairs.remove(&id);

@@ -284,14 +284,7 @@ async fn several_channels_share_one_connection_each_recorded_apart() {
 /// client nor the recording; the rest of the output passes as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masked_session_masks_output_for_the_client_and_the_recording() {
-    use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig};
-    let config = MaskingConfig {
-        default_profile: Some("pii".into()),
-        profiles: [("pii".to_string(), ProfileConfig { detectors: vec!["all".into()], ..Default::default() })].into(),
-        ..Default::default()
-    };
-    let masking = Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap();
-    let gateway = Gateway::start_with(None, false, masking).await;
+    let gateway = Gateway::start_with(None, false, masked_by_default()).await;
     let command =
         "printf 'card: 4111 1111 '; sleep 0.005; printf '\\033[31m1111 1111\\033[0m ok\\n'; echo plain-$((6*7))";
     let (stdout, stderr, code) = gateway.ssh(SECRET, &[], command, b"").await;

@@ -263,15 +263,8 @@ async fn input_to_a_target_that_refused_the_terminal_is_recorded_as_data() {
 /// SFTP afterwards is refused and masking stays on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masked_shell_still_yields_its_commands_and_a_second_program_is_refused() {
-    use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig, Profiles};
     use russh::ChannelMsg;
-    let config = MaskingConfig {
-        default_profile: Some("pii".into()),
-        profiles: [("pii".to_string(), ProfileConfig { detectors: vec!["all".into()], ..Default::default() })].into(),
-        ..Default::default()
-    };
-    let masking = Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap();
-    let gateway = Gateway::start_with(None, false, masking).await;
+    let gateway = Gateway::start_with(None, false, masked_by_default()).await;
     let config = Arc::new(russh::client::Config::default());
     let mut client = russh::client::connect(config, ("127.0.0.1", gateway.port), AnyHost).await.unwrap();
     assert!(client.authenticate_password("agent", SECRET).await.unwrap().success());

@@ -202,3 +202,15 @@ pub fn output(events: &[Event], stream: OutputStream) -> Vec<u8> {
         .flatten()
         .collect()
 }
+
+/// Masking profiles whose default (`pii`) turns every detector on: every
+/// session is masked.
+pub fn masked_by_default() -> Profiles {
+    use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig};
+    let config = MaskingConfig {
+        default_profile: Some("pii".into()),
+        profiles: [("pii".to_string(), ProfileConfig { detectors: vec!["all".into()], ..Default::default() })].into(),
+        ..Default::default()
+    };
+    Profiles::new(&config, MaskingKey::new(vec![7; 32])).unwrap()
+}
