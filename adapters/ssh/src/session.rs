@@ -774,6 +774,7 @@ impl<S: EventSink, A: Authenticator> SshEngine<S, A> {
             inactivity_timeout: None,
             keepalive_interval: Some(KEEPALIVE),
             keepalive_max: 3,
+            preferred: upstream_algorithms(),
             ..Default::default()
         });
         let mut handle = match russh::client::connect_stream(config, tcp, handler).await {
@@ -1804,6 +1805,17 @@ fn refused_report(what: String) -> ErrorReport {
         ),
         ..Default::default()
     }
+}
+
+/// Towards the target, AES-256-GCM first: every OpenSSH speaks it, and both
+/// ring and the target's libcrypto run it on the CPU's AES instructions,
+/// where ChaCha20-Poly1305 (OpenSSH's own first choice) is computed in
+/// software; the rest as russh prefers.
+fn upstream_algorithms() -> russh::Preferred {
+    let default = russh::Preferred::default();
+    let mut cipher = vec![russh::cipher::AES_256_GCM];
+    cipher.extend(default.cipher.iter().filter(|c| **c != russh::cipher::AES_256_GCM));
+    russh::Preferred { cipher: cipher.into(), ..default }
 }
 
 /// The exit status of a command Proctor refused (blocked, or held for
