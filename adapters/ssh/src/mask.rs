@@ -29,6 +29,9 @@ pub const TAIL: usize = 256;
 pub const SECRET_HOLD: Duration = Duration::from_secs(2);
 /// The longest an unfinished line is held back.
 pub const DELAY: Duration = Duration::from_millis(25);
+/// Output this short (a keystroke's echo, a redraw of a character or two)
+/// goes at once unless it ends like the start of a secret.
+pub const ECHO: usize = 8;
 
 /// One output stream's masking.
 #[derive(Default)]
@@ -56,6 +59,13 @@ impl OutputMasker {
                 at -= 1;
             }
             at
+        } else {
+            cut
+        };
+        // A keystroke's echo (a few bytes) that does not look like the
+        // start of a secret goes at once: typing is not held back.
+        let cut = if cut == 0 && data.len() <= ECHO && secret_like_end(&self.held) == self.held.len() {
+            self.held.len()
         } else {
             cut
         };
@@ -258,9 +268,11 @@ mod tests {
         let t = Instant::now();
         let bytes = b"\x1b[1mtotal 8\x1b[0m\r\n\xff\xfe raw\n";
         assert_eq!(out.push(&masker, bytes, t, &mut counts), (bytes.to_vec(), bytes.len()));
-        assert!(out.push(&masker, b"$ ", t, &mut counts).0.is_empty());
+        // A keystroke's echo goes at once; a longer unfinished line waits.
+        assert_eq!(out.push(&masker, b"l", t, &mut counts), (b"l".to_vec(), 1));
+        assert!(out.push(&masker, b"user@host:~/src/app$ ", t, &mut counts).0.is_empty());
         assert_eq!(out.due(), Some(t + DELAY));
-        assert_eq!(out.flush(&masker, &mut counts, false, t + DELAY), (b"$ ".to_vec(), 2));
+        assert_eq!(out.flush(&masker, &mut counts, false, t + DELAY).1, 21);
         assert_eq!(out.due(), None);
         // A card number echoed key by key waits until it is whole.
         for key in b"4111 1111 1111 111" {
