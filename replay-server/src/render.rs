@@ -301,25 +301,7 @@ mod tests {
             EventBody::from(TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data: data.to_vec() })
         };
         let events = [
-            at(
-                0,
-                0,
-                SessionStart {
-                    protocol: proctor_schemas::Protocol::Ssh,
-                    resource: None,
-                    subject: None,
-                    groups: Vec::new(),
-                    grant_id: None,
-                    client_addr: None,
-                    target_user: None,
-                    database: None,
-                    application_name: None,
-                    tls: None,
-                    masking_profile: None,
-                    message: None,
-                }
-                .into(),
-            ),
+            at(0, 0, SessionStart::new(proctor_schemas::Protocol::Ssh).into()),
             at(1, 10, PtyRequest { channel_id: Some(0), term: "xterm".into(), width: 120, height: 40 }.into()),
             // "é" cut in two between two outputs.
             at(2, 250, out(b"caf\xc3")),

@@ -143,6 +143,40 @@ impl Granting {
     }
 }
 
+/// `sh -c LINE` (an `ssh` command line of a certificate), without an agent.
+fn sh(line: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .args(["-c", line])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A shell through `command` (under `-tt`), the login banner let pass,
+/// each of `lines` typed a second apart: how it exited, what it said on
+/// stderr.
+fn typed_shell(command: &str, lines: &[&[u8]]) -> (std::process::ExitStatus, String) {
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", &format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1))])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = shell.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for line in lines {
+        std::io::Write::write_all(&mut keys, line).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let status = wait_with_timeout(&mut shell, Duration::from_secs(30));
+    let mut said = String::new();
+    std::io::Read::read_to_string(shell.stderr.as_mut().unwrap(), &mut said).unwrap();
+    (status, said)
+}
+
 /// `proctor ARGS --json` against the control API as `token`.
 fn granting_control(api: &str, token: &str, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
@@ -281,33 +315,14 @@ fn a_grant_certificate_opens_an_ssh_resource_without_a_password_until_revoked() 
     assert!(listed.contains(&ca), "{listed} / {ca}");
 
     // The command line as given, with a command appended; no password.
-    let run = |remote: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", &format!("{command} {remote}")])
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let run = |remote: &str| sh(&format!("{command} {remote}"));
     let out = run("printf %s certified");
     assert!(out.status.success(), "{}\n{:?}", String::from_utf8_lossy(&out.stderr), log.try_iter().collect::<Vec<_>>());
     assert_eq!(out.stdout, b"certified");
 
     // A shell through the same command line: the command typed is recorded.
-    let mut shell = std::process::Command::new("sh")
-        .args(["-c", &format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1))])
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut keys = shell.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    std::io::Write::write_all(&mut keys, b"echo typed-through-proctor\r").unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    std::io::Write::write_all(&mut keys, b"exit\r").unwrap();
-    assert!(wait_with_timeout(&mut shell, Duration::from_secs(30)).success());
+    let (status, said) = typed_shell(&command, &[b"echo typed-through-proctor\r", b"exit\r"]);
+    assert!(status.success(), "{status:?}: {said}");
 
     control(&["grant", "revoke", &id, "--reason", "deploy done"]);
     let after = run("echo never");
@@ -383,14 +398,7 @@ fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
         &["grant", "request", "--resource", "box", "--ttl", "10m", "--reason", "ops", "--ssh-public-key", &public],
     );
     let command = granted["ssh_certificate"]["command"].as_str().expect("a certificate").to_string();
-    let run = |remote: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", &format!("{command} {remote}")])
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let run = |remote: &str| sh(&format!("{command} {remote}"));
     let allowed = run("'printf %s allowed'");
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     assert_eq!(allowed.stdout, b"allowed");
@@ -421,22 +429,7 @@ fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
 
     // Typed at a shell, a line the rules would hold has reached the shell as
     // it was typed: it is flagged, not enforced.
-    let mut shell = std::process::Command::new("sh")
-        .args(["-c", &format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1))])
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut keys = shell.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    std::io::Write::write_all(&mut keys, b"sudo -n true; echo flagged-ok\r").unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
-    std::io::Write::write_all(&mut keys, b"exit\r").unwrap();
-    let status = wait_with_timeout(&mut shell, Duration::from_secs(30));
-    let mut said = String::new();
-    std::io::Read::read_to_string(shell.stderr.as_mut().unwrap(), &mut said).unwrap();
+    let (status, said) = typed_shell(&command, &[b"sudo -n true; echo flagged-ok\r", b"exit\r"]);
     assert!(status.success(), "{status:?}: {said}");
 
     signal(&up, libc::SIGTERM);
@@ -511,24 +504,16 @@ fn a_rule_set_may_refuse_shells_and_sftp() {
     let granting = Granting::start(rules, Some("locked"));
     let command = granting.certified("locked");
     let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
-    let sh = |line: String| {
-        std::process::Command::new("sh")
-            .args(["-c", &line])
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let ran = sh(format!("{command} 'printf %s ran'"));
+    let ran = sh(&format!("{command} 'printf %s ran'"));
     assert_eq!(ran.stdout, b"ran", "{}", String::from_utf8_lossy(&ran.stderr));
-    let shell = sh(format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1)));
+    let shell = sh(&format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1)));
     assert!(!shell.status.success());
     assert!(String::from_utf8_lossy(&shell.stderr).contains("shell request failed"), "{shell:?}");
     let batch = base.join("batch");
     std::fs::write(&batch, "pwd\n").unwrap();
     let sftp_command = command.replacen("ssh ", "sftp -b BATCH ", 1).replace("BATCH", batch.to_str().unwrap());
     // (`sftp` takes the port as -P.)
-    let sftp = sh(sftp_command.replace(" -p ", " -P "));
+    let sftp = sh(&sftp_command.replace(" -p ", " -P "));
     assert!(!sftp.status.success(), "{}", String::from_utf8_lossy(&sftp.stdout));
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());

@@ -244,6 +244,41 @@ mod tests {
         assert!(!counts.is_empty());
     }
 
+    /// Generated text without escape sequences: the byte-level masker that
+    /// reads the screen text gives exactly what the masker gives on the
+    /// text itself.
+    #[test]
+    fn on_plain_text_the_screen_reader_agrees_with_the_masker() {
+        use rand::{Rng, SeedableRng};
+        let masker = masker();
+        let pieces = [
+            "4111 1111 1111 1111",
+            "5555555555554444",
+            "alice@example.com",
+            "call +1 415 555 0100",
+            "order 1234",
+            " ",
+            "\n",
+            "plain words",
+            "x",
+            "-",
+            "2026-12-07",
+            "ünïcode",
+            "\t",
+            "user:pass@host",
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        for case in 0..500 {
+            let text: String =
+                (0..rng.random_range(1..12)).map(|_| pieces[rng.random_range(0..pieces.len())]).collect();
+            let (mut a, mut b) = (Counts::new(), Counts::new());
+            let by_bytes = mask_bytes(&masker, text.as_bytes(), &mut a);
+            let by_text = masker.mask_text(&text, &mut b);
+            assert_eq!(String::from_utf8(by_bytes).unwrap(), by_text, "case {case}: {text:?}");
+            assert_eq!(a.into_rules(), b.into_rules(), "case {case}");
+        }
+    }
+
     #[test]
     fn a_secret_on_a_long_line_or_after_a_stray_escape_is_still_found() {
         let masker = masker();

@@ -1694,7 +1694,7 @@ async fn relay_event<S: EventSink>(
             record_command(recorder, channel_id, command, rc.gate);
         }
         if !masked_counts.is_empty() {
-            recorder.push(Direction::Gateway, masking_applied(rc, masked_counts).into());
+            recorder.push(Direction::Gateway, masking_applied(rc.masker, masked_counts).into());
         }
         for file in files {
             let recorded = FileTransfer {
@@ -1863,9 +1863,9 @@ fn masked(
 }
 
 /// What masking replaced, by rule.
-fn masking_applied(rc: &RelayCtx<'_>, counts: Counts) -> proctor_schemas::MaskingApplied {
+fn masking_applied(masker: Option<&Masker>, counts: Counts) -> proctor_schemas::MaskingApplied {
     proctor_schemas::MaskingApplied {
-        masking_profile: rc.masker.map(|m| m.profile().name.clone()),
+        masking_profile: masker.map(|m| m.profile().name.clone()),
         ref_seq: None,
         masked: counts
             .into_rules()
@@ -1912,15 +1912,7 @@ async fn flush_masked<S: EventSink>(
         return Ok(());
     }
     if !counts.is_empty() {
-        let applied = proctor_schemas::MaskingApplied {
-            masking_profile: Some(masker.profile().name.clone()),
-            ref_seq: None,
-            masked: counts
-                .into_rules()
-                .into_iter()
-                .map(|(rule, count)| proctor_schemas::RuleCount { rule, count })
-                .collect(),
-        };
+        let applied = masking_applied(Some(masker), counts);
         recorder.push(Direction::Gateway, applied.into());
     }
     flush(recorder).await?;
