@@ -381,6 +381,8 @@ pub struct Indexer {
     /// tail is indexed again from its segment once sealed.
     tail: Sessions,
     committed: Committed,
+    /// Keyframes of the terminals of the sealed segments.
+    keyframes: crate::keyframes::Keyframer,
 }
 
 /// Per-session state of one stream of events (the sealed segments, or the
@@ -842,6 +844,7 @@ impl Indexer {
                     sealed: Sessions::default(),
                     tail: Sessions::default(),
                     committed: Committed::default(),
+                    keyframes: crate::keyframes::Keyframer::new(&dir),
                 });
             }
             tracing::warn!(dir = %dir.display(), "the index is of another version; rebuilding it from the segments");
@@ -875,6 +878,7 @@ impl Indexer {
             sealed: Sessions::default(),
             tail: Sessions::default(),
             committed: Committed::default(),
+            keyframes: crate::keyframes::Keyframer::new(dir),
         })
     }
 
@@ -894,6 +898,7 @@ impl Indexer {
                 // back: it is rebuilt from the recording as needed.
                 self.sealed = Sessions::default();
                 self.tail = Sessions::default();
+                self.keyframes.forget();
                 Err(error)
             }
         }
@@ -950,6 +955,7 @@ impl Indexer {
                 )
                 .map_err(cannot)?;
                 apply(&self.writer, &self.fields, &mut batch, &mut ops).map_err(cannot)?;
+                self.keyframes.apply(&reader, &event).map_err(cannot)?;
                 // (What the tail saw answered stays until the session's end
                 // here: a statement may have more answers than this one.)
                 if matches!(event.body, EventBody::SessionEnd(_)) {
@@ -1027,6 +1033,9 @@ impl Indexer {
     }
 
     fn commit(&mut self, next: &Checkpoint) -> Result<()> {
+        // The keyframes of what the commit says is indexed are on disk
+        // first.
+        self.keyframes.sync()?;
         let payload = serde_json::to_string(next).map_err(|e| IndexError::Checkpoint(e.to_string()))?;
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&payload);

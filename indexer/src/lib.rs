@@ -12,6 +12,8 @@
 //!   opening for the data dir's group).
 //! - [`index`]: the index directory, the single writer, its checkpoint
 //!   (committed with the documents), catching up, rebuilding.
+//! - [`keyframes`]: terminal screens snapshotted as segments are indexed,
+//!   the screen at any moment of a session, and frames to play it.
 //! - [`query`]: the investigators' query language.
 //! - [`search`]: hits in time order with snippets, and facet counts.
 //! - [`background`]: the indexer thread of a running Proctor.
@@ -23,6 +25,7 @@ mod directory;
 pub mod document;
 pub mod fields;
 pub mod index;
+pub mod keyframes;
 pub mod query;
 pub mod search;
 

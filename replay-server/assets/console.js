@@ -254,6 +254,229 @@
     return terms;
   }
 
+
+  // The 256 colours of an xterm: 16 named, a 6×6×6 cube, 24 greys.
+  const PALETTE = (() => {
+    const named = ['#000000', '#cd3131', '#0dbc79', '#e5e510', '#2472c8', '#bc3fbc', '#11a8cd', '#e5e5e5',
+      '#666666', '#f14c4c', '#23d18b', '#f5f543', '#3b8eea', '#d670d6', '#29b8db', '#ffffff'];
+    const hex = (n) => n.toString(16).padStart(2, '0');
+    const steps = [0, 95, 135, 175, 215, 255];
+    for (let i = 16; i < 232; i++) {
+      const n = i - 16;
+      named.push(`#${hex(steps[Math.floor(n / 36)])}${hex(steps[Math.floor(n / 6) % 6])}${hex(steps[n % 6])}`);
+    }
+    for (let i = 0; i < 24; i++) named.push(`#${hex(8 + i * 10).repeat(3)}`);
+    return named;
+  })();
+  const TERM_FG = '#d4d4d4';
+  const TERM_BG = '#1e1e1e';
+  const colour = (c, fallback) => (c === undefined ? fallback : typeof c === 'number' ? PALETTE[c] : c);
+
+  // A terminal session's player: the screen at any moment (drawn by the
+  // server from its keyframes), played on at 1–16× from there, stepping
+  // from command to command. `moved(seq)` is told where it is.
+  function terminalPlayer(id, moved) {
+    const screenEl = el('div', { class: 'term', id: 'term', role: 'img', 'aria-label': 'Terminal screen' });
+    const playButton = el('button', { type: 'button', id: 'play', 'aria-pressed': 'false' }, 'Play');
+    const speed = el('select', { id: 'speed', 'aria-label': 'Speed' },
+      ...[1, 2, 4, 8, 16].map((n) => el('option', { value: String(n) }, `${n}×`)));
+    const prev = el('button', { type: 'button', id: 'prev-command', title: 'Previous command' }, '‹ Command');
+    const nextButton = el('button', { type: 'button', id: 'next-command', title: 'Next command' }, 'Command ›');
+    const scrub = el('input', { type: 'range', id: 'scrub', min: '0', max: '1000', value: '0', 'aria-label': 'Position in the session' });
+    const clock = el('span', { class: 'term-clock', id: 'term-clock' }, '');
+    const section = el('section', { class: 'player', id: 'player', hidden: true, 'aria-label': 'Terminal player' },
+      el('div', { class: 'player-controls' }, prev, playButton, nextButton, speed, scrub, clock), screenEl);
+
+    let shown = null; // { seq, ms, rows, cols, cursor }
+    let lines = [];
+    let rowEls = [];
+    let playing = false;
+    let commands = [];
+    let span = null; // { start, end } in ms
+    let token = 0; // bumped by every seek: stale answers are dropped
+    // Whether the session may have a terminal (an SSH session), once known.
+    let enable;
+    const ready = new Promise((resolve) => { enable = resolve; });
+
+    function runEl(run) {
+      const node = el('span', {}, run.t);
+      let fg = colour(run.fg, null);
+      let bg = colour(run.bg, null);
+      if (run.r) [fg, bg] = [bg || TERM_BG, fg || TERM_FG];
+      if (fg) node.style.color = fg;
+      if (bg) node.style.backgroundColor = bg;
+      if (run.b) node.style.fontWeight = 'bold';
+      if (run.d) node.style.opacity = '0.6';
+      if (run.i) node.style.fontStyle = 'italic';
+      if (run.u) node.style.textDecoration = 'underline';
+      return node;
+    }
+
+    function drawRow(row) {
+      const line = lines[row] || [];
+      const node = rowEls[row];
+      node.replaceChildren(...line.map(runEl));
+      node.dataset.text = line.map((r) => r.t).join('');
+    }
+
+    function resize(rows, cols) {
+      if (shown && rowEls.length === rows && shown.cols === cols) return;
+      rowEls = Array.from({ length: rows }, () => el('div', { class: 'term-row' }));
+      screenEl.replaceChildren(...rowEls);
+      screenEl.style.setProperty('--cols', String(cols));
+      lines = Array.from({ length: rows }, (_, i) => lines[i] || []);
+      for (let r = 0; r < rows; r++) drawRow(r);
+    }
+
+    function cursorAt(cursor) {
+      screenEl.querySelectorAll('.term-cursor').forEach((n) => n.classList.remove('term-cursor'));
+      const [row, col, visible] = cursor;
+      screenEl.dataset.cursor = `${row},${col}`;
+      if (!visible || !rowEls[row]) return;
+      rowEls[row].classList.add('term-cursor');
+      rowEls[row].style.setProperty('--cursor-col', String(col));
+    }
+
+    function place(at) {
+      shown = { seq: at.seq, ms: at.ms, rows: at.rows, cols: at.cols };
+      body.dataset.screenSeq = String(at.seq);
+      clock.textContent = at.time ? at.time.replace('T', ' ').slice(0, 23) : '';
+      if (span) scrub.value = String(Math.round(((at.ms - span.start) / Math.max(span.end - span.start, 1)) * 1000));
+      moved(at.seq);
+    }
+
+    function paint(view) {
+      lines = view.lines;
+      rowEls = [];
+      shown = null;
+      resize(view.rows, view.cols);
+      cursorAt(view.cursor);
+      place(view);
+    }
+
+    function apply(frame) {
+      if (!shown || frame.rows !== shown.rows || frame.cols !== shown.cols) {
+        lines.length = frame.rows;
+        shown = { ...(shown || {}), rows: frame.rows, cols: frame.cols };
+        rowEls = [];
+        resize(frame.rows, frame.cols);
+      }
+      for (const [row, runs] of frame.changed) {
+        lines[row] = runs;
+        if (rowEls[row]) drawRow(row);
+      }
+      cursorAt(frame.cursor);
+      place(frame);
+    }
+
+    async function show(query) {
+      const mine = ++token;
+      const view = await api(`/api/sessions/${encodeURIComponent(id)}/screen?` + new URLSearchParams(query));
+      if (mine !== token) return null;
+      section.hidden = false;
+      section.parentElement.classList.add('with-player');
+      paint(view);
+      body.dataset.screenMs = String(view.server_ms);
+      return view;
+    }
+
+    // Playback: frames fetched a page ahead, shown at their moments (scaled
+    // by the speed; a pause longer than 2 s of session time is cut to 2 s).
+    async function play() {
+      if (playing || !shown) return;
+      playing = true;
+      playButton.textContent = 'Pause';
+      playButton.setAttribute('aria-pressed', 'true');
+      body.dataset.playing = 'true';
+      const mine = token;
+      let after = shown.seq;
+      let queue = [];
+      let more = true;
+      let sessionMs = shown.ms;
+      let wall = performance.now();
+      const fetchPage = async () => {
+        const page = await api(`/api/sessions/${encodeURIComponent(id)}/frames?` + new URLSearchParams({ after_seq: after, limit: 500 }));
+        queue = queue.concat(page.frames);
+        if (page.frames.length) after = page.frames[page.frames.length - 1].seq;
+        if (page.next_seq === null) more = false;
+        else after = Math.max(after, page.next_seq - 1);
+      };
+      try {
+        await fetchPage();
+        while (playing && mine === token) {
+          if (!queue.length) {
+            if (!more) break;
+            await fetchPage();
+            continue;
+          }
+          if (queue.length < 100 && more) fetchPage().catch(() => { more = false; });
+          const frame = queue[0];
+          const rate = Number(speed.value) || 1;
+          const gap = Math.min(frame.ms - sessionMs, 2000);
+          const due = wall + Math.max(gap, 0) / rate;
+          const now = performance.now();
+          if (due > now) {
+            await new Promise((resolve) => setTimeout(resolve, Math.min(due - now, 100)));
+            continue;
+          }
+          queue.shift();
+          wall = due;
+          sessionMs = frame.ms;
+          if (mine === token) apply(frame);
+        }
+      } finally {
+        if (mine === token) pause();
+      }
+    }
+
+    function pause() {
+      playing = false;
+      playButton.textContent = 'Play';
+      playButton.setAttribute('aria-pressed', 'false');
+      body.dataset.playing = 'false';
+    }
+
+    async function seek(seq) {
+      if (!(await ready)) return;
+      if (shown && seq === shown.seq && !playing) return;
+      pause();
+      try {
+        await show({ seq });
+      } catch (error) {
+        // Not a terminal session (or not yet at its terminal): no player.
+        if (!shown) section.hidden = true;
+      }
+    }
+
+    function command(direction) {
+      if (!shown) return;
+      const at = shown.seq;
+      const target = direction > 0 ? commands.find((s) => s > at) : [...commands].reverse().find((s) => s < at);
+      if (target !== undefined) seek(target);
+    }
+
+    playButton.addEventListener('click', () => (playing ? pause() : play()));
+    prev.addEventListener('click', () => command(-1));
+    nextButton.addEventListener('click', () => command(1));
+    scrub.addEventListener('change', async () => {
+      if (!span) return;
+      pause();
+      const ms = span.start + (Number(scrub.value) / 1000) * (span.end - span.start);
+      token++;
+      await show({ time: new Date(ms).toISOString() }).catch(() => null);
+    });
+
+    return {
+      section,
+      seek,
+      playing: () => playing,
+      enable,
+      setCommands(seqs) { commands = [...seqs].sort((a, b) => a - b); },
+      setSpan(start, end) { span = { start, end }; },
+      toggle() { return playing ? pause() : play(); },
+    };
+  }
+
   function sessionPage() {
     const id = body.dataset.session;
     const q = new URLSearchParams(location.search).get('q') || '';
@@ -273,7 +496,19 @@
     // ROLE, a session authorization) stay in the timeline.
     let workFrom = null;
     const sentinel = el('div', { class: 'load', id: 'sentinel' }, 'Loading events…');
-    main.replaceChildren(head, folded, timeline, earlier, list, sentinel);
+    // A terminal session's player, shown once its screen is found; it
+    // follows the current event, and the current event follows it.
+    let following = false;
+    const player = terminalPlayer(id, (seq) => {
+      if (!rows.has(seq)) return;
+      following = true;
+      setCurrent(seq, { scroll: player.playing() ? 'nearest' : 'center' });
+      following = false;
+    });
+    // Beside the events on a wide screen, the player stays in view.
+    const sessionBody = el('div', { class: 'session-body' }, player.section,
+      el('div', { class: 'session-events' }, timeline, earlier, list, sentinel));
+    main.replaceChildren(head, folded, sessionBody);
 
     const rows = new Map(); // seq -> li
     let first = null; // lowest seq shown
@@ -347,6 +582,7 @@
       if (scroll) row.scrollIntoView({ block: scroll === 'center' ? 'center' : 'nearest' });
       history.replaceState(null, '', `${location.pathname}${location.search}#seq=${seq}`);
       body.dataset.current = String(seq);
+      if (!following && !player.playing()) player.seek(seq);
       return true;
     }
 
@@ -410,7 +646,8 @@
     function markClass(kind, outcome) {
       if (kind === 'statement') return 'statement';
       if (kind === 'error') return 'error';
-      if (kind === 'policy_decision') return outcome === 'block' ? 'block' : outcome === 'hold' ? 'hold' : 'approval';
+      if (kind === 'policy_decision') return outcome === 'block' ? 'block' : outcome === 'hold' ? 'hold' : outcome === 'flag' ? 'hold' : 'approval';
+      if (kind === 'command' || kind === 'exec') return 'command';
       return /approved$/.test(kind) ? 'approval' : '';
     }
 
@@ -449,6 +686,7 @@
       const keys = {
         j: () => step(1), ArrowDown: () => step(1), k: () => step(-1), ArrowUp: () => step(-1),
         n: () => nextMatch(1), N: () => nextMatch(-1), g: toStart, Home: toStart, G: toEnd, End: toEnd,
+        p: () => player.toggle(),
       };
       const action = keys[event.key];
       if (!action) return;
@@ -506,10 +744,15 @@
 
     const summaryLoaded = api(`/api/sessions/${encodeURIComponent(id)}`).then((s) => {
       summary = s;
+      player.enable(s.protocol === 'ssh');
+      if (s.start) player.setSpan(Date.parse(s.start.slice(0, 23) + 'Z'), Date.parse((s.end || s.start).slice(0, 23) + 'Z'));
       head.replaceChildren(headEl(s));
       drawMarks();
     });
-    summaryLoaded.catch((error) => head.append(el('div', { class: 'error', role: 'alert' }, error.message)));
+    summaryLoaded.catch((error) => {
+      player.enable(false);
+      head.append(el('div', { class: 'error', role: 'alert' }, error.message));
+    });
 
     loadOnce(() => load(from)).then(async () => {
       proctor.timings.firstEvents = performance.now();
@@ -517,6 +760,7 @@
       // The whole session's marks once its first events are shown.
       summaryLoaded.then(() => api(`/api/sessions/${encodeURIComponent(id)}/marks`)).then((found) => {
         indexedMarks = found.marks;
+        player.setCommands(found.marks.filter((m) => m.kind === 'command' || m.kind === 'exec').map((m) => m.seq));
         drawMarks();
       }).catch(() => {});
       if (wantSeq !== null) {

@@ -42,7 +42,7 @@ use serde_json::json;
 use crate::console::Console;
 use crate::console::dev_issuer::DevIssuerEndpoints;
 use crate::filter::SessionFilter;
-use crate::render::{event_json, session_json, transcript_line};
+use crate::render::{event_json, frame_json, session_json, transcript_line, view_json};
 
 /// Where every search and read is recorded before its answer is sent.
 pub trait AccessLog: Send + Sync + 'static {
@@ -245,6 +245,8 @@ pub fn router<L: AccessLog>(state: Arc<ApiState<L>>) -> Router {
         .route("/api/sessions/{id}", get(session::<L>))
         .route("/api/sessions/{id}/events", get(events::<L>))
         .route("/api/sessions/{id}/asciicast", get(asciicast::<L>))
+        .route("/api/sessions/{id}/screen", get(screen::<L>))
+        .route("/api/sessions/{id}/frames", get(frames::<L>))
         .route("/api/sessions/{id}/marks", get(marks::<L>))
         .with_state(state);
     if let Some(console) = console {
@@ -494,8 +496,8 @@ fn grant_events(reader: &Reader, index: &SearchIndex, grant: &str) -> Vec<serde_
     events
 }
 
-/// The marks of a session's timeline: its statements, errors and policy
-/// decisions (the first 5,000 of them), oldest first, from the index.
+/// The marks of a session's timeline: its statements, commands (typed or
+/// run), errors and policy decisions (the first 5,000 of them), oldest first, from the index.
 async fn marks<L: AccessLog>(
     State(state): State<Arc<ApiState<L>>>,
     headers: HeaderMap,
@@ -507,7 +509,8 @@ async fn marks<L: AccessLog>(
     let state = state.clone();
     blocking(move || {
         let index = state.index().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        let query = format!("session:{id} (kind:statement OR kind:error OR kind:policy_decision)");
+        let query =
+            format!("session:{id} (kind:statement OR kind:error OR kind:policy_decision OR kind:command OR kind:exec)");
         let request = SearchRequest { limit: 5000, newest_first: false, ..SearchRequest::new(query) };
         let found = index.search(&request).map_err(ApiError::internal)?;
         let marks: Vec<serde_json::Value> = found
@@ -602,6 +605,113 @@ async fn asciicast<L: AccessLog>(
             ));
         }
         Ok(Json(json!({ "session_id": id.to_string(), "asciicast": lines })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct ScreenParams {
+    seq: Option<u64>,
+    time: Option<String>,
+    channel: Option<u32>,
+}
+
+/// The screen of a session's terminal after event `seq`, or at `time`
+/// (RFC 3339: after the last event at or before it): from its latest
+/// keyframe, see [`proctor_indexer::keyframes`]. `server_ms` says how long
+/// it took.
+async fn screen<L: AccessLog>(
+    State(state): State<Arc<ApiState<L>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<ScreenParams>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = investigator(&state, &headers).await?;
+    let id = session_id(&id)?;
+    let at = match (params.seq, &params.time) {
+        (Some(seq), _) => format!("screen at seq {seq}"),
+        (None, Some(time)) => format!("screen at {time}"),
+        (None, None) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "give seq=N or time=RFC3339")),
+    };
+    record(&state, &who, "read", Some(at), Some(id.to_string())).await?;
+    let state = state.clone();
+    blocking(move || {
+        let started = std::time::Instant::now();
+        let seq = match (params.seq, params.time) {
+            (Some(seq), _) => seq,
+            (_, time) => seq_at(&state, id, time.as_deref().unwrap_or_default())?,
+        };
+        let reader = Reader::open(&state.data_dir).map_err(ApiError::internal)?;
+        let store = proctor_indexer::keyframes::KeyframeStore::of_data_dir(&state.data_dir);
+        let shown = proctor_indexer::keyframes::screen_at(&reader, &store, id, params.channel, seq)
+            .map_err(ApiError::internal)?;
+        let Some(shown) = shown else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("session {id} shows no terminal at seq {seq} (the player is for terminal sessions)"),
+            ));
+        };
+        let mut value = view_json(&shown.view());
+        value["session_id"] = json!(id.to_string());
+        value["server_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+        Ok(Json(value))
+    })
+    .await
+}
+
+/// The seq of a session's last event at or before `time` (0 before its
+/// first), from the index.
+fn seq_at<L: AccessLog>(state: &ApiState<L>, id: SessionId, time: &str) -> ApiResult<u64> {
+    let moment = chrono::DateTime::parse_from_rfc3339(time)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("time `{time}` is not an RFC 3339 time ({e})")))?;
+    // `before:` is exclusive: the next nanosecond.
+    let bound = (moment.with_timezone(&chrono::Utc) + chrono::Duration::nanoseconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let index = state.index().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let request =
+        SearchRequest { limit: 1, newest_first: true, ..SearchRequest::new(format!("session:{id} before:{bound}")) };
+    let found = index.search(&request).map_err(ApiError::internal)?;
+    Ok(found.hits.first().map_or(0, |hit| hit.seq))
+}
+
+#[derive(Deserialize)]
+struct FramesParams {
+    after_seq: u64,
+    channel: Option<u32>,
+    limit: Option<usize>,
+}
+
+/// Playback of a session's terminal after event `after_seq`: `start` (the
+/// screen then), `frames` (what changes, when), `next_seq` (where the next
+/// page starts; `null` at the end of what is recorded).
+async fn frames<L: AccessLog>(
+    State(state): State<Arc<ApiState<L>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<FramesParams>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let who = investigator(&state, &headers).await?;
+    let id = session_id(&id)?;
+    record(&state, &who, "read", Some(format!("playback from seq {}", params.after_seq)), Some(id.to_string())).await?;
+    let limit = params.limit.unwrap_or(500).clamp(1, 5000);
+    let data_dir = state.data_dir.clone();
+    blocking(move || {
+        let reader = Reader::open(&data_dir).map_err(ApiError::internal)?;
+        let store = proctor_indexer::keyframes::KeyframeStore::of_data_dir(&data_dir);
+        let found = proctor_indexer::keyframes::frames(&reader, &store, id, params.channel, params.after_seq, limit)
+            .map_err(ApiError::internal)?;
+        let Some(start) = found.start else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("session {id} shows no terminal at seq {}", params.after_seq),
+            ));
+        };
+        Ok(Json(json!({
+            "session_id": id.to_string(),
+            "start": view_json(&start),
+            "frames": found.frames.iter().map(frame_json).collect::<Vec<_>>(),
+            "next_seq": found.next_seq,
+        })))
     })
     .await
 }

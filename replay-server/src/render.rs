@@ -256,6 +256,68 @@ fn round6(seconds: f64) -> f64 {
     (seconds * 1e6).round() / 1e6
 }
 
+/// A terminal screen as the console's player draws it: `rows`, `cols`,
+/// `cursor` `[row, col, shown]`, and `lines`, each a list of runs
+/// `{"t": text}` with what differs from the default style: `fg`/`bg` (a
+/// palette index, or `"#rrggbb"`), `b` bold, `d` dim, `i` italic, `u`
+/// underline, `r` inverse.
+pub fn view_json(view: &proctor_indexer::keyframes::View) -> serde_json::Value {
+    json!({
+        "channel": view.channel,
+        "seq": view.seq,
+        "time": view.time.to_rfc3339(),
+        "ms": view.time.unix_nanos() as f64 / 1e6,
+        "keyframe_seq": view.keyframe_seq,
+        "rows": view.rows,
+        "cols": view.cols,
+        "cursor": [view.cursor.0, view.cursor.1, view.cursor.2],
+        "lines": view.lines.iter().map(|line| runs_json(line)).collect::<Vec<_>>(),
+    })
+}
+
+/// A frame of playback: what changed (`changed`: `[row, runs]` pairs).
+pub fn frame_json(frame: &proctor_indexer::keyframes::Frame) -> serde_json::Value {
+    json!({
+        "seq": frame.seq,
+        "time": frame.time.to_rfc3339(),
+        "ms": frame.time.unix_nanos() as f64 / 1e6,
+        "rows": frame.rows,
+        "cols": frame.cols,
+        "cursor": [frame.cursor.0, frame.cursor.1, frame.cursor.2],
+        "changed": frame.changed.iter().map(|(row, line)| json!([row, runs_json(line)])).collect::<Vec<_>>(),
+    })
+}
+
+fn runs_json(line: &[proctor_terminal::screen::Run]) -> serde_json::Value {
+    use proctor_terminal::screen::Color;
+    let color = |c: Color| match c {
+        Color::Default => None,
+        Color::Idx(n) => Some(json!(n)),
+        Color::Rgb(r, g, b) => Some(json!(format!("#{r:02x}{g:02x}{b:02x}"))),
+    };
+    serde_json::Value::Array(
+        line.iter()
+            .map(|run| {
+                let mut object = Map::new();
+                object.insert("t".into(), json!(run.text));
+                let s = run.style;
+                if let Some(fg) = color(s.fg) {
+                    object.insert("fg".into(), fg);
+                }
+                if let Some(bg) = color(s.bg) {
+                    object.insert("bg".into(), bg);
+                }
+                for (on, key) in [(s.bold, "b"), (s.dim, "d"), (s.italic, "i"), (s.underline, "u"), (s.inverse, "r")] {
+                    if on {
+                        object.insert(key.into(), json!(1));
+                    }
+                }
+                serde_json::Value::Object(object)
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine;

@@ -8,12 +8,16 @@
 //!   becomes text.
 //! - [`render_output`]: output rendered through a terminal emulator into
 //!   screen text.
+//! - [`Screen`]: a terminal screen for replay, with keyframes a fresh
+//!   screen restores and lines of styled runs to show.
 
 mod echo;
 mod editor;
+pub mod screen;
 
 pub use echo::{EchoedLines, Limits};
 pub use editor::{LineEditor, render_output};
+pub use screen::Screen;
 
 /// Where the reading of a byte stream is in an escape sequence.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -622,3 +622,116 @@ fn a_console_session_cookie_without_its_csrf_header_reads_nothing() {
     actors.sort();
     assert_eq!(actors, ["ivy@example.com", "robot"]);
 }
+
+/// A shell typed through `proctor demo`'s SSH resource plays in the
+/// console: a search hit lands on its moment with the screen as it was
+/// (colours included), the player steps from command to command, plays
+/// at 16× to the end, and a `#time=` link shows the screen of its moment.
+#[test]
+fn a_terminal_session_plays_in_the_console_from_any_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo-data");
+    let mut demo = spawn(bin(), &["demo", "--data-dir", data.to_str().unwrap(), "--json"]);
+    let stdout = proctor_tests::collect_lines(demo.stdout.take().unwrap());
+    let _stderr = proctor_tests::collect_lines(demo.stderr.take().unwrap());
+    let line = stdout.recv_timeout(Duration::from_secs(120)).expect("the demo printed its JSON line");
+    let ready: Value = serde_json::from_str(&line).unwrap();
+    let ssh_command = ready["ssh_command"].as_str().unwrap().replacen("ssh ", "ssh -F /dev/null ", 1);
+    let base = ready["replay_url"].as_str().unwrap().to_string();
+    let token = ready["investigator_token"].as_str().unwrap().to_string();
+
+    // Typed at a terminal (`-tt`): a line in red, two more commands, exit.
+    let mut shell = Command::new("sh")
+        .args(["-c", &format!("{ssh_command} -tt")])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keys = shell.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let typed: [&[u8]; 4] =
+        [b"printf '\\033[31mred alert\\033[0m\\n'\r", b"echo second-step\r", b"echo third-step\r", b"exit\r"];
+    for keys_of_line in typed {
+        std::io::Write::write_all(&mut keys, keys_of_line).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(proctor_tests::wait_with_timeout(&mut shell, Duration::from_secs(30)).success());
+
+    let found = searchable(&base, &token, "kind:command second-step");
+    let session_id = found["hits"][0]["session_id"].as_str().unwrap().to_string();
+    let second = found["hits"][0]["seq"].as_u64().unwrap();
+    let third = searchable(&base, &token, "kind:command third-step")["hits"][0]["seq"].as_u64().unwrap();
+    let red = searchable(&base, &token, "kind:command printf")["hits"][0]["seq"].as_u64().unwrap();
+    assert!(red < second && second < third);
+
+    let driver = chromedriver();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = browser(&driver).await;
+        // The search hit opens the session at the command, the screen as
+        // it was then: the red line drawn in red.
+        client.goto(&format!("{base}/?q=kind%3Acommand+second-step")).await.unwrap();
+        sign_in(&client, "demo-investigator", "investigators").await;
+        wait_for(&client, "#hits .hit").await.click().await.unwrap();
+        wait_for(&client, "#player:not([hidden]) .term-row").await;
+        wait_value(&client, "return Number(document.body.dataset.screenSeq)", &json!(second)).await;
+        let screen = script(&client, "return [...document.querySelectorAll('#term .term-row')].map((r) => r.dataset.text).join('\\n')").await;
+        let screen = screen.as_str().unwrap().to_string();
+        assert!(screen.contains("red alert"), "{screen}");
+        assert!(!screen.contains("second-step\r\nsecond-step") && !screen.contains("third-step"), "not yet run: {screen}");
+        let colour = script(
+            &client,
+            "const s = [...document.querySelectorAll('#term .term-row span')].find((n) => n.textContent.trim() === 'red alert'); return s ? getComputedStyle(s).color : null",
+        )
+        .await;
+        assert_eq!(colour, json!("rgb(205, 49, 49)"), "the red line in red");
+        let server_ms: f64 = script(&client, "return Number(document.body.dataset.screenMs)").await.as_f64().unwrap();
+        eprintln!("screen at a search hit: {server_ms:.1} ms server time");
+
+        // From command to command: the next one, then back.
+        client.find(Locator::Css("#next-command")).await.unwrap().click().await.unwrap();
+        wait_value(&client, "return Number(document.body.dataset.screenSeq)", &json!(third)).await;
+        assert_eq!(current(&client).await, json!(third), "the event list follows the player");
+        client.find(Locator::Css("#prev-command")).await.unwrap().click().await.unwrap();
+        wait_value(&client, "return Number(document.body.dataset.screenSeq)", &json!(second)).await;
+
+        // Played at 16× to the end of the recording: the exit on screen.
+        client.find(Locator::Css("#speed")).await.unwrap().select_by_value("16").await.unwrap();
+        client.find(Locator::Css("#play")).await.unwrap().click().await.unwrap();
+        wait_value(&client, "return document.body.dataset.playing", &json!("false")).await;
+        let end = script(&client, "return [...document.querySelectorAll('#term .term-row')].map((r) => r.dataset.text).join('\\n')").await;
+        assert!(end.as_str().unwrap().contains("third-step\nthird-step") || end.as_str().unwrap().contains("exit"), "{end}");
+        assert!(script(&client, "return Number(document.body.dataset.screenSeq)").await.as_u64().unwrap() > third);
+        std::fs::write(artifacts().join("console-terminal.png"), client.screenshot().await.unwrap()).unwrap();
+
+        // A #time= link lands on its moment, the screen with it.
+        let events = api_get(&base, &token, &format!("/api/sessions/{session_id}/events?from_seq={red}&limit=1"));
+        let time = events["events"][0]["time"].as_str().unwrap().to_string();
+        client.goto(&format!("{base}/sessions/{session_id}#time={time}")).await.unwrap();
+        // (The first event of that millisecond: the link holds no more.)
+        wait_value(
+            &client,
+            "return document.body.dataset.current !== undefined && document.body.dataset.screenSeq === document.body.dataset.current",
+            &json!(true),
+        )
+        .await;
+        let landed = current(&client).await.as_u64().unwrap();
+        assert!(landed <= red && red - landed <= 3, "landed on {landed} for the moment of {red}");
+        client.close().await.unwrap();
+    });
+    proctor_tests::signal(&demo, libc::SIGTERM);
+    proctor_tests::wait_with_timeout(&mut demo, Duration::from_secs(60));
+}
+
+/// `GET base+path` with a bearer token, as JSON.
+fn api_get(base: &str, token: &str, path: &str) -> Value {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("{base}{path}")])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
