@@ -13,9 +13,15 @@
 //!   the kernel echoing), the round trip until its echo is back, by a russh
 //!   client, straight and through Proctor, alternating; the p50 and p90 that
 //!   Proctor adds.
+//! - **Seek**: a recorded terminal session of an hour with 100 MiB of output
+//!   (logs in colour, full-screen redraws, an alternate screen now and
+//!   then), indexed with its keyframes; then the screen at random moments
+//!   as the console asks for it (`screen_at` and its lines), server time,
+//!   against playing the session from its start to the same moments.
 //!
-//! `cargo bench -p proctor-benches --bench ssh_proxy [-- MIB [ROUNDS [ECHOES]]]`
-//! (default 512 MiB per file, 3 rounds, 400 keystrokes).
+//! `cargo bench -p proctor-benches --bench ssh_proxy [-- MIB [ROUNDS [ECHOES [SEEK_MIB]]]]`
+//! (default 512 MiB per file, 3 rounds, 400 keystrokes, a 100 MiB session;
+//! 0 skips a part).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -245,6 +251,11 @@ fn main() {
     let mib = args.first().copied().unwrap_or(512);
     let rounds = args.get(1).copied().unwrap_or(3) as usize;
     let echoes = args.get(2).copied().unwrap_or(400) as usize;
+    let seek_mib = args.get(3).copied().unwrap_or(100);
+    if mib == 0 {
+        seek(seek_mib);
+        return;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path();
@@ -369,4 +380,151 @@ fn main() {
         );
     }
     drop(target);
+    seek(seek_mib);
+}
+
+/// Output as a terminal shows it over an hour: coloured log lines, now and
+/// then a full-screen program's redraws on the alternate screen.
+fn terminal_output(rng: &mut u64, line: &mut u64) -> Vec<u8> {
+    let mut next = || {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    let mut out = Vec::with_capacity(4200);
+    if next() % 400 == 0 {
+        // A `top`-like program: a few full redraws, then back.
+        out.extend_from_slice(b"\x1b[?1049h");
+        for frame in 0..4 {
+            out.extend_from_slice(b"\x1b[H\x1b[2J\x1b[7m  PID USER      %CPU %MEM COMMAND\x1b[0m\r\n");
+            for row in 0..20 {
+                out.extend_from_slice(
+                    format!(
+                        "{:5} app       {:4.1} {:4.1} worker-{frame}-{row}\r\n",
+                        1000 + row,
+                        (next() % 1000) as f64 / 10.0,
+                        (next() % 100) as f64 / 10.0
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        out.extend_from_slice(b"\x1b[?1049l");
+    }
+    while out.len() < 4096 {
+        *line += 1;
+        let level: &[u8] = match next() % 10 {
+            0 => b"\x1b[31mERROR\x1b[0m",
+            1 | 2 => b"\x1b[33mWARN \x1b[0m",
+            _ => b"\x1b[32mINFO \x1b[0m",
+        };
+        out.extend_from_slice(format!("2026-12-07T10:{:02}:{:02}Z ", (*line / 60) % 60, *line % 60).as_bytes());
+        out.extend_from_slice(level);
+        out.extend_from_slice(
+            format!(" payments: request {:x} served in {} ms for tenant {}\r\n", next(), next() % 900, next() % 50)
+                .as_bytes(),
+        );
+    }
+    out
+}
+
+/// The screen at random moments of an hour-long 100 MiB terminal session,
+/// from its keyframes, against playing from the start.
+fn seek(mib: u64) {
+    use proctor_indexer::keyframes::{KeyframeStore, screen_at};
+    use proctor_schemas::*;
+    use std::ops::ControlFlow;
+    if mib == 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &RecorderSettings::default()).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    let start = Timestamp::now().0 - 3_600_000_000_000;
+    let chunks = (mib << 20) / 4096;
+    let step = 3_600_000_000_000 / chunks as i64;
+    let mut batch = vec![
+        NewEvent::new(session, Timestamp(start), Direction::Gateway, SessionStart::new(Protocol::Ssh)),
+        NewEvent::new(
+            session,
+            Timestamp(start),
+            Direction::ClientToTarget,
+            PtyRequest { channel_id: Some(0), term: "xterm-256color".into(), width: 160, height: 48 },
+        ),
+    ];
+    let (mut rng, mut line, mut bytes) = (0x9e37_79b9_7f4a_7c15u64, 0u64, 0u64);
+    for i in 0..chunks {
+        let data = terminal_output(&mut rng, &mut line);
+        bytes += data.len() as u64;
+        let out = TerminalOutput { channel_id: Some(0), stream: OutputStream::Stdout, data };
+        batch.push(NewEvent::new(session, Timestamp(start + i as i64 * step), Direction::TargetToClient, out));
+        if batch.len() == 256 {
+            sink.blocking_append_batch(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    sink.blocking_append_batch(batch).unwrap();
+    drop(sink);
+    recorder.close().unwrap();
+    let events = chunks + 2;
+
+    let started = Instant::now();
+    let mut indexer = proctor_indexer::Indexer::open(dir.path()).unwrap();
+    indexer.catch_up().unwrap();
+    indexer.finish().unwrap();
+    let indexing = started.elapsed().as_secs_f64();
+    let keyframes_size = dir_size(&proctor_indexer::index::index_dir(dir.path()).join("keyframes"));
+
+    let reader = proctor_recorder::reader::Reader::open(dir.path()).unwrap();
+    let store = KeyframeStore::of_data_dir(dir.path());
+    let moments: Vec<u64> = (0..60).map(|i| 2 + (i * 7919 * 104_729) % (events - 2)).collect();
+    let mut fast = Vec::new();
+    for &seq in &moments {
+        let at = Instant::now();
+        let shown = screen_at(&reader, &store, session, None, seq).unwrap().expect("a terminal");
+        let view = shown.view();
+        fast.push(at.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(view.seq, seq);
+    }
+    // The plain path: play from the start (a few moments: it is slow).
+    let mut slow = Vec::new();
+    for &seq in moments.iter().take(3) {
+        let at = Instant::now();
+        let mut screen: Option<proctor_terminal::Screen> = None;
+        reader
+            .for_each_session_event(session, 0, |event| {
+                if event.seq > seq {
+                    return Ok(ControlFlow::Break(()));
+                }
+                match &event.body {
+                    EventBody::PtyRequest(p) => screen = Some(proctor_terminal::Screen::new(p.height, p.width)),
+                    EventBody::TerminalOutput(o) => screen.as_mut().unwrap().feed(&o.data),
+                    _ => {}
+                }
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        let lines = screen.unwrap().lines();
+        slow.push(at.elapsed().as_secs_f64() * 1e3);
+        let fast_lines = screen_at(&reader, &store, session, None, seq).unwrap().unwrap().screen.lines();
+        assert_eq!(lines, fast_lines, "the same screen both ways at seq {seq}");
+    }
+    println!(
+        "\nseek: a 1-hour terminal session, {} MiB of output in {events} events; indexed with keyframes in {indexing:.1} s ({:.0} MiB/s), keyframes {:.2} MiB",
+        bytes >> 20,
+        bytes as f64 / indexing / (1 << 20) as f64,
+        keyframes_size as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  the screen at a moment (60 moments): p50 {:.1} ms  p95 {:.1} ms  max {:.1} ms server time",
+        percentile(fast.clone(), 0.5),
+        percentile(fast.clone(), 0.95),
+        fast.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "  played from the start instead (3 moments): median {:.0} ms, {:.0}x the keyframes' median",
+        median(slow.clone()),
+        median(slow) / percentile(fast, 0.5)
+    );
 }

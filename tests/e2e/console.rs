@@ -665,6 +665,30 @@ fn a_terminal_session_plays_in_the_console_from_any_moment() {
     let third = searchable(&base, &token, "kind:command third-step")["hits"][0]["seq"].as_u64().unwrap();
     let red = searchable(&base, &token, "kind:command printf")["hits"][0]["seq"].as_u64().unwrap();
     assert!(red < second && second < third);
+    // The API the player reads: the screen at a moment, by seq or time,
+    // and the frames that follow one.
+    let screen_text = |screen: &Value| -> String {
+        let lines = screen["lines"].as_array().unwrap();
+        let text = |line: &Value| {
+            line.as_array().unwrap().iter().map(|r| r["t"].as_str().unwrap().to_string()).collect::<String>()
+        };
+        lines.iter().map(text).collect::<Vec<_>>().join("\n")
+    };
+    let at_second = api_get(&base, &token, &format!("/api/sessions/{session_id}/screen?seq={second}"));
+    assert_eq!(at_second["seq"], json!(second));
+    assert!(screen_text(&at_second).contains("# echo second-step"), "{at_second}");
+    let second_time = api_get(&base, &token, &format!("/api/sessions/{session_id}/events?from_seq={second}&limit=1"))["events"][0]["time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_time = api_get(&base, &token, &format!("/api/sessions/{session_id}/screen?time={second_time}"));
+    assert!(by_time["seq"].as_u64().unwrap() >= second, "the last event at or before the moment: {by_time}");
+    assert!(screen_text(&by_time).contains("# echo second-step"));
+    let page = api_get(&base, &token, &format!("/api/sessions/{session_id}/frames?after_seq={red}"));
+    assert_eq!(page["start"]["seq"], json!(red));
+    let changed: String = page["frames"].as_array().unwrap().iter().map(|f| f["changed"].to_string()).collect();
+    assert!(changed.contains("second-step") && changed.contains("third-step"), "{page}");
+    assert_eq!(page["next_seq"], Value::Null, "the page reaches the end of the recording");
 
     let driver = chromedriver();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
