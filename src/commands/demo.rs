@@ -99,6 +99,7 @@ fn agent_ssh_rules() -> proctor_ssh::rules::SshRuleSetConfig {
         shells: true,
         sftp: Some(true),
         forward: Vec::new(),
+        end_session_on: None,
     }
 }
 

@@ -168,7 +168,10 @@ fn typed_shell(command: &str, lines: &[&[u8]]) -> (std::process::ExitStatus, Str
     let mut keys = shell.stdin.take().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     for line in lines {
-        std::io::Write::write_all(&mut keys, line).unwrap();
+        // (A session that ended takes no more keys.)
+        if std::io::Write::write_all(&mut keys, line).is_err() {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(1000));
     }
     let status = wait_with_timeout(&mut shell, Duration::from_secs(30));
@@ -444,6 +447,38 @@ fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     assert_eq!(flagged.len(), 1, "{flagged:?}");
     assert_eq!(search("kind:command sudo").len(), 1);
     assert_eq!(search(&format!("kind:review_approved review:{review}")).len(), 1);
+}
+
+/// `end_session_on = "block"`: a line typed at a shell that a `block`
+/// pattern matches ends the session (the shell goes with it), recorded as
+/// ended by policy; a line matching a `hold` pattern is flagged only.
+#[test]
+fn a_typed_command_the_rules_block_ends_the_session() {
+    let rules = "[ssh_rules.ops]\nblock = [\"forbidden-tool\"]\nhold = [\"sudo\"]\nend_session_on = \"block\"\n";
+    let granting = Granting::start(rules, Some("ops"));
+    let command = granting.certified("typed");
+    let (data, mut up, _log) = (granting.data(), granting.up, granting.log);
+    let (status, said) = typed_shell(
+        &command,
+        &[b"sudo -n true; echo held-only\r", b"forbidden-tool --now; echo after-it\r", b"echo too-late\r"],
+    );
+    assert!(!status.success(), "the session ended under the client");
+    assert!(
+        said.contains("Proctor: the session was ended by its rules at the command typed: forbidden-tool --now"),
+        "{said}"
+    );
+
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let search = |query: &str| {
+        let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
+        found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
+    };
+    let flagged = search("kind:policy_decision outcome:flag");
+    assert_eq!(flagged.len(), 2, "{flagged:?}");
+    assert_eq!(search("kind:policy_decision rule:\"ops/block:forbidden-tool\"").len(), 1);
+    assert_eq!(search("kind:session_end end_reason:policy").len(), 1);
+    assert_eq!(search("kind:command too-late").len(), 0, "nothing typed after the end reached the target");
 }
 
 /// Proctor killed (SIGKILL) in the middle of an SSH session: the client's

@@ -55,6 +55,22 @@ pub struct SshRuleSetConfig {
     /// (`"db.internal:5432"`, `"10.0.*:443"`). None by default.
     #[serde(default)]
     pub forward: Vec<String>,
+    /// Ends an interactive session at a command line typed at its terminal
+    /// that matches a pattern: `"block"` (a `block` pattern) or `"flag"`
+    /// (any pattern). Without it such a line is flagged only: it reached
+    /// the shell as it was typed.
+    #[serde(default)]
+    pub end_session_on: Option<EndOn>,
+}
+
+/// Which typed command lines end a session.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EndOn {
+    /// Those matching a `block` pattern.
+    Block,
+    /// Those matching any pattern.
+    Flag,
 }
 
 fn yes() -> bool {
@@ -79,6 +95,7 @@ pub struct SshRuleSet {
     pub sftp: bool,
     /// Destinations forwarding may reach: host and port patterns.
     forward: Vec<(String, String)>,
+    pub end_session_on: Option<EndOn>,
 }
 
 /// What a rule set decided for a command line.
@@ -125,7 +142,18 @@ impl SshRuleSet {
                     _ => Err(format!("ssh_rules.{name}.forward: {d:?} is not host:port")),
                 })
                 .collect::<Result<_, _>>()?,
+            end_session_on: config.end_session_on,
         })
+    }
+
+    /// Whether a command line typed at a terminal with this verdict ends
+    /// the session.
+    pub fn ends_session(&self, verdict: &Verdict) -> bool {
+        matches!(
+            (self.end_session_on, verdict),
+            (Some(EndOn::Block), Verdict::Block { .. })
+                | (Some(EndOn::Flag), Verdict::Block { .. } | Verdict::Hold { .. })
+        )
     }
 
     /// The `forward` pattern that lets a forwarded connection reach
@@ -601,6 +629,7 @@ mod tests {
             shells: true,
             sftp: None,
             forward: vec!["db.internal:5432".to_string(), "10.0.*:44*".to_string()],
+            end_session_on: None,
         };
         SshRuleSet::new("ci", &config).unwrap()
     }

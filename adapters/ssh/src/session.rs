@@ -1690,8 +1690,9 @@ async fn relay_event<S: EventSink>(
             (Side::Target, Some(_)) => Direction::TargetToClient,
         };
         recorder.push(direction, body);
+        let mut ended = None;
         for command in commands {
-            record_command(recorder, channel_id, command, rc.gate);
+            ended = ended.or(record_command(recorder, channel_id, command, rc.gate));
         }
         if !masked_counts.is_empty() {
             recorder.push(Direction::Gateway, masking_applied(rc.masker, masked_counts).into());
@@ -1708,6 +1709,10 @@ async fn relay_event<S: EventSink>(
             recorder.push(Direction::ClientToTarget, recorded.into());
         }
         if let Err(ending) = flush(recorder).await {
+            flow.delivered(side, admitted);
+            return Err(ending);
+        }
+        if let Some(ending) = ended {
             flow.delivered(side, admitted);
             return Err(ending);
         }
@@ -1745,42 +1750,63 @@ async fn overdue_commands<S: EventSink>(
     gate: Option<&Gate>,
 ) -> Result<(), Ending> {
     let now = std::time::Instant::now();
-    let mut any = false;
+    let (mut any, mut ended) = (false, None);
     for (id, pair) in pairs.iter_mut() {
         if let Some(terminal) = pair.terminal.as_mut() {
             for command in terminal.lines.tick(now) {
-                record_command(recorder, Some(u32::from(*id)), command, gate);
+                ended = ended.or(record_command(recorder, Some(u32::from(*id)), command, gate));
                 any = true;
             }
         }
     }
-    if any { flush(recorder).await } else { Ok(()) }
+    if any {
+        flush(recorder).await?;
+    }
+    ended.map_or(Ok(()), Err)
 }
 
 /// Records a command line typed at a terminal, and, where the session's
 /// rules would have held or blocked it, a `flag` decision naming the rule:
-/// it reached the shell as it was typed, so it is marked, not enforced.
+/// it reached the shell as it was typed, so it is marked, not enforced —
+/// unless the rules end the session on it (`end_session_on`): then the
+/// session's end is returned.
 fn record_command<S: EventSink>(
     recorder: &mut SessionRecorder<S>,
     channel_id: Option<u32>,
     command: String,
     gate: Option<&Gate>,
-) {
-    let verdict = gate.map(|g| g.rules.decide(&command));
+) -> Option<Ending> {
+    let (gate, verdict) = match gate {
+        Some(gate) => (gate, gate.rules.decide(&command)),
+        None => {
+            recorder.push(Direction::ClientToTarget, Command { channel_id, command }.into());
+            return None;
+        }
+    };
+    let ends = gate.rules.ends_session(&verdict);
+    let ending = ends.then(|| {
+        Ending::new(EndReason::Policy, format!("the session was ended by its rules at the command typed: {command}"))
+    });
     recorder.push(Direction::ClientToTarget, Command { channel_id, command }.into());
     let rule = match verdict {
-        Some(Verdict::Block { rule } | Verdict::Hold { rule }) => rule,
-        _ => return,
+        Verdict::Block { rule } | Verdict::Hold { rule } => rule,
+        Verdict::Allow => return None,
+    };
+    let message = if ends {
+        "typed at a terminal: it reached the shell as it was typed, and the rules end the session on it"
+    } else {
+        "typed at a terminal: marked, not enforced (it reached the shell as it was typed)"
     };
     let decision = PolicyDecision {
         outcome: PolicyOutcome::Flag,
-        grant_id: gate.and_then(|g| g.grant_id.clone()),
+        grant_id: gate.grant_id.clone(),
         rule: Some(rule),
         review_id: None,
         ref_seq: None,
-        message: Some("typed at a terminal: marked, not enforced (it reached the shell as it was typed)".to_string()),
+        message: Some(message.to_string()),
     };
     recorder.push(Direction::Gateway, decision.into());
+    ending
 }
 
 /// The one subsystem passed on.
@@ -1887,6 +1913,7 @@ async fn flush_masked<S: EventSink>(
 ) -> Result<(), Ending> {
     let mut counts = Counts::new();
     let mut out = Vec::new();
+    let mut ended = None;
     for (index, stream) in [OutputStream::Stdout, OutputStream::Stderr].into_iter().enumerate() {
         let (held, was) = pair.masking[index].flush(masker, &mut counts, all, std::time::Instant::now());
         if held.is_empty() {
@@ -1900,7 +1927,7 @@ async fn flush_masked<S: EventSink>(
             && let Some(terminal) = pair.terminal.as_mut()
         {
             for command in terminal.lines.shown(&data, std::time::Instant::now()) {
-                record_command(recorder, channel_id, command, gate);
+                ended = ended.or(record_command(recorder, channel_id, command, gate));
             }
         }
         out.push(match stream {
@@ -1916,6 +1943,9 @@ async fn flush_masked<S: EventSink>(
         recorder.push(Direction::Gateway, applied.into());
     }
     flush(recorder).await?;
+    if let Some(ending) = ended {
+        return Err(ending);
+    }
     for message in out {
         pair.to_client.send(message, flow);
     }
