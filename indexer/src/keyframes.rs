@@ -30,8 +30,10 @@ use crate::{IndexError, Result};
 /// Output between two keyframes of a terminal, at most (about).
 pub const KEYFRAME_BYTES: u64 = 256 << 10;
 /// Time between two keyframes of a terminal that shows output, at most
-/// (about).
+/// (about), once it showed at least [`KEYFRAME_MIN_BYTES`] since the last
+/// (less is played faster than a keyframe is read).
 pub const KEYFRAME_NANOS: i64 = 10_000_000_000;
+pub const KEYFRAME_MIN_BYTES: u64 = 4 << 10;
 
 const HEADER: usize = 8 + 8 + 4 + 2 + 2 + 4;
 /// A keyframe larger than this is not read back (a screen of 1000 × 1000
@@ -69,11 +71,16 @@ impl KeyframeStore {
         self.dir.join(session.to_string())
     }
 
-    /// Appends keyframes of one session, each after the last one it holds
-    /// (one already there, from a round rolled back, is not added twice).
-    /// Returns the file written.
-    fn append(&self, session: SessionId, frame: &Keyframe) -> Result<PathBuf> {
+    /// Appends a keyframe of one session after the last one its file
+    /// holds (one already there, from a round rolled back, is not added
+    /// twice; a torn record is cut off). `tail` is the file's length of
+    /// whole records and last seq, if known (else the file is scanned); it
+    /// is kept up to date. Returns the file written.
+    fn append(&self, session: SessionId, frame: &Keyframe, tail: &mut Option<(u64, Option<u64>)>) -> Result<PathBuf> {
         let path = self.path(session);
+        if frame.state.len() > MAX_STATE {
+            return Ok(path);
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| IndexError::open(&self.dir, e))?;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -81,7 +88,11 @@ impl KeyframeStore {
             .create(true)
             .open(&path)
             .map_err(|e| IndexError::open(&path, e))?;
-        let (whole, last) = scan(&mut file, &path)?;
+        let (whole, last) = match *tail {
+            Some(known) => known,
+            None => scan(&mut file, &path)?,
+        };
+        *tail = Some((whole, last));
         if last.is_some_and(|last| last >= frame.seq) {
             return Ok(path);
         }
@@ -98,6 +109,7 @@ impl KeyframeStore {
         record.extend_from_slice(&(frame.state.len() as u32).to_le_bytes());
         record.extend_from_slice(&frame.state);
         file.write_all(&record).map_err(|e| IndexError::open(&path, e))?;
+        *tail = Some((whole + record.len() as u64, Some(frame.seq)));
         Ok(path)
     }
 
@@ -110,25 +122,27 @@ impl KeyframeStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(IndexError::open(&path, e)),
         };
+        let size = file.metadata().map_err(|e| IndexError::open(&path, e))?.len();
         let mut reader = BufReader::new(file);
-        let mut found: Option<(Keyframe, u64)> = None;
+        let mut found: Option<(Keyframe, u64, usize)> = None;
         let mut at = 0u64;
         while let Some((frame, length)) = read_header(&mut reader, &path)? {
-            if frame.seq > seq {
+            let end = at + (HEADER + length) as u64;
+            // A record cut short (being appended, or torn) is not one.
+            if frame.seq > seq || end > size {
                 break;
             }
             if channel.is_none_or(|c| c == frame.channel) {
-                found = Some((frame, at));
+                found = Some((frame, at, length));
             }
-            at += (HEADER + length) as u64;
+            at = end;
             if reader.seek_relative(length as i64).is_err() {
                 break;
             }
         }
-        let Some((mut frame, offset)) = found else { return Ok(None) };
+        let Some((mut frame, offset, length)) = found else { return Ok(None) };
         let mut file = reader.into_inner();
         file.seek(SeekFrom::Start(offset + HEADER as u64)).map_err(|e| IndexError::open(&path, e))?;
-        let length = frame.state.capacity();
         let mut state = vec![0; length];
         if file.read_exact(&mut state).is_err() {
             return Ok(None);
@@ -139,7 +153,7 @@ impl KeyframeStore {
 }
 
 /// Reads a record's header; its state is left unread (its length is the
-/// returned `usize`, and the frame's `state` has that capacity).
+/// returned `usize`; the frame's `state` is empty).
 fn read_header(reader: &mut impl Read, path: &Path) -> Result<Option<(Keyframe, usize)>> {
     let mut header = [0u8; HEADER];
     match reader.read_exact(&mut header) {
@@ -160,7 +174,7 @@ fn read_header(reader: &mut impl Read, path: &Path) -> Result<Option<(Keyframe, 
         channel: u32_at(16),
         rows: u16_at(20),
         cols: u16_at(22),
-        state: Vec::with_capacity(length),
+        state: Vec::new(),
     };
     Ok(Some((frame, length)))
 }
@@ -238,7 +252,7 @@ pub fn screen_at(
         time: k.time,
         keyframe_seq,
     });
-    let from = keyframe_seq.map_or(0, |s| s + 1);
+    let Some(from) = keyframe_seq.map_or(Some(0), |s| s.checked_add(1)) else { return Ok(shown) };
     if from > seq {
         return Ok(shown);
     }
@@ -344,8 +358,11 @@ pub struct Frames {
 
 /// Changes closer than this to the first of a frame go in the same frame.
 const FRAME_NANOS: i64 = 20_000_000;
-/// Output played for one page of frames, at most (about).
+/// Output played for one page of frames, at most (about); events read;
+/// text drawn (a resize redraws every row).
 const PAGE_BYTES: usize = 2 << 20;
+const PAGE_EVENTS: usize = 50_000;
+const PAGE_TEXT: usize = 4 << 20;
 
 /// Up to `limit` frames of the terminal shown at `after` (see
 /// [`screen_at`]), from the events after it.
@@ -363,46 +380,61 @@ pub fn frames(
     let start = shown.view();
     let mut lines = start.lines.clone();
     let mut frames: Vec<Frame> = Vec::new();
-    let (mut played, mut next_seq, mut more) = (0usize, after + 1, false);
-    reader.for_each_session_event(session, after + 1, |event| {
-        if frames.len() >= limit || played >= PAGE_BYTES {
-            more = true;
-            return Ok(ControlFlow::Break(()));
-        }
-        next_seq = event.seq + 1;
-        let Some(change) = terminal_event(&event.body) else { return Ok(ControlFlow::Continue(())) };
-        if let TerminalEvent::Output { data, .. } = &change {
-            played += data.len();
-        }
-        let resized = matches!(change, TerminalEvent::Resize { .. });
-        if !play(&mut shown, &change) {
-            return Ok(ControlFlow::Continue(()));
-        }
+    // The frame being gathered: its last event, its time, whether a resize
+    // makes it redraw every row.
+    let mut open: Option<(u64, Timestamp, bool)> = None;
+    let (mut played, mut events, mut drawn) = (0usize, 0usize, 0usize);
+    let Some(first) = after.checked_add(1) else {
+        return Ok(Frames { start: Some(start), frames, next_seq: None });
+    };
+    let (mut next_seq, mut more) = (first, false);
+    // Closes the open frame: the rows that changed since the last one.
+    let mut close = |open: (u64, Timestamp, bool), shown: &Shown, frames: &mut Vec<Frame>, drawn: &mut usize| {
+        let (seq, time, full) = open;
         let now = shown.screen.lines();
         let changed: Vec<(u16, Vec<Run>)> = now
             .iter()
             .enumerate()
-            .filter(|(row, line)| resized || lines.get(*row) != Some(*line))
+            .filter(|(row, line)| full || lines.get(*row) != Some(*line))
             .map(|(row, line)| (row as u16, line.clone()))
             .collect();
+        *drawn += changed.iter().flat_map(|(_, runs)| runs).map(|run| run.text.len()).sum::<usize>();
         lines = now;
         let (rows, cols) = shown.screen.size();
-        let cursor = shown.screen.cursor();
-        match frames.last_mut() {
-            Some(last) if event.time.unix_nanos() - last.time.unix_nanos() < FRAME_NANOS && !resized => {
-                for (row, line) in changed {
-                    match last.changed.iter_mut().find(|(r, _)| *r == row) {
-                        Some(slot) => slot.1 = line,
-                        None => last.changed.push((row, line)),
-                    }
-                }
-                last.seq = event.seq;
-                last.cursor = cursor;
-            }
-            _ => frames.push(Frame { seq: event.seq, time: event.time, rows, cols, cursor, changed }),
+        frames.push(Frame { seq, time, rows, cols, cursor: shown.screen.cursor(), changed });
+    };
+    reader.for_each_session_event(session, first, |event| {
+        if frames.len() >= limit || played >= PAGE_BYTES || events >= PAGE_EVENTS || drawn >= PAGE_TEXT {
+            more = true;
+            return Ok(ControlFlow::Break(()));
         }
+        next_seq = event.seq + 1;
+        events += 1;
+        let Some(change) = terminal_event(&event.body) else { return Ok(ControlFlow::Continue(())) };
+        let resized = match change {
+            TerminalEvent::Resize { channel, .. } if channel == shown.channel => true,
+            TerminalEvent::Output { channel, data } if channel == shown.channel => {
+                played += data.len();
+                false
+            }
+            _ => return Ok(ControlFlow::Continue(())),
+        };
+        if let Some(gathered) = open
+            && (resized || event.time.unix_nanos() - gathered.1.unix_nanos() >= FRAME_NANOS)
+        {
+            close(gathered, &shown, &mut frames, &mut drawn);
+            open = None;
+        }
+        play(&mut shown, &change);
+        open = Some(match open {
+            Some((_, time, full)) => (event.seq, time, full),
+            None => (event.seq, event.time, resized),
+        });
         Ok(ControlFlow::Continue(()))
     })?;
+    if let Some(gathered) = open {
+        close(gathered, &shown, &mut frames, &mut drawn);
+    }
     Ok(Frames { start: Some(start), frames, next_seq: more.then_some(next_seq) })
 }
 
@@ -423,6 +455,8 @@ pub(crate) struct Keyframer {
     plain: HashSet<(SessionId, u32)>,
     /// Files written since the last commit.
     touched: HashSet<PathBuf>,
+    /// By session, its file's length of whole records and last seq.
+    tails: HashMap<SessionId, Option<(u64, Option<u64>)>>,
 }
 
 impl Keyframer {
@@ -432,6 +466,7 @@ impl Keyframer {
             screens: HashMap::new(),
             plain: HashSet::new(),
             touched: HashSet::new(),
+            tails: HashMap::new(),
         }
     }
 
@@ -440,14 +475,28 @@ impl Keyframer {
     pub(crate) fn forget(&mut self) {
         self.screens.clear();
         self.plain.clear();
+        self.tails.clear();
     }
 
     /// Plays one sealed event; takes a keyframe when one is due.
     pub(crate) fn apply(&mut self, reader: &Reader, event: &Event) -> Result<()> {
-        if matches!(event.body, EventBody::SessionEnd(_)) {
-            self.screens.retain(|(session, _), _| *session != event.session_id);
-            self.plain.retain(|(session, _)| *session != event.session_id);
-            return Ok(());
+        match &event.body {
+            EventBody::SessionEnd(_) => {
+                self.screens.retain(|(session, _), _| *session != event.session_id);
+                self.plain.retain(|(session, _)| *session != event.session_id);
+                self.tails.remove(&event.session_id);
+                return Ok(());
+            }
+            // A terminal whose program ended is let go (what it may still
+            // show is played from its last keyframe).
+            EventBody::ExitStatus(exit) => {
+                let key = (event.session_id, exit.channel_id.unwrap_or(0));
+                if self.screens.remove(&key).is_some() {
+                    self.plain.insert(key);
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let Some(change) = terminal_event(&event.body) else { return Ok(()) };
         let time = event.time.unix_nanos();
@@ -470,7 +519,12 @@ impl Keyframer {
             // without any never opened a terminal).
             let opened_before = self.store.latest(key.0, Some(key.1), event.seq)?.is_some();
             let restored = match event.seq.checked_sub(1) {
-                Some(seq) if opened_before => screen_at(reader, &self.store, key.0, Some(key.1), seq)?,
+                // (Under the same guard as playing, below: what tripped the
+                // emulator before trips it again here.)
+                Some(seq) if opened_before => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    screen_at(reader, &self.store, key.0, Some(key.1), seq)
+                }))
+                .unwrap_or(Ok(None))?,
                 _ => None,
             };
             let Some(shown) = restored.filter(|s| s.channel == key.1) else {
@@ -489,6 +543,9 @@ impl Keyframer {
             TerminalEvent::Open { .. } => {}
             TerminalEvent::Resize { rows, cols, .. } => {
                 tracked.screen.resize(rows, cols);
+                // A resize redraws the screen: it counts as that much.
+                let (rows, cols) = tracked.screen.size();
+                tracked.bytes += u64::from(rows) * u64::from(cols);
                 tracked.dirty = true;
             }
             TerminalEvent::Output { data, .. } => {
@@ -505,12 +562,13 @@ impl Keyframer {
         }
         let Some(tracked) = self.screens.get_mut(&key) else { return Ok(()) };
         // A terminal's opening is kept too: it says the channel is one.
-        let due = opened
-            || (tracked.dirty && (tracked.bytes >= KEYFRAME_BYTES || time - tracked.last_keyframe >= KEYFRAME_NANOS));
+        let timely = time - tracked.last_keyframe >= KEYFRAME_NANOS && tracked.bytes >= KEYFRAME_MIN_BYTES;
+        let due = opened || (tracked.dirty && (tracked.bytes >= KEYFRAME_BYTES || timely));
         if due && let Some(state) = tracked.screen.keyframe() {
             let (rows, cols) = tracked.screen.size();
             let frame = Keyframe { seq: event.seq, time: event.time, channel: key.1, rows, cols, state };
-            let path = self.store.append(key.0, &frame)?;
+            let tail = self.tails.entry(key.0).or_default();
+            let path = self.store.append(key.0, &frame, tail)?;
             self.touched.insert(path);
             tracked.bytes = 0;
             tracked.last_keyframe = time;

@@ -294,6 +294,7 @@
     let commands = [];
     let span = null; // { start, end } in ms
     let token = 0; // bumped by every seek: stale answers are dropped
+    let channel = null; // the terminal shown, once one is
     // Whether the session may have a terminal (an SSH session), once known.
     let enable;
     const ready = new Promise((resolve) => { enable = resolve; });
@@ -371,8 +372,10 @@
 
     async function show(query) {
       const mine = ++token;
-      const view = await api(`/api/sessions/${encodeURIComponent(id)}/screen?` + new URLSearchParams(query));
+      const asked = channel === null ? query : { ...query, channel };
+      const view = await api(`/api/sessions/${encodeURIComponent(id)}/screen?` + new URLSearchParams(asked));
       if (mine !== token) return null;
+      channel = view.channel;
       section.hidden = false;
       section.parentElement.classList.add('with-player');
       paint(view);
@@ -394,12 +397,21 @@
       let more = true;
       let sessionMs = shown.ms;
       let wall = performance.now();
-      const fetchPage = async () => {
-        const page = await api(`/api/sessions/${encodeURIComponent(id)}/frames?` + new URLSearchParams({ after_seq: after, limit: 500 }));
-        queue = queue.concat(page.frames);
-        if (page.frames.length) after = page.frames[page.frames.length - 1].seq;
-        if (page.next_seq === null) more = false;
-        else after = Math.max(after, page.next_seq - 1);
+      // One page asked for at a time.
+      let fetching = null;
+      const fetchPage = () => {
+        if (!fetching) {
+          fetching = (async () => {
+            const query = { after_seq: after, limit: 500, ...(channel === null ? {} : { channel }) };
+            const page = await api(`/api/sessions/${encodeURIComponent(id)}/frames?` + new URLSearchParams(query));
+            if (mine !== token) return;
+            queue = queue.concat(page.frames);
+            if (page.frames.length) after = page.frames[page.frames.length - 1].seq;
+            if (page.next_seq === null) more = false;
+            else after = Math.max(after, page.next_seq - 1);
+          })().finally(() => { fetching = null; });
+        }
+        return fetching;
       };
       try {
         await fetchPage();

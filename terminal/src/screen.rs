@@ -9,12 +9,13 @@
 //! returns to). A keyframe is only taken between escape sequences and
 //! whole characters ([`Screen::keyframe`] says `None` in between), so the
 //! output after it reads the same from a restored screen as from the one
-//! that played from the start.
+//! that played from the start. The sequences are told apart by the parser
+//! `vt100` itself reads with (`vte`), run beside it byte for byte: what the
+//! screen tracks is exactly what `vt100` acted on.
 
-use crate::{Escape, Step};
-
-/// Largest screen side kept: a recorded size beyond it is clamped.
-pub const MAX_SIDE: u16 = 1000;
+/// Largest screen side kept: a recorded size beyond it is clamped (a
+/// screen of 500 × 500 cells is a few MiB in `vt100`).
+pub const MAX_SIDE: u16 = 500;
 /// An unfinished sequence kept to replay after a resize, at most (a longer
 /// one, an endless OSC string, is cut).
 const MAX_PENDING: usize = 64 << 10;
@@ -22,11 +23,12 @@ const MAX_PENDING: usize = 64 << 10;
 /// A terminal screen fed with output.
 pub struct Screen {
     parser: vt100::Parser,
-    escape: Escape,
-    /// Continuation bytes of a UTF-8 character still to come.
-    utf8_left: u8,
-    /// Where the current escape sequence started, if in the chunk being fed.
-    sequence_start: Option<usize>,
+    /// The same parser `vt100` reads with, fed the same bytes one by one.
+    reader: vte::Parser,
+    tracker: Tracker,
+    /// Whether the last byte left the reader between sequences and
+    /// characters.
+    ground: bool,
     /// Output since the screen was last between sequences and characters
     /// (at most [`MAX_PENDING`]): what a rebuilt screen is fed again.
     pending: Vec<u8>,
@@ -69,17 +71,82 @@ impl GridExtras {
     }
 }
 
-/// A sequence whose effect the screen keeps track of.
-enum Tracked {
+/// What one byte did, as the reader saw it.
+#[derive(Default)]
+struct Step {
+    /// A character printed or a sequence dispatched: back to ground.
+    dispatched: bool,
+    /// A control executed (in ground or inside a sequence).
+    executed: bool,
+    /// A sequence whose effect the screen keeps track of.
+    seen: Option<Seen>,
+}
+
+/// A sequence whose effect the screen keeps track of, read as `vt100`
+/// reads it.
+enum Seen {
     /// To the alternate screen (`CSI ? 47 h`; with 1049, saving the cursor
     /// and clearing the alternate screen first) or back.
-    Alternate {
-        entering: bool,
-        save: bool,
-    },
+    Alternate { entering: bool, save: bool },
+    /// `ESC 7`.
     SaveCursor,
-    Region(Option<(u16, u16)>),
+    /// `CSI top ; bottom r` (0: not given).
+    Region(u16, u16),
+    /// `ESC c`.
     Reset,
+}
+
+/// The reader's side of the byte-for-byte parse.
+#[derive(Default)]
+struct Tracker {
+    step: Step,
+}
+
+impl vte::Perform for Tracker {
+    fn print(&mut self, _c: char) {
+        self.step.dispatched = true;
+    }
+
+    fn execute(&mut self, _byte: u8) {
+        self.step.executed = true;
+    }
+
+    fn unhook(&mut self) {
+        self.step.dispatched = true;
+    }
+
+    fn osc_dispatch(&mut self, _params: &[&[u8]], _bell_terminated: bool) {
+        self.step.dispatched = true;
+    }
+
+    fn csi_dispatch(&mut self, params: &vte::Params, intermediates: &[u8], _ignore: bool, action: char) {
+        self.step.dispatched = true;
+        let first = |p: Option<&[u16]>| p.and_then(|p| p.first().copied()).unwrap_or(0);
+        self.step.seen = match (intermediates.first(), action) {
+            // (Of several modes in one sequence the first switch counts.)
+            (Some(b'?'), 'h' | 'l') => params.iter().find_map(|mode| match mode {
+                [47] => Some(Seen::Alternate { entering: action == 'h', save: false }),
+                [1049] => Some(Seen::Alternate { entering: action == 'h', save: true }),
+                _ => None,
+            }),
+            (None, 'r') => {
+                let mut params = params.iter();
+                Some(Seen::Region(first(params.next()), first(params.next())))
+            }
+            _ => None,
+        };
+    }
+
+    fn esc_dispatch(&mut self, intermediates: &[u8], _ignore: bool, byte: u8) {
+        self.step.dispatched = true;
+        if intermediates.is_empty() {
+            self.step.seen = match byte {
+                b'7' => Some(Seen::SaveCursor),
+                b'c' => Some(Seen::Reset),
+                _ => None,
+            };
+        }
+    }
 }
 
 impl Screen {
@@ -89,9 +156,9 @@ impl Screen {
         let (rows, cols) = (rows_of(rows), cols_of(cols));
         Screen {
             parser: vt100::Parser::new(rows, cols, 0),
-            escape: Escape::None,
-            utf8_left: 0,
-            sequence_start: None,
+            reader: vte::Parser::new(),
+            tracker: Tracker::default(),
+            ground: true,
             pending: Vec::new(),
             shown: GridExtras::default(),
             hidden: GridExtras::default(),
@@ -140,41 +207,30 @@ impl Screen {
 
     /// Plays output onto the screen.
     pub fn feed(&mut self, data: &[u8]) {
-        let mut fed = 0;
-        // Where the screen was last between sequences and characters.
-        let mut ground = None;
-        self.sequence_start = None;
-        for (i, &byte) in data.iter().enumerate() {
-            self.utf8_left = match byte {
-                0xC0..=0xDF => 1,
-                0xE0..=0xEF => 2,
-                0xF0..=0xF7 => 3,
-                0x80..=0xBF => self.utf8_left.saturating_sub(1),
-                _ => 0,
-            };
-            if byte == 0x1b && matches!(self.escape, Escape::None) {
-                self.sequence_start = Some(i);
+        // Bytes up to `fed` are with vt100; up to `ground_at`, the reader
+        // was last between sequences.
+        let (mut fed, mut ground_at) = (0, None);
+        for i in 0..data.len() {
+            self.tracker.step = Step::default();
+            self.reader.advance(&mut self.tracker, &data[i..=i]);
+            let step = std::mem::take(&mut self.tracker.step);
+            // A dispatch ends in ground, unless by an ESC, which ends a
+            // string and starts a sequence, or by a UTF-8 lead byte, which
+            // ends a broken character and starts another; a control
+            // executed keeps the state it came in (it may be inside a
+            // sequence); anything else (a sequence or a character under
+            // way) is not ground.
+            let starts = data[i] == 0x1b || data[i] >= 0xc0;
+            self.ground = !starts && (step.dispatched || (step.executed && self.ground));
+            if self.ground {
+                ground_at = Some(i + 1);
             }
-            // Escape sequences are ASCII; any other byte is text to them.
-            let c = if byte.is_ascii() { byte as char } else { '\u{a0}' };
-            let step = self.escape.feed(c);
-            if matches!(self.escape, Escape::None) && self.utf8_left == 0 {
-                ground = Some(i + 1);
-            }
-            let tracked = match step {
-                Step::Sequence { params, last } => tracked(&params, last, self.size().0),
-                Step::Escaped('7') => Some(Tracked::SaveCursor),
-                Step::Escaped('c') => Some(Tracked::Reset),
-                _ => None,
-            };
-            let Some(tracked) = tracked else { continue };
-            // The screen up to the sequence, then the sequence.
-            let start = self.sequence_start.unwrap_or(fed).max(fed);
-            self.parser.process(&data[fed..start]);
-            fed = i + 1;
+            let Some(seen) = step.seen else { continue };
+            // The screen up to the sequence's last byte, then that byte.
+            self.parser.process(&data[fed..i]);
             let alternate = self.parser.screen().alternate_screen();
-            match tracked {
-                Tracked::Alternate { entering: true, save } => {
+            match seen {
+                Seen::Alternate { entering: true, save } => {
                     if save {
                         self.save_cursor();
                     }
@@ -187,35 +243,41 @@ impl Screen {
                         // The alternate screen is cleared.
                         self.shown = GridExtras::default();
                     }
-                    self.parser.process(&data[start..fed]);
+                    self.parser.process(&data[i..=i]);
                 }
-                Tracked::Alternate { entering: false, .. } => {
+                Seen::Alternate { entering: false, .. } => {
                     if alternate {
                         let left = self.visible_keyframe();
                         self.hidden_keyframe = Some(left);
                         std::mem::swap(&mut self.shown, &mut self.hidden);
                     }
-                    self.parser.process(&data[start..fed]);
+                    self.parser.process(&data[i..=i]);
                 }
-                Tracked::SaveCursor => {
-                    self.parser.process(&data[start..fed]);
+                Seen::SaveCursor => {
+                    self.parser.process(&data[i..=i]);
                     self.save_cursor();
                 }
-                Tracked::Region(region) => {
-                    self.parser.process(&data[start..fed]);
-                    self.shown.region = region;
+                Seen::Region(top, bottom) => {
+                    self.parser.process(&data[i..=i]);
+                    let rows = self.size().0;
+                    // As vt100 applies it: the bottom within the screen, a
+                    // region of one row or less the whole screen.
+                    let bottom = if bottom == 0 { rows } else { bottom.min(rows) };
+                    let top = top.max(1);
+                    self.shown.region = (top < bottom && (top, bottom) != (1, rows)).then_some((top, bottom));
                 }
-                Tracked::Reset => {
-                    self.parser.process(&data[start..fed]);
+                Seen::Reset => {
+                    self.parser.process(&data[i..=i]);
                     self.shown = GridExtras::default();
                     self.hidden = GridExtras::default();
                     self.hidden_keyframe = None;
                     self.saved_attrs.clear();
                 }
             }
+            fed = i + 1;
         }
         self.parser.process(&data[fed..]);
-        match ground {
+        match ground_at {
             Some(at) => {
                 self.pending.clear();
                 self.pending.extend_from_slice(&data[at..]);
@@ -238,7 +300,7 @@ impl Screen {
     /// escape sequence or a character is cut (the next output completes
     /// it).
     pub fn keyframe(&self) -> Option<Vec<u8>> {
-        if !matches!(self.escape, Escape::None) || self.utf8_left > 0 {
+        if !self.ground {
             return None;
         }
         Some(self.state())
@@ -425,36 +487,6 @@ fn cols_of(n: u32) -> u16 {
     side(n, 80)
 }
 
-/// What a control sequence does that the screen keeps track of.
-fn tracked(params: &str, last: char, rows: u16) -> Option<Tracked> {
-    if let Some(modes) = params.strip_prefix('?') {
-        let entering = match last {
-            'h' => true,
-            'l' => false,
-            _ => return None,
-        };
-        // (`vt100` has no mode 1047.)
-        let save = modes.split(';').any(|mode| mode == "1049");
-        return (save || modes.split(';').any(|mode| mode == "47")).then_some(Tracked::Alternate { entering, save });
-    }
-    (last == 'r').then(|| Tracked::Region(scroll_region(params, rows)))
-}
-
-/// The region `CSI top ; bottom r` sets, as the terminal applies it: `None`
-/// for the whole screen.
-fn scroll_region(params: &str, rows: u16) -> Option<(u16, u16)> {
-    let mut parts = params.split(';');
-    let number = |part: Option<&str>, default: u16| -> Option<u16> {
-        match part.unwrap_or("") {
-            "" | "0" => Some(default),
-            text => text.parse().ok(),
-        }
-    };
-    let top = number(parts.next(), 1)?;
-    let bottom = number(parts.next(), rows)?.min(rows);
-    (top < bottom && (top, bottom) != (1, rows)).then_some((top, bottom))
-}
-
 /// Text in one style.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
@@ -589,6 +621,15 @@ mod tests {
     fn output(rng: &mut impl Rng) -> Vec<u8> {
         let mut out = Vec::new();
         for _ in 0..rng.random_range(1..12) {
+            if rng.random_range(0..6) == 0 {
+                // Bytes in any order: sequences cut, interrupted, unknown,
+                // strings ended by what may or may not end them.
+                const BYTES: &[u8] = b"\x1b\x1b\x1b[[]?1049hl7c;r\x07\x18\x1aP\\O\r\nx\x7f\x9b\xc3\xa9\xe6\x97";
+                for _ in 0..rng.random_range(1..8) {
+                    out.push(BYTES[rng.random_range(0..BYTES.len())]);
+                }
+                continue;
+            }
             let piece: &[u8] = match rng.random_range(0..25) {
                 0 => b"\r\n",
                 1 => b"\x1b[31m",
@@ -666,7 +707,10 @@ mod tests {
                             format!("case {case} step {step}: restored from {:?}", String::from_utf8_lossy(&keyframe))
                         });
                         restored = Some(fresh);
-                        log = vec![format!("keyframe {:?}", String::from_utf8_lossy(&keyframe))];
+                        log = vec![
+                            format!("after {part:?}"),
+                            format!("keyframe {:?}", String::from_utf8_lossy(&keyframe)),
+                        ];
                     }
                 }
             }

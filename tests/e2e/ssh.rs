@@ -157,6 +157,12 @@ fn sh(line: &str) -> std::process::Output {
 /// each of `lines` typed a second apart: how it exited, what it said on
 /// stderr.
 fn typed_shell(command: &str, lines: &[&[u8]]) -> (std::process::ExitStatus, String) {
+    typed_shell_keys(command, lines, None)
+}
+
+/// [`typed_shell`], each line typed key by key `per_key` apart if given
+/// (else written whole, as a paste).
+fn typed_shell_keys(command: &str, lines: &[&[u8]], per_key: Option<Duration>) -> (std::process::ExitStatus, String) {
     let mut shell = std::process::Command::new("sh")
         .args(["-c", &format!("{} -tt", command.replacen("ssh ", "ssh -F /dev/null ", 1))])
         .env_remove("SSH_AUTH_SOCK")
@@ -167,10 +173,19 @@ fn typed_shell(command: &str, lines: &[&[u8]]) -> (std::process::ExitStatus, Str
         .unwrap();
     let mut keys = shell.stdin.take().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    for line in lines {
-        // (A session that ended takes no more keys.)
-        if std::io::Write::write_all(&mut keys, line).is_err() {
-            break;
+    'lines: for line in lines {
+        let pieces: Vec<&[u8]> = match per_key {
+            Some(_) => line.chunks(1).collect(),
+            None => vec![line],
+        };
+        for piece in pieces {
+            // (A session that ended takes no more keys.)
+            if std::io::Write::write_all(&mut keys, piece).is_err() {
+                break 'lines;
+            }
+            if let Some(pause) = per_key {
+                std::thread::sleep(pause);
+            }
         }
         std::thread::sleep(Duration::from_millis(1000));
     }
@@ -458,9 +473,10 @@ fn a_typed_command_the_rules_block_ends_the_session() {
     let granting = Granting::start(rules, Some("ops"));
     let command = granting.certified("typed");
     let (data, mut up, _log) = (granting.data(), granting.up, granting.log);
-    let (status, said) = typed_shell(
+    let (status, said) = typed_shell_keys(
         &command,
         &[b"sudo -n true; echo held-only\r", b"forbidden-tool --now; echo after-it\r", b"echo too-late\r"],
+        Some(Duration::from_millis(20)),
     );
     assert!(!status.success(), "the session ended under the client");
     assert!(
@@ -479,6 +495,23 @@ fn a_typed_command_the_rules_block_ends_the_session() {
     assert_eq!(search("kind:policy_decision rule:\"ops/block:forbidden-tool\"").len(), 1);
     assert_eq!(search("kind:session_end end_reason:policy").len(), 1);
     assert_eq!(search("kind:command too-late").len(), 0, "nothing typed after the end reached the target");
+    // Typed key by key, the line was known at its Enter, which never
+    // reached the shell: the command did not run.
+    let reader = proctor_recorder::reader::Reader::open(&data).unwrap();
+    let mut shown = Vec::new();
+    reader
+        .for_each_event(|event| {
+            if let proctor_schemas::EventBody::TerminalOutput(out) = &event.body {
+                shown.extend_from_slice(&out.data);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(shown.contains("\nheld-only"), "{shown}");
+    let typed = shown.find("echo after-it").expect("the line's echo") + "echo after-it".len();
+    assert!(!shown[typed..].contains('\n'), "the shell took an Enter after the line: {shown}");
+    assert!(!shown.contains("forbidden-tool: command not found") && !shown.contains("\nafter-it"), "{shown}");
 }
 
 /// Proctor killed (SIGKILL) in the middle of an SSH session: the client's

@@ -982,7 +982,7 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         // Output masking holds back an unfinished line at most this long.
         let mut mask_tick = tokio::time::interval(crate::mask::DELAY / 2);
         mask_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ending = async {
+        let mut ending = async {
             loop {
                 tokio::select! {
                     ending = ended.as_mut() => return ending,
@@ -1160,7 +1160,14 @@ impl<S: EventSink, A: Authenticator> Engine<S> for SshEngine<S, A> {
         // and sent if the client is still there.
         if let Some(masker) = rc.masker {
             for (id, pair) in pairs.iter_mut() {
-                let _ = flush_masked(pair, masker, Some(u32::from(*id)), recorder, &flow, rc.gate, true).await;
+                // (A command line it completes that the rules end the
+                // session on says why the session ended.)
+                if let Err(policy) =
+                    flush_masked(pair, masker, Some(u32::from(*id)), recorder, &flow, rc.gate, true).await
+                    && policy.reason == EndReason::Policy
+                {
+                    ending = policy;
+                }
             }
         }
         // Forwarded connections still open end with the session.
@@ -1793,7 +1800,7 @@ fn record_command<S: EventSink>(
         Verdict::Allow => return None,
     };
     let message = if ends {
-        "typed at a terminal: it reached the shell as it was typed, and the rules end the session on it"
+        "typed at a terminal: the rules end the session on it (a line typed key by key ends it before its Enter reaches the shell; a line pasted whole, once its echo shows it)"
     } else {
         "typed at a terminal: marked, not enforced (it reached the shell as it was typed)"
     };
