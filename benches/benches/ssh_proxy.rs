@@ -21,7 +21,7 @@
 //!
 //! `cargo bench -p proctor-benches --bench ssh_proxy [-- MIB [ROUNDS [ECHOES [SEEK_MIB]]]]`
 //! (default 512 MiB per file, 3 rounds, 400 keystrokes, a 100 MiB session;
-//! 0 skips a part).
+//! 0 skips a part; `SEEK_PHASES=1` prints where a seek's time goes).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -486,6 +486,42 @@ fn seek(mib: u64) {
         let view = shown.view();
         fast.push(at.elapsed().as_secs_f64() * 1e3);
         assert_eq!(view.seq, seq);
+    }
+    if std::env::var_os("SEEK_PHASES").is_some() {
+        for &seq in moments.iter().take(10) {
+            let t = Instant::now();
+            let k = store.latest(session, None, seq).unwrap().unwrap();
+            let t_latest = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let mut screen = proctor_terminal::Screen::restore(k.rows.into(), k.cols.into(), &k.state);
+            let t_restore = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let mut datas = Vec::new();
+            reader
+                .for_each_session_event(session, k.seq + 1, |event| {
+                    if event.seq > seq {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    if let EventBody::TerminalOutput(o) = event.body {
+                        datas.push(o.data);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })
+                .unwrap();
+            let t_read = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            for d in &datas {
+                screen.feed(d);
+            }
+            let t_feed = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let _ = screen.lines();
+            let t_lines = t.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "  phases at {seq}: latest {t_latest:.1} restore {t_restore:.1} read {t_read:.1} ({} events) feed {t_feed:.1} lines {t_lines:.1} ms",
+                datas.len()
+            );
+        }
     }
     // The plain path: play from the start (a few moments: it is slow).
     let mut slow = Vec::new();

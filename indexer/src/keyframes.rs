@@ -257,10 +257,7 @@ pub fn screen_at(
         return Ok(shown);
     }
     let mut wanted = channel.or(shown.as_ref().map(|s| s.channel));
-    reader.for_each_session_event(session, from, |event| {
-        if event.seq > seq {
-            return Ok(ControlFlow::Break(()));
-        }
+    reader.for_each_session_event_in(session, from..=seq, |event| {
         match terminal_event(&event.body) {
             Some(TerminalEvent::Open { channel, rows, cols }) if wanted.is_none_or(|w| w == channel) => {
                 wanted = Some(channel);

@@ -196,8 +196,21 @@ impl Reader {
         &self,
         session_id: SessionId,
         from_seq: u64,
+        f: impl FnMut(Event) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
+        self.for_each_session_event_in(session_id, from_seq..=u64::MAX, f)
+    }
+
+    /// [`Reader::for_each_session_event`] for the events of `seqs` only:
+    /// where a page holds the session alone, only the rows of those seqs
+    /// are read (a few events of a long session cost their rows).
+    pub fn for_each_session_event_in(
+        &self,
+        session_id: SessionId,
+        seqs: std::ops::RangeInclusive<u64>,
         mut f: impl FnMut(Event) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
+        let (from_seq, last) = (*seqs.start(), *seqs.end());
         let id_text = session_id.to_string();
         // Every event passed on has the next seq: nothing twice, whatever is
         // sealed while this runs.
@@ -222,9 +235,15 @@ impl Reader {
                 if !listed {
                     continue;
                 }
-                let stop = self.session_rows(&manifest, &id_text, next..=u64::MAX, |event| {
+                if next > last {
+                    return Ok(());
+                }
+                let stop = self.session_rows(&manifest, &id_text, next..=last, |event| {
                     if event.seq < next {
                         return Ok(ControlFlow::Continue(()));
+                    }
+                    if event.seq > last {
+                        return Ok(ControlFlow::Break(()));
                     }
                     next = event.seq + 1;
                     f(event)
@@ -244,6 +263,9 @@ impl Reader {
                 for event in events.into_iter().filter(|e| e.session_id == session_id) {
                     if event.seq < next {
                         continue;
+                    }
+                    if event.seq > last {
+                        return Ok(());
                     }
                     next = event.seq + 1;
                     if f(event)?.is_break() {

@@ -204,16 +204,14 @@ pub fn for_each_session_batch(
 
     let file = File::open(path).map_err(RecorderError::io("cannot open segment", path))?;
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    // Batches of a thousand rows: a caller that stops early (a page of
+    // events, a screen) decodes little past what it asked for.
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
         .map_err(|e| parquet_error(path, e))?
-        .with_batch_size(8192);
+        .with_batch_size(1024);
     let wanted = session_id.as_bytes();
     let holds = |min: Option<&[u8]>, max: Option<&[u8]>| match (min, max) {
         (Some(min), Some(max)) => min <= wanted && wanted <= max,
-        _ => true,
-    };
-    let overlaps = |min: Option<i64>, max: Option<i64>| match (min, max) {
-        (Some(min), Some(max)) => min as u64 <= *seqs.end() && *seqs.start() <= max as u64,
         _ => true,
     };
     let metadata = builder.metadata().clone();
@@ -242,12 +240,23 @@ pub fn for_each_session_batch(
             let keep = |page: usize| holds(column.min_value(page), column.max_value(page));
             group_selection = group_selection.intersection(&page_selection(offsets.page_locations(), rows, keep));
         }
+        // Rows of the session only, where its pages say so: the rows where
+        // the session column holds nothing else.
+        let only_session = match (pages.column_index(0), pages.offset_index(0)) {
+            (Some(ColumnIndexMetaData::BYTE_ARRAY(column)), Some(offsets)) => {
+                let keep =
+                    |page: usize| column.min_value(page) == Some(wanted) && column.max_value(page) == Some(wanted);
+                page_selection(offsets.page_locations(), rows, keep)
+            }
+            _ => RowSelection::from_consecutive_ranges(std::iter::empty(), rows),
+        };
         if let Some(seq) = seq_column
             && let (Some(ColumnIndexMetaData::INT64(column)), Some(offsets)) =
                 (pages.column_index(seq), pages.offset_index(seq))
         {
-            let keep = |page: usize| overlaps(column.min_value(page).copied(), column.max_value(page).copied());
-            group_selection = group_selection.intersection(&page_selection(offsets.page_locations(), rows, keep));
+            let bounds = |page: usize| Some((*column.min_value(page)?, *column.max_value(page)?));
+            let narrowed = seq_selection(offsets.page_locations(), rows, &seqs, bounds, &only_session);
+            group_selection = group_selection.intersection(&narrowed);
         }
         if group_selection.selects_any() {
             groups.push(index);
@@ -266,6 +275,50 @@ pub fn for_each_session_batch(
         }
     }
     Ok(())
+}
+
+/// The rows of one row group whose `seq` pages may hold `seqs`. A page all
+/// of whose rows are the session's (`only_session` selects them all) and
+/// whose seqs are as many as its rows holds consecutive seqs in order (a
+/// session's seqs are dense and its rows sorted by seq): only the rows of
+/// the wanted seqs are selected, so that a few events of a long session
+/// cost their rows, not their page's.
+fn seq_selection(
+    locations: &[parquet::file::page_index::offset_index::PageLocation],
+    rows: usize,
+    seqs: &std::ops::RangeInclusive<u64>,
+    bounds: impl Fn(usize) -> Option<(i64, i64)>,
+    only_session: &parquet::arrow::arrow_reader::RowSelection,
+) -> parquet::arrow::arrow_reader::RowSelection {
+    use parquet::arrow::arrow_reader::RowSelection;
+    let mut ranges = Vec::new();
+    let mut done = 0;
+    for (page, location) in locations.iter().enumerate() {
+        let first = (location.first_row_index.max(0) as usize).clamp(done, rows);
+        let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index.max(0) as usize).clamp(first, rows);
+        done = end;
+        if first >= end {
+            continue;
+        }
+        let Some((min, max)) = bounds(page) else {
+            ranges.push(first..end);
+            continue;
+        };
+        let (min, max) = (min.max(0) as u64, max.max(0) as u64);
+        if max < *seqs.start() || *seqs.end() < min {
+            continue;
+        }
+        let page_rows = RowSelection::from_consecutive_ranges(std::iter::once(first..end), rows);
+        let whole_session = only_session.intersection(&page_rows).row_count() == end - first;
+        if whole_session && max.checked_sub(min).is_some_and(|span| span == (end - first - 1) as u64) {
+            let from = first + (seqs.start().max(&min) - min) as usize;
+            let to = first + (seqs.end().min(&max) - min) as usize;
+            ranges.push(from..to + 1);
+        } else {
+            ranges.push(first..end);
+        }
+    }
+    RowSelection::from_consecutive_ranges(ranges.into_iter(), rows)
 }
 
 /// The rows of one row group whose pages (of one column) `keep` keeps. Page

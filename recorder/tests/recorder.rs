@@ -388,6 +388,27 @@ fn a_session_is_read_a_page_at_a_time_across_segments_and_the_wal() {
         let expected: Vec<u64> = (from..(from + limit as u64).min(301)).collect();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), expected, "from {from}, {limit}");
     }
+    // Ranges, read narrowed to their rows where a page holds the session
+    // alone, against the plain read: every range of every session.
+    let ranged = |session: SessionId, from: u64, to: u64| {
+        let mut seqs = Vec::new();
+        reader
+            .for_each_session_event_in(session, from..=to, |e| {
+                assert_eq!(e.session_id, session);
+                seqs.push(e.seq);
+                Ok(std::ops::ControlFlow::Continue(()))
+            })
+            .unwrap();
+        seqs
+    };
+    for session in [sessions[0], wanted, sessions[3]] {
+        for from in (0..=305).step_by(7) {
+            for to in [from, from + 1, from + 5, from + 13, from + 40, from + 200, u64::MAX] {
+                let expected: Vec<u64> = (from..=to.min(300)).collect();
+                assert_eq!(ranged(session, from, to), expected, "{from}..={to}");
+            }
+        }
+    }
     drop(sink);
     recorder.close().unwrap();
     // Sealed now (closing may add the session's end).
