@@ -347,9 +347,38 @@ fn main() {
     }
 
     // Keystroke echo, alternating direct and through Proctor.
-    let key = Arc::new(russh::keys::load_secret_key(&upstream_key, None).unwrap());
+    if echoes > 0 {
+        echo(&runtime, &target, &upstream_key, &proctors, &user, echoes);
+    }
+
+    // What each kind's recording takes, sealed.
+    println!("\nrecording size (sealed segments / bytes sent):");
+    for ((name, _), proctor) in files.iter().zip(proctors.iter_mut()) {
+        let sent = size * rounds as u64;
+        let sealed = proctor.sealed_size();
+        println!(
+            "  {name:<15} {:.3}x  ({} MiB sealed for {} MiB sent)",
+            sealed as f64 / sent as f64,
+            sealed >> 20,
+            sent >> 20
+        );
+    }
+    drop(target);
+    seek(seek_mib);
+}
+
+/// Keystroke echo round trips, alternating direct and through Proctor.
+fn echo(
+    runtime: &tokio::runtime::Runtime,
+    target: &Sshd,
+    upstream_key: &Path,
+    proctors: &[Proctor],
+    user: &str,
+    echoes: usize,
+) {
+    let key = Arc::new(russh::keys::load_secret_key(upstream_key, None).unwrap());
     let (direct_rtt, proctor_rtt) = runtime.block_on(async {
-        let mut direct = Typing::open(target.port, Login::Key(&user, key.clone())).await;
+        let mut direct = Typing::open(target.port, Login::Key(user, key.clone())).await;
         let mut through = Typing::open(proctors[0].port, Login::Password("agent", SECRET)).await;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for i in 0..echoes {
@@ -366,21 +395,6 @@ fn main() {
     println!("  direct   p50 {d50:.3} ms  p90 {d90:.3} ms");
     println!("  Proctor  p50 {p50:.3} ms  p90 {p90:.3} ms");
     println!("  Proctor adds {:.3} ms at p50, {:.3} ms at p90", p50 - d50, p90 - d90);
-
-    // What each kind's recording takes, sealed.
-    println!("\nrecording size (sealed segments / bytes sent):");
-    for ((name, _), proctor) in files.iter().zip(proctors.iter_mut()) {
-        let sent = size * rounds as u64;
-        let sealed = proctor.sealed_size();
-        println!(
-            "  {name:<15} {:.3}x  ({} MiB sealed for {} MiB sent)",
-            sealed as f64 / sent as f64,
-            sealed >> 20,
-            sent >> 20
-        );
-    }
-    drop(target);
-    seek(seek_mib);
 }
 
 /// Output as a terminal shows it over an hour: coloured log lines, now and

@@ -67,6 +67,38 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Linux");
     assert!(String::from_utf8_lossy(&out.stderr).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
+    // AES only: a client asking for ChaCha20-Poly1305 alone finds no cipher
+    // in common; OpenSSH's default list settles on AES.
+    let with_ciphers = |ciphers: &str| {
+        std::process::Command::new("ssh")
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .args(["-F", "/dev/null", "-v", "-p", &port.to_string(), "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", &format!("Ciphers={ciphers}"), "-o", "PreferredAuthentications=password"])
+            .args(["ci-agent@127.0.0.1", "true"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let chacha = with_ciphers("chacha20-poly1305@openssh.com");
+    assert!(!chacha.status.success());
+    assert!(
+        String::from_utf8_lossy(&chacha.stderr).contains("no matching cipher"),
+        "{}",
+        String::from_utf8_lossy(&chacha.stderr)
+    );
+    let default = with_ciphers(
+        "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com",
+    );
+    assert!(default.status.success(), "{}", String::from_utf8_lossy(&default.stderr));
+    assert!(
+        String::from_utf8_lossy(&default.stderr).contains("cipher: aes"),
+        "{}",
+        String::from_utf8_lossy(&default.stderr)
+    );
 
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
