@@ -13,6 +13,8 @@
 
 mod echo;
 mod editor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod screen;
 
 pub use echo::{EchoedLines, Limits};
