@@ -443,6 +443,10 @@ struct Tracked {
     dirty: bool,
 }
 
+/// Terminals played at once for keyframes, per session and in all.
+const MAX_SCREENS_PER_SESSION: usize = 16;
+const MAX_SCREENS: usize = 1024;
+
 /// Takes keyframes of the terminals of the sealed events an indexer reads,
 /// in order.
 pub(crate) struct Keyframer {
@@ -499,6 +503,14 @@ impl Keyframer {
         let time = event.time.unix_nanos();
         let (key, opened) = match change {
             TerminalEvent::Open { channel, rows, cols } => {
+                // Terminals played at once are bounded, per session and in
+                // all (each is up to a few MiB): one past the bound gets no
+                // keyframes (a replay plays it from its start).
+                let of_session = self.screens.keys().filter(|(session, _)| *session == event.session_id).count();
+                if of_session >= MAX_SCREENS_PER_SESSION || self.screens.len() >= MAX_SCREENS {
+                    self.plain.insert((event.session_id, channel));
+                    return Ok(());
+                }
                 let tracked = Tracked { screen: Screen::new(rows, cols), bytes: 0, last_keyframe: time, dirty: false };
                 self.plain.remove(&(event.session_id, channel));
                 self.screens.insert((event.session_id, channel), tracked);
