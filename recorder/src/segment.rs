@@ -292,14 +292,7 @@ fn seq_selection(
 ) -> parquet::arrow::arrow_reader::RowSelection {
     use parquet::arrow::arrow_reader::RowSelection;
     let mut ranges = Vec::new();
-    let mut done = 0;
-    for (page, location) in locations.iter().enumerate() {
-        let first = (location.first_row_index.max(0) as usize).clamp(done, rows);
-        let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index.max(0) as usize).clamp(first, rows);
-        done = end;
-        if first >= end {
-            continue;
-        }
+    for (page, std::ops::Range { start: first, end }) in page_rows(locations, rows) {
         let Some((min, max)) = bounds(page) else {
             ranges.push(first..end);
             continue;
@@ -321,6 +314,22 @@ fn seq_selection(
     RowSelection::from_consecutive_ranges(ranges.into_iter(), rows)
 }
 
+/// Each page of one column in a row group of `rows` rows, with its rows
+/// (pages holding none left out). Page locations from a damaged file are
+/// clamped, never trusted to be in order.
+fn page_rows(
+    locations: &[parquet::file::page_index::offset_index::PageLocation],
+    rows: usize,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    let mut done = 0;
+    locations.iter().enumerate().filter_map(move |(page, location)| {
+        let first = (location.first_row_index.max(0) as usize).clamp(done, rows);
+        let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index.max(0) as usize).clamp(first, rows);
+        done = end;
+        (first < end).then_some((page, first..end))
+    })
+}
+
 /// The rows of one row group whose pages (of one column) `keep` keeps. Page
 /// locations from a damaged file are clamped, never trusted to be in order.
 fn page_selection(
@@ -328,17 +337,8 @@ fn page_selection(
     rows: usize,
     keep: impl Fn(usize) -> bool,
 ) -> parquet::arrow::arrow_reader::RowSelection {
-    let mut ranges = Vec::new();
-    let mut done = 0;
-    for (page, location) in locations.iter().enumerate() {
-        let first = (location.first_row_index.max(0) as usize).clamp(done, rows);
-        let end = locations.get(page + 1).map_or(rows, |next| next.first_row_index.max(0) as usize).clamp(first, rows);
-        if keep(page) && first < end {
-            ranges.push(first..end);
-        }
-        done = end;
-    }
-    parquet::arrow::arrow_reader::RowSelection::from_consecutive_ranges(ranges.into_iter(), rows)
+    let ranges = page_rows(locations, rows).filter(|&(page, _)| keep(page)).map(|(_, range)| range);
+    parquet::arrow::arrow_reader::RowSelection::from_consecutive_ranges(ranges, rows)
 }
 
 /// The schema version a segment declares in its metadata.
