@@ -68,7 +68,8 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Linux");
     assert!(String::from_utf8_lossy(&out.stderr).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
     // AES only: a client asking for ChaCha20-Poly1305 alone finds no cipher
-    // in common; OpenSSH's default list settles on AES.
+    // in common; OpenSSH's default list settles on AES-CTR, and a client
+    // asking for AES-GCM (either size) gets it.
     let with_ciphers = |ciphers: &str| {
         std::process::Command::new("ssh")
             .env("SSH_ASKPASS", &askpass)
@@ -95,10 +96,15 @@ fn an_ssh_resource_runs_a_command_recorded_and_pinned_by_its_host_key() {
     );
     assert!(default.status.success(), "{}", String::from_utf8_lossy(&default.stderr));
     assert!(
-        String::from_utf8_lossy(&default.stderr).contains("cipher: aes"),
+        String::from_utf8_lossy(&default.stderr).contains("cipher: aes128-ctr"),
         "{}",
         String::from_utf8_lossy(&default.stderr)
     );
+    for gcm in ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"] {
+        let chosen = with_ciphers(gcm);
+        assert!(chosen.status.success(), "{gcm}: {}", String::from_utf8_lossy(&chosen.stderr));
+        assert!(String::from_utf8_lossy(&chosen.stderr).contains(&format!("cipher: {gcm}")));
+    }
 
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
