@@ -88,13 +88,15 @@ fn agent_rules() -> RuleSetConfig {
 }
 
 /// The agents' SSH rules: shells and ordinary commands pass; a few risky
-/// commands wait for a `dba`.
+/// commands, and files uploaded to or removed from `/etc`, wait for a `dba`.
 const AGENT_SSH_RULES: &str = "ci-ssh";
 
 fn agent_ssh_rules() -> proctor_ssh::rules::SshRuleSetConfig {
     proctor_ssh::rules::SshRuleSetConfig {
         block: Vec::new(),
-        hold: ["sudo", "rm -rf", "systemctl", "shutdown", "reboot"].map(String::from).to_vec(),
+        hold: ["sudo", "rm -rf", "systemctl", "shutdown", "reboot", "sftp write /etc/*", "sftp remove /etc/*"]
+            .map(String::from)
+            .to_vec(),
         approval_group: Some(APPROVERS.to_string()),
         shells: true,
         sftp: Some(true),

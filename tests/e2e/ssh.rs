@@ -233,6 +233,12 @@ fn typed_shell_keys(command: &str, lines: &[&[u8]], per_key: Option<Duration>) -
     (status, said)
 }
 
+/// `proctor search QUERY --json` over a data dir: its hits.
+fn search_in(data: &Path, query: &str) -> Vec<serde_json::Value> {
+    let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
+    found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect()
+}
+
 /// `proctor ARGS --json` against the control API as `token`.
 fn granting_control(api: &str, token: &str, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
@@ -490,10 +496,7 @@ fn exec_commands_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
 
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
-    let search = |query: &str| {
-        let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
-        found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
-    };
+    let search = |query: &str| search_in(&data, query);
     assert_eq!(search("kind:policy_decision outcome:block").len(), 1);
     assert_eq!(search("kind:policy_decision outcome:hold").len(), 2);
     let flagged = search("kind:policy_decision outcome:flag");
@@ -524,10 +527,7 @@ fn a_typed_command_the_rules_block_ends_the_session() {
 
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
-    let search = |query: &str| {
-        let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
-        found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
-    };
+    let search = |query: &str| search_in(&data, query);
     let flagged = search("kind:policy_decision outcome:flag");
     assert_eq!(flagged.len(), 2, "{flagged:?}");
     assert_eq!(search("kind:policy_decision rule:\"ops/block:forbidden-tool\"").len(), 1);
@@ -600,6 +600,85 @@ fn a_session_cut_by_sigkill_is_recovered_whole_and_verifies() {
     let replayed = stdout(&run_ok(bin(), &["replay", session, "--data-dir", data.to_str().unwrap(), "--json"]));
     assert!(replayed.contains("echo before-the-kill; sleep 60"), "the exec is there: {replayed}");
     assert!(replayed.contains("before-the-kill\\n"), "its output is there: {replayed}");
+}
+
+/// File rules (`sftp OPERATION PATH` patterns) decide each SFTP request
+/// and legacy scp's paths: reads pass; a blocked removal never reaches the
+/// target; a held upload is refused with its review named on the client's
+/// stderr, then runs once when approved; scp in both modes is held as the
+/// upload it is.
+#[test]
+fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
+    let rules = "[ssh_rules.files]\nblock = [\"sftp remove */keep/*\"]\nhold = [\"sftp write */guarded/*\"]\napproval_group = \"dba\"\n";
+    let granting = Granting::start(rules, Some("files"));
+    let command = granting.certified("files");
+    let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
+    let approver = proctor_tests::dev_token(bin(), &data, "ops-lead", "dba");
+    let remote = base.join("remote");
+    std::fs::create_dir_all(remote.join("keep")).unwrap();
+    std::fs::create_dir_all(remote.join("guarded")).unwrap();
+    std::fs::write(remote.join("keep/kept.txt"), "kept\n").unwrap();
+    let local = base.join("local.txt");
+    std::fs::write(&local, "uploaded\n").unwrap();
+    let (r, l) = (remote.display().to_string(), local.display().to_string());
+    // The certificate's command line, as sftp and scp take it (`-P`).
+    let (prefix, destination) = command.rsplit_once(' ').unwrap();
+    let client = |program: &str| prefix.replacen("ssh ", &format!("{program} "), 1).replace(" -p ", " -P ");
+    let batch = base.join("batch");
+    let sftp = |lines: String| {
+        std::fs::write(&batch, lines).unwrap();
+        sh(&format!("{} -b {} {destination}", client("sftp"), batch.display()))
+    };
+    let said = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).to_string();
+
+    let got = sftp(format!("get {r}/keep/kept.txt {}/back.txt\n", base.display()));
+    assert!(got.status.success(), "{}", said(&got));
+    assert_eq!(std::fs::read_to_string(base.join("back.txt")).unwrap(), "kept\n");
+
+    let removed = sftp(format!("rm {r}/keep/kept.txt\n"));
+    assert!(!removed.status.success());
+    assert!(said(&removed).contains("Proctor: blocked by rule files/block:sftp remove */keep/*"), "{}", said(&removed));
+    assert!(remote.join("keep/kept.txt").exists(), "a blocked removal reached the target");
+
+    let put = format!("put {l} {r}/guarded/new.txt\n");
+    let held = sftp(put.clone());
+    assert!(!held.status.success());
+    let told = said(&held);
+    assert!(told.contains("held for review r_") && told.contains("files/hold:sftp write */guarded/*"), "{told}");
+    assert!(!remote.join("guarded/new.txt").exists(), "a held upload reached the target");
+    let at = told.find("review r_").unwrap() + "review ".len();
+    let review = told[at..].split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next().unwrap().to_string();
+    let reviewed = granting_control(&granting.api, &approver, &["review", "approve", &review, "--reason", "fine"]);
+    assert_eq!(reviewed["status"], "approved", "{reviewed}");
+    assert_eq!(reviewed["kind"], "file", "{reviewed}");
+    assert_eq!(reviewed["text"], format!("sftp write {r}/guarded/new.txt"), "{reviewed}");
+    let ran = sftp(put.clone());
+    assert!(ran.status.success(), "{}", said(&ran));
+    assert_eq!(std::fs::read_to_string(remote.join("guarded/new.txt")).unwrap(), "uploaded\n");
+    std::fs::remove_file(remote.join("guarded/new.txt")).unwrap();
+    let again = sftp(put);
+    assert!(!again.status.success(), "an approval runs the operation once");
+    assert!(!remote.join("guarded/new.txt").exists());
+
+    // scp, legacy (its server side run as a command) and over SFTP.
+    for (mode, name) in [("-O", "legacy.txt"), ("-s", "sftp.txt")] {
+        let copied = sh(&format!("{} {mode} {l} {destination}:{r}/guarded/{name}", client("scp")));
+        assert!(!copied.status.success(), "scp {mode}");
+        assert!(said(&copied).contains("files/hold:sftp write */guarded/*"), "scp {mode}: {}", said(&copied));
+        assert!(!remote.join("guarded").join(name).exists(), "scp {mode} reached the target");
+    }
+
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let search = |query: &str| search_in(&data, query);
+    assert_eq!(search("kind:policy_decision outcome:block").len(), 1);
+    assert_eq!(search("kind:policy_decision outcome:hold").len(), 4);
+    assert_eq!(search(&format!("kind:review_approved review:{review}")).len(), 1);
+    // The approved upload, recorded with the bytes it wrote, once.
+    let files = search("kind:file_transfer");
+    let hits: Vec<String> = files.iter().map(|hit| hit.to_string()).collect();
+    let uploaded = hits.iter().filter(|hit| hit.contains("guarded/new.txt") && hit.contains("\"bytes\":9,")).count();
+    assert_eq!(uploaded, 1, "{hits:?}");
 }
 
 /// A rule set that opens no shells, and (having patterns) no SFTP: both
@@ -697,10 +776,7 @@ fn forwarding_reaches_only_the_destinations_the_rules_list() {
     let _ = tunnel.wait();
     signal(&up, libc::SIGTERM);
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
-    let search = |query: &str| {
-        let found = stdout(&run_ok(bin(), &["search", query, "--data-dir", data.to_str().unwrap(), "--json"]));
-        found.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
-    };
+    let search = |query: &str| search_in(&data, query);
     assert_eq!(search("kind:port_forward outcome:allow").len(), 1);
     assert_eq!(search("kind:port_forward outcome:block").len(), 1);
     let session = search("kind:port_forward outcome:allow")[0]["session_id"].as_str().unwrap().to_string();

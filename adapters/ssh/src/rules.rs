@@ -45,9 +45,11 @@ pub struct SshRuleSetConfig {
     /// Whether interactive shells may be opened (default: yes).
     #[serde(default = "yes")]
     pub shells: bool,
-    /// Whether the SFTP subsystem (sftp, scp) may be used. Its file
-    /// operations are recorded, not matched against `block` and `hold`, so
-    /// it is off by default in a rule set that has patterns, on otherwise.
+    /// Whether the SFTP subsystem (sftp, scp) may be used. By default it
+    /// may in a rule set with no patterns, or with patterns for file
+    /// operations (`"sftp write /etc/*"`), which then decide each of its
+    /// requests; a rule set whose patterns name only commands refuses it,
+    /// since nothing there speaks of files.
     #[serde(default)]
     pub sftp: Option<bool>,
     /// Where local port forwarding (`ssh -L`, direct-tcpip) may connect:
@@ -96,7 +98,13 @@ pub struct SshRuleSet {
     /// Destinations forwarding may reach: host and port patterns.
     forward: Vec<(String, String)>,
     pub end_session_on: Option<EndOn>,
+    /// Whether patterns name file operations (their program is `sftp`):
+    /// then SFTP requests and scp's paths are decided one by one.
+    files: bool,
 }
+
+/// The program file operations are matched as: `sftp OPERATION PATH...`.
+pub const FILES: &str = "sftp";
 
 /// What a rule set decided for a command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,13 +133,16 @@ impl SshRuleSet {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let (block, hold) = (patterns(&config.block, "block")?, patterns(&config.hold, "hold")?);
+        let files = block.iter().chain(&hold).any(|p| p.words[0] == FILES);
         Ok(SshRuleSet {
             name: name.to_string(),
-            block: patterns(&config.block, "block")?,
-            hold: patterns(&config.hold, "hold")?,
+            sftp: config.sftp.unwrap_or(files || (block.is_empty() && hold.is_empty())),
+            block,
+            hold,
+            files,
             approval_group: config.approval_group.clone(),
             shells: config.shells,
-            sftp: config.sftp.unwrap_or(config.block.is_empty() && config.hold.is_empty()),
             forward: config
                 .forward
                 .iter()
@@ -179,6 +190,63 @@ impl SshRuleSet {
         if commands.iter().any(|c| c.first().is_some_and(|p| p.contains(['$', '*', '?', '[', '`']))) {
             return unreadable();
         }
+        let mut looked = commands;
+        if self.files {
+            // Legacy scp's server side: its paths are file operations too.
+            // SFTP run as a command would carry operations no rule reads.
+            let mut operations = Vec::new();
+            for command in &looked {
+                match command[0].as_str() {
+                    "scp" => match scp_operation(command) {
+                        Some(operation) => operations.push(operation),
+                        None if scp_moves_files(command) => return unreadable(),
+                        None => {}
+                    },
+                    "sftp-server" => return Verdict::Block { rule: format!("{}/sftp-server", self.name) },
+                    _ => {}
+                }
+            }
+            looked.extend(operations);
+        }
+        self.first_match(&looked)
+    }
+
+    /// Whether this set decides file operations (it has `sftp` patterns).
+    pub fn checks_files(&self) -> bool {
+        self.files
+    }
+
+    /// Decides a file operation (`operation` as [`FileOperation`] names
+    /// it) on `paths` as an SFTP request named them, and gives the line it
+    /// was matched as (`sftp write /etc/hosts`), the text a review shows.
+    /// A path that is not UTF-8 text, or that climbs with `..` (where a
+    /// symbolic link would lead the target elsewhere than the words say),
+    /// is held unread.
+    pub fn decide_file(&self, operation: &str, paths: &[Vec<u8>]) -> (Verdict, String) {
+        let mut words = vec![FILES.to_string(), operation.to_string()];
+        let mut readable = true;
+        for path in paths {
+            match std::str::from_utf8(path).ok().and_then(|p| normalized_path(p, false)) {
+                Some(path) => words.push(path),
+                None => {
+                    readable = false;
+                    words.push(String::from_utf8_lossy(path).into_owned());
+                }
+            }
+        }
+        let line = words.iter().map(|w| shell_quoted(w)).collect::<Vec<_>>().join(" ");
+        if !self.files {
+            return (Verdict::Allow, line);
+        }
+        if !readable {
+            return (Verdict::Hold { rule: format!("{}/unreadable", self.name) }, line);
+        }
+        (self.first_match(&[words]), line)
+    }
+
+    /// The first `block` pattern any of `commands` matches, else the first
+    /// `hold` pattern.
+    fn first_match(&self, commands: &[Vec<String>]) -> Verdict {
         let first = |patterns: &[Pattern]| {
             patterns.iter().find(|p| commands.iter().any(|c| matches(&p.words, c))).map(|p| p.text.clone())
         };
@@ -189,6 +257,88 @@ impl SshRuleSet {
             return Verdict::Hold { rule: format!("{}/hold:{pattern}", self.name) };
         }
         Verdict::Allow
+    }
+}
+
+/// Legacy scp's server side (`scp -t PATH` receives, `scp -f PATH...`
+/// sends) as the file operation it is: `sftp write PATH` or `sftp read
+/// PATH...`; `None` if it is not one, or names a path only its shell can
+/// work out (then [`scp_moves_files`] tells it moves files all the same).
+fn scp_operation(command: &[String]) -> Option<Vec<String>> {
+    let (mut flags, mut paths, mut options) = (String::new(), Vec::new(), true);
+    for word in &command[1..] {
+        if options && word == "--" {
+            options = false;
+        } else if options && word.starts_with('-') && word.len() > 1 {
+            flags.push_str(&word[1..]);
+        } else {
+            paths.push(word);
+        }
+    }
+    let operation = if flags.contains('t') {
+        "write"
+    } else if flags.contains('f') {
+        "read"
+    } else {
+        return None;
+    };
+    if paths.is_empty() {
+        return None;
+    }
+    let mut words = vec![FILES.to_string(), operation.to_string()];
+    for path in paths {
+        words.push(normalized_path(path, true)?);
+    }
+    Some(words)
+}
+
+/// Whether an scp command is legacy scp's server side (`-t` or `-f`).
+fn scp_moves_files(command: &[String]) -> bool {
+    command[1..].iter().take_while(|w| *w != "--").any(|w| w.starts_with('-') && w.contains(['t', 'f']))
+}
+
+/// A path as the rules match it: absolute paths with `.` and repeated
+/// slashes taken out; relative ones (the login directory's) as `~/PATH`.
+/// `None` for a path that climbs with `..`, or (`shell`: a word a shell
+/// expands) one naming what only the shell can work out (a variable, a
+/// glob, another user's home).
+fn normalized_path(path: &str, shell: bool) -> Option<String> {
+    let mut path = path;
+    if shell {
+        // The shell's own `~`: the login directory, what a relative path
+        // is relative to.
+        if path == "~" || path.starts_with("~/") {
+            path = path[1..].trim_start_matches('/');
+        }
+        if path.contains(['$', '*', '?', '[', '`', '{', '~', '\\']) {
+            return None;
+        }
+    }
+    let (absolute, rest) = match path.strip_prefix('/') {
+        Some(rest) => (true, rest),
+        None => (false, path),
+    };
+    let mut parts = Vec::new();
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            part => parts.push(part),
+        }
+    }
+    Some(match (absolute, parts.is_empty()) {
+        (true, _) => format!("/{}", parts.join("/")),
+        (false, true) => "~".to_string(),
+        (false, false) => format!("~/{}", parts.join("/")),
+    })
+}
+
+/// A word as a shell would read it back: itself when plain, else quoted.
+fn shell_quoted(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-~+:,@=%".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -229,6 +379,11 @@ impl SshPolicy {
     /// The keyed hash of a command exactly as sent (its bytes).
     pub fn command_hash(&self, command: &[u8]) -> String {
         self.key.digest("ssh exec", command)
+    }
+
+    /// The keyed hash of a file operation as the rules read it (its line).
+    pub fn file_hash(&self, line: &str) -> String {
+        self.key.digest("ssh file", line.as_bytes())
     }
 }
 
@@ -691,6 +846,54 @@ mod tests {
         assert_eq!(rules.decide(&"$(".repeat(20)), unreadable);
         // A set with no patterns reads nothing.
         assert_eq!(set(&[], &[]).decide("rm${IFS}-rf"), Verdict::Allow);
+    }
+
+    #[test]
+    fn file_operations_are_decided_by_the_paths_they_name() {
+        let rules = set(&["sftp remove /etc/*", "sftp * /root/*"], &["sftp write /etc/*", "sftp write ~/.ssh/*"]);
+        assert!(rules.checks_files() && rules.sftp, "file patterns open SFTP, to decide it");
+        let file = |operation: &str, paths: &[&[u8]]| {
+            rules.decide_file(operation, &paths.iter().map(|p| p.to_vec()).collect::<Vec<_>>())
+        };
+        let hold = |rule: &str| Verdict::Hold { rule: format!("ci/hold:{rule}") };
+        let block = |rule: &str| Verdict::Block { rule: format!("ci/block:{rule}") };
+        let unreadable = Verdict::Hold { rule: "ci/unreadable".to_string() };
+        assert_eq!(file("write", &[b"/etc/hosts"]), (hold("sftp write /etc/*"), "sftp write /etc/hosts".into()));
+        assert_eq!(file("write", &[b"//etc/./hosts"]), (hold("sftp write /etc/*"), "sftp write /etc/hosts".into()));
+        assert_eq!(file("read", &[b"/etc/hosts"]).0, Verdict::Allow);
+        assert_eq!(file("remove", &[b"/etc/hosts"]).0, block("sftp remove /etc/*"));
+        assert_eq!(file("rename", &[b"/tmp/a", b"/root/.bashrc"]).0, block("sftp * /root/*"));
+        // Relative paths are the login directory's.
+        assert_eq!(
+            file("write", &[b".ssh/authorized_keys"]),
+            (hold("sftp write ~/.ssh/*"), "sftp write ~/.ssh/authorized_keys".into())
+        );
+        assert_eq!(file("write", &[b"notes with space"]), (Verdict::Allow, "sftp write '~/notes with space'".into()));
+        // What the words cannot say is held unread.
+        assert_eq!(file("write", &[b"/tmp/../etc/hosts"]).0, unreadable);
+        assert_eq!(file("write", &[b"../../etc/hosts"]).0, unreadable);
+        assert_eq!(file("write", &[b"/etc/\xff"]).0, unreadable);
+        // Legacy scp's server side is the same file operation.
+        assert_eq!(rules.decide("scp -t /etc/hosts"), hold("sftp write /etc/*"));
+        assert_eq!(rules.decide("scp -r -d -t -- /etc/ssh/x"), hold("sftp write /etc/*"));
+        assert_eq!(rules.decide("scp -f /root/secret"), block("sftp * /root/*"));
+        assert_eq!(rules.decide("scp -t ~/.ssh/authorized_keys"), hold("sftp write ~/.ssh/*"));
+        assert_eq!(rules.decide("scp -t /tmp/x"), Verdict::Allow);
+        assert_eq!(rules.decide("scp -t '/etc/*'"), unreadable);
+        assert_eq!(rules.decide("scp -t ~root/.ssh/x"), unreadable);
+        assert_eq!(rules.decide("scp -t"), unreadable);
+        // SFTP run as a command would pass operations no rule reads.
+        assert_eq!(
+            rules.decide("/usr/lib/openssh/sftp-server -e"),
+            Verdict::Block { rule: "ci/sftp-server".to_string() }
+        );
+        // A set whose patterns name no file operation reads none, and
+        // opens no SFTP unless told to.
+        let commands_only = set(&["rm -rf /"], &[]);
+        assert!(!commands_only.checks_files() && !commands_only.sftp);
+        assert_eq!(commands_only.decide_file("remove", &[b"/etc/hosts".to_vec()]).0, Verdict::Allow);
+        assert_eq!(commands_only.decide("scp -t /etc/hosts"), Verdict::Allow);
+        assert!(set(&[], &[]).sftp);
     }
 
     #[test]

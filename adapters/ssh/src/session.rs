@@ -562,6 +562,9 @@ struct Pair {
     answers: Arc<Answers>,
     /// The channel's SFTP, read as file operations, once asked for.
     sftp: Option<crate::sftp::Sftp>,
+    /// Statuses refusing SFTP requests, waiting for the end of the answer
+    /// packet the target is sending.
+    refusals: Vec<bytes::Bytes>,
     /// What the channel forwards, when it is a forwarded connection.
     forward: Option<Forwarded>,
     /// Output held back for masking: stdout, stderr.
@@ -1295,6 +1298,7 @@ fn pair(
         asked: std::collections::VecDeque::new(),
         answers,
         sftp: None,
+        refusals: Vec::new(),
         forward: None,
         masking: Default::default(),
         started: false,
@@ -1420,8 +1424,12 @@ async fn relay_event<S: EventSink>(
             if let Some(pair) = pairs.get_mut(&id) {
                 pair.gone[side as usize] = true;
                 if side == Side::Target {
-                    // Nothing the target was asked will be answered now.
+                    // Nothing the target was asked will be answered now,
+                    // and no answer of its will end for a refusal to follow.
                     pair.answers.forget(id);
+                    for status in pair.refusals.drain(..) {
+                        flow.delivered(Side::Target, status.len());
+                    }
                     // What masking held of its output goes before the close.
                     if let Some(masker) = rc.masker {
                         flush_masked(pair, masker, Some(u32::from(id)), recorder, flow, rc.gate, true).await?;
@@ -1573,6 +1581,9 @@ async fn relay_event<S: EventSink>(
             return Ok(());
         }
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. }) if name == SFTP => {
+            // Read as SFTP from the request on: a client need not wait for
+            // the answer before it sends its first requests.
+            pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
             let recorded = Exec { channel_id, command: format!("subsystem {SFTP}") };
             (Some(Out::Subsystem(name)), Some(recorded.into()))
         }
@@ -1588,6 +1599,12 @@ async fn relay_event<S: EventSink>(
         (Side::Client, ChannelMsg::Signal { signal }) => {
             let recorded = Signal { channel_id, signal: signal_name_of(&signal) };
             (Some(Out::Signal(signal)), Some(recorded.into()))
+        }
+        (Side::Client, ChannelMsg::Data { data })
+            if pair.sftp.is_some() && rc.gate.is_some_and(|g| g.rules.checks_files()) =>
+        {
+            let gate = rc.gate.expect("checked");
+            return checked_sftp(pair, id, data, admitted, gate, rc, recorder, flow).await;
         }
         (Side::Client, ChannelMsg::Data { data }) => {
             let recorded = match (pair.sftp.as_mut(), pair.terminal.as_mut()) {
@@ -1623,6 +1640,29 @@ async fn relay_event<S: EventSink>(
                 Some(what) => record_refusal(recorder, refusals, what).await,
                 None => Ok(()),
             };
+        }
+        (Side::Target, ChannelMsg::Data { data })
+            if !pair.refusals.is_empty() && pair.sftp.as_ref().and_then(|sftp| sftp.answer_rest(&data)).is_some() =>
+        {
+            // Statuses refusing requests go where the answer under way ends.
+            let sftp = pair.sftp.as_mut().expect("checked");
+            let end = sftp.answer_rest(&data).expect("checked");
+            sftp.answered(&data);
+            recorder.push(
+                Direction::TargetToClient,
+                TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into(),
+            );
+            if let Err(ending) = flush(recorder).await {
+                flow.delivered(side, admitted);
+                return Err(ending);
+            }
+            let mut pieces = vec![data.slice(..end)];
+            pieces.append(&mut pair.refusals);
+            pieces.push(data.slice(end..));
+            for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+                pair.to_client.send(Out::Data(piece), flow);
+            }
+            return Ok(());
         }
         (Side::Target, ChannelMsg::Data { data }) => {
             if let Some(sftp) = pair.sftp.as_mut() {
@@ -1705,15 +1745,7 @@ async fn relay_event<S: EventSink>(
             recorder.push(Direction::Gateway, masking_applied(rc.masker, masked_counts).into());
         }
         for file in files {
-            let recorded = FileTransfer {
-                channel_id,
-                operation: file.operation.to_string(),
-                path: file.path,
-                byte_count: file.byte_count,
-                target_path: file.target_path,
-                sha256: file.sha256,
-            };
-            recorder.push(Direction::ClientToTarget, recorded.into());
+            recorder.push(Direction::ClientToTarget, file_transfer(channel_id, file).into());
         }
         if let Err(ending) = flush(recorder).await {
             flow.delivered(side, admitted);
@@ -2010,22 +2042,71 @@ async fn decide_exec(
     raw: &[u8],
     session_id: SessionId,
 ) -> Option<(PolicyDecision, Option<String>)> {
-    let decision = |outcome, rule: &str, review_id: Option<String>, message: String| PolicyDecision {
+    // Decided on text: a command that is not UTF-8 text could be read as
+    // another; it is not let through unread.
+    let Ok(command) = std::str::from_utf8(raw) else {
+        let rule = format!("{}/unreadable", gate.rules.name);
+        let message = format!("refused by rule {rule}: the command is not UTF-8 text");
+        return Some((rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
+    };
+    let verdict = gate.rules.decide(command);
+    let held =
+        Held { kind: HeldKind::Exec, text: command.to_string(), hash: rc.policy.command_hash(raw), what: "command" };
+    decide_held(gate, rc, verdict, held, session_id).await
+}
+
+/// Decides a file operation an SFTP request asks under the session's
+/// rules, as [`decide_exec`] decides a command.
+async fn decide_file(
+    gate: &Gate,
+    rc: &RelayCtx<'_>,
+    operation: &str,
+    paths: &[Vec<u8>],
+    session_id: SessionId,
+) -> Option<(PolicyDecision, Option<String>)> {
+    let (verdict, line) = gate.rules.decide_file(operation, paths);
+    let held = Held { kind: HeldKind::File, hash: rc.policy.file_hash(&line), text: line, what: "operation" };
+    decide_held(gate, rc, verdict, held, session_id).await
+}
+
+/// What a rule holds: its kind, its text as a review shows it, the keyed
+/// hash that makes only the identical request run once approved, and what
+/// the client is told it is.
+struct Held {
+    kind: HeldKind,
+    text: String,
+    hash: String,
+    what: &'static str,
+}
+
+fn rule_decision(
+    gate: &Gate,
+    outcome: PolicyOutcome,
+    rule: &str,
+    review_id: Option<String>,
+    message: String,
+) -> PolicyDecision {
+    PolicyDecision {
         outcome,
         grant_id: gate.grant_id.clone(),
         rule: Some(rule.to_string()),
         review_id,
         ref_seq: None,
         message: Some(message),
-    };
-    // Decided on text: a command that is not UTF-8 text could be read as
-    // another; it is not let through unread.
-    let Ok(command) = std::str::from_utf8(raw) else {
-        let rule = format!("{}/unreadable", gate.rules.name);
-        let message = format!("refused by rule {rule}: the command is not UTF-8 text");
-        return Some((decision(PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
-    };
-    let rule = match gate.rules.decide(command) {
+    }
+}
+
+/// A verdict carried out: `None` if it allows; else the decision to
+/// record and why the client is refused (`None`: approved in review).
+async fn decide_held(
+    gate: &Gate,
+    rc: &RelayCtx<'_>,
+    verdict: Verdict,
+    held: Held,
+    session_id: SessionId,
+) -> Option<(PolicyDecision, Option<String>)> {
+    let decision = |outcome, rule: &str, review_id, message| rule_decision(gate, outcome, rule, review_id, message);
+    let rule = match verdict {
         Verdict::Allow => return None,
         Verdict::Block { rule } => {
             let message = format!("blocked by rule {rule}");
@@ -2035,16 +2116,16 @@ async fn decide_exec(
     };
     let refuse = |message: String| Some((decision(PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
     let (Some(holds), Some(grant_id)) = (rc.policy.holds(), gate.grant_id.clone()) else {
-        return refuse(format!("held by rule {rule}, and no control plane here reviews held commands"));
+        return refuse(format!("held by rule {rule}, and no control plane here reviews held {}s", held.what));
     };
     let request = HoldRequest {
         grant_id,
         resource: rc.resource.to_string(),
         session_id,
         ref_seq: None,
-        kind: HeldKind::Exec,
-        text: command.to_string(),
-        text_hash: rc.policy.command_hash(raw),
+        kind: held.kind,
+        text: held.text,
+        text_hash: held.hash,
         rule: rule.clone(),
         approval_group: gate.rules.approval_group.clone(),
     };
@@ -2055,7 +2136,8 @@ async fn decide_exec(
         }
         Ok(Ok(HoldOutcome::Held { review_id, .. })) => {
             let message = format!(
-                "held for review {review_id} by rule {rule}; once an approver allows it (proctor review approve {review_id}), run the identical command again: it runs once"
+                "held for review {review_id} by rule {rule}; once an approver allows it (proctor review approve {review_id}), run the identical {} again: it runs once",
+                held.what
             );
             Some((decision(PolicyOutcome::Hold, &rule, Some(review_id), message.clone()), Some(message)))
         }
@@ -2063,6 +2145,147 @@ async fn decide_exec(
         Err(_) => refuse(format!(
             "held by rule {rule}, and the control plane did not answer within {HOLD_TIMEOUT:?}; try again"
         )),
+    }
+}
+
+/// Relays what a client sends on an SFTP channel whose requests the
+/// session's rules decide: whole packets, each read before it passes.
+/// Everything the client sent is recorded first; a request the rules
+/// refuse is recorded as the operation asked with its decision, never
+/// reaches the target, and is answered with a status saying why.
+#[allow(clippy::too_many_arguments)]
+async fn checked_sftp<S: EventSink>(
+    pair: &mut Pair,
+    id: ChannelId,
+    data: bytes::Bytes,
+    admitted: usize,
+    gate: &Gate,
+    rc: &RelayCtx<'_>,
+    recorder: &mut SessionRecorder<S>,
+    flow: &Flow,
+) -> Result<(), Ending> {
+    let channel_id = Some(u32::from(id));
+    recorder.push(
+        Direction::ClientToTarget,
+        TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
+    );
+    let sftp = pair.sftp.as_mut().expect("an SFTP channel");
+    let Some(packets) = sftp.split_requests(&data) else {
+        // A packet no SFTP server reads: it cannot pass, and nothing after
+        // it can be told apart. The channel ends.
+        let message = format!(
+            "an SFTP request larger than {} bytes cannot be read under rule set {}: the channel was closed",
+            crate::sftp::MAX_PACKET,
+            gate.rules.name
+        );
+        let refused = refuse_by_rule(
+            recorder,
+            gate,
+            ErrorReport { message: message.clone(), ..Default::default() }.into(),
+            "unreadable",
+            message,
+        )
+        .await;
+        flow.delivered(Side::Client, admitted);
+        refused?;
+        pair.writer_mut(Side::Client).stop(flow);
+        pair.to_client.send(Out::Close, flow);
+        pair.to_target.send(Out::Close, flow);
+        return Ok(());
+    };
+    let (mut passing, mut files, mut refused, mut said) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for packet in packets {
+        let check = pair.sftp.as_ref().expect("an SFTP channel").check(&packet);
+        let refusal = match check {
+            crate::sftp::Check::Pass => None,
+            crate::sftp::Check::Operation { id, operation, paths } => {
+                match decide_file(gate, rc, operation, &paths, recorder.session_id()).await {
+                    None => None,
+                    Some((decision, refusal)) => {
+                        let mut paths = paths.iter().map(|p| String::from_utf8_lossy(p).into_owned());
+                        let asked = FileTransfer {
+                            channel_id,
+                            operation: operation.to_string(),
+                            path: paths.next().unwrap_or_default(),
+                            target_path: paths.next(),
+                            ..Default::default()
+                        };
+                        recorder.push(Direction::ClientToTarget, asked.into());
+                        recorder.push(Direction::Gateway, decision.into());
+                        refusal.map(|message| (Some(id), message))
+                    }
+                }
+            }
+            crate::sftp::Check::Unreadable { id } => {
+                let rule = format!("{}/unreadable", gate.rules.name);
+                let message = format!("refused by rule {rule}: the request cannot be read");
+                recorder.push(
+                    Direction::Gateway,
+                    rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()).into(),
+                );
+                Some((id, message))
+            }
+        };
+        match refusal {
+            None => {
+                files.extend(pair.sftp.as_mut().expect("an SFTP channel").passed(&packet));
+                passing.extend_from_slice(&(packet.len() as u32).to_be_bytes());
+                passing.extend_from_slice(&packet);
+            }
+            Some((id, message)) => {
+                // Said on the channel's stderr too: SFTP clients show their
+                // user the status's code, seldom its message.
+                said.push(bytes::Bytes::from(format!("Proctor: {message}\n")));
+                // (A request too short to carry an id gets no answer.)
+                if let Some(id) = id {
+                    refused.push(bytes::Bytes::from(crate::sftp::refusal(id, &format!("Proctor: {message}"))));
+                }
+            }
+        }
+    }
+    for file in files {
+        recorder.push(Direction::ClientToTarget, file_transfer(channel_id, file).into());
+    }
+    for (stream, sent) in
+        refused.iter().map(|s| (OutputStream::Stdout, s)).chain(said.iter().map(|s| (OutputStream::Stderr, s)))
+    {
+        recorder.push(Direction::Gateway, TerminalOutput { channel_id, stream, data: sent.to_vec() }.into());
+    }
+    if let Err(ending) = flush(recorder).await {
+        flow.delivered(Side::Client, admitted);
+        return Err(ending);
+    }
+    // The flow counts what goes to the target (bytes held for a packet's
+    // end were counted when they came), and the statuses that go back.
+    flow.reckon(Side::Client, admitted, passing.len());
+    if !passing.is_empty() {
+        pair.to_target.send(Out::Data(bytes::Bytes::from(passing)), flow);
+    }
+    for message in said {
+        flow.reckon(Side::Target, 0, message.len());
+        pair.to_client.send(Out::Extended(1, message), flow);
+    }
+    for status in refused {
+        flow.reckon(Side::Target, 0, status.len());
+        let between = pair.sftp.as_ref().is_some_and(|sftp| sftp.answer_rest(&[]) == Some(0));
+        if between && pair.refusals.is_empty() {
+            pair.to_client.send(Out::Data(status), flow);
+        } else {
+            pair.refusals.push(status);
+        }
+    }
+    Ok(())
+}
+
+/// A file operation SFTP requests said, as recorded.
+fn file_transfer(channel_id: Option<u32>, file: crate::sftp::Operation) -> FileTransfer {
+    FileTransfer {
+        channel_id,
+        operation: file.operation.to_string(),
+        path: file.path,
+        byte_count: file.byte_count,
+        target_path: file.target_path,
+        sha256: file.sha256,
     }
 }
 

@@ -5,10 +5,16 @@
 //! of a whole file transferred; which paths were removed, renamed, made,
 //! changed or linked.
 //!
-//! The reader never changes a byte and never holds one back: the channel's
-//! bytes are relayed and recorded as they are whatever this makes of them.
-//! A packet it cannot read is counted and skipped by its length; what an
-//! operation records is only what the packets said.
+//! Read only, the reader never changes a byte and never holds one back:
+//! the channel's bytes are relayed and recorded as they are whatever this
+//! makes of them. A packet it cannot read is counted and skipped by its
+//! length; what an operation records is only what the packets said.
+//!
+//! Under rules that decide file operations, requests are relayed as whole
+//! packets instead: each is read before it is passed ([`Sftp::split_requests`],
+//! [`Sftp::check`]), one the rules refuse is answered here with a status
+//! ([`refusal`]) put between the target's answers at a packet boundary
+//! ([`Sftp::answer_rest`]), and the target never sees it.
 
 use std::collections::HashMap;
 
@@ -18,6 +24,7 @@ use sha2::{Digest, Sha256};
 mod fxp {
     pub const INIT: u8 = 1;
     pub const OPEN: u8 = 3;
+    pub const OPENDIR: u8 = 11;
     pub const CLOSE: u8 = 4;
     pub const READ: u8 = 5;
     pub const WRITE: u8 = 6;
@@ -38,6 +45,11 @@ mod fxp {
 const OPEN_READ: u32 = 0x01;
 const OPEN_WRITE: u32 = 0x02;
 const OPEN_APPEND: u32 = 0x04;
+/// `SSH_FXF_CREAT`, `SSH_FXF_TRUNC`.
+const OPEN_CREATE: u32 = 0x08;
+const OPEN_TRUNCATE: u32 = 0x10;
+/// `SSH_FX_PERMISSION_DENIED`.
+const STATUS_PERMISSION_DENIED: u32 = 3;
 /// `SSH_FX_EOF`.
 const STATUS_EOF: u32 = 1;
 /// Open handles followed at most, and the longest handle (the protocol's
@@ -48,7 +60,7 @@ const MAX_PATH: usize = 4096;
 
 /// The largest packet read whole (OpenSSH's own limit is 256 KiB); a larger
 /// one is skipped by its length, its type counted.
-const MAX_PACKET: usize = 1 << 20;
+pub const MAX_PACKET: usize = 1 << 20;
 /// Requests awaiting their answer, at most (a client that never reads its
 /// answers cannot grow this without end).
 const MAX_PENDING: usize = 4096;
@@ -123,6 +135,25 @@ struct Framer {
 }
 
 impl Framer {
+    /// How many of `bytes` finish the packet under way: 0 between packets,
+    /// `None` if they do not finish it.
+    fn rest_of_packet(&self, bytes: &[u8]) -> Option<usize> {
+        if self.skip > 0 {
+            return (self.skip <= bytes.len()).then_some(self.skip);
+        }
+        let have = self.buffer.len();
+        if have == 0 {
+            return Some(0);
+        }
+        let mut header = [0u8; 4];
+        let from_buffer = have.min(4);
+        header[..from_buffer].copy_from_slice(&self.buffer[..from_buffer]);
+        let from_bytes = 4 - from_buffer;
+        header[from_buffer..].copy_from_slice(bytes.get(..from_bytes)?);
+        let need = (4 + u32::from_be_bytes(header) as usize).checked_sub(have)?;
+        (need <= bytes.len()).then_some(need)
+    }
+
     /// The whole packets `bytes` completes (each without its length), and
     /// how many packets too large to read were skipped.
     fn feed(&mut self, bytes: &[u8]) -> (Vec<Vec<u8>>, u64) {
@@ -210,19 +241,116 @@ impl Sftp {
     /// recorded as they pass (removals, renames, ..., and transfers ending
     /// at a close).
     pub fn requested(&mut self, bytes: &[u8]) -> Vec<Operation> {
-        let mut operations = Vec::new();
         let (packets, skipped) = self.requests.feed(bytes);
         if skipped > 0 {
             self.lost(skipped);
         }
-        for packet in packets {
-            match self.request(&packet) {
-                Some(Some(operation)) => operations.push(operation),
-                Some(None) => {}
-                None => self.lost(1),
+        packets.iter().filter_map(|packet| self.passed(packet)).collect()
+    }
+
+    /// The whole request packets `bytes` completes (each without its
+    /// length), none passed yet: each is to be [`check`](Sftp::check)ed,
+    /// then [`passed`](Sftp::passed) or refused. `None` once a packet is
+    /// larger than any SFTP server reads ([`MAX_PACKET`]): it cannot be
+    /// read, so it cannot pass, and nothing after it can be told apart.
+    pub fn split_requests(&mut self, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+        if self.requests.skip > 0 {
+            return None;
+        }
+        let (packets, skipped) = self.requests.feed(bytes);
+        (skipped == 0).then_some(packets)
+    }
+
+    /// A request packet passed on to the target: what it asks is followed,
+    /// and the operation to record if it is one.
+    pub fn passed(&mut self, packet: &[u8]) -> Option<Operation> {
+        match self.request(packet) {
+            Some(operation) => operation,
+            None => {
+                self.lost(1);
+                None
             }
         }
-        operations
+    }
+
+    /// What the rules decide of a request packet before it passes.
+    pub fn check(&self, packet: &[u8]) -> Check {
+        let mut f = Fields(packet);
+        let Some(kind) = f.u8() else { return Check::Unreadable { id: None } };
+        if !matches!(
+            kind,
+            fxp::OPEN
+                | fxp::OPENDIR
+                | fxp::REMOVE
+                | fxp::MKDIR
+                | fxp::RMDIR
+                | fxp::SETSTAT
+                | fxp::FSETSTAT
+                | fxp::RENAME
+                | fxp::SYMLINK
+                | fxp::EXTENDED
+        ) {
+            // Reading and writing through handles opened under the rules,
+            // attributes, directories' entries, paths' real names.
+            return Check::Pass;
+        }
+        let Some(id) = f.u32() else { return Check::Unreadable { id: None } };
+        let unreadable = Check::Unreadable { id: Some(id) };
+        let operation = |operation: &'static str, paths: Vec<&[u8]>| Check::Operation {
+            id,
+            operation,
+            paths: paths.into_iter().map(<[u8]>::to_vec).collect(),
+        };
+        let read = (|| {
+            Some(match kind {
+                fxp::OPEN => {
+                    let path = f.bytes()?;
+                    let flags = f.u32()?;
+                    let writes = flags & (OPEN_WRITE | OPEN_APPEND | OPEN_CREATE | OPEN_TRUNCATE) != 0;
+                    operation(if writes { "write" } else { "read" }, vec![path])
+                }
+                fxp::OPENDIR => operation("list", vec![f.bytes()?]),
+                fxp::REMOVE => operation("remove", vec![f.bytes()?]),
+                fxp::MKDIR => operation("mkdir", vec![f.bytes()?]),
+                fxp::RMDIR => operation("rmdir", vec![f.bytes()?]),
+                fxp::SETSTAT => operation("setstat", vec![f.bytes()?]),
+                fxp::FSETSTAT => {
+                    // Its handle's path (a handle not followed: unreadable).
+                    let open = self.handles.get(f.bytes()?)?;
+                    operation("setstat", vec![open.path.as_bytes()])
+                }
+                fxp::RENAME => operation("rename", vec![f.bytes()?, f.bytes()?]),
+                // (OpenSSH's order: the link's target, then the link.)
+                fxp::SYMLINK => operation("symlink", vec![f.bytes()?, f.bytes()?]),
+                _ => match f.bytes()? {
+                    b"posix-rename@openssh.com" => operation("rename", vec![f.bytes()?, f.bytes()?]),
+                    b"hardlink@openssh.com" => operation("link", vec![f.bytes()?, f.bytes()?]),
+                    b"lsetstat@openssh.com" => operation("setstat", vec![f.bytes()?]),
+                    b"check-file-name" => operation("read", vec![f.bytes()?]),
+                    // Through handles, or about the server or the file
+                    // system: nothing a path rule speaks of.
+                    b"statvfs@openssh.com"
+                    | b"fstatvfs@openssh.com"
+                    | b"fsync@openssh.com"
+                    | b"limits@openssh.com"
+                    | b"expand-path@openssh.com"
+                    | b"home-directory"
+                    | b"users-groups-by-id@openssh.com"
+                    | b"copy-data"
+                    | b"check-file-handle" => Check::Pass,
+                    // An extension not known here could do anything.
+                    _ => return None,
+                },
+            })
+        })();
+        read.unwrap_or(unreadable)
+    }
+
+    /// How many of the target's `bytes` (about to be read) finish the
+    /// answer packet under way: 0 between packets, where a status may be
+    /// put; `None` if they do not finish it.
+    pub fn answer_rest(&self, bytes: &[u8]) -> Option<usize> {
+        self.answers.rest_of_packet(bytes)
     }
 
     /// Bytes the target answered with.
@@ -337,6 +465,7 @@ impl Sftp {
                         let link = f.text()?;
                         Some(Operation { target_path: Some(target), ..Operation::path("link", link) })
                     }
+                    "lsetstat@openssh.com" => Some(Operation::path("setstat", f.text()?)),
                     _ => None,
                 }
             }
@@ -396,6 +525,35 @@ impl Sftp {
         }
         Some(())
     }
+}
+
+/// What the rules are asked of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing a rule decides.
+    Pass,
+    /// `operation` (`read`, `write`, `list`, `remove`, `mkdir`, `rmdir`,
+    /// `setstat`, `rename`, `symlink`, `link`) on `paths` as the request
+    /// named them.
+    Operation { id: u32, operation: &'static str, paths: Vec<Vec<u8>> },
+    /// A request a rule would decide, which cannot be read (malformed, an
+    /// unknown extension, a handle not followed).
+    Unreadable { id: Option<u32> },
+}
+
+/// The status that refuses request `id`, with `message`: a whole packet,
+/// its length first.
+pub fn refusal(id: u32, message: &str) -> Vec<u8> {
+    let mut body = vec![fxp::STATUS];
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(&STATUS_PERMISSION_DENIED.to_be_bytes());
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message.as_bytes());
+    // The language tag: none.
+    body.extend_from_slice(&0u32.to_be_bytes());
+    let mut packet = (body.len() as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -509,5 +667,123 @@ mod tests {
             sftp.requested(&bytes);
             sftp.answered(&bytes);
         }
+    }
+
+    /// Generated requests of every kind a rule decides: what the rules are
+    /// asked ([`Sftp::check`]) names the same paths as what is recorded
+    /// once the request passes ([`Sftp::passed`]): the two readers agree.
+    #[test]
+    fn what_the_rules_decide_is_what_is_recorded() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let alphabet = b"ab/.~ -_\xc3\xa9";
+        let path = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<u8> {
+            (0..rng.random_range(0..12)).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
+        };
+        for case in 0..3000u32 {
+            let mut sftp = Sftp::default();
+            let (a, b) = (path(&mut rng), path(&mut rng));
+            let flags: u32 = rng.random_range(0..0x40);
+            let (kind, fields, expected): (u8, Vec<Vec<u8>>, (&str, Vec<&[u8]>)) = match rng.random_range(0..9) {
+                0 => {
+                    let writes = flags & (OPEN_WRITE | OPEN_APPEND | OPEN_CREATE | OPEN_TRUNCATE) != 0;
+                    let fields = vec![string(&a), flags.to_be_bytes().to_vec(), 0u32.to_be_bytes().to_vec()];
+                    (fxp::OPEN, fields, (if writes { "write" } else { "read" }, vec![&a]))
+                }
+                1 => (fxp::REMOVE, vec![string(&a)], ("remove", vec![&a])),
+                2 => (fxp::MKDIR, vec![string(&a), 0u32.to_be_bytes().to_vec()], ("mkdir", vec![&a])),
+                3 => (fxp::RMDIR, vec![string(&a)], ("rmdir", vec![&a])),
+                4 => (fxp::SETSTAT, vec![string(&a), 0u32.to_be_bytes().to_vec()], ("setstat", vec![&a])),
+                5 => (fxp::RENAME, vec![string(&a), string(&b)], ("rename", vec![&a, &b])),
+                6 => (fxp::SYMLINK, vec![string(&a), string(&b)], ("symlink", vec![&a, &b])),
+                7 => {
+                    let fields = vec![string(b"posix-rename@openssh.com"), string(&a), string(&b)];
+                    (fxp::EXTENDED, fields, ("rename", vec![&a, &b]))
+                }
+                _ => (
+                    fxp::EXTENDED,
+                    vec![string(b"hardlink@openssh.com"), string(&a), string(&b)],
+                    ("link", vec![&a, &b]),
+                ),
+            };
+            let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            let whole = packet(kind, Some(case), &refs);
+            let body = &whole[4..];
+            let Check::Operation { id, operation, paths } = sftp.check(body) else {
+                panic!("case {case}: {:?}", sftp.check(body))
+            };
+            assert_eq!((id, operation), (case, expected.0), "case {case}");
+            assert_eq!(paths, expected.1.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), "case {case}");
+            let recorded = sftp.passed(body).expect("recorded");
+            let lossy = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+            // Recorded as the path, then the other path (a symlink's and a
+            // link's target first on the wire, as OpenSSH sends it).
+            let (first, second) = match kind {
+                fxp::SYMLINK => (&paths[1], paths.first()),
+                fxp::EXTENDED if operation == "link" => (&paths[1], paths.first()),
+                _ => (&paths[0], paths.get(1)),
+            };
+            assert_eq!(recorded.path, lossy(first), "case {case}");
+            assert_eq!(recorded.target_path, second.map(|p| lossy(p)), "case {case}");
+        }
+    }
+
+    /// The answer stream cut anywhere: where the packet under way ends, as
+    /// [`Sftp::answer_rest`] tells it, is where the whole packets of the
+    /// stream end.
+    #[test]
+    fn the_end_of_an_answer_is_found_wherever_the_stream_is_cut() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for case in 0..500 {
+            let mut stream = Vec::new();
+            let mut ends = std::collections::BTreeSet::new();
+            for id in 0..rng.random_range(1..8u32) {
+                let data: Vec<u8> = (0..rng.random_range(0..300)).map(|_| rng.random()).collect();
+                stream.extend(packet(fxp::DATA, Some(id), &[&string(&data)]));
+                ends.insert(stream.len());
+            }
+            let mut sftp = Sftp::default();
+            let mut at = 0;
+            while at < stream.len() {
+                let cut = (at + rng.random_range(0..400)).min(stream.len());
+                let piece = &stream[at..cut];
+                let between = at == 0 || ends.contains(&at);
+                let next_end = ends.range(at + usize::from(between)..).next().copied();
+                let expected = if between { Some(0) } else { next_end.filter(|&end| end <= cut).map(|end| end - at) };
+                assert_eq!(sftp.answer_rest(piece), expected, "case {case} at {at}..{cut}");
+                sftp.answered(piece);
+                at = cut;
+            }
+            assert_eq!(sftp.answer_rest(&[]), Some(0));
+        }
+    }
+
+    #[test]
+    fn requests_a_rule_cannot_read_are_told_apart() {
+        let sftp = Sftp::default();
+        let body = |p: Vec<u8>| p[4..].to_vec();
+        assert_eq!(sftp.check(&body(packet(fxp::READ, Some(1), &[b"x"]))), Check::Pass);
+        assert_eq!(sftp.check(&body(packet(fxp::OPEN, Some(2), &[b"\xff\xff"]))), Check::Unreadable { id: Some(2) });
+        assert_eq!(sftp.check(&[fxp::REMOVE, 0]), Check::Unreadable { id: None });
+        let unknown = body(packet(fxp::EXTENDED, Some(3), &[&string(b"rm-rf@example.com"), &string(b"/")]));
+        assert_eq!(sftp.check(&unknown), Check::Unreadable { id: Some(3) });
+        let harmless = body(packet(fxp::EXTENDED, Some(4), &[&string(b"limits@openssh.com")]));
+        assert_eq!(sftp.check(&harmless), Check::Pass);
+        // A handle not followed cannot be told a path.
+        let fsetstat = body(packet(fxp::FSETSTAT, Some(5), &[&string(b"h9"), &0u32.to_be_bytes()]));
+        assert_eq!(sftp.check(&fsetstat), Check::Unreadable { id: Some(5) });
+        // A refusal is a whole status packet that the answer reader reads.
+        let mut reader = Sftp::default();
+        let status = refusal(7, "no");
+        assert_eq!(reader.answer_rest(&status[..5]), Some(0));
+        reader.answered(&status[..5]);
+        assert_eq!(reader.answer_rest(&status[5..]), Some(status.len() - 5));
+        // More than one packet over the limit cannot be split.
+        let mut split = Sftp::default();
+        let mut huge = ((MAX_PACKET + 1) as u32).to_be_bytes().to_vec();
+        huge.push(fxp::WRITE);
+        assert!(split.split_requests(&huge).is_none());
+        assert!(split.split_requests(b"more").is_none());
     }
 }
