@@ -122,6 +122,49 @@ fn secret_like_end(held: &[u8]) -> usize {
 
 /// `bytes` with what the detectors find in their screen text replaced.
 pub fn mask_bytes(masker: &Masker, bytes: &[u8], counts: &mut Counts) -> Vec<u8> {
+    mask_with(masker, bytes, counts, false)
+}
+
+/// [`mask_bytes`], each replacement made as long as what it replaces (cut,
+/// or `*` put before it): for bytes whose places are counted (a file read
+/// at offsets).
+pub fn mask_bytes_in_place(masker: &Masker, bytes: &[u8], counts: &mut Counts) -> Vec<u8> {
+    mask_with(masker, bytes, counts, true)
+}
+
+fn mask_with(masker: &Masker, bytes: &[u8], counts: &mut Counts, in_place: bool) -> Vec<u8> {
+    let found = replacements(masker, bytes, counts, in_place, |_| true);
+    if found.is_empty() {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 32);
+    let mut done = 0;
+    for replacement in found {
+        out.extend_from_slice(&bytes[done..replacement.raw.start]);
+        out.extend_from_slice(&replacement.bytes);
+        done = replacement.raw.end;
+    }
+    out.extend_from_slice(&bytes[done..]);
+    out
+}
+
+/// A secret found in bytes: where it is, and what replaces it.
+#[derive(Debug)]
+pub struct Replacement {
+    pub raw: std::ops::Range<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// What the detectors find in the screen text of `bytes`, in order and
+/// apart: each secret's place in the bytes and what replaces it (as long
+/// as it, `in_place`). Those starting where `counted` says are counted.
+pub fn replacements(
+    masker: &Masker,
+    bytes: &[u8],
+    counts: &mut Counts,
+    in_place: bool,
+    counted: impl Fn(usize) -> bool,
+) -> Vec<Replacement> {
     // The screen text, and where each of its characters is in the bytes.
     let mut visible = String::new();
     let mut places: Vec<(usize, usize, usize)> = Vec::new();
@@ -147,34 +190,49 @@ pub fn mask_bytes(masker: &Masker, bytes: &[u8], counts: &mut Counts) -> Vec<u8>
         }
     }
     let findings = masker.findings(&visible);
-    if findings.is_empty() {
-        return bytes.to_vec();
-    }
     let place = |index: usize| places.binary_search_by_key(&index, |p| p.0);
-    let mut out = Vec::with_capacity(bytes.len() + 32);
-    let mut done_raw = 0;
+    let mut found = Vec::new();
     let mut done_visible = 0;
+    let mut scratch = Counts::new();
     for finding in findings.iter() {
+        let (Ok(first), Ok(last)) = (place(finding.range.start), place(prev_char(&visible, finding.range.end))) else {
+            continue;
+        };
+        let (raw_start, raw_end) = (places[first].1, places[last].2);
+        let counts = if counted(raw_start) { &mut *counts } else { &mut scratch };
         if finding.range.start < done_visible {
             // The same text found twice is masked once.
             proctor_gateway_core::masking::count(counts, finding.detector.as_str());
             continue;
         }
-        let (Ok(first), Ok(last)) = (place(finding.range.start), place(prev_char(&visible, finding.range.end))) else {
-            continue;
-        };
-        let (raw_start, raw_end) = (places[first].1, places[last].2);
-        out.extend_from_slice(&bytes[done_raw..raw_start]);
         let value = &visible[finding.range.clone()];
         let whole = Finding { detector: finding.detector, range: 0..value.len() };
         let mut replaced = Vec::new();
         masker.write_masked(value, std::slice::from_ref(&whole), counts, &mut replaced);
-        out.extend_from_slice(&replaced);
-        done_raw = raw_end;
+        if in_place {
+            fit(&mut replaced, raw_end - raw_start);
+        }
+        found.push(Replacement { raw: raw_start..raw_end, bytes: replaced });
         done_visible = finding.range.end;
     }
-    out.extend_from_slice(&bytes[done_raw..]);
-    out
+    found
+}
+
+/// `replaced` made exactly `len` bytes long: `*` put before it, or cut
+/// after its last whole character within `len` and `*` put after.
+fn fit(replaced: &mut Vec<u8>, len: usize) {
+    if replaced.len() <= len {
+        let mut fitted = vec![b'*'; len - replaced.len()];
+        fitted.append(replaced);
+        *replaced = fitted;
+        return;
+    }
+    let mut cut = len;
+    while cut > 0 && (replaced[cut] & 0xc0) == 0x80 {
+        cut -= 1;
+    }
+    replaced.truncate(cut);
+    replaced.resize(len, b'*');
 }
 
 /// The byte index of the last character of `text` before `end`.

@@ -574,9 +574,10 @@ struct Pair {
 }
 
 impl Pair {
-    /// Whether this channel's output is masked (when the session is): text
-    /// output is; SFTP's packets and forwarded connections' bytes are
-    /// another protocol's, passed as they are.
+    /// Whether this channel's output is masked as text (when the session
+    /// is): text output is; SFTP's packets are another protocol's, whose
+    /// reads' data its reader masks ([`crate::sftp::Sftp::answered_masked`]);
+    /// forwarded connections' bytes pass as they are.
     fn masks(&self) -> bool {
         self.sftp.is_none() && self.forward.is_none()
     }
@@ -1583,7 +1584,7 @@ async fn relay_event<S: EventSink>(
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. }) if name == SFTP => {
             // Read as SFTP from the request on: a client need not wait for
             // the answer before it sends its first requests.
-            pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
+            pair.sftp.get_or_insert_with(|| crate::sftp::Sftp::new(rc.masker.is_some()));
             let recorded = Exec { channel_id, command: format!("subsystem {SFTP}") };
             (Some(Out::Subsystem(name)), Some(recorded.into()))
         }
@@ -1642,7 +1643,8 @@ async fn relay_event<S: EventSink>(
             };
         }
         (Side::Target, ChannelMsg::Data { data })
-            if !pair.refusals.is_empty() && pair.sftp.as_ref().and_then(|sftp| sftp.answer_rest(&data)).is_some() =>
+            if !pair.refusals.is_empty()
+                && pair.sftp.as_ref().is_some_and(|sftp| !sftp.masks() && sftp.answer_rest(&data).is_some()) =>
         {
             // Statuses refusing requests go where the answer under way ends.
             let sftp = pair.sftp.as_mut().expect("checked");
@@ -1663,6 +1665,36 @@ async fn relay_event<S: EventSink>(
                 pair.to_client.send(Out::Data(piece), flow);
             }
             return Ok(());
+        }
+        (Side::Target, ChannelMsg::Data { data }) if pair.sftp.as_ref().is_some_and(|sftp| sftp.masks()) => {
+            let masker = rc.masker.expect("a masked SFTP channel is in a masked session");
+            let sftp = pair.sftp.as_mut().expect("checked");
+            let Some(ready) = sftp.answered_masked(&data, masker, &mut masked_counts, std::time::Instant::now()) else {
+                // An answer too large to read cannot be masked: the channel
+                // ends rather than pass it.
+                let message = format!(
+                    "an SFTP answer larger than {} bytes cannot be masked: the channel was closed",
+                    crate::sftp::MAX_PACKET
+                );
+                recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
+                flow.delivered(side, admitted);
+                flush(recorder).await?;
+                pair.writer_mut(Side::Target).stop(flow);
+                pair.to_client.send(Out::Close, flow);
+                pair.to_target.send(Out::Close, flow);
+                return Ok(());
+            };
+            // What goes is what the flow counts (held bytes were counted
+            // when they came).
+            flow.reckon(Side::Target, admitted, ready.len());
+            if ready.is_empty() {
+                return Ok(());
+            }
+            let data = bytes::Bytes::from(ready);
+            (
+                Some(Out::Data(data.clone())),
+                Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
+            )
         }
         (Side::Target, ChannelMsg::Data { data }) => {
             if let Some(sftp) = pair.sftp.as_mut() {
@@ -1710,7 +1742,7 @@ async fn relay_event<S: EventSink>(
                 }
                 // Read as SFTP (and not masked) only once the target runs it.
                 Some(Asked::Sftp) => {
-                    pair.sftp.get_or_insert_with(crate::sftp::Sftp::default);
+                    pair.sftp.get_or_insert_with(|| crate::sftp::Sftp::new(rc.masker.is_some()));
                 }
                 _ => {}
             }
@@ -1953,6 +1985,19 @@ async fn flush_masked<S: EventSink>(
     let mut counts = Counts::new();
     let mut out = Vec::new();
     let mut ended = None;
+    // A read's answer an SFTP channel holds back.
+    if let Some(sftp) = pair.sftp.as_mut() {
+        let held = sftp.flush_masked(masker, &mut counts);
+        if !held.is_empty() {
+            // (Uncounted in the flow while held: counted again as it goes.)
+            flow.reckon(Side::Target, 0, held.len());
+            recorder.push(
+                Direction::TargetToClient,
+                TerminalOutput { channel_id, stream: OutputStream::Stdout, data: held.clone() }.into(),
+            );
+            out.push(Out::Data(bytes::Bytes::from(held)));
+        }
+    }
     for (index, stream) in [OutputStream::Stdout, OutputStream::Stderr].into_iter().enumerate() {
         let (held, was) = pair.masking[index].flush(masker, &mut counts, all, std::time::Instant::now());
         if held.is_empty() {
@@ -2001,7 +2046,8 @@ async fn flush_due<S: EventSink>(
 ) -> Result<(), Ending> {
     let now = std::time::Instant::now();
     for (id, pair) in pairs.iter_mut() {
-        if pair.masking.iter().any(|m| m.due().is_some_and(|due| due <= now)) {
+        let sftp_due = pair.sftp.as_ref().and_then(crate::sftp::Sftp::masking_due);
+        if pair.masking.iter().map(crate::mask::OutputMasker::due).chain([sftp_due]).flatten().any(|due| due <= now) {
             flush_masked(pair, masker, Some(u32::from(*id)), recorder, flow, gate, false).await?;
         }
     }

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use proctor_schemas::{EventBody, FileTransfer};
+use proctor_schemas::{EventBody, FileTransfer, OutputStream};
 use sha2::{Digest, Sha256};
 
 /// OpenSSH's `sftp` or `scp` through Proctor, with the gateway's pinned key
@@ -110,6 +110,56 @@ async fn sftp_and_scp_operations_are_recorded_with_whole_file_hashes() {
     assert_eq!(copied.sha256.as_deref(), Some(hash.as_str()), "scp (over SFTP) too");
     // The subsystem is recorded as what the channel ran.
     assert!(sessions.iter().flatten().any(|e| matches!(&e.body, EventBody::Exec(x) if x.command == "subsystem sftp")));
+}
+
+/// In a masked session, a file read over SFTP is masked for the client and
+/// the recording: a card number cut between two reads (16 KiB each, `-B`)
+/// is found whole; the file keeps its length; its recorded SHA-256 is that
+/// of the bytes the client got; and a file without secrets passes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_read_over_sftp_is_masked_even_across_reads() {
+    let gateway = Gateway::start_with(None, false, masked_by_default()).await;
+    let dir = gateway.dir.path().to_path_buf();
+    let mut secret = "log line\n".repeat(32 * 1024 / 9).into_bytes();
+    secret.truncate(32 * 1024 - 8);
+    secret.extend_from_slice(b"4111 1111 1111 1111 is the card\n");
+    secret.extend_from_slice(&"tail\n".repeat(100).into_bytes());
+    std::fs::write(dir.join("secret.txt"), &secret).unwrap();
+    let plain: Vec<u8> = (0..100_000u32).flat_map(|i| format!("row {i}\n").into_bytes()).collect();
+    std::fs::write(dir.join("plain.txt"), &plain).unwrap();
+    let d = dir.display().to_string();
+    let batch = dir.join("batch");
+    std::fs::write(&batch, format!("get {d}/secret.txt {d}/got-secret.txt\nget {d}/plain.txt {d}/got-plain.txt\n")).unwrap();
+    let gateway = tokio::task::spawn_blocking(move || {
+        client(&gateway, "sftp", &["-B", "16384", "-b", batch.to_str().unwrap(), "agent@127.0.0.1"]);
+        gateway
+    })
+    .await
+    .unwrap();
+    let got = std::fs::read(dir.join("got-secret.txt")).unwrap();
+    assert_eq!(got.len(), secret.len(), "masked in place");
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(!text.contains("4111 ") && !text.contains("1111 1111"), "{}", &text[32 * 1024 - 40..32 * 1024 + 40]);
+    assert!(text.contains(" is the card\n") && text.starts_with("log line\n") && text.ends_with("tail\n"));
+    assert_eq!(std::fs::read(dir.join("got-plain.txt")).unwrap(), plain, "a file without secrets passes exactly");
+
+    let sessions = tokio::time::timeout(Duration::from_secs(60), gateway.recorded()).await.unwrap();
+    let events: Vec<_> = sessions.into_iter().flatten().collect();
+    let recorded = output(&events, OutputStream::Stdout);
+    assert!(
+        !recorded.windows(9).any(|w| w == b"1111 1111" || w == b"4111 1111"),
+        "the recording never held the card number"
+    );
+    assert!(events.iter().any(|e| matches!(&e.body, EventBody::MaskingApplied(m) if !m.masked.is_empty())));
+    let read = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::FileTransfer(f) if f.operation == "read" && f.path.ends_with("/secret.txt") => Some(f.clone()),
+            _ => None,
+        })
+        .expect("the read recorded");
+    let got_hash: String = Sha256::digest(&got).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(read.sha256, Some(got_hash), "the hash of what the client got");
 }
 
 /// `rsync -e ssh` and `git clone`/`git push` over SSH, through Proctor:
