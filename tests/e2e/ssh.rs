@@ -660,6 +660,23 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     assert!(!again.status.success(), "an approval runs the operation once");
     assert!(!remote.join("guarded/new.txt").exists());
 
+    // A rename into the guarded directory is the write it amounts to.
+    std::fs::write(remote.join("free.txt"), "free\n").unwrap();
+    let renamed = sftp(format!("rename {r}/free.txt {r}/guarded/moved.txt\n"));
+    assert!(!renamed.status.success());
+    assert!(said(&renamed).contains("files/hold:sftp write */guarded/*"), "{}", said(&renamed));
+    assert!(remote.join("free.txt").exists() && !remote.join("guarded/moved.txt").exists());
+
+    // SFTP run as a command under another name is read as SFTP all the same.
+    let server = base.join("file-server");
+    std::fs::copy("/usr/lib/openssh/sftp-server", &server).unwrap();
+    std::fs::write(&batch, format!("put {l} {r}/guarded/exec.txt\n")).unwrap();
+    let renamed_server =
+        sh(&format!("{} -s {} -b {} {destination}", client("sftp"), server.display(), batch.display()));
+    assert!(!renamed_server.status.success());
+    assert!(said(&renamed_server).contains("files/hold:sftp write */guarded/*"), "{}", said(&renamed_server));
+    assert!(!remote.join("guarded/exec.txt").exists());
+
     // scp, legacy (its server side run as a command) and over SFTP.
     for (mode, name) in [("-O", "legacy.txt"), ("-s", "sftp.txt")] {
         let copied = sh(&format!("{} {mode} {l} {destination}:{r}/guarded/{name}", client("scp")));
@@ -672,7 +689,7 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
     let search = |query: &str| search_in(&data, query);
     assert_eq!(search("kind:policy_decision outcome:block").len(), 1);
-    assert_eq!(search("kind:policy_decision outcome:hold").len(), 4);
+    assert_eq!(search("kind:policy_decision outcome:hold").len(), 6);
     assert_eq!(search(&format!("kind:review_approved review:{review}")).len(), 1);
     // The approved upload, recorded with the bytes it wrote, once.
     let files = search("kind:file_transfer");

@@ -198,7 +198,7 @@ impl SshRuleSet {
             for command in &looked {
                 match command[0].as_str() {
                     "scp" => match scp_operation(command) {
-                        Some(operation) => operations.push(operation),
+                        Some(found) => operations.extend(found),
                         None if scp_moves_files(command) => return unreadable(),
                         None => {}
                     },
@@ -216,24 +216,44 @@ impl SshRuleSet {
         self.files
     }
 
-    /// Decides a file operation (`operation` as [`FileOperation`] names
-    /// it) on `paths` as an SFTP request named them, and gives the line it
-    /// was matched as (`sftp write /etc/hosts`), the text a review shows.
-    /// A path that is not UTF-8 text, or that climbs with `..` (where a
-    /// symbolic link would lead the target elsewhere than the words say),
+    /// Decides a file operation (`operation` as [`crate::sftp::Check`]
+    /// names it) on `paths` as an SFTP request named them, relative ones
+    /// relative to `home` if the target said it, and gives the line it was
+    /// matched as (`sftp write /etc/hosts`), the text a review shows. A
+    /// path that is not UTF-8 text, holds a NUL, or climbs with `..` (where
+    /// a symbolic link would lead the target elsewhere than the words say)
     /// is held unread.
-    pub fn decide_file(&self, operation: &str, paths: &[Vec<u8>]) -> (Verdict, String) {
-        let mut words = vec![FILES.to_string(), operation.to_string()];
+    ///
+    /// An operation is matched as itself and as what it amounts to (see
+    /// [`amounts_to`]): `sftp write /etc/*` holds a rename into `/etc` too.
+    pub fn decide_file(&self, operation: &str, paths: &[Vec<u8>], home: Option<&str>) -> (Verdict, String) {
+        let mut texts = Vec::new();
         let mut readable = true;
-        for path in paths {
-            match std::str::from_utf8(path).ok().and_then(|p| normalized_path(p, false)) {
-                Some(path) => words.push(path),
+        for (i, path) in paths.iter().enumerate() {
+            let Ok(mut text) = std::str::from_utf8(path).map(str::to_string) else {
+                readable = false;
+                texts.push(String::from_utf8_lossy(path).into_owned());
+                continue;
+            };
+            // A symbolic link's relative target is its directory's.
+            if operation == "symlink"
+                && i == 0
+                && !text.starts_with('/')
+                && let Some((dir, _)) =
+                    paths.get(1).and_then(|l| std::str::from_utf8(l).ok()).and_then(|l| l.rsplit_once('/'))
+            {
+                text = format!("{dir}/{text}");
+            }
+            match normalized_path(&text, false) {
+                Some(path) => texts.push(path),
                 None => {
                     readable = false;
-                    words.push(String::from_utf8_lossy(path).into_owned());
+                    texts.push(text);
                 }
             }
         }
+        let mut words = vec![FILES.to_string(), operation.to_string()];
+        words.extend(texts.iter().cloned());
         let line = words.iter().map(|w| shell_quoted(w)).collect::<Vec<_>>().join(" ");
         if !self.files {
             return (Verdict::Allow, line);
@@ -241,7 +261,23 @@ impl SshRuleSet {
         if !readable {
             return (Verdict::Hold { rule: format!("{}/unreadable", self.name) }, line);
         }
-        (self.first_match(&[words]), line)
+        let commands: Vec<Vec<String>> = amounts_to(operation, &texts)
+            .into_iter()
+            .flat_map(|(operation, paths)| {
+                // Each path by each of its names: absolute, and relative
+                // to the login directory, when the target said which.
+                let mut commands = vec![vec![FILES.to_string(), operation.to_string()]];
+                for path in &paths {
+                    let names = names_of(path, home);
+                    commands = commands
+                        .into_iter()
+                        .flat_map(|c| names.iter().map(move |n| [c.clone(), vec![n.clone()]].concat()))
+                        .collect();
+                }
+                commands
+            })
+            .collect();
+        (self.first_match(&commands), line)
     }
 
     /// The first `block` pattern any of `commands` matches, else the first
@@ -260,11 +296,79 @@ impl SshRuleSet {
     }
 }
 
+/// What a file operation amounts to, as the operations it is matched as:
+/// itself; a rename removes its old name and writes its new one; a link,
+/// symbolic or not, writes its name and lets what it names be written
+/// through it; making a directory or changing attributes (modes, owners,
+/// size) writes the path; removing a directory removes it. A path that
+/// may be a directory stands for what is under it too ([`under`]).
+fn amounts_to(operation: &str, paths: &[String]) -> Vec<(&'static str, Vec<String>)> {
+    let itself = match operation {
+        "read" => "read",
+        "write" => "write",
+        "list" => "list",
+        "remove" => "remove",
+        "mkdir" => "mkdir",
+        "rmdir" => "rmdir",
+        "setstat" => "setstat",
+        "rename" => "rename",
+        "symlink" => "symlink",
+        "link" => "link",
+        _ => "other",
+    };
+    let mut all = vec![(itself, paths.to_vec())];
+    match (operation, paths) {
+        ("rename", [from, to]) => {
+            all.extend([("remove", vec![from.clone()]), ("remove", vec![under(from)])]);
+            all.extend([("write", vec![to.clone()]), ("write", vec![under(to)])]);
+        }
+        ("symlink", [target, link]) => {
+            all.extend([
+                ("write", vec![link.clone()]),
+                ("write", vec![target.clone()]),
+                ("write", vec![under(target)]),
+            ]);
+        }
+        ("link", [target, link]) => all.extend([("write", vec![link.clone()]), ("write", vec![target.clone()])]),
+        ("mkdir" | "setstat", [path]) => all.push(("write", vec![path.clone()])),
+        ("rmdir", [path]) => all.push(("remove", vec![path.clone()])),
+        _ => {}
+    }
+    all
+}
+
+/// A path that stands for everything under directory `path`: matched by
+/// a pattern that some path under it would match ([`could_match`]).
+fn under(path: &str) -> String {
+    format!("{}/{UNDER}", path.trim_end_matches('/'))
+}
+
+/// Marks a path as standing for what is under it (no path holds a NUL).
+const UNDER: char = '\0';
+
+/// The names a path is matched by: itself, and, when the target said
+/// which directory relative paths are relative to, its other name
+/// (`~/x` and `/home/u/x`).
+fn names_of(path: &str, home: Option<&str>) -> Vec<String> {
+    let mut names = vec![path.to_string()];
+    let Some(home) = home.and_then(|h| normalized_path(h, false)).filter(|h| h.starts_with('/')) else {
+        return names;
+    };
+    if let Some(rest) = path.strip_prefix('~') {
+        names.push(format!("{}{rest}", if home == "/" && rest.starts_with('/') { "" } else { &home }));
+    } else if let Some(rest) = path.strip_prefix(home.as_str()).filter(|r| r.is_empty() || r.starts_with('/')) {
+        names.push(format!("~{rest}"));
+    }
+    names
+}
+
 /// Legacy scp's server side (`scp -t PATH` receives, `scp -f PATH...`
-/// sends) as the file operation it is: `sftp write PATH` or `sftp read
-/// PATH...`; `None` if it is not one, or names a path only its shell can
-/// work out (then [`scp_moves_files`] tells it moves files all the same).
-fn scp_operation(command: &[String]) -> Option<Vec<String>> {
+/// sends) as the file operations it is: `sftp write PATH` (and under it:
+/// PATH may be a directory the files go into, named by what scp sends)
+/// or `sftp read PATH...` (and under them, recursive); `None` if it is not
+/// one, or names a path only its shell can work out (then
+/// [`scp_moves_files`] tells it moves files all the same).
+fn scp_operation(command: &[String]) -> Option<Vec<Vec<String>>> {
     let (mut flags, mut paths, mut options) = (String::new(), Vec::new(), true);
     for word in &command[1..] {
         if options && word == "--" {
@@ -275,21 +379,25 @@ fn scp_operation(command: &[String]) -> Option<Vec<String>> {
             paths.push(word);
         }
     }
-    let operation = if flags.contains('t') {
-        "write"
+    let (operation, directories) = if flags.contains('t') {
+        ("write", true)
     } else if flags.contains('f') {
-        "read"
+        ("read", flags.contains('r'))
     } else {
         return None;
     };
     if paths.is_empty() {
         return None;
     }
-    let mut words = vec![FILES.to_string(), operation.to_string()];
+    let mut commands = Vec::new();
     for path in paths {
-        words.push(normalized_path(path, true)?);
+        let path = normalized_path(path, true)?;
+        if directories {
+            commands.push(vec![FILES.to_string(), operation.to_string(), under(&path)]);
+        }
+        commands.push(vec![FILES.to_string(), operation.to_string(), path]);
     }
-    Some(words)
+    Some(commands)
 }
 
 /// Whether an scp command is legacy scp's server side (`-t` or `-f`).
@@ -313,6 +421,9 @@ fn normalized_path(path: &str, shell: bool) -> Option<String> {
         if path.contains(['$', '*', '?', '[', '`', '{', '~', '\\']) {
             return None;
         }
+    }
+    if path.contains('\0') {
+        return None;
     }
     let (absolute, rest) = match path.strip_prefix('/') {
         Some(rest) => (true, rest),
@@ -492,7 +603,26 @@ fn matches(pattern: &[String], command: &[String]) -> bool {
         return false;
     }
     let mut arguments = command.iter().skip(1);
-    pattern.iter().skip(1).all(|word| arguments.any(|argument| glob(word, argument)))
+    pattern.iter().skip(1).all(|word| {
+        arguments.any(|argument| match argument.strip_suffix(UNDER) {
+            Some(directory) => could_match(word, directory),
+            None => glob(word, argument),
+        })
+    })
+}
+
+/// Whether a pattern names what is under `directory` (or it): the
+/// directory itself, a file directly in it, anything in it (a pattern
+/// ending in `*` that reaches it), or a path below it written out. A
+/// pattern that reaches below only through a `*` before the directory's
+/// name ends (`*/keep/*` for `/srv`) is not taken to: it would take in
+/// every directory.
+fn could_match(pattern: &str, directory: &str) -> bool {
+    let directory = directory.trim_end_matches('/');
+    glob(pattern, directory)
+        || pattern.rsplit_once('/').is_some_and(|(parent, _)| glob(parent, directory))
+        || glob(pattern, &format!("{directory}/\u{1}"))
+        || pattern.starts_with(&format!("{directory}/"))
 }
 
 /// `*` matches any characters; everything else itself.
@@ -853,7 +983,7 @@ mod tests {
         let rules = set(&["sftp remove /etc/*", "sftp * /root/*"], &["sftp write /etc/*", "sftp write ~/.ssh/*"]);
         assert!(rules.checks_files() && rules.sftp, "file patterns open SFTP, to decide it");
         let file = |operation: &str, paths: &[&[u8]]| {
-            rules.decide_file(operation, &paths.iter().map(|p| p.to_vec()).collect::<Vec<_>>())
+            rules.decide_file(operation, &paths.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), None)
         };
         let hold = |rule: &str| Verdict::Hold { rule: format!("ci/hold:{rule}") };
         let block = |rule: &str| Verdict::Block { rule: format!("ci/block:{rule}") };
@@ -873,12 +1003,36 @@ mod tests {
         assert_eq!(file("write", &[b"/tmp/../etc/hosts"]).0, unreadable);
         assert_eq!(file("write", &[b"../../etc/hosts"]).0, unreadable);
         assert_eq!(file("write", &[b"/etc/\xff"]).0, unreadable);
+        assert_eq!(file("write", &[b"/etc/hosts\0"]).0, unreadable);
+        // What an operation amounts to is matched too.
+        assert_eq!(file("rename", &[b"/tmp/evil", b"/etc/cron.d/evil"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("rename", &[b"/etc/hosts", b"/tmp/x"]).0, block("sftp remove /etc/*"));
+        assert_eq!(file("rename", &[b"/tmp/dir", b"/etc"]).0, hold("sftp write /etc/*"), "a directory moved in");
+        assert_eq!(file("symlink", &[b"/etc", b"/tmp/l"]).0, hold("sftp write /etc/*"), "a way in");
+        assert_eq!(file("symlink", &[b"x", b"/etc/l"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("symlink", &[b"hosts", b"/tmp/l"]).0, Verdict::Allow, "relative to the link's directory");
+        assert_eq!(file("link", &[b"/etc/hosts", b"/tmp/h"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("setstat", &[b"/etc/hosts"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("mkdir", &[b"/etc/new"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("rmdir", &[b"/etc/old"]).0, block("sftp remove /etc/*"));
+        // A path by both its names once the target said where relative
+        // paths start.
+        let home =
+            |operation: &str, path: &[u8], home: &str| rules.decide_file(operation, &[path.to_vec()], Some(home)).0;
+        assert_eq!(home("write", b"/home/u/.ssh/authorized_keys", "/home/u"), hold("sftp write ~/.ssh/*"));
+        assert_eq!(home("write", b"etc/passwd", "/"), hold("sftp write /etc/*"));
+        assert_eq!(home("write", b"notes", "/home/u"), Verdict::Allow);
         // Legacy scp's server side is the same file operation.
         assert_eq!(rules.decide("scp -t /etc/hosts"), hold("sftp write /etc/*"));
         assert_eq!(rules.decide("scp -r -d -t -- /etc/ssh/x"), hold("sftp write /etc/*"));
         assert_eq!(rules.decide("scp -f /root/secret"), block("sftp * /root/*"));
         assert_eq!(rules.decide("scp -t ~/.ssh/authorized_keys"), hold("sftp write ~/.ssh/*"));
         assert_eq!(rules.decide("scp -t /tmp/x"), Verdict::Allow);
+        // Into a directory: the files scp names there are under it.
+        assert_eq!(rules.decide("scp -t /etc"), hold("sftp write /etc/*"));
+        assert_eq!(rules.decide("scp -r -t /"), block("sftp * /root/*"));
+        assert_eq!(rules.decide("scp -r -f /root"), block("sftp * /root/*"));
+        assert_eq!(rules.decide("scp -f /"), Verdict::Allow, "one file, not what is under it");
         assert_eq!(rules.decide("scp -t '/etc/*'"), unreadable);
         assert_eq!(rules.decide("scp -t ~root/.ssh/x"), unreadable);
         assert_eq!(rules.decide("scp -t"), unreadable);
@@ -891,7 +1045,7 @@ mod tests {
         // opens no SFTP unless told to.
         let commands_only = set(&["rm -rf /"], &[]);
         assert!(!commands_only.checks_files() && !commands_only.sftp);
-        assert_eq!(commands_only.decide_file("remove", &[b"/etc/hosts".to_vec()]).0, Verdict::Allow);
+        assert_eq!(commands_only.decide_file("remove", &[b"/etc/hosts".to_vec()], None).0, Verdict::Allow);
         assert_eq!(commands_only.decide("scp -t /etc/hosts"), Verdict::Allow);
         assert!(set(&[], &[]).sftp);
     }
@@ -905,6 +1059,47 @@ mod tests {
         assert_eq!(rules.forwards_to("evil", 5432), None);
         let bad = SshRuleSetConfig { forward: vec!["nope".into()], shells: true, ..Default::default() };
         assert!(SshRuleSet::new("x", &bad).is_err());
+    }
+
+    /// Generated patterns and directories: what is taken to be named under
+    /// a directory always is (some path under it matches, found by trying
+    /// them with [`glob`]), and a pattern whose written start reaches past
+    /// the directory's name is taken whenever some path under it matches.
+    #[test]
+    fn what_a_pattern_names_under_a_directory_is_what_some_path_under_it_matches() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let alphabet = ['/', 'a', 'b', '*'];
+        let word = |rng: &mut rand_chacha::ChaCha8Rng, stars: bool| -> String {
+            (0..rng.random_range(0..7)).map(|_| alphabet[rng.random_range(0..if stars { 4 } else { 3 })]).collect()
+        };
+        let mut tails = vec![String::new()];
+        for _ in 0..7 {
+            let longer: Vec<String> = tails
+                .iter()
+                .filter(|t| t.len() == tails.last().unwrap().len())
+                .flat_map(|t| ["a", "b", "/"].map(|c| format!("{t}{c}")))
+                .collect();
+            tails.extend(longer);
+        }
+        for case in 0..3000 {
+            let (pattern, directory) = (word(&mut rng, true), word(&mut rng, false).trim_end_matches('/').to_string());
+            let some = tails.iter().any(|tail| {
+                glob(
+                    &pattern,
+                    &format!("{directory}{}", if tail.is_empty() { String::new() } else { format!("/{tail}") }),
+                )
+            });
+            let taken = could_match(&pattern, &directory);
+            if taken {
+                let in_it = glob(&pattern, &directory)
+                    || tails.iter().any(|tail| glob(&pattern, &format!("{directory}/{tail}")));
+                assert!(in_it, "case {case}: {pattern:?} under {directory:?} taken, matching nothing");
+            }
+            let written = pattern.split('*').next().unwrap_or_default();
+            if some && written.len() > directory.len() {
+                assert!(taken, "case {case}: {pattern:?} names something under {directory:?}");
+            }
+        }
     }
 
     #[test]

@@ -565,6 +565,10 @@ struct Pair {
     /// Statuses refusing SFTP requests, waiting for the end of the answer
     /// packet the target is sending.
     refusals: Vec<bytes::Bytes>,
+    /// The client's first bytes to a command are still to come, and are
+    /// looked at: a command may speak SFTP (`ForceCommand internal-sftp`,
+    /// an `sftp-server` under another name), read as SFTP then.
+    sniff: bool,
     /// What the channel forwards, when it is a forwarded connection.
     forward: Option<Forwarded>,
     /// Output held back for masking: stdout, stderr.
@@ -1300,6 +1304,7 @@ fn pair(
         answers,
         sftp: None,
         refusals: Vec::new(),
+        sniff: false,
         forward: None,
         masking: Default::default(),
         started: false,
@@ -1490,6 +1495,17 @@ async fn relay_event<S: EventSink>(
         }
         pair.started = true;
     }
+    // A command's first input that opens an SFTP session is read as SFTP,
+    // under the rules for files.
+    if side == Side::Client
+        && pair.sniff
+        && let ChannelMsg::Data { data } = &message
+    {
+        pair.sniff = false;
+        if crate::sftp::looks_like_sftp(data) {
+            pair.sftp = Some(crate::sftp::Sftp::new(rc.masker.is_some()));
+        }
+    }
     // Command lines a keystroke or an echo completed, recorded after it.
     let mut commands = Vec::new();
     // File operations an SFTP request said, recorded after its bytes.
@@ -1531,9 +1547,11 @@ async fn relay_event<S: EventSink>(
                 }
                 // Approved in review: it runs, once.
                 pair.asked.push_back(Asked::Other);
+                pair.sniff = gate.rules.checks_files();
                 pair.to_target.send(Out::Exec(command), flow);
                 return Ok(());
             }
+            pair.sniff = rc.gate.is_some_and(|g| g.rules.checks_files());
             // Recorded (above) before it passes.
             if let Err(ending) = flush(recorder).await {
                 flow.delivered(side, admitted);
@@ -1687,14 +1705,25 @@ async fn relay_event<S: EventSink>(
             // What goes is what the flow counts (held bytes were counted
             // when they came).
             flow.reckon(Side::Target, admitted, ready.len());
-            if ready.is_empty() {
-                return Ok(());
+            if !ready.is_empty() {
+                let recorded = TerminalOutput { channel_id, stream: OutputStream::Stdout, data: ready.clone() };
+                recorder.push(Direction::TargetToClient, recorded.into());
             }
-            let data = bytes::Bytes::from(ready);
-            (
-                Some(Out::Data(data.clone())),
-                Some(TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into()),
-            )
+            if !masked_counts.is_empty() {
+                let applied = masking_applied(rc.masker, std::mem::take(&mut masked_counts));
+                recorder.push(Direction::Gateway, applied.into());
+            }
+            flush(recorder).await?;
+            if !ready.is_empty() {
+                pair.to_client.send(Out::Data(bytes::Bytes::from(ready)), flow);
+            }
+            // Refusals waiting for the version go once it has.
+            if pair.sftp.as_ref().is_some_and(crate::sftp::Sftp::versioned) {
+                for status in std::mem::take(&mut pair.refusals) {
+                    pair.to_client.send(Out::Data(status), flow);
+                }
+            }
+            return Ok(());
         }
         (Side::Target, ChannelMsg::Data { data }) => {
             if let Some(sftp) = pair.sftp.as_mut() {
@@ -2108,9 +2137,10 @@ async fn decide_file(
     rc: &RelayCtx<'_>,
     operation: &str,
     paths: &[Vec<u8>],
+    home: Option<&str>,
     session_id: SessionId,
 ) -> Option<(PolicyDecision, Option<String>)> {
-    let (verdict, line) = gate.rules.decide_file(operation, paths);
+    let (verdict, line) = gate.rules.decide_file(operation, paths, home);
     let held = Held { kind: HeldKind::File, hash: rc.policy.file_hash(&line), text: line, what: "operation" };
     decide_held(gate, rc, verdict, held, session_id).await
 }
@@ -2245,7 +2275,8 @@ async fn checked_sftp<S: EventSink>(
         let refusal = match check {
             crate::sftp::Check::Pass => None,
             crate::sftp::Check::Operation { id, operation, paths } => {
-                match decide_file(gate, rc, operation, &paths, recorder.session_id()).await {
+                let home = pair.sftp.as_ref().and_then(|sftp| sftp.home().map(str::to_string));
+                match decide_file(gate, rc, operation, &paths, home.as_deref(), recorder.session_id()).await {
                     None => None,
                     Some((decision, refusal)) => {
                         let mut paths = paths.iter().map(|p| String::from_utf8_lossy(p).into_owned());

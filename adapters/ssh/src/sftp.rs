@@ -33,6 +33,7 @@ mod fxp {
     pub const OPENDIR: u8 = 11;
     pub const CLOSE: u8 = 4;
     pub const READ: u8 = 5;
+    pub const REALPATH: u8 = 16;
     pub const WRITE: u8 = 6;
     pub const SETSTAT: u8 = 9;
     pub const FSETSTAT: u8 = 10;
@@ -44,6 +45,7 @@ mod fxp {
     pub const STATUS: u8 = 101;
     pub const HANDLE: u8 = 102;
     pub const DATA: u8 = 103;
+    pub const NAME: u8 = 104;
     pub const EXTENDED: u8 = 200;
 }
 
@@ -130,6 +132,11 @@ enum Pending {
     Open { path: String, write: bool, hashed: bool },
     /// A `read` of this handle at this offset: its answer is the data.
     Read { handle: Vec<u8>, offset: u64 },
+    /// The real name of `.`: its answer is the directory relative paths
+    /// are relative to.
+    Home,
+    /// Any other request: its answer is only counted.
+    Other,
 }
 
 /// Reads the packets of one direction of an SFTP channel.
@@ -235,8 +242,12 @@ pub struct Sftp {
     answers: Framer,
     /// Requests by id, oldest first (a client may reuse an id).
     pending: HashMap<u32, std::collections::VecDeque<Pending>>,
-    /// Reads awaiting their answer, at most [`MAX_PENDING`].
-    reads: usize,
+    /// Requests awaiting their answer, at most [`MAX_PENDING`].
+    in_flight: usize,
+    /// The target's answer to its version: answers follow.
+    versioned: bool,
+    /// The directory relative paths are relative to, once the target said.
+    home: Option<String>,
     handles: HashMap<Vec<u8>, Open>,
     /// Packets that could not be read (malformed, or too large).
     pub unread: u64,
@@ -290,6 +301,11 @@ impl Sftp {
         Sftp { masking: masked.then(ReadMasking::default), ..Sftp::default() }
     }
 
+    /// Whether the target's version has been read (answers then follow).
+    pub fn versioned(&self) -> bool {
+        self.versioned
+    }
+
     /// Whether what reads return is masked (then answers go through
     /// [`Sftp::answered_masked`]).
     pub fn masks(&self) -> bool {
@@ -322,7 +338,7 @@ impl Sftp {
                 let id = u32::from_be_bytes(packet.get(1..5)?.try_into().ok()?);
                 match self.pending.get(&id)?.front()? {
                     Pending::Read { handle, offset } => Some((handle.clone(), *offset)),
-                    Pending::Open { .. } => None,
+                    _ => None,
                 }
             });
             let Some(masking) = self.masking.as_ref() else { break };
@@ -468,6 +484,15 @@ impl Sftp {
     pub fn check(&self, packet: &[u8]) -> Check {
         let mut f = Fields(packet);
         let Some(kind) = f.u8() else { return Check::Unreadable { id: None } };
+        if kind == fxp::INIT {
+            return Check::Pass;
+        }
+        let Some(id) = Fields(f.0).u32() else { return Check::Unreadable { id: None } };
+        // An id already waiting for its answer, or more requests waiting
+        // than are followed: answers could no longer be told apart.
+        if self.pending.get(&id).is_some_and(|waiting| !waiting.is_empty()) || self.in_flight >= MAX_PENDING {
+            return Check::Unreadable { id: Some(id) };
+        }
         if !matches!(
             kind,
             fxp::OPEN
@@ -542,8 +567,15 @@ impl Sftp {
     /// put; `None` if they do not finish it.
     pub fn answer_rest(&self, bytes: &[u8]) -> Option<usize> {
         if self.masking.is_some() {
-            // Answers go whole there: the client is always between two.
-            return Some(0);
+            // Answers go whole there: the client is always between two,
+            // once the version has gone.
+            return self.versioned.then_some(0);
+        }
+        if !self.versioned && self.answers.buffer.is_empty() && self.answers.skip == 0 {
+            // Nothing may go before the version: the end of the first
+            // packet (the version) is the first place.
+            let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            return (4 + len <= bytes.len()).then_some(4 + len);
         }
         self.answers.rest_of_packet(bytes)
     }
@@ -570,8 +602,20 @@ impl Sftp {
         }
     }
 
-    fn wait(&mut self, id: u32, pending: Pending) {
+    /// Follows request `id` to its answer; false if too many are.
+    fn wait(&mut self, id: u32, pending: Pending) -> bool {
+        if self.in_flight >= MAX_PENDING {
+            return false;
+        }
+        self.in_flight += 1;
         self.pending.entry(id).or_default().push_back(pending);
+        true
+    }
+
+    /// The directory relative paths are relative to, once the target said
+    /// (answering the client's own question, which OpenSSH's asks first).
+    pub fn home(&self) -> Option<&str> {
+        self.home.as_deref()
     }
 
     /// What a request packet is; `None` if it could not be read.
@@ -582,6 +626,12 @@ impl Sftp {
             return Some(None);
         }
         let id = f.u32()?;
+        if !matches!(kind, fxp::OPEN | fxp::READ) {
+            // Every request is answered: followed, so that each answer is
+            // told the request it answers.
+            let home = kind == fxp::REALPATH && matches!(Fields(f.0).bytes(), Some(b"." | b""));
+            let _ = self.wait(id, if home { Pending::Home } else { Pending::Other });
+        }
         Some(match kind {
             fxp::OPEN => {
                 let path = f.text()?;
@@ -590,16 +640,15 @@ impl Sftp {
                 // A file written is hashed as it is sent (not appended to,
                 // not read and written through one handle).
                 let hashed = !write || flags & (OPEN_READ | OPEN_APPEND) == 0;
-                self.wait(id, Pending::Open { path: path.clone(), write, hashed });
+                let _ = self.wait(id, Pending::Open { path: path.clone(), write, hashed });
                 Some(Operation::path("open", path))
             }
             fxp::READ => {
                 let handle = f.bytes()?.to_vec();
                 let offset = f.u64()?;
-                if self.reads < MAX_PENDING {
-                    self.reads += 1;
-                    self.wait(id, Pending::Read { handle, offset });
-                } else if let Some(open) = self.handles.get_mut(&handle) {
+                if !self.wait(id, Pending::Read { handle: handle.clone(), offset })
+                    && let Some(open) = self.handles.get_mut(&handle)
+                {
                     // Not followed: its data will not be counted.
                     open.hasher = None;
                 }
@@ -676,6 +725,7 @@ impl Sftp {
         let kind = f.u8()?;
         if kind == fxp::INIT + 1 {
             // VERSION
+            self.versioned = true;
             return Some(());
         }
         let id = f.u32()?;
@@ -683,8 +733,8 @@ impl Sftp {
         if self.pending.get(&id).is_some_and(std::collections::VecDeque::is_empty) {
             self.pending.remove(&id);
         }
-        if matches!(pending, Some(Pending::Read { .. })) {
-            self.reads = self.reads.saturating_sub(1);
+        if pending.is_some() {
+            self.in_flight = self.in_flight.saturating_sub(1);
         }
         match (kind, pending) {
             (fxp::HANDLE, Some(Pending::Open { mut path, write, hashed })) => {
@@ -699,6 +749,13 @@ impl Sftp {
                     }
                     let hasher = hashed.then(Sha256::new);
                     self.handles.insert(handle, Open { path, write, bytes: 0, hasher, next: 0, ended: false });
+                }
+            }
+            (fxp::NAME, Some(Pending::Home)) => {
+                let _count = f.u32()?;
+                let name = f.text()?;
+                if name.starts_with('/') && name.len() <= MAX_PATH {
+                    self.home = Some(name);
                 }
             }
             (fxp::DATA, Some(Pending::Read { handle, offset })) => {
@@ -720,6 +777,12 @@ impl Sftp {
         }
         Some(())
     }
+}
+
+/// Whether a command's first input opens an SFTP session: a packet whose
+/// type is `SSH_FXP_INIT` (its length's first byte 0), or the start of one.
+pub fn looks_like_sftp(first: &[u8]) -> bool {
+    first.first() == Some(&0) && first.get(4).is_none_or(|&kind| kind == fxp::INIT)
 }
 
 /// Where a `DATA` answer's data is in its packet (`None`: not one).
@@ -1025,8 +1088,10 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for case in 0..500 {
-            let mut stream = Vec::new();
-            let mut ends = std::collections::BTreeSet::new();
+            // The version first: nothing may go before its end.
+            let mut stream = packet(fxp::INIT + 1, None, &[&3u32.to_be_bytes()]);
+            let version = stream.len();
+            let mut ends = std::collections::BTreeSet::from([version]);
             for id in 0..rng.random_range(1..8u32) {
                 let data: Vec<u8> = (0..rng.random_range(0..300)).map(|_| rng.random()).collect();
                 stream.extend(packet(fxp::DATA, Some(id), &[&string(&data)]));
@@ -1037,7 +1102,7 @@ mod tests {
             while at < stream.len() {
                 let cut = (at + rng.random_range(0..400)).min(stream.len());
                 let piece = &stream[at..cut];
-                let between = at == 0 || ends.contains(&at);
+                let between = ends.contains(&at);
                 let next_end = ends.range(at + usize::from(between)..).next().copied();
                 let expected = if between { Some(0) } else { next_end.filter(|&end| end <= cut).map(|end| end - at) };
                 assert_eq!(sftp.answer_rest(piece), expected, "case {case} at {at}..{cut}");
@@ -1064,6 +1129,10 @@ mod tests {
         assert_eq!(sftp.check(&fsetstat), Check::Unreadable { id: Some(5) });
         // A refusal is a whole status packet that the answer reader reads.
         let mut reader = Sftp::default();
+        let version = packet(fxp::INIT + 1, None, &[&3u32.to_be_bytes()]);
+        assert_eq!(reader.answer_rest(&[]), None, "nothing goes before the version");
+        assert_eq!(reader.answer_rest(&version), Some(version.len()));
+        reader.answered(&version);
         let status = refusal(7, "no");
         assert_eq!(reader.answer_rest(&status[..5]), Some(0));
         reader.answered(&status[..5]);
@@ -1093,7 +1162,8 @@ mod tests {
         let now = Instant::now();
         let handle = string(b"h");
         sftp.requested(&packet(fxp::OPEN, Some(1), &[&string(b"/f"), &1u32.to_be_bytes(), &0u32.to_be_bytes()]));
-        let mut got = sftp.answered_masked(&packet(fxp::HANDLE, Some(1), &[&handle]), masker, &mut counts, now).unwrap();
+        let mut got =
+            sftp.answered_masked(&packet(fxp::HANDLE, Some(1), &[&handle]), masker, &mut counts, now).unwrap();
         let mut answers = Vec::new();
         let mut id = 2;
         // (The last read is at the end, its answer the end of the file, as
@@ -1186,7 +1256,8 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let masker = masker();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let contents: [&[u8]; 4] = [b"4111 1111 1111 1111 ", b"bob@example.com\n", b"plain words ", b"\xff\x00\x1b[31m"];
+        let contents: [&[u8]; 4] =
+            [b"4111 1111 1111 1111 ", b"bob@example.com\n", b"plain words ", b"\xff\x00\x1b[31m"];
         for _ in 0..400 {
             let mut stream = vec![rng.random_range(0..4u8)];
             for _ in 0..rng.random_range(1..30) {

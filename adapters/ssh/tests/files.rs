@@ -129,7 +129,8 @@ async fn a_file_read_over_sftp_is_masked_even_across_reads() {
     std::fs::write(dir.join("plain.txt"), &plain).unwrap();
     let d = dir.display().to_string();
     let batch = dir.join("batch");
-    std::fs::write(&batch, format!("get {d}/secret.txt {d}/got-secret.txt\nget {d}/plain.txt {d}/got-plain.txt\n")).unwrap();
+    std::fs::write(&batch, format!("get {d}/secret.txt {d}/got-secret.txt\nget {d}/plain.txt {d}/got-plain.txt\n"))
+        .unwrap();
     let gateway = tokio::task::spawn_blocking(move || {
         client(&gateway, "sftp", &["-B", "16384", "-b", batch.to_str().unwrap(), "agent@127.0.0.1"]);
         gateway
