@@ -1021,6 +1021,9 @@ mod tests {
         masked.flush_masked(&masker, &mut counts);
     }
 
+    /// An operation's name and the paths it names.
+    type Expected<'a> = (&'static str, Vec<&'a [u8]>);
+
     /// Generated requests of every kind a rule decides: what the rules are
     /// asked ([`Sftp::check`]) names the same paths as what is recorded
     /// once the request passes ([`Sftp::passed`]): the two readers agree.
@@ -1036,7 +1039,7 @@ mod tests {
             let mut sftp = Sftp::default();
             let (a, b) = (path(&mut rng), path(&mut rng));
             let flags: u32 = rng.random_range(0..0x40);
-            let (kind, fields, expected): (u8, Vec<Vec<u8>>, (&str, Vec<&[u8]>)) = match rng.random_range(0..9) {
+            let (kind, fields, expected): (u8, Vec<Vec<u8>>, Expected) = match rng.random_range(0..9) {
                 0 => {
                     let writes = flags & (OPEN_WRITE | OPEN_APPEND | OPEN_CREATE | OPEN_TRUNCATE) != 0;
                     let fields = vec![string(&a), flags.to_be_bytes().to_vec(), 0u32.to_be_bytes().to_vec()];
