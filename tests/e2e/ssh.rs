@@ -140,8 +140,15 @@ struct Granting {
 
 impl Granting {
     fn start(extra: &str, rules: Option<&str>) -> Granting {
+        Granting::start_at(|_| extra.to_string(), rules)
+    }
+
+    /// [`Granting::start`], the configuration's `extra` written knowing the
+    /// test's directory.
+    fn start_at(extra: impl FnOnce(&Path) -> String, rules: Option<&str>) -> Granting {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path();
+        let extra = extra(base);
         sshd::keygen(&base.join("upstream")).unwrap();
         let target = Sshd::start(base, &base.join("upstream.pub")).unwrap();
         let target_key = std::fs::read_to_string(&target.host_key_file).unwrap();
@@ -609,8 +616,13 @@ fn a_session_cut_by_sigkill_is_recovered_whole_and_verifies() {
 /// upload it is.
 #[test]
 fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
-    let rules = "[ssh_rules.files]\nblock = [\"sftp remove */keep/*\"]\nhold = [\"sftp write */guarded/*\"]\napproval_group = \"dba\"\n";
-    let granting = Granting::start(rules, Some("files"));
+    let rules = |base: &Path| {
+        let r = base.join("remote").display().to_string();
+        format!(
+            "[ssh_rules.files]\nblock = [\"sftp remove {r}/keep/*\"]\nhold = [\"sftp write {r}/guarded/*\"]\napproval_group = \"dba\"\n"
+        )
+    };
+    let granting = Granting::start_at(rules, Some("files"));
     let command = granting.certified("files");
     let (base, data, mut up, _log) = (granting.dir.path(), granting.data(), granting.up, granting.log);
     let approver = proctor_tests::dev_token(bin(), &data, "ops-lead", "dba");
@@ -621,6 +633,7 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     let local = base.join("local.txt");
     std::fs::write(&local, "uploaded\n").unwrap();
     let (r, l) = (remote.display().to_string(), local.display().to_string());
+    let guarded_rule = format!("files/hold:sftp write {r}/guarded/*");
     // The certificate's command line, as sftp and scp take it (`-P`).
     let (prefix, destination) = command.rsplit_once(' ').unwrap();
     let client = |program: &str| prefix.replacen("ssh ", &format!("{program} "), 1).replace(" -p ", " -P ");
@@ -637,14 +650,21 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
 
     let removed = sftp(format!("rm {r}/keep/kept.txt\n"));
     assert!(!removed.status.success());
-    assert!(said(&removed).contains("Proctor: blocked by rule files/block:sftp remove */keep/*"), "{}", said(&removed));
+    assert!(
+        said(&removed).contains(&format!("Proctor: blocked by rule files/block:sftp remove {r}/keep/*")),
+        "{}",
+        said(&removed)
+    );
     assert!(remote.join("keep/kept.txt").exists(), "a blocked removal reached the target");
 
     let put = format!("put {l} {r}/guarded/new.txt\n");
     let held = sftp(put.clone());
     assert!(!held.status.success());
     let told = said(&held);
-    assert!(told.contains("held for review r_") && told.contains("files/hold:sftp write */guarded/*"), "{told}");
+    assert!(
+        told.contains("held for review r_") && told.contains(&format!("files/hold:sftp write {r}/guarded/*")),
+        "{told}"
+    );
     assert!(!remote.join("guarded/new.txt").exists(), "a held upload reached the target");
     let at = told.find("review r_").unwrap() + "review ".len();
     let review = told[at..].split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next().unwrap().to_string();
@@ -664,7 +684,7 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     std::fs::write(remote.join("free.txt"), "free\n").unwrap();
     let renamed = sftp(format!("rename {r}/free.txt {r}/guarded/moved.txt\n"));
     assert!(!renamed.status.success());
-    assert!(said(&renamed).contains("files/hold:sftp write */guarded/*"), "{}", said(&renamed));
+    assert!(said(&renamed).contains(&guarded_rule), "{}", said(&renamed));
     assert!(remote.join("free.txt").exists() && !remote.join("guarded/moved.txt").exists());
 
     // SFTP run as a command under another name is read as SFTP all the same.
@@ -674,14 +694,14 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     let renamed_server =
         sh(&format!("{} -s {} -b {} {destination}", client("sftp"), server.display(), batch.display()));
     assert!(!renamed_server.status.success());
-    assert!(said(&renamed_server).contains("files/hold:sftp write */guarded/*"), "{}", said(&renamed_server));
+    assert!(said(&renamed_server).contains(&guarded_rule), "{}", said(&renamed_server));
     assert!(!remote.join("guarded/exec.txt").exists());
 
     // scp, legacy (its server side run as a command) and over SFTP.
     for (mode, name) in [("-O", "legacy.txt"), ("-s", "sftp.txt")] {
         let copied = sh(&format!("{} {mode} {l} {destination}:{r}/guarded/{name}", client("scp")));
         assert!(!copied.status.success(), "scp {mode}");
-        assert!(said(&copied).contains("files/hold:sftp write */guarded/*"), "scp {mode}: {}", said(&copied));
+        assert!(said(&copied).contains(&guarded_rule), "scp {mode}: {}", said(&copied));
         assert!(!remote.join("guarded").join(name).exists(), "scp {mode} reached the target");
     }
 

@@ -297,45 +297,46 @@ impl SshRuleSet {
 }
 
 /// What a file operation amounts to, as the operations it is matched as:
-/// itself; a rename removes its old name and writes its new one; a link,
-/// symbolic or not, writes its name and lets what it names be written
-/// through it; making a directory or changing attributes (modes, owners,
-/// size) writes the path; removing a directory removes it. A path that
-/// may be a directory stands for what is under it too ([`under`]).
+/// itself; a rename is every operation on both its names and what is under
+/// them (it takes the old name away with what is under it, replaces what
+/// the new one held, and makes all of it reachable by another name); a
+/// link, symbolic or not, is every operation on what it points to (each
+/// can then be done through it) and writes its own name; making a
+/// directory or changing attributes (modes, owners, size) writes the path;
+/// removing a directory removes it. A path that may be a directory stands
+/// for what is under it too ([`under`]).
 fn amounts_to(operation: &str, paths: &[String]) -> Vec<(&'static str, Vec<String>)> {
-    let itself = match operation {
-        "read" => "read",
-        "write" => "write",
-        "list" => "list",
-        "remove" => "remove",
-        "mkdir" => "mkdir",
-        "rmdir" => "rmdir",
-        "setstat" => "setstat",
-        "rename" => "rename",
-        "symlink" => "symlink",
-        "link" => "link",
-        _ => "other",
-    };
+    let itself = OPERATIONS.iter().copied().find(|o| *o == operation).unwrap_or("other");
     let mut all = vec![(itself, paths.to_vec())];
+    // Every operation on a path and what is under it: a second name for it
+    // (a link, a rename) lets each be done through that name.
+    let every = |path: &String, all: &mut Vec<(&'static str, Vec<String>)>| {
+        for operation in OPERATIONS {
+            all.push((operation, vec![path.clone()]));
+            all.push((operation, vec![under(path)]));
+        }
+    };
     match (operation, paths) {
         ("rename", [from, to]) => {
-            all.extend([("remove", vec![from.clone()]), ("remove", vec![under(from)])]);
-            all.extend([("write", vec![to.clone()]), ("write", vec![under(to)])]);
+            // The old name goes with what is under it, and the new one
+            // replaces (removes) what was there and is written.
+            every(from, &mut all);
+            every(to, &mut all);
         }
-        ("symlink", [target, link]) => {
-            all.extend([
-                ("write", vec![link.clone()]),
-                ("write", vec![target.clone()]),
-                ("write", vec![under(target)]),
-            ]);
+        ("symlink" | "link", [target, link]) => {
+            every(target, &mut all);
+            all.extend([("write", vec![link.clone()]), ("remove", vec![link.clone()])]);
         }
-        ("link", [target, link]) => all.extend([("write", vec![link.clone()]), ("write", vec![target.clone()])]),
         ("mkdir" | "setstat", [path]) => all.push(("write", vec![path.clone()])),
         ("rmdir", [path]) => all.push(("remove", vec![path.clone()])),
         _ => {}
     }
     all
 }
+
+/// The file operations rules name.
+const OPERATIONS: [&str; 10] =
+    ["read", "write", "list", "remove", "mkdir", "rmdir", "setstat", "rename", "symlink", "link"];
 
 /// A path that stands for everything under directory `path`: matched by
 /// a pattern that some path under it would match ([`could_match`]).
@@ -356,6 +357,8 @@ fn names_of(path: &str, home: Option<&str>) -> Vec<String> {
     };
     if let Some(rest) = path.strip_prefix('~') {
         names.push(format!("{}{rest}", if home == "/" && rest.starts_with('/') { "" } else { &home }));
+    } else if home == "/" && path.starts_with('/') {
+        names.push(format!("~{path}"));
     } else if let Some(rest) = path.strip_prefix(home.as_str()).filter(|r| r.is_empty() || r.starts_with('/')) {
         names.push(format!("~{rest}"));
     }
@@ -611,18 +614,18 @@ fn matches(pattern: &[String], command: &[String]) -> bool {
     })
 }
 
-/// Whether a pattern names what is under `directory` (or it): the
-/// directory itself, a file directly in it, anything in it (a pattern
-/// ending in `*` that reaches it), or a path below it written out. A
-/// pattern that reaches below only through a `*` before the directory's
-/// name ends (`*/keep/*` for `/srv`) is not taken to: it would take in
-/// every directory.
+/// Whether a pattern names `directory` or something under it: some path
+/// `directory/...` (or the directory itself) matches it. Exact for
+/// patterns whose only wildcard is `*`: the pattern matches the directory,
+/// or some start of it matches `directory/` (what follows is then free to
+/// match the rest of the pattern).
 fn could_match(pattern: &str, directory: &str) -> bool {
     let directory = directory.trim_end_matches('/');
-    glob(pattern, directory)
-        || pattern.rsplit_once('/').is_some_and(|(parent, _)| glob(parent, directory))
-        || glob(pattern, &format!("{directory}/\u{1}"))
-        || pattern.starts_with(&format!("{directory}/"))
+    if glob(pattern, directory) {
+        return true;
+    }
+    let within = format!("{directory}/");
+    pattern.char_indices().map(|(at, _)| at).chain([pattern.len()]).any(|at| glob(&pattern[..at], &within))
 }
 
 /// `*` matches any characters; everything else itself.
@@ -1005,13 +1008,16 @@ mod tests {
         assert_eq!(file("write", &[b"/etc/\xff"]).0, unreadable);
         assert_eq!(file("write", &[b"/etc/hosts\0"]).0, unreadable);
         // What an operation amounts to is matched too.
-        assert_eq!(file("rename", &[b"/tmp/evil", b"/etc/cron.d/evil"]).0, hold("sftp write /etc/*"));
+        // (A rename replaces what its new name held: a removal there.)
+        assert_eq!(file("rename", &[b"/tmp/evil", b"/etc/cron.d/evil"]).0, block("sftp remove /etc/*"));
         assert_eq!(file("rename", &[b"/etc/hosts", b"/tmp/x"]).0, block("sftp remove /etc/*"));
-        assert_eq!(file("rename", &[b"/tmp/dir", b"/etc"]).0, hold("sftp write /etc/*"), "a directory moved in");
-        assert_eq!(file("symlink", &[b"/etc", b"/tmp/l"]).0, hold("sftp write /etc/*"), "a way in");
-        assert_eq!(file("symlink", &[b"x", b"/etc/l"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("rename", &[b"/tmp/dir", b"/etc"]).0, block("sftp remove /etc/*"), "a directory moved in");
+        assert_eq!(file("rename", &[b"/tmp/a", b"/tmp/b"]).0, Verdict::Allow);
+        assert_eq!(file("symlink", &[b"/etc", b"/tmp/l"]).0, block("sftp remove /etc/*"), "a way in");
+        assert_eq!(file("symlink", &[b"/root", b"/tmp/r"]).0, block("sftp * /root/*"), "a way to read");
+        assert_eq!(file("symlink", &[b"x", b"/etc/l"]).0, block("sftp remove /etc/*"));
         assert_eq!(file("symlink", &[b"hosts", b"/tmp/l"]).0, Verdict::Allow, "relative to the link's directory");
-        assert_eq!(file("link", &[b"/etc/hosts", b"/tmp/h"]).0, hold("sftp write /etc/*"));
+        assert_eq!(file("link", &[b"/etc/hosts", b"/tmp/h"]).0, block("sftp remove /etc/*"));
         assert_eq!(file("setstat", &[b"/etc/hosts"]).0, hold("sftp write /etc/*"));
         assert_eq!(file("mkdir", &[b"/etc/new"]).0, hold("sftp write /etc/*"));
         assert_eq!(file("rmdir", &[b"/etc/old"]).0, block("sftp remove /etc/*"));
@@ -1061,10 +1067,9 @@ mod tests {
         assert!(SshRuleSet::new("x", &bad).is_err());
     }
 
-    /// Generated patterns and directories: what is taken to be named under
-    /// a directory always is (some path under it matches, found by trying
-    /// them with [`glob`]), and a pattern whose written start reaches past
-    /// the directory's name is taken whenever some path under it matches.
+    /// Generated patterns and directories: a pattern is taken to name
+    /// something under a directory exactly when some path under it (or
+    /// the directory) matches, found by trying them with [`glob`].
     #[test]
     fn what_a_pattern_names_under_a_directory_is_what_some_path_under_it_matches() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
@@ -1072,33 +1077,18 @@ mod tests {
         let word = |rng: &mut rand_chacha::ChaCha8Rng, stars: bool| -> String {
             (0..rng.random_range(0..7)).map(|_| alphabet[rng.random_range(0..if stars { 4 } else { 3 })]).collect()
         };
+        // Every path of up to 7 characters of the alphabet.
         let mut tails = vec![String::new()];
+        let mut last = vec![String::new()];
         for _ in 0..7 {
-            let longer: Vec<String> = tails
-                .iter()
-                .filter(|t| t.len() == tails.last().unwrap().len())
-                .flat_map(|t| ["a", "b", "/"].map(|c| format!("{t}{c}")))
-                .collect();
-            tails.extend(longer);
+            last = last.iter().flat_map(|t| ["a", "b", "/"].map(|c| format!("{t}{c}"))).collect();
+            tails.extend(last.iter().cloned());
         }
         for case in 0..3000 {
             let (pattern, directory) = (word(&mut rng, true), word(&mut rng, false).trim_end_matches('/').to_string());
-            let some = tails.iter().any(|tail| {
-                glob(
-                    &pattern,
-                    &format!("{directory}{}", if tail.is_empty() { String::new() } else { format!("/{tail}") }),
-                )
-            });
-            let taken = could_match(&pattern, &directory);
-            if taken {
-                let in_it = glob(&pattern, &directory)
-                    || tails.iter().any(|tail| glob(&pattern, &format!("{directory}/{tail}")));
-                assert!(in_it, "case {case}: {pattern:?} under {directory:?} taken, matching nothing");
-            }
-            let written = pattern.split('*').next().unwrap_or_default();
-            if some && written.len() > directory.len() {
-                assert!(taken, "case {case}: {pattern:?} names something under {directory:?}");
-            }
+            let some =
+                glob(&pattern, &directory) || tails.iter().any(|tail| glob(&pattern, &format!("{directory}/{tail}")));
+            assert_eq!(could_match(&pattern, &directory), some, "case {case}: {pattern:?} under {directory:?}");
         }
     }
 

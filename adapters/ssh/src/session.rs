@@ -565,10 +565,11 @@ struct Pair {
     /// Statuses refusing SFTP requests, waiting for the end of the answer
     /// packet the target is sending.
     refusals: Vec<bytes::Bytes>,
-    /// The client's first bytes to a command are still to come, and are
-    /// looked at: a command may speak SFTP (`ForceCommand internal-sftp`,
-    /// an `sftp-server` under another name), read as SFTP then.
-    sniff: bool,
+    /// The client's first bytes to a command or a shell without a terminal
+    /// are looked at (those seen so far, held back until told): a command
+    /// may speak SFTP (`ForceCommand internal-sftp`, an `sftp-server` under
+    /// another name), read as SFTP then.
+    sniff: Option<Vec<u8>>,
     /// What the channel forwards, when it is a forwarded connection.
     forward: Option<Forwarded>,
     /// Output held back for masking: stdout, stderr.
@@ -578,12 +579,22 @@ struct Pair {
 }
 
 impl Pair {
-    /// Whether this channel's output is masked as text (when the session
-    /// is): text output is; SFTP's packets are another protocol's, whose
-    /// reads' data its reader masks ([`crate::sftp::Sftp::answered_masked`]);
-    /// forwarded connections' bytes pass as they are.
-    fn masks(&self) -> bool {
-        self.sftp.is_none() && self.forward.is_none()
+    /// Whether this channel's output (`stream` 0 stdout, 1 stderr) is
+    /// masked as text (when the session is): text output is; SFTP's
+    /// packets (stdout) are another protocol's, whose reads' data its
+    /// reader masks ([`crate::sftp::Sftp::answers`]); forwarded
+    /// connections' bytes pass as they are.
+    fn masks(&self, stream: usize) -> bool {
+        self.forward.is_none() && (stream == 1 || self.sftp.is_none())
+    }
+
+    /// Whether the client's first input is to be looked at for SFTP: a
+    /// command or shell without a terminal, in a session that masks or
+    /// decides file operations.
+    fn sniffs(&self, rc: &RelayCtx<'_>) -> bool {
+        self.terminal.is_none()
+            && !self.asked.contains(&Asked::Pty)
+            && (rc.masker.is_some() || rc.gate.is_some_and(|g| g.rules.checks_files()))
     }
 }
 
@@ -1304,7 +1315,7 @@ fn pair(
         answers,
         sftp: None,
         refusals: Vec::new(),
-        sniff: false,
+        sniff: None,
         forward: None,
         masking: Default::default(),
         started: false,
@@ -1495,15 +1506,60 @@ async fn relay_event<S: EventSink>(
         }
         pair.started = true;
     }
-    // A command's first input that opens an SFTP session is read as SFTP,
-    // under the rules for files.
-    if side == Side::Client
-        && pair.sniff
-        && let ChannelMsg::Data { data } = &message
-    {
-        pair.sniff = false;
-        if crate::sftp::looks_like_sftp(data) {
-            pair.sftp = Some(crate::sftp::Sftp::new(rc.masker.is_some()));
+    // A command's first input that opens an SFTP session is read as SFTP
+    // (masked, and under the rules for files); until told, what came is
+    // held back.
+    if side == Side::Client && pair.sniff.is_some() {
+        match &message {
+            ChannelMsg::Data { data } => {
+                let mut seen = pair.sniff.take().expect("looked at");
+                let held = seen.len();
+                seen.extend_from_slice(data);
+                match crate::sftp::opens_sftp(&seen) {
+                    None => {
+                        recorder.push(
+                            Direction::ClientToTarget,
+                            TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
+                        );
+                        if let Err(ending) = flush(recorder).await {
+                            flow.delivered(side, admitted);
+                            return Err(ending);
+                        }
+                        // (Uncounted in the flow while held.)
+                        flow.reckon(side, admitted, 0);
+                        pair.sniff = Some(seen);
+                        return Ok(());
+                    }
+                    Some(true) => {
+                        pair.sftp = Some(sftp_of(rc));
+                        return sftp_requests(pair, id, &seen, data, admitted, rc, recorder, flow).await;
+                    }
+                    Some(false) if held > 0 => {
+                        // What was held goes first, with this.
+                        recorder.push(
+                            Direction::ClientToTarget,
+                            TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
+                        );
+                        if let Err(ending) = flush(recorder).await {
+                            flow.delivered(side, admitted);
+                            return Err(ending);
+                        }
+                        flow.reckon(side, admitted, seen.len());
+                        pair.to_target.send(Out::Data(bytes::Bytes::from(seen)), flow);
+                        return Ok(());
+                    }
+                    Some(false) => {}
+                }
+            }
+            ChannelMsg::Eof | ChannelMsg::Close => {
+                // The input ended before it told: what was held goes on.
+                let seen = pair.sniff.take().expect("looked at");
+                if !seen.is_empty() {
+                    flow.reckon(side, 0, seen.len());
+                    pair.to_target.send(Out::Data(bytes::Bytes::from(seen)), flow);
+                }
+            }
+            _ => {}
         }
     }
     // Command lines a keystroke or an echo completed, recorded after it.
@@ -1547,11 +1603,11 @@ async fn relay_event<S: EventSink>(
                 }
                 // Approved in review: it runs, once.
                 pair.asked.push_back(Asked::Other);
-                pair.sniff = gate.rules.checks_files();
+                pair.sniff = pair.sniffs(rc).then(Vec::new);
                 pair.to_target.send(Out::Exec(command), flow);
                 return Ok(());
             }
-            pair.sniff = rc.gate.is_some_and(|g| g.rules.checks_files());
+            pair.sniff = pair.sniffs(rc).then(Vec::new);
             // Recorded (above) before it passes.
             if let Err(ending) = flush(recorder).await {
                 flow.delivered(side, admitted);
@@ -1583,7 +1639,10 @@ async fn relay_event<S: EventSink>(
             };
             (Some(out), Some(recorded.into()))
         }
-        (Side::Client, ChannelMsg::RequestShell { .. }) => (Some(Out::Shell), Some(Shell { channel_id }.into())),
+        (Side::Client, ChannelMsg::RequestShell { .. }) => {
+            pair.sniff = pair.sniffs(rc).then(Vec::new);
+            (Some(Out::Shell), Some(Shell { channel_id }.into()))
+        }
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. })
             if name == SFTP && rc.gate.is_some_and(|g| !g.rules.sftp) =>
         {
@@ -1602,7 +1661,7 @@ async fn relay_event<S: EventSink>(
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. }) if name == SFTP => {
             // Read as SFTP from the request on: a client need not wait for
             // the answer before it sends its first requests.
-            pair.sftp.get_or_insert_with(|| crate::sftp::Sftp::new(rc.masker.is_some()));
+            pair.sftp.get_or_insert_with(|| sftp_of(rc));
             let recorded = Exec { channel_id, command: format!("subsystem {SFTP}") };
             (Some(Out::Subsystem(name)), Some(recorded.into()))
         }
@@ -1619,11 +1678,8 @@ async fn relay_event<S: EventSink>(
             let recorded = Signal { channel_id, signal: signal_name_of(&signal) };
             (Some(Out::Signal(signal)), Some(recorded.into()))
         }
-        (Side::Client, ChannelMsg::Data { data })
-            if pair.sftp.is_some() && rc.gate.is_some_and(|g| g.rules.checks_files()) =>
-        {
-            let gate = rc.gate.expect("checked");
-            return checked_sftp(pair, id, data, admitted, gate, rc, recorder, flow).await;
+        (Side::Client, ChannelMsg::Data { data }) if pair.sftp.as_ref().is_some_and(crate::sftp::Sftp::whole) => {
+            return sftp_requests(pair, id, &data, &data, admitted, rc, recorder, flow).await;
         }
         (Side::Client, ChannelMsg::Data { data }) => {
             let recorded = match (pair.sftp.as_mut(), pair.terminal.as_mut()) {
@@ -1660,50 +1716,28 @@ async fn relay_event<S: EventSink>(
                 None => Ok(()),
             };
         }
-        (Side::Target, ChannelMsg::Data { data })
-            if !pair.refusals.is_empty()
-                && pair.sftp.as_ref().is_some_and(|sftp| !sftp.masks() && sftp.answer_rest(&data).is_some()) =>
-        {
-            // Statuses refusing requests go where the answer under way ends.
+        (Side::Target, ChannelMsg::Data { data }) if pair.sftp.as_ref().is_some_and(crate::sftp::Sftp::whole) => {
             let sftp = pair.sftp.as_mut().expect("checked");
-            let end = sftp.answer_rest(&data).expect("checked");
-            sftp.answered(&data);
-            recorder.push(
-                Direction::TargetToClient,
-                TerminalOutput { channel_id, stream: OutputStream::Stdout, data: data.to_vec() }.into(),
-            );
-            if let Err(ending) = flush(recorder).await {
+            let Some(ready) = sftp.answers(&data, rc.masker, &mut masked_counts) else {
+                // An answer too large to read cannot be told apart (nor
+                // masked): the channel ends rather than pass it.
                 flow.delivered(side, admitted);
-                return Err(ending);
-            }
-            let mut pieces = vec![data.slice(..end)];
-            pieces.append(&mut pair.refusals);
-            pieces.push(data.slice(end..));
-            for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
-                pair.to_client.send(Out::Data(piece), flow);
-            }
-            return Ok(());
-        }
-        (Side::Target, ChannelMsg::Data { data }) if pair.sftp.as_ref().is_some_and(|sftp| sftp.masks()) => {
-            let masker = rc.masker.expect("a masked SFTP channel is in a masked session");
-            let sftp = pair.sftp.as_mut().expect("checked");
-            let Some(ready) = sftp.answered_masked(&data, masker, &mut masked_counts, std::time::Instant::now()) else {
-                // An answer too large to read cannot be masked: the channel
-                // ends rather than pass it.
-                let message = format!(
-                    "an SFTP answer larger than {} bytes cannot be masked: the channel was closed",
-                    crate::sftp::MAX_PACKET
-                );
-                recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
-                flow.delivered(side, admitted);
-                flush(recorder).await?;
-                pair.writer_mut(Side::Target).stop(flow);
-                pair.to_client.send(Out::Close, flow);
-                pair.to_target.send(Out::Close, flow);
+                if !pair.gone[Side::Target as usize] {
+                    let message = format!(
+                        "an SFTP answer larger than {} bytes cannot be read: the channel was closed",
+                        crate::sftp::MAX_PACKET
+                    );
+                    recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
+                    flush(recorder).await?;
+                    pair.to_client.send(Out::Close, flow);
+                    pair.to_target.send(Out::Close, flow);
+                    // (What the target sends from now on is dropped.)
+                    pair.gone[Side::Target as usize] = true;
+                }
                 return Ok(());
             };
-            // What goes is what the flow counts (held bytes were counted
-            // when they came).
+            // What goes is what the flow counts (bytes held for a packet's
+            // end are not counted while held).
             flow.reckon(Side::Target, admitted, ready.len());
             if !ready.is_empty() {
                 let recorded = TerminalOutput { channel_id, stream: OutputStream::Stdout, data: ready.clone() };
@@ -1771,7 +1805,7 @@ async fn relay_event<S: EventSink>(
                 }
                 // Read as SFTP (and not masked) only once the target runs it.
                 Some(Asked::Sftp) => {
-                    pair.sftp.get_or_insert_with(|| crate::sftp::Sftp::new(rc.masker.is_some()));
+                    pair.sftp.get_or_insert_with(|| sftp_of(rc));
                 }
                 _ => {}
             }
@@ -1974,7 +2008,7 @@ fn masked(
     counts: &mut Counts,
     flow: &Flow,
 ) -> Option<bytes::Bytes> {
-    let Some(masker) = rc.masker.filter(|_| pair.masks()) else {
+    let Some(masker) = rc.masker.filter(|_| pair.masks(stream)) else {
         return Some(data);
     };
     let (ready, was) = pair.masking[stream].push(masker, &data, std::time::Instant::now(), counts);
@@ -2014,19 +2048,6 @@ async fn flush_masked<S: EventSink>(
     let mut counts = Counts::new();
     let mut out = Vec::new();
     let mut ended = None;
-    // A read's answer an SFTP channel holds back.
-    if let Some(sftp) = pair.sftp.as_mut() {
-        let held = sftp.flush_masked(masker, &mut counts);
-        if !held.is_empty() {
-            // (Uncounted in the flow while held: counted again as it goes.)
-            flow.reckon(Side::Target, 0, held.len());
-            recorder.push(
-                Direction::TargetToClient,
-                TerminalOutput { channel_id, stream: OutputStream::Stdout, data: held.clone() }.into(),
-            );
-            out.push(Out::Data(bytes::Bytes::from(held)));
-        }
-    }
     for (index, stream) in [OutputStream::Stdout, OutputStream::Stderr].into_iter().enumerate() {
         let (held, was) = pair.masking[index].flush(masker, &mut counts, all, std::time::Instant::now());
         if held.is_empty() {
@@ -2075,8 +2096,7 @@ async fn flush_due<S: EventSink>(
 ) -> Result<(), Ending> {
     let now = std::time::Instant::now();
     for (id, pair) in pairs.iter_mut() {
-        let sftp_due = pair.sftp.as_ref().and_then(crate::sftp::Sftp::masking_due);
-        if pair.masking.iter().map(crate::mask::OutputMasker::due).chain([sftp_due]).flatten().any(|due| due <= now) {
+        if pair.masking.iter().any(|m| m.due().is_some_and(|due| due <= now)) {
             flush_masked(pair, masker, Some(u32::from(*id)), recorder, flow, gate, false).await?;
         }
     }
@@ -2224,57 +2244,59 @@ async fn decide_held(
     }
 }
 
-/// Relays what a client sends on an SFTP channel whose requests the
-/// session's rules decide: whole packets, each read before it passes.
-/// Everything the client sent is recorded first; a request the rules
-/// refuse is recorded as the operation asked with its decision, never
-/// reaches the target, and is answered with a status saying why.
+/// Relays what a client sends on an SFTP channel that goes as whole
+/// packets (its requests decided by file rules, or its reads masked): each
+/// request read before it passes. Everything the client sent is recorded
+/// first (`record`: what of it is not recorded yet); a request refused is
+/// recorded as the operation asked with its decision, never reaches the
+/// target, and is answered with a status saying why.
 #[allow(clippy::too_many_arguments)]
-async fn checked_sftp<S: EventSink>(
+async fn sftp_requests<S: EventSink>(
     pair: &mut Pair,
     id: ChannelId,
-    data: bytes::Bytes,
+    data: &[u8],
+    record: &[u8],
     admitted: usize,
-    gate: &Gate,
     rc: &RelayCtx<'_>,
     recorder: &mut SessionRecorder<S>,
     flow: &Flow,
 ) -> Result<(), Ending> {
     let channel_id = Some(u32::from(id));
-    recorder.push(
-        Direction::ClientToTarget,
-        TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
-    );
+    let gate = rc.gate.filter(|g| g.rules.checks_files());
+    if !record.is_empty() {
+        recorder.push(
+            Direction::ClientToTarget,
+            TerminalInput { channel_id, data: record.to_vec(), ..Default::default() }.into(),
+        );
+    }
     let sftp = pair.sftp.as_mut().expect("an SFTP channel");
-    let Some(packets) = sftp.split_requests(&data) else {
+    let Some(packets) = sftp.split_requests(data) else {
         // A packet no SFTP server reads: it cannot pass, and nothing after
         // it can be told apart. The channel ends.
         let message = format!(
-            "an SFTP request larger than {} bytes cannot be read under rule set {}: the channel was closed",
+            "an SFTP request larger than {} bytes cannot be read: the channel was closed",
             crate::sftp::MAX_PACKET,
-            gate.rules.name
         );
-        let refused = refuse_by_rule(
-            recorder,
-            gate,
-            ErrorReport { message: message.clone(), ..Default::default() }.into(),
-            "unreadable",
-            message,
-        )
-        .await;
+        recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
         flow.delivered(Side::Client, admitted);
-        refused?;
-        pair.writer_mut(Side::Client).stop(flow);
+        flush(recorder).await?;
         pair.to_client.send(Out::Close, flow);
         pair.to_target.send(Out::Close, flow);
+        pair.writer_mut(Side::Client).stop(flow);
         return Ok(());
     };
     let (mut passing, mut files, mut refused, mut said) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for packet in packets {
-        let check = pair.sftp.as_ref().expect("an SFTP channel").check(&packet);
+        let sftp = pair.sftp.as_ref().expect("an SFTP channel");
+        let check = match (sftp.conflict(&packet), gate) {
+            (Some(id), _) => crate::sftp::Check::Unreadable { id: Some(id) },
+            (None, Some(_)) => sftp.check(&packet),
+            (None, None) => crate::sftp::Check::Pass,
+        };
         let refusal = match check {
             crate::sftp::Check::Pass => None,
             crate::sftp::Check::Operation { id, operation, paths } => {
+                let gate = gate.expect("checked under rules");
                 let home = pair.sftp.as_ref().and_then(|sftp| sftp.home().map(str::to_string));
                 match decide_file(gate, rc, operation, &paths, home.as_deref(), recorder.session_id()).await {
                     None => None,
@@ -2294,21 +2316,20 @@ async fn checked_sftp<S: EventSink>(
                 }
             }
             crate::sftp::Check::Unreadable { id } => {
-                let rule = format!("{}/unreadable", gate.rules.name);
-                let message = format!("refused by rule {rule}: the request cannot be read");
-                recorder.push(
-                    Direction::Gateway,
-                    rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()).into(),
+                let rule = gate.map_or_else(|| "sftp".to_string(), |g| format!("{}/unreadable", g.rules.name));
+                let message = format!(
+                    "refused by rule {rule}: the request cannot be read, or cannot be told apart from another (its id already waiting for an answer)"
                 );
+                let report = match gate {
+                    Some(gate) => rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()).into(),
+                    None => ErrorReport { message: message.clone(), ..Default::default() }.into(),
+                };
+                recorder.push(Direction::Gateway, report);
                 Some((id, message))
             }
         };
         match refusal {
-            None => {
-                files.extend(pair.sftp.as_mut().expect("an SFTP channel").passed(&packet));
-                passing.extend_from_slice(&(packet.len() as u32).to_be_bytes());
-                passing.extend_from_slice(&packet);
-            }
+            None => files.extend(pair.sftp.as_mut().expect("an SFTP channel").forward(&packet, &mut passing)),
             Some((id, message)) => {
                 // Said on the channel's stderr too: SFTP clients show their
                 // user the status's code, seldom its message.
@@ -2333,7 +2354,7 @@ async fn checked_sftp<S: EventSink>(
         return Err(ending);
     }
     // The flow counts what goes to the target (bytes held for a packet's
-    // end were counted when they came), and the statuses that go back.
+    // end are not counted while held), and what goes back.
     flow.reckon(Side::Client, admitted, passing.len());
     if !passing.is_empty() {
         pair.to_target.send(Out::Data(bytes::Bytes::from(passing)), flow);
@@ -2344,14 +2365,21 @@ async fn checked_sftp<S: EventSink>(
     }
     for status in refused {
         flow.reckon(Side::Target, 0, status.len());
-        let between = pair.sftp.as_ref().is_some_and(|sftp| sftp.answer_rest(&[]) == Some(0));
-        if between && pair.refusals.is_empty() {
+        pair.refusals.push(status);
+    }
+    // Answers go whole, so a refusal goes at once, once the version has.
+    if pair.sftp.as_ref().is_some_and(crate::sftp::Sftp::versioned) {
+        for status in std::mem::take(&mut pair.refusals) {
             pair.to_client.send(Out::Data(status), flow);
-        } else {
-            pair.refusals.push(status);
         }
     }
     Ok(())
+}
+
+/// A channel's SFTP reader, as the session reads it: masked if the
+/// session is, decided if its rules decide file operations.
+fn sftp_of(rc: &RelayCtx<'_>) -> crate::sftp::Sftp {
+    crate::sftp::Sftp::new(rc.masker.is_some(), rc.gate.is_some_and(|g| g.rules.checks_files()))
 }
 
 /// A file operation SFTP requests said, as recorded.

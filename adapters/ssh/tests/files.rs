@@ -113,8 +113,9 @@ async fn sftp_and_scp_operations_are_recorded_with_whole_file_hashes() {
 }
 
 /// In a masked session, a file read over SFTP is masked for the client and
-/// the recording: a card number cut between two reads (16 KiB each, `-B`)
-/// is found whole; the file keeps its length; its recorded SHA-256 is that
+/// the recording: a card number cut between two reads (16 KiB each, `-B`),
+/// or across many tiny ones asked one at a time (`-B 7 -R 1`), is found
+/// whole; the file keeps its length; its recorded SHA-256 is that
 /// of the bytes the client got; and a file without secrets passes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_read_over_sftp_is_masked_even_across_reads() {
@@ -127,12 +128,15 @@ async fn a_file_read_over_sftp_is_masked_even_across_reads() {
     std::fs::write(dir.join("secret.txt"), &secret).unwrap();
     let plain: Vec<u8> = (0..100_000u32).flat_map(|i| format!("row {i}\n").into_bytes()).collect();
     std::fs::write(dir.join("plain.txt"), &plain).unwrap();
+    std::fs::write(dir.join("small.txt"), "card: 4111 1111 1111 1111 end\n").unwrap();
     let d = dir.display().to_string();
     let batch = dir.join("batch");
     std::fs::write(&batch, format!("get {d}/secret.txt {d}/got-secret.txt\nget {d}/plain.txt {d}/got-plain.txt\n"))
         .unwrap();
     let gateway = tokio::task::spawn_blocking(move || {
         client(&gateway, "sftp", &["-B", "16384", "-b", batch.to_str().unwrap(), "agent@127.0.0.1"]);
+        std::fs::write(&batch, format!("get {d}/small.txt {d}/got-small.txt\n")).unwrap();
+        client(&gateway, "sftp", &["-B", "7", "-R", "1", "-b", batch.to_str().unwrap(), "agent@127.0.0.1"]);
         gateway
     })
     .await
@@ -143,6 +147,9 @@ async fn a_file_read_over_sftp_is_masked_even_across_reads() {
     assert!(!text.contains("4111 ") && !text.contains("1111 1111"), "{}", &text[32 * 1024 - 40..32 * 1024 + 40]);
     assert!(text.contains(" is the card\n") && text.starts_with("log line\n") && text.ends_with("tail\n"));
     assert_eq!(std::fs::read(dir.join("got-plain.txt")).unwrap(), plain, "a file without secrets passes exactly");
+    let small = std::fs::read_to_string(dir.join("got-small.txt")).unwrap();
+    assert!(small.starts_with("card: ") && small.ends_with(" end\n") && small.len() == 30, "{small:?}");
+    assert!(!small.contains("1111"), "seven bytes at a time: {small:?}");
 
     let sessions = tokio::time::timeout(Duration::from_secs(60), gateway.recorded()).await.unwrap();
     let events: Vec<_> = sessions.into_iter().flatten().collect();
