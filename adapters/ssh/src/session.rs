@@ -1515,40 +1515,31 @@ async fn relay_event<S: EventSink>(
                 let mut seen = pair.sniff.take().expect("looked at");
                 let held = seen.len();
                 seen.extend_from_slice(data);
-                match crate::sftp::opens_sftp(&seen) {
-                    None => {
-                        recorder.push(
-                            Direction::ClientToTarget,
-                            TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
-                        );
-                        if let Err(ending) = flush(recorder).await {
-                            flow.delivered(side, admitted);
-                            return Err(ending);
-                        }
-                        // (Uncounted in the flow while held.)
+                let told = crate::sftp::opens_sftp(&seen);
+                if told == Some(true) {
+                    pair.sftp = Some(sftp_of(rc));
+                    return sftp_requests(pair, id, &seen, data, admitted, rc, recorder, flow).await;
+                }
+                if told.is_none() || held > 0 {
+                    // Recorded as it comes; held back until told (uncounted
+                    // in the flow while held), then what was held goes
+                    // first, with this.
+                    recorder.push(
+                        Direction::ClientToTarget,
+                        TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
+                    );
+                    if let Err(ending) = flush(recorder).await {
+                        flow.delivered(side, admitted);
+                        return Err(ending);
+                    }
+                    if told.is_none() {
                         flow.reckon(side, admitted, 0);
                         pair.sniff = Some(seen);
-                        return Ok(());
-                    }
-                    Some(true) => {
-                        pair.sftp = Some(sftp_of(rc));
-                        return sftp_requests(pair, id, &seen, data, admitted, rc, recorder, flow).await;
-                    }
-                    Some(false) if held > 0 => {
-                        // What was held goes first, with this.
-                        recorder.push(
-                            Direction::ClientToTarget,
-                            TerminalInput { channel_id, data: data.to_vec(), ..Default::default() }.into(),
-                        );
-                        if let Err(ending) = flush(recorder).await {
-                            flow.delivered(side, admitted);
-                            return Err(ending);
-                        }
+                    } else {
                         flow.reckon(side, admitted, seen.len());
                         pair.to_target.send(Out::Data(bytes::Bytes::from(seen)), flow);
-                        return Ok(());
                     }
-                    Some(false) => {}
+                    return Ok(());
                 }
             }
             ChannelMsg::Eof | ChannelMsg::Close => {

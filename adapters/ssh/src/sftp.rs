@@ -1081,6 +1081,24 @@ mod tests {
     }
 
     #[test]
+    fn a_command_opening_sftp_is_told_by_its_first_bytes() {
+        let init = [0, 0, 0, 5, fxp::INIT, 0, 0, 0, 3];
+        assert_eq!(opens_sftp(&init), Some(true));
+        for held in 1..init.len() {
+            assert_eq!(opens_sftp(&init[..held]), None, "{held} bytes could still be one");
+        }
+        // With extensions, and other versions.
+        assert_eq!(opens_sftp(&[0, 0, 0, 40, fxp::INIT, 0, 0, 0, 6, 1, 2]), Some(true));
+        // Anything else, at its first byte that cannot be one.
+        assert_eq!(opens_sftp(b"ls -la"), Some(false));
+        assert_eq!(opens_sftp(&[0, 0, 0, 4]), Some(false), "too short for a version");
+        assert_eq!(opens_sftp(&[0, 0, 0, 5, 2]), Some(false));
+        assert_eq!(opens_sftp(&[0, 0, 0, 5, fxp::INIT, 0, 0, 0, 9]), Some(false));
+        assert_eq!(opens_sftp(&[0, 1]), Some(false), "longer than an INIT is");
+        assert_eq!(opens_sftp(&[0x1f, 0x8b]), Some(false), "gzip");
+    }
+
+    #[test]
     fn requests_a_rule_cannot_read_are_told_apart() {
         let sftp = Sftp::default();
         assert_eq!(sftp.check(&body(packet(fxp::READ, Some(1), &[b"x"]))), Check::Pass);
