@@ -39,6 +39,10 @@ pub struct OutputMasker {
     held: Vec<u8>,
     /// When what is held came.
     since: Option<Instant>,
+    /// Secrets replaced in place, each by as many bytes (output that is
+    /// no terminal's: a program reading it may count its bytes, as legacy
+    /// scp's does).
+    pub in_place: bool,
 }
 
 impl OutputMasker {
@@ -75,7 +79,7 @@ impl OutputMasker {
         }
         let ready: Vec<u8> = self.held.drain(..cut).collect();
         self.since = (!self.held.is_empty()).then_some(now);
-        (mask_bytes(masker, &ready, counts), ready.len())
+        (mask_with(masker, &ready, counts, self.in_place), ready.len())
     }
 
     /// When what is held must go (all but an end that looks like the start
@@ -95,7 +99,7 @@ impl OutputMasker {
         if self.held.is_empty() {
             self.since = None;
         }
-        if held.is_empty() { (held, 0) } else { (mask_bytes(masker, &held, counts), held.len()) }
+        if held.is_empty() { (held, 0) } else { (mask_with(masker, &held, counts, self.in_place), held.len()) }
     }
 }
 

@@ -403,6 +403,14 @@ fn scp_operation(command: &[String]) -> Option<Vec<Vec<String>>> {
     Some(commands)
 }
 
+/// Whether a command line is legacy scp's server side alone, run by its
+/// name (`scp -t PATH`, `scp -f PATH`), as OpenSSH's `scp -O` sends it.
+pub fn legacy_scp(line: &str) -> bool {
+    let commands = commands(line);
+    matches!(commands.as_slice(), [command] if command[0] == "scp" && scp_moves_files(command))
+        && line.split_whitespace().next() == Some("scp")
+}
+
 /// Whether an scp command is legacy scp's server side (`-t` or `-f`).
 fn scp_moves_files(command: &[String]) -> bool {
     command[1..].iter().take_while(|w| *w != "--").any(|w| w.starts_with('-') && w.contains(['t', 'f']))

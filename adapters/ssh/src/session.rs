@@ -570,6 +570,10 @@ struct Pair {
     /// may speak SFTP (`ForceCommand internal-sftp`, an `sftp-server` under
     /// another name), read as SFTP then.
     sniff: Option<Vec<u8>>,
+    /// The target's first output to such a command is looked at: one that
+    /// answers as an SFTP server (its first input was not told as SFTP)
+    /// ends the channel.
+    watch: bool,
     /// What the channel forwards, when it is a forwarded connection.
     forward: Option<Forwarded>,
     /// Output held back for masking: stdout, stderr.
@@ -1316,6 +1320,7 @@ fn pair(
         sftp: None,
         refusals: Vec::new(),
         sniff: None,
+        watch: false,
         forward: None,
         masking: Default::default(),
         started: false,
@@ -1594,11 +1599,16 @@ async fn relay_event<S: EventSink>(
                 }
                 // Approved in review: it runs, once.
                 pair.asked.push_back(Asked::Other);
-                pair.sniff = pair.sniffs(rc).then(Vec::new);
+                pair.sniff =
+                    (pair.sniffs(rc) && !crate::rules::legacy_scp(&String::from_utf8_lossy(&command))).then(Vec::new);
+                pair.watch = pair.sniffs(rc);
                 pair.to_target.send(Out::Exec(command), flow);
                 return Ok(());
             }
-            pair.sniff = pair.sniffs(rc).then(Vec::new);
+            // (Legacy scp's first input is one byte, and it waits: its own
+            // paths are decided instead.)
+            pair.sniff = (pair.sniffs(rc) && !crate::rules::legacy_scp(&text)).then(Vec::new);
+            pair.watch = pair.sniffs(rc);
             // Recorded (above) before it passes.
             if let Err(ending) = flush(recorder).await {
                 flow.delivered(side, admitted);
@@ -1632,6 +1642,7 @@ async fn relay_event<S: EventSink>(
         }
         (Side::Client, ChannelMsg::RequestShell { .. }) => {
             pair.sniff = pair.sniffs(rc).then(Vec::new);
+            pair.watch = pair.sniffs(rc);
             (Some(Out::Shell), Some(Shell { channel_id }.into()))
         }
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. })
@@ -1750,7 +1761,22 @@ async fn relay_event<S: EventSink>(
             }
             return Ok(());
         }
+        (Side::Target, ChannelMsg::Data { data })
+            if std::mem::take(&mut pair.watch) && pair.sftp.is_none() && crate::sftp::answers_sftp(&data) =>
+        {
+            // An SFTP server answering on a channel not read as SFTP: what
+            // its client asks could not be decided, nor its reads masked.
+            flow.delivered(side, admitted);
+            let message = "a command answered as an SFTP server on a channel whose input was not read as SFTP: the channel was closed".to_string();
+            recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
+            flush(recorder).await?;
+            pair.to_client.send(Out::Close, flow);
+            pair.to_target.send(Out::Close, flow);
+            pair.gone[Side::Target as usize] = true;
+            return Ok(());
+        }
         (Side::Target, ChannelMsg::Data { data }) => {
+            pair.watch = false;
             if let Some(sftp) = pair.sftp.as_mut() {
                 sftp.answered(&data);
             }
@@ -2002,6 +2028,8 @@ fn masked(
     let Some(masker) = rc.masker.filter(|_| pair.masks(stream)) else {
         return Some(data);
     };
+    // Output no terminal shows keeps its length.
+    pair.masking[stream].in_place = pair.terminal.is_none();
     let (ready, was) = pair.masking[stream].push(masker, &data, std::time::Instant::now(), counts);
     if ready.is_empty() {
         // Held: its bytes stay counted in the flow until they go.
