@@ -570,10 +570,10 @@ struct Pair {
     /// may speak SFTP (`ForceCommand internal-sftp`, an `sftp-server` under
     /// another name), read as SFTP then.
     sniff: Option<Vec<u8>>,
-    /// The target's first output to such a command is looked at: one that
-    /// answers as an SFTP server (its first input was not told as SFTP)
-    /// ends the channel.
-    watch: bool,
+    /// The target's first output to a command or shell (terminal or not)
+    /// is looked at (its first bytes so far): one that answers as an SFTP
+    /// server on a channel not read as SFTP ends the channel.
+    watch: Option<Vec<u8>>,
     /// What the channel forwards, when it is a forwarded connection.
     forward: Option<Forwarded>,
     /// Output held back for masking: stdout, stderr.
@@ -596,9 +596,7 @@ impl Pair {
     /// command or shell without a terminal, in a session that masks or
     /// decides file operations.
     fn sniffs(&self, rc: &RelayCtx<'_>) -> bool {
-        self.terminal.is_none()
-            && !self.asked.contains(&Asked::Pty)
-            && (rc.masker.is_some() || rc.gate.is_some_and(|g| g.rules.checks_files()))
+        self.terminal.is_none() && !self.asked.contains(&Asked::Pty) && watches(rc)
     }
 }
 
@@ -1320,7 +1318,7 @@ fn pair(
         sftp: None,
         refusals: Vec::new(),
         sniff: None,
-        watch: false,
+        watch: None,
         forward: None,
         masking: Default::default(),
         started: false,
@@ -1486,6 +1484,11 @@ async fn relay_event<S: EventSink>(
         flow.delivered(side, admitted);
         return Ok(());
     };
+    if pair.gone[side as usize] {
+        // A side Proctor closed: what it still sends is dropped.
+        flow.delivered(side, admitted);
+        return Ok(());
+    }
     let channel_id = Some(u32::from(id));
     if let Some(forward) = pair.forward.as_mut() {
         match (&message, side) {
@@ -1558,6 +1561,32 @@ async fn relay_event<S: EventSink>(
             _ => {}
         }
     }
+    // A command answering as an SFTP server on a channel not read as SFTP:
+    // what its client asks could not be decided, nor its reads masked.
+    if side == Side::Target
+        && pair.sftp.is_none()
+        && let Some(seen) = pair.watch.as_mut()
+        && let ChannelMsg::Data { data } = &message
+    {
+        let want = 5usize.saturating_sub(seen.len());
+        seen.extend_from_slice(&data[..want.min(data.len())]);
+        match crate::sftp::answers_sftp(seen) {
+            Some(true) => {
+                flow.delivered(side, admitted);
+                let message =
+                    "a command answered as an SFTP server on a channel not read as SFTP: the channel was closed"
+                        .to_string();
+                recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
+                flush(recorder).await?;
+                pair.to_client.send(Out::Close, flow);
+                pair.to_target.send(Out::Close, flow);
+                pair.gone[Side::Target as usize] = true;
+                return Ok(());
+            }
+            Some(false) => pair.watch = None,
+            None => {}
+        }
+    }
     // Command lines a keystroke or an echo completed, recorded after it.
     let mut commands = Vec::new();
     // File operations an SFTP request said, recorded after its bytes.
@@ -1599,16 +1628,17 @@ async fn relay_event<S: EventSink>(
                 }
                 // Approved in review: it runs, once.
                 pair.asked.push_back(Asked::Other);
-                pair.sniff =
-                    (pair.sniffs(rc) && !crate::rules::legacy_scp(&String::from_utf8_lossy(&command))).then(Vec::new);
-                pair.watch = pair.sniffs(rc);
+                let scp = crate::rules::legacy_scp(&String::from_utf8_lossy(&command));
+                pair.sniff = (pair.sniffs(rc) && !scp).then(Vec::new);
+                pair.watch = (watches(rc) && !scp).then(Vec::new);
                 pair.to_target.send(Out::Exec(command), flow);
                 return Ok(());
             }
             // (Legacy scp's first input is one byte, and it waits: its own
             // paths are decided instead.)
-            pair.sniff = (pair.sniffs(rc) && !crate::rules::legacy_scp(&text)).then(Vec::new);
-            pair.watch = pair.sniffs(rc);
+            let scp = crate::rules::legacy_scp(&text);
+            pair.sniff = (pair.sniffs(rc) && !scp).then(Vec::new);
+            pair.watch = (watches(rc) && !scp).then(Vec::new);
             // Recorded (above) before it passes.
             if let Err(ending) = flush(recorder).await {
                 flow.delivered(side, admitted);
@@ -1642,7 +1672,7 @@ async fn relay_event<S: EventSink>(
         }
         (Side::Client, ChannelMsg::RequestShell { .. }) => {
             pair.sniff = pair.sniffs(rc).then(Vec::new);
-            pair.watch = pair.sniffs(rc);
+            pair.watch = watches(rc).then(Vec::new);
             (Some(Out::Shell), Some(Shell { channel_id }.into()))
         }
         (Side::Client, ChannelMsg::RequestSubsystem { name, .. })
@@ -1761,22 +1791,7 @@ async fn relay_event<S: EventSink>(
             }
             return Ok(());
         }
-        (Side::Target, ChannelMsg::Data { data })
-            if std::mem::take(&mut pair.watch) && pair.sftp.is_none() && crate::sftp::answers_sftp(&data) =>
-        {
-            // An SFTP server answering on a channel not read as SFTP: what
-            // its client asks could not be decided, nor its reads masked.
-            flow.delivered(side, admitted);
-            let message = "a command answered as an SFTP server on a channel whose input was not read as SFTP: the channel was closed".to_string();
-            recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
-            flush(recorder).await?;
-            pair.to_client.send(Out::Close, flow);
-            pair.to_target.send(Out::Close, flow);
-            pair.gone[Side::Target as usize] = true;
-            return Ok(());
-        }
         (Side::Target, ChannelMsg::Data { data }) => {
-            pair.watch = false;
             if let Some(sftp) = pair.sftp.as_mut() {
                 sftp.answered(&data);
             }
@@ -2393,6 +2408,12 @@ async fn sftp_requests<S: EventSink>(
         }
     }
     Ok(())
+}
+
+/// Whether a session looks for SFTP where it was not asked for as the
+/// subsystem: when it masks, or decides file operations.
+fn watches(rc: &RelayCtx<'_>) -> bool {
+    rc.masker.is_some() || rc.gate.is_some_and(|g| g.rules.checks_files())
 }
 
 /// A channel's SFTP reader, as the session reads it: masked if the

@@ -120,22 +120,33 @@ struct Open {
     end: Option<u64>,
 }
 
-/// The most of a transfer kept ahead of its hash per handle.
-const AHEAD: usize = 4 << 20;
+/// The most of a channel's transfers kept ahead of their hash, in bytes
+/// and in pieces.
+const AHEAD: usize = 8 << 20;
+const AHEAD_PIECES: usize = 4096;
 
 impl Open {
-    fn passed(&mut self, offset: u64, data: &[u8]) {
+    /// `data` passed at `offset`; `used` is what the channel keeps ahead
+    /// (bytes, pieces), counted here.
+    fn passed(&mut self, offset: u64, data: &[u8], used: &mut (usize, usize)) {
         self.bytes += data.len() as u64;
+        if data.is_empty() {
+            return;
+        }
         let Some(hasher) = self.hasher.as_mut() else { return };
-        let held: usize = self.ahead.values().map(Vec::len).sum();
-        if offset > self.next && held + data.len() <= AHEAD && !self.ahead.contains_key(&offset) {
+        if offset > self.next
+            && used.0 + data.len() <= AHEAD
+            && used.1 < AHEAD_PIECES
+            && !self.ahead.contains_key(&offset)
+        {
             self.ahead.insert(offset, data.to_vec());
+            *used = (used.0 + data.len(), used.1 + 1);
             return;
         }
         if offset != self.next {
             // Read again, or too far ahead: no whole-file hash.
             self.hasher = None;
-            self.ahead.clear();
+            self.give_back(used);
             return;
         }
         hasher.update(data);
@@ -146,13 +157,21 @@ impl Open {
                 break;
             }
             let (at, piece) = entry.remove_entry();
+            *used = (used.0 - piece.len(), used.1 - 1);
             if at != self.next {
                 self.hasher = None;
-                self.ahead.clear();
+                self.give_back(used);
                 return;
             }
             hasher.update(&piece);
             self.next += piece.len() as u64;
+        }
+    }
+
+    /// Drops what was kept ahead, no longer counted.
+    fn give_back(&mut self, used: &mut (usize, usize)) {
+        for piece in std::mem::take(&mut self.ahead).into_values() {
+            *used = (used.0 - piece.len(), used.1 - 1);
         }
     }
 }
@@ -274,6 +293,8 @@ pub struct Sftp {
     checked: bool,
     /// The most the server reads at once, as it told the client.
     read_cap: Option<u64>,
+    /// What transfers keep ahead of their hash (bytes, pieces).
+    ahead: (usize, usize),
 }
 
 /// How much more of a file than a read asks for it is read with, on each
@@ -591,6 +612,7 @@ impl Sftp {
         self.unread += packets;
         for open in self.handles.values_mut() {
             open.hasher = None;
+            open.give_back(&mut self.ahead);
         }
     }
 
@@ -658,15 +680,17 @@ impl Sftp {
                 let offset = f.u64()?;
                 let data = f.bytes()?;
                 if let Some(open) = self.handles.get_mut(handle) {
-                    open.passed(offset, data);
+                    open.passed(offset, data, &mut self.ahead);
                 }
                 None
             }
             fxp::CLOSE => {
                 let handle = f.bytes()?;
-                self.handles.remove(handle).map(|open| {
-                    // (A read hashed whole up to where the file ends.)
+                self.handles.remove(handle).map(|mut open| {
+                    // (Hashed whole: written, or read up to where the file
+                    // ends, with no gap left.)
                     let whole = (open.write || open.end == Some(open.next)) && open.ahead.is_empty();
+                    open.give_back(&mut self.ahead);
                     Operation {
                         operation: if open.write { "write" } else { "read" },
                         path: open.path,
@@ -764,7 +788,7 @@ impl Sftp {
             (fxp::DATA, Some(Pending::Read { handle, offset, .. })) => {
                 let data = f.bytes()?;
                 if let Some(open) = self.handles.get_mut(&handle) {
-                    open.passed(offset, data);
+                    open.passed(offset, data, &mut self.ahead);
                 }
             }
             (fxp::STATUS, Some(Pending::Read { handle, offset, .. })) => {
@@ -785,34 +809,32 @@ impl Sftp {
 /// `SSH_FXP_INIT` packet (any version; its length within what a server
 /// reads). `None` while the bytes so far could still be one.
 pub fn opens_sftp(first: &[u8]) -> Option<bool> {
-    match first {
-        [] => None,
-        [0, ..] if first.len() < 4 => {
-            // (Its length's high bytes within a server's packet size.)
-            Some(false).filter(|_| first.get(1).is_some_and(|b| *b > 0x00) || first.get(2).is_some_and(|b| *b > 0x04))
-        }
-        [0, a, b, c, rest @ ..] => {
-            let len = u32::from_be_bytes([0, *a, *b, *c]);
-            if !(5..=MAX_SERVER_PACKET).contains(&len) {
-                return Some(false);
-            }
-            rest.first().map(|kind| *kind == fxp::INIT)
-        }
-        _ => Some(false),
+    if first.len() < 4 {
+        // The shortest and longest lengths these bytes could begin.
+        let mut low = [0u8; 4];
+        let mut high = [0xffu8; 4];
+        low[..first.len()].copy_from_slice(first);
+        high[..first.len()].copy_from_slice(first);
+        let possible = u32::from_be_bytes(low) <= MAX_SERVER_PACKET && u32::from_be_bytes(high) >= 5;
+        return if first.is_empty() || possible { None } else { Some(false) };
     }
+    let len = u32::from_be_bytes(first[..4].try_into().expect("four bytes"));
+    if !(5..=MAX_SERVER_PACKET).contains(&len) {
+        return Some(false);
+    }
+    first.get(4).map(|kind| *kind == fxp::INIT)
 }
 
 /// Whether a command's first output is an SFTP server's `VERSION`: an
 /// SFTP session not read as one (its first input was not told in time).
-pub fn answers_sftp(first: &[u8]) -> bool {
-    match first {
-        [0, a, b, c, kind, ..] => {
-            (5..=MAX_SERVER_PACKET).contains(&u32::from_be_bytes([0, *a, *b, *c])) && *kind == fxp::INIT + 1
-        }
-        // (Too little to tell: taken as one, the safer side.)
-        [0, ..] => true,
-        _ => false,
+/// `None` while the bytes so far could still be one.
+pub fn answers_sftp(first: &[u8]) -> Option<bool> {
+    if first.len() < 5 {
+        // (As a request is told, from what could still be one.)
+        return opens_sftp(first).filter(|could| !could);
     }
+    let len = u32::from_be_bytes(first[..4].try_into().expect("four bytes"));
+    Some((5..=MAX_SERVER_PACKET).contains(&len) && first[4] == fxp::INIT + 1)
 }
 
 /// The largest packet OpenSSH's server reads (256 KiB).
@@ -969,16 +991,15 @@ pub mod fuzzing {
         };
         let forwarded: Vec<Vec<u8>> =
             packets(&requests_out).into_iter().filter(|p| p.get(1..5) != Some(&HOME_ID.to_be_bytes())).collect();
-        let passed = packets(&answers_out);
+        // (Answers to Proctor's own question, whatever they are, are kept.)
+        let own = |p: &Vec<u8>| p.first() != Some(&(fxp::INIT + 1)) && p.get(1..5) == Some(&HOME_ID.to_be_bytes());
+        let passed: Vec<Vec<u8>> = packets(&answers_out).into_iter().filter(|p| !own(p)).collect();
         if !sftp.masked {
             assert_eq!(forwarded, requests_in, "requests pass as they came");
             if whole {
                 let mut framer = Framer::default();
                 let (sent, _) = framer.feed(&answers_in);
-                let kept: Vec<Vec<u8>> = sent
-                    .into_iter()
-                    .filter(|p| !(p.first() == Some(&fxp::NAME) && p.get(1..5) == Some(&HOME_ID.to_be_bytes())))
-                    .collect();
+                let kept: Vec<Vec<u8>> = sent.into_iter().filter(|p| !own(p)).collect();
                 assert_eq!(passed, kept, "answers pass as they came");
             }
         }
@@ -1190,10 +1211,14 @@ mod tests {
         assert_eq!(opens_sftp(&[0, 0, 0, 4]), Some(false), "too short for a version");
         assert_eq!(opens_sftp(&[0, 0, 0, 5, 2]), Some(false));
         assert_eq!(opens_sftp(&[0, 5]), Some(false), "longer than a server reads");
+        assert_eq!(opens_sftp(&[0, 1]), None, "64 KiB and more: still within what a server reads");
+        assert_eq!(opens_sftp(&[0, 0, 5]), None);
         assert_eq!(opens_sftp(&[0x1f, 0x8b]), Some(false), "gzip");
         // The server's side: a version answered.
-        assert!(answers_sftp(&[0, 0, 0, 5, fxp::INIT + 1, 0, 0, 0, 3]));
-        assert!(!answers_sftp(b"total 0\n") && !answers_sftp(&[0, 0, 0, 5, 9]));
+        assert_eq!(answers_sftp(&[0, 0, 0, 5, fxp::INIT + 1, 0, 0, 0, 3]), Some(true));
+        assert_eq!(answers_sftp(b"total 0\n"), Some(false));
+        assert_eq!(answers_sftp(&[0, 0, 0, 5, 9]), Some(false));
+        assert_eq!(answers_sftp(&[0]), None, "legacy scp's first answer, a lone NUL: not yet told");
     }
 
     #[test]

@@ -115,7 +115,8 @@ async fn sftp_and_scp_operations_are_recorded_with_whole_file_hashes() {
 /// In a masked session, a file read over SFTP is masked for the client and
 /// the recording: a card number cut between two reads (16 KiB each, `-B`),
 /// or across many tiny ones asked one at a time (`-B 7 -R 1`), is found
-/// whole (and legacy scp's copy, command output, is masked as text); the file keeps its length; its recorded SHA-256 is that
+/// whole (and legacy scp's copy, command output, is masked in place; an
+/// upload with it passes as it is); the file keeps its length; its recorded SHA-256 is that
 /// of the bytes the client got; and a file without secrets passes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_read_over_sftp_is_masked_even_across_reads() {
@@ -140,6 +141,9 @@ async fn a_file_read_over_sftp_is_masked_even_across_reads() {
         // Legacy scp from the target: its output masked as text.
         let from = format!("agent@127.0.0.1:{d}/small.txt");
         client(&gateway, "scp", &["-O", &from, &format!("{d}/legacy-small.txt")]);
+        // And to it (its server side answers first with a lone NUL).
+        let to = format!("agent@127.0.0.1:{d}/legacy-up.txt");
+        client(&gateway, "scp", &["-O", &format!("{d}/small.txt"), &to]);
         gateway
     })
     .await
@@ -153,6 +157,11 @@ async fn a_file_read_over_sftp_is_masked_even_across_reads() {
     let small = std::fs::read_to_string(dir.join("got-small.txt")).unwrap();
     assert!(small.starts_with("card: ") && small.ends_with(" end\n") && small.len() == 30, "{small:?}");
     assert!(!small.contains("1111"), "seven bytes at a time: {small:?}");
+    assert_eq!(
+        std::fs::read(dir.join("legacy-up.txt")).unwrap(),
+        std::fs::read(dir.join("small.txt")).unwrap(),
+        "an upload passes as it is"
+    );
     let legacy = std::fs::read_to_string(dir.join("legacy-small.txt")).unwrap();
     assert!(legacy.starts_with("card: ") && !legacy.contains("1111"), "{legacy:?}");
 
