@@ -934,6 +934,19 @@ fn hex(bytes: &[u8]) -> String {
 pub mod fuzzing {
     use super::*;
 
+    /// [`channel`] with every detector on (what `fuzz/` runs).
+    pub fn channel_masked_by_all(data: &[u8]) {
+        static MASKER: std::sync::OnceLock<std::sync::Arc<Masker>> = std::sync::OnceLock::new();
+        let masker = MASKER.get_or_init(|| {
+            use proctor_gateway_core::masking::{MaskingConfig, MaskingKey, ProfileConfig, Profiles};
+            let profile = ProfileConfig { detectors: vec!["all".into()], ..Default::default() };
+            let config = MaskingConfig { profiles: [("all".to_string(), profile)].into(), ..Default::default() };
+            let profiles = Profiles::new(&config, MaskingKey::new(vec![1; 32])).expect("a profile");
+            profiles.masker("all").expect("known").expect("a masker")
+        });
+        channel(data, masker);
+    }
+
     /// An SFTP channel driven by `data`: its first byte chooses how it is
     /// read (bit 0: masked, bit 1: under file rules), then pieces, each a
     /// byte whose low bit says which way (0: a request, 1: an answer), a
