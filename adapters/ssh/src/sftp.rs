@@ -398,9 +398,14 @@ impl Sftp {
         }
         let mut out = Vec::new();
         for packet in packets {
-            let id = packet.get(1..5).and_then(|id| id.try_into().ok()).map(u32::from_be_bytes);
-            let waiting = id.and_then(|id| self.pending.get(&id)?.front());
             let kind = packet.first().copied();
+            // (The version answers no request: it carries no id.)
+            let id = packet
+                .get(1..5)
+                .filter(|_| kind != Some(fxp::INIT + 1))
+                .and_then(|id| id.try_into().ok())
+                .map(u32::from_be_bytes);
+            let waiting = id.and_then(|id| self.pending.get(&id)?.front());
             let packet = match (kind, waiting, masker.filter(|_| self.masked)) {
                 (_, Some(Pending::Home { own: true }), _) => {
                     // Proctor's own question: its answer kept here.
