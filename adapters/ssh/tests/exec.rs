@@ -297,3 +297,27 @@ async fn a_masked_session_masks_output_for_the_client_and_the_recording() {
     assert_eq!(recorded, shown, "the recording holds what the client was shown");
     assert!(sessions[0].iter().any(|e| matches!(&e.body, EventBody::MaskingApplied(m) if !m.masked.is_empty())));
 }
+
+/// In a masked session, a command that answers as an SFTP server on a
+/// channel not read as SFTP (what a forced `sftp-server` does) is closed
+/// before any of it reaches the client, the closing recorded; the session
+/// goes on serving, and a command that merely starts its output with a
+/// NUL passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_answering_as_an_sftp_server_is_closed() {
+    let gateway = Gateway::start_with(None, false, masked_by_default()).await;
+    // SSH_FXP_VERSION, version 3, then what a server would go on with.
+    let (stdout, _, code) = gateway
+        .ssh(SECRET, &[], "printf '\\000\\000\\000\\005\\002\\000\\000\\000\\003'; sleep 2; echo more", b"")
+        .await;
+    assert_ne!(code, 0, "the channel was closed under the client");
+    assert!(stdout.is_empty(), "nothing of it reached the client: {stdout:?}");
+    let (stdout, stderr, code) = gateway.ssh(SECRET, &[], "printf '\\000ok'", b"").await;
+    assert_eq!((code, stdout.as_slice()), (0, &b"\0ok"[..]), "{stderr}");
+    let sessions = gateway.recorded().await;
+    let closed = sessions
+        .iter()
+        .flatten()
+        .any(|e| matches!(&e.body, EventBody::Error(r) if r.message.contains("answered as an SFTP server")));
+    assert!(closed, "the closing is recorded");
+}
