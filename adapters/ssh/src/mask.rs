@@ -337,7 +337,22 @@ mod tests {
             let by_bytes = mask_bytes(&masker, text.as_bytes(), &mut a);
             let by_text = masker.mask_text(&text, &mut b);
             assert_eq!(String::from_utf8(by_bytes).unwrap(), by_text, "case {case}: {text:?}");
+            // In place: as long as the text, still text, each secret's
+            // bytes replaced and nothing else, counted the same.
+            let mut c = Counts::new();
+            let in_place = mask_bytes_in_place(&masker, text.as_bytes(), &mut c);
+            assert_eq!(in_place.len(), text.len(), "case {case}: {text:?}");
+            let in_place = String::from_utf8(in_place).expect("text");
+            let mut d = Counts::new();
+            let mut at = 0;
+            for found in replacements(&masker, text.as_bytes(), &mut d, false, |_| true) {
+                assert_eq!(in_place[at..found.raw.start], text[at..found.raw.start], "case {case}");
+                assert_ne!(in_place[found.raw.clone()], text[found.raw.clone()], "case {case}");
+                at = found.raw.end;
+            }
+            assert_eq!(in_place[at..], text[at..], "case {case}");
             assert_eq!(a.into_rules(), b.into_rules(), "case {case}");
+            assert_eq!(c.into_rules(), d.into_rules(), "case {case}");
         }
     }
 

@@ -592,6 +592,16 @@ impl Pair {
         self.forward.is_none() && (stream == 1 || self.sftp.is_none())
     }
 
+    /// Sends the statuses refusing SFTP requests: answers go whole, so a
+    /// refusal goes at once, once the server's version has.
+    fn send_refusals(&mut self, flow: &Flow) {
+        if self.sftp.as_ref().is_some_and(crate::sftp::Sftp::versioned) {
+            for status in std::mem::take(&mut self.refusals) {
+                self.to_client.send(Out::Data(status), flow);
+            }
+        }
+    }
+
     /// Whether the client's first input is to be looked at for SFTP: a
     /// command or shell without a terminal, in a session that masks or
     /// decides file operations.
@@ -1573,15 +1583,8 @@ async fn relay_event<S: EventSink>(
         match crate::sftp::answers_sftp(seen) {
             Some(true) => {
                 flow.delivered(side, admitted);
-                let message =
-                    "a command answered as an SFTP server on a channel not read as SFTP: the channel was closed"
-                        .to_string();
-                recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
-                flush(recorder).await?;
-                pair.to_client.send(Out::Close, flow);
-                pair.to_target.send(Out::Close, flow);
-                pair.gone[Side::Target as usize] = true;
-                return Ok(());
+                let message = "a command answered as an SFTP server on a channel not read as SFTP";
+                return end_channel(pair, side, message.to_string(), recorder, flow).await;
             }
             Some(false) => pair.watch = None,
             None => {}
@@ -1754,19 +1757,8 @@ async fn relay_event<S: EventSink>(
                 // An answer too large to read cannot be told apart (nor
                 // masked): the channel ends rather than pass it.
                 flow.delivered(side, admitted);
-                if !pair.gone[Side::Target as usize] {
-                    let message = format!(
-                        "an SFTP answer larger than {} bytes cannot be read: the channel was closed",
-                        crate::sftp::MAX_PACKET
-                    );
-                    recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
-                    flush(recorder).await?;
-                    pair.to_client.send(Out::Close, flow);
-                    pair.to_target.send(Out::Close, flow);
-                    // (What the target sends from now on is dropped.)
-                    pair.gone[Side::Target as usize] = true;
-                }
-                return Ok(());
+                let message = format!("an SFTP answer larger than {} bytes cannot be read", crate::sftp::MAX_PACKET);
+                return end_channel(pair, side, message, recorder, flow).await;
             };
             // What goes is what the flow counts (bytes held for a packet's
             // end are not counted while held).
@@ -1783,12 +1775,7 @@ async fn relay_event<S: EventSink>(
             if !ready.is_empty() {
                 pair.to_client.send(Out::Data(bytes::Bytes::from(ready)), flow);
             }
-            // Refusals waiting for the version go once it has.
-            if pair.sftp.as_ref().is_some_and(crate::sftp::Sftp::versioned) {
-                for status in std::mem::take(&mut pair.refusals) {
-                    pair.to_client.send(Out::Data(status), flow);
-                }
-            }
+            pair.send_refusals(flow);
             return Ok(());
         }
         (Side::Target, ChannelMsg::Data { data }) => {
@@ -2307,17 +2294,9 @@ async fn sftp_requests<S: EventSink>(
     let Some(packets) = sftp.split_requests(data) else {
         // A packet no SFTP server reads: it cannot pass, and nothing after
         // it can be told apart. The channel ends.
-        let message = format!(
-            "an SFTP request larger than {} bytes cannot be read: the channel was closed",
-            crate::sftp::MAX_PACKET,
-        );
-        recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
         flow.delivered(Side::Client, admitted);
-        flush(recorder).await?;
-        pair.to_client.send(Out::Close, flow);
-        pair.to_target.send(Out::Close, flow);
-        pair.writer_mut(Side::Client).stop(flow);
-        return Ok(());
+        let message = format!("an SFTP request larger than {} bytes cannot be read", crate::sftp::MAX_PACKET);
+        return end_channel(pair, Side::Client, message, recorder, flow).await;
     };
     let (mut passing, mut files, mut refused, mut said) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for packet in packets {
@@ -2401,12 +2380,7 @@ async fn sftp_requests<S: EventSink>(
         flow.reckon(Side::Target, 0, status.len());
         pair.refusals.push(status);
     }
-    // Answers go whole, so a refusal goes at once, once the version has.
-    if pair.sftp.as_ref().is_some_and(crate::sftp::Sftp::versioned) {
-        for status in std::mem::take(&mut pair.refusals) {
-            pair.to_client.send(Out::Data(status), flow);
-        }
-    }
+    pair.send_refusals(flow);
     Ok(())
 }
 
@@ -2420,6 +2394,25 @@ fn watches(rc: &RelayCtx<'_>) -> bool {
 /// session is, decided if its rules decide file operations.
 fn sftp_of(rc: &RelayCtx<'_>) -> crate::sftp::Sftp {
     crate::sftp::Sftp::new(rc.masker.is_some(), rc.gate.is_some_and(|g| g.rules.checks_files()))
+}
+
+/// Ends a channel Proctor cannot relay further because of what `side`
+/// sent: why recorded first, then the close sent both ways; what `side`
+/// still sends on it is dropped.
+async fn end_channel<S: EventSink>(
+    pair: &mut Pair,
+    side: Side,
+    why: String,
+    recorder: &mut SessionRecorder<S>,
+    flow: &Flow,
+) -> Result<(), Ending> {
+    let message = format!("{why}: the channel was closed");
+    recorder.push(Direction::Gateway, ErrorReport { message, ..Default::default() }.into());
+    flush(recorder).await?;
+    pair.to_client.send(Out::Close, flow);
+    pair.to_target.send(Out::Close, flow);
+    pair.gone[side as usize] = true;
+    Ok(())
 }
 
 /// A file operation SFTP requests said, as recorded.

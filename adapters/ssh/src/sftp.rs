@@ -359,7 +359,7 @@ impl Sftp {
             && let Some((id, handle, offset, len)) = read_request(packet)
         {
             let from = offset.saturating_sub(CONTEXT as u64);
-            let widened = u32::try_from(u64::from(len) + (offset - from) + CONTEXT as u64).unwrap_or(u32::MAX);
+            let widened = widened(offset, len, from);
             if self.wait(id, Pending::Read { handle: handle.to_vec(), offset, len, from }) {
                 let mut asked = vec![fxp::READ];
                 asked.extend_from_slice(&id.to_be_bytes());
@@ -428,10 +428,10 @@ impl Sftp {
                     packet
                 }
                 (Some(fxp::DATA), Some(Pending::Read { offset, len, from, .. }), Some(masker)) => {
-                    let (start, len) = ((offset - from) as usize, *len as usize);
                     // What the target was asked: the client's read, and
                     // the file around it.
-                    let asked = (start + len).saturating_add(CONTEXT).min(u32::MAX as usize);
+                    let asked = widened(*offset, *len, *from) as usize;
+                    let (start, len) = ((offset - from) as usize, *len as usize);
                     match data_of(&packet) {
                         Some(data) if start < data.len() => {
                             let window = &packet[data.clone()];
@@ -845,6 +845,12 @@ pub fn answers_sftp(first: &[u8]) -> Option<bool> {
 /// The largest packet OpenSSH's server reads (256 KiB).
 const MAX_SERVER_PACKET: u32 = 256 * 1024;
 
+/// How much a masked read of `len` bytes at `offset` asks of the target
+/// from `from`: the read, and [`CONTEXT`] bytes after it.
+fn widened(offset: u64, len: u32, from: u64) -> u32 {
+    u32::try_from(u64::from(len) + (offset - from) + CONTEXT as u64).unwrap_or(u32::MAX)
+}
+
 /// A `STATUS` answer to `id` (without its length).
 fn status_packet(id: u32, code: u32, message: &str) -> Vec<u8> {
     let mut body = vec![fxp::STATUS];
@@ -852,6 +858,7 @@ fn status_packet(id: u32, code: u32, message: &str) -> Vec<u8> {
     body.extend_from_slice(&code.to_be_bytes());
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(message.as_bytes());
+    // The language tag: none.
     body.extend_from_slice(&0u32.to_be_bytes());
     body
 }
@@ -917,13 +924,7 @@ pub enum Check {
 /// The status that refuses request `id`, with `message`: a whole packet,
 /// its length first.
 pub fn refusal(id: u32, message: &str) -> Vec<u8> {
-    let mut body = vec![fxp::STATUS];
-    body.extend_from_slice(&id.to_be_bytes());
-    body.extend_from_slice(&STATUS_PERMISSION_DENIED.to_be_bytes());
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message.as_bytes());
-    // The language tag: none.
-    body.extend_from_slice(&0u32.to_be_bytes());
+    let body = status_packet(id, STATUS_PERMISSION_DENIED, message);
     let mut packet = (body.len() as u32).to_be_bytes().to_vec();
     packet.extend(body);
     packet
