@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proctor_benches::{BenchSink, dir_size, median, process_cpu};
+use proctor_benches::{BenchSink, dir_size, median, threads_cpu};
 use proctor_devcluster::sshd::{self, Sshd};
 use proctor_gateway_core::auth::SharedSecretAuthenticator;
 use proctor_gateway_core::masking::Profiles;
@@ -151,6 +151,40 @@ fn write_file(path: &Path, mib: u64, text: bool) {
         written += n as u64;
     }
     out.flush().unwrap();
+}
+
+/// Proctor's CPU seconds between two readings of [`threads_cpu`], by part:
+/// the session threads (relaying, masking, appending to the WAL), the WAL's
+/// syncer, the sealer, the runtime's threads (accepting connections). (The
+/// main thread is the bench reading the client: not counted.)
+fn cpu_by_part(
+    before: &std::collections::BTreeMap<String, Duration>,
+    after: &std::collections::BTreeMap<String, Duration>,
+) -> [f64; 4] {
+    let mut parts = [0.0; 4];
+    for (name, cpu) in after {
+        let part = match name.as_str() {
+            n if n.starts_with("proctor-session") => 0,
+            n if n.starts_with("proctor-wal") => 1,
+            n if n.starts_with("proctor-sealer") => 2,
+            n if n.starts_with("tokio") => 3,
+            _ => continue,
+        };
+        parts[part] += cpu.saturating_sub(before.get(name).copied().unwrap_or_default()).as_secs_f64();
+    }
+    parts
+}
+
+/// The machine's CPU time so far, all CPUs: (busy, total), in clock ticks.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are
+    // not busy.
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
 }
 
 /// `ssh -F CONFIG HOST cat FILE`, read whole: the seconds it took and the
@@ -309,15 +343,19 @@ fn main() {
         let hosts = ["target".to_string(), "jumped".to_string(), format!("proctor{kind}")];
         let mut seconds: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
         let mut proctor_cpu = Vec::new();
+        let mut busy_share: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
             for i in 0..hosts.len() {
                 let index = (i + round) % hosts.len();
-                let cpu = process_cpu();
+                let cpu = threads_cpu();
+                let machine = machine_cpu();
                 let (took, bytes) = transfer(&config_file, &askpass, &hosts[index], file);
                 assert_eq!(bytes, size, "{} sent all of {name}", hosts[index]);
                 seconds[index].push(took);
+                let (busy, total) = machine_cpu();
+                busy_share[index].push((busy - machine.0) / (total - machine.1).max(f64::MIN_POSITIVE));
                 if index == 2 {
-                    proctor_cpu.push((process_cpu() - cpu).as_secs_f64());
+                    proctor_cpu.push(cpu_by_part(&cpu, &threads_cpu()));
                 }
             }
         }
@@ -340,9 +378,21 @@ fn main() {
             per_round(2, 0),
             m[1] / m[0]
         );
+        let busy: Vec<f64> = busy_share.iter().map(|b| median(b.clone()) * 100.0).collect();
         println!(
-            "  Proctor's CPU (relay, recording, sealing in this process): {:.2} s per GiB",
-            median(proctor_cpu) * (1u64 << 30) as f64 / size as f64
+            "  the machine's CPUs busy meanwhile: direct {:.0}%, jump host {:.0}%, Proctor {:.0}%",
+            busy[0], busy[1], busy[2]
+        );
+        let per_gib = |part: usize| {
+            median(proctor_cpu.iter().map(|parts| parts[part]).collect()) * (1u64 << 30) as f64 / size as f64
+        };
+        println!(
+            "  Proctor's CPU per GiB: {:.2} s = relay and recording {:.2} + WAL sync {:.2} + sealing {:.2} + accepting {:.2}",
+            per_gib(0) + per_gib(1) + per_gib(2) + per_gib(3),
+            per_gib(0),
+            per_gib(1),
+            per_gib(2),
+            per_gib(3)
         );
     }
 

@@ -37,6 +37,30 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// CPU time (user + system) used so far by this process's threads, summed
+/// by thread name (the kernel's 15-character `comm`), for telling where a
+/// process's time goes: relay, WAL, sealer.
+pub fn threads_cpu() -> std::collections::BTreeMap<String, Duration> {
+    let mut by_name = std::collections::BTreeMap::new();
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by_name };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // pid (comm) state ... : the name may hold spaces, so fields are
+        // counted after its closing parenthesis.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13
+        // counted from the state (field 3) here.
+        let ticks_of = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let cpu = Duration::from_secs_f64((ticks_of(11) + ticks_of(12)) as f64 / ticks);
+        *by_name.entry(name).or_insert(Duration::ZERO) += cpu;
+    }
+    by_name
+}
+
 /// CPU time (user + system) used by the calling thread so far.
 pub fn this_thread_cpu() -> Duration {
     // SAFETY: as for `process_cpu`.

@@ -307,9 +307,23 @@ impl SealContext {
         let temp = tmp_path(&segment_path);
         // Rows are decoded in sorted order one row group at a time, so memory
         // holds the WAL file and one row group, not the whole segment twice.
-        let mut writer = segment::SegmentWriter::create(&temp, &self.settings)?;
-        for chunk in order.chunks(self.settings.row_group_rows) {
-            let mut builder = BatchBuilder::with_capacity(chunk.len());
+        let raw = segment::RawBytes::for_rows(&rows);
+        let mut writer = segment::SegmentWriter::create(&temp, &self.settings, raw)?;
+        // Batches of at most a row group's rows and bytes, each with room
+        // for its raw bytes at once.
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let (mut len, mut bytes) = (0, 0);
+            while len < rest.len()
+                && len < self.settings.row_group_rows
+                && (len == 0 || bytes + rows[rest[len].2 as usize].len() <= segment::ROW_GROUP_BYTES)
+            {
+                bytes += rows[rest[len].2 as usize].len();
+                len += 1;
+            }
+            let (chunk, after) = rest.split_at(len);
+            rest = after;
+            let mut builder = BatchBuilder::with_capacity_and_bytes(chunk.len(), bytes);
             for &(_, _, index) in chunk {
                 builder.push_canonical(rows[index as usize]).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
             }

@@ -72,7 +72,58 @@ const FREE_TEXT: &[&str] = &[
     "body",
 ];
 
-pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties> {
+/// A row group's size at most, encoded: bulk traffic (a few thousand rows of
+/// 16-32 KiB) is sealed and read back a few mebibytes at a time, in memory
+/// the sealer reuses, rather than whole segments at once.
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
+
+/// How a segment's columns of raw bytes (`data`, `body`) are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawBytes {
+    /// zstd at its fastest level.
+    Compressed,
+    /// As they are: what they hold does not compress (encrypted or already
+    /// compressed transfers), and compressing it only costs the sealer and
+    /// every reader a pass over it.
+    Stored,
+}
+
+impl RawBytes {
+    /// Decides for the rows of a segment (their canonical encodings, which
+    /// are mostly their raw bytes when there are many of them) from
+    /// samples spread over them: a segment of less than a mebibyte is
+    /// compressed, as is one whose samples zstd shrinks by 3% or more.
+    pub fn for_rows(rows: &[&[u8]]) -> RawBytes {
+        const SAMPLES: usize = 16;
+        const SAMPLE_BYTES: usize = 16 * 1024;
+        let total: usize = rows.iter().map(|row| row.len()).sum();
+        if total < 1 << 20 || rows.is_empty() {
+            return RawBytes::Compressed;
+        }
+        let (mut raw, mut compressed) = (0usize, 0usize);
+        let mut sample = Vec::with_capacity(SAMPLE_BYTES);
+        for point in 0..SAMPLES {
+            // Consecutive rows from evenly spaced starting rows, up to a
+            // sample's size.
+            sample.clear();
+            for row in &rows[point * rows.len() / SAMPLES..] {
+                let want = SAMPLE_BYTES - sample.len();
+                sample.extend_from_slice(&row[row.len().saturating_sub(want)..]);
+                if sample.len() >= SAMPLE_BYTES {
+                    break;
+                }
+            }
+            let Ok(packed) = zstd::bulk::compress(&sample, 1) else {
+                return RawBytes::Compressed;
+            };
+            raw += sample.len();
+            compressed += packed.len();
+        }
+        if compressed * 100 >= raw * 97 { RawBytes::Stored } else { RawBytes::Compressed }
+    }
+}
+
+pub fn writer_properties(settings: &RecorderSettings, raw: RawBytes) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(settings.zstd_level).map_err(|e| RecorderError::Config(e.to_string()))?;
     let mut builder = WriterProperties::builder();
     // Sorted by (session, seq), these integers rise steadily: deltas pack them
@@ -102,17 +153,22 @@ pub fn writer_properties(settings: &RecorderSettings) -> Result<WriterProperties
     // Raw bytes (terminal traffic, bodies, frames) are large and rarely
     // repeat whole: no dictionary (hashing every value to find none is most
     // of what writing them costs), and zstd's fastest level, which keeps
-    // most of the ratio on text and wastes least on what does not compress.
+    // most of the ratio on text, or none where it would gain nothing.
     let fast = ZstdLevel::try_new(1).map_err(|e| RecorderError::Config(e.to_string()))?;
+    let raw_codec = match raw {
+        RawBytes::Compressed => Compression::ZSTD(fast),
+        RawBytes::Stored => Compression::UNCOMPRESSED,
+    };
     for column in ["data", "body"] {
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
-            .set_column_compression(ColumnPath::from(column), Compression::ZSTD(fast));
+            .set_column_compression(ColumnPath::from(column), raw_codec);
     }
     Ok(builder
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(settings.row_group_rows))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_data_page_row_count_limit(settings.page_rows)
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: 0, descending: false, nulls_first: false },
@@ -131,11 +187,11 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    pub fn create(path: &Path, settings: &RecorderSettings) -> Result<SegmentWriter> {
+    pub fn create(path: &Path, settings: &RecorderSettings, raw: RawBytes) -> Result<SegmentWriter> {
         let file = File::create(path).map_err(RecorderError::io("cannot create segment", path))?;
-        let writer =
-            ArrowWriter::try_new(HashingWriter::new(file), event_arrow::schema(), Some(writer_properties(settings)?))
-                .map_err(|e| parquet_error(path, e))?;
+        let properties = writer_properties(settings, raw)?;
+        let writer = ArrowWriter::try_new(HashingWriter::new(file), event_arrow::schema(), Some(properties))
+            .map_err(|e| parquet_error(path, e))?;
         Ok(SegmentWriter { path: path.to_path_buf(), writer })
     }
 
@@ -159,7 +215,7 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> RecorderError
 /// Writes `batch` (already sorted) as a segment file at `path` and fsyncs it.
 /// Returns the file's SHA-256 (hex) and size.
 pub fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> Result<(String, u64)> {
-    let mut writer = SegmentWriter::create(path, settings)?;
+    let mut writer = SegmentWriter::create(path, settings, RawBytes::Compressed)?;
     writer.write(batch)?;
     writer.finish()
 }

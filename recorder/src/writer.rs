@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,10 @@ pub(crate) type SealReply = oneshot::Sender<Result<Option<u64>, RecordError>>;
 
 /// The encoding buffer's usual size; it shrinks back after a large batch.
 const SCRATCH: usize = 64 * 1024;
+
+/// Appends of at least this many bytes are written through the file rather
+/// than the mapping (see [`WalFile::write_at`]).
+const WRITE_THROUGH_FILE: usize = 4 * 1024;
 
 /// How many ended session ids are remembered to refuse their reuse. Ids are
 /// random UUIDv7s, so reuse means a faulty producer; `verify` catches any
@@ -101,6 +105,8 @@ struct WalFile {
     file: Arc<File>,
     map: MmapMut,
     len: usize,
+    /// Of `len`, the bytes copied through the mapping.
+    mapped: usize,
     events: u64,
     opened: Instant,
 }
@@ -129,8 +135,8 @@ impl WalFile {
             return Err(cleanup(std::io::Error::from_raw_os_error(status)));
         }
         // SAFETY: the mapping covers a file this process created and no one
-        // else truncates; it is written through this mapping, under the
-        // writer's lock, except for its carry slot, which the sealer writes
+        // else truncates; it is written through this mapping (or, for large
+        // records, the file), under the writer's lock, except for its carry slot, which the sealer writes
         // with pwrite and which is never read or written through the mapping
         // after the writer's pending record (disjoint bytes).
         let mut options = MmapOptions::new();
@@ -143,7 +149,7 @@ impl WalFile {
             let _ = std::fs::remove_file(&path);
             return Err(error);
         }
-        Ok(WalFile { number, file: Arc::new(file), map, len: 0, events: 0, opened: Instant::now() })
+        Ok(WalFile { number, file: Arc::new(file), map, len: 0, mapped: 0, events: 0, opened: Instant::now() })
     }
 
     /// Writes the header and the carry record of the sessions open at the
@@ -199,6 +205,23 @@ impl WalFile {
     fn room(&self) -> usize {
         self.map.len() - self.len
     }
+
+    /// Writes `bytes` at `at`, within the file's allocated length. Small
+    /// records are copied into the mapping: no system call. Large ones are
+    /// written through the file: a page written through a mapping is
+    /// write-protected again by every fsync, each one with a TLB shootdown
+    /// to every core and a fault on its next write, which for bulk traffic
+    /// (terminal output, file transfers) costs more than the copy itself.
+    fn write_at(&mut self, at: usize, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if bytes.len() < WRITE_THROUGH_FILE {
+            self.map[at..at + bytes.len()].copy_from_slice(bytes);
+            self.mapped += bytes.len();
+            Ok(())
+        } else {
+            self.file.write_all_at(bytes, at as u64)
+        }
+    }
 }
 
 struct State {
@@ -238,6 +261,11 @@ pub(crate) struct WalWriter {
     spare: Mutex<Option<WalFile>>,
     /// Number of the current file, for the thread preparing the next one.
     current_number: AtomicU64,
+    /// Whether the next file's pages are brought in ahead: only worth it
+    /// when appends go through the mapping, so the last file's appends
+    /// decide (large ones are written through the file, which needs no
+    /// zeroed page to write a whole one).
+    prefault_next: AtomicBool,
     written_lsn: AtomicU64,
     durable: Mutex<Durable>,
     durable_changed: Condvar,
@@ -274,6 +302,7 @@ impl WalWriter {
             capacity,
             shared,
             current_number: AtomicU64::new(number),
+            prefault_next: AtomicBool::new(true),
             written_lsn: AtomicU64::new(file.len as u64),
             state: Mutex::new(State {
                 lsn_base: 0,
@@ -417,12 +446,23 @@ impl WalWriter {
                 return Err(error);
             }
         }
+        let at = state.file.len;
+        let size = state.scratch.len();
+        if let Err(error) = state.file.write_at(at, &state.scratch) {
+            // Nothing of the batch counts: a part of it written is beyond the
+            // file's end as far as the next append and a scan are concerned
+            // (overwritten, or read as a torn tail).
+            rollback(&mut state.sessions, undo);
+            state.scratch.clear();
+            return Err(RecordError::WalWrite(format!(
+                "cannot write WAL file {}: {error}",
+                self.layout.wal_path(state.file.number).display()
+            ))
+            .into());
+        }
         for event in events.iter().filter(|e| e.body.kind() == EventKind::SessionEnd) {
             state.ended.insert(event.session_id);
         }
-        let at = state.file.len;
-        let size = state.scratch.len();
-        state.file.map[at..at + size].copy_from_slice(&state.scratch);
         state.file.len += size;
         state.file.events += events.len() as u64;
         if state.scratch.capacity() > 4 * SCRATCH {
@@ -479,6 +519,7 @@ impl WalWriter {
             return Err(error.into());
         }
         let old = std::mem::replace(&mut state.file, file);
+        self.prefault_next.store(old.mapped * 2 >= old.len, Ordering::Relaxed);
         state.lsn_base += old.len as u64;
         state.unsynced.push(old.file.clone());
         self.current_number.store(next, Ordering::Release);
@@ -547,7 +588,7 @@ impl WalWriter {
             let _ = std::fs::remove_file(self.layout.wal_path(stale.number));
         }
         if spare.is_none() && !self.layout.wal_path(next).exists() {
-            match WalFile::create(&self.layout, next, self.capacity, true) {
+            match WalFile::create(&self.layout, next, self.capacity, self.prefault_next.load(Ordering::Relaxed)) {
                 Ok(file) => *spare = Some(file),
                 Err(error) => tracing::debug!(%error, "cannot prepare the next WAL file yet"),
             }

@@ -119,6 +119,73 @@ fn segments_are_zstd_parquet_sorted_with_page_statistics() {
         .unwrap();
 }
 
+/// Terminal output of `bytes` bytes of log lines (compressible).
+fn log_output(session: SessionId, time: i64, bytes: usize) -> NewEvent {
+    let mut data = Vec::with_capacity(bytes + 100);
+    let mut line = 0u64;
+    while data.len() < bytes {
+        data.extend_from_slice(format!("{time} INFO request {line} served in {} ms\n", line % 97).as_bytes());
+        line += 1;
+    }
+    data.truncate(bytes);
+    NewEvent::new(
+        session,
+        Timestamp(time),
+        Direction::TargetToClient,
+        TerminalOutput { channel_id: None, stream: OutputStream::Stdout, data },
+    )
+}
+
+#[test]
+fn raw_bytes_are_stored_uncompressed_only_where_they_do_not_compress() {
+    for compressible in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+        let sink = recorder.sink();
+        let session = SessionId::new();
+        let mut events = vec![start(session, T0)];
+        // Large outputs (written through the WAL file) between small
+        // statements (copied through its mapping), in one file, read back
+        // from the WAL and from the segment alike.
+        for i in 1..=96 {
+            let time = T0 + i;
+            events.push(match i % 3 {
+                0 => statement(session, time, &format!("select {i}")),
+                _ if compressible => log_output(session, time, 24 * 1024 + i as usize),
+                _ => output(session, time, 24 * 1024 + i as usize),
+            });
+        }
+        events.push(end(session, T0 + 1000));
+        for event in &events {
+            sink.blocking_append(event.clone()).unwrap();
+        }
+        let reader = Reader::open(dir.path()).unwrap();
+        assert_eq!(reader.session_events(session).unwrap(), with_seqs(&events), "read from the WAL");
+        recorder.close().unwrap();
+        assert_eq!(reader.session_events(session).unwrap(), with_seqs(&events), "read from the segment");
+        assert_verifies(dir.path());
+
+        let manifest = reader.manifests().unwrap().remove(0);
+        let file = std::fs::File::open(dir.path().join(&manifest.path)).unwrap();
+        let parquet = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        let group = parquet.metadata().row_group(0);
+        let codec_of = |path: &str| {
+            let column = group.columns().iter().find(|c| c.column_path().string() == path).unwrap();
+            (column.compression(), column.compressed_size(), column.uncompressed_size())
+        };
+        let (data, packed, unpacked) = codec_of("data");
+        if compressible {
+            assert!(matches!(data, parquet::basic::Compression::ZSTD(_)), "{data:?}");
+            assert!(packed * 4 < unpacked, "log lines compress: {packed} of {unpacked}");
+        } else {
+            assert_eq!(data, parquet::basic::Compression::UNCOMPRESSED);
+        }
+        // The other columns are compressed either way.
+        assert!(matches!(codec_of("sql").0, parquet::basic::Compression::ZSTD(_)));
+    }
+}
+
 #[test]
 fn events_outside_an_open_session_are_refused_and_not_recorded() {
     let dir = tempfile::tempdir().unwrap();

@@ -305,8 +305,22 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn with_capacity(capacity: usize) -> BatchBuilder {
+        BatchBuilder::with_capacity_and_bytes(capacity, 0)
+    }
+
+    /// Room for `capacity` rows, and for `bytes` bytes in each column of raw
+    /// bytes (`data`, `body`), so that rows of bulk traffic are not copied
+    /// again each time a column outgrows its buffer. Room is only reserved:
+    /// what a column never fills is never touched.
+    pub fn with_capacity_and_bytes(capacity: usize, bytes: usize) -> BatchBuilder {
         BatchBuilder {
-            columns: COLUMNS.iter().map(|def| ColumnBuilder::new(def.ty, capacity)).collect(),
+            columns: COLUMNS
+                .iter()
+                .map(|def| match def.ty {
+                    ColumnType::Bytes => ColumnBuilder::Bytes(BinaryBuilder::with_capacity(capacity, bytes)),
+                    ty => ColumnBuilder::new(ty, capacity),
+                })
+                .collect(),
             filled: vec![0; COLUMN_COUNT],
             rows: 0,
         }
