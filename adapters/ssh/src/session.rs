@@ -1986,14 +1986,16 @@ fn refused_report(what: String) -> ErrorReport {
     }
 }
 
-/// Towards the target, AES-256-GCM first: every OpenSSH speaks it, and both
-/// ring and the target's libcrypto run it on the CPU's AES instructions,
-/// where ChaCha20-Poly1305 (OpenSSH's own first choice) is computed in
-/// software; the rest as russh prefers.
+/// Towards the target, AES-GCM first (128-bit keys first, in OpenSSH's own
+/// order of AES key sizes): every OpenSSH speaks it, and both ring and the
+/// target's libcrypto run it on the CPU's AES instructions, where
+/// ChaCha20-Poly1305 (OpenSSH's own first choice) is computed in software;
+/// the rest as russh prefers.
 fn upstream_algorithms() -> russh::Preferred {
     let default = russh::Preferred::default();
-    let mut cipher = vec![russh::cipher::AES_256_GCM];
-    cipher.extend(default.cipher.iter().filter(|c| **c != russh::cipher::AES_256_GCM));
+    let first = [russh::cipher::AES_128_GCM, russh::cipher::AES_256_GCM];
+    let mut cipher = first.to_vec();
+    cipher.extend(default.cipher.iter().filter(|c| !first.contains(c)));
     russh::Preferred { cipher: cipher.into(), ..default }
 }
 
