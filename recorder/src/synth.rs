@@ -659,6 +659,7 @@ impl Script {
                         masking_profile: Some("default".to_string()),
                         ref_seq: Some(statement),
                         masked: vec![RuleCount { rule: rule.to_string(), count: masked_cells }],
+                        ..Default::default()
                     },
                 );
             }

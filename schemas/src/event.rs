@@ -492,6 +492,13 @@ pub struct MaskingApplied {
     pub masking_profile: Option<String>,
     pub ref_seq: Option<u64>,
     pub masked: Vec<RuleCount>,
+    /// The keyed tokens masking wrote into the output it counts, each once,
+    /// at most [`MAX_RESULT_TOKENS`]: output that carries them cut (where a
+    /// replacement must keep the secret's length) or not at all is still
+    /// found by the value it hid.
+    pub tokens: Vec<String>,
+    /// How many times a token not kept was written (past the bound).
+    pub tokens_dropped: u64,
 }
 
 /// Someone looked at recordings.
@@ -816,6 +823,8 @@ impl EventBody {
                 opt_str(cells, C::MaskingProfile, &m.masking_profile);
                 cells.opt_u64(C::RefSeq, m.ref_seq);
                 cells.set(C::Masked, Value::Counts(&m.masked));
+                cells.set(C::Tokens, Value::StrList(&m.tokens));
+                cells.opt_u64(C::TokensDropped, (m.tokens_dropped > 0).then_some(m.tokens_dropped));
             }
             EventBody::RecordingAccessed(r) => {
                 cells.str(C::Actor, &r.actor);
@@ -1042,6 +1051,8 @@ impl EventBody {
                 masking_profile: row.take_str(C::MaskingProfile)?,
                 ref_seq: row.take_u64(C::RefSeq)?,
                 masked: row.take_counts(C::Masked)?,
+                tokens: row.take_str_list(C::Tokens)?,
+                tokens_dropped: row.take_u64(C::TokensDropped)?.unwrap_or(0),
             }),
             EventKind::RecordingAccessed => EventBody::RecordingAccessed(RecordingAccessed {
                 actor: req_str(row, C::Actor)?,

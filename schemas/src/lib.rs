@@ -56,4 +56,8 @@ pub use vocab::*;
 ///   kind; `grant_certified` (an SSH user certificate issued for a grant);
 ///   the `flag` policy outcome (a typed command line a rule matched);
 ///   `target_path` and `sha256` on file operations.
-pub const SCHEMA_VERSION: u32 = 5;
+/// - v6: `tokens` and `tokens_dropped` on `masking_applied`: the keyed tokens
+///   masking wrote into output that carries them cut (a replacement that
+///   keeps the secret's length: output no terminal shows, SFTP reads) or not
+///   at all, so the value they hid is still found.
+pub const SCHEMA_VERSION: u32 = 6;

@@ -204,6 +204,8 @@ pub fn full(kind: EventKind) -> EventBody {
             masking_profile: some("ci"),
             ref_seq: Some(4),
             masked: vec![RuleCount { rule: s("email"), count: 3 }, RuleCount { rule: s("card"), count: 1 }],
+            tokens: vec![s("[email:tok_0c5d1e2f3a4b5c6d]")],
+            tokens_dropped: 2,
         }
         .into(),
         K::RecordingAccessed => RecordingAccessed {

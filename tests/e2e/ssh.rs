@@ -718,6 +718,43 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
     assert_eq!(uploaded, 1, "{hits:?}");
 }
 
+/// Output no terminal shows keeps its length, so a keyed token replacing a
+/// short e-mail address reaches the client and the recording cut; the
+/// `masking_applied` event after it keeps the whole token, so
+/// `proctor search --value` still finds who was shown the address, and the
+/// address itself is stored nowhere.
+#[test]
+fn a_value_masked_in_place_is_still_found_by_the_value() {
+    let masking = "[masking]\ndefault_profile = \"pii\"\n\n[masking.profiles.pii]\ndetectors = [\"email\"]\n\
+                   actions = { email = \"token\" }\n";
+    let granting = Granting::start(masking, None);
+    let command = granting.certified("masked");
+    let (data, mut up) = (granting.data(), granting.up);
+    // (The command line does not hold the address: what a client sends is
+    // recorded as sent.)
+    let ran = sh(&format!("{command} \"printf 'mail %s@%s here\\\\n' ada example.com\""));
+    let shown = String::from_utf8_lossy(&ran.stdout).to_string();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(!shown.contains("ada@example.com") && shown.contains("[email:tok_"), "{shown:?}");
+    assert_eq!(shown.len(), "mail ada@example.com here\n".len(), "the output kept its length: {shown:?}");
+    assert!(shown.starts_with("mail [email:tok_") && shown.ends_with(" here\n"), "{shown:?}");
+    signal(&up, libc::SIGTERM);
+    assert!(wait_with_timeout(&mut up, Duration::from_secs(60)).success());
+    let data = data.to_str().unwrap();
+    let value = |value: &str| -> Vec<serde_json::Value> {
+        let found = stdout(&run_ok(bin(), &["search", "--value", value, "--data-dir", data, "--json"]));
+        found.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    };
+    let hits = value("Ada@Example.com");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["kind"], "masking_applied", "{hits:?}");
+    assert_eq!(hits[0]["subject"], "ci-deploy", "{hits:?}");
+    assert!(value("nobody@example.com").is_empty());
+    let session = hits[0]["session_id"].as_str().unwrap();
+    let replayed = stdout(&run_ok(bin(), &["replay", session, "--data-dir", data, "--json"]));
+    assert!(replayed.contains("[email:tok_") && !replayed.contains("ada@example.com"), "{replayed}");
+}
+
 /// A rule set that opens no shells, and (having patterns) no SFTP: both
 /// refused and the refusals recorded, while exec commands run.
 #[test]

@@ -1003,6 +1003,9 @@ impl Protocol {
                     .into_iter()
                     .map(|(rule, count)| proctor_schemas::RuleCount { rule, count })
                     .collect(),
+                // The tokens written into the statement are in its text, and
+                // those written into its result in the result's `tokens`.
+                ..Default::default()
             }
             .into(),
         );

@@ -2045,11 +2045,15 @@ fn masked(
     Some(bytes::Bytes::from(ready))
 }
 
-/// What masking replaced, by rule.
+/// What masking replaced, by rule, and the tokens it wrote: output masked in
+/// place carries a token cut to the secret's length, found only by these.
 fn masking_applied(masker: Option<&Masker>, counts: Counts) -> proctor_schemas::MaskingApplied {
+    let (tokens, tokens_dropped) = counts.tokens();
     proctor_schemas::MaskingApplied {
         masking_profile: masker.map(|m| m.profile().name.clone()),
         ref_seq: None,
+        tokens,
+        tokens_dropped,
         masked: counts
             .into_rules()
             .into_iter()
