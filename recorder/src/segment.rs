@@ -72,9 +72,10 @@ const FREE_TEXT: &[&str] = &[
     "body",
 ];
 
-/// A row group's size at most, encoded: bulk traffic (a few thousand rows of
-/// 16-32 KiB) is sealed and read back a few mebibytes at a time, in memory
-/// the sealer reuses, rather than whole segments at once.
+/// A row group's size at most, encoded (as the Parquet writer estimates it,
+/// after compression): bulk traffic (a few thousand rows of 16-32 KiB) is
+/// sealed and read back a few mebibytes at a time rather than whole segments
+/// at once. The sealer builds its batches to the same bound before encoding.
 pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
 /// How a segment's columns of raw bytes (`data`, `body`) are stored.
@@ -91,22 +92,33 @@ pub enum RawBytes {
 impl RawBytes {
     /// Decides for the rows of a segment (their canonical encodings, which
     /// are mostly their raw bytes when there are many of them) from
-    /// samples spread over them: a segment of less than a mebibyte is
-    /// compressed, as is one whose samples zstd shrinks by 3% or more.
+    /// samples spread evenly over their bytes: a segment of less than a
+    /// mebibyte is compressed, as is one whose samples zstd shrinks by 3%
+    /// or more.
     pub fn for_rows(rows: &[&[u8]]) -> RawBytes {
         const SAMPLES: usize = 16;
         const SAMPLE_BYTES: usize = 16 * 1024;
-        let total: usize = rows.iter().map(|row| row.len()).sum();
-        if total < 1 << 20 || rows.is_empty() {
+        // Where each row ends, counted over all of them.
+        let ends: Vec<usize> = rows
+            .iter()
+            .scan(0usize, |end, row| {
+                *end += row.len();
+                Some(*end)
+            })
+            .collect();
+        let total = ends.last().copied().unwrap_or(0);
+        if total < 1 << 20 {
             return RawBytes::Compressed;
         }
         let (mut raw, mut compressed) = (0usize, 0usize);
         let mut sample = Vec::with_capacity(SAMPLE_BYTES);
         for point in 0..SAMPLES {
-            // Consecutive rows from evenly spaced starting rows, up to a
-            // sample's size.
+            // Consecutive rows from the row holding each sixteenth of the
+            // bytes, up to a sample's size: a few large rows weigh as much
+            // as many small ones.
             sample.clear();
-            for row in &rows[point * rows.len() / SAMPLES..] {
+            let first = ends.partition_point(|&end| end <= point * total / SAMPLES);
+            for row in &rows[first.min(rows.len() - 1)..] {
                 let want = SAMPLE_BYTES - sample.len();
                 sample.extend_from_slice(&row[row.len().saturating_sub(want)..]);
                 if sample.len() >= SAMPLE_BYTES {
@@ -415,6 +427,43 @@ mod tests {
     use parquet::arrow::ArrowSchemaConverter;
 
     use super::*;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        (0..).flat_map(|i: u32| format!("line {} of the log: ok\n", i % 1000).into_bytes()).take(len).collect()
+    }
+
+    #[test]
+    fn raw_bytes_are_stored_only_where_samples_over_the_bytes_do_not_compress() {
+        let decide = |rows: &[Vec<u8>]| RawBytes::for_rows(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let random: Vec<Vec<u8>> = (0..128).map(|i| noise(16 * 1024, i)).collect();
+        assert_eq!(decide(&random), RawBytes::Stored);
+        let logs: Vec<Vec<u8>> = (0..128).map(|_| text(16 * 1024)).collect();
+        assert_eq!(decide(&logs), RawBytes::Compressed);
+        // Under a mebibyte: compressed, whatever it holds.
+        assert_eq!(decide(&random[..32]), RawBytes::Compressed);
+        assert_eq!(decide(&[]), RawBytes::Compressed);
+        // Many small rows of noise and a few large ones of text, the text
+        // most of the bytes: weighed by bytes, not rows.
+        let mut mixed: Vec<Vec<u8>> = (0..4000).map(|i| noise(100, i)).collect();
+        // (Where samples spread over rows would not look: each covers
+        // ~160 of these rows from every 250th.)
+        for at in [200, 3950] {
+            mixed.insert(at, text(2 << 20));
+        }
+        assert_eq!(decide(&mixed), RawBytes::Compressed);
+    }
 
     #[test]
     fn every_column_named_in_the_writer_properties_exists() {

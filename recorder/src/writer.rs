@@ -6,12 +6,15 @@
 //! of the sessions it continues). The copy lands in the kernel's page cache
 //! at once, so an accepted event survives
 //! the process being killed; no system call and no thread hand-off is made
-//! per event. A background thread fsyncs (every `fsync_interval`, or on
+//! per event (a record of 4 KiB or more is written through the file
+//! instead, one `pwrite`: see [`WalFile::write_at`]). A background thread fsyncs (every `fsync_interval`, or on
 //! demand for `fsync = "always"`, one fsync covering every waiting append),
 //! rotates files by age and prepares the next file ahead of time.
 //!
 //! Because files are fully allocated when created, a full disk shows as a
-//! clean refusal when a new file cannot be created, never as a torn record.
+//! clean refusal when a new file cannot be created, never as a torn record;
+//! a write through the file that fails anyway (an I/O error) leaves zeros
+//! where it was, as if never made.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -166,6 +169,7 @@ impl WalFile {
         }
         self.map[..bytes.len()].copy_from_slice(&bytes);
         self.len = bytes.len();
+        self.mapped = bytes.len();
         self.opened = Instant::now();
         Ok(())
     }
@@ -198,6 +202,7 @@ impl WalFile {
         }
         self.map[..bytes.len()].copy_from_slice(&bytes);
         self.len = wal::HEADER_LEN + slot;
+        self.mapped = self.len;
         self.opened = Instant::now();
         Ok(())
     }
@@ -449,9 +454,12 @@ impl WalWriter {
         let at = state.file.len;
         let size = state.scratch.len();
         if let Err(error) = state.file.write_at(at, &state.scratch) {
-            // Nothing of the batch counts: a part of it written is beyond the
-            // file's end as far as the next append and a scan are concerned
-            // (overwritten, or read as a torn tail).
+            // Nothing of the batch counts, and nothing of it stays: what was
+            // written of it is zeroed again through the mapping (which cannot
+            // fail), so that a scan, which reads up to the first zeros, never
+            // takes a shorter next record followed by the rest of this one
+            // (bytes a client chose) for records.
+            state.file.map[at..at + size].fill(0);
             rollback(&mut state.sessions, undo);
             state.scratch.clear();
             return Err(RecordError::WalWrite(format!(
@@ -824,4 +832,71 @@ fn open_of(sessions: &HashMap<SessionId, SessionState>) -> Vec<(SessionId, u64)>
 /// How long the background thread sleeps between checks.
 pub(crate) fn tick_period(settings: &RecorderSettings) -> Duration {
     settings.fsync_interval.min(Duration::from_millis(250))
+}
+
+#[cfg(test)]
+mod tests {
+    use proctor_schemas::{Direction, EventKind, NewEvent, OutputStream, SessionId, TerminalOutput, Timestamp, sample};
+
+    use super::*;
+
+    fn writer(dir: &std::path::Path) -> WalWriter {
+        let layout = Layout::new(dir);
+        std::fs::create_dir_all(layout.wal_dir()).unwrap();
+        let (seal_tx, _seal_rx) = std::sync::mpsc::channel::<SealJob>();
+        WalWriter::create(layout, RecorderSettings::default(), Shared::new(), seal_tx, 1, Vec::new()).unwrap()
+    }
+
+    fn output(session: SessionId, bytes: usize) -> NewEvent {
+        let data = (0..bytes).map(|i| (i * 7) as u8).collect();
+        let body = TerminalOutput { channel_id: None, stream: OutputStream::Stdout, data };
+        NewEvent::new(session, Timestamp(1), Direction::TargetToClient, body)
+    }
+
+    fn ok(appended: Result<Appended, AppendError>) -> Appended {
+        match appended {
+            Ok(appended) => appended,
+            Err(AppendError::Refused(error)) => panic!("refused: {error}"),
+            Err(AppendError::Backlog) => panic!("backlog"),
+        }
+    }
+
+    /// A record written through the file that fails leaves nothing behind:
+    /// what it may have written is zeroed, so the next, shorter record is
+    /// followed by zeros, and the file scans as exactly the records that
+    /// were accepted, with no torn tail.
+    #[test]
+    fn a_failed_write_through_the_file_leaves_zeros_and_the_batch_unrecorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(dir.path());
+        let session = SessionId::new();
+        let start = NewEvent::new(session, Timestamp(0), Direction::Gateway, sample::full(EventKind::SessionStart));
+        ok(writer.append(&[start]));
+        ok(writer.append(&[output(session, 64)]));
+        let path = writer.layout.wal_path(1);
+        let at = {
+            let mut state = lock(&writer.state);
+            let at = state.file.len;
+            // What a write cut short would have left: bytes of the batch
+            // (fewer than it has) beyond the file's end. Then the file
+            // refuses writes.
+            state.file.map[at..at + 32 * 1024].fill(0xA5);
+            state.file.file = Arc::new(File::open(&path).unwrap());
+            at
+        };
+        assert!(matches!(writer.append(&[output(session, 32 * 1024)]), Err(AppendError::Refused(_))));
+        {
+            let mut state = lock(&writer.state);
+            assert_eq!(state.file.len, at, "nothing of the batch counts");
+            assert!(state.file.map[at..at + 64 * 1024].iter().all(|&b| b == 0), "what it wrote is zeroed");
+            state.file.file = Arc::new(OpenOptions::new().read(true).write(true).open(&path).unwrap());
+        }
+        // The session goes on at the seq the refused batch did not take.
+        let appended = ok(writer.append(&[output(session, 100)]));
+        assert_eq!(appended.seqs, vec![2]);
+        let bytes = lock(&writer.state).file.map.to_vec();
+        let scan = wal::scan(&bytes[..at + 64 * 1024], 1);
+        assert!(scan.torn.is_none(), "{:?}", scan.torn);
+        assert_eq!(scan.event_count(), 3);
+    }
 }
