@@ -328,6 +328,34 @@ async fn only_the_sender_and_its_deciders_see_a_review() {
     assert!(matches!(control.list_reviews(&admin(), zero).await, Err(ControlError::BadRequest(_))));
 }
 
+/// A client sending ever different held statements cannot bury the
+/// approvers: past a bound of reviews waiting in its grant, one more is
+/// refused (a statement already waiting is still found, not refused), and
+/// once one is decided a new one may wait again.
+#[tokio::test]
+async fn a_grant_has_a_bounded_number_of_reviews_waiting() {
+    let setup = setup(Duration::from_secs(3600)).await;
+    let control = &setup.control;
+    let grant_id = grant(&setup, Duration::from_secs(600)).await;
+    let max = proctor_gateway_core::control::MAX_PENDING_REVIEWS;
+    let mut ids = Vec::new();
+    for i in 0..max {
+        let outcome = control.hold(held(&grant_id, &format!("DROP TABLE t{i}"))).await.unwrap();
+        assert!(opened(&outcome), "{outcome:?}");
+        ids.push(review_id(&outcome));
+    }
+    let refused = control.hold(held(&grant_id, "DROP TABLE one_too_many")).await.unwrap_err();
+    assert!(refused.contains(&format!("{max} requests of grant {grant_id} already wait for review")), "{refused}");
+    let again = control.hold(held(&grant_id, "DROP TABLE t0")).await.unwrap();
+    assert!(!opened(&again) && review_id(&again) == ids[0], "the same statement finds its review: {again:?}");
+    assert_eq!(setup.sink.reviews().len(), max, "the refused one opened no review");
+    // Another grant is not bounded by this one's queue.
+    let other = grant(&setup, Duration::from_secs(600)).await;
+    assert!(opened(&control.hold(held(&other, "DROP TABLE elsewhere")).await.unwrap()));
+    control.deny_review(&admin(), &ids[1], None).await.unwrap();
+    assert!(opened(&control.hold(held(&grant_id, "DROP TABLE one_too_many")).await.unwrap()));
+}
+
 #[tokio::test]
 async fn a_denied_statement_is_held_again_in_a_new_review() {
     let setup = setup(Duration::from_secs(3600)).await;

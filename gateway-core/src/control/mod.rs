@@ -21,7 +21,7 @@ pub use holds::{HoldFuture, HoldOutcome, HoldRequest, Holds};
 pub use live::{GrantEnd, Lease, LiveGrants};
 pub use policy::{ApprovalConfig, ControlConfig, Decision, Policies, PolicyConfig};
 pub use proctor_schemas::HeldKind;
-pub use reviews::{ReviewView, sql_hash};
+pub use reviews::{MAX_PENDING_REVIEWS, ReviewView, sql_hash};
 pub use session::ControlSession;
 pub use store::{
     ControlStore, Grant, GrantFilter, GrantStatus, Review, ReviewFilter, ReviewStatus, STORE_VERSION, SqlStore,

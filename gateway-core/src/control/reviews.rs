@@ -15,6 +15,10 @@ use super::store::{ControlStore, Grant, GrantStatus, Review, ReviewFilter, Revie
 use crate::identity::Identity;
 use crate::{EventSink, SinkError};
 
+/// Reviews a grant may have waiting at once; a request that would open one
+/// more is refused (`proctor review list` shows them).
+pub const MAX_PENDING_REVIEWS: usize = 32;
+
 /// A review as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReviewView {
@@ -263,6 +267,22 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         text_hash: String,
         now: i64,
     ) -> Result<HoldOutcome, String> {
+        // A runaway client sending ever different held requests would bury
+        // the approvers' queue: past a bound, they are refused, not held.
+        let filter = ReviewFilter {
+            grant_id: Some(grant.id.clone()),
+            status: Some(ReviewStatus::Pending),
+            limit: Some(MAX_PENDING_REVIEWS as i64 + 1),
+            ..Default::default()
+        };
+        let pending = self.store.list_reviews(&filter).await.map_err(unreachable)?;
+        if pending.iter().filter(|review| review.expires_at > now).count() >= MAX_PENDING_REVIEWS {
+            return Err(format!(
+                "{MAX_PENDING_REVIEWS} requests of grant {} already wait for review: wait for their decisions \
+                 (`proctor review list`) before sending more that need one",
+                grant.id
+            ));
+        }
         let id = format!("r_{}", hex::encode(random(8)));
         let how = format!(
             "rule {} holds this statement; {} may approve it with `proctor review approve {id}`, then send it again",
