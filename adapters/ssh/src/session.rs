@@ -1609,7 +1609,16 @@ async fn relay_event<S: EventSink>(
     let (forward, recorded): (Option<Out>, Option<EventBody>) = match (side, message) {
         (Side::Client, ChannelMsg::Exec { command, .. }) => {
             let text = String::from_utf8_lossy(&command).into_owned();
-            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: text.clone() }.into());
+            // Recorded masked, as statements are: a secret on a command line
+            // (a token in a header, a password option) is not stored; the
+            // target gets the command as sent.
+            let mut counts = Counts::new();
+            let shown =
+                rc.masker.map_or(std::borrow::Cow::Borrowed(text.as_str()), |m| m.mask_text(&text, &mut counts));
+            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: shown.into_owned() }.into());
+            if !counts.is_empty() {
+                recorder.push(Direction::Gateway, masking_applied(rc.masker, counts).into());
+            }
             if let Some(gate) = rc.gate
                 && let Some((decision, refusal)) = decide_exec(gate, rc, &command, recorder.session_id()).await
             {
@@ -2172,8 +2181,10 @@ async fn decide_exec(
         return Some((rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
     };
     let verdict = gate.rules.decide(command);
-    let held =
-        Held { kind: HeldKind::Exec, text: command.to_string(), hash: rc.policy.command_hash(raw), what: "command" };
+    // Reviewers read it masked, as it is recorded; only the identical
+    // command (by its keyed hash) runs once approved.
+    let text = rc.masker.map_or(command.to_string(), |m| m.mask_text(command, &mut Counts::new()).into_owned());
+    let held = Held { kind: HeldKind::Exec, text, hash: rc.policy.command_hash(raw), what: "command" };
     decide_held(gate, rc, verdict, held, session_id).await
 }
 

@@ -298,6 +298,30 @@ async fn a_masked_session_masks_output_for_the_client_and_the_recording() {
     assert!(sessions[0].iter().any(|e| matches!(&e.body, EventBody::MaskingApplied(m) if !m.masked.is_empty())));
 }
 
+/// In a masked session a secret on a command line is recorded masked (the
+/// target runs the command as sent), with the masking counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_on_a_command_line_is_recorded_masked() {
+    let gateway = Gateway::start_with(None, false, masked_by_default()).await;
+    let command = "echo -n ran; : 4111 1111 1111 1111";
+    let (stdout, stderr, code) = gateway.ssh(SECRET, &[], command, b"").await;
+    assert_eq!((code, stdout.as_slice()), (0, &b"ran"[..]), "{stderr}");
+    let sessions = gateway.recorded().await;
+    let execs: Vec<String> = sessions[0]
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Exec(exec) => Some(exec.command.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert!(execs[0].starts_with("echo -n ran; : ") && !execs[0].contains("4111 1111"), "{execs:?}");
+    let counted = sessions[0]
+        .iter()
+        .any(|e| matches!(&e.body, EventBody::MaskingApplied(m) if m.masked.iter().any(|c| c.rule == "card")));
+    assert!(counted, "the masking is counted");
+}
+
 /// In a masked session, a command that answers as an SFTP server on a
 /// channel not read as SFTP (what a forced `sftp-server` does) is closed
 /// before any of it reaches the client, the closing recorded; the session
