@@ -7,8 +7,9 @@
 //! at once, so an accepted event survives
 //! the process being killed; no system call and no thread hand-off is made
 //! per event (a record of 4 KiB or more is written through the file
-//! instead, one `pwrite`: see [`WalFile::write_at`]). A background thread fsyncs (every `fsync_interval`, or on
-//! demand for `fsync = "always"`, one fsync covering every waiting append),
+//! instead, one `pwrite`: see [`WalFile::write_at`]). A background thread
+//! fsyncs (every `fsync_interval`, or on demand for `fsync = "always"`, one
+//! fsync covering every waiting append),
 //! rotates files by age and prepares the next file ahead of time.
 //!
 //! Because files are fully allocated when created, a full disk shows as a
@@ -139,9 +140,10 @@ impl WalFile {
         }
         // SAFETY: the mapping covers a file this process created and no one
         // else truncates; it is written through this mapping (or, for large
-        // records, the file), under the writer's lock, except for its carry slot, which the sealer writes
-        // with pwrite and which is never read or written through the mapping
-        // after the writer's pending record (disjoint bytes).
+        // records, the file), under the writer's lock, except for its carry
+        // slot, which the sealer writes with pwrite and which is never read
+        // or written through the mapping after the writer's pending record
+        // (disjoint bytes).
         let mut options = MmapOptions::new();
         options.len(capacity);
         if prefault {

@@ -1615,12 +1615,12 @@ async fn relay_event<S: EventSink>(
             let mut counts = Counts::new();
             let shown =
                 rc.masker.map_or(std::borrow::Cow::Borrowed(text.as_str()), |m| m.mask_text(&text, &mut counts));
-            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: shown.into_owned() }.into());
+            recorder.push(Direction::ClientToTarget, Exec { channel_id, command: shown.to_string() }.into());
             if !counts.is_empty() {
                 recorder.push(Direction::Gateway, masking_applied(rc.masker, counts).into());
             }
             if let Some(gate) = rc.gate
-                && let Some((decision, refusal)) = decide_exec(gate, rc, &command, recorder.session_id()).await
+                && let Some((decision, refusal)) = decide_exec(gate, rc, &command, &shown, recorder.session_id()).await
             {
                 recorder.push(Direction::Gateway, decision.into());
                 if let Err(ending) = flush(recorder).await {
@@ -2171,6 +2171,7 @@ async fn decide_exec(
     gate: &Gate,
     rc: &RelayCtx<'_>,
     raw: &[u8],
+    recorded: &str,
     session_id: SessionId,
 ) -> Option<(PolicyDecision, Option<String>)> {
     // Decided on text: a command that is not UTF-8 text could be read as
@@ -2181,10 +2182,10 @@ async fn decide_exec(
         return Some((rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
     };
     let verdict = gate.rules.decide(command);
-    // Reviewers read it masked, as it is recorded; only the identical
+    // Reviewers read it as it is recorded (masked); only the identical
     // command (by its keyed hash) runs once approved.
-    let text = rc.masker.map_or(command.to_string(), |m| m.mask_text(command, &mut Counts::new()).into_owned());
-    let held = Held { kind: HeldKind::Exec, text, hash: rc.policy.command_hash(raw), what: "command" };
+    let held =
+        Held { kind: HeldKind::Exec, text: recorded.to_string(), hash: rc.policy.command_hash(raw), what: "command" };
     decide_held(gate, rc, verdict, held, session_id).await
 }
 
