@@ -722,16 +722,22 @@ fn file_operations_are_allowed_blocked_or_held_by_the_grants_ssh_rules() {
 /// short e-mail address reaches the client and the recording cut; the
 /// `masking_applied` event after it keeps the whole token, so
 /// `proctor search --value` still finds who was shown the address, and the
-/// address itself is stored nowhere.
+/// address itself is stored nowhere. A command line holding it is recorded
+/// masked too; held by a rule, it is refused rather than shown masked to a
+/// reviewer, who could not see what they approve.
 #[test]
 fn a_value_masked_in_place_is_still_found_by_the_value() {
     let masking = "[masking]\ndefault_profile = \"pii\"\n\n[masking.profiles.pii]\ndetectors = [\"email\"]\n\
-                   actions = { email = \"token\" }\n";
-    let granting = Granting::start(masking, None);
+                   actions = { email = \"token\" }\n\n[ssh_rules.guard]\nhold = [\"sudo\"]\n";
+    let granting = Granting::start(masking, Some("guard"));
     let command = granting.certified("masked");
     let (data, mut up) = (granting.data(), granting.up);
-    // (The command line does not hold the address: what a client sends is
-    // recorded as sent.)
+    let held = sh(&format!("{command} 'sudo echo ada@example.com'"));
+    assert!(!held.status.success());
+    let told = String::from_utf8_lossy(&held.stderr).to_string();
+    assert!(told.contains("masking hides part of it from its reviewers"), "{told}");
+    // (This command line does not hold the address: the output's masking
+    // is what is shown.)
     let ran = sh(&format!("{command} \"printf 'mail %s@%s here\\\\n' ada example.com\""));
     let shown = String::from_utf8_lossy(&ran.stdout).to_string();
     assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
@@ -746,10 +752,15 @@ fn a_value_masked_in_place_is_still_found_by_the_value() {
         found.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
     };
     let hits = value("Ada@Example.com");
-    assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!(hits[0]["kind"], "masking_applied", "{hits:?}");
-    assert_eq!(hits[0]["subject"], "ci-deploy", "{hits:?}");
+    let kinds: Vec<&str> = hits.iter().map(|h| h["kind"].as_str().unwrap()).collect();
+    // The held command (masked) and its masking, the output's masking.
+    assert_eq!(kinds.iter().filter(|k| **k == "exec").count(), 1, "{hits:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "masking_applied").count(), 2, "{hits:?}");
+    assert!(hits.iter().all(|h| h["subject"] == "ci-deploy"), "{hits:?}");
     assert!(value("nobody@example.com").is_empty());
+    let decisions =
+        stdout(&run_ok(bin(), &["search", "kind:policy_decision outcome:block", "--data-dir", data, "--json"]));
+    assert_eq!(decisions.lines().count(), 1, "{decisions}");
     let session = hits[0]["session_id"].as_str().unwrap();
     let replayed = stdout(&run_ok(bin(), &["replay", session, "--data-dir", data, "--json"]));
     assert!(replayed.contains("[email:tok_") && !replayed.contains("ada@example.com"), "{replayed}");

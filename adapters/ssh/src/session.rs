@@ -2182,8 +2182,20 @@ async fn decide_exec(
         return Some((rule_decision(gate, PolicyOutcome::Block, &rule, None, message.clone()), Some(message)));
     };
     let verdict = gate.rules.decide(command);
-    // Reviewers read it as it is recorded (masked); only the identical
-    // command (by its keyed hash) runs once approved.
+    // Reviewers would read it as it is recorded, masked: a command whose
+    // masking hid anything (a detector's match can run to the line's end,
+    // or take a whole command of many findings) could not be seen for what
+    // it is, so it is refused rather than put to them.
+    if let Verdict::Hold { rule } = &verdict
+        && recorded != command
+    {
+        let message = format!(
+            "held by rule {rule}, and masking hides part of it from its reviewers, who could not see what they \
+             approve: pass secrets through the environment or a file"
+        );
+        return Some((rule_decision(gate, PolicyOutcome::Block, rule, None, message.clone()), Some(message)));
+    }
+    // Only the identical command (by its keyed hash) runs once approved.
     let held =
         Held { kind: HeldKind::Exec, text: recorded.to_string(), hash: rc.policy.command_hash(raw), what: "command" };
     decide_held(gate, rc, verdict, held, session_id).await
