@@ -200,6 +200,40 @@ async fn review_conformance(store: &SqlStore) {
     );
 }
 
+/// A grant's pending reviews are bounded: counted and added atomically, so
+/// requests adding at once, over several connections, never pass the bound
+/// together. Expired and decided reviews do not count.
+async fn bounded_reviews_conform(store: &SqlStore) {
+    let now = 2_000;
+    for id in ["g_bound", "g_race"] {
+        store.insert(&grant(id, "alice", GrantStatus::Active, 1_000, 100_000)).await.unwrap();
+    }
+    let of = |grant: &str, i: usize| {
+        review(&format!("r_{grant}_{i:08}"), grant, "alice", &format!("drop table t{i}"), 1_000, 50_000)
+    };
+    store.insert_review(&Review { expires_at: now, ..of("g_bound", 100) }).await.unwrap();
+    store.insert_review(&Review { status: ReviewStatus::Denied, ..of("g_bound", 101) }).await.unwrap();
+    assert!(store.insert_review_within(&of("g_bound", 0), 2, now).await.unwrap());
+    assert!(store.insert_review_within(&of("g_bound", 1), 2, now).await.unwrap());
+    assert!(!store.insert_review_within(&of("g_bound", 2), 2, now).await.unwrap(), "past the bound");
+    assert_eq!(store.get_review(&of("g_bound", 2).id).await.unwrap(), None, "nothing added");
+    assert!(store.insert_review_within(&of("g_race", 0), 2, now).await.unwrap(), "other grants have their own");
+
+    let tasks: Vec<_> = (1..=400)
+        .map(|i| {
+            let (store, review) = (store.clone(), of("g_race", i));
+            tokio::spawn(async move { store.insert_review_within(&review, 200, now).await.unwrap() })
+        })
+        .collect();
+    let mut added = 0;
+    for task in tasks {
+        added += usize::from(task.await.unwrap());
+    }
+    assert_eq!(added, 199, "400 at once, one place taken, a bound of 200");
+    let filter = ReviewFilter { grant_id: Some("g_race".into()), limit: Some(1000), ..ReviewFilter::default() };
+    assert_eq!(store.list_reviews(&filter).await.unwrap().len(), 200);
+}
+
 async fn conformance(store: SqlStore) {
     review_conformance(&store).await;
 
@@ -284,14 +318,16 @@ async fn sqlite_store_conforms() {
     let reopened = SqlStore::open(&url).await.unwrap();
     assert_eq!(reopened.list(&GrantFilter::default()).await.unwrap().len(), 3);
     assert_eq!(reopened.list_reviews(&ReviewFilter::default()).await.unwrap().len(), 6);
+    bounded_reviews_conform(&reopened).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_conforms() {
     let cluster = Cluster::start(&Options::default()).unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
     cluster.psql("postgres", "create database control").unwrap();
     let store = SqlStore::open(&cluster.superuser_url("control")).await.unwrap();
-    conformance(store).await;
+    conformance(store.clone()).await;
+    bounded_reviews_conform(&store).await;
 }
 
 /// Gateways reach a shared store over the network: TLS, the server's

@@ -354,6 +354,30 @@ async fn a_grant_has_a_bounded_number_of_reviews_waiting() {
     assert!(opened(&control.hold(held(&other, "DROP TABLE elsewhere")).await.unwrap()));
     control.deny_review(&admin(), &ids[1], None).await.unwrap();
     assert!(opened(&control.hold(held(&grant_id, "DROP TABLE one_too_many")).await.unwrap()));
+
+    // Requests arriving at once take turns for the last places: none
+    // passes the bound, and one that lost the race is answered on record.
+    let racing = grant(&setup, Duration::from_secs(600)).await;
+    let requests = (0..max + 8).map(|i| control.hold(held(&racing, &format!("DROP TABLE r{i}"))));
+    let outcomes = futures_util::future::join_all(requests).await;
+    let opened_now = outcomes.iter().filter(|o| o.as_ref().is_ok_and(opened)).count();
+    assert_eq!(opened_now, max, "{outcomes:?}");
+    let pending = ReviewFilter {
+        grant_id: Some(racing.clone()),
+        status: Some(ReviewStatus::Pending),
+        limit: Some(1000),
+        ..ReviewFilter::default()
+    };
+    assert_eq!(control.store().list_reviews(&pending).await.unwrap().len(), max);
+    let events = setup.sink.reviews();
+    let of_racing = |action: ReviewAction| {
+        events.iter().filter(|e| e.grant_id.as_deref() == Some(racing.as_str()) && e.action == action).count()
+    };
+    assert_eq!(
+        of_racing(ReviewAction::Requested) - of_racing(ReviewAction::Denied),
+        max,
+        "every request recorded and not answered is one that waits"
+    );
 }
 
 #[tokio::test]

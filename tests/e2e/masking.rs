@@ -260,6 +260,20 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     let held = psql(&setup.cluster, &url, pem);
     assert!(stderr(&held).contains("holding this statement for approval"), "{}", stderr(&held));
 
+    // A value masked inside a dollar-quoted body (code) would hide part of
+    // what reviewers approve: such a held statement is refused instead.
+    let function = format!("create function leak() returns text language sql as $$ select '{EMAIL}' $$");
+    let refused = psql(&setup.cluster, &url, &function);
+    let error = stderr(&refused);
+    assert!(
+        error.contains("masking hides part of it from its reviewers") && error.contains("dollar-quoted"),
+        "{error}"
+    );
+    assert!(error.contains("rule ci/ddl holds it for review"), "{error}");
+    client_output.push_str(&error);
+    let exists = setup.cluster.psql(APP_ROLE, "select count(*) from pg_proc where proname = 'leak'").unwrap();
+    assert_eq!(exists.trim(), "0", "nothing refused ran");
+
     // What a client types before it is admitted, and a column alias, are
     // recorded masked: a user name that is no grant's, a database name.
     let grant_id = url.split("//").nth(1).and_then(|rest| rest.split(':').next()).unwrap().to_string();

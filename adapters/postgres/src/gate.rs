@@ -233,6 +233,17 @@ impl Gate {
         }
     }
 
+    /// A statement held by `rule` whose masked text would not let its
+    /// reviewers judge it (`why`): refused instead of put to review.
+    pub fn hidden_from_reviewers(&self, rule: String, why: &str) -> Gated {
+        let message = format!(
+            "Proctor blocked this statement: rule {rule} holds it for review, and masking hides part of it from its reviewers, who could not see what they approve: {why}"
+        );
+        let hint =
+            "pass secrets and personal data as bind parameters ($1) rather than in the statement's text".to_string();
+        self.block(rule, message, hint)
+    }
+
     /// The held statement `sql` was recorded (as `shown`: masked) as `seq`:
     /// ask the control plane.
     pub fn asking(&mut self, sql: &str, shown: String, seq: u64, rule: String) {

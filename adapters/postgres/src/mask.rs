@@ -57,7 +57,13 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
             let open = text.find(quote)?;
             (text.len() > open + 1 && text.ends_with(quote)).then_some(open + 1..text.len() - 1)
         };
+        // `$tag$ ... $tag$`: the inside of the tags.
+        let dollar_quoted = || {
+            let tag = &text[..text[1..].find('$')? + 2];
+            (text.len() >= 2 * tag.len() && text.ends_with(tag)).then_some(tag.len()..text.len() - tag.len())
+        };
         let content = match kind {
+            Token::Sconst if text.starts_with('$') => dollar_quoted(),
             Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => quoted('\''),
             Token::Ident | Token::Uident if text.ends_with('"') => quoted('"'),
             Token::SqlComment => Some(2.min(text.len())..text.len()),
@@ -147,6 +153,37 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
     }
     out.push_str(sql.get(last..).unwrap_or_default());
     Some(out)
+}
+
+/// Why reviewers could not judge a held statement from its masked text,
+/// or `None` when they can: its structure is shown as it will run and no
+/// code is masked. The text is withheld or masked whole where it cannot
+/// be split into tokens as the server splits it; and a value masked inside
+/// a dollar-quoted string hides part of what is, as often as not, code (a
+/// `DO` block's or a function's body, where one finding can run to the
+/// body's end). Such a statement is refused rather than put to review.
+pub(super) fn hidden_from_reviewers(masker: &Masker, sql: &str, standard_strings: bool) -> Option<&'static str> {
+    let whole = masker.findings(sql);
+    if whole.is_empty() {
+        return None;
+    }
+    if !standard_strings && sql.contains('\\') {
+        return Some("with standard_conforming_strings off, its tokens cannot be shown apart");
+    }
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
+        return Some("it cannot be split into tokens, so it could only be shown masked whole");
+    };
+    let dollar_quoted = tokens.iter().any(|token| {
+        let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end)) else {
+            return true;
+        };
+        token.token == pg_query::protobuf::Token::Sconst as i32
+            && sql.get(start..end).is_none_or(|text| text.starts_with('$'))
+            && whole.iter().any(|f| f.range.start < end && start < f.range.end)
+    });
+    dollar_quoted.then_some(
+        "a value to mask is inside a dollar-quoted string, which can be code (a DO block or a function body)",
+    )
 }
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
@@ -548,6 +585,38 @@ match = "salary""#,
         )
         .unwrap();
         Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
+    }
+
+    /// Held statements whose masked text reviewers could not judge: a body
+    /// in dollar quotes (code) with a value masked in it, a text split
+    /// otherwise than the server splits it. Plain literals keep the
+    /// structure in view and may be reviewed.
+    #[test]
+    fn a_statement_reviewers_could_not_judge_is_named() {
+        let m = masker();
+        let email = "zq7x.lindqvist@example.org";
+        assert_eq!(hidden_from_reviewers(&m, "create index i on t (id)", true), None, "nothing masked");
+        let literal = format!("update t set email = '{email}' where id = 1");
+        assert_eq!(hidden_from_reviewers(&m, &literal, true), None, "a literal, its structure shown");
+        for body in [
+            format!("do $$ begin perform '{email}'; execute 'drop table t'; end $$"),
+            format!("create function f() returns text language sql as $body$ select '{email}' $body$"),
+            "do $$ begin raise notice '-----BEGIN PRIVATE KEY-----'; drop table t; end $$".to_string(),
+        ] {
+            let why = hidden_from_reviewers(&m, &body, true);
+            assert!(why.is_some_and(|w| w.contains("dollar-quoted")), "{body}: {why:?}");
+        }
+        // What is recorded and shown of them is masked inside the tags.
+        let shown = mask_statement_text(&m, &format!("do $b$ begin perform '{email}'; end $b$"), true).unwrap();
+        assert_eq!(shown, "do $b$ begin perform '[email:masked]'; end $b$");
+        // Dollar quotes whose body masks nothing are reviewable.
+        let clean = format!("do $$ begin perform 1; end $$; select '{email}'");
+        assert_eq!(hidden_from_reviewers(&m, &clean, true), None);
+        let escaped = format!("create table x as select E'it\\'s' || '{email}' as e");
+        assert!(hidden_from_reviewers(&m, &escaped, false).is_some_and(|w| w.contains("standard_conforming_strings")));
+        assert_eq!(hidden_from_reviewers(&m, &escaped, true), None);
+        let unscannable = format!("select '{email}");
+        assert!(hidden_from_reviewers(&m, &unscannable, true).is_some_and(|w| w.contains("tokens")));
     }
 
     /// A private key's header in a literal used to swallow the rest of the

@@ -384,6 +384,18 @@ impl Protocol {
     }
 
     /// Text as it may be recorded: masked by the detectors when masking is on.
+    /// A statement held for review whose masked text its reviewers could
+    /// not judge is refused instead ([`mask::hidden_from_reviewers`]).
+    fn reviewable(&self, gated: Option<Gated>, sql: &str) -> Option<Gated> {
+        if let Some(Gated::Ask { rule }) = &gated
+            && let (Some(masker), Some(gate)) = (&self.masker, &self.gate)
+            && let Some(why) = mask::hidden_from_reviewers(masker, sql, self.standard_strings)
+        {
+            return Some(gate.hidden_from_reviewers(rule.clone(), why));
+        }
+        gated
+    }
+
     fn recordable(&self, text: String) -> String {
         let Some(m) = &self.masker else { return text };
         if let Some((standard, sql)) = &*self.nothing_to_mask.borrow()
@@ -668,6 +680,7 @@ impl Protocol {
                     Err(None) => return Frontend::Pause,
                 };
                 let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                let gated = self.reviewable(gated, &sql);
                 if !matches!(gated, Some(Gated::Ask { .. })) {
                     // The frame is consumed: its COPY plan goes with it.
                     self.describing = None;
@@ -720,6 +733,7 @@ impl Protocol {
                         Err(None) => return Frontend::Pause,
                     };
                     let gated = self.gate.as_mut().and_then(|g| g.check(&sql));
+                    let gated = self.reviewable(gated, &sql);
                     if !matches!(gated, Some(Gated::Ask { .. })) {
                         self.describing = None;
                     }

@@ -275,13 +275,17 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
             limit: Some(MAX_PENDING_REVIEWS as i64 + 1),
             ..Default::default()
         };
+        let full = format!(
+            "{MAX_PENDING_REVIEWS} requests of grant {} already wait for review: wait for their decisions \
+             (`proctor review list`) before sending more that need one",
+            grant.id
+        );
+        // Counted first, so that a refusal records nothing; counted again
+        // as the review is added (below), where requests arriving at once
+        // take turns.
         let pending = self.store.list_reviews(&filter).await.map_err(unreachable)?;
         if pending.iter().filter(|review| review.expires_at > now).count() >= MAX_PENDING_REVIEWS {
-            return Err(format!(
-                "{MAX_PENDING_REVIEWS} requests of grant {} already wait for review: wait for their decisions \
-                 (`proctor review list`) before sending more that need one",
-                grant.id
-            ));
+            return Err(full);
         }
         let id = format!("r_{}", hex::encode(random(8)));
         let how = format!(
@@ -315,7 +319,16 @@ impl<S: ControlStore, K: EventSink> Control<S, K> {
         self.record_review_event(ReviewAction::Requested, &review, &grant.subject, Some(how)).await.map_err(|e| {
             format!("Proctor could not record the review of this statement ({}); it was not run, try again later", e.0)
         })?;
-        self.store.insert_review(&review).await.map_err(unreachable)?;
+        if !self.store.insert_review_within(&review, MAX_PENDING_REVIEWS, now).await.map_err(unreachable)? {
+            // Another request of the grant took the last place meanwhile:
+            // the request recorded above is answered, by Proctor.
+            if let Err(error) =
+                self.record_review_event(ReviewAction::Denied, &review, "proctor", Some(full.clone())).await
+            {
+                tracing::error!(review = %review.id, %error, "the refusal of a review past the grant's bound could not be recorded");
+            }
+            return Err(full);
+        }
         Ok(HoldOutcome::Held { review_id: review.id, opened: true, expires_at: review.expires_at })
     }
 

@@ -228,6 +228,16 @@ pub trait ControlStore: Send + Sync + 'static {
 
     /// Adds a new review (its id must be new).
     fn insert_review(&self, review: &Review) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Adds a new review unless its grant already has `bound` pending
+    /// reviews whose `expires_at` is after `now`: `false` then, and nothing
+    /// added. Counted and added atomically: requests inserting at once, from
+    /// any gateway on the store, cannot pass the bound together.
+    fn insert_review_within(
+        &self,
+        review: &Review,
+        bound: usize,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn get_review(&self, id: &str) -> impl Future<Output = Result<Option<Review>, StoreError>> + Send;
     /// Newest first.
     fn list_reviews(&self, filter: &ReviewFilter) -> impl Future<Output = Result<Vec<Review>, StoreError>> + Send;
@@ -254,6 +264,8 @@ pub trait ControlStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SqlStore {
     pool: sqlx::AnyPool,
+    /// PostgreSQL rather than SQLite: how writers are made to take turns.
+    postgres: bool,
 }
 
 /// The store's schema, as versioned migrations: a store opens at the
@@ -379,7 +391,7 @@ impl SqlStore {
             wal_mode(&pool).await?;
         }
         migrate(&pool, !sqlite).await?;
-        Ok(SqlStore { pool })
+        Ok(SqlStore { pool, postgres: !sqlite })
     }
 
     /// The rows of `query` (`status`, `n`), statuses it does not know left out.
@@ -650,35 +662,38 @@ impl ControlStore for SqlStore {
     }
 
     async fn insert_review(&self, r: &Review) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO reviews (id, version, grant_id, subject, issuer, resource, session_id, ref_seq, kind, \
-             review_text, text_hash, rule, approval_group, status, status_reason, decided_by, created_at, decided_at, \
-             used_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-        )
-        .bind(&r.id)
-        .bind(r.version)
-        .bind(&r.grant_id)
-        .bind(&r.subject)
-        .bind(&r.issuer)
-        .bind(&r.resource)
-        .bind(&r.session_id)
-        .bind(r.ref_seq)
-        .bind(r.kind.as_str())
-        .bind(&r.text)
-        .bind(&r.text_hash)
-        .bind(&r.rule)
-        .bind(r.approval_group.clone())
-        .bind(r.status.as_str())
-        .bind(r.status_reason.clone())
-        .bind(r.decided_by.clone())
-        .bind(r.created_at)
-        .bind(r.decided_at)
-        .bind(r.used_at)
-        .bind(r.expires_at)
-        .execute(&self.pool)
-        .await?;
+        insert_review_query(r).execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn insert_review_within(&self, r: &Review, bound: usize, now: i64) -> Result<bool, StoreError> {
+        // Inserts into one grant's reviews take turns: on PostgreSQL by
+        // locking the grant's row to the transaction's end (a count alone
+        // would not see another transaction's uncommitted insert), on SQLite
+        // by taking the write lock at the transaction's start.
+        let mut tx =
+            if self.postgres { self.pool.begin().await? } else { self.pool.begin_with("BEGIN IMMEDIATE").await? };
+        if self.postgres {
+            sqlx::query("SELECT id FROM grants WHERE id = $1 FOR UPDATE")
+                .bind(&r.grant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        let pending: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM reviews WHERE grant_id = $1 AND status = $2 AND expires_at > $3")
+                .bind(&r.grant_id)
+                .bind(ReviewStatus::Pending.as_str())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+        if pending >= i64::try_from(bound).unwrap_or(i64::MAX) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_review_query(r).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn get_review(&self, id: &str) -> Result<Option<Review>, StoreError> {
@@ -769,4 +784,34 @@ impl ControlStore for SqlStore {
         counts.sort_by_key(|(s, _)| s.as_str());
         Ok(counts)
     }
+}
+
+/// The INSERT of review `r`, its values bound.
+fn insert_review_query(r: &Review) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO reviews (id, version, grant_id, subject, issuer, resource, session_id, ref_seq, kind, \
+             review_text, text_hash, rule, approval_group, status, status_reason, decided_by, created_at, decided_at, \
+             used_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+    )
+    .bind(&r.id)
+    .bind(r.version)
+    .bind(&r.grant_id)
+    .bind(&r.subject)
+    .bind(&r.issuer)
+    .bind(&r.resource)
+    .bind(&r.session_id)
+    .bind(r.ref_seq)
+    .bind(r.kind.as_str())
+    .bind(&r.text)
+    .bind(&r.text_hash)
+    .bind(&r.rule)
+    .bind(r.approval_group.clone())
+    .bind(r.status.as_str())
+    .bind(r.status_reason.clone())
+    .bind(r.decided_by.clone())
+    .bind(r.created_at)
+    .bind(r.decided_at)
+    .bind(r.used_at)
+    .bind(r.expires_at)
 }
