@@ -201,9 +201,11 @@ async fn review_conformance(store: &SqlStore) {
 }
 
 /// A grant's pending reviews are bounded: counted and added atomically, so
-/// requests adding at once, over several connections, never pass the bound
-/// together. Expired and decided reviews do not count.
-async fn bounded_reviews_conform(store: &SqlStore) {
+/// requests adding at once, over several connections or several stores on
+/// one database (gateways), never pass the bound together. Expired and
+/// decided reviews do not count.
+async fn bounded_reviews_conform(stores: &[SqlStore]) {
+    let store = &stores[0];
     let now = 2_000;
     for id in ["g_bound", "g_race"] {
         store.insert(&grant(id, "alice", GrantStatus::Active, 1_000, 100_000)).await.unwrap();
@@ -221,7 +223,7 @@ async fn bounded_reviews_conform(store: &SqlStore) {
 
     let tasks: Vec<_> = (1..=400)
         .map(|i| {
-            let (store, review) = (store.clone(), of("g_race", i));
+            let (store, review) = (stores[i % stores.len()].clone(), of("g_race", i));
             tokio::spawn(async move { store.insert_review_within(&review, 200, now).await.unwrap() })
         })
         .collect();
@@ -318,7 +320,8 @@ async fn sqlite_store_conforms() {
     let reopened = SqlStore::open(&url).await.unwrap();
     assert_eq!(reopened.list(&GrantFilter::default()).await.unwrap().len(), 3);
     assert_eq!(reopened.list_reviews(&ReviewFilter::default()).await.unwrap().len(), 6);
-    bounded_reviews_conform(&reopened).await;
+    // Two gateways on one SQLite file.
+    bounded_reviews_conform(&[reopened, SqlStore::open(&url).await.unwrap()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +330,8 @@ async fn postgres_store_conforms() {
     cluster.psql("postgres", "create database control").unwrap();
     let store = SqlStore::open(&cluster.superuser_url("control")).await.unwrap();
     conformance(store.clone()).await;
-    bounded_reviews_conform(&store).await;
+    let url = cluster.superuser_url("control");
+    bounded_reviews_conform(&[store, SqlStore::open(&url).await.unwrap()]).await;
 }
 
 /// Gateways reach a shared store over the network: TLS, the server's

@@ -362,6 +362,9 @@ async fn a_grant_has_a_bounded_number_of_reviews_waiting() {
     let outcomes = futures_util::future::join_all(requests).await;
     let opened_now = outcomes.iter().filter(|o| o.as_ref().is_ok_and(opened)).count();
     assert_eq!(opened_now, max, "{outcomes:?}");
+    let refused: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(refused.len(), 8, "the rest are refused");
+    assert!(refused.iter().all(|e| e.contains("already wait for review")), "{refused:?}");
     let pending = ReviewFilter {
         grant_id: Some(racing.clone()),
         status: Some(ReviewStatus::Pending),

@@ -260,18 +260,21 @@ fn secrets_are_masked_for_the_client_and_never_reach_the_disk_raw() {
     let held = psql(&setup.cluster, &url, pem);
     assert!(stderr(&held).contains("holding this statement for approval"), "{}", stderr(&held));
 
-    // A value masked inside a dollar-quoted body (code) would hide part of
-    // what reviewers approve: such a held statement is refused instead.
+    // A body in dollar quotes is masked inside them; a value of its own
+    // masked there leaves the statement reviewable.
     let function = format!("create function leak() returns text language sql as $$ select '{EMAIL}' $$");
-    let refused = psql(&setup.cluster, &url, &function);
-    let error = stderr(&refused);
-    assert!(
-        error.contains("masking hides part of it from its reviewers") && error.contains("dollar-quoted"),
-        "{error}"
-    );
-    assert!(error.contains("rule ci/ddl holds it for review"), "{error}");
-    client_output.push_str(&error);
-    let exists = setup.cluster.psql(APP_ROLE, "select count(*) from pg_proc where proname = 'leak'").unwrap();
+    let held = stderr(&psql(&setup.cluster, &url, &function));
+    assert!(held.contains("holding this statement for approval"), "{held}");
+    client_output.push_str(&held);
+    // A private key's header in a body runs over the rest of it, a DROP
+    // included: reviewers would approve what they cannot see, so such a
+    // held statement is refused instead.
+    let hidden = "create function hidden() returns void language plpgsql as \
+                  'begin raise notice ''-----BEGIN PRIVATE KEY-----''; drop table customers; end'";
+    let error = stderr(&psql(&setup.cluster, &url, hidden));
+    assert!(error.contains("masking hides part of it from its reviewers"), "{error}");
+    assert!(error.contains("rule ci/ddl holds it for review") && error.contains("inside a string"), "{error}");
+    let exists = setup.cluster.psql(APP_ROLE, "select count(*) from pg_proc where proname = 'hidden'").unwrap();
     assert_eq!(exists.trim(), "0", "nothing refused ran");
 
     // What a client types before it is admitted, and a column alias, are

@@ -6,7 +6,8 @@
 use proctor_gateway_core::masking::{Column, Counts, Detector, Findings, Masker, NameSays, TextOut, count};
 
 /// A statement's text as it is recorded and shown to reviewers under
-/// masking, or `None` when masking changes nothing in it.
+/// masking, and whether reviewers could judge it so; `None` when masking
+/// changes nothing in it.
 ///
 /// Masking the text as a whole could let one finding swallow what follows
 /// it (a private key's header in a literal runs to the end of the text,
@@ -23,33 +24,68 @@ use proctor_gateway_core::masking::{Column, Counts, Detector, Findings, Masker, 
 /// strings otherwise than the scanner (`standard_conforming_strings` off,
 /// with a backslash in the text), tokens cannot be told apart faithfully:
 /// the text is withheld.
+///
+/// Reviewers cannot judge a text withheld or masked whole, nor one where a
+/// masked value covers a quote, a semicolon, a parenthesis or a dollar
+/// sign: inside a string, that is what code looks like (a `DO` block's or
+/// a function's body, a string run by `EXECUTE` or `dblink_exec`), and one
+/// finding (a private key's header, a URL's password) can run over the
+/// rest of it. What a value of its own holds (an address, a card number,
+/// a key's base64 lines, a token) is none of these.
+pub(super) struct MaskedStatement {
+    /// As recorded and shown.
+    pub text: String,
+    /// Why reviewers could not judge the statement from `text`, if so.
+    pub hides: Option<&'static str>,
+}
+
+const WITHHELD_WHY: &str = "with standard_conforming_strings off, its tokens cannot be shown apart";
+const WHOLE_WHY: &str = "it cannot be split into tokens, so it could only be shown masked whole";
+const CODE_WHY: &str = "a masked value covers quotes, semicolons, parentheses or dollar signs inside a string, \
+     which can be code (a DO block's or a function's body, a string run as SQL)";
+
+/// [`mask_statement`]'s text.
 pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: bool) -> Option<String> {
+    mask_statement(masker, sql, standard_strings).map(|m| m.text)
+}
+
+/// Why reviewers could not judge held statement `sql` from its masked text
+/// ([`mask_statement`]), or `None` when they can: such a statement is
+/// refused rather than put to review.
+pub(super) fn hidden_from_reviewers(masker: &Masker, sql: &str, standard_strings: bool) -> Option<&'static str> {
+    mask_statement(masker, sql, standard_strings).and_then(|m| m.hides)
+}
+
+pub(super) fn mask_statement(masker: &Masker, sql: &str, standard_strings: bool) -> Option<MaskedStatement> {
     use pg_query::protobuf::{KeywordKind, Token};
     let whole = masker.findings(sql);
     if whole.is_empty() {
         return None;
     }
     if !standard_strings && sql.contains('\\') {
-        return Some(
-            "[statement withheld: masking found a value to mask in it, and with standard_conforming_strings off its tokens cannot be shown apart]"
+        return Some(MaskedStatement {
+            text: "[statement withheld: masking found a value to mask in it, and with standard_conforming_strings off its tokens cannot be shown apart]"
                 .to_string(),
-        );
+            hides: Some(WITHHELD_WHY),
+        });
     }
     // Text the scanner refuses is refused by the server too (and blocked
     // under rules): the whole text masked is all there is to show.
     let Ok(tokens) = pg_query::scan_tokens(sql) else {
-        return Some(masker.mask_text(sql, &mut Counts::new()).into_owned());
+        return masked_whole(masker, sql);
     };
     // Each token's span, and its content (absolute range), if any.
     let mut pieces: Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)> = Vec::with_capacity(tokens.len());
     // Per token: 1 for a `.`, 2 for an unquoted name or a number, else 0.
     let mut links: Vec<u8> = Vec::with_capacity(tokens.len());
+    // Per token: a string (which can hold code), or not.
+    let mut strings: Vec<bool> = Vec::with_capacity(tokens.len());
     for token in &tokens {
         let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end)) else {
-            return Some(masker.mask_text(sql, &mut Counts::new()).into_owned());
+            return masked_whole(masker, sql);
         };
         let Some(text) = sql.get(start..end).filter(|_| start >= pieces.last().map_or(0, |p| p.0.end)) else {
-            return Some(masker.mask_text(sql, &mut Counts::new()).into_owned());
+            return masked_whole(masker, sql);
         };
         let kind = Token::try_from(token.token).unwrap_or(Token::Nul);
         let keyword = token.keyword_kind != KeywordKind::NoKeyword as i32;
@@ -63,7 +99,10 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
             (text.len() >= 2 * tag.len() && text.ends_with(tag)).then_some(tag.len()..text.len() - tag.len())
         };
         let content = match kind {
-            Token::Sconst if text.starts_with('$') => dollar_quoted(),
+            Token::Sconst if text.starts_with('$') => match dollar_quoted() {
+                Some(content) => Some(content),
+                None => return masked_whole(masker, sql),
+            },
             Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => quoted('\''),
             Token::Ident | Token::Uident if text.ends_with('"') => quoted('"'),
             Token::SqlComment => Some(2.min(text.len())..text.len()),
@@ -78,6 +117,7 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
             Token::Ident | Token::Iconst | Token::Fconst if !keyword && !text.starts_with(['"', '.']) => 2,
             _ => 0,
         });
+        strings.push(matches!(kind, Token::Sconst | Token::Usconst));
         pieces.push((start..end, content.map(|c| start + c.start..start + c.end)));
     }
     // What the detectors find in each token's content, on its own.
@@ -130,7 +170,8 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
     }
     let mut out = String::with_capacity(sql.len());
     let mut last = 0;
-    for (((span, content), own), share) in pieces.iter().zip(own).zip(shares) {
+    let mut hides = None;
+    for ((((span, content), own), share), string) in pieces.iter().zip(own).zip(shares).zip(strings) {
         out.push_str(&sql[last..span.start]);
         last = span.end;
         let Some(content) = content else {
@@ -147,43 +188,24 @@ pub(super) fn mask_statement_text(masker: &Masker, sql: &str, standard_strings: 
                 kept.push(finding);
             }
         }
+        let code = |f: &proctor_gateway_core::masking::Finding| {
+            inside.get(f.range.clone()).is_none_or(|hidden| hidden.contains([';', '\'', '"', '(', ')', '$']))
+        };
+        if string && kept.iter().any(code) {
+            hides = Some(CODE_WHY);
+        }
         out.push_str(&sql[span.start..content.start]);
         masker.write_masked(inside, &kept, &mut Counts::new(), &mut out);
         out.push_str(&sql[content.end..span.end]);
     }
     out.push_str(sql.get(last..).unwrap_or_default());
-    Some(out)
+    Some(MaskedStatement { text: out, hides })
 }
 
-/// Why reviewers could not judge a held statement from its masked text,
-/// or `None` when they can: its structure is shown as it will run and no
-/// code is masked. The text is withheld or masked whole where it cannot
-/// be split into tokens as the server splits it; and a value masked inside
-/// a dollar-quoted string hides part of what is, as often as not, code (a
-/// `DO` block's or a function's body, where one finding can run to the
-/// body's end). Such a statement is refused rather than put to review.
-pub(super) fn hidden_from_reviewers(masker: &Masker, sql: &str, standard_strings: bool) -> Option<&'static str> {
-    let whole = masker.findings(sql);
-    if whole.is_empty() {
-        return None;
-    }
-    if !standard_strings && sql.contains('\\') {
-        return Some("with standard_conforming_strings off, its tokens cannot be shown apart");
-    }
-    let Ok(tokens) = pg_query::scan_tokens(sql) else {
-        return Some("it cannot be split into tokens, so it could only be shown masked whole");
-    };
-    let dollar_quoted = tokens.iter().any(|token| {
-        let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end)) else {
-            return true;
-        };
-        token.token == pg_query::protobuf::Token::Sconst as i32
-            && sql.get(start..end).is_none_or(|text| text.starts_with('$'))
-            && whole.iter().any(|f| f.range.start < end && start < f.range.end)
-    });
-    dollar_quoted.then_some(
-        "a value to mask is inside a dollar-quoted string, which can be code (a DO block or a function body)",
-    )
+/// The whole text masked, as is: all there is to show of a text the
+/// scanner cannot split, and nothing reviewers could judge.
+fn masked_whole(masker: &Masker, sql: &str) -> Option<MaskedStatement> {
+    Some(MaskedStatement { text: masker.mask_text(sql, &mut Counts::new()).into_owned(), hides: Some(WHOLE_WHY) })
 }
 
 /// Types whose values are text in both formats (binary `text` is its UTF-8).
@@ -587,31 +609,36 @@ match = "salary""#,
         Masker::new(Profile::new("p", &config).unwrap(), MaskingKey::new(b"k".to_vec()))
     }
 
-    /// Held statements whose masked text reviewers could not judge: a body
-    /// in dollar quotes (code) with a value masked in it, a text split
-    /// otherwise than the server splits it. Plain literals keep the
-    /// structure in view and may be reviewed.
+    /// Held statements whose masked text reviewers could not judge: a
+    /// masked value inside a string covering what code is made of (a body
+    /// run as code, where one finding can run over the rest of it), a text
+    /// split otherwise than the server splits it. Values of their own,
+    /// masked in literals or in bodies, keep the statement reviewable.
     #[test]
     fn a_statement_reviewers_could_not_judge_is_named() {
         let m = masker();
         let email = "zq7x.lindqvist@example.org";
-        assert_eq!(hidden_from_reviewers(&m, "create index i on t (id)", true), None, "nothing masked");
-        let literal = format!("update t set email = '{email}' where id = 1");
-        assert_eq!(hidden_from_reviewers(&m, &literal, true), None, "a literal, its structure shown");
-        for body in [
-            format!("do $$ begin perform '{email}'; execute 'drop table t'; end $$"),
-            format!("create function f() returns text language sql as $body$ select '{email}' $body$"),
-            "do $$ begin raise notice '-----BEGIN PRIVATE KEY-----'; drop table t; end $$".to_string(),
-        ] {
-            let why = hidden_from_reviewers(&m, &body, true);
-            assert!(why.is_some_and(|w| w.contains("dollar-quoted")), "{body}: {why:?}");
-        }
-        // What is recorded and shown of them is masked inside the tags.
+        let code = |sql: &str| {
+            let why = hidden_from_reviewers(&m, sql, true);
+            assert!(why.is_some_and(|w| w.contains("inside a string")), "{sql}: {why:?}");
+        };
+        let reviewable = |sql: &str| assert_eq!(hidden_from_reviewers(&m, sql, true), None, "{sql}");
+        reviewable("create index i on t (id)");
+        reviewable(&format!("update t set email = '{email}' where id = 1"));
+        reviewable(&format!("do $$ begin perform '{email}'; execute 'drop table t'; end $$"));
+        reviewable(&format!("create function f() returns text language sql as $body$ select '{email}' $body$"));
+        reviewable(
+            "insert into keys values ('-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg+kqhkiG9w0=\n-----END PRIVATE KEY-----')",
+        );
+        // A private key's header runs to the end of the body: the DROP in it
+        // would be hidden from whoever approves it, in any kind of quotes.
+        code("do $$ begin raise notice '-----BEGIN PRIVATE KEY-----'; drop table t; end $$");
+        code("do 'begin raise notice ''-----BEGIN PRIVATE KEY-----''; drop table accounts; end'");
+        code("do E'begin raise notice \\'-----BEGIN PRIVATE KEY-----\\'; drop table accounts; end'");
+        code("select dblink_exec('dbname=x', 'select ''-----BEGIN PRIVATE KEY-----''; drop table t')");
+        // What is recorded and shown of a dollar-quoted body is masked inside the tags.
         let shown = mask_statement_text(&m, &format!("do $b$ begin perform '{email}'; end $b$"), true).unwrap();
         assert_eq!(shown, "do $b$ begin perform '[email:masked]'; end $b$");
-        // Dollar quotes whose body masks nothing are reviewable.
-        let clean = format!("do $$ begin perform 1; end $$; select '{email}'");
-        assert_eq!(hidden_from_reviewers(&m, &clean, true), None);
         let escaped = format!("create table x as select E'it\\'s' || '{email}' as e");
         assert!(hidden_from_reviewers(&m, &escaped, false).is_some_and(|w| w.contains("standard_conforming_strings")));
         assert_eq!(hidden_from_reviewers(&m, &escaped, true), None);

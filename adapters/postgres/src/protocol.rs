@@ -383,7 +383,6 @@ impl Protocol {
         self.masker.is_some()
     }
 
-    /// Text as it may be recorded: masked by the detectors when masking is on.
     /// A statement held for review whose masked text its reviewers could
     /// not judge is refused instead ([`mask::hidden_from_reviewers`]).
     fn reviewable(&self, gated: Option<Gated>, sql: &str) -> Option<Gated> {
@@ -396,6 +395,7 @@ impl Protocol {
         gated
     }
 
+    /// Text as it may be recorded: masked by the detectors when masking is on.
     fn recordable(&self, text: String) -> String {
         let Some(m) = &self.masker else { return text };
         if let Some((standard, sql)) = &*self.nothing_to_mask.borrow()

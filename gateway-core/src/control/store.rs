@@ -674,6 +674,9 @@ impl ControlStore for SqlStore {
         let mut tx =
             if self.postgres { self.pool.begin().await? } else { self.pool.begin_with("BEGIN IMMEDIATE").await? };
         if self.postgres {
+            // Each statement sees what committed before it, whatever the
+            // server's default: the count must see the insert it waited on.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await?;
             sqlx::query("SELECT id FROM grants WHERE id = $1 FOR UPDATE")
                 .bind(&r.grant_id)
                 .fetch_optional(&mut *tx)
