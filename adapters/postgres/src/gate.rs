@@ -240,7 +240,7 @@ impl Gate {
             "Proctor blocked this statement: rule {rule} holds it for review, and masking hides part of it from its reviewers, who could not see what they approve: {why}"
         );
         let hint =
-            "pass secrets and personal data as bind parameters ($1) rather than in the statement's text".to_string();
+            "keep the value out of the statement's code: pass it as a bind parameter ($1), or have the code read it from a table".to_string();
         self.block(rule, message, hint)
     }
 
