@@ -3,6 +3,10 @@
 //! per round, with idle time between rounds (a live gateway seals every few
 //! seconds, and the allocator returns memory to the system in between).
 //!
+//! With `SEAL_COST_BULK=1`, terminal output instead: 32 KiB events of
+//! incompressible bytes, as `cat` of a binary file over SSH records them,
+//! the cost printed per GiB.
+//!
 //! `cargo run --release -p proctor-benches --example seal_cost [-- ROUNDS [IDLE_MS [SEGMENT_MIB]]]`
 
 use std::time::{Duration, Instant};
@@ -46,8 +50,20 @@ fn main() {
         };
         sink.append_slice_blocking(&[NewEvent::new(s, now(), Direction::Gateway, start)]).unwrap();
     }
+    let bulk = std::env::var_os("SEAL_COST_BULK").is_some();
+    // Incompressible bytes to cut 32 KiB events from (xorshift).
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..(8usize << 20) / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    const CHUNK: usize = 32 << 10;
     // About a WAL file per round (138 WAL bytes per event).
-    let per_round = ((segment_mib << 20) / 138) as usize;
+    let per_round = if bulk { ((segment_mib << 20) as usize) / CHUNK } else { ((segment_mib << 20) / 138) as usize };
     let mut seq = 0u64;
     let mut costs = Vec::new();
     for round in 0..rounds {
@@ -57,6 +73,17 @@ fn main() {
         };
         for _ in 0..per_round {
             let s = sessions[(seq % 8) as usize];
+            if bulk {
+                let at = (seq as usize * 4099) % (noise.len() - CHUNK);
+                let output = TerminalOutput {
+                    channel_id: Some(0),
+                    stream: OutputStream::Stdout,
+                    data: noise[at..at + CHUNK].to_vec(),
+                };
+                sink.append_slice_blocking(&[NewEvent::new(s, now(), Direction::TargetToClient, output)]).unwrap();
+                seq += 1;
+                continue;
+            }
             let aid = seq * 7919 % 1_000_000;
             let statement = Statement {
                 sql: format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
@@ -88,9 +115,11 @@ fn main() {
         let s = sink.stats();
         let events = (s.events - events0) as f64;
         let ns = (s.sealer_cpu_ns - cpu0) as f64 / events;
+        let gib = (s.wal_bytes - wal0) as f64 / f64::from(1u32 << 30);
         println!(
-            "round {round}: {} segments sealed, sealing {ns:.0} ns/event, {:.0} WAL bytes/event",
+            "round {round}: {} segments sealed, sealing {ns:.0} ns/event ({:.2} s/GiB of WAL), {:.0} WAL bytes/event",
             s.segments_sealed - sealed0,
+            (s.sealer_cpu_ns - cpu0) as f64 / 1e9 / gib,
             (s.wal_bytes - wal0) as f64 / events
         );
         if round > 0 {

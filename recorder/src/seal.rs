@@ -70,14 +70,47 @@ pub(crate) struct Sealed {
 struct Track {
     id: SessionId,
     text: String,
-    /// Next seq and chain head while the session is open.
-    open: Option<(u64, ChainHash)>,
+    /// Next seq while the session is open.
+    open: Option<u64>,
+    /// The chain head before the session's first event in the file (carried
+    /// in, or the zero head); after [`chain`], the head after its last.
+    head: ChainHash,
     summary: Option<Summary>,
 }
 
 impl Track {
     fn new(id: SessionId, text: String, open: Option<(u64, ChainHash)>) -> Track {
-        Track { id, text, open, summary: None }
+        let head = open.map_or(ChainHash::GENESIS, |(_, head)| head);
+        Track { id, text, open: open.map(|(next, _)| next), head, summary: None }
+    }
+}
+
+/// The chain heads of the sessions of `rows` (`(slot, seq, row)` in seq
+/// order per slot): each track's `head` moves from before its first event
+/// in the file to after its last, one row at a time as `each` visits it.
+/// Sealing hashes each row as it copies it into a batch, while the row is
+/// in the CPU's cache: a separate pass over a file larger than the cache
+/// would read every byte from memory once more.
+struct Chains(Vec<ChainHash>);
+
+impl Chains {
+    fn of(tracks: &[Track]) -> Chains {
+        Chains(tracks.iter().map(|t| t.head).collect())
+    }
+
+    fn each(&mut self, slot: u32, row: &[u8]) {
+        let head = &mut self.0[slot as usize];
+        *head = head.next(row);
+    }
+
+    /// The heads into the tracks, and into their summaries.
+    fn into_tracks(self, tracks: &mut [Track], summaries: &mut [(u32, SessionId, Summary)]) {
+        for (track, head) in tracks.iter_mut().zip(&self.0) {
+            track.head = *head;
+        }
+        for (slot, _, summary) in summaries {
+            summary.chain_head = self.0[*slot as usize];
+        }
     }
 }
 
@@ -219,10 +252,10 @@ impl SealContext {
                 }
             };
             let track = &mut tracks[slot as usize];
-            let (expected, previous) = match track.open {
-                Some((next, head)) => (next, head),
-                None if is_start && track.summary.is_none() => (0, ChainHash::GENESIS),
-                None if unknown_carry && track.summary.is_none() => (seq, ChainHash::GENESIS),
+            let expected = match track.open {
+                Some(next) => next,
+                None if is_start && track.summary.is_none() => 0,
+                None if unknown_carry && track.summary.is_none() => seq,
                 None => {
                     return Err(corrupt(format!(
                         "session {} seq {seq}: event of a session that is not open",
@@ -233,8 +266,10 @@ impl SealContext {
             if seq != expected {
                 return Err(corrupt(format!("session {}: seq {seq} where {expected} was expected", track.text)));
             }
-            let head = previous.next(canonical_row);
-            track.open = (!is_end).then_some((seq + 1, head));
+            track.open = (!is_end).then_some(seq + 1);
+            // The head before the session's first event here: carried in,
+            // or the zero head of a session starting (or restarting) here.
+            let previous = track.head;
 
             let summary = track.summary.get_or_insert_with(|| Summary {
                 first_seq: seq,
@@ -244,7 +279,6 @@ impl SealContext {
             });
             summary.last_seq = seq;
             summary.events += 1;
-            summary.chain_head = head;
             summary.first_time = summary.first_time.min(time);
             summary.last_time = summary.last_time.max(time);
             if is_start || is_end {
@@ -262,13 +296,24 @@ impl SealContext {
             rows.push(canonical_row);
         }
 
-        let mut open_sessions: Vec<Carried> = tracks
-            .iter()
-            .filter_map(|t| t.open.map(|(next_seq, head)| Carried { session_id: t.id, next_seq, head }))
-            .collect();
-        open_sessions.sort_by_key(|c| c.session_id);
+        let open_sessions = |tracks: &[Track]| {
+            let mut open: Vec<Carried> = tracks
+                .iter()
+                .filter_map(|t| t.open.map(|next_seq| Carried { session_id: t.id, next_seq, head: t.head }))
+                .collect();
+            open.sort_by_key(|c| c.session_id);
+            open
+        };
         let events = order.len() as u64;
         if events == 0 || already_sealed {
+            // The heads the next file continues from, without a segment to
+            // write.
+            let mut chains = Chains::of(&tracks);
+            for &(slot, _, index) in &order {
+                chains.each(slot, rows[index as usize]);
+            }
+            chains.into_tracks(&mut tracks, &mut []);
+            let open_sessions = open_sessions(&tracks);
             let manifest = if already_sealed {
                 Some(crate::reader::read_manifest(&self.layout.manifest_path(number))?)
             } else {
@@ -289,13 +334,13 @@ impl SealContext {
             rank[t as usize] = position as u32;
         }
         order.sort_unstable_by_key(|&(slot, seq, _)| (rank[slot as usize], seq));
-        let summaries: Vec<(SessionId, Summary)> = by_id
+        let mut summaries: Vec<(u32, SessionId, Summary)> = by_id
             .iter()
-            .filter_map(|&t| tracks[t as usize].summary.take().map(|s| (tracks[t as usize].id, s)))
+            .filter_map(|&t| tracks[t as usize].summary.take().map(|s| (t, tracks[t as usize].id, s)))
             .collect();
 
-        let min_time = summaries.iter().map(|(_, s)| s.first_time).min().unwrap_or_default();
-        let max_time = summaries.iter().map(|(_, s)| s.last_time).max().unwrap_or_default();
+        let min_time = summaries.iter().map(|(_, _, s)| s.first_time).min().unwrap_or_default();
+        let max_time = summaries.iter().map(|(_, _, s)| s.last_time).max().unwrap_or_default();
         let rel_path = Layout::segment_rel_path(number, &Timestamp(min_time).date());
         let segment_path = self.layout.root().join(&rel_path);
         let partition = segment_path.parent().unwrap_or(self.layout.root()).to_path_buf();
@@ -311,6 +356,7 @@ impl SealContext {
         let mut writer = segment::SegmentWriter::create(&temp, &self.settings, raw)?;
         // Batches of at most a row group's rows and bytes, each with room
         // for its raw bytes at once.
+        let mut chains = Chains::of(&tracks);
         let mut rest = &order[..];
         while !rest.is_empty() {
             let (mut len, mut bytes) = (0, 0);
@@ -324,11 +370,15 @@ impl SealContext {
             let (chunk, after) = rest.split_at(len);
             rest = after;
             let mut builder = BatchBuilder::with_capacity_and_bytes(chunk.len(), bytes);
-            for &(_, _, index) in chunk {
-                builder.push_canonical(rows[index as usize]).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
+            for &(slot, _, index) in chunk {
+                let row = rows[index as usize];
+                builder.push_canonical(row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
+                chains.each(slot, row);
             }
             writer.write(&builder.finish()?)?;
         }
+        chains.into_tracks(&mut tracks, &mut summaries);
+        let open_sessions = open_sessions(&tracks);
         let (file_sha256, file_bytes) = writer.finish()?;
         fs::rename(&temp, &segment_path)
             .map_err(RecorderError::io("cannot rename segment into place", &segment_path))?;
@@ -346,7 +396,7 @@ impl SealContext {
             max_time: Timestamp(max_time).to_rfc3339(),
             sessions: summaries
                 .into_iter()
-                .map(|(id, s)| ManifestSession {
+                .map(|(_, id, s)| ManifestSession {
                     session_id: id.to_string(),
                     first_seq: s.first_seq,
                     last_seq: s.last_seq,

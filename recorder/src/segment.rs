@@ -42,9 +42,14 @@ impl<W: Write> HashingWriter<W> {
     }
 }
 
+/// At most this much passes in one write: hashed just after it was copied
+/// out, while it is still in the CPU's cache, rather than read from memory
+/// again after a write of mebibytes.
+const HASHED_WRITE: usize = 64 << 10;
+
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self.inner.write(&buf[..buf.len().min(HASHED_WRITE)])?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)

@@ -235,6 +235,45 @@ fn a_carry_slot_left_empty_by_a_crash_is_filled_from_the_file_before() {
     assert_verifies(dir.path());
 }
 
+/// A crash after file 1 was sealed and before its carry reached file 2's
+/// slot: recovery re-reads the sealed file 1 for the chain heads it ends
+/// with (writing no segment again), and file 2's chain continues from them.
+#[test]
+fn a_file_sealed_before_a_crash_still_hands_its_chain_heads_to_the_next() {
+    let (session, events) = crashed_session();
+    // File 1 sealed, as a run before the crash sealed it (same key).
+    let before = tempfile::tempdir().unwrap();
+    write_wal(before.path(), 1, &events, &[]);
+    write_wal_with_empty_slot(before.path(), session);
+    Recorder::open(before.path(), &settings()).unwrap().close().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    write_wal(dir.path(), 1, &events, &[]);
+    write_wal_with_empty_slot(dir.path(), session);
+    let copy = |relative: &str| {
+        let to = dir.path().join(relative);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(before.path().join(relative), to).unwrap();
+    };
+    let sealed = Layout::new(before.path());
+    let segment = sealed.segment_files().unwrap().into_iter().find(|f| f.ends_with("00000000000000000001.parquet"));
+    copy(&segment.expect("file 1's segment"));
+    copy("manifests/00000000000000000001.json");
+    for key in std::fs::read_dir(sealed.keys_dir()).unwrap() {
+        copy(&format!("keys/{}", key.unwrap().file_name().to_string_lossy()));
+    }
+    assert_eq!(layout.manifest_numbers().unwrap(), [1]);
+
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    assert_eq!(recorder.recovery_report().wal_files_already_sealed, 1);
+    assert_eq!(recorder.recovery_report().wal_files_sealed, 1);
+    recorder.close().unwrap();
+    assert_eq!(recovered_seqs(dir.path(), session), vec![0, 1, 2, 3, 4]);
+    // Unbroken: file 2's chain starts where file 1's ended.
+    assert_verifies(dir.path());
+}
+
 #[test]
 fn a_file_whose_carry_is_lost_with_the_file_before_is_still_sealed_and_verify_reports_the_break() {
     let dir = tempfile::tempdir().unwrap();
