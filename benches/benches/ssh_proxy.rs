@@ -23,7 +23,8 @@
 //!
 //! `cargo bench -p proctor-benches --bench ssh_proxy [-- MIB [ROUNDS [ECHOES [SEEK_MIB]]]]`
 //! (default 512 MiB per file, 3 rounds, 400 keystrokes, a 100 MiB session;
-//! 0 skips a part; `SEEK_PHASES=1` prints where a seek's time goes).
+//! 0 skips a part; `SEEK_PHASES=1` prints where a seek's time goes;
+//! `SSH_PROXY_ONLY=text` or `=incompressible` runs only that bulk file).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -352,7 +353,11 @@ fn main() {
 
     println!("ssh_proxy: {mib} MiB per file, {rounds} rounds alternating, OpenSSH client and sshd on loopback");
     let size = mib << 20;
+    let only = std::env::var("SSH_PROXY_ONLY").ok();
     for (kind, (name, file)) in files.iter().enumerate() {
+        if only.as_deref().is_some_and(|only| only != *name) {
+            continue;
+        }
         let hosts = ["target".to_string(), "jumped".to_string(), format!("proctor{kind}")];
         let mut seconds: Vec<Vec<f64>> = hosts.iter().map(|_| Vec::new()).collect();
         let mut proctor_cpu = Vec::new();
