@@ -570,6 +570,8 @@ mod tests {
             prev_manifest_sha256: None,
             sealed_at: String::new(),
             key_fingerprint: String::new(),
+            merkle_root: None,
+            root_signature: None,
             signature: None,
         };
         let bytes = manifest.to_file_bytes();

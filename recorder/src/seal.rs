@@ -17,6 +17,7 @@ use std::sync::Arc;
 use proctor_schemas::arrow::BatchBuilder;
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::manifest::{MANIFEST_FORMAT, Manifest, ManifestSession};
+use proctor_schemas::merkle;
 use proctor_schemas::{Column, EventKind, SCHEMA_VERSION, SessionId, Timestamp, Value, canonical};
 use sha2::{Digest, Sha256};
 
@@ -91,26 +92,34 @@ impl Track {
 /// Sealing hashes each row as it copies it into a batch, while the row is
 /// in the CPU's cache: a separate pass over a file larger than the cache
 /// would read every byte from memory once more.
-struct Chains(Vec<ChainHash>);
+/// Visited in the segment's row order, it also gathers the Merkle tree's
+/// leaves ([`merkle`]).
+struct Chains {
+    heads: Vec<ChainHash>,
+    leaves: Vec<merkle::Hash>,
+}
 
 impl Chains {
     fn of(tracks: &[Track]) -> Chains {
-        Chains(tracks.iter().map(|t| t.head).collect())
+        Chains { heads: tracks.iter().map(|t| t.head).collect(), leaves: Vec::new() }
     }
 
     fn each(&mut self, slot: u32, row: &[u8]) {
-        let head = &mut self.0[slot as usize];
+        let head = &mut self.heads[slot as usize];
         *head = head.next(row);
+        self.leaves.push(merkle::leaf(head));
     }
 
-    /// The heads into the tracks, and into their summaries.
-    fn into_tracks(self, tracks: &mut [Track], summaries: &mut [(u32, SessionId, Summary)]) {
-        for (track, head) in tracks.iter_mut().zip(&self.0) {
+    /// The heads into the tracks, and into their summaries; the Merkle
+    /// root over the rows visited.
+    fn into_tracks(self, tracks: &mut [Track], summaries: &mut [(u32, SessionId, Summary)]) -> merkle::Hash {
+        for (track, head) in tracks.iter_mut().zip(&self.heads) {
             track.head = *head;
         }
         for (slot, _, summary) in summaries {
-            summary.chain_head = self.0[*slot as usize];
+            summary.chain_head = self.heads[*slot as usize];
         }
+        merkle::Tree::new(self.leaves).root()
     }
 }
 
@@ -377,7 +386,7 @@ impl SealContext {
             }
             writer.write(&builder.finish()?)?;
         }
-        chains.into_tracks(&mut tracks, &mut summaries);
+        let merkle_root = chains.into_tracks(&mut tracks, &mut summaries);
         let open_sessions = open_sessions(&tracks);
         let (file_sha256, file_bytes) = writer.finish()?;
         fs::rename(&temp, &segment_path)
@@ -414,8 +423,11 @@ impl SealContext {
             prev_manifest_sha256: self.last_manifest_sha256.clone(),
             sealed_at: Timestamp::now().to_rfc3339(),
             key_fingerprint: self.key.fingerprint(),
+            merkle_root: Some(hex::encode(merkle_root)),
+            root_signature: None,
             signature: None,
         };
+        manifest.root_signature = manifest.root_statement().map(|statement| self.key.sign(&statement.signing_bytes()));
         manifest.signature = Some(self.key.sign(&manifest.signing_bytes()));
         let manifest_bytes = manifest.to_file_bytes();
         write_atomically(&self.layout.manifest_path(number), &manifest_bytes)?;

@@ -22,7 +22,8 @@ use std::path::Path;
 use ed25519_dalek::VerifyingKey;
 use proctor_schemas::arrow::BatchReader;
 use proctor_schemas::chain::ChainHash;
-use proctor_schemas::manifest::{MANIFEST_FORMAT, Manifest};
+use proctor_schemas::manifest::{MANIFEST_FORMAT, Manifest, OLDEST_MANIFEST_FORMAT};
+use proctor_schemas::merkle;
 use proctor_schemas::{Column, Event, SCHEMA_VERSION, Value, canonical};
 use sha2::{Digest, Sha256};
 
@@ -92,6 +93,10 @@ struct SegmentSession {
     events: u64,
     chain_in: ChainHash,
     head: ChainHash,
+    /// The head the sealer's Merkle leaves follow, when it started from
+    /// another head than the chain here (the manifest's `chain_in` where
+    /// the chain breaks): the tree is checked apart from the chain.
+    leaf_head: Option<ChainHash>,
 }
 
 #[derive(Default)]
@@ -100,6 +105,10 @@ struct RowsState {
     rows: u64,
     last_key: Option<(String, u64)>,
     buf: Vec<u8>,
+    /// The manifest's `chain_in` of each session (the zero head if none).
+    claimed_in: HashMap<String, ChainHash>,
+    /// The Merkle leaves of the rows, in order.
+    leaves: Vec<merkle::Hash>,
 }
 
 struct Verifier<'a> {
@@ -310,6 +319,14 @@ impl Verifier<'_> {
                 s.last_seq = seq;
                 s.events += 1;
                 s.head = s.head.next(&state.buf);
+                let leaf_head = match &mut s.leaf_head {
+                    Some(head) => {
+                        *head = head.next(&state.buf);
+                        *head
+                    }
+                    None => s.head,
+                };
+                state.leaves.push(merkle::leaf(&leaf_head));
             }
             None => {
                 let carried = self.chains.get(&session).copied();
@@ -333,16 +350,20 @@ impl Verifier<'_> {
                 }
                 let chain_in = carried.map_or(ChainHash::GENESIS, |c| c.head);
                 let head = chain_in.next(&state.buf);
-                state
-                    .sessions
-                    .insert(session, SegmentSession { first_seq: seq, last_seq: seq, events: 1, chain_in, head });
+                let claimed_in = state.claimed_in.get(&session).copied().unwrap_or(ChainHash::GENESIS);
+                let leaf_head = (claimed_in != chain_in).then(|| claimed_in.next(&state.buf));
+                state.leaves.push(merkle::leaf(&leaf_head.unwrap_or(head)));
+                state.sessions.insert(
+                    session,
+                    SegmentSession { first_seq: seq, last_seq: seq, events: 1, chain_in, head, leaf_head },
+                );
             }
         }
     }
 
     fn check_manifest(&mut self, number: u64, manifest: &Manifest, previous: Option<&(u64, String)>) {
         let location = format!("manifest {number}");
-        if manifest.format != MANIFEST_FORMAT {
+        if !(OLDEST_MANIFEST_FORMAT..=MANIFEST_FORMAT).contains(&manifest.format) {
             self.problem(location.clone(), format!("unknown manifest format {}", manifest.format));
         }
         if manifest.segment_id != number {
@@ -364,6 +385,25 @@ impl Verifier<'_> {
                 }
             }
             (Some(_), None) => {}
+        }
+        // From format 2 the segment's Merkle root is signed on its own.
+        if manifest.format >= 2 {
+            match (manifest.root_statement(), &manifest.root_signature, &self.key) {
+                (None, _, _) => self.problem(location.clone(), "has no Merkle root".to_string()),
+                (Some(_), None, _) => self.problem(location.clone(), "its Merkle root is not signed".to_string()),
+                (Some(statement), Some(signature), Some(key)) => {
+                    if !keys::verify_signature(key, &statement.signing_bytes(), signature) {
+                        self.problem(
+                            location.clone(),
+                            format!(
+                                "the signature of its Merkle root does not verify with key {}: the root was edited or signed by another key",
+                                self.key_fingerprint
+                            ),
+                        );
+                    }
+                }
+                (Some(_), Some(_), None) => {}
+            }
         }
         match (previous, &manifest.prev_manifest_sha256) {
             (None, None) => {}
@@ -435,7 +475,17 @@ impl Verifier<'_> {
                 return;
             }
         }
-        let mut state = RowsState::default();
+        let mut state = RowsState {
+            claimed_in: manifest
+                .sessions
+                .iter()
+                .map(|s| {
+                    let chain_in = s.chain_in.as_deref().and_then(ChainHash::from_hex).unwrap_or(ChainHash::GENESIS);
+                    (s.session_id.clone(), chain_in)
+                })
+                .collect(),
+            ..RowsState::default()
+        };
         let walked = segment::for_each_batch(&path, |batch| {
             let reader = match BatchReader::new(&batch) {
                 Ok(reader) => reader,
@@ -453,10 +503,21 @@ impl Verifier<'_> {
             self.adopt_claims(manifest);
             return;
         }
-        let RowsState { sessions, rows, .. } = state;
+        let RowsState { sessions, rows, leaves, .. } = state;
         self.report.events += rows;
         if rows != manifest.row_count {
             self.problem(location.clone(), format!("holds {rows} rows, manifest says {}", manifest.row_count));
+        }
+        if let Some(claimed) = &manifest.merkle_root {
+            let root = hex::encode(merkle::Tree::new(leaves).root());
+            if *claimed != root {
+                self.problem(
+                    location.clone(),
+                    format!(
+                        "Merkle root mismatch (manifest {claimed}, rows give {root}): an event was altered, removed, added or reordered"
+                    ),
+                );
+            }
         }
 
         let claimed: BTreeMap<&str, &proctor_schemas::manifest::ManifestSession> =

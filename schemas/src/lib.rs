@@ -24,6 +24,7 @@ mod error;
 mod event;
 mod ids;
 pub mod manifest;
+pub mod merkle;
 mod row;
 pub mod sample;
 mod vocab;

@@ -4,8 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the manifest format.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest format this build writes. Format 2 adds the
+/// segment's Merkle root over its events ([`crate::merkle`]) and the root's
+/// own signature ([`RootStatement`]); format 1 manifests still verify.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The oldest manifest format this build reads.
+pub const OLDEST_MANIFEST_FORMAT: u32 = 1;
+
+/// Prefix of the bytes a root statement's signature covers.
+pub const ROOT_SIGNING_DOMAIN: &[u8] = b"proctor.segment-root.v1\n";
 
 /// Prefix of the bytes a manifest signature covers.
 pub const SIGNING_DOMAIN: &[u8] = b"proctor.manifest.v1\n";
@@ -37,6 +45,15 @@ pub struct Manifest {
     pub sealed_at: String,
     /// Fingerprint of the key that signed this manifest.
     pub key_fingerprint: String,
+    /// Root (hex) of the Merkle tree over the segment's events in row order,
+    /// each leaf its chain head ([`crate::merkle`]); format 2 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merkle_root: Option<String>,
+    /// Base64 ed25519 signature over [`Manifest::root_statement`]'s signing
+    /// bytes: what proves events of the segment without the manifest, whose
+    /// sessions name everyone recorded in it; format 2 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_signature: Option<String>,
     /// Base64 ed25519 signature over [`Manifest::signing_bytes`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
@@ -90,5 +107,42 @@ impl Manifest {
 
     pub fn from_file_bytes(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// What the root signature covers: the segment, its size and its root.
+    /// `None` before format 2.
+    pub fn root_statement(&self) -> Option<RootStatement> {
+        Some(RootStatement {
+            segment_id: self.segment_id,
+            row_count: self.row_count,
+            schema_version: self.schema_version,
+            merkle_root: self.merkle_root.clone()?,
+            key_fingerprint: self.key_fingerprint.clone(),
+        })
+    }
+}
+
+/// A segment's Merkle root, signed apart from its manifest: an exported
+/// bundle carries it, and inclusion proofs against it, for the events it
+/// exports, and nothing of the other sessions of the segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootStatement {
+    pub segment_id: u64,
+    /// How many events (leaves) the tree has.
+    pub row_count: u64,
+    pub schema_version: u32,
+    /// Hex.
+    pub merkle_root: String,
+    /// The key that signed it.
+    pub key_fingerprint: String,
+}
+
+impl RootStatement {
+    /// The bytes its signature covers: the domain prefix and its JSON
+    /// (fixed field order, no maps, no floats: deterministic).
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = ROOT_SIGNING_DOMAIN.to_vec();
+        out.extend(serde_json::to_vec(self).unwrap_or_default());
+        out
     }
 }

@@ -127,6 +127,7 @@ impl Case {
                 let mut manifest = self.manifest(number);
                 manifest.prev_manifest_sha256 = previous.clone();
                 manifest.key_fingerprint = key.fingerprint();
+                manifest.root_signature = manifest.root_statement().map(|s| key.sign(&s.signing_bytes()));
                 manifest.signature = None;
                 manifest.signature = Some(key.sign(&manifest.signing_bytes()));
                 self.write_manifest(&manifest);
@@ -369,8 +370,9 @@ fn one_manifest_signed_by_another_key() {
 fn history_rewritten_by_a_holder_of_the_key_is_caught_by_the_pinned_head() {
     let case = Case::new();
     let n = case.middle();
-    // An insider with the signing key rebuilds a segment, its chain heads and
-    // every later manifest: structurally perfect, but the head moved.
+    // An insider with the signing key rebuilds a segment, its chain heads,
+    // Merkle roots and every later manifest: structurally perfect, but the
+    // head moved.
     let key = ManifestKey::load(&case.layout().keys_dir()).unwrap();
     let path = case.segment_path(n);
     let batches = segment::read_all(&path).unwrap();
@@ -390,7 +392,8 @@ fn history_rewritten_by_a_holder_of_the_key_is_caught_by_the_pinned_head() {
     let mut manifest = case.manifest(n);
     manifest.file_sha256 = sha;
     manifest.file_bytes = bytes;
-    let heads = recompute_heads(&case, n, &edited);
+    let (heads, root) = recompute_heads(&case, n, &edited);
+    manifest.merkle_root = Some(root);
     for s in manifest.sessions.iter_mut() {
         if let Some(head) = heads.iter().find(|(id, _, _)| *id == s.session_id) {
             s.chain_head = head.1.clone();
@@ -402,8 +405,9 @@ fn history_rewritten_by_a_holder_of_the_key_is_caught_by_the_pinned_head() {
         let later_path = case.segment_path(later);
         let batches = segment::read_all(&later_path).unwrap();
         let batch = concat_batches(&batches[0].schema(), &batches).unwrap();
-        let heads = recompute_heads(&case, later, &batch);
+        let (heads, root) = recompute_heads(&case, later, &batch);
         let mut manifest = case.manifest(later);
+        manifest.merkle_root = Some(root);
         for s in manifest.sessions.iter_mut() {
             if let Some(head) = heads.iter().find(|(id, _, _)| *id == s.session_id) {
                 s.chain_head = head.1.clone();
@@ -420,7 +424,9 @@ fn history_rewritten_by_a_holder_of_the_key_is_caught_by_the_pinned_head() {
 
 /// Chain heads of every session in `batch`, continuing from the heads the
 /// earlier manifests of `case` record: (session, head, chain_in).
-fn recompute_heads(case: &Case, number: u64, batch: &RecordBatch) -> Vec<(String, String, Option<String>)> {
+/// The chain heads of the sessions of segment `number` rebuilt from `batch`
+/// (id, head, chain in), and the segment's Merkle root over them.
+fn recompute_heads(case: &Case, number: u64, batch: &RecordBatch) -> (Vec<(String, String, Option<String>)>, String) {
     use proctor_schemas::arrow::BatchReader;
     use proctor_schemas::chain::ChainHash;
     let mut carried: std::collections::HashMap<String, ChainHash> = std::collections::HashMap::new();
@@ -432,6 +438,7 @@ fn recompute_heads(case: &Case, number: u64, batch: &RecordBatch) -> Vec<(String
     let reader = BatchReader::new(batch).unwrap();
     let mut out: Vec<(String, String, Option<String>)> = Vec::new();
     let mut heads: std::collections::BTreeMap<String, (ChainHash, Option<ChainHash>)> = Default::default();
+    let mut leaves = Vec::new();
     for i in 0..reader.len() {
         let row = reader.row(i).unwrap();
         let mut bytes = Vec::new();
@@ -442,11 +449,12 @@ fn recompute_heads(case: &Case, number: u64, batch: &RecordBatch) -> Vec<(String
             (input.unwrap_or(ChainHash::GENESIS), input)
         });
         entry.0 = entry.0.next(&bytes);
+        leaves.push(proctor_schemas::merkle::leaf(&entry.0));
     }
     for (session, (head, input)) in heads {
         out.push((session, head.to_hex(), input.map(|h| h.to_hex())));
     }
-    out
+    (out, hex::encode(proctor_schemas::merkle::root(&leaves)))
 }
 
 #[test]

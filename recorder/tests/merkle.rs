@@ -1,0 +1,192 @@
+//! A segment's Merkle root over its events (manifest format 2): every
+//! event is proven by its own encoding, the chain head before it and a
+//! path to a root signed apart from the manifest, so a proof shows nothing
+//! of the segment's other sessions; `verify` recomputes the root from the
+//! rows and checks its signature; manifests of format 1 still verify.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use proctor_recorder::keys::{self, ManifestKey};
+use proctor_recorder::layout::Layout;
+use proctor_recorder::reader::Reader;
+use proctor_recorder::verify::verify;
+use proctor_recorder::{Recorder, segment};
+use proctor_schemas::arrow::BatchReader;
+use proctor_schemas::chain::ChainHash;
+use proctor_schemas::manifest::Manifest;
+use proctor_schemas::merkle;
+use proctor_schemas::*;
+
+/// Three sessions, interleaved, sealed into one segment.
+fn recorded(dir: &Path) -> Vec<SessionId> {
+    let recorder = Recorder::open(dir, &settings()).unwrap();
+    let sink = recorder.sink();
+    let sessions: Vec<SessionId> = (0..3).map(|_| SessionId::new()).collect();
+    for (i, &s) in sessions.iter().enumerate() {
+        sink.append_slice_blocking(&[start(s, T0 + i as i64)]).unwrap();
+    }
+    for n in 0..20 {
+        let s = sessions[n % 3];
+        sink.append_slice_blocking(&[statement(s, T0 + 10 + n as i64, &format!("select {n}"))]).unwrap();
+    }
+    recorder.close().unwrap();
+    sessions
+}
+
+/// The segment's rows in order: session id, seq, canonical encoding.
+fn rows(dir: &Path, manifest: &Manifest) -> Vec<(String, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    segment::for_each_batch(&dir.join(&manifest.path), |batch| {
+        let reader = BatchReader::new(&batch).unwrap();
+        for i in 0..reader.len() {
+            let row = reader.row(i).unwrap();
+            let cells = row.cells();
+            let (Some(Value::Str(session)), Some(Value::U64(seq))) =
+                (cells.get(Column::SessionId), cells.get(Column::Seq))
+            else {
+                panic!("a row without session or seq");
+            };
+            let mut bytes = Vec::new();
+            canonical::encode(&cells, &mut bytes);
+            out.push((session.to_string(), seq, bytes));
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn only_manifest(dir: &Path) -> Manifest {
+    let manifests = Reader::open(dir).unwrap().manifests().unwrap();
+    assert_eq!(manifests.len(), 1, "one segment");
+    manifests.into_iter().next().unwrap()
+}
+
+#[test]
+fn every_event_is_proven_by_the_signed_root_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    recorded(dir.path());
+    let manifest = only_manifest(dir.path());
+    assert_eq!(manifest.format, 2);
+    let public = keys::load_public_key(&Layout::new(dir.path()).keys_dir()).unwrap();
+
+    // What a bundle would carry of the segment: the statement and its
+    // signature, nothing of the manifest's sessions.
+    let statement = manifest.root_statement().expect("a root");
+    let signature = manifest.root_signature.clone().expect("a signed root");
+    assert!(keys::verify_signature(&public, &statement.signing_bytes(), &signature));
+    let shown = String::from_utf8(statement.signing_bytes()).unwrap();
+    for session in &manifest.sessions {
+        assert!(!shown.contains(&session.session_id), "the statement names no session");
+    }
+    let root: merkle::Hash = hex::decode(&statement.merkle_root).unwrap().try_into().unwrap();
+
+    // Each event: its leaf from its encoding and the head before it.
+    let rows = rows(dir.path(), &manifest);
+    assert_eq!(rows.len() as u64, statement.row_count);
+    let mut heads: HashMap<String, ChainHash> = HashMap::new();
+    let mut proven = Vec::new();
+    for (session, _, bytes) in &rows {
+        let before = heads.get(session).copied().unwrap_or(ChainHash::GENESIS);
+        let head = before.next(bytes);
+        heads.insert(session.clone(), head);
+        proven.push((before, bytes.clone(), merkle::leaf(&head)));
+    }
+    let tree = merkle::Tree::new(proven.iter().map(|(_, _, leaf)| *leaf).collect());
+    assert_eq!(tree.root(), root, "the root is over the rows in order");
+    for (index, (before, bytes, _)) in proven.iter().enumerate() {
+        let proof = tree.proof(index as u64).unwrap();
+        let leaf = merkle::leaf(&before.next(bytes));
+        assert!(merkle::verify_inclusion(&leaf, index as u64, statement.row_count, &proof, &root));
+        // Another encoding (an edited event) is not in the segment.
+        let mut edited = bytes.clone();
+        *edited.last_mut().unwrap() ^= 1;
+        let forged = merkle::leaf(&before.next(&edited));
+        assert!(!merkle::verify_inclusion(&forged, index as u64, statement.row_count, &proof, &root));
+    }
+}
+
+/// Rewrites the only manifest with `edit`, signed again with the
+/// deployment's key (as someone holding it could), its root statement too
+/// unless `edit` removed it.
+fn rewrite(dir: &Path, edit: impl FnOnce(&mut Manifest), resign_root: bool) {
+    let layout = Layout::new(dir);
+    let key = ManifestKey::load(&layout.keys_dir()).unwrap();
+    let mut manifest = only_manifest(dir);
+    edit(&mut manifest);
+    if resign_root {
+        manifest.root_signature = manifest.root_statement().map(|s| key.sign(&s.signing_bytes()));
+    }
+    manifest.signature = None;
+    manifest.signature = Some(key.sign(&manifest.signing_bytes()));
+    std::fs::write(layout.manifest_path(manifest.segment_id), manifest.to_file_bytes()).unwrap();
+}
+
+fn problems(dir: &Path) -> Vec<String> {
+    verify(dir, &Default::default()).unwrap().problems.into_iter().map(|p| p.message).collect()
+}
+
+#[test]
+fn verify_checks_the_root_against_the_rows_and_its_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    recorded(dir.path());
+    assert_verifies(dir.path());
+
+    // A root that is not the rows', signed as it should be.
+    let other = hex::encode(merkle::leaf(&ChainHash::GENESIS));
+    rewrite(dir.path(), |m| m.merkle_root = Some(other.clone()), true);
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p.starts_with("Merkle root mismatch")), "{found:?}");
+
+    // The rows' root, but its signature taken from another statement.
+    let dir = tempfile::tempdir().unwrap();
+    recorded(dir.path());
+    let layout = Layout::new(dir.path());
+    let key = ManifestKey::load(&layout.keys_dir()).unwrap();
+    rewrite(
+        dir.path(),
+        |m| {
+            let mut statement = m.root_statement().unwrap();
+            statement.segment_id += 1;
+            m.root_signature = Some(key.sign(&statement.signing_bytes()));
+        },
+        false,
+    );
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p.contains("the signature of its Merkle root does not verify")), "{found:?}");
+
+    // No root, or an unsigned one, in a format 2 manifest.
+    rewrite(dir.path(), |m| m.root_signature = None, false);
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p == "its Merkle root is not signed"), "{found:?}");
+    rewrite(dir.path(), |m| m.merkle_root = None, false);
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p == "has no Merkle root"), "{found:?}");
+}
+
+#[test]
+fn a_manifest_of_format_1_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    recorded(dir.path());
+    rewrite(
+        dir.path(),
+        |m| {
+            m.format = 1;
+            m.merkle_root = None;
+            m.root_signature = None;
+        },
+        false,
+    );
+    let text = std::fs::read_to_string(Layout::new(dir.path()).manifest_path(only_manifest(dir.path()).segment_id));
+    let text = text.unwrap();
+    assert!(!text.contains("merkle_root") && text.contains("\"format\": 1"), "{text}");
+    assert_verifies(dir.path());
+    // A format this build does not know is named.
+    rewrite(dir.path(), |m| m.format = 3, false);
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p == "unknown manifest format 3"), "{found:?}");
+}
