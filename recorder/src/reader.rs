@@ -571,6 +571,7 @@ mod tests {
             sealed_at: String::new(),
             key_fingerprint: String::new(),
             merkle_root: None,
+            merkle_salt: None,
             root_signature: None,
             signature: None,
         };

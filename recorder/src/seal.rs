@@ -96,18 +96,31 @@ impl Track {
 /// leaves ([`merkle`]).
 struct Chains {
     heads: Vec<ChainHash>,
+    salt: merkle::Hash,
     leaves: Vec<merkle::Hash>,
 }
 
 impl Chains {
-    fn of(tracks: &[Track]) -> Chains {
-        Chains { heads: tracks.iter().map(|t| t.head).collect(), leaves: Vec::new() }
+    fn of(tracks: &[Track], salt: merkle::Hash) -> Chains {
+        Chains { heads: tracks.iter().map(|t| t.head).collect(), salt, leaves: Vec::new() }
     }
 
     fn each(&mut self, slot: u32, row: &[u8]) {
         let head = &mut self.heads[slot as usize];
         *head = head.next(row);
-        self.leaves.push(merkle::leaf(head));
+        let nonce = merkle::nonce(&self.salt, self.leaves.len() as u64);
+        self.leaves.push(merkle::leaf(&nonce, head));
+    }
+
+    /// The heads alone, for a file whose segment exists already.
+    fn heads_only(tracks: &mut [Track], order: &[(u32, u64, u32)], rows: &[&[u8]]) {
+        let mut heads: Vec<ChainHash> = tracks.iter().map(|t| t.head).collect();
+        for &(slot, _, index) in order {
+            heads[slot as usize] = heads[slot as usize].next(rows[index as usize]);
+        }
+        for (track, head) in tracks.iter_mut().zip(heads) {
+            track.head = head;
+        }
     }
 
     /// The heads into the tracks, and into their summaries; the Merkle
@@ -317,11 +330,7 @@ impl SealContext {
         if events == 0 || already_sealed {
             // The heads the next file continues from, without a segment to
             // write.
-            let mut chains = Chains::of(&tracks);
-            for &(slot, _, index) in &order {
-                chains.each(slot, rows[index as usize]);
-            }
-            chains.into_tracks(&mut tracks, &mut []);
+            Chains::heads_only(&mut tracks, &order, &rows);
             let open_sessions = open_sessions(&tracks);
             let manifest = if already_sealed {
                 Some(crate::reader::read_manifest(&self.layout.manifest_path(number))?)
@@ -365,7 +374,10 @@ impl SealContext {
         let mut writer = segment::SegmentWriter::create(&temp, &self.settings, raw)?;
         // Batches of at most a row group's rows and bytes, each with room
         // for its raw bytes at once.
-        let mut chains = Chains::of(&tracks);
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt)
+            .map_err(|e| RecorderError::Key(format!("no randomness for a segment's Merkle salt: {e}")))?;
+        let mut chains = Chains::of(&tracks, salt);
         let mut rest = &order[..];
         while !rest.is_empty() {
             let (mut len, mut bytes) = (0, 0);
@@ -424,6 +436,7 @@ impl SealContext {
             sealed_at: Timestamp::now().to_rfc3339(),
             key_fingerprint: self.key.fingerprint(),
             merkle_root: Some(hex::encode(merkle_root)),
+            merkle_salt: Some(hex::encode(salt)),
             root_signature: None,
             signature: None,
         };

@@ -107,8 +107,19 @@ struct RowsState {
     buf: Vec<u8>,
     /// The manifest's `chain_in` of each session (the zero head if none).
     claimed_in: HashMap<String, ChainHash>,
-    /// The Merkle leaves of the rows, in order.
+    /// The salt of the segment's Merkle leaves (format 2 on), and the
+    /// leaves of the rows, in order.
+    salt: Option<merkle::Hash>,
     leaves: Vec<merkle::Hash>,
+}
+
+impl RowsState {
+    fn leaf(&mut self, head: &ChainHash) {
+        if let Some(salt) = &self.salt {
+            let nonce = merkle::nonce(salt, self.leaves.len() as u64);
+            self.leaves.push(merkle::leaf(&nonce, head));
+        }
+    }
 }
 
 struct Verifier<'a> {
@@ -326,7 +337,7 @@ impl Verifier<'_> {
                     }
                     None => s.head,
                 };
-                state.leaves.push(merkle::leaf(&leaf_head));
+                state.leaf(&leaf_head);
             }
             None => {
                 let carried = self.chains.get(&session).copied();
@@ -352,7 +363,7 @@ impl Verifier<'_> {
                 let head = chain_in.next(&state.buf);
                 let claimed_in = state.claimed_in.get(&session).copied().unwrap_or(ChainHash::GENESIS);
                 let leaf_head = (claimed_in != chain_in).then(|| claimed_in.next(&state.buf));
-                state.leaves.push(merkle::leaf(&leaf_head.unwrap_or(head)));
+                state.leaf(&leaf_head.unwrap_or(head));
                 state.sessions.insert(
                     session,
                     SegmentSession { first_seq: seq, last_seq: seq, events: 1, chain_in, head, leaf_head },
@@ -484,6 +495,10 @@ impl Verifier<'_> {
                     (s.session_id.clone(), chain_in)
                 })
                 .collect(),
+            salt: manifest.merkle_salt.as_deref().and_then(|salt| {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(salt, &mut bytes).ok().map(|()| bytes)
+            }),
             ..RowsState::default()
         };
         let walked = segment::for_each_batch(&path, |batch| {
@@ -503,12 +518,15 @@ impl Verifier<'_> {
             self.adopt_claims(manifest);
             return;
         }
-        let RowsState { sessions, rows, leaves, .. } = state;
+        let RowsState { sessions, rows, leaves, salt, .. } = state;
         self.report.events += rows;
         if rows != manifest.row_count {
             self.problem(location.clone(), format!("holds {rows} rows, manifest says {}", manifest.row_count));
         }
         if let Some(claimed) = &manifest.merkle_root {
+            if salt.is_none() {
+                self.problem(location.clone(), "has a Merkle root but no valid salt for its leaves".to_string());
+            }
             let root = hex::encode(merkle::Tree::new(leaves).root());
             if *claimed != root {
                 self.problem(

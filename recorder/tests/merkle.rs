@@ -84,29 +84,46 @@ fn every_event_is_proven_by_the_signed_root_alone() {
         assert!(!shown.contains(&session.session_id), "the statement names no session");
     }
     let root: merkle::Hash = hex::decode(&statement.merkle_root).unwrap().try_into().unwrap();
+    let salt: merkle::Hash = hex::decode(manifest.merkle_salt.as_ref().unwrap()).unwrap().try_into().unwrap();
 
     // Each event: its leaf from its encoding and the head before it.
     let rows = rows(dir.path(), &manifest);
     assert_eq!(rows.len() as u64, statement.row_count);
     let mut heads: HashMap<String, ChainHash> = HashMap::new();
     let mut proven = Vec::new();
-    for (session, _, bytes) in &rows {
+    for (index, (session, _, bytes)) in rows.iter().enumerate() {
         let before = heads.get(session).copied().unwrap_or(ChainHash::GENESIS);
         let head = before.next(bytes);
         heads.insert(session.clone(), head);
-        proven.push((before, bytes.clone(), merkle::leaf(&head)));
+        let nonce = merkle::nonce(&salt, index as u64);
+        proven.push((before, bytes.clone(), nonce, merkle::leaf(&nonce, &head)));
     }
-    let tree = merkle::Tree::new(proven.iter().map(|(_, _, leaf)| *leaf).collect());
+    let tree = merkle::Tree::new(proven.iter().map(|p| p.3).collect());
     assert_eq!(tree.root(), root, "the root is over the rows in order");
-    for (index, (before, bytes, _)) in proven.iter().enumerate() {
+    for (index, (before, bytes, nonce, _)) in proven.iter().enumerate() {
+        // What a bundle carries of an event: its encoding, the head before
+        // it, its nonce, its index and its path.
         let proof = tree.proof(index as u64).unwrap();
-        let leaf = merkle::leaf(&before.next(bytes));
+        let leaf = merkle::leaf(nonce, &before.next(bytes));
         assert!(merkle::verify_inclusion(&leaf, index as u64, statement.row_count, &proof, &root));
-        // Another encoding (an edited event) is not in the segment.
+        // Another encoding (an edited event), or another nonce, is not in
+        // the segment.
         let mut edited = bytes.clone();
         *edited.last_mut().unwrap() ^= 1;
-        let forged = merkle::leaf(&before.next(&edited));
+        let forged = merkle::leaf(nonce, &before.next(&edited));
         assert!(!merkle::verify_inclusion(&forged, index as u64, statement.row_count, &proof, &root));
+        let renonced = merkle::leaf(&merkle::nonce(&salt, index as u64 + 1), &before.next(bytes));
+        assert!(!merkle::verify_inclusion(&renonced, index as u64, statement.row_count, &proof, &root));
+        // The path's first hash is a neighbour's leaf: with its nonce unknown,
+        // a guess at the event next in the same session (one hash of this
+        // head away) cannot be tested against it.
+        if let Some((next_before, next_bytes, _, next_leaf)) = proven.get(index ^ 1)
+            && *next_before == before.next(bytes)
+        {
+            assert_eq!(proof[0], *next_leaf);
+            let guess = merkle::leaf(&[0; 32], &next_before.next(next_bytes));
+            assert_ne!(guess, proof[0], "an unblinded guess does not match");
+        }
     }
 }
 
@@ -137,7 +154,7 @@ fn verify_checks_the_root_against_the_rows_and_its_signature() {
     assert_verifies(dir.path());
 
     // A root that is not the rows', signed as it should be.
-    let other = hex::encode(merkle::leaf(&ChainHash::GENESIS));
+    let other = hex::encode(merkle::leaf(&[0; 32], &ChainHash::GENESIS));
     rewrite(dir.path(), |m| m.merkle_root = Some(other.clone()), true);
     let found = problems(dir.path());
     assert!(found.iter().any(|p| p.starts_with("Merkle root mismatch")), "{found:?}");
@@ -158,6 +175,16 @@ fn verify_checks_the_root_against_the_rows_and_its_signature() {
     );
     let found = problems(dir.path());
     assert!(found.iter().any(|p| p.contains("the signature of its Merkle root does not verify")), "{found:?}");
+
+    // A salt that is not the one the leaves were made with.
+    let dir = tempfile::tempdir().unwrap();
+    recorded(dir.path());
+    rewrite(dir.path(), |m| m.merkle_salt = Some(hex::encode([9u8; 32])), true);
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p.starts_with("Merkle root mismatch")), "{found:?}");
+    rewrite(dir.path(), |m| m.merkle_salt = None, true);
+    let found = problems(dir.path());
+    assert!(found.iter().any(|p| p == "has a Merkle root but no valid salt for its leaves"), "{found:?}");
 
     // No root, or an unsigned one, in a format 2 manifest.
     rewrite(dir.path(), |m| m.root_signature = None, false);

@@ -49,6 +49,11 @@ pub struct Manifest {
     /// each leaf its chain head ([`crate::merkle`]); format 2 on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merkle_root: Option<String>,
+    /// The random salt (hex, 32 bytes) the leaves' nonces derive from: kept
+    /// here, and out of the root statement, so that a proof of one event
+    /// shows nothing of the leaves around it; format 2 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merkle_salt: Option<String>,
     /// Base64 ed25519 signature over [`Manifest::root_statement`]'s signing
     /// bytes: what proves events of the segment without the manifest, whose
     /// sessions name everyone recorded in it; format 2 on.
@@ -109,8 +114,8 @@ impl Manifest {
         serde_json::from_slice(bytes)
     }
 
-    /// What the root signature covers: the segment, its size and its root.
-    /// `None` before format 2.
+    /// What the root signature covers: the segment, its size and its root;
+    /// `None` without a root (format 1).
     pub fn root_statement(&self) -> Option<RootStatement> {
         Some(RootStatement {
             segment_id: self.segment_id,

@@ -8,11 +8,18 @@
 //! their sessions, subjects or resources, which the manifest lists.
 //!
 //! A leaf is an event's chain head, which commits to the event's canonical
-//! encoding and to the head before it; the event is proven by its encoding,
-//! the head before it (a hash, which shows nothing) and the path from its
-//! leaf to the root.
+//! encoding and to the head before it, blinded by a nonce of its own; the
+//! event is proven by its encoding, the head before it (a hash), its nonce
+//! and the path from its leaf to the root. Without the nonces, a path would
+//! let its holder test guesses at the events beside the proven one (the
+//! next event of the same session is one hash of the proven head and a
+//! guess away from its leaf); each nonce derives from the segment's secret
+//! salt, which stays in the manifest, so a proof shows nothing of the leaves
+//! around it.
 //!
-//! - leaf hash: `SHA-256(0x00 || head)`
+//! - nonce of leaf `i`: `SHA-256("proctor.merkle.nonce.v1" || salt || i)`
+//!   (`i` as 8 bytes, big-endian)
+//! - leaf hash: `SHA-256(0x00 || nonce || head)`
 //! - node hash: `SHA-256(0x01 || left || right)`
 //! - the root of `n > 1` leaves: the node of the root of the first `k`
 //!   (the largest power of two below `n`) and the root of the rest.
@@ -24,10 +31,20 @@ use crate::chain::ChainHash;
 /// A hash in the tree.
 pub type Hash = [u8; 32];
 
-/// The leaf hash of an event with chain head `head`.
-pub fn leaf(head: &ChainHash) -> Hash {
+/// The nonce of leaf `index` of a segment whose salt is `salt`.
+pub fn nonce(salt: &Hash, index: u64) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(b"proctor.merkle.nonce.v1");
+    hasher.update(salt);
+    hasher.update(index.to_be_bytes());
+    hasher.finalize().into()
+}
+
+/// The leaf hash of an event with chain head `head` and nonce `nonce`.
+pub fn leaf(nonce: &Hash, head: &ChainHash) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([0u8]);
+    hasher.update(nonce);
     hasher.update(head.0);
     hasher.finalize().into()
 }
@@ -162,7 +179,7 @@ mod tests {
     }
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf(&ChainHash::GENESIS.next(&i.to_le_bytes()))).collect()
+        (0..n).map(|i| leaf(&nonce(&[7; 32], i as u64), &ChainHash::GENESIS.next(&i.to_le_bytes()))).collect()
     }
 
     #[test]
@@ -190,7 +207,7 @@ mod tests {
             let at = i as usize;
             assert!(!verify_inclusion(&leaves[(at + 1) % 13], i, 13, &proof, &root), "another leaf");
             assert!(!verify_inclusion(&leaves[at], (i + 1) % 13, 13, &proof, &root), "another index");
-            assert!(!verify_inclusion(&leaves[at], i, 13, &proof, &leaf(&ChainHash::GENESIS)), "another root");
+            assert!(!verify_inclusion(&leaves[at], i, 13, &proof, &leaves[0]), "another root");
             assert!(!verify_inclusion(&leaves[at], i, 13, &proof[..proof.len() - 1], &root), "a path cut short");
             let mut longer = proof.clone();
             longer.push(root);

@@ -439,6 +439,7 @@ fn recompute_heads(case: &Case, number: u64, batch: &RecordBatch) -> (Vec<(Strin
     let mut out: Vec<(String, String, Option<String>)> = Vec::new();
     let mut heads: std::collections::BTreeMap<String, (ChainHash, Option<ChainHash>)> = Default::default();
     let mut leaves = Vec::new();
+    let salt: [u8; 32] = hex::decode(case.manifest(number).merkle_salt.unwrap()).unwrap().try_into().unwrap();
     for i in 0..reader.len() {
         let row = reader.row(i).unwrap();
         let mut bytes = Vec::new();
@@ -449,7 +450,8 @@ fn recompute_heads(case: &Case, number: u64, batch: &RecordBatch) -> (Vec<(Strin
             (input.unwrap_or(ChainHash::GENESIS), input)
         });
         entry.0 = entry.0.next(&bytes);
-        leaves.push(proctor_schemas::merkle::leaf(&entry.0));
+        let nonce = proctor_schemas::merkle::nonce(&salt, leaves.len() as u64);
+        leaves.push(proctor_schemas::merkle::leaf(&nonce, &entry.0));
     }
     for (session, (head, input)) in heads {
         out.push((session, head.to_hex(), input.map(|h| h.to_hex())));
