@@ -24,8 +24,12 @@ pub enum Command {
     /// Run Proctor with a configuration file until SIGINT or SIGTERM.
     Up(UpArgs),
     /// Check a data dir: segments against manifests, signatures, manifest
-    /// links, and every session's sequence and hash chain.
+    /// links, and every session's sequence and hash chain; or, with
+    /// `--bundle`, an exported bundle, offline.
     Verify(VerifyArgs),
+    /// Export whole sessions as a signed evidence bundle that proves exactly
+    /// what it carries (`proctor verify --bundle` checks it offline).
+    Export(ExportArgs),
     /// Fill a data dir with realistic synthetic sessions of every kind.
     Generate(GenerateArgs),
     /// List recorded sessions (read-only; safe beside a running Proctor).
@@ -91,8 +95,13 @@ pub struct UpArgs {
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// The data dir to check (a live one, or an exported copy).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "bundle", conflicts_with = "bundle")]
+    pub data_dir: Option<PathBuf>,
+    /// An exported bundle to check instead, with nothing but itself and
+    /// the pinned key: its signature and files, each segment root's
+    /// signature, each event's proof, each session's completeness.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: Option<PathBuf>,
     /// The public key to trust: a file (PEM, or the raw key in hex or
     /// base64), or a fingerprint `SHA256:...`. Without it, the key found in the
     /// data dir is trusted, and a re-signed data dir would pass.
@@ -103,6 +112,28 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "HASH")]
     pub expect_head: Option<String>,
     /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A session to export, whole (repeat, or give several).
+    #[arg(long = "session", value_name = "ID", num_args = 1.., required = true)]
+    pub sessions: Vec<String>,
+    /// The bundle to write: a new directory.
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// What to write: `bundle` (the only format yet).
+    #[arg(long, value_name = "FORMAT", default_value = "bundle")]
+    pub format: String,
+    /// Why the evidence is exported: kept, signed, in `bundle.json`.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The data dir to export from (its signing key signs the bundle).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Print what was written as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

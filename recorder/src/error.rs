@@ -46,6 +46,8 @@ pub enum RecorderError {
     NewerFormat { path: PathBuf, format: u32, supported: u32 },
     #[error("{0}")]
     Record(#[from] RecordError),
+    #[error("export: {0}")]
+    Export(String),
 }
 
 impl RecorderError {

@@ -7,13 +7,15 @@
 //!   ed25519 key and linked to the manifest before it.
 //! - [`reader`] reads sessions back across segments and the WAL;
 //!   [`verify`] checks a data dir end to end; [`synth`] fills one with
-//!   realistic synthetic sessions.
+//!   realistic synthetic sessions; [`evidence`] exports sessions as a
+//!   signed bundle that proves what it carries, and checks one offline.
 //!
 //! Architecture invariant: this crate knows nothing of protocols or HTTP. It
 //! is the only crate that writes Parquet.
 
 pub mod config;
 mod error;
+pub mod evidence;
 pub mod keys;
 pub mod layout;
 pub mod reader;

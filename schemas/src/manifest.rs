@@ -97,10 +97,7 @@ impl Manifest {
     pub fn signing_bytes(&self) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.signature = None;
-        let mut out = SIGNING_DOMAIN.to_vec();
-        // Serialising plain structs of strings and integers cannot fail.
-        out.extend(serde_json::to_vec(&unsigned).unwrap_or_default());
-        out
+        signing_bytes(SIGNING_DOMAIN, &unsigned)
     }
 
     /// The manifest file's content.
@@ -146,8 +143,15 @@ impl RootStatement {
     /// The bytes its signature covers: the domain prefix and its JSON
     /// (fixed field order, no maps, no floats: deterministic).
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = ROOT_SIGNING_DOMAIN.to_vec();
-        out.extend(serde_json::to_vec(self).unwrap_or_default());
-        out
+        signing_bytes(ROOT_SIGNING_DOMAIN, self)
     }
+}
+
+/// What a signature over `value` covers: `domain`, then `value`'s JSON
+/// (plain structs of strings and integers: deterministic, and their
+/// serialisation cannot fail).
+pub fn signing_bytes(domain: &[u8], value: &impl Serialize) -> Vec<u8> {
+    let mut out = domain.to_vec();
+    out.extend(serde_json::to_vec(value).unwrap_or_default());
+    out
 }

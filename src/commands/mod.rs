@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Up(args) => up::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Export(args) => verify::export(args),
         Command::Generate(args) => generate::run(args),
         Command::Sessions(args) => read::sessions(args),
         Command::Replay(args) => read::replay(args),

@@ -1,15 +1,24 @@
 use std::process::ExitCode;
 
+use proctor_recorder::evidence;
 use proctor_recorder::keys::PinnedKey;
 use proctor_recorder::verify::{KeyTrust, VerifyOptions, verify};
+use proctor_schemas::SessionId;
 use serde_json::json;
 
-use crate::cli::VerifyArgs;
+use crate::cli::{ExportArgs, VerifyArgs};
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let pinned_key = args.public_key.as_deref().map(PinnedKey::parse).transpose()?;
+    if let Some(bundle) = &args.bundle {
+        if args.expect_head.is_some() {
+            anyhow::bail!("--expect-head checks a data dir's manifest chain; a bundle carries none");
+        }
+        return verify_bundle(bundle, pinned_key.as_ref(), args.json);
+    }
+    let Some(data_dir) = &args.data_dir else { anyhow::bail!("give --data-dir DIR or --bundle PATH") };
     let options = VerifyOptions { pinned_key, expect_head: args.expect_head };
-    let report = verify(&args.data_dir, &options)?;
+    let report = verify(data_dir, &options)?;
     let (trust, fingerprint) = match &report.key {
         Some(KeyTrust::Pinned(fp)) => ("pinned", fp.as_str()),
         Some(KeyTrust::DataDir(fp)) => ("data_dir", fp.as_str()),
@@ -60,4 +69,102 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool) -> anyhow::Result<ExitCode> {
+    let report = evidence::verify_bundle(path, pinned)?;
+    let (trust, fingerprint) = match &report.key {
+        Some(KeyTrust::Pinned(fp)) => ("pinned", fp.as_str()),
+        Some(KeyTrust::DataDir(fp)) => ("bundle", fp.as_str()),
+        None => ("none", ""),
+    };
+    let bundle = report.manifest.as_ref();
+    if json {
+        let value = json!({
+            "ok": report.ok(),
+            "sessions": report.sessions,
+            "events": report.events,
+            "segments": report.segments,
+            "live": report.live,
+            "key_trust": trust,
+            "key_fingerprint": fingerprint,
+            "exported_by": bundle.map(|b| b.exported_by.as_str()),
+            "exported_at": bundle.map(|b| b.exported_at.as_str()),
+            "reason": bundle.and_then(|b| b.reason.as_deref()),
+            "problems": report.problems.iter().map(|p| json!({"location": p.location, "message": p.message})).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+    } else {
+        if trust == "bundle" {
+            eprintln!(
+                "note: trusted the signing key the bundle carries ({fingerprint}); pin the deployment's key with --public-key so that a re-signed bundle fails"
+            );
+        }
+        if report.ok() {
+            println!(
+                "ok: bundle of {} sessions, {} events from {} segments{}; exported by {} at {}",
+                report.sessions,
+                report.events,
+                report.segments,
+                if report.live.is_empty() { String::new() } else { format!(" ({} live)", report.live.len()) },
+                bundle.map_or("?", |b| b.exported_by.as_str()),
+                bundle.map_or("?", |b| b.exported_at.as_str()),
+            );
+        } else {
+            for problem in &report.problems {
+                eprintln!("FAILED: {problem}");
+            }
+            println!(
+                "FAILED: {} problem(s) in a bundle of {} sessions, {} events",
+                report.problems.len(),
+                report.sessions,
+                report.events
+            );
+        }
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `proctor export`.
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.format != "bundle" {
+        anyhow::bail!(
+            "--format {}: this release writes evidence bundles only (--format bundle); OCSF, asciicast and CSV come with a later one",
+            args.format
+        );
+    }
+    let sessions = args
+        .sessions
+        .iter()
+        .map(|s| s.parse::<SessionId>().map_err(|e| anyhow::anyhow!("--session {s}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let exported_by =
+        std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| format!("uid {}", own_uid()));
+    let exported = evidence::export(&args.data_dir, &sessions, &exported_by, args.reason.as_deref(), &args.out)?;
+    if args.json {
+        let value = json!({
+            "out": args.out,
+            "sessions": exported.sessions,
+            "events": exported.events,
+            "segments": exported.segments,
+            "live": exported.live,
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "exported {} sessions, {} events from {} segments to {}{}",
+            exported.sessions,
+            exported.events,
+            exported.segments,
+            args.out.display(),
+            if exported.live.is_empty() { String::new() } else { format!(" ({} live)", exported.live.len()) }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The account running this, when `USER` is not set.
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }

@@ -1,0 +1,595 @@
+//! Evidence that leaves the data dir: a bundle of whole sessions that
+//! proves exactly what it carries and reveals nothing else, checked offline
+//! with nothing but the bundle and a pinned key.
+//!
+//! A bundle is a directory with fixed names at its root:
+//!
+//! - `events/events.parquet`: the sessions' events, with the recorder's
+//!   schema (DuckDB and pyarrow read it as they read segments);
+//! - `proofs.json`: for each segment the events come from, its root
+//!   statement and signature ([`RootStatement`]); for each event, its
+//!   segment, leaf index, nonce, the chain head before it and its path to
+//!   the root ([`merkle`]);
+//! - `signing-key.pub.pem`: the deployment's public key (trust it by
+//!   pinning it, as for `verify`);
+//! - `bundle.json`: who exported what, when and why, every file's SHA-256
+//!   and size, signed by the deployment's key.
+//!
+//! [`verify_bundle`] checks the signature and every file, each root's
+//! signature, each event's proof, and each session's completeness: seq
+//! continuous from its `session_start` to its `session_end` (or to where the
+//! recording was sealed, for a session marked live), every event's head
+//! before it the head after the one before.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use proctor_schemas::arrow::{BatchBuilder, BatchReader};
+use proctor_schemas::chain::ChainHash;
+use proctor_schemas::manifest::{Manifest, RootStatement};
+use proctor_schemas::{Column, EventKind, SessionId, Timestamp, Value, canonical, merkle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::keys::{self, ManifestKey, PinnedKey};
+use crate::layout::Layout;
+use crate::reader::Reader;
+use crate::verify::{KeyTrust, Problem};
+use crate::{RecorderError, RecorderSettings, Result, segment};
+
+/// The format of a bundle, in its `bundle.json`.
+pub const BUNDLE_FORMAT: &str = "proctor.bundle.v1";
+/// Prefix of the bytes a bundle's signature covers.
+const SIGNING_DOMAIN: &[u8] = b"proctor.bundle.v1\n";
+pub const EVENTS_FILE: &str = "events/events.parquet";
+pub const PROOFS_FILE: &str = "proofs.json";
+pub const KEY_FILE: &str = "signing-key.pub.pem";
+pub const BUNDLE_FILE: &str = "bundle.json";
+
+/// `bundle.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleManifest {
+    pub format: String,
+    /// Who exported it (the account that ran the export).
+    pub exported_by: String,
+    /// When (RFC 3339, UTC).
+    pub exported_at: String,
+    pub reason: Option<String>,
+    /// The sessions asked for, sorted.
+    pub sessions: Vec<String>,
+    /// Sessions without a `session_end` in the recording when exported:
+    /// exported as far as they were sealed.
+    pub live: Vec<String>,
+    pub key_fingerprint: String,
+    /// Every other file of the bundle, sorted by path.
+    pub files: Vec<BundleFile>,
+    /// Base64 ed25519 signature over [`BundleManifest::signing_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleFile {
+    /// Relative to the bundle's root, `/`-separated.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl BundleManifest {
+    /// The domain prefix and the JSON without the signature.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.signature = None;
+        proctor_schemas::manifest::signing_bytes(SIGNING_DOMAIN, &unsigned)
+    }
+}
+
+/// `proofs.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Proofs {
+    pub roots: Vec<SignedRoot>,
+    pub events: Vec<EventProof>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedRoot {
+    pub statement: RootStatement,
+    pub signature: String,
+}
+
+/// How one event is proven to be in its segment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventProof {
+    pub session_id: String,
+    pub seq: u64,
+    pub segment_id: u64,
+    /// Its leaf's index in the segment's tree.
+    pub index: u64,
+    /// Hex.
+    pub nonce: String,
+    /// The session's chain head before the event (hex).
+    pub head_before: String,
+    /// The leaf's path to the root, from the leaf up (hex).
+    pub path: Vec<String>,
+}
+
+/// What an export wrote.
+#[derive(Debug)]
+pub struct Exported {
+    pub sessions: usize,
+    pub events: u64,
+    pub segments: usize,
+    pub live: Vec<String>,
+}
+
+/// One event on its way into a bundle.
+struct Picked {
+    session: String,
+    seq: u64,
+    canonical: Vec<u8>,
+    proof: EventProof,
+}
+
+fn export_error(message: impl Into<String>) -> RecorderError {
+    RecorderError::Export(message.into())
+}
+
+/// Writes a bundle of `sessions` (whole, as far as they are sealed) from
+/// the data dir at `data_dir` into the new directory `out`, signed with
+/// the data dir's key.
+pub fn export(
+    data_dir: &Path,
+    sessions: &[SessionId],
+    exported_by: &str,
+    reason: Option<&str>,
+    out: &Path,
+) -> Result<Exported> {
+    if sessions.is_empty() {
+        return Err(export_error("no session to export"));
+    }
+    if out.extension().is_some_and(|e| e == "tar") {
+        return Err(export_error(format!(
+            "{}: a bundle is written as a directory; give a path that does not end in .tar",
+            out.display()
+        )));
+    }
+    if out.exists() {
+        return Err(export_error(format!("{} exists already: give a new directory for the bundle", out.display())));
+    }
+    let layout = Layout::new(data_dir);
+    let key = ManifestKey::load(&layout.keys_dir())?;
+    let reader = Reader::open(data_dir)?;
+    let wanted: BTreeSet<String> = sessions.iter().map(SessionId::to_string).collect();
+
+    let mut picked: Vec<Picked> = Vec::new();
+    let mut roots: Vec<SignedRoot> = Vec::new();
+    for manifest in reader.manifests()? {
+        if !manifest.sessions.iter().any(|s| wanted.contains(&s.session_id)) {
+            continue;
+        }
+        let before = picked.len();
+        pick(&layout, &manifest, &wanted, &mut picked)?;
+        if picked.len() > before {
+            let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone())
+            else {
+                return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
+            };
+            roots.push(SignedRoot { statement, signature });
+        }
+    }
+    let found: BTreeSet<&str> = picked.iter().map(|p| p.session.as_str()).collect();
+    if let Some(missing) = wanted.iter().find(|s| !found.contains(s.as_str())) {
+        return Err(export_error(format!(
+            "session {missing} is not in the sealed recording (a session still live is exported once its first segment is sealed)"
+        )));
+    }
+    picked.sort_by(|a, b| (&a.session, a.seq).cmp(&(&b.session, b.seq)));
+    let mut live = Vec::new();
+    for session in &wanted {
+        let last = picked.iter().rfind(|p| p.session == *session).map(|p| p.canonical.as_slice());
+        let ended =
+            last.and_then(|bytes| canonical::key(bytes).ok()).is_some_and(|k| k.kind == EventKind::SessionEnd.as_str());
+        if !ended {
+            live.push(session.clone());
+        }
+    }
+
+    fs::create_dir_all(out.join("events")).map_err(RecorderError::io("cannot create bundle", out))?;
+    let mut builder = BatchBuilder::with_capacity(picked.len());
+    for p in &picked {
+        builder.push_canonical(&p.canonical)?;
+    }
+    segment::write(&out.join(EVENTS_FILE), &builder.finish()?, &RecorderSettings::default())?;
+    let events = picked.len() as u64;
+    let proofs = Proofs { roots, events: picked.into_iter().map(|p| p.proof).collect() };
+    let segments = proofs.roots.len();
+    write_file(out, PROOFS_FILE, &serde_json::to_vec_pretty(&proofs).unwrap_or_default())?;
+    write_file(out, KEY_FILE, keys::public_key_pem(&key.verifying_key()).as_bytes())?;
+
+    let mut files = Vec::new();
+    for path in [EVENTS_FILE, KEY_FILE, PROOFS_FILE] {
+        let (sha256, bytes) = hash_file(&out.join(path))?;
+        files.push(BundleFile { path: path.to_string(), sha256, bytes });
+    }
+    let mut bundle = BundleManifest {
+        format: BUNDLE_FORMAT.to_string(),
+        exported_by: exported_by.to_string(),
+        exported_at: Timestamp::now().to_rfc3339(),
+        reason: reason.map(str::to_string),
+        sessions: wanted.iter().cloned().collect(),
+        live: live.clone(),
+        key_fingerprint: key.fingerprint(),
+        files,
+        signature: None,
+    };
+    bundle.signature = Some(key.sign(&bundle.signing_bytes()));
+    let mut text = serde_json::to_vec_pretty(&bundle).unwrap_or_default();
+    text.push(b'\n');
+    write_file(out, BUNDLE_FILE, &text)?;
+    Ok(Exported { sessions: wanted.len(), events, segments, live })
+}
+
+/// The wanted sessions' events of one segment, each with its proof; the
+/// segment's tree rebuilt from its rows must be the one its manifest signs.
+fn pick(layout: &Layout, manifest: &Manifest, wanted: &BTreeSet<String>, picked: &mut Vec<Picked>) -> Result<()> {
+    let path = layout.root().join(&manifest.path);
+    let salt = manifest.merkle_salt.as_deref().and_then(|salt| {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(salt, &mut bytes).ok().map(|()| bytes)
+    });
+    let Some(salt) = salt.filter(|_| manifest.merkle_root.is_some()) else {
+        return Err(export_error(format!(
+            "segment {} was sealed before segments committed to each event (manifest format {}): its events cannot be proven one by one",
+            manifest.segment_id, manifest.format
+        )));
+    };
+    let mut heads: HashMap<String, ChainHash> = manifest
+        .sessions
+        .iter()
+        .map(|s| {
+            (s.session_id.clone(), s.chain_in.as_deref().and_then(ChainHash::from_hex).unwrap_or(ChainHash::GENESIS))
+        })
+        .collect();
+    let mut leaves = Vec::new();
+    let first = picked.len();
+    segment::for_each_batch(&path, |batch| {
+        let reader = BatchReader::new(&batch)?;
+        for i in 0..reader.len() {
+            let cells_row = reader.row(i)?;
+            let cells = cells_row.cells();
+            let (Some(Value::Str(session)), Some(Value::U64(seq))) =
+                (cells.get(Column::SessionId), cells.get(Column::Seq))
+            else {
+                return Err(RecorderError::corrupt(&path, "a row without session id or seq"));
+            };
+            let mut bytes = Vec::new();
+            canonical::encode(&cells, &mut bytes);
+            let head = heads.entry(session.to_string()).or_insert(ChainHash::GENESIS);
+            let before = *head;
+            *head = before.next(&bytes);
+            let index = leaves.len() as u64;
+            let nonce = merkle::nonce(&salt, index);
+            leaves.push(merkle::leaf(&nonce, head));
+            if wanted.contains(session) {
+                picked.push(Picked {
+                    session: session.to_string(),
+                    seq,
+                    canonical: bytes,
+                    proof: EventProof {
+                        session_id: session.to_string(),
+                        seq,
+                        segment_id: manifest.segment_id,
+                        index,
+                        nonce: hex::encode(nonce),
+                        head_before: before.to_hex(),
+                        path: Vec::new(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    })?;
+    let tree = merkle::Tree::new(leaves);
+    if manifest.merkle_root.as_deref() != Some(hex::encode(tree.root()).as_str()) {
+        return Err(export_error(format!(
+            "segment {} does not match its signed Merkle root: run `proctor verify` on the data dir; nothing was exported",
+            manifest.segment_id
+        )));
+    }
+    for p in &mut picked[first..] {
+        let path = tree.proof(p.proof.index).unwrap_or_default();
+        p.proof.path = path.iter().map(hex::encode).collect();
+    }
+    Ok(())
+}
+
+fn write_file(root: &Path, relative: &str, bytes: &[u8]) -> Result<()> {
+    let path = root.join(relative);
+    fs::write(&path, bytes).map_err(RecorderError::io("cannot write bundle file", &path))
+}
+
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let bytes = fs::read(path).map_err(RecorderError::io("cannot read bundle file", path))?;
+    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
+}
+
+/// What [`verify_bundle`] found.
+#[derive(Debug)]
+pub struct BundleReport {
+    pub problems: Vec<Problem>,
+    pub sessions: usize,
+    pub events: u64,
+    pub segments: usize,
+    pub live: Vec<String>,
+    pub key: Option<KeyTrust>,
+    pub manifest: Option<BundleManifest>,
+}
+
+impl BundleReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { location: location.into(), message: message.into() });
+    }
+}
+
+/// Checks the bundle at `dir` offline. The key it was signed with is the
+/// one `pinned` names; without a pin, the key the bundle carries is trusted
+/// (and a bundle re-signed with another key would pass: pin it).
+pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleReport> {
+    let mut report = BundleReport {
+        problems: Vec::new(),
+        sessions: 0,
+        events: 0,
+        segments: 0,
+        live: Vec::new(),
+        key: None,
+        manifest: None,
+    };
+    let manifest_path = dir.join(BUNDLE_FILE);
+    let bundle: BundleManifest = match fs::read(&manifest_path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(bundle) => bundle,
+            Err(error) => {
+                report.problem(BUNDLE_FILE, format!("unreadable: {error}"));
+                return Ok(report);
+            }
+        },
+        Err(error) => {
+            report.problem(BUNDLE_FILE, format!("cannot be read ({error}): not a bundle"));
+            return Ok(report);
+        }
+    };
+    if bundle.format != BUNDLE_FORMAT {
+        report.problem(BUNDLE_FILE, format!("unknown bundle format {:?}", bundle.format));
+        return Ok(report);
+    }
+
+    // Files: each listed one as signed, and nothing else.
+    let listed: BTreeMap<&str, &BundleFile> = bundle.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    for file in &bundle.files {
+        match hash_file(&dir.join(&file.path)) {
+            Ok((sha256, bytes)) if sha256 == file.sha256 && bytes == file.bytes => {}
+            Ok((sha256, bytes)) => report.problem(
+                file.path.clone(),
+                format!(
+                    "does not match bundle.json (sha-256 {sha256}, {bytes} bytes; signed as {}, {} bytes): it was modified or swapped",
+                    file.sha256, file.bytes
+                ),
+            ),
+            Err(_) => report.problem(file.path.clone(), "is listed in bundle.json but missing: it was removed"),
+        }
+    }
+    for found in files_under(dir) {
+        if found != BUNDLE_FILE && !listed.contains_key(found.as_str()) {
+            report.problem(found, "is not listed in bundle.json: it was added after the bundle was signed");
+        }
+    }
+
+    // The key: the bundle's own, checked against the pin.
+    let key =
+        fs::read_to_string(dir.join(KEY_FILE)).ok().and_then(|pem| VerifyingKey::from_public_key_pem(pem.trim()).ok());
+    let Some(key) = key else {
+        report.problem(KEY_FILE, "missing or not an ed25519 public key: nothing in the bundle can be checked");
+        return Ok(report);
+    };
+    let fingerprint = keys::fingerprint(&key);
+    report.key = Some(match pinned {
+        Some(pin) => {
+            if pin.fingerprint() != fingerprint {
+                report.problem(
+                    KEY_FILE,
+                    format!(
+                        "the bundle is signed by key {fingerprint}, not by the pinned key {}: it was re-signed, or comes from another deployment",
+                        pin.fingerprint()
+                    ),
+                );
+            }
+            KeyTrust::Pinned(pin.fingerprint())
+        }
+        None => KeyTrust::DataDir(fingerprint.clone()),
+    });
+    match &bundle.signature {
+        Some(signature) if keys::verify_signature(&key, &bundle.signing_bytes(), signature) => {}
+        Some(_) => report.problem(
+            BUNDLE_FILE,
+            format!(
+                "signature does not verify with key {fingerprint}: bundle.json was edited or signed by another key"
+            ),
+        ),
+        None => report.problem(BUNDLE_FILE, "is not signed"),
+    }
+
+    // Roots, each signed by the key.
+    let proofs: Proofs = match fs::read(dir.join(PROOFS_FILE)).map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(proofs)) => proofs,
+        _ => {
+            report.problem(PROOFS_FILE, "missing or unreadable: no event can be proven");
+            Proofs::default()
+        }
+    };
+    let mut roots: HashMap<u64, (u64, merkle::Hash)> = HashMap::new();
+    for root in &proofs.roots {
+        let location = format!("segment {}", root.statement.segment_id);
+        if !keys::verify_signature(&key, &root.statement.signing_bytes(), &root.signature) {
+            report.problem(location.clone(), "its root statement's signature does not verify: it was edited or forged");
+            continue;
+        }
+        match decode_hash(&root.statement.merkle_root) {
+            Some(hash) => {
+                roots.insert(root.statement.segment_id, (root.statement.row_count, hash));
+            }
+            None => report.problem(location, "its Merkle root is not a hash"),
+        }
+    }
+    report.segments = roots.len();
+
+    // Events: each proven, each session whole.
+    let mut by_event: HashMap<(String, u64), &EventProof> = HashMap::new();
+    for proof in &proofs.events {
+        if by_event.insert((proof.session_id.clone(), proof.seq), proof).is_some() {
+            report.problem(PROOFS_FILE, format!("session {} seq {} has two proofs", proof.session_id, proof.seq));
+        }
+    }
+    let mut sessions: BTreeMap<String, Vec<(u64, String, ChainHash, ChainHash)>> = BTreeMap::new();
+    let mut proven: BTreeSet<(String, u64)> = BTreeSet::new();
+    let events_path = dir.join(EVENTS_FILE);
+    let walked = segment::for_each_batch(&events_path, |batch| {
+        let reader = BatchReader::new(&batch)?;
+        for i in 0..reader.len() {
+            let row = reader.row(i)?;
+            let cells = row.cells();
+            let (Some(Value::Str(session)), Some(Value::U64(seq))) =
+                (cells.get(Column::SessionId), cells.get(Column::Seq))
+            else {
+                report.problem(EVENTS_FILE, format!("row {i}: no session id or seq"));
+                continue;
+            };
+            let kind = match cells.get(Column::Kind) {
+                Some(Value::Str(kind)) => kind.to_string(),
+                _ => String::new(),
+            };
+            report.events += 1;
+            let location = format!("session {session} seq {seq}");
+            let mut bytes = Vec::new();
+            canonical::encode(&cells, &mut bytes);
+            let Some(proof) = by_event.get(&(session.to_string(), seq)) else {
+                report.problem(location, "has no proof: it was added to the bundle");
+                continue;
+            };
+            proven.insert((session.to_string(), seq));
+            let (Some(before), Some(nonce)) = (ChainHash::from_hex(&proof.head_before), decode_hash(&proof.nonce))
+            else {
+                report.problem(location, "its proof is malformed");
+                continue;
+            };
+            let head = before.next(&bytes);
+            let path: Option<Vec<merkle::Hash>> = proof.path.iter().map(|h| decode_hash(h)).collect();
+            let inside = match (roots.get(&proof.segment_id), path) {
+                (Some((size, root)), Some(path)) => {
+                    merkle::verify_inclusion(&merkle::leaf(&nonce, &head), proof.index, *size, &path, root)
+                }
+                _ => false,
+            };
+            if !inside {
+                report.problem(
+                    location.clone(),
+                    format!(
+                        "is not proven in segment {}: the event was edited, or its proof does not belong to it",
+                        proof.segment_id
+                    ),
+                );
+            }
+            sessions.entry(session.to_string()).or_default().push((seq, kind, before, head));
+        }
+        Ok(())
+    });
+    if let Err(error) = walked {
+        report.problem(EVENTS_FILE, format!("unreadable: {error}"));
+    }
+    for proof in &proofs.events {
+        if !proven.contains(&(proof.session_id.clone(), proof.seq)) {
+            report.problem(
+                format!("session {} seq {}", proof.session_id, proof.seq),
+                "is proven but not in events/: the event was removed from the bundle",
+            );
+        }
+    }
+    let selected: BTreeSet<&str> = bundle.sessions.iter().map(String::as_str).collect();
+    for session in &bundle.sessions {
+        if !sessions.contains_key(session) {
+            report.problem(format!("session {session}"), "was exported but has no events here: it was dropped");
+        }
+    }
+    for (session, events) in &mut sessions {
+        let location = format!("session {session}");
+        if !selected.contains(session.as_str()) {
+            report.problem(location.clone(), "is in events/ but not among the sessions bundle.json names");
+        }
+        events.sort_by_key(|e| e.0);
+        let mut expected = (0u64, ChainHash::GENESIS);
+        for (seq, kind, before, head) in events.iter() {
+            if *seq != expected.0 {
+                let message = match expected.0 {
+                    0 => format!("begins at seq {seq}: events 0..{} are missing", seq.saturating_sub(1)),
+                    next => format!(
+                        "seq {} is followed by {seq}: events {next}..{} are missing",
+                        next - 1,
+                        seq.saturating_sub(1)
+                    ),
+                };
+                report.problem(location.clone(), message);
+            } else if *before != expected.1 {
+                report.problem(
+                    location.clone(),
+                    format!("seq {seq} does not continue the chain of the events before it: events were reordered or replaced"),
+                );
+            }
+            if *seq == 0 && kind != EventKind::SessionStart.as_str() {
+                report.problem(location.clone(), "seq 0 is not its session_start");
+            }
+            expected = (seq + 1, *head);
+        }
+        let ended = events.last().is_some_and(|e| e.1 == EventKind::SessionEnd.as_str());
+        let live = bundle.live.contains(session);
+        if !ended && !live {
+            report.problem(location.clone(), "ends without its session_end and is not marked live: its tail was cut");
+        }
+        if live {
+            report.live.push(session.clone());
+        }
+    }
+    report.sessions = sessions.len();
+    report.manifest = Some(bundle);
+    Ok(report)
+}
+
+fn decode_hash(text: &str) -> Option<merkle::Hash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok().map(|()| out)
+}
+
+/// Every file under `dir`, relative, `/`-separated.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&at) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                out.push(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    out
+}

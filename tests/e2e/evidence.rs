@@ -1,0 +1,316 @@
+//! Evidence bundles: `proctor export` writes whole sessions with a proof per
+//! event, `proctor verify --bundle` checks one offline with nothing but the
+//! bundle and a pinned key, and every way of editing, removing, adding,
+//! reordering, dropping, swapping or re-signing is caught, naming where.
+//! A bundle carries nothing of the sessions it was not asked for.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt64Array};
+use arrow::compute::concat_batches;
+use proctor_recorder::evidence::{BUNDLE_FILE, BundleManifest, EVENTS_FILE, PROOFS_FILE};
+use proctor_recorder::keys::ManifestKey;
+use proctor_recorder::{RecorderSettings, segment};
+use proctor_tests::{copy_dir, run, run_ok, stderr, stdout};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proctor");
+
+struct Recorded {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    public_key: PathBuf,
+    /// Ended sessions spanning more than one segment, and the rest.
+    spanning: Vec<Value>,
+    others: Vec<Value>,
+}
+
+/// A generated data dir with small segments, built once.
+fn recorded() -> &'static Recorded {
+    static RECORDED: OnceLock<Recorded> = OnceLock::new();
+    RECORDED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("proctor.toml");
+        std::fs::write(&config, "data_dir = \"data\"\n[recorder]\nsegment_max_bytes = \"64KiB\"\n").unwrap();
+        let data = dir.path().join("data");
+        let data_arg = data.to_str().unwrap();
+        let config_arg = config.to_str().unwrap();
+        run_ok(Path::new(BIN), &["generate", "--data-dir", data_arg, "--config", config_arg, "--sessions", "40"]);
+        let listed = run_ok(Path::new(BIN), &["sessions", "--data-dir", data_arg, "--json"]);
+        let sessions: Vec<Value> = stdout(&listed).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let manifests = proctor_recorder::reader::Reader::open(&data).unwrap().manifests().unwrap();
+        let segments_of = |id: &str| manifests.iter().filter(|m| m.sessions.iter().any(|s| s.session_id == id)).count();
+        let (spanning, others): (Vec<Value>, Vec<Value>) = sessions.into_iter().partition(|s| {
+            s["live"] == false && s["protocol"] != "control" && segments_of(s["session_id"].as_str().unwrap()) > 1
+        });
+        assert!(!spanning.is_empty(), "some session spans segments");
+        let public_key = dir.path().join("pinned.pub.pem");
+        std::fs::copy(data.join("keys/manifest-signing.pub.pem"), &public_key).unwrap();
+        Recorded { _dir: dir, data, public_key, spanning, others }
+    })
+}
+
+fn id(session: &Value) -> &str {
+    session["session_id"].as_str().unwrap()
+}
+
+/// A fresh bundle of the first spanning session and one other, in a temp dir.
+fn bundle() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let r = recorded();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let chosen =
+        [id(&r.spanning[0]).to_string(), id(r.others.iter().find(|s| s["live"] == false).unwrap()).to_string()];
+    let exported = run_ok(
+        Path::new(BIN),
+        &[
+            "export",
+            "--session",
+            &chosen[0],
+            &chosen[1],
+            "--out",
+            out.to_str().unwrap(),
+            "--reason",
+            "inquiry 4711",
+            "--data-dir",
+            r.data.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let summary: Value = serde_json::from_str(stdout(&exported).trim()).unwrap();
+    assert_eq!(summary["sessions"], 2, "{summary}");
+    (dir, out, chosen.to_vec())
+}
+
+/// `verify --bundle`, pinned: whether it passed, and all it printed.
+fn verify(bundle: &Path) -> (bool, String) {
+    let out = run(
+        Path::new(BIN),
+        &["verify", "--bundle", bundle.to_str().unwrap(), "--public-key", recorded().public_key.to_str().unwrap()],
+    );
+    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+}
+
+fn expect_failure(bundle: &Path, needles: &[&str]) {
+    let (ok, text) = verify(bundle);
+    assert!(!ok, "verify passed a tampered bundle: {text}");
+    for needle in needles {
+        assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+    }
+}
+
+fn events(bundle: &Path) -> RecordBatch {
+    let batches = segment::read_all(&bundle.join(EVENTS_FILE)).unwrap();
+    concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// Rewrites the events file with `batch` and, as a forger would, its hash
+/// in `bundle.json` (whose signature then no longer holds).
+fn replace_events(bundle: &Path, batch: &RecordBatch) {
+    segment::write(&bundle.join(EVENTS_FILE), batch, &RecorderSettings::default()).unwrap();
+    let path = bundle.join(BUNDLE_FILE);
+    let mut manifest: BundleManifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let bytes = std::fs::read(bundle.join(EVENTS_FILE)).unwrap();
+    let file = manifest.files.iter_mut().find(|f| f.path == EVENTS_FILE).unwrap();
+    file.sha256 = hex::encode(Sha256::digest(&bytes));
+    file.bytes = bytes.len() as u64;
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+#[test]
+fn an_exported_bundle_verifies_offline_and_carries_nothing_of_other_sessions() {
+    let r = recorded();
+    let (_dir, out, chosen) = bundle();
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok: bundle of 2 sessions") && text.contains("exported by"), "{text}");
+
+    // Offline: the data dir is not needed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("moved");
+    copy_dir(&out, &moved);
+    let (ok, text) = verify(&moved);
+    assert!(ok, "{text}");
+    let json = run_ok(Path::new(BIN), &["verify", "--bundle", moved.to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(stdout(&json).trim()).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["key_trust"].as_str()), (Some(true), Some("bundle")), "{report}");
+    assert_eq!(report["reason"], "inquiry 4711");
+    // Pinned by fingerprint, as `proctor key show` prints it.
+    let shown = run_ok(Path::new(BIN), &["key", "show", "--data-dir", r.data.to_str().unwrap(), "--json"]);
+    let key: Value = serde_json::from_str(stdout(&shown).trim()).unwrap();
+    let fingerprint = key["fingerprint"].as_str().unwrap();
+    let pinned = run_ok(Path::new(BIN), &["verify", "--bundle", moved.to_str().unwrap(), "--public-key", fingerprint]);
+    assert!(stdout(&pinned).starts_with("ok: bundle of 2 sessions"), "{}", stdout(&pinned));
+
+    // Whole sessions, in the recorder's schema.
+    let batch = events(&out);
+    let sessions = batch.column_by_name("session_id").unwrap().as_string::<i32>();
+    let listed: Vec<&Value> = r.spanning.iter().chain(&r.others).collect();
+    for chosen_id in &chosen {
+        let rows = (0..batch.num_rows()).filter(|&i| sessions.value(i) == chosen_id).count() as u64;
+        let expected = listed.iter().find(|s| id(s) == chosen_id).unwrap()["events"].as_u64().unwrap();
+        assert_eq!(rows, expected, "session {chosen_id} whole");
+    }
+    // Nothing of anyone else: no row of another session, and no other
+    // session named by the proofs or the signed manifest (an exported
+    // session's own events may name another, as a viewer's names what it
+    // viewed).
+    assert!((0..batch.num_rows()).all(|i| chosen.iter().any(|c| c == sessions.value(i))));
+    for other in listed.iter().map(|s| id(s)).filter(|s| !chosen.iter().any(|c| c == s)) {
+        for entry in walk(&out).into_iter().filter(|p| !p.ends_with(EVENTS_FILE)) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(!contains(&bytes, other.as_bytes()), "{} names session {other}", entry.display());
+        }
+    }
+}
+
+#[test]
+fn an_edited_event_is_caught() {
+    let (_dir, out, chosen) = bundle();
+    let batch = events(&out);
+    let sql = batch.column_by_name("sql").unwrap().as_string::<i32>();
+    let row = (0..batch.num_rows()).find(|&i| !sql.is_null(i)).expect("a statement");
+    let edited: StringArray = (0..batch.num_rows())
+        .map(|i| if i == row { Some("select 'nothing to see'") } else { sql.is_valid(i).then(|| sql.value(i)) })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[batch.schema().index_of("sql").unwrap()] = std::sync::Arc::new(edited);
+    replace_events(&out, &RecordBatch::try_new(batch.schema(), columns).unwrap());
+    let session = batch.column_by_name("session_id").unwrap().as_string::<i32>().value(row).to_string();
+    let seq = batch.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::UInt64Type>().value(row);
+    assert!(chosen.contains(&session));
+    expect_failure(
+        &out,
+        &[&format!("session {session} seq {seq}: is not proven in segment"), "bundle.json: signature does not verify"],
+    );
+}
+
+#[test]
+fn a_removed_added_or_reordered_event_is_caught() {
+    // Removed (the last of a session: its proof stays).
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    let keep: Vec<u32> = (0..batch.num_rows() as u32 - 1).collect();
+    let fewer = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep)).unwrap();
+    replace_events(&out, &fewer);
+    expect_failure(&out, &["is proven but not in events/: the event was removed"]);
+
+    // Two events' seqs swapped: each is proven no more, and the chain breaks.
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    let seqs = batch.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
+    let mut swapped: Vec<u64> = seqs.values().to_vec();
+    swapped.swap(1, 2);
+    let mut columns = batch.columns().to_vec();
+    columns[batch.schema().index_of("seq").unwrap()] = std::sync::Arc::new(UInt64Array::from(swapped));
+    replace_events(&out, &RecordBatch::try_new(batch.schema(), columns).unwrap());
+    expect_failure(&out, &["is not proven in segment"]);
+
+    // A file put beside the signed ones.
+    let (_dir, out, _) = bundle();
+    std::fs::write(out.join("events/extra.parquet"), b"PAR1").unwrap();
+    expect_failure(&out, &["events/extra.parquet: is not listed in bundle.json"]);
+}
+
+#[test]
+fn a_dropped_session_a_swapped_file_or_a_re_signed_bundle_is_caught() {
+    // A session dropped: its events and its proofs removed, bundle.json
+    // left naming it.
+    let (_dir, out, chosen) = bundle();
+    let batch = events(&out);
+    let sessions = batch.column_by_name("session_id").unwrap().as_string::<i32>();
+    let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| sessions.value(i as usize) != chosen[1]).collect();
+    replace_events(&out, &arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep)).unwrap());
+    let proofs_path = out.join(PROOFS_FILE);
+    let mut proofs: Value = serde_json::from_slice(&std::fs::read(&proofs_path).unwrap()).unwrap();
+    proofs["events"].as_array_mut().unwrap().retain(|p| p["session_id"] != chosen[1].as_str());
+    std::fs::write(&proofs_path, serde_json::to_vec(&proofs).unwrap()).unwrap();
+    expect_failure(&out, &[&format!("session {}: was exported but has no events here", chosen[1])]);
+
+    // A file swapped for another bundle's.
+    let (_a, first, _) = bundle();
+    let (_b, second, _) = bundle();
+    std::fs::copy(second.join(BUNDLE_FILE), first.join(BUNDLE_FILE)).unwrap();
+    let (ok, text) = verify(&first);
+    assert!(ok, "the same sessions exported twice are the same evidence: {text}");
+    std::fs::write(first.join(PROOFS_FILE), b"{\"roots\": [], \"events\": []}").unwrap();
+    expect_failure(&first, &["proofs.json: does not match bundle.json"]);
+
+    // Re-signed by another key, with the files' hashes made right: it
+    // passes unpinned (say so), and fails under the pinned key.
+    let (_dir, out, _) = bundle();
+    let forger = ManifestKey::generate().unwrap();
+    let mut manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
+    let pem = proctor_recorder::keys::public_key_pem(&forger.verifying_key());
+    std::fs::write(out.join("signing-key.pub.pem"), &pem).unwrap();
+    let file = manifest.files.iter_mut().find(|f| f.path == "signing-key.pub.pem").unwrap();
+    file.sha256 = hex::encode(Sha256::digest(pem.as_bytes()));
+    file.bytes = pem.len() as u64;
+    manifest.key_fingerprint = forger.fingerprint();
+    manifest.signature = None;
+    manifest.signature = Some(forger.sign(&manifest.signing_bytes()));
+    std::fs::write(out.join(BUNDLE_FILE), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    expect_failure(&out, &["not by the pinned key", "root statement's signature does not verify"]);
+}
+
+#[test]
+fn export_refuses_what_it_cannot_prove() {
+    let r = recorded();
+    let dir = tempfile::tempdir().unwrap();
+    let data = r.data.to_str().unwrap();
+    let out = dir.path().join("b");
+    let missing = run(
+        Path::new(BIN),
+        &[
+            "export",
+            "--session",
+            "0190a7b2-5c3d-7e4f-8a9b-0c1d2e3f4a5b",
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            data,
+        ],
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("is not in the sealed recording"), "{}", stderr(&missing));
+    assert!(!out.exists(), "nothing written");
+    let tar = export_one(id(&r.spanning[0]), dir.path().join("b.tar").to_str().unwrap(), &[], data);
+    assert!(stderr(&tar).contains("a bundle is written as a directory"), "{}", stderr(&tar));
+    let csv = export_one(id(&r.spanning[0]), out.to_str().unwrap(), &["--format", "csv"], data);
+    assert!(stderr(&csv).contains("evidence bundles only"), "{}", stderr(&csv));
+    // A segment that does not match its signed root is not exported from.
+    let copy = dir.path().join("copy");
+    copy_dir(&r.data, &copy);
+    let manifests = proctor_recorder::reader::Reader::open(&copy).unwrap().manifests().unwrap();
+    let manifest = manifests.iter().find(|m| m.sessions.iter().any(|s| s.session_id == id(&r.spanning[0]))).unwrap();
+    let batches = segment::read_all(&copy.join(&manifest.path)).unwrap();
+    let batch = concat_batches(&batches[0].schema(), &batches).unwrap();
+    let one: Vec<u32> = (1..batch.num_rows() as u32).collect();
+    let fewer = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(one)).unwrap();
+    segment::write(&copy.join(&manifest.path), &fewer, &RecorderSettings::default()).unwrap();
+    let refused = export_one(id(&r.spanning[0]), out.to_str().unwrap(), &[], copy.to_str().unwrap());
+    assert!(stderr(&refused).contains("does not match its signed Merkle root"), "{}", stderr(&refused));
+}
+
+/// `proctor export --session SESSION --out OUT EXTRA --data-dir DATA`.
+fn export_one(session: &str, out: &str, extra: &[&str], data: &str) -> std::process::Output {
+    let mut args = vec!["export", "--session", session, "--out", out];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--data-dir", data]);
+    run(Path::new(BIN), &args)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
