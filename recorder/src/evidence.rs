@@ -63,6 +63,11 @@ pub struct BundleManifest {
     /// Sessions without a `session_end` in the recording when exported:
     /// exported as far as they were sealed.
     pub live: Vec<String>,
+    /// The recording as exported from: the SHA-256 of its newest manifest
+    /// (the head `proctor verify --data-dir` prints, which `--expect-head`
+    /// later finds in its chain) and that manifest's segment.
+    pub recording_head: String,
+    pub last_segment: u64,
     pub key_fingerprint: String,
     /// Every other file of the bundle, sorted by path.
     pub files: Vec<BundleFile>,
@@ -162,6 +167,7 @@ pub fn export(
     }
     let layout = Layout::new(data_dir);
     let key = ManifestKey::load(&layout.keys_dir())?;
+    let (recording_head, last_segment) = check_manifests(&layout, &key)?;
     let reader = Reader::open(data_dir)?;
     let wanted: BTreeSet<String> = sessions.iter().map(SessionId::to_string).collect();
 
@@ -222,6 +228,8 @@ pub fn export(
         reason: reason.map(str::to_string),
         sessions: wanted.iter().cloned().collect(),
         live: live.clone(),
+        recording_head,
+        last_segment,
         key_fingerprint: key.fingerprint(),
         files,
         signature: None,
@@ -230,7 +238,59 @@ pub fn export(
     let mut text = serde_json::to_vec_pretty(&bundle).unwrap_or_default();
     text.push(b'\n');
     write_file(out, BUNDLE_FILE, &text)?;
+    // What was signed must verify, or it is not evidence: a session whose
+    // chain restarts (its head before lost) cannot be proven whole.
+    let check = verify_bundle(out, Some(&PinnedKey::Key(key.verifying_key())))?;
+    if !check.ok() {
+        let _ = fs::remove_dir_all(out);
+        let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
+        return Err(export_error(format!("the bundle would not verify, so it was not kept: {}", problems.join("; "))));
+    }
     Ok(Exported { sessions: wanted.len(), events, segments, live })
+}
+
+/// Checks every manifest of the recording before anything is signed from
+/// it: each signed by the data dir's key (its root too), each linked to the
+/// one before. A missing or edited manifest would otherwise cut sessions
+/// short, or hide them, in a bundle that verifies. Returns the recording's
+/// head (the newest manifest's SHA-256) and that manifest's number.
+fn check_manifests(layout: &Layout, key: &ManifestKey) -> Result<(String, u64)> {
+    let public = key.verifying_key();
+    let mut previous: Option<String> = None;
+    let mut last = 0;
+    let refuse = |number: u64, what: &str| {
+        export_error(format!(
+            "manifest {number} {what}: run `proctor verify --data-dir` on the recording; nothing was exported"
+        ))
+    };
+    for number in layout.manifest_numbers()? {
+        let path = layout.manifest_path(number);
+        let bytes = fs::read(&path).map_err(RecorderError::io("cannot read manifest", &path))?;
+        let manifest = Manifest::from_file_bytes(&bytes).map_err(|_| refuse(number, "is unreadable"))?;
+        let signed = manifest
+            .signature
+            .as_deref()
+            .is_some_and(|s| keys::verify_signature(&public, &manifest.signing_bytes(), s));
+        if !signed {
+            return Err(refuse(number, "is not signed by the data dir's key"));
+        }
+        if let Some(statement) = manifest.root_statement() {
+            let root_signed = manifest
+                .root_signature
+                .as_deref()
+                .is_some_and(|s| keys::verify_signature(&public, &statement.signing_bytes(), s));
+            if !root_signed {
+                return Err(refuse(number, "has a Merkle root not signed by the data dir's key"));
+            }
+        }
+        if manifest.prev_manifest_sha256 != previous {
+            return Err(refuse(number, "does not link to the manifest before it"));
+        }
+        previous = Some(hex::encode(Sha256::digest(&bytes)));
+        last = number;
+    }
+    let head = previous.ok_or_else(|| export_error("the recording has no sealed segment yet"))?;
+    Ok((head, last))
 }
 
 /// The wanted sessions' events of one segment, each with its proof; the
@@ -352,8 +412,10 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         key: None,
         manifest: None,
     };
-    let manifest_path = dir.join(BUNDLE_FILE);
-    let bundle: BundleManifest = match fs::read(&manifest_path) {
+    // Only the fixed names are read, each a regular file (never through a
+    // link) of a bounded size, and nothing but bundle.json and the key
+    // before the signature holds.
+    let bundle: BundleManifest = match read_regular(dir, BUNDLE_FILE, 16 << 20) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(bundle) => bundle,
             Err(error) => {
@@ -361,8 +423,8 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
                 return Ok(report);
             }
         },
-        Err(error) => {
-            report.problem(BUNDLE_FILE, format!("cannot be read ({error}): not a bundle"));
+        Err(why) => {
+            report.problem(BUNDLE_FILE, format!("{why}: not a bundle"));
             return Ok(report);
         }
     };
@@ -371,30 +433,12 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         return Ok(report);
     }
 
-    // Files: each listed one as signed, and nothing else.
-    let listed: BTreeMap<&str, &BundleFile> = bundle.files.iter().map(|f| (f.path.as_str(), f)).collect();
-    for file in &bundle.files {
-        match hash_file(&dir.join(&file.path)) {
-            Ok((sha256, bytes)) if sha256 == file.sha256 && bytes == file.bytes => {}
-            Ok((sha256, bytes)) => report.problem(
-                file.path.clone(),
-                format!(
-                    "does not match bundle.json (sha-256 {sha256}, {bytes} bytes; signed as {}, {} bytes): it was modified or swapped",
-                    file.sha256, file.bytes
-                ),
-            ),
-            Err(_) => report.problem(file.path.clone(), "is listed in bundle.json but missing: it was removed"),
-        }
-    }
-    for found in files_under(dir) {
-        if found != BUNDLE_FILE && !listed.contains_key(found.as_str()) {
-            report.problem(found, "is not listed in bundle.json: it was added after the bundle was signed");
-        }
-    }
-
-    // The key: the bundle's own, checked against the pin.
-    let key =
-        fs::read_to_string(dir.join(KEY_FILE)).ok().and_then(|pem| VerifyingKey::from_public_key_pem(pem.trim()).ok());
+    // The key: the bundle's own, checked against the pin; then the
+    // signature, before anything else is trusted.
+    let key = read_regular(dir, KEY_FILE, 64 << 10)
+        .ok()
+        .and_then(|pem| String::from_utf8(pem).ok())
+        .and_then(|pem| VerifyingKey::from_public_key_pem(pem.trim()).ok());
     let Some(key) = key else {
         report.problem(KEY_FILE, "missing or not an ed25519 public key: nothing in the bundle can be checked");
         return Ok(report);
@@ -417,13 +461,56 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     });
     match &bundle.signature {
         Some(signature) if keys::verify_signature(&key, &bundle.signing_bytes(), signature) => {}
-        Some(_) => report.problem(
-            BUNDLE_FILE,
-            format!(
-                "signature does not verify with key {fingerprint}: bundle.json was edited or signed by another key"
+        Some(_) => {
+            report.problem(
+                BUNDLE_FILE,
+                format!(
+                    "signature does not verify with key {fingerprint}: bundle.json was edited or signed by another key"
+                ),
+            );
+            return Ok(report);
+        }
+        None => {
+            report.problem(BUNDLE_FILE, "is not signed");
+            return Ok(report);
+        }
+    }
+    if bundle.key_fingerprint != fingerprint {
+        report.problem(BUNDLE_FILE, format!("names key {}, but is signed by {fingerprint}", bundle.key_fingerprint));
+    }
+
+    // Files: exactly the fixed ones, each as signed, and nothing else.
+    let names: BTreeSet<&str> = bundle.files.iter().map(|f| f.path.as_str()).collect();
+    let expected: BTreeSet<&str> = [EVENTS_FILE, KEY_FILE, PROOFS_FILE].into_iter().collect();
+    if names != expected || bundle.files.len() != expected.len() {
+        report.problem(BUNDLE_FILE, format!("lists {names:?}, where a bundle holds exactly {expected:?}"));
+        return Ok(report);
+    }
+    for file in &bundle.files {
+        match hash_regular(dir, &file.path, file.bytes) {
+            Ok(sha256) if sha256 == file.sha256 => {}
+            Ok(sha256) => report.problem(
+                file.path.clone(),
+                format!(
+                    "does not match bundle.json (sha-256 {sha256}; signed as {}): it was modified or swapped",
+                    file.sha256
+                ),
             ),
-        ),
-        None => report.problem(BUNDLE_FILE, "is not signed"),
+            Err(why) => report.problem(file.path.clone(), format!("{why}: it was removed, swapped or changed")),
+        }
+    }
+    for (found, what) in entries_under(dir) {
+        match what {
+            Entry::File if found == BUNDLE_FILE || names.contains(found.as_str()) => {}
+            Entry::File => {
+                report.problem(found, "is not listed in bundle.json: it was added after the bundle was signed")
+            }
+            Entry::Other(what) => report.problem(found, format!("is {what}, which a bundle never holds")),
+        }
+    }
+    if !report.ok() {
+        // What did not match its signature is not read.
+        return Ok(report);
     }
 
     // Roots, each signed by the key.
@@ -535,6 +622,10 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         events.sort_by_key(|e| e.0);
         let mut expected = (0u64, ChainHash::GENESIS);
         for (seq, kind, before, head) in events.iter() {
+            if *seq < expected.0 {
+                report.problem(location.clone(), format!("seq {seq} appears more than once: an event was duplicated"));
+                continue;
+            }
             if *seq != expected.0 {
                 let message = match expected.0 {
                     0 => format!("begins at seq {seq}: events 0..{} are missing", seq.saturating_sub(1)),
@@ -554,7 +645,7 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
             if *seq == 0 && kind != EventKind::SessionStart.as_str() {
                 report.problem(location.clone(), "seq 0 is not its session_start");
             }
-            expected = (seq + 1, *head);
+            expected = (seq.saturating_add(1), *head);
         }
         let ended = events.last().is_some_and(|e| e.1 == EventKind::SessionEnd.as_str());
         let live = bundle.live.contains(session);
@@ -575,21 +666,71 @@ fn decode_hash(text: &str) -> Option<merkle::Hash> {
     hex::decode_to_slice(text, &mut out).ok().map(|()| out)
 }
 
-/// Every file under `dir`, relative, `/`-separated.
-fn files_under(dir: &Path) -> Vec<String> {
+/// What a bundle's directory holds besides directories.
+enum Entry {
+    File,
+    Other(&'static str),
+}
+
+/// Everything under `dir`, relative and `/`-separated, links never followed
+/// (a link is reported as one, as are devices, pipes and sockets).
+fn entries_under(dir: &Path) -> Vec<(String, Entry)> {
     let mut out = Vec::new();
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(at) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&at) else { continue };
+        let relative = |path: &Path| path.strip_prefix(dir).unwrap_or(path).to_string_lossy().to_string();
+        let Ok(entries) = fs::read_dir(&at) else {
+            out.push((relative(&at), Entry::Other("a directory that cannot be read")));
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(relative) = path.strip_prefix(dir) {
-                out.push(relative.to_string_lossy().replace('\\', "/"));
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => stack.push(path),
+                Ok(kind) if kind.is_file() => out.push((relative(&path), Entry::File)),
+                Ok(kind) if kind.is_symlink() => out.push((relative(&path), Entry::Other("a symbolic link"))),
+                _ => out.push((relative(&path), Entry::Other("not a regular file"))),
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// `dir/name`, a regular file (not through a link) of at most `limit` bytes.
+fn read_regular(dir: &Path, name: &str, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    let path = dir.join(name);
+    let metadata = fs::symlink_metadata(&path).map_err(|e| format!("cannot be read ({e})"))?;
+    if !metadata.file_type().is_file() {
+        return Err("is not a regular file".to_string());
+    }
+    if metadata.len() > limit {
+        return Err(format!("is larger than {limit} bytes"));
+    }
+    fs::read(&path).map_err(|e| format!("cannot be read ({e})"))
+}
+
+/// The SHA-256 of `dir/name`, a regular file (not through a link) of
+/// exactly `bytes` bytes, read in pieces.
+fn hash_regular(dir: &Path, name: &str, bytes: u64) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let path = dir.join(name);
+    let metadata = fs::symlink_metadata(&path).map_err(|e| format!("cannot be read ({e})"))?;
+    if !metadata.file_type().is_file() {
+        return Err("is not a regular file".to_string());
+    }
+    if metadata.len() != bytes {
+        return Err(format!("holds {} bytes, signed as {bytes}", metadata.len()));
+    }
+    let mut file = fs::File::open(&path).map_err(|e| format!("cannot be read ({e})"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) => return Err(format!("cannot be read ({e})")),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
 }

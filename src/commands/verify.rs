@@ -90,6 +90,8 @@ fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool)
             "key_fingerprint": fingerprint,
             "exported_by": bundle.map(|b| b.exported_by.as_str()),
             "exported_at": bundle.map(|b| b.exported_at.as_str()),
+            "recording_head": bundle.map(|b| b.recording_head.as_str()),
+            "last_segment": bundle.map(|b| b.last_segment),
             "reason": bundle.and_then(|b| b.reason.as_deref()),
             "problems": report.problems.iter().map(|p| json!({"location": p.location, "message": p.message})).collect::<Vec<_>>(),
         });
@@ -106,7 +108,11 @@ fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool)
                 report.sessions,
                 report.events,
                 report.segments,
-                if report.live.is_empty() { String::new() } else { format!(" ({} live)", report.live.len()) },
+                if report.live.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} live: {})", report.live.len(), report.live.join(", "))
+                },
                 bundle.map_or("?", |b| b.exported_by.as_str()),
                 bundle.map_or("?", |b| b.exported_at.as_str()),
             );

@@ -106,17 +106,31 @@ fn events(bundle: &Path) -> RecordBatch {
     concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
-/// Rewrites the events file with `batch` and, as a forger would, its hash
-/// in `bundle.json` (whose signature then no longer holds).
-fn replace_events(bundle: &Path, batch: &RecordBatch) {
-    segment::write(&bundle.join(EVENTS_FILE), batch, &RecorderSettings::default()).unwrap();
+/// Signs `bundle.json` again, its files' hashes made right, with `key`:
+/// what the proofs must hold against even when the signature is good (an
+/// exporter's mistake, or a key holder's forgery).
+fn resign(bundle: &Path, key: &ManifestKey) {
     let path = bundle.join(BUNDLE_FILE);
     let mut manifest: BundleManifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let bytes = std::fs::read(bundle.join(EVENTS_FILE)).unwrap();
-    let file = manifest.files.iter_mut().find(|f| f.path == EVENTS_FILE).unwrap();
-    file.sha256 = hex::encode(Sha256::digest(&bytes));
-    file.bytes = bytes.len() as u64;
+    for file in &mut manifest.files {
+        let bytes = std::fs::read(bundle.join(&file.path)).unwrap();
+        file.sha256 = hex::encode(Sha256::digest(&bytes));
+        file.bytes = bytes.len() as u64;
+    }
+    manifest.key_fingerprint = key.fingerprint();
+    manifest.signature = None;
+    manifest.signature = Some(key.sign(&manifest.signing_bytes()));
     std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+fn deployment_key() -> ManifestKey {
+    ManifestKey::load(&recorded().data.join("keys")).unwrap()
+}
+
+/// Rewrites the events file with `batch`, the bundle signed again.
+fn replace_events(bundle: &Path, batch: &RecordBatch) {
+    segment::write(&bundle.join(EVENTS_FILE), batch, &RecorderSettings::default()).unwrap();
+    resign(bundle, &deployment_key());
 }
 
 #[test]
@@ -181,10 +195,15 @@ fn an_edited_event_is_caught() {
     let session = batch.column_by_name("session_id").unwrap().as_string::<i32>().value(row).to_string();
     let seq = batch.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::UInt64Type>().value(row);
     assert!(chosen.contains(&session));
-    expect_failure(
-        &out,
-        &[&format!("session {session} seq {seq}: is not proven in segment"), "bundle.json: signature does not verify"],
-    );
+    expect_failure(&out, &[&format!("session {session} seq {seq}: is not proven in segment")]);
+
+    // Edited without signing again: the file no longer matches.
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    let keep: Vec<u32> = (1..batch.num_rows() as u32).collect();
+    let fewer = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep)).unwrap();
+    segment::write(&out.join(EVENTS_FILE), &fewer, &RecorderSettings::default()).unwrap();
+    expect_failure(&out, &["events/events.parquet: holds", "signed as"]);
 }
 
 #[test]
@@ -208,10 +227,21 @@ fn a_removed_added_or_reordered_event_is_caught() {
     replace_events(&out, &RecordBatch::try_new(batch.schema(), columns).unwrap());
     expect_failure(&out, &["is not proven in segment"]);
 
-    // A file put beside the signed ones.
+    // A row duplicated.
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    let mut rows: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    rows.insert(2, 1);
+    replace_events(&out, &arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(rows)).unwrap());
+    expect_failure(&out, &["appears more than once: an event was duplicated"]);
+
+    // A file put beside the signed ones, or a link.
     let (_dir, out, _) = bundle();
     std::fs::write(out.join("events/extra.parquet"), b"PAR1").unwrap();
     expect_failure(&out, &["events/extra.parquet: is not listed in bundle.json"]);
+    let (_dir, out, _) = bundle();
+    std::os::unix::fs::symlink("/", out.join("events/root")).unwrap();
+    expect_failure(&out, &["events/root: is a symbolic link"]);
 }
 
 #[test]
@@ -227,6 +257,7 @@ fn a_dropped_session_a_swapped_file_or_a_re_signed_bundle_is_caught() {
     let mut proofs: Value = serde_json::from_slice(&std::fs::read(&proofs_path).unwrap()).unwrap();
     proofs["events"].as_array_mut().unwrap().retain(|p| p["session_id"] != chosen[1].as_str());
     std::fs::write(&proofs_path, serde_json::to_vec(&proofs).unwrap()).unwrap();
+    resign(&out, &deployment_key());
     expect_failure(&out, &[&format!("session {}: was exported but has no events here", chosen[1])]);
 
     // A file swapped for another bundle's.
@@ -236,23 +267,81 @@ fn a_dropped_session_a_swapped_file_or_a_re_signed_bundle_is_caught() {
     let (ok, text) = verify(&first);
     assert!(ok, "the same sessions exported twice are the same evidence: {text}");
     std::fs::write(first.join(PROOFS_FILE), b"{\"roots\": [], \"events\": []}").unwrap();
-    expect_failure(&first, &["proofs.json: does not match bundle.json"]);
+    expect_failure(&first, &["proofs.json: holds"]);
 
     // Re-signed by another key, with the files' hashes made right: it
     // passes unpinned (say so), and fails under the pinned key.
     let (_dir, out, _) = bundle();
     let forger = ManifestKey::generate().unwrap();
-    let mut manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
     let pem = proctor_recorder::keys::public_key_pem(&forger.verifying_key());
     std::fs::write(out.join("signing-key.pub.pem"), &pem).unwrap();
-    let file = manifest.files.iter_mut().find(|f| f.path == "signing-key.pub.pem").unwrap();
-    file.sha256 = hex::encode(Sha256::digest(pem.as_bytes()));
-    file.bytes = pem.len() as u64;
-    manifest.key_fingerprint = forger.fingerprint();
+    resign(&out, &forger);
+    expect_failure(&out, &["not by the pinned key"]);
+    // Unpinned, the forger's key is trusted, and the roots it did not sign
+    // still give it away.
+    let unpinned = run(Path::new(BIN), &["verify", "--bundle", out.to_str().unwrap()]);
+    assert!(!unpinned.status.success());
+    assert!(stderr(&unpinned).contains("root statement's signature does not verify"), "{}", stderr(&unpinned));
+}
+
+#[test]
+fn a_live_session_is_exported_as_far_as_it_was_sealed_and_named_live() {
+    use proctor_schemas::{Direction, EventKind, NewEvent, SessionId, Statement, Timestamp, sample};
+    // A recording whose one session has not ended: sealed in part while
+    // it goes on (small segments), exported meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let settings =
+        RecorderSettings { segment_max_bytes: proctor_recorder::ByteSize(64 << 10), ..RecorderSettings::default() };
+    let recorder = proctor_recorder::Recorder::open(&data, &settings).unwrap();
+    let sink = recorder.sink();
+    let session = SessionId::new();
+    let t0 = Timestamp::now().0;
+    let start = NewEvent::new(session, Timestamp(t0), Direction::Gateway, sample::full(EventKind::SessionStart));
+    sink.append_slice_blocking(&[start]).unwrap();
+    for n in 1..200 {
+        let sql =
+            Statement { sql: format!("select '{n:01000}'"), statement_name: None, portal: None, params: Vec::new() };
+        sink.append_slice_blocking(&[NewEvent::new(session, Timestamp(t0 + n), Direction::ClientToTarget, sql)])
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (sink.stats().segments_sealed == 0 || sink.unsealed_segments() > 0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(sink.stats().segments_sealed > 0, "a segment was sealed");
+    let id = session.to_string();
+    let out = dir.path().join("bundle");
+    let exported = export_one(&id, out.to_str().unwrap(), &["--json"], data.to_str().unwrap());
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let summary: Value = serde_json::from_str(stdout(&exported).trim()).unwrap();
+    assert_eq!(summary["live"], serde_json::json!([id]), "{summary}");
+    assert!(summary["events"].as_u64().unwrap() > 1, "{summary}");
+    let pin = data.join("keys/manifest-signing.pub.pem");
+    let verify = |bundle: &Path| {
+        run(Path::new(BIN), &["verify", "--bundle", bundle.to_str().unwrap(), "--public-key", pin.to_str().unwrap()])
+    };
+    let checked = verify(&out);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(stdout(&checked).contains(&format!("(1 live: {id})")), "{}", stdout(&checked));
+    // Not marked live, the same events are a cut tail.
+    let key = ManifestKey::load(&data.join("keys")).unwrap();
+    let path = out.join(BUNDLE_FILE);
+    let mut manifest: BundleManifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest.live.clear();
     manifest.signature = None;
-    manifest.signature = Some(forger.sign(&manifest.signing_bytes()));
-    std::fs::write(out.join(BUNDLE_FILE), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    expect_failure(&out, &["not by the pinned key", "root statement's signature does not verify"]);
+    manifest.signature = Some(key.sign(&manifest.signing_bytes()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let cut = verify(&out);
+    assert!(!cut.status.success());
+    assert!(stderr(&cut).contains("ends without its session_end and is not marked live"), "{}", stderr(&cut));
+    // The bundle names the recording's head, which verify finds in its chain.
+    let checked = run(
+        Path::new(BIN),
+        &["verify", "--data-dir", data.to_str().unwrap(), "--expect-head", &manifest.recording_head],
+    );
+    assert!(checked.status.success(), "{}{}", stdout(&checked), stderr(&checked));
+    recorder.close().unwrap();
 }
 
 #[test]
