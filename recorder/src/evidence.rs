@@ -5,7 +5,9 @@
 //! A bundle is a directory with fixed names at its root:
 //!
 //! - `events/events.parquet`: the sessions' events, with the recorder's
-//!   schema (DuckDB and pyarrow read it as they read segments);
+//!   schema (DuckDB and pyarrow read it as they read segments), and the
+//!   control sessions' events that concern them (of their grants, or
+//!   targeting them), one by one;
 //! - `proofs.json`: for each segment the events come from, its root
 //!   statement and signature ([`RootStatement`]); for each event, its
 //!   segment, leaf index, nonce, the chain head before it and its path to
@@ -30,7 +32,7 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use proctor_schemas::arrow::{BatchBuilder, BatchReader};
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::manifest::{Manifest, RootStatement};
-use proctor_schemas::{Column, EventKind, SessionId, Timestamp, Value, canonical, merkle};
+use proctor_schemas::{Cells, Column, EventKind, SessionId, Timestamp, Value, canonical, merkle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -63,6 +65,11 @@ pub struct BundleManifest {
     /// Sessions without a `session_end` in the recording when exported:
     /// exported as far as they were sealed.
     pub live: Vec<String>,
+    /// Control sessions (grants, reviews, access to recordings) of which
+    /// only the events that concern the exported sessions are carried:
+    /// those of their grants, and those whose target is one of them.
+    #[serde(default)]
+    pub related: Vec<String>,
     /// The recording as exported from: the SHA-256 of its newest manifest
     /// (the head `proctor verify --data-dir` prints, which `--expect-head`
     /// later finds in its chain) and that manifest's segment.
@@ -126,7 +133,10 @@ pub struct EventProof {
 #[derive(Debug)]
 pub struct Exported {
     pub sessions: usize,
+    /// Every event carried, those of the control sessions included.
     pub events: u64,
+    /// Of those, the control sessions' events about the sessions.
+    pub related_events: u64,
     pub segments: usize,
     pub live: Vec<String>,
 }
@@ -172,28 +182,62 @@ pub fn export(
     let wanted: BTreeSet<String> = sessions.iter().map(SessionId::to_string).collect();
 
     let mut picked: Vec<Picked> = Vec::new();
-    let mut roots: Vec<SignedRoot> = Vec::new();
-    for manifest in reader.manifests()? {
-        if !manifest.sessions.iter().any(|s| wanted.contains(&s.session_id)) {
-            continue;
-        }
+    let mut roots: BTreeMap<u64, SignedRoot> = BTreeMap::new();
+    let manifests = reader.manifests()?;
+    let mut take = |manifest: &Manifest, select: &dyn Fn(&str, &Cells<'_>) -> bool, picked: &mut Vec<Picked>| {
         let before = picked.len();
-        pick(&layout, &manifest, &wanted, &mut picked)?;
-        if picked.len() > before {
+        pick(&layout, manifest, select, picked)?;
+        if picked.len() > before && !roots.contains_key(&manifest.segment_id) {
             let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone())
             else {
                 return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
             };
-            roots.push(SignedRoot { statement, signature });
+            roots.insert(manifest.segment_id, SignedRoot { statement, signature });
+        }
+        Ok(())
+    };
+    for manifest in &manifests {
+        if manifest.sessions.iter().any(|s| wanted.contains(&s.session_id)) {
+            take(manifest, &|session, _| wanted.contains(session), &mut picked)?;
         }
     }
+    // The grants the sessions ran under, from their starts; then the
+    // control sessions' events about those grants or these sessions.
+    let grants: BTreeSet<String> = picked
+        .iter()
+        .filter_map(|p| canonical::decode(&p.canonical).ok())
+        .filter_map(|row| match row.cells().get(Column::GrantId) {
+            Some(Value::Str(grant))
+                if row.cells().get(Column::Kind) == Some(Value::Str(EventKind::SessionStart.as_str())) =>
+            {
+                Some(grant.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    let control: BTreeSet<String> = reader
+        .sessions()?
+        .into_iter()
+        .filter(|s| s.protocol.as_deref() == Some("control"))
+        .map(|s| s.session_id.to_string())
+        .collect();
+    let mut related = Vec::new();
+    for manifest in &manifests {
+        if manifest.sessions.iter().any(|s| control.contains(&s.session_id)) {
+            let concerns = |session: &str, cells: &Cells<'_>| {
+                control.contains(session) && !wanted.contains(session) && concerns(cells, &grants, &wanted)
+            };
+            take(manifest, &concerns, &mut related)?;
+        }
+    }
+    let related_sessions: BTreeSet<String> = related.iter().map(|p| p.session.clone()).collect();
+    let related_events = related.len() as u64;
     let found: BTreeSet<&str> = picked.iter().map(|p| p.session.as_str()).collect();
     if let Some(missing) = wanted.iter().find(|s| !found.contains(s.as_str())) {
         return Err(export_error(format!(
             "session {missing} is not in the sealed recording (a session still live is exported once its first segment is sealed)"
         )));
     }
-    picked.sort_by(|a, b| (&a.session, a.seq).cmp(&(&b.session, b.seq)));
     let mut live = Vec::new();
     for session in &wanted {
         let last = picked.iter().rfind(|p| p.session == *session).map(|p| p.canonical.as_slice());
@@ -203,6 +247,8 @@ pub fn export(
             live.push(session.clone());
         }
     }
+    picked.extend(related);
+    picked.sort_by(|a, b| (&a.session, a.seq).cmp(&(&b.session, b.seq)));
 
     fs::create_dir_all(out.join("events")).map_err(RecorderError::io("cannot create bundle", out))?;
     let mut builder = BatchBuilder::with_capacity(picked.len());
@@ -211,7 +257,7 @@ pub fn export(
     }
     segment::write(&out.join(EVENTS_FILE), &builder.finish()?, &RecorderSettings::default())?;
     let events = picked.len() as u64;
-    let proofs = Proofs { roots, events: picked.into_iter().map(|p| p.proof).collect() };
+    let proofs = Proofs { roots: roots.into_values().collect(), events: picked.into_iter().map(|p| p.proof).collect() };
     let segments = proofs.roots.len();
     write_file(out, PROOFS_FILE, &serde_json::to_vec_pretty(&proofs).unwrap_or_default())?;
     write_file(out, KEY_FILE, keys::public_key_pem(&key.verifying_key()).as_bytes())?;
@@ -228,6 +274,7 @@ pub fn export(
         reason: reason.map(str::to_string),
         sessions: wanted.iter().cloned().collect(),
         live: live.clone(),
+        related: related_sessions.iter().cloned().collect(),
         recording_head,
         last_segment,
         key_fingerprint: key.fingerprint(),
@@ -243,10 +290,23 @@ pub fn export(
     let check = verify_bundle(out, Some(&PinnedKey::Key(key.verifying_key())))?;
     if !check.ok() {
         let _ = fs::remove_dir_all(out);
-        let problems: Vec<String> = check.problems.iter().map(ToString::to_string).collect();
-        return Err(export_error(format!("the bundle would not verify, so it was not kept: {}", problems.join("; "))));
+        let problems: Vec<String> = check.problems.iter().take(5).map(ToString::to_string).collect();
+        let more = check.problems.len().saturating_sub(problems.len());
+        let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+        return Err(export_error(format!(
+            "the bundle would not verify, so it was not kept: {}{more}",
+            problems.join("; ")
+        )));
     }
-    Ok(Exported { sessions: wanted.len(), events, segments, live })
+    Ok(Exported { sessions: wanted.len(), events, segments, live, related_events })
+}
+
+/// Whether a control session's event concerns the exported sessions: an
+/// event of one of their grants, or one whose target is one of them.
+fn concerns(cells: &Cells<'_>, grants: &BTreeSet<String>, sessions: &BTreeSet<String>) -> bool {
+    let grant = matches!(cells.get(Column::GrantId), Some(Value::Str(g)) if grants.contains(g));
+    let target = matches!(cells.get(Column::TargetSession), Some(Value::Str(t)) if sessions.contains(t));
+    grant || target
 }
 
 /// Checks every manifest of the recording before anything is signed from
@@ -295,7 +355,12 @@ fn check_manifests(layout: &Layout, key: &ManifestKey) -> Result<(String, u64)> 
 
 /// The wanted sessions' events of one segment, each with its proof; the
 /// segment's tree rebuilt from its rows must be the one its manifest signs.
-fn pick(layout: &Layout, manifest: &Manifest, wanted: &BTreeSet<String>, picked: &mut Vec<Picked>) -> Result<()> {
+fn pick(
+    layout: &Layout,
+    manifest: &Manifest,
+    select: &dyn Fn(&str, &Cells<'_>) -> bool,
+    picked: &mut Vec<Picked>,
+) -> Result<()> {
     let path = layout.root().join(&manifest.path);
     let salt = manifest.merkle_salt.as_deref().and_then(|salt| {
         let mut bytes = [0u8; 32];
@@ -334,7 +399,7 @@ fn pick(layout: &Layout, manifest: &Manifest, wanted: &BTreeSet<String>, picked:
             let index = leaves.len() as u64;
             let nonce = merkle::nonce(&salt, index);
             leaves.push(merkle::leaf(&nonce, head));
-            if wanted.contains(session) {
+            if select(session, &cells) {
                 picked.push(Picked {
                     session: session.to_string(),
                     seq,
@@ -385,6 +450,8 @@ pub struct BundleReport {
     pub events: u64,
     pub segments: usize,
     pub live: Vec<String>,
+    /// Events of control sessions about the exported ones.
+    pub related_events: u64,
     pub key: Option<KeyTrust>,
     pub manifest: Option<BundleManifest>,
 }
@@ -409,6 +476,7 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         events: 0,
         segments: 0,
         live: Vec::new(),
+        related_events: 0,
         key: None,
         manifest: None,
     };
@@ -545,6 +613,11 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         }
     }
     let mut sessions: BTreeMap<String, Vec<(u64, String, ChainHash, ChainHash)>> = BTreeMap::new();
+    let related: BTreeSet<&str> = bundle.related.iter().map(String::as_str).collect();
+    // The grants the exported sessions started under, and each related
+    // event's grant and target: what says it concerns them.
+    let mut grants: BTreeSet<String> = BTreeSet::new();
+    let mut about: Vec<(String, u64, Option<String>, Option<String>)> = Vec::new();
     let mut proven: BTreeSet<(String, u64)> = BTreeSet::new();
     let events_path = dir.join(EVENTS_FILE);
     let walked = segment::for_each_batch(&events_path, |batch| {
@@ -570,7 +643,10 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
                 report.problem(location, "has no proof: it was added to the bundle");
                 continue;
             };
-            proven.insert((session.to_string(), seq));
+            if !proven.insert((session.to_string(), seq)) {
+                report.problem(location, "appears more than once: an event was duplicated");
+                continue;
+            }
             let (Some(before), Some(nonce)) = (ChainHash::from_hex(&proof.head_before), decode_hash(&proof.nonce))
             else {
                 report.problem(location, "its proof is malformed");
@@ -593,6 +669,20 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
                     ),
                 );
             }
+            let text = |column| match cells.get(column) {
+                Some(Value::Str(value)) => Some(value.to_string()),
+                _ => None,
+            };
+            if related.contains(session) {
+                about.push((session.to_string(), seq, text(Column::GrantId), text(Column::TargetSession)));
+                report.related_events += 1;
+                continue;
+            }
+            if kind == EventKind::SessionStart.as_str()
+                && let Some(grant) = text(Column::GrantId)
+            {
+                grants.insert(grant);
+            }
             sessions.entry(session.to_string()).or_default().push((seq, kind, before, head));
         }
         Ok(())
@@ -612,6 +702,16 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     for session in &bundle.sessions {
         if !sessions.contains_key(session) {
             report.problem(format!("session {session}"), "was exported but has no events here: it was dropped");
+        }
+    }
+    for (session, seq, grant, target) in &about {
+        let concerns = grant.as_ref().is_some_and(|g| grants.contains(g))
+            || target.as_ref().is_some_and(|t| selected.contains(t.as_str()));
+        if !concerns {
+            report.problem(
+                format!("session {session} seq {seq}"),
+                "concerns none of the exported sessions or their grants: it is someone else's",
+            );
         }
     }
     for (session, events) in &mut sessions {

@@ -85,6 +85,7 @@ fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool)
             "sessions": report.sessions,
             "events": report.events,
             "segments": report.segments,
+            "related_events": report.related_events,
             "live": report.live,
             "key_trust": trust,
             "key_fingerprint": fingerprint,
@@ -104,9 +105,10 @@ fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool)
         }
         if report.ok() {
             println!(
-                "ok: bundle of {} sessions, {} events from {} segments{}; exported by {} at {}",
+                "ok: bundle of {} sessions, {} events ({} of them grants, reviews and access about them) from {} segments{}; exported by {} at {}",
                 report.sessions,
                 report.events,
+                report.related_events,
                 report.segments,
                 if report.live.is_empty() {
                     String::new()
@@ -153,6 +155,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             "sessions": exported.sessions,
             "events": exported.events,
             "segments": exported.segments,
+            "related_events": exported.related_events,
             "live": exported.live,
         });
         println!("{value}");

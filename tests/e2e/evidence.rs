@@ -56,13 +56,17 @@ fn id(session: &Value) -> &str {
     session["session_id"].as_str().unwrap()
 }
 
+/// An ended session that is not a control session's nor the first spanning one.
+fn ended_other(r: &Recorded) -> &str {
+    id(r.others.iter().find(|s| s["live"] == false && s["protocol"] != "control").unwrap())
+}
+
 /// A fresh bundle of the first spanning session and one other, in a temp dir.
 fn bundle() -> (tempfile::TempDir, PathBuf, Vec<String>) {
     let r = recorded();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundle");
-    let chosen =
-        [id(&r.spanning[0]).to_string(), id(r.others.iter().find(|s| s["live"] == false).unwrap()).to_string()];
+    let chosen = [id(&r.spanning[0]).to_string(), ended_other(r).to_string()];
     let exported = run_ok(
         Path::new(BIN),
         &[
@@ -81,7 +85,22 @@ fn bundle() -> (tempfile::TempDir, PathBuf, Vec<String>) {
     );
     let summary: Value = serde_json::from_str(stdout(&exported).trim()).unwrap();
     assert_eq!(summary["sessions"], 2, "{summary}");
+    assert!(summary["related_events"].as_u64().unwrap() > 0, "the grants' events come along: {summary}");
     (dir, out, chosen.to_vec())
+}
+
+/// A bundle of one other ended session (not one of [`bundle`]'s).
+fn bundle_of_another() -> (tempfile::TempDir, PathBuf) {
+    let r = recorded();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let another = r.spanning.iter().chain(&r.others).filter(|s| s["live"] == false && s["protocol"] != "control");
+    let another = another.map(id).find(|s| *s != id(&r.spanning[0]) && *s != ended_other(r)).unwrap();
+    run_ok(
+        Path::new(BIN),
+        &["export", "--session", another, "--out", out.to_str().unwrap(), "--data-dir", r.data.to_str().unwrap()],
+    );
+    (dir, out)
 }
 
 /// `verify --bundle`, pinned: whether it passed, and all it printed.
@@ -140,6 +159,7 @@ fn an_exported_bundle_verifies_offline_and_carries_nothing_of_other_sessions() {
     let (ok, text) = verify(&out);
     assert!(ok, "{text}");
     assert!(text.contains("ok: bundle of 2 sessions") && text.contains("exported by"), "{text}");
+    assert!(text.contains("of them grants, reviews and access about them"), "{text}");
 
     // Offline: the data dir is not needed.
     let elsewhere = tempfile::tempdir().unwrap();
@@ -171,8 +191,10 @@ fn an_exported_bundle_verifies_offline_and_carries_nothing_of_other_sessions() {
     // session named by the proofs or the signed manifest (an exported
     // session's own events may name another, as a viewer's names what it
     // viewed).
-    assert!((0..batch.num_rows()).all(|i| chosen.iter().any(|c| c == sessions.value(i))));
-    for other in listed.iter().map(|s| id(s)).filter(|s| !chosen.iter().any(|c| c == s)) {
+    let manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
+    let carried = |s: &str| chosen.iter().any(|c| c == s) || manifest.related.iter().any(|c| c == s);
+    assert!((0..batch.num_rows()).all(|i| carried(sessions.value(i))));
+    for other in listed.iter().map(|s| id(s)).filter(|s| !carried(s)) {
         for entry in walk(&out).into_iter().filter(|p| !p.ends_with(EVENTS_FILE)) {
             let bytes = std::fs::read(&entry).unwrap();
             assert!(!contains(&bytes, other.as_bytes()), "{} names session {other}", entry.display());
@@ -342,6 +364,57 @@ fn a_live_session_is_exported_as_far_as_it_was_sealed_and_named_live() {
     );
     assert!(checked.status.success(), "{}{}", stdout(&checked), stderr(&checked));
     recorder.close().unwrap();
+}
+
+/// Grant, review and access events ride along from the shared control
+/// sessions, one by one, each proven; one about another grant, proven as
+/// well as it is, is still someone else's.
+#[test]
+fn a_control_event_about_someone_else_is_caught() {
+    let (_a, out, chosen) = bundle();
+    let manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
+    assert!(!manifest.related.is_empty() && manifest.related.iter().all(|s| !chosen.contains(s)), "{manifest:?}");
+    let (_b, other) = bundle_of_another();
+    let theirs = events(&other);
+    let sessions = theirs.column_by_name("session_id").unwrap().as_string::<i32>();
+    let seqs = theirs.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
+    let ours = events(&out);
+    let our_keys: std::collections::BTreeSet<(String, u64)> = {
+        let s = ours.column_by_name("session_id").unwrap().as_string::<i32>();
+        let q = ours.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
+        (0..ours.num_rows()).map(|i| (s.value(i).to_string(), q.value(i))).collect()
+    };
+    let foreign: Vec<u32> = (0..theirs.num_rows() as u32)
+        .filter(|&i| {
+            let key = (sessions.value(i as usize).to_string(), seqs.value(i as usize));
+            manifest.related.contains(&key.0) && !our_keys.contains(&key)
+        })
+        .collect();
+    assert!(!foreign.is_empty(), "the other bundle has control events of its own");
+    let added = arrow::compute::take_record_batch(&theirs, &arrow::array::UInt32Array::from(foreign)).unwrap();
+    let merged = concat_batches(&ours.schema(), &[ours.clone(), added]).unwrap();
+    // Their proofs and roots come along: each event is genuinely recorded.
+    let mut proofs: Value = serde_json::from_slice(&std::fs::read(out.join(PROOFS_FILE)).unwrap()).unwrap();
+    let their_proofs: Value = serde_json::from_slice(&std::fs::read(other.join(PROOFS_FILE)).unwrap()).unwrap();
+    for proof in their_proofs["events"].as_array().unwrap() {
+        let key = (proof["session_id"].as_str().unwrap().to_string(), proof["seq"].as_u64().unwrap());
+        if manifest.related.contains(&key.0) && !our_keys.contains(&key) {
+            proofs["events"].as_array_mut().unwrap().push(proof.clone());
+        }
+    }
+    for root in their_proofs["roots"].as_array().unwrap() {
+        let known = proofs["roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["statement"]["segment_id"] == root["statement"]["segment_id"]);
+        if !known {
+            proofs["roots"].as_array_mut().unwrap().push(root.clone());
+        }
+    }
+    std::fs::write(out.join(PROOFS_FILE), serde_json::to_vec(&proofs).unwrap()).unwrap();
+    replace_events(&out, &merged);
+    expect_failure(&out, &["concerns none of the exported sessions or their grants: it is someone else's"]);
 }
 
 #[test]
