@@ -14,6 +14,9 @@
 //!   the root ([`merkle`]);
 //! - `signing-key.pub.pem`: the deployment's public key (trust it by
 //!   pinning it, as for `verify`);
+//! - renderings of the events for the tools auditors use, made by the
+//!   caller (the recorder knows no protocol): `statements.csv`,
+//!   `asciicast/SESSION.cast` ([`Extras`]);
 //! - `bundle.json`: who exported what, when and why, every file's SHA-256
 //!   and size, signed by the deployment's key.
 //!
@@ -32,7 +35,7 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use proctor_schemas::arrow::{BatchBuilder, BatchReader};
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::manifest::{Manifest, RootStatement};
-use proctor_schemas::{Cells, Column, EventKind, SessionId, Timestamp, Value, canonical, merkle};
+use proctor_schemas::{Cells, Column, Event, EventKind, SessionId, Timestamp, Value, canonical, merkle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -50,6 +53,21 @@ pub const EVENTS_FILE: &str = "events/events.parquet";
 pub const PROOFS_FILE: &str = "proofs.json";
 pub const KEY_FILE: &str = "signing-key.pub.pem";
 pub const BUNDLE_FILE: &str = "bundle.json";
+pub const STATEMENTS_FILE: &str = "statements.csv";
+
+/// Renders a bundle's events (its sessions', then the related ones', each
+/// in seq order) as the extra files it carries: `(name, bytes)`, each name
+/// [`STATEMENTS_FILE`] or `asciicast/SESSION.cast` for an exported session.
+pub type Extras<'a> = &'a dyn Fn(&[Event]) -> Vec<(String, Vec<u8>)>;
+
+/// Whether `name` is an extra file a bundle of `sessions` may carry.
+fn allowed_extra(name: &str, sessions: &[String]) -> bool {
+    let cast = name
+        .strip_prefix("asciicast/")
+        .and_then(|rest| rest.strip_suffix(".cast"))
+        .is_some_and(|session| session.parse::<SessionId>().is_ok() && sessions.iter().any(|s| s == session));
+    name == STATEMENTS_FILE || cast
+}
 
 /// `bundle.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +180,7 @@ pub fn export(
     exported_by: &str,
     reason: Option<&str>,
     out: &Path,
+    extras: Extras<'_>,
 ) -> Result<Exported> {
     if sessions.is_empty() {
         return Err(export_error("no session to export"));
@@ -252,8 +271,10 @@ pub fn export(
 
     fs::create_dir_all(out.join("events")).map_err(RecorderError::io("cannot create bundle", out))?;
     let mut builder = BatchBuilder::with_capacity(picked.len());
+    let mut bundle_events = Vec::with_capacity(picked.len());
     for p in &picked {
         builder.push_canonical(&p.canonical)?;
+        bundle_events.push(Event::from_row(canonical::decode(&p.canonical)?)?);
     }
     segment::write(&out.join(EVENTS_FILE), &builder.finish()?, &RecorderSettings::default())?;
     let events = picked.len() as u64;
@@ -262,10 +283,24 @@ pub fn export(
     write_file(out, PROOFS_FILE, &serde_json::to_vec_pretty(&proofs).unwrap_or_default())?;
     write_file(out, KEY_FILE, keys::public_key_pem(&key.verifying_key()).as_bytes())?;
 
+    let mut names: Vec<String> = [EVENTS_FILE, KEY_FILE, PROOFS_FILE].map(str::to_string).to_vec();
+    let selection: Vec<String> = wanted.iter().cloned().collect();
+    for (name, bytes) in extras(&bundle_events) {
+        if !allowed_extra(&name, &selection) || names.contains(&name) {
+            let _ = fs::remove_dir_all(out);
+            return Err(export_error(format!("{name}: not a file a bundle may carry")));
+        }
+        if let Some(parent) = Path::new(&name).parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(out.join(parent)).map_err(RecorderError::io("cannot create bundle", out))?;
+        }
+        write_file(out, &name, &bytes)?;
+        names.push(name);
+    }
+    names.sort();
     let mut files = Vec::new();
-    for path in [EVENTS_FILE, KEY_FILE, PROOFS_FILE] {
+    for path in &names {
         let (sha256, bytes) = hash_file(&out.join(path))?;
-        files.push(BundleFile { path: path.to_string(), sha256, bytes });
+        files.push(BundleFile { path: path.clone(), sha256, bytes });
     }
     let mut bundle = BundleManifest {
         format: BUNDLE_FORMAT.to_string(),
@@ -549,9 +584,15 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
 
     // Files: exactly the fixed ones, each as signed, and nothing else.
     let names: BTreeSet<&str> = bundle.files.iter().map(|f| f.path.as_str()).collect();
-    let expected: BTreeSet<&str> = [EVENTS_FILE, KEY_FILE, PROOFS_FILE].into_iter().collect();
-    if names != expected || bundle.files.len() != expected.len() {
-        report.problem(BUNDLE_FILE, format!("lists {names:?}, where a bundle holds exactly {expected:?}"));
+    let fixed = [EVENTS_FILE, KEY_FILE, PROOFS_FILE];
+    let strange: Vec<&str> =
+        names.iter().copied().filter(|n| !fixed.contains(n) && !allowed_extra(n, &bundle.sessions)).collect();
+    let missing: Vec<&str> = fixed.into_iter().filter(|n| !names.contains(n)).collect();
+    if !strange.is_empty() || !missing.is_empty() || names.len() != bundle.files.len() {
+        report.problem(
+            BUNDLE_FILE,
+            format!("lists files a bundle does not hold ({strange:?}), lacks {missing:?}, or lists one twice"),
+        );
         return Ok(report);
     }
     for file in &bundle.files {

@@ -48,7 +48,7 @@ fn user_name(uid: u32) -> String {
 }
 
 /// The local user, as the actor of a read.
-fn local_user() -> String {
+pub fn local_user() -> String {
     // SAFETY: getuid has no preconditions.
     format!("local:{}", user_name(unsafe { libc::getuid() }))
 }

@@ -1,5 +1,6 @@
 mod access;
 mod demo;
+mod export;
 mod generate;
 mod grant;
 mod key;
@@ -24,7 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Up(args) => up::run(args),
         Command::Verify(args) => verify::run(args),
-        Command::Export(args) => verify::export(args),
+        Command::Export(args) => export::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Sessions(args) => read::sessions(args),
         Command::Replay(args) => read::replay(args),

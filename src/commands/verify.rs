@@ -3,10 +3,9 @@ use std::process::ExitCode;
 use proctor_recorder::evidence;
 use proctor_recorder::keys::PinnedKey;
 use proctor_recorder::verify::{KeyTrust, VerifyOptions, verify};
-use proctor_schemas::SessionId;
 use serde_json::json;
 
-use crate::cli::{ExportArgs, VerifyArgs};
+use crate::cli::VerifyArgs;
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let pinned_key = args.public_key.as_deref().map(PinnedKey::parse).transpose()?;
@@ -131,49 +130,4 @@ fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool)
         }
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// `proctor export`.
-pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    if args.format != "bundle" {
-        anyhow::bail!(
-            "--format {}: this release writes evidence bundles only (--format bundle); OCSF, asciicast and CSV come with a later one",
-            args.format
-        );
-    }
-    let sessions = args
-        .sessions
-        .iter()
-        .map(|s| s.parse::<SessionId>().map_err(|e| anyhow::anyhow!("--session {s}: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let exported_by =
-        std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| format!("uid {}", own_uid()));
-    let exported = evidence::export(&args.data_dir, &sessions, &exported_by, args.reason.as_deref(), &args.out)?;
-    if args.json {
-        let value = json!({
-            "out": args.out,
-            "sessions": exported.sessions,
-            "events": exported.events,
-            "segments": exported.segments,
-            "related_events": exported.related_events,
-            "live": exported.live,
-        });
-        println!("{value}");
-    } else {
-        println!(
-            "exported {} sessions, {} events from {} segments to {}{}",
-            exported.sessions,
-            exported.events,
-            exported.segments,
-            args.out.display(),
-            if exported.live.is_empty() { String::new() } else { format!(" ({} live)", exported.live.len()) }
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The account running this, when `USER` is not set.
-fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }

@@ -52,6 +52,14 @@ fn recorded() -> &'static Recorded {
     })
 }
 
+/// A copy of the recording in `dir`: an export records itself in the
+/// recording it reads (an access event), so each test exports from its own.
+fn copy_of_recording(dir: &Path) -> PathBuf {
+    let copy = dir.join("data");
+    copy_dir(&recorded().data, &copy);
+    copy
+}
+
 fn id(session: &Value) -> &str {
     session["session_id"].as_str().unwrap()
 }
@@ -66,6 +74,7 @@ fn bundle() -> (tempfile::TempDir, PathBuf, Vec<String>) {
     let r = recorded();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundle");
+    let data = copy_of_recording(dir.path());
     let chosen = [id(&r.spanning[0]).to_string(), ended_other(r).to_string()];
     let exported = run_ok(
         Path::new(BIN),
@@ -79,7 +88,7 @@ fn bundle() -> (tempfile::TempDir, PathBuf, Vec<String>) {
             "--reason",
             "inquiry 4711",
             "--data-dir",
-            r.data.to_str().unwrap(),
+            data.to_str().unwrap(),
             "--json",
         ],
     );
@@ -94,11 +103,12 @@ fn bundle_of_another() -> (tempfile::TempDir, PathBuf) {
     let r = recorded();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundle");
+    let data = copy_of_recording(dir.path());
     let another = r.spanning.iter().chain(&r.others).filter(|s| s["live"] == false && s["protocol"] != "control");
     let another = another.map(id).find(|s| *s != id(&r.spanning[0]) && *s != ended_other(r)).unwrap();
     run_ok(
         Path::new(BIN),
-        &["export", "--session", another, "--out", out.to_str().unwrap(), "--data-dir", r.data.to_str().unwrap()],
+        &["export", "--session", another, "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
     );
     (dir, out)
 }
@@ -160,6 +170,16 @@ fn an_exported_bundle_verifies_offline_and_carries_nothing_of_other_sessions() {
     assert!(ok, "{text}");
     assert!(text.contains("ok: bundle of 2 sessions") && text.contains("exported by"), "{text}");
     assert!(text.contains("of them grants, reviews and access about them"), "{text}");
+    // The renderings: statements for spreadsheets, listed and signed.
+    let manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
+    assert!(manifest.files.iter().any(|f| f.path == "statements.csv"), "{:?}", manifest.files);
+    let csv = std::fs::read_to_string(out.join("statements.csv")).unwrap();
+    assert!(
+        csv.starts_with("time,session_id,seq,subject,resource,grant_id,kind,text,outcome,rule,review_id,message\n")
+    );
+    for line in csv.lines().skip(1) {
+        assert!(chosen.iter().any(|c| line.contains(c.as_str())), "a row of another session: {line}");
+    }
 
     // Offline: the data dir is not needed.
     let elsewhere = tempfile::tempdir().unwrap();
@@ -417,11 +437,50 @@ fn a_control_event_about_someone_else_is_caught() {
     expect_failure(&out, &["concerns none of the exported sessions or their grants: it is someone else's"]);
 }
 
+/// A terminal session comes with its asciicast, a statement-holding one
+/// with its rows; a swapped rendering is caught like any other file.
+#[test]
+fn renderings_ride_in_the_bundle_signed_like_the_events() {
+    let r = recorded();
+    let terminal = r.spanning.iter().chain(&r.others).find(|s| s["protocol"] == "ssh" && s["live"] == false);
+    let terminal = id(terminal.expect("an ended ssh session"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_recording(dir.path());
+    let out = dir.path().join("bundle");
+    run_ok(
+        Path::new(BIN),
+        &["export", "--session", terminal, "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+    );
+    let cast = std::fs::read_to_string(out.join(format!("asciicast/{terminal}.cast"))).unwrap();
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2, "{header}");
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+    // Exporting was recorded, as a read of the session.
+    let mut exports = 0;
+    proctor_recorder::reader::Reader::open(&data)
+        .unwrap()
+        .for_each_event(|event| {
+            if let proctor_schemas::EventBody::RecordingAccessed(a) = &event.body
+                && a.operation == "export"
+                && a.target_session.as_deref() == Some(terminal)
+            {
+                exports += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(exports, 1, "the export is recorded once");
+    std::fs::write(out.join(format!("asciicast/{terminal}.cast")), b"{\"version\": 2}\n").unwrap();
+    expect_failure(&out, &[&format!("asciicast/{terminal}.cast: holds")]);
+}
+
 #[test]
 fn export_refuses_what_it_cannot_prove() {
     let r = recorded();
     let dir = tempfile::tempdir().unwrap();
-    let data = r.data.to_str().unwrap();
+    let recording = copy_of_recording(dir.path());
+    let data = recording.to_str().unwrap();
     let out = dir.path().join("b");
     let missing = run(
         Path::new(BIN),
