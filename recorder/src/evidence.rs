@@ -88,6 +88,11 @@ pub struct BundleManifest {
     /// those of their grants, and those whose target is one of them.
     #[serde(default)]
     pub related: Vec<String>,
+    /// Segments with control sessions sealed before manifest format 2,
+    /// whose events about the exported sessions, if any, could not be
+    /// proven one by one and are not carried.
+    #[serde(default)]
+    pub unsearched_segments: Vec<u64>,
     /// The recording as exported from: the SHA-256 of its newest manifest
     /// (the head `proctor verify --data-dir` prints, which `--expect-head`
     /// later finds in its chain) and that manifest's segment.
@@ -171,18 +176,22 @@ fn export_error(message: impl Into<String>) -> RecorderError {
     RecorderError::Export(message.into())
 }
 
-/// Writes a bundle of `sessions` (whole, as far as they are sealed) from
-/// the data dir at `data_dir` into the new directory `out`, signed with
-/// the data dir's key.
-pub fn export(
-    data_dir: &Path,
-    sessions: &[SessionId],
-    exported_by: &str,
-    reason: Option<&str>,
-    out: &Path,
-    extras: Extras<'_>,
-) -> Result<Exported> {
-    if sessions.is_empty() {
+/// What to export, from where, to where, by whom and why.
+pub struct ExportRequest<'a> {
+    pub data_dir: &'a Path,
+    /// Exported whole, as far as they are sealed.
+    pub sessions: &'a [SessionId],
+    pub exported_by: &'a str,
+    pub reason: Option<&'a str>,
+    /// The bundle: a new directory.
+    pub out: &'a Path,
+    pub extras: Extras<'a>,
+}
+
+/// Writes the bundle `request` asks for, signed with the data dir's key.
+pub fn export(request: &ExportRequest<'_>) -> Result<Exported> {
+    let out = request.out;
+    if request.sessions.is_empty() {
         return Err(export_error("no session to export"));
     }
     if out.extension().is_some_and(|e| e == "tar") {
@@ -194,6 +203,16 @@ pub fn export(
     if out.exists() {
         return Err(export_error(format!("{} exists already: give a new directory for the bundle", out.display())));
     }
+    let written = write_bundle(request);
+    if written.is_err() && out.exists() {
+        // Nothing half-written is left to be taken for evidence.
+        let _ = fs::remove_dir_all(out);
+    }
+    written
+}
+
+fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
+    let ExportRequest { data_dir, sessions, exported_by, reason, out, extras } = *request;
     let layout = Layout::new(data_dir);
     let key = ManifestKey::load(&layout.keys_dir())?;
     let (recording_head, last_segment) = check_manifests(&layout, &key)?;
@@ -202,7 +221,9 @@ pub fn export(
 
     let mut picked: Vec<Picked> = Vec::new();
     let mut roots: BTreeMap<u64, SignedRoot> = BTreeMap::new();
-    let manifests = reader.manifests()?;
+    // Only what was checked, and what the recording's head covers: a
+    // segment sealed meanwhile by a running Proctor waits for the next export.
+    let manifests: Vec<Manifest> = reader.manifests()?.into_iter().filter(|m| m.segment_id <= last_segment).collect();
     let mut take = |manifest: &Manifest, select: &dyn Fn(&str, &Cells<'_>) -> bool, picked: &mut Vec<Picked>| {
         let before = picked.len();
         pick(&layout, manifest, select, picked)?;
@@ -241,8 +262,15 @@ pub fn export(
         .map(|s| s.session_id.to_string())
         .collect();
     let mut related = Vec::new();
+    let mut unsearched = Vec::new();
     for manifest in &manifests {
         if manifest.sessions.iter().any(|s| control.contains(&s.session_id)) {
+            if manifest.merkle_root.is_none() {
+                // Sealed before segments committed to each event: its
+                // control events cannot be proven one by one; named.
+                unsearched.push(manifest.segment_id);
+                continue;
+            }
             let concerns = |session: &str, cells: &Cells<'_>| {
                 control.contains(session) && !wanted.contains(session) && concerns(cells, &grants, &wanted)
             };
@@ -310,6 +338,7 @@ pub fn export(
         sessions: wanted.iter().cloned().collect(),
         live: live.clone(),
         related: related_sessions.iter().cloned().collect(),
+        unsearched_segments: unsearched,
         recording_head,
         last_segment,
         key_fingerprint: key.fingerprint(),

@@ -27,8 +27,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let wanted: BTreeSet<SessionId> = sessions.iter().copied().collect();
     let extras = |events: &[Event]| renderings(events, &wanted);
-    let exported =
-        evidence::export(&args.data_dir, &sessions, &access::local_user(), args.reason.as_deref(), &args.out, &extras)?;
+    let exported_by = access::local_user();
+    let exported = evidence::export(&evidence::ExportRequest {
+        data_dir: &args.data_dir,
+        sessions: &sessions,
+        exported_by: &exported_by,
+        reason: args.reason.as_deref(),
+        out: &args.out,
+        extras: &extras,
+    })?;
     // Exporting is reading: recorded as such, per session.
     for session in &wanted {
         access::record(
@@ -83,7 +90,11 @@ fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>) -> Vec<(String, Ve
 
 /// Every statement, prepared statement, command run and command typed of
 /// the exported sessions, one row each, with the session's subject and
-/// resource and the policy decision on it, for spreadsheets.
+/// resource and the policy decision on it, for spreadsheets. A cell a
+/// spreadsheet would take for a formula (beginning `=`, `+`, `-`, `@`, a
+/// tab or a carriage return: what a recorded user typed could otherwise
+/// run in the auditor's spreadsheet) begins with `'`; the events file
+/// holds the text as recorded.
 pub fn statements_csv(events: &[Event], wanted: &BTreeSet<SessionId>) -> Vec<u8> {
     let mut starts: BTreeMap<SessionId, &proctor_schemas::SessionStart> = BTreeMap::new();
     let mut decisions: BTreeMap<(SessionId, u64), &proctor_schemas::PolicyDecision> = BTreeMap::new();
@@ -143,7 +154,30 @@ pub fn statements_csv(events: &[Event], wanted: &BTreeSet<SessionId>) -> Vec<u8>
             decision.and_then(|d| d.review_id.clone()).unwrap_or_default(),
             decision.and_then(|d| d.message.clone()).unwrap_or_default(),
         ];
-        let _ = out.write_record(&record);
+        let _ = out.write_record(record.iter().map(|cell| spreadsheet_safe(cell).into_owned()));
     }
     out.into_inner().unwrap_or_default()
+}
+
+/// `cell`, with `'` before it if a spreadsheet would read it as a formula.
+fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_neutralised() {
+        for formula in ["=HYPERLINK(\"http://x\")", "+1+1", "-- comment", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_safe(formula), format!("'{formula}"));
+        }
+        assert_eq!(spreadsheet_safe("select 1"), "select 1");
+        assert_eq!(spreadsheet_safe(""), "");
+    }
 }

@@ -475,6 +475,63 @@ fn renderings_ride_in_the_bundle_signed_like_the_events() {
     expect_failure(&out, &[&format!("asciicast/{terminal}.cast: holds")]);
 }
 
+/// A recording sealed in part before segments committed to each event
+/// (manifest format 1, an upgraded deployment): a session sealed since is
+/// exported, and the old segments whose control events could not be
+/// searched are named in the bundle.
+#[test]
+fn segments_older_than_merkle_roots_are_named_not_fatal() {
+    let r = recorded();
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_recording(dir.path());
+    let layout = proctor_recorder::layout::Layout::new(&data);
+    let key = ManifestKey::load(&layout.keys_dir()).unwrap();
+    let numbers = layout.manifest_numbers().unwrap();
+    let chosen = id(&r.spanning[0]);
+    let read = |n: u64| {
+        proctor_schemas::manifest::Manifest::from_file_bytes(&std::fs::read(layout.manifest_path(n)).unwrap()).unwrap()
+    };
+    // The first segment with a control session and without the chosen one
+    // becomes format 1, and the chain is linked and signed again from there.
+    let control: Vec<&str> =
+        r.spanning.iter().chain(&r.others).filter(|s| s["protocol"] == "control").map(id).collect();
+    let old = *numbers
+        .iter()
+        .find(|&&n| {
+            let sessions = read(n).sessions;
+            !sessions.iter().any(|s| s.session_id == chosen)
+                && sessions.iter().any(|s| control.contains(&s.session_id.as_str()))
+        })
+        .expect("a segment of control events alone");
+    let mut previous: Option<String> = None;
+    for &n in &numbers {
+        let mut manifest = read(n);
+        if n == old {
+            manifest.format = 1;
+            manifest.merkle_root = None;
+            manifest.merkle_salt = None;
+            manifest.root_signature = None;
+        }
+        if n >= old {
+            manifest.prev_manifest_sha256 = previous.clone();
+            manifest.signature = None;
+            manifest.signature = Some(key.sign(&manifest.signing_bytes()));
+            std::fs::write(layout.manifest_path(n), manifest.to_file_bytes()).unwrap();
+        }
+        previous = Some(hex::encode(Sha256::digest(std::fs::read(layout.manifest_path(n)).unwrap())));
+    }
+    run_ok(Path::new(BIN), &["verify", "--data-dir", data.to_str().unwrap()]);
+    let out = dir.path().join("bundle");
+    run_ok(
+        Path::new(BIN),
+        &["export", "--session", chosen, "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+    );
+    let manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
+    assert_eq!(manifest.unsearched_segments, [old], "{manifest:?}");
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+}
+
 #[test]
 fn export_refuses_what_it_cannot_prove() {
     let r = recorded();
