@@ -119,8 +119,29 @@ pub struct VerifyArgs {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// A session to export, whole (repeat, or give several).
-    #[arg(long = "session", value_name = "ID", num_args = 1.., required = true)]
+    #[arg(
+        long = "session",
+        value_name = "ID",
+        num_args = 1..,
+        required_unless_present_any = ["subject", "resource", "since", "after", "before"]
+    )]
     pub sessions: Vec<String>,
+    /// Instead of `--session`: the sessions of this subject (with the other
+    /// selectors, those of all of them).
+    #[arg(long, value_name = "NAME", conflicts_with = "sessions")]
+    pub subject: Option<String>,
+    /// The sessions on this resource.
+    #[arg(long, value_name = "NAME", conflicts_with = "sessions")]
+    pub resource: Option<String>,
+    /// The sessions active within this span (e.g. 30m, 12h, 7d).
+    #[arg(long, value_name = "SPAN", conflicts_with = "sessions")]
+    pub since: Option<String>,
+    /// The sessions active at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "sessions")]
+    pub after: Option<String>,
+    /// The sessions that began before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "sessions")]
+    pub before: Option<String>,
     /// The bundle to write: a new directory.
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,

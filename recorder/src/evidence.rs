@@ -78,6 +78,10 @@ pub struct BundleManifest {
     /// When (RFC 3339, UTC).
     pub exported_at: String,
     pub reason: Option<String>,
+    /// How the sessions were chosen, when not by id (`subject:NAME
+    /// since:7d`, ...).
+    #[serde(default)]
+    pub selection: Option<String>,
     /// The sessions asked for, sorted.
     pub sessions: Vec<String>,
     /// Sessions without a `session_end` in the recording when exported:
@@ -183,6 +187,8 @@ pub struct ExportRequest<'a> {
     pub sessions: &'a [SessionId],
     pub exported_by: &'a str,
     pub reason: Option<&'a str>,
+    /// How the sessions were chosen, when not by id.
+    pub selection: Option<&'a str>,
     /// The bundle: a new directory.
     pub out: &'a Path,
     pub extras: Extras<'a>,
@@ -212,7 +218,7 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported> {
 }
 
 fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
-    let ExportRequest { data_dir, sessions, exported_by, reason, out, extras } = *request;
+    let ExportRequest { data_dir, sessions, exported_by, reason, selection, out, extras } = *request;
     let layout = Layout::new(data_dir);
     let key = ManifestKey::load(&layout.keys_dir())?;
     let (recording_head, last_segment) = check_manifests(&layout, &key)?;
@@ -312,9 +318,9 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     write_file(out, KEY_FILE, keys::public_key_pem(&key.verifying_key()).as_bytes())?;
 
     let mut names: Vec<String> = [EVENTS_FILE, KEY_FILE, PROOFS_FILE].map(str::to_string).to_vec();
-    let selection: Vec<String> = wanted.iter().cloned().collect();
+    let exported_ids: Vec<String> = wanted.iter().cloned().collect();
     for (name, bytes) in extras(&bundle_events) {
-        if !allowed_extra(&name, &selection) || names.contains(&name) {
+        if !allowed_extra(&name, &exported_ids) || names.contains(&name) {
             let _ = fs::remove_dir_all(out);
             return Err(export_error(format!("{name}: not a file a bundle may carry")));
         }
@@ -335,6 +341,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         exported_by: exported_by.to_string(),
         exported_at: Timestamp::now().to_rfc3339(),
         reason: reason.map(str::to_string),
+        selection: selection.map(str::to_string),
         sessions: wanted.iter().cloned().collect(),
         live: live.clone(),
         related: related_sessions.iter().cloned().collect(),

@@ -20,11 +20,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             args.format
         );
     }
-    let sessions = args
-        .sessions
-        .iter()
-        .map(|s| s.parse::<SessionId>().map_err(|e| anyhow::anyhow!("--session {s}: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sessions = if args.sessions.is_empty() {
+        selected(&args)?
+    } else {
+        args.sessions
+            .iter()
+            .map(|s| s.parse::<SessionId>().map_err(|e| anyhow::anyhow!("--session {s}: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let selection = args.sessions.is_empty().then(|| describe(&args));
     let wanted: BTreeSet<SessionId> = sessions.iter().copied().collect();
     let extras = |events: &[Event]| renderings(events, &wanted);
     let exported_by = access::local_user();
@@ -33,6 +37,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         sessions: &sessions,
         exported_by: &exported_by,
         reason: args.reason.as_deref(),
+        selection: selection.as_deref(),
         out: &args.out,
         extras: &extras,
     })?;
@@ -65,6 +70,60 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sessions `--subject`, `--resource`, `--since`, `--after` and
+/// `--before` select together (control and system sessions aside: their
+/// events ride along where they concern the selected ones).
+fn selected(args: &ExportArgs) -> anyhow::Result<Vec<SessionId>> {
+    let time = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<proctor_schemas::Timestamp>> {
+        value
+            .as_deref()
+            .map(|v| {
+                proctor_schemas::Timestamp::parse_rfc3339(v)
+                    .ok_or_else(|| anyhow::anyhow!("--{flag} {v}: expected a time such as 2026-12-07T09:00:00Z"))
+            })
+            .transpose()
+    };
+    let (after, before) = (time("after", &args.after)?, time("before", &args.before)?);
+    let filter = proctor_replay_server::SessionFilter {
+        subject: args.subject.clone(),
+        resource: args.resource.clone(),
+        protocol: None,
+        since: args.since.clone(),
+        live: false,
+    };
+    let matches = filter.matcher(proctor_schemas::Timestamp::now()).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let reader = proctor_recorder::reader::Reader::open(&args.data_dir)?;
+    let sessions: Vec<SessionId> = reader
+        .sessions()?
+        .into_iter()
+        .filter(|s| !matches!(s.protocol.as_deref(), Some("control" | "system")))
+        .filter(|s| matches(s))
+        .filter(|s| after.is_none_or(|t| s.last_time.is_some_and(|last| last.0 >= t.0)))
+        .filter(|s| before.is_none_or(|t| s.first_time.is_some_and(|first| first.0 < t.0)))
+        .filter(|s| !s.segments.is_empty())
+        .map(|s| s.session_id)
+        .collect();
+    if sessions.is_empty() {
+        anyhow::bail!("no sealed session matches {}", describe(args));
+    }
+    Ok(sessions)
+}
+
+/// The selectors given, as `flag:value` words.
+fn describe(args: &ExportArgs) -> String {
+    [
+        ("subject", &args.subject),
+        ("resource", &args.resource),
+        ("since", &args.since),
+        ("after", &args.after),
+        ("before", &args.before),
+    ]
+    .iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}:{v}")))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// The bundle's renderings: an asciicast file per exported session that

@@ -532,6 +532,68 @@ fn segments_older_than_merkle_roots_are_named_not_fatal() {
     assert!(ok, "{text}");
 }
 
+/// Sessions chosen by subject and time rather than by id: all of that
+/// subject's sealed sessions in the window, the selection kept, signed.
+#[test]
+fn sessions_are_selected_by_subject_and_time() {
+    let r = recorded();
+    let subject = r.spanning[0]["subject"].as_str().expect("a subject");
+    let of_subject: Vec<&str> = r
+        .spanning
+        .iter()
+        .chain(&r.others)
+        .filter(|s| s["subject"] == subject && s["protocol"] != "control" && s["protocol"] != "system")
+        .map(id)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_recording(dir.path());
+    let out = dir.path().join("bundle");
+    let exported = run_ok(
+        Path::new(BIN),
+        &[
+            "export",
+            "--subject",
+            subject,
+            "--before",
+            "2200-01-01T00:00:00Z",
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let summary: Value = serde_json::from_str(stdout(&exported).trim()).unwrap();
+    assert_eq!(summary["sessions"].as_u64(), Some(of_subject.len() as u64), "{summary}");
+    let manifest: BundleManifest = serde_json::from_slice(&std::fs::read(out.join(BUNDLE_FILE)).unwrap()).unwrap();
+    assert_eq!(manifest.selection.as_deref(), Some(format!("subject:{subject} before:2200-01-01T00:00:00Z").as_str()));
+    let mut listed = manifest.sessions.clone();
+    listed.sort();
+    let mut expected: Vec<String> = of_subject.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+    // Nothing in the window: said, and nothing written.
+    let empty = dir.path().join("empty");
+    let none = run(
+        Path::new(BIN),
+        &[
+            "export",
+            "--subject",
+            subject,
+            "--before",
+            "2000-01-01T00:00:00Z",
+            "--out",
+            empty.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(stderr(&none).contains("no sealed session matches subject:"), "{}", stderr(&none));
+    assert!(!empty.exists());
+}
+
 #[test]
 fn export_refuses_what_it_cannot_prove() {
     let r = recorded();
