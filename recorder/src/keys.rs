@@ -49,7 +49,9 @@ impl ManifestKey {
     pub fn load_or_create(keys_dir: &Path) -> Result<ManifestKey> {
         let private = keys_dir.join(PRIVATE_KEY_FILE);
         if private.exists() {
-            return ManifestKey::load(keys_dir);
+            let key = ManifestKey::load(keys_dir)?;
+            key.restore_public(keys_dir)?;
+            return Ok(key);
         }
         fs::create_dir_all(keys_dir).map_err(RecorderError::io("cannot create key directory", keys_dir))?;
         let mode = fs::metadata(keys_dir)
@@ -78,6 +80,33 @@ impl ManifestKey {
             .map_err(|e| RecorderError::Key(format!("cannot encode public key: {e}")))?;
         write_new(&keys_dir.join(PRIVATE_KEY_FILE), private_pem.as_bytes(), 0o600)?;
         write_new(&keys_dir.join(PUBLIC_KEY_FILE), public_pem.as_bytes(), 0o644)?;
+        sync_dir(keys_dir)
+    }
+
+    /// Writes the public half again when it is missing or not this key's
+    /// (a start killed between writing the two halves): auditors and
+    /// `verify` read it. Written to a temporary file and renamed, so it is
+    /// whole or absent; the private half is never touched.
+    fn restore_public(&self, keys_dir: &Path) -> Result<()> {
+        let path = keys_dir.join(PUBLIC_KEY_FILE);
+        let public_pem = self
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| RecorderError::Key(format!("cannot encode public key: {e}")))?;
+        match fs::read_to_string(&path) {
+            Ok(stored) if stored == public_pem => return Ok(()),
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "the public key file does not hold this key's public half; written again")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %path.display(), "the public key file was missing; written again from the private key")
+            }
+            Err(e) => return Err(RecorderError::io("cannot read public key", &path)(e)),
+        }
+        let temp = keys_dir.join(format!("{PUBLIC_KEY_FILE}.tmp"));
+        let _ = fs::remove_file(&temp);
+        write_new(&temp, public_pem.as_bytes(), 0o644)?;
+        fs::rename(&temp, &path).map_err(RecorderError::io("cannot write public key", &path))?;
         sync_dir(keys_dir)
     }
 
@@ -194,6 +223,24 @@ mod tests {
         assert!(verify_signature(&loaded.verifying_key(), b"message", &signature));
         assert!(!verify_signature(&loaded.verifying_key(), b"messagf", &signature));
         assert!(created.store(&keys).is_err(), "an existing key must never be replaced");
+    }
+
+    /// A start killed after writing the private half and before the
+    /// public one: the next start writes the public half again.
+    #[test]
+    fn a_lost_or_torn_public_half_is_written_again_from_the_private_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let created = ManifestKey::load_or_create(&keys).unwrap();
+        for damage in [None, Some("-----BEGIN PUBLIC KEY-----\nMCowBQ")] {
+            match damage {
+                None => fs::remove_file(keys.join(PUBLIC_KEY_FILE)).unwrap(),
+                Some(torn) => fs::write(keys.join(PUBLIC_KEY_FILE), torn).unwrap(),
+            }
+            let loaded = ManifestKey::load_or_create(&keys).unwrap();
+            assert_eq!(loaded.fingerprint(), created.fingerprint());
+            assert_eq!(load_public_key(&keys).unwrap(), created.verifying_key());
+        }
     }
 
     #[test]
