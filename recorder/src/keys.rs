@@ -78,7 +78,16 @@ impl ManifestKey {
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| RecorderError::Key(format!("cannot encode public key: {e}")))?;
-        write_new(&keys_dir.join(PRIVATE_KEY_FILE), private_pem.as_bytes(), 0o600)?;
+        // Whole or absent: written and synced under a temporary name, then
+        // linked into place (which fails if a key is there), so a start
+        // killed meanwhile leaves no torn key for the next one to refuse.
+        let private = keys_dir.join(PRIVATE_KEY_FILE);
+        let temp = keys_dir.join(format!("{PRIVATE_KEY_FILE}.tmp"));
+        let _ = fs::remove_file(&temp);
+        write_new(&temp, private_pem.as_bytes(), 0o600)?;
+        let linked = fs::hard_link(&temp, &private);
+        let _ = fs::remove_file(&temp);
+        linked.map_err(RecorderError::io("cannot create key file", &private))?;
         write_new(&keys_dir.join(PUBLIC_KEY_FILE), public_pem.as_bytes(), 0o644)?;
         sync_dir(keys_dir)
     }
@@ -225,13 +234,18 @@ mod tests {
         assert!(created.store(&keys).is_err(), "an existing key must never be replaced");
     }
 
-    /// A start killed after writing the private half and before the
-    /// public one: the next start writes the public half again.
+    /// A start killed while writing the private half leaves at most its
+    /// temporary file, which the next start replaces; one killed after it
+    /// and before the public one: the next start writes the public half
+    /// again.
     #[test]
     fn a_lost_or_torn_public_half_is_written_again_from_the_private_one() {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
+        fs::create_dir_all(&keys).unwrap();
+        fs::write(keys.join(format!("{PRIVATE_KEY_FILE}.tmp")), "-----BEGIN PRIVATE KEY-----\nMC4C").unwrap();
         let created = ManifestKey::load_or_create(&keys).unwrap();
+        assert!(!keys.join(format!("{PRIVATE_KEY_FILE}.tmp")).exists());
         for damage in [None, Some("-----BEGIN PUBLIC KEY-----\nMCowBQ")] {
             match damage {
                 None => fs::remove_file(keys.join(PUBLIC_KEY_FILE)).unwrap(),
