@@ -32,15 +32,26 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let wanted: BTreeSet<SessionId> = sessions.iter().copied().collect();
     let extras = |events: &[Event]| renderings(events, &wanted);
     let exported_by = access::local_user();
+    // A `.tar` is the bundle's directory, written aside and then packed.
+    let tar = args.out.extension().is_some_and(|e| e == "tar");
+    if tar && args.out.exists() {
+        anyhow::bail!("{} exists already: give a new path for the bundle", args.out.display());
+    }
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let aside = if tar { Some(tempfile::Builder::new().prefix(".bundle-").tempdir_in(parent)?) } else { None };
+    let directory = aside.as_ref().map_or(args.out.clone(), |dir| dir.path().join("bundle"));
     let exported = evidence::export(&evidence::ExportRequest {
         data_dir: &args.data_dir,
         sessions: &sessions,
         exported_by: &exported_by,
         reason: args.reason.as_deref(),
         selection: selection.as_deref(),
-        out: &args.out,
+        out: &directory,
         extras: &extras,
     })?;
+    if tar {
+        pack(&directory, &args.out)?;
+    }
     // Exporting is reading: recorded as such, per session.
     for session in &wanted {
         access::record(
@@ -70,6 +81,37 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Packs the bundle directory `dir` into the tar file `out`: its files at
+/// the archive's root by their bundle names, written aside, synced and
+/// renamed into place.
+fn pack(dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let temp = out.with_extension("tar.partial");
+    let file = std::fs::File::create(&temp)?;
+    let mut builder = tar::Builder::new(file);
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for path in files {
+        let name = path.strip_prefix(dir)?;
+        builder.append_path_with_name(&path, name)?;
+    }
+    let file = builder.into_inner()?;
+    file.sync_all()?;
+    std::fs::rename(&temp, out)?;
+    Ok(())
 }
 
 /// The sessions `--subject`, `--resource`, `--since`, `--after` and

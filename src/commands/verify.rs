@@ -71,7 +71,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool) -> anyhow::Result<ExitCode> {
-    let report = evidence::verify_bundle(path, pinned)?;
+    // A `.tar` bundle is unpacked aside, entry by entry, and checked there.
+    let unpacked = if path.is_file() { Some(tempfile::tempdir()?) } else { None };
+    let mut refused = Vec::new();
+    if let Some(dir) = &unpacked {
+        refused = unpack(path, dir.path())?;
+    }
+    let checked = unpacked.as_ref().map_or(path, |dir| dir.path());
+    let mut report = evidence::verify_bundle(checked, pinned)?;
+    report.problems.splice(0..0, refused);
     let (trust, fingerprint) = match &report.key {
         Some(KeyTrust::Pinned(fp)) => ("pinned", fp.as_str()),
         Some(KeyTrust::DataDir(fp)) => ("bundle", fp.as_str()),
@@ -130,4 +138,51 @@ fn verify_bundle(path: &std::path::Path, pinned: Option<&PinnedKey>, json: bool)
         }
     }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Unpacks the tar bundle at `path` into `dir`: regular files and
+/// directories only, each at a plain relative path inside `dir`. What it
+/// will not unpack (links, devices, a path leaving the bundle) is returned
+/// as problems, named.
+fn unpack(path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<Vec<proctor_recorder::verify::Problem>> {
+    use std::path::Component;
+    let mut problems = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(path)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        let location = name.to_string_lossy().to_string();
+        let plain = name.components().all(|c| matches!(c, Component::Normal(_)));
+        let kind = entry.header().entry_type();
+        if !plain {
+            problems.push(proctor_recorder::verify::Problem {
+                location,
+                message: "is a path outside the bundle, which a bundle never holds".to_string(),
+            });
+            continue;
+        }
+        if kind.is_dir() {
+            std::fs::create_dir_all(dir.join(&name))?;
+        } else if kind.is_file() {
+            let target = dir.join(&name);
+            if target.exists() {
+                problems.push(proctor_recorder::verify::Problem {
+                    location,
+                    message: "appears more than once in the archive".to_string(),
+                });
+                continue;
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut file = std::fs::File::create(&target)?;
+            std::io::copy(&mut entry, &mut file)?;
+        } else {
+            problems.push(proctor_recorder::verify::Problem {
+                location,
+                message: "is a link or a special file, which a bundle never holds".to_string(),
+            });
+        }
+    }
+    Ok(problems)
 }

@@ -594,6 +594,63 @@ fn sessions_are_selected_by_subject_and_time() {
     assert!(!empty.exists());
 }
 
+/// A bundle as one file: `--out X.tar` packs it, `verify --bundle X.tar`
+/// unpacks it entry by entry; a link or a path leaving the bundle in the
+/// archive is named, not followed.
+#[test]
+fn a_bundle_can_be_one_tar_file() {
+    let r = recorded();
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_recording(dir.path());
+    let tar_path = dir.path().join("evidence.tar");
+    run_ok(
+        Path::new(BIN),
+        &[
+            "export",
+            "--session",
+            id(&r.spanning[0]),
+            "--out",
+            tar_path.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let (ok, text) = verify(&tar_path);
+    assert!(ok, "{text}");
+    let mut names: Vec<String> = tar::Archive::new(std::fs::File::open(&tar_path).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert!(names.contains(&"bundle.json".to_string()) && names.contains(&EVENTS_FILE.to_string()), "{names:?}");
+
+    // The same archive with a link and a path outside it appended.
+    let forged = dir.path().join("forged.tar");
+    std::fs::copy(&tar_path, &forged).unwrap();
+    // Appended where the archive's two closing blocks of zeros begin.
+    let length = std::fs::metadata(&forged).unwrap().len();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&forged).unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(length - 1024)).unwrap();
+    let mut archive = tar::Builder::new(file);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    archive.append_link(&mut header, "events/root", "/").unwrap();
+    let mut outside = tar::Header::new_old();
+    outside.set_size(1);
+    outside.set_mode(0o644);
+    {
+        let bytes = outside.as_old_mut();
+        bytes.name[..9].copy_from_slice(b"../escape");
+    }
+    outside.set_cksum();
+    archive.append(&outside, &b"x"[..]).unwrap();
+    archive.finish().unwrap();
+    expect_failure(&forged, &["events/root: is a link or a special file", "../escape: is a path outside the bundle"]);
+    assert!(!dir.path().join("escape").exists());
+}
+
 #[test]
 fn export_refuses_what_it_cannot_prove() {
     let r = recorded();
@@ -616,8 +673,6 @@ fn export_refuses_what_it_cannot_prove() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("is not in the sealed recording"), "{}", stderr(&missing));
     assert!(!out.exists(), "nothing written");
-    let tar = export_one(id(&r.spanning[0]), dir.path().join("b.tar").to_str().unwrap(), &[], data);
-    assert!(stderr(&tar).contains("a bundle is written as a directory"), "{}", stderr(&tar));
     let csv = export_one(id(&r.spanning[0]), out.to_str().unwrap(), &["--format", "csv"], data);
     assert!(stderr(&csv).contains("evidence bundles only"), "{}", stderr(&csv));
     // A segment that does not match its signed root is not exported from.
