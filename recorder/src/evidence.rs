@@ -509,8 +509,7 @@ fn write_file(root: &Path, relative: &str, bytes: &[u8]) -> Result<()> {
 }
 
 fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let bytes = fs::read(path).map_err(RecorderError::io("cannot read bundle file", path))?;
-    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
+    crate::verify::hash_file(path).map_err(RecorderError::io("cannot read bundle file", path))
 }
 
 /// What [`verify_bundle`] found.
@@ -838,8 +837,8 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     Ok(report)
 }
 
-fn decode_hash(text: &str) -> Option<merkle::Hash> {
-    let mut out = [0u8; 32];
+fn decode_hash<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
     hex::decode_to_slice(text, &mut out).ok().map(|()| out)
 }
 
@@ -890,7 +889,6 @@ fn read_regular(dir: &Path, name: &str, limit: u64) -> std::result::Result<Vec<u
 /// The SHA-256 of `dir/name`, a regular file (not through a link) of
 /// exactly `bytes` bytes, read in pieces.
 fn hash_regular(dir: &Path, name: &str, bytes: u64) -> std::result::Result<String, String> {
-    use std::io::Read;
     let path = dir.join(name);
     let metadata = fs::symlink_metadata(&path).map_err(|e| format!("cannot be read ({e})"))?;
     if !metadata.file_type().is_file() {
@@ -899,15 +897,5 @@ fn hash_regular(dir: &Path, name: &str, bytes: u64) -> std::result::Result<Strin
     if metadata.len() != bytes {
         return Err(format!("holds {} bytes, signed as {bytes}", metadata.len()));
     }
-    let mut file = fs::File::open(&path).map_err(|e| format!("cannot be read ({e})"))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) => return Err(format!("cannot be read ({e})")),
-        }
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::verify::hash_file(&path).map(|(sha256, _)| sha256).map_err(|e| format!("cannot be read ({e})"))
 }

@@ -121,7 +121,7 @@ fn every_event_is_proven_by_the_signed_root_alone() {
             && *next_before == before.next(bytes)
         {
             assert_eq!(proof[0], *next_leaf);
-            let guess = merkle::leaf(&[0; 32], &next_before.next(next_bytes));
+            let guess = merkle::leaf(&[0; 16], &next_before.next(next_bytes));
             assert_ne!(guess, proof[0], "an unblinded guess does not match");
         }
     }
@@ -154,7 +154,7 @@ fn verify_checks_the_root_against_the_rows_and_its_signature() {
     assert_verifies(dir.path());
 
     // A root that is not the rows', signed as it should be.
-    let other = hex::encode(merkle::leaf(&[0; 32], &ChainHash::GENESIS));
+    let other = hex::encode(merkle::leaf(&[0; 16], &ChainHash::GENESIS));
     rewrite(dir.path(), |m| m.merkle_root = Some(other.clone()), true);
     let found = problems(dir.path());
     assert!(found.iter().any(|p| p.starts_with("Merkle root mismatch")), "{found:?}");

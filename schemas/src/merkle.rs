@@ -17,9 +17,12 @@
 //! salt, which stays in the manifest, so a proof shows nothing of the leaves
 //! around it.
 //!
-//! - nonce of leaf `i`: `SHA-256("proctor.merkle.nonce.v1" || salt || i)`
-//!   (`i` as 8 bytes, big-endian)
+//! - nonce of leaf `i`: the first 16 bytes of `SHA-256("proctor.nonce1" ||
+//!   salt || i)` (`i` as 8 bytes, big-endian)
 //! - leaf hash: `SHA-256(0x00 || nonce || head)`
+//!
+//! Each input fits one SHA-256 block (the node's two): sealing hashes a
+//! nonce, a leaf and about one node per event, on its hot path.
 //! - node hash: `SHA-256(0x01 || left || right)`
 //! - the root of `n > 1` leaves: the node of the root of the first `k`
 //!   (the largest power of two below `n`) and the root of the rest.
@@ -31,17 +34,23 @@ use crate::chain::ChainHash;
 /// A hash in the tree.
 pub type Hash = [u8; 32];
 
+/// A leaf's blinding nonce: 128 bits, so that a leaf's input fits one block.
+pub type Nonce = [u8; 16];
+
 /// The nonce of leaf `index` of a segment whose salt is `salt`.
-pub fn nonce(salt: &Hash, index: u64) -> Hash {
+pub fn nonce(salt: &Hash, index: u64) -> Nonce {
     let mut hasher = Sha256::new();
-    hasher.update(b"proctor.merkle.nonce.v1");
+    hasher.update(b"proctor.nonce1");
     hasher.update(salt);
     hasher.update(index.to_be_bytes());
-    hasher.finalize().into()
+    let digest: Hash = hasher.finalize().into();
+    let mut nonce = [0u8; 16];
+    nonce.copy_from_slice(&digest[..16]);
+    nonce
 }
 
 /// The leaf hash of an event with chain head `head` and nonce `nonce`.
-pub fn leaf(nonce: &Hash, head: &ChainHash) -> Hash {
+pub fn leaf(nonce: &Nonce, head: &ChainHash) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update([0u8]);
     hasher.update(nonce);
