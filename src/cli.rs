@@ -123,9 +123,14 @@ pub struct ExportArgs {
         long = "session",
         value_name = "ID",
         num_args = 1..,
-        required_unless_present_any = ["subject", "resource", "since", "after", "before"]
+        required_unless_present_any = ["query", "subject", "resource", "since", "after", "before"]
     )]
     pub sessions: Vec<String>,
+    /// Instead of `--session`: the sessions the hits of this search belong
+    /// to (the query language of `proctor search`; with the selectors
+    /// below, those of them that match those too).
+    #[arg(long, value_name = "QUERY", conflicts_with = "sessions")]
+    pub query: Option<String>,
     /// Instead of `--session`: the sessions of this subject (with the other
     /// selectors, those of all of them).
     #[arg(long, value_name = "NAME", conflicts_with = "sessions")]
@@ -142,12 +147,17 @@ pub struct ExportArgs {
     /// The sessions that began before this time (RFC 3339).
     #[arg(long, value_name = "TIME", conflicts_with = "sessions")]
     pub before: Option<String>,
-    /// The bundle to write: a new directory.
+    /// What to write: a new path. A bundle is a directory, or one tar
+    /// file when PATH ends in `.tar`; `ocsf` and `csv` are one file each;
+    /// `asciicast` is one file for one terminal session when PATH ends in
+    /// `.cast`, else a directory of `SESSION.cast` files.
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
-    /// What to write: `bundle` (the only format yet).
-    #[arg(long, value_name = "FORMAT", default_value = "bundle")]
-    pub format: String,
+    /// What to write: `bundle` (signed, with proofs, holding every format
+    /// below), `ocsf` (OCSF 1.3.0 JSON lines), `asciicast` (v2, terminal
+    /// sessions), `csv` (statements and decisions).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ExportFormat::Bundle)]
+    pub format: ExportFormat,
     /// Why the evidence is exported: kept, signed, in `bundle.json`.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -157,6 +167,14 @@ pub struct ExportArgs {
     /// Print what was written as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Bundle,
+    Ocsf,
+    Asciicast,
+    Csv,
 }
 
 #[derive(Args, Debug)]

@@ -4,7 +4,7 @@ use tantivy::schema::{FAST, Field, IndexRecordOption, NumericOptions, Schema, Te
 
 /// Bumped when the schema or what goes into a document changes: an index of
 /// another version is rebuilt from the segments.
-pub const INDEX_VERSION: u32 = 4;
+pub const INDEX_VERSION: u32 = 5;
 
 /// Keyword fields: exact values, filterable with `field:value`. (name in
 /// queries, column it comes from)
@@ -37,6 +37,7 @@ pub const KEYWORDS: &[(&str, proctor_schemas::Column)] = {
         ("target_session", C::TargetSession),
         ("tls", C::Tls),
         ("profile", C::MaskingProfile),
+        ("operation", C::Operation),
     ]
 };
 

@@ -31,7 +31,7 @@ pub mod search;
 
 pub use index::{Checkpoint, Indexer, Progress, SearchIndex, reindex};
 pub use query::QueryError;
-pub use search::{Hit, SearchRequest, SearchResult, html_escape};
+pub use search::{Hit, MAX_SESSIONS_MATCHED, SearchRequest, SearchResult, SessionsMatched, html_escape};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {

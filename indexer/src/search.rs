@@ -103,6 +103,19 @@ pub(crate) fn facet_aggregations() -> Aggregations {
     serde_json::from_value(request).expect("a terms aggregation per facet is a valid request")
 }
 
+/// The most sessions [`SearchIndex::sessions_matching`] answers with.
+pub const MAX_SESSIONS_MATCHED: usize = 100_000;
+
+/// The sessions a query's hits belong to.
+#[derive(Clone, Debug)]
+pub struct SessionsMatched {
+    /// Session id → its number of hits.
+    pub sessions: BTreeMap<String, u64>,
+    /// Hits in all.
+    pub hits: usize,
+    pub notices: Vec<String>,
+}
+
 /// How deep pages go: a collector keeps offset + limit hits per index
 /// segment, so the bound keeps memory bounded whatever a caller asks.
 pub const MAX_HITS_DEEP: usize = 10_000;
@@ -147,6 +160,42 @@ impl SearchIndex {
             counted.insert(name, values);
         }
         Ok(SearchResult { total, hits, facets: counted, notices })
+    }
+
+    /// The sessions `query`'s hits belong to, each with its number of
+    /// hits, and how the query was read where it was not taken as written.
+    /// At most [`MAX_SESSIONS_MATCHED`]: a query matching more is refused.
+    pub fn sessions_matching(&self, query: &str, now: Timestamp) -> Result<SessionsMatched> {
+        let parsed = query::parse(query, now)?;
+        let searcher = self.reader.searcher();
+        let mut notices = Vec::new();
+        let query = query::build(&self.fields, &self.index, &searcher, &parsed, &mut notices)?;
+        // One more than allowed: to tell "all of them" from "too many".
+        let size = MAX_SESSIONS_MATCHED + 1;
+        let request = serde_json::json!({
+            "sessions": { "terms": { "field": "session", "size": size, "segment_size": size } }
+        });
+        let aggregations: Aggregations =
+            serde_json::from_value(request).expect("a terms aggregation over sessions is a valid request");
+        let collector = AggregationCollector::from_aggs(aggregations, Default::default());
+        let (result, total) = searcher.search(&query, &(collector, Count))?;
+        let mut sessions = BTreeMap::new();
+        for (_, result) in result.0 {
+            if let AggregationResult::BucketResult(BucketResult::Terms { buckets, .. }) = result {
+                for bucket in buckets {
+                    sessions.insert(bucket.key.to_string(), bucket.doc_count);
+                }
+            }
+        }
+        if sessions.len() > MAX_SESSIONS_MATCHED {
+            return Err(crate::QueryError {
+                message: format!(
+                    "the query's hits belong to more than {MAX_SESSIONS_MATCHED} sessions; narrow it (a field, a time range)"
+                ),
+            }
+            .into());
+        }
+        Ok(SessionsMatched { sessions, hits: total, notices })
     }
 
     fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress, snippets: &SnippetGenerator) -> Result<Hit> {

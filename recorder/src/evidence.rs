@@ -16,7 +16,7 @@
 //!   pinning it, as for `verify`);
 //! - renderings of the events for the tools auditors use, made by the
 //!   caller (the recorder knows no protocol): `statements.csv`,
-//!   `asciicast/SESSION.cast` ([`Extras`]);
+//!   `ocsf.jsonl`, `asciicast/SESSION.cast` ([`Extras`]);
 //! - `bundle.json`: who exported what, when and why, every file's SHA-256
 //!   and size, signed by the deployment's key.
 //!
@@ -54,10 +54,12 @@ pub const PROOFS_FILE: &str = "proofs.json";
 pub const KEY_FILE: &str = "signing-key.pub.pem";
 pub const BUNDLE_FILE: &str = "bundle.json";
 pub const STATEMENTS_FILE: &str = "statements.csv";
+pub const OCSF_FILE: &str = "ocsf.jsonl";
 
 /// Renders a bundle's events (its sessions', then the related ones', each
 /// in seq order) as the extra files it carries: `(name, bytes)`, each name
-/// [`STATEMENTS_FILE`] or `asciicast/SESSION.cast` for an exported session.
+/// [`STATEMENTS_FILE`], [`OCSF_FILE`] or `asciicast/SESSION.cast` for an
+/// exported session.
 pub type Extras<'a> = &'a dyn Fn(&[Event]) -> Vec<(String, Vec<u8>)>;
 
 /// Whether `name` is an extra file a bundle of `sessions` may carry.
@@ -66,7 +68,7 @@ fn allowed_extra(name: &str, sessions: &[String]) -> bool {
         .strip_prefix("asciicast/")
         .and_then(|rest| rest.strip_suffix(".cast"))
         .is_some_and(|session| session.parse::<SessionId>().is_ok() && sessions.iter().any(|s| s == session));
-    name == STATEMENTS_FILE || cast
+    name == STATEMENTS_FILE || name == OCSF_FILE || cast
 }
 
 /// `bundle.json`.

@@ -586,7 +586,7 @@ impl Verifier<'_> {
 }
 
 /// The SHA-256 (hex) and size of the file at `path`, read in pieces.
-pub(crate) fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

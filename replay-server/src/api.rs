@@ -77,14 +77,15 @@ impl AccessLog for RecorderAccessLog {
             format!("{operation} through the replay API (issuer {})", who.issuer),
             operation,
             query,
-            target_session,
+            target_session.into_iter().collect(),
         );
         self.0.append_slice(&events).await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
 /// The events recording one access: a short `control` session of `actor`
-/// holding one `recording_accessed` event.
+/// holding a `recording_accessed` event for each session read (one with
+/// no target for a search).
 pub fn access_events(
     actor: String,
     groups: Vec<String>,
@@ -92,38 +93,48 @@ pub fn access_events(
     message: String,
     operation: &str,
     query: Option<String>,
-    target_session: Option<String>,
-) -> [NewEvent; 3] {
+    target_sessions: Vec<String>,
+) -> Vec<NewEvent> {
     let session = SessionId::new();
     let now = Timestamp::now;
-    [
-        NewEvent::new(
-            session,
-            now(),
-            Direction::Gateway,
-            SessionStart {
-                protocol: Protocol::Control,
-                resource: None,
-                subject: Some(actor.clone()),
-                groups,
-                grant_id: None,
-                client_addr: None,
-                target_user: None,
-                database: None,
-                application_name: Some(application),
-                tls: None,
-                masking_profile: None,
-                message: Some(message),
-            },
-        ),
-        NewEvent::new(
-            session,
-            now(),
-            Direction::Gateway,
-            RecordingAccessed { actor, target_session, query, operation: operation.to_string() },
-        ),
-        NewEvent::new(session, now(), Direction::Gateway, SessionEnd { reason: EndReason::Completed, message: None }),
-    ]
+    let mut events = Vec::with_capacity(target_sessions.len() + 2);
+    events.push(NewEvent::new(
+        session,
+        now(),
+        Direction::Gateway,
+        SessionStart {
+            protocol: Protocol::Control,
+            resource: None,
+            subject: Some(actor.clone()),
+            groups,
+            grant_id: None,
+            client_addr: None,
+            target_user: None,
+            database: None,
+            application_name: Some(application),
+            tls: None,
+            masking_profile: None,
+            message: Some(message),
+        },
+    ));
+    let targets: Vec<Option<String>> =
+        if target_sessions.is_empty() { vec![None] } else { target_sessions.into_iter().map(Some).collect() };
+    for target_session in targets {
+        let accessed = RecordingAccessed {
+            actor: actor.clone(),
+            target_session,
+            query: query.clone(),
+            operation: operation.to_string(),
+        };
+        events.push(NewEvent::new(session, now(), Direction::Gateway, accessed));
+    }
+    events.push(NewEvent::new(
+        session,
+        now(),
+        Direction::Gateway,
+        SessionEnd { reason: EndReason::Completed, message: None },
+    ));
+    events
 }
 
 /// What the handlers share.

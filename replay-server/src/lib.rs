@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod console;
 pub mod filter;
+pub mod ocsf;
 pub mod render;
 
 pub use api::{AccessLog, ApiState, RecorderAccessLog, access_events, router, serve};

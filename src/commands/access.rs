@@ -20,7 +20,8 @@ pub struct Access<'a> {
     /// `search` or `read`.
     pub operation: &'a str,
     pub query: Option<String>,
-    pub target_session: Option<String>,
+    /// The sessions read (none for a search).
+    pub target_sessions: Vec<String>,
 }
 
 /// The account name of `uid`, from the system's user database (files,
@@ -63,7 +64,11 @@ pub fn spool_dir(data_dir: &Path) -> std::path::PathBuf {
 struct Note {
     operation: String,
     query: Option<String>,
+    /// The one session read, in notes of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     target_session: Option<String>,
+    #[serde(default)]
+    target_sessions: Vec<String>,
     /// When the read happened (RFC 3339).
     time: String,
 }
@@ -82,7 +87,8 @@ fn leave_note(data_dir: &Path, access: &Access<'_>) -> std::io::Result<()> {
     let note = Note {
         operation: access.operation.to_string(),
         query: access.query.clone(),
-        target_session: access.target_session.clone(),
+        target_session: None,
+        target_sessions: access.target_sessions.clone(),
         time: Timestamp::now().to_rfc3339(),
     };
     let mut random = [0u8; 16];
@@ -148,7 +154,7 @@ pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usi
             format!("proctor {} on the data dir at {}, beside this Proctor", note.operation, note.time),
             &note.operation,
             note.query,
-            note.target_session,
+            note.target_session.into_iter().chain(note.target_sessions).collect(),
         );
         match sink.append_slice(&events).await {
             Ok(_) => {
@@ -166,6 +172,15 @@ pub async fn record_notes(data_dir: &Path, sink: &proctor_recorder::Sink) -> usi
 
 /// Records `access` in `data_dir` when it can; says why not otherwise.
 pub fn record(data_dir: &Path, access: Access<'_>) {
+    if let Err(error) = try_record(data_dir, access) {
+        tracing::warn!("{error:#}");
+    }
+}
+
+/// Records `access` in `data_dir`, or notes it for the running Proctor to
+/// record; an error if it could do neither. A data dir without a signing
+/// key is an exported copy, whose reads are not recorded.
+pub fn try_record(data_dir: &Path, access: Access<'_>) -> anyhow::Result<()> {
     let key = data_dir.join("keys").join(proctor_recorder::keys::PRIVATE_KEY_FILE);
     // A key this account may not see is a live data dir's all the same.
     let live = match key.try_exists() {
@@ -174,7 +189,7 @@ pub fn record(data_dir: &Path, access: Access<'_>) {
     };
     if !live {
         tracing::debug!(data_dir = %data_dir.display(), "an exported copy (no signing key): this read is not recorded");
-        return;
+        return Ok(());
     }
     let recorder = match Recorder::open(data_dir, &RecorderSettings::default()) {
         Ok(recorder) => recorder,
@@ -185,10 +200,7 @@ pub fn record(data_dir: &Path, access: Access<'_>) {
         Err(RecorderError::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
             return note(data_dir, &access);
         }
-        Err(error) => {
-            tracing::warn!(%error, "this read could not be recorded");
-            return;
-        }
+        Err(error) => anyhow::bail!("this {} could not be recorded: {error}", access.operation),
     };
     let events = proctor_replay_server::access_events(
         local_user(),
@@ -197,19 +209,16 @@ pub fn record(data_dir: &Path, access: Access<'_>) {
         format!("proctor {} on the data dir", access.operation),
         access.operation,
         access.query,
-        access.target_session,
-    )
-    .to_vec();
-    if let Err(error) = recorder.sink().blocking_append_batch(events) {
-        tracing::warn!(%error, "this read could not be recorded");
-    }
-    if let Err(error) = recorder.close() {
-        tracing::warn!(%error, "the record of this read could not be sealed");
-    }
+        access.target_sessions,
+    );
+    let appended = recorder.sink().blocking_append_batch(events);
+    let closed = recorder.close();
+    appended.map_err(|e| anyhow::anyhow!("this {} could not be recorded: {e}", access.operation))?;
+    closed.map_err(|e| anyhow::anyhow!("the record of this {} could not be sealed: {e}", access.operation))?;
+    Ok(())
 }
 
-fn note(data_dir: &Path, access: &Access<'_>) {
-    if let Err(error) = leave_note(data_dir, access) {
-        tracing::warn!(%error, "this read could not be noted for Proctor to record");
-    }
+fn note(data_dir: &Path, access: &Access<'_>) -> anyhow::Result<()> {
+    leave_note(data_dir, access)
+        .map_err(|e| anyhow::anyhow!("this {} could not be noted for Proctor to record: {e}", access.operation))
 }

@@ -1,45 +1,46 @@
 //! `proctor export`: whole sessions as a signed evidence bundle, with the
-//! renderings auditors' tools read (`statements.csv`, asciicast for
-//! terminal sessions), each listed and hashed in the signed `bundle.json`.
+//! renderings auditors' tools read (`statements.csv`, `ocsf.jsonl`,
+//! asciicast for terminal sessions), each listed and hashed in the signed
+//! `bundle.json`; or one of those renderings alone. Every export is
+//! recorded (`recording_accessed`, operation `export`, with the bundle's
+//! hash) before it is moved into place; one that cannot be is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use proctor_recorder::evidence::{self, STATEMENTS_FILE};
+use proctor_recorder::evidence::{self, OCSF_FILE, STATEMENTS_FILE};
 use proctor_replay_server::render::Asciicast;
 use proctor_schemas::{Event, EventBody, SessionId};
 use serde_json::json;
 
 use super::access::{self, Access};
-use crate::cli::ExportArgs;
+use crate::cli::{ExportArgs, ExportFormat};
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    if args.format != "bundle" {
-        anyhow::bail!(
-            "--format {}: this release writes evidence bundles only (--format bundle, holding statements.csv and asciicast files); OCSF and an HTML report come with a later one",
-            args.format
-        );
+    if args.out.exists() {
+        anyhow::bail!("{} exists already: give a new path to export to", args.out.display());
     }
-    let sessions = if args.sessions.is_empty() {
+    let (sessions, mut notices) = if args.sessions.is_empty() {
         selected(&args)?
     } else {
-        args.sessions
+        let sessions = args
+            .sessions
             .iter()
             .map(|s| s.parse::<SessionId>().map_err(|e| anyhow::anyhow!("--session {s}: {e}")))
-            .collect::<anyhow::Result<Vec<_>>>()?
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        (sessions, Vec::new())
     };
     let selection = args.sessions.is_empty().then(|| describe(&args));
     let wanted: BTreeSet<SessionId> = sessions.iter().copied().collect();
     let extras = |events: &[Event]| renderings(events, &wanted);
     let exported_by = access::local_user();
-    // A `.tar` is the bundle's directory, written aside and then packed.
-    let tar = args.out.extension().is_some_and(|e| e == "tar");
-    if tar && args.out.exists() {
-        anyhow::bail!("{} exists already: give a new path for the bundle", args.out.display());
-    }
-    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let aside = if tar { Some(tempfile::Builder::new().prefix(".bundle-").tempdir_in(parent)?) } else { None };
-    let directory = aside.as_ref().map_or(args.out.clone(), |dir| dir.path().join("bundle"));
+    // Everything is written aside, beside PATH, and moved into place only
+    // once the export is recorded: evidence no record says was taken
+    // never leaves.
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let aside = tempfile::Builder::new().prefix(".proctor-export-").tempdir_in(parent)?;
+    let directory = aside.path().join("bundle");
     let exported = evidence::export(&evidence::ExportRequest {
         data_dir: &args.data_dir,
         sessions: &sessions,
@@ -49,29 +50,61 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         out: &directory,
         extras: &extras,
     })?;
-    if tar {
-        pack(&directory, &args.out)?;
+    let bundle_sha256 = sha256_of(&directory.join(evidence::BUNDLE_FILE))?;
+    // What is delivered: (the path written aside, what it is).
+    let (written, what) = match args.format {
+        ExportFormat::Bundle if args.out.extension().is_some_and(|e| e == "tar") => {
+            let tar = aside.path().join("bundle.tar");
+            pack(&directory, &tar)?;
+            (tar, "bundle")
+        }
+        ExportFormat::Bundle => (directory.clone(), "bundle"),
+        ExportFormat::Ocsf => (directory.join(OCSF_FILE), "ocsf"),
+        ExportFormat::Csv => (directory.join(STATEMENTS_FILE), "csv"),
+        ExportFormat::Asciicast => (casts(&directory, &args.out)?, "asciicast"),
+    };
+    let delivered_sha256 = if written.is_file() { sha256_of(&written)? } else { bundle_sha256.clone() };
+    let mut query = format!("format:{what} bundle_sha256:{bundle_sha256}");
+    if written.is_file() {
+        query.push_str(&format!(" file_sha256:{delivered_sha256}"));
     }
-    // Exporting is reading: recorded as such, per session.
-    for session in &wanted {
-        access::record(
-            &args.data_dir,
-            Access { operation: "export", query: args.reason.clone(), target_session: Some(session.to_string()) },
-        );
+    if let Some(selection) = &selection {
+        query.push_str(&format!(" selection:({selection})"));
+    }
+    if let Some(reason) = &args.reason {
+        query.push_str(&format!(" reason:({reason})"));
+    }
+    let targets: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+    access::try_record(&args.data_dir, Access { operation: "export", query: Some(query), target_sessions: targets })
+        .map_err(|e| anyhow::anyhow!("{e:#}; nothing was exported"))?;
+    std::fs::rename(&written, &args.out)
+        .map_err(|e| anyhow::anyhow!("cannot move the export into {}: {e}", args.out.display()))?;
+    if let Some(dir) = args.out.parent() {
+        let _ = std::fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+            .and_then(|d| d.sync_all());
+    }
+    if !args.json {
+        for notice in notices.drain(..) {
+            eprintln!("proctor: note: {notice}");
+        }
     }
     if args.json {
         let value = json!({
             "out": args.out,
+            "format": what,
             "sessions": exported.sessions,
             "events": exported.events,
             "related_events": exported.related_events,
             "segments": exported.segments,
             "live": exported.live,
+            "bundle_sha256": bundle_sha256,
+            "sha256": delivered_sha256,
+            "notices": notices,
         });
         println!("{value}");
     } else {
         println!(
-            "exported {} sessions, {} events ({} of them grants, reviews and access about them) from {} segments to {}{}",
+            "exported {} sessions, {} events ({} of them grants, reviews and access about them) from {} segments to {} ({what}){}",
             exported.sessions,
             exported.events,
             exported.related_events,
@@ -83,12 +116,42 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// SHA-256 of a file, hex.
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    let (sha256, _) =
+        proctor_recorder::verify::hash_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(sha256)
+}
+
+/// The asciicast files of a bundle written at `bundle`, as `out` wants
+/// them: the one file when `out` ends in `.cast` (there must be exactly
+/// one), else the bundle's `asciicast/` directory.
+fn casts(bundle: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    let dir = bundle.join("asciicast");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("none of the selected sessions has a terminal: there is no asciicast to write");
+    }
+    if out.extension().is_some_and(|e| e == "cast") {
+        if files.len() > 1 {
+            anyhow::bail!(
+                "{} terminal sessions are selected: give a directory (a PATH not ending in .cast) for their asciicast files",
+                files.len()
+            );
+        }
+        return Ok(files.remove(0));
+    }
+    Ok(dir)
+}
+
 /// Packs the bundle directory `dir` into the tar file `out`: its files at
-/// the archive's root by their bundle names, written aside, synced and
-/// renamed into place.
-fn pack(dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    let temp = out.with_extension("tar.partial");
-    let file = std::fs::File::create(&temp)?;
+/// the archive's root by their bundle names, synced.
+fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(out)?;
     let mut builder = tar::Builder::new(file);
     builder.mode(tar::HeaderMode::Deterministic);
     let mut files = Vec::new();
@@ -110,14 +173,14 @@ fn pack(dir: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     }
     let file = builder.into_inner()?;
     file.sync_all()?;
-    std::fs::rename(&temp, out)?;
     Ok(())
 }
 
-/// The sessions `--subject`, `--resource`, `--since`, `--after` and
-/// `--before` select together (control and system sessions aside: their
-/// events ride along where they concern the selected ones).
-fn selected(args: &ExportArgs) -> anyhow::Result<Vec<SessionId>> {
+/// The sessions `--query`, `--subject`, `--resource`, `--since`,
+/// `--after` and `--before` select together (control and system sessions
+/// aside: their events ride along where they concern the selected ones),
+/// and notes on how the query was read.
+fn selected(args: &ExportArgs) -> anyhow::Result<(Vec<SessionId>, Vec<String>)> {
     let time = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<proctor_schemas::Timestamp>> {
         value
             .as_deref()
@@ -136,26 +199,66 @@ fn selected(args: &ExportArgs) -> anyhow::Result<Vec<SessionId>> {
         live: false,
     };
     let matches = filter.matcher(proctor_schemas::Timestamp::now()).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let mut notices = Vec::new();
+    let hit: Option<BTreeSet<String>> = match &args.query {
+        Some(query) => {
+            let matched = sessions_matching(&args.data_dir, query)?;
+            notices.extend(matched.notices);
+            Some(matched.sessions.into_keys().collect())
+        }
+        None => None,
+    };
     let reader = proctor_recorder::reader::Reader::open(&args.data_dir)?;
+    let mut hits_in_control = 0;
     let sessions: Vec<SessionId> = reader
         .sessions()?
         .into_iter()
-        .filter(|s| !matches!(s.protocol.as_deref(), Some("control" | "system")))
+        .filter(|s| hit.as_ref().is_none_or(|hit| hit.contains(&s.session_id.to_string())))
+        .filter(|s| {
+            let control = matches!(s.protocol.as_deref(), Some("control" | "system"));
+            hits_in_control += usize::from(control && hit.is_some());
+            !control
+        })
         .filter(|s| matches(s))
         .filter(|s| after.is_none_or(|t| s.last_time.is_some_and(|last| last.0 >= t.0)))
         .filter(|s| before.is_none_or(|t| s.first_time.is_some_and(|first| first.0 < t.0)))
         .filter(|s| !s.segments.is_empty())
         .map(|s| s.session_id)
         .collect();
+    if hits_in_control > 0 {
+        notices.push(format!(
+            "the query also matched events of {hits_in_control} control sessions (grants, reviews, access): they are not exported whole; their events about the exported sessions are"
+        ));
+    }
     if sessions.is_empty() {
         anyhow::bail!("no sealed session matches {}", describe(args));
     }
-    Ok(sessions)
+    Ok((sessions, notices))
+}
+
+/// The sessions `query`'s hits belong to, from the data dir's search
+/// index (brought up to date first when no running Proctor keeps it).
+fn sessions_matching(data_dir: &Path, query: &str) -> anyhow::Result<proctor_indexer::SessionsMatched> {
+    use proctor_indexer::{IndexError, Indexer, SearchIndex};
+    let refreshed = Indexer::open(data_dir).and_then(|mut indexer| {
+        indexer.catch_up()?;
+        indexer.finish()
+    });
+    match refreshed {
+        Ok(()) | Err(IndexError::Busy(_)) => {}
+        Err(error) => tracing::warn!(%error, "the search index could not be brought up to date"),
+    }
+    let index = SearchIndex::open(data_dir)?;
+    index.sessions_matching(query, proctor_schemas::Timestamp::now()).map_err(|e| match e {
+        IndexError::Query(error) => anyhow::anyhow!("--query: {error}"),
+        other => other.into(),
+    })
 }
 
 /// The selectors given, as `flag:value` words.
 fn describe(args: &ExportArgs) -> String {
     [
+        ("query", &args.query),
         ("subject", &args.subject),
         ("resource", &args.resource),
         ("since", &args.since),
@@ -186,6 +289,7 @@ fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>) -> Vec<(String, Ve
         }
     }
     files.push((STATEMENTS_FILE.to_string(), statements_csv(events, wanted)));
+    files.push((OCSF_FILE.to_string(), proctor_replay_server::ocsf::jsonl(events)));
     files
 }
 

@@ -19,7 +19,7 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let matches = filter.matcher(proctor_schemas::Timestamp::now()).map_err(|e| anyhow::anyhow!("--{e}"))?;
     super::access::record(
         &data_dir,
-        super::access::Access { operation: "search", query: Some(filter.describe()), target_session: None },
+        super::access::Access { operation: "search", query: Some(filter.describe()), target_sessions: Vec::new() },
     );
     let mut out = std::io::stdout().lock();
     for s in reader.sessions()? {
@@ -90,7 +90,7 @@ fn asciicast(
     if any {
         super::access::record(
             data_dir,
-            super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
+            super::access::Access { operation: "read", query: None, target_sessions: vec![session_id.to_string()] },
         );
     }
     written?;
@@ -132,7 +132,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if printed > 0 {
         super::access::record(
             &data_dir,
-            super::access::Access { operation: "read", query: None, target_session: Some(session_id.to_string()) },
+            super::access::Access { operation: "read", query: None, target_sessions: vec![session_id.to_string()] },
         );
     }
     written?;

@@ -53,7 +53,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
     };
     super::access::record(
         &data_dir,
-        super::access::Access { operation: "search", query: Some(request.query.clone()), target_session: None },
+        super::access::Access { operation: "search", query: Some(request.query.clone()), target_sessions: Vec::new() },
     );
     for notice in &result.notices {
         eprintln!("proctor: note: {notice}");

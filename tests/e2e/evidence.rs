@@ -673,8 +673,17 @@ fn export_refuses_what_it_cannot_prove() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("is not in the sealed recording"), "{}", stderr(&missing));
     assert!(!out.exists(), "nothing written");
-    let csv = export_one(id(&r.spanning[0]), out.to_str().unwrap(), &["--format", "csv"], data);
-    assert!(stderr(&csv).contains("evidence bundles only"), "{}", stderr(&csv));
+    // No asciicast from a session without a terminal; nothing over a path
+    // that exists.
+    let postgres = r.spanning.iter().chain(&r.others).find(|s| s["protocol"] == "postgres" && s["live"] == false);
+    let cast = export_one(id(postgres.unwrap()), out.to_str().unwrap(), &["--format", "asciicast"], data);
+    assert!(stderr(&cast).contains("none of the selected sessions has a terminal"), "{}", stderr(&cast));
+    assert!(!out.exists(), "nothing written");
+    std::fs::write(&out, "keep me").unwrap();
+    let over = export_one(id(&r.spanning[0]), out.to_str().unwrap(), &["--format", "csv"], data);
+    assert!(stderr(&over).contains("exists already"), "{}", stderr(&over));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    std::fs::remove_file(&out).unwrap();
     // A segment that does not match its signed root is not exported from.
     let copy = dir.path().join("copy");
     copy_dir(&r.data, &copy);
@@ -708,4 +717,204 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `tests/e2e/ocsf/validate.py` on `jsonl`, against OCSF 1.3.0's JSON
+/// Schema (fetched by `scripts/setup`): whether every object passed, and
+/// the report.
+fn validate_ocsf(jsonl: &Path) -> (bool, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = root.join("target/test-suites/ocsf-1.3.0/ocsf.schema.json");
+    assert!(schema.exists(), "{} is missing: run scripts/setup", schema.display());
+    let out = std::process::Command::new("python3")
+        .arg(root.join("tests/e2e/ocsf/validate.py"))
+        .arg(&schema)
+        .arg(jsonl)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+}
+
+#[test]
+fn ocsf_objects_of_every_kind_of_session_validate_against_the_ocsf_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_recording(dir.path());
+    let out = dir.path().join("all.jsonl");
+    let exported = run_ok(
+        Path::new(BIN),
+        &[
+            "export",
+            "--since",
+            "3650d",
+            "--format",
+            "ocsf",
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let summary: Value = serde_json::from_str(stdout(&exported).trim()).unwrap();
+    let (ok, report) = validate_ocsf(&out);
+    assert!(ok, "{report}");
+    // Statements, terminals and commands, HTTP, logons, grants and reviews.
+    for class in ["1007:", "3002:", "3003:", "4007:", "6003:", "6005:"] {
+        assert!(report.contains(class), "no object of class {class} in {report}");
+    }
+    // One object per event, each naming its session and seq once.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let objects: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(objects.len() as u64, summary["events"].as_u64().unwrap(), "{summary}");
+    let mut ids = std::collections::BTreeSet::new();
+    for object in &objects {
+        let metadata = &object["metadata"];
+        let uid = format!("{}/{}", metadata["correlation_uid"].as_str().unwrap(), metadata["sequence"]);
+        assert_eq!(metadata["uid"], Value::String(uid.clone()));
+        assert!(ids.insert(uid), "one object per event");
+        assert_eq!(metadata["product"]["name"], "Proctor");
+    }
+    // Policy decisions carry the security control profile's verdicts.
+    let blocked = objects.iter().find(|o| o["unmapped"]["proctor"]["outcome"] == "block").expect("a blocked statement");
+    assert_eq!((blocked["action_id"].as_u64(), blocked["disposition_id"].as_u64()), (Some(2), Some(2)), "{blocked}");
+    assert_eq!(blocked["metadata"]["profiles"][0], "security_control");
+
+    // The check itself fails on what OCSF does not allow.
+    let mut broken = objects[0].clone();
+    broken["no_such_attribute"] = Value::from(1);
+    let mut missing = objects[1].clone();
+    missing["metadata"].as_object_mut().unwrap().remove("product");
+    let mut wrong_type = objects[2].clone();
+    wrong_type["type_uid"] = Value::from(1);
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{broken}\n{missing}\n{wrong_type}\n")).unwrap();
+    let (ok, report) = validate_ocsf(&bad);
+    assert!(!ok, "{report}");
+    for needle in ["no_such_attribute", "'product' is a required property", "type_uid 1 is not"] {
+        assert!(report.contains(needle), "expected {needle:?} in {report}");
+    }
+}
+
+#[test]
+fn a_session_recorded_through_the_gateway_exports_for_duckdb_ocsf_and_spreadsheets() {
+    use proctor_tests::{APP_ROLE, Proctor, ProctorOptions};
+    let cluster = proctor_tests::cluster(&proctor_devcluster::Options::default());
+    let masking = "[masking]\ndefault_profile = \"all\"\n[masking.profiles.all]\ndetectors = [\"all\"]\n";
+    let mut proctor = Proctor::start(
+        Path::new(BIN),
+        cluster.port,
+        &ProctorOptions { extra: masking.to_string(), ..Default::default() },
+    );
+    let statements = [
+        "create table accounts (id int, email text)",
+        "insert into accounts values (1, 'ada.lovelace@example.org')",
+        "select * from accounts",
+        "select 1/0",
+        "drop table accounts",
+    ];
+    let url = proctor.url(APP_ROLE, APP_ROLE, "disable");
+    let mut args = vec!["-X", "-At", "-d", &url];
+    for statement in &statements {
+        args.extend(["-c", statement]);
+    }
+    let psql = std::process::Command::new(cluster.bindir.join("psql")).args(&args).output().unwrap();
+    assert!(stderr(&psql).contains("division by zero"), "{}", stderr(&psql));
+    assert!(proctor.stop().success());
+    let data = proctor.data_dir.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let export = |format: &str, out: &Path| -> Value {
+        let exported = run_ok(
+            Path::new(BIN),
+            &[
+                "export",
+                "--query",
+                "kind:statement accounts",
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+                "--reason",
+                "inquiry 12",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        serde_json::from_str(stdout(&exported).trim()).unwrap()
+    };
+    let tar_path = dir.path().join("evidence.tar");
+    let summary = export("bundle", &tar_path);
+    assert_eq!(summary["sessions"], 1, "{summary}");
+    let key = data.join("keys/manifest-signing.pub.pem");
+    let verified =
+        run(Path::new(BIN), &["verify", "--bundle", tar_path.to_str().unwrap(), "--public-key", key.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}{}", stdout(&verified), stderr(&verified));
+
+    // The bundle's files, unpacked: Parquet DuckDB reads as it is, OCSF
+    // that validates, a spreadsheet's rows, and the masked value nowhere.
+    let unpacked = dir.path().join("unpacked");
+    tar::Archive::new(std::fs::File::open(&tar_path).unwrap()).unpack(&unpacked).unwrap();
+    let duckdb = std::process::Command::new("python3")
+        .args(["-c", "import duckdb, sys; print(duckdb.sql(f\"select count(*), count(distinct session_id) from read_parquet('{sys.argv[1]}') where kind = 'statement'\").fetchall()[0])"])
+        .arg(unpacked.join(EVENTS_FILE))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&duckdb).trim(), "(5, 1)", "{}", stderr(&duckdb));
+    let (ok, report) = validate_ocsf(&unpacked.join("ocsf.jsonl"));
+    assert!(ok, "{report}");
+    let ocsf = std::fs::read_to_string(unpacked.join("ocsf.jsonl")).unwrap();
+    let objects: Vec<Value> = ocsf.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let failed = objects.iter().find(|o| o["status_code"] == "22012").expect("the division by zero, by SQLSTATE");
+    assert_eq!((failed["class_uid"].as_u64(), failed["status_id"].as_u64()), (Some(6005), Some(2)), "{failed}");
+    let logon = objects.iter().find(|o| o["class_uid"] == 3002 && o["activity_id"] == 1).expect("a logon");
+    assert_eq!(logon["src_endpoint"]["ip"], "127.0.0.1", "{logon}");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["query_info"]["query_string"].as_str().is_some_and(|q| q.starts_with("drop table accounts"))),
+        "{ocsf}"
+    );
+    let csv = std::fs::read_to_string(unpacked.join("statements.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.contains("drop table accounts")), "{csv}");
+    for file in walk(&unpacked) {
+        assert!(
+            !contains(&std::fs::read(&file).unwrap(), b"ada.lovelace@example.org"),
+            "{} holds the masked value",
+            file.display()
+        );
+    }
+
+    // Each format alone, and every export found as one in the recording,
+    // with the hash of what it wrote.
+    let ocsf_summary = export("ocsf", &dir.path().join("events.ocsf.jsonl"));
+    let (ok, report) = validate_ocsf(&dir.path().join("events.ocsf.jsonl"));
+    assert!(ok, "{report}");
+    let csv_summary = export("csv", &dir.path().join("statements.csv"));
+    assert!(std::fs::read_to_string(dir.path().join("statements.csv")).unwrap().contains("drop table accounts"));
+    let session = summary_session(&data);
+    let found = run_ok(
+        Path::new(BIN),
+        &["search", "--data-dir", data.to_str().unwrap(), "--json", "kind:recording_accessed operation:export"],
+    );
+    let hits: Vec<Value> = stdout(&found).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(hits.len(), 3, "{}", stdout(&found));
+    for (summary, format) in [(&summary, "bundle"), (&ocsf_summary, "ocsf"), (&csv_summary, "csv")] {
+        let hash = summary["sha256"].as_str().unwrap();
+        let hit = hits
+            .iter()
+            .find(|h| h["text"].as_str().unwrap().contains(hash))
+            .unwrap_or_else(|| panic!("no export access with {hash}: {hits:?}"));
+        assert!(hit["text"].as_str().unwrap().contains(&format!("format:{format}")), "{hit}");
+        assert_eq!(hit["target_session"], Value::String(session.clone()), "{hit}");
+        assert!(hit["text"].as_str().unwrap().contains("inquiry 12"), "{hit}");
+    }
+}
+
+/// The one data session of a gateway's recording.
+fn summary_session(data: &Path) -> String {
+    let listed = run_ok(Path::new(BIN), &["sessions", "--data-dir", data.to_str().unwrap(), "--json"]);
+    let sessions: Vec<Value> = stdout(&listed).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let data_sessions: Vec<&Value> = sessions.iter().filter(|s| s["protocol"] == "postgres").collect();
+    assert_eq!(data_sessions.len(), 1, "{sessions:?}");
+    id(data_sessions[0]).to_string()
 }
