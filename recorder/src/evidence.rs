@@ -15,8 +15,8 @@
 //! - `signing-key.pub.pem`: the deployment's public key (trust it by
 //!   pinning it, as for `verify`);
 //! - renderings of the events for the tools auditors use, made by the
-//!   caller (the recorder knows no protocol): `statements.csv`,
-//!   `ocsf.jsonl`, `asciicast/SESSION.cast` ([`Extras`]);
+//!   caller (the recorder knows no protocol): `report.html`,
+//!   `statements.csv`, `ocsf.jsonl`, `asciicast/SESSION.cast` ([`Extras`]);
 //! - `bundle.json`: who exported what, when and why, every file's SHA-256
 //!   and size, signed by the deployment's key.
 //!
@@ -55,11 +55,12 @@ pub const KEY_FILE: &str = "signing-key.pub.pem";
 pub const BUNDLE_FILE: &str = "bundle.json";
 pub const STATEMENTS_FILE: &str = "statements.csv";
 pub const OCSF_FILE: &str = "ocsf.jsonl";
+pub const REPORT_FILE: &str = "report.html";
 
 /// Renders a bundle's events (its sessions', then the related ones', each
 /// in seq order) as the extra files it carries: `(name, bytes)`, each name
-/// [`STATEMENTS_FILE`], [`OCSF_FILE`] or `asciicast/SESSION.cast` for an
-/// exported session.
+/// [`REPORT_FILE`], [`STATEMENTS_FILE`], [`OCSF_FILE`] or
+/// `asciicast/SESSION.cast` for an exported session.
 pub type Extras<'a> = &'a dyn Fn(&[Event]) -> Vec<(String, Vec<u8>)>;
 
 /// Whether `name` is an extra file a bundle of `sessions` may carry.
@@ -68,7 +69,7 @@ fn allowed_extra(name: &str, sessions: &[String]) -> bool {
         .strip_prefix("asciicast/")
         .and_then(|rest| rest.strip_suffix(".cast"))
         .is_some_and(|session| session.parse::<SessionId>().is_ok() && sessions.iter().any(|s| s == session));
-    name == STATEMENTS_FILE || name == OCSF_FILE || cast
+    name == STATEMENTS_FILE || name == OCSF_FILE || name == REPORT_FILE || cast
 }
 
 /// `bundle.json`.
@@ -188,6 +189,8 @@ pub struct ExportRequest<'a> {
     /// Exported whole, as far as they are sealed.
     pub sessions: &'a [SessionId],
     pub exported_by: &'a str,
+    /// When: `bundle.json`'s `exported_at`.
+    pub exported_at: Timestamp,
     pub reason: Option<&'a str>,
     /// How the sessions were chosen, when not by id.
     pub selection: Option<&'a str>,
@@ -220,7 +223,7 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported> {
 }
 
 fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
-    let ExportRequest { data_dir, sessions, exported_by, reason, selection, out, extras } = *request;
+    let ExportRequest { data_dir, sessions, exported_by, exported_at, reason, selection, out, extras } = *request;
     let layout = Layout::new(data_dir);
     let key = ManifestKey::load(&layout.keys_dir())?;
     let (recording_head, last_segment) = check_manifests(&layout, &key)?;
@@ -341,7 +344,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     let mut bundle = BundleManifest {
         format: BUNDLE_FORMAT.to_string(),
         exported_by: exported_by.to_string(),
-        exported_at: Timestamp::now().to_rfc3339(),
+        exported_at: exported_at.to_rfc3339(),
         reason: reason.map(str::to_string),
         selection: selection.map(str::to_string),
         sessions: wanted.iter().cloned().collect(),

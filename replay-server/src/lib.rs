@@ -12,6 +12,7 @@ pub mod console;
 pub mod filter;
 pub mod ocsf;
 pub mod render;
+pub mod report;
 
 pub use api::{AccessLog, ApiState, RecorderAccessLog, access_events, router, serve};
 pub use console::dev_issuer::DevIssuerEndpoints;

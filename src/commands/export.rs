@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use proctor_recorder::evidence::{self, OCSF_FILE, STATEMENTS_FILE};
+use proctor_recorder::evidence::{self, OCSF_FILE, REPORT_FILE, STATEMENTS_FILE};
 use proctor_replay_server::render::Asciicast;
+use proctor_replay_server::report::{self, ReportHeader};
 use proctor_schemas::{Event, EventBody, SessionId};
 use serde_json::json;
 
@@ -33,8 +34,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     let selection = args.sessions.is_empty().then(|| describe(&args));
     let wanted: BTreeSet<SessionId> = sessions.iter().copied().collect();
-    let extras = |events: &[Event]| renderings(events, &wanted);
     let exported_by = access::local_user();
+    let exported_at = proctor_schemas::Timestamp::now();
+    let header =
+        ReportHeader { exported_by: &exported_by, reason: args.reason.as_deref(), selection: selection.as_deref() };
+    let extras = |events: &[Event]| renderings(events, &wanted, &header);
     // Everything is written aside, beside PATH, and moved into place only
     // once the export is recorded: evidence no record says was taken
     // never leaves.
@@ -45,6 +49,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         data_dir: &args.data_dir,
         sessions: &sessions,
         exported_by: &exported_by,
+        exported_at,
         reason: args.reason.as_deref(),
         selection: selection.as_deref(),
         out: &directory,
@@ -272,8 +277,8 @@ fn describe(args: &ExportArgs) -> String {
 }
 
 /// The bundle's renderings: an asciicast file per exported session that
-/// has a terminal, and `statements.csv`.
-fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>) -> Vec<(String, Vec<u8>)> {
+/// has a terminal, `statements.csv`, `ocsf.jsonl` and `report.html`.
+fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>, header: &ReportHeader<'_>) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     let mut casts: BTreeMap<SessionId, (Asciicast, String)> = BTreeMap::new();
     for event in events.iter().filter(|e| wanted.contains(&e.session_id)) {
@@ -290,6 +295,7 @@ fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>) -> Vec<(String, Ve
     }
     files.push((STATEMENTS_FILE.to_string(), statements_csv(events, wanted)));
     files.push((OCSF_FILE.to_string(), proctor_replay_server::ocsf::jsonl(events)));
+    files.push((REPORT_FILE.to_string(), report::html(events, wanted, header)));
     files
 }
 

@@ -876,6 +876,24 @@ fn a_session_recorded_through_the_gateway_exports_for_duckdb_ocsf_and_spreadshee
     );
     let csv = std::fs::read_to_string(unpacked.join("statements.csv")).unwrap();
     assert!(csv.lines().any(|l| l.contains("drop table accounts")), "{csv}");
+    // The report: self-contained, with the session, its error, its
+    // transcript and the masked value marked as masked; and printable.
+    let report = std::fs::read_to_string(unpacked.join("report.html")).unwrap();
+    for outside in ["<script", "src=", "url(", "http://", "https://", "@import"] {
+        assert!(!report.contains(outside), "the report reaches outside itself ({outside})");
+    }
+    for needle in ["test-db", "inquiry 12", "division by zero", "drop table accounts", "<mark class=\"masked\""] {
+        assert!(report.contains(needle), "{needle:?} is not in the report");
+    }
+    let pdf = dir.path().join("report.pdf");
+    let printed = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer"])
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", unpacked.join("report.html").display()))
+        .output()
+        .unwrap();
+    let printed_bytes = std::fs::read(&pdf).unwrap_or_default();
+    assert!(printed_bytes.starts_with(b"%PDF-") && printed_bytes.len() > 10_000, "{}", stderr(&printed));
     for file in walk(&unpacked) {
         assert!(
             !contains(&std::fs::read(&file).unwrap(), b"ada.lovelace@example.org"),
