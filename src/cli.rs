@@ -161,9 +161,11 @@ pub struct ExportArgs {
     /// Why the evidence is exported: kept, signed, in `bundle.json`.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
-    /// The data dir to export from (its signing key signs the bundle).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// The data dir to export from (its signing key signs the bundle), or
+    /// a running replay server (`--server URL --token JWT` of an
+    /// investigator or a member of `replay.compliance_group`).
+    #[command(flatten)]
+    pub source: Source,
     /// Print what was written as one JSON object.
     #[arg(long)]
     pub json: bool,

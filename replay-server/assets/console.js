@@ -97,6 +97,50 @@
     return node;
   }
 
+  // ---- exporting evidence ---------------------------------------------
+
+  // A form that exports `selection` (`{ query }` or `{ sessions }`) as a
+  // signed evidence bundle: the server records the export (with the reason
+  // given) before it sends the .tar, which the browser then saves.
+  function exportForm(selection, label) {
+    const reason = el('input', { type: 'text', id: 'export-reason', placeholder: 'why (kept, signed, in the bundle)', 'aria-label': 'Reason for the export' });
+    const button = el('button', { type: 'submit', id: 'export' }, label);
+    const status = el('span', { class: 'summary', id: 'export-status', 'aria-live': 'polite' });
+    const form = el('form', { class: 'export', id: 'export-form' }, reason, button, status);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      button.disabled = true;
+      status.textContent = 'Exporting…';
+      try {
+        const body = { ...selection, format: 'bundle' };
+        if (reason.value.trim()) body.reason = reason.value.trim();
+        const response = await fetch('/api/exports', {
+          method: 'POST',
+          credentials: 'same-origin',
+          headers: { 'Content-Type': 'application/json', 'X-Proctor-CSRF': csrf },
+          body: JSON.stringify(body),
+        });
+        if (!response.ok) {
+          const data = await response.json().catch(() => ({}));
+          throw new Error(data.error || `the server answered ${response.status}`);
+        }
+        const blob = await response.blob();
+        const name = (/filename="([^"]+)"/.exec(response.headers.get('Content-Disposition') || '') || [])[1] || 'proctor-evidence.tar';
+        const sha256 = response.headers.get('X-Proctor-SHA256') || '';
+        const link = el('a', { href: URL.createObjectURL(blob), download: name, id: 'export-download' }, name);
+        document.body.append(link);
+        link.click();
+        link.remove();
+        status.replaceChildren(`Exported ${response.headers.get('X-Proctor-Sessions')} session(s) as ${name}, SHA-256 `,
+          el('code', { id: 'export-sha256' }, sha256), '. Check it with proctor verify --bundle.');
+      } catch (error) {
+        status.replaceChildren(el('span', { class: 'error', role: 'alert' }, error.message));
+      }
+      button.disabled = false;
+    });
+    return form;
+  }
+
   function badge(text, kind) {
     return text ? el('span', { class: `badge ${kind || text}` }, text) : null;
   }
@@ -194,7 +238,7 @@
         q ? `Nothing recorded matches ${q}. Try fewer words, another field, or a wider time range (since:30d).`
           : 'Nothing has been recorded yet.'));
     } else {
-      results.append(list, more);
+      results.append(q ? exportForm({ query: q }, 'Export these sessions') : '', list, more);
     }
     main.replaceChildren(el('div', { class: 'results' }, facetsEl(q, data.facets || {}), results));
   }
@@ -795,6 +839,7 @@
     const masking = start.masking_profile || (s.protocol === 'control' ? null : 'none');
     return el('div', {},
       el('h1', {}, `${s.subject || 'unknown subject'} on ${s.resource || s.protocol}`),
+      s.protocol === 'control' || s.protocol === 'system' ? null : exportForm({ sessions: [s.session_id] }, 'Export this session'),
       el('dl', { class: 'facts' },
         fact('session', el('span', { class: 'mono' }, s.session_id)),
         fact('subject', s.subject),

@@ -11,6 +11,7 @@
 //! | `GET /api/sessions/{id}` | the session, with its start event |
 //! | `GET /api/sessions/{id}/events?from_seq=&limit=` | `events` in seq order, their `transcript` lines, `next_seq` while more follow |
 //! | `GET /api/sessions/{id}/marks` | the session's statements, errors and policy decisions for its timeline (`seq`, `time`, `kind`, `outcome`) |
+//! | `POST /api/exports` with `{"sessions"}` or selectors, `"reason"`, `"format"` | the evidence bundle (`.tar`) or one rendering, as a download, recorded first (investigators and the compliance group) |
 //! | `GET /healthz` | `ok` (no token) |
 //!
 //! Errors are `{"error": "..."}` with 400 (a bad query: the message points
@@ -46,14 +47,15 @@ use crate::render::{event_json, frame_json, session_json, transcript_line, view_
 
 /// Where every search and read is recorded before its answer is sent.
 pub trait AccessLog: Send + Sync + 'static {
-    /// Records that `who` did `operation` (`search` or `read`) with `query`
-    /// or on `target_session`. An error refuses the request.
+    /// Records that `who` did `operation` (`search`, `read` or `export`)
+    /// with `query`, on `target_sessions` (none for a search). An error
+    /// refuses the request.
     fn record(
         &self,
         who: &Identity,
         operation: &str,
         query: Option<String>,
-        target_session: Option<String>,
+        target_sessions: Vec<String>,
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
@@ -68,7 +70,7 @@ impl AccessLog for RecorderAccessLog {
         who: &Identity,
         operation: &str,
         query: Option<String>,
-        target_session: Option<String>,
+        target_sessions: Vec<String>,
     ) -> Result<(), String> {
         let events = access_events(
             who.subject.clone(),
@@ -77,7 +79,7 @@ impl AccessLog for RecorderAccessLog {
             format!("{operation} through the replay API (issuer {})", who.issuer),
             operation,
             query,
-            target_session.into_iter().collect(),
+            target_sessions,
         );
         self.0.append_slice(&events).await.map(|_| ()).map_err(|e| e.to_string())
     }
@@ -143,6 +145,9 @@ pub struct ApiState<L: AccessLog> {
     pub verifier: Arc<Verifier>,
     /// Only its members may search or read recordings.
     pub investigator_group: String,
+    /// Its members may export evidence (`POST /api/exports`), as
+    /// investigators may; nothing else.
+    pub compliance_group: Option<String>,
     pub access: L,
     /// Opened on first use: the index may not exist when the server starts.
     index: Mutex<Option<Arc<SearchIndex>>>,
@@ -162,6 +167,7 @@ impl<L: AccessLog> ApiState<L> {
             data_dir,
             verifier,
             investigator_group,
+            compliance_group: None,
             access,
             index: Mutex::new(None),
             console: None,
@@ -174,6 +180,12 @@ impl<L: AccessLog> ApiState<L> {
     pub fn with_console(mut self, console: Arc<Console>, dev_issuer: Option<Arc<DevIssuerEndpoints>>) -> Self {
         self.console = Some(console);
         self.dev_issuer = dev_issuer;
+        self
+    }
+
+    /// Lets members of `group` export evidence too.
+    pub fn with_compliance_group(mut self, group: String) -> Self {
+        self.compliance_group = Some(group);
         self
     }
 
@@ -198,20 +210,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The caller, if their token verifies and they are an investigator.
 async fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
-    // A bearer token when one is presented; else the console's session,
-    // with its CSRF token in a header only the console's own script sends
-    // (no other site can read the token, nor set the header on a request
-    // it makes a browser send): the cookie alone could be attached to a
-    // request another site caused, and the read would be recorded in the
-    // investigator's name.
-    let from_console = match &state.console {
-        Some(console) if !headers.contains_key(axum::http::header::AUTHORIZATION) => console.api_identity(headers)?,
-        _ => None,
-    };
-    let identity = match from_console {
-        Some(identity) => identity,
-        None => proctor_identity::http::caller(&state.verifier, headers).await?,
-    };
+    let identity = caller(state, headers).await?;
     if !identity.in_group(&state.investigator_group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -224,6 +223,45 @@ async fn investigator<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) ->
     Ok(identity)
 }
 
+/// The caller, if their token verifies and they are an investigator or in
+/// the compliance group.
+async fn exporter<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
+    let identity = caller(state, headers).await?;
+    let compliance = state.compliance_group.as_deref().is_some_and(|g| identity.in_group(g));
+    if !identity.in_group(&state.investigator_group) && !compliance {
+        let groups = match &state.compliance_group {
+            Some(group) => {
+                format!("the investigator group {:?} or the compliance group {group:?}", state.investigator_group)
+            }
+            None => format!("the investigator group {:?}", state.investigator_group),
+        };
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is not in {groups}: only their members may export evidence", identity.subject),
+        ));
+    }
+    Ok(identity)
+}
+
+/// Whoever presented a token that verifies (or the console's session with
+/// its CSRF token).
+async fn caller<L: AccessLog>(state: &ApiState<L>, headers: &HeaderMap) -> ApiResult<Identity> {
+    // A bearer token when one is presented; else the console's session,
+    // with its CSRF token in a header only the console's own script sends
+    // (no other site can read the token, nor set the header on a request
+    // it makes a browser send): the cookie alone could be attached to a
+    // request another site caused, and the read would be recorded in the
+    // investigator's name.
+    let from_console = match &state.console {
+        Some(console) if !headers.contains_key(axum::http::header::AUTHORIZATION) => console.api_identity(headers)?,
+        _ => None,
+    };
+    match from_console {
+        Some(identity) => Ok(identity),
+        None => Ok(proctor_identity::http::caller(&state.verifier, headers).await?),
+    }
+}
+
 /// Records the access first: nothing is returned that was not recorded.
 async fn record<L: AccessLog>(
     state: &ApiState<L>,
@@ -232,7 +270,18 @@ async fn record<L: AccessLog>(
     query: Option<String>,
     target: Option<String>,
 ) -> ApiResult<()> {
-    state.access.record(who, operation, query, target).await.map_err(|e| {
+    record_many(state, who, operation, query, target.into_iter().collect()).await
+}
+
+/// Records an access of several sessions first.
+async fn record_many<L: AccessLog>(
+    state: &ApiState<L>,
+    who: &Identity,
+    operation: &str,
+    query: Option<String>,
+    targets: Vec<String>,
+) -> ApiResult<()> {
+    state.access.record(who, operation, query, targets).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("this access could not be recorded ({e}), so nothing is returned; try again later"),
@@ -259,6 +308,7 @@ pub fn router<L: AccessLog>(state: Arc<ApiState<L>>) -> Router {
         .route("/api/sessions/{id}/screen", get(screen::<L>))
         .route("/api/sessions/{id}/frames", get(frames::<L>))
         .route("/api/sessions/{id}/marks", get(marks::<L>))
+        .route("/api/exports", axum::routing::post(exports::<L>))
         .with_state(state);
     if let Some(console) = console {
         app = app.merge(console);
@@ -727,6 +777,132 @@ async fn frames<L: AccessLog>(
     .await
 }
 
+/// `POST /api/exports`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportBody {
+    /// Sessions by id; or selectors instead.
+    #[serde(default)]
+    sessions: Vec<String>,
+    query: Option<String>,
+    subject: Option<String>,
+    resource: Option<String>,
+    since: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+    reason: Option<String>,
+    /// `bundle` (the default: one `.tar`), `ocsf`, `csv`, or `asciicast`
+    /// (of one terminal session).
+    format: Option<String>,
+}
+
+/// Exports sessions as evidence: selected as `proctor export` selects
+/// them, written aside, recorded as an `export` access naming every
+/// session and the hashes, and only then sent, as a download.
+async fn exports<L: AccessLog>(
+    State(state): State<Arc<ApiState<L>>>,
+    headers: HeaderMap,
+    body: Result<Json<ExportBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<axum::response::Response> {
+    use crate::export::{self, ExportError, Format, Selectors};
+    let who = exporter(&state, &headers).await?;
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the export request: {}", e.body_text())))?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let format = match body.format.as_deref() {
+        None => Format::Bundle,
+        Some(name) => {
+            Format::parse(name).ok_or_else(|| bad(format!("format {name:?}: one of bundle, ocsf, csv, asciicast")))?
+        }
+    };
+    let selectors = Selectors {
+        query: body.query,
+        subject: body.subject,
+        resource: body.resource,
+        since: body.since,
+        after: body.after,
+        before: body.before,
+    };
+    match (body.sessions.is_empty(), selectors.is_empty()) {
+        (true, true) => {
+            return Err(bad(
+                "name the sessions: `sessions`, or `query`, `subject`, `resource`, `since`, `after`, `before`".into(),
+            ));
+        }
+        (false, false) => return Err(bad("`sessions` or selectors, not both".into())),
+        _ => {}
+    }
+    let ids = body
+        .sessions
+        .iter()
+        .map(|s| s.parse::<SessionId>().map_err(|e| bad(format!("session {s}: {e}"))))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let data_dir = state.data_dir.clone();
+    let exported_by = who.subject.clone();
+    let reason = body.reason;
+    let status = |e: ExportError| match e {
+        ExportError::Selection(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+        ExportError::Nothing(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+        ExportError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the export failed: {m}")),
+    };
+    let (aside, prepared) = blocking(move || {
+        let (sessions, selection) = if ids.is_empty() {
+            let (sessions, _) = export::select(&data_dir, &selectors).map_err(status)?;
+            (sessions, Some(selectors.describe()))
+        } else {
+            (ids, None)
+        };
+        let aside = tempfile::Builder::new().prefix("proctor-export-").tempdir().map_err(ApiError::internal)?;
+        let prepared = export::prepare(&export::Request {
+            data_dir: &data_dir,
+            sessions: &sessions,
+            selection: selection.as_deref(),
+            exported_by: &exported_by,
+            reason: reason.as_deref(),
+            format,
+            one_file: true,
+            aside: aside.path(),
+        })
+        .map_err(status)?;
+        Ok((aside, prepared))
+    })
+    .await?;
+    record_many(&state, &who, "export", Some(prepared.access_query.clone()), prepared.targets.clone()).await?;
+
+    let file = tokio::fs::File::open(&prepared.written).await.map_err(ApiError::internal)?;
+    let length = file.metadata().await.map_err(ApiError::internal)?.len();
+    let (content_type, extension) = match format {
+        Format::Bundle => ("application/x-tar", "tar"),
+        Format::Ocsf => ("application/x-ndjson", "ocsf.jsonl"),
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        Format::Asciicast => ("application/x-asciicast", "cast"),
+    };
+    let name = format!("proctor-evidence-{}.{extension}", &prepared.bundle_sha256[..16]);
+    // The temp dir goes when the last chunk has been sent.
+    let chunks = futures_util::stream::unfold((file, Some(aside)), |(mut file, aside)| async move {
+        use tokio::io::AsyncReadExt;
+        aside.as_ref()?;
+        let mut buffer = bytes::BytesMut::with_capacity(256 * 1024);
+        match file.read_buf(&mut buffer).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok::<_, std::io::Error>(buffer.freeze()), (file, aside))),
+            Err(error) => Some((Err(error), (file, None))),
+        }
+    });
+    let response = axum::response::Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .header(axum::http::header::CONTENT_LENGTH, length)
+        .header(axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""))
+        .header("x-proctor-bundle-sha256", &prepared.bundle_sha256)
+        .header("x-proctor-sha256", &prepared.sha256)
+        .header("x-proctor-sessions", prepared.exported.sessions.to_string())
+        .header("x-proctor-events", prepared.exported.events.to_string())
+        .body(axum::body::Body::from_stream(chunks))
+        .map_err(ApiError::internal)?;
+    Ok(response)
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
@@ -737,7 +913,7 @@ mod tests {
     struct Unrecorded;
 
     impl AccessLog for Unrecorded {
-        async fn record(&self, _: &Identity, _: &str, _: Option<String>, _: Option<String>) -> Result<(), String> {
+        async fn record(&self, _: &Identity, _: &str, _: Option<String>, _: Vec<String>) -> Result<(), String> {
             Ok(())
         }
     }

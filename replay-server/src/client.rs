@@ -3,7 +3,6 @@
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use proctor_identity::http::send_once;
 
 /// Why a request to the server failed, in words for the command line.
 #[derive(Debug, thiserror::Error)]
@@ -98,59 +97,155 @@ impl Client {
         self.exchange(hyper::Method::POST, path, Some(body))
     }
 
+    /// Builds a request of `path` with the token (and `body` as JSON).
+    fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        accept: &str,
+    ) -> Result<hyper::Request<Full<Bytes>>, ClientError> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(hyper::header::ACCEPT, accept);
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        request.body(Full::new(bytes)).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))
+    }
+
+    fn unreachable(&self, message: String) -> ClientError {
+        ClientError::Unreachable { what: self.what, server: self.base.clone(), message }
+    }
+
+    /// Connects (over TLS for `https://`) and sends `request`; the answer's
+    /// body is read by the caller.
+    async fn send(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        async fn over<S>(
+            io: S,
+            request: hyper::Request<Full<Bytes>>,
+        ) -> Result<hyper::Response<hyper::body::Incoming>, String>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            sender.send_request(request).await.map_err(|e| e.to_string())
+        }
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let response = match &self.tls {
+            None => over(tcp, request).await,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+                    ClientError::Usage(format!(
+                        "{} {:?}: {:?} is not a server name: {e}",
+                        self.flag, self.base, self.host
+                    ))
+                })?;
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
+                over(stream, request).await
+            }
+        };
+        response.map_err(|e| self.unreachable(e))
+    }
+
+    /// The server's refusal, from its JSON error body.
+    fn refused(&self, status: hyper::StatusCode, body: &[u8]) -> ClientError {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(body).trim().to_string() }));
+        let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("no explanation").to_string();
+        ClientError::Refused { what: self.what, status: status.as_u16(), message }
+    }
+
     fn exchange(
         &self,
         method: hyper::Method,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        let what = self.what;
-        let unreachable = |message: String| ClientError::Unreachable { what, server: self.base.clone(), message };
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.prefix))
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(hyper::header::ACCEPT, "application/json");
-        if body.is_some() {
-            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = request.body(Full::new(bytes)).map_err(|e| ClientError::Usage(format!("{path:?}: {e}")))?;
+        use http_body_util::BodyExt;
+        let request = self.request(method, path, body, "application/json")?;
         let exchange = async {
-            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            let response = self.send(request).await?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let response = match &self.tls {
-                None => send_once(tcp, request, usize::MAX).await,
-                Some(config) => {
-                    let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
-                        ClientError::Usage(format!(
-                            "{} {:?}: {:?} is not a server name: {e}",
-                            self.flag, self.base, self.host
-                        ))
-                    })?;
-                    let stream = tokio_rustls::TlsConnector::from(config.clone())
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| unreachable(format!("TLS: {e}")))?;
-                    send_once(stream, request, usize::MAX).await
-                }
-            };
-            let response = response.map_err(unreachable)?;
-            Ok((response.status(), response.into_body()))
+                .map_err(|e| self.unreachable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, ClientError>((status, body))
         };
         self.runtime.block_on(async {
             let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(60), exchange)
                 .await
-                .map_err(|_| unreachable("no answer within 60 s".into()))??;
+                .map_err(|_| self.unreachable("no answer within 60 s".into()))??;
+            if !status.is_success() {
+                return Err(self.refused(status, &body));
+            }
             let value: serde_json::Value = serde_json::from_slice(&body)
                 .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body).trim().to_string() }));
-            if !status.is_success() {
-                let message = value.get("error").and_then(|e| e.as_str()).unwrap_or("no explanation").to_string();
-                return Err(ClientError::Refused { what, status: status.as_u16(), message });
-            }
             Ok(value)
+        })
+    }
+
+    /// POSTs `body` as JSON to `path` and writes the answer's body to the
+    /// new file `out` as it arrives (a download of any size; a minute
+    /// without a byte gives up, and the partial file is removed). Returns
+    /// the answer's headers.
+    pub fn post_download(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        out: &std::path::Path,
+    ) -> Result<hyper::HeaderMap, ClientError> {
+        use http_body_util::BodyExt;
+        use std::io::Write;
+        let request = self.request(hyper::Method::POST, path, Some(body), "*/*")?;
+        let idle = std::time::Duration::from_secs(60);
+        let quiet = || self.unreachable(format!("no answer within {} s", idle.as_secs()));
+        self.runtime.block_on(async {
+            let response = tokio::time::timeout(idle, self.send(request)).await.map_err(|_| quiet())??;
+            let (parts, mut body) = response.into_parts();
+            if !parts.status.is_success() {
+                let bytes = tokio::time::timeout(idle, body.collect()).await.map_err(|_| quiet())?;
+                let bytes = bytes.map_err(|e| self.unreachable(e.to_string()))?.to_bytes();
+                return Err(self.refused(parts.status, &bytes));
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", out.display())))?;
+            let written = async {
+                while let Some(frame) = tokio::time::timeout(idle, body.frame()).await.map_err(|_| quiet())? {
+                    let frame = frame.map_err(|e| self.unreachable(format!("reading the answer: {e}")))?;
+                    if let Some(data) = frame.data_ref() {
+                        file.write_all(data).map_err(|e| ClientError::Usage(format!("{}: {e}", out.display())))?;
+                    }
+                }
+                file.sync_all().map_err(|e| ClientError::Usage(format!("{}: {e}", out.display())))
+            }
+            .await;
+            if let Err(error) = written {
+                let _ = std::fs::remove_file(out);
+                return Err(error);
+            }
+            Ok(parts.headers)
         })
     }
 }

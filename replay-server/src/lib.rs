@@ -9,6 +9,7 @@
 pub mod api;
 pub mod client;
 pub mod console;
+pub mod export;
 pub mod filter;
 pub mod ocsf;
 pub mod render;

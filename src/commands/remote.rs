@@ -8,7 +8,7 @@ use proctor_replay_server::client::{Client, query_string};
 
 use super::refused;
 
-use crate::cli::{ReplayArgs, SearchArgs, SessionsArgs, Source};
+use crate::cli::{ExportArgs, ExportFormat, ReplayArgs, SearchArgs, SessionsArgs, Source};
 
 /// The client for `server`, with the source's token and trusted
 /// certificates.
@@ -160,5 +160,74 @@ pub fn replay(server: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `proctor export --server`: the replay server selects, writes, records
+/// and sends the export; it is written to `--out` as it arrives. A bundle
+/// comes as one tar file (`--out` ends in `.tar`); asciicast as the one
+/// terminal session's `.cast`.
+pub fn export(server: &str, args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let format = match args.format {
+        ExportFormat::Bundle => "bundle",
+        ExportFormat::Ocsf => "ocsf",
+        ExportFormat::Asciicast => "asciicast",
+        ExportFormat::Csv => "csv",
+    };
+    let extension = args.out.extension().and_then(|e| e.to_str());
+    match (args.format, extension) {
+        (ExportFormat::Bundle, Some("tar")) | (ExportFormat::Asciicast, Some("cast")) => {}
+        (ExportFormat::Bundle, _) => anyhow::bail!(
+            "a bundle comes from --server as one tar file: give an --out ending in .tar (unpack it, or verify it as it is, with `proctor verify --bundle`)"
+        ),
+        (ExportFormat::Asciicast, _) => {
+            anyhow::bail!("asciicast comes from --server for one terminal session: give an --out ending in .cast")
+        }
+        _ => {}
+    }
+    let body = serde_json::json!({
+        "sessions": args.sessions,
+        "query": args.query,
+        "subject": args.subject,
+        "resource": args.resource,
+        "since": args.since,
+        "after": args.after,
+        "before": args.before,
+        "reason": args.reason,
+        "format": format,
+    });
+    let headers = match client(server, &args.source)?.post_download("/api/exports", &body, &args.out) {
+        Ok(headers) => headers,
+        Err(error) => return refused(error),
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let count = |name: &str| header(name).parse::<u64>().unwrap_or_default();
+    // What arrived is what the server recorded having sent.
+    let (sha256, _) = proctor_recorder::verify::hash_file(&args.out)?;
+    if sha256 != header("x-proctor-sha256") {
+        let _ = std::fs::remove_file(&args.out);
+        anyhow::bail!(
+            "the download's SHA-256 is {sha256}, not the {} the server recorded: it was cut or altered on the way; nothing was kept",
+            header("x-proctor-sha256")
+        );
+    }
+    if args.json {
+        let value = serde_json::json!({
+            "out": args.out,
+            "format": format,
+            "sessions": count("x-proctor-sessions"),
+            "events": count("x-proctor-events"),
+            "bundle_sha256": header("x-proctor-bundle-sha256"),
+            "sha256": header("x-proctor-sha256"),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "exported {} sessions, {} events to {} ({format}) through {server}",
+            count("x-proctor-sessions"),
+            count("x-proctor-events"),
+            args.out.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -184,6 +184,8 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         extra: format!(
             "[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\n\n{masking}\n{control}"
         ),
+        // Sealed within a second: exports carry sealed, proven events.
+        recorder: "segment_max_age = \"1s\"\n".to_string(),
         ..ProctorOptions::default()
     };
     let mut proctor = Proctor::start(bin(), cluster.port, &options);
@@ -252,6 +254,28 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         let error = wait_for(&client, "#search-error").await.text().await.unwrap();
         assert!(!error.is_empty(), "a bad query is explained");
 
+        // Exporting the search's sessions: recorded, then saved by the
+        // browser, its hash shown (retried until the session is sealed).
+        let started = Instant::now();
+        let sha256 = loop {
+            client.goto(&format!("{base}/?q=larkspur+kind%3Astatement")).await.unwrap();
+            wait_for(&client, "#export-form").await;
+            client.find(Locator::Css("#export-reason")).await.unwrap().send_keys("console audit").await.unwrap();
+            client.find(Locator::Css("#export")).await.unwrap().click().await.unwrap();
+            let done = "const s = document.querySelector('#export-status'); return !!s && s.textContent !== '' && !s.textContent.startsWith('Exporting')";
+            wait_value(&client, done, &json!(true)).await;
+            let shown = script(&client, "const c = document.querySelector('#export-sha256'); return c ? c.textContent : ''").await;
+            let shown = shown.as_str().unwrap_or_default().to_string();
+            if !shown.is_empty() {
+                break shown;
+            }
+            let status = client.find(Locator::Css("#export-status")).await.unwrap().text().await.unwrap();
+            assert!(status.contains("not in the sealed recording"), "{status}");
+            assert!(started.elapsed() < WAIT, "never exported: {status}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()), "{sha256}");
+
         // The hit opens its session at the statement.
         client.goto(&format!("{base}/?q=larkspur+kind%3Astatement")).await.unwrap();
         wait_for(&client, "#hits .hit").await.click().await.unwrap();
@@ -261,6 +285,8 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         assert!(row.contains("select 'larkspur' as flower"), "{row}");
         let head = wait_for(&client, "#session-head .facts").await.text().await.unwrap();
         assert!(head.contains("alice") && head.contains("test-db"), "{head}");
+        let export = wait_for(&client, "#session-head #export").await.text().await.unwrap();
+        assert_eq!(export, "Export this session");
         // The server's start-up parameters are folded under the header, not
         // rows of the session.
         wait_value(&client, "return document.querySelectorAll('#parameters [data-seq]').length > 5", &json!(true))
@@ -383,7 +409,7 @@ fn investigators_sign_in_search_and_step_through_a_session_in_a_browser() {
         .unwrap();
     assert!(accesses.iter().any(|(op, _)| op == "search"), "{accesses:?}");
     assert!(accesses.iter().any(|(op, s)| op == "read" && s.as_deref() == Some(session_id.as_str())), "{accesses:?}");
-    assert!(!accesses.is_empty());
+    assert!(accesses.iter().any(|(op, s)| op == "export" && s.as_deref() == Some(session_id.as_str())), "{accesses:?}");
 
     // A 100,000-event session opens as fast as a short one.
     let long_first_ms = long_session_first_events(&driver, &runtime);

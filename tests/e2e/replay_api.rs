@@ -242,3 +242,163 @@ fn the_api_over_tls_serves_clients_that_trust_its_certificate_only() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// `curl` POST of `body` as JSON, the answer saved to `out`: the status
+/// and the headers (lowercased).
+fn post_to_file(url: &str, token: &str, body: &Value, out: &Path) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-D", "-", "--max-time", "60", "-o", out.to_str().unwrap(), "-X", "POST", url])
+        .args(["-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/json"])
+        .args(["--data-binary", &body.to_string()])
+        .output()
+        .expect("curl (scripts/setup installs it)");
+    assert!(output.status.success(), "curl: {}", String::from_utf8_lossy(&output.stderr));
+    let head = String::from_utf8_lossy(&output.stdout).to_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, head)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).map(str::trim).unwrap_or_default()
+}
+
+#[test]
+fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_group_only() {
+    let cluster = cluster(&Options::default());
+    let replay_port = free_port();
+    let options = ProctorOptions {
+        extra: format!(
+            "[identity.dev_issuer]\n\n[replay]\nlisten = \"127.0.0.1:{replay_port}\"\ncompliance_group = \"audit\"\n"
+        ),
+        // Sealed within a second: exports carry sealed, proven events.
+        recorder: "segment_max_age = \"1s\"\n".to_string(),
+        ..ProctorOptions::default()
+    };
+    let proctor = Proctor::start(bin(), cluster.port, &options);
+    let psql = Command::new(cluster.bindir.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-d",
+            &proctor.conninfo("alice", APP_ROLE, "disable"),
+            "-c",
+            "select 'larkspur' as flower",
+        ])
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    let api = format!("http://127.0.0.1:{replay_port}");
+    let ivy = token(&proctor.data_dir, "ivy", "investigators");
+    let carol = token(&proctor.data_dir, "carol", "audit");
+    let mallory = token(&proctor.data_dir, "mallory", "developers");
+    let dir = tempfile::tempdir().unwrap();
+    let key = proctor.data_dir.join("keys/manifest-signing.pub.pem");
+
+    // An investigator's bundle, by query, once the session is sealed.
+    let tar = dir.path().join("evidence.tar");
+    let request = serde_json::json!({ "query": "larkspur", "reason": "case 7" });
+    let started = Instant::now();
+    let head = loop {
+        let (status, head) = post_to_file(&format!("{api}/api/exports"), &ivy, &request, &tar);
+        if status == 200 {
+            break head;
+        }
+        assert_eq!(status, 404, "{head}: {}", std::fs::read_to_string(&tar).unwrap_or_default());
+        assert!(started.elapsed() < Duration::from_secs(50), "never sealed: {head}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(header(&head, "content-type"), "application/x-tar", "{head}");
+    assert!(header(&head, "content-disposition").contains(".tar"), "{head}");
+    let (sha256, _) = proctor_recorder::verify::hash_file(&tar).unwrap();
+    assert_eq!(header(&head, "x-proctor-sha256"), sha256, "{head}");
+    assert_eq!(header(&head, "x-proctor-sessions"), "1", "{head}");
+    let verified = run(bin(), &["verify", "--bundle", tar.to_str().unwrap(), "--public-key", key.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}{}", stdout(&verified), String::from_utf8_lossy(&verified.stderr));
+
+    // The compliance group's member exports through the CLI, and reads
+    // nothing else; anyone else exports nothing.
+    let session = {
+        let (_, found, _) = get(&format!("{api}/api/search?q=larkspur"), Some(&ivy));
+        found["hits"][0]["session_id"].as_str().unwrap().to_string()
+    };
+    let ocsf = dir.path().join("events.ocsf.jsonl");
+    let exported = run_ok(
+        bin(),
+        &[
+            "export",
+            "--server",
+            &api,
+            "--token",
+            &carol,
+            "--session",
+            &session,
+            "--format",
+            "ocsf",
+            "--reason",
+            "quarterly audit",
+            "--out",
+            ocsf.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let summary: Value = serde_json::from_str(stdout(&exported).trim()).unwrap();
+    assert_eq!(summary["sessions"], 1, "{summary}");
+    let text = std::fs::read_to_string(&ocsf).unwrap();
+    assert!(text.lines().any(|l| l.contains("larkspur") && l.contains("\"class_uid\":6005")), "{text}");
+    let (status, body, _) = get(&format!("{api}/api/search?q=larkspur"), Some(&carol));
+    assert_eq!(status, 403, "{body}");
+    let refused = dir.path().join("refused");
+    let (status, _) = post_to_file(&format!("{api}/api/exports"), &mallory, &request, &refused);
+    assert_eq!(status, 403);
+    let said: Value = serde_json::from_slice(&std::fs::read(&refused).unwrap()).unwrap();
+    assert!(said["error"].as_str().unwrap().contains("\"audit\""), "{said}");
+
+    // Mistakes are named.
+    for (body, status, needle) in [
+        (serde_json::json!({ "query": "larkspur", "format": "pdf" }), 400, "format \"pdf\""),
+        (serde_json::json!({ "reason": "nothing named" }), 400, "name the sessions"),
+        (serde_json::json!({ "sessions": [session], "subject": "alice" }), 400, "not both"),
+        (
+            serde_json::json!({ "sessions": ["0190a7b2-5c3d-7e4f-8a9b-0c1d2e3f4a5b"] }),
+            404,
+            "not in the sealed recording",
+        ),
+        (serde_json::json!({ "query": "colour:red" }), 400, "colour"),
+    ] {
+        let (got, head) = post_to_file(&format!("{api}/api/exports"), &ivy, &body, &refused);
+        let said: Value = serde_json::from_slice(&std::fs::read(&refused).unwrap()).unwrap();
+        let said = said["error"].as_str().unwrap_or_default().to_string();
+        assert_eq!(got, status, "{body}: {head} {said}");
+        assert!(said.contains(needle), "{body}: {said}");
+    }
+    let wrong = run(
+        bin(),
+        &[
+            "export",
+            "--server",
+            &api,
+            "--token",
+            &ivy,
+            "--session",
+            &session,
+            "--out",
+            dir.path().join("b").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("ending in .tar"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
+    // Both exports are on record, by whom, of what, with their hashes.
+    let found = search_until(&api, &ivy, "kind:recording_accessed operation:export", 2);
+    let hits = found["hits"].as_array().unwrap();
+    let by = |actor: &str| {
+        hits.iter().find(|h| h["actor"] == actor).unwrap_or_else(|| panic!("no export by {actor}: {found}"))
+    };
+    assert!(by("ivy")["text"].as_str().unwrap().contains(&sha256), "{found}");
+    assert!(by("carol")["text"].as_str().unwrap().contains("format:ocsf"), "{found}");
+    assert_eq!(by("carol")["target_session"], Value::String(session.clone()));
+}

@@ -207,11 +207,13 @@ pub struct ProctorOptions {
     pub allow_plaintext: bool,
     pub sample_rows: usize,
     pub extra: String,
+    /// More lines of the `[recorder]` table (`segment_max_age = "1s"`).
+    pub recorder: String,
 }
 
 impl Default for ProctorOptions {
     fn default() -> Self {
-        ProctorOptions { allow_plaintext: true, sample_rows: 0, extra: String::new() }
+        ProctorOptions { allow_plaintext: true, sample_rows: 0, extra: String::new(), recorder: String::new() }
     }
 }
 
@@ -233,8 +235,8 @@ impl Proctor {
         std::fs::write(dir.path().join("target-password"), format!("{APP_PASSWORD}\n")).unwrap();
         std::fs::write(dir.path().join("client-secret"), format!("{secret}\n")).unwrap();
         let config = format!(
-            "data_dir = \"data\"\n[recorder]\nfsync_interval = \"20ms\"\n\n[[resources]]\nname = \"test-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:{target_port}\"\nuser = \"{APP_ROLE}\"\npassword_file = \"target-password\"\nclient_secret_file = \"client-secret\"\nallow_plaintext = {}\nsample_rows = {}\n{}\n",
-            options.allow_plaintext, options.sample_rows, options.extra
+            "data_dir = \"data\"\n[recorder]\nfsync_interval = \"20ms\"\n{}\n[[resources]]\nname = \"test-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{port}\"\ntarget = \"127.0.0.1:{target_port}\"\nuser = \"{APP_ROLE}\"\npassword_file = \"target-password\"\nclient_secret_file = \"client-secret\"\nallow_plaintext = {}\nsample_rows = {}\n{}\n",
+            options.recorder, options.allow_plaintext, options.sample_rows, options.extra
         );
         let config_path = dir.path().join("proctor.toml");
         std::fs::write(&config_path, config).unwrap();
