@@ -9,9 +9,12 @@
 //!   control sessions' events that concern them (of their grants, or
 //!   targeting them), one by one;
 //! - `proofs.json`: for each segment the events come from, its root
-//!   statement and signature ([`RootStatement`]); for each event, its
-//!   segment, leaf index, nonce, the chain head before it and its path to
-//!   the root ([`merkle`]);
+//!   statement and signature ([`RootStatement`]), and the nodes that prove
+//!   the segment's carried events together against that root (one
+//!   multiproof per segment, [`merkle::Tree::multiproof`]);
+//! - `proofs/leaves.parquet`: per event, by session and seq, its segment,
+//!   leaf index, nonce, the session's chain head after it, and, where the
+//!   event before it in its session is not carried, the head before it;
 //! - `signing-key.pub.pem`: the deployment's public key (trust it by
 //!   pinning it, as for `verify`);
 //! - renderings of the events for the tools auditors use, made by the
@@ -46,11 +49,12 @@ use crate::verify::{KeyTrust, Problem};
 use crate::{RecorderError, RecorderSettings, Result, segment};
 
 /// The format of a bundle, in its `bundle.json`.
-pub const BUNDLE_FORMAT: &str = "proctor.bundle.v1";
+pub const BUNDLE_FORMAT: &str = "proctor.bundle.v2";
 /// Prefix of the bytes a bundle's signature covers.
-const SIGNING_DOMAIN: &[u8] = b"proctor.bundle.v1\n";
+const SIGNING_DOMAIN: &[u8] = b"proctor.bundle.v2\n";
 pub const EVENTS_FILE: &str = "events/events.parquet";
 pub const PROOFS_FILE: &str = "proofs.json";
+pub const LEAVES_FILE: &str = "proofs/leaves.parquet";
 pub const KEY_FILE: &str = "signing-key.pub.pem";
 pub const BUNDLE_FILE: &str = "bundle.json";
 pub const STATEMENTS_FILE: &str = "statements.csv";
@@ -64,11 +68,11 @@ pub const REPORT_FILE: &str = "report.html";
 pub type Extras<'a> = &'a dyn Fn(&[Event]) -> Vec<(String, Vec<u8>)>;
 
 /// Whether `name` is an extra file a bundle of `sessions` may carry.
-fn allowed_extra(name: &str, sessions: &[String]) -> bool {
+fn allowed_extra(name: &str, sessions: &BTreeSet<String>) -> bool {
     let cast = name
         .strip_prefix("asciicast/")
         .and_then(|rest| rest.strip_suffix(".cast"))
-        .is_some_and(|session| session.parse::<SessionId>().is_ok() && sessions.iter().any(|s| s == session));
+        .is_some_and(|session| session.parse::<SessionId>().is_ok() && sessions.contains(session));
     name == STATEMENTS_FILE || name == OCSF_FILE || name == REPORT_FILE || cast
 }
 
@@ -134,7 +138,8 @@ impl BundleManifest {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Proofs {
     pub roots: Vec<SignedRoot>,
-    pub events: Vec<EventProof>,
+    /// Per segment, the nodes proving its carried events together.
+    pub segments: Vec<SegmentProof>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -143,20 +148,30 @@ pub struct SignedRoot {
     pub signature: String,
 }
 
-/// How one event is proven to be in its segment.
+/// The multiproof of a segment's carried events: the nodes a verifier
+/// needs besides their leaves, in the order [`merkle::root_from`] asks for
+/// them (hex).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EventProof {
+pub struct SegmentProof {
+    pub segment_id: u64,
+    pub nodes: Vec<String>,
+}
+
+/// One row of `proofs/leaves.parquet`: how one event is a leaf of its
+/// segment's tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafProof {
     pub session_id: String,
     pub seq: u64,
     pub segment_id: u64,
     /// Its leaf's index in the segment's tree.
     pub index: u64,
-    /// Hex.
-    pub nonce: String,
-    /// The session's chain head before the event (hex).
-    pub head_before: String,
-    /// The leaf's path to the root, from the leaf up (hex).
-    pub path: Vec<String>,
+    pub nonce: merkle::Nonce,
+    /// The session's chain head after the event.
+    pub head: ChainHash,
+    /// The head before it, where the event before it in its session is not
+    /// in the bundle (seq 0 starts from the genesis head).
+    pub head_before: Option<ChainHash>,
 }
 
 /// What an export wrote.
@@ -173,10 +188,9 @@ pub struct Exported {
 
 /// One event on its way into a bundle.
 struct Picked {
-    session: String,
-    seq: u64,
     canonical: Vec<u8>,
-    proof: EventProof,
+    leaf: LeafProof,
+    before: ChainHash,
 }
 
 fn export_error(message: impl Into<String>) -> RecorderError {
@@ -230,85 +244,85 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     let reader = Reader::open(data_dir)?;
     let wanted: BTreeSet<String> = sessions.iter().map(SessionId::to_string).collect();
 
-    let mut picked: Vec<Picked> = Vec::new();
-    let mut roots: BTreeMap<u64, SignedRoot> = BTreeMap::new();
     // Only what was checked, and what the recording's head covers: a
     // segment sealed meanwhile by a running Proctor waits for the next export.
     let manifests: Vec<Manifest> = reader.manifests()?.into_iter().filter(|m| m.segment_id <= last_segment).collect();
-    let mut take = |manifest: &Manifest, select: &dyn Fn(&str, &Cells<'_>) -> bool, picked: &mut Vec<Picked>| {
-        let before = picked.len();
-        pick(&layout, manifest, select, picked)?;
-        if picked.len() > before && !roots.contains_key(&manifest.segment_id) {
-            let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone())
-            else {
-                return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
-            };
-            roots.insert(manifest.segment_id, SignedRoot { statement, signature });
-        }
-        Ok(())
-    };
-    for manifest in &manifests {
-        if manifest.sessions.iter().any(|s| wanted.contains(&s.session_id)) {
-            take(manifest, &|session, _| wanted.contains(session), &mut picked)?;
-        }
-    }
-    // The grants the sessions ran under, from their starts; then the
-    // control sessions' events about those grants or these sessions.
-    let grants: BTreeSet<String> = picked
-        .iter()
-        .filter_map(|p| canonical::decode(&p.canonical).ok())
-        .filter_map(|row| match row.cells().get(Column::GrantId) {
-            Some(Value::Str(grant))
-                if row.cells().get(Column::Kind) == Some(Value::Str(EventKind::SessionStart.as_str())) =>
-            {
-                Some(grant.to_string())
-            }
-            _ => None,
-        })
-        .collect();
     let control: BTreeSet<String> = reader
         .sessions()?
         .into_iter()
         .filter(|s| s.protocol.as_deref() == Some("control"))
         .map(|s| s.session_id.to_string())
         .collect();
-    let mut related = Vec::new();
+    // The grants the sessions ran under, from their starts (read first, a
+    // few columns of the segments they start in): what makes a control
+    // session's event theirs.
+    let grants = grants_of(&layout, &manifests, &wanted)?;
+
+    let mut picked: Vec<Picked> = Vec::new();
+    let mut roots: Vec<SignedRoot> = Vec::new();
+    let mut segment_proofs: Vec<SegmentProof> = Vec::new();
     let mut unsearched = Vec::new();
     for manifest in &manifests {
-        if manifest.sessions.iter().any(|s| control.contains(&s.session_id)) {
-            if manifest.merkle_root.is_none() {
-                // Sealed before segments committed to each event: its
-                // control events cannot be proven one by one; named.
-                unsearched.push(manifest.segment_id);
-                continue;
-            }
-            let concerns = |session: &str, cells: &Cells<'_>| {
-                control.contains(session) && !wanted.contains(session) && concerns(cells, &grants, &wanted)
+        let has_wanted = manifest.sessions.iter().any(|s| wanted.contains(&s.session_id));
+        let has_control = manifest.sessions.iter().any(|s| control.contains(&s.session_id));
+        if !has_wanted && !has_control {
+            continue;
+        }
+        if manifest.merkle_root.is_none() && !has_wanted {
+            // Sealed before segments committed to each event: its control
+            // events cannot be proven one by one; named.
+            unsearched.push(manifest.segment_id);
+            continue;
+        }
+        let select = |session: &str, cells: &Cells<'_>| {
+            wanted.contains(session) || (control.contains(session) && concerns(cells, &grants, &wanted))
+        };
+        let before = picked.len();
+        let nodes = prove_segment(&layout, manifest, &select, &mut picked)?;
+        if picked.len() > before {
+            let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone())
+            else {
+                return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
             };
-            take(manifest, &concerns, &mut related)?;
+            roots.push(SignedRoot { statement, signature });
+            segment_proofs
+                .push(SegmentProof { segment_id: manifest.segment_id, nodes: nodes.iter().map(hex::encode).collect() });
         }
     }
-    let related_sessions: BTreeSet<String> = related.iter().map(|p| p.session.clone()).collect();
-    let related_events = related.len() as u64;
-    let found: BTreeSet<&str> = picked.iter().map(|p| p.session.as_str()).collect();
+    let related_sessions: BTreeSet<String> =
+        picked.iter().map(|p| &p.leaf.session_id).filter(|s| !wanted.contains(*s)).cloned().collect();
+    let related_events = picked.iter().filter(|p| !wanted.contains(&p.leaf.session_id)).count() as u64;
+    let found: BTreeSet<&str> = picked.iter().map(|p| p.leaf.session_id.as_str()).collect();
     if let Some(missing) = wanted.iter().find(|s| !found.contains(s.as_str())) {
         return Err(export_error(format!(
             "session {missing} is not in the sealed recording (a session still live is exported once its first segment is sealed)"
         )));
     }
+    picked.sort_by(|a, b| (&a.leaf.session_id, a.leaf.seq).cmp(&(&b.leaf.session_id, b.leaf.seq)));
+    // A session is live where its last event (in seq order) is not its end.
     let mut live = Vec::new();
-    for session in &wanted {
-        let last = picked.iter().rfind(|p| p.session == *session).map(|p| p.canonical.as_slice());
-        let ended =
-            last.and_then(|bytes| canonical::key(bytes).ok()).is_some_and(|k| k.kind == EventKind::SessionEnd.as_str());
-        if !ended {
-            live.push(session.clone());
+    for (k, p) in picked.iter().enumerate() {
+        let last_of_session = picked.get(k + 1).is_none_or(|next| next.leaf.session_id != p.leaf.session_id);
+        if last_of_session && wanted.contains(&p.leaf.session_id) {
+            let ended = canonical::key(&p.canonical).is_ok_and(|key| key.kind == EventKind::SessionEnd.as_str());
+            if !ended {
+                live.push(p.leaf.session_id.clone());
+            }
         }
     }
-    picked.extend(related);
-    picked.sort_by(|a, b| (&a.session, a.seq).cmp(&(&b.session, b.seq)));
+    // The head before an event is carried only where the event before it
+    // in its session is not.
+    for k in 0..picked.len() {
+        let follows = k > 0
+            && picked[k - 1].leaf.session_id == picked[k].leaf.session_id
+            && picked[k - 1].leaf.seq + 1 == picked[k].leaf.seq;
+        if !follows && picked[k].leaf.seq > 0 {
+            picked[k].leaf.head_before = Some(picked[k].before);
+        }
+    }
 
     fs::create_dir_all(out.join("events")).map_err(RecorderError::io("cannot create bundle", out))?;
+    fs::create_dir_all(out.join("proofs")).map_err(RecorderError::io("cannot create bundle", out))?;
     let mut builder = BatchBuilder::with_capacity(picked.len());
     let mut bundle_events = Vec::with_capacity(picked.len());
     for p in &picked {
@@ -317,15 +331,18 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     }
     segment::write(&out.join(EVENTS_FILE), &builder.finish()?, &RecorderSettings::default())?;
     let events = picked.len() as u64;
-    let proofs = Proofs { roots: roots.into_values().collect(), events: picked.into_iter().map(|p| p.proof).collect() };
-    let segments = proofs.roots.len();
+    let leaves: Vec<LeafProof> = picked.into_iter().map(|p| p.leaf).collect();
+    write_leaves(&out.join(LEAVES_FILE), &leaves)?;
+    drop(leaves);
+    let segments = roots.len();
+    let proofs = Proofs { roots, segments: segment_proofs };
     write_file(out, PROOFS_FILE, &serde_json::to_vec_pretty(&proofs).unwrap_or_default())?;
     write_file(out, KEY_FILE, keys::public_key_pem(&key.verifying_key()).as_bytes())?;
 
-    let mut names: Vec<String> = [EVENTS_FILE, KEY_FILE, PROOFS_FILE].map(str::to_string).to_vec();
-    let exported_ids: Vec<String> = wanted.iter().cloned().collect();
+    let mut names: BTreeSet<String> =
+        [EVENTS_FILE, KEY_FILE, LEAVES_FILE, PROOFS_FILE].into_iter().map(str::to_string).collect();
     for (name, bytes) in extras(&bundle_events) {
-        if !allowed_extra(&name, &exported_ids) || names.contains(&name) {
+        if !allowed_extra(&name, &wanted) || names.contains(&name) {
             let _ = fs::remove_dir_all(out);
             return Err(export_error(format!("{name}: not a file a bundle may carry")));
         }
@@ -333,9 +350,9 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
             fs::create_dir_all(out.join(parent)).map_err(RecorderError::io("cannot create bundle", out))?;
         }
         write_file(out, &name, &bytes)?;
-        names.push(name);
+        names.insert(name);
     }
-    names.sort();
+    drop(bundle_events);
     let mut files = Vec::new();
     for path in &names {
         let (sha256, bytes) = hash_file(&out.join(path))?;
@@ -375,6 +392,45 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         )));
     }
     Ok(Exported { sessions: wanted.len(), events, segments, live, related_events })
+}
+
+/// The grants `sessions` started under: the `grant_id` of each one's
+/// `session_start`, read from the segments they start in, four columns
+/// only.
+fn grants_of(layout: &Layout, manifests: &[Manifest], sessions: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+    use arrow::array::{Array, AsArray};
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut grants = BTreeSet::new();
+    for manifest in manifests {
+        if !manifest.sessions.iter().any(|s| s.first_seq == 0 && sessions.contains(&s.session_id)) {
+            continue;
+        }
+        let path = layout.root().join(&manifest.path);
+        let file = fs::File::open(&path).map_err(RecorderError::io("cannot open segment", &path))?;
+        let corrupt = |e: parquet::errors::ParquetError| RecorderError::corrupt(&path, e.to_string());
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
+        let names = [Column::SessionId, Column::Kind, Column::GrantId].map(|c| c.name());
+        let mask = ProjectionMask::columns(builder.parquet_schema(), names);
+        for batch in builder.with_projection(mask).build().map_err(corrupt)? {
+            let batch = batch.map_err(|e| RecorderError::corrupt(&path, e.to_string()))?;
+            let column = |name: &str| batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>().cloned());
+            let (Some(session), Some(kind), Some(grant)) =
+                (column(Column::SessionId.name()), column(Column::Kind.name()), column(Column::GrantId.name()))
+            else {
+                continue;
+            };
+            for i in 0..batch.num_rows() {
+                if grant.is_valid(i)
+                    && kind.value(i) == EventKind::SessionStart.as_str()
+                    && sessions.contains(session.value(i))
+                {
+                    grants.insert(grant.value(i).to_string());
+                }
+            }
+        }
+    }
+    Ok(grants)
 }
 
 /// Whether a control session's event concerns the exported sessions: an
@@ -429,14 +485,15 @@ fn check_manifests(layout: &Layout, key: &ManifestKey) -> Result<(String, u64)> 
     Ok((head, last))
 }
 
-/// The wanted sessions' events of one segment, each with its proof; the
-/// segment's tree rebuilt from its rows must be the one its manifest signs.
-fn pick(
+/// The selected events of one segment, each with its leaf; returns the
+/// segment's multiproof for them. The segment's tree rebuilt from its rows
+/// must be the one its manifest signs.
+fn prove_segment(
     layout: &Layout,
     manifest: &Manifest,
     select: &dyn Fn(&str, &Cells<'_>) -> bool,
     picked: &mut Vec<Picked>,
-) -> Result<()> {
+) -> Result<Vec<merkle::Hash>> {
     let path = layout.root().join(&manifest.path);
     let salt = manifest.merkle_salt.as_deref().and_then(|salt| {
         let mut bytes = [0u8; 32];
@@ -455,8 +512,9 @@ fn pick(
             (s.session_id.clone(), s.chain_in.as_deref().and_then(ChainHash::from_hex).unwrap_or(ChainHash::GENESIS))
         })
         .collect();
-    let mut leaves = Vec::new();
-    let first = picked.len();
+    let mut leaves = Vec::with_capacity(manifest.row_count as usize);
+    let mut indices = Vec::new();
+    let mut bytes = Vec::new();
     segment::for_each_batch(&path, |batch| {
         let reader = BatchReader::new(&batch)?;
         for i in 0..reader.len() {
@@ -467,27 +525,30 @@ fn pick(
             else {
                 return Err(RecorderError::corrupt(&path, "a row without session id or seq"));
             };
-            let mut bytes = Vec::new();
+            bytes.clear();
             canonical::encode(&cells, &mut bytes);
-            let head = heads.entry(session.to_string()).or_insert(ChainHash::GENESIS);
+            let head = match heads.get_mut(session) {
+                Some(head) => head,
+                None => heads.entry(session.to_string()).or_insert(ChainHash::GENESIS),
+            };
             let before = *head;
             *head = before.next(&bytes);
             let index = leaves.len() as u64;
             let nonce = merkle::nonce(&salt, index);
             leaves.push(merkle::leaf(&nonce, head));
             if select(session, &cells) {
+                indices.push(index);
                 picked.push(Picked {
-                    session: session.to_string(),
-                    seq,
-                    canonical: bytes,
-                    proof: EventProof {
+                    canonical: bytes.clone(),
+                    before,
+                    leaf: LeafProof {
                         session_id: session.to_string(),
                         seq,
                         segment_id: manifest.segment_id,
                         index,
-                        nonce: hex::encode(nonce),
-                        head_before: before.to_hex(),
-                        path: Vec::new(),
+                        nonce,
+                        head: *head,
+                        head_before: None,
                     },
                 });
             }
@@ -501,11 +562,99 @@ fn pick(
             manifest.segment_id
         )));
     }
-    for p in &mut picked[first..] {
-        let path = tree.proof(p.proof.index).unwrap_or_default();
-        p.proof.path = path.iter().map(hex::encode).collect();
+    Ok(tree.multiproof(&indices).unwrap_or_default())
+}
+
+/// The arrow schema of `proofs/leaves.parquet`.
+fn leaves_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("session_id", DataType::Utf8, false),
+        Field::new("seq", DataType::UInt64, false),
+        Field::new("segment_id", DataType::UInt64, false),
+        Field::new("leaf_index", DataType::UInt64, false),
+        Field::new("nonce", DataType::FixedSizeBinary(16), false),
+        Field::new("head", DataType::FixedSizeBinary(32), false),
+        Field::new("head_before", DataType::FixedSizeBinary(32), true),
+    ]))
+}
+
+/// Writes `proofs/leaves.parquet` (zstd; sorted by session and seq).
+pub fn write_leaves(path: &Path, leaves: &[LeafProof]) -> Result<()> {
+    use arrow::array::{ArrayRef, FixedSizeBinaryBuilder, StringArray, UInt64Array};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    let failed = |e: &dyn std::fmt::Display| RecorderError::Export(format!("cannot write {}: {e}", path.display()));
+    let file = fs::File::create(path).map_err(RecorderError::io("cannot write bundle file", path))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| failed(&e))?))
+        .set_created_by(format!("proctor {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, leaves_schema(), Some(properties)).map_err(|e| failed(&e))?;
+    for chunk in leaves.chunks(64 * 1024) {
+        let fixed = |size: i32, value: &dyn Fn(&LeafProof) -> Option<&[u8]>| -> Result<ArrayRef> {
+            let mut builder = FixedSizeBinaryBuilder::with_capacity(chunk.len(), size);
+            for leaf in chunk {
+                match value(leaf) {
+                    Some(bytes) => builder.append_value(bytes).map_err(|e| failed(&e))?,
+                    None => builder.append_null(),
+                }
+            }
+            Ok(std::sync::Arc::new(builder.finish()))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            std::sync::Arc::new(StringArray::from_iter_values(chunk.iter().map(|l| l.session_id.as_str()))),
+            std::sync::Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|l| l.seq))),
+            std::sync::Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|l| l.segment_id))),
+            std::sync::Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|l| l.index))),
+            fixed(16, &|l| Some(&l.nonce[..]))?,
+            fixed(32, &|l| Some(&l.head.0[..]))?,
+            fixed(32, &|l| l.head_before.as_ref().map(|h| &h.0[..]))?,
+        ];
+        let batch = arrow::array::RecordBatch::try_new(leaves_schema(), columns).map_err(|e| failed(&e))?;
+        writer.write(&batch).map_err(|e| failed(&e))?;
     }
-    Ok(())
+    let file = writer.into_inner().map_err(|e| failed(&e))?;
+    file.sync_all().map_err(RecorderError::io("cannot write bundle file", path))
+}
+
+/// Reads `proofs/leaves.parquet`: its rows, or why it cannot be read.
+pub fn read_leaves(path: &Path) -> std::result::Result<Vec<LeafProof>, String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::UInt64Type;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = fs::File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| format!("is not Parquet: {e}"))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("cannot be read: {e}"))?;
+        if batch.schema().fields() != leaves_schema().fields() {
+            return Err("does not have the columns of a bundle's leaves".to_string());
+        }
+        let session = batch.column(0).as_string::<i32>();
+        let seq = batch.column(1).as_primitive::<UInt64Type>();
+        let segment_id = batch.column(2).as_primitive::<UInt64Type>();
+        let index = batch.column(3).as_primitive::<UInt64Type>();
+        let nonce = batch.column(4).as_fixed_size_binary();
+        let head = batch.column(5).as_fixed_size_binary();
+        let before = batch.column(6).as_fixed_size_binary();
+        for i in 0..batch.num_rows() {
+            let fixed32 = |bytes: &[u8]| -> [u8; 32] { bytes.try_into().unwrap_or([0; 32]) };
+            out.push(LeafProof {
+                session_id: session.value(i).to_string(),
+                seq: seq.value(i),
+                segment_id: segment_id.value(i),
+                index: index.value(i),
+                nonce: nonce.value(i).try_into().unwrap_or([0; 16]),
+                head: ChainHash(fixed32(head.value(i))),
+                head_before: before.is_valid(i).then(|| ChainHash(fixed32(before.value(i)))),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn write_file(root: &Path, relative: &str, bytes: &[u8]) -> Result<()> {
@@ -572,7 +721,12 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         }
     };
     if bundle.format != BUNDLE_FORMAT {
-        report.problem(BUNDLE_FILE, format!("unknown bundle format {:?}", bundle.format));
+        let hint = if bundle.format == "proctor.bundle.v1" {
+            ": bundles of format 1 (one proof per event) were made by development builds only; export the sessions again"
+        } else {
+            ""
+        };
+        report.problem(BUNDLE_FILE, format!("unknown bundle format {:?}{hint}", bundle.format));
         return Ok(report);
     }
 
@@ -624,9 +778,10 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
 
     // Files: exactly the fixed ones, each as signed, and nothing else.
     let names: BTreeSet<&str> = bundle.files.iter().map(|f| f.path.as_str()).collect();
-    let fixed = [EVENTS_FILE, KEY_FILE, PROOFS_FILE];
+    let fixed = [EVENTS_FILE, KEY_FILE, LEAVES_FILE, PROOFS_FILE];
+    let exported: BTreeSet<String> = bundle.sessions.iter().cloned().collect();
     let strange: Vec<&str> =
-        names.iter().copied().filter(|n| !fixed.contains(n) && !allowed_extra(n, &bundle.sessions)).collect();
+        names.iter().copied().filter(|n| !fixed.contains(n) && !allowed_extra(n, &exported)).collect();
     let missing: Vec<&str> = fixed.into_iter().filter(|n| !names.contains(n)).collect();
     if !strange.is_empty() || !missing.is_empty() || names.len() != bundle.files.len() {
         report.problem(
@@ -662,7 +817,7 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         return Ok(report);
     }
 
-    // Roots, each signed by the key.
+    // Roots, each signed by the key, and each segment's multiproof.
     let proofs: Proofs = match fs::read(dir.join(PROOFS_FILE)).map(|b| serde_json::from_slice(&b)) {
         Ok(Ok(proofs)) => proofs,
         _ => {
@@ -685,22 +840,43 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         }
     }
     report.segments = roots.len();
-
-    // Events: each proven, each session whole.
-    let mut by_event: HashMap<(String, u64), &EventProof> = HashMap::new();
-    for proof in &proofs.events {
-        if by_event.insert((proof.session_id.clone(), proof.seq), proof).is_some() {
-            report.problem(PROOFS_FILE, format!("session {} seq {} has two proofs", proof.session_id, proof.seq));
+    let mut multiproofs: HashMap<u64, Vec<merkle::Hash>> = HashMap::new();
+    for proof in &proofs.segments {
+        let nodes: Option<Vec<merkle::Hash>> = proof.nodes.iter().map(|h| decode_hash(h)).collect();
+        match nodes {
+            Some(nodes) if !multiproofs.contains_key(&proof.segment_id) => {
+                multiproofs.insert(proof.segment_id, nodes);
+            }
+            Some(_) => report.problem(PROOFS_FILE, format!("segment {} has two proofs", proof.segment_id)),
+            None => {
+                report.problem(PROOFS_FILE, format!("segment {}: its proof holds what is not a hash", proof.segment_id))
+            }
         }
     }
-    let mut sessions: BTreeMap<String, Vec<(u64, String, ChainHash, ChainHash)>> = BTreeMap::new();
+
+    // Leaves: one per event, by session and seq.
+    let leaves = read_leaves(&dir.join(LEAVES_FILE)).unwrap_or_else(|why| {
+        report.problem(LEAVES_FILE, format!("{why}: no event can be proven"));
+        Vec::new()
+    });
+    let mut by_event: HashMap<(&str, u64), usize> = HashMap::with_capacity(leaves.len());
+    for (k, leaf) in leaves.iter().enumerate() {
+        if by_event.insert((leaf.session_id.as_str(), leaf.seq), k).is_some() {
+            report.problem(LEAVES_FILE, format!("session {} seq {} has two proofs", leaf.session_id, leaf.seq));
+        }
+    }
+
+    // Events: each proven, each session whole.
+    let mut segment_leaves: HashMap<u64, Vec<(u64, merkle::Hash)>> = HashMap::new();
+    let mut sessions: BTreeMap<String, Vec<(u64, Bound, ChainHash, ChainHash)>> = BTreeMap::new();
     let related: BTreeSet<&str> = bundle.related.iter().map(String::as_str).collect();
     // The grants the exported sessions started under, and each related
     // event's grant and target: what says it concerns them.
     let mut grants: BTreeSet<String> = BTreeSet::new();
     let mut about: Vec<(String, u64, Option<String>, Option<String>)> = Vec::new();
-    let mut proven: BTreeSet<(String, u64)> = BTreeSet::new();
+    let mut proven = vec![false; leaves.len()];
     let events_path = dir.join(EVENTS_FILE);
+    let mut bytes = Vec::new();
     let walked = segment::for_each_batch(&events_path, |batch| {
         let reader = BatchReader::new(&batch)?;
         for i in 0..reader.len() {
@@ -712,44 +888,45 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
                 report.problem(EVENTS_FILE, format!("row {i}: no session id or seq"));
                 continue;
             };
-            let kind = match cells.get(Column::Kind) {
-                Some(Value::Str(kind)) => kind.to_string(),
-                _ => String::new(),
-            };
             report.events += 1;
-            let location = format!("session {session} seq {seq}");
-            let mut bytes = Vec::new();
-            canonical::encode(&cells, &mut bytes);
-            let Some(proof) = by_event.get(&(session.to_string(), seq)) else {
-                report.problem(location, "has no proof: it was added to the bundle");
+            let location = || format!("session {session} seq {seq}");
+            let Some(&k) = by_event.get(&(session, seq)) else {
+                report.problem(location(), "has no proof: it was added to the bundle");
                 continue;
             };
-            if !proven.insert((session.to_string(), seq)) {
-                report.problem(location, "appears more than once: an event was duplicated");
+            if std::mem::replace(&mut proven[k], true) {
+                report.problem(location(), "appears more than once: an event was duplicated");
                 continue;
             }
-            let (Some(before), Some(nonce)) = (ChainHash::from_hex(&proof.head_before), decode_hash(&proof.nonce))
-            else {
-                report.problem(location, "its proof is malformed");
-                continue;
+            let leaf = &leaves[k];
+            // The head before it: carried, or the genesis head, or the head
+            // after the event before it in its session.
+            let before = match (leaf.head_before, seq) {
+                (Some(before), _) => before,
+                (None, 0) => ChainHash::GENESIS,
+                (None, _) => match by_event.get(&(session, seq - 1)) {
+                    Some(&previous) => leaves[previous].head,
+                    None => {
+                        report.problem(location(), "its proof is malformed: no head before it");
+                        continue;
+                    }
+                },
             };
+            bytes.clear();
+            canonical::encode(&cells, &mut bytes);
             let head = before.next(&bytes);
-            let path: Option<Vec<merkle::Hash>> = proof.path.iter().map(|h| decode_hash(h)).collect();
-            let inside = match (roots.get(&proof.segment_id), path) {
-                (Some((size, root)), Some(path)) => {
-                    merkle::verify_inclusion(&merkle::leaf(&nonce, &head), proof.index, *size, &path, root)
-                }
-                _ => false,
-            };
-            if !inside {
+            if head != leaf.head {
                 report.problem(
-                    location.clone(),
+                    location(),
                     format!(
                         "is not proven in segment {}: the event was edited, or its proof does not belong to it",
-                        proof.segment_id
+                        leaf.segment_id
                     ),
                 );
             }
+            // The leaf of what is here, not of what the proof says: the
+            // root binds the events themselves.
+            segment_leaves.entry(leaf.segment_id).or_default().push((leaf.index, merkle::leaf(&leaf.nonce, &head)));
             let text = |column| match cells.get(column) {
                 Some(Value::Str(value)) => Some(value.to_string()),
                 _ => None,
@@ -759,23 +936,56 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
                 report.related_events += 1;
                 continue;
             }
-            if kind == EventKind::SessionStart.as_str()
+            let kind = match cells.get(Column::Kind) {
+                Some(Value::Str(kind)) if kind == EventKind::SessionStart.as_str() => Bound::Start,
+                Some(Value::Str(kind)) if kind == EventKind::SessionEnd.as_str() => Bound::End,
+                _ => Bound::Inside,
+            };
+            if kind == Bound::Start
                 && let Some(grant) = text(Column::GrantId)
             {
                 grants.insert(grant);
             }
-            sessions.entry(session.to_string()).or_default().push((seq, kind, before, head));
+            let entry = (seq, kind, before, head);
+            match sessions.get_mut(session) {
+                Some(events) => events.push(entry),
+                None => {
+                    sessions.insert(session.to_string(), vec![entry]);
+                }
+            }
         }
         Ok(())
     });
     if let Err(error) = walked {
         report.problem(EVENTS_FILE, format!("unreadable: {error}"));
     }
-    for proof in &proofs.events {
-        if !proven.contains(&(proof.session_id.clone(), proof.seq)) {
+    for (leaf, proven) in leaves.iter().zip(&proven) {
+        if !proven {
             report.problem(
-                format!("session {} seq {}", proof.session_id, proof.seq),
+                format!("session {} seq {}", leaf.session_id, leaf.seq),
                 "is proven but not in events/: the event was removed from the bundle",
+            );
+        }
+    }
+    // Each segment's carried events, with its multiproof, give its root.
+    let mut segment_ids: Vec<u64> = segment_leaves.keys().copied().collect();
+    segment_ids.sort_unstable();
+    for segment_id in segment_ids {
+        let location = format!("segment {segment_id}");
+        let mut known = segment_leaves.remove(&segment_id).unwrap_or_default();
+        known.sort_unstable_by_key(|(index, _)| *index);
+        if known.windows(2).any(|w| w[0].0 == w[1].0) {
+            report.problem(location, "two events claim one leaf: an event was duplicated or its proof copied");
+            continue;
+        }
+        let (Some((size, root)), Some(nodes)) = (roots.get(&segment_id), multiproofs.get(&segment_id)) else {
+            report.problem(location, "events claim this segment, but the bundle has no signed root or proof for it");
+            continue;
+        };
+        if merkle::root_from(*size, &known, nodes).as_ref() != Some(root) {
+            report.problem(
+                location,
+                "its carried events do not give its signed Merkle root: an event or its proof was edited, added or removed",
             );
         }
     }
@@ -823,12 +1033,12 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
                     format!("seq {seq} does not continue the chain of the events before it: events were reordered or replaced"),
                 );
             }
-            if *seq == 0 && kind != EventKind::SessionStart.as_str() {
+            if *seq == 0 && *kind != Bound::Start {
                 report.problem(location.clone(), "seq 0 is not its session_start");
             }
             expected = (seq.saturating_add(1), *head);
         }
-        let ended = events.last().is_some_and(|e| e.1 == EventKind::SessionEnd.as_str());
+        let ended = events.last().is_some_and(|e| e.1 == Bound::End);
         let live = bundle.live.contains(session);
         if !ended && !live {
             report.problem(location.clone(), "ends without its session_end and is not marked live: its tail was cut");
@@ -840,6 +1050,14 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     report.sessions = sessions.len();
     report.manifest = Some(bundle);
     Ok(report)
+}
+
+/// Where an event stands in its session, for the completeness check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bound {
+    Start,
+    Inside,
+    End,
 }
 
 fn decode_hash<const N: usize>(text: &str) -> Option<[u8; N]> {

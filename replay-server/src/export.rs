@@ -350,9 +350,25 @@ fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>, header: &ReportHea
             files.push((format!("asciicast/{session}.cast"), text.into_bytes()));
         }
     }
-    files.push((STATEMENTS_FILE.to_string(), statements_csv(events, wanted)));
-    files.push((OCSF_FILE.to_string(), crate::ocsf::jsonl(events)));
-    files.push((REPORT_FILE.to_string(), report::html(events, wanted, header)));
+    // OCSF, the largest, in pieces on every core, the report meanwhile.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
+    std::thread::scope(|scope| {
+        let piece = events.len().div_ceil(cores).max(1);
+        let pieces: Vec<_> =
+            events.chunks(piece).map(|chunk| scope.spawn(|| crate::ocsf::jsonl_of(chunk, events))).collect();
+        files.push((STATEMENTS_FILE.to_string(), statements_csv(events, wanted)));
+        files.push((REPORT_FILE.to_string(), report::html(events, wanted, header)));
+        let mut ocsf = Vec::new();
+        for piece in pieces {
+            let bytes = piece.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            if ocsf.is_empty() {
+                ocsf = bytes;
+            } else {
+                ocsf.extend_from_slice(&bytes);
+            }
+        }
+        files.push((OCSF_FILE.to_string(), ocsf));
+    });
     files
 }
 

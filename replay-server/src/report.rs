@@ -56,7 +56,7 @@ pub fn html(events: &[Event], wanted: &BTreeSet<SessionId>, header: &ReportHeade
         }
     }
 
-    let mut page = String::with_capacity(events.len() * 160 + 8192);
+    let mut page = String::with_capacity(events.len() * 200 + 8192);
     page.push_str(HEAD);
     page.push_str("<h1>Proctor evidence report</h1>\n<table class=\"meta\">\n");
     row(&mut page, "Exported by", header.exported_by);

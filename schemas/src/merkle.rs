@@ -154,6 +154,93 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
     sn == 0 && r == *root
 }
 
+/// The sizes of a tree's levels, from its leaves up to its root.
+fn level_sizes(size: u64) -> Vec<u64> {
+    let mut sizes = vec![size];
+    while let Some(&last) = sizes.last().filter(|&&n| n > 1) {
+        sizes.push(last.div_ceil(2));
+    }
+    sizes
+}
+
+impl Tree {
+    /// The nodes that prove the leaves at `indices` (ascending, each once)
+    /// together: what a verifier needs besides those leaves to recompute
+    /// the root ([`root_from`]), in the order it asks for them (level by
+    /// level from the leaves up, left to right). None if an index is out of
+    /// range or out of order. Leaves proven together share their paths:
+    /// all of a tree's leaves need no node at all.
+    pub fn multiproof(&self, indices: &[u64]) -> Option<Vec<Hash>> {
+        if indices.windows(2).any(|w| w[0] >= w[1]) || indices.last().is_some_and(|&i| i >= self.size()) {
+            return None;
+        }
+        let mut known: Vec<u64> = indices.to_vec();
+        let mut proof = Vec::new();
+        for level in &self.levels[..self.levels.len().saturating_sub(1)] {
+            let mut above = Vec::with_capacity(known.len());
+            let mut k = 0;
+            while k < known.len() {
+                let at = known[k];
+                let sibling = at ^ 1;
+                if known.get(k + 1) == Some(&sibling) {
+                    k += 1;
+                } else if (sibling as usize) < level.len() {
+                    proof.push(level[sibling as usize]);
+                }
+                above.push(at / 2);
+                k += 1;
+            }
+            known = above;
+        }
+        Some(proof)
+    }
+}
+
+/// The root of a tree of `size` leaves, recomputed from some of its leaves
+/// (`(index, leaf)`, indices ascending, each once) and their multiproof
+/// ([`Tree::multiproof`]). None if the leaves or the proof do not fit the
+/// tree: an index out of order or out of range, a proof too short or too
+/// long, no leaf at all.
+pub fn root_from(size: u64, leaves: &[(u64, Hash)], proof: &[Hash]) -> Option<Hash> {
+    if leaves.is_empty()
+        || leaves.windows(2).any(|w| w[0].0 >= w[1].0)
+        || leaves.last().is_some_and(|&(i, _)| i >= size)
+    {
+        return None;
+    }
+    let mut known: Vec<(u64, Hash)> = leaves.to_vec();
+    let mut proof = proof.iter();
+    for &width in &level_sizes(size)[..level_sizes(size).len() - 1] {
+        let mut above = Vec::with_capacity(known.len() / 2 + 1);
+        let mut k = 0;
+        while k < known.len() {
+            let (at, hash) = known[k];
+            let sibling = at ^ 1;
+            let parent = match known.get(k + 1) {
+                Some(&(next, right)) if next == sibling => {
+                    k += 1;
+                    node(&hash, &right)
+                }
+                _ if sibling >= width => hash,
+                _ => {
+                    let other = proof.next()?;
+                    if at & 1 == 1 { node(other, &hash) } else { node(&hash, other) }
+                }
+            };
+            above.push((at / 2, parent));
+            k += 1;
+        }
+        known = above;
+    }
+    if proof.next().is_some() {
+        return None;
+    }
+    match known.as_slice() {
+        [(0, root)] => Some(*root),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +316,62 @@ mod tests {
         }
         assert!(!verify_inclusion(&leaves[0], 13, 13, &[], &root), "past the end");
         assert!(!verify_inclusion(&leaves[0], 0, 0, &[], &root), "an empty tree");
+    }
+
+    #[test]
+    fn multiproofs_give_the_root_of_the_single_proofs_for_every_subset() {
+        // Every subset of small trees, and random subsets of larger ones:
+        // the root recomputed from a multiproof is the tree's, and it is
+        // never longer than the single proofs together.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for n in 1..=300usize {
+            let leaves = leaves(n);
+            let tree = Tree::new(leaves.clone());
+            let subsets: Vec<Vec<u64>> = if n <= 10 {
+                (1u32..1 << n).map(|mask| (0..n as u64).filter(|i| mask & (1 << i) != 0).collect()).collect()
+            } else {
+                (0..20)
+                    .map(|_| (0..n as u64).filter(|_| next() % 4 == 0).collect::<Vec<_>>())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            };
+            for subset in subsets {
+                let proof = tree.multiproof(&subset).unwrap();
+                let known: Vec<(u64, Hash)> = subset.iter().map(|&i| (i, leaves[i as usize])).collect();
+                assert_eq!(root_from(n as u64, &known, &proof), Some(tree.root()), "{subset:?} of {n}");
+                let singles: usize = subset.iter().map(|&i| tree.proof(i).unwrap().len()).sum();
+                assert!(proof.len() <= singles, "{subset:?} of {n}");
+                // Whatever is changed, left out or added, the root is another.
+                if let Some(first) = proof.first() {
+                    let mut bent = proof.clone();
+                    bent[0][0] ^= 1;
+                    assert_ne!(root_from(n as u64, &known, &bent), Some(tree.root()));
+                    assert_eq!(root_from(n as u64, &known, &proof[1..]), None, "a proof cut short");
+                    let mut longer = proof.clone();
+                    longer.push(*first);
+                    assert_eq!(root_from(n as u64, &known, &longer), None, "a proof made longer");
+                }
+                let mut other = known.clone();
+                other[0].1[0] ^= 1;
+                assert_ne!(root_from(n as u64, &other, &proof), Some(tree.root()), "another leaf");
+                // (The size is not checked here: a subtree's root can stand
+                // for a leaf of a larger tree, so the size comes from the
+                // signed root statement, never from the prover.)
+            }
+            // All leaves need no node.
+            let all: Vec<u64> = (0..n as u64).collect();
+            assert_eq!(tree.multiproof(&all).unwrap(), Vec::<Hash>::new());
+        }
+        let tree = Tree::new(leaves(5));
+        assert_eq!(tree.multiproof(&[3, 1]), None, "out of order");
+        assert_eq!(tree.multiproof(&[5]), None, "out of range");
+        assert_eq!(root_from(5, &[], &[]), None, "no leaf");
+        assert_eq!(root_from(5, &[(1, [0; 32]), (1, [0; 32])], &[]), None, "twice");
     }
 }

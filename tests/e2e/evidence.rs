@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::compute::concat_batches;
-use proctor_recorder::evidence::{BUNDLE_FILE, BundleManifest, EVENTS_FILE, PROOFS_FILE};
+use std::collections::BTreeSet;
+
+use proctor_recorder::evidence::{self, BUNDLE_FILE, BundleManifest, EVENTS_FILE, LEAVES_FILE, PROOFS_FILE};
 use proctor_recorder::keys::ManifestKey;
 use proctor_recorder::{RecorderSettings, segment};
 use proctor_tests::{copy_dir, run, run_ok, stderr, stdout};
@@ -246,6 +248,48 @@ fn an_edited_event_is_caught() {
     let fewer = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep)).unwrap();
     segment::write(&out.join(EVENTS_FILE), &fewer, &RecorderSettings::default()).unwrap();
     expect_failure(&out, &["events/events.parquet: holds", "signed as"]);
+
+    // A node of a segment's multiproof changed: the segment's root is not
+    // given by its events any more.
+    let (_dir, out, _) = bundle();
+    let mut proofs: evidence::Proofs = serde_json::from_slice(&std::fs::read(out.join(PROOFS_FILE)).unwrap()).unwrap();
+    let proof = proofs.segments.iter_mut().find(|p| !p.nodes.is_empty()).expect("a segment shared with other sessions");
+    let segment = proof.segment_id;
+    let flipped = if proof.nodes[0].starts_with('0') { "1" } else { "0" };
+    proof.nodes[0].replace_range(0..1, flipped);
+    std::fs::write(out.join(PROOFS_FILE), serde_json::to_vec(&proofs).unwrap()).unwrap();
+    resign(&out, &deployment_key());
+    expect_failure(&out, &[&format!("segment {segment}: its carried events do not give its signed Merkle root")]);
+
+    // An event edited and its leaf's head made to match: named by its
+    // segment's root.
+    let (_dir, out, chosen) = bundle();
+    let batch = events(&out);
+    let sql = batch.column_by_name("sql").unwrap().as_string::<i32>();
+    let row = (0..batch.num_rows()).rfind(|&i| !sql.is_null(i)).expect("a statement");
+    let edited: StringArray = (0..batch.num_rows())
+        .map(|i| if i == row { Some("select 'nothing to see'") } else { sql.is_valid(i).then(|| sql.value(i)) })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[batch.schema().index_of("sql").unwrap()] = std::sync::Arc::new(edited);
+    let edited = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let session = batch.column_by_name("session_id").unwrap().as_string::<i32>().value(row).to_string();
+    let seq = batch.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::UInt64Type>().value(row);
+    assert!(chosen.contains(&session));
+    let mut leaves = evidence::read_leaves(&out.join(LEAVES_FILE)).unwrap();
+    let k = leaves.iter().position(|l| l.session_id == session && l.seq == seq).unwrap();
+    let before = match leaves[k].head_before {
+        Some(before) => before,
+        None => leaves[k - 1].head,
+    };
+    let reader = proctor_schemas::arrow::BatchReader::new(&edited).unwrap();
+    let mut bytes = Vec::new();
+    proctor_schemas::canonical::encode(&reader.row(row).unwrap().cells(), &mut bytes);
+    leaves[k].head = before.next(&bytes);
+    let segment = leaves[k].segment_id;
+    evidence::write_leaves(&out.join(LEAVES_FILE), &leaves).unwrap();
+    replace_events(&out, &edited);
+    expect_failure(&out, &[&format!("segment {segment}: its carried events do not give its signed Merkle root")]);
 }
 
 #[test]
@@ -295,10 +339,9 @@ fn a_dropped_session_a_swapped_file_or_a_re_signed_bundle_is_caught() {
     let sessions = batch.column_by_name("session_id").unwrap().as_string::<i32>();
     let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| sessions.value(i as usize) != chosen[1]).collect();
     replace_events(&out, &arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(keep)).unwrap());
-    let proofs_path = out.join(PROOFS_FILE);
-    let mut proofs: Value = serde_json::from_slice(&std::fs::read(&proofs_path).unwrap()).unwrap();
-    proofs["events"].as_array_mut().unwrap().retain(|p| p["session_id"] != chosen[1].as_str());
-    std::fs::write(&proofs_path, serde_json::to_vec(&proofs).unwrap()).unwrap();
+    let mut leaves = evidence::read_leaves(&out.join(LEAVES_FILE)).unwrap();
+    leaves.retain(|l| l.session_id != chosen[1]);
+    evidence::write_leaves(&out.join(LEAVES_FILE), &leaves).unwrap();
     resign(&out, &deployment_key());
     expect_failure(&out, &[&format!("session {}: was exported but has no events here", chosen[1])]);
 
@@ -411,29 +454,13 @@ fn a_control_event_about_someone_else_is_caught() {
         })
         .collect();
     assert!(!foreign.is_empty(), "the other bundle has control events of its own");
-    let added = arrow::compute::take_record_batch(&theirs, &arrow::array::UInt32Array::from(foreign)).unwrap();
-    let merged = concat_batches(&ours.schema(), &[ours.clone(), added]).unwrap();
-    // Their proofs and roots come along: each event is genuinely recorded.
-    let mut proofs: Value = serde_json::from_slice(&std::fs::read(out.join(PROOFS_FILE)).unwrap()).unwrap();
-    let their_proofs: Value = serde_json::from_slice(&std::fs::read(other.join(PROOFS_FILE)).unwrap()).unwrap();
-    for proof in their_proofs["events"].as_array().unwrap() {
-        let key = (proof["session_id"].as_str().unwrap().to_string(), proof["seq"].as_u64().unwrap());
-        if manifest.related.contains(&key.0) && !our_keys.contains(&key) {
-            proofs["events"].as_array_mut().unwrap().push(proof.clone());
-        }
-    }
-    for root in their_proofs["roots"].as_array().unwrap() {
-        let known = proofs["roots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["statement"]["segment_id"] == root["statement"]["segment_id"]);
-        if !known {
-            proofs["roots"].as_array_mut().unwrap().push(root.clone());
-        }
-    }
-    std::fs::write(out.join(PROOFS_FILE), serde_json::to_vec(&proofs).unwrap()).unwrap();
-    replace_events(&out, &merged);
+    // Carried with genuine proofs, as a key holder could make them.
+    let extra: BTreeSet<(String, u64)> =
+        foreign.iter().map(|&i| (sessions.value(i as usize).to_string(), seqs.value(i as usize))).collect();
+    carry_also(&out, &recorded().data, &extra);
+    let (ok, text) = verify(&out);
+    assert!(!ok, "{text}");
+    assert!(!text.contains("Merkle root") && !text.contains("is not proven"), "each event is genuinely proven: {text}");
     expect_failure(&out, &["concerns none of the exported sessions or their grants: it is someone else's"]);
 }
 
@@ -935,4 +962,91 @@ fn summary_session(data: &Path) -> String {
     let data_sessions: Vec<&Value> = sessions.iter().filter(|s| s["protocol"] == "postgres").collect();
     assert_eq!(data_sessions.len(), 1, "{sessions:?}");
     id(data_sessions[0]).to_string()
+}
+
+/// What a key holder could forge: the recording's events `extra` (by
+/// session and seq) added to `bundle` with genuine leaves, every segment's
+/// multiproof made anew for what it then carries, and the bundle signed
+/// again: a second, independent construction of proofs.
+fn carry_also(bundle: &Path, recording: &Path, extra: &BTreeSet<(String, u64)>) {
+    use proctor_schemas::arrow::BatchReader;
+    use proctor_schemas::chain::ChainHash;
+    use proctor_schemas::{Column, Value as Cell, canonical, merkle};
+    let mut leaves = evidence::read_leaves(&bundle.join(LEAVES_FILE)).unwrap();
+    let mut proofs: evidence::Proofs =
+        serde_json::from_slice(&std::fs::read(bundle.join(PROOFS_FILE)).unwrap()).unwrap();
+    let mut batches = vec![events(bundle)];
+    let manifests = proctor_recorder::reader::Reader::open(recording).unwrap().manifests().unwrap();
+    for manifest in &manifests {
+        let carried: BTreeSet<u64> =
+            leaves.iter().filter(|l| l.segment_id == manifest.segment_id).map(|l| l.index).collect();
+        let Some(salt) = manifest.merkle_salt.as_deref() else { continue };
+        let salt: [u8; 32] = hex::decode(salt).unwrap().try_into().unwrap();
+        let rows = segment::read_all(&recording.join(&manifest.path)).unwrap();
+        let rows = concat_batches(&rows[0].schema(), &rows).unwrap();
+        let reader = BatchReader::new(&rows).unwrap();
+        let mut heads: std::collections::HashMap<String, ChainHash> = manifest
+            .sessions
+            .iter()
+            .map(|s| {
+                (
+                    s.session_id.clone(),
+                    s.chain_in.as_deref().and_then(ChainHash::from_hex).unwrap_or(ChainHash::GENESIS),
+                )
+            })
+            .collect();
+        let (mut tree_leaves, mut taken, mut indices) = (Vec::new(), Vec::new(), carried.clone());
+        for i in 0..reader.len() {
+            let row = reader.row(i).unwrap();
+            let cells = row.cells();
+            let (Some(Cell::Str(session)), Some(Cell::U64(seq))) =
+                (cells.get(Column::SessionId), cells.get(Column::Seq))
+            else {
+                panic!("a row without session or seq")
+            };
+            let mut bytes = Vec::new();
+            canonical::encode(&cells, &mut bytes);
+            let head = heads.entry(session.to_string()).or_insert(ChainHash::GENESIS);
+            let before = *head;
+            *head = before.next(&bytes);
+            let index = i as u64;
+            let nonce = merkle::nonce(&salt, index);
+            tree_leaves.push(merkle::leaf(&nonce, head));
+            if extra.contains(&(session.to_string(), seq)) {
+                taken.push(i as u32);
+                indices.insert(index);
+                leaves.push(evidence::LeafProof {
+                    session_id: session.to_string(),
+                    seq,
+                    segment_id: manifest.segment_id,
+                    index,
+                    nonce,
+                    head: *head,
+                    head_before: Some(before),
+                });
+            }
+        }
+        if taken.is_empty() {
+            continue;
+        }
+        batches.push(arrow::compute::take_record_batch(&rows, &arrow::array::UInt32Array::from(taken)).unwrap());
+        let indices: Vec<u64> = indices.into_iter().collect();
+        let nodes = merkle::Tree::new(tree_leaves).multiproof(&indices).unwrap();
+        proofs.segments.retain(|p| p.segment_id != manifest.segment_id);
+        proofs.segments.push(evidence::SegmentProof {
+            segment_id: manifest.segment_id,
+            nodes: nodes.iter().map(hex::encode).collect(),
+        });
+        if !proofs.roots.iter().any(|r| r.statement.segment_id == manifest.segment_id) {
+            proofs.roots.push(evidence::SignedRoot {
+                statement: manifest.root_statement().unwrap(),
+                signature: manifest.root_signature.clone().unwrap(),
+            });
+        }
+    }
+    leaves.sort_by(|a, b| (&a.session_id, a.seq).cmp(&(&b.session_id, b.seq)));
+    evidence::write_leaves(&bundle.join(LEAVES_FILE), &leaves).unwrap();
+    std::fs::write(bundle.join(PROOFS_FILE), serde_json::to_vec(&proofs).unwrap()).unwrap();
+    let merged = concat_batches(&batches[0].schema(), &batches).unwrap();
+    replace_events(bundle, &merged);
 }
