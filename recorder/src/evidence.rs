@@ -189,6 +189,7 @@ pub struct Exported {
 /// One event on its way into a bundle.
 struct Picked {
     canonical: Vec<u8>,
+    event: Event,
     leaf: LeafProof,
     before: ChainHash,
 }
@@ -262,6 +263,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     let mut roots: Vec<SignedRoot> = Vec::new();
     let mut segment_proofs: Vec<SegmentProof> = Vec::new();
     let mut unsearched = Vec::new();
+    let mut to_prove = Vec::new();
     for manifest in &manifests {
         let has_wanted = manifest.sessions.iter().any(|s| wanted.contains(&s.session_id));
         let has_control = manifest.sessions.iter().any(|s| control.contains(&s.session_id));
@@ -274,20 +276,47 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
             unsearched.push(manifest.segment_id);
             continue;
         }
-        let select = |session: &str, cells: &Cells<'_>| {
-            wanted.contains(session) || (control.contains(session) && concerns(cells, &grants, &wanted))
-        };
-        let before = picked.len();
-        let nodes = prove_segment(&layout, manifest, &select, &mut picked)?;
-        if picked.len() > before {
-            let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone())
-            else {
-                return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
-            };
-            roots.push(SignedRoot { statement, signature });
-            segment_proofs
-                .push(SegmentProof { segment_id: manifest.segment_id, nodes: nodes.iter().map(hex::encode).collect() });
+        to_prove.push(manifest);
+    }
+    let select = |session: &str, cells: &Cells<'_>| {
+        wanted.contains(session) || (control.contains(session) && concerns(cells, &grants, &wanted))
+    };
+    // Segments are proven on every core, each on its own.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    type Proven = (usize, Result<(Vec<Picked>, Vec<merkle::Hash>)>);
+    let mut proven: Vec<Proven> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..cores.min(to_prove.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(manifest) = to_prove.get(k) else { break };
+                        let mut picked = Vec::new();
+                        let proof = prove_segment(&layout, manifest, &select, &mut picked).map(|nodes| (picked, nodes));
+                        done.push((k, proof));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    proven.sort_by_key(|(k, _)| *k);
+    for (k, proof) in proven {
+        let manifest = to_prove[k];
+        let (mut of_segment, nodes) = proof?;
+        if of_segment.is_empty() {
+            continue;
         }
+        let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone()) else {
+            return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
+        };
+        roots.push(SignedRoot { statement, signature });
+        segment_proofs
+            .push(SegmentProof { segment_id: manifest.segment_id, nodes: nodes.iter().map(hex::encode).collect() });
+        picked.append(&mut of_segment);
     }
     let related_sessions: BTreeSet<String> =
         picked.iter().map(|p| &p.leaf.session_id).filter(|s| !wanted.contains(*s)).cloned().collect();
@@ -324,14 +353,12 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     fs::create_dir_all(out.join("events")).map_err(RecorderError::io("cannot create bundle", out))?;
     fs::create_dir_all(out.join("proofs")).map_err(RecorderError::io("cannot create bundle", out))?;
     let mut builder = BatchBuilder::with_capacity(picked.len());
-    let mut bundle_events = Vec::with_capacity(picked.len());
     for p in &picked {
         builder.push_canonical(&p.canonical)?;
-        bundle_events.push(Event::from_row(canonical::decode(&p.canonical)?)?);
     }
     segment::write(&out.join(EVENTS_FILE), &builder.finish()?, &RecorderSettings::default())?;
     let events = picked.len() as u64;
-    let leaves: Vec<LeafProof> = picked.into_iter().map(|p| p.leaf).collect();
+    let (bundle_events, leaves): (Vec<Event>, Vec<LeafProof>) = picked.into_iter().map(|p| (p.event, p.leaf)).unzip();
     write_leaves(&out.join(LEAVES_FILE), &leaves)?;
     drop(leaves);
     let segments = roots.len();
@@ -341,21 +368,45 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
 
     let mut names: BTreeSet<String> =
         [EVENTS_FILE, KEY_FILE, LEAVES_FILE, PROOFS_FILE].into_iter().map(str::to_string).collect();
-    for (name, bytes) in extras(&bundle_events) {
-        if !allowed_extra(&name, &wanted) || names.contains(&name) {
+    let renderings = extras(&bundle_events);
+    drop(bundle_events);
+    for (name, _) in &renderings {
+        if !allowed_extra(name, &wanted) || names.contains(name) {
             let _ = fs::remove_dir_all(out);
             return Err(export_error(format!("{name}: not a file a bundle may carry")));
         }
-        if let Some(parent) = Path::new(&name).parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(out.join(parent)).map_err(RecorderError::io("cannot create bundle", out))?;
         }
-        write_file(out, &name, &bytes)?;
-        names.insert(name);
     }
-    drop(bundle_events);
+    // The renderings are hashed as they are written, the largest each on
+    // a thread of its own: they are most of a bundle's bytes.
+    let mut hashed: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let (large, small): (Vec<_>, Vec<_>) = renderings.iter().partition(|(_, bytes)| bytes.len() > 1 << 20);
+    std::thread::scope(|scope| -> Result<()> {
+        let write_hashed = |name: &str, bytes: &[u8]| -> Result<(String, u64)> {
+            write_file(out, name, bytes)?;
+            Ok((hex::encode(Sha256::digest(bytes)), bytes.len() as u64))
+        };
+        let threads: Vec<_> =
+            large.iter().map(|(name, bytes)| (name, scope.spawn(move || write_hashed(name, bytes)))).collect();
+        for (name, bytes) in &small {
+            hashed.insert(name.clone(), write_hashed(name, bytes)?);
+        }
+        for (name, thread) in threads {
+            let written = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            hashed.insert(name.to_string(), written);
+        }
+        Ok(())
+    })?;
+    names.extend(hashed.keys().cloned());
+    drop(renderings);
     let mut files = Vec::new();
     for path in &names {
-        let (sha256, bytes) = hash_file(&out.join(path))?;
+        let (sha256, bytes) = match hashed.remove(path) {
+            Some(done) => done,
+            None => hash_file(&out.join(path))?,
+        };
         files.push(BundleFile { path: path.clone(), sha256, bytes });
     }
     let mut bundle = BundleManifest {
@@ -380,7 +431,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     write_file(out, BUNDLE_FILE, &text)?;
     // What was signed must verify, or it is not evidence: a session whose
     // chain restarts (its head before lost) cannot be proven whole.
-    let check = verify_bundle(out, Some(&PinnedKey::Key(key.verifying_key())))?;
+    let check = verify_bundle_with(out, Some(&PinnedKey::Key(key.verifying_key())), false)?;
     if !check.ok() {
         let _ = fs::remove_dir_all(out);
         let problems: Vec<String> = check.problems.iter().take(5).map(ToString::to_string).collect();
@@ -518,39 +569,44 @@ fn prove_segment(
     segment::for_each_batch(&path, |batch| {
         let reader = BatchReader::new(&batch)?;
         for i in 0..reader.len() {
-            let cells_row = reader.row(i)?;
-            let cells = cells_row.cells();
-            let (Some(Value::Str(session)), Some(Value::U64(seq))) =
-                (cells.get(Column::SessionId), cells.get(Column::Seq))
-            else {
-                return Err(RecorderError::corrupt(&path, "a row without session id or seq"));
-            };
-            bytes.clear();
-            canonical::encode(&cells, &mut bytes);
-            let head = match heads.get_mut(session) {
-                Some(head) => head,
-                None => heads.entry(session.to_string()).or_insert(ChainHash::GENESIS),
-            };
-            let before = *head;
-            *head = before.next(&bytes);
-            let index = leaves.len() as u64;
-            let nonce = merkle::nonce(&salt, index);
-            leaves.push(merkle::leaf(&nonce, head));
-            if select(session, &cells) {
+            // Every row is a leaf; a selected one is also carried, as an
+            // event (read again, owned).
+            let taken = reader.with_cells(i, |cells| -> Result<Option<(LeafProof, ChainHash)>> {
+                let (Some(Value::Str(session)), Some(Value::U64(seq))) =
+                    (cells.get(Column::SessionId), cells.get(Column::Seq))
+                else {
+                    return Err(RecorderError::corrupt(&path, "a row without session id or seq"));
+                };
+                bytes.clear();
+                canonical::encode(cells, &mut bytes);
+                let head = match heads.get_mut(session) {
+                    Some(head) => head,
+                    None => heads.entry(session.to_string()).or_insert(ChainHash::GENESIS),
+                };
+                let before = *head;
+                *head = before.next(&bytes);
+                let head = *head;
+                let index = leaves.len() as u64;
+                let nonce = merkle::nonce(&salt, index);
+                leaves.push(merkle::leaf(&nonce, &head));
+                if !select(session, cells) {
+                    return Ok(None);
+                }
                 indices.push(index);
-                picked.push(Picked {
-                    canonical: bytes.clone(),
-                    before,
-                    leaf: LeafProof {
-                        session_id: session.to_string(),
-                        seq,
-                        segment_id: manifest.segment_id,
-                        index,
-                        nonce,
-                        head: *head,
-                        head_before: None,
-                    },
-                });
+                let leaf = LeafProof {
+                    session_id: session.to_string(),
+                    seq,
+                    segment_id: manifest.segment_id,
+                    index,
+                    nonce,
+                    head,
+                    head_before: None,
+                };
+                Ok(Some((leaf, before)))
+            })??;
+            if let Some((leaf, before)) = taken {
+                let event = Event::from_row(reader.row(i)?)?;
+                picked.push(Picked { canonical: bytes.clone(), event, before, leaf });
             }
         }
         Ok(())
@@ -694,6 +750,14 @@ impl BundleReport {
 /// one `pinned` names; without a pin, the key the bundle carries is trusted
 /// (and a bundle re-signed with another key would pass: pin it).
 pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleReport> {
+    verify_bundle_with(dir, pinned, true)
+}
+
+/// [`verify_bundle`]; the renderings' hashes are checked only with
+/// `hash_renderings` (an exporter checking what it has just written and
+/// hashed from memory skips them). The renderings are never read
+/// otherwise, so they are hashed on a thread of their own meanwhile.
+fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: bool) -> Result<BundleReport> {
     let mut report = BundleReport {
         problems: Vec::new(),
         sessions: 0,
@@ -790,19 +854,22 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
         );
         return Ok(report);
     }
-    for file in &bundle.files {
-        match hash_regular(dir, &file.path, file.bytes) {
-            Ok(sha256) if sha256 == file.sha256 => {}
-            Ok(sha256) => report.problem(
-                file.path.clone(),
-                format!(
-                    "does not match bundle.json (sha-256 {sha256}; signed as {}): it was modified or swapped",
-                    file.sha256
-                ),
-            ),
-            Err(why) => report.problem(file.path.clone(), format!("{why}: it was removed, swapped or changed")),
-        }
+    let (read, renderings): (Vec<BundleFile>, Vec<BundleFile>) =
+        bundle.files.iter().cloned().partition(|f| fixed.contains(&f.path.as_str()));
+    for problem in check_hashes(dir, &read) {
+        report.problems.push(problem);
     }
+    let rendered = if hash_renderings {
+        let (dir, renderings) = (dir.to_path_buf(), renderings);
+        Some(std::thread::spawn(move || check_hashes(&dir, &renderings)))
+    } else {
+        None
+    };
+    let rendered = || -> Vec<Problem> {
+        rendered
+            .map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .unwrap_or_default()
+    };
     for (found, what) in entries_under(dir) {
         match what {
             Entry::File if found == BUNDLE_FILE || names.contains(found.as_str()) => {}
@@ -814,6 +881,7 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     }
     if !report.ok() {
         // What did not match its signature is not read.
+        report.problems.extend(rendered());
         return Ok(report);
     }
 
@@ -880,79 +948,79 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     let walked = segment::for_each_batch(&events_path, |batch| {
         let reader = BatchReader::new(&batch)?;
         for i in 0..reader.len() {
-            let row = reader.row(i)?;
-            let cells = row.cells();
-            let (Some(Value::Str(session)), Some(Value::U64(seq))) =
-                (cells.get(Column::SessionId), cells.get(Column::Seq))
-            else {
-                report.problem(EVENTS_FILE, format!("row {i}: no session id or seq"));
-                continue;
-            };
-            report.events += 1;
-            let location = || format!("session {session} seq {seq}");
-            let Some(&k) = by_event.get(&(session, seq)) else {
-                report.problem(location(), "has no proof: it was added to the bundle");
-                continue;
-            };
-            if std::mem::replace(&mut proven[k], true) {
-                report.problem(location(), "appears more than once: an event was duplicated");
-                continue;
-            }
-            let leaf = &leaves[k];
-            // The head before it: carried, or the genesis head, or the head
-            // after the event before it in its session.
-            let before = match (leaf.head_before, seq) {
-                (Some(before), _) => before,
-                (None, 0) => ChainHash::GENESIS,
-                (None, _) => match by_event.get(&(session, seq - 1)) {
-                    Some(&previous) => leaves[previous].head,
-                    None => {
-                        report.problem(location(), "its proof is malformed: no head before it");
-                        continue;
-                    }
-                },
-            };
-            bytes.clear();
-            canonical::encode(&cells, &mut bytes);
-            let head = before.next(&bytes);
-            if head != leaf.head {
-                report.problem(
-                    location(),
-                    format!(
-                        "is not proven in segment {}: the event was edited, or its proof does not belong to it",
-                        leaf.segment_id
-                    ),
-                );
-            }
-            // The leaf of what is here, not of what the proof says: the
-            // root binds the events themselves.
-            segment_leaves.entry(leaf.segment_id).or_default().push((leaf.index, merkle::leaf(&leaf.nonce, &head)));
-            let text = |column| match cells.get(column) {
-                Some(Value::Str(value)) => Some(value.to_string()),
-                _ => None,
-            };
-            if related.contains(session) {
-                about.push((session.to_string(), seq, text(Column::GrantId), text(Column::TargetSession)));
-                report.related_events += 1;
-                continue;
-            }
-            let kind = match cells.get(Column::Kind) {
-                Some(Value::Str(kind)) if kind == EventKind::SessionStart.as_str() => Bound::Start,
-                Some(Value::Str(kind)) if kind == EventKind::SessionEnd.as_str() => Bound::End,
-                _ => Bound::Inside,
-            };
-            if kind == Bound::Start
-                && let Some(grant) = text(Column::GrantId)
-            {
-                grants.insert(grant);
-            }
-            let entry = (seq, kind, before, head);
-            match sessions.get_mut(session) {
-                Some(events) => events.push(entry),
-                None => {
-                    sessions.insert(session.to_string(), vec![entry]);
+            reader.with_cells(i, |cells| {
+                let (Some(Value::Str(session)), Some(Value::U64(seq))) =
+                    (cells.get(Column::SessionId), cells.get(Column::Seq))
+                else {
+                    report.problem(EVENTS_FILE, format!("row {i}: no session id or seq"));
+                    return;
+                };
+                report.events += 1;
+                let location = || format!("session {session} seq {seq}");
+                let Some(&k) = by_event.get(&(session, seq)) else {
+                    report.problem(location(), "has no proof: it was added to the bundle");
+                    return;
+                };
+                if std::mem::replace(&mut proven[k], true) {
+                    report.problem(location(), "appears more than once: an event was duplicated");
+                    return;
                 }
-            }
+                let leaf = &leaves[k];
+                // The head before it: carried, or the genesis head, or the head
+                // after the event before it in its session.
+                let before = match (leaf.head_before, seq) {
+                    (Some(before), _) => before,
+                    (None, 0) => ChainHash::GENESIS,
+                    (None, _) => match by_event.get(&(session, seq - 1)) {
+                        Some(&previous) => leaves[previous].head,
+                        None => {
+                            report.problem(location(), "its proof is malformed: no head before it");
+                            return;
+                        }
+                    },
+                };
+                bytes.clear();
+                canonical::encode(cells, &mut bytes);
+                let head = before.next(&bytes);
+                if head != leaf.head {
+                    report.problem(
+                        location(),
+                        format!(
+                            "is not proven in segment {}: the event was edited, or its proof does not belong to it",
+                            leaf.segment_id
+                        ),
+                    );
+                }
+                // The leaf of what is here, not of what the proof says: the
+                // root binds the events themselves.
+                segment_leaves.entry(leaf.segment_id).or_default().push((leaf.index, merkle::leaf(&leaf.nonce, &head)));
+                let text = |column| match cells.get(column) {
+                    Some(Value::Str(value)) => Some(value.to_string()),
+                    _ => None,
+                };
+                if related.contains(session) {
+                    about.push((session.to_string(), seq, text(Column::GrantId), text(Column::TargetSession)));
+                    report.related_events += 1;
+                    return;
+                }
+                let kind = match cells.get(Column::Kind) {
+                    Some(Value::Str(kind)) if kind == EventKind::SessionStart.as_str() => Bound::Start,
+                    Some(Value::Str(kind)) if kind == EventKind::SessionEnd.as_str() => Bound::End,
+                    _ => Bound::Inside,
+                };
+                if kind == Bound::Start
+                    && let Some(grant) = text(Column::GrantId)
+                {
+                    grants.insert(grant);
+                }
+                let entry = (seq, kind, before, head);
+                match sessions.get_mut(session) {
+                    Some(events) => events.push(entry),
+                    None => {
+                        sessions.insert(session.to_string(), vec![entry]);
+                    }
+                }
+            })?;
         }
         Ok(())
     });
@@ -1049,7 +1117,25 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
     }
     report.sessions = sessions.len();
     report.manifest = Some(bundle);
+    report.problems.extend(rendered());
     Ok(report)
+}
+
+/// Each of `files` under `dir` checked against its signed hash and size.
+fn check_hashes(dir: &Path, files: &[BundleFile]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for file in files {
+        let message = match hash_regular(dir, &file.path, file.bytes) {
+            Ok(sha256) if sha256 == file.sha256 => continue,
+            Ok(sha256) => format!(
+                "does not match bundle.json (sha-256 {sha256}; signed as {}): it was modified or swapped",
+                file.sha256
+            ),
+            Err(why) => format!("{why}: it was removed, swapped or changed"),
+        };
+        problems.push(Problem { location: file.path.clone(), message });
+    }
+    problems
 }
 
 /// Where an event stands in its session, for the completeness check.

@@ -47,14 +47,138 @@ pub fn jsonl_of(events: &[Event], all: &[Event]) -> Vec<u8> {
             _ => None,
         })
         .collect();
-    let mut out = Vec::with_capacity(events.len() * 900);
+    let mut sessions: HashMap<SessionId, SessionParts> = HashMap::new();
+    let product = serde_json::to_string(&json!({
+        "name": "Proctor",
+        "vendor_name": "Proctor",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .unwrap_or_default();
+    let mut out = Vec::with_capacity(events.len() * 800);
     for event in events {
-        let object = object(event, &starts);
-        // A `Value` always serialises.
-        let _ = serde_json::to_writer(&mut out, &object);
+        let parts = sessions.entry(event.session_id).or_insert_with(|| SessionParts::of(event.session_id, &starts));
+        write_object(&mut out, event, &starts, parts, &product);
         out.push(b'\n');
     }
     out
+}
+
+/// What every object of a session repeats, serialised once.
+struct SessionParts {
+    id: String,
+    /// `"actor"`, `"src_endpoint"` and `"dst_endpoint"`, from its start.
+    actor: Option<String>,
+    src_endpoint: Option<String>,
+    dst_endpoint: Option<String>,
+}
+
+impl SessionParts {
+    fn of(session: SessionId, starts: &HashMap<SessionId, &SessionStart>) -> SessionParts {
+        let start = starts.get(&session);
+        let text = |value: Value| serde_json::to_string(&value).unwrap_or_default();
+        SessionParts {
+            id: session.to_string(),
+            actor: start.map(|s| text(actor(s.subject.as_deref(), &s.groups))),
+            src_endpoint: start.map(|s| text(endpoint(s.client_addr.as_deref()))),
+            dst_endpoint: start.and_then(|s| s.resource.as_ref()).map(|r| text(json!({ "svc_name": r }))),
+        }
+    }
+}
+
+/// `,"key":` and `value` as JSON.
+fn field(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    // A `Value`, a string or a number always serialises.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// `,"key":` and JSON already serialised.
+fn raw_field(out: &mut Vec<u8>, key: &str, json: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(json.as_bytes());
+}
+
+/// Writes the OCSF object of one event: its class's attributes, the
+/// session's subject and endpoints where the class has them, and
+/// `unmapped.proctor`.
+fn write_object(
+    out: &mut Vec<u8>,
+    event: &Event,
+    starts: &HashMap<SessionId, &SessionStart>,
+    session: &SessionParts,
+    product: &str,
+) {
+    use std::io::Write as _;
+    let start = starts.get(&event.session_id).copied();
+    let protocol = start.map(|s| s.protocol);
+    let mut proctor = Map::new();
+    proctor.insert("direction".into(), json!(event.direction.as_str()));
+    if let Some(start) = start {
+        insert_opt(&mut proctor, "resource", &start.resource);
+        insert_opt(&mut proctor, "grant_id", &start.grant_id);
+    }
+    let mapped = map_body(event, start, protocol, starts, &mut proctor);
+    let class = mapped.class;
+    let _ = write!(
+        out,
+        "{{\"class_uid\":{},\"class_name\":\"{}\",\"category_uid\":{},\"activity_id\":{}",
+        class.uid, class.name, class.category, mapped.activity.0
+    );
+    field(out, "activity_name", &mapped.activity.1);
+    let _ = write!(
+        out,
+        ",\"type_uid\":{},\"time\":{},\"severity_id\":{}",
+        u64::from(class.uid) * 100 + u64::from(mapped.activity.0),
+        event.time.0.div_euclid(1_000_000),
+        mapped.severity
+    );
+    if let Some(status) = mapped.status {
+        let name = if status == SUCCESS { "Success" } else { "Failure" };
+        let _ = write!(out, ",\"status_id\":{status},\"status\":\"{name}\"");
+    }
+    let _ = write!(
+        out,
+        ",\"metadata\":{{\"version\":\"{OCSF_VERSION}\",\"product\":{product},\"uid\":\"{}/{}\",\"correlation_uid\":\"{}\",\"sequence\":{},\"event_code\":\"{}\"",
+        session.id,
+        event.seq,
+        session.id,
+        event.seq,
+        event.body.kind().as_str()
+    );
+    if mapped.fields.contains_key("action_id") {
+        out.extend_from_slice(b",\"profiles\":[\"security_control\"]");
+    }
+    out.push(b'}');
+    // The session's subject and origin, where the class has them and the
+    // event did not name its own.
+    if class.actor
+        && !mapped.fields.contains_key("actor")
+        && let Some(actor) = &session.actor
+    {
+        raw_field(out, "actor", actor);
+    }
+    if class.endpoints {
+        if !mapped.fields.contains_key("src_endpoint")
+            && let Some(src) = &session.src_endpoint
+        {
+            raw_field(out, "src_endpoint", src);
+        }
+        if !mapped.fields.contains_key("dst_endpoint")
+            && let Some(dst) = &session.dst_endpoint
+        {
+            raw_field(out, "dst_endpoint", dst);
+        }
+    }
+    for (key, value) in &mapped.fields {
+        field(out, key, value);
+    }
+    out.extend_from_slice(b",\"unmapped\":{\"proctor\":");
+    let _ = serde_json::to_writer(&mut *out, &proctor);
+    out.extend_from_slice(b"}}");
 }
 
 /// A class of OCSF 1.3.0 and its category.
@@ -115,78 +239,6 @@ impl Mapped {
 
 const OTHER: (u32, &str) = (99, "Other");
 
-/// The OCSF object of one event.
-pub fn object(event: &Event, starts: &HashMap<SessionId, &SessionStart>) -> Value {
-    let start = starts.get(&event.session_id).copied();
-    let protocol = start.map(|s| s.protocol);
-    let mut proctor = Map::new();
-    proctor.insert("session_id".into(), json!(event.session_id.to_string()));
-    proctor.insert("seq".into(), json!(event.seq));
-    proctor.insert("kind".into(), json!(event.body.kind().as_str()));
-    proctor.insert("direction".into(), json!(event.direction.as_str()));
-    if let Some(start) = start {
-        insert_opt(&mut proctor, "resource", &start.resource);
-        insert_opt(&mut proctor, "grant_id", &start.grant_id);
-    }
-    let mut mapped = map_body(event, start, protocol, starts, &mut proctor);
-    let security_control = mapped.fields.contains_key("action_id");
-
-    let time_ms = event.time.0.div_euclid(1_000_000);
-    let mut object = Map::new();
-    object.insert("class_uid".into(), json!(mapped.class.uid));
-    object.insert("class_name".into(), json!(mapped.class.name));
-    object.insert("category_uid".into(), json!(mapped.class.category));
-    object.insert("activity_id".into(), json!(mapped.activity.0));
-    object.insert("activity_name".into(), json!(mapped.activity.1));
-    object.insert("type_uid".into(), json!(u64::from(mapped.class.uid) * 100 + u64::from(mapped.activity.0)));
-    object.insert("time".into(), json!(time_ms));
-    object.insert("severity_id".into(), json!(mapped.severity));
-    if let Some(status) = mapped.status {
-        object.insert("status_id".into(), json!(status));
-        object.insert("status".into(), json!(if status == SUCCESS { "Success" } else { "Failure" }));
-    }
-    let mut metadata = json!({
-        "version": OCSF_VERSION,
-        "product": {
-            "name": "Proctor",
-            "vendor_name": "Proctor",
-            "version": env!("CARGO_PKG_VERSION"),
-        },
-        "uid": format!("{}/{}", event.session_id, event.seq),
-        "correlation_uid": event.session_id.to_string(),
-        "sequence": event.seq,
-        "event_code": event.body.kind().as_str(),
-        "log_name": "proctor",
-    });
-    if security_control {
-        metadata["profiles"] = json!(["security_control"]);
-    }
-    object.insert("metadata".into(), metadata);
-    // The session's subject and origin, where the class has them and the
-    // event did not name its own.
-    if let Some(start) = start
-        && mapped.class.actor
-        && !mapped.fields.contains_key("actor")
-    {
-        mapped.fields.insert("actor".into(), actor(start.subject.as_deref(), &start.groups));
-    }
-    if let Some(start) = start.filter(|_| mapped.class.endpoints) {
-        if !mapped.fields.contains_key("src_endpoint") {
-            mapped.fields.insert("src_endpoint".into(), endpoint(start.client_addr.as_deref()));
-        }
-        if !mapped.fields.contains_key("dst_endpoint")
-            && let Some(resource) = &start.resource
-        {
-            mapped.fields.insert("dst_endpoint".into(), json!({ "name": resource, "svc_name": resource }));
-        }
-    }
-    for (key, value) in mapped.fields {
-        object.insert(key, value);
-    }
-    object.insert("unmapped".into(), json!({ "proctor": proctor }));
-    Value::Object(object)
-}
-
 fn insert_opt(map: &mut Map<String, Value>, key: &str, value: &Option<String>) {
     if let Some(value) = value {
         map.insert(key.to_string(), json!(value));
@@ -197,7 +249,6 @@ fn user(name: Option<&str>, groups: &[String]) -> Value {
     let mut user = Map::new();
     if let Some(name) = name {
         user.insert("name".into(), json!(name));
-        user.insert("uid".into(), json!(name));
     }
     if !groups.is_empty() {
         user.insert("groups".into(), Value::Array(groups.iter().map(|g| json!({ "name": g })).collect()));
@@ -523,7 +574,7 @@ fn map_body(
                 .set("actor", actor(g.actor.as_deref(), &[]));
             if let Some(resource) = &g.resource {
                 mapped = mapped.set("privileges", json!([format!("connect:{resource}")]));
-                mapped = mapped.set("dst_endpoint", json!({ "name": resource, "svc_name": resource }));
+                mapped = mapped.set("dst_endpoint", json!({ "svc_name": resource }));
             }
             if let Some(status) = status {
                 mapped = mapped.status(status);

@@ -497,6 +497,66 @@ impl<'a> BatchReader<'a> {
         array.is_valid(row).then(|| array.value(row))
     }
 
+    /// Calls `f` with the cells of row `index`: those of [`Self::row`]'s
+    /// `cells()`, borrowed from the batch where they can be (text, bytes,
+    /// numbers; lists are built), so that reading a row allocates little.
+    /// The fast path of `row(index)?.cells()`, and equal to it.
+    pub fn with_cells<T>(&self, index: usize, f: impl FnOnce(&Cells<'_>) -> T) -> Result<T, SchemaError> {
+        let layout = |def: &crate::columns::ColumnDef| {
+            SchemaError::Arrow(format!("column `{}` has an unexpected layout", def.name))
+        };
+        let mut lists: Vec<(Column, OwnedValue)> = Vec::new();
+        for def in COLUMNS {
+            let Some(array) = self.columns[def.column.index()] else { continue };
+            let is_list = matches!(
+                def.ty,
+                ColumnType::StrList
+                    | ColumnType::OptStrList
+                    | ColumnType::Rows
+                    | ColumnType::Pairs
+                    | ColumnType::Counts
+            );
+            if is_list && !array.is_null(index) {
+                lists.push((def.column, read_value(def.ty, array, index).ok_or_else(|| layout(def))?));
+            }
+        }
+        let mut cells = Cells::new();
+        for def in COLUMNS {
+            let Some(array) = self.columns[def.column.index()] else { continue };
+            if array.is_null(index) {
+                continue;
+            }
+            let value = match def.ty {
+                ColumnType::Str => Value::Str(array.as_string_opt::<i32>().ok_or_else(|| layout(def))?.value(index)),
+                ColumnType::U64 => {
+                    Value::U64(array.as_primitive_opt::<UInt64Type>().ok_or_else(|| layout(def))?.value(index))
+                }
+                ColumnType::U32 => {
+                    Value::U64(array.as_primitive_opt::<UInt32Type>().ok_or_else(|| layout(def))?.value(index).into())
+                }
+                ColumnType::U16 => {
+                    Value::U64(array.as_primitive_opt::<UInt16Type>().ok_or_else(|| layout(def))?.value(index).into())
+                }
+                ColumnType::I32 => {
+                    Value::I64(array.as_primitive_opt::<Int32Type>().ok_or_else(|| layout(def))?.value(index).into())
+                }
+                ColumnType::Bool => Value::Bool(array.as_boolean_opt().ok_or_else(|| layout(def))?.value(index)),
+                ColumnType::Bytes => {
+                    Value::Bytes(array.as_binary_opt::<i32>().ok_or_else(|| layout(def))?.value(index))
+                }
+                ColumnType::Time => Value::I64(
+                    array.as_primitive_opt::<TimestampNanosecondType>().ok_or_else(|| layout(def))?.value(index),
+                ),
+                _ => continue,
+            };
+            cells.set(def.column, value);
+        }
+        for (column, value) in &lists {
+            cells.set(*column, value.as_value());
+        }
+        Ok(f(&cells))
+    }
+
     /// Row `index` as an owned row.
     pub fn row(&self, index: usize) -> Result<Row, SchemaError> {
         let mut row = Row::default();

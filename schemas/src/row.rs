@@ -20,7 +20,7 @@ pub(crate) enum OwnedValue {
 }
 
 impl OwnedValue {
-    fn as_value(&self) -> Value<'_> {
+    pub(crate) fn as_value(&self) -> Value<'_> {
         match self {
             OwnedValue::Str(v) => Value::Str(v),
             OwnedValue::U64(v) => Value::U64(*v),

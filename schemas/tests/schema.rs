@@ -68,6 +68,18 @@ fn every_kind_round_trips_through_arrow() {
         let mut bytes = Vec::new();
         canonical::encode(&row.cells(), &mut bytes);
         assert_eq!(bytes, canonical_of(event), "{:?}: arrow row hashes differently", event.kind());
+        // The borrowed fast path gives the owned row's cells, cell by cell.
+        let owned = row.cells();
+        reader
+            .with_cells(i, |cells| {
+                for column in proctor_schemas::COLUMNS.iter().map(|def| def.column) {
+                    assert_eq!(cells.get(column), owned.get(column), "{:?}: column {}", event.kind(), column.name());
+                }
+                let mut fast = Vec::new();
+                canonical::encode(cells, &mut fast);
+                assert_eq!(fast, bytes, "{:?}: borrowed cells hash differently", event.kind());
+            })
+            .unwrap();
         assert_eq!(&Event::from_row(row).unwrap(), event);
     }
 }
