@@ -82,7 +82,7 @@ fn main() {
 
         // The bundle alone.
         let out = work.path().join(format!("bare-{round}"));
-        let no_extras = |_: &[proctor_schemas::Event]| Vec::new();
+        let no_extras = |_: &[proctor_schemas::Event], _: &mut dyn evidence::Renderings| Ok(());
         let started = Instant::now();
         let exported = evidence::export(&ExportRequest {
             data_dir: &data,

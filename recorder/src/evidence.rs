@@ -65,7 +65,49 @@ pub const REPORT_FILE: &str = "report.html";
 /// in seq order) as the extra files it carries: `(name, bytes)`, each name
 /// [`REPORT_FILE`], [`STATEMENTS_FILE`], [`OCSF_FILE`] or
 /// `asciicast/SESSION.cast` for an exported session.
-pub type Extras<'a> = &'a dyn Fn(&[Event]) -> Vec<(String, Vec<u8>)>;
+pub type Extras<'a> = &'a (dyn Fn(&[Event], &mut dyn Renderings) -> Result<()> + Sync);
+
+/// Where an export's renderings go: each file by its bundle name, written
+/// through `write` as it is made (never whole in memory) and hashed on the
+/// way to disk.
+pub trait Renderings {
+    fn file(&mut self, name: &str, write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>)
+    -> Result<()>;
+}
+
+/// The renderings of a bundle being written: allowed names only, each
+/// once, hashed as written.
+struct BundleFiles<'a> {
+    out: &'a Path,
+    sessions: &'a BTreeSet<String>,
+    hashed: BTreeMap<String, (String, u64)>,
+}
+
+impl Renderings for BundleFiles<'_> {
+    fn file(
+        &mut self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<()> {
+        use std::io::Write as _;
+        if !allowed_extra(name, self.sessions) || self.hashed.contains_key(name) {
+            return Err(export_error(format!("{name}: not a file a bundle may carry")));
+        }
+        let path = self.out.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(RecorderError::io("cannot create bundle", self.out))?;
+        }
+        let file = fs::File::create(&path).map_err(RecorderError::io("cannot write bundle file", &path))?;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, segment::HashingWriter::new(file));
+        write(&mut writer).map_err(RecorderError::io("cannot write bundle file", &path))?;
+        writer.flush().map_err(RecorderError::io("cannot write bundle file", &path))?;
+        let hashing =
+            writer.into_inner().map_err(|e| RecorderError::io("cannot write bundle file", &path)(e.into_error()))?;
+        let (_, sha256, bytes) = hashing.finish();
+        self.hashed.insert(name.to_string(), (sha256, bytes));
+        Ok(())
+    }
+}
 
 /// Whether `name` is an extra file a bundle of `sessions` may carry.
 fn allowed_extra(name: &str, sessions: &BTreeSet<String>) -> bool {
@@ -278,8 +320,11 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         }
         to_prove.push(manifest);
     }
+    // Looked up once per row of every segment read: hashed, not ordered.
+    let wanted_fast: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
+    let control_fast: std::collections::HashSet<&str> = control.iter().map(String::as_str).collect();
     let select = |session: &str, cells: &Cells<'_>| {
-        wanted.contains(session) || (control.contains(session) && concerns(cells, &grants, &wanted))
+        wanted_fast.contains(session) || (control_fast.contains(session) && concerns(cells, &grants, &wanted))
     };
     // Segments are proven on every core, each on its own.
     let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
@@ -293,7 +338,9 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
                     loop {
                         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(manifest) = to_prove.get(k) else { break };
-                        let mut picked = Vec::new();
+                        let expected: u64 =
+                            manifest.sessions.iter().filter(|s| wanted.contains(&s.session_id)).map(|s| s.events).sum();
+                        let mut picked = Vec::with_capacity(expected as usize);
                         let proof = prove_segment(&layout, manifest, &select, &mut picked).map(|nodes| (picked, nodes));
                         done.push((k, proof));
                     }
@@ -304,6 +351,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     });
     proven.sort_by_key(|(k, _)| *k);
+    picked.reserve(proven.iter().map(|(_, proof)| proof.as_ref().map_or(0, |(p, _)| p.len())).sum());
     for (k, proof) in proven {
         let manifest = to_prove[k];
         let (mut of_segment, nodes) = proof?;
@@ -368,39 +416,14 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
 
     let mut names: BTreeSet<String> =
         [EVENTS_FILE, KEY_FILE, LEAVES_FILE, PROOFS_FILE].into_iter().map(str::to_string).collect();
-    let renderings = extras(&bundle_events);
-    drop(bundle_events);
-    for (name, _) in &renderings {
-        if !allowed_extra(name, &wanted) || names.contains(name) {
-            let _ = fs::remove_dir_all(out);
-            return Err(export_error(format!("{name}: not a file a bundle may carry")));
-        }
-        if let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(out.join(parent)).map_err(RecorderError::io("cannot create bundle", out))?;
-        }
+    let mut rendered = BundleFiles { out, sessions: &wanted, hashed: BTreeMap::new() };
+    if let Err(error) = extras(&bundle_events, &mut rendered) {
+        let _ = fs::remove_dir_all(out);
+        return Err(error);
     }
-    // The renderings are hashed as they are written, the largest each on
-    // a thread of its own: they are most of a bundle's bytes.
-    let mut hashed: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    let (large, small): (Vec<_>, Vec<_>) = renderings.iter().partition(|(_, bytes)| bytes.len() > 1 << 20);
-    std::thread::scope(|scope| -> Result<()> {
-        let write_hashed = |name: &str, bytes: &[u8]| -> Result<(String, u64)> {
-            write_file(out, name, bytes)?;
-            Ok((hex::encode(Sha256::digest(bytes)), bytes.len() as u64))
-        };
-        let threads: Vec<_> =
-            large.iter().map(|(name, bytes)| (name, scope.spawn(move || write_hashed(name, bytes)))).collect();
-        for (name, bytes) in &small {
-            hashed.insert(name.clone(), write_hashed(name, bytes)?);
-        }
-        for (name, thread) in threads {
-            let written = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            hashed.insert(name.to_string(), written);
-        }
-        Ok(())
-    })?;
+    drop(bundle_events);
+    let mut hashed = rendered.hashed;
     names.extend(hashed.keys().cloned());
-    drop(renderings);
     let mut files = Vec::new();
     for path in &names {
         let (sha256, bytes) = match hashed.remove(path) {
@@ -936,7 +959,7 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
 
     // Events: each proven, each session whole.
     let mut segment_leaves: HashMap<u64, Vec<(u64, merkle::Hash)>> = HashMap::new();
-    let mut sessions: BTreeMap<String, Vec<(u64, Bound, ChainHash, ChainHash)>> = BTreeMap::new();
+    let mut sessions: HashMap<String, Vec<Walked>> = HashMap::new();
     let related: BTreeSet<&str> = bundle.related.iter().map(String::as_str).collect();
     // The grants the exported sessions started under, and each related
     // event's grant and target: what says it concerns them.
@@ -1073,6 +1096,9 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
             );
         }
     }
+    // In session order, so that problems are named in a stable order.
+    let mut sessions: Vec<(String, Vec<Walked>)> = sessions.into_iter().collect();
+    sessions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (session, events) in &mut sessions {
         let location = format!("session {session}");
         if !selected.contains(session.as_str()) {
@@ -1137,6 +1163,10 @@ fn check_hashes(dir: &Path, files: &[BundleFile]) -> Vec<Problem> {
     }
     problems
 }
+
+/// An event as the completeness check sees it: seq, where it stands, the
+/// head before it and after it.
+type Walked = (u64, Bound, ChainHash, ChainHash);
 
 /// Where an event stands in its session, for the completeness check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

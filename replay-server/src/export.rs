@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use proctor_recorder::evidence::{self, Exported, OCSF_FILE, REPORT_FILE, STATEMENTS_FILE};
+use proctor_recorder::RecorderError;
+use proctor_recorder::evidence::{self, Exported, OCSF_FILE, REPORT_FILE, Renderings, STATEMENTS_FILE};
 use proctor_schemas::{Event, EventBody, SessionId, Timestamp};
 
 use crate::render::Asciicast;
@@ -220,7 +221,7 @@ pub fn prepare(request: &Request<'_>) -> Result<Prepared, ExportError> {
     let wanted: BTreeSet<SessionId> = request.sessions.iter().copied().collect();
     let header =
         ReportHeader { exported_by: request.exported_by, reason: request.reason, selection: request.selection };
-    let extras = |events: &[Event]| renderings(events, &wanted, &header);
+    let extras = |events: &[Event], files: &mut dyn Renderings| renderings(events, &wanted, &header, files);
     let directory = request.aside.join("bundle");
     let exported = evidence::export(&evidence::ExportRequest {
         data_dir: request.data_dir,
@@ -333,43 +334,52 @@ pub fn pack(dir: &Path, out: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The bundle's renderings: an asciicast file per exported session that
-/// has a terminal, `statements.csv`, `ocsf.jsonl` and `report.html`.
-fn renderings(events: &[Event], wanted: &BTreeSet<SessionId>, header: &ReportHeader<'_>) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut casts: BTreeMap<SessionId, (Asciicast, String)> = BTreeMap::new();
-    for event in events.iter().filter(|e| wanted.contains(&e.session_id)) {
-        let (cast, text) = casts.entry(event.session_id).or_default();
-        for line in cast.feed(event) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    }
-    for (session, (_, text)) in casts {
-        if !text.is_empty() {
-            files.push((format!("asciicast/{session}.cast"), text.into_bytes()));
-        }
-    }
-    // OCSF, the largest, in pieces on every core, the report meanwhile.
+/// The bundle's renderings, written to `files` as they are made: an
+/// asciicast file per exported session that has a terminal,
+/// `statements.csv`, `report.html`, and `ocsf.jsonl` (made in pieces on
+/// every core and written in order, never whole in memory).
+fn renderings(
+    events: &[Event],
+    wanted: &BTreeSet<SessionId>,
+    header: &ReportHeader<'_>,
+    files: &mut dyn Renderings,
+) -> Result<(), RecorderError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
     std::thread::scope(|scope| {
-        let piece = events.len().div_ceil(cores).max(1);
-        let pieces: Vec<_> =
-            events.chunks(piece).map(|chunk| scope.spawn(|| crate::ocsf::jsonl_of(chunk, events))).collect();
-        files.push((STATEMENTS_FILE.to_string(), statements_csv(events, wanted)));
-        files.push((REPORT_FILE.to_string(), report::html(events, wanted, header)));
-        let mut ocsf = Vec::new();
-        for piece in pieces {
-            let bytes = piece.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            if ocsf.is_empty() {
-                ocsf = bytes;
-            } else {
-                ocsf.extend_from_slice(&bytes);
+        // The report and the spreadsheet meanwhile, on a core of their own.
+        let others = scope.spawn(|| {
+            let mut casts: BTreeMap<SessionId, (Asciicast, String)> = BTreeMap::new();
+            for event in events.iter().filter(|e| wanted.contains(&e.session_id)) {
+                let (cast, text) = casts.entry(event.session_id).or_default();
+                for line in cast.feed(event) {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            (casts, statements_csv(events, wanted), report::html(events, wanted, header))
+        });
+        const PIECE: usize = 16 * 1024;
+        files.file(OCSF_FILE, &mut |out| {
+            for group in events.chunks(PIECE * cores) {
+                let pieces: Vec<_> = group
+                    .chunks(PIECE)
+                    .map(|piece| scope.spawn(move || crate::ocsf::jsonl_of(piece, events)))
+                    .collect();
+                for piece in pieces {
+                    out.write_all(&piece.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))?;
+                }
+            }
+            Ok(())
+        })?;
+        let (casts, csv, html) = others.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        for (session, (_, text)) in casts {
+            if !text.is_empty() {
+                files.file(&format!("asciicast/{session}.cast"), &mut |out| out.write_all(text.as_bytes()))?;
             }
         }
-        files.push((OCSF_FILE.to_string(), ocsf));
-    });
-    files
+        files.file(STATEMENTS_FILE, &mut |out| out.write_all(&csv))?;
+        files.file(REPORT_FILE, &mut |out| out.write_all(&html))
+    })
 }
 
 /// Every statement, prepared statement, command run and command typed of
