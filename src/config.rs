@@ -83,10 +83,11 @@ pub struct ReplayConfig {
     #[serde(default = "default_investigator_group")]
     pub investigator_group: String,
     /// Members of this group may export evidence (`POST /api/exports`,
-    /// `proctor export --server`), as investigators may, and read nothing
-    /// else.
-    #[serde(default = "default_compliance_group")]
-    pub compliance_group: String,
+    /// `proctor export --server`) of recorded sessions, as investigators
+    /// may, and search or read nothing else. Unset: only investigators
+    /// export.
+    #[serde(default)]
+    pub compliance_group: Option<String>,
     /// Serve HTTPS with the `[tls]` certificate (or the dev one). Off, the
     /// API speaks plain HTTP: for loopback, or behind a TLS-terminating proxy.
     #[serde(default)]
@@ -98,10 +99,6 @@ pub struct ReplayConfig {
 
 fn default_investigator_group() -> String {
     "investigators".to_string()
-}
-
-fn default_compliance_group() -> String {
-    "compliance".to_string()
 }
 
 /// The `[replay.console]` section: how investigators sign in to the web

@@ -700,13 +700,23 @@ pub fn write_leaves(path: &Path, leaves: &[LeafProof]) -> Result<()> {
 
 /// Reads `proofs/leaves.parquet`: its rows, or why it cannot be read.
 pub fn read_leaves(path: &Path) -> std::result::Result<Vec<LeafProof>, String> {
+    let bytes = fs::read(path).map_err(|e| format!("cannot be read ({e})"))?;
+    leaves_from(bytes::Bytes::from(bytes), u64::MAX)
+}
+
+/// The rows of a leaves file held in memory, at most `max_rows` of them
+/// (a footer claiming more is refused before anything is decoded), each
+/// session id at most a session id's length.
+fn leaves_from(bytes: bytes::Bytes, max_rows: u64) -> std::result::Result<Vec<LeafProof>, String> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::UInt64Type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = fs::File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(64 * 1024).build())
-        .map_err(|e| format!("is not Parquet: {e}"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format!("is not Parquet: {e}"))?;
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX);
+    if rows > max_rows {
+        return Err(format!("holds {rows} leaves, more than the events of the segments it names ({max_rows})"));
+    }
+    let reader = builder.with_batch_size(64 * 1024).build().map_err(|e| format!("is not Parquet: {e}"))?;
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| format!("cannot be read: {e}"))?;
@@ -721,6 +731,9 @@ pub fn read_leaves(path: &Path) -> std::result::Result<Vec<LeafProof>, String> {
         let head = batch.column(5).as_fixed_size_binary();
         let before = batch.column(6).as_fixed_size_binary();
         for i in 0..batch.num_rows() {
+            if session.value(i).len() > 64 {
+                return Err(format!("row {i}: a session id of {} bytes", session.value(i).len()));
+            }
             let fixed32 = |bytes: &[u8]| -> [u8; 32] { bytes.try_into().unwrap_or([0; 32]) };
             out.push(LeafProof {
                 session_id: session.value(i).to_string(),
@@ -879,9 +892,31 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
     }
     let (read, renderings): (Vec<BundleFile>, Vec<BundleFile>) =
         bundle.files.iter().cloned().partition(|f| fixed.contains(&f.path.as_str()));
-    for problem in check_hashes(dir, &read) {
-        report.problems.push(problem);
+    // The files verify parses are read once, into memory, and hashed and
+    // parsed from those same bytes: swapping a file after it was hashed
+    // changes nothing of what is checked.
+    let mut held: HashMap<String, bytes::Bytes> = HashMap::new();
+    for file in &read {
+        match read_regular(dir, &file.path, file.bytes) {
+            Ok(bytes) if bytes.len() as u64 == file.bytes && hex::encode(Sha256::digest(&bytes)) == file.sha256 => {
+                held.insert(file.path.clone(), bytes::Bytes::from(bytes));
+            }
+            Ok(bytes) if bytes.len() as u64 != file.bytes => report.problem(
+                file.path.clone(),
+                format!("holds {} bytes, signed as {}: it was removed, swapped or changed", bytes.len(), file.bytes),
+            ),
+            Ok(bytes) => report.problem(
+                file.path.clone(),
+                format!(
+                    "does not match bundle.json (sha-256 {}; signed as {}): it was modified or swapped",
+                    hex::encode(Sha256::digest(&bytes)),
+                    file.sha256
+                ),
+            ),
+            Err(why) => report.problem(file.path.clone(), format!("{why}: it was removed, swapped or changed")),
+        }
     }
+    let held_file = |name: &str| held.get(name).cloned().unwrap_or_default();
     let rendered = if hash_renderings {
         let (dir, renderings) = (dir.to_path_buf(), renderings);
         Some(std::thread::spawn(move || check_hashes(&dir, &renderings)))
@@ -909,8 +944,8 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
     }
 
     // Roots, each signed by the key, and each segment's multiproof.
-    let proofs: Proofs = match fs::read(dir.join(PROOFS_FILE)).map(|b| serde_json::from_slice(&b)) {
-        Ok(Ok(proofs)) => proofs,
+    let proofs: Proofs = match serde_json::from_slice(&held_file(PROOFS_FILE)) {
+        Ok(proofs) => proofs,
         _ => {
             report.problem(PROOFS_FILE, "missing or unreadable: no event can be proven");
             Proofs::default()
@@ -946,7 +981,9 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
     }
 
     // Leaves: one per event, by session and seq.
-    let leaves = read_leaves(&dir.join(LEAVES_FILE)).unwrap_or_else(|why| {
+    // No more leaves, nor events, than the signed segments hold.
+    let signed_rows: u64 = roots.values().map(|(size, _)| *size).sum();
+    let leaves = leaves_from(held_file(LEAVES_FILE), signed_rows).unwrap_or_else(|why| {
         report.problem(LEAVES_FILE, format!("{why}: no event can be proven"));
         Vec::new()
     });
@@ -968,7 +1005,7 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
     let mut proven = vec![false; leaves.len()];
     let events_path = dir.join(EVENTS_FILE);
     let mut bytes = Vec::new();
-    let walked = segment::for_each_batch(&events_path, |batch| {
+    let walked = segment::for_each_batch_in(held_file(EVENTS_FILE), &events_path, signed_rows, |batch| {
         let reader = BatchReader::new(&batch)?;
         for i in 0..reader.len() {
             reader.with_cells(i, |cells| {
@@ -1058,9 +1095,17 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
             );
         }
     }
-    // Each segment's carried events, with its multiproof, give its root.
+    // Each segment's carried events, with its multiproof, give its root;
+    // a root or proof no carried event uses has no place in a bundle.
     let mut segment_ids: Vec<u64> = segment_leaves.keys().copied().collect();
     segment_ids.sort_unstable();
+    let mut unused: Vec<u64> =
+        roots.keys().chain(multiproofs.keys()).copied().filter(|id| !segment_leaves.contains_key(id)).collect();
+    unused.sort_unstable();
+    unused.dedup();
+    for segment_id in unused {
+        report.problem(format!("segment {segment_id}"), "has a root or proof in the bundle but no carried event");
+    }
     for segment_id in segment_ids {
         let location = format!("segment {segment_id}");
         let mut known = segment_leaves.remove(&segment_id).unwrap_or_default();
@@ -1214,15 +1259,29 @@ fn entries_under(dir: &Path) -> Vec<(String, Entry)> {
 
 /// `dir/name`, a regular file (not through a link) of at most `limit` bytes.
 fn read_regular(dir: &Path, name: &str, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
-    let metadata = fs::symlink_metadata(&path).map_err(|e| format!("cannot be read ({e})"))?;
+    // The file itself, never what a link points at; checked on the open
+    // descriptor, read no further than the limit.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    let metadata = file.metadata().map_err(|e| format!("cannot be read ({e})"))?;
     if !metadata.file_type().is_file() {
         return Err("is not a regular file".to_string());
     }
     if metadata.len() > limit {
         return Err(format!("is larger than {limit} bytes"));
     }
-    fs::read(&path).map_err(|e| format!("cannot be read ({e})"))
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| format!("cannot be read ({e})"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("is larger than {limit} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// The SHA-256 of `dir/name`, a regular file (not through a link) of

@@ -259,6 +259,27 @@ pub fn for_each_batch(path: &Path, mut f: impl FnMut(RecordBatch) -> Result<()>)
     Ok(())
 }
 
+/// [`for_each_batch`] over a Parquet file already in memory (`label`
+/// names it in errors), at most `max_rows` rows: a file whose footer
+/// claims more is refused before anything is decoded.
+pub fn for_each_batch_in(
+    bytes: bytes::Bytes,
+    label: &Path,
+    max_rows: u64,
+    mut f: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| parquet_error(label, e))?;
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX);
+    if rows > max_rows {
+        return Err(RecorderError::corrupt(label, format!("holds {rows} rows, more than the {max_rows} it may")));
+    }
+    let reader = builder.with_batch_size(8192).build().map_err(|e| parquet_error(label, e))?;
+    for batch in reader {
+        f(batch.map_err(|e| parquet_error(label, e.into()))?)?;
+    }
+    Ok(())
+}
+
 /// Calls `f` with the batches of a segment that may hold `session_id` at
 /// seqs in `seqs`, in order, one at a time, until it says stop: row groups
 /// are skipped by their statistics and, within a row group, pages by the

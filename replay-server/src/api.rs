@@ -837,6 +837,14 @@ async fn exports<L: AccessLog>(
         .iter()
         .map(|s| s.parse::<SessionId>().map_err(|e| bad(format!("session {s}: {e}"))))
         .collect::<ApiResult<Vec<_>>>()?;
+    // A selection is a search of every recording: recorded as one first,
+    // whatever it finds.
+    if ids.is_empty() {
+        record(&state, &who, "search", Some(format!("export selection: {}", selectors.describe())), None).await?;
+    }
+    // The compliance group exports recorded sessions, not the gateway's
+    // own (a control session holds everyone's grants and reviews).
+    let investigator = who.in_group(&state.investigator_group);
     let data_dir = state.data_dir.clone();
     let exported_by = who.subject.clone();
     let reason = body.reason;
@@ -850,6 +858,24 @@ async fn exports<L: AccessLog>(
             let (sessions, _) = export::select(&data_dir, &selectors).map_err(status)?;
             (sessions, Some(selectors.describe()))
         } else {
+            if !investigator {
+                let reader = Reader::open(&data_dir).map_err(ApiError::internal)?;
+                let housekeeping = reader
+                    .sessions()
+                    .map_err(ApiError::internal)?
+                    .into_iter()
+                    .filter(|s| matches!(s.protocol.as_deref(), Some("control" | "system")))
+                    .find(|s| ids.contains(&s.session_id));
+                if let Some(session) = housekeeping {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "session {} is one of Proctor's own (grants, reviews, access): the compliance group exports recorded sessions, whose grant and review events come along",
+                            session.session_id
+                        ),
+                    ));
+                }
+            }
             (ids, None)
         };
         let aside = tempfile::Builder::new().prefix("proctor-export-").tempdir().map_err(ApiError::internal)?;

@@ -208,8 +208,8 @@ pub struct Prepared {
     pub bundle_sha256: String,
     pub sha256: String,
     /// The sessions exported, and what the access record of the export
-    /// says: `format:F bundle_sha256:H [file_sha256:H] [selection:(...)]
-    /// [reason:(...)]`.
+    /// says: `format:F bundle_sha256:H [file_sha256:H] [selection:"..."]
+    /// [reason:"..."]` (the last two JSON strings).
     pub targets: Vec<String>,
     pub access_query: String,
 }
@@ -256,11 +256,13 @@ pub fn prepare(request: &Request<'_>) -> Result<Prepared, ExportError> {
     if written.is_file() {
         access_query.push_str(&format!(" file_sha256:{sha256}"));
     }
+    // Quoted as JSON strings: what a caller wrote cannot pass for a field.
+    let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
     if let Some(selection) = request.selection {
-        access_query.push_str(&format!(" selection:({selection})"));
+        access_query.push_str(&format!(" selection:{}", quoted(selection)));
     }
     if let Some(reason) = request.reason {
-        access_query.push_str(&format!(" reason:({reason})"));
+        access_query.push_str(&format!(" reason:{}", quoted(reason)));
     }
     Ok(Prepared {
         written,

@@ -368,19 +368,19 @@ fn masked_at(text: &str) -> Option<(usize, usize)> {
 /// digits, `_`, `-`, `.` and `/`.
 fn marker_end(text: &str) -> Option<usize> {
     let inner = text.strip_prefix('[')?;
-    let colon = inner.find(':')?;
-    let rule = &inner[..colon];
-    let rule_ok = !rule.is_empty()
-        && rule.len() <= 64
-        && rule.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-./".contains(&b));
-    if !rule_ok {
+    // The rule's name, read no further than a name can go: a marker is
+    // looked for at every `[`, so a look must cost a bounded number of
+    // bytes, or a line of brackets would cost its length squared.
+    let is_rule_byte = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-./".contains(b);
+    let colon = inner.bytes().take(65).take_while(is_rule_byte).count();
+    if colon == 0 || colon > 64 || inner.as_bytes().get(colon) != Some(&b':') {
         return None;
     }
     let after = &inner[colon + 1..];
     let value_len = if after.starts_with("masked]") {
         "masked".len()
     } else if let Some(token) = after.strip_prefix("tok_") {
-        let hex = token.bytes().take_while(u8::is_ascii_hexdigit).count();
+        let hex = token.bytes().take(13).take_while(u8::is_ascii_hexdigit).count();
         if hex != 12 || !token[hex..].starts_with(']') {
             return None;
         }
@@ -441,6 +441,13 @@ mod tests {
         // A marker split by the escaping would be a marker no more.
         assert_eq!(marked("[email:masked"), "[email:masked");
         assert_eq!(marked("**"), "**");
+        // Long runs of what starts a marker are read in one pass.
+        let brackets = "[".repeat(1 << 20);
+        assert_eq!(marked(&brackets), brackets);
+        let long_rule = format!("[{}:masked]", "a".repeat(1 << 20));
+        assert_eq!(marked(&long_rule), long_rule);
+        let long_token = format!("[email:tok_{}]", "0".repeat(1 << 20));
+        assert_eq!(marked(&long_token), long_token);
         assert_eq!(
             marked("ü[email:masked]ü"),
             "ü<mark class=\"masked\" title=\"masked by Proctor before it was recorded\">[email:masked]</mark>ü"

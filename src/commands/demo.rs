@@ -251,7 +251,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         replay: Some(ReplayConfig {
             listen: format!("127.0.0.1:{}", args.replay_port).parse()?,
             investigator_group: INVESTIGATORS.to_string(),
-            compliance_group: "compliance".to_string(),
+            compliance_group: None,
             tls: false,
             console: ConsoleSettings {
                 dev_subject: Some(INVESTIGATOR.to_string()),

@@ -78,8 +78,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}; nothing was exported"))?;
-    std::fs::rename(&prepared.written, &args.out)
-        .map_err(|e| anyhow::anyhow!("cannot move the export into {}: {e}", args.out.display()))?;
+    rename_new(&prepared.written, &args.out)?;
     let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     let exported = &prepared.exported;
     let what = format.as_str();
@@ -125,4 +124,27 @@ fn flag_names(message: &str) -> String {
         }
     }
     message.to_string()
+}
+
+/// Moves `from` to `to`, which must not exist (a file or directory made
+/// there meanwhile is never replaced): `renameat2` with `RENAME_NOREPLACE`.
+pub(super) fn rename_new(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |path: &Path| std::ffi::CString::new(path.as_os_str().as_bytes());
+    let (from_c, to_c) = (cstring(from)?, cstring(to)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let status = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if status != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::bail!(
+                "{} was made while exporting: it was left as it is, and nothing was exported there",
+                to.display()
+            );
+        }
+        anyhow::bail!("cannot move the export into {}: {error}", to.display());
+    }
+    Ok(())
 }

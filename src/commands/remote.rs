@@ -196,21 +196,25 @@ pub fn export(server: &str, args: &ExportArgs) -> anyhow::Result<ExitCode> {
         "reason": args.reason,
         "format": format,
     });
-    let headers = match client(server, &args.source)?.post_download("/api/exports", &body, &args.out) {
+    // Downloaded beside --out, and moved there once checked.
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let aside = tempfile::Builder::new().prefix(".proctor-export-").tempdir_in(parent)?;
+    let download = aside.path().join("download");
+    let headers = match client(server, &args.source)?.post_download("/api/exports", &body, &download) {
         Ok(headers) => headers,
         Err(error) => return refused(error),
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let count = |name: &str| header(name).parse::<u64>().unwrap_or_default();
     // What arrived is what the server recorded having sent.
-    let (sha256, _) = proctor_recorder::verify::hash_file(&args.out)?;
+    let (sha256, _) = proctor_recorder::verify::hash_file(&download)?;
     if sha256 != header("x-proctor-sha256") {
-        let _ = std::fs::remove_file(&args.out);
         anyhow::bail!(
             "the download's SHA-256 is {sha256}, not the {} the server recorded: it was cut or altered on the way; nothing was kept",
             header("x-proctor-sha256")
         );
     }
+    super::export::rename_new(&download, &args.out)?;
     if args.json {
         let value = serde_json::json!({
             "out": args.out,

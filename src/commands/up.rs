@@ -396,8 +396,10 @@ async fn start_replay(
     let verifier = std::sync::Arc::new(verifier(config).await?);
     let (listener, tls, url) = bind_api(config, "replay", replay.listen, replay.tls).await?;
     let mut state =
-        ApiState::new(config.data_dir.clone(), verifier, replay.investigator_group.clone(), RecorderAccessLog(sink))
-            .with_compliance_group(replay.compliance_group.clone());
+        ApiState::new(config.data_dir.clone(), verifier, replay.investigator_group.clone(), RecorderAccessLog(sink));
+    if let Some(group) = &replay.compliance_group {
+        state = state.with_compliance_group(group.clone());
+    }
     if replay.console.enabled {
         let (console, dev_issuer) = console(config, replay, &url)?;
         state = state.with_console(console, dev_issuer);

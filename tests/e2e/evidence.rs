@@ -261,6 +261,25 @@ fn an_edited_event_is_caught() {
     resign(&out, &deployment_key());
     expect_failure(&out, &[&format!("segment {segment}: its carried events do not give its signed Merkle root")]);
 
+    // A genuine root of a segment none of its events come from: named.
+    let (_dir, out, _) = bundle();
+    let mut proofs: evidence::Proofs = serde_json::from_slice(&std::fs::read(out.join(PROOFS_FILE)).unwrap()).unwrap();
+    let manifests = proctor_recorder::reader::Reader::open(&recorded().data).unwrap().manifests().unwrap();
+    let other = manifests
+        .iter()
+        .find(|m| !proofs.roots.iter().any(|r| r.statement.segment_id == m.segment_id))
+        .expect("a segment the bundle does not use");
+    proofs.roots.push(evidence::SignedRoot {
+        statement: other.root_statement().unwrap(),
+        signature: other.root_signature.clone().unwrap(),
+    });
+    std::fs::write(out.join(PROOFS_FILE), serde_json::to_vec(&proofs).unwrap()).unwrap();
+    resign(&out, &deployment_key());
+    expect_failure(
+        &out,
+        &[&format!("segment {}: has a root or proof in the bundle but no carried event", other.segment_id)],
+    );
+
     // An event edited and its leaf's head made to match: named by its
     // segment's root.
     let (_dir, out, chosen) = bundle();

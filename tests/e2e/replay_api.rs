@@ -319,7 +319,7 @@ fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_grou
     // The compliance group's member exports through the CLI, and reads
     // nothing else; anyone else exports nothing.
     let session = {
-        let (_, found, _) = get(&format!("{api}/api/search?q=larkspur"), Some(&ivy));
+        let (_, found, _) = get(&format!("{api}/api/search?q={}", encode("larkspur kind:statement")), Some(&ivy));
         found["hits"][0]["session_id"].as_str().unwrap().to_string()
     };
     let ocsf = dir.path().join("events.ocsf.jsonl");
@@ -348,6 +348,16 @@ fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_grou
     assert!(text.lines().any(|l| l.contains("larkspur") && l.contains("\"class_uid\":6005")), "{text}");
     let (status, body, _) = get(&format!("{api}/api/search?q=larkspur"), Some(&carol));
     assert_eq!(status, 403, "{body}");
+    // Nor the gateway's own sessions, which hold everyone's grants.
+    let (_, control, _) = get(&format!("{api}/api/sessions?protocol=control"), Some(&ivy));
+    let control = control["sessions"][0]["session_id"].as_str().expect("a control session").to_string();
+    let (status, _) = post_to_file(
+        &format!("{api}/api/exports"),
+        &carol,
+        &serde_json::json!({ "sessions": [control] }),
+        &dir.path().join("control.tar"),
+    );
+    assert_eq!(status, 403);
     let refused = dir.path().join("refused");
     let (status, _) = post_to_file(&format!("{api}/api/exports"), &mallory, &request, &refused);
     assert_eq!(status, 403);
@@ -391,6 +401,16 @@ fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_grou
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
     );
+
+    // A selection that finds nothing is on record all the same.
+    let (status, _) = post_to_file(
+        &format!("{api}/api/exports"),
+        &carol,
+        &serde_json::json!({ "query": "nightshade" }),
+        &dir.path().join("none.tar"),
+    );
+    assert_eq!(status, 404);
+    search_until(&api, &ivy, "kind:recording_accessed actor:carol nightshade", 1);
 
     // Both exports are on record, by whom, of what, with their hashes.
     let found = search_until(&api, &ivy, "kind:recording_accessed operation:export", 2);
