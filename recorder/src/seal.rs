@@ -40,6 +40,9 @@ pub(crate) struct SealContext {
     /// The last WAL file sealed here and the sessions open at its end: the
     /// carry of the next file while its slot is pending.
     pub carry_out: Option<CarryOut>,
+    /// CPU time of the threads sealing started besides its own (the Merkle
+    /// trees'), for the sealer's CPU figure.
+    pub helper_cpu_ns: u64,
     /// What a WAL file is read into, kept between seals: a fresh buffer of
     /// a WAL file's size is memory the kernel zeroes first, a third of
     /// sealing's time under load (at most `segment_max_bytes` stays held).
@@ -94,22 +97,47 @@ impl Track {
 /// would read every byte from memory once more.
 /// Visited in the segment's row order, it also gathers the Merkle tree's
 /// leaves ([`merkle`]).
+///
+/// The leaves and the tree are made on a thread of their own from the
+/// heads, row group by row group, while this one encodes and writes: the
+/// chain needs the rows in order, the tree only their heads.
 struct Chains {
     heads: Vec<ChainHash>,
-    salt: merkle::Hash,
-    leaves: Vec<merkle::Hash>,
+    /// Heads of the rows visited since the last `flush`, in row order.
+    pending: Vec<ChainHash>,
+    tree: Option<TreeThread>,
 }
 
+type TreeThread = (std::sync::mpsc::Sender<Vec<ChainHash>>, std::thread::JoinHandle<(merkle::Hash, u64)>);
+
 impl Chains {
-    fn of(tracks: &[Track], salt: merkle::Hash) -> Chains {
-        Chains { heads: tracks.iter().map(|t| t.head).collect(), salt, leaves: Vec::new() }
+    fn of(tracks: &[Track], salt: merkle::Hash) -> std::io::Result<Chains> {
+        let (sender, receiver) = std::sync::mpsc::channel::<Vec<ChainHash>>();
+        let tree = std::thread::Builder::new().name("proctor-merkle".into()).spawn(move || {
+            let mut leaves: Vec<merkle::Hash> = Vec::new();
+            for heads in receiver {
+                for head in heads {
+                    let nonce = merkle::nonce(&salt, leaves.len() as u64);
+                    leaves.push(merkle::leaf(&nonce, &head));
+                }
+            }
+            let root = merkle::Tree::new(leaves).root();
+            (root, crate::recorder::thread_cpu_ns())
+        })?;
+        Ok(Chains { heads: tracks.iter().map(|t| t.head).collect(), pending: Vec::new(), tree: Some((sender, tree)) })
     }
 
     fn each(&mut self, slot: u32, row: &[u8]) {
         let head = &mut self.heads[slot as usize];
         *head = head.next(row);
-        let nonce = merkle::nonce(&self.salt, self.leaves.len() as u64);
-        self.leaves.push(merkle::leaf(&nonce, head));
+        self.pending.push(*head);
+    }
+
+    /// Hands the heads visited so far to the tree's thread.
+    fn flush(&mut self) {
+        if let Some((sender, _)) = &self.tree {
+            let _ = sender.send(std::mem::take(&mut self.pending));
+        }
     }
 
     /// The heads alone, for a file whose segment exists already.
@@ -124,15 +152,24 @@ impl Chains {
     }
 
     /// The heads into the tracks, and into their summaries; the Merkle
-    /// root over the rows visited.
-    fn into_tracks(self, tracks: &mut [Track], summaries: &mut [(u32, SessionId, Summary)]) -> merkle::Hash {
+    /// root over the rows visited, and the CPU time the tree's thread took.
+    fn into_tracks(
+        mut self,
+        tracks: &mut [Track],
+        summaries: &mut [(u32, SessionId, Summary)],
+    ) -> std::io::Result<(merkle::Hash, u64)> {
         for (track, head) in tracks.iter_mut().zip(&self.heads) {
             track.head = *head;
         }
         for (slot, _, summary) in summaries {
             summary.chain_head = self.heads[*slot as usize];
         }
-        merkle::Tree::new(self.leaves).root()
+        self.flush();
+        let Some((sender, handle)) = self.tree.take() else {
+            return Err(std::io::Error::other("the Merkle tree's thread is gone"));
+        };
+        drop(sender);
+        handle.join().map_err(|_| std::io::Error::other("the thread making the Merkle tree panicked"))
     }
 }
 
@@ -377,7 +414,8 @@ impl SealContext {
         let mut salt = [0u8; 32];
         getrandom::fill(&mut salt)
             .map_err(|e| RecorderError::Key(format!("no randomness for a segment's Merkle salt: {e}")))?;
-        let mut chains = Chains::of(&tracks, salt);
+        let mut chains = Chains::of(&tracks, salt)
+            .map_err(RecorderError::io("cannot start the thread making the segment's Merkle tree", &segment_path))?;
         let mut rest = &order[..];
         while !rest.is_empty() {
             let (mut len, mut bytes) = (0, 0);
@@ -396,9 +434,13 @@ impl SealContext {
                 builder.push_canonical(row).map_err(|e| corrupt(format!("undecodable event: {e}")))?;
                 chains.each(slot, row);
             }
+            chains.flush();
             writer.write(&builder.finish()?)?;
         }
-        let merkle_root = chains.into_tracks(&mut tracks, &mut summaries);
+        let (merkle_root, tree_cpu_ns) = chains
+            .into_tracks(&mut tracks, &mut summaries)
+            .map_err(RecorderError::io("cannot make the segment's Merkle tree", &segment_path))?;
+        self.helper_cpu_ns += tree_cpu_ns;
         let open_sessions = open_sessions(&tracks);
         let (file_sha256, file_bytes) = writer.finish()?;
         fs::rename(&temp, &segment_path)
