@@ -57,6 +57,13 @@ pub trait AccessLog: Send + Sync + 'static {
         query: Option<String>,
         target_sessions: Vec<String>,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Seals what the recording holds in its write-ahead log now, so that
+    /// an export carries every event recorded until it was asked for
+    /// (live sessions to the present). An error refuses the export.
+    fn seal_now(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The recorder as the access log: each access is a short `control`
@@ -82,6 +89,10 @@ impl AccessLog for RecorderAccessLog {
             target_sessions,
         );
         self.0.append_slice(&events).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    async fn seal_now(&self) -> Result<(), String> {
+        self.0.seal_now().await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -842,6 +853,14 @@ async fn exports<L: AccessLog>(
     if ids.is_empty() {
         record(&state, &who, "search", Some(format!("export selection: {}", selectors.describe())), None).await?;
     }
+    // Everything recorded until now is sealed first: a live session is
+    // exported to the present, marked live.
+    state.access.seal_now().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the recording could not be sealed for the export ({e}); try again later"),
+        )
+    })?;
     // The compliance group exports recorded sessions, not the gateway's
     // own (a control session holds everyone's grants and reviews).
     let investigator = who.in_group(&state.investigator_group);
