@@ -30,15 +30,9 @@ use serde_json::{Map, Value, json};
 /// The OCSF version the objects follow.
 pub const OCSF_VERSION: &str = "1.3.0";
 
-/// The events as OCSF JSON lines: session starts are read first, so that
-/// every event of a session (and a review or grant about it) names its
-/// subject and resource.
-pub fn jsonl(events: &[Event]) -> Vec<u8> {
-    jsonl_of(events, events)
-}
-
 /// The OCSF JSON lines of `events`, a part of `all` (whose session starts
-/// name the subjects and resources).
+/// are read first, so that every event of a session, and a review or grant
+/// about it, names its subject and resource).
 pub fn jsonl_of(events: &[Event], all: &[Event]) -> Vec<u8> {
     let starts: HashMap<SessionId, &SessionStart> = all
         .iter()

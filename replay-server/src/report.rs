@@ -65,8 +65,10 @@ pub fn html(events: &[Event], wanted: &BTreeSet<SessionId>, header: &ReportHeade
     row(&mut page, "Sessions", &by_session.len().to_string());
     page.push_str("</table>\n<p class=\"note\">This report is a rendering of the bundle's events \
         (<code>events/events.parquet</code>); <code>proctor verify --bundle</code> proves those, each \
-        against its segment's signed root, and <code>bundle.json</code> says when it was exported. Values shown <mark class=\"masked\">marked</mark> were \
-        masked by Proctor before anything was recorded.</p>\n");
+        against its segment's signed root, and <code>bundle.json</code> says when it was exported. Values shown <mark class=\"masked\">marked</mark> have \
+        the form Proctor's masking leaves in place of what it hides before anything is recorded \
+        (text typed in that form is marked alike: the events' <code>masking_applied</code> counts say what \
+        was masked).</p>\n");
 
     // The sessions at a glance.
     page.push_str(
@@ -329,7 +331,7 @@ pub fn marked(text: &str) -> String {
             break;
         };
         out.push_str(&esc(&rest[..start]));
-        out.push_str("<mark class=\"masked\" title=\"masked by Proctor before it was recorded\">");
+        out.push_str("<mark class=\"masked\" title=\"the form of a value masked before it was recorded\">");
         out.push_str(&esc(&rest[start..end]));
         out.push_str("</mark>");
         rest = &rest[end..];
@@ -450,7 +452,7 @@ mod tests {
         assert_eq!(marked(&long_token), long_token);
         assert_eq!(
             marked("ü[email:masked]ü"),
-            "ü<mark class=\"masked\" title=\"masked by Proctor before it was recorded\">[email:masked]</mark>ü"
+            "ü<mark class=\"masked\" title=\"the form of a value masked before it was recorded\">[email:masked]</mark>ü"
         );
     }
 }
