@@ -119,6 +119,17 @@ fn main() {
         bundle_bytes = dir_size(&prepared.written);
         proofs_bytes = std::fs::metadata(prepared.written.join(evidence::PROOFS_FILE)).unwrap().len()
             + std::fs::metadata(prepared.written.join(evidence::LEAVES_FILE)).unwrap().len();
+        if round == 0 {
+            let mut files: Vec<(u64, String)> = walk(&prepared.written);
+            files.sort();
+            let big: Vec<String> = files
+                .iter()
+                .rev()
+                .take(6)
+                .map(|(bytes, name)| format!("{name} {:.1} MiB", *bytes as f64 / (1 << 20) as f64))
+                .collect();
+            println!("largest files: {}", big.join(", "));
+        }
         let started = Instant::now();
         let report = evidence::verify_bundle(&prepared.written, Some(&pinned)).unwrap();
         assert!(report.ok(), "{:?}", report.problems.first());
@@ -139,4 +150,23 @@ fn main() {
     row("bundle, events and proofs", median(bare));
     row("bundle with renderings", median(full));
     row("verify --bundle", median(verify));
+}
+
+/// Every file under `dir`: its size and its path relative to `dir`.
+fn walk(dir: &std::path::Path) -> Vec<(u64, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let name = entry.path().strip_prefix(dir).unwrap().display().to_string();
+                found.push((meta.len(), name));
+            }
+        }
+    }
+    found
 }

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
-use proctor_schemas::arrow::{BatchBuilder, BatchReader};
+use proctor_schemas::arrow::BatchReader;
 use proctor_schemas::chain::ChainHash;
 use proctor_schemas::manifest::{Manifest, RootStatement};
 use proctor_schemas::{Cells, Column, Event, EventKind, SessionId, Timestamp, Value, canonical, merkle};
@@ -228,12 +228,31 @@ pub struct Exported {
     pub live: Vec<String>,
 }
 
-/// One event on its way into a bundle.
-struct Picked {
-    canonical: Vec<u8>,
-    event: Event,
-    leaf: LeafProof,
+/// A carried event as its segment was read: where its row is kept, and
+/// how it is a leaf of the segment's tree.
+struct Found {
+    /// Its session, by its place in [`Proven::names`].
+    session: u32,
+    seq: u64,
+    /// Its row: `row` of kept batch `batch`.
+    batch: u32,
+    row: u32,
+    index: u64,
+    nonce: merkle::Nonce,
+    head: ChainHash,
     before: ChainHash,
+    /// Whether it is its session's `session_end`.
+    end: bool,
+}
+
+/// What proving one segment gives: its carried events, the rows they are
+/// (only those, in the recorder's schema), the names of their sessions,
+/// and the multiproof.
+struct Proven {
+    names: Vec<String>,
+    batches: Vec<arrow::array::RecordBatch>,
+    found: Vec<Found>,
+    nodes: Vec<merkle::Hash>,
 }
 
 fn export_error(message: impl Into<String>) -> RecorderError {
@@ -301,7 +320,6 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     // session's event theirs.
     let grants = grants_of(&layout, &manifests, &wanted)?;
 
-    let mut picked: Vec<Picked> = Vec::new();
     let mut roots: Vec<SignedRoot> = Vec::new();
     let mut segment_proofs: Vec<SegmentProof> = Vec::new();
     let mut unsearched = Vec::new();
@@ -327,111 +345,154 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         wanted_fast.contains(session) || (control_fast.contains(session) && concerns(cells, &grants, &wanted))
     };
     // Segments are proven on every core, each on its own.
-    let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    type Proven = (usize, Result<(Vec<Picked>, Vec<merkle::Hash>)>);
-    let mut proven: Vec<Proven> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..cores.min(to_prove.len()))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(manifest) = to_prove.get(k) else { break };
-                        let expected: u64 =
-                            manifest.sessions.iter().filter(|s| wanted.contains(&s.session_id)).map(|s| s.events).sum();
-                        let mut picked = Vec::with_capacity(expected as usize);
-                        let proof = prove_segment(&layout, manifest, &select, &mut picked).map(|nodes| (picked, nodes));
-                        done.push((k, proof));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-    });
-    proven.sort_by_key(|(k, _)| *k);
-    picked.reserve(proven.iter().map(|(_, proof)| proof.as_ref().map_or(0, |(p, _)| p.len())).sum());
-    for (k, proof) in proven {
-        let manifest = to_prove[k];
-        let (mut of_segment, nodes) = proof?;
-        if of_segment.is_empty() {
+    let mut proven: Vec<Proven> = Vec::with_capacity(to_prove.len());
+    for (manifest, done) in to_prove.iter().zip(on_every_core(&to_prove, |m| prove_segment(&layout, m, &select))) {
+        let done = done?;
+        if done.found.is_empty() {
             continue;
         }
         let (Some(statement), Some(signature)) = (manifest.root_statement(), manifest.root_signature.clone()) else {
             return Err(export_error(format!("segment {} has no signed Merkle root", manifest.segment_id)));
         };
         roots.push(SignedRoot { statement, signature });
-        segment_proofs
-            .push(SegmentProof { segment_id: manifest.segment_id, nodes: nodes.iter().map(hex::encode).collect() });
-        picked.append(&mut of_segment);
+        segment_proofs.push(SegmentProof {
+            segment_id: manifest.segment_id,
+            nodes: done.nodes.iter().map(hex::encode).collect(),
+        });
+        proven.push(done);
     }
+    let segment_ids: Vec<u64> = roots.iter().map(|r| r.statement.segment_id).collect();
+
+    // Every session met, in the bundle's order (by id), and each carried
+    // event's place: by session, then seq.
+    let names: BTreeSet<&str> = proven.iter().flat_map(|p| p.names.iter().map(String::as_str)).collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    let rank_of: HashMap<&str, u32> = names.iter().enumerate().map(|(k, n)| (*n, k as u32)).collect();
+    let ranks: Vec<Vec<u32>> = proven.iter().map(|p| p.names.iter().map(|n| rank_of[n.as_str()]).collect()).collect();
+    let mut order: Vec<(u32, u64, u32, u32)> = Vec::with_capacity(proven.iter().map(|p| p.found.len()).sum());
+    for (k, p) in proven.iter().enumerate() {
+        order.extend(
+            p.found.iter().enumerate().map(|(at, f)| (ranks[k][f.session as usize], f.seq, k as u32, at as u32)),
+        );
+    }
+    order.sort_unstable();
+    let found = |&(_, _, k, at): &(u32, u64, u32, u32)| &proven[k as usize].found[at as usize];
+    let is_wanted: Vec<bool> = names.iter().map(|n| wanted.contains(*n)).collect();
     let related_sessions: BTreeSet<String> =
-        picked.iter().map(|p| &p.leaf.session_id).filter(|s| !wanted.contains(*s)).cloned().collect();
-    let related_events = picked.iter().filter(|p| !wanted.contains(&p.leaf.session_id)).count() as u64;
-    let found: BTreeSet<&str> = picked.iter().map(|p| p.leaf.session_id.as_str()).collect();
-    if let Some(missing) = wanted.iter().find(|s| !found.contains(s.as_str())) {
+        names.iter().zip(&is_wanted).filter(|(_, w)| !**w).map(|(n, _)| n.to_string()).collect();
+    let related_events = order.iter().filter(|o| !is_wanted[o.0 as usize]).count() as u64;
+    if let Some(missing) = wanted.iter().find(|s| !rank_of.contains_key(s.as_str())) {
         return Err(export_error(format!(
             "session {missing} is not in the sealed recording (a session still live is exported once its first segment is sealed)"
         )));
     }
-    picked.sort_by(|a, b| (&a.leaf.session_id, a.leaf.seq).cmp(&(&b.leaf.session_id, b.leaf.seq)));
-    // A session is live where its last event (in seq order) is not its end.
-    let mut live = Vec::new();
-    for (k, p) in picked.iter().enumerate() {
-        let last_of_session = picked.get(k + 1).is_none_or(|next| next.leaf.session_id != p.leaf.session_id);
-        if last_of_session && wanted.contains(&p.leaf.session_id) {
-            let ended = canonical::key(&p.canonical).is_ok_and(|key| key.kind == EventKind::SessionEnd.as_str());
-            if !ended {
-                live.push(p.leaf.session_id.clone());
-            }
-        }
-    }
-    // The head before an event is carried only where the event before it
+    // A session is live where its last event (in seq order) is not its end;
+    // the head before an event is carried only where the event before it
     // in its session is not.
-    for k in 0..picked.len() {
-        let follows = k > 0
-            && picked[k - 1].leaf.session_id == picked[k].leaf.session_id
-            && picked[k - 1].leaf.seq + 1 == picked[k].leaf.seq;
-        if !follows && picked[k].leaf.seq > 0 {
-            picked[k].leaf.head_before = Some(picked[k].before);
+    let mut live = Vec::new();
+    let mut leaves: Vec<LeafProof> = Vec::with_capacity(order.len());
+    for (k, o) in order.iter().enumerate() {
+        let f = found(o);
+        let last_of_session = order.get(k + 1).is_none_or(|next| next.0 != o.0);
+        if last_of_session && is_wanted[o.0 as usize] && !f.end {
+            live.push(names[o.0 as usize].to_string());
         }
+        let follows = k > 0 && order[k - 1].0 == o.0 && order[k - 1].1 + 1 == o.1;
+        leaves.push(LeafProof {
+            session_id: names[o.0 as usize].to_string(),
+            seq: o.1,
+            segment_id: segment_ids[o.2 as usize],
+            index: f.index,
+            nonce: f.nonce,
+            head: f.head,
+            head_before: (!follows && o.1 > 0).then_some(f.before),
+        });
     }
 
     fs::create_dir_all(out.join("events")).map_err(RecorderError::io("cannot create bundle", out))?;
     fs::create_dir_all(out.join("proofs")).map_err(RecorderError::io("cannot create bundle", out))?;
-    let mut builder = BatchBuilder::with_capacity(picked.len());
-    for p in &picked {
-        builder.push_canonical(&p.canonical)?;
+    // The carried rows in the bundle's order, a row group at a time, taken
+    // column by column from the segments' own: written as the events file
+    // on one core while the other makes them events for the renderings.
+    let sources: Vec<&arrow::array::RecordBatch> = proven.iter().flat_map(|p| p.batches.iter()).collect();
+    let first_batch: Vec<usize> = proven
+        .iter()
+        .scan(0, |at, p| {
+            let first = *at;
+            *at += p.batches.len();
+            Some(first)
+        })
+        .collect();
+    let place = |o: &(u32, u64, u32, u32)| {
+        let f = found(o);
+        (first_batch[o.2 as usize] + f.batch as usize, f.row as usize)
+    };
+    // Runs of rows lying together in a segment's batch (a session's rows
+    // do): (batch, first row, rows).
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for o in &order {
+        let (batch, row) = place(o);
+        match runs.last_mut() {
+            Some((b, first, rows)) if *b == batch && *first + *rows == row => *rows += 1,
+            _ => runs.push((batch, row, 1)),
+        }
     }
-    segment::write(&out.join(EVENTS_FILE), &builder.finish()?, &RecorderSettings::default())?;
-    let events = picked.len() as u64;
-    let (bundle_events, leaves): (Vec<Event>, Vec<LeafProof>) = picked.into_iter().map(|p| (p.event, p.leaf)).unzip();
-    write_leaves(&out.join(LEAVES_FILE), &leaves)?;
+    drop(order);
+    let events = leaves.len() as u64;
+    let events_path = out.join(EVENTS_FILE);
+    // Three at once: the events file then the leaves, and the rows made
+    // events for the renderings, in two halves.
+    let readers = sources.iter().map(|b| BatchReader::new(b)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let events_of = |runs: &[(usize, usize, usize)]| -> Result<Vec<Event>> {
+        let mut events = Vec::with_capacity(runs.iter().map(|r| r.2).sum());
+        for &(batch, row, rows) in runs {
+            for i in row..row + rows {
+                events.push(Event::from_row(readers[batch].row(i)?)?);
+            }
+        }
+        Ok(events)
+    };
+    let half = {
+        let mut counted = 0;
+        runs.iter().position(|r| {
+            counted += r.2;
+            counted * 2 >= leaves.len()
+        })
+    }
+    .map_or(runs.len(), |k| k + 1);
+    let (written, bundle_events) = std::thread::scope(|scope| {
+        let written = scope.spawn(|| -> Result<()> {
+            let mut writer = segment::SegmentWriter::create(
+                &events_path,
+                &RecorderSettings::default(),
+                segment::RawBytes::Compressed,
+            )?;
+            for &(batch, row, rows) in &runs {
+                writer.write(&sources[batch].slice(row, rows))?;
+            }
+            writer.finish()?;
+            write_leaves(&out.join(LEAVES_FILE), &leaves)
+        });
+        let second = scope.spawn(|| events_of(&runs[half..]));
+        let first = events_of(&runs[..half]);
+        let second = second.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let events = first.and_then(|mut first| {
+            first.extend(second?);
+            Ok(first)
+        });
+        (written.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), events)
+    });
+    written?;
+    let bundle_events = bundle_events?;
+    drop(readers);
+    drop(sources);
+    drop(proven);
     drop(leaves);
     let segments = roots.len();
     let proofs = Proofs { roots, segments: segment_proofs };
     write_file(out, PROOFS_FILE, &serde_json::to_vec_pretty(&proofs).unwrap_or_default())?;
     write_file(out, KEY_FILE, keys::public_key_pem(&key.verifying_key()).as_bytes())?;
 
-    let mut names: BTreeSet<String> =
-        [EVENTS_FILE, KEY_FILE, LEAVES_FILE, PROOFS_FILE].into_iter().map(str::to_string).collect();
-    let mut rendered = BundleFiles { out, sessions: &wanted, hashed: BTreeMap::new() };
-    if let Err(error) = extras(&bundle_events, &mut rendered) {
-        let _ = fs::remove_dir_all(out);
-        return Err(error);
-    }
-    drop(bundle_events);
-    let mut hashed = rendered.hashed;
-    names.extend(hashed.keys().cloned());
-    let mut files = Vec::new();
-    for path in &names {
-        let (sha256, bytes) = match hashed.remove(path) {
-            Some(done) => done,
-            None => hash_file(&out.join(path))?,
-        };
-        files.push(BundleFile { path: path.clone(), sha256, bytes });
-    }
     let mut bundle = BundleManifest {
         format: BUNDLE_FORMAT.to_string(),
         exported_by: exported_by.to_string(),
@@ -445,24 +506,57 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         recording_head,
         last_segment,
         key_fingerprint: key.fingerprint(),
-        files,
+        files: Vec::new(),
         signature: None,
     };
+    // What will be signed must verify, or it is not evidence (a session
+    // whose chain restarts, its head before lost, cannot be proven whole):
+    // the events, leaves and proofs as written are checked while the
+    // renderings are made, the signed bundle after.
+    let public = key.verifying_key();
+    let (contents, rendered) = std::thread::scope(|scope| {
+        let contents = scope.spawn(|| {
+            let mut check = BundleReport::empty();
+            let held = |name: &str| fs::read(out.join(name)).map(bytes::Bytes::from).unwrap_or_default();
+            check_contents(&mut check, out, &bundle, &public, &held);
+            check.problems
+        });
+        let mut rendered = BundleFiles { out, sessions: &wanted, hashed: BTreeMap::new() };
+        let done = extras(&bundle_events, &mut rendered).map(|()| rendered.hashed);
+        (contents.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), done)
+    });
+    drop(bundle_events);
+    let mut hashed = match rendered {
+        Ok(hashed) => hashed,
+        Err(error) => {
+            let _ = fs::remove_dir_all(out);
+            return Err(error);
+        }
+    };
+    let mut names: BTreeSet<String> =
+        [EVENTS_FILE, KEY_FILE, LEAVES_FILE, PROOFS_FILE].into_iter().map(str::to_string).collect();
+    names.extend(hashed.keys().cloned());
+    for path in &names {
+        let (sha256, bytes) = match hashed.remove(path) {
+            Some(done) => done,
+            None => hash_file(&out.join(path))?,
+        };
+        bundle.files.push(BundleFile { path: path.clone(), sha256, bytes });
+    }
     bundle.signature = Some(key.sign(&bundle.signing_bytes()));
     let mut text = serde_json::to_vec_pretty(&bundle).unwrap_or_default();
     text.push(b'\n');
     write_file(out, BUNDLE_FILE, &text)?;
-    // What was signed must verify, or it is not evidence: a session whose
-    // chain restarts (its head before lost) cannot be proven whole.
-    let check = verify_bundle_with(out, Some(&PinnedKey::Key(key.verifying_key())), false)?;
-    if !check.ok() {
+    let mut problems = verify_parts(out, Some(&PinnedKey::Key(public)), false, false)?.problems;
+    problems.extend(contents);
+    if !problems.is_empty() {
         let _ = fs::remove_dir_all(out);
-        let problems: Vec<String> = check.problems.iter().take(5).map(ToString::to_string).collect();
-        let more = check.problems.len().saturating_sub(problems.len());
+        let shown: Vec<String> = problems.iter().take(5).map(ToString::to_string).collect();
+        let more = problems.len().saturating_sub(shown.len());
         let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
         return Err(export_error(format!(
             "the bundle would not verify, so it was not kept: {}{more}",
-            problems.join("; ")
+            shown.join("; ")
         )));
     }
     Ok(Exported { sessions: wanted.len(), events, segments, live, related_events })
@@ -559,15 +653,39 @@ fn check_manifests(layout: &Layout, key: &ManifestKey) -> Result<(String, u64)> 
     Ok((head, last))
 }
 
-/// The selected events of one segment, each with its leaf; returns the
-/// segment's multiproof for them. The segment's tree rebuilt from its rows
-/// must be the one its manifest signs.
+/// `work` on each of `items`, on every core (each item on one), the
+/// results in the items' order.
+fn on_every_core<I: Sync, T: Send>(items: &[I], work: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..cores.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(k) else { break };
+                        done.push((k, work(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    done.sort_by_key(|(k, _)| *k);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
+/// The selected events of one segment, each with its leaf and its row, and
+/// the segment's multiproof for them. The segment's tree rebuilt from its
+/// rows must be the one its manifest signs.
 fn prove_segment(
     layout: &Layout,
     manifest: &Manifest,
-    select: &dyn Fn(&str, &Cells<'_>) -> bool,
-    picked: &mut Vec<Picked>,
-) -> Result<Vec<merkle::Hash>> {
+    select: &(dyn Fn(&str, &Cells<'_>) -> bool + Sync),
+) -> Result<Proven> {
     let path = layout.root().join(&manifest.path);
     let salt = manifest.merkle_salt.as_deref().and_then(|salt| {
         let mut bytes = [0u8; 32];
@@ -579,22 +697,28 @@ fn prove_segment(
             manifest.segment_id, manifest.format
         )));
     };
-    let mut heads: HashMap<String, ChainHash> = manifest
+    // Per session met: its chain head, and its place among the names of
+    // the sessions carried.
+    let mut heads: ahash::AHashMap<String, (ChainHash, u32)> = manifest
         .sessions
         .iter()
         .map(|s| {
-            (s.session_id.clone(), s.chain_in.as_deref().and_then(ChainHash::from_hex).unwrap_or(ChainHash::GENESIS))
+            let head = s.chain_in.as_deref().and_then(ChainHash::from_hex).unwrap_or(ChainHash::GENESIS);
+            (s.session_id.clone(), (head, u32::MAX))
         })
         .collect();
+    let mut proven = Proven { names: Vec::new(), batches: Vec::new(), found: Vec::new(), nodes: Vec::new() };
     let mut leaves = Vec::with_capacity(manifest.row_count as usize);
     let mut indices = Vec::new();
     let mut bytes = Vec::new();
+    let mut rows: Vec<u32> = Vec::new();
     segment::for_each_batch(&path, |batch| {
         let reader = BatchReader::new(&batch)?;
+        rows.clear();
+        let kept = proven.batches.len() as u32;
         for i in 0..reader.len() {
-            // Every row is a leaf; a selected one is also carried, as an
-            // event (read again, owned).
-            let taken = reader.with_cells(i, |cells| -> Result<Option<(LeafProof, ChainHash)>> {
+            // Every row is a leaf; a selected one is also carried.
+            reader.with_cells(i, |cells| -> Result<()> {
                 let (Some(Value::Str(session)), Some(Value::U64(seq))) =
                     (cells.get(Column::SessionId), cells.get(Column::Seq))
                 else {
@@ -602,35 +726,46 @@ fn prove_segment(
                 };
                 bytes.clear();
                 canonical::encode(cells, &mut bytes);
-                let head = match heads.get_mut(session) {
-                    Some(head) => head,
-                    None => heads.entry(session.to_string()).or_insert(ChainHash::GENESIS),
+                let (head, name) = match heads.get_mut(session) {
+                    Some(entry) => entry,
+                    None => heads.entry(session.to_string()).or_insert((ChainHash::GENESIS, u32::MAX)),
                 };
                 let before = *head;
                 *head = before.next(&bytes);
-                let head = *head;
                 let index = leaves.len() as u64;
                 let nonce = merkle::nonce(&salt, index);
-                leaves.push(merkle::leaf(&nonce, &head));
+                leaves.push(merkle::leaf(&nonce, head));
                 if !select(session, cells) {
-                    return Ok(None);
+                    return Ok(());
                 }
+                if *name == u32::MAX {
+                    *name = proven.names.len() as u32;
+                    proven.names.push(session.to_string());
+                }
+                let end = matches!(cells.get(Column::Kind), Some(Value::Str(k)) if k == EventKind::SessionEnd.as_str());
                 indices.push(index);
-                let leaf = LeafProof {
-                    session_id: session.to_string(),
+                proven.found.push(Found {
+                    session: *name,
                     seq,
-                    segment_id: manifest.segment_id,
+                    batch: kept,
+                    row: rows.len() as u32,
                     index,
                     nonce,
-                    head,
-                    head_before: None,
-                };
-                Ok(Some((leaf, before)))
+                    head: *head,
+                    before,
+                    end,
+                });
+                rows.push(i as u32);
+                Ok(())
             })??;
-            if let Some((leaf, before)) = taken {
-                let event = Event::from_row(reader.row(i)?)?;
-                picked.push(Picked { canonical: bytes.clone(), event, before, leaf });
-            }
+        }
+        // Only the carried rows are kept.
+        if rows.len() == reader.len() {
+            proven.batches.push(segment::conform(batch)?);
+        } else if !rows.is_empty() {
+            let taken = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(rows.clone()))
+                .map_err(|e| RecorderError::corrupt(&path, e.to_string()))?;
+            proven.batches.push(segment::conform(taken)?);
         }
         Ok(())
     })?;
@@ -641,7 +776,8 @@ fn prove_segment(
             manifest.segment_id
         )));
     }
-    Ok(tree.multiproof(&indices).unwrap_or_default())
+    proven.nodes = tree.multiproof(&indices).unwrap_or_default();
+    Ok(proven)
 }
 
 /// The arrow schema of `proofs/leaves.parquet`.
@@ -664,9 +800,18 @@ pub fn write_leaves(path: &Path, leaves: &[LeafProof]) -> Result<()> {
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::WriterProperties;
+    use parquet::schema::types::ColumnPath;
     let failed = |e: &dyn std::fmt::Display| RecorderError::Export(format!("cannot write {}: {e}", path.display()));
     let file = fs::File::create(path).map_err(RecorderError::io("cannot write bundle file", path))?;
-    let properties = WriterProperties::builder()
+    // Nonces and heads are random: compressing them, or looking for
+    // repeats, gains nothing.
+    let mut properties = WriterProperties::builder();
+    for column in ["nonce", "head", "head_before"] {
+        properties = properties
+            .set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED)
+            .set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    let properties = properties
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| failed(&e))?))
         .set_created_by(format!("proctor {}", env!("CARGO_PKG_VERSION")))
         .build();
@@ -773,6 +918,19 @@ pub struct BundleReport {
 }
 
 impl BundleReport {
+    fn empty() -> BundleReport {
+        BundleReport {
+            problems: Vec::new(),
+            sessions: 0,
+            events: 0,
+            segments: 0,
+            live: Vec::new(),
+            related_events: 0,
+            key: None,
+            manifest: None,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -794,16 +952,14 @@ pub fn verify_bundle(dir: &Path, pinned: Option<&PinnedKey>) -> Result<BundleRep
 /// hashed from memory skips them). The renderings are never read
 /// otherwise, so they are hashed on a thread of their own meanwhile.
 fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: bool) -> Result<BundleReport> {
-    let mut report = BundleReport {
-        problems: Vec::new(),
-        sessions: 0,
-        events: 0,
-        segments: 0,
-        live: Vec::new(),
-        related_events: 0,
-        key: None,
-        manifest: None,
-    };
+    verify_parts(dir, pinned, hash_renderings, true)
+}
+
+/// [`verify_bundle_with`]; the events, leaves and proofs themselves are
+/// checked only with `contents` (an exporter checks them while it renders,
+/// before it signs, and then the signed bundle without them).
+fn verify_parts(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: bool, contents: bool) -> Result<BundleReport> {
+    let mut report = BundleReport::empty();
     // Only the fixed names are read, each a regular file (never through a
     // link) of a bounded size, and nothing but bundle.json and the key
     // before the signature holds.
@@ -943,6 +1099,25 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
         return Ok(report);
     }
 
+    if contents {
+        check_contents(&mut report, dir, &bundle, &key, &held_file);
+    }
+    report.manifest = Some(bundle);
+    report.problems.extend(rendered());
+    Ok(report)
+}
+
+/// The contents of a bundle whose files are as `bundle.json` (`bundle`)
+/// signs them: each root signed by `key`, each event proven by its leaf
+/// and its segment's multiproof, each session whole. `held_file` gives a
+/// file's bytes by its name (empty if missing).
+fn check_contents(
+    report: &mut BundleReport,
+    dir: &Path,
+    bundle: &BundleManifest,
+    key: &VerifyingKey,
+    held_file: &dyn Fn(&str) -> bytes::Bytes,
+) {
     // Roots, each signed by the key, and each segment's multiproof.
     let proofs: Proofs = match serde_json::from_slice(&held_file(PROOFS_FILE)) {
         Ok(proofs) => proofs,
@@ -954,7 +1129,7 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
     let mut roots: HashMap<u64, (u64, merkle::Hash)> = HashMap::new();
     for root in &proofs.roots {
         let location = format!("segment {}", root.statement.segment_id);
-        if !keys::verify_signature(&key, &root.statement.signing_bytes(), &root.signature) {
+        if !keys::verify_signature(key, &root.statement.signing_bytes(), &root.signature) {
             report.problem(location.clone(), "its root statement's signature does not verify: it was edited or forged");
             continue;
         }
@@ -987,104 +1162,86 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
         report.problem(LEAVES_FILE, format!("{why}: no event can be proven"));
         Vec::new()
     });
-    let mut by_event: HashMap<(&str, u64), usize> = HashMap::with_capacity(leaves.len());
+    let mut by_event: ahash::AHashMap<(&str, u64), usize> = ahash::AHashMap::with_capacity(leaves.len());
     for (k, leaf) in leaves.iter().enumerate() {
         if by_event.insert((leaf.session_id.as_str(), leaf.seq), k).is_some() {
             report.problem(LEAVES_FILE, format!("session {} seq {} has two proofs", leaf.session_id, leaf.seq));
         }
     }
 
-    // Events: each proven, each session whole.
-    let mut segment_leaves: HashMap<u64, Vec<(u64, merkle::Hash)>> = HashMap::new();
-    let mut sessions: HashMap<String, Vec<Walked>> = HashMap::new();
+    // Events: each proven, each session whole. Row groups are walked on
+    // every core, then put together in the file's order, as one walk
+    // through the file would have found them.
     let related: BTreeSet<&str> = bundle.related.iter().map(String::as_str).collect();
-    // The grants the exported sessions started under, and each related
-    // event's grant and target: what says it concerns them.
-    let mut grants: BTreeSet<String> = BTreeSet::new();
-    let mut about: Vec<(String, u64, Option<String>, Option<String>)> = Vec::new();
-    let mut proven = vec![false; leaves.len()];
     let events_path = dir.join(EVENTS_FILE);
-    let mut bytes = Vec::new();
-    let walked = segment::for_each_batch_in(held_file(EVENTS_FILE), &events_path, signed_rows, |batch| {
-        let reader = BatchReader::new(&batch)?;
-        for i in 0..reader.len() {
-            reader.with_cells(i, |cells| {
-                let (Some(Value::Str(session)), Some(Value::U64(seq))) =
-                    (cells.get(Column::SessionId), cells.get(Column::Seq))
-                else {
-                    report.problem(EVENTS_FILE, format!("row {i}: no session id or seq"));
-                    return;
-                };
-                report.events += 1;
-                let location = || format!("session {session} seq {seq}");
-                let Some(&k) = by_event.get(&(session, seq)) else {
-                    report.problem(location(), "has no proof: it was added to the bundle");
-                    return;
-                };
-                if std::mem::replace(&mut proven[k], true) {
-                    report.problem(location(), "appears more than once: an event was duplicated");
-                    return;
-                }
-                let leaf = &leaves[k];
-                // The head before it: carried, or the genesis head, or the head
-                // after the event before it in its session.
-                let before = match (leaf.head_before, seq) {
-                    (Some(before), _) => before,
-                    (None, 0) => ChainHash::GENESIS,
-                    (None, _) => match by_event.get(&(session, seq - 1)) {
-                        Some(&previous) => leaves[previous].head,
-                        None => {
-                            report.problem(location(), "its proof is malformed: no head before it");
-                            return;
-                        }
-                    },
-                };
-                bytes.clear();
-                canonical::encode(cells, &mut bytes);
-                let head = before.next(&bytes);
-                if head != leaf.head {
-                    report.problem(
-                        location(),
-                        format!(
-                            "is not proven in segment {}: the event was edited, or its proof does not belong to it",
-                            leaf.segment_id
-                        ),
-                    );
-                }
-                // The leaf of what is here, not of what the proof says: the
-                // root binds the events themselves.
-                segment_leaves.entry(leaf.segment_id).or_default().push((leaf.index, merkle::leaf(&leaf.nonce, &head)));
-                let text = |column| match cells.get(column) {
-                    Some(Value::Str(value)) => Some(value.to_string()),
-                    _ => None,
-                };
-                if related.contains(session) {
-                    about.push((session.to_string(), seq, text(Column::GrantId), text(Column::TargetSession)));
-                    report.related_events += 1;
-                    return;
-                }
-                let kind = match cells.get(Column::Kind) {
-                    Some(Value::Str(kind)) if kind == EventKind::SessionStart.as_str() => Bound::Start,
-                    Some(Value::Str(kind)) if kind == EventKind::SessionEnd.as_str() => Bound::End,
-                    _ => Bound::Inside,
-                };
-                if kind == Bound::Start
-                    && let Some(grant) = text(Column::GrantId)
-                {
-                    grants.insert(grant);
-                }
-                let entry = (seq, kind, before, head);
-                match sessions.get_mut(session) {
-                    Some(events) => events.push(entry),
-                    None => {
-                        sessions.insert(session.to_string(), vec![entry]);
-                    }
-                }
-            })?;
-        }
-        Ok(())
+    let walks = walk_events(held_file(EVENTS_FILE), &events_path, signed_rows, &leaves, &by_event, &related);
+    let walks = walks.unwrap_or_else(|error| {
+        report.problem(EVENTS_FILE, format!("unreadable: {error}"));
+        Vec::new()
     });
-    if let Err(error) = walked {
+    // Rows numbered in the file; nothing after a row that cannot be read,
+    // as one walk through the file stops there.
+    let mut failure = None;
+    let mut read: Vec<Walk> = Vec::with_capacity(walks.len());
+    let mut first = 0;
+    for mut walk in walks {
+        walk.shift(first);
+        first += walk.decoded;
+        failure = walk.failed.take();
+        read.push(walk);
+        if failure.is_some() {
+            break;
+        }
+    }
+    let walks = read;
+    let mut proven = vec![false; leaves.len()];
+    // Rows whose event came before: counted, named, and nothing more.
+    let mut repeated: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut problems: Vec<(usize, u8, Problem)> = Vec::new();
+    for walk in &walks {
+        report.events += walk.events;
+        for &(row, k) in &walk.claims {
+            if std::mem::replace(&mut proven[k], true) {
+                repeated.insert(row);
+                let leaf = &leaves[k];
+                problems.push((
+                    row,
+                    1,
+                    Problem {
+                        location: format!("session {} seq {}", leaf.session_id, leaf.seq),
+                        message: "appears more than once: an event was duplicated".to_string(),
+                    },
+                ));
+            }
+        }
+    }
+    let kept = |row: &usize| !repeated.contains(row);
+    let mut segment_leaves: HashMap<u64, Vec<(u64, merkle::Hash)>> = HashMap::new();
+    let mut sessions: HashMap<&str, Vec<Walked>> = HashMap::new();
+    let mut grants: BTreeSet<&str> = BTreeSet::new();
+    let mut about: Vec<(&str, u64, Option<&str>, Option<&str>)> = Vec::new();
+    for walk in &walks {
+        problems.extend(walk.unnamed.iter().map(|&row| {
+            let message = format!("row {row}: no session id or seq");
+            (row, 0, Problem { location: EVENTS_FILE.to_string(), message })
+        }));
+        problems.extend(walk.problems.iter().filter(|(row, stage, _)| *stage == 0 || kept(row)).cloned());
+        for (_, segment, index, hash) in walk.leaves.iter().filter(|l| kept(&l.0)) {
+            segment_leaves.entry(*segment).or_default().push((*index, *hash));
+        }
+        for (_, k, grant, target) in walk.about.iter().filter(|a| kept(&a.0)) {
+            let leaf = &leaves[*k];
+            about.push((leaf.session_id.as_str(), leaf.seq, grant.as_deref(), target.as_deref()));
+        }
+        grants.extend(walk.grants.iter().filter(|g| kept(&g.0)).map(|(_, grant)| grant.as_str()));
+        for (_, k, walked) in walk.walked.iter().filter(|w| kept(&w.0)) {
+            sessions.entry(leaves[*k].session_id.as_str()).or_default().push(*walked);
+        }
+    }
+    report.related_events = about.len() as u64;
+    problems.sort_by_key(|(row, stage, _)| (*row, *stage));
+    report.problems.extend(problems.into_iter().map(|(_, _, problem)| problem));
+    if let Some(error) = failure {
         report.problem(EVENTS_FILE, format!("unreadable: {error}"));
     }
     for (leaf, proven) in leaves.iter().zip(&proven) {
@@ -1127,13 +1284,12 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
     }
     let selected: BTreeSet<&str> = bundle.sessions.iter().map(String::as_str).collect();
     for session in &bundle.sessions {
-        if !sessions.contains_key(session) {
+        if !sessions.contains_key(session.as_str()) {
             report.problem(format!("session {session}"), "was exported but has no events here: it was dropped");
         }
     }
     for (session, seq, grant, target) in &about {
-        let concerns = grant.as_ref().is_some_and(|g| grants.contains(g))
-            || target.as_ref().is_some_and(|t| selected.contains(t.as_str()));
+        let concerns = grant.is_some_and(|g| grants.contains(g)) || target.is_some_and(|t| selected.contains(t));
         if !concerns {
             report.problem(
                 format!("session {session} seq {seq}"),
@@ -1142,11 +1298,11 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
         }
     }
     // In session order, so that problems are named in a stable order.
-    let mut sessions: Vec<(String, Vec<Walked>)> = sessions.into_iter().collect();
-    sessions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut sessions: Vec<(&str, Vec<Walked>)> = sessions.into_iter().collect();
+    sessions.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (session, events) in &mut sessions {
         let location = format!("session {session}");
-        if !selected.contains(session.as_str()) {
+        if !selected.contains(*session) {
             report.problem(location.clone(), "is in events/ but not among the sessions bundle.json names");
         }
         events.sort_by_key(|e| e.0);
@@ -1178,18 +1334,210 @@ fn verify_bundle_with(dir: &Path, pinned: Option<&PinnedKey>, hash_renderings: b
             expected = (seq.saturating_add(1), *head);
         }
         let ended = events.last().is_some_and(|e| e.1 == Bound::End);
-        let live = bundle.live.contains(session);
+        let live = bundle.live.iter().any(|l| l == session);
         if !ended && !live {
             report.problem(location.clone(), "ends without its session_end and is not marked live: its tail was cut");
         }
         if live {
-            report.live.push(session.clone());
+            report.live.push(session.to_string());
         }
     }
     report.sessions = sessions.len();
-    report.manifest = Some(bundle);
-    report.problems.extend(rendered());
-    Ok(report)
+}
+
+/// What walking one row group of a bundle's events file found, by row of
+/// the file: the leaf each row claims, and what the row adds once it is
+/// known not to repeat an event of an earlier row.
+#[derive(Default)]
+struct Walk {
+    /// Rows decoded.
+    decoded: usize,
+    /// Why the group's walk stopped before its end.
+    failed: Option<RecorderError>,
+    /// Rows read with a session id and seq.
+    events: u64,
+    /// Rows without one.
+    unnamed: Vec<usize>,
+    /// (row, stage, problem): stage 0 before the row's leaf is known to be
+    /// its first claim, 2 after.
+    problems: Vec<(usize, u8, Problem)>,
+    /// (row, leaf): the leaf whose key is the row's.
+    claims: Vec<(usize, usize)>,
+    /// (row, segment, leaf index, leaf hash of what the row holds).
+    leaves: Vec<(usize, u64, u64, merkle::Hash)>,
+    /// (row, leaf, grant, target) of a related session's row.
+    about: Vec<(usize, usize, Option<String>, Option<String>)>,
+    /// (row, grant) of a session_start.
+    grants: Vec<(usize, String)>,
+    /// (row, leaf, how the row stands in its session).
+    walked: Vec<(usize, usize, Walked)>,
+}
+
+impl Walk {
+    /// Numbers its rows in the file: `by` rows come before its group.
+    fn shift(&mut self, by: usize) {
+        self.problems.iter_mut().for_each(|p| p.0 += by);
+        self.unnamed.iter_mut().for_each(|row| *row += by);
+        self.claims.iter_mut().for_each(|c| c.0 += by);
+        self.leaves.iter_mut().for_each(|l| l.0 += by);
+        self.about.iter_mut().for_each(|a| a.0 += by);
+        self.grants.iter_mut().for_each(|g| g.0 += by);
+        self.walked.iter_mut().for_each(|w| w.0 += by);
+    }
+}
+
+/// Walks the events file held in `bytes` (at most `max_rows` rows), each
+/// row group on one of every core, each row against its leaf: its head
+/// recomputed from the head before it, its leaf hash from that head. Rows
+/// are numbered within their group as decoded ([`Walk::shift`] numbers them
+/// in the file); a group stops at a row that cannot be read, or at more
+/// rows than its footer says ([`Walk::failed`]).
+fn walk_events(
+    bytes: bytes::Bytes,
+    label: &Path,
+    max_rows: u64,
+    leaves: &[LeafProof],
+    by_event: &ahash::AHashMap<(&str, u64), usize>,
+    related: &BTreeSet<&str>,
+) -> Result<Vec<Walk>> {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    let unreadable =
+        |e: parquet::errors::ParquetError| RecorderError::Parquet { path: label.to_path_buf(), message: e.to_string() };
+    let metadata = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::default()).map_err(unreadable)?;
+    let rows = u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX);
+    let too_many = || RecorderError::corrupt(label, format!("holds more than the {max_rows} rows it may"));
+    if rows > max_rows {
+        return Err(too_many());
+    }
+    // Each group's rows as its footer says, together within the bound.
+    let mut groups: Vec<(usize, u64)> = Vec::new();
+    let mut total = 0u64;
+    for (group, meta) in metadata.metadata().row_groups().iter().enumerate() {
+        let rows = u64::try_from(meta.num_rows())
+            .map_err(|_| RecorderError::corrupt(label, format!("row group {group} claims {} rows", meta.num_rows())))?;
+        total = total.checked_add(rows).filter(|t| *t <= max_rows).ok_or_else(too_many)?;
+        groups.push((group, rows));
+    }
+    let walks = on_every_core(&groups, |&(group, rows)| {
+        let mut walk = Walk::default();
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), metadata.clone())
+            .with_row_groups(vec![group])
+            .with_batch_size(8192)
+            .build();
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(error) => {
+                walk.failed = Some(unreadable(error));
+                return walk;
+            }
+        };
+        let mut encoded = Vec::new();
+        for batch in reader {
+            let read = batch.map_err(|e| unreadable(e.into())).and_then(|batch| {
+                let reader = BatchReader::new(&batch)?;
+                for i in 0..reader.len() {
+                    if walk.decoded as u64 >= rows {
+                        return Err(RecorderError::corrupt(
+                            label,
+                            format!("row group {group} holds more rows than the {rows} its footer says"),
+                        ));
+                    }
+                    let row = walk.decoded;
+                    reader.with_cells(i, |cells| {
+                        walk_row(cells, row, leaves, by_event, related, &mut encoded, &mut walk)
+                    })?;
+                    walk.decoded += 1;
+                }
+                Ok(())
+            });
+            if let Err(error) = read {
+                walk.failed = Some(error);
+                return walk;
+            }
+        }
+        if (walk.decoded as u64) < rows {
+            walk.failed = Some(RecorderError::corrupt(
+                label,
+                format!("row group {group} holds {} rows, not the {rows} its footer says", walk.decoded),
+            ));
+        }
+        walk
+    });
+    Ok(walks)
+}
+
+/// One row of the events file, row `row`, against its leaf.
+fn walk_row(
+    cells: &Cells<'_>,
+    row: usize,
+    leaves: &[LeafProof],
+    by_event: &ahash::AHashMap<(&str, u64), usize>,
+    related: &BTreeSet<&str>,
+    bytes: &mut Vec<u8>,
+    walk: &mut Walk,
+) {
+    let problem = |stage: u8, location: String, message: String| (row, stage, Problem { location, message });
+    let (Some(Value::Str(session)), Some(Value::U64(seq))) = (cells.get(Column::SessionId), cells.get(Column::Seq))
+    else {
+        walk.unnamed.push(row);
+        return;
+    };
+    walk.events += 1;
+    let location = || format!("session {session} seq {seq}");
+    let Some(&k) = by_event.get(&(session, seq)) else {
+        walk.problems.push(problem(0, location(), "has no proof: it was added to the bundle".to_string()));
+        return;
+    };
+    walk.claims.push((row, k));
+    let leaf = &leaves[k];
+    // The head before it: carried, or the genesis head, or the head
+    // after the event before it in its session.
+    let before = match (leaf.head_before, seq) {
+        (Some(before), _) => before,
+        (None, 0) => ChainHash::GENESIS,
+        (None, _) => match by_event.get(&(session, seq - 1)) {
+            Some(&previous) => leaves[previous].head,
+            None => {
+                walk.problems.push(problem(2, location(), "its proof is malformed: no head before it".to_string()));
+                return;
+            }
+        },
+    };
+    bytes.clear();
+    canonical::encode(cells, bytes);
+    let head = before.next(bytes);
+    if head != leaf.head {
+        walk.problems.push(problem(
+            2,
+            location(),
+            format!(
+                "is not proven in segment {}: the event was edited, or its proof does not belong to it",
+                leaf.segment_id
+            ),
+        ));
+    }
+    // The leaf of what is here, not of what the proof says: the root binds
+    // the events themselves.
+    walk.leaves.push((row, leaf.segment_id, leaf.index, merkle::leaf(&leaf.nonce, &head)));
+    let text = |column| match cells.get(column) {
+        Some(Value::Str(value)) => Some(value.to_string()),
+        _ => None,
+    };
+    if related.contains(session) {
+        walk.about.push((row, k, text(Column::GrantId), text(Column::TargetSession)));
+        return;
+    }
+    let kind = match cells.get(Column::Kind) {
+        Some(Value::Str(kind)) if kind == EventKind::SessionStart.as_str() => Bound::Start,
+        Some(Value::Str(kind)) if kind == EventKind::SessionEnd.as_str() => Bound::End,
+        _ => Bound::Inside,
+    };
+    if kind == Bound::Start
+        && let Some(grant) = text(Column::GrantId)
+    {
+        walk.grants.push((row, grant));
+    }
+    walk.walked.push((row, k, (seq, kind, before, head)));
 }
 
 /// Each of `files` under `dir` checked against its signed hash and size.

@@ -237,6 +237,32 @@ pub fn write(path: &Path, batch: &RecordBatch, settings: &RecorderSettings) -> R
     writer.finish()
 }
 
+/// `batch`, read from a segment, in the recorder's schema: as it is when
+/// its columns are the schema's; else (a segment of an older schema) its
+/// rows made again from their canonical encoding, which every version
+/// shares.
+pub fn conform(batch: RecordBatch) -> Result<RecordBatch> {
+    let schema = event_arrow::schema();
+    let same =
+        batch.num_columns() == schema.fields().len()
+            && batch.schema().fields().iter().zip(schema.fields()).all(|(a, b)| {
+                a.name() == b.name() && a.data_type() == b.data_type() && a.is_nullable() == b.is_nullable()
+            });
+    if same {
+        return RecordBatch::try_new(schema, batch.columns().to_vec())
+            .map_err(|e| RecorderError::Schema(proctor_schemas::SchemaError::Arrow(e.to_string())));
+    }
+    let reader = event_arrow::BatchReader::new(&batch)?;
+    let mut builder = event_arrow::BatchBuilder::with_capacity(reader.len());
+    let mut bytes = Vec::new();
+    for i in 0..reader.len() {
+        bytes.clear();
+        reader.with_cells(i, |cells| proctor_schemas::canonical::encode(cells, &mut bytes))?;
+        builder.push_canonical(&bytes)?;
+    }
+    Ok(builder.finish()?)
+}
+
 /// Reads a whole segment.
 pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();

@@ -265,3 +265,51 @@ fn borrowed_cells_are_the_owned_rows_cells_on_generated_recordings() {
         assert!(compared >= events.len(), "every row read: {compared} of {}", events.len());
     }
 }
+
+/// A segment's batch made the recorder's schema (what exports carry rows
+/// by): as it is when it has the schema's columns, and, for a batch of an
+/// older schema (columns missing), the same rows made again; each row's
+/// canonical encoding is the one it had.
+#[test]
+fn batches_conform_to_the_schema_row_for_row() {
+    use proctor_recorder::synth::{Synth, SynthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::open(dir.path(), &settings()).unwrap();
+    let sink = recorder.sink();
+    let events: Vec<NewEvent> = Synth::new(SynthConfig::new(40, 9, Timestamp(T0))).collect();
+    for chunk in events.chunks(500) {
+        sink.append_slice_blocking(chunk).unwrap();
+    }
+    recorder.close().unwrap();
+    let canonical_rows = |batch: &::arrow::array::RecordBatch| -> Vec<Vec<u8>> {
+        let reader = BatchReader::new(batch).unwrap();
+        (0..reader.len())
+            .map(|i| {
+                let mut bytes = Vec::new();
+                reader.with_cells(i, |cells| canonical::encode(cells, &mut bytes)).unwrap();
+                bytes
+            })
+            .collect()
+    };
+    let mut older = 0;
+    for manifest in Reader::open(dir.path()).unwrap().manifests().unwrap() {
+        for batch in segment::read_all(&dir.path().join(&manifest.path)).unwrap() {
+            let same = segment::conform(batch.clone()).unwrap();
+            assert_eq!(same.schema(), proctor_schemas::arrow::schema());
+            assert_eq!(same.columns(), batch.columns(), "a batch of the schema is kept as it is");
+            // Every third nullable column dropped, as a segment of an
+            // older schema lacks columns added since.
+            let schema = batch.schema();
+            let kept: Vec<usize> = (0..batch.num_columns())
+                .filter(|&c| !(schema.field(c).is_nullable() && c % 3 == 0 && batch.column(c).null_count() > 0))
+                .collect();
+            assert!(kept.len() < batch.num_columns(), "columns dropped");
+            let reduced = batch.project(&kept).unwrap();
+            let made = segment::conform(reduced.clone()).unwrap();
+            assert_eq!(made.schema(), proctor_schemas::arrow::schema());
+            assert_eq!(canonical_rows(&made), canonical_rows(&reduced));
+            older += 1;
+        }
+    }
+    assert!(older > 0, "batches compared");
+}

@@ -347,6 +347,7 @@ fn renderings(
     files: &mut dyn Renderings,
 ) -> Result<(), RecorderError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
+    let starts = crate::ocsf::Starts::of(events);
     std::thread::scope(|scope| {
         // The report and the spreadsheet meanwhile, on a core of their own.
         let others = scope.spawn(|| {
@@ -358,18 +359,34 @@ fn renderings(
                     text.push('\n');
                 }
             }
-            (casts, statements_csv(events, wanted), report::html(events, wanted, header))
+            let csv = statements_csv(events, wanted);
+            let html = report::html(events, wanted, header);
+            (casts, csv, html)
         });
+        // As many pieces made at once as there are cores, each written (and
+        // hashed) in order as soon as it is made, the next one begun.
         const PIECE: usize = 16 * 1024;
+        let starts = &starts;
+        // Their buffers are used again, piece after piece.
         files.file(OCSF_FILE, &mut |out| {
-            for group in events.chunks(PIECE * cores) {
-                let pieces: Vec<_> = group
-                    .chunks(PIECE)
-                    .map(|piece| scope.spawn(move || crate::ocsf::jsonl_of(piece, events)))
-                    .collect();
-                for piece in pieces {
-                    out.write_all(&piece.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))?;
+            let mut pieces = events.chunks(PIECE);
+            let make = |piece, mut buffer: Vec<u8>| {
+                scope.spawn(move || {
+                    buffer.clear();
+                    crate::ocsf::jsonl_into(piece, starts, &mut buffer);
+                    buffer
+                })
+            };
+            let mut running: std::collections::VecDeque<_> =
+                pieces.by_ref().take(cores).map(|piece| make(piece, Vec::new())).collect();
+            let mut spare = Vec::new();
+            while let Some(made) = running.pop_front() {
+                let bytes = made.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                if let Some(piece) = pieces.next() {
+                    running.push_back(make(piece, std::mem::take(&mut spare)));
                 }
+                out.write_all(&bytes)?;
+                spare = bytes;
             }
             Ok(())
         })?;

@@ -30,17 +30,29 @@ use serde_json::{Map, Value, json};
 /// The OCSF version the objects follow.
 pub const OCSF_VERSION: &str = "1.3.0";
 
-/// The OCSF JSON lines of `events`, a part of `all` (whose session starts
-/// are read first, so that every event of a session, and a review or grant
-/// about it, names its subject and resource).
-pub fn jsonl_of(events: &[Event], all: &[Event]) -> Vec<u8> {
-    let starts: HashMap<SessionId, &SessionStart> = all
-        .iter()
-        .filter_map(|e| match &e.body {
-            EventBody::SessionStart(s) => Some((e.session_id, s)),
-            _ => None,
-        })
-        .collect();
+/// The session starts of a whole export, read once: what every object of a
+/// session, and a review or grant about it, names its subject and resource
+/// from.
+pub struct Starts<'a>(HashMap<SessionId, &'a SessionStart>);
+
+impl<'a> Starts<'a> {
+    pub fn of(all: &'a [Event]) -> Starts<'a> {
+        Starts(
+            all.iter()
+                .filter_map(|e| match &e.body {
+                    EventBody::SessionStart(s) => Some((e.session_id, s)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The OCSF JSON lines of `events`, a part of the export whose session
+/// starts are `starts`, appended to `out` (a buffer used again keeps its
+/// memory).
+pub fn jsonl_into(events: &[Event], starts: &Starts<'_>, out: &mut Vec<u8>) {
+    let starts = &starts.0;
     let mut sessions: HashMap<SessionId, SessionParts> = HashMap::new();
     let product = serde_json::to_string(&json!({
         "name": "Proctor",
@@ -48,13 +60,12 @@ pub fn jsonl_of(events: &[Event], all: &[Event]) -> Vec<u8> {
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .unwrap_or_default();
-    let mut out = Vec::with_capacity(events.len() * 800);
+    out.reserve(events.len() * 800);
     for event in events {
-        let parts = sessions.entry(event.session_id).or_insert_with(|| SessionParts::of(event.session_id, &starts));
-        write_object(&mut out, event, &starts, parts, &product);
+        let parts = sessions.entry(event.session_id).or_insert_with(|| SessionParts::of(event.session_id, starts));
+        write_object(out, event, starts, parts, &product);
         out.push(b'\n');
     }
-    out
 }
 
 /// What every object of a session repeats, serialised once.

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, Int32Builder, ListBuilder, RecordBatch,
-    StringBuilder, StructBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Int32Array,
+    Int32Builder, ListBuilder, RecordBatch, StringArray, StringBuilder, StructBuilder, TimestampNanosecondArray,
+    TimestampNanosecondBuilder, UInt16Array, UInt16Builder, UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
 };
 use arrow::datatypes::{
     DataType, Field, FieldRef, Fields, Int32Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType, UInt16Type,
@@ -442,7 +443,62 @@ impl<'a> canonical::CellVisitor<'a> for BuilderVisitor<'_> {
 /// projection of it: absent columns read as null).
 pub struct BatchReader<'a> {
     columns: Vec<Option<&'a ArrayRef>>,
+    /// The same columns, each as its concrete array, for reading cells
+    /// without a dynamic call per cell.
+    typed: Vec<Option<Typed<'a>>>,
     rows: usize,
+}
+
+/// A column as its concrete array.
+enum Typed<'a> {
+    Str(&'a StringArray),
+    U64(&'a UInt64Array),
+    U32(&'a UInt32Array),
+    U16(&'a UInt16Array),
+    I32(&'a Int32Array),
+    Bool(&'a BooleanArray),
+    Bytes(&'a BinaryArray),
+    Time(&'a TimestampNanosecondArray),
+    /// Read whole, as an owned value.
+    List(&'a ArrayRef),
+    /// Not the array its type promises.
+    Unexpected,
+}
+
+impl<'a> Typed<'a> {
+    fn of(ty: ColumnType, array: &'a ArrayRef) -> Typed<'a> {
+        let typed = match ty {
+            ColumnType::Str => array.as_string_opt::<i32>().map(Typed::Str),
+            ColumnType::U64 => array.as_primitive_opt::<UInt64Type>().map(Typed::U64),
+            ColumnType::U32 => array.as_primitive_opt::<UInt32Type>().map(Typed::U32),
+            ColumnType::U16 => array.as_primitive_opt::<UInt16Type>().map(Typed::U16),
+            ColumnType::I32 => array.as_primitive_opt::<Int32Type>().map(Typed::I32),
+            ColumnType::Bool => array.as_boolean_opt().map(Typed::Bool),
+            ColumnType::Bytes => array.as_binary_opt::<i32>().map(Typed::Bytes),
+            ColumnType::Time => array.as_primitive_opt::<TimestampNanosecondType>().map(Typed::Time),
+            ColumnType::StrList
+            | ColumnType::OptStrList
+            | ColumnType::Rows
+            | ColumnType::Pairs
+            | ColumnType::Counts => Some(Typed::List(array)),
+        };
+        typed.unwrap_or(Typed::Unexpected)
+    }
+
+    fn is_null(&self, index: usize) -> bool {
+        match self {
+            Typed::Str(a) => a.is_null(index),
+            Typed::U64(a) => a.is_null(index),
+            Typed::U32(a) => a.is_null(index),
+            Typed::U16(a) => a.is_null(index),
+            Typed::I32(a) => a.is_null(index),
+            Typed::Bool(a) => a.is_null(index),
+            Typed::Bytes(a) => a.is_null(index),
+            Typed::Time(a) => a.is_null(index),
+            Typed::List(a) => a.is_null(index),
+            Typed::Unexpected => false,
+        }
+    }
 }
 
 impl<'a> BatchReader<'a> {
@@ -463,7 +519,9 @@ impl<'a> BatchReader<'a> {
             }
             columns[column.index()] = Some(batch.column(index));
         }
-        Ok(BatchReader { columns, rows: batch.num_rows() })
+        let typed =
+            COLUMNS.iter().map(|def| columns[def.column.index()].map(|array| Typed::of(def.ty, array))).collect();
+        Ok(BatchReader { columns, typed, rows: batch.num_rows() })
     }
 
     pub fn len(&self) -> usize {
@@ -506,48 +564,26 @@ impl<'a> BatchReader<'a> {
             SchemaError::Arrow(format!("column `{}` has an unexpected layout", def.name))
         };
         let mut lists: Vec<(Column, OwnedValue)> = Vec::new();
-        for def in COLUMNS {
-            let Some(array) = self.columns[def.column.index()] else { continue };
-            let is_list = matches!(
-                def.ty,
-                ColumnType::StrList
-                    | ColumnType::OptStrList
-                    | ColumnType::Rows
-                    | ColumnType::Pairs
-                    | ColumnType::Counts
-            );
-            if is_list && !array.is_null(index) {
-                lists.push((def.column, read_value(def.ty, array, index).ok_or_else(|| layout(def))?));
-            }
-        }
         let mut cells = Cells::new();
-        for def in COLUMNS {
-            let Some(array) = self.columns[def.column.index()] else { continue };
-            if array.is_null(index) {
+        for (def, typed) in COLUMNS.iter().zip(&self.typed) {
+            let Some(typed) = typed else { continue };
+            if typed.is_null(index) {
                 continue;
             }
-            let value = match def.ty {
-                ColumnType::Str => Value::Str(array.as_string_opt::<i32>().ok_or_else(|| layout(def))?.value(index)),
-                ColumnType::U64 => {
-                    Value::U64(array.as_primitive_opt::<UInt64Type>().ok_or_else(|| layout(def))?.value(index))
+            let value = match typed {
+                Typed::Str(a) => Value::Str(a.value(index)),
+                Typed::U64(a) => Value::U64(a.value(index)),
+                Typed::U32(a) => Value::U64(a.value(index).into()),
+                Typed::U16(a) => Value::U64(a.value(index).into()),
+                Typed::I32(a) => Value::I64(a.value(index).into()),
+                Typed::Bool(a) => Value::Bool(a.value(index)),
+                Typed::Bytes(a) => Value::Bytes(a.value(index)),
+                Typed::Time(a) => Value::I64(a.value(index)),
+                Typed::List(array) => {
+                    lists.push((def.column, read_value(def.ty, array, index).ok_or_else(|| layout(def))?));
+                    continue;
                 }
-                ColumnType::U32 => {
-                    Value::U64(array.as_primitive_opt::<UInt32Type>().ok_or_else(|| layout(def))?.value(index).into())
-                }
-                ColumnType::U16 => {
-                    Value::U64(array.as_primitive_opt::<UInt16Type>().ok_or_else(|| layout(def))?.value(index).into())
-                }
-                ColumnType::I32 => {
-                    Value::I64(array.as_primitive_opt::<Int32Type>().ok_or_else(|| layout(def))?.value(index).into())
-                }
-                ColumnType::Bool => Value::Bool(array.as_boolean_opt().ok_or_else(|| layout(def))?.value(index)),
-                ColumnType::Bytes => {
-                    Value::Bytes(array.as_binary_opt::<i32>().ok_or_else(|| layout(def))?.value(index))
-                }
-                ColumnType::Time => Value::I64(
-                    array.as_primitive_opt::<TimestampNanosecondType>().ok_or_else(|| layout(def))?.value(index),
-                ),
-                _ => continue,
+                Typed::Unexpected => return Err(layout(def)),
             };
             cells.set(def.column, value);
         }

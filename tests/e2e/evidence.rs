@@ -311,6 +311,60 @@ fn an_edited_event_is_caught() {
     expect_failure(&out, &[&format!("segment {segment}: its carried events do not give its signed Merkle root")]);
 }
 
+/// An events file of many row groups (each walked on its own core) is
+/// checked as one file: whole, it verifies; a row repeated in another row
+/// group is named once, as a repeat.
+#[test]
+fn events_in_many_row_groups_are_checked_as_one_file() {
+    let small = RecorderSettings { row_group_rows: 3, page_rows: 3, ..RecorderSettings::default() };
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    segment::write(&out.join(EVENTS_FILE), &batch, &small).unwrap();
+    resign(&out, &deployment_key());
+    let groups = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(
+            std::fs::File::open(out.join(EVENTS_FILE)).unwrap(),
+        )
+        .unwrap(),
+    )
+    .num_row_groups();
+    assert!(groups > 3, "{groups} row groups");
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    let mut rows: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    rows.push(1);
+    let repeated = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(rows)).unwrap();
+    segment::write(&out.join(EVENTS_FILE), &repeated, &small).unwrap();
+    resign(&out, &deployment_key());
+    expect_failure(&out, &["appears more than once: an event was duplicated"]);
+    let (_, text) = verify(&out);
+    assert_eq!(text.matches("appears more than once").count(), 1, "{text}");
+    assert!(!text.contains("is not proven"), "the repeat is named, not taken for an edit: {text}");
+
+    // Bytes of a later row group spoiled, the bundle signed again: a
+    // failed check that names the file, never a crash.
+    let (_dir, out, _) = bundle();
+    let batch = events(&out);
+    segment::write(&out.join(EVENTS_FILE), &batch, &small).unwrap();
+    let mut bytes = std::fs::read(out.join(EVENTS_FILE)).unwrap();
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(out.join(EVENTS_FILE), &bytes).unwrap();
+    resign(&out, &deployment_key());
+    let checked = run(
+        Path::new(BIN),
+        &["verify", "--bundle", out.to_str().unwrap(), "--public-key", recorded().public_key.to_str().unwrap()],
+    );
+    let text = format!("{}{}", stdout(&checked), stderr(&checked));
+    assert_eq!(checked.status.code(), Some(1), "{text}");
+    assert!(text.contains("events/events.parquet") && !text.contains("panicked"), "{text}");
+}
+
 #[test]
 fn a_removed_added_or_reordered_event_is_caught() {
     // Removed (the last of a session: its proof stays).
