@@ -7,6 +7,8 @@
 //!   segments/dt=YYYY-MM-DD/NNNNNNNNNNNNNNNNNNNN.parquet   sealed segments
 //!   manifests/NNNNNNNNNNNNNNNNNNNN.json                   one signed manifest per segment
 //!   keys/                      the manifest signing key (0600) and its public half
+//!   exports/                   exports the replay server prepares (0700), each
+//!                              removed once delivered; what a crash left, at start
 //! ```
 //!
 //! A WAL file, its segment and its manifest share one number.
@@ -44,6 +46,34 @@ impl Layout {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
+    }
+
+    /// Where the replay server prepares exports: in the data dir, beside
+    /// the recording they copy, never in a shared temporary directory.
+    pub fn exports_dir(&self) -> PathBuf {
+        self.root.join("exports")
+    }
+
+    /// The exports directory, created (0700) and emptied of what an
+    /// interrupted export left in it: copies of evidence that were never
+    /// delivered. Returns how many were removed.
+    pub fn clear_exports(&self) -> Result<usize> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.exports_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(RecorderError::io("cannot create directory", &dir))?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(RecorderError::io("cannot list", &dir))? {
+            let path = entry.map_err(RecorderError::io("cannot list", &dir))?.path();
+            let gone =
+                if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            gone.map_err(RecorderError::io("cannot remove an interrupted export", &path))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     pub fn lock_path(&self) -> PathBuf {

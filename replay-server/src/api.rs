@@ -897,7 +897,8 @@ async fn exports<L: AccessLog>(
             }
             (ids, None)
         };
-        let aside = tempfile::Builder::new().prefix("proctor-export-").tempdir().map_err(ApiError::internal)?;
+        let exports = proctor_recorder::layout::Layout::new(&data_dir).exports_dir();
+        let aside = tempfile::Builder::new().prefix("export-").tempdir_in(&exports).map_err(ApiError::internal)?;
         let prepared = export::prepare(&export::Request {
             data_dir: &data_dir,
             sessions: &sessions,

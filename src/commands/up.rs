@@ -395,6 +395,14 @@ async fn start_replay(
     let Some(replay) = &config.replay else { return Ok(None) };
     let verifier = std::sync::Arc::new(verifier(config).await?);
     let (listener, tls, url) = bind_api(config, "replay", replay.listen, replay.tls).await?;
+    // Copies of evidence an interrupted export left are never delivered:
+    // removed before anything is served.
+    let removed = proctor_recorder::layout::Layout::new(&config.data_dir)
+        .clear_exports()
+        .context("cannot prepare the replay server's exports directory")?;
+    if removed > 0 {
+        tracing::info!(removed, "removed exports left by an interrupted run");
+    }
     let mut state =
         ApiState::new(config.data_dir.clone(), verifier, replay.investigator_group.clone(), RecorderAccessLog(sink));
     if let Some(group) = &replay.compliance_group {

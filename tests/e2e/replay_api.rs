@@ -274,7 +274,7 @@ fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_grou
         recorder: "segment_max_age = \"1h\"\n".to_string(),
         ..ProctorOptions::default()
     };
-    let proctor = Proctor::start(bin(), cluster.port, &options);
+    let mut proctor = Proctor::start(bin(), cluster.port, &options);
     let psql = Command::new(cluster.bindir.join("psql"))
         .args([
             "-X",
@@ -309,6 +309,11 @@ fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_grou
     assert_eq!(header(&head, "x-proctor-sessions"), "1", "{head}");
     let verified = run(bin(), &["verify", "--bundle", tar.to_str().unwrap(), "--public-key", key.to_str().unwrap()]);
     assert!(verified.status.success(), "{}{}", stdout(&verified), String::from_utf8_lossy(&verified.stderr));
+    // Prepared in the data dir, and gone once delivered.
+    let exports = proctor.data_dir.join("exports");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&exports).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 0, "nothing of the export is left");
 
     // The compliance group's member exports through the CLI, and reads
     // nothing else; anyone else exports nothing.
@@ -415,4 +420,14 @@ fn evidence_is_exported_through_the_api_by_investigators_and_the_compliance_grou
     assert!(by("ivy")["text"].as_str().unwrap().contains(&sha256), "{found}");
     assert!(by("carol")["text"].as_str().unwrap().contains("format:ocsf"), "{found}");
     assert_eq!(by("carol")["target_session"], Value::String(session.clone()));
+
+    // What an interrupted export left (a crash between preparing and
+    // delivering) is removed when the replay server starts again.
+    assert!(proctor.stop().success());
+    let left = proctor.data_dir.join("exports/export-interrupted");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("bundle.tar"), b"evidence never delivered").unwrap();
+    proctor.start_again(bin());
+    assert!(!left.exists(), "the interrupted export is gone");
+    assert_eq!(std::fs::read_dir(proctor.data_dir.join("exports")).unwrap().count(), 0);
 }

@@ -270,6 +270,17 @@ impl Proctor {
         signal(&child, libc::SIGTERM);
         wait_with_timeout(&mut child, Duration::from_secs(60))
     }
+
+    /// Starts the stopped Proctor again, with the same configuration and
+    /// data dir.
+    pub fn start_again(&mut self, bin: &Path) {
+        assert!(self.child.is_none(), "proctor is running");
+        let config_path = self._dir.path().join("proctor.toml");
+        let mut child = spawn(bin, &["up", "--config", config_path.to_str().unwrap()]);
+        self.log = collect_lines(child.stderr.take().unwrap());
+        wait_for_line(&self.log, "proctor is up", Duration::from_secs(60));
+        self.child = Some(child);
+    }
 }
 
 impl Drop for Proctor {
