@@ -601,12 +601,31 @@ fn grants_of(layout: &Layout, manifests: &[Manifest], sessions: &BTreeSet<String
     Ok(grants)
 }
 
-/// Whether a control session's event concerns the exported sessions: an
-/// event of one of their grants, or one whose target is one of them.
+/// Whether a control session's event concerns the exported sessions: one
+/// whose target is one of them, or, having no target, one of their grants
+/// (a grant's own events). An event about another session under the same
+/// grant (a review of its held statement, a read of it) is that session's.
 fn concerns(cells: &Cells<'_>, grants: &BTreeSet<String>, sessions: &BTreeSet<String>) -> bool {
-    let grant = matches!(cells.get(Column::GrantId), Some(Value::Str(g)) if grants.contains(g));
-    let target = matches!(cells.get(Column::TargetSession), Some(Value::Str(t)) if sessions.contains(t));
-    grant || target
+    let text = |column| match cells.get(column) {
+        Some(Value::Str(text)) => Some(text),
+        _ => None,
+    };
+    concerns_by(text(Column::GrantId), text(Column::TargetSession), |g| grants.contains(g), |t| sessions.contains(t))
+}
+
+/// The rule [`concerns`] and the verifier share: an event with a target
+/// concerns the bundle when its target is exported; one without, when its
+/// grant is one the exported sessions ran under.
+fn concerns_by(
+    grant: Option<&str>,
+    target: Option<&str>,
+    is_grant: impl Fn(&str) -> bool,
+    is_session: impl Fn(&str) -> bool,
+) -> bool {
+    match target {
+        Some(target) => is_session(target),
+        None => grant.is_some_and(is_grant),
+    }
 }
 
 /// Checks every manifest of the recording before anything is signed from
@@ -1289,8 +1308,7 @@ fn check_contents(
         }
     }
     for (session, seq, grant, target) in &about {
-        let concerns = grant.is_some_and(|g| grants.contains(g)) || target.is_some_and(|t| selected.contains(t));
-        if !concerns {
+        if !concerns_by(*grant, *target, |g| grants.contains(g), |t| selected.contains(t)) {
             report.problem(
                 format!("session {session} seq {seq}"),
                 "concerns none of the exported sessions or their grants: it is someone else's",

@@ -537,6 +537,115 @@ fn a_control_event_about_someone_else_is_caught() {
     expect_failure(&out, &["concerns none of the exported sessions or their grants: it is someone else's"]);
 }
 
+/// Two sessions under one grant: a bundle of one carries the grant's own
+/// events and the reviews of what that session held, never the review of
+/// the other session's held statement; one carried anyway (with a genuine
+/// proof) is named as someone else's.
+#[test]
+fn a_shared_grant_carries_only_the_exported_sessions_reviews() {
+    use proctor_schemas::{
+        Direction, EndReason, GrantAction, GrantEvent, Held, NewEvent, Protocol, ReviewAction, ReviewEvent, SessionEnd,
+        SessionId, SessionStart, Statement, Timestamp,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let recorder = proctor_recorder::Recorder::open(&data, &RecorderSettings::default()).unwrap();
+    let sink = recorder.sink();
+    const T0: i64 = 1_764_000_000_000_000_000;
+    let at = |second: i64| Timestamp(T0 + second * 1_000_000_000);
+    let id = |second: i64, random: u128| SessionId::from_parts((T0 / 1_000_000 + second * 1000) as u64, random);
+    let (control, a, b) = (id(0, 1), id(10, 2), id(20, 3));
+    let grant = "g_shared00000001";
+    let event = |session, second, body: proctor_schemas::EventBody| {
+        NewEvent::new(session, at(second), Direction::Gateway, body)
+    };
+    let grant_event = |action| GrantEvent {
+        action,
+        grant_id: grant.to_string(),
+        resource: Some("prod-db".to_string()),
+        subject: Some("alice".to_string()),
+        groups: vec!["ci".to_string()],
+        actor: Some("alice".to_string()),
+        expires_at: Some(at(3600)),
+        message: None,
+    };
+    let start = |subject: &str| SessionStart {
+        subject: Some(subject.to_string()),
+        resource: Some("prod-db".to_string()),
+        grant_id: Some(grant.to_string()),
+        ..SessionStart::new(Protocol::Postgres)
+    };
+    let review = |target: SessionId, held: &str| ReviewEvent {
+        action: ReviewAction::Requested,
+        review_id: format!("r_{held}"),
+        grant_id: Some(grant.to_string()),
+        actor: Some("alice".to_string()),
+        target_session: Some(target.to_string()),
+        ref_seq: Some(1),
+        message: Some("held by policy".to_string()),
+        held: Some(Held::statement(held)),
+    };
+    let statement = |sql: &str| Statement { sql: sql.to_string(), statement_name: None, portal: None, params: vec![] };
+    let end = || SessionEnd { reason: EndReason::ClientClosed, message: None };
+    let appended = vec![
+        event(
+            control,
+            0,
+            SessionStart { subject: Some("proctor".to_string()), ..SessionStart::new(Protocol::Control) }.into(),
+        ),
+        event(control, 1, grant_event(GrantAction::Requested).into()),
+        event(control, 2, grant_event(GrantAction::Approved).into()),
+        event(a, 10, start("alice").into()),
+        event(a, 11, statement("delete from orders_a").into()),
+        event(control, 12, review(a, "delete from orders_a").into()),
+        event(b, 20, start("alice").into()),
+        event(b, 21, statement("drop table secret_b").into()),
+        event(control, 22, review(b, "drop table secret_b").into()),
+        event(b, 23, end().into()),
+        event(a, 30, end().into()),
+    ];
+    sink.append_slice_blocking(&appended).unwrap();
+    recorder.close().unwrap();
+
+    let out = dir.path().join("bundle");
+    run_ok(
+        Path::new(BIN),
+        &["export", "--session", &a.to_string(), "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+    );
+    let (b_id, mut carried_a_review) = (b.to_string(), false);
+    for entry in walk(&out) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!contains(&bytes, b"secret_b"), "{} holds the other session's held statement", entry.display());
+        assert!(!contains(&bytes, b_id.as_bytes()), "{} names the other session", entry.display());
+        carried_a_review |= entry.ends_with("ocsf.jsonl") && contains(&bytes, b"delete from orders_a");
+    }
+    assert!(carried_a_review, "the review of the exported session's own held statement rides along");
+    let batch = events(&out);
+    let kinds = batch.column_by_name("kind").unwrap().as_string::<i32>();
+    let kinds: Vec<&str> = (0..batch.num_rows()).map(|i| kinds.value(i)).collect();
+    assert!(kinds.contains(&"grant_requested") && kinds.contains(&"grant_approved"), "{kinds:?}");
+    let public_key = data.join("keys/manifest-signing.pub.pem");
+    let checked = run(
+        Path::new(BIN),
+        &["verify", "--bundle", out.to_str().unwrap(), "--public-key", public_key.to_str().unwrap()],
+    );
+    assert!(checked.status.success(), "{}{}", stdout(&checked), stderr(&checked));
+
+    // The other session's review carried with its genuine proof, signed
+    // again by the deployment's key: someone else's.
+    let extra: BTreeSet<(String, u64)> = [(control.to_string(), 4)].into_iter().collect();
+    carry_also(&out, &data, &extra);
+    let key = ManifestKey::load(&data.join("keys")).unwrap();
+    resign(&out, &key);
+    let checked = run(
+        Path::new(BIN),
+        &["verify", "--bundle", out.to_str().unwrap(), "--public-key", public_key.to_str().unwrap()],
+    );
+    let text = format!("{}{}", stdout(&checked), stderr(&checked));
+    assert!(!checked.status.success(), "{text}");
+    assert!(text.contains(&format!("session {control} seq 4: concerns none of the exported sessions")), "{text}");
+}
+
 /// A terminal session comes with its asciicast, a statement-holding one
 /// with its rows; a swapped rendering is caught like any other file.
 #[test]
