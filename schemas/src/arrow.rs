@@ -595,14 +595,27 @@ impl<'a> BatchReader<'a> {
 
     /// Row `index` as an owned row.
     pub fn row(&self, index: usize) -> Result<Row, SchemaError> {
+        let layout = |def: &crate::columns::ColumnDef| {
+            SchemaError::Arrow(format!("column `{}` has an unexpected layout", def.name))
+        };
         let mut row = Row::default();
-        for def in COLUMNS {
-            let Some(array) = self.columns[def.column.index()] else { continue };
-            if array.is_null(index) {
+        for (def, typed) in COLUMNS.iter().zip(&self.typed) {
+            let Some(typed) = typed else { continue };
+            if typed.is_null(index) {
                 continue;
             }
-            let value = read_value(def.ty, array, index)
-                .ok_or_else(|| SchemaError::Arrow(format!("column `{}` has an unexpected layout", def.name)))?;
+            let value = match typed {
+                Typed::Str(a) => OwnedValue::Str(a.value(index).to_string()),
+                Typed::U64(a) => OwnedValue::U64(a.value(index)),
+                Typed::U32(a) => OwnedValue::U64(a.value(index).into()),
+                Typed::U16(a) => OwnedValue::U64(a.value(index).into()),
+                Typed::I32(a) => OwnedValue::I64(a.value(index).into()),
+                Typed::Bool(a) => OwnedValue::Bool(a.value(index)),
+                Typed::Bytes(a) => OwnedValue::Bytes(a.value(index).to_vec()),
+                Typed::Time(a) => OwnedValue::I64(a.value(index)),
+                Typed::List(array) => read_value(def.ty, array, index).ok_or_else(|| layout(def))?,
+                Typed::Unexpected => return Err(layout(def)),
+            };
             row.set(def.column, value)?;
         }
         Ok(row)
