@@ -445,9 +445,11 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     let readers = sources.iter().map(|b| BatchReader::new(b)).collect::<std::result::Result<Vec<_>, _>>()?;
     let events_of = |runs: &[(usize, usize, usize)]| -> Result<Vec<Event>> {
         let mut events = Vec::with_capacity(runs.iter().map(|r| r.2).sum());
+        let mut read = proctor_schemas::Row::default();
         for &(batch, row, rows) in runs {
             for i in row..row + rows {
-                events.push(Event::from_row(readers[batch].row(i)?)?);
+                readers[batch].row_into(i, &mut read)?;
+                events.push(Event::take_from(&mut read)?);
             }
         }
         Ok(events)

@@ -595,10 +595,18 @@ impl<'a> BatchReader<'a> {
 
     /// Row `index` as an owned row.
     pub fn row(&self, index: usize) -> Result<Row, SchemaError> {
+        let mut row = Row::default();
+        self.row_into(index, &mut row)?;
+        Ok(row)
+    }
+
+    /// Row `index` read into `row` (emptied first): [`Self::row`] without
+    /// a new row each time.
+    pub fn row_into(&self, index: usize, row: &mut Row) -> Result<(), SchemaError> {
         let layout = |def: &crate::columns::ColumnDef| {
             SchemaError::Arrow(format!("column `{}` has an unexpected layout", def.name))
         };
-        let mut row = Row::default();
+        row.clear();
         for (def, typed) in COLUMNS.iter().zip(&self.typed) {
             let Some(typed) = typed else { continue };
             if typed.is_null(index) {
@@ -618,7 +626,7 @@ impl<'a> BatchReader<'a> {
             };
             row.set(def.column, value)?;
         }
-        Ok(row)
+        Ok(())
     }
 }
 

@@ -1089,13 +1089,20 @@ impl Event {
     /// canonical form for its kind: a value in a column the kind does not use
     /// is an error, so that every stored row has exactly one typed meaning.
     pub fn from_row(mut row: Row) -> Result<Event, SchemaError> {
+        Event::take_from(&mut row)
+    }
+
+    /// [`Event::from_row`], taking the values out of `row` (all of them,
+    /// when it succeeds): a row read into again and again
+    /// ([`crate::arrow::BatchReader::row_into`]) allocates once.
+    pub fn take_from(row: &mut Row) -> Result<Event, SchemaError> {
         let session_id = row.take_str(C::SessionId)?.ok_or_else(|| SchemaError::missing(C::SessionId, "any"))?;
         let seq = row.take_u64(C::Seq)?.ok_or_else(|| SchemaError::missing(C::Seq, "any"))?;
         let time = row.take_time(C::Time)?.ok_or_else(|| SchemaError::missing(C::Time, "any"))?;
         let kind: EventKind = row.take_str(C::Kind)?.ok_or_else(|| SchemaError::missing(C::Kind, "any"))?.parse()?;
         let direction: Direction =
             row.take_str(C::Direction)?.ok_or_else(|| SchemaError::missing(C::Direction, "any"))?.parse()?;
-        let body = EventBody::from_row(kind, &mut row)?;
+        let body = EventBody::from_row(kind, row)?;
         if let Some(column) = row.first_leftover() {
             return Err(SchemaError::bad(column, format!("is not used by kind `{kind}`")));
         }

@@ -49,6 +49,11 @@ impl Default for Row {
 }
 
 impl Row {
+    /// Every column null again.
+    pub fn clear(&mut self) {
+        self.values.iter_mut().for_each(|value| *value = None);
+    }
+
     pub(crate) fn set(&mut self, column: Column, value: OwnedValue) -> Result<(), SchemaError> {
         if !value.as_value().fits(column.ty()) {
             return Err(SchemaError::bad(column, format!("value does not fit type {:?}", column.ty())));
