@@ -60,11 +60,18 @@ impl Layout {
     pub fn clear_exports(&self) -> Result<usize> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = self.exports_dir();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(RecorderError::io("cannot create directory", &dir))?;
+        match fs::symlink_metadata(&dir) {
+            Ok(found) if found.is_dir() => {}
+            // Never emptied through a link: what it points at is not ours
+            // to remove.
+            Ok(_) => {
+                return Err(RecorderError::corrupt(&dir, "is a link or not a directory: remove it, then start again"));
+            }
+            Err(_) => fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(RecorderError::io("cannot create directory", &dir))?,
+        }
         let mut removed = 0;
         for entry in fs::read_dir(&dir).map_err(RecorderError::io("cannot list", &dir))? {
             let path = entry.map_err(RecorderError::io("cannot list", &dir))?.path();
@@ -177,4 +184,34 @@ fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
 /// fsyncs a directory, making renames and creations in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(RecorderError::io("cannot fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn interrupted_exports_are_removed_and_a_link_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        assert_eq!(layout.clear_exports().unwrap(), 0);
+        let exports = layout.exports_dir();
+        assert_eq!(fs::metadata(&exports).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::create_dir_all(exports.join("export-1/events")).unwrap();
+        fs::write(exports.join("export-1/events/events.parquet"), b"evidence").unwrap();
+        fs::write(exports.join("stray"), b"x").unwrap();
+        assert_eq!(layout.clear_exports().unwrap(), 2);
+        assert_eq!(fs::read_dir(&exports).unwrap().count(), 0);
+
+        // exports/ a link to somewhere else: refused, nothing there touched.
+        let elsewhere = tempfile::tempdir().unwrap();
+        fs::write(elsewhere.path().join("keep"), b"not Proctor's").unwrap();
+        fs::remove_dir(&exports).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), &exports).unwrap();
+        let refused = layout.clear_exports().unwrap_err().to_string();
+        assert!(refused.contains("is a link or not a directory"), "{refused}");
+        assert!(elsewhere.path().join("keep").exists());
+    }
 }
