@@ -315,10 +315,10 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         .filter(|s| s.protocol.as_deref() == Some("control"))
         .map(|s| s.session_id.to_string())
         .collect();
-    // The grants the sessions ran under, from their starts (read first, a
-    // few columns of the segments they start in): what makes a control
-    // session's event theirs.
-    let grants = grants_of(&layout, &manifests, &wanted)?;
+    // The grants the sessions ran under and the reviews their decisions
+    // name (read first, a few columns of their segments): what makes a
+    // control session's event theirs.
+    let ties = ties_of(&layout, &manifests, &wanted)?;
 
     let mut roots: Vec<SignedRoot> = Vec::new();
     let mut segment_proofs: Vec<SegmentProof> = Vec::new();
@@ -342,7 +342,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     let wanted_fast: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
     let control_fast: std::collections::HashSet<&str> = control.iter().map(String::as_str).collect();
     let select = |session: &str, cells: &Cells<'_>| {
-        wanted_fast.contains(session) || (control_fast.contains(session) && concerns(cells, &grants, &wanted))
+        wanted_fast.contains(session) || (control_fast.contains(session) && concerns(cells, &ties, &wanted))
     };
     // Segments are proven on every core, each on its own.
     let mut proven: Vec<Proven> = Vec::with_capacity(to_prove.len());
@@ -564,66 +564,91 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     Ok(Exported { sessions: wanted.len(), events, segments, live, related_events })
 }
 
-/// The grants `sessions` started under: the `grant_id` of each one's
-/// `session_start`, read from the segments they start in, four columns
-/// only.
-fn grants_of(layout: &Layout, manifests: &[Manifest], sessions: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+/// What ties control events to the exported sessions.
+#[derive(Default)]
+struct Ties {
+    /// The grants they started under (the `grant_id` of their starts).
+    grants: BTreeSet<String>,
+    /// The reviews their policy decisions name: a review belongs to its
+    /// grant, so one opened in another session under the grant can be
+    /// what let their statement run.
+    reviews: BTreeSet<String>,
+}
+
+/// The [`Ties`] of `sessions`, read from the segments they are in, four
+/// columns only.
+fn ties_of(layout: &Layout, manifests: &[Manifest], sessions: &BTreeSet<String>) -> Result<Ties> {
     use arrow::array::{Array, AsArray};
     use parquet::arrow::ProjectionMask;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let mut grants = BTreeSet::new();
+    let mut ties = Ties::default();
     for manifest in manifests {
-        if !manifest.sessions.iter().any(|s| s.first_seq == 0 && sessions.contains(&s.session_id)) {
+        if !manifest.sessions.iter().any(|s| sessions.contains(&s.session_id)) {
             continue;
         }
         let path = layout.root().join(&manifest.path);
         let file = fs::File::open(&path).map_err(RecorderError::io("cannot open segment", &path))?;
         let corrupt = |e: parquet::errors::ParquetError| RecorderError::corrupt(&path, e.to_string());
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
-        let names = [Column::SessionId, Column::Kind, Column::GrantId].map(|c| c.name());
+        let names = [Column::SessionId, Column::Kind, Column::GrantId, Column::ReviewId].map(|c| c.name());
         let mask = ProjectionMask::columns(builder.parquet_schema(), names);
         for batch in builder.with_projection(mask).build().map_err(corrupt)? {
             let batch = batch.map_err(|e| RecorderError::corrupt(&path, e.to_string()))?;
             let column = |name: &str| batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>().cloned());
-            let (Some(session), Some(kind), Some(grant)) =
-                (column(Column::SessionId.name()), column(Column::Kind.name()), column(Column::GrantId.name()))
-            else {
+            let (Some(session), Some(kind)) = (column(Column::SessionId.name()), column(Column::Kind.name())) else {
                 continue;
             };
+            let (grant, review) = (column(Column::GrantId.name()), column(Column::ReviewId.name()));
             for i in 0..batch.num_rows() {
-                if grant.is_valid(i)
-                    && kind.value(i) == EventKind::SessionStart.as_str()
-                    && sessions.contains(session.value(i))
+                if !sessions.contains(session.value(i)) {
+                    continue;
+                }
+                let kind = kind.value(i);
+                if let Some(grant) = grant.as_ref().filter(|g| g.is_valid(i))
+                    && kind == EventKind::SessionStart.as_str()
                 {
-                    grants.insert(grant.value(i).to_string());
+                    ties.grants.insert(grant.value(i).to_string());
+                }
+                if let Some(review) = review.as_ref().filter(|r| r.is_valid(i))
+                    && kind == EventKind::PolicyDecision.as_str()
+                {
+                    ties.reviews.insert(review.value(i).to_string());
                 }
             }
         }
     }
-    Ok(grants)
+    Ok(ties)
 }
 
 /// Whether a control session's event concerns the exported sessions: one
-/// whose target is one of them, or, having no target, one of their grants
-/// (a grant's own events). An event about another session under the same
-/// grant (a review of its held statement, a read of it) is that session's.
-fn concerns(cells: &Cells<'_>, grants: &BTreeSet<String>, sessions: &BTreeSet<String>) -> bool {
+/// about a review their decisions name; else one whose target is one of
+/// them; else, having no target, one of their grants (a grant's own
+/// events). An event about another session under the same grant (a review
+/// none of theirs ran under, a read of it) is that session's.
+fn concerns(cells: &Cells<'_>, ties: &Ties, sessions: &BTreeSet<String>) -> bool {
     let text = |column| match cells.get(column) {
         Some(Value::Str(text)) => Some(text),
         _ => None,
     };
-    concerns_by(text(Column::GrantId), text(Column::TargetSession), |g| grants.contains(g), |t| sessions.contains(t))
+    concerns_by(
+        [text(Column::GrantId), text(Column::TargetSession), text(Column::ReviewId)],
+        |g| ties.grants.contains(g),
+        |t| sessions.contains(t),
+        |r| ties.reviews.contains(r),
+    )
 }
 
-/// The rule [`concerns`] and the verifier share: an event with a target
-/// concerns the bundle when its target is exported; one without, when its
-/// grant is one the exported sessions ran under.
+/// The rule [`concerns`] and the verifier share, over an event's grant,
+/// target and review.
 fn concerns_by(
-    grant: Option<&str>,
-    target: Option<&str>,
+    [grant, target, review]: [Option<&str>; 3],
     is_grant: impl Fn(&str) -> bool,
     is_session: impl Fn(&str) -> bool,
+    is_review: impl Fn(&str) -> bool,
 ) -> bool {
+    if review.is_some_and(is_review) {
+        return true;
+    }
     match target {
         Some(target) => is_session(target),
         None => grant.is_some_and(is_grant),
@@ -1240,7 +1265,8 @@ fn check_contents(
     let mut segment_leaves: HashMap<u64, Vec<(u64, merkle::Hash)>> = HashMap::new();
     let mut sessions: HashMap<&str, Vec<Walked>> = HashMap::new();
     let mut grants: BTreeSet<&str> = BTreeSet::new();
-    let mut about: Vec<(&str, u64, Option<&str>, Option<&str>)> = Vec::new();
+    let mut reviews: BTreeSet<&str> = BTreeSet::new();
+    let mut about: Vec<(&str, u64, [Option<&str>; 3])> = Vec::new();
     for walk in &walks {
         problems.extend(walk.unnamed.iter().map(|&row| {
             let message = format!("row {row}: no session id or seq");
@@ -1250,11 +1276,12 @@ fn check_contents(
         for (_, segment, index, hash) in walk.leaves.iter().filter(|l| kept(&l.0)) {
             segment_leaves.entry(*segment).or_default().push((*index, *hash));
         }
-        for (_, k, grant, target) in walk.about.iter().filter(|a| kept(&a.0)) {
+        for (_, k, ties) in walk.about.iter().filter(|a| kept(&a.0)) {
             let leaf = &leaves[*k];
-            about.push((leaf.session_id.as_str(), leaf.seq, grant.as_deref(), target.as_deref()));
+            about.push((leaf.session_id.as_str(), leaf.seq, ties.each_ref().map(|t| t.as_deref())));
         }
         grants.extend(walk.grants.iter().filter(|g| kept(&g.0)).map(|(_, grant)| grant.as_str()));
+        reviews.extend(walk.reviews.iter().filter(|r| kept(&r.0)).map(|(_, review)| review.as_str()));
         for (_, k, walked) in walk.walked.iter().filter(|w| kept(&w.0)) {
             sessions.entry(leaves[*k].session_id.as_str()).or_default().push(*walked);
         }
@@ -1309,11 +1336,11 @@ fn check_contents(
             report.problem(format!("session {session}"), "was exported but has no events here: it was dropped");
         }
     }
-    for (session, seq, grant, target) in &about {
-        if !concerns_by(*grant, *target, |g| grants.contains(g), |t| selected.contains(t)) {
+    for (session, seq, ties) in &about {
+        if !concerns_by(*ties, |g| grants.contains(g), |t| selected.contains(t), |r| reviews.contains(r)) {
             report.problem(
                 format!("session {session} seq {seq}"),
-                "concerns none of the exported sessions or their grants: it is someone else's",
+                "concerns none of the exported sessions (not their grants' own, not about them, not a review they ran under): it is someone else's",
             );
         }
     }
@@ -1385,10 +1412,12 @@ struct Walk {
     claims: Vec<(usize, usize)>,
     /// (row, segment, leaf index, leaf hash of what the row holds).
     leaves: Vec<(usize, u64, u64, merkle::Hash)>,
-    /// (row, leaf, grant, target) of a related session's row.
-    about: Vec<(usize, usize, Option<String>, Option<String>)>,
+    /// (row, leaf, [grant, target, review]) of a related session's row.
+    about: Vec<(usize, usize, [Option<String>; 3])>,
     /// (row, grant) of a session_start.
     grants: Vec<(usize, String)>,
+    /// (row, review) of a policy decision naming a review.
+    reviews: Vec<(usize, String)>,
     /// (row, leaf, how the row stands in its session).
     walked: Vec<(usize, usize, Walked)>,
 }
@@ -1402,6 +1431,7 @@ impl Walk {
         self.leaves.iter_mut().for_each(|l| l.0 += by);
         self.about.iter_mut().for_each(|a| a.0 += by);
         self.grants.iter_mut().for_each(|g| g.0 += by);
+        self.reviews.iter_mut().for_each(|r| r.0 += by);
         self.walked.iter_mut().for_each(|w| w.0 += by);
     }
 }
@@ -1544,7 +1574,8 @@ fn walk_row(
         _ => None,
     };
     if related.contains(session) {
-        walk.about.push((row, k, text(Column::GrantId), text(Column::TargetSession)));
+        let ties = [Column::GrantId, Column::TargetSession, Column::ReviewId].map(text);
+        walk.about.push((row, k, ties));
         return;
     }
     let kind = match cells.get(Column::Kind) {
@@ -1556,6 +1587,10 @@ fn walk_row(
         && let Some(grant) = text(Column::GrantId)
     {
         walk.grants.push((row, grant));
+    }
+    let decision = matches!(cells.get(Column::Kind), Some(Value::Str(k)) if k == EventKind::PolicyDecision.as_str());
+    if decision && let Some(review) = text(Column::ReviewId) {
+        walk.reviews.push((row, review));
     }
     walk.walked.push((row, k, (seq, kind, before, head)));
 }

@@ -67,10 +67,15 @@ impl Layout {
             Ok(_) => {
                 return Err(RecorderError::corrupt(&dir, "is a link or not a directory: remove it, then start again"));
             }
-            Err(_) => fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(RecorderError::io("cannot create directory", &dir))?,
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(RecorderError::io("cannot create directory", &dir))?;
+                // Not the data dir's setgid bit either: Proctor's alone.
+                fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .map_err(RecorderError::io("cannot set the mode of", &dir))?;
+            }
         }
         let mut removed = 0;
         for entry in fs::read_dir(&dir).map_err(RecorderError::io("cannot list", &dir))? {
