@@ -48,6 +48,9 @@ pub enum RecorderError {
     Record(#[from] RecordError),
     #[error("export: {0}")]
     Export(String),
+    /// No room for an export where it is written.
+    #[error("export: {0}")]
+    NoRoom(String),
 }
 
 impl RecorderError {

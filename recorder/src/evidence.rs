@@ -309,6 +309,9 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     // Only what was checked, and what the recording's head covers: a
     // segment sealed meanwhile by a running Proctor waits for the next export.
     let manifests: Vec<Manifest> = reader.manifests()?.into_iter().filter(|m| m.segment_id <= last_segment).collect();
+    let carried: u64 =
+        manifests.iter().flat_map(|m| &m.sessions).filter(|s| wanted.contains(&s.session_id)).map(|s| s.events).sum();
+    check_room(out, data_dir, carried)?;
     let control: BTreeSet<String> = reader
         .sessions()?
         .into_iter()
@@ -562,6 +565,51 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
         )));
     }
     Ok(Exported { sessions: wanted.len(), events, segments, live, related_events })
+}
+
+/// What an export writes per event, about: its row and proof, and its
+/// renderings (OCSF the most), with room to spare.
+const EXPORT_BYTES_PER_EVENT: u64 = 2048;
+/// Free space an export leaves on the recording's own filesystem, for the
+/// recorder (which refuses new events, losing none, when it runs out).
+const RECORDER_HEADROOM: u64 = 256 << 20;
+
+/// Whether the filesystem `out` is written on has room for an export of
+/// about `events` events (and, when it is the recording's, leaves the
+/// recorder its headroom): refused before anything is written, with what
+/// it needs and what there is.
+fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let at = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let path = std::ffi::CString::new(at.as_os_str().as_bytes())
+        .map_err(|_| export_error(format!("{}: a path with a NUL byte", at.display())))?;
+    // SAFETY: `path` is a NUL-terminated string and `stat` a zeroed
+    // statvfs that the call fills in.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(RecorderError::io("cannot read the free space of", at)(std::io::Error::last_os_error()));
+    }
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let device = |path: &Path| fs::metadata(path).map(|m| m.dev()).ok();
+    let shared = device(at).is_some() && device(at) == device(data_dir);
+    let need = events.saturating_mul(EXPORT_BYTES_PER_EVENT);
+    let keep = if shared { RECORDER_HEADROOM } else { 0 };
+    if free >= need.saturating_add(keep) {
+        return Ok(());
+    }
+    let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+    let recorder = if shared {
+        format!(", and the recording's filesystem keeps {} MiB free for the recorder", mib(keep))
+    } else {
+        String::new()
+    };
+    Err(RecorderError::NoRoom(format!(
+        "the export of {events} events needs about {} MiB at {} ({} MiB free{recorder}): free space there, or export fewer sessions",
+        mib(need),
+        at.display(),
+        mib(free)
+    )))
 }
 
 /// What ties control events to the exported sessions.

@@ -871,6 +871,7 @@ async fn exports<L: AccessLog>(
         ExportError::Selection(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
         ExportError::Nothing(m) => ApiError::new(StatusCode::NOT_FOUND, m),
         ExportError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the export failed: {m}")),
+        ExportError::NoRoom(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, m),
     };
     let (aside, prepared) = blocking(move || {
         let (sessions, selection) = if ids.is_empty() {

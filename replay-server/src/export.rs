@@ -56,6 +56,9 @@ pub enum ExportError {
     Nothing(String),
     #[error("{0}")]
     Failed(String),
+    /// No room where the export is written.
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 fn failed(error: impl std::fmt::Display) -> ExportError {
@@ -237,6 +240,7 @@ pub fn prepare(request: &Request<'_>) -> Result<Prepared, ExportError> {
         proctor_recorder::RecorderError::Export(message) if message.contains("is not in the sealed recording") => {
             ExportError::Nothing(message)
         }
+        proctor_recorder::RecorderError::NoRoom(message) => ExportError::NoRoom(message),
         other => failed(other),
     })?;
     let bundle_sha256 = sha256_of(&directory.join(evidence::BUNDLE_FILE))?;

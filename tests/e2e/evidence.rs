@@ -683,6 +683,46 @@ fn a_shared_grant_carries_only_the_exported_sessions_reviews() {
     assert!(text.contains(&format!("session {control} seq 4: concerns none of the exported sessions")), "{text}");
 }
 
+/// An export that would not fit where it is written is refused before
+/// anything is written, saying what it needs and what there is (a real
+/// tmpfs, so this test needs root, as CI has).
+#[test]
+fn an_export_without_room_is_refused_before_anything_is_written() {
+    struct Tmpfs(PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_recording(dir.path());
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let _mount = Tmpfs(small.clone());
+    let out = small.join("bundle");
+    let refused = run(
+        Path::new(BIN),
+        &["export", "--since", "3650d", "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+    );
+    let text = stderr(&refused);
+    assert!(!refused.status.success(), "{text}");
+    assert!(text.contains("MiB free") && text.contains("free space there, or export fewer sessions"), "{text}");
+    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "nothing written");
+    // With room, the same selection exports.
+    let roomy = dir.path().join("bundle");
+    run_ok(
+        Path::new(BIN),
+        &["export", "--since", "3650d", "--out", roomy.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+    );
+    let (ok, text) = verify(&roomy);
+    assert!(ok, "{text}");
+}
+
 /// A terminal session comes with its asciicast, a statement-holding one
 /// with its rows; a swapped rendering is caught like any other file.
 #[test]
