@@ -570,14 +570,19 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
 /// What an export writes per event, about: its row and proof, and its
 /// renderings (OCSF the most), with room to spare.
 const EXPORT_BYTES_PER_EVENT: u64 = 2048;
+/// What an export holds in memory per event at most, about (the carried
+/// rows, the events the renderings are made from, the check's walk): 1.8
+/// KiB measured at a million events, with room to spare.
+const EXPORT_MEMORY_PER_EVENT: u64 = 2048;
 /// Free space an export leaves on the recording's own filesystem, for the
 /// recorder (which refuses new events, losing none, when it runs out).
 const RECORDER_HEADROOM: u64 = 256 << 20;
 
-/// Whether the filesystem `out` is written on has room for an export of
-/// about `events` events (and, when it is the recording's, leaves the
-/// recorder its headroom): refused before anything is written, with what
-/// it needs and what there is.
+/// Whether there is room for an export of about `events` events: on the
+/// filesystem `out` is written on (leaving the recorder its headroom when
+/// it is the recording's), and in memory (a replay server runs in the
+/// gateway's process: an export must not take its memory). Refused before
+/// anything is written, with what it needs and what there is.
 fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -590,26 +595,65 @@ fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<()> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return Err(RecorderError::io("cannot read the free space of", at)(std::io::Error::last_os_error()));
     }
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     let device = |path: &Path| fs::metadata(path).map(|m| m.dev()).ok();
-    let shared = device(at).is_some() && device(at) == device(data_dir);
-    let need = events.saturating_mul(EXPORT_BYTES_PER_EVENT);
-    let keep = if shared { RECORDER_HEADROOM } else { 0 };
-    if free >= need.saturating_add(keep) {
-        return Ok(());
-    }
-    let mib = |bytes: u64| bytes.div_ceil(1 << 20);
-    let recorder = if shared {
-        format!(", and the recording's filesystem keeps {} MiB free for the recorder", mib(keep))
-    } else {
-        String::new()
+    let room = Room {
+        disk_free: stat.f_bavail.saturating_mul(stat.f_frsize),
+        shared: device(at).is_some() && device(at) == device(data_dir),
+        memory_available: memory_available(),
     };
-    Err(RecorderError::NoRoom(format!(
-        "the export of {events} events needs about {} MiB at {} ({} MiB free{recorder}): free space there, or export fewer sessions",
-        mib(need),
-        at.display(),
-        mib(free)
-    )))
+    match room.refusal(events, at) {
+        Some(why) => Err(RecorderError::NoRoom(why)),
+        None => Ok(()),
+    }
+}
+
+/// What an export has room in.
+struct Room {
+    disk_free: u64,
+    /// Whether the export is written on the recording's filesystem.
+    shared: bool,
+    /// `MemAvailable`, where the system says.
+    memory_available: Option<u64>,
+}
+
+impl Room {
+    /// Why an export of `events` events written at `at` does not fit, if
+    /// it does not.
+    fn refusal(&self, events: u64, at: &Path) -> Option<String> {
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        let need = events.saturating_mul(EXPORT_BYTES_PER_EVENT);
+        let keep = if self.shared { RECORDER_HEADROOM } else { 0 };
+        if self.disk_free < need.saturating_add(keep) {
+            let recorder = if self.shared {
+                format!(", and the recording's filesystem keeps {} MiB free for the recorder", mib(keep))
+            } else {
+                String::new()
+            };
+            return Some(format!(
+                "the export of {events} events needs about {} MiB at {} ({} MiB free{recorder}): free space there, or export fewer sessions",
+                mib(need),
+                at.display(),
+                mib(self.disk_free)
+            ));
+        }
+        let held = events.saturating_mul(EXPORT_MEMORY_PER_EVENT);
+        match self.memory_available {
+            Some(available) if available < held => Some(format!(
+                "the export of {events} events needs about {} MiB of memory ({} MiB available): export fewer sessions at a time",
+                mib(held),
+                mib(available)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The memory the system can give without swapping (`MemAvailable`).
+fn memory_available() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// What ties control events to the exported sessions.
@@ -1747,4 +1791,29 @@ fn hash_regular(dir: &Path, name: &str, bytes: u64) -> std::result::Result<Strin
         return Err(format!("holds {} bytes, signed as {bytes}", metadata.len()));
     }
     crate::verify::hash_file(&path).map(|(sha256, _)| sha256).map_err(|e| format!("cannot be read ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_needs_room_on_disk_and_in_memory() {
+        let at = Path::new("/exports");
+        let gib = 1u64 << 30;
+        let roomy = Room { disk_free: 100 * gib, shared: true, memory_available: Some(16 * gib) };
+        assert_eq!(roomy.refusal(1_000_000, at), None);
+        // On the recording's filesystem, the recorder keeps its headroom.
+        let tight = Room { disk_free: 2048 * 1000 + (100 << 20), shared: true, memory_available: None };
+        let why = tight.refusal(1000, at).expect("refused");
+        assert!(why.contains("keeps 256 MiB free for the recorder"), "{why}");
+        assert_eq!(Room { shared: false, ..tight }.refusal(1000, at), None);
+        // Memory: a replay server shares the gateway's process.
+        let small = Room { disk_free: 100 * gib, shared: false, memory_available: Some(gib) };
+        let why = small.refusal(1_000_000, at).expect("refused");
+        assert!(why.contains("MiB of memory (1024 MiB available)"), "{why}");
+        assert_eq!(small.refusal(100_000, at), None);
+        // Where the system does not say, memory is not what refuses.
+        assert_eq!(Room { memory_available: None, ..small }.refusal(1_000_000, at), None);
+    }
 }
