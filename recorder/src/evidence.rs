@@ -1301,18 +1301,21 @@ fn check_contents(
         Vec::new()
     });
     let mut by_event: ahash::AHashMap<(&str, u64), usize> = ahash::AHashMap::with_capacity(leaves.len());
+    let mut unique = true;
     for (k, leaf) in leaves.iter().enumerate() {
         if by_event.insert((leaf.session_id.as_str(), leaf.seq), k).is_some() {
+            unique = false;
             report.problem(LEAVES_FILE, format!("session {} seq {} has two proofs", leaf.session_id, leaf.seq));
         }
     }
+    let lookup = Lookup { leaves: &leaves, by_event: &by_event, unique };
 
     // Events: each proven, each session whole. Row groups are walked on
     // every core, then put together in the file's order, as one walk
     // through the file would have found them.
     let related: BTreeSet<&str> = bundle.related.iter().map(String::as_str).collect();
     let events_path = dir.join(EVENTS_FILE);
-    let walks = walk_events(held_file(EVENTS_FILE), &events_path, signed_rows, &leaves, &by_event, &related);
+    let walks = walk_events(held_file(EVENTS_FILE), &events_path, signed_rows, &lookup, &related);
     let walks = walks.unwrap_or_else(|error| {
         report.problem(EVENTS_FILE, format!("unreadable: {error}"));
         Vec::new()
@@ -1491,6 +1494,8 @@ fn check_contents(
 struct Walk {
     /// Rows decoded.
     decoded: usize,
+    /// The leaf of the last row read, if it had one.
+    last: Option<usize>,
     /// Why the group's walk stopped before its end.
     failed: Option<RecorderError>,
     /// Rows read with a session id and seq.
@@ -1512,6 +1517,31 @@ struct Walk {
     reviews: Vec<(usize, String)>,
     /// (row, leaf, how the row stands in its session).
     walked: Vec<(usize, usize, Walked)>,
+}
+
+/// The leaves by session and seq.
+struct Lookup<'a> {
+    leaves: &'a [LeafProof],
+    by_event: &'a ahash::AHashMap<(&'a str, u64), usize>,
+    /// Whether no two leaves have one key.
+    unique: bool,
+}
+
+impl Lookup<'_> {
+    /// The leaf of `session` `seq`: `guess` when it is that leaf and keys
+    /// are unique (then it is the one leaf with that key, the one the map
+    /// holds), else the map's.
+    fn find(&self, session: &str, seq: u64, guess: Option<usize>) -> Option<usize> {
+        if self.unique
+            && let Some(guess) = guess
+            && let Some(leaf) = self.leaves.get(guess)
+            && leaf.seq == seq
+            && leaf.session_id == session
+        {
+            return Some(guess);
+        }
+        self.by_event.get(&(session, seq)).copied()
+    }
 }
 
 impl Walk {
@@ -1538,8 +1568,7 @@ fn walk_events(
     bytes: bytes::Bytes,
     label: &Path,
     max_rows: u64,
-    leaves: &[LeafProof],
-    by_event: &ahash::AHashMap<(&str, u64), usize>,
+    lookup: &Lookup<'_>,
     related: &BTreeSet<&str>,
 ) -> Result<Vec<Walk>> {
     use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -1585,9 +1614,7 @@ fn walk_events(
                         ));
                     }
                     let row = walk.decoded;
-                    reader.with_cells(i, |cells| {
-                        walk_row(cells, row, leaves, by_event, related, &mut encoded, &mut walk)
-                    })?;
+                    reader.with_cells(i, |cells| walk_row(cells, row, lookup, related, &mut encoded, &mut walk))?;
                     walk.decoded += 1;
                 }
                 Ok(())
@@ -1612,12 +1639,12 @@ fn walk_events(
 fn walk_row(
     cells: &Cells<'_>,
     row: usize,
-    leaves: &[LeafProof],
-    by_event: &ahash::AHashMap<(&str, u64), usize>,
+    lookup: &Lookup<'_>,
     related: &BTreeSet<&str>,
     bytes: &mut Vec<u8>,
     walk: &mut Walk,
 ) {
+    let leaves = lookup.leaves;
     let problem = |stage: u8, location: String, message: String| (row, stage, Problem { location, message });
     let (Some(Value::Str(session)), Some(Value::U64(seq))) = (cells.get(Column::SessionId), cells.get(Column::Seq))
     else {
@@ -1626,7 +1653,11 @@ fn walk_row(
     };
     walk.events += 1;
     let location = || format!("session {session} seq {seq}");
-    let Some(&k) = by_event.get(&(session, seq)) else {
+    // Rows follow their leaves in a bundle as exported: the leaf after the
+    // last row's is the first guess.
+    let found = lookup.find(session, seq, walk.last.map(|k| k + 1));
+    walk.last = found;
+    let Some(k) = found else {
         walk.problems.push(problem(0, location(), "has no proof: it was added to the bundle".to_string()));
         return;
     };
@@ -1637,8 +1668,8 @@ fn walk_row(
     let before = match (leaf.head_before, seq) {
         (Some(before), _) => before,
         (None, 0) => ChainHash::GENESIS,
-        (None, _) => match by_event.get(&(session, seq - 1)) {
-            Some(&previous) => leaves[previous].head,
+        (None, _) => match lookup.find(session, seq - 1, k.checked_sub(1)) {
+            Some(previous) => leaves[previous].head,
             None => {
                 walk.problems.push(problem(2, location(), "its proof is malformed: no head before it".to_string()));
                 return;
@@ -1796,6 +1827,45 @@ fn hash_regular(dir: &Path, name: &str, bytes: u64) -> std::result::Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The leaf lookup that tries a guess first against the map alone, on
+    /// generated leaves (in order, shuffled, with repeated keys) and every
+    /// guess.
+    #[test]
+    fn a_guessed_leaf_is_the_one_the_map_finds() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for round in 0..200 {
+            let mut leaves: Vec<LeafProof> = (0..rng.random_range(1..40))
+                .map(|_| LeafProof {
+                    session_id: format!("s{}", rng.random_range(0..4)),
+                    seq: rng.random_range(0..12),
+                    segment_id: 1,
+                    index: 0,
+                    nonce: [0; 16],
+                    head: ChainHash::GENESIS,
+                    head_before: None,
+                })
+                .collect();
+            if round % 2 == 0 {
+                leaves.sort_by(|a, b| (&a.session_id, a.seq).cmp(&(&b.session_id, b.seq)));
+            }
+            let mut by_event = ahash::AHashMap::new();
+            let mut unique = true;
+            for (k, leaf) in leaves.iter().enumerate() {
+                unique &= by_event.insert((leaf.session_id.as_str(), leaf.seq), k).is_none();
+            }
+            let lookup = Lookup { leaves: &leaves, by_event: &by_event, unique };
+            for session in ["s0", "s1", "s2", "s3", "s9"] {
+                for seq in 0..13 {
+                    let plain = by_event.get(&(session, seq)).copied();
+                    for guess in (0..leaves.len() + 2).map(Some).chain([None]) {
+                        assert_eq!(lookup.find(session, seq, guess), plain, "{session} {seq} {guess:?} {unique}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn an_export_needs_room_on_disk_and_in_memory() {

@@ -519,8 +519,16 @@ impl<'a> BatchReader<'a> {
             }
             columns[column.index()] = Some(batch.column(index));
         }
-        let typed =
-            COLUMNS.iter().map(|def| columns[def.column.index()].map(|array| Typed::of(def.ty, array))).collect();
+        // A column null in every row of the batch has no cell to read:
+        // skipped (most columns are, for the kinds a batch holds).
+        let typed = COLUMNS
+            .iter()
+            .map(|def| {
+                columns[def.column.index()]
+                    .filter(|array| array.null_count() < array.len())
+                    .map(|array| Typed::of(def.ty, array))
+            })
+            .collect();
         Ok(BatchReader { columns, typed, rows: batch.num_rows() })
     }
 
