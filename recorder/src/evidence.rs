@@ -584,20 +584,12 @@ const RECORDER_HEADROOM: u64 = 256 << 20;
 /// gateway's process: an export must not take its memory). Refused before
 /// anything is written, with what it needs and what there is.
 fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let at = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let path = std::ffi::CString::new(at.as_os_str().as_bytes())
-        .map_err(|_| export_error(format!("{}: a path with a NUL byte", at.display())))?;
-    // SAFETY: `path` is a NUL-terminated string and `stat` a zeroed
-    // statvfs that the call fills in.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(RecorderError::io("cannot read the free space of", at)(std::io::Error::last_os_error()));
-    }
+    let disk_free = crate::layout::free_bytes(at).map_err(RecorderError::io("cannot read the free space of", at))?;
     let device = |path: &Path| fs::metadata(path).map(|m| m.dev()).ok();
     let room = Room {
-        disk_free: stat.f_bavail.saturating_mul(stat.f_frsize),
+        disk_free,
         shared: device(at).is_some() && device(at) == device(data_dir),
         memory_available: memory_available(),
     };

@@ -165,6 +165,20 @@ impl Layout {
     }
 }
 
+/// Bytes available to unprivileged writers on the file system holding
+/// `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is
+    // plain data, written by statvfs before it is read.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {

@@ -148,7 +148,7 @@ fn gateway_metrics(
             "WAL files on disk: the one being written, the spare, and those waiting to be sealed.",
             &one(wal_files as u64),
         );
-        if let Some(free) = free_bytes(&data_dir) {
+        if let Ok(free) = proctor_recorder::layout::free_bytes(&data_dir) {
             api::family(
                 &mut out,
                 "proctor_data_dir_free_bytes",
@@ -159,18 +159,6 @@ fn gateway_metrics(
         }
         out
     })
-}
-
-/// Bytes available to unprivileged writers on the file system holding `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is
-    // plain data, written by statvfs before it is read.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// What grants need before the listeners start: the control store, and the
