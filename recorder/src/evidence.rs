@@ -81,6 +81,57 @@ struct BundleFiles<'a> {
     out: &'a Path,
     sessions: &'a BTreeSet<String>,
     hashed: BTreeMap<String, (String, u64)>,
+    /// Free space the renderings must leave where they are written.
+    keep: u64,
+}
+
+/// A writer that stops, with an error naming the space left, once the
+/// file system it writes on has less than `keep` bytes free: what an
+/// estimate by events cannot foresee (a session of very large statements)
+/// is measured as it is written. Checked every [`Guarded::EVERY`] bytes.
+pub struct Guarded<W> {
+    inner: W,
+    at: PathBuf,
+    keep: u64,
+    since: u64,
+}
+
+impl<W> Guarded<W> {
+    const EVERY: u64 = 16 << 20;
+
+    pub fn new(inner: W, at: &Path, keep: u64) -> Guarded<W> {
+        Guarded { inner, at: at.to_path_buf(), keep, since: 0 }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Guarded<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.since += bytes.len() as u64;
+        if self.since >= Self::EVERY {
+            self.since = 0;
+            let free = crate::layout::free_bytes(&self.at)?;
+            if free < self.keep {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "{} MiB free at {}, less than the {} MiB an export leaves: free space there, or export fewer sessions",
+                        free >> 20,
+                        self.at.display(),
+                        self.keep >> 20
+                    ),
+                ));
+            }
+        }
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl Renderings for BundleFiles<'_> {
@@ -98,9 +149,14 @@ impl Renderings for BundleFiles<'_> {
             fs::create_dir_all(parent).map_err(RecorderError::io("cannot create bundle", self.out))?;
         }
         let file = fs::File::create(&path).map_err(RecorderError::io("cannot write bundle file", &path))?;
+        let file = Guarded::new(file, self.out, self.keep);
         let mut writer = std::io::BufWriter::with_capacity(1 << 20, segment::HashingWriter::new(file));
-        write(&mut writer).map_err(RecorderError::io("cannot write bundle file", &path))?;
-        writer.flush().map_err(RecorderError::io("cannot write bundle file", &path))?;
+        let failed = |error: std::io::Error| match error.kind() {
+            std::io::ErrorKind::StorageFull => RecorderError::NoRoom(error.to_string()),
+            _ => RecorderError::io("cannot write bundle file", &path)(error),
+        };
+        write(&mut writer).map_err(failed)?;
+        writer.flush().map_err(failed)?;
         let hashing =
             writer.into_inner().map_err(|e| RecorderError::io("cannot write bundle file", &path)(e.into_error()))?;
         let (_, sha256, bytes) = hashing.finish();
@@ -311,7 +367,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
     let manifests: Vec<Manifest> = reader.manifests()?.into_iter().filter(|m| m.segment_id <= last_segment).collect();
     let carried: u64 =
         manifests.iter().flat_map(|m| &m.sessions).filter(|s| wanted.contains(&s.session_id)).map(|s| s.events).sum();
-    check_room(out, data_dir, carried)?;
+    let keep = check_room(out, data_dir, carried)?;
     let control: BTreeSet<String> = reader
         .sessions()?
         .into_iter()
@@ -526,7 +582,7 @@ fn write_bundle(request: &ExportRequest<'_>) -> Result<Exported> {
             check_contents(&mut check, out, &bundle, &public, &held);
             check.problems
         });
-        let mut rendered = BundleFiles { out, sessions: &wanted, hashed: BTreeMap::new() };
+        let mut rendered = BundleFiles { out, sessions: &wanted, hashed: BTreeMap::new(), keep };
         let done = extras(&bundle_events, &mut rendered).map(|()| rendered.hashed);
         (contents.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), done)
     });
@@ -578,12 +634,13 @@ const EXPORT_MEMORY_PER_EVENT: u64 = 2048;
 /// recorder (which refuses new events, losing none, when it runs out).
 const RECORDER_HEADROOM: u64 = 256 << 20;
 
-/// Whether there is room for an export of about `events` events: on the
+/// Whether there is room for an export of about `events` events (returns
+/// the free space its renderings must leave as they are written): on the
 /// filesystem `out` is written on (leaving the recorder its headroom when
 /// it is the recording's), and in memory (a replay server runs in the
 /// gateway's process: an export must not take its memory). Refused before
 /// anything is written, with what it needs and what there is.
-fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<()> {
+fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let at = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let disk_free = crate::layout::free_bytes(at).map_err(RecorderError::io("cannot read the free space of", at))?;
@@ -595,7 +652,8 @@ fn check_room(out: &Path, data_dir: &Path, events: u64) -> Result<()> {
     };
     match room.refusal(events, at) {
         Some(why) => Err(RecorderError::NoRoom(why)),
-        None => Ok(()),
+        // What the renderings leave as they are written.
+        None => Ok(if room.shared { RECORDER_HEADROOM } else { 0 }),
     }
 }
 
@@ -1819,6 +1877,25 @@ fn hash_regular(dir: &Path, name: &str, bytes: u64) -> std::result::Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The renderings' writer stops once the space it must leave is gone,
+    /// and writes through while it is there.
+    #[test]
+    fn a_guarded_writer_stops_where_the_space_it_leaves_would_go() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let piece = vec![b'x'; 1 << 20];
+        let mut roomy = Guarded::new(Vec::new(), dir.path(), 0);
+        for _ in 0..40 {
+            roomy.write_all(&piece).unwrap();
+        }
+        assert_eq!(roomy.into_inner().len(), 40 << 20);
+        let mut full = Guarded::new(Vec::new(), dir.path(), u64::MAX);
+        let stopped = (0..40).find_map(|_| full.write_all(&piece).err()).expect("stopped");
+        assert_eq!(stopped.kind(), std::io::ErrorKind::StorageFull);
+        assert!(stopped.to_string().contains("free space there, or export fewer sessions"), "{stopped}");
+        assert!(full.into_inner().len() <= 16 << 20, "stopped within one check");
+    }
 
     /// The leaf lookup that tries a guess first against the map alone, on
     /// generated leaves (in order, shuffled, with repeated keys) and every

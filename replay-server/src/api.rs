@@ -170,6 +170,10 @@ pub struct ApiState<L: AccessLog> {
     /// The deployment's masking key: what turns a value into the token
     /// that replaced it, for searches by value.
     token_key: Option<proctor_masking::MaskingKey>,
+    /// Exports are prepared one at a time: each is sized against the
+    /// space and memory there are, which another running meanwhile would
+    /// take.
+    exports: tokio::sync::Semaphore,
 }
 
 impl<L: AccessLog> ApiState<L> {
@@ -184,6 +188,7 @@ impl<L: AccessLog> ApiState<L> {
             console: None,
             dev_issuer: None,
             token_key: None,
+            exports: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -873,6 +878,7 @@ async fn exports<L: AccessLog>(
         ExportError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the export failed: {m}")),
         ExportError::NoRoom(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, m),
     };
+    let preparing = state.exports.acquire().await.map_err(ApiError::internal)?;
     let (aside, prepared) = blocking(move || {
         let (sessions, selection) = if ids.is_empty() {
             let (sessions, _) = export::select(&data_dir, &selectors).map_err(status)?;
@@ -914,6 +920,7 @@ async fn exports<L: AccessLog>(
         Ok((aside, prepared))
     })
     .await?;
+    drop(preparing);
     record_many(&state, &who, "export", Some(prepared.access_query.clone()), prepared.targets.clone()).await?;
 
     let file = tokio::fs::File::open(&prepared.written).await.map_err(ApiError::internal)?;
